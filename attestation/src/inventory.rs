@@ -1,0 +1,200 @@
+//! The hardware inventory a node signs and gossips: host facts and one entry per GPU.
+//!
+//! Every GPU attribute that NVML could not report is `None`, never a guess. Simulated GPUs carry
+//! `simulated: true` inside the signed report so that buyers can refuse them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::{PayloadKind, SignedPayload};
+
+/// A node's signed description of its machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HardwareInventory {
+    /// CPU, memory, disk and operating system.
+    pub host: HostInfo,
+    /// Whether NVML answered, and if not, why.
+    pub nvml: NvmlStatus,
+    /// Real GPUs from NVML, then simulated ones if the node's config asks for them.
+    pub gpus: Vec<GpuDevice>,
+}
+
+impl SignedPayload for HardwareInventory {
+    const KIND: PayloadKind = PayloadKind::Inventory;
+}
+
+impl HardwareInventory {
+    /// True when any GPU in the report is simulated.
+    pub fn has_simulated_gpus(&self) -> bool {
+        self.gpus.iter().any(|g| g.simulated)
+    }
+}
+
+/// Host facts, read from the operating system.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostInfo {
+    /// The machine's host name.
+    pub hostname: String,
+    /// Operating system name and version, e.g. "Debian GNU/Linux 12".
+    pub os: String,
+    /// Kernel release.
+    pub kernel: String,
+    /// CPU architecture, e.g. "x86_64".
+    pub arch: String,
+    /// CPU model string.
+    pub cpu_model: String,
+    /// Logical CPUs.
+    pub cpu_logical_cores: u32,
+    /// Physical cores, where the OS reports them.
+    pub cpu_physical_cores: Option<u32>,
+    /// Installed memory.
+    pub memory_total_bytes: u64,
+    /// Size of the filesystem holding the node's data directory.
+    pub disk_total_bytes: u64,
+    /// Free space on that filesystem.
+    pub disk_available_bytes: u64,
+}
+
+/// What NVML said when the node asked it for GPUs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum NvmlStatus {
+    /// NVML loaded; versions as it reported them.
+    Loaded {
+        /// NVIDIA driver version.
+        driver_version: String,
+        /// NVML library version.
+        nvml_version: String,
+        /// Highest CUDA version the driver supports, e.g. "12.4".
+        cuda_driver_version: Option<String>,
+    },
+    /// NVML could not be used, so the report lists no real GPUs.
+    Unavailable {
+        /// Why, in NVML's words.
+        reason: String,
+    },
+}
+
+/// One GPU, as NVML reports it (or as a simulated profile declares it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuDevice {
+    /// Position in the node's list (NVML index for real devices).
+    pub index: u32,
+    /// Stable device UUID ("GPU-…"; simulated ones start "GPU-sim-").
+    pub uuid: String,
+    /// Product name, e.g. "NVIDIA H100 80GB HBM3".
+    pub model: String,
+    /// Total device memory.
+    pub memory_total_bytes: u64,
+    /// PCI bus id, e.g. "00000000:3B:00.0".
+    pub pci_bus_id: Option<String>,
+    /// CUDA compute capability.
+    pub compute_capability: Option<ComputeCapability>,
+    /// ECC mode and error counts.
+    pub ecc: Option<EccState>,
+    /// Enforced power limit in milliwatts.
+    pub power_limit_mw: Option<u32>,
+    /// Maximum clocks.
+    pub max_clocks: Option<GpuClocks>,
+    /// Core temperature when the report was made, in °C.
+    pub temperature_c: Option<u32>,
+    /// True for a device that exists only in the node's configuration.
+    pub simulated: bool,
+}
+
+/// CUDA compute capability, e.g. 9.0 for Hopper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComputeCapability {
+    /// Major version.
+    pub major: u32,
+    /// Minor version.
+    pub minor: u32,
+}
+
+/// ECC mode and the volatile (since last driver load) error counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EccState {
+    /// Whether ECC is on now.
+    pub enabled: bool,
+    /// Corrected errors since the driver loaded.
+    pub corrected_volatile: Option<u64>,
+    /// Uncorrected errors since the driver loaded.
+    pub uncorrected_volatile: Option<u64>,
+}
+
+/// Clock frequencies in MHz.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuClocks {
+    /// Graphics clock.
+    pub graphics_mhz: Option<u32>,
+    /// Streaming-multiprocessor clock.
+    pub sm_mhz: Option<u32>,
+    /// Memory clock.
+    pub memory_mhz: Option<u32>,
+}
+
+/// Live readings of one GPU, as carried in freshness proofs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuLiveMetrics {
+    /// Which GPU.
+    pub uuid: String,
+    /// GPU utilisation over NVML's last sample period, percent.
+    pub utilization_pct: Option<u32>,
+    /// Device memory in use.
+    pub memory_used_bytes: Option<u64>,
+    /// Core temperature, °C.
+    pub temperature_c: Option<u32>,
+    /// Power draw in milliwatts.
+    pub power_usage_mw: Option<u32>,
+    /// True for a simulated GPU: it has no readings.
+    pub simulated: bool,
+}
+
+/// A simulated GPU model a node declares in its config for local fleets and demos.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatedGpuProfile {
+    /// Product name to report, e.g. "NVIDIA H100 80GB HBM3".
+    pub model: String,
+    /// How many devices of this model.
+    pub count: u32,
+    /// Memory per device, MiB.
+    pub memory_mib: u64,
+}
+
+impl SimulatedGpuProfile {
+    /// Largest number of simulated devices one profile may declare.
+    pub const MAX_COUNT: u32 = 64;
+    /// Longest accepted model name.
+    pub const MAX_MODEL_LEN: usize = 96;
+
+    /// Checks the profile's bounds, naming the first problem found.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.model.trim().is_empty() || self.model.len() > Self::MAX_MODEL_LEN {
+            return Err(format!(
+                "simulated GPU model must be 1 to {} characters",
+                Self::MAX_MODEL_LEN
+            ));
+        }
+        if self.count == 0 || self.count > Self::MAX_COUNT {
+            return Err(format!(
+                "simulated GPU count must be 1 to {}, got {}",
+                Self::MAX_COUNT,
+                self.count
+            ));
+        }
+        if self.memory_mib == 0 || self.memory_mib > 1 << 22 {
+            return Err(format!(
+                "simulated GPU memory must be 1 MiB to 4 TiB, got {} MiB",
+                self.memory_mib
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,328 @@
+//! Reading the machine: GPUs through NVML, host facts through the operating system.
+//!
+//! NVML is loaded at run time (`libnvidia-ml.so`), so the same binary runs on machines without a
+//! driver; there the probe reports NVML as unavailable, with NVML's own reason, and lists no real
+//! GPUs. All calls here block; async callers run them on a blocking thread.
+
+use std::path::Path;
+
+use ed25519_dalek::VerifyingKey;
+use nvml_wrapper::enum_wrappers::device::{Clock, EccCounter, MemoryError, TemperatureSensor};
+use nvml_wrapper::{Device, Nvml, cuda_driver_version_major, cuda_driver_version_minor};
+use sha2::{Digest as _, Sha256};
+use sysinfo::{Disks, System};
+
+use crate::inventory::{
+    ComputeCapability, EccState, GpuClocks, GpuDevice, GpuLiveMetrics, HardwareInventory, HostInfo,
+    NvmlStatus, SimulatedGpuProfile,
+};
+
+/// A handle on the node's GPUs: NVML when it loads, plus any simulated devices the config asks
+/// for. Opening NVML is slow (tens of milliseconds), so keep one probe and reuse it.
+pub struct GpuProbe {
+    nvml: Result<Nvml, String>,
+    simulated: Vec<GpuDevice>,
+}
+
+impl std::fmt::Debug for GpuProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuProbe")
+            .field("nvml_loaded", &self.nvml.is_ok())
+            .field("simulated", &self.simulated.len())
+            .finish()
+    }
+}
+
+impl GpuProbe {
+    /// Loads NVML and prepares the simulated devices declared by `simulated` profiles.
+    ///
+    /// Simulated devices get stable UUIDs derived from the node key, so they keep their identity
+    /// across restarts, and are listed after the real ones.
+    pub fn open(simulated: &[SimulatedGpuProfile], node_key: &VerifyingKey) -> Self {
+        let nvml = Nvml::init().map_err(|e| format!("NVML could not be initialised: {e}"));
+        if let Err(reason) = &nvml {
+            tracing::info!(%reason, "no NVIDIA GPUs will be reported");
+        }
+        let mut probe = Self {
+            nvml,
+            simulated: Vec::new(),
+        };
+        let first_index = probe.real_device_count();
+        let mut index = first_index;
+        for profile in simulated {
+            for _ in 0..profile.count {
+                probe
+                    .simulated
+                    .push(simulated_device(index, profile, node_key));
+                index += 1;
+            }
+        }
+        probe
+    }
+
+    fn real_device_count(&self) -> u32 {
+        self.nvml
+            .as_ref()
+            .ok()
+            .and_then(|n| n.device_count().ok())
+            .unwrap_or(0)
+    }
+
+    /// Whether NVML answered, and its versions or its reason.
+    pub fn status(&self) -> NvmlStatus {
+        match &self.nvml {
+            Ok(nvml) => NvmlStatus::Loaded {
+                driver_version: nvml
+                    .sys_driver_version()
+                    .unwrap_or_else(|e| format!("unknown ({e})")),
+                nvml_version: nvml
+                    .sys_nvml_version()
+                    .unwrap_or_else(|e| format!("unknown ({e})")),
+                cuda_driver_version: nvml.sys_cuda_driver_version().ok().map(|v| {
+                    format!(
+                        "{}.{}",
+                        cuda_driver_version_major(v),
+                        cuda_driver_version_minor(v)
+                    )
+                }),
+            },
+            Err(reason) => NvmlStatus::Unavailable {
+                reason: reason.clone(),
+            },
+        }
+    }
+
+    /// Every GPU: real devices NVML lists (a device NVML cannot open is logged and skipped), then
+    /// simulated ones.
+    pub fn devices(&self) -> Vec<GpuDevice> {
+        let mut devices = Vec::new();
+        if let Ok(nvml) = &self.nvml {
+            for index in 0..self.real_device_count() {
+                match nvml.device_by_index(index) {
+                    Ok(device) => devices.push(describe(index, &device)),
+                    Err(error) => tracing::warn!(index, %error, "NVML cannot open GPU"),
+                }
+            }
+        }
+        devices.extend(self.simulated.iter().cloned());
+        devices
+    }
+
+    /// Live readings for every GPU; simulated GPUs have none and say so.
+    pub fn live_metrics(&self) -> Vec<GpuLiveMetrics> {
+        let mut metrics = Vec::new();
+        if let Ok(nvml) = &self.nvml {
+            for index in 0..self.real_device_count() {
+                let Ok(device) = nvml.device_by_index(index) else {
+                    continue;
+                };
+                let Ok(uuid) = device.uuid() else { continue };
+                metrics.push(GpuLiveMetrics {
+                    uuid,
+                    utilization_pct: device.utilization_rates().ok().map(|u| u.gpu),
+                    memory_used_bytes: device.memory_info().ok().map(|m| m.used),
+                    temperature_c: device.temperature(TemperatureSensor::Gpu).ok(),
+                    power_usage_mw: device.power_usage().ok(),
+                    simulated: false,
+                });
+            }
+        }
+        metrics.extend(self.simulated.iter().map(|d| GpuLiveMetrics {
+            uuid: d.uuid.clone(),
+            utilization_pct: None,
+            memory_used_bytes: None,
+            temperature_c: None,
+            power_usage_mw: None,
+            simulated: true,
+        }));
+        metrics
+    }
+
+    /// The full inventory: host facts (disk measured where `data_dir` lives), NVML status, GPUs.
+    pub fn inventory(&self, data_dir: &Path) -> HardwareInventory {
+        HardwareInventory {
+            host: probe_host(data_dir),
+            nvml: self.status(),
+            gpus: self.devices(),
+        }
+    }
+}
+
+fn describe(index: u32, device: &Device<'_>) -> GpuDevice {
+    let ecc = device.is_ecc_enabled().ok().map(|mode| EccState {
+        enabled: mode.currently_enabled,
+        corrected_volatile: device
+            .total_ecc_errors(MemoryError::Corrected, EccCounter::Volatile)
+            .ok(),
+        uncorrected_volatile: device
+            .total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile)
+            .ok(),
+    });
+    let clocks = GpuClocks {
+        graphics_mhz: device.max_clock_info(Clock::Graphics).ok(),
+        sm_mhz: device.max_clock_info(Clock::SM).ok(),
+        memory_mhz: device.max_clock_info(Clock::Memory).ok(),
+    };
+    let any_clock =
+        clocks.graphics_mhz.is_some() || clocks.sm_mhz.is_some() || clocks.memory_mhz.is_some();
+    GpuDevice {
+        index,
+        uuid: device
+            .uuid()
+            .unwrap_or_else(|e| format!("GPU-unknown-{index} ({e})")),
+        model: device.name().unwrap_or_else(|e| format!("unknown ({e})")),
+        memory_total_bytes: device.memory_info().map(|m| m.total).unwrap_or(0),
+        pci_bus_id: device.pci_info().ok().map(|p| p.bus_id),
+        compute_capability: device.cuda_compute_capability().ok().and_then(|c| {
+            Some(ComputeCapability {
+                major: u32::try_from(c.major).ok()?,
+                minor: u32::try_from(c.minor).ok()?,
+            })
+        }),
+        ecc,
+        power_limit_mw: device.enforced_power_limit().ok(),
+        max_clocks: any_clock.then_some(clocks),
+        temperature_c: device.temperature(TemperatureSensor::Gpu).ok(),
+        simulated: false,
+    }
+}
+
+fn simulated_device(
+    index: u32,
+    profile: &SimulatedGpuProfile,
+    node_key: &VerifyingKey,
+) -> GpuDevice {
+    let mut hasher = Sha256::new();
+    hasher.update(b"clawbernetes/simulated-gpu/v1");
+    hasher.update(node_key.as_bytes());
+    hasher.update(index.to_le_bytes());
+    let h = hex::encode(&hasher.finalize()[..14]);
+    GpuDevice {
+        index,
+        uuid: format!(
+            "GPU-sim-{}-{}-{}-{}",
+            &h[0..4],
+            &h[4..8],
+            &h[8..12],
+            &h[12..28]
+        ),
+        model: profile.model.clone(),
+        memory_total_bytes: profile.memory_mib.saturating_mul(1024 * 1024),
+        pci_bus_id: None,
+        compute_capability: None,
+        ecc: None,
+        power_limit_mw: None,
+        max_clocks: None,
+        temperature_c: None,
+        simulated: true,
+    }
+}
+
+/// Host facts: OS, kernel, CPU, memory, and the filesystem that holds `data_dir`.
+pub fn probe_host(data_dir: &Path) -> HostInfo {
+    let mut system = System::new();
+    system.refresh_memory();
+    system.refresh_cpu_all();
+    let (disk_total_bytes, disk_available_bytes) = disk_space(data_dir);
+    HostInfo {
+        hostname: System::host_name().unwrap_or_default(),
+        os: System::long_os_version().unwrap_or_else(|| System::name().unwrap_or_default()),
+        kernel: System::kernel_version().unwrap_or_default(),
+        arch: System::cpu_arch(),
+        cpu_model: system
+            .cpus()
+            .first()
+            .map(|c| c.brand().trim().to_owned())
+            .unwrap_or_default(),
+        cpu_logical_cores: u32::try_from(system.cpus().len()).unwrap_or(u32::MAX),
+        cpu_physical_cores: System::physical_core_count().and_then(|n| u32::try_from(n).ok()),
+        memory_total_bytes: system.total_memory(),
+        disk_total_bytes,
+        disk_available_bytes,
+    }
+}
+
+/// Total and available bytes of the mounted filesystem with the longest mount point that
+/// contains `path`.
+fn disk_space(path: &Path) -> (u64, u64) {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let disks = Disks::new_with_refreshed_list();
+    disks
+        .list()
+        .iter()
+        .filter(|d| path.starts_with(d.mount_point()))
+        .max_by_key(|d| d.mount_point().as_os_str().len())
+        .map(|d| (d.total_space(), d.available_space()))
+        .unwrap_or((0, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NodeIdentity;
+
+    fn h100() -> SimulatedGpuProfile {
+        SimulatedGpuProfile {
+            model: "NVIDIA H100 80GB HBM3".into(),
+            count: 2,
+            memory_mib: 81_559,
+        }
+    }
+
+    #[test]
+    fn simulated_devices_are_marked_and_stable() {
+        let identity = NodeIdentity::generate();
+        let probe = GpuProbe::open(&[h100()], &identity.public_key());
+        let simulated: Vec<_> = probe
+            .devices()
+            .into_iter()
+            .filter(|d| d.simulated)
+            .collect();
+        assert_eq!(simulated.len(), 2);
+        assert!(simulated.iter().all(|d| d.uuid.starts_with("GPU-sim-")));
+        assert_ne!(simulated[0].uuid, simulated[1].uuid);
+        assert_eq!(simulated[0].memory_total_bytes, 81_559 * 1024 * 1024);
+        assert!(simulated[0].temperature_c.is_none(), "no made-up readings");
+        let again = GpuProbe::open(&[h100()], &identity.public_key());
+        assert_eq!(again.devices().iter().filter(|d| d.simulated).count(), 2);
+        assert_eq!(
+            again.devices(),
+            probe.devices().into_iter().collect::<Vec<_>>()
+        );
+        let live = probe.live_metrics();
+        assert!(
+            live.iter()
+                .filter(|m| m.simulated)
+                .all(|m| m.utilization_pct.is_none() && m.temperature_c.is_none())
+        );
+    }
+
+    #[test]
+    fn without_nvml_the_reason_is_reported() {
+        let identity = NodeIdentity::generate();
+        let probe = GpuProbe::open(&[], &identity.public_key());
+        match probe.status() {
+            NvmlStatus::Unavailable { reason } => {
+                assert!(reason.contains("NVML"), "{reason}");
+                assert!(probe.devices().is_empty());
+                eprintln!("NVML absent on this machine (as expected without a GPU): {reason}");
+            }
+            NvmlStatus::Loaded { driver_version, .. } => {
+                eprintln!("NVML present (driver {driver_version}); real devices listed");
+                assert!(probe.devices().iter().all(|d| !d.simulated));
+            }
+        }
+    }
+
+    #[test]
+    fn host_facts_are_read_from_the_machine() {
+        let host = probe_host(Path::new("/"));
+        assert!(host.cpu_logical_cores >= 1);
+        assert!(host.memory_total_bytes > 0);
+        assert!(host.disk_total_bytes > 0);
+        assert!(host.disk_available_bytes <= host.disk_total_bytes);
+        assert!(!host.kernel.is_empty());
+        let expected = std::thread::available_parallelism().unwrap().get() as u32;
+        assert!(host.cpu_logical_cores >= expected);
+    }
+}

@@ -1,0 +1,255 @@
+//! The node's configuration: one typed struct, read from `config.toml` in the data directory.
+//!
+//! Every field has a default that works for a local fleet; unknown keys are rejected so that a
+//! misspelt setting is an error rather than silently ignored.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use claw_attestation::SimulatedGpuProfile;
+use serde::{Deserialize, Serialize};
+
+/// Largest config file accepted.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's explanation, with line and column.
+        message: String,
+    },
+    /// A value is out of its allowed range.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// Everything a node can be configured with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// How the node describes itself.
+    pub node: NodeSection,
+    /// Which network it belongs to.
+    pub network: NetworkSection,
+    /// GPUs beyond what NVML finds.
+    pub gpu: GpuSection,
+    /// Signing and verification limits.
+    pub attestation: AttestationSection,
+}
+
+/// How the node describes itself to the fleet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// A human-readable name; the host name when absent.
+    pub name: Option<String>,
+    /// Where the machine is, for buyers that constrain placement (e.g. "eu-west").
+    pub region: Option<String>,
+    /// Free-form labels (`key = "value"`).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Which network the node belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkSection {
+    /// `localnet`, `devnet`, `mainnet` or a private fleet id. Default `localnet`.
+    pub name: String,
+}
+
+impl Default for NetworkSection {
+    fn default() -> Self {
+        Self {
+            name: "localnet".to_owned(),
+        }
+    }
+}
+
+/// GPUs beyond what NVML finds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpuSection {
+    /// Simulated GPUs for local fleets and demos. Each is reported with `simulated: true` in the
+    /// signed inventory, and buyers refuse them unless they opt in. Default: none.
+    pub simulated: Vec<SimulatedGpuProfile>,
+}
+
+/// Signing and verification limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttestationSection {
+    /// How long a signed inventory stays valid. Default 300 s.
+    pub inventory_ttl_secs: u64,
+    /// How far in the future a peer's envelope may be issued. Default 30 s.
+    pub max_clock_skew_secs: u64,
+}
+
+impl Default for AttestationSection {
+    fn default() -> Self {
+        Self {
+            inventory_ttl_secs: 300,
+            max_clock_skew_secs: 30,
+        }
+    }
+}
+
+impl AttestationSection {
+    /// The inventory lifetime.
+    pub fn inventory_ttl(&self) -> Duration {
+        Duration::from_secs(self.inventory_ttl_secs)
+    }
+
+    /// The tolerated clock skew.
+    pub fn max_clock_skew(&self) -> Duration {
+        Duration::from_secs(self.max_clock_skew_secs)
+    }
+}
+
+impl NodeConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let read_error = |source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        };
+        let len = std::fs::metadata(path).map_err(read_error)?.len();
+        if len > MAX_CONFIG_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "{} is {len} bytes, more than the {MAX_CONFIG_BYTES}-byte limit",
+                path.display()
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(read_error)?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "<text>".to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The config as TOML, with every default written out.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the config always serialises to TOML")
+    }
+
+    /// Checks every value's range, naming the first one out of it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let net = &self.network.name;
+        if net.is_empty()
+            || net.len() > 32
+            || !net
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return invalid(format!(
+                "network.name {net:?} must be 1 to 32 characters of a-z, 0-9 and '-'"
+            ));
+        }
+        if let Some(name) = &self.node.name
+            && (name.is_empty() || name.len() > 64)
+        {
+            return invalid("node.name must be 1 to 64 characters".to_owned());
+        }
+        if let Some(region) = &self.node.region
+            && (region.is_empty() || region.len() > 64)
+        {
+            return invalid("node.region must be 1 to 64 characters".to_owned());
+        }
+        if self.node.labels.len() > 64 {
+            return invalid("at most 64 node.labels".to_owned());
+        }
+        for (key, value) in &self.node.labels {
+            if key.is_empty() || key.len() > 64 || value.len() > 256 {
+                return invalid(format!(
+                    "label {key:?}: keys must be 1 to 64 characters, values at most 256"
+                ));
+            }
+        }
+        for profile in &self.gpu.simulated {
+            profile.validate().map_err(ConfigError::Invalid)?;
+        }
+        if self.gpu.simulated.len() > 16 {
+            return invalid("at most 16 gpu.simulated profiles".to_owned());
+        }
+        let ttl = self.attestation.inventory_ttl_secs;
+        if !(10..=86_400).contains(&ttl) {
+            return invalid(format!(
+                "attestation.inventory_ttl_secs must be 10 to 86400, got {ttl}"
+            ));
+        }
+        if self.attestation.max_clock_skew_secs > 600 {
+            return invalid("attestation.max_clock_skew_secs must be at most 600".to_owned());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let config = NodeConfig::default();
+        assert_eq!(NodeConfig::parse(&config.to_toml()).unwrap(), config);
+        assert_eq!(NodeConfig::parse("").unwrap(), config);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = NodeConfig::parse("[network]\nnmae = \"devnet\"\n").unwrap_err();
+        assert!(err.to_string().contains("nmae"), "{err}");
+        assert!(NodeConfig::parse("[gpus]\n").is_err());
+    }
+
+    #[test]
+    fn simulated_profiles_parse_and_are_bounded() {
+        let config = NodeConfig::parse(
+            "[[gpu.simulated]]\nmodel = \"NVIDIA H100 80GB HBM3\"\ncount = 2\nmemory_mib = 81559\n",
+        )
+        .unwrap();
+        assert_eq!(config.gpu.simulated[0].count, 2);
+        let err = NodeConfig::parse(
+            "[[gpu.simulated]]\nmodel = \"H100\"\ncount = 1000\nmemory_mib = 1\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("count"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_named() {
+        let err = NodeConfig::parse("[network]\nname = \"Main Net\"\n").unwrap_err();
+        assert!(err.to_string().contains("network.name"), "{err}");
+        let err = NodeConfig::parse("[attestation]\ninventory_ttl_secs = 1\n").unwrap_err();
+        assert!(err.to_string().contains("inventory_ttl_secs"), "{err}");
+    }
+}

@@ -1,0 +1,368 @@
+//! The `clawnode` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use clap::{Args, Parser, Subcommand};
+use claw_attestation::{
+    Envelope, GpuDevice, HardwareInventory, NvmlStatus, SimulatedGpuProfile, VerifiedEnvelope,
+    Verifier, peer_id_of,
+};
+use clawnode::{DataDir, NodeConfig, WalletOutcome, open_gpu_probe, sign_inventory};
+use serde_json::json;
+
+/// Clawbernetes node agent: GPU inventory, mesh membership and workloads.
+#[derive(Debug, Parser)]
+#[command(name = "clawnode", version, about)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct GlobalArgs {
+    /// Directory holding the node's identity, wallet, config and store.
+    #[arg(long, global = true, env = "CLAWNODE_DATA_DIR", default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the node identity, a Solana wallet and a default config.
+    Init(InitArgs),
+    /// Show the node's peer id, OpenClaw device id and wallet address.
+    Identity,
+    /// Read the hardware, sign the inventory and show it.
+    Inventory(InventoryArgs),
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// Replace an existing node identity (an existing wallet is always kept).
+    #[arg(long)]
+    force: bool,
+    /// Network to join: localnet, devnet, mainnet or a private fleet id.
+    #[arg(long, default_value = "localnet")]
+    network: String,
+    /// Declare simulated GPUs, as MODEL:COUNT:MEMORY_MIB (repeatable). They are marked
+    /// `simulated` in every signed report.
+    #[arg(long = "simulated-gpu", value_name = "MODEL:COUNT:MEMORY_MIB", value_parser = parse_simulated_gpu)]
+    simulated_gpus: Vec<SimulatedGpuProfile>,
+}
+
+#[derive(Debug, Args)]
+struct InventoryArgs {
+    /// Decode and verify the signed report again before printing it.
+    #[arg(long)]
+    verify: bool,
+    /// Verify a saved report from FILE instead of reading this machine.
+    #[arg(long, value_name = "FILE", conflicts_with = "save")]
+    from: Option<PathBuf>,
+    /// Also write the signed report's wire bytes to FILE.
+    #[arg(long, value_name = "FILE")]
+    save: Option<PathBuf>,
+}
+
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".clawnode")
+}
+
+fn parse_simulated_gpu(spec: &str) -> Result<SimulatedGpuProfile, String> {
+    let mut parts = spec.rsplitn(3, ':');
+    let (Some(memory), Some(count), Some(model)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(format!("{spec:?} is not MODEL:COUNT:MEMORY_MIB"));
+    };
+    let profile = SimulatedGpuProfile {
+        model: model.to_owned(),
+        count: count
+            .parse()
+            .map_err(|_| format!("GPU count {count:?} is not a number"))?,
+        memory_mib: memory
+            .parse()
+            .map_err(|_| format!("GPU memory {memory:?} is not a number of MiB"))?,
+    };
+    profile.validate()?;
+    Ok(profile)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let global = &cli.global;
+    match cli.command {
+        Command::Init(args) => init(global, args),
+        Command::Identity => identity(global),
+        Command::Inventory(args) => inventory(global, args),
+    }
+}
+
+fn init(global: &GlobalArgs, args: InitArgs) -> Result<()> {
+    let mut config = NodeConfig::default();
+    config.network.name = args.network;
+    config.gpu.simulated = args.simulated_gpus;
+    let (dir, wallet) = DataDir::init(&global.data_dir, &config, args.force)?;
+    if global.json {
+        let mut out = identity_json(&dir);
+        out["wallet_created"] = json!(wallet == WalletOutcome::Created);
+        print_json(&out);
+    } else {
+        println!("initialised {}", dir.root().display());
+        print_identity(&dir);
+        if wallet == WalletOutcome::Kept {
+            println!("(existing wallet kept)");
+        }
+        println!(
+            "\nnext: clawnode --data-dir {} inventory",
+            dir.root().display()
+        );
+    }
+    Ok(())
+}
+
+fn identity(global: &GlobalArgs) -> Result<()> {
+    let dir = DataDir::open(&global.data_dir)?;
+    if global.json {
+        print_json(&identity_json(&dir));
+    } else {
+        print_identity(&dir);
+    }
+    Ok(())
+}
+
+fn identity_json(dir: &DataDir) -> serde_json::Value {
+    let device = dir.identity().device();
+    json!({
+        "peer_id": dir.identity().peer_id().to_string(),
+        "device_id": device.id(),
+        "device_public_key": device.public_key_base64url(),
+        "wallet_address": dir.wallet().address(),
+        "network": dir.config().network.name,
+        "data_dir": dir.root().display().to_string(),
+    })
+}
+
+fn print_identity(dir: &DataDir) {
+    let device = dir.identity().device();
+    println!("peer id      {}", dir.identity().peer_id());
+    println!("device id    {}", device.id());
+    println!("public key   {}", device.public_key_base64url());
+    println!("wallet       {}", dir.wallet().address());
+    println!("network      {}", dir.config().network.name);
+    println!("data dir     {}", dir.root().display());
+}
+
+fn inventory(global: &GlobalArgs, args: InventoryArgs) -> Result<()> {
+    if let Some(path) = &args.from {
+        return verify_saved_inventory(global, path);
+    }
+    let dir = DataDir::open(&global.data_dir)?;
+    let store = dir.open_store()?;
+    let probe = open_gpu_probe(&dir);
+    let (inventory, envelope) = sign_inventory(&dir, &store, &probe)?;
+    let wire = envelope.to_bytes();
+    if let Some(path) = &args.save {
+        std::fs::write(path, &wire).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let verified = if args.verify {
+        let verifier =
+            Verifier::new().with_max_clock_skew(dir.config().attestation.max_clock_skew());
+        let checked = verifier
+            .verify_at(
+                &wire,
+                Some(&dir.identity().public_key()),
+                claw_attestation::unix_millis(std::time::SystemTime::now()),
+            )
+            .context("the report this node just signed does not verify")?;
+        let decoded: HardwareInventory = checked.open().context("decoding the signed report")?;
+        if decoded != inventory {
+            bail!("the signed report decodes to something other than what was signed");
+        }
+        Some(checked)
+    } else {
+        None
+    };
+    print_inventory(global.json, &inventory, &envelope, verified.as_ref());
+    Ok(())
+}
+
+fn verify_saved_inventory(global: &GlobalArgs, path: &Path) -> Result<()> {
+    const LIMIT: u64 = claw_attestation::DEFAULT_MAX_ENVELOPE_BYTES as u64;
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    if len > LIMIT {
+        bail!(
+            "{} is {len} bytes, larger than any signed report ({LIMIT})",
+            path.display()
+        );
+    }
+    let wire = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let verified = Verifier::new()
+        .verify(&wire)
+        .with_context(|| format!("{} does not verify", path.display()))?;
+    let inventory: HardwareInventory = verified
+        .open()
+        .with_context(|| format!("{} is not a hardware report", path.display()))?;
+    print_inventory(
+        global.json,
+        &inventory,
+        verified.envelope(),
+        Some(&verified),
+    );
+    Ok(())
+}
+
+fn print_inventory(
+    json: bool,
+    inventory: &HardwareInventory,
+    envelope: &Envelope,
+    verified: Option<&VerifiedEnvelope>,
+) {
+    let signer = envelope
+        .signer()
+        .map(|k| peer_id_of(&k).to_string())
+        .unwrap_or_else(|e| e.to_string());
+    let wire = envelope.to_bytes();
+    if json {
+        print_json(&json!({
+            "signer": signer,
+            "seq": envelope.seq(),
+            "issued_at_ms": envelope.issued_at_ms(),
+            "expires_at_ms": envelope.expires_at_ms(),
+            "size_bytes": wire.len(),
+            "digest": hex::encode(envelope.digest()),
+            "envelope": STANDARD.encode(&wire),
+            "verified": verified.is_some(),
+            "inventory": inventory,
+        }));
+        return;
+    }
+    let host = &inventory.host;
+    println!("node       {signer}");
+    println!(
+        "host       {} ({}, kernel {}, {})",
+        host.hostname, host.os, host.kernel, host.arch
+    );
+    let physical = host
+        .cpu_physical_cores
+        .map(|n| format!(", {n} physical"))
+        .unwrap_or_default();
+    println!(
+        "cpu        {} ({} logical{physical})",
+        host.cpu_model, host.cpu_logical_cores
+    );
+    println!("memory     {}", gib(host.memory_total_bytes));
+    println!(
+        "disk       {} free of {}",
+        gib(host.disk_available_bytes),
+        gib(host.disk_total_bytes)
+    );
+    match &inventory.nvml {
+        NvmlStatus::Loaded {
+            driver_version,
+            cuda_driver_version,
+            ..
+        } => println!(
+            "nvml       driver {driver_version}, CUDA {}",
+            cuda_driver_version.as_deref().unwrap_or("unknown")
+        ),
+        NvmlStatus::Unavailable { reason } => println!("nvml       unavailable: {reason}"),
+    }
+    if inventory.gpus.is_empty() {
+        println!("gpus       none");
+    } else {
+        println!();
+        print_gpu_table(&inventory.gpus);
+        println!();
+    }
+    println!(
+        "signed     seq {}, {} bytes, valid {} s, digest {}",
+        envelope.seq(),
+        wire.len(),
+        (envelope.expires_at_ms() - envelope.issued_at_ms()) / 1000,
+        hex::encode(&envelope.digest()[..8])
+    );
+    if verified.is_some() {
+        println!("verified   signature, signer and validity window check out");
+    }
+}
+
+fn print_gpu_table(gpus: &[GpuDevice]) {
+    let rows: Vec<[String; 7]> = gpus
+        .iter()
+        .map(|g| {
+            [
+                g.index.to_string(),
+                g.model.clone(),
+                gib(g.memory_total_bytes),
+                g.uuid.clone(),
+                g.pci_bus_id.clone().unwrap_or_else(|| "-".into()),
+                g.temperature_c
+                    .map(|t| format!("{t} C"))
+                    .unwrap_or_else(|| "-".into()),
+                if g.simulated { "SIMULATED" } else { "" }.to_owned(),
+            ]
+        })
+        .collect();
+    let header = ["IDX", "MODEL", "MEMORY", "UUID", "PCI", "TEMP", ""];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: &[&str]| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(&header);
+    for row in &rows {
+        line(&row.each_ref().map(String::as_str));
+    }
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+fn print_json(value: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON values always serialise")
+    );
+}

@@ -1,0 +1,163 @@
+//! Shared helpers for the end-to-end tests: find the workspace's binaries and the external parts
+//! the test script prepared, and run commands with a deadline.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The path of a binary built from this workspace (`cargo build --workspace --bins`).
+///
+/// Panics with the command to run when it has not been built: a test that needs it must fail,
+/// not skip.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary knows its own path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is not built: run `cargo build --workspace --bins` (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A part the test script provides through an environment variable.
+///
+/// Returns `None`, after saying so on stderr, when it is absent and the run is not strict; under
+/// `CLAW_TEST_STRICT=1` (set by `scripts/test.sh`) a missing part fails the test.
+pub fn required_part(variable: &str, what: &str) -> Option<String> {
+    match std::env::var(variable) {
+        Ok(value) if !value.is_empty() => Some(value),
+        _ => {
+            let strict = std::env::var("CLAW_TEST_STRICT").is_ok_and(|v| v == "1");
+            assert!(
+                !strict,
+                "{variable} is not set: {what} is required (scripts/test.sh prepares it)"
+            );
+            eprintln!(
+                "SKIPPED: {variable} is not set, so {what} is unavailable; run scripts/test.sh"
+            );
+            None
+        }
+    }
+}
+
+/// Runs `command` to completion, killing it after `deadline`.
+pub fn run_with_deadline(command: &mut Command, deadline: Duration) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    let started = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if started.elapsed() > deadline => {
+                let _ = child.kill();
+                let output = child
+                    .wait_with_output()
+                    .expect("killed child can be reaped");
+                panic!(
+                    "{command:?} did not finish within {deadline:?}\nstdout: {}\nstderr: {}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("waiting for {command:?}: {e}"),
+        }
+    }
+    child
+        .wait_with_output()
+        .expect("finished child output can be read")
+}
+
+/// A `clawnode` invocation against one data directory.
+#[derive(Debug)]
+pub struct Clawnode {
+    binary: PathBuf,
+    data_dir: PathBuf,
+}
+
+/// What a finished command printed.
+#[derive(Debug)]
+pub struct Finished {
+    /// Whether it exited 0.
+    pub success: bool,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Finished {
+    /// Standard output parsed as JSON; panics with both streams when it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e})\nstdout: {}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+impl Clawnode {
+    /// `clawnode` with `--data-dir data_dir`.
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            binary: workspace_binary("clawnode"),
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Runs `clawnode --data-dir D <args>` with a 60 s deadline.
+    pub fn run(&self, args: &[&str]) -> Finished {
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(args)
+            .env_remove("CLAWNODE_DATA_DIR")
+            .env("RUST_LOG", "warn");
+        let output = run_with_deadline(&mut command, Duration::from_secs(60));
+        Finished {
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Runs a command that must succeed, and returns its output.
+    pub fn ok(&self, args: &[&str]) -> Finished {
+        let finished = self.run(args);
+        assert!(
+            finished.success,
+            "clawnode {args:?} failed\nstdout: {}\nstderr: {}",
+            finished.stdout, finished.stderr
+        );
+        finished
+    }
+
+    /// Runs a command that must fail, and returns its output.
+    pub fn fails(&self, args: &[&str]) -> Finished {
+        let finished = self.run(args);
+        assert!(
+            !finished.success,
+            "clawnode {args:?} succeeded but should have failed\nstdout: {}",
+            finished.stdout
+        );
+        finished
+    }
+}
