@@ -56,6 +56,8 @@ pub enum PayloadKind {
     Inventory,
     /// An answer to a verifier's freshness challenge.
     Freshness,
+    /// A node's announcement to its fleet: inventory plus allocation state and addresses.
+    Announcement,
 }
 
 impl PayloadKind {
@@ -63,6 +65,7 @@ impl PayloadKind {
         match self {
             Self::Inventory => 1,
             Self::Freshness => 2,
+            Self::Announcement => 3,
         }
     }
 
@@ -70,6 +73,7 @@ impl PayloadKind {
         match byte {
             1 => Some(Self::Inventory),
             2 => Some(Self::Freshness),
+            3 => Some(Self::Announcement),
             _ => None,
         }
     }
@@ -80,6 +84,7 @@ impl fmt::Display for PayloadKind {
         f.write_str(match self {
             Self::Inventory => "inventory",
             Self::Freshness => "freshness",
+            Self::Announcement => "announcement",
         })
     }
 }

@@ -1,8 +1,248 @@
-//! The Clawbernetes mesh: how nodes find each other and exchange signed claims.
+//! The Clawbernetes mesh: how nodes find each other and exchange signed claims, with no central
+//! registry.
 //!
-//! This crate grows into the libp2p swarm, the fleet view and the invoke RPC. It starts with the
-//! one thing every peer must agree on first: the names of the gossip topics, which are namespaced
-//! by network so that a devnet node never hears localnet offers.
+//! One task owns the libp2p swarm (TCP + Noise + Yamux, QUIC optional, pnet for private fleets;
+//! gossipsub, Kademlia, identify, ping, request-response). The application holds a cheap
+//! [`MeshHandle`] and receives [`MeshEvent`]s. Every gossiped claim is a signed envelope, verified
+//! once before gossipsub forwards it; invalid ones are rejected so peer scoring punishes the
+//! sender. Each peer keeps a [`FleetView`] of verified node announcements, from which fleet
+//! status is computed with no network round trip.
+
+mod config;
+mod fleet;
+mod invoke;
+mod known_peers;
+mod swarm;
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use claw_attestation::NodeIdentity;
+use libp2p::gossipsub::IdentTopic;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+pub use config::{MeshConfig, SwarmKey};
+pub use fleet::{FleetChange, FleetMember, FleetStatus, FleetView, NodeAnnouncement};
+pub use invoke::{
+    ErrorCode, HandlerFuture, InvokeFailure, InvokeHandler, InvokeRequest, InvokeResponse,
+    MAX_COMMAND_LEN, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES,
+};
+pub use libp2p::{Multiaddr, PeerId};
+
+use swarm::{Command, EventLoop};
+
+/// Why a mesh operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MeshError {
+    /// The configuration cannot be used.
+    #[error("mesh configuration: {0}")]
+    Config(String),
+    /// A transport could not be set up, listen or dial.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The mesh refused to publish or accept a claim.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// No peer is subscribed to the topic yet.
+    #[error("no peers to publish to")]
+    NoPeers,
+    /// The mesh task has stopped.
+    #[error("the mesh has stopped")]
+    Stopped,
+}
+
+/// Something the application may want to react to.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum MeshEvent {
+    /// The fleet view changed.
+    Fleet(FleetChange),
+    /// A first connection to a peer opened.
+    Connected(PeerId),
+    /// The last connection to a peer closed.
+    Disconnected(PeerId),
+    /// A gossiped claim failed verification and was rejected.
+    GossipRejected {
+        /// The peer that forwarded it.
+        source: PeerId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A cheap, cloneable handle on a running mesh node.
+#[derive(Debug, Clone)]
+pub struct MeshHandle {
+    local_peer_id: PeerId,
+    commands: mpsc::Sender<Command>,
+    fleet: Arc<RwLock<FleetView>>,
+}
+
+/// A running mesh node: its handle, its events, and its task.
+#[derive(Debug)]
+pub struct Mesh {
+    /// Talk to the mesh through this.
+    pub handle: MeshHandle,
+    /// Fleet changes and other events; read it, or events are dropped once 1024 are queued.
+    pub events: mpsc::Receiver<MeshEvent>,
+    /// The event-loop task; it ends after [`MeshHandle::shutdown`].
+    pub task: JoinHandle<()>,
+}
+
+impl Mesh {
+    /// Starts a mesh node with `identity`, answering invokes with `handler`.
+    ///
+    /// Must be called within a tokio runtime.
+    pub fn spawn(
+        identity: &NodeIdentity,
+        config: MeshConfig,
+        handler: Arc<dyn InvokeHandler>,
+    ) -> Result<Self, MeshError> {
+        let topic = TopicName::new(&config.network, TopicKind::Inventory)
+            .map_err(|e| MeshError::Config(e.to_string()))?;
+        let ident = IdentTopic::new(topic.as_str());
+        let swarm = swarm::build_swarm(identity, &config, &ident.hash())?;
+        let fleet = Arc::new(RwLock::new(FleetView::new(config.max_silence())));
+        let (commands_tx, commands_rx) = mpsc::channel(256);
+        let (events_tx, events_rx) = mpsc::channel(1024);
+        let local_peer_id = identity.peer_id();
+        let mut event_loop = EventLoop::new(
+            swarm,
+            config,
+            commands_rx,
+            events_tx,
+            Arc::clone(&fleet),
+            handler,
+            ident,
+        );
+        event_loop.start()?;
+        let task = tokio::spawn(event_loop.run());
+        Ok(Self {
+            handle: MeshHandle {
+                local_peer_id,
+                commands: commands_tx,
+                fleet,
+            },
+            events: events_rx,
+            task,
+        })
+    }
+}
+
+impl MeshHandle {
+    /// This node's peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, MeshError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(make(reply))
+            .await
+            .map_err(|_| MeshError::Stopped)?;
+        answer.await.map_err(|_| MeshError::Stopped)
+    }
+
+    /// Publishes this node's signed [`NodeAnnouncement`] envelope and records it in the local
+    /// view. Being alone in the mesh is not an error.
+    pub async fn announce(&self, envelope: Vec<u8>) -> Result<(), MeshError> {
+        self.ask(|reply| Command::Announce { envelope, reply })
+            .await?
+    }
+
+    /// Publishes an already-signed envelope on a topic of this node's network, as is.
+    pub async fn publish(&self, kind: TopicKind, envelope: Vec<u8>) -> Result<(), MeshError> {
+        self.ask(|reply| Command::Publish {
+            kind,
+            envelope,
+            reply,
+        })
+        .await?
+    }
+
+    /// Invokes `request.command` on `peer` and waits at most `request.deadline_ms`.
+    pub async fn invoke(
+        &self,
+        peer: PeerId,
+        request: InvokeRequest,
+    ) -> Result<serde_json::Value, InvokeFailure> {
+        let deadline = Duration::from_millis(request.deadline_ms);
+        let command = request.command.clone();
+        let stopped = || InvokeFailure::new(ErrorCode::Unavailable, "the mesh has stopped");
+        let call = self.ask(|reply| Command::Invoke {
+            peer,
+            request,
+            reply,
+        });
+        match tokio::time::timeout(deadline, call).await {
+            Err(_) => Err(InvokeFailure::new(
+                ErrorCode::Timeout,
+                format!(
+                    "{command} on {peer}: no answer within {} ms",
+                    deadline.as_millis()
+                ),
+            )),
+            Ok(Err(_)) => Err(stopped()),
+            Ok(Ok(Err(failure))) => Err(failure),
+            Ok(Ok(Ok(InvokeResponse::Ok(value)))) => Ok(value),
+            Ok(Ok(Ok(InvokeResponse::Error(failure)))) => Err(failure),
+        }
+    }
+
+    /// Dials an address (ending in `/p2p/<peer>` to also seed Kademlia).
+    pub async fn dial(&self, address: Multiaddr) -> Result<(), MeshError> {
+        self.ask(|reply| Command::Dial { address, reply }).await?
+    }
+
+    /// Peers that provide GPUs of `model`, found through Kademlia without the gossip view.
+    pub async fn find_providers(&self, model: &str) -> Result<HashSet<PeerId>, MeshError> {
+        let model = model.to_owned();
+        self.ask(|reply| Command::FindProviders { model, reply })
+            .await
+    }
+
+    /// Addresses this node listens on.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, MeshError> {
+        self.ask(|reply| Command::ListenAddrs { reply }).await
+    }
+
+    /// Peers with an open connection.
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, MeshError> {
+        self.ask(|reply| Command::ConnectedPeers { reply }).await
+    }
+
+    /// Gossipsub's score for `peer`, if it has one.
+    pub async fn peer_score(&self, peer: PeerId) -> Result<Option<f64>, MeshError> {
+        self.ask(|reply| Command::PeerScore { peer, reply }).await
+    }
+
+    /// Every node in the local fleet view, including this one once it has announced.
+    pub fn fleet(&self) -> Vec<FleetMember> {
+        self.read_fleet(FleetView::members)
+    }
+
+    /// Fleet-wide counts from the local view: no network round trip.
+    pub fn fleet_status(&self) -> FleetStatus {
+        self.read_fleet(FleetView::status)
+    }
+
+    fn read_fleet<T>(&self, read: impl FnOnce(&FleetView) -> T) -> T {
+        let view = self.fleet.read().unwrap_or_else(|p| p.into_inner());
+        read(&view)
+    }
+
+    /// Stops the mesh task, saving known peers.
+    pub async fn shutdown(&self) {
+        let _ = self.commands.send(Command::Shutdown).await;
+    }
+}
 
 use std::fmt;
 

@@ -1,0 +1,123 @@
+//! Mesh configuration: one struct, every default documented and usable as is.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use libp2p::pnet::PreSharedKey;
+
+/// How a node joins and behaves in the mesh.
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    /// Network name: `localnet`, `devnet`, `mainnet` or a private fleet id. Default `localnet`.
+    pub network: String,
+    /// Addresses to listen on. Default `/ip4/127.0.0.1/tcp/0`.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start and to seed Kademlia with; each should end in `/p2p/<peer id>`.
+    /// Default none.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Pre-shared key of a private fleet. When set, the transport is TCP → pnet → Noise → Yamux
+    /// and QUIC is off; peers without the same key cannot connect. Default none.
+    pub swarm_key: Option<SwarmKey>,
+    /// Also listen and dial over QUIC (public networks only). Default off.
+    pub quic: bool,
+    /// Discover peers on the local network with mDNS. Default off.
+    pub mdns: bool,
+    /// How often the node re-announces itself. Default 10 s.
+    pub announce_interval: Duration,
+    /// Announcement intervals a node may miss before it leaves the view. Default 3.
+    pub missed_intervals: u32,
+    /// Largest gossip message accepted or sent. Default 16 KiB.
+    pub max_message_bytes: usize,
+    /// Longest deadline an invoke may ask for. Default 120 s.
+    pub max_invoke_deadline: Duration,
+    /// Established connections kept at most. Default 256.
+    pub max_connections: u32,
+    /// How long an idle connection stays open. Default 1 hour: fleets are long-lived.
+    pub idle_connection_timeout: Duration,
+    /// Tolerated clock skew for envelopes from peers. Default 30 s.
+    pub max_clock_skew: Duration,
+    /// File where known peers are remembered so a restarted node rejoins. Default none.
+    pub known_peers_file: Option<PathBuf>,
+    /// Drop gossipsub's IP-colocation penalty, for many peers on one host (tests, local fleets).
+    /// Default off; production keeps the penalty.
+    pub allow_colocated_peers: bool,
+    /// Gossipsub heartbeat. Default 700 ms.
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            network: "localnet".to_owned(),
+            listen: vec![
+                "/ip4/127.0.0.1/tcp/0"
+                    .parse()
+                    .expect("a literal multiaddr parses"),
+            ],
+            bootstrap: Vec::new(),
+            swarm_key: None,
+            quic: false,
+            mdns: false,
+            announce_interval: Duration::from_secs(10),
+            missed_intervals: 3,
+            max_message_bytes: 16 * 1024,
+            max_invoke_deadline: Duration::from_secs(120),
+            max_connections: 256,
+            idle_connection_timeout: Duration::from_secs(3600),
+            max_clock_skew: Duration::from_secs(30),
+            known_peers_file: None,
+            allow_colocated_peers: false,
+            heartbeat_interval: Duration::from_millis(700),
+        }
+    }
+}
+
+impl MeshConfig {
+    /// How long a node may stay silent before it leaves the view.
+    pub fn max_silence(&self) -> Duration {
+        self.announce_interval * self.missed_intervals.max(1)
+    }
+}
+
+/// A private fleet's pre-shared key (the IPFS `swarm.key` format).
+#[derive(Clone, Copy)]
+pub struct SwarmKey(pub(crate) PreSharedKey);
+
+impl std::fmt::Debug for SwarmKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key is a secret; only its fingerprint is ever shown.
+        write!(f, "SwarmKey(fingerprint {})", self.0.fingerprint())
+    }
+}
+
+impl SwarmKey {
+    /// A key from 32 bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(PreSharedKey::new(bytes))
+    }
+
+    /// The public fingerprint, safe to log, for telling keys apart.
+    pub fn fingerprint(&self) -> String {
+        self.0.fingerprint().to_string()
+    }
+}
+
+impl FromStr for SwarmKey {
+    type Err = String;
+
+    /// Parses the `swarm.key` text format (`/key/swarm/psk/1.0.0/`, `/base16/`, 64 hex digits).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        PreSharedKey::from_str(text)
+            .map(Self)
+            .map_err(|e| format!("invalid swarm key: {e}"))
+    }
+}
+
+impl std::fmt::Display for SwarmKey {
+    /// The `swarm.key` text format. This prints the secret: write it to files, never to logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}

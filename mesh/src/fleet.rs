@@ -1,0 +1,268 @@
+//! Node announcements and the fleet view every peer builds from them.
+//!
+//! The view maps each signer to its latest verified announcement (highest sequence wins) and
+//! forgets a node after it misses a configured number of announcement intervals, or when its
+//! announcement expires, whichever comes first. Fleet status is computed from this view alone.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use claw_attestation::{HardwareInventory, PayloadKind, SignedPayload};
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+
+/// What a node tells its fleet about itself, signed and gossiped periodically and on change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeAnnouncement {
+    /// Human-readable node name.
+    pub name: String,
+    /// Network the node belongs to; must match the topic it arrives on.
+    pub network: String,
+    /// Where the node is, if configured.
+    pub region: Option<String>,
+    /// Operator labels.
+    pub labels: BTreeMap<String, String>,
+    /// `clawnode` version.
+    pub software_version: String,
+    /// Addresses the node listens on (multiaddr text).
+    pub listen_addrs: Vec<String>,
+    /// The node's hardware.
+    pub inventory: HardwareInventory,
+    /// UUIDs of GPUs currently allocated to workloads.
+    pub allocated_gpus: Vec<String>,
+}
+
+impl SignedPayload for NodeAnnouncement {
+    const KIND: PayloadKind = PayloadKind::Announcement;
+}
+
+impl NodeAnnouncement {
+    /// GPUs not allocated to any workload.
+    pub fn free_gpu_count(&self) -> usize {
+        self.inventory
+            .gpus
+            .iter()
+            .filter(|g| !self.allocated_gpus.contains(&g.uuid))
+            .count()
+    }
+}
+
+/// One node as a peer sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetMember {
+    /// The node.
+    pub peer_id: PeerId,
+    /// Its latest verified announcement.
+    pub announcement: NodeAnnouncement,
+    /// That announcement's sequence number.
+    pub seq: u64,
+    /// When that announcement was signed (Unix ms).
+    pub issued_at_ms: u64,
+    /// When it expires (Unix ms).
+    pub expires_at_ms: u64,
+}
+
+/// Changes to the fleet view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FleetChange {
+    /// A node appeared.
+    Joined(PeerId),
+    /// A known node sent a newer announcement.
+    Updated(PeerId),
+    /// A node expired from the view.
+    Left(PeerId),
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    member: FleetMember,
+    refreshed: Instant,
+}
+
+/// Fleet-wide counts, computed from the view with no network round trip.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FleetStatus {
+    /// Nodes in the view.
+    pub nodes: usize,
+    /// GPUs across them.
+    pub gpus: usize,
+    /// GPUs not allocated.
+    pub free_gpus: usize,
+    /// Simulated GPUs among them.
+    pub simulated_gpus: usize,
+    /// GPUs per model: (total, free).
+    pub by_model: BTreeMap<String, (usize, usize)>,
+}
+
+/// PeerId → latest verified announcement.
+#[derive(Debug)]
+pub struct FleetView {
+    entries: HashMap<PeerId, Entry>,
+    max_silence: Duration,
+}
+
+impl FleetView {
+    /// A view that forgets nodes silent for longer than `max_silence`.
+    pub fn new(max_silence: Duration) -> Self {
+        Self {
+            entries: HashMap::new(),
+            max_silence,
+        }
+    }
+
+    /// Records a verified announcement; older or equal sequences than the one held are ignored.
+    pub fn upsert(&mut self, member: FleetMember, now: Instant) -> Option<FleetChange> {
+        let peer = member.peer_id;
+        match self.entries.get_mut(&peer) {
+            Some(entry) if entry.member.seq >= member.seq => None,
+            Some(entry) => {
+                *entry = Entry {
+                    member,
+                    refreshed: now,
+                };
+                Some(FleetChange::Updated(peer))
+            }
+            None => {
+                self.entries.insert(
+                    peer,
+                    Entry {
+                        member,
+                        refreshed: now,
+                    },
+                );
+                Some(FleetChange::Joined(peer))
+            }
+        }
+    }
+
+    /// Drops nodes that have been silent too long or whose announcement expired.
+    pub fn expire(&mut self, now: Instant, now_ms: u64) -> Vec<FleetChange> {
+        let mut gone = Vec::new();
+        self.entries.retain(|peer, entry| {
+            let keep = now.duration_since(entry.refreshed) <= self.max_silence
+                && entry.member.expires_at_ms > now_ms;
+            if !keep {
+                gone.push(FleetChange::Left(*peer));
+            }
+            keep
+        });
+        gone
+    }
+
+    /// One node.
+    pub fn get(&self, peer: &PeerId) -> Option<&FleetMember> {
+        self.entries.get(peer).map(|e| &e.member)
+    }
+
+    /// Every node, ordered by peer id.
+    pub fn members(&self) -> Vec<FleetMember> {
+        let mut members: Vec<FleetMember> =
+            self.entries.values().map(|e| e.member.clone()).collect();
+        members.sort_by_key(|m| m.peer_id);
+        members
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no node is known.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Fleet-wide counts.
+    pub fn status(&self) -> FleetStatus {
+        let mut status = FleetStatus {
+            nodes: self.entries.len(),
+            ..FleetStatus::default()
+        };
+        for entry in self.entries.values() {
+            let a = &entry.member.announcement;
+            for gpu in &a.inventory.gpus {
+                let free = !a.allocated_gpus.contains(&gpu.uuid);
+                status.gpus += 1;
+                status.free_gpus += usize::from(free);
+                status.simulated_gpus += usize::from(gpu.simulated);
+                let slot = status.by_model.entry(gpu.model.clone()).or_default();
+                slot.0 += 1;
+                slot.1 += usize::from(free);
+            }
+        }
+        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use claw_attestation::{HostInfo, NvmlStatus};
+
+    fn member(seq: u64, expires_at_ms: u64) -> FleetMember {
+        FleetMember {
+            peer_id: PeerId::random(),
+            announcement: NodeAnnouncement {
+                name: "n".into(),
+                network: "localnet".into(),
+                region: None,
+                labels: BTreeMap::new(),
+                software_version: "0".into(),
+                listen_addrs: vec![],
+                inventory: HardwareInventory {
+                    host: HostInfo::default(),
+                    nvml: NvmlStatus::Unavailable {
+                        reason: "none".into(),
+                    },
+                    gpus: vec![],
+                },
+                allocated_gpus: vec![],
+            },
+            seq,
+            issued_at_ms: 0,
+            expires_at_ms,
+        }
+    }
+
+    #[test]
+    fn highest_sequence_wins() {
+        let mut view = FleetView::new(Duration::from_secs(30));
+        let now = Instant::now();
+        let first = member(5, u64::MAX);
+        let peer = first.peer_id;
+        assert_eq!(
+            view.upsert(first.clone(), now),
+            Some(FleetChange::Joined(peer))
+        );
+        let mut older = first.clone();
+        older.seq = 4;
+        older.announcement.name = "old".into();
+        assert_eq!(view.upsert(older, now), None);
+        assert_eq!(view.get(&peer).unwrap().announcement.name, "n");
+        let mut newer = first;
+        newer.seq = 6;
+        assert_eq!(view.upsert(newer, now), Some(FleetChange::Updated(peer)));
+    }
+
+    #[test]
+    fn silent_and_expired_nodes_leave() {
+        let mut view = FleetView::new(Duration::from_secs(30));
+        let start = Instant::now();
+        let quiet = member(1, u64::MAX);
+        let expiring = member(1, 1_000);
+        view.upsert(quiet.clone(), start);
+        view.upsert(expiring.clone(), start);
+        assert_eq!(
+            view.expire(start, 1_000),
+            vec![FleetChange::Left(expiring.peer_id)]
+        );
+        assert_eq!(view.len(), 1);
+        assert!(view.expire(start + Duration::from_secs(30), 0).is_empty());
+        assert_eq!(
+            view.expire(start + Duration::from_secs(31), 0),
+            vec![FleetChange::Left(quiet.peer_id)]
+        );
+        assert!(view.is_empty());
+    }
+}

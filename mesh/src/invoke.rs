@@ -1,0 +1,210 @@
+//! Invoking a command on a peer: the wire types and the handler a node plugs in.
+//!
+//! A request names a command, carries JSON params, a deadline and an optional idempotency key;
+//! the answer is a JSON result or a typed error. The caller's identity is the `PeerId` that Noise
+//! authenticated for the connection; deciding what that peer may do is the handler's job.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+
+/// Longest accepted command name.
+pub const MAX_COMMAND_LEN: usize = 64;
+/// Largest encoded request accepted from a peer.
+pub const MAX_REQUEST_BYTES: u64 = 256 * 1024;
+/// Largest encoded response accepted from a peer.
+pub const MAX_RESPONSE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// A command invocation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvokeRequest {
+    /// Command name, e.g. `gpu.list`.
+    pub command: String,
+    /// Command parameters; each command parses them strictly.
+    #[serde(default)]
+    pub params: serde_json::Value,
+    /// How long the caller will wait, in milliseconds; the handler is cut off after it.
+    pub deadline_ms: u64,
+    /// Lets a handler recognise a retried request and answer it without repeating its effect.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+impl InvokeRequest {
+    /// A request with no params, no idempotency key and the given deadline.
+    pub fn new(command: impl Into<String>, deadline: std::time::Duration) -> Self {
+        Self {
+            command: command.into(),
+            params: serde_json::Value::Null,
+            deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+            idempotency_key: None,
+        }
+    }
+
+    /// Sets the params.
+    pub fn with_params(mut self, params: serde_json::Value) -> Self {
+        self.params = params;
+        self
+    }
+}
+
+/// The error classes every command shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The node has no such command.
+    UnknownCommand,
+    /// Params failed to parse or are out of range.
+    InvalidParams,
+    /// The caller may not run this command.
+    Unauthorized,
+    /// The thing named does not exist.
+    NotFound,
+    /// The request conflicts with the current state (e.g. GPUs already taken).
+    Conflict,
+    /// The deadline passed before an answer.
+    Timeout,
+    /// The node or something it depends on cannot serve now.
+    Unavailable,
+    /// A fault on the node.
+    Internal,
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        f.write_str(&text)
+    }
+}
+
+/// A typed error, as answered by a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(deny_unknown_fields)]
+#[error("{code}: {message}")]
+pub struct InvokeFailure {
+    /// The class of failure.
+    pub code: ErrorCode,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+impl InvokeFailure {
+    /// A failure of class `code`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A node's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum InvokeResponse {
+    /// The command's result.
+    Ok(serde_json::Value),
+    /// Why it failed.
+    Error(InvokeFailure),
+}
+
+impl From<Result<serde_json::Value, InvokeFailure>> for InvokeResponse {
+    fn from(result: Result<serde_json::Value, InvokeFailure>) -> Self {
+        match result {
+            Ok(value) => Self::Ok(value),
+            Err(failure) => Self::Error(failure),
+        }
+    }
+}
+
+/// A boxed future returned by handlers.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = InvokeResponse> + Send + 'static>>;
+
+/// What a node runs for each inbound invocation. Each call runs in its own task, bounded by the
+/// request's deadline, so a slow command never holds up another or the mesh.
+pub trait InvokeHandler: Send + Sync + 'static {
+    /// Answers `request` from `caller` (authenticated by Noise).
+    fn handle(&self, caller: PeerId, request: InvokeRequest) -> HandlerFuture;
+}
+
+/// Checks the parts of a request that do not depend on the command.
+pub(crate) fn precheck(request: &InvokeRequest) -> Result<(), InvokeFailure> {
+    let name_ok = !request.command.is_empty()
+        && request.command.len() <= MAX_COMMAND_LEN
+        && request
+            .command
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if !name_ok {
+        return Err(InvokeFailure::new(
+            ErrorCode::InvalidParams,
+            format!(
+                "command names are 1 to {MAX_COMMAND_LEN} characters of a-z, 0-9, '.', '_', '-'"
+            ),
+        ));
+    }
+    if request
+        .idempotency_key
+        .as_ref()
+        .is_some_and(|k| k.len() > 128)
+    {
+        return Err(InvokeFailure::new(
+            ErrorCode::InvalidParams,
+            "idempotency keys are at most 128 characters",
+        ));
+    }
+    if request.deadline_ms == 0 {
+        return Err(InvokeFailure::new(
+            ErrorCode::Timeout,
+            "the deadline is zero",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_form_is_strict() {
+        let ok: InvokeRequest =
+            serde_json::from_str(r#"{"command":"gpu.list","deadline_ms":100}"#).unwrap();
+        assert_eq!(ok.params, serde_json::Value::Null);
+        assert!(
+            serde_json::from_str::<InvokeRequest>(
+                r#"{"command":"gpu.list","deadline_ms":100,"sudo":true}"#
+            )
+            .is_err()
+        );
+        let failure = InvokeResponse::Error(InvokeFailure::new(ErrorCode::UnknownCommand, "x"));
+        let text = serde_json::to_string(&failure).unwrap();
+        assert_eq!(
+            text,
+            r#"{"error":{"code":"UNKNOWN_COMMAND","message":"x"}}"#
+        );
+        assert_eq!(ErrorCode::InvalidParams.to_string(), "INVALID_PARAMS");
+    }
+
+    #[test]
+    fn precheck_refuses_odd_names_and_zero_deadlines() {
+        let mut request = InvokeRequest::new("gpu.list", std::time::Duration::from_secs(1));
+        assert!(precheck(&request).is_ok());
+        request.command = "rm -rf /".into();
+        assert_eq!(
+            precheck(&request).unwrap_err().code,
+            ErrorCode::InvalidParams
+        );
+        request.command = "gpu.list".into();
+        request.deadline_ms = 0;
+        assert_eq!(precheck(&request).unwrap_err().code, ErrorCode::Timeout);
+    }
+}

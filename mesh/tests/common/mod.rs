@@ -1,0 +1,196 @@
+//! Helpers for in-process mesh tests: nodes on loopback that announce themselves periodically.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use claw_attestation::{
+    Envelope, GpuDevice, HardwareInventory, HostInfo, NodeIdentity, NvmlStatus, Validity,
+};
+use claw_mesh::{
+    ErrorCode, HandlerFuture, InvokeFailure, InvokeHandler, InvokeRequest, InvokeResponse, Mesh,
+    MeshConfig, MeshHandle, Multiaddr, NodeAnnouncement, PeerId, SwarmKey,
+};
+use tokio::task::JoinHandle;
+
+/// Answers `echo` (returns params), `sleep` (params: ms) and nothing else.
+pub struct TestHandler;
+
+impl InvokeHandler for TestHandler {
+    fn handle(&self, caller: PeerId, request: InvokeRequest) -> HandlerFuture {
+        Box::pin(async move {
+            match request.command.as_str() {
+                "echo" => InvokeResponse::Ok(serde_json::json!({
+                    "params": request.params,
+                    "caller": caller.to_string(),
+                })),
+                "sleep" => {
+                    let ms = request.params.as_u64().unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    InvokeResponse::Ok(serde_json::json!({ "slept_ms": ms }))
+                }
+                other => InvokeResponse::Error(InvokeFailure::new(
+                    ErrorCode::UnknownCommand,
+                    format!("no command {other}"),
+                )),
+            }
+        })
+    }
+}
+
+pub struct TestNode {
+    pub identity: Arc<NodeIdentity>,
+    pub handle: MeshHandle,
+    pub addr: Multiaddr,
+    seq: Arc<AtomicU64>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+pub fn test_config(network: &str) -> MeshConfig {
+    MeshConfig {
+        network: network.to_owned(),
+        announce_interval: Duration::from_millis(1000),
+        missed_intervals: 3,
+        allow_colocated_peers: true,
+        heartbeat_interval: Duration::from_millis(200),
+        ..MeshConfig::default()
+    }
+}
+
+pub fn announcement(name: &str, network: &str) -> NodeAnnouncement {
+    NodeAnnouncement {
+        name: name.to_owned(),
+        network: network.to_owned(),
+        region: None,
+        labels: BTreeMap::new(),
+        software_version: "test".into(),
+        listen_addrs: vec![],
+        inventory: HardwareInventory {
+            host: HostInfo::default(),
+            nvml: NvmlStatus::Unavailable {
+                reason: "test node".into(),
+            },
+            gpus: vec![GpuDevice {
+                index: 0,
+                uuid: format!("GPU-sim-{name}"),
+                model: "NVIDIA H100 80GB HBM3".into(),
+                memory_total_bytes: 80 << 30,
+                pci_bus_id: None,
+                compute_capability: None,
+                ecc: None,
+                power_limit_mw: None,
+                max_clocks: None,
+                temperature_c: None,
+                simulated: true,
+            }],
+        },
+        allocated_gpus: vec![],
+    }
+}
+
+pub fn sign(identity: &NodeIdentity, seq: u64, announcement: &NodeAnnouncement) -> Vec<u8> {
+    Envelope::seal(
+        identity,
+        seq,
+        Validity::from_now(Duration::from_secs(60)),
+        announcement,
+    )
+    .to_bytes()
+}
+
+impl TestNode {
+    /// Starts a node that announces itself every `config.announce_interval`.
+    pub async fn start(name: &str, config: MeshConfig) -> Self {
+        let identity = Arc::new(NodeIdentity::generate());
+        Self::start_with(identity, name, config, true).await
+    }
+
+    pub async fn start_with(
+        identity: Arc<NodeIdentity>,
+        name: &str,
+        config: MeshConfig,
+        announce: bool,
+    ) -> Self {
+        let network = config.network.clone();
+        let interval = config.announce_interval;
+        let mesh = Mesh::spawn(&identity, config, Arc::new(TestHandler)).expect("mesh starts");
+        let handle = mesh.handle.clone();
+        let mut events = mesh.events;
+        let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });
+        let addr = loop {
+            let addrs = handle.listen_addrs().await.expect("mesh runs");
+            if let Some(a) = addrs.into_iter().next() {
+                break a.with_p2p(identity.peer_id()).expect("no peer id yet");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let seq = Arc::new(AtomicU64::new(1));
+        let mut tasks = vec![drain, mesh.task];
+        if announce {
+            let (identity, handle, seq, name) = (
+                identity.clone(),
+                handle.clone(),
+                seq.clone(),
+                name.to_owned(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(interval);
+                loop {
+                    tick.tick().await;
+                    let n = seq.fetch_add(1, Ordering::SeqCst);
+                    let bytes = sign(&identity, n, &announcement(&name, &network));
+                    if handle.announce(bytes).await.is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        Self {
+            identity,
+            handle,
+            addr,
+            seq,
+            tasks,
+        }
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.identity.peer_id()
+    }
+
+    pub fn sees(&self) -> Vec<PeerId> {
+        self.handle.fleet().into_iter().map(|m| m.peer_id).collect()
+    }
+
+    pub async fn stop(self) {
+        self.handle.shutdown().await;
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Waits until `check` holds, polling every 50 ms; `Err` after `limit`, with `what` logged.
+pub async fn wait_until(
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> bool,
+) -> Result<(), ()> {
+    let start = tokio::time::Instant::now();
+    while !check() {
+        if start.elapsed() >= limit {
+            eprintln!("timed out after {limit:?} waiting for {what}");
+            return Err(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+pub fn with_key(mut config: MeshConfig, key: Option<SwarmKey>) -> MeshConfig {
+    config.swarm_key = key;
+    config
+}

@@ -1,0 +1,367 @@
+//! In-process mesh tests on loopback: convergence, expiry, partitions, hostile gossip, private
+//! fleets and invokes.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use claw_attestation::{Envelope, NodeIdentity, Validity};
+use claw_mesh::{ErrorCode, InvokeRequest, SwarmKey, TopicKind};
+use common::{TestNode, announcement, sign, test_config, wait_until, with_key};
+
+async fn start_nodes(count: usize, network: &str, bootstrap: Option<&TestNode>) -> Vec<TestNode> {
+    let mut nodes = Vec::new();
+    for i in 0..count {
+        let mut config = test_config(network);
+        if let Some(seed) = bootstrap.or(nodes.first()) {
+            config.bootstrap = vec![seed.addr.clone()];
+        }
+        nodes.push(TestNode::start(&format!("{network}-{i}"), config).await);
+        // Stagger joins a little so 2 cores are not asked to bootstrap everyone at once.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    nodes
+}
+
+fn all_see(nodes: &[TestNode], count: usize) -> bool {
+    nodes.iter().all(|n| n.sees().len() == count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_nodes_converge_and_a_stopped_node_leaves_every_view() {
+    let mut nodes = start_nodes(20, "localnet", None).await;
+    let started = Instant::now();
+    let counts = || nodes.iter().map(|n| n.sees().len()).collect::<Vec<_>>();
+    wait_until(Duration::from_secs(30), "20 nodes to see 20", || {
+        all_see(&nodes, 20)
+    })
+    .await
+    .unwrap_or_else(|()| panic!("views did not converge: {:?}", counts()));
+    eprintln!("20 nodes converged in {:?}", started.elapsed());
+
+    let status = nodes[5].handle.fleet_status();
+    assert_eq!(status.nodes, 20);
+    assert_eq!(status.gpus, 20);
+    assert_eq!(status.simulated_gpus, 20);
+
+    let gone = nodes.remove(7);
+    let gone_id = gone.peer_id();
+    gone.stop().await;
+    let stopped = Instant::now();
+    wait_until(Duration::from_secs(15), "the stopped node to leave", || {
+        nodes.iter().all(|n| !n.sees().contains(&gone_id))
+    })
+    .await
+    .expect("condition reached in time");
+    eprintln!("stopped node left every view after {:?}", stopped.elapsed());
+    assert!(all_see(&nodes, 19));
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_halves_converge_apart_and_merge_when_reconnected() {
+    let left = start_nodes(5, "localnet", None).await;
+    let right = start_nodes(5, "localnet", None).await;
+    wait_until(Duration::from_secs(20), "each half to converge", || {
+        all_see(&left, 5) && all_see(&right, 5)
+    })
+    .await
+    .expect("condition reached in time");
+    let left_ids: Vec<_> = left.iter().map(TestNode::peer_id).collect();
+    assert!(
+        right
+            .iter()
+            .all(|n| n.sees().iter().all(|p| !left_ids.contains(p)))
+    );
+
+    left[0].handle.dial(right[0].addr.clone()).await.unwrap();
+    wait_until(Duration::from_secs(20), "the halves to merge", || {
+        all_see(&left, 10) && all_see(&right, 10)
+    })
+    .await
+    .expect("condition reached in time");
+    for node in left.into_iter().chain(right) {
+        node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_announcements_are_rejected_unforwarded_and_cost_the_sender() {
+    let network = "localnet";
+    let victim = TestNode::start("victim", test_config(network)).await;
+    let mut behind_config = test_config(network);
+    behind_config.bootstrap = vec![victim.addr.clone()];
+    let behind = TestNode::start("behind", behind_config).await;
+    let rogue_identity = Arc::new(NodeIdentity::generate());
+    let mut rogue_config = test_config(network);
+    rogue_config.bootstrap = vec![victim.addr.clone()];
+    let rogue = TestNode::start_with(rogue_identity.clone(), "rogue", rogue_config, false).await;
+    wait_until(Duration::from_secs(15), "victim and behind to meet", || {
+        victim.sees().len() == 2 && behind.sees().len() == 2
+    })
+    .await
+    .expect("condition reached in time");
+    // Let gossipsub graft the rogue into the victim's mesh.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let honest = NodeIdentity::generate();
+    let claim = announcement("forged", network);
+    let mut forged = sign(&rogue_identity, 100, &claim);
+    forged[2..34].copy_from_slice(honest.public_key().as_bytes()); // claims another key
+    let mut bad_signature = sign(&rogue_identity, 101, &claim);
+    let last = bad_signature.len() - 1;
+    bad_signature[last] ^= 1;
+    let expired = Envelope::seal(
+        &rogue_identity,
+        102,
+        Validity {
+            issued_at_ms: 1_000,
+            ttl: Duration::from_secs(1),
+        },
+        &claim,
+    )
+    .to_bytes();
+    let wrong_network = sign(&rogue_identity, 103, &announcement("x", "devnet"));
+    let malformed = b"not an envelope at all".to_vec();
+    let oversize = vec![1u8; 15 * 1024];
+    let newer = sign(&rogue_identity, 500, &announcement("rogue-newer", network));
+    let replayed = sign(&rogue_identity, 400, &announcement("rogue-older", network));
+
+    for bytes in [
+        forged,
+        bad_signature,
+        expired,
+        wrong_network,
+        malformed,
+        oversize,
+    ] {
+        let _ = rogue.handle.publish(TopicKind::Inventory, bytes).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let score = victim
+        .handle
+        .peer_score(rogue.peer_id())
+        .await
+        .unwrap()
+        .expect("the victim scores the rogue");
+    assert!(score < 0.0, "the rogue's score is {score}");
+    for node in [&victim, &behind] {
+        let seen = node.sees();
+        assert_eq!(seen.len(), 2, "hostile claims entered a view: {seen:?}");
+        assert!(!seen.contains(&rogue.peer_id()));
+        assert!(!seen.contains(&honest.peer_id()));
+    }
+
+    // Replay protection, from a sender still in good standing.
+    let fresh_identity = Arc::new(NodeIdentity::generate());
+    let mut fresh_config = test_config(network);
+    fresh_config.bootstrap = vec![victim.addr.clone()];
+    let fresh = TestNode::start_with(fresh_identity.clone(), "fresh", fresh_config, false).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let newer_fresh = sign(&fresh_identity, 500, &announcement("fresh", network));
+    fresh.handle.announce(newer_fresh).await.unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the fresh node's announcement",
+        || behind.sees().contains(&fresh.peer_id()),
+    )
+    .await
+    .expect("condition reached in time");
+    let replay = sign(
+        &fresh_identity,
+        400,
+        &announcement("fresh-replayed", network),
+    );
+    fresh
+        .handle
+        .publish(TopicKind::Inventory, replay)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for node in [&victim, &behind] {
+        let member = node
+            .handle
+            .fleet()
+            .into_iter()
+            .find(|m| m.peer_id == fresh.peer_id())
+            .expect("fresh node is known");
+        assert_eq!(member.seq, 500);
+        assert_eq!(member.announcement.name, "fresh");
+    }
+    let fresh_score = victim.handle.peer_score(fresh.peer_id()).await.unwrap();
+    assert!(
+        fresh_score.is_some_and(|s| s < 0.0),
+        "replay cost nothing: {fresh_score:?}"
+    );
+    drop((newer, replayed));
+
+    for node in [victim, behind, rogue, fresh] {
+        node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_fleet_admits_only_peers_with_its_key() {
+    let key: SwarmKey = SwarmKey::from_bytes([42; 32]);
+    let other: SwarmKey = SwarmKey::from_bytes([7; 32]);
+    let network = "fleet-a";
+    let first = TestNode::start("p0", with_key(test_config(network), Some(key))).await;
+    let mut members = vec![];
+    for i in 1..3 {
+        let mut config = with_key(test_config(network), Some(key));
+        config.bootstrap = vec![first.addr.clone()];
+        members.push(TestNode::start(&format!("p{i}"), config).await);
+    }
+    members.insert(0, first);
+    wait_until(Duration::from_secs(20), "the private fleet to form", || {
+        all_see(&members, 3)
+    })
+    .await
+    .expect("condition reached in time");
+
+    for (name, key) in [("wrong-key", Some(other)), ("no-key", None)] {
+        let mut config = with_key(test_config(network), key);
+        config.bootstrap = members.iter().map(|m| m.addr.clone()).collect();
+        let outsider = TestNode::start(name, config).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let connected = outsider.handle.connected_peers().await.unwrap();
+        assert!(connected.is_empty(), "{name} connected to {connected:?}");
+        assert_eq!(outsider.sees(), vec![outsider.peer_id()]);
+        for member in &members {
+            assert!(!member.sees().contains(&outsider.peer_id()));
+        }
+        outsider.stop().await;
+    }
+    for node in members {
+        node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invokes_round_trip_time_out_and_do_not_block_each_other() {
+    let server = TestNode::start("server", test_config("localnet")).await;
+    let mut config = test_config("localnet");
+    config.bootstrap = vec![server.addr.clone()];
+    let client = TestNode::start("client", config).await;
+    let peer = server.peer_id();
+
+    let echoed = client
+        .handle
+        .invoke(
+            peer,
+            InvokeRequest::new("echo", Duration::from_secs(5))
+                .with_params(serde_json::json!({"x": 1})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(echoed["params"]["x"], 1);
+    assert_eq!(echoed["caller"], client.peer_id().to_string());
+
+    let unknown = client
+        .handle
+        .invoke(
+            peer,
+            InvokeRequest::new("nope.nothing", Duration::from_secs(5)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code, ErrorCode::UnknownCommand);
+
+    let late = client
+        .handle
+        .invoke(
+            peer,
+            InvokeRequest::new("sleep", Duration::from_millis(300))
+                .with_params(serde_json::json!(3000)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(late.code, ErrorCode::Timeout, "{late}");
+
+    // 100 concurrent invokes; 20 of them sleep 3 s. The fast ones must not wait for the slow.
+    let started = Instant::now();
+    let mut fast = Vec::new();
+    let mut slow = Vec::new();
+    for i in 0..100 {
+        let handle = client.handle.clone();
+        let request = if i % 5 == 0 {
+            InvokeRequest::new("sleep", Duration::from_secs(10))
+                .with_params(serde_json::json!(3000))
+        } else {
+            InvokeRequest::new("echo", Duration::from_secs(10)).with_params(serde_json::json!(i))
+        };
+        let task = tokio::spawn(async move {
+            let result = handle.invoke(peer, request).await;
+            (result, Instant::now())
+        });
+        if i % 5 == 0 {
+            slow.push(task)
+        } else {
+            fast.push(task)
+        }
+    }
+    let mut last_fast = started;
+    for task in fast {
+        let (result, done) = task.await.unwrap();
+        result.unwrap();
+        last_fast = last_fast.max(done);
+    }
+    let fast_elapsed = last_fast - started;
+    assert!(
+        fast_elapsed < Duration::from_millis(2500),
+        "fast invokes waited for slow ones: {fast_elapsed:?}"
+    );
+    for task in slow {
+        let (result, done) = task.await.unwrap();
+        assert_eq!(result.unwrap()["slept_ms"], 3000);
+        assert!(done - started >= Duration::from_secs(3));
+    }
+    eprintln!("80 fast invokes done in {fast_elapsed:?} beside 20 slow ones");
+    server.stop().await;
+    client.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_of_a_gpu_model_are_found_through_kademlia() {
+    let nodes = start_nodes(6, "localnet", None).await;
+    wait_until(Duration::from_secs(20), "6 nodes to converge", || {
+        all_see(&nodes, 6)
+    })
+    .await
+    .expect("condition reached in time");
+    // A fresh peer that joins through one node finds every provider without the gossip view.
+    let mut config = test_config("localnet");
+    config.bootstrap = vec![nodes[3].addr.clone()];
+    let buyer =
+        TestNode::start_with(Arc::new(NodeIdentity::generate()), "buyer", config, false).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let expected: std::collections::HashSet<_> = nodes.iter().map(TestNode::peer_id).collect();
+    let mut found = std::collections::HashSet::new();
+    for _ in 0..20 {
+        found = buyer
+            .handle
+            .find_providers("NVIDIA H100 80GB HBM3")
+            .await
+            .unwrap();
+        if found == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(found, expected);
+    assert!(
+        buyer
+            .handle
+            .find_providers("NVIDIA A100")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for node in nodes.into_iter().chain([buyer]) {
+        node.stop().await;
+    }
+}
