@@ -70,7 +70,7 @@ impl KeyFileError {
 }
 
 /// Reads a secret file after checking that only its owner can access it.
-pub(crate) fn read_secret(path: &Path) -> Result<Vec<u8>, KeyFileError> {
+pub fn read_secret(path: &Path) -> Result<Vec<u8>, KeyFileError> {
     let file = fs::File::open(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => KeyFileError::Missing {
             path: path.to_path_buf(),
@@ -105,11 +105,7 @@ pub(crate) fn read_secret(path: &Path) -> Result<Vec<u8>, KeyFileError> {
 ///
 /// Without `overwrite` an existing file is an error. With it, the new contents are written to a
 /// temporary file beside the target and renamed over it, so a crash leaves either key, never half.
-pub(crate) fn write_secret(
-    path: &Path,
-    contents: &[u8],
-    overwrite: bool,
-) -> Result<(), KeyFileError> {
+pub fn write_secret(path: &Path, contents: &[u8], overwrite: bool) -> Result<(), KeyFileError> {
     if !overwrite && path.exists() {
         return Err(KeyFileError::AlreadyExists {
             path: path.to_path_buf(),

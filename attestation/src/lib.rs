@@ -45,7 +45,7 @@ pub use inventory::{
     ComputeCapability, EccState, GpuClocks, GpuDevice, GpuLiveMetrics, HardwareInventory, HostInfo,
     NvmlStatus, SimulatedGpuProfile,
 };
-pub use keyfile::KeyFileError;
+pub use keyfile::{KeyFileError, read_secret, write_secret};
 pub use probe::{GpuProbe, probe_host};
 pub use wallet::WalletKeypair;
 

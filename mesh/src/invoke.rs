@@ -135,6 +135,14 @@ pub trait InvokeHandler: Send + Sync + 'static {
     fn handle(&self, caller: PeerId, request: InvokeRequest) -> HandlerFuture;
 }
 
+impl InvokeRequest {
+    /// Checks what every command requires: a well-formed name, a bounded idempotency key, a
+    /// non-zero deadline.
+    pub fn check(&self) -> Result<(), InvokeFailure> {
+        precheck(self)
+    }
+}
+
 /// Checks the parts of a request that do not depend on the command.
 pub(crate) fn precheck(request: &InvokeRequest) -> Result<(), InvokeFailure> {
     let name_ok = !request.command.is_empty()

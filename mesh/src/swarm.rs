@@ -116,6 +116,7 @@ pub(crate) struct EventLoop {
     provided_models: HashSet<String>,
     known_peers: KnownPeers,
     bootstrap_peers: HashSet<PeerId>,
+    listen_addrs: Vec<Multiaddr>,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -309,6 +310,7 @@ impl EventLoop {
             provided_models: HashSet::new(),
             known_peers,
             bootstrap_peers: HashSet::new(),
+            listen_addrs: Vec::new(),
             config,
         }
     }
@@ -440,7 +442,7 @@ impl EventLoop {
                 self.pending_providers.insert(id, (HashSet::new(), reply));
             }
             Command::ListenAddrs { reply } => {
-                let _ = reply.send(self.swarm.listeners().cloned().collect());
+                let _ = reply.send(self.listen_addrs.clone());
             }
             Command::ConnectedPeers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
@@ -654,6 +656,10 @@ impl EventLoop {
             }
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
+                self.listen_addrs.push(address);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| a != &address);
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..

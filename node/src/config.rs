@@ -51,6 +51,60 @@ pub struct NodeConfig {
     pub gpu: GpuSection,
     /// Signing and verification limits.
     pub attestation: AttestationSection,
+    /// Mesh membership: addresses, peers, timing.
+    pub mesh: MeshSection,
+    /// The local control API used by the CLI.
+    pub control: ControlSection,
+}
+
+/// How the node joins the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshSection {
+    /// Multiaddrs to listen on. Default `/ip4/0.0.0.0/tcp/7946`.
+    pub listen: Vec<String>,
+    /// Peers to join through, each ending in `/p2p/<peer id>`. Default none.
+    pub bootstrap: Vec<String>,
+    /// Seconds between announcements. Default 10.
+    pub announce_interval_secs: u64,
+    /// Announcements a node may miss before peers drop it. Default 3.
+    pub missed_intervals: u32,
+    /// Discover peers on the local network with mDNS. Default off.
+    pub mdns: bool,
+    /// Also use QUIC (ignored in private fleets). Default off.
+    pub quic: bool,
+    /// Relax gossip scoring's penalty for many peers on one IP (local fleets). Default off.
+    pub allow_colocated_peers: bool,
+}
+
+impl Default for MeshSection {
+    fn default() -> Self {
+        Self {
+            listen: vec!["/ip4/0.0.0.0/tcp/7946".to_owned()],
+            bootstrap: Vec::new(),
+            announce_interval_secs: 10,
+            missed_intervals: 3,
+            mdns: false,
+            quic: false,
+            allow_colocated_peers: false,
+        }
+    }
+}
+
+/// The local control API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlSection {
+    /// Loopback address to serve on; port 0 picks a free one. Default `127.0.0.1:0`.
+    pub listen: String,
+}
+
+impl Default for ControlSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:0".to_owned(),
+        }
+    }
 }
 
 /// How the node describes itself to the fleet.
@@ -205,6 +259,27 @@ impl NodeConfig {
             return invalid(format!(
                 "attestation.inventory_ttl_secs must be 10 to 86400, got {ttl}"
             ));
+        }
+        let interval = self.mesh.announce_interval_secs;
+        if !(1..=3600).contains(&interval) {
+            return invalid(format!(
+                "mesh.announce_interval_secs must be 1 to 3600, got {interval}"
+            ));
+        }
+        if !(1..=100).contains(&self.mesh.missed_intervals) {
+            return invalid("mesh.missed_intervals must be 1 to 100".to_owned());
+        }
+        if self.mesh.listen.len() > 16 || self.mesh.bootstrap.len() > 256 {
+            return invalid("at most 16 mesh.listen and 256 mesh.bootstrap addresses".to_owned());
+        }
+        match self.control.listen.parse::<std::net::SocketAddr>() {
+            Ok(addr) if addr.ip().is_loopback() => {}
+            _ => {
+                return invalid(format!(
+                    "control.listen {:?} must be a loopback address with a port",
+                    self.control.listen
+                ));
+            }
         }
         if self.attestation.max_clock_skew_secs > 600 {
             return invalid("attestation.max_clock_skew_secs must be at most 600".to_owned());

@@ -4,7 +4,9 @@
 //! its hardware, and signs what it claims about it ([`sign_inventory`]). The binary in
 //! `src/main.rs` is a thin CLI over this library.
 
+pub mod commands;
 pub mod config;
+pub mod control;
 mod data_dir;
 pub mod store;
 

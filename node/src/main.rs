@@ -1,5 +1,7 @@
 //! The `clawnode` command line.
 
+mod daemon;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -11,6 +13,7 @@ use claw_attestation::{
     Envelope, GpuDevice, HardwareInventory, NvmlStatus, SimulatedGpuProfile, VerifiedEnvelope,
     Verifier, peer_id_of,
 };
+use clawnode::control::{ControlClient, FleetMemberView, InvokeBody};
 use clawnode::{DataDir, NodeConfig, WalletOutcome, open_gpu_probe, sign_inventory};
 use serde_json::json;
 
@@ -42,6 +45,37 @@ enum Command {
     Identity,
     /// Read the hardware, sign the inventory and show it.
     Inventory(InventoryArgs),
+    /// Join the mesh, announce this node and answer commands until stopped.
+    Run(RunArgs),
+    /// Show the fleet as the running node on this data directory sees it.
+    Fleet,
+    /// Run a command on the running node, or through it on a peer.
+    Invoke(InvokeArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Multiaddr to listen on (repeatable); replaces `mesh.listen` from the config.
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<String>,
+    /// Peer to join through, ending in /p2p/<peer id> (repeatable); added to `mesh.bootstrap`.
+    #[arg(long, value_name = "MULTIADDR")]
+    bootstrap: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct InvokeArgs {
+    /// Command name, e.g. gpu.list.
+    command: String,
+    /// Params as a JSON object.
+    #[arg(long, default_value = "{}")]
+    params: String,
+    /// Peer id of the node to run it on (default: this node).
+    #[arg(long)]
+    node: Option<String>,
+    /// Give up after this many milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    timeout_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -99,7 +133,11 @@ fn parse_simulated_gpu(spec: &str) -> Result<SimulatedGpuProfile, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(if matches!(cli.command, Command::Run(_)) {
+        "info"
+    } else {
+        "warn"
+    });
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -109,9 +147,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -124,7 +162,73 @@ fn run(cli: Cli) -> Result<()> {
         Command::Init(args) => init(global, args),
         Command::Identity => identity(global),
         Command::Inventory(args) => inventory(global, args),
+        Command::Run(args) => {
+            let dir = DataDir::open(&global.data_dir)?;
+            let overrides = daemon::RunOverrides {
+                listen: args.listen,
+                bootstrap: args.bootstrap,
+            };
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            runtime.block_on(daemon::run(dir, overrides, global.json))
+        }
+        Command::Fleet => fleet(global),
+        Command::Invoke(args) => invoke(global, args),
     }
+}
+
+fn fleet(global: &GlobalArgs) -> Result<()> {
+    let client = ControlClient::connect(&global.data_dir)?;
+    let answer = client.get("/v1/fleet")?;
+    if global.json {
+        print_json(&answer);
+        return Ok(());
+    }
+    let members: Vec<FleetMemberView> = serde_json::from_value(answer["members"].clone())
+        .context("the node answered an unexpected fleet shape")?;
+    let rows: Vec<Vec<String>> = members
+        .iter()
+        .map(|m| {
+            let simulated = if m.simulated_gpus > 0 {
+                format!(" ({} simulated)", m.simulated_gpus)
+            } else {
+                String::new()
+            };
+            vec![
+                m.peer_id.clone(),
+                m.name.clone(),
+                m.region.clone().unwrap_or_else(|| "-".into()),
+                format!("{}/{}{simulated}", m.free_gpus, m.gpus),
+                if m.models.is_empty() {
+                    "-".into()
+                } else {
+                    m.models.join(", ")
+                },
+                m.software_version.clone(),
+            ]
+        })
+        .collect();
+    print_table(
+        &["PEER", "NAME", "REGION", "FREE/GPUS", "MODELS", "VERSION"],
+        &rows,
+    );
+    println!("\n{} node(s)", members.len());
+    Ok(())
+}
+
+fn invoke(global: &GlobalArgs, args: InvokeArgs) -> Result<()> {
+    let params: serde_json::Value =
+        serde_json::from_str(&args.params).context("--params is not JSON")?;
+    let client = ControlClient::connect(&global.data_dir)?;
+    let body = InvokeBody {
+        command: args.command,
+        params,
+        node: args.node,
+        deadline_ms: Some(args.timeout_ms),
+        idempotency_key: None,
+    };
+    let answer = client.invoke(&body)?;
+    print_json(&answer);
+    Ok(())
 }
 
 fn init(global: &GlobalArgs, args: InitArgs) -> Result<()> {
@@ -335,24 +439,32 @@ fn print_gpu_table(gpus: &[GpuDevice]) {
             ]
         })
         .collect();
-    let header = ["IDX", "MODEL", "MEMORY", "UUID", "PCI", "TEMP", ""];
-    let mut widths = header.map(str::len);
-    for row in &rows {
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    print_table(
+        &["IDX", "MODEL", "MEMORY", "UUID", "PCI", "TEMP", ""],
+        &rows,
+    );
+}
+
+/// Prints left-aligned columns sized to their widest cell.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
         }
     }
-    let line = |cells: &[&str]| {
+    let line = |cells: Vec<&str>| {
         let text: Vec<String> = cells
             .iter()
-            .zip(widths)
+            .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
         println!("{}", text.join("  ").trim_end());
     };
-    line(&header);
-    for row in &rows {
-        line(&row.each_ref().map(String::as_str));
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
     }
 }
 

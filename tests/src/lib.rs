@@ -161,3 +161,105 @@ impl Clawnode {
         finished
     }
 }
+
+/// A `clawnode run` process, killed when dropped.
+#[derive(Debug)]
+pub struct RunningNode {
+    child: std::process::Child,
+    /// The node's peer id.
+    pub peer_id: String,
+    /// Addresses others can bootstrap from (`…/p2p/<peer id>`).
+    pub listen_addrs: Vec<String>,
+}
+
+impl RunningNode {
+    /// Starts `clawnode run` on loopback for an initialised `node`, joining through `bootstrap`,
+    /// and waits for it to report its addresses.
+    pub fn start(node: &Clawnode, bootstrap: &[String]) -> Self {
+        use std::io::BufRead as _;
+        let mut command = Command::new(&node.binary);
+        command
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(["--json", "run", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .env_remove("CLAWNODE_DATA_DIR")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for address in bootstrap {
+            command.args(["--bootstrap", address]);
+        }
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start clawnode run: {e}"));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            panic!("clawnode run did not report its addresses within 30 s");
+        };
+        let started: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("clawnode run printed {line:?}: {e}"));
+        let listen_addrs = started["listen_addrs"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            child,
+            peer_id: started["peer_id"].as_str().unwrap_or_default().to_owned(),
+            listen_addrs,
+        }
+    }
+
+    /// Kills the process with SIGKILL, as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops the process with SIGTERM and waits for it to exit; returns whether it exited 0.
+    pub fn terminate(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics with `what` after `limit`.
+pub fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

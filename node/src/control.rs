@@ -1,0 +1,392 @@
+//! The local control API: HTTP on loopback, guarded by a bearer token kept 0600 in the data
+//! directory. The CLI talks to a running node through it; callers here act as the node's admin.
+//!
+//! | method | path         | answer |
+//! |--------|--------------|--------|
+//! | GET    | `/v1/node`   | peer id, network, listen addresses, version |
+//! | GET    | `/v1/fleet`  | the fleet as this node sees it, and its status |
+//! | POST   | `/v1/invoke` | `{command, params?, node?, deadline_ms?, idempotency_key?}` → `{ok}` or `{error}` |
+//!
+//! `node` names a peer to forward the invoke to over the mesh; without it the node answers.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use claw_attestation::{KeyFileError, read_secret, write_secret};
+use claw_mesh::{
+    ErrorCode, FleetMember, InvokeFailure, InvokeHandler, InvokeRequest, InvokeResponse,
+    MeshHandle, PeerId,
+};
+use rand::RngCore as _;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::commands::NodeCommands;
+
+const TOKEN_FILE: &str = "control.token";
+const ADDR_FILE: &str = "control.addr";
+const MAX_BODY_BYTES: usize = 256 * 1024;
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
+const MAX_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Why the control API could not be reached or used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// No node is running on this data directory.
+    #[error("no running node found for {0}: start one with `clawnode run`")]
+    NotRunning(String),
+    /// The token file could not be read or written.
+    #[error(transparent)]
+    Token(#[from] KeyFileError),
+    /// The HTTP exchange failed.
+    #[error("control API: {0}")]
+    Http(String),
+    /// The node answered with a typed error.
+    #[error(transparent)]
+    Failed(#[from] InvokeFailure),
+}
+
+/// What the server needs.
+#[derive(Debug, Clone)]
+pub struct ControlState {
+    token: String,
+    mesh: MeshHandle,
+    commands: NodeCommands,
+    network: String,
+}
+
+impl ControlState {
+    /// State for a node whose mesh is `mesh` and whose commands are `commands`.
+    pub fn new(token: String, mesh: MeshHandle, commands: NodeCommands, network: String) -> Self {
+        Self {
+            token,
+            mesh,
+            commands,
+            network,
+        }
+    }
+}
+
+/// Creates a fresh token for this run, stored 0600 in `data_dir`.
+pub fn issue_token(data_dir: &Path) -> Result<String, KeyFileError> {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let token = hex::encode(bytes);
+    write_secret(&data_dir.join(TOKEN_FILE), token.as_bytes(), true)?;
+    Ok(token)
+}
+
+/// Records where the API listens, for the CLI to find.
+pub fn write_address(data_dir: &Path, addr: SocketAddr) -> std::io::Result<()> {
+    let path = data_dir.join(ADDR_FILE);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, addr.to_string())?;
+    std::fs::rename(tmp, path)
+}
+
+/// Forgets the address when the node stops.
+pub fn remove_address(data_dir: &Path) {
+    let _ = std::fs::remove_file(data_dir.join(ADDR_FILE));
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ControlState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/v1/node", get(node_info))
+        .route("/v1/fleet", get(fleet))
+        .route("/v1/invoke", post(invoke))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn failure_status(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::InvalidParams => StatusCode::BAD_REQUEST,
+        ErrorCode::Unauthorized => StatusCode::FORBIDDEN,
+        ErrorCode::UnknownCommand | ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::Conflict => StatusCode::CONFLICT,
+        ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn failure_response(failure: InvokeFailure) -> Response {
+    let status = failure_status(failure.code);
+    (status, Json(InvokeResponse::Error(failure))).into_response()
+}
+
+/// Constant-time comparison of the bearer token.
+fn authorized(state: &ControlState, headers: &HeaderMap) -> bool {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let expected = state.token.as_bytes();
+    presented.len() == expected.len()
+        && presented
+            .bytes()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+fn unauthorized() -> Response {
+    let failure = InvokeFailure::new(ErrorCode::Unauthorized, "missing or wrong control token");
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(InvokeResponse::Error(failure)),
+    )
+        .into_response()
+}
+
+async fn node_info(State(state): State<ControlState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let addrs = state.mesh.listen_addrs().await.unwrap_or_default();
+    Json(json!({
+        "peer_id": state.mesh.local_peer_id().to_string(),
+        "network": state.network,
+        "listen_addrs": addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+    .into_response()
+}
+
+/// One node in the fleet view, as the API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetMemberView {
+    /// The node's peer id.
+    pub peer_id: String,
+    /// Its name.
+    pub name: String,
+    /// Its region, if any.
+    pub region: Option<String>,
+    /// GPUs in its inventory.
+    pub gpus: usize,
+    /// GPUs not allocated.
+    pub free_gpus: usize,
+    /// GPU models, in inventory order, without repeats.
+    pub models: Vec<String>,
+    /// How many of its GPUs are simulated.
+    pub simulated_gpus: usize,
+    /// Addresses it listens on.
+    pub listen_addrs: Vec<String>,
+    /// Its software version.
+    pub software_version: String,
+    /// Sequence of its latest announcement.
+    pub seq: u64,
+    /// When that was signed (Unix ms).
+    pub issued_at_ms: u64,
+}
+
+impl From<&FleetMember> for FleetMemberView {
+    fn from(member: &FleetMember) -> Self {
+        let a = &member.announcement;
+        let mut models: Vec<String> = Vec::new();
+        for gpu in &a.inventory.gpus {
+            if !models.contains(&gpu.model) {
+                models.push(gpu.model.clone());
+            }
+        }
+        Self {
+            peer_id: member.peer_id.to_string(),
+            name: a.name.clone(),
+            region: a.region.clone(),
+            gpus: a.inventory.gpus.len(),
+            free_gpus: a.free_gpu_count(),
+            models,
+            simulated_gpus: a.inventory.gpus.iter().filter(|g| g.simulated).count(),
+            listen_addrs: a.listen_addrs.clone(),
+            software_version: a.software_version.clone(),
+            seq: member.seq,
+            issued_at_ms: member.issued_at_ms,
+        }
+    }
+}
+
+async fn fleet(State(state): State<ControlState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let members: Vec<FleetMemberView> = state.mesh.fleet().iter().map(Into::into).collect();
+    Json(json!({ "members": members, "status": state.mesh.fleet_status() })).into_response()
+}
+
+/// Body of `POST /v1/invoke`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvokeBody {
+    /// Command name.
+    pub command: String,
+    /// Its params.
+    #[serde(default)]
+    pub params: Value,
+    /// Peer to run it on; this node when absent.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Deadline in ms (default 30 s, at most 120 s).
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    /// Idempotency key passed to the command.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+async fn invoke(State(state): State<ControlState>, headers: HeaderMap, body: Bytes) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let body: InvokeBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => {
+            return failure_response(InvokeFailure::new(
+                ErrorCode::InvalidParams,
+                format!("invalid invoke body: {e}"),
+            ));
+        }
+    };
+    let deadline = body
+        .deadline_ms
+        .map_or(DEFAULT_DEADLINE, Duration::from_millis)
+        .min(MAX_DEADLINE);
+    let request = InvokeRequest {
+        command: body.command,
+        params: body.params,
+        deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+        idempotency_key: body.idempotency_key,
+    };
+    if let Err(failure) = request.check() {
+        return failure_response(failure);
+    }
+    let local = state.mesh.local_peer_id();
+    let target = match body.node.as_deref().map(str::parse::<PeerId>) {
+        None => local,
+        Some(Ok(peer)) => peer,
+        Some(Err(e)) => {
+            return failure_response(InvokeFailure::new(
+                ErrorCode::InvalidParams,
+                format!("node is not a peer id: {e}"),
+            ));
+        }
+    };
+    let result = if target == local {
+        match tokio::time::timeout(deadline, state.commands.handle(local, request)).await {
+            Ok(InvokeResponse::Ok(value)) => Ok(value),
+            Ok(InvokeResponse::Error(failure)) => Err(failure),
+            Err(_) => Err(InvokeFailure::new(
+                ErrorCode::Timeout,
+                format!("no answer within {} ms", deadline.as_millis()),
+            )),
+        }
+    } else {
+        state.mesh.invoke(target, request).await
+    };
+    match result {
+        Ok(value) => Json(InvokeResponse::Ok(value)).into_response(),
+        Err(failure) => failure_response(failure),
+    }
+}
+
+/// A blocking client for the CLI.
+#[derive(Debug)]
+pub struct ControlClient {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl ControlClient {
+    /// Finds the running node of `data_dir` from the address and token it wrote.
+    pub fn connect(data_dir: &Path) -> Result<Self, ControlError> {
+        let not_running = || ControlError::NotRunning(data_dir.display().to_string());
+        let addr = std::fs::read_to_string(data_dir.join(ADDR_FILE)).map_err(|_| not_running())?;
+        let addr: SocketAddr = addr.trim().parse().map_err(|_| not_running())?;
+        let token = read_secret(&data_dir.join(TOKEN_FILE))?;
+        let token = String::from_utf8(token)
+            .map_err(|_| ControlError::Http("control token is not text".to_owned()))?;
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(MAX_DEADLINE + Duration::from_secs(5)))
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        Ok(Self {
+            base: format!("http://{addr}"),
+            token,
+            agent,
+        })
+    }
+
+    fn decode(
+        &self,
+        path: &str,
+        mut response: ureq::http::Response<ureq::Body>,
+    ) -> Result<Value, ControlError> {
+        let status = response.status();
+        let value: Value = response
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024 * 1024)
+            .read_json()
+            .map_err(|e| {
+                ControlError::Http(format!("{path}: unreadable answer ({status}): {e}"))
+            })?;
+        match serde_json::from_value::<InvokeResponse>(value.clone()) {
+            Ok(InvokeResponse::Error(failure)) => Err(failure.into()),
+            Ok(InvokeResponse::Ok(value)) => Ok(value),
+            Err(_) if status.is_success() => Ok(value),
+            Err(_) => Err(ControlError::Http(format!("{path}: HTTP {status}"))),
+        }
+    }
+
+    fn unreachable(&self, error: ureq::Error) -> ControlError {
+        match error {
+            ureq::Error::Io(_) | ureq::Error::ConnectionFailed => ControlError::Http(format!(
+                "the node at {} is not answering (is `clawnode run` still running?): {error}",
+                self.base
+            )),
+            other => ControlError::Http(other.to_string()),
+        }
+    }
+
+    /// `GET path`.
+    pub fn get(&self, path: &str) -> Result<Value, ControlError> {
+        let response = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call()
+            .map_err(|e| self.unreachable(e))?;
+        self.decode(path, response)
+    }
+
+    /// `POST /v1/invoke`.
+    pub fn invoke(&self, body: &InvokeBody) -> Result<Value, ControlError> {
+        let response = self
+            .agent
+            .post(format!("{}/v1/invoke", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .send_json(body)
+            .map_err(|e| self.unreachable(e))?;
+        self.decode("/v1/invoke", response)
+    }
+}
