@@ -58,6 +58,10 @@ pub enum PayloadKind {
     Freshness,
     /// A node's announcement to its fleet: inventory plus allocation state and addresses.
     Announcement,
+    /// A provider's market offer.
+    Offer,
+    /// A buyer's market bid.
+    Bid,
 }
 
 impl PayloadKind {
@@ -66,6 +70,8 @@ impl PayloadKind {
             Self::Inventory => 1,
             Self::Freshness => 2,
             Self::Announcement => 3,
+            Self::Offer => 4,
+            Self::Bid => 5,
         }
     }
 
@@ -74,6 +80,8 @@ impl PayloadKind {
             1 => Some(Self::Inventory),
             2 => Some(Self::Freshness),
             3 => Some(Self::Announcement),
+            4 => Some(Self::Offer),
+            5 => Some(Self::Bid),
             _ => None,
         }
     }
@@ -85,6 +93,8 @@ impl fmt::Display for PayloadKind {
             Self::Inventory => "inventory",
             Self::Freshness => "freshness",
             Self::Announcement => "announcement",
+            Self::Offer => "offer",
+            Self::Bid => "bid",
         })
     }
 }
@@ -112,7 +122,7 @@ pub enum VerifyError {
     #[error("malformed envelope: {0}")]
     Malformed(String),
     /// A well-formed envelope of another kind than the one asked for.
-    #[error("expected a {expected} envelope, found {found}")]
+    #[error("expected an envelope of kind {expected}, found {found}")]
     WrongKind {
         /// The kind asked for.
         expected: PayloadKind,
@@ -670,6 +680,59 @@ impl ReplayGuard {
     }
 }
 
+/// Remembers each accepted envelope's (signer, kind, sequence) until it expires, and refuses a
+/// second envelope with the same triple.
+///
+/// For claims that are independent objects (offers, bids) rather than successive versions of one
+/// state: two offers from one provider may arrive in either order and both count, but neither can
+/// be replayed while it is valid. Memory is bounded: expired entries go first, then the ones
+/// expiring soonest.
+#[derive(Debug)]
+pub struct SeenEnvelopes {
+    expires: HashMap<([u8; 32], PayloadKind, u64), u64>,
+    capacity: usize,
+}
+
+impl SeenEnvelopes {
+    /// Remembers up to `capacity` envelopes.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            expires: HashMap::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Accepts `envelope` unless one with the same signer, kind and sequence was accepted and has
+    /// not expired at `now_ms`.
+    pub fn admit(&mut self, envelope: &VerifiedEnvelope, now_ms: u64) -> Result<(), VerifyError> {
+        let e = &envelope.envelope;
+        let key = (e.signer, e.kind, e.seq);
+        if let Some(&expires) = self.expires.get(&key)
+            && expires > now_ms
+        {
+            return Err(VerifyError::Replay {
+                signer: SignerKey(e.signer),
+                seq: e.seq,
+                last_seen: e.seq,
+            });
+        }
+        if self.expires.len() >= self.capacity {
+            self.expires.retain(|_, expires| *expires > now_ms);
+        }
+        if self.expires.len() >= self.capacity
+            && let Some(soonest) = self
+                .expires
+                .iter()
+                .min_by_key(|(_, expires)| **expires)
+                .map(|(k, _)| *k)
+        {
+            self.expires.remove(&soonest);
+        }
+        self.expires.insert(key, e.expires_at_ms);
+        Ok(())
+    }
+}
+
 /// Milliseconds since the Unix epoch (0 for clocks set before it).
 pub fn unix_millis(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
@@ -874,6 +937,28 @@ mod tests {
             guard.last_seen(&identities[0].public_key(), PayloadKind::Inventory),
             None
         );
+    }
+
+    #[test]
+    fn seen_envelopes_accept_any_order_but_never_twice() {
+        let identity = NodeIdentity::generate();
+        let verifier = Verifier::new();
+        let mut seen = SeenEnvelopes::new(2);
+        let v7 = verifier
+            .verify_at(&sealed(&identity, 7).to_bytes(), None, NOW)
+            .unwrap();
+        let v3 = verifier
+            .verify_at(&sealed(&identity, 3).to_bytes(), None, NOW)
+            .unwrap();
+        seen.admit(&v7, NOW).unwrap();
+        seen.admit(&v3, NOW).unwrap();
+        assert!(matches!(
+            seen.admit(&v7, NOW),
+            Err(VerifyError::Replay { seq: 7, .. })
+        ));
+        // Once expired it is forgotten (and would fail verification anyway).
+        seen.admit(&v7, NOW + 60_000).unwrap();
+        assert!(seen.expires.len() <= 2);
     }
 
     #[test]

@@ -36,8 +36,8 @@ mod wallet;
 
 pub use envelope::{
     DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_ENVELOPE_BYTES, Envelope, PayloadKind, ReplayGuard,
-    SIGNING_DOMAIN, SignedPayload, SignerKey, Validity, VerifiedEnvelope, Verifier, VerifyError,
-    unix_millis,
+    SIGNING_DOMAIN, SeenEnvelopes, SignedPayload, SignerKey, Validity, VerifiedEnvelope, Verifier,
+    VerifyError, unix_millis,
 };
 pub use freshness::{FreshnessChallenge, FreshnessError, FreshnessProof};
 pub use identity::{DeviceIdentity, NodeIdentity, peer_id_of};

@@ -20,7 +20,8 @@ pub struct MeshConfig {
     /// Pre-shared key of a private fleet. When set, the transport is TCP → pnet → Noise → Yamux
     /// and QUIC is off; peers without the same key cannot connect. Default none.
     pub swarm_key: Option<SwarmKey>,
-    /// Also listen and dial over QUIC (public networks only). Default off.
+    /// Also dial (and, with a `/quic-v1` listen address, listen) over QUIC. Ignored in private
+    /// fleets, where pnet needs TCP. Default on.
     pub quic: bool,
     /// Discover peers on the local network with mDNS. Default off.
     pub mdns: bool,
@@ -43,7 +44,7 @@ pub struct MeshConfig {
     /// Drop gossipsub's IP-colocation penalty, for many peers on one host (tests, local fleets).
     /// Default off; production keeps the penalty.
     pub allow_colocated_peers: bool,
-    /// Gossipsub heartbeat. Default 700 ms.
+    /// Gossipsub heartbeat. Default 1 s.
     pub heartbeat_interval: Duration,
 }
 
@@ -58,7 +59,7 @@ impl Default for MeshConfig {
             ],
             bootstrap: Vec::new(),
             swarm_key: None,
-            quic: false,
+            quic: true,
             mdns: false,
             announce_interval: Duration::from_secs(10),
             missed_intervals: 3,
@@ -69,7 +70,7 @@ impl Default for MeshConfig {
             max_clock_skew: Duration::from_secs(30),
             known_peers_file: None,
             allow_colocated_peers: false,
-            heartbeat_interval: Duration::from_millis(700),
+            heartbeat_interval: Duration::from_secs(1),
         }
     }
 }

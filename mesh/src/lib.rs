@@ -19,7 +19,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use claw_attestation::NodeIdentity;
-use libp2p::gossipsub::IdentTopic;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -64,6 +63,13 @@ pub enum MeshEvent {
     Connected(PeerId),
     /// The last connection to a peer closed.
     Disconnected(PeerId),
+    /// A verified offer or bid arrived on its topic (not sent for our own publications).
+    Gossip {
+        /// Which topic.
+        kind: TopicKind,
+        /// The verified envelope; open it as the topic's payload type.
+        envelope: Box<claw_attestation::VerifiedEnvelope>,
+    },
     /// A gossiped claim failed verification and was rejected.
     GossipRejected {
         /// The peer that forwarded it.
@@ -101,10 +107,8 @@ impl Mesh {
         config: MeshConfig,
         handler: Arc<dyn InvokeHandler>,
     ) -> Result<Self, MeshError> {
-        let topic = TopicName::new(&config.network, TopicKind::Inventory)
-            .map_err(|e| MeshError::Config(e.to_string()))?;
-        let ident = IdentTopic::new(topic.as_str());
-        let swarm = swarm::build_swarm(identity, &config, &ident.hash())?;
+        let topics = swarm::Topics::new(&config.network)?;
+        let swarm = swarm::build_swarm(identity, &config, &topics)?;
         let fleet = Arc::new(RwLock::new(FleetView::new(config.max_silence())));
         let (commands_tx, commands_rx) = mpsc::channel(256);
         let (events_tx, events_rx) = mpsc::channel(1024);
@@ -116,7 +120,7 @@ impl Mesh {
             events_tx,
             Arc::clone(&fleet),
             handler,
-            ident,
+            topics,
         );
         event_loop.start()?;
         let task = tokio::spawn(event_loop.run());
@@ -206,6 +210,24 @@ impl MeshHandle {
         let model = model.to_owned();
         self.ask(|reply| Command::FindProviders { model, reply })
             .await
+    }
+
+    /// Stores a small value in the DHT under `key` (namespaced by network).
+    pub async fn put_record(&self, key: &str, value: Vec<u8>) -> Result<(), MeshError> {
+        let key = key.to_owned();
+        self.ask(|reply| Command::PutRecord { key, value, reply })
+            .await?
+    }
+
+    /// Looks a value up in the DHT.
+    pub async fn get_record(&self, key: &str) -> Result<Option<Vec<u8>>, MeshError> {
+        let key = key.to_owned();
+        self.ask(|reply| Command::GetRecord { key, reply }).await
+    }
+
+    /// The peers closest to `key` in the DHT.
+    pub async fn closest_peers(&self, key: PeerId) -> Result<Vec<PeerId>, MeshError> {
+        self.ask(|reply| Command::ClosestPeers { key, reply }).await
     }
 
     /// Addresses this node listens on.

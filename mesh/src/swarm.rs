@@ -18,13 +18,14 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use claw_attestation::{
-    NodeIdentity, ReplayGuard, VerifiedEnvelope, Verifier, VerifyError, unix_millis,
+    NodeIdentity, PayloadKind, ReplayGuard, SeenEnvelopes, VerifiedEnvelope, Verifier, VerifyError,
+    unix_millis,
 };
 use futures::StreamExt as _;
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::upgrade::Version;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId, TopicHash};
-use libp2p::kad::{self, store::MemoryStore};
+use libp2p::kad::{self, store::MemoryStore, store::RecordStore as _};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
 use libp2p::{
@@ -46,6 +47,16 @@ use crate::{MeshError, MeshEvent, TopicKind, TopicName};
 const INVOKE_PROTOCOL: StreamProtocol = StreamProtocol::new("/claw/invoke/1");
 const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/claw/kad/1.0.0");
 const IDENTIFY_PROTOCOL: &str = "/claw/id/1.0.0";
+/// Gossipsub's duplicate cache keeps message ids this long, so an identical copy never reaches
+/// validation twice within it.
+const DUPLICATE_CACHE: Duration = Duration::from_secs(120);
+/// An announcement older than the newest held is taken for honest reordering when it was issued
+/// within this window, and for a deliberate replay (the sender is penalised) beyond it.
+const REORDER_WINDOW_MS: u64 = 30_000;
+/// How often a node with no connections dials its seeds again.
+const REJOIN_INTERVAL: Duration = Duration::from_secs(5);
+/// Largest Kademlia record value stored for a peer (Kademlia messages are capped at 16 KiB).
+const MAX_RECORD_BYTES: usize = 8 * 1024;
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -83,6 +94,19 @@ pub(crate) enum Command {
         model: String,
         reply: oneshot::Sender<HashSet<PeerId>>,
     },
+    PutRecord {
+        key: String,
+        value: Vec<u8>,
+        reply: oneshot::Sender<Result<(), MeshError>>,
+    },
+    GetRecord {
+        key: String,
+        reply: oneshot::Sender<Option<Vec<u8>>>,
+    },
+    ClosestPeers {
+        key: PeerId,
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
     ListenAddrs {
         reply: oneshot::Sender<Vec<Multiaddr>>,
     },
@@ -109,10 +133,13 @@ pub(crate) struct EventLoop {
     pending_invokes:
         HashMap<OutboundRequestId, oneshot::Sender<Result<InvokeResponse, InvokeFailure>>>,
     pending_providers: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<HashSet<PeerId>>)>,
+    pending_puts: HashMap<kad::QueryId, oneshot::Sender<Result<(), MeshError>>>,
+    pending_gets: HashMap<kad::QueryId, oneshot::Sender<Option<Vec<u8>>>>,
+    pending_closest: HashMap<kad::QueryId, oneshot::Sender<Vec<PeerId>>>,
     verifier: Verifier,
     replay_guard: ReplayGuard,
-    inventory_topic: TopicHash,
-    inventory_ident: IdentTopic,
+    seen_claims: SeenEnvelopes,
+    topics: Topics,
     provided_models: HashSet<String>,
     known_peers: KnownPeers,
     bootstrap_peers: HashSet<PeerId>,
@@ -132,9 +159,44 @@ fn message_id(message: &gossipsub::Message) -> MessageId {
     MessageId::from(Sha256::digest(&message.data).to_vec())
 }
 
+/// The network's gossip topics.
+#[derive(Debug, Clone)]
+pub(crate) struct Topics {
+    idents: Vec<(TopicKind, IdentTopic)>,
+}
+
+impl Topics {
+    pub(crate) fn new(network: &str) -> Result<Self, MeshError> {
+        let idents = [TopicKind::Inventory, TopicKind::Offers, TopicKind::Bids]
+            .into_iter()
+            .map(|kind| {
+                TopicName::new(network, kind)
+                    .map(|name| (kind, IdentTopic::new(name.as_str())))
+                    .map_err(|e| MeshError::Config(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { idents })
+    }
+
+    fn ident(&self, kind: TopicKind) -> IdentTopic {
+        self.idents
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, t)| t.clone())
+            .expect("every topic kind has a topic")
+    }
+
+    fn kind_of(&self, hash: &TopicHash) -> Option<TopicKind> {
+        self.idents
+            .iter()
+            .find(|(_, t)| &t.hash() == hash)
+            .map(|(k, _)| *k)
+    }
+}
+
 fn gossipsub_behaviour(
     config: &MeshConfig,
-    topic: &TopicHash,
+    topics: &Topics,
 ) -> Result<gossipsub::Behaviour, MeshError> {
     let gossip_config = gossipsub::ConfigBuilder::default()
         .validation_mode(gossipsub::ValidationMode::Anonymous)
@@ -142,7 +204,7 @@ fn gossipsub_behaviour(
         .message_id_fn(message_id)
         .max_transmit_size(config.max_message_bytes)
         .heartbeat_interval(config.heartbeat_interval)
-        .duplicate_cache_time(Duration::from_secs(120))
+        .duplicate_cache_time(DUPLICATE_CACHE)
         .build()
         .map_err(|e| MeshError::Config(format!("gossipsub: {e}")))?;
     let mut behaviour =
@@ -167,7 +229,9 @@ fn gossipsub_behaviour(
         invalid_message_deliveries_decay: 0.9,
         ..gossipsub::TopicScoreParams::default()
     };
-    params.topics.insert(topic.clone(), topic_params);
+    for (_, topic) in &topics.idents {
+        params.topics.insert(topic.hash(), topic_params.clone());
+    }
     let thresholds = gossipsub::PeerScoreThresholds::default();
     behaviour
         .with_peer_score(params, thresholds)
@@ -178,13 +242,15 @@ fn gossipsub_behaviour(
 pub(crate) fn build_swarm(
     identity: &NodeIdentity,
     config: &MeshConfig,
-    inventory_topic: &TopicHash,
+    topics: &Topics,
 ) -> Result<Swarm<Behaviour>, MeshError> {
     let keypair = identity.libp2p_keypair();
     let behaviour = |key: &libp2p::identity::Keypair| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
         let local = key.public().to_peer_id();
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
         kad_config.set_query_timeout(Duration::from_secs(30));
+        // Peers' records and provider announcements are checked before they are stored.
+        kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
         let mut kad = kad::Behaviour::with_config(local, MemoryStore::new(local), kad_config);
         kad.set_mode(Some(kad::Mode::Server));
         let mdns = if config.mdns {
@@ -202,7 +268,7 @@ pub(crate) fn build_swarm(
                     .with_max_established_per_peer(Some(2))
                     .with_max_pending_incoming(Some(64)),
             ),
-            gossipsub: gossipsub_behaviour(config, inventory_topic)?,
+            gossipsub: gossipsub_behaviour(config, topics)?,
             kad,
             identify: identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
@@ -241,6 +307,7 @@ pub(crate) fn build_swarm(
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
             .build()
     } else if config.quic {
+        // Public network: QUIC beside TCP.
         libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(
@@ -272,7 +339,7 @@ pub(crate) fn build_swarm(
 }
 
 /// Key under which providers of a GPU model are recorded in Kademlia.
-pub(crate) fn provider_key(network: &str, model: &str) -> kad::RecordKey {
+fn provider_key(network: &str, model: &str) -> kad::RecordKey {
     kad::RecordKey::new(&format!("claw/{network}/gpu-model/{model}"))
 }
 
@@ -285,7 +352,7 @@ impl EventLoop {
         events: mpsc::Sender<MeshEvent>,
         fleet: Arc<RwLock<FleetView>>,
         handler: Arc<dyn InvokeHandler>,
-        inventory_ident: IdentTopic,
+        topics: Topics,
     ) -> Self {
         let (answers_tx, answers_rx) = mpsc::channel(256);
         let verifier = Verifier::new()
@@ -303,10 +370,13 @@ impl EventLoop {
             answers_rx,
             pending_invokes: HashMap::new(),
             pending_providers: HashMap::new(),
+            pending_puts: HashMap::new(),
+            pending_gets: HashMap::new(),
+            pending_closest: HashMap::new(),
             verifier,
             replay_guard: ReplayGuard::new(100_000),
-            inventory_topic: inventory_ident.hash(),
-            inventory_ident,
+            seen_claims: SeenEnvelopes::new(200_000),
+            topics,
             provided_models: HashSet::new(),
             known_peers,
             bootstrap_peers: HashSet::new(),
@@ -320,13 +390,15 @@ impl EventLoop {
         for address in self.config.listen.clone() {
             self.swarm
                 .listen_on(address.clone())
-                .map_err(|e| MeshError::Transport(format!("listen on {address}: {e}")))?;
+                .map_err(|e| MeshError::Transport(format!("listen on {address}: {e:?}")))?;
         }
-        self.swarm
-            .behaviour_mut()
-            .gossipsub
-            .subscribe(&self.inventory_ident)
-            .map_err(|e| MeshError::Config(format!("subscribe: {e}")))?;
+        for (_, topic) in &self.topics.idents {
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(topic)
+                .map_err(|e| MeshError::Config(format!("subscribe: {e}")))?;
+        }
         let mut seeds: Vec<Multiaddr> = self.config.bootstrap.clone();
         seeds.extend(self.known_peers.addresses());
         for address in seeds {
@@ -355,6 +427,9 @@ impl EventLoop {
         expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut persist = tokio::time::interval(Duration::from_secs(30));
         persist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut rejoin = tokio::time::interval(REJOIN_INTERVAL);
+        rejoin.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        rejoin.reset();
         loop {
             tokio::select! {
                 biased;
@@ -370,10 +445,35 @@ impl EventLoop {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 _ = expiry.tick() => self.expire(),
                 _ = persist.tick() => self.known_peers.save(),
+                _ = rejoin.tick() => self.rejoin_if_alone(),
             }
         }
         self.known_peers.save();
         tracing::info!(peer = %self.local_peer_id, "mesh stopped");
+    }
+
+    /// A node with no connection (its seeds refused it, or the network dropped) dials its
+    /// bootstrap and remembered peers again.
+    fn rejoin_if_alone(&mut self) {
+        if self.swarm.connected_peers().next().is_some() {
+            return;
+        }
+        let mut seeds: Vec<Multiaddr> = self.config.bootstrap.clone();
+        seeds.extend(self.known_peers.addresses());
+        if seeds.is_empty() {
+            return;
+        }
+        tracing::info!(
+            seeds = seeds.len(),
+            "no connections: dialing known peers again"
+        );
+        for address in seeds {
+            if peer_of(&address) == Some(self.local_peer_id) {
+                continue;
+            }
+            let _ = self.swarm.dial(address);
+        }
+        let _ = self.swarm.behaviour_mut().kad.bootstrap();
     }
 
     fn emit(&self, event: MeshEvent) {
@@ -406,9 +506,8 @@ impl EventLoop {
                 envelope,
                 reply,
             } => {
-                let result = TopicName::new(&self.config.network, kind)
-                    .map_err(|e| MeshError::Config(e.to_string()))
-                    .and_then(|topic| self.publish(IdentTopic::new(topic.as_str()), envelope));
+                let topic = self.topics.ident(kind);
+                let result = self.publish(topic, envelope);
                 let _ = reply.send(result);
             }
             Command::Invoke {
@@ -440,6 +539,32 @@ impl EventLoop {
                 let key = provider_key(&self.config.network, &model);
                 let id = self.swarm.behaviour_mut().kad.get_providers(key);
                 self.pending_providers.insert(id, (HashSet::new(), reply));
+            }
+            Command::PutRecord { key, value, reply } => {
+                let record = kad::Record::new(self.record_key(&key), value);
+
+                match self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .put_record(record, kad::Quorum::One)
+                {
+                    Ok(id) => {
+                        self.pending_puts.insert(id, reply);
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(MeshError::Rejected(error.to_string())));
+                    }
+                }
+            }
+            Command::GetRecord { key, reply } => {
+                let key = self.record_key(&key);
+                let id = self.swarm.behaviour_mut().kad.get_record(key);
+                self.pending_gets.insert(id, reply);
+            }
+            Command::ClosestPeers { key, reply } => {
+                let id = self.swarm.behaviour_mut().kad.get_closest_peers(key);
+                self.pending_closest.insert(id, reply);
             }
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.listen_addrs.clone());
@@ -481,7 +606,7 @@ impl EventLoop {
             }
         }
         self.record_member(member);
-        let topic = self.inventory_ident.clone();
+        let topic = self.topics.ident(TopicKind::Inventory);
         match self.publish(topic, envelope) {
             // Alone in the mesh is not an error: our own view has us, and the next announcement
             // reaches peers that join later.
@@ -551,22 +676,57 @@ impl EventLoop {
     }
 
     fn on_gossip(&mut self, source: PeerId, id: MessageId, message: gossipsub::Message) {
-        let outcome = if message.topic != self.inventory_topic {
-            Err(VerifyError::Malformed("unexpected topic".to_owned()))
-        } else {
-            self.verify_announcement(&message.data)
-                .and_then(|(member, verified)| {
-                    self.replay_guard.admit(&verified)?;
-                    Ok(member)
-                })
+        let now = unix_millis(SystemTime::now());
+        let outcome = match self.topics.kind_of(&message.topic) {
+            None => Err(VerifyError::Malformed("unexpected topic".to_owned())),
+            Some(TopicKind::Inventory) => {
+                self.verify_announcement(&message.data)
+                    .and_then(|(member, verified)| {
+                        match self.replay_guard.admit(&verified) {
+                            Ok(()) => Ok(Accepted::Announcement(member)),
+                            // An older announcement made moments ago was overtaken on another
+                            // path: honest reordering. Drop it without blaming the forwarder.
+                            Err(VerifyError::Replay { .. })
+                                if now.saturating_sub(member.issued_at_ms) <= REORDER_WINDOW_MS =>
+                            {
+                                Ok(Accepted::Stale)
+                            }
+                            Err(error) => Err(error),
+                        }
+                    })
+            }
+            Some(kind) => {
+                let expected = match kind {
+                    TopicKind::Offers => PayloadKind::Offer,
+                    _ => PayloadKind::Bid,
+                };
+                self.verifier
+                    .verify_at(&message.data, None, now)
+                    .and_then(|verified| {
+                        let found = verified.envelope().kind();
+                        if found != expected {
+                            return Err(VerifyError::WrongKind { expected, found });
+                        }
+                        self.seen_claims.admit(&verified, now)?;
+                        Ok(Accepted::Claim(kind, verified))
+                    })
+            }
         };
         let acceptance = match outcome {
-            Ok(member) => {
+            Ok(Accepted::Announcement(member)) => {
                 if member.peer_id != self.local_peer_id {
                     self.record_member(member);
                 }
                 MessageAcceptance::Accept
             }
+            Ok(Accepted::Claim(kind, envelope)) => {
+                self.emit(MeshEvent::Gossip {
+                    kind,
+                    envelope: Box::new(envelope),
+                });
+                MessageAcceptance::Accept
+            }
+            Ok(Accepted::Stale) => MessageAcceptance::Ignore,
             Err(error) => {
                 tracing::warn!(%source, %error, "rejected gossip");
                 self.emit(MeshEvent::GossipRejected {
@@ -747,34 +907,115 @@ impl EventLoop {
         }
     }
 
-    fn on_kad_event(&mut self, event: kad::Event) {
-        if let kad::Event::OutboundQueryProgressed {
-            id, result, step, ..
-        } = event
-        {
-            match result {
-                kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
-                    providers,
-                    ..
-                })) => {
-                    if let Some((found, _)) = self.pending_providers.get_mut(&id) {
-                        found.extend(providers);
+    /// Record keys live under this network's namespace.
+    fn record_key(&self, key: &str) -> kad::RecordKey {
+        kad::RecordKey::new(&format!("claw/{}/record/{key}", self.config.network))
+    }
+
+    /// Stores a peer's record or provider announcement only if it belongs to this network's
+    /// namespace and is small.
+    fn on_kad_inbound(&mut self, request: kad::InboundRequest) {
+        let namespace = format!("claw/{}/", self.config.network);
+        let in_namespace = |key: &kad::RecordKey| key.as_ref().starts_with(namespace.as_bytes());
+        match request {
+            kad::InboundRequest::PutRecord {
+                source,
+                record: Some(record),
+                ..
+            } => {
+                if in_namespace(&record.key) && record.value.len() <= MAX_RECORD_BYTES {
+                    if let Err(error) = self.swarm.behaviour_mut().kad.store_mut().put(record) {
+                        tracing::debug!(%source, %error, "record not stored");
                     }
+                } else {
+                    tracing::debug!(%source, "refused a record outside our namespace or too large");
                 }
-                kad::QueryResult::GetProviders(_) => {}
-                kad::QueryResult::Bootstrap(Err(error)) => {
-                    tracing::debug!(%error, "kademlia bootstrap incomplete");
-                    return;
+            }
+            kad::InboundRequest::AddProvider {
+                record: Some(record),
+            } => {
+                if in_namespace(&record.key)
+                    && let Err(error) = self
+                        .swarm
+                        .behaviour_mut()
+                        .kad
+                        .store_mut()
+                        .add_provider(record)
+                {
+                    tracing::debug!(%error, "provider record not stored");
                 }
-                _ => return,
             }
-            if step.last
-                && let Some((found, reply)) = self.pending_providers.remove(&id)
-            {
-                let _ = reply.send(found);
-            }
+            _ => {}
         }
     }
+
+    fn on_kad_event(&mut self, event: kad::Event) {
+        let (id, result, step) = match event {
+            kad::Event::InboundRequest { request } => return self.on_kad_inbound(request),
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => (id, result, step),
+            _ => return,
+        };
+        match result {
+            kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                providers,
+                ..
+            })) => {
+                if let Some((found, _)) = self.pending_providers.get_mut(&id) {
+                    found.extend(providers);
+                }
+            }
+            kad::QueryResult::GetProviders(_) => {}
+            kad::QueryResult::PutRecord(result) => {
+                if let Some(reply) = self.pending_puts.remove(&id) {
+                    let _ = reply.send(
+                        result
+                            .map(|_| ())
+                            .map_err(|e| MeshError::Rejected(e.to_string())),
+                    );
+                }
+            }
+            kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
+                if let Some(reply) = self.pending_gets.remove(&id) {
+                    let _ = reply.send(Some(found.record.value));
+                }
+            }
+            kad::QueryResult::GetRecord(_) => {
+                if step.last
+                    && let Some(reply) = self.pending_gets.remove(&id)
+                {
+                    let _ = reply.send(None);
+                }
+            }
+            kad::QueryResult::GetClosestPeers(result) => {
+                if let Some(reply) = self.pending_closest.remove(&id) {
+                    let peers = match result {
+                        Ok(ok) => ok.peers,
+                        Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                    };
+                    let _ = reply.send(peers.into_iter().map(|p| p.peer_id).collect());
+                }
+            }
+            kad::QueryResult::Bootstrap(Err(error)) => {
+                tracing::debug!(%error, "kademlia bootstrap incomplete");
+            }
+            _ => {}
+        }
+        if step.last
+            && let Some((found, reply)) = self.pending_providers.remove(&id)
+        {
+            let _ = reply.send(found);
+        }
+    }
+}
+
+/// A gossip message that passed validation.
+enum Accepted {
+    Announcement(FleetMember),
+    Claim(TopicKind, VerifiedEnvelope),
+    /// Valid, but older than what we hold: not forwarded, nobody penalised.
+    Stale,
 }
 
 /// The peer id at the end of a multiaddr, if any.

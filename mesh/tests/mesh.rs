@@ -6,9 +6,10 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use claw_attestation::{Envelope, NodeIdentity, Validity};
-use claw_mesh::{ErrorCode, InvokeRequest, SwarmKey, TopicKind};
+use claw_attestation::{Envelope, NodeIdentity, PayloadKind, SignedPayload, Validity};
+use claw_mesh::{ErrorCode, InvokeRequest, MeshEvent, SwarmKey, TopicKind};
 use common::{TestNode, announcement, sign, test_config, wait_until, with_key};
+use serde::{Deserialize, Serialize};
 
 async fn start_nodes(count: usize, network: &str, bootstrap: Option<&TestNode>) -> Vec<TestNode> {
     let mut nodes = Vec::new();
@@ -169,11 +170,34 @@ async fn hostile_announcements_are_rejected_unforwarded_and_cost_the_sender() {
     )
     .await
     .expect("condition reached in time");
-    let replay = sign(
+    // An older sequence signed moments ago is honest reordering: dropped, nobody penalised.
+    let reordered = sign(
+        &fresh_identity,
+        450,
+        &announcement("fresh-reordered", network),
+    );
+    fresh
+        .handle
+        .publish(TopicKind::Inventory, reordered)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let score_after_reorder = victim.handle.peer_score(fresh.peer_id()).await.unwrap();
+    assert!(
+        score_after_reorder.is_some_and(|s| s >= 0.0),
+        "reordering was penalised: {score_after_reorder:?}"
+    );
+    // An older sequence signed long ago, still unexpired, is a deliberate replay.
+    let replay = Envelope::seal(
         &fresh_identity,
         400,
+        Validity {
+            issued_at_ms: claw_attestation::unix_millis(std::time::SystemTime::now()) - 60_000,
+            ttl: Duration::from_secs(600),
+        },
         &announcement("fresh-replayed", network),
-    );
+    )
+    .to_bytes();
     fresh
         .handle
         .publish(TopicKind::Inventory, replay)
@@ -359,6 +383,203 @@ async fn providers_of_a_gpu_model_are_found_through_kademlia() {
             .is_empty()
     );
     for node in nodes.into_iter().chain([buyer]) {
+        node.stop().await;
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct TestOffer {
+    price: u64,
+}
+
+impl SignedPayload for TestOffer {
+    const KIND: PayloadKind = PayloadKind::Offer;
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TestBid {
+    max_price: u64,
+}
+
+impl SignedPayload for TestBid {
+    const KIND: PayloadKind = PayloadKind::Bid;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_are_delivered_verified_and_claims_on_the_wrong_topic_are_rejected() {
+    let nodes = start_nodes(3, "localnet", None).await;
+    wait_until(Duration::from_secs(20), "3 nodes", || all_see(&nodes, 3))
+        .await
+        .expect("converged");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seller = &nodes[1].identity;
+    let validity = Validity::from_now(Duration::from_secs(60));
+    let offer = Envelope::seal(seller, 10, validity, &TestOffer { price: 1_200_000 }).to_bytes();
+    nodes[1]
+        .handle
+        .publish(TopicKind::Offers, offer)
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the offer at both peers", || {
+        [&nodes[0], &nodes[2]].iter().all(|n| {
+            n.events.lock().unwrap().iter().any(|(_, e)| {
+                matches!(e, MeshEvent::Gossip { kind: TopicKind::Offers, envelope }
+                    if envelope.open::<TestOffer>().is_ok_and(|o| o.price == 1_200_000)
+                        && envelope.signer_peer_id() == seller.peer_id())
+            })
+        })
+    })
+    .await
+    .expect("offer delivered");
+
+    // Offers are independent objects: an older sequence published later still counts...
+    let older = Envelope::seal(seller, 5, validity, &TestOffer { price: 900_000 }).to_bytes();
+    nodes[1]
+        .handle
+        .publish(TopicKind::Offers, older)
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the older offer too", || {
+        nodes[0].events.lock().unwrap().iter().any(|(_, e)| {
+            matches!(e, MeshEvent::Gossip { envelope, .. }
+                if envelope.open::<TestOffer>().is_ok_and(|o| o.price == 900_000))
+        })
+    })
+    .await
+    .expect("older offer delivered");
+    let bid_on_offers = Envelope::seal(seller, 11, validity, &TestBid { max_price: 1 }).to_bytes();
+    nodes[1]
+        .handle
+        .publish(TopicKind::Offers, bid_on_offers)
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the misplaced bid to be rejected", || {
+        nodes[0].events.lock().unwrap().iter().any(|(_, e)| {
+            matches!(e, MeshEvent::GossipRejected { reason, .. } if reason.contains("of kind offer"))
+        })
+    })
+    .await
+    .expect("misplaced bid rejected");
+    let delivered_bids = nodes[2]
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, e)| {
+            matches!(e, MeshEvent::Gossip { envelope, .. } if envelope.open::<TestBid>().is_ok())
+        })
+        .count();
+    assert_eq!(delivered_bids, 0);
+    // A sequence used again, re-signed with other content, is a replay (from another seller:
+    // the first one has already lost its standing with node 0).
+    let second = &nodes[2].identity;
+    let first_offer = Envelope::seal(second, 5, validity, &TestOffer { price: 7 }).to_bytes();
+    nodes[2]
+        .handle
+        .publish(TopicKind::Offers, first_offer)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = Envelope::seal(second, 5, validity, &TestOffer { price: 1 }).to_bytes();
+    nodes[2]
+        .handle
+        .publish(TopicKind::Offers, again)
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the re-used sequence to be rejected", || {
+        nodes[0].events.lock().unwrap().iter().any(|(_, e)| {
+            matches!(e, MeshEvent::GossipRejected { reason, .. } if reason.contains("replayed sequence 5"))
+        })
+    })
+    .await
+    .expect("replay rejected");
+
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_connect_over_quic_on_public_networks() {
+    let mut config = test_config("localnet");
+    config.quic = true;
+    config.listen = vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()];
+    let a = TestNode::start("quic-a", config.clone()).await;
+    assert!(a.addr.to_string().contains("quic-v1"), "{}", a.addr);
+    config.bootstrap = vec![a.addr.clone()];
+    let b = TestNode::start("quic-b", config).await;
+    wait_until(Duration::from_secs(15), "two QUIC nodes to meet", || {
+        a.sees().len() == 2 && b.sees().len() == 2
+    })
+    .await
+    .expect("QUIC mesh formed");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_rejoins_through_the_peers_it_remembers() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = TestNode::start("seed", test_config("localnet")).await;
+    let identity = Arc::new(NodeIdentity::generate());
+    let mut config = test_config("localnet");
+    config.known_peers_file = Some(dir.path().join("known-peers.json"));
+    config.bootstrap = vec![seed.addr.clone()];
+    let first = TestNode::start_with(identity.clone(), "returning", config.clone(), true).await;
+    wait_until(Duration::from_secs(15), "the first meeting", || {
+        seed.sees().len() == 2
+    })
+    .await
+    .expect("met");
+    first.stop().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let remembered = std::fs::read_to_string(dir.path().join("known-peers.json")).unwrap();
+    assert!(
+        remembered.contains(&seed.peer_id().to_string()),
+        "{remembered}"
+    );
+
+    config.bootstrap.clear();
+    let again = TestNode::start_with(identity, "returning", config, true).await;
+    wait_until(
+        Duration::from_secs(15),
+        "the restarted node to rejoin",
+        || again.sees().len() == 2,
+    )
+    .await
+    .expect("rejoined without a bootstrap list");
+    seed.stop().await;
+    again.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_and_closest_peers_through_kademlia() {
+    let nodes = start_nodes(6, "localnet", None).await;
+    wait_until(Duration::from_secs(20), "6 nodes", || all_see(&nodes, 6))
+        .await
+        .expect("converged");
+    nodes[1]
+        .handle
+        .put_record("price-index/h100", b"1.20".to_vec())
+        .await
+        .unwrap();
+    let found = nodes[4]
+        .handle
+        .get_record("price-index/h100")
+        .await
+        .unwrap();
+    assert_eq!(found.as_deref(), Some(&b"1.20"[..]));
+    assert_eq!(
+        nodes[4].handle.get_record("nothing-here").await.unwrap(),
+        None
+    );
+    let closest = nodes[2]
+        .handle
+        .closest_peers(nodes[5].peer_id())
+        .await
+        .unwrap();
+    assert!(closest.contains(&nodes[5].peer_id()), "{closest:?}");
+    for node in nodes {
         node.stop().await;
     }
 }

@@ -61,7 +61,7 @@ pub struct NodeConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MeshSection {
-    /// Multiaddrs to listen on. Default `/ip4/0.0.0.0/tcp/7946`.
+    /// Multiaddrs to listen on. Default TCP and QUIC on port 7946.
     pub listen: Vec<String>,
     /// Peers to join through, each ending in `/p2p/<peer id>`. Default none.
     pub bootstrap: Vec<String>,
@@ -71,7 +71,7 @@ pub struct MeshSection {
     pub missed_intervals: u32,
     /// Discover peers on the local network with mDNS. Default off.
     pub mdns: bool,
-    /// Also use QUIC (ignored in private fleets). Default off.
+    /// Also use QUIC (ignored in private fleets, where pnet needs TCP). Default on.
     pub quic: bool,
     /// Relax gossip scoring's penalty for many peers on one IP (local fleets). Default off.
     pub allow_colocated_peers: bool,
@@ -80,12 +80,15 @@ pub struct MeshSection {
 impl Default for MeshSection {
     fn default() -> Self {
         Self {
-            listen: vec!["/ip4/0.0.0.0/tcp/7946".to_owned()],
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/7946".to_owned(),
+                "/ip4/0.0.0.0/udp/7946/quic-v1".to_owned(),
+            ],
             bootstrap: Vec::new(),
             announce_interval_secs: 10,
             missed_intervals: 3,
             mdns: false,
-            quic: false,
+            quic: true,
             allow_colocated_peers: false,
         }
     }

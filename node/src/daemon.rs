@@ -52,11 +52,22 @@ fn mesh_config(dir: &DataDir, overrides: &RunOverrides) -> Result<MeshConfig> {
     } else {
         None
     };
+    let mut listen = parse_addrs("listen", listen)?;
+    let quic = section.quic && swarm_key.is_none();
+    if !quic {
+        let before = listen.len();
+        listen.retain(|a| !a.to_string().contains("/quic"));
+        if listen.len() < before {
+            tracing::warn!(
+                "QUIC listen addresses dropped: QUIC is off (private fleets use TCP only)"
+            );
+        }
+    }
     Ok(MeshConfig {
         network: dir.config().network.name.clone(),
-        listen: parse_addrs("listen", listen)?,
+        listen,
         bootstrap: parse_addrs("bootstrap", &bootstrap)?,
-        quic: section.quic && swarm_key.is_none(),
+        quic,
         swarm_key,
         mdns: section.mdns,
         announce_interval: Duration::from_secs(section.announce_interval_secs),

@@ -12,7 +12,7 @@ use claw_attestation::{
 };
 use claw_mesh::{
     ErrorCode, HandlerFuture, InvokeFailure, InvokeHandler, InvokeRequest, InvokeResponse, Mesh,
-    MeshConfig, MeshHandle, Multiaddr, NodeAnnouncement, PeerId, SwarmKey,
+    MeshConfig, MeshEvent, MeshHandle, Multiaddr, NodeAnnouncement, PeerId, SwarmKey,
 };
 use tokio::task::JoinHandle;
 
@@ -43,9 +43,12 @@ impl InvokeHandler for TestHandler {
 
 pub struct TestNode {
     pub identity: Arc<NodeIdentity>,
+    /// Gossip deliveries and rejections, with the time each arrived.
+    pub events: Arc<std::sync::Mutex<Vec<(std::time::Instant, MeshEvent)>>>,
     pub handle: MeshHandle,
     pub addr: Multiaddr,
     seq: Arc<AtomicU64>,
+    mesh_task: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -118,8 +121,22 @@ impl TestNode {
         let interval = config.announce_interval;
         let mesh = Mesh::spawn(&identity, config, Arc::new(TestHandler)).expect("mesh starts");
         let handle = mesh.handle.clone();
-        let mut events = mesh.events;
-        let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });
+        let mut receiver = mesh.events;
+        let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = Arc::clone(&events);
+        let drain = tokio::spawn(async move {
+            while let Some(event) = receiver.recv().await {
+                if matches!(
+                    event,
+                    MeshEvent::Gossip { .. } | MeshEvent::GossipRejected { .. }
+                ) {
+                    recorded
+                        .lock()
+                        .expect("not poisoned")
+                        .push((std::time::Instant::now(), event));
+                }
+            }
+        });
         let addr = loop {
             let addrs = handle.listen_addrs().await.expect("mesh runs");
             if let Some(a) = addrs.into_iter().next() {
@@ -128,7 +145,7 @@ impl TestNode {
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         let seq = Arc::new(AtomicU64::new(1));
-        let mut tasks = vec![drain, mesh.task];
+        let mut tasks = vec![drain];
         if announce {
             let (identity, handle, seq, name) = (
                 identity.clone(),
@@ -150,9 +167,11 @@ impl TestNode {
         }
         Self {
             identity,
+            events,
             handle,
             addr,
             seq,
+            mesh_task: mesh.task,
             tasks,
         }
     }
@@ -166,7 +185,12 @@ impl TestNode {
     }
 
     pub async fn stop(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
         self.handle.shutdown().await;
+        // The mesh saves what it must (known peers) on the way out.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.mesh_task).await;
         for task in self.tasks {
             task.abort();
         }

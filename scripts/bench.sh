@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Reruns every benchmark recorded in BENCHMARKS.md, in release mode.
+#   scripts/bench.sh              all of them
+#   scripts/bench.sh envelope     only the envelope benchmarks
+#   scripts/bench.sh mesh         only the mesh benchmarks (CLAW_BENCH_SIZES=50,200 by default)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+which=${1:-all}
+
+# A 200-node in-process mesh holds tens of thousands of sockets in one process.
+if [ "$(ulimit -n)" -lt 262144 ]; then
+    ulimit -Hn 262144 2>/dev/null || true
+    ulimit -n 262144 2>/dev/null || echo "note: could not raise the open-file limit above $(ulimit -n)"
+fi
+
+if [ "$which" = all ] || [ "$which" = envelope ]; then
+    cargo bench -p claw-attestation --bench envelope
+fi
+if [ "$which" = all ] || [ "$which" = mesh ]; then
+    cargo bench -p claw-mesh --bench mesh
+fi
