@@ -35,7 +35,9 @@ pub struct MeshConfig {
     pub max_invoke_deadline: Duration,
     /// Established connections kept at most. Default 256.
     pub max_connections: u32,
-    /// How long an idle connection stays open. Default 1 hour: fleets are long-lived.
+    /// How long a connection no protocol needs stays open. Default 60 s: gossip-mesh links are
+    /// kept regardless, and others (invokes, Kademlia) are re-dialled on demand, so each node
+    /// holds a handful of connections rather than one to every peer it ever queried.
     pub idle_connection_timeout: Duration,
     /// Tolerated clock skew for envelopes from peers. Default 30 s.
     pub max_clock_skew: Duration,
@@ -66,7 +68,7 @@ impl Default for MeshConfig {
             max_message_bytes: 16 * 1024,
             max_invoke_deadline: Duration::from_secs(120),
             max_connections: 256,
-            idle_connection_timeout: Duration::from_secs(3600),
+            idle_connection_timeout: Duration::from_secs(60),
             max_clock_skew: Duration::from_secs(30),
             known_peers_file: None,
             allow_colocated_peers: false,

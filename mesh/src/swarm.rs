@@ -663,6 +663,19 @@ impl EventLoop {
 
     fn record_member(&mut self, member: FleetMember) {
         let peer = member.peer_id;
+        if peer != self.local_peer_id {
+            // The addresses are signed by the node itself: good enough to dial it by.
+            for address in member
+                .announcement
+                .listen_addrs
+                .iter()
+                .take(8)
+                .filter_map(|a| a.parse::<Multiaddr>().ok())
+                .filter(usable_address)
+            {
+                self.swarm.behaviour_mut().kad.add_address(&peer, address);
+            }
+        }
         let change = {
             let mut fleet = self.fleet.write().unwrap_or_else(|p| p.into_inner());
             fleet.upsert(member, Instant::now())

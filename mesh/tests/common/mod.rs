@@ -153,12 +153,15 @@ impl TestNode {
                 seq.clone(),
                 name.to_owned(),
             );
+            let listen = addr.to_string();
             tasks.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(interval);
                 loop {
                     tick.tick().await;
                     let n = seq.fetch_add(1, Ordering::SeqCst);
-                    let bytes = sign(&identity, n, &announcement(&name, &network));
+                    let mut claim = announcement(&name, &network);
+                    claim.listen_addrs = vec![listen.clone()];
+                    let bytes = sign(&identity, n, &claim);
                     if handle.announce(bytes).await.is_err() {
                         break;
                     }
