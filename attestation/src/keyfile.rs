@@ -111,7 +111,12 @@ pub fn write_secret(path: &Path, contents: &[u8], overwrite: bool) -> Result<(),
             path: path.to_path_buf(),
         });
     }
-    let tmp = path.with_extension("tmp");
+    // `<name>.tmp` beside the target, so files that share a stem never share a temp file.
+    let tmp = {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".tmp");
+        std::path::PathBuf::from(name)
+    };
     let _ = fs::remove_file(&tmp);
     let mut file = OpenOptions::new()
         .write(true)

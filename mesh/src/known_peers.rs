@@ -83,7 +83,7 @@ impl KnownPeers {
         if !self.dirty {
             return;
         }
-        let tmp = path.with_extension("tmp");
+        let tmp = path.with_extension("json.tmp");
         let written = serde_json::to_vec_pretty(&self.peers)
             .map_err(std::io::Error::other)
             .and_then(|bytes| std::fs::write(&tmp, bytes))

@@ -88,7 +88,7 @@ pub fn issue_token(data_dir: &Path) -> Result<String, KeyFileError> {
 /// Records where the API listens, for the CLI to find.
 pub fn write_address(data_dir: &Path, addr: SocketAddr) -> std::io::Result<()> {
     let path = data_dir.join(ADDR_FILE);
-    let tmp = path.with_extension("tmp");
+    let tmp = path.with_extension("addr.tmp");
     std::fs::write(&tmp, addr.to_string())?;
     std::fs::rename(tmp, path)
 }
