@@ -12,6 +12,9 @@ use claw_mesh::{
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+use crate::store::{AuditRecord, Store};
 
 /// A command's name, what it does, and the JSON schema of its params.
 struct CommandSpec {
@@ -56,20 +59,28 @@ fn parse_no_params(params: &Value) -> Result<(), InvokeFailure> {
         .map_err(|e| InvokeFailure::new(ErrorCode::InvalidParams, format!("takes no params: {e}")))
 }
 
-/// The node's command table. Cheap to clone.
+/// The node's command table. Cheap to clone. Every invocation, from a peer or the local control
+/// API, is appended to the store's audit log.
 #[derive(Debug, Clone)]
 pub struct NodeCommands {
     probe: Arc<GpuProbe>,
     data_dir: Arc<PathBuf>,
+    store: Store,
 }
 
 impl NodeCommands {
-    /// Commands served from `probe`, measuring disk where `data_dir` lives.
-    pub fn new(probe: Arc<GpuProbe>, data_dir: PathBuf) -> Self {
+    /// Commands served from `probe`, measuring disk where `data_dir` lives, auditing to `store`.
+    pub fn new(probe: Arc<GpuProbe>, data_dir: PathBuf, store: Store) -> Self {
         Self {
             probe,
             data_dir: Arc::new(data_dir),
+            store,
         }
+    }
+
+    /// The latest `limit` audit records, newest first.
+    pub fn recent_audit(&self, limit: usize) -> Result<Vec<AuditRecord>, crate::StoreError> {
+        self.store.recent_audit(limit)
     }
 
     /// Names of every command, for announcing and for the gateway.
@@ -116,15 +127,26 @@ impl InvokeHandler for NodeCommands {
         let commands = self.clone();
         Box::pin(async move {
             let command = request.command.clone();
+            let params_sha256 = hex::encode(Sha256::digest(request.params.to_string()));
             let started = std::time::Instant::now();
             let result = commands.run(request).await;
-            tracing::info!(
-                %caller,
+            let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let outcome = match &result {
+                Ok(_) => "ok".to_owned(),
+                Err(failure) => failure.code.to_string(),
+            };
+            tracing::info!(%caller, command, outcome, duration_ms, "invoke");
+            let record = AuditRecord {
+                at_ms: claw_attestation::unix_millis(std::time::SystemTime::now()),
+                caller: caller.to_string(),
                 command,
-                ok = result.is_ok(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "invoke"
-            );
+                params_sha256,
+                outcome,
+                duration_ms,
+            };
+            if let Err(error) = commands.store.append_audit(&record) {
+                tracing::error!(%error, "audit log write failed");
+            }
             InvokeResponse::from(result)
         })
     }
@@ -135,16 +157,47 @@ mod tests {
     use super::*;
     use claw_attestation::NodeIdentity;
 
-    fn commands() -> NodeCommands {
+    fn commands() -> (tempfile::TempDir, NodeCommands) {
         let identity = NodeIdentity::generate();
         let probe = Arc::new(GpuProbe::open(&[], &identity.public_key()));
-        NodeCommands::new(probe, std::env::temp_dir())
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        (dir, NodeCommands::new(probe, std::env::temp_dir(), store))
     }
 
     async fn call(command: &str, params: Value) -> InvokeResponse {
         let request =
             InvokeRequest::new(command, std::time::Duration::from_secs(5)).with_params(params);
-        commands().handle(PeerId::random(), request).await
+        let (_dir, commands) = commands();
+        commands.handle(PeerId::random(), request).await
+    }
+
+    #[tokio::test]
+    async fn every_invocation_is_audited_without_its_params() {
+        let (_dir, commands) = commands();
+        let caller = PeerId::random();
+        let secret = json!({"token": "hunter2"});
+        let request = InvokeRequest::new("gpu.list", std::time::Duration::from_secs(5))
+            .with_params(secret.clone());
+        commands.handle(caller, request).await;
+        let request = InvokeRequest::new("system.info", std::time::Duration::from_secs(5));
+        commands.handle(caller, request).await;
+        let records = commands.store.recent_audit(10).unwrap();
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].command, "system.info");
+        assert_eq!(records[0].outcome, "ok");
+        assert_eq!(records[1].command, "gpu.list");
+        assert_eq!(records[1].outcome, "INVALID_PARAMS");
+        assert_eq!(records[1].caller, caller.to_string());
+        let text = serde_json::to_string(&records).unwrap();
+        assert!(
+            !text.contains("hunter2"),
+            "params leaked into the audit log"
+        );
+        assert_eq!(
+            records[1].params_sha256,
+            hex::encode(Sha256::digest(secret.to_string()))
+        );
     }
 
     #[tokio::test]

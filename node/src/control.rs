@@ -5,6 +5,7 @@
 //! |--------|--------------|--------|
 //! | GET    | `/v1/node`   | peer id, network, listen addresses, version |
 //! | GET    | `/v1/fleet`  | the fleet as this node sees it, and its status |
+//! | GET    | `/v1/audit?limit=N` | the latest N audit records (default 50, at most 1,000) |
 //! | POST   | `/v1/invoke` | `{command, params?, node?, deadline_ms?, idempotency_key?}` → `{ok}` or `{error}` |
 //!
 //! `node` names a peer to forward the invoke to over the mesh; without it the node answers.
@@ -15,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -108,6 +109,7 @@ pub async fn serve(
         .route("/v1/node", get(node_info))
         .route("/v1/fleet", get(fleet))
         .route("/v1/invoke", post(invoke))
+        .route("/v1/audit", get(audit))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state);
     axum::serve(listener, app)
@@ -169,6 +171,36 @@ async fn node_info(State(state): State<ControlState>, headers: HeaderMap) -> Res
         "version": env!("CARGO_PKG_VERSION"),
     }))
     .into_response()
+}
+
+async fn audit(
+    State(state): State<ControlState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let limit = match query.as_deref().and_then(|q| q.strip_prefix("limit=")) {
+        None => 50,
+        Some(n) => match n.parse::<usize>() {
+            Ok(n) if (1..=1_000).contains(&n) => n,
+            _ => {
+                return failure_response(InvokeFailure::new(
+                    ErrorCode::InvalidParams,
+                    "limit must be 1 to 1000",
+                ));
+            }
+        },
+    };
+    let commands = state.commands.clone();
+    match tokio::task::spawn_blocking(move || commands.recent_audit(limit)).await {
+        Ok(Ok(records)) => Json(json!({ "records": records })).into_response(),
+        Ok(Err(error)) => {
+            failure_response(InvokeFailure::new(ErrorCode::Internal, error.to_string()))
+        }
+        Err(error) => failure_response(InvokeFailure::new(ErrorCode::Internal, error.to_string())),
+    }
 }
 
 /// One node in the fleet view, as the API shows it.

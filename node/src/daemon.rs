@@ -171,7 +171,7 @@ pub(crate) async fn run(dir: DataDir, overrides: RunOverrides, json: bool) -> Re
             .context("probing GPUs")?
     });
     let config = mesh_config(&dir, &overrides)?;
-    let commands = NodeCommands::new(Arc::clone(&probe), dir.root().to_path_buf());
+    let commands = NodeCommands::new(Arc::clone(&probe), dir.root().to_path_buf(), store.clone());
     let mesh = Mesh::spawn(dir.identity(), config, Arc::new(commands.clone()))
         .context("starting the mesh")?;
     let handle = mesh.handle.clone();

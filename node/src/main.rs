@@ -14,6 +14,7 @@ use claw_attestation::{
     Verifier, peer_id_of,
 };
 use clawnode::control::{ControlClient, FleetMemberView, InvokeBody};
+use clawnode::store::AuditRecord;
 use clawnode::{DataDir, NodeConfig, WalletOutcome, open_gpu_probe, sign_inventory};
 use serde_json::json;
 
@@ -51,6 +52,12 @@ enum Command {
     Fleet,
     /// Run a command on the running node, or through it on a peer.
     Invoke(InvokeArgs),
+    /// Show the running node's audit log: every command it answered, newest first.
+    Audit {
+        /// How many records.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -173,7 +180,36 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Fleet => fleet(global),
         Command::Invoke(args) => invoke(global, args),
+        Command::Audit { limit } => audit(global, limit),
     }
+}
+
+fn audit(global: &GlobalArgs, limit: usize) -> Result<()> {
+    let client = ControlClient::connect(&global.data_dir)?;
+    let answer = client.get(&format!("/v1/audit?limit={limit}"))?;
+    if global.json {
+        print_json(&answer);
+        return Ok(());
+    }
+    let records: Vec<AuditRecord> = serde_json::from_value(answer["records"].clone())
+        .context("the node answered an unexpected audit shape")?;
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|r| {
+            vec![
+                r.at_ms.to_string(),
+                r.caller.clone(),
+                r.command.clone(),
+                r.outcome.clone(),
+                format!("{} ms", r.duration_ms),
+            ]
+        })
+        .collect();
+    print_table(
+        &["AT (UNIX MS)", "CALLER", "COMMAND", "OUTCOME", "TOOK"],
+        &rows,
+    );
+    Ok(())
 }
 
 fn fleet(global: &GlobalArgs) -> Result<()> {

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const META_TREE: &str = "meta";
+const AUDIT_TREE: &str = "audit";
 const SEQUENCE_KEY: &[u8] = b"envelope-sequence";
 const LATEST_INVENTORY_KEY: &[u8] = b"latest-inventory";
 
@@ -26,10 +27,30 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// One command invocation, as the audit log keeps it. Params are kept only as a digest, so the
+/// log never holds secrets a caller passed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecord {
+    /// When the command finished, Unix ms.
+    pub at_ms: u64,
+    /// The caller's peer id (this node's own id for the local control API).
+    pub caller: String,
+    /// The command name.
+    pub command: String,
+    /// Hex SHA-256 of the params' JSON text.
+    pub params_sha256: String,
+    /// `ok`, or the error code.
+    pub outcome: String,
+    /// How long it ran.
+    pub duration_ms: u64,
+}
+
 /// The node's sled database.
 #[derive(Debug, Clone)]
 pub struct Store {
     meta: sled::Tree,
+    audit: sled::Tree,
     db: sled::Db,
 }
 
@@ -46,7 +67,8 @@ impl Store {
             other => StoreError::Sled(other),
         })?;
         let meta = db.open_tree(META_TREE)?;
-        Ok(Self { meta, db })
+        let audit = db.open_tree(AUDIT_TREE)?;
+        Ok(Self { meta, audit, db })
     }
 
     /// The next sequence number for a signed envelope, durably recorded before it is returned.
@@ -88,6 +110,29 @@ impl Store {
         Ok(())
     }
 
+    /// Appends an invocation to the audit log, under an id that keeps increasing across restarts.
+    pub fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        let id = self.db.generate_id()?;
+        let value = serde_json::to_vec(record)
+            .map_err(|e| StoreError::Corrupt(format!("audit record: {e}")))?;
+        self.audit.insert(id.to_be_bytes(), value)?;
+        Ok(())
+    }
+
+    /// The most recent `limit` audit records, newest first.
+    pub fn recent_audit(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        self.audit
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|entry| {
+                let (_, value) = entry?;
+                serde_json::from_slice(&value)
+                    .map_err(|e| StoreError::Corrupt(format!("audit record: {e}")))
+            })
+            .collect()
+    }
+
     /// The latest signed inventory envelope, if one was recorded.
     pub fn latest_inventory(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.meta.get(LATEST_INVENTORY_KEY)?.map(|v| v.to_vec()))
@@ -118,6 +163,35 @@ mod tests {
         let _held = Store::open(dir.path()).unwrap();
         let err = Store::open(dir.path()).unwrap_err();
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    }
+
+    #[test]
+    fn audit_records_come_back_newest_first_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = |command: &str| AuditRecord {
+            at_ms: 1,
+            caller: "peer".into(),
+            command: command.into(),
+            params_sha256: "00".into(),
+            outcome: "ok".into(),
+            duration_ms: 0,
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.append_audit(&record("gpu.list")).unwrap();
+            store.append_audit(&record("system.info")).unwrap();
+            store.db.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        store.append_audit(&record("node.capabilities")).unwrap();
+        let commands: Vec<String> = store
+            .recent_audit(10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.command)
+            .collect();
+        assert_eq!(commands, ["node.capabilities", "system.info", "gpu.list"]);
+        assert_eq!(store.recent_audit(1).unwrap().len(), 1);
     }
 
     #[test]

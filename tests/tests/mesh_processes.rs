@@ -80,6 +80,21 @@ fn five_processes_form_a_fleet_and_a_killed_one_leaves_it() {
         ])
         .json();
     assert_eq!(remote["gpus"].as_array().map(Vec::len), Some(2));
+    // Node 1 audited the call, naming node 3 as the caller.
+    let audit = nodes[1].ok(&["audit", "--json"]).json();
+    let records = audit["records"].as_array().expect("records");
+    assert!(
+        records.iter().any(|r| r["command"] == "gpu.list"
+            && r["caller"] == running[3].peer_id.as_str()
+            && r["outcome"] == "ok"),
+        "{audit}"
+    );
+    let refused = nodes[1].fails(&["audit", "--limit", "0"]);
+    assert!(
+        refused.stderr.contains("INVALID_PARAMS"),
+        "{}",
+        refused.stderr
+    );
 
     // The control API refuses a wrong token.
     let token_path = nodes[4].data_dir().join("control.token");
