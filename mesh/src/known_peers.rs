@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 
+use crate::swarm::usable_address;
+
 /// Most peers remembered.
 const MAX_PEERS: usize = 256;
 /// Most addresses remembered per peer.
@@ -63,7 +65,7 @@ impl KnownPeers {
         }
         let addrs: Vec<String> = addrs
             .iter()
-            .filter(|a| !a.iter().any(|p| matches!(p, Protocol::P2pCircuit)))
+            .filter(|a| usable_address(a) && !a.iter().any(|p| matches!(p, Protocol::P2pCircuit)))
             .take(MAX_ADDRS)
             .map(ToString::to_string)
             .collect();

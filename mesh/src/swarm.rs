@@ -142,7 +142,6 @@ pub(crate) struct EventLoop {
     topics: Topics,
     provided_models: HashSet<String>,
     known_peers: KnownPeers,
-    bootstrap_peers: HashSet<PeerId>,
     listen_addrs: Vec<Multiaddr>,
 }
 
@@ -344,7 +343,6 @@ fn provider_key(network: &str, model: &str) -> kad::RecordKey {
 }
 
 impl EventLoop {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         swarm: Swarm<Behaviour>,
         config: MeshConfig,
@@ -379,7 +377,6 @@ impl EventLoop {
             topics,
             provided_models: HashSet::new(),
             known_peers,
-            bootstrap_peers: HashSet::new(),
             listen_addrs: Vec::new(),
             config,
         }
@@ -399,27 +396,35 @@ impl EventLoop {
                 .subscribe(topic)
                 .map_err(|e| MeshError::Config(format!("subscribe: {e}")))?;
         }
+        if self.dial_seeds() > 0 {
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
+        Ok(())
+    }
+
+    /// Dials the configured bootstrap peers and the remembered ones, seeding Kademlia with their
+    /// addresses; returns how many were dialled.
+    fn dial_seeds(&mut self) -> usize {
         let mut seeds: Vec<Multiaddr> = self.config.bootstrap.clone();
         seeds.extend(self.known_peers.addresses());
+        let mut dialled = 0;
         for address in seeds {
-            if let Some(peer) = peer_of(&address) {
-                if peer == self.local_peer_id {
-                    continue;
-                }
+            let peer = peer_of(&address);
+            if peer == Some(self.local_peer_id) {
+                continue;
+            }
+            if let Some(peer) = peer {
                 self.swarm
                     .behaviour_mut()
                     .kad
                     .add_address(&peer, address.clone());
-                self.bootstrap_peers.insert(peer);
             }
-            if let Err(error) = self.swarm.dial(address.clone()) {
-                tracing::warn!(%address, %error, "cannot dial bootstrap peer");
+            match self.swarm.dial(address.clone()) {
+                Ok(()) => dialled += 1,
+                Err(error) => tracing::warn!(%address, %error, "cannot dial seed peer"),
             }
         }
-        if !self.bootstrap_peers.is_empty() {
-            let _ = self.swarm.behaviour_mut().kad.bootstrap();
-        }
-        Ok(())
+        dialled
     }
 
     pub(crate) async fn run(mut self) {
@@ -458,22 +463,11 @@ impl EventLoop {
         if self.swarm.connected_peers().next().is_some() {
             return;
         }
-        let mut seeds: Vec<Multiaddr> = self.config.bootstrap.clone();
-        seeds.extend(self.known_peers.addresses());
-        if seeds.is_empty() {
-            return;
+        let dialled = self.dial_seeds();
+        if dialled > 0 {
+            tracing::info!(seeds = dialled, "no connections: dialled known peers again");
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
         }
-        tracing::info!(
-            seeds = seeds.len(),
-            "no connections: dialing known peers again"
-        );
-        for address in seeds {
-            if peer_of(&address) == Some(self.local_peer_id) {
-                continue;
-            }
-            let _ = self.swarm.dial(address);
-        }
-        let _ = self.swarm.behaviour_mut().kad.bootstrap();
     }
 
     fn emit(&self, event: MeshEvent) {
@@ -663,7 +657,13 @@ impl EventLoop {
 
     fn record_member(&mut self, member: FleetMember) {
         let peer = member.peer_id;
-        if peer != self.local_peer_id {
+        let addresses_changed = {
+            let fleet = self.fleet.read().unwrap_or_else(|p| p.into_inner());
+            fleet.get(&peer).is_none_or(|known| {
+                known.announcement.listen_addrs != member.announcement.listen_addrs
+            })
+        };
+        if peer != self.local_peer_id && addresses_changed {
             // The addresses are signed by the node itself: good enough to dial it by.
             for address in member
                 .announcement
@@ -1040,7 +1040,7 @@ fn peer_of(address: &Multiaddr) -> Option<PeerId> {
 }
 
 /// Addresses worth storing: not unspecified.
-fn usable_address(address: &Multiaddr) -> bool {
+pub(crate) fn usable_address(address: &Multiaddr) -> bool {
     !address.iter().any(|p| match p {
         libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_unspecified(),
         libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_unspecified(),
