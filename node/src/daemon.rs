@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use claw_attestation::{Envelope, GpuProbe, Validity, read_secret};
-use claw_mesh::{Mesh, MeshConfig, MeshEvent, MeshHandle, Multiaddr, NodeAnnouncement, SwarmKey};
+use claw_attestation::{GpuProbe, read_secret};
+use claw_mesh::{Mesh, MeshConfig, MeshEvent, MeshHandle, Multiaddr, SwarmKey};
 use clawnode::commands::NodeCommands;
 use clawnode::control::{self, ControlState};
-use clawnode::{DataDir, Store, open_gpu_probe};
+use clawnode::{DataDir, Store, open_gpu_probe, sign_announcement};
 use tokio::net::TcpListener;
 
 /// Name of the optional private-fleet key in the data directory.
@@ -79,36 +79,6 @@ fn mesh_config(dir: &DataDir, overrides: &RunOverrides) -> Result<MeshConfig> {
     })
 }
 
-/// Signs a fresh announcement: current inventory, addresses, next sequence.
-fn sign_announcement(
-    dir: &DataDir,
-    store: &Store,
-    probe: &GpuProbe,
-    listen_addrs: Vec<String>,
-) -> Result<Vec<u8>> {
-    let config = dir.config();
-    let inventory = probe.inventory(dir.root());
-    let announcement = NodeAnnouncement {
-        name: config
-            .node
-            .name
-            .clone()
-            .unwrap_or_else(|| inventory.host.hostname.clone()),
-        network: config.network.name.clone(),
-        region: config.node.region.clone(),
-        labels: config.node.labels.clone(),
-        software_version: env!("CARGO_PKG_VERSION").to_owned(),
-        listen_addrs,
-        inventory,
-        allocated_gpus: Vec::new(),
-    };
-    let seq = store.next_sequence()?;
-    let ttl = Duration::from_secs(
-        config.mesh.announce_interval_secs * u64::from(config.mesh.missed_intervals) + 30,
-    );
-    Ok(Envelope::seal(dir.identity(), seq, Validity::from_now(ttl), &announcement).to_bytes())
-}
-
 async fn announce_forever(dir: Arc<DataDir>, store: Store, probe: Arc<GpuProbe>, mesh: MeshHandle) {
     let interval = Duration::from_secs(dir.config().mesh.announce_interval_secs);
     let mut tick = tokio::time::interval(interval);
@@ -128,12 +98,12 @@ async fn announce_forever(dir: Arc<DataDir>, store: Store, probe: Arc<GpuProbe>,
                 .await;
         match signed {
             Ok(Ok(envelope)) => {
-                if let Err(error) = mesh.announce(envelope).await {
+                if let Err(error) = mesh.announce(envelope.to_bytes()).await {
                     tracing::warn!(%error, "announcement not published");
                 }
             }
             Ok(Err(error)) => {
-                tracing::error!(error = %format!("{error:#}"), "cannot sign announcement")
+                tracing::error!(%error, "cannot sign announcement")
             }
             Err(error) => tracing::error!(%error, "announcement task failed"),
         }

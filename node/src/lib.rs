@@ -10,11 +10,30 @@ pub mod control;
 mod data_dir;
 pub mod store;
 
-use claw_attestation::{Envelope, GpuProbe, HardwareInventory, Validity};
+use std::time::Duration;
+
+use claw_attestation::{Envelope, GpuProbe, HardwareInventory, SignedPayload, Validity};
+use claw_mesh::NodeAnnouncement;
 
 pub use config::NodeConfig;
 pub use data_dir::{DataDir, DataDirError, WalletOutcome};
 pub use store::{Store, StoreError};
+
+/// Signs `payload` as this node with the store's next sequence number, valid for `ttl`.
+fn seal_next<T: SignedPayload>(
+    dir: &DataDir,
+    store: &Store,
+    ttl: Duration,
+    payload: &T,
+) -> Result<Envelope, StoreError> {
+    let seq = store.next_sequence()?;
+    Ok(Envelope::seal(
+        dir.identity(),
+        seq,
+        Validity::from_now(ttl),
+        payload,
+    ))
+}
 
 /// Reads the machine (NVML, host, simulated GPUs from the config), signs the inventory with the
 /// node key and the next sequence number, and records it as the node's latest.
@@ -26,11 +45,43 @@ pub fn sign_inventory(
     probe: &GpuProbe,
 ) -> Result<(HardwareInventory, Envelope), StoreError> {
     let inventory = probe.inventory(dir.root());
-    let seq = store.next_sequence()?;
-    let validity = Validity::from_now(dir.config().attestation.inventory_ttl());
-    let envelope = Envelope::seal(dir.identity(), seq, validity, &inventory);
+    let ttl = dir.config().attestation.inventory_ttl();
+    let envelope = seal_next(dir, store, ttl, &inventory)?;
     store.put_latest_inventory(&envelope.to_bytes())?;
     Ok((inventory, envelope))
+}
+
+/// Signs the node's announcement to its fleet: current inventory, the addresses it listens on,
+/// name, region, labels and version. It stays valid for the configured number of missed
+/// intervals plus 30 s of slack.
+///
+/// Blocking: NVML and the store are synchronous.
+pub fn sign_announcement(
+    dir: &DataDir,
+    store: &Store,
+    probe: &GpuProbe,
+    listen_addrs: Vec<String>,
+) -> Result<Envelope, StoreError> {
+    let config = dir.config();
+    let inventory = probe.inventory(dir.root());
+    let announcement = NodeAnnouncement {
+        name: config
+            .node
+            .name
+            .clone()
+            .unwrap_or_else(|| inventory.host.hostname.clone()),
+        network: config.network.name.clone(),
+        region: config.node.region.clone(),
+        labels: config.node.labels.clone(),
+        software_version: env!("CARGO_PKG_VERSION").to_owned(),
+        listen_addrs,
+        inventory,
+        allocated_gpus: Vec::new(),
+    };
+    let ttl = Duration::from_secs(
+        config.mesh.announce_interval_secs * u64::from(config.mesh.missed_intervals) + 30,
+    );
+    seal_next(dir, store, ttl, &announcement)
 }
 
 /// Opens the GPU probe the node's config asks for.
