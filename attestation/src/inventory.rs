@@ -156,6 +156,66 @@ pub struct GpuLiveMetrics {
     pub simulated: bool,
 }
 
+/// A full reading of one GPU for monitoring (`gpu.metrics`): everything NVML reports about its
+/// current state. A value NVML cannot give is `None`; simulated GPUs have no readings at all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuMetrics {
+    /// Which GPU.
+    pub uuid: String,
+    /// NVML index.
+    pub index: u32,
+    /// Model name.
+    pub model: String,
+    /// Percent of the last sample period a kernel ran.
+    pub utilization_gpu_pct: Option<u32>,
+    /// Percent of the last sample period device memory was read or written.
+    pub utilization_memory_pct: Option<u32>,
+    /// Device memory in use.
+    pub memory_used_bytes: Option<u64>,
+    /// Device memory in all.
+    pub memory_total_bytes: Option<u64>,
+    /// Core temperature, °C.
+    pub temperature_c: Option<u32>,
+    /// Power draw, mW.
+    pub power_usage_mw: Option<u32>,
+    /// Enforced power limit, mW.
+    pub power_limit_mw: Option<u32>,
+    /// Current clocks.
+    pub clocks: Option<GpuClocks>,
+    /// Why clocks are held down right now (e.g. `hw_thermal_slowdown`, `sw_power_cap`); empty
+    /// when they are not.
+    pub throttle_reasons: Vec<String>,
+    /// ECC mode and volatile error counts.
+    pub ecc: Option<EccState>,
+    /// Critical Xid errors seen since the node started, and the last one's code.
+    pub xid_errors: Option<XidErrors>,
+    /// Compute processes on the GPU.
+    pub processes: Vec<GpuProcess>,
+    /// True for a simulated GPU.
+    pub simulated: bool,
+}
+
+/// Critical Xid errors NVML reported for a GPU.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XidErrors {
+    /// How many since the node started watching.
+    pub count: u64,
+    /// The last Xid code, when NVML gave one.
+    pub last: Option<u64>,
+}
+
+/// A process using a GPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuProcess {
+    /// Host process id.
+    pub pid: u32,
+    /// Device memory it uses, when NVML can tell.
+    pub used_memory_bytes: Option<u64>,
+}
+
 /// A simulated GPU model a node declares in its config for local fleets and demos.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

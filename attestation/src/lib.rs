@@ -42,11 +42,11 @@ pub use envelope::{
 pub use freshness::{FreshnessChallenge, FreshnessError, FreshnessProof};
 pub use identity::{DeviceIdentity, NodeIdentity, peer_id_of};
 pub use inventory::{
-    ComputeCapability, EccState, GpuClocks, GpuDevice, GpuLiveMetrics, HardwareInventory, HostInfo,
-    NvmlStatus, SimulatedGpuProfile,
+    ComputeCapability, EccState, GpuClocks, GpuDevice, GpuLiveMetrics, GpuMetrics, GpuProcess,
+    HardwareInventory, HostInfo, NvmlStatus, SimulatedGpuProfile, XidErrors,
 };
 pub use keyfile::{KeyFileError, read_secret, write_secret};
-pub use probe::{GpuProbe, probe_host};
+pub use probe::{GpuProbe, XidWatcher, probe_host};
 pub use wallet::WalletKeypair;
 
 pub use ed25519_dalek::VerifyingKey;

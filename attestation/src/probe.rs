@@ -4,17 +4,26 @@
 //! driver; there the probe reports NVML as unavailable, with NVML's own reason, and lists no real
 //! GPUs. All calls here block; async callers run them on a blocking thread.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
+use nvml_wrapper::bitmasks::device::ThrottleReasons;
+use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enum_wrappers::device::{Clock, EccCounter, MemoryError, TemperatureSensor};
+use nvml_wrapper::enums::device::UsedGpuMemory;
+use nvml_wrapper::enums::event::XidError;
+use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, Nvml, cuda_driver_version_major, cuda_driver_version_minor};
 use sha2::{Digest as _, Sha256};
 use sysinfo::{Disks, System};
 
 use crate::inventory::{
-    ComputeCapability, EccState, GpuClocks, GpuDevice, GpuLiveMetrics, HardwareInventory, HostInfo,
-    NvmlStatus, SimulatedGpuProfile,
+    ComputeCapability, EccState, GpuClocks, GpuDevice, GpuLiveMetrics, GpuMetrics, GpuProcess,
+    HardwareInventory, HostInfo, NvmlStatus, SimulatedGpuProfile, XidErrors,
 };
 
 /// A handle on the node's GPUs: NVML when it loads, plus any simulated devices the config asks
@@ -138,6 +147,86 @@ impl GpuProbe {
         metrics
     }
 
+    /// A full monitoring reading of every GPU, with the Xid errors `xids` has seen (when a watcher
+    /// runs). One NVML query per attribute; no external process.
+    pub fn metrics(&self, xids: Option<&XidWatcher>) -> Vec<GpuMetrics> {
+        let xid_counts = xids.map(XidWatcher::counts);
+        let mut metrics = Vec::new();
+        if let Ok(nvml) = &self.nvml {
+            for index in 0..self.real_device_count() {
+                let Ok(device) = nvml.device_by_index(index) else {
+                    continue;
+                };
+                let Ok(uuid) = device.uuid() else { continue };
+                let utilization = device.utilization_rates().ok();
+                let memory = device.memory_info().ok();
+                let clocks = GpuClocks {
+                    graphics_mhz: device.clock_info(Clock::Graphics).ok(),
+                    sm_mhz: device.clock_info(Clock::SM).ok(),
+                    memory_mhz: device.clock_info(Clock::Memory).ok(),
+                };
+                let any_clock = clocks.graphics_mhz.is_some()
+                    || clocks.sm_mhz.is_some()
+                    || clocks.memory_mhz.is_some();
+                let mut processes: Vec<GpuProcess> = device
+                    .running_compute_processes()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|p| GpuProcess {
+                        pid: p.pid,
+                        used_memory_bytes: match p.used_gpu_memory {
+                            UsedGpuMemory::Used(bytes) => Some(bytes),
+                            UsedGpuMemory::Unavailable => None,
+                        },
+                    })
+                    .collect();
+                processes.sort_by_key(|p| p.pid);
+                metrics.push(GpuMetrics {
+                    xid_errors: xid_counts
+                        .as_ref()
+                        .map(|c| c.get(&uuid).cloned().unwrap_or_default()),
+                    index,
+                    model: device.name().unwrap_or_default(),
+                    utilization_gpu_pct: utilization.as_ref().map(|u| u.gpu),
+                    utilization_memory_pct: utilization.as_ref().map(|u| u.memory),
+                    memory_used_bytes: memory.as_ref().map(|m| m.used),
+                    memory_total_bytes: memory.as_ref().map(|m| m.total),
+                    temperature_c: device.temperature(TemperatureSensor::Gpu).ok(),
+                    power_usage_mw: device.power_usage().ok(),
+                    power_limit_mw: device.enforced_power_limit().ok(),
+                    clocks: any_clock.then_some(clocks),
+                    throttle_reasons: device
+                        .current_throttle_reasons()
+                        .map(throttle_reason_names)
+                        .unwrap_or_default(),
+                    ecc: ecc_state(&device),
+                    processes,
+                    simulated: false,
+                    uuid,
+                });
+            }
+        }
+        metrics.extend(self.simulated.iter().map(|d| GpuMetrics {
+            uuid: d.uuid.clone(),
+            index: d.index,
+            model: d.model.clone(),
+            utilization_gpu_pct: None,
+            utilization_memory_pct: None,
+            memory_used_bytes: None,
+            memory_total_bytes: Some(d.memory_total_bytes),
+            temperature_c: None,
+            power_usage_mw: None,
+            power_limit_mw: None,
+            clocks: None,
+            throttle_reasons: Vec::new(),
+            ecc: None,
+            xid_errors: None,
+            processes: Vec::new(),
+            simulated: true,
+        }));
+        metrics
+    }
+
     /// The full inventory: host facts (disk measured where `data_dir` lives), NVML status, GPUs.
     pub fn inventory(&self, data_dir: &Path) -> HardwareInventory {
         HardwareInventory {
@@ -148,8 +237,37 @@ impl GpuProbe {
     }
 }
 
-fn describe(index: u32, device: &Device<'_>) -> GpuDevice {
-    let ecc = device.is_ecc_enabled().ok().map(|mode| EccState {
+/// Names of the reasons clocks are held down, in NVML's terms, lower-case. Idle is not a
+/// throttle anyone needs to hear about.
+fn throttle_reason_names(reasons: ThrottleReasons) -> Vec<String> {
+    let named = [
+        (
+            ThrottleReasons::APPLICATIONS_CLOCKS_SETTING,
+            "applications_clocks_setting",
+        ),
+        (ThrottleReasons::SW_POWER_CAP, "sw_power_cap"),
+        (ThrottleReasons::HW_SLOWDOWN, "hw_slowdown"),
+        (ThrottleReasons::SYNC_BOOST, "sync_boost"),
+        (ThrottleReasons::SW_THERMAL_SLOWDOWN, "sw_thermal_slowdown"),
+        (ThrottleReasons::HW_THERMAL_SLOWDOWN, "hw_thermal_slowdown"),
+        (
+            ThrottleReasons::HW_POWER_BRAKE_SLOWDOWN,
+            "hw_power_brake_slowdown",
+        ),
+        (
+            ThrottleReasons::DISPLAY_CLOCK_SETTING,
+            "display_clock_setting",
+        ),
+    ];
+    named
+        .iter()
+        .filter(|(flag, _)| reasons.contains(*flag))
+        .map(|(_, name)| (*name).to_owned())
+        .collect()
+}
+
+fn ecc_state(device: &Device<'_>) -> Option<EccState> {
+    device.is_ecc_enabled().ok().map(|mode| EccState {
         enabled: mode.currently_enabled,
         corrected_volatile: device
             .total_ecc_errors(MemoryError::Corrected, EccCounter::Volatile)
@@ -157,7 +275,130 @@ fn describe(index: u32, device: &Device<'_>) -> GpuDevice {
         uncorrected_volatile: device
             .total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile)
             .ok(),
-    });
+    })
+}
+
+/// Watches NVML for critical Xid errors on every GPU, on its own thread with its own NVML
+/// handle, and counts them per GPU. Stops when dropped.
+#[derive(Debug)]
+pub struct XidWatcher {
+    counts: Arc<Mutex<HashMap<String, XidErrors>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl XidWatcher {
+    /// Starts watching; `None` when NVML or its event API is unavailable (the reason is logged).
+    pub fn start() -> Option<Self> {
+        let counts = Arc::new(Mutex::new(HashMap::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let (thread_counts, thread_stop) = (Arc::clone(&counts), Arc::clone(&stop));
+        let spawned = std::thread::Builder::new()
+            .name("nvml-xid".to_owned())
+            .spawn(move || watch_xids(&thread_counts, &thread_stop, &ready_tx));
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "cannot start the Xid watcher thread");
+            return None;
+        }
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => Some(Self { counts, stop }),
+            Ok(Err(reason)) => {
+                tracing::info!(%reason, "Xid errors are not watched");
+                None
+            }
+            Err(_) => {
+                stop.store(true, Ordering::Relaxed);
+                tracing::warn!("the Xid watcher did not start within 10 s");
+                None
+            }
+        }
+    }
+
+    /// Xid errors seen so far, by GPU UUID.
+    pub fn counts(&self) -> HashMap<String, XidErrors> {
+        self.counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Drop for XidWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn watch_xids(
+    counts: &Mutex<HashMap<String, XidErrors>>,
+    stop: &AtomicBool,
+    ready: &std::sync::mpsc::SyncSender<Result<(), String>>,
+) {
+    let nvml = match Nvml::init() {
+        Ok(nvml) => nvml,
+        Err(error) => {
+            let _ = ready.send(Err(format!("NVML could not be initialised: {error}")));
+            return;
+        }
+    };
+    let mut set = match nvml.create_event_set() {
+        Ok(set) => set,
+        Err(error) => {
+            let _ = ready.send(Err(format!("NVML events are unavailable: {error}")));
+            return;
+        }
+    };
+    let mut watched = 0;
+    for index in 0..nvml.device_count().unwrap_or(0) {
+        let Ok(device) = nvml.device_by_index(index) else {
+            continue;
+        };
+        match device.register_events(EventTypes::CRITICAL_XID_ERROR, set) {
+            Ok(registered) => {
+                set = registered;
+                watched += 1;
+            }
+            Err(error) => {
+                let _ = ready.send(Err(format!(
+                    "GPU {index} does not report Xid events: {}",
+                    error.error
+                )));
+                return;
+            }
+        }
+    }
+    if watched == 0 {
+        let _ = ready.send(Err("no GPU to watch".to_owned()));
+        return;
+    }
+    let _ = ready.send(Ok(()));
+    while !stop.load(Ordering::Relaxed) {
+        match set.wait(1_000) {
+            Ok(event) => {
+                let Ok(uuid) = event.device.uuid() else {
+                    continue;
+                };
+                let code = match event.event_data {
+                    Some(XidError::Value(code)) => Some(code),
+                    _ => None,
+                };
+                tracing::warn!(gpu = %uuid, xid = ?code, "critical Xid error");
+                let mut counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
+                let entry = counts.entry(uuid).or_default();
+                entry.count += 1;
+                entry.last = code.or(entry.last);
+            }
+            Err(NvmlError::Timeout) => {}
+            Err(error) => {
+                tracing::warn!(%error, "Xid watcher stopped");
+                return;
+            }
+        }
+    }
+}
+
+fn describe(index: u32, device: &Device<'_>) -> GpuDevice {
+    let ecc = ecc_state(device);
     let clocks = GpuClocks {
         graphics_mhz: device.max_clock_info(Clock::Graphics).ok(),
         sm_mhz: device.max_clock_info(Clock::SM).ok(),

@@ -317,6 +317,7 @@ fn synthetic_member(i: usize) -> FleetMember {
                 gpus,
             },
             allocated_gpus: allocated,
+            cordoned: false,
         },
         seq: 1,
         issued_at_ms: 0,

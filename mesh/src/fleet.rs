@@ -31,6 +31,8 @@ pub struct NodeAnnouncement {
     pub inventory: HardwareInventory,
     /// UUIDs of GPUs currently allocated to workloads.
     pub allocated_gpus: Vec<String>,
+    /// The node takes no new workloads (an operator cordoned or drained it).
+    pub cordoned: bool,
 }
 
 impl SignedPayload for NodeAnnouncement {
@@ -218,6 +220,7 @@ mod tests {
                     gpus: vec![],
                 },
                 allocated_gpus: vec![],
+                cordoned: false,
             },
             seq,
             issued_at_ms: 0,

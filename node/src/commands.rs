@@ -1,86 +1,256 @@
 //! The commands a node answers, locally through the control API and remotely over the mesh.
 //!
-//! Each command parses its params strictly (unknown fields rejected), runs in its own task, and
-//! does blocking work (NVML, the OS) on the blocking pool.
+//! Each command has typed params (unknown fields rejected) with a JSON schema that
+//! `node.capabilities` returns, a role it needs, and a typed error. Each runs in its own task
+//! under the request's deadline; blocking work (NVML, the OS, the store) goes to the blocking
+//! pool, so a slow command never delays another or the mesh. A command that outlives its deadline
+//! is answered with `TIMEOUT` but finishes in the background, so the store never holds half a
+//! change. Every invocation is appended to the audit log.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use claw_attestation::{GpuProbe, probe_host};
+use claw_attestation::{GpuProbe, XidWatcher, probe_host};
 use claw_mesh::{
     ErrorCode, HandlerFuture, InvokeFailure, InvokeHandler, InvokeRequest, InvokeResponse, PeerId,
 };
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
+use crate::access::{AccessPolicy, Role};
+use crate::config::SystemRunSection;
+use crate::health::{HealthInputs, assess};
 use crate::store::{AuditRecord, Store};
+use crate::system_run::{self, SystemRunError, SystemRunParams};
+use crate::workloads::spec::{
+    ExecParams, ListParams, LogsParams, RunParams, StopParams, WorkloadRef,
+};
+use crate::workloads::{ProgressBoard, Workloads};
 
-/// A command's name, what it does, and the JSON schema of its params.
+/// Largest params a command accepts, as JSON text.
+pub const MAX_PARAMS_BYTES: usize = 64 * 1024;
+
+/// A command's name, what it does, who may run it, and the JSON schema of its params.
 struct CommandSpec {
     name: &'static str,
     description: &'static str,
+    role: Role,
     params: fn() -> Value,
 }
 
-fn no_params_schema() -> Value {
-    json!({"type": ["object", "null"], "properties": {}, "additionalProperties": false})
+fn schema<T: JsonSchema>() -> Value {
+    serde_json::to_value(schemars::schema_for!(T)).unwrap_or(Value::Null)
+}
+
+/// Params of commands that take none: `null` or `{}`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct NoParams {}
+
+/// `gpu.metrics`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct GpuMetricsParams {
+    /// Only this GPU (UUID).
+    #[serde(default)]
+    gpu: Option<String>,
+}
+
+/// `node.label`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct LabelParams {
+    /// Labels to set (key → value).
+    #[serde(default)]
+    set: BTreeMap<String, String>,
+    /// Label keys to remove.
+    #[serde(default)]
+    remove: Vec<String>,
 }
 
 const COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "node.capabilities",
-        description: "List the commands this node answers, with the JSON schema of their params",
-        params: no_params_schema,
+        description: "List the commands this node answers, with the role each needs and the JSON schema of its params",
+        role: Role::Read,
+        params: schema::<NoParams>,
+    },
+    CommandSpec {
+        name: "node.health",
+        description: "healthy / degraded / unhealthy, with the reasons: NVML, Docker, disk, memory, GPU errors and throttling",
+        role: Role::Read,
+        params: schema::<NoParams>,
     },
     CommandSpec {
         name: "gpu.list",
         description: "List GPUs from NVML (and simulated ones, marked), with NVML's status",
-        params: no_params_schema,
+        role: Role::Read,
+        params: schema::<NoParams>,
+    },
+    CommandSpec {
+        name: "gpu.metrics",
+        description: "Live GPU readings from NVML: utilisation, memory, temperature, power, clocks, throttle reasons, ECC and Xid errors, processes, and the workload holding each GPU",
+        role: Role::Read,
+        params: schema::<GpuMetricsParams>,
     },
     CommandSpec {
         name: "system.info",
         description: "Host facts: OS, kernel, CPU, memory, disk",
-        params: no_params_schema,
+        role: Role::Read,
+        params: schema::<NoParams>,
+    },
+    CommandSpec {
+        name: "node.label",
+        description: "Set or remove node labels (announced to the fleet)",
+        role: Role::Operate,
+        params: schema::<LabelParams>,
+    },
+    CommandSpec {
+        name: "node.cordon",
+        description: "Take no new workloads; running ones continue",
+        role: Role::Operate,
+        params: schema::<NoParams>,
+    },
+    CommandSpec {
+        name: "node.uncordon",
+        description: "Take new workloads again",
+        role: Role::Operate,
+        params: schema::<NoParams>,
+    },
+    CommandSpec {
+        name: "node.drain",
+        description: "Cordon the node and stop every workload gracefully, reporting each",
+        role: Role::Operate,
+        params: schema::<NoParams>,
+    },
+    CommandSpec {
+        name: "system.run",
+        description: "Run an allowlisted program (argv, no shell) with a timeout and capped output",
+        role: Role::Admin,
+        params: schema::<SystemRunParams>,
+    },
+    CommandSpec {
+        name: "workload.run",
+        description: "Start a container workload on Docker, with GPUs by count or UUID",
+        role: Role::Operate,
+        params: schema::<RunParams>,
+    },
+    CommandSpec {
+        name: "workload.stop",
+        description: "Stop a workload gracefully and release its GPUs",
+        role: Role::Operate,
+        params: schema::<StopParams>,
+    },
+    CommandSpec {
+        name: "workload.list",
+        description: "List workloads, optionally filtered by state, labels or GPU",
+        role: Role::Read,
+        params: schema::<ListParams>,
+    },
+    CommandSpec {
+        name: "workload.inspect",
+        description: "A workload's record and its container's state and ports",
+        role: Role::Read,
+        params: schema::<WorkloadRef>,
+    },
+    CommandSpec {
+        name: "workload.logs",
+        description: "A workload's recent output (tail, since)",
+        role: Role::Operate,
+        params: schema::<LogsParams>,
+    },
+    CommandSpec {
+        name: "workload.stats",
+        description: "One sample of a workload's CPU, memory, network and process use",
+        role: Role::Read,
+        params: schema::<WorkloadRef>,
+    },
+    CommandSpec {
+        name: "container.exec",
+        description: "Run a program inside a workload's running container",
+        role: Role::Operate,
+        params: schema::<ExecParams>,
     },
 ];
 
-/// Params of commands that take none: `null` or `{}`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NoParams {}
-
-fn parse_no_params(params: &Value) -> Result<(), InvokeFailure> {
-    if params.is_null() {
-        return Ok(());
-    }
-    serde_json::from_value::<NoParams>(params.clone())
-        .map(|_| ())
-        .map_err(|e| InvokeFailure::new(ErrorCode::InvalidParams, format!("takes no params: {e}")))
+fn invalid(message: impl Into<String>) -> InvokeFailure {
+    InvokeFailure::new(ErrorCode::InvalidParams, message)
 }
 
-/// The node's command table. Cheap to clone. Every invocation, from a peer or the local control
-/// API, is appended to the store's audit log.
+/// Parses params strictly; `null` counts as `{}`.
+fn parse<T: DeserializeOwned>(command: &str, params: Value) -> Result<T, InvokeFailure> {
+    let params = if params.is_null() { json!({}) } else { params };
+    serde_json::from_value(params).map_err(|e| invalid(format!("{command}: {e}")))
+}
+
+fn to_value(value: impl Serialize) -> Result<Value, InvokeFailure> {
+    serde_json::to_value(value)
+        .map_err(|e| InvokeFailure::new(ErrorCode::Internal, format!("cannot encode: {e}")))
+}
+
+/// Everything the commands work with.
+#[derive(Debug)]
+pub struct NodeServices {
+    /// The GPUs.
+    pub probe: Arc<GpuProbe>,
+    /// Critical Xid errors, where NVML reports them.
+    pub xids: Option<XidWatcher>,
+    /// The data directory (disk is measured where it lives).
+    pub data_dir: PathBuf,
+    /// The store (audit log, labels, cordon).
+    pub store: Store,
+    /// Who may do what.
+    pub access: AccessPolicy,
+    /// Container workloads.
+    pub workloads: Workloads,
+    /// `system.run` limits.
+    pub system_run: SystemRunSection,
+}
+
+/// The node's command table. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct NodeCommands {
-    probe: Arc<GpuProbe>,
-    data_dir: Arc<PathBuf>,
-    store: Store,
+    services: Arc<NodeServices>,
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, InvokeFailure> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| InvokeFailure::new(ErrorCode::Internal, format!("command task failed: {e}")))
+}
+
+fn store_failure(error: crate::StoreError) -> InvokeFailure {
+    InvokeFailure::new(ErrorCode::Internal, error.to_string())
 }
 
 impl NodeCommands {
-    /// Commands served from `probe`, measuring disk where `data_dir` lives, auditing to `store`.
-    pub fn new(probe: Arc<GpuProbe>, data_dir: PathBuf, store: Store) -> Self {
+    /// Commands served from `services`.
+    pub fn new(services: NodeServices) -> Self {
         Self {
-            probe,
-            data_dir: Arc::new(data_dir),
-            store,
+            services: Arc::new(services),
         }
     }
 
     /// The latest `limit` audit records, newest first.
     pub fn recent_audit(&self, limit: usize) -> Result<Vec<AuditRecord>, crate::StoreError> {
-        self.store.recent_audit(limit)
+        self.services.store.recent_audit(limit)
+    }
+
+    /// Progress of long operations, by idempotency key.
+    pub fn progress(&self) -> &ProgressBoard {
+        self.services.workloads.progress()
+    }
+
+    /// The node's workloads.
+    pub fn workloads(&self) -> &Workloads {
+        &self.services.workloads
     }
 
     /// Names of every command, for announcing and for the gateway.
@@ -88,38 +258,235 @@ impl NodeCommands {
         COMMANDS.iter().map(|c| c.name).collect()
     }
 
-    async fn run(&self, request: InvokeRequest) -> Result<Value, InvokeFailure> {
-        match request.command.as_str() {
+    async fn run(
+        &self,
+        caller: PeerId,
+        role: Role,
+        request: InvokeRequest,
+    ) -> Result<Value, InvokeFailure> {
+        let s = &self.services;
+        let InvokeRequest {
+            command,
+            params,
+            idempotency_key,
+            ..
+        } = request;
+        let command = command.as_str();
+        match command {
             "node.capabilities" => {
-                parse_no_params(&request.params)?;
+                parse::<NoParams>(command, params)?;
                 let commands: Vec<Value> = COMMANDS
                     .iter()
-                    .map(|c| json!({"name": c.name, "description": c.description, "params": (c.params)()}))
+                    .map(|c| json!({"name": c.name, "description": c.description, "role": c.role, "params": (c.params)()}))
                     .collect();
-                Ok(json!({ "commands": commands }))
+                Ok(json!({ "commands": commands, "caller_role": role }))
             }
             "gpu.list" => {
-                parse_no_params(&request.params)?;
-                let probe = Arc::clone(&self.probe);
+                parse::<NoParams>(command, params)?;
+                let probe = Arc::clone(&s.probe);
                 blocking(move || json!({ "nvml": probe.status(), "gpus": probe.devices() })).await
             }
+            "gpu.metrics" => {
+                let params: GpuMetricsParams = parse(command, params)?;
+                let holders = s
+                    .workloads
+                    .allocations()
+                    .await
+                    .map_err(InvokeFailure::from)?;
+                let services = Arc::clone(s);
+                let (nvml, metrics) = blocking(move || {
+                    (
+                        services.probe.status(),
+                        services.probe.metrics(services.xids.as_ref()),
+                    )
+                })
+                .await?;
+                let gpus: Vec<Value> = metrics
+                    .into_iter()
+                    .filter(|m| params.gpu.as_ref().is_none_or(|g| *g == m.uuid))
+                    .map(|m| {
+                        let holder = holders.get(&m.uuid).cloned();
+                        let mut value = json!(m);
+                        value["workload"] = json!(holder);
+                        value
+                    })
+                    .collect();
+                if let Some(gpu) = &params.gpu
+                    && gpus.is_empty()
+                {
+                    return Err(InvokeFailure::new(
+                        ErrorCode::NotFound,
+                        format!("no GPU {gpu} on this node"),
+                    ));
+                }
+                Ok(json!({ "nvml": nvml, "gpus": gpus }))
+            }
             "system.info" => {
-                parse_no_params(&request.params)?;
-                let dir = Arc::clone(&self.data_dir);
+                parse::<NoParams>(command, params)?;
+                let dir = s.data_dir.clone();
                 blocking(move || json!(probe_host(&dir))).await
             }
+            "node.health" => {
+                parse::<NoParams>(command, params)?;
+                let docker = s
+                    .workloads
+                    .engine_version()
+                    .await
+                    .map_err(|e| e.to_string());
+                let services = Arc::clone(s);
+                blocking(move || {
+                    let nvml = services.probe.status();
+                    let gpus = services.probe.metrics(services.xids.as_ref());
+                    let cordoned = services.store.cordoned().unwrap_or(false);
+                    to_value(assess(&HealthInputs {
+                        nvml: &nvml,
+                        gpus: &gpus,
+                        docker,
+                        data_dir: &services.data_dir,
+                        cordoned,
+                    }))
+                })
+                .await?
+            }
+            "node.label" => {
+                let params: LabelParams = parse(command, params)?;
+                for (key, value) in &params.set {
+                    if key.is_empty() || key.len() > 64 || value.len() > 256 {
+                        return Err(invalid(format!(
+                            "label {key:?}: keys 1 to 64 characters, values at most 256"
+                        )));
+                    }
+                }
+                let store = s.store.clone();
+                blocking(move || {
+                    let mut labels = store.labels()?;
+                    for key in &params.remove {
+                        labels.remove(key);
+                    }
+                    labels.extend(params.set);
+                    if labels.len() > 64 {
+                        return Ok(Err(invalid("a node has at most 64 labels")));
+                    }
+                    store.set_labels(&labels)?;
+                    Ok(Ok(json!({ "labels": labels })))
+                })
+                .await?
+                .map_err(store_failure)?
+            }
+            "node.cordon" | "node.uncordon" => {
+                parse::<NoParams>(command, params)?;
+                let cordon = command == "node.cordon";
+                let store = s.store.clone();
+                blocking(move || store.set_cordoned(cordon))
+                    .await?
+                    .map_err(store_failure)?;
+                tracing::info!(cordoned = cordon, "node cordon changed");
+                Ok(json!({ "cordoned": cordon }))
+            }
+            "node.drain" => {
+                parse::<NoParams>(command, params)?;
+                let store = s.store.clone();
+                blocking(move || store.set_cordoned(true))
+                    .await?
+                    .map_err(store_failure)?;
+                let outcomes = s.workloads.drain(idempotency_key.as_deref()).await?;
+                Ok(json!({ "cordoned": true, "workloads": outcomes }))
+            }
+            "system.run" => {
+                let params: SystemRunParams = parse(command, params)?;
+                let output = system_run::run(&s.system_run, params)
+                    .await
+                    .map_err(|e| match e {
+                        SystemRunError::Invalid(m) => invalid(m),
+                        SystemRunError::NotAllowed(m) => {
+                            InvokeFailure::new(ErrorCode::Unauthorized, m)
+                        }
+                        spawn @ SystemRunError::Spawn { .. } => {
+                            InvokeFailure::new(ErrorCode::NotFound, spawn.to_string())
+                        }
+                    })?;
+                to_value(output)
+            }
+            "workload.run" => {
+                let params: RunParams = parse(command, params)?;
+                to_value(s.workloads.run(caller, params, idempotency_key).await?)
+            }
+            "workload.stop" => to_value(s.workloads.stop(parse(command, params)?).await?),
+            "workload.list" => {
+                let workloads = s.workloads.list(parse(command, params)?).await?;
+                Ok(json!({ "workloads": workloads }))
+            }
+            "workload.inspect" => Ok(s.workloads.inspect(parse(command, params)?).await?),
+            "workload.logs" => Ok(s.workloads.logs(parse(command, params)?).await?),
+            "workload.stats" => Ok(s.workloads.stats(parse(command, params)?).await?),
+            "container.exec" => Ok(s.workloads.exec(parse(command, params)?).await?),
             other => Err(InvokeFailure::new(
                 ErrorCode::UnknownCommand,
                 format!("no command {other:?}; node.capabilities lists them"),
             )),
         }
     }
-}
 
-async fn blocking(work: impl FnOnce() -> Value + Send + 'static) -> Result<Value, InvokeFailure> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| InvokeFailure::new(ErrorCode::Internal, format!("command task failed: {e}")))
+    /// Checks the caller's role and the params' size, then runs the command in its own task
+    /// under the request's deadline.
+    async fn authorize_and_run(
+        &self,
+        caller: PeerId,
+        request: InvokeRequest,
+    ) -> (Role, Result<Value, InvokeFailure>) {
+        let role = self.services.access.role_of(&caller);
+        let Some(spec) = COMMANDS.iter().find(|c| c.name == request.command) else {
+            return (
+                role,
+                Err(InvokeFailure::new(
+                    ErrorCode::UnknownCommand,
+                    format!(
+                        "no command {:?}; node.capabilities lists them",
+                        request.command
+                    ),
+                )),
+            );
+        };
+        if role < spec.role {
+            return (
+                role,
+                Err(InvokeFailure::new(
+                    ErrorCode::Unauthorized,
+                    format!(
+                        "{} needs the {} role; peer {caller} has {role}",
+                        spec.name, spec.role
+                    ),
+                )),
+            );
+        }
+        let size = request.params.to_string().len();
+        if size > MAX_PARAMS_BYTES {
+            return (
+                role,
+                Err(invalid(format!(
+                    "params are {size} bytes, more than the {MAX_PARAMS_BYTES}-byte limit"
+                ))),
+            );
+        }
+        let deadline = Duration::from_millis(request.deadline_ms);
+        let commands = self.clone();
+        let task = tokio::spawn(async move { commands.run(caller, role, request).await });
+        let result = match tokio::time::timeout(deadline, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(InvokeFailure::new(
+                ErrorCode::Internal,
+                format!("command task failed: {join}"),
+            )),
+            Err(_) => Err(InvokeFailure::new(
+                ErrorCode::Timeout,
+                format!(
+                    "no answer within {} ms; the command goes on in the background",
+                    deadline.as_millis()
+                ),
+            )),
+        };
+        (role, result)
+    }
 }
 
 impl InvokeHandler for NodeCommands {
@@ -128,110 +495,30 @@ impl InvokeHandler for NodeCommands {
         Box::pin(async move {
             let command = request.command.clone();
             let params_sha256 = hex::encode(Sha256::digest(request.params.to_string()));
-            let started = std::time::Instant::now();
-            let result = commands.run(request).await;
+            let started = Instant::now();
+            let (role, result) = commands.authorize_and_run(caller, request).await;
             let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             let outcome = match &result {
                 Ok(_) => "ok".to_owned(),
                 Err(failure) => failure.code.to_string(),
             };
-            tracing::info!(%caller, command, outcome, duration_ms, "invoke");
+            tracing::info!(%caller, %role, command, outcome, duration_ms, "invoke");
             let record = AuditRecord {
                 at_ms: claw_attestation::unix_millis(std::time::SystemTime::now()),
                 caller: caller.to_string(),
+                role: Some(role.to_string()),
                 command,
                 params_sha256,
                 outcome,
                 duration_ms,
             };
-            if let Err(error) = commands.store.append_audit(&record) {
-                tracing::error!(%error, "audit log write failed");
+            let store = commands.services.store.clone();
+            match tokio::task::spawn_blocking(move || store.append_audit(&record)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!(%error, "audit log write failed"),
+                Err(error) => tracing::error!(%error, "audit log task failed"),
             }
             InvokeResponse::from(result)
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use claw_attestation::NodeIdentity;
-
-    fn commands() -> (tempfile::TempDir, NodeCommands) {
-        let identity = NodeIdentity::generate();
-        let probe = Arc::new(GpuProbe::open(&[], &identity.public_key()));
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("store")).unwrap();
-        (dir, NodeCommands::new(probe, std::env::temp_dir(), store))
-    }
-
-    async fn call(command: &str, params: Value) -> InvokeResponse {
-        let request =
-            InvokeRequest::new(command, std::time::Duration::from_secs(5)).with_params(params);
-        let (_dir, commands) = commands();
-        commands.handle(PeerId::random(), request).await
-    }
-
-    #[tokio::test]
-    async fn every_invocation_is_audited_without_its_params() {
-        let (_dir, commands) = commands();
-        let caller = PeerId::random();
-        let secret = json!({"token": "hunter2"});
-        let request = InvokeRequest::new("gpu.list", std::time::Duration::from_secs(5))
-            .with_params(secret.clone());
-        commands.handle(caller, request).await;
-        let request = InvokeRequest::new("system.info", std::time::Duration::from_secs(5));
-        commands.handle(caller, request).await;
-        let records = commands.store.recent_audit(10).unwrap();
-        assert_eq!(records.len(), 2);
-        assert_eq!(records[0].command, "system.info");
-        assert_eq!(records[0].outcome, "ok");
-        assert_eq!(records[1].command, "gpu.list");
-        assert_eq!(records[1].outcome, "INVALID_PARAMS");
-        assert_eq!(records[1].caller, caller.to_string());
-        let text = serde_json::to_string(&records).unwrap();
-        assert!(
-            !text.contains("hunter2"),
-            "params leaked into the audit log"
-        );
-        assert_eq!(
-            records[1].params_sha256,
-            hex::encode(Sha256::digest(secret.to_string()))
-        );
-    }
-
-    #[tokio::test]
-    async fn capabilities_list_every_command_with_a_schema() {
-        let InvokeResponse::Ok(value) = call("node.capabilities", Value::Null).await else {
-            panic!("capabilities failed");
-        };
-        let names: Vec<&str> = value["commands"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["name"].as_str().unwrap())
-            .collect();
-        assert_eq!(names, NodeCommands::names());
-        assert!(value["commands"][0]["params"].is_object());
-    }
-
-    #[tokio::test]
-    async fn unknown_fields_and_commands_get_typed_errors() {
-        let InvokeResponse::Error(failure) = call("gpu.list", json!({"all": true})).await else {
-            panic!("unknown field accepted");
-        };
-        assert_eq!(failure.code, ErrorCode::InvalidParams);
-        let InvokeResponse::Error(failure) = call("gpu.melt", Value::Null).await else {
-            panic!("unknown command accepted");
-        };
-        assert_eq!(failure.code, ErrorCode::UnknownCommand);
-    }
-
-    #[tokio::test]
-    async fn system_info_reads_the_host() {
-        let InvokeResponse::Ok(value) = call("system.info", json!({})).await else {
-            panic!("system.info failed");
-        };
-        assert!(value["memory_total_bytes"].as_u64().unwrap() > 0);
     }
 }

@@ -55,6 +55,68 @@ pub struct NodeConfig {
     pub mesh: MeshSection,
     /// The local control API used by the CLI.
     pub control: ControlSection,
+    /// Who may do what on this node.
+    pub access: AccessSection,
+    /// Container workloads on the Docker Engine.
+    pub workloads: WorkloadsSection,
+    /// The admin-only `system.run` command.
+    pub system_run: SystemRunSection,
+}
+
+/// Who may do what. Fleet members may read; operators may also run and stop workloads, label,
+/// cordon and drain; admins may also use `system.run`. The local control API acts as admin.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessSection {
+    /// Peer ids with the operate role. Default none.
+    pub operators: Vec<String>,
+    /// Peer ids with the admin role. Default none.
+    pub admins: Vec<String>,
+}
+
+/// Container workloads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkloadsSection {
+    /// The Docker Engine socket. Default `/var/run/docker.sock`, or `DOCKER_HOST` when it names a
+    /// `unix://` socket.
+    pub docker_socket: Option<String>,
+    /// Host directories under which workloads may mount volumes. Default none (no host mounts).
+    pub volume_roots: Vec<String>,
+    /// Seconds a workload gets to exit after SIGTERM before it is killed. Default 10.
+    pub stop_timeout_secs: u32,
+}
+
+impl Default for WorkloadsSection {
+    fn default() -> Self {
+        Self {
+            docker_socket: None,
+            volume_roots: Vec::new(),
+            stop_timeout_secs: 10,
+        }
+    }
+}
+
+/// The admin-only `system.run` command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SystemRunSection {
+    /// Absolute paths of the programs it may run. Default none (the command refuses everything).
+    pub allowlist: Vec<String>,
+    /// Longest a program may run, in seconds. Default 30.
+    pub max_timeout_secs: u64,
+    /// Bytes kept of each of stdout and stderr. Default 64 KiB.
+    pub max_output_bytes: usize,
+}
+
+impl Default for SystemRunSection {
+    fn default() -> Self {
+        Self {
+            allowlist: Vec::new(),
+            max_timeout_secs: 30,
+            max_output_bytes: 64 * 1024,
+        }
+    }
 }
 
 /// How the node joins the mesh.
@@ -283,6 +345,30 @@ impl NodeConfig {
                     self.control.listen
                 ));
             }
+        }
+        for peer in self.access.operators.iter().chain(&self.access.admins) {
+            if peer.parse::<claw_mesh::PeerId>().is_err() {
+                return invalid(format!("access: {peer:?} is not a peer id"));
+            }
+        }
+        for root in &self.workloads.volume_roots {
+            if !Path::new(root).is_absolute() {
+                return invalid(format!("workloads.volume_roots: {root:?} is not absolute"));
+            }
+        }
+        if !(1..=3600).contains(&self.workloads.stop_timeout_secs) {
+            return invalid("workloads.stop_timeout_secs must be 1 to 3600".to_owned());
+        }
+        for program in &self.system_run.allowlist {
+            if !Path::new(program).is_absolute() {
+                return invalid(format!("system_run.allowlist: {program:?} is not absolute"));
+            }
+        }
+        if !(1..=3600).contains(&self.system_run.max_timeout_secs) {
+            return invalid("system_run.max_timeout_secs must be 1 to 3600".to_owned());
+        }
+        if !(1..=16 * 1024 * 1024).contains(&self.system_run.max_output_bytes) {
+            return invalid("system_run.max_output_bytes must be 1 to 16777216".to_owned());
         }
         if self.attestation.max_clock_skew_secs > 600 {
             return invalid("attestation.max_clock_skew_secs must be at most 600".to_owned());

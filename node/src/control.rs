@@ -6,6 +6,7 @@
 //! | GET    | `/v1/node`   | peer id, network, listen addresses, version |
 //! | GET    | `/v1/fleet`  | the fleet as this node sees it, and its status |
 //! | GET    | `/v1/audit?limit=N` | the latest N audit records (default 50, at most 1,000) |
+//! | GET    | `/v1/progress?key=K` | progress of the long operation started with idempotency key K |
 //! | POST   | `/v1/invoke` | `{command, params?, node?, deadline_ms?, idempotency_key?}` → `{ok}` or `{error}` |
 //!
 //! `node` names a peer to forward the invoke to over the mesh; without it the node answers.
@@ -110,6 +111,7 @@ pub async fn serve(
         .route("/v1/fleet", get(fleet))
         .route("/v1/invoke", post(invoke))
         .route("/v1/audit", get(audit))
+        .route("/v1/progress", get(progress))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state);
     axum::serve(listener, app)
@@ -203,6 +205,29 @@ async fn audit(
     }
 }
 
+async fn progress(
+    State(state): State<ControlState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let Some(key) = query.as_deref().and_then(|q| q.strip_prefix("key=")) else {
+        return failure_response(InvokeFailure::new(
+            ErrorCode::InvalidParams,
+            "give ?key=<idempotency key>",
+        ));
+    };
+    match state.commands.progress().get(key) {
+        Some(report) => Json(json!({ "progress": report })).into_response(),
+        None => failure_response(InvokeFailure::new(
+            ErrorCode::NotFound,
+            "no operation in progress under that key",
+        )),
+    }
+}
+
 /// One node in the fleet view, as the API shows it.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -221,6 +246,8 @@ pub struct FleetMemberView {
     pub models: Vec<String>,
     /// How many of its GPUs are simulated.
     pub simulated_gpus: usize,
+    /// Whether it takes no new workloads.
+    pub cordoned: bool,
     /// Addresses it listens on.
     pub listen_addrs: Vec<String>,
     /// Its software version.
@@ -248,6 +275,7 @@ impl From<&FleetMember> for FleetMemberView {
             free_gpus: a.free_gpu_count(),
             models,
             simulated_gpus: a.inventory.gpus.iter().filter(|g| g.simulated).count(),
+            cordoned: a.cordoned,
             listen_addrs: a.listen_addrs.clone(),
             software_version: a.software_version.clone(),
             seq: member.seq,

@@ -8,7 +8,8 @@ use claw_attestation::{GpuProbe, read_secret};
 use claw_mesh::{Mesh, MeshConfig, MeshEvent, MeshHandle, Multiaddr, SwarmKey};
 use clawnode::commands::NodeCommands;
 use clawnode::control::{self, ControlState};
-use clawnode::{DataDir, Store, open_gpu_probe, sign_announcement};
+use clawnode::workloads::Workloads;
+use clawnode::{DataDir, Store, node_services, open_gpu_probe, sign_announcement};
 use tokio::net::TcpListener;
 
 /// Name of the optional private-fleet key in the data directory.
@@ -79,12 +80,23 @@ fn mesh_config(dir: &DataDir, overrides: &RunOverrides) -> Result<MeshConfig> {
     })
 }
 
-async fn announce_forever(dir: Arc<DataDir>, store: Store, probe: Arc<GpuProbe>, mesh: MeshHandle) {
+/// Every interval: bring workloads in line with Docker (so exited containers free their GPUs),
+/// then sign and publish the node's announcement.
+async fn announce_forever(
+    dir: Arc<DataDir>,
+    store: Store,
+    probe: Arc<GpuProbe>,
+    workloads: Workloads,
+    mesh: MeshHandle,
+) {
     let interval = Duration::from_secs(dir.config().mesh.announce_interval_secs);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if let Err(error) = workloads.reconcile().await {
+            tracing::debug!(%error, "workloads not reconciled");
+        }
         let addrs: Vec<String> = mesh
             .listen_addrs()
             .await
@@ -141,7 +153,19 @@ pub(crate) async fn run(dir: DataDir, overrides: RunOverrides, json: bool) -> Re
             .context("probing GPUs")?
     });
     let config = mesh_config(&dir, &overrides)?;
-    let commands = NodeCommands::new(Arc::clone(&probe), dir.root().to_path_buf(), store.clone());
+    let services = {
+        let (dir, store, probe) = (Arc::clone(&dir), store.clone(), Arc::clone(&probe));
+        tokio::task::spawn_blocking(move || node_services(&dir, store, probe))
+            .await
+            .context("preparing the node's services")?
+    };
+    let commands = NodeCommands::new(services);
+    match commands.workloads().reconcile().await {
+        Ok(report) => tracing::info!(?report, "workloads reconciled with Docker"),
+        Err(error) => {
+            tracing::warn!(%error, "workloads not reconciled (retried every announce interval)")
+        }
+    }
     let mesh = Mesh::spawn(dir.identity(), config, Arc::new(commands.clone()))
         .context("starting the mesh")?;
     let handle = mesh.handle.clone();
@@ -159,7 +183,7 @@ pub(crate) async fn run(dir: DataDir, overrides: RunOverrides, json: bool) -> Re
     let state = ControlState::new(
         token,
         handle.clone(),
-        commands,
+        commands.clone(),
         dir.config().network.name.clone(),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -171,6 +195,7 @@ pub(crate) async fn run(dir: DataDir, overrides: RunOverrides, json: bool) -> Re
         Arc::clone(&dir),
         store,
         probe,
+        commands.workloads().clone(),
         handle.clone(),
     ));
     let mut events = mesh.events;

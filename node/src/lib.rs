@@ -4,11 +4,15 @@
 //! its hardware, and signs what it claims about it ([`sign_inventory`]). The binary in
 //! `src/main.rs` is a thin CLI over this library.
 
+pub mod access;
 pub mod commands;
 pub mod config;
 pub mod control;
 mod data_dir;
+pub mod health;
 pub mod store;
+pub mod system_run;
+pub mod workloads;
 
 use std::time::Duration;
 
@@ -51,8 +55,9 @@ pub fn sign_inventory(
     Ok((inventory, envelope))
 }
 
-/// Signs the node's announcement to its fleet: current inventory, the addresses it listens on,
-/// name, region, labels and version. It stays valid for the configured number of missed
+/// Signs the node's announcement to its fleet: current inventory, the GPUs allocated to
+/// workloads, whether it is cordoned, the addresses it listens on, name, region, labels (the
+/// config's, then those set with `node.label`) and version. It stays valid for the configured number of missed
 /// intervals plus 30 s of slack.
 ///
 /// Blocking: NVML and the store are synchronous.
@@ -64,6 +69,8 @@ pub fn sign_announcement(
 ) -> Result<Envelope, StoreError> {
     let config = dir.config();
     let inventory = probe.inventory(dir.root());
+    let mut labels = config.node.labels.clone();
+    labels.extend(store.labels()?);
     let announcement = NodeAnnouncement {
         name: config
             .node
@@ -72,16 +79,53 @@ pub fn sign_announcement(
             .unwrap_or_else(|| inventory.host.hostname.clone()),
         network: config.network.name.clone(),
         region: config.node.region.clone(),
-        labels: config.node.labels.clone(),
+        labels,
         software_version: env!("CARGO_PKG_VERSION").to_owned(),
         listen_addrs,
         inventory,
-        allocated_gpus: Vec::new(),
+        allocated_gpus: store.allocations()?.into_keys().collect(),
+        cordoned: store.cordoned()?,
     };
     let ttl = Duration::from_secs(
         config.mesh.announce_interval_secs * u64::from(config.mesh.missed_intervals) + 30,
     );
     seal_next(dir, store, ttl, &announcement)
+}
+
+/// Everything the node's commands need, from its data directory: the access policy and the
+/// workload service (GPUs from `probe`, Docker from the config) and the Xid watcher.
+///
+/// Blocking: reads NVML.
+pub fn node_services(
+    dir: &DataDir,
+    store: Store,
+    probe: std::sync::Arc<GpuProbe>,
+) -> commands::NodeServices {
+    let config = dir.config();
+    let peer = dir.identity().peer_id();
+    let devices = probe.devices();
+    let simulated = devices
+        .iter()
+        .filter(|d| d.simulated)
+        .map(|d| d.uuid.clone())
+        .collect();
+    let gpus = devices.into_iter().map(|d| d.uuid).collect();
+    let workloads = workloads::Workloads::new(
+        store.clone(),
+        peer,
+        gpus,
+        simulated,
+        config.workloads.clone(),
+    );
+    commands::NodeServices {
+        xids: claw_attestation::XidWatcher::start(),
+        probe,
+        data_dir: dir.root().to_path_buf(),
+        store,
+        access: access::AccessPolicy::new(peer, &config.access),
+        workloads,
+        system_run: config.system_run.clone(),
+    }
 }
 
 /// Opens the GPU probe the node's config asks for.

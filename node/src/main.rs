@@ -1,6 +1,7 @@
 //! The `clawnode` command line.
 
 mod daemon;
+mod ops;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,7 +14,7 @@ use claw_attestation::{
     Envelope, GpuDevice, HardwareInventory, NvmlStatus, SimulatedGpuProfile, VerifiedEnvelope,
     Verifier, peer_id_of,
 };
-use clawnode::control::{ControlClient, FleetMemberView, InvokeBody};
+use clawnode::control::{ControlClient, FleetMemberView};
 use clawnode::store::AuditRecord;
 use clawnode::{DataDir, NodeConfig, WalletOutcome, open_gpu_probe, sign_inventory};
 use serde_json::json;
@@ -29,13 +30,13 @@ struct Cli {
 }
 
 #[derive(Debug, Args)]
-struct GlobalArgs {
+pub(crate) struct GlobalArgs {
     /// Directory holding the node's identity, wallet, config and store.
     #[arg(long, global = true, env = "CLAWNODE_DATA_DIR", default_value_os_t = default_data_dir())]
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,7 +52,13 @@ enum Command {
     /// Show the fleet as the running node on this data directory sees it.
     Fleet,
     /// Run a command on the running node, or through it on a peer.
-    Invoke(InvokeArgs),
+    Invoke(ops::InvokeArgs),
+    /// List the running node's workloads.
+    Ps(ops::PsArgs),
+    /// Show a workload's recent output.
+    Logs(ops::LogsArgs),
+    /// Show whether the node is healthy, degraded or unhealthy, and why.
+    Health(ops::HealthArgs),
     /// Show the running node's audit log: every command it answered, newest first.
     Audit {
         /// How many records.
@@ -68,21 +75,6 @@ struct RunArgs {
     /// Peer to join through, ending in /p2p/<peer id> (repeatable); added to `mesh.bootstrap`.
     #[arg(long, value_name = "MULTIADDR")]
     bootstrap: Vec<String>,
-}
-
-#[derive(Debug, Args)]
-struct InvokeArgs {
-    /// Command name, e.g. gpu.list.
-    command: String,
-    /// Params as a JSON object.
-    #[arg(long, default_value = "{}")]
-    params: String,
-    /// Peer id of the node to run it on (default: this node).
-    #[arg(long)]
-    node: Option<String>,
-    /// Give up after this many milliseconds.
-    #[arg(long, default_value_t = 30_000)]
-    timeout_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -179,7 +171,10 @@ fn run(cli: Cli) -> Result<()> {
             runtime.block_on(daemon::run(dir, overrides, global.json))
         }
         Command::Fleet => fleet(global),
-        Command::Invoke(args) => invoke(global, args),
+        Command::Invoke(args) => ops::invoke(global, args),
+        Command::Ps(args) => ops::ps(global, args),
+        Command::Logs(args) => ops::logs(global, args),
+        Command::Health(args) => ops::health(global, args),
         Command::Audit { limit } => audit(global, limit),
     }
 }
@@ -248,22 +243,6 @@ fn fleet(global: &GlobalArgs) -> Result<()> {
         &rows,
     );
     println!("\n{} node(s)", members.len());
-    Ok(())
-}
-
-fn invoke(global: &GlobalArgs, args: InvokeArgs) -> Result<()> {
-    let params: serde_json::Value =
-        serde_json::from_str(&args.params).context("--params is not JSON")?;
-    let client = ControlClient::connect(&global.data_dir)?;
-    let body = InvokeBody {
-        command: args.command,
-        params,
-        node: args.node,
-        deadline_ms: Some(args.timeout_ms),
-        idempotency_key: None,
-    };
-    let answer = client.invoke(&body)?;
-    print_json(&answer);
     Ok(())
 }
 
@@ -483,7 +462,7 @@ fn print_gpu_table(gpus: &[GpuDevice]) {
 }
 
 /// Prints left-aligned columns sized to their widest cell.
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -508,7 +487,7 @@ fn gib(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
-fn print_json(value: &serde_json::Value) {
+pub(crate) fn print_json(value: &serde_json::Value) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).expect("JSON values always serialise")

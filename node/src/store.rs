@@ -1,12 +1,29 @@
-//! The node's durable state, in sled: the envelope sequence counter and the latest signed
-//! inventory. Later parts of the node (workloads, leases, audit log) add their own trees here.
+//! The node's durable state, in sled: the envelope sequence counter, the latest signed
+//! inventory, the audit log, workloads and the GPUs allocated to them, and the node's own
+//! operator state (labels, cordon).
+//!
+//! A workload and its GPU allocation are written in one transaction, so a crash at any point
+//! leaves either both or neither; every write is flushed before the caller is answered.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use sled::Transactional as _;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::workloads::{WorkloadRecord, WorkloadState};
+
 const META_TREE: &str = "meta";
 const AUDIT_TREE: &str = "audit";
+const WORKLOADS_TREE: &str = "workloads";
+const ALLOCATIONS_TREE: &str = "gpu-allocations";
+const IDEMPOTENCY_TREE: &str = "idempotency";
 const SEQUENCE_KEY: &[u8] = b"envelope-sequence";
+const CORDONED_KEY: &[u8] = b"cordoned";
+const LABELS_KEY: &[u8] = b"labels";
+/// Audit records kept; older ones are dropped as new ones arrive.
+const AUDIT_RETAINED: usize = 100_000;
 const LATEST_INVENTORY_KEY: &[u8] = b"latest-inventory";
 
 /// Why the store failed.
@@ -27,6 +44,57 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Why a workload could not be admitted.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    /// The GPUs asked for are not free (or not on this node).
+    #[error("{message}; free GPUs: {free:?}")]
+    GpusUnavailable {
+        /// What was wrong.
+        message: String,
+        /// UUIDs free at the time.
+        free: Vec<String>,
+    },
+    /// Another active workload has the name.
+    #[error("an active workload is already named {0:?}")]
+    NameTaken(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The GPUs a new workload takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GpuChoice {
+    /// Any `n` free GPUs, taken in inventory order.
+    Count(usize),
+    /// Exactly these.
+    Exactly(Vec<String>),
+}
+
+/// What admitting a workload did.
+#[derive(Debug)]
+pub enum Admitted {
+    /// A new workload, with its GPUs allocated.
+    New(WorkloadRecord),
+    /// The idempotency key was seen before: the workload it created.
+    Existing(WorkloadRecord),
+}
+
+/// Why the admission transaction stopped.
+enum AdmitAbort {
+    Gpus(String),
+    Store(StoreError),
+}
+
+fn decode_record(bytes: &[u8]) -> Result<WorkloadRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("workload record: {e}")))
+}
+
+fn encode_record(record: &WorkloadRecord) -> Vec<u8> {
+    serde_json::to_vec(record).unwrap_or_default()
+}
+
 /// One command invocation, as the audit log keeps it. Params are kept only as a digest, so the
 /// log never holds secrets a caller passed.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -36,6 +104,9 @@ pub struct AuditRecord {
     pub at_ms: u64,
     /// The caller's peer id (this node's own id for the local control API).
     pub caller: String,
+    /// The caller's role here (`read`, `operate`, `admin`).
+    #[serde(default)]
+    pub role: Option<String>,
     /// The command name.
     pub command: String,
     /// Hex SHA-256 of the params' JSON text.
@@ -51,6 +122,9 @@ pub struct AuditRecord {
 pub struct Store {
     meta: sled::Tree,
     audit: sled::Tree,
+    workloads: sled::Tree,
+    allocations: sled::Tree,
+    idempotency: sled::Tree,
     db: sled::Db,
 }
 
@@ -68,7 +142,14 @@ impl Store {
         })?;
         let meta = db.open_tree(META_TREE)?;
         let audit = db.open_tree(AUDIT_TREE)?;
-        Ok(Self { meta, audit, db })
+        Ok(Self {
+            meta,
+            audit,
+            workloads: db.open_tree(WORKLOADS_TREE)?,
+            allocations: db.open_tree(ALLOCATIONS_TREE)?,
+            idempotency: db.open_tree(IDEMPOTENCY_TREE)?,
+            db,
+        })
     }
 
     /// The next sequence number for a signed envelope, durably recorded before it is returned.
@@ -116,6 +197,11 @@ impl Store {
         let value = serde_json::to_vec(record)
             .map_err(|e| StoreError::Corrupt(format!("audit record: {e}")))?;
         self.audit.insert(id.to_be_bytes(), value)?;
+        if self.audit.len() > AUDIT_RETAINED
+            && let Some((oldest, _)) = self.audit.first()?
+        {
+            self.audit.remove(oldest)?;
+        }
         Ok(())
     }
 
@@ -136,6 +222,210 @@ impl Store {
     /// The latest signed inventory envelope, if one was recorded.
     pub fn latest_inventory(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.meta.get(LATEST_INVENTORY_KEY)?.map(|v| v.to_vec()))
+    }
+
+    /// Whether the node is cordoned (takes no new workloads).
+    pub fn cordoned(&self) -> Result<bool, StoreError> {
+        Ok(self
+            .meta
+            .get(CORDONED_KEY)?
+            .is_some_and(|v| v.as_ref() == [1]))
+    }
+
+    /// Cordons or uncordons the node.
+    pub fn set_cordoned(&self, cordoned: bool) -> Result<(), StoreError> {
+        self.meta.insert(CORDONED_KEY, &[u8::from(cordoned)])?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Labels set at run time with `node.label` (the config's labels are separate).
+    pub fn labels(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        match self.meta.get(LABELS_KEY)? {
+            None => Ok(BTreeMap::new()),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::Corrupt(format!("labels: {e}"))),
+        }
+    }
+
+    /// Replaces the run-time labels.
+    pub fn set_labels(&self, labels: &BTreeMap<String, String>) -> Result<(), StoreError> {
+        let bytes =
+            serde_json::to_vec(labels).map_err(|e| StoreError::Corrupt(format!("labels: {e}")))?;
+        self.meta.insert(LABELS_KEY, bytes)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Admits a new workload: checks its name and idempotency key, allocates its GPUs from
+    /// `inventory` (UUIDs in inventory order), and records both, in one transaction.
+    ///
+    /// Concurrent callers are serialised by the transaction, so a GPU is never given twice.
+    pub fn admit_workload(
+        &self,
+        record: WorkloadRecord,
+        gpus: &GpuChoice,
+        inventory: &[String],
+    ) -> Result<Admitted, AdmitError> {
+        // Names are checked outside the transaction (it cannot scan); the in-flight guard in the
+        // workload service serialises admissions that share a name.
+        if let Some(name) = &record.name
+            && self
+                .workloads()?
+                .iter()
+                .any(|w| w.name.as_ref() == Some(name) && w.state.is_active())
+        {
+            return Err(AdmitError::NameTaken(name.clone()));
+        }
+        let trees = (&self.workloads, &self.allocations, &self.idempotency);
+        let outcome = trees.transaction(|(workloads, allocations, idempotency)| {
+            if let Some(key) = &record.idempotency_key
+                && let Some(id) = idempotency.get(key.as_bytes())?
+                && let Some(existing) = workloads.get(&id)?
+            {
+                let existing = decode_record(&existing)
+                    .map_err(|e| ConflictableTransactionError::Abort(AdmitAbort::Store(e)))?;
+                return Ok(Admitted::Existing(existing));
+            }
+            let mut free = Vec::new();
+            for uuid in inventory {
+                if allocations.get(uuid.as_bytes())?.is_none() {
+                    free.push(uuid.clone());
+                }
+            }
+            let chosen = match gpus {
+                GpuChoice::Count(n) if *n > free.len() => {
+                    return Err(ConflictableTransactionError::Abort(AdmitAbort::Gpus(
+                        format!("asked for {n} GPUs, {} free", free.len()),
+                    )));
+                }
+                GpuChoice::Count(n) => free[..*n].to_vec(),
+                GpuChoice::Exactly(uuids) => {
+                    if let Some(missing) = uuids.iter().find(|u| !inventory.contains(u)) {
+                        return Err(ConflictableTransactionError::Abort(AdmitAbort::Gpus(
+                            format!("{missing} is not a GPU of this node"),
+                        )));
+                    }
+                    if let Some(taken) = uuids.iter().find(|u| !free.contains(u)) {
+                        return Err(ConflictableTransactionError::Abort(AdmitAbort::Gpus(
+                            format!("{taken} is allocated to another workload"),
+                        )));
+                    }
+                    uuids.clone()
+                }
+            };
+            let mut record = record.clone();
+            record.gpus = chosen;
+            for uuid in &record.gpus {
+                allocations.insert(uuid.as_bytes(), record.id.as_bytes())?;
+            }
+            if let Some(key) = &record.idempotency_key {
+                idempotency.insert(key.as_bytes(), record.id.as_bytes())?;
+            }
+            workloads.insert(record.id.as_bytes(), encode_record(&record))?;
+            Ok(Admitted::New(record))
+        });
+        let admitted = match outcome {
+            Ok(admitted) => admitted,
+            Err(TransactionError::Abort(AdmitAbort::Gpus(message))) => {
+                let allocated = self.allocations()?;
+                let free = inventory
+                    .iter()
+                    .filter(|u| !allocated.contains_key(*u))
+                    .cloned()
+                    .collect();
+                return Err(AdmitError::GpusUnavailable { message, free });
+            }
+            Err(TransactionError::Abort(AdmitAbort::Store(error))) => return Err(error.into()),
+            Err(TransactionError::Storage(error)) => return Err(StoreError::Sled(error).into()),
+        };
+        self.db.flush().map_err(StoreError::from)?;
+        Ok(admitted)
+    }
+
+    /// Records a workload's new state. When the state is terminal its GPUs are released in the
+    /// same transaction.
+    pub fn update_workload(&self, record: &WorkloadRecord) -> Result<(), StoreError> {
+        let trees = (&self.workloads, &self.allocations);
+        trees
+            .transaction(|(workloads, allocations)| {
+                if !record.state.is_active() {
+                    for uuid in &record.gpus {
+                        if allocations.get(uuid.as_bytes())?.as_deref()
+                            == Some(record.id.as_bytes())
+                        {
+                            allocations.remove(uuid.as_bytes())?;
+                        }
+                    }
+                }
+                workloads.insert(record.id.as_bytes(), encode_record(record))?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(error) => error,
+                TransactionError::Storage(error) => StoreError::Sled(error),
+            })?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Records a workload found in Docker without a record (adopted after the store was lost),
+    /// allocating the GPUs its container carries where they are free.
+    pub fn adopt_workload(&self, record: &WorkloadRecord) -> Result<(), StoreError> {
+        for uuid in &record.gpus {
+            let _ = self.allocations.compare_and_swap(
+                uuid.as_bytes(),
+                None as Option<&[u8]>,
+                Some(record.id.as_bytes()),
+            )?;
+        }
+        self.workloads
+            .insert(record.id.as_bytes(), encode_record(record))?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// One workload by id.
+    pub fn workload(&self, id: &str) -> Result<Option<WorkloadRecord>, StoreError> {
+        self.workloads
+            .get(id.as_bytes())?
+            .map(|bytes| decode_record(&bytes))
+            .transpose()
+    }
+
+    /// Every workload, oldest first.
+    pub fn workloads(&self) -> Result<Vec<WorkloadRecord>, StoreError> {
+        let mut records = self
+            .workloads
+            .iter()
+            .values()
+            .map(|bytes| decode_record(&bytes?))
+            .collect::<Result<Vec<_>, _>>()?;
+        records.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        Ok(records)
+    }
+
+    /// GPU UUID → the workload holding it.
+    pub fn allocations(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        self.allocations
+            .iter()
+            .map(|entry| {
+                let (gpu, id) = entry?;
+                Ok((
+                    String::from_utf8_lossy(&gpu).into_owned(),
+                    String::from_utf8_lossy(&id).into_owned(),
+                ))
+            })
+            .collect()
+    }
+
+    /// Workloads in a state.
+    pub fn workloads_in(&self, state: WorkloadState) -> Result<Vec<WorkloadRecord>, StoreError> {
+        Ok(self
+            .workloads()?
+            .into_iter()
+            .filter(|w| w.state == state)
+            .collect())
     }
 }
 
@@ -171,6 +461,7 @@ mod tests {
         let record = |command: &str| AuditRecord {
             at_ms: 1,
             caller: "peer".into(),
+            role: None,
             command: command.into(),
             params_sha256: "00".into(),
             outcome: "ok".into(),

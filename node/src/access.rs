@@ -1,0 +1,93 @@
+//! Who may run which command on this node.
+//!
+//! Three roles, each including the one before: `read` for every fleet member (a peer that got
+//! through the mesh's network and swarm-key checks), `operate` for the operators the config lists,
+//! `admin` for the configured admins and for the node itself (the local control API).
+
+use std::collections::HashSet;
+
+use claw_mesh::PeerId;
+use serde::Serialize;
+
+use crate::config::AccessSection;
+
+/// What a caller may do. Ordered: a higher role may do everything a lower one may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Inspect: GPUs, health, workload lists and stats.
+    Read,
+    /// Run, stop and exec into workloads; label, cordon and drain the node.
+    Operate,
+    /// Everything, including `system.run`.
+    Admin,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Read => "read",
+            Self::Operate => "operate",
+            Self::Admin => "admin",
+        })
+    }
+}
+
+/// The node's access policy: its own id, and the operators and admins from its config.
+#[derive(Debug, Clone)]
+pub struct AccessPolicy {
+    local: PeerId,
+    operators: HashSet<PeerId>,
+    admins: HashSet<PeerId>,
+}
+
+impl AccessPolicy {
+    /// The policy for the node `local` with `section`'s lists. Entries that are not peer ids
+    /// were refused when the config was validated; any left are skipped.
+    pub fn new(local: PeerId, section: &AccessSection) -> Self {
+        let parse = |ids: &[String]| ids.iter().filter_map(|id| id.parse().ok()).collect();
+        Self {
+            local,
+            operators: parse(&section.operators),
+            admins: parse(&section.admins),
+        }
+    }
+
+    /// The role `caller` has here.
+    pub fn role_of(&self, caller: &PeerId) -> Role {
+        if *caller == self.local || self.admins.contains(caller) {
+            Role::Admin
+        } else if self.operators.contains(caller) {
+            Role::Operate
+        } else {
+            Role::Read
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_follow_the_config_and_the_node_itself_is_admin() {
+        let (local, operator, admin, stranger) = (
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+        );
+        let policy = AccessPolicy::new(
+            local,
+            &AccessSection {
+                operators: vec![operator.to_string(), "not-a-peer".to_owned()],
+                admins: vec![admin.to_string()],
+            },
+        );
+        assert_eq!(policy.role_of(&local), Role::Admin);
+        assert_eq!(policy.role_of(&admin), Role::Admin);
+        assert_eq!(policy.role_of(&operator), Role::Operate);
+        assert_eq!(policy.role_of(&stranger), Role::Read);
+        assert!(Role::Read < Role::Operate && Role::Operate < Role::Admin);
+    }
+}

@@ -1,0 +1,259 @@
+//! Operator commands over the control API: `invoke` (with a progress display for long
+//! operations), `ps`, `logs` and `health`.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use clawnode::control::{ControlClient, InvokeBody};
+use clawnode::workloads::{ProgressReport, WorkloadRecord};
+use rand::RngCore as _;
+use serde_json::{Value, json};
+
+use crate::{GlobalArgs, print_json, print_table};
+
+/// Commands whose progress is worth showing while they run.
+const LONG_COMMANDS: &[&str] = &["workload.run", "node.drain"];
+
+#[derive(Debug, Args)]
+pub(crate) struct InvokeArgs {
+    /// Command name, e.g. gpu.list.
+    command: String,
+    /// Params as a JSON object.
+    #[arg(long, default_value = "{}")]
+    params: String,
+    /// Peer id of the node to run it on (default: this node).
+    #[arg(long)]
+    node: Option<String>,
+    /// Give up waiting after this many milliseconds (at most 120,000).
+    #[arg(long, default_value_t = 30_000)]
+    timeout_ms: u64,
+    /// Idempotency key: a retry with the same key does not start the work twice.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PsArgs {
+    /// Also list stopped, exited, failed and lost workloads.
+    #[arg(long, short)]
+    all: bool,
+    /// Peer id of the node to ask (default: this node).
+    #[arg(long)]
+    node: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LogsArgs {
+    /// Workload id or name.
+    workload: String,
+    /// Last N lines.
+    #[arg(long, default_value_t = 100)]
+    tail: u32,
+    /// Only lines after this Unix time (seconds).
+    #[arg(long)]
+    since: Option<u32>,
+    /// Peer id of the node that runs it (default: this node).
+    #[arg(long)]
+    node: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct HealthArgs {
+    /// Peer id of the node to ask (default: this node).
+    #[arg(long)]
+    node: Option<String>,
+}
+
+fn call(global: &GlobalArgs, command: &str, params: Value, node: Option<String>) -> Result<Value> {
+    let client = ControlClient::connect(&global.data_dir)?;
+    Ok(client.invoke(&InvokeBody {
+        command: command.to_owned(),
+        params,
+        node,
+        deadline_ms: None,
+        idempotency_key: None,
+    })?)
+}
+
+pub(crate) fn invoke(global: &GlobalArgs, args: InvokeArgs) -> Result<()> {
+    let params: Value = serde_json::from_str(&args.params).context("--params is not JSON")?;
+    let client = ControlClient::connect(&global.data_dir)?;
+    let long = LONG_COMMANDS.contains(&args.command.as_str()) && args.node.is_none();
+    let key = args.idempotency_key.or_else(|| {
+        long.then(|| {
+            let mut bytes = [0u8; 16];
+            rand::rngs::OsRng.fill_bytes(&mut bytes);
+            format!("cli-{}", hex::encode(bytes))
+        })
+    });
+    let body = InvokeBody {
+        command: args.command,
+        params,
+        node: args.node,
+        deadline_ms: Some(args.timeout_ms),
+        idempotency_key: key.clone(),
+    };
+    let answer = match key.filter(|_| long && !global.json) {
+        Some(key) => with_progress(&client, &body, &key)?,
+        None => client.invoke(&body)?,
+    };
+    print_json(&answer);
+    Ok(())
+}
+
+/// Runs the invoke on a thread while this one polls the node for its progress and draws it on
+/// stderr: one updating line on a terminal, a line per stage otherwise.
+fn with_progress(client: &ControlClient, body: &InvokeBody, key: &str) -> Result<Value> {
+    let terminal = std::io::stderr().is_terminal();
+    std::thread::scope(|scope| {
+        let call = scope.spawn(|| client.invoke(body));
+        let started = Instant::now();
+        let mut last_stage = String::new();
+        while !call.is_finished() {
+            std::thread::sleep(Duration::from_millis(200));
+            let Ok(answer) = client.get(&format!("/v1/progress?key={key}")) else {
+                continue;
+            };
+            let Ok(report) = serde_json::from_value::<ProgressReport>(answer["progress"].clone())
+            else {
+                continue;
+            };
+            let line = progress_line(&report, started.elapsed());
+            if terminal {
+                eprint!("\r\x1b[2K{line}");
+                let _ = std::io::stderr().flush();
+            } else if report.stage != last_stage && !report.stage.is_empty() {
+                eprintln!("{line}");
+            }
+            last_stage = report.stage;
+        }
+        if terminal && !last_stage.is_empty() {
+            eprint!("\r\x1b[2K");
+        }
+        match call.join() {
+            Ok(result) => result.map_err(Into::into),
+            Err(_) => anyhow::bail!("the invoke thread panicked"),
+        }
+    })
+}
+
+fn progress_line(report: &ProgressReport, elapsed: Duration) -> String {
+    let amount = if report.total == 0 {
+        String::new()
+    } else if report.total > 10_000 {
+        format!(
+            " {:.1}/{:.1} MiB",
+            report.done as f64 / 1_048_576.0,
+            report.total as f64 / 1_048_576.0
+        )
+    } else {
+        format!(" {}/{}", report.done, report.total)
+    };
+    format!("{}{amount} ({} s)", report.stage, elapsed.as_secs())
+}
+
+pub(crate) fn ps(global: &GlobalArgs, args: PsArgs) -> Result<()> {
+    let answer = call(
+        global,
+        "workload.list",
+        json!({ "all": args.all }),
+        args.node,
+    )?;
+    if global.json {
+        print_json(&answer);
+        return Ok(());
+    }
+    let workloads: Vec<WorkloadRecord> = serde_json::from_value(answer["workloads"].clone())
+        .context("the node answered an unexpected workload list")?;
+    let now = claw_attestation::unix_millis(std::time::SystemTime::now());
+    let rows: Vec<Vec<String>> = workloads
+        .iter()
+        .map(|w| {
+            let gpus = if w.gpus.is_empty() {
+                "-".to_owned()
+            } else if w.simulated_gpus {
+                format!("{} (simulated)", w.gpus.len())
+            } else {
+                w.gpus.len().to_string()
+            };
+            vec![
+                w.id.clone(),
+                w.name.clone().unwrap_or_else(|| "-".into()),
+                w.image.clone(),
+                w.state.to_string(),
+                gpus,
+                age(now.saturating_sub(w.created_ms)),
+                w.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print_table(
+        &["ID", "NAME", "IMAGE", "STATE", "GPUS", "AGE", "REASON"],
+        &rows,
+    );
+    Ok(())
+}
+
+fn age(ms: u64) -> String {
+    let secs = ms / 1000;
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86_400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
+pub(crate) fn logs(global: &GlobalArgs, args: LogsArgs) -> Result<()> {
+    let mut params = json!({ "workload": args.workload, "tail": args.tail });
+    if let Some(since) = args.since {
+        params["since"] = json!(since);
+    }
+    let answer = call(global, "workload.logs", params, args.node)?;
+    if global.json {
+        print_json(&answer);
+        return Ok(());
+    }
+    for line in answer["lines"].as_array().into_iter().flatten() {
+        let text = line["line"].as_str().unwrap_or_default();
+        if line["stream"] == "stderr" {
+            eprintln!("{text}");
+        } else {
+            println!("{text}");
+        }
+    }
+    if answer["truncated"] == true {
+        eprintln!("(output cut at the node's limit; use --tail for fewer lines)");
+    }
+    Ok(())
+}
+
+pub(crate) fn health(global: &GlobalArgs, args: HealthArgs) -> Result<()> {
+    let answer = call(global, "node.health", Value::Null, args.node)?;
+    if global.json {
+        print_json(&answer);
+        return Ok(());
+    }
+    let status = answer["status"].as_str().unwrap_or("unknown");
+    let cordoned = if answer["cordoned"] == true {
+        " (cordoned)"
+    } else {
+        ""
+    };
+    println!("{status}{cordoned}\n");
+    let rows: Vec<Vec<String>> = answer["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            ["component", "status", "detail"]
+                .iter()
+                .map(|k| c[*k].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .collect();
+    print_table(&["COMPONENT", "STATUS", "DETAIL"], &rows);
+    Ok(())
+}

@@ -1,0 +1,445 @@
+//! The Docker Engine, through bollard: the few calls workloads need, each with a deadline and a
+//! typed error.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStatsResponse, ContainerSummary,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StatsOptionsBuilder,
+    StopContainerOptionsBuilder,
+};
+use futures::StreamExt as _;
+
+use super::progress::Progress;
+
+/// Default Engine socket.
+const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+/// Deadline for one quick Engine call (inspect, list, create, start).
+const CALL_DEADLINE: Duration = Duration::from_secs(30);
+/// Deadline for pulling an image.
+const PULL_DEADLINE: Duration = Duration::from_secs(30 * 60);
+
+/// Why the Engine could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EngineError {
+    /// The Engine is not reachable.
+    #[error("the Docker Engine is unavailable: {0}")]
+    Unavailable(String),
+    /// The container or image does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The Engine refused because of the object's state (name in use, not running).
+    #[error("{0}")]
+    Conflict(String),
+    /// The call ran past its deadline.
+    #[error("the Docker Engine did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Any other Engine failure.
+    #[error("Docker: {0}")]
+    Failed(String),
+}
+
+impl From<bollard::errors::Error> for EngineError {
+    fn from(error: bollard::errors::Error) -> Self {
+        use bollard::errors::Error as E;
+        match error {
+            E::DockerResponseServerError {
+                status_code: 404,
+                message,
+            } => Self::NotFound(message),
+            E::DockerResponseServerError {
+                status_code: 409 | 304,
+                message,
+            } => Self::Conflict(message),
+            E::DockerResponseServerError {
+                status_code,
+                message,
+            } => Self::Failed(format!("{status_code}: {message}")),
+            E::SocketNotFoundError(path) => Self::Unavailable(format!("no socket at {path}")),
+            E::IOError { err } => Self::Unavailable(err.to_string()),
+            E::HyperResponseError { err } => Self::Unavailable(err.to_string()),
+            E::HyperLegacyError { err } => Self::Unavailable(err.to_string()),
+            E::RequestTimeoutError => Self::Timeout(CALL_DEADLINE),
+            other => Self::Failed(other.to_string()),
+        }
+    }
+}
+
+async fn within<T>(
+    deadline: Duration,
+    call: impl Future<Output = Result<T, bollard::errors::Error>>,
+) -> Result<T, EngineError> {
+    match tokio::time::timeout(deadline, call).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(EngineError::Timeout(deadline)),
+    }
+}
+
+/// One line of a container's output.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct LogLine {
+    /// `stdout` or `stderr`.
+    pub(crate) stream: &'static str,
+    /// The text, without its newline.
+    pub(crate) line: String,
+}
+
+/// What a program run inside a container produced.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct ExecOutput {
+    pub(crate) exit_code: Option<i64>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+    pub(crate) truncated: bool,
+    pub(crate) timed_out: bool,
+}
+
+/// A connection to the Engine. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Engine {
+    docker: Docker,
+    socket: String,
+}
+
+impl Engine {
+    /// Prepares a client for `socket` (default: `DOCKER_HOST` when it is `unix://…`, else
+    /// `/var/run/docker.sock`). Nothing is dialled until the first call.
+    pub(crate) fn connect(socket: Option<&str>) -> Result<Self, EngineError> {
+        let socket = socket.map_or_else(
+            || {
+                std::env::var("DOCKER_HOST")
+                    .ok()
+                    .and_then(|h| h.strip_prefix("unix://").map(str::to_owned))
+                    .unwrap_or_else(|| DEFAULT_SOCKET.to_owned())
+            },
+            |s| s.trim_start_matches("unix://").to_owned(),
+        );
+        let docker = Docker::connect_with_unix(
+            &socket,
+            CALL_DEADLINE.as_secs(),
+            bollard::API_DEFAULT_VERSION,
+        )?;
+        Ok(Self { docker, socket })
+    }
+
+    /// The Engine's version, or why it cannot be reached.
+    pub(crate) async fn version(&self) -> Result<String, EngineError> {
+        if !std::path::Path::new(&self.socket).exists() {
+            return Err(EngineError::Unavailable(format!(
+                "no socket at {}",
+                self.socket
+            )));
+        }
+        let version = within(CALL_DEADLINE, self.docker.version()).await?;
+        Ok(version.version.unwrap_or_else(|| "unknown".to_owned()))
+    }
+
+    /// Makes sure `image` is present, pulling it (with progress) when it is not.
+    pub(crate) async fn ensure_image(
+        &self,
+        image: &str,
+        progress: &Progress,
+    ) -> Result<(), EngineError> {
+        match within(CALL_DEADLINE, self.docker.inspect_image(image)).await {
+            Ok(_) => return Ok(()),
+            Err(EngineError::NotFound(_)) => {}
+            Err(other) => return Err(other),
+        }
+        progress.stage(format!("pulling {image}"));
+        let (repo, tag) = split_image(image);
+        let options = CreateImageOptionsBuilder::new()
+            .from_image(repo)
+            .tag(tag)
+            .build();
+        let pull = async {
+            let mut stream = self.docker.create_image(Some(options), None, None);
+            let mut layers: HashMap<String, (i64, i64)> = HashMap::new();
+            while let Some(info) = stream.next().await {
+                let info = info?;
+                if let Some(detail) = info.error_detail {
+                    return Err(EngineError::NotFound(format!(
+                        "image {image} could not be pulled: {}",
+                        detail.message.unwrap_or_default()
+                    )));
+                }
+                if let (Some(id), Some(detail)) = (info.id, info.progress_detail)
+                    && let (Some(current), Some(total)) = (detail.current, detail.total)
+                {
+                    layers.insert(id, (current, total));
+                    let done: i64 = layers.values().map(|l| l.0).sum();
+                    let total: i64 = layers.values().map(|l| l.1).sum();
+                    progress.advance(
+                        u64::try_from(done).unwrap_or(0),
+                        u64::try_from(total).unwrap_or(0),
+                    );
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(PULL_DEADLINE, pull).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(EngineError::NotFound(m) | EngineError::Failed(m))) => {
+                Err(EngineError::NotFound(format!(
+                    "image {image} is not on this node and could not be pulled: {m}"
+                )))
+            }
+            Ok(Err(other)) => Err(other),
+            Err(_) => Err(EngineError::Timeout(PULL_DEADLINE)),
+        }
+    }
+
+    /// Creates and starts a container; returns its id. A container that was created but would
+    /// not start is removed again.
+    pub(crate) async fn create_and_start(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> Result<String, EngineError> {
+        let options = CreateContainerOptionsBuilder::new().name(name).build();
+        let created = within(
+            CALL_DEADLINE,
+            self.docker.create_container(Some(options), body),
+        )
+        .await?;
+        if let Err(error) = within(
+            CALL_DEADLINE,
+            self.docker.start_container(&created.id, None),
+        )
+        .await
+        {
+            let _ = self.remove(&created.id).await;
+            return Err(error);
+        }
+        Ok(created.id)
+    }
+
+    /// Stops a container: SIGTERM, then SIGKILL after `timeout`. Already stopped is fine.
+    pub(crate) async fn stop(&self, id: &str, timeout: Duration) -> Result<(), EngineError> {
+        let secs = i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX);
+        let options = StopContainerOptionsBuilder::new().t(secs).build();
+        match within(
+            timeout + CALL_DEADLINE,
+            self.docker.stop_container(id, Some(options)),
+        )
+        .await
+        {
+            Ok(()) | Err(EngineError::Conflict(_)) => Ok(()),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Removes a container, forcibly. Already gone is fine.
+    pub(crate) async fn remove(&self, id: &str) -> Result<(), EngineError> {
+        let options = RemoveContainerOptionsBuilder::new().force(true).build();
+        match within(
+            CALL_DEADLINE,
+            self.docker.remove_container(id, Some(options)),
+        )
+        .await
+        {
+            Ok(()) | Err(EngineError::NotFound(_)) => Ok(()),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Every container, running or not, that carries `label=value`.
+    pub(crate) async fn list_labelled(
+        &self,
+        label: &str,
+        value: &str,
+    ) -> Result<Vec<ContainerSummary>, EngineError> {
+        let filters = HashMap::from([("label", vec![format!("{label}={value}")])]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        within(CALL_DEADLINE, self.docker.list_containers(Some(options))).await
+    }
+
+    /// A container's full description; `None` when it does not exist.
+    pub(crate) async fn inspect(
+        &self,
+        id: &str,
+    ) -> Result<Option<ContainerInspectResponse>, EngineError> {
+        match within(CALL_DEADLINE, self.docker.inspect_container(id, None)).await {
+            Ok(found) => Ok(Some(found)),
+            Err(EngineError::NotFound(_)) => Ok(None),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// The last `tail` lines (after `since`, Unix seconds), keeping at most `max_bytes` of text.
+    pub(crate) async fn logs(
+        &self,
+        id: &str,
+        tail: u32,
+        since: Option<u32>,
+        max_bytes: usize,
+    ) -> Result<(Vec<LogLine>, bool), EngineError> {
+        let mut options = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .tail(&tail.to_string());
+        if let Some(since) = since {
+            options = options.since(i32::try_from(since).unwrap_or(i32::MAX));
+        }
+        let collect = async {
+            let mut stream = self.docker.logs(id, Some(options.build()));
+            let mut lines = Vec::new();
+            let mut bytes = 0usize;
+            let mut truncated = false;
+            while let Some(chunk) = stream.next().await {
+                let (stream, message) = match chunk? {
+                    LogOutput::StdErr { message } => ("stderr", message),
+                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                        ("stdout", message)
+                    }
+                    LogOutput::StdIn { .. } => continue,
+                };
+                let text = String::from_utf8_lossy(&message);
+                for line in text.lines() {
+                    bytes += line.len();
+                    if bytes > max_bytes {
+                        truncated = true;
+                        break;
+                    }
+                    lines.push(LogLine {
+                        stream,
+                        line: line.to_owned(),
+                    });
+                }
+                if truncated {
+                    break;
+                }
+            }
+            Ok::<_, bollard::errors::Error>((lines, truncated))
+        };
+        within(CALL_DEADLINE, collect).await
+    }
+
+    /// One sample of a container's resource use.
+    pub(crate) async fn stats(&self, id: &str) -> Result<ContainerStatsResponse, EngineError> {
+        let options = StatsOptionsBuilder::new()
+            .stream(false)
+            .one_shot(false)
+            .build();
+        let sample = async {
+            let mut stream = self.docker.stats(id, Some(options));
+            match stream.next().await {
+                Some(sample) => sample.map_err(EngineError::from),
+                None => Err(EngineError::Failed("no stats sample".to_owned())),
+            }
+        };
+        match tokio::time::timeout(CALL_DEADLINE, sample).await {
+            Ok(result) => result,
+            Err(_) => Err(EngineError::Timeout(CALL_DEADLINE)),
+        }
+    }
+
+    /// Runs `argv` inside the container and collects its output, keeping at most `max_bytes` of
+    /// each stream. Past `timeout` the output so far is returned, marked `timed_out`.
+    pub(crate) async fn exec(
+        &self,
+        id: &str,
+        argv: &[String],
+        timeout: Duration,
+        max_bytes: usize,
+    ) -> Result<ExecOutput, EngineError> {
+        let config = CreateExecOptions {
+            cmd: Some(argv.to_vec()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..CreateExecOptions::default()
+        };
+        let exec = within(CALL_DEADLINE, self.docker.create_exec(id, config)).await?;
+        let started = within(
+            CALL_DEADLINE,
+            self.docker.start_exec(
+                &exec.id,
+                Some(StartExecOptions {
+                    detach: false,
+                    ..StartExecOptions::default()
+                }),
+            ),
+        )
+        .await?;
+        let StartExecResults::Attached { mut output, .. } = started else {
+            return Err(EngineError::Failed("exec did not attach".to_owned()));
+        };
+        let mut result = ExecOutput {
+            exit_code: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            truncated: false,
+            timed_out: false,
+        };
+        let collect = async {
+            while let Some(chunk) = output.next().await {
+                let (target, message) = match chunk? {
+                    LogOutput::StdErr { message } => (&mut result.stderr, message),
+                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                        (&mut result.stdout, message)
+                    }
+                    LogOutput::StdIn { .. } => continue,
+                };
+                let text = String::from_utf8_lossy(&message);
+                let room = max_bytes.saturating_sub(target.len());
+                if text.len() > room {
+                    result.truncated = true;
+                    let mut cut = room;
+                    while !text.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    target.push_str(&text[..cut]);
+                } else {
+                    target.push_str(&text);
+                }
+            }
+            Ok::<_, bollard::errors::Error>(())
+        };
+        match tokio::time::timeout(timeout, collect).await {
+            Ok(outcome) => outcome?,
+            Err(_) => result.timed_out = true,
+        }
+        if !result.timed_out {
+            let inspected = within(CALL_DEADLINE, self.docker.inspect_exec(&exec.id)).await?;
+            result.exit_code = inspected.exit_code;
+        }
+        Ok(result)
+    }
+}
+
+/// Splits `repo:tag` (a registry port is not a tag); `latest` when no tag is given. A digest
+/// reference is passed whole.
+fn split_image(image: &str) -> (&str, &str) {
+    if image.contains('@') {
+        return (image, "");
+    }
+    match image.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+        _ => (image, "latest"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_references_split_into_repo_and_tag() {
+        assert_eq!(split_image("busybox"), ("busybox", "latest"));
+        assert_eq!(split_image("a/b:1.2"), ("a/b", "1.2"));
+        assert_eq!(
+            split_image("registry:5000/a/b"),
+            ("registry:5000/a/b", "latest")
+        );
+        assert_eq!(split_image("a@sha256:00"), ("a@sha256:00", ""));
+    }
+}

@@ -1,0 +1,996 @@
+//! Container workloads on the Docker Engine, with their GPUs.
+//!
+//! Every workload is recorded in the store before its container exists, and its GPUs are
+//! allocated in the same transaction, so no GPU is ever given to two workloads. Containers carry
+//! `io.clawbernetes.*` labels naming the workload, the node and the GPUs, which lets
+//! [`Workloads::reconcile`] rebuild the picture after a crash: records whose container is gone
+//! are marked `lost` with the reason, containers whose record is gone are adopted.
+
+mod docker;
+mod progress;
+pub mod spec;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStatsResponse,
+    ContainerSummaryStateEnum, DeviceRequest, HostConfig, PortBinding, RestartPolicyNameEnum,
+};
+use claw_mesh::{ErrorCode, InvokeFailure, PeerId};
+use rand::RngCore as _;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+pub use progress::{ProgressBoard, ProgressReport};
+use spec::{
+    ExecParams, GpuRequest, LABEL_PREFIX, ListParams, LogsParams, RestartPolicy, RunParams,
+    SpecError, StopParams, WorkloadRef,
+};
+
+use crate::config::WorkloadsSection;
+use crate::store::{AdmitError, Admitted, GpuChoice, Store, StoreError};
+use docker::Engine;
+pub(crate) use docker::EngineError;
+
+const LABEL_WORKLOAD: &str = "io.clawbernetes.workload";
+const LABEL_NODE: &str = "io.clawbernetes.node";
+const LABEL_GPUS: &str = "io.clawbernetes.gpus";
+const LABEL_OWNER: &str = "io.clawbernetes.owner";
+const LABEL_NAME: &str = "io.clawbernetes.name";
+const LABEL_IMAGE: &str = "io.clawbernetes.image";
+const LABEL_CREATED: &str = "io.clawbernetes.created-ms";
+/// Most log text one `workload.logs` returns.
+const MAX_LOG_BYTES: usize = 1024 * 1024;
+/// Most output kept per stream of one `container.exec`.
+const MAX_EXEC_BYTES: usize = 256 * 1024;
+
+/// Where a workload is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadState {
+    /// Recorded, GPUs allocated, container not yet running (image pull, create).
+    Creating,
+    /// The container is running (or restarting under its restart policy).
+    Running,
+    /// The container exited by itself.
+    Exited,
+    /// Stopped on request.
+    Stopped,
+    /// Could not be started.
+    Failed,
+    /// Its container disappeared from Docker.
+    Lost,
+}
+
+impl WorkloadState {
+    /// Whether the workload holds its GPUs.
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Creating | Self::Running)
+    }
+}
+
+impl std::fmt::Display for WorkloadState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        f.write_str(&text)
+    }
+}
+
+/// A workload as the store keeps it and the commands return it. Environment values are never
+/// kept: they may hold secrets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadRecord {
+    /// `wl-` and 12 hex digits.
+    pub id: String,
+    /// The display name, if one was given.
+    pub name: Option<String>,
+    /// Image reference.
+    pub image: String,
+    /// Command and arguments, if given.
+    pub command: Vec<String>,
+    /// Peer id of whoever started it.
+    pub owner: String,
+    /// UUIDs of its GPUs.
+    pub gpus: Vec<String>,
+    /// Whether its GPUs are simulated (no device was passed to the container).
+    pub simulated_gpus: bool,
+    /// Docker's container id, once created.
+    pub container_id: Option<String>,
+    /// Its state.
+    pub state: WorkloadState,
+    /// Why it is in that state, for `failed`, `lost` and `exited`.
+    pub reason: Option<String>,
+    /// Exit code once it has exited.
+    pub exit_code: Option<i64>,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+    /// Its labels (without the node's own `io.clawbernetes.*` ones).
+    pub labels: BTreeMap<String, String>,
+    /// The idempotency key it was started with.
+    pub idempotency_key: Option<String>,
+    /// When it was recorded, Unix ms.
+    pub created_ms: u64,
+    /// When its state last changed, Unix ms.
+    pub updated_ms: u64,
+}
+
+impl WorkloadRecord {
+    fn container_name(&self) -> String {
+        format!("claw-{}", self.id)
+    }
+
+    fn set_state(&mut self, state: WorkloadState, reason: Option<String>) {
+        self.state = state;
+        self.reason = reason;
+        self.updated_ms = now_ms();
+    }
+}
+
+fn now_ms() -> u64 {
+    claw_attestation::unix_millis(SystemTime::now())
+}
+
+/// Why a workload command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadError {
+    /// Params are malformed or out of range.
+    #[error("{0}")]
+    Invalid(String),
+    /// Params are well-formed but not permitted here.
+    #[error("{0}")]
+    NotPermitted(String),
+    /// No such workload, image or container.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the node's state (GPUs taken, name in use, not running).
+    #[error("{0}")]
+    Conflict(String),
+    /// The node cannot take it now (cordoned, Docker down).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Docker did not answer in time.
+    #[error("{0}")]
+    Timeout(String),
+    /// Anything else.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<WorkloadError> for InvokeFailure {
+    fn from(error: WorkloadError) -> Self {
+        let code = match &error {
+            WorkloadError::Invalid(_) => ErrorCode::InvalidParams,
+            WorkloadError::NotPermitted(_) => ErrorCode::Unauthorized,
+            WorkloadError::NotFound(_) => ErrorCode::NotFound,
+            WorkloadError::Conflict(_) => ErrorCode::Conflict,
+            WorkloadError::Unavailable(_) => ErrorCode::Unavailable,
+            WorkloadError::Timeout(_) => ErrorCode::Timeout,
+            WorkloadError::Internal(_) => ErrorCode::Internal,
+        };
+        InvokeFailure::new(code, error.to_string())
+    }
+}
+
+impl From<SpecError> for WorkloadError {
+    fn from(error: SpecError) -> Self {
+        match error {
+            SpecError::Invalid(m) => Self::Invalid(m),
+            SpecError::NotPermitted(m) => Self::NotPermitted(m),
+        }
+    }
+}
+
+impl From<EngineError> for WorkloadError {
+    fn from(error: EngineError) -> Self {
+        match error {
+            EngineError::Unavailable(_) => Self::Unavailable(error.to_string()),
+            EngineError::NotFound(m) => Self::NotFound(m),
+            EngineError::Conflict(m) => Self::Conflict(m),
+            EngineError::Timeout(_) => Self::Timeout(error.to_string()),
+            EngineError::Failed(m) => Self::Internal(m),
+        }
+    }
+}
+
+impl From<StoreError> for WorkloadError {
+    fn from(error: StoreError) -> Self {
+        Self::Internal(error.to_string())
+    }
+}
+
+/// What [`Workloads::reconcile`] changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct ReconcileReport {
+    /// Workloads whose container is running, as recorded.
+    pub running: usize,
+    /// Records whose container exited since it was last seen.
+    pub exited: Vec<String>,
+    /// Records whose container disappeared.
+    pub lost: Vec<String>,
+    /// Records whose container was never created (the node stopped first).
+    pub failed: Vec<String>,
+    /// Containers found without a record, now recorded.
+    pub adopted: Vec<String>,
+}
+
+/// One workload's outcome in a drain.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrainOutcome {
+    /// The workload id.
+    pub workload: String,
+    /// `stopped`, or the error.
+    pub outcome: String,
+}
+
+/// The node's workloads. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Workloads {
+    engine: Result<Engine, String>,
+    store: Store,
+    node: String,
+    gpus: Arc<Vec<String>>,
+    simulated: Arc<HashSet<String>>,
+    config: Arc<WorkloadsSection>,
+    /// Workloads between admission and a running container, which reconcile must leave alone.
+    in_flight: Arc<Mutex<HashSet<String>>>,
+    progress: ProgressBoard,
+}
+
+/// Runs store work, which flushes to disk, off the async threads.
+async fn on_store<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, WorkloadError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| WorkloadError::Internal(format!("store task failed: {e}")))?
+        .map_err(Into::into)
+}
+
+impl Workloads {
+    /// Workloads of node `node` on the Docker Engine from `config`, allocating from `gpus`
+    /// (UUIDs in inventory order; those in `simulated` get no device request).
+    pub fn new(
+        store: Store,
+        node: PeerId,
+        gpus: Vec<String>,
+        simulated: HashSet<String>,
+        config: WorkloadsSection,
+    ) -> Self {
+        let engine = Engine::connect(config.docker_socket.as_deref()).map_err(|e| e.to_string());
+        Self {
+            engine,
+            store,
+            node: node.to_string(),
+            gpus: Arc::new(gpus),
+            simulated: Arc::new(simulated),
+            config: Arc::new(config),
+            in_flight: Arc::default(),
+            progress: ProgressBoard::default(),
+        }
+    }
+
+    /// Progress of long operations, by idempotency key.
+    pub fn progress(&self) -> &ProgressBoard {
+        &self.progress
+    }
+
+    fn engine(&self) -> Result<&Engine, WorkloadError> {
+        self.engine
+            .as_ref()
+            .map_err(|e| WorkloadError::Unavailable(e.clone()))
+    }
+
+    /// The Docker Engine's version, or why it is unreachable.
+    pub async fn engine_version(&self) -> Result<String, WorkloadError> {
+        Ok(self.engine()?.version().await?)
+    }
+
+    /// GPU UUID → id of the workload holding it.
+    pub async fn allocations(&self) -> Result<BTreeMap<String, String>, WorkloadError> {
+        let store = self.store.clone();
+        on_store(move || store.allocations()).await
+    }
+
+    /// Starts a workload for `caller`. With an idempotency key seen before, answers with the
+    /// workload that key started instead of starting another.
+    pub async fn run(
+        &self,
+        caller: PeerId,
+        params: RunParams,
+        idempotency_key: Option<String>,
+    ) -> Result<WorkloadRecord, WorkloadError> {
+        let (gpus, volume_paths) = params.check(&self.config.volume_roots)?;
+        let store = self.store.clone();
+        if on_store(move || store.cordoned()).await? {
+            return Err(WorkloadError::Unavailable(
+                "this node is cordoned and takes no new workloads (node.uncordon lifts it)"
+                    .to_owned(),
+            ));
+        }
+        let engine = self.engine()?.clone();
+        let mut id_bytes = [0u8; 6];
+        rand::rngs::OsRng.fill_bytes(&mut id_bytes);
+        let created_ms = now_ms();
+        let record = WorkloadRecord {
+            id: format!("wl-{}", hex::encode(id_bytes)),
+            name: params.name.clone(),
+            image: params.image.clone(),
+            command: params.command.clone(),
+            owner: caller.to_string(),
+            gpus: Vec::new(),
+            simulated_gpus: false,
+            container_id: None,
+            state: WorkloadState::Creating,
+            reason: None,
+            exit_code: None,
+            restart: params.restart,
+            labels: params.labels.clone(),
+            idempotency_key: idempotency_key.clone(),
+            created_ms,
+            updated_ms: created_ms,
+        };
+        let choice = match &gpus {
+            GpuRequest::None => GpuChoice::Count(0),
+            GpuRequest::Count(n) => GpuChoice::Count(*n as usize),
+            GpuRequest::Uuids(uuids) => GpuChoice::Exactly(uuids.clone()),
+        };
+        self.in_flight_set(&record.id, true);
+        let admitted = self.admit(record.clone(), choice).await;
+        let mut record = match admitted {
+            Ok(Admitted::New(record)) => record,
+            Ok(Admitted::Existing(existing)) => {
+                self.in_flight_set(&record.id, false);
+                return Ok(existing);
+            }
+            Err(error) => {
+                self.in_flight_set(&record.id, false);
+                return Err(error);
+            }
+        };
+        record.simulated_gpus = record.gpus.iter().any(|g| self.simulated.contains(g));
+        let progress = self.progress.track(idempotency_key.as_deref());
+        let started = async {
+            progress.stage(format!("checking image {}", params.image));
+            engine.ensure_image(&params.image, &progress).await?;
+            progress.stage("starting container");
+            let body = self.container_body(&record, &params, &volume_paths);
+            engine
+                .create_and_start(&record.container_name(), body)
+                .await
+        }
+        .await;
+        let failure = match started {
+            Ok(container_id) => {
+                record.container_id = Some(container_id);
+                record.set_state(WorkloadState::Running, None);
+                None
+            }
+            Err(error) => {
+                record.set_state(WorkloadState::Failed, Some(error.to_string()));
+                Some(error)
+            }
+        };
+        let saved = {
+            let (store, record) = (self.store.clone(), record.clone());
+            on_store(move || store.update_workload(&record)).await
+        };
+        self.in_flight_set(&record.id, false);
+        saved?;
+        tracing::info!(workload = %record.id, image = %record.image, gpus = ?record.gpus, state = %record.state, "workload.run");
+        match failure {
+            Some(error) => Err(error.into()),
+            None => Ok(record),
+        }
+    }
+
+    fn in_flight_set(&self, id: &str, present: bool) {
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if present {
+            in_flight.insert(id.to_owned());
+        } else {
+            in_flight.remove(id);
+        }
+    }
+
+    async fn admit(
+        &self,
+        record: WorkloadRecord,
+        choice: GpuChoice,
+    ) -> Result<Admitted, WorkloadError> {
+        for attempt in 0..2 {
+            let (store, gpus) = (self.store.clone(), Arc::clone(&self.gpus));
+            let (candidate, wanted) = (record.clone(), choice.clone());
+            let outcome = tokio::task::spawn_blocking(move || {
+                store.admit_workload(candidate, &wanted, &gpus)
+            })
+            .await
+            .map_err(|e| WorkloadError::Internal(format!("store task failed: {e}")))?;
+            match outcome {
+                Ok(admitted) => return Ok(admitted),
+                // Containers that exited since the last reconcile still hold GPUs: release
+                // them, then try once more.
+                Err(AdmitError::GpusUnavailable { .. }) if attempt == 0 => {
+                    if let Err(error) = self.reconcile().await {
+                        tracing::debug!(%error, "reconcile before retrying admission failed");
+                    }
+                }
+                Err(AdmitError::GpusUnavailable { message, free }) => {
+                    return Err(WorkloadError::Conflict(format!(
+                        "{message}; free GPUs: {}",
+                        if free.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            free.join(", ")
+                        }
+                    )));
+                }
+                Err(AdmitError::NameTaken(name)) => {
+                    return Err(WorkloadError::Conflict(format!(
+                        "an active workload is already named {name:?}"
+                    )));
+                }
+                Err(AdmitError::Store(error)) => return Err(error.into()),
+            }
+        }
+        Err(WorkloadError::Internal(
+            "admission did not settle".to_owned(),
+        ))
+    }
+
+    fn container_body(
+        &self,
+        record: &WorkloadRecord,
+        params: &RunParams,
+        volume_paths: &[std::path::PathBuf],
+    ) -> ContainerCreateBody {
+        let mut labels: HashMap<String, String> = params
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.insert(LABEL_WORKLOAD.to_owned(), record.id.clone());
+        labels.insert(LABEL_NODE.to_owned(), self.node.clone());
+        labels.insert(LABEL_GPUS.to_owned(), record.gpus.join(","));
+        labels.insert(LABEL_OWNER.to_owned(), record.owner.clone());
+        labels.insert(LABEL_IMAGE.to_owned(), record.image.clone());
+        labels.insert(LABEL_CREATED.to_owned(), record.created_ms.to_string());
+        if let Some(name) = &record.name {
+            labels.insert(LABEL_NAME.to_owned(), name.clone());
+        }
+        let mut env: Vec<String> = params.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.push(format!("CLAWBERNETES_WORKLOAD={}", record.id));
+        env.push(format!("CLAWBERNETES_GPUS={}", record.gpus.join(",")));
+        let real_gpus: Vec<String> = record
+            .gpus
+            .iter()
+            .filter(|g| !self.simulated.contains(*g))
+            .cloned()
+            .collect();
+        let device_requests = (!real_gpus.is_empty()).then(|| {
+            vec![DeviceRequest {
+                driver: Some("nvidia".to_owned()),
+                device_ids: Some(real_gpus),
+                capabilities: Some(vec![vec!["gpu".to_owned()]]),
+                ..DeviceRequest::default()
+            }]
+        });
+        let mut port_bindings = HashMap::new();
+        let mut exposed = Vec::new();
+        for port in &params.ports {
+            let key = format!(
+                "{}/{}",
+                port.container,
+                match port.protocol {
+                    spec::PortProtocol::Tcp => "tcp",
+                    spec::PortProtocol::Udp => "udp",
+                }
+            );
+            exposed.push(key.clone());
+            port_bindings.insert(
+                key,
+                Some(vec![PortBinding {
+                    host_ip: None,
+                    host_port: Some(port.host.map(|p| p.to_string()).unwrap_or_default()),
+                }]),
+            );
+        }
+        let binds: Vec<String> = params
+            .volumes
+            .iter()
+            .zip(volume_paths)
+            .map(|(v, host)| {
+                format!(
+                    "{}:{}:{}",
+                    host.display(),
+                    v.container,
+                    if v.read_only { "ro" } else { "rw" }
+                )
+            })
+            .collect();
+        let restart = match params.restart {
+            RestartPolicy::No => RestartPolicyNameEnum::NO,
+            RestartPolicy::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
+            RestartPolicy::Always => RestartPolicyNameEnum::ALWAYS,
+            RestartPolicy::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
+        };
+        ContainerCreateBody {
+            image: Some(params.image.clone()),
+            cmd: (!params.command.is_empty()).then(|| params.command.clone()),
+            env: Some(env),
+            labels: Some(labels),
+            exposed_ports: (!exposed.is_empty()).then_some(exposed),
+            host_config: Some(HostConfig {
+                binds: (!binds.is_empty()).then_some(binds),
+                port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+                device_requests,
+                nano_cpus: params.cpus.map(|c| (c * 1e9) as i64),
+                memory: params
+                    .memory_mib
+                    .map(|m| i64::try_from(m.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX)),
+                restart_policy: Some(bollard::models::RestartPolicy {
+                    name: Some(restart),
+                    maximum_retry_count: None,
+                }),
+                ..HostConfig::default()
+            }),
+            ..ContainerCreateBody::default()
+        }
+    }
+
+    /// Finds a workload by id, or by name (the active one, else the newest).
+    async fn find(&self, reference: &str) -> Result<WorkloadRecord, WorkloadError> {
+        if reference.is_empty() || reference.len() > 64 {
+            return Err(WorkloadError::Invalid(
+                "workload must be an id or name of 1 to 64 characters".to_owned(),
+            ));
+        }
+        let store = self.store.clone();
+        let reference_owned = reference.to_owned();
+        let found = on_store(move || {
+            if let Some(record) = store.workload(&reference_owned)? {
+                return Ok(Some(record));
+            }
+            let named: Vec<WorkloadRecord> = store
+                .workloads()?
+                .into_iter()
+                .filter(|w| w.name.as_deref() == Some(reference_owned.as_str()))
+                .collect();
+            Ok(named
+                .iter()
+                .find(|w| w.state.is_active())
+                .or_else(|| named.last())
+                .cloned())
+        })
+        .await?;
+        found.ok_or_else(|| {
+            WorkloadError::NotFound(format!(
+                "no workload {reference:?} on this node (workload.list shows them)"
+            ))
+        })
+    }
+
+    /// Stops a workload and releases its GPUs. Stopping a workload that is not running answers
+    /// with its record (and removes its container when asked).
+    pub async fn stop(&self, params: StopParams) -> Result<WorkloadRecord, WorkloadError> {
+        let mut record = self.find(&params.workload).await?;
+        let timeout = Duration::from_secs(u64::from(
+            params
+                .timeout_secs
+                .unwrap_or(self.config.stop_timeout_secs)
+                .min(3600),
+        ));
+        let engine = self.engine()?;
+        if record.state == WorkloadState::Creating {
+            return Err(WorkloadError::Conflict(format!(
+                "workload {} is still starting; stop it once it runs",
+                record.id
+            )));
+        }
+        if let Some(container) = &record.container_id {
+            if record.state == WorkloadState::Running {
+                engine.stop(container, timeout).await?;
+            }
+            if params.remove {
+                engine.remove(container).await?;
+            }
+        }
+        if record.state.is_active() {
+            let exit_code = match &record.container_id {
+                Some(container) => engine
+                    .inspect(container)
+                    .await?
+                    .and_then(|c| c.state.and_then(|s| s.exit_code)),
+                None => None,
+            };
+            record.exit_code = exit_code;
+            record.set_state(
+                WorkloadState::Stopped,
+                Some("stopped on request".to_owned()),
+            );
+            let (store, saved) = (self.store.clone(), record.clone());
+            on_store(move || store.update_workload(&saved)).await?;
+            tracing::info!(workload = %record.id, "workload.stop");
+        }
+        Ok(record)
+    }
+
+    /// Workloads matching `params`, oldest first, after bringing their states up to date.
+    pub async fn list(&self, params: ListParams) -> Result<Vec<WorkloadRecord>, WorkloadError> {
+        if let Err(error) = self.reconcile().await {
+            tracing::debug!(%error, "listing from the store alone");
+        }
+        let store = self.store.clone();
+        let records = on_store(move || store.workloads()).await?;
+        Ok(records
+            .into_iter()
+            .filter(|w| params.all || w.state.is_active())
+            .filter(|w| params.state.is_none_or(|s| s == w.state))
+            .filter(|w| params.gpu.as_ref().is_none_or(|g| w.gpus.contains(g)))
+            .filter(|w| {
+                params
+                    .labels
+                    .iter()
+                    .all(|(k, v)| w.labels.get(k) == Some(v))
+            })
+            .collect())
+    }
+
+    /// The record and what Docker says about its container.
+    pub async fn inspect(&self, params: WorkloadRef) -> Result<Value, WorkloadError> {
+        let record = self.find(&params.workload).await?;
+        let container = match &record.container_id {
+            Some(id) => self.engine()?.inspect(id).await?.map(describe_container),
+            None => None,
+        };
+        Ok(json!({ "workload": record, "container": container }))
+    }
+
+    /// The workload's recent output.
+    pub async fn logs(&self, params: LogsParams) -> Result<Value, WorkloadError> {
+        let tail = params.tail.unwrap_or(100);
+        if !(1..=10_000).contains(&tail) {
+            return Err(WorkloadError::Invalid("tail must be 1 to 10000".to_owned()));
+        }
+        let record = self.find(&params.workload).await?;
+        let container = record.container_id.as_deref().ok_or_else(|| {
+            WorkloadError::NotFound(format!("workload {} never had a container", record.id))
+        })?;
+        let (lines, truncated) = self
+            .engine()?
+            .logs(container, tail, params.since, MAX_LOG_BYTES)
+            .await
+            .map_err(|e| match e {
+                EngineError::NotFound(_) => WorkloadError::NotFound(format!(
+                    "the container of workload {} was removed, and its logs with it",
+                    record.id
+                )),
+                other => other.into(),
+            })?;
+        Ok(json!({ "workload": record.id, "lines": lines, "truncated": truncated }))
+    }
+
+    /// One sample of the workload's CPU, memory, network and process use.
+    pub async fn stats(&self, params: WorkloadRef) -> Result<Value, WorkloadError> {
+        let record = self.find(&params.workload).await?;
+        if record.state != WorkloadState::Running {
+            return Err(WorkloadError::Conflict(format!(
+                "workload {} is {}, not running",
+                record.id, record.state
+            )));
+        }
+        let container = record.container_id.as_deref().unwrap_or_default();
+        let stats = self.engine()?.stats(container).await?;
+        Ok(describe_stats(&record, &stats))
+    }
+
+    /// Runs a program inside the workload's running container.
+    pub async fn exec(&self, params: ExecParams) -> Result<Value, WorkloadError> {
+        params.check()?;
+        let record = self.find(&params.workload).await?;
+        let container = match (&record.state, &record.container_id) {
+            (WorkloadState::Running, Some(container)) => container.clone(),
+            _ => {
+                return Err(WorkloadError::Conflict(format!(
+                    "workload {} is {}, not running",
+                    record.id, record.state
+                )));
+            }
+        };
+        let timeout = Duration::from_secs(u64::from(params.timeout_secs.unwrap_or(30)));
+        let output = self
+            .engine()?
+            .exec(&container, &params.argv, timeout, MAX_EXEC_BYTES)
+            .await?;
+        Ok(json!({
+            "workload": record.id,
+            "exit_code": output.exit_code,
+            "stdout": output.stdout,
+            "stderr": output.stderr,
+            "truncated": output.truncated,
+            "timed_out": output.timed_out,
+        }))
+    }
+
+    /// Stops every active workload gracefully (the caller cordons first), reporting each.
+    pub async fn drain(
+        &self,
+        idempotency_key: Option<&str>,
+    ) -> Result<Vec<DrainOutcome>, WorkloadError> {
+        let _ = self.reconcile().await;
+        let store = self.store.clone();
+        let active: Vec<WorkloadRecord> = on_store(move || store.workloads())
+            .await?
+            .into_iter()
+            .filter(|w| w.state.is_active())
+            .collect();
+        let progress = self.progress.track(idempotency_key);
+        progress.stage("draining");
+        let total = active.len() as u64;
+        progress.advance(0, total);
+        let mut outcomes = Vec::with_capacity(active.len());
+        for (done, record) in active.into_iter().enumerate() {
+            let stopped = self
+                .stop(StopParams {
+                    workload: record.id.clone(),
+                    timeout_secs: None,
+                    remove: false,
+                })
+                .await;
+            outcomes.push(DrainOutcome {
+                workload: record.id,
+                outcome: match stopped {
+                    Ok(_) => "stopped".to_owned(),
+                    Err(error) => error.to_string(),
+                },
+            });
+            progress.advance(done as u64 + 1, total);
+        }
+        Ok(outcomes)
+    }
+
+    /// Brings the store in line with Docker's labelled containers: records whose container
+    /// exited or vanished are updated (releasing their GPUs), records never given a container
+    /// are marked failed, and containers without a record are adopted with their GPUs.
+    pub async fn reconcile(&self) -> Result<ReconcileReport, WorkloadError> {
+        let engine = self.engine()?;
+        let containers = engine.list_labelled(LABEL_NODE, &self.node).await?;
+        let mut by_workload = HashMap::new();
+        for container in containers {
+            let id = container
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_WORKLOAD))
+                .cloned();
+            if let Some(id) = id {
+                by_workload.insert(id, container);
+            }
+        }
+        let store = self.store.clone();
+        let records = on_store(move || store.workloads()).await?;
+        let in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut report = ReconcileReport::default();
+        let mut changed = Vec::new();
+        let known: HashSet<String> = records.iter().map(|r| r.id.clone()).collect();
+        for mut record in records {
+            if !record.state.is_active() || in_flight.contains(&record.id) {
+                continue;
+            }
+            match by_workload.get(&record.id) {
+                None if record.state == WorkloadState::Creating => {
+                    record.set_state(
+                        WorkloadState::Failed,
+                        Some("the node stopped before the container was started".to_owned()),
+                    );
+                    report.failed.push(record.id.clone());
+                    changed.push(record);
+                }
+                None => {
+                    record.set_state(
+                        WorkloadState::Lost,
+                        Some(format!(
+                            "container {} is gone from Docker (removed outside clawnode, or the engine lost it)",
+                            record.container_id.as_deref().unwrap_or("?")
+                        )),
+                    );
+                    report.lost.push(record.id.clone());
+                    changed.push(record);
+                }
+                Some(container) => {
+                    let state = container.state.unwrap_or(ContainerSummaryStateEnum::EMPTY);
+                    if matches!(
+                        state,
+                        ContainerSummaryStateEnum::EXITED | ContainerSummaryStateEnum::DEAD
+                    ) {
+                        let exit_code = match &container.id {
+                            Some(id) => engine
+                                .inspect(id)
+                                .await?
+                                .and_then(|c| c.state.and_then(|s| s.exit_code)),
+                            None => None,
+                        };
+                        record.exit_code = exit_code;
+                        record.set_state(
+                            WorkloadState::Exited,
+                            Some(format!(
+                                "the container exited{}",
+                                exit_code
+                                    .map(|c| format!(" with code {c}"))
+                                    .unwrap_or_default()
+                            )),
+                        );
+                        report.exited.push(record.id.clone());
+                        changed.push(record);
+                    } else {
+                        report.running += 1;
+                        if record.state != WorkloadState::Running
+                            || record.container_id != container.id
+                        {
+                            record.container_id.clone_from(&container.id);
+                            record.set_state(WorkloadState::Running, None);
+                            changed.push(record);
+                        }
+                    }
+                }
+            }
+        }
+        let mut adopted = Vec::new();
+        for (id, container) in &by_workload {
+            if known.contains(id) || in_flight.contains(id) {
+                continue;
+            }
+            adopted.push(self.adoptee(id, container));
+            report.adopted.push(id.clone());
+        }
+        if !changed.is_empty() || !adopted.is_empty() {
+            let store = self.store.clone();
+            on_store(move || {
+                for record in &changed {
+                    store.update_workload(record)?;
+                }
+                for record in &adopted {
+                    store.adopt_workload(record)?;
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        let changes =
+            report.exited.len() + report.lost.len() + report.failed.len() + report.adopted.len();
+        if changes > 0 {
+            tracing::info!(?report, "workloads reconciled with Docker");
+        }
+        Ok(report)
+    }
+
+    /// A record rebuilt from a container's labels.
+    fn adoptee(&self, id: &str, container: &bollard::models::ContainerSummary) -> WorkloadRecord {
+        let labels = container.labels.clone().unwrap_or_default();
+        let gpus: Vec<String> = labels
+            .get(LABEL_GPUS)
+            .map(|g| {
+                g.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let running = !matches!(
+            container.state,
+            Some(ContainerSummaryStateEnum::EXITED | ContainerSummaryStateEnum::DEAD)
+        );
+        let created_ms = labels
+            .get(LABEL_CREATED)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(now_ms);
+        WorkloadRecord {
+            id: id.to_owned(),
+            name: labels.get(LABEL_NAME).cloned(),
+            image: labels
+                .get(LABEL_IMAGE)
+                .cloned()
+                .or_else(|| container.image.clone())
+                .unwrap_or_default(),
+            command: Vec::new(),
+            owner: labels.get(LABEL_OWNER).cloned().unwrap_or_default(),
+            simulated_gpus: gpus.iter().any(|g| self.simulated.contains(g)),
+            gpus,
+            container_id: container.id.clone(),
+            state: if running {
+                WorkloadState::Running
+            } else {
+                WorkloadState::Exited
+            },
+            reason: Some("adopted from Docker: the store had no record of it".to_owned()),
+            exit_code: None,
+            restart: RestartPolicy::No,
+            labels: labels
+                .into_iter()
+                .filter(|(k, _)| !k.starts_with(LABEL_PREFIX))
+                .collect(),
+            idempotency_key: None,
+            created_ms,
+            updated_ms: now_ms(),
+        }
+    }
+}
+
+fn describe_container(container: ContainerInspectResponse) -> Value {
+    let state = container.state.unwrap_or_default();
+    let mut ports = Vec::new();
+    if let Some(map) = container.network_settings.and_then(|n| n.ports) {
+        for (key, bindings) in map {
+            let (port, protocol) = key.split_once('/').unwrap_or((&key, "tcp"));
+            for binding in bindings.unwrap_or_default() {
+                ports.push(json!({
+                    "container": port.parse::<u16>().ok(),
+                    "protocol": protocol,
+                    "host_ip": binding.host_ip,
+                    "host": binding.host_port.and_then(|p| p.parse::<u16>().ok()),
+                }));
+            }
+        }
+    }
+    json!({
+        "id": container.id,
+        "status": state.status.map(|s| s.to_string()),
+        "running": state.running,
+        "exit_code": state.exit_code,
+        "oom_killed": state.oom_killed,
+        "started_at": state.started_at,
+        "finished_at": state.finished_at,
+        "error": state.error.filter(|e| !e.is_empty()),
+        "ports": ports,
+    })
+}
+
+fn describe_stats(record: &WorkloadRecord, stats: &ContainerStatsResponse) -> Value {
+    let cpu = stats.cpu_stats.as_ref();
+    let pre = stats.precpu_stats.as_ref();
+    let total = |s: Option<&bollard::models::ContainerCpuStats>| {
+        s.and_then(|s| s.cpu_usage.as_ref())
+            .and_then(|u| u.total_usage)
+    };
+    let system =
+        |s: Option<&bollard::models::ContainerCpuStats>| s.and_then(|s| s.system_cpu_usage);
+    let cpu_percent = match (total(cpu), total(pre), system(cpu), system(pre)) {
+        (Some(t), Some(pt), Some(s), Some(ps)) if s > ps && t >= pt => {
+            let cpus = cpu.and_then(|c| c.online_cpus).unwrap_or(1);
+            Some((t - pt) as f64 / (s - ps) as f64 * f64::from(cpus) * 100.0)
+        }
+        _ => None,
+    };
+    let memory = stats.memory_stats.as_ref();
+    let (rx, tx) = stats
+        .networks
+        .as_ref()
+        .map(|n| {
+            n.values().fold((0u64, 0u64), |(rx, tx), s| {
+                (rx + s.rx_bytes.unwrap_or(0), tx + s.tx_bytes.unwrap_or(0))
+            })
+        })
+        .unwrap_or_default();
+    json!({
+        "workload": record.id,
+        "cpu_percent": cpu_percent,
+        "memory_used_bytes": memory.and_then(|m| m.usage),
+        "memory_limit_bytes": memory.and_then(|m| m.limit),
+        "network_rx_bytes": rx,
+        "network_tx_bytes": tx,
+        "pids": stats.pids_stats.as_ref().and_then(|p| p.current),
+        "gpus": record.gpus,
+    })
+}

@@ -1,0 +1,458 @@
+//! The params of the workload commands: typed, strictly parsed (unknown fields rejected), and
+//! checked against the node's limits before anything touches Docker.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Label prefix the node reserves for its own bookkeeping on containers.
+pub(crate) const LABEL_PREFIX: &str = "io.clawbernetes.";
+
+const MAX_ENV: usize = 256;
+const MAX_LABELS: usize = 64;
+const MAX_ARGS: usize = 256;
+const MAX_ARG_BYTES: usize = 8 * 1024;
+const MAX_PORTS: usize = 64;
+const MAX_VOLUMES: usize = 32;
+const MAX_GPUS: u32 = 64;
+
+/// `workload.run`: start a container.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunParams {
+    /// Image reference, e.g. `pytorch/pytorch:2.4.0-cuda12.1-cudnn9-runtime`. Pulled when the
+    /// node does not have it.
+    pub image: String,
+    /// Command and arguments (overrides the image's CMD).
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// A display name: 1 to 40 of `a-z 0-9 -`. Unique among the node's active workloads.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Environment variables. Values are passed to the container and never stored or logged.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Ports to publish.
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    /// Host directories to mount; each must lie under one of the node's volume roots.
+    #[serde(default)]
+    pub volumes: Vec<VolumeSpec>,
+    /// How many GPUs to allocate (any free ones). Exclusive with `gpu_uuids`.
+    #[serde(default)]
+    pub gpus: Option<u32>,
+    /// Exactly these GPUs, by UUID. Exclusive with `gpus`.
+    #[serde(default)]
+    pub gpu_uuids: Option<Vec<String>>,
+    /// CPU limit in cores (e.g. 1.5).
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// Memory limit in MiB.
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    /// Restart policy. Default `no`.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// Labels to put on the container; keys must not start with `io.clawbernetes.`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A published port.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    /// Port inside the container.
+    pub container: u16,
+    /// Host port; Docker picks a free one when absent.
+    #[serde(default)]
+    pub host: Option<u16>,
+    /// `tcp` (default) or `udp`.
+    #[serde(default)]
+    pub protocol: PortProtocol,
+}
+
+/// A port's protocol.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProtocol {
+    /// TCP.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// A host directory mounted into the container.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSpec {
+    /// Absolute host path under one of the node's volume roots.
+    pub host: String,
+    /// Absolute path inside the container.
+    pub container: String,
+    /// Mount read-only. Default false.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// When Docker restarts the container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Never.
+    #[default]
+    No,
+    /// When it exits non-zero.
+    OnFailure,
+    /// Always, until stopped.
+    Always,
+    /// Always, unless it was stopped.
+    UnlessStopped,
+}
+
+/// Which GPUs a workload asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum GpuRequest {
+    /// None.
+    None,
+    /// Any `n` free GPUs.
+    Count(u32),
+    /// Exactly these.
+    Uuids(Vec<String>),
+}
+
+/// Why params were refused, before anything was changed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SpecError {
+    /// Malformed or out of range.
+    #[error("{0}")]
+    Invalid(String),
+    /// Well-formed but not permitted on this node.
+    #[error("{0}")]
+    NotPermitted(String),
+}
+
+fn invalid<T>(message: impl Into<String>) -> Result<T, SpecError> {
+    Err(SpecError::Invalid(message.into()))
+}
+
+/// Names, ids and label keys: 1 to `max` of `a-z 0-9 -`, starting with a letter or digit.
+pub(crate) fn is_simple_name(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn is_image_reference(image: &str) -> bool {
+    !image.is_empty()
+        && image.len() <= 255
+        && !image.starts_with(['-', '.', '/', ':'])
+        && image
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/:@".contains(&b))
+}
+
+impl RunParams {
+    /// Checks every field, resolving volume paths against `volume_roots`. Returns the GPU request
+    /// and the host paths, canonical.
+    pub(crate) fn check(
+        &self,
+        volume_roots: &[String],
+    ) -> Result<(GpuRequest, Vec<PathBuf>), SpecError> {
+        if !is_image_reference(&self.image) {
+            return invalid(format!("image {:?} is not an image reference", self.image));
+        }
+        if self.command.len() > MAX_ARGS || self.command.iter().any(|a| a.len() > MAX_ARG_BYTES) {
+            return invalid(format!(
+                "command: at most {MAX_ARGS} arguments of {MAX_ARG_BYTES} bytes"
+            ));
+        }
+        if let Some(name) = &self.name
+            && !is_simple_name(name, 40)
+        {
+            return invalid(format!("name {name:?} must be 1 to 40 of a-z, 0-9 and '-'"));
+        }
+        if self.env.len() > MAX_ENV {
+            return invalid(format!("at most {MAX_ENV} env variables"));
+        }
+        for (key, value) in &self.env {
+            let valid_key = !key.is_empty()
+                && key.len() <= 256
+                && !key.as_bytes()[0].is_ascii_digit()
+                && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid_key || value.len() > 32 * 1024 || value.contains('\0') {
+                return invalid(format!(
+                    "env {key:?}: names are letters, digits and '_'; values at most 32 KiB"
+                ));
+            }
+        }
+        if self.labels.len() > MAX_LABELS {
+            return invalid(format!("at most {MAX_LABELS} labels"));
+        }
+        for (key, value) in &self.labels {
+            if key.starts_with(LABEL_PREFIX) {
+                return invalid(format!("label {key:?}: {LABEL_PREFIX}* is reserved"));
+            }
+            if key.is_empty() || key.len() > 128 || value.len() > 1024 {
+                return invalid(format!(
+                    "label {key:?}: keys 1 to 128 bytes, values at most 1 KiB"
+                ));
+            }
+        }
+        if self.ports.len() > MAX_PORTS {
+            return invalid(format!("at most {MAX_PORTS} ports"));
+        }
+        if self
+            .ports
+            .iter()
+            .any(|p| p.container == 0 || p.host == Some(0))
+        {
+            return invalid("ports must be 1 to 65535");
+        }
+        if let Some(cpus) = self.cpus
+            && !(cpus.is_finite() && (0.01..=1024.0).contains(&cpus))
+        {
+            return invalid("cpus must be 0.01 to 1024");
+        }
+        if let Some(mib) = self.memory_mib
+            && !(6..=16 * 1024 * 1024).contains(&mib)
+        {
+            return invalid("memory_mib must be 6 to 16777216");
+        }
+        let gpus = match (self.gpus, &self.gpu_uuids) {
+            (Some(_), Some(_)) => return invalid("give gpus or gpu_uuids, not both"),
+            (Some(0) | None, None) => GpuRequest::None,
+            (Some(n), None) if n > MAX_GPUS => return invalid(format!("at most {MAX_GPUS} gpus")),
+            (Some(n), None) => GpuRequest::Count(n),
+            (None, Some(uuids)) => {
+                if uuids.is_empty() || uuids.len() > MAX_GPUS as usize {
+                    return invalid(format!("gpu_uuids must list 1 to {MAX_GPUS} GPUs"));
+                }
+                let mut sorted = uuids.clone();
+                sorted.sort();
+                sorted.dedup();
+                if sorted.len() != uuids.len() {
+                    return invalid("gpu_uuids lists a GPU twice");
+                }
+                if uuids.iter().any(|u| u.len() > 128) {
+                    return invalid("gpu_uuids: a UUID is at most 128 bytes");
+                }
+                GpuRequest::Uuids(uuids.clone())
+            }
+        };
+        if self.volumes.len() > MAX_VOLUMES {
+            return invalid(format!("at most {MAX_VOLUMES} volumes"));
+        }
+        let mut host_paths = Vec::with_capacity(self.volumes.len());
+        for volume in &self.volumes {
+            host_paths.push(resolve_volume(volume, volume_roots)?);
+        }
+        Ok((gpus, host_paths))
+    }
+}
+
+/// Resolves a volume's host path (symlinks and `..` included) and checks it lies under a root.
+fn resolve_volume(volume: &VolumeSpec, roots: &[String]) -> Result<PathBuf, SpecError> {
+    let container = Path::new(&volume.container);
+    if !container.is_absolute() || volume.container.contains(':') || volume.container.len() > 4096 {
+        return invalid(format!(
+            "volume container path {:?} must be absolute, without ':'",
+            volume.container
+        ));
+    }
+    let host = Path::new(&volume.host);
+    if !host.is_absolute() || volume.host.contains(':') || volume.host.len() > 4096 {
+        return invalid(format!(
+            "volume host path {:?} must be absolute, without ':'",
+            volume.host
+        ));
+    }
+    if roots.is_empty() {
+        return Err(SpecError::NotPermitted(
+            "this node allows no host volumes (workloads.volume_roots is empty)".to_owned(),
+        ));
+    }
+    let resolved = host
+        .canonicalize()
+        .map_err(|e| SpecError::Invalid(format!("volume host path {:?}: {e}", volume.host)))?;
+    let allowed = roots.iter().any(|root| {
+        Path::new(root)
+            .canonicalize()
+            .is_ok_and(|root| resolved.starts_with(root))
+    });
+    if !allowed {
+        return Err(SpecError::NotPermitted(format!(
+            "volume host path {:?} is outside the node's volume roots {roots:?}",
+            volume.host
+        )));
+    }
+    Ok(resolved)
+}
+
+/// `workload.stop`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StopParams {
+    /// Workload id or name.
+    pub workload: String,
+    /// Seconds to wait after SIGTERM before SIGKILL. Default: the node's `stop_timeout_secs`.
+    #[serde(default)]
+    pub timeout_secs: Option<u32>,
+    /// Also remove the container (its logs go with it). Default false.
+    #[serde(default)]
+    pub remove: bool,
+}
+
+/// Commands that name one workload: `workload.inspect`, `workload.stats`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadRef {
+    /// Workload id or name.
+    pub workload: String,
+}
+
+/// `workload.logs`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogsParams {
+    /// Workload id or name.
+    pub workload: String,
+    /// Last N lines. Default 100, at most 10,000.
+    #[serde(default)]
+    pub tail: Option<u32>,
+    /// Only lines after this Unix time (seconds).
+    #[serde(default)]
+    pub since: Option<u32>,
+}
+
+/// `workload.list`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Only workloads in this state.
+    #[serde(default)]
+    pub state: Option<super::WorkloadState>,
+    /// Only workloads carrying every one of these labels with these values.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Only workloads holding this GPU.
+    #[serde(default)]
+    pub gpu: Option<String>,
+    /// Include stopped, exited, failed and lost workloads. Default true.
+    #[serde(default = "yes")]
+    pub all: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `container.exec`: run a program inside a workload's container.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecParams {
+    /// Workload id or name.
+    pub workload: String,
+    /// Program and arguments (no shell unless you name one).
+    pub argv: Vec<String>,
+    /// Seconds before the exec is abandoned. Default 30, at most 600.
+    #[serde(default)]
+    pub timeout_secs: Option<u32>,
+}
+
+impl ExecParams {
+    pub(crate) fn check(&self) -> Result<(), SpecError> {
+        if self.argv.is_empty() || self.argv.len() > MAX_ARGS {
+            return invalid(format!("argv must have 1 to {MAX_ARGS} entries"));
+        }
+        if self
+            .argv
+            .iter()
+            .any(|a| a.len() > MAX_ARG_BYTES || a.contains('\0'))
+        {
+            return invalid(format!(
+                "argv entries are at most {MAX_ARG_BYTES} bytes, no NUL"
+            ));
+        }
+        if self.timeout_secs.is_some_and(|t| !(1..=600).contains(&t)) {
+            return invalid("timeout_secs must be 1 to 600");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(json: serde_json::Value) -> Result<RunParams, serde_json::Error> {
+        serde_json::from_value(json)
+    }
+
+    #[test]
+    fn unknown_fields_and_wrong_types_are_refused() {
+        assert!(run(serde_json::json!({"image": "a", "gpu": 1})).is_err());
+        assert!(run(serde_json::json!({"image": "a", "gpus": "one"})).is_err());
+        assert!(run(serde_json::json!({"image": "a", "restart": "sometimes"})).is_err());
+        assert!(run(serde_json::json!({"image": "a", "restart": "on-failure"})).is_ok());
+    }
+
+    #[test]
+    fn fields_are_range_checked() {
+        let check = |json| {
+            run(json)
+                .unwrap()
+                .check(&[])
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(check(serde_json::json!({"image": "-rm"})).contains("image"));
+        assert!(check(serde_json::json!({"image": "a", "name": "Bad Name"})).contains("name"));
+        assert!(
+            check(serde_json::json!({"image": "a", "gpus": 1, "gpu_uuids": ["x"]}))
+                .contains("not both")
+        );
+        assert!(
+            check(serde_json::json!({"image": "a", "labels": {"io.clawbernetes.node": "x"}}))
+                .contains("reserved")
+        );
+        assert!(check(serde_json::json!({"image": "a", "env": {"1X": "y"}})).contains("env"));
+        assert!(check(serde_json::json!({"image": "a", "cpus": -1.0})).contains("cpus"));
+        assert!(
+            check(serde_json::json!({"image": "a", "gpu_uuids": ["x", "x"]})).contains("twice")
+        );
+    }
+
+    #[test]
+    fn volumes_must_stay_under_the_roots() {
+        let root = tempfile::tempdir().unwrap();
+        let inside = root.path().join("data");
+        std::fs::create_dir(&inside).unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let escape = root.path().join("escape");
+        std::os::unix::fs::symlink(outside.path(), &escape).unwrap();
+        let roots = vec![root.path().display().to_string()];
+        let volume = |host: &Path| VolumeSpec {
+            host: host.display().to_string(),
+            container: "/data".to_owned(),
+            read_only: false,
+        };
+        assert!(resolve_volume(&volume(&inside), &roots).is_ok());
+        for refused in [outside.path().to_path_buf(), escape, inside.join("../..")] {
+            let err = resolve_volume(&volume(&refused), &roots).unwrap_err();
+            assert!(
+                matches!(err, SpecError::NotPermitted(_)),
+                "{refused:?}: {err}"
+            );
+        }
+        let err = resolve_volume(&volume(&inside), &[]).unwrap_err();
+        assert!(matches!(err, SpecError::NotPermitted(_)));
+    }
+}
