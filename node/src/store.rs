@@ -498,4 +498,114 @@ mod tests {
             Some(&b"envelope"[..])
         );
     }
+
+    fn pending(id: &str, key: Option<&str>) -> WorkloadRecord {
+        WorkloadRecord {
+            id: id.to_owned(),
+            name: None,
+            image: "busybox".into(),
+            command: Vec::new(),
+            owner: "peer".into(),
+            gpus: Vec::new(),
+            simulated_gpus: true,
+            container_id: None,
+            state: WorkloadState::Creating,
+            reason: None,
+            exit_code: None,
+            restart: crate::workloads::spec::RestartPolicy::No,
+            labels: BTreeMap::new(),
+            idempotency_key: key.map(str::to_owned),
+            created_ms: 1,
+            updated_ms: 1,
+        }
+    }
+
+    #[test]
+    fn concurrent_admissions_never_share_a_gpu() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let gpus: Vec<String> = (0..8).map(|i| format!("GPU-{i}")).collect();
+        let threads: Vec<_> = (0..16)
+            .map(|i| {
+                let (store, gpus) = (store.clone(), gpus.clone());
+                std::thread::spawn(move || {
+                    store.admit_workload(
+                        pending(&format!("wl-{i}"), None),
+                        &GpuChoice::Count(1),
+                        &gpus,
+                    )
+                })
+            })
+            .collect();
+        let mut granted = Vec::new();
+        let mut refused = 0;
+        for thread in threads {
+            match thread.join().unwrap() {
+                Ok(Admitted::New(record)) => granted.extend(record.gpus),
+                Err(AdmitError::GpusUnavailable { free, .. }) => {
+                    assert!(free.is_empty());
+                    refused += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        granted.sort();
+        assert_eq!(granted, gpus, "each GPU granted exactly once");
+        assert_eq!(refused, 8);
+        assert_eq!(store.allocations().unwrap().len(), 8);
+    }
+
+    #[test]
+    fn named_gpus_conflict_names_what_is_free_and_terminal_states_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let gpus = vec!["GPU-a".to_owned(), "GPU-b".to_owned()];
+        let Admitted::New(mut first) = store
+            .admit_workload(
+                pending("wl-1", Some("k1")),
+                &GpuChoice::Exactly(vec!["GPU-a".into()]),
+                &gpus,
+            )
+            .unwrap()
+        else {
+            panic!("not admitted")
+        };
+        let err = store
+            .admit_workload(
+                pending("wl-2", None),
+                &GpuChoice::Exactly(vec!["GPU-a".into()]),
+                &gpus,
+            )
+            .unwrap_err();
+        match err {
+            AdmitError::GpusUnavailable { message, free } => {
+                assert!(message.contains("GPU-a"), "{message}");
+                assert_eq!(free, ["GPU-b"]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let err = store
+            .admit_workload(
+                pending("wl-3", None),
+                &GpuChoice::Exactly(vec!["GPU-z".into()]),
+                &gpus,
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("not a GPU of this node"), "{err}");
+        // The same idempotency key answers with the first workload and allocates nothing.
+        let again = store
+            .admit_workload(pending("wl-4", Some("k1")), &GpuChoice::Count(1), &gpus)
+            .unwrap();
+        assert!(matches!(again, Admitted::Existing(ref w) if w.id == "wl-1"));
+        assert_eq!(store.allocations().unwrap().len(), 1);
+        first.state = WorkloadState::Stopped;
+        store.update_workload(&first).unwrap();
+        assert!(store.allocations().unwrap().is_empty());
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.workload("wl-1").unwrap().unwrap().state,
+            WorkloadState::Stopped
+        );
+    }
 }
