@@ -3,6 +3,7 @@
 #   scripts/bench.sh              all of them
 #   scripts/bench.sh envelope     only the envelope benchmarks
 #   scripts/bench.sh mesh         only the mesh benchmarks (CLAW_BENCH_SIZES=50,200 by default)
+#   scripts/bench.sh node         only the node agent benchmarks (needs Docker and the test image)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 which=${1:-all}
@@ -18,4 +19,7 @@ if [ "$which" = all ] || [ "$which" = envelope ]; then
 fi
 if [ "$which" = all ] || [ "$which" = mesh ]; then
     cargo bench -p claw-mesh --bench mesh
+fi
+if [ "$which" = all ] || [ "$which" = node ]; then
+    cargo bench -p clawnode --bench node_api
 fi

@@ -178,6 +178,19 @@ const COMMANDS: &[CommandSpec] = &[
     },
 ];
 
+/// The command table as `node.capabilities` answers it, built once.
+fn capabilities() -> Value {
+    static TABLE: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    TABLE
+        .get_or_init(|| {
+            COMMANDS
+                .iter()
+                .map(|c| json!({"name": c.name, "description": c.description, "role": c.role, "params": (c.params)()}))
+                .collect()
+        })
+        .clone()
+}
+
 fn invalid(message: impl Into<String>) -> InvokeFailure {
     InvokeFailure::new(ErrorCode::InvalidParams, message)
 }
@@ -275,11 +288,7 @@ impl NodeCommands {
         match command {
             "node.capabilities" => {
                 parse::<NoParams>(command, params)?;
-                let commands: Vec<Value> = COMMANDS
-                    .iter()
-                    .map(|c| json!({"name": c.name, "description": c.description, "role": c.role, "params": (c.params)()}))
-                    .collect();
-                Ok(json!({ "commands": commands, "caller_role": role }))
+                Ok(json!({ "commands": capabilities(), "caller_role": role }))
             }
             "gpu.list" => {
                 parse::<NoParams>(command, params)?;

@@ -23,7 +23,9 @@ const SEQUENCE_KEY: &[u8] = b"envelope-sequence";
 const CORDONED_KEY: &[u8] = b"cordoned";
 const LABELS_KEY: &[u8] = b"labels";
 /// Audit records kept; older ones are dropped as new ones arrive.
-const AUDIT_RETAINED: usize = 100_000;
+const AUDIT_RETAINED: u64 = 100_000;
+/// How often (in appended records) old audit records are trimmed.
+const AUDIT_TRIM_EVERY: u64 = 1024;
 const LATEST_INVENTORY_KEY: &[u8] = b"latest-inventory";
 
 /// Why the store failed.
@@ -125,6 +127,7 @@ pub struct Store {
     workloads: sled::Tree,
     allocations: sled::Tree,
     idempotency: sled::Tree,
+    audit_retained: u64,
     db: sled::Db,
 }
 
@@ -148,8 +151,17 @@ impl Store {
             workloads: db.open_tree(WORKLOADS_TREE)?,
             allocations: db.open_tree(ALLOCATIONS_TREE)?,
             idempotency: db.open_tree(IDEMPOTENCY_TREE)?,
+            audit_retained: AUDIT_RETAINED,
             db,
         })
+    }
+
+    /// Keeps about the last `records` audit records (default 100,000) instead; older ones are
+    /// dropped in batches as new ones arrive.
+    #[must_use]
+    pub fn with_audit_retention(mut self, records: u64) -> Self {
+        self.audit_retained = records.max(1);
+        self
     }
 
     /// The next sequence number for a signed envelope, durably recorded before it is returned.
@@ -197,10 +209,13 @@ impl Store {
         let value = serde_json::to_vec(record)
             .map_err(|e| StoreError::Corrupt(format!("audit record: {e}")))?;
         self.audit.insert(id.to_be_bytes(), value)?;
-        if self.audit.len() > AUDIT_RETAINED
-            && let Some((oldest, _)) = self.audit.first()?
-        {
-            self.audit.remove(oldest)?;
+        // Ids only grow, so everything more than AUDIT_RETAINED ids old can go. Trimming in
+        // batches keeps the append path cheap.
+        if id.is_multiple_of(AUDIT_TRIM_EVERY) {
+            let cutoff = id.saturating_sub(self.audit_retained).to_be_bytes();
+            for key in self.audit.range(..cutoff).keys() {
+                self.audit.remove(key?)?;
+            }
         }
         Ok(())
     }
@@ -483,6 +498,26 @@ mod tests {
             .collect();
         assert_eq!(commands, ["node.capabilities", "system.info", "gpu.list"]);
         assert_eq!(store.recent_audit(1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn old_audit_records_are_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap().with_audit_retention(100);
+        let record = AuditRecord {
+            at_ms: 1,
+            caller: "peer".into(),
+            role: None,
+            command: "gpu.list".into(),
+            params_sha256: "00".into(),
+            outcome: "ok".into(),
+            duration_ms: 0,
+        };
+        for _ in 0..3 * AUDIT_TRIM_EVERY {
+            store.append_audit(&record).unwrap();
+        }
+        let kept = store.audit.len() as u64;
+        assert!(kept >= 100 && kept <= 100 + AUDIT_TRIM_EVERY, "{kept} kept");
     }
 
     #[test]
