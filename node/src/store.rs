@@ -19,6 +19,7 @@ const AUDIT_TREE: &str = "audit";
 const WORKLOADS_TREE: &str = "workloads";
 const ALLOCATIONS_TREE: &str = "gpu-allocations";
 const IDEMPOTENCY_TREE: &str = "idempotency";
+const NAMES_TREE: &str = "workload-names";
 const SEQUENCE_KEY: &[u8] = b"envelope-sequence";
 const CORDONED_KEY: &[u8] = b"cordoned";
 const LABELS_KEY: &[u8] = b"labels";
@@ -86,6 +87,7 @@ pub enum Admitted {
 /// Why the admission transaction stopped.
 enum AdmitAbort {
     Gpus(String),
+    NameTaken(String),
     Store(StoreError),
 }
 
@@ -127,6 +129,7 @@ pub struct Store {
     workloads: sled::Tree,
     allocations: sled::Tree,
     idempotency: sled::Tree,
+    names: sled::Tree,
     audit_retained: u64,
     db: sled::Db,
 }
@@ -151,6 +154,7 @@ impl Store {
             workloads: db.open_tree(WORKLOADS_TREE)?,
             allocations: db.open_tree(ALLOCATIONS_TREE)?,
             idempotency: db.open_tree(IDEMPOTENCY_TREE)?,
+            names: db.open_tree(NAMES_TREE)?,
             audit_retained: AUDIT_RETAINED,
             db,
         })
@@ -282,18 +286,13 @@ impl Store {
         gpus: &GpuChoice,
         inventory: &[String],
     ) -> Result<Admitted, AdmitError> {
-        // Names are checked outside the transaction (it cannot scan); the in-flight guard in the
-        // workload service serialises admissions that share a name.
-        if let Some(name) = &record.name
-            && self
-                .workloads()?
-                .iter()
-                .any(|w| w.name.as_ref() == Some(name) && w.state.is_active())
-        {
-            return Err(AdmitError::NameTaken(name.clone()));
-        }
-        let trees = (&self.workloads, &self.allocations, &self.idempotency);
-        let outcome = trees.transaction(|(workloads, allocations, idempotency)| {
+        let trees = (
+            &self.workloads,
+            &self.allocations,
+            &self.idempotency,
+            &self.names,
+        );
+        let outcome = trees.transaction(|(workloads, allocations, idempotency, names)| {
             if let Some(key) = &record.idempotency_key
                 && let Some(id) = idempotency.get(key.as_bytes())?
                 && let Some(existing) = workloads.get(&id)?
@@ -301,6 +300,18 @@ impl Store {
                 let existing = decode_record(&existing)
                     .map_err(|e| ConflictableTransactionError::Abort(AdmitAbort::Store(e)))?;
                 return Ok(Admitted::Existing(existing));
+            }
+            if let Some(name) = &record.name
+                && let Some(holder) = names.get(name.as_bytes())?
+                && let Some(holder) = workloads.get(&holder)?
+                && decode_record(&holder)
+                    .map_err(|e| ConflictableTransactionError::Abort(AdmitAbort::Store(e)))?
+                    .state
+                    .is_active()
+            {
+                return Err(ConflictableTransactionError::Abort(AdmitAbort::NameTaken(
+                    name.clone(),
+                )));
             }
             let mut free = Vec::new();
             for uuid in inventory {
@@ -337,6 +348,9 @@ impl Store {
             if let Some(key) = &record.idempotency_key {
                 idempotency.insert(key.as_bytes(), record.id.as_bytes())?;
             }
+            if let Some(name) = &record.name {
+                names.insert(name.as_bytes(), record.id.as_bytes())?;
+            }
             workloads.insert(record.id.as_bytes(), encode_record(&record))?;
             Ok(Admitted::New(record))
         });
@@ -351,6 +365,9 @@ impl Store {
                     .collect();
                 return Err(AdmitError::GpusUnavailable { message, free });
             }
+            Err(TransactionError::Abort(AdmitAbort::NameTaken(name))) => {
+                return Err(AdmitError::NameTaken(name));
+            }
             Err(TransactionError::Abort(AdmitAbort::Store(error))) => return Err(error.into()),
             Err(TransactionError::Storage(error)) => return Err(StoreError::Sled(error).into()),
         };
@@ -361,10 +378,15 @@ impl Store {
     /// Records a workload's new state. When the state is terminal its GPUs are released in the
     /// same transaction.
     pub fn update_workload(&self, record: &WorkloadRecord) -> Result<(), StoreError> {
-        let trees = (&self.workloads, &self.allocations);
+        let trees = (&self.workloads, &self.allocations, &self.names);
         trees
-            .transaction(|(workloads, allocations)| {
+            .transaction(|(workloads, allocations, names)| {
                 if !record.state.is_active() {
+                    if let Some(name) = &record.name
+                        && names.get(name.as_bytes())?.as_deref() == Some(record.id.as_bytes())
+                    {
+                        names.remove(name.as_bytes())?;
+                    }
                     for uuid in &record.gpus {
                         if allocations.get(uuid.as_bytes())?.as_deref()
                             == Some(record.id.as_bytes())
@@ -390,6 +412,15 @@ impl Store {
         for uuid in &record.gpus {
             let _ = self.allocations.compare_and_swap(
                 uuid.as_bytes(),
+                None as Option<&[u8]>,
+                Some(record.id.as_bytes()),
+            )?;
+        }
+        if let Some(name) = &record.name
+            && record.state.is_active()
+        {
+            let _ = self.names.compare_and_swap(
+                name.as_bytes(),
                 None as Option<&[u8]>,
                 Some(record.id.as_bytes()),
             )?;
@@ -517,7 +548,10 @@ mod tests {
             store.append_audit(&record).unwrap();
         }
         let kept = store.audit.len() as u64;
-        assert!(kept >= 100 && kept <= 100 + AUDIT_TRIM_EVERY, "{kept} kept");
+        assert!(
+            (100..=100 + AUDIT_TRIM_EVERY).contains(&kept),
+            "{kept} kept"
+        );
     }
 
     #[test]
@@ -588,6 +622,45 @@ mod tests {
         assert_eq!(granted, gpus, "each GPU granted exactly once");
         assert_eq!(refused, 8);
         assert_eq!(store.allocations().unwrap().len(), 8);
+    }
+
+    #[test]
+    fn one_active_workload_per_name_even_under_concurrent_admissions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let mut record = pending(&format!("wl-{i}"), None);
+                    record.name = Some("trainer".into());
+                    store.admit_workload(record, &GpuChoice::Count(0), &[])
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let admitted: Vec<WorkloadRecord> = results
+            .into_iter()
+            .filter_map(|r| match r {
+                Ok(Admitted::New(record)) => Some(record),
+                Err(AdmitError::NameTaken(name)) => {
+                    assert_eq!(name, "trainer");
+                    None
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(admitted.len(), 1);
+        // Once it ends, the name is free again.
+        let mut first = admitted[0].clone();
+        first.state = WorkloadState::Exited;
+        store.update_workload(&first).unwrap();
+        let mut next = pending("wl-next", None);
+        next.name = Some("trainer".into());
+        assert!(matches!(
+            store.admit_workload(next, &GpuChoice::Count(0), &[]),
+            Ok(Admitted::New(_))
+        ));
     }
 
     #[test]
