@@ -117,24 +117,32 @@ impl GpuProbe {
         devices
     }
 
+    /// The real GPUs NVML can open, with their index and UUID.
+    fn real_devices(&self) -> Vec<(u32, Device<'_>, String)> {
+        let Ok(nvml) = &self.nvml else {
+            return Vec::new();
+        };
+        (0..self.real_device_count())
+            .filter_map(|index| {
+                let device = nvml.device_by_index(index).ok()?;
+                let uuid = device.uuid().ok()?;
+                Some((index, device, uuid))
+            })
+            .collect()
+    }
+
     /// Live readings for every GPU; simulated GPUs have none and say so.
     pub fn live_metrics(&self) -> Vec<GpuLiveMetrics> {
         let mut metrics = Vec::new();
-        if let Ok(nvml) = &self.nvml {
-            for index in 0..self.real_device_count() {
-                let Ok(device) = nvml.device_by_index(index) else {
-                    continue;
-                };
-                let Ok(uuid) = device.uuid() else { continue };
-                metrics.push(GpuLiveMetrics {
-                    uuid,
-                    utilization_pct: device.utilization_rates().ok().map(|u| u.gpu),
-                    memory_used_bytes: device.memory_info().ok().map(|m| m.used),
-                    temperature_c: device.temperature(TemperatureSensor::Gpu).ok(),
-                    power_usage_mw: device.power_usage().ok(),
-                    simulated: false,
-                });
-            }
+        for (_, device, uuid) in self.real_devices() {
+            metrics.push(GpuLiveMetrics {
+                uuid,
+                utilization_pct: device.utilization_rates().ok().map(|u| u.gpu),
+                memory_used_bytes: device.memory_info().ok().map(|m| m.used),
+                temperature_c: device.temperature(TemperatureSensor::Gpu).ok(),
+                power_usage_mw: device.power_usage().ok(),
+                simulated: false,
+            });
         }
         metrics.extend(self.simulated.iter().map(|d| GpuLiveMetrics {
             uuid: d.uuid.clone(),
@@ -152,59 +160,53 @@ impl GpuProbe {
     pub fn metrics(&self, xids: Option<&XidWatcher>) -> Vec<GpuMetrics> {
         let xid_counts = xids.map(XidWatcher::counts);
         let mut metrics = Vec::new();
-        if let Ok(nvml) = &self.nvml {
-            for index in 0..self.real_device_count() {
-                let Ok(device) = nvml.device_by_index(index) else {
-                    continue;
-                };
-                let Ok(uuid) = device.uuid() else { continue };
-                let utilization = device.utilization_rates().ok();
-                let memory = device.memory_info().ok();
-                let clocks = GpuClocks {
-                    graphics_mhz: device.clock_info(Clock::Graphics).ok(),
-                    sm_mhz: device.clock_info(Clock::SM).ok(),
-                    memory_mhz: device.clock_info(Clock::Memory).ok(),
-                };
-                let any_clock = clocks.graphics_mhz.is_some()
-                    || clocks.sm_mhz.is_some()
-                    || clocks.memory_mhz.is_some();
-                let mut processes: Vec<GpuProcess> = device
-                    .running_compute_processes()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|p| GpuProcess {
-                        pid: p.pid,
-                        used_memory_bytes: match p.used_gpu_memory {
-                            UsedGpuMemory::Used(bytes) => Some(bytes),
-                            UsedGpuMemory::Unavailable => None,
-                        },
-                    })
-                    .collect();
-                processes.sort_by_key(|p| p.pid);
-                metrics.push(GpuMetrics {
-                    xid_errors: xid_counts
-                        .as_ref()
-                        .map(|c| c.get(&uuid).cloned().unwrap_or_default()),
-                    index,
-                    model: device.name().unwrap_or_default(),
-                    utilization_gpu_pct: utilization.as_ref().map(|u| u.gpu),
-                    utilization_memory_pct: utilization.as_ref().map(|u| u.memory),
-                    memory_used_bytes: memory.as_ref().map(|m| m.used),
-                    memory_total_bytes: memory.as_ref().map(|m| m.total),
-                    temperature_c: device.temperature(TemperatureSensor::Gpu).ok(),
-                    power_usage_mw: device.power_usage().ok(),
-                    power_limit_mw: device.enforced_power_limit().ok(),
-                    clocks: any_clock.then_some(clocks),
-                    throttle_reasons: device
-                        .current_throttle_reasons()
-                        .map(throttle_reason_names)
-                        .unwrap_or_default(),
-                    ecc: ecc_state(&device),
-                    processes,
-                    simulated: false,
-                    uuid,
-                });
-            }
+        for (index, device, uuid) in self.real_devices() {
+            let utilization = device.utilization_rates().ok();
+            let memory = device.memory_info().ok();
+            let clocks = GpuClocks {
+                graphics_mhz: device.clock_info(Clock::Graphics).ok(),
+                sm_mhz: device.clock_info(Clock::SM).ok(),
+                memory_mhz: device.clock_info(Clock::Memory).ok(),
+            };
+            let any_clock = clocks.graphics_mhz.is_some()
+                || clocks.sm_mhz.is_some()
+                || clocks.memory_mhz.is_some();
+            let mut processes: Vec<GpuProcess> = device
+                .running_compute_processes()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| GpuProcess {
+                    pid: p.pid,
+                    used_memory_bytes: match p.used_gpu_memory {
+                        UsedGpuMemory::Used(bytes) => Some(bytes),
+                        UsedGpuMemory::Unavailable => None,
+                    },
+                })
+                .collect();
+            processes.sort_by_key(|p| p.pid);
+            metrics.push(GpuMetrics {
+                xid_errors: xid_counts
+                    .as_ref()
+                    .map(|c| c.get(&uuid).cloned().unwrap_or_default()),
+                index,
+                model: device.name().unwrap_or_default(),
+                utilization_gpu_pct: utilization.as_ref().map(|u| u.gpu),
+                utilization_memory_pct: utilization.as_ref().map(|u| u.memory),
+                memory_used_bytes: memory.as_ref().map(|m| m.used),
+                memory_total_bytes: memory.as_ref().map(|m| m.total),
+                temperature_c: device.temperature(TemperatureSensor::Gpu).ok(),
+                power_usage_mw: device.power_usage().ok(),
+                power_limit_mw: device.enforced_power_limit().ok(),
+                clocks: any_clock.then_some(clocks),
+                throttle_reasons: device
+                    .current_throttle_reasons()
+                    .map(throttle_reason_names)
+                    .unwrap_or_default(),
+                ecc: ecc_state(&device),
+                processes,
+                simulated: false,
+                uuid,
+            });
         }
         metrics.extend(self.simulated.iter().map(|d| GpuMetrics {
             uuid: d.uuid.clone(),
