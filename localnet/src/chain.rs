@@ -1,0 +1,285 @@
+//! The chain itself: LiteSVM with the real SPL Token, Associated Token Account and Memo programs,
+//! plus what a cluster has and LiteSVM does not: slots that advance with the clock, a window of
+//! recent blockhashes, signature statuses and per-address history.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use litesvm::LiteSVM;
+use litesvm::types::{FailedTransactionMetadata, TransactionMetadata};
+use solana_hash::Hash;
+use solana_program_pack::Pack as _;
+use solana_pubkey::Pubkey;
+use solana_signature::Signature;
+use solana_transaction::versioned::VersionedTransaction;
+use solana_transaction_error::TransactionError;
+
+/// Blockhashes stay usable for this many slots, as on a real cluster.
+pub const BLOCKHASH_WINDOW: u64 = 150;
+/// Signature statuses kept; the oldest are forgotten first.
+const MAX_STATUSES: usize = 200_000;
+/// Signatures kept per address for `getSignaturesForAddress`.
+const MAX_HISTORY_PER_ADDRESS: usize = 1_000;
+/// Most lamports one airdrop may ask for (1,000 SOL).
+pub const MAX_AIRDROP_LAMPORTS: u64 = 1_000_000_000_000;
+
+const MEMO_PROGRAMS: [&str; 2] = [
+    "Memo1UhkJRfHyvLMcVucJwxXeuD728EqVDDwQDxFMNo",
+    "MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr",
+];
+
+/// What the chain recorded about a transaction.
+#[derive(Debug, Clone)]
+pub(crate) struct TransactionRecord {
+    /// The slot it landed in.
+    pub slot: u64,
+    /// Unix seconds when it landed.
+    pub block_time: i64,
+    /// Why it failed, if it did.
+    pub err: Option<TransactionError>,
+    /// Its memos, as Solana's RPC formats them (`[len] text; …`).
+    pub memo: Option<String>,
+}
+
+/// Why a transaction was not executed at all.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SubmitError {
+    /// Its blockhash is not among the recent ones.
+    #[error("Blockhash not found")]
+    BlockhashNotFound,
+    /// It failed; nothing but the fee was charged (and nothing at all when simulated).
+    #[error("transaction failed: {err}")]
+    Failed {
+        /// The error.
+        err: TransactionError,
+        /// Program logs.
+        logs: Vec<String>,
+        /// Compute units used.
+        compute_units: u64,
+    },
+}
+
+/// The outcome of a simulation.
+#[derive(Debug, Clone)]
+pub(crate) struct Simulation {
+    /// Why it would fail, if it would.
+    pub err: Option<TransactionError>,
+    /// Program logs.
+    pub logs: Vec<String>,
+    /// Compute units it would use.
+    pub compute_units: u64,
+}
+
+/// The chain's state. Not thread-safe on its own; [`crate::EmbeddedChain`] guards it.
+pub(crate) struct Chain {
+    svm: LiteSVM,
+    slot: u64,
+    recent: VecDeque<(Hash, u64)>,
+    statuses: HashMap<Signature, TransactionRecord>,
+    status_order: VecDeque<Signature>,
+    history: HashMap<Pubkey, VecDeque<Signature>>,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chain")
+            .field("slot", &self.slot)
+            .field("transactions", &self.statuses.len())
+            .finish()
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Chain {
+    /// A fresh chain at slot 0 with the SPL programs loaded.
+    pub(crate) fn new() -> Self {
+        // Blockhashes are checked here against a window, as a cluster does; LiteSVM alone
+        // accepts only the latest.
+        let svm = LiteSVM::new().with_blockhash_check(false);
+        let mut chain = Self {
+            recent: VecDeque::from([(svm.latest_blockhash(), 0)]),
+            svm,
+            slot: 0,
+            statuses: HashMap::new(),
+            status_order: VecDeque::new(),
+            history: HashMap::new(),
+        };
+        chain.set_clock();
+        chain
+    }
+
+    fn set_clock(&mut self) {
+        let mut clock = self.svm.get_sysvar::<solana_clock::Clock>();
+        clock.slot = self.slot;
+        clock.unix_timestamp = unix_now();
+        self.svm.set_sysvar(&clock);
+    }
+
+    /// Advances one slot: a new blockhash, the clock moved on.
+    pub(crate) fn tick(&mut self) {
+        self.slot += 1;
+        self.svm.expire_blockhash();
+        self.set_clock();
+        self.recent
+            .push_back((self.svm.latest_blockhash(), self.slot));
+        while self.recent.len() as u64 > BLOCKHASH_WINDOW {
+            self.recent.pop_front();
+        }
+    }
+
+    pub(crate) fn slot(&self) -> u64 {
+        self.slot
+    }
+
+    /// The latest blockhash and the last block height it is valid at.
+    pub(crate) fn latest_blockhash(&self) -> (Hash, u64) {
+        (self.svm.latest_blockhash(), self.slot + BLOCKHASH_WINDOW)
+    }
+
+    pub(crate) fn is_blockhash_valid(&self, hash: &Hash) -> bool {
+        self.recent.iter().any(|(h, _)| h == hash)
+    }
+
+    pub(crate) fn account(&self, address: &Pubkey) -> Option<solana_account::Account> {
+        self.svm.get_account(address)
+    }
+
+    pub(crate) fn balance(&self, address: &Pubkey) -> u64 {
+        self.svm.get_balance(address).unwrap_or(0)
+    }
+
+    pub(crate) fn rent_exempt_minimum(&self, len: usize) -> u64 {
+        self.svm.minimum_balance_for_rent_exemption(len)
+    }
+
+    /// A token account's amount and its mint's decimals; `None` when it is not one.
+    pub(crate) fn token_balance(&self, address: &Pubkey) -> Option<(u64, u8)> {
+        let account = self.svm.get_account(address)?;
+        if account.owner != spl_token_interface::id() {
+            return None;
+        }
+        let token = spl_token_interface::state::Account::unpack(&account.data).ok()?;
+        let mint = self.svm.get_account(&token.mint)?;
+        let mint = spl_token_interface::state::Mint::unpack(&mint.data).ok()?;
+        Some((token.amount, mint.decimals))
+    }
+
+    pub(crate) fn status(&self, signature: &Signature) -> Option<&TransactionRecord> {
+        self.statuses.get(signature)
+    }
+
+    /// Signatures touching `address`, newest first.
+    pub(crate) fn signatures_for(&self, address: &Pubkey) -> Vec<(Signature, TransactionRecord)> {
+        self.history
+            .get(address)
+            .map(|sigs| {
+                sigs.iter()
+                    .rev()
+                    .filter_map(|s| self.statuses.get(s).map(|r| (*s, r.clone())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Gives `lamports` from the chain's faucet.
+    pub(crate) fn airdrop(&mut self, to: &Pubkey, lamports: u64) -> Result<Signature, SubmitError> {
+        let faucet = self.svm.airdrop_pubkey();
+        match self.svm.airdrop(to, lamports) {
+            Ok(meta) => Ok(self.record(&meta, vec![faucet, *to], None)),
+            Err(FailedTransactionMetadata { err, meta }) => Err(SubmitError::Failed {
+                err,
+                logs: meta.logs,
+                compute_units: meta.compute_units_consumed,
+            }),
+        }
+    }
+
+    /// Executes a transaction and records it.
+    pub(crate) fn submit(&mut self, tx: VersionedTransaction) -> Result<Signature, SubmitError> {
+        if !self.is_blockhash_valid(tx.message.recent_blockhash()) {
+            return Err(SubmitError::BlockhashNotFound);
+        }
+        let keys: Vec<Pubkey> = tx.message.static_account_keys().to_vec();
+        let memo = memos(&tx);
+        match self.svm.send_transaction(tx) {
+            Ok(meta) => Ok(self.record(&meta, keys, memo)),
+            Err(FailedTransactionMetadata { err, meta }) => Err(SubmitError::Failed {
+                err,
+                logs: meta.logs,
+                compute_units: meta.compute_units_consumed,
+            }),
+        }
+    }
+
+    /// Records a landed transaction under its signature and every account it names.
+    fn record(
+        &mut self,
+        meta: &TransactionMetadata,
+        keys: Vec<Pubkey>,
+        memo: Option<String>,
+    ) -> Signature {
+        let signature = meta.signature;
+        let record = TransactionRecord {
+            slot: self.slot,
+            block_time: unix_now(),
+            err: None,
+            memo,
+        };
+        for key in keys {
+            let sigs = self.history.entry(key).or_default();
+            sigs.push_back(signature);
+            if sigs.len() > MAX_HISTORY_PER_ADDRESS {
+                sigs.pop_front();
+            }
+        }
+        self.statuses.insert(signature, record);
+        self.status_order.push_back(signature);
+        if self.status_order.len() > MAX_STATUSES
+            && let Some(old) = self.status_order.pop_front()
+        {
+            self.statuses.remove(&old);
+        }
+        signature
+    }
+
+    /// Runs a transaction without keeping its effects.
+    pub(crate) fn simulate(&self, tx: VersionedTransaction) -> Simulation {
+        match self.svm.simulate_transaction(tx) {
+            Ok(info) => Simulation {
+                err: None,
+                logs: info.meta.logs,
+                compute_units: info.meta.compute_units_consumed,
+            },
+            Err(failed) => Simulation {
+                err: Some(failed.err),
+                logs: failed.meta.logs,
+                compute_units: failed.meta.compute_units_consumed,
+            },
+        }
+    }
+}
+
+/// The transaction's memos in the RPC's format: `[len] text`, joined by `; `.
+fn memos(tx: &VersionedTransaction) -> Option<String> {
+    let keys = tx.message.static_account_keys();
+    let texts: Vec<String> = tx
+        .message
+        .instructions()
+        .iter()
+        .filter(|ix| {
+            keys.get(usize::from(ix.program_id_index))
+                .is_some_and(|k| MEMO_PROGRAMS.contains(&k.to_string().as_str()))
+        })
+        .map(|ix| {
+            let text = String::from_utf8_lossy(&ix.data);
+            format!("[{}] {text}", ix.data.len())
+        })
+        .collect();
+    (!texts.is_empty()).then(|| texts.join("; "))
+}

@@ -1,0 +1,486 @@
+//! Solana JSON-RPC over HTTP for the embedded chain: the methods Solana's RPC client uses for
+//! wallets, SPL token transfers and confirmation, with the cluster's JSON shapes and error
+//! codes.
+
+use std::str::FromStr as _;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::post;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde_json::{Value, json};
+use solana_hash::Hash;
+use solana_pubkey::Pubkey;
+use solana_signature::Signature;
+use solana_transaction::versioned::VersionedTransaction;
+
+use crate::chain::{Chain, MAX_AIRDROP_LAMPORTS, SubmitError};
+
+/// Largest request body accepted.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Largest wire transaction, as on a cluster.
+const MAX_TRANSACTION_BYTES: usize = 1232;
+/// The version this endpoint reports: the Agave line its programs and client come from.
+pub const SOLANA_CORE_VERSION: &str = "4.2.2";
+const LAMPORTS_PER_SIGNATURE: u64 = 5_000;
+
+// Solana's JSON-RPC error codes.
+const PARSE_ERROR: i64 = -32700;
+const INVALID_REQUEST: i64 = -32600;
+const METHOD_NOT_FOUND: i64 = -32601;
+const INVALID_PARAMS: i64 = -32602;
+const SEND_TRANSACTION_PREFLIGHT_FAILURE: i64 = -32002;
+
+type Shared = Arc<Mutex<Chain>>;
+
+/// A JSON-RPC error.
+struct RpcError {
+    code: i64,
+    message: String,
+    data: Option<Value>,
+}
+
+impl RpcError {
+    fn invalid_params(message: impl Into<String>) -> Self {
+        Self {
+            code: INVALID_PARAMS,
+            message: message.into(),
+            data: None,
+        }
+    }
+}
+
+type RpcResult = Result<Value, RpcError>;
+
+pub(crate) fn router(chain: Shared) -> axum::Router {
+    axum::Router::new()
+        .route("/", post(handle))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(chain)
+}
+
+async fn handle(State(chain): State<Shared>, body: Bytes) -> Json<Value> {
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(value) => value,
+        Err(e) => {
+            return Json(error_response(
+                Value::Null,
+                PARSE_ERROR,
+                &format!("Parse error: {e}"),
+            ));
+        }
+    };
+    match request {
+        Value::Array(batch) if !batch.is_empty() && batch.len() <= 100 => {
+            let mut answers = Vec::with_capacity(batch.len());
+            for item in batch {
+                answers.push(call(&chain, item).await);
+            }
+            Json(Value::Array(answers))
+        }
+        Value::Array(_) => Json(error_response(
+            Value::Null,
+            INVALID_REQUEST,
+            "a batch holds 1 to 100 requests",
+        )),
+        single => Json(call(&chain, single).await),
+    }
+}
+
+fn error_response(id: Value, code: i64, message: &str) -> Value {
+    json!({"jsonrpc": "2.0", "error": {"code": code, "message": message}, "id": id})
+}
+
+async fn call(chain: &Shared, request: Value) -> Value {
+    let id = request.get("id").cloned().unwrap_or(Value::Null);
+    let Some(method) = request
+        .get("method")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+    else {
+        return error_response(id, INVALID_REQUEST, "Invalid request");
+    };
+    let params = match request.get("params") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(params)) => params.clone(),
+        Some(_) => return error_response(id, INVALID_PARAMS, "params must be an array"),
+    };
+    let chain = Arc::clone(chain);
+    // The VM runs on the blocking pool: executing a transaction takes real CPU time.
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut chain = chain.lock().unwrap_or_else(PoisonError::into_inner);
+        dispatch(&mut chain, &method, &params)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(RpcError {
+            code: -32603,
+            message: format!("Internal error: {e}"),
+            data: None,
+        })
+    });
+    match outcome {
+        Ok(result) => json!({"jsonrpc": "2.0", "result": result, "id": id}),
+        Err(RpcError {
+            code,
+            message,
+            data,
+        }) => {
+            let mut error = json!({"code": code, "message": message});
+            if let Some(data) = data {
+                error["data"] = data;
+            }
+            json!({"jsonrpc": "2.0", "error": error, "id": id})
+        }
+    }
+}
+
+fn with_context(chain: &Chain, value: Value) -> Value {
+    json!({"context": {"slot": chain.slot(), "apiVersion": SOLANA_CORE_VERSION}, "value": value})
+}
+
+fn param<'a>(params: &'a [Value], index: usize, what: &str) -> Result<&'a Value, RpcError> {
+    params
+        .get(index)
+        .ok_or_else(|| RpcError::invalid_params(format!("missing {what}")))
+}
+
+fn pubkey(params: &[Value], index: usize) -> Result<Pubkey, RpcError> {
+    let text = param(params, index, "address")?
+        .as_str()
+        .ok_or_else(|| RpcError::invalid_params("address must be a string"))?;
+    Pubkey::from_str(text).map_err(|_| {
+        RpcError::invalid_params(format!(
+            "Invalid param: {text:?} is not a base-58 public key"
+        ))
+    })
+}
+
+fn config(params: &[Value], index: usize) -> Option<&serde_json::Map<String, Value>> {
+    params.get(index).and_then(Value::as_object)
+}
+
+fn decode_transaction(params: &[Value]) -> Result<VersionedTransaction, RpcError> {
+    let encoded = param(params, 0, "transaction")?
+        .as_str()
+        .ok_or_else(|| RpcError::invalid_params("transaction must be a string"))?;
+    let encoding = config(params, 1)
+        .and_then(|c| c.get("encoding"))
+        .and_then(Value::as_str)
+        .unwrap_or("base58");
+    let bytes = match encoding {
+        "base64" => BASE64
+            .decode(encoded)
+            .map_err(|e| RpcError::invalid_params(format!("invalid base64 encoding: {e}")))?,
+        "base58" => bs58::decode(encoded)
+            .into_vec()
+            .map_err(|e| RpcError::invalid_params(format!("invalid base58 encoding: {e}")))?,
+        other => {
+            return Err(RpcError::invalid_params(format!(
+                "unsupported encoding: {other}. Supported encodings: base58, base64"
+            )));
+        }
+    };
+    if bytes.len() > MAX_TRANSACTION_BYTES {
+        return Err(RpcError::invalid_params(format!(
+            "base64 encoded solana_transaction::versioned::VersionedTransaction too large: {} bytes (max: encoded/raw {}/{MAX_TRANSACTION_BYTES})",
+            bytes.len(),
+            MAX_TRANSACTION_BYTES * 4 / 3 + 4
+        )));
+    }
+    let tx: VersionedTransaction = bincode1::deserialize(&bytes).map_err(|e| {
+        RpcError::invalid_params(format!(
+            "failed to deserialize solana_transaction::versioned::VersionedTransaction: {e}"
+        ))
+    })?;
+    tx.sanitize()
+        .map_err(|e| RpcError::invalid_params(format!("invalid transaction: {e}")))?;
+    Ok(tx)
+}
+
+fn err_json(err: &solana_transaction_error::TransactionError) -> Value {
+    serde_json::to_value(err).unwrap_or(Value::Null)
+}
+
+fn dispatch(chain: &mut Chain, method: &str, params: &[Value]) -> RpcResult {
+    match method {
+        "getHealth" => Ok(json!("ok")),
+        "getVersion" => Ok(json!({"solana-core": SOLANA_CORE_VERSION, "feature-set": 0})),
+        "getSlot" | "getBlockHeight" => Ok(json!(chain.slot())),
+        "getGenesisHash" => Ok(json!(Hash::default().to_string())),
+        "getEpochInfo" => Ok(json!({
+            "absoluteSlot": chain.slot(),
+            "blockHeight": chain.slot(),
+            "epoch": 0,
+            "slotIndex": chain.slot(),
+            "slotsInEpoch": 432_000,
+            "transactionCount": null,
+        })),
+        "getLatestBlockhash" => {
+            let (hash, last_valid) = chain.latest_blockhash();
+            Ok(with_context(
+                chain,
+                json!({"blockhash": hash.to_string(), "lastValidBlockHeight": last_valid}),
+            ))
+        }
+        "isBlockhashValid" => {
+            let text = param(params, 0, "blockhash")?.as_str().unwrap_or_default();
+            let hash = Hash::from_str(text).map_err(|_| {
+                RpcError::invalid_params(format!("Invalid param: {text:?} is not a blockhash"))
+            })?;
+            Ok(with_context(chain, json!(chain.is_blockhash_valid(&hash))))
+        }
+        "getFeeForMessage" => {
+            // Every message pays the same per signature here; the count is in the header.
+            let encoded = param(params, 0, "message")?.as_str().unwrap_or_default();
+            let bytes = BASE64
+                .decode(encoded)
+                .map_err(|e| RpcError::invalid_params(format!("invalid base64 message: {e}")))?;
+            let signatures = u64::from(*bytes.first().unwrap_or(&1) & 0x7f);
+            Ok(with_context(
+                chain,
+                json!(signatures * LAMPORTS_PER_SIGNATURE),
+            ))
+        }
+        "getMinimumBalanceForRentExemption" => {
+            let len = param(params, 0, "data length")?
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| *n <= 10 * 1024 * 1024)
+                .ok_or_else(|| RpcError::invalid_params("data length must be 0 to 10 MiB"))?;
+            Ok(json!(chain.rent_exempt_minimum(len)))
+        }
+        "getBalance" => {
+            let address = pubkey(params, 0)?;
+            Ok(with_context(chain, json!(chain.balance(&address))))
+        }
+        "getAccountInfo" => {
+            let address = pubkey(params, 0)?;
+            Ok(with_context(chain, account_json(chain, &address)))
+        }
+        "getMultipleAccounts" => {
+            let list = param(params, 0, "addresses")?
+                .as_array()
+                .filter(|a| a.len() <= 100)
+                .ok_or_else(|| RpcError::invalid_params("addresses: an array of at most 100"))?;
+            let mut values = Vec::with_capacity(list.len());
+            for index in 0..list.len() {
+                let address = pubkey(list, index)?;
+                values.push(account_json(chain, &address));
+            }
+            Ok(with_context(chain, Value::Array(values)))
+        }
+        "getTokenAccountBalance" => {
+            let address = pubkey(params, 0)?;
+            let (amount, decimals) = chain
+                .token_balance(&address)
+                .ok_or_else(|| RpcError::invalid_params("Invalid param: could not find account"))?;
+            let ui = amount as f64 / 10f64.powi(i32::from(decimals));
+            Ok(with_context(
+                chain,
+                json!({
+                    "amount": amount.to_string(),
+                    "decimals": decimals,
+                    "uiAmount": ui,
+                    "uiAmountString": ui_amount_string(amount, decimals),
+                }),
+            ))
+        }
+        "requestAirdrop" => {
+            let address = pubkey(params, 0)?;
+            let lamports = param(params, 1, "lamports")?
+                .as_u64()
+                .filter(|l| (1..=MAX_AIRDROP_LAMPORTS).contains(l))
+                .ok_or_else(|| RpcError::invalid_params("lamports must be 1 to 1,000 SOL"))?;
+            let signature = chain.airdrop(&address, lamports).map_err(|e| RpcError {
+                code: -32603,
+                message: format!("airdrop failed: {e}"),
+                data: None,
+            })?;
+            Ok(json!(signature.to_string()))
+        }
+        "sendTransaction" => {
+            let tx = decode_transaction(params)?;
+            let skip_preflight = config(params, 1)
+                .and_then(|c| c.get("skipPreflight"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let signature = tx.signatures.first().copied().unwrap_or_default();
+            match chain.submit(tx) {
+                Ok(signature) => Ok(json!(signature.to_string())),
+                // Without preflight a cluster accepts the transaction and it fails on chain; the
+                // status reports the error. A failure that charged nothing has no status here.
+                Err(SubmitError::Failed { .. }) if skip_preflight => {
+                    Ok(json!(signature.to_string()))
+                }
+                Err(SubmitError::BlockhashNotFound) => Err(RpcError {
+                    code: SEND_TRANSACTION_PREFLIGHT_FAILURE,
+                    message: "Transaction simulation failed: Blockhash not found".to_owned(),
+                    data: Some(simulation_json(Some(&json!("BlockhashNotFound")), &[], 0)),
+                }),
+                Err(SubmitError::Failed {
+                    err,
+                    logs,
+                    compute_units,
+                }) => Err(RpcError {
+                    code: SEND_TRANSACTION_PREFLIGHT_FAILURE,
+                    message: format!("Transaction simulation failed: {err}"),
+                    data: Some(simulation_json(Some(&err_json(&err)), &logs, compute_units)),
+                }),
+            }
+        }
+        "simulateTransaction" => {
+            let tx = decode_transaction(params)?;
+            if !chain.is_blockhash_valid(tx.message.recent_blockhash()) {
+                let replace = config(params, 1)
+                    .and_then(|c| c.get("replaceRecentBlockhash"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                if !replace {
+                    return Ok(with_context(
+                        chain,
+                        simulation_json(Some(&json!("BlockhashNotFound")), &[], 0),
+                    ));
+                }
+            }
+            let simulation = chain.simulate(tx);
+            Ok(with_context(
+                chain,
+                simulation_json(
+                    simulation.err.as_ref().map(err_json).as_ref(),
+                    &simulation.logs,
+                    simulation.compute_units,
+                ),
+            ))
+        }
+        "getSignatureStatuses" => {
+            let list = param(params, 0, "signatures")?
+                .as_array()
+                .filter(|a| a.len() <= 256)
+                .ok_or_else(|| RpcError::invalid_params("signatures: an array of at most 256"))?;
+            let mut values = Vec::with_capacity(list.len());
+            for item in list {
+                let signature = signature(item)?;
+                values.push(match chain.status(&signature) {
+                    None => Value::Null,
+                    Some(record) => {
+                        let err = record.err.as_ref().map(err_json);
+                        json!({
+                            "slot": record.slot,
+                            "confirmations": null,
+                            "err": err,
+                            "status": match &err { None => json!({"Ok": null}), Some(e) => json!({"Err": e}) },
+                            "confirmationStatus": "finalized",
+                        })
+                    }
+                });
+            }
+            Ok(with_context(chain, Value::Array(values)))
+        }
+        "getSignaturesForAddress" => {
+            let address = pubkey(params, 0)?;
+            let options = config(params, 1);
+            let limit = options
+                .and_then(|c| c.get("limit"))
+                .and_then(Value::as_u64)
+                .unwrap_or(1000)
+                .clamp(1, 1000);
+            let before = options
+                .and_then(|c| c.get("before"))
+                .filter(|v| !v.is_null())
+                .map(signature)
+                .transpose()?;
+            let until = options
+                .and_then(|c| c.get("until"))
+                .filter(|v| !v.is_null())
+                .map(signature)
+                .transpose()?;
+            let mut started = before.is_none();
+            let mut out = Vec::new();
+            for (sig, record) in chain.signatures_for(&address) {
+                if Some(sig) == until {
+                    break;
+                }
+                if !started {
+                    started = Some(sig) == before;
+                    continue;
+                }
+                out.push(json!({
+                    "signature": sig.to_string(),
+                    "slot": record.slot,
+                    "err": record.err.as_ref().map(err_json),
+                    "memo": record.memo,
+                    "blockTime": record.block_time,
+                    "confirmationStatus": "finalized",
+                }));
+                if out.len() as u64 >= limit {
+                    break;
+                }
+            }
+            Ok(Value::Array(out))
+        }
+        other => Err(RpcError {
+            code: METHOD_NOT_FOUND,
+            message: format!("Method not found: {other}"),
+            data: None,
+        }),
+    }
+}
+
+fn signature(value: &Value) -> Result<Signature, RpcError> {
+    let text = value
+        .as_str()
+        .ok_or_else(|| RpcError::invalid_params("signatures are strings"))?;
+    Signature::from_str(text).map_err(|_| {
+        RpcError::invalid_params(format!("Invalid param: {text:?} is not a signature"))
+    })
+}
+
+fn simulation_json(err: Option<&Value>, logs: &[String], compute_units: u64) -> Value {
+    json!({
+        "err": err,
+        "logs": logs,
+        "accounts": null,
+        "unitsConsumed": compute_units,
+        "returnData": null,
+        "innerInstructions": null,
+        "replacementBlockhash": null,
+        "loadedAccountsDataSize": null,
+        "fee": null,
+        "preBalances": null,
+        "postBalances": null,
+        "preTokenBalances": null,
+        "postTokenBalances": null,
+        "loadedAddresses": null,
+    })
+}
+
+fn account_json(chain: &Chain, address: &Pubkey) -> Value {
+    match chain.account(address) {
+        None => Value::Null,
+        Some(account) if account.lamports == 0 => Value::Null,
+        Some(account) => json!({
+            "lamports": account.lamports,
+            "data": [BASE64.encode(&account.data), "base64"],
+            "owner": account.owner.to_string(),
+            "executable": account.executable,
+            "rentEpoch": u64::MAX,
+            "space": account.data.len(),
+        }),
+    }
+}
+
+/// The exact decimal form of `amount` base units, trailing zeros trimmed.
+fn ui_amount_string(amount: u64, decimals: u8) -> String {
+    let scale = 10u128.pow(u32::from(decimals));
+    let whole = u128::from(amount) / scale;
+    let frac = u128::from(amount) % scale;
+    if frac == 0 {
+        return whole.to_string();
+    }
+    let frac = format!("{frac:0width$}", width = usize::from(decimals));
+    format!("{whole}.{}", frac.trim_end_matches('0'))
+}
