@@ -6,6 +6,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub mod settlement;
+
 /// Decimal places of the MOLT mint.
 pub const MOLT_DECIMALS: u32 = 6;
 const BASE_UNITS_PER_MOLT: u64 = 10u64.pow(MOLT_DECIMALS);

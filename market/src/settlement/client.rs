@@ -1,0 +1,410 @@
+//! One client for every cluster: Solana's RPC client, with the project's own confirmation
+//! polling at `confirmed`, retries for blockhash expiry and an unreachable endpoint, and typed
+//! errors.
+
+use std::time::Duration;
+
+use solana_commitment_config::CommitmentConfig;
+use solana_hash::Hash;
+use solana_instruction::Instruction;
+use solana_keypair::Keypair;
+use solana_pubkey::Pubkey;
+use solana_rpc_client::nonblocking::rpc_client::RpcClient;
+use solana_rpc_client::rpc_client::GetConfirmedSignaturesForAddress2Config;
+use solana_rpc_client_api::client_error::{Error as ClientError, ErrorKind};
+use solana_rpc_client_api::config::RpcSendTransactionConfig;
+use solana_rpc_client_api::request::{RpcError, RpcResponseErrorData};
+use solana_signature::Signature;
+use solana_signer::Signer as _;
+use solana_transaction::Transaction;
+use solana_transaction_error::TransactionError;
+
+/// How often a sent transaction's status is polled.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Attempts for an endpoint that does not answer, with doubling backoff from 200 ms.
+const RPC_ATTEMPTS: u32 = 4;
+/// Transactions re-signed with a fresh blockhash after the previous one expired unlanded.
+const BLOCKHASH_ATTEMPTS: u32 = 3;
+/// Longest any one RPC call may take.
+const RPC_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// SPL Token's error codes that settlement tells apart.
+const TOKEN_INSUFFICIENT_FUNDS: u32 = 1;
+const TOKEN_MINT_MISMATCH: u32 = 3;
+const TOKEN_OWNER_MISMATCH: u32 = 4;
+
+/// Why a chain operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettlementError {
+    /// The paying account holds less than the transfer.
+    #[error("insufficient funds: {0}")]
+    InsufficientFunds(String),
+    /// A token account belongs to another mint.
+    #[error("wrong mint: {0}")]
+    WrongMint(String),
+    /// An account the operation needs does not exist.
+    #[error("account missing: {0}")]
+    AccountMissing(String),
+    /// An account is not owned as the operation requires.
+    #[error("wrong owner: {0}")]
+    WrongOwner(String),
+    /// The blockhash expired before the transaction landed, every time it was tried.
+    #[error("blockhash expired after {0} attempts")]
+    BlockhashExpired(u32),
+    /// The RPC endpoint did not answer, after retries.
+    #[error("RPC endpoint {url} unreachable after {attempts} attempts: {reason}")]
+    RpcUnreachable {
+        /// The endpoint.
+        url: String,
+        /// How many times it was tried.
+        attempts: u32,
+        /// The last error.
+        reason: String,
+    },
+    /// The transaction failed on chain, or in preflight.
+    #[error("transaction failed: {error}; logs: {logs:?}")]
+    TransactionFailed {
+        /// The chain's error.
+        error: String,
+        /// The program log.
+        logs: Vec<String>,
+    },
+    /// Anything else the endpoint answered.
+    #[error("RPC error: {0}")]
+    Rpc(String),
+}
+
+/// A landed transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Landed {
+    /// Its signature.
+    pub signature: Signature,
+    /// The slot it landed in.
+    pub slot: u64,
+}
+
+/// A connection to a Solana cluster's JSON-RPC endpoint.
+pub struct ChainClient {
+    rpc: RpcClient,
+    url: String,
+}
+
+impl std::fmt::Debug for ChainClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainClient")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+fn is_unreachable(error: &ClientError) -> bool {
+    match error.kind() {
+        ErrorKind::Io(_) => true,
+        ErrorKind::Reqwest(e) => e.is_connect() || e.is_timeout() || e.is_request(),
+        _ => false,
+    }
+}
+
+/// Maps a token program's custom error to its typed form.
+fn classify(error: &TransactionError, logs: Vec<String>) -> SettlementError {
+    use solana_instruction_error::InstructionError;
+    match error {
+        TransactionError::InstructionError(
+            _,
+            InstructionError::Custom(TOKEN_INSUFFICIENT_FUNDS),
+        ) => SettlementError::InsufficientFunds(error.to_string()),
+        TransactionError::InstructionError(_, InstructionError::Custom(TOKEN_MINT_MISMATCH)) => {
+            SettlementError::WrongMint(error.to_string())
+        }
+        TransactionError::InstructionError(_, InstructionError::Custom(TOKEN_OWNER_MISMATCH)) => {
+            SettlementError::WrongOwner(error.to_string())
+        }
+        TransactionError::InstructionError(_, InstructionError::UninitializedAccount)
+        | TransactionError::AccountNotFound
+        | TransactionError::ProgramAccountNotFound => {
+            SettlementError::AccountMissing(error.to_string())
+        }
+        TransactionError::InsufficientFundsForFee
+        | TransactionError::InsufficientFundsForRent { .. } => {
+            SettlementError::InsufficientFunds(error.to_string())
+        }
+        other => SettlementError::TransactionFailed {
+            error: other.to_string(),
+            logs,
+        },
+    }
+}
+
+/// The typed form of the endpoint's refusal of a transaction.
+fn refusal(error: &ClientError) -> SettlementError {
+    if let ErrorKind::RpcError(RpcError::RpcResponseError { message, data, .. }) = error.kind() {
+        if let RpcResponseErrorData::SendTransactionPreflightFailure(result) = data
+            && let Some(err) = &result.err
+        {
+            let err = TransactionError::from(err.clone());
+            if matches!(err, TransactionError::BlockhashNotFound) {
+                return SettlementError::BlockhashExpired(1);
+            }
+            return classify(&err, result.logs.clone().unwrap_or_default());
+        }
+        if message.contains("Blockhash not found") {
+            return SettlementError::BlockhashExpired(1);
+        }
+        return SettlementError::TransactionFailed {
+            error: message.clone(),
+            logs: Vec::new(),
+        };
+    }
+    SettlementError::Rpc(error.to_string())
+}
+
+impl ChainClient {
+    /// A client for the endpoint at `url`, confirming at `confirmed`.
+    pub fn new(url: &str) -> Self {
+        Self {
+            rpc: RpcClient::new_with_timeout_and_commitment(
+                url.to_owned(),
+                RPC_TIMEOUT,
+                CommitmentConfig::confirmed(),
+            ),
+            url: url.to_owned(),
+        }
+    }
+
+    /// The endpoint.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Retries `call` while the endpoint is unreachable, backing off from 200 ms.
+    async fn with_retries<T, F, Fut>(&self, mut call: F) -> Result<T, SettlementError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        let mut delay = Duration::from_millis(200);
+        let mut last = String::new();
+        for attempt in 1..=RPC_ATTEMPTS {
+            match call().await {
+                Ok(value) => return Ok(value),
+                Err(error) if is_unreachable(&error) => {
+                    last = error.to_string();
+                    if attempt < RPC_ATTEMPTS {
+                        tracing::debug!(url = %self.url, attempt, %error, "RPC unreachable; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                    }
+                }
+                Err(error) => return Err(SettlementError::Rpc(error.to_string())),
+            }
+        }
+        Err(SettlementError::RpcUnreachable {
+            url: self.url.clone(),
+            attempts: RPC_ATTEMPTS,
+            reason: last,
+        })
+    }
+
+    /// Checks that the endpoint answers and is healthy.
+    pub async fn health(&self) -> Result<(), SettlementError> {
+        self.with_retries(|| self.rpc.get_health()).await
+    }
+
+    /// Lamports held by `address`.
+    pub async fn sol_balance(&self, address: &Pubkey) -> Result<u64, SettlementError> {
+        self.with_retries(|| self.rpc.get_balance(address)).await
+    }
+
+    /// Asks the cluster's faucet for lamports (localnet and devnet only) and waits for them.
+    pub async fn airdrop(&self, to: &Pubkey, lamports: u64) -> Result<Landed, SettlementError> {
+        let signature = self
+            .with_retries(|| self.rpc.request_airdrop(to, lamports))
+            .await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(landed) = self.status(&signature).await? {
+                return landed.map(|slot| Landed { signature, slot });
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(SettlementError::Rpc(format!(
+                    "airdrop {signature} did not land within 60 s"
+                )));
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Raw account data and owner; `None` when the account does not exist.
+    pub async fn account(
+        &self,
+        address: &Pubkey,
+    ) -> Result<Option<(Vec<u8>, Pubkey, u64)>, SettlementError> {
+        let response = self
+            .with_retries(|| {
+                self.rpc
+                    .get_account_with_commitment(address, CommitmentConfig::confirmed())
+            })
+            .await?;
+        Ok(response.value.map(|a| (a.data, a.owner, a.lamports)))
+    }
+
+    /// Lamports that make an account of `len` bytes rent-exempt.
+    pub async fn rent_exempt_minimum(&self, len: usize) -> Result<u64, SettlementError> {
+        self.with_retries(|| self.rpc.get_minimum_balance_for_rent_exemption(len))
+            .await
+    }
+
+    /// The latest blockhash and the last block height at which it is valid.
+    pub async fn latest_blockhash(&self) -> Result<(Hash, u64), SettlementError> {
+        self.with_retries(|| {
+            self.rpc
+                .get_latest_blockhash_with_commitment(CommitmentConfig::confirmed())
+        })
+        .await
+    }
+
+    /// `Some(Ok(slot))` once confirmed, `Some(Err(..))` when it failed on chain, `None` while
+    /// unknown.
+    async fn status(
+        &self,
+        signature: &Signature,
+    ) -> Result<Option<Result<u64, SettlementError>>, SettlementError> {
+        let statuses = self
+            .with_retries(|| {
+                self.rpc
+                    .get_signature_statuses(std::slice::from_ref(signature))
+            })
+            .await?;
+        Ok(statuses
+            .value
+            .into_iter()
+            .next()
+            .flatten()
+            .and_then(|status| {
+                if let Some(err) = &status.err {
+                    return Some(Err(classify(err, Vec::new())));
+                }
+                status
+                    .satisfies_commitment(CommitmentConfig::confirmed())
+                    .then_some(Ok(status.slot))
+            }))
+    }
+
+    /// Signs `instructions` with `payer` (fee payer) and `signers`, sends, and waits until the
+    /// transaction is confirmed. When its blockhash expires before it lands, it is re-signed with
+    /// a fresh one; a transaction is only re-sent once the old one can no longer land, so it is
+    /// never executed twice.
+    pub async fn submit(
+        &self,
+        instructions: &[Instruction],
+        payer: &Keypair,
+        signers: &[&Keypair],
+    ) -> Result<Landed, SettlementError> {
+        for _ in 0..BLOCKHASH_ATTEMPTS {
+            let (blockhash, last_valid) = self.latest_blockhash().await?;
+            let mut all: Vec<&Keypair> = vec![payer];
+            all.extend(
+                signers
+                    .iter()
+                    .copied()
+                    .filter(|s| s.pubkey() != payer.pubkey()),
+            );
+            let tx = Transaction::new_signed_with_payer(
+                instructions,
+                Some(&payer.pubkey()),
+                &all,
+                blockhash,
+            );
+            match self.submit_signed(&tx, last_valid).await {
+                Err(SettlementError::BlockhashExpired(_)) => continue,
+                other => return other,
+            }
+        }
+        Err(SettlementError::BlockhashExpired(BLOCKHASH_ATTEMPTS))
+    }
+
+    /// Sends a fully signed transaction (e.g. one whose signatures were gathered from several
+    /// parties) and waits until it is confirmed, or until `last_valid_block_height` passes.
+    pub async fn submit_signed(
+        &self,
+        tx: &Transaction,
+        last_valid_block_height: u64,
+    ) -> Result<Landed, SettlementError> {
+        let config = RpcSendTransactionConfig {
+            preflight_commitment: Some(CommitmentConfig::confirmed().commitment),
+            max_retries: Some(0),
+            ..RpcSendTransactionConfig::default()
+        };
+        let signature = self.send(tx, config).await?;
+        loop {
+            if let Some(landed) = self.status(&signature).await? {
+                return landed.map(|slot| Landed { signature, slot });
+            }
+            let height = self.with_retries(|| self.rpc.get_block_height()).await?;
+            if height > last_valid_block_height {
+                // One last look: it may have landed in the final valid block.
+                if let Some(landed) = self.status(&signature).await? {
+                    return landed.map(|slot| Landed { signature, slot });
+                }
+                return Err(SettlementError::BlockhashExpired(1));
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Sends once (retrying only while the endpoint is unreachable); a refusal is mapped to its
+    /// typed error with the program log. Never re-sends a transaction the endpoint answered.
+    async fn send(
+        &self,
+        tx: &Transaction,
+        config: RpcSendTransactionConfig,
+    ) -> Result<Signature, SettlementError> {
+        let mut delay = Duration::from_millis(200);
+        let mut last = String::new();
+        for attempt in 1..=RPC_ATTEMPTS {
+            match self.rpc.send_transaction_with_config(tx, config).await {
+                Ok(signature) => return Ok(signature),
+                Err(error) if is_unreachable(&error) => {
+                    last = error.to_string();
+                    if attempt < RPC_ATTEMPTS {
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                    }
+                }
+                Err(error) => return Err(refusal(&error)),
+            }
+        }
+        Err(SettlementError::RpcUnreachable {
+            url: self.url.clone(),
+            attempts: RPC_ATTEMPTS,
+            reason: last,
+        })
+    }
+
+    /// The newest transaction touching `address` whose memo contains `memo`.
+    pub async fn find_memo(
+        &self,
+        address: &Pubkey,
+        memo: &str,
+    ) -> Result<Option<Signature>, SettlementError> {
+        let history = self
+            .with_retries(|| {
+                self.rpc.get_signatures_for_address_with_config(
+                    address,
+                    GetConfirmedSignaturesForAddress2Config {
+                        before: None,
+                        until: None,
+                        limit: Some(1000),
+                        commitment: Some(CommitmentConfig::confirmed()),
+                    },
+                )
+            })
+            .await?;
+        Ok(history
+            .into_iter()
+            .filter(|entry| entry.err.is_none())
+            .find(|entry| entry.memo.as_deref().is_some_and(|m| m.contains(memo)))
+            .and_then(|entry| entry.signature.parse().ok()))
+    }
+}
