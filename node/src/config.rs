@@ -61,6 +61,29 @@ pub struct NodeConfig {
     pub workloads: WorkloadsSection,
     /// The admin-only `system.run` command.
     pub system_run: SystemRunSection,
+    /// The Solana cluster that settles MOLT payments.
+    pub chain: ChainSection,
+}
+
+/// The Solana cluster that settles MOLT payments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChainSection {
+    /// The cluster's JSON-RPC URL. Default `http://127.0.0.1:8899`, where `clawnode localnet`
+    /// serves the embedded chain.
+    pub rpc_url: String,
+    /// The MOLT mint's address. When absent, the `localnet.json` that `clawnode localnet` wrote
+    /// into this data directory names it.
+    pub molt_mint: Option<String>,
+}
+
+impl Default for ChainSection {
+    fn default() -> Self {
+        Self {
+            rpc_url: "http://127.0.0.1:8899".to_owned(),
+            molt_mint: None,
+        }
+    }
 }
 
 /// Who may do what. Fleet members may read; operators may also run and stop workloads, label,
@@ -369,6 +392,24 @@ impl NodeConfig {
         }
         if !(1..=16 * 1024 * 1024).contains(&self.system_run.max_output_bytes) {
             return invalid("system_run.max_output_bytes must be 1 to 16777216".to_owned());
+        }
+        if !(self.chain.rpc_url.starts_with("http://")
+            || self.chain.rpc_url.starts_with("https://"))
+            || self.chain.rpc_url.len() > 512
+        {
+            return invalid(format!(
+                "chain.rpc_url {:?} must be an http(s) URL",
+                self.chain.rpc_url
+            ));
+        }
+        if let Some(mint) = &self.chain.molt_mint
+            && (mint.len() < 32
+                || mint.len() > 44
+                || bs58::decode(mint)
+                    .into_vec()
+                    .map_or(true, |b| b.len() != 32))
+        {
+            return invalid(format!("chain.molt_mint {mint:?} is not a base-58 address"));
         }
         if self.attestation.max_clock_skew_secs > 600 {
             return invalid("attestation.max_clock_skew_secs must be at most 600".to_owned());

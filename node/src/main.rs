@@ -1,5 +1,6 @@
 //! The `clawnode` command line.
 
+mod chain_cli;
 mod daemon;
 mod ops;
 
@@ -59,6 +60,11 @@ enum Command {
     Logs(ops::LogsArgs),
     /// Show whether the node is healthy, degraded or unhealthy, and why.
     Health(ops::HealthArgs),
+    /// Run the embedded Solana localnet: MOLT mint, funded faucet, JSON-RPC on loopback.
+    Localnet(chain_cli::LocalnetArgs),
+    /// The node's Solana wallet: address, balances, localnet airdrops, MOLT transfers.
+    #[command(subcommand)]
+    Wallet(chain_cli::WalletCommand),
     /// Show the running node's audit log: every command it answered, newest first.
     Audit {
         /// How many records.
@@ -132,11 +138,13 @@ fn parse_simulated_gpu(spec: &str) -> Result<SimulatedGpuProfile, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(if matches!(cli.command, Command::Run(_)) {
-        "info"
-    } else {
-        "warn"
-    });
+    init_logging(
+        if matches!(cli.command, Command::Run(_) | Command::Localnet(_)) {
+            "info"
+        } else {
+            "warn"
+        },
+    );
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -175,6 +183,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Ps(args) => ops::ps(global, args),
         Command::Logs(args) => ops::logs(global, args),
         Command::Health(args) => ops::health(global, args),
+        Command::Localnet(args) => chain_cli::localnet(global, &args),
+        Command::Wallet(command) => chain_cli::wallet(global, command),
         Command::Audit { limit } => audit(global, limit),
     }
 }
