@@ -4,6 +4,7 @@
 #   scripts/bench.sh envelope     only the envelope benchmarks
 #   scripts/bench.sh mesh         only the mesh benchmarks (CLAW_BENCH_SIZES=50,200 by default)
 #   scripts/bench.sh node         only the node agent benchmarks (needs Docker and the test image)
+#   scripts/bench.sh settlement   only the settlement benchmarks (embedded chain; a real validator when available)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 which=${1:-all}
@@ -22,4 +23,7 @@ if [ "$which" = all ] || [ "$which" = mesh ]; then
 fi
 if [ "$which" = all ] || [ "$which" = node ]; then
     cargo bench -p clawnode --bench node_api
+fi
+if [ "$which" = all ] || [ "$which" = settlement ]; then
+    cargo bench -p claw-market --bench settlement
 fi
