@@ -3,6 +3,7 @@
 //! recent blockhashes, signature statuses and per-address history.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use litesvm::LiteSVM;
@@ -13,6 +14,8 @@ use solana_pubkey::Pubkey;
 use solana_signature::Signature;
 use solana_transaction::versioned::VersionedTransaction;
 use solana_transaction_error::TransactionError;
+
+use crate::journal::{Entry, Journal};
 
 /// Blockhashes stay usable for this many slots, as on a real cluster.
 pub const BLOCKHASH_WINDOW: u64 = 150;
@@ -47,6 +50,9 @@ pub(crate) enum SubmitError {
     /// Its blockhash is not among the recent ones.
     #[error("Blockhash not found")]
     BlockhashNotFound,
+    /// It ran, but could not be written to the ledger on disk.
+    #[error("the chain's ledger could not be written: {0}")]
+    Journal(std::io::Error),
     /// It failed; nothing but the fee was charged (and nothing at all when simulated).
     #[error("transaction failed: {err}")]
     Failed {
@@ -78,6 +84,7 @@ pub(crate) struct Chain {
     statuses: HashMap<Signature, TransactionRecord>,
     status_order: VecDeque<Signature>,
     history: HashMap<Pubkey, VecDeque<Signature>>,
+    journal: Option<Journal>,
 }
 
 impl std::fmt::Debug for Chain {
@@ -109,9 +116,56 @@ impl Chain {
             statuses: HashMap::new(),
             status_order: VecDeque::new(),
             history: HashMap::new(),
+            journal: None,
         };
         chain.set_clock();
         chain
+    }
+
+    /// A chain whose changes are journaled in `ledger`; what the journal holds is replayed first.
+    pub(crate) fn open(ledger: &Path) -> std::io::Result<Self> {
+        let (journal, entries) = Journal::open(ledger)?;
+        let mut chain = Self::new();
+        let replayed = entries.len();
+        for (slot, entry) in entries {
+            // Each slot had its own blockhash; replaying in a fresh one keeps equal transfers of
+            // different slots apart.
+            if slot > chain.slot {
+                chain.slot = slot - 1;
+                chain.tick();
+            }
+            let outcome = match entry {
+                Entry::Airdrop { to, lamports } => chain.airdrop(&to, lamports).map(|_| ()),
+                Entry::Transaction(bytes) => {
+                    match bincode1::deserialize::<VersionedTransaction>(&bytes) {
+                        Ok(tx) => chain.execute(tx, true).map(|_| ()),
+                        Err(e) => {
+                            tracing::error!(%e, "unreadable transaction in the chain journal");
+                            continue;
+                        }
+                    }
+                }
+            };
+            if let Err(error) = outcome {
+                tracing::error!(%error, "a journaled change did not replay");
+            }
+        }
+        chain.tick();
+        chain.journal = Some(journal);
+        if replayed > 0 {
+            tracing::info!(replayed, slot = chain.slot, "chain ledger replayed");
+        }
+        Ok(chain)
+    }
+
+    fn journal(&mut self, entry: &Entry) -> Result<(), SubmitError> {
+        match &mut self.journal {
+            None => Ok(()),
+            Some(journal) => journal.append(self.slot, entry).map_err(|e| {
+                tracing::error!(error = %e, "the chain ledger could not be written");
+                SubmitError::Journal(e)
+            }),
+        }
     }
 
     fn set_clock(&mut self) {
@@ -191,7 +245,11 @@ impl Chain {
     pub(crate) fn airdrop(&mut self, to: &Pubkey, lamports: u64) -> Result<Signature, SubmitError> {
         let faucet = self.svm.airdrop_pubkey();
         match self.svm.airdrop(to, lamports) {
-            Ok(meta) => Ok(self.record(&meta, vec![faucet, *to], None)),
+            Ok(meta) => {
+                let signature = self.record(&meta, vec![faucet, *to], None);
+                self.journal(&Entry::Airdrop { to: *to, lamports })?;
+                Ok(signature)
+            }
             Err(FailedTransactionMetadata { err, meta }) => Err(SubmitError::Failed {
                 err,
                 logs: meta.logs,
@@ -202,13 +260,32 @@ impl Chain {
 
     /// Executes a transaction and records it.
     pub(crate) fn submit(&mut self, tx: VersionedTransaction) -> Result<Signature, SubmitError> {
-        if !self.is_blockhash_valid(tx.message.recent_blockhash()) {
+        self.execute(tx, false)
+    }
+
+    fn execute(
+        &mut self,
+        tx: VersionedTransaction,
+        replaying: bool,
+    ) -> Result<Signature, SubmitError> {
+        if !replaying && !self.is_blockhash_valid(tx.message.recent_blockhash()) {
             return Err(SubmitError::BlockhashNotFound);
         }
+        let wire = if replaying || self.journal.is_none() {
+            None
+        } else {
+            bincode1::serialize(&tx).ok()
+        };
         let keys: Vec<Pubkey> = tx.message.static_account_keys().to_vec();
         let memo = memos(&tx);
         match self.svm.send_transaction(tx) {
-            Ok(meta) => Ok(self.record(&meta, keys, memo)),
+            Ok(meta) => {
+                let signature = self.record(&meta, keys, memo);
+                if let Some(wire) = wire {
+                    self.journal(&Entry::Transaction(wire))?;
+                }
+                Ok(signature)
+            }
             Err(FailedTransactionMetadata { err, meta }) => Err(SubmitError::Failed {
                 err,
                 logs: meta.logs,

@@ -4,13 +4,16 @@
 //! cluster.
 //!
 //! Slots advance every 400 ms with a new blockhash; blockhashes stay valid for 150 slots;
-//! transactions are final as soon as they land. State lives in memory: the chain is for local
-//! fleets, demos and tests, and starts afresh each time.
+//! transactions are final as soon as they land. With a ledger directory, every airdrop and landed
+//! transaction is journaled and synced before it is answered, and replayed on start, so a crash
+//! loses nothing the chain confirmed; without one, state lives in memory.
 
 mod chain;
+mod journal;
 mod rpc;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -23,6 +26,15 @@ pub const SLOT_DURATION: Duration = Duration::from_millis(400);
 /// Why the chain could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalnetError {
+    /// The ledger could not be opened or replayed.
+    #[error("cannot open the chain ledger in {path}: {source}")]
+    Ledger {
+        /// The ledger directory.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The RPC port could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -46,9 +58,17 @@ pub struct EmbeddedChain {
 }
 
 impl EmbeddedChain {
-    /// Starts the chain and its JSON-RPC endpoint on `addr` (port 0 picks a free one). Must be
-    /// called inside a Tokio runtime.
+    /// Starts an in-memory chain and its JSON-RPC endpoint on `addr` (port 0 picks a free one).
+    /// Must be called inside a Tokio runtime.
     pub async fn start(addr: SocketAddr) -> Result<Self, LocalnetError> {
+        Self::start_with_ledger(addr, None).await
+    }
+
+    /// Starts the chain on `addr`, journaling to (and first replaying from) `ledger` when given.
+    pub async fn start_with_ledger(
+        addr: SocketAddr,
+        ledger: Option<PathBuf>,
+    ) -> Result<Self, LocalnetError> {
         if !addr.ip().is_loopback() {
             return Err(LocalnetError::NotLoopback(addr));
         }
@@ -58,11 +78,19 @@ impl EmbeddedChain {
         let rpc_addr = listener
             .local_addr()
             .map_err(|source| LocalnetError::Bind { addr, source })?;
-        let chain = Arc::new(Mutex::new(
-            tokio::task::spawn_blocking(chain::Chain::new)
-                .await
-                .unwrap_or_else(|_| chain::Chain::new()),
-        ));
+        let opened = tokio::task::spawn_blocking(move || match &ledger {
+            None => Ok(chain::Chain::new()),
+            Some(path) => chain::Chain::open(path).map_err(|source| LocalnetError::Ledger {
+                path: path.display().to_string(),
+                source,
+            }),
+        })
+        .await
+        .map_err(|e| LocalnetError::Ledger {
+            path: "?".to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+        let chain = Arc::new(Mutex::new(opened));
         let ticking = Arc::clone(&chain);
         let ticker = tokio::spawn(async move {
             let mut interval = tokio::time::interval(SLOT_DURATION);

@@ -316,6 +316,13 @@ fn dispatch(chain: &mut Chain, method: &str, params: &[Value]) -> RpcResult {
                 Err(SubmitError::Failed { .. }) if skip_preflight => {
                     Ok(json!(signature.to_string()))
                 }
+                Err(SubmitError::Journal(e)) => Err(RpcError {
+                    code: -32603,
+                    message: format!(
+                        "Internal error: the chain's ledger could not be written: {e}"
+                    ),
+                    data: None,
+                }),
                 Err(SubmitError::BlockhashNotFound) => Err(RpcError {
                     code: SEND_TRANSACTION_PREFLIGHT_FAILURE,
                     message: "Transaction simulation failed: Blockhash not found".to_owned(),

@@ -289,3 +289,64 @@ async fn a_stale_blockhash_is_refused() {
         10 * SOL
     );
 }
+
+#[tokio::test]
+async fn a_chain_with_a_ledger_survives_a_crash() {
+    let ledger = tempfile::tempdir().expect("ledger");
+    let (wallet, receiver, signature, tx) = {
+        let chain = EmbeddedChain::start_with_ledger(
+            "127.0.0.1:0".parse().expect("addr"),
+            Some(ledger.path().to_path_buf()),
+        )
+        .await
+        .expect("chain");
+        let client = RpcClient::new_with_commitment(chain.rpc_url(), CommitmentConfig::confirmed());
+        let wallet = funded(&client).await;
+        let receiver = Pubkey::new_unique();
+        let blockhash = client.get_latest_blockhash().await.expect("blockhash");
+        let tx = Transaction::new_signed_with_payer(
+            &[solana_system_interface::instruction::transfer(
+                &wallet.pubkey(),
+                &receiver,
+                2 * SOL,
+            )],
+            Some(&wallet.pubkey()),
+            &[&wallet],
+            blockhash,
+        );
+        let signature = client
+            .send_and_confirm_transaction(&tx)
+            .await
+            .expect("transfer");
+        // Dropping the chain aborts it at once, as a crash would: nothing is flushed on the way out.
+        (wallet, receiver, signature, tx)
+    };
+    let chain = EmbeddedChain::start_with_ledger(
+        "127.0.0.1:0".parse().expect("addr"),
+        Some(ledger.path().to_path_buf()),
+    )
+    .await
+    .expect("chain restarts");
+    let client = RpcClient::new_with_commitment(chain.rpc_url(), CommitmentConfig::confirmed());
+    assert_eq!(
+        client.get_balance(&receiver).await.expect("balance"),
+        2 * SOL
+    );
+    assert_eq!(
+        client.get_balance(&wallet.pubkey()).await.expect("balance"),
+        8 * SOL - 5_000
+    );
+    assert!(
+        client
+            .confirm_transaction(&signature)
+            .await
+            .expect("status"),
+        "the status survives"
+    );
+    // The replayed transaction is still known, so sending it again cannot pay twice.
+    assert!(client.send_transaction(&tx).await.is_err());
+    assert_eq!(
+        client.get_balance(&receiver).await.expect("balance"),
+        2 * SOL
+    );
+}

@@ -21,6 +21,7 @@ use crate::{GlobalArgs, print_json};
 
 const LOCALNET_INFO_FILE: &str = "localnet.json";
 const LOCALNET_FAUCET_FILE: &str = "localnet-faucet.json";
+const LOCALNET_LEDGER_DIR: &str = "localnet-ledger";
 const LAMPORTS_PER_SOL: u64 = 1_000_000_000;
 /// SOL the localnet faucet starts with.
 const FAUCET_SOL: u64 = 1_000;
@@ -34,8 +35,11 @@ pub(crate) struct LocalnetArgs {
     rpc_port: u16,
     /// Start no chain: set up the MOLT mint and faucet on the cluster at this URL instead (a
     /// `solana-test-validator`, or devnet), write `localnet.json`, and exit.
-    #[arg(long, value_name = "URL", conflicts_with = "rpc_port")]
+    #[arg(long, value_name = "URL", conflicts_with_all = ["rpc_port", "reset"])]
     use_rpc: Option<String>,
+    /// Start from an empty chain: forget the ledger in `localnet-ledger/` and make a new mint.
+    #[arg(long)]
+    reset: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,14 +97,21 @@ async fn run_localnet(root: PathBuf, args: &LocalnetArgs, json: bool) -> Result<
     let (chain, url) = match &args.use_rpc {
         Some(url) => (None, url.clone()),
         None => {
+            let ledger = root.join(LOCALNET_LEDGER_DIR);
+            if args.reset && ledger.exists() {
+                std::fs::remove_dir_all(&ledger)
+                    .with_context(|| format!("removing {}", ledger.display()))?;
+            }
             step(
                 json,
                 "starting the embedded Solana chain (LiteSVM, SPL Token, ATA, Memo)",
             );
-            let chain =
-                EmbeddedChain::start(std::net::SocketAddr::from(([127, 0, 0, 1], args.rpc_port)))
-                    .await
-                    .context("starting the embedded chain")?;
+            let chain = EmbeddedChain::start_with_ledger(
+                std::net::SocketAddr::from(([127, 0, 0, 1], args.rpc_port)),
+                Some(ledger),
+            )
+            .await
+            .context("starting the embedded chain")?;
             let url = chain.rpc_url();
             (Some(chain), url)
         }
@@ -116,6 +127,27 @@ async fn run_localnet(root: PathBuf, args: &LocalnetArgs, json: bool) -> Result<
     }
     // A real cluster's faucet gives less; the embedded one gives what the demo needs.
     let faucet_sol = if chain.is_some() { FAUCET_SOL } else { 2 };
+    let info_path = root.join(LOCALNET_INFO_FILE);
+    if chain.is_some()
+        && let Some(info) = existing_setup(&root, &client).await
+    {
+        // The ledger replayed the chain this data directory set up before: keep its mint.
+        let info = LocalnetInfo {
+            rpc_url: url.clone(),
+            ..info
+        };
+        std::fs::write(&info_path, serde_json::to_vec_pretty(&info)?)
+            .with_context(|| format!("writing {}", info_path.display()))?;
+        return serve(
+            chain,
+            &info,
+            &info_path,
+            started,
+            json,
+            "resumed from its ledger",
+        )
+        .await;
+    }
     step(json, "funding the faucet wallet");
     let faucet = WalletKeypair::generate();
     faucet
@@ -143,9 +175,32 @@ async fn run_localnet(root: PathBuf, args: &LocalnetArgs, json: bool) -> Result<
         molt_mint: mint.address().to_string(),
         faucet: faucet.address(),
     };
-    let info_path = root.join(LOCALNET_INFO_FILE);
     std::fs::write(&info_path, serde_json::to_vec_pretty(&info)?)
         .with_context(|| format!("writing {}", info_path.display()))?;
+    let what = format!("faucet funded with {faucet_sol} SOL and {FAUCET_MOLT} MOLT");
+    serve(chain, &info, &info_path, started, json, &what).await
+}
+
+/// The mint and faucet a previous run set up, when the replayed chain still has them.
+async fn existing_setup(root: &Path, client: &ChainClient) -> Option<LocalnetInfo> {
+    let info: LocalnetInfo =
+        serde_json::from_slice(&std::fs::read(root.join(LOCALNET_INFO_FILE)).ok()?).ok()?;
+    WalletKeypair::load(&root.join(LOCALNET_FAUCET_FILE)).ok()?;
+    let mint = Pubkey::from_str(&info.molt_mint).ok()?;
+    client.account(&mint).await.ok()??;
+    Some(info)
+}
+
+/// Prints where MOLT lives, then serves the embedded chain (if any) until Ctrl-C.
+async fn serve(
+    chain: Option<EmbeddedChain>,
+    info: &LocalnetInfo,
+    info_path: &Path,
+    started: std::time::Instant,
+    json: bool,
+    what: &str,
+) -> Result<()> {
+    let url = &info.rpc_url;
     if json {
         println!("{}", serde_json::to_string(&info)?);
     } else {
@@ -155,20 +210,18 @@ async fn run_localnet(root: PathBuf, args: &LocalnetArgs, json: bool) -> Result<
         );
         println!("rpc          {}", info.rpc_url);
         println!("MOLT mint    {}", info.molt_mint);
-        println!(
-            "faucet       {} ({faucet_sol} SOL, {FAUCET_MOLT} MOLT)",
-            info.faucet
-        );
+        println!("faucet       {} ({what})", info.faucet);
         println!("written to   {}", info_path.display());
     }
     let Some(chain) = chain else {
         return Ok(());
     };
     if !json {
-        println!("Ctrl-C stops the chain (its state lives in memory)");
+        println!(
+            "Ctrl-C stops the chain; its ledger stays for the next start (--reset forgets it)"
+        );
     }
     let _ = tokio::signal::ctrl_c().await;
-    let _ = std::fs::remove_file(&info_path);
     drop(chain);
     Ok(())
 }

@@ -44,18 +44,21 @@ fn wallets_airdrop_and_transfer_molt_through_the_embedded_chain() {
     point_at(&alice, &url);
     point_at(&bob, &url);
 
-    let _chain = Localnet(
-        Command::new(workspace_binary("clawnode"))
-            .arg("--data-dir")
-            .arg(alice.data_dir())
-            .args(["localnet", "--rpc-port", &port.to_string()])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("clawnode localnet"),
-    );
+    let start_chain = || {
+        Localnet(
+            Command::new(workspace_binary("clawnode"))
+                .arg("--data-dir")
+                .arg(alice.data_dir())
+                .args(["localnet", "--rpc-port", &port.to_string()])
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("clawnode localnet"),
+        )
+    };
+    let chain = start_chain();
     let info = eventually(Duration::from_secs(30), "localnet.json", || {
         let bytes = std::fs::read(alice.data_dir().join("localnet.json")).ok()?;
         serde_json::from_slice::<serde_json::Value>(&bytes).ok()
@@ -118,6 +121,28 @@ fn wallets_airdrop_and_transfer_molt_through_the_embedded_chain() {
     );
     let refused = alice.fails(&["wallet", "transfer", &bob_address, "1.0000001"]);
     assert!(refused.stderr.contains("decimal"), "{}", refused.stderr);
+
+    // The chain is killed with SIGKILL and started again: its ledger brings every payment back.
+    drop(chain);
+    let _chain = start_chain();
+    let balance = eventually(Duration::from_secs(30), "the restarted chain", || {
+        let finished = alice.run(&["--json", "wallet", "balance"]);
+        finished.success.then(|| finished.json())
+    });
+    assert_eq!(balance["molt"], "7.5");
+    assert_eq!(
+        bob.ok(&["--json", "wallet", "balance"]).json()["molt"],
+        "2.5"
+    );
+    let info: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(alice.data_dir().join("localnet.json")).expect("info"),
+    )
+    .expect("json");
+    assert_eq!(
+        info["molt_mint"],
+        mint.as_str(),
+        "the same mint after the restart"
+    );
 
     // Airdrops are for a chain on this machine only.
     let path = bob.data_dir().join("config.toml");
