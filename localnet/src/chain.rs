@@ -21,6 +21,8 @@ use crate::journal::{Entry, Journal};
 pub const BLOCKHASH_WINDOW: u64 = 150;
 /// Signature statuses kept; the oldest are forgotten first.
 const MAX_STATUSES: usize = 200_000;
+/// Transactions whose full details (`getTransaction`) are kept.
+const MAX_DETAILS: usize = 50_000;
 /// Signatures kept per address for `getSignaturesForAddress`.
 const MAX_HISTORY_PER_ADDRESS: usize = 1_000;
 /// Most lamports one airdrop may ask for (1,000 SOL).
@@ -42,6 +44,22 @@ pub(crate) struct TransactionRecord {
     pub err: Option<TransactionError>,
     /// Its memos, as Solana's RPC formats them (`[len] text; …`).
     pub memo: Option<String>,
+}
+
+/// What `getTransaction` answers about a landed transaction.
+#[derive(Debug, Clone)]
+pub(crate) struct TransactionDetails {
+    /// The transaction as sent; `None` for the faucet's airdrops.
+    pub(crate) transaction: Option<VersionedTransaction>,
+    /// Fee paid, lamports.
+    pub(crate) fee: u64,
+    /// Balances of the message's accounts before and after.
+    pub(crate) pre_balances: Vec<u64>,
+    pub(crate) post_balances: Vec<u64>,
+    /// Program logs.
+    pub(crate) logs: Vec<String>,
+    /// Compute units used.
+    pub(crate) compute_units: u64,
 }
 
 /// Why a transaction was not executed at all.
@@ -85,6 +103,8 @@ pub(crate) struct Chain {
     status_order: VecDeque<Signature>,
     history: HashMap<Pubkey, VecDeque<Signature>>,
     journal: Option<Journal>,
+    details: HashMap<Signature, TransactionDetails>,
+    detail_order: VecDeque<Signature>,
 }
 
 impl std::fmt::Debug for Chain {
@@ -117,6 +137,8 @@ impl Chain {
             status_order: VecDeque::new(),
             history: HashMap::new(),
             journal: None,
+            details: HashMap::new(),
+            detail_order: VecDeque::new(),
         };
         chain.set_clock();
         chain
@@ -224,6 +246,10 @@ impl Chain {
         Some((token.amount, mint.decimals))
     }
 
+    pub(crate) fn details(&self, signature: &Signature) -> Option<&TransactionDetails> {
+        self.details.get(signature)
+    }
+
     pub(crate) fn status(&self, signature: &Signature) -> Option<&TransactionRecord> {
         self.statuses.get(signature)
     }
@@ -244,9 +270,11 @@ impl Chain {
     /// Gives `lamports` from the chain's faucet.
     pub(crate) fn airdrop(&mut self, to: &Pubkey, lamports: u64) -> Result<Signature, SubmitError> {
         let faucet = self.svm.airdrop_pubkey();
+        let keys = vec![faucet, *to];
+        let pre_balances = self.balances(&keys);
         match self.svm.airdrop(to, lamports) {
             Ok(meta) => {
-                let signature = self.record(&meta, vec![faucet, *to], None);
+                let signature = self.record(&meta, keys, None, None, pre_balances);
                 self.journal(&Entry::Airdrop { to: *to, lamports })?;
                 Ok(signature)
             }
@@ -278,9 +306,11 @@ impl Chain {
         };
         let keys: Vec<Pubkey> = tx.message.static_account_keys().to_vec();
         let memo = memos(&tx);
+        let pre_balances = self.balances(&keys);
+        let sent = tx.clone();
         match self.svm.send_transaction(tx) {
             Ok(meta) => {
-                let signature = self.record(&meta, keys, memo);
+                let signature = self.record(&meta, keys, memo, Some(sent), pre_balances);
                 if let Some(wire) = wire {
                     self.journal(&Entry::Transaction(wire))?;
                 }
@@ -295,13 +325,34 @@ impl Chain {
     }
 
     /// Records a landed transaction under its signature and every account it names.
+    fn balances(&self, keys: &[Pubkey]) -> Vec<u64> {
+        keys.iter().map(|k| self.balance(k)).collect()
+    }
+
     fn record(
         &mut self,
         meta: &TransactionMetadata,
         keys: Vec<Pubkey>,
         memo: Option<String>,
+        transaction: Option<VersionedTransaction>,
+        pre_balances: Vec<u64>,
     ) -> Signature {
         let signature = meta.signature;
+        let details = TransactionDetails {
+            transaction,
+            fee: meta.fee,
+            post_balances: self.balances(&keys),
+            pre_balances,
+            logs: meta.logs.clone(),
+            compute_units: meta.compute_units_consumed,
+        };
+        self.details.insert(signature, details);
+        self.detail_order.push_back(signature);
+        if self.detail_order.len() > MAX_DETAILS
+            && let Some(old) = self.detail_order.pop_front()
+        {
+            self.details.remove(&old);
+        }
         let record = TransactionRecord {
             slot: self.slot,
             block_time: unix_now(),

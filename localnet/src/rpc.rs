@@ -387,6 +387,71 @@ fn dispatch(chain: &mut Chain, method: &str, params: &[Value]) -> RpcResult {
             }
             Ok(with_context(chain, Value::Array(values)))
         }
+        "getTransaction" => {
+            let signature = signature(param(params, 0, "signature")?)?;
+            let options = config(params, 1);
+            // The second param is a config object, or (the older form) just the encoding.
+            let encoding = params
+                .get(1)
+                .and_then(Value::as_str)
+                .or_else(|| {
+                    options
+                        .and_then(|c| c.get("encoding"))
+                        .and_then(Value::as_str)
+                })
+                .unwrap_or("json");
+            let versioned = options
+                .and_then(|c| c.get("maxSupportedTransactionVersion"))
+                .is_some_and(|v| !v.is_null());
+            let (Some(record), Some(details)) =
+                (chain.status(&signature), chain.details(&signature))
+            else {
+                return Ok(Value::Null);
+            };
+            let Some(tx) = &details.transaction else {
+                return Ok(Value::Null);
+            };
+            let encoded = match encoding {
+                "base64" => json!([
+                    BASE64.encode(bincode1::serialize(tx).unwrap_or_default()),
+                    "base64"
+                ]),
+                "base58" => json!([
+                    bs58::encode(bincode1::serialize(tx).unwrap_or_default()).into_string(),
+                    "base58"
+                ]),
+                "json" => transaction_json(tx),
+                other => {
+                    return Err(RpcError::invalid_params(format!(
+                        "unsupported encoding: {other}; use json, base64 or base58"
+                    )));
+                }
+            };
+            let mut answer = json!({
+                "slot": record.slot,
+                "blockTime": record.block_time,
+                "transaction": encoded,
+                "meta": {
+                    "err": null,
+                    "status": {"Ok": null},
+                    "fee": details.fee,
+                    "preBalances": details.pre_balances,
+                    "postBalances": details.post_balances,
+                    "innerInstructions": [],
+                    "logMessages": details.logs,
+                    "rewards": [],
+                    "loadedAddresses": {"writable": [], "readonly": []},
+                    "computeUnitsConsumed": details.compute_units,
+                },
+            });
+            if versioned {
+                answer["version"] = match tx.version() {
+                    solana_transaction::versioned::TransactionVersion::Legacy(_) => json!("legacy"),
+                    solana_transaction::versioned::TransactionVersion::Number(n) => json!(n),
+                };
+            }
+            Ok(answer)
+        }
         "getSignaturesForAddress" => {
             let address = pubkey(params, 0)?;
             let options = config(params, 1);
@@ -443,6 +508,30 @@ fn signature(value: &Value) -> Result<Signature, RpcError> {
         .ok_or_else(|| RpcError::invalid_params("signatures are strings"))?;
     Signature::from_str(text).map_err(|_| {
         RpcError::invalid_params(format!("Invalid param: {text:?} is not a signature"))
+    })
+}
+
+/// A transaction in the RPC's `json` encoding.
+fn transaction_json(tx: &VersionedTransaction) -> Value {
+    let message = &tx.message;
+    let header = message.header();
+    json!({
+        "signatures": tx.signatures.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "message": {
+            "header": {
+                "numRequiredSignatures": header.num_required_signatures,
+                "numReadonlySignedAccounts": header.num_readonly_signed_accounts,
+                "numReadonlyUnsignedAccounts": header.num_readonly_unsigned_accounts,
+            },
+            "accountKeys": message.static_account_keys().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "recentBlockhash": message.recent_blockhash().to_string(),
+            "instructions": message.instructions().iter().map(|ix| json!({
+                "programIdIndex": ix.program_id_index,
+                "accounts": ix.accounts,
+                "data": bs58::encode(&ix.data).into_string(),
+                "stackHeight": null,
+            })).collect::<Vec<_>>(),
+        },
     })
 }
 

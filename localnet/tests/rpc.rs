@@ -12,6 +12,7 @@ use solana_rpc_client::nonblocking::rpc_client::RpcClient;
 use solana_signer::Signer as _;
 use solana_transaction::Transaction;
 use solana_transaction::versioned::VersionedTransaction;
+use solana_transaction_status_client_types::UiTransactionEncoding;
 
 const SOL: u64 = 1_000_000_000;
 
@@ -187,6 +188,26 @@ async fn spl_token_transfer_with_memo_through_rpc() {
         .expect("history");
     assert_eq!(history[0].signature, signature.to_string());
     assert_eq!(history[0].memo.as_deref(), Some("[8] lease-42"));
+    for encoding in [UiTransactionEncoding::Base64, UiTransactionEncoding::Json] {
+        let fetched = client
+            .get_transaction(&signature, encoding)
+            .await
+            .expect("getTransaction");
+        let meta = fetched.transaction.meta.expect("meta");
+        assert_eq!(meta.fee, 5_000);
+        assert!(meta.err.is_none());
+        let logs: Option<Vec<String>> = meta.log_messages.into();
+        assert!(
+            logs.expect("logs").iter().any(|l| l.contains("lease-42")),
+            "memo in the log"
+        );
+        let decoded = fetched.transaction.transaction.decode();
+        if let Some(decoded) = decoded {
+            assert_eq!(decoded.signatures[0], signature);
+        } else {
+            assert!(matches!(encoding, UiTransactionEncoding::Json));
+        }
+    }
 
     // Sending the very same transaction again never pays twice.
     let again = client.send_and_confirm_transaction(&tx).await;
