@@ -204,12 +204,43 @@ async fn escrow_release_refund_dispute_and_idempotency(client: &ChainClient) {
         .check_settlement(&mint, &wire, release, &p.provider.pubkey(), signers)
         .expect("the settlement is the agreed one");
     received.partial_sign(&[&p.buyer], blockhash);
+    // Bytes altered in transit (a share moved to the provider) fail the buyer's check, and the
+    // chain refuses them too: the provider's signature no longer covers the message.
+    let mut tampered = wire.clone();
+    let position = tampered
+        .windows(8)
+        .rposition(|w| w == 16_500_000u64.to_le_bytes())
+        .expect("the provider's amount is in the message");
+    tampered[position..position + 8].copy_from_slice(&20_000_000u64.to_le_bytes());
+    let err = escrow
+        .check_settlement(&mint, &tampered, release, &p.provider.pubkey(), signers)
+        .expect_err("tampered");
+    assert!(err.to_string().contains("does not match"), "{err}");
+    let mut forged: solana_transaction::Transaction =
+        bincode1::deserialize(&tampered).expect("still a transaction");
+    forged.partial_sign(&[&p.buyer], blockhash);
+    let err = client
+        .submit_signed(&forged, last_valid)
+        .await
+        .expect_err("the chain refuses a forged settlement");
+    assert!(
+        err.to_string().to_lowercase().contains("signature"),
+        "{err}"
+    );
+    escrow
+        .verify_funded(client, &mint)
+        .await
+        .expect("untouched");
+
     client
         .submit_signed(&received, last_valid)
         .await
         .expect("settled");
     assert_eq!(balance(client, &mint, &p.provider).await, molt("16.5"));
     assert_eq!(balance(client, &mint, &p.buyer).await, molt("983.5"));
+    // The same signed settlement sent again pays nothing.
+    assert!(client.submit_signed(&received, last_valid).await.is_err());
+    assert_eq!(balance(client, &mint, &p.provider).await, molt("16.5"));
 
     // Settling again finds the first settlement and pays nothing.
     let again = escrow
