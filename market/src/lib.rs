@@ -6,14 +6,30 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub mod book;
+pub mod order;
 pub mod settlement;
 
 /// Decimal places of the MOLT mint.
 pub const MOLT_DECIMALS: u32 = 6;
 const BASE_UNITS_PER_MOLT: u64 = 10u64.pow(MOLT_DECIMALS);
 
-/// An amount of MOLT in base units (1 MOLT = 1,000,000 base units).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// An amount of MOLT in base units (1 MOLT = 1,000,000 base units). On the wire it is the bare
+/// count of base units.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct Molt(u64);
 
 /// Text that is not a MOLT amount.
