@@ -62,6 +62,10 @@ pub enum PayloadKind {
     Offer,
     /// A buyer's market bid.
     Bid,
+    /// A provider's accepted lease terms.
+    LeaseTerms,
+    /// A provider's receipt for a lease it served.
+    LeaseReceipt,
 }
 
 impl PayloadKind {
@@ -72,6 +76,8 @@ impl PayloadKind {
             Self::Announcement => 3,
             Self::Offer => 4,
             Self::Bid => 5,
+            Self::LeaseTerms => 6,
+            Self::LeaseReceipt => 7,
         }
     }
 
@@ -82,6 +88,8 @@ impl PayloadKind {
             3 => Some(Self::Announcement),
             4 => Some(Self::Offer),
             5 => Some(Self::Bid),
+            6 => Some(Self::LeaseTerms),
+            7 => Some(Self::LeaseReceipt),
             _ => None,
         }
     }
@@ -95,6 +103,8 @@ impl fmt::Display for PayloadKind {
             Self::Announcement => "announcement",
             Self::Offer => "offer",
             Self::Bid => "bid",
+            Self::LeaseTerms => "lease terms",
+            Self::LeaseReceipt => "lease receipt",
         })
     }
 }

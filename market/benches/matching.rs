@@ -123,6 +123,29 @@ fn matching(c: &mut Criterion) {
             }
         });
     });
+    // Priced below every offer: each answer is a full explanation over the model's offers.
+    let hopeless: Vec<Bid> = bids
+        .iter()
+        .take(100)
+        .cloned()
+        .map(|mut b| {
+            b.max_price_per_gpu_hour = Molt::from_base_units(400_000);
+            b
+        })
+        .collect();
+    assert!(
+        hopeless
+            .iter()
+            .all(|b| book.best_match(b, NOW, &reputation).is_err())
+    );
+    group.throughput(Throughput::Elements(hopeless.len() as u64));
+    group.bench_function("bids that match nothing, explained", |b| {
+        b.iter(|| {
+            for bid in &hopeless {
+                let _ = black_box(book.best_match(black_box(bid), NOW, &reputation));
+            }
+        });
+    });
     group.finish();
 }
 

@@ -142,6 +142,14 @@ async fn escrow_release_refund_dispute_and_idempotency(client: &ChainClient) {
         .await
         .expect("funding verified");
     assert_eq!(balance(client, &mint, &p.buyer).await, molt("976"));
+    // A vault whose multisig is not 2 of exactly these three parties is not this escrow.
+    let mut claimed = escrow.clone();
+    claimed.terms.arbiter = Keypair::new().pubkey();
+    let err = claimed
+        .verify_funded(client, &mint)
+        .await
+        .expect_err("a multisig of other keys is refused");
+    assert!(matches!(err, SettlementError::WrongOwner(_)), "{err}");
 
     // One signature of three cannot release: the token program refuses it on chain.
     let one_of_three = mint

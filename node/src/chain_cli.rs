@@ -11,7 +11,7 @@ use claw_attestation::WalletKeypair;
 use claw_localnet::EmbeddedChain;
 use claw_market::Molt;
 use claw_market::settlement::{ChainClient, MoltMint};
-use serde::{Deserialize, Serialize};
+use clawnode::chain::{LOCALNET_INFO_FILE, LocalnetInfo};
 use serde_json::json;
 use solana_keypair::Keypair;
 use solana_pubkey::Pubkey;
@@ -19,7 +19,6 @@ use solana_signer::Signer as _;
 
 use crate::{GlobalArgs, print_json};
 
-const LOCALNET_INFO_FILE: &str = "localnet.json";
 const LOCALNET_FAUCET_FILE: &str = "localnet-faucet.json";
 const LOCALNET_LEDGER_DIR: &str = "localnet-ledger";
 const LAMPORTS_PER_SOL: u64 = 1_000_000_000;
@@ -67,15 +66,6 @@ pub(crate) enum WalletCommand {
         #[arg(long, default_value = "clawbernetes transfer")]
         memo: String,
     },
-}
-
-/// What `clawnode localnet` wrote for the wallet commands to find.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LocalnetInfo {
-    rpc_url: String,
-    molt_mint: String,
-    faucet: String,
 }
 
 fn step(json: bool, text: &str) {
@@ -227,28 +217,12 @@ async fn serve(
 }
 
 fn to_keypair(wallet: &WalletKeypair) -> Result<Keypair> {
-    Keypair::try_from(&wallet.keypair_bytes()[..])
-        .map_err(|e| anyhow::anyhow!("wallet keypair: {e}"))
+    Ok(clawnode::chain::to_keypair(wallet)?)
 }
 
-/// The cluster URL and MOLT mint for a data directory: the config's, else `localnet.json`'s.
 fn chain_settings(root: &Path) -> Result<(String, Option<MoltMint>)> {
     let dir = clawnode::DataDir::open(root)?;
-    let chain = &dir.config().chain;
-    if let Some(mint) = &chain.molt_mint {
-        let mint = Pubkey::from_str(mint).context("chain.molt_mint")?;
-        return Ok((chain.rpc_url.clone(), Some(MoltMint::at(mint))));
-    }
-    let info: Option<LocalnetInfo> = std::fs::read(root.join(LOCALNET_INFO_FILE))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    match info {
-        Some(info) if info.rpc_url == chain.rpc_url => {
-            let mint = Pubkey::from_str(&info.molt_mint).context("localnet.json's mint")?;
-            Ok((chain.rpc_url.clone(), Some(MoltMint::at(mint))))
-        }
-        _ => Ok((chain.rpc_url.clone(), None)),
-    }
+    Ok(clawnode::chain::chain_settings(&dir)?)
 }
 
 fn is_local(url: &str) -> bool {

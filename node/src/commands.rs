@@ -25,6 +25,10 @@ use sha2::{Digest as _, Sha256};
 use crate::access::{AccessPolicy, Role};
 use crate::config::SystemRunSection;
 use crate::health::{HealthInputs, assess};
+use crate::market::{
+    BidParams, CancelParams, EndParams, FundParams, LeaseRequestParams, LeasesParams, Market,
+    OffersParams, ReceiptsParams, ReputationParams, StatusParams,
+};
 use crate::store::{AuditRecord, Store};
 use crate::system_run::{self, SystemRunError, SystemRunParams};
 use crate::workloads::spec::{
@@ -176,7 +180,76 @@ const COMMANDS: &[CommandSpec] = &[
         role: Role::Operate,
         params: schema::<ExecParams>,
     },
+    CommandSpec {
+        name: "market.offers",
+        description: "GPU offers in this node's order book (from gossip), cheapest first, with filters",
+        role: Role::Read,
+        params: schema::<OffersParams>,
+    },
+    CommandSpec {
+        name: "market.bid",
+        description: "Match a bid against the order book and, with a workload, lease the best offer in one call: budget check, signed bid, provider-signed terms, escrow funded on chain, workload started; or say why nothing matches",
+        role: Role::Operate,
+        params: schema::<BidParams>,
+    },
+    CommandSpec {
+        name: "market.leases",
+        description: "This node's leases, as buyer and as provider, with their state",
+        role: Role::Operate,
+        params: schema::<LeasesParams>,
+    },
+    CommandSpec {
+        name: "market.lease.cancel",
+        description: "End a lease this node bought and settle it: pro rata for the time served, the rest refunded",
+        role: Role::Operate,
+        params: schema::<CancelParams>,
+    },
+    CommandSpec {
+        name: "market.reputation",
+        description: "A provider's reputation from its signed receipts whose settlements are found on chain",
+        role: Role::Read,
+        params: schema::<ReputationParams>,
+    },
+    CommandSpec {
+        name: "market.receipts",
+        description: "The lease receipts this node signed as a provider, with their terms, for anyone to check",
+        role: Role::Read,
+        params: schema::<ReceiptsParams>,
+    },
+    CommandSpec {
+        name: "market.lease.request",
+        description: "(buyer to provider) Ask for a lease on an offer with a signed bid; answers with signed terms and reserved GPUs",
+        role: Role::Read,
+        params: schema::<LeaseRequestParams>,
+    },
+    CommandSpec {
+        name: "market.lease.fund",
+        description: "(buyer to provider) The escrow is funded: verify it on chain and start the workload on the reserved GPUs",
+        role: Role::Read,
+        params: schema::<FundParams>,
+    },
+    CommandSpec {
+        name: "market.lease.end",
+        description: "(buyer to provider) End the lease; answers with the signed receipt and the provider-signed settlement",
+        role: Role::Read,
+        params: schema::<EndParams>,
+    },
+    CommandSpec {
+        name: "market.lease.status",
+        description: "(buyer to provider) Where the caller's lease is",
+        role: Role::Read,
+        params: schema::<StatusParams>,
+    },
+    CommandSpec {
+        name: "wallet.balance",
+        description: "The node wallet's SOL and MOLT balances",
+        role: Role::Operate,
+        params: schema::<NoParams>,
+    },
 ];
+
+/// Commands a lessee may run on the workload of its lease, though it has only the read role.
+const LESSEE_COMMANDS: &[&str] = &["workload.stop", "workload.logs", "container.exec"];
 
 /// The command table as `node.capabilities` answers it, built once.
 fn capabilities() -> Value {
@@ -223,6 +296,8 @@ pub struct NodeServices {
     pub workloads: Workloads,
     /// `system.run` limits.
     pub system_run: SystemRunSection,
+    /// The market: order book, offers, leases.
+    pub market: Market,
 }
 
 /// The node's command table. Cheap to clone.
@@ -429,11 +504,50 @@ impl NodeCommands {
             "workload.logs" => Ok(s.workloads.logs(parse(command, params)?).await?),
             "workload.stats" => Ok(s.workloads.stats(parse(command, params)?).await?),
             "container.exec" => Ok(s.workloads.exec(parse(command, params)?).await?),
+            "market.offers" => s.market.offers(parse(command, params)?),
+            "market.bid" => {
+                s.market
+                    .bid(parse(command, params)?, idempotency_key.as_deref())
+                    .await
+            }
+            "market.leases" => s.market.leases(parse(command, params)?).await,
+            "market.lease.cancel" => s.market.cancel(parse(command, params)?).await,
+            "market.reputation" => s.market.reputation(parse(command, params)?).await,
+            "market.receipts" => s.market.receipts(parse(command, params)?).await,
+            "market.lease.request" => {
+                s.market
+                    .lease_request(caller, parse(command, params)?)
+                    .await
+            }
+            "market.lease.fund" => s.market.lease_fund(caller, parse(command, params)?).await,
+            "market.lease.end" => s.market.lease_end(caller, parse(command, params)?).await,
+            "market.lease.status" => s.market.lease_status(caller, parse(command, params)?).await,
+            "wallet.balance" => {
+                parse::<NoParams>(command, params)?;
+                s.market.balance().await
+            }
             other => Err(InvokeFailure::new(
                 ErrorCode::UnknownCommand,
                 format!("no command {other:?}; node.capabilities lists them"),
             )),
         }
+    }
+
+    /// Whether `caller` started the workload a lessee command names (a lessee manages its own
+    /// lease's workload and nothing else).
+    async fn is_lessee(&self, caller: &PeerId, command: &str, params: &Value) -> bool {
+        if !LESSEE_COMMANDS.contains(&command) {
+            return false;
+        }
+        let Some(reference) = params.get("workload").and_then(Value::as_str) else {
+            return false;
+        };
+        self.services.workloads.owner_of(reference).await.as_deref() == Some(&caller.to_string())
+    }
+
+    /// The market service.
+    pub fn market(&self) -> &Market {
+        &self.services.market
     }
 
     /// Checks the caller's role and the params' size, then runs the command in its own task
@@ -456,7 +570,7 @@ impl NodeCommands {
                 )),
             );
         };
-        if role < spec.role {
+        if role < spec.role && !self.is_lessee(&caller, spec.name, &request.params).await {
             return (
                 role,
                 Err(InvokeFailure::new(

@@ -63,6 +63,117 @@ pub struct NodeConfig {
     pub system_run: SystemRunSection,
     /// The Solana cluster that settles MOLT payments.
     pub chain: ChainSection,
+    /// Selling and buying GPU time.
+    pub market: MarketSection,
+}
+
+/// Selling and buying GPU time for MOLT. Amounts are MOLT as decimal text (`"1.5"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MarketSection {
+    /// The arbiter's wallet address: the third key of every escrow this node signs up to. No
+    /// leases are made without one.
+    pub arbiter: Option<String>,
+    /// Offer this node's free GPUs at a fixed price per GPU-hour. No offers without it.
+    pub price_per_gpu_hour: Option<String>,
+    /// Added to the price in proportion to how many of the node's GPUs are taken (all taken:
+    /// the whole markup). Default none.
+    pub utilisation_markup: Option<String>,
+    /// Shortest lease offered, hours.
+    pub min_hours: u32,
+    /// Longest lease offered, hours.
+    pub max_hours: u32,
+    /// Whether leases of this node may be interrupted.
+    pub interruptible: bool,
+    /// How long a published offer stays valid; it is renewed well before.
+    pub offer_ttl_secs: u64,
+    /// How long a buyer has to fund the escrow before the GPUs are released.
+    pub fund_within_secs: u64,
+    /// The most one lease this node buys may cost. Default no limit.
+    pub max_per_lease: Option<String>,
+    /// The most the leases this node buys in any 24 hours may cost together. Default no limit.
+    pub max_per_day: Option<String>,
+}
+
+impl Default for MarketSection {
+    fn default() -> Self {
+        Self {
+            arbiter: None,
+            price_per_gpu_hour: None,
+            utilisation_markup: None,
+            min_hours: 1,
+            max_hours: 168,
+            interruptible: false,
+            offer_ttl_secs: 300,
+            fund_within_secs: 120,
+            max_per_lease: None,
+            max_per_day: None,
+        }
+    }
+}
+
+fn molt_setting(
+    name: &str,
+    text: &Option<String>,
+) -> Result<Option<claw_market::Molt>, ConfigError> {
+    text.as_deref()
+        .map(|t| {
+            t.parse()
+                .map_err(|e| ConfigError::Invalid(format!("market.{name}: {e}")))
+        })
+        .transpose()
+}
+
+impl MarketSection {
+    /// The fixed price, if the node sells.
+    pub fn price(&self) -> Option<claw_market::Molt> {
+        molt_setting("price_per_gpu_hour", &self.price_per_gpu_hour)
+            .ok()
+            .flatten()
+    }
+
+    /// The utilisation markup (zero when unset).
+    pub fn markup(&self) -> claw_market::Molt {
+        molt_setting("utilisation_markup", &self.utilisation_markup)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// The buyer's budget.
+    pub fn budget(&self) -> claw_market::lease::Budget {
+        claw_market::lease::Budget {
+            max_per_lease: molt_setting("max_per_lease", &self.max_per_lease)
+                .ok()
+                .flatten(),
+            max_per_day: molt_setting("max_per_day", &self.max_per_day)
+                .ok()
+                .flatten(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(format!("market.{m}")));
+        molt_setting("price_per_gpu_hour", &self.price_per_gpu_hour)?;
+        molt_setting("utilisation_markup", &self.utilisation_markup)?;
+        molt_setting("max_per_lease", &self.max_per_lease)?;
+        molt_setting("max_per_day", &self.max_per_day)?;
+        if let Some(arbiter) = &self.arbiter
+            && (arbiter.len() > 64 || bs58::decode(arbiter).into_vec().map(|k| k.len()) != Ok(32))
+        {
+            return invalid("arbiter must be a wallet address (base-58, 32 bytes)");
+        }
+        if self.min_hours == 0 || self.min_hours > self.max_hours || self.max_hours > 8760 {
+            return invalid("min_hours and max_hours: 1 ≤ min_hours ≤ max_hours ≤ 8760");
+        }
+        if !(30..=86_400).contains(&self.offer_ttl_secs) {
+            return invalid("offer_ttl_secs must be 30 to 86400");
+        }
+        if !(5..=3600).contains(&self.fund_within_secs) {
+            return invalid("fund_within_secs must be 5 to 3600");
+        }
+        Ok(())
+    }
 }
 
 /// The Solana cluster that settles MOLT payments.
@@ -393,6 +504,7 @@ impl NodeConfig {
         if !(1..=16 * 1024 * 1024).contains(&self.system_run.max_output_bytes) {
             return invalid("system_run.max_output_bytes must be 1 to 16777216".to_owned());
         }
+        self.market.validate()?;
         if !(self.chain.rpc_url.starts_with("http://")
             || self.chain.rpc_url.starts_with("https://"))
             || self.chain.rpc_url.len() > 512

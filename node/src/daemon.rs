@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use claw_attestation::{GpuProbe, read_secret};
-use claw_mesh::{Mesh, MeshConfig, MeshEvent, MeshHandle, Multiaddr, SwarmKey};
+use claw_mesh::{Mesh, MeshConfig, MeshEvent, MeshHandle, Multiaddr, SwarmKey, TopicKind};
 use clawnode::commands::NodeCommands;
 use clawnode::control::{self, ControlState};
 use clawnode::workloads::Workloads;
@@ -198,11 +198,22 @@ pub(crate) async fn run(dir: DataDir, overrides: RunOverrides, json: bool) -> Re
         commands.workloads().clone(),
         handle.clone(),
     ));
+    let market = commands.market().clone();
+    market.attach(handle.clone());
+    let market_task = tokio::spawn(market.clone().run(Duration::from_secs(
+        dir.config().mesh.announce_interval_secs,
+    )));
     let mut events = mesh.events;
     let watcher = tokio::spawn(async move {
         while let Some(event) = events.recv().await {
-            if let MeshEvent::Fleet(change) = event {
-                tracing::info!(?change, "fleet");
+            match event {
+                MeshEvent::Fleet(change) => tracing::info!(?change, "fleet"),
+                MeshEvent::Connected(_) => market.peer_connected(),
+                MeshEvent::Gossip {
+                    kind: TopicKind::Offers,
+                    envelope,
+                } => market.ingest_offer(&envelope),
+                _ => {}
             }
         }
     });
@@ -238,6 +249,7 @@ pub(crate) async fn run(dir: DataDir, overrides: RunOverrides, json: bool) -> Re
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
     announcer.abort();
+    market_task.abort();
     handle.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), mesh.task).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;

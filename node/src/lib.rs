@@ -5,11 +5,13 @@
 //! `src/main.rs` is a thin CLI over this library.
 
 pub mod access;
+pub mod chain;
 pub mod commands;
 pub mod config;
 pub mod control;
 mod data_dir;
 pub mod health;
+pub mod market;
 pub mod store;
 pub mod system_run;
 pub mod workloads;
@@ -24,7 +26,7 @@ pub use data_dir::{DataDir, DataDirError, WalletOutcome};
 pub use store::{Store, StoreError};
 
 /// Signs `payload` as this node with the store's next sequence number, valid for `ttl`.
-fn seal_next<T: SignedPayload>(
+pub(crate) fn seal_next<T: SignedPayload>(
     dir: &DataDir,
     store: &Store,
     ttl: Duration,
@@ -97,7 +99,7 @@ pub fn sign_announcement(
 ///
 /// Blocking: reads NVML.
 pub fn node_services(
-    dir: &DataDir,
+    dir: &std::sync::Arc<DataDir>,
     store: Store,
     probe: std::sync::Arc<GpuProbe>,
 ) -> commands::NodeServices {
@@ -117,8 +119,15 @@ pub fn node_services(
         simulated,
         config.workloads.clone(),
     );
+    let market = market::Market::new(
+        std::sync::Arc::clone(dir),
+        store.clone(),
+        std::sync::Arc::clone(&probe),
+        workloads.clone(),
+    );
     commands::NodeServices {
         xids: claw_attestation::XidWatcher::start(),
+        market,
         probe,
         data_dir: dir.root().to_path_buf(),
         store,

@@ -2,6 +2,7 @@
 
 mod chain_cli;
 mod daemon;
+mod market_cli;
 mod ops;
 
 use std::path::{Path, PathBuf};
@@ -65,6 +66,9 @@ enum Command {
     /// The node's Solana wallet: address, balances, localnet airdrops, MOLT transfers.
     #[command(subcommand)]
     Wallet(chain_cli::WalletCommand),
+    /// The GPU market: offers, bids that lease and run, leases, cancel.
+    #[command(subcommand)]
+    Market(market_cli::MarketCommand),
     /// Show the running node's audit log: every command it answered, newest first.
     Audit {
         /// How many records.
@@ -185,6 +189,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Health(args) => ops::health(global, args),
         Command::Localnet(args) => chain_cli::localnet(global, &args),
         Command::Wallet(command) => chain_cli::wallet(global, command),
+        Command::Market(command) => market_cli::market(global, command),
         Command::Audit { limit } => audit(global, limit),
     }
 }

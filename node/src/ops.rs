@@ -105,7 +105,7 @@ pub(crate) fn invoke(global: &GlobalArgs, args: InvokeArgs) -> Result<()> {
 
 /// Runs the invoke on a thread while this one polls the node for its progress and draws it on
 /// stderr: one updating line on a terminal, a line per stage otherwise.
-fn with_progress(client: &ControlClient, body: &InvokeBody, key: &str) -> Result<Value> {
+pub(crate) fn with_progress(client: &ControlClient, body: &InvokeBody, key: &str) -> Result<Value> {
     let terminal = std::io::stderr().is_terminal();
     std::thread::scope(|scope| {
         let call = scope.spawn(|| client.invoke(body));

@@ -1,6 +1,6 @@
 //! The node's durable state, in sled: the envelope sequence counter, the latest signed
 //! inventory, the audit log, workloads and the GPUs allocated to them, and the node's own
-//! operator state (labels, cordon).
+//! operator state (labels, cordon), and market leases with the GPUs they reserve.
 //!
 //! A workload and its GPU allocation are written in one transaction, so a crash at any point
 //! leaves either both or neither; every write is flushed before the caller is answered.
@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sled::Transactional as _;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+use crate::market::LeaseRecord;
 use crate::workloads::{WorkloadRecord, WorkloadState};
 
 const META_TREE: &str = "meta";
@@ -20,6 +21,9 @@ const WORKLOADS_TREE: &str = "workloads";
 const ALLOCATIONS_TREE: &str = "gpu-allocations";
 const IDEMPOTENCY_TREE: &str = "idempotency";
 const NAMES_TREE: &str = "workload-names";
+const LEASES_TREE: &str = "leases";
+/// Prefix of the allocation holder for GPUs a lease reserves.
+const LEASE_HOLDER_PREFIX: &str = "lease:";
 const SEQUENCE_KEY: &[u8] = b"envelope-sequence";
 const CORDONED_KEY: &[u8] = b"cordoned";
 const LABELS_KEY: &[u8] = b"labels";
@@ -73,6 +77,8 @@ pub enum GpuChoice {
     Count(usize),
     /// Exactly these.
     Exactly(Vec<String>),
+    /// Exactly these, which lease `.0` reserved (they are handed from the lease to the workload).
+    Reserved(String, Vec<String>),
 }
 
 /// What admitting a workload did.
@@ -97,6 +103,19 @@ fn decode_record(bytes: &[u8]) -> Result<WorkloadRecord, StoreError> {
 
 fn encode_record(record: &WorkloadRecord) -> Vec<u8> {
     serde_json::to_vec(record).unwrap_or_default()
+}
+
+fn decode_lease(bytes: &[u8]) -> Result<LeaseRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("lease record: {e}")))
+}
+
+fn encode_lease(record: &LeaseRecord) -> Vec<u8> {
+    serde_json::to_vec(record).unwrap_or_default()
+}
+
+/// The allocation holder of GPUs reserved for a lease.
+fn lease_holder(lease_id: &str) -> String {
+    format!("{LEASE_HOLDER_PREFIX}{lease_id}")
 }
 
 /// One command invocation, as the audit log keeps it. Params are kept only as a digest, so the
@@ -130,6 +149,7 @@ pub struct Store {
     allocations: sled::Tree,
     idempotency: sled::Tree,
     names: sled::Tree,
+    leases: sled::Tree,
     audit_retained: u64,
     db: sled::Db,
 }
@@ -155,6 +175,7 @@ impl Store {
             allocations: db.open_tree(ALLOCATIONS_TREE)?,
             idempotency: db.open_tree(IDEMPOTENCY_TREE)?,
             names: db.open_tree(NAMES_TREE)?,
+            leases: db.open_tree(LEASES_TREE)?,
             audit_retained: AUDIT_RETAINED,
             db,
         })
@@ -313,10 +334,18 @@ impl Store {
                     name.clone(),
                 )));
             }
+            let reserved_for = match gpus {
+                GpuChoice::Reserved(lease, _) => Some(lease_holder(lease)),
+                _ => None,
+            };
             let mut free = Vec::new();
             for uuid in inventory {
-                if allocations.get(uuid.as_bytes())?.is_none() {
-                    free.push(uuid.clone());
+                match allocations.get(uuid.as_bytes())? {
+                    None => free.push(uuid.clone()),
+                    Some(holder) if reserved_for.as_deref().map(str::as_bytes) == Some(&holder) => {
+                        free.push(uuid.clone())
+                    }
+                    Some(_) => {}
                 }
             }
             let chosen = match gpus {
@@ -326,7 +355,7 @@ impl Store {
                     )));
                 }
                 GpuChoice::Count(n) => free[..*n].to_vec(),
-                GpuChoice::Exactly(uuids) => {
+                GpuChoice::Exactly(uuids) | GpuChoice::Reserved(_, uuids) => {
                     if let Some(missing) = uuids.iter().find(|u| !inventory.contains(u)) {
                         return Err(ConflictableTransactionError::Abort(AdmitAbort::Gpus(
                             format!("{missing} is not a GPU of this node"),
@@ -463,6 +492,105 @@ impl Store {
                 ))
             })
             .collect()
+    }
+
+    /// Records a new lease and reserves `count` free GPUs from `candidates` for it, in one
+    /// transaction: a crash leaves both or neither, and two leases never get the same GPU.
+    /// Returns the record with its GPUs.
+    pub fn reserve_for_lease(
+        &self,
+        record: &LeaseRecord,
+        count: usize,
+        candidates: &[String],
+    ) -> Result<LeaseRecord, AdmitError> {
+        let holder = lease_holder(&record.lease_id);
+        let outcome = (&self.allocations, &self.leases).transaction(|(allocations, leases)| {
+            if let Some(existing) = leases.get(record.lease_id.as_bytes())? {
+                return decode_lease(&existing)
+                    .map_err(|e| ConflictableTransactionError::Abort(AdmitAbort::Store(e)));
+            }
+            let mut free = Vec::new();
+            for uuid in candidates {
+                if allocations.get(uuid.as_bytes())?.is_none() {
+                    free.push(uuid.clone());
+                }
+            }
+            if free.len() < count {
+                return Err(ConflictableTransactionError::Abort(AdmitAbort::Gpus(
+                    format!("asked for {count} GPUs, {} free", free.len()),
+                )));
+            }
+            let mut record = record.clone();
+            record.gpus = free[..count].to_vec();
+            for uuid in &record.gpus {
+                allocations.insert(uuid.as_bytes(), holder.as_bytes())?;
+            }
+            leases.insert(record.lease_id.as_bytes(), encode_lease(&record))?;
+            Ok(record)
+        });
+        let record = match outcome {
+            Ok(record) => record,
+            Err(TransactionError::Abort(AdmitAbort::Gpus(message))) => {
+                let allocated = self.allocations()?;
+                let free = candidates
+                    .iter()
+                    .filter(|u| !allocated.contains_key(*u))
+                    .cloned()
+                    .collect();
+                return Err(AdmitError::GpusUnavailable { message, free });
+            }
+            Err(TransactionError::Abort(AdmitAbort::NameTaken(name))) => {
+                return Err(AdmitError::NameTaken(name));
+            }
+            Err(TransactionError::Abort(AdmitAbort::Store(error))) => return Err(error.into()),
+            Err(TransactionError::Storage(error)) => return Err(StoreError::Sled(error).into()),
+        };
+        self.db.flush().map_err(StoreError::from)?;
+        Ok(record)
+    }
+
+    /// Records a lease's new state. When it no longer holds GPUs, those still reserved for it
+    /// (not yet handed to its workload) are released in the same transaction.
+    pub fn put_lease(&self, record: &LeaseRecord) -> Result<(), StoreError> {
+        let holder = lease_holder(&record.lease_id);
+        (&self.allocations, &self.leases)
+            .transaction(|(allocations, leases)| {
+                if !record.state.holds_gpus() {
+                    for uuid in &record.gpus {
+                        if allocations.get(uuid.as_bytes())?.as_deref() == Some(holder.as_bytes()) {
+                            allocations.remove(uuid.as_bytes())?;
+                        }
+                    }
+                }
+                leases.insert(record.lease_id.as_bytes(), encode_lease(record))?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(error) => error,
+                TransactionError::Storage(error) => StoreError::Sled(error),
+            })?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// One lease by id.
+    pub fn lease(&self, id: &str) -> Result<Option<LeaseRecord>, StoreError> {
+        self.leases
+            .get(id.as_bytes())?
+            .map(|bytes| decode_lease(&bytes))
+            .transpose()
+    }
+
+    /// Every lease, oldest first.
+    pub fn leases(&self) -> Result<Vec<LeaseRecord>, StoreError> {
+        let mut records = self
+            .leases
+            .iter()
+            .values()
+            .map(|bytes| decode_lease(&bytes?))
+            .collect::<Result<Vec<_>, _>>()?;
+        records.sort_by(|a, b| (a.created_ms, &a.lease_id).cmp(&(b.created_ms, &b.lease_id)));
+        Ok(records)
     }
 
     /// Workloads in a state.

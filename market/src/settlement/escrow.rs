@@ -15,6 +15,7 @@ use solana_transaction::Transaction;
 use super::client::{ChainClient, Landed, SettlementError};
 use super::token::{MoltMint, memo, token_program};
 use crate::Molt;
+use crate::lease::valid_lease_id;
 
 /// Largest settlement transaction accepted from another party, in wire bytes.
 const MAX_TRANSACTION_BYTES: usize = 1232;
@@ -63,14 +64,6 @@ pub enum Settled {
     Already(Signature),
 }
 
-fn valid_lease_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 /// The provider's share of `amount` for `served` of `total` seconds, rounded down; the buyer
 /// gets the rest.
 pub fn pro_rata(amount: Molt, served_secs: u64, total_secs: u64) -> Release {
@@ -95,6 +88,20 @@ pub async fn open_escrow(
     buyer: &Keypair,
     terms: EscrowTerms,
 ) -> Result<(Escrow, Landed), SettlementError> {
+    open_escrow_at(client, mint, buyer, terms, &Keypair::new(), &Keypair::new()).await
+}
+
+/// [`open_escrow`] at addresses chosen beforehand (`multisig` and `vault` are fresh keypairs),
+/// so that a buyer can record where its money is going before it sends it, and find the escrow
+/// after a crash.
+pub async fn open_escrow_at(
+    client: &ChainClient,
+    mint: &MoltMint,
+    buyer: &Keypair,
+    terms: EscrowTerms,
+    multisig: &Keypair,
+    vault: &Keypair,
+) -> Result<(Escrow, Landed), SettlementError> {
     if !valid_lease_id(&terms.lease_id) {
         return Err(SettlementError::Rpc(format!(
             "lease id {:?} must be 1 to 64 of A-Z a-z 0-9 - _",
@@ -106,8 +113,6 @@ pub async fn open_escrow(
             "the escrow's buyer must sign its funding".to_owned(),
         ));
     }
-    let multisig = Keypair::new();
-    let vault = Keypair::new();
     let multisig_len = spl_token_interface::state::Multisig::LEN;
     let vault_len = spl_token_interface::state::Account::LEN;
     let multisig_rent = client.rent_exempt_minimum(multisig_len).await?;
@@ -152,7 +157,7 @@ pub async fn open_escrow(
         memo(&format!("clawbernetes lease {} fund", terms.lease_id)),
     ];
     let landed = client
-        .submit(&instructions, buyer, &[&multisig, &vault])
+        .submit(&instructions, buyer, &[multisig, vault])
         .await?;
     Ok((
         Escrow {
@@ -170,12 +175,40 @@ impl Escrow {
         format!("clawbernetes lease {} settle", self.terms.lease_id)
     }
 
-    /// Checks on chain that the vault is this escrow's and holds the agreed amount.
+    /// Checks on chain that the multisig is a 2-of-3 of exactly the buyer, provider and arbiter,
+    /// and that the vault is a MOLT account it owns holding the agreed amount: what a provider
+    /// checks before it starts anything on the strength of a funding claim.
     pub async fn verify_funded(
         &self,
         client: &ChainClient,
         mint: &MoltMint,
     ) -> Result<(), SettlementError> {
+        let Some((data, owner_program, _)) = client.account(&self.multisig).await? else {
+            return Err(SettlementError::AccountMissing(format!(
+                "escrow multisig {}",
+                self.multisig
+            )));
+        };
+        if owner_program != token_program() {
+            return Err(SettlementError::WrongOwner(format!(
+                "{} is owned by program {owner_program}, not SPL Token",
+                self.multisig
+            )));
+        }
+        let multisig = spl_token_interface::state::Multisig::unpack(&data).map_err(|e| {
+            SettlementError::AccountMissing(format!("{} is not a multisig: {e}", self.multisig))
+        })?;
+        let n = usize::from(multisig.n);
+        let mut signers: Vec<Pubkey> = multisig.signers.get(..n).unwrap_or_default().to_vec();
+        let mut parties = vec![self.terms.buyer, self.terms.provider, self.terms.arbiter];
+        signers.sort();
+        parties.sort();
+        if multisig.m != 2 || signers != parties {
+            return Err(SettlementError::WrongOwner(format!(
+                "{} is a {}-of-{} multisig of other keys, not 2 of (buyer, provider, arbiter)",
+                self.multisig, multisig.m, multisig.n
+            )));
+        }
         mint.verify_funding(client, &self.vault, &self.multisig, self.terms.amount)
             .await
             .map(|_| ())

@@ -9,6 +9,6 @@ mod stream;
 mod token;
 
 pub use client::{ChainClient, Landed, SettlementError};
-pub use escrow::{Escrow, EscrowTerms, Release, Settled, open_escrow, pro_rata};
+pub use escrow::{Escrow, EscrowTerms, Release, Settled, open_escrow, open_escrow_at, pro_rata};
 pub use stream::{amount_due, approve_stream, pull, revoke};
 pub use token::{MoltMint, TokenAccountState, memo, token_program};

@@ -306,6 +306,41 @@ impl Workloads {
         params: RunParams,
         idempotency_key: Option<String>,
     ) -> Result<WorkloadRecord, WorkloadError> {
+        self.start(caller, params, idempotency_key, None).await
+    }
+
+    /// Starts the workload of lease `lease_id` for its lessee on the GPUs the lease reserved
+    /// (any GPUs the params name are ignored). The lease id is the idempotency key, so a
+    /// retried start answers with the workload already started.
+    pub async fn run_leased(
+        &self,
+        lessee: PeerId,
+        mut params: RunParams,
+        lease_id: &str,
+        gpus: Vec<String>,
+    ) -> Result<WorkloadRecord, WorkloadError> {
+        params.gpus = None;
+        params.gpu_uuids = None;
+        params
+            .labels
+            .insert("clawbernetes-lease".to_owned(), lease_id.to_owned());
+        let choice = GpuChoice::Reserved(lease_id.to_owned(), gpus);
+        self.start(
+            lessee,
+            params,
+            Some(format!("lease/{lease_id}")),
+            Some(choice),
+        )
+        .await
+    }
+
+    async fn start(
+        &self,
+        caller: PeerId,
+        params: RunParams,
+        idempotency_key: Option<String>,
+        reserved: Option<GpuChoice>,
+    ) -> Result<WorkloadRecord, WorkloadError> {
         let (gpus, volume_paths) = params.check(&self.config.volume_roots)?;
         let store = self.store.clone();
         if on_store(move || store.cordoned()).await? {
@@ -336,10 +371,11 @@ impl Workloads {
             created_ms,
             updated_ms: created_ms,
         };
-        let choice = match &gpus {
-            GpuRequest::None => GpuChoice::Count(0),
-            GpuRequest::Count(n) => GpuChoice::Count(*n as usize),
-            GpuRequest::Uuids(uuids) => GpuChoice::Exactly(uuids.clone()),
+        let choice = match (reserved, &gpus) {
+            (Some(choice), _) => choice,
+            (None, GpuRequest::None) => GpuChoice::Count(0),
+            (None, GpuRequest::Count(n)) => GpuChoice::Count(*n as usize),
+            (None, GpuRequest::Uuids(uuids)) => GpuChoice::Exactly(uuids.clone()),
         };
         self.in_flight_set(&record.id, true);
         let admitted = self.admit(record.clone(), choice).await;
@@ -548,6 +584,11 @@ impl Workloads {
     }
 
     /// Finds a workload by id, or by name (the active one, else the newest).
+    /// The peer that started the workload `reference` names (id or name), if there is one.
+    pub async fn owner_of(&self, reference: &str) -> Option<String> {
+        self.find(reference).await.ok().map(|w| w.owner)
+    }
+
     async fn find(&self, reference: &str) -> Result<WorkloadRecord, WorkloadError> {
         if reference.is_empty() || reference.len() > 64 {
             return Err(WorkloadError::Invalid(

@@ -1,0 +1,683 @@
+//! The provider's side: publishing offers for free GPUs, and answering the buyer's lease steps
+//! (`market.lease.request`, `.fund`, `.end`, `.status`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use claw_market::Molt;
+use claw_market::book::{BookEntry, OrderBook};
+use claw_market::lease::{LeaseOutcome, LeaseReceipt, LeaseState, LeaseTerms};
+use claw_market::order::{Bid, Offer};
+use claw_market::settlement::pro_rata;
+use claw_mesh::{ErrorCode, InvokeFailure, PeerId, TopicKind};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+use solana_signer::Signer as _;
+
+use super::buyer::LeaseWorkload;
+use super::{
+    LEASE_PROOF_SLACK, LeaseRecord, Market, Published, Side, address, chain_failure, decode_blob,
+    encode_blob, failure, now_ms, open_signed,
+};
+use crate::store::AdmitError;
+use crate::workloads::spec::StopParams;
+
+/// `market.lease.request`: a buyer asks for a lease on one of this node's offers.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequestParams {
+    /// The buyer's signed bid envelope, base-64; its signer must be the caller.
+    pub bid: String,
+    /// The offer the bid matched.
+    pub offer_id: u64,
+}
+
+/// `market.lease.fund`: the buyer says the escrow is funded and hands over its workload.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FundParams {
+    /// The lease.
+    pub lease_id: String,
+    /// The escrow's 2-of-3 multisig address.
+    pub multisig: String,
+    /// The escrow's token account.
+    pub vault: String,
+    /// What to run on the leased GPUs.
+    pub workload: LeaseWorkload,
+}
+
+/// `market.lease.end`: the buyer ends the lease (or collects the settlement of one that ended).
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndParams {
+    /// The lease.
+    pub lease_id: String,
+}
+
+/// `market.lease.status`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusParams {
+    /// The lease.
+    pub lease_id: String,
+}
+
+/// A stable offer id per GPU model, so a renewed offer replaces the last one.
+fn offer_id_of(model: &str) -> u64 {
+    let digest = Sha256::digest(model.as_bytes());
+    u64::from_be_bytes(digest[..8].try_into().unwrap_or_default())
+}
+
+impl Market {
+    /// The lease id for a bid on this provider: the same bid always names the same lease, so
+    /// a retried request finds the lease it made.
+    fn lease_id_for(&self, bid_digest: &[u8; 32]) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(bid_digest);
+        hasher.update(self.local_peer().to_bytes());
+        format!("ls-{}", &hex::encode(hasher.finalize())[..16])
+    }
+
+    /// Publishes an offer per GPU model with the GPUs free now, withdraws offers whose GPUs are
+    /// all taken, and renews offers at half their lifetime.
+    pub(super) async fn publish_offers(&self) -> Result<(), InvokeFailure> {
+        let config = self.inner.dir.config();
+        let Some(price) = config.market.price() else {
+            return Ok(());
+        };
+        self.arbiter()?;
+        let wallet = self.wallet()?.pubkey().to_string();
+        let (allocated, inventory_digest) = self
+            .on_store(|store| {
+                let digest = store
+                    .latest_inventory()?
+                    .map(|bytes| <[u8; 32]>::from(Sha256::digest(bytes)))
+                    .unwrap_or_default();
+                Ok((store.allocations()?, digest))
+            })
+            .await?;
+        let cordoned = self.on_store(|store| store.cordoned()).await?;
+        let mut by_model: BTreeMap<String, (u32, u32, u64, bool)> = BTreeMap::new();
+        for gpu in self.inner.probe.devices() {
+            let entry = by_model.entry(gpu.model.clone()).or_default();
+            entry.1 += 1;
+            if !allocated.contains_key(&gpu.uuid) && !cordoned {
+                entry.0 += 1;
+            }
+            entry.2 = gpu.memory_total_bytes / (1024 * 1024);
+            entry.3 |= gpu.simulated;
+        }
+        let now = now_ms();
+        let republish_at = self
+            .inner
+            .republish_at_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let republish = republish_at != 0 && now >= republish_at;
+        if republish {
+            self.inner
+                .republish_at_ms
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+        let ttl = Duration::from_secs(config.market.offer_ttl_secs);
+        let markup = config.market.markup();
+        for (model, (free, total, vram_mib, simulated)) in by_model {
+            let taken = u64::from(total - free);
+            let price = Molt::from_base_units(
+                price.base_units() + markup.base_units() * taken / u64::from(total.max(1)),
+            );
+            let offer = Offer {
+                offer_id: offer_id_of(&model),
+                gpu_model: model.clone(),
+                gpus: free.max(1),
+                vram_mib,
+                price_per_gpu_hour: price,
+                min_hours: config.market.min_hours,
+                max_hours: config.market.max_hours,
+                available_from_ms: now,
+                available_until_ms: now
+                    + u64::from(config.market.max_hours) * 3_600_000
+                    + 3_600_000,
+                network: config.network.name.clone(),
+                region: config.node.region.clone(),
+                wallet: wallet.clone(),
+                inventory_digest,
+                interruptible: config.market.interruptible,
+                simulated,
+                withdrawn: free == 0,
+            };
+            let previous = self
+                .inner
+                .published
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&model)
+                .cloned();
+            let same = |p: &Published| {
+                p.offer.gpus == offer.gpus
+                    && p.offer.withdrawn == offer.withdrawn
+                    && p.offer.price_per_gpu_hour == offer.price_per_gpu_hour
+            };
+            let fresh = |p: &Published| now < p.at_ms + config.market.offer_ttl_secs * 500;
+            match &previous {
+                Some(p) if same(p) && (p.offer.withdrawn || fresh(p)) && !republish => continue,
+                None if offer.withdrawn => continue,
+                _ => {}
+            }
+            offer
+                .validate()
+                .map_err(|e| failure(ErrorCode::Internal, e.to_string()))?;
+            let envelope = self.sign(ttl, offer.clone()).await?;
+            let bytes = decode_blob("offer", &envelope)?;
+            let verified = self
+                .inner
+                .verifier
+                .verify(&bytes)
+                .map_err(|e| failure(ErrorCode::Internal, format!("own offer: {e}")))?;
+            self.ingest_offer(&verified);
+            match self.mesh()?.publish(TopicKind::Offers, bytes).await {
+                Ok(()) | Err(claw_mesh::MeshError::NoPeers) => {}
+                Err(error) => return Err(failure(ErrorCode::Unavailable, error.to_string())),
+            }
+            tracing::info!(model, gpus = offer.gpus, price = %offer.price_per_gpu_hour, withdrawn = offer.withdrawn, "offer published");
+            self.inner
+                .published
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(model, Published { offer, at_ms: now });
+        }
+        Ok(())
+    }
+
+    /// `market.lease.request`: verifies the bid (signed by the caller, unexpired, matching
+    /// the offer), reserves the GPUs and answers with signed terms. The same bid always gets
+    /// the same lease.
+    pub async fn lease_request(
+        &self,
+        caller: PeerId,
+        params: LeaseRequestParams,
+    ) -> Result<Value, InvokeFailure> {
+        let (bid, verified) =
+            open_signed::<Bid>(&self.inner.verifier, "bid", &params.bid, &caller)?;
+        bid.validate()
+            .map_err(|e| failure(ErrorCode::InvalidParams, e.to_string()))?;
+        let bid_digest = verified.envelope().digest();
+        let lease_id = self.lease_id_for(&bid_digest);
+        let _step = self.inner.steps.lock().await;
+        if let Some(existing) = self
+            .on_store({
+                let id = lease_id.clone();
+                move |store| store.lease(&id)
+            })
+            .await?
+            && let Some(terms) = existing.terms_envelope
+        {
+            return Ok(json!({ "lease_id": lease_id, "terms": terms, "state": existing.state }));
+        }
+        let arbiter = self.arbiter()?;
+        let config = self.inner.dir.config();
+        let published = self
+            .inner
+            .published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .find(|p| p.offer.offer_id == params.offer_id)
+            .cloned();
+        let Some(published) = published.filter(|p| !p.offer.withdrawn) else {
+            return Err(failure(
+                ErrorCode::Conflict,
+                format!("offer {} is no longer open on this node", params.offer_id),
+            ));
+        };
+        let offer = published.offer;
+        // The bid must match the offer exactly as any peer's matching would decide it.
+        let mut book = OrderBook::new(&config.network.name);
+        book.insert(BookEntry {
+            provider: self.inner.dir.identity().public_key().to_bytes(),
+            seq: 1,
+            issued_ms: published.at_ms,
+            expires_ms: published.at_ms + config.market.offer_ttl_secs * 1000,
+            attested: !offer.simulated,
+            offer: offer.clone(),
+        })
+        .map_err(|e| failure(ErrorCode::Internal, e.to_string()))?;
+        let matched = book
+            .best_match(&bid, now_ms(), &|_| 100)
+            .map_err(|why| failure(ErrorCode::Conflict, why.to_string()))?;
+        let candidates: Vec<String> = self
+            .inner
+            .probe
+            .devices()
+            .into_iter()
+            .filter(|d| d.model == offer.gpu_model)
+            .map(|d| d.uuid)
+            .collect();
+        let record = LeaseRecord::new(lease_id.clone(), Side::Provider, caller.to_string());
+        let reserved = {
+            let record = record.clone();
+            let count = bid.gpus as usize;
+            let store = self.inner.store.clone();
+            tokio::task::spawn_blocking(move || {
+                store.reserve_for_lease(&record, count, &candidates)
+            })
+            .await
+            .map_err(|e| failure(ErrorCode::Internal, format!("store task failed: {e}")))?
+        };
+        let mut record = match reserved {
+            Ok(record) => record,
+            Err(AdmitError::GpusUnavailable { message, .. }) => {
+                self.inner.offers_changed.notify_one();
+                return Err(failure(
+                    ErrorCode::Conflict,
+                    format!(
+                        "the GPUs of offer {} were taken by another lease ({message})",
+                        offer.offer_id
+                    ),
+                ));
+            }
+            Err(other) => return Err(failure(ErrorCode::Internal, other.to_string())),
+        };
+        let terms = LeaseTerms {
+            lease_id: lease_id.clone(),
+            network: config.network.name.clone(),
+            offer_id: offer.offer_id,
+            bid_digest,
+            buyer_peer: caller.to_string(),
+            buyer_wallet: bid.wallet.clone(),
+            provider_wallet: offer.wallet.clone(),
+            arbiter_wallet: arbiter,
+            gpu_model: offer.gpu_model.clone(),
+            gpus: record.gpus.clone(),
+            simulated: offer.simulated,
+            price_per_gpu_hour: offer.price_per_gpu_hour,
+            hours: bid.hours,
+            amount: matched.total,
+            fund_by_ms: now_ms() + config.market.fund_within_secs * 1000,
+        };
+        terms
+            .validate()
+            .map_err(|e| failure(ErrorCode::Internal, e.to_string()))?;
+        let ttl = Duration::from_secs(terms.total_secs()) + LEASE_PROOF_SLACK;
+        let envelope = self.sign(ttl, terms.clone()).await?;
+        record.terms = Some(terms);
+        record.terms_envelope = Some(envelope.clone());
+        record.advance(LeaseState::Accepted)?;
+        self.save(&record).await?;
+        self.inner.offers_changed.notify_one();
+        tracing::info!(lease = %lease_id, buyer = %caller, gpus = ?record.gpus, "lease accepted");
+        Ok(json!({ "lease_id": lease_id, "terms": envelope, "state": record.state }))
+    }
+
+    fn own_lease(record: &LeaseRecord, caller: &PeerId) -> Result<(), InvokeFailure> {
+        if record.side != Side::Provider || record.counterparty != caller.to_string() {
+            return Err(failure(
+                ErrorCode::Unauthorized,
+                format!(
+                    "lease {} is not {caller}'s lease on this node",
+                    record.lease_id
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `market.lease.fund`: verifies the escrow on chain (2 of exactly buyer, provider and
+    /// arbiter; the agreed amount of MOLT), then starts the buyer's workload on the reserved
+    /// GPUs. A workload that cannot start ends the lease at once with a refund receipt.
+    pub async fn lease_fund(
+        &self,
+        caller: PeerId,
+        params: FundParams,
+    ) -> Result<Value, InvokeFailure> {
+        let _step = self.inner.steps.lock().await;
+        let mut record = self.load(&params.lease_id).await?;
+        Self::own_lease(&record, &caller)?;
+        match record.state {
+            LeaseState::Accepted => {}
+            LeaseState::Funded
+            | LeaseState::Running
+            | LeaseState::Completed
+            | LeaseState::Settled
+            | LeaseState::Refunded => {
+                return Ok(self.fund_answer(&record));
+            }
+            other => {
+                return Err(failure(
+                    ErrorCode::Conflict,
+                    format!(
+                        "lease {} is {other}: {}",
+                        record.lease_id,
+                        record.reason.clone().unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        let terms = record
+            .terms
+            .clone()
+            .ok_or_else(|| failure(ErrorCode::Internal, "accepted lease without terms"))?;
+        if now_ms() > terms.fund_by_ms {
+            record.reason = Some("the escrow was not funded in time".to_owned());
+            record.advance(LeaseState::Expired)?;
+            self.save(&record).await?;
+            self.inner.offers_changed.notify_one();
+            return Err(failure(
+                ErrorCode::Conflict,
+                format!("lease {}: the reservation lapsed", record.lease_id),
+            ));
+        }
+        address(&params.multisig)?;
+        address(&params.vault)?;
+        record.multisig = Some(params.multisig.clone());
+        record.vault = Some(params.vault.clone());
+        let escrow = record.escrow()?;
+        let chain = self.chain()?;
+        escrow
+            .verify_funded(&chain.client, &chain.mint)
+            .await
+            .map_err(|e| {
+                failure(
+                    ErrorCode::Conflict,
+                    format!("the escrow is not funded as agreed: {e}"),
+                )
+            })?;
+        record.advance(LeaseState::Funded)?;
+        self.save(&record).await?;
+        tracing::info!(lease = %record.lease_id, vault = %params.vault, "escrow verified on chain");
+        self.start_workload(&mut record, caller, params.workload)
+            .await?;
+        Ok(self.fund_answer(&record))
+    }
+
+    async fn start_workload(
+        &self,
+        record: &mut LeaseRecord,
+        lessee: PeerId,
+        workload: LeaseWorkload,
+    ) -> Result<(), InvokeFailure> {
+        let params = workload.into_run_params();
+        match self
+            .inner
+            .workloads
+            .run_leased(lessee, params, &record.lease_id, record.gpus.clone())
+            .await
+        {
+            Ok(started) => {
+                record.workload_id = Some(started.id.clone());
+                record.started_ms = Some(now_ms());
+                record.advance(LeaseState::Running)?;
+                self.save(record).await?;
+                tracing::info!(lease = %record.lease_id, workload = %started.id, "lease running");
+            }
+            Err(error) => {
+                tracing::warn!(lease = %record.lease_id, %error, "lease workload did not start");
+                record.reason = Some(format!("the workload did not start: {error}"));
+                self.complete(record, LeaseOutcome::NeverStarted).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn fund_answer(&self, record: &LeaseRecord) -> Value {
+        json!({
+            "lease_id": record.lease_id,
+            "state": record.state,
+            "workload_id": record.workload_id,
+            "started_ms": record.started_ms,
+            "reason": record.reason,
+        })
+    }
+
+    /// Ends a funded or running lease: stops its workload, measures the time served, signs the
+    /// receipt and records the lease completed.
+    async fn complete(
+        &self,
+        record: &mut LeaseRecord,
+        outcome: LeaseOutcome,
+    ) -> Result<(), InvokeFailure> {
+        let terms = record
+            .terms
+            .clone()
+            .ok_or_else(|| failure(ErrorCode::Internal, "lease without terms"))?;
+        if let Some(workload) = &record.workload_id {
+            let stopped = self
+                .inner
+                .workloads
+                .stop(StopParams {
+                    workload: workload.clone(),
+                    timeout_secs: Some(10),
+                    remove: false,
+                })
+                .await;
+            if let Err(error) = stopped {
+                tracing::debug!(lease = %record.lease_id, %error, "workload already stopped");
+            }
+        }
+        let ended_ms = now_ms();
+        let (started_ms, served_secs) = match (outcome, record.started_ms) {
+            (LeaseOutcome::Served, Some(started)) => (
+                started,
+                (ended_ms.saturating_sub(started) / 1000).min(terms.total_secs()),
+            ),
+            _ => (0, 0),
+        };
+        let outcome = if served_secs == 0 && record.started_ms.is_none() {
+            LeaseOutcome::NeverStarted
+        } else {
+            outcome
+        };
+        let release = pro_rata(terms.amount, served_secs, terms.total_secs());
+        let terms_digest = record
+            .terms_envelope
+            .as_deref()
+            .map(|t| decode_blob("terms", t))
+            .transpose()?
+            .map(|bytes| <[u8; 32]>::from(Sha256::digest(bytes)))
+            .unwrap_or_default();
+        let receipt = LeaseReceipt {
+            lease_id: record.lease_id.clone(),
+            terms_digest,
+            outcome,
+            started_ms,
+            ended_ms: if started_ms == 0 { 0 } else { ended_ms },
+            served_secs,
+            to_provider: release.to_provider,
+            to_buyer: release.to_buyer,
+            vault: record.vault.clone().unwrap_or_default(),
+        };
+        let ttl = LEASE_PROOF_SLACK;
+        let envelope = self.sign(ttl, receipt.clone()).await?;
+        record.receipt = Some(receipt);
+        record.receipt_envelope = Some(envelope);
+        record.advance(LeaseState::Completed)?;
+        self.save(record).await?;
+        self.inner.offers_changed.notify_one();
+        tracing::info!(lease = %record.lease_id, served_secs, to_provider = %release.to_provider, "lease completed");
+        Ok(())
+    }
+
+    /// `market.lease.end`: ends the caller's lease if it is still open, and answers with the
+    /// signed receipt and the settlement transaction, signed by this provider for the escrow,
+    /// for the buyer to check, co-sign and send.
+    pub async fn lease_end(
+        &self,
+        caller: PeerId,
+        params: EndParams,
+    ) -> Result<Value, InvokeFailure> {
+        let _step = self.inner.steps.lock().await;
+        let mut record = self.load(&params.lease_id).await?;
+        Self::own_lease(&record, &caller)?;
+        match record.state {
+            LeaseState::Funded => {
+                self.complete(&mut record, LeaseOutcome::NeverStarted)
+                    .await?
+            }
+            LeaseState::Running => self.complete(&mut record, LeaseOutcome::Served).await?,
+            LeaseState::Completed | LeaseState::Settled | LeaseState::Refunded => {}
+            LeaseState::Accepted => {
+                record.reason = Some("cancelled by the buyer before funding".to_owned());
+                record.advance(LeaseState::Expired)?;
+                self.save(&record).await?;
+                self.inner.offers_changed.notify_one();
+                return Ok(json!({ "lease_id": record.lease_id, "state": record.state }));
+            }
+            other => {
+                return Err(failure(
+                    ErrorCode::Conflict,
+                    format!("lease {} is {other}", record.lease_id),
+                ));
+            }
+        }
+        let settlement = if record.settlement_signature.is_some() {
+            None
+        } else {
+            Some(self.provider_signed_settlement(&record).await?)
+        };
+        Ok(json!({
+            "lease_id": record.lease_id,
+            "state": record.state,
+            "receipt": record.receipt_envelope,
+            "settlement": settlement,
+            "settlement_signature": record.settlement_signature,
+        }))
+    }
+
+    /// The settlement of a completed lease, signed by this provider: the receipt's split, fees
+    /// paid by the buyer, signed for the multisig by provider and buyer.
+    async fn provider_signed_settlement(
+        &self,
+        record: &LeaseRecord,
+    ) -> Result<String, InvokeFailure> {
+        let receipt = record
+            .receipt
+            .as_ref()
+            .ok_or_else(|| failure(ErrorCode::Internal, "completed lease without receipt"))?;
+        let escrow = record.escrow()?;
+        let chain = self.chain()?;
+        let wallet = self.wallet()?;
+        let (blockhash, _) = chain
+            .client
+            .latest_blockhash()
+            .await
+            .map_err(chain_failure)?;
+        let mut tx = escrow
+            .settlement_transaction(
+                &chain.mint,
+                receipt.release(),
+                &escrow.terms.buyer,
+                [&escrow.terms.provider, &escrow.terms.buyer],
+                blockhash,
+            )
+            .map_err(chain_failure)?;
+        tx.try_partial_sign(&[wallet], blockhash)
+            .map_err(|e| failure(ErrorCode::Internal, format!("signing the settlement: {e}")))?;
+        let wire =
+            bincode1::serialize(&tx).map_err(|e| failure(ErrorCode::Internal, e.to_string()))?;
+        Ok(encode_blob(&wire))
+    }
+
+    /// `market.lease.status`: where the caller's lease is on this provider.
+    pub async fn lease_status(
+        &self,
+        caller: PeerId,
+        params: StatusParams,
+    ) -> Result<Value, InvokeFailure> {
+        let record = self.load(&params.lease_id).await?;
+        Self::own_lease(&record, &caller)?;
+        Ok(json!({
+            "lease_id": record.lease_id,
+            "state": record.state,
+            "workload_id": record.workload_id,
+            "started_ms": record.started_ms,
+            "receipt": record.receipt_envelope,
+            "reason": record.reason,
+        }))
+    }
+
+    /// Provider upkeep: lapsed reservations are released; leases whose time is up or whose
+    /// workload stopped are completed; completed leases are marked settled once the settlement
+    /// is found on chain.
+    pub(super) async fn provider_tick(&self) -> Result<(), InvokeFailure> {
+        let records = self.on_store(crate::store::Store::leases).await?;
+        let now = now_ms();
+        for record in records
+            .into_iter()
+            .filter(|r| r.side == Side::Provider && r.state.is_open())
+        {
+            let _step = self.inner.steps.lock().await;
+            let mut record = self.load(&record.lease_id).await?;
+            let Some(terms) = record.terms.clone() else {
+                // Reserved, but the terms were never signed (a crash in between): release.
+                if now > record.created_ms + 60_000 {
+                    record.reason = Some("the terms were never signed".to_owned());
+                    record.advance(LeaseState::Expired)?;
+                    self.save(&record).await?;
+                }
+                continue;
+            };
+            match record.state {
+                LeaseState::Accepted if now > terms.fund_by_ms => {
+                    record.reason = Some("the escrow was not funded in time".to_owned());
+                    record.advance(LeaseState::Expired)?;
+                    self.save(&record).await?;
+                    self.inner.offers_changed.notify_one();
+                    tracing::info!(lease = %record.lease_id, "reservation lapsed; GPUs released");
+                }
+                LeaseState::Running => {
+                    let started = record.started_ms.unwrap_or(now);
+                    let time_up = now >= started + terms.total_secs() * 1000;
+                    let workload_ended = match &record.workload_id {
+                        Some(id) => {
+                            let id = id.clone();
+                            self.on_store(move |store| store.workload(&id))
+                                .await?
+                                .is_none_or(|w| !w.state.is_active())
+                        }
+                        None => true,
+                    };
+                    if time_up || workload_ended {
+                        self.complete(&mut record, LeaseOutcome::Served).await?;
+                    }
+                }
+                LeaseState::Completed => {
+                    let escrow = record.escrow()?;
+                    let chain = self.chain()?;
+                    if let Some(signature) = escrow
+                        .find_settlement(&chain.client)
+                        .await
+                        .map_err(chain_failure)?
+                    {
+                        let refunded = record
+                            .receipt
+                            .as_ref()
+                            .is_some_and(|r| r.outcome == LeaseOutcome::NeverStarted);
+                        record.settlement_signature = Some(signature.to_string());
+                        record.advance(if refunded {
+                            LeaseState::Refunded
+                        } else {
+                            LeaseState::Settled
+                        })?;
+                        self.save(&record).await?;
+                        tracing::info!(lease = %record.lease_id, %signature, "lease settled on chain");
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a terms envelope a provider answered with.
+pub(super) fn check_terms(
+    verifier: &claw_attestation::Verifier,
+    text: &str,
+    provider: &PeerId,
+) -> Result<LeaseTerms, InvokeFailure> {
+    let (terms, _) = open_signed::<LeaseTerms>(verifier, "lease terms", text, provider)?;
+    terms
+        .validate()
+        .map_err(|e| failure(ErrorCode::InvalidParams, e.to_string()))?;
+    Ok(terms)
+}

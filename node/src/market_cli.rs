@@ -1,0 +1,266 @@
+//! `clawnode market`: the order book, bids that lease in one step (with progress while the
+//! escrow is funded and the workload starts), leases, and cancelling a lease.
+
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+use clawnode::control::{ControlClient, InvokeBody};
+use rand::RngCore as _;
+use serde_json::{Value, json};
+
+use crate::{GlobalArgs, ops, print_json, print_table};
+
+/// `clawnode market …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum MarketCommand {
+    /// GPU offers in the order book, cheapest first.
+    Offers {
+        /// Only models whose name contains this (e.g. H100).
+        #[arg(long)]
+        model: Option<String>,
+        /// Only offers at or below this price per GPU-hour, in MOLT.
+        #[arg(long)]
+        max_price: Option<String>,
+        /// Only offers of at least this many GPUs on one node.
+        #[arg(long)]
+        min_gpus: Option<u32>,
+    },
+    /// Bid for GPUs: lease the best offer and run a workload on it, or say why nothing matches.
+    Bid(BidArgs),
+    /// This node's leases, as buyer and as provider.
+    Leases {
+        /// Only leases in this state.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// End a lease this node bought, and settle it on chain.
+    Cancel {
+        /// The lease id.
+        lease_id: String,
+    },
+}
+
+/// `clawnode market bid`.
+#[derive(Debug, Args)]
+pub(crate) struct BidArgs {
+    /// Acceptable GPU model (repeat for several), as NVML names it.
+    #[arg(long = "model", required = true)]
+    models: Vec<String>,
+    /// GPUs wanted, on one node.
+    #[arg(long, default_value_t = 1)]
+    gpus: u32,
+    /// Lease length, hours.
+    #[arg(long, default_value_t = 1)]
+    hours: u32,
+    /// Highest price per GPU-hour, MOLT.
+    #[arg(long)]
+    max_price: String,
+    /// Minimum memory per GPU, MiB.
+    #[arg(long, default_value_t = 0)]
+    min_vram_mib: u64,
+    /// Only offers from this region.
+    #[arg(long)]
+    region: Option<String>,
+    /// Only offers backed by real, NVML-attested GPUs.
+    #[arg(long)]
+    attested_only: bool,
+    /// Minimum provider reputation, 0 to 100.
+    #[arg(long, default_value_t = 0)]
+    min_reputation: u32,
+    /// Accept simulated GPUs.
+    #[arg(long)]
+    accept_simulated: bool,
+    /// Image to run on the leased GPUs. Without it the bid only matches (nothing is paid).
+    #[arg(long)]
+    image: Option<String>,
+    /// Command and arguments for the image (after `--`).
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+fn call(global: &GlobalArgs, command: &str, params: Value, key: Option<String>) -> Result<Value> {
+    let client = ControlClient::connect(&global.data_dir)?;
+    let body = InvokeBody {
+        command: command.to_owned(),
+        params,
+        node: None,
+        deadline_ms: Some(120_000),
+        idempotency_key: key.clone(),
+    };
+    match key.filter(|_| !global.json) {
+        Some(key) => ops::with_progress(&client, &body, &key),
+        None => Ok(client.invoke(&body)?),
+    }
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+pub(crate) fn market(global: &GlobalArgs, command: MarketCommand) -> Result<()> {
+    match command {
+        MarketCommand::Offers {
+            model,
+            max_price,
+            min_gpus,
+        } => {
+            let answer = call(
+                global,
+                "market.offers",
+                json!({"model": model, "max_price": max_price, "min_gpus": min_gpus}),
+                None,
+            )?;
+            if global.json {
+                print_json(&answer);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = answer["offers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|o| {
+                    let mut model = text(&o["gpu_model"]);
+                    if o["simulated"] == true {
+                        model.push_str(" (simulated)");
+                    }
+                    vec![
+                        text(&o["node"]),
+                        model,
+                        text(&o["gpus"]),
+                        format!("{} MiB", text(&o["vram_mib"])),
+                        format!("{}/h", text(&o["price_per_gpu_hour"])),
+                        format!("{}-{} h", text(&o["min_hours"]), text(&o["max_hours"])),
+                        text(&o["reputation"]),
+                        text(&o["provider"]),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "NODE", "MODEL", "GPUS", "VRAM", "PRICE", "HOURS", "REP", "PROVIDER",
+                ],
+                &rows,
+            );
+            Ok(())
+        }
+        MarketCommand::Bid(args) => {
+            let workload = args
+                .image
+                .map(|image| json!({"image": image, "command": args.command}));
+            let leasing = workload.is_some();
+            let params = json!({
+                "models": args.models,
+                "gpus": args.gpus,
+                "hours": args.hours,
+                "max_price": args.max_price,
+                "min_vram_mib": args.min_vram_mib,
+                "region": args.region,
+                "attested_only": args.attested_only,
+                "min_reputation": args.min_reputation,
+                "accept_simulated": args.accept_simulated,
+                "workload": workload,
+            });
+            let key = leasing.then(|| {
+                let mut bytes = [0u8; 16];
+                rand::rngs::OsRng.fill_bytes(&mut bytes);
+                format!("bid-{}", hex::encode(bytes))
+            });
+            let answer = call(global, "market.bid", params, key)?;
+            if global.json {
+                print_json(&answer);
+                return Ok(());
+            }
+            if answer["matched"] != true {
+                println!("{}", text(&answer["explanation"]));
+                for near in answer["nearest"].as_array().into_iter().flatten() {
+                    println!(
+                        "  nearest: {} × {} at {}/h (fails: {})",
+                        text(&near["gpus"]),
+                        text(&near["gpu_model"]),
+                        text(&near["price_per_gpu_hour"]),
+                        near["fails"]
+                            .as_array()
+                            .map(|f| f.iter().map(text).collect::<Vec<_>>().join(", "))
+                            .unwrap_or_default()
+                    );
+                }
+                bail!("no offer matches the bid");
+            }
+            let offer = &answer["offer"];
+            println!(
+                "best offer: {} at {}/h from {} (total {} MOLT)",
+                text(&offer["gpu_model"]),
+                text(&offer["price_per_gpu_hour"]),
+                text(&offer["provider"]),
+                text(&offer["total"])
+            );
+            if answer["leased"] == true {
+                let lease = &answer["lease"];
+                println!(
+                    "lease {} {}: workload {} on GPUs {}",
+                    text(&lease["lease_id"]),
+                    text(&lease["state"]),
+                    text(&lease["workload_id"]),
+                    text(&lease["gpus"])
+                );
+                println!("phases (ms): {}", answer["phases_ms"]);
+            }
+            Ok(())
+        }
+        MarketCommand::Leases { state } => {
+            let answer = call(global, "market.leases", json!({"state": state}), None)?;
+            if global.json {
+                print_json(&answer);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = answer["leases"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|l| {
+                    vec![
+                        text(&l["lease_id"]),
+                        text(&l["side"]),
+                        text(&l["state"]),
+                        text(&l["gpu_model"]),
+                        l["gpus"].as_array().map_or(0, Vec::len).to_string(),
+                        text(&l["amount"]),
+                        text(&l["to_provider"]),
+                        text(&l["workload_id"]),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "LEASE", "SIDE", "STATE", "MODEL", "GPUS", "ESCROW", "PAID", "WORKLOAD",
+                ],
+                &rows,
+            );
+            Ok(())
+        }
+        MarketCommand::Cancel { lease_id } => {
+            let answer = call(
+                global,
+                "market.lease.cancel",
+                json!({"lease_id": lease_id}),
+                None,
+            )?;
+            if global.json {
+                print_json(&answer);
+            } else {
+                println!(
+                    "lease {} {}: {} MOLT to the provider, {} back (signature {})",
+                    text(&answer["lease_id"]),
+                    text(&answer["state"]),
+                    text(&answer["to_provider"]),
+                    text(&answer["to_buyer"]),
+                    text(&answer["settlement_signature"])
+                );
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,491 @@
+//! The MOLT market across separate processes on loopback: the embedded chain (`clawnode
+//! localnet`), three providers with simulated GPUs and two buyers, all `clawnode run`, on the
+//! real Docker Engine.
+//!
+//! Offers gossip into every book; a bid leases the cheapest feasible offer, funds the escrow,
+//! and runs the container on the provider's reserved GPU; impossible bids are explained; a
+//! buyer over budget is refused before anything is signed; two buyers race for the last GPU;
+//! the provider is killed mid-lease and restarted, and the lease settles exactly once with
+//! exact balances; a workload that never starts is refunded.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use claw_tests::{
+    Clawnode, RunningNode, eventually, required_part, run_with_deadline, workspace_binary,
+};
+use serde_json::{Value, json};
+
+const MODEL: &str = "NVIDIA H100 80GB HBM3";
+
+struct Localnet(Child);
+
+impl Drop for Localnet {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A `clawnode run` process; its containers are removed when it is dropped.
+struct Node {
+    cli: Clawnode,
+    running: Option<RunningNode>,
+    peer_id: String,
+}
+
+impl Node {
+    /// `clawnode init` with `gpus` simulated GPUs.
+    fn init(cli: Clawnode, gpus: u32) -> Clawnode {
+        let spec = format!("{MODEL}:{gpus}:81559");
+        let mut args = vec!["init"];
+        if gpus > 0 {
+            args.extend(["--simulated-gpu", &spec]);
+        }
+        cli.ok(&args);
+        cli
+    }
+
+    /// Fast announcements, colocated peers, the chain and the `[market]` settings.
+    fn configure(cli: &Clawnode, market: &str, chain: &str) {
+        let path = cli.data_dir().join("config.toml");
+        let text = std::fs::read_to_string(&path).expect("config written by init");
+        let text = text
+            .replace("announce_interval_secs = 10", "announce_interval_secs = 1")
+            .replace(
+                "allow_colocated_peers = false",
+                "allow_colocated_peers = true",
+            )
+            .replace("rpc_url = \"http://127.0.0.1:8899\"\n", chain)
+            .replace("[market]\n", &format!("[market]\n{market}"));
+        std::fs::write(&path, text).expect("config rewritten");
+    }
+
+    fn start(cli: Clawnode, bootstrap: &[String]) -> Self {
+        let running = RunningNode::start(&cli, bootstrap);
+        Self {
+            peer_id: running.peer_id.clone(),
+            running: Some(running),
+            cli,
+        }
+    }
+
+    fn addrs(&self) -> Vec<String> {
+        self.running
+            .as_ref()
+            .map(|r| r.listen_addrs.clone())
+            .unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.kill();
+        }
+    }
+
+    fn restart(&mut self, bootstrap: &[String]) {
+        self.running = Some(RunningNode::start(&self.cli, bootstrap));
+    }
+
+    fn invoke_on(
+        &self,
+        node: Option<&str>,
+        command: &str,
+        params: &Value,
+    ) -> Result<Value, String> {
+        let params = params.to_string();
+        let mut args = vec![
+            "invoke",
+            command,
+            "--params",
+            &params,
+            "--timeout-ms",
+            "90000",
+        ];
+        if let Some(node) = node {
+            args.extend(["--node", node]);
+        }
+        let finished = self.cli.run(&args);
+        if finished.success {
+            Ok(finished.json())
+        } else {
+            Err(finished.stderr)
+        }
+    }
+
+    fn ok(&self, command: &str, params: &Value) -> Value {
+        self.invoke_on(None, command, params)
+            .unwrap_or_else(|e| panic!("{command} {params} failed: {e}"))
+    }
+
+    fn molt(&self) -> String {
+        let balance = self.cli.ok(&["--json", "wallet", "balance"]).json();
+        balance["molt"].as_str().expect("molt balance").to_owned()
+    }
+
+    fn containers(&self, all: bool) -> Vec<String> {
+        let mut args = vec!["ps", "-q"];
+        if all {
+            args.push("-a");
+        }
+        let filter = format!("label=io.clawbernetes.node={}", self.peer_id);
+        args.extend(["--filter", &filter]);
+        let output = run_with_deadline(Command::new("docker").args(&args), Duration::from_secs(30));
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+        for id in self.containers(true) {
+            let _ = run_with_deadline(
+                Command::new("docker").args(["rm", "-f", &id]),
+                Duration::from_secs(30),
+            );
+        }
+    }
+}
+
+/// MOLT text → base units.
+fn units(text: &str) -> u64 {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    whole.parse::<u64>().expect("whole MOLT") * 1_000_000
+        + format!("{fraction:0<6}").parse::<u64>().expect("fraction")
+}
+
+fn bid(max_price: &str, gpus: u32, workload: Option<Value>) -> Value {
+    json!({
+        "models": [MODEL],
+        "gpus": gpus,
+        "hours": 1,
+        "max_price": max_price,
+        "accept_simulated": true,
+        "workload": workload,
+    })
+}
+
+#[test]
+fn three_providers_two_buyers_leases_run_and_settle_on_chain() {
+    let Some(image) = required_part(
+        "CLAW_TEST_IMAGE",
+        "the Docker Engine and the local busybox test image",
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    // The chain lives in the first buyer's data directory, which holds the faucet.
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let chain = format!("rpc_url = {url:?}\n");
+    let buyer_cli = Node::init(Clawnode::new(&dir.path().join("buyer")), 0);
+    Node::configure(&buyer_cli, "", &chain);
+    let chain_dir = buyer_cli.data_dir().to_path_buf();
+    let _chain = Localnet(
+        Command::new(workspace_binary("clawnode"))
+            .arg("--data-dir")
+            .arg(&chain_dir)
+            .args(["localnet", "--rpc-port", &port.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("clawnode localnet"),
+    );
+    let info = eventually(Duration::from_secs(30), "localnet.json", || {
+        let bytes = std::fs::read(chain_dir.join("localnet.json")).ok()?;
+        serde_json::from_slice::<Value>(&bytes).ok()
+    });
+    let mint = info["molt_mint"].as_str().expect("mint").to_owned();
+    let arbiter = info["faucet"].as_str().expect("faucet").to_owned();
+    let chain = format!("rpc_url = {url:?}\nmolt_mint = {mint:?}\n");
+    let market = |extra: &str| format!("arbiter = {arbiter:?}\n{extra}");
+
+    // Providers: A 2.0/h × 2 GPUs, B 1.2/h × 1 GPU (the cheapest, and the last GPU), C 1.5/h × 2.
+    let prices = [("a", "2", 2), ("b", "1.2", 1), ("c", "1.5", 2)];
+    let mut providers: Vec<Node> = Vec::new();
+    for (name, price, gpus) in prices {
+        let cli = Node::init(Clawnode::new(&dir.path().join(name)), gpus);
+        Node::configure(
+            &cli,
+            &market(&format!("price_per_gpu_hour = {price:?}\n")),
+            &chain,
+        );
+        let bootstrap = providers.first().map(Node::addrs).unwrap_or_default();
+        providers.push(Node::start(cli, &bootstrap));
+    }
+    let seed = providers[0].addrs();
+    Node::configure(
+        &buyer_cli,
+        &market("max_per_lease = \"5\"\nmax_per_day = \"50\"\n"),
+        "",
+    );
+    buyer_cli.ok(&["wallet", "airdrop", "--sol", "5", "--molt", "100"]);
+    let rival_cli = Node::init(Clawnode::new(&dir.path().join("rival")), 0);
+    Node::configure(&rival_cli, &market(""), &chain);
+    rival_cli.ok(&["wallet", "airdrop", "--sol", "5"]);
+    let rival_address = rival_cli
+        .ok(&["wallet", "address"])
+        .stdout
+        .trim()
+        .to_owned();
+    buyer_cli.ok(&["wallet", "transfer", &rival_address, "20"]);
+    let buyer = Node::start(buyer_cli, &seed);
+    let rival = Node::start(rival_cli, &seed);
+
+    // Offers gossip into every book: the buyer sees all three, cheapest first.
+    let offers = eventually(
+        Duration::from_secs(30),
+        "three offers in the buyer's book",
+        || {
+            let answer = buyer.ok("market.offers", &json!({}));
+            let offers = answer["offers"].as_array()?.clone();
+            (offers.len() == 3).then_some(offers)
+        },
+    );
+    let prices_seen: Vec<&str> = offers
+        .iter()
+        .map(|o| o["price_per_gpu_hour"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(prices_seen, ["1.2", "1.5", "2"]);
+    assert!(
+        offers
+            .iter()
+            .all(|o| o["simulated"] == true && o["attested"] == false)
+    );
+    assert_eq!(offers[0]["provider"], providers[1].peer_id);
+
+    // Impossible bids are explained, per constraint, with the nearest offers.
+    let cheap = buyer.ok("market.bid", &bid("1", 1, None));
+    assert_eq!(cheap["matched"], false, "{cheap}");
+    let explanation = cheap["explanation"].as_str().unwrap_or_default();
+    assert!(explanation.contains("price"), "{explanation}");
+    assert_eq!(cheap["nearest"][0]["price_per_gpu_hour"], "1.2");
+    let mut real_only = bid("3", 1, None);
+    real_only["accept_simulated"] = json!(false);
+    let refused = buyer.ok("market.bid", &real_only);
+    assert_eq!(refused["matched"], false);
+    assert!(
+        refused["explanation"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("simulated"),
+        "{refused}"
+    );
+
+    // Over budget (2 GPUs × 1 h × 1.5 fits, 4 GPUs does not exist, so 2 GPUs × 3 h): refused
+    // before anything is signed: no lease, no MOLT moved.
+    let before = buyer.molt();
+    let mut big = bid(
+        "2",
+        2,
+        Some(json!({"image": image, "command": ["sleep", "300"]})),
+    );
+    big["hours"] = json!(3);
+    let over = buyer
+        .invoke_on(None, "market.bid", &big)
+        .expect_err("over budget");
+    assert!(
+        over.contains("UNAUTHORIZED") && over.contains("over budget"),
+        "{over}"
+    );
+    assert_eq!(buyer.molt(), before);
+    assert_eq!(buyer.ok("market.leases", &json!({}))["leases"], json!([]));
+
+    // Two buyers race for B's only GPU: one lease, one clear refusal.
+    let workload = json!({"image": image, "command": ["sleep", "300"]});
+    let race = std::thread::scope(|scope| {
+        let first = scope
+            .spawn(|| buyer.invoke_on(None, "market.bid", &bid("1.3", 1, Some(workload.clone()))));
+        let second = scope
+            .spawn(|| rival.invoke_on(None, "market.bid", &bid("1.3", 1, Some(workload.clone()))));
+        [
+            first.join().expect("first bid"),
+            second.join().expect("second bid"),
+        ]
+    });
+    let leased: Vec<&Value> = race
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .filter(|v| v["leased"] == true)
+        .collect();
+    assert_eq!(
+        leased.len(),
+        1,
+        "exactly one buyer leases the last GPU: {race:?}"
+    );
+    let loser = race
+        .iter()
+        .find(|r| !matches!(r, Ok(v) if v["leased"] == true))
+        .expect("a loser");
+    match loser {
+        Err(text) => assert!(text.contains("CONFLICT"), "{text}"),
+        Ok(answer) => assert_eq!(answer["matched"], false, "{answer}"),
+    }
+    let winner_is_buyer = race[0].as_ref().is_ok_and(|v| v["leased"] == true);
+    let (winner, _) = if winner_is_buyer {
+        (&buyer, &rival)
+    } else {
+        (&rival, &buyer)
+    };
+    let lease = leased[0]["lease"].clone();
+    let lease_id = lease["lease_id"].as_str().expect("lease id").to_owned();
+    assert_eq!(lease["state"], "running", "{lease}");
+    assert_eq!(leased[0]["offer"]["provider"], providers[1].peer_id);
+    for phase in [
+        "match",
+        "lease_request",
+        "escrow_funding",
+        "workload_start",
+        "total",
+    ] {
+        assert!(leased[0]["phases_ms"][phase].is_u64(), "{phase}");
+    }
+
+    // The container runs on B, on the GPU the terms reserved, started for the lessee.
+    let b = &providers[1];
+    let workload_id = lease["workload_id"].as_str().expect("workload").to_owned();
+    let on_b = b.ok("workload.inspect", &json!({"workload": workload_id}));
+    assert_eq!(on_b["workload"]["state"], "running", "{on_b}");
+    assert_eq!(on_b["workload"]["gpus"], lease["gpus"]);
+    assert_eq!(on_b["workload"]["owner"], winner.peer_id);
+    assert_eq!(b.containers(false).len(), 1);
+    // The lessee manages its own workload, and nothing else.
+    winner
+        .invoke_on(
+            Some(&b.peer_id),
+            "workload.logs",
+            &json!({"workload": workload_id}),
+        )
+        .expect("the lessee reads its workload's logs");
+    let denied = winner
+        .invoke_on(Some(&b.peer_id), "workload.run", &json!({"image": image}))
+        .expect_err("the lessee may not start other workloads");
+    assert!(denied.contains("UNAUTHORIZED"), "{denied}");
+    // B's GPU is taken: its offer is withdrawn from every book.
+    eventually(Duration::from_secs(20), "B's offer withdrawn", || {
+        let offers = buyer.ok("market.offers", &json!({}));
+        let ids: Vec<&str> = offers["offers"]
+            .as_array()?
+            .iter()
+            .filter_map(|o| o["provider"].as_str())
+            .collect();
+        (!ids.contains(&b.peer_id.as_str())).then_some(())
+    });
+
+    // The provider is killed mid-lease and restarted: the lease survives and settles once.
+    std::thread::sleep(Duration::from_secs(2));
+    let winner_before = winner.molt();
+    let mut providers = providers;
+    providers[1].kill();
+    providers[1].restart(&seed);
+    let b = &providers[1];
+    eventually(
+        Duration::from_secs(30),
+        "the restarted provider answers for the lease",
+        || {
+            let status = winner
+                .invoke_on(
+                    Some(&b.peer_id),
+                    "market.lease.status",
+                    &json!({"lease_id": lease_id}),
+                )
+                .ok()?;
+            (status["state"] == "running").then_some(())
+        },
+    );
+    let settled = winner.ok("market.lease.cancel", &json!({"lease_id": lease_id}));
+    assert_eq!(settled["state"], "settled", "{settled}");
+    let to_provider = units(settled["to_provider"].as_str().expect("to provider"));
+    let to_buyer = units(settled["to_buyer"].as_str().expect("to buyer"));
+    assert_eq!(
+        to_provider + to_buyer,
+        1_200_000,
+        "the escrow pays out exactly"
+    );
+    let served = settled["served_secs"].as_u64().expect("served");
+    assert!(served >= 2, "served {served} s");
+    assert_eq!(
+        to_provider,
+        1_200_000 * served / 3600,
+        "pro rata for the time served"
+    );
+    assert_eq!(b.molt(), format!("{}", Molt(to_provider)));
+    assert_eq!(units(&winner.molt()), units(&winner_before) + to_buyer);
+    // Settling again pays nothing more.
+    let again = winner.ok("market.lease.cancel", &json!({"lease_id": lease_id}));
+    assert_eq!(
+        again["settlement_signature"],
+        settled["settlement_signature"]
+    );
+    assert_eq!(b.molt(), format!("{}", Molt(to_provider)));
+    eventually(
+        Duration::from_secs(20),
+        "the provider sees the settlement",
+        || {
+            let leases = b.ok("market.leases", &json!({}));
+            (leases["leases"][0]["state"] == "settled").then_some(())
+        },
+    );
+    assert!(
+        b.containers(false).is_empty(),
+        "the lease's container stopped"
+    );
+
+    // A workload that never starts: the lease ends at once and the escrow goes back in full.
+    let before = buyer.molt();
+    let failed = buyer.ok(
+        "market.bid",
+        &bid(
+            "1.6",
+            2,
+            Some(json!({"image": image, "command": ["/no/such/program"]})),
+        ),
+    );
+    assert_eq!(failed["lease"]["state"], "refunded", "{failed}");
+    assert_eq!(failed["offer"]["provider"], providers[2].peer_id);
+    assert_eq!(buyer.molt(), before);
+
+    // Reputation, from the provider's receipts checked on chain.
+    let reputation = buyer.ok(
+        "market.reputation",
+        &json!({"provider": providers[1].peer_id}),
+    );
+    assert_eq!(reputation["served"], 1, "{reputation}");
+    assert_eq!(reputation["receipts_checked_on_chain"], 1);
+    let reputation = buyer.ok(
+        "market.reputation",
+        &json!({"provider": providers[2].peer_id}),
+    );
+    assert_eq!(reputation["never_started"], 1, "{reputation}");
+}
+
+/// Formats base units as MOLT text, as the wallet prints it.
+struct Molt(u64);
+
+impl std::fmt::Display for Molt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (whole, fraction) = (self.0 / 1_000_000, self.0 % 1_000_000);
+        if fraction == 0 {
+            write!(f, "{whole}")
+        } else {
+            write!(
+                f,
+                "{whole}.{}",
+                format!("{fraction:06}").trim_end_matches('0')
+            )
+        }
+    }
+}
