@@ -6,7 +6,8 @@
 //! and runs the container on the provider's reserved GPU; impossible bids are explained; a
 //! buyer over budget is refused before anything is signed; two buyers race for the last GPU;
 //! the provider is killed mid-lease and restarted, and the lease settles exactly once with
-//! exact balances; a workload that never starts is refunded.
+//! exact balances; a workload that never starts is refunded. Rogue in-process peers joined to
+//! the same mesh publish forged, expired, replayed and foreign offers, which no book takes.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -488,4 +489,161 @@ impl std::fmt::Display for Molt {
             )
         }
     }
+}
+
+/// Answers nothing: the rogue peer only publishes.
+struct Silent;
+
+impl claw_mesh::InvokeHandler for Silent {
+    fn handle(
+        &self,
+        _caller: claw_mesh::PeerId,
+        request: claw_mesh::InvokeRequest,
+    ) -> claw_mesh::HandlerFuture {
+        Box::pin(async move {
+            claw_mesh::InvokeResponse::Error(claw_mesh::InvokeFailure::new(
+                claw_mesh::ErrorCode::UnknownCommand,
+                format!("no command {}", request.command),
+            ))
+        })
+    }
+}
+
+fn rogue_offer(price: u64, network: &str, wallet: &str) -> claw_market::order::Offer {
+    let now = claw_attestation::unix_millis(std::time::SystemTime::now());
+    claw_market::order::Offer {
+        offer_id: 7,
+        gpu_model: MODEL.to_owned(),
+        gpus: 8,
+        vram_mib: 81_559,
+        price_per_gpu_hour: claw_market::Molt::from_base_units(price),
+        min_hours: 1,
+        max_hours: 24,
+        available_from_ms: now,
+        available_until_ms: now + 48 * 3_600_000,
+        network: network.to_owned(),
+        region: None,
+        wallet: wallet.to_owned(),
+        inventory_digest: [0; 32],
+        interruptible: false,
+        simulated: true,
+        withdrawn: false,
+    }
+}
+
+#[test]
+fn forged_expired_replayed_and_foreign_offers_never_reach_a_book() {
+    use claw_attestation::{Envelope, NodeIdentity, Validity};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let arbiter = "9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin";
+    let market = format!("arbiter = {arbiter:?}\nprice_per_gpu_hour = \"1.5\"\n");
+    let chain = format!("molt_mint = {arbiter:?}\n");
+    let provider_cli = Node::init(Clawnode::new(&dir.path().join("provider")), 1);
+    Node::configure(&provider_cli, &market, &chain);
+    let provider = Node::start(provider_cli, &[]);
+    let buyer_cli = Node::init(Clawnode::new(&dir.path().join("buyer")), 0);
+    Node::configure(&buyer_cli, &format!("arbiter = {arbiter:?}\n"), &chain);
+    let buyer = Node::start(buyer_cli, &provider.addrs());
+    let honest_key: [u8; 32] = {
+        let offers = eventually(Duration::from_secs(30), "the provider's offer", || {
+            let answer = buyer.ok("market.offers", &json!({}));
+            let offers = answer["offers"].as_array()?.clone();
+            (offers.len() == 1).then_some(offers)
+        });
+        assert_eq!(offers[0]["provider"], provider.peer_id);
+        let peer: claw_mesh::PeerId = provider.peer_id.parse().expect("peer id");
+        let bytes = peer.to_bytes();
+        bytes[bytes.len() - 32..].try_into().expect("ed25519 key")
+    };
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let signer = NodeIdentity::generate();
+    let seed: claw_mesh::Multiaddr = provider.addrs()[0].parse().expect("multiaddr");
+    let prices_seen = runtime.block_on(async {
+        // Each hostile message comes from its own rogue peer: the first invalid message from a
+        // peer already cuts it off, so one rogue could not show the others being refused.
+        let mut rogues = Vec::new();
+        for _ in 0..5 {
+            let config = claw_mesh::MeshConfig {
+                network: "localnet".to_owned(),
+                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")],
+                bootstrap: vec![seed.clone()],
+                allow_colocated_peers: true,
+                ..claw_mesh::MeshConfig::default()
+            };
+            let identity = NodeIdentity::generate();
+            rogues.push(
+                claw_mesh::Mesh::spawn(&identity, config, std::sync::Arc::new(Silent))
+                    .expect("rogue mesh"),
+            );
+        }
+        // Let gossipsub learn the rogues' subscriptions.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let wallet = "HtWVDCjVrGvDdf8FeLKGA8ze11ydYUQiPK943CwDsysN";
+        let fresh = Validity::from_now(Duration::from_secs(120));
+        let seal = |seq, validity, price, network: &str| {
+            Envelope::seal(&signer, seq, validity, &rogue_offer(price, network, wallet)).to_bytes()
+        };
+        // Signed by one key, claiming the provider's.
+        let mut forged = seal(101, fresh, 200_000, "localnet");
+        forged[2..34].copy_from_slice(&honest_key);
+        // Long expired.
+        let expired = seal(
+            102,
+            Validity {
+                issued_at_ms: 1_000,
+                ttl: Duration::from_secs(60),
+            },
+            300_000,
+            "localnet",
+        );
+        // Valid, but for another network's book.
+        let foreign = seal(103, fresh, 400_000, "devnet");
+        // An honest offer at 0.9/h, and then its sequence again with a lower price: a replay.
+        let honest = seal(100, fresh, 900_000, "localnet");
+        let replayed = seal(100, fresh, 100_000, "localnet");
+        for (rogue, bytes) in rogues.iter().zip([forged, expired, foreign, honest]) {
+            let _ = rogue
+                .handle
+                .publish(claw_mesh::TopicKind::Offers, bytes)
+                .await;
+        }
+        let buyer = std::sync::Arc::new(buyer);
+        let reader = std::sync::Arc::clone(&buyer);
+        tokio::task::spawn_blocking(move || {
+            eventually(Duration::from_secs(20), "the honest offer", || {
+                let answer = reader.ok("market.offers", &json!({"max_price": "0.9"}));
+                (answer["offers"].as_array()?.len() == 1).then_some(())
+            })
+        })
+        .await
+        .expect("offers read");
+        let _ = rogues[4]
+            .handle
+            .publish(claw_mesh::TopicKind::Offers, replayed)
+            .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let prices = tokio::task::spawn_blocking(move || {
+            let answer = buyer.ok("market.offers", &json!({}));
+            answer["offers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|o| o["price_per_gpu_hour"].as_str().map(str::to_owned))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .expect("offers read");
+        for rogue in &rogues {
+            rogue.handle.shutdown().await;
+        }
+        prices
+    });
+    assert_eq!(
+        prices_seen,
+        ["0.9", "1.5"],
+        "only the honest offers are in the book"
+    );
+    drop(provider);
 }
