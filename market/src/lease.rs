@@ -7,7 +7,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::Molt;
 use crate::order::OrderError;
-use crate::settlement::{Release, pro_rata};
+use crate::settlement::{Release, amount_due, pro_rata};
+
+/// How the buyer pays for a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Payment {
+    /// The whole amount is locked in a 2-of-3 escrow up front and released pro rata at the end.
+    Escrow,
+    /// The buyer approves the provider as delegate for the amount; the provider pulls what it
+    /// has earned every `pull_secs`, and stops the workload when a pull is refused.
+    Stream {
+        /// Seconds between pulls.
+        pull_secs: u32,
+    },
+}
 
 /// The terms a provider signs when it accepts a bid: what is leased, for how long, at what
 /// price, and who holds the escrow. The buyer funds exactly `amount` into a 2-of-3 escrow of
@@ -41,8 +55,10 @@ pub struct LeaseTerms {
     pub price_per_gpu_hour: Molt,
     /// Lease length, hours.
     pub hours: u32,
-    /// What the buyer escrows: price × GPUs × hours.
+    /// What the buyer escrows (or, streaming, allows the provider to pull): price × GPUs × hours.
     pub amount: Molt,
+    /// How it is paid.
+    pub payment: Payment,
     /// The reservation lapses unless the escrow is funded by then, Unix ms.
     pub fund_by_ms: u64,
 }
@@ -57,6 +73,14 @@ impl LeaseTerms {
         u64::from(self.hours) * 3600
     }
 
+    /// What the lease costs per hour: price × GPUs.
+    pub fn rate_per_hour(&self) -> Molt {
+        let gpus = u64::try_from(self.gpus.len()).unwrap_or(u64::MAX);
+        self.price_per_gpu_hour
+            .checked_mul(gpus)
+            .unwrap_or(Molt::from_base_units(u64::MAX))
+    }
+
     /// Checks the terms are internally consistent: the amount is price × GPUs × hours.
     pub fn validate(&self) -> Result<(), OrderError> {
         let bad = |m: &str| Err(OrderError(format!("lease {}: {m}", self.lease_id)));
@@ -68,6 +92,11 @@ impl LeaseTerms {
         }
         if self.hours == 0 {
             return bad("a lease lasts at least one hour");
+        }
+        if let Payment::Stream { pull_secs } = self.payment
+            && !(1..=3600).contains(&pull_secs)
+        {
+            return bad("a stream pulls every 1 to 3600 seconds");
         }
         let gpus = u64::try_from(self.gpus.len()).unwrap_or(u64::MAX);
         let expected = self
@@ -151,8 +180,25 @@ impl LeaseReceipt {
         if self.outcome == LeaseOutcome::NeverStarted && self.served_secs != 0 {
             return bad("a lease that never started served no time");
         }
-        if self.release() != pro_rata(terms.amount, self.served_secs, terms.total_secs()) {
-            return bad("the split is not the pro-rata share of the escrow");
+        match terms.payment {
+            Payment::Escrow => {
+                if self.release() != pro_rata(terms.amount, self.served_secs, terms.total_secs()) {
+                    return bad("the split is not the pro-rata share of the escrow");
+                }
+            }
+            // Streamed payments moved as they were earned: the receipt records what was pulled,
+            // which can be no more than was earned.
+            Payment::Stream { .. } => {
+                let earned = amount_due(
+                    terms.rate_per_hour(),
+                    self.served_secs,
+                    Molt::default(),
+                    terms.amount,
+                );
+                if self.to_buyer != Molt::default() || self.to_provider > earned {
+                    return bad("more was pulled than the time served earned");
+                }
+            }
         }
         Ok(())
     }
@@ -339,8 +385,31 @@ mod tests {
             price_per_gpu_hour: Molt::from_base_units(1_500_000),
             hours: 2,
             amount: Molt::from_base_units(6_000_000),
+            payment: Payment::Escrow,
             fund_by_ms: 0,
         }
+    }
+
+    #[test]
+    fn a_stream_receipt_records_no_more_than_was_earned() {
+        let mut terms = terms();
+        terms.payment = Payment::Stream { pull_secs: 60 };
+        terms.validate().unwrap();
+        assert_eq!(terms.rate_per_hour(), Molt::from_base_units(3_000_000));
+        let receipt = |pulled: u64| LeaseReceipt {
+            lease_id: terms.lease_id.clone(),
+            terms_digest: [0; 32],
+            outcome: LeaseOutcome::Served,
+            started_ms: 0,
+            ended_ms: 600_000,
+            served_secs: 600,
+            to_provider: Molt::from_base_units(pulled),
+            to_buyer: Molt::default(),
+            vault: String::new(),
+        };
+        receipt(500_000).check(&terms).unwrap();
+        receipt(400_000).check(&terms).unwrap();
+        assert!(receipt(500_001).check(&terms).is_err());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::config::SystemRunSection;
 use crate::health::{HealthInputs, assess};
 use crate::market::{
     BidParams, CancelParams, EndParams, FundParams, LeaseRequestParams, LeasesParams, Market,
-    OffersParams, ReceiptsParams, ReputationParams, StatusParams,
+    OffersParams, ReceiptsParams, ReputationParams, RevokeParams, StatusParams,
 };
 use crate::store::{AuditRecord, Store};
 use crate::system_run::{self, SystemRunError, SystemRunParams};
@@ -203,6 +203,12 @@ const COMMANDS: &[CommandSpec] = &[
         description: "End a lease this node bought and settle it: pro rata for the time served, the rest refunded",
         role: Role::Operate,
         params: schema::<CancelParams>,
+    },
+    CommandSpec {
+        name: "market.lease.revoke",
+        description: "Withdraw a streaming lease's allowance on chain at once; the provider's next pull is refused and it stops the workload",
+        role: Role::Operate,
+        params: schema::<RevokeParams>,
     },
     CommandSpec {
         name: "market.reputation",
@@ -512,6 +518,7 @@ impl NodeCommands {
             }
             "market.leases" => s.market.leases(parse(command, params)?).await,
             "market.lease.cancel" => s.market.cancel(parse(command, params)?).await,
+            "market.lease.revoke" => s.market.revoke(parse(command, params)?).await,
             "market.reputation" => s.market.reputation(parse(command, params)?).await,
             "market.receipts" => s.market.receipts(parse(command, params)?).await,
             "market.lease.request" => {

@@ -89,6 +89,8 @@ pub struct MarketSection {
     pub offer_ttl_secs: u64,
     /// How long a buyer has to fund the escrow before the GPUs are released.
     pub fund_within_secs: u64,
+    /// Seconds between a streaming lease's pulls.
+    pub stream_pull_secs: u32,
     /// The most one lease this node buys may cost. Default no limit.
     pub max_per_lease: Option<String>,
     /// The most the leases this node buys in any 24 hours may cost together. Default no limit.
@@ -106,6 +108,7 @@ impl Default for MarketSection {
             interruptible: false,
             offer_ttl_secs: 300,
             fund_within_secs: 120,
+            stream_pull_secs: 60,
             max_per_lease: None,
             max_per_day: None,
         }
@@ -168,6 +171,9 @@ impl MarketSection {
         }
         if !(30..=86_400).contains(&self.offer_ttl_secs) {
             return invalid("offer_ttl_secs must be 30 to 86400");
+        }
+        if !(1..=3600).contains(&self.stream_pull_secs) {
+            return invalid("stream_pull_secs must be 1 to 3600");
         }
         if !(5..=3600).contains(&self.fund_within_secs) {
             return invalid("fund_within_secs must be 5 to 3600");

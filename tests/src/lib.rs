@@ -183,7 +183,11 @@ impl RunningNode {
             .arg(&node.data_dir)
             .args(["--json", "run", "--listen", "/ip4/127.0.0.1/tcp/0"])
             .env_remove("CLAWNODE_DATA_DIR")
-            .env("RUST_LOG", "warn")
+            // CLAW_TEST_NODE_LOG (a RUST_LOG filter) shows more of the nodes' logs.
+            .env(
+                "RUST_LOG",
+                std::env::var("CLAW_TEST_NODE_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

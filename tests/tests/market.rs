@@ -64,6 +64,7 @@ impl Node {
                 "allow_colocated_peers = false",
                 "allow_colocated_peers = true",
             )
+            .replace("stream_pull_secs = 60", "stream_pull_secs = 1")
             .replace("rpc_url = \"http://127.0.0.1:8899\"\n", chain)
             .replace("[market]\n", &format!("[market]\n{market}"));
         std::fs::write(&path, text).expect("config rewritten");
@@ -471,6 +472,60 @@ fn three_providers_two_buyers_leases_run_and_settle_on_chain() {
         &json!({"provider": providers[2].peer_id}),
     );
     assert_eq!(reputation["never_started"], 1, "{reputation}");
+
+    // Streaming: C (2 GPUs at 1.5/h, so 3 MOLT/h) pulls what it earns every second from the
+    // buyer's allowance; when the buyer revokes it, the next pull is refused and C stops the
+    // workload. Every base unit the buyer lost, C gained, and C's receipt says how many.
+    let c = &providers[2];
+    c.cli.ok(&["wallet", "airdrop", "--sol", "2"]);
+    let c_before = units(&c.molt());
+    let before = units(&buyer.molt());
+    let mut streamed = bid(
+        "1.6",
+        2,
+        Some(json!({"image": image, "command": ["sleep", "300"]})),
+    );
+    streamed["payment"] = json!("stream");
+    let streaming = buyer.ok("market.bid", &streamed);
+    assert_eq!(streaming["lease"]["state"], "running", "{streaming}");
+    assert_eq!(streaming["offer"]["provider"], c.peer_id);
+    let stream_id = streaming["lease"]["lease_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let mut second = bid("2", 1, Some(json!({"image": image})));
+    second["payment"] = json!("stream");
+    let one_stream = buyer
+        .invoke_on(None, "market.bid", &second)
+        .expect_err("one stream per wallet");
+    assert!(one_stream.contains("already streams"), "{one_stream}");
+    eventually(Duration::from_secs(20), "C pulling its earnings", || {
+        (units(&c.molt()) > c_before).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    buyer.ok("market.lease.revoke", &json!({"lease_id": stream_id}));
+    let ended = eventually(Duration::from_secs(30), "the stream to end", || {
+        let leases = buyer.ok("market.leases", &json!({"state": "settled"}));
+        leases["leases"]
+            .as_array()?
+            .iter()
+            .find(|l| l["lease_id"] == stream_id.as_str())
+            .cloned()
+    });
+    assert!(c.containers(false).is_empty(), "C stopped the workload");
+    let gained = units(&c.molt()) - c_before;
+    assert!(gained > 0);
+    assert_eq!(
+        before - units(&buyer.molt()),
+        gained,
+        "what left the buyer reached C"
+    );
+    assert_eq!(
+        units(ended["to_provider"].as_str().expect("pulled")),
+        gained
+    );
+    let served = ended["served_secs"].as_u64().expect("served");
+    assert!(gained <= 3_000_000 * served / 3600, "no more than earned");
 }
 
 /// Formats base units as MOLT text, as the wallet prints it.

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use claw_market::Molt;
-use claw_market::lease::{LeaseOutcome, LeaseReceipt, LeaseState, Reputation};
+use claw_market::lease::{LeaseOutcome, LeaseReceipt, LeaseState, Payment, Reputation};
 use claw_market::order::Bid;
-use claw_market::settlement::{SettlementError, open_escrow_at};
+use claw_market::settlement::{SettlementError, approve_stream, open_escrow_at, revoke};
 use claw_mesh::{ErrorCode, InvokeFailure, InvokeRequest, PeerId, TopicKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -91,6 +91,29 @@ pub struct BidParams {
     /// (nothing is signed or paid).
     #[serde(default)]
     pub workload: Option<LeaseWorkload>,
+    /// How to pay: `escrow` (default: the whole amount locked, released pro rata at the end) or
+    /// `stream` (the provider pulls as it serves, up to the amount; one stream per wallet).
+    #[serde(default)]
+    pub payment: PaymentChoice,
+}
+
+/// How a bid pays.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentChoice {
+    /// A 2-of-3 escrow.
+    #[default]
+    Escrow,
+    /// A delegate allowance the provider pulls from.
+    Stream,
+}
+
+/// `market.lease.revoke`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeParams {
+    /// The streaming lease.
+    pub lease_id: String,
 }
 
 /// `market.lease.cancel`.
@@ -250,8 +273,23 @@ impl Market {
             )
         })?;
         let arbiter = self.arbiter()?;
-        let chain_ready = self.chain()?;
-        let _ = chain_ready;
+        self.chain()?;
+        let stream = params.payment == PaymentChoice::Stream;
+        if stream {
+            let records = self.on_store(crate::store::Store::leases).await?;
+            if let Some(open) = records
+                .iter()
+                .find(|r| r.side == Side::Buyer && r.is_stream() && r.state.holds_gpus())
+            {
+                return Err(failure(
+                    ErrorCode::Conflict,
+                    format!(
+                        "lease {} already streams from this wallet (a token account has one delegate); end it first",
+                        open.lease_id
+                    ),
+                ));
+            }
+        }
 
         progress.stage(format!("requesting the lease from {provider}"));
         let phase = Instant::now();
@@ -272,7 +310,7 @@ impl Market {
             .call_provider(
                 &provider.to_string(),
                 "market.lease.request",
-                json!({ "bid": bid_envelope, "offer_id": matched.entry.offer.offer_id }),
+                json!({ "bid": bid_envelope, "offer_id": matched.entry.offer.offer_id, "stream": stream }),
             )
             .await?;
         let terms_text = answer["terms"]
@@ -296,6 +334,9 @@ impl Market {
         {
             return refuse("price, GPUs or hours are not what was bid".to_owned());
         }
+        if matches!(terms.payment, Payment::Stream { .. }) != stream {
+            return refuse("the payment mode is not the one asked for".to_owned());
+        }
         budget.allows(terms.amount, spent).map_err(|e| {
             failure(
                 ErrorCode::Unauthorized,
@@ -310,33 +351,49 @@ impl Market {
         record.advance(LeaseState::Accepted)?;
         // Where the money goes is recorded before it is sent, so a crash can find it.
         let (multisig, vault) = (Keypair::new(), Keypair::new());
-        record.multisig = Some(multisig.pubkey().to_string());
-        record.vault = Some(vault.pubkey().to_string());
+        if !stream {
+            record.multisig = Some(multisig.pubkey().to_string());
+            record.vault = Some(vault.pubkey().to_string());
+        }
         self.save(&record).await?;
         let request_ms = elapsed_ms(phase);
 
-        progress.stage(format!("funding the escrow ({} MOLT)", terms.amount));
         let phase = Instant::now();
-        let escrow = record.escrow()?;
         let chain = self.chain()?;
-        let landed = open_escrow_at(
-            &chain.client,
-            &chain.mint,
-            self.wallet()?,
-            escrow.terms.clone(),
-            &multisig,
-            &vault,
-        )
-        .await
-        .map(|(_, landed)| landed)
-        .map_err(|e| {
-            let failed = failure(chain_failure_code(&e), format!("funding the escrow: {e}"));
-            tracing::warn!(lease = %record.lease_id, error = %e, "escrow not funded");
-            failed
-        });
+        let landed = if stream {
+            progress.stage(format!(
+                "allowing the provider to pull up to {} MOLT",
+                terms.amount
+            ));
+            let provider_wallet = super::address(&terms.provider_wallet)?;
+            approve_stream(
+                &chain.client,
+                &chain.mint,
+                self.wallet()?,
+                &provider_wallet,
+                terms.amount,
+                &terms.lease_id,
+            )
+            .await
+        } else {
+            progress.stage(format!("funding the escrow ({} MOLT)", terms.amount));
+            let escrow = record.escrow()?;
+            open_escrow_at(
+                &chain.client,
+                &chain.mint,
+                self.wallet()?,
+                escrow.terms.clone(),
+                &multisig,
+                &vault,
+            )
+            .await
+            .map(|(_, landed)| landed)
+        };
         let landed = match landed {
             Ok(landed) => landed,
-            Err(error) => {
+            Err(e) => {
+                tracing::warn!(lease = %record.lease_id, error = %e, "lease not funded");
+                let error = failure(chain_failure_code(&e), format!("funding the lease: {e}"));
                 record.reason = Some(error.message.clone());
                 let _ = self
                     .call_provider(
@@ -455,6 +512,20 @@ impl Market {
         record.receipt_envelope = Some(receipt_text.to_owned());
         record.advance(LeaseState::Completed)?;
         self.save(record).await?;
+        if record.is_stream() {
+            // Nothing to settle: the provider pulled as it served. Withdraw what is left of the
+            // allowance so that nothing more can be pulled.
+            self.revoke_allowance(record).await?;
+            record.advance(if receipt.outcome == LeaseOutcome::NeverStarted {
+                LeaseState::Refunded
+            } else {
+                LeaseState::Settled
+            })?;
+            self.save(record).await?;
+            self.remember_outcome(&provider, record.state, Some(receipt.outcome));
+            tracing::info!(lease = %record.lease_id, pulled = %receipt.to_provider, "streaming lease ended");
+            return Ok(());
+        }
         let escrow = record.escrow()?;
         let chain = self.chain()?;
         let settled = match escrow
@@ -535,6 +606,49 @@ impl Market {
             .or_insert(score);
     }
 
+    /// Withdraws the provider's remaining allowance on this node's MOLT account, if it still has
+    /// one.
+    async fn revoke_allowance(&self, record: &mut LeaseRecord) -> Result<(), InvokeFailure> {
+        let chain = self.chain()?;
+        let wallet = self.wallet()?;
+        let Some(terms) = &record.terms else {
+            return Ok(());
+        };
+        let provider_wallet = super::address(&terms.provider_wallet)?;
+        let account = chain
+            .mint
+            .read_account(&chain.client, &chain.mint.account_of(&wallet.pubkey()))
+            .await
+            .map_err(chain_failure)?;
+        if account.delegate.is_some_and(|(d, _)| d == provider_wallet) {
+            let landed = revoke(&chain.client, &chain.mint, wallet, &record.lease_id)
+                .await
+                .map_err(chain_failure)?;
+            record.settlement_signature = Some(landed.signature.to_string());
+        }
+        Ok(())
+    }
+
+    /// `market.lease.revoke`: withdraws a streaming lease's allowance on chain at once, without
+    /// asking the provider; its next pull is refused and it stops the workload.
+    pub async fn revoke(&self, params: RevokeParams) -> Result<Value, InvokeFailure> {
+        let _step = self.inner.steps.lock().await;
+        let mut record = self.load(&params.lease_id).await?;
+        if record.side != Side::Buyer || !record.is_stream() {
+            return Err(failure(
+                ErrorCode::Conflict,
+                format!(
+                    "lease {} is not a streaming lease this node bought",
+                    record.lease_id
+                ),
+            ));
+        }
+        self.revoke_allowance(&mut record).await?;
+        record.reason = Some("the allowance was revoked".to_owned());
+        self.save(&record).await?;
+        Ok(record.summary())
+    }
+
     /// `market.lease.cancel`: ends a lease this node bought and settles it: pro rata for the time
     /// served, the rest back; everything back if the workload never started.
     pub async fn cancel(&self, params: CancelParams) -> Result<Value, InvokeFailure> {
@@ -590,6 +704,24 @@ impl Market {
                         tracing::warn!(lease = %record.lease_id, %error, "settlement not done yet");
                     }
                 }
+                // A stream approved just before a crash, never started: end it and withdraw
+                // the allowance.
+                LeaseState::Accepted
+                    if record.is_stream() && now_ms() > record.created_ms + 60_000 =>
+                {
+                    let _ = self
+                        .call_provider(
+                            &record.counterparty,
+                            "market.lease.end",
+                            json!({"lease_id": record.lease_id}),
+                        )
+                        .await;
+                    self.revoke_allowance(&mut record).await?;
+                    record.reason = Some("the stream was never started".to_owned());
+                    record.advance(LeaseState::Expired)?;
+                    self.save(&record).await?;
+                }
+                LeaseState::Accepted if record.is_stream() => {}
                 // The escrow may have landed before a crash: look for it.
                 LeaseState::Accepted => {
                     let escrow = record.escrow()?;

@@ -26,7 +26,10 @@ use serde_json::{Value, json};
 use solana_keypair::Keypair;
 use solana_pubkey::Pubkey;
 
-pub use buyer::{BidParams, CancelParams, LeaseWorkload, ReceiptsParams, ReputationParams};
+pub use buyer::{
+    BidParams, CancelParams, LeaseWorkload, PaymentChoice, ReceiptsParams, ReputationParams,
+    RevokeParams,
+};
 pub use provider::{EndParams, FundParams, LeaseRequestParams, StatusParams};
 
 use crate::store::Store;
@@ -84,6 +87,12 @@ pub struct LeaseRecord {
     pub receipt_envelope: Option<String>,
     /// The settlement (or refund) transaction's signature.
     pub settlement_signature: Option<String>,
+    /// Streaming: MOLT base units pulled so far, as last read from the chain.
+    #[serde(default)]
+    pub pulled: u64,
+    /// Streaming: when the provider last pulled, Unix ms.
+    #[serde(default)]
+    pub last_pull_ms: Option<u64>,
     /// Why the lease is where it is, when that needs saying.
     pub reason: Option<String>,
     /// When it was recorded, Unix ms.
@@ -111,6 +120,8 @@ impl LeaseRecord {
             receipt: None,
             receipt_envelope: None,
             settlement_signature: None,
+            pulled: 0,
+            last_pull_ms: None,
             reason: None,
             created_ms: now,
             history: vec![(LeaseState::Requested, now)],
@@ -134,6 +145,13 @@ impl LeaseRecord {
             self.history.push((next, now_ms()));
         }
         Ok(())
+    }
+
+    /// Whether the lease is paid by streaming.
+    fn is_stream(&self) -> bool {
+        self.terms
+            .as_ref()
+            .is_some_and(|t| matches!(t.payment, claw_market::lease::Payment::Stream { .. }))
     }
 
     /// The escrow of this lease, once its terms and addresses are known.
@@ -171,6 +189,8 @@ impl LeaseRecord {
             "hours": self.terms.as_ref().map(|t| t.hours),
             "price_per_gpu_hour": self.terms.as_ref().map(|t| t.price_per_gpu_hour.to_string()),
             "amount": self.terms.as_ref().map(|t| t.amount.to_string()),
+            "payment": self.terms.as_ref().map(|t| t.payment),
+            "pulled": self.is_stream().then(|| claw_market::Molt::from_base_units(self.pulled).to_string()),
             "vault": self.vault,
             "funding_signature": self.funding_signature,
             "workload_id": self.workload_id,

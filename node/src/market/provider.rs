@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use claw_market::Molt;
 use claw_market::book::{BookEntry, OrderBook};
-use claw_market::lease::{LeaseOutcome, LeaseReceipt, LeaseState, LeaseTerms};
+use claw_market::lease::{LeaseOutcome, LeaseReceipt, LeaseState, LeaseTerms, Payment};
 use claw_market::order::{Bid, Offer};
-use claw_market::settlement::pro_rata;
+use claw_market::settlement::{amount_due, pro_rata, pull};
 use claw_mesh::{ErrorCode, InvokeFailure, PeerId, TopicKind};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -31,6 +31,9 @@ pub struct LeaseRequestParams {
     pub bid: String,
     /// The offer the bid matched.
     pub offer_id: u64,
+    /// Pay by streaming (the provider pulls as it serves) instead of an escrow.
+    #[serde(default)]
+    pub stream: bool,
 }
 
 /// `market.lease.fund`: the buyer says the escrow is funded and hands over its workload.
@@ -39,10 +42,12 @@ pub struct LeaseRequestParams {
 pub struct FundParams {
     /// The lease.
     pub lease_id: String,
-    /// The escrow's 2-of-3 multisig address.
-    pub multisig: String,
-    /// The escrow's token account.
-    pub vault: String,
+    /// The escrow's 2-of-3 multisig address (escrow leases).
+    #[serde(default)]
+    pub multisig: Option<String>,
+    /// The escrow's token account (escrow leases).
+    #[serde(default)]
+    pub vault: Option<String>,
     /// What to run on the leased GPUs.
     pub workload: LeaseWorkload,
 }
@@ -293,6 +298,13 @@ impl Market {
             price_per_gpu_hour: offer.price_per_gpu_hour,
             hours: bid.hours,
             amount: matched.total,
+            payment: if params.stream {
+                Payment::Stream {
+                    pull_secs: config.market.stream_pull_secs,
+                }
+            } else {
+                Payment::Escrow
+            },
             fund_by_ms: now_ms() + config.market.fund_within_secs * 1000,
         };
         terms
@@ -367,24 +379,61 @@ impl Market {
                 format!("lease {}: the reservation lapsed", record.lease_id),
             ));
         }
-        address(&params.multisig)?;
-        address(&params.vault)?;
-        record.multisig = Some(params.multisig.clone());
-        record.vault = Some(params.vault.clone());
-        let escrow = record.escrow()?;
         let chain = self.chain()?;
-        escrow
-            .verify_funded(&chain.client, &chain.mint)
-            .await
-            .map_err(|e| {
-                failure(
-                    ErrorCode::Conflict,
-                    format!("the escrow is not funded as agreed: {e}"),
-                )
-            })?;
+        match terms.payment {
+            Payment::Escrow => {
+                let (Some(multisig), Some(vault)) = (&params.multisig, &params.vault) else {
+                    return Err(failure(
+                        ErrorCode::InvalidParams,
+                        "an escrow lease is funded with its multisig and vault",
+                    ));
+                };
+                address(multisig)?;
+                address(vault)?;
+                record.multisig = Some(multisig.clone());
+                record.vault = Some(vault.clone());
+                let escrow = record.escrow()?;
+                escrow
+                    .verify_funded(&chain.client, &chain.mint)
+                    .await
+                    .map_err(|e| {
+                        failure(
+                            ErrorCode::Conflict,
+                            format!("the escrow is not funded as agreed: {e}"),
+                        )
+                    })?;
+                tracing::info!(lease = %record.lease_id, %vault, "escrow verified on chain");
+            }
+            Payment::Stream { .. } => {
+                let buyer = address(&terms.buyer_wallet)?;
+                let account = chain
+                    .mint
+                    .read_account(&chain.client, &chain.mint.account_of(&buyer))
+                    .await
+                    .map_err(|e| {
+                        failure(
+                            ErrorCode::Conflict,
+                            format!("the buyer's MOLT account: {e}"),
+                        )
+                    })?;
+                let me = self.wallet()?.pubkey();
+                let allowed = account.delegate.filter(|(d, _)| *d == me).map(|(_, a)| a);
+                if allowed < Some(terms.amount) || account.amount < terms.amount {
+                    return Err(failure(
+                        ErrorCode::Conflict,
+                        format!(
+                            "the stream is not funded as agreed: {} MOLT allowed to this provider and {} MOLT held, {} needed",
+                            allowed.unwrap_or_default(),
+                            account.amount,
+                            terms.amount
+                        ),
+                    ));
+                }
+                tracing::info!(lease = %record.lease_id, allowance = %terms.amount, "stream allowance verified on chain");
+            }
+        }
         record.advance(LeaseState::Funded)?;
         self.save(&record).await?;
-        tracing::info!(lease = %record.lease_id, vault = %params.vault, "escrow verified on chain");
         self.start_workload(&mut record, caller, params.workload)
             .await?;
         Ok(self.fund_answer(&record))
@@ -467,7 +516,21 @@ impl Market {
         } else {
             outcome
         };
-        let release = pro_rata(terms.amount, served_secs, terms.total_secs());
+        let release = match terms.payment {
+            Payment::Escrow => pro_rata(terms.amount, served_secs, terms.total_secs()),
+            Payment::Stream { .. } => {
+                if outcome == LeaseOutcome::Served {
+                    // The last pull, for the time served up to now, when the stream allows it.
+                    if let Err(error) = self.pull_due(record, &terms, served_secs).await {
+                        tracing::info!(lease = %record.lease_id, %error, "final pull refused");
+                    }
+                }
+                claw_market::settlement::Release {
+                    to_provider: Molt::from_base_units(record.pulled),
+                    to_buyer: Molt::default(),
+                }
+            }
+        };
         let terms_digest = record
             .terms_envelope
             .as_deref()
@@ -491,6 +554,14 @@ impl Market {
         record.receipt = Some(receipt);
         record.receipt_envelope = Some(envelope);
         record.advance(LeaseState::Completed)?;
+        if let Payment::Stream { .. } = terms.payment {
+            // Streamed money has already moved: nothing is left to settle.
+            record.advance(if outcome == LeaseOutcome::NeverStarted {
+                LeaseState::Refunded
+            } else {
+                LeaseState::Settled
+            })?;
+        }
         self.save(record).await?;
         self.inner.offers_changed.notify_one();
         tracing::info!(lease = %record.lease_id, served_secs, to_provider = %release.to_provider, "lease completed");
@@ -529,7 +600,7 @@ impl Market {
                 ));
             }
         }
-        let settlement = if record.settlement_signature.is_some() {
+        let settlement = if record.settlement_signature.is_some() || record.is_stream() {
             None
         } else {
             Some(self.provider_signed_settlement(&record).await?)
@@ -595,6 +666,59 @@ impl Market {
         }))
     }
 
+    /// Pulls what a streaming lease has earned for `served_secs` and not yet been paid. What was
+    /// paid is read from the chain (the allowance left), so a pull that landed before a crash is
+    /// never pulled again. A revoked or exhausted allowance, or a buyer out of MOLT, is an error.
+    async fn pull_due(
+        &self,
+        record: &mut LeaseRecord,
+        terms: &LeaseTerms,
+        served_secs: u64,
+    ) -> Result<(), InvokeFailure> {
+        let chain = self.chain()?;
+        let wallet = self.wallet()?;
+        let buyer = address(&terms.buyer_wallet)?;
+        let account = chain
+            .mint
+            .read_account(&chain.client, &chain.mint.account_of(&buyer))
+            .await
+            .map_err(chain_failure)?;
+        let Some(left) = account
+            .delegate
+            .filter(|(d, _)| *d == wallet.pubkey())
+            .map(|(_, left)| left)
+        else {
+            return Err(failure(
+                ErrorCode::Conflict,
+                "the buyer revoked the allowance, or it is used up",
+            ));
+        };
+        let pulled = terms.amount.base_units().saturating_sub(left.base_units());
+        record.pulled = pulled;
+        let due = amount_due(
+            terms.rate_per_hour(),
+            served_secs,
+            Molt::from_base_units(pulled),
+            terms.amount,
+        );
+        record.last_pull_ms = Some(now_ms());
+        if due.base_units() > 0 {
+            pull(
+                &chain.client,
+                &chain.mint,
+                wallet,
+                &buyer,
+                due,
+                &record.lease_id,
+            )
+            .await
+            .map_err(chain_failure)?;
+            record.pulled = pulled + due.base_units();
+            tracing::info!(lease = %record.lease_id, %due, total = record.pulled, "stream pulled");
+        }
+        self.save(record).await
+    }
+
     /// Provider upkeep: lapsed reservations are released; leases whose time is up or whose
     /// workload stopped are completed; completed leases are marked settled once the settlement
     /// is found on chain.
@@ -623,6 +747,28 @@ impl Market {
                     self.save(&record).await?;
                     self.inner.offers_changed.notify_one();
                     tracing::info!(lease = %record.lease_id, "reservation lapsed; GPUs released");
+                }
+                LeaseState::Running if record.is_stream() => {
+                    let started = record.started_ms.unwrap_or(now);
+                    let Payment::Stream { pull_secs } = terms.payment else {
+                        continue;
+                    };
+                    let served = (now.saturating_sub(started) / 1000).min(terms.total_secs());
+                    let due =
+                        record.last_pull_ms.unwrap_or(started) + u64::from(pull_secs) * 1000 <= now;
+                    let time_up = served >= terms.total_secs();
+                    if due || time_up {
+                        match self.pull_due(&mut record, &terms, served).await {
+                            Ok(()) if !time_up => {}
+                            Ok(()) => self.complete(&mut record, LeaseOutcome::Served).await?,
+                            Err(error) => {
+                                tracing::info!(lease = %record.lease_id, %error, "stream stopped: the pull was refused");
+                                record.reason =
+                                    Some(format!("the stream stopped: {}", error.message));
+                                self.complete(&mut record, LeaseOutcome::Served).await?;
+                            }
+                        }
+                    }
                 }
                 LeaseState::Running => {
                     let started = record.started_ms.unwrap_or(now);
