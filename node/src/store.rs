@@ -844,4 +844,66 @@ mod tests {
             WorkloadState::Stopped
         );
     }
+
+    #[test]
+    fn a_lease_reserves_gpus_once_and_releases_them_when_it_lapses() {
+        use claw_market::lease::LeaseState;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let gpus = vec!["GPU-a".to_owned(), "GPU-b".to_owned()];
+        let lease = |id: &str| crate::market::LeaseRecord::for_tests(id);
+        let first = store.reserve_for_lease(&lease("ls-1"), 2, &gpus).unwrap();
+        assert_eq!(first.gpus, gpus);
+        // Retried: the same lease, the same GPUs, nothing more taken.
+        assert_eq!(
+            store
+                .reserve_for_lease(&lease("ls-1"), 2, &gpus)
+                .unwrap()
+                .gpus,
+            gpus
+        );
+        let taken = store
+            .reserve_for_lease(&lease("ls-2"), 1, &gpus)
+            .unwrap_err();
+        assert!(
+            matches!(taken, AdmitError::GpusUnavailable { .. }),
+            "{taken}"
+        );
+        assert_eq!(store.allocations().unwrap().len(), 2);
+        // Reserved GPUs pass to the lease's workload and to no other.
+        let record = |id: &str| pending(id, None);
+        assert!(matches!(
+            store.admit_workload(record("wl-x"), &GpuChoice::Count(1), &gpus),
+            Err(AdmitError::GpusUnavailable { .. })
+        ));
+        assert!(matches!(
+            store.admit_workload(
+                record("wl-y"),
+                &GpuChoice::Reserved("ls-9".into(), vec!["GPU-a".into()]),
+                &gpus
+            ),
+            Err(AdmitError::GpusUnavailable { .. })
+        ));
+        let admitted = store
+            .admit_workload(
+                record("wl-z"),
+                &GpuChoice::Reserved("ls-1".into(), vec!["GPU-a".into()]),
+                &gpus,
+            )
+            .unwrap();
+        assert!(matches!(admitted, Admitted::New(ref w) if w.gpus == ["GPU-a"]));
+        // The lease lapses: what it still reserved is released, its workload's GPU is not.
+        let mut lapsed = first;
+        lapsed.state = LeaseState::Expired;
+        store.put_lease(&lapsed).unwrap();
+        let allocations = store.allocations().unwrap();
+        assert_eq!(allocations.get("GPU-a").map(String::as_str), Some("wl-z"));
+        assert!(!allocations.contains_key("GPU-b"));
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.lease("ls-1").unwrap().unwrap().state,
+            LeaseState::Expired
+        );
+    }
 }

@@ -267,3 +267,100 @@ pub fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Opt
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A `clawnode localnet` process serving the embedded chain from a data directory; killed when
+/// dropped.
+#[derive(Debug)]
+pub struct Localnet {
+    child: std::process::Child,
+    /// The JSON-RPC URL.
+    pub url: String,
+    /// The MOLT mint's address.
+    pub mint: String,
+    /// The faucet wallet's address (its keypair is in the data directory).
+    pub faucet: String,
+}
+
+impl Localnet {
+    /// Starts the embedded chain on a free loopback port for the initialised `node`, whose
+    /// config is pointed at it, and waits for its mint.
+    pub fn start(node: &Clawnode) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let url = format!("http://127.0.0.1:{port}");
+        node.edit_config(|text| {
+            text.replace(
+                "rpc_url = \"http://127.0.0.1:8899\"",
+                &format!("rpc_url = {url:?}"),
+            )
+        });
+        let child = Command::new(&node.binary)
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(["localnet", "--rpc-port", &port.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start clawnode localnet: {e}"));
+        let mut localnet = Self {
+            child,
+            url,
+            mint: String::new(),
+            faucet: String::new(),
+        };
+        let info = eventually(Duration::from_secs(60), "localnet.json", || {
+            let bytes = std::fs::read(node.data_dir.join("localnet.json")).ok()?;
+            serde_json::from_slice::<serde_json::Value>(&bytes).ok()
+        });
+        localnet.mint = info["molt_mint"].as_str().unwrap_or_default().to_owned();
+        localnet.faucet = info["faucet"].as_str().unwrap_or_default().to_owned();
+        localnet
+    }
+
+    /// The `[chain]` lines that point a node at this chain and mint.
+    pub fn chain_config(&self) -> String {
+        format!("rpc_url = {:?}\nmolt_mint = {:?}\n", self.url, self.mint)
+    }
+}
+
+impl Drop for Localnet {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Clawnode {
+    /// Rewrites the data directory's `config.toml` through `edit`.
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let path = self.data_dir.join("config.toml");
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        std::fs::write(&path, edit(text)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+
+    /// Configures a node for a local market fleet on loopback: announcements every second,
+    /// colocated peers, streams pulled every second, `chain` lines replacing the default RPC URL
+    /// (when given) and `market` lines added to `[market]`.
+    pub fn configure_market(&self, market: &str, chain: &str) {
+        self.edit_config(|text| {
+            let text = text
+                .replace("announce_interval_secs = 10", "announce_interval_secs = 1")
+                .replace(
+                    "allow_colocated_peers = false",
+                    "allow_colocated_peers = true",
+                )
+                .replace("stream_pull_secs = 60", "stream_pull_secs = 1")
+                .replace("[market]\n", &format!("[market]\n{market}"));
+            if chain.is_empty() {
+                text
+            } else {
+                text.replace("rpc_url = \"http://127.0.0.1:8899\"\n", chain)
+            }
+        });
+    }
+}

@@ -9,31 +9,13 @@
 //! exact balances; a workload that never starts is refunded. Rogue in-process peers joined to
 //! the same mesh publish forged, expired, replayed and foreign offers, which no book takes.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use claw_tests::{
-    Clawnode, RunningNode, eventually, required_part, run_with_deadline, workspace_binary,
-};
+use claw_tests::{Clawnode, Localnet, RunningNode, eventually, required_part, run_with_deadline};
 use serde_json::{Value, json};
 
 const MODEL: &str = "NVIDIA H100 80GB HBM3";
-
-struct Localnet(Child);
-
-impl Drop for Localnet {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 /// A `clawnode run` process; its containers are removed when it is dropped.
 struct Node {
@@ -52,22 +34,6 @@ impl Node {
         }
         cli.ok(&args);
         cli
-    }
-
-    /// Fast announcements, colocated peers, the chain and the `[market]` settings.
-    fn configure(cli: &Clawnode, market: &str, chain: &str) {
-        let path = cli.data_dir().join("config.toml");
-        let text = std::fs::read_to_string(&path).expect("config written by init");
-        let text = text
-            .replace("announce_interval_secs = 10", "announce_interval_secs = 1")
-            .replace(
-                "allow_colocated_peers = false",
-                "allow_colocated_peers = true",
-            )
-            .replace("stream_pull_secs = 60", "stream_pull_secs = 1")
-            .replace("rpc_url = \"http://127.0.0.1:8899\"\n", chain)
-            .replace("[market]\n", &format!("[market]\n{market}"));
-        std::fs::write(&path, text).expect("config rewritten");
     }
 
     fn start(cli: Clawnode, bootstrap: &[String]) -> Self {
@@ -188,31 +154,11 @@ fn three_providers_two_buyers_leases_run_and_settle_on_chain() {
     let dir = tempfile::tempdir().expect("temp dir");
 
     // The chain lives in the first buyer's data directory, which holds the faucet.
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let chain = format!("rpc_url = {url:?}\n");
     let buyer_cli = Node::init(Clawnode::new(&dir.path().join("buyer")), 0);
-    Node::configure(&buyer_cli, "", &chain);
-    let chain_dir = buyer_cli.data_dir().to_path_buf();
-    let _chain = Localnet(
-        Command::new(workspace_binary("clawnode"))
-            .arg("--data-dir")
-            .arg(&chain_dir)
-            .args(["localnet", "--rpc-port", &port.to_string()])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("clawnode localnet"),
-    );
-    let info = eventually(Duration::from_secs(30), "localnet.json", || {
-        let bytes = std::fs::read(chain_dir.join("localnet.json")).ok()?;
-        serde_json::from_slice::<Value>(&bytes).ok()
-    });
-    let mint = info["molt_mint"].as_str().expect("mint").to_owned();
-    let arbiter = info["faucet"].as_str().expect("faucet").to_owned();
-    let chain = format!("rpc_url = {url:?}\nmolt_mint = {mint:?}\n");
+    buyer_cli.configure_market("", "");
+    let localnet = Localnet::start(&buyer_cli);
+    let arbiter = localnet.faucet.clone();
+    let chain = localnet.chain_config();
     let market = |extra: &str| format!("arbiter = {arbiter:?}\n{extra}");
 
     // Providers: A 2.0/h × 2 GPUs, B 1.2/h × 1 GPU (the cheapest, and the last GPU), C 1.5/h × 2.
@@ -220,8 +166,7 @@ fn three_providers_two_buyers_leases_run_and_settle_on_chain() {
     let mut providers: Vec<Node> = Vec::new();
     for (name, price, gpus) in prices {
         let cli = Node::init(Clawnode::new(&dir.path().join(name)), gpus);
-        Node::configure(
-            &cli,
+        cli.configure_market(
             &market(&format!("price_per_gpu_hour = {price:?}\n")),
             &chain,
         );
@@ -229,14 +174,10 @@ fn three_providers_two_buyers_leases_run_and_settle_on_chain() {
         providers.push(Node::start(cli, &bootstrap));
     }
     let seed = providers[0].addrs();
-    Node::configure(
-        &buyer_cli,
-        &market("max_per_lease = \"5\"\nmax_per_day = \"50\"\n"),
-        "",
-    );
+    buyer_cli.configure_market(&market("max_per_lease = \"5\"\nmax_per_day = \"50\"\n"), "");
     buyer_cli.ok(&["wallet", "airdrop", "--sol", "5", "--molt", "100"]);
     let rival_cli = Node::init(Clawnode::new(&dir.path().join("rival")), 0);
-    Node::configure(&rival_cli, &market(""), &chain);
+    rival_cli.configure_market(&market(""), &chain);
     rival_cli.ok(&["wallet", "airdrop", "--sol", "5"]);
     let rival_address = rival_cli
         .ok(&["wallet", "address"])
@@ -595,10 +536,10 @@ fn forged_expired_replayed_and_foreign_offers_never_reach_a_book() {
     let market = format!("arbiter = {arbiter:?}\nprice_per_gpu_hour = \"1.5\"\n");
     let chain = format!("molt_mint = {arbiter:?}\n");
     let provider_cli = Node::init(Clawnode::new(&dir.path().join("provider")), 1);
-    Node::configure(&provider_cli, &market, &chain);
+    provider_cli.configure_market(&market, &chain);
     let provider = Node::start(provider_cli, &[]);
     let buyer_cli = Node::init(Clawnode::new(&dir.path().join("buyer")), 0);
-    Node::configure(&buyer_cli, &format!("arbiter = {arbiter:?}\n"), &chain);
+    buyer_cli.configure_market(&format!("arbiter = {arbiter:?}\n"), &chain);
     let buyer = Node::start(buyer_cli, &provider.addrs());
     let honest_key: [u8; 32] = {
         let offers = eventually(Duration::from_secs(30), "the provider's offer", || {

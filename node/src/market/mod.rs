@@ -128,6 +128,12 @@ impl LeaseRecord {
         }
     }
 
+    /// A provider-side lease just requested, for store tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(lease_id: &str) -> Self {
+        Self::new(lease_id.to_owned(), Side::Provider, "peer".to_owned())
+    }
+
     /// Moves the lease to `next`; a move that is not allowed is refused, a move to where it is
     /// does nothing.
     fn advance(&mut self, next: LeaseState) -> Result<(), InvokeFailure> {

@@ -74,6 +74,15 @@ fn offer_id_of(model: &str) -> u64 {
     u64::from_be_bytes(digest[..8].try_into().unwrap_or_default())
 }
 
+/// The price per GPU-hour with `taken` of the node's `total` GPUs in use: the base price plus
+/// that share of the markup (rounded down).
+fn offer_price(base: Molt, markup: Molt, taken: u64, total: u64) -> Molt {
+    let share =
+        u128::from(markup.base_units()) * u128::from(taken.min(total)) / u128::from(total.max(1));
+    let price = u128::from(base.base_units()) + share;
+    Molt::from_base_units(u64::try_from(price).unwrap_or(u64::MAX))
+}
+
 impl Market {
     /// The lease id for a bid on this provider: the same bid always names the same lease, so
     /// a retried request finds the lease it made.
@@ -127,10 +136,8 @@ impl Market {
         let ttl = Duration::from_secs(config.market.offer_ttl_secs);
         let markup = config.market.markup();
         for (model, (free, total, vram_mib, simulated)) in by_model {
-            let taken = u64::from(total - free);
-            let price = Molt::from_base_units(
-                price.base_units() + markup.base_units() * taken / u64::from(total.max(1)),
-            );
+            let taken = u64::from(total.saturating_sub(free));
+            let price = offer_price(price, markup, taken, u64::from(total));
             let offer = Offer {
                 offer_id: offer_id_of(&model),
                 gpu_model: model.clone(),
@@ -826,4 +833,33 @@ pub(super) fn check_terms(
         .validate()
         .map_err(|e| failure(ErrorCode::InvalidParams, e.to_string()))?;
     Ok(terms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_markup_follows_utilisation() {
+        let base = Molt::from_base_units(1_000_000);
+        let markup = Molt::from_base_units(800_000);
+        assert_eq!(offer_price(base, markup, 0, 8), base);
+        assert_eq!(offer_price(base, markup, 2, 8).base_units(), 1_200_000);
+        assert_eq!(offer_price(base, markup, 8, 8).base_units(), 1_800_000);
+        assert_eq!(offer_price(base, Molt::default(), 5, 8), base);
+        let huge = Molt::from_base_units(u64::MAX);
+        assert_eq!(offer_price(huge, huge, 1, 1).base_units(), u64::MAX);
+    }
+
+    #[test]
+    fn offers_keep_their_id_per_model() {
+        assert_eq!(
+            offer_id_of("NVIDIA H100 80GB HBM3"),
+            offer_id_of("NVIDIA H100 80GB HBM3")
+        );
+        assert_ne!(
+            offer_id_of("NVIDIA H100 80GB HBM3"),
+            offer_id_of("NVIDIA A100-SXM4-80GB")
+        );
+    }
 }
