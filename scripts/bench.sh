@@ -5,6 +5,7 @@
 #   scripts/bench.sh mesh         only the mesh benchmarks (CLAW_BENCH_SIZES=50,200 by default)
 #   scripts/bench.sh node         only the node agent benchmarks (needs Docker and the test image)
 #   scripts/bench.sh settlement   only the settlement benchmarks (embedded chain; a real validator when available)
+#   scripts/bench.sh market       matching throughput, and bid → running container (needs Docker and the test image)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 which=${1:-all}
@@ -26,4 +27,10 @@ if [ "$which" = all ] || [ "$which" = node ]; then
 fi
 if [ "$which" = all ] || [ "$which" = settlement ]; then
     cargo bench -p claw-market --bench settlement
+fi
+if [ "$which" = all ] || [ "$which" = market ]; then
+    cargo bench -p claw-market --bench matching
+    cargo build --release -p clawnode
+    CLAW_TEST_IMAGE=${CLAW_TEST_IMAGE:-clawbernetes/busybox:test} \
+        cargo bench -p claw-tests --bench bid_to_running
 fi

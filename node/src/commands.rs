@@ -26,8 +26,9 @@ use crate::access::{AccessPolicy, Role};
 use crate::config::SystemRunSection;
 use crate::health::{HealthInputs, assess};
 use crate::market::{
-    BidParams, CancelParams, EndParams, FundParams, LeaseRequestParams, LeasesParams, Market,
-    OffersParams, ReceiptsParams, ReputationParams, RevokeParams, StatusParams,
+    ArbitrateParams, BidParams, CancelParams, EndParams, FundParams, LeaseRequestParams,
+    LeasesParams, Market, OffersParams, ReceiptsParams, ReputationParams, RevokeParams,
+    StatusParams,
 };
 use crate::store::{AuditRecord, Store};
 use crate::system_run::{self, SystemRunError, SystemRunParams};
@@ -215,6 +216,12 @@ const COMMANDS: &[CommandSpec] = &[
         description: "A provider's reputation from its signed receipts whose settlements are found on chain",
         role: Role::Read,
         params: schema::<ReputationParams>,
+    },
+    CommandSpec {
+        name: "market.arbitrate",
+        description: "(arbiter) Rule on a lease's escrow for its buyer or provider: the split of a valid provider receipt, or a full refund when the provider reports it never started; answers the release signed by the arbiter",
+        role: Role::Read,
+        params: schema::<ArbitrateParams>,
     },
     CommandSpec {
         name: "market.receipts",
@@ -521,6 +528,7 @@ impl NodeCommands {
             "market.lease.revoke" => s.market.revoke(parse(command, params)?).await,
             "market.reputation" => s.market.reputation(parse(command, params)?).await,
             "market.receipts" => s.market.receipts(parse(command, params)?).await,
+            "market.arbitrate" => s.market.arbitrate(caller, parse(command, params)?).await,
             "market.lease.request" => {
                 s.market
                     .lease_request(caller, parse(command, params)?)

@@ -91,6 +91,13 @@ pub struct MarketSection {
     pub fund_within_secs: u64,
     /// Seconds between a streaming lease's pulls.
     pub stream_pull_secs: u32,
+    /// This node is an arbiter: its wallet is the third key of escrows that name it, and it
+    /// answers `market.arbitrate`.
+    pub arbitrate: bool,
+    /// The peer id of the arbiter's node, asked when a lease cannot be settled by its parties.
+    pub arbiter_peer: Option<String>,
+    /// A provider asks the arbiter when a completed lease is still unsettled this long after.
+    pub dispute_after_secs: u64,
     /// The most one lease this node buys may cost. Default no limit.
     pub max_per_lease: Option<String>,
     /// The most the leases this node buys in any 24 hours may cost together. Default no limit.
@@ -109,6 +116,9 @@ impl Default for MarketSection {
             offer_ttl_secs: 300,
             fund_within_secs: 120,
             stream_pull_secs: 60,
+            arbitrate: false,
+            arbiter_peer: None,
+            dispute_after_secs: 600,
             max_per_lease: None,
             max_per_day: None,
         }
@@ -171,6 +181,16 @@ impl MarketSection {
         }
         if !(30..=86_400).contains(&self.offer_ttl_secs) {
             return invalid("offer_ttl_secs must be 30 to 86400");
+        }
+        if self
+            .arbiter_peer
+            .as_ref()
+            .is_some_and(|p| p.parse::<claw_mesh::PeerId>().is_err())
+        {
+            return invalid("arbiter_peer must be a peer id");
+        }
+        if !(1..=30 * 86_400).contains(&self.dispute_after_secs) {
+            return invalid("dispute_after_secs must be 1 to 2592000");
         }
         if !(1..=3600).contains(&self.stream_pull_secs) {
             return invalid("stream_pull_secs must be 1 to 3600");

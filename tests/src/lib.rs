@@ -345,22 +345,38 @@ impl Clawnode {
 
     /// Configures a node for a local market fleet on loopback: announcements every second,
     /// colocated peers, streams pulled every second, `chain` lines replacing the default RPC URL
-    /// (when given) and `market` lines added to `[market]`.
+    /// (when given), and each `key = value` line of `market` set in `[market]`.
     pub fn configure_market(&self, market: &str, chain: &str) {
         self.edit_config(|text| {
-            let text = text
+            let mut text = text
                 .replace("announce_interval_secs = 10", "announce_interval_secs = 1")
                 .replace(
                     "allow_colocated_peers = false",
                     "allow_colocated_peers = true",
                 )
-                .replace("stream_pull_secs = 60", "stream_pull_secs = 1")
-                .replace("[market]\n", &format!("[market]\n{market}"));
-            if chain.is_empty() {
-                text
-            } else {
-                text.replace("rpc_url = \"http://127.0.0.1:8899\"\n", chain)
+                .replace("stream_pull_secs = 60", "stream_pull_secs = 1");
+            if !chain.is_empty() {
+                text = text.replace("rpc_url = \"http://127.0.0.1:8899\"\n", chain);
             }
+            for line in market.lines().filter(|l| !l.trim().is_empty()) {
+                let key = line.split('=').next().unwrap_or_default().trim();
+                let section = text.find("[market]\n").expect("a [market] section") + 9;
+                let end = text[section..]
+                    .find("\n[")
+                    .map_or(text.len(), |i| section + i + 1);
+                let existing = text[section..end]
+                    .lines()
+                    .find(|l| l.split('=').next().is_some_and(|k| k.trim() == key))
+                    .map(str::to_owned);
+                text = match existing {
+                    Some(old) => {
+                        let at = section + text[section..end].find(&old).unwrap_or(0);
+                        format!("{}{line}{}", &text[..at], &text[at + old.len()..])
+                    }
+                    None => format!("{}{line}\n{}", &text[..section], &text[section..]),
+                };
+            }
+            text
         });
     }
 }

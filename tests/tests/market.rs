@@ -5,7 +5,7 @@
 //! Offers gossip into every book; a bid leases the cheapest feasible offer, funds the escrow,
 //! and runs the container on the provider's reserved GPU; impossible bids are explained; a
 //! buyer over budget is refused before anything is signed; two buyers race for the last GPU;
-//! the provider is killed mid-lease and restarted, and the lease settles exactly once with
+//! provider and buyer are killed mid-lease and restarted, and the lease settles exactly once with
 //! exact balances; a workload that never starts is refunded. Rogue in-process peers joined to
 //! the same mesh publish forged, expired, replayed and foreign offers, which no book takes.
 
@@ -157,9 +157,22 @@ fn three_providers_two_buyers_leases_run_and_settle_on_chain() {
     let buyer_cli = Node::init(Clawnode::new(&dir.path().join("buyer")), 0);
     buyer_cli.configure_market("", "");
     let localnet = Localnet::start(&buyer_cli);
-    let arbiter = localnet.faucet.clone();
     let chain = localnet.chain_config();
-    let market = |extra: &str| format!("arbiter = {arbiter:?}\n{extra}");
+    // The arbiter: a node whose wallet is every escrow's third key.
+    let arbiter_cli = Node::init(Clawnode::new(&dir.path().join("arbiter")), 0);
+    arbiter_cli.configure_market("arbitrate = true\n", &chain);
+    let arbiter_wallet = arbiter_cli
+        .ok(&["wallet", "address"])
+        .stdout
+        .trim()
+        .to_owned();
+    let arbiter = Node::start(arbiter_cli, &[]);
+    let market = |extra: &str| {
+        format!(
+            "arbiter = {arbiter_wallet:?}\narbiter_peer = {:?}\ndispute_after_secs = 2\n{extra}",
+            arbiter.peer_id
+        )
+    };
 
     // Providers: A 2.0/h × 2 GPUs, B 1.2/h × 1 GPU (the cheapest, and the last GPU), C 1.5/h × 2.
     let prices = [("a", "2", 2), ("b", "1.2", 1), ("c", "1.5", 2)];
@@ -170,10 +183,10 @@ fn three_providers_two_buyers_leases_run_and_settle_on_chain() {
             &market(&format!("price_per_gpu_hour = {price:?}\n")),
             &chain,
         );
-        let bootstrap = providers.first().map(Node::addrs).unwrap_or_default();
+        let bootstrap = arbiter.addrs();
         providers.push(Node::start(cli, &bootstrap));
     }
-    let seed = providers[0].addrs();
+    let seed = arbiter.addrs();
     buyer_cli.configure_market(&market("max_per_lease = \"5\"\nmax_per_day = \"50\"\n"), "");
     buyer_cli.ok(&["wallet", "airdrop", "--sol", "5", "--molt", "100"]);
     let rival_cli = Node::init(Clawnode::new(&dir.path().join("rival")), 0);
@@ -185,8 +198,8 @@ fn three_providers_two_buyers_leases_run_and_settle_on_chain() {
         .trim()
         .to_owned();
     buyer_cli.ok(&["wallet", "transfer", &rival_address, "20"]);
-    let buyer = Node::start(buyer_cli, &seed);
-    let rival = Node::start(rival_cli, &seed);
+    let mut buyer = Node::start(buyer_cli, &seed);
+    let mut rival = Node::start(rival_cli, &seed);
 
     // Offers gossip into every book: the buyer sees all three, cheapest first.
     let offers = eventually(
@@ -278,11 +291,7 @@ fn three_providers_two_buyers_leases_run_and_settle_on_chain() {
         Ok(answer) => assert_eq!(answer["matched"], false, "{answer}"),
     }
     let winner_is_buyer = race[0].as_ref().is_ok_and(|v| v["leased"] == true);
-    let (winner, _) = if winner_is_buyer {
-        (&buyer, &rival)
-    } else {
-        (&rival, &buyer)
-    };
+    let winner = if winner_is_buyer { &buyer } else { &rival };
     let lease = leased[0]["lease"].clone();
     let lease_id = lease["lease_id"].as_str().expect("lease id").to_owned();
     assert_eq!(lease["state"], "running", "{lease}");
@@ -328,12 +337,21 @@ fn three_providers_two_buyers_leases_run_and_settle_on_chain() {
         (!ids.contains(&b.peer_id.as_str())).then_some(())
     });
 
-    // The provider is killed mid-lease and restarted: the lease survives and settles once.
+    // Provider and buyer are both killed mid-lease and restarted: the lease survives on both
+    // sides and settles once.
     std::thread::sleep(Duration::from_secs(2));
     let winner_before = winner.molt();
     let mut providers = providers;
     providers[1].kill();
+    let winner = if winner_is_buyer {
+        &mut buyer
+    } else {
+        &mut rival
+    };
+    winner.kill();
     providers[1].restart(&seed);
+    winner.restart(&seed);
+    let winner = if winner_is_buyer { &buyer } else { &rival };
     let b = &providers[1];
     eventually(
         Duration::from_secs(30),
@@ -467,6 +485,62 @@ fn three_providers_two_buyers_leases_run_and_settle_on_chain() {
     );
     let served = ended["served_secs"].as_u64().expect("served");
     assert!(gained <= 3_000_000 * served / 3600, "no more than earned");
+
+    // A buyer that vanishes: its workload ends on its own, the provider's receipt waits for a
+    // co-signature that never comes, and the provider settles with the arbiter instead.
+    let b = &providers[1];
+    b.cli.ok(&["wallet", "airdrop", "--sol", "2"]);
+    let b_before = units(&b.molt());
+    let before = units(&buyer.molt());
+    let short = buyer.ok(
+        "market.bid",
+        &bid(
+            "1.3",
+            1,
+            Some(json!({"image": image, "command": ["sleep", "3"]})),
+        ),
+    );
+    assert_eq!(short["offer"]["provider"], b.peer_id, "{short}");
+    let short_id = short["lease"]["lease_id"].as_str().expect("id").to_owned();
+    buyer.kill();
+    let ruled = eventually(Duration::from_secs(40), "the arbiter's settlement", || {
+        let leases = b.ok("market.leases", &json!({"state": "settled"}));
+        leases["leases"]
+            .as_array()?
+            .iter()
+            .find(|l| l["lease_id"] == short_id.as_str())
+            .cloned()
+    });
+    assert!(
+        ruled["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("arbiter"),
+        "{ruled}"
+    );
+    let paid = units(ruled["to_provider"].as_str().expect("paid"));
+    assert!(paid > 0);
+    assert_eq!(units(&b.molt()) - b_before, paid);
+    assert_eq!(
+        before - units(&buyer.molt()),
+        paid,
+        "the rest went back to the buyer"
+    );
+    // Back, the buyer finds its lease settled, and pays nothing more.
+    buyer.restart(&seed);
+    eventually(
+        Duration::from_secs(30),
+        "the buyer's record settled",
+        || {
+            let leases = buyer.ok("market.leases", &json!({"state": "settled"}));
+            leases["leases"]
+                .as_array()?
+                .iter()
+                .any(|l| l["lease_id"] == short_id.as_str())
+                .then_some(())
+        },
+    );
+    assert_eq!(before - units(&buyer.molt()), paid);
 }
 
 /// Formats base units as MOLT text, as the wallet prints it.

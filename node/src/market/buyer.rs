@@ -147,7 +147,7 @@ fn elapsed_ms(since: Instant) -> u64 {
 
 impl Market {
     /// Invokes a lease step on the provider.
-    async fn call_provider(
+    pub(super) async fn call_peer(
         &self,
         provider: &str,
         command: &str,
@@ -307,7 +307,7 @@ impl Market {
             .map_err(|e| failure(ErrorCode::Internal, e.to_string()))?
             .digest();
         let answer = self
-            .call_provider(
+            .call_peer(
                 &provider.to_string(),
                 "market.lease.request",
                 json!({ "bid": bid_envelope, "offer_id": matched.entry.offer.offer_id, "stream": stream }),
@@ -396,7 +396,7 @@ impl Market {
                 let error = failure(chain_failure_code(&e), format!("funding the lease: {e}"));
                 record.reason = Some(error.message.clone());
                 let _ = self
-                    .call_provider(
+                    .call_peer(
                         &provider.to_string(),
                         "market.lease.end",
                         json!({"lease_id": record.lease_id}),
@@ -415,7 +415,7 @@ impl Market {
         progress.stage("starting the workload on the provider");
         let phase = Instant::now();
         let answer = self
-            .call_provider(
+            .call_peer(
                 &provider.to_string(),
                 "market.lease.fund",
                 json!({
@@ -460,13 +460,29 @@ impl Market {
     /// Collects the provider's receipt and settlement for a lease, checks both, co-signs and
     /// sends it, unless it is on chain already.
     async fn settle(&self, record: &mut LeaseRecord) -> Result<(), InvokeFailure> {
-        let answer = self
-            .call_provider(
+        let answer = match self
+            .call_peer(
                 &record.counterparty,
                 "market.lease.end",
                 json!({ "lease_id": record.lease_id }),
             )
-            .await?;
+            .await
+        {
+            Ok(answer) => answer,
+            Err(error)
+                if matches!(error.code, ErrorCode::Unavailable | ErrorCode::Timeout)
+                    && !record.is_stream()
+                    && record.vault.is_some()
+                    && matches!(
+                        record.state,
+                        LeaseState::Funded | LeaseState::Running | LeaseState::Completed
+                    )
+                    && self.inner.dir.config().market.arbiter_peer.is_some() =>
+            {
+                return self.settle_without_provider(record, error).await;
+            }
+            Err(error) => return Err(error),
+        };
         let provider: PeerId = record
             .counterparty
             .parse()
@@ -582,6 +598,40 @@ impl Market {
         Ok(())
     }
 
+    /// The provider does not answer: the arbiter rules, on the receipt this node holds if the
+    /// lease ended, else by asking the provider itself.
+    async fn settle_without_provider(
+        &self,
+        record: &mut LeaseRecord,
+        unanswered: InvokeFailure,
+    ) -> Result<(), InvokeFailure> {
+        let expected = record.receipt.as_ref().map(LeaseReceipt::release);
+        let signature = self
+            .settle_with_arbiter(record, expected)
+            .await
+            .map_err(|e| {
+                failure(
+                    e.code,
+                    format!(
+                        "the provider does not answer ({}); the arbiter: {}",
+                        unanswered.message, e.message
+                    ),
+                )
+            })?;
+        let refunded = expected.is_none_or(|r| r.to_provider == Molt::default());
+        record.settlement_signature = Some(signature);
+        record.reason = Some("settled with the arbiter: the provider did not answer".to_owned());
+        record.advance(LeaseState::Disputed)?;
+        record.advance(if refunded {
+            LeaseState::Refunded
+        } else {
+            LeaseState::Settled
+        })?;
+        self.save(record).await?;
+        tracing::info!(lease = %record.lease_id, state = %record.state, "lease settled with the arbiter");
+        Ok(())
+    }
+
     fn remember_outcome(
         &self,
         provider: &PeerId,
@@ -681,7 +731,7 @@ impl Market {
             match record.state {
                 LeaseState::Running => {
                     let status = self
-                        .call_provider(
+                        .call_peer(
                             &record.counterparty,
                             "market.lease.status",
                             json!({"lease_id": record.lease_id}),
@@ -710,7 +760,7 @@ impl Market {
                     if record.is_stream() && now_ms() > record.created_ms + 60_000 =>
                 {
                     let _ = self
-                        .call_provider(
+                        .call_peer(
                             &record.counterparty,
                             "market.lease.end",
                             json!({"lease_id": record.lease_id}),
@@ -735,7 +785,7 @@ impl Market {
                             if now_ms() > record.created_ms + 60_000 =>
                         {
                             let _ = self
-                                .call_provider(
+                                .call_peer(
                                     &record.counterparty,
                                     "market.lease.end",
                                     json!({"lease_id": record.lease_id}),
@@ -786,7 +836,7 @@ impl Market {
             )
         })?;
         let answer = self
-            .call_provider(&params.provider, "market.receipts", json!({ "limit": 100 }))
+            .call_peer(&params.provider, "market.receipts", json!({ "limit": 100 }))
             .await?;
         let chain = self.chain()?;
         let mut reputation = Reputation::default();

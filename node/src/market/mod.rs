@@ -7,6 +7,7 @@
 //! send anything, so a `kill -9` of either side at any point is picked up again by the periodic
 //! [`Market::tick`], and a settlement is never paid twice (it is looked up on chain first).
 
+mod arbiter;
 mod buyer;
 mod provider;
 
@@ -26,6 +27,7 @@ use serde_json::{Value, json};
 use solana_keypair::Keypair;
 use solana_pubkey::Pubkey;
 
+pub use arbiter::ArbitrateParams;
 pub use buyer::{
     BidParams, CancelParams, LeaseWorkload, PaymentChoice, ReceiptsParams, ReputationParams,
     RevokeParams,

@@ -661,8 +661,15 @@ impl Market {
         caller: PeerId,
         params: StatusParams,
     ) -> Result<Value, InvokeFailure> {
+        // Anyone may ask (the buyer, the arbiter): the receipt is public, as `market.receipts`.
+        let _ = caller;
         let record = self.load(&params.lease_id).await?;
-        Self::own_lease(&record, &caller)?;
+        if record.side != Side::Provider {
+            return Err(failure(
+                ErrorCode::NotFound,
+                format!("no lease {} sold here", record.lease_id),
+            ));
+        }
         Ok(json!({
             "lease_id": record.lease_id,
             "state": record.state,
@@ -724,6 +731,23 @@ impl Market {
             tracing::info!(lease = %record.lease_id, %due, total = record.pulled, "stream pulled");
         }
         self.save(record).await
+    }
+
+    /// Whether a completed lease has waited for its buyer's co-signature long enough to take it
+    /// to the arbiter.
+    fn dispute_due(&self, record: &LeaseRecord, now: u64) -> bool {
+        let market = &self.inner.dir.config().market;
+        let completed = record
+            .history
+            .iter()
+            .find(|(s, _)| *s == LeaseState::Completed)
+            .map(|(_, at)| *at);
+        market.arbiter_peer.is_some()
+            && record
+                .receipt
+                .as_ref()
+                .is_some_and(|r| r.outcome == LeaseOutcome::Served)
+            && completed.is_some_and(|at| now >= at + market.dispute_after_secs * 1000)
     }
 
     /// Provider upkeep: lapsed reservations are released; leases whose time is up or whose
@@ -813,6 +837,25 @@ impl Market {
                         })?;
                         self.save(&record).await?;
                         tracing::info!(lease = %record.lease_id, %signature, "lease settled on chain");
+                    } else if self.dispute_due(&record, now) {
+                        // The buyer has not co-signed the settlement: the arbiter and this
+                        // provider release it per the receipt.
+                        let release = record.receipt.as_ref().map(LeaseReceipt::release);
+                        match self.settle_with_arbiter(&record, release).await {
+                            Ok(signature) => {
+                                record.settlement_signature = Some(signature.clone());
+                                record.reason = Some(
+                                    "settled with the arbiter: the buyer did not co-sign"
+                                        .to_owned(),
+                                );
+                                record.advance(LeaseState::Settled)?;
+                                self.save(&record).await?;
+                                tracing::info!(lease = %record.lease_id, %signature, "lease settled with the arbiter");
+                            }
+                            Err(error) => {
+                                tracing::warn!(lease = %record.lease_id, %error, "the arbiter did not settle the lease")
+                            }
+                        }
                     }
                 }
                 _ => {}
