@@ -1,8 +1,10 @@
 //! The bridge between a Clawbernetes fleet and an OpenClaw gateway.
 //!
-//! This crate grows into the gateway node client and the fleet command surface. It starts with
-//! the device proof every gateway connection opens with: the v3 auth payload, signed by the node
-//! key, in the exact form the gateway checks (see the OpenClaw protocol notes, §1.6).
+//! The gateway node client ([`gateway`]) connects to an OpenClaw gateway as a node and serves
+//! the commands it forwards; every connection opens with the device proof defined here: the v3
+//! auth payload, signed by the node key, in the exact form the gateway checks.
+
+pub mod gateway;
 
 use claw_attestation::NodeIdentity;
 use serde::{Deserialize, Serialize};

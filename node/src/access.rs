@@ -12,7 +12,18 @@ use serde::Serialize;
 use crate::config::AccessSection;
 
 /// What a caller may do. Ordered: a higher role may do everything a lower one may.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, schemars::JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Inspect: GPUs, health, workload lists and stats.
@@ -51,6 +62,11 @@ impl AccessPolicy {
             operators: parse(&section.operators),
             admins: parse(&section.admins),
         }
+    }
+
+    /// This node's own peer id.
+    pub fn local(&self) -> PeerId {
+        self.local
     }
 
     /// The role `caller` has here.

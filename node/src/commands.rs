@@ -359,6 +359,15 @@ impl NodeCommands {
         COMMANDS.iter().map(|c| c.name).collect()
     }
 
+    /// Names of the commands a caller with `role` may run.
+    pub fn names_for(role: Role) -> Vec<&'static str> {
+        COMMANDS
+            .iter()
+            .filter(|c| c.role <= role)
+            .map(|c| c.name)
+            .collect()
+    }
+
     async fn run(
         &self,
         caller: PeerId,
@@ -570,9 +579,9 @@ impl NodeCommands {
     async fn authorize_and_run(
         &self,
         caller: PeerId,
+        role: Role,
         request: InvokeRequest,
     ) -> (Role, Result<Value, InvokeFailure>) {
-        let role = self.services.access.role_of(&caller);
         let Some(spec) = COMMANDS.iter().find(|c| c.name == request.command) else {
             return (
                 role,
@@ -627,35 +636,64 @@ impl NodeCommands {
     }
 }
 
+impl NodeCommands {
+    /// Runs a command for the OpenClaw gateway this node is connected to, with the role its
+    /// config gives the gateway. Audited with the caller `openclaw-gateway`.
+    pub async fn invoke_for_gateway(
+        &self,
+        role: Role,
+        request: InvokeRequest,
+    ) -> Result<Value, InvokeFailure> {
+        let local = self.services.access.local();
+        self.audited("openclaw-gateway".to_owned(), local, role, request)
+            .await
+    }
+
+    /// Authorises and runs `request`, then appends it to the audit log.
+    async fn audited(
+        &self,
+        caller_label: String,
+        caller: PeerId,
+        role: Role,
+        request: InvokeRequest,
+    ) -> Result<Value, InvokeFailure> {
+        let command = request.command.clone();
+        let params_sha256 = hex::encode(Sha256::digest(request.params.to_string()));
+        let started = Instant::now();
+        let (role, result) = self.authorize_and_run(caller, role, request).await;
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let outcome = match &result {
+            Ok(_) => "ok".to_owned(),
+            Err(failure) => failure.code.to_string(),
+        };
+        tracing::info!(caller = caller_label, %role, command, outcome, duration_ms, "invoke");
+        let record = AuditRecord {
+            at_ms: claw_attestation::unix_millis(std::time::SystemTime::now()),
+            caller: caller_label,
+            role: Some(role.to_string()),
+            command,
+            params_sha256,
+            outcome,
+            duration_ms,
+        };
+        let store = self.services.store.clone();
+        match tokio::task::spawn_blocking(move || store.append_audit(&record)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "audit log write failed"),
+            Err(error) => tracing::error!(%error, "audit log task failed"),
+        }
+        result
+    }
+}
+
 impl InvokeHandler for NodeCommands {
     fn handle(&self, caller: PeerId, request: InvokeRequest) -> HandlerFuture {
         let commands = self.clone();
         Box::pin(async move {
-            let command = request.command.clone();
-            let params_sha256 = hex::encode(Sha256::digest(request.params.to_string()));
-            let started = Instant::now();
-            let (role, result) = commands.authorize_and_run(caller, request).await;
-            let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            let outcome = match &result {
-                Ok(_) => "ok".to_owned(),
-                Err(failure) => failure.code.to_string(),
-            };
-            tracing::info!(%caller, %role, command, outcome, duration_ms, "invoke");
-            let record = AuditRecord {
-                at_ms: claw_attestation::unix_millis(std::time::SystemTime::now()),
-                caller: caller.to_string(),
-                role: Some(role.to_string()),
-                command,
-                params_sha256,
-                outcome,
-                duration_ms,
-            };
-            let store = commands.services.store.clone();
-            match tokio::task::spawn_blocking(move || store.append_audit(&record)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::error!(%error, "audit log write failed"),
-                Err(error) => tracing::error!(%error, "audit log task failed"),
-            }
+            let role = commands.services.access.role_of(&caller);
+            let result = commands
+                .audited(caller.to_string(), caller, role, request)
+                .await;
             InvokeResponse::from(result)
         })
     }

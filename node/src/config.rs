@@ -65,6 +65,32 @@ pub struct NodeConfig {
     pub chain: ChainSection,
     /// Selling and buying GPU time.
     pub market: MarketSection,
+    /// Connecting this node to an OpenClaw gateway as its own node.
+    pub gateway: GatewaySection,
+}
+
+/// This node as an OpenClaw node: the gateway's URL, where its token is, and what the gateway may
+/// do here. The token comes from `$CLAWNODE_GATEWAY_TOKEN`, else from `token_file`; it is never
+/// written to the config or the logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySection {
+    /// `ws://127.0.0.1:18789`; no connection when absent (or give `run --gateway URL`).
+    pub url: Option<String>,
+    /// A file (mode 0600) holding the gateway's shared token.
+    pub token_file: Option<String>,
+    /// The role the gateway's callers get: `read`, `operate` (default) or `admin`.
+    pub role: crate::access::Role,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        Self {
+            url: None,
+            token_file: None,
+            role: crate::access::Role::Operate,
+        }
+    }
 }
 
 /// Selling and buying GPU time for MOLT. Amounts are MOLT as decimal text (`"1.5"`).
@@ -531,6 +557,13 @@ impl NodeConfig {
             return invalid("system_run.max_output_bytes must be 1 to 16777216".to_owned());
         }
         self.market.validate()?;
+        if let Some(url) = &self.gateway.url
+            && !(url.starts_with("ws://") || url.starts_with("wss://"))
+        {
+            return invalid(format!(
+                "gateway.url {url:?} must start with ws:// or wss://"
+            ));
+        }
         if !(self.chain.rpc_url.starts_with("http://")
             || self.chain.rpc_url.starts_with("https://"))
             || self.chain.rpc_url.len() > 512

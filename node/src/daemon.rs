@@ -5,7 +5,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use claw_attestation::{GpuProbe, read_secret};
-use claw_mesh::{Mesh, MeshConfig, MeshEvent, MeshHandle, Multiaddr, SwarmKey, TopicKind};
+use claw_bridge::gateway::{CommandFailure, CommandFuture, GatewayConfig, GatewayHandler};
+use claw_mesh::{
+    InvokeRequest, Mesh, MeshConfig, MeshEvent, MeshHandle, Multiaddr, SwarmKey, TopicKind,
+};
+use clawnode::access::Role;
 use clawnode::commands::NodeCommands;
 use clawnode::control::{self, ControlState};
 use clawnode::workloads::Workloads;
@@ -15,11 +19,60 @@ use tokio::net::TcpListener;
 /// Name of the optional private-fleet key in the data directory.
 const SWARM_KEY_FILE: &str = "swarm.key";
 
-/// Command-line overrides of the `[mesh]` config.
+/// Command-line overrides of the `[mesh]` and `[gateway]` config.
 #[derive(Debug, Default)]
 pub(crate) struct RunOverrides {
     pub(crate) listen: Vec<String>,
     pub(crate) bootstrap: Vec<String>,
+    pub(crate) gateway: Option<String>,
+}
+
+/// The node's commands, served to the OpenClaw gateway with the role its config gives it.
+struct GatewayCommands {
+    commands: NodeCommands,
+    role: Role,
+}
+
+impl GatewayHandler for GatewayCommands {
+    fn handle(
+        &self,
+        command: String,
+        params: serde_json::Value,
+        timeout: Duration,
+        idempotency_key: Option<String>,
+    ) -> CommandFuture {
+        let commands = self.commands.clone();
+        let role = self.role;
+        Box::pin(async move {
+            let mut request = InvokeRequest::new(command, timeout).with_params(params);
+            request.idempotency_key = idempotency_key;
+            commands
+                .invoke_for_gateway(role, request)
+                .await
+                .map_err(|failure| CommandFailure {
+                    code: failure.code.to_string(),
+                    message: failure.message,
+                })
+        })
+    }
+}
+
+/// The gateway's token: `$CLAWNODE_GATEWAY_TOKEN`, else `gateway.token_file`.
+fn gateway_token(dir: &DataDir) -> Result<String> {
+    if let Ok(token) = std::env::var("CLAWNODE_GATEWAY_TOKEN")
+        && !token.is_empty()
+    {
+        return Ok(token);
+    }
+    let Some(file) = &dir.config().gateway.token_file else {
+        bail!(
+            "connecting to a gateway needs its token: set CLAWNODE_GATEWAY_TOKEN or gateway.token_file"
+        );
+    };
+    let bytes = read_secret(std::path::Path::new(file))
+        .with_context(|| format!("reading the gateway token from {file}"))?;
+    let token = String::from_utf8(bytes).context("the gateway token file is not text")?;
+    Ok(token.trim().to_owned())
 }
 
 fn parse_addrs(what: &str, addrs: &[String]) -> Result<Vec<Multiaddr>> {
@@ -218,6 +271,45 @@ pub(crate) async fn run(dir: DataDir, overrides: RunOverrides, json: bool) -> Re
         }
     });
 
+    let gateway_url = overrides
+        .gateway
+        .clone()
+        .or_else(|| dir.config().gateway.url.clone());
+    let gateway = match gateway_url {
+        None => None,
+        Some(url) => {
+            let role = dir.config().gateway.role;
+            let config = GatewayConfig {
+                url,
+                token: gateway_token(&dir)?,
+                display_name: dir.config().node.name.clone().unwrap_or_else(|| {
+                    format!("clawnode-{}", &handle.local_peer_id().to_string()[..12])
+                }),
+                caps: vec!["gpu".to_owned(), "containers".to_owned()],
+                commands: NodeCommands::names_for(role)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            };
+            let handler = Arc::new(GatewayCommands {
+                commands: commands.clone(),
+                role,
+            });
+            let identity = Arc::new(
+                claw_attestation::NodeIdentity::load(&dir.root().join("identity.key"))
+                    .context("loading the node identity for the gateway")?,
+            );
+            Some(tokio::spawn(claw_bridge::gateway::run_node(
+                identity,
+                config,
+                handler,
+                stop_rx.clone(),
+                None,
+            )))
+        }
+    };
+
     // Wait for the listeners so that what we print can be used to join this node.
     let mut addrs = Vec::new();
     for _ in 0..100 {
@@ -245,7 +337,20 @@ pub(crate) async fn run(dir: DataDir, overrides: RunOverrides, json: bool) -> Re
         }
     }
 
-    shutdown_signal().await;
+    let mut gateway_error = None;
+    match gateway {
+        Some(mut gateway) => {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                ended = &mut gateway => {
+                    if let Ok(Err(error)) = ended {
+                        gateway_error = Some(error);
+                    }
+                }
+            }
+        }
+        None => shutdown_signal().await,
+    }
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
     announcer.abort();
@@ -256,5 +361,8 @@ pub(crate) async fn run(dir: DataDir, overrides: RunOverrides, json: bool) -> Re
     watcher.abort();
     control::remove_address(dir.root());
     drop(stop_rx);
-    Ok(())
+    match gateway_error {
+        Some(error) => Err(error).context("the OpenClaw gateway connection"),
+        None => Ok(()),
+    }
 }

@@ -85,6 +85,10 @@ struct RunArgs {
     /// Peer to join through, ending in /p2p/<peer id> (repeatable); added to `mesh.bootstrap`.
     #[arg(long, value_name = "MULTIADDR")]
     bootstrap: Vec<String>,
+    /// Also connect to this OpenClaw gateway as its own node (e.g. ws://127.0.0.1:18789); the
+    /// token comes from $CLAWNODE_GATEWAY_TOKEN or gateway.token_file.
+    #[arg(long, value_name = "URL")]
+    gateway: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -178,6 +182,7 @@ fn run(cli: Cli) -> Result<()> {
             let overrides = daemon::RunOverrides {
                 listen: args.listen,
                 bootstrap: args.bootstrap,
+                gateway: args.gateway,
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(daemon::run(dir, overrides, global.json))

@@ -20,6 +20,8 @@ use claw_tests::{Clawnode, Localnet, RunningNode, eventually, run_with_deadline}
 use serde_json::{Value, json};
 
 const ROUNDS: usize = 20;
+/// The workload: runs until stopped, and stops at once on SIGTERM.
+const SERVE: [&str; 3] = ["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"];
 
 fn invoke(node: &Clawnode, command: &str, params: &Value) -> Value {
     let params = params.to_string();
@@ -72,7 +74,7 @@ fn main() {
         "hours": 1,
         "max_price": "1",
         "accept_simulated": true,
-        "workload": {"image": image, "command": ["sleep", "300"]},
+        "workload": {"image": image, "command": SERVE},
     });
 
     let phases = [
@@ -115,7 +117,9 @@ fn main() {
     for _ in 0..ROUNDS {
         let started = Instant::now();
         let output = run_with_deadline(
-            Command::new("docker").args(["run", "-d", &image, "sleep", "300"]),
+            Command::new("docker")
+                .args(["run", "-d", &image])
+                .args(SERVE),
             Duration::from_secs(60),
         );
         docker.push(started.elapsed().as_secs_f64() * 1000.0);

@@ -16,6 +16,8 @@ use claw_tests::{Clawnode, Localnet, RunningNode, eventually, required_part, run
 use serde_json::{Value, json};
 
 const MODEL: &str = "NVIDIA H100 80GB HBM3";
+/// A workload that runs until stopped, and stops at once on SIGTERM.
+const SERVE: [&str; 3] = ["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"];
 
 /// A `clawnode run` process; its containers are removed when it is dropped.
 struct Node {
@@ -261,7 +263,7 @@ fn three_providers_two_buyers_leases_run_and_settle_on_chain() {
     assert_eq!(buyer.ok("market.leases", &json!({}))["leases"], json!([]));
 
     // Two buyers race for B's only GPU: one lease, one clear refusal.
-    let workload = json!({"image": image, "command": ["sleep", "300"]});
+    let workload = json!({"image": image, "command": SERVE});
     let race = std::thread::scope(|scope| {
         let first = scope
             .spawn(|| buyer.invoke_on(None, "market.bid", &bid("1.3", 1, Some(workload.clone()))));
@@ -439,11 +441,7 @@ fn three_providers_two_buyers_leases_run_and_settle_on_chain() {
     c.cli.ok(&["wallet", "airdrop", "--sol", "2"]);
     let c_before = units(&c.molt());
     let before = units(&buyer.molt());
-    let mut streamed = bid(
-        "1.6",
-        2,
-        Some(json!({"image": image, "command": ["sleep", "300"]})),
-    );
+    let mut streamed = bid("1.6", 2, Some(json!({"image": image, "command": SERVE})));
     streamed["payment"] = json!("stream");
     let streaming = buyer.ok("market.bid", &streamed);
     assert_eq!(streaming["lease"]["state"], "running", "{streaming}");

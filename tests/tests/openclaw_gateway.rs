@@ -1,0 +1,333 @@
+//! `clawnode run --gateway` against the real OpenClaw gateway (openclaw 2026.9.6 on Node 24, as
+//! `scripts/test.sh` installs it), on loopback with a token and an isolated state directory.
+//!
+//! The node connects as an OpenClaw node with its own device identity; its capability surface is
+//! approved with `openclaw nodes approve`; `openclaw nodes invoke` reaches `gpu.list` and
+//! `workload.list`, and a failing command comes back as the node's typed error. The gateway is
+//! restarted and the node reconnects on its own. A node with a wrong token stops with a clear
+//! error instead of retrying.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use claw_tests::{Clawnode, RunningNode, eventually, required_part, run_with_deadline};
+use serde_json::Value;
+
+const TOKEN: &str = "gateway-test-token";
+
+/// A gateway on loopback, killed when dropped.
+struct Gateway {
+    node24: String,
+    openclaw: String,
+    dir: std::path::PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Gateway {
+    fn new(node24: String, openclaw: String, dir: &std::path::Path, allow: &[String]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        std::fs::create_dir_all(dir.join("home")).expect("home");
+        std::fs::create_dir_all(dir.join("state")).expect("state");
+        let config = serde_json::json!({
+            "gateway": {
+                "mode": "local", "bind": "loopback", "port": port,
+                "auth": {"mode": "token", "token": TOKEN},
+                "nodes": {"commands": {"allow": allow}},
+            },
+            "update": {"checkOnStart": false},
+            "discovery": {"mdns": {"mode": "off"}},
+        });
+        std::fs::write(dir.join("state/openclaw.json"), config.to_string()).expect("config");
+        Self {
+            node24,
+            openclaw,
+            dir: dir.to_path_buf(),
+            port,
+            child: None,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.node24);
+        command
+            .arg(&self.openclaw)
+            .env("HOME", self.dir.join("home"))
+            .env("OPENCLAW_STATE_DIR", self.dir.join("state"))
+            .env("OPENCLAW_CONFIG_PATH", self.dir.join("state/openclaw.json"))
+            .env("OPENCLAW_SKIP_CHANNELS", "1")
+            .env("OPENCLAW_DISABLE_BONJOUR", "1")
+            .env("OPENCLAW_NO_RESPAWN", "1");
+        command
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::File::create(self.dir.join("gateway.log")).expect("log");
+        let child = self
+            .command()
+            .args([
+                "gateway",
+                "run",
+                "--dev",
+                "--allow-unconfigured",
+                "--bind",
+                "loopback",
+            ])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--auth",
+                "token",
+                "--token",
+                TOKEN,
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("openclaw gateway run");
+        self.child = Some(child);
+        let port = self.port;
+        eventually(Duration::from_secs(90), "the gateway's /healthz", || {
+            use std::io::{Read as _, Write as _};
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            stream
+                .write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                .ok()?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).ok()?;
+            answer.starts_with("HTTP/1.1 200").then_some(())
+        });
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs `openclaw <args> --url … --token …`.
+    fn cli(&self, args: &[&str]) -> Output {
+        let url = self.url();
+        run_with_deadline(
+            self.command()
+                .args(args)
+                .args(["--url", &url, "--token", TOKEN]),
+            Duration::from_secs(90),
+        )
+    }
+
+    /// `openclaw nodes invoke` of `command` on `node`.
+    fn invoke(&self, node: &str, command: &str, params: &str) -> Output {
+        self.cli(&[
+            "nodes",
+            "invoke",
+            "--node",
+            node,
+            "--command",
+            command,
+            "--params",
+            params,
+            "--json",
+        ])
+    }
+
+    fn cli_json(&self, args: &[&str]) -> Option<Value> {
+        let output = self.cli(args);
+        output
+            .status
+            .success()
+            .then(|| serde_json::from_slice(&output.stdout).ok())
+            .flatten()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn node_with_gateway(dir: &std::path::Path, url: &str, token: &str) -> Clawnode {
+    let node = Clawnode::new(dir);
+    node.ok(&["init", "--simulated-gpu", "NVIDIA H100 80GB HBM3:2:81559"]);
+    let token_file = dir.join("gateway.token");
+    std::fs::write(&token_file, token).expect("token file");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))
+            .expect("0600");
+    }
+    node.edit_config(|text| {
+        text.replace(
+            "[gateway]\n",
+            &format!(
+                "[gateway]\nurl = {url:?}\ntoken_file = {:?}\n",
+                token_file.display().to_string()
+            ),
+        )
+    });
+    node
+}
+
+#[test]
+fn a_node_serves_the_real_gateway_and_reconnects_after_it_restarts() {
+    let (Some(node24), Some(openclaw)) = (
+        required_part("CLAW_NODE24", "Node 24 for the OpenClaw gateway"),
+        required_part("CLAW_OPENCLAW", "the openclaw package"),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The node's command names come from its own table, as the gateway's allowlist.
+    let probe = Clawnode::new(&dir.path().join("probe"));
+    probe.ok(&["init"]);
+    let running = RunningNode::start(&probe, &[]);
+    let capabilities = probe.ok(&["invoke", "node.capabilities"]).json();
+    drop(running);
+    let allow: Vec<String> = capabilities["commands"]
+        .as_array()
+        .expect("commands")
+        .iter()
+        .filter(|c| c["role"] != "admin")
+        .filter_map(|c| c["name"].as_str().map(str::to_owned))
+        .collect();
+    let mut gateway = Gateway::new(node24, openclaw, &dir.path().join("gateway"), &allow);
+    gateway.start();
+
+    let node = node_with_gateway(&dir.path().join("node"), &gateway.url(), TOKEN);
+    let _running = RunningNode::start(&node, &[]);
+    let device = node.ok(&["--json", "identity"]).json();
+    let device_id = device["device_id"]
+        .as_str()
+        .or_else(|| device["openclaw_device_id"].as_str())
+        .expect("device id")
+        .to_owned();
+
+    // The capability surface waits for an operator's approval.
+    let request = eventually(
+        Duration::from_secs(60),
+        "the node's pending surface",
+        || {
+            let pending = gateway.cli_json(&["nodes", "pending", "--json"])?;
+            pending.as_array()?.iter().find_map(|p| {
+                (p["nodeId"] == device_id.as_str() && !p["commands"].as_array()?.is_empty())
+                    .then(|| p["requestId"].as_str().map(str::to_owned))
+                    .flatten()
+            })
+        },
+    );
+    let pending = gateway
+        .cli_json(&["nodes", "pending", "--json"])
+        .expect("pending");
+    let surface = pending
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["requestId"] == request.as_str()))
+        .expect("our request")["commands"]
+        .clone();
+    assert!(
+        surface
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c == "gpu.list"))
+    );
+    assert!(
+        !surface
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c == "system.run")),
+        "admin commands are not offered to an operate-role gateway"
+    );
+    let approved = gateway.cli(&["nodes", "approve", &request]);
+    assert!(
+        approved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approved.stderr)
+    );
+
+    let answer = eventually(
+        Duration::from_secs(30),
+        "gpu.list through the gateway",
+        || {
+            let output = gateway.invoke(&device_id, "gpu.list", "{}");
+            output
+                .status
+                .success()
+                .then(|| serde_json::from_slice::<Value>(&output.stdout).ok())
+                .flatten()
+        },
+    );
+    let gpus = answer["payload"]["gpus"].as_array().expect("gpus");
+    assert_eq!(gpus.len(), 2);
+    assert!(gpus.iter().all(|g| g["simulated"] == true));
+    let listed = gateway.invoke(&device_id, "workload.list", "{}");
+    assert!(listed.status.success());
+    let listed: Value = serde_json::from_slice(&listed.stdout).expect("json");
+    assert!(listed["payload"]["workloads"].is_array(), "{listed}");
+    let failed = gateway.invoke(
+        &device_id,
+        "workload.inspect",
+        r#"{"workload":"no-such-workload"}"#,
+    );
+    assert!(!failed.status.success());
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(stderr.contains("NOT_FOUND"), "{stderr}");
+    // The node audited the gateway's calls.
+    let audit = node.ok(&["--json", "audit", "--limit", "10"]).json();
+    assert!(
+        audit["records"].as_array().is_some_and(|r| r
+            .iter()
+            .any(|r| r["caller"] == "openclaw-gateway" && r["command"] == "gpu.list")),
+        "{audit}"
+    );
+
+    // The gateway restarts; the node reconnects by itself and answers again.
+    gateway.stop();
+    let restarted = Instant::now();
+    gateway.start();
+    eventually(
+        Duration::from_secs(60),
+        "gpu.list after the gateway restarted",
+        || {
+            gateway
+                .invoke(&device_id, "gpu.list", "{}")
+                .status
+                .success()
+                .then_some(())
+        },
+    );
+    eprintln!(
+        "reconnected and answered {} ms after the restart began",
+        restarted.elapsed().as_millis()
+    );
+
+    // A wrong token: the node stops with a clear error, and does not retry.
+    let wrong = node_with_gateway(&dir.path().join("wrong"), &gateway.url(), "not-the-token");
+    let started = Instant::now();
+    let output = run_with_deadline(
+        Command::new(claw_tests::workspace_binary("clawnode"))
+            .arg("--data-dir")
+            .arg(wrong.data_dir())
+            .args(["run", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .env("RUST_LOG", "warn"),
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("refused the token"), "{stderr}");
+    assert!(
+        !stderr.contains(TOKEN) && !stderr.contains("not-the-token"),
+        "the token is never logged"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "no retry storm"
+    );
+}
