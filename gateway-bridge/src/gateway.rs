@@ -171,7 +171,7 @@ pub async fn run_node(
                 wait
             }
             Ended::RetryAfter(wait, reason) => {
-                tracing::warn!(url = %config.url, %reason, retry_in_ms = wait.as_millis() as u64, "gateway asked to retry later");
+                tracing::info!(url = %config.url, %reason, retry_in_ms = wait.as_millis() as u64, "gateway asked to retry later");
                 wait.min(BACKOFF_MAX)
             }
         };

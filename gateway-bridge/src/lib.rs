@@ -4,6 +4,7 @@
 //! the commands it forwards; every connection opens with the device proof defined here: the v3
 //! auth payload, signed by the node key, in the exact form the gateway checks.
 
+pub mod fleet;
 pub mod gateway;
 
 use claw_attestation::NodeIdentity;

@@ -1,14 +1,22 @@
 //! `claw-bridge`: presents a Clawbernetes fleet to an OpenClaw gateway as one node.
 //!
-//! For now it answers the one question an operator asks before pairing: which OpenClaw device
-//! identity will this bridge present?
+//! It is a mesh peer without GPUs: it keeps the fleet view from the nodes' signed announcements
+//! and answers the gateway's fleet commands from it, fanning out over the mesh where a command
+//! needs the nodes themselves.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use claw_attestation::NodeIdentity;
+use claw_bridge::fleet::{FleetCommands, NoMeshCommands};
+use claw_bridge::gateway::{GatewayConfig, run_node};
+use claw_mesh::{Mesh, MeshConfig, Multiaddr, PeerId};
+
+const IDENTITY_FILE: &str = "identity.key";
 
 /// Clawbernetes gateway bridge.
 #[derive(Debug, Parser)]
@@ -20,15 +28,62 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Create the bridge's identity in its data directory if there is none, and print its peer
+    /// id (for the nodes' `access.operators`) and OpenClaw device id.
+    Identity {
+        /// The bridge's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// Print the OpenClaw device id and public key derived from a node identity key.
     DeviceIdentity {
         /// The node identity key file (e.g. <data dir>/identity.key).
         #[arg(long)]
         identity_key: PathBuf,
     },
+    /// Join the mesh and serve the fleet to the gateway until stopped.
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The bridge's data directory (identity, known peers).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The gateway, e.g. ws://127.0.0.1:18789.
+    #[arg(long)]
+    gateway: String,
+    /// A file (mode 0600) holding the gateway's token; else $CLAW_BRIDGE_TOKEN.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Peer to join through, ending in /p2p/<peer id> (repeatable).
+    #[arg(long)]
+    bootstrap: Vec<String>,
+    /// Multiaddr to listen on (repeatable).
+    #[arg(long, default_values_t = vec!["/ip4/0.0.0.0/tcp/7947".to_owned()])]
+    listen: Vec<String>,
+    /// The network: localnet, devnet, mainnet or a private fleet id.
+    #[arg(long, default_value = "localnet")]
+    network: String,
+    /// The node whose wallet the market commands use (peer id).
+    #[arg(long)]
+    market_node: Option<String>,
+    /// Name shown in the gateway's node list.
+    #[arg(long, default_value = "clawbernetes-fleet")]
+    name: String,
+    /// Accept peers on this machine's addresses (many nodes on one host).
+    #[arg(long)]
+    allow_colocated_peers: bool,
 }
 
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -38,8 +93,46 @@ fn main() -> ExitCode {
     }
 }
 
+fn load_or_create(data_dir: &Path) -> anyhow::Result<NodeIdentity> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let path = data_dir.join(IDENTITY_FILE);
+    if path.exists() {
+        return NodeIdentity::load(&path).with_context(|| format!("loading {}", path.display()));
+    }
+    let identity = NodeIdentity::generate();
+    identity
+        .save(&path, false)
+        .with_context(|| format!("saving {}", path.display()))?;
+    Ok(identity)
+}
+
+fn token(args: &RunArgs) -> anyhow::Result<String> {
+    if let Some(file) = &args.token_file {
+        let bytes = claw_attestation::read_secret(file)
+            .with_context(|| format!("reading the gateway token from {}", file.display()))?;
+        return Ok(String::from_utf8(bytes)
+            .context("the token file is not text")?
+            .trim()
+            .to_owned());
+    }
+    match std::env::var("CLAW_BRIDGE_TOKEN") {
+        Ok(token) if !token.is_empty() => Ok(token),
+        _ => bail!("the gateway's token is needed: --token-file or $CLAW_BRIDGE_TOKEN"),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Identity { data_dir } => {
+            let identity = load_or_create(&data_dir)?;
+            let out = serde_json::json!({
+                "peer_id": identity.peer_id().to_string(),
+                "device_id": identity.device().id(),
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(())
+        }
         Command::DeviceIdentity { identity_key } => {
             let identity = NodeIdentity::load(&identity_key)
                 .with_context(|| format!("loading {}", identity_key.display()))?;
@@ -52,5 +145,85 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(())
         }
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            runtime.block_on(serve(args))
+        }
     }
+}
+
+async fn serve(args: RunArgs) -> anyhow::Result<()> {
+    let identity = Arc::new(load_or_create(&args.data_dir)?);
+    let token = token(&args)?;
+    let parse = |what: &str, addrs: &[String]| {
+        addrs
+            .iter()
+            .map(|a| {
+                a.parse::<Multiaddr>()
+                    .with_context(|| format!("{what} {a:?} is not a multiaddr"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    };
+    let market_node = args
+        .market_node
+        .as_deref()
+        .map(|p| {
+            p.parse::<PeerId>()
+                .with_context(|| format!("--market-node {p:?} is not a peer id"))
+        })
+        .transpose()?;
+    let config = MeshConfig {
+        network: args.network.clone(),
+        listen: parse("--listen", &args.listen)?,
+        bootstrap: parse("--bootstrap", &args.bootstrap)?,
+        known_peers_file: Some(args.data_dir.join("known-peers.json")),
+        allow_colocated_peers: args.allow_colocated_peers,
+        ..MeshConfig::default()
+    };
+    let mesh =
+        Mesh::spawn(&identity, config, Arc::new(NoMeshCommands)).context("starting the mesh")?;
+    let handle = mesh.handle.clone();
+    let mut events = mesh.events;
+    let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });
+    let mut addrs = Vec::new();
+    for _ in 0..100 {
+        addrs = handle.listen_addrs().await.unwrap_or_default();
+        if !addrs.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let peer = handle.local_peer_id();
+    println!(
+        "{}",
+        serde_json::json!({
+            "peer_id": peer.to_string(),
+            "device_id": identity.device().id(),
+            "listen_addrs": addrs.iter().map(|a| format!("{a}/p2p/{peer}")).collect::<Vec<_>>(),
+        })
+    );
+    let gateway = GatewayConfig {
+        url: args.gateway.clone(),
+        token,
+        display_name: args.name.clone(),
+        caps: vec!["fleet".to_owned()],
+        commands: FleetCommands::names(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let commands = Arc::new(FleetCommands::new(handle.clone(), market_node));
+    let mut client = tokio::spawn(run_node(identity, gateway, commands, stop_rx, None));
+    let outcome = tokio::select! {
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        ended = &mut client => match ended {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(anyhow::Error::new(error).context("the OpenClaw gateway connection")),
+            Err(error) => Err(anyhow::anyhow!("the gateway task failed: {error}")),
+        },
+    };
+    let _ = stop_tx.send(true);
+    handle.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), mesh.task).await;
+    drain.abort();
+    outcome
 }

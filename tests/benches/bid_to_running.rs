@@ -132,10 +132,10 @@ fn main() {
     }
 
     println!("bid → running container, {ROUNDS} rounds after one warm-up (ms)");
-    println!("{:<34} {:>8} {:>8}", "phase", "p50", "p95");
+    println!("{:<34} {:>9} {:>9}", "phase", "p50", "p95");
     let row = |name: &str, series: &mut Vec<f64>| {
         println!(
-            "{name:<34} {:>8.1} {:>8.1}",
+            "{name:<34} {:>9.3} {:>9.3}",
             percentile(series, 0.5),
             percentile(series, 0.95)
         );

@@ -2,7 +2,7 @@
 //! the test script prepared, and run commands with a deadline.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The path of a binary built from this workspace (`cargo build --workspace --bins`).
@@ -378,5 +378,156 @@ impl Clawnode {
             }
             text
         });
+    }
+}
+
+/// The token the test gateway accepts.
+pub const TOKEN: &str = "gateway-test-token";
+
+/// A real OpenClaw gateway on loopback with an isolated state directory and [`TOKEN`], killed
+/// when dropped.
+#[derive(Debug)]
+pub struct OpenClawGateway {
+    node24: String,
+    openclaw: String,
+    dir: std::path::PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OpenClawGateway {
+    /// A gateway run by `node24` from the `openclaw` package, in `dir`, allowing `allow` node commands.
+    pub fn new(node24: String, openclaw: String, dir: &std::path::Path, allow: &[String]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        std::fs::create_dir_all(dir.join("home")).expect("home");
+        std::fs::create_dir_all(dir.join("state")).expect("state");
+        let config = serde_json::json!({
+            "gateway": {
+                "mode": "local", "bind": "loopback", "port": port,
+                "auth": {"mode": "token", "token": TOKEN},
+                "nodes": {"commands": {"allow": allow}},
+            },
+            "update": {"checkOnStart": false},
+            "discovery": {"mdns": {"mode": "off"}},
+        });
+        std::fs::write(dir.join("state/openclaw.json"), config.to_string()).expect("config");
+        Self {
+            node24,
+            openclaw,
+            dir: dir.to_path_buf(),
+            port,
+            child: None,
+        }
+    }
+
+    /// Its WebSocket URL.
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.node24);
+        command
+            .arg(&self.openclaw)
+            .env("HOME", self.dir.join("home"))
+            .env("OPENCLAW_STATE_DIR", self.dir.join("state"))
+            .env("OPENCLAW_CONFIG_PATH", self.dir.join("state/openclaw.json"))
+            .env("OPENCLAW_SKIP_CHANNELS", "1")
+            .env("OPENCLAW_DISABLE_BONJOUR", "1")
+            .env("OPENCLAW_NO_RESPAWN", "1");
+        command
+    }
+
+    /// Starts it and waits for `/healthz`.
+    pub fn start(&mut self) {
+        let log = std::fs::File::create(self.dir.join("gateway.log")).expect("log");
+        let child = self
+            .command()
+            .args([
+                "gateway",
+                "run",
+                "--dev",
+                "--allow-unconfigured",
+                "--bind",
+                "loopback",
+            ])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--auth",
+                "token",
+                "--token",
+                TOKEN,
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("openclaw gateway run");
+        self.child = Some(child);
+        let port = self.port;
+        eventually(Duration::from_secs(90), "the gateway's /healthz", || {
+            use std::io::{Read as _, Write as _};
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            stream
+                .write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                .ok()?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).ok()?;
+            answer.starts_with("HTTP/1.1 200").then_some(())
+        });
+    }
+
+    /// Kills it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs `openclaw <args> --url … --token …`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let url = self.url();
+        run_with_deadline(
+            self.command()
+                .args(args)
+                .args(["--url", &url, "--token", TOKEN]),
+            Duration::from_secs(90),
+        )
+    }
+
+    /// `openclaw nodes invoke` of `command` on `node`.
+    pub fn invoke(&self, node: &str, command: &str, params: &str) -> Output {
+        self.cli(&[
+            "nodes",
+            "invoke",
+            "--node",
+            node,
+            "--command",
+            command,
+            "--params",
+            params,
+            "--json",
+        ])
+    }
+
+    /// [`Self::cli`], parsed, when it succeeds.
+    pub fn cli_json(&self, args: &[&str]) -> Option<serde_json::Value> {
+        let output = self.cli(args);
+        output
+            .status
+            .success()
+            .then(|| serde_json::from_slice(&output.stdout).ok())
+            .flatten()
+    }
+}
+
+impl Drop for OpenClawGateway {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

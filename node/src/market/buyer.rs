@@ -141,8 +141,9 @@ pub struct ReceiptsParams {
     pub limit: Option<usize>,
 }
 
-fn elapsed_ms(since: Instant) -> u64 {
-    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+/// Milliseconds since `since`, to the microsecond.
+fn elapsed_ms(since: Instant) -> f64 {
+    (since.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
 impl Market {

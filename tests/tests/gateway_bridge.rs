@@ -1,0 +1,252 @@
+//! `claw-bridge` presents a fleet of three `clawnode run` processes to the real OpenClaw gateway
+//! as one node: `fleet.status` lists the three nodes from the mesh view, `fleet.deploy` starts a
+//! real container on the node it chose and says why, `fleet.invoke` reaches every node with a
+//! result per node, and failures come back as typed errors through the gateway.
+//!
+//! Needs Node 24 with openclaw, the Docker Engine and the local test image (`scripts/test.sh`).
+
+use std::io::BufRead as _;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use claw_tests::{
+    Clawnode, OpenClawGateway, RunningNode, TOKEN, eventually, required_part, run_with_deadline,
+    workspace_binary,
+};
+use serde_json::{Value, json};
+
+/// A workload that runs until stopped, and stops at once on SIGTERM.
+const SERVE: [&str; 3] = ["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"];
+
+struct Bridge(Child);
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Removes the containers of the fleet's nodes when dropped.
+struct Containers(Vec<String>);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        for peer in &self.0 {
+            let output = run_with_deadline(
+                Command::new("docker").args([
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    &format!("label=io.clawbernetes.node={peer}"),
+                ]),
+                Duration::from_secs(30),
+            );
+            for id in String::from_utf8_lossy(&output.stdout).lines() {
+                let _ = run_with_deadline(
+                    Command::new("docker").args(["rm", "-f", id]),
+                    Duration::from_secs(30),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_bridge_presents_three_nodes_as_one_openclaw_node() {
+    let (Some(node24), Some(openclaw), Some(image)) = (
+        required_part("CLAW_NODE24", "Node 24 for the OpenClaw gateway"),
+        required_part("CLAW_OPENCLAW", "the openclaw package"),
+        required_part(
+            "CLAW_TEST_IMAGE",
+            "the Docker Engine and the local busybox test image",
+        ),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut gateway = OpenClawGateway::new(
+        node24,
+        openclaw,
+        &dir.path().join("gateway"),
+        &claw_bridge::fleet::FleetCommands::names(),
+    );
+    gateway.start();
+
+    // The bridge's identity first: the nodes give it the operate role.
+    let bridge_dir = dir.path().join("bridge");
+    let identity = run_with_deadline(
+        Command::new(workspace_binary("claw-bridge"))
+            .args(["identity", "--data-dir"])
+            .arg(&bridge_dir),
+        Duration::from_secs(30),
+    );
+    assert!(identity.status.success());
+    let identity: Value = serde_json::from_slice(&identity.stdout).expect("identity JSON");
+    let bridge_peer = identity["peer_id"].as_str().expect("peer").to_owned();
+    let device_id = identity["device_id"].as_str().expect("device").to_owned();
+
+    let mut nodes: Vec<(Clawnode, RunningNode)> = Vec::new();
+    for (name, gpus) in [("n1", 2), ("n2", 1), ("n3", 2)] {
+        let cli = Clawnode::new(&dir.path().join(name));
+        cli.ok(&[
+            "init",
+            "--simulated-gpu",
+            &format!("NVIDIA H100 80GB HBM3:{gpus}:81559"),
+        ]);
+        cli.configure_market("", "");
+        cli.edit_config(|text| {
+            text.replace("operators = []", &format!("operators = [{bridge_peer:?}]"))
+                .replace(
+                    "[node.labels]\n",
+                    &format!("[node]\nname = {name:?}\n\n[node.labels]\n"),
+                )
+        });
+        let bootstrap = nodes
+            .first()
+            .map(|(_, r)| r.listen_addrs.clone())
+            .unwrap_or_default();
+        let running = RunningNode::start(&cli, &bootstrap);
+        nodes.push((cli, running));
+    }
+    let _containers = Containers(nodes.iter().map(|(_, r)| r.peer_id.clone()).collect());
+    let token_file = dir.path().join("bridge.token");
+    std::fs::write(&token_file, TOKEN).expect("token");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))
+            .expect("0600");
+    }
+    let mut child = Command::new(workspace_binary("claw-bridge"))
+        .args(["run", "--data-dir"])
+        .arg(&bridge_dir)
+        .args(["--gateway", &gateway.url(), "--token-file"])
+        .arg(&token_file)
+        .args([
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--allow-colocated-peers",
+            "--bootstrap",
+            &nodes[0].1.listen_addrs[0],
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("claw-bridge run");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the bridge's first line");
+    let _bridge = Bridge(child);
+    let started: Value = serde_json::from_str(&line).expect("bridge JSON");
+    assert_eq!(started["device_id"], device_id.as_str());
+
+    let request = eventually(
+        Duration::from_secs(60),
+        "the bridge's pending surface",
+        || {
+            let pending = gateway.cli_json(&["nodes", "pending", "--json"])?;
+            pending.as_array()?.iter().find_map(|p| {
+                (p["nodeId"] == device_id.as_str())
+                    .then(|| p["requestId"].as_str().map(str::to_owned))
+                    .flatten()
+            })
+        },
+    );
+    assert!(
+        gateway
+            .cli(&["nodes", "approve", &request])
+            .status
+            .success()
+    );
+    let call = |command: &str, params: &Value| -> Result<Value, String> {
+        let output = gateway.invoke(&device_id, command, &params.to_string());
+        if output.status.success() {
+            let answer: Value =
+                serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())?;
+            Ok(answer["payload"].clone())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
+    };
+
+    // One call for the whole fleet, from the bridge's mesh view.
+    let status = eventually(
+        Duration::from_secs(60),
+        "three nodes in fleet.status",
+        || {
+            let status = call("fleet.status", &json!({})).ok()?;
+            (status["node_count"] == 3).then_some(status)
+        },
+    );
+    assert_eq!(status["gpus"]["total"], 5);
+    assert_eq!(status["gpus"]["simulated"], 5);
+    let names: Vec<&str> = status["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|n| n["node"].as_str())
+        .collect();
+    assert_eq!(names, ["n1", "n2", "n3"]);
+
+    // Placement: two GPUs fit on n1 or n3, never on n2.
+    let deployed = call(
+        "fleet.deploy",
+        &json!({"image": image, "command": SERVE, "gpus": 2}),
+    )
+    .expect("deploy");
+    let chosen = deployed["node"].as_str().expect("node").to_owned();
+    assert!(chosen == "n1" || chosen == "n3", "{deployed}");
+    assert!(deployed["why"]["score"].is_number(), "{deployed}");
+    assert_eq!(deployed["considered"].as_array().map(Vec::len), Some(2));
+    assert_eq!(deployed["workload"]["state"], "running");
+    let peer = deployed["peer_id"].as_str().expect("peer");
+    let running = run_with_deadline(
+        Command::new("docker").args([
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=io.clawbernetes.node={peer}"),
+        ]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(String::from_utf8_lossy(&running.stdout).lines().count(), 1);
+    let listed = call("fleet.workloads", &json!({"state": "running"})).expect("workloads");
+    assert_eq!(listed["workloads"][0]["node"], chosen.as_str());
+    // Three GPUs fit nowhere now.
+    let refused = call("fleet.deploy", &json!({"image": image, "gpus": 3})).expect_err("no room");
+    assert!(refused.contains("CONFLICT"), "{refused}");
+
+    // Every node answers, each with its own result and timing.
+    let health = call("fleet.invoke", &json!({"command": "node.health"})).expect("invoke");
+    assert_eq!(health["nodes"], 3);
+    assert_eq!(health["succeeded"], 3, "{health}");
+    assert!(
+        health["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .all(|r| r["ms"].is_number())
+    );
+    let missing = call(
+        "fleet.invoke",
+        &json!({"command": "workload.inspect", "params": {"workload": "no-such"}}),
+    )
+    .expect("invoke");
+    assert_eq!(missing["failed"], 3);
+    assert!(
+        missing["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .all(|r| r["error"]["code"] == "NOT_FOUND")
+    );
+    // A failing fleet command is an error through the gateway.
+    let failed = call("fleet.drain", &json!({"node": "no-such-node"})).expect_err("unknown node");
+    assert!(failed.contains("NOT_FOUND"), "{failed}");
+    let bad = call("fleet.status", &json!({"unexpected": 1})).expect_err("strict params");
+    assert!(bad.contains("INVALID_PARAMS"), "{bad}");
+}
