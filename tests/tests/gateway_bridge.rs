@@ -1,7 +1,8 @@
 //! `claw-bridge` presents a fleet of three `clawnode run` processes to the real OpenClaw gateway
 //! as one node: `fleet.status` lists the three nodes from the mesh view, `fleet.deploy` starts a
 //! real container on the node it chose and says why, `fleet.invoke` reaches every node with a
-//! result per node, and failures come back as typed errors through the gateway.
+//! result per node, and failures come back as typed errors through the gateway. The gateway is
+//! restarted and the bridge reconnects; a bridge with a wrong token stops with a clear error.
 //!
 //! Needs Node 24 with openclaw, the Docker Engine and the local test image (`scripts/test.sh`).
 
@@ -249,4 +250,47 @@ fn the_bridge_presents_three_nodes_as_one_openclaw_node() {
     assert!(failed.contains("NOT_FOUND"), "{failed}");
     let bad = call("fleet.status", &json!({"unexpected": 1})).expect_err("strict params");
     assert!(bad.contains("INVALID_PARAMS"), "{bad}");
+
+    // The gateway restarts: the bridge reconnects on its own.
+    drop(call);
+    gateway.stop();
+    gateway.start();
+    eventually(
+        Duration::from_secs(60),
+        "fleet.status after the restart",
+        || {
+            let output = gateway.invoke(&device_id, "fleet.status", "{}");
+            let answer: Value = serde_json::from_slice(&output.stdout).ok()?;
+            (output.status.success() && answer["payload"]["node_count"] == 3).then_some(())
+        },
+    );
+
+    // A bridge with a wrong token stops at once with a clear error.
+    let wrong_token = dir.path().join("wrong.token");
+    std::fs::write(&wrong_token, "not-the-token").expect("token");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&wrong_token, std::fs::Permissions::from_mode(0o600))
+            .expect("0600");
+    }
+    let started = std::time::Instant::now();
+    let refused = run_with_deadline(
+        Command::new(workspace_binary("claw-bridge"))
+            .args(["run", "--data-dir"])
+            .arg(dir.path().join("bridge-2"))
+            .args(["--gateway", &gateway.url(), "--token-file"])
+            .arg(&wrong_token)
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+            .env("RUST_LOG", "warn"),
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("refused the token"), "{stderr}");
+    assert!(!stderr.contains("not-the-token") && !stderr.contains(TOKEN));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "no retry storm"
+    );
 }
