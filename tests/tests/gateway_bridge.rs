@@ -252,7 +252,6 @@ fn the_bridge_presents_three_nodes_as_one_openclaw_node() {
     assert!(bad.contains("INVALID_PARAMS"), "{bad}");
 
     // The gateway restarts: the bridge reconnects on its own.
-    drop(call);
     gateway.stop();
     gateway.start();
     eventually(
