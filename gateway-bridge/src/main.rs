@@ -185,14 +185,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let handle = mesh.handle.clone();
     let mut events = mesh.events;
     let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });
-    let mut addrs = Vec::new();
-    for _ in 0..100 {
-        addrs = handle.listen_addrs().await.unwrap_or_default();
-        if !addrs.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let addrs = handle.wait_listen_addrs(Duration::from_secs(2)).await;
     let peer = handle.local_peer_id();
     println!(
         "{}",

@@ -235,6 +235,19 @@ impl MeshHandle {
         self.ask(|reply| Command::ListenAddrs { reply }).await
     }
 
+    /// Addresses this node listens on, waiting up to `patience` for the listeners to come up
+    /// (none when they do not).
+    pub async fn wait_listen_addrs(&self, patience: Duration) -> Vec<Multiaddr> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let addrs = self.listen_addrs().await.unwrap_or_default();
+            if !addrs.is_empty() || tokio::time::Instant::now() >= deadline {
+                return addrs;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Peers with an open connection.
     pub async fn connected_peers(&self) -> Result<Vec<PeerId>, MeshError> {
         self.ask(|reply| Command::ConnectedPeers { reply }).await

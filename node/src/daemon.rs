@@ -311,14 +311,7 @@ pub(crate) async fn run(dir: DataDir, overrides: RunOverrides, json: bool) -> Re
     };
 
     // Wait for the listeners so that what we print can be used to join this node.
-    let mut addrs = Vec::new();
-    for _ in 0..100 {
-        addrs = handle.listen_addrs().await.unwrap_or_default();
-        if !addrs.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let addrs = handle.wait_listen_addrs(Duration::from_secs(2)).await;
     let peer = handle.local_peer_id();
     let joinable: Vec<String> = addrs.iter().map(|a| format!("{a}/p2p/{peer}")).collect();
     if json {

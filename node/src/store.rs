@@ -383,25 +383,35 @@ impl Store {
             workloads.insert(record.id.as_bytes(), encode_record(&record))?;
             Ok(Admitted::New(record))
         });
-        let admitted = match outcome {
-            Ok(admitted) => admitted,
+        let admitted = self.admission(outcome, inventory)?;
+        self.db.flush().map_err(StoreError::from)?;
+        Ok(admitted)
+    }
+
+    /// The outcome of an admission transaction as the caller sees it: GPUs that were not free
+    /// are reported with the UUIDs of `gpus` free now.
+    fn admission<T>(
+        &self,
+        outcome: Result<T, TransactionError<AdmitAbort>>,
+        gpus: &[String],
+    ) -> Result<T, AdmitError> {
+        match outcome {
+            Ok(value) => Ok(value),
             Err(TransactionError::Abort(AdmitAbort::Gpus(message))) => {
                 let allocated = self.allocations()?;
-                let free = inventory
+                let free = gpus
                     .iter()
                     .filter(|u| !allocated.contains_key(*u))
                     .cloned()
                     .collect();
-                return Err(AdmitError::GpusUnavailable { message, free });
+                Err(AdmitError::GpusUnavailable { message, free })
             }
             Err(TransactionError::Abort(AdmitAbort::NameTaken(name))) => {
-                return Err(AdmitError::NameTaken(name));
+                Err(AdmitError::NameTaken(name))
             }
-            Err(TransactionError::Abort(AdmitAbort::Store(error))) => return Err(error.into()),
-            Err(TransactionError::Storage(error)) => return Err(StoreError::Sled(error).into()),
-        };
-        self.db.flush().map_err(StoreError::from)?;
-        Ok(admitted)
+            Err(TransactionError::Abort(AdmitAbort::Store(error))) => Err(error.into()),
+            Err(TransactionError::Storage(error)) => Err(StoreError::Sled(error).into()),
+        }
     }
 
     /// Records a workload's new state. When the state is terminal its GPUs are released in the
@@ -528,23 +538,7 @@ impl Store {
             leases.insert(record.lease_id.as_bytes(), encode_lease(&record))?;
             Ok(record)
         });
-        let record = match outcome {
-            Ok(record) => record,
-            Err(TransactionError::Abort(AdmitAbort::Gpus(message))) => {
-                let allocated = self.allocations()?;
-                let free = candidates
-                    .iter()
-                    .filter(|u| !allocated.contains_key(*u))
-                    .cloned()
-                    .collect();
-                return Err(AdmitError::GpusUnavailable { message, free });
-            }
-            Err(TransactionError::Abort(AdmitAbort::NameTaken(name))) => {
-                return Err(AdmitError::NameTaken(name));
-            }
-            Err(TransactionError::Abort(AdmitAbort::Store(error))) => return Err(error.into()),
-            Err(TransactionError::Storage(error)) => return Err(StoreError::Sled(error).into()),
-        };
+        let record = self.admission(outcome, candidates)?;
         self.db.flush().map_err(StoreError::from)?;
         Ok(record)
     }

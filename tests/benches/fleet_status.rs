@@ -146,7 +146,12 @@ fn main() {
         for i in 0..nodes {
             let name = format!("node-{i:03}");
             let identity = Arc::new(NodeIdentity::generate());
-            let bootstrap = if seeds.is_empty() { vec![] } else { vec![seeds[i % seeds.len()].clone()] };
+            // Three earlier nodes, spread over the fleet so that no node fills its connections.
+            let bootstrap: Vec<claw_mesh::Multiaddr> = if seeds.is_empty() {
+                vec![]
+            } else {
+                (0..3).map(|k| seeds[(i * 7 + k * 13) % seeds.len()].clone()).collect()
+            };
             let mesh = Mesh::spawn(&identity, mesh_config(bootstrap), Arc::new(NoMeshCommands)).expect("mesh");
             let handle = mesh.handle.clone();
             let mut events = mesh.events;
@@ -157,9 +162,7 @@ fn main() {
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             };
-            if seeds.len() < 3 {
-                seeds.push(format!("{addr}/p2p/{}", handle.local_peer_id()).parse().expect("addr"));
-            }
+            seeds.push(format!("{addr}/p2p/{}", handle.local_peer_id()).parse().expect("addr"));
             let inventory = inventory(&name);
             let announcement = NodeAnnouncement {
                 name: name.clone(),
@@ -196,7 +199,9 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let bridge_identity = Arc::new(NodeIdentity::generate());
-        let bridge = Mesh::spawn(&bridge_identity, mesh_config(seeds.clone()), Arc::new(NoMeshCommands)).expect("bridge mesh");
+        // The bridge joins through the three newest nodes, which have the most room.
+        let bridge_seeds = seeds.iter().rev().take(3).cloned().collect();
+        let bridge = Mesh::spawn(&bridge_identity, mesh_config(bridge_seeds), Arc::new(NoMeshCommands)).expect("bridge mesh");
         let mut bridge_events = bridge.events;
         tokio::spawn(async move { while bridge_events.recv().await.is_some() {} });
         let bridge_device = bridge_identity.device().id();
@@ -260,7 +265,10 @@ fn main() {
             if answer.as_ref().is_ok_and(|a| a["payload"]["node_count"] == nodes) {
                 break;
             }
-            assert!(Instant::now() < deadline, "the bridge sees {:?} nodes", answer.map(|a| a["payload"]["node_count"].clone()));
+            if Instant::now() > deadline {
+                let peers = bridge.handle.connected_peers().await.map(|p| p.len());
+                panic!("the bridge sees {:?} nodes, with {peers:?} connections", answer.map(|a| a["payload"]["node_count"].clone()));
+            }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
 

@@ -139,6 +139,34 @@ impl Clawnode {
         }
     }
 
+    /// `clawnode invoke` of `command` on the running node, or through it on `node`, with a 90 s
+    /// deadline: the result, or the error text on stderr.
+    pub fn invoke(
+        &self,
+        node: Option<&str>,
+        command: &str,
+        params: &serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        let params = params.to_string();
+        let mut args = vec![
+            "invoke",
+            command,
+            "--params",
+            &params,
+            "--timeout-ms",
+            "90000",
+        ];
+        if let Some(node) = node {
+            args.extend(["--node", node]);
+        }
+        let finished = self.run(&args);
+        if finished.success {
+            Ok(finished.json())
+        } else {
+            Err(finished.stderr)
+        }
+    }
+
     /// Runs a command that must succeed, and returns its output.
     pub fn ok(&self, args: &[&str]) -> Finished {
         let finished = self.run(args);

@@ -70,24 +70,7 @@ impl Node {
         command: &str,
         params: &Value,
     ) -> Result<Value, String> {
-        let params = params.to_string();
-        let mut args = vec![
-            "invoke",
-            command,
-            "--params",
-            &params,
-            "--timeout-ms",
-            "90000",
-        ];
-        if let Some(node) = node {
-            args.extend(["--node", node]);
-        }
-        let finished = self.cli.run(&args);
-        if finished.success {
-            Ok(finished.json())
-        } else {
-            Err(finished.stderr)
-        }
+        self.cli.invoke(node, command, params)
     }
 
     fn ok(&self, command: &str, params: &Value) -> Value {

@@ -243,35 +243,9 @@ impl Market {
             "settlement",
             answer["settlement"].as_str().unwrap_or_default(),
         )?;
-        let wallet = self.wallet()?;
-        let chain = self.chain()?;
-        let mut tx = escrow
-            .check_settlement(
-                &chain.mint,
-                &wire,
-                release,
-                &wallet.pubkey(),
-                [&escrow.terms.arbiter, &wallet.pubkey()],
-            )
-            .map_err(|e| {
-                failure(
-                    ErrorCode::Conflict,
-                    format!("the arbiter's release refused: {e}"),
-                )
-            })?;
-        let blockhash = tx.message.recent_blockhash;
-        tx.try_partial_sign(&[wallet], blockhash)
-            .map_err(|e| failure(ErrorCode::Internal, format!("co-signing: {e}")))?;
-        let (_, last_valid) = chain
-            .client
-            .latest_blockhash()
-            .await
-            .map_err(chain_failure)?;
-        let landed = chain
-            .client
-            .submit_signed(&tx, last_valid)
-            .await
-            .map_err(chain_failure)?;
-        Ok(landed.signature.to_string())
+        let signature = self
+            .cosign_and_send(&escrow, &wire, release, &escrow.terms.arbiter)
+            .await?;
+        Ok(signature.to_string())
     }
 }

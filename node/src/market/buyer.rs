@@ -533,11 +533,7 @@ impl Market {
             // Nothing to settle: the provider pulled as it served. Withdraw what is left of the
             // allowance so that nothing more can be pulled.
             self.revoke_allowance(record).await?;
-            record.advance(if receipt.outcome == LeaseOutcome::NeverStarted {
-                LeaseState::Refunded
-            } else {
-                LeaseState::Settled
-            })?;
+            record.advance(final_state(receipt.outcome))?;
             self.save(record).await?;
             self.remember_outcome(&provider, record.state, Some(receipt.outcome));
             tracing::info!(lease = %record.lease_id, pulled = %receipt.to_provider, "streaming lease ended");
@@ -559,40 +555,12 @@ impl Market {
                     ));
                 };
                 let wire = decode_blob("settlement", wire)?;
-                let wallet = self.wallet()?;
-                let mut tx = escrow
-                    .check_settlement(
-                        &chain.mint,
-                        &wire,
-                        receipt.release(),
-                        &wallet.pubkey(),
-                        [&escrow.terms.provider, &wallet.pubkey()],
-                    )
-                    .map_err(|e| {
-                        failure(ErrorCode::Conflict, format!("settlement refused: {e}"))
-                    })?;
-                let blockhash = tx.message.recent_blockhash;
-                tx.try_partial_sign(&[wallet], blockhash)
-                    .map_err(|e| failure(ErrorCode::Internal, format!("co-signing: {e}")))?;
-                let (_, last_valid) = chain
-                    .client
-                    .latest_blockhash()
-                    .await
-                    .map_err(chain_failure)?;
-                chain
-                    .client
-                    .submit_signed(&tx, last_valid)
-                    .await
-                    .map_err(chain_failure)?
-                    .signature
+                self.cosign_and_send(&escrow, &wire, receipt.release(), &escrow.terms.provider)
+                    .await?
             }
         };
         record.settlement_signature = Some(settled.to_string());
-        record.advance(if receipt.outcome == LeaseOutcome::NeverStarted {
-            LeaseState::Refunded
-        } else {
-            LeaseState::Settled
-        })?;
+        record.advance(final_state(receipt.outcome))?;
         self.save(record).await?;
         self.remember_outcome(&provider, record.state, Some(receipt.outcome));
         tracing::info!(lease = %record.lease_id, state = %record.state, to_provider = %receipt.to_provider, to_buyer = %receipt.to_buyer, "lease settled");
@@ -904,6 +872,14 @@ impl Market {
             "receipts_checked_on_chain": checked,
             "receipts_not_proven": unproven,
         }))
+    }
+}
+
+/// Where a lease ends up once its money has moved: refunded if it never started, else settled.
+pub(super) fn final_state(outcome: LeaseOutcome) -> LeaseState {
+    match outcome {
+        LeaseOutcome::NeverStarted => LeaseState::Refunded,
+        LeaseOutcome::Served => LeaseState::Settled,
     }
 }
 

@@ -452,6 +452,38 @@ impl Market {
             .ok_or_else(|| failure(ErrorCode::NotFound, format!("no lease {lease_id} here")))
     }
 
+    /// Checks a settlement of `escrow` that `other_signer` signed: exactly `release`, fees paid
+    /// by this node's wallet, signed for the multisig by `other_signer` and this wallet. Then
+    /// adds this wallet's signature and sends it.
+    async fn cosign_and_send(
+        &self,
+        escrow: &Escrow,
+        wire: &[u8],
+        release: claw_market::settlement::Release,
+        other_signer: &Pubkey,
+    ) -> Result<solana_signature::Signature, InvokeFailure> {
+        let wallet = self.wallet()?;
+        let chain = self.chain()?;
+        let me = solana_signer::Signer::pubkey(wallet);
+        let mut tx = escrow
+            .check_settlement(&chain.mint, wire, release, &me, [other_signer, &me])
+            .map_err(|e| failure(ErrorCode::Conflict, format!("settlement refused: {e}")))?;
+        let blockhash = tx.message.recent_blockhash;
+        tx.try_partial_sign(&[wallet], blockhash)
+            .map_err(|e| failure(ErrorCode::Internal, format!("co-signing: {e}")))?;
+        let (_, last_valid) = chain
+            .client
+            .latest_blockhash()
+            .await
+            .map_err(chain_failure)?;
+        let landed = chain
+            .client
+            .submit_signed(&tx, last_valid)
+            .await
+            .map_err(chain_failure)?;
+        Ok(landed.signature)
+    }
+
     /// Signs `payload` with the node key and the store's next sequence, valid for `ttl`.
     async fn sign<T: SignedPayload + Send + 'static>(
         &self,
