@@ -4,7 +4,9 @@
 //!
 //! In one process: 100 mesh nodes (TCP + Noise + Yamux, gossipsub, Kademlia), each announcing a
 //! signed inventory of 8 simulated GPUs every 10 s and connected to the gateway as its own node
-//! answering `gpu.list`; and the bridge, a mesh peer connected as one more node. The gateway
+//! answering `gpu.list`; and the bridge, a mesh peer connected as one more node. Each node may
+//! hold 128 connections: at 64, early nodes fill up with Kademlia's connections and refuse
+//! late joiners, which then stay alone. The gateway
 //! (openclaw 2026.9.6 on Node 24) runs as its own process. An operator connection approves the
 //! 101 capability surfaces, then measures, 30 rounds each: one `node.invoke` of `fleet.status` on
 //! the bridge, and one round of `node.invoke` of `gpu.list` on every node (16 in flight).
@@ -82,7 +84,7 @@ fn mesh_config(bootstrap: Vec<claw_mesh::Multiaddr>) -> MeshConfig {
         allow_colocated_peers: true,
         announce_interval: Duration::from_secs(10),
         missed_intervals: 6,
-        max_connections: 64,
+        max_connections: 128,
         ..MeshConfig::default()
     }
 }
@@ -221,7 +223,7 @@ fn main() {
             // The gateway answers UNAVAILABLE while its sidecars start.
             match OperatorClient::connect(&url, TOKEN, &operator_identity).await {
                 Ok(operator) => break operator,
-                Err(error) if Instant::now() < connect_deadline && error.contains("UNAVAILABLE") => {
+                Err(error) if Instant::now() < connect_deadline && (error.contains("UNAVAILABLE") || error.contains("503")) => {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Err(error) => panic!("operator: {error}"),
@@ -257,7 +259,7 @@ fn main() {
             }
         };
         // The bridge's view converges, and every node answers.
-        let deadline = Instant::now() + Duration::from_secs(180);
+        let deadline = Instant::now() + Duration::from_secs(90);
         let mut key = 0u64;
         loop {
             key += 1;
@@ -267,7 +269,9 @@ fn main() {
             }
             if Instant::now() > deadline {
                 let peers = bridge.handle.connected_peers().await.map(|p| p.len());
-                panic!("the bridge sees {:?} nodes, with {peers:?} connections", answer.map(|a| a["payload"]["node_count"].clone()));
+                let views: Vec<usize> = meshes.iter().step_by(10).map(|m| m.fleet().len()).collect();
+                let node_peers: Vec<usize> = futures::future::join_all(meshes.iter().step_by(10).map(|m| m.connected_peers())).await.into_iter().map(|p| p.map(|p| p.len()).unwrap_or(0)).collect();
+                panic!("the bridge sees {:?} nodes, with {peers:?} connections; every 10th node sees {views:?} with {node_peers:?} connections", answer.map(|a| a["payload"]["node_count"].clone()));
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
