@@ -224,6 +224,12 @@ const COMMANDS: &[CommandSpec] = &[
         params: schema::<ArbitrateParams>,
     },
     CommandSpec {
+        name: "market.offers.signed",
+        description: "This node's current offers, as the signed envelopes it gossiped (for peers that joined after)",
+        role: Role::Read,
+        params: schema::<NoParams>,
+    },
+    CommandSpec {
         name: "market.receipts",
         description: "The lease receipts this node signed as a provider, with their terms, for anyone to check",
         role: Role::Read,
@@ -537,6 +543,10 @@ impl NodeCommands {
             "market.lease.revoke" => s.market.revoke(parse(command, params)?).await,
             "market.reputation" => s.market.reputation(parse(command, params)?).await,
             "market.receipts" => s.market.receipts(parse(command, params)?).await,
+            "market.offers.signed" => {
+                parse::<NoParams>(command, params)?;
+                Ok(s.market.signed_offers())
+            }
             "market.arbitrate" => s.market.arbitrate(caller, parse(command, params)?).await,
             "market.lease.request" => {
                 s.market

@@ -207,6 +207,29 @@ fn three_providers_two_buyers_leases_run_and_settle_on_chain() {
             .all(|o| o["simulated"] == true && o["attested"] == false)
     );
     assert_eq!(offers[0]["provider"], providers[1].peer_id);
+    // The same book as a table through the CLI.
+    let table = buyer.cli.ok(&["market", "offers"]).stdout;
+    assert!(table.starts_with("NODE"), "{table}");
+    for price in ["1.2/h", "1.5/h", "2/h"] {
+        assert!(table.contains(price), "{table}");
+    }
+    assert!(table.contains("(simulated)"), "{table}");
+    let miss = buyer.cli.fails(&[
+        "market",
+        "bid",
+        "--model",
+        MODEL,
+        "--max-price",
+        "1",
+        "--accept-simulated",
+    ]);
+    assert!(miss.stdout.contains("no offer matches"), "{}", miss.stdout);
+    assert!(
+        miss.stdout
+            .contains("nearest: 1 × NVIDIA H100 80GB HBM3 at 1.2/h"),
+        "{}",
+        miss.stdout
+    );
 
     // Impossible bids are explained, per constraint, with the nearest offers.
     let cheap = buyer.ok("market.bid", &bid("1", 1, None));
@@ -298,7 +321,12 @@ fn three_providers_two_buyers_leases_run_and_settle_on_chain() {
     assert_eq!(on_b["workload"]["state"], "running", "{on_b}");
     assert_eq!(on_b["workload"]["gpus"], lease["gpus"]);
     assert_eq!(on_b["workload"]["owner"], winner.peer_id);
-    assert_eq!(b.containers(false).len(), 1);
+    assert_eq!(
+        b.containers(false).len(),
+        1,
+        "{on_b} {:?}",
+        b.containers(true)
+    );
     // The lessee manages its own workload, and nothing else.
     winner
         .invoke_on(
@@ -352,8 +380,16 @@ fn three_providers_two_buyers_leases_run_and_settle_on_chain() {
             (status["state"] == "running").then_some(())
         },
     );
-    let settled = winner.ok("market.lease.cancel", &json!({"lease_id": lease_id}));
+    let settled = winner
+        .cli
+        .ok(&["--json", "market", "cancel", &lease_id])
+        .json();
     assert_eq!(settled["state"], "settled", "{settled}");
+    let leases = winner.cli.ok(&["market", "leases"]).stdout;
+    assert!(
+        leases.contains(&lease_id) && leases.contains("settled"),
+        "{leases}"
+    );
     let to_provider = units(settled["to_provider"].as_str().expect("to provider"));
     let to_buyer = units(settled["to_buyer"].as_str().expect("to buyer"));
     assert_eq!(
@@ -391,6 +427,19 @@ fn three_providers_two_buyers_leases_run_and_settle_on_chain() {
     );
 
     // A workload that never starts: the lease ends at once and the escrow goes back in full.
+    // (A buyer restarted above has its book again from the providers within a few ticks.)
+    eventually(
+        Duration::from_secs(30),
+        "C's offer in the buyer's book",
+        || {
+            let offers = buyer.ok("market.offers", &json!({}));
+            offers["offers"]
+                .as_array()?
+                .iter()
+                .any(|o| o["provider"] == providers[2].peer_id.as_str())
+                .then_some(())
+        },
+    );
     let before = buyer.molt();
     let failed = buyer.ok(
         "market.bid",

@@ -336,7 +336,19 @@ impl ChainClient {
             max_retries: Some(0),
             ..RpcSendTransactionConfig::default()
         };
-        let signature = self.send(tx, config).await?;
+        let signature = match self.send(tx, config).await {
+            Ok(signature) => signature,
+            // The same transaction was sent already (by another party holding it, or a retry):
+            // follow that one instead of failing.
+            Err(SettlementError::TransactionFailed { error, .. })
+                if error.contains("already been processed") =>
+            {
+                tx.signatures.first().copied().ok_or_else(|| {
+                    SettlementError::Rpc("a sent transaction without a signature".to_owned())
+                })?
+            }
+            Err(error) => return Err(error),
+        };
         loop {
             if let Some(landed) = self.status(&signature).await? {
                 return landed.map(|slot| Landed { signature, slot });

@@ -344,6 +344,7 @@ impl Market {
                 format!("over budget, nothing was paid: {e}"),
             )
         })?;
+        let _busy = self.busy(&terms.lease_id);
         let mut record =
             LeaseRecord::new(terms.lease_id.clone(), Side::Buyer, provider.to_string());
         record.gpus = terms.gpus.clone();
@@ -694,6 +695,7 @@ impl Market {
         for record in records
             .into_iter()
             .filter(|r| r.side == Side::Buyer && r.state.is_open())
+            .filter(|r| !self.is_busy(&r.lease_id))
         {
             let _step = self.inner.steps.lock().await;
             let mut record = self.load(&record.lease_id).await?;
@@ -883,7 +885,7 @@ pub(super) fn final_state(outcome: LeaseOutcome) -> LeaseState {
     }
 }
 
-fn provider_key(peer: &PeerId) -> Option<[u8; 32]> {
+pub(super) fn provider_key(peer: &PeerId) -> Option<[u8; 32]> {
     let public = libp2p_identity_key(peer)?;
     Some(public)
 }

@@ -305,6 +305,8 @@ struct Chain {
 struct Published {
     offer: Offer,
     at_ms: u64,
+    /// The signed envelope, base-64, as gossiped.
+    envelope: String,
 }
 
 struct Inner {
@@ -318,6 +320,10 @@ struct Inner {
     book: Mutex<OrderBook>,
     mesh: OnceLock<MeshHandle>,
     published: Mutex<HashMap<String, Published>>,
+    /// Leases a command is working on right now; the periodic upkeep leaves them alone.
+    busy: Mutex<std::collections::HashSet<String>>,
+    /// When each provider was last asked for its offers, Unix ms.
+    asked: Mutex<HashMap<PeerId, u64>>,
     reputation: Mutex<HashMap<[u8; 32], u32>>,
     /// Serialises lease steps on this node, so that two calls for one lease never interleave.
     steps: tokio::sync::Mutex<()>,
@@ -375,6 +381,8 @@ impl Market {
                 book: Mutex::new(book),
                 mesh: OnceLock::new(),
                 published: Mutex::default(),
+                asked: Mutex::default(),
+                busy: Mutex::default(),
                 reputation: Mutex::default(),
                 steps: tokio::sync::Mutex::new(()),
                 offers_changed: tokio::sync::Notify::new(),
@@ -484,6 +492,28 @@ impl Market {
         Ok(landed.signature)
     }
 
+    /// Marks `lease_id` as worked on by a command until the guard is dropped.
+    fn busy(&self, lease_id: &str) -> BusyLease {
+        self.inner
+            .busy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(lease_id.to_owned());
+        BusyLease {
+            market: self.clone(),
+            lease_id: lease_id.to_owned(),
+        }
+    }
+
+    /// Whether a command is working on `lease_id`.
+    fn is_busy(&self, lease_id: &str) -> bool {
+        self.inner
+            .busy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(lease_id)
+    }
+
     /// Signs `payload` with the node key and the store's next sequence, valid for `ttl`.
     async fn sign<T: SignedPayload + Send + 'static>(
         &self,
@@ -581,6 +611,85 @@ impl Market {
         if let Err(error) = self.publish_offers().await {
             tracing::debug!(%error, "offers not published");
         }
+        self.sync_book().await;
+    }
+
+    /// Asks providers that announce free GPUs but have no offer in the book for their current
+    /// signed offers (gossip does not replay what was published before this node joined). Each
+    /// provider is asked at most every 30 s; what it answers is verified like gossip.
+    async fn sync_book(&self) {
+        let Some(mesh) = self.inner.mesh.get() else {
+            return;
+        };
+        let now = now_ms();
+        let local = self.local_peer();
+        let known: std::collections::HashSet<[u8; 32]> = {
+            let book = self
+                .inner
+                .book
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            book.offers().iter().map(|e| e.provider).collect()
+        };
+        let missing: Vec<PeerId> = mesh
+            .fleet()
+            .into_iter()
+            .filter(|m| m.peer_id != local && m.announcement.free_gpu_count() > 0)
+            .filter(|m| !m.announcement.cordoned)
+            .map(|m| m.peer_id)
+            .filter(|peer| buyer::provider_key(peer).is_some_and(|key| !known.contains(&key)))
+            .collect();
+        for peer in missing {
+            {
+                let mut asked = self
+                    .inner
+                    .asked
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if asked.get(&peer).is_some_and(|at| now < at + 30_000) {
+                    continue;
+                }
+                asked.insert(peer, now);
+            }
+            let request =
+                claw_mesh::InvokeRequest::new("market.offers.signed", Duration::from_secs(3));
+            let Ok(answer) = mesh.invoke(peer, request).await else {
+                continue;
+            };
+            for text in answer["offers"].as_array().into_iter().flatten().take(16) {
+                let Some(bytes) = text.as_str().and_then(|t| decode_blob("offer", t).ok()) else {
+                    continue;
+                };
+                match self.inner.verifier.verify_at(&bytes, None, now_ms()) {
+                    Ok(verified)
+                        if verified.signer_peer_id() == peer
+                            && verified.envelope().kind()
+                                == claw_attestation::PayloadKind::Offer =>
+                    {
+                        self.ingest_offer(&verified);
+                    }
+                    Ok(_) => tracing::warn!(%peer, "a provider answered an offer it did not sign"),
+                    Err(error) => {
+                        tracing::warn!(%peer, %error, "a provider answered an invalid offer")
+                    }
+                }
+            }
+        }
+    }
+
+    /// `market.offers.signed`: this node's current offers, as the signed envelopes it gossiped.
+    pub fn signed_offers(&self) -> Value {
+        let published = self
+            .inner
+            .published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let offers: Vec<&String> = published
+            .values()
+            .filter(|p| !p.offer.withdrawn)
+            .map(|p| &p.envelope)
+            .collect();
+        json!({ "offers": offers })
     }
 
     /// Runs [`Market::tick`] every `interval`, and publishes offers as soon as GPUs are taken or
@@ -708,6 +817,23 @@ impl Market {
             "molt_base_units": molt.base_units(),
             "rpc_url": chain.client.url(),
         }))
+    }
+}
+
+/// Keeps a lease out of the periodic upkeep while a command works on it.
+struct BusyLease {
+    market: Market,
+    lease_id: String,
+}
+
+impl Drop for BusyLease {
+    fn drop(&mut self) {
+        self.market
+            .inner
+            .busy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.lease_id);
     }
 }
 

@@ -196,7 +196,14 @@ impl Market {
                 .published
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(model, Published { offer, at_ms: now });
+                .insert(
+                    model,
+                    Published {
+                        offer,
+                        at_ms: now,
+                        envelope,
+                    },
+                );
         }
         Ok(())
     }
