@@ -240,14 +240,19 @@ async fn escrow_release_refund_dispute_and_idempotency(client: &ChainClient) {
         .await
         .expect("untouched");
 
-    client
+    let landed = client
         .submit_signed(&received, last_valid)
         .await
         .expect("settled");
     assert_eq!(balance(client, &mint, &p.provider).await, molt("16.5"));
     assert_eq!(balance(client, &mint, &p.buyer).await, molt("983.5"));
-    // The same signed settlement sent again pays nothing.
-    assert!(client.submit_signed(&received, last_valid).await.is_err());
+    // The same signed settlement sent again (say, by the other party) pays nothing: the chain
+    // refuses it as already processed, and the sender is told of the first one.
+    let again = client
+        .submit_signed(&received, last_valid)
+        .await
+        .expect("the first landing is reported");
+    assert_eq!(again.signature, landed.signature);
     assert_eq!(balance(client, &mint, &p.provider).await, molt("16.5"));
 
     // Settling again finds the first settlement and pays nothing.
