@@ -358,6 +358,7 @@ impl FleetCommands {
                     "gpus": a.inventory.gpus.len(),
                     "free_gpus": a.free_gpu_count(),
                     "allocated_gpus": a.allocated_gpus.len(),
+                    "running_workloads": a.running_workloads,
                     "simulated": a.inventory.gpus.iter().any(|g| g.simulated),
                     "models": a.inventory.gpus.iter().map(|g| g.model.clone()).collect::<std::collections::BTreeSet<_>>(),
                     "software_version": a.software_version,
@@ -371,6 +372,7 @@ impl FleetCommands {
         json!({
             "nodes": nodes,
             "node_count": nodes.len(),
+            "running_workloads": self.members().iter().map(|m| u64::from(m.announcement.running_workloads)).sum::<u64>(),
             "gpus": {"total": totals.0, "free": totals.1, "allocated": totals.0 - totals.1, "simulated": totals.2},
             "gpus_by_model": by_model.iter().map(|(model, (total, free, simulated))| (model.clone(), json!({"total": total, "free": free, "allocated": total - free, "simulated": simulated}))).collect::<serde_json::Map<_, _>>(),
             "alerts": alerts,

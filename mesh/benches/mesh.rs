@@ -317,6 +317,7 @@ fn synthetic_member(i: usize) -> FleetMember {
                 gpus,
             },
             allocated_gpus: allocated,
+            running_workloads: 0,
             cordoned: false,
         },
         seq: 1,

@@ -33,6 +33,8 @@ pub struct NodeAnnouncement {
     pub allocated_gpus: Vec<String>,
     /// The node takes no new workloads (an operator cordoned or drained it).
     pub cordoned: bool,
+    /// Workloads running on the node.
+    pub running_workloads: u32,
 }
 
 impl SignedPayload for NodeAnnouncement {
@@ -220,6 +222,7 @@ mod tests {
                     gpus: vec![],
                 },
                 allocated_gpus: vec![],
+                running_workloads: 0,
                 cordoned: false,
             },
             seq,

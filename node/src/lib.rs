@@ -86,6 +86,10 @@ pub fn sign_announcement(
         listen_addrs,
         inventory,
         allocated_gpus: store.allocations()?.into_keys().collect(),
+        running_workloads: u32::try_from(
+            store.workloads_in(workloads::WorkloadState::Running)?.len(),
+        )
+        .unwrap_or(u32::MAX),
         cordoned: store.cordoned()?,
     };
     let ttl = Duration::from_secs(

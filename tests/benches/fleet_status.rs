@@ -175,6 +175,7 @@ fn main() {
                 listen_addrs: vec![],
                 inventory: inventory.clone(),
                 allocated_gpus: vec![],
+                running_workloads: 0,
                 cordoned: false,
             };
             let announcer = handle.clone();

@@ -215,6 +215,14 @@ fn the_bridge_presents_three_nodes_as_one_openclaw_node() {
         Duration::from_secs(30),
     );
     assert_eq!(String::from_utf8_lossy(&running.stdout).lines().count(), 1);
+    eventually(
+        Duration::from_secs(20),
+        "the workload in fleet.status",
+        || {
+            let status = call("fleet.status", &json!({})).ok()?;
+            (status["running_workloads"] == 1).then_some(())
+        },
+    );
     let listed = call("fleet.workloads", &json!({"state": "running"})).expect("workloads");
     assert_eq!(listed["workloads"][0]["node"], chosen.as_str());
     // Three GPUs fit nowhere now.

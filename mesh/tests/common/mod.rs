@@ -91,6 +91,7 @@ pub fn announcement(name: &str, network: &str) -> NodeAnnouncement {
             }],
         },
         allocated_gpus: vec![],
+        running_workloads: 0,
         cordoned: false,
     }
 }
