@@ -179,3 +179,6 @@ cargo build --workspace --bins --locked
 
 step "cargo test"
 cargo test --workspace --locked "$@"
+
+step "plugin tests (node --test, Node 24)"
+"$CLAW_NODE24" --test plugin/openclaw-clawbernetes/test/*.test.ts

@@ -19,6 +19,36 @@ use serde_json::{Value, json};
 /// A workload that runs until stopped, and stops at once on SIGTERM.
 const SERVE: [&str; 3] = ["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"];
 
+/// Whether `value` has `path` (dot-separated; `[]` steps into every element of an array).
+fn has_path(value: &Value, path: &str) -> bool {
+    let (step, rest) = match path.split_once('.') {
+        Some((step, rest)) => (step, Some(rest)),
+        None => (path, None),
+    };
+    match step.strip_suffix("[]") {
+        Some(key) => {
+            let Some(items) = value.get(key).and_then(Value::as_array) else {
+                return false;
+            };
+            rest.is_none_or(|rest| items.iter().all(|item| has_path(item, rest)))
+        }
+        None => value
+            .get(step)
+            .is_some_and(|next| rest.is_none_or(|rest| has_path(next, rest))),
+    }
+}
+
+/// Checks `answer` against the fields the OpenClaw plugin reads from `command`'s answers.
+fn check_contract(contract: &Value, command: &str, answer: &Value) {
+    for path in contract[command].as_array().expect("contracted command") {
+        let path = path.as_str().expect("path");
+        assert!(
+            has_path(answer, path),
+            "{command} lacks {path}, which the plugin reads: {answer}"
+        );
+    }
+}
+
 struct Bridge(Child);
 
 impl Drop for Bridge {
@@ -258,6 +288,33 @@ fn the_bridge_presents_three_nodes_as_one_openclaw_node() {
     assert!(failed.contains("NOT_FOUND"), "{failed}");
     let bad = call("fleet.status", &json!({"unexpected": 1})).expect_err("strict params");
     assert!(bad.contains("INVALID_PARAMS"), "{bad}");
+
+    // The answers carry every field the OpenClaw plugin reads.
+    let contract: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../plugin/openclaw-clawbernetes/contract/bridge-fields.json"),
+        )
+        .expect("the plugin's contract"),
+    )
+    .expect("contract JSON");
+    let status = call("fleet.status", &json!({})).expect("status");
+    check_contract(&contract, "fleet.status", &status);
+    check_contract(
+        &contract,
+        "fleet.gpus",
+        &call("fleet.gpus", &json!({})).expect("gpus"),
+    );
+    check_contract(&contract, "fleet.deploy", &deployed);
+    check_contract(&contract, "fleet.workloads", &listed);
+    check_contract(&contract, "fleet.invoke", &health);
+    check_contract(
+        &contract,
+        "fleet.health",
+        &call("fleet.health", &json!({})).expect("health"),
+    );
+    let drained = call("fleet.drain", &json!({"node": "n2"})).expect("drain n2");
+    check_contract(&contract, "fleet.drain", &drained);
 
     // The gateway restarts: the bridge reconnects on its own.
     gateway.stop();

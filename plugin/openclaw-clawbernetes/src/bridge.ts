@@ -1,0 +1,134 @@
+// The one way the plugin reaches the fleet: `api.runtime.nodes.invoke` on the Clawbernetes
+// bridge node, one call per tool. The bridge is the node named in the plugin config
+// (`bridgeNode`, a node id or display name), or else the connected node that declares
+// `fleet.status`.
+
+/** The part of `api.runtime.nodes` the plugin uses. */
+export interface NodesRuntime {
+  list(options?: { connected?: boolean }): Promise<NodeInfo[] | { nodes: NodeInfo[] }>;
+  invoke(request: {
+    nodeId: string;
+    command: string;
+    params?: unknown;
+    timeoutMs?: number;
+    idempotencyKey?: string;
+  }): Promise<unknown>;
+}
+
+export interface NodeInfo {
+  nodeId: string;
+  displayName?: string;
+  commands?: string[];
+  connected?: boolean;
+}
+
+export interface PluginConfig {
+  bridgeNode?: string;
+  invokeTimeoutMs: number;
+  healthIntervalMs: number;
+  alertThresholds: { degradedNodes: number; unreachableNodes: number };
+}
+
+export const DEFAULT_CONFIG: PluginConfig = {
+  invokeTimeoutMs: 30_000,
+  healthIntervalMs: 30_000,
+  alertThresholds: { degradedNodes: 1, unreachableNodes: 1 },
+};
+
+/** The bridge's commands, as it declares them to the gateway. */
+export const BRIDGE_COMMANDS = [
+  "fleet.capabilities",
+  "fleet.status",
+  "fleet.gpus",
+  "fleet.deploy",
+  "fleet.workloads",
+  "fleet.invoke",
+  "fleet.health",
+  "fleet.drain",
+  "market.offers",
+  "market.bid",
+  "market.leases",
+  "wallet.balance",
+] as const;
+
+export type BridgeCommand = (typeof BRIDGE_COMMANDS)[number];
+
+/** A failed bridge call, with the node's error code when there is one. */
+export class BridgeError extends Error {
+  readonly code: string;
+
+  constructor(code: string, message: string) {
+    super(message);
+    this.code = code;
+    this.name = "BridgeError";
+  }
+}
+
+export function resolveConfig(raw: unknown): PluginConfig {
+  const given = (raw ?? {}) as Partial<PluginConfig>;
+  return {
+    ...DEFAULT_CONFIG,
+    ...given,
+    alertThresholds: { ...DEFAULT_CONFIG.alertThresholds, ...(given.alertThresholds ?? {}) },
+  };
+}
+
+let keys = 0;
+
+export class Bridge {
+  private readonly nodes: NodesRuntime;
+  private readonly config: PluginConfig;
+
+  constructor(nodes: NodesRuntime, config: PluginConfig) {
+    this.nodes = nodes;
+    this.config = config;
+  }
+
+  /** The bridge's node id. */
+  async nodeId(): Promise<string> {
+    const listed = await this.nodes.list({ connected: true });
+    const nodes = Array.isArray(listed) ? listed : (listed?.nodes ?? []);
+    const wanted = this.config.bridgeNode;
+    const found = wanted
+      ? nodes.find((n) => n.nodeId === wanted || n.displayName === wanted)
+      : nodes.find((n) => (n.commands ?? []).includes("fleet.status"));
+    if (!found) {
+      throw new BridgeError(
+        "NOT_CONNECTED",
+        wanted
+          ? `the Clawbernetes bridge node "${wanted}" is not connected to this gateway`
+          : "no connected node offers fleet.status: start claw-bridge and approve its commands (openclaw nodes pending)",
+      );
+    }
+    return found.nodeId;
+  }
+
+  /** Calls one bridge command; the command's result, or a BridgeError. */
+  async call(command: BridgeCommand, params: Record<string, unknown> = {}): Promise<any> {
+    const nodeId = await this.nodeId();
+    let answer: any;
+    try {
+      answer = await this.nodes.invoke({
+        nodeId,
+        command,
+        params,
+        timeoutMs: this.config.invokeTimeoutMs,
+        idempotencyKey: `claw-${Date.now()}-${++keys}`,
+      });
+    } catch (error: any) {
+      const nodeError = error?.details?.nodeError ?? error?.nodeError;
+      throw new BridgeError(
+        nodeError?.code ?? error?.code ?? "UNAVAILABLE",
+        nodeError?.message ?? error?.message ?? String(error),
+      );
+    }
+    if (answer && typeof answer === "object" && "ok" in answer && answer.ok === false) {
+      const error = answer.error ?? {};
+      throw new BridgeError(error.code ?? "UNAVAILABLE", error.message ?? "the bridge refused the call");
+    }
+    if (answer && typeof answer === "object" && "payload" in answer) {
+      return answer.payload ?? (answer.payloadJSON ? JSON.parse(answer.payloadJSON) : null);
+    }
+    return answer;
+  }
+}

@@ -1,0 +1,41 @@
+// openclaw-clawbernetes: the GPU fleet and the MOLT market as agent tools. Every tool is one call
+// to the Clawbernetes bridge node through the gateway (`api.runtime.nodes.invoke`), never one per
+// node. A background service watches fleet health, and the `clawbernetes.fleet-status` gateway
+// method returns its latest snapshot and recent transitions.
+
+import { Bridge, BRIDGE_COMMANDS, resolveConfig } from "./bridge.ts";
+import { HealthMonitor } from "./monitor.ts";
+import { fleetTools } from "./tools.ts";
+
+export default {
+  id: "clawbernetes",
+  name: "Clawbernetes",
+  description: "GPU fleet and MOLT market tools through the Clawbernetes gateway bridge",
+  register(api: any) {
+    const config = resolveConfig(api.pluginConfig);
+    const bridge = new Bridge(api.runtime.nodes, config);
+    for (const tool of fleetTools(bridge)) {
+      api.registerTool(tool);
+    }
+    const monitor = new HealthMonitor(bridge, config, api.logger);
+    api.registerService({
+      id: "clawbernetes-health",
+      start: () => monitor.start(),
+      stop: () => monitor.stop(),
+    });
+    api.registerGatewayMethod(
+      "clawbernetes.fleet-status",
+      async ({ respond }: any) => respond(true, monitor.status()),
+      { scope: "operator.read" },
+    );
+    // Lets the gateway forward the bridge's commands without hand-editing its allowlist.
+    // Older gateways lack this: list the commands under gateway.nodes.commands.allow instead.
+    if (typeof api.registerNodeInvokePolicy === "function") {
+      api.registerNodeInvokePolicy({
+        commands: [...BRIDGE_COMMANDS],
+        defaultPlatforms: ["linux"],
+        handle: (ctx: any) => ctx.invokeNode(),
+      });
+    }
+  },
+};

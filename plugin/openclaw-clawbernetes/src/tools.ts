@@ -1,0 +1,287 @@
+// The agent's tools: each is one bridge call, answered as a short text for the agent plus the
+// bridge's whole answer in `details`. Errors come back as text too (`error CODE: message`), with
+// `details.error`, so that the agent can read and act on them.
+
+import { Bridge, BridgeError, type BridgeCommand } from "./bridge.ts";
+
+export interface ToolResult {
+  content: { type: "text"; text: string }[];
+  details: unknown;
+}
+
+export interface Tool {
+  name: string;
+  label: string;
+  description: string;
+  parameters: Record<string, unknown>;
+  execute(toolCallId: string, params: Record<string, unknown>): Promise<ToolResult>;
+}
+
+const object = (properties: Record<string, unknown>, required: string[] = []) => ({
+  type: "object",
+  additionalProperties: false,
+  properties,
+  required,
+});
+const str = (description: string) => ({ type: "string", description });
+const int = (description: string, minimum = 0) => ({ type: "integer", minimum, description });
+const bool = (description: string) => ({ type: "boolean", description });
+const strings = (description: string) => ({ type: "array", items: { type: "string" }, description });
+
+function text(value: string, details: unknown): ToolResult {
+  return { content: [{ type: "text", text: value }], details };
+}
+
+function failed(error: unknown): ToolResult {
+  const code = error instanceof BridgeError ? error.code : "INTERNAL";
+  const message = error instanceof Error ? error.message : String(error);
+  return text(`error ${code}: ${message}`, { error: { code, message } });
+}
+
+/** Keeps only the params the tool's schema names (the bridge refuses unknown fields). */
+function pick(params: Record<string, unknown>, keys: string[]): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const key of keys) {
+    if (params[key] !== undefined) out[key] = params[key];
+  }
+  return out;
+}
+
+function tool(
+  bridge: Bridge,
+  spec: {
+    name: string;
+    label: string;
+    description: string;
+    parameters: ReturnType<typeof object>;
+    command: BridgeCommand;
+    render: (answer: any, params: Record<string, unknown>) => string;
+    map?: (params: Record<string, unknown>) => Record<string, unknown>;
+  },
+): Tool {
+  const keys = Object.keys(spec.parameters.properties);
+  return {
+    name: spec.name,
+    label: spec.label,
+    description: spec.description,
+    parameters: spec.parameters,
+    async execute(_toolCallId, params) {
+      try {
+        const given = pick(params ?? {}, keys);
+        const answer = await bridge.call(spec.command, spec.map ? spec.map(given) : given);
+        return text(spec.render(answer, given), answer);
+      } catch (error) {
+        return failed(error);
+      }
+    },
+  };
+}
+
+const plural = (n: number, one: string) => `${n} ${one}${n === 1 ? "" : "s"}`;
+
+export function renderStatus(s: any): string {
+  const lines = [
+    `${plural(s.node_count, "node")}; GPUs: ${s.gpus.total} total, ${s.gpus.free} free, ${s.gpus.allocated} allocated` +
+      (s.gpus.simulated ? ` (${s.gpus.simulated} simulated)` : "") +
+      `; ${plural(s.running_workloads, "running workload")}`,
+  ];
+  for (const n of s.nodes ?? []) {
+    lines.push(
+      `- ${n.node}: ${n.free_gpus}/${n.gpus} GPUs free, ${plural(n.running_workloads, "workload")}` +
+        (n.cordoned ? ", cordoned" : "") +
+        (n.simulated ? ", simulated GPUs" : ""),
+    );
+  }
+  for (const alert of s.alerts ?? []) lines.push(`alert: ${alert}`);
+  return lines.join("\n");
+}
+
+export function fleetTools(bridge: Bridge): Tool[] {
+  return [
+    tool(bridge, {
+      name: "claw_fleet_status",
+      label: "Fleet status",
+      description:
+        "The whole GPU fleet in one call: nodes, GPUs by model (free, allocated, simulated), running workloads, cordons and alerts.",
+      parameters: object({}),
+      command: "fleet.status",
+      render: renderStatus,
+    }),
+    tool(bridge, {
+      name: "claw_gpu_inventory",
+      label: "GPU inventory",
+      description:
+        "Every GPU in the fleet with its node, model, memory and whether it is free; live utilisation and temperature with live=true.",
+      parameters: object({ model: str("Only models containing this, e.g. H100"), live: bool("Read live metrics from every node") }),
+      command: "fleet.gpus",
+      render: (a) => {
+        const gpus: any[] = a.gpus ?? [];
+        const free = gpus.filter((g) => !g.allocated).length;
+        const lines = [`${plural(gpus.length, "GPU")}, ${free} free`];
+        for (const g of gpus) {
+          lines.push(`- ${g.node} ${g.uuid}: ${g.model}, ${g.memory_mib} MiB${g.simulated ? ", simulated" : ""}${g.allocated ? ", allocated" : ", free"}`);
+        }
+        return lines.join("\n");
+      },
+    }),
+    tool(bridge, {
+      name: "claw_deploy",
+      label: "Deploy a workload",
+      description:
+        "Run a container on the best node: the bridge keeps nodes with enough free GPUs of the model, scores them on free GPUs, utilisation, temperature and health, and starts it there. Reports the node chosen and why.",
+      parameters: object(
+        {
+          image: str("Container image (must be on the node or pullable)"),
+          command: strings("Command and arguments"),
+          gpus: int("GPUs needed on one node"),
+          model: str("Only GPUs whose model contains this"),
+          min_memory_mib: int("Minimum memory per GPU, MiB"),
+          name: str("A display name"),
+          env: { type: "object", additionalProperties: { type: "string" }, description: "Environment variables" },
+          cpus: { type: "number", description: "CPU limit in cores" },
+          memory_mib: int("Memory limit, MiB"),
+        },
+        ["image"],
+      ),
+      command: "fleet.deploy",
+      render: (a) =>
+        `deployed ${a.workload?.id} (${a.workload?.state}) on ${a.node}: score ${a.why?.score}, ${plural(a.why?.free_gpus ?? 0, "free GPU")}, ${a.why?.health}; ${plural((a.considered ?? []).length, "node")} considered`,
+    }),
+    tool(bridge, {
+      name: "claw_workloads",
+      label: "Workloads",
+      description: "Workloads across the fleet, filtered by state, image or node.",
+      parameters: object({ state: str("running, exited, stopped, failed, lost"), image: str("Image contains this"), node: str("Node name or peer id") }),
+      command: "fleet.workloads",
+      render: (a) => {
+        const lines = [`${plural((a.workloads ?? []).length, "workload")}`];
+        for (const w of a.workloads ?? []) lines.push(`- ${w.id} on ${w.node}: ${w.image}, ${w.state}`);
+        for (const u of a.unreachable ?? []) lines.push(`unreachable: ${u.node} (${u.error})`);
+        return lines.join("\n");
+      },
+    }),
+    tool(bridge, {
+      name: "claw_multi_invoke",
+      label: "Run a command on many nodes",
+      description:
+        "Run one node command (e.g. node.health, gpu.metrics, workload.list) on chosen or all nodes in one call; each node's result and time.",
+      parameters: object(
+        {
+          command: str("A node command"),
+          params: { type: "object", description: "Its params" },
+          nodes: strings("Node names or peer ids (default: all)"),
+          concurrency: int("Calls in flight at once", 1),
+          timeout_ms: int("Deadline per node, ms", 100),
+        },
+        ["command"],
+      ),
+      command: "fleet.invoke",
+      render: (a) => {
+        const lines = [`${a.command} on ${plural(a.nodes, "node")}: ${a.succeeded} succeeded, ${a.failed} failed`];
+        for (const r of a.results ?? []) {
+          lines.push(`- ${r.node}: ${r.ok ? "ok" : `error ${r.error?.code}: ${r.error?.message}`} (${r.ms} ms)`);
+        }
+        return lines.join("\n");
+      },
+    }),
+    tool(bridge, {
+      name: "claw_node_health",
+      label: "Fleet health",
+      description: "Every node's health (NVML, Docker, disk, memory, GPU errors, throttling) with counts.",
+      parameters: object({}),
+      command: "fleet.health",
+      render: (a) => {
+        const counts = Object.entries(a.summary ?? {}).map(([k, v]) => `${v} ${k}`).join(", ");
+        const lines = [counts || "no nodes"];
+        for (const n of a.nodes ?? []) {
+          const status = n.ok ? n.result?.status : `unreachable (${n.error?.message})`;
+          const reasons =
+            n.ok && n.result?.reasons?.length
+              ? `: ${n.result.reasons.map((r: any) => `${r.component}: ${r.detail}`).join("; ")}`
+              : "";
+          lines.push(`- ${n.node}: ${status}${reasons}`);
+        }
+        return lines.join("\n");
+      },
+    }),
+    tool(bridge, {
+      name: "claw_drain",
+      label: "Drain a node",
+      description: "Cordon a node and stop its workloads gracefully. Confirm with the user first.",
+      parameters: object({ node: str("Node name or peer id") }, ["node"]),
+      command: "fleet.drain",
+      render: (a) => `${a.node} drained: ${plural((a.drain?.workloads ?? []).length, "workload")} stopped; cordoned ${a.drain?.cordoned}`,
+    }),
+    tool(bridge, {
+      name: "claw_market_offers",
+      label: "GPU offers",
+      description: "GPU offers in the MOLT market, cheapest first.",
+      parameters: object({ model: str("Model contains this"), max_price: str("Highest MOLT per GPU-hour, e.g. 1.5"), min_gpus: int("At least this many GPUs on one node", 1) }),
+      command: "market.offers",
+      render: (a) => {
+        const offers: any[] = a.offers ?? [];
+        const lines = [`${plural(offers.length, "offer")}`];
+        for (const o of offers) {
+          lines.push(`- ${o.node ?? o.provider}: ${o.gpus} × ${o.gpu_model} at ${o.price_per_gpu_hour} MOLT/GPU-hour, ${o.min_hours}-${o.max_hours} h${o.simulated ? ", simulated" : ""}, reputation ${o.reputation}`);
+        }
+        return lines.join("\n");
+      },
+    }),
+    tool(bridge, {
+      name: "claw_market_bid",
+      label: "Bid for GPUs",
+      description:
+        "Bid for GPU time: with a workload it leases the best offer, funds the escrow in MOLT and starts the workload (confirm the spend with the user first); without one, or when nothing matches, it says why per constraint with the nearest offers.",
+      parameters: object(
+        {
+          models: strings("Acceptable GPU models"),
+          gpus: int("GPUs on one node", 1),
+          hours: int("Lease length, hours", 1),
+          max_price: str("Highest MOLT per GPU-hour"),
+          min_vram_mib: int("Minimum memory per GPU, MiB"),
+          region: str("Only this region"),
+          attested_only: bool("Only NVML-attested GPUs"),
+          min_reputation: int("Minimum provider reputation, 0-100"),
+          accept_simulated: bool("Accept simulated GPUs"),
+          payment: { type: "string", enum: ["escrow", "stream"], description: "escrow (default) or stream" },
+          workload: {
+            type: "object",
+            additionalProperties: false,
+            properties: { image: str("Image"), command: strings("Command"), env: { type: "object" }, cpus: { type: "number" }, memory_mib: { type: "integer" } },
+            required: ["image"],
+          },
+        },
+        ["models", "gpus", "hours", "max_price"],
+      ),
+      command: "market.bid",
+      render: (a) => {
+        if (!a.matched) {
+          const nearest = (a.nearest ?? []).map((n: any) => `${n.gpus} × ${n.gpu_model} at ${n.price_per_gpu_hour} (fails ${n.fails.join(", ")})`);
+          return [a.explanation, ...nearest.map((n: string) => `- nearest: ${n}`)].join("\n");
+        }
+        if (!a.leased) return `best offer: ${a.offer.gpu_model} at ${a.offer.price_per_gpu_hour} MOLT/GPU-hour from ${a.offer.provider}, ${a.offer.total} MOLT in all (nothing leased)`;
+        return `lease ${a.lease.lease_id} ${a.lease.state}: ${a.lease.amount} MOLT for ${a.lease.hours} h on ${a.lease.gpus.length} GPU(s), workload ${a.lease.workload_id}; bid to running in ${a.phases_ms?.total} ms`;
+      },
+    }),
+    tool(bridge, {
+      name: "claw_leases",
+      label: "Leases",
+      description: "The market node's leases, as buyer and provider.",
+      parameters: object({ state: str("Only this state") }),
+      command: "market.leases",
+      render: (a) => {
+        const lines = [`${plural((a.leases ?? []).length, "lease")}`];
+        for (const l of a.leases ?? []) lines.push(`- ${l.lease_id} (${l.side}): ${l.state}, ${l.amount} MOLT`);
+        return lines.join("\n");
+      },
+    }),
+    tool(bridge, {
+      name: "claw_wallet",
+      label: "Wallet",
+      description: "SOL and MOLT held by the market node's wallet.",
+      parameters: object({}),
+      command: "wallet.balance",
+      render: (a) => `${a.address}: ${a.molt} MOLT, ${a.sol} SOL`,
+    }),
+  ];
+}
