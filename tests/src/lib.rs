@@ -543,6 +543,60 @@ impl OpenClawGateway {
         ])
     }
 
+    /// Runs `openclaw <args>` against the state directory only (no gateway URL or token).
+    pub fn cli_local(&self, args: &[&str]) -> Output {
+        run_with_deadline(self.command().args(args), Duration::from_secs(120))
+    }
+
+    /// Links the plugin at `path` into the gateway's config (`openclaw plugins install -l`) with
+    /// `config` as its plugin config; takes effect at the next start.
+    pub fn install_plugin(&self, path: &Path, config: serde_json::Value) {
+        let path = path.display().to_string();
+        let installed = self.cli_local(&[
+            "plugins",
+            "install",
+            "-l",
+            &path,
+            "--force",
+            "--accept-capabilities",
+        ]);
+        assert!(
+            installed.status.success(),
+            "plugins install: {}",
+            String::from_utf8_lossy(&installed.stderr)
+        );
+        let file = self.dir.join("state/openclaw.json");
+        let mut settings: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).expect("config"))
+                .expect("config JSON");
+        let id = "clawbernetes";
+        settings["plugins"]["entries"][id]["config"] = config;
+        std::fs::write(&file, settings.to_string()).expect("config");
+    }
+
+    /// Calls an agent tool through the gateway's HTTP tool endpoint (`POST /tools/invoke`).
+    pub fn tool(&self, tool: &str, args: serde_json::Value) -> serde_json::Value {
+        use std::io::{Read as _, Write as _};
+        let body = serde_json::json!({ "tool": tool, "args": args }).to_string();
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("gateway HTTP");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .expect("timeout");
+        write!(
+            stream,
+            "POST /tools/invoke HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("request");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("answer");
+        let (_, json) = answer
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("no HTTP body: {answer}"));
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{tool}: {e}: {json}"))
+    }
+
     /// [`Self::cli`], parsed, when it succeeds.
     pub fn cli_json(&self, args: &[&str]) -> Option<serde_json::Value> {
         let output = self.cli(args);
