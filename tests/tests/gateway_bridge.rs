@@ -133,15 +133,37 @@ fn the_bridge_presents_three_nodes_as_one_openclaw_node() {
     let bridge_peer = identity["peer_id"].as_str().expect("peer").to_owned();
     let device_id = identity["device_id"].as_str().expect("device").to_owned();
 
+    // n1 to n3 sell their GPUs; n2 is also the bridge's market node, and holds the chain.
+    let clis: Vec<(&str, Clawnode)> = [("n1", 2), ("n2", 1), ("n3", 2)]
+        .into_iter()
+        .map(|(name, gpus)| {
+            let cli = Clawnode::new(&dir.path().join(name));
+            cli.ok(&[
+                "init",
+                "--simulated-gpu",
+                &format!("NVIDIA H100 80GB HBM3:{gpus}:81559"),
+            ]);
+            (name, cli)
+        })
+        .collect();
+    let localnet = claw_tests::Localnet::start(&clis[1].1);
+    clis[1]
+        .1
+        .ok(&["wallet", "airdrop", "--sol", "5", "--molt", "100"]);
     let mut nodes: Vec<(Clawnode, RunningNode)> = Vec::new();
-    for (name, gpus) in [("n1", 2), ("n2", 1), ("n3", 2)] {
-        let cli = Clawnode::new(&dir.path().join(name));
-        cli.ok(&[
-            "init",
-            "--simulated-gpu",
-            &format!("NVIDIA H100 80GB HBM3:{gpus}:81559"),
-        ]);
-        cli.configure_market("", "");
+    for (name, cli) in clis {
+        let chain = if name == "n2" {
+            String::new()
+        } else {
+            localnet.chain_config()
+        };
+        cli.configure_market(
+            &format!(
+                "arbiter = {:?}\nprice_per_gpu_hour = \"1\"\n",
+                localnet.faucet
+            ),
+            &chain,
+        );
         cli.edit_config(|text| {
             text.replace("operators = []", &format!("operators = [{bridge_peer:?}]"))
                 .replace(
@@ -156,6 +178,7 @@ fn the_bridge_presents_three_nodes_as_one_openclaw_node() {
         let running = RunningNode::start(&cli, &bootstrap);
         nodes.push((cli, running));
     }
+    let market_node = nodes[1].1.peer_id.clone();
     let _containers = Containers(nodes.iter().map(|(_, r)| r.peer_id.clone()).collect());
     let token_file = dir.path().join("bridge.token");
     std::fs::write(&token_file, TOKEN).expect("token");
@@ -176,6 +199,8 @@ fn the_bridge_presents_three_nodes_as_one_openclaw_node() {
             "--allow-colocated-peers",
             "--bootstrap",
             &nodes[0].1.listen_addrs[0],
+            "--market-node",
+            &market_node,
         ])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -258,13 +283,6 @@ fn the_bridge_presents_three_nodes_as_one_openclaw_node() {
             .as_str()
             .is_some_and(|t| t.starts_with("error NOT_FOUND")),
         "{refused}"
-    );
-    let offers = gateway.tool("claw_market_offers", json!({}));
-    assert!(
-        offers["result"]["content"][0]["text"]
-            .as_str()
-            .is_some_and(|t| t.contains("no market node")),
-        "{offers}"
     );
     // The background service has watched the three nodes join.
     let watched = eventually(
@@ -388,6 +406,75 @@ fn the_bridge_presents_three_nodes_as_one_openclaw_node() {
     );
     let drained = call("fleet.drain", &json!({"node": "n2"})).expect("drain n2");
     check_contract(&contract, "fleet.drain", &drained);
+
+    // The market through the plugin: offers, a bid that really leases and runs, leases, wallet.
+    let offers = eventually(
+        Duration::from_secs(30),
+        "an offer in the market node's book",
+        || {
+            let offers = gateway.tool("claw_market_offers", json!({}));
+            (!offers["result"]["details"]["offers"].as_array()?.is_empty()).then_some(offers)
+        },
+    );
+    assert!(
+        offers["result"]["content"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("MOLT/GPU-hour")),
+        "{offers}"
+    );
+    let bid = gateway.tool(
+        "claw_market_bid",
+        json!({
+            "models": ["NVIDIA H100 80GB HBM3"], "gpus": 1, "hours": 1, "max_price": "1",
+            "accept_simulated": true, "workload": {"image": image, "command": SERVE},
+        }),
+    );
+    let lease = &bid["result"]["details"]["lease"];
+    assert_eq!(lease["state"], "running", "{bid}");
+    let lease_id = lease["lease_id"].as_str().expect("lease id");
+    assert!(
+        bid["result"]["content"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with(&format!("lease {lease_id} running"))),
+        "{bid}"
+    );
+    let leases = gateway.tool("claw_leases", json!({}));
+    assert!(
+        leases["result"]["content"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains(lease_id)),
+        "{leases}"
+    );
+    let wallet = gateway.tool("claw_wallet", json!({}));
+    assert_eq!(
+        wallet["result"]["details"]["molt"], "99",
+        "1 MOLT is in escrow: {wallet}"
+    );
+    let gpus = gateway.tool("claw_gpu_inventory", json!({}));
+    assert_eq!(
+        gpus["result"]["details"]["gpus"].as_array().map(Vec::len),
+        Some(5)
+    );
+    let workloads = eventually(
+        Duration::from_secs(20),
+        "the deployed and the leased workload",
+        || {
+            let answer = gateway.tool("claw_workloads", json!({"state": "running"}));
+            (answer["result"]["details"]["workloads"].as_array()?.len() == 2).then_some(answer)
+        },
+    );
+    assert!(
+        workloads["result"]["content"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("2 workloads"))
+    );
+    let everywhere = gateway.tool("claw_multi_invoke", json!({"command": "gpu.list"}));
+    assert!(
+        everywhere["result"]["content"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("gpu.list on 3 nodes: 3 succeeded")),
+        "{everywhere}"
+    );
 
     // The gateway restarts: the bridge reconnects on its own.
     gateway.stop();
