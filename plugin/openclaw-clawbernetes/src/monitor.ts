@@ -1,6 +1,7 @@
-// The background health service: polls `fleet.health` and records what changed since the last
-// poll (a node joined, degraded, recovered or went away), keeping the latest snapshot and the
-// recent transitions for the `clawbernetes.fleet-status` gateway method.
+// The background health service: polls `fleet.health` (and the market node's leases) and
+// records what changed since the last poll: a node joined, degraded, recovered or went away; a
+// node's GPU errors rose; a lease could not be funded. It keeps the latest snapshot and the
+// recent transitions for the `clawbernetes.fleet-status` gateway method, and logs alerts.
 
 import type { Bridge, PluginConfig } from "./bridge.ts";
 
@@ -9,7 +10,7 @@ export interface Transition {
   node: string;
   from: string | null;
   to: string | null;
-  kind: "joined" | "degraded" | "recovered" | "gone" | "changed";
+  kind: "joined" | "degraded" | "recovered" | "gone" | "changed" | "gpu-errors" | "lease-funding";
 }
 
 export interface Logger {
@@ -26,6 +27,24 @@ export function statuses(health: any): Map<string, string> {
     out.set(n.node, n.ok ? (n.result?.status ?? "unknown") : "unreachable");
   }
   return out;
+}
+
+/** Each reachable node's count of GPU checks that are not healthy. */
+export function gpuProblems(health: any): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const n of health?.nodes ?? []) {
+    if (!n.ok) continue;
+    const reasons: any[] = n.result?.reasons ?? [];
+    out.set(n.node, reasons.filter((r) => String(r.component).startsWith("gpu")).length);
+  }
+  return out;
+}
+
+/** Leases that lapsed because they were not funded. */
+export function fundingProblems(leases: any): { id: string; reason: string }[] {
+  return (leases?.leases ?? [])
+    .filter((l: any) => l.state === "expired" && /fund/i.test(l.reason ?? ""))
+    .map((l: any) => ({ id: l.lease_id, reason: l.reason }));
 }
 
 /** What changed between two polls. */
@@ -50,6 +69,8 @@ export class HealthMonitor {
   private readonly logger: Logger;
   private timer: ReturnType<typeof setInterval> | undefined;
   private last = new Map<string, string>();
+  private lastGpu = new Map<string, number>();
+  private fundingSeen = new Set<string>();
   snapshot: unknown = null;
   lastError: string | null = null;
   readonly recent: Transition[] = [];
@@ -70,6 +91,26 @@ export class HealthMonitor {
         const line = `clawbernetes: ${t.node} ${t.kind} (${t.from ?? "-"} → ${t.to ?? "-"})`;
         if (t.kind === "degraded" || t.kind === "gone" || t.to === "unreachable") this.logger.warn(line);
         else this.logger.info(line);
+      }
+      const gpu = gpuProblems(health);
+      for (const [node, count] of gpu) {
+        const before = this.lastGpu.get(node) ?? 0;
+        if (count > before) {
+          this.recent.push({ at: now, node, from: String(before), to: String(count), kind: "gpu-errors" });
+          this.logger.warn(`clawbernetes: GPU problems on ${node} rose from ${before} to ${count}`);
+        }
+      }
+      this.lastGpu = gpu;
+      try {
+        const leases = await this.bridge.call("market.leases", {});
+        for (const problem of fundingProblems(leases)) {
+          if (this.fundingSeen.has(problem.id)) continue;
+          this.fundingSeen.add(problem.id);
+          this.recent.push({ at: now, node: problem.id, from: null, to: "expired", kind: "lease-funding" });
+          this.logger.warn(`clawbernetes: lease ${problem.id} was not funded: ${problem.reason}`);
+        }
+      } catch {
+        // No market node behind the bridge: nothing to watch there.
       }
       this.recent.splice(0, Math.max(0, this.recent.length - MAX_TRANSITIONS));
       const bad = [...current.values()];

@@ -137,23 +137,33 @@ test("without a connected bridge the tools say how to start one", async () => {
   assert.match((await named.execute("c", {})).content[0].text, /"other" is not connected/);
 });
 
-test("the health monitor records joins, degradations, recoveries and departures", async () => {
+test("the health monitor records joins, degradations, recoveries, departures, GPU errors and unfunded leases", async () => {
   const before = new Map([["n1", "healthy"], ["n2", "healthy"], ["n3", "degraded"]]);
   const after = new Map([["n1", "healthy"], ["n2", "degraded"], ["n3", "healthy"], ["n4", "healthy"]]);
   const kinds = transitions(before, after, 1).map((t) => `${t.node}:${t.kind}`).sort();
   assert.deepEqual(kinds, ["n2:degraded", "n3:recovered", "n4:joined"]);
   assert.deepEqual(transitions(after, new Map([["n1", "healthy"]]), 2).map((t) => t.kind).sort(), ["gone", "gone", "gone"]);
 
-  let health: any = { summary: { healthy: 1 }, nodes: [{ node: "n1", ok: true, result: { status: "healthy" } }] };
+  let health: any = { summary: { healthy: 1 }, nodes: [{ node: "n1", ok: true, result: { status: "healthy", reasons: [] } }] };
+  let leases: any = { leases: [] };
   const { runtime } = stub({});
-  runtime.invoke = async () => ({ ok: true, payload: health });
+  runtime.invoke = async (request: any) => ({ ok: true, payload: request.command === "fleet.health" ? health : leases });
   const warnings: string[] = [];
   const monitor = new HealthMonitor(new Bridge(runtime, resolveConfig({})), resolveConfig({}), { info() {}, warn: (m) => warnings.push(m) });
   await monitor.poll(1);
-  health = { summary: { unreachable: 1 }, nodes: [{ node: "n1", ok: false, error: { code: "TIMEOUT", message: "t" } }] };
+  health = {
+    summary: { degraded: 1 },
+    nodes: [{ node: "n1", ok: true, result: { status: "degraded", reasons: [{ component: "gpu:GPU-1", status: "degraded", detail: "2 critical Xid errors" }] } }],
+  };
+  leases = { leases: [{ lease_id: "ls-9", state: "expired", reason: "the escrow was not funded in time" }, { lease_id: "ls-8", state: "settled" }] };
   await monitor.poll(2);
+  await monitor.poll(3);
+  health = { summary: { unreachable: 1 }, nodes: [{ node: "n1", ok: false, error: { code: "TIMEOUT", message: "t" } }] };
+  await monitor.poll(4);
   assert.deepEqual(statuses(health).get("n1"), "unreachable");
   const status: any = monitor.status();
-  assert.deepEqual(status.transitions.map((t: any) => t.kind), ["joined", "degraded"]);
+  assert.deepEqual(status.transitions.map((t: any) => t.kind), ["joined", "degraded", "gpu-errors", "lease-funding", "changed"]);
   assert.ok(warnings.some((w) => w.includes("unreachable")), warnings.join("\n"));
+  assert.ok(warnings.some((w) => w.includes("GPU problems on n1 rose from 0 to 1")), warnings.join("\n"));
+  assert.ok(warnings.some((w) => w.includes("lease ls-9 was not funded")), warnings.join("\n"));
 });
