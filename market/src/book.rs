@@ -276,6 +276,18 @@ impl OrderBook {
         now_ms: u64,
         reputation: &impl Fn(&ProviderKey) -> u32,
     ) -> Result<Match, NoMatch> {
+        self.best_match_excluding(bid, now_ms, reputation, None)
+    }
+
+    /// [`Self::best_match`] among the offers of every provider but `excluded` (a node that
+    /// buys does not lease from itself).
+    pub fn best_match_excluding(
+        &self,
+        bid: &Bid,
+        now_ms: u64,
+        reputation: &impl Fn(&ProviderKey) -> u32,
+        excluded: Option<&ProviderKey>,
+    ) -> Result<Match, NoMatch> {
         let mut best: Option<(&BookEntry, u32)> = None;
         for model in &bid.models {
             let Some(list) = self.by_model.get(model) else {
@@ -285,6 +297,9 @@ impl OrderBook {
                 let Some(entry) = self.entries.get(key) else {
                     continue;
                 };
+                if excluded == Some(&entry.provider) {
+                    continue;
+                }
                 let price = entry.offer.price_per_gpu_hour;
                 if price > bid.max_price_per_gpu_hour {
                     break;
@@ -327,7 +342,7 @@ impl OrderBook {
                     .unwrap_or(Molt::from_base_units(u64::MAX)),
                 entry: entry.clone(),
             }),
-            None => Err(self.explain(bid, now_ms, reputation)),
+            None => Err(self.explain(bid, now_ms, reputation, excluded)),
         }
     }
 
@@ -337,6 +352,7 @@ impl OrderBook {
         bid: &Bid,
         now_ms: u64,
         reputation: &impl Fn(&ProviderKey) -> u32,
+        excluded: Option<&ProviderKey>,
     ) -> NoMatch {
         let candidates: Vec<&BookEntry> = bid
             .models
@@ -344,6 +360,7 @@ impl OrderBook {
             .filter_map(|m| self.by_model.get(m))
             .flatten()
             .filter_map(|k| self.entries.get(k))
+            .filter(|e| excluded != Some(&e.provider))
             .collect();
         let models = bid.models.join(" or ");
         if candidates.is_empty() {
@@ -525,6 +542,21 @@ mod tests {
         let favour_three = |p: &ProviderKey| if p[0] == 3 { 90 } else { 10 };
         let m = book.best_match(&bid("3", 4), NOW, &favour_three).unwrap();
         assert_eq!(m.entry.provider, [3; 32], "reputation breaks the price tie");
+    }
+
+    #[test]
+    fn a_buyer_never_matches_its_own_offer() {
+        let mut book = OrderBook::new("localnet");
+        book.insert(entry(1, 1, "1", 8)).unwrap();
+        book.insert(entry(2, 1, "2", 8)).unwrap();
+        let m = book
+            .best_match_excluding(&bid("3", 1), NOW, &no_rep, Some(&[1; 32]))
+            .unwrap();
+        assert_eq!(m.entry.provider, [2; 32]);
+        let why = book
+            .best_match_excluding(&bid("1.5", 1), NOW, &no_rep, Some(&[1; 32]))
+            .unwrap_err();
+        assert_eq!(why.considered, 1, "its own offer is not even considered");
     }
 
     #[test]

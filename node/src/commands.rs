@@ -493,6 +493,7 @@ impl NodeCommands {
                     .await?
                     .map_err(store_failure)?;
                 tracing::info!(cordoned = cordon, "node cordon changed");
+                s.market.offers_changed();
                 Ok(json!({ "cordoned": cordon }))
             }
             "node.drain" => {
@@ -501,6 +502,7 @@ impl NodeCommands {
                 blocking(move || store.set_cordoned(true))
                     .await?
                     .map_err(store_failure)?;
+                s.market.offers_changed();
                 let outcomes = s.workloads.drain(idempotency_key.as_deref()).await?;
                 Ok(json!({ "cordoned": true, "workloads": outcomes }))
             }

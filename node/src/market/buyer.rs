@@ -216,7 +216,8 @@ impl Market {
                 .book
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            book.best_match(&bid, now_ms(), &|p| self.reputation_of(p))
+            let own = self.inner.dir.identity().public_key().to_bytes();
+            book.best_match_excluding(&bid, now_ms(), &|p| self.reputation_of(p), Some(&own))
         };
         let matched = match matched {
             Ok(matched) => matched,

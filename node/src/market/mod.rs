@@ -530,6 +530,11 @@ impl Market {
         Ok(encode_blob(&envelope.to_bytes()))
     }
 
+    /// The node's GPUs or cordon changed outside the market: publish its offers again now.
+    pub fn offers_changed(&self) {
+        self.inner.offers_changed.notify_one();
+    }
+
     /// A peer connected: publish the offers again shortly (once its subscriptions are known), so
     /// that its book has them without waiting for their renewal.
     pub fn peer_connected(&self) {
