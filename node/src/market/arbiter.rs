@@ -17,9 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use solana_signer::Signer as _;
 
-use super::{
-    Market, address, chain_failure, decode_blob, encode_blob, failure, now_ms, open_signed,
-};
+use super::{Market, address, chain_failure, decode_blob, failure, now_ms, open_signed};
 
 /// `market.arbitrate`.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -166,24 +164,9 @@ impl Market {
         } else {
             escrow.terms.provider
         };
-        let (blockhash, _) = chain
-            .client
-            .latest_blockhash()
-            .await
-            .map_err(chain_failure)?;
-        let mut tx = escrow
-            .settlement_transaction(
-                &chain.mint,
-                release,
-                &cosigner,
-                [&escrow.terms.arbiter, &cosigner],
-                blockhash,
-            )
-            .map_err(chain_failure)?;
-        tx.try_partial_sign(&[arbiter], blockhash)
-            .map_err(|e| failure(ErrorCode::Internal, format!("signing: {e}")))?;
-        let wire =
-            bincode1::serialize(&tx).map_err(|e| failure(ErrorCode::Internal, e.to_string()))?;
+        let settlement = self
+            .half_signed_settlement(&escrow, release, &cosigner)
+            .await?;
         tracing::info!(lease = %terms.lease_id, %caller, ruling, to_provider = %release.to_provider, to_buyer = %release.to_buyer, "arbitrated");
         Ok(json!({
             "lease_id": terms.lease_id,
@@ -191,7 +174,7 @@ impl Market {
             "ruling": ruling,
             "to_provider": release.to_provider.to_string(),
             "to_buyer": release.to_buyer.to_string(),
-            "settlement": encode_blob(&wire),
+            "settlement": settlement,
         }))
     }
 

@@ -460,6 +460,39 @@ impl Market {
             .ok_or_else(|| failure(ErrorCode::NotFound, format!("no lease {lease_id} here")))
     }
 
+    /// A settlement of `escrow` paying `release`, fees paid by `other_signer`, signed for the
+    /// multisig by this node's wallet and `other_signer`, with this wallet's signature only: the
+    /// wire form, base-64, for `other_signer` to check, co-sign and send.
+    async fn half_signed_settlement(
+        &self,
+        escrow: &Escrow,
+        release: claw_market::settlement::Release,
+        other_signer: &Pubkey,
+    ) -> Result<String, InvokeFailure> {
+        let wallet = self.wallet()?;
+        let chain = self.chain()?;
+        let me = solana_signer::Signer::pubkey(wallet);
+        let (blockhash, _) = chain
+            .client
+            .latest_blockhash()
+            .await
+            .map_err(chain_failure)?;
+        let mut tx = escrow
+            .settlement_transaction(
+                &chain.mint,
+                release,
+                other_signer,
+                [&me, other_signer],
+                blockhash,
+            )
+            .map_err(chain_failure)?;
+        tx.try_partial_sign(&[wallet], blockhash)
+            .map_err(|e| failure(ErrorCode::Internal, format!("signing the settlement: {e}")))?;
+        let wire =
+            bincode1::serialize(&tx).map_err(|e| failure(ErrorCode::Internal, e.to_string()))?;
+        Ok(encode_blob(&wire))
+    }
+
     /// Checks a settlement of `escrow` that `other_signer` signed: exactly `release`, fees paid
     /// by this node's wallet, signed for the multisig by `other_signer` and this wallet. Then
     /// adds this wallet's signature and sends it.

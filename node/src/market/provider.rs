@@ -18,7 +18,7 @@ use solana_signer::Signer as _;
 use super::buyer::LeaseWorkload;
 use super::{
     LEASE_PROOF_SLACK, LeaseRecord, Market, Published, Side, address, chain_failure, decode_blob,
-    encode_blob, failure, now_ms, open_signed,
+    failure, now_ms, open_signed,
 };
 use crate::store::AdmitError;
 use crate::workloads::spec::StopParams;
@@ -639,27 +639,8 @@ impl Market {
             .as_ref()
             .ok_or_else(|| failure(ErrorCode::Internal, "completed lease without receipt"))?;
         let escrow = record.escrow()?;
-        let chain = self.chain()?;
-        let wallet = self.wallet()?;
-        let (blockhash, _) = chain
-            .client
-            .latest_blockhash()
+        self.half_signed_settlement(&escrow, receipt.release(), &escrow.terms.buyer)
             .await
-            .map_err(chain_failure)?;
-        let mut tx = escrow
-            .settlement_transaction(
-                &chain.mint,
-                receipt.release(),
-                &escrow.terms.buyer,
-                [&escrow.terms.provider, &escrow.terms.buyer],
-                blockhash,
-            )
-            .map_err(chain_failure)?;
-        tx.try_partial_sign(&[wallet], blockhash)
-            .map_err(|e| failure(ErrorCode::Internal, format!("signing the settlement: {e}")))?;
-        let wire =
-            bincode1::serialize(&tx).map_err(|e| failure(ErrorCode::Internal, e.to_string()))?;
-        Ok(encode_blob(&wire))
     }
 
     /// `market.lease.status`: where the caller's lease is on this provider.
