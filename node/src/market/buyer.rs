@@ -719,9 +719,35 @@ impl Market {
                         tracing::warn!(lease = %record.lease_id, %error, "settlement not done yet");
                     }
                 }
-                // Funded, but the workload start was interrupted; or completed but not yet
-                // settled: the provider's end step answers with the receipt and settlement.
-                LeaseState::Funded | LeaseState::Completed => {
+                // Funded, and the provider may have started the workload before this node
+                // heard of it: follow it rather than end it.
+                LeaseState::Funded => {
+                    let status = self
+                        .call_peer(
+                            &record.counterparty,
+                            "market.lease.status",
+                            json!({"lease_id": record.lease_id}),
+                        )
+                        .await;
+                    match status {
+                        Ok(status) if status["state"] == "running" => {
+                            record.workload_id = status["workload_id"].as_str().map(str::to_owned);
+                            record.started_ms = status["started_ms"].as_u64();
+                            record.advance(LeaseState::Running)?;
+                            self.save(&record).await?;
+                        }
+                        // Not started, or the provider does not answer: end it, with the
+                        // arbiter when the provider is gone.
+                        _ => {
+                            if let Err(error) = self.settle(&mut record).await {
+                                tracing::warn!(lease = %record.lease_id, %error, "settlement not done yet");
+                            }
+                        }
+                    }
+                }
+                // Completed but not yet settled: the provider's end step answers with the
+                // receipt and the settlement.
+                LeaseState::Completed => {
                     if let Err(error) = self.settle(&mut record).await {
                         tracing::warn!(lease = %record.lease_id, %error, "settlement not done yet");
                     }
