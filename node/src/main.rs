@@ -4,6 +4,7 @@ mod chain_cli;
 mod daemon;
 mod market_cli;
 mod ops;
+mod up;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -61,6 +62,9 @@ enum Command {
     Logs(ops::LogsArgs),
     /// Show whether the node is healthy, degraded or unhealthy, and why.
     Health(ops::HealthArgs),
+    /// Start a whole local fleet: the embedded chain, provider nodes, a funded buyer, and the
+    /// bridge to an OpenClaw gateway with --gateway. Ctrl-C stops it.
+    Up(up::UpArgs),
     /// Run the embedded Solana localnet: MOLT mint, funded faucet, JSON-RPC on loopback.
     Localnet(chain_cli::LocalnetArgs),
     /// The node's Solana wallet: address, balances, localnet airdrops, MOLT transfers.
@@ -193,6 +197,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Logs(args) => ops::logs(global, args),
         Command::Health(args) => ops::health(global, args),
         Command::Localnet(args) => chain_cli::localnet(global, &args),
+        Command::Up(args) => up::up(global, args),
         Command::Wallet(command) => chain_cli::wallet(global, command),
         Command::Market(command) => market_cli::market(global, command),
         Command::Audit { limit } => audit(global, limit),

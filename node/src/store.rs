@@ -601,6 +601,20 @@ impl Store {
 mod tests {
     use super::*;
 
+    /// Opens the store again after the last handle was dropped; sled's background flusher may
+    /// hold the lock for a moment longer.
+    fn reopen(path: &Path) -> Store {
+        for _ in 0..100 {
+            match Store::open(path) {
+                Err(StoreError::Locked { .. }) => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
+                other => return other.unwrap(),
+            }
+        }
+        panic!("the store stayed locked");
+    }
+
     #[test]
     fn sequences_increase_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -611,7 +625,7 @@ mod tests {
             assert!(b > a);
             b
         };
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert!(store.next_sequence().unwrap() > first);
     }
 
@@ -894,7 +908,7 @@ mod tests {
         assert_eq!(allocations.get("GPU-a").map(String::as_str), Some("wl-z"));
         assert!(!allocations.contains_key("GPU-b"));
         drop(store);
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(
             store.lease("ls-1").unwrap().unwrap().state,
             LeaseState::Expired
