@@ -40,6 +40,9 @@ pub(crate) struct GlobalArgs {
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+    /// Write logs (stderr) as one JSON object per line. The level comes from RUST_LOG.
+    #[arg(long, global = true, env = "CLAWNODE_LOG_JSON")]
+    pub(crate) log_json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,6 +159,7 @@ fn main() -> ExitCode {
         } else {
             "warn"
         },
+        cli.global.log_json,
     );
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -166,13 +170,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(default_level: &str) {
+fn init_logging(default_level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
 }
 
 fn run(cli: Cli) -> Result<()> {

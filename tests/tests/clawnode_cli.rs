@@ -224,3 +224,46 @@ fn bs58_len(text: &str) -> usize {
     }
     bytes.len() + text.chars().take_while(|&c| c == '1').count()
 }
+
+#[test]
+fn logs_can_be_json_lines_and_never_carry_the_control_token() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = Clawnode::new(&dir.path().join("node"));
+    node.ok(&["init"]);
+    let mut child = std::process::Command::new(claw_tests::workspace_binary("clawnode"))
+        .arg("--data-dir")
+        .arg(node.data_dir())
+        .args(["--log-json", "run", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .env_remove("CLAWNODE_DATA_DIR")
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("clawnode run");
+    let token_file = node.data_dir().join("control.token");
+    claw_tests::eventually(
+        std::time::Duration::from_secs(30),
+        "the control token",
+        || token_file.exists().then_some(()),
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("stderr");
+    let token = std::fs::read_to_string(&token_file).unwrap_or_default();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "the node logged nothing");
+    for line in &lines {
+        let entry: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(
+            entry["level"].is_string() && entry["fields"].is_object(),
+            "{line}"
+        );
+        assert!(
+            token.trim().is_empty() || !line.contains(token.trim()),
+            "the token was logged"
+        );
+    }
+}
