@@ -105,6 +105,20 @@ pub fn peer_id_of(key: &VerifyingKey) -> PeerId {
     PeerId::from_public_key(&public.into())
 }
 
+/// The Ed25519 public key a peer id was made from, when it embeds one (an identity multihash of
+/// an Ed25519 key, as every Clawbernetes peer id is); the inverse of [`peer_id_of`].
+pub fn ed25519_key_of(peer: &PeerId) -> Option<[u8; 32]> {
+    let multihash = peer.as_ref();
+    if multihash.code() != 0 {
+        return None;
+    }
+    libp2p_identity::PublicKey::try_decode_protobuf(multihash.digest())
+        .ok()?
+        .try_into_ed25519()
+        .ok()
+        .map(|key| key.to_bytes())
+}
+
 /// The OpenClaw view of a node identity: device id, public key and payload signatures, encoded
 /// the way the gateway expects them (lowercase hex SHA-256 id, base64url without padding).
 #[derive(Debug, Clone, Copy)]
@@ -191,5 +205,17 @@ mod tests {
         let err = NodeIdentity::load(&path).unwrap_err();
         assert!(matches!(err, KeyFileError::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains("31 bytes"));
+    }
+
+    #[test]
+    fn a_peer_id_gives_back_its_key() {
+        let identity = NodeIdentity::generate();
+        let key = identity.public_key();
+        assert_eq!(ed25519_key_of(&peer_id_of(&key)), Some(key.to_bytes()));
+        // A peer id that hashes its key (SHA-256 multihash) embeds none.
+        let mut bytes = vec![0x12, 0x20];
+        bytes.extend([7u8; 32]);
+        let hashed = PeerId::from_bytes(&bytes).expect("a peer id");
+        assert_eq!(ed25519_key_of(&hashed), None);
     }
 }

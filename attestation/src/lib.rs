@@ -40,7 +40,7 @@ pub use envelope::{
     VerifyError, unix_millis,
 };
 pub use freshness::{FreshnessChallenge, FreshnessError, FreshnessProof};
-pub use identity::{DeviceIdentity, NodeIdentity, peer_id_of};
+pub use identity::{DeviceIdentity, NodeIdentity, ed25519_key_of, peer_id_of};
 pub use inventory::{
     ComputeCapability, EccState, GpuClocks, GpuDevice, GpuLiveMetrics, GpuMetrics, GpuProcess,
     HardwareInventory, HostInfo, NvmlStatus, SimulatedGpuProfile, XidErrors,

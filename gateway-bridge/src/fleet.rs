@@ -319,7 +319,10 @@ impl FleetCommands {
             .buffer_unordered(concurrency.clamp(1, 256))
             .collect()
             .await;
-        answers.sort_by(|a, b| a.member.announcement.name.cmp(&b.member.announcement.name));
+        answers.sort_by(|a, b| {
+            (&a.member.announcement.name, a.member.peer_id)
+                .cmp(&(&b.member.announcement.name, b.member.peer_id))
+        });
         answers
     }
 
@@ -327,8 +330,8 @@ impl FleetCommands {
         let now = claw_attestation::unix_millis(std::time::SystemTime::now());
         let mut by_model: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
         let mut alerts = Vec::new();
-        let nodes: Vec<Value> = self
-            .members()
+        let members = self.members();
+        let nodes: Vec<Value> = members
             .iter()
             .map(|m| {
                 let a = &m.announcement;
@@ -372,7 +375,7 @@ impl FleetCommands {
         json!({
             "nodes": nodes,
             "node_count": nodes.len(),
-            "running_workloads": self.members().iter().map(|m| u64::from(m.announcement.running_workloads)).sum::<u64>(),
+            "running_workloads": members.iter().map(|m| u64::from(m.announcement.running_workloads)).sum::<u64>(),
             "gpus": {"total": totals.0, "free": totals.1, "allocated": totals.0 - totals.1, "simulated": totals.2},
             "gpus_by_model": by_model.iter().map(|(model, (total, free, simulated))| (model.clone(), json!({"total": total, "free": free, "allocated": total - free, "simulated": simulated}))).collect::<serde_json::Map<_, _>>(),
             "alerts": alerts,
@@ -573,24 +576,23 @@ impl FleetCommands {
             ));
         }
         // Live readings for the score, from the feasible nodes only.
-        let metrics = self
-            .fan_out(
+        // Both readings at once; each answer list is sorted by node name, so they pair up.
+        let (metrics, health) = futures::join!(
+            self.fan_out(
                 feasible.clone(),
                 "gpu.metrics",
                 &Value::Null,
                 DEFAULT_CONCURRENCY,
                 Duration::from_secs(3),
-            )
-            .await;
-        let health = self
-            .fan_out(
+            ),
+            self.fan_out(
                 feasible.clone(),
                 "node.health",
                 &Value::Null,
                 DEFAULT_CONCURRENCY,
                 Duration::from_secs(3),
-            )
-            .await;
+            ),
+        );
         let mut candidates: Vec<(f64, Value, FleetMember)> = Vec::new();
         for (m, h) in metrics.into_iter().zip(health) {
             let a = &m.member.announcement;

@@ -46,6 +46,14 @@ pub fn required_part(variable: &str, what: &str) -> Option<String> {
     }
 }
 
+/// A TCP port free on loopback right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// Runs `command` to completion, killing it after `deadline`.
 pub fn run_with_deadline(command: &mut Command, deadline: Duration) -> Output {
     let mut child = command
@@ -313,10 +321,7 @@ impl Localnet {
     /// Starts the embedded chain on a free loopback port for the initialised `node`, whose
     /// config is pointed at it, and waits for its mint.
     pub fn start(node: &Clawnode) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
         node.edit_config(|text| {
             text.replace(
@@ -426,10 +431,7 @@ pub struct OpenClawGateway {
 impl OpenClawGateway {
     /// A gateway run by `node24` from the `openclaw` package, in `dir`, allowing `allow` node commands.
     pub fn new(node24: String, openclaw: String, dir: &std::path::Path, allow: &[String]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         std::fs::create_dir_all(dir.join("home")).expect("home");
         std::fs::create_dir_all(dir.join("state")).expect("state");
         let config = serde_json::json!({

@@ -653,8 +653,7 @@ fn forged_expired_replayed_and_foreign_offers_never_reach_a_book() {
         });
         assert_eq!(offers[0]["provider"], provider.peer_id);
         let peer: claw_mesh::PeerId = provider.peer_id.parse().expect("peer id");
-        let bytes = peer.to_bytes();
-        bytes[bytes.len() - 32..].try_into().expect("ed25519 key")
+        claw_attestation::ed25519_key_of(&peer).expect("ed25519 key")
     };
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");

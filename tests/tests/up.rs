@@ -6,7 +6,7 @@ use std::io::BufRead as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use claw_tests::{Clawnode, workspace_binary};
+use claw_tests::{Clawnode, free_port, workspace_binary};
 use serde_json::Value;
 
 struct Up(Child);
@@ -16,13 +16,6 @@ impl Drop for Up {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// Starts `clawnode up` and waits for its ready line.

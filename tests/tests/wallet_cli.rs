@@ -4,7 +4,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use claw_tests::{Clawnode, eventually, workspace_binary};
+use claw_tests::{Clawnode, eventually, free_port, workspace_binary};
 
 struct Localnet(Child);
 
@@ -13,13 +13,6 @@ impl Drop for Localnet {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 fn point_at(node: &Clawnode, url: &str) {

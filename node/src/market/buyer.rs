@@ -609,7 +609,7 @@ impl Market {
         state: LeaseState,
         outcome: Option<LeaseOutcome>,
     ) {
-        let Some(key) = provider_key(provider) else {
+        let Some(key) = claw_attestation::ed25519_key_of(provider) else {
             return;
         };
         let mut known = self
@@ -617,14 +617,7 @@ impl Market {
             .reputation
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut reputation = Reputation::default();
-        reputation.record(state, outcome);
-        // Blend with what was known: a fresh computation replaces it in `market.reputation`.
-        let score = reputation.score();
-        known
-            .entry(key)
-            .and_modify(|s| *s = (*s + score) / 2)
-            .or_insert(score);
+        known.entry(key).or_default().record(state, outcome);
     }
 
     /// Withdraws the provider's remaining allowance on this node's MOLT account, if it still has
@@ -690,6 +683,16 @@ impl Market {
         Ok(record.summary())
     }
 
+    /// Where the provider says `record`'s lease is.
+    async fn provider_status(&self, record: &LeaseRecord) -> Result<Value, InvokeFailure> {
+        self.call_peer(
+            &record.counterparty,
+            "market.lease.status",
+            json!({"lease_id": record.lease_id}),
+        )
+        .await
+    }
+
     /// Buyer upkeep: follows running leases on their provider and settles those that ended.
     pub(super) async fn buyer_tick(&self) -> Result<(), InvokeFailure> {
         let records = self.on_store(crate::store::Store::leases).await?;
@@ -702,13 +705,7 @@ impl Market {
             let mut record = self.load(&record.lease_id).await?;
             match record.state {
                 LeaseState::Running => {
-                    let status = self
-                        .call_peer(
-                            &record.counterparty,
-                            "market.lease.status",
-                            json!({"lease_id": record.lease_id}),
-                        )
-                        .await;
+                    let status = self.provider_status(&record).await;
                     if let Ok(status) = status
                         && matches!(
                             status["state"].as_str(),
@@ -722,13 +719,7 @@ impl Market {
                 // Funded, and the provider may have started the workload before this node
                 // heard of it: follow it rather than end it.
                 LeaseState::Funded => {
-                    let status = self
-                        .call_peer(
-                            &record.counterparty,
-                            "market.lease.status",
-                            json!({"lease_id": record.lease_id}),
-                        )
-                        .await;
+                    let status = self.provider_status(&record).await;
                     match status {
                         Ok(status) if status["state"] == "running" => {
                             record.workload_id = status["workload_id"].as_str().map(str::to_owned);
@@ -885,12 +876,12 @@ impl Market {
                 _ => unproven += 1,
             }
         }
-        if let Some(key) = provider_key(&provider) {
+        if let Some(key) = claw_attestation::ed25519_key_of(&provider) {
             self.inner
                 .reputation
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(key, reputation.score());
+                .insert(key, reputation);
         }
         Ok(json!({
             "provider": params.provider,
@@ -910,19 +901,6 @@ pub(super) fn final_state(outcome: LeaseOutcome) -> LeaseState {
         LeaseOutcome::NeverStarted => LeaseState::Refunded,
         LeaseOutcome::Served => LeaseState::Settled,
     }
-}
-
-pub(super) fn provider_key(peer: &PeerId) -> Option<[u8; 32]> {
-    let public = libp2p_identity_key(peer)?;
-    Some(public)
-}
-
-/// The Ed25519 key inside an identity-multihash peer id.
-fn libp2p_identity_key(peer: &PeerId) -> Option<[u8; 32]> {
-    let bytes = peer.to_bytes();
-    // identity multihash (0x00, len) + protobuf PublicKey { Type = Ed25519 (1), Data (32 bytes) }
-    let key = bytes.get(bytes.len().checked_sub(32)?..)?;
-    key.try_into().ok()
 }
 
 fn chain_failure_code(error: &SettlementError) -> ErrorCode {

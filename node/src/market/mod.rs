@@ -324,7 +324,9 @@ struct Inner {
     busy: Mutex<std::collections::HashSet<String>>,
     /// When each provider was last asked for its offers, Unix ms.
     asked: Mutex<HashMap<PeerId, u64>>,
-    reputation: Mutex<HashMap<[u8; 32], u32>>,
+    /// What this node knows of each provider's record: its own leases' outcomes, replaced by the
+    /// receipts checked on chain whenever `market.reputation` asks.
+    reputation: Mutex<HashMap<[u8; 32], claw_market::lease::Reputation>>,
     /// Serialises lease steps on this node, so that two calls for one lease never interleave.
     steps: tokio::sync::Mutex<()>,
     offers_changed: tokio::sync::Notify,
@@ -625,7 +627,7 @@ impl Market {
             .reputation
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        known.get(provider).copied().unwrap_or(50)
+        known.get(provider).copied().unwrap_or_default().score()
     }
 
     /// Periodic work: publishes or renews offers, expires lapsed reservations, completes and
@@ -675,7 +677,9 @@ impl Market {
             .filter(|m| m.peer_id != local && m.announcement.free_gpu_count() > 0)
             .filter(|m| !m.announcement.cordoned)
             .map(|m| m.peer_id)
-            .filter(|peer| buyer::provider_key(peer).is_some_and(|key| !known.contains(&key)))
+            .filter(|peer| {
+                claw_attestation::ed25519_key_of(peer).is_some_and(|key| !known.contains(&key))
+            })
             .collect();
         for peer in missing {
             {
