@@ -12,6 +12,7 @@ mod config;
 mod fleet;
 mod invoke;
 mod known_peers;
+mod stats;
 mod swarm;
 
 use std::collections::HashSet;
@@ -29,6 +30,7 @@ pub use invoke::{
     MAX_COMMAND_LEN, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES,
 };
 pub use libp2p::{Multiaddr, PeerId};
+pub use stats::{GossipVerdict, MeshCounters};
 
 use swarm::{Command, EventLoop};
 
@@ -85,6 +87,7 @@ pub struct MeshHandle {
     local_peer_id: PeerId,
     commands: mpsc::Sender<Command>,
     fleet: Arc<RwLock<FleetView>>,
+    stats: Arc<stats::MeshStats>,
 }
 
 /// A running mesh node: its handle, its events, and its task.
@@ -113,6 +116,7 @@ impl Mesh {
         let (commands_tx, commands_rx) = mpsc::channel(256);
         let (events_tx, events_rx) = mpsc::channel(1024);
         let local_peer_id = identity.peer_id();
+        let stats = Arc::new(stats::MeshStats::default());
         let mut event_loop = EventLoop::new(
             swarm,
             config,
@@ -121,6 +125,7 @@ impl Mesh {
             Arc::clone(&fleet),
             handler,
             topics,
+            Arc::clone(&stats),
         );
         event_loop.start()?;
         let task = tokio::spawn(event_loop.run());
@@ -129,6 +134,7 @@ impl Mesh {
                 local_peer_id,
                 commands: commands_tx,
                 fleet,
+                stats,
             },
             events: events_rx,
             task,
@@ -140,6 +146,11 @@ impl MeshHandle {
     /// This node's peer id.
     pub fn local_peer_id(&self) -> PeerId {
         self.local_peer_id
+    }
+
+    /// Connected peers and gossip verdicts, read without asking the event loop.
+    pub fn counters(&self) -> MeshCounters {
+        self.stats.snapshot()
     }
 
     async fn ask<T>(
@@ -294,7 +305,8 @@ pub enum TopicKind {
 }
 
 impl TopicKind {
-    fn as_str(self) -> &'static str {
+    /// The topic's short name, as in its gossipsub topic and in metrics labels.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Inventory => "inventory",
             Self::Offers => "offers",

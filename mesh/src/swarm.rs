@@ -42,6 +42,7 @@ use crate::invoke::{
     MAX_RESPONSE_BYTES, precheck,
 };
 use crate::known_peers::KnownPeers;
+use crate::stats::{GossipVerdict, MeshStats};
 use crate::{MeshError, MeshEvent, TopicKind, TopicName};
 
 const INVOKE_PROTOCOL: StreamProtocol = StreamProtocol::new("/claw/invoke/1");
@@ -143,6 +144,7 @@ pub(crate) struct EventLoop {
     provided_models: HashSet<String>,
     known_peers: KnownPeers,
     listen_addrs: Vec<Multiaddr>,
+    stats: Arc<MeshStats>,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -351,6 +353,7 @@ impl EventLoop {
         fleet: Arc<RwLock<FleetView>>,
         handler: Arc<dyn InvokeHandler>,
         topics: Topics,
+        stats: Arc<MeshStats>,
     ) -> Self {
         let (answers_tx, answers_rx) = mpsc::channel(256);
         let verifier = Verifier::new()
@@ -378,6 +381,7 @@ impl EventLoop {
             provided_models: HashSet::new(),
             known_peers,
             listen_addrs: Vec::new(),
+            stats,
             config,
         }
     }
@@ -690,7 +694,8 @@ impl EventLoop {
 
     fn on_gossip(&mut self, source: PeerId, id: MessageId, message: gossipsub::Message) {
         let now = unix_millis(SystemTime::now());
-        let outcome = match self.topics.kind_of(&message.topic) {
+        let topic = self.topics.kind_of(&message.topic);
+        let outcome = match topic {
             None => Err(VerifyError::Malformed("unexpected topic".to_owned())),
             Some(TopicKind::Inventory) => {
                 self.verify_announcement(&message.data)
@@ -730,18 +735,28 @@ impl EventLoop {
                 if member.peer_id != self.local_peer_id {
                     self.record_member(member);
                 }
+                self.stats
+                    .count_gossip(TopicKind::Inventory, GossipVerdict::Accepted);
                 MessageAcceptance::Accept
             }
             Ok(Accepted::Claim(kind, envelope)) => {
+                self.stats.count_gossip(kind, GossipVerdict::Accepted);
                 self.emit(MeshEvent::Gossip {
                     kind,
                     envelope: Box::new(envelope),
                 });
                 MessageAcceptance::Accept
             }
-            Ok(Accepted::Stale) => MessageAcceptance::Ignore,
+            Ok(Accepted::Stale) => {
+                self.stats
+                    .count_gossip(TopicKind::Inventory, GossipVerdict::Ignored);
+                MessageAcceptance::Ignore
+            }
             Err(error) => {
                 tracing::warn!(%source, %error, "rejected gossip");
+                if let Some(kind) = topic {
+                    self.stats.count_gossip(kind, GossipVerdict::Rejected);
+                }
                 self.emit(MeshEvent::GossipRejected {
                     source,
                     reason: error.to_string(),
@@ -838,6 +853,8 @@ impl EventLoop {
                 peer_id, endpoint, ..
             } => {
                 tracing::debug!(peer = %peer_id, address = %endpoint.get_remote_address(), "connected");
+                self.stats
+                    .set_connected_peers(self.swarm.connected_peers().count());
                 self.emit(MeshEvent::Connected(peer_id));
             }
             SwarmEvent::ConnectionClosed {
@@ -845,6 +862,8 @@ impl EventLoop {
                 num_established: 0,
                 ..
             } => {
+                self.stats
+                    .set_connected_peers(self.swarm.connected_peers().count());
                 self.emit(MeshEvent::Disconnected(peer_id));
             }
             SwarmEvent::IncomingConnectionError {

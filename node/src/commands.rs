@@ -129,7 +129,7 @@ const COMMANDS: &[CommandSpec] = &[
     },
     CommandSpec {
         name: "node.drain",
-        description: "Cordon the node and stop every workload gracefully, reporting each",
+        description: "Cordon the node and stop every workload gracefully, reporting each; workloads that cannot be stopped now (Docker unreachable) are stopped once they can",
         role: Role::Operate,
         params: schema::<NoParams>,
     },
@@ -317,6 +317,8 @@ pub struct NodeServices {
     pub system_run: SystemRunSection,
     /// The market: order book, offers, leases.
     pub market: Market,
+    /// Invokes answered, for the metrics.
+    pub invokes: crate::metrics::InvokeMetrics,
 }
 
 /// The node's command table. Cheap to clone.
@@ -499,12 +501,20 @@ impl NodeCommands {
             "node.drain" => {
                 parse::<NoParams>(command, params)?;
                 let store = s.store.clone();
-                blocking(move || store.set_cordoned(true))
+                blocking(move || store.set_draining())
                     .await?
                     .map_err(store_failure)?;
                 s.market.offers_changed();
                 let outcomes = s.workloads.drain(idempotency_key.as_deref()).await?;
-                Ok(json!({ "cordoned": true, "workloads": outcomes }))
+                let pending = outcomes.iter().filter(|o| o.outcome != "stopped").count();
+                Ok(json!({
+                    "cordoned": true,
+                    "workloads": outcomes,
+                    "pending": pending,
+                    "note": (pending > 0).then_some(
+                        "the node keeps stopping the pending workloads every announce interval until none runs"
+                    ),
+                }))
             }
             "system.run" => {
                 let params: SystemRunParams = parse(command, params)?;
@@ -584,6 +594,11 @@ impl NodeCommands {
     /// The market service.
     pub fn market(&self) -> &Market {
         &self.services.market
+    }
+
+    /// Invokes answered so far, by command and outcome.
+    pub fn invoke_metrics(&self) -> &crate::metrics::InvokeMetrics {
+        &self.services.invokes
     }
 
     /// Checks the caller's role and the params' size, then runs the command in its own task
@@ -679,6 +694,10 @@ impl NodeCommands {
             Err(failure) => failure.code.to_string(),
         };
         tracing::info!(caller = caller_label, %role, command, outcome, duration_ms, "invoke");
+        let known = COMMANDS.iter().find(|c| c.name == command).map(|c| c.name);
+        self.services
+            .invokes
+            .record(known.unwrap_or("unknown"), &outcome);
         let record = AuditRecord {
             at_ms: claw_attestation::unix_millis(std::time::SystemTime::now()),
             caller: caller_label,

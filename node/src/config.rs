@@ -67,6 +67,18 @@ pub struct NodeConfig {
     pub market: MarketSection,
     /// Connecting this node to an OpenClaw gateway as its own node.
     pub gateway: GatewaySection,
+    /// Prometheus metrics.
+    pub metrics: MetricsSection,
+}
+
+/// Prometheus metrics at `/metrics`. Off unless `listen` is set; always on loopback, since the
+/// metrics name peers, GPUs and workloads (scrape remote nodes through an agent or tunnel).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Loopback address to serve on, e.g. `127.0.0.1:9464`; port 0 picks a free one (written to
+    /// `metrics.addr` in the data directory).
+    pub listen: Option<String>,
 }
 
 /// This node as an OpenClaw node: the gateway's URL, where its token is, and what the gateway may

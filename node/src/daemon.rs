@@ -12,6 +12,7 @@ use claw_mesh::{
 use clawnode::access::Role;
 use clawnode::commands::NodeCommands;
 use clawnode::control::{self, ControlState};
+use clawnode::metrics;
 use clawnode::workloads::Workloads;
 use clawnode::{DataDir, Store, node_services, open_gpu_probe, sign_announcement};
 use tokio::net::TcpListener;
@@ -25,6 +26,7 @@ pub(crate) struct RunOverrides {
     pub(crate) listen: Vec<String>,
     pub(crate) bootstrap: Vec<String>,
     pub(crate) gateway: Option<String>,
+    pub(crate) metrics: Option<String>,
 }
 
 /// The node's commands, served to the OpenClaw gateway with the role its config gives it.
@@ -150,6 +152,19 @@ async fn announce_forever(
         if let Err(error) = workloads.reconcile().await {
             tracing::debug!(%error, "workloads not reconciled");
         }
+        let draining = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.draining()).await
+        };
+        if matches!(draining, Ok(Ok(true))) {
+            match workloads.drain(None).await {
+                Ok(outcomes) if !outcomes.is_empty() => {
+                    tracing::info!(?outcomes, "draining: stopping what still runs");
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "draining: workloads not stopped"),
+            }
+        }
         let addrs: Vec<String> = mesh
             .listen_addrs()
             .await
@@ -244,6 +259,40 @@ pub(crate) async fn run(dir: DataDir, overrides: RunOverrides, json: bool) -> Re
     let server = tokio::spawn(control::serve(listener, state, async move {
         let _ = server_stop.wait_for(|stop| *stop).await;
     }));
+    let metrics_listen = overrides
+        .metrics
+        .clone()
+        .or_else(|| dir.config().metrics.listen.clone());
+    let metrics_addr = match metrics_listen {
+        None => None,
+        Some(listen) => {
+            let listener = TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("binding the metrics endpoint on {listen}"))?;
+            let bound = listener.local_addr()?;
+            if !bound.ip().is_loopback() {
+                bail!("the metrics endpoint must listen on loopback, not {bound}");
+            }
+            metrics::write_address(dir.root(), bound).context("recording the metrics address")?;
+            let sources = metrics::MetricsSources {
+                invokes: commands.invoke_metrics().clone(),
+                mesh: handle.clone(),
+                store: store.clone(),
+                probe: Arc::clone(&probe),
+            };
+            let mut metrics_stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let served = metrics::serve(listener, sources, async move {
+                    let _ = metrics_stop.wait_for(|stop| *stop).await;
+                })
+                .await;
+                if let Err(error) = served {
+                    tracing::error!(%error, "metrics endpoint failed");
+                }
+            });
+            Some(bound)
+        }
+    };
     let announcer = tokio::spawn(announce_forever(
         Arc::clone(&dir),
         store,
@@ -317,7 +366,12 @@ pub(crate) async fn run(dir: DataDir, overrides: RunOverrides, json: bool) -> Re
     if json {
         println!(
             "{}",
-            serde_json::json!({"peer_id": peer.to_string(), "control": bound.to_string(), "listen_addrs": joinable})
+            serde_json::json!({
+                "peer_id": peer.to_string(),
+                "control": bound.to_string(),
+                "metrics": metrics_addr.map(|a| a.to_string()),
+                "listen_addrs": joinable,
+            })
         );
     } else {
         println!("clawnode running: peer {peer}");
@@ -325,6 +379,9 @@ pub(crate) async fn run(dir: DataDir, overrides: RunOverrides, json: bool) -> Re
             "control API  http://{bound} (token in {}/control.token)",
             dir.root().display()
         );
+        if let Some(addr) = metrics_addr {
+            println!("metrics      http://{addr}/metrics");
+        }
         for addr in &joinable {
             println!("join with    --bootstrap {addr}");
         }
@@ -353,6 +410,7 @@ pub(crate) async fn run(dir: DataDir, overrides: RunOverrides, json: bool) -> Re
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     watcher.abort();
     control::remove_address(dir.root());
+    metrics::remove_address(dir.root());
     drop(stop_rx);
     match gateway_error {
         Some(error) => Err(error).context("the OpenClaw gateway connection"),

@@ -12,6 +12,7 @@ pub mod control;
 mod data_dir;
 pub mod health;
 pub mod market;
+pub mod metrics;
 pub mod store;
 pub mod system_run;
 pub mod workloads;
@@ -138,6 +139,7 @@ pub fn node_services(
         access: access::AccessPolicy::new(peer, &config.access),
         workloads,
         system_run: config.system_run.clone(),
+        invokes: metrics::InvokeMetrics::default(),
     }
 }
 

@@ -96,6 +96,10 @@ struct RunArgs {
     /// token comes from $CLAWNODE_GATEWAY_TOKEN or gateway.token_file.
     #[arg(long, value_name = "URL")]
     gateway: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (loopback only); replaces
+    /// `metrics.listen` from the config.
+    #[arg(long, value_name = "ADDR", env = "CLAWNODE_METRICS")]
+    metrics: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -195,6 +199,7 @@ fn run(cli: Cli) -> Result<()> {
                 listen: args.listen,
                 bootstrap: args.bootstrap,
                 gateway: args.gateway,
+                metrics: args.metrics,
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(daemon::run(dir, overrides, global.json))

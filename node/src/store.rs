@@ -26,6 +26,10 @@ const LEASES_TREE: &str = "leases";
 const LEASE_HOLDER_PREFIX: &str = "lease:";
 const SEQUENCE_KEY: &[u8] = b"envelope-sequence";
 const CORDONED_KEY: &[u8] = b"cordoned";
+/// `CORDONED_KEY`'s value when the node is cordoned.
+const CORDONED: u8 = 1;
+/// `CORDONED_KEY`'s value when the node is cordoned and stopping its workloads.
+const DRAINING: u8 = 2;
 const LABELS_KEY: &[u8] = b"labels";
 /// Audit records kept; older ones are dropped as new ones arrive.
 const AUDIT_RETAINED: u64 = 100_000;
@@ -264,17 +268,33 @@ impl Store {
         Ok(self.meta.get(LATEST_INVENTORY_KEY)?.map(|v| v.to_vec()))
     }
 
-    /// Whether the node is cordoned (takes no new workloads).
+    /// Whether the node is cordoned (takes no new workloads), draining or not.
     pub fn cordoned(&self) -> Result<bool, StoreError> {
         Ok(self
             .meta
             .get(CORDONED_KEY)?
-            .is_some_and(|v| v.as_ref() == [1]))
+            .is_some_and(|v| v.as_ref() == [CORDONED] || v.as_ref() == [DRAINING]))
     }
 
-    /// Cordons or uncordons the node.
+    /// Whether the node is draining: cordoned, and stopping its workloads until none runs.
+    pub fn draining(&self) -> Result<bool, StoreError> {
+        Ok(self
+            .meta
+            .get(CORDONED_KEY)?
+            .is_some_and(|v| v.as_ref() == [DRAINING]))
+    }
+
+    /// Cordons or uncordons the node (either ends a drain).
     pub fn set_cordoned(&self, cordoned: bool) -> Result<(), StoreError> {
         self.meta.insert(CORDONED_KEY, &[u8::from(cordoned)])?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Cordons the node and records that its workloads are to be stopped, so that a drain
+    /// interrupted by a Docker outage or a restart is finished later.
+    pub fn set_draining(&self) -> Result<(), StoreError> {
+        self.meta.insert(CORDONED_KEY, &[DRAINING])?;
         self.db.flush()?;
         Ok(())
     }
@@ -627,6 +647,24 @@ mod tests {
         };
         let store = reopen(dir.path());
         assert!(store.next_sequence().unwrap() > first);
+    }
+
+    #[test]
+    fn a_drain_outlives_a_restart_and_uncordon_ends_it() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert!(!store.cordoned().unwrap());
+            store.set_draining().unwrap();
+        }
+        let store = reopen(dir.path());
+        assert!(store.cordoned().unwrap());
+        assert!(store.draining().unwrap());
+        store.set_cordoned(true).unwrap();
+        assert!(store.cordoned().unwrap());
+        assert!(!store.draining().unwrap());
+        store.set_cordoned(false).unwrap();
+        assert!(!store.cordoned().unwrap());
     }
 
     #[test]
