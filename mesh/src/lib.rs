@@ -116,7 +116,6 @@ impl Mesh {
         let (commands_tx, commands_rx) = mpsc::channel(256);
         let (events_tx, events_rx) = mpsc::channel(1024);
         let local_peer_id = identity.peer_id();
-        let stats = Arc::new(stats::MeshStats::default());
         let mut event_loop = EventLoop::new(
             swarm,
             config,
@@ -125,8 +124,8 @@ impl Mesh {
             Arc::clone(&fleet),
             handler,
             topics,
-            Arc::clone(&stats),
         );
+        let stats = event_loop.stats();
         event_loop.start()?;
         let task = tokio::spawn(event_loop.run());
         Ok(Self {

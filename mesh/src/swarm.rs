@@ -353,7 +353,6 @@ impl EventLoop {
         fleet: Arc<RwLock<FleetView>>,
         handler: Arc<dyn InvokeHandler>,
         topics: Topics,
-        stats: Arc<MeshStats>,
     ) -> Self {
         let (answers_tx, answers_rx) = mpsc::channel(256);
         let verifier = Verifier::new()
@@ -381,9 +380,14 @@ impl EventLoop {
             provided_models: HashSet::new(),
             known_peers,
             listen_addrs: Vec::new(),
-            stats,
+            stats: Arc::default(),
             config,
         }
+    }
+
+    /// The counters this loop keeps, for handles to read.
+    pub(crate) fn stats(&self) -> Arc<MeshStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Starts listening, subscribes, dials bootstrap and remembered peers.
