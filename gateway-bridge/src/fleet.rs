@@ -204,6 +204,11 @@ const COMMANDS: &[Spec] = &[
         params: schema::<ForwardedParams>,
     },
     Spec {
+        name: "market.lease.cancel",
+        description: "End a lease the market node bought and settle it: pro rata for the time served, the rest back (through the market node)",
+        params: schema::<ForwardedParams>,
+    },
+    Spec {
         name: "wallet.balance",
         description: "SOL and MOLT of the market node's wallet",
         params: schema::<ForwardedParams>,
@@ -746,9 +751,11 @@ impl FleetCommands {
                     json!({ "node": member.announcement.name, "peer_id": member.peer_id.to_string(), "drain": drained }),
                 )
             }
-            "market.offers" | "market.bid" | "market.leases" | "wallet.balance" => {
-                self.forward(c, params, timeout).await
-            }
+            "market.offers"
+            | "market.bid"
+            | "market.leases"
+            | "market.lease.cancel"
+            | "wallet.balance" => self.forward(c, params, timeout).await,
             other => Err(failure(
                 "UNKNOWN_COMMAND",
                 format!("no command {other:?}; fleet.capabilities lists them"),

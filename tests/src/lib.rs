@@ -5,6 +5,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod agent_fleet;
+#[cfg(unix)]
+mod docker_proxy;
+
+pub use agent_fleet::{
+    AgentFleet, FLEET_GPU_MODEL, FleetNode, NodeSpec, plugin_path, write_secret,
+};
+#[cfg(unix)]
+pub use docker_proxy::DockerProxy;
+
 /// The path of a binary built from this workspace (`cargo build --workspace --bins`).
 ///
 /// Panics with the command to run when it has not been built: a test that needs it must fail,
@@ -206,6 +216,8 @@ pub struct RunningNode {
     pub peer_id: String,
     /// Addresses others can bootstrap from (`…/p2p/<peer id>`).
     pub listen_addrs: Vec<String>,
+    /// Where its Prometheus metrics are served (`host:port`).
+    pub metrics: String,
 }
 
 impl RunningNode {
@@ -218,6 +230,7 @@ impl RunningNode {
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(["--json", "run", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(["--metrics", "127.0.0.1:0"])
             .env_remove("CLAWNODE_DATA_DIR")
             // CLAW_TEST_NODE_LOG (a RUST_LOG filter) shows more of the nodes' logs.
             .env(
@@ -257,8 +270,14 @@ impl RunningNode {
         Self {
             child,
             peer_id: started["peer_id"].as_str().unwrap_or_default().to_owned(),
+            metrics: started["metrics"].as_str().unwrap_or_default().to_owned(),
             listen_addrs,
         }
+    }
+
+    /// Scrapes its `/metrics`: the OpenMetrics text.
+    pub fn scrape_metrics(&self) -> String {
+        http_get(&self.metrics, "/metrics")
     }
 
     /// Kills the process with SIGKILL, as a crash would.
@@ -287,6 +306,34 @@ impl Drop for RunningNode {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `GET path` from `addr` (`host:port`) over plain HTTP/1.0; the body of a 200 answer.
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP body from {addr}{path}: {answer}"));
+    let status = head.split_whitespace().nth(1);
+    assert_eq!(status, Some("200"), "{addr}{path}: {head}");
+    body.to_owned()
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed, e.g.
+/// `clawnode_invokes_total{command="gpu.list",outcome="ok"}`) in an OpenMetrics text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.split_whitespace().next()?.parse().ok()
+    })
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, or panics with `what` after `limit`.

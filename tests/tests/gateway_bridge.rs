@@ -10,13 +10,12 @@
 //!
 //! Needs Node 24 with openclaw, the Docker Engine and the local test image (`scripts/test.sh`).
 
-use std::io::BufRead as _;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use claw_tests::{
-    Clawnode, OpenClawGateway, RunningNode, TOKEN, eventually, required_part, run_with_deadline,
-    workspace_binary,
+    AgentFleet, NodeSpec, TOKEN, eventually, required_part, run_with_deadline, workspace_binary,
+    write_secret,
 };
 use serde_json::{Value, json};
 
@@ -53,40 +52,6 @@ fn check_contract(contract: &Value, command: &str, answer: &Value) {
     }
 }
 
-struct Bridge(Child);
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Removes the containers of the fleet's nodes when dropped.
-struct Containers(Vec<String>);
-
-impl Drop for Containers {
-    fn drop(&mut self) {
-        for peer in &self.0 {
-            let output = run_with_deadline(
-                Command::new("docker").args([
-                    "ps",
-                    "-aq",
-                    "--filter",
-                    &format!("label=io.clawbernetes.node={peer}"),
-                ]),
-                Duration::from_secs(30),
-            );
-            for id in String::from_utf8_lossy(&output.stdout).lines() {
-                let _ = run_with_deadline(
-                    Command::new("docker").args(["rm", "-f", id]),
-                    Duration::from_secs(30),
-                );
-            }
-        }
-    }
-}
-
 #[test]
 fn the_bridge_presents_three_nodes_as_one_openclaw_node() {
     let (Some(node24), Some(openclaw), Some(image)) = (
@@ -99,151 +64,35 @@ fn the_bridge_presents_three_nodes_as_one_openclaw_node() {
     ) else {
         return;
     };
-    let dir = tempfile::tempdir().expect("temp dir");
-    // No command allowlist: the plugin's node-invoke policy lets the bridge's commands through.
-    let mut gateway = OpenClawGateway::new(node24, openclaw, &dir.path().join("gateway"), &[]);
-    let plugin =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin/openclaw-clawbernetes");
-    gateway.install_plugin(&plugin, json!({"healthIntervalMs": 1000}));
+    let mut fleet = AgentFleet::start(
+        node24,
+        openclaw,
+        &[
+            NodeSpec::new("n1", 2),
+            NodeSpec::new("n2", 1),
+            NodeSpec::new("n3", 2),
+        ],
+        1,
+        json!({"healthIntervalMs": 1000}),
+    );
     let inspected =
-        gateway.cli_local(&["plugins", "inspect", "clawbernetes", "--runtime", "--json"]);
+        fleet
+            .gateway
+            .cli_local(&["plugins", "inspect", "clawbernetes", "--runtime", "--json"]);
     let inspected: Value = serde_json::from_slice(&inspected.stdout).expect("plugins inspect JSON");
     assert_eq!(inspected["plugin"]["status"], "loaded", "{inspected}");
     assert_eq!(
         inspected["plugin"]["toolNames"].as_array().map(Vec::len),
-        Some(11)
+        Some(12)
     );
     assert_eq!(inspected["services"], json!(["clawbernetes-health"]));
     assert_eq!(
         inspected["gatewayMethods"],
         json!(["clawbernetes.fleet-status"])
     );
-    gateway.start();
-
-    // The bridge's identity first: the nodes give it the operate role.
-    let bridge_dir = dir.path().join("bridge");
-    let identity = run_with_deadline(
-        Command::new(workspace_binary("claw-bridge"))
-            .args(["identity", "--data-dir"])
-            .arg(&bridge_dir),
-        Duration::from_secs(30),
-    );
-    assert!(identity.status.success());
-    let identity: Value = serde_json::from_slice(&identity.stdout).expect("identity JSON");
-    let bridge_peer = identity["peer_id"].as_str().expect("peer").to_owned();
-    let device_id = identity["device_id"].as_str().expect("device").to_owned();
-
-    // n1 to n3 sell their GPUs; n2 is also the bridge's market node, and holds the chain.
-    let clis: Vec<(&str, Clawnode)> = [("n1", 2), ("n2", 1), ("n3", 2)]
-        .into_iter()
-        .map(|(name, gpus)| {
-            let cli = Clawnode::new(&dir.path().join(name));
-            cli.ok(&[
-                "init",
-                "--simulated-gpu",
-                &format!("NVIDIA H100 80GB HBM3:{gpus}:81559"),
-            ]);
-            (name, cli)
-        })
-        .collect();
-    let localnet = claw_tests::Localnet::start(&clis[1].1);
-    clis[1]
-        .1
-        .ok(&["wallet", "airdrop", "--sol", "5", "--molt", "100"]);
-    let mut nodes: Vec<(Clawnode, RunningNode)> = Vec::new();
-    for (name, cli) in clis {
-        let chain = if name == "n2" {
-            String::new()
-        } else {
-            localnet.chain_config()
-        };
-        cli.configure_market(
-            &format!(
-                "arbiter = {:?}\nprice_per_gpu_hour = \"1\"\n",
-                localnet.faucet
-            ),
-            &chain,
-        );
-        cli.edit_config(|text| {
-            text.replace("operators = []", &format!("operators = [{bridge_peer:?}]"))
-                .replace(
-                    "[node.labels]\n",
-                    &format!("[node]\nname = {name:?}\n\n[node.labels]\n"),
-                )
-        });
-        let bootstrap = nodes
-            .first()
-            .map(|(_, r)| r.listen_addrs.clone())
-            .unwrap_or_default();
-        let running = RunningNode::start(&cli, &bootstrap);
-        nodes.push((cli, running));
-    }
-    let market_node = nodes[1].1.peer_id.clone();
-    let _containers = Containers(nodes.iter().map(|(_, r)| r.peer_id.clone()).collect());
-    let token_file = dir.path().join("bridge.token");
-    std::fs::write(&token_file, TOKEN).expect("token");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))
-            .expect("0600");
-    }
-    let mut child = Command::new(workspace_binary("claw-bridge"))
-        .args(["run", "--data-dir"])
-        .arg(&bridge_dir)
-        .args(["--gateway", &gateway.url(), "--token-file"])
-        .arg(&token_file)
-        .args([
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--allow-colocated-peers",
-            "--bootstrap",
-            &nodes[0].1.listen_addrs[0],
-            "--market-node",
-            &market_node,
-        ])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("claw-bridge run");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("the bridge's first line");
-    let _bridge = Bridge(child);
-    let started: Value = serde_json::from_str(&line).expect("bridge JSON");
-    assert_eq!(started["device_id"], device_id.as_str());
-
-    let request = eventually(
-        Duration::from_secs(60),
-        "the bridge's pending surface",
-        || {
-            let pending = gateway.cli_json(&["nodes", "pending", "--json"])?;
-            pending.as_array()?.iter().find_map(|p| {
-                (p["nodeId"] == device_id.as_str())
-                    .then(|| p["requestId"].as_str().map(str::to_owned))
-                    .flatten()
-            })
-        },
-    );
-    assert!(
-        gateway
-            .cli(&["nodes", "approve", &request])
-            .status
-            .success()
-    );
-    let call = |command: &str, params: &Value| -> Result<Value, String> {
-        let output = gateway.invoke(&device_id, command, &params.to_string());
-        if output.status.success() {
-            let answer: Value =
-                serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())?;
-            Ok(answer["payload"].clone())
-        } else {
-            Err(String::from_utf8_lossy(&output.stderr).into_owned())
-        }
-    };
+    let call = |command: &str, params: &Value| fleet.call(command, params);
+    let gateway = &fleet.gateway;
+    let device_id = fleet.device_id.clone();
 
     // One call for the whole fleet, from the bridge's mesh view.
     let status = eventually(
@@ -477,33 +326,27 @@ fn the_bridge_presents_three_nodes_as_one_openclaw_node() {
     );
 
     // The gateway restarts: the bridge reconnects on its own.
-    gateway.stop();
-    gateway.start();
+    fleet.gateway.stop();
+    fleet.gateway.start();
     eventually(
         Duration::from_secs(60),
         "fleet.status after the restart",
         || {
-            let output = gateway.invoke(&device_id, "fleet.status", "{}");
+            let output = fleet.gateway.invoke(&device_id, "fleet.status", "{}");
             let answer: Value = serde_json::from_slice(&output.stdout).ok()?;
             (output.status.success() && answer["payload"]["node_count"] == 3).then_some(())
         },
     );
 
     // A bridge with a wrong token stops at once with a clear error.
-    let wrong_token = dir.path().join("wrong.token");
-    std::fs::write(&wrong_token, "not-the-token").expect("token");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&wrong_token, std::fs::Permissions::from_mode(0o600))
-            .expect("0600");
-    }
+    let wrong_token = fleet.dir.path().join("wrong.token");
+    write_secret(&wrong_token, "not-the-token");
     let started = std::time::Instant::now();
     let refused = run_with_deadline(
         Command::new(workspace_binary("claw-bridge"))
             .args(["run", "--data-dir"])
-            .arg(dir.path().join("bridge-2"))
-            .args(["--gateway", &gateway.url(), "--token-file"])
+            .arg(fleet.dir.path().join("bridge-2"))
+            .args(["--gateway", &fleet.gateway.url(), "--token-file"])
             .arg(&wrong_token)
             .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
             .env("RUST_LOG", "warn"),

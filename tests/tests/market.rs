@@ -744,5 +744,19 @@ fn forged_expired_replayed_and_foreign_offers_never_reach_a_book() {
         ["0.9", "1.5"],
         "only the honest offers are in the book"
     );
+    // The provider, the rogues' first hop, counted what it refused to forward.
+    let scraped = provider
+        .running
+        .as_ref()
+        .expect("the provider runs")
+        .scrape_metrics();
+    let refused = claw_tests::metric(
+        &scraped,
+        r#"clawnode_gossip_messages_total{topic="offers",verdict="rejected"}"#,
+    );
+    assert!(
+        refused.is_some_and(|n| n >= 3.0),
+        "forged, expired and replayed offers are counted as rejected: {scraped}"
+    );
     drop(provider);
 }

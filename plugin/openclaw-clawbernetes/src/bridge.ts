@@ -48,6 +48,7 @@ export const BRIDGE_COMMANDS = [
   "market.offers",
   "market.bid",
   "market.leases",
+  "market.lease.cancel",
   "wallet.balance",
 ] as const;
 

@@ -47,6 +47,13 @@ export function fundingProblems(leases: any): { id: string; reason: string }[] {
     .map((l: any) => ({ id: l.lease_id, reason: l.reason }));
 }
 
+/** How bad a node status is: a move to a worse one is a degradation. */
+function severity(status: string): number {
+  const order = ["healthy", "degraded", "unhealthy", "unreachable"];
+  const at = order.indexOf(status);
+  return at === -1 ? order.length : at;
+}
+
 /** What changed between two polls. */
 export function transitions(before: Map<string, string>, after: Map<string, string>, at: number): Transition[] {
   const out: Transition[] = [];
@@ -54,7 +61,7 @@ export function transitions(before: Map<string, string>, after: Map<string, stri
     const from = before.get(node) ?? null;
     if (from === to) continue;
     const kind =
-      from === null ? "joined" : to === "healthy" ? "recovered" : from === "healthy" ? "degraded" : "changed";
+      from === null ? "joined" : to === "healthy" ? "recovered" : severity(to) > severity(from) ? "degraded" : "changed";
     out.push({ at, node, from, to, kind });
   }
   for (const [node, from] of before) {

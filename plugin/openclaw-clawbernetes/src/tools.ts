@@ -210,7 +210,16 @@ export function fleetTools(bridge: Bridge): Tool[] {
       description: "Cordon a node and stop its workloads gracefully. Confirm with the user first.",
       parameters: object({ node: str("Node name or peer id") }, ["node"]),
       command: "fleet.drain",
-      render: (a) => `${a.node} drained: ${plural((a.drain?.workloads ?? []).length, "workload")} stopped; cordoned ${a.drain?.cordoned}`,
+      render: (a) => {
+        const workloads: any[] = a.drain?.workloads ?? [];
+        const pending = workloads.filter((w) => w.outcome !== "stopped");
+        const line = `${a.node} cordoned; ${workloads.length - pending.length} of ${plural(workloads.length, "workload")} stopped`;
+        if (pending.length === 0) return line;
+        return [
+          `${line}; ${pending.length} still running: the node stops them as soon as it can`,
+          ...pending.map((w) => `- ${w.workload}: ${w.outcome}`),
+        ].join("\n");
+      },
     }),
     tool(bridge, {
       name: "claw_market_offers",
@@ -274,6 +283,18 @@ export function fleetTools(bridge: Bridge): Tool[] {
         for (const l of a.leases ?? []) lines.push(`- ${l.lease_id} (${l.side}): ${l.state}, ${l.amount} MOLT`);
         return lines.join("\n");
       },
+    }),
+    tool(bridge, {
+      name: "claw_lease_end",
+      label: "End lease",
+      description:
+        "End a lease the market node bought and settle it on chain: the provider is paid pro rata for the time served and the rest comes back. Confirm with the user first: the workload stops.",
+      parameters: object({ lease_id: str("The lease") }, ["lease_id"]),
+      command: "market.lease.cancel",
+      render: (a) =>
+        a.to_provider == null
+          ? `lease ${a.lease_id}: ${a.state}${a.reason ? ` (${a.reason})` : ""}`
+          : `lease ${a.lease_id} ${a.state}: ${a.to_provider} MOLT to the provider for ${a.served_secs} s served, ${a.to_buyer} MOLT back`,
     }),
     tool(bridge, {
       name: "claw_wallet",

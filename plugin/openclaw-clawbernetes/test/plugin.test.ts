@@ -69,6 +69,7 @@ const toolCommands: Record<string, string> = {
   claw_market_offers: "market.offers",
   claw_market_bid: "market.bid",
   claw_leases: "market.leases",
+  claw_lease_end: "market.lease.cancel",
   claw_wallet: "wallet.balance",
 };
 
@@ -138,11 +139,12 @@ test("without a connected bridge the tools say how to start one", async () => {
 });
 
 test("the health monitor records joins, degradations, recoveries, departures, GPU errors and unfunded leases", async () => {
-  const before = new Map([["n1", "healthy"], ["n2", "healthy"], ["n3", "degraded"]]);
-  const after = new Map([["n1", "healthy"], ["n2", "degraded"], ["n3", "healthy"], ["n4", "healthy"]]);
+  const before = new Map([["n1", "healthy"], ["n2", "healthy"], ["n3", "degraded"], ["n5", "degraded"], ["n6", "unhealthy"]]);
+  const after = new Map([["n1", "healthy"], ["n2", "degraded"], ["n3", "healthy"], ["n4", "healthy"], ["n5", "unhealthy"], ["n6", "degraded"]]);
   const kinds = transitions(before, after, 1).map((t) => `${t.node}:${t.kind}`).sort();
-  assert.deepEqual(kinds, ["n2:degraded", "n3:recovered", "n4:joined"]);
-  assert.deepEqual(transitions(after, new Map([["n1", "healthy"]]), 2).map((t) => t.kind).sort(), ["gone", "gone", "gone"]);
+  // Worse is a degradation from any status; better but not healthy is a change.
+  assert.deepEqual(kinds, ["n2:degraded", "n3:recovered", "n4:joined", "n5:degraded", "n6:changed"]);
+  assert.deepEqual(transitions(after, new Map([["n1", "healthy"]]), 2).map((t) => t.kind).sort(), ["gone", "gone", "gone", "gone", "gone"]);
 
   let health: any = { summary: { healthy: 1 }, nodes: [{ node: "n1", ok: true, result: { status: "healthy", reasons: [] } }] };
   let leases: any = { leases: [] };
@@ -162,7 +164,7 @@ test("the health monitor records joins, degradations, recoveries, departures, GP
   await monitor.poll(4);
   assert.deepEqual(statuses(health).get("n1"), "unreachable");
   const status: any = monitor.status();
-  assert.deepEqual(status.transitions.map((t: any) => t.kind), ["joined", "degraded", "gpu-errors", "lease-funding", "changed"]);
+  assert.deepEqual(status.transitions.map((t: any) => t.kind), ["joined", "degraded", "gpu-errors", "lease-funding", "degraded"]);
   assert.ok(warnings.some((w) => w.includes("unreachable")), warnings.join("\n"));
   assert.ok(warnings.some((w) => w.includes("GPU problems on n1 rose from 0 to 1")), warnings.join("\n"));
   assert.ok(warnings.some((w) => w.includes("lease ls-9 was not funded")), warnings.join("\n"));

@@ -1,0 +1,308 @@
+//! A whole fleet as the agent meets it: `clawnode run` processes on loopback selling their
+//! (simulated) GPUs on the embedded chain, `claw-bridge run` joined to their mesh and approved as
+//! a node of a real OpenClaw gateway, and the OpenClaw plugin loaded in that gateway. Tests speak
+//! to it as the agent does: through the plugin's tools.
+
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::{
+    Clawnode, Localnet, OpenClawGateway, RunningNode, TOKEN, eventually, run_with_deadline,
+    workspace_binary,
+};
+
+/// One provider node of an [`AgentFleet`].
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// Its name in the fleet (`node.name`).
+    pub name: &'static str,
+    /// How many simulated H100s it has (none: only the GPUs NVML finds).
+    pub gpus: u32,
+    /// Its price, MOLT per GPU-hour (it sells its GPUs when given).
+    pub price: Option<&'static str>,
+    /// A Docker socket other than the default (`workloads.docker_socket`).
+    pub docker_socket: Option<PathBuf>,
+}
+
+impl NodeSpec {
+    /// A node with `gpus` simulated H100s, selling at 1 MOLT per GPU-hour.
+    pub fn new(name: &'static str, gpus: u32) -> Self {
+        Self {
+            name,
+            gpus,
+            price: Some("1"),
+            docker_socket: None,
+        }
+    }
+}
+
+/// The GPU model every node of an [`AgentFleet`] simulates.
+pub const FLEET_GPU_MODEL: &str = "NVIDIA H100 80GB HBM3";
+
+/// A running node of the fleet.
+#[derive(Debug)]
+pub struct FleetNode {
+    /// Its name.
+    pub name: &'static str,
+    /// Its CLI.
+    pub cli: Clawnode,
+    /// The process.
+    pub process: RunningNode,
+}
+
+/// The fleet, the bridge and the gateway; everything is stopped, and the nodes' containers
+/// removed, when dropped.
+#[derive(Debug)]
+pub struct AgentFleet {
+    bridge: Child,
+    /// The provider nodes, in the order given.
+    pub nodes: Vec<FleetNode>,
+    /// The gateway, with the plugin loaded.
+    pub gateway: OpenClawGateway,
+    /// The bridge's OpenClaw device id.
+    pub device_id: String,
+    /// The embedded chain, held by the market node.
+    pub localnet: Localnet,
+    /// Everything on disk.
+    pub dir: tempfile::TempDir,
+}
+
+impl AgentFleet {
+    /// Starts the gateway with the plugin (`plugin_config`), the nodes of `specs` (the one at
+    /// `market_node` also holds the chain, has 100 MOLT, and is the bridge's market node), and
+    /// the bridge; approves the bridge and waits until it sees every node.
+    pub fn start(
+        node24: String,
+        openclaw: String,
+        specs: &[NodeSpec],
+        market_node: usize,
+        plugin_config: Value,
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // No command allowlist: the plugin's node-invoke policy lets the bridge's commands through.
+        let mut gateway = OpenClawGateway::new(node24, openclaw, &dir.path().join("gateway"), &[]);
+        gateway.install_plugin(&plugin_path(), plugin_config);
+        gateway.start();
+
+        // The bridge's identity first: the nodes give it the operate role.
+        let bridge_dir = dir.path().join("bridge");
+        let identity = run_with_deadline(
+            Command::new(workspace_binary("claw-bridge"))
+                .args(["identity", "--data-dir"])
+                .arg(&bridge_dir),
+            Duration::from_secs(30),
+        );
+        assert!(identity.status.success());
+        let identity: Value =
+            serde_json::from_slice(&identity.stdout).expect("claw-bridge identity JSON");
+        let bridge_peer = identity["peer_id"].as_str().expect("peer").to_owned();
+        let device_id = identity["device_id"].as_str().expect("device").to_owned();
+
+        let clis: Vec<Clawnode> = specs
+            .iter()
+            .map(|spec| {
+                let cli = Clawnode::new(&dir.path().join(spec.name));
+                let simulated = format!("{FLEET_GPU_MODEL}:{}:81559", spec.gpus);
+                if spec.gpus == 0 {
+                    cli.ok(&["init"]);
+                } else {
+                    cli.ok(&["init", "--simulated-gpu", &simulated]);
+                }
+                cli
+            })
+            .collect();
+        let localnet = Localnet::start(&clis[market_node]);
+        clis[market_node].ok(&["wallet", "airdrop", "--sol", "5", "--molt", "100"]);
+        let mut nodes: Vec<FleetNode> = Vec::new();
+        for (index, (spec, cli)) in specs.iter().zip(clis).enumerate() {
+            let chain = if index == market_node {
+                String::new()
+            } else {
+                localnet.chain_config()
+            };
+            let mut market = format!("arbiter = {:?}\n", localnet.faucet);
+            if let Some(price) = spec.price {
+                market.push_str(&format!("price_per_gpu_hour = {price:?}\n"));
+            }
+            cli.configure_market(&market, &chain);
+            cli.edit_config(|text| {
+                let mut text = text
+                    .replace("operators = []", &format!("operators = [{bridge_peer:?}]"))
+                    .replace(
+                        "[node.labels]\n",
+                        &format!("[node]\nname = {:?}\n\n[node.labels]\n", spec.name),
+                    );
+                if let Some(socket) = &spec.docker_socket {
+                    text = text.replace(
+                        "[workloads]\n",
+                        &format!("[workloads]\ndocker_socket = {:?}\n", socket.display()),
+                    );
+                }
+                text
+            });
+            let bootstrap = nodes
+                .first()
+                .map(|n| n.process.listen_addrs.clone())
+                .unwrap_or_default();
+            let process = RunningNode::start(&cli, &bootstrap);
+            nodes.push(FleetNode {
+                name: spec.name,
+                cli,
+                process,
+            });
+        }
+
+        let token_file = dir.path().join("bridge.token");
+        write_secret(&token_file, TOKEN);
+        let mut child = Command::new(workspace_binary("claw-bridge"))
+            .args(["run", "--data-dir"])
+            .arg(&bridge_dir)
+            .args(["--gateway", &gateway.url(), "--token-file"])
+            .arg(&token_file)
+            .args([
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--allow-colocated-peers",
+                "--bootstrap",
+                &nodes[0].process.listen_addrs[0],
+                "--market-node",
+                &nodes[market_node].process.peer_id,
+            ])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("claw-bridge run");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the bridge's first line");
+        let started: Value = serde_json::from_str(&line).expect("bridge JSON");
+        assert_eq!(started["device_id"], device_id.as_str());
+        let fleet = Self {
+            bridge: child,
+            nodes,
+            gateway,
+            device_id,
+            localnet,
+            dir,
+        };
+
+        let request = eventually(
+            Duration::from_secs(60),
+            "the bridge's pending surface",
+            || {
+                let pending = fleet.gateway.cli_json(&["nodes", "pending", "--json"])?;
+                pending.as_array()?.iter().find_map(|p| {
+                    (p["nodeId"] == fleet.device_id.as_str())
+                        .then(|| p["requestId"].as_str().map(str::to_owned))
+                        .flatten()
+                })
+            },
+        );
+        assert!(
+            fleet
+                .gateway
+                .cli(&["nodes", "approve", &request])
+                .status
+                .success()
+        );
+        let expected = specs.len();
+        eventually(
+            Duration::from_secs(60),
+            "every node in fleet.status",
+            || {
+                let status = fleet.call("fleet.status", &json!({})).ok()?;
+                (status["node_count"] == expected).then_some(())
+            },
+        );
+        fleet
+    }
+
+    /// A bridge command through `openclaw nodes invoke`: its payload, or the CLI's error text.
+    pub fn call(&self, command: &str, params: &Value) -> Result<Value, String> {
+        let output = self
+            .gateway
+            .invoke(&self.device_id, command, &params.to_string());
+        if output.status.success() {
+            let answer: Value =
+                serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())?;
+            Ok(answer["payload"].clone())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
+    }
+
+    /// An agent tool through the gateway: the text the agent reads, and the details.
+    pub fn tool(&self, tool: &str, args: Value) -> (String, Value) {
+        let answer = self.gateway.tool(tool, args);
+        assert_eq!(answer["ok"], true, "{tool}: {answer}");
+        let text = answer["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{tool} answered no text: {answer}"))
+            .to_owned();
+        (text, answer["result"]["details"].clone())
+    }
+
+    /// The node named `name`.
+    pub fn node(&self, name: &str) -> &FleetNode {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name} in the fleet"))
+    }
+
+    /// The containers Docker runs for the node named `name` (running ones only).
+    pub fn running_containers(&self, name: &str) -> Vec<String> {
+        containers_of(&self.node(name).process.peer_id, false)
+    }
+}
+
+impl Drop for AgentFleet {
+    fn drop(&mut self) {
+        let _ = self.bridge.kill();
+        let _ = self.bridge.wait();
+        for node in &self.nodes {
+            for id in containers_of(&node.process.peer_id, true) {
+                let _ = run_with_deadline(
+                    Command::new("docker").args(["rm", "-f", &id]),
+                    Duration::from_secs(30),
+                );
+            }
+        }
+    }
+}
+
+/// The containers labelled with `peer`'s node id (all of them, or the running ones).
+fn containers_of(peer: &str, all: bool) -> Vec<String> {
+    let filter = format!("label=io.clawbernetes.node={peer}");
+    let mut args = vec!["ps", "-q", "--filter", &filter];
+    if all {
+        args.push("-a");
+    }
+    let output = run_with_deadline(Command::new("docker").args(&args), Duration::from_secs(30));
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The OpenClaw plugin's folder.
+pub fn plugin_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin/openclaw-clawbernetes")
+}
+
+/// Writes `text` to `path`, readable by its owner only.
+pub fn write_secret(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("secret file");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("0600");
+    }
+}

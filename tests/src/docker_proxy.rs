@@ -1,0 +1,146 @@
+//! A Docker Engine socket that a test can stop: a Unix-socket proxy to the real engine. A node
+//! pointed at it (`workloads.docker_socket`) loses its Docker when the proxy stops (the socket
+//! disappears and open connections are cut, as when `dockerd` stops) and gets it back when the
+//! proxy resumes; every other user of the engine is unaffected.
+
+use std::io::ErrorKind;
+use std::net::Shutdown;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// The proxy; stopped when dropped.
+#[derive(Debug)]
+pub struct DockerProxy {
+    path: PathBuf,
+    upstream: PathBuf,
+    running: Option<Running>,
+}
+
+#[derive(Debug)]
+struct Running {
+    stop: Arc<AtomicBool>,
+    accept: JoinHandle<()>,
+    connections: Arc<Mutex<Vec<UnixStream>>>,
+}
+
+/// The engine's own socket: `DOCKER_HOST` when it names a Unix socket, else the default.
+fn engine_socket() -> PathBuf {
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"))
+}
+
+impl DockerProxy {
+    /// Serves a proxy of the engine's socket at `path`.
+    pub fn start(path: &Path) -> Self {
+        let mut proxy = Self {
+            path: path.to_path_buf(),
+            upstream: engine_socket(),
+            running: None,
+        };
+        proxy.resume();
+        proxy
+    }
+
+    /// The proxy's socket.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Docker stops for the proxy's users: the socket goes away and open connections are cut.
+    pub fn stop(&mut self) {
+        let Some(running) = self.running.take() else {
+            return;
+        };
+        running.stop.store(true, Ordering::SeqCst);
+        let _ = running.accept.join();
+        for stream in running
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+
+    /// Docker is back.
+    pub fn resume(&mut self) {
+        if self.running.is_some() {
+            return;
+        }
+        let _ = std::fs::remove_file(&self.path);
+        let listener = UnixListener::bind(&self.path)
+            .unwrap_or_else(|e| panic!("binding {}: {e}", self.path.display()));
+        listener.set_nonblocking(true).expect("non-blocking accept");
+        let stop = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let accept = {
+            let (stop, connections, upstream) = (
+                Arc::clone(&stop),
+                Arc::clone(&connections),
+                self.upstream.clone(),
+            );
+            std::thread::spawn(move || accept_loop(&listener, &upstream, &stop, &connections))
+        };
+        self.running = Some(Running {
+            stop,
+            accept,
+            connections,
+        });
+    }
+}
+
+impl Drop for DockerProxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn accept_loop(
+    listener: &UnixListener,
+    upstream: &Path,
+    stop: &AtomicBool,
+    connections: &Mutex<Vec<UnixStream>>,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        let client = match listener.accept() {
+            Ok((client, _)) => client,
+            Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let _ = client.set_nonblocking(false);
+        let Ok(engine) = UnixStream::connect(upstream) else {
+            let _ = client.shutdown(Shutdown::Both);
+            continue;
+        };
+        let (Ok(client_copy), Ok(engine_copy)) = (client.try_clone(), engine.try_clone()) else {
+            continue;
+        };
+        {
+            let mut open = connections.lock().unwrap_or_else(PoisonError::into_inner);
+            if let (Ok(a), Ok(b)) = (client.try_clone(), engine.try_clone()) {
+                open.push(a);
+                open.push(b);
+            }
+        }
+        std::thread::spawn(move || pipe(client, engine_copy));
+        std::thread::spawn(move || pipe(engine, client_copy));
+    }
+}
+
+/// Copies `from` to `to` until either side closes, then closes both directions.
+fn pipe(mut from: UnixStream, mut to: UnixStream) {
+    let _ = std::io::copy(&mut from, &mut to);
+    let _ = to.shutdown(Shutdown::Write);
+    let _ = from.shutdown(Shutdown::Read);
+}

@@ -1,0 +1,574 @@
+//! The seed's conversations, one test each, at the level the agent works at: the OpenClaw
+//! plugin's tools, called through a real OpenClaw gateway, answered by `claw-bridge` from a fleet
+//! of `clawnode run` processes on loopback running real containers on the Docker Engine and
+//! settling MOLT on the embedded chain.
+//!
+//! - ML training: what the fleet has, then a job placed on the node with the free GPUs.
+//! - Multi-node batch processing: one job on every node, a result per node, and a clear failure
+//!   for the node that cannot run it.
+//! - GPU cluster monitoring: the health report finds the node whose Docker stopped; the node is
+//!   drained, its workloads stop as soon as Docker is back, and the work runs elsewhere.
+//! - Cost optimisation with MOLT: providers rent out idle GPUs, the cheapest offer is found, bid
+//!   on, leased and run, and the lease is ended and settled on chain.
+//! - "GPU 2 seems slow": live NVML readings per GPU; where the machine has no NVIDIA GPU the test
+//!   says it was skipped and why.
+//!
+//! Each test runs its own fleet; they take turns, as each fleet is several processes and a gateway.
+//! Needs Node 24 with openclaw, the Docker Engine and the local test image (`scripts/test.sh`).
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use claw_tests::{AgentFleet, Clawnode, DockerProxy, NodeSpec, eventually, metric, required_part};
+use serde_json::{Value, json};
+
+/// A workload that runs until stopped, and stops at once on SIGTERM.
+const SERVE: [&str; 3] = ["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"];
+
+/// One fleet at a time.
+static ONE_FLEET: Mutex<()> = Mutex::new(());
+
+fn one_fleet() -> MutexGuard<'static, ()> {
+    ONE_FLEET.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Node 24, openclaw and the test image, or `None` (said on stderr) outside `scripts/test.sh`.
+fn parts() -> Option<(String, String, String)> {
+    match (
+        required_part("CLAW_NODE24", "Node 24 for the OpenClaw gateway"),
+        required_part("CLAW_OPENCLAW", "the openclaw package"),
+        required_part(
+            "CLAW_TEST_IMAGE",
+            "the Docker Engine and the local busybox test image",
+        ),
+    ) {
+        (Some(node24), Some(openclaw), Some(image)) => Some((node24, openclaw, image)),
+        _ => None,
+    }
+}
+
+fn lines(text: &str) -> Vec<&str> {
+    text.lines().collect()
+}
+
+/// "I need to fine-tune on 4 GPUs": the agent reads the fleet and the GPU inventory, deploys, and
+/// the bridge places the job on the only node with 4 free GPUs; the next job goes where GPUs are
+/// still free, and one that fits nowhere is refused with the reason.
+#[test]
+fn ml_training_finds_the_free_gpus_and_deploys_there() {
+    let Some((node24, openclaw, image)) = parts() else {
+        return;
+    };
+    let _turn = one_fleet();
+    let fleet = AgentFleet::start(
+        node24,
+        openclaw,
+        &[
+            NodeSpec::new("n1", 4),
+            NodeSpec::new("n2", 1),
+            NodeSpec::new("n3", 2),
+        ],
+        1,
+        json!({}),
+    );
+
+    let (text, _) = fleet.tool("claw_fleet_status", json!({}));
+    assert_eq!(
+        lines(&text)[0],
+        "3 nodes; GPUs: 7 total, 7 free, 0 allocated (7 simulated); 0 running workloads",
+        "{text}"
+    );
+    let (text, inventory) = fleet.tool("claw_gpu_inventory", json!({"model": "H100"}));
+    assert!(text.starts_with("7 GPUs, 7 free"), "{text}");
+    let on_n1 = inventory["gpus"]
+        .as_array()
+        .expect("gpus")
+        .iter()
+        .filter(|g| g["node"] == "n1" && g["simulated"] == true)
+        .count();
+    assert_eq!(on_n1, 4, "{inventory}");
+
+    // "Deploying... workload fine-tune running."
+    let (text, deployed) = fleet.tool(
+        "claw_deploy",
+        json!({"image": image, "command": SERVE, "gpus": 4, "name": "fine-tune"}),
+    );
+    assert_eq!(
+        deployed["node"], "n1",
+        "only n1 has 4 free GPUs: {deployed}"
+    );
+    assert_eq!(deployed["workload"]["state"], "running", "{deployed}");
+    assert!(
+        text.starts_with(&format!(
+            "deployed {} (running) on n1",
+            deployed["workload"]["id"].as_str().expect("id")
+        )),
+        "{text}"
+    );
+    assert_eq!(fleet.running_containers("n1").len(), 1);
+
+    // The fleet now shows the four GPUs taken, and the job.
+    let text = eventually(Duration::from_secs(20), "the job in fleet status", || {
+        let (text, status) = fleet.tool("claw_fleet_status", json!({}));
+        (status["running_workloads"] == 1).then_some(text)
+    });
+    assert!(text.contains("7 total, 3 free, 4 allocated"), "{text}");
+    assert!(text.contains("- n1: 0/4 GPUs free, 1 workload"), "{text}");
+
+    // A 2-GPU job goes to n3, where two are free; a third fits nowhere.
+    let (_, second) = fleet.tool(
+        "claw_deploy",
+        json!({"image": image, "command": SERVE, "gpus": 2}),
+    );
+    assert_eq!(second["node"], "n3", "{second}");
+    assert_eq!(fleet.running_containers("n3").len(), 1);
+    let (text, _) = fleet.tool(
+        "claw_deploy",
+        json!({"image": image, "command": SERVE, "gpus": 2}),
+    );
+    assert!(text.starts_with("error CONFLICT"), "{text}");
+    assert!(text.contains("no node has 2 free GPU(s)"), "{text}");
+}
+
+/// "Run this data processing job on every node": one call starts it everywhere; each node
+/// answers for itself, the node without enough GPUs says why, and the others complete it.
+#[test]
+fn batch_job_runs_on_every_node_with_a_result_for_each() {
+    let Some((node24, openclaw, image)) = parts() else {
+        return;
+    };
+    let _turn = one_fleet();
+    let fleet = AgentFleet::start(
+        node24,
+        openclaw,
+        &[
+            NodeSpec::new("n1", 2),
+            NodeSpec::new("n2", 1),
+            NodeSpec::new("n3", 2),
+        ],
+        1,
+        json!({}),
+    );
+
+    let job = json!({
+        "image": image,
+        "command": ["sh", "-c", "echo processed $((6 * 7)) records"],
+        "gpus": 2,
+        "name": "batch",
+    });
+    let (text, answer) = fleet.tool(
+        "claw_multi_invoke",
+        json!({"command": "workload.run", "params": job}),
+    );
+    let report = lines(&text);
+    assert_eq!(
+        report[0], "workload.run on 3 nodes: 2 succeeded, 1 failed",
+        "{text}"
+    );
+    let n2 = report
+        .iter()
+        .find(|l| l.starts_with("- n2: "))
+        .expect("a line for n2");
+    assert!(n2.starts_with("- n2: error CONFLICT: "), "{text}");
+    assert!(
+        n2.contains("GPU"),
+        "the failure names what is missing: {n2}"
+    );
+    for node in ["n1", "n3"] {
+        assert!(
+            report
+                .iter()
+                .any(|l| l.starts_with(&format!("- {node}: ok ("))),
+            "{text}"
+        );
+    }
+    let started: Vec<(String, String)> = answer["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter(|r| r["ok"] == true)
+        .map(|r| {
+            (
+                r["node"].as_str().expect("node").to_owned(),
+                r["result"]["id"].as_str().expect("workload id").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(started.len(), 2, "{answer}");
+
+    // Both runs complete, with exit code 0 and their output.
+    let exited = eventually(Duration::from_secs(60), "both batch runs to exit", || {
+        let (_, listed) = fleet.tool("claw_workloads", json!({"state": "exited"}));
+        let done: Vec<Value> = listed["workloads"]
+            .as_array()?
+            .iter()
+            .filter(|w| w["name"] == "batch")
+            .cloned()
+            .collect();
+        (done.len() == 2).then_some(done)
+    });
+    assert!(exited.iter().all(|w| w["exit_code"] == 0), "{exited:?}");
+    for (node, id) in &started {
+        let (text, logs) = fleet.tool(
+            "claw_multi_invoke",
+            json!({"command": "workload.logs", "params": {"workload": id}, "nodes": [node]}),
+        );
+        assert!(text.contains("1 succeeded, 0 failed"), "{text}");
+        assert!(
+            logs["results"][0]["result"]
+                .to_string()
+                .contains("processed 42 records"),
+            "{logs}"
+        );
+    }
+}
+
+/// "Give me a daily health report" — one node's Docker has stopped, and the report says which
+/// and why. "Do it": the node is drained. Its workload cannot be stopped while Docker is down, so
+/// the node keeps at it, and once Docker is back the workload is gone from it. The work is
+/// deployed again and lands elsewhere, never on the cordoned node.
+#[test]
+fn daily_health_report_then_drain_the_degraded_node() {
+    let Some((node24, openclaw, image)) = parts() else {
+        return;
+    };
+    let _turn = one_fleet();
+    let sockets = tempfile::tempdir().expect("temp dir");
+    let mut docker = DockerProxy::start(&sockets.path().join("docker.sock"));
+    let mut n3 = NodeSpec::new("n3", 2);
+    n3.docker_socket = Some(docker.path().to_path_buf());
+    let fleet = AgentFleet::start(
+        node24,
+        openclaw,
+        &[NodeSpec::new("n1", 2), NodeSpec::new("n2", 1), n3],
+        1,
+        json!({"healthIntervalMs": 1000}),
+    );
+
+    // A workload on n3, as the day began.
+    let (text, started) = fleet.tool(
+        "claw_multi_invoke",
+        json!({
+            "command": "workload.run",
+            "params": {"image": image, "command": SERVE, "gpus": 2, "name": "inference"},
+            "nodes": ["n3"],
+        }),
+    );
+    assert!(text.contains("1 succeeded, 0 failed"), "{text}");
+    let workload = started["results"][0]["result"]["id"]
+        .as_str()
+        .expect("workload id")
+        .to_owned();
+    assert_eq!(fleet.running_containers("n3").len(), 1);
+
+    // Docker stops on n3.
+    docker.stop();
+    let report = eventually(
+        Duration::from_secs(30),
+        "n3 unhealthy in the health report",
+        || {
+            let (text, _) = fleet.tool("claw_node_health", json!({}));
+            text.lines()
+                .any(|l| l.starts_with("- n3: unhealthy"))
+                .then_some(text)
+        },
+    );
+    let n3_line = report
+        .lines()
+        .find(|l| l.starts_with("- n3: "))
+        .expect("n3's line");
+    assert!(
+        n3_line.contains("docker: "),
+        "the reason is Docker: {report}"
+    );
+    assert!(report.contains("1 unhealthy"), "{report}");
+    for healthy in ["n1", "n2"] {
+        let line = report
+            .lines()
+            .find(|l| l.starts_with(&format!("- {healthy}: ")))
+            .expect("a line per node");
+        assert!(!line.contains("unhealthy"), "{report}");
+    }
+    // The plugin's health service saw n3 go bad, and logs it as a transition.
+    let watched = eventually(
+        Duration::from_secs(30),
+        "n3's transition in the health service",
+        || {
+            let output =
+                fleet
+                    .gateway
+                    .cli(&["gateway", "call", "clawbernetes.fleet-status", "--json"]);
+            let status: Value = serde_json::from_slice(&output.stdout).ok()?;
+            status["transitions"]
+                .as_array()?
+                .iter()
+                .find(|t| t["node"] == "n3" && t["to"] == "unhealthy")
+                .cloned()
+        },
+    );
+    assert_eq!(watched["kind"], "degraded", "{watched}");
+
+    // "Do it": drain n3. Docker is down, so the workload is still running, and the node says so.
+    let (text, drained) = fleet.tool("claw_drain", json!({"node": "n3"}));
+    assert!(
+        text.starts_with("n3 cordoned; 0 of 1 workload stopped; 1 still running"),
+        "{text}"
+    );
+    assert_eq!(drained["drain"]["pending"], 1, "{drained}");
+    assert_eq!(fleet.running_containers("n3").len(), 1);
+
+    // Docker is back: the node finishes the drain on its own.
+    docker.resume();
+    eventually(Duration::from_secs(30), "n3's container to stop", || {
+        fleet.running_containers("n3").is_empty().then_some(())
+    });
+    let remaining = eventually(
+        Duration::from_secs(30),
+        "n3's workload to leave the running list",
+        || {
+            let (text, listed) =
+                fleet.tool("claw_workloads", json!({"node": "n3", "state": "running"}));
+            (listed["workloads"].as_array()?.is_empty()).then_some(text)
+        },
+    );
+    assert!(remaining.starts_with("0 workloads"), "{remaining}");
+    let (_, stopped) = fleet.tool("claw_workloads", json!({"node": "n3"}));
+    assert!(
+        stopped["workloads"]
+            .as_array()
+            .expect("workloads")
+            .iter()
+            .any(|w| w["id"] == workload.as_str() && w["state"] == "stopped"),
+        "{stopped}"
+    );
+    // n3 is healthy again but cordoned: the work runs elsewhere.
+    let (_, moved) = fleet.tool(
+        "claw_deploy",
+        json!({"image": image, "command": SERVE, "gpus": 2, "name": "inference"}),
+    );
+    assert_eq!(moved["node"], "n1", "n3 is cordoned, n2 too small: {moved}");
+    eventually(
+        Duration::from_secs(20),
+        "n3 cordoned and empty, the work on n1",
+        || {
+            let (text, _) = fleet.tool("claw_fleet_status", json!({}));
+            (text.contains("- n3: 2/2 GPUs free, 0 workloads, cordoned")
+                && text.contains("- n1: 0/2 GPUs free, 1 workload"))
+            .then_some(())
+        },
+    );
+
+    // n3's own metrics tell the same story.
+    let scraped = fleet.node("n3").process.scrape_metrics();
+    assert_eq!(
+        metric(
+            &scraped,
+            r#"clawnode_invokes_total{command="node.drain",outcome="ok"}"#
+        ),
+        Some(1.0),
+        "{scraped}"
+    );
+    assert_eq!(
+        metric(&scraped, r#"clawnode_workloads{state="stopped"}"#),
+        Some(1.0),
+        "{scraped}"
+    );
+}
+
+/// "Can I rent out GPUs?" and "Find me cheap H100s": two providers sell their idle GPUs at their
+/// prices, the agent finds the offers cheapest first, bids within the budget and gets a running
+/// lease from the cheapest, then ends it; the lease settles on chain pro rata, to the base unit,
+/// and the provider's metrics count what it was paid.
+#[test]
+fn molt_rent_out_find_the_cheapest_bid_lease_run_settle() {
+    let Some((node24, openclaw, image)) = parts() else {
+        return;
+    };
+    let _turn = one_fleet();
+    let mut buyer = NodeSpec::new("buyer", 1);
+    buyer.price = None;
+    let mut dear = NodeSpec::new("dear", 2);
+    dear.price = Some("1.5");
+    let mut cheap = NodeSpec::new("cheap", 2);
+    cheap.price = Some("0.95");
+    let fleet = AgentFleet::start(node24, openclaw, &[dear, buyer, cheap], 1, json!({}));
+
+    // The providers' idle GPUs are on offer, cheapest first.
+    let (text, offers) = eventually(
+        Duration::from_secs(30),
+        "both providers' offers in the book",
+        || {
+            let (text, offers) = fleet.tool("claw_market_offers", json!({}));
+            (offers["offers"].as_array()?.len() == 2).then_some((text, offers))
+        },
+    );
+    let listed: Vec<(&str, &str)> = offers["offers"]
+        .as_array()
+        .expect("offers")
+        .iter()
+        .map(|o| {
+            (
+                o["node"].as_str().unwrap_or_default(),
+                o["price_per_gpu_hour"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(listed, [("cheap", "0.95"), ("dear", "1.5")], "{offers}");
+    assert!(text.contains("MOLT/GPU-hour"), "{text}");
+
+    // Bid at most 1 MOLT per GPU-hour for one H100 for an hour: the cheap provider's lease runs.
+    let (text, bid) = fleet.tool(
+        "claw_market_bid",
+        json!({
+            "models": ["NVIDIA H100 80GB HBM3"], "gpus": 1, "hours": 1, "max_price": "1",
+            "accept_simulated": true, "workload": {"image": image, "command": SERVE},
+        }),
+    );
+    let lease = &bid["lease"];
+    assert_eq!(lease["state"], "running", "{bid}");
+    assert_eq!(lease["amount"], "0.95", "{bid}");
+    let lease_id = lease["lease_id"].as_str().expect("lease id").to_owned();
+    assert!(
+        text.starts_with(&format!("lease {lease_id} running: 0.95 MOLT")),
+        "{text}"
+    );
+    assert_eq!(fleet.running_containers("cheap").len(), 1);
+    assert!(fleet.running_containers("dear").is_empty());
+    let (_, wallet) = fleet.tool("claw_wallet", json!({}));
+    assert_eq!(wallet["molt"], "99.05", "0.95 MOLT in escrow: {wallet}");
+
+    // Ended after a few seconds: paid pro rata for the time served, the rest back.
+    std::thread::sleep(Duration::from_secs(2));
+    let (text, ended) = fleet.tool("claw_lease_end", json!({"lease_id": lease_id}));
+    assert_eq!(ended["state"], "settled", "{ended}");
+    let served = ended["served_secs"].as_u64().expect("served seconds");
+    assert!(served >= 1, "{ended}");
+    let to_provider = 950_000 * served / 3600;
+    let base_units = |molt: &Value| -> u64 {
+        let text = molt.as_str().expect("a MOLT amount");
+        let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+        whole.parse::<u64>().expect("whole MOLT") * 1_000_000
+            + format!("{fraction:0<6}").parse::<u64>().expect("fraction")
+    };
+    assert_eq!(base_units(&ended["to_provider"]), to_provider, "{ended}");
+    assert_eq!(
+        base_units(&ended["to_buyer"]),
+        950_000 - to_provider,
+        "{ended}"
+    );
+    assert!(
+        text.starts_with(&format!("lease {lease_id} settled: ")),
+        "{text}"
+    );
+    let (_, wallet) = fleet.tool("claw_wallet", json!({}));
+    assert_eq!(
+        base_units(&wallet["molt"]),
+        100_000_000 - to_provider,
+        "{wallet}"
+    );
+    let (text, _) = fleet.tool("claw_leases", json!({}));
+    assert!(
+        text.contains(&format!("- {lease_id} (buyer): settled")),
+        "{text}"
+    );
+
+    // The provider's container is gone; its metrics count the lease and what it was paid.
+    eventually(
+        Duration::from_secs(20),
+        "the provider's container to stop",
+        || fleet.running_containers("cheap").is_empty().then_some(()),
+    );
+    let scraped = eventually(
+        Duration::from_secs(30),
+        "the settled lease in the provider's metrics",
+        || {
+            let scraped = fleet.node("cheap").process.scrape_metrics();
+            (metric(
+                &scraped,
+                r#"clawnode_leases{side="provider",state="settled"}"#,
+            ) == Some(1.0))
+            .then_some(scraped)
+        },
+    );
+    assert_eq!(
+        metric(
+            &scraped,
+            r#"clawnode_molt_settled_base_units_total{side="provider",to="provider"}"#
+        ),
+        Some(to_provider as f64),
+        "{scraped}"
+    );
+    assert!(
+        metric(
+            &scraped,
+            r#"clawnode_gossip_messages_total{topic="inventory",verdict="accepted"}"#
+        )
+        .is_some_and(|n| n > 0.0),
+        "{scraped}"
+    );
+    assert!(
+        metric(&scraped, "clawnode_mesh_peers").is_some_and(|n| n >= 2.0),
+        "{scraped}"
+    );
+}
+
+/// "GPU 2 seems slow": the agent reads every GPU's live utilisation, temperature and throttle
+/// reasons from NVML. That needs an NVIDIA GPU; on a machine without one the test says it was
+/// skipped, and why.
+#[test]
+fn slow_gpu_is_diagnosed_from_live_nvml_readings() {
+    let Some((node24, openclaw, _image)) = parts() else {
+        return;
+    };
+    let probe_dir = tempfile::tempdir().expect("temp dir");
+    let probe = Clawnode::new(probe_dir.path());
+    probe.ok(&["init"]);
+    let inventory = probe.ok(&["--json", "inventory"]).json();
+    let real_gpus = inventory["inventory"]["gpus"]
+        .as_array()
+        .expect("the signed inventory's GPUs")
+        .iter()
+        .filter(|g| g["simulated"] == false)
+        .count();
+    if real_gpus == 0 {
+        eprintln!(
+            "SKIPPED: this machine has no NVIDIA GPU (NVML: {}), so there are no live \
+             utilisation, temperature or throttle readings to diagnose; the test runs in full \
+             on a machine with one",
+            inventory["inventory"]["nvml"]
+        );
+        return;
+    }
+    let _turn = one_fleet();
+    let mut gpu_node = NodeSpec::new("gpu-node", 0);
+    gpu_node.price = None;
+    let fleet = AgentFleet::start(
+        node24,
+        openclaw,
+        &[gpu_node, NodeSpec::new("n2", 1)],
+        1,
+        json!({}),
+    );
+    let (text, live) = fleet.tool("claw_gpu_inventory", json!({"live": true}));
+    let real: Vec<&Value> = live["gpus"]
+        .as_array()
+        .expect("gpus")
+        .iter()
+        .filter(|g| g["node"] == "gpu-node")
+        .collect();
+    assert_eq!(real.len(), real_gpus, "{text}");
+    let (text, metrics) = fleet.tool(
+        "claw_multi_invoke",
+        json!({"command": "gpu.metrics", "nodes": ["gpu-node"]}),
+    );
+    assert!(text.contains("1 succeeded"), "{text}");
+    let readings = metrics["results"][0]["result"]["gpus"]
+        .as_array()
+        .expect("readings");
+    assert_eq!(readings.len(), real_gpus, "{metrics}");
+    for reading in readings {
+        assert!(reading["utilization_gpu_pct"].is_u64(), "{reading}");
+        assert!(reading["temperature_c"].is_u64(), "{reading}");
+        assert!(reading["throttle_reasons"].is_array(), "{reading}");
+    }
+}
