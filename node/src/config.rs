@@ -544,6 +544,23 @@ impl NodeConfig {
                 ));
             }
         }
+        if let Some(listen) = &self.metrics.listen {
+            match listen.parse::<std::net::SocketAddr>() {
+                Ok(addr) if addr.ip().is_loopback() => {}
+                _ => {
+                    return invalid(format!(
+                        "metrics.listen {listen:?} must be a loopback address with a port"
+                    ));
+                }
+            }
+        }
+        for address in &self.mesh.bootstrap {
+            if !address.contains("/p2p/") || address.parse::<claw_mesh::Multiaddr>().is_err() {
+                return invalid(format!(
+                    "mesh.bootstrap: {address:?} is not a multiaddr ending in /p2p/<peer id>"
+                ));
+            }
+        }
         for peer in self.access.operators.iter().chain(&self.access.admins) {
             if peer.parse::<claw_mesh::PeerId>().is_err() {
                 return invalid(format!("access: {peer:?} is not a peer id"));

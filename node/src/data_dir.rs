@@ -183,6 +183,27 @@ impl DataDir {
         &self.config
     }
 
+    /// Changes the config through `edit`, validates it, and writes it back (atomically; every
+    /// setting `edit` leaves alone is kept). A running node reads it at its next start.
+    pub fn update_config(
+        &mut self,
+        edit: impl FnOnce(&mut NodeConfig),
+    ) -> Result<&NodeConfig, DataDirError> {
+        let mut config = self.config.clone();
+        edit(&mut config);
+        config.validate()?;
+        let path = self.root.join(CONFIG_FILE);
+        let tmp = path.with_extension("toml.tmp");
+        fs::write(&tmp, config.to_toml())
+            .and_then(|()| fs::rename(&tmp, &path))
+            .map_err(|source| DataDirError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+        self.config = config;
+        Ok(&self.config)
+    }
+
     /// Opens the node's store. Only one process may hold it at a time.
     pub fn open_store(&self) -> Result<Store, DataDirError> {
         Ok(Store::open(&self.root.join(STORE_DIR))?)

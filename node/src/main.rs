@@ -49,6 +49,9 @@ pub(crate) struct GlobalArgs {
 enum Command {
     /// Create the node identity, a Solana wallet and a default config.
     Init(InitArgs),
+    /// Change settings in the node's config.toml, keeping every other one; safe to repeat
+    /// (node/deploy/bootstrap.sh uses it). A running node reads them at its next start.
+    Configure(ConfigureArgs),
     /// Show the node's peer id, OpenClaw device id and wallet address.
     Identity,
     /// Read the hardware, sign the inventory and show it.
@@ -99,6 +102,32 @@ struct RunArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (loopback only); replaces
     /// `metrics.listen` from the config.
     #[arg(long, value_name = "ADDR", env = "CLAWNODE_METRICS")]
+    metrics: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ConfigureArgs {
+    /// The node's name in the fleet (`node.name`).
+    #[arg(long)]
+    name: Option<String>,
+    /// The OpenClaw gateway to connect to as a node (`gateway.url`), e.g. ws://10.0.0.2:18789.
+    #[arg(long, value_name = "URL")]
+    gateway: Option<String>,
+    /// The file holding the gateway token (`gateway.token_file`; keep it 0600).
+    #[arg(long, value_name = "PATH")]
+    gateway_token_file: Option<String>,
+    /// A peer to join through, ending in /p2p/<peer id> (repeatable; added to `mesh.bootstrap`
+    /// unless already there).
+    #[arg(long, value_name = "MULTIADDR")]
+    bootstrap: Vec<String>,
+    /// Mesh addresses to listen on (repeatable; replace `mesh.listen`).
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<String>,
+    /// A peer given the operate role (repeatable; added to `access.operators` unless there).
+    #[arg(long, value_name = "PEER_ID")]
+    operator: Vec<String>,
+    /// Serve Prometheus metrics on this loopback address (`metrics.listen`).
+    #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
 }
 
@@ -191,6 +220,7 @@ fn run(cli: Cli) -> Result<()> {
     let global = &cli.global;
     match cli.command {
         Command::Init(args) => init(global, args),
+        Command::Configure(args) => configure(global, args),
         Command::Identity => identity(global),
         Command::Inventory(args) => inventory(global, args),
         Command::Run(args) => {
@@ -281,6 +311,45 @@ fn fleet(global: &GlobalArgs) -> Result<()> {
         &rows,
     );
     println!("\n{} node(s)", members.len());
+    Ok(())
+}
+
+fn configure(global: &GlobalArgs, args: ConfigureArgs) -> Result<()> {
+    let mut dir = DataDir::open(&global.data_dir)?;
+    let config = dir
+        .update_config(|config| {
+            if let Some(name) = args.name {
+                config.node.name = Some(name);
+            }
+            if let Some(url) = args.gateway {
+                config.gateway.url = Some(url);
+            }
+            if let Some(file) = args.gateway_token_file {
+                config.gateway.token_file = Some(file);
+            }
+            for peer in args.bootstrap {
+                if !config.mesh.bootstrap.contains(&peer) {
+                    config.mesh.bootstrap.push(peer);
+                }
+            }
+            if !args.listen.is_empty() {
+                config.mesh.listen = args.listen;
+            }
+            for operator in args.operator {
+                if !config.access.operators.contains(&operator) {
+                    config.access.operators.push(operator);
+                }
+            }
+            if let Some(metrics) = args.metrics {
+                config.metrics.listen = Some(metrics);
+            }
+        })
+        .context("updating the config")?;
+    if global.json {
+        print_json(&serde_json::to_value(config).context("config as JSON")?);
+    } else {
+        println!("updated {}", dir.root().join("config.toml").display());
+    }
     Ok(())
 }
 
