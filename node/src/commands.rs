@@ -27,7 +27,7 @@ use crate::config::SystemRunSection;
 use crate::health::{HealthInputs, assess};
 use crate::market::{
     ArbitrateParams, BidParams, CancelParams, EndParams, FundParams, LeaseRequestParams,
-    LeasesParams, Market, OffersParams, ReceiptsParams, ReputationParams, RevokeParams,
+    LeasesParams, Market, OffersParams, ReceiptsParams, ReputationParams, RevokeParams, SellParams,
     StatusParams,
 };
 use crate::store::{AuditRecord, Store};
@@ -180,6 +180,12 @@ const COMMANDS: &[CommandSpec] = &[
         description: "Run a program inside a workload's running container",
         role: Role::Operate,
         params: schema::<ExecParams>,
+    },
+    CommandSpec {
+        name: "market.sell",
+        description: "Rent out this node's free GPUs at a price per GPU-hour (or change it), or stop selling; offers are published or withdrawn at once",
+        role: Role::Operate,
+        params: schema::<SellParams>,
     },
     CommandSpec {
         name: "market.offers",
@@ -545,6 +551,7 @@ impl NodeCommands {
             "workload.stats" => Ok(s.workloads.stats(parse(command, params)?).await?),
             "container.exec" => Ok(s.workloads.exec(parse(command, params)?).await?),
             "market.offers" => s.market.offers(parse(command, params)?),
+            "market.sell" => s.market.sell(parse(command, params)?).await,
             "market.bid" => {
                 s.market
                     .bid(parse(command, params)?, idempotency_key.as_deref())

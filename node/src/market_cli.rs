@@ -1,5 +1,5 @@
-//! `clawnode market`: the order book, bids that lease in one step (with progress while the
-//! escrow is funded and the workload starts), leases, and cancelling a lease.
+//! `clawnode market`: the order book, selling this node's GPUs, bids that lease in one step (with
+//! progress while the escrow is funded and the workload starts), leases, and cancelling a lease.
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
@@ -31,6 +31,15 @@ pub(crate) enum MarketCommand {
         /// Only leases in this state.
         #[arg(long)]
         state: Option<String>,
+    },
+    /// Rent out this node's free GPUs at a price per GPU-hour (or change it), or stop selling.
+    Sell {
+        /// MOLT per GPU-hour.
+        #[arg(long, required_unless_present = "stop", conflicts_with = "stop")]
+        price: Option<String>,
+        /// Withdraw the offers; running leases go on.
+        #[arg(long)]
+        stop: bool,
     },
     /// End a lease this node bought, and settle it on chain.
     Cancel {
@@ -239,6 +248,45 @@ pub(crate) fn market(global: &GlobalArgs, command: MarketCommand) -> Result<()> 
                 ],
                 &rows,
             );
+            Ok(())
+        }
+        MarketCommand::Sell { price, stop } => {
+            let params = match price {
+                Some(price) if !stop => json!({"price_per_gpu_hour": price}),
+                _ => json!({"stop": true}),
+            };
+            let answer = call(global, "market.sell", params, None)?;
+            if global.json {
+                print_json(&answer);
+            } else {
+                if answer["selling"] == true {
+                    println!(
+                        "selling at {} MOLT/GPU-hour",
+                        text(&answer["price_per_gpu_hour"])
+                    );
+                } else {
+                    println!("not selling; offers withdrawn");
+                }
+                let rows: Vec<Vec<String>> = answer["offers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|o| {
+                        vec![
+                            text(&o["gpu_model"]),
+                            o["gpus"].to_string(),
+                            text(&o["price_per_gpu_hour"]),
+                            if o["withdrawn"] == true {
+                                "withdrawn"
+                            } else {
+                                "on offer"
+                            }
+                            .to_owned(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["MODEL", "GPUS", "MOLT/GPU-H", "OFFER"], &rows);
+            }
             Ok(())
         }
         MarketCommand::Cancel { lease_id } => {

@@ -31,6 +31,10 @@ const CORDONED: u8 = 1;
 /// `CORDONED_KEY`'s value when the node is cordoned and stopping its workloads.
 const DRAINING: u8 = 2;
 const LABELS_KEY: &[u8] = b"labels";
+/// The selling decision made at run time with `market.sell`.
+const SELLING_KEY: &[u8] = b"market-selling";
+/// `SELLING_KEY`'s value when the node sells nothing.
+const NOT_SELLING: &[u8] = b"stop";
 /// Audit records kept; older ones are dropped as new ones arrive.
 const AUDIT_RETAINED: u64 = 100_000;
 /// How often (in appended records) old audit records are trimmed.
@@ -295,6 +299,23 @@ impl Store {
     /// interrupted by a Docker outage or a restart is finished later.
     pub fn set_draining(&self) -> Result<(), StoreError> {
         self.meta.insert(CORDONED_KEY, &[DRAINING])?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The selling decision made at run time (`market.sell`), which overrides the config's
+    /// price: `Some(Some(price))` sells at that price per GPU-hour, `Some(None)` sells nothing,
+    /// and `None` (never decided) follows the config.
+    pub fn selling(&self) -> Result<Option<Option<String>>, StoreError> {
+        Ok(self.meta.get(SELLING_KEY)?.map(|value| {
+            (value.as_ref() != NOT_SELLING).then(|| String::from_utf8_lossy(&value).into_owned())
+        }))
+    }
+
+    /// Records the selling decision: a price per GPU-hour, or `None` to sell nothing.
+    pub fn set_selling(&self, price: Option<&str>) -> Result<(), StoreError> {
+        let value = price.map_or(NOT_SELLING, str::as_bytes);
+        self.meta.insert(SELLING_KEY, value)?;
         self.db.flush()?;
         Ok(())
     }
@@ -665,6 +686,20 @@ mod tests {
         assert!(!store.draining().unwrap());
         store.set_cordoned(false).unwrap();
         assert!(!store.cordoned().unwrap());
+    }
+
+    #[test]
+    fn the_selling_decision_outlives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(store.selling().unwrap(), None);
+            store.set_selling(Some("0.95")).unwrap();
+            assert_eq!(store.selling().unwrap(), Some(Some("0.95".to_owned())));
+            store.set_selling(None).unwrap();
+        }
+        let store = reopen(dir.path());
+        assert_eq!(store.selling().unwrap(), Some(None));
     }
 
     #[test]

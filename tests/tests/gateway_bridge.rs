@@ -83,7 +83,7 @@ fn the_bridge_presents_three_nodes_as_one_openclaw_node() {
     assert_eq!(inspected["plugin"]["status"], "loaded", "{inspected}");
     assert_eq!(
         inspected["plugin"]["toolNames"].as_array().map(Vec::len),
-        Some(12)
+        Some(13)
     );
     assert_eq!(inspected["services"], json!(["clawbernetes-health"]));
     assert_eq!(

@@ -659,6 +659,8 @@ fn forged_expired_replayed_and_foreign_offers_never_reach_a_book() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let signer = NodeIdentity::generate();
     let seed: claw_mesh::Multiaddr = provider.addrs()[0].parse().expect("multiaddr");
+    let buyer_node = std::sync::Arc::new(buyer);
+    let buyer = std::sync::Arc::clone(&buyer_node);
     let prices_seen = runtime.block_on(async {
         // Each hostile message comes from its own rogue peer: the first invalid message from a
         // peer already cuts it off, so one rogue could not show the others being refused.
@@ -708,7 +710,6 @@ fn forged_expired_replayed_and_foreign_offers_never_reach_a_book() {
                 .publish(claw_mesh::TopicKind::Offers, bytes)
                 .await;
         }
-        let buyer = std::sync::Arc::new(buyer);
         let reader = std::sync::Arc::clone(&buyer);
         tokio::task::spawn_blocking(move || {
             eventually(Duration::from_secs(20), "the honest offer", || {
@@ -744,6 +745,41 @@ fn forged_expired_replayed_and_foreign_offers_never_reach_a_book() {
         ["0.9", "1.5"],
         "only the honest offers are in the book"
     );
+    // The provider changes its price from the CLI, then stops selling: every book follows.
+    let changed = provider.cli.ok(&["market", "sell", "--price", "2"]);
+    assert!(
+        changed.stdout.starts_with("selling at 2 MOLT/GPU-hour"),
+        "{}",
+        changed.stdout
+    );
+    let provider_price = |buyer: &Node| -> Option<String> {
+        let answer = buyer.ok("market.offers", &json!({}));
+        answer["offers"]
+            .as_array()?
+            .iter()
+            .find(|o| o["provider"] == provider.peer_id.as_str())
+            .and_then(|o| o["price_per_gpu_hour"].as_str().map(str::to_owned))
+    };
+    eventually(Duration::from_secs(30), "the new price in the book", || {
+        (provider_price(&buyer_node)? == "2").then_some(())
+    });
+    let stopped = provider
+        .cli
+        .ok(&["--json", "market", "sell", "--stop"])
+        .json();
+    assert_eq!(stopped["selling"], false, "{stopped}");
+    assert!(
+        stopped["offers"]
+            .as_array()
+            .is_some_and(|o| o.iter().all(|o| o["withdrawn"] == true)),
+        "{stopped}"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the offer withdrawn from the book",
+        || provider_price(&buyer_node).is_none().then_some(()),
+    );
+
     // The provider, the rogues' first hop, counted what it refused to forward.
     let scraped = provider
         .running

@@ -375,25 +375,40 @@ fn daily_health_report_then_drain_the_degraded_node() {
     );
 }
 
-/// "Can I rent out GPUs?" and "Find me cheap H100s": two providers sell their idle GPUs at their
-/// prices, the agent finds the offers cheapest first, bids within the budget and gets a running
-/// lease from the cheapest, then ends it; the lease settles on chain pro rata, to the base unit,
-/// and the provider's metrics count what it was paid.
+/// "Can I rent out GPUs?" and "Find me cheap H100s": the agent puts two providers' idle GPUs on
+/// the market at their prices, finds the offers cheapest first, bids within the budget and gets a
+/// running lease from the cheapest, then ends it; the lease settles on chain pro rata, to the
+/// base unit, and the provider's metrics count what it was paid. The provider then stops selling
+/// and its offer leaves the book.
 #[test]
 fn molt_rent_out_find_the_cheapest_bid_lease_run_settle() {
     let Some((node24, openclaw, image)) = parts() else {
         return;
     };
     let _turn = one_fleet();
-    let mut buyer = NodeSpec::new("buyer", 1);
-    buyer.price = None;
-    let mut dear = NodeSpec::new("dear", 2);
-    dear.price = Some("1.5");
-    let mut cheap = NodeSpec::new("cheap", 2);
-    cheap.price = Some("0.95");
-    let fleet = AgentFleet::start(node24, openclaw, &[dear, buyer, cheap], 1, json!({}));
+    let nodes: Vec<NodeSpec> = ["dear", "buyer", "cheap"]
+        .into_iter()
+        .map(|name| {
+            let mut node = NodeSpec::new(name, if name == "buyer" { 1 } else { 2 });
+            node.price = None;
+            node
+        })
+        .collect();
+    let fleet = AgentFleet::start(node24, openclaw, &nodes, 1, json!({}));
+    let (_, offers) = fleet.tool("claw_market_offers", json!({}));
+    assert_eq!(offers["offers"], json!([]), "nobody sells yet: {offers}");
 
-    // The providers' idle GPUs are on offer, cheapest first.
+    // "Rent out our idle GPUs": each provider at its price; the offers appear, cheapest first.
+    for (node, price) in [("cheap", "0.95"), ("dear", "1.5")] {
+        let (text, _) = fleet.tool(
+            "claw_rent_out",
+            json!({"price_per_gpu_hour": price, "nodes": [node]}),
+        );
+        assert_eq!(
+            text,
+            format!("selling at {price} MOLT/GPU-hour on 1 of 1 node\n- {node}: 2 GPUs on offer")
+        );
+    }
     let (text, offers) = eventually(
         Duration::from_secs(30),
         "both providers' offers in the book",
@@ -470,6 +485,26 @@ fn molt_rent_out_find_the_cheapest_bid_lease_run_settle() {
     assert!(
         text.contains(&format!("- {lease_id} (buyer): settled")),
         "{text}"
+    );
+
+    // The cheap provider stops selling: its offer leaves the book.
+    let (text, _) = fleet.tool("claw_rent_out", json!({"stop": true, "nodes": ["cheap"]}));
+    assert_eq!(
+        text,
+        "stopped selling on 1 of 1 node\n- cheap: 0 GPUs on offer"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "only the dear offer in the book",
+        || {
+            let (_, offers) = fleet.tool("claw_market_offers", json!({}));
+            let nodes: Vec<&str> = offers["offers"]
+                .as_array()?
+                .iter()
+                .filter_map(|o| o["node"].as_str())
+                .collect();
+            (nodes == ["dear"]).then_some(())
+        },
     );
 
     // The provider's container is gone; its metrics count the lease and what it was paid.

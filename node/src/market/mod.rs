@@ -32,7 +32,7 @@ pub use buyer::{
     BidParams, CancelParams, LeaseWorkload, PaymentChoice, ReceiptsParams, ReputationParams,
     RevokeParams,
 };
-pub use provider::{EndParams, FundParams, LeaseRequestParams, StatusParams};
+pub use provider::{EndParams, FundParams, LeaseRequestParams, SellParams, StatusParams};
 
 use crate::store::Store;
 use crate::workloads::Workloads;

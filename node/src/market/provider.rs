@@ -68,6 +68,18 @@ pub struct StatusParams {
     pub lease_id: String,
 }
 
+/// `market.sell`: sell this node's free GPUs at a price (or change it), or stop selling.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SellParams {
+    /// MOLT per GPU-hour, e.g. "0.95"; not with `stop`.
+    #[serde(default)]
+    pub price_per_gpu_hour: Option<String>,
+    /// Sell nothing: every offer is withdrawn (running leases go on).
+    #[serde(default)]
+    pub stop: bool,
+}
+
 /// A stable offer id per GPU model, so a renewed offer replaces the last one.
 fn offer_id_of(model: &str) -> u64 {
     let digest = Sha256::digest(model.as_bytes());
@@ -97,8 +109,29 @@ impl Market {
     /// all taken, and renews offers at half their lifetime.
     pub(super) async fn publish_offers(&self) -> Result<(), InvokeFailure> {
         let config = self.inner.dir.config();
-        let Some(price) = config.market.price() else {
-            return Ok(());
+        let decided = self.on_store(|store| store.selling()).await?;
+        let price = match decided {
+            Some(Some(price)) => Some(
+                price
+                    .parse::<Molt>()
+                    .map_err(|e| failure(ErrorCode::Internal, format!("stored price: {e}")))?,
+            ),
+            Some(None) => None,
+            None => config.market.price(),
+        };
+        let last_price = self
+            .inner
+            .published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .map(|p| p.offer.price_per_gpu_hour)
+            .next();
+        // Not selling: withdraw what was published, or do nothing.
+        let (price, selling) = match (price, last_price) {
+            (Some(price), _) => (price, true),
+            (None, Some(last)) => (last, false),
+            (None, None) => return Ok(()),
         };
         self.arbiter()?;
         let wallet = self.wallet()?.pubkey().to_string();
@@ -116,7 +149,7 @@ impl Market {
         for gpu in self.inner.probe.devices() {
             let entry = by_model.entry(gpu.model.clone()).or_default();
             entry.1 += 1;
-            if !allocated.contains_key(&gpu.uuid) && !cordoned {
+            if selling && !allocated.contains_key(&gpu.uuid) && !cordoned {
                 entry.0 += 1;
             }
             entry.2 = gpu.memory_total_bytes / (1024 * 1024);
@@ -206,6 +239,66 @@ impl Market {
                 );
         }
         Ok(())
+    }
+
+    /// `market.sell`: records the decision (it outlives restarts and overrides the config's
+    /// price), publishes or withdraws the offers at once, and answers with them.
+    pub async fn sell(&self, params: SellParams) -> Result<Value, InvokeFailure> {
+        let price = match (params.price_per_gpu_hour, params.stop) {
+            (Some(text), false) => {
+                let price: Molt = text.parse().map_err(|e| {
+                    failure(
+                        ErrorCode::InvalidParams,
+                        format!("price_per_gpu_hour {text:?}: {e}"),
+                    )
+                })?;
+                if price.base_units() == 0 {
+                    return Err(failure(
+                        ErrorCode::InvalidParams,
+                        "price_per_gpu_hour must be more than 0",
+                    ));
+                }
+                self.arbiter()?;
+                self.wallet()?;
+                Some(price.to_string())
+            }
+            (None, true) => None,
+            _ => {
+                return Err(failure(
+                    ErrorCode::InvalidParams,
+                    "give price_per_gpu_hour to sell, or stop: true to stop selling",
+                ));
+            }
+        };
+        let selling = price.clone();
+        self.on_store(move |store| store.set_selling(selling.as_deref()))
+            .await?;
+        tracing::info!(
+            price = price.as_deref().unwrap_or("none"),
+            "selling changed"
+        );
+        self.publish_offers().await?;
+        let offers: Vec<Value> = self
+            .inner
+            .published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .map(|p| {
+                json!({
+                    "gpu_model": p.offer.gpu_model,
+                    "gpus": if p.offer.withdrawn { 0 } else { p.offer.gpus },
+                    "price_per_gpu_hour": p.offer.price_per_gpu_hour.to_string(),
+                    "simulated": p.offer.simulated,
+                    "withdrawn": p.offer.withdrawn,
+                })
+            })
+            .collect();
+        Ok(json!({
+            "selling": price.is_some(),
+            "price_per_gpu_hour": price,
+            "offers": offers,
+        }))
     }
 
     /// `market.lease.request`: verifies the bid (signed by the caller, unexpired, matching

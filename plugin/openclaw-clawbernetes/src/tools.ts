@@ -185,6 +185,41 @@ export function fleetTools(bridge: Bridge): Tool[] {
       },
     }),
     tool(bridge, {
+      name: "claw_rent_out",
+      label: "Rent out GPUs",
+      description:
+        "Sell the free GPUs of chosen (default: all) nodes on the MOLT market at a price per GPU-hour, change the price, or stop selling (stop=true). Offers appear in every peer's order book at once. Confirm the price with the user first.",
+      parameters: object({
+        price_per_gpu_hour: str("MOLT per GPU-hour, e.g. 0.95"),
+        stop: bool("Stop selling: withdraw the offers (running leases go on)"),
+        nodes: strings("Node names or peer ids (default: all)"),
+      }),
+      command: "fleet.invoke",
+      map: (p) => ({
+        command: "market.sell",
+        params: p.stop ? { stop: true } : { price_per_gpu_hour: p.price_per_gpu_hour },
+        ...(p.nodes ? { nodes: p.nodes } : {}),
+      }),
+      render: (a, p) => {
+        const what = p.stop
+          ? "stopped selling"
+          : p.price_per_gpu_hour
+            ? `selling at ${p.price_per_gpu_hour} MOLT/GPU-hour`
+            : "market.sell";
+        const lines = [`${what} on ${a.succeeded} of ${plural(a.nodes, "node")}`];
+        for (const r of a.results ?? []) {
+          if (!r.ok) {
+            lines.push(`- ${r.node}: error ${r.error?.code}: ${r.error?.message}`);
+            continue;
+          }
+          const offers: any[] = Array.isArray(r.result?.offers) ? r.result.offers : [];
+          const gpus = offers.reduce((n, o) => n + (o.withdrawn ? 0 : o.gpus), 0);
+          lines.push(`- ${r.node}: ${plural(gpus, "GPU")} on offer`);
+        }
+        return lines.join("\n");
+      },
+    }),
+    tool(bridge, {
       name: "claw_node_health",
       label: "Fleet health",
       description: "Every node's health (NVML, Docker, disk, memory, GPU errors, throttling) with counts.",

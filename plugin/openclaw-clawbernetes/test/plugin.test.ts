@@ -68,6 +68,7 @@ const toolCommands: Record<string, string> = {
   claw_drain: "fleet.drain",
   claw_market_offers: "market.offers",
   claw_market_bid: "market.bid",
+  claw_rent_out: "fleet.invoke",
   claw_leases: "market.leases",
   claw_lease_end: "market.lease.cancel",
   claw_wallet: "wallet.balance",
