@@ -224,6 +224,7 @@ pub(crate) fn up(global: &GlobalArgs, args: UpArgs) -> Result<()> {
     };
     let mut seed: Option<String> = None;
     let mut peers = Vec::new();
+    let mut metrics = Vec::new();
     for i in 1..=args.nodes {
         let dir = root.join(format!("node-{i}"));
         if !dir.join("config.toml").exists() {
@@ -248,11 +249,13 @@ pub(crate) fn up(global: &GlobalArgs, args: UpArgs) -> Result<()> {
         let mut run = Command::new(own_binary("clawnode")?);
         run.arg("--data-dir")
             .arg(&dir)
-            .args(["--json", "run", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+            .args(["--json", "run", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(["--metrics", "127.0.0.1:0"]);
         if let Some(seed) = &seed {
             run.args(["--bootstrap", seed]);
         }
         let greeting = spawn(&mut fleet, &format!("node-{i}"), &mut run)?;
+        metrics.push(greeting["metrics"].as_str().unwrap_or_default().to_owned());
         // The last run drained this node when it stopped: take work again.
         invoke(&dir, "node.uncordon", Value::Null)?;
         if seed.is_none() {
@@ -332,7 +335,7 @@ pub(crate) fn up(global: &GlobalArgs, args: UpArgs) -> Result<()> {
                 "rpc_url": url,
                 "molt_mint": mint,
                 "buyer": {"data_dir": buyer, "peer_id": buyer_peer, "wallet": wallet},
-                "nodes": fleet.nodes.iter().zip(&peers).map(|(d, p)| json!({"data_dir": d, "peer_id": p})).collect::<Vec<_>>(),
+                "nodes": fleet.nodes.iter().zip(&peers).zip(&metrics).map(|((d, p), m)| json!({"data_dir": d, "peer_id": p, "metrics": format!("http://{m}/metrics")})).collect::<Vec<_>>(),
                 "pids": fleet.children.iter().map(|(n, c)| json!({"name": n, "pid": c.id()})).collect::<Vec<_>>(),
                 "offers": offers["offers"],
             })
@@ -395,6 +398,12 @@ pub(crate) fn up(global: &GlobalArgs, args: UpArgs) -> Result<()> {
         println!("\nTry:");
         println!("  clawnode --data-dir {d} fleet");
         println!("  clawnode --data-dir {d} market offers");
+        if let Some(first) = fleet.nodes.first() {
+            println!(
+                "  clawnode --data-dir {} market sell --price 1.1",
+                first.display()
+            );
+        }
         println!(
             "  clawnode --data-dir {d} market bid --model \"NVIDIA H100 80GB HBM3\" --max-price 2 --accept-simulated --image <local image> -- sleep 60"
         );
@@ -402,6 +411,10 @@ pub(crate) fn up(global: &GlobalArgs, args: UpArgs) -> Result<()> {
             "  clawnode --data-dir {d} invoke node.health --node {}",
             peers.first().map_or("<peer>", String::as_str)
         );
+        println!("\nPrometheus metrics:");
+        for (i, addr) in metrics.iter().enumerate() {
+            println!("  node-{}  http://{addr}/metrics", i + 1);
+        }
         println!(
             "\nAttach a real OpenClaw gateway: CLAW_BRIDGE_TOKEN=<token> clawnode --data-dir {} up --gateway ws://127.0.0.1:18789",
             root.display()

@@ -6,7 +6,7 @@ use std::io::BufRead as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use claw_tests::{Clawnode, free_port, workspace_binary};
+use claw_tests::{Clawnode, free_port, http_get, workspace_binary};
 use serde_json::Value;
 
 struct Up(Child);
@@ -120,6 +120,23 @@ fn one_command_starts_a_fleet_that_trades_and_stops_without_leftovers() {
         ])
         .json();
     assert_eq!(bid["matched"], true, "{bid}");
+    // Every provider serves its metrics, its simulated GPUs counted as such.
+    for node in ready["nodes"].as_array().expect("nodes") {
+        let url = node["metrics"].as_str().expect("metrics URL");
+        let addr = url
+            .strip_prefix("http://")
+            .and_then(|u| u.strip_suffix("/metrics"))
+            .expect("http://ADDR/metrics");
+        let scraped = http_get(addr, "/metrics");
+        assert!(
+            claw_tests::metric(
+                &scraped,
+                r#"clawnode_gpus{model="NVIDIA H100 80GB HBM3",simulated="true"}"#
+            )
+            .is_some_and(|n| n >= 1.0),
+            "{scraped}"
+        );
+    }
 
     let pids = stop(first, &ready);
     assert_eq!(pids.len(), 4, "chain, two nodes and the buyer: {ready}");
