@@ -38,6 +38,19 @@ fail() {
     exit 1
 }
 
+# Installs $1 at $2 with mode $3 unless $2 already holds the same bytes; says which ($4 names it).
+put() {
+    local src=$1 dest=$2 mode=$3 what=$4
+    if [ -f "$dest" ] && cmp -s "$src" "$dest"; then
+        say "$what unchanged: $dest"
+    else
+        install -m "$mode" "$src" "$dest.new"
+        mv -f "$dest.new" "$dest"
+        changed=1
+        say "installed the $what: $dest"
+    fi
+}
+
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 binary=""
 binary_url=""
@@ -109,14 +122,7 @@ if [ -n "$sha256" ]; then
 fi
 "$binary" --version >/dev/null 2>&1 || fail "$binary does not run here"
 mkdir -p "$bin_dir"
-if [ -f "$installed" ] && cmp -s "$binary" "$installed"; then
-    say "binary unchanged: $installed"
-else
-    install -m 0755 "$binary" "$installed.new"
-    mv -f "$installed.new" "$installed"
-    changed=1
-    say "installed $installed ($("$installed" --version))"
-fi
+put "$binary" "$installed" 0755 binary
 
 # 2. The service user (system installs only).
 owner="$(id -un)"
@@ -159,13 +165,7 @@ if [ -n "$token_file" ] || [ -n "${TOKEN:-}" ]; then
         fi
     )
     [ -s "$work/token" ] || fail "the gateway token is empty"
-    if [ -f "$token_dest" ] && cmp -s "$work/token" "$token_dest"; then
-        say "gateway token unchanged"
-    else
-        install -m 0600 "$work/token" "$token_dest"
-        changed=1
-        say "stored the gateway token in $token_dest (0600)"
-    fi
+    put "$work/token" "$token_dest" 0600 "gateway token"
 fi
 [ -z "$gateway" ] || [ -n "$token_dest" ] || [ -f "$etc_dir/gateway.token" ] ||
     fail "--gateway needs the gateway's token: --token-file PATH or \$TOKEN"
@@ -193,13 +193,7 @@ fi
 
 # 6. The unit.
 mkdir -p "$unit_dir"
-if [ -f "$unit_dir/clawnode.service" ] && cmp -s "$here/clawnode.service" "$unit_dir/clawnode.service"; then
-    say "unit unchanged: $unit_dir/clawnode.service"
-else
-    install -m 0644 "$here/clawnode.service" "$unit_dir/clawnode.service"
-    changed=1
-    say "installed $unit_dir/clawnode.service"
-fi
+put "$here/clawnode.service" "$unit_dir/clawnode.service" 0644 unit
 
 peer=$(node --json identity | sed -n 's/.*"peer_id": *"\([^"]*\)".*/\1/p' | head -n 1)
 if [ "$systemd" = 1 ] && [ -d /run/systemd/system ]; then
@@ -219,7 +213,7 @@ elif [ "$systemd" = 1 ]; then
 else
     say "systemd left alone; start the node with: $installed --data-dir $data_dir run"
 fi
-say "node $name: peer $peer, owner $owner"
+say "node $name ($("$installed" --version)): peer $peer, owner $owner"
 say "metrics: http://$metrics/metrics"
 [ -z "$gateway" ] || say "approve it on the gateway: openclaw nodes pending, then openclaw nodes approve <request>"
 echo "clawnode installed"

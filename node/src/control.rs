@@ -89,15 +89,12 @@ pub fn issue_token(data_dir: &Path) -> Result<String, KeyFileError> {
 
 /// Records where the API listens, for the CLI to find.
 pub fn write_address(data_dir: &Path, addr: SocketAddr) -> std::io::Result<()> {
-    let path = data_dir.join(ADDR_FILE);
-    let tmp = path.with_extension("addr.tmp");
-    std::fs::write(&tmp, addr.to_string())?;
-    std::fs::rename(tmp, path)
+    crate::record_address(data_dir, ADDR_FILE, addr)
 }
 
 /// Forgets the address when the node stops.
 pub fn remove_address(data_dir: &Path) {
-    let _ = std::fs::remove_file(data_dir.join(ADDR_FILE));
+    crate::forget_address(data_dir, ADDR_FILE);
 }
 
 /// Serves the API on `listener` until `shutdown` completes.

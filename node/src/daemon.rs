@@ -273,7 +273,8 @@ pub(crate) async fn run(dir: DataDir, overrides: RunOverrides, json: bool) -> Re
             if !bound.ip().is_loopback() {
                 bail!("the metrics endpoint must listen on loopback, not {bound}");
             }
-            metrics::write_address(dir.root(), bound).context("recording the metrics address")?;
+            clawnode::record_address(dir.root(), metrics::ADDR_FILE, bound)
+                .context("recording the metrics address")?;
             let sources = metrics::MetricsSources {
                 invokes: commands.invoke_metrics().clone(),
                 mesh: handle.clone(),
@@ -410,7 +411,7 @@ pub(crate) async fn run(dir: DataDir, overrides: RunOverrides, json: bool) -> Re
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     watcher.abort();
     control::remove_address(dir.root());
-    metrics::remove_address(dir.root());
+    clawnode::forget_address(dir.root(), metrics::ADDR_FILE);
     drop(stop_rx);
     match gateway_error {
         Some(error) => Err(error).context("the OpenClaw gateway connection"),

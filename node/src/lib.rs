@@ -26,6 +26,24 @@ pub use config::NodeConfig;
 pub use data_dir::{DataDir, DataDirError, WalletOutcome};
 pub use store::{Store, StoreError};
 
+/// Records atomically, in `file` under the data directory, where one of the running node's
+/// loopback services listens, for the CLI and scripts to find.
+pub fn record_address(
+    data_dir: &std::path::Path,
+    file: &str,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<()> {
+    let path = data_dir.join(file);
+    let tmp = path.with_extension("addr.tmp");
+    std::fs::write(&tmp, addr.to_string())?;
+    std::fs::rename(tmp, path)
+}
+
+/// Forgets an address [`record_address`] wrote, when the node stops.
+pub fn forget_address(data_dir: &std::path::Path, file: &str) {
+    let _ = std::fs::remove_file(data_dir.join(file));
+}
+
 /// Signs `payload` as this node with the store's next sequence number, valid for `ttl`.
 pub(crate) fn seal_next<T: SignedPayload>(
     dir: &DataDir,

@@ -7,8 +7,6 @@
 //! and MOLT settled from the store, so a restart loses none of what the store records.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use axum::Router;
@@ -29,8 +27,8 @@ use crate::Store;
 use crate::market::{LeaseRecord, Side};
 use crate::workloads::WorkloadRecord;
 
-/// Where the node records the metrics address, for scripts and tests to find.
-const ADDR_FILE: &str = "metrics.addr";
+/// Where the running node records the metrics address (see [`crate::record_address`]).
+pub const ADDR_FILE: &str = "metrics.addr";
 
 /// The OpenMetrics content type Prometheus asks for.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -72,19 +70,6 @@ pub struct MetricsSources {
     pub store: Store,
     /// The GPUs.
     pub probe: Arc<GpuProbe>,
-}
-
-/// Records where the metrics are served.
-pub fn write_address(data_dir: &Path, addr: SocketAddr) -> std::io::Result<()> {
-    let path = data_dir.join(ADDR_FILE);
-    let tmp = path.with_extension("addr.tmp");
-    std::fs::write(&tmp, addr.to_string())?;
-    std::fs::rename(tmp, path)
-}
-
-/// Forgets the address when the node stops.
-pub fn remove_address(data_dir: &Path) {
-    let _ = std::fs::remove_file(data_dir.join(ADDR_FILE));
 }
 
 /// Serves `/metrics` on `listener` until `shutdown` completes.

@@ -9,35 +9,17 @@
 //! cargo bench -p claw-tests --bench up_start
 //! ```
 
-use std::io::BufRead as _;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use claw_tests::{free_port, workspace_binary};
-use serde_json::Value;
+use claw_tests::{Up, free_port};
 
 const ROUNDS: usize = 6;
 
 /// One `clawnode up`: (wall ms to the ready line, the ms it reports, ms from SIGTERM to exit).
 fn round(dir: &std::path::Path, port: u16) -> (f64, f64, f64) {
     let started = Instant::now();
-    let mut child = Command::new(workspace_binary("clawnode"))
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--json", "up", "--nodes", "3", "--rpc-port", &port.to_string()])
-        .env_remove("CLAWNODE_DATA_DIR")
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("clawnode up");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("the ready line");
+    let (up, ready) = Up::start(dir, 3, port);
     let wall = started.elapsed().as_secs_f64() * 1000.0;
-    let ready: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
     assert_eq!(
         ready["offers"].as_array().map(Vec::len),
         Some(3),
@@ -45,19 +27,7 @@ fn round(dir: &std::path::Path, port: u16) -> (f64, f64, f64) {
     );
     let reported = ready["ready_ms"].as_f64().expect("ready_ms");
     let stopping = Instant::now();
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            assert!(status.success(), "clawnode up exited with {status}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "clawnode up did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    up.stop();
     (wall, reported, stopping.elapsed().as_secs_f64() * 1000.0)
 }
 

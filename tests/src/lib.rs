@@ -208,6 +208,37 @@ impl Clawnode {
     }
 }
 
+/// `clawnode` started for a test: `--data-dir dir`, the test's log level (`CLAW_TEST_NODE_LOG`, a
+/// `RUST_LOG` filter, shows more of the nodes' logs), stdout piped and stderr inherited.
+fn node_command(binary: &Path, dir: &Path) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .arg("--data-dir")
+        .arg(dir)
+        .env_remove("CLAWNODE_DATA_DIR")
+        .env(
+            "RUST_LOG",
+            std::env::var("CLAW_TEST_NODE_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    command
+}
+
+/// The first line `child` prints on its piped stdout, if it prints one within `patience`.
+fn first_line(child: &mut Child, patience: Duration) -> Option<String> {
+    use std::io::BufRead as _;
+    let stdout = child.stdout.take()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    rx.recv_timeout(patience).ok()
+}
+
 /// A `clawnode run` process, killed when dropped.
 #[derive(Debug)]
 pub struct RunningNode {
@@ -224,36 +255,17 @@ impl RunningNode {
     /// Starts `clawnode run` on loopback for an initialised `node`, joining through `bootstrap`,
     /// and waits for it to report its addresses.
     pub fn start(node: &Clawnode, bootstrap: &[String]) -> Self {
-        use std::io::BufRead as _;
-        let mut command = Command::new(&node.binary);
+        let mut command = node_command(&node.binary, &node.data_dir);
         command
-            .arg("--data-dir")
-            .arg(&node.data_dir)
             .args(["--json", "run", "--listen", "/ip4/127.0.0.1/tcp/0"])
-            .args(["--metrics", "127.0.0.1:0"])
-            .env_remove("CLAWNODE_DATA_DIR")
-            // CLAW_TEST_NODE_LOG (a RUST_LOG filter) shows more of the nodes' logs.
-            .env(
-                "RUST_LOG",
-                std::env::var("CLAW_TEST_NODE_LOG").unwrap_or_else(|_| "warn".to_owned()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .args(["--metrics", "127.0.0.1:0"]);
         for address in bootstrap {
             command.args(["--bootstrap", address]);
         }
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start clawnode run: {e}"));
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
+        let Some(line) = first_line(&mut child, Duration::from_secs(30)) else {
             let _ = child.kill();
             panic!("clawnode run did not report its addresses within 30 s");
         };
@@ -334,6 +346,52 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         let value = line.strip_prefix(series)?.strip_prefix(' ')?;
         value.split_whitespace().next()?.parse().ok()
     })
+}
+
+/// A `clawnode up` process, killed when dropped.
+#[derive(Debug)]
+pub struct Up(Child);
+
+impl Up {
+    /// Starts `clawnode --data-dir dir --json up --nodes N --rpc-port P` and waits (up to 120 s)
+    /// for its ready line, which it returns.
+    pub fn start(dir: &Path, nodes: u32, rpc_port: u16) -> (Self, serde_json::Value) {
+        let mut child = node_command(&workspace_binary("clawnode"), dir)
+            .args(["--json", "up", "--nodes", &nodes.to_string()])
+            .args(["--rpc-port", &rpc_port.to_string()])
+            .spawn()
+            .expect("clawnode up");
+        let line = first_line(&mut child, Duration::from_secs(120));
+        let up = Self(child);
+        let line = line.expect("clawnode up reports its fleet within 120 s");
+        let ready = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        (up, ready)
+    }
+
+    /// SIGTERM, then waits (up to 90 s) for it to exit; panics unless it exits 0.
+    pub fn stop(mut self) {
+        let pid = self.0.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                assert!(status.success(), "clawnode up exited with {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "clawnode up did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, or panics with `what` after `limit`.

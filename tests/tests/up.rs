@@ -2,59 +2,11 @@
 //! can bid on at once, stops every process it started on SIGTERM, and a second run reuses the
 //! first's chain, wallets and identities.
 
-use std::io::BufRead as _;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use claw_tests::{Clawnode, free_port, http_get, workspace_binary};
+use claw_tests::{Clawnode, Up, free_port, http_get};
 use serde_json::Value;
-
-struct Up(Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `clawnode up` and waits for its ready line.
-fn up(dir: &std::path::Path, port: u16) -> (Up, Value) {
-    let mut child = Command::new(workspace_binary("clawnode"))
-        .arg("--data-dir")
-        .arg(dir)
-        .args([
-            "--json",
-            "up",
-            "--nodes",
-            "2",
-            "--rpc-port",
-            &port.to_string(),
-        ])
-        .env_remove("CLAWNODE_DATA_DIR")
-        .env(
-            "RUST_LOG",
-            std::env::var("CLAW_TEST_NODE_LOG").unwrap_or_else(|_| "warn".to_owned()),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("clawnode up");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let up = Up(child);
-    let line = rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("clawnode up reports its fleet");
-    let ready: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
-    (up, ready)
-}
 
 fn alive(pid: u64) -> bool {
     Command::new("kill")
@@ -64,22 +16,9 @@ fn alive(pid: u64) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// SIGTERM, then waits for a clean exit; answers the pids `up` had started.
-fn stop(mut up: Up, ready: &Value) -> Vec<u64> {
-    let pid = up.0.id().to_string();
-    Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Ok(Some(status)) = up.0.try_wait() {
-            assert!(status.success(), "clawnode up exited with {status}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "clawnode up did not stop");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Stops `up` cleanly; answers the pids it had started.
+fn stop(up: Up, ready: &Value) -> Vec<u64> {
+    up.stop();
     ready["pids"]
         .as_array()
         .expect("pids")
@@ -93,7 +32,7 @@ fn one_command_starts_a_fleet_that_trades_and_stops_without_leftovers() {
     let dir = tempfile::tempdir().expect("temp dir");
     let fleet = dir.path().join("fleet");
     let port = free_port();
-    let (first, ready) = up(&fleet, port);
+    let (first, ready) = Up::start(&fleet, 2, port);
     // How long it took is reported (speed is measured by benchmarks, not asserted here).
     assert!(ready["ready_ms"].is_u64(), "{ready}");
     let offers = ready["offers"].as_array().expect("offers");
@@ -146,7 +85,7 @@ fn one_command_starts_a_fleet_that_trades_and_stops_without_leftovers() {
     }
 
     // Again: the same chain (its mint), the same wallets, no second airdrop.
-    let (second, again) = up(&fleet, port);
+    let (second, again) = Up::start(&fleet, 2, port);
     assert_eq!(again["molt_mint"], mint.as_str());
     assert_eq!(again["buyer"]["wallet"]["molt"], "1000");
     assert_eq!(again["buyer"]["peer_id"], ready["buyer"]["peer_id"]);

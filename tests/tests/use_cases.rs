@@ -47,6 +47,16 @@ fn parts() -> Option<(String, String, String)> {
     }
 }
 
+/// n1, n2 and n3 with these many simulated H100s; n2 (index 1) holds the chain and is the bridge's
+/// market node.
+fn n1_n2_n3(gpus: [u32; 3]) -> Vec<NodeSpec> {
+    ["n1", "n2", "n3"]
+        .into_iter()
+        .zip(gpus)
+        .map(|(name, count)| NodeSpec::new(name, count))
+        .collect()
+}
+
 fn lines(text: &str) -> Vec<&str> {
     text.lines().collect()
 }
@@ -60,17 +70,7 @@ fn ml_training_finds_the_free_gpus_and_deploys_there() {
         return;
     };
     let _turn = one_fleet();
-    let fleet = AgentFleet::start(
-        node24,
-        openclaw,
-        &[
-            NodeSpec::new("n1", 4),
-            NodeSpec::new("n2", 1),
-            NodeSpec::new("n3", 2),
-        ],
-        1,
-        json!({}),
-    );
+    let fleet = AgentFleet::start(node24, openclaw, &n1_n2_n3([4, 1, 2]), 1, json!({}));
 
     let (text, _) = fleet.tool("claw_fleet_status", json!({}));
     assert_eq!(
@@ -138,17 +138,7 @@ fn batch_job_runs_on_every_node_with_a_result_for_each() {
         return;
     };
     let _turn = one_fleet();
-    let fleet = AgentFleet::start(
-        node24,
-        openclaw,
-        &[
-            NodeSpec::new("n1", 2),
-            NodeSpec::new("n2", 1),
-            NodeSpec::new("n3", 2),
-        ],
-        1,
-        json!({}),
-    );
+    let fleet = AgentFleet::start(node24, openclaw, &n1_n2_n3([2, 1, 2]), 1, json!({}));
 
     let job = json!({
         "image": image,
@@ -235,12 +225,12 @@ fn daily_health_report_then_drain_the_degraded_node() {
     let _turn = one_fleet();
     let sockets = tempfile::tempdir().expect("temp dir");
     let mut docker = DockerProxy::start(&sockets.path().join("docker.sock"));
-    let mut n3 = NodeSpec::new("n3", 2);
-    n3.docker_socket = Some(docker.path().to_path_buf());
+    let mut nodes = n1_n2_n3([2, 1, 2]);
+    nodes[2].docker_socket = Some(docker.path().to_path_buf());
     let fleet = AgentFleet::start(
         node24,
         openclaw,
-        &[NodeSpec::new("n1", 2), NodeSpec::new("n2", 1), n3],
+        &nodes,
         1,
         json!({"healthIntervalMs": 1000}),
     );
