@@ -2,8 +2,8 @@
 //! embedded chain (MOLT mint, faucet), N provider nodes selling their GPUs (simulated, and marked
 //! so, unless the machine has NVIDIA GPUs), a buyer with a funded wallet, and, given `--gateway`,
 //! the bridge to an OpenClaw gateway. It prints the fleet, the order book, the balances and what
-//! to try next, then runs until Ctrl-C, when it drains every node and stops every child. A second
-//! run reuses the first's identities, wallets and chain ledger.
+//! to try next, then runs until Ctrl-C, when it drains every node, removes their containers and
+//! stops every child. A second run reuses the first's identities, wallets and chain ledger.
 
 use std::io::{BufRead as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -40,14 +40,30 @@ struct Fleet {
 impl Drop for Fleet {
     fn drop(&mut self) {
         for dir in &self.nodes {
-            if let Ok(client) = ControlClient::connect(dir) {
-                let _ = client.invoke(&InvokeBody {
-                    command: "node.drain".to_owned(),
-                    params: Value::Null,
+            let Ok(client) = ControlClient::connect(dir) else {
+                continue;
+            };
+            let call = |command: &str, params: Value| {
+                client.invoke(&InvokeBody {
+                    command: command.to_owned(),
+                    params,
                     node: None,
                     deadline_ms: Some(60_000),
                     idempotency_key: None,
-                });
+                })
+            };
+            let _ = call("node.drain", Value::Null);
+            // No container is left behind; the workloads' records stay in the node's store.
+            let Ok(listed) = call("workload.list", json!({"all": true})) else {
+                continue;
+            };
+            for workload in listed["workloads"].as_array().into_iter().flatten() {
+                if workload["container_id"].is_string() {
+                    let _ = call(
+                        "workload.stop",
+                        json!({"workload": workload["id"], "remove": true}),
+                    );
+                }
             }
         }
         for (_, child) in self.children.iter_mut().rev() {

@@ -1,12 +1,12 @@
-//! `clawnode up` starts a whole local fleet (the chain, providers, a funded buyer) that a user
-//! can bid on at once, stops every process it started on SIGTERM, and a second run reuses the
-//! first's chain, wallets and identities.
+//! `clawnode up` starts a whole local fleet (the chain, providers serving their metrics, a funded
+//! buyer) that a user can bid on at once, stops every process it started on SIGTERM and leaves no
+//! container behind, and a second run reuses the first's chain, wallets and identities.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use claw_tests::{Clawnode, Up, free_port, http_get};
-use serde_json::Value;
+use claw_tests::{Clawnode, Up, free_port, http_get, required_part, run_with_deadline};
+use serde_json::{Value, json};
 
 fn alive(pid: u64) -> bool {
     Command::new("kill")
@@ -77,11 +77,49 @@ fn one_command_starts_a_fleet_that_trades_and_stops_without_leftovers() {
         );
     }
 
+    // A workload on a provider, to be stopped and removed with the fleet.
+    let provider = Clawnode::new(std::path::Path::new(
+        ready["nodes"][0]["data_dir"].as_str().expect("data dir"),
+    ));
+    let provider_peer = ready["nodes"][0]["peer_id"]
+        .as_str()
+        .expect("peer")
+        .to_owned();
+    let image = required_part(
+        "CLAW_TEST_IMAGE",
+        "the Docker Engine and the local busybox test image",
+    );
+    if let Some(image) = &image {
+        let started = provider
+            .invoke(
+                None,
+                "workload.run",
+                &json!({"image": image, "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"]}),
+            )
+            .expect("workload.run on a provider");
+        assert_eq!(started["state"], "running", "{started}");
+    }
+
     let pids = stop(first, &ready);
     assert_eq!(pids.len(), 4, "chain, two nodes and the buyer: {ready}");
     std::thread::sleep(Duration::from_millis(500));
     for pid in &pids {
         assert!(!alive(*pid), "process {pid} outlived clawnode up");
+    }
+    if image.is_some() {
+        let left = run_with_deadline(
+            Command::new("docker").args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=io.clawbernetes.node={provider_peer}"),
+            ]),
+            Duration::from_secs(30),
+        );
+        assert!(
+            String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+            "no container is left behind"
+        );
     }
 
     // Again: the same chain (its mint), the same wallets, no second airdrop.
