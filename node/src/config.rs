@@ -554,6 +554,11 @@ impl NodeConfig {
                 }
             }
         }
+        for address in &self.mesh.listen {
+            if address.parse::<claw_mesh::Multiaddr>().is_err() {
+                return invalid(format!("mesh.listen: {address:?} is not a multiaddr"));
+            }
+        }
         for address in &self.mesh.bootstrap {
             if !address.contains("/p2p/") || address.parse::<claw_mesh::Multiaddr>().is_err() {
                 return invalid(format!(
@@ -656,5 +661,26 @@ mod tests {
         assert!(err.to_string().contains("network.name"), "{err}");
         let err = NodeConfig::parse("[attestation]\ninventory_ttl_secs = 1\n").unwrap_err();
         assert!(err.to_string().contains("inventory_ttl_secs"), "{err}");
+    }
+
+    #[test]
+    fn addresses_are_checked() {
+        for (text, named) in [
+            ("[mesh]\nlisten = [\"garbage\"]\n", "mesh.listen"),
+            (
+                "[mesh]\nbootstrap = [\"/ip4/10.0.0.1/tcp/7946\"]\n",
+                "mesh.bootstrap",
+            ),
+            ("[metrics]\nlisten = \"0.0.0.0:9464\"\n", "metrics.listen"),
+            ("[metrics]\nlisten = \"localhost\"\n", "metrics.listen"),
+        ] {
+            let err = NodeConfig::parse(text).unwrap_err();
+            assert!(err.to_string().contains(named), "{text}: {err}");
+        }
+        let config = NodeConfig::parse(
+            "[metrics]\nlisten = \"127.0.0.1:9464\"\n[mesh]\nbootstrap = [\"/ip4/10.0.0.1/tcp/7946/p2p/12D3KooWGc6AtVBvP8gUn2GmHFGUeZMZSmhnUYEriuVZm9PUPQMz\"]\n",
+        )
+        .unwrap();
+        assert_eq!(config.metrics.listen.as_deref(), Some("127.0.0.1:9464"));
     }
 }
