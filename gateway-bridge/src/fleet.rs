@@ -665,8 +665,9 @@ impl FleetCommands {
             "memory_mib": params.memory_mib,
             "labels": params.labels,
         });
-        let mut last_error = failure("CONFLICT", "no feasible node is healthy and reachable");
-        // The best first; if another deploy took its GPUs meanwhile, the next.
+        // The best first; if another deploy took its GPUs meanwhile (the mesh view lags by up
+        // to an announce interval), the next. When every one refuses, each refusal is said.
+        let mut refusals = Vec::new();
         for (_, why, member) in candidates {
             match self
                 .call(
@@ -687,12 +688,22 @@ impl FleetCommands {
                     }));
                 }
                 Err(error) if error.code == "CONFLICT" || error.code == "UNAVAILABLE" => {
-                    last_error = error
+                    refusals.push(format!("{}: {}", member.announcement.name, error.message));
                 }
                 Err(error) => return Err(error),
             }
         }
-        Err(last_error)
+        Err(failure(
+            "CONFLICT",
+            if refusals.is_empty() {
+                format!("no node has {wanted} free GPU(s) and is healthy and reachable")
+            } else {
+                format!(
+                    "no node has {wanted} free GPU(s) now: {}",
+                    refusals.join("; ")
+                )
+            },
+        ))
     }
 
     async fn forward(
