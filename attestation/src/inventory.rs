@@ -234,6 +234,37 @@ impl SimulatedGpuProfile {
     /// Longest accepted model name.
     pub const MAX_MODEL_LEN: usize = 96;
 
+    /// The device at position `index` of the node with `node_key`: marked simulated, with a UUID
+    /// derived from the node's key and the index, so it is stable across restarts and distinct
+    /// between nodes.
+    pub fn device(&self, index: u32, node_key: &ed25519_dalek::VerifyingKey) -> GpuDevice {
+        use sha2::{Digest as _, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(b"clawbernetes/simulated-gpu/v1");
+        hasher.update(node_key.as_bytes());
+        hasher.update(index.to_le_bytes());
+        let h = hex::encode(&hasher.finalize()[..14]);
+        GpuDevice {
+            index,
+            uuid: format!(
+                "GPU-sim-{}-{}-{}-{}",
+                &h[0..4],
+                &h[4..8],
+                &h[8..12],
+                &h[12..28]
+            ),
+            model: self.model.clone(),
+            memory_total_bytes: self.memory_mib.saturating_mul(1024 * 1024),
+            pci_bus_id: None,
+            compute_capability: None,
+            ecc: None,
+            power_limit_mw: None,
+            max_clocks: None,
+            temperature_c: None,
+            simulated: true,
+        }
+    }
+
     /// Checks the profile's bounds, naming the first problem found.
     pub fn validate(&self) -> Result<(), String> {
         if self.model.trim().is_empty() || self.model.len() > Self::MAX_MODEL_LEN {

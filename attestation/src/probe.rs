@@ -18,7 +18,6 @@ use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, Nvml, cuda_driver_version_major, cuda_driver_version_minor};
-use sha2::{Digest as _, Sha256};
 use sysinfo::{Disks, System};
 
 use crate::inventory::{
@@ -60,9 +59,7 @@ impl GpuProbe {
         let mut index = first_index;
         for profile in simulated {
             for _ in 0..profile.count {
-                probe
-                    .simulated
-                    .push(simulated_device(index, profile, node_key));
+                probe.simulated.push(profile.device(index, node_key));
                 index += 1;
             }
         }
@@ -427,37 +424,6 @@ fn describe(index: u32, device: &Device<'_>) -> GpuDevice {
         max_clocks: any_clock.then_some(clocks),
         temperature_c: device.temperature(TemperatureSensor::Gpu).ok(),
         simulated: false,
-    }
-}
-
-fn simulated_device(
-    index: u32,
-    profile: &SimulatedGpuProfile,
-    node_key: &VerifyingKey,
-) -> GpuDevice {
-    let mut hasher = Sha256::new();
-    hasher.update(b"clawbernetes/simulated-gpu/v1");
-    hasher.update(node_key.as_bytes());
-    hasher.update(index.to_le_bytes());
-    let h = hex::encode(&hasher.finalize()[..14]);
-    GpuDevice {
-        index,
-        uuid: format!(
-            "GPU-sim-{}-{}-{}-{}",
-            &h[0..4],
-            &h[4..8],
-            &h[8..12],
-            &h[12..28]
-        ),
-        model: profile.model.clone(),
-        memory_total_bytes: profile.memory_mib.saturating_mul(1024 * 1024),
-        pci_bus_id: None,
-        compute_capability: None,
-        ecc: None,
-        power_limit_mw: None,
-        max_clocks: None,
-        temperature_c: None,
-        simulated: true,
     }
 }
 

@@ -105,20 +105,43 @@ enum AdmitAbort {
     Store(StoreError),
 }
 
-fn decode_record(bytes: &[u8]) -> Result<WorkloadRecord, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("workload record: {e}")))
+/// A stored JSON record (`what` names it in the error when it does not decode).
+fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
-fn encode_record(record: &WorkloadRecord) -> Vec<u8> {
+fn encode<T: serde::Serialize>(record: &T) -> Vec<u8> {
     serde_json::to_vec(record).unwrap_or_default()
+}
+
+fn decode_record(bytes: &[u8]) -> Result<WorkloadRecord, StoreError> {
+    decode("workload record", bytes)
 }
 
 fn decode_lease(bytes: &[u8]) -> Result<LeaseRecord, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("lease record: {e}")))
+    decode("lease record", bytes)
 }
 
-fn encode_lease(record: &LeaseRecord) -> Vec<u8> {
-    serde_json::to_vec(record).unwrap_or_default()
+/// The record under `id` in `tree`.
+fn read_one<T: serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+    what: &str,
+    id: &str,
+) -> Result<Option<T>, StoreError> {
+    tree.get(id.as_bytes())?
+        .map(|bytes| decode(what, &bytes))
+        .transpose()
+}
+
+/// Every record in `tree`.
+fn read_all<T: serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+    what: &str,
+) -> Result<Vec<T>, StoreError> {
+    tree.iter()
+        .values()
+        .map(|bytes| decode(what, &bytes?))
+        .collect()
 }
 
 /// The allocation holder of GPUs reserved for a lease.
@@ -421,7 +444,7 @@ impl Store {
             if let Some(name) = &record.name {
                 names.insert(name.as_bytes(), record.id.as_bytes())?;
             }
-            workloads.insert(record.id.as_bytes(), encode_record(&record))?;
+            workloads.insert(record.id.as_bytes(), encode(&record))?;
             Ok(Admitted::New(record))
         });
         let admitted = self.admission(outcome, inventory)?;
@@ -475,7 +498,7 @@ impl Store {
                         }
                     }
                 }
-                workloads.insert(record.id.as_bytes(), encode_record(record))?;
+                workloads.insert(record.id.as_bytes(), encode(record))?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
             .map_err(|e| match e {
@@ -506,27 +529,19 @@ impl Store {
             )?;
         }
         self.workloads
-            .insert(record.id.as_bytes(), encode_record(record))?;
+            .insert(record.id.as_bytes(), encode(record))?;
         self.db.flush()?;
         Ok(())
     }
 
     /// One workload by id.
     pub fn workload(&self, id: &str) -> Result<Option<WorkloadRecord>, StoreError> {
-        self.workloads
-            .get(id.as_bytes())?
-            .map(|bytes| decode_record(&bytes))
-            .transpose()
+        read_one(&self.workloads, "workload record", id)
     }
 
     /// Every workload, oldest first.
     pub fn workloads(&self) -> Result<Vec<WorkloadRecord>, StoreError> {
-        let mut records = self
-            .workloads
-            .iter()
-            .values()
-            .map(|bytes| decode_record(&bytes?))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut records: Vec<WorkloadRecord> = read_all(&self.workloads, "workload record")?;
         records.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
         Ok(records)
     }
@@ -576,7 +591,7 @@ impl Store {
             for uuid in &record.gpus {
                 allocations.insert(uuid.as_bytes(), holder.as_bytes())?;
             }
-            leases.insert(record.lease_id.as_bytes(), encode_lease(&record))?;
+            leases.insert(record.lease_id.as_bytes(), encode(&record))?;
             Ok(record)
         });
         let record = self.admission(outcome, candidates)?;
@@ -597,7 +612,7 @@ impl Store {
                         }
                     }
                 }
-                leases.insert(record.lease_id.as_bytes(), encode_lease(record))?;
+                leases.insert(record.lease_id.as_bytes(), encode(record))?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
             .map_err(|e| match e {
@@ -610,20 +625,12 @@ impl Store {
 
     /// One lease by id.
     pub fn lease(&self, id: &str) -> Result<Option<LeaseRecord>, StoreError> {
-        self.leases
-            .get(id.as_bytes())?
-            .map(|bytes| decode_lease(&bytes))
-            .transpose()
+        read_one(&self.leases, "lease record", id)
     }
 
     /// Every lease, oldest first.
     pub fn leases(&self) -> Result<Vec<LeaseRecord>, StoreError> {
-        let mut records = self
-            .leases
-            .iter()
-            .values()
-            .map(|bytes| decode_lease(&bytes?))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut records: Vec<LeaseRecord> = read_all(&self.leases, "lease record")?;
         records.sort_by(|a, b| (a.created_ms, &a.lease_id).cmp(&(b.created_ms, &b.lease_id)));
         Ok(records)
     }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use claw_attestation::{
-    Envelope, GpuDevice, HardwareInventory, HostInfo, NodeIdentity, NvmlStatus, Validity,
+    Envelope, HardwareInventory, HostInfo, NodeIdentity, NvmlStatus, SimulatedGpuProfile, Validity,
 };
 use claw_bridge::fleet::{FleetCommands, NoMeshCommands};
 use claw_bridge::gateway::{CommandFailure, CommandFuture, GatewayConfig, GatewayHandler};
@@ -52,26 +52,20 @@ impl GatewayHandler for GpuList {
     }
 }
 
-fn inventory(name: &str) -> HardwareInventory {
+/// A bench node's inventory: 8 simulated H100s, as the node's GPU probe declares them.
+fn inventory(identity: &NodeIdentity) -> HardwareInventory {
+    let profile = SimulatedGpuProfile {
+        model: "NVIDIA H100 80GB HBM3".into(),
+        count: 8,
+        memory_mib: 81_920,
+    };
     HardwareInventory {
         host: HostInfo::default(),
         nvml: NvmlStatus::Unavailable {
             reason: "bench node".into(),
         },
-        gpus: (0..8)
-            .map(|i| GpuDevice {
-                index: i,
-                uuid: format!("GPU-sim-{name}-{i}"),
-                model: "NVIDIA H100 80GB HBM3".into(),
-                memory_total_bytes: 80 << 30,
-                pci_bus_id: None,
-                compute_capability: None,
-                ecc: None,
-                power_limit_mw: None,
-                max_clocks: None,
-                temperature_c: None,
-                simulated: true,
-            })
+        gpus: (0..profile.count)
+            .map(|i| profile.device(i, &identity.public_key()))
             .collect(),
     }
 }
@@ -165,7 +159,7 @@ fn main() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             };
             seeds.push(format!("{addr}/p2p/{}", handle.local_peer_id()).parse().expect("addr"));
-            let inventory = inventory(&name);
+            let inventory = inventory(&identity);
             let announcement = NodeAnnouncement {
                 name: name.clone(),
                 network: "localnet".into(),

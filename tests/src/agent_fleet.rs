@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::{
-    Clawnode, Localnet, OpenClawGateway, RunningNode, TOKEN, eventually, run_with_deadline,
-    workspace_binary,
+    Clawnode, Localnet, OpenClawGateway, RunningNode, TOKEN, eventually, node_containers,
+    remove_node_containers, run_with_deadline, workspace_binary,
 };
 
 /// One provider node of an [`AgentFleet`].
@@ -39,9 +39,6 @@ impl NodeSpec {
         }
     }
 }
-
-/// The GPU model every node of an [`AgentFleet`] simulates.
-pub const FLEET_GPU_MODEL: &str = "NVIDIA H100 80GB HBM3";
 
 /// A running node of the fleet.
 #[derive(Debug)]
@@ -106,12 +103,7 @@ impl AgentFleet {
             .iter()
             .map(|spec| {
                 let cli = Clawnode::new(&dir.path().join(spec.name));
-                let simulated = format!("{FLEET_GPU_MODEL}:{}:81559", spec.gpus);
-                if spec.gpus == 0 {
-                    cli.ok(&["init"]);
-                } else {
-                    cli.ok(&["init", "--simulated-gpu", &simulated]);
-                }
+                cli.init_with_simulated_gpus(spec.gpus);
                 cli
             })
             .collect();
@@ -259,7 +251,7 @@ impl AgentFleet {
 
     /// The containers Docker runs for the node named `name` (running ones only).
     pub fn running_containers(&self, name: &str) -> Vec<String> {
-        containers_of(&self.node(name).process.peer_id, false)
+        node_containers(&self.node(name).process.peer_id, false)
     }
 }
 
@@ -268,28 +260,9 @@ impl Drop for AgentFleet {
         let _ = self.bridge.kill();
         let _ = self.bridge.wait();
         for node in &self.nodes {
-            for id in containers_of(&node.process.peer_id, true) {
-                let _ = run_with_deadline(
-                    Command::new("docker").args(["rm", "-f", &id]),
-                    Duration::from_secs(30),
-                );
-            }
+            remove_node_containers(&node.process.peer_id);
         }
     }
-}
-
-/// The containers labelled with `peer`'s node id (all of them, or the running ones).
-fn containers_of(peer: &str, all: bool) -> Vec<String> {
-    let filter = format!("label=io.clawbernetes.node={peer}");
-    let mut args = vec!["ps", "-q", "--filter", &filter];
-    if all {
-        args.push("-a");
-    }
-    let output = run_with_deadline(Command::new("docker").args(&args), Duration::from_secs(30));
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
 }
 
 /// The OpenClaw plugin's folder.

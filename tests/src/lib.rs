@@ -9,9 +9,35 @@ mod agent_fleet;
 #[cfg(unix)]
 mod docker_proxy;
 
-pub use agent_fleet::{
-    AgentFleet, FLEET_GPU_MODEL, FleetNode, NodeSpec, plugin_path, write_secret,
-};
+pub use agent_fleet::{AgentFleet, FleetNode, NodeSpec, plugin_path, write_secret};
+
+/// The GPU model test nodes simulate.
+pub const SIMULATED_MODEL: &str = "NVIDIA H100 80GB HBM3";
+
+/// The containers Docker holds for the node with `peer` id (by its label): all of them, or the
+/// running ones.
+pub fn node_containers(peer: &str, all: bool) -> Vec<String> {
+    let filter = format!("label=io.clawbernetes.node={peer}");
+    let mut args = vec!["ps", "-q", "--filter", &filter];
+    if all {
+        args.push("-a");
+    }
+    let output = run_with_deadline(Command::new("docker").args(&args), Duration::from_secs(30));
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Removes every container of the node with `peer` id, running or not.
+pub fn remove_node_containers(peer: &str) {
+    for id in node_containers(peer, true) {
+        let _ = run_with_deadline(
+            Command::new("docker").args(["rm", "-f", &id]),
+            Duration::from_secs(30),
+        );
+    }
+}
 #[cfg(unix)]
 pub use docker_proxy::DockerProxy;
 
@@ -183,6 +209,16 @@ impl Clawnode {
         } else {
             Err(finished.stderr)
         }
+    }
+
+    /// `clawnode init`, with `gpus` simulated [`SIMULATED_MODEL`] GPUs (none: only what NVML finds).
+    pub fn init_with_simulated_gpus(&self, gpus: u32) {
+        let spec = format!("{SIMULATED_MODEL}:{gpus}:81559");
+        let mut args = vec!["init"];
+        if gpus > 0 {
+            args.extend(["--simulated-gpu", &spec]);
+        }
+        self.ok(&args);
     }
 
     /// Runs a command that must succeed, and returns its output.

@@ -14,8 +14,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use claw_tests::{
-    AgentFleet, NodeSpec, TOKEN, eventually, required_part, run_with_deadline, workspace_binary,
-    write_secret,
+    AgentFleet, NodeSpec, TOKEN, eventually, node_containers, required_part, run_with_deadline,
+    workspace_binary, write_secret,
 };
 use serde_json::{Value, json};
 
@@ -171,16 +171,7 @@ fn the_bridge_presents_three_nodes_as_one_openclaw_node() {
     assert_eq!(deployed["considered"].as_array().map(Vec::len), Some(2));
     assert_eq!(deployed["workload"]["state"], "running");
     let peer = deployed["peer_id"].as_str().expect("peer");
-    let running = run_with_deadline(
-        Command::new("docker").args([
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label=io.clawbernetes.node={peer}"),
-        ]),
-        Duration::from_secs(30),
-    );
-    assert_eq!(String::from_utf8_lossy(&running.stdout).lines().count(), 1);
+    assert_eq!(node_containers(peer, false).len(), 1);
     eventually(
         Duration::from_secs(20),
         "the workload in fleet.status",

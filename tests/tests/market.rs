@@ -9,13 +9,15 @@
 //! exact balances; a workload that never starts is refunded. Rogue in-process peers joined to
 //! the same mesh publish forged, expired, replayed and foreign offers, which no book takes.
 
-use std::process::Command;
 use std::time::Duration;
 
-use claw_tests::{Clawnode, Localnet, RunningNode, eventually, required_part, run_with_deadline};
+use claw_tests::{
+    Clawnode, Localnet, RunningNode, eventually, node_containers, remove_node_containers,
+    required_part,
+};
 use serde_json::{Value, json};
 
-const MODEL: &str = "NVIDIA H100 80GB HBM3";
+use claw_tests::SIMULATED_MODEL as MODEL;
 /// A workload that runs until stopped, and stops at once on SIGTERM.
 const SERVE: [&str; 3] = ["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"];
 
@@ -29,12 +31,7 @@ struct Node {
 impl Node {
     /// `clawnode init` with `gpus` simulated GPUs.
     fn init(cli: Clawnode, gpus: u32) -> Clawnode {
-        let spec = format!("{MODEL}:{gpus}:81559");
-        let mut args = vec!["init"];
-        if gpus > 0 {
-            args.extend(["--simulated-gpu", &spec]);
-        }
-        cli.ok(&args);
+        cli.init_with_simulated_gpus(gpus);
         cli
     }
 
@@ -84,29 +81,14 @@ impl Node {
     }
 
     fn containers(&self, all: bool) -> Vec<String> {
-        let mut args = vec!["ps", "-q"];
-        if all {
-            args.push("-a");
-        }
-        let filter = format!("label=io.clawbernetes.node={}", self.peer_id);
-        args.extend(["--filter", &filter]);
-        let output = run_with_deadline(Command::new("docker").args(&args), Duration::from_secs(30));
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        node_containers(&self.peer_id, all)
     }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
-        for id in self.containers(true) {
-            let _ = run_with_deadline(
-                Command::new("docker").args(["rm", "-f", &id]),
-                Duration::from_secs(30),
-            );
-        }
+        remove_node_containers(&self.peer_id);
     }
 }
 

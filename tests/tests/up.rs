@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use claw_tests::{Clawnode, Up, free_port, http_get, required_part, run_with_deadline};
+use claw_tests::{Clawnode, Up, free_port, http_get, node_containers, required_part};
 use serde_json::{Value, json};
 
 fn alive(pid: u64) -> bool {
@@ -107,17 +107,8 @@ fn one_command_starts_a_fleet_that_trades_and_stops_without_leftovers() {
         assert!(!alive(*pid), "process {pid} outlived clawnode up");
     }
     if image.is_some() {
-        let left = run_with_deadline(
-            Command::new("docker").args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=io.clawbernetes.node={provider_peer}"),
-            ]),
-            Duration::from_secs(30),
-        );
         assert!(
-            String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+            node_containers(&provider_peer, true).is_empty(),
             "no container is left behind"
         );
     }

@@ -8,7 +8,10 @@
 use std::process::Command;
 use std::time::Duration;
 
-use claw_tests::{Clawnode, RunningNode, eventually, required_part, run_with_deadline};
+use claw_tests::{
+    Clawnode, RunningNode, eventually, node_containers, remove_node_containers, required_part,
+    run_with_deadline,
+};
 use serde_json::{Value, json};
 
 /// A node process on its own data directory; its containers are removed when it is dropped.
@@ -24,12 +27,7 @@ impl Node {
     fn start(gpus: u32, configure: impl FnOnce(String) -> String, bootstrap: &[String]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let cli = Clawnode::new(&dir.path().join("node"));
-        let spec = format!("NVIDIA H100 80GB HBM3:{gpus}:81559");
-        let mut args = vec!["init"];
-        if gpus > 0 {
-            args.extend(["--simulated-gpu", &spec]);
-        }
-        cli.ok(&args);
+        cli.init_with_simulated_gpus(gpus);
         let path = cli.data_dir().join("config.toml");
         let text = std::fs::read_to_string(&path).expect("config written by init");
         let text = configure(
@@ -94,31 +92,14 @@ impl Node {
 
     /// Container ids Docker holds for this node.
     fn containers(&self) -> Vec<String> {
-        let output = run_with_deadline(
-            Command::new("docker").args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=io.clawbernetes.node={}", self.peer_id),
-            ]),
-            Duration::from_secs(30),
-        );
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        node_containers(&self.peer_id, true)
     }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
-        for id in self.containers() {
-            let _ = run_with_deadline(
-                Command::new("docker").args(["rm", "-f", &id]),
-                Duration::from_secs(30),
-            );
-        }
+        remove_node_containers(&self.peer_id);
     }
 }
 

@@ -103,15 +103,7 @@ impl Market {
                 json!({ "lease_id": terms.lease_id, "settled": true, "settlement_signature": signature.to_string() }),
             );
         }
-        escrow
-            .verify_funded(&chain.client, &chain.mint)
-            .await
-            .map_err(|e| {
-                failure(
-                    ErrorCode::Conflict,
-                    format!("the escrow is not as the terms say: {e}"),
-                )
-            })?;
+        chain.verify_escrow(&escrow).await?;
 
         let receipt_text: Option<String> = match params.receipt {
             Some(receipt) => Some(receipt),

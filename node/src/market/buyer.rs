@@ -398,13 +398,7 @@ impl Market {
                 tracing::warn!(lease = %record.lease_id, error = %e, "lease not funded");
                 let error = failure(chain_failure_code(&e), format!("funding the lease: {e}"));
                 record.reason = Some(error.message.clone());
-                let _ = self
-                    .call_peer(
-                        &provider.to_string(),
-                        "market.lease.end",
-                        json!({"lease_id": record.lease_id}),
-                    )
-                    .await;
+                self.end_at_provider(&record).await;
                 record.advance(LeaseState::Expired)?;
                 self.save(&record).await?;
                 return Err(error);
@@ -683,6 +677,18 @@ impl Market {
         Ok(record.summary())
     }
 
+    /// Tells the provider that `record`'s lease is over. Best effort: an unfunded or unstarted
+    /// lease also lapses on the provider by itself.
+    async fn end_at_provider(&self, record: &LeaseRecord) {
+        let _ = self
+            .call_peer(
+                &record.counterparty,
+                "market.lease.end",
+                json!({"lease_id": record.lease_id}),
+            )
+            .await;
+    }
+
     /// Where the provider says `record`'s lease is.
     async fn provider_status(&self, record: &LeaseRecord) -> Result<Value, InvokeFailure> {
         self.call_peer(
@@ -748,13 +754,7 @@ impl Market {
                 LeaseState::Accepted
                     if record.is_stream() && now_ms() > record.created_ms + 60_000 =>
                 {
-                    let _ = self
-                        .call_peer(
-                            &record.counterparty,
-                            "market.lease.end",
-                            json!({"lease_id": record.lease_id}),
-                        )
-                        .await;
+                    self.end_at_provider(&record).await;
                     self.revoke_allowance(&mut record).await?;
                     record.reason = Some("the stream was never started".to_owned());
                     record.advance(LeaseState::Expired)?;
@@ -773,13 +773,7 @@ impl Market {
                         Err(SettlementError::AccountMissing(_))
                             if now_ms() > record.created_ms + 60_000 =>
                         {
-                            let _ = self
-                                .call_peer(
-                                    &record.counterparty,
-                                    "market.lease.end",
-                                    json!({"lease_id": record.lease_id}),
-                                )
-                                .await;
+                            self.end_at_provider(&record).await;
                             record.reason = Some("the escrow was never funded".to_owned());
                             record.advance(LeaseState::Expired)?;
                             self.save(&record).await?;

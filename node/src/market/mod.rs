@@ -300,6 +300,22 @@ struct Chain {
     mint: MoltMint,
 }
 
+impl Chain {
+    /// Checks on chain that `escrow` holds its amount in MOLT under a 2-of-3 multisig of exactly
+    /// its three parties; `CONFLICT` says what is wrong when it does not.
+    async fn verify_escrow(&self, escrow: &Escrow) -> Result<(), InvokeFailure> {
+        escrow
+            .verify_funded(&self.client, &self.mint)
+            .await
+            .map_err(|e| {
+                failure(
+                    ErrorCode::Conflict,
+                    format!("the escrow is not funded as the terms say: {e}"),
+                )
+            })
+    }
+}
+
 /// What the node last published for one GPU model.
 #[derive(Debug, Clone)]
 struct Published {

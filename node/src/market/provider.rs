@@ -500,15 +500,7 @@ impl Market {
                 record.multisig = Some(multisig.clone());
                 record.vault = Some(vault.clone());
                 let escrow = record.escrow()?;
-                escrow
-                    .verify_funded(&chain.client, &chain.mint)
-                    .await
-                    .map_err(|e| {
-                        failure(
-                            ErrorCode::Conflict,
-                            format!("the escrow is not funded as agreed: {e}"),
-                        )
-                    })?;
+                chain.verify_escrow(&escrow).await?;
                 tracing::info!(lease = %record.lease_id, %vault, "escrow verified on chain");
             }
             Payment::Stream { .. } => {
