@@ -1,6 +1,11 @@
 //! The chain itself: LiteSVM with the real SPL Token, Associated Token Account and Memo programs,
 //! plus what a cluster has and LiteSVM does not: slots that advance with the clock, a window of
 //! recent blockhashes, signature statuses and per-address history.
+//!
+//! A transaction lands at most once. Its signature is refused while its blockhash is usable
+//! (a cluster's status cache), and the blockhashes are this chain's own: each one hashes a secret
+//! drawn when the process starts with the slot, so no blockhash of an earlier run (or of another
+//! chain) is ever valid again, and a transaction signed before a restart can never land after it.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -8,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use litesvm::LiteSVM;
 use litesvm::types::{FailedTransactionMetadata, TransactionMetadata};
+use sha2::{Digest as _, Sha256};
 use solana_hash::Hash;
 use solana_program_pack::Pack as _;
 use solana_pubkey::Pubkey;
@@ -98,6 +104,8 @@ pub(crate) struct Simulation {
 pub(crate) struct Chain {
     svm: LiteSVM,
     slot: u64,
+    /// Drawn at start; every blockhash of this run hashes it with its slot.
+    blockhash_secret: [u8; 32],
     recent: VecDeque<(Hash, u64)>,
     statuses: HashMap<Signature, TransactionRecord>,
     status_order: VecDeque<Signature>,
@@ -126,13 +134,15 @@ fn unix_now() -> i64 {
 impl Chain {
     /// A fresh chain at slot 0 with the SPL programs loaded.
     pub(crate) fn new() -> Self {
-        // Blockhashes are checked here against a window, as a cluster does; LiteSVM alone
-        // accepts only the latest.
+        // Blockhashes are this chain's own, checked here against a window as a cluster does;
+        // LiteSVM alone accepts only its latest.
         let svm = LiteSVM::new().with_blockhash_check(false);
+        let blockhash_secret: [u8; 32] = rand::random();
         let mut chain = Self {
-            recent: VecDeque::from([(svm.latest_blockhash(), 0)]),
+            recent: VecDeque::from([(blockhash_at(&blockhash_secret, 0), 0)]),
             svm,
             slot: 0,
+            blockhash_secret,
             statuses: HashMap::new(),
             status_order: VecDeque::new(),
             history: HashMap::new(),
@@ -203,7 +213,7 @@ impl Chain {
         self.svm.expire_blockhash();
         self.set_clock();
         self.recent
-            .push_back((self.svm.latest_blockhash(), self.slot));
+            .push_back((blockhash_at(&self.blockhash_secret, self.slot), self.slot));
         while self.recent.len() as u64 > BLOCKHASH_WINDOW {
             self.recent.pop_front();
         }
@@ -215,7 +225,11 @@ impl Chain {
 
     /// The latest blockhash and the last block height it is valid at.
     pub(crate) fn latest_blockhash(&self) -> (Hash, u64) {
-        (self.svm.latest_blockhash(), self.slot + BLOCKHASH_WINDOW)
+        let latest = self.recent.back().map_or_else(
+            || blockhash_at(&self.blockhash_secret, self.slot),
+            |(hash, _)| *hash,
+        );
+        (latest, self.slot + BLOCKHASH_WINDOW)
     }
 
     pub(crate) fn is_blockhash_valid(&self, hash: &Hash) -> bool {
@@ -299,6 +313,16 @@ impl Chain {
         if !replaying && !self.is_blockhash_valid(tx.message.recent_blockhash()) {
             return Err(SubmitError::BlockhashNotFound);
         }
+        // Its blockhash is usable, so its status is still kept (statuses outlive the window).
+        if let Some(signature) = tx.signatures.first()
+            && self.statuses.contains_key(signature)
+        {
+            return Err(SubmitError::Failed {
+                err: TransactionError::AlreadyProcessed,
+                logs: Vec::new(),
+                compute_units: 0,
+            });
+        }
         let wire = if replaying || self.journal.is_none() {
             None
         } else {
@@ -368,10 +392,22 @@ impl Chain {
         }
         self.statuses.insert(signature, record);
         self.status_order.push_back(signature);
-        if self.status_order.len() > MAX_STATUSES
-            && let Some(old) = self.status_order.pop_front()
-        {
-            self.statuses.remove(&old);
+        // Forget the oldest statuses, but never one whose blockhash may still be usable: that
+        // status is what refuses the transaction a second time.
+        while self.status_order.len() > MAX_STATUSES {
+            let Some(oldest) = self.status_order.front() else {
+                break;
+            };
+            if self
+                .statuses
+                .get(oldest)
+                .is_some_and(|r| r.slot + BLOCKHASH_WINDOW >= self.slot)
+            {
+                break;
+            }
+            if let Some(old) = self.status_order.pop_front() {
+                self.statuses.remove(&old);
+            }
         }
         signature
     }
@@ -391,6 +427,17 @@ impl Chain {
             },
         }
     }
+}
+
+/// The blockhash of `slot` in the run whose secret is `secret`.
+fn blockhash_at(secret: &[u8; 32], slot: u64) -> Hash {
+    let digest: [u8; 32] = Sha256::new()
+        .chain_update(b"clawbernetes/localnet/blockhash\n")
+        .chain_update(secret)
+        .chain_update(slot.to_le_bytes())
+        .finalize()
+        .into();
+    Hash::new_from_array(digest)
 }
 
 /// The transaction's memos in the RPC's format: `[len] text`, joined by `; `.

@@ -4,7 +4,9 @@
 //! cluster.
 //!
 //! Slots advance every 400 ms with a new blockhash; blockhashes stay valid for 150 slots;
-//! transactions are final as soon as they land. With a ledger directory, every airdrop and landed
+//! transactions are final as soon as they land, and a transaction already processed is refused for
+//! as long as its blockhash is valid. Blockhashes are drawn afresh by every run, so nothing signed
+//! before a restart can land after it. With a ledger directory, every airdrop and landed
 //! transaction is journaled and synced before it is answered, and replayed on start, so a crash
 //! loses nothing the chain confirmed; without one, state lives in memory.
 

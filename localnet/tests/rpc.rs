@@ -371,3 +371,85 @@ async fn a_chain_with_a_ledger_survives_a_crash() {
         2 * SOL
     );
 }
+
+#[tokio::test]
+async fn a_transaction_lands_once_however_much_follows_it() {
+    let (_chain, client) = start().await;
+    let wallet = funded(&client).await;
+    let receiver = Pubkey::new_unique();
+    let blockhash = client.get_latest_blockhash().await.expect("blockhash");
+    let tx = Transaction::new_signed_with_payer(
+        &[solana_system_interface::instruction::transfer(
+            &wallet.pubkey(),
+            &receiver,
+            SOL,
+        )],
+        Some(&wallet.pubkey()),
+        &[&wallet],
+        blockhash,
+    );
+    client
+        .send_and_confirm_transaction(&tx)
+        .await
+        .expect("transfer");
+    // Many other transactions land while the first one's blockhash is still usable.
+    for _ in 0..40 {
+        funded(&client).await;
+    }
+    assert!(
+        client
+            .is_blockhash_valid(&blockhash, CommitmentConfig::confirmed())
+            .await
+            .expect("blockhash validity"),
+        "the test must replay within the blockhash's window"
+    );
+    let again = client.send_transaction(&tx).await;
+    let error = again.expect_err("a transaction already processed is refused");
+    assert!(
+        error.to_string().contains("already been processed"),
+        "{error}"
+    );
+    assert_eq!(client.get_balance(&receiver).await.expect("balance"), SOL);
+}
+
+#[tokio::test]
+async fn a_transaction_signed_before_a_restart_never_lands_after_it() {
+    let ledger = tempfile::tempdir().expect("ledger dir");
+    let addr = "127.0.0.1:0".parse().expect("addr");
+    let (wallet, unsent) = {
+        let chain = EmbeddedChain::start_with_ledger(addr, Some(ledger.path().to_path_buf()))
+            .await
+            .expect("chain");
+        let client = RpcClient::new_with_commitment(chain.rpc_url(), CommitmentConfig::confirmed());
+        let wallet = funded(&client).await;
+        let blockhash = client.get_latest_blockhash().await.expect("blockhash");
+        let unsent = Transaction::new_signed_with_payer(
+            &[solana_system_interface::instruction::transfer(
+                &wallet.pubkey(),
+                &Pubkey::new_unique(),
+                SOL,
+            )],
+            Some(&wallet.pubkey()),
+            &[&wallet],
+            blockhash,
+        );
+        (wallet, unsent)
+    };
+    let chain = EmbeddedChain::start_with_ledger(addr, Some(ledger.path().to_path_buf()))
+        .await
+        .expect("chain restarts");
+    let client = RpcClient::new_with_commitment(chain.rpc_url(), CommitmentConfig::confirmed());
+    // However long the new run goes on, a blockhash of the last run is never valid again.
+    tokio::time::sleep(claw_localnet::SLOT_DURATION * 3).await;
+    let refused = client.send_transaction(&unsent).await;
+    assert!(
+        refused
+            .expect_err("a blockhash of an earlier run")
+            .to_string()
+            .contains("Blockhash not found")
+    );
+    assert_eq!(
+        client.get_balance(&wallet.pubkey()).await.expect("balance"),
+        10 * SOL
+    );
+}
