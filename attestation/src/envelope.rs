@@ -64,8 +64,10 @@ pub enum PayloadKind {
     Bid,
     /// A provider's accepted lease terms.
     LeaseTerms,
-    /// A provider's receipt for a lease it served.
-    LeaseReceipt,
+    /// A buyer's acceptance of lease terms, naming them by digest and the escrow it funds.
+    LeaseAcceptance,
+    /// A provider's account of a lease's use so far (the final one ends the lease).
+    UsageCheckpoint,
 }
 
 impl PayloadKind {
@@ -77,7 +79,9 @@ impl PayloadKind {
             Self::Offer => 4,
             Self::Bid => 5,
             Self::LeaseTerms => 6,
-            Self::LeaseReceipt => 7,
+            // 7 was the first lease protocol's receipt; it is never reused.
+            Self::LeaseAcceptance => 8,
+            Self::UsageCheckpoint => 9,
         }
     }
 
@@ -89,9 +93,23 @@ impl PayloadKind {
             4 => Some(Self::Offer),
             5 => Some(Self::Bid),
             6 => Some(Self::LeaseTerms),
-            7 => Some(Self::LeaseReceipt),
+            8 => Some(Self::LeaseAcceptance),
+            9 => Some(Self::UsageCheckpoint),
             _ => None,
         }
+    }
+
+    /// The longest an envelope of this kind may be valid (expiry minus issue time). Gossiped
+    /// claims about the present live at most a day; a lease's evidence must outlive the longest
+    /// lease (366 days) by the time a dispute may take. With the expiry check this also bounds
+    /// `issued_at` from below: nothing older than its kind's lifetime is accepted.
+    pub fn max_lifetime(self) -> Duration {
+        const HOUR: u64 = 3600;
+        Duration::from_secs(match self {
+            Self::Freshness => HOUR,
+            Self::Inventory | Self::Announcement | Self::Offer | Self::Bid => 24 * HOUR,
+            Self::LeaseTerms | Self::LeaseAcceptance | Self::UsageCheckpoint => 400 * 24 * HOUR,
+        })
     }
 }
 
@@ -104,7 +122,8 @@ impl fmt::Display for PayloadKind {
             Self::Offer => "offer",
             Self::Bid => "bid",
             Self::LeaseTerms => "lease terms",
-            Self::LeaseReceipt => "lease receipt",
+            Self::LeaseAcceptance => "lease acceptance",
+            Self::UsageCheckpoint => "usage checkpoint",
         })
     }
 }
@@ -169,6 +188,16 @@ pub enum VerifyError {
         now_ms: u64,
         /// The tolerated skew.
         max_skew_ms: u64,
+    },
+    /// Valid for longer than its kind allows.
+    #[error("valid for {lifetime_ms} ms, more than the {max_ms} ms a {kind} may be")]
+    LifetimeTooLong {
+        /// The envelope's kind.
+        kind: PayloadKind,
+        /// Expiry minus issue time.
+        lifetime_ms: u64,
+        /// The kind's maximum.
+        max_ms: u64,
     },
     /// Sequence not newer than one already accepted from the same signer.
     #[error("replayed sequence {seq} from {signer}: last accepted was {last_seen}")]
@@ -530,6 +559,24 @@ impl Verifier {
         Ok(VerifiedEnvelope { envelope, signer })
     }
 
+    /// Checks an envelope's size, form and signature, but not its validity window: for evidence
+    /// kept after it was verified on receipt (lease terms, checkpoints), which must stay readable
+    /// once it expires. Never use it on what arrives from the network.
+    pub fn verify_ignoring_time(&self, bytes: &[u8]) -> Result<VerifiedEnvelope, VerifyError> {
+        if bytes.len() > self.max_envelope_bytes {
+            return Err(VerifyError::Oversize {
+                size: bytes.len(),
+                max: self.max_envelope_bytes,
+            });
+        }
+        let envelope = Envelope::from_bytes(bytes)?;
+        let signer = envelope.signer()?;
+        signer
+            .verify_strict(&envelope.signed_message(), &envelope.signature)
+            .map_err(|_| VerifyError::BadSignature)?;
+        Ok(VerifiedEnvelope { envelope, signer })
+    }
+
     /// Checks many envelopes at once with Ed25519 batch verification.
     ///
     /// Results come back in input order. When the batch fails as a whole, each envelope is
@@ -609,6 +656,15 @@ impl Verifier {
             return Err(VerifyError::Expired {
                 expires_at_ms: envelope.expires_at_ms,
                 now_ms,
+            });
+        }
+        let lifetime_ms = envelope.expires_at_ms.saturating_sub(envelope.issued_at_ms);
+        let max_ms = u64::try_from(envelope.kind.max_lifetime().as_millis()).unwrap_or(u64::MAX);
+        if lifetime_ms > max_ms {
+            return Err(VerifyError::LifetimeTooLong {
+                kind: envelope.kind,
+                lifetime_ms,
+                max_ms,
             });
         }
         Ok((envelope, signer))
@@ -838,6 +894,42 @@ mod tests {
             verifier.verify_at(&bytes, None, NOW - 30_001),
             Err(VerifyError::NotYetValid { .. })
         ));
+    }
+
+    #[test]
+    fn a_lifetime_longer_than_the_kind_allows_is_refused() {
+        let identity = NodeIdentity::generate();
+        let max = PayloadKind::Inventory.max_lifetime();
+        let at_most = |ttl| {
+            let validity = Validity {
+                issued_at_ms: NOW,
+                ttl,
+            };
+            Envelope::seal(&identity, 1, validity, &note()).to_bytes()
+        };
+        let verifier = Verifier::new();
+        assert!(verifier.verify_at(&at_most(max), None, NOW).is_ok());
+        assert!(matches!(
+            verifier.verify_at(&at_most(max + Duration::from_millis(1)), None, NOW),
+            Err(VerifyError::LifetimeTooLong {
+                kind: PayloadKind::Inventory,
+                ..
+            })
+        ));
+        // So nothing issued longer ago than the kind's lifetime is accepted.
+        let old = Validity {
+            issued_at_ms: NOW - 25 * 3_600_000,
+            ttl: Duration::from_secs(26 * 3600),
+        };
+        assert!(
+            verifier
+                .verify_at(
+                    &Envelope::seal(&identity, 2, old, &note()).to_bytes(),
+                    None,
+                    NOW
+                )
+                .is_err()
+        );
     }
 
     #[test]

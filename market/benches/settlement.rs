@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use claw_market::Molt;
-use claw_market::settlement::{ChainClient, EscrowTerms, MoltMint, open_escrow, pro_rata};
+use claw_market::lease::{LeaseId, Parties};
+use claw_market::settlement::{ChainClient, Escrow, EscrowAddresses, MoltMint, pro_rata};
 use solana_keypair::Keypair;
 use solana_signer::Signer as _;
 
@@ -145,21 +146,30 @@ async fn measure(name: &str, client: Arc<ChainClient>, sizes: &Sizes) {
     let mut settlements = Vec::new();
     for i in 0..sizes.settlements {
         let t = Instant::now();
-        let terms = EscrowTerms {
-            lease_id: format!("bench-{i}"),
-            buyer: buyer.pubkey(),
-            provider: provider.pubkey(),
-            arbiter: arbiter.pubkey(),
+        let lease_id = LeaseId::derive(
+            &(i as u64)
+                .to_le_bytes()
+                .repeat(4)
+                .try_into()
+                .unwrap_or([0; 32]),
+            &[1; 32],
+        );
+        let escrow = Escrow {
+            addresses: EscrowAddresses::derive(&buyer.pubkey(), &lease_id),
+            lease_id,
+            parties: Parties {
+                buyer: buyer.pubkey(),
+                provider: provider.pubkey(),
+                arbiter: arbiter.pubkey(),
+            },
             amount: Molt::from_base_units(24_000_000),
         };
-        let (escrow, _) = open_escrow(&client, &mint, &buyer, terms)
-            .await
-            .expect("lock");
+        escrow.fund(&client, &mint, &buyer).await.expect("lock");
         escrow
             .verify_funded(&client, &mint)
             .await
             .expect("verified");
-        let release = pro_rata(escrow.terms.amount, 3 * 3600, 8 * 3600);
+        let release = pro_rata(escrow.amount, 3 * 3600, 8 * 3600);
         escrow
             .settle(&client, &mint, release, &provider, &buyer)
             .await

@@ -1,18 +1,22 @@
 //! Settlement through the RPC client on a real chain: the embedded localnet always, and a real
 //! `solana-test-validator` when the test script provides one (`CLAW_SOLANA_TEST_VALIDATOR`).
 //!
-//! Escrow lock → 2-of-3 release with the signed transaction passed between the parties, balances
-//! exact to the base unit; a 1-of-3 release rejected on chain; refund; dispute through the
-//! arbiter; settling twice pays once; tampering is refused; streaming up to the cap, past it
-//! refused, revoke; insufficient funds typed and changing nothing; an endpoint that is down.
+//! Escrow at addresses derived from the lease → 2-of-3 release with the signed transaction passed
+//! between the parties, balances exact to the base unit; the escrow funded once only, and not
+//! blocked by SOL sent to its address first; a 1-of-3 release rejected on chain; refund; dispute
+//! through the arbiter; settling twice pays once; tampering is refused; "settled" read from the
+//! vault's balance and transfers, so a memo sent by a third party settles nothing; streaming in
+//! allowances, past one refused, pulled amounts read from the chain, revoke; insufficient funds
+//! typed and changing nothing; an endpoint that is down.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use claw_market::Molt;
+use claw_market::lease::{LeaseId, Parties};
 use claw_market::settlement::{
-    ChainClient, EscrowTerms, MoltMint, Release, Settled, SettlementError, amount_due,
-    approve_stream, open_escrow, pro_rata, pull, revoke,
+    ChainClient, Escrow, EscrowAddresses, MoltMint, Release, Settled, SettlementError,
+    StreamReading, amount_due, approve_allowance, memo, pro_rata, pull, read_stream, revoke,
 };
 use solana_keypair::Keypair;
 use solana_signer::Signer as _;
@@ -78,7 +82,7 @@ async fn wait_healthy(client: &ChainClient) {
     }
 }
 
-struct Parties {
+struct Keys {
     mint: MoltMint,
     buyer: Keypair,
     provider: Keypair,
@@ -94,7 +98,7 @@ async fn funded(client: &ChainClient) -> Keypair {
     keypair
 }
 
-async fn setup(client: &ChainClient) -> Parties {
+async fn setup(client: &ChainClient) -> Keys {
     let issuer = funded(client).await;
     let mint = MoltMint::create(client, &issuer).await.expect("MOLT mint");
     let (buyer, provider, arbiter) = (
@@ -105,7 +109,7 @@ async fn setup(client: &ChainClient) -> Parties {
     mint.mint_to(client, &issuer, &buyer.pubkey(), molt("1000"))
         .await
         .expect("buyer funded");
-    Parties {
+    Keys {
         mint,
         buyer,
         provider,
@@ -113,12 +117,19 @@ async fn setup(client: &ChainClient) -> Parties {
     }
 }
 
-fn terms(p: &Parties, lease: &str, amount: &str) -> EscrowTerms {
-    EscrowTerms {
-        lease_id: lease.to_owned(),
-        buyer: p.buyer.pubkey(),
-        provider: p.provider.pubkey(),
-        arbiter: p.arbiter.pubkey(),
+fn lease(n: u8) -> LeaseId {
+    LeaseId::derive(&[n; 32], &[0; 32])
+}
+
+fn escrow(p: &Keys, lease_id: LeaseId, amount: &str) -> Escrow {
+    Escrow {
+        addresses: EscrowAddresses::derive(&p.buyer.pubkey(), &lease_id),
+        lease_id,
+        parties: Parties {
+            buyer: p.buyer.pubkey(),
+            provider: p.provider.pubkey(),
+            arbiter: p.arbiter.pubkey(),
+        },
         amount: molt(amount),
     }
 }
@@ -133,18 +144,60 @@ async fn escrow_release_refund_dispute_and_idempotency(client: &ChainClient) {
     let p = setup(client).await;
     let mint = p.mint;
 
-    // Lock 24 MOLT (3 MOLT/h × 8 h); the vault is verified on chain before anyone relies on it.
-    let (escrow, _) = open_escrow(client, &mint, &p.buyer, terms(&p, "lease-1", "24"))
+    // Someone sends SOL to the vault's derived address first: the funding still goes through.
+    let first = escrow(&p, lease(1), "24");
+    let griefer = funded(client).await;
+    client
+        .submit(
+            &[solana_system_interface::instruction::transfer(
+                &griefer.pubkey(),
+                &first.vault(),
+                1_000_000,
+            )],
+            &griefer,
+            &[],
+        )
         .await
-        .expect("escrow funded");
-    escrow
+        .expect("SOL to the vault's address");
+    assert!(!first.exists(client).await.expect("exists"));
+
+    // Lock 24 MOLT (3 MOLT/h × 8 h); the vault is verified on chain before anyone relies on it.
+    let funding = first.fund(client, &mint, &p.buyer).await.expect("funded");
+    first
         .verify_funded(client, &mint)
         .await
         .expect("funding verified");
     assert_eq!(balance(client, &mint, &p.buyer).await, molt("976"));
+    let funded_at = first
+        .funding_time(client, &funding.signature)
+        .await
+        .expect("the funding's block time");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    assert!(
+        funded_at <= now_ms + 5_000 && funded_at + 120_000 > now_ms,
+        "{funded_at}"
+    );
+    // The escrow can back one lease only: funding it again fails on chain (or, sent within the
+    // same blockhash, is the very same transaction, which lands once) and moves nothing.
+    tokio::time::sleep(claw_localnet::SLOT_DURATION * 2).await;
+    match first.fund(client, &mint, &p.buyer).await {
+        Err(SettlementError::TransactionFailed { .. }) => {}
+        Ok(again) if again.signature == funding.signature => {}
+        other => panic!("a second funding: {other:?}"),
+    }
+    assert_eq!(balance(client, &mint, &p.buyer).await, molt("976"));
+    // Another transaction (an airdrop) is not the funding of this escrow.
+    let other = client
+        .airdrop(&Keypair::new().pubkey(), SOL)
+        .await
+        .expect("airdrop");
+    assert!(first.funding_time(client, &other.signature).await.is_err());
     // A vault whose multisig is not 2 of exactly these three parties is not this escrow.
-    let mut claimed = escrow.clone();
-    claimed.terms.arbiter = Keypair::new().pubkey();
+    let mut claimed = first.clone();
+    claimed.parties.arbiter = Keypair::new().pubkey();
     let err = claimed
         .verify_funded(client, &mint)
         .await
@@ -154,9 +207,9 @@ async fn escrow_release_refund_dispute_and_idempotency(client: &ChainClient) {
     // One signature of three cannot release: the token program refuses it on chain.
     let one_of_three = mint
         .transfer_instruction(
-            &escrow.vault,
+            &first.vault(),
             &mint.account_of(&p.provider.pubkey()),
-            &escrow.multisig,
+            &first.multisig(),
             &[&p.provider.pubkey()],
             molt("24"),
         )
@@ -176,14 +229,23 @@ async fn escrow_release_refund_dispute_and_idempotency(client: &ChainClient) {
         matches!(err, SettlementError::TransactionFailed { .. }),
         "{err}"
     );
-    escrow
+
+    // A millionth of a MOLT sent to the vault with a "settle" memo: nothing is settled.
+    p.buyer_transfer(client, &mint, &first, molt("0.000001"))
+        .await;
+    assert_eq!(
+        first.find_settlement(client, &mint).await.expect("look"),
+        None,
+        "a memo is not a settlement"
+    );
+    first
         .verify_funded(client, &mint)
         .await
         .expect("still funded");
 
     // Served 5 h 30 min of 8 h: the provider builds and signs the settlement, the buyer checks
     // exactly what it pays and co-signs, and either sends it.
-    let release = pro_rata(escrow.terms.amount, 5 * 3600 + 1800, 8 * 3600);
+    let release = pro_rata(first.amount, 5 * 3600 + 1800, 8 * 3600);
     assert_eq!(
         release,
         Release {
@@ -193,7 +255,7 @@ async fn escrow_release_refund_dispute_and_idempotency(client: &ChainClient) {
     );
     let (blockhash, last_valid) = client.latest_blockhash().await.expect("blockhash");
     let signers = [&p.provider.pubkey(), &p.buyer.pubkey()];
-    let mut tx = escrow
+    let mut tx = first
         .settlement_transaction(&mint, release, &p.provider.pubkey(), signers, blockhash)
         .expect("settlement");
     tx.partial_sign(&[&p.provider], blockhash);
@@ -204,11 +266,11 @@ async fn escrow_release_refund_dispute_and_idempotency(client: &ChainClient) {
         to_provider: molt("20"),
         to_buyer: molt("4"),
     };
-    let err = escrow
+    let err = first
         .check_settlement(&mint, &wire, greedy, &p.provider.pubkey(), signers)
         .expect_err("mismatch");
     assert!(err.to_string().contains("does not match"), "{err}");
-    let mut received = escrow
+    let mut received = first
         .check_settlement(&mint, &wire, release, &p.provider.pubkey(), signers)
         .expect("the settlement is the agreed one");
     received.partial_sign(&[&p.buyer], blockhash);
@@ -220,7 +282,7 @@ async fn escrow_release_refund_dispute_and_idempotency(client: &ChainClient) {
         .rposition(|w| w == 16_500_000u64.to_le_bytes())
         .expect("the provider's amount is in the message");
     tampered[position..position + 8].copy_from_slice(&20_000_000u64.to_le_bytes());
-    let err = escrow
+    let err = first
         .check_settlement(&mint, &tampered, release, &p.provider.pubkey(), signers)
         .expect_err("tampered");
     assert!(err.to_string().contains("does not match"), "{err}");
@@ -235,17 +297,32 @@ async fn escrow_release_refund_dispute_and_idempotency(client: &ChainClient) {
         err.to_string().to_lowercase().contains("signature"),
         "{err}"
     );
-    escrow
-        .verify_funded(client, &mint)
-        .await
-        .expect("untouched");
 
     let landed = client
         .submit_signed(&received, last_valid)
         .await
         .expect("settled");
     assert_eq!(balance(client, &mint, &p.provider).await, molt("16.5"));
-    assert_eq!(balance(client, &mint, &p.buyer).await, molt("983.5"));
+    assert_eq!(balance(client, &mint, &p.buyer).await, molt("983.499999"));
+    // The chain shows the settlement, with its split, whoever looks.
+    let fact = first
+        .find_settlement(client, &mint)
+        .await
+        .expect("look")
+        .expect("settled");
+    assert_eq!(fact.signature, landed.signature.to_string());
+    assert_eq!(
+        (fact.to_provider, fact.to_buyer),
+        (molt("16.5"), molt("7.5"))
+    );
+    assert_eq!(fact.to_others, Molt::default());
+    assert_eq!(
+        first
+            .settlement_fact(client, &mint, &landed.signature)
+            .await
+            .expect("fact"),
+        Some(fact.clone())
+    );
     // The same signed settlement sent again (say, by the other party) pays nothing: the chain
     // refuses it as already processed, and the sender is told of the first one.
     let again = client
@@ -256,36 +333,40 @@ async fn escrow_release_refund_dispute_and_idempotency(client: &ChainClient) {
     assert_eq!(balance(client, &mint, &p.provider).await, molt("16.5"));
 
     // Settling again finds the first settlement and pays nothing.
-    let again = escrow
+    let again = first
         .settle(client, &mint, release, &p.provider, &p.buyer)
         .await
         .expect("idempotent");
-    assert!(matches!(again, Settled::Already(_)), "{again:?}");
+    assert_eq!(again, Settled::Already(fact));
     assert_eq!(balance(client, &mint, &p.provider).await, molt("16.5"));
 
     // A provider that never starts: buyer and arbiter refund it all.
-    let (refund, _) = open_escrow(client, &mint, &p.buyer, terms(&p, "lease-2", "10"))
+    let refund = escrow(&p, lease(2), "10");
+    refund
+        .fund(client, &mint, &p.buyer)
         .await
         .expect("escrow 2");
-    let all_back = pro_rata(refund.terms.amount, 0, 3600);
+    let all_back = pro_rata(refund.amount, 0, 3600);
     let settled = refund
         .settle(client, &mint, all_back, &p.buyer, &p.arbiter)
         .await
         .expect("refund");
     assert!(matches!(settled, Settled::Now(_)));
-    assert_eq!(balance(client, &mint, &p.buyer).await, molt("983.5"));
+    assert_eq!(balance(client, &mint, &p.buyer).await, molt("983.499999"));
 
     // A dispute: the arbiter sides with the provider for half.
-    let (disputed, _) = open_escrow(client, &mint, &p.buyer, terms(&p, "lease-3", "8"))
+    let disputed = escrow(&p, lease(3), "8");
+    disputed
+        .fund(client, &mint, &p.buyer)
         .await
         .expect("escrow 3");
-    let half = pro_rata(disputed.terms.amount, 1800, 3600);
+    let half = pro_rata(disputed.amount, 1800, 3600);
     disputed
         .settle(client, &mint, half, &p.arbiter, &p.provider)
         .await
         .expect("arbitrated");
     assert_eq!(balance(client, &mint, &p.provider).await, molt("20.5"));
-    assert_eq!(balance(client, &mint, &p.buyer).await, molt("979.5"));
+    assert_eq!(balance(client, &mint, &p.buyer).await, molt("979.499999"));
 
     // A party outside the escrow cannot be one of its signers.
     let outsider = Keypair::new();
@@ -301,31 +382,66 @@ async fn escrow_release_refund_dispute_and_idempotency(client: &ChainClient) {
     assert!(matches!(err, SettlementError::WrongOwner(_)));
 }
 
-async fn streaming_up_to_the_cap_then_revoke(client: &ChainClient) {
+impl Keys {
+    /// The buyer sends `amount` into `escrow`'s vault with a memo claiming a settlement.
+    async fn buyer_transfer(
+        &self,
+        client: &ChainClient,
+        mint: &MoltMint,
+        escrow: &Escrow,
+        amount: Molt,
+    ) {
+        let instructions = [
+            mint.transfer_instruction(
+                &mint.account_of(&self.buyer.pubkey()),
+                &escrow.vault(),
+                &self.buyer.pubkey(),
+                &[],
+                amount,
+            )
+            .expect("transfer"),
+            memo(&format!("clawbernetes lease {} settle", escrow.lease_id)),
+        ];
+        client
+            .submit(&instructions, &self.buyer, &[])
+            .await
+            .expect("a deposit with a settle memo");
+    }
+}
+
+async fn streaming_in_allowances_then_revoke(client: &ChainClient) {
     let p = setup(client).await;
     let mint = p.mint;
-    let cap = molt("10");
-    approve_stream(
+    let lease_id = lease(9);
+    let rate = molt("6");
+    let start = client
+        .history(&mint.account_of(&p.buyer.pubkey()), None, 1)
+        .await
+        .expect("history")
+        .first()
+        .map_or(0, |e| e.slot);
+    // Two pulls' worth at a time (a pull each 10 minutes at 6 MOLT/h: 1 MOLT each).
+    approve_allowance(
         client,
         &mint,
         &p.buyer,
         &p.provider.pubkey(),
-        cap,
-        "lease-s",
+        molt("2"),
+        Molt::default(),
+        &lease_id,
     )
     .await
     .expect("approve");
-    // 6 MOLT/h: 40 minutes earns 4, 100 minutes earns 10 (the cap).
-    let rate = molt("6");
-    let first = amount_due(rate, 40 * 60, Molt::default(), cap);
-    assert_eq!(first, molt("4"));
+    let first = amount_due(rate, 10 * 60, Molt::default(), molt("10"));
+    assert_eq!(first, molt("1"));
     pull(
         client,
         &mint,
         &p.provider,
         &p.buyer.pubkey(),
         first,
-        "lease-s",
+        Molt::default(),
+        &lease_id,
     )
     .await
     .expect("pull 1");
@@ -335,54 +451,67 @@ async fn streaming_up_to_the_cap_then_revoke(client: &ChainClient) {
         &mint,
         &p.provider,
         &p.buyer.pubkey(),
-        molt("6.000001"),
-        "lease-s",
+        molt("1.000001"),
+        first,
+        &lease_id,
     )
     .await
-    .expect_err("over the cap");
+    .expect_err("over the allowance");
     assert!(
         matches!(err, SettlementError::InsufficientFunds(_)),
         "{err}"
     );
-    let second = amount_due(rate, 100 * 60, first, cap);
-    assert_eq!(second, molt("6"));
+    // Both sides read what was pulled from the chain.
+    let reading = read_stream(
+        client,
+        &mint,
+        &p.buyer.pubkey(),
+        &p.provider.pubkey(),
+        start,
+        StreamReading::default(),
+    )
+    .await
+    .expect("reading");
+    assert_eq!((reading.pulled, reading.allowance), (molt("1"), molt("1")));
+    // The buyer tops up as checkpoints arrive; the provider pulls its next share.
+    approve_allowance(
+        client,
+        &mint,
+        &p.buyer,
+        &p.provider.pubkey(),
+        molt("2"),
+        reading.pulled,
+        &lease_id,
+    )
+    .await
+    .expect("top up");
+    let second = amount_due(rate, 20 * 60, reading.pulled, molt("10"));
     pull(
         client,
         &mint,
         &p.provider,
         &p.buyer.pubkey(),
         second,
-        "lease-s",
+        reading.pulled,
+        &lease_id,
     )
     .await
     .expect("pull 2");
-    assert_eq!(amount_due(rate, 200 * 60, cap, cap), Molt::default());
-    assert_eq!(balance(client, &mint, &p.provider).await, molt("10"));
-    // The allowance is used up: the provider is no longer a delegate at all.
-    let err = pull(
+    let reading = read_stream(
         client,
         &mint,
-        &p.provider,
         &p.buyer.pubkey(),
-        molt("0.000001"),
-        "lease-s",
-    )
-    .await
-    .expect_err("allowance spent");
-    assert!(matches!(err, SettlementError::WrongOwner(_)), "{err}");
-
-    // A fresh allowance, revoked: nothing more can be pulled.
-    approve_stream(
-        client,
-        &mint,
-        &p.buyer,
         &p.provider.pubkey(),
-        cap,
-        "lease-s2",
+        start,
+        reading,
     )
     .await
-    .expect("approve again");
-    revoke(client, &mint, &p.buyer, "lease-s2")
+    .expect("reading from the cursor");
+    assert_eq!((reading.pulled, reading.allowance), (molt("2"), molt("1")));
+    assert_eq!(balance(client, &mint, &p.provider).await, molt("2"));
+
+    // Revoked: nothing more can be pulled.
+    revoke(client, &mint, &p.buyer, &lease_id)
         .await
         .expect("revoke");
     let err = pull(
@@ -390,26 +519,23 @@ async fn streaming_up_to_the_cap_then_revoke(client: &ChainClient) {
         &mint,
         &p.provider,
         &p.buyer.pubkey(),
-        molt("1"),
-        "lease-s2",
+        molt("0.5"),
+        molt("2"),
+        &lease_id,
     )
     .await
     .expect_err("revoked");
     assert!(matches!(err, SettlementError::WrongOwner(_)), "{err}");
-    assert_eq!(balance(client, &mint, &p.buyer).await, molt("990"));
+    assert_eq!(balance(client, &mint, &p.buyer).await, molt("998"));
 }
 
 async fn insufficient_funds_change_nothing(client: &ChainClient) {
     let p = setup(client).await;
     let mint = p.mint;
-    let err = open_escrow(
-        client,
-        &mint,
-        &p.buyer,
-        terms(&p, "lease-big", "1000.000001"),
-    )
-    .await
-    .expect_err("more than the buyer holds");
+    let err = escrow(&p, lease(7), "1000.000001")
+        .fund(client, &mint, &p.buyer)
+        .await
+        .expect_err("more than the buyer holds");
     assert!(
         matches!(err, SettlementError::InsufficientFunds(_)),
         "{err}"
@@ -450,7 +576,7 @@ async fn insufficient_funds_change_nothing(client: &ChainClient) {
 async fn whole_suite(client: &ChainClient) {
     wait_healthy(client).await;
     escrow_release_refund_dispute_and_idempotency(client).await;
-    streaming_up_to_the_cap_then_revoke(client).await;
+    streaming_in_allowances_then_revoke(client).await;
     insufficient_funds_change_nothing(client).await;
 }
 

@@ -136,6 +136,17 @@ pub struct MarketSection {
     pub arbiter_peer: Option<String>,
     /// A provider asks the arbiter when a completed lease is still unsettled this long after.
     pub dispute_after_secs: u64,
+    /// A buyer asks the arbiter when its provider has not answered for this long.
+    pub unreachable_grace_secs: u64,
+    /// A provider signs a usage checkpoint of each running lease this often.
+    pub checkpoint_secs: u32,
+    /// Unfunded reservations one peer, or one wallet, may hold at once on this provider.
+    pub max_open_reservations: u32,
+    /// A peer or wallet whose reservations lapsed unfunded this many times within
+    /// `lapse_window_secs` is refused new ones until they age out.
+    pub lapses_before_refusal: u32,
+    /// The window over which lapses are counted.
+    pub lapse_window_secs: u64,
     /// The most one lease this node buys may cost. Default no limit.
     pub max_per_lease: Option<String>,
     /// The most the leases this node buys in any 24 hours may cost together. Default no limit.
@@ -157,6 +168,11 @@ impl Default for MarketSection {
             arbitrate: false,
             arbiter_peer: None,
             dispute_after_secs: 600,
+            unreachable_grace_secs: 120,
+            checkpoint_secs: 60,
+            max_open_reservations: 2,
+            lapses_before_refusal: 3,
+            lapse_window_secs: 3600,
             max_per_lease: None,
             max_per_day: None,
         }
@@ -235,6 +251,21 @@ impl MarketSection {
         }
         if !(5..=3600).contains(&self.fund_within_secs) {
             return invalid("fund_within_secs must be 5 to 3600");
+        }
+        if !(1..=86_400).contains(&self.unreachable_grace_secs) {
+            return invalid("unreachable_grace_secs must be 1 to 86400");
+        }
+        if !(1..=3600).contains(&self.checkpoint_secs) {
+            return invalid("checkpoint_secs must be 1 to 3600");
+        }
+        if !(1..=64).contains(&self.max_open_reservations) {
+            return invalid("max_open_reservations must be 1 to 64");
+        }
+        if !(1..=1000).contains(&self.lapses_before_refusal) {
+            return invalid("lapses_before_refusal must be 1 to 1000");
+        }
+        if !(60..=86_400).contains(&self.lapse_window_secs) {
+            return invalid("lapse_window_secs must be 60 to 86400");
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use claw_attestation::{GpuDevice, GpuMetrics, GpuProbe};
-use claw_market::lease::LeaseState;
+
 use claw_mesh::MeshHandle;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -24,8 +24,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::Store;
-use crate::market::{LeaseRecord, Side};
 use crate::workloads::WorkloadRecord;
+use claw_market::lease::{LeaseRecord, Side};
 
 /// Where the running node records the metrics address (see [`crate::record_address`]).
 pub const ADDR_FILE: &str = "metrics.addr";
@@ -154,18 +154,16 @@ fn side_name(side: Side) -> &'static str {
 }
 
 /// MOLT base units moved by this node's leases, by this node's side and by who received them:
-/// settled and refunded leases by their receipts, streaming leases still running by what the
-/// provider has pulled.
+/// escrows by their settlement as the chain showed it, streams by what the provider pulled.
 fn settled_molt(leases: &[LeaseRecord]) -> BTreeMap<(&'static str, &'static str), u64> {
     let mut settled = BTreeMap::new();
     for lease in leases {
         let side = side_name(lease.side);
-        let (to_provider, to_buyer) = match (&lease.receipt, lease.state) {
-            (Some(receipt), LeaseState::Settled | LeaseState::Refunded) => (
-                receipt.to_provider.base_units(),
-                receipt.to_buyer.base_units(),
-            ),
-            _ => (lease.pulled, 0),
+        let pulled = lease.stream.as_ref().map(|s| s.pulled.base_units());
+        let (to_provider, to_buyer) = match (&lease.settlement, pulled) {
+            (Some(fact), _) => (fact.to_provider.base_units(), fact.to_buyer.base_units()),
+            (None, Some(pulled)) => (pulled, 0),
+            (None, None) => (0, 0),
         };
         *settled.entry((side, "provider")).or_insert(0) += to_provider;
         *settled.entry((side, "buyer")).or_insert(0) += to_buyer;
@@ -303,25 +301,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn settled_molt_counts_receipts_of_closed_leases_and_pulls_of_running_ones() {
-        let mut closed = LeaseRecord::for_tests("l1");
+    fn settled_molt_counts_settlements_of_closed_leases_and_pulls_of_streams() {
+        use claw_market::Molt;
+        use claw_market::lease::{LeaseId, LeaseState};
+        let id = |n: u8| LeaseId::derive(&[n; 32], &[0; 32]);
+        let mut closed = LeaseRecord::reserved(id(1), "peer".to_owned(), Vec::new(), 0);
         closed.state = LeaseState::Settled;
-        closed.receipt = Some(claw_market::lease::LeaseReceipt {
-            lease_id: "l1".to_owned(),
-            terms_digest: [0; 32],
-            outcome: claw_market::lease::LeaseOutcome::Served,
-            started_ms: 0,
-            ended_ms: 1_000,
-            served_secs: 1,
-            to_provider: claw_market::Molt::from_base_units(300),
-            to_buyer: claw_market::Molt::from_base_units(700),
-            vault: "vault".to_owned(),
+        closed.settlement = Some(claw_market::settlement::SettlementFact {
+            signature: "sig".to_owned(),
+            slot: 1,
+            to_provider: Molt::from_base_units(300),
+            to_buyer: Molt::from_base_units(700),
+            to_others: Molt::default(),
         });
-        let mut streaming = closed.clone();
-        streaming.lease_id = "l2".to_owned();
+        let mut streaming = LeaseRecord::reserved(id(2), "peer".to_owned(), Vec::new(), 0);
         streaming.state = LeaseState::Running;
-        streaming.receipt = None;
-        streaming.pulled = 40;
+        streaming.stream = Some(claw_market::lease::machine::StreamProgress {
+            pulled: Molt::from_base_units(40),
+            ..Default::default()
+        });
         let totals = settled_molt(&[closed, streaming]);
         assert_eq!(totals[&("provider", "provider")], 300 + 40);
         assert_eq!(totals[&("provider", "buyer")], 700);

@@ -12,8 +12,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sled::Transactional as _;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-use crate::market::LeaseRecord;
 use crate::workloads::{WorkloadRecord, WorkloadState};
+use claw_market::lease::LeaseRecord;
 
 const META_TREE: &str = "meta";
 const AUDIT_TREE: &str = "audit";
@@ -21,7 +21,13 @@ const WORKLOADS_TREE: &str = "workloads";
 const ALLOCATIONS_TREE: &str = "gpu-allocations";
 const IDEMPOTENCY_TREE: &str = "idempotency";
 const NAMES_TREE: &str = "workload-names";
-const LEASES_TREE: &str = "leases";
+/// Leases of the second lease protocol (the first one's records, under "leases", are not read).
+const LEASES_TREE: &str = "leases/2";
+/// Lapsed reservations: per peer and per wallet the times they lapsed, and the leases whose bid
+/// may not reserve again until it expires.
+const LAPSES_TREE: &str = "lease-lapses";
+/// Lapse times kept per peer or wallet.
+const MAX_LAPSES_PER_KEY: usize = 16;
 /// Prefix of the allocation holder for GPUs a lease reserves.
 const LEASE_HOLDER_PREFIX: &str = "lease:";
 const SEQUENCE_KEY: &[u8] = b"envelope-sequence";
@@ -181,6 +187,7 @@ pub struct Store {
     idempotency: sled::Tree,
     names: sled::Tree,
     leases: sled::Tree,
+    lapses: sled::Tree,
     audit_retained: u64,
     db: sled::Db,
 }
@@ -207,6 +214,7 @@ impl Store {
             idempotency: db.open_tree(IDEMPOTENCY_TREE)?,
             names: db.open_tree(NAMES_TREE)?,
             leases: db.open_tree(LEASES_TREE)?,
+            lapses: db.open_tree(LAPSES_TREE)?,
             audit_retained: AUDIT_RETAINED,
             db,
         })
@@ -569,9 +577,9 @@ impl Store {
         count: usize,
         candidates: &[String],
     ) -> Result<LeaseRecord, AdmitError> {
-        let holder = lease_holder(&record.lease_id);
+        let holder = lease_holder(record.lease_id.as_str());
         let outcome = (&self.allocations, &self.leases).transaction(|(allocations, leases)| {
-            if let Some(existing) = leases.get(record.lease_id.as_bytes())? {
+            if let Some(existing) = leases.get(record.lease_id.as_str().as_bytes())? {
                 return decode_lease(&existing)
                     .map_err(|e| ConflictableTransactionError::Abort(AdmitAbort::Store(e)));
             }
@@ -591,7 +599,7 @@ impl Store {
             for uuid in &record.gpus {
                 allocations.insert(uuid.as_bytes(), holder.as_bytes())?;
             }
-            leases.insert(record.lease_id.as_bytes(), encode(&record))?;
+            leases.insert(record.lease_id.as_str().as_bytes(), encode(&record))?;
             Ok(record)
         });
         let record = self.admission(outcome, candidates)?;
@@ -602,7 +610,7 @@ impl Store {
     /// Records a lease's new state. When it no longer holds GPUs, those still reserved for it
     /// (not yet handed to its workload) are released in the same transaction.
     pub fn put_lease(&self, record: &LeaseRecord) -> Result<(), StoreError> {
-        let holder = lease_holder(&record.lease_id);
+        let holder = lease_holder(record.lease_id.as_str());
         (&self.allocations, &self.leases)
             .transaction(|(allocations, leases)| {
                 if !record.state.holds_gpus() {
@@ -612,7 +620,7 @@ impl Store {
                         }
                     }
                 }
-                leases.insert(record.lease_id.as_bytes(), encode(record))?;
+                leases.insert(record.lease_id.as_str().as_bytes(), encode(record))?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
             .map_err(|e| match e {
@@ -620,6 +628,89 @@ impl Store {
                 TransactionError::Storage(error) => StoreError::Sled(error),
             })?;
         self.db.flush()?;
+        Ok(())
+    }
+
+    /// Deletes a lease that lapsed before it was funded, releasing any GPU still reserved for it,
+    /// and records the lapse against `keys` (its peer and wallet) and its bid until
+    /// `bid_expires_ms`.
+    pub fn forget_lapsed_lease(
+        &self,
+        record: &LeaseRecord,
+        keys: &[String],
+        now_ms: u64,
+        bid_expires_ms: u64,
+    ) -> Result<(), StoreError> {
+        let holder = lease_holder(record.lease_id.as_str());
+        let lapses: Vec<(String, Vec<u64>)> = keys
+            .iter()
+            .map(|key| {
+                let mut times: Vec<u64> = self
+                    .lapses
+                    .get(key.as_bytes())?
+                    .map(|b| decode("lapse times", &b))
+                    .transpose()?
+                    .unwrap_or_default();
+                times.push(now_ms);
+                let excess = times.len().saturating_sub(MAX_LAPSES_PER_KEY);
+                times.drain(..excess);
+                Ok((key.clone(), times))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        (&self.allocations, &self.leases, &self.lapses)
+            .transaction(|(allocations, leases, lapsed)| {
+                for uuid in &record.gpus {
+                    if allocations.get(uuid.as_bytes())?.as_deref() == Some(holder.as_bytes()) {
+                        allocations.remove(uuid.as_bytes())?;
+                    }
+                }
+                leases.remove(record.lease_id.as_str().as_bytes())?;
+                for (key, times) in &lapses {
+                    lapsed.insert(key.as_bytes(), encode(times))?;
+                }
+                let bid_key = format!("lease:{}", record.lease_id);
+                lapsed.insert(bid_key.as_bytes(), encode(&bid_expires_ms))?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(error) => error,
+                TransactionError::Storage(error) => StoreError::Sled(error),
+            })?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// How many reservations of `key` (`peer:…` or `wallet:…`) lapsed since `since_ms`.
+    pub fn lapses_since(&self, key: &str, since_ms: u64) -> Result<u32, StoreError> {
+        let times: Vec<u64> = self
+            .lapses
+            .get(key.as_bytes())?
+            .map(|b| decode("lapse times", &b))
+            .transpose()?
+            .unwrap_or_default();
+        Ok(u32::try_from(times.iter().filter(|t| **t >= since_ms).count()).unwrap_or(u32::MAX))
+    }
+
+    /// Whether lease `id` lapsed and its bid has not expired yet.
+    pub fn lapsed_lease(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.lapses.get(format!("lease:{id}").as_bytes())?.is_some())
+    }
+
+    /// Forgets lapses older than an hour and lapsed leases whose bid expired.
+    pub fn prune_lapses(&self, now_ms: u64) -> Result<(), StoreError> {
+        for entry in self.lapses.iter() {
+            let (key, value) = entry?;
+            let stale = if key.starts_with(b"lease:") {
+                decode::<u64>("lapsed lease", &value)? < now_ms
+            } else {
+                decode::<Vec<u64>>("lapse times", &value)?
+                    .iter()
+                    .all(|t| t + 3_600_000 < now_ms)
+            };
+            if stale {
+                self.lapses.remove(key)?;
+            }
+        }
         Ok(())
     }
 
@@ -935,24 +1026,20 @@ mod tests {
 
     #[test]
     fn a_lease_reserves_gpus_once_and_releases_them_when_it_lapses() {
-        use claw_market::lease::LeaseState;
+        use claw_market::lease::{LeaseId, LeaseState};
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let gpus = vec!["GPU-a".to_owned(), "GPU-b".to_owned()];
-        let lease = |id: &str| crate::market::LeaseRecord::for_tests(id);
-        let first = store.reserve_for_lease(&lease("ls-1"), 2, &gpus).unwrap();
+        let id = |n: u8| LeaseId::derive(&[n; 32], &[0; 32]);
+        let lease = |n: u8| LeaseRecord::reserved(id(n), "peer".to_owned(), Vec::new(), 0);
+        let first = store.reserve_for_lease(&lease(1), 2, &gpus).unwrap();
         assert_eq!(first.gpus, gpus);
         // Retried: the same lease, the same GPUs, nothing more taken.
         assert_eq!(
-            store
-                .reserve_for_lease(&lease("ls-1"), 2, &gpus)
-                .unwrap()
-                .gpus,
+            store.reserve_for_lease(&lease(1), 2, &gpus).unwrap().gpus,
             gpus
         );
-        let taken = store
-            .reserve_for_lease(&lease("ls-2"), 1, &gpus)
-            .unwrap_err();
+        let taken = store.reserve_for_lease(&lease(2), 1, &gpus).unwrap_err();
         assert!(
             matches!(taken, AdmitError::GpusUnavailable { .. }),
             "{taken}"
@@ -967,7 +1054,7 @@ mod tests {
         assert!(matches!(
             store.admit_workload(
                 record("wl-y"),
-                &GpuChoice::Reserved("ls-9".into(), vec!["GPU-a".into()]),
+                &GpuChoice::Reserved(id(9).to_string(), vec!["GPU-a".into()]),
                 &gpus
             ),
             Err(AdmitError::GpusUnavailable { .. })
@@ -975,23 +1062,55 @@ mod tests {
         let admitted = store
             .admit_workload(
                 record("wl-z"),
-                &GpuChoice::Reserved("ls-1".into(), vec!["GPU-a".into()]),
+                &GpuChoice::Reserved(id(1).to_string(), vec!["GPU-a".into()]),
                 &gpus,
             )
             .unwrap();
         assert!(matches!(admitted, Admitted::New(ref w) if w.gpus == ["GPU-a"]));
-        // The lease lapses: what it still reserved is released, its workload's GPU is not.
-        let mut lapsed = first;
-        lapsed.state = LeaseState::Expired;
-        store.put_lease(&lapsed).unwrap();
+        // The lease ends: what it still reserved is released, its workload's GPU is not.
+        let mut ended = first;
+        ended.state = LeaseState::Expired;
+        store.put_lease(&ended).unwrap();
         let allocations = store.allocations().unwrap();
         assert_eq!(allocations.get("GPU-a").map(String::as_str), Some("wl-z"));
         assert!(!allocations.contains_key("GPU-b"));
         drop(store);
         let store = reopen(dir.path());
         assert_eq!(
-            store.lease("ls-1").unwrap().unwrap().state,
+            store.lease(id(1).as_str()).unwrap().unwrap().state,
             LeaseState::Expired
         );
+    }
+
+    #[test]
+    fn a_lapsed_reservation_is_deleted_and_counted_against_its_asker() {
+        use claw_market::lease::LeaseId;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let gpus = vec!["GPU-a".to_owned()];
+        let id = LeaseId::derive(&[1; 32], &[0; 32]);
+        let reserved = store
+            .reserve_for_lease(
+                &LeaseRecord::reserved(id.clone(), "peer".to_owned(), Vec::new(), 0),
+                1,
+                &gpus,
+            )
+            .unwrap();
+        let keys = ["peer:p".to_owned(), "wallet:w".to_owned()];
+        for now in [1_000, 2_000] {
+            store
+                .forget_lapsed_lease(&reserved, &keys, now, 10_000)
+                .unwrap();
+        }
+        assert!(store.lease(id.as_str()).unwrap().is_none());
+        assert!(store.allocations().unwrap().is_empty(), "the GPU is free");
+        assert!(store.lapsed_lease(id.as_str()).unwrap());
+        assert_eq!(store.lapses_since("peer:p", 0).unwrap(), 2);
+        assert_eq!(store.lapses_since("wallet:w", 1_500).unwrap(), 1);
+        assert_eq!(store.lapses_since("peer:other", 0).unwrap(), 0);
+        // The bid expires and the lapses age out: both are forgotten.
+        store.prune_lapses(3_700_000).unwrap();
+        assert!(!store.lapsed_lease(id.as_str()).unwrap());
+        assert_eq!(store.lapses_since("peer:p", 0).unwrap(), 0);
     }
 }

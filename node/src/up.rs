@@ -1,6 +1,8 @@
 //! `clawnode up`: a working local fleet in one command. Under the data directory it starts the
-//! embedded chain (MOLT mint, faucet), N provider nodes selling their GPUs (simulated, and marked
-//! so, unless the machine has NVIDIA GPUs), a buyer with a funded wallet, and, given `--gateway`,
+//! embedded chain (MOLT mint, faucet), an arbiter node (the third key of every escrow, which rules
+//! when a lease's parties cannot settle it together), N provider nodes selling their GPUs
+//! (simulated, and marked so, unless the machine has NVIDIA GPUs), a buyer with a funded wallet,
+//! and, given `--gateway`,
 //! the bridge to an OpenClaw gateway. It prints the fleet, the order book, the balances and what
 //! to try next, then runs until Ctrl-C, when it drains every node, removes their containers and
 //! stops every child. A second run reuses the first's identities, wallets and chain ledger.
@@ -227,9 +229,33 @@ pub(crate) fn up(global: &GlobalArgs, args: UpArgs) -> Result<()> {
         .as_str()
         .context("the chain's mint")?
         .to_owned();
-    let arbiter = info["faucet"].as_str().context("the faucet")?.to_owned();
     let chain_settings = format!("rpc_url = {url:?}\nmolt_mint = {mint:?}");
-    configure(&buyer, &chain_settings, &format!("arbiter = {arbiter:?}"))?;
+    configure(&buyer, &chain_settings, "")?;
+
+    // The arbiter first: it is every node's way into the mesh, and every escrow's third key.
+    let arbiter_dir = root.join("arbiter");
+    if !arbiter_dir.join("config.toml").exists() {
+        clawnode(&arbiter_dir, &["init"])?;
+    }
+    configure(&arbiter_dir, &chain_settings, "arbitrate = true")?;
+    step(json, "starting the arbiter");
+    let mut run = Command::new(own_binary("clawnode")?);
+    run.arg("--data-dir").arg(&arbiter_dir).args([
+        "--json",
+        "run",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+    ]);
+    let greeting = spawn(&mut fleet, "arbiter", &mut run)?;
+    let arbiter_peer = greeting["peer_id"]
+        .as_str()
+        .context("the arbiter's peer id")?
+        .to_owned();
+    let arbiter_wallet = clawnode(&arbiter_dir, &["wallet", "address"])?
+        .trim()
+        .to_owned();
+    let arbiter = format!("arbiter = {arbiter_wallet:?}\narbiter_peer = {arbiter_peer:?}");
+    configure(&buyer, &chain_settings, &arbiter)?;
 
     let real_gpus = {
         let probe = claw_attestation::GpuProbe::open(
@@ -238,7 +264,7 @@ pub(crate) fn up(global: &GlobalArgs, args: UpArgs) -> Result<()> {
         );
         probe.devices().iter().any(|d| !d.simulated)
     };
-    let mut seed: Option<String> = None;
+    let seed: Option<String> = greeting["listen_addrs"][0].as_str().map(str::to_owned);
     let mut peers = Vec::new();
     let mut metrics = Vec::new();
     for i in 1..=args.nodes {
@@ -259,7 +285,7 @@ pub(crate) fn up(global: &GlobalArgs, args: UpArgs) -> Result<()> {
         configure(
             &dir,
             &chain_settings,
-            &format!("arbiter = {arbiter:?}\nprice_per_gpu_hour = {price:?}"),
+            &format!("{arbiter}\nprice_per_gpu_hour = {price:?}"),
         )?;
         step(json, &format!("starting node-{i}"));
         let mut run = Command::new(own_binary("clawnode")?);
@@ -274,9 +300,6 @@ pub(crate) fn up(global: &GlobalArgs, args: UpArgs) -> Result<()> {
         metrics.push(greeting["metrics"].as_str().unwrap_or_default().to_owned());
         // The last run drained this node when it stopped: take work again.
         invoke(&dir, "node.uncordon", Value::Null)?;
-        if seed.is_none() {
-            seed = greeting["listen_addrs"][0].as_str().map(str::to_owned);
-        }
         peers.push(greeting["peer_id"].as_str().unwrap_or_default().to_owned());
         fleet.nodes.push(dir);
     }
@@ -351,6 +374,7 @@ pub(crate) fn up(global: &GlobalArgs, args: UpArgs) -> Result<()> {
                 "rpc_url": url,
                 "molt_mint": mint,
                 "buyer": {"data_dir": buyer, "peer_id": buyer_peer, "wallet": wallet},
+                "arbiter": {"data_dir": arbiter_dir, "peer_id": arbiter_peer, "wallet": arbiter_wallet},
                 "nodes": fleet.nodes.iter().zip(&peers).zip(&metrics).map(|((d, p), m)| json!({"data_dir": d, "peer_id": p, "metrics": format!("http://{m}/metrics")})).collect::<Vec<_>>(),
                 "pids": fleet.children.iter().map(|(n, c)| json!({"name": n, "pid": c.id()})).collect::<Vec<_>>(),
                 "offers": offers["offers"],
@@ -410,6 +434,7 @@ pub(crate) fn up(global: &GlobalArgs, args: UpArgs) -> Result<()> {
             wallet["molt"].as_str().unwrap_or("?"),
             wallet["sol"].as_str().unwrap_or("?")
         );
+        println!("Arbiter {arbiter_peer} (wallet {arbiter_wallet}): every escrow's third key");
         let d = buyer.display();
         println!("\nTry:");
         println!("  clawnode --data-dir {d} fleet");

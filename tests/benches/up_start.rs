@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use claw_tests::{Up, free_port};
+use claw_tests::{Up, free_port_pair};
 
 const ROUNDS: usize = 6;
 
@@ -34,7 +34,7 @@ fn round(dir: &std::path::Path, port: u16) -> (f64, f64, f64) {
 fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let fleet = dir.path().join("fleet");
-    let port = free_port();
+    let port = free_port_pair();
     let cold = round(&fleet, port);
     let mut warm: Vec<(f64, f64, f64)> = (1..ROUNDS).map(|_| round(&fleet, port)).collect();
     warm.sort_by(|a, b| a.0.total_cmp(&b.0));

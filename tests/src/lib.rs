@@ -90,6 +90,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A TCP port free on loopback right now whose next port is free too: what a chain needs for its
+/// JSON-RPC endpoint and, at the port + 1, its PubSub endpoint.
+pub fn free_port_pair() -> u16 {
+    for _ in 0..64 {
+        let Ok(first) = std::net::TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Some(port) = first.local_addr().ok().map(|a| a.port()) else {
+            continue;
+        };
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no two free neighbouring ports on loopback")
+}
+
 /// Runs `command` to completion, killing it after `deadline`.
 pub fn run_with_deadline(command: &mut Command, deadline: Duration) -> Output {
     let mut child = command
@@ -462,7 +479,7 @@ impl Localnet {
     /// Starts the embedded chain on a free loopback port for the initialised `node`, whose
     /// config is pointed at it, and waits for its mint.
     pub fn start(node: &Clawnode) -> Self {
-        let port = free_port();
+        let port = free_port_pair();
         let url = format!("http://127.0.0.1:{port}");
         node.edit_config(|text| {
             text.replace(
@@ -518,7 +535,8 @@ impl Clawnode {
     }
 
     /// Configures a node for a local market fleet on loopback: announcements every second,
-    /// colocated peers, streams pulled every second, `chain` lines replacing the default RPC URL
+    /// colocated peers, streams pulled and checkpoints signed every second, the arbiter asked
+    /// after 5 s without an answer from a provider, `chain` lines replacing the default RPC URL
     /// (when given), and each `key = value` line of `market` set in `[market]`.
     pub fn configure_market(&self, market: &str, chain: &str) {
         self.edit_config(|text| {
@@ -528,7 +546,9 @@ impl Clawnode {
                     "allow_colocated_peers = false",
                     "allow_colocated_peers = true",
                 )
-                .replace("stream_pull_secs = 60", "stream_pull_secs = 1");
+                .replace("stream_pull_secs = 60", "stream_pull_secs = 1")
+                .replace("checkpoint_secs = 60", "checkpoint_secs = 1")
+                .replace("unreachable_grace_secs = 120", "unreachable_grace_secs = 5");
             if !chain.is_empty() {
                 text = text.replace("rpc_url = \"http://127.0.0.1:8899\"\n", chain);
             }

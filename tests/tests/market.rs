@@ -441,7 +441,7 @@ fn three_providers_two_buyers_leases_run_and_settle_on_chain() {
         &json!({"provider": providers[1].peer_id}),
     );
     assert_eq!(reputation["served"], 1, "{reputation}");
-    assert_eq!(reputation["receipts_checked_on_chain"], 1);
+    assert_eq!(reputation["receipts_proven_on_chain"], 1);
     let reputation = buyer.ok(
         "market.reputation",
         &json!({"provider": providers[2].peer_id}),

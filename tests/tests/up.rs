@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use claw_tests::{Clawnode, Up, free_port, http_get, node_containers, required_part};
+use claw_tests::{Clawnode, Up, free_port_pair, http_get, node_containers, required_part};
 use serde_json::{Value, json};
 
 fn alive(pid: u64) -> bool {
@@ -31,7 +31,7 @@ fn stop(up: Up, ready: &Value) -> Vec<u64> {
 fn one_command_starts_a_fleet_that_trades_and_stops_without_leftovers() {
     let dir = tempfile::tempdir().expect("temp dir");
     let fleet = dir.path().join("fleet");
-    let port = free_port();
+    let port = free_port_pair();
     let (first, ready) = Up::start(&fleet, 2, port);
     // How long it took is reported (speed is measured by benchmarks, not asserted here).
     assert!(ready["ready_ms"].is_u64(), "{ready}");

@@ -4,7 +4,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use claw_tests::{Clawnode, eventually, free_port, workspace_binary};
+use claw_tests::{Clawnode, eventually, free_port_pair, workspace_binary};
 
 struct Localnet(Child);
 
@@ -32,7 +32,7 @@ fn wallets_airdrop_and_transfer_molt_through_the_embedded_chain() {
     let bob = Clawnode::new(&dir.path().join("bob"));
     alice.ok(&["init"]);
     bob.ok(&["init"]);
-    let port = free_port();
+    let port = free_port_pair();
     let url = format!("http://127.0.0.1:{port}");
     point_at(&alice, &url);
     point_at(&bob, &url);

@@ -12,12 +12,14 @@ use solana_pubkey::Pubkey;
 use solana_rpc_client::nonblocking::rpc_client::RpcClient;
 use solana_rpc_client::rpc_client::GetConfirmedSignaturesForAddress2Config;
 use solana_rpc_client_api::client_error::{Error as ClientError, ErrorKind};
-use solana_rpc_client_api::config::RpcSendTransactionConfig;
+use solana_rpc_client_api::config::{RpcSendTransactionConfig, RpcTransactionConfig};
 use solana_rpc_client_api::request::{RpcError, RpcResponseErrorData};
 use solana_signature::Signature;
 use solana_signer::Signer as _;
 use solana_transaction::Transaction;
+use solana_transaction::versioned::VersionedTransaction;
 use solana_transaction_error::TransactionError;
+use solana_transaction_status_client_types::UiTransactionEncoding;
 
 /// How often a sent transaction's status is polled.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -394,29 +396,103 @@ impl ChainClient {
         })
     }
 
-    /// The newest transaction touching `address` whose memo contains `memo`.
-    pub async fn find_memo(
+    /// A landed transaction, decoded, with its slot, block time and whether it failed; `None`
+    /// when the cluster does not know it.
+    pub async fn transaction(
+        &self,
+        signature: &Signature,
+    ) -> Result<Option<FetchedTransaction>, SettlementError> {
+        let config = RpcTransactionConfig {
+            encoding: Some(UiTransactionEncoding::Base64),
+            commitment: Some(CommitmentConfig::confirmed()),
+            max_supported_transaction_version: Some(0),
+        };
+        let fetched = match self
+            .with_retries(|| self.rpc.get_transaction_with_config(signature, config))
+            .await
+        {
+            Ok(fetched) => fetched,
+            // Clusters answer an unknown signature with an error or with null.
+            Err(SettlementError::Rpc(message))
+                if message.contains("invalid type: null") || message.contains("not found") =>
+            {
+                return Ok(None);
+            }
+            Err(other) => return Err(other),
+        };
+        let Some(transaction) = fetched.transaction.transaction.decode() else {
+            return Err(SettlementError::Rpc(format!(
+                "transaction {signature} could not be decoded"
+            )));
+        };
+        Ok(Some(FetchedTransaction {
+            transaction,
+            slot: fetched.slot,
+            block_time_ms: fetched
+                .block_time
+                .and_then(|secs| u64::try_from(secs).ok())
+                .map(|secs| secs * 1000),
+            failed: fetched
+                .transaction
+                .meta
+                .is_none_or(|meta| meta.err.is_some()),
+        }))
+    }
+
+    /// Transactions that touched `address`, newest first, back to (not including) `until`, at
+    /// most `limit`.
+    pub async fn history(
         &self,
         address: &Pubkey,
-        memo: &str,
-    ) -> Result<Option<Signature>, SettlementError> {
-        let history = self
+        until: Option<Signature>,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, SettlementError> {
+        let entries = self
             .with_retries(|| {
                 self.rpc.get_signatures_for_address_with_config(
                     address,
                     GetConfirmedSignaturesForAddress2Config {
                         before: None,
-                        until: None,
-                        limit: Some(1000),
+                        until,
+                        limit: Some(limit.min(1000)),
                         commitment: Some(CommitmentConfig::confirmed()),
                     },
                 )
             })
             .await?;
-        Ok(history
+        Ok(entries
             .into_iter()
-            .filter(|entry| entry.err.is_none())
-            .find(|entry| entry.memo.as_deref().is_some_and(|m| m.contains(memo)))
-            .and_then(|entry| entry.signature.parse().ok()))
+            .filter_map(|entry| {
+                Some(HistoryEntry {
+                    signature: entry.signature.parse().ok()?,
+                    slot: entry.slot,
+                    failed: entry.err.is_some(),
+                })
+            })
+            .collect())
     }
+}
+
+/// A landed transaction as the cluster returns it.
+#[derive(Debug, Clone)]
+pub struct FetchedTransaction {
+    /// The transaction.
+    pub transaction: VersionedTransaction,
+    /// Its slot.
+    pub slot: u64,
+    /// Its block time, Unix ms, when the cluster keeps one.
+    pub block_time_ms: Option<u64>,
+    /// Whether it failed on chain.
+    pub failed: bool,
+}
+
+/// One transaction in an address's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// Its signature.
+    pub signature: Signature,
+    /// Its slot.
+    pub slot: u64,
+    /// Whether it failed on chain.
+    pub failed: bool,
 }

@@ -1,14 +1,22 @@
-//! Streaming payment, the second mode: the buyer approves the provider as delegate of its MOLT
-//! account for a capped allowance; the provider pulls `rate × elapsed` as it serves; the buyer can
-//! revoke at any time; the token program itself refuses a pull past the cap.
+//! Streaming payment: the buyer approves the provider as delegate of its MOLT account for a small
+//! allowance (one or two pulls' worth), renewed as usage checkpoints arrive; the provider pulls
+//! what it has earned; the token program refuses a pull past the allowance, so a provider that
+//! pulls early or too much takes at most the allowance more than it served. What was pulled is
+//! read from the chain, by both sides alike.
 
 use solana_keypair::Keypair;
 use solana_pubkey::Pubkey;
+use solana_signature::Signature;
 use solana_signer::Signer as _;
 
 use super::client::{ChainClient, Landed, SettlementError};
 use super::token::{MoltMint, memo, token_program};
+use super::transfers::token_transfers;
+use crate::lease::LeaseId;
 use crate::{MOLT_DECIMALS, Molt};
+
+/// History entries read per look at a stream.
+const STREAM_SCAN: usize = 200;
 
 /// What a stream owes after `elapsed_secs` at `rate_per_hour`, less what was already pulled,
 /// never past `cap`.
@@ -20,14 +28,17 @@ pub fn amount_due(rate_per_hour: Molt, elapsed_secs: u64, already_pulled: Molt, 
     Molt::from_base_units(earned.saturating_sub(already_pulled.base_units()))
 }
 
-/// The buyer lets `provider` pull up to `cap` from its MOLT account for `lease_id`.
-pub async fn approve_stream(
+/// The buyer sets the allowance `provider` may pull from its MOLT account to `allowance`
+/// (replacing what was left of the last one), decided on a reading that showed `pulled_before`
+/// pulled (named in the memo, so that two top-ups at different points are two transactions).
+pub async fn approve_allowance(
     client: &ChainClient,
     mint: &MoltMint,
     buyer: &Keypair,
     provider: &Pubkey,
-    cap: Molt,
-    lease_id: &str,
+    allowance: Molt,
+    pulled_before: Molt,
+    lease: &LeaseId,
 ) -> Result<Landed, SettlementError> {
     let approve = spl_token_interface::instruction::approve_checked(
         &token_program(),
@@ -36,25 +47,31 @@ pub async fn approve_stream(
         provider,
         &buyer.pubkey(),
         &[],
-        cap.base_units(),
+        allowance.base_units(),
         MOLT_DECIMALS as u8,
     )
     .map_err(|e| SettlementError::Rpc(e.to_string()))?;
     let instructions = [
         approve,
-        memo(&format!("clawbernetes lease {lease_id} stream approve")),
+        memo(&format!(
+            "clawbernetes lease {lease} stream allowance after {}",
+            pulled_before.base_units()
+        )),
     ];
     client.submit(&instructions, buyer, &[]).await
 }
 
-/// The provider, as delegate, pulls `amount` from the buyer's account into its own.
+/// The provider, as delegate, pulls `amount` from the buyer's account into its own, decided on a
+/// reading that showed `pulled_before` pulled. The memo names that reading, so the same decision
+/// sent twice within a blockhash's life is one transaction, which lands once.
 pub async fn pull(
     client: &ChainClient,
     mint: &MoltMint,
     provider: &Keypair,
     buyer: &Pubkey,
     amount: Molt,
-    lease_id: &str,
+    pulled_before: Molt,
+    lease: &LeaseId,
 ) -> Result<Landed, SettlementError> {
     let instructions = [
         mint.create_account_instruction(&provider.pubkey(), &provider.pubkey()),
@@ -65,7 +82,10 @@ pub async fn pull(
             &[],
             amount,
         )?,
-        memo(&format!("clawbernetes lease {lease_id} stream pull")),
+        memo(&format!(
+            "clawbernetes lease {lease} stream pull after {}",
+            pulled_before.base_units()
+        )),
     ];
     client.submit(&instructions, provider, &[]).await
 }
@@ -75,7 +95,7 @@ pub async fn revoke(
     client: &ChainClient,
     mint: &MoltMint,
     buyer: &Keypair,
-    lease_id: &str,
+    lease: &LeaseId,
 ) -> Result<Landed, SettlementError> {
     let revoke = spl_token_interface::instruction::revoke(
         &token_program(),
@@ -86,7 +106,58 @@ pub async fn revoke(
     .map_err(|e| SettlementError::Rpc(e.to_string()))?;
     let instructions = [
         revoke,
-        memo(&format!("clawbernetes lease {lease_id} stream revoke")),
+        memo(&format!("clawbernetes lease {lease} stream revoke")),
     ];
     client.submit(&instructions, buyer, &[]).await
+}
+
+/// Where a stream stands on chain, as either side reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StreamReading {
+    /// Moved from the buyer's account on the provider's authority since the lease was funded.
+    pub pulled: Molt,
+    /// What the provider may still pull.
+    pub allowance: Molt,
+    /// The newest transaction read; the next reading starts after it.
+    pub cursor: Option<Signature>,
+}
+
+/// Reads a stream: the allowance left to `provider` on `buyer`'s MOLT account, and what the
+/// provider pulled since `since_slot` (the lease's funding), continuing from `last`'s cursor so
+/// each transaction is fetched once.
+pub async fn read_stream(
+    client: &ChainClient,
+    mint: &MoltMint,
+    buyer: &Pubkey,
+    provider: &Pubkey,
+    since_slot: u64,
+    last: StreamReading,
+) -> Result<StreamReading, SettlementError> {
+    let account = mint.account_of(buyer);
+    let state = mint.read_account(client, &account).await?;
+    let allowance = state
+        .delegate
+        .filter(|(delegate, _)| delegate == provider)
+        .map(|(_, left)| left)
+        .unwrap_or_default();
+    let entries = client.history(&account, last.cursor, STREAM_SCAN).await?;
+    let mut pulled = last.pulled;
+    for entry in entries.iter().filter(|e| !e.failed && e.slot >= since_slot) {
+        let Some(fetched) = client.transaction(&entry.signature).await? else {
+            continue;
+        };
+        if fetched.failed {
+            continue;
+        }
+        for transfer in token_transfers(&fetched.transaction) {
+            if transfer.source == account && transfer.authority == *provider {
+                pulled = pulled.checked_add(transfer.amount).unwrap_or(pulled);
+            }
+        }
+    }
+    Ok(StreamReading {
+        pulled,
+        allowance,
+        cursor: entries.first().map(|e| e.signature).or(last.cursor),
+    })
 }

@@ -1,23 +1,33 @@
-//! The arbiter: the third key of every escrow. A node with `market.arbitrate` signs, with one of
-//! the parties, the release that the evidence supports, and nothing else:
+//! The arbiter: the third key of every escrow. A node with `market.arbitrate` signs, with the
+//! party that asks, the release `claw_market::lease::ruling` allows, and nothing else:
 //!
-//! - with a receipt the provider signed that checks against its terms (a pro-rata split for a
-//!   time served no longer than has passed since the terms were signed), that split: this pays
-//!   a provider whose buyer never co-signed, and settles a buyer whose provider vanished after
-//!   ending the lease;
-//! - without one, the arbiter asks the provider itself: a lease it reports as never started is
-//!   refunded in full; one it reports running is refused (end it with the provider); a provider
-//!   that does not answer leaves nothing to rule on, and the request is refused.
+//! - only on terms both parties signed (the provider's terms and the buyer's acceptance of
+//!   exactly them), for the escrow derived from them, with the lease's clock starting at the
+//!   funding transaction's block time as the chain shows it;
+//! - on the checkpoints the asking party shows and those the other party shows when the arbiter
+//!   asks it (it has a few seconds to answer); the one that counts sets the time served, capped
+//!   by the time passed since funding. No proven checkpoint: everything back to the buyer.
+//!
+//! So a buyer whose provider vanished is refunded what the provider's checkpoints do not cover,
+//! and a provider whose buyer will not co-sign is paid what its final checkpoint shows.
 
-use claw_market::Molt;
-use claw_market::lease::{LeaseReceipt, LeaseTerms, Payment};
-use claw_market::settlement::{Escrow, EscrowTerms, Release};
-use claw_mesh::{ErrorCode, InvokeFailure, PeerId};
+use std::time::Duration;
+
+use claw_market::lease::ruling::{Case, rule};
+use claw_market::lease::{
+    Input, LeaseAcceptance, LeaseRecord, LeaseTerms, Signed, UsageCheckpoint,
+};
+use claw_market::settlement::{Escrow, Release};
+use claw_mesh::{ErrorCode, InvokeFailure, InvokeRequest, PeerId};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use solana_signer::Signer as _;
 
-use super::{Market, address, chain_failure, decode_blob, failure, now_ms, open_signed};
+use super::{Market, address, failure, now_ms};
+
+/// Most checkpoints one ruling is asked to consider.
+const MAX_CHECKPOINTS: usize = 8;
+/// How long the arbiter waits for the other party's evidence.
+const EVIDENCE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// `market.arbitrate`.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -25,13 +35,13 @@ use super::{Market, address, chain_failure, decode_blob, failure, now_ms, open_s
 pub struct ArbitrateParams {
     /// The provider-signed terms envelope, base-64.
     pub terms: String,
-    /// The provider-signed receipt envelope, base-64, if the lease ended.
+    /// The buyer-signed acceptance envelope, base-64.
+    pub acceptance: String,
+    /// The funding transaction (base-58).
+    pub funding_signature: String,
+    /// The usage checkpoints the asking party holds, base-64 (at most 8).
     #[serde(default)]
-    pub receipt: Option<String>,
-    /// The escrow's multisig.
-    pub multisig: String,
-    /// The escrow's vault.
-    pub vault: String,
+    pub checkpoints: Vec<String>,
 }
 
 impl Market {
@@ -48,136 +58,172 @@ impl Market {
                 "this node is not an arbiter",
             ));
         }
-        let bytes = decode_blob("terms", &params.terms)?;
-        let verified = self
-            .inner
-            .verifier
-            .verify_at(&bytes, None, now_ms())
-            .map_err(|e| failure(ErrorCode::InvalidParams, format!("terms: {e}")))?;
-        let provider = verified.signer_peer_id();
-        let issued_ms = verified.envelope().issued_at_ms();
-        let terms = verified
-            .open::<LeaseTerms>()
-            .map_err(|e| failure(ErrorCode::InvalidParams, format!("terms: {e}")))?;
-        terms
-            .validate()
-            .map_err(|e| failure(ErrorCode::InvalidParams, e.to_string()))?;
-        let arbiter = self.wallet()?;
-        if terms.arbiter_wallet != arbiter.pubkey().to_string() {
+        if params.checkpoints.len() > MAX_CHECKPOINTS {
+            return Err(failure(
+                ErrorCode::InvalidParams,
+                format!("at most {MAX_CHECKPOINTS} checkpoints"),
+            ));
+        }
+        let terms = self.open_signed::<LeaseTerms>("terms", &params.terms, None)?;
+        let provider = terms
+            .signer_peer()
+            .ok_or_else(|| failure(ErrorCode::InvalidParams, "the terms' signer is not a peer"))?;
+        let buyer: PeerId = terms
+            .payload()
+            .buyer_peer
+            .parse()
+            .map_err(|_| failure(ErrorCode::InvalidParams, "the terms name no buyer peer"))?;
+        let acceptance =
+            self.open_signed::<LeaseAcceptance>("acceptance", &params.acceptance, Some(&buyer))?;
+        if terms.payload().arbiter_wallet != self.wallet_address()?.to_string() {
             return Err(failure(
                 ErrorCode::Unauthorized,
                 "this node is not the arbiter of that lease",
             ));
         }
-        let caller_is_buyer = caller.to_string() == terms.buyer_peer;
+        let caller_is_buyer = caller == buyer;
         if !caller_is_buyer && caller != provider {
             return Err(failure(
                 ErrorCode::Unauthorized,
                 "only the lease's buyer or provider may ask for a ruling",
             ));
         }
-        if terms.payment != Payment::Escrow {
-            return Err(failure(
-                ErrorCode::Conflict,
-                "a streamed lease has no escrow to rule on",
-            ));
-        }
-        let escrow = Escrow {
-            terms: EscrowTerms {
-                lease_id: terms.lease_id.clone(),
-                buyer: address(&terms.buyer_wallet)?,
-                provider: address(&terms.provider_wallet)?,
-                arbiter: arbiter.pubkey(),
-                amount: terms.amount,
-            },
-            multisig: address(&params.multisig)?,
-            vault: address(&params.vault)?,
-        };
-        let chain = self.chain()?;
-        if let Some(signature) = escrow
-            .find_settlement(&chain.client)
-            .await
-            .map_err(chain_failure)?
-        {
+        let escrow = Escrow::of(terms.payload())
+            .map_err(|e| super::driver::refusal(&e))?
+            .ok_or_else(|| {
+                failure(
+                    ErrorCode::Conflict,
+                    "a streamed lease has no escrow to rule on",
+                )
+            })?;
+        if let Some(fact) = self.settlement_on_chain(&escrow).await? {
             return Ok(
-                json!({ "lease_id": terms.lease_id, "settled": true, "settlement_signature": signature.to_string() }),
+                json!({ "lease_id": terms.payload().lease_id, "settled": true, "settlement_signature": fact.signature }),
             );
         }
-        chain.verify_escrow(&escrow).await?;
-
-        let receipt_text: Option<String> = match params.receipt {
-            Some(receipt) => Some(receipt),
-            None => {
-                let status = self
-                    .call_peer(&provider.to_string(), "market.lease.status", json!({ "lease_id": terms.lease_id }))
-                    .await
-                    .map_err(|e| {
-                        failure(
-                            ErrorCode::Unavailable,
-                            format!("the provider does not answer ({}); without its receipt nothing shows what was served", e.message),
-                        )
-                    })?;
-                match status["state"].as_str() {
-                    Some("running") => {
-                        return Err(failure(
-                            ErrorCode::Conflict,
-                            "the provider reports the lease running: end it with the provider",
-                        ));
-                    }
-                    _ => status["receipt"].as_str().map(str::to_owned),
-                }
-            }
-        };
-        let (release, ruling) = match receipt_text {
-            Some(text) => {
-                let (receipt, _) =
-                    open_signed::<LeaseReceipt>(&self.inner.verifier, "receipt", &text, &provider)?;
-                receipt
-                    .check(&terms)
-                    .map_err(|e| failure(ErrorCode::Conflict, e.to_string()))?;
-                if receipt.served_secs > now_ms().saturating_sub(issued_ms) / 1000 {
-                    return Err(failure(
-                        ErrorCode::Conflict,
-                        "the receipt claims more time than has passed since the terms",
-                    ));
-                }
-                (receipt.release(), "the split of the provider's receipt")
-            }
-            None => (
-                Release {
-                    to_provider: Molt::default(),
-                    to_buyer: terms.amount,
-                },
-                "a full refund: the provider reports the lease never started",
-            ),
-        };
+        let chain = self.chain()?;
+        escrow
+            .verify_funded(&chain.client, &chain.mint)
+            .await
+            .map_err(|e| {
+                failure(
+                    ErrorCode::Conflict,
+                    format!("the escrow is not funded: {e}"),
+                )
+            })?;
+        let funding = params.funding_signature.parse().map_err(|_| {
+            failure(
+                ErrorCode::InvalidParams,
+                "funding_signature is not a signature",
+            )
+        })?;
+        let funded_at_ms = escrow
+            .funding_time(&chain.client, &funding)
+            .await
+            .map_err(|e| failure(ErrorCode::Conflict, format!("the funding: {e}")))?;
+        let mut checkpoints = Vec::new();
+        for text in &params.checkpoints {
+            checkpoints.push(self.open_kept_checkpoint(text, &provider)?);
+        }
+        let other = if caller_is_buyer { provider } else { buyer };
+        checkpoints.extend(self.evidence_of(other, &terms, &provider).await);
+        let ruling = rule(&Case {
+            terms: &terms,
+            acceptance: &acceptance,
+            funded_at_ms,
+            checkpoints: &checkpoints,
+            now_ms: now_ms(),
+            clock_slack_ms: self.policy().clock_slack_ms,
+        })
+        .map_err(|e| super::driver::refusal(&e))?;
         let cosigner = if caller_is_buyer {
-            escrow.terms.buyer
+            escrow.parties.buyer
         } else {
-            escrow.terms.provider
+            escrow.parties.provider
         };
         let settlement = self
-            .half_signed_settlement(&escrow, release, &cosigner)
+            .half_signed_settlement(&escrow, ruling.release, &cosigner)
             .await?;
-        tracing::info!(lease = %terms.lease_id, %caller, ruling, to_provider = %release.to_provider, to_buyer = %release.to_buyer, "arbitrated");
+        tracing::info!(lease = %terms.payload().lease_id, %caller, served_secs = ruling.served_secs, basis = ?ruling.basis, to_provider = %ruling.release.to_provider, to_buyer = %ruling.release.to_buyer, "arbitrated");
         Ok(json!({
-            "lease_id": terms.lease_id,
+            "lease_id": terms.payload().lease_id,
             "settled": false,
-            "ruling": ruling,
-            "to_provider": release.to_provider.to_string(),
-            "to_buyer": release.to_buyer.to_string(),
+            "served_secs": ruling.served_secs,
+            "checkpoint_counted": ruling.basis,
+            "set_aside": ruling.set_aside,
+            "to_provider": ruling.release.to_provider.to_string(),
+            "to_buyer": ruling.release.to_buyer.to_string(),
+            "to_provider_base_units": ruling.release.to_provider.base_units(),
+            "to_buyer_base_units": ruling.release.to_buyer.base_units(),
             "settlement": settlement,
         }))
     }
 
-    /// Asks the configured arbiter to rule on `record`'s escrow, co-signs the release it answers
-    /// after checking it is exactly `expected` (or a full refund when `expected` is `None` and the
-    /// caller is the buyer), and sends it. Answers the settlement's signature.
-    pub(super) async fn settle_with_arbiter(
+    /// A checkpoint shown to the arbiter: signed by the provider (its validity window is not
+    /// required: a dispute may come after a checkpoint expired).
+    fn open_kept_checkpoint(
         &self,
-        record: &super::LeaseRecord,
-        expected: Option<Release>,
-    ) -> Result<String, InvokeFailure> {
+        text: &str,
+        provider: &PeerId,
+    ) -> Result<Signed<UsageCheckpoint>, InvokeFailure> {
+        let bytes = super::decode_blob("checkpoint", text)?;
+        let verified = self
+            .inner
+            .verifier
+            .verify_ignoring_time(&bytes)
+            .map_err(|e| failure(ErrorCode::InvalidParams, format!("checkpoint: {e}")))?;
+        let signed = Signed::<UsageCheckpoint>::from_verified(&verified)
+            .map_err(|e| failure(ErrorCode::InvalidParams, format!("checkpoint: {e}")))?;
+        if signed.signer_peer() != Some(*provider) {
+            return Err(failure(
+                ErrorCode::InvalidParams,
+                "a checkpoint not signed by the lease's provider",
+            ));
+        }
+        Ok(signed)
+    }
+
+    /// The latest checkpoint the other party holds, if it answers in time.
+    async fn evidence_of(
+        &self,
+        party: PeerId,
+        terms: &Signed<LeaseTerms>,
+        provider: &PeerId,
+    ) -> Option<Signed<UsageCheckpoint>> {
+        let request = InvokeRequest::new("market.lease.status", EVIDENCE_DEADLINE)
+            .with_params(json!({ "lease_id": terms.payload().lease_id }));
+        let answer = match self.mesh().ok()?.invoke(party, request).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                tracing::info!(lease = %terms.payload().lease_id, %party, error = %error.message, "the other party shows no evidence");
+                return None;
+            }
+        };
+        self.open_kept_checkpoint(answer["checkpoint"].as_str()?, provider)
+            .ok()
+    }
+
+    /// Asks the configured arbiter to rule on `record`'s escrow, showing the checkpoint this
+    /// node holds; co-signs the release it answers (which must pay out exactly the escrow) and
+    /// sends it. Answers the settlement as the chain shows it.
+    pub(super) async fn ask_arbiter(
+        &self,
+        record: &LeaseRecord,
+    ) -> Result<Vec<Input>, InvokeFailure> {
+        let terms = record.terms().map_err(|e| super::driver::refusal(&e))?;
+        let Some(escrow) = Escrow::of(terms.payload()).map_err(|e| super::driver::refusal(&e))?
+        else {
+            return Ok(Vec::new());
+        };
+        if let Some(fact) = self.settlement_on_chain(&escrow).await? {
+            return Ok(vec![Input::Settled(fact)]);
+        }
+        let (Some(acceptance), Some(funding)) = (&record.acceptance, &record.funding) else {
+            return Err(failure(
+                ErrorCode::Conflict,
+                format!("lease {} has no funded escrow to rule on", record.lease_id),
+            ));
+        };
         let arbiter_peer = self
             .inner
             .dir
@@ -188,39 +234,65 @@ impl Market {
             .ok_or_else(|| {
                 failure(
                     ErrorCode::Unavailable,
-                    "no market.arbiter_peer is configured to rule on it",
+                    format!(
+                        "lease {} needs its arbiter ({}) to settle, and no market.arbiter_peer is configured to reach it",
+                        record.lease_id,
+                        terms.payload().arbiter_wallet
+                    ),
                 )
             })?;
-        let escrow = record.escrow()?;
         let answer = self
             .call_peer(
                 &arbiter_peer,
                 "market.arbitrate",
                 json!({
-                    "terms": record.terms_envelope,
-                    "receipt": record.receipt_envelope,
-                    "multisig": record.multisig,
-                    "vault": record.vault,
+                    "terms": terms.text(),
+                    "acceptance": acceptance.text(),
+                    "funding_signature": funding.signature,
+                    "checkpoints": record.checkpoint.iter().map(Signed::text).collect::<Vec<_>>(),
                 }),
             )
-            .await?;
+            .await
+            .map_err(|e| {
+                failure(
+                    e.code,
+                    format!(
+                        "the arbiter ({arbiter_peer}) must act to settle lease {}: {}",
+                        record.lease_id, e.message
+                    ),
+                )
+            })?;
         if answer["settled"] == true {
-            return Ok(answer["settlement_signature"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned());
+            return Ok(self
+                .settlement_on_chain(&escrow)
+                .await?
+                .map(Input::Settled)
+                .into_iter()
+                .collect());
         }
-        let release = expected.unwrap_or(Release {
-            to_provider: Molt::default(),
-            to_buyer: escrow.terms.amount,
-        });
-        let wire = decode_blob(
-            "settlement",
-            answer["settlement"].as_str().unwrap_or_default(),
-        )?;
-        let signature = self
-            .cosign_and_send(&escrow, &wire, release, &escrow.terms.arbiter)
+        let amount = |field: &str| {
+            answer[field]
+                .as_u64()
+                .map(claw_market::Molt::from_base_units)
+                .ok_or_else(|| {
+                    failure(
+                        ErrorCode::Internal,
+                        format!("the arbiter answered no {field}"),
+                    )
+                })
+        };
+        let release = Release {
+            to_provider: amount("to_provider_base_units")?,
+            to_buyer: amount("to_buyer_base_units")?,
+        };
+        let text = answer["settlement"]
+            .as_str()
+            .ok_or_else(|| failure(ErrorCode::Internal, "the arbiter answered no settlement"))?;
+        let arbiter = address(&terms.payload().arbiter_wallet)?;
+        let fact = self
+            .cosign_and_send(&escrow, text, release, &arbiter)
             .await?;
-        Ok(signature.to_string())
+        tracing::info!(lease = %record.lease_id, to_provider = %fact.to_provider, to_buyer = %fact.to_buyer, "settled with the arbiter");
+        Ok(vec![Input::Arbitrated(fact)])
     }
 }

@@ -1,25 +1,32 @@
 //! The buyer's side: `market.bid` (match, budget, lease, fund, run — or say why not),
-//! `market.lease.cancel`, settling completed leases, and reputation from providers' receipts.
+//! `market.lease.cancel` and `.revoke`, the buyer's effects, and reputation from facts this node
+//! checks on chain itself.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use claw_market::Molt;
-use claw_market::lease::{LeaseOutcome, LeaseReceipt, LeaseState, Payment, Reputation};
+use claw_market::lease::{
+    Effect, Input, LeaseAcceptance, LeaseId, LeaseOutcome, LeaseRecord, LeaseState, LeaseTerms,
+    ProvenOutcome, Side, Signed, TermsExpectation, UsageCheckpoint, wallet_proof_message,
+};
 use claw_market::order::Bid;
-use claw_market::settlement::{SettlementError, approve_stream, open_escrow_at, revoke};
-use claw_mesh::{ErrorCode, InvokeFailure, InvokeRequest, PeerId, TopicKind};
+use claw_market::settlement::{
+    Escrow, Release, SettlementError, approve_allowance, pro_rata, revoke,
+};
+use claw_mesh::{ErrorCode, InvokeFailure, PeerId, TopicKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use solana_keypair::Keypair;
 use solana_signer::Signer as _;
 
-use super::provider::check_terms;
+use super::provider::progress;
 use super::{
-    LEASE_CALL_DEADLINE, LeaseRecord, Market, Side, chain_failure, decode_blob, failure, now_ms,
-    open_signed,
+    LEASE_PROOF_SLACK, Market, address, chain_failure, failure, lease_id, now_ms, summary,
 };
 use crate::workloads::spec::RunParams;
+
+/// How long `market.bid` follows a lease whose workload is still starting before it answers.
+const START_FOLLOW: Duration = Duration::from_secs(60);
 
 /// What the buyer runs on leased GPUs.
 #[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
@@ -146,27 +153,29 @@ fn elapsed_ms(since: Instant) -> f64 {
     (since.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
-impl Market {
-    /// Invokes a lease step on the provider.
-    pub(super) async fn call_peer(
-        &self,
-        provider: &str,
-        command: &str,
-        params: Value,
-    ) -> Result<Value, InvokeFailure> {
-        let peer: PeerId = provider.parse().map_err(|_| {
-            failure(
-                ErrorCode::Internal,
-                format!("{provider:?} is not a peer id"),
-            )
-        })?;
-        let request = InvokeRequest::new(command, LEASE_CALL_DEADLINE).with_params(params);
-        self.mesh()?
-            .invoke(peer, request)
-            .await
-            .map_err(|e| InvokeFailure::new(e.code, format!("provider {provider}: {}", e.message)))
+/// How a failed call to the counterparty reaches the machine.
+fn call_failed(error: &InvokeFailure) -> Vec<Input> {
+    match error.code {
+        ErrorCode::Unavailable | ErrorCode::Timeout => vec![Input::CounterpartyUnreachable],
+        ErrorCode::NotFound | ErrorCode::Conflict | ErrorCode::Unauthorized => {
+            vec![Input::CounterpartyRefused(error.message.clone())]
+        }
+        _ => Vec::new(),
     }
+}
 
+fn terms_of(record: &LeaseRecord) -> Result<&LeaseTerms, InvokeFailure> {
+    record
+        .terms()
+        .map(Signed::payload)
+        .map_err(|e| super::driver::refusal(&e))
+}
+
+fn escrow_of(record: &LeaseRecord) -> Result<Option<Escrow>, InvokeFailure> {
+    Escrow::of(terms_of(record)?).map_err(|e| super::driver::refusal(&e))
+}
+
+impl Market {
     /// MOLT committed to leases this node bought in the last 24 hours.
     async fn spent_today(&self) -> Result<Molt, InvokeFailure> {
         let since = now_ms().saturating_sub(86_400_000);
@@ -175,14 +184,15 @@ impl Market {
             .iter()
             .filter(|r| r.side == Side::Buyer && r.created_ms >= since)
             .filter(|r| !matches!(r.state, LeaseState::Expired | LeaseState::Refunded))
-            .filter_map(|r| r.terms.as_ref().map(|t| t.amount))
+            .filter_map(|r| r.terms.as_ref().map(|t| t.payload().amount))
             .fold(Molt::default(), |sum, a| sum.checked_add(a).unwrap_or(sum)))
     }
 
     /// `market.bid`: matches against the book; without a match, says why per constraint with
     /// the nearest offers. With a match and a workload: checks the budget (before anything is
-    /// signed), signs the bid, asks the provider for the lease, checks its terms, funds the
-    /// escrow, and has the provider start the workload. Each phase is timed.
+    /// signed), signs the bid (and proves the wallet with it), asks the provider for the lease,
+    /// checks its terms, then drives the lease: acceptance signed, escrow funded at its derived
+    /// addresses, workload handed over and started. Each phase is timed.
     pub async fn bid(
         &self,
         params: BidParams,
@@ -278,185 +288,373 @@ impl Market {
         self.chain()?;
         let stream = params.payment == PaymentChoice::Stream;
         if stream {
-            let records = self.on_store(crate::store::Store::leases).await?;
-            if let Some(open) = records
-                .iter()
-                .find(|r| r.side == Side::Buyer && r.is_stream() && r.state.holds_gpus())
-            {
-                return Err(failure(
-                    ErrorCode::Conflict,
-                    format!(
-                        "lease {} already streams from this wallet (a token account has one delegate); end it first",
-                        open.lease_id
-                    ),
-                ));
-            }
+            self.one_stream_per_wallet().await?;
         }
 
         progress.stage(format!("requesting the lease from {provider}"));
         let phase = Instant::now();
-        let bid_ttl = Duration::from_secs(300);
-        let bid_envelope = self.sign(bid_ttl, bid.clone()).await?;
-        let bid_bytes = decode_blob("bid", &bid_envelope)?;
-        if let Err(error) = self
-            .mesh()?
-            .publish(TopicKind::Bids, bid_bytes.clone())
-            .await
-        {
-            tracing::debug!(%error, "bid not gossiped");
-        }
-        let bid_digest = claw_attestation::Envelope::from_bytes(&bid_bytes)
-            .map_err(|e| failure(ErrorCode::Internal, e.to_string()))?
-            .digest();
-        let answer = self
-            .call_peer(
-                &provider.to_string(),
-                "market.lease.request",
-                json!({ "bid": bid_envelope, "offer_id": matched.entry.offer.offer_id, "stream": stream }),
-            )
+        let (bid_signed, terms) = self
+            .request_lease(&bid, &matched.entry.offer, &provider, stream)
             .await?;
-        let terms_text = answer["terms"]
-            .as_str()
-            .ok_or_else(|| failure(ErrorCode::Internal, "the provider answered without terms"))?;
-        let terms = check_terms(&self.inner.verifier, terms_text, &provider)?;
-        let refuse = |m: String| Err(failure(ErrorCode::Conflict, format!("terms refused: {m}")));
-        if terms.bid_digest != bid_digest || terms.buyer_peer != self.local_peer().to_string() {
-            return refuse("they are for another bid".to_owned());
-        }
-        if terms.buyer_wallet != wallet.to_string() || terms.arbiter_wallet != arbiter {
-            return refuse(format!(
-                "wallet or arbiter differ (arbiter {})",
-                terms.arbiter_wallet
-            ));
-        }
-        if terms.provider_wallet != matched.entry.offer.wallet
-            || terms.price_per_gpu_hour > max_price
-            || terms.gpus.len() != params.gpus as usize
-            || terms.hours != params.hours
-        {
-            return refuse("price, GPUs or hours are not what was bid".to_owned());
-        }
-        if matches!(terms.payment, Payment::Stream { .. }) != stream {
-            return refuse("the payment mode is not the one asked for".to_owned());
-        }
-        budget.allows(terms.amount, spent).map_err(|e| {
+        terms
+            .check_for_bid(&TermsExpectation {
+                bid: &bid,
+                bid_digest: bid_signed.digest(),
+                bid_issued_ms: bid_signed.issued_ms(),
+                buyer_peer: self.local_peer().to_string(),
+                provider_key: matched.entry.provider,
+                provider_wallet: &matched.entry.offer.wallet,
+                arbiter_wallet: &arbiter,
+                stream,
+                clock_slack_ms: self.policy().clock_slack_ms,
+            })
+            .map_err(|e| failure(ErrorCode::Conflict, format!("terms refused: {e}")))?;
+        budget.allows(terms.payload().amount, spent).map_err(|e| {
             failure(
                 ErrorCode::Unauthorized,
                 format!("over budget, nothing was paid: {e}"),
             )
         })?;
-        let _busy = self.busy(&terms.lease_id);
-        let mut record =
-            LeaseRecord::new(terms.lease_id.clone(), Side::Buyer, provider.to_string());
-        record.gpus = terms.gpus.clone();
-        record.terms = Some(terms.clone());
-        record.terms_envelope = Some(terms_text.to_owned());
-        record.advance(LeaseState::Accepted)?;
-        // Where the money goes is recorded before it is sent, so a crash can find it.
-        let (multisig, vault) = (Keypair::new(), Keypair::new());
-        if !stream {
-            record.multisig = Some(multisig.pubkey().to_string());
-            record.vault = Some(vault.pubkey().to_string());
-        }
-        self.save(&record).await?;
+        let lease = terms.payload().lease_id.clone();
         let request_ms = elapsed_ms(phase);
 
+        progress.stage(format!(
+            "lease {lease}: accepting the terms, funding {} MOLT and starting the workload",
+            terms.payload().amount
+        ));
         let phase = Instant::now();
-        let chain = self.chain()?;
-        let landed = if stream {
-            progress.stage(format!(
-                "allowing the provider to pull up to {} MOLT",
-                terms.amount
-            ));
-            let provider_wallet = super::address(&terms.provider_wallet)?;
-            approve_stream(
-                &chain.client,
-                &chain.mint,
-                self.wallet()?,
-                &provider_wallet,
-                terms.amount,
-                &terms.lease_id,
-            )
-            .await
-        } else {
-            progress.stage(format!("funding the escrow ({} MOLT)", terms.amount));
-            let escrow = record.escrow()?;
-            open_escrow_at(
-                &chain.client,
-                &chain.mint,
-                self.wallet()?,
-                escrow.terms.clone(),
-                &multisig,
-                &vault,
-            )
-            .await
-            .map(|(_, landed)| landed)
-        };
-        let landed = match landed {
-            Ok(landed) => landed,
-            Err(e) => {
-                tracing::warn!(lease = %record.lease_id, error = %e, "lease not funded");
-                let error = failure(chain_failure_code(&e), format!("funding the lease: {e}"));
-                record.reason = Some(error.message.clone());
-                self.end_at_provider(&record).await;
-                record.advance(LeaseState::Expired)?;
-                self.save(&record).await?;
-                return Err(error);
+        let bought =
+            LeaseRecord::bought(terms, now_ms()).map_err(|e| super::driver::refusal(&e))?;
+        self.inner
+            .workload_specs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(lease.clone(), workload);
+        {
+            let _guard = self.inner.locks.lock(&lease).await;
+            if self.load(&lease).await?.is_none() {
+                self.save(&bought.record).await?;
             }
-        };
-        record.funding_signature = Some(landed.signature.to_string());
-        record.advance(LeaseState::Funded)?;
-        self.save(&record).await?;
-        let fund_ms = elapsed_ms(phase);
-
-        progress.stage("starting the workload on the provider");
-        let phase = Instant::now();
-        let answer = self
-            .call_peer(
-                &provider.to_string(),
-                "market.lease.fund",
-                json!({
-                    "lease_id": record.lease_id,
-                    "multisig": record.multisig,
-                    "vault": record.vault,
-                    "workload": workload,
-                }),
-            )
-            .await?;
-        let start_ms = elapsed_ms(phase);
-        match answer["state"].as_str() {
-            Some("running") => {
-                record.workload_id = answer["workload_id"].as_str().map(str::to_owned);
-                record.started_ms = answer["started_ms"].as_u64();
-                record.advance(LeaseState::Running)?;
-                self.save(&record).await?;
-            }
-            _ => {
-                record.reason = answer["reason"].as_str().map(str::to_owned);
-                self.save(&record).await?;
-                progress.stage("the provider did not start the workload: refunding");
-                self.settle(&mut record).await?;
-            }
+            self.drive_locked(&lease, Input::Tick).await?;
         }
-        tracing::info!(lease = %record.lease_id, state = %record.state, "bid done");
+        let record = self.follow_start(&lease).await?;
+        let fund_ms = record
+            .entered(LeaseState::Funded)
+            .map(|at| at.saturating_sub(record.created_ms) as f64);
+        let start_ms = record
+            .entered(LeaseState::Running)
+            .zip(record.entered(LeaseState::Funded))
+            .map(|(running, funded)| running.saturating_sub(funded) as f64);
+        if record.state != LeaseState::Running {
+            progress.stage(format!(
+                "lease {lease} is {}: {}",
+                record.state,
+                record.reason.as_deref().unwrap_or("")
+            ));
+        }
+        tracing::info!(lease = %lease, state = %record.state, "bid done");
         Ok(json!({
             "matched": true,
             "leased": true,
             "offer": offer_json,
-            "lease": record.summary(),
+            "lease": summary(&record),
             "phases_ms": {
                 "match": match_ms,
                 "lease_request": request_ms,
                 "escrow_funding": fund_ms,
                 "workload_start": start_ms,
+                "accept_fund_start": elapsed_ms(phase),
                 "total": elapsed_ms(started),
             },
         }))
     }
 
-    /// Collects the provider's receipt and settlement for a lease, checks both, co-signs and
-    /// sends it, unless it is on chain already.
-    async fn settle(&self, record: &mut LeaseRecord) -> Result<(), InvokeFailure> {
+    /// A token account has one delegate: one stream per wallet at a time.
+    async fn one_stream_per_wallet(&self) -> Result<(), InvokeFailure> {
+        let records = self.on_store(crate::store::Store::leases).await?;
+        if let Some(open) = records
+            .iter()
+            .find(|r| r.side == Side::Buyer && r.is_stream() && r.state.is_open())
+        {
+            return Err(failure(
+                ErrorCode::Conflict,
+                format!(
+                    "lease {} already streams from this wallet (a token account has one delegate); end it first",
+                    open.lease_id
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Signs the bid and the wallet's proof of it, and asks the provider for the lease: its
+    /// answer is the terms it signed, verified here.
+    async fn request_lease(
+        &self,
+        bid: &Bid,
+        offer: &claw_market::order::Offer,
+        provider: &PeerId,
+        stream: bool,
+    ) -> Result<(Signed<Bid>, Signed<LeaseTerms>), InvokeFailure> {
+        let signed = self.sign(Duration::from_secs(300), bid.clone()).await?;
+        if let Err(error) = self
+            .mesh()?
+            .publish(TopicKind::Bids, signed.envelope().to_vec())
+            .await
+        {
+            tracing::debug!(%error, "bid not gossiped");
+        }
+        let proof = self
+            .wallet()?
+            .sign_message(&wallet_proof_message(&signed.digest()));
+        let answer = self
+            .call_peer(
+                &provider.to_string(),
+                "market.lease.request",
+                json!({
+                    "bid": signed.text(),
+                    "offer_id": offer.offer_id,
+                    "stream": stream,
+                    "wallet_signature": proof.to_string(),
+                }),
+            )
+            .await?;
+        let text = answer["terms"]
+            .as_str()
+            .ok_or_else(|| failure(ErrorCode::Internal, "the provider answered without terms"))?;
+        let terms = self.open_signed::<LeaseTerms>("lease terms", text, Some(provider))?;
+        Ok((signed, terms))
+    }
+
+    /// Follows a lease whose workload is still starting (an image pull), for a while.
+    async fn follow_start(&self, lease: &LeaseId) -> Result<LeaseRecord, InvokeFailure> {
+        let deadline = Instant::now() + START_FOLLOW;
+        loop {
+            let record = self
+                .load(lease)
+                .await?
+                .ok_or_else(|| failure(ErrorCode::Internal, "the lease record vanished"))?;
+            if record.state != LeaseState::Funded || Instant::now() > deadline {
+                return Ok(record);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            self.drive(lease, Input::Tick).await?;
+        }
+    }
+
+    /// Carries out one of the buyer's effects; answers what it produced.
+    pub(super) async fn buyer_effect(&self, record: &LeaseRecord, effect: Effect) -> Vec<Input> {
+        let outcome = match effect {
+            Effect::SignAcceptance => self.sign_acceptance(record).await,
+            Effect::Fund { may_send } => self.fund(record, may_send).await,
+            Effect::SendFunding => self.send_funding(record).await,
+            Effect::FetchCheckpoint => self.fetch_checkpoint(record).await,
+            Effect::RequestEnd => self.request_end(record).await,
+            Effect::Cosign(release) => self.cosign(record, release).await,
+            Effect::WatchSettlement => self.watch_settlement(record).await,
+            Effect::AskArbiter => self.ask_arbiter(record).await,
+            Effect::ReadStream => self.read_stream_input(record).await,
+            Effect::Approve(allowance) => self.approve(record, allowance).await,
+            Effect::Revoke => self.revoke_stream(record).await,
+            other => {
+                tracing::error!(lease = %record.lease_id, ?other, "a buyer cannot do that");
+                Ok(Vec::new())
+            }
+        };
+        outcome.unwrap_or_else(|error| {
+            tracing::info!(lease = %record.lease_id, error = %error.message, "lease step not done; the next tick tries again");
+            Vec::new()
+        })
+    }
+
+    async fn sign_acceptance(&self, record: &LeaseRecord) -> Result<Vec<Input>, InvokeFailure> {
+        let terms = record.terms().map_err(|e| super::driver::refusal(&e))?;
+        let acceptance = LeaseAcceptance::of(terms).map_err(|e| super::driver::refusal(&e))?;
+        let ttl = Duration::from_secs(terms.payload().total_secs()) + LEASE_PROOF_SLACK;
+        Ok(vec![Input::AcceptanceSigned(
+            self.sign(ttl, acceptance).await?,
+        )])
+    }
+
+    /// Funds the lease unless the chain shows it funded (after a crash, say): the escrow at its
+    /// derived addresses, or the stream's first allowance.
+    async fn fund(
+        &self,
+        record: &LeaseRecord,
+        may_send: bool,
+    ) -> Result<Vec<Input>, InvokeFailure> {
+        let chain = self.chain()?;
+        let terms = terms_of(record)?;
+        let landed = match escrow_of(record)? {
+            Some(escrow) => {
+                if escrow.exists(&chain.client).await.map_err(chain_failure)? {
+                    escrow
+                        .verify_funded(&chain.client, &chain.mint)
+                        .await
+                        .map_err(chain_failure)?;
+                    let history = chain
+                        .client
+                        .history(&escrow.multisig(), None, 1000)
+                        .await
+                        .map_err(chain_failure)?;
+                    let first = history.iter().rev().find(|e| !e.failed).ok_or_else(|| {
+                        failure(ErrorCode::Internal, "a funded escrow without history")
+                    })?;
+                    first.signature
+                } else if !may_send {
+                    return Ok(vec![Input::FundingFailed(
+                        "the reservation lapsed before the escrow was funded".to_owned(),
+                    )]);
+                } else {
+                    match escrow
+                        .fund(&chain.client, &chain.mint, self.wallet()?)
+                        .await
+                    {
+                        Ok(landed) => landed.signature,
+                        Err(
+                            error @ (SettlementError::InsufficientFunds(_)
+                            | SettlementError::TransactionFailed { .. }),
+                        ) => {
+                            return Ok(vec![Input::FundingFailed(format!(
+                                "funding the escrow: {error}"
+                            ))]);
+                        }
+                        Err(other) => return Err(chain_failure(other)),
+                    }
+                }
+            }
+            None => {
+                if !may_send {
+                    return Ok(vec![Input::FundingFailed(
+                        "the reservation lapsed before the stream was allowed".to_owned(),
+                    )]);
+                }
+                let allowance = record.first_allowance().unwrap_or_default();
+                approve_allowance(
+                    &chain.client,
+                    &chain.mint,
+                    self.wallet()?,
+                    &address(&terms.provider_wallet)?,
+                    allowance,
+                    Molt::default(),
+                    &record.lease_id,
+                )
+                .await
+                .map_err(chain_failure)?
+                .signature
+            }
+        };
+        let fetched = chain
+            .client
+            .transaction(&landed)
+            .await
+            .map_err(chain_failure)?
+            .ok_or_else(|| failure(ErrorCode::Unavailable, format!("{landed} is not found yet")))?;
+        let funding = claw_market::lease::machine::Funding {
+            signature: landed.to_string(),
+            slot: fetched.slot,
+            funded_at_ms: fetched.block_time_ms.unwrap_or_else(now_ms),
+        };
+        tracing::info!(lease = %record.lease_id, signature = %landed, "lease funded");
+        Ok(vec![Input::Funded {
+            acceptance: None,
+            funding,
+        }])
+    }
+
+    /// What the provider's answer tells: the workload running the lease, and a checkpoint.
+    fn provider_answer(&self, record: &LeaseRecord, answer: &Value) -> Vec<Input> {
+        let mut inputs = vec![Input::CounterpartyAnswered];
+        if record.workload_id.is_none()
+            && let Some(id) = answer["workload_id"].as_str()
+        {
+            inputs.push(Input::WorkloadStarted {
+                workload_id: id.chars().take(64).collect(),
+            });
+        }
+        inputs.extend(self.checkpoint_from(record, answer));
+        inputs
+    }
+
+    /// Verifies a checkpoint the provider sent.
+    fn checkpoint_from(&self, record: &LeaseRecord, answer: &Value) -> Option<Input> {
+        let text = answer["checkpoint"].as_str()?;
+        let provider: PeerId = record.counterparty.parse().ok()?;
+        match self.open_signed::<UsageCheckpoint>("checkpoint", text, Some(&provider)) {
+            Ok(signed) => Some(Input::Checkpoint(signed)),
+            Err(error) => {
+                tracing::warn!(lease = %record.lease_id, error = %error.message, "the provider sent a checkpoint that does not verify");
+                None
+            }
+        }
+    }
+
+    /// Hands the provider the acceptance, the funding and the workload (again, on a retry).
+    async fn send_funding(&self, record: &LeaseRecord) -> Result<Vec<Input>, InvokeFailure> {
+        let spec = self
+            .inner
+            .workload_specs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&record.lease_id)
+            .cloned();
+        let (Some(acceptance), Some(funding)) = (&record.acceptance, &record.funding) else {
+            return Ok(Vec::new());
+        };
+        let Some(spec) = spec else {
+            return Ok(vec![Input::EndRequested(
+                "the workload to run was lost in a restart before the provider had it".to_owned(),
+            )]);
+        };
+        let answer = match self
+            .call_peer(
+                &record.counterparty,
+                "market.lease.fund",
+                json!({
+                    "lease_id": record.lease_id,
+                    "acceptance": acceptance.text(),
+                    "funding_signature": funding.signature,
+                    "workload": spec,
+                }),
+            )
+            .await
+        {
+            Ok(answer) => answer,
+            Err(error) => return Ok(call_failed(&error)),
+        };
+        if answer["state"] != "funded" {
+            self.inner
+                .workload_specs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&record.lease_id);
+        }
+        let mut inputs = self.provider_answer(record, &answer);
+        if answer["state"] == "expired" {
+            inputs.push(Input::CounterpartyRefused(format!(
+                "the provider let the reservation lapse: {}",
+                answer["reason"].as_str().unwrap_or("")
+            )));
+        }
+        Ok(inputs)
+    }
+
+    async fn fetch_checkpoint(&self, record: &LeaseRecord) -> Result<Vec<Input>, InvokeFailure> {
+        match self
+            .call_peer(
+                &record.counterparty,
+                "market.lease.status",
+                json!({ "lease_id": record.lease_id }),
+            )
+            .await
+        {
+            Ok(answer) => Ok(self.provider_answer(record, &answer)),
+            Err(error) => Ok(call_failed(&error)),
+        }
+    }
+
+    /// Asks the provider to end the lease; keeps the settlement it signed for the co-signature.
+    async fn request_end(&self, record: &LeaseRecord) -> Result<Vec<Input>, InvokeFailure> {
         let answer = match self
             .call_peer(
                 &record.counterparty,
@@ -466,341 +664,226 @@ impl Market {
             .await
         {
             Ok(answer) => answer,
-            Err(error)
-                if matches!(error.code, ErrorCode::Unavailable | ErrorCode::Timeout)
-                    && !record.is_stream()
-                    && record.vault.is_some()
-                    && matches!(
-                        record.state,
-                        LeaseState::Funded | LeaseState::Running | LeaseState::Completed
-                    )
-                    && self.inner.dir.config().market.arbiter_peer.is_some() =>
-            {
-                return self.settle_without_provider(record, error).await;
-            }
-            Err(error) => return Err(error),
+            Err(error) => return Ok(call_failed(&error)),
         };
-        let provider: PeerId = record
-            .counterparty
-            .parse()
-            .map_err(|_| failure(ErrorCode::Internal, "counterparty is not a peer id"))?;
-        let terms = record
-            .terms
-            .clone()
-            .ok_or_else(|| failure(ErrorCode::Internal, "lease without terms"))?;
-        let Some(receipt_text) = answer["receipt"].as_str() else {
-            record.reason = Some("the provider ended the lease before it was funded".to_owned());
-            record.advance(LeaseState::Expired)?;
-            self.save(record).await?;
-            return Ok(());
-        };
-        let (receipt, _) =
-            open_signed::<LeaseReceipt>(&self.inner.verifier, "receipt", receipt_text, &provider)?;
-        let funded_at = record
-            .history
-            .iter()
-            .find(|(s, _)| *s == LeaseState::Funded)
-            .map_or(record.created_ms, |(_, at)| *at);
-        let plausible = receipt.served_secs <= now_ms().saturating_sub(funded_at) / 1000 + 5;
-        if let Err(error) = receipt
-            .check(&terms)
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                if plausible {
-                    Ok(())
-                } else {
-                    Err("more time served than has passed since funding".to_owned())
-                }
-            })
-        {
-            record.reason = Some(format!("receipt disputed: {error}"));
-            record.advance(LeaseState::Disputed)?;
-            self.save(record).await?;
-            return Err(failure(
-                ErrorCode::Conflict,
-                format!("lease {}: {error}", record.lease_id),
+        if let Some(settlement) = answer["settlement"].as_str() {
+            self.inner
+                .settlements
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(record.lease_id.clone(), settlement.as_bytes().to_vec());
+        }
+        let mut inputs = self.provider_answer(record, &answer);
+        if answer["state"] == "expired" && record.state == LeaseState::Funded {
+            inputs.push(Input::CounterpartyRefused(
+                "the provider let the reservation lapse".to_owned(),
             ));
         }
-        record.receipt = Some(receipt.clone());
-        record.receipt_envelope = Some(receipt_text.to_owned());
-        record.advance(LeaseState::Completed)?;
-        self.save(record).await?;
-        if record.is_stream() {
-            // Nothing to settle: the provider pulled as it served. Withdraw what is left of the
-            // allowance so that nothing more can be pulled.
-            self.revoke_allowance(record).await?;
-            record.advance(final_state(receipt.outcome))?;
-            self.save(record).await?;
-            self.remember_outcome(&provider, record.state, Some(receipt.outcome));
-            tracing::info!(lease = %record.lease_id, pulled = %receipt.to_provider, "streaming lease ended");
-            return Ok(());
+        Ok(inputs)
+    }
+
+    /// Co-signs the provider's settlement if it pays exactly `release`.
+    async fn cosign(
+        &self,
+        record: &LeaseRecord,
+        release: Release,
+    ) -> Result<Vec<Input>, InvokeFailure> {
+        let Some(escrow) = escrow_of(record)? else {
+            return Ok(Vec::new());
+        };
+        if let Some(fact) = self.settlement_on_chain(&escrow).await? {
+            return Ok(vec![Input::Settled(fact)]);
         }
-        let escrow = record.escrow()?;
-        let chain = self.chain()?;
-        let settled = match escrow
-            .find_settlement(&chain.client)
-            .await
-            .map_err(chain_failure)?
-        {
-            Some(signature) => signature,
-            None => {
-                let Some(wire) = answer["settlement"].as_str() else {
-                    return Err(failure(
-                        ErrorCode::Internal,
-                        "the provider sent no settlement",
-                    ));
-                };
-                let wire = decode_blob("settlement", wire)?;
-                self.cosign_and_send(&escrow, &wire, receipt.release(), &escrow.terms.provider)
-                    .await?
-            }
-        };
-        record.settlement_signature = Some(settled.to_string());
-        record.advance(final_state(receipt.outcome))?;
-        self.save(record).await?;
-        self.remember_outcome(&provider, record.state, Some(receipt.outcome));
-        tracing::info!(lease = %record.lease_id, state = %record.state, to_provider = %receipt.to_provider, to_buyer = %receipt.to_buyer, "lease settled");
-        Ok(())
-    }
-
-    /// The provider does not answer: the arbiter rules, on the receipt this node holds if the
-    /// lease ended, else by asking the provider itself.
-    async fn settle_without_provider(
-        &self,
-        record: &mut LeaseRecord,
-        unanswered: InvokeFailure,
-    ) -> Result<(), InvokeFailure> {
-        let expected = record.receipt.as_ref().map(LeaseReceipt::release);
-        let signature = self
-            .settle_with_arbiter(record, expected)
-            .await
-            .map_err(|e| {
-                failure(
-                    e.code,
-                    format!(
-                        "the provider does not answer ({}); the arbiter: {}",
-                        unanswered.message, e.message
-                    ),
-                )
-            })?;
-        let refunded = expected.is_none_or(|r| r.to_provider == Molt::default());
-        record.settlement_signature = Some(signature);
-        record.reason = Some("settled with the arbiter: the provider did not answer".to_owned());
-        record.advance(LeaseState::Disputed)?;
-        record.advance(if refunded {
-            LeaseState::Refunded
-        } else {
-            LeaseState::Settled
-        })?;
-        self.save(record).await?;
-        tracing::info!(lease = %record.lease_id, state = %record.state, "lease settled with the arbiter");
-        Ok(())
-    }
-
-    fn remember_outcome(
-        &self,
-        provider: &PeerId,
-        state: LeaseState,
-        outcome: Option<LeaseOutcome>,
-    ) {
-        let Some(key) = claw_attestation::ed25519_key_of(provider) else {
-            return;
-        };
-        let mut known = self
+        let held = self
             .inner
-            .reputation
+            .settlements
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        known.entry(key).or_default().record(state, outcome);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&record.lease_id);
+        let text = match held {
+            Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            None => match self
+                .call_peer(
+                    &record.counterparty,
+                    "market.lease.end",
+                    json!({ "lease_id": record.lease_id }),
+                )
+                .await
+            {
+                Ok(answer) => match answer["settlement"].as_str() {
+                    Some(text) => text.to_owned(),
+                    None => return Ok(Vec::new()),
+                },
+                Err(error) => return Ok(call_failed(&error)),
+            },
+        };
+        let provider = escrow.parties.provider;
+        match self
+            .cosign_and_send(&escrow, &text, release, &provider)
+            .await
+        {
+            Ok(fact) => {
+                tracing::info!(lease = %record.lease_id, to_provider = %fact.to_provider, to_buyer = %fact.to_buyer, "lease settled");
+                Ok(vec![Input::Settled(fact)])
+            }
+            Err(refused) if refused.code == ErrorCode::Conflict => {
+                Ok(vec![Input::CounterpartyRefused(refused.message)])
+            }
+            Err(other) => Err(other),
+        }
     }
 
-    /// Withdraws the provider's remaining allowance on this node's MOLT account, if it still has
-    /// one.
-    async fn revoke_allowance(&self, record: &mut LeaseRecord) -> Result<(), InvokeFailure> {
+    async fn approve(
+        &self,
+        record: &LeaseRecord,
+        allowance: Molt,
+    ) -> Result<Vec<Input>, InvokeFailure> {
+        let chain = self.chain()?;
+        let terms = terms_of(record)?;
+        let pulled = record.stream.as_ref().map(|s| s.pulled).unwrap_or_default();
+        approve_allowance(
+            &chain.client,
+            &chain.mint,
+            self.wallet()?,
+            &address(&terms.provider_wallet)?,
+            allowance,
+            pulled,
+            &record.lease_id,
+        )
+        .await
+        .map_err(chain_failure)?;
+        tracing::info!(lease = %record.lease_id, %allowance, %pulled, "stream allowance topped up");
+        Ok(Vec::new())
+    }
+
+    /// Withdraws the provider's allowance (if it still has one) and reads what was pulled.
+    async fn revoke_stream(&self, record: &LeaseRecord) -> Result<Vec<Input>, InvokeFailure> {
         let chain = self.chain()?;
         let wallet = self.wallet()?;
-        let Some(terms) = &record.terms else {
-            return Ok(());
-        };
-        let provider_wallet = super::address(&terms.provider_wallet)?;
+        let provider = address(&terms_of(record)?.provider_wallet)?;
         let account = chain
             .mint
             .read_account(&chain.client, &chain.mint.account_of(&wallet.pubkey()))
             .await
             .map_err(chain_failure)?;
-        if account.delegate.is_some_and(|(d, _)| d == provider_wallet) {
-            let landed = revoke(&chain.client, &chain.mint, wallet, &record.lease_id)
+        if account.delegate.is_some_and(|(d, _)| d == provider) {
+            revoke(&chain.client, &chain.mint, wallet, &record.lease_id)
                 .await
                 .map_err(chain_failure)?;
-            record.settlement_signature = Some(landed.signature.to_string());
         }
-        Ok(())
+        let reading = self.stream_reading(record).await?;
+        Ok(vec![
+            Input::StreamRead(progress(reading)),
+            Input::StreamClosed,
+        ])
     }
 
     /// `market.lease.revoke`: withdraws a streaming lease's allowance on chain at once, without
     /// asking the provider; its next pull is refused and it stops the workload.
     pub async fn revoke(&self, params: RevokeParams) -> Result<Value, InvokeFailure> {
-        let _step = self.inner.steps.lock().await;
-        let mut record = self.load(&params.lease_id).await?;
+        let lease = lease_id(&params.lease_id)?;
+        let record = self
+            .load(&lease)
+            .await?
+            .ok_or_else(|| failure(ErrorCode::NotFound, format!("no lease {lease} here")))?;
         if record.side != Side::Buyer || !record.is_stream() {
             return Err(failure(
                 ErrorCode::Conflict,
-                format!(
-                    "lease {} is not a streaming lease this node bought",
-                    record.lease_id
-                ),
+                format!("lease {lease} is not a streaming lease this node bought"),
             ));
         }
-        self.revoke_allowance(&mut record).await?;
-        record.reason = Some("the allowance was revoked".to_owned());
-        self.save(&record).await?;
-        Ok(record.summary())
+        let _guard = self.inner.locks.lock(&lease).await;
+        self.revoke_stream(&record).await?;
+        let record = self
+            .drive_locked(
+                &lease,
+                Input::EndRequested("the allowance was revoked".to_owned()),
+            )
+            .await?
+            .unwrap_or(record);
+        Ok(summary(&record))
     }
 
     /// `market.lease.cancel`: ends a lease this node bought and settles it: pro rata for the time
     /// served, the rest back; everything back if the workload never started.
     pub async fn cancel(&self, params: CancelParams) -> Result<Value, InvokeFailure> {
-        let _step = self.inner.steps.lock().await;
-        let mut record = self.load(&params.lease_id).await?;
+        let lease = lease_id(&params.lease_id)?;
+        let record = self
+            .load(&lease)
+            .await?
+            .ok_or_else(|| failure(ErrorCode::NotFound, format!("no lease {lease} here")))?;
         if record.side != Side::Buyer {
             return Err(failure(
                 ErrorCode::Conflict,
-                format!(
-                    "lease {} was sold by this node; its buyer ends it",
-                    record.lease_id
-                ),
+                format!("lease {lease} was sold by this node; its buyer ends it"),
             ));
         }
-        if record.state.is_open() && record.state != LeaseState::Disputed {
-            self.settle(&mut record).await?;
-        }
-        Ok(record.summary())
-    }
-
-    /// Tells the provider that `record`'s lease is over. Best effort: an unfunded or unstarted
-    /// lease also lapses on the provider by itself.
-    async fn end_at_provider(&self, record: &LeaseRecord) {
-        let _ = self
-            .call_peer(
-                &record.counterparty,
-                "market.lease.end",
-                json!({"lease_id": record.lease_id}),
-            )
-            .await;
-    }
-
-    /// Where the provider says `record`'s lease is.
-    async fn provider_status(&self, record: &LeaseRecord) -> Result<Value, InvokeFailure> {
-        self.call_peer(
-            &record.counterparty,
-            "market.lease.status",
-            json!({"lease_id": record.lease_id}),
-        )
-        .await
-    }
-
-    /// Buyer upkeep: follows running leases on their provider and settles those that ended.
-    pub(super) async fn buyer_tick(&self) -> Result<(), InvokeFailure> {
-        let records = self.on_store(crate::store::Store::leases).await?;
-        for record in records
-            .into_iter()
-            .filter(|r| r.side == Side::Buyer && r.state.is_open())
-            .filter(|r| !self.is_busy(&r.lease_id))
-        {
-            let _step = self.inner.steps.lock().await;
-            let mut record = self.load(&record.lease_id).await?;
-            match record.state {
-                LeaseState::Running => {
-                    let status = self.provider_status(&record).await;
-                    if let Ok(status) = status
-                        && matches!(
-                            status["state"].as_str(),
-                            Some("completed" | "settled" | "refunded")
-                        )
-                        && let Err(error) = self.settle(&mut record).await
-                    {
-                        tracing::warn!(lease = %record.lease_id, %error, "settlement not done yet");
-                    }
-                }
-                // Funded, and the provider may have started the workload before this node
-                // heard of it: follow it rather than end it.
-                LeaseState::Funded => {
-                    let status = self.provider_status(&record).await;
-                    match status {
-                        Ok(status) if status["state"] == "running" => {
-                            record.workload_id = status["workload_id"].as_str().map(str::to_owned);
-                            record.started_ms = status["started_ms"].as_u64();
-                            record.advance(LeaseState::Running)?;
-                            self.save(&record).await?;
-                        }
-                        // Not started, or the provider does not answer: end it, with the
-                        // arbiter when the provider is gone.
-                        _ => {
-                            if let Err(error) = self.settle(&mut record).await {
-                                tracing::warn!(lease = %record.lease_id, %error, "settlement not done yet");
-                            }
-                        }
-                    }
-                }
-                // Completed but not yet settled: the provider's end step answers with the
-                // receipt and the settlement.
-                LeaseState::Completed => {
-                    if let Err(error) = self.settle(&mut record).await {
-                        tracing::warn!(lease = %record.lease_id, %error, "settlement not done yet");
-                    }
-                }
-                // A stream approved just before a crash, never started: end it and withdraw
-                // the allowance.
-                LeaseState::Accepted
-                    if record.is_stream() && now_ms() > record.created_ms + 60_000 =>
-                {
-                    self.end_at_provider(&record).await;
-                    self.revoke_allowance(&mut record).await?;
-                    record.reason = Some("the stream was never started".to_owned());
-                    record.advance(LeaseState::Expired)?;
-                    self.save(&record).await?;
-                }
-                LeaseState::Accepted if record.is_stream() => {}
-                // The escrow may have landed before a crash: look for it.
-                LeaseState::Accepted => {
-                    let escrow = record.escrow()?;
-                    let chain = self.chain()?;
-                    match escrow.verify_funded(&chain.client, &chain.mint).await {
-                        Ok(()) => {
-                            record.advance(LeaseState::Funded)?;
-                            self.save(&record).await?;
-                        }
-                        Err(SettlementError::AccountMissing(_))
-                            if now_ms() > record.created_ms + 60_000 =>
-                        {
-                            self.end_at_provider(&record).await;
-                            record.reason = Some("the escrow was never funded".to_owned());
-                            record.advance(LeaseState::Expired)?;
-                            self.save(&record).await?;
-                        }
-                        Err(_) => {}
-                    }
-                }
-                _ => {}
+        let record = match record.state {
+            LeaseState::Funded | LeaseState::Running => {
+                self.drive(
+                    &lease,
+                    Input::EndRequested("cancelled by the buyer".to_owned()),
+                )
+                .await?
             }
+            LeaseState::Accepted => {
+                self.drive(
+                    &lease,
+                    Input::FundingFailed("cancelled by the buyer before funding".to_owned()),
+                )
+                .await?
+            }
+            _ => self.drive(&lease, Input::Tick).await?,
         }
-        Ok(())
+        .unwrap_or(record);
+        Ok(summary(&record))
     }
 
-    /// `market.receipts`: the receipts this node signed as a provider, newest first, for anyone
-    /// to check against the chain.
+    /// Remembers a settled lease's outcome among the provider's proven facts.
+    pub(super) fn learn_outcome(&self, record: &LeaseRecord) {
+        let (Some(terms), Some(fact)) = (&record.terms, &record.settlement) else {
+            return;
+        };
+        if record.side != Side::Buyer {
+            return;
+        }
+        let arbitrated = record
+            .history
+            .iter()
+            .any(|(s, _)| *s == LeaseState::Disputed)
+            || record
+                .release()
+                .is_some_and(|r| r.to_provider != fact.to_provider);
+        let outcome = if arbitrated {
+            ProvenOutcome::Arbitrated
+        } else if fact.to_provider.base_units() == 0 {
+            ProvenOutcome::Settled(LeaseOutcome::NeverStarted)
+        } else {
+            ProvenOutcome::Settled(LeaseOutcome::Served)
+        };
+        self.inner
+            .reputation
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .record(terms.signer(), &record.lease_id, outcome);
+    }
+
+    /// `market.receipts`: the leases this node served as a provider, with the evidence anyone
+    /// can check against the chain: terms, the buyer's acceptance, the funding and the final
+    /// checkpoint.
     pub async fn receipts(&self, params: ReceiptsParams) -> Result<Value, InvokeFailure> {
         let mut records = self.on_store(crate::store::Store::leases).await?;
         records.reverse();
         let receipts: Vec<Value> = records
             .iter()
             .filter(|r| r.side == Side::Provider)
+            .filter(|r| matches!(r.state, LeaseState::Settled | LeaseState::Refunded))
             .filter_map(|r| {
                 Some(json!({
                     "lease_id": r.lease_id,
-                    "state": r.state,
-                    "terms": r.terms_envelope.clone()?,
-                    "receipt": r.receipt_envelope.clone()?,
+                    "terms": r.terms.as_ref()?.text(),
+                    "acceptance": r.acceptance.as_ref()?.text(),
+                    "checkpoint": r.checkpoint.as_ref()?.text(),
                 }))
             })
             .take(params.limit.unwrap_or(100).min(1000))
@@ -808,9 +891,10 @@ impl Market {
         Ok(json!({ "receipts": receipts }))
     }
 
-    /// `market.reputation`: fetches the provider's receipts, keeps those it signed whose
-    /// settlement is found on chain (by the lease's memo in the escrow vault's history), and
-    /// scores them. Nothing the provider says about itself counts unless the chain agrees.
+    /// `market.reputation`: the provider's record from facts this node checks itself: its own
+    /// leases with the provider, and the provider's receipts whose escrow — derived from terms
+    /// the buyer signed too, with this node's arbiter as third key — the chain shows settled.
+    /// What is learned is added per lease; nothing replaces it.
     pub async fn reputation(&self, params: ReputationParams) -> Result<Value, InvokeFailure> {
         let provider: PeerId = params.provider.parse().map_err(|_| {
             failure(
@@ -818,91 +902,100 @@ impl Market {
                 format!("{:?} is not a peer id", params.provider),
             )
         })?;
+        let key = claw_attestation::ed25519_key_of(&provider)
+            .ok_or_else(|| failure(ErrorCode::InvalidParams, "not an Ed25519 peer id"))?;
+        for record in self.on_store(crate::store::Store::leases).await? {
+            self.learn_outcome(&record);
+        }
+        let arbiter = self.arbiter()?;
         let answer = self
             .call_peer(&params.provider, "market.receipts", json!({ "limit": 100 }))
             .await?;
-        let chain = self.chain()?;
-        let mut reputation = Reputation::default();
-        let (mut checked, mut unproven) = (0u32, 0u32);
+        let (mut proven, mut unproven) = (0u32, 0u32);
         for item in answer["receipts"]
             .as_array()
             .into_iter()
             .flatten()
             .take(100)
         {
-            let (Some(terms_text), Some(receipt_text)) =
-                (item["terms"].as_str(), item["receipt"].as_str())
-            else {
-                continue;
-            };
-            let Ok(terms) = check_terms(&self.inner.verifier, terms_text, &provider) else {
-                unproven += 1;
-                continue;
-            };
-            let Ok((receipt, _)) = open_signed::<LeaseReceipt>(
-                &self.inner.verifier,
-                "receipt",
-                receipt_text,
-                &provider,
-            ) else {
-                unproven += 1;
-                continue;
-            };
-            if receipt.check(&terms).is_err() {
-                unproven += 1;
-                continue;
-            }
-            let Ok(vault) = receipt.vault.parse() else {
-                unproven += 1;
-                continue;
-            };
-            let memo = format!("clawbernetes lease {} settle", receipt.lease_id);
-            match chain.client.find_memo(&vault, &memo).await {
-                Ok(Some(_)) => {
-                    checked += 1;
-                    let state = if receipt.outcome == LeaseOutcome::NeverStarted {
-                        LeaseState::Refunded
-                    } else {
-                        LeaseState::Settled
-                    };
-                    reputation.record(state, Some(receipt.outcome));
+            match self.prove_receipt(&provider, &arbiter, item).await {
+                Some((lease, outcome)) => {
+                    proven += 1;
+                    self.inner
+                        .reputation
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .record(key, &lease, outcome);
                 }
-                _ => unproven += 1,
+                None => unproven += 1,
             }
         }
-        if let Some(key) = claw_attestation::ed25519_key_of(&provider) {
-            self.inner
-                .reputation
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(key, reputation);
-        }
+        let reputation = self
+            .inner
+            .reputation
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .of(&key);
         Ok(json!({
             "provider": params.provider,
             "score": reputation.score(),
             "served": reputation.served,
             "never_started": reputation.never_started,
             "disputed": reputation.disputed,
-            "receipts_checked_on_chain": checked,
+            "receipts_proven_on_chain": proven,
             "receipts_not_proven": unproven,
         }))
     }
-}
 
-/// Where a lease ends up once its money has moved: refunded if it never started, else settled.
-pub(super) fn final_state(outcome: LeaseOutcome) -> LeaseState {
-    match outcome {
-        LeaseOutcome::NeverStarted => LeaseState::Refunded,
-        LeaseOutcome::Served => LeaseState::Settled,
-    }
-}
-
-fn chain_failure_code(error: &SettlementError) -> ErrorCode {
-    match error {
-        SettlementError::InsufficientFunds(_) => ErrorCode::Conflict,
-        SettlementError::RpcUnreachable { .. } | SettlementError::BlockhashExpired(_) => {
-            ErrorCode::Unavailable
+    /// One receipt's outcome, if the chain proves it: both signatures, the trusted arbiter, the
+    /// derived escrow settled, and the split the final checkpoint asks for (else arbitrated).
+    async fn prove_receipt(
+        &self,
+        provider: &PeerId,
+        arbiter: &str,
+        item: &Value,
+    ) -> Option<(LeaseId, ProvenOutcome)> {
+        let terms = self.open_signed_kept::<LeaseTerms>(item["terms"].as_str()?, provider)?;
+        let buyer: PeerId = terms.payload().buyer_peer.parse().ok()?;
+        let acceptance =
+            self.open_signed_kept::<LeaseAcceptance>(item["acceptance"].as_str()?, &buyer)?;
+        let checkpoint =
+            self.open_signed_kept::<UsageCheckpoint>(item["checkpoint"].as_str()?, provider)?;
+        acceptance
+            .check_against(&terms, self.policy().clock_slack_ms)
+            .ok()?;
+        if terms.payload().arbiter_wallet != arbiter
+            || checkpoint.payload().terms_digest != terms.digest()
+        {
+            return None;
         }
-        _ => ErrorCode::Internal,
+        let escrow = Escrow::of(terms.payload()).ok()??;
+        let fact = self.settlement_on_chain(&escrow).await.ok()??;
+        let asked = pro_rata(
+            terms.payload().amount,
+            checkpoint.payload().served_secs,
+            terms.payload().total_secs(),
+        );
+        let outcome =
+            if checkpoint.payload().ended.is_none() || asked.to_provider != fact.to_provider {
+                ProvenOutcome::Arbitrated
+            } else if fact.to_provider.base_units() == 0 {
+                ProvenOutcome::Settled(LeaseOutcome::NeverStarted)
+            } else {
+                ProvenOutcome::Settled(LeaseOutcome::Served)
+            };
+        Some((terms.payload().lease_id.clone(), outcome))
+    }
+
+    /// Opens evidence kept past its own validity (a settled lease's terms may have expired).
+    fn open_signed_kept<T: claw_attestation::SignedPayload>(
+        &self,
+        text: &str,
+        signer: &PeerId,
+    ) -> Option<Signed<T>> {
+        let bytes = super::decode_blob("evidence", text).ok()?;
+        let verified = self.inner.verifier.verify_ignoring_time(&bytes).ok()?;
+        let signed = Signed::<T>::from_verified(&verified).ok()?;
+        (signed.signer_peer() == Some(*signer)).then_some(signed)
     }
 }

@@ -1,15 +1,18 @@
 //! The node's part in the MOLT market: the order book built from gossip, the offers this node
 //! publishes for its free GPUs, and leases on both sides.
 //!
-//! A lease is negotiated over the mesh's request-response commands (`market.lease.*`, answered
-//! by the provider for the buyer that signed the bid) and settled on chain through the escrow in
-//! `claw_market::settlement`. Both sides persist every step in the store before they answer or
-//! send anything, so a `kill -9` of either side at any point is picked up again by the periodic
-//! [`Market::tick`], and a settlement is never paid twice (it is looked up on chain first).
+//! A lease follows the protocol of `claw_market::lease`: a pure state machine that this module
+//! drives ([`driver`]). The steps between the parties are the mesh's request-response commands
+//! (`market.lease.*`, answered by the provider for the buyer whose signed bid made the lease, and
+//! `market.arbitrate` by the arbiter); money moves on chain through the escrow in
+//! `claw_market::settlement`. Every record is saved before anything it decided is done, so a
+//! `kill -9` of any party at any point is picked up by the periodic [`Market::tick`].
 
 mod arbiter;
 mod buyer;
+mod driver;
 mod provider;
+mod settle;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -18,11 +21,13 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use claw_attestation::{GpuProbe, SignedPayload, VerifiedEnvelope, Verifier, unix_millis};
 use claw_market::book::{BookEntry, OrderBook};
-use claw_market::lease::{LeaseReceipt, LeaseState, LeaseTerms};
+use claw_market::lease::{
+    LeaseId, LeasePolicy, LeaseRecord, LeaseState, ReputationBook, Side, Signed,
+};
 use claw_market::order::Offer;
-use claw_market::settlement::{ChainClient, Escrow, EscrowTerms, MoltMint};
+use claw_market::settlement::{ChainClient, MoltMint};
 use claw_mesh::{ErrorCode, InvokeFailure, MeshHandle, PeerId};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use solana_keypair::Keypair;
 use solana_pubkey::Pubkey;
@@ -42,177 +47,8 @@ use crate::{DataDir, StoreError};
 const MAX_BLOB_CHARS: usize = 16 * 1024;
 /// How long a buyer waits for a provider's answer to a lease step.
 const LEASE_CALL_DEADLINE: Duration = Duration::from_secs(30);
-/// How long a lease's signed terms and receipt stay verifiable beyond the lease itself.
+/// How long a lease's signed messages stay verifiable beyond the lease itself.
 const LEASE_PROOF_SLACK: Duration = Duration::from_secs(30 * 86_400);
-
-/// Which side of a lease this node is on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Side {
-    /// This node rents its GPUs out.
-    Provider,
-    /// This node pays for the GPUs.
-    Buyer,
-}
-
-/// A lease as this node keeps it. Written before every step is answered or sent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LeaseRecord {
-    /// The lease id.
-    pub lease_id: String,
-    /// This node's side.
-    pub side: Side,
-    /// Where the lease is.
-    pub state: LeaseState,
-    /// The other party's peer id.
-    pub counterparty: String,
-    /// The GPUs reserved (provider side: the allocation; buyer side: as the terms say).
-    pub gpus: Vec<String>,
-    /// The provider-signed terms, once accepted.
-    pub terms: Option<LeaseTerms>,
-    /// The terms envelope, base-64, as signed.
-    pub terms_envelope: Option<String>,
-    /// The escrow's multisig (base-58), once chosen.
-    pub multisig: Option<String>,
-    /// The escrow's vault (base-58), once chosen.
-    pub vault: Option<String>,
-    /// The funding transaction's signature.
-    pub funding_signature: Option<String>,
-    /// The workload running for the lease (on the provider).
-    pub workload_id: Option<String>,
-    /// When the workload started, Unix ms.
-    pub started_ms: Option<u64>,
-    /// The provider-signed receipt, once completed.
-    pub receipt: Option<LeaseReceipt>,
-    /// The receipt envelope, base-64.
-    pub receipt_envelope: Option<String>,
-    /// The settlement (or refund) transaction's signature.
-    pub settlement_signature: Option<String>,
-    /// Streaming: MOLT base units pulled so far, as last read from the chain.
-    #[serde(default)]
-    pub pulled: u64,
-    /// Streaming: when the provider last pulled, Unix ms.
-    #[serde(default)]
-    pub last_pull_ms: Option<u64>,
-    /// Why the lease is where it is, when that needs saying.
-    pub reason: Option<String>,
-    /// When it was recorded, Unix ms.
-    pub created_ms: u64,
-    /// Each state it entered, with when.
-    pub history: Vec<(LeaseState, u64)>,
-}
-
-impl LeaseRecord {
-    fn new(lease_id: String, side: Side, counterparty: String) -> Self {
-        let now = now_ms();
-        Self {
-            lease_id,
-            side,
-            state: LeaseState::Requested,
-            counterparty,
-            gpus: Vec::new(),
-            terms: None,
-            terms_envelope: None,
-            multisig: None,
-            vault: None,
-            funding_signature: None,
-            workload_id: None,
-            started_ms: None,
-            receipt: None,
-            receipt_envelope: None,
-            settlement_signature: None,
-            pulled: 0,
-            last_pull_ms: None,
-            reason: None,
-            created_ms: now,
-            history: vec![(LeaseState::Requested, now)],
-        }
-    }
-
-    /// A provider-side lease just requested, for store tests.
-    #[cfg(test)]
-    pub(crate) fn for_tests(lease_id: &str) -> Self {
-        Self::new(lease_id.to_owned(), Side::Provider, "peer".to_owned())
-    }
-
-    /// Moves the lease to `next`; a move that is not allowed is refused, a move to where it is
-    /// does nothing.
-    fn advance(&mut self, next: LeaseState) -> Result<(), InvokeFailure> {
-        if !self.state.may_become(next) {
-            return Err(InvokeFailure::new(
-                ErrorCode::Conflict,
-                format!(
-                    "lease {} is {}, it cannot become {next}",
-                    self.lease_id, self.state
-                ),
-            ));
-        }
-        if self.state != next {
-            self.state = next;
-            self.history.push((next, now_ms()));
-        }
-        Ok(())
-    }
-
-    /// Whether the lease is paid by streaming.
-    fn is_stream(&self) -> bool {
-        self.terms
-            .as_ref()
-            .is_some_and(|t| matches!(t.payment, claw_market::lease::Payment::Stream { .. }))
-    }
-
-    /// The escrow of this lease, once its terms and addresses are known.
-    fn escrow(&self) -> Result<Escrow, InvokeFailure> {
-        let (Some(terms), Some(multisig), Some(vault)) = (&self.terms, &self.multisig, &self.vault)
-        else {
-            return Err(InvokeFailure::new(
-                ErrorCode::Conflict,
-                format!("lease {} has no escrow yet", self.lease_id),
-            ));
-        };
-        Ok(Escrow {
-            terms: EscrowTerms {
-                lease_id: self.lease_id.clone(),
-                buyer: address(&terms.buyer_wallet)?,
-                provider: address(&terms.provider_wallet)?,
-                arbiter: address(&terms.arbiter_wallet)?,
-                amount: terms.amount,
-            },
-            multisig: address(multisig)?,
-            vault: address(vault)?,
-        })
-    }
-
-    /// The summary the market commands answer with.
-    fn summary(&self) -> Value {
-        json!({
-            "lease_id": self.lease_id,
-            "side": self.side,
-            "state": self.state,
-            "counterparty": self.counterparty,
-            "gpus": self.gpus,
-            "gpu_model": self.terms.as_ref().map(|t| &t.gpu_model),
-            "simulated": self.terms.as_ref().map(|t| t.simulated),
-            "hours": self.terms.as_ref().map(|t| t.hours),
-            "price_per_gpu_hour": self.terms.as_ref().map(|t| t.price_per_gpu_hour.to_string()),
-            "amount": self.terms.as_ref().map(|t| t.amount.to_string()),
-            "payment": self.terms.as_ref().map(|t| t.payment),
-            "pulled": self.is_stream().then(|| claw_market::Molt::from_base_units(self.pulled).to_string()),
-            "vault": self.vault,
-            "funding_signature": self.funding_signature,
-            "workload_id": self.workload_id,
-            "started_ms": self.started_ms,
-            "served_secs": self.receipt.as_ref().map(|r| r.served_secs),
-            "to_provider": self.receipt.as_ref().map(|r| r.to_provider.to_string()),
-            "to_buyer": self.receipt.as_ref().map(|r| r.to_buyer.to_string()),
-            "settlement_signature": self.settlement_signature,
-            "reason": self.reason,
-            "created_ms": self.created_ms,
-            "history": self.history,
-        })
-    }
-}
 
 fn now_ms() -> u64 {
     unix_millis(SystemTime::now())
@@ -268,52 +104,14 @@ fn decode_blob(what: &str, text: &str) -> Result<Vec<u8>, InvokeFailure> {
         })
 }
 
-/// Verifies a base-64 envelope of kind `T` signed by `signer`, and opens it.
-fn open_signed<T: SignedPayload>(
-    verifier: &Verifier,
-    what: &str,
-    text: &str,
-    signer: &PeerId,
-) -> Result<(T, VerifiedEnvelope), InvokeFailure> {
-    let bytes = decode_blob(what, text)?;
-    let verified = verifier
-        .verify_at(&bytes, None, now_ms())
-        .map_err(|e| failure(ErrorCode::InvalidParams, format!("{what}: {e}")))?;
-    if verified.signer_peer_id() != *signer {
-        return Err(failure(
-            ErrorCode::Unauthorized,
-            format!(
-                "{what} is signed by {}, not {signer}",
-                verified.signer_peer_id()
-            ),
-        ));
-    }
-    let payload = verified
-        .open::<T>()
-        .map_err(|e| failure(ErrorCode::InvalidParams, format!("{what}: {e}")))?;
-    Ok((payload, verified))
+fn lease_id(text: &str) -> Result<LeaseId, InvokeFailure> {
+    LeaseId::parse(text).map_err(|e| failure(ErrorCode::InvalidParams, e.to_string()))
 }
 
 /// Where MOLT lives for this node.
 struct Chain {
     client: ChainClient,
     mint: MoltMint,
-}
-
-impl Chain {
-    /// Checks on chain that `escrow` holds its amount in MOLT under a 2-of-3 multisig of exactly
-    /// its three parties; `CONFLICT` says what is wrong when it does not.
-    async fn verify_escrow(&self, escrow: &Escrow) -> Result<(), InvokeFailure> {
-        escrow
-            .verify_funded(&self.client, &self.mint)
-            .await
-            .map_err(|e| {
-                failure(
-                    ErrorCode::Conflict,
-                    format!("the escrow is not funded as the terms say: {e}"),
-                )
-            })
-    }
 }
 
 /// What the node last published for one GPU model.
@@ -336,15 +134,20 @@ struct Inner {
     book: Mutex<OrderBook>,
     mesh: OnceLock<MeshHandle>,
     published: Mutex<HashMap<String, Published>>,
-    /// Leases a command is working on right now; the periodic upkeep leaves them alone.
-    busy: Mutex<std::collections::HashSet<String>>,
+    /// One lock per lease.
+    locks: driver::LeaseLocks,
+    /// Held only while a reservation is checked against the caps and written (no chain or
+    /// network wait inside), so two requests cannot both pass a cap.
+    admission: tokio::sync::Mutex<()>,
+    /// Workloads buyers handed over with their funding, until started. Never stored: their
+    /// env may hold secrets. A buyer hands its workload over again on every funding retry.
+    workload_specs: Mutex<HashMap<LeaseId, buyer::LeaseWorkload>>,
+    /// Settlements a provider signed, until this buyer co-signs them.
+    settlements: Mutex<HashMap<LeaseId, Vec<u8>>>,
     /// When each provider was last asked for its offers, Unix ms.
     asked: Mutex<HashMap<PeerId, u64>>,
-    /// What this node knows of each provider's record: its own leases' outcomes, replaced by the
-    /// receipts checked on chain whenever `market.reputation` asks.
-    reputation: Mutex<HashMap<[u8; 32], claw_market::lease::Reputation>>,
-    /// Serialises lease steps on this node, so that two calls for one lease never interleave.
-    steps: tokio::sync::Mutex<()>,
+    /// Providers' records, from facts this node checked on chain itself.
+    reputation: Mutex<ReputationBook>,
     offers_changed: tokio::sync::Notify,
     /// When set (Unix ms), offers are published again at that time even if unchanged: a peer
     /// joined after they were last published, and gossip does not replay.
@@ -399,10 +202,12 @@ impl Market {
                 book: Mutex::new(book),
                 mesh: OnceLock::new(),
                 published: Mutex::default(),
+                locks: driver::LeaseLocks::default(),
+                admission: tokio::sync::Mutex::new(()),
+                workload_specs: Mutex::default(),
+                settlements: Mutex::default(),
                 asked: Mutex::default(),
-                busy: Mutex::default(),
                 reputation: Mutex::default(),
-                steps: tokio::sync::Mutex::new(()),
                 offers_changed: tokio::sync::Notify::new(),
                 republish_at_ms: std::sync::atomic::AtomicU64::new(0),
             }),
@@ -436,6 +241,10 @@ impl Market {
             .map_err(|e| failure(ErrorCode::Internal, e.clone()))
     }
 
+    fn wallet_address(&self) -> Result<Pubkey, InvokeFailure> {
+        Ok(solana_signer::Signer::pubkey(self.wallet()?))
+    }
+
     fn arbiter(&self) -> Result<String, InvokeFailure> {
         self.inner
             .dir
@@ -455,6 +264,19 @@ impl Market {
         self.inner.dir.identity().peer_id()
     }
 
+    /// The protocol's timings from the config.
+    fn policy(&self) -> LeasePolicy {
+        let config = self.inner.dir.config();
+        LeasePolicy {
+            dispute_after_ms: config.market.dispute_after_secs * 1000,
+            unreachable_grace_ms: config.market.unreachable_grace_secs * 1000,
+            clock_slack_ms: u64::try_from(config.attestation.max_clock_skew().as_millis())
+                .unwrap_or(u64::MAX)
+                .min(LeasePolicy::default().clock_slack_ms),
+            ..LeasePolicy::default()
+        }
+    }
+
     async fn on_store<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
@@ -466,111 +288,12 @@ impl Market {
             .map_err(store_failure)
     }
 
-    async fn save(&self, record: &LeaseRecord) -> Result<(), InvokeFailure> {
-        let record = record.clone();
-        self.on_store(move |store| store.put_lease(&record)).await
-    }
-
-    async fn load(&self, lease_id: &str) -> Result<LeaseRecord, InvokeFailure> {
-        let id = lease_id.to_owned();
-        self.on_store(move |store| store.lease(&id))
-            .await?
-            .ok_or_else(|| failure(ErrorCode::NotFound, format!("no lease {lease_id} here")))
-    }
-
-    /// A settlement of `escrow` paying `release`, fees paid by `other_signer`, signed for the
-    /// multisig by this node's wallet and `other_signer`, with this wallet's signature only: the
-    /// wire form, base-64, for `other_signer` to check, co-sign and send.
-    async fn half_signed_settlement(
-        &self,
-        escrow: &Escrow,
-        release: claw_market::settlement::Release,
-        other_signer: &Pubkey,
-    ) -> Result<String, InvokeFailure> {
-        let wallet = self.wallet()?;
-        let chain = self.chain()?;
-        let me = solana_signer::Signer::pubkey(wallet);
-        let (blockhash, _) = chain
-            .client
-            .latest_blockhash()
-            .await
-            .map_err(chain_failure)?;
-        let mut tx = escrow
-            .settlement_transaction(
-                &chain.mint,
-                release,
-                other_signer,
-                [&me, other_signer],
-                blockhash,
-            )
-            .map_err(chain_failure)?;
-        tx.try_partial_sign(&[wallet], blockhash)
-            .map_err(|e| failure(ErrorCode::Internal, format!("signing the settlement: {e}")))?;
-        let wire =
-            bincode1::serialize(&tx).map_err(|e| failure(ErrorCode::Internal, e.to_string()))?;
-        Ok(encode_blob(&wire))
-    }
-
-    /// Checks a settlement of `escrow` that `other_signer` signed: exactly `release`, fees paid
-    /// by this node's wallet, signed for the multisig by `other_signer` and this wallet. Then
-    /// adds this wallet's signature and sends it.
-    async fn cosign_and_send(
-        &self,
-        escrow: &Escrow,
-        wire: &[u8],
-        release: claw_market::settlement::Release,
-        other_signer: &Pubkey,
-    ) -> Result<solana_signature::Signature, InvokeFailure> {
-        let wallet = self.wallet()?;
-        let chain = self.chain()?;
-        let me = solana_signer::Signer::pubkey(wallet);
-        let mut tx = escrow
-            .check_settlement(&chain.mint, wire, release, &me, [other_signer, &me])
-            .map_err(|e| failure(ErrorCode::Conflict, format!("settlement refused: {e}")))?;
-        let blockhash = tx.message.recent_blockhash;
-        tx.try_partial_sign(&[wallet], blockhash)
-            .map_err(|e| failure(ErrorCode::Internal, format!("co-signing: {e}")))?;
-        let (_, last_valid) = chain
-            .client
-            .latest_blockhash()
-            .await
-            .map_err(chain_failure)?;
-        let landed = chain
-            .client
-            .submit_signed(&tx, last_valid)
-            .await
-            .map_err(chain_failure)?;
-        Ok(landed.signature)
-    }
-
-    /// Marks `lease_id` as worked on by a command until the guard is dropped.
-    fn busy(&self, lease_id: &str) -> BusyLease {
-        self.inner
-            .busy
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(lease_id.to_owned());
-        BusyLease {
-            market: self.clone(),
-            lease_id: lease_id.to_owned(),
-        }
-    }
-
-    /// Whether a command is working on `lease_id`.
-    fn is_busy(&self, lease_id: &str) -> bool {
-        self.inner
-            .busy
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(lease_id)
-    }
-
     /// Signs `payload` with the node key and the store's next sequence, valid for `ttl`.
     async fn sign<T: SignedPayload + Send + 'static>(
         &self,
         ttl: Duration,
         payload: T,
-    ) -> Result<String, InvokeFailure> {
+    ) -> Result<Signed<T>, InvokeFailure> {
         let dir = Arc::clone(&self.inner.dir);
         let store = self.inner.store.clone();
         let envelope =
@@ -578,7 +301,52 @@ impl Market {
                 .await
                 .map_err(|e| failure(ErrorCode::Internal, format!("signing task failed: {e}")))?
                 .map_err(store_failure)?;
-        Ok(encode_blob(&envelope.to_bytes()))
+        let verified = self
+            .inner
+            .verifier
+            .verify_ignoring_time(&envelope.to_bytes())
+            .map_err(|e| failure(ErrorCode::Internal, format!("own envelope: {e}")))?;
+        Signed::from_verified(&verified)
+            .map_err(|e| failure(ErrorCode::Internal, format!("own envelope: {e}")))
+    }
+
+    /// Verifies a base-64 envelope of kind `T` from a peer, signed by `signer` when given.
+    fn open_signed<T: SignedPayload>(
+        &self,
+        what: &str,
+        text: &str,
+        signer: Option<&PeerId>,
+    ) -> Result<Signed<T>, InvokeFailure> {
+        let bytes = decode_blob(what, text)?;
+        let signed = Signed::<T>::verify(&self.inner.verifier, &bytes, now_ms())
+            .map_err(|e| failure(ErrorCode::InvalidParams, format!("{what}: {e}")))?;
+        if let Some(signer) = signer
+            && signed.signer_peer() != Some(*signer)
+        {
+            return Err(failure(
+                ErrorCode::Unauthorized,
+                format!("{what} is not signed by {signer}"),
+            ));
+        }
+        Ok(signed)
+    }
+
+    /// Invokes a command on a peer under the lease deadline.
+    async fn call_peer(
+        &self,
+        peer: &str,
+        command: &str,
+        params: Value,
+    ) -> Result<Value, InvokeFailure> {
+        let peer_id: PeerId = peer
+            .parse()
+            .map_err(|_| failure(ErrorCode::Internal, format!("{peer:?} is not a peer id")))?;
+        let request =
+            claw_mesh::InvokeRequest::new(command, LEASE_CALL_DEADLINE).with_params(params);
+        self.mesh()?
+            .invoke(peer_id, request)
+            .await
+            .map_err(|e| InvokeFailure::new(e.code, format!("{peer}: {}", e.message)))
     }
 
     /// The node's GPUs or cordon changed outside the market: publish its offers again now.
@@ -638,16 +406,16 @@ impl Market {
     }
 
     fn reputation_of(&self, provider: &[u8; 32]) -> u32 {
-        let known = self
-            .inner
+        self.inner
             .reputation
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        known.get(provider).copied().unwrap_or_default().score()
+            .unwrap_or_else(PoisonError::into_inner)
+            .of(provider)
+            .score()
     }
 
-    /// Periodic work: publishes or renews offers, expires lapsed reservations, completes and
-    /// settles leases, and picks up any step a crash interrupted. Errors are logged; the next
+    /// Periodic work: publishes or renews offers, and moves every open lease on (deadlines,
+    /// checkpoints, settlements, and any step a crash interrupted). Errors are logged; the next
     /// tick tries again.
     pub async fn tick(&self) {
         {
@@ -658,16 +426,41 @@ impl Market {
                 .unwrap_or_else(PoisonError::into_inner);
             book.prune(now_ms());
         }
-        if let Err(error) = self.provider_tick().await {
-            tracing::warn!(%error, "provider lease upkeep");
-        }
-        if let Err(error) = self.buyer_tick().await {
-            tracing::warn!(%error, "buyer lease upkeep");
+        if let Err(error) = self.leases_tick().await {
+            tracing::warn!(%error, "lease upkeep");
         }
         if let Err(error) = self.publish_offers().await {
             tracing::debug!(%error, "offers not published");
         }
         self.sync_book().await;
+    }
+
+    /// Ticks every open lease not being worked on by a command right now, one task each, so
+    /// that one slow lease never delays another.
+    async fn leases_tick(&self) -> Result<(), InvokeFailure> {
+        let records = self.on_store(Store::leases).await?;
+        let mut ticks = tokio::task::JoinSet::new();
+        for record in records
+            .into_iter()
+            .filter(|r| r.state.is_open() || r.state == LeaseState::Expired)
+            .filter(|r| !self.inner.locks.is_busy(&r.lease_id))
+        {
+            let market = self.clone();
+            ticks.spawn(async move {
+                let lease = record.lease_id.clone();
+                let outcome = match record.side {
+                    Side::Provider => market.provider_tick(&record).await,
+                    Side::Buyer => market.drive(&lease, claw_market::lease::Input::Tick).await.map(|_| ()),
+                };
+                if let Err(error) = outcome {
+                    tracing::debug!(lease = %lease, error = %error.message, "lease not moved on this tick");
+                }
+            });
+        }
+        while ticks.join_next().await.is_some() {}
+        let now = now_ms();
+        self.on_store(move |store| store.prune_lapses(now)).await?;
+        Ok(())
     }
 
     /// Asks providers that announce free GPUs but have no offer in the book for their current
@@ -848,7 +641,7 @@ impl Market {
             .iter()
             .filter(|r| state.is_none_or(|s| r.state == s))
             .filter(|r| params.side.is_none_or(|s| r.side == s))
-            .map(LeaseRecord::summary)
+            .map(summary)
             .collect();
         Ok(json!({ "leases": leases }))
     }
@@ -878,21 +671,41 @@ impl Market {
     }
 }
 
-/// Keeps a lease out of the periodic upkeep while a command works on it.
-struct BusyLease {
-    market: Market,
-    lease_id: String,
-}
-
-impl Drop for BusyLease {
-    fn drop(&mut self) {
-        self.market
-            .inner
-            .busy
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.lease_id);
-    }
+/// The summary the market commands answer with.
+fn summary(record: &LeaseRecord) -> Value {
+    let terms = record.terms.as_ref().map(Signed::payload);
+    let escrow = terms.and_then(|t| t.escrow().ok().flatten());
+    let settled = record.settlement.as_ref();
+    let release = record.release().filter(|_| !record.is_stream());
+    let pulled = record.stream.as_ref().map(|s| s.pulled);
+    json!({
+        "lease_id": record.lease_id,
+        "side": record.side,
+        "state": record.state,
+        "counterparty": record.counterparty,
+        "gpus": record.gpus,
+        "gpu_model": terms.map(|t| &t.gpu_model),
+        "simulated": terms.map(|t| t.simulated),
+        "hours": terms.map(|t| t.hours),
+        "price_per_gpu_hour": terms.map(|t| t.price_per_gpu_hour.to_string()),
+        "amount": terms.map(|t| t.amount.to_string()),
+        "payment": terms.map(|t| t.payment),
+        "pulled": record.is_stream().then(|| pulled.unwrap_or_default().to_string()),
+        "multisig": escrow.map(|e| e.multisig.to_string()),
+        "vault": escrow.map(|e| e.vault.to_string()),
+        "funding_signature": record.funding.as_ref().map(|f| &f.signature),
+        "funded_at_ms": record.funded_at_ms(),
+        "workload_id": record.workload_id,
+        "started_ms": record.started_ms,
+        "checkpoint_seq": record.checkpoint.as_ref().map(|c| c.payload().seq),
+        "served_secs": record.ending.map(|e| e.served_secs).or_else(|| record.checkpoint.as_ref().map(|c| c.payload().served_secs)),
+        "to_provider": settled.map(|s| s.to_provider).or(release.map(|r| r.to_provider)).or(pulled).map(|m| m.to_string()),
+        "to_buyer": settled.map(|s| s.to_buyer).or(release.map(|r| r.to_buyer)).map(|m| m.to_string()),
+        "settlement_signature": settled.map(|s| &s.signature),
+        "reason": record.reason,
+        "created_ms": record.created_ms,
+        "history": record.history,
+    })
 }
 
 /// `market.offers`.

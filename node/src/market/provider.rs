@@ -1,14 +1,24 @@
-//! The provider's side: publishing offers for free GPUs, and answering the buyer's lease steps
-//! (`market.lease.request`, `.fund`, `.end`, `.status`).
+//! The provider's side: publishing offers for free GPUs, answering the buyer's lease steps
+//! (`market.lease.request`, `.fund`, `.end`, `.status`) and carrying out the provider's effects.
+//!
+//! A reservation costs its asker something: the bid must be signed by the caller, its wallet must
+//! sign the bid too (so the caller controls it) and hold the lease's amount on chain, open
+//! reservations are capped per peer and per wallet, a lapsed reservation is deleted and its bid
+//! cannot reserve again, and a peer or wallet whose reservations keep lapsing is refused for a
+//! while.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use claw_market::Molt;
 use claw_market::book::{BookEntry, OrderBook};
-use claw_market::lease::{LeaseOutcome, LeaseReceipt, LeaseState, LeaseTerms, Payment};
+use claw_market::lease::machine::Funding;
+use claw_market::lease::{
+    Effect, Input, LeaseAcceptance, LeaseId, LeaseRecord, LeaseState, LeaseTerms, Payment, Side,
+    Signed, UsageCheckpoint, wallet_proof_message,
+};
 use claw_market::order::{Bid, Offer};
-use claw_market::settlement::{amount_due, pro_rata, pull};
+use claw_market::settlement::{Escrow, StreamReading, pull, read_stream};
 use claw_mesh::{ErrorCode, InvokeFailure, PeerId, TopicKind};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -17,11 +27,17 @@ use solana_signer::Signer as _;
 
 use super::buyer::LeaseWorkload;
 use super::{
-    LEASE_PROOF_SLACK, LeaseRecord, Market, Published, Side, address, chain_failure, decode_blob,
-    failure, now_ms, open_signed,
+    LEASE_PROOF_SLACK, Market, Published, address, chain_failure, failure, lease_id, now_ms,
 };
 use crate::store::AdmitError;
 use crate::workloads::spec::StopParams;
+
+/// The longest a bid may be valid for to ask for a lease: its lapsed reservation is remembered
+/// (so the bid cannot reserve again) until it expires.
+const MAX_BID_LIFETIME_MS: u64 = 15 * 60_000;
+/// How long `market.lease.fund` waits for the workload to start before it answers that it is
+/// starting (the buyer follows with `market.lease.status`).
+const FUND_ANSWER_WITHIN: Duration = Duration::from_secs(20);
 
 /// `market.lease.request`: a buyer asks for a lease on one of this node's offers.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -34,20 +50,20 @@ pub struct LeaseRequestParams {
     /// Pay by streaming (the provider pulls as it serves) instead of an escrow.
     #[serde(default)]
     pub stream: bool,
+    /// The bid wallet's signature (base-58) of the bid, showing the caller controls the wallet.
+    pub wallet_signature: String,
 }
 
-/// `market.lease.fund`: the buyer says the escrow is funded and hands over its workload.
+/// `market.lease.fund`: the buyer's acceptance, its funding, and its workload.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FundParams {
     /// The lease.
     pub lease_id: String,
-    /// The escrow's 2-of-3 multisig address (escrow leases).
-    #[serde(default)]
-    pub multisig: Option<String>,
-    /// The escrow's token account (escrow leases).
-    #[serde(default)]
-    pub vault: Option<String>,
+    /// The buyer-signed acceptance of the terms, base-64.
+    pub acceptance: String,
+    /// The funding transaction (escrow) or first allowance (stream), base-58.
+    pub funding_signature: String,
     /// What to run on the leased GPUs.
     pub workload: LeaseWorkload,
 }
@@ -96,15 +112,6 @@ fn offer_price(base: Molt, markup: Molt, taken: u64, total: u64) -> Molt {
 }
 
 impl Market {
-    /// The lease id for a bid on this provider: the same bid always names the same lease, so
-    /// a retried request finds the lease it made.
-    fn lease_id_for(&self, bid_digest: &[u8; 32]) -> String {
-        let mut hasher = Sha256::new();
-        hasher.update(bid_digest);
-        hasher.update(self.local_peer().to_bytes());
-        format!("ls-{}", &hex::encode(hasher.finalize())[..16])
-    }
-
     /// Publishes an offer per GPU model with the GPUs free now, withdraws offers whose GPUs are
     /// all taken, and renews offers at half their lifetime.
     pub(super) async fn publish_offers(&self) -> Result<(), InvokeFailure> {
@@ -212,8 +219,9 @@ impl Market {
             offer
                 .validate()
                 .map_err(|e| failure(ErrorCode::Internal, e.to_string()))?;
-            let envelope = self.sign(ttl, offer.clone()).await?;
-            let bytes = decode_blob("offer", &envelope)?;
+            let signed = self.sign(ttl, offer.clone()).await?;
+            let envelope = signed.text();
+            let bytes = signed.envelope().to_vec();
             let verified = self
                 .inner
                 .verifier
@@ -301,32 +309,129 @@ impl Market {
         }))
     }
 
-    /// `market.lease.request`: verifies the bid (signed by the caller, unexpired, matching
-    /// the offer), reserves the GPUs and answers with signed terms. The same bid always gets
-    /// the same lease.
+    /// `market.lease.request`: checks the bid and its asker (see the module doc), reserves the
+    /// GPUs and answers with signed terms. The same bid always gets the same lease.
     pub async fn lease_request(
         &self,
         caller: PeerId,
         params: LeaseRequestParams,
     ) -> Result<Value, InvokeFailure> {
-        let (bid, verified) =
-            open_signed::<Bid>(&self.inner.verifier, "bid", &params.bid, &caller)?;
-        bid.validate()
+        let bid = self.open_signed::<Bid>("bid", &params.bid, Some(&caller))?;
+        bid.payload()
+            .validate()
             .map_err(|e| failure(ErrorCode::InvalidParams, e.to_string()))?;
-        let bid_digest = verified.envelope().digest();
-        let lease_id = self.lease_id_for(&bid_digest);
-        let _step = self.inner.steps.lock().await;
-        if let Some(existing) = self
-            .on_store({
-                let id = lease_id.clone();
-                move |store| store.lease(&id)
-            })
-            .await?
-            && let Some(terms) = existing.terms_envelope
+        let lease = LeaseId::derive(
+            &bid.digest(),
+            &self.inner.dir.identity().public_key().to_bytes(),
+        );
+        if let Some(existing) = self.load(&lease).await?
+            && let Some(terms) = &existing.terms
         {
-            return Ok(json!({ "lease_id": lease_id, "terms": terms, "state": existing.state }));
+            return Ok(
+                json!({ "lease_id": lease, "terms": terms.text(), "state": existing.state }),
+            );
         }
-        let arbiter = self.arbiter()?;
+        self.check_asker(&caller, &bid, &params.wallet_signature)
+            .await?;
+        let (offer, matched_total) = self.matched_offer(&bid, params.offer_id)?;
+        self.check_wallet_holds(&bid.payload().wallet, matched_total)
+            .await?;
+        let record = self.reserve(&lease, &caller, &bid, &offer).await?;
+        let terms = self.terms_for(
+            &lease,
+            &caller,
+            &bid,
+            &offer,
+            record.gpus.clone(),
+            matched_total,
+            params.stream,
+        )?;
+        let ttl = Duration::from_secs(terms.total_secs()) + LEASE_PROOF_SLACK;
+        let signed = self.sign(ttl, terms).await?;
+        let text = signed.text();
+        let record = self
+            .drive(&lease, Input::TermsSigned(signed))
+            .await?
+            .ok_or_else(|| failure(ErrorCode::Internal, "the reservation vanished"))?;
+        tracing::info!(lease = %lease, buyer = %caller, gpus = ?record.gpus, "lease accepted");
+        Ok(json!({ "lease_id": lease, "terms": text, "state": record.state }))
+    }
+
+    /// Refuses an asker that does not control the bid's wallet, whose bid lapsed before, or whose
+    /// reservations keep lapsing.
+    async fn check_asker(
+        &self,
+        caller: &PeerId,
+        bid: &Signed<Bid>,
+        wallet_signature: &str,
+    ) -> Result<(), InvokeFailure> {
+        let wallet = address(&bid.payload().wallet)?;
+        let signature: solana_signature::Signature = wallet_signature.parse().map_err(|_| {
+            failure(
+                ErrorCode::InvalidParams,
+                "wallet_signature is not a signature",
+            )
+        })?;
+        if !signature.verify(wallet.as_ref(), &wallet_proof_message(&bid.digest())) {
+            return Err(failure(
+                ErrorCode::Unauthorized,
+                format!("the bid names wallet {wallet}, which did not sign it"),
+            ));
+        }
+        let lifetime = bid.issued_ms();
+        let expires = claw_attestation::Envelope::from_bytes(bid.envelope())
+            .map(|e| e.expires_at_ms())
+            .unwrap_or(u64::MAX);
+        if expires.saturating_sub(lifetime) > MAX_BID_LIFETIME_MS {
+            return Err(failure(
+                ErrorCode::InvalidParams,
+                "a bid asking for a lease may be valid for 15 minutes at most",
+            ));
+        }
+        let market = &self.inner.dir.config().market;
+        let keys = [format!("peer:{caller}"), format!("wallet:{wallet}")];
+        let since = now_ms().saturating_sub(market.lapse_window_secs * 1000);
+        let lease = LeaseId::derive(
+            &bid.digest(),
+            &self.inner.dir.identity().public_key().to_bytes(),
+        );
+        let (lapsed_bid, lapses) = self
+            .on_store(move |store| {
+                let counts: Vec<u32> = keys
+                    .iter()
+                    .map(|k| store.lapses_since(k, since))
+                    .collect::<Result<_, _>>()?;
+                Ok((
+                    store.lapsed_lease(lease.as_str())?,
+                    counts.into_iter().max().unwrap_or(0),
+                ))
+            })
+            .await?;
+        if lapsed_bid {
+            return Err(failure(
+                ErrorCode::Conflict,
+                "this bid's reservation lapsed unfunded; sign a new bid",
+            ));
+        }
+        if lapses >= market.lapses_before_refusal {
+            return Err(failure(
+                ErrorCode::Unavailable,
+                format!(
+                    "{lapses} reservations of this peer or wallet lapsed unfunded in the last {} s; try again later",
+                    market.lapse_window_secs
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The open offer the bid asks for, and what the bid would pay for it, as any peer's matching
+    /// would decide it.
+    fn matched_offer(
+        &self,
+        bid: &Signed<Bid>,
+        offer_id: u64,
+    ) -> Result<(Offer, Molt), InvokeFailure> {
         let config = self.inner.dir.config();
         let published = self
             .inner
@@ -334,29 +439,56 @@ impl Market {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .values()
-            .find(|p| p.offer.offer_id == params.offer_id)
+            .find(|p| p.offer.offer_id == offer_id)
             .cloned();
         let Some(published) = published.filter(|p| !p.offer.withdrawn) else {
             return Err(failure(
                 ErrorCode::Conflict,
-                format!("offer {} is no longer open on this node", params.offer_id),
+                format!("offer {offer_id} is no longer open on this node"),
             ));
         };
-        let offer = published.offer;
-        // The bid must match the offer exactly as any peer's matching would decide it.
         let mut book = OrderBook::new(&config.network.name);
         book.insert(BookEntry {
             provider: self.inner.dir.identity().public_key().to_bytes(),
             seq: 1,
             issued_ms: published.at_ms,
             expires_ms: published.at_ms + config.market.offer_ttl_secs * 1000,
-            attested: !offer.simulated,
-            offer: offer.clone(),
+            attested: !published.offer.simulated,
+            offer: published.offer.clone(),
         })
         .map_err(|e| failure(ErrorCode::Internal, e.to_string()))?;
         let matched = book
-            .best_match(&bid, now_ms(), &|_| 100)
+            .best_match(bid.payload(), now_ms(), &|_| 100)
             .map_err(|why| failure(ErrorCode::Conflict, why.to_string()))?;
+        Ok((published.offer, matched.total))
+    }
+
+    /// Refuses a bid whose wallet does not hold the lease's amount of MOLT on chain.
+    async fn check_wallet_holds(&self, wallet: &str, amount: Molt) -> Result<(), InvokeFailure> {
+        let chain = self.chain()?;
+        let held = chain
+            .mint
+            .balance(&chain.client, &address(wallet)?)
+            .await
+            .map_err(chain_failure)?;
+        if held < amount {
+            return Err(failure(
+                ErrorCode::Conflict,
+                format!("wallet {wallet} holds {held} MOLT, less than the lease's {amount}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reserves the GPUs under the per-peer and per-wallet caps on open reservations.
+    async fn reserve(
+        &self,
+        lease: &LeaseId,
+        caller: &PeerId,
+        bid: &Signed<Bid>,
+        offer: &Offer,
+    ) -> Result<LeaseRecord, InvokeFailure> {
+        let cap = self.inner.dir.config().market.max_open_reservations as usize;
         let candidates: Vec<String> = self
             .inner
             .probe
@@ -365,47 +497,85 @@ impl Market {
             .filter(|d| d.model == offer.gpu_model)
             .map(|d| d.uuid)
             .collect();
-        let record = LeaseRecord::new(lease_id.clone(), Side::Provider, caller.to_string());
-        let reserved = {
-            let record = record.clone();
-            let count = bid.gpus as usize;
-            let store = self.inner.store.clone();
-            tokio::task::spawn_blocking(move || {
-                store.reserve_for_lease(&record, count, &candidates)
+        let _admission = self.inner.admission.lock().await;
+        let peer = caller.to_string();
+        let wallet = bid.payload().wallet.clone();
+        let open = self
+            .on_store(move |store| {
+                Ok(store
+                    .leases()?
+                    .into_iter()
+                    .filter(|r| r.side == Side::Provider)
+                    .filter(|r| matches!(r.state, LeaseState::Requested | LeaseState::Accepted))
+                    .filter(|r| {
+                        r.counterparty == peer
+                            || r.terms
+                                .as_ref()
+                                .is_some_and(|t| t.payload().buyer_wallet == wallet)
+                    })
+                    .count())
             })
-            .await
-            .map_err(|e| failure(ErrorCode::Internal, format!("store task failed: {e}")))?
-        };
-        let mut record = match reserved {
-            Ok(record) => record,
+            .await?;
+        if open >= cap {
+            return Err(failure(
+                ErrorCode::Conflict,
+                format!(
+                    "{open} reservations of this peer or wallet are open and unfunded; fund or cancel them first"
+                ),
+            ));
+        }
+        let record = LeaseRecord::reserved(lease.clone(), caller.to_string(), Vec::new(), now_ms());
+        let count = bid.payload().gpus as usize;
+        let store = self.inner.store.clone();
+        let reserved = tokio::task::spawn_blocking(move || {
+            store.reserve_for_lease(&record, count, &candidates)
+        })
+        .await
+        .map_err(|e| failure(ErrorCode::Internal, format!("store task failed: {e}")))?;
+        match reserved {
+            Ok(record) => Ok(record),
             Err(AdmitError::GpusUnavailable { message, .. }) => {
                 self.inner.offers_changed.notify_one();
-                return Err(failure(
+                Err(failure(
                     ErrorCode::Conflict,
                     format!(
                         "the GPUs of offer {} were taken by another lease ({message})",
                         offer.offer_id
                     ),
-                ));
+                ))
             }
-            Err(other) => return Err(failure(ErrorCode::Internal, other.to_string())),
-        };
+            Err(other) => Err(failure(ErrorCode::Internal, other.to_string())),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn terms_for(
+        &self,
+        lease: &LeaseId,
+        caller: &PeerId,
+        bid: &Signed<Bid>,
+        offer: &Offer,
+        gpus: Vec<String>,
+        amount: Molt,
+        stream: bool,
+    ) -> Result<LeaseTerms, InvokeFailure> {
+        let config = self.inner.dir.config();
         let terms = LeaseTerms {
-            lease_id: lease_id.clone(),
+            lease_id: lease.clone(),
             network: config.network.name.clone(),
             offer_id: offer.offer_id,
-            bid_digest,
+            bid_digest: bid.digest(),
             buyer_peer: caller.to_string(),
-            buyer_wallet: bid.wallet.clone(),
+            buyer_wallet: bid.payload().wallet.clone(),
             provider_wallet: offer.wallet.clone(),
-            arbiter_wallet: arbiter,
+            arbiter_wallet: self.arbiter()?,
             gpu_model: offer.gpu_model.clone(),
-            gpus: record.gpus.clone(),
+            gpus,
             simulated: offer.simulated,
             price_per_gpu_hour: offer.price_per_gpu_hour,
-            hours: bid.hours,
-            amount: matched.total,
-            payment: if params.stream {
+            hours: bid.payload().hours,
+            amount,
+            payment: if stream {
                 Payment::Stream {
                     pull_secs: config.market.stream_pull_secs,
                 }
@@ -413,19 +583,12 @@ impl Market {
                 Payment::Escrow
             },
             fund_by_ms: now_ms() + config.market.fund_within_secs * 1000,
+            checkpoint_secs: config.market.checkpoint_secs,
         };
         terms
             .validate()
-            .map_err(|e| failure(ErrorCode::Internal, e.to_string()))?;
-        let ttl = Duration::from_secs(terms.total_secs()) + LEASE_PROOF_SLACK;
-        let envelope = self.sign(ttl, terms.clone()).await?;
-        record.terms = Some(terms);
-        record.terms_envelope = Some(envelope.clone());
-        record.advance(LeaseState::Accepted)?;
-        self.save(&record).await?;
-        self.inner.offers_changed.notify_one();
-        tracing::info!(lease = %lease_id, buyer = %caller, gpus = ?record.gpus, "lease accepted");
-        Ok(json!({ "lease_id": lease_id, "terms": envelope, "state": record.state }))
+            .map_err(|e| failure(ErrorCode::Conflict, e.to_string()))?;
+        Ok(terms)
     }
 
     fn own_lease(record: &LeaseRecord, caller: &PeerId) -> Result<(), InvokeFailure> {
@@ -441,153 +604,334 @@ impl Market {
         Ok(())
     }
 
-    /// `market.lease.fund`: verifies the escrow on chain (2 of exactly buyer, provider and
-    /// arbiter; the agreed amount of MOLT), then starts the buyer's workload on the reserved
-    /// GPUs. A workload that cannot start ends the lease at once with a refund receipt.
+    /// `market.lease.fund`: takes the buyer's acceptance, checks the funding on chain (the escrow
+    /// at its derived addresses, 2 of exactly buyer, provider and arbiter, the amount, and the
+    /// funding transaction's block time; or the allowance), then starts the workload. Answers
+    /// once it runs, or after [`FUND_ANSWER_WITHIN`] with where it is.
     pub async fn lease_fund(
         &self,
         caller: PeerId,
         params: FundParams,
     ) -> Result<Value, InvokeFailure> {
-        let _step = self.inner.steps.lock().await;
-        let mut record = self.load(&params.lease_id).await?;
+        let lease = lease_id(&params.lease_id)?;
+        let record = self
+            .load(&lease)
+            .await?
+            .ok_or_else(|| failure(ErrorCode::NotFound, format!("no lease {lease} here")))?;
         Self::own_lease(&record, &caller)?;
-        match record.state {
-            LeaseState::Accepted => {}
-            LeaseState::Funded
-            | LeaseState::Running
-            | LeaseState::Completed
-            | LeaseState::Settled
-            | LeaseState::Refunded => {
-                return Ok(self.fund_answer(&record));
-            }
-            other => {
+        let acceptance =
+            self.open_signed::<LeaseAcceptance>("acceptance", &params.acceptance, Some(&caller))?;
+        let input = match record.state {
+            LeaseState::Accepted => Input::Funded {
+                funding: self
+                    .verify_funding(&record, &params.funding_signature)
+                    .await?,
+                acceptance: Some(acceptance),
+            },
+            _ => Input::Tick,
+        };
+        if matches!(record.state, LeaseState::Accepted | LeaseState::Funded) {
+            self.inner
+                .workload_specs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(lease.clone(), params.workload);
+        }
+        let market = self.clone();
+        let driven = {
+            let lease = lease.clone();
+            tokio::spawn(async move { market.drive(&lease, input).await })
+        };
+        match tokio::time::timeout(FUND_ANSWER_WITHIN, driven).await {
+            Ok(Ok(Err(refused))) => return Err(refused),
+            Ok(Err(e)) => {
                 return Err(failure(
-                    ErrorCode::Conflict,
-                    format!(
-                        "lease {} is {other}: {}",
-                        record.lease_id,
-                        record.reason.clone().unwrap_or_default()
-                    ),
+                    ErrorCode::Internal,
+                    format!("lease step failed: {e}"),
                 ));
             }
+            Ok(Ok(Ok(_))) | Err(_) => {}
         }
+        let record = self
+            .load(&lease)
+            .await?
+            .ok_or_else(|| failure(ErrorCode::NotFound, format!("lease {lease} lapsed")))?;
+        Ok(status_answer(&record))
+    }
+
+    /// What the chain shows of a lease's funding, checked against its terms.
+    async fn verify_funding(
+        &self,
+        record: &LeaseRecord,
+        signature: &str,
+    ) -> Result<Funding, InvokeFailure> {
         let terms = record
-            .terms
-            .clone()
-            .ok_or_else(|| failure(ErrorCode::Internal, "accepted lease without terms"))?;
-        if now_ms() > terms.fund_by_ms {
-            record.reason = Some("the escrow was not funded in time".to_owned());
-            record.advance(LeaseState::Expired)?;
-            self.save(&record).await?;
-            self.inner.offers_changed.notify_one();
-            return Err(failure(
-                ErrorCode::Conflict,
-                format!("lease {}: the reservation lapsed", record.lease_id),
-            ));
-        }
+            .terms()
+            .map_err(|e| super::driver::refusal(&e))?
+            .payload();
         let chain = self.chain()?;
-        match terms.payment {
-            Payment::Escrow => {
-                let (Some(multisig), Some(vault)) = (&params.multisig, &params.vault) else {
-                    return Err(failure(
-                        ErrorCode::InvalidParams,
-                        "an escrow lease is funded with its multisig and vault",
-                    ));
-                };
-                address(multisig)?;
-                address(vault)?;
-                record.multisig = Some(multisig.clone());
-                record.vault = Some(vault.clone());
-                let escrow = record.escrow()?;
-                chain.verify_escrow(&escrow).await?;
-                tracing::info!(lease = %record.lease_id, %vault, "escrow verified on chain");
+        let parsed: solana_signature::Signature = signature.parse().map_err(|_| {
+            failure(
+                ErrorCode::InvalidParams,
+                "funding_signature is not a signature",
+            )
+        })?;
+        let refused = |e| {
+            failure(
+                ErrorCode::Conflict,
+                format!("the lease is not funded as its terms say: {e}"),
+            )
+        };
+        let fetched = chain
+            .client
+            .transaction(&parsed)
+            .await
+            .map_err(chain_failure)?
+            .ok_or_else(|| {
+                failure(
+                    ErrorCode::Conflict,
+                    format!("no transaction {signature} on chain"),
+                )
+            })?;
+        match Escrow::of(terms).map_err(|e| super::driver::refusal(&e))? {
+            Some(escrow) => {
+                escrow
+                    .verify_funded(&chain.client, &chain.mint)
+                    .await
+                    .map_err(refused)?;
+                let funded_at_ms = escrow
+                    .funding_time(&chain.client, &parsed)
+                    .await
+                    .map_err(refused)?;
+                tracing::info!(lease = %record.lease_id, vault = %escrow.vault(), "escrow verified on chain");
+                Ok(Funding {
+                    signature: signature.to_owned(),
+                    slot: fetched.slot,
+                    funded_at_ms,
+                })
             }
-            Payment::Stream { .. } => {
+            None => {
                 let buyer = address(&terms.buyer_wallet)?;
                 let account = chain
                     .mint
                     .read_account(&chain.client, &chain.mint.account_of(&buyer))
                     .await
-                    .map_err(|e| {
-                        failure(
-                            ErrorCode::Conflict,
-                            format!("the buyer's MOLT account: {e}"),
-                        )
-                    })?;
-                let me = self.wallet()?.pubkey();
+                    .map_err(refused)?;
+                let me = self.wallet_address()?;
                 let allowed = account.delegate.filter(|(d, _)| *d == me).map(|(_, a)| a);
-                if allowed < Some(terms.amount) || account.amount < terms.amount {
+                let first = terms.per_pull().min(terms.amount);
+                let touches = fetched
+                    .transaction
+                    .message
+                    .static_account_keys()
+                    .contains(&chain.mint.account_of(&buyer));
+                if fetched.failed || !touches || allowed < Some(first) || account.amount < first {
                     return Err(failure(
                         ErrorCode::Conflict,
                         format!(
-                            "the stream is not funded as agreed: {} MOLT allowed to this provider and {} MOLT held, {} needed",
+                            "the stream is not funded as agreed: {} MOLT allowed to this provider, {} MOLT held, {first} needed",
                             allowed.unwrap_or_default(),
                             account.amount,
-                            terms.amount
                         ),
                     ));
                 }
-                tracing::info!(lease = %record.lease_id, allowance = %terms.amount, "stream allowance verified on chain");
+                Ok(Funding {
+                    signature: signature.to_owned(),
+                    slot: fetched.slot,
+                    funded_at_ms: fetched.block_time_ms.unwrap_or_else(now_ms),
+                })
             }
         }
-        record.advance(LeaseState::Funded)?;
-        self.save(&record).await?;
-        self.start_workload(&mut record, caller, params.workload)
-            .await?;
-        Ok(self.fund_answer(&record))
     }
 
-    async fn start_workload(
+    /// `market.lease.end`: ends the caller's lease if it is still open, and answers with the
+    /// final checkpoint and, for an escrow, the settlement signed by this provider for the buyer
+    /// to check, co-sign and send.
+    pub async fn lease_end(
         &self,
-        record: &mut LeaseRecord,
-        lessee: PeerId,
-        workload: LeaseWorkload,
-    ) -> Result<(), InvokeFailure> {
-        let params = workload.into_run_params();
-        match self
-            .inner
-            .workloads
-            .run_leased(lessee, params, &record.lease_id, record.gpus.clone())
+        caller: PeerId,
+        params: EndParams,
+    ) -> Result<Value, InvokeFailure> {
+        let lease = lease_id(&params.lease_id)?;
+        let record = self
+            .load(&lease)
+            .await?
+            .ok_or_else(|| failure(ErrorCode::NotFound, format!("no lease {lease} here")))?;
+        Self::own_lease(&record, &caller)?;
+        let record = match self
+            .drive(&lease, Input::EndRequested("ended by the buyer".to_owned()))
             .await
         {
-            Ok(started) => {
-                record.workload_id = Some(started.id.clone());
-                record.started_ms = Some(now_ms());
-                record.advance(LeaseState::Running)?;
-                self.save(record).await?;
-                tracing::info!(lease = %record.lease_id, workload = %started.id, "lease running");
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                return Ok(json!({ "lease_id": lease, "state": LeaseState::Expired }));
             }
-            Err(error) => {
-                tracing::warn!(lease = %record.lease_id, %error, "lease workload did not start");
-                record.reason = Some(format!("the workload did not start: {error}"));
-                self.complete(record, LeaseOutcome::NeverStarted).await?;
+            // Already over: answer what it ended with.
+            Err(_) => self
+                .load(&lease)
+                .await?
+                .ok_or_else(|| failure(ErrorCode::NotFound, format!("no lease {lease} here")))?,
+        };
+        let settlement = match (&record.ending, record.state, record.release()) {
+            (Some(_), LeaseState::Completed, Some(release)) if !record.is_stream() => {
+                let terms = record
+                    .terms()
+                    .map_err(|e| super::driver::refusal(&e))?
+                    .payload();
+                let escrow = Escrow::of(terms)
+                    .map_err(|e| super::driver::refusal(&e))?
+                    .ok_or_else(|| {
+                        failure(ErrorCode::Internal, "an escrow lease without escrow")
+                    })?;
+                let buyer = escrow.parties.buyer;
+                Some(
+                    self.half_signed_settlement(&escrow, release, &buyer)
+                        .await?,
+                )
             }
+            _ => None,
+        };
+        let mut answer = status_answer(&record);
+        answer["settlement"] = json!(settlement);
+        Ok(answer)
+    }
+
+    /// `market.lease.status`: where a lease is, with the latest checkpoint, for its
+    /// counterparty or the configured arbiter (the arbiter gathers both sides' evidence).
+    pub async fn lease_status(
+        &self,
+        caller: PeerId,
+        params: StatusParams,
+    ) -> Result<Value, InvokeFailure> {
+        let lease = lease_id(&params.lease_id)?;
+        let record = self
+            .load(&lease)
+            .await?
+            .ok_or_else(|| failure(ErrorCode::NotFound, format!("no lease {lease} here")))?;
+        let arbiter = self.inner.dir.config().market.arbiter_peer.clone();
+        let caller = caller.to_string();
+        if record.counterparty != caller && arbiter.as_deref() != Some(caller.as_str()) {
+            return Err(failure(
+                ErrorCode::Unauthorized,
+                format!("lease {lease} is not {caller}'s"),
+            ));
         }
+        Ok(status_answer(&record))
+    }
+
+    /// Deletes a reservation that lapsed unfunded and counts the lapse against its buyer's peer
+    /// and wallet; its bid cannot reserve again before it expires.
+    pub(super) async fn forget(&self, record: &LeaseRecord) -> Result<(), InvokeFailure> {
+        let mut keys = vec![format!("peer:{}", record.counterparty)];
+        keys.extend(
+            record
+                .terms
+                .as_ref()
+                .map(|t| format!("wallet:{}", t.payload().buyer_wallet)),
+        );
+        let bid_expires_ms = record.created_ms + MAX_BID_LIFETIME_MS;
+        let (record, now) = (record.clone(), now_ms());
+        let lease = record.lease_id.clone();
+        self.on_store(move |store| store.forget_lapsed_lease(&record, &keys, now, bid_expires_ms))
+            .await?;
+        self.inner
+            .workload_specs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&lease);
+        tracing::info!(lease = %lease, "reservation lapsed; forgotten");
         Ok(())
     }
 
-    fn fund_answer(&self, record: &LeaseRecord) -> Value {
-        json!({
-            "lease_id": record.lease_id,
-            "state": record.state,
-            "workload_id": record.workload_id,
-            "started_ms": record.started_ms,
-            "reason": record.reason,
+    /// Provider upkeep of one lease: a workload that stopped by itself ends its lease, then the
+    /// machine's deadlines and due steps.
+    pub(super) async fn provider_tick(&self, record: &LeaseRecord) -> Result<(), InvokeFailure> {
+        let lease = record.lease_id.clone();
+        let _guard = self.inner.locks.lock(&lease).await;
+        let Some(record) = self.load(&lease).await? else {
+            return Ok(());
+        };
+        if record.state == LeaseState::Running
+            && let Some(id) = record.workload_id.clone()
+        {
+            let workload = self.on_store(move |store| store.workload(&id)).await?;
+            if workload.as_ref().is_none_or(|w| !w.state.is_active()) {
+                let exit_code = workload.and_then(|w| w.exit_code);
+                self.drive_locked(&lease, Input::WorkloadEnded { exit_code })
+                    .await?;
+            }
+        }
+        self.drive_locked(&lease, Input::Tick).await.map(|_| ())
+    }
+
+    /// Carries out one of the provider's effects; answers what it produced.
+    pub(super) async fn provider_effect(&self, record: &LeaseRecord, effect: Effect) -> Vec<Input> {
+        let outcome = match effect {
+            Effect::OffersChanged => {
+                self.inner.offers_changed.notify_one();
+                Ok(Vec::new())
+            }
+            Effect::StartWorkload => self.start_workload(record).await,
+            Effect::StopWorkload => self.stop_workload(record).await,
+            Effect::SignCheckpoint(checkpoint) => self.sign_checkpoint(record, checkpoint).await,
+            Effect::Pull { amount, pulled } => self.pull_stream(record, amount, pulled).await,
+            Effect::ReadStream => self.read_stream_input(record).await,
+            Effect::WatchSettlement => self.watch_settlement(record).await,
+            Effect::AskArbiter => self.ask_arbiter(record).await,
+            other => {
+                tracing::error!(lease = %record.lease_id, ?other, "a provider cannot do that");
+                Ok(Vec::new())
+            }
+        };
+        outcome.unwrap_or_else(|error| {
+            tracing::info!(lease = %record.lease_id, error = %error.message, "lease step not done; the next tick tries again");
+            Vec::new()
         })
     }
 
-    /// Ends a funded or running lease: stops its workload, measures the time served, signs the
-    /// receipt and records the lease completed.
-    async fn complete(
-        &self,
-        record: &mut LeaseRecord,
-        outcome: LeaseOutcome,
-    ) -> Result<(), InvokeFailure> {
-        let terms = record
-            .terms
-            .clone()
-            .ok_or_else(|| failure(ErrorCode::Internal, "lease without terms"))?;
+    async fn start_workload(&self, record: &LeaseRecord) -> Result<Vec<Input>, InvokeFailure> {
+        let spec = self
+            .inner
+            .workload_specs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&record.lease_id)
+            .cloned();
+        // After a restart the workload comes again with the buyer's next funding call.
+        let Some(spec) = spec else {
+            return Ok(Vec::new());
+        };
+        let lessee: PeerId = record
+            .counterparty
+            .parse()
+            .map_err(|_| failure(ErrorCode::Internal, "the buyer is not a peer id"))?;
+        let started = self
+            .inner
+            .workloads
+            .run_leased(
+                lessee,
+                spec.into_run_params(),
+                record.lease_id.as_str(),
+                record.gpus.clone(),
+            )
+            .await;
+        self.inner
+            .workload_specs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&record.lease_id);
+        Ok(vec![match started {
+            Ok(workload) => Input::WorkloadStarted {
+                workload_id: workload.id,
+            },
+            Err(error) => {
+                tracing::warn!(lease = %record.lease_id, %error, "lease workload did not start");
+                Input::WorkloadFailed(format!("the workload did not start: {}", error.summary()))
+            }
+        }])
+    }
+
+    async fn stop_workload(&self, record: &LeaseRecord) -> Result<Vec<Input>, InvokeFailure> {
         if let Some(workload) = &record.workload_id {
             let stopped = self
                 .inner
@@ -602,353 +946,134 @@ impl Market {
                 tracing::debug!(lease = %record.lease_id, %error, "workload already stopped");
             }
         }
-        let ended_ms = now_ms();
-        let (started_ms, served_secs) = match (outcome, record.started_ms) {
-            (LeaseOutcome::Served, Some(started)) => (
-                started,
-                (ended_ms.saturating_sub(started) / 1000).min(terms.total_secs()),
-            ),
-            _ => (0, 0),
-        };
-        let outcome = if served_secs == 0 && record.started_ms.is_none() {
-            LeaseOutcome::NeverStarted
-        } else {
-            outcome
-        };
-        let release = match terms.payment {
-            Payment::Escrow => pro_rata(terms.amount, served_secs, terms.total_secs()),
-            Payment::Stream { .. } => {
-                if outcome == LeaseOutcome::Served {
-                    // The last pull, for the time served up to now, when the stream allows it.
-                    if let Err(error) = self.pull_due(record, &terms, served_secs).await {
-                        tracing::info!(lease = %record.lease_id, %error, "final pull refused");
-                    }
-                }
-                claw_market::settlement::Release {
-                    to_provider: Molt::from_base_units(record.pulled),
-                    to_buyer: Molt::default(),
-                }
-            }
-        };
-        let terms_digest = record
-            .terms_envelope
-            .as_deref()
-            .map(|t| decode_blob("terms", t))
-            .transpose()?
-            .map(|bytes| <[u8; 32]>::from(Sha256::digest(bytes)))
-            .unwrap_or_default();
-        let receipt = LeaseReceipt {
-            lease_id: record.lease_id.clone(),
-            terms_digest,
-            outcome,
-            started_ms,
-            ended_ms: if started_ms == 0 { 0 } else { ended_ms },
-            served_secs,
-            to_provider: release.to_provider,
-            to_buyer: release.to_buyer,
-            vault: record.vault.clone().unwrap_or_default(),
-        };
-        let ttl = LEASE_PROOF_SLACK;
-        let envelope = self.sign(ttl, receipt.clone()).await?;
-        record.receipt = Some(receipt);
-        record.receipt_envelope = Some(envelope);
-        record.advance(LeaseState::Completed)?;
-        if let Payment::Stream { .. } = terms.payment {
-            // Streamed money has already moved: nothing is left to settle.
-            record.advance(if outcome == LeaseOutcome::NeverStarted {
-                LeaseState::Refunded
-            } else {
-                LeaseState::Settled
-            })?;
-        }
-        self.save(record).await?;
-        self.inner.offers_changed.notify_one();
-        tracing::info!(lease = %record.lease_id, served_secs, to_provider = %release.to_provider, "lease completed");
-        Ok(())
+        Ok(Vec::new())
     }
 
-    /// `market.lease.end`: ends the caller's lease if it is still open, and answers with the
-    /// signed receipt and the settlement transaction, signed by this provider for the escrow,
-    /// for the buyer to check, co-sign and send.
-    pub async fn lease_end(
-        &self,
-        caller: PeerId,
-        params: EndParams,
-    ) -> Result<Value, InvokeFailure> {
-        let _step = self.inner.steps.lock().await;
-        let mut record = self.load(&params.lease_id).await?;
-        Self::own_lease(&record, &caller)?;
-        match record.state {
-            LeaseState::Funded => {
-                self.complete(&mut record, LeaseOutcome::NeverStarted)
-                    .await?
-            }
-            LeaseState::Running => self.complete(&mut record, LeaseOutcome::Served).await?,
-            LeaseState::Completed | LeaseState::Settled | LeaseState::Refunded => {}
-            LeaseState::Accepted => {
-                record.reason = Some("cancelled by the buyer before funding".to_owned());
-                record.advance(LeaseState::Expired)?;
-                self.save(&record).await?;
-                self.inner.offers_changed.notify_one();
-                return Ok(json!({ "lease_id": record.lease_id, "state": record.state }));
-            }
-            other => {
-                return Err(failure(
-                    ErrorCode::Conflict,
-                    format!("lease {} is {other}", record.lease_id),
-                ));
-            }
-        }
-        let settlement = if record.settlement_signature.is_some() || record.is_stream() {
-            None
-        } else {
-            Some(self.provider_signed_settlement(&record).await?)
-        };
-        Ok(json!({
-            "lease_id": record.lease_id,
-            "state": record.state,
-            "receipt": record.receipt_envelope,
-            "settlement": settlement,
-            "settlement_signature": record.settlement_signature,
-        }))
-    }
-
-    /// The settlement of a completed lease, signed by this provider: the receipt's split, fees
-    /// paid by the buyer, signed for the multisig by provider and buyer.
-    async fn provider_signed_settlement(
+    async fn sign_checkpoint(
         &self,
         record: &LeaseRecord,
-    ) -> Result<String, InvokeFailure> {
-        let receipt = record
-            .receipt
+        checkpoint: UsageCheckpoint,
+    ) -> Result<Vec<Input>, InvokeFailure> {
+        let total = record
+            .terms
             .as_ref()
-            .ok_or_else(|| failure(ErrorCode::Internal, "completed lease without receipt"))?;
-        let escrow = record.escrow()?;
-        self.half_signed_settlement(&escrow, receipt.release(), &escrow.terms.buyer)
-            .await
+            .map_or(0, |t| t.payload().total_secs());
+        let ttl = Duration::from_secs(total) + LEASE_PROOF_SLACK;
+        Ok(vec![Input::Checkpoint(self.sign(ttl, checkpoint).await?)])
     }
 
-    /// `market.lease.status`: where the caller's lease is on this provider.
-    pub async fn lease_status(
+    /// Reads the lease's stream from the chain, from where the last reading stopped.
+    pub(super) async fn stream_reading(
         &self,
-        caller: PeerId,
-        params: StatusParams,
-    ) -> Result<Value, InvokeFailure> {
-        // Anyone may ask (the buyer, the arbiter): the receipt is public, as `market.receipts`.
-        let _ = caller;
-        let record = self.load(&params.lease_id).await?;
-        if record.side != Side::Provider {
-            return Err(failure(
-                ErrorCode::NotFound,
-                format!("no lease {} sold here", record.lease_id),
-            ));
-        }
-        Ok(json!({
-            "lease_id": record.lease_id,
-            "state": record.state,
-            "workload_id": record.workload_id,
-            "started_ms": record.started_ms,
-            "receipt": record.receipt_envelope,
-            "reason": record.reason,
-        }))
-    }
-
-    /// Pulls what a streaming lease has earned for `served_secs` and not yet been paid. What was
-    /// paid is read from the chain (the allowance left), so a pull that landed before a crash is
-    /// never pulled again. A revoked or exhausted allowance, or a buyer out of MOLT, is an error.
-    async fn pull_due(
-        &self,
-        record: &mut LeaseRecord,
-        terms: &LeaseTerms,
-        served_secs: u64,
-    ) -> Result<(), InvokeFailure> {
+        record: &LeaseRecord,
+    ) -> Result<StreamReading, InvokeFailure> {
+        let terms = record
+            .terms()
+            .map_err(|e| super::driver::refusal(&e))?
+            .payload();
         let chain = self.chain()?;
-        let wallet = self.wallet()?;
-        let buyer = address(&terms.buyer_wallet)?;
-        let account = chain
-            .mint
-            .read_account(&chain.client, &chain.mint.account_of(&buyer))
-            .await
-            .map_err(chain_failure)?;
-        let Some(left) = account
-            .delegate
-            .filter(|(d, _)| *d == wallet.pubkey())
-            .map(|(_, left)| left)
-        else {
-            return Err(failure(
-                ErrorCode::Conflict,
-                "the buyer revoked the allowance, or it is used up",
-            ));
+        let last = record.stream.as_ref();
+        let since = StreamReading {
+            pulled: last.map(|s| s.pulled).unwrap_or_default(),
+            allowance: Molt::default(),
+            cursor: last
+                .and_then(|s| s.cursor.as_deref())
+                .and_then(|c| c.parse().ok()),
         };
-        let pulled = terms.amount.base_units().saturating_sub(left.base_units());
-        record.pulled = pulled;
-        let due = amount_due(
-            terms.rate_per_hour(),
-            served_secs,
-            Molt::from_base_units(pulled),
-            terms.amount,
-        );
-        record.last_pull_ms = Some(now_ms());
-        if due.base_units() > 0 {
+        read_stream(
+            &chain.client,
+            &chain.mint,
+            &address(&terms.buyer_wallet)?,
+            &address(&terms.provider_wallet)?,
+            record.funding.as_ref().map_or(0, |f| f.slot),
+            since,
+        )
+        .await
+        .map_err(chain_failure)
+    }
+
+    pub(super) async fn read_stream_input(
+        &self,
+        record: &LeaseRecord,
+    ) -> Result<Vec<Input>, InvokeFailure> {
+        let reading = self.stream_reading(record).await?;
+        Ok(vec![Input::StreamRead(progress(reading))])
+    }
+
+    /// Pulls `amount` if the chain still shows `pulled` pulled (a pull decided on an older
+    /// reading is skipped), then reads the stream again.
+    async fn pull_stream(
+        &self,
+        record: &LeaseRecord,
+        amount: Molt,
+        pulled: Molt,
+    ) -> Result<Vec<Input>, InvokeFailure> {
+        let reading = self.stream_reading(record).await?;
+        if reading.pulled == pulled {
+            let terms = record
+                .terms()
+                .map_err(|e| super::driver::refusal(&e))?
+                .payload();
+            let chain = self.chain()?;
             pull(
                 &chain.client,
                 &chain.mint,
-                wallet,
-                &buyer,
-                due,
+                self.wallet()?,
+                &address(&terms.buyer_wallet)?,
+                amount,
+                pulled,
                 &record.lease_id,
             )
             .await
             .map_err(chain_failure)?;
-            record.pulled = pulled + due.base_units();
-            tracing::info!(lease = %record.lease_id, %due, total = record.pulled, "stream pulled");
+            tracing::info!(lease = %record.lease_id, %amount, "stream pulled");
         }
-        self.save(record).await
+        self.read_stream_input(record).await
     }
 
-    /// Whether a completed lease has waited for its buyer's co-signature long enough to take it
-    /// to the arbiter.
-    fn dispute_due(&self, record: &LeaseRecord, now: u64) -> bool {
-        let market = &self.inner.dir.config().market;
-        let completed = record
-            .history
-            .iter()
-            .find(|(s, _)| *s == LeaseState::Completed)
-            .map(|(_, at)| *at);
-        market.arbiter_peer.is_some()
-            && record
-                .receipt
-                .as_ref()
-                .is_some_and(|r| r.outcome == LeaseOutcome::Served)
-            && completed.is_some_and(|at| now >= at + market.dispute_after_secs * 1000)
-    }
-
-    /// Provider upkeep: lapsed reservations are released; leases whose time is up or whose
-    /// workload stopped are completed; completed leases are marked settled once the settlement
-    /// is found on chain.
-    pub(super) async fn provider_tick(&self) -> Result<(), InvokeFailure> {
-        let records = self.on_store(crate::store::Store::leases).await?;
-        let now = now_ms();
-        for record in records
+    pub(super) async fn watch_settlement(
+        &self,
+        record: &LeaseRecord,
+    ) -> Result<Vec<Input>, InvokeFailure> {
+        let terms = record
+            .terms()
+            .map_err(|e| super::driver::refusal(&e))?
+            .payload();
+        let Some(escrow) = Escrow::of(terms).map_err(|e| super::driver::refusal(&e))? else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .settlement_on_chain(&escrow)
+            .await?
+            .map(Input::Settled)
             .into_iter()
-            .filter(|r| r.side == Side::Provider && r.state.is_open())
-        {
-            let _step = self.inner.steps.lock().await;
-            let mut record = self.load(&record.lease_id).await?;
-            let Some(terms) = record.terms.clone() else {
-                // Reserved, but the terms were never signed (a crash in between): release.
-                if now > record.created_ms + 60_000 {
-                    record.reason = Some("the terms were never signed".to_owned());
-                    record.advance(LeaseState::Expired)?;
-                    self.save(&record).await?;
-                }
-                continue;
-            };
-            match record.state {
-                LeaseState::Accepted if now > terms.fund_by_ms => {
-                    record.reason = Some("the escrow was not funded in time".to_owned());
-                    record.advance(LeaseState::Expired)?;
-                    self.save(&record).await?;
-                    self.inner.offers_changed.notify_one();
-                    tracing::info!(lease = %record.lease_id, "reservation lapsed; GPUs released");
-                }
-                LeaseState::Running if record.is_stream() => {
-                    let started = record.started_ms.unwrap_or(now);
-                    let Payment::Stream { pull_secs } = terms.payment else {
-                        continue;
-                    };
-                    let served = (now.saturating_sub(started) / 1000).min(terms.total_secs());
-                    let due =
-                        record.last_pull_ms.unwrap_or(started) + u64::from(pull_secs) * 1000 <= now;
-                    let time_up = served >= terms.total_secs();
-                    if due || time_up {
-                        match self.pull_due(&mut record, &terms, served).await {
-                            Ok(()) if !time_up => {}
-                            Ok(()) => self.complete(&mut record, LeaseOutcome::Served).await?,
-                            Err(error) => {
-                                tracing::info!(lease = %record.lease_id, %error, "stream stopped: the pull was refused");
-                                record.reason =
-                                    Some(format!("the stream stopped: {}", error.message));
-                                self.complete(&mut record, LeaseOutcome::Served).await?;
-                            }
-                        }
-                    }
-                }
-                LeaseState::Running => {
-                    let started = record.started_ms.unwrap_or(now);
-                    let time_up = now >= started + terms.total_secs() * 1000;
-                    let workload_ended = match &record.workload_id {
-                        Some(id) => {
-                            let id = id.clone();
-                            self.on_store(move |store| store.workload(&id))
-                                .await?
-                                .is_none_or(|w| !w.state.is_active())
-                        }
-                        None => true,
-                    };
-                    if time_up || workload_ended {
-                        self.complete(&mut record, LeaseOutcome::Served).await?;
-                    }
-                }
-                LeaseState::Completed => {
-                    let escrow = record.escrow()?;
-                    let chain = self.chain()?;
-                    if let Some(signature) = escrow
-                        .find_settlement(&chain.client)
-                        .await
-                        .map_err(chain_failure)?
-                    {
-                        let refunded = record
-                            .receipt
-                            .as_ref()
-                            .is_some_and(|r| r.outcome == LeaseOutcome::NeverStarted);
-                        record.settlement_signature = Some(signature.to_string());
-                        record.advance(if refunded {
-                            LeaseState::Refunded
-                        } else {
-                            LeaseState::Settled
-                        })?;
-                        self.save(&record).await?;
-                        tracing::info!(lease = %record.lease_id, %signature, "lease settled on chain");
-                    } else if self.dispute_due(&record, now) {
-                        // The buyer has not co-signed the settlement: the arbiter and this
-                        // provider release it per the receipt.
-                        let release = record.receipt.as_ref().map(LeaseReceipt::release);
-                        match self.settle_with_arbiter(&record, release).await {
-                            Ok(signature) => {
-                                record.settlement_signature = Some(signature.clone());
-                                record.reason = Some(
-                                    "settled with the arbiter: the buyer did not co-sign"
-                                        .to_owned(),
-                                );
-                                record.advance(LeaseState::Settled)?;
-                                self.save(&record).await?;
-                                tracing::info!(lease = %record.lease_id, %signature, "lease settled with the arbiter");
-                            }
-                            Err(error) => {
-                                tracing::warn!(lease = %record.lease_id, %error, "the arbiter did not settle the lease")
-                            }
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(())
+            .collect())
     }
 }
 
-/// Checks a terms envelope a provider answered with.
-pub(super) fn check_terms(
-    verifier: &claw_attestation::Verifier,
-    text: &str,
-    provider: &PeerId,
-) -> Result<LeaseTerms, InvokeFailure> {
-    let (terms, _) = open_signed::<LeaseTerms>(verifier, "lease terms", text, provider)?;
-    terms
-        .validate()
-        .map_err(|e| failure(ErrorCode::InvalidParams, e.to_string()))?;
-    Ok(terms)
+/// A stream reading as the machine takes it.
+pub(super) fn progress(reading: StreamReading) -> claw_market::lease::machine::StreamProgress {
+    claw_market::lease::machine::StreamProgress {
+        pulled: reading.pulled,
+        allowance: reading.allowance,
+        cursor: reading.cursor.map(|c| c.to_string()),
+        read_ms: now_ms(),
+        last_pull_ms: None,
+    }
+}
+
+/// A lease's state and latest checkpoint, as the lease commands answer.
+pub(super) fn status_answer(record: &LeaseRecord) -> Value {
+    json!({
+        "lease_id": record.lease_id,
+        "side": record.side,
+        "state": record.state,
+        "workload_id": record.workload_id,
+        "started_ms": record.started_ms,
+        "checkpoint": record.checkpoint.as_ref().map(Signed::text),
+        "container": record.checkpoint.as_ref().map(|c| c.payload().container),
+        "reason": record.reason,
+    })
 }
 
 #[cfg(test)]

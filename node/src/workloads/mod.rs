@@ -163,6 +163,24 @@ pub enum WorkloadError {
     Internal(String),
 }
 
+impl WorkloadError {
+    /// A short reason fit to send to a lessee: this node's own checks of the spec are said in
+    /// full, anything from Docker or a registry only by its kind (its text could describe the
+    /// provider's network).
+    pub fn summary(&self) -> String {
+        match self {
+            Self::Invalid(message) | Self::NotPermitted(message) => {
+                message.chars().take(200).collect()
+            }
+            Self::NotFound(_) => "the image or container was not found".to_owned(),
+            Self::Conflict(_) => "it conflicts with the node's state".to_owned(),
+            Self::Unavailable(_) => "the node cannot run workloads now".to_owned(),
+            Self::Timeout(_) => "Docker did not answer in time".to_owned(),
+            Self::Internal(_) => "an internal error on the provider".to_owned(),
+        }
+    }
+}
+
 impl From<WorkloadError> for InvokeFailure {
     fn from(error: WorkloadError) -> Self {
         let code = match &error {
