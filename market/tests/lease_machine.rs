@@ -390,13 +390,20 @@ impl World {
                     )),
                 }
             }),
+            // Like the driver, an allowance is only granted to a lease still running.
             Effect::Approve(allowance) => {
-                self.chain.allowance = allowance.base_units();
+                let running =
+                    self.buyer.record.as_ref().is_some_and(|r| {
+                        matches!(r.state, LeaseState::Funded | LeaseState::Running)
+                    });
+                if running {
+                    self.chain.allowance = allowance.base_units();
+                }
                 Ok(())
             }
             Effect::Revoke => {
                 self.chain.allowance = 0;
-                self.feed_buyer(Input::StreamClosed)
+                self.feed_buyer(Input::StreamClosed(self.chain.stream(now)))
             }
             Effect::ReadStream => self.feed_buyer(Input::StreamRead(self.chain.stream(now))),
             Effect::WatchSettlement => match self.chain.settled.clone() {
@@ -716,6 +723,14 @@ impl World {
                     chain.provider
                 );
                 assert_eq!(chain.allowance, 0, "nothing more can be pulled");
+                let buyer = self.buyer.record.as_ref().expect("buyer record");
+                if chain.funded.is_some() {
+                    let recorded = buyer.stream.as_ref().map_or(0, |s| s.pulled.base_units());
+                    assert_eq!(
+                        recorded, chain.pulled,
+                        "the buyer records what the chain shows pulled"
+                    );
+                }
             }
         }
     }

@@ -90,6 +90,24 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The first of `count` neighbouring TCP ports all free on loopback right now.
+pub fn free_port_range(count: u16) -> u16 {
+    for _ in 0..64 {
+        let base = free_port();
+        let Some(end) = base.checked_add(count) else {
+            continue;
+        };
+        let all_free = (base..end).all(|port| {
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        });
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no {count} free neighbouring ports on loopback")
+}
+
 /// A TCP port free on loopback right now whose next port is free too: what a chain needs for its
 /// JSON-RPC endpoint and, at the port + 1, its PubSub endpoint.
 pub fn free_port_pair() -> u16 {
@@ -462,11 +480,13 @@ pub fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Opt
     }
 }
 
-/// A `clawnode localnet` process serving the embedded chain from a data directory; killed when
-/// dropped.
+/// The chain a test's nodes settle on: a `clawnode localnet` process serving the embedded chain
+/// from a data directory, or a real `solana-test-validator` set up with MOLT by `clawnode
+/// localnet --use-rpc`. Killed when dropped.
 #[derive(Debug)]
 pub struct Localnet {
     child: std::process::Child,
+    _ledger: Option<tempfile::TempDir>,
     /// The JSON-RPC URL.
     pub url: String,
     /// The MOLT mint's address.
@@ -499,17 +519,76 @@ impl Localnet {
             .unwrap_or_else(|e| panic!("cannot start clawnode localnet: {e}"));
         let mut localnet = Self {
             child,
+            _ledger: None,
             url,
             mint: String::new(),
             faucet: String::new(),
         };
+        localnet.read_info(node);
+        localnet
+    }
+
+    /// Starts `solana-test-validator` (`binary`) on free loopback ports with a fresh ledger,
+    /// sets up the MOLT mint and faucet on it for the initialised `node`, whose config is pointed
+    /// at it.
+    pub fn validator(node: &Clawnode, binary: &str) -> Self {
+        let ledger = tempfile::tempdir().expect("ledger dir");
+        let base = free_port_range(40);
+        let (rpc, faucet, gossip) = (base, base + 2, base + 3);
+        let child = Command::new(binary)
+            .args(["--bind-address", "127.0.0.1", "--quiet", "--reset"])
+            .args(["--rpc-port", &rpc.to_string()])
+            .args(["--faucet-port", &faucet.to_string()])
+            .args(["--gossip-port", &gossip.to_string()])
+            .args([
+                "--dynamic-port-range",
+                &format!("{}-{}", base + 5, base + 39),
+            ])
+            .arg("--ledger")
+            .arg(ledger.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start solana-test-validator: {e}"));
+        let url = format!("http://127.0.0.1:{rpc}");
+        node.edit_config(|text| {
+            text.replace(
+                "rpc_url = \"http://127.0.0.1:8899\"",
+                &format!("rpc_url = {url:?}"),
+            )
+        });
+        let mut localnet = Self {
+            child,
+            _ledger: Some(ledger),
+            url: url.clone(),
+            mint: String::new(),
+            faucet: String::new(),
+        };
+        let setup = run_with_deadline(
+            Command::new(&node.binary)
+                .arg("--data-dir")
+                .arg(&node.data_dir)
+                .args(["localnet", "--use-rpc", &url])
+                .env("RUST_LOG", "warn"),
+            Duration::from_secs(120),
+        );
+        assert!(
+            setup.status.success(),
+            "clawnode localnet --use-rpc {url}: {}",
+            String::from_utf8_lossy(&setup.stderr)
+        );
+        localnet.read_info(node);
+        localnet
+    }
+
+    fn read_info(&mut self, node: &Clawnode) {
         let info = eventually(Duration::from_secs(60), "localnet.json", || {
             let bytes = std::fs::read(node.data_dir.join("localnet.json")).ok()?;
             serde_json::from_slice::<serde_json::Value>(&bytes).ok()
         });
-        localnet.mint = info["molt_mint"].as_str().unwrap_or_default().to_owned();
-        localnet.faucet = info["faucet"].as_str().unwrap_or_default().to_owned();
-        localnet
+        self.mint = info["molt_mint"].as_str().unwrap_or_default().to_owned();
+        self.faucet = info["faucet"].as_str().unwrap_or_default().to_owned();
     }
 
     /// The `[chain]` lines that point a node at this chain and mint.
@@ -775,4 +854,94 @@ impl Drop for OpenClawGateway {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A market fleet's `clawnode run` process; its containers are removed when it is dropped.
+#[derive(Debug)]
+pub struct MarketNode {
+    /// Its CLI.
+    pub cli: Clawnode,
+    /// The running process, while it runs.
+    pub running: Option<RunningNode>,
+    /// Its peer id.
+    pub peer_id: String,
+}
+
+impl MarketNode {
+    /// `clawnode init` with `gpus` simulated GPUs.
+    pub fn init(cli: Clawnode, gpus: u32) -> Clawnode {
+        cli.init_with_simulated_gpus(gpus);
+        cli
+    }
+
+    /// `clawnode run` for `cli`'s node, joining through `bootstrap`.
+    pub fn start(cli: Clawnode, bootstrap: &[String]) -> Self {
+        let running = RunningNode::start(&cli, bootstrap);
+        Self {
+            peer_id: running.peer_id.clone(),
+            running: Some(running),
+            cli,
+        }
+    }
+
+    /// Where others can bootstrap from.
+    pub fn addrs(&self) -> Vec<String> {
+        self.running
+            .as_ref()
+            .map(|r| r.listen_addrs.clone())
+            .unwrap_or_default()
+    }
+
+    /// Kills the process (`kill -9`).
+    pub fn kill(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.kill();
+        }
+    }
+
+    /// Starts the process again.
+    pub fn restart(&mut self, bootstrap: &[String]) {
+        self.running = Some(RunningNode::start(&self.cli, bootstrap));
+    }
+
+    /// Invokes `command` through this node's control API, on `node` (a peer) or itself.
+    pub fn invoke_on(
+        &self,
+        node: Option<&str>,
+        command: &str,
+        params: &serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        self.cli.invoke(node, command, params)
+    }
+
+    /// Invokes `command` on this node; panics when it fails.
+    pub fn ok(&self, command: &str, params: &serde_json::Value) -> serde_json::Value {
+        self.invoke_on(None, command, params)
+            .unwrap_or_else(|e| panic!("{command} {params} failed: {e}"))
+    }
+
+    /// The wallet's MOLT balance, as text.
+    pub fn molt(&self) -> String {
+        let balance = self.cli.ok(&["--json", "wallet", "balance"]).json();
+        balance["molt"].as_str().expect("molt balance").to_owned()
+    }
+
+    /// The node's containers (running, or all).
+    pub fn containers(&self, all: bool) -> Vec<String> {
+        node_containers(&self.peer_id, all)
+    }
+}
+
+impl Drop for MarketNode {
+    fn drop(&mut self) {
+        self.kill();
+        remove_node_containers(&self.peer_id);
+    }
+}
+
+/// MOLT text → base units.
+pub fn units(text: &str) -> u64 {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    whole.parse::<u64>().expect("whole MOLT") * 1_000_000
+        + format!("{fraction:0<6}").parse::<u64>().expect("fraction")
 }

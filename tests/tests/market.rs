@@ -11,93 +11,12 @@
 
 use std::time::Duration;
 
-use claw_tests::{
-    Clawnode, Localnet, RunningNode, eventually, node_containers, remove_node_containers,
-    required_part,
-};
+use claw_tests::{Clawnode, Localnet, MarketNode as Node, eventually, required_part, units};
 use serde_json::{Value, json};
 
 use claw_tests::SIMULATED_MODEL as MODEL;
 /// A workload that runs until stopped, and stops at once on SIGTERM.
 const SERVE: [&str; 3] = ["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"];
-
-/// A `clawnode run` process; its containers are removed when it is dropped.
-struct Node {
-    cli: Clawnode,
-    running: Option<RunningNode>,
-    peer_id: String,
-}
-
-impl Node {
-    /// `clawnode init` with `gpus` simulated GPUs.
-    fn init(cli: Clawnode, gpus: u32) -> Clawnode {
-        cli.init_with_simulated_gpus(gpus);
-        cli
-    }
-
-    fn start(cli: Clawnode, bootstrap: &[String]) -> Self {
-        let running = RunningNode::start(&cli, bootstrap);
-        Self {
-            peer_id: running.peer_id.clone(),
-            running: Some(running),
-            cli,
-        }
-    }
-
-    fn addrs(&self) -> Vec<String> {
-        self.running
-            .as_ref()
-            .map(|r| r.listen_addrs.clone())
-            .unwrap_or_default()
-    }
-
-    fn kill(&mut self) {
-        if let Some(running) = self.running.take() {
-            running.kill();
-        }
-    }
-
-    fn restart(&mut self, bootstrap: &[String]) {
-        self.running = Some(RunningNode::start(&self.cli, bootstrap));
-    }
-
-    fn invoke_on(
-        &self,
-        node: Option<&str>,
-        command: &str,
-        params: &Value,
-    ) -> Result<Value, String> {
-        self.cli.invoke(node, command, params)
-    }
-
-    fn ok(&self, command: &str, params: &Value) -> Value {
-        self.invoke_on(None, command, params)
-            .unwrap_or_else(|e| panic!("{command} {params} failed: {e}"))
-    }
-
-    fn molt(&self) -> String {
-        let balance = self.cli.ok(&["--json", "wallet", "balance"]).json();
-        balance["molt"].as_str().expect("molt balance").to_owned()
-    }
-
-    fn containers(&self, all: bool) -> Vec<String> {
-        node_containers(&self.peer_id, all)
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-        remove_node_containers(&self.peer_id);
-    }
-}
-
-/// MOLT text → base units.
-fn units(text: &str) -> u64 {
-    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    whole.parse::<u64>().expect("whole MOLT") * 1_000_000
-        + format!("{fraction:0<6}").parse::<u64>().expect("fraction")
-}
 
 fn bid(max_price: &str, gpus: u32, workload: Option<Value>) -> Value {
     json!({

@@ -101,7 +101,11 @@ fn one_command_starts_a_fleet_that_trades_and_stops_without_leftovers() {
     }
 
     let pids = stop(first, &ready);
-    assert_eq!(pids.len(), 4, "chain, two nodes and the buyer: {ready}");
+    assert_eq!(
+        pids.len(),
+        5,
+        "chain, arbiter, two nodes and the buyer: {ready}"
+    );
     std::thread::sleep(Duration::from_millis(500));
     for pid in &pids {
         assert!(!alive(*pid), "process {pid} outlived clawnode up");

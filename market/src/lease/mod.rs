@@ -195,9 +195,10 @@ pub enum Payment {
     /// The whole amount is locked in the lease's 2-of-3 escrow up front and released pro rata at
     /// the end.
     Escrow,
-    /// The buyer approves the provider as delegate of its MOLT account in small top-ups (one or
-    /// two pulls' worth, renewed as checkpoints arrive); the provider pulls what it has earned
-    /// every `pull_secs` and stops the workload when it goes unpaid.
+    /// The buyer approves the provider as delegate of its MOLT account in small allowances (one
+    /// pull's worth beyond what the latest checkpoint shows earned, renewed as checkpoints
+    /// arrive); the provider pulls what it has earned every `pull_secs` and stops the workload
+    /// when it goes unpaid.
     Stream {
         /// Seconds between pulls.
         pull_secs: u32,

@@ -1,5 +1,5 @@
 //! Streaming payment: the buyer approves the provider as delegate of its MOLT account for a small
-//! allowance (one or two pulls' worth), renewed as usage checkpoints arrive; the provider pulls
+//! allowance (one pull's worth ahead), renewed as usage checkpoints arrive; the provider pulls
 //! what it has earned; the token program refuses a pull past the allowance, so a provider that
 //! pulls early or too much takes at most the allowance more than it served. What was pulled is
 //! read from the chain, by both sides alike.

@@ -4,9 +4,11 @@
 //! - only on terms both parties signed (the provider's terms and the buyer's acceptance of
 //!   exactly them), for the escrow derived from them, with the lease's clock starting at the
 //!   funding transaction's block time as the chain shows it;
-//! - on the checkpoints the asking party shows and those the other party shows when the arbiter
-//!   asks it (it has a few seconds to answer); the one that counts sets the time served, capped
-//!   by the time passed since funding. No proven checkpoint: everything back to the buyer.
+//! - on the checkpoints the asking party shows (each must belong to the lease and claim no more
+//!   time than had passed since funding, or the request is refused) and those the other party
+//!   shows when the arbiter asks it (it has a few seconds to answer; what does not hold up is set
+//!   aside); the one that counts sets the time served, capped by the time passed since funding.
+//!   No proven checkpoint: everything back to the buyer.
 //!
 //! So a buyer whose provider vanished is refunded what the provider's checkpoints do not cover,
 //! and a provider whose buyer will not co-sign is paid what its final checkpoint shows.
@@ -121,9 +123,15 @@ impl Market {
             .funding_time(&chain.client, &funding)
             .await
             .map_err(|e| failure(ErrorCode::Conflict, format!("the funding: {e}")))?;
+        // What the asking party shows must hold up: a checkpoint of another lease, or one
+        // claiming more time than passed since funding, is refused with its reason.
         let mut checkpoints = Vec::new();
         for text in &params.checkpoints {
-            checkpoints.push(self.open_kept_checkpoint(text, &provider)?);
+            let checkpoint = self.open_kept_checkpoint(text, &provider)?;
+            checkpoint
+                .check_against(&terms, funded_at_ms, now_ms(), self.policy().clock_slack_ms)
+                .map_err(|e| super::driver::refusal(&e))?;
+            checkpoints.push(checkpoint);
         }
         let other = if caller_is_buyer { provider } else { buyer };
         checkpoints.extend(self.evidence_of(other, &terms, &provider).await);

@@ -738,6 +738,12 @@ impl Market {
         record: &LeaseRecord,
         allowance: Molt,
     ) -> Result<Vec<Input>, InvokeFailure> {
+        // Granted only to a lease still running as stored now: an allowance must never outlive
+        // the lease's revocation.
+        let current = self.load(&record.lease_id).await?;
+        if current.is_none_or(|r| !matches!(r.state, LeaseState::Funded | LeaseState::Running)) {
+            return Ok(Vec::new());
+        }
         let chain = self.chain()?;
         let terms = terms_of(record)?;
         let pulled = record.stream.as_ref().map(|s| s.pulled).unwrap_or_default();
@@ -772,14 +778,12 @@ impl Market {
                 .map_err(chain_failure)?;
         }
         let reading = self.stream_reading(record).await?;
-        Ok(vec![
-            Input::StreamRead(progress(reading)),
-            Input::StreamClosed,
-        ])
+        Ok(vec![Input::StreamClosed(progress(reading))])
     }
 
     /// `market.lease.revoke`: withdraws a streaming lease's allowance on chain at once, without
-    /// asking the provider; its next pull is refused and it stops the workload.
+    /// waiting for the provider, and ends the lease: the provider's next pull is refused, and it
+    /// signs the final checkpoint (or, gone, is paid what it already pulled).
     pub async fn revoke(&self, params: RevokeParams) -> Result<Value, InvokeFailure> {
         let lease = lease_id(&params.lease_id)?;
         let record = self
@@ -792,10 +796,8 @@ impl Market {
                 format!("lease {lease} is not a streaming lease this node bought"),
             ));
         }
-        let _guard = self.inner.locks.lock(&lease).await;
-        self.revoke_stream(&record).await?;
         let record = self
-            .drive_locked(
+            .drive(
                 &lease,
                 Input::EndRequested("the allowance was revoked".to_owned()),
             )

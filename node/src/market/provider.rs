@@ -621,6 +621,14 @@ impl Market {
         Self::own_lease(&record, &caller)?;
         let acceptance =
             self.open_signed::<LeaseAcceptance>("acceptance", &params.acceptance, Some(&caller))?;
+        // The acceptance must be of exactly these terms and name their escrow before anything is
+        // looked up on chain.
+        acceptance
+            .check_against(
+                record.terms().map_err(|e| super::driver::refusal(&e))?,
+                self.policy().clock_slack_ms,
+            )
+            .map_err(|e| super::driver::refusal(&e))?;
         let input = match record.state {
             LeaseState::Accepted => Input::Funded {
                 funding: self

@@ -56,9 +56,17 @@ pub(super) fn step(
         (Running, Input::Tick) => running_tick(record, now, policy, effects)?,
         (Funded | Running, Input::EndRequested(reason)) => {
             record.reason = Some(reason);
+            // A stream stops paying at once, whatever the provider does next.
+            if record.is_stream() {
+                effects.push(Effect::Revoke);
+            }
             effects.push(Effect::RequestEnd);
         }
-        (Funded | Running | Completed, Input::StreamRead(reading)) => {
+        // Withdrawn before the provider's final checkpoint: the lease ends with it.
+        (Funded | Running, Input::StreamClosed(reading)) if record.is_stream() => {
+            record.stream = Some(reading);
+        }
+        (Funded | Running | Completed | Disputed, Input::StreamRead(reading)) => {
             stream_read(record, reading, effects)?;
         }
         (Completed, Input::Tick) => {
@@ -68,7 +76,10 @@ pub(super) fn step(
                 effects.extend([Effect::WatchSettlement, Effect::Cosign(release)]);
             }
         }
-        (Completed, Input::StreamClosed) if record.is_stream() => record.enter(Settled, now)?,
+        (Completed | Disputed, Input::StreamClosed(reading)) if record.is_stream() => {
+            record.stream = Some(reading);
+            record.enter(Settled, now)?;
+        }
         (Disputed, Input::Tick) => {
             if record.is_stream() {
                 effects.push(Effect::Revoke);
@@ -76,7 +87,6 @@ pub(super) fn step(
                 effects.extend([Effect::WatchSettlement, Effect::AskArbiter]);
             }
         }
-        (Disputed, Input::StreamClosed) if record.is_stream() => record.enter(Settled, now)?,
         (Funded | Running | Completed | Disputed, Input::Settled(fact)) => {
             record.settle(fact, now)?
         }
@@ -87,7 +97,10 @@ pub(super) fn step(
         }
         (
             Settled | Refunded | Expired,
-            Input::Settled(_) | Input::Arbitrated(_) | Input::StreamClosed | Input::StreamRead(_),
+            Input::Settled(_)
+            | Input::Arbitrated(_)
+            | Input::StreamClosed(_)
+            | Input::StreamRead(_),
         ) => {}
         (Funded | Running | Completed, Input::CounterpartyUnreachable) => {
             let since = *record.unreachable_since_ms.get_or_insert(now);
@@ -195,7 +208,12 @@ fn running_tick(
 ) -> Result<(), LeaseError> {
     let terms = record.terms()?.payload();
     let funded_at = record.funded_at_ms().unwrap_or(record.created_ms);
-    if now >= funded_at + terms.total_secs() * 1000 + policy.clock_slack_ms {
+    let over_at = funded_at + terms.total_secs() * 1000 + policy.clock_slack_ms;
+    if now >= over_at + policy.dispute_after_ms {
+        let reason = "the provider did not end the lease when its time was up".to_owned();
+        return dispute(record, reason, now, effects);
+    }
+    if now >= over_at {
         effects.push(Effect::RequestEnd);
         return Ok(());
     }
@@ -210,8 +228,10 @@ fn running_tick(
     Ok(())
 }
 
-/// A stream reading: top the allowance up to two pulls' worth beyond what the latest checkpoint
-/// shows earned, never past the amount left.
+/// A stream reading: top the allowance up to one pull's worth beyond what the latest checkpoint
+/// shows earned, never past the amount left. An allowance is set, not added to, so a pull that
+/// lands while it is being set can add one more pull's worth: a provider can take at most two
+/// pulls' worth more than its checkpoints show served.
 fn stream_read(
     record: &mut LeaseRecord,
     reading: StreamProgress,
@@ -231,7 +251,7 @@ fn stream_read(
         .checkpoint
         .as_ref()
         .map_or(0, |c| c.payload().served_secs);
-    let ahead = served + 2 * u64::from(pull_secs);
+    let ahead = served + u64::from(pull_secs);
     let earned_ahead = amount_due(terms.rate_per_hour(), ahead, Molt::default(), terms.amount);
     let target = Molt::from_base_units(
         earned_ahead

@@ -175,8 +175,8 @@ pub enum Input {
     Checkpoint(Signed<UsageCheckpoint>),
     /// A stream as read from the chain.
     StreamRead(StreamProgress),
-    /// Buyer: the stream's allowance was withdrawn at its end.
-    StreamClosed,
+    /// Buyer: the stream's allowance was withdrawn at its end; what the chain shows after.
+    StreamClosed(StreamProgress),
     /// The chain shows the escrow settled.
     Settled(SettlementFact),
     /// The escrow was settled on the arbiter's ruling, as the chain shows.
@@ -203,7 +203,7 @@ impl Input {
             Self::EndRequested(_) => "a request to end",
             Self::Checkpoint(_) => "a checkpoint",
             Self::StreamRead(_) => "a stream reading",
-            Self::StreamClosed => "a closed stream",
+            Self::StreamClosed(_) => "a closed stream",
             Self::Settled(_) => "a settlement",
             Self::Arbitrated(_) => "an arbitrated settlement",
             Self::CounterpartyRefused(_) => "a refusal",
@@ -248,7 +248,8 @@ pub enum Effect {
     },
     /// Buyer: set the stream's allowance to this.
     Approve(Molt),
-    /// Buyer: withdraw the stream's allowance; feed [`Input::StreamClosed`].
+    /// Buyer: withdraw the stream's allowance, then read the stream; feed
+    /// [`Input::StreamClosed`].
     Revoke,
     /// Buyer: hand the provider the acceptance and the funding (`market.lease.fund`).
     SendFunding,
@@ -368,11 +369,11 @@ impl LeaseRecord {
             .map(|(_, at)| *at)
     }
 
-    /// A stream's first allowance: two pulls' worth, at most the amount.
+    /// A stream's first allowance: one pull's worth (at most the amount); it is topped up as
+    /// checkpoints arrive.
     pub fn first_allowance(&self) -> Option<Molt> {
         let terms = self.terms.as_ref()?.payload();
-        let two = terms.per_pull().checked_mul(2)?;
-        Some(two.min(terms.amount))
+        Some(terms.per_pull().min(terms.amount))
     }
 
     /// How an escrow splits on the lease's ending (or, before it ended, on the checkpoint that

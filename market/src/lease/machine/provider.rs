@@ -366,8 +366,15 @@ fn stream_read(
                 effects,
             )?;
         }
-        // Ended: the last pull is done (or nothing more is allowed): the stream is settled.
-        LeaseState::Completed if pull.base_units() == 0 => {
+        // Ended, its final checkpoint signed, and the last pull done (or nothing more allowed):
+        // the stream is settled.
+        LeaseState::Completed
+            if pull.base_units() == 0
+                && record
+                    .checkpoint
+                    .as_ref()
+                    .is_some_and(|c| c.payload().ended.is_some()) =>
+        {
             record.enter(LeaseState::Settled, now)?
         }
         _ => {}
