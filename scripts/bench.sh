@@ -5,7 +5,8 @@
 #   scripts/bench.sh mesh         only the mesh benchmarks (CLAW_BENCH_SIZES=50,200 by default)
 #   scripts/bench.sh node         only the node agent benchmarks (needs Docker and the test image)
 #   scripts/bench.sh settlement   only the settlement benchmarks (embedded chain; a real validator when available)
-#   scripts/bench.sh market       matching throughput, and bid → running container (needs Docker and the test image)
+#   scripts/bench.sh market       matching throughput, bid → running container, and 20 buyers bidding at once
+#                                 with and without a stalled image pull (needs Docker and the test image)
 #   scripts/bench.sh fleet        fleet.status through the OpenClaw gateway for 100 nodes against one invoke per node
 #                                 (needs Node 24 and openclaw where scripts/test.sh installs them)
 #   scripts/bench.sh up           clawnode up: command to a usable 3-node fleet, first and later runs
@@ -36,6 +37,8 @@ if [ "$which" = all ] || [ "$which" = market ]; then
     cargo build --release -p clawnode
     CLAW_TEST_IMAGE=${CLAW_TEST_IMAGE:-clawbernetes/busybox:test} \
         cargo bench -p claw-tests --bench bid_to_running
+    CLAW_TEST_IMAGE=${CLAW_TEST_IMAGE:-clawbernetes/busybox:test} \
+        cargo bench -p claw-tests --bench concurrent_bids
 fi
 if [ "$which" = all ] || [ "$which" = fleet ]; then
     cache=${CLAW_CACHE_DIR:-$HOME/.cache/clawbernetes}

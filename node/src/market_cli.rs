@@ -239,12 +239,21 @@ pub(crate) fn market(global: &GlobalArgs, command: MarketCommand) -> Result<()> 
                         text(&l["amount"]),
                         text(&l["to_provider"]),
                         text(&l["workload_id"]),
+                        text(&l["waiting_for"]),
                     ]
                 })
                 .collect();
             print_table(
                 &[
-                    "LEASE", "SIDE", "STATE", "MODEL", "GPUS", "ESCROW", "PAID", "WORKLOAD",
+                    "LEASE",
+                    "SIDE",
+                    "STATE",
+                    "MODEL",
+                    "GPUS",
+                    "ESCROW",
+                    "PAID",
+                    "WORKLOAD",
+                    "WAITING FOR",
                 ],
                 &rows,
             );

@@ -1,7 +1,8 @@
 //! A Docker Engine socket that a test can stop: a Unix-socket proxy to the real engine. A node
 //! pointed at it (`workloads.docker_socket`) loses its Docker when the proxy stops (the socket
 //! disappears and open connections are cut, as when `dockerd` stops) and gets it back when the
-//! proxy resumes; every other user of the engine is unaffected.
+//! proxy resumes; every other user of the engine is unaffected. It can also hold every image pull
+//! for a while before passing it on, as a slow registry would.
 
 use std::io::ErrorKind;
 use std::net::Shutdown;
@@ -17,6 +18,7 @@ use std::time::Duration;
 pub struct DockerProxy {
     path: PathBuf,
     upstream: PathBuf,
+    pull_delay: Option<Duration>,
     running: Option<Running>,
 }
 
@@ -38,9 +40,20 @@ fn engine_socket() -> PathBuf {
 impl DockerProxy {
     /// Serves a proxy of the engine's socket at `path`.
     pub fn start(path: &Path) -> Self {
+        Self::serve(path, None)
+    }
+
+    /// Serves a proxy of the engine's socket at `path` that holds each image pull (`POST
+    /// …/images/create`) for `delay` before passing it to the engine.
+    pub fn with_slow_pulls(path: &Path, delay: Duration) -> Self {
+        Self::serve(path, Some(delay))
+    }
+
+    fn serve(path: &Path, pull_delay: Option<Duration>) -> Self {
         let mut proxy = Self {
             path: path.to_path_buf(),
             upstream: engine_socket(),
+            pull_delay,
             running: None,
         };
         proxy.resume();
@@ -82,12 +95,15 @@ impl DockerProxy {
         let stop = Arc::new(AtomicBool::new(false));
         let connections = Arc::new(Mutex::new(Vec::new()));
         let accept = {
-            let (stop, connections, upstream) = (
+            let (stop, connections, upstream, delay) = (
                 Arc::clone(&stop),
                 Arc::clone(&connections),
                 self.upstream.clone(),
+                self.pull_delay,
             );
-            std::thread::spawn(move || accept_loop(&listener, &upstream, &stop, &connections))
+            std::thread::spawn(move || {
+                accept_loop(&listener, &upstream, delay, &stop, &connections)
+            })
         };
         self.running = Some(Running {
             stop,
@@ -106,6 +122,7 @@ impl Drop for DockerProxy {
 fn accept_loop(
     listener: &UnixListener,
     upstream: &Path,
+    pull_delay: Option<Duration>,
     stop: &AtomicBool,
     connections: &Mutex<Vec<UnixStream>>,
 ) {
@@ -133,9 +150,36 @@ fn accept_loop(
                 open.push(b);
             }
         }
-        std::thread::spawn(move || pipe(client, engine_copy));
+        match pull_delay {
+            Some(delay) => {
+                std::thread::spawn(move || pipe_holding_pulls(client, engine_copy, delay))
+            }
+            None => std::thread::spawn(move || pipe(client, engine_copy)),
+        };
         std::thread::spawn(move || pipe(engine, client_copy));
     }
+}
+
+/// Copies a client's requests to the engine like [`pipe`], holding back for `delay` any chunk
+/// that starts an image pull.
+fn pipe_holding_pulls(mut from: UnixStream, mut to: UnixStream, delay: Duration) {
+    use std::io::{Read as _, Write as _};
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = match from.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        let chunk = &buffer[..read];
+        if chunk.starts_with(b"POST ") && chunk.windows(14).any(|w| w == b"/images/create") {
+            std::thread::sleep(delay);
+        }
+        if to.write_all(chunk).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+    let _ = from.shutdown(Shutdown::Read);
 }
 
 /// Copies `from` to `to` until either side closes, then closes both directions.

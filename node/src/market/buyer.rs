@@ -357,7 +357,7 @@ impl Market {
             "matched": true,
             "leased": true,
             "offer": offer_json,
-            "lease": summary(&record),
+            "lease": summary(&record, self.arbiter_peer().as_deref()),
             "phases_ms": {
                 "match": match_ms,
                 "lease_request": request_ms,
@@ -803,7 +803,7 @@ impl Market {
             )
             .await?
             .unwrap_or(record);
-        Ok(summary(&record))
+        Ok(summary(&record, self.arbiter_peer().as_deref()))
     }
 
     /// `market.lease.cancel`: ends a lease this node bought and settles it: pro rata for the time
@@ -838,7 +838,7 @@ impl Market {
             _ => self.drive(&lease, Input::Tick).await?,
         }
         .unwrap_or(record);
-        Ok(summary(&record))
+        Ok(summary(&record, self.arbiter_peer().as_deref()))
     }
 
     /// Remembers a settled lease's outcome among the provider's proven facts.

@@ -260,6 +260,10 @@ impl Market {
             })
     }
 
+    fn arbiter_peer(&self) -> Option<String> {
+        self.inner.dir.config().market.arbiter_peer.clone()
+    }
+
     fn local_peer(&self) -> PeerId {
         self.inner.dir.identity().peer_id()
     }
@@ -442,7 +446,11 @@ impl Market {
         let mut ticks = tokio::task::JoinSet::new();
         for record in records
             .into_iter()
-            .filter(|r| r.state.is_open() || r.state == LeaseState::Expired)
+            // A provider's lapsed reservation is open until it is forgotten (a crash may have
+            // come in between).
+            .filter(|r| {
+                r.state.is_open() || (r.state == LeaseState::Expired && r.side == Side::Provider)
+            })
             .filter(|r| !self.inner.locks.is_busy(&r.lease_id))
         {
             let market = self.clone();
@@ -641,7 +649,7 @@ impl Market {
             .iter()
             .filter(|r| state.is_none_or(|s| r.state == s))
             .filter(|r| params.side.is_none_or(|s| r.side == s))
-            .map(summary)
+            .map(|r| summary(r, self.arbiter_peer().as_deref()))
             .collect();
         Ok(json!({ "leases": leases }))
     }
@@ -671,12 +679,44 @@ impl Market {
     }
 }
 
+/// Who must act next on an open lease, in words.
+fn waiting_for(record: &LeaseRecord, arbiter_peer: Option<&str>) -> Option<String> {
+    let arbiter = || {
+        let wallet = record
+            .terms
+            .as_ref()
+            .map_or("?", |t| t.payload().arbiter_wallet.as_str());
+        match arbiter_peer {
+            Some(peer) => format!("the arbiter (wallet {wallet}, peer {peer}) to rule"),
+            None => format!(
+                "the arbiter (wallet {wallet}) to rule: no market.arbiter_peer is configured here to reach it; set it, or ask the arbiter's operator to act"
+            ),
+        }
+    };
+    Some(match (record.state, record.side) {
+        (LeaseState::Requested | LeaseState::Accepted, _) => {
+            "the buyer to fund the lease".to_owned()
+        }
+        (LeaseState::Funded, _) => "the provider to start the workload".to_owned(),
+        (LeaseState::Completed, _) if record.is_stream() => "the stream's last pull".to_owned(),
+        (LeaseState::Completed, Side::Provider) => {
+            "the buyer's co-signature (the arbiter after market.dispute_after_secs)".to_owned()
+        }
+        (LeaseState::Completed, Side::Buyer) => "the provider's settlement to co-sign".to_owned(),
+        (LeaseState::Disputed, _) => arbiter(),
+        _ => return None,
+    })
+}
+
 /// The summary the market commands answer with.
-fn summary(record: &LeaseRecord) -> Value {
+fn summary(record: &LeaseRecord, arbiter_peer: Option<&str>) -> Value {
     let terms = record.terms.as_ref().map(Signed::payload);
     let escrow = terms.and_then(|t| t.escrow().ok().flatten());
     let settled = record.settlement.as_ref();
-    let release = record.release().filter(|_| !record.is_stream());
+    // The split is shown once the lease ended (its final checkpoint fixes it).
+    let release = record
+        .release()
+        .filter(|_| !record.is_stream() && record.ending.is_some());
     let pulled = record.stream.as_ref().map(|s| s.pulled);
     json!({
         "lease_id": record.lease_id,
@@ -703,6 +743,7 @@ fn summary(record: &LeaseRecord) -> Value {
         "to_buyer": settled.map(|s| s.to_buyer).or(release.map(|r| r.to_buyer)).map(|m| m.to_string()),
         "settlement_signature": settled.map(|s| &s.signature),
         "reason": record.reason,
+        "waiting_for": waiting_for(record, arbiter_peer),
         "created_ms": record.created_ms,
         "history": record.history,
     })

@@ -331,7 +331,7 @@ impl Market {
                 json!({ "lease_id": lease, "terms": terms.text(), "state": existing.state }),
             );
         }
-        self.check_asker(&caller, &bid, &params.wallet_signature)
+        self.check_asker(&caller, &bid, &lease, &params.wallet_signature)
             .await?;
         let (offer, matched_total) = self.matched_offer(&bid, params.offer_id)?;
         self.check_wallet_holds(&bid.payload().wallet, matched_total)
@@ -363,6 +363,7 @@ impl Market {
         &self,
         caller: &PeerId,
         bid: &Signed<Bid>,
+        lease: &LeaseId,
         wallet_signature: &str,
     ) -> Result<(), InvokeFailure> {
         let wallet = address(&bid.payload().wallet)?;
@@ -391,10 +392,7 @@ impl Market {
         let market = &self.inner.dir.config().market;
         let keys = [format!("peer:{caller}"), format!("wallet:{wallet}")];
         let since = now_ms().saturating_sub(market.lapse_window_secs * 1000);
-        let lease = LeaseId::derive(
-            &bid.digest(),
-            &self.inner.dir.identity().public_key().to_bytes(),
-        );
+        let lease = lease.clone();
         let (lapsed_bid, lapses) = self
             .on_store(move |store| {
                 let counts: Vec<u32> = keys

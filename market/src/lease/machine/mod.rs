@@ -411,9 +411,13 @@ impl LeaseRecord {
         }
     }
 
-    /// Settles the lease on a fact the chain shows: refunded when the provider got nothing.
+    /// Settles the lease on a fact the chain shows: refunded when the workload never started (or,
+    /// for a lease settled before it ended, when the provider got nothing).
     fn settle(&mut self, fact: SettlementFact, now_ms: u64) -> Result<(), LeaseError> {
-        let refunded = fact.to_provider.base_units() == 0;
+        let refunded = match self.ending {
+            Some(ending) => ending.outcome == LeaseOutcome::NeverStarted,
+            None => fact.to_provider.base_units() == 0,
+        };
         self.settlement = Some(fact);
         self.enter(
             if refunded {
