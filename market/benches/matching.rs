@@ -67,6 +67,9 @@ fn book(offers: usize, rng: &mut Lcg) -> OrderBook {
                 interruptible: false,
                 simulated: false,
                 withdrawn: false,
+                cpu_millis_per_gpu: 4000,
+                memory_mib_per_gpu: 32_768,
+                pids_limit: 4096,
             },
         };
         book.insert(entry).expect("valid offer");

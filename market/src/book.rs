@@ -505,6 +505,9 @@ mod tests {
                 interruptible: false,
                 simulated: false,
                 withdrawn: false,
+                cpu_millis_per_gpu: 4000,
+                memory_mib_per_gpu: 32_768,
+                pids_limit: 4096,
             },
         }
     }

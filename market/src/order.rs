@@ -48,6 +48,12 @@ pub struct Offer {
     pub simulated: bool,
     /// The offer is withdrawn (its GPUs were taken).
     pub withdrawn: bool,
+    /// CPU a leased GPU comes with, thousandths of a core.
+    pub cpu_millis_per_gpu: u32,
+    /// Memory a leased GPU comes with, MiB.
+    pub memory_mib_per_gpu: u64,
+    /// Most processes in a lease's container.
+    pub pids_limit: u32,
 }
 
 impl SignedPayload for Offer {
@@ -115,6 +121,9 @@ impl Offer {
         if self.price_per_gpu_hour.base_units() == 0 {
             return bad("the price must be above zero");
         }
+        if self.cpu_millis_per_gpu == 0 || self.memory_mib_per_gpu == 0 || self.pids_limit == 0 {
+            return bad("a GPU comes with some CPU, memory and processes");
+        }
         Ok(())
     }
 
@@ -178,6 +187,9 @@ mod tests {
             interruptible: false,
             simulated: false,
             withdrawn: false,
+            cpu_millis_per_gpu: 4000,
+            memory_mib_per_gpu: 32_768,
+            pids_limit: 4096,
         }
     }
 

@@ -582,7 +582,10 @@ impl World {
             Action::ProviderDown => self.provider_up = false,
             Action::ProviderUp => self.provider_up = true,
             Action::WorkloadExits if self.provider_up => {
-                let _ = self.feed_provider(Input::WorkloadEnded { exit_code: Some(0) });
+                let _ = self.feed_provider(Input::WorkloadEnded {
+                    exit_code: Some(0),
+                    reason: None,
+                });
             }
             Action::BuyerEnds => {
                 let _ = self.feed_buyer(Input::EndRequested(

@@ -3,7 +3,8 @@
 //! 1. local control API invoke throughput with 100 concurrent clients (`node.capabilities` and
 //!    `gpu.list`, each audited to the store);
 //! 2. `workload.run` to a running container, against `docker run -d` of the same image measured
-//!    in the same run (target ≤ 1.1×);
+//!    in the same run (target ≤ 1.1×), and the same with the tenant profile (its own network and
+//!    firewall rules made, included; target ≤ 1.2×);
 //! 3. where NVML loads, `gpu.metrics` against one `nvidia-smi --query-gpu` call (target ≥ 50×).
 //!
 //! Run with `cargo bench -p clawnode --bench node_api` (or `scripts/bench.sh node`). Needs the
@@ -143,6 +144,7 @@ fn docker(args: &[&str]) -> String {
 fn workload_run_against_docker_run(node: &NodeProcess, image: &str) {
     let client = node.client();
     let mut ours = Vec::new();
+    let mut tenants = Vec::new();
     let mut theirs = Vec::new();
     // Interleaved so that both see the same engine state; the first of each warms up.
     for i in 0..=RUNS {
@@ -165,10 +167,24 @@ fn workload_run_against_docker_run(node: &NodeProcess, image: &str) {
         );
         let our_time = t.elapsed();
         assert_eq!(record["state"], "running");
+        let t = Instant::now();
+        let tenant = invoke(
+            &client,
+            "workload.run",
+            json!({"image": image, "command": ["sleep", "300"], "gpus": 1, "isolation": "tenant"}),
+        );
+        let tenant_time = t.elapsed();
+        assert_eq!(tenant["state"], "running", "{tenant}");
         if i > 0 {
             theirs.push(docker_time);
             ours.push(our_time);
+            tenants.push(tenant_time);
         }
+        invoke(
+            &client,
+            "workload.stop",
+            json!({"workload": tenant["id"], "remove": true, "timeout_secs": 1}),
+        );
         docker(&["rm", "-f", &id]);
         invoke(
             &client,
@@ -177,8 +193,10 @@ fn workload_run_against_docker_run(node: &NodeProcess, image: &str) {
         );
     }
     ours.sort();
+    tenants.sort();
     theirs.sort();
     let (ours_p50, theirs_p50) = (percentile(&ours, 0.5), percentile(&theirs, 0.5));
+    let tenant_p50 = percentile(&tenants, 0.5);
     println!(
         "workload.run to running: p50 {:.1} ms (min {:.1}, max {:.1})",
         ms(ours_p50),
@@ -194,6 +212,16 @@ fn workload_run_against_docker_run(node: &NodeProcess, image: &str) {
     println!(
         "ratio (p50): {:.2}x  (target <= 1.10x, {RUNS} runs each, same image, interleaved)",
         ours_p50.as_secs_f64() / theirs_p50.as_secs_f64()
+    );
+    println!(
+        "workload.run, tenant   : p50 {:.1} ms (min {:.1}, max {:.1})",
+        ms(tenant_p50),
+        ms(tenants[0]),
+        ms(tenants[tenants.len() - 1])
+    );
+    println!(
+        "tenant ratio (p50): {:.2}x  (target <= 1.20x, its network and rules included)",
+        tenant_p50.as_secs_f64() / theirs_p50.as_secs_f64()
     );
 }
 

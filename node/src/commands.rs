@@ -37,6 +37,37 @@ use crate::workloads::spec::{
 };
 use crate::workloads::{ProgressBoard, Workloads};
 
+/// Who invokes a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    /// A mesh peer (authenticated by Noise), or this node itself through its control API.
+    Peer(PeerId),
+    /// The OpenClaw gateway this node serves, with the role its config gives it: a principal of
+    /// its own, never the node.
+    Gateway,
+}
+
+/// Who owns a workload the gateway starts.
+const GATEWAY_OWNER: &str = "openclaw-gateway";
+
+impl Caller {
+    /// The peer id market steps are attributed to (the gateway acts for the node there).
+    fn peer(self, local: PeerId) -> PeerId {
+        match self {
+            Self::Peer(peer) => peer,
+            Self::Gateway => local,
+        }
+    }
+
+    /// Who owns a workload this caller starts.
+    fn owner(self) -> String {
+        match self {
+            Self::Peer(peer) => peer.to_string(),
+            Self::Gateway => GATEWAY_OWNER.to_owned(),
+        }
+    }
+}
+
 /// Largest params a command accepts, as JSON text.
 pub const MAX_PARAMS_BYTES: usize = 64 * 1024;
 
@@ -289,6 +320,25 @@ fn capabilities() -> Value {
         .clone()
 }
 
+/// A workload as `principal` with `role` may see it: whole for operators and for its own owner;
+/// to the read role, others' workloads without their command line, owner, labels or key.
+fn redacted(
+    record: &crate::workloads::WorkloadRecord,
+    principal: Caller,
+    role: Role,
+) -> Result<Value, InvokeFailure> {
+    let mut value = to_value(record)?;
+    if role >= Role::Operate || record.owner == principal.owner() {
+        return Ok(value);
+    }
+    value["command"] = json!([]);
+    value["owner"] = Value::Null;
+    value["labels"] = json!({});
+    value["idempotency_key"] = Value::Null;
+    value["redacted"] = json!(true);
+    Ok(value)
+}
+
 fn invalid(message: impl Into<String>) -> InvokeFailure {
     InvokeFailure::new(ErrorCode::InvalidParams, message)
 }
@@ -384,11 +434,12 @@ impl NodeCommands {
 
     async fn run(
         &self,
-        caller: PeerId,
+        principal: Caller,
         role: Role,
         request: InvokeRequest,
     ) -> Result<Value, InvokeFailure> {
         let s = &self.services;
+        let caller = principal.peer(s.access.local());
         let InvokeRequest {
             command,
             params,
@@ -539,14 +590,30 @@ impl NodeCommands {
             }
             "workload.run" => {
                 let params: RunParams = parse(command, params)?;
-                to_value(s.workloads.run(caller, params, idempotency_key).await?)
+                to_value(
+                    s.workloads
+                        .run(principal.owner(), params, idempotency_key)
+                        .await?,
+                )
             }
             "workload.stop" => to_value(s.workloads.stop(parse(command, params)?).await?),
             "workload.list" => {
                 let workloads = s.workloads.list(parse(command, params)?).await?;
+                let workloads: Vec<Value> = workloads
+                    .iter()
+                    .map(|w| redacted(w, principal, role))
+                    .collect::<Result<_, _>>()?;
                 Ok(json!({ "workloads": workloads }))
             }
-            "workload.inspect" => Ok(s.workloads.inspect(parse(command, params)?).await?),
+            "workload.inspect" => {
+                let mut answer = s.workloads.inspect(parse(command, params)?).await?;
+                if let Ok(record) = serde_json::from_value::<crate::workloads::WorkloadRecord>(
+                    answer["workload"].clone(),
+                ) {
+                    answer["workload"] = redacted(&record, principal, role)?;
+                }
+                Ok(answer)
+            }
             "workload.logs" => Ok(s.workloads.logs(parse(command, params)?).await?),
             "workload.stats" => Ok(s.workloads.stats(parse(command, params)?).await?),
             "container.exec" => Ok(s.workloads.exec(parse(command, params)?).await?),
@@ -586,16 +653,26 @@ impl NodeCommands {
         }
     }
 
-    /// Whether `caller` started the workload a lessee command names (a lessee manages its own
-    /// lease's workload and nothing else).
-    async fn is_lessee(&self, caller: &PeerId, command: &str, params: &Value) -> bool {
+    /// Whether `caller` is the buyer of the lease whose workload a lessee command names: a
+    /// lessee manages its own lease's workload, and nothing else (not even workloads it started
+    /// otherwise, nor the gateway anything).
+    async fn is_lessee(&self, caller: Caller, command: &str, params: &Value) -> bool {
+        let Caller::Peer(peer) = caller else {
+            return false;
+        };
         if !LESSEE_COMMANDS.contains(&command) {
             return false;
         }
         let Some(reference) = params.get("workload").and_then(Value::as_str) else {
             return false;
         };
-        self.services.workloads.owner_of(reference).await.as_deref() == Some(&caller.to_string())
+        let Some(lease) = self.services.workloads.lease_of(reference).await else {
+            return false;
+        };
+        let store = self.services.store.clone();
+        let record = blocking(move || store.lease(&lease)).await;
+        matches!(record, Ok(Ok(Some(r)))
+            if r.side == claw_market::lease::Side::Provider && r.counterparty == peer.to_string())
     }
 
     /// The market service.
@@ -612,7 +689,7 @@ impl NodeCommands {
     /// under the request's deadline.
     async fn authorize_and_run(
         &self,
-        caller: PeerId,
+        caller: Caller,
         role: Role,
         request: InvokeRequest,
     ) -> (Role, Result<Value, InvokeFailure>) {
@@ -628,13 +705,17 @@ impl NodeCommands {
                 )),
             );
         };
-        if role < spec.role && !self.is_lessee(&caller, spec.name, &request.params).await {
+        if role < spec.role && !self.is_lessee(caller, spec.name, &request.params).await {
+            let who = match caller {
+                Caller::Peer(peer) => format!("peer {peer}"),
+                Caller::Gateway => "the gateway".to_owned(),
+            };
             return (
                 role,
                 Err(InvokeFailure::new(
                     ErrorCode::Unauthorized,
                     format!(
-                        "{} needs the {} role; peer {caller} has {role}",
+                        "{} needs the {} role; {who} has {role}",
                         spec.name, spec.role
                     ),
                 )),
@@ -678,8 +759,7 @@ impl NodeCommands {
         role: Role,
         request: InvokeRequest,
     ) -> Result<Value, InvokeFailure> {
-        let local = self.services.access.local();
-        self.audited("openclaw-gateway".to_owned(), local, role, request)
+        self.audited(GATEWAY_OWNER.to_owned(), Caller::Gateway, role, request)
             .await
     }
 
@@ -687,7 +767,7 @@ impl NodeCommands {
     async fn audited(
         &self,
         caller_label: String,
-        caller: PeerId,
+        caller: Caller,
         role: Role,
         request: InvokeRequest,
     ) -> Result<Value, InvokeFailure> {
@@ -730,7 +810,7 @@ impl InvokeHandler for NodeCommands {
         Box::pin(async move {
             let role = commands.services.access.role_of(&caller);
             let result = commands
-                .audited(caller.to_string(), caller, role, request)
+                .audited(caller.to_string(), Caller::Peer(caller), role, request)
                 .await;
             InvokeResponse::from(result)
         })

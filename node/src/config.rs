@@ -310,10 +310,18 @@ pub struct WorkloadsSection {
     /// The Docker Engine socket. Default `/var/run/docker.sock`, or `DOCKER_HOST` when it names a
     /// `unix://` socket.
     pub docker_socket: Option<String>,
-    /// Host directories under which workloads may mount volumes. Default none (no host mounts).
+    /// Host directories under which workloads may mount volumes read-only. Default none (no
+    /// host mounts).
     pub volume_roots: Vec<String>,
+    /// Host directories under which workloads may also mount volumes read-write: the operator
+    /// accepts that workloads write there. Default none.
+    pub writable_volume_roots: Vec<String>,
+    /// The host address published ports bind to. Default `127.0.0.1` (loopback only).
+    pub publish_address: String,
     /// Seconds a workload gets to exit after SIGTERM before it is killed. Default 10.
     pub stop_timeout_secs: u32,
+    /// What a tenant workload (every lease's) gets.
+    pub tenant: TenantSection,
 }
 
 impl Default for WorkloadsSection {
@@ -321,7 +329,48 @@ impl Default for WorkloadsSection {
         Self {
             docker_socket: None,
             volume_roots: Vec::new(),
+            writable_volume_roots: Vec::new(),
+            publish_address: "127.0.0.1".to_owned(),
             stop_timeout_secs: 10,
+            tenant: TenantSection::default(),
+        }
+    }
+}
+
+/// Limits of tenant workloads; offers advertise them per GPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantSection {
+    /// CPU per leased GPU, in thousandths of a core. Default 4000 (4 cores).
+    pub cpu_millis_per_gpu: u32,
+    /// Memory per leased GPU, MiB. Default 32768.
+    pub memory_mib_per_gpu: u64,
+    /// CPU of a tenant workload without GPUs, thousandths of a core. Default 1000.
+    pub cpu_millis_without_gpus: u32,
+    /// Memory of a tenant workload without GPUs, MiB. Default 2048.
+    pub memory_mib_without_gpus: u64,
+    /// Most processes (and threads) in one tenant container. Default 4096.
+    pub pids_limit: u32,
+    /// Size of the tmpfs `/tmp` of a read-only tenant root, MiB. Default 1024.
+    pub tmp_mib: u64,
+    /// More address ranges tenants may not reach (the provider's own networks), beyond the
+    /// private, CGNAT, link-local and loopback ranges always blocked.
+    pub blocked_ranges: Vec<String>,
+    /// Days the logs of a removed tenant container are kept for its owner. Default 7.
+    pub log_retention_days: u32,
+}
+
+impl Default for TenantSection {
+    fn default() -> Self {
+        Self {
+            cpu_millis_per_gpu: 4000,
+            memory_mib_per_gpu: 32_768,
+            cpu_millis_without_gpus: 1000,
+            memory_mib_without_gpus: 2048,
+            pids_limit: 4096,
+            tmp_mib: 1024,
+            blocked_ranges: Vec::new(),
+            log_retention_days: 7,
         }
     }
 }
@@ -602,13 +651,63 @@ impl NodeConfig {
                 return invalid(format!("access: {peer:?} is not a peer id"));
             }
         }
-        for root in &self.workloads.volume_roots {
+        for root in self
+            .workloads
+            .volume_roots
+            .iter()
+            .chain(&self.workloads.writable_volume_roots)
+        {
             if !Path::new(root).is_absolute() {
                 return invalid(format!("workloads.volume_roots: {root:?} is not absolute"));
             }
         }
         if !(1..=3600).contains(&self.workloads.stop_timeout_secs) {
             return invalid("workloads.stop_timeout_secs must be 1 to 3600".to_owned());
+        }
+        if self
+            .workloads
+            .publish_address
+            .parse::<std::net::IpAddr>()
+            .is_err()
+        {
+            return invalid(format!(
+                "workloads.publish_address {:?} is not an IP address",
+                self.workloads.publish_address
+            ));
+        }
+        let tenant = &self.workloads.tenant;
+        if !(10..=1_024_000).contains(&tenant.cpu_millis_per_gpu)
+            || !(10..=1_024_000).contains(&tenant.cpu_millis_without_gpus)
+        {
+            return invalid(
+                "workloads.tenant CPU must be 10 to 1024000 thousandths of a core".to_owned(),
+            );
+        }
+        if !(16..=16 * 1024 * 1024).contains(&tenant.memory_mib_per_gpu)
+            || !(16..=16 * 1024 * 1024).contains(&tenant.memory_mib_without_gpus)
+        {
+            return invalid("workloads.tenant memory must be 16 to 16777216 MiB".to_owned());
+        }
+        if !(16..=4_194_304).contains(&tenant.pids_limit)
+            || !(1..=1_048_576).contains(&tenant.tmp_mib)
+        {
+            return invalid(
+                "workloads.tenant: pids_limit 16 to 4194304, tmp_mib 1 to 1048576".to_owned(),
+            );
+        }
+        if !(1..=365).contains(&tenant.log_retention_days) {
+            return invalid("workloads.tenant.log_retention_days must be 1 to 365".to_owned());
+        }
+        for range in &tenant.blocked_ranges {
+            let valid = range.split_once('/').is_some_and(|(ip, bits)| {
+                ip.parse::<std::net::Ipv4Addr>().is_ok()
+                    && bits.parse::<u8>().is_ok_and(|b| b <= 32)
+            });
+            if !valid {
+                return invalid(format!(
+                    "workloads.tenant.blocked_ranges: {range:?} is not an IPv4 CIDR range"
+                ));
+            }
         }
         for program in &self.system_run.allowlist {
             if !Path::new(program).is_absolute() {

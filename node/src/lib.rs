@@ -141,6 +141,7 @@ pub fn node_services(
         gpus,
         simulated,
         config.workloads.clone(),
+        dir.root(),
     );
     let market = market::Market::new(
         std::sync::Arc::clone(dir),

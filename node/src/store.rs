@@ -893,6 +893,7 @@ mod tests {
             idempotency_key: key.map(str::to_owned),
             created_ms: 1,
             updated_ms: 1,
+            isolation: crate::workloads::spec::Isolation::Shared,
         }
     }
 

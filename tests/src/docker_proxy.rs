@@ -18,8 +18,28 @@ use std::time::Duration;
 pub struct DockerProxy {
     path: PathBuf,
     upstream: PathBuf,
-    pull_delay: Option<Duration>,
+    hold: Option<(Hold, Duration)>,
     running: Option<Running>,
+}
+
+/// Which requests a proxy holds back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Image pulls (`POST …/images/create`), as a slow registry would.
+    Pulls,
+    /// Image checks (`GET …/images/<name>/json`), which come before anything else of a
+    /// `workload.run`: a wide window between a node's checks and its container's creation.
+    ImageChecks,
+}
+
+impl Hold {
+    fn matches(self, chunk: &[u8]) -> bool {
+        let has = |needle: &[u8]| chunk.windows(needle.len()).any(|w| w == needle);
+        match self {
+            Self::Pulls => chunk.starts_with(b"POST ") && has(b"/images/create"),
+            Self::ImageChecks => chunk.starts_with(b"GET ") && has(b"/images/") && has(b"/json "),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -46,14 +66,20 @@ impl DockerProxy {
     /// Serves a proxy of the engine's socket at `path` that holds each image pull (`POST
     /// …/images/create`) for `delay` before passing it to the engine.
     pub fn with_slow_pulls(path: &Path, delay: Duration) -> Self {
-        Self::serve(path, Some(delay))
+        Self::serve(path, Some((Hold::Pulls, delay)))
     }
 
-    fn serve(path: &Path, pull_delay: Option<Duration>) -> Self {
+    /// Serves a proxy of the engine's socket at `path` that holds the requests `hold` names for
+    /// `delay` before passing them to the engine.
+    pub fn holding(path: &Path, hold: Hold, delay: Duration) -> Self {
+        Self::serve(path, Some((hold, delay)))
+    }
+
+    fn serve(path: &Path, hold: Option<(Hold, Duration)>) -> Self {
         let mut proxy = Self {
             path: path.to_path_buf(),
             upstream: engine_socket(),
-            pull_delay,
+            hold,
             running: None,
         };
         proxy.resume();
@@ -99,7 +125,7 @@ impl DockerProxy {
                 Arc::clone(&stop),
                 Arc::clone(&connections),
                 self.upstream.clone(),
-                self.pull_delay,
+                self.hold,
             );
             std::thread::spawn(move || {
                 accept_loop(&listener, &upstream, delay, &stop, &connections)
@@ -122,7 +148,7 @@ impl Drop for DockerProxy {
 fn accept_loop(
     listener: &UnixListener,
     upstream: &Path,
-    pull_delay: Option<Duration>,
+    hold: Option<(Hold, Duration)>,
     stop: &AtomicBool,
     connections: &Mutex<Vec<UnixStream>>,
 ) {
@@ -150,9 +176,9 @@ fn accept_loop(
                 open.push(b);
             }
         }
-        match pull_delay {
-            Some(delay) => {
-                std::thread::spawn(move || pipe_holding_pulls(client, engine_copy, delay))
+        match hold {
+            Some((what, delay)) => {
+                std::thread::spawn(move || pipe_holding(client, engine_copy, what, delay))
             }
             None => std::thread::spawn(move || pipe(client, engine_copy)),
         };
@@ -161,8 +187,8 @@ fn accept_loop(
 }
 
 /// Copies a client's requests to the engine like [`pipe`], holding back for `delay` any chunk
-/// that starts an image pull.
-fn pipe_holding_pulls(mut from: UnixStream, mut to: UnixStream, delay: Duration) {
+/// that starts a request `what` names.
+fn pipe_holding(mut from: UnixStream, mut to: UnixStream, what: Hold, delay: Duration) {
     use std::io::{Read as _, Write as _};
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
@@ -171,7 +197,7 @@ fn pipe_holding_pulls(mut from: UnixStream, mut to: UnixStream, delay: Duration)
             Ok(read) => read,
         };
         let chunk = &buffer[..read];
-        if chunk.starts_with(b"POST ") && chunk.windows(14).any(|w| w == b"/images/create") {
+        if what.matches(chunk) {
             std::thread::sleep(delay);
         }
         if to.write_all(chunk).is_err() {

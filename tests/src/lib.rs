@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 mod agent_fleet;
 #[cfg(unix)]
 mod docker_proxy;
+mod netns;
 
 pub use agent_fleet::{AgentFleet, FleetNode, NodeSpec, plugin_path, write_secret};
+pub use netns::TestHost;
 
 /// The GPU model test nodes simulate.
 pub const SIMULATED_MODEL: &str = "NVIDIA H100 80GB HBM3";
@@ -38,8 +40,31 @@ pub fn remove_node_containers(peer: &str) {
         );
     }
 }
+/// How many of the host's iptables rules are tagged for tenant workload `workload`.
+pub fn tenant_firewall_rules(workload: &str) -> usize {
+    let tag = format!("clawbernetes:{workload}");
+    let output = run_with_deadline(
+        Command::new("iptables").args(["-S"]),
+        Duration::from_secs(30),
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains(&tag))
+        .count()
+}
+
+/// How many Docker networks are labelled for tenant workload `workload`.
+pub fn tenant_networks(workload: &str) -> usize {
+    let filter = format!("label=io.clawbernetes.workload={workload}");
+    let output = run_with_deadline(
+        Command::new("docker").args(["network", "ls", "-q", "--filter", &filter]),
+        Duration::from_secs(30),
+    );
+    String::from_utf8_lossy(&output.stdout).lines().count()
+}
+
 #[cfg(unix)]
-pub use docker_proxy::DockerProxy;
+pub use docker_proxy::{DockerProxy, Hold};
 
 /// The path of a binary built from this workspace (`cargo build --workspace --bins`).
 ///

@@ -322,10 +322,16 @@ fn three_providers_two_buyers_leases_run_and_settle_on_chain() {
             (leases["leases"][0]["state"] == "settled").then_some(())
         },
     );
+    // The tenant is gone from B: no container, no firewall rule, no network; only its logs.
     assert!(
-        b.containers(false).is_empty(),
-        "the lease's container stopped"
+        b.containers(true).is_empty(),
+        "the lease's container was removed: {:?}",
+        b.containers(true)
     );
+    assert_eq!(claw_tests::tenant_firewall_rules(&workload_id), 0);
+    assert_eq!(claw_tests::tenant_networks(&workload_id), 0);
+    let kept = b.ok("workload.logs", &json!({"workload": workload_id}));
+    assert_eq!(kept["kept"], true, "{kept}");
 
     // A workload that never starts: the lease ends at once and the escrow goes back in full.
     // (A buyer restarted above has its book again from the providers within a few ticks.)
@@ -529,6 +535,9 @@ fn rogue_offer(price: u64, network: &str, wallet: &str) -> claw_market::order::O
         interruptible: false,
         simulated: true,
         withdrawn: false,
+        cpu_millis_per_gpu: 4000,
+        memory_mib_per_gpu: 32_768,
+        pids_limit: 4096,
     }
 }
 

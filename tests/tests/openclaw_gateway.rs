@@ -16,6 +16,32 @@ use claw_tests::{
 };
 use serde_json::Value;
 
+/// The node's OpenClaw device id, from `clawnode identity`.
+fn device_id_of(node: &Clawnode) -> String {
+    let device = node.ok(&["--json", "identity"]).json();
+    device["device_id"]
+        .as_str()
+        .or_else(|| device["openclaw_device_id"].as_str())
+        .expect("device id")
+        .to_owned()
+}
+
+/// Waits for the node's capability surface to wait for approval; returns its request id.
+fn pending_surface(gateway: &Gateway, device_id: &str) -> String {
+    eventually(
+        Duration::from_secs(60),
+        "the node's pending surface",
+        || {
+            let pending = gateway.cli_json(&["nodes", "pending", "--json"])?;
+            pending.as_array()?.iter().find_map(|p| {
+                (p["nodeId"] == device_id && !p["commands"].as_array()?.is_empty())
+                    .then(|| p["requestId"].as_str().map(str::to_owned))
+                    .flatten()
+            })
+        },
+    )
+}
+
 fn node_with_gateway(dir: &std::path::Path, url: &str, token: &str) -> Clawnode {
     let node = Clawnode::new(dir);
     node.ok(&["init", "--simulated-gpu", "NVIDIA H100 80GB HBM3:2:81559"]);
@@ -66,26 +92,10 @@ fn a_node_serves_the_real_gateway_and_reconnects_after_it_restarts() {
 
     let node = node_with_gateway(&dir.path().join("node"), &gateway.url(), TOKEN);
     let _running = RunningNode::start(&node, &[]);
-    let device = node.ok(&["--json", "identity"]).json();
-    let device_id = device["device_id"]
-        .as_str()
-        .or_else(|| device["openclaw_device_id"].as_str())
-        .expect("device id")
-        .to_owned();
+    let device_id = device_id_of(&node);
 
     // The capability surface waits for an operator's approval.
-    let request = eventually(
-        Duration::from_secs(60),
-        "the node's pending surface",
-        || {
-            let pending = gateway.cli_json(&["nodes", "pending", "--json"])?;
-            pending.as_array()?.iter().find_map(|p| {
-                (p["nodeId"] == device_id.as_str() && !p["commands"].as_array()?.is_empty())
-                    .then(|| p["requestId"].as_str().map(str::to_owned))
-                    .flatten()
-            })
-        },
-    );
+    let request = pending_surface(&gateway, &device_id);
     let pending = gateway
         .cli_json(&["nodes", "pending", "--json"])
         .expect("pending");
@@ -190,4 +200,103 @@ fn a_node_serves_the_real_gateway_and_reconnects_after_it_restarts() {
         started.elapsed() < Duration::from_secs(30),
         "no retry storm"
     );
+}
+
+/// A gateway given the read role calls as itself, never as the node: it cannot stop, read the
+/// logs of or exec into the node's workloads, and sees them redacted.
+#[test]
+fn a_read_role_gateway_manages_no_workload_and_sees_them_redacted() {
+    let (Some(node24), Some(openclaw), Some(image)) = (
+        required_part("CLAW_NODE24", "Node 24 for the OpenClaw gateway"),
+        required_part("CLAW_OPENCLAW", "the openclaw package"),
+        required_part("CLAW_TEST_IMAGE", "the Docker Engine and the test image"),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let allow: Vec<String> = [
+        "workload.list",
+        "workload.stop",
+        "workload.logs",
+        "container.exec",
+    ]
+    .iter()
+    .map(|c| (*c).to_owned())
+    .collect();
+    let mut gateway = Gateway::new(node24, openclaw, &dir.path().join("gateway"), &allow);
+    gateway.start();
+    let node = node_with_gateway(&dir.path().join("node"), &gateway.url(), TOKEN);
+    node.edit_config(|text| text.replace("role = \"operate\"", "role = \"read\""));
+    let running = RunningNode::start(&node, &[]);
+    let started = node
+        .ok(&[
+            "--json",
+            "invoke",
+            "workload.run",
+            "--params",
+            &format!(r#"{{"image":"{image}","command":["sleep","600"]}}"#),
+        ])
+        .json();
+    let workload = started["id"].as_str().expect("id").to_owned();
+    let device_id = device_id_of(&node);
+    let request = pending_surface(&gateway, &device_id);
+    let approved = gateway.cli(&["nodes", "approve", &request]);
+    assert!(approved.status.success());
+    let listed = eventually(
+        Duration::from_secs(30),
+        "workload.list through the gateway",
+        || {
+            let output = gateway.invoke(&device_id, "workload.list", "{}");
+            output
+                .status
+                .success()
+                .then(|| serde_json::from_slice::<Value>(&output.stdout).ok())
+                .flatten()
+        },
+    );
+    let seen = listed["payload"]["workloads"]
+        .as_array()
+        .and_then(|w| w.iter().find(|w| w["id"] == workload.as_str()))
+        .expect("the node's workload is listed")
+        .clone();
+    assert_eq!(seen["redacted"], true, "{seen}");
+    assert!(
+        seen["owner"].is_null() && seen["command"] == serde_json::json!([]),
+        "{seen}"
+    );
+    for (command, params) in [
+        ("workload.stop", format!(r#"{{"workload":"{workload}"}}"#)),
+        ("workload.logs", format!(r#"{{"workload":"{workload}"}}"#)),
+        (
+            "container.exec",
+            format!(r#"{{"workload":"{workload}","argv":["true"]}}"#),
+        ),
+    ] {
+        let output = gateway.invoke(&device_id, command, &params);
+        assert!(!output.status.success(), "{command} went through");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // A read-role node declares no managing command, so the gateway refuses it before
+        // it reaches the node; the node itself answers UNAUTHORIZED if one got through.
+        assert!(
+            said.contains(&format!("does not support \"{command}\""))
+                || said.contains("UNAUTHORIZED"),
+            "{command}: {said}"
+        );
+    }
+    // The workload still runs.
+    let inspected = node
+        .ok(&[
+            "--json",
+            "invoke",
+            "workload.inspect",
+            "--params",
+            &format!(r#"{{"workload":"{workload}"}}"#),
+        ])
+        .json();
+    assert_eq!(inspected["workload"]["state"], "running");
+    claw_tests::remove_node_containers(&running.peer_id);
 }

@@ -40,15 +40,19 @@ pub struct LeaseWorkload {
     /// Environment variables; passed to the container, never stored.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// CPU limit in cores.
+    /// CPU limit in cores (at most what the offer's GPUs come with).
     #[serde(default)]
     pub cpus: Option<f64>,
-    /// Memory limit in MiB.
+    /// Memory limit in MiB (at most what the offer's GPUs come with).
     #[serde(default)]
     pub memory_mib: Option<u64>,
+    /// Keep the container's root filesystem writable (default read-only, with a tmpfs `/tmp`).
+    #[serde(default)]
+    pub writable_root: bool,
 }
 
 impl LeaseWorkload {
+    /// The workload as the provider runs it: always under the tenant profile.
     pub(super) fn into_run_params(self) -> RunParams {
         RunParams {
             image: self.image,
@@ -63,6 +67,8 @@ impl LeaseWorkload {
             memory_mib: self.memory_mib,
             restart: Default::default(),
             labels: BTreeMap::new(),
+            isolation: crate::workloads::spec::Isolation::Tenant,
+            writable_root: self.writable_root,
         }
     }
 }

@@ -134,6 +134,14 @@ impl Market {
             .values()
             .map(|p| p.offer.price_per_gpu_hour)
             .next();
+        // A node that cannot keep tenants apart from it sells nothing.
+        let price = match (price, self.inner.workloads.tenant_ready().await) {
+            (Some(_), Err(reason)) => {
+                tracing::warn!(%reason, "not selling: leases run as tenants, and this node cannot isolate them");
+                None
+            }
+            (price, _) => price,
+        };
         // Not selling: withdraw what was published, or do nothing.
         let (price, selling) = match (price, last_price) {
             (Some(price), _) => (price, true),
@@ -175,6 +183,7 @@ impl Market {
         }
         let ttl = Duration::from_secs(config.market.offer_ttl_secs);
         let markup = config.market.markup();
+        let tenant = &config.workloads.tenant;
         for (model, (free, total, vram_mib, simulated)) in by_model {
             let taken = u64::from(total.saturating_sub(free));
             let price = offer_price(price, markup, taken, u64::from(total));
@@ -197,6 +206,9 @@ impl Market {
                 interruptible: config.market.interruptible,
                 simulated,
                 withdrawn: free == 0,
+                cpu_millis_per_gpu: tenant.cpu_millis_per_gpu,
+                memory_mib_per_gpu: tenant.memory_mib_per_gpu,
+                pids_limit: tenant.pids_limit,
             };
             let previous = self
                 .inner
@@ -268,6 +280,16 @@ impl Market {
                 }
                 self.arbiter()?;
                 self.wallet()?;
+                self.inner
+                    .workloads
+                    .tenant_ready()
+                    .await
+                    .map_err(|reason| {
+                        failure(
+                            ErrorCode::Unavailable,
+                            format!("this node cannot sell: a lease's workload runs as a tenant, and {reason}"),
+                        )
+                    })?;
                 Some(price.to_string())
             }
             (None, true) => None,
@@ -331,6 +353,11 @@ impl Market {
                 json!({ "lease_id": lease, "terms": terms.text(), "state": existing.state }),
             );
         }
+        self.inner
+            .workloads
+            .tenant_ready()
+            .await
+            .map_err(|reason| failure(ErrorCode::Unavailable, format!("not selling: {reason}")))?;
         self.check_asker(&caller, &bid, &lease, &params.wallet_signature)
             .await?;
         let (offer, matched_total) = self.matched_offer(&bid, params.offer_id)?;
@@ -862,8 +889,11 @@ impl Market {
         {
             let workload = self.on_store(move |store| store.workload(&id)).await?;
             if workload.as_ref().is_none_or(|w| !w.state.is_active()) {
-                let exit_code = workload.and_then(|w| w.exit_code);
-                self.drive_locked(&lease, Input::WorkloadEnded { exit_code })
+                let exit_code = workload.as_ref().and_then(|w| w.exit_code);
+                let reason = workload
+                    .and_then(|w| w.reason)
+                    .map(|r| format!("the workload ended: {r}"));
+                self.drive_locked(&lease, Input::WorkloadEnded { exit_code, reason })
                     .await?;
             }
         }
@@ -938,7 +968,18 @@ impl Market {
     }
 
     async fn stop_workload(&self, record: &LeaseRecord) -> Result<Vec<Input>, InvokeFailure> {
-        if let Some(workload) = &record.workload_id {
+        // A workload started just before a crash may be unknown to the record: find it by the
+        // lease it was started for.
+        let known = match &record.workload_id {
+            Some(id) => Some(id.clone()),
+            None => self
+                .inner
+                .workloads
+                .leased(record.lease_id.as_str())
+                .await
+                .map(|w| w.id),
+        };
+        if let Some(workload) = &known {
             let stopped = self
                 .inner
                 .workloads

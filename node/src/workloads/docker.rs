@@ -9,11 +9,12 @@ use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStatsResponse, ContainerSummary,
+    NetworkCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StatsOptionsBuilder,
-    StopContainerOptionsBuilder,
+    ListNetworksOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StatsOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures::StreamExt as _;
 
@@ -218,6 +219,59 @@ impl Engine {
             return Err(error);
         }
         Ok(created.id)
+    }
+
+    /// The user an image runs as (`USER` in its config); `None` when it names none (root).
+    pub(crate) async fn image_user(&self, image: &str) -> Result<Option<String>, EngineError> {
+        let inspected = within(CALL_DEADLINE, self.docker.inspect_image(image)).await?;
+        Ok(inspected
+            .config
+            .and_then(|c| c.user)
+            .filter(|u| !u.is_empty() && u != "root" && u != "0" && !u.starts_with("0:")))
+    }
+
+    /// Creates a bridge network `name` whose host interface is `bridge`, with `labels`.
+    pub(crate) async fn create_network(
+        &self,
+        name: &str,
+        bridge: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<String, EngineError> {
+        let request = NetworkCreateRequest {
+            name: name.to_owned(),
+            driver: Some("bridge".to_owned()),
+            options: Some(HashMap::from([(
+                "com.docker.network.bridge.name".to_owned(),
+                bridge.to_owned(),
+            )])),
+            labels: Some(labels),
+            ..NetworkCreateRequest::default()
+        };
+        let created = within(CALL_DEADLINE, self.docker.create_network(request)).await?;
+        Ok(created.id)
+    }
+
+    /// Removes network `name`. Already gone is fine.
+    pub(crate) async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
+        match within(CALL_DEADLINE, self.docker.remove_network(name)).await {
+            Ok(()) | Err(EngineError::NotFound(_)) => Ok(()),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// The names of the networks that carry `label=value`, with their labels.
+    pub(crate) async fn networks_labelled(
+        &self,
+        label: &str,
+        value: &str,
+    ) -> Result<Vec<(String, HashMap<String, String>)>, EngineError> {
+        let filters = HashMap::from([("label", vec![format!("{label}={value}")])]);
+        let options = ListNetworksOptionsBuilder::new().filters(&filters).build();
+        let networks = within(CALL_DEADLINE, self.docker.list_networks(Some(options))).await?;
+        Ok(networks
+            .into_iter()
+            .filter_map(|n| Some((n.name?, n.labels.unwrap_or_default())))
+            .collect())
     }
 
     /// Stops a container: SIGTERM, then SIGKILL after `timeout`. Already stopped is fine.

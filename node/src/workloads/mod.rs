@@ -7,8 +7,10 @@
 //! are marked `lost` with the reason, containers whose record is gone are adopted.
 
 mod docker;
+mod mounts;
 mod progress;
 pub mod spec;
+mod tenant;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -26,8 +28,8 @@ use serde_json::{Value, json};
 
 pub use progress::{ProgressBoard, ProgressReport};
 use spec::{
-    ExecParams, GpuRequest, LABEL_PREFIX, ListParams, LogsParams, RestartPolicy, RunParams,
-    SpecError, StopParams, WorkloadRef,
+    ExecParams, GpuRequest, Isolation, LABEL_PREFIX, ListParams, LogsParams, RestartPolicy,
+    RunParams, SpecError, StopParams, WorkloadRef,
 };
 
 use crate::config::WorkloadsSection;
@@ -42,8 +44,17 @@ const LABEL_OWNER: &str = "io.clawbernetes.owner";
 const LABEL_NAME: &str = "io.clawbernetes.name";
 const LABEL_IMAGE: &str = "io.clawbernetes.image";
 const LABEL_CREATED: &str = "io.clawbernetes.created-ms";
+const LABEL_ISOLATION: &str = "io.clawbernetes.isolation";
+/// Environment variables only the node sets: GPU visibility, and the node's own.
+const NODE_ENV: &[&str] = &["NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES"];
+/// Under the data directory: staging points of pinned host volumes.
+const MOUNTS_DIR: &str = "mounts";
+/// Under the data directory: the logs of removed tenant containers.
+const SAVED_LOGS_DIR: &str = "workload-logs";
 /// Most log text one `workload.logs` returns.
 const MAX_LOG_BYTES: usize = 1024 * 1024;
+/// How often ended workloads' leftovers are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Most output kept per stream of one `container.exec`.
 const MAX_EXEC_BYTES: usize = 256 * 1024;
 
@@ -119,6 +130,9 @@ pub struct WorkloadRecord {
     pub created_ms: u64,
     /// When its state last changed, Unix ms.
     pub updated_ms: u64,
+    /// How it is kept apart from the node and other workloads.
+    #[serde(default)]
+    pub isolation: Isolation,
 }
 
 impl WorkloadRecord {
@@ -256,6 +270,14 @@ pub struct Workloads {
     gpus: Arc<Vec<String>>,
     simulated: Arc<HashSet<String>>,
     config: Arc<WorkloadsSection>,
+    /// The roots host volumes may come from.
+    roots: Arc<Vec<mounts::VolumeRoot>>,
+    /// The node's data directory (staging points, saved logs).
+    data_dir: Arc<std::path::PathBuf>,
+    /// Set once the node found it can firewall tenant networks.
+    tenant_ready: Arc<tokio::sync::OnceCell<()>>,
+    /// When leftovers of ended workloads were last swept, Unix ms.
+    last_sweep_ms: Arc<std::sync::atomic::AtomicU64>,
     /// Workloads between admission and a running container, which reconcile must leave alone.
     in_flight: Arc<Mutex<HashSet<String>>>,
     progress: ProgressBoard,
@@ -280,8 +302,21 @@ impl Workloads {
         gpus: Vec<String>,
         simulated: HashSet<String>,
         config: WorkloadsSection,
+        data_dir: &std::path::Path,
     ) -> Self {
         let engine = Engine::connect(config.docker_socket.as_deref()).map_err(|e| e.to_string());
+        let root = |path: &String, writable| {
+            std::path::Path::new(path)
+                .canonicalize()
+                .ok()
+                .map(|path| mounts::VolumeRoot { path, writable })
+        };
+        let roots = config
+            .writable_volume_roots
+            .iter()
+            .filter_map(|p| root(p, true))
+            .chain(config.volume_roots.iter().filter_map(|p| root(p, false)))
+            .collect();
         Self {
             engine,
             store,
@@ -289,9 +324,35 @@ impl Workloads {
             gpus: Arc::new(gpus),
             simulated: Arc::new(simulated),
             config: Arc::new(config),
+            roots: Arc::new(roots),
+            data_dir: Arc::new(data_dir.to_path_buf()),
+            tenant_ready: Arc::default(),
+            last_sweep_ms: Arc::default(),
             in_flight: Arc::default(),
             progress: ProgressBoard::default(),
         }
+    }
+
+    /// Whether this node can run tenant workloads (every lease's): it must be able to firewall
+    /// their networks. Once it could, it is not asked again.
+    pub async fn tenant_ready(&self) -> Result<(), String> {
+        if self.tenant_ready.initialized() {
+            return Ok(());
+        }
+        self.engine_version()
+            .await
+            .map_err(|e| format!("tenant workloads need Docker: {e}"))?;
+        tenant::check().await?;
+        let _ = self.tenant_ready.set(());
+        Ok(())
+    }
+
+    fn staging(&self) -> std::path::PathBuf {
+        self.data_dir.join(MOUNTS_DIR)
+    }
+
+    fn saved_logs(&self, id: &str) -> std::path::PathBuf {
+        self.data_dir.join(SAVED_LOGS_DIR).join(format!("{id}.log"))
     }
 
     /// Progress of long operations, by idempotency key.
@@ -316,15 +377,15 @@ impl Workloads {
         on_store(move || store.allocations()).await
     }
 
-    /// Starts a workload for `caller`. With an idempotency key seen before, answers with the
-    /// workload that key started instead of starting another.
+    /// Starts a workload owned by `owner` (a peer id, or `openclaw-gateway`). With an idempotency
+    /// key seen before, answers with the workload that key started instead of starting another.
     pub async fn run(
         &self,
-        caller: PeerId,
+        owner: String,
         params: RunParams,
         idempotency_key: Option<String>,
     ) -> Result<WorkloadRecord, WorkloadError> {
-        self.start(caller, params, idempotency_key, None).await
+        self.start(owner, params, idempotency_key, None).await
     }
 
     /// Starts the workload of lease `lease_id` for its lessee on the GPUs the lease reserved
@@ -344,7 +405,7 @@ impl Workloads {
             .insert("clawbernetes-lease".to_owned(), lease_id.to_owned());
         let choice = GpuChoice::Reserved(lease_id.to_owned(), gpus);
         self.start(
-            lessee,
+            lessee.to_string(),
             params,
             Some(format!("lease/{lease_id}")),
             Some(choice),
@@ -354,12 +415,18 @@ impl Workloads {
 
     async fn start(
         &self,
-        caller: PeerId,
+        owner: String,
         params: RunParams,
         idempotency_key: Option<String>,
         reserved: Option<GpuChoice>,
     ) -> Result<WorkloadRecord, WorkloadError> {
-        let (gpus, volume_paths) = params.check(&self.config.volume_roots)?;
+        let gpus = params.check()?;
+        mounts::check_roots(&params.volumes, &self.roots)?;
+        if params.isolation == Isolation::Tenant {
+            self.tenant_ready()
+                .await
+                .map_err(WorkloadError::Unavailable)?;
+        }
         let store = self.store.clone();
         if on_store(move || store.cordoned()).await? {
             return Err(WorkloadError::Unavailable(
@@ -376,7 +443,7 @@ impl Workloads {
             name: params.name.clone(),
             image: params.image.clone(),
             command: params.command.clone(),
-            owner: caller.to_string(),
+            owner,
             gpus: Vec::new(),
             simulated_gpus: false,
             container_id: None,
@@ -388,6 +455,7 @@ impl Workloads {
             idempotency_key: idempotency_key.clone(),
             created_ms,
             updated_ms: created_ms,
+            isolation: params.isolation,
         };
         let choice = match (reserved, &gpus) {
             (Some(choice), _) => choice,
@@ -410,16 +478,9 @@ impl Workloads {
         };
         record.simulated_gpus = record.gpus.iter().any(|g| self.simulated.contains(g));
         let progress = self.progress.track(idempotency_key.as_deref());
-        let started = async {
-            progress.stage(format!("checking image {}", params.image));
-            engine.ensure_image(&params.image, &progress).await?;
-            progress.stage("starting container");
-            let body = self.container_body(&record, &params, &volume_paths);
-            engine
-                .create_and_start(&record.container_name(), body)
-                .await
-        }
-        .await;
+        let started = self
+            .create_container(&engine, &record, &params, &progress)
+            .await;
         let failure = match started {
             Ok(container_id) => {
                 record.container_id = Some(container_id);
@@ -427,6 +488,7 @@ impl Workloads {
                 None
             }
             Err(error) => {
+                self.clean_up(&record).await;
                 record.set_state(WorkloadState::Failed, Some(error.to_string()));
                 Some(error)
             }
@@ -439,9 +501,107 @@ impl Workloads {
         saved?;
         tracing::info!(workload = %record.id, image = %record.image, gpus = ?record.gpus, state = %record.state, "workload.run");
         match failure {
-            Some(error) => Err(error.into()),
+            Some(error) => Err(error),
             None => Ok(record),
         }
+    }
+
+    /// Pins the host volumes (before anything can take long), makes sure of the image, opens a
+    /// tenant's network, then creates and starts the container.
+    async fn create_container(
+        &self,
+        engine: &Engine,
+        record: &WorkloadRecord,
+        params: &RunParams,
+        progress: &progress::Progress,
+    ) -> Result<String, WorkloadError> {
+        let pinned = {
+            let (id, volumes) = (record.id.clone(), params.volumes.clone());
+            let (roots, staging) = (Arc::clone(&self.roots), self.staging());
+            tokio::task::spawn_blocking(move || mounts::pin(&id, &volumes, &roots, &staging))
+                .await
+                .map_err(|e| WorkloadError::Internal(format!("pinning task failed: {e}")))??
+        };
+        progress.stage(format!("checking image {}", params.image));
+        engine.ensure_image(&params.image, progress).await?;
+        let mut body = self.container_body(record, params, &pinned.points);
+        if record.isolation == Isolation::Tenant {
+            progress.stage("opening the tenant network");
+            let labels = HashMap::from([
+                (LABEL_NODE.to_owned(), self.node.clone()),
+                (LABEL_WORKLOAD.to_owned(), record.id.clone()),
+            ]);
+            let network =
+                tenant::open_network(engine, &record.id, labels, &self.config.tenant).await?;
+            let user = engine.image_user(&params.image).await?;
+            let limits = tenant::limits(
+                &self.config.tenant,
+                record.gpus.len(),
+                params.cpus,
+                params.memory_mib,
+                std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+            );
+            tenant::harden(
+                &mut body,
+                &network,
+                limits,
+                &self.config.tenant,
+                params.writable_root,
+                user,
+            );
+        }
+        progress.stage("starting container");
+        Ok(engine
+            .create_and_start(&record.container_name(), body)
+            .await?)
+    }
+
+    /// Releases what a workload held outside its container: pinned volumes, and a tenant's
+    /// network and firewall rules. Best effort: what is left is found by reconcile.
+    async fn clean_up(&self, record: &WorkloadRecord) {
+        let (id, staging) = (record.id.clone(), self.staging());
+        let _ = tokio::task::spawn_blocking(move || mounts::release(&id, &staging)).await;
+        if record.isolation == Isolation::Tenant
+            && let Ok(engine) = self.engine()
+            && let Err(error) = tenant::close_network(engine, &record.id).await
+        {
+            tracing::warn!(workload = %record.id, %error, "tenant network not removed yet");
+        }
+    }
+
+    /// Keeps the last logs of a tenant's container, then removes it: nothing of a tenant stays
+    /// on the node but its logs, for `log_retention_days`.
+    async fn retire_container(
+        &self,
+        engine: &Engine,
+        record: &WorkloadRecord,
+    ) -> Result<(), WorkloadError> {
+        let Some(container) = &record.container_id else {
+            return Ok(());
+        };
+        match engine.logs(container, 10_000, None, MAX_LOG_BYTES).await {
+            Ok((lines, _)) => {
+                let text: String = lines
+                    .iter()
+                    .map(|l| format!("{} {}\n", l.stream, l.line))
+                    .collect();
+                let path = self.saved_logs(&record.id);
+                let saved = tokio::task::spawn_blocking(move || {
+                    if let Some(dir) = path.parent() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    std::fs::write(&path, text)
+                })
+                .await;
+                if !matches!(saved, Ok(Ok(()))) {
+                    tracing::warn!(workload = %record.id, "the logs of a removed container were not kept");
+                }
+            }
+            Err(EngineError::NotFound(_)) => return Ok(()),
+            Err(error) => return Err(error.into()),
+        }
+        engine.remove(container).await?;
+        Ok(())
     }
 
     fn in_flight_set(&self, id: &str, present: bool) {
@@ -505,7 +665,7 @@ impl Workloads {
         &self,
         record: &WorkloadRecord,
         params: &RunParams,
-        volume_paths: &[std::path::PathBuf],
+        volume_points: &[std::path::PathBuf],
     ) -> ContainerCreateBody {
         let mut labels: HashMap<String, String> = params
             .labels
@@ -521,9 +681,33 @@ impl Workloads {
         if let Some(name) = &record.name {
             labels.insert(LABEL_NAME.to_owned(), name.clone());
         }
-        let mut env: Vec<String> = params.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if record.isolation == Isolation::Tenant {
+            labels.insert(LABEL_ISOLATION.to_owned(), "tenant".to_owned());
+        }
+        // GPU visibility is the node's to set, whatever the params or the image say.
+        let mut env: Vec<String> = params
+            .env
+            .iter()
+            .filter(|(k, _)| !NODE_ENV.contains(&k.as_str()) && !k.starts_with("CLAWBERNETES_"))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         env.push(format!("CLAWBERNETES_WORKLOAD={}", record.id));
         env.push(format!("CLAWBERNETES_GPUS={}", record.gpus.join(",")));
+        env.push(format!(
+            "NVIDIA_VISIBLE_DEVICES={}",
+            if record.gpus.is_empty() {
+                "void".to_owned()
+            } else {
+                record.gpus.join(",")
+            }
+        ));
+        env.push(format!(
+            "CUDA_VISIBLE_DEVICES={}",
+            (0..record.gpus.len())
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
         let real_gpus: Vec<String> = record
             .gpus
             .iter()
@@ -553,7 +737,7 @@ impl Workloads {
             port_bindings.insert(
                 key,
                 Some(vec![PortBinding {
-                    host_ip: None,
+                    host_ip: Some(self.config.publish_address.clone()),
                     host_port: Some(port.host.map(|p| p.to_string()).unwrap_or_default()),
                 }]),
             );
@@ -561,7 +745,7 @@ impl Workloads {
         let binds: Vec<String> = params
             .volumes
             .iter()
-            .zip(volume_paths)
+            .zip(volume_points)
             .map(|(v, host)| {
                 format!(
                     "{}:{}:{}",
@@ -599,6 +783,27 @@ impl Workloads {
             }),
             ..ContainerCreateBody::default()
         }
+    }
+
+    /// The lease a workload (id or name) was started for, if it was.
+    pub async fn lease_of(&self, reference: &str) -> Option<String> {
+        let record = self.find(reference).await.ok()?;
+        record
+            .idempotency_key
+            .as_deref()
+            .and_then(|k| k.strip_prefix("lease/"))
+            .map(str::to_owned)
+    }
+
+    /// The workload started for lease `lease_id`, if there is one.
+    pub async fn leased(&self, lease_id: &str) -> Option<WorkloadRecord> {
+        let key = format!("lease/{lease_id}");
+        let store = self.store.clone();
+        on_store(move || store.workloads())
+            .await
+            .ok()?
+            .into_iter()
+            .find(|w| w.idempotency_key.as_deref() == Some(key.as_str()))
     }
 
     /// Finds a workload by id, or by name (the active one, else the newest).
@@ -655,15 +860,13 @@ impl Workloads {
                 record.id
             )));
         }
-        if let Some(container) = &record.container_id {
-            if record.state == WorkloadState::Running {
-                engine.stop(container, timeout).await?;
-            }
-            if params.remove {
-                engine.remove(container).await?;
-            }
+        if let Some(container) = &record.container_id
+            && record.state == WorkloadState::Running
+        {
+            engine.stop(container, timeout).await?;
         }
-        if record.state.is_active() {
+        let was_active = record.state.is_active();
+        if was_active {
             let exit_code = match &record.container_id {
                 Some(container) => engine
                     .inspect(container)
@@ -679,6 +882,17 @@ impl Workloads {
             let (store, saved) = (self.store.clone(), record.clone());
             on_store(move || store.update_workload(&saved)).await?;
             tracing::info!(workload = %record.id, "workload.stop");
+        }
+        // A tenant's container always goes (its logs are kept); another's when asked.
+        if record.isolation == Isolation::Tenant {
+            self.retire_container(engine, &record).await?;
+        } else if params.remove
+            && let Some(container) = &record.container_id
+        {
+            engine.remove(container).await?;
+        }
+        if was_active || params.remove || record.isolation == Isolation::Tenant {
+            self.clean_up(&record).await;
         }
         Ok(record)
     }
@@ -724,18 +938,38 @@ impl Workloads {
         let container = record.container_id.as_deref().ok_or_else(|| {
             WorkloadError::NotFound(format!("workload {} never had a container", record.id))
         })?;
-        let (lines, truncated) = self
+        match self
             .engine()?
             .logs(container, tail, params.since, MAX_LOG_BYTES)
             .await
-            .map_err(|e| match e {
-                EngineError::NotFound(_) => WorkloadError::NotFound(format!(
+        {
+            Ok((lines, truncated)) => {
+                Ok(json!({ "workload": record.id, "lines": lines, "truncated": truncated }))
+            }
+            Err(EngineError::NotFound(_)) => self.kept_logs(&record, tail).await,
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// The logs kept of a removed container, its last `tail` lines.
+    async fn kept_logs(&self, record: &WorkloadRecord, tail: u32) -> Result<Value, WorkloadError> {
+        let path = self.saved_logs(&record.id);
+        let text = tokio::task::spawn_blocking(move || std::fs::read_to_string(path))
+            .await
+            .map_err(|e| WorkloadError::Internal(format!("log task failed: {e}")))?
+            .map_err(|_| {
+                WorkloadError::NotFound(format!(
                     "the container of workload {} was removed, and its logs with it",
                     record.id
-                )),
-                other => other.into(),
+                ))
             })?;
-        Ok(json!({ "workload": record.id, "lines": lines, "truncated": truncated }))
+        let all: Vec<Value> = text
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(stream, line)| json!({"stream": stream, "line": line}))
+            .collect();
+        let skip = all.len().saturating_sub(tail as usize);
+        Ok(json!({ "workload": record.id, "lines": all[skip..], "truncated": false, "kept": true }))
     }
 
     /// One sample of the workload's CPU, memory, network and process use.
@@ -874,21 +1108,25 @@ impl Workloads {
                         state,
                         ContainerSummaryStateEnum::EXITED | ContainerSummaryStateEnum::DEAD
                     ) {
-                        let exit_code = match &container.id {
-                            Some(id) => engine
-                                .inspect(id)
-                                .await?
-                                .and_then(|c| c.state.and_then(|s| s.exit_code)),
+                        let state = match &container.id {
+                            Some(id) => engine.inspect(id).await?.and_then(|c| c.state),
                             None => None,
                         };
+                        let exit_code = state.as_ref().and_then(|s| s.exit_code);
+                        let out_of_memory = state.as_ref().and_then(|s| s.oom_killed) == Some(true);
                         record.exit_code = exit_code;
                         record.set_state(
                             WorkloadState::Exited,
                             Some(format!(
-                                "the container exited{}",
+                                "the container exited{}{}",
                                 exit_code
                                     .map(|c| format!(" with code {c}"))
-                                    .unwrap_or_default()
+                                    .unwrap_or_default(),
+                                if out_of_memory {
+                                    " (killed: out of memory)"
+                                } else {
+                                    ""
+                                }
                             )),
                         );
                         report.exited.push(record.id.clone());
@@ -932,12 +1170,93 @@ impl Workloads {
         if changes > 0 {
             tracing::info!(?report, "workloads reconciled with Docker");
         }
+        self.sweep(engine, &in_flight).await;
         Ok(report)
+    }
+
+    /// Removes what ended workloads left behind: a tenant's container (its logs kept), networks,
+    /// firewall rules and pinned volumes of workloads no longer active (a crash, or a container
+    /// that exited by itself), and kept logs past their retention. At most every
+    /// [`SWEEP_EVERY`].
+    async fn sweep(&self, engine: &Engine, in_flight: &HashSet<String>) {
+        let now = now_ms();
+        let last = self
+            .last_sweep_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if last != 0 && now < last + SWEEP_EVERY.as_millis() as u64 {
+            return;
+        }
+        self.last_sweep_ms
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+        let store = self.store.clone();
+        let Ok(records) = on_store(move || store.workloads()).await else {
+            return;
+        };
+        let active: HashSet<&str> = records
+            .iter()
+            .filter(|r| r.state.is_active())
+            .map(|r| r.id.as_str())
+            .chain(in_flight.iter().map(String::as_str))
+            .collect();
+        for record in records
+            .iter()
+            .filter(|r| !active.contains(r.id.as_str()) && r.isolation == Isolation::Tenant)
+        {
+            if let Err(error) = self.retire_container(engine, record).await {
+                tracing::debug!(workload = %record.id, %error, "ended tenant container not removed yet");
+            }
+        }
+        let mut leftovers: HashSet<String> = mounts::pinned_workloads(&self.staging())
+            .into_iter()
+            .collect();
+        if self.tenant_ready.initialized() {
+            leftovers.extend(tenant::tagged_workloads().await.unwrap_or_default());
+            if let Ok(networks) = engine.networks_labelled(LABEL_NODE, &self.node).await {
+                leftovers.extend(
+                    networks
+                        .into_iter()
+                        .filter_map(|(_, labels)| labels.get(LABEL_WORKLOAD).cloned()),
+                );
+            }
+        }
+        for id in leftovers
+            .into_iter()
+            .filter(|id| !active.contains(id.as_str()))
+        {
+            let isolation = records
+                .iter()
+                .find(|r| r.id == id)
+                .map_or(Isolation::Tenant, |r| r.isolation);
+            let mut ended = self.adoptee(&id, &bollard::models::ContainerSummary::default());
+            ended.isolation = isolation;
+            self.clean_up(&ended).await;
+            tracing::info!(workload = %id, "resources of an ended workload removed");
+        }
+        self.prune_kept_logs().await;
+    }
+
+    /// Deletes kept logs older than the tenant retention.
+    async fn prune_kept_logs(&self) {
+        let dir = self.data_dir.join(SAVED_LOGS_DIR);
+        let keep = Duration::from_secs(u64::from(self.config.tenant.log_retention_days) * 86_400);
+        let _ = tokio::task::spawn_blocking(move || {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|at| at.elapsed().is_ok_and(|age| age > keep));
+                if old {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        })
+        .await;
     }
 
     /// A record rebuilt from a container's labels.
     fn adoptee(&self, id: &str, container: &bollard::models::ContainerSummary) -> WorkloadRecord {
         let labels = container.labels.clone().unwrap_or_default();
+        let labels_isolation_tenant = labels.get(LABEL_ISOLATION).is_some_and(|i| i == "tenant");
         let gpus: Vec<String> = labels
             .get(LABEL_GPUS)
             .map(|g| {
@@ -983,6 +1302,11 @@ impl Workloads {
             idempotency_key: None,
             created_ms,
             updated_ms: now_ms(),
+            isolation: if labels_isolation_tenant {
+                Isolation::Tenant
+            } else {
+                Isolation::Shared
+            },
         }
     }
 }

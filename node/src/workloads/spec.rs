@@ -2,7 +2,7 @@
 //! checked against the node's limits before anything touches Docker.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -58,6 +58,26 @@ pub struct RunParams {
     /// Labels to put on the container; keys must not start with `io.clawbernetes.`.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// `shared` (the default for operators: Docker's defaults) or `tenant` (always for a lease's
+    /// workload): its own firewalled network, limits, dropped capabilities, no new privileges, a
+    /// read-only root, an unprivileged user.
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// Tenant profile: keep the root filesystem writable (default read-only, with a tmpfs
+    /// `/tmp`).
+    #[serde(default)]
+    pub writable_root: bool,
+}
+
+/// How a workload is kept apart from the node and from other workloads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Docker's defaults, on the default bridge.
+    #[default]
+    Shared,
+    /// The tenant profile (see the node's README): for workloads of strangers.
+    Tenant,
 }
 
 /// A published port.
@@ -159,12 +179,9 @@ fn is_image_reference(image: &str) -> bool {
 }
 
 impl RunParams {
-    /// Checks every field, resolving volume paths against `volume_roots`. Returns the GPU request
-    /// and the host paths, canonical.
-    pub(crate) fn check(
-        &self,
-        volume_roots: &[String],
-    ) -> Result<(GpuRequest, Vec<PathBuf>), SpecError> {
+    /// Checks every field. Returns the GPU request. Host volumes are checked against the node's
+    /// roots when they are pinned (`mounts::pin`).
+    pub(crate) fn check(&self) -> Result<GpuRequest, SpecError> {
         if !is_image_reference(&self.image) {
             return invalid(format!("image {:?} is not an image reference", self.image));
         }
@@ -249,50 +266,26 @@ impl RunParams {
         if self.volumes.len() > MAX_VOLUMES {
             return invalid(format!("at most {MAX_VOLUMES} volumes"));
         }
-        let mut host_paths = Vec::with_capacity(self.volumes.len());
         for volume in &self.volumes {
-            host_paths.push(resolve_volume(volume, volume_roots)?);
+            volume.check()?;
         }
-        Ok((gpus, host_paths))
+        Ok(gpus)
     }
 }
 
-/// Resolves a volume's host path (symlinks and `..` included) and checks it lies under a root.
-fn resolve_volume(volume: &VolumeSpec, roots: &[String]) -> Result<PathBuf, SpecError> {
-    let container = Path::new(&volume.container);
-    if !container.is_absolute() || volume.container.contains(':') || volume.container.len() > 4096 {
-        return invalid(format!(
-            "volume container path {:?} must be absolute, without ':'",
-            volume.container
-        ));
+impl VolumeSpec {
+    /// Checks the paths' form: absolute, without ':' or '..'.
+    fn check(&self) -> Result<(), SpecError> {
+        for (what, path) in [("host", &self.host), ("container", &self.container)] {
+            let plain = !path.split('/').any(|part| part == "." || part == "..");
+            if !Path::new(path).is_absolute() || path.contains(':') || path.len() > 4096 || !plain {
+                return invalid(format!(
+                    "volume {what} path {path:?} must be absolute, without ':', '.' or '..'"
+                ));
+            }
+        }
+        Ok(())
     }
-    let host = Path::new(&volume.host);
-    if !host.is_absolute() || volume.host.contains(':') || volume.host.len() > 4096 {
-        return invalid(format!(
-            "volume host path {:?} must be absolute, without ':'",
-            volume.host
-        ));
-    }
-    if roots.is_empty() {
-        return Err(SpecError::NotPermitted(
-            "this node allows no host volumes (workloads.volume_roots is empty)".to_owned(),
-        ));
-    }
-    let resolved = host
-        .canonicalize()
-        .map_err(|e| SpecError::Invalid(format!("volume host path {:?}: {e}", volume.host)))?;
-    let allowed = roots.iter().any(|root| {
-        Path::new(root)
-            .canonicalize()
-            .is_ok_and(|root| resolved.starts_with(root))
-    });
-    if !allowed {
-        return Err(SpecError::NotPermitted(format!(
-            "volume host path {:?} is outside the node's volume roots {roots:?}",
-            volume.host
-        )));
-    }
-    Ok(resolved)
 }
 
 /// `workload.stop`.
@@ -408,7 +401,7 @@ mod tests {
         let check = |json| {
             run(json)
                 .unwrap()
-                .check(&[])
+                .check()
                 .map(|_| ())
                 .unwrap_err()
                 .to_string()
@@ -431,28 +424,24 @@ mod tests {
     }
 
     #[test]
-    fn volumes_must_stay_under_the_roots() {
-        let root = tempfile::tempdir().unwrap();
-        let inside = root.path().join("data");
-        std::fs::create_dir(&inside).unwrap();
-        let outside = tempfile::tempdir().unwrap();
-        let escape = root.path().join("escape");
-        std::os::unix::fs::symlink(outside.path(), &escape).unwrap();
-        let roots = vec![root.path().display().to_string()];
-        let volume = |host: &Path| VolumeSpec {
-            host: host.display().to_string(),
-            container: "/data".to_owned(),
-            read_only: false,
+    fn volume_paths_are_absolute_and_plain() {
+        let volume = |host: &str, container: &str| VolumeSpec {
+            host: host.to_owned(),
+            container: container.to_owned(),
+            read_only: true,
         };
-        assert!(resolve_volume(&volume(&inside), &roots).is_ok());
-        for refused in [outside.path().to_path_buf(), escape, inside.join("../..")] {
-            let err = resolve_volume(&volume(&refused), &roots).unwrap_err();
+        assert!(volume("/srv/data", "/data").check().is_ok());
+        for (host, container) in [
+            ("srv/data", "/data"),
+            ("/srv/../etc", "/data"),
+            ("/srv/data", "data"),
+            ("/srv:x", "/data"),
+            ("/srv/./data", "/data"),
+        ] {
             assert!(
-                matches!(err, SpecError::NotPermitted(_)),
-                "{refused:?}: {err}"
+                volume(host, container).check().is_err(),
+                "{host} {container}"
             );
         }
-        let err = resolve_volume(&volume(&inside), &[]).unwrap_err();
-        assert!(matches!(err, SpecError::NotPermitted(_)));
     }
 }

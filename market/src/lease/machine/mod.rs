@@ -167,6 +167,8 @@ pub enum Input {
     WorkloadEnded {
         /// Its exit code, when known.
         exit_code: Option<i64>,
+        /// Why, in words (out of memory, say), when the node knows.
+        reason: Option<String>,
     },
     /// The buyer ends the lease (on the provider: the buyer's request; on the buyer: its
     /// operator's).

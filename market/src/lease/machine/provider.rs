@@ -117,13 +117,14 @@ pub(super) fn step(
             }
         }
         (Running, Input::Tick) => running_tick(record, now, effects)?,
-        (Running, Input::WorkloadEnded { exit_code }) => {
+        (Running, Input::WorkloadEnded { exit_code, reason }) => {
             let container = ContainerState::Exited { code: exit_code };
+            let reason = reason.unwrap_or_else(|| "the workload exited".to_owned());
             end(
                 record,
                 LeaseOutcome::Served,
                 container,
-                "the workload exited",
+                &reason,
                 now,
                 effects,
             )?;
@@ -262,7 +263,8 @@ fn end(
     });
     record.reason = Some(reason.to_owned());
     record.enter(LeaseState::Completed, now)?;
-    if container == ContainerState::Stopped {
+    // Stopped, or exited by itself: either way nothing of the tenant may stay on the node.
+    if record.workload_id.is_some() {
         effects.push(Effect::StopWorkload);
     }
     effects.push(Effect::SignCheckpoint(checkpoint(
