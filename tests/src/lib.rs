@@ -42,14 +42,15 @@ pub fn remove_node_containers(peer: &str) {
 }
 /// How many of the host's iptables rules are tagged for tenant workload `workload`.
 pub fn tenant_firewall_rules(workload: &str) -> usize {
-    let tag = format!("clawbernetes:{workload}");
+    // Tagged `clawbernetes:<node>:<workload>`.
+    let tail = format!(":{workload}\"");
     let output = run_with_deadline(
         Command::new("iptables").args(["-S"]),
         Duration::from_secs(30),
     );
     String::from_utf8_lossy(&output.stdout)
         .lines()
-        .filter(|line| line.contains(&tag))
+        .filter(|line| line.contains("\"clawbernetes:") && line.contains(&tail))
         .count()
 }
 
@@ -464,11 +465,11 @@ impl Up {
         (up, ready)
     }
 
-    /// SIGTERM, then waits (up to 90 s) for it to exit; panics unless it exits 0.
+    /// SIGINT (Ctrl-C), then waits (up to 90 s) for it to exit; panics unless it exits 0.
     pub fn stop(mut self) {
         let pid = self.0.id().to_string();
         Command::new("kill")
-            .args(["-TERM", &pid])
+            .args(["-INT", &pid])
             .status()
             .expect("kill");
         let deadline = Instant::now() + Duration::from_secs(90);

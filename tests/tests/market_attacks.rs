@@ -70,6 +70,10 @@ impl Fleet {
             )
         };
         let provider_cli = Node::init(Clawnode::new(&dir.path().join("provider")), 4);
+        // A GPU here comes with 256 MiB: small enough for a lessee's memory hog to meet it.
+        provider_cli.edit_config(|text| {
+            text.replace("memory_mib_per_gpu = 32768", "memory_mib_per_gpu = 256")
+        });
         provider_cli.configure_market(
             &market(&format!("price_per_gpu_hour = {PRICE:?}\n")),
             &config,
@@ -843,6 +847,68 @@ fn reputation_comes_only_from_proven_facts(fleet: &Fleet) {
     assert_eq!(reputation["score"], 50, "{reputation}");
 }
 
+/// A lessee's container runs in the tenant profile the offer advertised; a memory hog in it is
+/// killed at the GPU's memory, the provider's lease record says why, and the lease settles for
+/// the time served.
+fn a_lessee_is_held_to_its_tenant_profile(fleet: &Fleet) {
+    let offers = fleet.buyer.ok("market.offers", &json!({}));
+    assert_eq!(offers["offers"][0]["memory_mib_per_gpu"], 256, "{offers}");
+    let lease = fleet.buy(
+        json!({
+            "image": fleet.image,
+            "command": ["sh", "-c", "sleep 2; x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done"],
+            "env": {"NVIDIA_VISIBLE_DEVICES": "all"},
+        }),
+        false,
+    );
+    let id = lease["lease_id"].as_str().expect("lease id").to_owned();
+    let workload = lease["workload_id"].as_str().expect("workload").to_owned();
+    let container = fleet
+        .provider
+        .ok("workload.inspect", &json!({"workload": workload}))["workload"]["container_id"]
+        .as_str()
+        .expect("container")
+        .to_owned();
+    let inspected = std::process::Command::new("docker")
+        .args(["inspect", &container])
+        .output()
+        .expect("docker inspect");
+    let inspected: Value = serde_json::from_slice(&inspected.stdout).expect("inspect JSON");
+    let host = &inspected[0]["HostConfig"];
+    assert_eq!(host["NetworkMode"], format!("clawbernetes-{workload}"));
+    assert_eq!(host["Memory"], 256 * 1024 * 1024);
+    assert_eq!(host["CapDrop"], json!(["ALL"]));
+    assert_eq!(host["ReadonlyRootfs"], true);
+    assert!(
+        inspected[0]["Config"]["Env"]
+            .as_array()
+            .is_some_and(|env| !env.iter().any(|e| e == "NVIDIA_VISIBLE_DEVICES=all")),
+        "the lessee chose no GPU: {inspected}"
+    );
+    let ended = eventually(
+        Duration::from_secs(90),
+        "the hog's lease ended on the provider",
+        || {
+            let lease = fleet.provider_lease(&id);
+            lease["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("out of memory"))
+                .then_some(lease)
+        },
+    );
+    assert_ne!(ended["state"], "running", "{ended}");
+    eventually(Duration::from_secs(60), "the hog's lease settled", || {
+        (fleet.provider_lease(&id)["state"] == "settled").then_some(())
+    });
+    assert!(
+        claw_tests::node_containers(&fleet.provider.peer_id, true)
+            .iter()
+            .all(|c| !container.starts_with(c.as_str())),
+        "the hog's container is gone"
+    );
+    assert_eq!(claw_tests::tenant_networks(&workload), 0);
+}
+
 /// The provider is killed for good mid-lease: buyer and arbiter settle on the buyer's latest
 /// checkpoint, to the base unit.
 fn a_vanished_provider_is_paid_its_last_checkpoint(fleet: &mut Fleet) {
@@ -912,6 +978,7 @@ fn attacks(validator: Option<&str>) {
             served * PER_SECOND
         );
     }
+    a_lessee_is_held_to_its_tenant_profile(&fleet);
     a_vanished_provider_is_paid_its_last_checkpoint(&mut fleet);
     let _ = &fleet.arbiter;
 }

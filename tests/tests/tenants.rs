@@ -34,6 +34,13 @@ struct Node {
 impl Node {
     /// A node with `gpus` simulated GPUs, its config edited by `edit`.
     fn start(dir: &std::path::Path, gpus: u32, edit: impl FnOnce(String) -> String) -> Self {
+        let cli = Self::init(dir, gpus, edit);
+        let running = RunningNode::start(&cli, &[]);
+        Self { cli, running }
+    }
+
+    /// A node's data directory with `gpus` simulated GPUs, its config edited by `edit`.
+    fn init(dir: &std::path::Path, gpus: u32, edit: impl FnOnce(String) -> String) -> Clawnode {
         let cli = Clawnode::new(dir);
         let spec = format!("{SIMULATED_MODEL}:{gpus}:81559");
         if gpus == 0 {
@@ -42,8 +49,7 @@ impl Node {
             cli.ok(&["init", "--simulated-gpu", &spec]);
         }
         cli.edit_config(edit);
-        let running = RunningNode::start(&cli, &[]);
-        Self { cli, running }
+        cli
     }
 
     fn invoke(&self, command: &str, params: &Value) -> Result<Value, String> {
@@ -472,4 +478,46 @@ fn a_read_role_peer_sees_redacted_workloads_and_manages_none() {
     // The node's own operator sees it whole.
     let own = node.ok("workload.inspect", &json!({"workload": workload}));
     assert_eq!(own["workload"]["command"], json!(["sleep", "600"]));
+}
+
+#[test]
+fn a_node_restarted_after_a_crash_clears_its_own_tenants_leftovers_and_no_one_elses() {
+    let Some(image) = required_part("CLAW_TEST_IMAGE", "the Docker Engine and the test image")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let neighbour = Node::start(&dir.path().join("neighbour"), 1, |t| t);
+    let theirs = neighbour.run(json!({"image": image, "isolation": "tenant", "command": SLEEP}));
+    let rules_before = claw_tests::tenant_firewall_rules(&theirs);
+    assert!(rules_before > 0);
+
+    let cli = Node::init(&dir.path().join("crashing"), 1, |t| t);
+    let running = RunningNode::start(&cli, &[]);
+    let peer = running.peer_id.clone();
+    let ours = cli
+        .invoke(
+            None,
+            "workload.run",
+            &json!({"image": image, "isolation": "tenant", "command": SLEEP}),
+        )
+        .expect("tenant run");
+    let ours = ours["id"].as_str().expect("id").to_owned();
+    // kill -9, and the container goes while the node is down.
+    running.kill();
+    claw_tests::remove_node_containers(&peer);
+    assert!(claw_tests::tenant_firewall_rules(&ours) > 0);
+    let restarted = Node {
+        running: RunningNode::start(&cli, &[]),
+        cli,
+    };
+    // Reconciled at start: its own leftovers gone, its neighbour's tenant untouched.
+    let record = restarted.ok("workload.inspect", &json!({"workload": ours}));
+    assert_eq!(record["workload"]["state"], "lost", "{record}");
+    assert_eq!(claw_tests::tenant_firewall_rules(&ours), 0);
+    assert_eq!(claw_tests::tenant_networks(&ours), 0);
+    assert_eq!(claw_tests::tenant_firewall_rules(&theirs), rules_before);
+    assert_eq!(claw_tests::tenant_networks(&theirs), 1);
+    let (code, said) = neighbour.exec(&theirs, "echo still-here");
+    assert_eq!((code, said.trim()), (0, "still-here"));
 }

@@ -89,6 +89,7 @@ fn one_command_starts_a_fleet_that_trades_and_stops_without_leftovers() {
         "CLAW_TEST_IMAGE",
         "the Docker Engine and the local busybox test image",
     );
+    let mut tenant_workload = None;
     if let Some(image) = &image {
         let started = provider
             .invoke(
@@ -98,6 +99,18 @@ fn one_command_starts_a_fleet_that_trades_and_stops_without_leftovers() {
             )
             .expect("workload.run on a provider");
         assert_eq!(started["state"], "running", "{started}");
+        // And a tenant, as a lease would start it: its network and firewall rules go too.
+        let tenant = provider
+            .invoke(
+                None,
+                "workload.run",
+                &json!({"image": image, "isolation": "tenant", "command": ["sleep", "300"]}),
+            )
+            .expect("a tenant workload.run on a provider");
+        tenant_workload = tenant["id"].as_str().map(str::to_owned);
+        let id = tenant_workload.as_deref().expect("tenant id");
+        assert_eq!(claw_tests::tenant_networks(id), 1);
+        assert!(claw_tests::tenant_firewall_rules(id) > 0);
     }
 
     let pids = stop(first, &ready);
@@ -114,6 +127,18 @@ fn one_command_starts_a_fleet_that_trades_and_stops_without_leftovers() {
         assert!(
             node_containers(&provider_peer, true).is_empty(),
             "no container is left behind"
+        );
+    }
+    if let Some(id) = &tenant_workload {
+        assert_eq!(
+            claw_tests::tenant_networks(id),
+            0,
+            "no tenant network is left"
+        );
+        assert_eq!(
+            claw_tests::tenant_firewall_rules(id),
+            0,
+            "no firewall rule is left"
         );
     }
 

@@ -342,7 +342,7 @@ impl Workloads {
         self.engine_version()
             .await
             .map_err(|e| format!("tenant workloads need Docker: {e}"))?;
-        tenant::check().await?;
+        tenant::check(&self.node).await?;
         let _ = self.tenant_ready.set(());
         Ok(())
     }
@@ -532,7 +532,8 @@ impl Workloads {
                 (LABEL_WORKLOAD.to_owned(), record.id.clone()),
             ]);
             let network =
-                tenant::open_network(engine, &record.id, labels, &self.config.tenant).await?;
+                tenant::open_network(engine, &self.node, &record.id, labels, &self.config.tenant)
+                    .await?;
             let user = engine.image_user(&params.image).await?;
             let limits = tenant::limits(
                 &self.config.tenant,
@@ -563,7 +564,7 @@ impl Workloads {
         let _ = tokio::task::spawn_blocking(move || mounts::release(&id, &staging)).await;
         if record.isolation == Isolation::Tenant
             && let Ok(engine) = self.engine()
-            && let Err(error) = tenant::close_network(engine, &record.id).await
+            && let Err(error) = tenant::close_network(engine, &self.node, &record.id).await
         {
             tracing::warn!(workload = %record.id, %error, "tenant network not removed yet");
         }
@@ -602,6 +603,22 @@ impl Workloads {
         }
         engine.remove(container).await?;
         Ok(())
+    }
+
+    fn is_in_flight(&self, id: &str) -> bool {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(id)
+    }
+
+    /// Whether the store holds workload `id` as active now (an unreadable store says yes).
+    async fn is_active_now(&self, id: &str) -> bool {
+        let (store, id) = (self.store.clone(), id.to_owned());
+        match on_store(move || store.workload(&id)).await {
+            Ok(record) => record.is_some_and(|r| r.state.is_active()),
+            Err(_) => true,
+        }
     }
 
     fn in_flight_set(&self, id: &str, present: bool) {
@@ -1209,8 +1226,15 @@ impl Workloads {
         let mut leftovers: HashSet<String> = mounts::pinned_workloads(&self.staging())
             .into_iter()
             .collect();
-        if self.tenant_ready.initialized() {
-            leftovers.extend(tenant::tagged_workloads().await.unwrap_or_default());
+        // The firewall is read once this node has run a tenant (in this run or before a crash).
+        if self.tenant_ready.initialized()
+            || records.iter().any(|r| r.isolation == Isolation::Tenant)
+        {
+            leftovers.extend(
+                tenant::tagged_workloads(&self.node)
+                    .await
+                    .unwrap_or_default(),
+            );
             if let Ok(networks) = engine.networks_labelled(LABEL_NODE, &self.node).await {
                 leftovers.extend(
                     networks
@@ -1223,6 +1247,10 @@ impl Workloads {
             .into_iter()
             .filter(|id| !active.contains(id.as_str()))
         {
+            // Started since the records were read: not a leftover.
+            if self.is_in_flight(&id) || self.is_active_now(&id).await {
+                continue;
+            }
             let isolation = records
                 .iter()
                 .find(|r| r.id == id)

@@ -4,9 +4,11 @@
 //! - **Its own network.** A Docker bridge of its own (so no other tenant shares it), whose new
 //!   connections to this host (`INPUT`) and to private, carrier-grade NAT, link-local (cloud
 //!   metadata) and loopback ranges (`DOCKER-USER`) are dropped by iptables rules the node installs
-//!   with the network and removes with it. Each rule carries the comment `clawbernetes:<workload>`,
-//!   so rules a crash left behind are found and removed. Replies to connections made from outside
-//!   (a published port) pass.
+//!   with the network and removes with it. Each rule carries the comment
+//!   `clawbernetes:<node>:<workload>`, so rules a crash left behind are found and removed by the
+//!   node that made them (several nodes may share a host, and never touch each other's rules).
+//!   Rules go only after their network is gone. Replies to connections made from outside (a
+//!   published port) pass.
 //! - **Limits and privileges** (applied where the container is created): CPU, memory and PID limits
 //!   from the node's tenant settings (which its offers advertise per GPU); every capability
 //!   dropped but [`TENANT_CAPABILITIES`]; no new privileges; a read-only root with a tmpfs `/tmp`;
@@ -83,8 +85,9 @@ pub(crate) fn network_name(workload: &str) -> String {
     format!("clawbernetes-{workload}")
 }
 
-fn tag(workload: &str) -> String {
-    format!("{TAG_PREFIX}{workload}")
+/// The comment on node `node`'s rules for `workload`.
+fn tag(node: &str, workload: &str) -> String {
+    format!("{TAG_PREFIX}{node}:{workload}")
 }
 
 async fn iptables(args: &[&str]) -> Result<String, FirewallError> {
@@ -111,14 +114,13 @@ async fn iptables(args: &[&str]) -> Result<String, FirewallError> {
 }
 
 /// The rules of one workload, as `iptables -I` arguments.
-fn rules(bridge: &str, workload: &str, extra_blocked: &[String]) -> Vec<Vec<String>> {
-    let comment = tag(workload);
+fn rules(bridge: &str, comment: &str, extra_blocked: &[String]) -> Vec<Vec<String>> {
     let new = ["-m", "conntrack", "--ctstate", "NEW,INVALID"];
     let mut rules = vec![
         [
             vec!["INPUT", "-i", bridge],
             new.to_vec(),
-            vec!["-m", "comment", "--comment", &comment, "-j", "DROP"],
+            vec!["-m", "comment", "--comment", comment, "-j", "DROP"],
         ]
         .concat()
         .into_iter()
@@ -134,7 +136,7 @@ fn rules(bridge: &str, workload: &str, extra_blocked: &[String]) -> Vec<Vec<Stri
             [
                 vec!["DOCKER-USER", "-i", bridge, "!", "-o", bridge, "-d", &range],
                 new.to_vec(),
-                vec!["-m", "comment", "--comment", &comment, "-j", "DROP"],
+                vec!["-m", "comment", "--comment", comment, "-j", "DROP"],
             ]
             .concat()
             .into_iter()
@@ -145,27 +147,28 @@ fn rules(bridge: &str, workload: &str, extra_blocked: &[String]) -> Vec<Vec<Stri
     rules
 }
 
-/// Installs a workload's rules for its network's `bridge`. On failure what was installed is
-/// removed again.
+/// Installs node `node`'s rules for `workload`'s network `bridge`. On failure what was installed
+/// is removed again.
 pub(crate) async fn install(
+    node: &str,
     bridge: &str,
     workload: &str,
     extra_blocked: &[String],
 ) -> Result<(), FirewallError> {
-    for rule in rules(bridge, workload, extra_blocked) {
+    for rule in rules(bridge, &tag(node, workload), extra_blocked) {
         let mut args = vec!["-I"];
         args.extend(rule.iter().map(String::as_str));
         if let Err(error) = iptables(&args).await {
-            let _ = remove(workload).await;
+            let _ = remove(node, workload).await;
             return Err(error);
         }
     }
     Ok(())
 }
 
-/// Removes every rule tagged for `workload`. Rules already gone are fine.
-pub(crate) async fn remove(workload: &str) -> Result<(), FirewallError> {
-    let comment = tag(workload);
+/// Removes every rule node `node` tagged for `workload`. Rules already gone are fine.
+pub(crate) async fn remove(node: &str, workload: &str) -> Result<(), FirewallError> {
+    let comment = tag(node, workload);
     for chain in ["INPUT", "DOCKER-USER"] {
         for rule in iptables(&["-S", chain]).await?.lines() {
             if !rule
@@ -192,13 +195,14 @@ pub(crate) async fn remove(workload: &str) -> Result<(), FirewallError> {
     Ok(())
 }
 
-/// The workloads that have rules installed on this host (by their tags).
-pub(crate) async fn tagged_workloads() -> Result<Vec<String>, FirewallError> {
+/// The workloads node `node` has rules installed for on this host (by their tags).
+pub(crate) async fn tagged_workloads(node: &str) -> Result<Vec<String>, FirewallError> {
+    let prefix = tag(node, "");
     let mut found = Vec::new();
     for chain in ["INPUT", "DOCKER-USER"] {
         for rule in iptables(&["-S", chain]).await?.lines() {
-            if let Some(at) = rule.find(TAG_PREFIX) {
-                let id: String = rule[at + TAG_PREFIX.len()..]
+            if let Some(at) = rule.find(&prefix) {
+                let id: String = rule[at + prefix.len()..]
                     .chars()
                     .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
                     .collect();
@@ -231,12 +235,13 @@ fn split_rule(spec: &str) -> Vec<&str> {
 
 /// Checks this host lets the node write tenant rules: iptables runs, Docker's `DOCKER-USER`
 /// chain exists, and a rule can be inserted and removed there.
-pub(crate) async fn check() -> Result<(), String> {
+pub(crate) async fn check(node: &str) -> Result<(), String> {
     iptables(&["-S", "DOCKER-USER"]).await.map_err(|e| {
         format!("tenant workloads need iptables and Docker's DOCKER-USER chain (run the node as root, with Docker's iptables integration on): {e}")
     })?;
-    // Each check its own tag: nodes on one host may check at once.
-    let probe = format!("probe-{}-{}", std::process::id(), rand::random::<u32>());
+    // Each check its own tag.
+    let probe = format!("probe-{}", rand::random::<u32>());
+    let comment = tag(node, &probe);
     let args = [
         "DOCKER-USER",
         "-i",
@@ -244,7 +249,7 @@ pub(crate) async fn check() -> Result<(), String> {
         "-m",
         "comment",
         "--comment",
-        &tag(&probe),
+        &comment,
         "-j",
         "RETURN",
     ];
@@ -253,7 +258,7 @@ pub(crate) async fn check() -> Result<(), String> {
     iptables(&insert)
         .await
         .map_err(|e| format!("tenant workloads need to write iptables rules: {e}"))?;
-    remove(&probe)
+    remove(node, &probe)
         .await
         .map_err(|e| format!("tenant workloads need to remove iptables rules: {e}"))
 }
@@ -268,10 +273,11 @@ pub(crate) struct TenantNetwork {
     pub(crate) name: String,
 }
 
-/// Creates workload `id`'s network (labelled for the node, so leftovers are found) and installs
-/// its firewall rules. A network left by a crash is reused.
+/// Creates workload `id`'s network (labelled for node `node`, so leftovers are found) and
+/// installs its firewall rules. A network left by a crash is reused.
 pub(crate) async fn open_network(
     engine: &Engine,
+    node: &str,
     id: &str,
     labels: HashMap<String, String>,
     section: &TenantSection,
@@ -283,7 +289,7 @@ pub(crate) async fn open_network(
         Err(EngineError::Failed(message)) if message.contains("already exists") => {}
         Err(other) => return Err(other),
     }
-    if let Err(error) = install(&bridge, id, &section.blocked_ranges).await {
+    if let Err(error) = install(node, &bridge, id, &section.blocked_ranges).await {
         let _ = engine.remove_network(&name).await;
         return Err(EngineError::Failed(format!(
             "the tenant firewall could not be installed: {error}"
@@ -292,12 +298,17 @@ pub(crate) async fn open_network(
     Ok(TenantNetwork { name })
 }
 
-/// Removes workload `id`'s firewall rules and network. What is already gone is fine.
-pub(crate) async fn close_network(engine: &Engine, id: &str) -> Result<(), EngineError> {
-    remove(id)
+/// Removes workload `id`'s network, then node `node`'s firewall rules for it: while a container
+/// is still attached the network stays, and so do its rules. What is already gone is fine.
+pub(crate) async fn close_network(
+    engine: &Engine,
+    node: &str,
+    id: &str,
+) -> Result<(), EngineError> {
+    engine.remove_network(&network_name(id)).await?;
+    remove(node, id)
         .await
-        .map_err(|e| EngineError::Failed(e.to_string()))?;
-    engine.remove_network(&network_name(id)).await
+        .map_err(|e| EngineError::Failed(e.to_string()))
 }
 
 /// CPU (nano-cores), memory (bytes) and PIDs of a tenant container with `gpus` GPUs: what the
@@ -395,7 +406,11 @@ mod tests {
 
     #[test]
     fn rules_drop_new_connections_to_the_host_and_private_ranges_only() {
-        let rules = rules("clt-x", "wl-x", &["203.0.113.0/24".to_owned()]);
+        let rules = rules(
+            "clt-x",
+            &tag("12D3KooWnode", "wl-x"),
+            &["203.0.113.0/24".to_owned()],
+        );
         assert_eq!(rules[0][0], "INPUT");
         assert!(
             rules
@@ -405,7 +420,7 @@ mod tests {
         assert!(
             rules
                 .iter()
-                .all(|r| r.join(" ").contains("clawbernetes:wl-x"))
+                .all(|r| r.join(" ").contains("clawbernetes:12D3KooWnode:wl-x"))
         );
         let forwarded: Vec<String> = rules[1..].iter().map(|r| r.join(" ")).collect();
         assert!(forwarded.iter().any(|r| r.contains("-d 169.254.0.0/16")));
@@ -431,10 +446,10 @@ mod tests {
 
     #[test]
     fn listed_rules_split_back_into_arguments() {
-        let spec = r#"DOCKER-USER -d 10.0.0.0/8 -i clt-x ! -o clt-x -m comment --comment "clawbernetes:wl-x" -j DROP"#;
+        let spec = r#"DOCKER-USER -d 10.0.0.0/8 -i clt-x ! -o clt-x -m comment --comment "clawbernetes:12D3KooWnode:wl-x" -j DROP"#;
         let args = split_rule(spec);
         assert_eq!(args[0], "DOCKER-USER");
-        assert!(args.contains(&"clawbernetes:wl-x"));
+        assert!(args.contains(&"clawbernetes:12D3KooWnode:wl-x"));
         assert_eq!(args.last(), Some(&"DROP"));
     }
 }
