@@ -31,13 +31,47 @@ pub fn node_containers(peer: &str, all: bool) -> Vec<String> {
         .collect()
 }
 
-/// Removes every container of the node with `peer` id, running or not.
+/// Removes what the node with `peer` id left on this host when a test stops it without asking it
+/// to clean up (`kill -9`): every container, running or not, then its tenant networks and their
+/// firewall rules.
 pub fn remove_node_containers(peer: &str) {
     for id in node_containers(peer, true) {
         let _ = run_with_deadline(
             Command::new("docker").args(["rm", "-f", &id]),
             Duration::from_secs(30),
         );
+    }
+    let filter = format!("label=io.clawbernetes.node={peer}");
+    let networks = run_with_deadline(
+        Command::new("docker").args(["network", "ls", "-q", "--filter", &filter]),
+        Duration::from_secs(30),
+    );
+    for id in String::from_utf8_lossy(&networks.stdout).lines() {
+        let _ = run_with_deadline(
+            Command::new("docker").args(["network", "rm", id]),
+            Duration::from_secs(30),
+        );
+    }
+    let tag = format!("\"clawbernetes:{peer}:");
+    for chain in ["INPUT", "DOCKER-USER"] {
+        let listed = run_with_deadline(
+            Command::new("iptables").args(["-w", "-S", chain]),
+            Duration::from_secs(30),
+        );
+        for rule in String::from_utf8_lossy(&listed.stdout).lines() {
+            let Some(spec) = rule.strip_prefix("-A ").filter(|_| rule.contains(&tag)) else {
+                continue;
+            };
+            // The comment is the only quoted word, and has no spaces.
+            let args: Vec<&str> = spec
+                .split_whitespace()
+                .map(|w| w.trim_matches('"'))
+                .collect();
+            let _ = run_with_deadline(
+                Command::new("iptables").arg("-w").arg("-D").args(&args),
+                Duration::from_secs(30),
+            );
+        }
     }
 }
 /// How many of the host's iptables rules are tagged for tenant workload `workload`.

@@ -505,7 +505,12 @@ fn a_node_restarted_after_a_crash_clears_its_own_tenants_leftovers_and_no_one_el
     let ours = ours["id"].as_str().expect("id").to_owned();
     // kill -9, and the container goes while the node is down.
     running.kill();
-    claw_tests::remove_node_containers(&peer);
+    for container in claw_tests::node_containers(&peer, true) {
+        run_with_deadline(
+            Command::new("docker").args(["rm", "-f", &container]),
+            Duration::from_secs(30),
+        );
+    }
     assert!(claw_tests::tenant_firewall_rules(&ours) > 0);
     let restarted = Node {
         running: RunningNode::start(&cli, &[]),
