@@ -183,9 +183,11 @@ pub(crate) async fn remove(node: &str, workload: &str) -> Result<(), FirewallErr
             let mut args = vec!["-D"];
             args.extend(split_rule(spec));
             match iptables(&args).await {
-                // Removed meanwhile by someone else: gone is what was wanted.
+                // Removed meanwhile (the node's sweep and a stop may meet): gone is what was
+                // wanted. The legacy and nf_tables variants say so differently.
                 Err(FirewallError::Iptables { reason, .. })
-                    if reason.contains("does a matching rule exist") => {}
+                    if reason.contains("does a matching rule exist")
+                        || reason.contains("No such file or directory") => {}
                 other => {
                     other?;
                 }
