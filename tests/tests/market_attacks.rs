@@ -22,8 +22,8 @@ use claw_mesh::{
     MeshConfig,
 };
 use claw_tests::{
-    Clawnode, Localnet, MarketNode as Node, SIMULATED_MODEL as MODEL, eventually, required_part,
-    units,
+    Clawnode, DockerProxy, Localnet, MarketNode as Node, SIMULATED_MODEL as MODEL, eventually,
+    required_part, units,
 };
 use serde_json::{Value, json};
 use solana_keypair::Keypair;
@@ -35,9 +35,13 @@ const SERVE: [&str; 3] = ["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"];
 const PRICE: &str = "3.6";
 const PER_SECOND: u64 = 1_000;
 const AMOUNT: u64 = 3_600_000;
+/// How long the provider's Docker holds an image pull.
+const PULL_STALL: Duration = Duration::from_secs(15);
 
 /// The honest fleet: the chain, an arbiter, one provider with four GPUs, one buyer.
 struct Fleet {
+    /// The provider's Docker: image pulls held for [`PULL_STALL`], as a slow registry would.
+    _docker: DockerProxy,
     _dir: tempfile::TempDir,
     chain: Localnet,
     image: String,
@@ -71,8 +75,16 @@ impl Fleet {
         };
         let provider_cli = Node::init(Clawnode::new(&dir.path().join("provider")), 4);
         // A GPU here comes with 256 MiB: small enough for a lessee's memory hog to meet it.
+        let docker = DockerProxy::with_slow_pulls(&dir.path().join("docker.sock"), PULL_STALL);
         provider_cli.edit_config(|text| {
             text.replace("memory_mib_per_gpu = 32768", "memory_mib_per_gpu = 256")
+                .replace(
+                    "[workloads]\n",
+                    &format!(
+                        "[workloads]\ndocker_socket = {:?}\n",
+                        docker.path().display()
+                    ),
+                )
         });
         provider_cli.configure_market(
             &market(&format!("price_per_gpu_hour = {PRICE:?}\n")),
@@ -95,6 +107,7 @@ impl Fleet {
             },
         );
         Self {
+            _docker: docker,
             _dir: dir,
             chain,
             image,
@@ -847,6 +860,73 @@ fn reputation_comes_only_from_proven_facts(fleet: &Fleet) {
     assert_eq!(reputation["score"], 50, "{reputation}");
 }
 
+/// A buyer whose image must be pulled (and whose pull a slow registry holds) holds up no other
+/// lease: another lease is requested, funded and running while the pull waits. The stalled lease
+/// then fails to start (nothing can be pulled here) and its escrow goes back in full.
+fn a_slow_pull_holds_up_no_other_lease(fleet: &Fleet) {
+    let buyer_wallet = wallet_of(&fleet.buyer.cli);
+    let stalled_before: Vec<String> = open_provider_leases(fleet);
+    std::thread::scope(|scope| {
+        let stalled = scope.spawn(|| {
+            fleet.buyer.invoke_on(
+                None,
+                "market.bid",
+                &json!({
+                    "models": [MODEL],
+                    "gpus": 1,
+                    "hours": 1,
+                    "max_price": PRICE,
+                    "accept_simulated": true,
+                    "workload": {"image": "clawbernetes/not-here:stalled", "command": SERVE},
+                }),
+            )
+        });
+        // The stalled lease is funded and its pull held.
+        eventually(Duration::from_secs(30), "the stalled lease funded", || {
+            let leases = fleet.provider.ok("market.leases", &json!({}));
+            leases["leases"]
+                .as_array()?
+                .iter()
+                .any(|l| {
+                    l["state"] == "funded"
+                        && !stalled_before.iter().any(|id| l["lease_id"] == id.as_str())
+                })
+                .then_some(())
+        });
+        let before = fleet.balance_of(&buyer_wallet);
+        let lease = fleet.buy(json!({"image": fleet.image, "command": SERVE}), false);
+        assert!(
+            !stalled.is_finished(),
+            "the other lease ran only after the stalled pull gave up"
+        );
+        let id = lease["lease_id"].as_str().expect("lease id").to_owned();
+        fleet
+            .buyer
+            .ok("market.lease.cancel", &json!({"lease_id": id}));
+        let answer = stalled.join().expect("the stalled bid");
+        let answer = answer.expect("the stalled bid answers");
+        assert_eq!(answer["lease"]["state"], "refunded", "{answer}");
+        let settled = eventually(Duration::from_secs(60), "the other lease settled", || {
+            let lease = fleet.buyer_lease(&id);
+            (lease["state"] == "settled").then_some(lease)
+        });
+        // Paid for what the other lease served; the stalled escrow came back whole.
+        let paid = units(settled["to_provider"].as_str().expect("paid"));
+        assert_eq!(fleet.balance_of(&buyer_wallet), before - paid + AMOUNT);
+    });
+}
+
+/// The provider's leases that are still open.
+fn open_provider_leases(fleet: &Fleet) -> Vec<String> {
+    let leases = fleet.provider.ok("market.leases", &json!({}));
+    leases["leases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["lease_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// A lessee's container runs in the tenant profile the offer advertised; a memory hog in it is
 /// killed at the GPU's memory, the provider's lease record says why, and the lease settles for
 /// the time served.
@@ -978,6 +1058,7 @@ fn attacks(validator: Option<&str>) {
             served * PER_SECOND
         );
     }
+    a_slow_pull_holds_up_no_other_lease(&fleet);
     a_lessee_is_held_to_its_tenant_profile(&fleet);
     a_vanished_provider_is_paid_its_last_checkpoint(&mut fleet);
     let _ = &fleet.arbiter;
