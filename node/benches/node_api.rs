@@ -4,7 +4,8 @@
 //!    `gpu.list`, each audited to the store);
 //! 2. `workload.run` to a running container, against `docker run -d` of the same image measured
 //!    in the same run (target ≤ 1.1×), and the same with the tenant profile (its own network and
-//!    firewall rules made, included; target ≤ 1.2×);
+//!    firewall rules made, included; target ≤ 1.2×), with what Docker alone takes for a container
+//!    on a network of its own (`docker network create` + `docker run -d --network`) beside it;
 //! 3. where NVML loads, `gpu.metrics` against one `nvidia-smi --query-gpu` call (target ≥ 50×).
 //!
 //! Run with `cargo bench -p clawnode --bench node_api` (or `scripts/bench.sh node`). Needs the
@@ -146,6 +147,7 @@ fn workload_run_against_docker_run(node: &NodeProcess, image: &str) {
     let mut ours = Vec::new();
     let mut tenants = Vec::new();
     let mut theirs = Vec::new();
+    let mut theirs_networked = Vec::new();
     // Interleaved so that both see the same engine state; the first of each warms up.
     for i in 0..=RUNS {
         let t = Instant::now();
@@ -175,11 +177,35 @@ fn workload_run_against_docker_run(node: &NodeProcess, image: &str) {
         );
         let tenant_time = t.elapsed();
         assert_eq!(tenant["state"], "running", "{tenant}");
+        let network = format!("clawbernetes-bench-{i}");
+        let t = Instant::now();
+        docker(&[
+            "network",
+            "create",
+            "-o",
+            &format!("com.docker.network.bridge.name=clb-{i}"),
+            &network,
+        ]);
+        let networked = docker(&[
+            "run",
+            "-d",
+            "--network",
+            &network,
+            "--label",
+            "clawbernetes-bench=1",
+            image,
+            "sleep",
+            "300",
+        ]);
+        let networked_time = t.elapsed();
         if i > 0 {
             theirs.push(docker_time);
             ours.push(our_time);
             tenants.push(tenant_time);
+            theirs_networked.push(networked_time);
         }
+        docker(&["rm", "-f", &networked]);
+        docker(&["network", "rm", &network]);
         invoke(
             &client,
             "workload.stop",
@@ -195,6 +221,7 @@ fn workload_run_against_docker_run(node: &NodeProcess, image: &str) {
     ours.sort();
     tenants.sort();
     theirs.sort();
+    theirs_networked.sort();
     let (ours_p50, theirs_p50) = (percentile(&ours, 0.5), percentile(&theirs, 0.5));
     let tenant_p50 = percentile(&tenants, 0.5);
     println!(
@@ -222,6 +249,18 @@ fn workload_run_against_docker_run(node: &NodeProcess, image: &str) {
     println!(
         "tenant ratio (p50): {:.2}x  (target <= 1.20x, its network and rules included)",
         tenant_p50.as_secs_f64() / theirs_p50.as_secs_f64()
+    );
+    let networked_p50 = percentile(&theirs_networked, 0.5);
+    println!(
+        "docker network create + docker run -d --network: p50 {:.1} ms (min {:.1}, max {:.1}), {:.2}x docker run -d",
+        ms(networked_p50),
+        ms(theirs_networked[0]),
+        ms(theirs_networked[theirs_networked.len() - 1]),
+        networked_p50.as_secs_f64() / theirs_p50.as_secs_f64()
+    );
+    println!(
+        "tenant against Docker's own network + run (p50): {:.2}x",
+        tenant_p50.as_secs_f64() / networked_p50.as_secs_f64()
     );
 }
 

@@ -7,7 +7,9 @@
 //! registry would), and 21 buyer nodes. Round 1: the twenty bid at once. Round 2: the 21st buyer
 //! first bids for an image the provider must pull (stalled), then the twenty bid at once while it
 //! waits. Every lease is then cancelled and settled on chain. The figures are each buyer node's
-//! own `phases_ms.total` (bid → running).
+//! own `phases_ms.total` (bid → running). Beside them, in the same run, what Docker alone takes
+//! to start twenty containers at once through its CLI: on the default bridge, and each on a
+//! network of its own as a lease's tenant container is.
 //!
 //! ```text
 //! cargo build --release -p clawnode
@@ -95,6 +97,52 @@ fn settle_all(buyers: &[Clawnode], leases: &[(usize, String)]) {
     });
 }
 
+/// Twenty `docker run -d` at once (each after `docker network create` of its own network when
+/// `networked`): each one's wall time, ms. Everything is removed after.
+fn docker_at_once(image: &str, networked: bool) -> Vec<f64> {
+    let docker = |args: &[&str]| {
+        let output = std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .expect("docker");
+        assert!(
+            output.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    let started: Vec<(f64, String)> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..BUYERS)
+            .map(|i| {
+                scope.spawn(move || {
+                    let t = Instant::now();
+                    let network = format!("clawbernetes-anchor-{i}");
+                    let mut args = vec!["run", "-d", "--label", "clawbernetes-bench=1"];
+                    if networked {
+                        let bridge = format!("com.docker.network.bridge.name=cla-{i}");
+                        docker(&["network", "create", "-o", &bridge, &network]);
+                        args.extend(["--network", network.as_str()]);
+                    }
+                    args.extend([image, "sleep", "300"]);
+                    let id = docker(&args);
+                    (t.elapsed().as_secs_f64() * 1000.0, id)
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().expect("docker run"))
+            .collect()
+    });
+    for (i, (_, id)) in started.iter().enumerate() {
+        docker(&["rm", "-f", id]);
+        if networked {
+            docker(&["network", "rm", &format!("clawbernetes-anchor-{i}")]);
+        }
+    }
+    started.into_iter().map(|(ms, _)| ms).collect()
+}
+
 fn main() {
     let Ok(image) = std::env::var("CLAW_TEST_IMAGE") else {
         eprintln!(
@@ -175,6 +223,10 @@ fn main() {
         (during, answer, waited)
     });
     let (mut during, answer, waited) = stalled;
+    std::thread::sleep(Duration::from_secs(3));
+    let mut docker_plain = docker_at_once(&image, false);
+    std::thread::sleep(Duration::from_secs(3));
+    let mut docker_networked = docker_at_once(&image, true);
 
     println!("{BUYERS} buyers bidding at once on one provider, bid → running (ms)");
     println!("{:<44} {:>9} {:>9} {:>9}", "", "p50", "p95", "max");
@@ -189,6 +241,11 @@ fn main() {
     };
     row("alone", &mut alone);
     row("while another lease's image pull is stalled", &mut during);
+    row("docker run -d, 20 at once (CLI)", &mut docker_plain);
+    row(
+        "docker network create + run, 20 at once",
+        &mut docker_networked,
+    );
     println!(
         "the stalled lease answered after {:.1} s: {} ({})",
         waited.as_secs_f64(),

@@ -906,6 +906,19 @@ fn a_slow_pull_holds_up_no_other_lease(fleet: &Fleet) {
         let answer = stalled.join().expect("the stalled bid");
         let answer = answer.expect("the stalled bid answers");
         assert_eq!(answer["lease"]["state"], "refunded", "{answer}");
+        // The buyer learns the pull failed, not what the provider's network said.
+        let reason = answer["lease"]["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("did not start"), "{answer}");
+        for leak in [
+            "registry",
+            "docker.io",
+            "lookup",
+            "dial",
+            "127.0.0.",
+            "https://",
+        ] {
+            assert!(!reason.contains(leak), "{leak} in {reason:?}");
+        }
         let settled = eventually(Duration::from_secs(60), "the other lease settled", || {
             let lease = fleet.buyer_lease(&id);
             (lease["state"] == "settled").then_some(lease)

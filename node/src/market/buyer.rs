@@ -579,6 +579,13 @@ impl Market {
             });
         }
         inputs.extend(self.checkpoint_from(record, answer));
+        if matches!(
+            answer["state"].as_str(),
+            Some("completed" | "refunded" | "settled")
+        ) && let Some(said) = answer["reason"].as_str()
+        {
+            inputs.push(Input::CounterpartySaid(said.to_owned()));
+        }
         inputs
     }
 

@@ -531,10 +531,10 @@ impl Workloads {
                 (LABEL_NODE.to_owned(), self.node.clone()),
                 (LABEL_WORKLOAD.to_owned(), record.id.clone()),
             ]);
-            let network =
-                tenant::open_network(engine, &self.node, &record.id, labels, &self.config.tenant)
-                    .await?;
-            let user = engine.image_user(&params.image).await?;
+            let (network, user) = tokio::try_join!(
+                tenant::open_network(engine, &self.node, &record.id, labels, &self.config.tenant),
+                engine.image_user(&params.image),
+            )?;
             let limits = tenant::limits(
                 &self.config.tenant,
                 record.gpus.len(),

@@ -147,50 +147,96 @@ fn rules(bridge: &str, comment: &str, extra_blocked: &[String]) -> Vec<Vec<Strin
     rules
 }
 
-/// Installs node `node`'s rules for `workload`'s network `bridge`. On failure what was installed
-/// is removed again.
+/// Applies `lines` (`-I …` / `-D …` rules of the filter table) in one `iptables-restore
+/// --noflush` transaction: all of them, or none.
+async fn restore(lines: &[String]) -> Result<(), FirewallError> {
+    use tokio::io::AsyncWriteExt as _;
+    let failed = |reason: String| FirewallError::Iptables {
+        args: format!("-restore of {} rules", lines.len()),
+        reason,
+    };
+    let mut input = String::from("*filter\n");
+    for line in lines {
+        input.push_str(line);
+        input.push('\n');
+    }
+    input.push_str("COMMIT\n");
+    let mut child = Command::new("iptables-restore")
+        .args(["-w", "--noflush"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| failed(e.to_string()))?;
+    let run = async {
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input.as_bytes()).await?;
+        }
+        child.wait_with_output().await
+    };
+    let output = tokio::time::timeout(IPTABLES_DEADLINE, run)
+        .await
+        .map_err(|_| failed(format!("no answer within {IPTABLES_DEADLINE:?}")))?
+        .map_err(|e| failed(e.to_string()))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(failed(
+            String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        ))
+    }
+}
+
+/// Installs node `node`'s rules for `workload`'s network `bridge`, in one transaction: all of
+/// them or none.
 pub(crate) async fn install(
     node: &str,
     bridge: &str,
     workload: &str,
     extra_blocked: &[String],
 ) -> Result<(), FirewallError> {
-    for rule in rules(bridge, &tag(node, workload), extra_blocked) {
-        let mut args = vec!["-I"];
-        args.extend(rule.iter().map(String::as_str));
-        if let Err(error) = iptables(&args).await {
-            let _ = remove(node, workload).await;
-            return Err(error);
-        }
-    }
-    Ok(())
+    let lines: Vec<String> = rules(bridge, &tag(node, workload), extra_blocked)
+        .iter()
+        .map(|rule| format!("-I {}", rule.join(" ")))
+        .collect();
+    restore(&lines).await
 }
 
-/// Removes every rule node `node` tagged for `workload`. Rules already gone are fine.
+/// Removes every rule node `node` tagged for `workload`, in one transaction; rules already gone
+/// are fine.
 pub(crate) async fn remove(node: &str, workload: &str) -> Result<(), FirewallError> {
     let comment = tag(node, workload);
+    let mut tagged = Vec::new();
     for chain in ["INPUT", "DOCKER-USER"] {
         for rule in iptables(&["-S", chain]).await?.lines() {
-            if !rule
+            if rule
                 .split_whitespace()
                 .any(|word| word.trim_matches('"') == comment)
+                && let Some(spec) = rule.strip_prefix("-A ")
             {
-                continue;
+                tagged.push(spec.to_owned());
             }
-            let Some(spec) = rule.strip_prefix("-A ") else {
-                continue;
-            };
-            let mut args = vec!["-D"];
-            args.extend(split_rule(spec));
-            match iptables(&args).await {
-                // Removed meanwhile (the node's sweep and a stop may meet): gone is what was
-                // wanted. The legacy and nf_tables variants say so differently.
-                Err(FirewallError::Iptables { reason, .. })
-                    if reason.contains("does a matching rule exist")
-                        || reason.contains("No such file or directory") => {}
-                other => {
-                    other?;
-                }
+        }
+    }
+    if tagged.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = tagged.iter().map(|spec| format!("-D {spec}")).collect();
+    if restore(&lines).await.is_ok() {
+        return Ok(());
+    }
+    // One of them went meanwhile (the node's sweep and a stop may meet): the rest one by one.
+    for spec in &tagged {
+        let mut args = vec!["-D"];
+        args.extend(split_rule(spec));
+        match iptables(&args).await {
+            // The legacy and nf_tables variants say "already gone" differently.
+            Err(FirewallError::Iptables { reason, .. })
+                if reason.contains("does a matching rule exist")
+                    || reason.contains("No such file or directory") => {}
+            other => {
+                other?;
             }
         }
     }
@@ -241,23 +287,13 @@ pub(crate) async fn check(node: &str) -> Result<(), String> {
     iptables(&["-S", "DOCKER-USER"]).await.map_err(|e| {
         format!("tenant workloads need iptables and Docker's DOCKER-USER chain (run the node as root, with Docker's iptables integration on): {e}")
     })?;
-    // Each check its own tag.
+    // Each check its own tag; written as tenants' rules are, in one iptables-restore.
     let probe = format!("probe-{}", rand::random::<u32>());
-    let comment = tag(node, &probe);
-    let args = [
-        "DOCKER-USER",
-        "-i",
-        "clt-probe",
-        "-m",
-        "comment",
-        "--comment",
-        &comment,
-        "-j",
-        "RETURN",
-    ];
-    let mut insert = vec!["-I"];
-    insert.extend(args);
-    iptables(&insert)
+    let rule = format!(
+        "-I DOCKER-USER -i clt-probe -m comment --comment {} -j RETURN",
+        tag(node, &probe)
+    );
+    restore(&[rule])
         .await
         .map_err(|e| format!("tenant workloads need to write iptables rules: {e}"))?;
     remove(node, &probe)

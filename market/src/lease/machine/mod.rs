@@ -189,6 +189,9 @@ pub enum Input {
     CounterpartyUnreachable,
     /// The counterparty answered.
     CounterpartyAnswered,
+    /// Buyer: why the provider says the lease ended (peer text: kept short, marked as the
+    /// provider's, and never a state change).
+    CounterpartySaid(String),
 }
 
 impl Input {
@@ -211,6 +214,7 @@ impl Input {
             Self::CounterpartyRefused(_) => "a refusal",
             Self::CounterpartyUnreachable => "an unreachable counterparty",
             Self::CounterpartyAnswered => "an answer",
+            Self::CounterpartySaid(_) => "the counterparty's account",
         }
     }
 }
