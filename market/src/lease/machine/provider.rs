@@ -190,7 +190,11 @@ fn settled(
         record.reason = Some("the escrow was settled by the buyer and the arbiter".to_owned());
         effects.extend([Effect::StopWorkload, Effect::OffersChanged]);
     } else if let Some(reason) = reason {
-        record.reason = Some(reason.to_owned());
+        // Why the lease ended stays said.
+        record.reason = Some(match record.reason.take() {
+            Some(why) => format!("{why}; {reason}"),
+            None => reason.to_owned(),
+        });
     }
     Ok(())
 }
