@@ -4,12 +4,13 @@
 //! the answer is a JSON result or a typed error. The caller's identity is the `PeerId` that Noise
 //! authenticated for the connection; deciding what that peer may do is the handler's job.
 
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
+
+pub use claw_api::{ErrorCode, InvokeFailure};
 
 /// Longest accepted command name.
 pub const MAX_COMMAND_LEN: usize = 64;
@@ -49,60 +50,6 @@ impl InvokeRequest {
     pub fn with_params(mut self, params: serde_json::Value) -> Self {
         self.params = params;
         self
-    }
-}
-
-/// The error classes every command shares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[non_exhaustive]
-pub enum ErrorCode {
-    /// The node has no such command.
-    UnknownCommand,
-    /// Params failed to parse or are out of range.
-    InvalidParams,
-    /// The caller may not run this command.
-    Unauthorized,
-    /// The thing named does not exist.
-    NotFound,
-    /// The request conflicts with the current state (e.g. GPUs already taken).
-    Conflict,
-    /// The deadline passed before an answer.
-    Timeout,
-    /// The node or something it depends on cannot serve now.
-    Unavailable,
-    /// A fault on the node.
-    Internal,
-}
-
-impl fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        f.write_str(&text)
-    }
-}
-
-/// A typed error, as answered by a node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[serde(deny_unknown_fields)]
-#[error("{code}: {message}")]
-pub struct InvokeFailure {
-    /// The class of failure.
-    pub code: ErrorCode,
-    /// What went wrong, for people.
-    pub message: String,
-}
-
-impl InvokeFailure {
-    /// A failure of class `code`.
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
     }
 }
 

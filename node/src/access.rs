@@ -6,43 +6,10 @@
 
 use std::collections::HashSet;
 
+pub use claw_api::Role;
 use claw_mesh::PeerId;
-use serde::Serialize;
 
 use crate::config::AccessSection;
-
-/// What a caller may do. Ordered: a higher role may do everything a lower one may.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Serialize,
-    serde::Deserialize,
-    schemars::JsonSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Inspect: GPUs, health, workload lists and stats.
-    Read,
-    /// Run, stop and exec into workloads; label, cordon and drain the node.
-    Operate,
-    /// Everything, including `system.run`.
-    Admin,
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Read => "read",
-            Self::Operate => "operate",
-            Self::Admin => "admin",
-        })
-    }
-}
 
 /// The node's access policy: its own id, and the operators and admins from its config.
 #[derive(Debug, Clone)]

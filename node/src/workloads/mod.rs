@@ -9,7 +9,10 @@
 mod docker;
 mod mounts;
 mod progress;
-pub mod spec;
+/// The workload commands' params, from the command surface.
+pub mod spec {
+    pub use claw_api::workload::*;
+}
 mod tenant;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -22,10 +25,10 @@ use bollard::models::{
 };
 use claw_mesh::{ErrorCode, InvokeFailure, PeerId};
 use rand::RngCore as _;
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+pub use claw_api::workload::WorkloadState;
 pub use progress::{ProgressBoard, ProgressReport};
 use spec::{
     ExecParams, GpuRequest, Isolation, LABEL_PREFIX, ListParams, LogsParams, RestartPolicy,
@@ -57,41 +60,6 @@ const MAX_LOG_BYTES: usize = 1024 * 1024;
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Most output kept per stream of one `container.exec`.
 const MAX_EXEC_BYTES: usize = 256 * 1024;
-
-/// Where a workload is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum WorkloadState {
-    /// Recorded, GPUs allocated, container not yet running (image pull, create).
-    Creating,
-    /// The container is running (or restarting under its restart policy).
-    Running,
-    /// The container exited by itself.
-    Exited,
-    /// Stopped on request.
-    Stopped,
-    /// Could not be started.
-    Failed,
-    /// Its container disappeared from Docker.
-    Lost,
-}
-
-impl WorkloadState {
-    /// Whether the workload holds its GPUs.
-    pub fn is_active(self) -> bool {
-        matches!(self, Self::Creating | Self::Running)
-    }
-}
-
-impl std::fmt::Display for WorkloadState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let text = serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        f.write_str(&text)
-    }
-}
 
 /// A workload as the store keeps it and the commands return it. Environment values are never
 /// kept: they may hold secrets.

@@ -1,5 +1,6 @@
 //! The params of the workload commands: typed, strictly parsed (unknown fields rejected), and
-//! checked against the node's limits before anything touches Docker.
+//! checked for form (sizes, names, paths) before a node touches Docker; what only a node can
+//! check (its volume roots, its GPUs) it checks itself.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Label prefix the node reserves for its own bookkeeping on containers.
-pub(crate) const LABEL_PREFIX: &str = "io.clawbernetes.";
+pub const LABEL_PREFIX: &str = "io.clawbernetes.";
 
 const MAX_ENV: usize = 256;
 const MAX_LABELS: usize = 64;
@@ -67,6 +68,41 @@ pub struct RunParams {
     /// `/tmp`).
     #[serde(default)]
     pub writable_root: bool,
+}
+
+/// Where a workload is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadState {
+    /// Recorded, GPUs allocated, container not yet running (image pull, create).
+    Creating,
+    /// The container is running (or restarting under its restart policy).
+    Running,
+    /// The container exited by itself.
+    Exited,
+    /// Stopped on request.
+    Stopped,
+    /// Could not be started.
+    Failed,
+    /// Its container disappeared from Docker.
+    Lost,
+}
+
+impl WorkloadState {
+    /// Whether the workload holds its GPUs.
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Creating | Self::Running)
+    }
+}
+
+impl std::fmt::Display for WorkloadState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        f.write_str(&text)
+    }
 }
 
 /// How a workload is kept apart from the node and from other workloads.
@@ -135,7 +171,7 @@ pub enum RestartPolicy {
 
 /// Which GPUs a workload asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum GpuRequest {
+pub enum GpuRequest {
     /// None.
     None,
     /// Any `n` free GPUs.
@@ -146,7 +182,7 @@ pub(crate) enum GpuRequest {
 
 /// Why params were refused, before anything was changed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum SpecError {
+pub enum SpecError {
     /// Malformed or out of range.
     #[error("{0}")]
     Invalid(String),
@@ -160,7 +196,7 @@ fn invalid<T>(message: impl Into<String>) -> Result<T, SpecError> {
 }
 
 /// Names, ids and label keys: 1 to `max` of `a-z 0-9 -`, starting with a letter or digit.
-pub(crate) fn is_simple_name(name: &str, max: usize) -> bool {
+pub fn is_simple_name(name: &str, max: usize) -> bool {
     !name.is_empty()
         && name.len() <= max
         && !name.starts_with('-')
@@ -181,7 +217,7 @@ fn is_image_reference(image: &str) -> bool {
 impl RunParams {
     /// Checks every field. Returns the GPU request. Host volumes are checked against the node's
     /// roots when they are pinned (`mounts::pin`).
-    pub(crate) fn check(&self) -> Result<GpuRequest, SpecError> {
+    pub fn check(&self) -> Result<GpuRequest, SpecError> {
         if !is_image_reference(&self.image) {
             return invalid(format!("image {:?} is not an image reference", self.image));
         }
@@ -330,7 +366,7 @@ pub struct LogsParams {
 pub struct ListParams {
     /// Only workloads in this state.
     #[serde(default)]
-    pub state: Option<super::WorkloadState>,
+    pub state: Option<WorkloadState>,
     /// Only workloads carrying every one of these labels with these values.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -360,7 +396,7 @@ pub struct ExecParams {
 }
 
 impl ExecParams {
-    pub(crate) fn check(&self) -> Result<(), SpecError> {
+    pub fn check(&self) -> Result<(), SpecError> {
         if self.argv.is_empty() || self.argv.len() > MAX_ARGS {
             return invalid(format!("argv must have 1 to {MAX_ARGS} entries"));
         }
