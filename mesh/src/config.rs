@@ -35,6 +35,10 @@ pub struct MeshConfig {
     pub max_invoke_deadline: Duration,
     /// Established connections kept at most. Default 256.
     pub max_connections: u32,
+    /// Invokes in flight at once on one connection, each way. A gateway bridge forwards an
+    /// agent's calls to a node over one connection, so this bounds that fan-out; a peer past it
+    /// gets `unavailable` instead of a queue. Default 256.
+    pub max_concurrent_invokes: usize,
     /// How long a connection no protocol needs stays open. Default 60 s: gossip-mesh links are
     /// kept regardless, and others (invokes, Kademlia) are re-dialled on demand, so each node
     /// holds a handful of connections rather than one to every peer it ever queried.
@@ -68,6 +72,7 @@ impl Default for MeshConfig {
             max_message_bytes: 16 * 1024,
             max_invoke_deadline: Duration::from_secs(120),
             max_connections: 256,
+            max_concurrent_invokes: 256,
             idle_connection_timeout: Duration::from_secs(60),
             max_clock_skew: Duration::from_secs(30),
             known_peers_file: None,

@@ -280,7 +280,8 @@ pub(crate) fn build_swarm(
                 invoke_codec,
                 [(INVOKE_PROTOCOL, ProtocolSupport::Full)],
                 request_response::Config::default()
-                    .with_request_timeout(config.max_invoke_deadline + Duration::from_secs(5)),
+                    .with_request_timeout(config.max_invoke_deadline + Duration::from_secs(5))
+                    .with_max_concurrent_streams(config.max_concurrent_invokes),
             ),
             mdns: Toggle::from(mdns),
         })
