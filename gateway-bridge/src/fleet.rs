@@ -10,216 +10,213 @@
 //! (its peer id in their `access.operators`).
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use claw_api::fleet::{
+    DeployParams, DrainParams, FleetCapabilities, FleetDeploy, FleetDrain, FleetGpus, FleetHealth,
+    FleetInvoke, FleetStatus, FleetWorkloads, GpusParams, InvokeParams, WorkloadsParams,
+};
+use claw_api::market::{MarketBid, MarketLeaseCancel, MarketLeases, MarketOffers, WalletBalance};
+use claw_api::workload::WorkloadRun;
+use claw_api::{BRIDGE_COMMANDS, Command, ErrorCode, InvokeFailure, Router};
 use claw_mesh::{FleetMember, InvokeRequest, MeshHandle, PeerId};
 use futures::StreamExt as _;
-use schemars::JsonSchema;
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::gateway::{CommandFailure, CommandFuture, GatewayHandler};
+use crate::placements::{Placement, PlacementError, Placements};
 
 /// Most node calls in flight at once for one fleet command.
 const DEFAULT_CONCURRENCY: usize = 16;
 /// Deadline of one node call when the command gives none.
 const NODE_DEADLINE: Duration = Duration::from_secs(10);
 
-fn failure(code: &str, message: impl Into<String>) -> CommandFailure {
-    CommandFailure {
-        code: code.to_owned(),
-        message: message.into(),
+fn failure(code: ErrorCode, message: impl Into<String>) -> InvokeFailure {
+    InvokeFailure::new(code, message)
+}
+
+/// What a fleet command is called with, besides its params.
+#[derive(Debug, Clone)]
+struct Call {
+    /// How long the gateway waits.
+    timeout: Duration,
+    /// The caller's idempotency key, passed on to the node that acts.
+    idempotency_key: Option<String>,
+}
+
+/// The bridge's handlers, one per command of [`BRIDGE_COMMANDS`].
+fn router() -> &'static Router<FleetCommands, Call> {
+    static ROUTER: OnceLock<Router<FleetCommands, Call>> = OnceLock::new();
+    ROUTER.get_or_init(|| {
+        Router::<FleetCommands, Call>::new()
+            .route::<FleetCapabilities, _, _>(|_, _, _| async {
+                Ok(json!({ "commands": BRIDGE_COMMANDS.iter().map(claw_api::CommandInfo::describe).collect::<Vec<_>>() }))
+            })
+            .route::<FleetStatus, _, _>(|fleet, _, _| async move { Ok(fleet.status()) })
+            .route::<FleetGpus, _, _>(|fleet, _, params| async move { Ok(fleet.gpus(params).await) })
+            .route::<FleetDeploy, _, _>(|fleet, call, params| async move {
+                fleet.deploy(params, call.idempotency_key).await
+            })
+            .route::<FleetWorkloads, _, _>(|fleet, _, params| async move {
+                fleet.workloads(params).await
+            })
+            .route::<FleetInvoke, _, _>(|fleet, _, params| async move { fleet.invoke(params).await })
+            .route::<FleetHealth, _, _>(|fleet, _, _| async move { Ok(fleet.health().await) })
+            .route::<FleetDrain, _, _>(|fleet, _, params| async move { fleet.drain(params).await })
+            .route::<MarketOffers, _, _>(|fleet, call, params| async move {
+                fleet.forward::<MarketOffers>(&params, call).await
+            })
+            .route::<MarketBid, _, _>(|fleet, call, params| async move {
+                fleet.forward::<MarketBid>(&params, call).await
+            })
+            .route::<MarketLeases, _, _>(|fleet, call, params| async move {
+                fleet.forward::<MarketLeases>(&params, call).await
+            })
+            .route::<MarketLeaseCancel, _, _>(|fleet, call, params| async move {
+                fleet.forward::<MarketLeaseCancel>(&params, call).await
+            })
+            .route::<WalletBalance, _, _>(|fleet, call, params| async move {
+                fleet.forward::<WalletBalance>(&params, call).await
+            })
+    })
+}
+
+/// How long a node may take to start a deployed workload (image pulls included).
+const DEPLOY_DEADLINE: Duration = Duration::from_secs(120);
+
+fn placement_failure(error: PlacementError) -> InvokeFailure {
+    failure(ErrorCode::Internal, error.to_string())
+}
+
+/// What a deploy needs of a node's GPUs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PlacementRequest {
+    gpus: usize,
+    model: Option<String>,
+    min_memory_mib: u64,
+}
+
+impl PlacementRequest {
+    fn fits(&self, gpu: &claw_attestation::GpuDevice) -> bool {
+        self.model
+            .as_ref()
+            .is_none_or(|m| gpu.model.contains(m.as_str()))
+            && gpu.memory_total_bytes / (1024 * 1024) >= self.min_memory_mib
+    }
+
+    /// The GPUs of `member` that fit, free and in all.
+    fn counts(&self, member: &FleetMember) -> (usize, usize) {
+        let a = &member.announcement;
+        let fitting = a.inventory.gpus.iter().filter(|g| self.fits(g));
+        let total = fitting.clone().count();
+        let free = fitting
+            .filter(|g| !a.allocated_gpus.contains(&g.uuid))
+            .count();
+        (free, total)
+    }
+
+    fn free_on(&self, member: &FleetMember) -> usize {
+        self.counts(member).0
+    }
+
+    /// "2 free GPU(s) of model H100 with 40000 MiB".
+    fn describe(&self) -> String {
+        let mut text = format!("{} free GPU(s)", self.gpus);
+        if let Some(model) = &self.model {
+            text.push_str(&format!(" of model {model}"));
+        }
+        if self.min_memory_mib > 0 {
+            text.push_str(&format!(" with {} MiB", self.min_memory_mib));
+        }
+        text
     }
 }
 
-fn schema<T: JsonSchema>() -> Value {
-    serde_json::to_value(schemars::schema_for!(T)).unwrap_or(Value::Null)
+/// One GPU's live reading, as `gpu.metrics` gives it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct GpuReading {
+    utilization_pct: Option<f64>,
+    temperature_c: Option<f64>,
 }
 
-fn parse<T: DeserializeOwned>(command: &str, params: Value) -> Result<T, CommandFailure> {
-    let params = if params.is_null() { json!({}) } else { params };
-    serde_json::from_value(params).map_err(|e| failure("INVALID_PARAMS", format!("{command}: {e}")))
+/// What the score reads of one node.
+#[derive(Debug, Clone)]
+struct NodeReadings {
+    member: FleetMember,
+    /// `node.health`'s status; `None` when the node did not answer.
+    health: Option<String>,
+    /// Its GPUs' live readings (none when it did not answer).
+    gpus: Vec<GpuReading>,
 }
 
-/// Commands that take no params.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct NoParams {}
-
-/// `fleet.gpus`.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct GpusParams {
-    /// Only GPUs whose model contains this.
-    #[serde(default)]
-    model: Option<String>,
-    /// Also read live metrics from every node (`gpu.metrics`, fanned out).
-    #[serde(default)]
-    live: bool,
+/// A node that may take the deploy, with its score and the reasons the answer gives.
+#[derive(Debug, Clone)]
+struct Ranked {
+    score: f64,
+    why: Value,
+    member: FleetMember,
 }
 
-/// `fleet.invoke`.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct InvokeParams {
-    /// Any node command, e.g. `node.health`.
-    command: String,
-    /// Its params.
-    #[serde(default)]
-    params: Value,
-    /// Nodes by peer id or name; every node when absent.
-    #[serde(default)]
-    nodes: Option<Vec<String>>,
-    /// Most calls in flight (default 16).
-    #[serde(default)]
-    concurrency: Option<usize>,
-    /// Deadline per node, ms (default 10,000).
-    #[serde(default)]
-    timeout_ms: Option<u64>,
+/// Orders the nodes for a deploy, best first: 35 points for the share of fitting GPUs free, 25
+/// for idleness and 20 for coolness (means over its GPUs; half marks without readings), 20 for
+/// health (half when degraded). Unhealthy and unreachable nodes are left out; ties go by name.
+fn rank(request: &PlacementRequest, nodes: Vec<NodeReadings>) -> Vec<Ranked> {
+    let mut ranked: Vec<Ranked> = nodes
+        .into_iter()
+        .filter_map(|node| {
+            let status = node.health.as_deref()?;
+            if status == "unhealthy" {
+                return None;
+            }
+            let (free, total) = request.counts(&node.member);
+            let mean_left = |read: fn(&GpuReading) -> Option<f64>, scale: f64| {
+                let values: Vec<f64> = node.gpus.iter().filter_map(read).collect();
+                if values.is_empty() {
+                    0.5
+                } else {
+                    let mean = values.iter().sum::<f64>() / values.len() as f64;
+                    1.0 - (mean / scale).clamp(0.0, 1.0)
+                }
+            };
+            let free_share = free as f64 / total.max(1) as f64;
+            let idle_share = mean_left(|g| g.utilization_pct, 100.0);
+            let cool_share = mean_left(|g| g.temperature_c, 100.0);
+            let health_share = if status == "healthy" { 1.0 } else { 0.5 };
+            let score =
+                35.0 * free_share + 25.0 * idle_share + 20.0 * cool_share + 20.0 * health_share;
+            let why = json!({
+                "node": node.member.announcement.name,
+                "peer_id": node.member.peer_id.to_string(),
+                "score": (score * 10.0).round() / 10.0,
+                "free_gpus": free,
+                "free_share": free_share,
+                "idle_share": idle_share,
+                "cool_share": cool_share,
+                "health": status,
+            });
+            Some(Ranked {
+                score,
+                why,
+                member: node.member,
+            })
+        })
+        .collect();
+    ranked.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| a.member.announcement.name.cmp(&b.member.announcement.name))
+    });
+    ranked
 }
-
-/// `fleet.workloads`.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct WorkloadsParams {
-    /// Only workloads in this state (`running`, `exited`, …).
-    #[serde(default)]
-    state: Option<String>,
-    /// Only workloads whose image contains this.
-    #[serde(default)]
-    image: Option<String>,
-    /// Only this node (peer id or name).
-    #[serde(default)]
-    node: Option<String>,
-}
-
-/// `fleet.drain`.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct DrainParams {
-    /// The node, by peer id or name.
-    node: String,
-}
-
-/// `fleet.deploy`: what to run and on what kind of GPUs; the bridge picks the node.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct DeployParams {
-    /// Image reference.
-    image: String,
-    /// Command and arguments.
-    #[serde(default)]
-    command: Vec<String>,
-    /// A display name.
-    #[serde(default)]
-    name: Option<String>,
-    /// Environment variables (passed to the container, never stored).
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-    /// GPUs needed on one node.
-    #[serde(default)]
-    gpus: u32,
-    /// Only GPUs whose model contains this (e.g. `H100`).
-    #[serde(default)]
-    model: Option<String>,
-    /// Minimum memory per GPU, MiB.
-    #[serde(default)]
-    min_memory_mib: u64,
-    /// CPU limit in cores.
-    #[serde(default)]
-    cpus: Option<f64>,
-    /// Memory limit, MiB.
-    #[serde(default)]
-    memory_mib: Option<u64>,
-    /// Labels for the container.
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-}
-
-/// Params forwarded as they are to the market node.
-#[derive(Debug, Deserialize, JsonSchema)]
-struct ForwardedParams {}
-
-struct Spec {
-    name: &'static str,
-    description: &'static str,
-    params: fn() -> Value,
-}
-
-const COMMANDS: &[Spec] = &[
-    Spec {
-        name: "fleet.capabilities",
-        description: "The bridge's commands with the JSON schema of their params",
-        params: schema::<NoParams>,
-    },
-    Spec {
-        name: "fleet.status",
-        description: "Nodes, GPUs by model (total, allocated, free, simulated), cordons and alerts, from the mesh view: no fan-out",
-        params: schema::<NoParams>,
-    },
-    Spec {
-        name: "fleet.gpus",
-        description: "Every GPU in the fleet with its node and availability; live metrics on request",
-        params: schema::<GpusParams>,
-    },
-    Spec {
-        name: "fleet.deploy",
-        description: "Place a workload: the node with free GPUs of the model that scores best on free GPUs, utilisation, temperature and health runs it; answers the node and why",
-        params: schema::<DeployParams>,
-    },
-    Spec {
-        name: "fleet.workloads",
-        description: "Workloads across the fleet, filtered by state, image or node",
-        params: schema::<WorkloadsParams>,
-    },
-    Spec {
-        name: "fleet.invoke",
-        description: "Run any node command on chosen or all nodes with bounded concurrency; per-node result and timing",
-        params: schema::<InvokeParams>,
-    },
-    Spec {
-        name: "fleet.health",
-        description: "Every node's health, with counts of healthy, degraded, unhealthy and unreachable nodes",
-        params: schema::<NoParams>,
-    },
-    Spec {
-        name: "fleet.drain",
-        description: "Cordon a node and stop its workloads",
-        params: schema::<DrainParams>,
-    },
-    Spec {
-        name: "market.offers",
-        description: "GPU offers in the order book (through the market node)",
-        params: schema::<ForwardedParams>,
-    },
-    Spec {
-        name: "market.bid",
-        description: "Bid, lease and run, or why no match (through the market node)",
-        params: schema::<ForwardedParams>,
-    },
-    Spec {
-        name: "market.leases",
-        description: "Leases of the market node",
-        params: schema::<ForwardedParams>,
-    },
-    Spec {
-        name: "market.lease.cancel",
-        description: "End a lease the market node bought and settle it: pro rata for the time served, the rest back (through the market node)",
-        params: schema::<ForwardedParams>,
-    },
-    Spec {
-        name: "wallet.balance",
-        description: "SOL and MOLT of the market node's wallet",
-        params: schema::<ForwardedParams>,
-    },
-];
 
 /// The fleet commands, served to the gateway. Cheap to clone.
 #[derive(Clone)]
 pub struct FleetCommands {
     mesh: MeshHandle,
     market_node: Option<PeerId>,
+    placements: Placements,
 }
 
 impl std::fmt::Debug for FleetCommands {
@@ -233,7 +230,7 @@ impl std::fmt::Debug for FleetCommands {
 /// One node's answer in a fan-out.
 struct NodeAnswer {
     member: FleetMember,
-    result: Result<Value, CommandFailure>,
+    result: Result<Value, InvokeFailure>,
     ms: f64,
 }
 
@@ -255,13 +252,18 @@ impl NodeAnswer {
 
 impl FleetCommands {
     /// Fleet commands over `mesh`; market commands go to `market_node` when one is given.
-    pub fn new(mesh: MeshHandle, market_node: Option<PeerId>) -> Self {
-        Self { mesh, market_node }
+    /// Deploys with an idempotency key are recorded in `placements`.
+    pub fn new(mesh: MeshHandle, market_node: Option<PeerId>, placements: Placements) -> Self {
+        Self {
+            mesh,
+            market_node,
+            placements,
+        }
     }
 
     /// The exact names of the commands, as declared to the gateway.
     pub fn names() -> Vec<String> {
-        COMMANDS.iter().map(|c| c.name.to_owned()).collect()
+        BRIDGE_COMMANDS.iter().map(|c| c.name.to_owned()).collect()
     }
 
     fn members(&self) -> Vec<FleetMember> {
@@ -273,13 +275,13 @@ impl FleetCommands {
     }
 
     /// The fleet member a peer id or name names.
-    fn resolve(&self, node: &str) -> Result<FleetMember, CommandFailure> {
+    fn resolve(&self, node: &str) -> Result<FleetMember, InvokeFailure> {
         self.members()
             .into_iter()
             .find(|m| m.peer_id.to_string() == node || m.announcement.name == node)
             .ok_or_else(|| {
                 failure(
-                    "NOT_FOUND",
+                    ErrorCode::NotFound,
                     format!("no node {node:?} in the fleet (fleet.status lists them)"),
                 )
             })
@@ -291,12 +293,11 @@ impl FleetCommands {
         command: &str,
         params: Value,
         deadline: Duration,
-    ) -> Result<Value, CommandFailure> {
-        let request = InvokeRequest::new(command, deadline).with_params(params);
-        self.mesh
-            .invoke(peer, request)
-            .await
-            .map_err(|e| failure(&e.code.to_string(), e.message))
+        idempotency_key: Option<String>,
+    ) -> Result<Value, InvokeFailure> {
+        let mut request = InvokeRequest::new(command, deadline).with_params(params);
+        request.idempotency_key = idempotency_key;
+        self.mesh.invoke(peer, request).await
     }
 
     /// Calls `command` on each of `members`, at most `concurrency` at a time.
@@ -312,7 +313,9 @@ impl FleetCommands {
             let params = params.clone();
             async move {
                 let started = Instant::now();
-                let result = self.call(member.peer_id, command, params, deadline).await;
+                let result = self
+                    .call(member.peer_id, command, params, deadline, None)
+                    .await;
                 NodeAnswer {
                     member,
                     result,
@@ -442,12 +445,15 @@ impl FleetCommands {
         json!({ "gpus": gpus })
     }
 
-    async fn invoke(&self, params: InvokeParams) -> Result<Value, CommandFailure> {
+    async fn invoke(&self, params: InvokeParams) -> Result<Value, InvokeFailure> {
         if params.command.is_empty()
             || params.command.len() > claw_mesh::MAX_COMMAND_LEN
             || params.command.starts_with("fleet.")
         {
-            return Err(failure("INVALID_PARAMS", "command must be a node command"));
+            return Err(failure(
+                ErrorCode::InvalidParams,
+                "command must be a node command",
+            ));
         }
         let members = match &params.nodes {
             None => self.members(),
@@ -498,7 +504,7 @@ impl FleetCommands {
         json!({ "summary": counts, "nodes": answers.iter().map(NodeAnswer::to_json).collect::<Vec<_>>() })
     }
 
-    async fn workloads(&self, params: WorkloadsParams) -> Result<Value, CommandFailure> {
+    async fn workloads(&self, params: WorkloadsParams) -> Result<Value, InvokeFailure> {
         let members = match &params.node {
             Some(node) => vec![self.resolve(node)?],
             None => self.members(),
@@ -542,119 +548,11 @@ impl FleetCommands {
         Ok(json!({ "workloads": workloads, "unreachable": unreachable }))
     }
 
-    async fn deploy(&self, params: DeployParams) -> Result<Value, CommandFailure> {
-        let wanted = params.gpus as usize;
-        let model = params.model.clone();
-        let fits = |g: &claw_attestation::GpuDevice| {
-            model.as_ref().is_none_or(|m| g.model.contains(m.as_str()))
-                && g.memory_total_bytes / (1024 * 1024) >= params.min_memory_mib
-        };
-        let feasible: Vec<FleetMember> = self
-            .members()
-            .into_iter()
-            .filter(|m| !m.announcement.cordoned)
-            .filter(|m| {
-                let a = &m.announcement;
-                a.inventory
-                    .gpus
-                    .iter()
-                    .filter(|g| fits(g) && !a.allocated_gpus.contains(&g.uuid))
-                    .count()
-                    >= wanted
-            })
-            .collect();
-        if feasible.is_empty() {
-            return Err(failure(
-                "CONFLICT",
-                format!(
-                    "no node has {wanted} free GPU(s){}{}; fleet.status shows what is free",
-                    model
-                        .as_ref()
-                        .map(|m| format!(" of model {m}"))
-                        .unwrap_or_default(),
-                    if params.min_memory_mib > 0 {
-                        format!(" with {} MiB", params.min_memory_mib)
-                    } else {
-                        String::new()
-                    },
-                ),
-            ));
-        }
-        // Live readings for the score, from the feasible nodes only.
-        // Both readings at once; each answer list is sorted by node name, so they pair up.
-        let (metrics, health) = futures::join!(
-            self.fan_out(
-                feasible.clone(),
-                "gpu.metrics",
-                &Value::Null,
-                DEFAULT_CONCURRENCY,
-                Duration::from_secs(3),
-            ),
-            self.fan_out(
-                feasible.clone(),
-                "node.health",
-                &Value::Null,
-                DEFAULT_CONCURRENCY,
-                Duration::from_secs(3),
-            ),
-        );
-        let mut candidates: Vec<(f64, Value, FleetMember)> = Vec::new();
-        for (m, h) in metrics.into_iter().zip(health) {
-            let a = &m.member.announcement;
-            let status = h
-                .result
-                .as_ref()
-                .ok()
-                .and_then(|r| r["status"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| "unreachable".to_owned());
-            if status == "unhealthy" || status == "unreachable" {
-                continue;
-            }
-            let free = a
-                .inventory
-                .gpus
-                .iter()
-                .filter(|g| fits(g) && !a.allocated_gpus.contains(&g.uuid))
-                .count();
-            let total = a.inventory.gpus.iter().filter(|g| fits(g)).count().max(1);
-            let readings: Vec<&Value> = m
-                .result
-                .as_ref()
-                .ok()
-                .and_then(|r| r["gpus"].as_array())
-                .map(|g| g.iter().collect())
-                .unwrap_or_default();
-            let mean = |field: &str, scale: f64| {
-                let values: Vec<f64> = readings.iter().filter_map(|g| g[field].as_f64()).collect();
-                if values.is_empty() {
-                    0.5
-                } else {
-                    1.0 - (values.iter().sum::<f64>() / values.len() as f64 / scale).clamp(0.0, 1.0)
-                }
-            };
-            let free_score = free as f64 / total as f64;
-            let util_score = mean("utilization_gpu_pct", 100.0);
-            let temp_score = mean("temperature_c", 100.0);
-            let health_score = if status == "healthy" { 1.0 } else { 0.5 };
-            let score =
-                35.0 * free_score + 25.0 * util_score + 20.0 * temp_score + 20.0 * health_score;
-            let why = json!({
-                "node": a.name,
-                "peer_id": m.member.peer_id.to_string(),
-                "score": (score * 10.0).round() / 10.0,
-                "free_gpus": free,
-                "free_share": free_score,
-                "idle_share": util_score,
-                "cool_share": temp_score,
-                "health": status,
-            });
-            candidates.push((score, why, m.member));
-        }
-        candidates.sort_by(|a, b| {
-            b.0.total_cmp(&a.0)
-                .then_with(|| a.2.announcement.name.cmp(&b.2.announcement.name))
-        });
-        let considered: Vec<Value> = candidates.iter().map(|(_, why, _)| why.clone()).collect();
+    async fn deploy(
+        &self,
+        params: DeployParams,
+        idempotency_key: Option<String>,
+    ) -> Result<Value, InvokeFailure> {
         let run = json!({
             "image": params.image,
             "command": params.command,
@@ -665,113 +563,220 @@ impl FleetCommands {
             "memory_mib": params.memory_mib,
             "labels": params.labels,
         });
+        // A retry goes back to the node the first attempt chose: it answers with the workload
+        // the key started (scores have changed since, as that workload took its GPUs).
+        if let Some(key) = &idempotency_key
+            && let Some(placed) = self.placements.get(key).await.map_err(placement_failure)?
+            && let Ok(member) = self.resolve(&placed.peer_id)
+        {
+            match self.start_on(&member, &run, key).await {
+                Ok(workload) => {
+                    return Ok(json!({
+                        "node": member.announcement.name,
+                        "peer_id": placed.peer_id,
+                        "why": placed.why,
+                        "considered": placed.considered,
+                        "workload": workload,
+                        "retried": true,
+                    }));
+                }
+                Err(e) if matches!(e.code, ErrorCode::Conflict | ErrorCode::Unavailable) => {
+                    tracing::info!(node = %member.announcement.name, error = %e, "the placed node refuses a retried deploy; placing it again");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let request = PlacementRequest {
+            gpus: params.gpus as usize,
+            model: params.model.clone(),
+            min_memory_mib: params.min_memory_mib,
+        };
+        let feasible: Vec<FleetMember> = self
+            .members()
+            .into_iter()
+            .filter(|m| !m.announcement.cordoned && request.free_on(m) >= request.gpus)
+            .collect();
+        if feasible.is_empty() {
+            return Err(failure(
+                ErrorCode::Conflict,
+                format!(
+                    "no node has {}; fleet.status shows what is free",
+                    request.describe()
+                ),
+            ));
+        }
+        let ranked = rank(&request, self.readings(feasible).await);
+        let considered: Vec<Value> = ranked.iter().map(|r| r.why.clone()).collect();
         // The best first; if another deploy took its GPUs meanwhile (the mesh view lags by up
         // to an announce interval), the next. When every one refuses, each refusal is said.
         let mut refusals = Vec::new();
-        for (_, why, member) in candidates {
-            match self
-                .call(
-                    member.peer_id,
-                    "workload.run",
-                    run.clone(),
-                    Duration::from_secs(120),
-                )
-                .await
-            {
+        for ranked in ranked {
+            let member = ranked.member;
+            if let Some(key) = &idempotency_key {
+                let placement = Placement {
+                    peer_id: member.peer_id.to_string(),
+                    node: member.announcement.name.clone(),
+                    why: ranked.why.clone(),
+                    considered: considered.clone(),
+                    at_ms: claw_attestation::unix_millis(std::time::SystemTime::now()),
+                };
+                self.placements
+                    .record(key, &placement)
+                    .await
+                    .map_err(placement_failure)?;
+            }
+            let started = match &idempotency_key {
+                Some(key) => self.start_on(&member, &run, key).await,
+                None => {
+                    self.call(
+                        member.peer_id,
+                        WorkloadRun::NAME,
+                        run.clone(),
+                        DEPLOY_DEADLINE,
+                        None,
+                    )
+                    .await
+                }
+            };
+            match started {
                 Ok(workload) => {
                     return Ok(json!({
                         "node": member.announcement.name,
                         "peer_id": member.peer_id.to_string(),
-                        "why": why,
+                        "why": ranked.why,
                         "considered": considered,
                         "workload": workload,
                     }));
                 }
-                Err(error) if error.code == "CONFLICT" || error.code == "UNAVAILABLE" => {
+                Err(error)
+                    if error.code == ErrorCode::Conflict
+                        || error.code == ErrorCode::Unavailable =>
+                {
                     refusals.push(format!("{}: {}", member.announcement.name, error.message));
                 }
                 Err(error) => return Err(error),
             }
         }
         Err(failure(
-            "CONFLICT",
+            ErrorCode::Conflict,
             if refusals.is_empty() {
-                format!("no node has {wanted} free GPU(s) and is healthy and reachable")
+                format!(
+                    "no node has {} and is healthy and reachable",
+                    request.describe()
+                )
             } else {
                 format!(
-                    "no node has {wanted} free GPU(s) now: {}",
+                    "no node has {} now: {}",
+                    request.describe(),
                     refusals.join("; ")
                 )
             },
         ))
     }
 
-    async fn forward(
+    /// `workload.run` on `member` with the caller's idempotency key.
+    async fn start_on(
         &self,
-        command: &str,
-        params: Value,
-        timeout: Duration,
-    ) -> Result<Value, CommandFailure> {
+        member: &FleetMember,
+        run: &Value,
+        key: &str,
+    ) -> Result<Value, InvokeFailure> {
+        self.call(
+            member.peer_id,
+            WorkloadRun::NAME,
+            run.clone(),
+            DEPLOY_DEADLINE,
+            Some(key.to_owned()),
+        )
+        .await
+    }
+
+    /// What the score reads of each of `members`: GPU metrics and health, both at once.
+    async fn readings(&self, members: Vec<FleetMember>) -> Vec<NodeReadings> {
+        let (metrics, health) = futures::join!(
+            self.fan_out(
+                members.clone(),
+                "gpu.metrics",
+                &Value::Null,
+                DEFAULT_CONCURRENCY,
+                Duration::from_secs(3),
+            ),
+            self.fan_out(
+                members,
+                "node.health",
+                &Value::Null,
+                DEFAULT_CONCURRENCY,
+                Duration::from_secs(3),
+            ),
+        );
+        // Each answer list is sorted by node name, so they pair up.
+        metrics
+            .into_iter()
+            .zip(health)
+            .map(|(m, h)| {
+                let gpus = m
+                    .result
+                    .as_ref()
+                    .ok()
+                    .and_then(|r| r["gpus"].as_array())
+                    .map(|gpus| {
+                        gpus.iter()
+                            .map(|g| GpuReading {
+                                utilization_pct: g["utilization_gpu_pct"].as_f64(),
+                                temperature_c: g["temperature_c"].as_f64(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let health = h
+                    .result
+                    .as_ref()
+                    .ok()
+                    .and_then(|r| r["status"].as_str().map(str::to_owned));
+                NodeReadings {
+                    member: m.member,
+                    health,
+                    gpus,
+                }
+            })
+            .collect()
+    }
+
+    /// `fleet.drain`: `node.drain` on one node.
+    async fn drain(&self, params: DrainParams) -> Result<Value, InvokeFailure> {
+        let member = self.resolve(&params.node)?;
+        let drained = self
+            .call(
+                member.peer_id,
+                "node.drain",
+                Value::Null,
+                Duration::from_secs(120),
+                None,
+            )
+            .await?;
+        Ok(json!({
+            "node": member.announcement.name,
+            "peer_id": member.peer_id.to_string(),
+            "drain": drained,
+        }))
+    }
+
+    /// Command `C` on the market node, with the params the bridge parsed.
+    async fn forward<C: Command>(
+        &self,
+        params: &impl Serialize,
+        call: Call,
+    ) -> Result<Value, InvokeFailure> {
         let Some(node) = self.market_node else {
             return Err(failure(
-                "UNAVAILABLE",
+                ErrorCode::Unavailable,
                 "the bridge has no market node: start it with --market-node <peer id>",
             ));
         };
-        self.call(node, command, params, timeout).await
-    }
-
-    async fn dispatch(
-        &self,
-        command: String,
-        params: Value,
-        timeout: Duration,
-    ) -> Result<Value, CommandFailure> {
-        let c = command.as_str();
-        match c {
-            "fleet.capabilities" => {
-                parse::<NoParams>(c, params)?;
-                Ok(
-                    json!({ "commands": COMMANDS.iter().map(|s| json!({"name": s.name, "description": s.description, "params": (s.params)()})).collect::<Vec<_>>() }),
-                )
-            }
-            "fleet.status" => {
-                parse::<NoParams>(c, params)?;
-                Ok(self.status())
-            }
-            "fleet.gpus" => Ok(self.gpus(parse(c, params)?).await),
-            "fleet.deploy" => self.deploy(parse(c, params)?).await,
-            "fleet.workloads" => self.workloads(parse(c, params)?).await,
-            "fleet.invoke" => self.invoke(parse(c, params)?).await,
-            "fleet.health" => {
-                parse::<NoParams>(c, params)?;
-                Ok(self.health().await)
-            }
-            "fleet.drain" => {
-                let params: DrainParams = parse(c, params)?;
-                let member = self.resolve(&params.node)?;
-                let drained = self
-                    .call(
-                        member.peer_id,
-                        "node.drain",
-                        Value::Null,
-                        Duration::from_secs(120),
-                    )
-                    .await?;
-                Ok(
-                    json!({ "node": member.announcement.name, "peer_id": member.peer_id.to_string(), "drain": drained }),
-                )
-            }
-            "market.offers"
-            | "market.bid"
-            | "market.leases"
-            | "market.lease.cancel"
-            | "wallet.balance" => self.forward(c, params, timeout).await,
-            other => Err(failure(
-                "UNKNOWN_COMMAND",
-                format!("no command {other:?}; fleet.capabilities lists them"),
-            )),
-        }
+        let params = serde_json::to_value(params)
+            .map_err(|e| failure(ErrorCode::Internal, format!("cannot encode: {e}")))?;
+        self.call(node, C::NAME, params, call.timeout, call.idempotency_key)
+            .await
     }
 }
 
@@ -781,10 +786,19 @@ impl GatewayHandler for FleetCommands {
         command: String,
         params: Value,
         timeout: Duration,
-        _idempotency_key: Option<String>,
+        idempotency_key: Option<String>,
     ) -> CommandFuture {
-        let commands = self.clone();
-        Box::pin(async move { commands.dispatch(command, params, timeout).await })
+        let call = Call {
+            timeout,
+            idempotency_key,
+        };
+        let answer = router().dispatch(self.clone(), call, &command, params);
+        Box::pin(async move {
+            answer.await.map_err(|e| CommandFailure {
+                code: e.code.to_string(),
+                message: e.message,
+            })
+        })
     }
 }
 
@@ -800,5 +814,164 @@ impl claw_mesh::InvokeHandler for NoMeshCommands {
                 format!("the bridge answers no mesh commands ({})", request.command),
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use claw_attestation::{GpuDevice, HardwareInventory, HostInfo, NvmlStatus};
+    use claw_mesh::NodeAnnouncement;
+
+    use super::*;
+
+    fn gpu(uuid: &str, model: &str, memory_mib: u64) -> GpuDevice {
+        GpuDevice {
+            index: 0,
+            uuid: uuid.to_owned(),
+            model: model.to_owned(),
+            memory_total_bytes: memory_mib * 1024 * 1024,
+            pci_bus_id: None,
+            compute_capability: None,
+            ecc: None,
+            power_limit_mw: None,
+            max_clocks: None,
+            temperature_c: None,
+            simulated: true,
+        }
+    }
+
+    fn node(name: &str, gpus: Vec<GpuDevice>, allocated: &[&str]) -> FleetMember {
+        FleetMember {
+            peer_id: PeerId::random(),
+            announcement: NodeAnnouncement {
+                name: name.to_owned(),
+                network: "localnet".to_owned(),
+                region: None,
+                labels: BTreeMap::new(),
+                software_version: "test".to_owned(),
+                listen_addrs: vec![],
+                inventory: HardwareInventory {
+                    host: HostInfo::default(),
+                    nvml: NvmlStatus::Unavailable {
+                        reason: "test".to_owned(),
+                    },
+                    gpus,
+                },
+                allocated_gpus: allocated.iter().map(|u| (*u).to_owned()).collect(),
+                cordoned: false,
+                running_workloads: 0,
+            },
+            seq: 1,
+            issued_at_ms: 0,
+            expires_at_ms: u64::MAX,
+        }
+    }
+
+    fn readings(member: FleetMember, health: Option<&str>, util: f64, temp: f64) -> NodeReadings {
+        let gpus = member
+            .announcement
+            .inventory
+            .gpus
+            .iter()
+            .map(|_| GpuReading {
+                utilization_pct: Some(util),
+                temperature_c: Some(temp),
+            })
+            .collect();
+        NodeReadings {
+            member,
+            health: health.map(str::to_owned),
+            gpus,
+        }
+    }
+
+    fn two_gpus(name: &str, allocated: &[&str]) -> FleetMember {
+        let a = format!("{name}-a");
+        let b = format!("{name}-b");
+        node(
+            name,
+            vec![
+                gpu(&a, "NVIDIA H100", 81_559),
+                gpu(&b, "NVIDIA H100", 81_559),
+            ],
+            allocated,
+        )
+    }
+
+    fn order(ranked: &[Ranked]) -> Vec<&str> {
+        ranked
+            .iter()
+            .map(|r| r.member.announcement.name.as_str())
+            .collect()
+    }
+
+    const ANY: PlacementRequest = PlacementRequest {
+        gpus: 1,
+        model: None,
+        min_memory_mib: 0,
+    };
+
+    #[test]
+    fn free_idle_cool_healthy_nodes_come_first() {
+        let ranked = rank(
+            &ANY,
+            vec![
+                readings(two_gpus("busy", &[]), Some("healthy"), 90.0, 40.0),
+                readings(two_gpus("idle", &[]), Some("healthy"), 0.0, 40.0),
+                readings(two_gpus("hot", &[]), Some("healthy"), 0.0, 85.0),
+                readings(two_gpus("half", &["half-a"]), Some("healthy"), 0.0, 40.0),
+                readings(two_gpus("degraded", &[]), Some("degraded"), 0.0, 40.0),
+            ],
+        );
+        assert_eq!(order(&ranked), ["idle", "hot", "degraded", "half", "busy"]);
+        let best = &ranked[0];
+        assert_eq!(best.why["free_gpus"], 2);
+        assert_eq!(best.why["health"], "healthy");
+        // 35 free + 25 idle + 20 × 0.6 cool + 20 healthy.
+        assert_eq!(best.why["score"], 92.0);
+    }
+
+    #[test]
+    fn unhealthy_and_unreachable_nodes_are_left_out_and_ties_go_by_name() {
+        let ranked = rank(
+            &ANY,
+            vec![
+                readings(two_gpus("n3", &[]), Some("healthy"), 10.0, 50.0),
+                readings(two_gpus("n1", &[]), Some("healthy"), 10.0, 50.0),
+                readings(two_gpus("sick", &[]), Some("unhealthy"), 0.0, 30.0),
+                readings(two_gpus("gone", &[]), None, 0.0, 30.0),
+            ],
+        );
+        assert_eq!(order(&ranked), ["n1", "n3"]);
+    }
+
+    #[test]
+    fn without_readings_a_node_gets_half_marks_and_only_fitting_gpus_count() {
+        let mixed = node(
+            "mixed",
+            vec![
+                gpu("m-a", "NVIDIA H100", 81_559),
+                gpu("m-b", "NVIDIA A10", 24_000),
+            ],
+            &[],
+        );
+        let request = PlacementRequest {
+            gpus: 1,
+            model: Some("H100".to_owned()),
+            min_memory_mib: 40_000,
+        };
+        assert_eq!(request.counts(&mixed), (1, 1));
+        let silent = NodeReadings {
+            member: mixed,
+            health: Some("healthy".to_owned()),
+            gpus: vec![],
+        };
+        let ranked = rank(&request, vec![silent]);
+        // 35 free + 25 × 0.5 + 20 × 0.5 + 20 healthy.
+        assert_eq!(ranked[0].why["score"], 77.5);
+        assert_eq!(
+            request.describe(),
+            "1 free GPU(s) of model H100 with 40000 MiB"
+        );
     }
 }

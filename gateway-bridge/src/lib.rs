@@ -7,6 +7,7 @@
 pub mod fleet;
 pub mod gateway;
 pub mod operator;
+pub mod placements;
 
 use claw_attestation::NodeIdentity;
 use serde::{Deserialize, Serialize};

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 use claw_attestation::NodeIdentity;
 use claw_bridge::fleet::{FleetCommands, NoMeshCommands};
 use claw_bridge::gateway::{GatewayConfig, run_node};
+use claw_bridge::placements::Placements;
 use claw_mesh::{Mesh, MeshConfig, Multiaddr, PeerId};
 
 const IDENTITY_FILE: &str = "identity.key";
@@ -204,7 +205,13 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let commands = Arc::new(FleetCommands::new(handle.clone(), market_node));
+    let placements = Placements::open(&args.data_dir).with_context(|| {
+        format!(
+            "opening the placement record in {}",
+            args.data_dir.display()
+        )
+    })?;
+    let commands = Arc::new(FleetCommands::new(handle.clone(), market_node, placements));
     let mut client = tokio::spawn(run_node(identity, gateway, commands, stop_rx, None));
     let outcome = tokio::select! {
         _ = tokio::signal::ctrl_c() => Ok(()),

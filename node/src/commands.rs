@@ -7,18 +7,30 @@
 //! is answered with `TIMEOUT` but finishes in the background, so the store never holds half a
 //! change. Every invocation is appended to the audit log.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use claw_api::market::{
+    MarketArbitrate, MarketBid, MarketLeaseCancel, MarketLeaseEnd, MarketLeaseFund,
+    MarketLeaseRequest, MarketLeaseRevoke, MarketLeaseStatus, MarketLeases, MarketOffers,
+    MarketOffersSigned, MarketReceipts, MarketReputation, MarketSell, WalletBalance,
+};
+use claw_api::node::{
+    Capabilities, CommandDescription, Cordon, GpuList, GpuMetrics, GpuMetricsParams, LabelParams,
+    Labels, NodeCapabilities, NodeCordon, NodeDrain, NodeHealth, NodeLabel, NodeUncordon,
+    SystemInfo, SystemRun, SystemRunOutput, SystemRunParams,
+};
+use claw_api::workload::{
+    ContainerExec, ExecParams, ListParams, LogsParams, RunParams, StopParams, WorkloadInspect,
+    WorkloadList, WorkloadLogs, WorkloadRef, WorkloadRun, WorkloadStats, WorkloadStop,
+};
+use claw_api::{Command as _, NODE_COMMANDS, NoParams, Router, node_command};
 use claw_attestation::{GpuProbe, XidWatcher, probe_host};
 use claw_mesh::{
     ErrorCode, HandlerFuture, InvokeFailure, InvokeHandler, InvokeRequest, InvokeResponse, PeerId,
 };
-use schemars::JsonSchema;
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
@@ -31,10 +43,7 @@ use crate::market::{
     StatusParams,
 };
 use crate::store::{AuditRecord, Store};
-use crate::system_run::{self, SystemRunError, SystemRunParams};
-use crate::workloads::spec::{
-    ExecParams, ListParams, LogsParams, RunParams, StopParams, WorkloadRef,
-};
+use crate::system_run::{self, SystemRunError};
 use crate::workloads::{ProgressBoard, Workloads};
 
 /// Who invokes a command.
@@ -71,253 +80,82 @@ impl Caller {
 /// Largest params a command accepts, as JSON text.
 pub const MAX_PARAMS_BYTES: usize = 64 * 1024;
 
-/// A command's name, what it does, who may run it, and the JSON schema of its params.
-struct CommandSpec {
-    name: &'static str,
-    description: &'static str,
-    role: Role,
-    params: fn() -> Value,
-}
-
-fn schema<T: JsonSchema>() -> Value {
-    serde_json::to_value(schemars::schema_for!(T)).unwrap_or(Value::Null)
-}
-
-/// Params of commands that take none: `null` or `{}`.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct NoParams {}
-
-/// `gpu.metrics`.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct GpuMetricsParams {
-    /// Only this GPU (UUID).
-    #[serde(default)]
-    gpu: Option<String>,
-}
-
-/// `node.label`.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct LabelParams {
-    /// Labels to set (key → value).
-    #[serde(default)]
-    set: BTreeMap<String, String>,
-    /// Label keys to remove.
-    #[serde(default)]
-    remove: Vec<String>,
-}
-
-const COMMANDS: &[CommandSpec] = &[
-    CommandSpec {
-        name: "node.capabilities",
-        description: "List the commands this node answers, with the role each needs and the JSON schema of its params",
-        role: Role::Read,
-        params: schema::<NoParams>,
-    },
-    CommandSpec {
-        name: "node.health",
-        description: "healthy / degraded / unhealthy, with the reasons: NVML, Docker, disk, memory, GPU errors and throttling",
-        role: Role::Read,
-        params: schema::<NoParams>,
-    },
-    CommandSpec {
-        name: "gpu.list",
-        description: "List GPUs from NVML (and simulated ones, marked), with NVML's status",
-        role: Role::Read,
-        params: schema::<NoParams>,
-    },
-    CommandSpec {
-        name: "gpu.metrics",
-        description: "Live GPU readings from NVML: utilisation, memory, temperature, power, clocks, throttle reasons, ECC and Xid errors, processes, and the workload holding each GPU",
-        role: Role::Read,
-        params: schema::<GpuMetricsParams>,
-    },
-    CommandSpec {
-        name: "system.info",
-        description: "Host facts: OS, kernel, CPU, memory, disk",
-        role: Role::Read,
-        params: schema::<NoParams>,
-    },
-    CommandSpec {
-        name: "node.label",
-        description: "Set or remove node labels (announced to the fleet)",
-        role: Role::Operate,
-        params: schema::<LabelParams>,
-    },
-    CommandSpec {
-        name: "node.cordon",
-        description: "Take no new workloads; running ones continue",
-        role: Role::Operate,
-        params: schema::<NoParams>,
-    },
-    CommandSpec {
-        name: "node.uncordon",
-        description: "Take new workloads again",
-        role: Role::Operate,
-        params: schema::<NoParams>,
-    },
-    CommandSpec {
-        name: "node.drain",
-        description: "Cordon the node and stop every workload gracefully, reporting each; workloads that cannot be stopped now (Docker unreachable) are stopped once they can",
-        role: Role::Operate,
-        params: schema::<NoParams>,
-    },
-    CommandSpec {
-        name: "system.run",
-        description: "Run an allowlisted program (argv, no shell) with a timeout and capped output",
-        role: Role::Admin,
-        params: schema::<SystemRunParams>,
-    },
-    CommandSpec {
-        name: "workload.run",
-        description: "Start a container workload on Docker, with GPUs by count or UUID",
-        role: Role::Operate,
-        params: schema::<RunParams>,
-    },
-    CommandSpec {
-        name: "workload.stop",
-        description: "Stop a workload gracefully and release its GPUs",
-        role: Role::Operate,
-        params: schema::<StopParams>,
-    },
-    CommandSpec {
-        name: "workload.list",
-        description: "List workloads, optionally filtered by state, labels or GPU",
-        role: Role::Read,
-        params: schema::<ListParams>,
-    },
-    CommandSpec {
-        name: "workload.inspect",
-        description: "A workload's record and its container's state and ports",
-        role: Role::Read,
-        params: schema::<WorkloadRef>,
-    },
-    CommandSpec {
-        name: "workload.logs",
-        description: "A workload's recent output (tail, since)",
-        role: Role::Operate,
-        params: schema::<LogsParams>,
-    },
-    CommandSpec {
-        name: "workload.stats",
-        description: "One sample of a workload's CPU, memory, network and process use",
-        role: Role::Read,
-        params: schema::<WorkloadRef>,
-    },
-    CommandSpec {
-        name: "container.exec",
-        description: "Run a program inside a workload's running container",
-        role: Role::Operate,
-        params: schema::<ExecParams>,
-    },
-    CommandSpec {
-        name: "market.sell",
-        description: "Rent out this node's free GPUs at a price per GPU-hour (or change it), or stop selling; offers are published or withdrawn at once",
-        role: Role::Operate,
-        params: schema::<SellParams>,
-    },
-    CommandSpec {
-        name: "market.offers",
-        description: "GPU offers in this node's order book (from gossip), cheapest first, with filters",
-        role: Role::Read,
-        params: schema::<OffersParams>,
-    },
-    CommandSpec {
-        name: "market.bid",
-        description: "Match a bid against the order book and, with a workload, lease the best offer in one call: budget check, signed bid, provider-signed terms, escrow funded on chain, workload started; or say why nothing matches",
-        role: Role::Operate,
-        params: schema::<BidParams>,
-    },
-    CommandSpec {
-        name: "market.leases",
-        description: "This node's leases, as buyer and as provider, with their state",
-        role: Role::Operate,
-        params: schema::<LeasesParams>,
-    },
-    CommandSpec {
-        name: "market.lease.cancel",
-        description: "End a lease this node bought and settle it: pro rata for the time served, the rest refunded",
-        role: Role::Operate,
-        params: schema::<CancelParams>,
-    },
-    CommandSpec {
-        name: "market.lease.revoke",
-        description: "Withdraw a streaming lease's allowance on chain at once; the provider's next pull is refused and it stops the workload",
-        role: Role::Operate,
-        params: schema::<RevokeParams>,
-    },
-    CommandSpec {
-        name: "market.reputation",
-        description: "A provider's reputation from facts this node checks itself: its own leases with it, and the provider's receipts whose escrow (derived from terms both parties signed, with this node's arbiter) the chain shows settled",
-        role: Role::Operate,
-        params: schema::<ReputationParams>,
-    },
-    CommandSpec {
-        name: "market.arbitrate",
-        description: "(arbiter) Rule on a lease's escrow for its buyer or provider, on terms both signed, the funding's block time and the usage checkpoints either side shows; answers the release signed by the arbiter",
-        role: Role::Read,
-        params: schema::<ArbitrateParams>,
-    },
-    CommandSpec {
-        name: "market.offers.signed",
-        description: "This node's current offers, as the signed envelopes it gossiped (for peers that joined after)",
-        role: Role::Read,
-        params: schema::<NoParams>,
-    },
-    CommandSpec {
-        name: "market.receipts",
-        description: "The leases this node served as a provider, with their terms, the buyer's acceptance and the final checkpoint, for anyone to check against the chain",
-        role: Role::Read,
-        params: schema::<ReceiptsParams>,
-    },
-    CommandSpec {
-        name: "market.lease.request",
-        description: "(buyer to provider) Ask for a lease on an offer with a bid signed by the caller and by its funded wallet; answers with signed terms and reserved GPUs",
-        role: Role::Read,
-        params: schema::<LeaseRequestParams>,
-    },
-    CommandSpec {
-        name: "market.lease.fund",
-        description: "(buyer to provider) The buyer's signed acceptance and its funding: verify the derived escrow (or allowance) on chain and start the workload on the reserved GPUs",
-        role: Role::Read,
-        params: schema::<FundParams>,
-    },
-    CommandSpec {
-        name: "market.lease.end",
-        description: "(buyer to provider) End the lease; answers with the final usage checkpoint and the provider-signed settlement",
-        role: Role::Read,
-        params: schema::<EndParams>,
-    },
-    CommandSpec {
-        name: "market.lease.status",
-        description: "(buyer or arbiter to a lease's party) Where the lease is, with the latest usage checkpoint",
-        role: Role::Read,
-        params: schema::<StatusParams>,
-    },
-    CommandSpec {
-        name: "wallet.balance",
-        description: "The node wallet's SOL and MOLT balances",
-        role: Role::Operate,
-        params: schema::<NoParams>,
-    },
-];
-
 /// Commands a lessee may run on the workload of its lease, though it has only the read role.
-const LESSEE_COMMANDS: &[&str] = &["workload.stop", "workload.logs", "container.exec"];
+const LESSEE_COMMANDS: &[&str] = &[WorkloadStop::NAME, WorkloadLogs::NAME, ContainerExec::NAME];
 
 /// The command table as `node.capabilities` answers it, built once.
-fn capabilities() -> Value {
-    static TABLE: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
-    TABLE
-        .get_or_init(|| {
-            COMMANDS
-                .iter()
-                .map(|c| json!({"name": c.name, "description": c.description, "role": c.role, "params": (c.params)()}))
-                .collect()
-        })
-        .clone()
+fn command_descriptions() -> &'static [CommandDescription] {
+    static TABLE: OnceLock<Vec<CommandDescription>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        NODE_COMMANDS
+            .iter()
+            .map(|c| CommandDescription {
+                name: c.name.to_owned(),
+                description: c.description.to_owned(),
+                role: c.role,
+                params: c.params_schema(),
+            })
+            .collect()
+    })
+}
+
+/// What a command runs with besides its params.
+#[derive(Debug, Clone)]
+struct Call {
+    /// Who asks.
+    principal: Caller,
+    /// The role it has here.
+    role: Role,
+    /// The caller's idempotency key, for commands that act.
+    idempotency_key: Option<String>,
+}
+
+/// The node's handlers, one per command of [`NODE_COMMANDS`].
+fn router() -> &'static Router<NodeCommands, Call> {
+    static ROUTER: OnceLock<Router<NodeCommands, Call>> = OnceLock::new();
+    ROUTER.get_or_init(|| {
+        Router::<NodeCommands, Call>::new()
+            .route::<NodeCapabilities, _, _>(|node, call, params| {
+                std::future::ready(node.capabilities(call, params))
+            })
+            .route::<NodeHealth, _, _>(NodeCommands::health)
+            .route::<GpuList, _, _>(NodeCommands::gpu_list)
+            .route::<GpuMetrics, _, _>(NodeCommands::gpu_metrics)
+            .route::<SystemInfo, _, _>(NodeCommands::system_info)
+            .route::<NodeLabel, _, _>(NodeCommands::label)
+            .route::<NodeCordon, _, _>(|node, _, NoParams {}| node.set_cordon(true))
+            .route::<NodeUncordon, _, _>(|node, _, NoParams {}| node.set_cordon(false))
+            .route::<NodeDrain, _, _>(NodeCommands::drain)
+            .route::<SystemRun, _, _>(NodeCommands::system_run)
+            .route::<WorkloadRun, _, _>(NodeCommands::workload_run)
+            .route::<WorkloadStop, _, _>(NodeCommands::workload_stop)
+            .route::<WorkloadList, _, _>(NodeCommands::workload_list)
+            .route::<WorkloadInspect, _, _>(NodeCommands::workload_inspect)
+            .route::<WorkloadLogs, _, _>(NodeCommands::workload_logs)
+            .route::<WorkloadStats, _, _>(NodeCommands::workload_stats)
+            .route::<ContainerExec, _, _>(NodeCommands::container_exec)
+            .route::<MarketSell, _, _>(NodeCommands::market_sell)
+            .route::<MarketOffers, _, _>(|node, call, params| {
+                std::future::ready(node.market_offers(call, params))
+            })
+            .route::<MarketBid, _, _>(NodeCommands::market_bid)
+            .route::<MarketLeases, _, _>(NodeCommands::market_leases)
+            .route::<MarketLeaseCancel, _, _>(NodeCommands::market_cancel)
+            .route::<MarketLeaseRevoke, _, _>(NodeCommands::market_revoke)
+            .route::<MarketReputation, _, _>(NodeCommands::market_reputation)
+            .route::<MarketArbitrate, _, _>(NodeCommands::market_arbitrate)
+            .route::<MarketOffersSigned, _, _>(|node, _, NoParams {}| async move {
+                Ok(node.services.market.signed_offers())
+            })
+            .route::<MarketReceipts, _, _>(NodeCommands::market_receipts)
+            .route::<MarketLeaseRequest, _, _>(NodeCommands::lease_request)
+            .route::<MarketLeaseFund, _, _>(NodeCommands::lease_fund)
+            .route::<MarketLeaseEnd, _, _>(NodeCommands::lease_end)
+            .route::<MarketLeaseStatus, _, _>(NodeCommands::lease_status)
+            .route::<WalletBalance, _, _>(|node, _, NoParams {}| async move {
+                node.services.market.balance().await
+            })
+    })
 }
 
 /// A workload as `principal` with `role` may see it: whole for operators and for its own owner;
@@ -341,12 +179,6 @@ fn redacted(
 
 fn invalid(message: impl Into<String>) -> InvokeFailure {
     InvokeFailure::new(ErrorCode::InvalidParams, message)
-}
-
-/// Parses params strictly; `null` counts as `{}`.
-fn parse<T: DeserializeOwned>(command: &str, params: Value) -> Result<T, InvokeFailure> {
-    let params = if params.is_null() { json!({}) } else { params };
-    serde_json::from_value(params).map_err(|e| invalid(format!("{command}: {e}")))
 }
 
 fn to_value(value: impl Serialize) -> Result<Value, InvokeFailure> {
@@ -420,237 +252,16 @@ impl NodeCommands {
 
     /// Names of every command, for announcing and for the gateway.
     pub fn names() -> Vec<&'static str> {
-        COMMANDS.iter().map(|c| c.name).collect()
+        NODE_COMMANDS.iter().map(|c| c.name).collect()
     }
 
     /// Names of the commands a caller with `role` may run.
     pub fn names_for(role: Role) -> Vec<&'static str> {
-        COMMANDS
+        NODE_COMMANDS
             .iter()
             .filter(|c| c.role <= role)
             .map(|c| c.name)
             .collect()
-    }
-
-    async fn run(
-        &self,
-        principal: Caller,
-        role: Role,
-        request: InvokeRequest,
-    ) -> Result<Value, InvokeFailure> {
-        let s = &self.services;
-        let caller = principal.peer(s.access.local());
-        let InvokeRequest {
-            command,
-            params,
-            idempotency_key,
-            ..
-        } = request;
-        let command = command.as_str();
-        match command {
-            "node.capabilities" => {
-                parse::<NoParams>(command, params)?;
-                Ok(json!({ "commands": capabilities(), "caller_role": role }))
-            }
-            "gpu.list" => {
-                parse::<NoParams>(command, params)?;
-                let probe = Arc::clone(&s.probe);
-                blocking(move || json!({ "nvml": probe.status(), "gpus": probe.devices() })).await
-            }
-            "gpu.metrics" => {
-                let params: GpuMetricsParams = parse(command, params)?;
-                let holders = s
-                    .workloads
-                    .allocations()
-                    .await
-                    .map_err(InvokeFailure::from)?;
-                let services = Arc::clone(s);
-                let (nvml, metrics) = blocking(move || {
-                    (
-                        services.probe.status(),
-                        services.probe.metrics(services.xids.as_ref()),
-                    )
-                })
-                .await?;
-                let gpus: Vec<Value> = metrics
-                    .into_iter()
-                    .filter(|m| params.gpu.as_ref().is_none_or(|g| *g == m.uuid))
-                    .map(|m| {
-                        let holder = holders.get(&m.uuid).cloned();
-                        let mut value = json!(m);
-                        value["workload"] = json!(holder);
-                        value
-                    })
-                    .collect();
-                if let Some(gpu) = &params.gpu
-                    && gpus.is_empty()
-                {
-                    return Err(InvokeFailure::new(
-                        ErrorCode::NotFound,
-                        format!("no GPU {gpu} on this node"),
-                    ));
-                }
-                Ok(json!({ "nvml": nvml, "gpus": gpus }))
-            }
-            "system.info" => {
-                parse::<NoParams>(command, params)?;
-                let dir = s.data_dir.clone();
-                blocking(move || json!(probe_host(&dir))).await
-            }
-            "node.health" => {
-                parse::<NoParams>(command, params)?;
-                let docker = s
-                    .workloads
-                    .engine_version()
-                    .await
-                    .map_err(|e| e.to_string());
-                let services = Arc::clone(s);
-                blocking(move || {
-                    let nvml = services.probe.status();
-                    let gpus = services.probe.metrics(services.xids.as_ref());
-                    let cordoned = services.store.cordoned().unwrap_or(false);
-                    to_value(assess(&HealthInputs {
-                        nvml: &nvml,
-                        gpus: &gpus,
-                        docker,
-                        data_dir: &services.data_dir,
-                        cordoned,
-                    }))
-                })
-                .await?
-            }
-            "node.label" => {
-                let params: LabelParams = parse(command, params)?;
-                for (key, value) in &params.set {
-                    if key.is_empty() || key.len() > 64 || value.len() > 256 {
-                        return Err(invalid(format!(
-                            "label {key:?}: keys 1 to 64 characters, values at most 256"
-                        )));
-                    }
-                }
-                let store = s.store.clone();
-                blocking(move || {
-                    let mut labels = store.labels()?;
-                    for key in &params.remove {
-                        labels.remove(key);
-                    }
-                    labels.extend(params.set);
-                    if labels.len() > 64 {
-                        return Ok(Err(invalid("a node has at most 64 labels")));
-                    }
-                    store.set_labels(&labels)?;
-                    Ok(Ok(json!({ "labels": labels })))
-                })
-                .await?
-                .map_err(store_failure)?
-            }
-            "node.cordon" | "node.uncordon" => {
-                parse::<NoParams>(command, params)?;
-                let cordon = command == "node.cordon";
-                let store = s.store.clone();
-                blocking(move || store.set_cordoned(cordon))
-                    .await?
-                    .map_err(store_failure)?;
-                tracing::info!(cordoned = cordon, "node cordon changed");
-                s.market.offers_changed();
-                Ok(json!({ "cordoned": cordon }))
-            }
-            "node.drain" => {
-                parse::<NoParams>(command, params)?;
-                let store = s.store.clone();
-                blocking(move || store.set_draining())
-                    .await?
-                    .map_err(store_failure)?;
-                s.market.offers_changed();
-                let outcomes = s.workloads.drain(idempotency_key.as_deref()).await?;
-                let pending = outcomes.iter().filter(|o| o.outcome != "stopped").count();
-                Ok(json!({
-                    "cordoned": true,
-                    "workloads": outcomes,
-                    "pending": pending,
-                    "note": (pending > 0).then_some(
-                        "the node keeps stopping the pending workloads every announce interval until none runs"
-                    ),
-                }))
-            }
-            "system.run" => {
-                let params: SystemRunParams = parse(command, params)?;
-                let output = system_run::run(&s.system_run, params)
-                    .await
-                    .map_err(|e| match e {
-                        SystemRunError::Invalid(m) => invalid(m),
-                        SystemRunError::NotAllowed(m) => {
-                            InvokeFailure::new(ErrorCode::Unauthorized, m)
-                        }
-                        spawn @ SystemRunError::Spawn { .. } => {
-                            InvokeFailure::new(ErrorCode::NotFound, spawn.to_string())
-                        }
-                    })?;
-                to_value(output)
-            }
-            "workload.run" => {
-                let params: RunParams = parse(command, params)?;
-                to_value(
-                    s.workloads
-                        .run(principal.owner(), params, idempotency_key)
-                        .await?,
-                )
-            }
-            "workload.stop" => to_value(s.workloads.stop(parse(command, params)?).await?),
-            "workload.list" => {
-                let workloads = s.workloads.list(parse(command, params)?).await?;
-                let workloads: Vec<Value> = workloads
-                    .iter()
-                    .map(|w| redacted(w, principal, role))
-                    .collect::<Result<_, _>>()?;
-                Ok(json!({ "workloads": workloads }))
-            }
-            "workload.inspect" => {
-                let mut answer = s.workloads.inspect(parse(command, params)?).await?;
-                if let Ok(record) = serde_json::from_value::<crate::workloads::WorkloadRecord>(
-                    answer["workload"].clone(),
-                ) {
-                    answer["workload"] = redacted(&record, principal, role)?;
-                }
-                Ok(answer)
-            }
-            "workload.logs" => Ok(s.workloads.logs(parse(command, params)?).await?),
-            "workload.stats" => Ok(s.workloads.stats(parse(command, params)?).await?),
-            "container.exec" => Ok(s.workloads.exec(parse(command, params)?).await?),
-            "market.offers" => s.market.offers(parse(command, params)?),
-            "market.sell" => s.market.sell(parse(command, params)?).await,
-            "market.bid" => {
-                s.market
-                    .bid(parse(command, params)?, idempotency_key.as_deref())
-                    .await
-            }
-            "market.leases" => s.market.leases(parse(command, params)?).await,
-            "market.lease.cancel" => s.market.cancel(parse(command, params)?).await,
-            "market.lease.revoke" => s.market.revoke(parse(command, params)?).await,
-            "market.reputation" => s.market.reputation(parse(command, params)?).await,
-            "market.receipts" => s.market.receipts(parse(command, params)?).await,
-            "market.offers.signed" => {
-                parse::<NoParams>(command, params)?;
-                Ok(s.market.signed_offers())
-            }
-            "market.arbitrate" => s.market.arbitrate(caller, parse(command, params)?).await,
-            "market.lease.request" => {
-                s.market
-                    .lease_request(caller, parse(command, params)?)
-                    .await
-            }
-            "market.lease.fund" => s.market.lease_fund(caller, parse(command, params)?).await,
-            "market.lease.end" => s.market.lease_end(caller, parse(command, params)?).await,
-            "market.lease.status" => s.market.lease_status(caller, parse(command, params)?).await,
-            "wallet.balance" => {
-                parse::<NoParams>(command, params)?;
-                s.market.balance().await
-            }
-            other => Err(InvokeFailure::new(
-                ErrorCode::UnknownCommand,
-                format!("no command {other:?}; node.capabilities lists them"),
-            )),
-        }
     }
 
     /// Whether `caller` is the buyer of the lease whose workload a lessee command names: a
@@ -693,7 +304,7 @@ impl NodeCommands {
         role: Role,
         request: InvokeRequest,
     ) -> (Role, Result<Value, InvokeFailure>) {
-        let Some(spec) = COMMANDS.iter().find(|c| c.name == request.command) else {
+        let Some(spec) = node_command(&request.command) else {
             return (
                 role,
                 Err(InvokeFailure::new(
@@ -731,8 +342,13 @@ impl NodeCommands {
             );
         }
         let deadline = Duration::from_millis(request.deadline_ms);
-        let commands = self.clone();
-        let task = tokio::spawn(async move { commands.run(caller, role, request).await });
+        let call = Call {
+            principal: caller,
+            role,
+            idempotency_key: request.idempotency_key,
+        };
+        let task =
+            tokio::spawn(router().dispatch(self.clone(), call, &request.command, request.params));
         let result = match tokio::time::timeout(deadline, task).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(InvokeFailure::new(
@@ -748,6 +364,291 @@ impl NodeCommands {
             )),
         };
         (role, result)
+    }
+}
+
+/// The handlers, one per command; the router parses their params and encodes their answers.
+impl NodeCommands {
+    fn capabilities(
+        self,
+        call: Call,
+        NoParams {}: NoParams,
+    ) -> Result<Capabilities, InvokeFailure> {
+        Ok(Capabilities {
+            commands: command_descriptions().to_vec(),
+            caller_role: call.role,
+        })
+    }
+
+    async fn gpu_list(self, _: Call, NoParams {}: NoParams) -> Result<Value, InvokeFailure> {
+        let probe = Arc::clone(&self.services.probe);
+        blocking(move || json!({ "nvml": probe.status(), "gpus": probe.devices() })).await
+    }
+
+    async fn gpu_metrics(self, _: Call, params: GpuMetricsParams) -> Result<Value, InvokeFailure> {
+        let holders = self
+            .services
+            .workloads
+            .allocations()
+            .await
+            .map_err(InvokeFailure::from)?;
+        let services = Arc::clone(&self.services);
+        let (nvml, metrics) = blocking(move || {
+            (
+                services.probe.status(),
+                services.probe.metrics(services.xids.as_ref()),
+            )
+        })
+        .await?;
+        let gpus: Vec<Value> = metrics
+            .into_iter()
+            .filter(|m| params.gpu.as_ref().is_none_or(|g| *g == m.uuid))
+            .map(|m| {
+                let holder = holders.get(&m.uuid).cloned();
+                let mut value = json!(m);
+                value["workload"] = json!(holder);
+                value
+            })
+            .collect();
+        if let Some(gpu) = &params.gpu
+            && gpus.is_empty()
+        {
+            return Err(InvokeFailure::new(
+                ErrorCode::NotFound,
+                format!("no GPU {gpu} on this node"),
+            ));
+        }
+        Ok(json!({ "nvml": nvml, "gpus": gpus }))
+    }
+
+    async fn system_info(self, _: Call, NoParams {}: NoParams) -> Result<Value, InvokeFailure> {
+        let dir = self.services.data_dir.clone();
+        blocking(move || json!(probe_host(&dir))).await
+    }
+
+    async fn health(self, _: Call, NoParams {}: NoParams) -> Result<Value, InvokeFailure> {
+        let docker = self
+            .services
+            .workloads
+            .engine_version()
+            .await
+            .map_err(|e| e.to_string());
+        let services = Arc::clone(&self.services);
+        blocking(move || {
+            let nvml = services.probe.status();
+            let gpus = services.probe.metrics(services.xids.as_ref());
+            let cordoned = services.store.cordoned().unwrap_or(false);
+            to_value(assess(&HealthInputs {
+                nvml: &nvml,
+                gpus: &gpus,
+                docker,
+                data_dir: &services.data_dir,
+                cordoned,
+            }))
+        })
+        .await?
+    }
+
+    async fn label(self, _: Call, params: LabelParams) -> Result<Labels, InvokeFailure> {
+        for (key, value) in &params.set {
+            if key.is_empty() || key.len() > 64 || value.len() > 256 {
+                return Err(invalid(format!(
+                    "label {key:?}: keys 1 to 64 characters, values at most 256"
+                )));
+            }
+        }
+        let store = self.services.store.clone();
+        blocking(move || {
+            let mut labels = store.labels()?;
+            for key in &params.remove {
+                labels.remove(key);
+            }
+            labels.extend(params.set);
+            if labels.len() > 64 {
+                return Ok(Err(invalid("a node has at most 64 labels")));
+            }
+            store.set_labels(&labels)?;
+            Ok(Ok(Labels { labels }))
+        })
+        .await?
+        .map_err(store_failure)?
+    }
+
+    async fn set_cordon(self, cordon: bool) -> Result<Cordon, InvokeFailure> {
+        let store = self.services.store.clone();
+        blocking(move || store.set_cordoned(cordon))
+            .await?
+            .map_err(store_failure)?;
+        tracing::info!(cordoned = cordon, "node cordon changed");
+        self.services.market.offers_changed();
+        Ok(Cordon { cordoned: cordon })
+    }
+
+    async fn drain(self, call: Call, NoParams {}: NoParams) -> Result<Value, InvokeFailure> {
+        let store = self.services.store.clone();
+        blocking(move || store.set_draining())
+            .await?
+            .map_err(store_failure)?;
+        self.services.market.offers_changed();
+        let outcomes = self
+            .services
+            .workloads
+            .drain(call.idempotency_key.as_deref())
+            .await?;
+        let pending = outcomes.iter().filter(|o| o.outcome != "stopped").count();
+        Ok(json!({
+            "cordoned": true,
+            "workloads": outcomes,
+            "pending": pending,
+            "note": (pending > 0).then_some(
+                "the node keeps stopping the pending workloads every announce interval until none runs"
+            ),
+        }))
+    }
+
+    async fn system_run(
+        self,
+        _: Call,
+        params: SystemRunParams,
+    ) -> Result<SystemRunOutput, InvokeFailure> {
+        system_run::run(&self.services.system_run, params)
+            .await
+            .map_err(|e| match e {
+                SystemRunError::Invalid(m) => invalid(m),
+                SystemRunError::NotAllowed(m) => InvokeFailure::new(ErrorCode::Unauthorized, m),
+                spawn @ SystemRunError::Spawn { .. } => {
+                    InvokeFailure::new(ErrorCode::NotFound, spawn.to_string())
+                }
+            })
+    }
+
+    async fn workload_run(self, call: Call, params: RunParams) -> Result<Value, InvokeFailure> {
+        let started = self
+            .services
+            .workloads
+            .run(call.principal.owner(), params, call.idempotency_key)
+            .await?;
+        to_value(started)
+    }
+
+    async fn workload_stop(self, _: Call, params: StopParams) -> Result<Value, InvokeFailure> {
+        to_value(self.services.workloads.stop(params).await?)
+    }
+
+    async fn workload_list(self, call: Call, params: ListParams) -> Result<Value, InvokeFailure> {
+        let workloads = self.services.workloads.list(params).await?;
+        let workloads: Vec<Value> = workloads
+            .iter()
+            .map(|w| redacted(w, call.principal, call.role))
+            .collect::<Result<_, _>>()?;
+        Ok(json!({ "workloads": workloads }))
+    }
+
+    async fn workload_inspect(
+        self,
+        call: Call,
+        params: WorkloadRef,
+    ) -> Result<Value, InvokeFailure> {
+        let mut answer = self.services.workloads.inspect(params).await?;
+        if let Ok(record) =
+            serde_json::from_value::<crate::workloads::WorkloadRecord>(answer["workload"].clone())
+        {
+            answer["workload"] = redacted(&record, call.principal, call.role)?;
+        }
+        Ok(answer)
+    }
+
+    async fn workload_logs(self, _: Call, params: LogsParams) -> Result<Value, InvokeFailure> {
+        Ok(self.services.workloads.logs(params).await?)
+    }
+
+    async fn workload_stats(self, _: Call, params: WorkloadRef) -> Result<Value, InvokeFailure> {
+        Ok(self.services.workloads.stats(params).await?)
+    }
+
+    async fn container_exec(self, _: Call, params: ExecParams) -> Result<Value, InvokeFailure> {
+        Ok(self.services.workloads.exec(params).await?)
+    }
+
+    async fn market_sell(self, _: Call, params: SellParams) -> Result<Value, InvokeFailure> {
+        self.services.market.sell(params).await
+    }
+
+    fn market_offers(self, _: Call, params: OffersParams) -> Result<Value, InvokeFailure> {
+        self.services.market.offers(params)
+    }
+
+    async fn market_bid(self, call: Call, params: BidParams) -> Result<Value, InvokeFailure> {
+        self.services
+            .market
+            .bid(params, call.idempotency_key.as_deref())
+            .await
+    }
+
+    async fn market_leases(self, _: Call, params: LeasesParams) -> Result<Value, InvokeFailure> {
+        self.services.market.leases(params).await
+    }
+
+    async fn market_cancel(self, _: Call, params: CancelParams) -> Result<Value, InvokeFailure> {
+        self.services.market.cancel(params).await
+    }
+
+    async fn market_revoke(self, _: Call, params: RevokeParams) -> Result<Value, InvokeFailure> {
+        self.services.market.revoke(params).await
+    }
+
+    async fn market_reputation(
+        self,
+        _: Call,
+        params: ReputationParams,
+    ) -> Result<Value, InvokeFailure> {
+        self.services.market.reputation(params).await
+    }
+
+    async fn market_receipts(
+        self,
+        _: Call,
+        params: ReceiptsParams,
+    ) -> Result<Value, InvokeFailure> {
+        self.services.market.receipts(params).await
+    }
+
+    /// The peer a market step is attributed to (the gateway acts for the node there).
+    fn market_peer(&self, call: &Call) -> PeerId {
+        call.principal.peer(self.services.access.local())
+    }
+
+    async fn market_arbitrate(
+        self,
+        call: Call,
+        params: ArbitrateParams,
+    ) -> Result<Value, InvokeFailure> {
+        let peer = self.market_peer(&call);
+        self.services.market.arbitrate(peer, params).await
+    }
+
+    async fn lease_request(
+        self,
+        call: Call,
+        params: LeaseRequestParams,
+    ) -> Result<Value, InvokeFailure> {
+        let peer = self.market_peer(&call);
+        self.services.market.lease_request(peer, params).await
+    }
+
+    async fn lease_fund(self, call: Call, params: FundParams) -> Result<Value, InvokeFailure> {
+        let peer = self.market_peer(&call);
+        self.services.market.lease_fund(peer, params).await
+    }
+
+    async fn lease_end(self, call: Call, params: EndParams) -> Result<Value, InvokeFailure> {
+        let peer = self.market_peer(&call);
+        self.services.market.lease_end(peer, params).await
+    }
+
+    async fn lease_status(self, call: Call, params: StatusParams) -> Result<Value, InvokeFailure> {
+        let peer = self.market_peer(&call);
+        self.services.market.lease_status(peer, params).await
     }
 }
 
@@ -781,7 +682,7 @@ impl NodeCommands {
             Err(failure) => failure.code.to_string(),
         };
         tracing::info!(caller = caller_label, %role, command, outcome, duration_ms, "invoke");
-        let known = COMMANDS.iter().find(|c| c.name == command).map(|c| c.name);
+        let known = node_command(&command).map(|c| c.name);
         self.services
             .invokes
             .record(known.unwrap_or("unknown"), &outcome);
@@ -814,5 +715,32 @@ impl InvokeHandler for NodeCommands {
                 .await;
             InvokeResponse::from(result)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn every_command_of_the_catalogue_is_routed_and_nothing_else() {
+        let routed: BTreeSet<&str> = router().names().collect();
+        let listed: BTreeSet<&str> = NODE_COMMANDS.iter().map(|c| c.name).collect();
+        assert_eq!(routed, listed);
+        for name in LESSEE_COMMANDS {
+            assert!(listed.contains(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn capabilities_describe_the_catalogue() {
+        let described = command_descriptions();
+        assert_eq!(described.len(), NODE_COMMANDS.len());
+        let label = described.iter().find(|c| c.name == "node.label").unwrap();
+        assert_eq!(label.role, Role::Operate);
+        assert_eq!(label.params["additionalProperties"], false);
+        assert!(label.params["properties"]["set"].is_object());
     }
 }

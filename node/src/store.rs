@@ -111,6 +111,13 @@ enum AdmitAbort {
     Store(StoreError),
 }
 
+/// Where a workload's idempotency key is indexed: per owner, so that one caller's key never
+/// answers with another's workload.
+fn idempotency_index(record: &WorkloadRecord) -> Option<Vec<u8>> {
+    let key = record.idempotency_key.as_ref()?;
+    Some([record.owner.as_bytes(), b"\n", key.as_bytes()].concat())
+}
+
 /// A stored JSON record (`what` names it in the error when it does not decode).
 fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
@@ -386,8 +393,8 @@ impl Store {
             &self.names,
         );
         let outcome = trees.transaction(|(workloads, allocations, idempotency, names)| {
-            if let Some(key) = &record.idempotency_key
-                && let Some(id) = idempotency.get(key.as_bytes())?
+            if let Some(index) = idempotency_index(&record)
+                && let Some(id) = idempotency.get(&index)?
                 && let Some(existing) = workloads.get(&id)?
             {
                 let existing = decode_record(&existing)
@@ -446,8 +453,8 @@ impl Store {
             for uuid in &record.gpus {
                 allocations.insert(uuid.as_bytes(), record.id.as_bytes())?;
             }
-            if let Some(key) = &record.idempotency_key {
-                idempotency.insert(key.as_bytes(), record.id.as_bytes())?;
+            if let Some(index) = idempotency_index(&record) {
+                idempotency.insert(index, record.id.as_bytes())?;
             }
             if let Some(name) = &record.name {
                 names.insert(name.as_bytes(), record.id.as_bytes())?;
@@ -1014,6 +1021,13 @@ mod tests {
             .unwrap();
         assert!(matches!(again, Admitted::Existing(ref w) if w.id == "wl-1"));
         assert_eq!(store.allocations().unwrap().len(), 1);
+        // Another owner's same key is its own: a new workload, never the first owner's.
+        let mut other = pending("wl-5", Some("k1"));
+        other.owner = "another-peer".into();
+        let theirs = store
+            .admit_workload(other, &GpuChoice::Count(0), &gpus)
+            .unwrap();
+        assert!(matches!(theirs, Admitted::New(ref w) if w.id == "wl-5"));
         first.state = WorkloadState::Stopped;
         store.update_workload(&first).unwrap();
         assert!(store.allocations().unwrap().is_empty());

@@ -4,37 +4,11 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
 use crate::config::SystemRunSection;
 
-/// Params of `system.run`.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SystemRunParams {
-    /// Absolute program path (on the node's allowlist) and its arguments.
-    pub argv: Vec<String>,
-    /// Seconds before the program is killed. Default and most: the node's `max_timeout_secs`.
-    #[serde(default)]
-    pub timeout_secs: Option<u64>,
-}
-
-/// What the program did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SystemRunOutput {
-    /// Exit code; `None` when it was killed by a signal or the timeout.
-    pub exit_code: Option<i32>,
-    /// Standard output, lossily decoded, capped.
-    pub stdout: String,
-    /// Standard error, lossily decoded, capped.
-    pub stderr: String,
-    /// Whether either stream was cut at the cap.
-    pub truncated: bool,
-    /// Whether it was killed at the timeout.
-    pub timed_out: bool,
-}
+pub use claw_api::node::{SystemRunOutput, SystemRunParams};
 
 /// Why `system.run` refused or failed.
 #[derive(Debug, thiserror::Error)]

@@ -207,7 +207,11 @@ fn main() {
             &url,
             "clawbernetes-fleet".to_owned(),
             FleetCommands::names(),
-            Arc::new(FleetCommands::new(bridge.handle.clone(), None)),
+            Arc::new(FleetCommands::new(
+                bridge.handle.clone(),
+                None,
+                claw_bridge::placements::Placements::in_memory().expect("placements"),
+            )),
             stop.clone(),
         );
         eprintln!("{nodes} nodes and the bridge started in {:.1} s", started.elapsed().as_secs_f64());

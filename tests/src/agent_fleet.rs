@@ -56,6 +56,7 @@ pub struct FleetNode {
 #[derive(Debug)]
 pub struct AgentFleet {
     bridge: Child,
+    bridge_args: Vec<std::ffi::OsString>,
     /// The provider nodes, in the order given.
     pub nodes: Vec<FleetNode>,
     /// The gateway, with the plugin loaded.
@@ -150,34 +151,26 @@ impl AgentFleet {
 
         let token_file = dir.path().join("bridge.token");
         write_secret(&token_file, TOKEN);
-        let mut child = Command::new(workspace_binary("claw-bridge"))
-            .args(["run", "--data-dir"])
-            .arg(&bridge_dir)
-            .args(["--gateway", &gateway.url(), "--token-file"])
-            .arg(&token_file)
-            .args([
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--allow-colocated-peers",
-                "--bootstrap",
-                &nodes[0].process.listen_addrs[0],
-                "--market-node",
-                &nodes[market_node].process.peer_id,
-            ])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("claw-bridge run");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("the bridge's first line");
-        let started: Value = serde_json::from_str(&line).expect("bridge JSON");
-        assert_eq!(started["device_id"], device_id.as_str());
+        let bridge_args: Vec<std::ffi::OsString> = vec![
+            "run".into(),
+            "--data-dir".into(),
+            bridge_dir.into_os_string(),
+            "--gateway".into(),
+            gateway.url().into(),
+            "--token-file".into(),
+            token_file.into_os_string(),
+            "--listen".into(),
+            "/ip4/127.0.0.1/tcp/0".into(),
+            "--allow-colocated-peers".into(),
+            "--bootstrap".into(),
+            nodes[0].process.listen_addrs[0].clone().into(),
+            "--market-node".into(),
+            nodes[market_node].process.peer_id.clone().into(),
+        ];
+        let child = spawn_bridge(&bridge_args, &device_id);
         let fleet = Self {
             bridge: child,
+            bridge_args,
             nodes,
             gateway,
             device_id,
@@ -214,6 +207,23 @@ impl AgentFleet {
             },
         );
         fleet
+    }
+
+    /// Kills the bridge (`kill -9`) and starts it again on the same data directory; waits until
+    /// it is back in the gateway and sees every node.
+    pub fn restart_bridge(&mut self) {
+        let _ = self.bridge.kill();
+        let _ = self.bridge.wait();
+        self.bridge = spawn_bridge(&self.bridge_args, &self.device_id);
+        let expected = self.nodes.len();
+        eventually(
+            Duration::from_secs(60),
+            "every node in the restarted bridge's fleet.status",
+            || {
+                let status = self.call("fleet.status", &json!({})).ok()?;
+                (status["node_count"] == expected).then_some(())
+            },
+        );
     }
 
     /// A bridge command through `openclaw nodes invoke`: its payload, or the CLI's error text.
@@ -278,4 +288,23 @@ pub fn write_secret(path: &Path, text: &str) {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("0600");
     }
+}
+
+/// Starts `claw-bridge` with `args` and checks its first line names `device_id`.
+fn spawn_bridge(args: &[std::ffi::OsString], device_id: &str) -> Child {
+    let mut child = Command::new(workspace_binary("claw-bridge"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("claw-bridge run");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the bridge's first line");
+    let started: Value = serde_json::from_str(&line).expect("bridge JSON");
+    assert_eq!(started["device_id"], device_id);
+    child
 }

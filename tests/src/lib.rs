@@ -286,6 +286,17 @@ impl Clawnode {
         command: &str,
         params: &serde_json::Value,
     ) -> Result<serde_json::Value, String> {
+        self.invoke_with_key(node, command, params, None)
+    }
+
+    /// `clawnode invoke` with an idempotency key, when one is given.
+    pub fn invoke_with_key(
+        &self,
+        node: Option<&str>,
+        command: &str,
+        params: &serde_json::Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<serde_json::Value, String> {
         let params = params.to_string();
         let mut args = vec![
             "invoke",
@@ -297,6 +308,9 @@ impl Clawnode {
         ];
         if let Some(node) = node {
             args.extend(["--node", node]);
+        }
+        if let Some(key) = idempotency_key {
+            args.extend(["--idempotency-key", key]);
         }
         let finished = self.run(&args);
         if finished.success {
@@ -878,8 +892,46 @@ impl OpenClawGateway {
 
     /// Calls an agent tool through the gateway's HTTP tool endpoint (`POST /tools/invoke`).
     pub fn tool(&self, tool: &str, args: serde_json::Value) -> serde_json::Value {
+        self.tools().call(tool, args, None)
+    }
+
+    /// A client of the gateway's HTTP tool endpoint, to call tools from another thread.
+    pub fn tools(&self) -> ToolClient {
+        ToolClient { port: self.port }
+    }
+
+    /// [`Self::cli`], parsed, when it succeeds.
+    pub fn cli_json(&self, args: &[&str]) -> Option<serde_json::Value> {
+        let output = self.cli(args);
+        output
+            .status
+            .success()
+            .then(|| serde_json::from_slice(&output.stdout).ok())
+            .flatten()
+    }
+}
+
+/// The gateway's HTTP tool endpoint, as an agent's runtime calls it.
+#[derive(Debug, Clone, Copy)]
+pub struct ToolClient {
+    port: u16,
+}
+
+impl ToolClient {
+    /// Calls agent tool `tool` with `args`; with `idempotency_key`, the gateway gives the tool
+    /// call the id `http-direct-operator-<key>`, as it would a retried agent call.
+    pub fn call(
+        &self,
+        tool: &str,
+        args: serde_json::Value,
+        idempotency_key: Option<&str>,
+    ) -> serde_json::Value {
         use std::io::{Read as _, Write as _};
-        let body = serde_json::json!({ "tool": tool, "args": args }).to_string();
+        let mut body = serde_json::json!({ "tool": tool, "args": args });
+        if let Some(key) = idempotency_key {
+            body["idempotencyKey"] = serde_json::json!(key);
+        }
+        let body = body.to_string();
         let mut stream =
             std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("gateway HTTP");
         stream
@@ -897,16 +949,6 @@ impl OpenClawGateway {
             .split_once("\r\n\r\n")
             .unwrap_or_else(|| panic!("no HTTP body: {answer}"));
         serde_json::from_str(json).unwrap_or_else(|e| panic!("{tool}: {e}: {json}"))
-    }
-
-    /// [`Self::cli`], parsed, when it succeeds.
-    pub fn cli_json(&self, args: &[&str]) -> Option<serde_json::Value> {
-        let output = self.cli(args);
-        output
-            .status
-            .success()
-            .then(|| serde_json::from_slice(&output.stdout).ok())
-            .flatten()
     }
 }
 

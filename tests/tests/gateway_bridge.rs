@@ -14,8 +14,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use claw_tests::{
-    AgentFleet, NodeSpec, TOKEN, eventually, node_containers, required_part, run_with_deadline,
-    workspace_binary, write_secret,
+    AgentFleet, DockerProxy, Hold, NodeSpec, TOKEN, eventually, node_containers, required_part,
+    run_with_deadline, workspace_binary, write_secret,
 };
 use serde_json::{Value, json};
 
@@ -351,4 +351,104 @@ fn the_bridge_presents_three_nodes_as_one_openclaw_node() {
         started.elapsed() < Duration::from_secs(30),
         "no retry storm"
     );
+}
+
+/// The agent's deploy is retried after the bridge dies mid-call: the tool call keeps its id, the
+/// plugin makes it the idempotency key, the restarted bridge sends the retry to the node it had
+/// chosen (by then the worse-scored one, its GPUs taken), and that node answers with the
+/// workload the first attempt started. One workload in all; a new call starts a second.
+#[test]
+fn a_deploy_retried_after_the_bridge_restarts_starts_one_workload() {
+    let (Some(node24), Some(openclaw), Some(image)) = (
+        required_part("CLAW_NODE24", "Node 24 for the OpenClaw gateway"),
+        required_part("CLAW_OPENCLAW", "the openclaw package"),
+        required_part(
+            "CLAW_TEST_IMAGE",
+            "the Docker Engine and the local busybox test image",
+        ),
+    ) else {
+        return;
+    };
+    // Each workload.run waits 5 s at its first Docker call: the window to kill the bridge in.
+    let sockets = tempfile::tempdir().expect("temp dir");
+    let _docker = DockerProxy::holding(
+        &sockets.path().join("docker.sock"),
+        Hold::ImageChecks,
+        Duration::from_secs(5),
+    );
+    let mut specs = [NodeSpec::new("n1", 2), NodeSpec::new("n2", 2)];
+    for spec in &mut specs {
+        spec.docker_socket = Some(sockets.path().join("docker.sock"));
+    }
+    let mut fleet = AgentFleet::start(
+        node24,
+        openclaw,
+        &specs,
+        0,
+        json!({"healthIntervalMs": 60000, "invokeTimeoutMs": 60000}),
+    );
+    let deploy = json!({"image": image, "command": SERVE, "gpus": 2});
+    let tools = fleet.gateway.tools();
+    let first = std::thread::spawn({
+        let deploy = deploy.clone();
+        move || tools.call("claw_deploy", deploy, Some("agent-call-1"))
+    });
+    let listed = |node: &claw_tests::FleetNode| -> Vec<Value> {
+        node.cli
+            .invoke(None, "workload.list", &json!({"all": true}))
+            .ok()
+            .and_then(|l| l["workloads"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let (chosen, started) = eventually(
+        Duration::from_secs(30),
+        "the first attempt's workload on a node",
+        || {
+            fleet.nodes.iter().enumerate().find_map(|(i, node)| {
+                let workloads = listed(node);
+                workloads.first().map(|w| (i, w["id"].clone()))
+            })
+        },
+    );
+    fleet.restart_bridge();
+    let interrupted = first.join().expect("the first call's thread");
+    eprintln!("the interrupted call answered: {interrupted}");
+
+    let retried = fleet
+        .gateway
+        .tools()
+        .call("claw_deploy", deploy.clone(), Some("agent-call-1"));
+    assert_eq!(retried["ok"], true, "{retried}");
+    let details = &retried["result"]["details"];
+    assert_eq!(details["workload"]["id"], started, "{retried}");
+    assert_eq!(details["node"], fleet.nodes[chosen].name, "{retried}");
+    assert_eq!(details["retried"], true, "{retried}");
+    let text = retried["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.starts_with("deployed "), "{text}");
+    let records: usize = fleet.nodes.iter().map(|n| listed(n).len()).sum();
+    assert_eq!(records, 1, "one workload across the fleet");
+    eventually(
+        Duration::from_secs(30),
+        "the workload's one container",
+        || {
+            let containers: usize = fleet
+                .nodes
+                .iter()
+                .map(|n| node_containers(&n.process.peer_id, true).len())
+                .sum();
+            (containers == 1).then_some(())
+        },
+    );
+
+    // Another call is another deploy: it lands on the other node.
+    let other = fleet
+        .gateway
+        .tools()
+        .call("claw_deploy", deploy, Some("agent-call-2"));
+    assert_eq!(other["ok"], true, "{other}");
+    let details = &other["result"]["details"];
+    assert_ne!(details["workload"]["id"], started, "{other}");
+    assert_eq!(details["node"], fleet.nodes[1 - chosen].name, "{other}");
 }

@@ -423,6 +423,17 @@ fn after_kill_9_a_restart_lists_every_workload_once_with_its_gpus() {
         "workload.run",
         &json!({"image": image, "command": ["sh", "-c", "exit 3"]}),
     );
+    let keyed_params = json!({"image": image, "command": ["sleep", "300"]});
+    let keyed = node
+        .cli
+        .invoke_with_key(None, "workload.run", &keyed_params, Some("retry-1"))
+        .expect("a keyed run");
+    // The node's own keys (of leased workloads) are not the caller's to use.
+    let refused = node
+        .cli
+        .invoke_with_key(None, "workload.run", &keyed_params, Some("lease/ls-1"))
+        .expect_err("a reserved key");
+    assert!(refused.contains("INVALID_PARAMS"), "{refused}");
     node.kill();
     // While the node is down: one container disappears, one exits by itself.
     let removed = run_with_deadline(
@@ -436,9 +447,20 @@ fn after_kill_9_a_restart_lists_every_workload_once_with_its_gpus() {
     assert!(removed.status.success());
     node.restart();
 
+    // A retry with the key after the restart answers with the first workload, starting none.
+    let retried = node
+        .cli
+        .invoke_with_key(None, "workload.run", &keyed_params, Some("retry-1"))
+        .expect("a retried run");
+    assert_eq!(retried["id"], keyed["id"], "{retried}");
     let listed = node.ok("workload.list", &json!({}))["workloads"].clone();
     let listed = listed.as_array().expect("workloads");
-    assert_eq!(listed.len(), 3, "each workload listed once: {listed:?}");
+    assert_eq!(listed.len(), 4, "each workload listed once: {listed:?}");
+    assert_eq!(
+        node.containers().len(),
+        3,
+        "no second container for the key"
+    );
     let find = |id: &Value| {
         listed
             .iter()

@@ -2,13 +2,177 @@
 //!
 //! Every command is defined once here, with its name, the role it needs, its params (parsed
 //! strictly: unknown fields are refused) and its answer. Nodes and the bridge dispatch from these
-//! definitions, `node.capabilities` and `fleet.capabilities` describe them, the CLI decodes
-//! answers with them, and the OpenClaw plugin is checked against the contract they produce. A
-//! command fails with an [`InvokeFailure`]: one error type from the handler to the wire.
+//! definitions ([`Router`]), `node.capabilities` and `fleet.capabilities` describe them
+//! ([`NODE_COMMANDS`], [`BRIDGE_COMMANDS`]), the CLI decodes answers with them, and the OpenClaw
+//! plugin is checked against the contract they produce ([`contract`]). A command fails with an
+//! [`InvokeFailure`]: one error type from the handler to the wire.
 
+mod command;
 mod error;
+pub mod fleet;
+pub mod market;
+pub mod node;
 mod role;
 pub mod workload;
 
+use serde_json::{Value, json};
+
+pub use command::{Command, CommandInfo, NoParams, RoutedFuture, Router};
 pub use error::{ErrorCode, InvokeFailure};
 pub use role::Role;
+
+/// Every command a node answers, in the order `node.capabilities` lists them.
+pub const NODE_COMMANDS: &[CommandInfo] = &[
+    CommandInfo::of::<node::NodeCapabilities>(),
+    CommandInfo::of::<node::NodeHealth>(),
+    CommandInfo::of::<node::GpuList>(),
+    CommandInfo::of::<node::GpuMetrics>(),
+    CommandInfo::of::<node::SystemInfo>(),
+    CommandInfo::of::<node::NodeLabel>(),
+    CommandInfo::of::<node::NodeCordon>(),
+    CommandInfo::of::<node::NodeUncordon>(),
+    CommandInfo::of::<node::NodeDrain>(),
+    CommandInfo::of::<node::SystemRun>(),
+    CommandInfo::of::<workload::WorkloadRun>(),
+    CommandInfo::of::<workload::WorkloadStop>(),
+    CommandInfo::of::<workload::WorkloadList>(),
+    CommandInfo::of::<workload::WorkloadInspect>(),
+    CommandInfo::of::<workload::WorkloadLogs>(),
+    CommandInfo::of::<workload::WorkloadStats>(),
+    CommandInfo::of::<workload::ContainerExec>(),
+    CommandInfo::of::<market::MarketSell>(),
+    CommandInfo::of::<market::MarketOffers>(),
+    CommandInfo::of::<market::MarketBid>(),
+    CommandInfo::of::<market::MarketLeases>(),
+    CommandInfo::of::<market::MarketLeaseCancel>(),
+    CommandInfo::of::<market::MarketLeaseRevoke>(),
+    CommandInfo::of::<market::MarketReputation>(),
+    CommandInfo::of::<market::MarketArbitrate>(),
+    CommandInfo::of::<market::MarketOffersSigned>(),
+    CommandInfo::of::<market::MarketReceipts>(),
+    CommandInfo::of::<market::MarketLeaseRequest>(),
+    CommandInfo::of::<market::MarketLeaseFund>(),
+    CommandInfo::of::<market::MarketLeaseEnd>(),
+    CommandInfo::of::<market::MarketLeaseStatus>(),
+    CommandInfo::of::<market::WalletBalance>(),
+];
+
+/// The node commands the bridge forwards to its market node, as they are.
+pub const BRIDGE_FORWARDED: &[CommandInfo] = &[
+    CommandInfo::of::<market::MarketOffers>(),
+    CommandInfo::of::<market::MarketBid>(),
+    CommandInfo::of::<market::MarketLeases>(),
+    CommandInfo::of::<market::MarketLeaseCancel>(),
+    CommandInfo::of::<market::WalletBalance>(),
+];
+
+/// Every command the gateway bridge answers, in the order `fleet.capabilities` lists them: its
+/// fleet commands, then [`BRIDGE_FORWARDED`].
+pub const BRIDGE_COMMANDS: &[CommandInfo] = &[
+    CommandInfo::of::<fleet::FleetCapabilities>(),
+    CommandInfo::of::<fleet::FleetStatus>(),
+    CommandInfo::of::<fleet::FleetGpus>(),
+    CommandInfo::of::<fleet::FleetDeploy>(),
+    CommandInfo::of::<fleet::FleetWorkloads>(),
+    CommandInfo::of::<fleet::FleetInvoke>(),
+    CommandInfo::of::<fleet::FleetHealth>(),
+    CommandInfo::of::<fleet::FleetDrain>(),
+    CommandInfo::of::<market::MarketOffers>(),
+    CommandInfo::of::<market::MarketBid>(),
+    CommandInfo::of::<market::MarketLeases>(),
+    CommandInfo::of::<market::MarketLeaseCancel>(),
+    CommandInfo::of::<market::WalletBalance>(),
+];
+
+/// The catalogue entry of command `name` on a node.
+pub fn node_command(name: &str) -> Option<&'static CommandInfo> {
+    NODE_COMMANDS.iter().find(|c| c.name == name)
+}
+
+/// The whole surface as one JSON document: for each of the node and the bridge, every command's
+/// name, role, description and the JSON schemas of its params and answer. The OpenClaw plugin's
+/// tools are checked against it.
+pub fn contract() -> Value {
+    let list = |commands: &[CommandInfo]| -> Vec<Value> {
+        commands
+            .iter()
+            .map(|c| {
+                json!({
+                    "name": c.name,
+                    "role": c.role,
+                    "description": c.description,
+                    "params": c.params_schema(),
+                    "answer": c.answer_schema(),
+                })
+            })
+            .collect()
+    };
+    json!({ "node": list(NODE_COMMANDS), "bridge": list(BRIDGE_COMMANDS) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_well_formed() {
+        for list in [NODE_COMMANDS, BRIDGE_COMMANDS] {
+            let mut names: Vec<&str> = list.iter().map(|c| c.name).collect();
+            names.sort_unstable();
+            let count = names.len();
+            names.dedup();
+            assert_eq!(names.len(), count, "a name is listed twice");
+            for name in names {
+                assert!(
+                    name.len() <= 64
+                        && name.split('.').count() >= 2
+                        && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'.'),
+                    "{name}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_schema_builds_and_params_refuse_unknown_fields() {
+        for info in NODE_COMMANDS.iter().chain(BRIDGE_COMMANDS) {
+            let params = info.params_schema();
+            assert_eq!(params["type"], "object", "{}: {params}", info.name);
+            assert_eq!(
+                params["additionalProperties"], false,
+                "{} accepts unknown fields",
+                info.name
+            );
+            assert!(!info.answer_schema().is_null(), "{}", info.name);
+        }
+    }
+
+    /// The contract the OpenClaw plugin's tests check its tools against. Regenerate it with
+    /// `CLAW_WRITE_CONTRACT=1 cargo test -p claw-api`, then make the plugin follow.
+    #[test]
+    fn the_plugins_copy_of_the_contract_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../plugin/openclaw-clawbernetes/contract/commands.json");
+        let current =
+            serde_json::to_string_pretty(&contract()).expect("the contract encodes") + "\n";
+        if std::env::var_os("CLAW_WRITE_CONTRACT").is_some() {
+            std::fs::write(&path, &current).expect("writing the contract");
+        }
+        let copy = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            copy == current,
+            "{} differs from the commands' definitions: regenerate it with \
+             CLAW_WRITE_CONTRACT=1 cargo test -p claw-api, then make the plugin follow",
+            path.display()
+        );
+    }
+
+    #[test]
+    fn the_bridge_forwards_the_nodes_own_definitions() {
+        for forwarded in BRIDGE_FORWARDED {
+            let node = node_command(forwarded.name).expect("a node command");
+            assert_eq!(node.params_schema(), forwarded.params_schema());
+            assert!(BRIDGE_COMMANDS.iter().any(|c| c.name == forwarded.name));
+        }
+    }
+}

@@ -7,6 +7,9 @@ use std::path::Path;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::command::commands;
 
 /// Label prefix the node reserves for its own bookkeeping on containers.
 pub const LABEL_PREFIX: &str = "io.clawbernetes.";
@@ -414,6 +417,30 @@ impl ExecParams {
         }
         Ok(())
     }
+}
+
+commands! {
+    /// `workload.run`.
+    WorkloadRun = "workload.run", Operate, RunParams => Value,
+        "Start a container workload on Docker, with GPUs by count or UUID";
+    /// `workload.stop`.
+    WorkloadStop = "workload.stop", Operate, StopParams => Value,
+        "Stop a workload gracefully and release its GPUs";
+    /// `workload.list`.
+    WorkloadList = "workload.list", Read, ListParams => Value,
+        "List workloads, optionally filtered by state, labels or GPU";
+    /// `workload.inspect`.
+    WorkloadInspect = "workload.inspect", Read, WorkloadRef => Value,
+        "A workload's record and its container's state and ports";
+    /// `workload.logs`.
+    WorkloadLogs = "workload.logs", Operate, LogsParams => Value,
+        "A workload's recent output (tail, since)";
+    /// `workload.stats`.
+    WorkloadStats = "workload.stats", Read, WorkloadRef => Value,
+        "One sample of a workload's CPU, memory, network and process use";
+    /// `container.exec`.
+    ContainerExec = "container.exec", Operate, ExecParams => Value,
+        "Run a program inside a workload's running container";
 }
 
 #[cfg(test)]

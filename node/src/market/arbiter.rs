@@ -21,30 +21,14 @@ use claw_market::lease::{
 };
 use claw_market::settlement::{Escrow, Release};
 use claw_mesh::{ErrorCode, InvokeFailure, InvokeRequest, PeerId};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Market, address, failure, now_ms};
+use super::{ArbitrateParams, Market, address, failure, now_ms};
 
 /// Most checkpoints one ruling is asked to consider.
 const MAX_CHECKPOINTS: usize = 8;
 /// How long the arbiter waits for the other party's evidence.
 const EVIDENCE_DEADLINE: Duration = Duration::from_secs(5);
-
-/// `market.arbitrate`.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ArbitrateParams {
-    /// The provider-signed terms envelope, base-64.
-    pub terms: String,
-    /// The buyer-signed acceptance envelope, base-64.
-    pub acceptance: String,
-    /// The funding transaction (base-58).
-    pub funding_signature: String,
-    /// The usage checkpoints the asking party holds, base-64 (at most 8).
-    #[serde(default)]
-    pub checkpoints: Vec<String>,
-}
 
 impl Market {
     /// `market.arbitrate`: rules on an escrow whose parties cannot settle it together, and

@@ -2,7 +2,6 @@
 //! `market.lease.cancel` and `.revoke`, the buyer's effects, and reputation from facts this node
 //! checks on chain itself.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use claw_market::Molt;
@@ -15,144 +14,17 @@ use claw_market::settlement::{
     Escrow, Release, SettlementError, approve_allowance, pro_rata, revoke,
 };
 use claw_mesh::{ErrorCode, InvokeFailure, PeerId, TopicKind};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use solana_signer::Signer as _;
 
 use super::provider::progress;
 use super::{
-    LEASE_PROOF_SLACK, Market, address, chain_failure, failure, lease_id, now_ms, summary,
+    BidParams, CancelParams, LEASE_PROOF_SLACK, Market, PaymentChoice, ReceiptsParams,
+    ReputationParams, RevokeParams, address, chain_failure, failure, lease_id, now_ms, summary,
 };
-use crate::workloads::spec::RunParams;
 
 /// How long `market.bid` follows a lease whose workload is still starting before it answers.
 const START_FOLLOW: Duration = Duration::from_secs(60);
-
-/// What the buyer runs on leased GPUs.
-#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LeaseWorkload {
-    /// Image reference; the provider must have it or be able to pull it.
-    pub image: String,
-    /// Command and arguments.
-    #[serde(default)]
-    pub command: Vec<String>,
-    /// Environment variables; passed to the container, never stored.
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// CPU limit in cores (at most what the offer's GPUs come with).
-    #[serde(default)]
-    pub cpus: Option<f64>,
-    /// Memory limit in MiB (at most what the offer's GPUs come with).
-    #[serde(default)]
-    pub memory_mib: Option<u64>,
-    /// Keep the container's root filesystem writable (default read-only, with a tmpfs `/tmp`).
-    #[serde(default)]
-    pub writable_root: bool,
-}
-
-impl LeaseWorkload {
-    /// The workload as the provider runs it: always under the tenant profile.
-    pub(super) fn into_run_params(self) -> RunParams {
-        RunParams {
-            image: self.image,
-            command: self.command,
-            name: None,
-            env: self.env,
-            ports: Vec::new(),
-            volumes: Vec::new(),
-            gpus: None,
-            gpu_uuids: None,
-            cpus: self.cpus,
-            memory_mib: self.memory_mib,
-            restart: Default::default(),
-            labels: BTreeMap::new(),
-            isolation: crate::workloads::spec::Isolation::Tenant,
-            writable_root: self.writable_root,
-        }
-    }
-}
-
-/// `market.bid`: what the buyer wants, what it pays at most, and what to run.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BidParams {
-    /// Acceptable GPU models (any of them), as NVML names them.
-    pub models: Vec<String>,
-    /// GPUs wanted, on one node.
-    pub gpus: u32,
-    /// Lease length, hours.
-    pub hours: u32,
-    /// Highest price per GPU-hour, MOLT (e.g. `1.5`).
-    pub max_price: String,
-    /// Minimum memory per GPU, MiB.
-    #[serde(default)]
-    pub min_vram_mib: u64,
-    /// Only offers from this region.
-    #[serde(default)]
-    pub region: Option<String>,
-    /// Only offers backed by real, NVML-attested GPUs.
-    #[serde(default)]
-    pub attested_only: bool,
-    /// Minimum provider reputation, 0 to 100.
-    #[serde(default)]
-    pub min_reputation: u32,
-    /// Whether simulated GPUs are acceptable. Default no.
-    #[serde(default)]
-    pub accept_simulated: bool,
-    /// What to run once the escrow is funded. Without it, the bid only matches and explains
-    /// (nothing is signed or paid).
-    #[serde(default)]
-    pub workload: Option<LeaseWorkload>,
-    /// How to pay: `escrow` (default: the whole amount locked, released pro rata at the end) or
-    /// `stream` (the provider pulls as it serves, up to the amount; one stream per wallet).
-    #[serde(default)]
-    pub payment: PaymentChoice,
-}
-
-/// How a bid pays.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum PaymentChoice {
-    /// A 2-of-3 escrow.
-    #[default]
-    Escrow,
-    /// A delegate allowance the provider pulls from.
-    Stream,
-}
-
-/// `market.lease.revoke`.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RevokeParams {
-    /// The streaming lease.
-    pub lease_id: String,
-}
-
-/// `market.lease.cancel`.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CancelParams {
-    /// The lease.
-    pub lease_id: String,
-}
-
-/// `market.reputation`.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReputationParams {
-    /// The provider's peer id.
-    pub provider: String,
-}
-
-/// `market.receipts`.
-#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReceiptsParams {
-    /// At most this many, newest first (default 100).
-    #[serde(default)]
-    pub limit: Option<usize>,
-}
 
 /// Milliseconds since `since`, to the microsecond.
 fn elapsed_ms(since: Instant) -> f64 {

@@ -27,17 +27,15 @@ use claw_market::lease::{
 use claw_market::order::Offer;
 use claw_market::settlement::{ChainClient, MoltMint};
 use claw_mesh::{ErrorCode, InvokeFailure, MeshHandle, PeerId};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use solana_keypair::Keypair;
 use solana_pubkey::Pubkey;
 
-pub use arbiter::ArbitrateParams;
-pub use buyer::{
-    BidParams, CancelParams, LeaseWorkload, PaymentChoice, ReceiptsParams, ReputationParams,
-    RevokeParams,
+pub use claw_api::market::{
+    ArbitrateParams, BidParams, CancelParams, EndParams, FundParams, LeaseRequestParams, LeaseSide,
+    LeaseWorkload, LeasesParams, OffersParams, PaymentChoice, ReceiptsParams, ReputationParams,
+    RevokeParams, SellParams, StatusParams,
 };
-pub use provider::{EndParams, FundParams, LeaseRequestParams, SellParams, StatusParams};
 
 use crate::store::Store;
 use crate::workloads::Workloads;
@@ -141,7 +139,7 @@ struct Inner {
     admission: tokio::sync::Mutex<()>,
     /// Workloads buyers handed over with their funding, until started. Never stored: their
     /// env may hold secrets. A buyer hands its workload over again on every funding retry.
-    workload_specs: Mutex<HashMap<LeaseId, buyer::LeaseWorkload>>,
+    workload_specs: Mutex<HashMap<LeaseId, LeaseWorkload>>,
     /// Settlements a provider signed, until this buyer co-signs them.
     settlements: Mutex<HashMap<LeaseId, Vec<u8>>>,
     /// When each provider was last asked for its offers, Unix ms.
@@ -651,7 +649,15 @@ impl Market {
         let leases: Vec<Value> = records
             .iter()
             .filter(|r| state.is_none_or(|s| r.state == s))
-            .filter(|r| params.side.is_none_or(|s| r.side == s))
+            .filter(|r| {
+                params.side.is_none_or(|s| {
+                    r.side
+                        == match s {
+                            LeaseSide::Provider => Side::Provider,
+                            LeaseSide::Buyer => Side::Buyer,
+                        }
+                })
+            })
             .map(|r| summary(r, self.arbiter_peer().as_deref()))
             .collect();
         Ok(json!({ "leases": leases }))
@@ -750,35 +756,4 @@ fn summary(record: &LeaseRecord, arbiter_peer: Option<&str>) -> Value {
         "created_ms": record.created_ms,
         "history": record.history,
     })
-}
-
-/// `market.offers`.
-#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct OffersParams {
-    /// Only models whose name contains this (e.g. `H100`).
-    #[serde(default)]
-    pub model: Option<String>,
-    /// Only offers at or below this price per GPU-hour, MOLT (e.g. `1.5`).
-    #[serde(default)]
-    pub max_price: Option<String>,
-    /// Only offers of at least this many GPUs on one node.
-    #[serde(default)]
-    pub min_gpus: Option<u32>,
-    /// At most this many offers (default 100).
-    #[serde(default)]
-    pub limit: Option<usize>,
-}
-
-/// `market.leases`.
-#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LeasesParams {
-    /// Only leases in this state (`requested`, `accepted`, `funded`, `running`, `completed`,
-    /// `settled`, `refunded`, `disputed`, `expired`).
-    #[serde(default)]
-    pub state: Option<String>,
-    /// Only leases where this node is on this side.
-    #[serde(default)]
-    pub side: Option<Side>,
 }

@@ -20,14 +20,13 @@ use claw_market::lease::{
 use claw_market::order::{Bid, Offer};
 use claw_market::settlement::{Escrow, StreamReading, pull, read_stream};
 use claw_mesh::{ErrorCode, InvokeFailure, PeerId, TopicKind};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use solana_signer::Signer as _;
 
-use super::buyer::LeaseWorkload;
 use super::{
-    LEASE_PROOF_SLACK, Market, Published, address, chain_failure, failure, lease_id, now_ms,
+    EndParams, FundParams, LEASE_PROOF_SLACK, LeaseRequestParams, Market, Published, SellParams,
+    StatusParams, address, chain_failure, failure, lease_id, now_ms,
 };
 use crate::store::AdmitError;
 use crate::workloads::spec::StopParams;
@@ -38,63 +37,6 @@ const MAX_BID_LIFETIME_MS: u64 = 15 * 60_000;
 /// How long `market.lease.fund` waits for the workload to start before it answers that it is
 /// starting (the buyer follows with `market.lease.status`).
 const FUND_ANSWER_WITHIN: Duration = Duration::from_secs(20);
-
-/// `market.lease.request`: a buyer asks for a lease on one of this node's offers.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LeaseRequestParams {
-    /// The buyer's signed bid envelope, base-64; its signer must be the caller.
-    pub bid: String,
-    /// The offer the bid matched.
-    pub offer_id: u64,
-    /// Pay by streaming (the provider pulls as it serves) instead of an escrow.
-    #[serde(default)]
-    pub stream: bool,
-    /// The bid wallet's signature (base-58) of the bid, showing the caller controls the wallet.
-    pub wallet_signature: String,
-}
-
-/// `market.lease.fund`: the buyer's acceptance, its funding, and its workload.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FundParams {
-    /// The lease.
-    pub lease_id: String,
-    /// The buyer-signed acceptance of the terms, base-64.
-    pub acceptance: String,
-    /// The funding transaction (escrow) or first allowance (stream), base-58.
-    pub funding_signature: String,
-    /// What to run on the leased GPUs.
-    pub workload: LeaseWorkload,
-}
-
-/// `market.lease.end`: the buyer ends the lease (or collects the settlement of one that ended).
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct EndParams {
-    /// The lease.
-    pub lease_id: String,
-}
-
-/// `market.lease.status`.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StatusParams {
-    /// The lease.
-    pub lease_id: String,
-}
-
-/// `market.sell`: sell this node's free GPUs at a price (or change it), or stop selling.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SellParams {
-    /// MOLT per GPU-hour, e.g. "0.95"; not with `stop`.
-    #[serde(default)]
-    pub price_per_gpu_hour: Option<String>,
-    /// Sell nothing: every offer is withdrawn (running leases go on).
-    #[serde(default)]
-    pub stop: bool,
-}
 
 /// A stable offer id per GPU model, so a renewed offer replaces the last one.
 fn offer_id_of(model: &str) -> u64 {

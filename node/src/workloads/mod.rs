@@ -52,6 +52,8 @@ const LABEL_ISOLATION: &str = "io.clawbernetes.isolation";
 const NODE_ENV: &[&str] = &["NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES"];
 /// Under the data directory: staging points of pinned host volumes.
 const MOUNTS_DIR: &str = "mounts";
+/// Idempotency keys of leased workloads: this, then the lease id. Callers may not use it.
+const LEASE_KEY_PREFIX: &str = "lease/";
 /// Under the data directory: the logs of removed tenant containers.
 const SAVED_LOGS_DIR: &str = "workload-logs";
 /// Most log text one `workload.logs` returns.
@@ -346,13 +348,21 @@ impl Workloads {
     }
 
     /// Starts a workload owned by `owner` (a peer id, or `openclaw-gateway`). With an idempotency
-    /// key seen before, answers with the workload that key started instead of starting another.
+    /// key this owner used before, answers with the workload that key started instead of
+    /// starting another, for as long as that workload's record lives (restarts included).
     pub async fn run(
         &self,
         owner: String,
         params: RunParams,
         idempotency_key: Option<String>,
     ) -> Result<WorkloadRecord, WorkloadError> {
+        if let Some(key) = &idempotency_key
+            && key.starts_with(LEASE_KEY_PREFIX)
+        {
+            return Err(WorkloadError::Invalid(format!(
+                "idempotency keys starting with {LEASE_KEY_PREFIX:?} are the node's own, for leased workloads"
+            )));
+        }
         self.start(owner, params, idempotency_key, None).await
     }
 
@@ -375,7 +385,7 @@ impl Workloads {
         self.start(
             lessee.to_string(),
             params,
-            Some(format!("lease/{lease_id}")),
+            Some(format!("{LEASE_KEY_PREFIX}{lease_id}")),
             Some(choice),
         )
         .await
@@ -776,13 +786,13 @@ impl Workloads {
         record
             .idempotency_key
             .as_deref()
-            .and_then(|k| k.strip_prefix("lease/"))
+            .and_then(|k| k.strip_prefix(LEASE_KEY_PREFIX))
             .map(str::to_owned)
     }
 
     /// The workload started for lease `lease_id`, if there is one.
     pub async fn leased(&self, lease_id: &str) -> Option<WorkloadRecord> {
-        let key = format!("lease/{lease_id}");
+        let key = format!("{LEASE_KEY_PREFIX}{lease_id}");
         let store = self.store.clone();
         on_store(move || store.workloads())
             .await

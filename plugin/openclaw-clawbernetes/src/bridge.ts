@@ -3,6 +3,8 @@
 // (`bridgeNode`, a node id or display name), or else the connected node that declares
 // `fleet.status`.
 
+import { createHash } from "node:crypto";
+
 /** The part of `api.runtime.nodes` the plugin uses. */
 export interface NodesRuntime {
   list(options?: { connected?: boolean }): Promise<NodeInfo[] | { nodes: NodeInfo[] }>;
@@ -74,7 +76,13 @@ export function resolveConfig(raw: unknown): PluginConfig {
   };
 }
 
-let keys = 0;
+/** The idempotency key of a tool call: its id, hashed when longer than nodes accept (128). */
+export function idempotencyKey(toolCallId: string): string {
+  const key = `claw-${toolCallId}`;
+  return key.length <= 128 ? key : `claw-sha256-${createHash("sha256").update(toolCallId).digest("hex")}`;
+}
+
+let calls = 0;
 
 export class Bridge {
   private readonly nodes: NodesRuntime;
@@ -104,8 +112,12 @@ export class Bridge {
     return found.nodeId;
   }
 
-  /** Calls one bridge command; the command's result, or a BridgeError. */
-  async call(command: BridgeCommand, params: Record<string, unknown> = {}): Promise<any> {
+  /**
+   * Calls one bridge command; the command's result, or a BridgeError. A tool passes its tool
+   * call's id, so that a retried call (the gateway's, or the agent's after a bridge restart)
+   * reaches the nodes with the same idempotency key and does not start the work twice.
+   */
+  async call(command: BridgeCommand, params: Record<string, unknown> = {}, toolCallId?: string): Promise<any> {
     const nodeId = await this.nodeId();
     let answer: any;
     try {
@@ -114,7 +126,7 @@ export class Bridge {
         command,
         params,
         timeoutMs: this.config.invokeTimeoutMs,
-        idempotencyKey: `claw-${Date.now()}-${++keys}`,
+        idempotencyKey: toolCallId ? idempotencyKey(toolCallId) : `claw-${process.pid}-${Date.now()}-${++calls}`,
       });
     } catch (error: any) {
       const nodeError = error?.details?.nodeError ?? error?.nodeError;

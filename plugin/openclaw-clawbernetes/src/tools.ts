@@ -65,10 +65,10 @@ function tool(
     label: spec.label,
     description: spec.description,
     parameters: spec.parameters,
-    async execute(_toolCallId, params) {
+    async execute(toolCallId, params) {
       try {
         const given = pick(params ?? {}, keys);
-        const answer = await bridge.call(spec.command, spec.map ? spec.map(given) : given);
+        const answer = await bridge.call(spec.command, spec.map ? spec.map(given) : given, toolCallId);
         return text(spec.render(answer, given), answer);
       } catch (error) {
         return failed(error);

@@ -1,0 +1,131 @@
+//! The node's own commands: what it is, its GPUs, its host, its labels and cordon, `system.run`.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::command::commands;
+use crate::{NoParams, Role};
+
+commands! {
+    /// `node.capabilities`.
+    NodeCapabilities = "node.capabilities", Read, NoParams => Capabilities,
+        "List the commands this node answers, with the role each needs and the JSON schema of its params";
+    /// `node.health`.
+    NodeHealth = "node.health", Read, NoParams => Value,
+        "healthy / degraded / unhealthy, with the reasons: NVML, Docker, disk, memory, GPU errors and throttling";
+    /// `gpu.list`.
+    GpuList = "gpu.list", Read, NoParams => Value,
+        "List GPUs from NVML (and simulated ones, marked), with NVML's status";
+    /// `gpu.metrics`.
+    GpuMetrics = "gpu.metrics", Read, GpuMetricsParams => Value,
+        "Live GPU readings from NVML: utilisation, memory, temperature, power, clocks, throttle reasons, ECC and Xid errors, processes, and the workload holding each GPU";
+    /// `system.info`.
+    SystemInfo = "system.info", Read, NoParams => Value,
+        "Host facts: OS, kernel, CPU, memory, disk";
+    /// `node.label`.
+    NodeLabel = "node.label", Operate, LabelParams => Labels,
+        "Set or remove node labels (announced to the fleet)";
+    /// `node.cordon`.
+    NodeCordon = "node.cordon", Operate, NoParams => Cordon,
+        "Take no new workloads; running ones continue";
+    /// `node.uncordon`.
+    NodeUncordon = "node.uncordon", Operate, NoParams => Cordon,
+        "Take new workloads again";
+    /// `node.drain`.
+    NodeDrain = "node.drain", Operate, NoParams => Value,
+        "Cordon the node and stop every workload gracefully, reporting each; workloads that cannot be stopped now (Docker unreachable) are stopped once they can";
+    /// `system.run`.
+    SystemRun = "system.run", Admin, SystemRunParams => SystemRunOutput,
+        "Run an allowlisted program (argv, no shell) with a timeout and capped output";
+}
+
+/// A command as `node.capabilities` and `fleet.capabilities` list it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandDescription {
+    /// The name on the wire.
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// The role a caller needs.
+    pub role: Role,
+    /// The JSON schema of its params.
+    pub params: Value,
+}
+
+/// `node.capabilities`' answer.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    /// Every command the node answers.
+    pub commands: Vec<CommandDescription>,
+    /// The asking caller's role here.
+    pub caller_role: Role,
+}
+
+/// `gpu.metrics`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GpuMetricsParams {
+    /// Only this GPU (UUID).
+    #[serde(default)]
+    pub gpu: Option<String>,
+}
+
+/// `node.label`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LabelParams {
+    /// Labels to set (key → value).
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Label keys to remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// `node.label`'s answer: the node's labels now.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Labels {
+    /// Key → value.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `node.cordon` and `node.uncordon`'s answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Cordon {
+    /// Whether the node takes no new workloads.
+    pub cordoned: bool,
+}
+
+/// `system.run`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SystemRunParams {
+    /// Absolute program path (on the node's allowlist) and its arguments.
+    pub argv: Vec<String>,
+    /// Seconds before the program is killed. Default and most: the node's `max_timeout_secs`.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// `system.run`'s answer: what the program did.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SystemRunOutput {
+    /// Exit code; `None` when it was killed by a signal or the timeout.
+    pub exit_code: Option<i32>,
+    /// Standard output, lossily decoded, capped.
+    pub stdout: String,
+    /// Standard error, lossily decoded, capped.
+    pub stderr: String,
+    /// Whether either stream was cut at the cap.
+    pub truncated: bool,
+    /// Whether it was killed at the timeout.
+    pub timed_out: bool,
+}

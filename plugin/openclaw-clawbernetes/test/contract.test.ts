@@ -1,0 +1,159 @@
+// The plugin against the command contract the Rust side generates from its one definition per
+// command (contract/commands.json, kept current by a test of the claw-api crate): the plugin's
+// command list is the bridge's, and every tool sends params the command accepts, field by field,
+// so a renamed command or field fails here when the plugin did not follow.
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+
+import { Bridge, BRIDGE_COMMANDS, idempotencyKey, resolveConfig } from "../src/bridge.ts";
+import { fleetTools } from "../src/tools.ts";
+
+const root = new URL("..", import.meta.url);
+const contract = JSON.parse(readFileSync(new URL("contract/commands.json", root), "utf8"));
+
+type Schema = Record<string, any>;
+
+function commandOf(side: "node" | "bridge", name: string): any {
+  const found = contract[side].find((c: any) => c.name === name);
+  assert.ok(found, `the ${side} has no command ${name}`);
+  return found;
+}
+
+/** The errors of `value` against `schema` (the JSON Schema subset schemars produces). */
+function check(value: unknown, schema: Schema, root: Schema, at = "params"): string[] {
+  if (schema === true || schema === undefined) return [];
+  if (schema === false) return [`${at}: not allowed`];
+  if (schema.$ref) {
+    const name = String(schema.$ref).replace(/^#\/(\$defs|definitions)\//, "");
+    const target = (root.$defs ?? root.definitions ?? {})[name];
+    assert.ok(target, `unresolved ${schema.$ref}`);
+    return check(value, target, root, at);
+  }
+  for (const key of ["anyOf", "oneOf"]) {
+    if (schema[key]) {
+      const fits = (schema[key] as Schema[]).some((s) => check(value, s, root, at).length === 0);
+      if (!fits) return [`${at}: ${JSON.stringify(value)} fits none of ${key}`];
+    }
+  }
+  if (schema.allOf) {
+    const errors = (schema.allOf as Schema[]).flatMap((s) => check(value, s, root, at));
+    if (errors.length) return errors;
+  }
+  if ("const" in schema && value !== schema.const) return [`${at}: must be ${JSON.stringify(schema.const)}`];
+  if (schema.enum && !schema.enum.includes(value)) return [`${at}: ${JSON.stringify(value)} is not one of ${schema.enum.join(", ")}`];
+  if (schema.type) {
+    const types: string[] = Array.isArray(schema.type) ? schema.type : [schema.type];
+    const actual =
+      value === null ? "null" : Array.isArray(value) ? "array" : Number.isInteger(value) ? "integer" : typeof value;
+    const ok = types.some((t) => t === actual || (t === "number" && actual === "integer"));
+    if (!ok) return [`${at}: ${actual} where ${types.join(" or ")} is wanted`];
+  }
+  const errors: string[] = [];
+  if (typeof value === "number") {
+    if (schema.minimum !== undefined && value < schema.minimum) errors.push(`${at}: below ${schema.minimum}`);
+    if (schema.maximum !== undefined && value > schema.maximum) errors.push(`${at}: above ${schema.maximum}`);
+  }
+  if (Array.isArray(value) && schema.items) {
+    value.forEach((item, i) => errors.push(...check(item, schema.items, root, `${at}[${i}]`)));
+  }
+  if (value && typeof value === "object" && !Array.isArray(value)) {
+    const properties: Schema = schema.properties ?? {};
+    for (const required of schema.required ?? []) {
+      if (!(required in value)) errors.push(`${at}.${required}: required`);
+    }
+    for (const [key, field] of Object.entries(value)) {
+      if (key in properties) errors.push(...check(field, properties[key], root, `${at}.${key}`));
+      else if (schema.additionalProperties === false) errors.push(`${at}.${key}: unknown field`);
+      else if (typeof schema.additionalProperties === "object") {
+        errors.push(...check(field, schema.additionalProperties, root, `${at}.${key}`));
+      }
+    }
+  }
+  return errors;
+}
+
+/** A value for every property of a tool's parameter schema; `choice` picks among enum values. */
+function sample(schema: Schema, name: string, choice: number): unknown {
+  if (schema.enum) return schema.enum[choice % schema.enum.length];
+  switch (schema.type) {
+    case "string":
+      if (name === "command") return "node.health"; // fleet.invoke names a node command
+      return name.includes("price") ? "1.5" : `sample-${name}`;
+    case "integer":
+      return Math.max(schema.minimum ?? 1, 1);
+    case "number":
+      return 1.5;
+    case "boolean":
+      return choice % 2 === 0;
+    case "array":
+      return [sample(schema.items ?? { type: "string" }, name, choice)];
+    case "object": {
+      if (!schema.properties) return name === "params" ? {} : { SAMPLE_KEY: "value" };
+      const out: Record<string, unknown> = {};
+      for (const [key, field] of Object.entries(schema.properties)) out[key] = sample(field as Schema, key, choice);
+      return out;
+    }
+    default:
+      return null;
+  }
+}
+
+function recordingBridge() {
+  const calls: any[] = [];
+  const runtime = {
+    async list() {
+      return { nodes: [{ nodeId: "bridge-1", commands: [...BRIDGE_COMMANDS], connected: true }] };
+    },
+    async invoke(request: any) {
+      calls.push(request);
+      return { ok: true, payload: {} };
+    },
+  };
+  return { calls, bridge: new Bridge(runtime, resolveConfig({})) };
+}
+
+test("the plugin's bridge commands are exactly the bridge's, in its order", () => {
+  assert.deepEqual([...BRIDGE_COMMANDS], contract.bridge.map((c: any) => c.name));
+});
+
+test("every tool sends params its bridge command accepts, for every choice its schema offers", async () => {
+  const { calls, bridge } = recordingBridge();
+  for (const tool of fleetTools(bridge)) {
+    const properties: Schema = (tool.parameters as Schema).properties;
+    const choices = Math.max(2, ...Object.values(properties).map((p: any) => p.enum?.length ?? 0));
+    for (let choice = 0; choice < choices; choice++) {
+      const params = sample(tool.parameters as Schema, tool.name, choice) as Record<string, unknown>;
+      await tool.execute(`call-${tool.name}-${choice}`, params);
+      const call = calls.at(-1);
+      const command = commandOf("bridge", call.command);
+      const errors = check(call.params, command.params, command.params);
+      assert.deepEqual(errors, [], `${tool.name} → ${call.command} with ${JSON.stringify(call.params)}`);
+      if (call.command === "fleet.invoke") {
+        // The node command it names, with the params it passes on.
+        const inner = commandOf("node", call.params.command);
+        const innerErrors = check(call.params.params ?? {}, inner.params, inner.params);
+        assert.deepEqual(innerErrors, [], `${tool.name} → ${call.params.command} with ${JSON.stringify(call.params.params)}`);
+      }
+    }
+  }
+});
+
+test("the checker refuses what the nodes refuse", () => {
+  const bid = commandOf("bridge", "market.bid");
+  const errors = check({ models: ["H100"], gpus: "two", hours: 1, max_price: "1", typo: 1 }, bid.params, bid.params);
+  assert.ok(errors.some((e) => e.includes("params.gpus")), errors.join("\n"));
+  assert.ok(errors.some((e) => e.includes("params.typo: unknown field")), errors.join("\n"));
+});
+
+test("a tool call's id is the idempotency key of its bridge call", async () => {
+  const { calls, bridge } = recordingBridge();
+  const deploy = fleetTools(bridge).find((t) => t.name === "claw_deploy")!;
+  await deploy.execute("toolu_01", { image: "busybox" });
+  await deploy.execute("toolu_01", { image: "busybox" });
+  assert.equal(calls[0].idempotencyKey, "claw-toolu_01");
+  assert.equal(calls[1].idempotencyKey, calls[0].idempotencyKey);
+  const long = idempotencyKey("x".repeat(500));
+  assert.ok(long.length <= 128 && long === idempotencyKey("x".repeat(500)), long);
+});
