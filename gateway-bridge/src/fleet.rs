@@ -25,7 +25,7 @@ use futures::StreamExt as _;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::gateway::{CommandFailure, CommandFuture, GatewayHandler};
+use crate::gateway::{CommandFuture, GatewayHandler};
 use crate::placements::{Placement, PlacementError, Placements};
 
 /// Most node calls in flight at once for one fleet command.
@@ -792,13 +792,7 @@ impl GatewayHandler for FleetCommands {
             timeout,
             idempotency_key,
         };
-        let answer = router().dispatch(self.clone(), call, &command, params);
-        Box::pin(async move {
-            answer.await.map_err(|e| CommandFailure {
-                code: e.code.to_string(),
-                message: e.message,
-            })
-        })
+        router().dispatch(self.clone(), call, &command, params)
     }
 }
 
@@ -910,6 +904,15 @@ mod tests {
         model: None,
         min_memory_mib: 0,
     };
+
+    #[test]
+    fn every_bridge_command_is_routed_and_nothing_else() {
+        let routed: Vec<&str> = router().names().collect();
+        let mut listed: Vec<&str> = BRIDGE_COMMANDS.iter().map(|c| c.name).collect();
+        listed.sort_unstable();
+        assert_eq!(routed, listed);
+        assert_eq!(FleetCommands::names().len(), BRIDGE_COMMANDS.len());
+    }
 
     #[test]
     fn free_idle_cool_healthy_nodes_come_first() {

@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use claw_api::{ErrorCode, InvokeFailure};
 use claw_attestation::NodeIdentity;
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
@@ -52,17 +53,9 @@ pub enum GatewayError {
     Url(String),
 }
 
-/// A command's failure, as the gateway relays it to the caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommandFailure {
-    /// A short code, e.g. `INVALID_PARAMS`.
-    pub code: String,
-    /// What went wrong.
-    pub message: String,
-}
-
-/// The future a [`GatewayHandler`] returns.
-pub type CommandFuture = Pin<Box<dyn Future<Output = Result<Value, CommandFailure>> + Send>>;
+/// The future a [`GatewayHandler`] returns: the answer, or the command's typed failure, which
+/// the gateway relays to the caller as `{code, message}`.
+pub type CommandFuture = Pin<Box<dyn Future<Output = Result<Value, InvokeFailure>> + Send>>;
 
 /// Answers the commands the gateway forwards.
 pub trait GatewayHandler: Send + Sync + 'static {
@@ -359,16 +352,16 @@ async fn handshake(
 fn invoke_result(
     invoke_id: &str,
     node_id: &str,
-    outcome: Result<Value, CommandFailure>,
+    outcome: Result<Value, InvokeFailure>,
     max_payload: usize,
 ) -> Value {
-    let failure = |code: &str, message: String| json!({"id": invoke_id, "nodeId": node_id, "ok": false, "error": {"code": code, "message": message}});
+    let failure = |code: ErrorCode, message: String| json!({"id": invoke_id, "nodeId": node_id, "ok": false, "error": {"code": code, "message": message}});
     match outcome {
         Ok(value) => {
             let text = value.to_string();
             if text.len() + RESULT_ENVELOPE_SLACK > max_payload {
                 return failure(
-                    "PAYLOAD_TOO_LARGE",
+                    ErrorCode::PayloadTooLarge,
                     format!(
                         "the result is {} bytes, over the gateway's {max_payload}-byte limit; ask for less",
                         text.len()
@@ -377,7 +370,7 @@ fn invoke_result(
             }
             json!({"id": invoke_id, "nodeId": node_id, "ok": true, "payloadJSON": text})
         }
-        Err(error) => failure(&error.code, error.message),
+        Err(error) => failure(error.code, error.message),
     }
 }
 
@@ -407,7 +400,7 @@ async fn connect_and_serve(
         sessions.send_replace(Some(session.clone()));
     }
     let silence = session.tick_interval * 2;
-    let (results_tx, mut results_rx) = mpsc::channel::<(String, Result<Value, CommandFailure>)>(64);
+    let (results_tx, mut results_rx) = mpsc::channel::<(String, Result<Value, InvokeFailure>)>(64);
     let mut running: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
     loop {
         tokio::select! {
@@ -442,10 +435,10 @@ async fn connect_and_serve(
                         let id = invoke_id.clone();
                         let task = tokio::spawn(async move {
                             let outcome = match params {
-                                Err(error) => Err(CommandFailure { code: "INVALID_PARAMS".into(), message: format!("paramsJSON is not JSON: {error}") }),
+                                Err(error) => Err(InvokeFailure::new(ErrorCode::InvalidParams, format!("paramsJSON is not JSON: {error}"))),
                                 Ok(params) => match tokio::time::timeout(timeout, handler.handle(command.clone(), params, timeout, key)).await {
                                     Ok(outcome) => outcome,
-                                    Err(_) => Err(CommandFailure { code: "TIMEOUT".into(), message: format!("{command} did not finish within {} ms", timeout.as_millis()) }),
+                                    Err(_) => Err(InvokeFailure::new(ErrorCode::Timeout, format!("{command} did not finish within {} ms", timeout.as_millis()))),
                                 },
                             };
                             let _ = results.send((id, outcome)).await;
@@ -489,10 +482,7 @@ mod tests {
         let failed = invoke_result(
             "i2",
             "n1",
-            Err(CommandFailure {
-                code: "NOT_FOUND".into(),
-                message: "no such workload".into(),
-            }),
+            Err(InvokeFailure::new(ErrorCode::NotFound, "no such workload")),
             1 << 20,
         );
         assert_eq!(failed["ok"], false);

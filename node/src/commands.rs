@@ -36,7 +36,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::access::{AccessPolicy, Role};
 use crate::config::SystemRunSection;
-use crate::health::{HealthInputs, assess};
+use crate::health::{HealthInputs, HealthReport, assess};
 use crate::market::{
     ArbitrateParams, BidParams, CancelParams, EndParams, FundParams, LeaseRequestParams,
     LeasesParams, Market, OffersParams, ReceiptsParams, ReputationParams, RevokeParams, SellParams,
@@ -426,7 +426,7 @@ impl NodeCommands {
         blocking(move || json!(probe_host(&dir))).await
     }
 
-    async fn health(self, _: Call, NoParams {}: NoParams) -> Result<Value, InvokeFailure> {
+    async fn health(self, _: Call, NoParams {}: NoParams) -> Result<HealthReport, InvokeFailure> {
         let docker = self
             .services
             .workloads
@@ -438,15 +438,15 @@ impl NodeCommands {
             let nvml = services.probe.status();
             let gpus = services.probe.metrics(services.xids.as_ref());
             let cordoned = services.store.cordoned().unwrap_or(false);
-            to_value(assess(&HealthInputs {
+            assess(&HealthInputs {
                 nvml: &nvml,
                 gpus: &gpus,
                 docker,
                 data_dir: &services.data_dir,
                 cordoned,
-            }))
+            })
         })
-        .await?
+        .await
     }
 
     async fn label(self, _: Call, params: LabelParams) -> Result<Labels, InvokeFailure> {
@@ -664,9 +664,34 @@ impl NodeCommands {
             .await
     }
 
-    /// Authorises and runs `request`, then appends it to the audit log.
+    /// Authorises and runs `request`, then appends it to the audit log, all in a task of its
+    /// own: a caller that stops waiting (a gateway's `node.invoke.cancel`, a mesh deadline
+    /// shorter than the request's) drops only its wait, so the command is never cut halfway and
+    /// its one audit record is always written.
     async fn audited(
         &self,
+        caller_label: String,
+        caller: Caller,
+        role: Role,
+        request: InvokeRequest,
+    ) -> Result<Value, InvokeFailure> {
+        let commands = self.clone();
+        tokio::spawn(async move {
+            commands
+                .run_and_audit(caller_label, caller, role, request)
+                .await
+        })
+        .await
+        .unwrap_or_else(|join| {
+            Err(InvokeFailure::new(
+                ErrorCode::Internal,
+                format!("command task failed: {join}"),
+            ))
+        })
+    }
+
+    async fn run_and_audit(
+        self,
         caller_label: String,
         caller: Caller,
         role: Role,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use claw_attestation::{GpuProbe, read_secret};
-use claw_bridge::gateway::{CommandFailure, CommandFuture, GatewayConfig, GatewayHandler};
+use claw_bridge::gateway::{CommandFuture, GatewayConfig, GatewayHandler};
 use claw_mesh::{
     InvokeRequest, Mesh, MeshConfig, MeshEvent, MeshHandle, Multiaddr, SwarmKey, TopicKind,
 };
@@ -48,13 +48,7 @@ impl GatewayHandler for GatewayCommands {
         Box::pin(async move {
             let mut request = InvokeRequest::new(command, timeout).with_params(params);
             request.idempotency_key = idempotency_key;
-            commands
-                .invoke_for_gateway(role, request)
-                .await
-                .map_err(|failure| CommandFailure {
-                    code: failure.code.to_string(),
-                    message: failure.message,
-                })
+            commands.invoke_for_gateway(role, request).await
         })
     }
 }

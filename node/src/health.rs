@@ -4,43 +4,8 @@
 use std::path::Path;
 
 use claw_attestation::{GpuMetrics, NvmlStatus};
-use serde::Serialize;
 
-/// How well a part is doing. Ordered from best to worst.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HealthStatus {
-    /// Working.
-    Healthy,
-    /// Working, but with a problem worth attention.
-    Degraded,
-    /// Cannot do its job.
-    Unhealthy,
-}
-
-/// One check's result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct HealthCheck {
-    /// `nvml`, `docker`, `disk`, `memory` or `gpu:<uuid>`.
-    pub component: String,
-    /// Its status.
-    pub status: HealthStatus,
-    /// What was found.
-    pub detail: String,
-}
-
-/// The node's health.
-#[derive(Debug, Clone, Serialize)]
-pub struct HealthReport {
-    /// The worst status of any check.
-    pub status: HealthStatus,
-    /// The checks that are not healthy, with their reasons.
-    pub reasons: Vec<HealthCheck>,
-    /// Every check.
-    pub checks: Vec<HealthCheck>,
-    /// Whether the node is cordoned.
-    pub cordoned: bool,
-}
+pub use claw_api::node::{HealthCheck, HealthReport, HealthStatus};
 
 /// What the checks read, gathered by the caller.
 #[derive(Debug)]

@@ -1,11 +1,16 @@
 //! `clawnode market`: the order book, selling this node's GPUs, bids that lease in one step (with
 //! progress while the escrow is funded and the workload starts), leases, and cancelling a lease.
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
+use claw_api::Command;
+use claw_api::market::{
+    BidParams, CancelParams, LeaseWorkload, LeasesParams, MarketBid, MarketLeaseCancel,
+    MarketLeases, MarketOffers, MarketSell, OffersParams, PaymentChoice, SellParams,
+};
 use clawnode::control::{ControlClient, InvokeBody};
 use rand::RngCore as _;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::{GlobalArgs, ops, print_json, print_table};
 
@@ -86,19 +91,26 @@ pub(crate) struct BidArgs {
     command: Vec<String>,
 }
 
-fn call(global: &GlobalArgs, command: &str, params: Value, key: Option<String>) -> Result<Value> {
+/// Runs market command `C` on this node with typed params; its answer, decoded by `C`'s own
+/// definition.
+fn call<C: Command>(
+    global: &GlobalArgs,
+    params: &C::Params,
+    key: Option<String>,
+) -> Result<C::Answer> {
     let client = ControlClient::connect(&global.data_dir)?;
     let body = InvokeBody {
-        command: command.to_owned(),
-        params,
+        command: C::NAME.to_owned(),
+        params: serde_json::to_value(params).context("encoding the params")?,
         node: None,
         deadline_ms: Some(120_000),
         idempotency_key: key.clone(),
     };
-    match key.filter(|_| !global.json) {
-        Some(key) => ops::with_progress(&client, &body, &key),
-        None => Ok(client.invoke(&body)?),
-    }
+    let answer = match key.filter(|_| !global.json) {
+        Some(key) => ops::with_progress(&client, &body, &key)?,
+        None => client.invoke(&body)?,
+    };
+    Ok(C::decode(answer)?)
 }
 
 fn text(value: &Value) -> String {
@@ -116,12 +128,13 @@ pub(crate) fn market(global: &GlobalArgs, command: MarketCommand) -> Result<()> 
             max_price,
             min_gpus,
         } => {
-            let answer = call(
-                global,
-                "market.offers",
-                json!({"model": model, "max_price": max_price, "min_gpus": min_gpus}),
-                None,
-            )?;
+            let params = OffersParams {
+                model,
+                max_price,
+                min_gpus,
+                limit: None,
+            };
+            let answer = call::<MarketOffers>(global, &params, None)?;
             if global.json {
                 print_json(&answer);
                 return Ok(());
@@ -156,28 +169,34 @@ pub(crate) fn market(global: &GlobalArgs, command: MarketCommand) -> Result<()> 
             Ok(())
         }
         MarketCommand::Bid(args) => {
-            let workload = args
-                .image
-                .map(|image| json!({"image": image, "command": args.command}));
-            let leasing = workload.is_some();
-            let params = json!({
-                "models": args.models,
-                "gpus": args.gpus,
-                "hours": args.hours,
-                "max_price": args.max_price,
-                "min_vram_mib": args.min_vram_mib,
-                "region": args.region,
-                "attested_only": args.attested_only,
-                "min_reputation": args.min_reputation,
-                "accept_simulated": args.accept_simulated,
-                "workload": workload,
+            let workload = args.image.map(|image| LeaseWorkload {
+                image,
+                command: args.command,
+                env: Default::default(),
+                cpus: None,
+                memory_mib: None,
+                writable_root: false,
             });
+            let leasing = workload.is_some();
+            let params = BidParams {
+                models: args.models,
+                gpus: args.gpus,
+                hours: args.hours,
+                max_price: args.max_price,
+                min_vram_mib: args.min_vram_mib,
+                region: args.region,
+                attested_only: args.attested_only,
+                min_reputation: args.min_reputation,
+                accept_simulated: args.accept_simulated,
+                workload,
+                payment: PaymentChoice::Escrow,
+            };
             let key = leasing.then(|| {
                 let mut bytes = [0u8; 16];
                 rand::rngs::OsRng.fill_bytes(&mut bytes);
                 format!("bid-{}", hex::encode(bytes))
             });
-            let answer = call(global, "market.bid", params, key)?;
+            let answer = call::<MarketBid>(global, &params, key)?;
             if global.json {
                 print_json(&answer);
                 return Ok(());
@@ -220,7 +239,8 @@ pub(crate) fn market(global: &GlobalArgs, command: MarketCommand) -> Result<()> 
             Ok(())
         }
         MarketCommand::Leases { state } => {
-            let answer = call(global, "market.leases", json!({"state": state}), None)?;
+            let params = LeasesParams { state, side: None };
+            let answer = call::<MarketLeases>(global, &params, None)?;
             if global.json {
                 print_json(&answer);
                 return Ok(());
@@ -261,10 +281,16 @@ pub(crate) fn market(global: &GlobalArgs, command: MarketCommand) -> Result<()> 
         }
         MarketCommand::Sell { price, stop } => {
             let params = match price {
-                Some(price) if !stop => json!({"price_per_gpu_hour": price}),
-                _ => json!({"stop": true}),
+                Some(price) if !stop => SellParams {
+                    price_per_gpu_hour: Some(price),
+                    stop: false,
+                },
+                _ => SellParams {
+                    price_per_gpu_hour: None,
+                    stop: true,
+                },
             };
-            let answer = call(global, "market.sell", params, None)?;
+            let answer = call::<MarketSell>(global, &params, None)?;
             if global.json {
                 print_json(&answer);
             } else {
@@ -299,12 +325,7 @@ pub(crate) fn market(global: &GlobalArgs, command: MarketCommand) -> Result<()> 
             Ok(())
         }
         MarketCommand::Cancel { lease_id } => {
-            let answer = call(
-                global,
-                "market.lease.cancel",
-                json!({"lease_id": lease_id}),
-                None,
-            )?;
+            let answer = call::<MarketLeaseCancel>(global, &CancelParams { lease_id }, None)?;
             if global.json {
                 print_json(&answer);
             } else {

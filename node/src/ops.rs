@@ -6,15 +6,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use clap::Args;
+use claw_api::node::{NodeDrain, NodeHealth};
+use claw_api::workload::{ListParams, LogsParams, WorkloadList, WorkloadLogs, WorkloadRun};
+use claw_api::{Command, NoParams};
 use clawnode::control::{ControlClient, InvokeBody};
 use clawnode::workloads::{ProgressReport, WorkloadRecord};
 use rand::RngCore as _;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::{GlobalArgs, print_json, print_table};
 
 /// Commands whose progress is worth showing while they run.
-const LONG_COMMANDS: &[&str] = &["workload.run", "node.drain"];
+const LONG_COMMANDS: &[&str] = &[WorkloadRun::NAME, NodeDrain::NAME];
 
 #[derive(Debug, Args)]
 pub(crate) struct InvokeArgs {
@@ -66,15 +69,22 @@ pub(crate) struct HealthArgs {
     node: Option<String>,
 }
 
-fn call(global: &GlobalArgs, command: &str, params: Value, node: Option<String>) -> Result<Value> {
+/// Runs command `C` on this node (or on `node`, through it) with typed params; its answer,
+/// decoded by `C`'s own definition.
+fn call<C: Command>(
+    global: &GlobalArgs,
+    params: &C::Params,
+    node: Option<String>,
+) -> Result<C::Answer> {
     let client = ControlClient::connect(&global.data_dir)?;
-    Ok(client.invoke(&InvokeBody {
-        command: command.to_owned(),
-        params,
+    let answer = client.invoke(&InvokeBody {
+        command: C::NAME.to_owned(),
+        params: serde_json::to_value(params).context("encoding the params")?,
         node,
         deadline_ms: None,
         idempotency_key: None,
-    })?)
+    })?;
+    Ok(C::decode(answer)?)
 }
 
 pub(crate) fn invoke(global: &GlobalArgs, args: InvokeArgs) -> Result<()> {
@@ -155,12 +165,11 @@ fn progress_line(report: &ProgressReport, elapsed: Duration) -> String {
 }
 
 pub(crate) fn ps(global: &GlobalArgs, args: PsArgs) -> Result<()> {
-    let answer = call(
-        global,
-        "workload.list",
-        json!({ "all": args.all }),
-        args.node,
-    )?;
+    let params = ListParams {
+        all: args.all,
+        ..ListParams::default()
+    };
+    let answer = call::<WorkloadList>(global, &params, args.node)?;
     if global.json {
         print_json(&answer);
         return Ok(());
@@ -207,11 +216,12 @@ fn age(ms: u64) -> String {
 }
 
 pub(crate) fn logs(global: &GlobalArgs, args: LogsArgs) -> Result<()> {
-    let mut params = json!({ "workload": args.workload, "tail": args.tail });
-    if let Some(since) = args.since {
-        params["since"] = json!(since);
-    }
-    let answer = call(global, "workload.logs", params, args.node)?;
+    let params = LogsParams {
+        workload: args.workload,
+        tail: Some(args.tail),
+        since: args.since,
+    };
+    let answer = call::<WorkloadLogs>(global, &params, args.node)?;
     if global.json {
         print_json(&answer);
         return Ok(());
@@ -231,28 +241,17 @@ pub(crate) fn logs(global: &GlobalArgs, args: LogsArgs) -> Result<()> {
 }
 
 pub(crate) fn health(global: &GlobalArgs, args: HealthArgs) -> Result<()> {
-    let answer = call(global, "node.health", Value::Null, args.node)?;
+    let report = call::<NodeHealth>(global, &NoParams {}, args.node)?;
     if global.json {
-        print_json(&answer);
+        print_json(&serde_json::to_value(&report)?);
         return Ok(());
     }
-    let status = answer["status"].as_str().unwrap_or("unknown");
-    let cordoned = if answer["cordoned"] == true {
-        " (cordoned)"
-    } else {
-        ""
-    };
-    println!("{status}{cordoned}\n");
-    let rows: Vec<Vec<String>> = answer["checks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| {
-            ["component", "status", "detail"]
-                .iter()
-                .map(|k| c[*k].as_str().unwrap_or_default().to_owned())
-                .collect()
-        })
+    let cordoned = if report.cordoned { " (cordoned)" } else { "" };
+    println!("{}{cordoned}\n", report.status);
+    let rows: Vec<Vec<String>> = report
+        .checks
+        .iter()
+        .map(|c| vec![c.component.clone(), c.status.to_string(), c.detail.clone()])
         .collect();
     print_table(&["COMPONENT", "STATUS", "DETAIL"], &rows);
     Ok(())

@@ -25,7 +25,7 @@ use claw_attestation::{
     Envelope, HardwareInventory, HostInfo, NodeIdentity, NvmlStatus, SimulatedGpuProfile, Validity,
 };
 use claw_bridge::fleet::{FleetCommands, NoMeshCommands};
-use claw_bridge::gateway::{CommandFailure, CommandFuture, GatewayConfig, GatewayHandler};
+use claw_bridge::gateway::{CommandFuture, GatewayConfig, GatewayHandler};
 use claw_bridge::operator::OperatorClient;
 use claw_mesh::{Mesh, MeshConfig, MeshHandle, NodeAnnouncement};
 use claw_tests::{OpenClawGateway, TOKEN};
@@ -43,10 +43,10 @@ impl GatewayHandler for GpuList {
         Box::pin(async move {
             match command.as_str() {
                 "gpu.list" => Ok(answer),
-                other => Err(CommandFailure {
-                    code: "UNKNOWN_COMMAND".into(),
-                    message: format!("no command {other}"),
-                }),
+                other => Err(claw_mesh::InvokeFailure::new(
+                    claw_mesh::ErrorCode::UnknownCommand,
+                    format!("no command {other}"),
+                )),
             }
         })
     }

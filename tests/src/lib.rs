@@ -844,6 +844,19 @@ impl OpenClawGateway {
         )
     }
 
+    /// Starts `openclaw <args>` against the gateway, for a test to stop it midway.
+    pub fn spawn_cli(&self, args: &[&str]) -> Child {
+        let url = self.url();
+        self.command()
+            .args(args)
+            .args(["--url", &url, "--token", TOKEN])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openclaw")
+    }
+
     /// `openclaw nodes invoke` of `command` on `node`.
     pub fn invoke(&self, node: &str, command: &str, params: &str) -> Output {
         self.cli(&[

@@ -11,8 +11,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use claw_tests::{
-    Clawnode, OpenClawGateway as Gateway, RunningNode, TOKEN, eventually, required_part,
-    run_with_deadline,
+    Clawnode, DockerProxy, Hold, OpenClawGateway as Gateway, RunningNode, TOKEN, eventually,
+    required_part, run_with_deadline,
 };
 use serde_json::Value;
 
@@ -67,13 +67,23 @@ fn node_with_gateway(dir: &std::path::Path, url: &str, token: &str) -> Clawnode 
 
 #[test]
 fn a_node_serves_the_real_gateway_and_reconnects_after_it_restarts() {
-    let (Some(node24), Some(openclaw)) = (
+    let (Some(node24), Some(openclaw), Some(image)) = (
         required_part("CLAW_NODE24", "Node 24 for the OpenClaw gateway"),
         required_part("CLAW_OPENCLAW", "the openclaw package"),
+        required_part(
+            "CLAW_TEST_IMAGE",
+            "the Docker Engine and the local busybox test image",
+        ),
     ) else {
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");
+    // Each workload.run waits 4 s at its first Docker call: longer than the gateway will wait.
+    let docker = DockerProxy::holding(
+        &dir.path().join("docker.sock"),
+        Hold::ImageChecks,
+        Duration::from_secs(4),
+    );
     // The node's command names come from its own table, as the gateway's allowlist.
     let probe = Clawnode::new(&dir.path().join("probe"));
     probe.ok(&["init"]);
@@ -91,7 +101,16 @@ fn a_node_serves_the_real_gateway_and_reconnects_after_it_restarts() {
     gateway.start();
 
     let node = node_with_gateway(&dir.path().join("node"), &gateway.url(), TOKEN);
-    let _running = RunningNode::start(&node, &[]);
+    node.edit_config(|text| {
+        text.replace(
+            "[workloads]\n",
+            &format!(
+                "[workloads]\ndocker_socket = {:?}\n",
+                docker.path().display()
+            ),
+        )
+    });
+    let running = RunningNode::start(&node, &[]);
     let device_id = device_id_of(&node);
 
     // The capability surface waits for an operator's approval.
@@ -157,6 +176,57 @@ fn a_node_serves_the_real_gateway_and_reconnects_after_it_restarts() {
             .any(|r| r["caller"] == "openclaw-gateway" && r["command"] == "gpu.list")),
         "{audit}"
     );
+
+    // The caller goes away while the node is starting the workload, so the gateway cancels
+    // the invoke (node.invoke.cancel) long before its 20 s deadline: the node still finishes
+    // the run, and audits it exactly once.
+    let params =
+        serde_json::json!({"image": image, "command": ["sleep", "300"], "name": "cancelled"});
+    let mut caller = gateway.spawn_cli(&[
+        "nodes",
+        "invoke",
+        "--node",
+        &device_id,
+        "--command",
+        "workload.run",
+        "--params",
+        &params.to_string(),
+        "--invoke-timeout",
+        "20000",
+        "--json",
+    ]);
+    let listing = &node;
+    let named = |state: &'static str| {
+        move || {
+            let listed = listing.ok(&["invoke", "workload.list"]).json();
+            listed["workloads"]
+                .as_array()?
+                .iter()
+                .any(|w| w["name"] == "cancelled" && w["state"] == state)
+                .then_some(())
+        }
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the call's workload, starting",
+        named("creating"),
+    );
+    caller.kill().expect("the caller stops");
+    let _ = caller.wait();
+    eventually(
+        Duration::from_secs(30),
+        "the cancelled call's workload, running",
+        named("running"),
+    );
+    let audit = node.ok(&["--json", "audit", "--limit", "500"]).json();
+    let runs: Vec<&Value> = audit["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter(|r| r["caller"] == "openclaw-gateway" && r["command"] == "workload.run")
+        .collect();
+    assert_eq!(runs.len(), 1, "one record of the cancelled call: {audit}");
+    claw_tests::remove_node_containers(&running.peer_id);
 
     // The gateway restarts; the node reconnects by itself and answers again.
     gateway.stop();

@@ -27,6 +27,9 @@ pub enum ErrorCode {
     Unavailable,
     /// A fault on the node.
     Internal,
+    /// The answer is larger than the channel it goes back through allows (the OpenClaw
+    /// gateway's frame limit); ask for less.
+    PayloadTooLarge,
 }
 
 impl fmt::Display for ErrorCode {

@@ -14,7 +14,7 @@ commands! {
     NodeCapabilities = "node.capabilities", Read, NoParams => Capabilities,
         "List the commands this node answers, with the role each needs and the JSON schema of its params";
     /// `node.health`.
-    NodeHealth = "node.health", Read, NoParams => Value,
+    NodeHealth = "node.health", Read, NoParams => HealthReport,
         "healthy / degraded / unhealthy, with the reasons: NVML, Docker, disk, memory, GPU errors and throttling";
     /// `gpu.list`.
     GpuList = "gpu.list", Read, NoParams => Value,
@@ -128,4 +128,54 @@ pub struct SystemRunOutput {
     pub truncated: bool,
     /// Whether it was killed at the timeout.
     pub timed_out: bool,
+}
+
+/// How well a part is doing. Ordered from best to worst.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    /// Working.
+    Healthy,
+    /// Working, but with a problem worth attention.
+    Degraded,
+    /// Cannot do its job.
+    Unhealthy,
+}
+
+impl std::fmt::Display for HealthStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Healthy => "healthy",
+            Self::Degraded => "degraded",
+            Self::Unhealthy => "unhealthy",
+        })
+    }
+}
+
+/// One check's result.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// `nvml`, `docker`, `disk`, `memory` or `gpu:<uuid>`.
+    pub component: String,
+    /// Its status.
+    pub status: HealthStatus,
+    /// What was found.
+    pub detail: String,
+}
+
+/// `node.health`'s answer: whether the node can do its job.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthReport {
+    /// The worst status of any check.
+    pub status: HealthStatus,
+    /// The checks that are not healthy, with their reasons.
+    pub reasons: Vec<HealthCheck>,
+    /// Every check.
+    pub checks: Vec<HealthCheck>,
+    /// Whether the node is cordoned.
+    pub cordoned: bool,
 }
