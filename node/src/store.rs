@@ -649,21 +649,6 @@ impl Store {
         bid_expires_ms: u64,
     ) -> Result<(), StoreError> {
         let holder = lease_holder(record.lease_id.as_str());
-        let lapses: Vec<(String, Vec<u64>)> = keys
-            .iter()
-            .map(|key| {
-                let mut times: Vec<u64> = self
-                    .lapses
-                    .get(key.as_bytes())?
-                    .map(|b| decode("lapse times", &b))
-                    .transpose()?
-                    .unwrap_or_default();
-                times.push(now_ms);
-                let excess = times.len().saturating_sub(MAX_LAPSES_PER_KEY);
-                times.drain(..excess);
-                Ok((key.clone(), times))
-            })
-            .collect::<Result<_, StoreError>>()?;
         (&self.allocations, &self.leases, &self.lapses)
             .transaction(|(allocations, leases, lapsed)| {
                 for uuid in &record.gpus {
@@ -672,8 +657,19 @@ impl Store {
                     }
                 }
                 leases.remove(record.lease_id.as_str().as_bytes())?;
-                for (key, times) in &lapses {
-                    lapsed.insert(key.as_bytes(), encode(times))?;
+                // Read and written in the one transaction: lapses of one peer forgotten at once
+                // (one task per lease) each count.
+                for key in keys {
+                    let mut times: Vec<u64> = lapsed
+                        .get(key.as_bytes())?
+                        .map(|b| decode("lapse times", &b))
+                        .transpose()
+                        .map_err(ConflictableTransactionError::Abort)?
+                        .unwrap_or_default();
+                    times.push(now_ms);
+                    let excess = times.len().saturating_sub(MAX_LAPSES_PER_KEY);
+                    times.drain(..excess);
+                    lapsed.insert(key.as_bytes(), encode(&times))?;
                 }
                 let bid_key = format!("lease:{}", record.lease_id);
                 lapsed.insert(bid_key.as_bytes(), encode(&bid_expires_ms))?;
@@ -1127,5 +1123,26 @@ mod tests {
         store.prune_lapses(3_700_000).unwrap();
         assert!(!store.lapsed_lease(id.as_str()).unwrap());
         assert_eq!(store.lapses_since("peer:p", 0).unwrap(), 0);
+    }
+
+    #[test]
+    fn lapses_of_one_peer_forgotten_at_once_each_count() {
+        use claw_market::lease::LeaseId;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let keys = ["peer:p".to_owned()];
+        std::thread::scope(|scope| {
+            for i in 0..8u8 {
+                let (store, keys) = (&store, &keys);
+                scope.spawn(move || {
+                    let id = LeaseId::derive(&[i; 32], &[0; 32]);
+                    let record = LeaseRecord::reserved(id, "peer".to_owned(), Vec::new(), 0);
+                    store
+                        .forget_lapsed_lease(&record, keys, 1_000 + u64::from(i), 10_000)
+                        .unwrap();
+                });
+            }
+        });
+        assert_eq!(store.lapses_since("peer:p", 0).unwrap(), 8);
     }
 }

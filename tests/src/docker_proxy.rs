@@ -2,7 +2,8 @@
 //! pointed at it (`workloads.docker_socket`) loses its Docker when the proxy stops (the socket
 //! disappears and open connections are cut, as when `dockerd` stops) and gets it back when the
 //! proxy resumes; every other user of the engine is unaffected. It can also hold every image pull
-//! for a while before passing it on, as a slow registry would.
+//! for a while and then refuse it itself, as a slow registry without the image would: a pull never
+//! reaches the engine, so no test sends traffic to a registry.
 
 use std::io::ErrorKind;
 use std::net::Shutdown;
@@ -25,7 +26,8 @@ pub struct DockerProxy {
 /// Which requests a proxy holds back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hold {
-    /// Image pulls (`POST …/images/create`), as a slow registry would.
+    /// Image pulls (`POST …/images/create`), as a slow registry would; then the proxy answers
+    /// 404 itself (the engine, and so any registry, never sees the pull).
     Pulls,
     /// Image checks (`GET …/images/<name>/json`), which come before anything else of a
     /// `workload.run`: a wide window between a node's checks and its container's creation.
@@ -64,13 +66,13 @@ impl DockerProxy {
     }
 
     /// Serves a proxy of the engine's socket at `path` that holds each image pull (`POST
-    /// …/images/create`) for `delay` before passing it to the engine.
+    /// …/images/create`) for `delay`, then refuses it with a 404 of its own.
     pub fn with_slow_pulls(path: &Path, delay: Duration) -> Self {
         Self::serve(path, Some((Hold::Pulls, delay)))
     }
 
     /// Serves a proxy of the engine's socket at `path` that holds the requests `hold` names for
-    /// `delay` before passing them to the engine.
+    /// `delay` (image checks then go on to the engine; pulls are refused, see [`Hold::Pulls`]).
     pub fn holding(path: &Path, hold: Hold, delay: Duration) -> Self {
         Self::serve(path, Some((hold, delay)))
     }
@@ -186,8 +188,12 @@ fn accept_loop(
     }
 }
 
+/// The engine's answer to a pull of an image no registry has, given by the proxy itself.
+const PULL_REFUSED: &str = r#"{"message":"pull access denied for this image: not found"}"#;
+
 /// Copies a client's requests to the engine like [`pipe`], holding back for `delay` any chunk
-/// that starts a request `what` names.
+/// that starts a request `what` names. A held pull is then answered here with a 404 and never
+/// forwarded (clients of the engine API wait for each answer before the next request).
 fn pipe_holding(mut from: UnixStream, mut to: UnixStream, what: Hold, delay: Duration) {
     use std::io::{Read as _, Write as _};
     let mut buffer = vec![0u8; 64 * 1024];
@@ -199,6 +205,16 @@ fn pipe_holding(mut from: UnixStream, mut to: UnixStream, what: Hold, delay: Dur
         let chunk = &buffer[..read];
         if what.matches(chunk) {
             std::thread::sleep(delay);
+            if what == Hold::Pulls {
+                let answer = format!(
+                    "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{PULL_REFUSED}",
+                    PULL_REFUSED.len()
+                );
+                if from.write_all(answer.as_bytes()).is_err() {
+                    break;
+                }
+                continue;
+            }
         }
         if to.write_all(chunk).is_err() {
             break;
