@@ -14,12 +14,16 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use claw_api::fleet::{
-    DeployParams, DrainParams, FleetCapabilities, FleetDeploy, FleetDrain, FleetGpus, FleetHealth,
-    FleetInvoke, FleetStatus, FleetWorkloads, GpusParams, InvokeParams, WorkloadsParams,
+    BridgeCapabilities, DeployParams, DrainParams, FleetCapabilities, FleetDeploy, FleetDrain,
+    FleetGpus, FleetHealth, FleetInvoke, FleetStatus, FleetWorkloads, GpusParams, InvokeParams,
+    WorkloadsParams,
 };
 use claw_api::market::{MarketBid, MarketLeaseCancel, MarketLeases, MarketOffers, WalletBalance};
+use claw_api::node::{GpuMetrics, HealthStatus, NodeDrain, NodeHealth};
 use claw_api::workload::WorkloadRun;
-use claw_api::{BRIDGE_COMMANDS, Command, ErrorCode, InvokeFailure, Router};
+use claw_api::{
+    BRIDGE_COMMANDS, Command, ErrorCode, InvokeFailure, NoParams, Router, bridge_descriptions,
+};
 use claw_mesh::{FleetMember, InvokeRequest, MeshHandle, PeerId};
 use futures::StreamExt as _;
 use serde::Serialize;
@@ -32,10 +36,6 @@ use crate::placements::{Placement, PlacementError, Placements};
 const DEFAULT_CONCURRENCY: usize = 16;
 /// Deadline of one node call when the command gives none.
 const NODE_DEADLINE: Duration = Duration::from_secs(10);
-
-fn failure(code: ErrorCode, message: impl Into<String>) -> InvokeFailure {
-    InvokeFailure::new(code, message)
-}
 
 /// What a fleet command is called with, besides its params.
 #[derive(Debug, Clone)]
@@ -51,18 +51,24 @@ fn router() -> &'static Router<FleetCommands, Call> {
     static ROUTER: OnceLock<Router<FleetCommands, Call>> = OnceLock::new();
     ROUTER.get_or_init(|| {
         Router::<FleetCommands, Call>::new()
-            .route::<FleetCapabilities, _, _>(|_, _, _| async {
-                Ok(json!({ "commands": BRIDGE_COMMANDS.iter().map(claw_api::CommandInfo::describe).collect::<Vec<_>>() }))
+            .route::<FleetCapabilities, _, _>(|_, _, NoParams {}| async {
+                Ok(BridgeCapabilities {
+                    commands: bridge_descriptions().to_vec(),
+                })
             })
             .route::<FleetStatus, _, _>(|fleet, _, _| async move { Ok(fleet.status()) })
-            .route::<FleetGpus, _, _>(|fleet, _, params| async move { Ok(fleet.gpus(params).await) })
+            .route::<FleetGpus, _, _>(
+                |fleet, _, params| async move { Ok(fleet.gpus(params).await) },
+            )
             .route::<FleetDeploy, _, _>(|fleet, call, params| async move {
                 fleet.deploy(params, call.idempotency_key).await
             })
             .route::<FleetWorkloads, _, _>(|fleet, _, params| async move {
                 fleet.workloads(params).await
             })
-            .route::<FleetInvoke, _, _>(|fleet, _, params| async move { fleet.invoke(params).await })
+            .route::<FleetInvoke, _, _>(
+                |fleet, _, params| async move { fleet.invoke(params).await },
+            )
             .route::<FleetHealth, _, _>(|fleet, _, _| async move { Ok(fleet.health().await) })
             .route::<FleetDrain, _, _>(|fleet, _, params| async move { fleet.drain(params).await })
             .route::<MarketOffers, _, _>(|fleet, call, params| async move {
@@ -87,7 +93,7 @@ fn router() -> &'static Router<FleetCommands, Call> {
 const DEPLOY_DEADLINE: Duration = Duration::from_secs(120);
 
 fn placement_failure(error: PlacementError) -> InvokeFailure {
-    failure(ErrorCode::Internal, error.to_string())
+    InvokeFailure::new(ErrorCode::Internal, error.to_string())
 }
 
 /// What a deploy needs of a node's GPUs.
@@ -146,7 +152,7 @@ struct GpuReading {
 struct NodeReadings {
     member: FleetMember,
     /// `node.health`'s status; `None` when the node did not answer.
-    health: Option<String>,
+    health: Option<HealthStatus>,
     /// Its GPUs' live readings (none when it did not answer).
     gpus: Vec<GpuReading>,
 }
@@ -166,8 +172,8 @@ fn rank(request: &PlacementRequest, nodes: Vec<NodeReadings>) -> Vec<Ranked> {
     let mut ranked: Vec<Ranked> = nodes
         .into_iter()
         .filter_map(|node| {
-            let status = node.health.as_deref()?;
-            if status == "unhealthy" {
+            let status = node.health?;
+            if status == HealthStatus::Unhealthy {
                 return None;
             }
             let (free, total) = request.counts(&node.member);
@@ -183,7 +189,11 @@ fn rank(request: &PlacementRequest, nodes: Vec<NodeReadings>) -> Vec<Ranked> {
             let free_share = free as f64 / total.max(1) as f64;
             let idle_share = mean_left(|g| g.utilization_pct, 100.0);
             let cool_share = mean_left(|g| g.temperature_c, 100.0);
-            let health_share = if status == "healthy" { 1.0 } else { 0.5 };
+            let health_share = if status == HealthStatus::Healthy {
+                1.0
+            } else {
+                0.5
+            };
             let score =
                 35.0 * free_share + 25.0 * idle_share + 20.0 * cool_share + 20.0 * health_share;
             let why = json!({
@@ -280,7 +290,7 @@ impl FleetCommands {
             .into_iter()
             .find(|m| m.peer_id.to_string() == node || m.announcement.name == node)
             .ok_or_else(|| {
-                failure(
+                InvokeFailure::new(
                     ErrorCode::NotFound,
                     format!("no node {node:?} in the fleet (fleet.status lists them)"),
                 )
@@ -450,7 +460,7 @@ impl FleetCommands {
             || params.command.len() > claw_mesh::MAX_COMMAND_LEN
             || params.command.starts_with("fleet.")
         {
-            return Err(failure(
+            return Err(InvokeFailure::new(
                 ErrorCode::InvalidParams,
                 "command must be a node command",
             ));
@@ -487,7 +497,7 @@ impl FleetCommands {
         let answers = self
             .fan_out(
                 self.members(),
-                "node.health",
+                NodeHealth::NAME,
                 &Value::Null,
                 DEFAULT_CONCURRENCY,
                 NODE_DEADLINE,
@@ -569,7 +579,7 @@ impl FleetCommands {
             && let Some(placed) = self.placements.get(key).await.map_err(placement_failure)?
             && let Ok(member) = self.resolve(&placed.peer_id)
         {
-            match self.start_on(&member, &run, key).await {
+            match self.start_on(&member, &run, Some(key)).await {
                 Ok(workload) => {
                     return Ok(json!({
                         "node": member.announcement.name,
@@ -597,7 +607,7 @@ impl FleetCommands {
             .filter(|m| !m.announcement.cordoned && request.free_on(m) >= request.gpus)
             .collect();
         if feasible.is_empty() {
-            return Err(failure(
+            return Err(InvokeFailure::new(
                 ErrorCode::Conflict,
                 format!(
                     "no node has {}; fleet.status shows what is free",
@@ -615,7 +625,6 @@ impl FleetCommands {
             if let Some(key) = &idempotency_key {
                 let placement = Placement {
                     peer_id: member.peer_id.to_string(),
-                    node: member.announcement.name.clone(),
                     why: ranked.why.clone(),
                     considered: considered.clone(),
                     at_ms: claw_attestation::unix_millis(std::time::SystemTime::now()),
@@ -625,20 +634,10 @@ impl FleetCommands {
                     .await
                     .map_err(placement_failure)?;
             }
-            let started = match &idempotency_key {
-                Some(key) => self.start_on(&member, &run, key).await,
-                None => {
-                    self.call(
-                        member.peer_id,
-                        WorkloadRun::NAME,
-                        run.clone(),
-                        DEPLOY_DEADLINE,
-                        None,
-                    )
-                    .await
-                }
-            };
-            match started {
+            match self
+                .start_on(&member, &run, idempotency_key.as_deref())
+                .await
+            {
                 Ok(workload) => {
                     return Ok(json!({
                         "node": member.announcement.name,
@@ -657,7 +656,7 @@ impl FleetCommands {
                 Err(error) => return Err(error),
             }
         }
-        Err(failure(
+        Err(InvokeFailure::new(
             ErrorCode::Conflict,
             if refusals.is_empty() {
                 format!(
@@ -674,19 +673,19 @@ impl FleetCommands {
         ))
     }
 
-    /// `workload.run` on `member` with the caller's idempotency key.
+    /// `workload.run` on `member`, with the caller's idempotency key when it gave one.
     async fn start_on(
         &self,
         member: &FleetMember,
         run: &Value,
-        key: &str,
+        key: Option<&str>,
     ) -> Result<Value, InvokeFailure> {
         self.call(
             member.peer_id,
             WorkloadRun::NAME,
             run.clone(),
             DEPLOY_DEADLINE,
-            Some(key.to_owned()),
+            key.map(str::to_owned),
         )
         .await
     }
@@ -696,14 +695,14 @@ impl FleetCommands {
         let (metrics, health) = futures::join!(
             self.fan_out(
                 members.clone(),
-                "gpu.metrics",
+                GpuMetrics::NAME,
                 &Value::Null,
                 DEFAULT_CONCURRENCY,
                 Duration::from_secs(3),
             ),
             self.fan_out(
                 members,
-                "node.health",
+                NodeHealth::NAME,
                 &Value::Null,
                 DEFAULT_CONCURRENCY,
                 Duration::from_secs(3),
@@ -730,9 +729,9 @@ impl FleetCommands {
                     .unwrap_or_default();
                 let health = h
                     .result
-                    .as_ref()
                     .ok()
-                    .and_then(|r| r["status"].as_str().map(str::to_owned));
+                    .and_then(|r| NodeHealth::decode(r).ok())
+                    .map(|report| report.status);
                 NodeReadings {
                     member: m.member,
                     health,
@@ -748,7 +747,7 @@ impl FleetCommands {
         let drained = self
             .call(
                 member.peer_id,
-                "node.drain",
+                NodeDrain::NAME,
                 Value::Null,
                 Duration::from_secs(120),
                 None,
@@ -768,13 +767,13 @@ impl FleetCommands {
         call: Call,
     ) -> Result<Value, InvokeFailure> {
         let Some(node) = self.market_node else {
-            return Err(failure(
+            return Err(InvokeFailure::new(
                 ErrorCode::Unavailable,
                 "the bridge has no market node: start it with --market-node <peer id>",
             ));
         };
         let params = serde_json::to_value(params)
-            .map_err(|e| failure(ErrorCode::Internal, format!("cannot encode: {e}")))?;
+            .map_err(|e| InvokeFailure::new(ErrorCode::Internal, format!("cannot encode: {e}")))?;
         self.call(node, C::NAME, params, call.timeout, call.idempotency_key)
             .await
     }
@@ -813,30 +812,32 @@ impl claw_mesh::InvokeHandler for NoMeshCommands {
 
 #[cfg(test)]
 mod tests {
-    use claw_attestation::{GpuDevice, HardwareInventory, HostInfo, NvmlStatus};
+    use claw_attestation::{
+        HardwareInventory, HostInfo, NodeIdentity, NvmlStatus, SimulatedGpuProfile,
+    };
     use claw_mesh::NodeAnnouncement;
 
     use super::*;
+    use HealthStatus::{Degraded, Healthy, Unhealthy};
 
-    fn gpu(uuid: &str, model: &str, memory_mib: u64) -> GpuDevice {
-        GpuDevice {
-            index: 0,
-            uuid: uuid.to_owned(),
-            model: model.to_owned(),
-            memory_total_bytes: memory_mib * 1024 * 1024,
-            pci_bus_id: None,
-            compute_capability: None,
-            ecc: None,
-            power_limit_mw: None,
-            max_clocks: None,
-            temperature_c: None,
-            simulated: true,
-        }
-    }
-
-    fn node(name: &str, gpus: Vec<GpuDevice>, allocated: &[&str]) -> FleetMember {
+    /// A member named `name` with one simulated GPU per `(model, memory_mib)`, the first
+    /// `allocated` of them taken.
+    fn node(name: &str, gpus: &[(&str, u64)], allocated: usize) -> FleetMember {
+        let identity = NodeIdentity::generate();
+        let gpus: Vec<_> = gpus
+            .iter()
+            .zip(0..)
+            .map(|(&(model, memory_mib), index)| {
+                let profile = SimulatedGpuProfile {
+                    model: model.to_owned(),
+                    count: 1,
+                    memory_mib,
+                };
+                profile.device(index, &identity.public_key())
+            })
+            .collect();
         FleetMember {
-            peer_id: PeerId::random(),
+            peer_id: identity.peer_id(),
             announcement: NodeAnnouncement {
                 name: name.to_owned(),
                 network: "localnet".to_owned(),
@@ -844,6 +845,11 @@ mod tests {
                 labels: BTreeMap::new(),
                 software_version: "test".to_owned(),
                 listen_addrs: vec![],
+                allocated_gpus: gpus
+                    .iter()
+                    .take(allocated)
+                    .map(|g| g.uuid.clone())
+                    .collect(),
                 inventory: HardwareInventory {
                     host: HostInfo::default(),
                     nvml: NvmlStatus::Unavailable {
@@ -851,7 +857,6 @@ mod tests {
                     },
                     gpus,
                 },
-                allocated_gpus: allocated.iter().map(|u| (*u).to_owned()).collect(),
                 cordoned: false,
                 running_workloads: 0,
             },
@@ -861,7 +866,17 @@ mod tests {
         }
     }
 
-    fn readings(member: FleetMember, health: Option<&str>, util: f64, temp: f64) -> NodeReadings {
+    /// Two H100s, the first `allocated` taken.
+    fn two_gpus(name: &str, allocated: usize) -> FleetMember {
+        node(name, &[("NVIDIA H100", 81_559); 2], allocated)
+    }
+
+    fn readings(
+        member: FleetMember,
+        health: Option<HealthStatus>,
+        util: f64,
+        temp: f64,
+    ) -> NodeReadings {
         let gpus = member
             .announcement
             .inventory
@@ -874,22 +889,9 @@ mod tests {
             .collect();
         NodeReadings {
             member,
-            health: health.map(str::to_owned),
+            health,
             gpus,
         }
-    }
-
-    fn two_gpus(name: &str, allocated: &[&str]) -> FleetMember {
-        let a = format!("{name}-a");
-        let b = format!("{name}-b");
-        node(
-            name,
-            vec![
-                gpu(&a, "NVIDIA H100", 81_559),
-                gpu(&b, "NVIDIA H100", 81_559),
-            ],
-            allocated,
-        )
     }
 
     fn order(ranked: &[Ranked]) -> Vec<&str> {
@@ -911,7 +913,6 @@ mod tests {
         let mut listed: Vec<&str> = BRIDGE_COMMANDS.iter().map(|c| c.name).collect();
         listed.sort_unstable();
         assert_eq!(routed, listed);
-        assert_eq!(FleetCommands::names().len(), BRIDGE_COMMANDS.len());
     }
 
     #[test]
@@ -919,11 +920,11 @@ mod tests {
         let ranked = rank(
             &ANY,
             vec![
-                readings(two_gpus("busy", &[]), Some("healthy"), 90.0, 40.0),
-                readings(two_gpus("idle", &[]), Some("healthy"), 0.0, 40.0),
-                readings(two_gpus("hot", &[]), Some("healthy"), 0.0, 85.0),
-                readings(two_gpus("half", &["half-a"]), Some("healthy"), 0.0, 40.0),
-                readings(two_gpus("degraded", &[]), Some("degraded"), 0.0, 40.0),
+                readings(two_gpus("busy", 0), Some(Healthy), 90.0, 40.0),
+                readings(two_gpus("idle", 0), Some(Healthy), 0.0, 40.0),
+                readings(two_gpus("hot", 0), Some(Healthy), 0.0, 85.0),
+                readings(two_gpus("half", 1), Some(Healthy), 0.0, 40.0),
+                readings(two_gpus("degraded", 0), Some(Degraded), 0.0, 40.0),
             ],
         );
         assert_eq!(order(&ranked), ["idle", "hot", "degraded", "half", "busy"]);
@@ -939,10 +940,10 @@ mod tests {
         let ranked = rank(
             &ANY,
             vec![
-                readings(two_gpus("n3", &[]), Some("healthy"), 10.0, 50.0),
-                readings(two_gpus("n1", &[]), Some("healthy"), 10.0, 50.0),
-                readings(two_gpus("sick", &[]), Some("unhealthy"), 0.0, 30.0),
-                readings(two_gpus("gone", &[]), None, 0.0, 30.0),
+                readings(two_gpus("n3", 0), Some(Healthy), 10.0, 50.0),
+                readings(two_gpus("n1", 0), Some(Healthy), 10.0, 50.0),
+                readings(two_gpus("sick", 0), Some(Unhealthy), 0.0, 30.0),
+                readings(two_gpus("gone", 0), None, 0.0, 30.0),
             ],
         );
         assert_eq!(order(&ranked), ["n1", "n3"]);
@@ -952,11 +953,8 @@ mod tests {
     fn without_readings_a_node_gets_half_marks_and_only_fitting_gpus_count() {
         let mixed = node(
             "mixed",
-            vec![
-                gpu("m-a", "NVIDIA H100", 81_559),
-                gpu("m-b", "NVIDIA A10", 24_000),
-            ],
-            &[],
+            &[("NVIDIA H100", 81_559), ("NVIDIA A10", 24_000)],
+            0,
         );
         let request = PlacementRequest {
             gpus: 1,
@@ -966,7 +964,7 @@ mod tests {
         assert_eq!(request.counts(&mixed), (1, 1));
         let silent = NodeReadings {
             member: mixed,
-            health: Some("healthy".to_owned()),
+            health: Some(Healthy),
             gpus: vec![],
         };
         let ranked = rank(&request, vec![silent]);

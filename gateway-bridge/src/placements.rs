@@ -37,8 +37,6 @@ pub enum PlacementError {
 pub struct Placement {
     /// The node's peer id.
     pub peer_id: String,
-    /// Its name when chosen.
-    pub node: String,
     /// Its score and readings when chosen.
     pub why: Value,
     /// Every candidate's, best first.
@@ -148,7 +146,6 @@ mod tests {
     fn placement(peer: &str, at_ms: u64) -> Placement {
         Placement {
             peer_id: peer.to_owned(),
-            node: "n1".to_owned(),
             why: serde_json::json!({"score": 90.0}),
             considered: vec![],
             at_ms,

@@ -17,15 +17,15 @@ use claw_api::market::{
     MarketOffersSigned, MarketReceipts, MarketReputation, MarketSell, WalletBalance,
 };
 use claw_api::node::{
-    Capabilities, CommandDescription, Cordon, GpuList, GpuMetrics, GpuMetricsParams, LabelParams,
-    Labels, NodeCapabilities, NodeCordon, NodeDrain, NodeHealth, NodeLabel, NodeUncordon,
-    SystemInfo, SystemRun, SystemRunOutput, SystemRunParams,
+    Capabilities, Cordon, GpuList, GpuMetrics, GpuMetricsParams, LabelParams, Labels,
+    NodeCapabilities, NodeCordon, NodeDrain, NodeHealth, NodeLabel, NodeUncordon, SystemInfo,
+    SystemRun, SystemRunOutput, SystemRunParams,
 };
 use claw_api::workload::{
     ContainerExec, ExecParams, ListParams, LogsParams, RunParams, StopParams, WorkloadInspect,
     WorkloadList, WorkloadLogs, WorkloadRef, WorkloadRun, WorkloadStats, WorkloadStop,
 };
-use claw_api::{Command as _, NODE_COMMANDS, NoParams, Router, node_command};
+use claw_api::{Command as _, NODE_COMMANDS, NoParams, Router, node_command, node_descriptions};
 use claw_attestation::{GpuProbe, XidWatcher, probe_host};
 use claw_mesh::{
     ErrorCode, HandlerFuture, InvokeFailure, InvokeHandler, InvokeRequest, InvokeResponse, PeerId,
@@ -82,22 +82,6 @@ pub const MAX_PARAMS_BYTES: usize = 64 * 1024;
 
 /// Commands a lessee may run on the workload of its lease, though it has only the read role.
 const LESSEE_COMMANDS: &[&str] = &[WorkloadStop::NAME, WorkloadLogs::NAME, ContainerExec::NAME];
-
-/// The command table as `node.capabilities` answers it, built once.
-fn command_descriptions() -> &'static [CommandDescription] {
-    static TABLE: OnceLock<Vec<CommandDescription>> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        NODE_COMMANDS
-            .iter()
-            .map(|c| CommandDescription {
-                name: c.name.to_owned(),
-                description: c.description.to_owned(),
-                role: c.role,
-                params: c.params_schema(),
-            })
-            .collect()
-    })
-}
 
 /// What a command runs with besides its params.
 #[derive(Debug, Clone)]
@@ -375,7 +359,7 @@ impl NodeCommands {
         NoParams {}: NoParams,
     ) -> Result<Capabilities, InvokeFailure> {
         Ok(Capabilities {
-            commands: command_descriptions().to_vec(),
+            commands: node_descriptions().to_vec(),
             caller_role: call.role,
         })
     }
@@ -761,7 +745,7 @@ mod tests {
 
     #[test]
     fn capabilities_describe_the_catalogue() {
-        let described = command_descriptions();
+        let described = node_descriptions();
         assert_eq!(described.len(), NODE_COMMANDS.len());
         let label = described.iter().find(|c| c.name == "node.label").unwrap();
         assert_eq!(label.role, Role::Operate);

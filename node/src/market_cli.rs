@@ -1,15 +1,12 @@
 //! `clawnode market`: the order book, selling this node's GPUs, bids that lease in one step (with
 //! progress while the escrow is funded and the workload starts), leases, and cancelling a lease.
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
-use claw_api::Command;
 use claw_api::market::{
     BidParams, CancelParams, LeaseWorkload, LeasesParams, MarketBid, MarketLeaseCancel,
     MarketLeases, MarketOffers, MarketSell, OffersParams, PaymentChoice, SellParams,
 };
-use clawnode::control::{ControlClient, InvokeBody};
-use rand::RngCore as _;
 use serde_json::Value;
 
 use crate::{GlobalArgs, ops, print_json, print_table};
@@ -91,28 +88,6 @@ pub(crate) struct BidArgs {
     command: Vec<String>,
 }
 
-/// Runs market command `C` on this node with typed params; its answer, decoded by `C`'s own
-/// definition.
-fn call<C: Command>(
-    global: &GlobalArgs,
-    params: &C::Params,
-    key: Option<String>,
-) -> Result<C::Answer> {
-    let client = ControlClient::connect(&global.data_dir)?;
-    let body = InvokeBody {
-        command: C::NAME.to_owned(),
-        params: serde_json::to_value(params).context("encoding the params")?,
-        node: None,
-        deadline_ms: Some(120_000),
-        idempotency_key: key.clone(),
-    };
-    let answer = match key.filter(|_| !global.json) {
-        Some(key) => ops::with_progress(&client, &body, &key)?,
-        None => client.invoke(&body)?,
-    };
-    Ok(C::decode(answer)?)
-}
-
 fn text(value: &Value) -> String {
     match value {
         Value::Null => "-".to_owned(),
@@ -134,7 +109,7 @@ pub(crate) fn market(global: &GlobalArgs, command: MarketCommand) -> Result<()> 
                 min_gpus,
                 limit: None,
             };
-            let answer = call::<MarketOffers>(global, &params, None)?;
+            let answer = ops::call::<MarketOffers>(global, &params, None, None)?;
             if global.json {
                 print_json(&answer);
                 return Ok(());
@@ -191,12 +166,8 @@ pub(crate) fn market(global: &GlobalArgs, command: MarketCommand) -> Result<()> 
                 workload,
                 payment: PaymentChoice::Escrow,
             };
-            let key = leasing.then(|| {
-                let mut bytes = [0u8; 16];
-                rand::rngs::OsRng.fill_bytes(&mut bytes);
-                format!("bid-{}", hex::encode(bytes))
-            });
-            let answer = call::<MarketBid>(global, &params, key)?;
+            let key = leasing.then(|| ops::fresh_key("bid"));
+            let answer = ops::call::<MarketBid>(global, &params, None, key)?;
             if global.json {
                 print_json(&answer);
                 return Ok(());
@@ -240,7 +211,7 @@ pub(crate) fn market(global: &GlobalArgs, command: MarketCommand) -> Result<()> 
         }
         MarketCommand::Leases { state } => {
             let params = LeasesParams { state, side: None };
-            let answer = call::<MarketLeases>(global, &params, None)?;
+            let answer = ops::call::<MarketLeases>(global, &params, None, None)?;
             if global.json {
                 print_json(&answer);
                 return Ok(());
@@ -290,7 +261,7 @@ pub(crate) fn market(global: &GlobalArgs, command: MarketCommand) -> Result<()> 
                     stop: true,
                 },
             };
-            let answer = call::<MarketSell>(global, &params, None)?;
+            let answer = ops::call::<MarketSell>(global, &params, None, None)?;
             if global.json {
                 print_json(&answer);
             } else {
@@ -325,7 +296,8 @@ pub(crate) fn market(global: &GlobalArgs, command: MarketCommand) -> Result<()> 
             Ok(())
         }
         MarketCommand::Cancel { lease_id } => {
-            let answer = call::<MarketLeaseCancel>(global, &CancelParams { lease_id }, None)?;
+            let answer =
+                ops::call::<MarketLeaseCancel>(global, &CancelParams { lease_id }, None, None)?;
             if global.json {
                 print_json(&answer);
             } else {

@@ -70,34 +70,43 @@ pub(crate) struct HealthArgs {
 }
 
 /// Runs command `C` on this node (or on `node`, through it) with typed params; its answer,
-/// decoded by `C`'s own definition.
-fn call<C: Command>(
+/// decoded by `C`'s own definition. With an idempotency key, the node's progress is shown while
+/// it runs (unless the output is JSON).
+pub(crate) fn call<C: Command>(
     global: &GlobalArgs,
     params: &C::Params,
     node: Option<String>,
+    key: Option<String>,
 ) -> Result<C::Answer> {
     let client = ControlClient::connect(&global.data_dir)?;
-    let answer = client.invoke(&InvokeBody {
+    let body = InvokeBody {
         command: C::NAME.to_owned(),
         params: serde_json::to_value(params).context("encoding the params")?,
         node,
-        deadline_ms: None,
-        idempotency_key: None,
-    })?;
+        deadline_ms: Some(120_000),
+        idempotency_key: key.clone(),
+    };
+    let answer = match key.filter(|_| !global.json) {
+        Some(key) => with_progress(&client, &body, &key)?,
+        None => client.invoke(&body)?,
+    };
     Ok(C::decode(answer)?)
+}
+
+/// A fresh idempotency key, `<prefix>-` and 32 hex digits.
+pub(crate) fn fresh_key(prefix: &str) -> String {
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!("{prefix}-{}", hex::encode(bytes))
 }
 
 pub(crate) fn invoke(global: &GlobalArgs, args: InvokeArgs) -> Result<()> {
     let params: Value = serde_json::from_str(&args.params).context("--params is not JSON")?;
     let client = ControlClient::connect(&global.data_dir)?;
     let long = LONG_COMMANDS.contains(&args.command.as_str()) && args.node.is_none();
-    let key = args.idempotency_key.or_else(|| {
-        long.then(|| {
-            let mut bytes = [0u8; 16];
-            rand::rngs::OsRng.fill_bytes(&mut bytes);
-            format!("cli-{}", hex::encode(bytes))
-        })
-    });
+    let key = args
+        .idempotency_key
+        .or_else(|| long.then(|| fresh_key("cli")));
     let body = InvokeBody {
         command: args.command,
         params,
@@ -169,7 +178,7 @@ pub(crate) fn ps(global: &GlobalArgs, args: PsArgs) -> Result<()> {
         all: args.all,
         ..ListParams::default()
     };
-    let answer = call::<WorkloadList>(global, &params, args.node)?;
+    let answer = call::<WorkloadList>(global, &params, args.node, None)?;
     if global.json {
         print_json(&answer);
         return Ok(());
@@ -221,7 +230,7 @@ pub(crate) fn logs(global: &GlobalArgs, args: LogsArgs) -> Result<()> {
         tail: Some(args.tail),
         since: args.since,
     };
-    let answer = call::<WorkloadLogs>(global, &params, args.node)?;
+    let answer = call::<WorkloadLogs>(global, &params, args.node, None)?;
     if global.json {
         print_json(&answer);
         return Ok(());
@@ -241,7 +250,7 @@ pub(crate) fn logs(global: &GlobalArgs, args: LogsArgs) -> Result<()> {
 }
 
 pub(crate) fn health(global: &GlobalArgs, args: HealthArgs) -> Result<()> {
-    let report = call::<NodeHealth>(global, &NoParams {}, args.node)?;
+    let report = call::<NodeHealth>(global, &NoParams {}, args.node, None)?;
     if global.json {
         print_json(&serde_json::to_value(&report)?);
         return Ok(());

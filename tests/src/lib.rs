@@ -142,6 +142,19 @@ pub fn required_part(variable: &str, what: &str) -> Option<String> {
     }
 }
 
+/// What a test with the real OpenClaw gateway and Docker needs: Node 24, the openclaw package
+/// and the local busybox test image; `None` (each missing part said, see [`required_part`]) when
+/// one is missing.
+pub fn gateway_parts() -> Option<(String, String, String)> {
+    let node24 = required_part("CLAW_NODE24", "Node 24 for the OpenClaw gateway");
+    let openclaw = required_part("CLAW_OPENCLAW", "the openclaw package");
+    let image = required_part(
+        "CLAW_TEST_IMAGE",
+        "the Docker Engine and the local busybox test image",
+    );
+    Some((node24?, openclaw?, image?))
+}
+
 /// A TCP port free on loopback right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use claw_tests::{
-    AgentFleet, DockerProxy, Hold, NodeSpec, TOKEN, eventually, node_containers, required_part,
+    AgentFleet, DockerProxy, Hold, NodeSpec, TOKEN, eventually, gateway_parts, node_containers,
     run_with_deadline, workspace_binary, write_secret,
 };
 use serde_json::{Value, json};
@@ -54,14 +54,7 @@ fn check_contract(contract: &Value, command: &str, answer: &Value) {
 
 #[test]
 fn the_bridge_presents_three_nodes_as_one_openclaw_node() {
-    let (Some(node24), Some(openclaw), Some(image)) = (
-        required_part("CLAW_NODE24", "Node 24 for the OpenClaw gateway"),
-        required_part("CLAW_OPENCLAW", "the openclaw package"),
-        required_part(
-            "CLAW_TEST_IMAGE",
-            "the Docker Engine and the local busybox test image",
-        ),
-    ) else {
+    let Some((node24, openclaw, image)) = gateway_parts() else {
         return;
     };
     let mut fleet = AgentFleet::start(
@@ -359,14 +352,7 @@ fn the_bridge_presents_three_nodes_as_one_openclaw_node() {
 /// workload the first attempt started. One workload in all; a new call starts a second.
 #[test]
 fn a_deploy_retried_after_the_bridge_restarts_starts_one_workload() {
-    let (Some(node24), Some(openclaw), Some(image)) = (
-        required_part("CLAW_NODE24", "Node 24 for the OpenClaw gateway"),
-        required_part("CLAW_OPENCLAW", "the openclaw package"),
-        required_part(
-            "CLAW_TEST_IMAGE",
-            "the Docker Engine and the local busybox test image",
-        ),
-    ) else {
+    let Some((node24, openclaw, image)) = gateway_parts() else {
         return;
     };
     // Each workload.run waits 5 s at its first Docker call: the window to kill the bridge in.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use claw_tests::{
     Clawnode, DockerProxy, Hold, OpenClawGateway as Gateway, RunningNode, TOKEN, eventually,
-    required_part, run_with_deadline,
+    gateway_parts, run_with_deadline,
 };
 use serde_json::Value;
 
@@ -67,14 +67,7 @@ fn node_with_gateway(dir: &std::path::Path, url: &str, token: &str) -> Clawnode 
 
 #[test]
 fn a_node_serves_the_real_gateway_and_reconnects_after_it_restarts() {
-    let (Some(node24), Some(openclaw), Some(image)) = (
-        required_part("CLAW_NODE24", "Node 24 for the OpenClaw gateway"),
-        required_part("CLAW_OPENCLAW", "the openclaw package"),
-        required_part(
-            "CLAW_TEST_IMAGE",
-            "the Docker Engine and the local busybox test image",
-        ),
-    ) else {
+    let Some((node24, openclaw, image)) = gateway_parts() else {
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");
@@ -276,11 +269,7 @@ fn a_node_serves_the_real_gateway_and_reconnects_after_it_restarts() {
 /// logs of or exec into the node's workloads, and sees them redacted.
 #[test]
 fn a_read_role_gateway_manages_no_workload_and_sees_them_redacted() {
-    let (Some(node24), Some(openclaw), Some(image)) = (
-        required_part("CLAW_NODE24", "Node 24 for the OpenClaw gateway"),
-        required_part("CLAW_OPENCLAW", "the openclaw package"),
-        required_part("CLAW_TEST_IMAGE", "the Docker Engine and the test image"),
-    ) else {
+    let Some((node24, openclaw, image)) = gateway_parts() else {
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");

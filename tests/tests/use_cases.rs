@@ -19,7 +19,7 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use claw_tests::{AgentFleet, Clawnode, DockerProxy, NodeSpec, eventually, metric, required_part};
+use claw_tests::{AgentFleet, Clawnode, DockerProxy, NodeSpec, eventually, gateway_parts, metric};
 use serde_json::{Value, json};
 
 /// A workload that runs until stopped, and stops at once on SIGTERM.
@@ -30,21 +30,6 @@ static ONE_FLEET: Mutex<()> = Mutex::new(());
 
 fn one_fleet() -> MutexGuard<'static, ()> {
     ONE_FLEET.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Node 24, openclaw and the test image, or `None` (said on stderr) outside `scripts/test.sh`.
-fn parts() -> Option<(String, String, String)> {
-    match (
-        required_part("CLAW_NODE24", "Node 24 for the OpenClaw gateway"),
-        required_part("CLAW_OPENCLAW", "the openclaw package"),
-        required_part(
-            "CLAW_TEST_IMAGE",
-            "the Docker Engine and the local busybox test image",
-        ),
-    ) {
-        (Some(node24), Some(openclaw), Some(image)) => Some((node24, openclaw, image)),
-        _ => None,
-    }
 }
 
 /// n1, n2 and n3 with these many simulated H100s; n2 (index 1) holds the chain and is the bridge's
@@ -66,7 +51,7 @@ fn lines(text: &str) -> Vec<&str> {
 /// still free, and one that fits nowhere is refused with the reason.
 #[test]
 fn ml_training_finds_the_free_gpus_and_deploys_there() {
-    let Some((node24, openclaw, image)) = parts() else {
+    let Some((node24, openclaw, image)) = gateway_parts() else {
         return;
     };
     let _turn = one_fleet();
@@ -134,7 +119,7 @@ fn ml_training_finds_the_free_gpus_and_deploys_there() {
 /// answers for itself, the node without enough GPUs says why, and the others complete it.
 #[test]
 fn batch_job_runs_on_every_node_with_a_result_for_each() {
-    let Some((node24, openclaw, image)) = parts() else {
+    let Some((node24, openclaw, image)) = gateway_parts() else {
         return;
     };
     let _turn = one_fleet();
@@ -219,7 +204,7 @@ fn batch_job_runs_on_every_node_with_a_result_for_each() {
 /// deployed again and lands elsewhere, never on the cordoned node.
 #[test]
 fn daily_health_report_then_drain_the_degraded_node() {
-    let Some((node24, openclaw, image)) = parts() else {
+    let Some((node24, openclaw, image)) = gateway_parts() else {
         return;
     };
     let _turn = one_fleet();
@@ -372,7 +357,7 @@ fn daily_health_report_then_drain_the_degraded_node() {
 /// and its offer leaves the book.
 #[test]
 fn molt_rent_out_find_the_cheapest_bid_lease_run_settle() {
-    let Some((node24, openclaw, image)) = parts() else {
+    let Some((node24, openclaw, image)) = gateway_parts() else {
         return;
     };
     let _turn = one_fleet();
@@ -542,7 +527,7 @@ fn molt_rent_out_find_the_cheapest_bid_lease_run_settle() {
 /// skipped, and why.
 #[test]
 fn slow_gpu_is_diagnosed_from_live_nvml_readings() {
-    let Some((node24, openclaw, _image)) = parts() else {
+    let Some((node24, openclaw, _image)) = gateway_parts() else {
         return;
     };
     let probe_dir = tempfile::tempdir().expect("temp dir");

@@ -54,6 +54,20 @@ fn schema<T: JsonSchema>() -> Value {
     serde_json::to_value(schemars::schema_for!(T)).unwrap_or(Value::Null)
 }
 
+/// A command as `node.capabilities` and `fleet.capabilities` list it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandDescription {
+    /// The name on the wire.
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// The role a caller needs.
+    pub role: Role,
+    /// The JSON schema of its params.
+    pub params: Value,
+}
+
 /// A command as the catalogue lists it.
 #[derive(Debug, Clone, Copy)]
 pub struct CommandInfo {
@@ -90,13 +104,13 @@ impl CommandInfo {
     }
 
     /// How `node.capabilities` and `fleet.capabilities` describe it.
-    pub fn describe(&self) -> Value {
-        json!({
-            "name": self.name,
-            "description": self.description,
-            "role": self.role,
-            "params": self.params_schema(),
-        })
+    pub fn description(&self) -> CommandDescription {
+        CommandDescription {
+            name: self.name.to_owned(),
+            description: self.description.to_owned(),
+            role: self.role,
+            params: self.params_schema(),
+        }
     }
 }
 
@@ -253,6 +267,6 @@ mod tests {
         let info = CommandInfo::of::<Echo>();
         assert_eq!((info.name, info.role), ("test.echo", Role::Read));
         assert_eq!(info.params_schema()["properties"]["said"]["type"], "string");
-        assert_eq!(info.describe()["params"], info.params_schema());
+        assert_eq!(info.description().params, info.params_schema());
     }
 }

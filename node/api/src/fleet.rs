@@ -8,12 +8,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::NoParams;
 use crate::command::commands;
+use crate::{CommandDescription, NoParams};
 
 commands! {
     /// `fleet.capabilities`.
-    FleetCapabilities = "fleet.capabilities", Read, NoParams => Value,
+    FleetCapabilities = "fleet.capabilities", Read, NoParams => BridgeCapabilities,
         "The bridge's commands with the JSON schema of their params";
     /// `fleet.status`.
     FleetStatus = "fleet.status", Read, NoParams => Value,
@@ -36,6 +36,14 @@ commands! {
     /// `fleet.drain`.
     FleetDrain = "fleet.drain", Operate, DrainParams => Value,
         "Cordon a node and stop its workloads";
+}
+
+/// `fleet.capabilities`' answer.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeCapabilities {
+    /// Every command the bridge answers.
+    pub commands: Vec<CommandDescription>,
 }
 
 /// `fleet.gpus`.

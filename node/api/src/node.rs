@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::command::commands;
-use crate::{NoParams, Role};
+use crate::{CommandDescription, NoParams, Role};
 
 commands! {
     /// `node.capabilities`.
@@ -40,20 +40,6 @@ commands! {
     /// `system.run`.
     SystemRun = "system.run", Admin, SystemRunParams => SystemRunOutput,
         "Run an allowlisted program (argv, no shell) with a timeout and capped output";
-}
-
-/// A command as `node.capabilities` and `fleet.capabilities` list it.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CommandDescription {
-    /// The name on the wire.
-    pub name: String,
-    /// What it does.
-    pub description: String,
-    /// The role a caller needs.
-    pub role: Role,
-    /// The JSON schema of its params.
-    pub params: Value,
 }
 
 /// `node.capabilities`' answer.

@@ -644,20 +644,16 @@ impl Market {
             .map(|s| serde_json::from_value(json!(s)))
             .transpose()
             .map_err(|_| failure(ErrorCode::InvalidParams, "state: not a lease state"))?;
+        let side = params.side.map(|side| match side {
+            LeaseSide::Provider => Side::Provider,
+            LeaseSide::Buyer => Side::Buyer,
+        });
         let mut records = self.on_store(Store::leases).await?;
         records.reverse();
         let leases: Vec<Value> = records
             .iter()
             .filter(|r| state.is_none_or(|s| r.state == s))
-            .filter(|r| {
-                params.side.is_none_or(|s| {
-                    r.side
-                        == match s {
-                            LeaseSide::Provider => Side::Provider,
-                            LeaseSide::Buyer => Side::Buyer,
-                        }
-                })
-            })
+            .filter(|r| side.is_none_or(|s| r.side == s))
             .map(|r| summary(r, self.arbiter_peer().as_deref()))
             .collect();
         Ok(json!({ "leases": leases }))
