@@ -53,7 +53,7 @@ fn router() -> &'static Router<FleetCommands, Call> {
         Router::<FleetCommands, Call>::new()
             .route::<FleetCapabilities, _, _>(|_, _, NoParams {}| async {
                 Ok(BridgeCapabilities {
-                    commands: bridge_descriptions().to_vec(),
+                    commands: bridge_descriptions().into(),
                 })
             })
             .route::<FleetStatus, _, _>(|fleet, _, _| async move { Ok(fleet.status()) })

@@ -7,6 +7,7 @@
 //! is answered with `TIMEOUT` but finishes in the background, so the store never holds half a
 //! change. Every invocation is appended to the audit log.
 
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -30,6 +31,7 @@ use claw_attestation::{GpuProbe, XidWatcher, probe_host};
 use claw_mesh::{
     ErrorCode, HandlerFuture, InvokeFailure, InvokeHandler, InvokeRequest, InvokeResponse, PeerId,
 };
+use futures::FutureExt as _;
 use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
@@ -280,74 +282,42 @@ impl NodeCommands {
         &self.services.invokes
     }
 
-    /// Checks the caller's role and the params' size, then runs the command in its own task
-    /// under the request's deadline.
-    async fn authorize_and_run(
+    /// Checks that the command exists, that the caller may run it, and the params' size.
+    async fn authorize(
         &self,
         caller: Caller,
         role: Role,
-        request: InvokeRequest,
-    ) -> (Role, Result<Value, InvokeFailure>) {
+        request: &InvokeRequest,
+    ) -> Result<(), InvokeFailure> {
         let Some(spec) = node_command(&request.command) else {
-            return (
-                role,
-                Err(InvokeFailure::new(
-                    ErrorCode::UnknownCommand,
-                    format!(
-                        "no command {:?}; node.capabilities lists them",
-                        request.command
-                    ),
-                )),
-            );
+            return Err(InvokeFailure::new(
+                ErrorCode::UnknownCommand,
+                format!(
+                    "no command {:?}; node.capabilities lists them",
+                    request.command
+                ),
+            ));
         };
         if role < spec.role && !self.is_lessee(caller, spec.name, &request.params).await {
             let who = match caller {
                 Caller::Peer(peer) => format!("peer {peer}"),
                 Caller::Gateway => "the gateway".to_owned(),
             };
-            return (
-                role,
-                Err(InvokeFailure::new(
-                    ErrorCode::Unauthorized,
-                    format!(
-                        "{} needs the {} role; {who} has {role}",
-                        spec.name, spec.role
-                    ),
-                )),
-            );
+            return Err(InvokeFailure::new(
+                ErrorCode::Unauthorized,
+                format!(
+                    "{} needs the {} role; {who} has {role}",
+                    spec.name, spec.role
+                ),
+            ));
         }
         let size = request.params.to_string().len();
         if size > MAX_PARAMS_BYTES {
-            return (
-                role,
-                Err(invalid(format!(
-                    "params are {size} bytes, more than the {MAX_PARAMS_BYTES}-byte limit"
-                ))),
-            );
+            return Err(invalid(format!(
+                "params are {size} bytes, more than the {MAX_PARAMS_BYTES}-byte limit"
+            )));
         }
-        let deadline = Duration::from_millis(request.deadline_ms);
-        let call = Call {
-            principal: caller,
-            role,
-            idempotency_key: request.idempotency_key,
-        };
-        let task =
-            tokio::spawn(router().dispatch(self.clone(), call, &request.command, request.params));
-        let result = match tokio::time::timeout(deadline, task).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(join)) => Err(InvokeFailure::new(
-                ErrorCode::Internal,
-                format!("command task failed: {join}"),
-            )),
-            Err(_) => Err(InvokeFailure::new(
-                ErrorCode::Timeout,
-                format!(
-                    "no answer within {} ms; the command goes on in the background",
-                    deadline.as_millis()
-                ),
-            )),
-        };
-        (role, result)
+        Ok(())
     }
 }
 
@@ -359,7 +329,7 @@ impl NodeCommands {
         NoParams {}: NoParams,
     ) -> Result<Capabilities, InvokeFailure> {
         Ok(Capabilities {
-            commands: node_descriptions().to_vec(),
+            commands: node_descriptions().into(),
             caller_role: call.role,
         })
     }
@@ -648,10 +618,11 @@ impl NodeCommands {
             .await
     }
 
-    /// Authorises and runs `request`, then appends it to the audit log, all in a task of its
-    /// own: a caller that stops waiting (a gateway's `node.invoke.cancel`, a mesh deadline
-    /// shorter than the request's) drops only its wait, so the command is never cut halfway and
-    /// its one audit record is always written.
+    /// Authorises and runs `request` under its deadline, then appends it to the audit log, all
+    /// in one task of its own: a caller that stops waiting (a gateway's `node.invoke.cancel`, a
+    /// mesh deadline shorter than the request's) drops only its wait, so the command is never cut
+    /// halfway and its one audit record is always written. Past the deadline the caller is
+    /// answered `TIMEOUT` and the command goes on in that task to its end.
     async fn audited(
         &self,
         caller_label: String,
@@ -659,17 +630,15 @@ impl NodeCommands {
         role: Role,
         request: InvokeRequest,
     ) -> Result<Value, InvokeFailure> {
-        let commands = self.clone();
-        tokio::spawn(async move {
-            commands
-                .run_and_audit(caller_label, caller, role, request)
-                .await
-        })
-        .await
-        .unwrap_or_else(|join| {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        tokio::spawn(
+            self.clone()
+                .run_and_audit(caller_label, caller, role, request, answer),
+        );
+        answered.await.unwrap_or_else(|_| {
             Err(InvokeFailure::new(
                 ErrorCode::Internal,
-                format!("command task failed: {join}"),
+                "the command's task ended without an answer",
             ))
         })
     }
@@ -680,13 +649,68 @@ impl NodeCommands {
         caller: Caller,
         role: Role,
         request: InvokeRequest,
-    ) -> Result<Value, InvokeFailure> {
+        answer: tokio::sync::oneshot::Sender<Result<Value, InvokeFailure>>,
+    ) {
         let command = request.command.clone();
         let params_sha256 = hex::encode(Sha256::digest(request.params.to_string()));
         let started = Instant::now();
-        let (role, result) = self.authorize_and_run(caller, role, request).await;
+        let mut unfinished = None;
+        let result = match self.authorize(caller, role, &request).await {
+            Err(refused) => Err(refused),
+            Ok(()) => {
+                let deadline = Duration::from_millis(request.deadline_ms);
+                let call = Call {
+                    principal: caller,
+                    role,
+                    idempotency_key: request.idempotency_key,
+                };
+                // A panicking handler is answered and audited as INTERNAL, like any failure.
+                let mut work = AssertUnwindSafe(router().dispatch(
+                    self.clone(),
+                    call,
+                    &request.command,
+                    request.params,
+                ))
+                .catch_unwind();
+                match tokio::time::timeout(deadline, &mut work).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(_)) => Err(InvokeFailure::new(
+                        ErrorCode::Internal,
+                        format!("{command} failed on the node"),
+                    )),
+                    Err(_) => {
+                        unfinished = Some(work);
+                        Err(InvokeFailure::new(
+                            ErrorCode::Timeout,
+                            format!(
+                                "no answer within {} ms; the command goes on in the background",
+                                deadline.as_millis()
+                            ),
+                        ))
+                    }
+                }
+            }
+        };
+        self.audit(caller_label, role, command, params_sha256, started, &result)
+            .await;
+        let _ = answer.send(result);
+        if let Some(work) = unfinished {
+            let _ = work.await;
+        }
+    }
+
+    /// Counts and logs one invocation, and appends its record to the audit log.
+    async fn audit(
+        &self,
+        caller_label: String,
+        role: Role,
+        command: String,
+        params_sha256: String,
+        started: Instant,
+        result: &Result<Value, InvokeFailure>,
+    ) {
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let outcome = match &result {
+        let outcome = match result {
             Ok(_) => "ok".to_owned(),
             Err(failure) => failure.code.to_string(),
         };
@@ -710,7 +734,6 @@ impl NodeCommands {
             Ok(Err(error)) => tracing::error!(%error, "audit log write failed"),
             Err(error) => tracing::error!(%error, "audit log task failed"),
         }
-        result
     }
 }
 

@@ -24,7 +24,7 @@ pub trait Command: 'static {
     /// Its params; parsed strictly (unknown fields refused).
     type Params: DeserializeOwned + Serialize + JsonSchema + Send + 'static;
     /// Its answer.
-    type Answer: DeserializeOwned + Serialize + JsonSchema + Send + 'static;
+    type Answer: Answer;
 
     /// Parses params strictly; `null` counts as `{}`.
     fn parse(params: Value) -> Result<Self::Params, InvokeFailure> {
@@ -42,6 +42,21 @@ pub trait Command: 'static {
                 format!("{}: the answer does not decode: {e}", Self::NAME),
             )
         })
+    }
+}
+
+/// A command's answer, and how it goes on the wire: a typed answer is encoded, an answer that is
+/// JSON already goes as it is (no second copy of it on every call).
+pub trait Answer: DeserializeOwned + Serialize + JsonSchema + Send + 'static {
+    /// The answer as JSON.
+    fn into_json(self) -> Result<Value, InvokeFailure> {
+        encode(&self)
+    }
+}
+
+impl Answer for Value {
+    fn into_json(self) -> Result<Value, InvokeFailure> {
+        Ok(self)
     }
 }
 
@@ -162,7 +177,7 @@ impl<S: Send + 'static, X: Send + 'static> Router<S, X> {
         let route: Route<S, X> = Box::new(move |server, context, params| match C::parse(params) {
             Ok(params) => {
                 let answer = handler(server, context, params);
-                Box::pin(async move { encode(&answer.await?) })
+                Box::pin(async move { answer.await?.into_json() })
             }
             Err(failure) => Box::pin(std::future::ready(Err(failure))),
         });
@@ -237,6 +252,8 @@ mod tests {
     pub struct EchoParams {
         said: String,
     }
+
+    impl Answer for EchoParams {}
 
     fn block_on<T>(future: impl Future<Output = T>) -> T {
         let waker = std::task::Waker::noop();

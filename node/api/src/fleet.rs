@@ -2,6 +2,7 @@
 //! bridge also forwards some market commands to its market node; those are the node's own
 //! definitions (see [`crate::BRIDGE_COMMANDS`]).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
@@ -9,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::command::commands;
-use crate::{CommandDescription, NoParams};
+use crate::{Answer, CommandDescription, NoParams};
 
 commands! {
     /// `fleet.capabilities`.
@@ -43,8 +44,10 @@ commands! {
 #[serde(deny_unknown_fields)]
 pub struct BridgeCapabilities {
     /// Every command the bridge answers.
-    pub commands: Vec<CommandDescription>,
+    pub commands: Cow<'static, [CommandDescription]>,
 }
+
+impl Answer for BridgeCapabilities {}
 
 /// `fleet.gpus`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]

@@ -19,7 +19,9 @@ use std::sync::OnceLock;
 
 use serde_json::{Value, json};
 
-pub use command::{Command, CommandDescription, CommandInfo, NoParams, RoutedFuture, Router};
+pub use command::{
+    Answer, Command, CommandDescription, CommandInfo, NoParams, RoutedFuture, Router,
+};
 pub use error::{ErrorCode, InvokeFailure};
 pub use role::Role;
 

@@ -1,5 +1,6 @@
 //! The node's own commands: what it is, its GPUs, its host, its labels and cordon, `system.run`.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
@@ -7,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::command::commands;
-use crate::{CommandDescription, NoParams, Role};
+use crate::{Answer, CommandDescription, NoParams, Role};
 
 commands! {
     /// `node.capabilities`.
@@ -47,7 +48,7 @@ commands! {
 #[serde(deny_unknown_fields)]
 pub struct Capabilities {
     /// Every command the node answers.
-    pub commands: Vec<CommandDescription>,
+    pub commands: Cow<'static, [CommandDescription]>,
     /// The asking caller's role here.
     pub caller_role: Role,
 }
@@ -165,3 +166,9 @@ pub struct HealthReport {
     /// Whether the node is cordoned.
     pub cordoned: bool,
 }
+
+impl Answer for Capabilities {}
+impl Answer for Labels {}
+impl Answer for Cordon {}
+impl Answer for SystemRunOutput {}
+impl Answer for HealthReport {}
