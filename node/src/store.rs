@@ -829,7 +829,7 @@ mod tests {
             store.append_audit(&record("system.info")).unwrap();
             store.db.flush().unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         store.append_audit(&record("node.capabilities")).unwrap();
         let commands: Vec<String> = store
             .recent_audit(10)
@@ -1028,7 +1028,7 @@ mod tests {
         store.update_workload(&first).unwrap();
         assert!(store.allocations().unwrap().is_empty());
         drop(store);
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(
             store.workload("wl-1").unwrap().unwrap().state,
             WorkloadState::Stopped
