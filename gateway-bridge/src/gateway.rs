@@ -20,6 +20,7 @@ use futures::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
 
 use crate::{DeviceAuthRequest, DeviceProof};
 
@@ -123,13 +124,13 @@ enum Ended {
     Shutdown,
 }
 
-/// Connects to the gateway as a node and serves it until `shutdown` turns true, reconnecting
+/// Connects to the gateway as a node and serves it until `shutdown` is cancelled, reconnecting
 /// with backoff. Returns an error only when retrying cannot help (a refused token, a bad URL).
 pub async fn run_node(
     identity: Arc<NodeIdentity>,
     config: GatewayConfig,
     handler: Arc<dyn GatewayHandler>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     sessions: Option<watch::Sender<Option<Session>>>,
 ) -> Result<(), GatewayError> {
     if !(config.url.starts_with("ws://") || config.url.starts_with("wss://")) {
@@ -139,7 +140,7 @@ pub async fn run_node(
     loop {
         let ended = tokio::select! {
             ended = connect_and_serve(&identity, &config, &handler, sessions.as_ref()) => ended,
-            _ = shutdown.wait_for(|stop| *stop) => Ended::Shutdown,
+            () = shutdown.cancelled() => Ended::Shutdown,
         };
         if let Some(sessions) = &sessions {
             sessions.send_replace(None);
@@ -170,7 +171,7 @@ pub async fn run_node(
         };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+            () = shutdown.cancelled() => return Ok(()),
         }
     }
 }

@@ -204,7 +204,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         commands: FleetCommands::names(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
     let placements = Placements::open(&args.data_dir).with_context(|| {
         format!(
             "opening the placement record in {}",
@@ -212,7 +212,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         )
     })?;
     let commands = Arc::new(FleetCommands::new(handle.clone(), market_node, placements));
-    let mut client = tokio::spawn(run_node(identity, gateway, commands, stop_rx, None));
+    let mut client = tokio::spawn(run_node(identity, gateway, commands, stop.clone(), None));
     let outcome = tokio::select! {
         _ = tokio::signal::ctrl_c() => Ok(()),
         ended = &mut client => match ended {
@@ -221,7 +221,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             Err(error) => Err(anyhow::anyhow!("the gateway task failed: {error}")),
         },
     };
-    let _ = stop_tx.send(true);
+    stop.cancel();
     handle.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), mesh.task).await;
     drain.abort();

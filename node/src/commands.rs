@@ -193,6 +193,8 @@ pub struct NodeServices {
     pub market: Market,
     /// Invokes answered, for the metrics.
     pub invokes: crate::metrics::InvokeMetrics,
+    /// Where each command's task is spawned, so that a stopping node waits for it.
+    pub tasks: crate::tasks::Tasks,
 }
 
 /// The node's command table. Cheap to clone.
@@ -275,6 +277,11 @@ impl NodeCommands {
     /// The market service.
     pub fn market(&self) -> &Market {
         &self.services.market
+    }
+
+    /// The GPUs.
+    pub fn probe(&self) -> &Arc<GpuProbe> {
+        &self.services.probe
     }
 
     /// Invokes answered so far, by command and outcome.
@@ -631,10 +638,13 @@ impl NodeCommands {
         request: InvokeRequest,
     ) -> Result<Value, InvokeFailure> {
         let (answer, answered) = tokio::sync::oneshot::channel();
-        tokio::spawn(
-            self.clone()
-                .run_and_audit(caller_label, caller, role, request, answer),
-        );
+        self.services.tasks.spawn(self.clone().run_and_audit(
+            caller_label,
+            caller,
+            role,
+            request,
+            answer,
+        ));
         answered.await.unwrap_or_else(|_| {
             Err(InvokeFailure::new(
                 ErrorCode::Internal,

@@ -13,8 +13,10 @@ mod data_dir;
 pub mod health;
 pub mod market;
 pub mod metrics;
+pub mod runtime;
 pub mod store;
 pub mod system_run;
+mod tasks;
 pub mod workloads;
 
 use std::time::Duration;
@@ -24,7 +26,9 @@ use claw_mesh::NodeAnnouncement;
 
 pub use config::NodeConfig;
 pub use data_dir::{DataDir, DataDirError, WalletOutcome};
+pub use runtime::{Node, NodeFailure, NodeHandle, NodeOptions, StartError};
 pub use store::{Store, StoreError};
+pub use tasks::Tasks;
 
 /// Records atomically, in `file` under the data directory, where one of the running node's
 /// loopback services listens, for the CLI and scripts to find.
@@ -118,13 +122,15 @@ pub fn sign_announcement(
 }
 
 /// Everything the node's commands need, from its data directory: the access policy and the
-/// workload service (GPUs from `probe`, Docker from the config) and the Xid watcher.
+/// workload service (GPUs from `probe`, Docker from the config) and the Xid watcher. Commands
+/// and lease steps are spawned through `tasks`.
 ///
 /// Blocking: reads NVML.
-pub fn node_services(
+pub(crate) fn node_services(
     dir: &std::sync::Arc<DataDir>,
     store: Store,
     probe: std::sync::Arc<GpuProbe>,
+    tasks: Tasks,
 ) -> commands::NodeServices {
     let config = dir.config();
     let peer = dir.identity().peer_id();
@@ -148,6 +154,7 @@ pub fn node_services(
         store.clone(),
         std::sync::Arc::clone(&probe),
         workloads.clone(),
+        tasks.clone(),
     );
     commands::NodeServices {
         xids: claw_attestation::XidWatcher::start(),
@@ -159,6 +166,7 @@ pub fn node_services(
         workloads,
         system_run: config.system_run.clone(),
         invokes: metrics::InvokeMetrics::default(),
+        tasks,
     }
 }
 

@@ -225,14 +225,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inventory(args) => inventory(global, args),
         Command::Run(args) => {
             let dir = DataDir::open(&global.data_dir)?;
-            let overrides = daemon::RunOverrides {
+            let options = clawnode::NodeOptions {
                 listen: args.listen,
                 bootstrap: args.bootstrap,
                 gateway: args.gateway,
                 metrics: args.metrics,
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            runtime.block_on(daemon::run(dir, overrides, global.json))
+            runtime.block_on(daemon::run(dir, options, global.json))
         }
         Command::Fleet => fleet(global),
         Command::Invoke(args) => ops::invoke(global, args),

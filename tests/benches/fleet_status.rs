@@ -95,7 +95,7 @@ fn gateway_client(
     name: String,
     commands: Vec<String>,
     handler: Arc<dyn GatewayHandler>,
-    stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio_util::sync::CancellationToken,
 ) {
     let config = GatewayConfig {
         url: url.to_owned(),
@@ -134,7 +134,7 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async move {
-        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        let stop = tokio_util::sync::CancellationToken::new();
         let started = Instant::now();
         let mut meshes: Vec<MeshHandle> = Vec::new();
         let mut device_ids = Vec::new();

@@ -126,6 +126,8 @@ struct Inner {
     store: Store,
     probe: Arc<GpuProbe>,
     workloads: Workloads,
+    /// Where lease steps are spawned, so that a stopping node waits for them.
+    tasks: crate::Tasks,
     verifier: Verifier,
     wallet: Result<Keypair, String>,
     chain: Result<Chain, String>,
@@ -173,6 +175,7 @@ impl Market {
         store: Store,
         probe: Arc<GpuProbe>,
         workloads: Workloads,
+        tasks: crate::Tasks,
     ) -> Self {
         let wallet = crate::chain::to_keypair(dir.wallet()).map_err(|e| e.to_string());
         let chain = match crate::chain::chain_settings(&dir) {
@@ -194,6 +197,7 @@ impl Market {
                 store,
                 probe,
                 workloads,
+                tasks,
                 verifier,
                 wallet,
                 chain,

@@ -615,7 +615,11 @@ impl Market {
         let market = self.clone();
         let driven = {
             let lease = lease.clone();
-            tokio::spawn(async move { market.drive(&lease, input).await })
+            market
+                .inner
+                .tasks
+                .clone()
+                .spawn(async move { market.drive(&lease, input).await })
         };
         match tokio::time::timeout(FUND_ANSWER_WITHIN, driven).await {
             Ok(Ok(Err(refused))) => return Err(refused),
