@@ -211,10 +211,6 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| InvokeFailure::new(ErrorCode::Internal, format!("command task failed: {e}")))
 }
 
-fn store_failure(error: crate::StoreError) -> InvokeFailure {
-    InvokeFailure::new(ErrorCode::Internal, error.to_string())
-}
-
 impl NodeCommands {
     /// Commands served from `services`.
     pub fn new(services: NodeServices) -> Self {
@@ -224,8 +220,11 @@ impl NodeCommands {
     }
 
     /// The latest `limit` audit records, newest first.
-    pub fn recent_audit(&self, limit: usize) -> Result<Vec<AuditRecord>, crate::StoreError> {
-        self.services.store.recent_audit(limit)
+    pub async fn recent_audit(&self, limit: usize) -> Result<Vec<AuditRecord>, crate::StoreError> {
+        self.services
+            .store
+            .run(move |store| store.recent_audit(limit))
+            .await
     }
 
     /// Progress of long operations, by idempotency key.
@@ -268,9 +267,12 @@ impl NodeCommands {
         let Some(lease) = self.services.workloads.lease_of(reference).await else {
             return false;
         };
-        let store = self.services.store.clone();
-        let record = blocking(move || store.lease(&lease)).await;
-        matches!(record, Ok(Ok(Some(r)))
+        let record = self
+            .services
+            .store
+            .run(move |store| store.lease(&lease))
+            .await;
+        matches!(record, Ok(Some(r))
             if r.side == claw_market::lease::Side::Provider && r.counterparty == peer.to_string())
     }
 
@@ -365,7 +367,7 @@ impl NodeCommands {
             .into_iter()
             .filter(|m| params.gpu.as_ref().is_none_or(|g| *g == m.uuid))
             .map(|m| {
-                let holder = holders.get(&m.uuid).cloned();
+                let holder = holders.get(&m.uuid).map(ToString::to_string);
                 let mut value = json!(m);
                 value["workload"] = json!(holder);
                 value
@@ -418,38 +420,38 @@ impl NodeCommands {
                 )));
             }
         }
-        let store = self.services.store.clone();
-        blocking(move || {
-            let mut labels = store.labels()?;
-            for key in &params.remove {
-                labels.remove(key);
-            }
-            labels.extend(params.set);
-            if labels.len() > 64 {
-                return Ok(Err(invalid("a node has at most 64 labels")));
-            }
-            store.set_labels(&labels)?;
-            Ok(Ok(Labels { labels }))
-        })
-        .await?
-        .map_err(store_failure)?
+        self.services
+            .store
+            .run(move |store| {
+                let mut labels = store.labels()?;
+                for key in &params.remove {
+                    labels.remove(key);
+                }
+                labels.extend(params.set);
+                if labels.len() > 64 {
+                    return Ok(Err(invalid("a node has at most 64 labels")));
+                }
+                store.set_labels(&labels)?;
+                Ok(Ok(Labels { labels }))
+            })
+            .await?
     }
 
     async fn set_cordon(self, cordon: bool) -> Result<Cordon, InvokeFailure> {
-        let store = self.services.store.clone();
-        blocking(move || store.set_cordoned(cordon))
-            .await?
-            .map_err(store_failure)?;
+        self.services
+            .store
+            .run(move |store| store.set_cordoned(cordon))
+            .await?;
         tracing::info!(cordoned = cordon, "node cordon changed");
         self.services.market.offers_changed();
         Ok(Cordon { cordoned: cordon })
     }
 
     async fn drain(self, call: Call, NoParams {}: NoParams) -> Result<Value, InvokeFailure> {
-        let store = self.services.store.clone();
-        blocking(move || store.set_draining())
-            .await?
-            .map_err(store_failure)?;
+        self.services
+            .store
+            .run(|store| store.set_draining())
+            .await?;
         self.services.market.offers_changed();
         let outcomes = self
             .services
@@ -738,11 +740,14 @@ impl NodeCommands {
             outcome,
             duration_ms,
         };
-        let store = self.services.store.clone();
-        match tokio::task::spawn_blocking(move || store.append_audit(&record)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!(%error, "audit log write failed"),
-            Err(error) => tracing::error!(%error, "audit log task failed"),
+        match self
+            .services
+            .store
+            .run(move |store| store.append_audit(&record))
+            .await
+        {
+            Ok(()) => {}
+            Err(error) => tracing::error!(%error, "audit log write failed"),
         }
     }
 }

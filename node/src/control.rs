@@ -192,13 +192,9 @@ async fn audit(
             }
         },
     };
-    let commands = state.commands.clone();
-    match tokio::task::spawn_blocking(move || commands.recent_audit(limit)).await {
-        Ok(Ok(records)) => Json(json!({ "records": records })).into_response(),
-        Ok(Err(error)) => {
-            failure_response(InvokeFailure::new(ErrorCode::Internal, error.to_string()))
-        }
-        Err(error) => failure_response(InvokeFailure::new(ErrorCode::Internal, error.to_string())),
+    match state.commands.recent_audit(limit).await {
+        Ok(records) => Json(json!({ "records": records })).into_response(),
+        Err(error) => failure_response(error.into()),
     }
 }
 

@@ -594,11 +594,7 @@ async fn announce_forever(
 
 /// While the node is draining, stops what still runs.
 async fn keep_draining(store: &Store, workloads: &Workloads) {
-    let draining = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || store.draining()).await
-    };
-    if !matches!(draining, Ok(Ok(true))) {
+    if !matches!(store.run(|store| store.draining()).await, Ok(true)) {
         return;
     }
     match workloads.drain(None).await {

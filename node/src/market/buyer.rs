@@ -57,7 +57,7 @@ impl Market {
     /// MOLT committed to leases this node bought in the last 24 hours.
     async fn spent_today(&self) -> Result<Molt, InvokeFailure> {
         let since = now_ms().saturating_sub(86_400_000);
-        let records = self.on_store(crate::store::Store::leases).await?;
+        let records = self.inner.store.run(crate::store::Store::leases).await?;
         Ok(records
             .iter()
             .filter(|r| r.side == Side::Buyer && r.created_ms >= since)
@@ -249,7 +249,7 @@ impl Market {
 
     /// A token account has one delegate: one stream per wallet at a time.
     async fn one_stream_per_wallet(&self) -> Result<(), InvokeFailure> {
-        let records = self.on_store(crate::store::Store::leases).await?;
+        let records = self.inner.store.run(crate::store::Store::leases).await?;
         if let Some(open) = records
             .iter()
             .find(|r| r.side == Side::Buyer && r.is_stream() && r.state.is_open())
@@ -759,7 +759,7 @@ impl Market {
     /// can check against the chain: terms, the buyer's acceptance, the funding and the final
     /// checkpoint.
     pub async fn receipts(&self, params: ReceiptsParams) -> Result<Value, InvokeFailure> {
-        let mut records = self.on_store(crate::store::Store::leases).await?;
+        let mut records = self.inner.store.run(crate::store::Store::leases).await?;
         records.reverse();
         let receipts: Vec<Value> = records
             .iter()
@@ -791,7 +791,7 @@ impl Market {
         })?;
         let key = claw_attestation::ed25519_key_of(&provider)
             .ok_or_else(|| failure(ErrorCode::InvalidParams, "not an Ed25519 peer id"))?;
-        for record in self.on_store(crate::store::Store::leases).await? {
+        for record in self.inner.store.run(crate::store::Store::leases).await? {
             self.learn_outcome(&record);
         }
         let arbiter = self.arbiter()?;

@@ -135,12 +135,16 @@ impl Market {
     /// A stored record for `lease`.
     pub(super) async fn load(&self, lease: &LeaseId) -> Result<Option<LeaseRecord>, InvokeFailure> {
         let id = lease.as_str().to_owned();
-        self.on_store(move |store| store.lease(&id)).await
+        Ok(self.inner.store.run(move |store| store.lease(&id)).await?)
     }
 
     /// Saves `record` (releasing its GPUs in the same write when it no longer holds them).
     pub(super) async fn save(&self, record: &LeaseRecord) -> Result<(), InvokeFailure> {
         let record = record.clone();
-        self.on_store(move |store| store.put_lease(&record)).await
+        Ok(self
+            .inner
+            .store
+            .run(move |store| store.put_lease(&record))
+            .await?)
     }
 }

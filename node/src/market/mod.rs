@@ -37,9 +37,9 @@ pub use claw_api::market::{
     RevokeParams, SellParams, StatusParams,
 };
 
+use crate::DataDir;
 use crate::store::Store;
 use crate::workloads::Workloads;
-use crate::{DataDir, StoreError};
 
 /// Largest signed envelope or transaction accepted in a market command, base-64 text.
 const MAX_BLOB_CHARS: usize = 16 * 1024;
@@ -63,10 +63,6 @@ fn address(text: &str) -> Result<Pubkey, InvokeFailure> {
             format!("{text:?} is not a wallet address"),
         )
     })
-}
-
-fn store_failure(error: StoreError) -> InvokeFailure {
-    failure(ErrorCode::Internal, error.to_string())
 }
 
 fn chain_failure(error: claw_market::settlement::SettlementError) -> InvokeFailure {
@@ -283,17 +279,6 @@ impl Market {
         }
     }
 
-    async fn on_store<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, InvokeFailure> {
-        let store = self.inner.store.clone();
-        tokio::task::spawn_blocking(move || work(&store))
-            .await
-            .map_err(|e| failure(ErrorCode::Internal, format!("store task failed: {e}")))?
-            .map_err(store_failure)
-    }
-
     /// Signs `payload` with the node key and the store's next sequence, valid for `ttl`.
     async fn sign<T: SignedPayload + Send + 'static>(
         &self,
@@ -301,12 +286,11 @@ impl Market {
         payload: T,
     ) -> Result<Signed<T>, InvokeFailure> {
         let dir = Arc::clone(&self.inner.dir);
-        let store = self.inner.store.clone();
-        let envelope =
-            tokio::task::spawn_blocking(move || crate::seal_next(&dir, &store, ttl, &payload))
-                .await
-                .map_err(|e| failure(ErrorCode::Internal, format!("signing task failed: {e}")))?
-                .map_err(store_failure)?;
+        let envelope = self
+            .inner
+            .store
+            .run(move |store| crate::seal_next(&dir, store, ttl, &payload))
+            .await?;
         let verified = self
             .inner
             .verifier
@@ -444,7 +428,7 @@ impl Market {
     /// Ticks every open lease not being worked on by a command right now, one task each, so
     /// that one slow lease never delays another.
     async fn leases_tick(&self) -> Result<(), InvokeFailure> {
-        let records = self.on_store(Store::leases).await?;
+        let records = self.inner.store.run(Store::leases).await?;
         let mut ticks = tokio::task::JoinSet::new();
         for record in records
             .into_iter()
@@ -469,7 +453,10 @@ impl Market {
         }
         while ticks.join_next().await.is_some() {}
         let now = now_ms();
-        self.on_store(move |store| store.prune_lapses(now)).await?;
+        self.inner
+            .store
+            .run(move |store| store.prune_lapses(now))
+            .await?;
         Ok(())
     }
 
@@ -652,7 +639,7 @@ impl Market {
             LeaseSide::Provider => Side::Provider,
             LeaseSide::Buyer => Side::Buyer,
         });
-        let mut records = self.on_store(Store::leases).await?;
+        let mut records = self.inner.store.run(Store::leases).await?;
         records.reverse();
         let leases: Vec<Value> = records
             .iter()

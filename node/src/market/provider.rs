@@ -58,7 +58,7 @@ impl Market {
     /// all taken, and renews offers at half their lifetime.
     pub(super) async fn publish_offers(&self) -> Result<(), InvokeFailure> {
         let config = self.inner.dir.config();
-        let decided = self.on_store(|store| store.selling()).await?;
+        let decided = self.inner.store.run(|store| store.selling()).await?;
         let price = match decided {
             Some(Some(price)) => Some(
                 price
@@ -93,7 +93,9 @@ impl Market {
         self.arbiter()?;
         let wallet = self.wallet()?.pubkey().to_string();
         let (allocated, inventory_digest) = self
-            .on_store(|store| {
+            .inner
+            .store
+            .run(|store| {
                 let digest = store
                     .latest_inventory()?
                     .map(|bytes| <[u8; 32]>::from(Sha256::digest(bytes)))
@@ -101,7 +103,7 @@ impl Market {
                 Ok((store.allocations()?, digest))
             })
             .await?;
-        let cordoned = self.on_store(|store| store.cordoned()).await?;
+        let cordoned = self.inner.store.run(|store| store.cordoned()).await?;
         let mut by_model: BTreeMap<String, (u32, u32, u64, bool)> = BTreeMap::new();
         for gpu in self.inner.probe.devices() {
             let entry = by_model.entry(gpu.model.clone()).or_default();
@@ -243,7 +245,9 @@ impl Market {
             }
         };
         let selling = price.clone();
-        self.on_store(move |store| store.set_selling(selling.as_deref()))
+        self.inner
+            .store
+            .run(move |store| store.set_selling(selling.as_deref()))
             .await?;
         tracing::info!(
             price = price.as_deref().unwrap_or("none"),
@@ -363,7 +367,9 @@ impl Market {
         let since = now_ms().saturating_sub(market.lapse_window_secs * 1000);
         let lease = lease.clone();
         let (lapsed_bid, lapses) = self
-            .on_store(move |store| {
+            .inner
+            .store
+            .run(move |store| {
                 let counts: Vec<u32> = keys
                     .iter()
                     .map(|k| store.lapses_since(k, since))
@@ -468,7 +474,9 @@ impl Market {
         let peer = caller.to_string();
         let wallet = bid.payload().wallet.clone();
         let open = self
-            .on_store(move |store| {
+            .inner
+            .store
+            .run(move |store| {
                 Ok(store
                     .leases()?
                     .into_iter()
@@ -493,12 +501,11 @@ impl Market {
         }
         let record = LeaseRecord::reserved(lease.clone(), caller.to_string(), Vec::new(), now_ms());
         let count = bid.payload().gpus as usize;
-        let store = self.inner.store.clone();
-        let reserved = tokio::task::spawn_blocking(move || {
-            store.reserve_for_lease(&record, count, &candidates)
-        })
-        .await
-        .map_err(|e| failure(ErrorCode::Internal, format!("store task failed: {e}")))?;
+        let reserved = self
+            .inner
+            .store
+            .run(move |store| Ok(store.reserve_for_lease(&record, count, &candidates)))
+            .await?;
         match reserved {
             Ok(record) => Ok(record),
             Err(AdmitError::GpusUnavailable { message, .. }) => {
@@ -811,7 +818,9 @@ impl Market {
         let bid_expires_ms = record.created_ms + MAX_BID_LIFETIME_MS;
         let (record, now) = (record.clone(), now_ms());
         let lease = record.lease_id.clone();
-        self.on_store(move |store| store.forget_lapsed_lease(&record, &keys, now, bid_expires_ms))
+        self.inner
+            .store
+            .run(move |store| store.forget_lapsed_lease(&record, &keys, now, bid_expires_ms))
             .await?;
         self.inner
             .workload_specs
@@ -833,7 +842,11 @@ impl Market {
         if record.state == LeaseState::Running
             && let Some(id) = record.workload_id.clone()
         {
-            let workload = self.on_store(move |store| store.workload(&id)).await?;
+            let workload = self
+                .inner
+                .store
+                .run(move |store| store.workload(&id))
+                .await?;
             if workload.as_ref().is_none_or(|w| !w.state.is_active()) {
                 let exit_code = workload.as_ref().and_then(|w| w.exit_code);
                 let reason = workload

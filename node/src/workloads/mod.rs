@@ -36,7 +36,7 @@ use spec::{
 };
 
 use crate::config::WorkloadsSection;
-use crate::store::{AdmitError, Admitted, GpuChoice, Store, StoreError};
+use crate::store::{AdmitError, Admitted, GpuChoice, Holder, Store, StoreError};
 use docker::Engine;
 pub(crate) use docker::EngineError;
 
@@ -253,16 +253,6 @@ pub struct Workloads {
     progress: ProgressBoard,
 }
 
-/// Runs store work, which flushes to disk, off the async threads.
-async fn on_store<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, WorkloadError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| WorkloadError::Internal(format!("store task failed: {e}")))?
-        .map_err(Into::into)
-}
-
 impl Workloads {
     /// Workloads of node `node` on the Docker Engine from `config`, allocating from `gpus`
     /// (UUIDs in inventory order; those in `simulated` get no device request).
@@ -341,10 +331,9 @@ impl Workloads {
         Ok(self.engine()?.version().await?)
     }
 
-    /// GPU UUID → id of the workload holding it.
-    pub async fn allocations(&self) -> Result<BTreeMap<String, String>, WorkloadError> {
-        let store = self.store.clone();
-        on_store(move || store.allocations()).await
+    /// GPU UUID → the workload or lease holding it.
+    pub async fn allocations(&self) -> Result<BTreeMap<String, Holder>, WorkloadError> {
+        Ok(self.store.run(|store| store.allocations()).await?)
     }
 
     /// Starts a workload owned by `owner` (a peer id, or `openclaw-gateway`). With an idempotency
@@ -405,8 +394,7 @@ impl Workloads {
                 .await
                 .map_err(WorkloadError::Unavailable)?;
         }
-        let store = self.store.clone();
-        if on_store(move || store.cordoned()).await? {
+        if self.store.run(move |store| store.cordoned()).await? {
             return Err(WorkloadError::Unavailable(
                 "this node is cordoned and takes no new workloads (node.uncordon lifts it)"
                     .to_owned(),
@@ -472,8 +460,10 @@ impl Workloads {
             }
         };
         let saved = {
-            let (store, record) = (self.store.clone(), record.clone());
-            on_store(move || store.update_workload(&record)).await
+            let record = record.clone();
+            self.store
+                .run(move |store| store.update_workload(&record))
+                .await
         };
         self.in_flight_set(&record.id, false);
         saved?;
@@ -592,8 +582,8 @@ impl Workloads {
 
     /// Whether the store holds workload `id` as active now (an unreadable store says yes).
     async fn is_active_now(&self, id: &str) -> bool {
-        let (store, id) = (self.store.clone(), id.to_owned());
-        match on_store(move || store.workload(&id)).await {
+        let id = id.to_owned();
+        match self.store.run(move |store| store.workload(&id)).await {
             Ok(record) => record.is_some_and(|r| r.state.is_active()),
             Err(_) => true,
         }
@@ -617,13 +607,12 @@ impl Workloads {
         choice: GpuChoice,
     ) -> Result<Admitted, WorkloadError> {
         for attempt in 0..2 {
-            let (store, gpus) = (self.store.clone(), Arc::clone(&self.gpus));
+            let gpus = Arc::clone(&self.gpus);
             let (candidate, wanted) = (record.clone(), choice.clone());
-            let outcome = tokio::task::spawn_blocking(move || {
-                store.admit_workload(candidate, &wanted, &gpus)
-            })
-            .await
-            .map_err(|e| WorkloadError::Internal(format!("store task failed: {e}")))?;
+            let outcome = self
+                .store
+                .run(move |store| Ok(store.admit_workload(candidate, &wanted, &gpus)))
+                .await?;
             match outcome {
                 Ok(admitted) => return Ok(admitted),
                 // Containers that exited since the last reconcile still hold GPUs: release
@@ -793,8 +782,8 @@ impl Workloads {
     /// The workload started for lease `lease_id`, if there is one.
     pub async fn leased(&self, lease_id: &str) -> Option<WorkloadRecord> {
         let key = format!("{LEASE_KEY_PREFIX}{lease_id}");
-        let store = self.store.clone();
-        on_store(move || store.workloads())
+        self.store
+            .run(move |store| store.workloads())
             .await
             .ok()?
             .into_iter()
@@ -813,24 +802,25 @@ impl Workloads {
                 "workload must be an id or name of 1 to 64 characters".to_owned(),
             ));
         }
-        let store = self.store.clone();
         let reference_owned = reference.to_owned();
-        let found = on_store(move || {
-            if let Some(record) = store.workload(&reference_owned)? {
-                return Ok(Some(record));
-            }
-            let named: Vec<WorkloadRecord> = store
-                .workloads()?
-                .into_iter()
-                .filter(|w| w.name.as_deref() == Some(reference_owned.as_str()))
-                .collect();
-            Ok(named
-                .iter()
-                .find(|w| w.state.is_active())
-                .or_else(|| named.last())
-                .cloned())
-        })
-        .await?;
+        let found = self
+            .store
+            .run(move |store| {
+                if let Some(record) = store.workload(&reference_owned)? {
+                    return Ok(Some(record));
+                }
+                let named: Vec<WorkloadRecord> = store
+                    .workloads()?
+                    .into_iter()
+                    .filter(|w| w.name.as_deref() == Some(reference_owned.as_str()))
+                    .collect();
+                Ok(named
+                    .iter()
+                    .find(|w| w.state.is_active())
+                    .or_else(|| named.last())
+                    .cloned())
+            })
+            .await?;
         found.ok_or_else(|| {
             WorkloadError::NotFound(format!(
                 "no workload {reference:?} on this node (workload.list shows them)"
@@ -874,8 +864,10 @@ impl Workloads {
                 WorkloadState::Stopped,
                 Some("stopped on request".to_owned()),
             );
-            let (store, saved) = (self.store.clone(), record.clone());
-            on_store(move || store.update_workload(&saved)).await?;
+            let saved = record.clone();
+            self.store
+                .run(move |store| store.update_workload(&saved))
+                .await?;
             tracing::info!(workload = %record.id, "workload.stop");
         }
         // A tenant's container always goes (its logs are kept); another's when asked.
@@ -897,8 +889,7 @@ impl Workloads {
         if let Err(error) = self.reconcile().await {
             tracing::debug!(%error, "listing from the store alone");
         }
-        let store = self.store.clone();
-        let records = on_store(move || store.workloads()).await?;
+        let records = self.store.run(move |store| store.workloads()).await?;
         Ok(records
             .into_iter()
             .filter(|w| params.all || w.state.is_active())
@@ -1015,8 +1006,9 @@ impl Workloads {
         idempotency_key: Option<&str>,
     ) -> Result<Vec<DrainOutcome>, WorkloadError> {
         let _ = self.reconcile().await;
-        let store = self.store.clone();
-        let active: Vec<WorkloadRecord> = on_store(move || store.workloads())
+        let active: Vec<WorkloadRecord> = self
+            .store
+            .run(move |store| store.workloads())
             .await?
             .into_iter()
             .filter(|w| w.state.is_active())
@@ -1063,8 +1055,7 @@ impl Workloads {
                 by_workload.insert(id, container);
             }
         }
-        let store = self.store.clone();
-        let records = on_store(move || store.workloads()).await?;
+        let records = self.store.run(move |store| store.workloads()).await?;
         let in_flight = self
             .in_flight
             .lock()
@@ -1148,17 +1139,17 @@ impl Workloads {
             report.adopted.push(id.clone());
         }
         if !changed.is_empty() || !adopted.is_empty() {
-            let store = self.store.clone();
-            on_store(move || {
-                for record in &changed {
-                    store.update_workload(record)?;
-                }
-                for record in &adopted {
-                    store.adopt_workload(record)?;
-                }
-                Ok(())
-            })
-            .await?;
+            self.store
+                .run(move |store| {
+                    for record in &changed {
+                        store.update_workload(record)?;
+                    }
+                    for record in &adopted {
+                        store.adopt_workload(record)?;
+                    }
+                    Ok(())
+                })
+                .await?;
         }
         let changes =
             report.exited.len() + report.lost.len() + report.failed.len() + report.adopted.len();
@@ -1183,8 +1174,7 @@ impl Workloads {
         }
         self.last_sweep_ms
             .store(now, std::sync::atomic::Ordering::Relaxed);
-        let store = self.store.clone();
-        let Ok(records) = on_store(move || store.workloads()).await else {
+        let Ok(records) = self.store.run(move |store| store.workloads()).await else {
             return;
         };
         let active: HashSet<&str> = records

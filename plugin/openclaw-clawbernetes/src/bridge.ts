@@ -5,7 +5,10 @@
 
 import { createHash } from "node:crypto";
 
-/** The part of `api.runtime.nodes` the plugin uses. */
+/**
+ * The part of `api.runtime.nodes` the plugin uses (the gateway's `PluginRuntime["nodes"]` fits it;
+ * index.ts passes that in, so the compiler checks the fit). Tests pass stubs.
+ */
 export interface NodesRuntime {
   list(options?: { connected?: boolean }): Promise<NodeInfo[] | { nodes: NodeInfo[] }>;
   invoke(request: {
@@ -117,9 +120,9 @@ export class Bridge {
    * call's id, so that a retried call (the gateway's, or the agent's after a bridge restart)
    * reaches the nodes with the same idempotency key and does not start the work twice.
    */
-  async call(command: BridgeCommand, params: Record<string, unknown> = {}, toolCallId?: string): Promise<any> {
+  async call(command: BridgeCommand, params: Record<string, unknown> = {}, toolCallId?: string): Promise<unknown> {
     const nodeId = await this.nodeId();
-    let answer: any;
+    let answer: unknown;
     try {
       answer = await this.nodes.invoke({
         nodeId,
@@ -128,20 +131,32 @@ export class Bridge {
         timeoutMs: this.config.invokeTimeoutMs,
         idempotencyKey: toolCallId ? idempotencyKey(toolCallId) : `claw-${process.pid}-${Date.now()}-${++calls}`,
       });
-    } catch (error: any) {
-      const nodeError = error?.details?.nodeError ?? error?.nodeError;
+    } catch (error) {
+      // The gateway's node errors carry the node's own error under details.nodeError.
+      const nodeError = fields(fields(error)?.details)?.nodeError ?? fields(error)?.nodeError;
       throw new BridgeError(
-        nodeError?.code ?? error?.code ?? "UNAVAILABLE",
-        nodeError?.message ?? error?.message ?? String(error),
+        text(fields(nodeError)?.code ?? fields(error)?.code) ?? "UNAVAILABLE",
+        text(fields(nodeError)?.message ?? fields(error)?.message) ?? String(error),
       );
     }
-    if (answer && typeof answer === "object" && "ok" in answer && answer.ok === false) {
-      const error = answer.error ?? {};
-      throw new BridgeError(error.code ?? "UNAVAILABLE", error.message ?? "the bridge refused the call");
+    const reply = fields(answer);
+    if (reply && "ok" in reply && reply.ok === false) {
+      const error = fields(reply.error ?? {});
+      throw new BridgeError(text(error?.code) ?? "UNAVAILABLE", text(error?.message) ?? "the bridge refused the call");
     }
-    if (answer && typeof answer === "object" && "payload" in answer) {
-      return answer.payload ?? (answer.payloadJSON ? JSON.parse(answer.payloadJSON) : null);
+    if (reply && "payload" in reply) {
+      return reply.payload ?? (reply.payloadJSON ? JSON.parse(String(reply.payloadJSON)) : null);
     }
     return answer;
   }
+}
+
+/** `value`'s fields when it is an object (an error, a gateway reply), else undefined. */
+function fields(value: unknown): Record<string, unknown> | undefined {
+  return value !== null && typeof value === "object" ? (value as Record<string, unknown>) : undefined;
+}
+
+/** A field as text: absent (null or undefined) stays absent. */
+function text(value: unknown): string | undefined {
+  return value === undefined || value === null ? undefined : String(value);
 }
