@@ -184,301 +184,348 @@ fn err_json(err: &solana_transaction_error::TransactionError) -> Value {
     serde_json::to_value(err).unwrap_or(Value::Null)
 }
 
+/// Routes one JSON-RPC method to its handler; the one-line answers are given inline.
 fn dispatch(chain: &mut Chain, method: &str, params: &[Value]) -> RpcResult {
     match method {
         "getHealth" => Ok(json!("ok")),
         "getVersion" => Ok(json!({"solana-core": SOLANA_CORE_VERSION, "feature-set": 0})),
         "getSlot" | "getBlockHeight" => Ok(json!(chain.slot())),
         "getGenesisHash" => Ok(json!(Hash::default().to_string())),
-        "getEpochInfo" => Ok(json!({
-            "absoluteSlot": chain.slot(),
-            "blockHeight": chain.slot(),
-            "epoch": 0,
-            "slotIndex": chain.slot(),
-            "slotsInEpoch": 432_000,
-            "transactionCount": null,
-        })),
-        "getLatestBlockhash" => {
-            let (hash, last_valid) = chain.latest_blockhash();
-            Ok(with_context(
-                chain,
-                json!({"blockhash": hash.to_string(), "lastValidBlockHeight": last_valid}),
-            ))
-        }
-        "isBlockhashValid" => {
-            let text = param(params, 0, "blockhash")?.as_str().unwrap_or_default();
-            let hash = Hash::from_str(text).map_err(|_| {
-                RpcError::invalid_params(format!("Invalid param: {text:?} is not a blockhash"))
-            })?;
-            Ok(with_context(chain, json!(chain.is_blockhash_valid(&hash))))
-        }
-        "getFeeForMessage" => {
-            // Every message pays the same per signature here; the count is in the header.
-            let encoded = param(params, 0, "message")?.as_str().unwrap_or_default();
-            let bytes = BASE64
-                .decode(encoded)
-                .map_err(|e| RpcError::invalid_params(format!("invalid base64 message: {e}")))?;
-            let signatures = u64::from(*bytes.first().unwrap_or(&1) & 0x7f);
-            Ok(with_context(
-                chain,
-                json!(signatures * LAMPORTS_PER_SIGNATURE),
-            ))
-        }
+        "getEpochInfo" => Ok(get_epoch_info(chain)),
+        "getLatestBlockhash" => Ok(get_latest_blockhash(chain)),
+        "isBlockhashValid" => is_blockhash_valid(chain, params),
+        "getFeeForMessage" => get_fee_for_message(chain, params),
         "getMinimumBalanceForRentExemption" => {
-            let len = param(params, 0, "data length")?
-                .as_u64()
-                .and_then(|n| usize::try_from(n).ok())
-                .filter(|n| *n <= 10 * 1024 * 1024)
-                .ok_or_else(|| RpcError::invalid_params("data length must be 0 to 10 MiB"))?;
-            Ok(json!(chain.rent_exempt_minimum(len)))
+            get_minimum_balance_for_rent_exemption(chain, params)
         }
-        "getBalance" => {
-            let address = pubkey(params, 0)?;
-            Ok(with_context(chain, json!(chain.balance(&address))))
-        }
-        "getAccountInfo" => {
-            let address = pubkey(params, 0)?;
-            Ok(with_context(chain, account_json(chain, &address)))
-        }
-        "getMultipleAccounts" => {
-            let list = param(params, 0, "addresses")?
-                .as_array()
-                .filter(|a| a.len() <= 100)
-                .ok_or_else(|| RpcError::invalid_params("addresses: an array of at most 100"))?;
-            let mut values = Vec::with_capacity(list.len());
-            for index in 0..list.len() {
-                let address = pubkey(list, index)?;
-                values.push(account_json(chain, &address));
-            }
-            Ok(with_context(chain, Value::Array(values)))
-        }
-        "getTokenAccountBalance" => {
-            let address = pubkey(params, 0)?;
-            let (amount, decimals) = chain
-                .token_balance(&address)
-                .ok_or_else(|| RpcError::invalid_params("Invalid param: could not find account"))?;
-            let ui = amount as f64 / 10f64.powi(i32::from(decimals));
-            Ok(with_context(
-                chain,
-                json!({
-                    "amount": amount.to_string(),
-                    "decimals": decimals,
-                    "uiAmount": ui,
-                    "uiAmountString": ui_amount_string(amount, decimals),
-                }),
-            ))
-        }
-        "requestAirdrop" => {
-            let address = pubkey(params, 0)?;
-            let lamports = param(params, 1, "lamports")?
-                .as_u64()
-                .filter(|l| (1..=MAX_AIRDROP_LAMPORTS).contains(l))
-                .ok_or_else(|| RpcError::invalid_params("lamports must be 1 to 1,000 SOL"))?;
-            let signature = chain.airdrop(&address, lamports).map_err(|e| RpcError {
-                code: INTERNAL_ERROR,
-                message: format!("airdrop failed: {e}"),
-                data: None,
-            })?;
-            Ok(json!(signature.to_string()))
-        }
-        "sendTransaction" => {
-            let tx = decode_transaction(params)?;
-            let skip_preflight = config(params, 1)
-                .and_then(|c| c.get("skipPreflight"))
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            let signature = tx.signatures.first().copied().unwrap_or_default();
-            match chain.submit(tx) {
-                Ok(signature) => Ok(json!(signature.to_string())),
-                // Without preflight a cluster accepts the transaction and it fails on chain; the
-                // status reports the error. A failure that charged nothing has no status here.
-                Err(SubmitError::Failed { .. }) if skip_preflight => {
-                    Ok(json!(signature.to_string()))
-                }
-                Err(SubmitError::Journal(e)) => Err(RpcError {
-                    code: INTERNAL_ERROR,
-                    message: format!(
-                        "Internal error: the chain's ledger could not be written: {e}"
-                    ),
-                    data: None,
-                }),
-                Err(SubmitError::BlockhashNotFound) => Err(RpcError {
-                    code: SEND_TRANSACTION_PREFLIGHT_FAILURE,
-                    message: "Transaction simulation failed: Blockhash not found".to_owned(),
-                    data: Some(simulation_json(Some(&json!("BlockhashNotFound")), &[], 0)),
-                }),
-                Err(SubmitError::Failed {
-                    err,
-                    logs,
-                    compute_units,
-                }) => Err(RpcError {
-                    code: SEND_TRANSACTION_PREFLIGHT_FAILURE,
-                    message: format!("Transaction simulation failed: {err}"),
-                    data: Some(simulation_json(Some(&err_json(&err)), &logs, compute_units)),
-                }),
-            }
-        }
-        "simulateTransaction" => {
-            let tx = decode_transaction(params)?;
-            if !chain.is_blockhash_valid(tx.message.recent_blockhash()) {
-                let replace = config(params, 1)
-                    .and_then(|c| c.get("replaceRecentBlockhash"))
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
-                if !replace {
-                    return Ok(with_context(
-                        chain,
-                        simulation_json(Some(&json!("BlockhashNotFound")), &[], 0),
-                    ));
-                }
-            }
-            let simulation = chain.simulate(tx);
-            Ok(with_context(
-                chain,
-                simulation_json(
-                    simulation.err.as_ref().map(err_json).as_ref(),
-                    &simulation.logs,
-                    simulation.compute_units,
-                ),
-            ))
-        }
-        "getSignatureStatuses" => {
-            let list = param(params, 0, "signatures")?
-                .as_array()
-                .filter(|a| a.len() <= 256)
-                .ok_or_else(|| RpcError::invalid_params("signatures: an array of at most 256"))?;
-            let mut values = Vec::with_capacity(list.len());
-            for item in list {
-                let signature = signature(item)?;
-                values.push(match chain.status(&signature) {
-                    None => Value::Null,
-                    Some(record) => {
-                        let err = record.err.as_ref().map(err_json);
-                        json!({
-                            "slot": record.slot,
-                            "confirmations": null,
-                            "err": err,
-                            "status": match &err { None => json!({"Ok": null}), Some(e) => json!({"Err": e}) },
-                            "confirmationStatus": "finalized",
-                        })
-                    }
-                });
-            }
-            Ok(with_context(chain, Value::Array(values)))
-        }
-        "getTransaction" => {
-            let signature = signature(param(params, 0, "signature")?)?;
-            let options = config(params, 1);
-            // The second param is a config object, or (the older form) just the encoding.
-            let encoding = params
-                .get(1)
-                .and_then(Value::as_str)
-                .or_else(|| {
-                    options
-                        .and_then(|c| c.get("encoding"))
-                        .and_then(Value::as_str)
-                })
-                .unwrap_or("json");
-            let versioned = options
-                .and_then(|c| c.get("maxSupportedTransactionVersion"))
-                .is_some_and(|v| !v.is_null());
-            let (Some(record), Some(details)) =
-                (chain.status(&signature), chain.details(&signature))
-            else {
-                return Ok(Value::Null);
-            };
-            let Some(tx) = &details.transaction else {
-                return Ok(Value::Null);
-            };
-            let encoded = match encoding {
-                "base64" => json!([
-                    BASE64.encode(bincode1::serialize(tx).unwrap_or_default()),
-                    "base64"
-                ]),
-                "base58" => json!([
-                    bs58::encode(bincode1::serialize(tx).unwrap_or_default()).into_string(),
-                    "base58"
-                ]),
-                "json" => transaction_json(tx),
-                other => {
-                    return Err(RpcError::invalid_params(format!(
-                        "unsupported encoding: {other}; use json, base64 or base58"
-                    )));
-                }
-            };
-            let mut answer = json!({
-                "slot": record.slot,
-                "blockTime": record.block_time,
-                "transaction": encoded,
-                "meta": {
-                    "err": null,
-                    "status": {"Ok": null},
-                    "fee": details.fee,
-                    "preBalances": details.pre_balances,
-                    "postBalances": details.post_balances,
-                    "innerInstructions": [],
-                    "logMessages": details.logs,
-                    "rewards": [],
-                    "loadedAddresses": {"writable": [], "readonly": []},
-                    "computeUnitsConsumed": details.compute_units,
-                },
-            });
-            if versioned {
-                answer["version"] = match tx.version() {
-                    solana_transaction::versioned::TransactionVersion::Legacy(_) => json!("legacy"),
-                    solana_transaction::versioned::TransactionVersion::Number(n) => json!(n),
-                };
-            }
-            Ok(answer)
-        }
-        "getSignaturesForAddress" => {
-            let address = pubkey(params, 0)?;
-            let options = config(params, 1);
-            let limit = options
-                .and_then(|c| c.get("limit"))
-                .and_then(Value::as_u64)
-                .unwrap_or(1000)
-                .clamp(1, 1000);
-            let before = options
-                .and_then(|c| c.get("before"))
-                .filter(|v| !v.is_null())
-                .map(signature)
-                .transpose()?;
-            let until = options
-                .and_then(|c| c.get("until"))
-                .filter(|v| !v.is_null())
-                .map(signature)
-                .transpose()?;
-            let mut started = before.is_none();
-            let mut out = Vec::new();
-            for (sig, record) in chain.signatures_for(&address) {
-                if Some(sig) == until {
-                    break;
-                }
-                if !started {
-                    started = Some(sig) == before;
-                    continue;
-                }
-                out.push(json!({
-                    "signature": sig.to_string(),
-                    "slot": record.slot,
-                    "err": record.err.as_ref().map(err_json),
-                    "memo": record.memo,
-                    "blockTime": record.block_time,
-                    "confirmationStatus": "finalized",
-                }));
-                if out.len() as u64 >= limit {
-                    break;
-                }
-            }
-            Ok(Value::Array(out))
-        }
+        "getBalance" => get_balance(chain, params),
+        "getAccountInfo" => get_account_info(chain, params),
+        "getMultipleAccounts" => get_multiple_accounts(chain, params),
+        "getTokenAccountBalance" => get_token_account_balance(chain, params),
+        "requestAirdrop" => request_airdrop(chain, params),
+        "sendTransaction" => send_transaction(chain, params),
+        "simulateTransaction" => simulate_transaction(chain, params),
+        "getSignatureStatuses" => get_signature_statuses(chain, params),
+        "getTransaction" => get_transaction(chain, params),
+        "getSignaturesForAddress" => get_signatures_for_address(chain, params),
         other => Err(RpcError {
             code: METHOD_NOT_FOUND,
             message: format!("Method not found: {other}"),
             data: None,
         }),
     }
+}
+
+/// `getEpochInfo`: the chain runs one endless epoch, so the slot index is the slot.
+fn get_epoch_info(chain: &Chain) -> Value {
+    json!({
+        "absoluteSlot": chain.slot(),
+        "blockHeight": chain.slot(),
+        "epoch": 0,
+        "slotIndex": chain.slot(),
+        "slotsInEpoch": 432_000,
+        "transactionCount": null,
+    })
+}
+
+/// `getLatestBlockhash`: the newest blockhash and the last block height it stays valid for.
+fn get_latest_blockhash(chain: &Chain) -> Value {
+    let (hash, last_valid) = chain.latest_blockhash();
+    with_context(
+        chain,
+        json!({"blockhash": hash.to_string(), "lastValidBlockHeight": last_valid}),
+    )
+}
+
+/// `isBlockhashValid`: whether a transaction could still use the given blockhash.
+fn is_blockhash_valid(chain: &Chain, params: &[Value]) -> RpcResult {
+    let text = param(params, 0, "blockhash")?.as_str().unwrap_or_default();
+    let hash = Hash::from_str(text).map_err(|_| {
+        RpcError::invalid_params(format!("Invalid param: {text:?} is not a blockhash"))
+    })?;
+    Ok(with_context(chain, json!(chain.is_blockhash_valid(&hash))))
+}
+
+/// `getFeeForMessage`: the fee a base64 message would pay.
+fn get_fee_for_message(chain: &Chain, params: &[Value]) -> RpcResult {
+    // Every message pays the same per signature here; the count is in the header.
+    let encoded = param(params, 0, "message")?.as_str().unwrap_or_default();
+    let bytes = BASE64
+        .decode(encoded)
+        .map_err(|e| RpcError::invalid_params(format!("invalid base64 message: {e}")))?;
+    let signatures = u64::from(*bytes.first().unwrap_or(&1) & 0x7f);
+    Ok(with_context(
+        chain,
+        json!(signatures * LAMPORTS_PER_SIGNATURE),
+    ))
+}
+
+/// `getMinimumBalanceForRentExemption`: the lamports an account of a given size must hold.
+fn get_minimum_balance_for_rent_exemption(chain: &Chain, params: &[Value]) -> RpcResult {
+    let len = param(params, 0, "data length")?
+        .as_u64()
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|n| *n <= 10 * 1024 * 1024)
+        .ok_or_else(|| RpcError::invalid_params("data length must be 0 to 10 MiB"))?;
+    Ok(json!(chain.rent_exempt_minimum(len)))
+}
+
+/// `getBalance`: an address's lamports.
+fn get_balance(chain: &Chain, params: &[Value]) -> RpcResult {
+    let address = pubkey(params, 0)?;
+    Ok(with_context(chain, json!(chain.balance(&address))))
+}
+
+/// `getAccountInfo`: one account, base64-encoded, or null when it does not exist.
+fn get_account_info(chain: &Chain, params: &[Value]) -> RpcResult {
+    let address = pubkey(params, 0)?;
+    Ok(with_context(chain, account_json(chain, &address)))
+}
+
+/// `getMultipleAccounts`: up to 100 accounts, in the order asked.
+fn get_multiple_accounts(chain: &Chain, params: &[Value]) -> RpcResult {
+    let list = param(params, 0, "addresses")?
+        .as_array()
+        .filter(|a| a.len() <= 100)
+        .ok_or_else(|| RpcError::invalid_params("addresses: an array of at most 100"))?;
+    let mut values = Vec::with_capacity(list.len());
+    for index in 0..list.len() {
+        let address = pubkey(list, index)?;
+        values.push(account_json(chain, &address));
+    }
+    Ok(with_context(chain, Value::Array(values)))
+}
+
+/// `getTokenAccountBalance`: an SPL token account's amount, raw and in UI units.
+fn get_token_account_balance(chain: &Chain, params: &[Value]) -> RpcResult {
+    let address = pubkey(params, 0)?;
+    let (amount, decimals) = chain
+        .token_balance(&address)
+        .ok_or_else(|| RpcError::invalid_params("Invalid param: could not find account"))?;
+    let ui = amount as f64 / 10f64.powi(i32::from(decimals));
+    Ok(with_context(
+        chain,
+        json!({
+            "amount": amount.to_string(),
+            "decimals": decimals,
+            "uiAmount": ui,
+            "uiAmountString": ui_amount_string(amount, decimals),
+        }),
+    ))
+}
+
+/// `requestAirdrop`: mints lamports to an address, up to the airdrop cap.
+fn request_airdrop(chain: &mut Chain, params: &[Value]) -> RpcResult {
+    let address = pubkey(params, 0)?;
+    let lamports = param(params, 1, "lamports")?
+        .as_u64()
+        .filter(|l| (1..=MAX_AIRDROP_LAMPORTS).contains(l))
+        .ok_or_else(|| RpcError::invalid_params("lamports must be 1 to 1,000 SOL"))?;
+    let signature = chain.airdrop(&address, lamports).map_err(|e| RpcError {
+        code: INTERNAL_ERROR,
+        message: format!("airdrop failed: {e}"),
+        data: None,
+    })?;
+    Ok(json!(signature.to_string()))
+}
+
+/// `sendTransaction`: executes a transaction, answering its signature or the preflight failure.
+fn send_transaction(chain: &mut Chain, params: &[Value]) -> RpcResult {
+    let tx = decode_transaction(params)?;
+    let skip_preflight = config(params, 1)
+        .and_then(|c| c.get("skipPreflight"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let signature = tx.signatures.first().copied().unwrap_or_default();
+    match chain.submit(tx) {
+        Ok(signature) => Ok(json!(signature.to_string())),
+        // Without preflight a cluster accepts the transaction and it fails on chain; the
+        // status reports the error. A failure that charged nothing has no status here.
+        Err(SubmitError::Failed { .. }) if skip_preflight => Ok(json!(signature.to_string())),
+        Err(SubmitError::Journal(e)) => Err(RpcError {
+            code: INTERNAL_ERROR,
+            message: format!("Internal error: the chain's ledger could not be written: {e}"),
+            data: None,
+        }),
+        Err(SubmitError::BlockhashNotFound) => Err(RpcError {
+            code: SEND_TRANSACTION_PREFLIGHT_FAILURE,
+            message: "Transaction simulation failed: Blockhash not found".to_owned(),
+            data: Some(simulation_json(Some(&json!("BlockhashNotFound")), &[], 0)),
+        }),
+        Err(SubmitError::Failed {
+            err,
+            logs,
+            compute_units,
+        }) => Err(RpcError {
+            code: SEND_TRANSACTION_PREFLIGHT_FAILURE,
+            message: format!("Transaction simulation failed: {err}"),
+            data: Some(simulation_json(Some(&err_json(&err)), &logs, compute_units)),
+        }),
+    }
+}
+
+/// `simulateTransaction`: runs a transaction without committing it and reports the outcome.
+fn simulate_transaction(chain: &Chain, params: &[Value]) -> RpcResult {
+    let tx = decode_transaction(params)?;
+    if !chain.is_blockhash_valid(tx.message.recent_blockhash()) {
+        let replace = config(params, 1)
+            .and_then(|c| c.get("replaceRecentBlockhash"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if !replace {
+            return Ok(with_context(
+                chain,
+                simulation_json(Some(&json!("BlockhashNotFound")), &[], 0),
+            ));
+        }
+    }
+    let simulation = chain.simulate(tx);
+    Ok(with_context(
+        chain,
+        simulation_json(
+            simulation.err.as_ref().map(err_json).as_ref(),
+            &simulation.logs,
+            simulation.compute_units,
+        ),
+    ))
+}
+
+/// `getSignatureStatuses`: up to 256 transactions' statuses, null for unknown ones.
+fn get_signature_statuses(chain: &Chain, params: &[Value]) -> RpcResult {
+    let list = param(params, 0, "signatures")?
+        .as_array()
+        .filter(|a| a.len() <= 256)
+        .ok_or_else(|| RpcError::invalid_params("signatures: an array of at most 256"))?;
+    let mut values = Vec::with_capacity(list.len());
+    for item in list {
+        let signature = signature(item)?;
+        values.push(match chain.status(&signature) {
+            None => Value::Null,
+            Some(record) => {
+                let err = record.err.as_ref().map(err_json);
+                json!({
+                    "slot": record.slot,
+                    "confirmations": null,
+                    "err": err,
+                    "status": match &err { None => json!({"Ok": null}), Some(e) => json!({"Err": e}) },
+                    "confirmationStatus": "finalized",
+                })
+            }
+        });
+    }
+    Ok(with_context(chain, Value::Array(values)))
+}
+
+/// `getTransaction`: a confirmed transaction with its meta, in the encoding asked; null when
+/// unknown.
+fn get_transaction(chain: &Chain, params: &[Value]) -> RpcResult {
+    let signature = signature(param(params, 0, "signature")?)?;
+    let options = config(params, 1);
+    // The second param is a config object, or (the older form) just the encoding.
+    let encoding = params
+        .get(1)
+        .and_then(Value::as_str)
+        .or_else(|| {
+            options
+                .and_then(|c| c.get("encoding"))
+                .and_then(Value::as_str)
+        })
+        .unwrap_or("json");
+    let versioned = options
+        .and_then(|c| c.get("maxSupportedTransactionVersion"))
+        .is_some_and(|v| !v.is_null());
+    let (Some(record), Some(details)) = (chain.status(&signature), chain.details(&signature))
+    else {
+        return Ok(Value::Null);
+    };
+    let Some(tx) = &details.transaction else {
+        return Ok(Value::Null);
+    };
+    let encoded = match encoding {
+        "base64" => json!([
+            BASE64.encode(bincode1::serialize(tx).unwrap_or_default()),
+            "base64"
+        ]),
+        "base58" => json!([
+            bs58::encode(bincode1::serialize(tx).unwrap_or_default()).into_string(),
+            "base58"
+        ]),
+        "json" => transaction_json(tx),
+        other => {
+            return Err(RpcError::invalid_params(format!(
+                "unsupported encoding: {other}; use json, base64 or base58"
+            )));
+        }
+    };
+    let mut answer = json!({
+        "slot": record.slot,
+        "blockTime": record.block_time,
+        "transaction": encoded,
+        "meta": {
+            "err": null,
+            "status": {"Ok": null},
+            "fee": details.fee,
+            "preBalances": details.pre_balances,
+            "postBalances": details.post_balances,
+            "innerInstructions": [],
+            "logMessages": details.logs,
+            "rewards": [],
+            "loadedAddresses": {"writable": [], "readonly": []},
+            "computeUnitsConsumed": details.compute_units,
+        },
+    });
+    if versioned {
+        answer["version"] = match tx.version() {
+            solana_transaction::versioned::TransactionVersion::Legacy(_) => json!("legacy"),
+            solana_transaction::versioned::TransactionVersion::Number(n) => json!(n),
+        };
+    }
+    Ok(answer)
+}
+
+/// `getSignaturesForAddress`: an address's transactions, newest first, paged by `before`,
+/// `until` and `limit`.
+fn get_signatures_for_address(chain: &Chain, params: &[Value]) -> RpcResult {
+    let address = pubkey(params, 0)?;
+    let options = config(params, 1);
+    let limit = options
+        .and_then(|c| c.get("limit"))
+        .and_then(Value::as_u64)
+        .unwrap_or(1000)
+        .clamp(1, 1000);
+    let before = options
+        .and_then(|c| c.get("before"))
+        .filter(|v| !v.is_null())
+        .map(signature)
+        .transpose()?;
+    let until = options
+        .and_then(|c| c.get("until"))
+        .filter(|v| !v.is_null())
+        .map(signature)
+        .transpose()?;
+    let mut started = before.is_none();
+    let mut out = Vec::new();
+    for (sig, record) in chain.signatures_for(&address) {
+        if Some(sig) == until {
+            break;
+        }
+        if !started {
+            started = Some(sig) == before;
+            continue;
+        }
+        out.push(json!({
+            "signature": sig.to_string(),
+            "slot": record.slot,
+            "err": record.err.as_ref().map(err_json),
+            "memo": record.memo,
+            "blockTime": record.block_time,
+            "confirmationStatus": "finalized",
+        }));
+        if out.len() as u64 >= limit {
+            break;
+        }
+    }
+    Ok(Value::Array(out))
 }
 
 fn signature(value: &Value) -> Result<Signature, RpcError> {

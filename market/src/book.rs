@@ -403,56 +403,7 @@ impl OrderBook {
                 } else {
                     format!("{count} of {n} {models} {}", noun(n))
                 };
-                let detail = match constraint {
-                    Constraint::Price => {
-                        let cheapest = candidates
-                            .iter()
-                            .map(|e| e.offer.price_per_gpu_hour)
-                            .min()
-                            .unwrap_or_default();
-                        format!(
-                            "{prefix} above your max price {}/h: cheapest {cheapest}/h",
-                            bid.max_price_per_gpu_hour
-                        )
-                    }
-                    Constraint::Gpus => {
-                        let most = candidates.iter().map(|e| e.offer.gpus).max().unwrap_or(0);
-                        format!(
-                            "{prefix} with fewer than {} GPUs per node: most {most}",
-                            bid.gpus
-                        )
-                    }
-                    Constraint::Vram => {
-                        let most = candidates
-                            .iter()
-                            .map(|e| e.offer.vram_mib)
-                            .max()
-                            .unwrap_or(0);
-                        format!(
-                            "{prefix} under {} MiB per GPU: most {most} MiB",
-                            bid.min_vram_mib
-                        )
-                    }
-                    Constraint::Hours => format!("{prefix} not for {} hours", bid.hours),
-                    Constraint::Region => format!(
-                        "{prefix} outside region {}",
-                        bid.region.as_deref().unwrap_or("?")
-                    ),
-                    Constraint::Simulated => {
-                        format!("{prefix} of simulated GPUs, which you do not accept")
-                    }
-                    Constraint::Attested => format!("{prefix} without attested GPUs"),
-                    Constraint::Reputation => {
-                        format!(
-                            "{prefix} from providers below reputation {}",
-                            bid.min_reputation
-                        )
-                    }
-                    Constraint::Availability => {
-                        format!("{prefix} not available for {} hours from now", bid.hours)
-                    }
-                    Constraint::Model => prefix,
-                };
+                let detail = Self::failure_detail(constraint, prefix, bid, &candidates);
                 (constraint, count, detail)
             })
             .collect();
@@ -466,6 +417,66 @@ impl OrderBook {
                 .take(3)
                 .map(|(e, failed)| (e.clone(), failed))
                 .collect(),
+        }
+    }
+
+    /// One failed constraint's sentence: `prefix` says how many offers fail it, the rest what
+    /// the bid asked and the nearest the candidates come.
+    fn failure_detail(
+        constraint: Constraint,
+        prefix: String,
+        bid: &Bid,
+        candidates: &[&BookEntry],
+    ) -> String {
+        match constraint {
+            Constraint::Price => {
+                let cheapest = candidates
+                    .iter()
+                    .map(|e| e.offer.price_per_gpu_hour)
+                    .min()
+                    .unwrap_or_default();
+                format!(
+                    "{prefix} above your max price {}/h: cheapest {cheapest}/h",
+                    bid.max_price_per_gpu_hour
+                )
+            }
+            Constraint::Gpus => {
+                let most = candidates.iter().map(|e| e.offer.gpus).max().unwrap_or(0);
+                format!(
+                    "{prefix} with fewer than {} GPUs per node: most {most}",
+                    bid.gpus
+                )
+            }
+            Constraint::Vram => {
+                let most = candidates
+                    .iter()
+                    .map(|e| e.offer.vram_mib)
+                    .max()
+                    .unwrap_or(0);
+                format!(
+                    "{prefix} under {} MiB per GPU: most {most} MiB",
+                    bid.min_vram_mib
+                )
+            }
+            Constraint::Hours => format!("{prefix} not for {} hours", bid.hours),
+            Constraint::Region => format!(
+                "{prefix} outside region {}",
+                bid.region.as_deref().unwrap_or("?")
+            ),
+            Constraint::Simulated => {
+                format!("{prefix} of simulated GPUs, which you do not accept")
+            }
+            Constraint::Attested => format!("{prefix} without attested GPUs"),
+            Constraint::Reputation => {
+                format!(
+                    "{prefix} from providers below reputation {}",
+                    bid.min_reputation
+                )
+            }
+            Constraint::Availability => {
+                format!("{prefix} not available for {} hours from now", bid.hours)
+            }
+            Constraint::Model => prefix,
         }
     }
 }

@@ -559,7 +559,26 @@ impl NodeConfig {
 
     /// Checks every value's range, naming the first one out of it.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        // Always in this order, so that of several values out of range the same one is named.
+        self.validate_network()?;
+        self.validate_node()?;
+        self.validate_gpu()?;
+        self.validate_inventory_ttl()?;
+        self.validate_mesh_limits()?;
+        self.validate_local_listeners()?;
+        self.validate_mesh_addresses()?;
+        self.validate_access()?;
+        self.validate_workloads()?;
+        self.validate_tenant()?;
+        self.validate_system_run()?;
+        self.market.validate()?;
+        self.validate_gateway()?;
+        self.validate_chain()?;
+        self.validate_clock_skew()
+    }
+
+    /// `[network]`: the name is a short lowercase slug.
+    fn validate_network(&self) -> Result<(), ConfigError> {
         let net = &self.network.name;
         if net.is_empty()
             || net.len() > 32
@@ -567,10 +586,16 @@ impl NodeConfig {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
-            return invalid(format!(
+            return Err(ConfigError::Invalid(format!(
                 "network.name {net:?} must be 1 to 32 characters of a-z, 0-9 and '-'"
-            ));
+            )));
         }
+        Ok(())
+    }
+
+    /// `[node]`: the name, region and labels fit in what the node announces.
+    fn validate_node(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
         if let Some(name) = &self.node.name
             && (name.is_empty() || name.len() > 64)
         {
@@ -591,18 +616,37 @@ impl NodeConfig {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// `[gpu]`: each simulated profile, and how many there are.
+    fn validate_gpu(&self) -> Result<(), ConfigError> {
         for profile in &self.gpu.simulated {
             profile.validate().map_err(ConfigError::Invalid)?;
         }
         if self.gpu.simulated.len() > 16 {
-            return invalid("at most 16 gpu.simulated profiles".to_owned());
-        }
-        let ttl = self.attestation.inventory_ttl_secs;
-        if !(10..=86_400).contains(&ttl) {
-            return invalid(format!(
-                "attestation.inventory_ttl_secs must be 10 to 86400, got {ttl}"
+            return Err(ConfigError::Invalid(
+                "at most 16 gpu.simulated profiles".to_owned(),
             ));
         }
+        Ok(())
+    }
+
+    /// `attestation.inventory_ttl_secs` (the clock skew is checked last, in `validate_clock_skew`).
+    fn validate_inventory_ttl(&self) -> Result<(), ConfigError> {
+        let ttl = self.attestation.inventory_ttl_secs;
+        if !(10..=86_400).contains(&ttl) {
+            return Err(ConfigError::Invalid(format!(
+                "attestation.inventory_ttl_secs must be 10 to 86400, got {ttl}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// `[mesh]`'s timing and address counts (the addresses themselves are checked in
+    /// `validate_mesh_addresses`).
+    fn validate_mesh_limits(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
         let interval = self.mesh.announce_interval_secs;
         if !(1..=3600).contains(&interval) {
             return invalid(format!(
@@ -615,25 +659,36 @@ impl NodeConfig {
         if self.mesh.listen.len() > 16 || self.mesh.bootstrap.len() > 256 {
             return invalid("at most 16 mesh.listen and 256 mesh.bootstrap addresses".to_owned());
         }
+        Ok(())
+    }
+
+    /// `control.listen` and `metrics.listen`: both are reachable from this machine only.
+    fn validate_local_listeners(&self) -> Result<(), ConfigError> {
         match self.control.listen.parse::<std::net::SocketAddr>() {
             Ok(addr) if addr.ip().is_loopback() => {}
             _ => {
-                return invalid(format!(
+                return Err(ConfigError::Invalid(format!(
                     "control.listen {:?} must be a loopback address with a port",
                     self.control.listen
-                ));
+                )));
             }
         }
         if let Some(listen) = &self.metrics.listen {
             match listen.parse::<std::net::SocketAddr>() {
                 Ok(addr) if addr.ip().is_loopback() => {}
                 _ => {
-                    return invalid(format!(
+                    return Err(ConfigError::Invalid(format!(
                         "metrics.listen {listen:?} must be a loopback address with a port"
-                    ));
+                    )));
                 }
             }
         }
+        Ok(())
+    }
+
+    /// `mesh.listen` and `mesh.bootstrap`: multiaddrs, each bootstrap peer naming its peer id.
+    fn validate_mesh_addresses(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
         for address in &self.mesh.listen {
             if address.parse::<claw_mesh::Multiaddr>().is_err() {
                 return invalid(format!("mesh.listen: {address:?} is not a multiaddr"));
@@ -646,11 +701,25 @@ impl NodeConfig {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// `[access]`: every operator and admin is a peer id.
+    fn validate_access(&self) -> Result<(), ConfigError> {
         for peer in self.access.operators.iter().chain(&self.access.admins) {
             if peer.parse::<claw_mesh::PeerId>().is_err() {
-                return invalid(format!("access: {peer:?} is not a peer id"));
+                return Err(ConfigError::Invalid(format!(
+                    "access: {peer:?} is not a peer id"
+                )));
             }
         }
+        Ok(())
+    }
+
+    /// `[workloads]`: volume roots, the stop timeout and the publish address (the tenant limits
+    /// are checked in `validate_tenant`).
+    fn validate_workloads(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
         for root in self
             .workloads
             .volume_roots
@@ -675,6 +744,13 @@ impl NodeConfig {
                 self.workloads.publish_address
             ));
         }
+        Ok(())
+    }
+
+    /// `[workloads.tenant]`: the CPU, memory, process, scratch and log limits, and the blocked
+    /// address ranges.
+    fn validate_tenant(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
         let tenant = &self.workloads.tenant;
         if !(10..=1_024_000).contains(&tenant.cpu_millis_per_gpu)
             || !(10..=1_024_000).contains(&tenant.cpu_millis_without_gpus)
@@ -709,6 +785,12 @@ impl NodeConfig {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// `[system_run]`: absolute programs, and bounded timeouts and output.
+    fn validate_system_run(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
         for program in &self.system_run.allowlist {
             if !Path::new(program).is_absolute() {
                 return invalid(format!("system_run.allowlist: {program:?} is not absolute"));
@@ -720,14 +802,24 @@ impl NodeConfig {
         if !(1..=16 * 1024 * 1024).contains(&self.system_run.max_output_bytes) {
             return invalid("system_run.max_output_bytes must be 1 to 16777216".to_owned());
         }
-        self.market.validate()?;
+        Ok(())
+    }
+
+    /// `[gateway]`: the URL, when set, is a WebSocket URL.
+    fn validate_gateway(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.gateway.url
             && !(url.starts_with("ws://") || url.starts_with("wss://"))
         {
-            return invalid(format!(
+            return Err(ConfigError::Invalid(format!(
                 "gateway.url {url:?} must start with ws:// or wss://"
-            ));
+            )));
         }
+        Ok(())
+    }
+
+    /// `[chain]`: an http(s) RPC URL, and the MOLT mint, when set, a base-58 address.
+    fn validate_chain(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
         if !(self.chain.rpc_url.starts_with("http://")
             || self.chain.rpc_url.starts_with("https://"))
             || self.chain.rpc_url.len() > 512
@@ -746,8 +838,15 @@ impl NodeConfig {
         {
             return invalid(format!("chain.molt_mint {mint:?} is not a base-58 address"));
         }
+        Ok(())
+    }
+
+    /// `attestation.max_clock_skew_secs`, checked last as it always has been.
+    fn validate_clock_skew(&self) -> Result<(), ConfigError> {
         if self.attestation.max_clock_skew_secs > 600 {
-            return invalid("attestation.max_clock_skew_secs must be at most 600".to_owned());
+            return Err(ConfigError::Invalid(
+                "attestation.max_clock_skew_secs must be at most 600".to_owned(),
+            ));
         }
         Ok(())
     }

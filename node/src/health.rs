@@ -113,63 +113,7 @@ pub fn assess(inputs: &HealthInputs<'_>) -> HealthReport {
         disk_detail,
     ));
 
-    for gpu in inputs.gpus {
-        let component = format!("gpu:{}", gpu.uuid);
-        if gpu.simulated {
-            checks.push(check(&component, Healthy, "simulated GPU: no readings"));
-            continue;
-        }
-        let mut problems = Vec::new();
-        if let Some(ecc) = &gpu.ecc
-            && ecc.uncorrected_volatile.unwrap_or(0) > 0
-        {
-            problems.push(format!(
-                "{} uncorrected ECC errors",
-                ecc.uncorrected_volatile.unwrap_or(0)
-            ));
-        }
-        if let Some(xid) = &gpu.xid_errors
-            && xid.count > 0
-        {
-            problems.push(format!(
-                "{} critical Xid errors (last {})",
-                xid.count,
-                xid.last.map_or("unknown".to_owned(), |x| x.to_string())
-            ));
-        }
-        let throttles: Vec<&String> = gpu
-            .throttle_reasons
-            .iter()
-            .filter(|r| TROUBLE_THROTTLES.contains(&r.as_str()))
-            .collect();
-        if !throttles.is_empty() {
-            problems.push(format!("throttled: {throttles:?}"));
-        }
-        if let Some(temp) = gpu.temperature_c
-            && temp >= 90
-        {
-            problems.push(format!("{temp} °C"));
-        }
-        checks.push(if problems.is_empty() {
-            check(
-                &component,
-                Healthy,
-                format!(
-                    "{}: {} °C, {}% busy",
-                    gpu.model,
-                    gpu.temperature_c.map_or("?".to_owned(), |t| t.to_string()),
-                    gpu.utilization_gpu_pct
-                        .map_or("?".to_owned(), |u| u.to_string())
-                ),
-            )
-        } else {
-            check(
-                &component,
-                Degraded,
-                format!("{}: {}", gpu.model, problems.join("; ")),
-            )
-        });
-    }
+    checks.extend(inputs.gpus.iter().map(gpu_check));
     let status = checks.iter().map(|c| c.status).max().unwrap_or(Healthy);
     HealthReport {
         status,
@@ -180,6 +124,66 @@ pub fn assess(inputs: &HealthInputs<'_>) -> HealthReport {
             .collect(),
         checks,
         cordoned: inputs.cordoned,
+    }
+}
+
+/// One GPU's check: degraded on uncorrected ECC errors, critical Xid errors, trouble throttling
+/// or 90 °C and more; a simulated GPU has no readings and is healthy.
+fn gpu_check(gpu: &GpuMetrics) -> HealthCheck {
+    use HealthStatus::{Degraded, Healthy};
+    let component = format!("gpu:{}", gpu.uuid);
+    if gpu.simulated {
+        return check(&component, Healthy, "simulated GPU: no readings");
+    }
+    let mut problems = Vec::new();
+    if let Some(ecc) = &gpu.ecc
+        && ecc.uncorrected_volatile.unwrap_or(0) > 0
+    {
+        problems.push(format!(
+            "{} uncorrected ECC errors",
+            ecc.uncorrected_volatile.unwrap_or(0)
+        ));
+    }
+    if let Some(xid) = &gpu.xid_errors
+        && xid.count > 0
+    {
+        problems.push(format!(
+            "{} critical Xid errors (last {})",
+            xid.count,
+            xid.last.map_or("unknown".to_owned(), |x| x.to_string())
+        ));
+    }
+    let throttles: Vec<&String> = gpu
+        .throttle_reasons
+        .iter()
+        .filter(|r| TROUBLE_THROTTLES.contains(&r.as_str()))
+        .collect();
+    if !throttles.is_empty() {
+        problems.push(format!("throttled: {throttles:?}"));
+    }
+    if let Some(temp) = gpu.temperature_c
+        && temp >= 90
+    {
+        problems.push(format!("{temp} °C"));
+    }
+    if problems.is_empty() {
+        check(
+            &component,
+            Healthy,
+            format!(
+                "{}: {} °C, {}% busy",
+                gpu.model,
+                gpu.temperature_c.map_or("?".to_owned(), |t| t.to_string()),
+                gpu.utilization_gpu_pct
+                    .map_or("?".to_owned(), |u| u.to_string())
+            ),
+        )
+    } else {
+        check(
+            &component,
+            Degraded,
+            format!("{}: {}", gpu.model, problems.join("; ")),
+        )
     }
 }
 

@@ -208,66 +208,184 @@ pub(crate) fn up(global: &GlobalArgs, args: UpArgs) -> Result<()> {
 
     // The buyer's directory holds the chain and its faucet.
     let buyer = root.join("buyer");
-    if !buyer.join("config.toml").exists() {
-        clawnode(&buyer, &["init"])?;
+    let chain = start_chain(&mut fleet, json, &buyer, args.rpc_port)?;
+    // The arbiter first: it is every node's way into the mesh, and every escrow's third key.
+    let arbiter = start_arbiter(&mut fleet, json, &root, &chain)?;
+    configure(&buyer, &chain.settings, &arbiter.settings)?;
+    let real_gpus = has_real_gpus();
+    let nodes = start_nodes(
+        &mut fleet, json, &root, args.nodes, real_gpus, &chain, &arbiter,
+    )?;
+    fund_buyer(json, &buyer)?;
+    let seed = arbiter.seed.as_deref();
+    let buyer_peer = start_buyer(&mut fleet, json, &buyer, seed)?;
+    if let Some(gateway) = &args.gateway {
+        start_bridge(&mut fleet, json, gateway, &root, &buyer_peer, seed)?;
     }
-    let url = format!("http://127.0.0.1:{}", args.rpc_port);
-    configure(&buyer, &format!("rpc_url = {url:?}"), "")?;
+    let offers = wait_for_offers(json, &buyer, args.nodes)?;
+    let status = ControlClient::connect(&buyer)?.get("/v1/fleet")?;
+    let wallet = invoke(&buyer, "wallet.balance", json!({}))?;
+    let summary = Summary {
+        ready_ms: started.elapsed().as_millis(),
+        root: &root,
+        buyer: &buyer,
+        buyer_peer: &buyer_peer,
+        chain: &chain,
+        arbiter: &arbiter,
+        nodes: &nodes,
+        node_count: args.nodes,
+        real_gpus,
+        fleet: &fleet,
+        offers: &offers,
+        status: &status,
+        wallet: &wallet,
+    };
+    if json {
+        print_json_summary(&summary);
+    } else {
+        print_text_summary(&summary);
+    }
+    let _ = std::io::stdout().flush();
+    let _ = stop_rx.recv();
+    step(json, "stopping: draining every node, then every process");
+    drop(fleet);
+    Ok(())
+}
+
+/// The embedded chain, as every node's config names it.
+struct Chain {
+    /// Its JSON-RPC endpoint.
+    url: String,
+    /// The MOLT mint it created.
+    mint: String,
+    /// The `[chain]` settings for a node's config.
+    settings: String,
+}
+
+/// The arbiter node, which every other node dials into the mesh and every escrow names.
+struct Arbiter {
+    dir: PathBuf,
+    peer: String,
+    wallet: String,
+    /// The `[market]` settings naming it, for the buyer's and the providers' configs.
+    settings: String,
+    /// Its first listen address, the other nodes' bootstrap peer.
+    seed: Option<String>,
+}
+
+/// The provider nodes started, in order (their directories are in `Fleet::nodes`).
+struct Nodes {
+    peers: Vec<String>,
+    /// Each node's metrics address, host and port.
+    metrics: Vec<String>,
+}
+
+/// Everything the ready message reports about the fleet.
+struct Summary<'a> {
+    ready_ms: u128,
+    root: &'a Path,
+    buyer: &'a Path,
+    buyer_peer: &'a str,
+    chain: &'a Chain,
+    arbiter: &'a Arbiter,
+    nodes: &'a Nodes,
+    /// The `--nodes` asked for.
+    node_count: u32,
+    real_gpus: bool,
+    fleet: &'a Fleet,
+    offers: &'a Value,
+    /// The buyer's `/v1/fleet`.
+    status: &'a Value,
+    /// The buyer's wallet balance.
+    wallet: &'a Value,
+}
+
+/// Initialises the buyer if new and starts the embedded chain in its directory, which then holds
+/// the chain's ledger and faucet; points the buyer's config at the chain and its MOLT mint.
+fn start_chain(fleet: &mut Fleet, json: bool, buyer: &Path, rpc_port: u16) -> Result<Chain> {
+    if !buyer.join("config.toml").exists() {
+        clawnode(buyer, &["init"])?;
+    }
+    let url = format!("http://127.0.0.1:{rpc_port}");
+    configure(buyer, &format!("rpc_url = {url:?}"), "")?;
     step(
         json,
         &format!("starting the embedded Solana chain on {url}"),
     );
     let mut chain = Command::new(own_binary("clawnode")?);
-    chain.arg("--data-dir").arg(&buyer).args([
+    chain.arg("--data-dir").arg(buyer).args([
         "--json",
         "localnet",
         "--rpc-port",
-        &args.rpc_port.to_string(),
+        &rpc_port.to_string(),
     ]);
-    let info = spawn(&mut fleet, "chain", &mut chain)?;
+    let info = spawn(fleet, "chain", &mut chain)?;
     let mint = info["molt_mint"]
         .as_str()
         .context("the chain's mint")?
         .to_owned();
-    let chain_settings = format!("rpc_url = {url:?}\nmolt_mint = {mint:?}");
-    configure(&buyer, &chain_settings, "")?;
+    let settings = format!("rpc_url = {url:?}\nmolt_mint = {mint:?}");
+    configure(buyer, &settings, "")?;
+    Ok(Chain {
+        url,
+        mint,
+        settings,
+    })
+}
 
-    // The arbiter first: it is every node's way into the mesh, and every escrow's third key.
-    let arbiter_dir = root.join("arbiter");
-    if !arbiter_dir.join("config.toml").exists() {
-        clawnode(&arbiter_dir, &["init"])?;
+/// Initialises the arbiter if new, configures it to arbitrate and starts it; returns the peer id,
+/// wallet and listen address the other nodes need to reach and name it.
+fn start_arbiter(fleet: &mut Fleet, json: bool, root: &Path, chain: &Chain) -> Result<Arbiter> {
+    let dir = root.join("arbiter");
+    if !dir.join("config.toml").exists() {
+        clawnode(&dir, &["init"])?;
     }
-    configure(&arbiter_dir, &chain_settings, "arbitrate = true")?;
+    configure(&dir, &chain.settings, "arbitrate = true")?;
     step(json, "starting the arbiter");
     let mut run = Command::new(own_binary("clawnode")?);
-    run.arg("--data-dir").arg(&arbiter_dir).args([
-        "--json",
-        "run",
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-    ]);
-    let greeting = spawn(&mut fleet, "arbiter", &mut run)?;
-    let arbiter_peer = greeting["peer_id"]
+    run.arg("--data-dir")
+        .arg(&dir)
+        .args(["--json", "run", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    let greeting = spawn(fleet, "arbiter", &mut run)?;
+    let peer = greeting["peer_id"]
         .as_str()
         .context("the arbiter's peer id")?
         .to_owned();
-    let arbiter_wallet = clawnode(&arbiter_dir, &["wallet", "address"])?
-        .trim()
-        .to_owned();
-    let arbiter = format!("arbiter = {arbiter_wallet:?}\narbiter_peer = {arbiter_peer:?}");
-    configure(&buyer, &chain_settings, &arbiter)?;
+    let wallet = clawnode(&dir, &["wallet", "address"])?.trim().to_owned();
+    let settings = format!("arbiter = {wallet:?}\narbiter_peer = {peer:?}");
+    let seed = greeting["listen_addrs"][0].as_str().map(str::to_owned);
+    Ok(Arbiter {
+        dir,
+        peer,
+        wallet,
+        settings,
+        seed,
+    })
+}
 
-    let real_gpus = {
-        let probe = claw_attestation::GpuProbe::open(
-            &[],
-            &claw_attestation::NodeIdentity::generate().public_key(),
-        );
-        probe.devices().iter().any(|d| !d.simulated)
-    };
-    let seed: Option<String> = greeting["listen_addrs"][0].as_str().map(str::to_owned);
+/// Whether this machine has real NVIDIA GPUs; without them the nodes sell simulated ones.
+fn has_real_gpus() -> bool {
+    let probe = claw_attestation::GpuProbe::open(
+        &[],
+        &claw_attestation::NodeIdentity::generate().public_key(),
+    );
+    probe.devices().iter().any(|d| !d.simulated)
+}
+
+/// Initialises (if new), configures and starts the provider nodes `node-1` to `node-{count}`,
+/// each at its own price and bootstrapping from the arbiter, and lets each take work again.
+fn start_nodes(
+    fleet: &mut Fleet,
+    json: bool,
+    root: &Path,
+    count: u32,
+    real_gpus: bool,
+    chain: &Chain,
+    arbiter: &Arbiter,
+) -> Result<Nodes> {
     let mut peers = Vec::new();
     let mut metrics = Vec::new();
-    for i in 1..=args.nodes {
+    for i in 1..=count {
         let dir = root.join(format!("node-{i}"));
         if !dir.join("config.toml").exists() {
             let name = format!("node-{i}");
@@ -284,8 +402,8 @@ pub(crate) fn up(global: &GlobalArgs, args: UpArgs) -> Result<()> {
         let price = format!("{}.{}", 1 + i / 4, (i * 2) % 10);
         configure(
             &dir,
-            &chain_settings,
-            &format!("{arbiter}\nprice_per_gpu_hour = {price:?}"),
+            &chain.settings,
+            &format!("{}\nprice_per_gpu_hour = {price:?}", arbiter.settings),
         )?;
         step(json, &format!("starting node-{i}"));
         let mut run = Command::new(own_binary("clawnode")?);
@@ -293,183 +411,229 @@ pub(crate) fn up(global: &GlobalArgs, args: UpArgs) -> Result<()> {
             .arg(&dir)
             .args(["--json", "run", "--listen", "/ip4/127.0.0.1/tcp/0"])
             .args(["--metrics", "127.0.0.1:0"]);
-        if let Some(seed) = &seed {
+        if let Some(seed) = &arbiter.seed {
             run.args(["--bootstrap", seed]);
         }
-        let greeting = spawn(&mut fleet, &format!("node-{i}"), &mut run)?;
+        let greeting = spawn(fleet, &format!("node-{i}"), &mut run)?;
         metrics.push(greeting["metrics"].as_str().unwrap_or_default().to_owned());
         // The last run drained this node when it stopped: take work again.
         invoke(&dir, "node.uncordon", Value::Null)?;
         peers.push(greeting["peer_id"].as_str().unwrap_or_default().to_owned());
         fleet.nodes.push(dir);
     }
+    Ok(Nodes { peers, metrics })
+}
+
+/// Airdrops SOL and MOLT to the buyer's wallet unless an earlier run already funded it.
+fn fund_buyer(json: bool, buyer: &Path) -> Result<()> {
     step(json, "funding the buyer's wallet (10 SOL, 1,000 MOLT)");
-    let balance: Value =
-        serde_json::from_str(&clawnode(&buyer, &["--json", "wallet", "balance"])?)?;
+    let balance: Value = serde_json::from_str(&clawnode(buyer, &["--json", "wallet", "balance"])?)?;
     if balance["molt"].as_str().is_none_or(|m| m == "0") {
         clawnode(
-            &buyer,
+            buyer,
             &["wallet", "airdrop", "--sol", "10", "--molt", "1000"],
         )?;
     }
+    Ok(())
+}
+
+/// Starts the buyer node (its directory already configured) and returns its peer id.
+fn start_buyer(fleet: &mut Fleet, json: bool, buyer: &Path, seed: Option<&str>) -> Result<String> {
     step(json, "starting the buyer");
     let mut run = Command::new(own_binary("clawnode")?);
     run.arg("--data-dir")
-        .arg(&buyer)
+        .arg(buyer)
         .args(["--json", "run", "--listen", "/ip4/127.0.0.1/tcp/0"]);
-    if let Some(seed) = &seed {
+    if let Some(seed) = seed {
         run.args(["--bootstrap", seed]);
     }
-    let buyer_greeting = spawn(&mut fleet, "buyer", &mut run)?;
-    let buyer_peer = buyer_greeting["peer_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let greeting = spawn(fleet, "buyer", &mut run)?;
+    Ok(greeting["peer_id"].as_str().unwrap_or_default().to_owned())
+}
 
-    if let Some(gateway) = &args.gateway {
-        step(json, &format!("starting the bridge to {gateway}"));
-        let mut bridge = Command::new(own_binary("claw-bridge")?);
-        bridge
-            .args(["run", "--data-dir"])
-            .arg(root.join("bridge"))
-            .args(["--gateway", gateway, "--listen", "/ip4/127.0.0.1/tcp/0"])
-            .args(["--allow-colocated-peers", "--market-node", &buyer_peer]);
-        if let Some(seed) = &seed {
-            bridge.args(["--bootstrap", seed]);
-        }
-        spawn(&mut fleet, "bridge", &mut bridge)?;
+/// Starts the bridge to an OpenClaw gateway, placing its market calls through the buyer.
+fn start_bridge(
+    fleet: &mut Fleet,
+    json: bool,
+    gateway: &str,
+    root: &Path,
+    buyer_peer: &str,
+    seed: Option<&str>,
+) -> Result<()> {
+    step(json, &format!("starting the bridge to {gateway}"));
+    let mut bridge = Command::new(own_binary("claw-bridge")?);
+    bridge
+        .args(["run", "--data-dir"])
+        .arg(root.join("bridge"))
+        .args(["--gateway", gateway, "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(["--allow-colocated-peers", "--market-node", buyer_peer]);
+    if let Some(seed) = seed {
+        bridge.args(["--bootstrap", seed]);
     }
+    spawn(fleet, "bridge", &mut bridge)?;
+    Ok(())
+}
 
+/// Polls the buyer's order book until every node's offer is in it (at most 60 s), returning it.
+fn wait_for_offers(json: bool, buyer: &Path, nodes: u32) -> Result<Value> {
     step(
         json,
         "waiting for every offer to reach the buyer's order book",
     );
     let deadline = Instant::now() + Duration::from_secs(60);
-    let offers = loop {
-        let offers = invoke(&buyer, "market.offers", json!({}))?;
+    loop {
+        let offers = invoke(buyer, "market.offers", json!({}))?;
         if offers["offers"]
             .as_array()
-            .is_some_and(|o| o.len() >= args.nodes as usize)
+            .is_some_and(|o| o.len() >= nodes as usize)
         {
-            break offers;
+            return Ok(offers);
         }
         if Instant::now() > deadline {
             bail!(
                 "only {} of {} offers reached the buyer",
                 offers["offers"].as_array().map_or(0, Vec::len),
-                args.nodes
+                nodes
             );
         }
         std::thread::sleep(Duration::from_millis(250));
-    };
-    let status = ControlClient::connect(&buyer)?.get("/v1/fleet")?;
-    let wallet = invoke(&buyer, "wallet.balance", json!({}))?;
-    let ready_ms = started.elapsed().as_millis();
-    if json {
-        // One line, so that a supervising program can read it as soon as the fleet is ready.
+    }
+}
+
+/// Prints the ready fleet as one JSON line, so that a supervising program can read it as soon as
+/// the fleet is ready.
+fn print_json_summary(s: &Summary<'_>) {
+    let nodes: Vec<Value> = s
+        .fleet
+        .nodes
+        .iter()
+        .zip(&s.nodes.peers)
+        .zip(&s.nodes.metrics)
+        .map(|((d, p), m)| {
+            let metrics = format!("http://{m}/metrics");
+            json!({"data_dir": d, "peer_id": p, "metrics": metrics})
+        })
+        .collect();
+    let pids: Vec<Value> = s
+        .fleet
+        .children
+        .iter()
+        .map(|(n, c)| json!({"name": n, "pid": c.id()}))
+        .collect();
+    println!(
+        "{}",
+        json!({
+            "ready_ms": s.ready_ms,
+            "rpc_url": s.chain.url,
+            "molt_mint": s.chain.mint,
+            "buyer": {"data_dir": s.buyer, "peer_id": s.buyer_peer, "wallet": s.wallet},
+            "arbiter": {"data_dir": s.arbiter.dir, "peer_id": s.arbiter.peer, "wallet": s.arbiter.wallet},
+            "nodes": nodes,
+            "pids": pids,
+            "offers": s.offers["offers"],
+        })
+    );
+}
+
+/// Prints the ready fleet for a person: its members, the order book, the wallets, and the
+/// commands to try next.
+fn print_text_summary(s: &Summary<'_>) {
+    println!(
+        "\nClawbernetes fleet up in {:.1} s ({} nodes{})",
+        s.ready_ms as f64 / 1000.0,
+        s.node_count,
+        if s.real_gpus { "" } else { ", simulated GPUs" }
+    );
+    let rows: Vec<Vec<String>> = s.status["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            vec![
+                n["name"].as_str().unwrap_or("-").to_owned(),
+                format!("{}/{}", n["free_gpus"], n["gpus"]),
+                n["peer_id"].as_str().unwrap_or("-").to_owned(),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        print_table(&["NODE", "FREE/GPUS", "PEER"], &rows);
+    }
+    println!("\nOrder book:");
+    print_table(&["NODE", "GPUS", "PRICE"], &order_book_rows(s.offers));
+    println!(
+        "\nBuyer wallet {}: {} MOLT, {} SOL",
+        s.wallet["address"].as_str().unwrap_or("?"),
+        s.wallet["molt"].as_str().unwrap_or("?"),
+        s.wallet["sol"].as_str().unwrap_or("?")
+    );
+    println!(
+        "Arbiter {} (wallet {}): every escrow's third key",
+        s.arbiter.peer, s.arbiter.wallet
+    );
+    print_next_steps(s);
+}
+
+/// The order book's rows for the text summary: node, GPUs (marked if simulated) and price.
+fn order_book_rows(offers: &Value) -> Vec<Vec<String>> {
+    offers["offers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| {
+            vec![
+                o["node"].as_str().unwrap_or("-").to_owned(),
+                format!(
+                    "{} × {}{}",
+                    o["gpus"],
+                    o["gpu_model"].as_str().unwrap_or("?"),
+                    if o["simulated"] == true {
+                        " (simulated)"
+                    } else {
+                        ""
+                    }
+                ),
+                format!(
+                    "{} MOLT/GPU-hour",
+                    o["price_per_gpu_hour"].as_str().unwrap_or("?")
+                ),
+            ]
+        })
+        .collect()
+}
+
+/// Prints the commands to try against the fleet, the nodes' metrics endpoints, how to attach a
+/// gateway and how to stop.
+fn print_next_steps(s: &Summary<'_>) {
+    let d = s.buyer.display();
+    println!("\nTry:");
+    println!("  clawnode --data-dir {d} fleet");
+    println!("  clawnode --data-dir {d} market offers");
+    if let Some(first) = s.fleet.nodes.first() {
         println!(
-            "{}",
-            json!({
-                "ready_ms": ready_ms,
-                "rpc_url": url,
-                "molt_mint": mint,
-                "buyer": {"data_dir": buyer, "peer_id": buyer_peer, "wallet": wallet},
-                "arbiter": {"data_dir": arbiter_dir, "peer_id": arbiter_peer, "wallet": arbiter_wallet},
-                "nodes": fleet.nodes.iter().zip(&peers).zip(&metrics).map(|((d, p), m)| json!({"data_dir": d, "peer_id": p, "metrics": format!("http://{m}/metrics")})).collect::<Vec<_>>(),
-                "pids": fleet.children.iter().map(|(n, c)| json!({"name": n, "pid": c.id()})).collect::<Vec<_>>(),
-                "offers": offers["offers"],
-            })
-        );
-    } else {
-        println!(
-            "\nClawbernetes fleet up in {:.1} s ({} nodes{})",
-            ready_ms as f64 / 1000.0,
-            args.nodes,
-            if real_gpus { "" } else { ", simulated GPUs" }
-        );
-        let rows: Vec<Vec<String>> = status["members"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|n| {
-                vec![
-                    n["name"].as_str().unwrap_or("-").to_owned(),
-                    format!("{}/{}", n["free_gpus"], n["gpus"]),
-                    n["peer_id"].as_str().unwrap_or("-").to_owned(),
-                ]
-            })
-            .collect();
-        if !rows.is_empty() {
-            print_table(&["NODE", "FREE/GPUS", "PEER"], &rows);
-        }
-        println!("\nOrder book:");
-        let rows: Vec<Vec<String>> = offers["offers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|o| {
-                vec![
-                    o["node"].as_str().unwrap_or("-").to_owned(),
-                    format!(
-                        "{} × {}{}",
-                        o["gpus"],
-                        o["gpu_model"].as_str().unwrap_or("?"),
-                        if o["simulated"] == true {
-                            " (simulated)"
-                        } else {
-                            ""
-                        }
-                    ),
-                    format!(
-                        "{} MOLT/GPU-hour",
-                        o["price_per_gpu_hour"].as_str().unwrap_or("?")
-                    ),
-                ]
-            })
-            .collect();
-        print_table(&["NODE", "GPUS", "PRICE"], &rows);
-        println!(
-            "\nBuyer wallet {}: {} MOLT, {} SOL",
-            wallet["address"].as_str().unwrap_or("?"),
-            wallet["molt"].as_str().unwrap_or("?"),
-            wallet["sol"].as_str().unwrap_or("?")
-        );
-        println!("Arbiter {arbiter_peer} (wallet {arbiter_wallet}): every escrow's third key");
-        let d = buyer.display();
-        println!("\nTry:");
-        println!("  clawnode --data-dir {d} fleet");
-        println!("  clawnode --data-dir {d} market offers");
-        if let Some(first) = fleet.nodes.first() {
-            println!(
-                "  clawnode --data-dir {} market sell --price 1.1",
-                first.display()
-            );
-        }
-        println!(
-            "  clawnode --data-dir {d} market bid --model \"NVIDIA H100 80GB HBM3\" --max-price 2 --accept-simulated --image <local image> -- sleep 60"
-        );
-        println!(
-            "  clawnode --data-dir {d} invoke node.health --node {}",
-            peers.first().map_or("<peer>", String::as_str)
-        );
-        println!("\nPrometheus metrics:");
-        for (i, addr) in metrics.iter().enumerate() {
-            println!("  node-{}  http://{addr}/metrics", i + 1);
-        }
-        println!(
-            "\nAttach a real OpenClaw gateway: CLAW_BRIDGE_TOKEN=<token> clawnode --data-dir {} up --gateway ws://127.0.0.1:18789",
-            root.display()
-        );
-        println!(
-            "Ctrl-C stops the fleet (workloads drained); its state stays in {} for the next run.",
-            root.display()
+            "  clawnode --data-dir {} market sell --price 1.1",
+            first.display()
         );
     }
-    let _ = std::io::stdout().flush();
-    let _ = stop_rx.recv();
-    step(json, "stopping: draining every node, then every process");
-    drop(fleet);
-    Ok(())
+    println!(
+        "  clawnode --data-dir {d} market bid --model \"NVIDIA H100 80GB HBM3\" --max-price 2 --accept-simulated --image <local image> -- sleep 60"
+    );
+    println!(
+        "  clawnode --data-dir {d} invoke node.health --node {}",
+        s.nodes.peers.first().map_or("<peer>", String::as_str)
+    );
+    println!("\nPrometheus metrics:");
+    for (i, addr) in s.nodes.metrics.iter().enumerate() {
+        println!("  node-{}  http://{addr}/metrics", i + 1);
+    }
+    println!(
+        "\nAttach a real OpenClaw gateway: CLAW_BRIDGE_TOKEN=<token> clawnode --data-dir {} up --gateway ws://127.0.0.1:18789",
+        s.root.display()
+    );
+    println!(
+        "Ctrl-C stops the fleet (workloads drained); its state stays in {} for the next run.",
+        s.root.display()
+    );
 }
 
 /// Sends on `stop` at Ctrl-C or SIGTERM.

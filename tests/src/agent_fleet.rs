@@ -69,6 +69,56 @@ pub struct AgentFleet {
     pub dir: tempfile::TempDir,
 }
 
+/// Configures each node of `specs` (market, chain, name, the bridge as operator) and starts it,
+/// every node after the first joining through the first.
+fn start_nodes(
+    specs: &[NodeSpec],
+    clis: Vec<Clawnode>,
+    market_node: usize,
+    localnet: &Localnet,
+    bridge_peer: &str,
+) -> Vec<FleetNode> {
+    let mut nodes: Vec<FleetNode> = Vec::new();
+    for (index, (spec, cli)) in specs.iter().zip(clis).enumerate() {
+        let chain = if index == market_node {
+            String::new()
+        } else {
+            localnet.chain_config()
+        };
+        let mut market = format!("arbiter = {:?}\n", localnet.faucet);
+        if let Some(price) = spec.price {
+            market.push_str(&format!("price_per_gpu_hour = {price:?}\n"));
+        }
+        cli.configure_market(&market, &chain);
+        cli.edit_config(|text| {
+            let mut text = text
+                .replace("operators = []", &format!("operators = [{bridge_peer:?}]"))
+                .replace(
+                    "[node.labels]\n",
+                    &format!("[node]\nname = {:?}\n\n[node.labels]\n", spec.name),
+                );
+            if let Some(socket) = &spec.docker_socket {
+                text = text.replace(
+                    "[workloads]\n",
+                    &format!("[workloads]\ndocker_socket = {:?}\n", socket.display()),
+                );
+            }
+            text
+        });
+        let bootstrap = nodes
+            .first()
+            .map(|n| n.process.listen_addrs.clone())
+            .unwrap_or_default();
+        let process = RunningNode::start(&cli, &bootstrap);
+        nodes.push(FleetNode {
+            name: spec.name,
+            cli,
+            process,
+        });
+    }
+    nodes
+}
+
 impl AgentFleet {
     /// Starts the gateway with the plugin (`plugin_config`), the nodes of `specs` (the one at
     /// `market_node` also holds the chain, has 100 MOLT, and is the bridge's market node), and
@@ -110,44 +160,7 @@ impl AgentFleet {
             .collect();
         let localnet = Localnet::start(&clis[market_node]);
         clis[market_node].ok(&["wallet", "airdrop", "--sol", "5", "--molt", "100"]);
-        let mut nodes: Vec<FleetNode> = Vec::new();
-        for (index, (spec, cli)) in specs.iter().zip(clis).enumerate() {
-            let chain = if index == market_node {
-                String::new()
-            } else {
-                localnet.chain_config()
-            };
-            let mut market = format!("arbiter = {:?}\n", localnet.faucet);
-            if let Some(price) = spec.price {
-                market.push_str(&format!("price_per_gpu_hour = {price:?}\n"));
-            }
-            cli.configure_market(&market, &chain);
-            cli.edit_config(|text| {
-                let mut text = text
-                    .replace("operators = []", &format!("operators = [{bridge_peer:?}]"))
-                    .replace(
-                        "[node.labels]\n",
-                        &format!("[node]\nname = {:?}\n\n[node.labels]\n", spec.name),
-                    );
-                if let Some(socket) = &spec.docker_socket {
-                    text = text.replace(
-                        "[workloads]\n",
-                        &format!("[workloads]\ndocker_socket = {:?}\n", socket.display()),
-                    );
-                }
-                text
-            });
-            let bootstrap = nodes
-                .first()
-                .map(|n| n.process.listen_addrs.clone())
-                .unwrap_or_default();
-            let process = RunningNode::start(&cli, &bootstrap);
-            nodes.push(FleetNode {
-                name: spec.name,
-                cli,
-                process,
-            });
-        }
+        let nodes = start_nodes(specs, clis, market_node, &localnet, &bridge_peer);
 
         let token_file = dir.path().join("bridge.token");
         write_secret(&token_file, TOKEN);

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use claw_market::Molt;
+use claw_market::book::{Match, NoMatch};
 use claw_market::lease::{
     Effect, Input, LeaseAcceptance, LeaseId, LeaseOutcome, LeaseRecord, LeaseState, LeaseTerms,
     ProvenOutcome, Side, Signed, TermsExpectation, UsageCheckpoint, wallet_proof_message,
@@ -78,25 +79,7 @@ impl Market {
     ) -> Result<Value, InvokeFailure> {
         let started = Instant::now();
         let progress = self.inner.workloads.progress().track(progress_key);
-        let max_price: Molt = params
-            .max_price
-            .parse()
-            .map_err(|e| failure(ErrorCode::InvalidParams, format!("max_price: {e}")))?;
-        let wallet = self.wallet()?.pubkey();
-        let bid = Bid {
-            models: params.models.clone(),
-            gpus: params.gpus,
-            min_vram_mib: params.min_vram_mib,
-            region: params.region.clone(),
-            attested_only: params.attested_only,
-            min_reputation: params.min_reputation,
-            max_price_per_gpu_hour: max_price,
-            hours: params.hours,
-            wallet: wallet.to_string(),
-            accept_simulated: params.accept_simulated,
-        };
-        bid.validate()
-            .map_err(|e| failure(ErrorCode::InvalidParams, e.to_string()))?;
+        let bid = self.bid_of(&params)?;
         progress.stage("matching against the order book");
         let matched = {
             let book = self
@@ -109,34 +92,7 @@ impl Market {
         };
         let matched = match matched {
             Ok(matched) => matched,
-            Err(why) => {
-                let nearest: Vec<Value> = why
-                    .nearest
-                    .iter()
-                    .map(|(entry, failed)| {
-                        json!({
-                            "provider": claw_attestation::SignerKey(entry.provider).peer_id().map(|p| p.to_string()),
-                            "gpu_model": entry.offer.gpu_model,
-                            "gpus": entry.offer.gpus,
-                            "price_per_gpu_hour": entry.offer.price_per_gpu_hour.to_string(),
-                            "simulated": entry.offer.simulated,
-                            "fails": failed.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                        })
-                    })
-                    .collect();
-                let reasons: Vec<Value> = why
-                    .reasons
-                    .iter()
-                    .map(|(constraint, count, text)| json!({"constraint": constraint.to_string(), "offers": count, "why": text}))
-                    .collect();
-                return Ok(json!({
-                    "matched": false,
-                    "explanation": why.to_string(),
-                    "considered": why.considered,
-                    "reasons": reasons,
-                    "nearest": nearest,
-                }));
-            }
+            Err(why) => return Ok(unmatched(&why)),
         };
         let match_ms = elapsed_ms(started);
         let provider = claw_attestation::SignerKey(matched.entry.provider)
@@ -171,22 +127,9 @@ impl Market {
 
         progress.stage(format!("requesting the lease from {provider}"));
         let phase = Instant::now();
-        let (bid_signed, terms) = self
-            .request_lease(&bid, &matched.entry.offer, &provider, stream)
+        let terms = self
+            .checked_terms(&bid, &matched, provider, &arbiter, stream)
             .await?;
-        terms
-            .check_for_bid(&TermsExpectation {
-                bid: &bid,
-                bid_digest: bid_signed.digest(),
-                bid_issued_ms: bid_signed.issued_ms(),
-                buyer_peer: self.local_peer().to_string(),
-                provider_key: matched.entry.provider,
-                provider_wallet: &matched.entry.offer.wallet,
-                arbiter_wallet: &arbiter,
-                stream,
-                clock_slack_ms: self.policy().clock_slack_ms,
-            })
-            .map_err(|e| failure(ErrorCode::Conflict, format!("terms refused: {e}")))?;
         budget.allows(terms.payload().amount, spent).map_err(|e| {
             failure(
                 ErrorCode::Unauthorized,
@@ -245,6 +188,58 @@ impl Market {
                 "total": elapsed_ms(started),
             },
         }))
+    }
+
+    /// The bid `params` describe, paid from this node's wallet, validated.
+    fn bid_of(&self, params: &BidParams) -> Result<Bid, InvokeFailure> {
+        let max_price: Molt = params
+            .max_price
+            .parse()
+            .map_err(|e| failure(ErrorCode::InvalidParams, format!("max_price: {e}")))?;
+        let bid = Bid {
+            models: params.models.clone(),
+            gpus: params.gpus,
+            min_vram_mib: params.min_vram_mib,
+            region: params.region.clone(),
+            attested_only: params.attested_only,
+            min_reputation: params.min_reputation,
+            max_price_per_gpu_hour: max_price,
+            hours: params.hours,
+            wallet: self.wallet()?.pubkey().to_string(),
+            accept_simulated: params.accept_simulated,
+        };
+        bid.validate()
+            .map_err(|e| failure(ErrorCode::InvalidParams, e.to_string()))?;
+        Ok(bid)
+    }
+
+    /// Signs `bid`, asks the matched provider for the lease, and checks the terms it answers
+    /// against the bid, the offer and this node's arbiter before anything else is signed.
+    async fn checked_terms(
+        &self,
+        bid: &Bid,
+        matched: &Match,
+        provider: PeerId,
+        arbiter: &str,
+        stream: bool,
+    ) -> Result<Signed<LeaseTerms>, InvokeFailure> {
+        let (bid_signed, terms) = self
+            .request_lease(bid, &matched.entry.offer, &provider, stream)
+            .await?;
+        terms
+            .check_for_bid(&TermsExpectation {
+                bid,
+                bid_digest: bid_signed.digest(),
+                bid_issued_ms: bid_signed.issued_ms(),
+                buyer_peer: self.local_peer().to_string(),
+                provider_key: matched.entry.provider,
+                provider_wallet: &matched.entry.offer.wallet,
+                arbiter_wallet: arbiter,
+                stream,
+                clock_slack_ms: self.policy().clock_slack_ms,
+            })
+            .map_err(|e| failure(ErrorCode::Conflict, format!("terms refused: {e}")))?;
+        Ok(terms)
     }
 
     /// A token account has one delegate: one stream per wallet at a time.
@@ -885,4 +880,34 @@ impl Market {
         let signed = Signed::<T>::from_verified(&verified).ok()?;
         (signed.signer_peer() == Some(*signer)).then_some(signed)
     }
+}
+
+/// `market.bid`'s answer when nothing matched: why, per constraint, with the nearest offers.
+fn unmatched(why: &NoMatch) -> Value {
+    let nearest: Vec<Value> = why
+        .nearest
+        .iter()
+        .map(|(entry, failed)| {
+            json!({
+                "provider": claw_attestation::SignerKey(entry.provider).peer_id().map(|p| p.to_string()),
+                "gpu_model": entry.offer.gpu_model,
+                "gpus": entry.offer.gpus,
+                "price_per_gpu_hour": entry.offer.price_per_gpu_hour.to_string(),
+                "simulated": entry.offer.simulated,
+                "fails": failed.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let reasons: Vec<Value> = why
+        .reasons
+        .iter()
+        .map(|(constraint, count, text)| json!({"constraint": constraint.to_string(), "offers": count, "why": text}))
+        .collect();
+    json!({
+        "matched": false,
+        "explanation": why.to_string(),
+        "considered": why.considered,
+        "reasons": reasons,
+        "nearest": nearest,
+    })
 }

@@ -58,37 +58,8 @@ impl Market {
     /// all taken, and renews offers at half their lifetime.
     pub(super) async fn publish_offers(&self) -> Result<(), InvokeFailure> {
         let config = self.inner.dir.config();
-        let decided = self.inner.store.run(|store| store.selling()).await?;
-        let price = match decided {
-            Some(Some(price)) => Some(
-                price
-                    .parse::<Molt>()
-                    .map_err(|e| failure(ErrorCode::Internal, format!("stored price: {e}")))?,
-            ),
-            Some(None) => None,
-            None => config.market.price(),
-        };
-        let last_price = self
-            .inner
-            .published
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
-            .map(|p| p.offer.price_per_gpu_hour)
-            .next();
-        // A node that cannot keep tenants apart from it sells nothing.
-        let price = match (price, self.inner.workloads.tenant_ready().await) {
-            (Some(_), Err(reason)) => {
-                tracing::warn!(%reason, "not selling: leases run as tenants, and this node cannot isolate them");
-                None
-            }
-            (price, _) => price,
-        };
-        // Not selling: withdraw what was published, or do nothing.
-        let (price, selling) = match (price, last_price) {
-            (Some(price), _) => (price, true),
-            (None, Some(last)) => (last, false),
-            (None, None) => return Ok(()),
+        let Some((price, selling)) = self.selling_price().await? else {
+            return Ok(());
         };
         self.arbiter()?;
         let wallet = self.wallet()?.pubkey().to_string();
@@ -172,36 +143,88 @@ impl Market {
                 None if offer.withdrawn => continue,
                 _ => {}
             }
-            offer
-                .validate()
-                .map_err(|e| failure(ErrorCode::Internal, e.to_string()))?;
-            let signed = self.sign(ttl, offer.clone()).await?;
-            let envelope = signed.text();
-            let bytes = signed.envelope().to_vec();
-            let verified = self
-                .inner
-                .verifier
-                .verify(&bytes)
-                .map_err(|e| failure(ErrorCode::Internal, format!("own offer: {e}")))?;
-            self.ingest_offer(&verified);
-            match self.mesh()?.publish(TopicKind::Offers, bytes).await {
-                Ok(()) | Err(claw_mesh::MeshError::NoPeers) => {}
-                Err(error) => return Err(failure(ErrorCode::Unavailable, error.to_string())),
-            }
-            tracing::info!(model, gpus = offer.gpus, price = %offer.price_per_gpu_hour, withdrawn = offer.withdrawn, "offer published");
-            self.inner
-                .published
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(
-                    model,
-                    Published {
-                        offer,
-                        at_ms: now,
-                        envelope,
-                    },
-                );
+            self.publish_offer(model, offer, ttl, now).await?;
         }
+        Ok(())
+    }
+
+    /// The price offers go out at, and whether the node sells at all: the decision made with
+    /// `market.sell`, else the config's; a node that cannot isolate tenants sells nothing. Not
+    /// selling, offers already published are withdrawn at their last price; `None` when there
+    /// is nothing to publish or withdraw.
+    async fn selling_price(&self) -> Result<Option<(Molt, bool)>, InvokeFailure> {
+        let decided = self.inner.store.run(|store| store.selling()).await?;
+        let price = match decided {
+            Some(Some(price)) => Some(
+                price
+                    .parse::<Molt>()
+                    .map_err(|e| failure(ErrorCode::Internal, format!("stored price: {e}")))?,
+            ),
+            Some(None) => None,
+            None => self.inner.dir.config().market.price(),
+        };
+        let last_price = self
+            .inner
+            .published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .map(|p| p.offer.price_per_gpu_hour)
+            .next();
+        // A node that cannot keep tenants apart from it sells nothing.
+        let price = match (price, self.inner.workloads.tenant_ready().await) {
+            (Some(_), Err(reason)) => {
+                tracing::warn!(%reason, "not selling: leases run as tenants, and this node cannot isolate them");
+                None
+            }
+            (price, _) => price,
+        };
+        // Not selling: withdraw what was published, or do nothing.
+        Ok(match (price, last_price) {
+            (Some(price), _) => Some((price, true)),
+            (None, Some(last)) => Some((last, false)),
+            (None, None) => None,
+        })
+    }
+
+    /// Signs `offer`, takes it into this node's own book, gossips it, and remembers it as the
+    /// published offer for `model`.
+    async fn publish_offer(
+        &self,
+        model: String,
+        offer: Offer,
+        ttl: Duration,
+        now: u64,
+    ) -> Result<(), InvokeFailure> {
+        offer
+            .validate()
+            .map_err(|e| failure(ErrorCode::Internal, e.to_string()))?;
+        let signed = self.sign(ttl, offer.clone()).await?;
+        let envelope = signed.text();
+        let bytes = signed.envelope().to_vec();
+        let verified = self
+            .inner
+            .verifier
+            .verify(&bytes)
+            .map_err(|e| failure(ErrorCode::Internal, format!("own offer: {e}")))?;
+        self.ingest_offer(&verified);
+        match self.mesh()?.publish(TopicKind::Offers, bytes).await {
+            Ok(()) | Err(claw_mesh::MeshError::NoPeers) => {}
+            Err(error) => return Err(failure(ErrorCode::Unavailable, error.to_string())),
+        }
+        tracing::info!(model, gpus = offer.gpus, price = %offer.price_per_gpu_hour, withdrawn = offer.withdrawn, "offer published");
+        self.inner
+            .published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                model,
+                Published {
+                    offer,
+                    at_ms: now,
+                    envelope,
+                },
+            );
         Ok(())
     }
 

@@ -253,6 +253,35 @@ pub struct Workloads {
     progress: ProgressBoard,
 }
 
+/// The container's environment: the caller's variables, less those the node sets (GPU
+/// visibility is the node's to set, whatever the params or the image say), then the node's.
+fn container_env(record: &WorkloadRecord, params: &RunParams) -> Vec<String> {
+    let mut env: Vec<String> = params
+        .env
+        .iter()
+        .filter(|(k, _)| !NODE_ENV.contains(&k.as_str()) && !k.starts_with("CLAWBERNETES_"))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    env.push(format!("CLAWBERNETES_WORKLOAD={}", record.id));
+    env.push(format!("CLAWBERNETES_GPUS={}", record.gpus.join(",")));
+    env.push(format!(
+        "NVIDIA_VISIBLE_DEVICES={}",
+        if record.gpus.is_empty() {
+            "void".to_owned()
+        } else {
+            record.gpus.join(",")
+        }
+    ));
+    env.push(format!(
+        "CUDA_VISIBLE_DEVICES={}",
+        (0..record.gpus.len())
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    ));
+    env
+}
+
 impl Workloads {
     /// Workloads of node `node` on the Docker Engine from `config`, allocating from `gpus`
     /// (UUIDs in inventory order; those in `simulated` get no device request).
@@ -668,30 +697,7 @@ impl Workloads {
         if record.isolation == Isolation::Tenant {
             labels.insert(LABEL_ISOLATION.to_owned(), "tenant".to_owned());
         }
-        // GPU visibility is the node's to set, whatever the params or the image say.
-        let mut env: Vec<String> = params
-            .env
-            .iter()
-            .filter(|(k, _)| !NODE_ENV.contains(&k.as_str()) && !k.starts_with("CLAWBERNETES_"))
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        env.push(format!("CLAWBERNETES_WORKLOAD={}", record.id));
-        env.push(format!("CLAWBERNETES_GPUS={}", record.gpus.join(",")));
-        env.push(format!(
-            "NVIDIA_VISIBLE_DEVICES={}",
-            if record.gpus.is_empty() {
-                "void".to_owned()
-            } else {
-                record.gpus.join(",")
-            }
-        ));
-        env.push(format!(
-            "CUDA_VISIBLE_DEVICES={}",
-            (0..record.gpus.len())
-                .map(|i| i.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        ));
+        let env = container_env(record, params);
         let real_gpus: Vec<String> = record
             .gpus
             .iter()

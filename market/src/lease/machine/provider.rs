@@ -2,7 +2,7 @@
 
 use super::{
     ContainerState, Effect, Ending, Input, LeaseError, LeaseOutcome, LeasePolicy, LeaseRecord,
-    LeaseState, Payment, StreamProgress, UsageCheckpoint,
+    LeaseState, Payment, Signed, StreamProgress, UsageCheckpoint,
 };
 
 pub(super) fn step(
@@ -14,26 +14,84 @@ pub(super) fn step(
 ) -> Result<(), LeaseError> {
     use LeaseState::*;
     match (record.state, input) {
-        (Requested, Input::TermsSigned(terms)) => {
+        (_, Input::Checkpoint(signed)) => receive_checkpoint(record, signed)?,
+        (Requested, input) => step_requested(record, input, now, policy, effects)?,
+        (Accepted, input) => step_accepted(record, input, now, policy, effects)?,
+        (Expired, Input::Tick) => effects.push(Effect::Forget),
+        // A funding told again (a retry) changes nothing; the driver answers where it is.
+        (Funded | Running | Completed | Settled | Refunded, Input::Funded { .. }) => {}
+        (Funded | Running | Completed, Input::Settled(fact)) => {
+            settled(record, fact, None, now, effects)?;
+        }
+        (Funded | Running | Completed, Input::Arbitrated(fact)) => {
+            let reason = "settled with the arbiter: the buyer did not co-sign";
+            settled(record, fact, Some(reason), now, effects)?;
+        }
+        (Running | Completed, Input::StreamRead(reading)) => {
+            stream_read(record, reading, now, effects)?
+        }
+        (Funded, input) => step_funded(record, input, now, policy, effects)?,
+        (Running, input) => step_running(record, input, now, effects)?,
+        (Completed, Input::Tick) => completed_tick(record, now, policy, effects)?,
+        // Readings and settlements that arrive after the lease ended change nothing.
+        (Settled | Refunded, Input::Settled(_) | Input::Arbitrated(_) | Input::StreamRead(_)) => {}
+        (_, other) => ignore_or_refuse(record, other)?,
+    }
+    Ok(())
+}
+
+/// An input no state handles: ticks and counterparty news change nothing, anything else is
+/// refused.
+fn ignore_or_refuse(record: &LeaseRecord, input: Input) -> Result<(), LeaseError> {
+    match input {
+        Input::Tick | Input::CounterpartyAnswered | Input::CounterpartyUnreachable => Ok(()),
+        other => Err(record.not_now(&other)),
+    }
+}
+
+/// GPUs reserved, terms not signed yet: the signed terms accept the lease; an unsigned
+/// reservation lapses after its time, or when ended.
+fn step_requested(
+    record: &mut LeaseRecord,
+    input: Input,
+    now: u64,
+    policy: &LeasePolicy,
+    effects: &mut Vec<Effect>,
+) -> Result<(), LeaseError> {
+    match input {
+        Input::TermsSigned(terms) => {
             let signed = terms.payload();
             if signed.lease_id != record.lease_id || signed.gpus != record.gpus {
                 return Err(LeaseError::WrongTerms(record.lease_id.clone()));
             }
             signed.validate()?;
             record.terms = Some(terms);
-            record.enter(Accepted, now)?;
+            record.enter(LeaseState::Accepted, now)?;
             effects.push(Effect::OffersChanged);
         }
-        (Requested, Input::Tick) if now > record.created_ms + policy.unsigned_reservation_ms => {
+        Input::Tick if now > record.created_ms + policy.unsigned_reservation_ms => {
             lapse(record, "the terms were never signed", now, effects)?;
         }
-        (
-            Accepted,
-            Input::Funded {
-                acceptance,
-                funding,
-            },
-        ) => {
+        Input::EndRequested(reason) => lapse(record, &reason, now, effects)?,
+        other => ignore_or_refuse(record, other)?,
+    }
+    Ok(())
+}
+
+/// Terms signed, awaiting the buyer's funds: a funding in time with the buyer's acceptance
+/// starts the workload; past `fund_by_ms`, or when ended, the reservation lapses.
+fn step_accepted(
+    record: &mut LeaseRecord,
+    input: Input,
+    now: u64,
+    policy: &LeasePolicy,
+    effects: &mut Vec<Effect>,
+) -> Result<(), LeaseError> {
+    match input {
+        Input::Funded {
+            acceptance,
+            funding,
+        } => {
             let terms = record.terms()?;
             let fund_by_ms = terms.payload().fund_by_ms;
             if now > fund_by_ms {
@@ -52,22 +110,32 @@ pub(super) fn step(
             acceptance.check_against(terms, policy.clock_slack_ms)?;
             record.acceptance = Some(acceptance);
             record.funding = Some(funding);
-            record.enter(Funded, now)?;
+            record.enter(LeaseState::Funded, now)?;
             effects.push(Effect::StartWorkload);
         }
-        (Accepted, Input::Tick) if record.terms()?.payload().fund_by_ms < now => {
+        Input::Tick if record.terms()?.payload().fund_by_ms < now => {
             lapse(record, "the lease was not funded in time", now, effects)?;
         }
-        (Requested | Accepted, Input::EndRequested(reason)) => {
-            lapse(record, &reason, now, effects)?;
-        }
-        (Expired, Input::Tick) => effects.push(Effect::Forget),
-        // A funding told again (a retry) changes nothing; the driver answers where it is.
-        (Funded | Running | Completed | Settled | Refunded, Input::Funded { .. }) => {}
-        (Funded, Input::WorkloadStarted { workload_id }) => {
+        Input::EndRequested(reason) => lapse(record, &reason, now, effects)?,
+        other => ignore_or_refuse(record, other)?,
+    }
+    Ok(())
+}
+
+/// Funded, the workload not started yet: its start makes the lease run; a failure, an end or
+/// the start timeout ends it unserved, and until then each tick asks for the start again.
+fn step_funded(
+    record: &mut LeaseRecord,
+    input: Input,
+    now: u64,
+    policy: &LeasePolicy,
+    effects: &mut Vec<Effect>,
+) -> Result<(), LeaseError> {
+    match input {
+        Input::WorkloadStarted { workload_id } => {
             record.workload_id = Some(workload_id);
             record.started_ms = Some(now);
-            record.enter(Running, now)?;
+            record.enter(LeaseState::Running, now)?;
             effects.push(Effect::SignCheckpoint(checkpoint(
                 record,
                 0,
@@ -78,7 +146,7 @@ pub(super) fn step(
                 effects.push(Effect::ReadStream);
             }
         }
-        (Funded, Input::WorkloadFailed(reason)) => {
+        Input::WorkloadFailed(reason) => {
             end(
                 record,
                 LeaseOutcome::NeverStarted,
@@ -88,7 +156,7 @@ pub(super) fn step(
                 effects,
             )?;
         }
-        (Funded, Input::EndRequested(reason)) => {
+        Input::EndRequested(reason) => {
             end(
                 record,
                 LeaseOutcome::NeverStarted,
@@ -99,7 +167,7 @@ pub(super) fn step(
             )?;
             effects.push(Effect::StopWorkload);
         }
-        (Funded, Input::Tick) => {
+        Input::Tick => {
             let funded_at = record.funded_at_ms().unwrap_or(record.created_ms);
             if now > funded_at + policy.start_timeout_ms {
                 let reason = "the workload did not start in time";
@@ -116,8 +184,22 @@ pub(super) fn step(
                 effects.push(Effect::StartWorkload);
             }
         }
-        (Running, Input::Tick) => running_tick(record, now, effects)?,
-        (Running, Input::WorkloadEnded { exit_code, reason }) => {
+        other => ignore_or_refuse(record, other)?,
+    }
+    Ok(())
+}
+
+/// The workload runs: ticks checkpoint it and end it when its time is up; its exit or an end
+/// request ends the lease served.
+fn step_running(
+    record: &mut LeaseRecord,
+    input: Input,
+    now: u64,
+    effects: &mut Vec<Effect>,
+) -> Result<(), LeaseError> {
+    match input {
+        Input::Tick => running_tick(record, now, effects)?,
+        Input::WorkloadEnded { exit_code, reason } => {
             let container = ContainerState::Exited { code: exit_code };
             let reason = reason.unwrap_or_else(|| "the workload exited".to_owned());
             end(
@@ -129,7 +211,7 @@ pub(super) fn step(
                 effects,
             )?;
         }
-        (Running, Input::EndRequested(reason)) => {
+        Input::EndRequested(reason) => {
             end(
                 record,
                 LeaseOutcome::Served,
@@ -139,38 +221,31 @@ pub(super) fn step(
                 effects,
             )?;
         }
-        (Running | Completed, Input::StreamRead(reading)) => {
-            stream_read(record, reading, now, effects)?
-        }
-        (_, Input::Checkpoint(signed)) => {
-            let terms = record.terms()?;
-            let checkpoint = signed.payload();
-            if checkpoint.lease_id != record.lease_id
-                || checkpoint.terms_digest != terms.digest()
-                || signed.signer() != terms.signer()
-            {
-                return Err(LeaseError::WrongTerms(record.lease_id.clone()));
-            }
-            let newer = record
-                .checkpoint
-                .as_ref()
-                .is_none_or(|c| c.payload().seq <= checkpoint.seq && c.payload().ended.is_none());
-            if newer {
-                record.checkpoint = Some(signed);
-            }
-        }
-        (Completed, Input::Tick) => completed_tick(record, now, policy, effects)?,
-        (Funded | Running | Completed, Input::Settled(fact)) => {
-            settled(record, fact, None, now, effects)?;
-        }
-        (Funded | Running | Completed, Input::Arbitrated(fact)) => {
-            let reason = "settled with the arbiter: the buyer did not co-sign";
-            settled(record, fact, Some(reason), now, effects)?;
-        }
-        // Readings and settlements that arrive after the lease ended change nothing.
-        (Settled | Refunded, Input::Settled(_) | Input::Arbitrated(_) | Input::StreamRead(_)) => {}
-        (_, Input::Tick | Input::CounterpartyAnswered | Input::CounterpartyUnreachable) => {}
-        (_, other) => return Err(record.not_now(&other)),
+        other => ignore_or_refuse(record, other)?,
+    }
+    Ok(())
+}
+
+/// A signed checkpoint of this lease, in any state: kept unless it is for another lease, terms or
+/// signer, older than the one held, or would replace the final one.
+fn receive_checkpoint(
+    record: &mut LeaseRecord,
+    signed: Signed<UsageCheckpoint>,
+) -> Result<(), LeaseError> {
+    let terms = record.terms()?;
+    let checkpoint = signed.payload();
+    if checkpoint.lease_id != record.lease_id
+        || checkpoint.terms_digest != terms.digest()
+        || signed.signer() != terms.signer()
+    {
+        return Err(LeaseError::WrongTerms(record.lease_id.clone()));
+    }
+    let newer = record
+        .checkpoint
+        .as_ref()
+        .is_none_or(|c| c.payload().seq <= checkpoint.seq && c.payload().ended.is_none());
+    if newer {
+        record.checkpoint = Some(signed);
     }
     Ok(())
 }
