@@ -20,7 +20,7 @@ use claw_api::fleet::{
 };
 use claw_api::market::{MarketBid, MarketLeaseCancel, MarketLeases, MarketOffers, WalletBalance};
 use claw_api::node::{GpuMetrics, HealthStatus, NodeDrain, NodeHealth};
-use claw_api::workload::WorkloadRun;
+use claw_api::workload::{WorkloadList, WorkloadRun};
 use claw_api::{
     BRIDGE_COMMANDS, Command, ErrorCode, InvokeFailure, NoParams, Router, bridge_descriptions,
 };
@@ -522,7 +522,7 @@ impl FleetCommands {
         let answers = self
             .fan_out(
                 members,
-                "workload.list",
+                WorkloadList::NAME,
                 &json!({"all": true}),
                 DEFAULT_CONCURRENCY,
                 NODE_DEADLINE,
@@ -531,20 +531,24 @@ impl FleetCommands {
         let mut workloads = Vec::new();
         let mut unreachable = Vec::new();
         for answer in answers {
-            match answer.result {
-                Ok(result) => {
-                    for workload in result["workloads"].as_array().into_iter().flatten() {
+            match answer.result.and_then(WorkloadList::decode) {
+                Ok(listing) => {
+                    for workload in listing.workloads {
                         let state_ok = params
                             .state
                             .as_ref()
-                            .is_none_or(|s| workload["state"] == s.as_str());
-                        let image_ok = params.image.as_ref().is_none_or(|i| {
-                            workload["image"]
-                                .as_str()
-                                .is_some_and(|w| w.contains(i.as_str()))
-                        });
+                            .is_none_or(|s| workload.state.to_string() == *s);
+                        let image_ok = params
+                            .image
+                            .as_ref()
+                            .is_none_or(|i| workload.image.contains(i.as_str()));
                         if state_ok && image_ok {
-                            let mut workload = workload.clone();
+                            let mut workload = serde_json::to_value(&workload).map_err(|e| {
+                                InvokeFailure::new(
+                                    ErrorCode::Internal,
+                                    format!("cannot encode: {e}"),
+                                )
+                            })?;
                             workload["node"] = json!(answer.member.announcement.name);
                             workload["peer_id"] = json!(answer.member.peer_id.to_string());
                             workloads.push(workload);

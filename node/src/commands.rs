@@ -18,13 +18,14 @@ use claw_api::market::{
     MarketOffersSigned, MarketReceipts, MarketReputation, MarketSell, WalletBalance,
 };
 use claw_api::node::{
-    Capabilities, Cordon, GpuList, GpuMetrics, GpuMetricsParams, LabelParams, Labels,
+    Capabilities, Cordon, DrainReport, GpuList, GpuMetrics, GpuMetricsParams, LabelParams, Labels,
     NodeCapabilities, NodeCordon, NodeDrain, NodeHealth, NodeLabel, NodeUncordon, SystemInfo,
     SystemRun, SystemRunOutput, SystemRunParams,
 };
 use claw_api::workload::{
-    ContainerExec, ExecParams, ListParams, LogsParams, RunParams, StopParams, WorkloadInspect,
-    WorkloadList, WorkloadLogs, WorkloadRef, WorkloadRun, WorkloadStats, WorkloadStop,
+    ContainerExec, ExecOutput, ExecParams, ListParams, LogTail, LogsParams, RunParams, StopParams,
+    Workload, WorkloadDetail, WorkloadInspect, WorkloadList, WorkloadListing, WorkloadLogs,
+    WorkloadRef, WorkloadRun, WorkloadStats, WorkloadStop, WorkloadUsage,
 };
 use claw_api::{Command as _, NODE_COMMANDS, NoParams, Router, node_command, node_descriptions};
 use claw_attestation::{GpuProbe, XidWatcher, probe_host};
@@ -32,7 +33,6 @@ use claw_mesh::{
     ErrorCode, HandlerFuture, InvokeFailure, InvokeHandler, InvokeRequest, InvokeResponse, PeerId,
 };
 use futures::FutureExt as _;
-use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
@@ -46,7 +46,7 @@ use crate::market::{
 };
 use crate::store::{AuditRecord, Store};
 use crate::system_run::{self, SystemRunError};
-use crate::workloads::{ProgressBoard, Workloads};
+use crate::workloads::{ProgressBoard, WorkloadRecord, Workloads};
 
 /// Who invokes a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,30 +146,14 @@ fn router() -> &'static Router<NodeCommands, Call> {
 
 /// A workload as `principal` with `role` may see it: whole for operators and for its own owner;
 /// to the read role, others' workloads without their command line, owner, labels or key.
-fn redacted(
-    record: &crate::workloads::WorkloadRecord,
-    principal: Caller,
-    role: Role,
-) -> Result<Value, InvokeFailure> {
-    let mut value = to_value(record)?;
-    if role >= Role::Operate || record.owner == principal.owner() {
-        return Ok(value);
-    }
-    value["command"] = json!([]);
-    value["owner"] = Value::Null;
-    value["labels"] = json!({});
-    value["idempotency_key"] = Value::Null;
-    value["redacted"] = json!(true);
-    Ok(value)
+/// `record` as `principal` may see it: whole for operators and for whoever started it, else
+/// redacted.
+fn view_for(record: &WorkloadRecord, principal: Caller, role: Role) -> Workload {
+    record.view(role < Role::Operate && record.owner != principal.owner())
 }
 
 fn invalid(message: impl Into<String>) -> InvokeFailure {
     InvokeFailure::new(ErrorCode::InvalidParams, message)
-}
-
-fn to_value(value: impl Serialize) -> Result<Value, InvokeFailure> {
-    serde_json::to_value(value)
-        .map_err(|e| InvokeFailure::new(ErrorCode::Internal, format!("cannot encode: {e}")))
 }
 
 /// Everything the commands work with.
@@ -447,7 +431,7 @@ impl NodeCommands {
         Ok(Cordon { cordoned: cordon })
     }
 
-    async fn drain(self, call: Call, NoParams {}: NoParams) -> Result<Value, InvokeFailure> {
+    async fn drain(self, call: Call, NoParams {}: NoParams) -> Result<DrainReport, InvokeFailure> {
         self.services
             .store
             .run(|store| store.set_draining())
@@ -459,14 +443,15 @@ impl NodeCommands {
             .drain(call.idempotency_key.as_deref())
             .await?;
         let pending = outcomes.iter().filter(|o| o.outcome != "stopped").count();
-        Ok(json!({
-            "cordoned": true,
-            "workloads": outcomes,
-            "pending": pending,
-            "note": (pending > 0).then_some(
+        Ok(DrainReport {
+            cordoned: true,
+            workloads: outcomes,
+            pending,
+            note: (pending > 0).then(|| {
                 "the node keeps stopping the pending workloads every announce interval until none runs"
-            ),
-        }))
+                    .to_owned()
+            }),
+        })
     }
 
     async fn system_run(
@@ -485,51 +470,62 @@ impl NodeCommands {
             })
     }
 
-    async fn workload_run(self, call: Call, params: RunParams) -> Result<Value, InvokeFailure> {
+    async fn workload_run(self, call: Call, params: RunParams) -> Result<Workload, InvokeFailure> {
         let started = self
             .services
             .workloads
             .run(call.principal.owner(), params, call.idempotency_key)
             .await?;
-        to_value(started)
+        Ok(started.view(false))
     }
 
-    async fn workload_stop(self, _: Call, params: StopParams) -> Result<Value, InvokeFailure> {
-        to_value(self.services.workloads.stop(params).await?)
+    async fn workload_stop(self, _: Call, params: StopParams) -> Result<Workload, InvokeFailure> {
+        Ok(self.services.workloads.stop(params).await?.view(false))
     }
 
-    async fn workload_list(self, call: Call, params: ListParams) -> Result<Value, InvokeFailure> {
+    async fn workload_list(
+        self,
+        call: Call,
+        params: ListParams,
+    ) -> Result<WorkloadListing, InvokeFailure> {
         let workloads = self.services.workloads.list(params).await?;
-        let workloads: Vec<Value> = workloads
-            .iter()
-            .map(|w| redacted(w, call.principal, call.role))
-            .collect::<Result<_, _>>()?;
-        Ok(json!({ "workloads": workloads }))
+        Ok(WorkloadListing {
+            workloads: workloads
+                .iter()
+                .map(|w| view_for(w, call.principal, call.role))
+                .collect(),
+        })
     }
 
     async fn workload_inspect(
         self,
         call: Call,
         params: WorkloadRef,
-    ) -> Result<Value, InvokeFailure> {
-        let mut answer = self.services.workloads.inspect(params).await?;
-        if let Ok(record) =
-            serde_json::from_value::<crate::workloads::WorkloadRecord>(answer["workload"].clone())
-        {
-            answer["workload"] = redacted(&record, call.principal, call.role)?;
-        }
-        Ok(answer)
+    ) -> Result<WorkloadDetail, InvokeFailure> {
+        let (record, container) = self.services.workloads.inspect(params).await?;
+        Ok(WorkloadDetail {
+            workload: view_for(&record, call.principal, call.role),
+            container,
+        })
     }
 
-    async fn workload_logs(self, _: Call, params: LogsParams) -> Result<Value, InvokeFailure> {
+    async fn workload_logs(self, _: Call, params: LogsParams) -> Result<LogTail, InvokeFailure> {
         Ok(self.services.workloads.logs(params).await?)
     }
 
-    async fn workload_stats(self, _: Call, params: WorkloadRef) -> Result<Value, InvokeFailure> {
+    async fn workload_stats(
+        self,
+        _: Call,
+        params: WorkloadRef,
+    ) -> Result<WorkloadUsage, InvokeFailure> {
         Ok(self.services.workloads.stats(params).await?)
     }
 
-    async fn container_exec(self, _: Call, params: ExecParams) -> Result<Value, InvokeFailure> {
+    async fn container_exec(
+        self,
+        _: Call,
+        params: ExecParams,
+    ) -> Result<ExecOutput, InvokeFailure> {
         Ok(self.services.workloads.exec(params).await?)
     }
 

@@ -10,7 +10,7 @@ use claw_api::node::{NodeDrain, NodeHealth};
 use claw_api::workload::{ListParams, LogsParams, WorkloadList, WorkloadLogs, WorkloadRun};
 use claw_api::{Command, NoParams};
 use clawnode::control::{ControlClient, InvokeBody};
-use clawnode::workloads::{ProgressReport, WorkloadRecord};
+use clawnode::workloads::ProgressReport;
 use rand::RngCore as _;
 use serde_json::Value;
 
@@ -183,8 +183,7 @@ pub(crate) fn ps(global: &GlobalArgs, args: PsArgs) -> Result<()> {
         print_json(&answer);
         return Ok(());
     }
-    let workloads: Vec<WorkloadRecord> = serde_json::from_value(answer["workloads"].clone())
-        .context("the node answered an unexpected workload list")?;
+    let workloads = answer.workloads;
     let now = claw_attestation::unix_millis(std::time::SystemTime::now());
     let rows: Vec<Vec<String>> = workloads
         .iter()
@@ -235,15 +234,14 @@ pub(crate) fn logs(global: &GlobalArgs, args: LogsArgs) -> Result<()> {
         print_json(&answer);
         return Ok(());
     }
-    for line in answer["lines"].as_array().into_iter().flatten() {
-        let text = line["line"].as_str().unwrap_or_default();
-        if line["stream"] == "stderr" {
-            eprintln!("{text}");
+    for line in &answer.lines {
+        if line.stream == "stderr" {
+            eprintln!("{}", line.line);
         } else {
-            println!("{text}");
+            println!("{}", line.line);
         }
     }
-    if answer["truncated"] == true {
+    if answer.truncated {
         eprintln!("(output cut at the node's limit; use --tail for fewer lines)");
     }
     Ok(())

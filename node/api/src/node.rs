@@ -36,11 +36,35 @@ commands! {
     NodeUncordon = "node.uncordon", Operate, NoParams => Cordon,
         "Take new workloads again";
     /// `node.drain`.
-    NodeDrain = "node.drain", Operate, NoParams => Value,
+    NodeDrain = "node.drain", Operate, NoParams => DrainReport,
         "Cordon the node and stop every workload gracefully, reporting each; workloads that cannot be stopped now (Docker unreachable) are stopped once they can";
     /// `system.run`.
     SystemRun = "system.run", Admin, SystemRunParams => SystemRunOutput,
         "Run an allowlisted program (argv, no shell) with a timeout and capped output";
+}
+
+/// `node.drain`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DrainReport {
+    /// Always true: a drain cordons the node.
+    pub cordoned: bool,
+    /// Each workload that was active, and what stopping it did.
+    pub workloads: Vec<DrainOutcome>,
+    /// How many could not be stopped yet.
+    pub pending: usize,
+    /// What happens to those, when there are any.
+    pub note: Option<String>,
+}
+
+/// One workload's outcome in a drain.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DrainOutcome {
+    /// The workload id.
+    pub workload: String,
+    /// `stopped`, or the error.
+    pub outcome: String,
 }
 
 /// `node.capabilities`' answer.
@@ -172,3 +196,4 @@ impl Answer for Labels {}
 impl Answer for Cordon {}
 impl Answer for SystemRunOutput {}
 impl Answer for HealthReport {}
+impl Answer for DrainReport {}

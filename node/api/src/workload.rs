@@ -7,8 +7,8 @@ use std::path::Path;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
+use crate::Answer;
 use crate::command::commands;
 
 /// Label prefix the node reserves for its own bookkeeping on containers.
@@ -419,27 +419,201 @@ impl ExecParams {
     }
 }
 
+/// A workload as the commands answer it. A reader who neither operates the node nor started the
+/// workload sees it `redacted`: without its owner, command, labels and idempotency key.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// `wl-` and 12 hex digits.
+    pub id: String,
+    /// The display name, if one was given.
+    pub name: Option<String>,
+    /// Image reference.
+    pub image: String,
+    /// Command and arguments, if given (empty when redacted).
+    pub command: Vec<String>,
+    /// Peer id of whoever started it (none when redacted).
+    pub owner: Option<String>,
+    /// UUIDs of its GPUs.
+    pub gpus: Vec<String>,
+    /// Whether its GPUs are simulated (no device was passed to the container).
+    pub simulated_gpus: bool,
+    /// Docker's container id, once created.
+    pub container_id: Option<String>,
+    /// Its state.
+    pub state: WorkloadState,
+    /// Why it is in that state, for `failed`, `lost` and `exited`.
+    pub reason: Option<String>,
+    /// Exit code once it has exited.
+    pub exit_code: Option<i64>,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+    /// Its labels (without the node's own `io.clawbernetes.*` ones; empty when redacted).
+    pub labels: BTreeMap<String, String>,
+    /// The idempotency key it was started with (none when redacted).
+    pub idempotency_key: Option<String>,
+    /// When it was recorded, Unix ms.
+    pub created_ms: u64,
+    /// When its state last changed, Unix ms.
+    pub updated_ms: u64,
+    /// How it is kept apart from the node and other workloads.
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// Whether the caller's fields were withheld (present only when they were).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redacted: bool,
+}
+
+/// `workload.list`'s answer.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadListing {
+    /// Oldest first.
+    pub workloads: Vec<Workload>,
+}
+
+/// `workload.inspect`'s answer.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadDetail {
+    /// The record.
+    pub workload: Workload,
+    /// What Docker says of its container, when it has one.
+    pub container: Option<ContainerState>,
+}
+
+/// A container as Docker reports it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerState {
+    /// Docker's id.
+    pub id: Option<String>,
+    /// Docker's status word (`running`, `exited`, …).
+    pub status: Option<String>,
+    /// Whether it runs.
+    pub running: Option<bool>,
+    /// Its exit code, once exited.
+    pub exit_code: Option<i64>,
+    /// Whether the kernel killed it for memory.
+    pub oom_killed: Option<bool>,
+    /// When it started (RFC 3339).
+    pub started_at: Option<String>,
+    /// When it finished (RFC 3339).
+    pub finished_at: Option<String>,
+    /// Docker's error, if any.
+    pub error: Option<String>,
+    /// Its published ports.
+    pub ports: Vec<PublishedPort>,
+}
+
+/// A container port and where the host publishes it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishedPort {
+    /// Port inside the container.
+    pub container: Option<u16>,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// Host address it is published on.
+    pub host_ip: Option<String>,
+    /// Host port.
+    pub host: Option<u16>,
+}
+
+/// One line of a container's output.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogLine {
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The text, without its newline.
+    pub line: String,
+}
+
+/// `workload.logs`' answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogTail {
+    /// The workload's id.
+    pub workload: String,
+    /// Oldest first.
+    pub lines: Vec<LogLine>,
+    /// Whether the output was cut at the node's limit.
+    pub truncated: bool,
+    /// Whether these are the logs the node kept when it removed the container (present only
+    /// then).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kept: bool,
+}
+
+/// `workload.stats`' answer: one sample.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadUsage {
+    /// The workload's id.
+    pub workload: String,
+    /// CPU use since the previous sample, in percent of one CPU.
+    pub cpu_percent: Option<f64>,
+    /// Memory in use.
+    pub memory_used_bytes: Option<u64>,
+    /// Its memory limit.
+    pub memory_limit_bytes: Option<u64>,
+    /// Bytes received over all its networks.
+    pub network_rx_bytes: u64,
+    /// Bytes sent over all its networks.
+    pub network_tx_bytes: u64,
+    /// Processes in it.
+    pub pids: Option<u64>,
+    /// UUIDs of its GPUs.
+    pub gpus: Vec<String>,
+}
+
+/// `container.exec`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecOutput {
+    /// The workload's id.
+    pub workload: String,
+    /// Exit code; none when it was killed.
+    pub exit_code: Option<i64>,
+    /// Standard output, lossily decoded, capped.
+    pub stdout: String,
+    /// Standard error, lossily decoded, capped.
+    pub stderr: String,
+    /// Whether either stream was cut at the cap.
+    pub truncated: bool,
+    /// Whether it was killed at the timeout.
+    pub timed_out: bool,
+}
+
+impl Answer for Workload {}
+impl Answer for WorkloadListing {}
+impl Answer for WorkloadDetail {}
+impl Answer for LogTail {}
+impl Answer for WorkloadUsage {}
+impl Answer for ExecOutput {}
+
 commands! {
     /// `workload.run`.
-    WorkloadRun = "workload.run", Operate, RunParams => Value,
+    WorkloadRun = "workload.run", Operate, RunParams => Workload,
         "Start a container workload on Docker, with GPUs by count or UUID";
     /// `workload.stop`.
-    WorkloadStop = "workload.stop", Operate, StopParams => Value,
+    WorkloadStop = "workload.stop", Operate, StopParams => Workload,
         "Stop a workload gracefully and release its GPUs";
     /// `workload.list`.
-    WorkloadList = "workload.list", Read, ListParams => Value,
+    WorkloadList = "workload.list", Read, ListParams => WorkloadListing,
         "List workloads, optionally filtered by state, labels or GPU";
     /// `workload.inspect`.
-    WorkloadInspect = "workload.inspect", Read, WorkloadRef => Value,
+    WorkloadInspect = "workload.inspect", Read, WorkloadRef => WorkloadDetail,
         "A workload's record and its container's state and ports";
     /// `workload.logs`.
-    WorkloadLogs = "workload.logs", Operate, LogsParams => Value,
+    WorkloadLogs = "workload.logs", Operate, LogsParams => LogTail,
         "A workload's recent output (tail, since)";
     /// `workload.stats`.
-    WorkloadStats = "workload.stats", Read, WorkloadRef => Value,
+    WorkloadStats = "workload.stats", Read, WorkloadRef => WorkloadUsage,
         "One sample of a workload's CPU, memory, network and process use";
     /// `container.exec`.
-    ContainerExec = "container.exec", Operate, ExecParams => Value,
+    ContainerExec = "container.exec", Operate, ExecParams => ExecOutput,
         "Run a program inside a workload's running container";
 }
 

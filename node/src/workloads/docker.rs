@@ -1,6 +1,7 @@
 //! The Docker Engine, through bollard: the few calls workloads need, each with a deadline and a
 //! typed error.
 
+use claw_api::workload::LogLine;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -81,15 +82,6 @@ async fn within<T>(
         Ok(result) => result.map_err(Into::into),
         Err(_) => Err(EngineError::Timeout(deadline)),
     }
-}
-
-/// One line of a container's output.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub(crate) struct LogLine {
-    /// `stdout` or `stderr`.
-    pub(crate) stream: &'static str,
-    /// The text, without its newline.
-    pub(crate) line: String,
 }
 
 /// What a program run inside a container produced.
@@ -365,7 +357,7 @@ impl Engine {
                         break;
                     }
                     lines.push(LogLine {
-                        stream,
+                        stream: stream.to_owned(),
                         line: line.to_owned(),
                     });
                 }

@@ -26,9 +26,12 @@ use bollard::models::{
 use claw_mesh::{ErrorCode, InvokeFailure, PeerId};
 use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
+pub use claw_api::node::DrainOutcome;
 pub use claw_api::workload::WorkloadState;
+use claw_api::workload::{
+    ContainerState, ExecOutput, LogLine, LogTail, PublishedPort, Workload, WorkloadUsage,
+};
 pub use progress::{ProgressBoard, ProgressReport};
 use spec::{
     ExecParams, GpuRequest, Isolation, LABEL_PREFIX, ListParams, LogsParams, RestartPolicy,
@@ -106,6 +109,40 @@ pub struct WorkloadRecord {
 }
 
 impl WorkloadRecord {
+    /// The workload as the commands answer it; `redacted` withholds its owner, command, labels
+    /// and idempotency key.
+    pub fn view(&self, redacted: bool) -> Workload {
+        let withheld = |shown: bool| shown && !redacted;
+        Workload {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            image: self.image.clone(),
+            command: if withheld(true) {
+                self.command.clone()
+            } else {
+                Vec::new()
+            },
+            owner: withheld(true).then(|| self.owner.clone()),
+            gpus: self.gpus.clone(),
+            simulated_gpus: self.simulated_gpus,
+            container_id: self.container_id.clone(),
+            state: self.state,
+            reason: self.reason.clone(),
+            exit_code: self.exit_code,
+            restart: self.restart,
+            labels: if withheld(true) {
+                self.labels.clone()
+            } else {
+                BTreeMap::new()
+            },
+            idempotency_key: self.idempotency_key.clone().filter(|_| !redacted),
+            created_ms: self.created_ms,
+            updated_ms: self.updated_ms,
+            isolation: self.isolation,
+            redacted,
+        }
+    }
+
     fn container_name(&self) -> String {
         format!("claw-{}", self.id)
     }
@@ -220,15 +257,6 @@ pub struct ReconcileReport {
     pub failed: Vec<String>,
     /// Containers found without a record, now recorded.
     pub adopted: Vec<String>,
-}
-
-/// One workload's outcome in a drain.
-#[derive(Debug, Clone, Serialize)]
-pub struct DrainOutcome {
-    /// The workload id.
-    pub workload: String,
-    /// `stopped`, or the error.
-    pub outcome: String,
 }
 
 /// The node's workloads. Cheap to clone.
@@ -911,17 +939,20 @@ impl Workloads {
     }
 
     /// The record and what Docker says about its container.
-    pub async fn inspect(&self, params: WorkloadRef) -> Result<Value, WorkloadError> {
+    pub async fn inspect(
+        &self,
+        params: WorkloadRef,
+    ) -> Result<(WorkloadRecord, Option<ContainerState>), WorkloadError> {
         let record = self.find(&params.workload).await?;
         let container = match &record.container_id {
             Some(id) => self.engine()?.inspect(id).await?.map(describe_container),
             None => None,
         };
-        Ok(json!({ "workload": record, "container": container }))
+        Ok((record, container))
     }
 
     /// The workload's recent output.
-    pub async fn logs(&self, params: LogsParams) -> Result<Value, WorkloadError> {
+    pub async fn logs(&self, params: LogsParams) -> Result<LogTail, WorkloadError> {
         let tail = params.tail.unwrap_or(100);
         if !(1..=10_000).contains(&tail) {
             return Err(WorkloadError::Invalid("tail must be 1 to 10000".to_owned()));
@@ -935,16 +966,23 @@ impl Workloads {
             .logs(container, tail, params.since, MAX_LOG_BYTES)
             .await
         {
-            Ok((lines, truncated)) => {
-                Ok(json!({ "workload": record.id, "lines": lines, "truncated": truncated }))
-            }
+            Ok((lines, truncated)) => Ok(LogTail {
+                workload: record.id,
+                lines,
+                truncated,
+                kept: false,
+            }),
             Err(EngineError::NotFound(_)) => self.kept_logs(&record, tail).await,
             Err(other) => Err(other.into()),
         }
     }
 
     /// The logs kept of a removed container, its last `tail` lines.
-    async fn kept_logs(&self, record: &WorkloadRecord, tail: u32) -> Result<Value, WorkloadError> {
+    async fn kept_logs(
+        &self,
+        record: &WorkloadRecord,
+        tail: u32,
+    ) -> Result<LogTail, WorkloadError> {
         let path = self.saved_logs(&record.id);
         let text = tokio::task::spawn_blocking(move || std::fs::read_to_string(path))
             .await
@@ -955,17 +993,25 @@ impl Workloads {
                     record.id
                 ))
             })?;
-        let all: Vec<Value> = text
+        let mut lines: Vec<LogLine> = text
             .lines()
             .filter_map(|l| l.split_once(' '))
-            .map(|(stream, line)| json!({"stream": stream, "line": line}))
+            .map(|(stream, line)| LogLine {
+                stream: stream.to_owned(),
+                line: line.to_owned(),
+            })
             .collect();
-        let skip = all.len().saturating_sub(tail as usize);
-        Ok(json!({ "workload": record.id, "lines": all[skip..], "truncated": false, "kept": true }))
+        let skip = lines.len().saturating_sub(tail as usize);
+        Ok(LogTail {
+            workload: record.id.clone(),
+            lines: lines.split_off(skip),
+            truncated: false,
+            kept: true,
+        })
     }
 
     /// One sample of the workload's CPU, memory, network and process use.
-    pub async fn stats(&self, params: WorkloadRef) -> Result<Value, WorkloadError> {
+    pub async fn stats(&self, params: WorkloadRef) -> Result<WorkloadUsage, WorkloadError> {
         let record = self.find(&params.workload).await?;
         if record.state != WorkloadState::Running {
             return Err(WorkloadError::Conflict(format!(
@@ -979,7 +1025,7 @@ impl Workloads {
     }
 
     /// Runs a program inside the workload's running container.
-    pub async fn exec(&self, params: ExecParams) -> Result<Value, WorkloadError> {
+    pub async fn exec(&self, params: ExecParams) -> Result<ExecOutput, WorkloadError> {
         params.check()?;
         let record = self.find(&params.workload).await?;
         let container = match (&record.state, &record.container_id) {
@@ -996,14 +1042,14 @@ impl Workloads {
             .engine()?
             .exec(&container, &params.argv, timeout, MAX_EXEC_BYTES)
             .await?;
-        Ok(json!({
-            "workload": record.id,
-            "exit_code": output.exit_code,
-            "stdout": output.stdout,
-            "stderr": output.stderr,
-            "truncated": output.truncated,
-            "timed_out": output.timed_out,
-        }))
+        Ok(ExecOutput {
+            workload: record.id,
+            exit_code: output.exit_code,
+            stdout: output.stdout,
+            stderr: output.stderr,
+            truncated: output.truncated,
+            timed_out: output.timed_out,
+        })
     }
 
     /// Stops every active workload gracefully (the caller cordons first), reporting each.
@@ -1313,36 +1359,36 @@ impl Workloads {
     }
 }
 
-fn describe_container(container: ContainerInspectResponse) -> Value {
+fn describe_container(container: ContainerInspectResponse) -> ContainerState {
     let state = container.state.unwrap_or_default();
     let mut ports = Vec::new();
     if let Some(map) = container.network_settings.and_then(|n| n.ports) {
         for (key, bindings) in map {
             let (port, protocol) = key.split_once('/').unwrap_or((&key, "tcp"));
             for binding in bindings.unwrap_or_default() {
-                ports.push(json!({
-                    "container": port.parse::<u16>().ok(),
-                    "protocol": protocol,
-                    "host_ip": binding.host_ip,
-                    "host": binding.host_port.and_then(|p| p.parse::<u16>().ok()),
-                }));
+                ports.push(PublishedPort {
+                    container: port.parse::<u16>().ok(),
+                    protocol: protocol.to_owned(),
+                    host_ip: binding.host_ip,
+                    host: binding.host_port.and_then(|p| p.parse::<u16>().ok()),
+                });
             }
         }
     }
-    json!({
-        "id": container.id,
-        "status": state.status.map(|s| s.to_string()),
-        "running": state.running,
-        "exit_code": state.exit_code,
-        "oom_killed": state.oom_killed,
-        "started_at": state.started_at,
-        "finished_at": state.finished_at,
-        "error": state.error.filter(|e| !e.is_empty()),
-        "ports": ports,
-    })
+    ContainerState {
+        id: container.id,
+        status: state.status.map(|s| s.to_string()),
+        running: state.running,
+        exit_code: state.exit_code,
+        oom_killed: state.oom_killed,
+        started_at: state.started_at,
+        finished_at: state.finished_at,
+        error: state.error.filter(|e| !e.is_empty()),
+        ports,
+    }
 }
 
-fn describe_stats(record: &WorkloadRecord, stats: &ContainerStatsResponse) -> Value {
+fn describe_stats(record: &WorkloadRecord, stats: &ContainerStatsResponse) -> WorkloadUsage {
     let cpu = stats.cpu_stats.as_ref();
     let pre = stats.precpu_stats.as_ref();
     let total = |s: Option<&bollard::models::ContainerCpuStats>| {
@@ -1368,14 +1414,14 @@ fn describe_stats(record: &WorkloadRecord, stats: &ContainerStatsResponse) -> Va
             })
         })
         .unwrap_or_default();
-    json!({
-        "workload": record.id,
-        "cpu_percent": cpu_percent,
-        "memory_used_bytes": memory.and_then(|m| m.usage),
-        "memory_limit_bytes": memory.and_then(|m| m.limit),
-        "network_rx_bytes": rx,
-        "network_tx_bytes": tx,
-        "pids": stats.pids_stats.as_ref().and_then(|p| p.current),
-        "gpus": record.gpus,
-    })
+    WorkloadUsage {
+        workload: record.id.clone(),
+        cpu_percent,
+        memory_used_bytes: memory.and_then(|m| m.usage),
+        memory_limit_bytes: memory.and_then(|m| m.limit),
+        network_rx_bytes: rx,
+        network_tx_bytes: tx,
+        pids: stats.pids_stats.as_ref().and_then(|p| p.current),
+        gpus: record.gpus.clone(),
+    }
 }
