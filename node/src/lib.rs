@@ -1,8 +1,12 @@
 //! `clawnode`: the Clawbernetes node agent.
 //!
 //! A node owns a data directory ([`DataDir`]) with its identity, wallet, config and store, reads
-//! its hardware, and signs what it claims about it ([`sign_inventory`]). The binary in
-//! `src/main.rs` is a thin CLI over this library.
+//! its hardware, and signs what it claims about it ([`sign_inventory`]). [`Node::start`] runs it
+//! (mesh, control API, metrics, announcer, market, gateway client) and returns a [`NodeHandle`]
+//! whose `stop` is the one way to stop it; every task goes through one [`Tasks`]. Commands are
+//! answered by [`commands::NodeCommands`], state is kept by [`Store`] (with the GPU ledger), and
+//! containers are run by [`workloads::Workloads`]. The binary in `src/main.rs` is a thin CLI over
+//! this library.
 
 pub mod access;
 pub mod chain;

@@ -1,4 +1,4 @@
-//! Market leases with the GPUs they reserve from the [ledger](super::ledger), and the record
+//! Market leases with the GPUs they reserve from the GPU ledger, and the record
 //! of reservations that lapsed unfunded (per peer, per wallet and per bid), which the provider
 //! counts against whoever asked.
 

@@ -1,7 +1,7 @@
 //! The node's durable state, in sled: the envelope sequence counter, the latest signed
 //! inventory, the audit log and the node's own operator state (labels, cordon, selling) here;
-//! workloads ([`workloads`]), market leases and lapses ([`leases`]), and the GPU ledger
-//! ([`ledger`]) that both draw on, in their own modules.
+//! workloads (`store/workloads.rs`), market leases and lapses (`store/leases.rs`), and the GPU
+//! ledger (`store/ledger.rs`) that both draw on, in their own modules.
 //!
 //! A record and the GPUs it takes or frees are written in one transaction, so a crash at any
 //! point leaves either both or neither; every write is flushed before the caller is answered.
@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use ledger::Holder;
-pub use workloads::{AdmitError, Admitted, GpuChoice};
+pub use workloads::{AdmitError, Admitted, GpuChoice, WorkloadRecord};
 
 const META_TREE: &str = "meta";
 const AUDIT_TREE: &str = "audit";

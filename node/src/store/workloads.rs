@@ -1,12 +1,93 @@
-//! Workload records, with their names, idempotency keys and GPUs: a workload and what it takes
-//! from the [ledger](super::ledger) are written in one transaction.
+//! Workload records, the store's own type, with their names, idempotency keys and GPUs: a
+//! workload and what it takes from the GPU ledger are written in one transaction.
 
+use std::collections::BTreeMap;
+
+use claw_api::workload::{Isolation, RestartPolicy, Workload, WorkloadState};
+use serde::{Deserialize, Serialize};
 use sled::Transactional as _;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::ledger::{Holder, Ledger};
 use super::{Store, StoreError, decode, encode, encode_in, read_all, read_one, transaction_error};
-use crate::workloads::{WorkloadRecord, WorkloadState};
+
+/// A workload as the store keeps it; the commands answer with a [`WorkloadRecord::view`] of it.
+/// Environment values are never kept: they may hold secrets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadRecord {
+    /// `wl-` and 12 hex digits.
+    pub id: String,
+    /// The display name, if one was given.
+    pub name: Option<String>,
+    /// Image reference.
+    pub image: String,
+    /// Command and arguments, if given.
+    pub command: Vec<String>,
+    /// Peer id of whoever started it.
+    pub owner: String,
+    /// UUIDs of its GPUs.
+    pub gpus: Vec<String>,
+    /// Whether its GPUs are simulated (no device was passed to the container).
+    pub simulated_gpus: bool,
+    /// Docker's container id, once created.
+    pub container_id: Option<String>,
+    /// Its state.
+    pub state: WorkloadState,
+    /// Why it is in that state, for `failed`, `lost` and `exited`.
+    pub reason: Option<String>,
+    /// Exit code once it has exited.
+    pub exit_code: Option<i64>,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+    /// Its labels (without the node's own `io.clawbernetes.*` ones).
+    pub labels: BTreeMap<String, String>,
+    /// The idempotency key it was started with.
+    pub idempotency_key: Option<String>,
+    /// When it was recorded, Unix ms.
+    pub created_ms: u64,
+    /// When its state last changed, Unix ms.
+    pub updated_ms: u64,
+    /// How it is kept apart from the node and other workloads.
+    #[serde(default)]
+    pub isolation: Isolation,
+}
+
+impl WorkloadRecord {
+    /// The workload as the commands answer it; `redacted` withholds its owner, command, labels
+    /// and idempotency key.
+    pub fn view(&self, redacted: bool) -> Workload {
+        let shown = !redacted;
+        Workload {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            image: self.image.clone(),
+            command: if shown {
+                self.command.clone()
+            } else {
+                Vec::new()
+            },
+            owner: shown.then(|| self.owner.clone()),
+            gpus: self.gpus.clone(),
+            simulated_gpus: self.simulated_gpus,
+            container_id: self.container_id.clone(),
+            state: self.state,
+            reason: self.reason.clone(),
+            exit_code: self.exit_code,
+            restart: self.restart,
+            labels: if shown {
+                self.labels.clone()
+            } else {
+                BTreeMap::new()
+            },
+            idempotency_key: self.idempotency_key.clone().filter(|_| shown),
+            created_ms: self.created_ms,
+            updated_ms: self.updated_ms,
+            isolation: self.isolation,
+            redacted,
+        }
+    }
+}
 
 /// Why a workload could not be admitted.
 #[derive(Debug, thiserror::Error)]
@@ -244,8 +325,6 @@ impl Store {
 
 #[cfg(test)]
 pub(super) mod tests {
-    use std::collections::BTreeMap;
-
     use super::super::tests::reopen;
     use super::*;
 
@@ -269,6 +348,23 @@ pub(super) mod tests {
             updated_ms: 1,
             isolation: crate::workloads::spec::Isolation::Shared,
         }
+    }
+
+    #[test]
+    fn a_redacted_view_withholds_what_only_operators_and_owners_see() {
+        let mut record = pending("wl-1", Some("key-1"));
+        record.command = vec!["sleep".into(), "1".into()];
+        record.labels.insert("team".into(), "a".into());
+        let whole = serde_json::to_value(record.view(false)).unwrap();
+        assert_eq!(whole["owner"], "peer");
+        assert_eq!(whole["idempotency_key"], "key-1");
+        assert!(whole.get("redacted").is_none(), "{whole}");
+        let redacted = record.view(true);
+        assert_eq!(redacted.owner, None);
+        assert!(redacted.command.is_empty() && redacted.labels.is_empty());
+        assert_eq!(redacted.idempotency_key, None);
+        assert!(redacted.redacted);
+        assert_eq!((redacted.id, redacted.image), (record.id, record.image));
     }
 
     #[test]

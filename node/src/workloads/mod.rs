@@ -25,12 +25,13 @@ use bollard::models::{
 };
 use claw_mesh::{ErrorCode, InvokeFailure, PeerId};
 use rand::RngCore as _;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+pub use crate::store::WorkloadRecord;
 pub use claw_api::node::DrainOutcome;
 pub use claw_api::workload::WorkloadState;
 use claw_api::workload::{
-    ContainerState, ExecOutput, LogLine, LogTail, PublishedPort, Workload, WorkloadUsage,
+    ContainerState, ExecOutput, LogLine, LogTail, PublishedPort, WorkloadUsage,
 };
 pub use progress::{ProgressBoard, ProgressReport};
 use spec::{
@@ -66,83 +67,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Most output kept per stream of one `container.exec`.
 const MAX_EXEC_BYTES: usize = 256 * 1024;
 
-/// A workload as the store keeps it and the commands return it. Environment values are never
-/// kept: they may hold secrets.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorkloadRecord {
-    /// `wl-` and 12 hex digits.
-    pub id: String,
-    /// The display name, if one was given.
-    pub name: Option<String>,
-    /// Image reference.
-    pub image: String,
-    /// Command and arguments, if given.
-    pub command: Vec<String>,
-    /// Peer id of whoever started it.
-    pub owner: String,
-    /// UUIDs of its GPUs.
-    pub gpus: Vec<String>,
-    /// Whether its GPUs are simulated (no device was passed to the container).
-    pub simulated_gpus: bool,
-    /// Docker's container id, once created.
-    pub container_id: Option<String>,
-    /// Its state.
-    pub state: WorkloadState,
-    /// Why it is in that state, for `failed`, `lost` and `exited`.
-    pub reason: Option<String>,
-    /// Exit code once it has exited.
-    pub exit_code: Option<i64>,
-    /// Restart policy.
-    pub restart: RestartPolicy,
-    /// Its labels (without the node's own `io.clawbernetes.*` ones).
-    pub labels: BTreeMap<String, String>,
-    /// The idempotency key it was started with.
-    pub idempotency_key: Option<String>,
-    /// When it was recorded, Unix ms.
-    pub created_ms: u64,
-    /// When its state last changed, Unix ms.
-    pub updated_ms: u64,
-    /// How it is kept apart from the node and other workloads.
-    #[serde(default)]
-    pub isolation: Isolation,
-}
-
 impl WorkloadRecord {
-    /// The workload as the commands answer it; `redacted` withholds its owner, command, labels
-    /// and idempotency key.
-    pub fn view(&self, redacted: bool) -> Workload {
-        let withheld = |shown: bool| shown && !redacted;
-        Workload {
-            id: self.id.clone(),
-            name: self.name.clone(),
-            image: self.image.clone(),
-            command: if withheld(true) {
-                self.command.clone()
-            } else {
-                Vec::new()
-            },
-            owner: withheld(true).then(|| self.owner.clone()),
-            gpus: self.gpus.clone(),
-            simulated_gpus: self.simulated_gpus,
-            container_id: self.container_id.clone(),
-            state: self.state,
-            reason: self.reason.clone(),
-            exit_code: self.exit_code,
-            restart: self.restart,
-            labels: if withheld(true) {
-                self.labels.clone()
-            } else {
-                BTreeMap::new()
-            },
-            idempotency_key: self.idempotency_key.clone().filter(|_| !redacted),
-            created_ms: self.created_ms,
-            updated_ms: self.updated_ms,
-            isolation: self.isolation,
-            redacted,
-        }
-    }
-
     fn container_name(&self) -> String {
         format!("claw-{}", self.id)
     }
