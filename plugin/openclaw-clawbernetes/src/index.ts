@@ -2,16 +2,26 @@
 // to the Clawbernetes bridge node through the gateway (`api.runtime.nodes.invoke`), never one per
 // node. A background service watches fleet health, and the `clawbernetes.fleet-status` gateway
 // method returns its latest snapshot and recent transitions.
+//
+// `openclaw/plugin-sdk/plugin-entry` is the running gateway's own SDK, never a copy, and this
+// linked source plugin needs no node_modules: the gateway loads a captured copy of the plugin's
+// source beside a node_modules/openclaw link to its own package (its Jiti fallback aliases
+// `openclaw/plugin-sdk/*` to the same dist/plugin-sdk files). The unit tests resolve it the same
+// way, from the installed OpenClaw that scripts/test.sh names (test/openclaw-sdk.ts).
+
+import { definePluginEntry } from "openclaw/plugin-sdk/plugin-entry";
 
 import { Bridge, BRIDGE_COMMANDS, resolveConfig } from "./bridge.ts";
 import { HealthMonitor } from "./monitor.ts";
 import { fleetTools } from "./tools.ts";
 
-export default {
+// The plugin's config schema is the manifest's (openclaw.plugin.json): the gateway validates
+// `plugins.entries.clawbernetes.config` against it and hands the result in as `api.pluginConfig`.
+export default definePluginEntry({
   id: "clawbernetes",
   name: "Clawbernetes",
   description: "GPU fleet and MOLT market tools through the Clawbernetes gateway bridge",
-  register(api: any) {
+  register(api) {
     const config = resolveConfig(api.pluginConfig);
     const bridge = new Bridge(api.runtime.nodes, config);
     for (const tool of fleetTools(bridge)) {
@@ -25,7 +35,7 @@ export default {
     });
     api.registerGatewayMethod(
       "clawbernetes.fleet-status",
-      async ({ respond }: any) => respond(true, monitor.status()),
+      async ({ respond }) => respond(true, monitor.status()),
       { scope: "operator.read" },
     );
     // Lets the gateway forward the bridge's commands without hand-editing its allowlist.
@@ -34,8 +44,8 @@ export default {
       api.registerNodeInvokePolicy({
         commands: [...BRIDGE_COMMANDS],
         defaultPlatforms: ["linux"],
-        handle: (ctx: any) => ctx.invokeNode(),
+        handle: (ctx) => ctx.invokeNode(),
       });
     }
   },
-};
+});

@@ -2,7 +2,10 @@
 // records what changed since the last poll: a node joined, degraded, recovered or went away; a
 // node's GPU errors rose; a lease could not be funded. It keeps the latest snapshot and the
 // recent transitions for the `clawbernetes.fleet-status` gateway method, and logs alerts.
+// Polls never overlap: the next is scheduled only when the last has finished, and stopping
+// cancels the scheduled one and waits for the one in flight.
 
+import type { FleetHealth, MarketLeases } from "./answers.ts";
 import type { Bridge, PluginConfig } from "./bridge.ts";
 
 export interface Transition {
@@ -13,15 +16,23 @@ export interface Transition {
   kind: "joined" | "degraded" | "recovered" | "gone" | "changed" | "gpu-errors" | "lease-funding";
 }
 
+/** The part of the gateway's `PluginLogger` the monitor uses. */
 export interface Logger {
   info(message: string): void;
   warn(message: string): void;
 }
 
+/** The `clawbernetes.fleet-status` answer. */
+export interface MonitorStatus {
+  snapshot: FleetHealth | null;
+  transitions: Transition[];
+  lastError: string | null;
+}
+
 const MAX_TRANSITIONS = 200;
 
 /** Each node's status in a `fleet.health` answer: its health, or `unreachable`. */
-export function statuses(health: any): Map<string, string> {
+export function statuses(health: FleetHealth | null | undefined): Map<string, string> {
   const out = new Map<string, string>();
   for (const n of health?.nodes ?? []) {
     out.set(n.node, n.ok ? (n.result?.status ?? "unknown") : "unreachable");
@@ -30,21 +41,21 @@ export function statuses(health: any): Map<string, string> {
 }
 
 /** Each reachable node's count of GPU checks that are not healthy. */
-export function gpuProblems(health: any): Map<string, number> {
+export function gpuProblems(health: FleetHealth | null | undefined): Map<string, number> {
   const out = new Map<string, number>();
   for (const n of health?.nodes ?? []) {
     if (!n.ok) continue;
-    const reasons: any[] = n.result?.reasons ?? [];
+    const reasons = n.result?.reasons ?? [];
     out.set(n.node, reasons.filter((r) => String(r.component).startsWith("gpu")).length);
   }
   return out;
 }
 
 /** Leases that lapsed because they were not funded. */
-export function fundingProblems(leases: any): { id: string; reason: string }[] {
+export function fundingProblems(leases: MarketLeases | null | undefined): { id: string; reason: string }[] {
   return (leases?.leases ?? [])
-    .filter((l: any) => l.state === "expired" && /fund/i.test(l.reason ?? ""))
-    .map((l: any) => ({ id: l.lease_id, reason: l.reason }));
+    .filter((l) => l.state === "expired" && /fund/i.test(l.reason ?? ""))
+    .map((l) => ({ id: l.lease_id, reason: l.reason ?? "" }));
 }
 
 /** How bad a node status is: a move to a worse one is a degradation. */
@@ -74,11 +85,15 @@ export class HealthMonitor {
   private readonly bridge: Bridge;
   private readonly config: PluginConfig;
   private readonly logger: Logger;
-  private timer: ReturnType<typeof setInterval> | undefined;
+  private running = false;
+  /** The next poll, scheduled once the last has finished. */
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  /** The poll under way; while there is one, no other starts. */
+  private inFlight: Promise<void> | undefined;
   private last = new Map<string, string>();
   private lastGpu = new Map<string, number>();
   private fundingSeen = new Set<string>();
-  snapshot: unknown = null;
+  snapshot: FleetHealth | null = null;
   lastError: string | null = null;
   readonly recent: Transition[] = [];
 
@@ -91,7 +106,7 @@ export class HealthMonitor {
   /** One poll. */
   async poll(now = Date.now()): Promise<void> {
     try {
-      const health = await this.bridge.call("fleet.health");
+      const health = (await this.bridge.call("fleet.health")) as FleetHealth;
       const current = statuses(health);
       for (const t of transitions(this.last, current, now)) {
         this.recent.push(t);
@@ -109,7 +124,7 @@ export class HealthMonitor {
       }
       this.lastGpu = gpu;
       try {
-        const leases = await this.bridge.call("market.leases", {});
+        const leases = (await this.bridge.call("market.leases", {})) as MarketLeases;
         for (const problem of fundingProblems(leases)) {
           if (this.fundingSeen.has(problem.id)) continue;
           this.fundingSeen.add(problem.id);
@@ -132,24 +147,41 @@ export class HealthMonitor {
       this.last = current;
       this.snapshot = health;
       this.lastError = null;
-    } catch (error: any) {
-      this.lastError = error?.message ?? String(error);
+    } catch (error) {
+      const message = error !== null && typeof error === "object" && "message" in error ? error.message : undefined;
+      this.lastError = message === undefined || message === null ? String(error) : String(message);
     }
   }
 
+  /** Polls now, then `healthIntervalMs` after each poll has finished, until stopped. */
   start(): void {
-    if (this.timer) return;
-    void this.poll();
-    this.timer = setInterval(() => void this.poll(), this.config.healthIntervalMs);
-    this.timer.unref?.();
+    if (this.running) return;
+    this.running = true;
+    // After a stop whose poll is still under way, that poll schedules the next when it ends.
+    if (!this.inFlight) this.cycle();
   }
 
-  stop(): void {
-    if (this.timer) clearInterval(this.timer);
+  private cycle(): void {
     this.timer = undefined;
+    const polling: Promise<void> = this.poll().finally(() => {
+      if (this.inFlight === polling) this.inFlight = undefined;
+      if (!this.running) return;
+      this.timer = setTimeout(() => this.cycle(), this.config.healthIntervalMs);
+      this.timer.unref?.(); // the gateway's lifetime is not the monitor's to extend
+    });
+    this.inFlight = polling;
   }
 
-  status(): unknown {
+  /** Stops polling: cancels the next poll and resolves once the one under way has finished. */
+  async stop(): Promise<void> {
+    this.running = false;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    await this.inFlight;
+  }
+
+  /** What `clawbernetes.fleet-status` answers: the latest snapshot and recent transitions. */
+  status(): MonitorStatus {
     return { snapshot: this.snapshot, transitions: this.recent.slice(-50), lastError: this.lastError };
   }
 }

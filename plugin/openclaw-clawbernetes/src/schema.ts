@@ -55,24 +55,25 @@ export type Schema =
   | ObjectSchema;
 export type Properties = { [key: string]: Schema };
 
-type Simplify<T> = { [K in keyof T]: T[K] } & {};
-
 /** The value a schema describes. */
 export type Static<S> =
   S extends StringSchema<infer T> ? T
   : S extends IntegerSchema | NumberSchema ? number
   : S extends BooleanSchema ? boolean
   : S extends ArraySchema<infer I> ? Static<I>[]
-  : S extends ObjectSchema<infer P, infer R> ? Simplify<{ [K in R]: Static<P[K]> } & { [K in Exclude<keyof P, R>]?: Static<P[K]> }>
+  : S extends ObjectSchema<infer P, infer R> ? { [K in R]: Static<P[K]> } & { [K in Exclude<keyof P, R>]?: Static<P[K]> }
   : S extends MapSchema<infer V> ? Record<string, V extends Schema ? Static<V> : unknown>
   : never;
 
+// `NoInfer`: a schema's type comes from its builder's arguments only, never from where the call
+// sits (inside another schema, the context would widen an enum to string or make every
+// property required).
 export const object = <P extends Properties, R extends keyof P & string = never>(
   properties: P,
   required: R[] = [],
-): ObjectSchema<P, R> => ({ type: "object", additionalProperties: false, properties, required });
+): ObjectSchema<NoInfer<P>, NoInfer<R>> => ({ type: "object", additionalProperties: false, properties, required });
 export const str = (description: string): StringSchema => ({ type: "string", description });
-export const oneOf = <T extends string>(values: readonly T[], description: string): StringSchema<T> => ({
+export const oneOf = <T extends string>(values: readonly T[], description: string): StringSchema<NoInfer<T>> => ({
   type: "string",
   enum: values,
   description,
@@ -85,7 +86,7 @@ export const strings = (description: string): ArraySchema<StringSchema> => ({
   items: { type: "string" },
   description,
 });
-export const map = <V extends Schema>(values: V, description: string): MapSchema<V> => ({
+export const map = <V extends Schema>(values: V, description: string): MapSchema<NoInfer<V>> => ({
   type: "object",
   additionalProperties: values,
   description,

@@ -3,30 +3,36 @@
 // `details.error`, so that the agent can read and act on them.
 
 import { Bridge, BridgeError, type BridgeCommand } from "./bridge.ts";
+import type {
+  FleetDeploy,
+  FleetDrain,
+  FleetGpus,
+  FleetHealth,
+  FleetInvoke,
+  FleetStatus,
+  FleetWorkloads,
+  LeaseCancel,
+  MarketBid,
+  MarketLeases,
+  MarketOffers,
+  MarketSell,
+  WalletBalance,
+} from "./answers.ts";
+import { anyObject, bool, int, map, num, object, oneOf, str, strings, type ObjectSchema, type Static } from "./schema.ts";
 
 export interface ToolResult {
   content: { type: "text"; text: string }[];
   details: unknown;
 }
 
-export interface Tool {
+/** An agent tool as `api.registerTool` takes it (index.ts checks the fit against the SDK's type). */
+export interface Tool<S extends ObjectSchema = ObjectSchema> {
   name: string;
   label: string;
   description: string;
-  parameters: Record<string, unknown>;
-  execute(toolCallId: string, params: Record<string, unknown>): Promise<ToolResult>;
+  parameters: S;
+  execute(toolCallId: string, params: unknown): Promise<ToolResult>;
 }
-
-const object = (properties: Record<string, unknown>, required: string[] = []) => ({
-  type: "object",
-  additionalProperties: false,
-  properties,
-  required,
-});
-const str = (description: string) => ({ type: "string", description });
-const int = (description: string, minimum = 0) => ({ type: "integer", minimum, description });
-const bool = (description: string) => ({ type: "boolean", description });
-const strings = (description: string) => ({ type: "array", items: { type: "string" }, description });
 
 function text(value: string, details: unknown): ToolResult {
   return { content: [{ type: "text", text: value }], details };
@@ -39,26 +45,40 @@ function failed(error: unknown): ToolResult {
 }
 
 /** Keeps only the params the tool's schema names (the bridge refuses unknown fields). */
-function pick(params: Record<string, unknown>, keys: string[]): Record<string, unknown> {
+function pick(params: unknown, keys: string[]): Record<string, unknown> {
+  const given = params !== null && typeof params === "object" ? (params as Record<string, unknown>) : {};
   const out: Record<string, unknown> = {};
   for (const key of keys) {
-    if (params[key] !== undefined) out[key] = params[key];
+    if (given[key] !== undefined) out[key] = given[key];
   }
   return out;
 }
 
-function tool(
+/**
+ * Params as the tool's schema describes them, taken on trust: the agent loop validates the
+ * model's arguments against `parameters` before it calls a tool; a direct /tools/invoke call may
+ * not, and then the bridge's own check (types, unknown fields) refuses what does not fit.
+ */
+function described<P>(picked: Record<string, unknown>): P {
+  return picked as P;
+}
+
+/**
+ * A tool that is one call of `command`. Its params' type is its schema's (`Static`); `A` is the
+ * answer as the bridge sends it (src/answers.ts).
+ */
+function tool<S extends ObjectSchema, A>(
   bridge: Bridge,
   spec: {
     name: string;
     label: string;
     description: string;
-    parameters: ReturnType<typeof object>;
+    parameters: S;
     command: BridgeCommand;
-    render: (answer: any, params: Record<string, unknown>) => string;
-    map?: (params: Record<string, unknown>) => Record<string, unknown>;
+    render: (answer: A, params: Static<S>) => string;
+    map?: (params: Static<S>) => Record<string, unknown>;
   },
-): Tool {
+): Tool<S> {
   const keys = Object.keys(spec.parameters.properties);
   return {
     name: spec.name,
@@ -67,9 +87,11 @@ function tool(
     parameters: spec.parameters,
     async execute(toolCallId, params) {
       try {
-        const given = pick(params ?? {}, keys);
-        const answer = await bridge.call(spec.command, spec.map ? spec.map(given) : given, toolCallId);
-        return text(spec.render(answer, given), answer);
+        const picked = pick(params, keys);
+        const given = described<Static<S>>(picked);
+        const answer = await bridge.call(spec.command, spec.map ? spec.map(given) : picked, toolCallId);
+        // The bridge's answer, whose fields the bridge's end-to-end test checks (answers.ts).
+        return text(spec.render(answer as A, given), answer);
       } catch (error) {
         return failed(error);
       }
@@ -79,7 +101,7 @@ function tool(
 
 const plural = (n: number, one: string) => `${n} ${one}${n === 1 ? "" : "s"}`;
 
-export function renderStatus(s: any): string {
+export function renderStatus(s: FleetStatus): string {
   const lines = [
     `${plural(s.node_count, "node")}; GPUs: ${s.gpus.total} total, ${s.gpus.free} free, ${s.gpus.allocated} allocated` +
       (s.gpus.simulated ? ` (${s.gpus.simulated} simulated)` : "") +
@@ -114,8 +136,8 @@ export function fleetTools(bridge: Bridge): Tool[] {
         "Every GPU in the fleet with its node, model, memory and whether it is free; live utilisation and temperature with live=true.",
       parameters: object({ model: str("Only models containing this, e.g. H100"), live: bool("Read live metrics from every node") }),
       command: "fleet.gpus",
-      render: (a) => {
-        const gpus: any[] = a.gpus ?? [];
+      render: (a: FleetGpus) => {
+        const gpus = a.gpus ?? [];
         const free = gpus.filter((g) => !g.allocated).length;
         const lines = [`${plural(gpus.length, "GPU")}, ${free} free`];
         for (const g of gpus) {
@@ -137,14 +159,14 @@ export function fleetTools(bridge: Bridge): Tool[] {
           model: str("Only GPUs whose model contains this"),
           min_memory_mib: int("Minimum memory per GPU, MiB"),
           name: str("A display name"),
-          env: { type: "object", additionalProperties: { type: "string" }, description: "Environment variables" },
-          cpus: { type: "number", description: "CPU limit in cores" },
+          env: map({ type: "string" }, "Environment variables"),
+          cpus: num("CPU limit in cores"),
           memory_mib: int("Memory limit, MiB"),
         },
         ["image"],
       ),
       command: "fleet.deploy",
-      render: (a) =>
+      render: (a: FleetDeploy) =>
         `deployed ${a.workload?.id} (${a.workload?.state}) on ${a.node}: score ${a.why?.score}, ${plural(a.why?.free_gpus ?? 0, "free GPU")}, ${a.why?.health}; ${plural((a.considered ?? []).length, "node")} considered`,
     }),
     tool(bridge, {
@@ -153,7 +175,7 @@ export function fleetTools(bridge: Bridge): Tool[] {
       description: "Workloads across the fleet, filtered by state, image or node.",
       parameters: object({ state: str("running, exited, stopped, failed, lost"), image: str("Image contains this"), node: str("Node name or peer id") }),
       command: "fleet.workloads",
-      render: (a) => {
+      render: (a: FleetWorkloads) => {
         const lines = [`${plural((a.workloads ?? []).length, "workload")}`];
         for (const w of a.workloads ?? []) lines.push(`- ${w.id} on ${w.node}: ${w.image}, ${w.state}`);
         for (const u of a.unreachable ?? []) lines.push(`unreachable: ${u.node} (${u.error})`);
@@ -168,7 +190,7 @@ export function fleetTools(bridge: Bridge): Tool[] {
       parameters: object(
         {
           command: str("A node command"),
-          params: { type: "object", description: "Its params" },
+          params: anyObject("Its params"),
           nodes: strings("Node names or peer ids (default: all)"),
           concurrency: int("Calls in flight at once", 1),
           timeout_ms: int("Deadline per node, ms", 100),
@@ -176,7 +198,7 @@ export function fleetTools(bridge: Bridge): Tool[] {
         ["command"],
       ),
       command: "fleet.invoke",
-      render: (a) => {
+      render: (a: FleetInvoke) => {
         const lines = [`${a.command} on ${plural(a.nodes, "node")}: ${a.succeeded} succeeded, ${a.failed} failed`];
         for (const r of a.results ?? []) {
           lines.push(`- ${r.node}: ${r.ok ? "ok" : `error ${r.error?.code}: ${r.error?.message}`} (${r.ms} ms)`);
@@ -200,7 +222,7 @@ export function fleetTools(bridge: Bridge): Tool[] {
         params: p.stop ? { stop: true } : { price_per_gpu_hour: p.price_per_gpu_hour },
         ...(p.nodes ? { nodes: p.nodes } : {}),
       }),
-      render: (a, p) => {
+      render: (a: FleetInvoke<MarketSell>, p) => {
         const what = p.stop
           ? "stopped selling"
           : p.price_per_gpu_hour
@@ -212,7 +234,7 @@ export function fleetTools(bridge: Bridge): Tool[] {
             lines.push(`- ${r.node}: error ${r.error?.code}: ${r.error?.message}`);
             continue;
           }
-          const offers: any[] = Array.isArray(r.result?.offers) ? r.result.offers : [];
+          const offers = Array.isArray(r.result?.offers) ? r.result.offers : [];
           const gpus = offers.reduce((n, o) => n + (o.withdrawn ? 0 : o.gpus), 0);
           lines.push(`- ${r.node}: ${plural(gpus, "GPU")} on offer`);
         }
@@ -225,14 +247,14 @@ export function fleetTools(bridge: Bridge): Tool[] {
       description: "Every node's health (NVML, Docker, disk, memory, GPU errors, throttling) with counts.",
       parameters: object({}),
       command: "fleet.health",
-      render: (a) => {
+      render: (a: FleetHealth) => {
         const counts = Object.entries(a.summary ?? {}).map(([k, v]) => `${v} ${k}`).join(", ");
         const lines = [counts || "no nodes"];
         for (const n of a.nodes ?? []) {
           const status = n.ok ? n.result?.status : `unreachable (${n.error?.message})`;
           const reasons =
             n.ok && n.result?.reasons?.length
-              ? `: ${n.result.reasons.map((r: any) => `${r.component}: ${r.detail}`).join("; ")}`
+              ? `: ${n.result.reasons.map((r) => `${r.component}: ${r.detail}`).join("; ")}`
               : "";
           lines.push(`- ${n.node}: ${status}${reasons}`);
         }
@@ -245,8 +267,8 @@ export function fleetTools(bridge: Bridge): Tool[] {
       description: "Cordon a node and stop its workloads gracefully. Confirm with the user first.",
       parameters: object({ node: str("Node name or peer id") }, ["node"]),
       command: "fleet.drain",
-      render: (a) => {
-        const workloads: any[] = a.drain?.workloads ?? [];
+      render: (a: FleetDrain) => {
+        const workloads = a.drain?.workloads ?? [];
         const pending = workloads.filter((w) => w.outcome !== "stopped");
         const line = `${a.node} cordoned; ${workloads.length - pending.length} of ${plural(workloads.length, "workload")} stopped`;
         if (pending.length === 0) return line;
@@ -262,8 +284,8 @@ export function fleetTools(bridge: Bridge): Tool[] {
       description: "GPU offers in the MOLT market, cheapest first.",
       parameters: object({ model: str("Model contains this"), max_price: str("Highest MOLT per GPU-hour, e.g. 1.5"), min_gpus: int("At least this many GPUs on one node", 1) }),
       command: "market.offers",
-      render: (a) => {
-        const offers: any[] = a.offers ?? [];
+      render: (a: MarketOffers) => {
+        const offers = a.offers ?? [];
         const lines = [`${plural(offers.length, "offer")}`];
         for (const o of offers) {
           lines.push(`- ${o.node ?? o.provider}: ${o.gpus} × ${o.gpu_model} at ${o.price_per_gpu_hour} MOLT/GPU-hour, ${o.min_hours}-${o.max_hours} h${o.simulated ? ", simulated" : ""}, reputation ${o.reputation}`);
@@ -287,21 +309,19 @@ export function fleetTools(bridge: Bridge): Tool[] {
           attested_only: bool("Only NVML-attested GPUs"),
           min_reputation: int("Minimum provider reputation, 0-100"),
           accept_simulated: bool("Accept simulated GPUs"),
-          payment: { type: "string", enum: ["escrow", "stream"], description: "escrow (default) or stream" },
-          workload: {
-            type: "object",
-            additionalProperties: false,
-            properties: { image: str("Image"), command: strings("Command"), env: { type: "object" }, cpus: { type: "number" }, memory_mib: { type: "integer" } },
-            required: ["image"],
-          },
+          payment: oneOf(["escrow", "stream"], "escrow (default) or stream"),
+          workload: object(
+            { image: str("Image"), command: strings("Command"), env: anyObject(), cpus: { type: "number" }, memory_mib: { type: "integer" } },
+            ["image"],
+          ),
         },
         ["models", "gpus", "hours", "max_price"],
       ),
       command: "market.bid",
-      render: (a) => {
+      render: (a: MarketBid) => {
         if (!a.matched) {
-          const nearest = (a.nearest ?? []).map((n: any) => `${n.gpus} × ${n.gpu_model} at ${n.price_per_gpu_hour} (fails ${n.fails.join(", ")})`);
-          return [a.explanation, ...nearest.map((n: string) => `- nearest: ${n}`)].join("\n");
+          const nearest = (a.nearest ?? []).map((n) => `${n.gpus} × ${n.gpu_model} at ${n.price_per_gpu_hour} (fails ${n.fails.join(", ")})`);
+          return [a.explanation, ...nearest.map((n) => `- nearest: ${n}`)].join("\n");
         }
         if (!a.leased) return `best offer: ${a.offer.gpu_model} at ${a.offer.price_per_gpu_hour} MOLT/GPU-hour from ${a.offer.provider}, ${a.offer.total} MOLT in all (nothing leased)`;
         return `lease ${a.lease.lease_id} ${a.lease.state}: ${a.lease.amount} MOLT for ${a.lease.hours} h on ${a.lease.gpus.length} GPU(s), workload ${a.lease.workload_id}; bid to running in ${a.phases_ms?.total} ms`;
@@ -313,7 +333,7 @@ export function fleetTools(bridge: Bridge): Tool[] {
       description: "The market node's leases, as buyer and provider.",
       parameters: object({ state: str("Only this state") }),
       command: "market.leases",
-      render: (a) => {
+      render: (a: MarketLeases) => {
         const lines = [`${plural((a.leases ?? []).length, "lease")}`];
         for (const l of a.leases ?? []) lines.push(`- ${l.lease_id} (${l.side}): ${l.state}, ${l.amount} MOLT`);
         return lines.join("\n");
@@ -326,7 +346,7 @@ export function fleetTools(bridge: Bridge): Tool[] {
         "End a lease the market node bought and settle it on chain: the provider is paid pro rata for the time served and the rest comes back. Confirm with the user first: the workload stops.",
       parameters: object({ lease_id: str("The lease") }, ["lease_id"]),
       command: "market.lease.cancel",
-      render: (a) =>
+      render: (a: LeaseCancel) =>
         a.to_provider == null
           ? `lease ${a.lease_id}: ${a.state}${a.reason ? ` (${a.reason})` : ""}`
           : `lease ${a.lease_id} ${a.state}: ${a.to_provider} MOLT to the provider for ${a.served_secs} s served, ${a.to_buyer} MOLT back`,
@@ -337,7 +357,7 @@ export function fleetTools(bridge: Bridge): Tool[] {
       description: "SOL and MOLT held by the market node's wallet.",
       parameters: object({}),
       command: "wallet.balance",
-      render: (a) => `${a.address}: ${a.molt} MOLT, ${a.sol} SOL`,
+      render: (a: WalletBalance) => `${a.address}: ${a.molt} MOLT, ${a.sol} SOL`,
     }),
   ];
 }

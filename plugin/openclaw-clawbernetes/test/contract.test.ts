@@ -7,22 +7,50 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 
-import { Bridge, BRIDGE_COMMANDS, idempotencyKey, resolveConfig } from "../src/bridge.ts";
+import { Bridge, BRIDGE_COMMANDS, idempotencyKey, resolveConfig, type NodesRuntime } from "../src/bridge.ts";
+import type { Schema } from "../src/schema.ts";
 import { fleetTools } from "../src/tools.ts";
 
+/** The JSON Schema subset schemars produces, as contract/commands.json holds it. */
+interface JsonSchema {
+  $ref?: string;
+  $defs?: Record<string, JsonSchema>;
+  definitions?: Record<string, JsonSchema>;
+  anyOf?: JsonSchema[];
+  oneOf?: JsonSchema[];
+  allOf?: JsonSchema[];
+  const?: unknown;
+  enum?: unknown[];
+  type?: string | string[];
+  minimum?: number;
+  maximum?: number;
+  items?: JsonSchema;
+  properties?: Record<string, JsonSchema | boolean>;
+  required?: string[];
+  additionalProperties?: boolean | JsonSchema;
+}
+
+interface Command {
+  name: string;
+  role: string;
+  params: JsonSchema;
+}
+
 const root = new URL("..", import.meta.url);
-const contract = JSON.parse(readFileSync(new URL("contract/commands.json", root), "utf8"));
+const contract: { node: Command[]; bridge: Command[] } = JSON.parse(
+  readFileSync(new URL("contract/commands.json", root), "utf8"),
+);
 
-type Schema = Record<string, any>;
+type InvokeRequest = Parameters<NodesRuntime["invoke"]>[0];
 
-function commandOf(side: "node" | "bridge", name: string): any {
-  const found = contract[side].find((c: any) => c.name === name);
+function commandOf(side: "node" | "bridge", name: string): Command {
+  const found = contract[side].find((c) => c.name === name);
   assert.ok(found, `the ${side} has no command ${name}`);
   return found;
 }
 
 /** The errors of `value` against `schema` (the JSON Schema subset schemars produces). */
-function check(value: unknown, schema: Schema, root: Schema, at = "params"): string[] {
+function check(value: unknown, schema: JsonSchema | boolean | undefined, root: JsonSchema, at = "params"): string[] {
   if (schema === true || schema === undefined) return [];
   if (schema === false) return [`${at}: not allowed`];
   if (schema.$ref) {
@@ -31,20 +59,21 @@ function check(value: unknown, schema: Schema, root: Schema, at = "params"): str
     assert.ok(target, `unresolved ${schema.$ref}`);
     return check(value, target, root, at);
   }
-  for (const key of ["anyOf", "oneOf"]) {
-    if (schema[key]) {
-      const fits = (schema[key] as Schema[]).some((s) => check(value, s, root, at).length === 0);
+  for (const key of ["anyOf", "oneOf"] as const) {
+    const choices = schema[key];
+    if (choices) {
+      const fits = choices.some((s) => check(value, s, root, at).length === 0);
       if (!fits) return [`${at}: ${JSON.stringify(value)} fits none of ${key}`];
     }
   }
   if (schema.allOf) {
-    const errors = (schema.allOf as Schema[]).flatMap((s) => check(value, s, root, at));
+    const errors = schema.allOf.flatMap((s) => check(value, s, root, at));
     if (errors.length) return errors;
   }
   if ("const" in schema && value !== schema.const) return [`${at}: must be ${JSON.stringify(schema.const)}`];
   if (schema.enum && !schema.enum.includes(value)) return [`${at}: ${JSON.stringify(value)} is not one of ${schema.enum.join(", ")}`];
   if (schema.type) {
-    const types: string[] = Array.isArray(schema.type) ? schema.type : [schema.type];
+    const types = Array.isArray(schema.type) ? schema.type : [schema.type];
     const actual =
       value === null ? "null" : Array.isArray(value) ? "array" : Number.isInteger(value) ? "integer" : typeof value;
     const ok = types.some((t) => t === actual || (t === "number" && actual === "integer"));
@@ -55,11 +84,12 @@ function check(value: unknown, schema: Schema, root: Schema, at = "params"): str
     if (schema.minimum !== undefined && value < schema.minimum) errors.push(`${at}: below ${schema.minimum}`);
     if (schema.maximum !== undefined && value > schema.maximum) errors.push(`${at}: above ${schema.maximum}`);
   }
-  if (Array.isArray(value) && schema.items) {
-    value.forEach((item, i) => errors.push(...check(item, schema.items, root, `${at}[${i}]`)));
+  const items = schema.items;
+  if (Array.isArray(value) && items) {
+    value.forEach((item, i) => errors.push(...check(item, items, root, `${at}[${i}]`)));
   }
   if (value && typeof value === "object" && !Array.isArray(value)) {
-    const properties: Schema = schema.properties ?? {};
+    const properties = schema.properties ?? {};
     for (const required of schema.required ?? []) {
       if (!(required in value)) errors.push(`${at}.${required}: required`);
     }
@@ -76,9 +106,9 @@ function check(value: unknown, schema: Schema, root: Schema, at = "params"): str
 
 /** A value for every property of a tool's parameter schema; `choice` picks among enum values. */
 function sample(schema: Schema, name: string, choice: number): unknown {
-  if (schema.enum) return schema.enum[choice % schema.enum.length];
   switch (schema.type) {
     case "string":
+      if (schema.enum) return schema.enum[choice % schema.enum.length];
       if (name === "command") return "node.health"; // fleet.invoke names a node command
       return name.includes("price") ? "1.5" : `sample-${name}`;
     case "integer":
@@ -88,25 +118,23 @@ function sample(schema: Schema, name: string, choice: number): unknown {
     case "boolean":
       return choice % 2 === 0;
     case "array":
-      return [sample(schema.items ?? { type: "string" }, name, choice)];
+      return [sample(schema.items, name, choice)];
     case "object": {
-      if (!schema.properties) return name === "params" ? {} : { SAMPLE_KEY: "value" };
+      if (!("properties" in schema)) return name === "params" ? {} : { SAMPLE_KEY: "value" };
       const out: Record<string, unknown> = {};
-      for (const [key, field] of Object.entries(schema.properties)) out[key] = sample(field as Schema, key, choice);
+      for (const [key, field] of Object.entries(schema.properties)) out[key] = sample(field, key, choice);
       return out;
     }
-    default:
-      return null;
   }
 }
 
-function recordingBridge() {
-  const calls: any[] = [];
-  const runtime = {
+function recordingBridge(): { calls: InvokeRequest[]; bridge: Bridge } {
+  const calls: InvokeRequest[] = [];
+  const runtime: NodesRuntime = {
     async list() {
       return { nodes: [{ nodeId: "bridge-1", commands: [...BRIDGE_COMMANDS], connected: true }] };
     },
-    async invoke(request: any) {
+    async invoke(request) {
       calls.push(request);
       return { ok: true, payload: {} };
     },
@@ -115,26 +143,27 @@ function recordingBridge() {
 }
 
 test("the plugin's bridge commands are exactly the bridge's, in its order", () => {
-  assert.deepEqual([...BRIDGE_COMMANDS], contract.bridge.map((c: any) => c.name));
+  assert.deepEqual([...BRIDGE_COMMANDS], contract.bridge.map((c) => c.name));
 });
 
 test("every tool sends params its bridge command accepts, for every choice its schema offers", async () => {
   const { calls, bridge } = recordingBridge();
   for (const tool of fleetTools(bridge)) {
-    const properties: Schema = (tool.parameters as Schema).properties;
-    const choices = Math.max(2, ...Object.values(properties).map((p: any) => p.enum?.length ?? 0));
+    const properties: Schema[] = Object.values(tool.parameters.properties);
+    const choices = Math.max(2, ...properties.map((p) => (p.type === "string" ? (p.enum?.length ?? 0) : 0)));
     for (let choice = 0; choice < choices; choice++) {
-      const params = sample(tool.parameters as Schema, tool.name, choice) as Record<string, unknown>;
+      const params = sample(tool.parameters, tool.name, choice);
       await tool.execute(`call-${tool.name}-${choice}`, params);
-      const call = calls.at(-1);
+      const call = calls.at(-1)!;
       const command = commandOf("bridge", call.command);
       const errors = check(call.params, command.params, command.params);
       assert.deepEqual(errors, [], `${tool.name} → ${call.command} with ${JSON.stringify(call.params)}`);
       if (call.command === "fleet.invoke") {
         // The node command it names, with the params it passes on.
-        const inner = commandOf("node", call.params.command);
-        const innerErrors = check(call.params.params ?? {}, inner.params, inner.params);
-        assert.deepEqual(innerErrors, [], `${tool.name} → ${call.params.command} with ${JSON.stringify(call.params.params)}`);
+        const sent = call.params as { command: string; params?: unknown };
+        const inner = commandOf("node", sent.command);
+        const innerErrors = check(sent.params ?? {}, inner.params, inner.params);
+        assert.deepEqual(innerErrors, [], `${tool.name} → ${sent.command} with ${JSON.stringify(sent.params)}`);
       }
     }
   }
