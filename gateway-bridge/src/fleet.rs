@@ -764,12 +764,13 @@ impl FleetCommands {
         }))
     }
 
-    /// Command `C` on the market node, with the params the bridge parsed.
+    /// Command `C` on the market node, with the params the bridge parsed; its answer is decoded
+    /// with the command's definition, so the gateway gets only what the definition says.
     async fn forward<C: Command>(
         &self,
         params: &impl Serialize,
         call: Call,
-    ) -> Result<Value, InvokeFailure> {
+    ) -> Result<C::Answer, InvokeFailure> {
         let Some(node) = self.market_node else {
             return Err(InvokeFailure::new(
                 ErrorCode::Unavailable,
@@ -780,6 +781,7 @@ impl FleetCommands {
             .map_err(|e| InvokeFailure::new(ErrorCode::Internal, format!("cannot encode: {e}")))?;
         self.call(node, C::NAME, params, call.timeout, call.idempotency_key)
             .await
+            .and_then(C::decode)
     }
 }
 

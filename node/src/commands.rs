@@ -13,9 +13,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use claw_api::market::{
+    Arbitration, BidOutcome, Lease, LeaseEnd, LeaseGrant, LeaseListing, LeaseStatus,
     MarketArbitrate, MarketBid, MarketLeaseCancel, MarketLeaseEnd, MarketLeaseFund,
     MarketLeaseRequest, MarketLeaseRevoke, MarketLeaseStatus, MarketLeases, MarketOffers,
-    MarketOffersSigned, MarketReceipts, MarketReputation, MarketSell, WalletBalance,
+    MarketOffersSigned, MarketReceipts, MarketReputation, MarketSell, OfferListing,
+    ProviderReputation, ReceiptListing, SellReport, WalletBalance,
 };
 use claw_api::node::{
     Capabilities, Cordon, DrainReport, GpuList, GpuMetrics, GpuMetricsParams, LabelParams, Labels,
@@ -529,30 +531,34 @@ impl NodeCommands {
         Ok(self.services.workloads.exec(params).await?)
     }
 
-    async fn market_sell(self, _: Call, params: SellParams) -> Result<Value, InvokeFailure> {
+    async fn market_sell(self, _: Call, params: SellParams) -> Result<SellReport, InvokeFailure> {
         self.services.market.sell(params).await
     }
 
-    fn market_offers(self, _: Call, params: OffersParams) -> Result<Value, InvokeFailure> {
+    fn market_offers(self, _: Call, params: OffersParams) -> Result<OfferListing, InvokeFailure> {
         self.services.market.offers(params)
     }
 
-    async fn market_bid(self, call: Call, params: BidParams) -> Result<Value, InvokeFailure> {
+    async fn market_bid(self, call: Call, params: BidParams) -> Result<BidOutcome, InvokeFailure> {
         self.services
             .market
             .bid(params, call.idempotency_key.as_deref())
             .await
     }
 
-    async fn market_leases(self, _: Call, params: LeasesParams) -> Result<Value, InvokeFailure> {
+    async fn market_leases(
+        self,
+        _: Call,
+        params: LeasesParams,
+    ) -> Result<LeaseListing, InvokeFailure> {
         self.services.market.leases(params).await
     }
 
-    async fn market_cancel(self, _: Call, params: CancelParams) -> Result<Value, InvokeFailure> {
+    async fn market_cancel(self, _: Call, params: CancelParams) -> Result<Lease, InvokeFailure> {
         self.services.market.cancel(params).await
     }
 
-    async fn market_revoke(self, _: Call, params: RevokeParams) -> Result<Value, InvokeFailure> {
+    async fn market_revoke(self, _: Call, params: RevokeParams) -> Result<Lease, InvokeFailure> {
         self.services.market.revoke(params).await
     }
 
@@ -560,7 +566,7 @@ impl NodeCommands {
         self,
         _: Call,
         params: ReputationParams,
-    ) -> Result<Value, InvokeFailure> {
+    ) -> Result<ProviderReputation, InvokeFailure> {
         self.services.market.reputation(params).await
     }
 
@@ -568,7 +574,7 @@ impl NodeCommands {
         self,
         _: Call,
         params: ReceiptsParams,
-    ) -> Result<Value, InvokeFailure> {
+    ) -> Result<ReceiptListing, InvokeFailure> {
         self.services.market.receipts(params).await
     }
 
@@ -581,7 +587,7 @@ impl NodeCommands {
         self,
         call: Call,
         params: ArbitrateParams,
-    ) -> Result<Value, InvokeFailure> {
+    ) -> Result<Arbitration, InvokeFailure> {
         let peer = self.market_peer(&call);
         self.services.market.arbitrate(peer, params).await
     }
@@ -590,22 +596,30 @@ impl NodeCommands {
         self,
         call: Call,
         params: LeaseRequestParams,
-    ) -> Result<Value, InvokeFailure> {
+    ) -> Result<LeaseGrant, InvokeFailure> {
         let peer = self.market_peer(&call);
         self.services.market.lease_request(peer, params).await
     }
 
-    async fn lease_fund(self, call: Call, params: FundParams) -> Result<Value, InvokeFailure> {
+    async fn lease_fund(
+        self,
+        call: Call,
+        params: FundParams,
+    ) -> Result<LeaseStatus, InvokeFailure> {
         let peer = self.market_peer(&call);
         self.services.market.lease_fund(peer, params).await
     }
 
-    async fn lease_end(self, call: Call, params: EndParams) -> Result<Value, InvokeFailure> {
+    async fn lease_end(self, call: Call, params: EndParams) -> Result<LeaseEnd, InvokeFailure> {
         let peer = self.market_peer(&call);
         self.services.market.lease_end(peer, params).await
     }
 
-    async fn lease_status(self, call: Call, params: StatusParams) -> Result<Value, InvokeFailure> {
+    async fn lease_status(
+        self,
+        call: Call,
+        params: StatusParams,
+    ) -> Result<LeaseStatus, InvokeFailure> {
         let peer = self.market_peer(&call);
         self.services.market.lease_status(peer, params).await
     }

@@ -1,13 +1,12 @@
 //! `clawnode market`: the order book, selling this node's GPUs, bids that lease in one step (with
 //! progress while the escrow is funded and the workload starts), leases, and cancelling a lease.
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 use claw_api::market::{
-    BidParams, CancelParams, LeaseWorkload, LeasesParams, MarketBid, MarketLeaseCancel,
+    BidParams, BidPhases, CancelParams, LeaseWorkload, LeasesParams, MarketBid, MarketLeaseCancel,
     MarketLeases, MarketOffers, MarketSell, OffersParams, PaymentChoice, SellParams,
 };
-use serde_json::Value;
 
 use crate::{GlobalArgs, ops, print_json, print_table};
 
@@ -88,12 +87,22 @@ pub(crate) struct BidArgs {
     command: Vec<String>,
 }
 
-fn text(value: &Value) -> String {
-    match value {
-        Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+/// An optional field of an answer as a table shows it: `-` when absent.
+fn text(value: Option<&impl ToString>) -> String {
+    value.map_or_else(|| "-".to_owned(), ToString::to_string)
+}
+
+/// A bid's phases on one line.
+fn phases(phases: &BidPhases) -> String {
+    format!(
+        "match {}, lease request {}, escrow funding {}, workload start {}, accept+fund+start {}, total {}",
+        phases.matching,
+        phases.lease_request,
+        text(phases.escrow_funding.as_ref()),
+        text(phases.workload_start.as_ref()),
+        phases.accept_fund_start,
+        phases.total
+    )
 }
 
 /// `clawnode market …`: one function per subcommand.
@@ -129,24 +138,23 @@ fn offers(
         print_json(&answer);
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = answer["offers"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let rows: Vec<Vec<String>> = answer
+        .offers
+        .iter()
         .map(|o| {
-            let mut model = text(&o["gpu_model"]);
-            if o["simulated"] == true {
+            let mut model = o.gpu_model.clone();
+            if o.simulated {
                 model.push_str(" (simulated)");
             }
             vec![
-                text(&o["node"]),
+                text(o.node.as_ref()),
                 model,
-                text(&o["gpus"]),
-                format!("{} MiB", text(&o["vram_mib"])),
-                format!("{}/h", text(&o["price_per_gpu_hour"])),
-                format!("{}-{} h", text(&o["min_hours"]), text(&o["max_hours"])),
-                text(&o["reputation"]),
-                text(&o["provider"]),
+                o.gpus.to_string(),
+                format!("{} MiB", o.vram_mib),
+                format!("{}/h", o.price_per_gpu_hour),
+                format!("{}-{} h", o.min_hours, o.max_hours),
+                o.reputation.to_string(),
+                text(o.provider.as_ref()),
             ]
         })
         .collect();
@@ -190,40 +198,38 @@ fn bid(global: &GlobalArgs, args: BidArgs) -> Result<()> {
         print_json(&answer);
         return Ok(());
     }
-    if answer["matched"] != true {
-        println!("{}", text(&answer["explanation"]));
-        for near in answer["nearest"].as_array().into_iter().flatten() {
+    if !answer.matched {
+        println!("{}", text(answer.explanation.as_ref()));
+        for near in answer.nearest.iter().flatten() {
             println!(
                 "  nearest: {} × {} at {}/h (fails: {})",
-                text(&near["gpus"]),
-                text(&near["gpu_model"]),
-                text(&near["price_per_gpu_hour"]),
-                near["fails"]
-                    .as_array()
-                    .map(|f| f.iter().map(text).collect::<Vec<_>>().join(", "))
-                    .unwrap_or_default()
+                near.gpus,
+                near.gpu_model,
+                near.price_per_gpu_hour,
+                near.fails.join(", ")
             );
         }
         bail!("no offer matches the bid");
     }
-    let offer = &answer["offer"];
+    let offer = answer
+        .offer
+        .as_ref()
+        .context("the node answered a match without its offer")?;
     println!(
         "best offer: {} at {}/h from {} (total {} MOLT)",
-        text(&offer["gpu_model"]),
-        text(&offer["price_per_gpu_hour"]),
-        text(&offer["provider"]),
-        text(&offer["total"])
+        offer.gpu_model, offer.price_per_gpu_hour, offer.provider, offer.total
     );
-    if answer["leased"] == true {
-        let lease = &answer["lease"];
+    if let Some(lease) = &answer.lease {
         println!(
             "lease {} {}: workload {} on GPUs {}",
-            text(&lease["lease_id"]),
-            text(&lease["state"]),
-            text(&lease["workload_id"]),
-            text(&lease["gpus"])
+            lease.lease_id,
+            lease.state,
+            text(lease.workload_id.as_ref()),
+            lease.gpus.join(", ")
         );
-        println!("phases (ms): {}", answer["phases_ms"]);
+        if let Some(timing) = &answer.phases_ms {
+            println!("phases (ms): {}", phases(timing));
+        }
     }
     Ok(())
 }
@@ -236,21 +242,20 @@ fn leases(global: &GlobalArgs, state: Option<String>) -> Result<()> {
         print_json(&answer);
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = answer["leases"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let rows: Vec<Vec<String>> = answer
+        .leases
+        .iter()
         .map(|l| {
             vec![
-                text(&l["lease_id"]),
-                text(&l["side"]),
-                text(&l["state"]),
-                text(&l["gpu_model"]),
-                l["gpus"].as_array().map_or(0, Vec::len).to_string(),
-                text(&l["amount"]),
-                text(&l["to_provider"]),
-                text(&l["workload_id"]),
-                text(&l["waiting_for"]),
+                l.lease_id.clone(),
+                l.side.to_string(),
+                l.state.to_string(),
+                text(l.gpu_model.as_ref()),
+                l.gpus.len().to_string(),
+                text(l.amount.as_ref()),
+                text(l.to_provider.as_ref()),
+                text(l.workload_id.as_ref()),
+                text(l.waiting_for.as_ref()),
             ]
         })
         .collect();
@@ -287,29 +292,23 @@ fn sell(global: &GlobalArgs, price: Option<String>, stop: bool) -> Result<()> {
     if global.json {
         print_json(&answer);
     } else {
-        if answer["selling"] == true {
+        if answer.selling {
             println!(
                 "selling at {} MOLT/GPU-hour",
-                text(&answer["price_per_gpu_hour"])
+                text(answer.price_per_gpu_hour.as_ref())
             );
         } else {
             println!("not selling; offers withdrawn");
         }
-        let rows: Vec<Vec<String>> = answer["offers"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let rows: Vec<Vec<String>> = answer
+            .offers
+            .iter()
             .map(|o| {
                 vec![
-                    text(&o["gpu_model"]),
-                    o["gpus"].to_string(),
-                    text(&o["price_per_gpu_hour"]),
-                    if o["withdrawn"] == true {
-                        "withdrawn"
-                    } else {
-                        "on offer"
-                    }
-                    .to_owned(),
+                    o.gpu_model.clone(),
+                    o.gpus.to_string(),
+                    o.price_per_gpu_hour.clone(),
+                    if o.withdrawn { "withdrawn" } else { "on offer" }.to_owned(),
                 ]
             })
             .collect();
@@ -326,11 +325,11 @@ fn cancel(global: &GlobalArgs, lease_id: String) -> Result<()> {
     } else {
         println!(
             "lease {} {}: {} MOLT to the provider, {} back (signature {})",
-            text(&answer["lease_id"]),
-            text(&answer["state"]),
-            text(&answer["to_provider"]),
-            text(&answer["to_buyer"]),
-            text(&answer["settlement_signature"])
+            answer.lease_id,
+            answer.state,
+            text(answer.to_provider.as_ref()),
+            text(answer.to_buyer.as_ref()),
+            text(answer.settlement_signature.as_ref())
         );
     }
     Ok(())

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
+use claw_api::NoParams;
+use claw_api::market::{MarketOffers, OfferListing, OffersParams, WalletBalance, WalletHoldings};
 use clawnode::control::{ControlClient, InvokeBody};
 use serde_json::{Value, json};
 
@@ -159,6 +161,12 @@ fn invoke(dir: &Path, command: &str, params: Value) -> Result<Value> {
     })?)
 }
 
+/// Command `C` on the node in `dir`, its answer decoded with the command's definition.
+fn call<C: claw_api::Command>(dir: &Path, params: &C::Params) -> Result<C::Answer> {
+    let params = serde_json::to_value(params).context("encoding the params")?;
+    Ok(C::decode(invoke(dir, C::NAME, params)?)?)
+}
+
 /// Writes the settings a local fleet needs into a node's config, keeping what is there.
 fn configure(dir: &Path, chain: &str, market: &str) -> Result<()> {
     let path = dir.join("config.toml");
@@ -224,7 +232,7 @@ pub(crate) fn up(global: &GlobalArgs, args: UpArgs) -> Result<()> {
     }
     let offers = wait_for_offers(json, &buyer, args.nodes)?;
     let status = ControlClient::connect(&buyer)?.get("/v1/fleet")?;
-    let wallet = invoke(&buyer, "wallet.balance", json!({}))?;
+    let wallet = call::<WalletBalance>(&buyer, &NoParams {})?;
     let summary = Summary {
         ready_ms: started.elapsed().as_millis(),
         root: &root,
@@ -293,11 +301,11 @@ struct Summary<'a> {
     node_count: u32,
     real_gpus: bool,
     fleet: &'a Fleet,
-    offers: &'a Value,
+    offers: &'a OfferListing,
     /// The buyer's `/v1/fleet`.
     status: &'a Value,
     /// The buyer's wallet balance.
-    wallet: &'a Value,
+    wallet: &'a WalletHoldings,
 }
 
 /// Initialises the buyer if new and starts the embedded chain in its directory, which then holds
@@ -475,24 +483,21 @@ fn start_bridge(
 }
 
 /// Polls the buyer's order book until every node's offer is in it (at most 60 s), returning it.
-fn wait_for_offers(json: bool, buyer: &Path, nodes: u32) -> Result<Value> {
+fn wait_for_offers(json: bool, buyer: &Path, nodes: u32) -> Result<OfferListing> {
     step(
         json,
         "waiting for every offer to reach the buyer's order book",
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let offers = invoke(buyer, "market.offers", json!({}))?;
-        if offers["offers"]
-            .as_array()
-            .is_some_and(|o| o.len() >= nodes as usize)
-        {
-            return Ok(offers);
+        let listing = call::<MarketOffers>(buyer, &OffersParams::default())?;
+        if listing.offers.len() >= nodes as usize {
+            return Ok(listing);
         }
         if Instant::now() > deadline {
             bail!(
                 "only {} of {} offers reached the buyer",
-                offers["offers"].as_array().map_or(0, Vec::len),
+                listing.offers.len(),
                 nodes
             );
         }
@@ -530,7 +535,7 @@ fn print_json_summary(s: &Summary<'_>) {
             "arbiter": {"data_dir": s.arbiter.dir, "peer_id": s.arbiter.peer, "wallet": s.arbiter.wallet},
             "nodes": nodes,
             "pids": pids,
-            "offers": s.offers["offers"],
+            "offers": s.offers.offers,
         })
     );
 }
@@ -563,9 +568,7 @@ fn print_text_summary(s: &Summary<'_>) {
     print_table(&["NODE", "GPUS", "PRICE"], &order_book_rows(s.offers));
     println!(
         "\nBuyer wallet {}: {} MOLT, {} SOL",
-        s.wallet["address"].as_str().unwrap_or("?"),
-        s.wallet["molt"].as_str().unwrap_or("?"),
-        s.wallet["sol"].as_str().unwrap_or("?")
+        s.wallet.address, s.wallet.molt, s.wallet.sol
     );
     println!(
         "Arbiter {} (wallet {}): every escrow's third key",
@@ -575,28 +578,20 @@ fn print_text_summary(s: &Summary<'_>) {
 }
 
 /// The order book's rows for the text summary: node, GPUs (marked if simulated) and price.
-fn order_book_rows(offers: &Value) -> Vec<Vec<String>> {
-    offers["offers"]
-        .as_array()
-        .into_iter()
-        .flatten()
+fn order_book_rows(listing: &OfferListing) -> Vec<Vec<String>> {
+    listing
+        .offers
+        .iter()
         .map(|o| {
             vec![
-                o["node"].as_str().unwrap_or("-").to_owned(),
+                o.node.clone().unwrap_or_else(|| "-".to_owned()),
                 format!(
                     "{} × {}{}",
-                    o["gpus"],
-                    o["gpu_model"].as_str().unwrap_or("?"),
-                    if o["simulated"] == true {
-                        " (simulated)"
-                    } else {
-                        ""
-                    }
+                    o.gpus,
+                    o.gpu_model,
+                    if o.simulated { " (simulated)" } else { "" }
                 ),
-                format!(
-                    "{} MOLT/GPU-hour",
-                    o["price_per_gpu_hour"].as_str().unwrap_or("?")
-                ),
+                format!("{} MOLT/GPU-hour", o.price_per_gpu_hour),
             ]
         })
         .collect()

@@ -3,59 +3,57 @@
 
 use std::collections::BTreeMap;
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-
-use crate::NoParams;
 use crate::command::commands;
 use crate::workload::{Isolation, RunParams};
+use crate::{Answer, NoParams};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 commands! {
     /// `market.sell`.
-    MarketSell = "market.sell", Operate, SellParams => Value,
+    MarketSell = "market.sell", Operate, SellParams => SellReport,
         "Rent out this node's free GPUs at a price per GPU-hour (or change it), or stop selling; offers are published or withdrawn at once";
     /// `market.offers`.
-    MarketOffers = "market.offers", Read, OffersParams => Value,
+    MarketOffers = "market.offers", Read, OffersParams => OfferListing,
         "GPU offers in this node's order book (from gossip), cheapest first, with filters";
     /// `market.bid`.
-    MarketBid = "market.bid", Operate, BidParams => Value,
+    MarketBid = "market.bid", Operate, BidParams => BidOutcome,
         "Match a bid against the order book and, with a workload, lease the best offer in one call: budget check, signed bid, provider-signed terms, escrow funded on chain, workload started; or say why nothing matches";
     /// `market.leases`.
-    MarketLeases = "market.leases", Operate, LeasesParams => Value,
+    MarketLeases = "market.leases", Operate, LeasesParams => LeaseListing,
         "This node's leases, as buyer and as provider, with their state";
     /// `market.lease.cancel`.
-    MarketLeaseCancel = "market.lease.cancel", Operate, CancelParams => Value,
+    MarketLeaseCancel = "market.lease.cancel", Operate, CancelParams => Lease,
         "End a lease this node bought and settle it: pro rata for the time served, the rest refunded";
     /// `market.lease.revoke`.
-    MarketLeaseRevoke = "market.lease.revoke", Operate, RevokeParams => Value,
+    MarketLeaseRevoke = "market.lease.revoke", Operate, RevokeParams => Lease,
         "Withdraw a streaming lease's allowance on chain at once; the provider's next pull is refused and it stops the workload";
     /// `market.reputation`.
-    MarketReputation = "market.reputation", Operate, ReputationParams => Value,
+    MarketReputation = "market.reputation", Operate, ReputationParams => ProviderReputation,
         "A provider's reputation from facts this node checks itself: its own leases with it, and the provider's receipts whose escrow (derived from terms both parties signed, with this node's arbiter) the chain shows settled";
     /// `market.arbitrate`.
-    MarketArbitrate = "market.arbitrate", Read, ArbitrateParams => Value,
+    MarketArbitrate = "market.arbitrate", Read, ArbitrateParams => Arbitration,
         "(arbiter) Rule on a lease's escrow for its buyer or provider, on terms both signed, the funding's block time and the usage checkpoints either side shows; answers the release signed by the arbiter";
     /// `market.offers.signed`.
-    MarketOffersSigned = "market.offers.signed", Read, NoParams => Value,
+    MarketOffersSigned = "market.offers.signed", Read, NoParams => SignedOffers,
         "This node's current offers, as the signed envelopes it gossiped (for peers that joined after)";
     /// `market.receipts`.
-    MarketReceipts = "market.receipts", Read, ReceiptsParams => Value,
+    MarketReceipts = "market.receipts", Read, ReceiptsParams => ReceiptListing,
         "The leases this node served as a provider, with their terms, the buyer's acceptance and the final checkpoint, for anyone to check against the chain";
     /// `market.lease.request`.
-    MarketLeaseRequest = "market.lease.request", Read, LeaseRequestParams => Value,
+    MarketLeaseRequest = "market.lease.request", Read, LeaseRequestParams => LeaseGrant,
         "(buyer to provider) Ask for a lease on an offer with a bid signed by the caller and by its funded wallet; answers with signed terms and reserved GPUs";
     /// `market.lease.fund`.
-    MarketLeaseFund = "market.lease.fund", Read, FundParams => Value,
+    MarketLeaseFund = "market.lease.fund", Read, FundParams => LeaseStatus,
         "(buyer to provider) The buyer's signed acceptance and its funding: verify the derived escrow (or allowance) on chain and start the workload on the reserved GPUs";
     /// `market.lease.end`.
-    MarketLeaseEnd = "market.lease.end", Read, EndParams => Value,
+    MarketLeaseEnd = "market.lease.end", Read, EndParams => LeaseEnd,
         "(buyer to provider) End the lease; answers with the final usage checkpoint and the provider-signed settlement";
     /// `market.lease.status`.
-    MarketLeaseStatus = "market.lease.status", Read, StatusParams => Value,
+    MarketLeaseStatus = "market.lease.status", Read, StatusParams => LeaseStatus,
         "(buyer or arbiter to a lease's party) Where the lease is, with the latest usage checkpoint";
     /// `wallet.balance`.
-    WalletBalance = "wallet.balance", Operate, NoParams => Value,
+    WalletBalance = "wallet.balance", Operate, NoParams => WalletHoldings,
         "The node wallet's SOL and MOLT balances";
 }
 
@@ -67,6 +65,103 @@ pub enum LeaseSide {
     Provider,
     /// Pays for the GPUs.
     Buyer,
+}
+
+impl LeaseSide {
+    /// The side as the wire spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Provider => "provider",
+            Self::Buyer => "buyer",
+        }
+    }
+}
+
+impl std::fmt::Display for LeaseSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a lease is. Both sides keep it; it only moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseState {
+    /// Provider: GPUs reserved, terms not yet signed.
+    Requested,
+    /// The provider signed terms and reserved the GPUs; the buyer has until the terms'
+    /// funding deadline.
+    Accepted,
+    /// The escrow (or first allowance) is on chain and the buyer's acceptance is held.
+    Funded,
+    /// The buyer's workload runs on the reserved GPUs.
+    Running,
+    /// The provider signed the final checkpoint; the escrow awaits release.
+    Completed,
+    /// The escrow was released to the provider (its share) and the buyer (the rest), or a
+    /// stream's last pull is done.
+    Settled,
+    /// Everything went back to the buyer: the workload never started.
+    Refunded,
+    /// The buyer refused the provider's account, or a party stopped answering: the arbiter
+    /// rules with the other party.
+    Disputed,
+    /// The reservation lapsed before funding, or was cancelled.
+    Expired,
+}
+
+impl LeaseState {
+    /// The state as the wire spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requested => "requested",
+            Self::Accepted => "accepted",
+            Self::Funded => "funded",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Settled => "settled",
+            Self::Refunded => "refunded",
+            Self::Disputed => "disputed",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+impl std::fmt::Display for LeaseState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the buyer pays for a lease, as its terms say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum LeasePayment {
+    /// The whole amount locked in the lease's 2-of-3 escrow up front, released pro rata at the
+    /// end.
+    Escrow,
+    /// The provider pulls from the buyer's allowance as it serves.
+    Stream {
+        /// Seconds between pulls.
+        pull_secs: u32,
+    },
+}
+
+/// What the provider saw of a lease's container when it signed a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum LeaseContainer {
+    /// It never started.
+    NotStarted,
+    /// It runs.
+    Running,
+    /// It exited on its own.
+    Exited {
+        /// Its exit code, when known.
+        code: Option<i64>,
+    },
+    /// The provider stopped it (the lease ended).
+    Stopped,
 }
 
 /// `market.offers`.
@@ -296,4 +391,569 @@ pub struct ArbitrateParams {
     /// The usage checkpoints the asking party holds, base-64 (at most 8).
     #[serde(default)]
     pub checkpoints: Vec<String>,
+}
+
+/// `market.sell`'s answer: the decision and the offers as published now.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SellReport {
+    /// Whether the node sells now.
+    pub selling: bool,
+    /// The base price, MOLT per GPU-hour (none once it stopped selling).
+    pub price_per_gpu_hour: Option<String>,
+    /// Its offers, one per GPU model, as last published.
+    pub offers: Vec<OwnOffer>,
+}
+
+/// One of this node's offers as it published it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OwnOffer {
+    /// GPU model, as NVML names it.
+    pub gpu_model: String,
+    /// GPUs on offer (0 when withdrawn).
+    pub gpus: u32,
+    /// MOLT per GPU-hour, with the utilisation markup.
+    pub price_per_gpu_hour: String,
+    /// Whether the GPUs are simulated.
+    pub simulated: bool,
+    /// Whether the offer is withdrawn (its GPUs are taken, or the node stopped selling).
+    pub withdrawn: bool,
+}
+
+/// `market.offers`' answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OfferListing {
+    /// The network whose book this is.
+    pub network: String,
+    /// Cheapest first, then oldest.
+    pub offers: Vec<BookOffer>,
+}
+
+/// An offer in the order book, as its provider signed it and as this node rates it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BookOffer {
+    /// The provider's peer id (none when its signing key is not a peer's).
+    pub provider: Option<String>,
+    /// The provider node's name, when its announcement reached this node.
+    pub node: Option<String>,
+    /// The offer's id among its provider's.
+    pub offer_id: u64,
+    /// GPU model, as NVML names it.
+    pub gpu_model: String,
+    /// GPUs offered, on one node.
+    pub gpus: u32,
+    /// Memory per GPU, MiB.
+    pub vram_mib: u64,
+    /// MOLT per GPU-hour.
+    pub price_per_gpu_hour: String,
+    /// Shortest lease, hours.
+    pub min_hours: u32,
+    /// Longest lease, hours.
+    pub max_hours: u32,
+    /// Where the provider is, if it says.
+    pub region: Option<String>,
+    /// Whether the lease may be interrupted.
+    pub interruptible: bool,
+    /// Whether the GPUs are simulated (as the provider's signed inventory says).
+    pub simulated: bool,
+    /// CPU a leased GPU comes with, thousandths of a core.
+    pub cpu_millis_per_gpu: u32,
+    /// Memory a leased GPU comes with, MiB.
+    pub memory_mib_per_gpu: u64,
+    /// Most processes in a lease's container.
+    pub pids_limit: u32,
+    /// Whether the provider's announcement shows real (NVML) GPUs of the model.
+    pub attested: bool,
+    /// The provider's reputation here, 0 to 100.
+    pub reputation: u32,
+    /// The provider's settlement wallet (base-58).
+    pub wallet: String,
+    /// When the signed offer expires, Unix ms.
+    pub expires_ms: u64,
+}
+
+/// `market.bid`'s answer, in one of three shapes: nothing matched (`matched` false, with
+/// `explanation`, `considered`, `reasons` and `nearest`); a match without a workload (`matched`
+/// true, `offer`, `leased` false); or a lease (`matched` and `leased` true, `offer`, `lease` and
+/// `phases_ms`). A field outside its shape is absent.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BidOutcome {
+    /// Whether an offer matches the bid.
+    pub matched: bool,
+    /// Nothing matched: why, in one sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<String>,
+    /// Nothing matched: offers of the acceptable models in the book.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub considered: Option<usize>,
+    /// Nothing matched: each constraint that ruled offers out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasons: Option<Vec<NoMatchReason>>,
+    /// Nothing matched: up to three nearest offers, cheapest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nearest: Option<Vec<NearOffer>>,
+    /// A match: the best offer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer: Option<MatchedOffer>,
+    /// A match: whether it was leased (only a bid with a workload leases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leased: Option<bool>,
+    /// Leased: the lease as it stood when the bid answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
+    /// Leased: how long each phase took, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phases_ms: Option<BidPhases>,
+}
+
+/// A constraint of a bid that ruled offers out.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoMatchReason {
+    /// The constraint (`model`, `price`, …).
+    pub constraint: String,
+    /// How many offers it ruled out.
+    pub offers: usize,
+    /// A sentence about it.
+    pub why: String,
+}
+
+/// One of the offers nearest an unmatched bid.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NearOffer {
+    /// The provider's peer id (none when its signing key is not a peer's).
+    pub provider: Option<String>,
+    /// GPU model.
+    pub gpu_model: String,
+    /// GPUs offered.
+    pub gpus: u32,
+    /// MOLT per GPU-hour.
+    pub price_per_gpu_hour: String,
+    /// Whether the GPUs are simulated.
+    pub simulated: bool,
+    /// The bid's constraints it fails.
+    pub fails: Vec<String>,
+}
+
+/// The offer a bid matched, and what leasing it costs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MatchedOffer {
+    /// The provider's peer id.
+    pub provider: String,
+    /// The offer's id among its provider's.
+    pub offer_id: u64,
+    /// GPU model.
+    pub gpu_model: String,
+    /// MOLT per GPU-hour.
+    pub price_per_gpu_hour: String,
+    /// Whether the GPUs are simulated.
+    pub simulated: bool,
+    /// What the lease costs, MOLT: price × GPUs × hours.
+    pub total: String,
+}
+
+/// How long each phase of a leasing bid took, ms (to the microsecond).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BidPhases {
+    /// Matching against the order book.
+    #[serde(rename = "match")]
+    pub matching: f64,
+    /// Signing the bid and getting the provider's signed terms.
+    pub lease_request: f64,
+    /// From the lease's record to its funding (none if it was not funded).
+    pub escrow_funding: Option<f64>,
+    /// From the funding to the workload running (none if it does not run).
+    pub workload_start: Option<f64>,
+    /// Accepting, funding and starting, as this call waited for them.
+    pub accept_fund_start: f64,
+    /// The whole call.
+    pub total: f64,
+}
+
+/// A lease as this node keeps it, as the market commands answer it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Lease {
+    /// `ls-` and 16 hex digits.
+    pub lease_id: String,
+    /// This node's side.
+    pub side: LeaseSide,
+    /// Where the lease is.
+    pub state: LeaseState,
+    /// The other party's peer id.
+    pub counterparty: String,
+    /// UUIDs of the GPUs reserved.
+    pub gpus: Vec<String>,
+    /// GPU model (once terms are signed, as are the fields below that come from them).
+    pub gpu_model: Option<String>,
+    /// Whether the GPUs are simulated.
+    pub simulated: Option<bool>,
+    /// Lease length, hours.
+    pub hours: Option<u32>,
+    /// MOLT per GPU-hour.
+    pub price_per_gpu_hour: Option<String>,
+    /// What the lease costs, MOLT.
+    pub amount: Option<String>,
+    /// How the buyer pays.
+    pub payment: Option<LeasePayment>,
+    /// Streams: MOLT the provider pulled so far.
+    pub pulled: Option<String>,
+    /// Escrows: the derived multisig's address.
+    pub multisig: Option<String>,
+    /// Escrows: the derived vault's address.
+    pub vault: Option<String>,
+    /// The funding transaction, once funded.
+    pub funding_signature: Option<String>,
+    /// When the lease's clock started: the funding's block time, Unix ms.
+    pub funded_at_ms: Option<u64>,
+    /// The workload running the lease.
+    pub workload_id: Option<String>,
+    /// When the workload started, Unix ms (the provider's clock).
+    pub started_ms: Option<u64>,
+    /// The number of the checkpoint that counts so far.
+    pub checkpoint_seq: Option<u32>,
+    /// Seconds served: as the lease ended, else as the latest checkpoint says.
+    pub served_secs: Option<u64>,
+    /// MOLT to the provider: settled, else the split once the lease ended, else pulled.
+    pub to_provider: Option<String>,
+    /// MOLT back to the buyer: settled, else the split once the lease ended.
+    pub to_buyer: Option<String>,
+    /// The settlement transaction, once the chain shows it.
+    pub settlement_signature: Option<String>,
+    /// Why the lease is where it is, when that needs saying.
+    pub reason: Option<String>,
+    /// Who must act next on an open lease, in words.
+    pub waiting_for: Option<String>,
+    /// When it was recorded, Unix ms.
+    pub created_ms: u64,
+    /// Each state it entered, with when (Unix ms).
+    pub history: Vec<(LeaseState, u64)>,
+}
+
+/// `market.leases`' answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseListing {
+    /// Newest first.
+    pub leases: Vec<Lease>,
+}
+
+/// `market.reputation`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderReputation {
+    /// The provider's peer id.
+    pub provider: String,
+    /// 0 to 100; 50 with no history.
+    pub score: u32,
+    /// Leases served and settled.
+    pub served: u32,
+    /// Leases refunded because the provider never started them.
+    pub never_started: u32,
+    /// Leases the arbiter had to settle.
+    pub disputed: u32,
+    /// The provider's receipts this call proved on chain.
+    pub receipts_proven_on_chain: u32,
+    /// The provider's receipts that did not hold up.
+    pub receipts_not_proven: u32,
+}
+
+/// `market.arbitrate`'s answer: the escrow was settled already, or the arbiter's ruling.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Arbitration {
+    /// The ruling, with the release the arbiter signed.
+    Ruled(ArbiterRuling),
+    /// The chain shows the escrow settled already: nothing to rule on.
+    AlreadySettled(SettledEscrow),
+}
+
+/// The arbiter's ruling on an escrow.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ArbiterRuling {
+    /// The lease.
+    pub lease_id: String,
+    /// Always false here: the escrow awaits this release.
+    pub settled: bool,
+    /// The seconds served it pays for.
+    pub served_secs: u64,
+    /// The number of the checkpoint that counted, if any did.
+    pub checkpoint_counted: Option<u32>,
+    /// Checkpoints shown that were not considered, and why.
+    pub set_aside: Vec<String>,
+    /// MOLT to the provider.
+    pub to_provider: String,
+    /// MOLT back to the buyer.
+    pub to_buyer: String,
+    /// The same, in base units.
+    pub to_provider_base_units: u64,
+    /// The same, in base units.
+    pub to_buyer_base_units: u64,
+    /// The settlement transaction signed by the arbiter, base-64, for the asking party to check,
+    /// co-sign and send.
+    pub settlement: String,
+}
+
+/// An escrow the chain shows settled.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SettledEscrow {
+    /// The lease.
+    pub lease_id: String,
+    /// Always true here.
+    pub settled: bool,
+    /// The settlement transaction.
+    pub settlement_signature: String,
+}
+
+/// `market.offers.signed`' answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignedOffers {
+    /// The signed offer envelopes, base-64, as gossiped.
+    pub offers: Vec<String>,
+}
+
+/// `market.receipts`' answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptListing {
+    /// Newest first.
+    pub receipts: Vec<LeaseReceipt>,
+}
+
+/// The evidence of a lease a provider served, for anyone to check against the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseReceipt {
+    /// The lease.
+    pub lease_id: String,
+    /// The provider-signed terms envelope, base-64.
+    pub terms: String,
+    /// The buyer-signed acceptance envelope, base-64.
+    pub acceptance: String,
+    /// The final usage checkpoint envelope, base-64.
+    pub checkpoint: String,
+}
+
+/// `market.lease.request`'s answer: the lease and its terms (the same for the same bid).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseGrant {
+    /// The lease, derived from the bid and the provider's key.
+    pub lease_id: String,
+    /// The provider-signed terms envelope, base-64.
+    pub terms: String,
+    /// Where the lease is on the provider.
+    pub state: LeaseState,
+}
+
+/// `market.lease.fund`'s and `market.lease.status`' answer: where a lease is on the node asked.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseStatus {
+    /// The lease.
+    pub lease_id: String,
+    /// The answering node's side.
+    pub side: LeaseSide,
+    /// Where the lease is.
+    pub state: LeaseState,
+    /// The workload running the lease.
+    pub workload_id: Option<String>,
+    /// When the workload started, Unix ms (the provider's clock).
+    pub started_ms: Option<u64>,
+    /// The latest usage checkpoint envelope, base-64.
+    pub checkpoint: Option<String>,
+    /// The container as that checkpoint saw it.
+    pub container: Option<LeaseContainer>,
+    /// Why the lease is where it is, when that needs saying.
+    pub reason: Option<String>,
+}
+
+/// `market.lease.end`'s answer: how the lease ended, or that its reservation lapsed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum LeaseEnd {
+    /// The lease ended (now or before).
+    Ended(LeaseEnding),
+    /// The reservation lapsed unfunded and was forgotten.
+    Lapsed(LapsedLease),
+}
+
+/// A lease the provider ended, with the settlement it signed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseEnding {
+    /// The lease.
+    pub lease_id: String,
+    /// The answering node's side.
+    pub side: LeaseSide,
+    /// Where the lease is.
+    pub state: LeaseState,
+    /// The workload that ran the lease.
+    pub workload_id: Option<String>,
+    /// When the workload started, Unix ms (the provider's clock).
+    pub started_ms: Option<u64>,
+    /// The final usage checkpoint envelope (or the latest), base-64.
+    pub checkpoint: Option<String>,
+    /// The container as that checkpoint saw it.
+    pub container: Option<LeaseContainer>,
+    /// Why the lease is where it is, when that needs saying.
+    pub reason: Option<String>,
+    /// Escrows that completed: the settlement transaction signed by the provider, base-64, for
+    /// the buyer to check, co-sign and send.
+    pub settlement: Option<String>,
+}
+
+/// A reservation that lapsed before the buyer ended it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LapsedLease {
+    /// The lease.
+    pub lease_id: String,
+    /// Always `expired`.
+    pub state: LeaseState,
+}
+
+/// `wallet.balance`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WalletHoldings {
+    /// The wallet's address (base-58).
+    pub address: String,
+    /// SOL, in lamports.
+    pub lamports: u64,
+    /// SOL, with nine decimals.
+    pub sol: String,
+    /// MOLT.
+    pub molt: String,
+    /// MOLT, in base units.
+    pub molt_base_units: u64,
+    /// The chain's JSON-RPC endpoint.
+    pub rpc_url: String,
+}
+
+impl Answer for SellReport {}
+impl Answer for OfferListing {}
+impl Answer for BidOutcome {}
+impl Answer for Lease {}
+impl Answer for LeaseListing {}
+impl Answer for ProviderReputation {}
+impl Answer for Arbitration {}
+impl Answer for SignedOffers {}
+impl Answer for ReceiptListing {}
+impl Answer for LeaseGrant {}
+impl Answer for LeaseStatus {}
+impl Answer for LeaseEnd {}
+impl Answer for WalletHoldings {}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::Command;
+
+    /// Decodes `answer` as `C`'s and checks it encodes back to exactly the same JSON.
+    fn round_trip<C: Command>(answer: Value) -> C::Answer {
+        let decoded = C::decode(answer.clone()).expect("the answer decodes");
+        assert_eq!(serde_json::to_value(&decoded).expect("encodes"), answer);
+        decoded
+    }
+
+    #[test]
+    fn a_bid_answers_in_three_shapes() {
+        let offer = json!({
+            "provider": "12D3KooWprovider", "offer_id": 7, "gpu_model": "NVIDIA H100 80GB HBM3",
+            "price_per_gpu_hour": "1.2", "simulated": true, "total": "1.2",
+        });
+        let unmatched = round_trip::<MarketBid>(json!({
+            "matched": false,
+            "explanation": "no offer matches: 2 offers cost more than 1 MOLT/GPU-hour",
+            "considered": 2,
+            "reasons": [{"constraint": "price", "offers": 2, "why": "2 offers cost more"}],
+            "nearest": [{
+                "provider": null, "gpu_model": "NVIDIA H100 80GB HBM3", "gpus": 1,
+                "price_per_gpu_hour": "1.2", "simulated": true, "fails": ["price"],
+            }],
+        }));
+        assert!(!unmatched.matched && unmatched.leased.is_none() && unmatched.offer.is_none());
+        let matched = round_trip::<MarketBid>(
+            json!({"matched": true, "offer": offer.clone(), "leased": false}),
+        );
+        assert_eq!(matched.leased, Some(false));
+        assert!(matched.explanation.is_none() && matched.lease.is_none());
+        let refused = MarketBid::decode(json!({"matched": true, "offer": offer, "extra": 1}));
+        assert!(refused.is_err(), "unknown fields are refused");
+    }
+
+    #[test]
+    fn a_lease_end_is_an_ending_or_a_lapse() {
+        let ended = round_trip::<MarketLeaseEnd>(json!({
+            "lease_id": "ls-0123456789abcdef", "side": "provider", "state": "completed",
+            "workload_id": "wl-0123456789ab", "started_ms": 1, "checkpoint": "AAAA",
+            "container": "stopped", "reason": null, "settlement": null,
+        }));
+        assert!(matches!(ended, LeaseEnd::Ended(e) if e.state == LeaseState::Completed));
+        let lapsed = round_trip::<MarketLeaseEnd>(
+            json!({"lease_id": "ls-0123456789abcdef", "state": "expired"}),
+        );
+        assert!(matches!(lapsed, LeaseEnd::Lapsed(l) if l.state == LeaseState::Expired));
+    }
+
+    #[test]
+    fn an_arbitration_is_a_ruling_or_a_settlement() {
+        let ruled = round_trip::<MarketArbitrate>(json!({
+            "lease_id": "ls-0123456789abcdef", "settled": false, "served_secs": 60,
+            "checkpoint_counted": null, "set_aside": [], "to_provider": "0.02",
+            "to_buyer": "1.18", "to_provider_base_units": 20000,
+            "to_buyer_base_units": 1180000, "settlement": "AAAA",
+        }));
+        assert!(matches!(ruled, Arbitration::Ruled(r) if r.checkpoint_counted.is_none()));
+        let settled = round_trip::<MarketArbitrate>(json!({
+            "lease_id": "ls-0123456789abcdef", "settled": true, "settlement_signature": "5xyz",
+        }));
+        assert!(matches!(settled, Arbitration::AlreadySettled(_)));
+    }
+
+    #[test]
+    fn payments_containers_and_states_keep_their_wire_form() {
+        fn wire(value: &impl Serialize) -> Value {
+            serde_json::to_value(value).expect("encodes")
+        }
+        assert_eq!(wire(&LeasePayment::Escrow), json!("escrow"));
+        assert_eq!(
+            wire(&LeasePayment::Stream { pull_secs: 30 }),
+            json!({"stream": {"pull_secs": 30}})
+        );
+        assert_eq!(wire(&LeaseContainer::NotStarted), json!("not_started"));
+        assert_eq!(
+            wire(&LeaseContainer::Exited { code: None }),
+            json!({"exited": {"code": null}})
+        );
+        for state in [
+            LeaseState::Requested,
+            LeaseState::Accepted,
+            LeaseState::Funded,
+            LeaseState::Running,
+            LeaseState::Completed,
+            LeaseState::Settled,
+            LeaseState::Refunded,
+            LeaseState::Disputed,
+            LeaseState::Expired,
+        ] {
+            assert_eq!(wire(&state), json!(state.to_string()));
+        }
+        for side in [LeaseSide::Provider, LeaseSide::Buyer] {
+            assert_eq!(wire(&side), json!(side.to_string()));
+        }
+    }
 }

@@ -15,13 +15,16 @@
 
 use std::time::Duration;
 
+use claw_api::Command as _;
+use claw_api::market::{
+    ArbiterRuling, Arbitration, MarketArbitrate, MarketLeaseStatus, SettledEscrow, StatusParams,
+};
 use claw_market::lease::ruling::{Case, rule};
 use claw_market::lease::{
     Input, LeaseAcceptance, LeaseRecord, LeaseTerms, Signed, UsageCheckpoint,
 };
 use claw_market::settlement::{Escrow, Release};
 use claw_mesh::{ErrorCode, InvokeFailure, InvokeRequest, PeerId};
-use serde_json::{Value, json};
 
 use super::{ArbitrateParams, Market, address, failure, now_ms};
 
@@ -37,7 +40,7 @@ impl Market {
         &self,
         caller: PeerId,
         params: ArbitrateParams,
-    ) -> Result<Value, InvokeFailure> {
+    ) -> Result<Arbitration, InvokeFailure> {
         if !self.inner.dir.config().market.arbitrate {
             return Err(failure(
                 ErrorCode::Unavailable,
@@ -83,9 +86,11 @@ impl Market {
                 )
             })?;
         if let Some(fact) = self.settlement_on_chain(&escrow).await? {
-            return Ok(
-                json!({ "lease_id": terms.payload().lease_id, "settled": true, "settlement_signature": fact.signature }),
-            );
+            return Ok(Arbitration::AlreadySettled(SettledEscrow {
+                lease_id: terms.payload().lease_id.to_string(),
+                settled: true,
+                settlement_signature: fact.signature,
+            }));
         }
         let chain = self.chain()?;
         escrow
@@ -137,17 +142,17 @@ impl Market {
             .half_signed_settlement(&escrow, ruling.release, &cosigner)
             .await?;
         tracing::info!(lease = %terms.payload().lease_id, %caller, served_secs = ruling.served_secs, basis = ?ruling.basis, to_provider = %ruling.release.to_provider, to_buyer = %ruling.release.to_buyer, "arbitrated");
-        Ok(json!({
-            "lease_id": terms.payload().lease_id,
-            "settled": false,
-            "served_secs": ruling.served_secs,
-            "checkpoint_counted": ruling.basis,
-            "set_aside": ruling.set_aside,
-            "to_provider": ruling.release.to_provider.to_string(),
-            "to_buyer": ruling.release.to_buyer.to_string(),
-            "to_provider_base_units": ruling.release.to_provider.base_units(),
-            "to_buyer_base_units": ruling.release.to_buyer.base_units(),
-            "settlement": settlement,
+        Ok(Arbitration::Ruled(ArbiterRuling {
+            lease_id: terms.payload().lease_id.to_string(),
+            settled: false,
+            served_secs: ruling.served_secs,
+            checkpoint_counted: ruling.basis,
+            set_aside: ruling.set_aside,
+            to_provider: ruling.release.to_provider.to_string(),
+            to_buyer: ruling.release.to_buyer.to_string(),
+            to_provider_base_units: ruling.release.to_provider.base_units(),
+            to_buyer_base_units: ruling.release.to_buyer.base_units(),
+            settlement,
         }))
     }
 
@@ -182,16 +187,21 @@ impl Market {
         terms: &Signed<LeaseTerms>,
         provider: &PeerId,
     ) -> Option<Signed<UsageCheckpoint>> {
-        let request = InvokeRequest::new("market.lease.status", EVIDENCE_DEADLINE)
-            .with_params(json!({ "lease_id": terms.payload().lease_id }));
-        let answer = match self.mesh().ok()?.invoke(party, request).await {
-            Ok(answer) => answer,
+        let params = serde_json::to_value(StatusParams {
+            lease_id: terms.payload().lease_id.to_string(),
+        })
+        .ok()?;
+        let request =
+            InvokeRequest::new(MarketLeaseStatus::NAME, EVIDENCE_DEADLINE).with_params(params);
+        let answered = self.mesh().ok()?.invoke(party, request).await;
+        let status = match answered.and_then(MarketLeaseStatus::decode) {
+            Ok(status) => status,
             Err(error) => {
                 tracing::info!(lease = %terms.payload().lease_id, %party, error = %error.message, "the other party shows no evidence");
                 return None;
             }
         };
-        self.open_kept_checkpoint(answer["checkpoint"].as_str()?, provider)
+        self.open_kept_checkpoint(status.checkpoint.as_deref()?, provider)
             .ok()
     }
 
@@ -233,16 +243,15 @@ impl Market {
                     ),
                 )
             })?;
-        let answer = self
-            .call_peer(
+        let arbitration = self
+            .call_peer::<MarketArbitrate>(
                 &arbiter_peer,
-                "market.arbitrate",
-                json!({
-                    "terms": terms.text(),
-                    "acceptance": acceptance.text(),
-                    "funding_signature": funding.signature,
-                    "checkpoints": record.checkpoint.iter().map(Signed::text).collect::<Vec<_>>(),
-                }),
+                &ArbitrateParams {
+                    terms: terms.text(),
+                    acceptance: acceptance.text(),
+                    funding_signature: funding.signature.clone(),
+                    checkpoints: record.checkpoint.iter().map(Signed::text).collect(),
+                },
             )
             .await
             .map_err(|e| {
@@ -254,35 +263,25 @@ impl Market {
                     ),
                 )
             })?;
-        if answer["settled"] == true {
-            return Ok(self
-                .settlement_on_chain(&escrow)
-                .await?
-                .map(Input::Settled)
-                .into_iter()
-                .collect());
-        }
-        let amount = |field: &str| {
-            answer[field]
-                .as_u64()
-                .map(claw_market::Molt::from_base_units)
-                .ok_or_else(|| {
-                    failure(
-                        ErrorCode::Internal,
-                        format!("the arbiter answered no {field}"),
-                    )
-                })
+        let ruling = match arbitration {
+            Arbitration::AlreadySettled(_) => {
+                return Ok(self
+                    .settlement_on_chain(&escrow)
+                    .await?
+                    .map(Input::Settled)
+                    .into_iter()
+                    .collect());
+            }
+            Arbitration::Ruled(ruling) => ruling,
         };
+        // What the arbiter signed is checked against this release before it is co-signed.
         let release = Release {
-            to_provider: amount("to_provider_base_units")?,
-            to_buyer: amount("to_buyer_base_units")?,
+            to_provider: claw_market::Molt::from_base_units(ruling.to_provider_base_units),
+            to_buyer: claw_market::Molt::from_base_units(ruling.to_buyer_base_units),
         };
-        let text = answer["settlement"]
-            .as_str()
-            .ok_or_else(|| failure(ErrorCode::Internal, "the arbiter answered no settlement"))?;
         let arbiter = address(&terms.payload().arbiter_wallet)?;
         let fact = self
-            .cosign_and_send(&escrow, text, release, &arbiter)
+            .cosign_and_send(&escrow, &ruling.settlement, release, &arbiter)
             .await?;
         tracing::info!(lease = %record.lease_id, to_provider = %fact.to_provider, to_buyer = %fact.to_buyer, "settled with the arbiter");
         Ok(vec![Input::Arbitrated(fact)])

@@ -4,6 +4,12 @@
 
 use std::time::{Duration, Instant};
 
+use claw_api::market::{
+    self as api, BidOutcome, BidPhases, EndParams, FundParams, Lease, LeaseEnd, LeaseReceipt,
+    LeaseRequestParams, LeaseStatus, MarketLeaseEnd, MarketLeaseFund, MarketLeaseRequest,
+    MarketLeaseStatus, MarketReceipts, MatchedOffer, NearOffer, NoMatchReason, ProviderReputation,
+    ReceiptListing, StatusParams,
+};
 use claw_market::Molt;
 use claw_market::book::{Match, NoMatch};
 use claw_market::lease::{
@@ -15,7 +21,6 @@ use claw_market::settlement::{
     Escrow, Release, SettlementError, approve_allowance, pro_rata, revoke,
 };
 use claw_mesh::{ErrorCode, InvokeFailure, PeerId, TopicKind};
-use serde_json::{Value, json};
 use solana_signer::Signer as _;
 
 use super::provider::progress;
@@ -40,6 +45,48 @@ fn call_failed(error: &InvokeFailure) -> Vec<Input> {
             vec![Input::CounterpartyRefused(error.message.clone())]
         }
         _ => Vec::new(),
+    }
+}
+
+/// What a provider's answer to a lease step says, whichever step it answered.
+struct ProviderSays<'a> {
+    /// Where the lease is on the provider.
+    state: api::LeaseState,
+    /// The workload running the lease there.
+    workload_id: Option<&'a str>,
+    /// Its latest checkpoint envelope, base-64, not yet verified.
+    checkpoint: Option<&'a str>,
+    /// Why the lease is where it is.
+    reason: Option<&'a str>,
+}
+
+impl<'a> From<&'a LeaseStatus> for ProviderSays<'a> {
+    fn from(status: &'a LeaseStatus) -> Self {
+        Self {
+            state: status.state,
+            workload_id: status.workload_id.as_deref(),
+            checkpoint: status.checkpoint.as_deref(),
+            reason: status.reason.as_deref(),
+        }
+    }
+}
+
+impl<'a> From<&'a LeaseEnd> for ProviderSays<'a> {
+    fn from(end: &'a LeaseEnd) -> Self {
+        match end {
+            LeaseEnd::Ended(ended) => Self {
+                state: ended.state,
+                workload_id: ended.workload_id.as_deref(),
+                checkpoint: ended.checkpoint.as_deref(),
+                reason: ended.reason.as_deref(),
+            },
+            LeaseEnd::Lapsed(lapsed) => Self {
+                state: lapsed.state,
+                workload_id: None,
+                checkpoint: None,
+                reason: None,
+            },
+        }
     }
 }
 
@@ -76,7 +123,7 @@ impl Market {
         &self,
         params: BidParams,
         progress_key: Option<&str>,
-    ) -> Result<Value, InvokeFailure> {
+    ) -> Result<BidOutcome, InvokeFailure> {
         let started = Instant::now();
         let progress = self.inner.workloads.progress().track(progress_key);
         let bid = self.bid_of(&params)?;
@@ -98,16 +145,20 @@ impl Market {
         let provider = claw_attestation::SignerKey(matched.entry.provider)
             .peer_id()
             .ok_or_else(|| failure(ErrorCode::Internal, "offer signer is not a peer"))?;
-        let offer_json = json!({
-            "provider": provider.to_string(),
-            "offer_id": matched.entry.offer.offer_id,
-            "gpu_model": matched.entry.offer.gpu_model,
-            "price_per_gpu_hour": matched.entry.offer.price_per_gpu_hour.to_string(),
-            "simulated": matched.entry.offer.simulated,
-            "total": matched.total.to_string(),
-        });
+        let offer = MatchedOffer {
+            provider: provider.to_string(),
+            offer_id: matched.entry.offer.offer_id,
+            gpu_model: matched.entry.offer.gpu_model.clone(),
+            price_per_gpu_hour: matched.entry.offer.price_per_gpu_hour.to_string(),
+            simulated: matched.entry.offer.simulated,
+            total: matched.total.to_string(),
+        };
         let Some(workload) = params.workload else {
-            return Ok(json!({ "matched": true, "offer": offer_json, "leased": false }));
+            return Ok(BidOutcome {
+                offer: Some(offer),
+                leased: Some(false),
+                ..matched_only()
+            });
         };
         // Spend safety: nothing is signed before the budget allows the lease.
         let budget = self.inner.dir.config().market.budget();
@@ -174,20 +225,20 @@ impl Market {
             ));
         }
         tracing::info!(lease = %lease, state = %record.state, "bid done");
-        Ok(json!({
-            "matched": true,
-            "leased": true,
-            "offer": offer_json,
-            "lease": summary(&record, self.arbiter_peer().as_deref()),
-            "phases_ms": {
-                "match": match_ms,
-                "lease_request": request_ms,
-                "escrow_funding": fund_ms,
-                "workload_start": start_ms,
-                "accept_fund_start": elapsed_ms(phase),
-                "total": elapsed_ms(started),
-            },
-        }))
+        Ok(BidOutcome {
+            offer: Some(offer),
+            leased: Some(true),
+            lease: Some(summary(&record, self.arbiter_peer().as_deref())),
+            phases_ms: Some(BidPhases {
+                matching: match_ms,
+                lease_request: request_ms,
+                escrow_funding: fund_ms,
+                workload_start: start_ms,
+                accept_fund_start: elapsed_ms(phase),
+                total: elapsed_ms(started),
+            }),
+            ..matched_only()
+        })
     }
 
     /// The bid `params` describe, paid from this node's wallet, validated.
@@ -280,22 +331,18 @@ impl Market {
         let proof = self
             .wallet()?
             .sign_message(&wallet_proof_message(&signed.digest()));
-        let answer = self
-            .call_peer(
+        let grant = self
+            .call_peer::<MarketLeaseRequest>(
                 &provider.to_string(),
-                "market.lease.request",
-                json!({
-                    "bid": signed.text(),
-                    "offer_id": offer.offer_id,
-                    "stream": stream,
-                    "wallet_signature": proof.to_string(),
-                }),
+                &LeaseRequestParams {
+                    bid: signed.text(),
+                    offer_id: offer.offer_id,
+                    stream,
+                    wallet_signature: proof.to_string(),
+                },
             )
             .await?;
-        let text = answer["terms"]
-            .as_str()
-            .ok_or_else(|| failure(ErrorCode::Internal, "the provider answered without terms"))?;
-        let terms = self.open_signed::<LeaseTerms>("lease terms", text, Some(provider))?;
+        let terms = self.open_signed::<LeaseTerms>("lease terms", &grant.terms, Some(provider))?;
         Ok((signed, terms))
     }
 
@@ -436,20 +483,20 @@ impl Market {
     }
 
     /// What the provider's answer tells: the workload running the lease, and a checkpoint.
-    fn provider_answer(&self, record: &LeaseRecord, answer: &Value) -> Vec<Input> {
+    fn provider_answer(&self, record: &LeaseRecord, says: ProviderSays<'_>) -> Vec<Input> {
         let mut inputs = vec![Input::CounterpartyAnswered];
         if record.workload_id.is_none()
-            && let Some(id) = answer["workload_id"].as_str()
+            && let Some(id) = says.workload_id
         {
             inputs.push(Input::WorkloadStarted {
                 workload_id: id.chars().take(64).collect(),
             });
         }
-        inputs.extend(self.checkpoint_from(record, answer));
+        inputs.extend(self.checkpoint_from(record, says.checkpoint));
         if matches!(
-            answer["state"].as_str(),
-            Some("completed" | "refunded" | "settled")
-        ) && let Some(said) = answer["reason"].as_str()
+            says.state,
+            api::LeaseState::Completed | api::LeaseState::Refunded | api::LeaseState::Settled
+        ) && let Some(said) = says.reason
         {
             inputs.push(Input::CounterpartySaid(said.to_owned()));
         }
@@ -457,8 +504,8 @@ impl Market {
     }
 
     /// Verifies a checkpoint the provider sent.
-    fn checkpoint_from(&self, record: &LeaseRecord, answer: &Value) -> Option<Input> {
-        let text = answer["checkpoint"].as_str()?;
+    fn checkpoint_from(&self, record: &LeaseRecord, text: Option<&str>) -> Option<Input> {
+        let text = text?;
         let provider: PeerId = record.counterparty.parse().ok()?;
         match self.open_signed::<UsageCheckpoint>("checkpoint", text, Some(&provider)) {
             Ok(signed) => Some(Input::Checkpoint(signed)),
@@ -486,34 +533,33 @@ impl Market {
                 "the workload to run was lost in a restart before the provider had it".to_owned(),
             )]);
         };
-        let answer = match self
-            .call_peer(
+        let status = match self
+            .call_peer::<MarketLeaseFund>(
                 &record.counterparty,
-                "market.lease.fund",
-                json!({
-                    "lease_id": record.lease_id,
-                    "acceptance": acceptance.text(),
-                    "funding_signature": funding.signature,
-                    "workload": spec,
-                }),
+                &FundParams {
+                    lease_id: record.lease_id.to_string(),
+                    acceptance: acceptance.text(),
+                    funding_signature: funding.signature.clone(),
+                    workload: spec,
+                },
             )
             .await
         {
-            Ok(answer) => answer,
+            Ok(status) => status,
             Err(error) => return Ok(call_failed(&error)),
         };
-        if answer["state"] != "funded" {
+        if status.state != api::LeaseState::Funded {
             self.inner
                 .workload_specs
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .remove(&record.lease_id);
         }
-        let mut inputs = self.provider_answer(record, &answer);
-        if answer["state"] == "expired" {
+        let mut inputs = self.provider_answer(record, ProviderSays::from(&status));
+        if status.state == api::LeaseState::Expired {
             inputs.push(Input::CounterpartyRefused(format!(
                 "the provider let the reservation lapse: {}",
-                answer["reason"].as_str().unwrap_or("")
+                status.reason.as_deref().unwrap_or("")
             )));
         }
         Ok(inputs)
@@ -521,45 +567,54 @@ impl Market {
 
     async fn fetch_checkpoint(&self, record: &LeaseRecord) -> Result<Vec<Input>, InvokeFailure> {
         match self
-            .call_peer(
+            .call_peer::<MarketLeaseStatus>(
                 &record.counterparty,
-                "market.lease.status",
-                json!({ "lease_id": record.lease_id }),
+                &StatusParams {
+                    lease_id: record.lease_id.to_string(),
+                },
             )
             .await
         {
-            Ok(answer) => Ok(self.provider_answer(record, &answer)),
+            Ok(status) => Ok(self.provider_answer(record, ProviderSays::from(&status))),
             Err(error) => Ok(call_failed(&error)),
         }
     }
 
     /// Asks the provider to end the lease; keeps the settlement it signed for the co-signature.
     async fn request_end(&self, record: &LeaseRecord) -> Result<Vec<Input>, InvokeFailure> {
-        let answer = match self
-            .call_peer(
-                &record.counterparty,
-                "market.lease.end",
-                json!({ "lease_id": record.lease_id }),
-            )
-            .await
-        {
-            Ok(answer) => answer,
+        let end = match self.end_on_provider(record).await {
+            Ok(end) => end,
             Err(error) => return Ok(call_failed(&error)),
         };
-        if let Some(settlement) = answer["settlement"].as_str() {
+        if let LeaseEnd::Ended(ended) = &end
+            && let Some(settlement) = &ended.settlement
+        {
             self.inner
                 .settlements
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(record.lease_id.clone(), settlement.as_bytes().to_vec());
         }
-        let mut inputs = self.provider_answer(record, &answer);
-        if answer["state"] == "expired" && record.state == LeaseState::Funded {
+        let says = ProviderSays::from(&end);
+        let lapsed = says.state == api::LeaseState::Expired;
+        let mut inputs = self.provider_answer(record, says);
+        if lapsed && record.state == LeaseState::Funded {
             inputs.push(Input::CounterpartyRefused(
                 "the provider let the reservation lapse".to_owned(),
             ));
         }
         Ok(inputs)
+    }
+
+    /// Asks the provider to end the lease (or for how it ended).
+    async fn end_on_provider(&self, record: &LeaseRecord) -> Result<LeaseEnd, InvokeFailure> {
+        self.call_peer::<MarketLeaseEnd>(
+            &record.counterparty,
+            &EndParams {
+                lease_id: record.lease_id.to_string(),
+            },
+        )
+        .await
     }
 
     /// Co-signs the provider's settlement if it pays exactly `release`.
@@ -582,18 +637,12 @@ impl Market {
             .remove(&record.lease_id);
         let text = match held {
             Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-            None => match self
-                .call_peer(
-                    &record.counterparty,
-                    "market.lease.end",
-                    json!({ "lease_id": record.lease_id }),
-                )
-                .await
-            {
-                Ok(answer) => match answer["settlement"].as_str() {
-                    Some(text) => text.to_owned(),
+            None => match self.end_on_provider(record).await {
+                Ok(LeaseEnd::Ended(ended)) => match ended.settlement {
+                    Some(text) => text,
                     None => return Ok(Vec::new()),
                 },
+                Ok(LeaseEnd::Lapsed(_)) => return Ok(Vec::new()),
                 Err(error) => return Ok(call_failed(&error)),
             },
         };
@@ -664,7 +713,7 @@ impl Market {
     /// `market.lease.revoke`: withdraws a streaming lease's allowance on chain at once, without
     /// waiting for the provider, and ends the lease: the provider's next pull is refused, and it
     /// signs the final checkpoint (or, gone, is paid what it already pulled).
-    pub async fn revoke(&self, params: RevokeParams) -> Result<Value, InvokeFailure> {
+    pub async fn revoke(&self, params: RevokeParams) -> Result<Lease, InvokeFailure> {
         let lease = lease_id(&params.lease_id)?;
         let record = self
             .load(&lease)
@@ -688,7 +737,7 @@ impl Market {
 
     /// `market.lease.cancel`: ends a lease this node bought and settles it: pro rata for the time
     /// served, the rest back; everything back if the workload never started.
-    pub async fn cancel(&self, params: CancelParams) -> Result<Value, InvokeFailure> {
+    pub async fn cancel(&self, params: CancelParams) -> Result<Lease, InvokeFailure> {
         let lease = lease_id(&params.lease_id)?;
         let record = self
             .load(&lease)
@@ -753,31 +802,34 @@ impl Market {
     /// `market.receipts`: the leases this node served as a provider, with the evidence anyone
     /// can check against the chain: terms, the buyer's acceptance, the funding and the final
     /// checkpoint.
-    pub async fn receipts(&self, params: ReceiptsParams) -> Result<Value, InvokeFailure> {
+    pub async fn receipts(&self, params: ReceiptsParams) -> Result<ReceiptListing, InvokeFailure> {
         let mut records = self.inner.store.run(crate::store::Store::leases).await?;
         records.reverse();
-        let receipts: Vec<Value> = records
+        let receipts = records
             .iter()
             .filter(|r| r.side == Side::Provider)
             .filter(|r| matches!(r.state, LeaseState::Settled | LeaseState::Refunded))
             .filter_map(|r| {
-                Some(json!({
-                    "lease_id": r.lease_id,
-                    "terms": r.terms.as_ref()?.text(),
-                    "acceptance": r.acceptance.as_ref()?.text(),
-                    "checkpoint": r.checkpoint.as_ref()?.text(),
-                }))
+                Some(LeaseReceipt {
+                    lease_id: r.lease_id.to_string(),
+                    terms: r.terms.as_ref()?.text(),
+                    acceptance: r.acceptance.as_ref()?.text(),
+                    checkpoint: r.checkpoint.as_ref()?.text(),
+                })
             })
             .take(params.limit.unwrap_or(100).min(1000))
             .collect();
-        Ok(json!({ "receipts": receipts }))
+        Ok(ReceiptListing { receipts })
     }
 
     /// `market.reputation`: the provider's record from facts this node checks itself: its own
     /// leases with the provider, and the provider's receipts whose escrow — derived from terms
     /// the buyer signed too, with this node's arbiter as third key — the chain shows settled.
     /// What is learned is added per lease; nothing replaces it.
-    pub async fn reputation(&self, params: ReputationParams) -> Result<Value, InvokeFailure> {
+    pub async fn reputation(
+        &self,
+        params: ReputationParams,
+    ) -> Result<ProviderReputation, InvokeFailure> {
         let provider: PeerId = params.provider.parse().map_err(|_| {
             failure(
                 ErrorCode::InvalidParams,
@@ -790,16 +842,11 @@ impl Market {
             self.learn_outcome(&record);
         }
         let arbiter = self.arbiter()?;
-        let answer = self
-            .call_peer(&params.provider, "market.receipts", json!({ "limit": 100 }))
+        let shown = self
+            .call_peer::<MarketReceipts>(&params.provider, &ReceiptsParams { limit: Some(100) })
             .await?;
         let (mut proven, mut unproven) = (0u32, 0u32);
-        for item in answer["receipts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .take(100)
-        {
+        for item in shown.receipts.iter().take(100) {
             match self.prove_receipt(&provider, &arbiter, item).await {
                 Some((lease, outcome)) => {
                     proven += 1;
@@ -818,15 +865,15 @@ impl Market {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .of(&key);
-        Ok(json!({
-            "provider": params.provider,
-            "score": reputation.score(),
-            "served": reputation.served,
-            "never_started": reputation.never_started,
-            "disputed": reputation.disputed,
-            "receipts_proven_on_chain": proven,
-            "receipts_not_proven": unproven,
-        }))
+        Ok(ProviderReputation {
+            provider: params.provider,
+            score: reputation.score(),
+            served: reputation.served,
+            never_started: reputation.never_started,
+            disputed: reputation.disputed,
+            receipts_proven_on_chain: proven,
+            receipts_not_proven: unproven,
+        })
     }
 
     /// One receipt's outcome, if the chain proves it: both signatures, the trusted arbiter, the
@@ -835,14 +882,12 @@ impl Market {
         &self,
         provider: &PeerId,
         arbiter: &str,
-        item: &Value,
+        item: &LeaseReceipt,
     ) -> Option<(LeaseId, ProvenOutcome)> {
-        let terms = self.open_signed_kept::<LeaseTerms>(item["terms"].as_str()?, provider)?;
+        let terms = self.open_signed_kept::<LeaseTerms>(&item.terms, provider)?;
         let buyer: PeerId = terms.payload().buyer_peer.parse().ok()?;
-        let acceptance =
-            self.open_signed_kept::<LeaseAcceptance>(item["acceptance"].as_str()?, &buyer)?;
-        let checkpoint =
-            self.open_signed_kept::<UsageCheckpoint>(item["checkpoint"].as_str()?, provider)?;
+        let acceptance = self.open_signed_kept::<LeaseAcceptance>(&item.acceptance, &buyer)?;
+        let checkpoint = self.open_signed_kept::<UsageCheckpoint>(&item.checkpoint, provider)?;
         acceptance
             .check_against(&terms, self.policy().clock_slack_ms)
             .ok()?;
@@ -882,32 +927,55 @@ impl Market {
     }
 }
 
+/// `market.bid`'s answer for a match, before its offer and lease are filled in.
+fn matched_only() -> BidOutcome {
+    BidOutcome {
+        matched: true,
+        explanation: None,
+        considered: None,
+        reasons: None,
+        nearest: None,
+        offer: None,
+        leased: None,
+        lease: None,
+        phases_ms: None,
+    }
+}
+
 /// `market.bid`'s answer when nothing matched: why, per constraint, with the nearest offers.
-fn unmatched(why: &NoMatch) -> Value {
-    let nearest: Vec<Value> = why
+fn unmatched(why: &NoMatch) -> BidOutcome {
+    let nearest = why
         .nearest
         .iter()
-        .map(|(entry, failed)| {
-            json!({
-                "provider": claw_attestation::SignerKey(entry.provider).peer_id().map(|p| p.to_string()),
-                "gpu_model": entry.offer.gpu_model,
-                "gpus": entry.offer.gpus,
-                "price_per_gpu_hour": entry.offer.price_per_gpu_hour.to_string(),
-                "simulated": entry.offer.simulated,
-                "fails": failed.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            })
+        .map(|(entry, failed)| NearOffer {
+            provider: claw_attestation::SignerKey(entry.provider)
+                .peer_id()
+                .map(|p| p.to_string()),
+            gpu_model: entry.offer.gpu_model.clone(),
+            gpus: entry.offer.gpus,
+            price_per_gpu_hour: entry.offer.price_per_gpu_hour.to_string(),
+            simulated: entry.offer.simulated,
+            fails: failed.iter().map(ToString::to_string).collect(),
         })
         .collect();
-    let reasons: Vec<Value> = why
+    let reasons = why
         .reasons
         .iter()
-        .map(|(constraint, count, text)| json!({"constraint": constraint.to_string(), "offers": count, "why": text}))
+        .map(|(constraint, count, text)| NoMatchReason {
+            constraint: constraint.to_string(),
+            offers: *count,
+            why: text.clone(),
+        })
         .collect();
-    json!({
-        "matched": false,
-        "explanation": why.to_string(),
-        "considered": why.considered,
-        "reasons": reasons,
-        "nearest": nearest,
-    })
+    BidOutcome {
+        matched: false,
+        explanation: Some(why.to_string()),
+        considered: Some(why.considered),
+        reasons: Some(reasons),
+        nearest: Some(nearest),
+        offer: None,
+        leased: None,
+        lease: None,
+        phases_ms: None,
+    }
 }

@@ -19,15 +19,21 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
+use claw_api::Command;
+use claw_api::market::{
+    self as api, BookOffer, Lease, LeaseListing, MarketOffersSigned, OfferListing, SignedOffers,
+    WalletHoldings,
+};
 use claw_attestation::{GpuProbe, SignedPayload, VerifiedEnvelope, Verifier, unix_millis};
 use claw_market::book::{BookEntry, OrderBook};
 use claw_market::lease::{
-    LeaseId, LeasePolicy, LeaseRecord, LeaseState, ReputationBook, Side, Signed,
+    ContainerState, LeaseId, LeasePolicy, LeaseRecord, LeaseState, Payment, ReputationBook, Side,
+    Signed,
 };
 use claw_market::order::Offer;
 use claw_market::settlement::{ChainClient, MoltMint};
 use claw_mesh::{ErrorCode, InvokeFailure, MeshHandle, PeerId};
-use serde_json::{Value, json};
+use serde_json::json;
 use solana_keypair::Keypair;
 use solana_pubkey::Pubkey;
 
@@ -321,22 +327,26 @@ impl Market {
         Ok(signed)
     }
 
-    /// Invokes a command on a peer under the lease deadline.
-    async fn call_peer(
+    /// Invokes command `C` on a peer under the lease deadline, and decodes its answer with the
+    /// command's definition: an answer that does not decode fails like a refusal would.
+    async fn call_peer<C: Command>(
         &self,
         peer: &str,
-        command: &str,
-        params: Value,
-    ) -> Result<Value, InvokeFailure> {
+        params: &C::Params,
+    ) -> Result<C::Answer, InvokeFailure> {
         let peer_id: PeerId = peer
             .parse()
             .map_err(|_| failure(ErrorCode::Internal, format!("{peer:?} is not a peer id")))?;
+        let params = serde_json::to_value(params)
+            .map_err(|e| failure(ErrorCode::Internal, format!("cannot encode: {e}")))?;
         let request =
-            claw_mesh::InvokeRequest::new(command, LEASE_CALL_DEADLINE).with_params(params);
-        self.mesh()?
+            claw_mesh::InvokeRequest::new(C::NAME, LEASE_CALL_DEADLINE).with_params(params);
+        let answer = self
+            .mesh()?
             .invoke(peer_id, request)
             .await
-            .map_err(|e| InvokeFailure::new(e.code, format!("{peer}: {}", e.message)))
+            .map_err(|e| InvokeFailure::new(e.code, format!("{peer}: {}", e.message)))?;
+        C::decode(answer).map_err(|e| InvokeFailure::new(e.code, format!("{peer}: {}", e.message)))
     }
 
     /// The node's GPUs or cordon changed outside the market: publish its offers again now.
@@ -500,12 +510,13 @@ impl Market {
                 asked.insert(peer, now);
             }
             let request =
-                claw_mesh::InvokeRequest::new("market.offers.signed", Duration::from_secs(3));
-            let Ok(answer) = mesh.invoke(peer, request).await else {
+                claw_mesh::InvokeRequest::new(MarketOffersSigned::NAME, Duration::from_secs(3));
+            let answer = mesh.invoke(peer, request).await;
+            let Ok(answer) = answer.and_then(MarketOffersSigned::decode) else {
                 continue;
             };
-            for text in answer["offers"].as_array().into_iter().flatten().take(16) {
-                let Some(bytes) = text.as_str().and_then(|t| decode_blob("offer", t).ok()) else {
+            for text in answer.offers.iter().take(16) {
+                let Ok(bytes) = decode_blob("offer", text) else {
                     continue;
                 };
                 match self.inner.verifier.verify_at(&bytes, None, now_ms()) {
@@ -526,18 +537,19 @@ impl Market {
     }
 
     /// `market.offers.signed`: this node's current offers, as the signed envelopes it gossiped.
-    pub fn signed_offers(&self) -> Value {
+    pub fn signed_offers(&self) -> SignedOffers {
         let published = self
             .inner
             .published
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let offers: Vec<&String> = published
-            .values()
-            .filter(|p| !p.offer.withdrawn)
-            .map(|p| &p.envelope)
-            .collect();
-        json!({ "offers": offers })
+        SignedOffers {
+            offers: published
+                .values()
+                .filter(|p| !p.offer.withdrawn)
+                .map(|p| p.envelope.clone())
+                .collect(),
+        }
     }
 
     /// Runs [`Market::tick`] every `interval`, and publishes offers as soon as GPUs are taken or
@@ -558,7 +570,7 @@ impl Market {
     }
 
     /// `market.offers`: the book, cheapest first, filtered.
-    pub fn offers(&self, params: OffersParams) -> Result<Value, InvokeFailure> {
+    pub fn offers(&self, params: OffersParams) -> Result<OfferListing, InvokeFailure> {
         let max_price = params
             .max_price
             .as_deref()
@@ -596,39 +608,42 @@ impl Market {
             .filter(|e| params.min_gpus.is_none_or(|n| e.offer.gpus >= n))
             .collect();
         entries.sort_by_key(|e| (e.offer.price_per_gpu_hour, e.issued_ms, e.provider));
-        let offers: Vec<Value> = entries
+        let offers: Vec<BookOffer> = entries
             .into_iter()
             .take(params.limit.unwrap_or(100).min(1000))
             .map(|e| {
                 let peer = claw_attestation::SignerKey(e.provider).peer_id();
-                json!({
-                    "provider": peer.map(|p| p.to_string()),
-                    "node": peer.and_then(|p| names.get(&p).cloned()),
-                    "offer_id": e.offer.offer_id,
-                    "gpu_model": e.offer.gpu_model,
-                    "gpus": e.offer.gpus,
-                    "vram_mib": e.offer.vram_mib,
-                    "price_per_gpu_hour": e.offer.price_per_gpu_hour.to_string(),
-                    "min_hours": e.offer.min_hours,
-                    "max_hours": e.offer.max_hours,
-                    "region": e.offer.region,
-                    "interruptible": e.offer.interruptible,
-                    "simulated": e.offer.simulated,
-                    "cpu_millis_per_gpu": e.offer.cpu_millis_per_gpu,
-                    "memory_mib_per_gpu": e.offer.memory_mib_per_gpu,
-                    "pids_limit": e.offer.pids_limit,
-                    "attested": e.attested,
-                    "reputation": self.reputation_of(&e.provider),
-                    "wallet": e.offer.wallet,
-                    "expires_ms": e.expires_ms,
-                })
+                BookOffer {
+                    provider: peer.map(|p| p.to_string()),
+                    node: peer.and_then(|p| names.get(&p).cloned()),
+                    offer_id: e.offer.offer_id,
+                    gpu_model: e.offer.gpu_model.clone(),
+                    gpus: e.offer.gpus,
+                    vram_mib: e.offer.vram_mib,
+                    price_per_gpu_hour: e.offer.price_per_gpu_hour.to_string(),
+                    min_hours: e.offer.min_hours,
+                    max_hours: e.offer.max_hours,
+                    region: e.offer.region.clone(),
+                    interruptible: e.offer.interruptible,
+                    simulated: e.offer.simulated,
+                    cpu_millis_per_gpu: e.offer.cpu_millis_per_gpu,
+                    memory_mib_per_gpu: e.offer.memory_mib_per_gpu,
+                    pids_limit: e.offer.pids_limit,
+                    attested: e.attested,
+                    reputation: self.reputation_of(&e.provider),
+                    wallet: e.offer.wallet.clone(),
+                    expires_ms: e.expires_ms,
+                }
             })
             .collect();
-        Ok(json!({ "network": self.inner.dir.config().network.name, "offers": offers }))
+        Ok(OfferListing {
+            network: self.inner.dir.config().network.name.clone(),
+            offers,
+        })
     }
 
     /// `market.leases`: this node's leases on both sides, newest first.
-    pub async fn leases(&self, params: LeasesParams) -> Result<Value, InvokeFailure> {
+    pub async fn leases(&self, params: LeasesParams) -> Result<LeaseListing, InvokeFailure> {
         let state: Option<LeaseState> = params
             .state
             .as_deref()
@@ -641,17 +656,18 @@ impl Market {
         });
         let mut records = self.inner.store.run(Store::leases).await?;
         records.reverse();
-        let leases: Vec<Value> = records
+        let arbiter_peer = self.arbiter_peer();
+        let leases = records
             .iter()
             .filter(|r| state.is_none_or(|s| r.state == s))
             .filter(|r| side.is_none_or(|s| r.side == s))
-            .map(|r| summary(r, self.arbiter_peer().as_deref()))
+            .map(|r| summary(r, arbiter_peer.as_deref()))
             .collect();
-        Ok(json!({ "leases": leases }))
+        Ok(LeaseListing { leases })
     }
 
     /// `wallet.balance`: the node wallet's SOL and MOLT.
-    pub async fn balance(&self) -> Result<Value, InvokeFailure> {
+    pub async fn balance(&self) -> Result<WalletHoldings, InvokeFailure> {
         let chain = self.chain()?;
         let wallet = solana_signer::Signer::pubkey(self.wallet()?);
         let lamports = chain
@@ -664,14 +680,18 @@ impl Market {
             .balance(&chain.client, &wallet)
             .await
             .map_err(chain_failure)?;
-        Ok(json!({
-            "address": wallet.to_string(),
-            "lamports": lamports,
-            "sol": format!("{}.{:09}", lamports / 1_000_000_000, lamports % 1_000_000_000),
-            "molt": molt.to_string(),
-            "molt_base_units": molt.base_units(),
-            "rpc_url": chain.client.url(),
-        }))
+        Ok(WalletHoldings {
+            address: wallet.to_string(),
+            lamports,
+            sol: format!(
+                "{}.{:09}",
+                lamports / 1_000_000_000,
+                lamports % 1_000_000_000
+            ),
+            molt: molt.to_string(),
+            molt_base_units: molt.base_units(),
+            rpc_url: chain.client.url().to_owned(),
+        })
     }
 }
 
@@ -704,8 +724,49 @@ fn waiting_for(record: &LeaseRecord, arbiter_peer: Option<&str>) -> Option<Strin
     })
 }
 
-/// The summary the market commands answer with.
-fn summary(record: &LeaseRecord, arbiter_peer: Option<&str>) -> Value {
+/// A lease's state as the commands answer it.
+fn state_view(state: LeaseState) -> api::LeaseState {
+    match state {
+        LeaseState::Requested => api::LeaseState::Requested,
+        LeaseState::Accepted => api::LeaseState::Accepted,
+        LeaseState::Funded => api::LeaseState::Funded,
+        LeaseState::Running => api::LeaseState::Running,
+        LeaseState::Completed => api::LeaseState::Completed,
+        LeaseState::Settled => api::LeaseState::Settled,
+        LeaseState::Refunded => api::LeaseState::Refunded,
+        LeaseState::Disputed => api::LeaseState::Disputed,
+        LeaseState::Expired => api::LeaseState::Expired,
+    }
+}
+
+/// A lease's side as the commands answer it.
+fn side_view(side: Side) -> LeaseSide {
+    match side {
+        Side::Provider => LeaseSide::Provider,
+        Side::Buyer => LeaseSide::Buyer,
+    }
+}
+
+/// A lease's payment as the commands answer it.
+fn payment_view(payment: Payment) -> api::LeasePayment {
+    match payment {
+        Payment::Escrow => api::LeasePayment::Escrow,
+        Payment::Stream { pull_secs } => api::LeasePayment::Stream { pull_secs },
+    }
+}
+
+/// A checkpoint's container as the commands answer it.
+fn container_view(container: ContainerState) -> api::LeaseContainer {
+    match container {
+        ContainerState::NotStarted => api::LeaseContainer::NotStarted,
+        ContainerState::Running => api::LeaseContainer::Running,
+        ContainerState::Exited { code } => api::LeaseContainer::Exited { code },
+        ContainerState::Stopped => api::LeaseContainer::Stopped,
+    }
+}
+
+/// The lease as the market commands answer it.
+fn summary(record: &LeaseRecord, arbiter_peer: Option<&str>) -> Lease {
     let terms = record.terms.as_ref().map(Signed::payload);
     let escrow = terms.and_then(|t| t.escrow().ok().flatten());
     let settled = record.settlement.as_ref();
@@ -714,33 +775,49 @@ fn summary(record: &LeaseRecord, arbiter_peer: Option<&str>) -> Value {
         .release()
         .filter(|_| !record.is_stream() && record.ending.is_some());
     let pulled = record.stream.as_ref().map(|s| s.pulled);
-    json!({
-        "lease_id": record.lease_id,
-        "side": record.side,
-        "state": record.state,
-        "counterparty": record.counterparty,
-        "gpus": record.gpus,
-        "gpu_model": terms.map(|t| &t.gpu_model),
-        "simulated": terms.map(|t| t.simulated),
-        "hours": terms.map(|t| t.hours),
-        "price_per_gpu_hour": terms.map(|t| t.price_per_gpu_hour.to_string()),
-        "amount": terms.map(|t| t.amount.to_string()),
-        "payment": terms.map(|t| t.payment),
-        "pulled": record.is_stream().then(|| pulled.unwrap_or_default().to_string()),
-        "multisig": escrow.map(|e| e.multisig.to_string()),
-        "vault": escrow.map(|e| e.vault.to_string()),
-        "funding_signature": record.funding.as_ref().map(|f| &f.signature),
-        "funded_at_ms": record.funded_at_ms(),
-        "workload_id": record.workload_id,
-        "started_ms": record.started_ms,
-        "checkpoint_seq": record.checkpoint.as_ref().map(|c| c.payload().seq),
-        "served_secs": record.ending.map(|e| e.served_secs).or_else(|| record.checkpoint.as_ref().map(|c| c.payload().served_secs)),
-        "to_provider": settled.map(|s| s.to_provider).or(release.map(|r| r.to_provider)).or(pulled).map(|m| m.to_string()),
-        "to_buyer": settled.map(|s| s.to_buyer).or(release.map(|r| r.to_buyer)).map(|m| m.to_string()),
-        "settlement_signature": settled.map(|s| &s.signature),
-        "reason": record.reason,
-        "waiting_for": waiting_for(record, arbiter_peer),
-        "created_ms": record.created_ms,
-        "history": record.history,
-    })
+    Lease {
+        lease_id: record.lease_id.to_string(),
+        side: side_view(record.side),
+        state: state_view(record.state),
+        counterparty: record.counterparty.clone(),
+        gpus: record.gpus.clone(),
+        gpu_model: terms.map(|t| t.gpu_model.clone()),
+        simulated: terms.map(|t| t.simulated),
+        hours: terms.map(|t| t.hours),
+        price_per_gpu_hour: terms.map(|t| t.price_per_gpu_hour.to_string()),
+        amount: terms.map(|t| t.amount.to_string()),
+        payment: terms.map(|t| payment_view(t.payment)),
+        pulled: record
+            .is_stream()
+            .then(|| pulled.unwrap_or_default().to_string()),
+        multisig: escrow.map(|e| e.multisig.to_string()),
+        vault: escrow.map(|e| e.vault.to_string()),
+        funding_signature: record.funding.as_ref().map(|f| f.signature.clone()),
+        funded_at_ms: record.funded_at_ms(),
+        workload_id: record.workload_id.clone(),
+        started_ms: record.started_ms,
+        checkpoint_seq: record.checkpoint.as_ref().map(|c| c.payload().seq),
+        served_secs: record
+            .ending
+            .map(|e| e.served_secs)
+            .or_else(|| record.checkpoint.as_ref().map(|c| c.payload().served_secs)),
+        to_provider: settled
+            .map(|s| s.to_provider)
+            .or(release.map(|r| r.to_provider))
+            .or(pulled)
+            .map(|m| m.to_string()),
+        to_buyer: settled
+            .map(|s| s.to_buyer)
+            .or(release.map(|r| r.to_buyer))
+            .map(|m| m.to_string()),
+        settlement_signature: settled.map(|s| s.signature.clone()),
+        reason: record.reason.clone(),
+        waiting_for: waiting_for(record, arbiter_peer),
+        created_ms: record.created_ms,
+        history: record
+            .history
+            .iter()
+            .map(|(state, at)| (state_view(*state), *at))
+            .collect(),
+    }
 }

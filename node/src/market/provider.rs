@@ -10,6 +10,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use claw_api::market::{
+    LapsedLease, LeaseEnd, LeaseEnding, LeaseGrant, LeaseStatus, OwnOffer, SellReport,
+};
 use claw_market::Molt;
 use claw_market::book::{BookEntry, OrderBook};
 use claw_market::lease::machine::Funding;
@@ -20,13 +23,13 @@ use claw_market::lease::{
 use claw_market::order::{Bid, Offer};
 use claw_market::settlement::{Escrow, StreamReading, pull, read_stream};
 use claw_mesh::{ErrorCode, InvokeFailure, PeerId, TopicKind};
-use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use solana_signer::Signer as _;
 
 use super::{
     EndParams, FundParams, LEASE_PROOF_SLACK, LeaseRequestParams, Market, Published, SellParams,
-    StatusParams, address, chain_failure, failure, lease_id, now_ms,
+    StatusParams, address, chain_failure, container_view, failure, lease_id, now_ms, side_view,
+    state_view,
 };
 use crate::store::AdmitError;
 use crate::workloads::spec::StopParams;
@@ -230,7 +233,7 @@ impl Market {
 
     /// `market.sell`: records the decision (it outlives restarts and overrides the config's
     /// price), publishes or withdraws the offers at once, and answers with them.
-    pub async fn sell(&self, params: SellParams) -> Result<Value, InvokeFailure> {
+    pub async fn sell(&self, params: SellParams) -> Result<SellReport, InvokeFailure> {
         let price = match (params.price_per_gpu_hour, params.stop) {
             (Some(text), false) => {
                 let price: Molt = text.parse().map_err(|e| {
@@ -277,27 +280,25 @@ impl Market {
             "selling changed"
         );
         self.publish_offers().await?;
-        let offers: Vec<Value> = self
+        let offers = self
             .inner
             .published
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .values()
-            .map(|p| {
-                json!({
-                    "gpu_model": p.offer.gpu_model,
-                    "gpus": if p.offer.withdrawn { 0 } else { p.offer.gpus },
-                    "price_per_gpu_hour": p.offer.price_per_gpu_hour.to_string(),
-                    "simulated": p.offer.simulated,
-                    "withdrawn": p.offer.withdrawn,
-                })
+            .map(|p| OwnOffer {
+                gpu_model: p.offer.gpu_model.clone(),
+                gpus: if p.offer.withdrawn { 0 } else { p.offer.gpus },
+                price_per_gpu_hour: p.offer.price_per_gpu_hour.to_string(),
+                simulated: p.offer.simulated,
+                withdrawn: p.offer.withdrawn,
             })
             .collect();
-        Ok(json!({
-            "selling": price.is_some(),
-            "price_per_gpu_hour": price,
-            "offers": offers,
-        }))
+        Ok(SellReport {
+            selling: price.is_some(),
+            price_per_gpu_hour: price,
+            offers,
+        })
     }
 
     /// `market.lease.request`: checks the bid and its asker (see the module doc), reserves the
@@ -306,7 +307,7 @@ impl Market {
         &self,
         caller: PeerId,
         params: LeaseRequestParams,
-    ) -> Result<Value, InvokeFailure> {
+    ) -> Result<LeaseGrant, InvokeFailure> {
         let bid = self.open_signed::<Bid>("bid", &params.bid, Some(&caller))?;
         bid.payload()
             .validate()
@@ -318,9 +319,11 @@ impl Market {
         if let Some(existing) = self.load(&lease).await?
             && let Some(terms) = &existing.terms
         {
-            return Ok(
-                json!({ "lease_id": lease, "terms": terms.text(), "state": existing.state }),
-            );
+            return Ok(LeaseGrant {
+                lease_id: lease.to_string(),
+                terms: terms.text(),
+                state: state_view(existing.state),
+            });
         }
         self.inner
             .workloads
@@ -350,7 +353,11 @@ impl Market {
             .await?
             .ok_or_else(|| failure(ErrorCode::Internal, "the reservation vanished"))?;
         tracing::info!(lease = %lease, buyer = %caller, gpus = ?record.gpus, "lease accepted");
-        Ok(json!({ "lease_id": lease, "terms": text, "state": record.state }))
+        Ok(LeaseGrant {
+            lease_id: lease.to_string(),
+            terms: text,
+            state: state_view(record.state),
+        })
     }
 
     /// Refuses an asker that does not control the bid's wallet, whose bid lapsed before, or whose
@@ -609,7 +616,7 @@ impl Market {
         &self,
         caller: PeerId,
         params: FundParams,
-    ) -> Result<Value, InvokeFailure> {
+    ) -> Result<LeaseStatus, InvokeFailure> {
         let lease = lease_id(&params.lease_id)?;
         let record = self
             .load(&lease)
@@ -760,7 +767,7 @@ impl Market {
         &self,
         caller: PeerId,
         params: EndParams,
-    ) -> Result<Value, InvokeFailure> {
+    ) -> Result<LeaseEnd, InvokeFailure> {
         let lease = lease_id(&params.lease_id)?;
         let record = self
             .load(&lease)
@@ -773,7 +780,10 @@ impl Market {
         {
             Ok(Some(record)) => record,
             Ok(None) => {
-                return Ok(json!({ "lease_id": lease, "state": LeaseState::Expired }));
+                return Ok(LeaseEnd::Lapsed(LapsedLease {
+                    lease_id: lease.to_string(),
+                    state: state_view(LeaseState::Expired),
+                }));
             }
             // Already over: answer what it ended with.
             Err(_) => self
@@ -800,9 +810,18 @@ impl Market {
             }
             _ => None,
         };
-        let mut answer = status_answer(&record);
-        answer["settlement"] = json!(settlement);
-        Ok(answer)
+        let status = status_answer(&record);
+        Ok(LeaseEnd::Ended(LeaseEnding {
+            lease_id: status.lease_id,
+            side: status.side,
+            state: status.state,
+            workload_id: status.workload_id,
+            started_ms: status.started_ms,
+            checkpoint: status.checkpoint,
+            container: status.container,
+            reason: status.reason,
+            settlement,
+        }))
     }
 
     /// `market.lease.status`: where a lease is, with the latest checkpoint, for its
@@ -811,7 +830,7 @@ impl Market {
         &self,
         caller: PeerId,
         params: StatusParams,
-    ) -> Result<Value, InvokeFailure> {
+    ) -> Result<LeaseStatus, InvokeFailure> {
         let lease = lease_id(&params.lease_id)?;
         let record = self
             .load(&lease)
@@ -1092,17 +1111,20 @@ pub(super) fn progress(reading: StreamReading) -> claw_market::lease::machine::S
 }
 
 /// A lease's state and latest checkpoint, as the lease commands answer.
-pub(super) fn status_answer(record: &LeaseRecord) -> Value {
-    json!({
-        "lease_id": record.lease_id,
-        "side": record.side,
-        "state": record.state,
-        "workload_id": record.workload_id,
-        "started_ms": record.started_ms,
-        "checkpoint": record.checkpoint.as_ref().map(Signed::text),
-        "container": record.checkpoint.as_ref().map(|c| c.payload().container),
-        "reason": record.reason,
-    })
+pub(super) fn status_answer(record: &LeaseRecord) -> LeaseStatus {
+    LeaseStatus {
+        lease_id: record.lease_id.to_string(),
+        side: side_view(record.side),
+        state: state_view(record.state),
+        workload_id: record.workload_id.clone(),
+        started_ms: record.started_ms,
+        checkpoint: record.checkpoint.as_ref().map(Signed::text),
+        container: record
+            .checkpoint
+            .as_ref()
+            .map(|c| container_view(c.payload().container)),
+        reason: record.reason.clone(),
+    }
 }
 
 #[cfg(test)]
