@@ -184,7 +184,27 @@ fn parse_simulated_gpu(spec: &str) -> Result<SimulatedGpuProfile, String> {
     Ok(profile)
 }
 
+/// A reader that stops reading (`clawnode fleet --json | head`) closes the pipe; printing to it
+/// then panics inside `println!`. That is the reader's choice, not a failure: exit quietly, as
+/// Unix tools do, and leave every other panic to the default hook.
+fn exit_quietly_on_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    exit_quietly_on_closed_pipe();
     let cli = Cli::parse();
     init_logging(
         if matches!(cli.command, Command::Run(_) | Command::Localnet(_)) {

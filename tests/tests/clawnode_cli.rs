@@ -267,3 +267,27 @@ fn logs_can_be_json_lines_and_never_carry_the_control_token() {
         );
     }
 }
+
+#[test]
+fn a_reader_that_closes_the_pipe_ends_the_command_quietly() {
+    let (_dir, node) = fresh_node();
+    node.init_with_simulated_gpus(4);
+    // The reader is gone before the command prints: what `clawnode … | head -c0` does.
+    let mut child = std::process::Command::new(claw_tests::workspace_binary("clawnode"))
+        .arg("--data-dir")
+        .arg(node.data_dir())
+        .args(["--json", "inventory"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("clawnode inventory");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("clawnode exits");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{:?}: {stderr}",
+        output.status.code()
+    );
+    assert!(!stderr.contains("panicked"), "no panic report: {stderr}");
+}
