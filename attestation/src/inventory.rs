@@ -3,12 +3,13 @@
 //! Every GPU attribute that NVML could not report is `None`, never a guess. Simulated GPUs carry
 //! `simulated: true` inside the signed report so that buyers can refuse them.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::{PayloadKind, SignedPayload};
 
 /// A node's signed description of its machine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HardwareInventory {
     /// CPU, memory, disk and operating system.
@@ -31,7 +32,7 @@ impl HardwareInventory {
 }
 
 /// Host facts, read from the operating system.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HostInfo {
     /// The machine's host name.
@@ -57,7 +58,7 @@ pub struct HostInfo {
 }
 
 /// What NVML said when the node asked it for GPUs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum NvmlStatus {
     /// NVML loaded; versions as it reported them.
@@ -77,7 +78,7 @@ pub enum NvmlStatus {
 }
 
 /// One GPU, as NVML reports it (or as a simulated profile declares it).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GpuDevice {
     /// Position in the node's list (NVML index for real devices).
@@ -105,7 +106,7 @@ pub struct GpuDevice {
 }
 
 /// CUDA compute capability, e.g. 9.0 for Hopper.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ComputeCapability {
     /// Major version.
@@ -115,7 +116,7 @@ pub struct ComputeCapability {
 }
 
 /// ECC mode and the volatile (since last driver load) error counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EccState {
     /// Whether ECC is on now.
@@ -127,7 +128,7 @@ pub struct EccState {
 }
 
 /// Clock frequencies in MHz.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GpuClocks {
     /// Graphics clock.
@@ -139,7 +140,7 @@ pub struct GpuClocks {
 }
 
 /// Live readings of one GPU, as carried in freshness proofs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GpuLiveMetrics {
     /// Which GPU.
@@ -158,7 +159,7 @@ pub struct GpuLiveMetrics {
 
 /// A full reading of one GPU for monitoring (`gpu.metrics`): everything NVML reports about its
 /// current state. A value NVML cannot give is `None`; simulated GPUs have no readings at all.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GpuMetrics {
     /// Which GPU.
@@ -197,7 +198,7 @@ pub struct GpuMetrics {
 }
 
 /// Critical Xid errors NVML reported for a GPU.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct XidErrors {
     /// How many since the node started watching.
@@ -207,7 +208,7 @@ pub struct XidErrors {
 }
 
 /// A process using a GPU.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GpuProcess {
     /// Host process id.
@@ -217,7 +218,7 @@ pub struct GpuProcess {
 }
 
 /// A simulated GPU model a node declares in its config for local fleets and demos.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SimulatedGpuProfile {
     /// Product name to report, e.g. "NVIDIA H100 80GB HBM3".

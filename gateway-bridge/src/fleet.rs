@@ -14,13 +14,15 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use claw_api::fleet::{
-    BridgeCapabilities, DeployParams, DrainParams, FleetCapabilities, FleetDeploy, FleetDrain,
-    FleetGpus, FleetHealth, FleetInvoke, FleetStatus, FleetWorkloads, GpusParams, InvokeParams,
-    WorkloadsParams,
+    BridgeCapabilities, DeployParams, Deployment, DrainParams, FleetCapabilities, FleetDeploy,
+    FleetDrain, FleetDrainReport, FleetGpu, FleetGpuListing, FleetGpus, FleetHealth,
+    FleetHealthReport, FleetInvoke, FleetNode, FleetOverview, FleetStatus, FleetWorkloadListing,
+    FleetWorkloads, GpuCounts, GpusParams, InvokeParams, InvokeReport, NodeCondition, NodeFailure,
+    NodeResult, NodeWorkload, PlacementScore, WorkloadsParams,
 };
 use claw_api::market::{MarketBid, MarketLeaseCancel, MarketLeases, MarketOffers, WalletBalance};
-use claw_api::node::{GpuMetrics, HealthStatus, NodeDrain, NodeHealth};
-use claw_api::workload::{WorkloadList, WorkloadRun};
+use claw_api::node::{GpuMetrics, GpuReading, HealthStatus, NodeDrain, NodeHealth};
+use claw_api::workload::{Workload, WorkloadList, WorkloadRun};
 use claw_api::{
     BRIDGE_COMMANDS, Command, ErrorCode, InvokeFailure, NoParams, Router, bridge_descriptions,
 };
@@ -140,9 +142,9 @@ impl PlacementRequest {
     }
 }
 
-/// One GPU's live reading, as `gpu.metrics` gives it.
+/// What the placement score reads of one GPU's `gpu.metrics` reading.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct GpuReading {
+struct GpuLoad {
     utilization_pct: Option<f64>,
     temperature_c: Option<f64>,
 }
@@ -154,14 +156,14 @@ struct NodeReadings {
     /// `node.health`'s status; `None` when the node did not answer.
     health: Option<HealthStatus>,
     /// Its GPUs' live readings (none when it did not answer).
-    gpus: Vec<GpuReading>,
+    gpus: Vec<GpuLoad>,
 }
 
 /// A node that may take the deploy, with its score and the reasons the answer gives.
 #[derive(Debug, Clone)]
 struct Ranked {
     score: f64,
-    why: Value,
+    why: PlacementScore,
     member: FleetMember,
 }
 
@@ -177,7 +179,7 @@ fn rank(request: &PlacementRequest, nodes: Vec<NodeReadings>) -> Vec<Ranked> {
                 return None;
             }
             let (free, total) = request.counts(&node.member);
-            let mean_left = |read: fn(&GpuReading) -> Option<f64>, scale: f64| {
+            let mean_left = |read: fn(&GpuLoad) -> Option<f64>, scale: f64| {
                 let values: Vec<f64> = node.gpus.iter().filter_map(read).collect();
                 if values.is_empty() {
                     0.5
@@ -196,16 +198,16 @@ fn rank(request: &PlacementRequest, nodes: Vec<NodeReadings>) -> Vec<Ranked> {
             };
             let score =
                 35.0 * free_share + 25.0 * idle_share + 20.0 * cool_share + 20.0 * health_share;
-            let why = json!({
-                "node": node.member.announcement.name,
-                "peer_id": node.member.peer_id.to_string(),
-                "score": (score * 10.0).round() / 10.0,
-                "free_gpus": free,
-                "free_share": free_share,
-                "idle_share": idle_share,
-                "cool_share": cool_share,
-                "health": status,
-            });
+            let why = PlacementScore {
+                node: node.member.announcement.name.clone(),
+                peer_id: node.member.peer_id.to_string(),
+                score: (score * 10.0).round() / 10.0,
+                free_gpus: free,
+                free_share,
+                idle_share,
+                cool_share,
+                health: status,
+            };
             Some(Ranked {
                 score,
                 why,
@@ -245,18 +247,14 @@ struct NodeAnswer {
 }
 
 impl NodeAnswer {
-    fn to_json(&self) -> Value {
-        let mut value = json!({
-            "node": self.member.announcement.name,
-            "peer_id": self.member.peer_id.to_string(),
-            "ms": self.ms,
-            "ok": self.result.is_ok(),
-        });
-        match &self.result {
-            Ok(result) => value["result"] = result.clone(),
-            Err(error) => value["error"] = json!({"code": error.code, "message": error.message}),
-        }
-        value
+    /// This answer as its part of a fleet answer, the node's answer read by `read`.
+    fn into_result<T>(self, read: impl FnOnce(Value) -> Result<T, InvokeFailure>) -> NodeResult<T> {
+        NodeResult::new(
+            self.member.announcement.name,
+            self.member.peer_id.to_string(),
+            self.ms,
+            self.result.and_then(read),
+        )
     }
 }
 
@@ -344,16 +342,18 @@ impl FleetCommands {
         answers
     }
 
-    fn status(&self) -> Value {
+    /// `fleet.status`: the mesh view, counted.
+    fn status(&self) -> FleetOverview {
         let now = claw_attestation::unix_millis(std::time::SystemTime::now());
         let mut by_model: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
         let mut alerts = Vec::new();
         let members = self.members();
-        let nodes: Vec<Value> = members
+        let nodes: Vec<FleetNode> = members
             .iter()
             .map(|m| {
                 let a = &m.announcement;
-                let allocated: std::collections::HashSet<&String> = a.allocated_gpus.iter().collect();
+                let allocated: std::collections::HashSet<&String> =
+                    a.allocated_gpus.iter().collect();
                 for gpu in &a.inventory.gpus {
                     let entry = by_model.entry(gpu.model.clone()).or_default();
                     entry.0 += 1;
@@ -370,60 +370,71 @@ impl FleetCommands {
                 if a.inventory.gpus.is_empty() {
                     alerts.push(format!("{} reports no GPUs", a.name));
                 }
-                json!({
-                    "node": a.name,
-                    "peer_id": m.peer_id.to_string(),
-                    "region": a.region,
-                    "labels": a.labels,
-                    "cordoned": a.cordoned,
-                    "gpus": a.inventory.gpus.len(),
-                    "free_gpus": a.free_gpu_count(),
-                    "allocated_gpus": a.allocated_gpus.len(),
-                    "running_workloads": a.running_workloads,
-                    "simulated": a.inventory.gpus.iter().any(|g| g.simulated),
-                    "models": a.inventory.gpus.iter().map(|g| g.model.clone()).collect::<std::collections::BTreeSet<_>>(),
-                    "software_version": a.software_version,
-                    "announced_ms_ago": now.saturating_sub(m.issued_at_ms),
-                })
+                FleetNode {
+                    node: a.name.clone(),
+                    peer_id: m.peer_id.to_string(),
+                    region: a.region.clone(),
+                    labels: a.labels.clone(),
+                    cordoned: a.cordoned,
+                    gpus: a.inventory.gpus.len(),
+                    free_gpus: a.free_gpu_count(),
+                    allocated_gpus: a.allocated_gpus.len(),
+                    running_workloads: a.running_workloads,
+                    simulated: a.inventory.gpus.iter().any(|g| g.simulated),
+                    models: a.inventory.gpus.iter().map(|g| g.model.clone()).collect(),
+                    software_version: a.software_version.clone(),
+                    announced_ms_ago: now.saturating_sub(m.issued_at_ms),
+                }
             })
             .collect();
+        let counts = |(total, free, simulated): (usize, usize, usize)| GpuCounts {
+            total,
+            free,
+            allocated: total - free,
+            simulated,
+        };
         let totals = by_model
             .values()
             .fold((0, 0, 0), |t, m| (t.0 + m.0, t.1 + m.1, t.2 + m.2));
-        json!({
-            "nodes": nodes,
-            "node_count": nodes.len(),
-            "running_workloads": members.iter().map(|m| u64::from(m.announcement.running_workloads)).sum::<u64>(),
-            "gpus": {"total": totals.0, "free": totals.1, "allocated": totals.0 - totals.1, "simulated": totals.2},
-            "gpus_by_model": by_model.iter().map(|(model, (total, free, simulated))| (model.clone(), json!({"total": total, "free": free, "allocated": total - free, "simulated": simulated}))).collect::<serde_json::Map<_, _>>(),
-            "alerts": alerts,
-        })
+        FleetOverview {
+            node_count: nodes.len(),
+            nodes,
+            running_workloads: members
+                .iter()
+                .map(|m| u64::from(m.announcement.running_workloads))
+                .sum(),
+            gpus: counts(totals),
+            gpus_by_model: by_model
+                .into_iter()
+                .map(|(model, tally)| (model, counts(tally)))
+                .collect(),
+            alerts,
+        }
     }
 
-    async fn gpus(&self, params: GpusParams) -> Value {
+    /// `fleet.gpus`: the mesh view's GPUs, with each one's `gpu.metrics` reading when asked.
+    async fn gpus(&self, params: GpusParams) -> FleetGpuListing {
         let members = self.members();
-        let mut live: BTreeMap<String, Value> = BTreeMap::new();
+        let mut live: BTreeMap<String, GpuReading> = BTreeMap::new();
         if params.live {
             for answer in self
                 .fan_out(
                     members.clone(),
-                    "gpu.metrics",
+                    GpuMetrics::NAME,
                     &Value::Null,
                     DEFAULT_CONCURRENCY,
                     NODE_DEADLINE,
                 )
                 .await
             {
-                if let Ok(result) = answer.result {
-                    for gpu in result["gpus"].as_array().into_iter().flatten() {
-                        if let Some(uuid) = gpu["uuid"].as_str() {
-                            live.insert(uuid.to_owned(), gpu.clone());
-                        }
+                if let Ok(readings) = answer.result.and_then(GpuMetrics::decode) {
+                    for gpu in readings.gpus {
+                        live.insert(gpu.metrics.uuid.clone(), gpu);
                     }
                 }
             }
         }
-        let gpus: Vec<Value> = members
+        let gpus = members
             .iter()
             .flat_map(|m| {
                 let allocated = &m.announcement.allocated_gpus;
@@ -439,23 +450,22 @@ impl FleetCommands {
                     .as_ref()
                     .is_none_or(|model| g.model.contains(model.as_str()))
             })
-            .map(|(m, g, allocated)| {
-                json!({
-                    "node": m.announcement.name,
-                    "peer_id": m.peer_id.to_string(),
-                    "uuid": g.uuid,
-                    "model": g.model,
-                    "memory_mib": g.memory_total_bytes / (1024 * 1024),
-                    "simulated": g.simulated,
-                    "allocated": allocated,
-                    "metrics": live.get(&g.uuid),
-                })
+            .map(|(m, g, allocated)| FleetGpu {
+                node: m.announcement.name.clone(),
+                peer_id: m.peer_id.to_string(),
+                uuid: g.uuid.clone(),
+                model: g.model.clone(),
+                memory_mib: g.memory_total_bytes / (1024 * 1024),
+                simulated: g.simulated,
+                allocated,
+                metrics: live.get(&g.uuid).cloned(),
             })
             .collect();
-        json!({ "gpus": gpus })
+        FleetGpuListing { gpus }
     }
 
-    async fn invoke(&self, params: InvokeParams) -> Result<Value, InvokeFailure> {
+    /// `fleet.invoke`: any node command on the nodes named, each answer passed on as it came.
+    async fn invoke(&self, params: InvokeParams) -> Result<InvokeReport, InvokeFailure> {
         if params.command.is_empty()
             || params.command.len() > claw_mesh::MAX_COMMAND_LEN
             || params.command.starts_with("fleet.")
@@ -484,16 +494,18 @@ impl FleetCommands {
             )
             .await;
         let ok = answers.iter().filter(|a| a.result.is_ok()).count();
-        Ok(json!({
-            "command": params.command,
-            "nodes": answers.len(),
-            "succeeded": ok,
-            "failed": answers.len() - ok,
-            "results": answers.iter().map(NodeAnswer::to_json).collect::<Vec<_>>(),
-        }))
+        Ok(InvokeReport {
+            command: params.command,
+            nodes: answers.len(),
+            succeeded: ok,
+            failed: answers.len() - ok,
+            results: answers.into_iter().map(|a| a.into_result(Ok)).collect(),
+        })
     }
 
-    async fn health(&self) -> Value {
+    /// `fleet.health`: `node.health` on every node, decoded with its definition. A node whose
+    /// answer does not decode counts as `unknown`, with the decoding error as its failure.
+    async fn health(&self) -> FleetHealthReport {
         let answers = self
             .fan_out(
                 self.members(),
@@ -503,18 +515,30 @@ impl FleetCommands {
                 NODE_DEADLINE,
             )
             .await;
-        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-        for answer in &answers {
-            let status = match &answer.result {
-                Ok(result) => result["status"].as_str().unwrap_or("unknown"),
-                Err(_) => "unreachable",
-            };
-            *counts.entry(status).or_default() += 1;
-        }
-        json!({ "summary": counts, "nodes": answers.iter().map(NodeAnswer::to_json).collect::<Vec<_>>() })
+        let mut summary: BTreeMap<NodeCondition, usize> = BTreeMap::new();
+        let nodes = answers
+            .into_iter()
+            .map(|answer| {
+                let reached = answer.result.is_ok();
+                let part = answer.into_result(NodeHealth::decode);
+                let condition = match &part.result {
+                    Some(report) => NodeCondition::from(report.status),
+                    None if reached => NodeCondition::Unknown,
+                    None => NodeCondition::Unreachable,
+                };
+                *summary.entry(condition).or_default() += 1;
+                part
+            })
+            .collect();
+        FleetHealthReport { summary, nodes }
     }
 
-    async fn workloads(&self, params: WorkloadsParams) -> Result<Value, InvokeFailure> {
+    /// `fleet.workloads`: `workload.list` on the nodes, decoded with its definition and
+    /// filtered; a node that fails or answers what does not decode is listed as unreachable.
+    async fn workloads(
+        &self,
+        params: WorkloadsParams,
+    ) -> Result<FleetWorkloadListing, InvokeFailure> {
         let members = match &params.node {
             Some(node) => vec![self.resolve(node)?],
             None => self.members(),
@@ -533,40 +557,43 @@ impl FleetCommands {
         for answer in answers {
             match answer.result.and_then(WorkloadList::decode) {
                 Ok(listing) => {
-                    for workload in listing.workloads {
-                        let state_ok = params
+                    let matches = |workload: &Workload| {
+                        params
                             .state
                             .as_ref()
-                            .is_none_or(|s| workload.state.to_string() == *s);
-                        let image_ok = params
-                            .image
-                            .as_ref()
-                            .is_none_or(|i| workload.image.contains(i.as_str()));
-                        if state_ok && image_ok {
-                            let mut workload = serde_json::to_value(&workload).map_err(|e| {
-                                InvokeFailure::new(
-                                    ErrorCode::Internal,
-                                    format!("cannot encode: {e}"),
-                                )
-                            })?;
-                            workload["node"] = json!(answer.member.announcement.name);
-                            workload["peer_id"] = json!(answer.member.peer_id.to_string());
-                            workloads.push(workload);
-                        }
-                    }
+                            .is_none_or(|s| workload.state.to_string() == *s)
+                            && params
+                                .image
+                                .as_ref()
+                                .is_none_or(|i| workload.image.contains(i.as_str()))
+                    };
+                    workloads.extend(listing.workloads.into_iter().filter(matches).map(
+                        |workload| NodeWorkload {
+                            workload,
+                            node: answer.member.announcement.name.clone(),
+                            peer_id: answer.member.peer_id.to_string(),
+                        },
+                    ));
                 }
-                Err(error) => unreachable
-                    .push(json!({"node": answer.member.announcement.name, "error": error.message})),
+                Err(error) => unreachable.push(NodeFailure {
+                    node: answer.member.announcement.name,
+                    error: error.message,
+                }),
             }
         }
-        Ok(json!({ "workloads": workloads, "unreachable": unreachable }))
+        Ok(FleetWorkloadListing {
+            workloads,
+            unreachable,
+        })
     }
 
+    /// `fleet.deploy`: `workload.run` on the best-scored node with room, or, for a retried
+    /// idempotency key, on the node placed before.
     async fn deploy(
         &self,
         params: DeployParams,
         idempotency_key: Option<String>,
-    ) -> Result<Value, InvokeFailure> {
+    ) -> Result<Deployment, InvokeFailure> {
         let run = json!({
             "image": params.image,
             "command": params.command,
@@ -585,14 +612,14 @@ impl FleetCommands {
         {
             match self.start_on(&member, &run, Some(key)).await {
                 Ok(workload) => {
-                    return Ok(json!({
-                        "node": member.announcement.name,
-                        "peer_id": placed.peer_id,
-                        "why": placed.why,
-                        "considered": placed.considered,
-                        "workload": workload,
-                        "retried": true,
-                    }));
+                    return Ok(Deployment {
+                        node: member.announcement.name,
+                        peer_id: placed.peer_id,
+                        why: placed.why,
+                        considered: placed.considered,
+                        workload,
+                        retried: true,
+                    });
                 }
                 Err(e) if matches!(e.code, ErrorCode::Conflict | ErrorCode::Unavailable) => {
                     tracing::info!(node = %member.announcement.name, error = %e, "the placed node refuses a retried deploy; placing it again");
@@ -620,7 +647,7 @@ impl FleetCommands {
             ));
         }
         let ranked = rank(&request, self.readings(feasible).await);
-        let considered: Vec<Value> = ranked.iter().map(|r| r.why.clone()).collect();
+        let considered: Vec<PlacementScore> = ranked.iter().map(|r| r.why.clone()).collect();
         // The best first; if another deploy took its GPUs meanwhile (the mesh view lags by up
         // to an announce interval), the next. When every one refuses, each refusal is said.
         let mut refusals = Vec::new();
@@ -643,13 +670,14 @@ impl FleetCommands {
                 .await
             {
                 Ok(workload) => {
-                    return Ok(json!({
-                        "node": member.announcement.name,
-                        "peer_id": member.peer_id.to_string(),
-                        "why": ranked.why,
-                        "considered": considered,
-                        "workload": workload,
-                    }));
+                    return Ok(Deployment {
+                        node: member.announcement.name,
+                        peer_id: member.peer_id.to_string(),
+                        why: ranked.why,
+                        considered,
+                        workload,
+                        retried: false,
+                    });
                 }
                 Err(error)
                     if error.code == ErrorCode::Conflict
@@ -677,13 +705,14 @@ impl FleetCommands {
         ))
     }
 
-    /// `workload.run` on `member`, with the caller's idempotency key when it gave one.
+    /// `workload.run` on `member`, with the caller's idempotency key when it gave one; its
+    /// answer decoded with the command's definition.
     async fn start_on(
         &self,
         member: &FleetMember,
         run: &Value,
         key: Option<&str>,
-    ) -> Result<Value, InvokeFailure> {
+    ) -> Result<Workload, InvokeFailure> {
         self.call(
             member.peer_id,
             WorkloadRun::NAME,
@@ -692,6 +721,7 @@ impl FleetCommands {
             key.map(str::to_owned),
         )
         .await
+        .and_then(WorkloadRun::decode)
     }
 
     /// What the score reads of each of `members`: GPU metrics and health, both at once.
@@ -719,14 +749,14 @@ impl FleetCommands {
             .map(|(m, h)| {
                 let gpus = m
                     .result
-                    .as_ref()
-                    .ok()
-                    .and_then(|r| r["gpus"].as_array())
-                    .map(|gpus| {
-                        gpus.iter()
-                            .map(|g| GpuReading {
-                                utilization_pct: g["utilization_gpu_pct"].as_f64(),
-                                temperature_c: g["temperature_c"].as_f64(),
+                    .and_then(GpuMetrics::decode)
+                    .map(|readings| {
+                        readings
+                            .gpus
+                            .iter()
+                            .map(|g| GpuLoad {
+                                utilization_pct: g.metrics.utilization_gpu_pct.map(f64::from),
+                                temperature_c: g.metrics.temperature_c.map(f64::from),
                             })
                             .collect()
                     })
@@ -745,10 +775,11 @@ impl FleetCommands {
             .collect()
     }
 
-    /// `fleet.drain`: `node.drain` on one node.
-    async fn drain(&self, params: DrainParams) -> Result<Value, InvokeFailure> {
+    /// `fleet.drain`: `node.drain` on one node, its answer decoded with the command's
+    /// definition.
+    async fn drain(&self, params: DrainParams) -> Result<FleetDrainReport, InvokeFailure> {
         let member = self.resolve(&params.node)?;
-        let drained = self
+        let drain = self
             .call(
                 member.peer_id,
                 NodeDrain::NAME,
@@ -756,12 +787,13 @@ impl FleetCommands {
                 Duration::from_secs(120),
                 None,
             )
-            .await?;
-        Ok(json!({
-            "node": member.announcement.name,
-            "peer_id": member.peer_id.to_string(),
-            "drain": drained,
-        }))
+            .await
+            .and_then(NodeDrain::decode)?;
+        Ok(FleetDrainReport {
+            node: member.announcement.name,
+            peer_id: member.peer_id.to_string(),
+            drain,
+        })
     }
 
     /// Command `C` on the market node, with the params the bridge parsed; its answer is decoded
@@ -888,7 +920,7 @@ mod tests {
             .inventory
             .gpus
             .iter()
-            .map(|_| GpuReading {
+            .map(|_| GpuLoad {
                 utilization_pct: Some(util),
                 temperature_c: Some(temp),
             })
@@ -935,10 +967,10 @@ mod tests {
         );
         assert_eq!(order(&ranked), ["idle", "hot", "degraded", "half", "busy"]);
         let best = &ranked[0];
-        assert_eq!(best.why["free_gpus"], 2);
-        assert_eq!(best.why["health"], "healthy");
+        assert_eq!(best.why.free_gpus, 2);
+        assert_eq!(best.why.health, Healthy);
         // 35 free + 25 idle + 20 × 0.6 cool + 20 healthy.
-        assert_eq!(best.why["score"], 92.0);
+        assert_eq!(best.why.score, 92.0);
     }
 
     #[test]
@@ -975,7 +1007,7 @@ mod tests {
         };
         let ranked = rank(&request, vec![silent]);
         // 35 free + 25 × 0.5 + 20 × 0.5 + 20 healthy.
-        assert_eq!(ranked[0].why["score"], 77.5);
+        assert_eq!(ranked[0].why.score, 77.5);
         assert_eq!(
             request.describe(),
             "1 free GPU(s) of model H100 with 40000 MiB"

@@ -9,8 +9,8 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use claw_api::fleet::PlacementScore;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 /// Most placements remembered; past it the oldest go first.
 pub const MAX_PLACEMENTS: usize = 10_000;
@@ -38,9 +38,9 @@ pub struct Placement {
     /// The node's peer id.
     pub peer_id: String,
     /// Its score and readings when chosen.
-    pub why: Value,
+    pub why: PlacementScore,
     /// Every candidate's, best first.
-    pub considered: Vec<Value>,
+    pub considered: Vec<PlacementScore>,
     /// When it was chosen, Unix milliseconds.
     pub at_ms: u64,
 }
@@ -144,12 +144,42 @@ mod tests {
     use super::*;
 
     fn placement(peer: &str, at_ms: u64) -> Placement {
+        let why = PlacementScore {
+            node: "n1".to_owned(),
+            peer_id: peer.to_owned(),
+            score: 90.0,
+            free_gpus: 2,
+            free_share: 1.0,
+            idle_share: 1.0,
+            cool_share: 0.5,
+            health: claw_api::node::HealthStatus::Healthy,
+        };
         Placement {
             peer_id: peer.to_owned(),
-            why: serde_json::json!({"score": 90.0}),
-            considered: vec![],
+            why: why.clone(),
+            considered: vec![why],
             at_ms,
         }
+    }
+
+    /// Records kept before the scores were typed hold the same JSON, so they still read.
+    #[tokio::test]
+    async fn a_record_written_as_plain_json_reads() {
+        let placements = Placements::in_memory().unwrap();
+        let why = serde_json::json!({
+            "node": "n1", "peer_id": "peer-a", "score": 77.5, "free_gpus": 1, "free_share": 1.0,
+            "idle_share": 0.5, "cool_share": 0.5, "health": "degraded",
+        });
+        let record = serde_json::json!({
+            "peer_id": "peer-a", "why": why, "considered": [why], "at_ms": now_ms(),
+        });
+        placements
+            .tree
+            .insert("k", serde_json::to_vec(&record).unwrap())
+            .unwrap();
+        let found = placements.get("k").await.unwrap().unwrap();
+        assert_eq!(found.why.score, 77.5);
+        assert_eq!(serde_json::to_value(&found).unwrap(), record);
     }
 
     #[tokio::test]

@@ -20,9 +20,9 @@ use claw_api::market::{
     ProviderReputation, ReceiptListing, SellReport, WalletBalance,
 };
 use claw_api::node::{
-    Capabilities, Cordon, DrainReport, GpuList, GpuMetrics, GpuMetricsParams, LabelParams, Labels,
-    NodeCapabilities, NodeCordon, NodeDrain, NodeHealth, NodeLabel, NodeUncordon, SystemInfo,
-    SystemRun, SystemRunOutput, SystemRunParams,
+    Capabilities, Cordon, DrainReport, GpuList, GpuListing, GpuMetrics, GpuMetricsParams,
+    GpuReading, GpuReadings, LabelParams, Labels, NodeCapabilities, NodeCordon, NodeDrain,
+    NodeHealth, NodeLabel, NodeUncordon, SystemInfo, SystemRun, SystemRunOutput, SystemRunParams,
 };
 use claw_api::workload::{
     ContainerExec, ExecOutput, ExecParams, ListParams, LogTail, LogsParams, RunParams, StopParams,
@@ -30,12 +30,12 @@ use claw_api::workload::{
     WorkloadRef, WorkloadRun, WorkloadStats, WorkloadStop, WorkloadUsage,
 };
 use claw_api::{Command as _, NODE_COMMANDS, NoParams, Router, node_command, node_descriptions};
-use claw_attestation::{GpuProbe, XidWatcher, probe_host};
+use claw_attestation::{GpuProbe, HostInfo, XidWatcher, probe_host};
 use claw_mesh::{
     ErrorCode, HandlerFuture, InvokeFailure, InvokeHandler, InvokeRequest, InvokeResponse, PeerId,
 };
 use futures::FutureExt as _;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use crate::access::{AccessPolicy, Role};
@@ -329,12 +329,20 @@ impl NodeCommands {
         })
     }
 
-    async fn gpu_list(self, _: Call, NoParams {}: NoParams) -> Result<Value, InvokeFailure> {
+    async fn gpu_list(self, _: Call, NoParams {}: NoParams) -> Result<GpuListing, InvokeFailure> {
         let probe = Arc::clone(&self.services.probe);
-        blocking(move || json!({ "nvml": probe.status(), "gpus": probe.devices() })).await
+        blocking(move || GpuListing {
+            nvml: probe.status(),
+            gpus: probe.devices(),
+        })
+        .await
     }
 
-    async fn gpu_metrics(self, _: Call, params: GpuMetricsParams) -> Result<Value, InvokeFailure> {
+    async fn gpu_metrics(
+        self,
+        _: Call,
+        params: GpuMetricsParams,
+    ) -> Result<GpuReadings, InvokeFailure> {
         let holders = self
             .services
             .workloads
@@ -349,14 +357,12 @@ impl NodeCommands {
             )
         })
         .await?;
-        let gpus: Vec<Value> = metrics
+        let gpus: Vec<GpuReading> = metrics
             .into_iter()
             .filter(|m| params.gpu.as_ref().is_none_or(|g| *g == m.uuid))
-            .map(|m| {
-                let holder = holders.get(&m.uuid).map(ToString::to_string);
-                let mut value = json!(m);
-                value["workload"] = json!(holder);
-                value
+            .map(|metrics| GpuReading {
+                workload: holders.get(&metrics.uuid).map(ToString::to_string),
+                metrics,
             })
             .collect();
         if let Some(gpu) = &params.gpu
@@ -367,12 +373,12 @@ impl NodeCommands {
                 format!("no GPU {gpu} on this node"),
             ));
         }
-        Ok(json!({ "nvml": nvml, "gpus": gpus }))
+        Ok(GpuReadings { nvml, gpus })
     }
 
-    async fn system_info(self, _: Call, NoParams {}: NoParams) -> Result<Value, InvokeFailure> {
+    async fn system_info(self, _: Call, NoParams {}: NoParams) -> Result<HostInfo, InvokeFailure> {
         let dir = self.services.data_dir.clone();
-        blocking(move || json!(probe_host(&dir))).await
+        blocking(move || probe_host(&dir)).await
     }
 
     async fn health(self, _: Call, NoParams {}: NoParams) -> Result<HealthReport, InvokeFailure> {

@@ -5,24 +5,7 @@
 use claw_attestation::{PayloadKind, SignedPayload};
 use serde::{Deserialize, Serialize};
 
-use super::{LeaseError, LeaseId, LeaseOutcome, LeaseTerms, Signed};
-
-/// What the provider saw of the lease's container when it signed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum ContainerState {
-    /// It never started.
-    NotStarted,
-    /// It runs.
-    Running,
-    /// It exited on its own.
-    Exited {
-        /// Its exit code, when known.
-        code: Option<i64>,
-    },
-    /// The provider stopped it (the lease ended).
-    Stopped,
-}
+use super::{ContainerState, LeaseError, LeaseId, LeaseOutcome, LeaseTerms, Signed};
 
 /// A provider's signed account of a lease's use so far. `seq` counts a lease's checkpoints from
 /// 0; the one with `ended` set is final and is the lease's receipt.

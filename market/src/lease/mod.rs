@@ -38,7 +38,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 pub use budget::{Budget, BudgetError};
-pub use checkpoint::{ContainerState, UsageCheckpoint, counting_checkpoint};
+pub use checkpoint::{UsageCheckpoint, counting_checkpoint};
+/// The lease's states, sides, payment and container words are the commands' own (one definition
+/// in `claw-api`), so what the machine keeps is what the commands answer.
+pub use claw_api::market::{
+    LeaseContainer as ContainerState, LeasePayment as Payment, LeaseSide as Side, LeaseState,
+};
 pub use machine::{Effect, Input, LeasePolicy, LeaseRecord, Step};
 pub use reputation::{ProvenOutcome, Reputation, ReputationBook};
 pub use signed::Signed;
@@ -188,34 +193,6 @@ impl fmt::Debug for LeaseId {
     }
 }
 
-/// How the buyer pays for a lease.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum Payment {
-    /// The whole amount is locked in the lease's 2-of-3 escrow up front and released pro rata at
-    /// the end.
-    Escrow,
-    /// The buyer approves the provider as delegate of its MOLT account in small allowances (one
-    /// pull's worth beyond what the latest checkpoint shows earned, renewed as checkpoints
-    /// arrive); the provider pulls what it has earned every `pull_secs` and stops the workload
-    /// when it goes unpaid.
-    Stream {
-        /// Seconds between pulls.
-        pull_secs: u32,
-    },
-}
-
-/// Which side of a lease a node is on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[derive(schemars::JsonSchema)]
-pub enum Side {
-    /// Rents its GPUs out.
-    Provider,
-    /// Pays for the GPUs.
-    Buyer,
-}
-
 /// How a lease ended, as its final checkpoint says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -224,83 +201,6 @@ pub enum LeaseOutcome {
     Served,
     /// The workload never started: everything goes back to the buyer.
     NeverStarted,
-}
-
-/// Where a lease is. Both sides persist it; it only moves forward.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LeaseState {
-    /// Provider: GPUs reserved, terms not yet signed.
-    Requested,
-    /// The provider signed terms and reserved the GPUs; the buyer has until `fund_by_ms`.
-    Accepted,
-    /// The escrow (or first allowance) is on chain and the buyer's acceptance is held.
-    Funded,
-    /// The buyer's workload runs on the reserved GPUs.
-    Running,
-    /// The provider signed the final checkpoint; the escrow awaits release.
-    Completed,
-    /// The escrow was released to the provider (its share) and the buyer (the rest), or a
-    /// stream's last pull is done.
-    Settled,
-    /// Everything went back to the buyer: the workload never started.
-    Refunded,
-    /// The buyer refused the provider's account, or a party stopped answering: the arbiter
-    /// rules with the other party.
-    Disputed,
-    /// The reservation lapsed before funding, or was cancelled.
-    Expired,
-}
-
-impl LeaseState {
-    /// Whether the lease can still change.
-    pub fn is_open(self) -> bool {
-        !matches!(self, Self::Settled | Self::Refunded | Self::Expired)
-    }
-
-    /// Whether the lease holds GPUs on the provider.
-    pub fn holds_gpus(self) -> bool {
-        matches!(
-            self,
-            Self::Requested | Self::Accepted | Self::Funded | Self::Running
-        )
-    }
-
-    /// Whether a lease may move from `self` to `next`.
-    pub fn may_become(self, next: Self) -> bool {
-        use LeaseState::*;
-        self == next
-            || matches!(
-                (self, next),
-                (Requested, Accepted | Expired)
-                    | (Accepted, Funded | Expired | Disputed)
-                    | (Funded, Running | Completed | Disputed | Settled | Refunded)
-                    | (Running, Completed | Disputed | Settled | Refunded)
-                    | (Completed, Settled | Refunded | Disputed)
-                    | (Disputed, Settled | Refunded)
-            )
-    }
-
-    /// The state's name, as in `market.leases`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Requested => "requested",
-            Self::Accepted => "accepted",
-            Self::Funded => "funded",
-            Self::Running => "running",
-            Self::Completed => "completed",
-            Self::Settled => "settled",
-            Self::Refunded => "refunded",
-            Self::Disputed => "disputed",
-            Self::Expired => "expired",
-        }
-    }
-}
-
-impl fmt::Display for LeaseState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 #[cfg(test)]

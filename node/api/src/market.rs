@@ -57,7 +57,7 @@ commands! {
         "The node wallet's SOL and MOLT balances";
 }
 
-/// Which side of a lease a node is on.
+/// Which side of a lease a node is on (`claw-market` calls it `Side`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LeaseSide {
@@ -83,8 +83,11 @@ impl std::fmt::Display for LeaseSide {
     }
 }
 
-/// Where a lease is. Both sides keep it; it only moves forward.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+/// Where a lease is. Both sides keep it; it only moves forward. The one definition: the lease
+/// state machine (`claw-market`) and the commands' answers both use it.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum LeaseState {
     /// Provider: GPUs reserved, terms not yet signed.
@@ -111,6 +114,34 @@ pub enum LeaseState {
 }
 
 impl LeaseState {
+    /// Whether the lease can still change.
+    pub fn is_open(self) -> bool {
+        !matches!(self, Self::Settled | Self::Refunded | Self::Expired)
+    }
+
+    /// Whether the lease holds GPUs on the provider.
+    pub fn holds_gpus(self) -> bool {
+        matches!(
+            self,
+            Self::Requested | Self::Accepted | Self::Funded | Self::Running
+        )
+    }
+
+    /// Whether a lease may move from `self` to `next`.
+    pub fn may_become(self, next: Self) -> bool {
+        use LeaseState::*;
+        self == next
+            || matches!(
+                (self, next),
+                (Requested, Accepted | Expired)
+                    | (Accepted, Funded | Expired | Disputed)
+                    | (Funded, Running | Completed | Disputed | Settled | Refunded)
+                    | (Running, Completed | Disputed | Settled | Refunded)
+                    | (Completed, Settled | Refunded | Disputed)
+                    | (Disputed, Settled | Refunded)
+            )
+    }
+
     /// The state as the wire spells it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -133,21 +164,25 @@ impl std::fmt::Display for LeaseState {
     }
 }
 
-/// How the buyer pays for a lease, as its terms say.
+/// How the buyer pays for a lease, as its signed terms say (`claw-market` calls it `Payment`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum LeasePayment {
     /// The whole amount locked in the lease's 2-of-3 escrow up front, released pro rata at the
     /// end.
     Escrow,
-    /// The provider pulls from the buyer's allowance as it serves.
+    /// The buyer approves the provider as delegate of its MOLT account in small allowances (one
+    /// pull's worth beyond what the latest checkpoint shows earned, renewed as checkpoints
+    /// arrive); the provider pulls what it has earned every `pull_secs` and stops the workload
+    /// when it goes unpaid.
     Stream {
         /// Seconds between pulls.
         pull_secs: u32,
     },
 }
 
-/// What the provider saw of a lease's container when it signed a checkpoint.
+/// What the provider saw of a lease's container when it signed a checkpoint (`claw-market`
+/// calls it `ContainerState`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum LeaseContainer {

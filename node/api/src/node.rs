@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+
+use claw_attestation::{GpuDevice, HostInfo, NvmlStatus};
 
 use crate::command::commands;
 use crate::{Answer, CommandDescription, NoParams, Role};
@@ -18,13 +19,13 @@ commands! {
     NodeHealth = "node.health", Read, NoParams => HealthReport,
         "healthy / degraded / unhealthy, with the reasons: NVML, Docker, disk, memory, GPU errors and throttling";
     /// `gpu.list`.
-    GpuList = "gpu.list", Read, NoParams => Value,
+    GpuList = "gpu.list", Read, NoParams => GpuListing,
         "List GPUs from NVML (and simulated ones, marked), with NVML's status";
     /// `gpu.metrics`.
-    GpuMetrics = "gpu.metrics", Read, GpuMetricsParams => Value,
+    GpuMetrics = "gpu.metrics", Read, GpuMetricsParams => GpuReadings,
         "Live GPU readings from NVML: utilisation, memory, temperature, power, clocks, throttle reasons, ECC and Xid errors, processes, and the workload holding each GPU";
     /// `system.info`.
-    SystemInfo = "system.info", Read, NoParams => Value,
+    SystemInfo = "system.info", Read, NoParams => HostInfo,
         "Host facts: OS, kernel, CPU, memory, disk";
     /// `node.label`.
     NodeLabel = "node.label", Operate, LabelParams => Labels,
@@ -84,6 +85,52 @@ pub struct GpuMetricsParams {
     /// Only this GPU (UUID).
     #[serde(default)]
     pub gpu: Option<String>,
+}
+
+/// `gpu.list`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GpuListing {
+    /// Whether NVML answered, and if not, why.
+    pub nvml: NvmlStatus,
+    /// Real GPUs from NVML, then simulated ones (marked `simulated`).
+    pub gpus: Vec<GpuDevice>,
+}
+
+/// `gpu.metrics`' answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GpuReadings {
+    /// Whether NVML answered, and if not, why.
+    pub nvml: NvmlStatus,
+    /// One reading per GPU (or the one asked for).
+    pub gpus: Vec<GpuReading>,
+}
+
+/// One GPU's live reading, and what holds the GPU: one JSON object with NVML's fields and
+/// `workload`. Decoded by hand, since serde's `flatten` would let unknown fields through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct GpuReading {
+    /// NVML's reading (none of it is guessed; simulated GPUs have no readings).
+    #[serde(flatten)]
+    pub metrics: claw_attestation::GpuMetrics,
+    /// The workload holding it, or `lease:<id>` for a lease that reserved it; none when free.
+    pub workload: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for GpuReading {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut object = serde_json::Map::deserialize(deserializer)?;
+        let workload = object
+            .remove("workload")
+            .ok_or_else(|| D::Error::missing_field("workload"))?;
+        Ok(Self {
+            workload: serde_json::from_value(workload).map_err(D::Error::custom)?,
+            metrics: serde_json::from_value(serde_json::Value::Object(object))
+                .map_err(D::Error::custom)?,
+        })
+    }
 }
 
 /// `node.label`.
@@ -197,3 +244,36 @@ impl Answer for Cordon {}
 impl Answer for SystemRunOutput {}
 impl Answer for HealthReport {}
 impl Answer for DrainReport {}
+impl Answer for GpuListing {}
+impl Answer for GpuReadings {}
+impl Answer for HostInfo {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gpu_reading_is_the_metrics_and_its_holder_in_one_object() {
+        let wire = serde_json::json!({
+            "nvml": {"unavailable": {"reason": "no driver"}},
+            "gpus": [{
+                "uuid": "GPU-1", "index": 0, "model": "NVIDIA H100 80GB HBM3",
+                "utilization_gpu_pct": null, "utilization_memory_pct": null,
+                "memory_used_bytes": null, "memory_total_bytes": null, "temperature_c": null,
+                "power_usage_mw": null, "power_limit_mw": null, "clocks": null,
+                "throttle_reasons": [], "ecc": null, "xid_errors": null, "processes": [],
+                "simulated": true, "workload": "lease:abc",
+            }],
+        });
+        let readings: GpuReadings = serde_json::from_value(wire.clone()).expect("decodes");
+        assert_eq!(readings.gpus[0].workload.as_deref(), Some("lease:abc"));
+        assert!(readings.gpus[0].metrics.simulated);
+        assert_eq!(serde_json::to_value(&readings).expect("encodes"), wire);
+        let mut unknown = wire;
+        unknown["gpus"][0]["fan_pct"] = serde_json::json!(40);
+        assert!(
+            serde_json::from_value::<GpuReadings>(unknown).is_err(),
+            "a field neither side defines is refused"
+        );
+    }
+}

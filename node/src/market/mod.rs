@@ -21,14 +21,12 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use claw_api::Command;
 use claw_api::market::{
-    self as api, BookOffer, Lease, LeaseListing, MarketOffersSigned, OfferListing, SignedOffers,
-    WalletHoldings,
+    BookOffer, Lease, LeaseListing, MarketOffersSigned, OfferListing, SignedOffers, WalletHoldings,
 };
 use claw_attestation::{GpuProbe, SignedPayload, VerifiedEnvelope, Verifier, unix_millis};
 use claw_market::book::{BookEntry, OrderBook};
 use claw_market::lease::{
-    ContainerState, LeaseId, LeasePolicy, LeaseRecord, LeaseState, Payment, ReputationBook, Side,
-    Signed,
+    LeaseId, LeasePolicy, LeaseRecord, LeaseState, ReputationBook, Side, Signed,
 };
 use claw_market::order::Offer;
 use claw_market::settlement::{ChainClient, MoltMint};
@@ -724,47 +722,6 @@ fn waiting_for(record: &LeaseRecord, arbiter_peer: Option<&str>) -> Option<Strin
     })
 }
 
-/// A lease's state as the commands answer it.
-fn state_view(state: LeaseState) -> api::LeaseState {
-    match state {
-        LeaseState::Requested => api::LeaseState::Requested,
-        LeaseState::Accepted => api::LeaseState::Accepted,
-        LeaseState::Funded => api::LeaseState::Funded,
-        LeaseState::Running => api::LeaseState::Running,
-        LeaseState::Completed => api::LeaseState::Completed,
-        LeaseState::Settled => api::LeaseState::Settled,
-        LeaseState::Refunded => api::LeaseState::Refunded,
-        LeaseState::Disputed => api::LeaseState::Disputed,
-        LeaseState::Expired => api::LeaseState::Expired,
-    }
-}
-
-/// A lease's side as the commands answer it.
-fn side_view(side: Side) -> LeaseSide {
-    match side {
-        Side::Provider => LeaseSide::Provider,
-        Side::Buyer => LeaseSide::Buyer,
-    }
-}
-
-/// A lease's payment as the commands answer it.
-fn payment_view(payment: Payment) -> api::LeasePayment {
-    match payment {
-        Payment::Escrow => api::LeasePayment::Escrow,
-        Payment::Stream { pull_secs } => api::LeasePayment::Stream { pull_secs },
-    }
-}
-
-/// A checkpoint's container as the commands answer it.
-fn container_view(container: ContainerState) -> api::LeaseContainer {
-    match container {
-        ContainerState::NotStarted => api::LeaseContainer::NotStarted,
-        ContainerState::Running => api::LeaseContainer::Running,
-        ContainerState::Exited { code } => api::LeaseContainer::Exited { code },
-        ContainerState::Stopped => api::LeaseContainer::Stopped,
-    }
-}
-
 /// The lease as the market commands answer it.
 fn summary(record: &LeaseRecord, arbiter_peer: Option<&str>) -> Lease {
     let terms = record.terms.as_ref().map(Signed::payload);
@@ -777,8 +734,8 @@ fn summary(record: &LeaseRecord, arbiter_peer: Option<&str>) -> Lease {
     let pulled = record.stream.as_ref().map(|s| s.pulled);
     Lease {
         lease_id: record.lease_id.to_string(),
-        side: side_view(record.side),
-        state: state_view(record.state),
+        side: record.side,
+        state: record.state,
         counterparty: record.counterparty.clone(),
         gpus: record.gpus.clone(),
         gpu_model: terms.map(|t| t.gpu_model.clone()),
@@ -786,7 +743,7 @@ fn summary(record: &LeaseRecord, arbiter_peer: Option<&str>) -> Lease {
         hours: terms.map(|t| t.hours),
         price_per_gpu_hour: terms.map(|t| t.price_per_gpu_hour.to_string()),
         amount: terms.map(|t| t.amount.to_string()),
-        payment: terms.map(|t| payment_view(t.payment)),
+        payment: terms.map(|t| t.payment),
         pulled: record
             .is_stream()
             .then(|| pulled.unwrap_or_default().to_string()),
@@ -817,7 +774,7 @@ fn summary(record: &LeaseRecord, arbiter_peer: Option<&str>) -> Lease {
         history: record
             .history
             .iter()
-            .map(|(state, at)| (state_view(*state), *at))
+            .map(|(state, at)| (*state, *at))
             .collect(),
     }
 }

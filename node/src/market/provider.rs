@@ -28,8 +28,7 @@ use solana_signer::Signer as _;
 
 use super::{
     EndParams, FundParams, LEASE_PROOF_SLACK, LeaseRequestParams, Market, Published, SellParams,
-    StatusParams, address, chain_failure, container_view, failure, lease_id, now_ms, side_view,
-    state_view,
+    StatusParams, address, chain_failure, failure, lease_id, now_ms,
 };
 use crate::store::AdmitError;
 use crate::workloads::spec::StopParams;
@@ -322,7 +321,7 @@ impl Market {
             return Ok(LeaseGrant {
                 lease_id: lease.to_string(),
                 terms: terms.text(),
-                state: state_view(existing.state),
+                state: existing.state,
             });
         }
         self.inner
@@ -356,7 +355,7 @@ impl Market {
         Ok(LeaseGrant {
             lease_id: lease.to_string(),
             terms: text,
-            state: state_view(record.state),
+            state: record.state,
         })
     }
 
@@ -782,7 +781,7 @@ impl Market {
             Ok(None) => {
                 return Ok(LeaseEnd::Lapsed(LapsedLease {
                     lease_id: lease.to_string(),
-                    state: state_view(LeaseState::Expired),
+                    state: LeaseState::Expired,
                 }));
             }
             // Already over: answer what it ended with.
@@ -1114,15 +1113,12 @@ pub(super) fn progress(reading: StreamReading) -> claw_market::lease::machine::S
 pub(super) fn status_answer(record: &LeaseRecord) -> LeaseStatus {
     LeaseStatus {
         lease_id: record.lease_id.to_string(),
-        side: side_view(record.side),
-        state: state_view(record.state),
+        side: record.side,
+        state: record.state,
         workload_id: record.workload_id.clone(),
         started_ms: record.started_ms,
         checkpoint: record.checkpoint.as_ref().map(Signed::text),
-        container: record
-            .checkpoint
-            .as_ref()
-            .map(|c| container_view(c.payload().container)),
+        container: record.checkpoint.as_ref().map(|c| c.payload().container),
         reason: record.reason.clone(),
     }
 }

@@ -1,47 +1,48 @@
 // The bridge's answers, as far as the plugin reads them: the fields contract/bridge-fields.json
-// lists, which the bridge's end-to-end test checks in real answers. contract/commands.json types
-// these answers only as "any value", so they are written out here; a field the plugin does not
-// read is left out. Optional marks follow what the bridge may omit.
+// lists, which the bridge's end-to-end test checks in real answers. contract/commands.json holds
+// the JSON schema of each answer; the parts read here are written out from it, and a field the
+// plugin does not read is left out. Optional marks follow what the bridge may omit (for the
+// fleet.* answers: what their schemas do not require).
 
 export interface NodeError {
-  code?: string;
-  message?: string;
+  code: string;
+  message: string;
 }
 
 export interface FleetStatus {
   node_count: number;
   running_workloads: number;
-  gpus: { total: number; free: number; allocated: number; simulated?: number };
-  nodes?: {
+  gpus: { total: number; free: number; allocated: number; simulated: number };
+  nodes: {
     node: string;
-    peer_id?: string;
+    peer_id: string;
     gpus: number;
     free_gpus: number;
     running_workloads: number;
-    cordoned?: boolean;
-    simulated?: boolean;
+    cordoned: boolean;
+    simulated: boolean;
   }[];
-  alerts?: string[];
+  alerts: string[];
 }
 
 export interface FleetGpus {
-  gpus?: { node: string; uuid: string; model: string; memory_mib: number; simulated?: boolean; allocated?: boolean }[];
+  gpus: { node: string; uuid: string; model: string; memory_mib: number; simulated: boolean; allocated: boolean }[];
 }
 
 export interface FleetDeploy {
   node: string;
-  peer_id?: string;
-  why?: { score?: number; free_gpus?: number; health?: string };
-  considered?: unknown[];
-  workload?: { id?: string; state?: string };
+  peer_id: string;
+  why: { score: number; free_gpus: number; health: string };
+  considered: unknown[];
+  workload: { id: string; state: string };
 }
 
 export interface FleetWorkloads {
-  workloads?: { id: string; node: string; image: string; state: string }[];
-  unreachable?: { node: string; error: string }[];
+  workloads: { id: string; node: string; image: string; state: string }[];
+  unreachable: { node: string; error: string }[];
 }
 
-/** One node's part of a `fleet.invoke` answer. */
+/** One node's part of a `fleet.invoke` answer: `result` when `ok`, else `error`. */
 export interface InvokeResult<R = unknown> {
   node: string;
   ok: boolean;
@@ -55,7 +56,7 @@ export interface FleetInvoke<R = unknown> {
   nodes: number;
   succeeded: number;
   failed: number;
-  results?: InvokeResult<R>[];
+  results: InvokeResult<R>[];
 }
 
 /** `market.sell`'s answer on one node (through `fleet.invoke`). */
@@ -65,25 +66,26 @@ export interface MarketSell {
 
 export interface HealthReason {
   component: string;
-  status?: string;
-  detail?: string;
+  status: string;
+  detail: string;
 }
 
+/** One node's part of a `fleet.health` answer: its `node.health` report when `ok`, else `error`. */
 export interface NodeHealth {
   node: string;
   ok: boolean;
-  result?: { status?: string; reasons?: HealthReason[] };
+  result?: { status: string; reasons: HealthReason[] };
   error?: NodeError;
 }
 
 export interface FleetHealth {
-  summary?: Record<string, number>;
-  nodes?: NodeHealth[];
+  summary: Record<string, number>;
+  nodes: NodeHealth[];
 }
 
 export interface FleetDrain {
   node: string;
-  drain?: { cordoned?: boolean; workloads?: { workload: string; outcome: string }[] };
+  drain: { cordoned: boolean; workloads: { workload: string; outcome: string }[] };
 }
 
 export interface MarketOffers {
