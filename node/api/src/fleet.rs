@@ -453,14 +453,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::Command;
-
-    /// Decodes `answer` as `C`'s and checks it encodes back to exactly the same JSON.
-    fn round_trip<C: Command>(answer: Value) -> C::Answer {
-        let decoded = C::decode(answer.clone()).expect("the answer decodes");
-        assert_eq!(serde_json::to_value(&decoded).expect("encodes"), answer);
-        decoded
-    }
+    use crate::{Command as _, round_trip};
 
     /// `object` with `key` set to `value`.
     fn with(mut object: Value, key: &str, value: Value) -> Value {

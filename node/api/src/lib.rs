@@ -123,6 +123,15 @@ pub fn contract() -> Value {
     json!({ "node": list(NODE_COMMANDS), "bridge": list(BRIDGE_COMMANDS) })
 }
 
+/// Decodes `answer` as `C`'s and checks it encodes back to exactly the same JSON: the answer
+/// types' tests pin their wire form with it.
+#[cfg(test)]
+fn round_trip<C: Command>(answer: Value) -> C::Answer {
+    let decoded = C::decode(answer.clone()).expect("the answer decodes");
+    assert_eq!(serde_json::to_value(&decoded).expect("encodes"), answer);
+    decoded
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -895,14 +895,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::Command;
-
-    /// Decodes `answer` as `C`'s and checks it encodes back to exactly the same JSON.
-    fn round_trip<C: Command>(answer: Value) -> C::Answer {
-        let decoded = C::decode(answer.clone()).expect("the answer decodes");
-        assert_eq!(serde_json::to_value(&decoded).expect("encodes"), answer);
-        decoded
-    }
+    use crate::{Command as _, round_trip};
 
     #[test]
     fn a_bid_answers_in_three_shapes() {
