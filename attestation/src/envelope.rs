@@ -46,6 +46,9 @@ pub const DEFAULT_MAX_ENVELOPE_BYTES: usize = 64 * 1024;
 /// Default tolerated clock difference between signer and verifier.
 pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(30);
 
+/// How long a fleet object's envelope may be valid, in days.
+const FLEET_OBJECT_LIFETIME_DAYS: u64 = 3650;
+
 /// What an envelope's payload is. The kind is signed, so a payload of one kind can never be
 /// accepted as another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -68,6 +71,8 @@ pub enum PayloadKind {
     LeaseAcceptance,
     /// A provider's account of a lease's use so far (the final one ends the lease).
     UsageCheckpoint,
+    /// A fleet object (deployment, job, ...) at one revision, signed by a fleet operator.
+    FleetObject,
 }
 
 impl PayloadKind {
@@ -82,6 +87,7 @@ impl PayloadKind {
             // 7 was the first lease protocol's receipt; it is never reused.
             Self::LeaseAcceptance => 8,
             Self::UsageCheckpoint => 9,
+            Self::FleetObject => 10,
         }
     }
 
@@ -95,13 +101,15 @@ impl PayloadKind {
             6 => Some(Self::LeaseTerms),
             8 => Some(Self::LeaseAcceptance),
             9 => Some(Self::UsageCheckpoint),
+            10 => Some(Self::FleetObject),
             _ => None,
         }
     }
 
     /// The longest an envelope of this kind may be valid (expiry minus issue time). Gossiped
     /// claims about the present live at most a day; a lease's evidence must outlive the longest
-    /// lease (366 days) by the time a dispute may take. With the expiry check this also bounds
+    /// lease (366 days) by the time a dispute may take. A fleet object stands until an operator
+    /// replaces it, so it is signed for ten years; newer revisions, not expiry, retire it. With the expiry check this also bounds
     /// `issued_at` from below: nothing older than its kind's lifetime is accepted.
     pub fn max_lifetime(self) -> Duration {
         const HOUR: u64 = 3600;
@@ -109,6 +117,7 @@ impl PayloadKind {
             Self::Freshness => HOUR,
             Self::Inventory | Self::Announcement | Self::Offer | Self::Bid => 24 * HOUR,
             Self::LeaseTerms | Self::LeaseAcceptance | Self::UsageCheckpoint => 400 * 24 * HOUR,
+            Self::FleetObject => FLEET_OBJECT_LIFETIME_DAYS * 24 * HOUR,
         })
     }
 }
@@ -124,6 +133,7 @@ impl fmt::Display for PayloadKind {
             Self::LeaseTerms => "lease terms",
             Self::LeaseAcceptance => "lease acceptance",
             Self::UsageCheckpoint => "usage checkpoint",
+            Self::FleetObject => "fleet object",
         })
     }
 }

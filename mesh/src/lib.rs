@@ -65,7 +65,8 @@ pub enum MeshEvent {
     Connected(PeerId),
     /// The last connection to a peer closed.
     Disconnected(PeerId),
-    /// A verified offer or bid arrived on its topic (not sent for our own publications).
+    /// A verified offer, bid or fleet object arrived on its topic (not sent for our own
+    /// publications).
     Gossip {
         /// Which topic.
         kind: TopicKind,
@@ -301,6 +302,8 @@ pub enum TopicKind {
     Offers,
     /// Signed market bids.
     Bids,
+    /// Fleet objects (deployments, jobs, ...) signed by operators.
+    Objects,
 }
 
 impl TopicKind {
@@ -310,6 +313,7 @@ impl TopicKind {
             Self::Inventory => "inventory",
             Self::Offers => "offers",
             Self::Bids => "bids",
+            Self::Objects => "objects",
         }
     }
 }

@@ -39,13 +39,18 @@ pub struct MeshCounters {
     pub gossip: Vec<(TopicKind, GossipVerdict, u64)>,
 }
 
-const TOPICS: [TopicKind; 3] = [TopicKind::Inventory, TopicKind::Offers, TopicKind::Bids];
+const TOPICS: [TopicKind; 4] = [
+    TopicKind::Inventory,
+    TopicKind::Offers,
+    TopicKind::Bids,
+    TopicKind::Objects,
+];
 
 /// The live counters, shared by the event loop (writer) and handles (readers).
 #[derive(Debug, Default)]
 pub(crate) struct MeshStats {
     connected_peers: AtomicU64,
-    gossip: [[AtomicU64; 3]; 3],
+    gossip: [[AtomicU64; 3]; 4],
 }
 
 fn topic_index(kind: TopicKind) -> usize {
@@ -53,6 +58,7 @@ fn topic_index(kind: TopicKind) -> usize {
         TopicKind::Inventory => 0,
         TopicKind::Offers => 1,
         TopicKind::Bids => 2,
+        TopicKind::Objects => 3,
     }
 }
 
@@ -116,6 +122,7 @@ mod tests {
             Some(1)
         );
         assert_eq!(count(TopicKind::Bids, GossipVerdict::Ignored), Some(0));
-        assert_eq!(snapshot.gossip.len(), 9);
+        assert_eq!(count(TopicKind::Objects, GossipVerdict::Accepted), Some(0));
+        assert_eq!(snapshot.gossip.len(), 12);
     }
 }

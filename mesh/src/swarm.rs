@@ -168,14 +168,19 @@ pub(crate) struct Topics {
 
 impl Topics {
     pub(crate) fn new(network: &str) -> Result<Self, MeshError> {
-        let idents = [TopicKind::Inventory, TopicKind::Offers, TopicKind::Bids]
-            .into_iter()
-            .map(|kind| {
-                TopicName::new(network, kind)
-                    .map(|name| (kind, IdentTopic::new(name.as_str())))
-                    .map_err(|e| MeshError::Config(e.to_string()))
-            })
-            .collect::<Result<_, _>>()?;
+        let idents = [
+            TopicKind::Inventory,
+            TopicKind::Offers,
+            TopicKind::Bids,
+            TopicKind::Objects,
+        ]
+        .into_iter()
+        .map(|kind| {
+            TopicName::new(network, kind)
+                .map(|name| (kind, IdentTopic::new(name.as_str())))
+                .map_err(|e| MeshError::Config(e.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
         Ok(Self { idents })
     }
 
@@ -721,6 +726,7 @@ impl EventLoop {
             Some(kind) => {
                 let expected = match kind {
                     TopicKind::Offers => PayloadKind::Offer,
+                    TopicKind::Objects => PayloadKind::FleetObject,
                     _ => PayloadKind::Bid,
                 };
                 self.verifier
@@ -730,7 +736,11 @@ impl EventLoop {
                         if found != expected {
                             return Err(VerifyError::WrongKind { expected, found });
                         }
-                        self.seen_claims.admit(&verified, now)?;
+                        // A fleet object's revision is its replay guard (the store keeps the
+                        // newest); its ten-year envelope would only crowd the claims out here.
+                        if kind != TopicKind::Objects {
+                            self.seen_claims.admit(&verified, now)?;
+                        }
                         Ok(Accepted::Claim(kind, verified))
                     })
             }

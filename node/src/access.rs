@@ -36,6 +36,13 @@ impl AccessPolicy {
         self.local
     }
 
+    /// Whether `peer`'s signature counts on fleet objects here: the configured operators and
+    /// admins. The node itself counts only when listed, as it must be on every other member for
+    /// its objects to be kept there.
+    pub fn is_operator(&self, peer: &PeerId) -> bool {
+        self.operators.contains(peer) || self.admins.contains(peer)
+    }
+
     /// The role `caller` has here.
     pub fn role_of(&self, caller: &PeerId) -> Role {
         if *caller == self.local || self.admins.contains(caller) {
@@ -72,5 +79,7 @@ mod tests {
         assert_eq!(policy.role_of(&operator), Role::Operate);
         assert_eq!(policy.role_of(&stranger), Role::Read);
         assert!(Role::Read < Role::Operate && Role::Operate < Role::Admin);
+        assert!(policy.is_operator(&operator) && policy.is_operator(&admin));
+        assert!(!policy.is_operator(&local) && !policy.is_operator(&stranger));
     }
 }

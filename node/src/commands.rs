@@ -12,6 +12,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use claw_api::deploy::{
+    DeployCreate, DeployDelete, DeployHistory, DeployList, DeployPause, DeployResume,
+    DeployRollback, DeployStatus, DeployUpdate, DeploymentRef,
+};
 use claw_api::market::{
     Arbitration, BidOutcome, Lease, LeaseEnd, LeaseGrant, LeaseListing, LeaseStatus,
     MarketArbitrate, MarketBid, MarketLeaseCancel, MarketLeaseEnd, MarketLeaseFund,
@@ -24,6 +28,7 @@ use claw_api::node::{
     GpuReading, GpuReadings, LabelParams, Labels, NodeCapabilities, NodeCordon, NodeDrain,
     NodeHealth, NodeLabel, NodeUncordon, SystemInfo, SystemRun, SystemRunOutput, SystemRunParams,
 };
+use claw_api::objects::ObjectSync;
 use claw_api::workload::{
     ContainerExec, ExecOutput, ExecParams, ListParams, LogTail, LogsParams, RunParams, StopParams,
     Workload, WorkloadDetail, WorkloadInspect, WorkloadList, WorkloadListing, WorkloadLogs,
@@ -46,6 +51,7 @@ use crate::market::{
     LeasesParams, Market, OffersParams, ReceiptsParams, ReputationParams, RevokeParams, SellParams,
     StatusParams,
 };
+use crate::objects::FleetObjects;
 use crate::store::{AuditRecord, Store};
 use crate::system_run::{self, SystemRunError};
 use crate::workloads::{ProgressBoard, WorkloadRecord, Workloads};
@@ -143,6 +149,36 @@ fn router() -> &'static Router<NodeCommands, Call> {
             .route::<WalletBalance, _, _>(|node, _, NoParams {}| async move {
                 node.services.market.balance().await
             })
+            .route::<DeployCreate, _, _>(|node, _, params| async move {
+                node.services.objects.create_deployment(params).await
+            })
+            .route::<DeployUpdate, _, _>(|node, _, params| async move {
+                node.services.objects.update_deployment(params).await
+            })
+            .route::<DeployStatus, _, _>(|node, _, DeploymentRef { name }| async move {
+                node.services.objects.deployment(&name).await
+            })
+            .route::<DeployList, _, _>(|node, _, NoParams {}| async move {
+                node.services.objects.deployments().await
+            })
+            .route::<DeployHistory, _, _>(|node, _, DeploymentRef { name }| async move {
+                node.services.objects.deployment_history(&name).await
+            })
+            .route::<DeployRollback, _, _>(|node, _, params| async move {
+                node.services.objects.rollback_deployment(params).await
+            })
+            .route::<DeployPause, _, _>(|node, _, DeploymentRef { name }| async move {
+                node.services.objects.pause_deployment(&name, true).await
+            })
+            .route::<DeployResume, _, _>(|node, _, DeploymentRef { name }| async move {
+                node.services.objects.pause_deployment(&name, false).await
+            })
+            .route::<DeployDelete, _, _>(|node, _, DeploymentRef { name }| async move {
+                node.services.objects.delete_deployment(&name).await
+            })
+            .route::<ObjectSync, _, _>(|node, _, params| async move {
+                node.services.objects.page(params).await
+            })
     })
 }
 
@@ -177,6 +213,8 @@ pub struct NodeServices {
     pub system_run: SystemRunSection,
     /// The market: order book, offers, leases.
     pub market: Market,
+    /// The fleet objects this member keeps (deployments).
+    pub objects: FleetObjects,
     /// Invokes answered, for the metrics.
     pub invokes: crate::metrics::InvokeMetrics,
     /// Where each command's task is spawned, so that a stopping node waits for it.
@@ -265,6 +303,11 @@ impl NodeCommands {
     /// The market service.
     pub fn market(&self) -> &Market {
         &self.services.market
+    }
+
+    /// The fleet objects this member keeps.
+    pub fn objects(&self) -> &FleetObjects {
+        &self.services.objects
     }
 
     /// The GPUs.

@@ -17,6 +17,7 @@ mod data_dir;
 pub mod health;
 pub mod market;
 pub mod metrics;
+pub mod objects;
 pub mod runtime;
 pub mod store;
 pub mod system_run;
@@ -160,13 +161,17 @@ pub(crate) fn node_services(
         workloads.clone(),
         tasks.clone(),
     );
+    let access = access::AccessPolicy::new(peer, &config.access);
+    let objects =
+        objects::FleetObjects::new(std::sync::Arc::clone(dir), store.clone(), access.clone());
     commands::NodeServices {
         xids: claw_attestation::XidWatcher::start(),
         market,
+        objects,
         probe,
         data_dir: dir.root().to_path_buf(),
         store,
-        access: access::AccessPolicy::new(peer, &config.access),
+        access,
         workloads,
         system_run: config.system_run.clone(),
         invokes: metrics::InvokeMetrics::default(),

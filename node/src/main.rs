@@ -2,6 +2,7 @@
 
 mod chain_cli;
 mod daemon;
+mod deploy_cli;
 mod market_cli;
 mod ops;
 mod up;
@@ -79,6 +80,9 @@ enum Command {
     /// The GPU market: offers, bids that lease and run, leases, cancel.
     #[command(subcommand)]
     Market(market_cli::MarketCommand),
+    /// The fleet's deployments: replicas kept running across the fleet, changed by operators.
+    #[command(subcommand)]
+    Deploy(deploy_cli::DeployCommand),
     /// Show the running node's audit log: every command it answered, newest first.
     Audit {
         /// How many records.
@@ -263,6 +267,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Up(args) => up::up(global, args),
         Command::Wallet(command) => chain_cli::wallet(global, command),
         Command::Market(command) => market_cli::market(global, command),
+        Command::Deploy(command) => deploy_cli::deploy(global, command),
         Command::Audit { limit } => audit(global, limit),
     }
 }

@@ -27,6 +27,9 @@ use crate::{DataDir, DataDirError, Store, metrics, node_services, open_gpu_probe
 /// Name of the optional private-fleet key in the data directory.
 const SWARM_KEY_FILE: &str = "swarm.key";
 
+/// Every this many announce intervals a member catches up on fleet objects from a random peer.
+const OBJECT_SYNC_INTERVALS: u32 = 10;
+
 /// How long [`NodeHandle::stop`] waits for running commands and services to end.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -178,6 +181,9 @@ impl Node {
         market.attach(handle.clone());
         let interval = Duration::from_secs(dir.config().mesh.announce_interval_secs);
         tasks.spawn_service(market.run(interval));
+        let objects = commands.objects().clone();
+        objects.attach(handle.clone());
+        tasks.spawn_service(objects.run(interval * OBJECT_SYNC_INTERVALS));
         let failure = connect_gateway(&dir, &tasks, &options, &handle, &commands)?;
         Ok(NodeHandle {
             dir,
@@ -296,15 +302,23 @@ fn watch_mesh(tasks: &Tasks, mesh: Mesh, commands: &NodeCommands) {
         let _ = task.await;
     });
     let market = commands.market().clone();
+    let objects = commands.objects().clone();
     tasks.spawn_service(async move {
         while let Some(event) = events.recv().await {
             match event {
                 MeshEvent::Fleet(change) => tracing::info!(?change, "fleet"),
-                MeshEvent::Connected(_) => market.peer_connected(),
+                MeshEvent::Connected(peer) => {
+                    market.peer_connected();
+                    objects.peer_connected(peer);
+                }
                 MeshEvent::Gossip {
                     kind: TopicKind::Offers,
                     envelope,
                 } => market.ingest_offer(&envelope),
+                MeshEvent::Gossip {
+                    kind: TopicKind::Objects,
+                    envelope,
+                } => objects.gossiped(envelope),
                 _ => {}
             }
         }

@@ -8,10 +8,12 @@
 //! [`InvokeFailure`]: one error type from the handler to the wire.
 
 mod command;
+pub mod deploy;
 mod error;
 pub mod fleet;
 pub mod market;
 pub mod node;
+pub mod objects;
 mod role;
 pub mod workload;
 
@@ -59,6 +61,16 @@ pub const NODE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<market::MarketLeaseEnd>(),
     CommandInfo::of::<market::MarketLeaseStatus>(),
     CommandInfo::of::<market::WalletBalance>(),
+    CommandInfo::of::<deploy::DeployCreate>(),
+    CommandInfo::of::<deploy::DeployUpdate>(),
+    CommandInfo::of::<deploy::DeployStatus>(),
+    CommandInfo::of::<deploy::DeployList>(),
+    CommandInfo::of::<deploy::DeployHistory>(),
+    CommandInfo::of::<deploy::DeployRollback>(),
+    CommandInfo::of::<deploy::DeployPause>(),
+    CommandInfo::of::<deploy::DeployResume>(),
+    CommandInfo::of::<deploy::DeployDelete>(),
+    CommandInfo::of::<objects::ObjectSync>(),
 ];
 
 /// Every command the gateway bridge answers, in the order `fleet.capabilities` lists them: its

@@ -23,7 +23,7 @@ const MAX_VOLUMES: usize = 32;
 const MAX_GPUS: u32 = 64;
 
 /// `workload.run`: start a container.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunParams {
     /// Image reference, e.g. `pytorch/pytorch:2.4.0-cuda12.1-cudnn9-runtime`. Pulled when the
@@ -120,7 +120,7 @@ pub enum Isolation {
 }
 
 /// A published port.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortSpec {
     /// Port inside the container.
@@ -145,7 +145,7 @@ pub enum PortProtocol {
 }
 
 /// A host directory mounted into the container.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeSpec {
     /// Absolute host path under one of the node's volume roots.

@@ -10,6 +10,7 @@
 
 mod leases;
 mod ledger;
+mod objects;
 mod workloads;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use ledger::Holder;
+pub use objects::{HISTORY_KEPT, MAX_OBJECTS, ObjectKind, ObjectPut, ObjectRecord};
 pub use workloads::{AdmitError, Admitted, GpuChoice, WorkloadRecord};
 
 const META_TREE: &str = "meta";
@@ -30,6 +32,10 @@ const LEASES_TREE: &str = "leases/2";
 /// Lapsed reservations: per peer and per wallet the times they lapsed, and the leases whose bid
 /// may not reserve again until it expires.
 const LAPSES_TREE: &str = "lease-lapses";
+/// Fleet objects' latest revisions, by `<kind>/<name>`.
+const OBJECTS_TREE: &str = "fleet-objects";
+/// Fleet objects' kept revisions, by `<kind>/<name>\0<revision>`.
+const OBJECT_HISTORY_TREE: &str = "fleet-object-history";
 const SEQUENCE_KEY: &[u8] = b"envelope-sequence";
 const CORDONED_KEY: &[u8] = b"cordoned";
 /// `CORDONED_KEY`'s value when the node is cordoned.
@@ -168,7 +174,10 @@ pub struct Store {
     names: sled::Tree,
     leases: sled::Tree,
     lapses: sled::Tree,
+    objects: sled::Tree,
+    object_history: sled::Tree,
     audit_retained: u64,
+    max_objects: usize,
     db: sled::Db,
 }
 
@@ -195,7 +204,10 @@ impl Store {
             names: db.open_tree(NAMES_TREE)?,
             leases: db.open_tree(LEASES_TREE)?,
             lapses: db.open_tree(LAPSES_TREE)?,
+            objects: db.open_tree(OBJECTS_TREE)?,
+            object_history: db.open_tree(OBJECT_HISTORY_TREE)?,
             audit_retained: AUDIT_RETAINED,
+            max_objects: MAX_OBJECTS,
             db,
         })
     }
@@ -205,6 +217,13 @@ impl Store {
     #[must_use]
     pub fn with_audit_retention(mut self, records: u64) -> Self {
         self.audit_retained = records.max(1);
+        self
+    }
+
+    /// Keeps at most `objects` fleet objects instead of [`MAX_OBJECTS`].
+    #[must_use]
+    pub fn with_max_objects(mut self, objects: usize) -> Self {
+        self.max_objects = objects;
         self
     }
 

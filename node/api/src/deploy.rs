@@ -1,0 +1,365 @@
+//! Deployments: a named set of identical replicas, each a workload on some member, kept at its
+//! count across the fleet. A deployment is a fleet object ([`crate::objects`]): every change is
+//! a new revision signed by an operator, every member keeps the latest and a bounded history, and
+//! any member answers `deploy.status` and `deploy.history`.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::Answer;
+use crate::command::commands;
+use crate::workload::{RunParams, SpecError, is_simple_name};
+
+/// Most replicas one deployment asks for.
+pub const MAX_REPLICAS: u32 = 64;
+
+/// What a deployment should be: how many replicas of which container, placed how, rolled out
+/// how.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentSpec {
+    /// How many replicas should run, 0 to 64.
+    pub replicas: u32,
+    /// What each replica runs: `workload.run`'s params, without `name` (replicas are named
+    /// after the deployment) or `gpu_uuids` (a replica takes any free GPUs of its node). Env
+    /// values are part of the signed record every member keeps: pass secrets by reference once
+    /// secrets exist, never here.
+    pub template: RunParams,
+    /// Only nodes with GPUs whose model contains this (e.g. `H100`).
+    #[serde(default)]
+    pub gpu_model: Option<String>,
+    /// How a new revision replaces the running one.
+    #[serde(default)]
+    pub strategy: RolloutStrategy,
+    /// Paused: the replicas keep running as they are, and no rollout or rescheduling happens.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// How a new revision replaces the running one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RolloutStrategy {
+    /// Replace replicas a few at a time.
+    Rolling {
+        /// Replicas that may run above `replicas` during the rollout.
+        #[serde(default = "one")]
+        max_surge: u32,
+        /// Replicas that may be missing below `replicas` during the rollout.
+        #[serde(default)]
+        max_unavailable: u32,
+    },
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for RolloutStrategy {
+    fn default() -> Self {
+        Self::Rolling {
+            max_surge: 1,
+            max_unavailable: 0,
+        }
+    }
+}
+
+fn invalid<T>(message: impl Into<String>) -> Result<T, SpecError> {
+    Err(SpecError::Invalid(message.into()))
+}
+
+/// Checks a deployment's name: 1 to 32 of `a-z 0-9 -` (replica names add a suffix to it).
+pub fn check_name(name: &str) -> Result<(), SpecError> {
+    if is_simple_name(name, 32) {
+        Ok(())
+    } else {
+        invalid(format!(
+            "deployment name {name:?} must be 1 to 32 of a-z, 0-9 and '-'"
+        ))
+    }
+}
+
+impl DeploymentSpec {
+    /// Checks every field, the template's as `workload.run` would.
+    pub fn check(&self) -> Result<(), SpecError> {
+        if self.replicas > MAX_REPLICAS {
+            return invalid(format!("replicas must be 0 to {MAX_REPLICAS}"));
+        }
+        if self.template.name.is_some() {
+            return invalid("template.name: replicas are named after the deployment");
+        }
+        if self.template.gpu_uuids.is_some() {
+            return invalid("template.gpu_uuids: a replica takes any free GPUs (give gpus)");
+        }
+        self.template.check()?;
+        if let Some(model) = &self.gpu_model
+            && (model.is_empty() || model.len() > 64)
+        {
+            return invalid("gpu_model must be 1 to 64 bytes");
+        }
+        let RolloutStrategy::Rolling {
+            max_surge,
+            max_unavailable,
+        } = self.strategy;
+        if max_surge == 0 && max_unavailable == 0 {
+            return invalid("strategy: max_surge and max_unavailable cannot both be 0");
+        }
+        if max_surge > MAX_REPLICAS || max_unavailable > MAX_REPLICAS {
+            return invalid(format!(
+                "strategy: max_surge and max_unavailable are at most {MAX_REPLICAS}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `deploy.create`: a new deployment.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateParams {
+    /// Its name, unique in the fleet: 1 to 32 of `a-z 0-9 -`.
+    pub name: String,
+    /// What it should be.
+    pub spec: DeploymentSpec,
+}
+
+/// `deploy.update`: a new revision with the fields given changed; the others stay.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateParams {
+    /// The deployment.
+    pub name: String,
+    /// A new image.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// A new command.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// New env (replaces the whole map).
+    #[serde(default)]
+    pub env: Option<BTreeMap<String, String>>,
+    /// A new replica count.
+    #[serde(default)]
+    pub replicas: Option<u32>,
+    /// A new rollout strategy.
+    #[serde(default)]
+    pub strategy: Option<RolloutStrategy>,
+}
+
+impl UpdateParams {
+    /// `spec` with this update's fields applied.
+    pub fn apply(&self, spec: &DeploymentSpec) -> DeploymentSpec {
+        let mut next = spec.clone();
+        if let Some(image) = &self.image {
+            next.template.image.clone_from(image);
+        }
+        if let Some(command) = &self.command {
+            next.template.command.clone_from(command);
+        }
+        if let Some(env) = &self.env {
+            next.template.env.clone_from(env);
+        }
+        if let Some(replicas) = self.replicas {
+            next.replicas = replicas;
+        }
+        if let Some(strategy) = self.strategy {
+            next.strategy = strategy;
+        }
+        next
+    }
+
+    /// Whether the update changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.image.is_none()
+            && self.command.is_none()
+            && self.env.is_none()
+            && self.replicas.is_none()
+            && self.strategy.is_none()
+    }
+}
+
+/// Names a deployment.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentRef {
+    /// The deployment's name.
+    pub name: String,
+}
+
+/// `deploy.rollback`: a new revision whose spec is a kept earlier one's.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackParams {
+    /// The deployment.
+    pub name: String,
+    /// The revision to go back to; the one before the current when absent.
+    #[serde(default)]
+    pub revision: Option<u64>,
+}
+
+/// A deployment as every member knows it: its latest revision.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Deployment {
+    /// Its name.
+    pub name: String,
+    /// Its revision, from 1; every change adds one.
+    pub revision: u64,
+    /// What it should be at this revision.
+    pub spec: DeploymentSpec,
+    /// The operator that signed this revision (peer id).
+    pub signed_by: String,
+    /// When this revision was signed, Unix ms.
+    pub signed_at_ms: u64,
+}
+
+impl Answer for Deployment {}
+
+/// `deploy.list`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentListing {
+    /// The fleet's deployments, by name.
+    pub deployments: Vec<Deployment>,
+}
+
+impl Answer for DeploymentListing {}
+
+/// One kept revision of a deployment.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentRevision {
+    /// The revision.
+    pub revision: u64,
+    /// The spec at that revision; absent for the revision that deleted it.
+    #[serde(default)]
+    pub spec: Option<DeploymentSpec>,
+    /// The operator that signed it.
+    pub signed_by: String,
+    /// When, Unix ms.
+    pub signed_at_ms: u64,
+}
+
+/// `deploy.history`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentHistory {
+    /// The deployment.
+    pub name: String,
+    /// Its kept revisions, newest first (the latest 16).
+    pub revisions: Vec<DeploymentRevision>,
+}
+
+impl Answer for DeploymentHistory {}
+
+/// `deploy.delete`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentDeleted {
+    /// The deployment.
+    pub name: String,
+    /// The revision that deleted it.
+    pub revision: u64,
+}
+
+impl Answer for DeploymentDeleted {}
+
+commands! {
+    /// `deploy.create`.
+    DeployCreate = "deploy.create", Operate, CreateParams => Deployment,
+        "Create a deployment: replicas of a container kept running across the fleet";
+    /// `deploy.update`.
+    DeployUpdate = "deploy.update", Operate, UpdateParams => Deployment,
+        "Change a deployment's image, command, env, replicas or strategy (a new revision)";
+    /// `deploy.status`.
+    DeployStatus = "deploy.status", Read, DeploymentRef => Deployment,
+        "A deployment's current revision and spec";
+    /// `deploy.list`.
+    DeployList = "deploy.list", Read, crate::NoParams => DeploymentListing,
+        "The fleet's deployments";
+    /// `deploy.history`.
+    DeployHistory = "deploy.history", Read, DeploymentRef => DeploymentHistory,
+        "A deployment's kept revisions, newest first";
+    /// `deploy.rollback`.
+    DeployRollback = "deploy.rollback", Operate, RollbackParams => Deployment,
+        "Go back to a kept revision's spec (a new revision)";
+    /// `deploy.pause`.
+    DeployPause = "deploy.pause", Operate, DeploymentRef => Deployment,
+        "Pause a deployment: no rollout or rescheduling until it is resumed";
+    /// `deploy.resume`.
+    DeployResume = "deploy.resume", Operate, DeploymentRef => Deployment,
+        "Resume a paused deployment";
+    /// `deploy.delete`.
+    DeployDelete = "deploy.delete", Operate, DeploymentRef => DeploymentDeleted,
+        "Delete a deployment; its replicas are stopped";
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn spec(value: serde_json::Value) -> Result<DeploymentSpec, serde_json::Error> {
+        serde_json::from_value(value)
+    }
+
+    #[test]
+    fn a_spec_parses_strictly_and_defaults_to_a_rolling_update() {
+        let parsed = spec(json!({"replicas": 3, "template": {"image": "busybox"}})).unwrap();
+        assert_eq!(parsed.strategy, RolloutStrategy::default());
+        assert!(parsed.check().is_ok());
+        assert!(spec(json!({"replicas": 3, "template": {"image": "a"}, "x": 1})).is_err());
+        assert!(
+            spec(json!({"replicas": 1, "template": {"image": "a"},
+                "strategy": {"type": "rolling", "max_surge": 2, "surge": 1}}))
+            .is_err()
+        );
+        let rolling = spec(json!({"replicas": 1, "template": {"image": "a"},
+            "strategy": {"type": "rolling", "max_unavailable": 1}}))
+        .unwrap();
+        assert_eq!(
+            rolling.strategy,
+            RolloutStrategy::Rolling {
+                max_surge: 1,
+                max_unavailable: 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_spec_that_names_or_pins_its_replicas_is_refused() {
+        for bad in [
+            json!({"replicas": 1, "template": {"image": "a", "name": "x"}}),
+            json!({"replicas": 1, "template": {"image": "a", "gpu_uuids": ["GPU-1"]}}),
+            json!({"replicas": 65, "template": {"image": "a"}}),
+            json!({"replicas": 1, "template": {"image": "-a"}}),
+            json!({"replicas": 1, "template": {"image": "a"},
+                "strategy": {"type": "rolling", "max_surge": 0}}),
+        ] {
+            assert!(spec(bad.clone()).unwrap().check().is_err(), "{bad}");
+        }
+        assert!(check_name("web-1").is_ok());
+        assert!(check_name("Web").is_err() && check_name(&"a".repeat(33)).is_err());
+    }
+
+    #[test]
+    fn an_update_changes_only_what_it_names() {
+        let before =
+            spec(json!({"replicas": 2, "template": {"image": "a", "env": {"K": "v"}}})).unwrap();
+        let update = UpdateParams {
+            name: "web".into(),
+            image: Some("b".into()),
+            ..UpdateParams::default()
+        };
+        let after = update.apply(&before);
+        assert_eq!(after.template.image, "b");
+        assert_eq!(
+            (after.replicas, &after.template.env),
+            (2, &before.template.env)
+        );
+        assert!(!update.is_empty() && UpdateParams::default().is_empty());
+    }
+}

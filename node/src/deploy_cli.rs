@@ -1,0 +1,292 @@
+//! `clawnode deploy`: the fleet's deployments, as this member keeps them, and the changes an
+//! operator signs (create, update, rollback, pause, resume, delete).
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Subcommand};
+use claw_api::deploy::{
+    CreateParams, DeployCreate, DeployDelete, DeployHistory, DeployList, DeployPause, DeployResume,
+    DeployRollback, DeployStatus, DeployUpdate, Deployment, DeploymentRef, DeploymentSpec,
+    RollbackParams, RolloutStrategy, UpdateParams,
+};
+use claw_api::workload::RunParams;
+
+use crate::{GlobalArgs, ops, print_json, print_table};
+
+/// `clawnode deploy …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum DeployCommand {
+    /// Create a deployment: replicas of a container kept running across the fleet.
+    Create(CreateArgs),
+    /// Change a deployment's image, command, env or replica count (a new revision).
+    Update(UpdateArgs),
+    /// A deployment's current revision and spec.
+    Status {
+        /// The deployment.
+        name: String,
+    },
+    /// The fleet's deployments.
+    List,
+    /// A deployment's kept revisions, newest first.
+    History {
+        /// The deployment.
+        name: String,
+    },
+    /// Go back to a kept revision (the one before the current by default).
+    Rollback {
+        /// The deployment.
+        name: String,
+        /// The revision to go back to.
+        #[arg(long)]
+        revision: Option<u64>,
+    },
+    /// Pause a deployment: no rollout or rescheduling until it is resumed.
+    Pause {
+        /// The deployment.
+        name: String,
+    },
+    /// Resume a paused deployment.
+    Resume {
+        /// The deployment.
+        name: String,
+    },
+    /// Delete a deployment.
+    Delete {
+        /// The deployment.
+        name: String,
+    },
+}
+
+/// `clawnode deploy create`.
+#[derive(Debug, Args)]
+pub(crate) struct CreateArgs {
+    /// The deployment's name (1 to 32 of a-z, 0-9 and '-').
+    name: String,
+    /// The image each replica runs.
+    #[arg(long)]
+    image: String,
+    /// How many replicas.
+    #[arg(long, default_value_t = 1)]
+    replicas: u32,
+    /// GPUs per replica.
+    #[arg(long)]
+    gpus: Option<u32>,
+    /// Only nodes with GPUs whose model contains this.
+    #[arg(long)]
+    gpu_model: Option<String>,
+    /// Environment variable KEY=VALUE (repeatable). Kept in the signed record every member
+    /// holds: no secrets.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Replicas that may run above the count during a rollout.
+    #[arg(long, default_value_t = 1)]
+    max_surge: u32,
+    /// Replicas that may be missing during a rollout.
+    #[arg(long, default_value_t = 0)]
+    max_unavailable: u32,
+    /// Command and arguments for the image (after `--`).
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+/// `clawnode deploy update`.
+#[derive(Debug, Args)]
+pub(crate) struct UpdateArgs {
+    /// The deployment.
+    name: String,
+    /// A new image.
+    #[arg(long)]
+    image: Option<String>,
+    /// A new replica count.
+    #[arg(long)]
+    replicas: Option<u32>,
+    /// New env KEY=VALUE (repeatable; replaces the whole set).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// A new command (after `--`).
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+fn env_map(pairs: &[String]) -> Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("--env {pair:?} is not KEY=VALUE"))
+        })
+        .collect()
+}
+
+/// `clawnode deploy …`: one function per subcommand.
+pub(crate) fn deploy(global: &GlobalArgs, command: DeployCommand) -> Result<()> {
+    match command {
+        DeployCommand::Create(args) => create(global, args),
+        DeployCommand::Update(args) => {
+            let params = UpdateParams {
+                name: args.name,
+                image: args.image,
+                command: (!args.command.is_empty()).then_some(args.command),
+                env: (!args.env.is_empty())
+                    .then(|| env_map(&args.env))
+                    .transpose()?,
+                replicas: args.replicas,
+                strategy: None,
+            };
+            if params.is_empty() {
+                bail!("nothing to change: give --image, --replicas, --env or a command");
+            }
+            show(
+                global,
+                &ops::call::<DeployUpdate>(global, &params, None, None)?,
+            )
+        }
+        DeployCommand::Status { name } => show(
+            global,
+            &ops::call::<DeployStatus>(global, &DeploymentRef { name }, None, None)?,
+        ),
+        DeployCommand::List => list(global),
+        DeployCommand::History { name } => history(global, name),
+        DeployCommand::Rollback { name, revision } => show(
+            global,
+            &ops::call::<DeployRollback>(global, &RollbackParams { name, revision }, None, None)?,
+        ),
+        DeployCommand::Pause { name } => show(
+            global,
+            &ops::call::<DeployPause>(global, &DeploymentRef { name }, None, None)?,
+        ),
+        DeployCommand::Resume { name } => show(
+            global,
+            &ops::call::<DeployResume>(global, &DeploymentRef { name }, None, None)?,
+        ),
+        DeployCommand::Delete { name } => {
+            let answer = ops::call::<DeployDelete>(global, &DeploymentRef { name }, None, None)?;
+            if global.json {
+                print_json(&answer);
+            } else {
+                println!(
+                    "deployment {} deleted (revision {})",
+                    answer.name, answer.revision
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn create(global: &GlobalArgs, args: CreateArgs) -> Result<()> {
+    let template = RunParams {
+        image: args.image,
+        command: args.command,
+        name: None,
+        env: env_map(&args.env)?,
+        ports: Vec::new(),
+        volumes: Vec::new(),
+        gpus: args.gpus,
+        gpu_uuids: None,
+        cpus: None,
+        memory_mib: None,
+        restart: Default::default(),
+        labels: BTreeMap::new(),
+        isolation: Default::default(),
+        writable_root: false,
+    };
+    let params = CreateParams {
+        name: args.name,
+        spec: DeploymentSpec {
+            replicas: args.replicas,
+            template,
+            gpu_model: args.gpu_model,
+            strategy: RolloutStrategy::Rolling {
+                max_surge: args.max_surge,
+                max_unavailable: args.max_unavailable,
+            },
+            paused: false,
+        },
+    };
+    show(
+        global,
+        &ops::call::<DeployCreate>(global, &params, None, None)?,
+    )
+}
+
+fn summary(deployment: &Deployment) -> Vec<String> {
+    let spec = &deployment.spec;
+    vec![
+        deployment.name.clone(),
+        deployment.revision.to_string(),
+        spec.replicas.to_string(),
+        spec.template.image.clone(),
+        spec.template.gpus.unwrap_or(0).to_string(),
+        if spec.paused { "paused" } else { "active" }.to_owned(),
+        deployment.signed_by.clone(),
+    ]
+}
+
+const COLUMNS: [&str; 7] = [
+    "NAME",
+    "REVISION",
+    "REPLICAS",
+    "IMAGE",
+    "GPUS",
+    "STATE",
+    "SIGNED BY",
+];
+
+fn show(global: &GlobalArgs, deployment: &Deployment) -> Result<()> {
+    if global.json {
+        print_json(deployment);
+    } else {
+        print_table(&COLUMNS, &[summary(deployment)]);
+    }
+    Ok(())
+}
+
+fn list(global: &GlobalArgs) -> Result<()> {
+    let answer = ops::call::<DeployList>(global, &claw_api::NoParams {}, None, None)?;
+    if global.json {
+        print_json(&answer);
+    } else {
+        let rows: Vec<Vec<String>> = answer.deployments.iter().map(summary).collect();
+        print_table(&COLUMNS, &rows);
+    }
+    Ok(())
+}
+
+fn history(global: &GlobalArgs, name: String) -> Result<()> {
+    let answer = ops::call::<DeployHistory>(global, &DeploymentRef { name }, None, None)?;
+    if global.json {
+        print_json(&answer);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = answer
+        .revisions
+        .iter()
+        .map(|r| {
+            let (replicas, image) = r.spec.as_ref().map_or_else(
+                || ("-".to_owned(), "(deleted)".to_owned()),
+                |s| (s.replicas.to_string(), s.template.image.clone()),
+            );
+            vec![
+                r.revision.to_string(),
+                replicas,
+                image,
+                r.signed_at_ms.to_string(),
+                r.signed_by.clone(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "REVISION",
+            "REPLICAS",
+            "IMAGE",
+            "SIGNED (UNIX MS)",
+            "SIGNED BY",
+        ],
+        &rows,
+    );
+    Ok(())
+}

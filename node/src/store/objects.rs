@@ -1,0 +1,311 @@
+//! Fleet objects as this member keeps them: the latest revision of each (its signed envelope
+//! with the fields read from it) and a bounded history per object. The rules that decide whether
+//! a signed object may be kept at all live in `crate::objects`; the store keeps the newest one it
+//! is given and refuses to go back.
+
+use serde::{Deserialize, Serialize};
+use sled::Transactional as _;
+
+use super::{Store, StoreError, decode, encode_in, transaction_error};
+
+/// Objects a member keeps at most by default (deleted ones count, so that a deletion is never
+/// undone by an older revision arriving late).
+pub const MAX_OBJECTS: usize = 4096;
+/// Revisions kept per object.
+pub const HISTORY_KEPT: usize = 16;
+
+/// The kinds of fleet object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ObjectKind {
+    /// A deployment (`deploy.*`).
+    Deployment,
+}
+
+impl ObjectKind {
+    /// The kind's name, as in object keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deployment => "deployment",
+        }
+    }
+
+    /// The key of object `name` of this kind: `<kind>/<name>`.
+    pub fn key(self, name: &str) -> String {
+        format!("{}/{name}", self.as_str())
+    }
+}
+
+/// One revision of a fleet object, as kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectRecord {
+    /// What it is.
+    pub kind: ObjectKind,
+    /// Its name.
+    pub name: String,
+    /// Its revision, from 1.
+    pub revision: u64,
+    /// The spec as JSON text; absent for the revision that deleted the object.
+    pub spec: Option<String>,
+    /// The operator that signed it (peer id).
+    pub signed_by: String,
+    /// When it was signed, Unix ms.
+    pub signed_at_ms: u64,
+    /// Hex SHA-256 of the envelope: orders two different objects of one revision.
+    pub digest: String,
+    /// The signed envelope, base-64, as gossiped and synced.
+    pub envelope: String,
+}
+
+impl ObjectRecord {
+    /// This object's key.
+    pub fn key(&self) -> String {
+        self.kind.key(&self.name)
+    }
+
+    /// Whether this revision deleted the object.
+    pub fn deleted(&self) -> bool {
+        self.spec.is_none()
+    }
+
+    /// Whether this record supersedes `other`: a higher revision, or (two operators signed the
+    /// same revision) the higher digest, so every member picks the same one.
+    fn supersedes(&self, other: &ObjectRecord) -> bool {
+        (self.revision, &self.digest) > (other.revision, &other.digest)
+    }
+}
+
+/// What the store did with an object it was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectPut {
+    /// It is the object's newest revision now.
+    Stored,
+    /// It is not newer than what is kept (a late copy, or a replay): nothing changed.
+    Stale {
+        /// The revision kept.
+        kept: u64,
+    },
+    /// A new object, and this member keeps as many as it may.
+    Full,
+}
+
+fn history_key(key: &str, revision: u64) -> Vec<u8> {
+    let mut bytes = history_prefix(key);
+    bytes.extend_from_slice(&revision.to_be_bytes());
+    bytes
+}
+
+fn history_prefix(key: &str) -> Vec<u8> {
+    let mut bytes = key.as_bytes().to_vec();
+    bytes.push(0);
+    bytes
+}
+
+impl Store {
+    /// Keeps `record` when it supersedes the object's kept revision (or the object is new and
+    /// there is room), with its history; older revisions beyond [`HISTORY_KEPT`] are dropped.
+    pub fn put_object(&self, record: &ObjectRecord) -> Result<ObjectPut, StoreError> {
+        let key = record.key();
+        if let Some(kept) = self.object(&key)? {
+            if !record.supersedes(&kept) {
+                return Ok(ObjectPut::Stale {
+                    kept: kept.revision,
+                });
+            }
+        } else if self.objects.len() >= self.max_objects {
+            return Ok(ObjectPut::Full);
+        }
+        let revision_key = history_key(&key, record.revision);
+        (&self.objects, &self.object_history)
+            .transaction(|(objects, history)| {
+                let value = encode_in::<_, StoreError>("fleet object", record)?;
+                // Check again inside the transaction: a concurrent put may have won.
+                if let Some(bytes) = objects.get(key.as_bytes())? {
+                    let kept: ObjectRecord = decode("fleet object", &bytes)
+                        .map_err(sled::transaction::ConflictableTransactionError::Abort)?;
+                    if !record.supersedes(&kept) {
+                        return Ok(ObjectPut::Stale {
+                            kept: kept.revision,
+                        });
+                    }
+                }
+                objects.insert(key.as_bytes(), value.clone())?;
+                history.insert(revision_key.clone(), value)?;
+                Ok(ObjectPut::Stored)
+            })
+            .map_err(transaction_error)
+            .and_then(|put| {
+                if put == ObjectPut::Stored {
+                    self.trim_history(&key)?;
+                    self.db.flush()?;
+                }
+                Ok(put)
+            })
+    }
+
+    fn trim_history(&self, key: &str) -> Result<(), StoreError> {
+        let revisions: Vec<sled::IVec> = self
+            .object_history
+            .scan_prefix(history_prefix(key))
+            .keys()
+            .collect::<Result<_, _>>()?;
+        for old in revisions.iter().rev().skip(HISTORY_KEPT) {
+            self.object_history.remove(old)?;
+        }
+        Ok(())
+    }
+
+    /// The kept revision of the object under `key` (`<kind>/<name>`).
+    pub fn object(&self, key: &str) -> Result<Option<ObjectRecord>, StoreError> {
+        super::read_one(&self.objects, "fleet object", key)
+    }
+
+    /// The kept revisions of every live (not deleted) object of `kind`, by name.
+    pub fn objects_of(&self, kind: ObjectKind) -> Result<Vec<ObjectRecord>, StoreError> {
+        let prefix = format!("{}/", kind.as_str());
+        self.objects
+            .scan_prefix(prefix.as_bytes())
+            .values()
+            .map(|bytes| decode::<ObjectRecord>("fleet object", &bytes?))
+            .filter(|record| !matches!(record, Ok(r) if r.deleted()))
+            .collect()
+    }
+
+    /// The kept revisions of the object under `key`, newest first.
+    pub fn object_history(&self, key: &str) -> Result<Vec<ObjectRecord>, StoreError> {
+        self.object_history
+            .scan_prefix(history_prefix(key))
+            .values()
+            .rev()
+            .map(|bytes| decode("fleet object", &bytes?))
+            .collect()
+    }
+
+    /// Up to `limit` kept objects (deleted ones included, so that a deletion reaches a member
+    /// that was away) whose keys come after `after`, in key order, and whether more follow.
+    pub fn objects_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<ObjectRecord>, bool), StoreError> {
+        let range = match after {
+            Some(after) => self.objects.range::<&[u8], _>((
+                std::ops::Bound::Excluded(after.as_bytes()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => self.objects.iter(),
+        };
+        let mut page = Vec::new();
+        for entry in range {
+            let (_, bytes) = entry?;
+            if page.len() == limit {
+                return Ok((page, true));
+            }
+            page.push(decode("fleet object", &bytes)?);
+        }
+        Ok((page, false))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str, revision: u64, digest: &str) -> ObjectRecord {
+        ObjectRecord {
+            kind: ObjectKind::Deployment,
+            name: name.to_owned(),
+            revision,
+            spec: Some(format!("{{\"rev\":{revision}}}")),
+            signed_by: "operator".to_owned(),
+            signed_at_ms: revision,
+            digest: digest.to_owned(),
+            envelope: String::new(),
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let temp = tempfile::tempdir().unwrap();
+        let store = Store::open(&temp.path().join("db")).unwrap();
+        (temp, store)
+    }
+
+    #[test]
+    fn the_newest_revision_wins_and_nothing_goes_back() {
+        let (_temp, store) = store();
+        assert_eq!(
+            store.put_object(&record("web", 2, "aa")).unwrap(),
+            ObjectPut::Stored
+        );
+        assert_eq!(
+            store.put_object(&record("web", 1, "ff")).unwrap(),
+            ObjectPut::Stale { kept: 2 }
+        );
+        assert_eq!(
+            store.put_object(&record("web", 2, "aa")).unwrap(),
+            ObjectPut::Stale { kept: 2 },
+            "the same object again changes nothing"
+        );
+        // Two operators signed revision 2: the higher digest wins, wherever it arrives first.
+        assert_eq!(
+            store.put_object(&record("web", 2, "bb")).unwrap(),
+            ObjectPut::Stored
+        );
+        assert_eq!(
+            store.put_object(&record("web", 2, "ab")).unwrap(),
+            ObjectPut::Stale { kept: 2 }
+        );
+        assert_eq!(
+            store.object("deployment/web").unwrap().unwrap().digest,
+            "bb"
+        );
+        let mut deleted = record("web", 3, "00");
+        deleted.spec = None;
+        store.put_object(&deleted).unwrap();
+        assert!(store.objects_of(ObjectKind::Deployment).unwrap().is_empty());
+        let (page, more) = store.objects_after(None, 10).unwrap();
+        assert_eq!((page.len(), more), (1, false), "deletions are still synced");
+    }
+
+    #[test]
+    fn history_is_bounded_and_newest_first() {
+        let (_temp, store) = store();
+        for revision in 1..=(HISTORY_KEPT as u64 + 5) {
+            store.put_object(&record("web", revision, "aa")).unwrap();
+        }
+        let history = store.object_history("deployment/web").unwrap();
+        assert_eq!(history.len(), HISTORY_KEPT);
+        assert_eq!(history[0].revision, HISTORY_KEPT as u64 + 5);
+        assert_eq!(history.last().unwrap().revision, 6);
+        assert!(store.object_history("deployment/we").unwrap().is_empty());
+    }
+
+    #[test]
+    fn pages_follow_key_order_and_the_store_refuses_new_objects_when_full() {
+        let (_temp, store) = store();
+        for name in ["c", "a", "b"] {
+            store.put_object(&record(name, 1, "aa")).unwrap();
+        }
+        let (first, more) = store.objects_after(None, 2).unwrap();
+        let names: Vec<&str> = first.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!((names, more), (vec!["a", "b"], true));
+        let (rest, more) = store.objects_after(Some("deployment/b"), 2).unwrap();
+        assert_eq!((rest.len(), rest[0].name.as_str(), more), (1, "c", false));
+
+        let store = store.with_max_objects(5);
+        for name in ["d", "e"] {
+            store.put_object(&record(name, 1, "aa")).unwrap();
+        }
+        assert_eq!(
+            store.put_object(&record("one-more", 1, "aa")).unwrap(),
+            ObjectPut::Full
+        );
+        assert_eq!(
+            store.put_object(&record("a", 2, "aa")).unwrap(),
+            ObjectPut::Stored,
+            "a kept object still takes new revisions"
+        );
+    }
+}
