@@ -13,8 +13,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use claw_api::deploy::{
-    DeployCreate, DeployDelete, DeployHistory, DeployList, DeployPause, DeployResume,
-    DeployRollback, DeployStatus, DeployUpdate, DeploymentRef,
+    DeployCreate, DeployDelete, DeployHistory, DeployList, DeployPause, DeployReplicaStart,
+    DeployReplicaStop, DeployReplicas, DeployResume, DeployRollback, DeployStatus, DeployUpdate,
+    DeploymentRef,
 };
 use claw_api::market::{
     Arbitration, BidOutcome, Lease, LeaseEnd, LeaseGrant, LeaseListing, LeaseStatus,
@@ -45,6 +46,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::access::{AccessPolicy, Role};
 use crate::config::SystemRunSection;
+use crate::controller::Deployments;
 use crate::health::{HealthInputs, HealthReport, assess};
 use crate::market::{
     ArbitrateParams, BidParams, CancelParams, EndParams, FundParams, LeaseRequestParams,
@@ -104,6 +106,19 @@ struct Call {
     idempotency_key: Option<String>,
 }
 
+impl Call {
+    /// The calling peer, for commands only a mesh peer may run (a gateway is no peer).
+    fn peer(&self) -> Result<PeerId, InvokeFailure> {
+        match self.principal {
+            Caller::Peer(peer) => Ok(peer),
+            Caller::Gateway => Err(InvokeFailure::new(
+                ErrorCode::Unauthorized,
+                "only a mesh peer may run this command",
+            )),
+        }
+    }
+}
+
 /// The node's handlers, one per command of [`NODE_COMMANDS`].
 fn router() -> &'static Router<NodeCommands, Call> {
     static ROUTER: OnceLock<Router<NodeCommands, Call>> = OnceLock::new();
@@ -156,7 +171,16 @@ fn router() -> &'static Router<NodeCommands, Call> {
                 node.services.objects.update_deployment(params).await
             })
             .route::<DeployStatus, _, _>(|node, _, DeploymentRef { name }| async move {
-                node.services.objects.deployment(&name).await
+                node.services.deployments.status(&name).await
+            })
+            .route::<DeployReplicas, _, _>(|node, call, params| async move {
+                node.services.deployments.report(call.peer()?, params).await
+            })
+            .route::<DeployReplicaStart, _, _>(|node, call, params| async move {
+                node.services.deployments.start(call.peer()?, params).await
+            })
+            .route::<DeployReplicaStop, _, _>(|node, call, params| async move {
+                node.services.deployments.stop(call.peer()?, params).await
             })
             .route::<DeployList, _, _>(|node, _, NoParams {}| async move {
                 node.services.objects.deployments().await
@@ -215,6 +239,8 @@ pub struct NodeServices {
     pub market: Market,
     /// The fleet objects this member keeps (deployments).
     pub objects: FleetObjects,
+    /// Deployments' replicas here, and the controller of those this member controls.
+    pub deployments: Deployments,
     /// Invokes answered, for the metrics.
     pub invokes: crate::metrics::InvokeMetrics,
     /// Where each command's task is spawned, so that a stopping node waits for it.
@@ -308,6 +334,11 @@ impl NodeCommands {
     /// The fleet objects this member keeps.
     pub fn objects(&self) -> &FleetObjects {
         &self.services.objects
+    }
+
+    /// Deployments' replicas and controllers.
+    pub fn deployments(&self) -> &Deployments {
+        &self.services.deployments
     }
 
     /// The GPUs.

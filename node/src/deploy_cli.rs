@@ -143,10 +143,7 @@ pub(crate) fn deploy(global: &GlobalArgs, command: DeployCommand) -> Result<()> 
                 &ops::call::<DeployUpdate>(global, &params, None, None)?,
             )
         }
-        DeployCommand::Status { name } => show(
-            global,
-            &ops::call::<DeployStatus>(global, &DeploymentRef { name }, None, None)?,
-        ),
+        DeployCommand::Status { name } => status(global, name),
         DeployCommand::List => list(global),
         DeployCommand::History { name } => history(global, name),
         DeployCommand::Rollback { name, revision } => show(
@@ -240,6 +237,45 @@ fn show(global: &GlobalArgs, deployment: &Deployment) -> Result<()> {
         print_json(deployment);
     } else {
         print_table(&COLUMNS, &[summary(deployment)]);
+    }
+    Ok(())
+}
+
+fn status(global: &GlobalArgs, name: String) -> Result<()> {
+    let answer = ops::call::<DeployStatus>(global, &DeploymentRef { name }, None, None)?;
+    if global.json {
+        print_json(&answer);
+        return Ok(());
+    }
+    print_table(&COLUMNS, &[summary(&answer.deployment)]);
+    println!(
+        "\n{} of {} ready; controller {}",
+        answer.ready,
+        answer.deployment.spec.replicas,
+        answer.controller.as_deref().unwrap_or("-")
+    );
+    if let Some(pending) = &answer.pending {
+        println!("{pending}");
+    }
+    let rows: Vec<Vec<String>> = answer
+        .replicas
+        .iter()
+        .map(|r| {
+            vec![
+                r.replica.workload.clone(),
+                r.node_name.clone(),
+                r.replica.revision.to_string(),
+                r.replica.state.to_string(),
+            ]
+        })
+        .collect();
+    println!();
+    print_table(
+        &["REPLICA", "NODE (AS IT NAMES ITSELF)", "REVISION", "STATE"],
+        &rows,
+    );
+    for node in &answer.unreachable {
+        println!("unreachable: {node}");
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ pub mod chain;
 pub mod commands;
 pub mod config;
 pub mod control;
+pub mod controller;
 mod data_dir;
 pub mod health;
 pub mod market;
@@ -164,10 +165,13 @@ pub(crate) fn node_services(
     let access = access::AccessPolicy::new(peer, &config.access);
     let objects =
         objects::FleetObjects::new(std::sync::Arc::clone(dir), store.clone(), access.clone());
+    let deployments =
+        controller::Deployments::new(peer, objects.clone(), workloads.clone(), store.clone());
     commands::NodeServices {
         xids: claw_attestation::XidWatcher::start(),
         market,
         objects,
+        deployments,
         probe,
         data_dir: dir.root().to_path_buf(),
         store,

@@ -184,6 +184,9 @@ impl Node {
         let objects = commands.objects().clone();
         objects.attach(handle.clone());
         tasks.spawn_service(objects.run(interval * OBJECT_SYNC_INTERVALS));
+        let deployments = commands.deployments().clone();
+        deployments.attach(handle.clone());
+        tasks.spawn_service(deployments.run(interval));
         let failure = connect_gateway(&dir, &tasks, &options, &handle, &commands)?;
         Ok(NodeHandle {
             dir,

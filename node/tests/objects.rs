@@ -89,8 +89,13 @@ async fn everywhere(nodes: &[&NodeHandle], name: &str, expected: (u64, u64)) {
     }
 }
 
+/// A paused deployment's spec: this test is about the records, so no replica is started.
 fn spec(replicas: u32, image: &str) -> Value {
-    json!({ "replicas": replicas, "template": { "image": image, "command": ["sleep", "60"] } })
+    json!({
+        "replicas": replicas,
+        "template": { "image": image, "command": ["sleep", "60"] },
+        "paused": true,
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Answer;
 use crate::command::commands;
-use crate::workload::{RunParams, SpecError, is_simple_name};
+use crate::workload::{RunParams, SpecError, Workload, WorkloadState, is_simple_name};
 
 /// Most replicas one deployment asks for.
 pub const MAX_REPLICAS: u32 = 64;
@@ -266,6 +266,122 @@ pub struct DeploymentDeleted {
 
 impl Answer for DeploymentDeleted {}
 
+/// A controller's claim on a deployment, as a node keeps it: actions that carry a lower claim
+/// are refused, so a controller that was cut off cannot act after another took over.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Fence {
+    /// The controller's epoch for the deployment; each new controller takes a higher one.
+    pub epoch: u64,
+    /// The controller's peer id (orders two controllers that took the same epoch).
+    pub controller: String,
+}
+
+/// `deploy.replicas`: a node's replicas of a deployment; with `epoch`, asked by a controller,
+/// which raises the node's fence to it first.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicasParams {
+    /// The deployment.
+    pub name: String,
+    /// The asking controller's epoch.
+    #[serde(default)]
+    pub epoch: Option<u64>,
+}
+
+/// One replica of a deployment on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Replica {
+    /// The workload running it.
+    pub workload: String,
+    /// The deployment revision it was started from.
+    pub revision: u64,
+    /// Digest of the template it runs (revisions that change only the count or the pause keep
+    /// their replicas).
+    pub template: String,
+    /// The workload's state.
+    pub state: WorkloadState,
+    /// When it was started, Unix ms.
+    pub created_ms: u64,
+}
+
+/// A node's account of a deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaReport {
+    /// The deployment.
+    pub name: String,
+    /// The highest controller claim the node has seen for it.
+    pub fence: Option<Fence>,
+    /// Its replicas on the node that are starting or running.
+    pub replicas: Vec<Replica>,
+    /// Set by the node that controls the deployment: why replicas are still missing (no node
+    /// with the GPUs free, for one).
+    #[serde(default)]
+    pub pending: Option<String>,
+}
+
+impl Answer for ReplicaReport {}
+
+/// `deploy.replica.start`: the controller asks a node to start one replica.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaStartParams {
+    /// The deployment.
+    pub name: String,
+    /// The revision whose template to run.
+    pub revision: u64,
+    /// The controller's epoch.
+    pub epoch: u64,
+}
+
+/// `deploy.replica.stop`: the controller asks a node to stop one replica.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaStopParams {
+    /// The deployment.
+    pub name: String,
+    /// The replica's workload.
+    pub workload: String,
+    /// The controller's epoch.
+    pub epoch: u64,
+}
+
+/// One replica as `deploy.status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlacedReplica {
+    /// The node's peer id.
+    pub node: String,
+    /// The node's name, as it announces it (a peer's claim).
+    pub node_name: String,
+    /// The replica.
+    #[serde(flatten)]
+    pub replica: Replica,
+}
+
+/// `deploy.status`: the deployment and where its replicas run, as the live members report them.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentStatus {
+    /// The deployment's current revision.
+    #[serde(flatten)]
+    pub deployment: Deployment,
+    /// The member that controls it, as this member sees the fleet.
+    pub controller: Option<String>,
+    /// Replicas starting or running on the live members that answered.
+    pub replicas: Vec<PlacedReplica>,
+    /// How many of them run the current template and are running.
+    pub ready: u32,
+    /// Why replicas are missing, as the controller last saw it.
+    pub pending: Option<String>,
+    /// Live members that did not answer (their replicas are not listed).
+    pub unreachable: Vec<String>,
+}
+
+impl Answer for DeploymentStatus {}
+
 commands! {
     /// `deploy.create`.
     DeployCreate = "deploy.create", Operate, CreateParams => Deployment,
@@ -274,8 +390,8 @@ commands! {
     DeployUpdate = "deploy.update", Operate, UpdateParams => Deployment,
         "Change a deployment's image, command, env, replicas or strategy (a new revision)";
     /// `deploy.status`.
-    DeployStatus = "deploy.status", Read, DeploymentRef => Deployment,
-        "A deployment's current revision and spec";
+    DeployStatus = "deploy.status", Read, DeploymentRef => DeploymentStatus,
+        "A deployment's current revision and spec, its controller and where its replicas run";
     /// `deploy.list`.
     DeployList = "deploy.list", Read, crate::NoParams => DeploymentListing,
         "The fleet's deployments";
@@ -294,6 +410,15 @@ commands! {
     /// `deploy.delete`.
     DeployDelete = "deploy.delete", Operate, DeploymentRef => DeploymentDeleted,
         "Delete a deployment; its replicas are stopped";
+    /// `deploy.replicas`.
+    DeployReplicas = "deploy.replicas", Read, ReplicasParams => ReplicaReport,
+        "This node's replicas of a deployment and its controller fence (asked by controllers)";
+    /// `deploy.replica.start`.
+    DeployReplicaStart = "deploy.replica.start", Read, ReplicaStartParams => Workload,
+        "Start one replica of a deployment here (the deployment's controller only)";
+    /// `deploy.replica.stop`.
+    DeployReplicaStop = "deploy.replica.stop", Read, ReplicaStopParams => Workload,
+        "Stop one replica of a deployment here (the deployment's controller only)";
 }
 
 #[cfg(test)]

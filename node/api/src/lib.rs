@@ -70,6 +70,9 @@ pub const NODE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<deploy::DeployPause>(),
     CommandInfo::of::<deploy::DeployResume>(),
     CommandInfo::of::<deploy::DeployDelete>(),
+    CommandInfo::of::<deploy::DeployReplicas>(),
+    CommandInfo::of::<deploy::DeployReplicaStart>(),
+    CommandInfo::of::<deploy::DeployReplicaStop>(),
     CommandInfo::of::<objects::ObjectSync>(),
 ];
 

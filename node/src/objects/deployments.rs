@@ -203,6 +203,36 @@ impl FleetObjects {
         }
     }
 
+    /// The spec of deployment `name` at `revision`, when that revision is kept and the
+    /// deployment is not deleted.
+    pub async fn deployment_at(
+        &self,
+        name: &str,
+        revision: u64,
+    ) -> Result<Option<DeploymentSpec>, InvokeFailure> {
+        let key = KIND.key(name);
+        let history = self
+            .inner
+            .store
+            .run(move |s| s.object_history(&key))
+            .await?;
+        if history.first().is_none_or(ObjectRecord::deleted) {
+            return Ok(None);
+        }
+        match history.iter().find(|r| r.revision == revision) {
+            Some(record) => spec_of(record),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether deployment `name` was deleted (its latest kept revision deletes it).
+    pub async fn deployment_deleted(&self, name: &str) -> Result<bool, InvokeFailure> {
+        Ok(self
+            .kept(KIND, name)
+            .await?
+            .is_some_and(|record| record.deleted()))
+    }
+
     /// `deploy.list`.
     pub async fn deployments(&self) -> Result<DeploymentListing, InvokeFailure> {
         let records = self.inner.store.run(|s| s.objects_of(KIND)).await?;

@@ -36,6 +36,8 @@ const LAPSES_TREE: &str = "lease-lapses";
 const OBJECTS_TREE: &str = "fleet-objects";
 /// Fleet objects' kept revisions, by `<kind>/<name>\0<revision>`.
 const OBJECT_HISTORY_TREE: &str = "fleet-object-history";
+/// The highest controller claim seen per deployment.
+const FENCES_TREE: &str = "deployment-fences";
 const SEQUENCE_KEY: &[u8] = b"envelope-sequence";
 const CORDONED_KEY: &[u8] = b"cordoned";
 /// `CORDONED_KEY`'s value when the node is cordoned.
@@ -176,6 +178,7 @@ pub struct Store {
     lapses: sled::Tree,
     objects: sled::Tree,
     object_history: sled::Tree,
+    fences: sled::Tree,
     audit_retained: u64,
     max_objects: usize,
     db: sled::Db,
@@ -206,6 +209,7 @@ impl Store {
             lapses: db.open_tree(LAPSES_TREE)?,
             objects: db.open_tree(OBJECTS_TREE)?,
             object_history: db.open_tree(OBJECT_HISTORY_TREE)?,
+            fences: db.open_tree(FENCES_TREE)?,
             audit_retained: AUDIT_RETAINED,
             max_objects: MAX_OBJECTS,
             db,

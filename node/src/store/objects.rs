@@ -3,6 +3,7 @@
 //! a signed object may be kept at all live in `crate::objects`; the store keeps the newest one it
 //! is given and refuses to go back.
 
+use claw_api::deploy::Fence;
 use serde::{Deserialize, Serialize};
 use sled::Transactional as _;
 
@@ -209,6 +210,43 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Admits a controller's claim on deployment `name`: kept when it is at least the highest
+    /// claim seen (and then it is the highest); otherwise that highest claim is returned and
+    /// nothing changes.
+    pub fn admit_fence(&self, name: &str, claim: &Fence) -> Result<Result<(), Fence>, StoreError> {
+        let mut outcome = Ok(());
+        let mut failed = None;
+        self.fences.update_and_fetch(name.as_bytes(), |old| {
+            let kept: Option<Fence> = match old.map(|bytes| decode("controller fence", bytes)) {
+                Some(Ok(kept)) => Some(kept),
+                Some(Err(error)) => {
+                    failed = Some(error);
+                    return old.map(<[u8]>::to_vec);
+                }
+                None => None,
+            };
+            match kept {
+                Some(kept) if kept > *claim => {
+                    outcome = Err(kept);
+                    old.map(<[u8]>::to_vec)
+                }
+                _ => serde_json::to_vec(claim).ok(),
+            }
+        })?;
+        if let Some(error) = failed {
+            return Err(error);
+        }
+        self.db.flush()?;
+        Ok(outcome)
+    }
+
+    /// The highest controller claim seen for deployment `name`.
+    pub fn fence(&self, name: &str) -> Result<Option<Fence>, StoreError> {
+        super::read_one(&self.fences, "controller fence", name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +305,31 @@ mod tests {
         assert!(store.objects_of(ObjectKind::Deployment).unwrap().is_empty());
         let (page, more) = store.objects_after(None, 10).unwrap();
         assert_eq!((page.len(), more), (1, false), "deletions are still synced");
+    }
+
+    #[test]
+    fn a_fence_only_rises() {
+        let (_temp, store) = store();
+        let claim = |epoch, controller: &str| Fence {
+            epoch,
+            controller: controller.to_owned(),
+        };
+        assert_eq!(store.fence("web").unwrap(), None);
+        assert_eq!(store.admit_fence("web", &claim(2, "b")).unwrap(), Ok(()));
+        assert_eq!(store.admit_fence("web", &claim(2, "b")).unwrap(), Ok(()));
+        assert_eq!(
+            store.admit_fence("web", &claim(1, "z")).unwrap(),
+            Err(claim(2, "b")),
+            "a lower epoch is refused"
+        );
+        assert_eq!(
+            store.admit_fence("web", &claim(2, "a")).unwrap(),
+            Err(claim(2, "b")),
+            "the same epoch by a lower peer is refused"
+        );
+        assert_eq!(store.admit_fence("web", &claim(3, "a")).unwrap(), Ok(()));
+        assert_eq!(store.fence("web").unwrap(), Some(claim(3, "a")));
+        assert_eq!(store.fence("api").unwrap(), None);
     }
 
     #[test]

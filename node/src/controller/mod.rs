@@ -1,0 +1,632 @@
+//! Deployment controllers with no central registry. Every member runs [`Deployments::run`];
+//! for each deployment, the member first in [`plan::ranking`] over the live fleet view controls
+//! it, and the others stand by. A controller claims the deployment with an epoch one above the
+//! highest any node reports, and every read and action it sends carries that claim: a node keeps
+//! the highest claim it has seen (its fence) and refuses actions under it, so a controller that
+//! was cut off cannot act once another took over. When the controller dies, it leaves the
+//! others' views after the announce silence, and the next member in the ranking takes over.
+//!
+//! Nodes answer the controller's `deploy.replicas`, `deploy.replica.start` and
+//! `deploy.replica.stop` only from one of the deployment's two first-ranked members in their own
+//! view, and start only what an operator signed: the template of a revision of the deployment
+//! they keep themselves.
+
+pub mod plan;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use claw_api::Command as _;
+use claw_api::deploy::{
+    DeployReplicas, DeploymentStatus, Fence, PlacedReplica, Replica, ReplicaReport,
+    ReplicaStartParams, ReplicaStopParams, ReplicasParams,
+};
+use claw_api::workload::{ListParams, StopParams, Workload};
+use claw_mesh::{ErrorCode, FleetMember, InvokeFailure, InvokeRequest, MeshHandle, PeerId};
+
+use crate::objects::FleetObjects;
+use crate::store::{ObjectKind, Store};
+use crate::workloads::{WorkloadRecord, Workloads};
+use plan::{Action, Candidate, ranking, template_digest};
+
+/// Label naming the deployment a replica belongs to.
+pub const DEPLOYMENT_LABEL: &str = "clawbernetes-deployment";
+/// Label with the revision a replica was started from.
+const REVISION_LABEL: &str = "clawbernetes-revision";
+/// Label with the digest of the template a replica runs.
+const TEMPLATE_LABEL: &str = "clawbernetes-template";
+/// How long a controller waits for one node's answer.
+const NODE_DEADLINE: Duration = Duration::from_secs(5);
+/// How many of a deployment's first-ranked members a node takes controller calls from: the
+/// controller, and the one that takes over when views differ for a moment.
+const CONTROLLER_CANDIDATES: usize = 2;
+
+/// What this member holds as a deployment's controller.
+#[derive(Debug, Default)]
+struct Held {
+    epoch: u64,
+    /// Each node's last report, for a node that misses one round.
+    reports: HashMap<PeerId, ReplicaReport>,
+}
+
+struct Inner {
+    local: PeerId,
+    objects: FleetObjects,
+    workloads: Workloads,
+    store: Store,
+    mesh: OnceLock<MeshHandle>,
+    /// Why replicas are missing, per deployment this member controls.
+    pending: Mutex<HashMap<String, String>>,
+}
+
+/// Deployments' replicas on this node, and the controller of the deployments this member
+/// controls. Cheap to clone.
+#[derive(Clone)]
+pub struct Deployments {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Deployments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployments").finish_non_exhaustive()
+    }
+}
+
+fn failure(code: ErrorCode, message: impl Into<String>) -> InvokeFailure {
+    InvokeFailure::new(code, message)
+}
+
+fn key_of(name: &str) -> String {
+    ObjectKind::Deployment.key(name)
+}
+
+/// A replica as reported, from its workload record (`None` when the record is not a replica).
+fn replica_of(record: &WorkloadRecord) -> Option<Replica> {
+    Some(Replica {
+        workload: record.id.clone(),
+        revision: record.labels.get(REVISION_LABEL)?.parse().ok()?,
+        template: record.labels.get(TEMPLATE_LABEL)?.clone(),
+        state: record.state,
+        created_ms: record.created_ms,
+    })
+}
+
+impl Deployments {
+    /// The deployments service of node `local`.
+    pub fn new(local: PeerId, objects: FleetObjects, workloads: Workloads, store: Store) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                local,
+                objects,
+                workloads,
+                store,
+                mesh: OnceLock::new(),
+                pending: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Connects the service to the running mesh.
+    pub fn attach(&self, mesh: MeshHandle) {
+        let _ = self.inner.mesh.set(mesh);
+    }
+
+    fn mesh(&self) -> Result<&MeshHandle, InvokeFailure> {
+        self.inner
+            .mesh
+            .get()
+            .ok_or_else(|| failure(ErrorCode::Unavailable, "the mesh is not up"))
+    }
+
+    /// Refuses controller calls from a peer that is not one of the deployment's first-ranked
+    /// live members in this node's view.
+    fn check_controller(&self, caller: PeerId, name: &str) -> Result<(), InvokeFailure> {
+        let members = self.mesh()?.fleet().into_iter().map(|m| m.peer_id);
+        let ranked = ranking(&key_of(name), members);
+        if ranked
+            .iter()
+            .take(CONTROLLER_CANDIDATES)
+            .any(|p| *p == caller)
+        {
+            Ok(())
+        } else {
+            Err(failure(
+                ErrorCode::Unauthorized,
+                format!(
+                    "{caller} does not control deployment {name:?} as this node sees the fleet"
+                ),
+            ))
+        }
+    }
+
+    /// Admits `caller`'s claim at `epoch`, or says who holds a higher one.
+    async fn fence(&self, caller: PeerId, name: &str, epoch: u64) -> Result<(), InvokeFailure> {
+        let claim = Fence {
+            epoch,
+            controller: caller.to_string(),
+        };
+        let key = name.to_owned();
+        match self
+            .inner
+            .store
+            .run(move |s| s.admit_fence(&key, &claim))
+            .await?
+        {
+            Ok(()) => Ok(()),
+            Err(held) => Err(failure(
+                ErrorCode::Conflict,
+                format!(
+                    "fenced: {} controls deployment {name:?} at epoch {}",
+                    held.controller, held.epoch
+                ),
+            )),
+        }
+    }
+
+    /// This node's active replicas of deployment `name`.
+    async fn local_replicas(&self, name: &str) -> Result<Vec<WorkloadRecord>, InvokeFailure> {
+        let params = ListParams {
+            state: None,
+            labels: BTreeMap::from([(DEPLOYMENT_LABEL.to_owned(), name.to_owned())]),
+            gpu: None,
+            all: false,
+        };
+        Ok(self.inner.workloads.list(params).await?)
+    }
+
+    /// `deploy.replicas`: this node's replicas of a deployment and its fence. With an epoch,
+    /// the caller must be a controller candidate and its claim is admitted first (a lower one
+    /// is not an error: the report's fence tells the caller it was superseded).
+    pub async fn report(
+        &self,
+        caller: PeerId,
+        params: ReplicasParams,
+    ) -> Result<ReplicaReport, InvokeFailure> {
+        let name = params.name;
+        if let Some(epoch) = params.epoch {
+            self.check_controller(caller, &name)?;
+            let _superseded = self.fence(caller, &name, epoch).await;
+        }
+        let replicas = self
+            .local_replicas(&name)
+            .await?
+            .iter()
+            .filter_map(replica_of)
+            .collect();
+        let key = name.clone();
+        let fence = self.inner.store.run(move |s| s.fence(&key)).await?;
+        let pending = self
+            .inner
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&name)
+            .cloned();
+        Ok(ReplicaReport {
+            name,
+            fence,
+            replicas,
+            pending,
+        })
+    }
+
+    /// `deploy.replica.start`: one replica of the revision the controller names, from this
+    /// node's own copy of it (caught up from the controller when this node is behind).
+    pub async fn start(
+        &self,
+        caller: PeerId,
+        params: ReplicaStartParams,
+    ) -> Result<Workload, InvokeFailure> {
+        let name = params.name;
+        self.check_controller(caller, &name)?;
+        self.fence(caller, &name, params.epoch).await?;
+        let objects = &self.inner.objects;
+        let mut spec = objects.deployment_at(&name, params.revision).await?;
+        if spec.is_none() && caller != self.inner.local {
+            objects.catch_up(caller).await?;
+            spec = objects.deployment_at(&name, params.revision).await?;
+        }
+        let Some(spec) = spec else {
+            return Err(failure(
+                ErrorCode::NotFound,
+                format!(
+                    "deployment {name:?} at revision {} is not kept here, or was deleted",
+                    params.revision
+                ),
+            ));
+        };
+        let mut run = spec.template.clone();
+        let mut suffix = [0u8; 3];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut suffix);
+        run.name = Some(format!("{name}-{}", hex::encode(suffix)));
+        run.labels.insert(DEPLOYMENT_LABEL.to_owned(), name.clone());
+        run.labels
+            .insert(REVISION_LABEL.to_owned(), params.revision.to_string());
+        run.labels
+            .insert(TEMPLATE_LABEL.to_owned(), template_digest(&spec));
+        let record = self
+            .inner
+            .workloads
+            .run(format!("deployment/{name}"), run, None)
+            .await?;
+        tracing::info!(deployment = %name, workload = %record.id, revision = params.revision, "replica started");
+        Ok(record.view(false))
+    }
+
+    /// `deploy.replica.stop`: stops (and removes) one of this node's replicas of the deployment.
+    pub async fn stop(
+        &self,
+        caller: PeerId,
+        params: ReplicaStopParams,
+    ) -> Result<Workload, InvokeFailure> {
+        self.check_controller(caller, &params.name)?;
+        self.fence(caller, &params.name, params.epoch).await?;
+        self.stop_replica(&params.name, &params.workload).await
+    }
+
+    async fn stop_replica(&self, name: &str, workload: &str) -> Result<Workload, InvokeFailure> {
+        let ours = self
+            .local_replicas(name)
+            .await?
+            .into_iter()
+            .any(|r| r.id == workload);
+        if !ours {
+            return Err(failure(
+                ErrorCode::NotFound,
+                format!("no running replica {workload} of deployment {name:?} here"),
+            ));
+        }
+        let params = StopParams {
+            workload: workload.to_owned(),
+            timeout_secs: None,
+            remove: true,
+        };
+        let record = self.inner.workloads.stop(params).await?;
+        tracing::info!(deployment = %name, workload, "replica stopped");
+        Ok(record.view(false))
+    }
+
+    /// Calls command `C` on `peer`, or on this node itself directly.
+    async fn ask(
+        &self,
+        peer: PeerId,
+        params: ReplicasParams,
+    ) -> Result<ReplicaReport, InvokeFailure> {
+        if peer == self.inner.local {
+            return self.report(peer, params).await;
+        }
+        let request = InvokeRequest::new(DeployReplicas::NAME, NODE_DEADLINE).with_params(
+            serde_json::to_value(&params)
+                .map_err(|e| failure(ErrorCode::Internal, e.to_string()))?,
+        );
+        DeployReplicas::decode(self.mesh()?.invoke(peer, request).await?)
+    }
+
+    /// Every live member's report on deployment `name`, asked at once.
+    async fn gather(
+        &self,
+        name: &str,
+        epoch: Option<u64>,
+        members: &[FleetMember],
+    ) -> Vec<(PeerId, Result<ReplicaReport, InvokeFailure>)> {
+        let asks = members.iter().map(|member| {
+            let params = ReplicasParams {
+                name: name.to_owned(),
+                epoch,
+            };
+            let peer = member.peer_id;
+            async move { (peer, self.ask(peer, params).await) }
+        });
+        futures::future::join_all(asks).await
+    }
+
+    /// `deploy.status`: the deployment as this member keeps it, its controller as this member
+    /// sees the fleet, and the replicas every live member reports.
+    pub async fn status(&self, name: &str) -> Result<DeploymentStatus, InvokeFailure> {
+        let deployment = self.inner.objects.deployment(name).await?;
+        let members = self.mesh()?.fleet();
+        let controller = ranking(&key_of(name), members.iter().map(|m| m.peer_id))
+            .first()
+            .map(ToString::to_string);
+        let template = template_digest(&deployment.spec);
+        let mut status = DeploymentStatus {
+            deployment,
+            controller,
+            replicas: Vec::new(),
+            ready: 0,
+            pending: None,
+            unreachable: Vec::new(),
+        };
+        for (peer, report) in self.gather(name, None, &members).await {
+            let node_name: String = members
+                .iter()
+                .find(|m| m.peer_id == peer)
+                .map(|m| m.announcement.name.chars().take(64).collect())
+                .unwrap_or_default();
+            match report {
+                Ok(report) => {
+                    if status.controller.as_deref() == Some(peer.to_string().as_str()) {
+                        status.pending = report.pending;
+                    }
+                    for replica in report.replicas {
+                        if replica.template == template
+                            && replica.state == claw_api::workload::WorkloadState::Running
+                        {
+                            status.ready += 1;
+                        }
+                        status.replicas.push(PlacedReplica {
+                            node: peer.to_string(),
+                            node_name: node_name.clone(),
+                            replica,
+                        });
+                    }
+                }
+                Err(_) => status.unreachable.push(peer.to_string()),
+            }
+        }
+        Ok(status)
+    }
+}
+
+/// The controller.
+impl Deployments {
+    /// Controls the deployments this member is first-ranked for, every `every`, and stops this
+    /// node's replicas of deleted deployments.
+    pub async fn run(self, every: Duration) {
+        let mut held: HashMap<String, Held> = HashMap::new();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(error) = self.round(&mut held).await {
+                tracing::warn!(%error, "deployment controller round failed");
+            }
+        }
+    }
+
+    async fn round(&self, held: &mut HashMap<String, Held>) -> Result<(), InvokeFailure> {
+        let deployments = self.inner.objects.deployments().await?.deployments;
+        let members = self.mesh()?.fleet();
+        held.retain(|name, _| deployments.iter().any(|d| &d.name == name));
+        for deployment in &deployments {
+            let name = &deployment.name;
+            let first = ranking(&key_of(name), members.iter().map(|m| m.peer_id))
+                .first()
+                .copied();
+            if first != Some(self.inner.local) {
+                if held.remove(name).is_some() {
+                    tracing::info!(deployment = %name, "no longer its controller");
+                    self.set_pending(name, None);
+                }
+                continue;
+            }
+            let state = held.entry(name.clone()).or_default();
+            if let Err(error) = self.control(deployment, &members, state).await {
+                tracing::warn!(deployment = %name, %error, "controller step failed");
+                if error.code == ErrorCode::Conflict {
+                    held.remove(name);
+                }
+            }
+        }
+        self.retire_deleted().await;
+        Ok(())
+    }
+
+    fn set_pending(&self, name: &str, pending: Option<String>) {
+        let mut notes = self
+            .inner
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match pending {
+            Some(note) => notes.insert(name.to_owned(), note),
+            None => notes.remove(name),
+        };
+    }
+
+    /// One round for one deployment this member controls.
+    async fn control(
+        &self,
+        deployment: &claw_api::deploy::Deployment,
+        members: &[FleetMember],
+        held: &mut Held,
+    ) -> Result<(), InvokeFailure> {
+        let name = &deployment.name;
+        if held.epoch == 0 {
+            let highest = self
+                .gather(name, None, members)
+                .await
+                .into_iter()
+                .filter_map(|(_, report)| report.ok()?.fence.map(|f| f.epoch))
+                .max()
+                .unwrap_or(0);
+            held.epoch = highest + 1;
+            tracing::info!(deployment = %name, epoch = held.epoch, "taking control");
+        }
+        let claim = Fence {
+            epoch: held.epoch,
+            controller: self.inner.local.to_string(),
+        };
+        let mut replicas = BTreeMap::new();
+        let mut answered = Vec::new();
+        for (peer, report) in self.gather(name, Some(held.epoch), members).await {
+            match report {
+                Ok(report) => {
+                    if report.fence.as_ref().is_some_and(|f| *f > claim) {
+                        return Err(failure(
+                            ErrorCode::Conflict,
+                            format!("{peer} reports a higher claim; standing down"),
+                        ));
+                    }
+                    answered.push(peer);
+                    held.reports.insert(peer, report);
+                }
+                Err(error) => tracing::debug!(%peer, %error, "no replica report this round"),
+            }
+        }
+        // A member that missed this round keeps its last report's replicas, so that a slow
+        // node does not get its replicas doubled; one that left the view has none.
+        held.reports
+            .retain(|peer, _| members.iter().any(|m| m.peer_id == *peer));
+        for (peer, report) in &held.reports {
+            replicas.insert(*peer, report.replicas.clone());
+        }
+        if deployment.spec.paused {
+            self.set_pending(name, None);
+            return Ok(());
+        }
+        // A member whose view of the fleet is partial (it is joining, or cut off) may rank
+        // itself first: it acts only once most of the members it sees took its claim.
+        if answered.len() * 2 <= members.len() {
+            self.set_pending(
+                name,
+                Some(format!(
+                    "waiting for most members to accept this controller ({} of {})",
+                    answered.len(),
+                    members.len()
+                )),
+            );
+            return Ok(());
+        }
+        let candidates = candidates(&deployment.spec, members, &answered);
+        let template = template_digest(&deployment.spec);
+        let plan = plan::plan(&deployment.spec, &template, &replicas, &candidates);
+        let actions = plan
+            .actions
+            .into_iter()
+            .map(|action| self.act(name, deployment.revision, held.epoch, action));
+        for outcome in futures::future::join_all(actions).await {
+            outcome?;
+        }
+        self.set_pending(name, plan.pending);
+        Ok(())
+    }
+
+    /// Carries out one action; a fenced node ends the round (another controller took over).
+    async fn act(
+        &self,
+        name: &str,
+        revision: u64,
+        epoch: u64,
+        action: Action,
+    ) -> Result<(), InvokeFailure> {
+        let (peer, outcome) = match action {
+            Action::Start { node } => {
+                let params = ReplicaStartParams {
+                    name: name.to_owned(),
+                    revision,
+                    epoch,
+                };
+                let outcome = if node == self.inner.local {
+                    self.start(node, params).await.map(drop)
+                } else {
+                    self.call::<claw_api::deploy::DeployReplicaStart>(node, &params)
+                        .await
+                };
+                (node, outcome)
+            }
+            Action::Stop { node, workload } => {
+                let params = ReplicaStopParams {
+                    name: name.to_owned(),
+                    workload,
+                    epoch,
+                };
+                let outcome = if node == self.inner.local {
+                    self.stop(node, params).await.map(drop)
+                } else {
+                    self.call::<claw_api::deploy::DeployReplicaStop>(node, &params)
+                        .await
+                };
+                (node, outcome)
+            }
+        };
+        match outcome {
+            Err(error)
+                if error.code == ErrorCode::Conflict && error.message.starts_with("fenced") =>
+            {
+                Err(error)
+            }
+            Err(error) => {
+                tracing::warn!(deployment = %name, %peer, %error, "replica action failed");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
+        }
+    }
+
+    async fn call<C: claw_api::Command>(
+        &self,
+        peer: PeerId,
+        params: &C::Params,
+    ) -> Result<(), InvokeFailure> {
+        let request = InvokeRequest::new(C::NAME, NODE_DEADLINE * 12).with_params(
+            serde_json::to_value(params)
+                .map_err(|e| failure(ErrorCode::Internal, e.to_string()))?,
+        );
+        C::decode(self.mesh()?.invoke(peer, request).await?).map(drop)
+    }
+
+    /// Stops this node's replicas of deployments that were deleted.
+    async fn retire_deleted(&self) {
+        let params = ListParams {
+            state: None,
+            labels: BTreeMap::new(),
+            gpu: None,
+            all: false,
+        };
+        let Ok(records) = self.inner.workloads.list(params).await else {
+            return;
+        };
+        let mut names: Vec<&String> = records
+            .iter()
+            .filter_map(|r| r.labels.get(DEPLOYMENT_LABEL))
+            .collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            if !matches!(self.inner.objects.deployment_deleted(name).await, Ok(true)) {
+                continue;
+            }
+            for record in records
+                .iter()
+                .filter(|r| r.labels.get(DEPLOYMENT_LABEL) == Some(name))
+            {
+                if let Err(error) = self.stop_replica(name, &record.id).await {
+                    tracing::warn!(deployment = %name, %error, "replica of a deleted deployment not stopped");
+                }
+            }
+        }
+    }
+}
+
+/// The members a deployment's replicas may go to: those that answered this round and are not
+/// cordoned, with their free GPUs of the deployment's model, in the fleet view's order.
+fn candidates(
+    spec: &claw_api::deploy::DeploymentSpec,
+    members: &[FleetMember],
+    answered: &[PeerId],
+) -> Vec<Candidate> {
+    members
+        .iter()
+        .map(|member| {
+            let announcement = &member.announcement;
+            let free_gpus = announcement
+                .inventory
+                .gpus
+                .iter()
+                .filter(|g| {
+                    spec.gpu_model
+                        .as_ref()
+                        .is_none_or(|m| g.model.contains(m.as_str()))
+                })
+                .filter(|g| !announcement.allocated_gpus.contains(&g.uuid))
+                .count();
+            Candidate {
+                node: member.peer_id,
+                free_gpus,
+                schedulable: !announcement.cordoned && answered.contains(&member.peer_id),
+            }
+        })
+        .collect()
+}
