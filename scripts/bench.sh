@@ -10,6 +10,8 @@
 #   scripts/bench.sh fleet        fleet.status through the OpenClaw gateway for 100 nodes against one invoke per node
 #                                 (needs Node 24 and openclaw where scripts/test.sh installs them)
 #   scripts/bench.sh up           clawnode up: command to a usable 3-node fleet, first and later runs
+#   scripts/bench.sh deployments  a deployment's failover when a node or its controller is killed
+#                                 (needs Docker and the test image)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 which=${1:-all}
@@ -49,4 +51,9 @@ fi
 if [ "$which" = all ] || [ "$which" = up ]; then
     cargo build --release --workspace --bins
     cargo bench -p claw-tests --bench up_start
+fi
+if [ "$which" = all ] || [ "$which" = deployments ]; then
+    cargo build --release --workspace --bins
+    CLAW_TEST_IMAGE=${CLAW_TEST_IMAGE:-clawbernetes/busybox:test} \
+        cargo bench -p claw-tests --bench deployment_failover
 fi

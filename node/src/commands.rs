@@ -25,9 +25,10 @@ use claw_api::market::{
     ProviderReputation, ReceiptListing, SellReport, WalletBalance,
 };
 use claw_api::node::{
-    Capabilities, Cordon, DrainReport, GpuList, GpuListing, GpuMetrics, GpuMetricsParams,
-    GpuReading, GpuReadings, LabelParams, Labels, NodeCapabilities, NodeCordon, NodeDrain,
-    NodeHealth, NodeLabel, NodeUncordon, SystemInfo, SystemRun, SystemRunOutput, SystemRunParams,
+    Capabilities, Cordon, DrainReport, GpuCordon, GpuCordonState, GpuList, GpuListing, GpuMetrics,
+    GpuMetricsParams, GpuReading, GpuReadings, GpuRef, GpuUncordon, LabelParams, Labels,
+    NodeCapabilities, NodeCordon, NodeDrain, NodeHealth, NodeLabel, NodeUncordon, SystemInfo,
+    SystemRun, SystemRunOutput, SystemRunParams,
 };
 use claw_api::objects::ObjectSync;
 use claw_api::workload::{
@@ -135,6 +136,8 @@ fn router() -> &'static Router<NodeCommands, Call> {
             .route::<NodeCordon, _, _>(|node, _, NoParams {}| node.set_cordon(true))
             .route::<NodeUncordon, _, _>(|node, _, NoParams {}| node.set_cordon(false))
             .route::<NodeDrain, _, _>(NodeCommands::drain)
+            .route::<GpuCordon, _, _>(|node, _, GpuRef { gpu }| node.set_gpu_cordon(gpu, true))
+            .route::<GpuUncordon, _, _>(|node, _, GpuRef { gpu }| node.set_gpu_cordon(gpu, false))
             .route::<SystemRun, _, _>(NodeCommands::system_run)
             .route::<WorkloadRun, _, _>(NodeCommands::workload_run)
             .route::<WorkloadStop, _, _>(NodeCommands::workload_stop)
@@ -405,9 +408,15 @@ impl NodeCommands {
 
     async fn gpu_list(self, _: Call, NoParams {}: NoParams) -> Result<GpuListing, InvokeFailure> {
         let probe = Arc::clone(&self.services.probe);
+        let cordoned = self
+            .services
+            .store
+            .run(|store| store.cordoned_gpus())
+            .await?;
         blocking(move || GpuListing {
             nvml: probe.status(),
             gpus: probe.devices(),
+            cordoned,
         })
         .await
     }
@@ -435,7 +444,10 @@ impl NodeCommands {
             .into_iter()
             .filter(|m| params.gpu.as_ref().is_none_or(|g| *g == m.uuid))
             .map(|metrics| GpuReading {
-                workload: holders.get(&metrics.uuid).map(ToString::to_string),
+                workload: holders
+                    .get(&metrics.uuid)
+                    .filter(|holder| **holder != crate::store::Holder::Cordon)
+                    .map(ToString::to_string),
                 metrics,
             })
             .collect();
@@ -511,6 +523,39 @@ impl NodeCommands {
         tracing::info!(cordoned = cordon, "node cordon changed");
         self.services.market.offers_changed();
         Ok(Cordon { cordoned: cordon })
+    }
+
+    async fn set_gpu_cordon(
+        self,
+        gpu: String,
+        cordoned: bool,
+    ) -> Result<GpuCordonState, InvokeFailure> {
+        if !self.services.probe.devices().iter().any(|d| d.uuid == gpu) {
+            return Err(InvokeFailure::new(
+                ErrorCode::NotFound,
+                format!("no GPU {gpu:?} on this node (gpu.list shows them)"),
+            ));
+        }
+        let uuid = gpu.clone();
+        let held_by = self
+            .services
+            .store
+            .run(move |store| {
+                store.set_gpu_cordoned(&uuid, cordoned)?;
+                Ok(store
+                    .allocations()?
+                    .remove(&uuid)
+                    .filter(|holder| *holder != crate::store::Holder::Cordon))
+            })
+            .await?
+            .map(|holder| holder.to_string());
+        tracing::info!(gpu, cordoned, "GPU cordon changed");
+        self.services.market.offers_changed();
+        Ok(GpuCordonState {
+            gpu,
+            cordoned,
+            held_by,
+        })
     }
 
     async fn drain(self, call: Call, NoParams {}: NoParams) -> Result<DrainReport, InvokeFailure> {

@@ -6,6 +6,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod agent_fleet;
+pub mod deployments;
 #[cfg(unix)]
 mod docker_proxy;
 mod netns;

@@ -6,148 +6,12 @@
 //!
 //! Needs the Docker Engine and the locally built test image (`scripts/test.sh` prepares both).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use claw_tests::{Clawnode, RunningNode, eventually, remove_node_containers, required_part};
+use claw_tests::deployments::{Member, placement, settled};
+use claw_tests::{eventually, required_part};
 use clawnode::controller::plan::ranking;
-use serde_json::{Value, json};
-
-/// A member process on its own data directory; its containers are removed when it is dropped.
-struct Member {
-    cli: Clawnode,
-    running: Option<RunningNode>,
-    peer_id: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Member {
-    /// An initialised member that takes fleet objects signed by `operator` (itself when
-    /// `None`), announcing every second.
-    fn new(operator: Option<&str>) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let cli = Clawnode::new(&dir.path().join("node"));
-        cli.init_with_simulated_gpus(1);
-        let peer_id = cli.ok(&["--json", "identity"]).json()["peer_id"]
-            .as_str()
-            .expect("peer id")
-            .to_owned();
-        cli.ok(&["configure", "--operator", operator.unwrap_or(&peer_id)]);
-        let path = cli.data_dir().join("config.toml");
-        let text = std::fs::read_to_string(&path).expect("config");
-        let text = text
-            .replace("announce_interval_secs = 10", "announce_interval_secs = 1")
-            .replace(
-                "allow_colocated_peers = false",
-                "allow_colocated_peers = true",
-            );
-        std::fs::write(&path, text).expect("config rewritten");
-        Self {
-            cli,
-            running: None,
-            peer_id,
-            _dir: dir,
-        }
-    }
-
-    fn start(&mut self, bootstrap: &[String]) {
-        self.running = Some(RunningNode::start(&self.cli, bootstrap));
-    }
-
-    fn kill(&mut self) {
-        if let Some(running) = self.running.take() {
-            running.kill();
-        }
-    }
-
-    fn alive(&self) -> bool {
-        self.running.is_some()
-    }
-
-    /// Addresses others can join this member on, while it runs.
-    fn joinable(&self) -> Vec<String> {
-        self.running
-            .as_ref()
-            .map(|r| r.listen_addrs.clone())
-            .unwrap_or_default()
-    }
-
-    /// Whether this member's fleet view holds `peer`.
-    fn sees(&self, peer: &str) -> bool {
-        let fleet = self.cli.run(&["fleet", "--json"]);
-        fleet.success && fleet.stdout.contains(peer)
-    }
-
-    fn invoke(&self, command: &str, params: &Value) -> Result<Value, String> {
-        self.cli.invoke(None, command, params)
-    }
-
-    fn status(&self) -> Option<Value> {
-        self.invoke("deploy.status", &json!({"name": "web"})).ok()
-    }
-
-    /// This member's replicas of `web` of `revision`, in any state.
-    fn replicas_of(&self, revision: u64) -> usize {
-        let labels = json!({"clawbernetes-deployment": "web", "clawbernetes-revision": revision.to_string()});
-        self.invoke("workload.list", &json!({"labels": labels, "all": true}))
-            .ok()
-            .and_then(|list| list["workloads"].as_array().map(Vec::len))
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        self.kill();
-        remove_node_containers(&self.peer_id);
-    }
-}
-
-/// A status's replicas: node → how many, and the revisions they run.
-fn placement(status: &Value) -> (BTreeMap<String, usize>, BTreeSet<u64>) {
-    let mut nodes = BTreeMap::new();
-    let mut revisions = BTreeSet::new();
-    for replica in status["replicas"].as_array().into_iter().flatten() {
-        *nodes
-            .entry(replica["node"].as_str().unwrap_or_default().to_owned())
-            .or_insert(0) += 1;
-        revisions.extend(replica["revision"].as_u64());
-    }
-    (nodes, revisions)
-}
-
-/// Waits until `member`'s status shows `ready` replicas of `revision` running, no other, on
-/// distinct live nodes with none unreachable; returns the status and how long that took.
-fn settled(
-    member: &Member,
-    revision: u64,
-    ready: u64,
-    limit: Duration,
-    what: &str,
-) -> (Value, Duration) {
-    let started = Instant::now();
-    let mut last = Value::Null;
-    loop {
-        if let Some(status) = member.status() {
-            let (nodes, revisions) = placement(&status);
-            let count: usize = nodes.values().sum();
-            if status["ready"] == json!(ready)
-                && count == ready as usize
-                && nodes.len() == ready as usize
-                && revisions == BTreeSet::from([revision])
-                && status["unreachable"].as_array().is_some_and(Vec::is_empty)
-            {
-                return (status, started.elapsed());
-            }
-            last = status;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}; last status: {last:#}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use serde_json::json;
 
 fn test_image() -> Option<String> {
     required_part(
@@ -159,20 +23,8 @@ fn test_image() -> Option<String> {
 #[test]
 fn a_deployment_survives_a_killed_node_and_a_killed_controller_and_refuses_other_members() {
     let Some(image) = test_image() else { return };
-    let mut operator = Member::new(None);
-    operator.start(&[]);
-    let seed = operator
-        .running
-        .as_ref()
-        .map(|r| r.listen_addrs.clone())
-        .expect("addresses");
-    let operator_id = operator.peer_id.clone();
-    let mut members = vec![operator];
-    for _ in 0..3 {
-        let mut member = Member::new(Some(&operator_id));
-        member.start(&seed);
-        members.push(member);
-    }
+    let mut members = Member::fleet(4);
+    let operator_id = members[0].peer_id.clone();
 
     let spec = json!({
         "replicas": 3,
@@ -194,6 +46,7 @@ fn a_deployment_survives_a_killed_node_and_a_killed_controller_and_refuses_other
     );
     let (status, took) = settled(
         &members[0],
+        "web",
         1,
         3,
         Duration::from_secs(90),
@@ -218,6 +71,7 @@ fn a_deployment_survives_a_killed_node_and_a_killed_controller_and_refuses_other
     members[victim].kill();
     let (status, took) = settled(
         &members[witness],
+        "web",
         1,
         3,
         Duration::from_secs(60),
@@ -239,6 +93,7 @@ fn a_deployment_survives_a_killed_node_and_a_killed_controller_and_refuses_other
     );
     settled(
         &members[witness],
+        "web",
         1,
         3,
         Duration::from_secs(60),
@@ -289,7 +144,7 @@ fn a_deployment_survives_a_killed_node_and_a_killed_controller_and_refuses_other
 
     // A new template rolls out; the controller is killed as soon as the rollout has begun,
     // and the next member finishes it.
-    let status = members[witness].status().expect("status");
+    let status = members[witness].status("web").expect("status");
     let controller = status["controller"]
         .as_str()
         .expect("controller")
@@ -310,12 +165,13 @@ fn a_deployment_survives_a_killed_node_and_a_killed_controller_and_refuses_other
         .position(|m| m.peer_id != controller && m.alive())
         .expect("an observer");
     eventually(Duration::from_secs(60), "the rollout to begin", || {
-        let (_, revisions) = placement(&members[observer].status()?);
+        let (_, revisions) = placement(&members[observer].status("web")?);
         revisions.contains(&2).then_some(())
     });
     members[controller_index].kill();
     let (status, took) = settled(
         &members[observer],
+        "web",
         2,
         3,
         Duration::from_secs(90),
@@ -326,7 +182,7 @@ fn a_deployment_survives_a_killed_node_and_a_killed_controller_and_refuses_other
     let started: usize = members
         .iter()
         .filter(|m| m.alive())
-        .map(|m| m.replicas_of(2))
+        .map(|m| m.replicas_of("web", 2))
         .sum();
     assert_eq!(
         started, 3,
@@ -344,6 +200,7 @@ fn a_deployment_survives_a_killed_node_and_a_killed_controller_and_refuses_other
     );
     settled(
         &members[observer],
+        "web",
         2,
         3,
         Duration::from_secs(60),
@@ -357,16 +214,7 @@ fn a_deployment_survives_a_killed_node_and_a_killed_controller_and_refuses_other
     eventually(Duration::from_secs(60), "every replica to stop", || {
         members
             .iter()
-            .filter(|m| m.alive())
-            .all(|m| {
-                m.invoke(
-                    "workload.list",
-                    &json!({"labels": {"clawbernetes-deployment": "web"}, "all": false}),
-                )
-                .ok()
-                .and_then(|l| l["workloads"].as_array().map(Vec::is_empty))
-                .unwrap_or(false)
-            })
+            .all(|m| !m.alive() || m.active_replicas("web") == 0)
             .then_some(())
     });
 }

@@ -574,6 +574,38 @@ fn cordon_refuses_new_workloads_and_drain_stops_each_one() {
     assert!(text.contains("cordoned"), "{text}");
     assert!(node.containers().is_empty());
     node.ok("node.uncordon", &json!({}));
+
+    // One GPU out of scheduling ("GPU 0 isolated"): no workload gets it, by count or by UUID,
+    // and the fleet sees it taken; back in, it is given again.
+    let gpu = node.ok("gpu.list", &json!({}))["gpus"][0]["uuid"].clone();
+    let cordoned = node.ok("gpu.cordon", &json!({ "gpu": gpu }));
+    assert_eq!(
+        (cordoned["cordoned"].clone(), cordoned["held_by"].clone()),
+        (json!(true), Value::Null)
+    );
+    assert_eq!(node.ok("gpu.list", &json!({}))["cordoned"], json!([gpu]));
+    node.fails(
+        "workload.run",
+        &json!({"image": image, "gpus": 1}),
+        "CONFLICT",
+    );
+    node.fails(
+        "workload.run",
+        &json!({"image": image, "gpu_uuids": [gpu]}),
+        "CONFLICT",
+    );
+    node.fails("gpu.cordon", &json!({"gpu": "GPU-not-here"}), "NOT_FOUND");
+    assert!(node.containers().is_empty());
+    eventually(
+        Duration::from_secs(10),
+        "the fleet to see the GPU taken",
+        || {
+            let fleet = node.cli.ok(&["fleet", "--json"]).json();
+            (fleet["status"]["free_gpus"] == json!(0)).then_some(())
+        },
+    );
+    node.ok("gpu.uncordon", &json!({ "gpu": gpu }));
+
     let labels = node.ok("node.label", &json!({"set": {"rack": "b7"}}));
     assert_eq!(labels["labels"]["rack"], "b7");
     let a = node.ok(

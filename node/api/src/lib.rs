@@ -38,6 +38,8 @@ pub const NODE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<node::NodeCordon>(),
     CommandInfo::of::<node::NodeUncordon>(),
     CommandInfo::of::<node::NodeDrain>(),
+    CommandInfo::of::<node::GpuCordon>(),
+    CommandInfo::of::<node::GpuUncordon>(),
     CommandInfo::of::<node::SystemRun>(),
     CommandInfo::of::<workload::WorkloadRun>(),
     CommandInfo::of::<workload::WorkloadStop>(),

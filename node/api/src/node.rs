@@ -39,6 +39,12 @@ commands! {
     /// `node.drain`.
     NodeDrain = "node.drain", Operate, NoParams => DrainReport,
         "Cordon the node and stop every workload gracefully, reporting each; workloads that cannot be stopped now (Docker unreachable) are stopped once they can";
+    /// `gpu.cordon`.
+    GpuCordon = "gpu.cordon", Operate, GpuRef => GpuCordonState,
+        "Take one GPU out of scheduling: no new workload, replica or lease gets it; whoever holds it keeps it";
+    /// `gpu.uncordon`.
+    GpuUncordon = "gpu.uncordon", Operate, GpuRef => GpuCordonState,
+        "Put a cordoned GPU back into scheduling";
     /// `system.run`.
     SystemRun = "system.run", Admin, SystemRunParams => SystemRunOutput,
         "Run an allowlisted program (argv, no shell) with a timeout and capped output";
@@ -95,7 +101,32 @@ pub struct GpuListing {
     pub nvml: NvmlStatus,
     /// Real GPUs from NVML, then simulated ones (marked `simulated`).
     pub gpus: Vec<GpuDevice>,
+    /// UUIDs of the GPUs taken out of scheduling (`gpu.cordon`).
+    #[serde(default)]
+    pub cordoned: Vec<String>,
 }
+
+/// Names one of the node's GPUs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GpuRef {
+    /// The GPU's UUID, as `gpu.list` shows it.
+    pub gpu: String,
+}
+
+/// `gpu.cordon`'s and `gpu.uncordon`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GpuCordonState {
+    /// The GPU.
+    pub gpu: String,
+    /// Whether it is out of scheduling now.
+    pub cordoned: bool,
+    /// The workload or lease holding it, which keeps it.
+    pub held_by: Option<String>,
+}
+
+impl Answer for GpuCordonState {}
 
 /// `gpu.metrics`' answer.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

@@ -11,6 +11,12 @@ use super::{Store, StoreError};
 
 /// How a lease holder is written in the allocations tree, before the lease id.
 const LEASE_HOLDER_PREFIX: &str = "lease:";
+/// Key prefix of a cordoned GPU in the allocations tree (no GPU UUID starts with a NUL).
+const CORDON_KEY_PREFIX: &[u8] = b"\0cordon\0";
+
+fn cordon_key(uuid: &str) -> Vec<u8> {
+    [CORDON_KEY_PREFIX, uuid.as_bytes()].concat()
+}
 
 /// Who holds a GPU.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -19,6 +25,8 @@ pub enum Holder {
     Workload(String),
     /// A lease, by id, that reserved it and has not handed it to its workload yet.
     Lease(String),
+    /// No one: an operator took it out of scheduling (`gpu.cordon`).
+    Cordon,
 }
 
 impl Holder {
@@ -26,6 +34,7 @@ impl Holder {
         match self {
             Self::Workload(id) => id.as_bytes().to_vec(),
             Self::Lease(id) => format!("{LEASE_HOLDER_PREFIX}{id}").into_bytes(),
+            Self::Cordon => CORDON_KEY_PREFIX.to_vec(),
         }
     }
 
@@ -44,6 +53,7 @@ impl std::fmt::Display for Holder {
         match self {
             Self::Workload(id) => f.write_str(id),
             Self::Lease(id) => write!(f, "{LEASE_HOLDER_PREFIX}{id}"),
+            Self::Cordon => f.write_str("cordoned"),
         }
     }
 }
@@ -54,7 +64,8 @@ pub(super) struct Ledger<'t>(pub(super) &'t TransactionalTree);
 type InTransaction<T> = Result<T, UnabortableTransactionError>;
 
 impl Ledger<'_> {
-    /// Those of `candidates` (their order kept) that no one holds, or that `reserved_for` holds.
+    /// Those of `candidates` (their order kept) that no one holds and no cordon keeps out of
+    /// scheduling, or that `reserved_for` holds (a cordon after the reservation keeps it).
     pub(super) fn free(
         &self,
         candidates: &[String],
@@ -64,9 +75,9 @@ impl Ledger<'_> {
         let mut free = Vec::new();
         for uuid in candidates {
             match self.0.get(uuid.as_bytes())? {
-                None => free.push(uuid.clone()),
+                None if self.0.get(cordon_key(uuid))?.is_none() => free.push(uuid.clone()),
                 Some(holder) if reserved.as_deref() == Some(&holder) => free.push(uuid.clone()),
-                Some(_) => {}
+                _ => {}
             }
         }
         Ok(free)
@@ -95,16 +106,46 @@ impl Ledger<'_> {
 }
 
 impl Store {
-    /// GPU UUID → who holds it.
+    /// GPU UUID → who holds it: a workload or a lease, or, for a cordoned GPU no one holds, the
+    /// cordon. Every GPU listed here is unavailable to new work.
     pub fn allocations(&self) -> Result<BTreeMap<String, Holder>, StoreError> {
-        self.allocations
-            .iter()
-            .map(|entry| {
-                let (gpu, holder) = entry?;
-                Ok((
-                    String::from_utf8_lossy(&gpu).into_owned(),
+        let mut held = BTreeMap::new();
+        for entry in self.allocations.iter() {
+            let (key, holder) = entry?;
+            if let Some(gpu) = key.strip_prefix(CORDON_KEY_PREFIX) {
+                held.entry(String::from_utf8_lossy(gpu).into_owned())
+                    .or_insert(Holder::Cordon);
+            } else {
+                held.insert(
+                    String::from_utf8_lossy(&key).into_owned(),
                     Holder::from_bytes(&holder),
-                ))
+                );
+            }
+        }
+        Ok(held)
+    }
+
+    /// Takes GPU `uuid` out of scheduling (or puts it back): no new workload or lease gets it;
+    /// whoever holds it now keeps it.
+    pub fn set_gpu_cordoned(&self, uuid: &str, cordoned: bool) -> Result<(), StoreError> {
+        if cordoned {
+            self.allocations
+                .insert(cordon_key(uuid), CORDON_KEY_PREFIX)?;
+        } else {
+            self.allocations.remove(cordon_key(uuid))?;
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The GPUs taken out of scheduling.
+    pub fn cordoned_gpus(&self) -> Result<Vec<String>, StoreError> {
+        self.allocations
+            .scan_prefix(CORDON_KEY_PREFIX)
+            .keys()
+            .map(|key| {
+                let key = key?;
+                Ok(String::from_utf8_lossy(&key[CORDON_KEY_PREFIX.len()..]).into_owned())
             })
             .collect()
     }
@@ -138,5 +179,6 @@ mod tests {
         }
         assert_eq!(Holder::Lease("abc".to_owned()).to_string(), "lease:abc");
         assert_eq!(Holder::Workload("wl-1".to_owned()).to_string(), "wl-1");
+        assert_eq!(Holder::Cordon.to_string(), "cordoned");
     }
 }

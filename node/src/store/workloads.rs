@@ -403,6 +403,50 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn a_cordoned_gpu_goes_to_no_new_workload_and_its_holder_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let gpus: Vec<String> = (0..2).map(|i| format!("GPU-{i}")).collect();
+        let admitted = store
+            .admit_workload(pending("wl-a", None), &GpuChoice::Count(1), &gpus)
+            .unwrap();
+        let Admitted::New(first) = admitted else {
+            panic!("a new workload")
+        };
+        assert_eq!(first.gpus, ["GPU-0"]);
+        store.set_gpu_cordoned("GPU-0", true).unwrap();
+        store.set_gpu_cordoned("GPU-1", true).unwrap();
+        assert_eq!(store.cordoned_gpus().unwrap(), gpus);
+        let held = store.allocations().unwrap();
+        assert_eq!(
+            held["GPU-0"],
+            Holder::Workload("wl-a".into()),
+            "its holder keeps it"
+        );
+        assert_eq!(held["GPU-1"], Holder::Cordon);
+        let refused = store.admit_workload(pending("wl-b", None), &GpuChoice::Count(1), &gpus);
+        assert!(
+            matches!(refused, Err(AdmitError::GpusUnavailable { ref free, .. }) if free.is_empty()),
+            "{refused:?}"
+        );
+        let pinned = store.admit_workload(
+            pending("wl-c", None),
+            &GpuChoice::Exactly(vec!["GPU-1".into()]),
+            &gpus,
+        );
+        assert!(pinned.is_err(), "not even by UUID");
+        store.set_gpu_cordoned("GPU-1", false).unwrap();
+        let Admitted::New(after) = store
+            .admit_workload(pending("wl-d", None), &GpuChoice::Count(1), &gpus)
+            .unwrap()
+        else {
+            panic!("a new workload")
+        };
+        assert_eq!(after.gpus, ["GPU-1"]);
+        assert_eq!(store.cordoned_gpus().unwrap(), ["GPU-0"]);
+    }
+
+    #[test]
     fn one_active_workload_per_name_even_under_concurrent_admissions() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
