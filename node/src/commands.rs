@@ -13,9 +13,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use claw_api::deploy::{
-    DeployCreate, DeployDelete, DeployHistory, DeployList, DeployPause, DeployReplicaStart,
-    DeployReplicaStop, DeployReplicas, DeployResume, DeployRollback, DeployStatus, DeployUpdate,
-    DeploymentRef,
+    DeployCreate, DeployDelete, DeployHistory, DeployList, DeployPause, DeployPromote,
+    DeployReplicaStart, DeployReplicaStop, DeployReplicas, DeployResume, DeployRollback,
+    DeployStatus, DeployUpdate, DeploymentRef,
 };
 use claw_api::market::{
     Arbitration, BidOutcome, Lease, LeaseEnd, LeaseGrant, LeaseListing, LeaseStatus,
@@ -199,6 +199,9 @@ fn router() -> &'static Router<NodeCommands, Call> {
             })
             .route::<DeployResume, _, _>(|node, _, DeploymentRef { name }| async move {
                 node.services.objects.pause_deployment(&name, false).await
+            })
+            .route::<DeployPromote, _, _>(|node, _, DeploymentRef { name }| async move {
+                node.services.objects.promote_deployment(&name).await
             })
             .route::<DeployDelete, _, _>(|node, _, DeploymentRef { name }| async move {
                 node.services.objects.delete_deployment(&name).await

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 use claw_api::deploy::{
-    CreateParams, DeployCreate, DeployDelete, DeployHistory, DeployList, DeployPause, DeployResume,
-    DeployRollback, DeployStatus, DeployUpdate, Deployment, DeploymentRef, DeploymentSpec,
-    RollbackParams, RolloutStrategy, UpdateParams,
+    CreateParams, DeployCreate, DeployDelete, DeployHistory, DeployList, DeployPause,
+    DeployPromote, DeployResume, DeployRollback, DeployStatus, DeployUpdate, Deployment,
+    DeploymentRef, DeploymentSpec, RollbackParams, RolloutStrategy, UpdateParams,
 };
 use claw_api::workload::RunParams;
 
@@ -40,6 +40,11 @@ pub(crate) enum DeployCommand {
         /// The revision to go back to.
         #[arg(long)]
         revision: Option<u64>,
+    },
+    /// Move a canary deployment to its next step.
+    Promote {
+        /// The deployment.
+        name: String,
     },
     /// Pause a deployment: no rollout or rescheduling until it is resumed.
     Pause {
@@ -85,6 +90,17 @@ pub(crate) struct CreateArgs {
     /// Replicas that may be missing during a rollout.
     #[arg(long, default_value_t = 0)]
     max_unavailable: u32,
+    /// Roll out as a canary at these shares of replicas, in percent (e.g. 10,50); move on
+    /// with `deploy promote`.
+    #[arg(long, value_delimiter = ',', conflicts_with = "blue_green")]
+    canary: Vec<u32>,
+    /// Roll out blue-green: a whole new set, then the old one stops.
+    #[arg(long)]
+    blue_green: bool,
+    /// Health check, as JSON: {"probe": {"type": "exec", "argv": [...]} | {"type": "tcp",
+    /// "port": N} | {"type": "http", "port": N, "path": "/"}, "interval_secs", ...}.
+    #[arg(long, value_name = "JSON")]
+    health: Option<String>,
     /// Command and arguments for the image (after `--`).
     #[arg(last = true)]
     command: Vec<String>,
@@ -134,6 +150,7 @@ pub(crate) fn deploy(global: &GlobalArgs, command: DeployCommand) -> Result<()> 
                     .transpose()?,
                 replicas: args.replicas,
                 strategy: None,
+                health: None,
             };
             if params.is_empty() {
                 bail!("nothing to change: give --image, --replicas, --env or a command");
@@ -149,6 +166,10 @@ pub(crate) fn deploy(global: &GlobalArgs, command: DeployCommand) -> Result<()> 
         DeployCommand::Rollback { name, revision } => show(
             global,
             &ops::call::<DeployRollback>(global, &RollbackParams { name, revision }, None, None)?,
+        ),
+        DeployCommand::Promote { name } => show(
+            global,
+            &ops::call::<DeployPromote>(global, &DeploymentRef { name }, None, None)?,
         ),
         DeployCommand::Pause { name } => show(
             global,
@@ -196,10 +217,23 @@ fn create(global: &GlobalArgs, args: CreateArgs) -> Result<()> {
             replicas: args.replicas,
             template,
             gpu_model: args.gpu_model,
-            strategy: RolloutStrategy::Rolling {
-                max_surge: args.max_surge,
-                max_unavailable: args.max_unavailable,
+            strategy: if args.blue_green {
+                RolloutStrategy::BlueGreen
+            } else if !args.canary.is_empty() {
+                RolloutStrategy::Canary {
+                    steps: args.canary,
+                    step: 0,
+                }
+            } else {
+                RolloutStrategy::Rolling {
+                    max_surge: args.max_surge,
+                    max_unavailable: args.max_unavailable,
+                }
             },
+            health: args
+                .health
+                .map(|text| serde_json::from_str(&text).context("--health is not a health check"))
+                .transpose()?,
             paused: false,
         },
     };
@@ -257,6 +291,12 @@ fn status(global: &GlobalArgs, name: String) -> Result<()> {
     if let Some(pending) = &answer.pending {
         println!("{pending}");
     }
+    if !answer.failed_revisions.is_empty() {
+        println!(
+            "revisions that failed their health check: {:?}",
+            answer.failed_revisions
+        );
+    }
     let rows: Vec<Vec<String>> = answer
         .replicas
         .iter()
@@ -266,12 +306,21 @@ fn status(global: &GlobalArgs, name: String) -> Result<()> {
                 r.node_name.clone(),
                 r.replica.revision.to_string(),
                 r.replica.state.to_string(),
+                r.replica
+                    .health
+                    .map_or("-".to_owned(), |h| format!("{h:?}").to_lowercase()),
             ]
         })
         .collect();
     println!();
     print_table(
-        &["REPLICA", "NODE (AS IT NAMES ITSELF)", "REVISION", "STATE"],
+        &[
+            "REPLICA",
+            "NODE (AS IT NAMES ITSELF)",
+            "REVISION",
+            "STATE",
+            "HEALTH",
+        ],
         &rows,
     );
     for node in &answer.unreachable {

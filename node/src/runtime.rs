@@ -186,7 +186,8 @@ impl Node {
         tasks.spawn_service(objects.run(interval * OBJECT_SYNC_INTERVALS));
         let deployments = commands.deployments().clone();
         deployments.attach(handle.clone());
-        tasks.spawn_service(deployments.run(interval));
+        tasks.spawn_service(deployments.clone().run(interval));
+        tasks.spawn_service(deployments.check_health());
         let failure = connect_gateway(&dir, &tasks, &options, &handle, &commands)?;
         Ok(NodeHandle {
             dir,

@@ -6,12 +6,12 @@
 //!
 //! Needs the Docker Engine and the locally built test image (`scripts/test.sh` prepares both).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use claw_tests::deployments::{Member, placement, settled};
 use claw_tests::{eventually, required_part};
 use clawnode::controller::plan::ranking;
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn test_image() -> Option<String> {
     required_part(
@@ -217,4 +217,155 @@ fn a_deployment_survives_a_killed_node_and_a_killed_controller_and_refuses_other
             .all(|m| !m.alive() || m.active_replicas("web") == 0)
             .then_some(())
     });
+}
+
+/// The replicas a status lists: (template, revision, available) each.
+fn replica_views(status: &Value) -> Vec<(String, u64, bool)> {
+    status["replicas"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            (
+                r["template"].as_str().unwrap_or_default().to_owned(),
+                r["revision"].as_u64().unwrap_or_default(),
+                r["state"] == "running" && r["health"] == "healthy",
+            )
+        })
+        .collect()
+}
+
+/// Polls `member`'s status of `app` until `done` says so, and returns the fewest available
+/// replicas seen meanwhile (with the status that showed it) and the last status.
+fn watch(member: &Member, what: &str, done: impl Fn(&Value) -> bool) -> ((usize, Value), Value) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut fewest = (usize::MAX, Value::Null);
+    loop {
+        if let Some(status) = member.status("app")
+            && status["unreachable"].as_array().is_some_and(Vec::is_empty)
+        {
+            let available = replica_views(&status).iter().filter(|r| r.2).count();
+            if available < fewest.0 {
+                fewest = (available, status.clone());
+            }
+            if done(&status) {
+                return (fewest, status);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {status:#}"
+            );
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(150));
+    }
+}
+
+#[test]
+fn a_canary_is_promoted_a_failing_revision_rolls_back_by_itself_and_blue_green_switches_whole() {
+    let Some(image) = test_image() else { return };
+    let members = Member::fleet(4);
+    let operator = &members[0];
+    // Healthy while /tmp/ready exists, which the container makes unless V is "bad".
+    let script =
+        "if [ \"$V\" != bad ]; then touch /tmp/ready; fi; trap 'exit 0' TERM; sleep 600 & wait";
+    let spec = json!({
+        "replicas": 4,
+        "template": {"image": image, "command": ["sh", "-c", script], "env": {"V": "1"}},
+        "strategy": {"type": "canary", "steps": [25]},
+        "health": {
+            "probe": {"type": "exec", "argv": ["test", "-f", "/tmp/ready"]},
+            "interval_secs": 1,
+            "failure_threshold": 2,
+        },
+    });
+    eventually(
+        Duration::from_secs(30),
+        "the deployment to be created",
+        || {
+            operator
+                .invoke("deploy.create", &json!({"name": "app", "spec": spec}))
+                .ok()
+        },
+    );
+    let (_, first) = watch(operator, "4 healthy replicas", |s| {
+        let views = replica_views(s);
+        views.len() == 4 && views.iter().all(|r| r.2)
+    });
+    let stable = replica_views(&first)[0].0.clone();
+
+    // A canary of a new revision: 1 of 4 on it, 3 stable, never fewer than 4 serving.
+    operator
+        .invoke("deploy.update", &json!({"name": "app", "env": {"V": "2"}}))
+        .expect("update");
+    let (fewest, canary) = watch(operator, "the canary at 1 of 4", |s| {
+        let views = replica_views(s);
+        let new = views.iter().filter(|r| r.1 == 2 && r.2).count();
+        let old = views.iter().filter(|r| r.0 == stable && r.2).count();
+        views.len() == 4 && new == 1 && old == 3
+    });
+    assert!(
+        fewest.0 >= 4,
+        "a replica stopped before the canary served: {fewest:#?}"
+    );
+    let new_template = replica_views(&canary)
+        .into_iter()
+        .find(|r| r.1 == 2)
+        .expect("the canary")
+        .0;
+
+    // Promoted: every replica moves to the new template, one at a time.
+    let promoted = operator
+        .invoke("deploy.promote", &json!({"name": "app"}))
+        .expect("promote");
+    assert_eq!(promoted["revision"], json!(3));
+    let (fewest, _) = watch(operator, "the promotion to finish", |s| {
+        let views = replica_views(s);
+        s["ready"] == json!(4) && views.len() == 4 && views.iter().all(|r| r.0 == new_template)
+    });
+    assert!(
+        fewest.0 >= 4,
+        "the promotion dropped a serving replica: {fewest:#?}"
+    );
+    operator
+        .invoke("deploy.promote", &json!({"name": "app"}))
+        .expect_err("nothing left to promote");
+
+    // A revision whose replicas fail their health check is rolled back by the controller.
+    operator
+        .invoke(
+            "deploy.update",
+            &json!({"name": "app", "env": {"V": "bad"},
+                "strategy": {"type": "rolling", "max_surge": 1, "max_unavailable": 0}}),
+        )
+        .expect("update to a failing revision");
+    let (fewest, rolled_back) = watch(operator, "the rollback", |s| {
+        let views = replica_views(s);
+        s["failed_revisions"] == json!([4])
+            && views.len() == 4
+            && views.iter().all(|r| r.0 == new_template && r.2)
+    });
+    assert!(
+        fewest.0 >= 4,
+        "the failing rollout took a serving replica: {fewest:#?}"
+    );
+    let note = rolled_back["pending"].as_str().unwrap_or_default();
+    assert!(note.contains("rolled back"), "{rolled_back:#}");
+
+    // Blue-green: the whole new set serves before the old set stops.
+    operator
+        .invoke(
+            "deploy.update",
+            &json!({"name": "app", "env": {"V": "3"}, "strategy": {"type": "blue_green"}}),
+        )
+        .expect("update");
+    let (fewest, switched) = watch(operator, "the blue-green switch", |s| {
+        let views = replica_views(s);
+        s["ready"] == json!(4) && views.len() == 4 && views.iter().all(|r| r.1 == 5)
+    });
+    assert!(
+        fewest.0 >= 4,
+        "fewer than the old count served during the switch: {fewest:#?}"
+    );
+    assert_eq!(switched["failed_revisions"], json!([4]));
 }

@@ -33,13 +33,114 @@ pub struct DeploymentSpec {
     /// How a new revision replaces the running one.
     #[serde(default)]
     pub strategy: RolloutStrategy,
+    /// How each replica's node checks that it works. A replica counts as available only once
+    /// healthy; a new revision whose replicas turn unhealthy is rolled back by itself.
+    #[serde(default)]
+    pub health: Option<HealthCheck>,
     /// Paused: the replicas keep running as they are, and no rollout or rescheduling happens.
     #[serde(default)]
     pub paused: bool,
 }
 
+/// A replica's health check, run by its node.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// What is checked.
+    pub probe: Probe,
+    /// Seconds between checks, 1 to 3600. Default 10.
+    #[serde(default = "ten")]
+    pub interval_secs: u32,
+    /// Seconds a check may take, 1 to 60. Default 5.
+    #[serde(default = "five")]
+    pub timeout_secs: u32,
+    /// Failures in a row that make a replica unhealthy, 1 to 100. Default 3.
+    #[serde(default = "three")]
+    pub failure_threshold: u32,
+    /// Successes in a row that make it healthy, 1 to 100. Default 1.
+    #[serde(default = "one")]
+    pub success_threshold: u32,
+    /// Seconds after the start before the first check, at most 3600. Default 0.
+    #[serde(default)]
+    pub initial_delay_secs: u32,
+}
+
+/// What a health check checks, inside the replica's container or on its address.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Probe {
+    /// A program run inside the container; healthy when it exits 0.
+    Exec {
+        /// Program and arguments (no shell unless named).
+        argv: Vec<String>,
+    },
+    /// A TCP connection to the container's port; healthy when it opens.
+    Tcp {
+        /// The port inside the container.
+        port: u16,
+    },
+    /// An HTTP GET of the container's port and path; healthy on a 2xx or 3xx status.
+    Http {
+        /// The port inside the container.
+        port: u16,
+        /// The path, starting with `/`.
+        #[serde(default = "root")]
+        path: String,
+    },
+}
+
+fn ten() -> u32 {
+    10
+}
+
+fn five() -> u32 {
+    5
+}
+
+fn three() -> u32 {
+    3
+}
+
+fn root() -> String {
+    "/".to_owned()
+}
+
+impl HealthCheck {
+    fn check(&self) -> Result<(), SpecError> {
+        let in_range = (1..=3600).contains(&self.interval_secs)
+            && (1..=60).contains(&self.timeout_secs)
+            && (1..=100).contains(&self.failure_threshold)
+            && (1..=100).contains(&self.success_threshold)
+            && self.initial_delay_secs <= 3600;
+        if !in_range {
+            return invalid(
+                "health: interval_secs 1-3600, timeout_secs 1-60, thresholds 1-100, \
+                 initial_delay_secs at most 3600",
+            );
+        }
+        match &self.probe {
+            Probe::Exec { argv }
+                if argv.is_empty() || argv.len() > 64 || argv.iter().any(|a| a.len() > 1024) =>
+            {
+                invalid("health.probe.argv: 1 to 64 arguments of at most 1 KiB")
+            }
+            Probe::Tcp { port: 0 } | Probe::Http { port: 0, .. } => {
+                invalid("health.probe.port must be 1 to 65535")
+            }
+            Probe::Http { path, .. }
+                if !path.starts_with('/')
+                    || path.len() > 1024
+                    || path.bytes().any(|b| b.is_ascii_control() || b == b' ') =>
+            {
+                invalid("health.probe.path: starting with '/', no spaces, at most 1 KiB")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// How a new revision replaces the running one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RolloutStrategy {
     /// Replace replicas a few at a time.
@@ -51,6 +152,19 @@ pub enum RolloutStrategy {
         #[serde(default)]
         max_unavailable: u32,
     },
+    /// Run a share of the replicas on the new revision beside the stable one, and move on a
+    /// step with `deploy.promote`; after the last step, roll the rest.
+    Canary {
+        /// The share of replicas on the new revision at each step, in percent (1 to 99,
+        /// rising), e.g. `[10, 50]`.
+        steps: Vec<u32>,
+        /// The step the deployment is at (0 is the first; `steps.len()` means promoted to all).
+        #[serde(default)]
+        step: u32,
+    },
+    /// Start a whole new set of replicas beside the old one; stop the old set once every new
+    /// replica is available.
+    BlueGreen,
 }
 
 fn one() -> u32 {
@@ -99,17 +213,37 @@ impl DeploymentSpec {
         {
             return invalid("gpu_model must be 1 to 64 bytes");
         }
-        let RolloutStrategy::Rolling {
-            max_surge,
-            max_unavailable,
-        } = self.strategy;
-        if max_surge == 0 && max_unavailable == 0 {
-            return invalid("strategy: max_surge and max_unavailable cannot both be 0");
+        match &self.strategy {
+            RolloutStrategy::Rolling {
+                max_surge,
+                max_unavailable,
+            } => {
+                if *max_surge == 0 && *max_unavailable == 0 {
+                    return invalid("strategy: max_surge and max_unavailable cannot both be 0");
+                }
+                if *max_surge > MAX_REPLICAS || *max_unavailable > MAX_REPLICAS {
+                    return invalid(format!(
+                        "strategy: max_surge and max_unavailable are at most {MAX_REPLICAS}"
+                    ));
+                }
+            }
+            RolloutStrategy::Canary { steps, step } => {
+                let rising = steps.windows(2).all(|w| w[0] < w[1]);
+                if steps.is_empty()
+                    || steps.len() > 10
+                    || !rising
+                    || steps.iter().any(|p| !(1..=99).contains(p))
+                {
+                    return invalid("strategy.steps: 1 to 10 rising percentages of 1 to 99");
+                }
+                if *step as usize > steps.len() {
+                    return invalid("strategy.step is past the last step");
+                }
+            }
+            RolloutStrategy::BlueGreen => {}
         }
-        if max_surge > MAX_REPLICAS || max_unavailable > MAX_REPLICAS {
-            return invalid(format!(
-                "strategy: max_surge and max_unavailable are at most {MAX_REPLICAS}"
-            ));
+        if let Some(health) = &self.health {
+            health.check()?;
         }
         Ok(())
     }
@@ -146,6 +280,9 @@ pub struct UpdateParams {
     /// A new rollout strategy.
     #[serde(default)]
     pub strategy: Option<RolloutStrategy>,
+    /// A new health check.
+    #[serde(default)]
+    pub health: Option<HealthCheck>,
 }
 
 impl UpdateParams {
@@ -164,8 +301,11 @@ impl UpdateParams {
         if let Some(replicas) = self.replicas {
             next.replicas = replicas;
         }
-        if let Some(strategy) = self.strategy {
-            next.strategy = strategy;
+        if let Some(strategy) = &self.strategy {
+            next.strategy = strategy.clone();
+        }
+        if let Some(health) = &self.health {
+            next.health = Some(health.clone());
         }
         next
     }
@@ -177,6 +317,7 @@ impl UpdateParams {
             && self.env.is_none()
             && self.replicas.is_none()
             && self.strategy.is_none()
+            && self.health.is_none()
     }
 }
 
@@ -287,6 +428,10 @@ pub struct ReplicasParams {
     /// The asking controller's epoch.
     #[serde(default)]
     pub epoch: Option<u64>,
+    /// Revisions the controller found failing their health checks (and rolled back from), for
+    /// the node to keep for the next controller.
+    #[serde(default)]
+    pub failed: Vec<u64>,
 }
 
 /// One replica of a deployment on a node.
@@ -302,8 +447,23 @@ pub struct Replica {
     pub template: String,
     /// The workload's state.
     pub state: WorkloadState,
+    /// Its health, when the deployment has a health check.
+    #[serde(default)]
+    pub health: Option<ReplicaHealth>,
     /// When it was started, Unix ms.
     pub created_ms: u64,
+}
+
+/// A replica's health as its node's checks found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaHealth {
+    /// Not yet checked enough times to tell.
+    Starting,
+    /// Passed its last `success_threshold` checks.
+    Healthy,
+    /// Failed its last `failure_threshold` checks.
+    Unhealthy,
 }
 
 /// A node's account of a deployment.
@@ -317,9 +477,12 @@ pub struct ReplicaReport {
     /// Its replicas on the node that are starting or running.
     pub replicas: Vec<Replica>,
     /// Set by the node that controls the deployment: why replicas are still missing (no node
-    /// with the GPUs free, for one).
+    /// with the GPUs free, for one), or what a rollback did.
     #[serde(default)]
     pub pending: Option<String>,
+    /// Revisions found failing their health checks, as controllers told this node.
+    #[serde(default)]
+    pub failed: Vec<u64>,
 }
 
 impl Answer for ReplicaReport {}
@@ -372,8 +535,11 @@ pub struct DeploymentStatus {
     pub controller: Option<String>,
     /// Replicas starting or running on the live members that answered.
     pub replicas: Vec<PlacedReplica>,
-    /// How many of them run the current template and are running.
+    /// How many of them run the current revision's template and are available (running, and
+    /// healthy where there is a health check).
     pub ready: u32,
+    /// Revisions found failing their health checks and rolled back from.
+    pub failed_revisions: Vec<u64>,
     /// Why replicas are missing, as the controller last saw it.
     pub pending: Option<String>,
     /// Live members that did not answer (their replicas are not listed).
@@ -410,6 +576,9 @@ commands! {
     /// `deploy.delete`.
     DeployDelete = "deploy.delete", Operate, DeploymentRef => DeploymentDeleted,
         "Delete a deployment; its replicas are stopped";
+    /// `deploy.promote`.
+    DeployPromote = "deploy.promote", Operate, DeploymentRef => Deployment,
+        "Move a canary deployment to its next step (the last step promotes it to every replica)";
     /// `deploy.replicas`.
     DeployReplicas = "deploy.replicas", Read, ReplicasParams => ReplicaReport,
         "This node's replicas of a deployment and its controller fence (asked by controllers)";

@@ -72,6 +72,7 @@ pub const NODE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<deploy::DeployPause>(),
     CommandInfo::of::<deploy::DeployResume>(),
     CommandInfo::of::<deploy::DeployDelete>(),
+    CommandInfo::of::<deploy::DeployPromote>(),
     CommandInfo::of::<deploy::DeployReplicas>(),
     CommandInfo::of::<deploy::DeployReplicaStart>(),
     CommandInfo::of::<deploy::DeployReplicaStop>(),

@@ -19,16 +19,17 @@ use std::time::Duration;
 
 use claw_api::Command as _;
 use claw_api::deploy::{
-    DeployReplicas, DeploymentStatus, Fence, PlacedReplica, Replica, ReplicaReport,
-    ReplicaStartParams, ReplicaStopParams, ReplicasParams,
+    DeployReplicas, DeploymentSpec, DeploymentStatus, Fence, HealthCheck, PlacedReplica, Probe,
+    Replica, ReplicaHealth, ReplicaReport, ReplicaStartParams, ReplicaStopParams, ReplicasParams,
+    RolloutStrategy,
 };
-use claw_api::workload::{ListParams, StopParams, Workload};
+use claw_api::workload::{ExecParams, ListParams, StopParams, Workload, WorkloadState};
 use claw_mesh::{ErrorCode, FleetMember, InvokeFailure, InvokeRequest, MeshHandle, PeerId};
 
 use crate::objects::FleetObjects;
 use crate::store::{ObjectKind, Store};
 use crate::workloads::{WorkloadRecord, Workloads};
-use plan::{Action, Candidate, ranking, template_digest};
+use plan::{Action, Candidate, Goal, is_available, ranking, template_digest};
 
 /// Label naming the deployment a replica belongs to.
 pub const DEPLOYMENT_LABEL: &str = "clawbernetes-deployment";
@@ -48,6 +49,17 @@ struct Held {
     epoch: u64,
     /// Each node's last report, for a node that misses one round.
     reports: HashMap<PeerId, ReplicaReport>,
+    /// Revisions found failing their health checks (told to every node with each read).
+    failed: std::collections::BTreeSet<u64>,
+}
+
+/// A replica's health checks so far, on its node.
+#[derive(Debug, Clone, Copy)]
+struct Checked {
+    health: ReplicaHealth,
+    successes: u32,
+    failures: u32,
+    next_at_ms: u64,
 }
 
 struct Inner {
@@ -58,6 +70,8 @@ struct Inner {
     mesh: OnceLock<MeshHandle>,
     /// Why replicas are missing, per deployment this member controls.
     pending: Mutex<HashMap<String, String>>,
+    /// This node's replicas' health, by workload id.
+    health: Mutex<HashMap<String, Checked>>,
 }
 
 /// Deployments' replicas on this node, and the controller of the deployments this member
@@ -81,15 +95,21 @@ fn key_of(name: &str) -> String {
     ObjectKind::Deployment.key(name)
 }
 
-/// A replica as reported, from its workload record (`None` when the record is not a replica).
-fn replica_of(record: &WorkloadRecord) -> Option<Replica> {
+/// A replica as reported, from its workload record (`None` when the record is not a replica),
+/// with its health where it is checked.
+fn replica_of(record: &WorkloadRecord, health: Option<ReplicaHealth>) -> Option<Replica> {
     Some(Replica {
         workload: record.id.clone(),
         revision: record.labels.get(REVISION_LABEL)?.parse().ok()?,
         template: record.labels.get(TEMPLATE_LABEL)?.clone(),
         state: record.state,
+        health,
         created_ms: record.created_ms,
     })
+}
+
+fn now_ms() -> u64 {
+    claw_attestation::unix_millis(std::time::SystemTime::now())
 }
 
 impl Deployments {
@@ -103,6 +123,7 @@ impl Deployments {
                 store,
                 mesh: OnceLock::new(),
                 pending: Mutex::default(),
+                health: Mutex::default(),
             }),
         }
     }
@@ -184,18 +205,43 @@ impl Deployments {
         params: ReplicasParams,
     ) -> Result<ReplicaReport, InvokeFailure> {
         let name = params.name;
+        let mut failed_now = Vec::new();
         if let Some(epoch) = params.epoch {
             self.check_controller(caller, &name)?;
-            let _superseded = self.fence(caller, &name, epoch).await;
+            if self.fence(caller, &name, epoch).await.is_ok() {
+                failed_now = params.failed.into_iter().take(16).collect();
+            }
         }
-        let replicas = self
-            .local_replicas(&name)
-            .await?
-            .iter()
-            .filter_map(replica_of)
-            .collect();
+        let records = self.local_replicas(&name).await?;
+        let mut replicas: Vec<Replica> = {
+            let health = self
+                .inner
+                .health
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            records
+                .iter()
+                .filter_map(|r| replica_of(r, health.get(&r.id).map(|c| c.health)))
+                .collect()
+        };
+        // A replica the checks have not reached yet is starting, where it is checked at all.
+        for replica in replicas.iter_mut().filter(|r| r.health.is_none()) {
+            let checked = self
+                .inner
+                .objects
+                .deployment_at(&name, replica.revision)
+                .await?
+                .is_some_and(|spec| spec.health.is_some());
+            if checked {
+                replica.health = Some(ReplicaHealth::Starting);
+            }
+        }
         let key = name.clone();
-        let fence = self.inner.store.run(move |s| s.fence(&key)).await?;
+        let (fence, failed) = self
+            .inner
+            .store
+            .run(move |s| Ok((s.fence(&key)?, s.add_failed_revisions(&key, &failed_now)?)))
+            .await?;
         let pending = self
             .inner
             .pending
@@ -208,6 +254,7 @@ impl Deployments {
             fence,
             replicas,
             pending,
+            failed,
         })
     }
 
@@ -308,12 +355,14 @@ impl Deployments {
         &self,
         name: &str,
         epoch: Option<u64>,
+        failed: &[u64],
         members: &[FleetMember],
     ) -> Vec<(PeerId, Result<ReplicaReport, InvokeFailure>)> {
         let asks = members.iter().map(|member| {
             let params = ReplicasParams {
                 name: name.to_owned(),
                 epoch,
+                failed: failed.to_vec(),
             };
             let peer = member.peer_id;
             async move { (peer, self.ask(peer, params).await) }
@@ -335,10 +384,11 @@ impl Deployments {
             controller,
             replicas: Vec::new(),
             ready: 0,
+            failed_revisions: Vec::new(),
             pending: None,
             unreachable: Vec::new(),
         };
-        for (peer, report) in self.gather(name, None, &members).await {
+        for (peer, report) in self.gather(name, None, &[], &members).await {
             let node_name: String = members
                 .iter()
                 .find(|m| m.peer_id == peer)
@@ -349,10 +399,9 @@ impl Deployments {
                     if status.controller.as_deref() == Some(peer.to_string().as_str()) {
                         status.pending = report.pending;
                     }
+                    status.failed_revisions.extend(report.failed);
                     for replica in report.replicas {
-                        if replica.template == template
-                            && replica.state == claw_api::workload::WorkloadState::Running
-                        {
+                        if replica.template == template && is_available(&replica) {
                             status.ready += 1;
                         }
                         status.replicas.push(PlacedReplica {
@@ -365,6 +414,8 @@ impl Deployments {
                 Err(_) => status.unreachable.push(peer.to_string()),
             }
         }
+        status.failed_revisions.sort_unstable();
+        status.failed_revisions.dedup();
         Ok(status)
     }
 }
@@ -435,7 +486,7 @@ impl Deployments {
         let name = &deployment.name;
         if held.epoch == 0 {
             let highest = self
-                .gather(name, None, members)
+                .gather(name, None, &[], members)
                 .await
                 .into_iter()
                 .filter_map(|(_, report)| report.ok()?.fence.map(|f| f.epoch))
@@ -450,9 +501,11 @@ impl Deployments {
         };
         let mut replicas = BTreeMap::new();
         let mut answered = Vec::new();
-        for (peer, report) in self.gather(name, Some(held.epoch), members).await {
+        let failed: Vec<u64> = held.failed.iter().copied().collect();
+        for (peer, report) in self.gather(name, Some(held.epoch), &failed, members).await {
             match report {
                 Ok(report) => {
+                    held.failed.extend(&report.failed);
                     if report.fence.as_ref().is_some_and(|f| *f > claim) {
                         return Err(failure(
                             ErrorCode::Conflict,
@@ -490,29 +543,96 @@ impl Deployments {
             return Ok(());
         }
         let candidates = candidates(&deployment.spec, members, &answered);
-        let template = template_digest(&deployment.spec);
-        let plan = plan::plan(&deployment.spec, &template, &replicas, &candidates);
+        let (goal, note) = self.goal(deployment, &replicas, &mut held.failed).await?;
+        let plan = plan::plan(&goal, &replicas, &candidates);
         let actions = plan
             .actions
             .into_iter()
-            .map(|action| self.act(name, deployment.revision, held.epoch, action));
+            .map(|action| self.act(name, held.epoch, action));
         for outcome in futures::future::join_all(actions).await {
             outcome?;
         }
-        self.set_pending(name, plan.pending);
+        let note = match (note, plan.pending) {
+            (Some(note), Some(pending)) => Some(format!("{note}; {pending}")),
+            (note, pending) => note.or(pending),
+        };
+        self.set_pending(name, note);
         Ok(())
     }
 
-    /// Carries out one action; a fenced node ends the round (another controller took over).
-    async fn act(
+    /// What deployment `deployment` should run now, and a note when it is not its current
+    /// revision: a revision whose replicas turn unhealthy is added to `failed` and rolled back
+    /// from, to the newest earlier revision with another template that did not fail; a canary
+    /// keeps that revision as its stable one beside the new.
+    async fn goal(
         &self,
-        name: &str,
-        revision: u64,
-        epoch: u64,
-        action: Action,
-    ) -> Result<(), InvokeFailure> {
+        deployment: &claw_api::deploy::Deployment,
+        replicas: &BTreeMap<PeerId, Vec<Replica>>,
+        failed: &mut std::collections::BTreeSet<u64>,
+    ) -> Result<(Goal, Option<String>), InvokeFailure> {
+        let spec = &deployment.spec;
+        let revision = deployment.revision;
+        let template = template_digest(spec);
+        let unhealthy = replicas
+            .values()
+            .flatten()
+            .filter(|r| r.template == template && r.health == Some(ReplicaHealth::Unhealthy))
+            .count();
+        // Only a rollout rolls back: with no other template left, a replica that turns
+        // unhealthy is replaced instead.
+        let rolling_out = replicas
+            .values()
+            .flatten()
+            .any(|r| r.state.is_active() && r.template != template);
+        if unhealthy > 0 && rolling_out && spec.health.is_some() && failed.insert(revision) {
+            tracing::warn!(deployment = %deployment.name, revision, unhealthy, "revision fails its health check: rolling back");
+        }
+        let history = self
+            .inner
+            .objects
+            .deployment_history(&deployment.name)
+            .await?;
+        let earlier = history.revisions.iter().find_map(|kept| {
+            let kept_spec = kept.spec.as_ref()?;
+            let kept_template = template_digest(kept_spec);
+            (kept.revision < revision
+                && !failed.contains(&kept.revision)
+                && kept_template != template)
+                .then(|| (kept.revision, kept_spec.clone(), kept_template))
+        });
+        if !failed.contains(&revision) {
+            let stable = earlier.map(|(kept, _, template)| (kept, template));
+            return Ok((Goal::of(spec, revision, stable), None));
+        }
+        match earlier {
+            Some((kept, kept_spec, _)) => {
+                let rolled = DeploymentSpec {
+                    template: kept_spec.template,
+                    gpu_model: kept_spec.gpu_model,
+                    strategy: match &spec.strategy {
+                        RolloutStrategy::Canary { .. } => RolloutStrategy::default(),
+                        other => other.clone(),
+                    },
+                    ..spec.clone()
+                };
+                let note = format!(
+                    "revision {revision} failed its health check: rolled back to revision {kept}'s template"
+                );
+                Ok((Goal::of(&rolled, kept, None), Some(note)))
+            }
+            None => Ok((
+                Goal::of(spec, revision, None),
+                Some(format!(
+                    "revision {revision} fails its health check, and no earlier revision is kept to go back to"
+                )),
+            )),
+        }
+    }
+
+    /// Carries out one action; a fenced node ends the round (another controller took over).
+    async fn act(&self, name: &str, epoch: u64, action: Action) -> Result<(), InvokeFailure> {
         let (peer, outcome) = match action {
-            Action::Start { node } => {
+            Action::Start { node, revision } => {
                 let params = ReplicaStartParams {
                     name: name.to_owned(),
                     revision,
@@ -598,6 +718,163 @@ impl Deployments {
             }
         }
     }
+}
+
+/// Health checks of this node's replicas.
+impl Deployments {
+    /// Checks this node's replicas whose deployment has a health check, each at its interval,
+    /// until the node stops; `deploy.replicas` reports what they found.
+    pub async fn check_health(self) {
+        let mut checks: HashMap<(String, u64), Option<HealthCheck>> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.check_round(&mut checks).await;
+        }
+    }
+
+    async fn check_round(&self, checks: &mut HashMap<(String, u64), Option<HealthCheck>>) {
+        let params = ListParams {
+            state: Some(WorkloadState::Running),
+            labels: BTreeMap::new(),
+            gpu: None,
+            all: false,
+        };
+        let Ok(records) = self.inner.workloads.list(params).await else {
+            return;
+        };
+        let now = now_ms();
+        let mut due = Vec::new();
+        for record in &records {
+            let (Some(name), Some(replica)) = (
+                record.labels.get(DEPLOYMENT_LABEL),
+                replica_of(record, None),
+            ) else {
+                continue;
+            };
+            let key = (name.clone(), replica.revision);
+            if !checks.contains_key(&key) {
+                let check = self
+                    .inner
+                    .objects
+                    .deployment_at(name, replica.revision)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|spec| spec.health);
+                checks.insert(key.clone(), check);
+            }
+            let Some(check) = checks.get(&key).cloned().flatten() else {
+                continue;
+            };
+            let next_at_ms = self
+                .inner
+                .health
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(record.id.clone())
+                .or_insert(Checked {
+                    health: ReplicaHealth::Starting,
+                    successes: 0,
+                    failures: 0,
+                    next_at_ms: record.created_ms + u64::from(check.initial_delay_secs) * 1000,
+                })
+                .next_at_ms;
+            if now >= next_at_ms {
+                due.push((record.id.clone(), check));
+            }
+        }
+        let outcomes = futures::future::join_all(due.iter().map(|(id, check)| async move {
+            (
+                id,
+                check,
+                self.probe(id, &check.probe, check.timeout_secs).await,
+            )
+        }))
+        .await;
+        let mut health = self
+            .inner
+            .health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (id, check, passed) in outcomes {
+            if let Some(state) = health.get_mut(id.as_str()) {
+                if passed {
+                    state.successes += 1;
+                    state.failures = 0;
+                    if state.successes >= check.success_threshold {
+                        state.health = ReplicaHealth::Healthy;
+                    }
+                } else {
+                    state.failures += 1;
+                    state.successes = 0;
+                    if state.failures >= check.failure_threshold {
+                        state.health = ReplicaHealth::Unhealthy;
+                    }
+                }
+                state.next_at_ms = now + u64::from(check.interval_secs) * 1000;
+            }
+        }
+        health.retain(|id, _| records.iter().any(|r| &r.id == id));
+        checks.retain(|(name, revision), _| {
+            records.iter().any(|r| {
+                r.labels.get(DEPLOYMENT_LABEL) == Some(name)
+                    && r.labels.get(REVISION_LABEL) == Some(&revision.to_string())
+            })
+        });
+    }
+
+    /// One check of workload `id`: whether it passed within `timeout_secs`.
+    async fn probe(&self, id: &str, probe: &Probe, timeout_secs: u32) -> bool {
+        let deadline = Duration::from_secs(u64::from(timeout_secs));
+        match probe {
+            Probe::Exec { argv } => {
+                let params = ExecParams {
+                    workload: id.to_owned(),
+                    argv: argv.clone(),
+                    timeout_secs: Some(timeout_secs),
+                };
+                matches!(self.inner.workloads.exec(params).await,
+                    Ok(output) if output.exit_code == Some(0) && !output.timed_out)
+            }
+            Probe::Tcp { port } => {
+                let Some(ip) = self.inner.workloads.container_ip(id).await else {
+                    return false;
+                };
+                matches!(
+                    tokio::time::timeout(deadline, tokio::net::TcpStream::connect((ip, *port)))
+                        .await,
+                    Ok(Ok(_))
+                )
+            }
+            Probe::Http { port, path } => {
+                let Some(ip) = self.inner.workloads.container_ip(id).await else {
+                    return false;
+                };
+                matches!(
+                    tokio::time::timeout(deadline, http_status(ip, *port, path)).await,
+                    Ok(Some(200..=399))
+                )
+            }
+        }
+    }
+}
+
+/// The status code of `GET path` on `ip:port` (HTTP/1.0, the status line only).
+async fn http_status(ip: std::net::IpAddr, port: u16, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect((ip, port)).await.ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {ip}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut head = [0u8; 64];
+    let read = stream.read(&mut head).await.ok()?;
+    let line = std::str::from_utf8(&head[..read]).ok()?;
+    let mut parts = line.split(' ');
+    parts
+        .next()
+        .filter(|version| version.starts_with("HTTP/"))?;
+    parts.next()?.parse().ok()
 }
 
 /// The members a deployment's replicas may go to: those that answered this round and are not

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use claw_api::deploy::{DeploymentSpec, Replica, RolloutStrategy};
+use claw_api::deploy::{DeploymentSpec, Replica, ReplicaHealth, RolloutStrategy};
 use claw_api::workload::WorkloadState;
 use claw_mesh::PeerId;
 use sha2::{Digest as _, Sha256};
@@ -49,10 +49,12 @@ pub struct Candidate {
 /// One change to make.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Start a replica of the current template on `node`.
+    /// Start a replica of `revision`'s template on `node`.
     Start {
         /// Where.
         node: PeerId,
+        /// Which revision's template.
+        revision: u64,
     },
     /// Stop replica `workload` on `node`.
     Stop {
@@ -72,132 +74,255 @@ pub struct Plan {
     pub pending: Option<String>,
 }
 
-fn is_running(replica: &Replica) -> bool {
-    replica.state == WorkloadState::Running
+/// A template replicas should run, and how many.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// The template's digest ([`template_digest`]).
+    pub template: String,
+    /// The revision to start it from.
+    pub revision: u64,
+    /// How many replicas should run it.
+    pub count: usize,
 }
 
-/// The changes that bring `replicas` (per node; active ones) toward `spec`, whose template has
-/// digest `template`, within the strategy's surge and unavailability:
-/// - surplus replicas of the current template go (from the most crowded node, starting ones
-///   before running ones, newest first), never taking the running count under
-///   `replicas - max_unavailable`;
-/// - old replicas go while enough others run (most crowded node first, then oldest);
-/// - new ones start while the total stays within `replicas + max_surge`, each on the
-///   schedulable candidate with the fewest of this template's replicas, then the fewest of any,
-///   then the most free GPUs, then the order given;
+/// What a deployment should look like now: the revision rolled to (and, for a canary, the
+/// stable revision beside it), within the surge and unavailability allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Goal {
+    /// The revision rolled to.
+    pub current: Share,
+    /// The stable revision a canary keeps beside it.
+    pub stable: Option<Share>,
+    /// Replicas that may run above the total during a change.
+    pub max_surge: usize,
+    /// Replicas that may be unavailable below the total during a change.
+    pub max_unavailable: usize,
+    /// GPUs each replica takes.
+    pub gpus: usize,
+    /// What those GPUs must be, for the pending note.
+    pub gpu_model: Option<String>,
+}
+
+impl Goal {
+    /// The goal of `spec` at `revision`: the share of replicas on it (for a canary at a step,
+    /// the step's share, the rest on `stable`), and the strategy's limits. `stable` is the
+    /// revision a canary keeps beside the new one (the newest earlier one with another
+    /// template); without one, a canary rolls like a rolling update.
+    pub fn of(spec: &DeploymentSpec, revision: u64, stable: Option<(u64, String)>) -> Self {
+        let replicas = spec.replicas as usize;
+        let mut goal = Self {
+            current: Share {
+                template: template_digest(spec),
+                revision,
+                count: replicas,
+            },
+            stable: None,
+            max_surge: 1,
+            max_unavailable: 0,
+            gpus: spec.template.gpus.unwrap_or(0) as usize,
+            gpu_model: spec.gpu_model.clone(),
+        };
+        match &spec.strategy {
+            RolloutStrategy::Rolling {
+                max_surge,
+                max_unavailable,
+            } => {
+                goal.max_surge = *max_surge as usize;
+                goal.max_unavailable = *max_unavailable as usize;
+            }
+            RolloutStrategy::BlueGreen => goal.max_surge = replicas.max(1),
+            RolloutStrategy::Canary { steps, step } => {
+                if let (Some(percent), Some((revision, template))) =
+                    (steps.get(*step as usize), stable)
+                {
+                    let canaries = (replicas * *percent as usize)
+                        .div_ceil(100)
+                        .clamp(1, replicas);
+                    goal.current.count = canaries;
+                    goal.stable = Some(Share {
+                        template,
+                        revision,
+                        count: replicas - canaries,
+                    });
+                }
+            }
+        }
+        goal
+    }
+
+    fn total(&self) -> usize {
+        self.current.count + self.stable.as_ref().map_or(0, |s| s.count)
+    }
+}
+
+/// Whether a replica serves: running, and healthy where it is checked.
+pub fn is_available(replica: &Replica) -> bool {
+    replica.state == WorkloadState::Running
+        && replica.health.is_none_or(|h| h == ReplicaHealth::Healthy)
+}
+
+/// The changes that bring `replicas` (per node; active ones) toward `goal`:
+/// - surplus replicas of a wanted template go (from the most crowded node, unavailable ones
+///   before available ones, newest first), never taking the available count under
+///   `total - max_unavailable`;
+/// - replicas of other templates go: unavailable ones at once, available ones while enough
+///   others serve (most crowded node first, then oldest);
+/// - wanted replicas start while the total stays within `total + max_surge` (the current
+///   template first), each on the schedulable candidate with the fewest of that template, then
+///   the fewest of any, then the most free GPUs, then the order given;
 /// - once settled, a node holding two more than another that could take one hands one over
 ///   (started there first, within the surge).
 pub fn plan(
-    spec: &DeploymentSpec,
-    template: &str,
+    goal: &Goal,
     replicas: &BTreeMap<PeerId, Vec<Replica>>,
     candidates: &[Candidate],
 ) -> Plan {
-    let RolloutStrategy::Rolling {
-        max_surge,
-        max_unavailable,
-    } = spec.strategy;
-    let (max_surge, max_unavailable) = (max_surge as usize, max_unavailable as usize);
-    let desired = spec.replicas as usize;
-    let min_running = desired.saturating_sub(max_unavailable);
+    let shares: Vec<&Share> = std::iter::once(&goal.current).chain(&goal.stable).collect();
+    let min_available = goal.total().saturating_sub(goal.max_unavailable);
     let mut tally = Tally::default();
-    let (mut new, mut old) = (Vec::new(), Vec::new());
+    let mut wanted: Vec<Vec<(PeerId, &Replica)>> = vec![Vec::new(); shares.len()];
+    let mut others = Vec::new();
     for (node, list) in replicas {
         for replica in list.iter().filter(|r| r.state.is_active()) {
-            let current = replica.template == template;
-            tally.add(*node, current);
-            if current {
-                new.push((*node, replica));
-            } else {
-                old.push((*node, replica));
+            let share = shares.iter().position(|s| s.template == replica.template);
+            tally.add(*node, share == Some(0));
+            match share {
+                Some(index) => wanted[index].push((*node, replica)),
+                None => others.push((*node, replica)),
             }
         }
     }
-    let mut running = new
+    let mut available = wanted
         .iter()
-        .chain(&old)
-        .filter(|(_, r)| is_running(r))
+        .flatten()
+        .chain(&others)
+        .filter(|(_, r)| is_available(r))
         .count();
     let mut actions = Vec::new();
 
-    // Surplus of the current template.
-    while new.len() > desired {
-        let index = pick(&new, |(node, r)| {
-            (
-                std::cmp::Reverse(tally.total(node)),
-                is_running(r),
-                std::cmp::Reverse(r.created_ms),
-            )
+    // Replicas of a wanted template that turned unhealthy are replaced.
+    for (index, group) in wanted.iter_mut().enumerate() {
+        group.retain(|(node, replica)| {
+            let sick = replica.state == WorkloadState::Running
+                && replica.health == Some(ReplicaHealth::Unhealthy);
+            if sick {
+                tally.remove(*node, index == 0);
+                actions.push(stop(*node, replica));
+            }
+            !sick
         });
-        if is_running(new[index].1) && running <= min_running {
-            break;
-        }
-        let (node, replica) = new.remove(index);
-        running -= usize::from(is_running(replica));
-        tally.remove(node, true);
-        actions.push(stop(node, replica));
     }
 
-    // Old replicas, while enough others run.
-    let mut kept_old = old.len();
-    let mut old_running: Vec<(PeerId, &Replica)> =
-        old.iter().filter(|(_, r)| is_running(r)).copied().collect();
-    while running > min_running && !old_running.is_empty() {
-        let index = pick(&old_running, |(node, r)| {
+    // Surplus of a wanted template.
+    for (index, share) in shares.iter().enumerate() {
+        let group = &mut wanted[index];
+        while group.len() > share.count {
+            let pick_index = pick(group, |(node, r)| {
+                (
+                    std::cmp::Reverse(tally.total(node)),
+                    is_available(r),
+                    std::cmp::Reverse(r.created_ms),
+                )
+            });
+            let (node, replica) = group[pick_index];
+            if is_available(replica) && available <= min_available {
+                break;
+            }
+            group.remove(pick_index);
+            available -= usize::from(is_available(replica));
+            tally.remove(node, index == 0);
+            actions.push(stop(node, replica));
+        }
+    }
+
+    // Other templates: unavailable ones go at once (those still starting are left to start:
+    // a stop would be refused meanwhile), available ones while enough others serve.
+    let mut kept_others = 0;
+    let mut serving = Vec::new();
+    for (node, replica) in &others {
+        if is_available(replica) {
+            serving.push((*node, *replica));
+        } else if replica.state == WorkloadState::Running {
+            tally.remove(*node, false);
+            actions.push(stop(*node, replica));
+        } else {
+            kept_others += 1;
+        }
+    }
+    while available > min_available && !serving.is_empty() {
+        let index = pick(&serving, |(node, r)| {
             (std::cmp::Reverse(tally.total(node)), r.created_ms)
         });
-        let (node, replica) = old_running.remove(index);
-        running -= 1;
-        kept_old -= 1;
+        let (node, replica) = serving.remove(index);
+        available -= 1;
         tally.remove(node, false);
         actions.push(stop(node, replica));
     }
+    kept_others += serving.len();
 
-    // New ones, within the surge.
-    let missing = desired.saturating_sub(new.len());
-    let ceiling = if kept_old == 0 {
-        desired
+    // Wanted replicas, within the surge.
+    let present: usize = wanted.iter().map(Vec::len).sum::<usize>() + kept_others;
+    let changing = kept_others > 0
+        || shares
+            .iter()
+            .zip(&wanted)
+            .any(|(share, group)| group.len() > share.count);
+    let ceiling = if changing {
+        goal.total() + goal.max_surge
     } else {
-        desired + max_surge
+        goal.total()
     };
-    let room = ceiling.saturating_sub(new.len() + kept_old).min(missing);
-    let gpus = spec.template.gpus.unwrap_or(0) as usize;
+    let mut room = ceiling.saturating_sub(present);
     let mut free: Vec<Candidate> = candidates
         .iter()
         .filter(|c| c.schedulable)
         .cloned()
         .collect();
     let mut unplaced = 0;
-    for _ in 0..room {
-        match place(&mut free, &tally, gpus) {
-            Some(node) => {
-                tally.add(node, true);
-                actions.push(Action::Start { node });
+    for (index, share) in shares.iter().enumerate() {
+        let missing = share.count.saturating_sub(wanted[index].len());
+        for _ in 0..missing {
+            if room == 0 {
+                break;
             }
-            None => unplaced += 1,
+            room -= 1;
+            match place(&mut free, &tally, goal.gpus) {
+                Some(node) => {
+                    tally.add(node, index == 0);
+                    actions.push(Action::Start {
+                        node,
+                        revision: share.revision,
+                    });
+                }
+                None => unplaced += 1,
+            }
         }
     }
 
     // Settled but lopsided: hand one replica over to the least loaded node that can take it.
     let settled = actions.is_empty()
-        && kept_old == 0
-        && new.len() == desired
-        && new.iter().all(|(_, r)| is_running(r));
-    if settled && max_surge > 0 {
-        let crowded = new
+        && others.is_empty()
+        && goal.stable.is_none()
+        && wanted[0].len() == goal.current.count
+        && wanted[0].iter().all(|(_, r)| is_available(r));
+    if settled && goal.max_surge > 0 {
+        let crowded = wanted[0]
             .iter()
             .map(|(node, _)| tally.total(node))
             .max()
             .unwrap_or(0);
-        if let Some(node) = place(&mut free, &tally, gpus)
+        if let Some(node) = place(&mut free, &tally, goal.gpus)
             && tally.total(&node) + 2 <= crowded
         {
-            actions.push(Action::Start { node });
+            actions.push(Action::Start {
+                node,
+                revision: goal.current.revision,
+            });
         }
     }
 
     let pending = (unplaced > 0).then(|| {
-        let what = match (&spec.gpu_model, gpus) {
+        let what = match (&goal.gpu_model, goal.gpus) {
             (_, 0) => "room".to_owned(),
             (Some(model), n) => format!("{n} free {model} GPU(s)"),
             (None, n) => format!("{n} free GPU(s)"),
@@ -278,22 +403,21 @@ fn stop(node: PeerId, replica: &Replica) -> Action {
 
 #[cfg(test)]
 mod tests {
-    use claw_api::workload::RunParams;
-
     use super::*;
 
-    fn spec(replicas: u32, gpus: u32, surge: u32, unavailable: u32) -> DeploymentSpec {
-        let template: RunParams =
-            serde_json::from_value(serde_json::json!({"image": "busybox", "gpus": gpus})).unwrap();
-        DeploymentSpec {
-            replicas,
-            template,
-            gpu_model: None,
-            strategy: RolloutStrategy::Rolling {
-                max_surge: surge,
-                max_unavailable: unavailable,
+    /// The goal of `replicas` replicas of template `new` (revision 1) taking `gpus` GPUs.
+    fn goal(replicas: usize, gpus: usize, surge: usize, unavailable: usize) -> Goal {
+        Goal {
+            current: Share {
+                template: "new".to_owned(),
+                revision: 1,
+                count: replicas,
             },
-            paused: false,
+            stable: None,
+            max_surge: surge,
+            max_unavailable: unavailable,
+            gpus,
+            gpu_model: None,
         }
     }
 
@@ -303,6 +427,7 @@ mod tests {
             revision: 1,
             template: template.to_owned(),
             state,
+            health: None,
             created_ms,
         }
     }
@@ -324,7 +449,7 @@ mod tests {
         plan.actions
             .iter()
             .filter_map(|a| match a {
-                Action::Start { node } => Some(*node),
+                Action::Start { node, .. } => Some(*node),
                 Action::Stop { .. } => None,
             })
             .collect()
@@ -359,14 +484,14 @@ mod tests {
     #[test]
     fn replicas_spread_over_nodes_and_wait_when_no_gpu_is_free() {
         let (_, candidates) = nodes(3, 1);
-        let plan = plan(&spec(3, 1, 1, 0), "t1", &BTreeMap::new(), &candidates);
+        let plan = plan(&goal(3, 1, 1, 0), &BTreeMap::new(), &candidates);
         let mut placed = starts(&plan);
         placed.sort();
         placed.dedup();
         assert_eq!(placed.len(), 3, "one replica per node: {plan:?}");
         assert_eq!(plan.pending, None);
 
-        let more = super::plan(&spec(5, 1, 1, 0), "t1", &BTreeMap::new(), &candidates);
+        let more = super::plan(&goal(5, 1, 1, 0), &BTreeMap::new(), &candidates);
         assert_eq!(starts(&more).len(), 3);
         assert!(
             more.pending
@@ -383,18 +508,18 @@ mod tests {
         let mut replicas = BTreeMap::new();
         replicas.insert(
             peers[0],
-            vec![replica("a", "t1", WorkloadState::Running, 1)],
+            vec![replica("a", "new", WorkloadState::Running, 1)],
         );
         replicas.insert(
             peers[1],
-            vec![replica("b", "t1", WorkloadState::Running, 1)],
+            vec![replica("b", "new", WorkloadState::Running, 1)],
         );
         candidates[0].free_gpus = 0;
         candidates[1].free_gpus = 0;
-        let plan = plan(&spec(3, 1, 1, 0), "t1", &replicas, &candidates);
+        let plan = plan(&goal(3, 1, 1, 0), &replicas, &candidates);
         assert_eq!(starts(&plan), [peers[2]]);
         candidates[2].schedulable = false;
-        let stuck = super::plan(&spec(3, 1, 1, 0), "t1", &replicas, &candidates);
+        let stuck = super::plan(&goal(3, 1, 1, 0), &replicas, &candidates);
         assert!(starts(&stuck).is_empty() && stuck.pending.is_some());
     }
 
@@ -406,7 +531,7 @@ mod tests {
         replicas.insert(peers[0], vec![old("a", 1), old("b", 2)]);
         replicas.insert(peers[1], vec![old("c", 3)]);
         // max_surge 1, max_unavailable 0: one new, nothing stopped yet.
-        let first = plan(&spec(3, 0, 1, 0), "new", &replicas, &candidates);
+        let first = plan(&goal(3, 0, 1, 0), &replicas, &candidates);
         assert_eq!(
             (starts(&first).len(), stops(&first).len()),
             (1, 0),
@@ -417,11 +542,11 @@ mod tests {
             .get_mut(&peers[1])
             .unwrap()
             .push(replica("n1", "new", WorkloadState::Creating, 4));
-        let waiting = plan(&spec(3, 0, 1, 0), "new", &replicas, &candidates);
+        let waiting = plan(&goal(3, 0, 1, 0), &replicas, &candidates);
         assert!(waiting.actions.is_empty(), "{waiting:?}");
         // Running: one old goes (the oldest), and its place is taken by another new one.
         replicas.get_mut(&peers[1]).unwrap()[1].state = WorkloadState::Running;
-        let next = plan(&spec(3, 0, 1, 0), "new", &replicas, &candidates);
+        let next = plan(&goal(3, 0, 1, 0), &replicas, &candidates);
         assert_eq!(stops(&next), ["a"]);
         assert_eq!(starts(&next).len(), 1);
     }
@@ -437,7 +562,7 @@ mod tests {
                 replica("b", "old", WorkloadState::Running, 2),
             ],
         );
-        let plan = plan(&spec(2, 0, 0, 1), "new", &replicas, &candidates);
+        let plan = plan(&goal(2, 0, 0, 1), &replicas, &candidates);
         assert_eq!(stops(&plan), ["a"]);
         assert_eq!(starts(&plan).len(), 1);
 
@@ -450,9 +575,112 @@ mod tests {
                 replica("z", "new", WorkloadState::Creating, 3),
             ],
         );
-        let shrink = super::plan(&spec(1, 0, 1, 0), "new", &surplus, &candidates);
+        let shrink = super::plan(&goal(1, 0, 1, 0), &surplus, &candidates);
         assert_eq!(stops(&shrink), ["z", "y"]);
         assert!(starts(&shrink).is_empty());
+    }
+
+    #[test]
+    fn a_canary_runs_its_share_beside_the_stable_revision_and_swaps_one_at_a_time() {
+        let spec: DeploymentSpec = serde_json::from_value(serde_json::json!({
+            "replicas": 4,
+            "template": {"image": "busybox", "env": {"V": "2"}},
+            "strategy": {"type": "canary", "steps": [25, 50]},
+        }))
+        .unwrap();
+        let goal = Goal::of(&spec, 2, Some((1, "old".to_owned())));
+        assert_eq!(
+            (goal.current.count, goal.stable.as_ref().unwrap().count),
+            (1, 3)
+        );
+        let mut promoted = spec.clone();
+        promoted.strategy = RolloutStrategy::Canary {
+            steps: vec![25, 50],
+            step: 2,
+        };
+        let all = Goal::of(&promoted, 3, Some((1, "old".to_owned())));
+        assert_eq!(
+            (all.current.count, all.stable),
+            (4, None),
+            "promoted past the last step"
+        );
+        assert_eq!(
+            Goal::of(&spec, 2, None).current.count,
+            4,
+            "no stable revision: roll"
+        );
+
+        let (peers, candidates) = nodes(4, 0);
+        let template = goal.current.template.clone();
+        let mut replicas: BTreeMap<PeerId, Vec<Replica>> = BTreeMap::new();
+        for (index, node) in peers.iter().enumerate() {
+            replicas.insert(
+                *node,
+                vec![replica(
+                    &format!("s{index}"),
+                    "old",
+                    WorkloadState::Running,
+                    index as u64,
+                )],
+            );
+        }
+        let first = plan(&goal, &replicas, &candidates);
+        assert!(
+            stops(&first).is_empty(),
+            "nothing stops before the canary serves: {first:?}"
+        );
+        assert_eq!(
+            first.actions,
+            [Action::Start {
+                node: starts(&first)[0],
+                revision: 2
+            }]
+        );
+        let canary_node = starts(&first)[0];
+        let mut canary = replica("c1", &template, WorkloadState::Running, 10);
+        canary.health = Some(ReplicaHealth::Starting);
+        replicas.get_mut(&canary_node).unwrap().push(canary);
+        let waiting = plan(&goal, &replicas, &candidates);
+        assert!(
+            waiting.actions.is_empty(),
+            "a canary still starting is not available: {waiting:?}"
+        );
+        replicas.get_mut(&canary_node).unwrap()[1].health = Some(ReplicaHealth::Healthy);
+        let swap = plan(&goal, &replicas, &candidates);
+        let stopped = stops(&swap);
+        assert_eq!(stopped.len(), 1, "{swap:?}");
+        assert_eq!(
+            replicas[&canary_node][0].workload, stopped[0],
+            "the stable replica beside the canary goes"
+        );
+        assert!(starts(&swap).is_empty());
+    }
+
+    #[test]
+    fn an_unhealthy_replica_is_replaced_and_every_old_one_stays() {
+        let (peers, candidates) = nodes(2, 0);
+        let mut replicas: BTreeMap<PeerId, Vec<Replica>> = BTreeMap::new();
+        let mut sick = replica("n1", "new", WorkloadState::Running, 5);
+        sick.health = Some(ReplicaHealth::Unhealthy);
+        replicas.insert(
+            peers[0],
+            vec![replica("a", "old", WorkloadState::Running, 1), sick],
+        );
+        replicas.insert(
+            peers[1],
+            vec![replica("b", "old", WorkloadState::Running, 2)],
+        );
+        let plan = plan(&goal(2, 0, 1, 0), &replicas, &candidates);
+        assert_eq!(
+            stops(&plan),
+            ["n1"],
+            "the sick one is replaced, the old ones stay: {plan:?}"
+        );
+        assert_eq!(
+            starts(&plan).len(),
+            1,
+            "a replacement, within the surge: {plan:?}"
+        );
     }
 
     #[test]
@@ -473,10 +701,10 @@ mod tests {
         // Play the rollout out: each round's starts run at once.
         let mut next_id = 0;
         for _ in 0..10 {
-            let round = plan(&spec(3, 0, 1, 0), "new", &replicas, &candidates);
+            let round = plan(&goal(3, 0, 1, 0), &replicas, &candidates);
             for action in round.actions {
                 match action {
-                    Action::Start { node } => {
+                    Action::Start { node, .. } => {
                         next_id += 1;
                         replicas.entry(node).or_default().push(replica(
                             &format!("new{next_id}"),
@@ -516,7 +744,7 @@ mod tests {
             peers[1],
             vec![replica("c", "new", WorkloadState::Running, 3)],
         );
-        let even = plan(&spec(3, 0, 1, 0), "new", &lopsided, &candidates);
+        let even = plan(&goal(3, 0, 1, 0), &lopsided, &candidates);
         assert_eq!(starts(&even), [peers[2]], "{even:?}");
     }
 }

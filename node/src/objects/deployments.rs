@@ -3,7 +3,7 @@
 
 use claw_api::deploy::{
     CreateParams, Deployment, DeploymentDeleted, DeploymentHistory, DeploymentListing,
-    DeploymentRevision, DeploymentSpec, RollbackParams, UpdateParams, check_name,
+    DeploymentRevision, DeploymentSpec, RollbackParams, RolloutStrategy, UpdateParams, check_name,
 };
 use claw_api::{ErrorCode, InvokeFailure};
 
@@ -116,6 +116,27 @@ impl FleetObjects {
         self.change(name, move |mut spec| {
             spec.paused = paused;
             Ok(spec)
+        })
+        .await
+    }
+
+    /// `deploy.promote`: a canary's next step, as a new revision (the last step promotes it to
+    /// every replica).
+    pub async fn promote_deployment(&self, name: &str) -> Result<Deployment, InvokeFailure> {
+        self.change(name, |mut spec| {
+            match &mut spec.strategy {
+                RolloutStrategy::Canary { steps, step } if (*step as usize) < steps.len() => {
+                    *step += 1;
+                    Ok(spec)
+                }
+                RolloutStrategy::Canary { .. } => Err(failure(
+                    ErrorCode::Conflict,
+                    format!("deployment {name:?} is promoted to every replica already"),
+                )),
+                _ => Err(invalid(format!(
+                    "deployment {name:?} is not a canary (strategy {{\"type\": \"canary\", \"steps\": [...]}})"
+                ))),
+            }
         })
         .await
     }

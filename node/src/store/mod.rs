@@ -38,6 +38,8 @@ const OBJECTS_TREE: &str = "fleet-objects";
 const OBJECT_HISTORY_TREE: &str = "fleet-object-history";
 /// The highest controller claim seen per deployment.
 const FENCES_TREE: &str = "deployment-fences";
+/// Per deployment, the revisions found failing their health checks.
+const FAILED_TREE: &str = "deployment-failed-revisions";
 const SEQUENCE_KEY: &[u8] = b"envelope-sequence";
 const CORDONED_KEY: &[u8] = b"cordoned";
 /// `CORDONED_KEY`'s value when the node is cordoned.
@@ -179,6 +181,7 @@ pub struct Store {
     objects: sled::Tree,
     object_history: sled::Tree,
     fences: sled::Tree,
+    failed: sled::Tree,
     audit_retained: u64,
     max_objects: usize,
     db: sled::Db,
@@ -210,6 +213,7 @@ impl Store {
             objects: db.open_tree(OBJECTS_TREE)?,
             object_history: db.open_tree(OBJECT_HISTORY_TREE)?,
             fences: db.open_tree(FENCES_TREE)?,
+            failed: db.open_tree(FAILED_TREE)?,
             audit_retained: AUDIT_RETAINED,
             max_objects: MAX_OBJECTS,
             db,

@@ -14,6 +14,8 @@ use super::{Store, StoreError, decode, encode_in, transaction_error};
 pub const MAX_OBJECTS: usize = 4096;
 /// Revisions kept per object.
 pub const HISTORY_KEPT: usize = 16;
+/// Failed revisions kept per deployment.
+const FAILED_KEPT: usize = 16;
 
 /// The kinds of fleet object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -241,6 +243,32 @@ impl Store {
         Ok(outcome)
     }
 
+    /// Adds `revisions` to those found failing their health checks for deployment `name` (the
+    /// newest 16 are kept), and returns them all, oldest first.
+    pub fn add_failed_revisions(
+        &self,
+        name: &str,
+        revisions: &[u64],
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut kept = self.failed_revisions(name)?;
+        kept.extend_from_slice(revisions);
+        kept.sort_unstable();
+        kept.dedup();
+        let excess = kept.len().saturating_sub(FAILED_KEPT);
+        kept.drain(..excess);
+        if !revisions.is_empty() {
+            let value = super::encode("failed revisions", &kept)?;
+            self.failed.insert(name.as_bytes(), value)?;
+            self.db.flush()?;
+        }
+        Ok(kept)
+    }
+
+    /// The revisions of deployment `name` found failing their health checks, oldest first.
+    pub fn failed_revisions(&self, name: &str) -> Result<Vec<u64>, StoreError> {
+        Ok(super::read_one(&self.failed, "failed revisions", name)?.unwrap_or_default())
+    }
+
     /// The highest controller claim seen for deployment `name`.
     pub fn fence(&self, name: &str) -> Result<Option<Fence>, StoreError> {
         super::read_one(&self.fences, "controller fence", name)
@@ -330,6 +358,17 @@ mod tests {
         assert_eq!(store.admit_fence("web", &claim(3, "a")).unwrap(), Ok(()));
         assert_eq!(store.fence("web").unwrap(), Some(claim(3, "a")));
         assert_eq!(store.fence("api").unwrap(), None);
+
+        assert!(store.failed_revisions("web").unwrap().is_empty());
+        assert_eq!(store.add_failed_revisions("web", &[3, 2]).unwrap(), [2, 3]);
+        let many: Vec<u64> = (10..40).collect();
+        let kept = store.add_failed_revisions("web", &many).unwrap();
+        assert_eq!(
+            (kept.len(), kept[0], kept[15]),
+            (16, 24, 39),
+            "the newest are kept"
+        );
+        assert_eq!(store.failed_revisions("web").unwrap(), kept);
     }
 
     #[test]

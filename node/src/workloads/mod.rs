@@ -876,6 +876,20 @@ impl Workloads {
         Ok((record, container))
     }
 
+    /// The address the workload's running container has on its Docker network, for checks
+    /// the node makes of it (a deployment's TCP and HTTP health checks).
+    pub async fn container_ip(&self, reference: &str) -> Option<std::net::IpAddr> {
+        let record = self.find(reference).await.ok()?;
+        let container = record.container_id?;
+        let inspected = self.engine().ok()?.inspect(&container).await.ok()??;
+        inspected
+            .network_settings?
+            .networks?
+            .into_values()
+            .filter_map(|endpoint| endpoint.ip_address)
+            .find_map(|ip| ip.parse().ok())
+    }
+
     /// The workload's recent output.
     pub async fn logs(&self, params: LogsParams) -> Result<LogTail, WorkloadError> {
         let tail = params.tail.unwrap_or(100);
