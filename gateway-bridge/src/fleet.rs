@@ -13,6 +13,11 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use claw_api::deploy::{
+    Change, CreateParams, DeployCreate, DeployDelete, DeployHistory, DeployList, DeployPause,
+    DeployPromote, DeployResume, DeployRollback, DeployStatus, DeployUpdate, DeploymentRef,
+    RollbackParams,
+};
 use claw_api::fleet::{
     BridgeCapabilities, DeployParams, Deployment, DrainParams, FleetCapabilities, FleetDeploy,
     FleetDrain, FleetDrainReport, FleetGpu, FleetGpuListing, FleetGpus, FleetHealth,
@@ -32,6 +37,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::gateway::{CommandFuture, GatewayHandler};
+
+mod deployments;
 use crate::placements::{Placement, PlacementError, Placements};
 
 /// Most node calls in flight at once for one fleet command.
@@ -87,6 +94,49 @@ fn router() -> &'static Router<FleetCommands, Call> {
             })
             .route::<WalletBalance, _, _>(|fleet, call, params| async move {
                 fleet.forward::<WalletBalance>(&params, call).await
+            })
+            .route::<DeployStatus, _, _>(|fleet, call, params| async move {
+                fleet.ask_member::<DeployStatus>(&params, call).await
+            })
+            .route::<DeployList, _, _>(|fleet, call, params| async move {
+                fleet.ask_member::<DeployList>(&params, call).await
+            })
+            .route::<DeployHistory, _, _>(|fleet, call, params| async move {
+                fleet.ask_member::<DeployHistory>(&params, call).await
+            })
+            .route::<DeployCreate, _, _>(|fleet, call, CreateParams { name, spec }| async move {
+                fleet
+                    .deployment_changed(&name, Change::Create(Box::new(spec)), call)
+                    .await
+            })
+            .route::<DeployUpdate, _, _>(|fleet, call, params| async move {
+                let name = params.name.clone();
+                fleet
+                    .deployment_changed(&name, Change::Update(params), call)
+                    .await
+            })
+            .route::<DeployRollback, _, _>(
+                |fleet, call, RollbackParams { name, revision }| async move {
+                    fleet
+                        .deployment_changed(&name, Change::Rollback(revision), call)
+                        .await
+                },
+            )
+            .route::<DeployPromote, _, _>(|fleet, call, DeploymentRef { name }| async move {
+                fleet.deployment_changed(&name, Change::Promote, call).await
+            })
+            .route::<DeployPause, _, _>(|fleet, call, DeploymentRef { name }| async move {
+                fleet
+                    .deployment_changed(&name, Change::Pause(true), call)
+                    .await
+            })
+            .route::<DeployResume, _, _>(|fleet, call, DeploymentRef { name }| async move {
+                fleet
+                    .deployment_changed(&name, Change::Pause(false), call)
+                    .await
+            })
+            .route::<DeployDelete, _, _>(|fleet, call, DeploymentRef { name }| async move {
+                fleet.deployment_deleted(&name, call).await
             })
     })
 }
@@ -229,6 +279,8 @@ pub struct FleetCommands {
     mesh: MeshHandle,
     market_node: Option<PeerId>,
     placements: Placements,
+    /// What the bridge signs deployment changes with, as a fleet operator.
+    signer: Option<std::sync::Arc<deployments::Signer>>,
 }
 
 impl std::fmt::Debug for FleetCommands {
@@ -266,7 +318,22 @@ impl FleetCommands {
             mesh,
             market_node,
             placements,
+            signer: None,
         }
+    }
+
+    /// Signs deployment changes with `identity` for `network`: the nodes keep them when they
+    /// list the bridge's peer id as an operator. Without it, `deploy.*` changes are refused.
+    #[must_use]
+    pub fn signing_as(
+        mut self,
+        identity: std::sync::Arc<claw_attestation::NodeIdentity>,
+        network: String,
+    ) -> Self {
+        self.signer = Some(std::sync::Arc::new(deployments::Signer::new(
+            identity, network,
+        )));
+        self
     }
 
     /// The exact names of the commands, as declared to the gateway.

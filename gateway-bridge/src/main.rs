@@ -211,7 +211,10 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             args.data_dir.display()
         )
     })?;
-    let commands = Arc::new(FleetCommands::new(handle.clone(), market_node, placements));
+    let commands = Arc::new(
+        FleetCommands::new(handle.clone(), market_node, placements)
+            .signing_as(Arc::clone(&identity), args.network.clone()),
+    );
     let mut client = tokio::spawn(run_node(identity, gateway, commands, stop.clone(), None));
     let outcome = tokio::select! {
         _ = tokio::signal::ctrl_c() => Ok(()),

@@ -30,7 +30,7 @@ use claw_api::node::{
     NodeCapabilities, NodeCordon, NodeDrain, NodeHealth, NodeLabel, NodeUncordon, SystemInfo,
     SystemRun, SystemRunOutput, SystemRunParams,
 };
-use claw_api::objects::ObjectSync;
+use claw_api::objects::{ObjectPut, ObjectSync};
 use claw_api::workload::{
     ContainerExec, ExecOutput, ExecParams, ListParams, LogTail, LogsParams, RunParams, StopParams,
     Workload, WorkloadDetail, WorkloadInspect, WorkloadList, WorkloadListing, WorkloadLogs,
@@ -205,6 +205,9 @@ fn router() -> &'static Router<NodeCommands, Call> {
             })
             .route::<DeployDelete, _, _>(|node, _, DeploymentRef { name }| async move {
                 node.services.objects.delete_deployment(&name).await
+            })
+            .route::<ObjectPut, _, _>(|node, _, params| async move {
+                node.services.objects.put(params).await
             })
             .route::<ObjectSync, _, _>(|node, _, params| async move {
                 node.services.objects.page(params).await

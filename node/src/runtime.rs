@@ -30,6 +30,10 @@ const SWARM_KEY_FILE: &str = "swarm.key";
 /// Every this many announce intervals a member catches up on fleet objects from a random peer.
 const OBJECT_SYNC_INTERVALS: u32 = 10;
 
+/// The deployment controller's round: the announce interval, or this when that is longer, so
+/// that a change an operator signs is acted on at once.
+const CONTROLLER_ROUND_AT_MOST: Duration = Duration::from_secs(2);
+
 /// How long [`NodeHandle::stop`] waits for running commands and services to end.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -186,7 +190,11 @@ impl Node {
         tasks.spawn_service(objects.run(interval * OBJECT_SYNC_INTERVALS));
         let deployments = commands.deployments().clone();
         deployments.attach(handle.clone());
-        tasks.spawn_service(deployments.clone().run(interval));
+        tasks.spawn_service(
+            deployments
+                .clone()
+                .run(interval.min(CONTROLLER_ROUND_AT_MOST)),
+        );
         tasks.spawn_service(deployments.check_health());
         let failure = connect_gateway(&dir, &tasks, &options, &handle, &commands)?;
         Ok(NodeHandle {

@@ -122,6 +122,46 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
+/// The fields of the bridge's answers the OpenClaw plugin reads, by command
+/// (`plugin/openclaw-clawbernetes/contract/bridge-fields.json`).
+pub fn plugin_fields() -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugin/openclaw-clawbernetes/contract/bridge-fields.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("the plugin's contract"))
+        .expect("contract JSON")
+}
+
+/// Whether `value` has `path` (dot-separated; `[]` steps into every element of an array).
+fn has_path(value: &serde_json::Value, path: &str) -> bool {
+    let (step, rest) = match path.split_once('.') {
+        Some((step, rest)) => (step, Some(rest)),
+        None => (path, None),
+    };
+    match step.strip_suffix("[]") {
+        Some(key) => {
+            let Some(items) = value.get(key).and_then(serde_json::Value::as_array) else {
+                return false;
+            };
+            rest.is_none_or(|rest| items.iter().all(|item| has_path(item, rest)))
+        }
+        None => value
+            .get(step)
+            .is_some_and(|next| rest.is_none_or(|rest| has_path(next, rest))),
+    }
+}
+
+/// Checks a real `answer` of `command` against the fields the OpenClaw plugin reads from it
+/// ([`plugin_fields`]).
+pub fn check_contract(contract: &serde_json::Value, command: &str, answer: &serde_json::Value) {
+    for path in contract[command].as_array().expect("contracted command") {
+        let path = path.as_str().expect("path");
+        assert!(
+            has_path(answer, path),
+            "{command} lacks {path}, which the plugin reads: {answer}"
+        );
+    }
+}
+
 /// A part the test script provides through an environment variable.
 ///
 /// Returns `None`, after saying so on stderr, when it is absent and the run is not strict; under
@@ -199,36 +239,63 @@ pub fn free_port_pair() -> u16 {
     panic!("no two free neighbouring ports on loopback")
 }
 
-/// Runs `command` to completion, killing it after `deadline`.
+/// Runs `command` to completion, killing it after `deadline`. Its output is read while it
+/// runs, so a command that prints more than a pipe holds still finishes.
 pub fn run_with_deadline(command: &mut Command, deadline: Duration) -> Output {
+    use std::io::Read as _;
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
     let started = Instant::now();
-    loop {
+    let status = loop {
         match child.try_wait() {
-            Ok(Some(_)) => break,
+            Ok(Some(status)) => break status,
             Ok(None) if started.elapsed() > deadline => {
                 let _ = child.kill();
-                let output = child
-                    .wait_with_output()
-                    .expect("killed child can be reaped");
+                let _ = child.wait();
+                let (out, err) = (
+                    stdout.join().unwrap_or_default(),
+                    stderr.join().unwrap_or_default(),
+                );
                 panic!(
                     "{command:?} did not finish within {deadline:?}\nstdout: {}\nstderr: {}",
-                    String::from_utf8_lossy(&output.stdout),
-                    String::from_utf8_lossy(&output.stderr)
+                    String::from_utf8_lossy(&out),
+                    String::from_utf8_lossy(&err)
                 );
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
             Err(e) => panic!("waiting for {command:?}: {e}"),
         }
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
     }
-    child
-        .wait_with_output()
-        .expect("finished child output can be read")
 }
 
 /// A `clawnode` invocation against one data directory.

@@ -14,43 +14,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use claw_tests::{
-    AgentFleet, DockerProxy, Hold, NodeSpec, TOKEN, eventually, gateway_parts, node_containers,
-    run_with_deadline, workspace_binary, write_secret,
+    AgentFleet, DockerProxy, Hold, NodeSpec, TOKEN, check_contract, eventually, gateway_parts,
+    node_containers, plugin_fields, run_with_deadline, workspace_binary, write_secret,
 };
 use serde_json::{Value, json};
 
 /// A workload that runs until stopped, and stops at once on SIGTERM.
 const SERVE: [&str; 3] = ["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"];
-
-/// Whether `value` has `path` (dot-separated; `[]` steps into every element of an array).
-fn has_path(value: &Value, path: &str) -> bool {
-    let (step, rest) = match path.split_once('.') {
-        Some((step, rest)) => (step, Some(rest)),
-        None => (path, None),
-    };
-    match step.strip_suffix("[]") {
-        Some(key) => {
-            let Some(items) = value.get(key).and_then(Value::as_array) else {
-                return false;
-            };
-            rest.is_none_or(|rest| items.iter().all(|item| has_path(item, rest)))
-        }
-        None => value
-            .get(step)
-            .is_some_and(|next| rest.is_none_or(|rest| has_path(next, rest))),
-    }
-}
-
-/// Checks `answer` against the fields the OpenClaw plugin reads from `command`'s answers.
-fn check_contract(contract: &Value, command: &str, answer: &Value) {
-    for path in contract[command].as_array().expect("contracted command") {
-        let path = path.as_str().expect("path");
-        assert!(
-            has_path(answer, path),
-            "{command} lacks {path}, which the plugin reads: {answer}"
-        );
-    }
-}
 
 #[test]
 fn the_bridge_presents_three_nodes_as_one_openclaw_node() {
@@ -214,14 +184,7 @@ fn the_bridge_presents_three_nodes_as_one_openclaw_node() {
     assert!(bad.contains("unknown field `unexpected`"), "{bad}");
 
     // The answers carry every field the OpenClaw plugin reads.
-    let contract: Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../plugin/openclaw-clawbernetes/contract/bridge-fields.json"),
-        )
-        .expect("the plugin's contract"),
-    )
-    .expect("contract JSON");
+    let contract = plugin_fields();
     let status = call("fleet.status", &json!({})).expect("status");
     check_contract(&contract, "fleet.status", &status);
     check_contract(

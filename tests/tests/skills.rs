@@ -60,6 +60,7 @@ const COMMAND_PREFIXES: &[&str] = &[
     "market.",
     "wallet.",
     "fleet.",
+    "deploy.",
     "clawbernetes.",
 ];
 

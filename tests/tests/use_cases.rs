@@ -12,6 +12,8 @@
 //!   on, leased and run, and the lease is ended and settled on chain.
 //! - "GPU 2 seems slow": live NVML readings per GPU; where the machine has no NVIDIA GPU the test
 //!   says it was skipped and why.
+//! - Canary deployments: "update the inference server to the new version, but do it safely": a
+//!   deployment, a canary of the new image beside it, watched, then promoted to every replica.
 //!
 //! Each test runs its own fleet; they take turns, as each fleet is several processes and a gateway.
 //! Needs Node 24 with openclaw, the Docker Engine and the local test image (`scripts/test.sh`).
@@ -19,7 +21,10 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use claw_tests::{AgentFleet, Clawnode, DockerProxy, NodeSpec, eventually, gateway_parts, metric};
+use claw_tests::{
+    AgentFleet, Clawnode, DockerProxy, NodeSpec, check_contract, eventually, gateway_parts, metric,
+    plugin_fields,
+};
 use serde_json::{Value, json};
 
 /// A workload that runs until stopped, and stops at once on SIGTERM.
@@ -581,4 +586,112 @@ fn slow_gpu_is_diagnosed_from_live_nvml_readings() {
         assert!(reading["temperature_c"].is_u64(), "{reading}");
         assert!(reading["throttle_reasons"].is_array(), "{reading}");
     }
+}
+
+#[test]
+fn a_canary_of_a_new_image_is_watched_then_promoted() {
+    let Some((node24, openclaw, image)) = gateway_parts() else {
+        return;
+    };
+    let _turn = one_fleet();
+    // The new version: the same image under a new tag, made here (nothing is pulled).
+    let new_image = "clawbernetes/busybox:canary-v2";
+    let tagged = std::process::Command::new("docker")
+        .args(["tag", &image, new_image])
+        .status()
+        .expect("docker tag");
+    assert!(tagged.success(), "tagging the new version");
+    let fleet = AgentFleet::start(node24, openclaw, &n1_n2_n3([1, 1, 1]), 1, json!({}));
+    // Each answer carries the fields the plugin reads.
+    let fields = plugin_fields();
+
+    let (text, created) = fleet.tool(
+        "claw_deployment_create",
+        json!({
+            "name": "inference",
+            "image": image,
+            "replicas": 3,
+            "command": SERVE,
+            "strategy": "canary",
+            "canary_steps": [33],
+            "health_command": ["true"],
+        }),
+    );
+    assert!(
+        text.contains("created deployment inference revision 1: 3 replicas"),
+        "{text}"
+    );
+    check_contract(&fields, "deploy.create", &created);
+    let status = |want: &dyn Fn(&str) -> bool, what: &str| {
+        eventually(Duration::from_secs(90), what, || {
+            let (text, details) =
+                fleet.tool("claw_deployment_status", json!({"name": "inference"}));
+            want(&text).then_some((text, details))
+        })
+    };
+    let (text, ready) = status(&|t| t.contains("3 of 3 ready"), "3 replicas ready");
+    assert_eq!(text.matches(", running, healthy").count(), 3, "{text}");
+    check_contract(&fields, "deploy.status", &ready);
+
+    // "Update the inference server to the new model version, but do it safely."
+    let (text, updated) = fleet.tool(
+        "claw_deployment_update",
+        json!({"name": "inference", "image": new_image}),
+    );
+    assert!(
+        text.contains("revision 2") && text.contains("canary at 33%"),
+        "{text}"
+    );
+    check_contract(&fields, "deploy.update", &updated);
+    let (text, details) = status(
+        &|t| {
+            t.matches("revision 2, running, healthy").count() == 1
+                && t.matches("revision 1, running, healthy").count() == 2
+                && t.matches("\n- on ").count() == 3
+        },
+        "the canary beside the stable version (1 of 3)",
+    );
+    let revisions: Vec<u64> = details["replicas"]
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .filter_map(|r| r["revision"].as_u64())
+        .collect();
+    assert_eq!(
+        (
+            revisions.iter().filter(|r| **r == 2).count(),
+            revisions.len()
+        ),
+        (1, 3),
+        "one canary of three: {text}"
+    );
+
+    // The canary looks good: promote it to every replica.
+    let (text, promoted) = fleet.tool("claw_deployment_promote", json!({"name": "inference"}));
+    assert!(text.contains("canary promoted to all"), "{text}");
+    check_contract(&fields, "deploy.promote", &promoted);
+    let (text, details) = status(
+        &|t| t.contains("3 of 3 ready") && !t.contains("revision 1,"),
+        "every replica on the new version",
+    );
+    assert_eq!(details["spec"]["template"]["image"], new_image, "{text}");
+    let (text, listed) = fleet.tool("claw_deployments", json!({}));
+    assert!(
+        text.contains("1 deployment") && text.contains(new_image),
+        "{text}"
+    );
+    check_contract(&fields, "deploy.list", &listed);
+    // Back to the canary on request: a new revision with the earlier spec.
+    let (text, rolled) = fleet.tool("claw_deployment_rollback", json!({"name": "inference"}));
+    assert!(
+        text.contains("revision 4") && text.contains("canary at 33%"),
+        "{text}"
+    );
+    check_contract(&fields, "deploy.rollback", &rolled);
+    let (text, deleted) = fleet.tool("claw_deployment_delete", json!({"name": "inference"}));
+    assert!(text.contains("deleted deployment inference"), "{text}");
+    check_contract(&fields, "deploy.delete", &deleted);
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", new_image])
+        .status();
 }

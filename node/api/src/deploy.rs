@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::Answer;
 use crate::command::commands;
 use crate::workload::{RunParams, SpecError, Workload, WorkloadState, is_simple_name};
+use crate::{Answer, ErrorCode, InvokeFailure};
 
 /// Most replicas one deployment asks for.
 pub const MAX_REPLICAS: u32 = 64;
@@ -246,6 +246,141 @@ impl DeploymentSpec {
             health.check()?;
         }
         Ok(())
+    }
+}
+
+/// A change an operator asks of a deployment: what `deploy.create`, `update`, `rollback`,
+/// `promote`, `pause`, `resume` and `delete` sign as its next revision.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A new deployment (or one deleted before, again).
+    Create(Box<DeploymentSpec>),
+    /// The fields given changed.
+    Update(UpdateParams),
+    /// A kept revision's spec (the one before the current when `None`).
+    Rollback(Option<u64>),
+    /// A canary's next step.
+    Promote,
+    /// Paused (`true`) or resumed.
+    Pause(bool),
+    /// Deleted.
+    Delete,
+}
+
+fn refused(code: ErrorCode, message: impl Into<String>) -> InvokeFailure {
+    InvokeFailure::new(code, message)
+}
+
+fn not_found(name: &str) -> InvokeFailure {
+    refused(
+        ErrorCode::NotFound,
+        format!("no deployment {name:?}; deploy.list lists them"),
+    )
+}
+
+impl Change {
+    /// The spec the next revision of deployment `name` carries (`None` deletes it), given its
+    /// kept revisions, newest first; refused the way the commands answer when the change does
+    /// not apply. Every tool that signs for an operator (a node, the bridge) decides with this,
+    /// so they agree.
+    pub fn next_spec(
+        self,
+        name: &str,
+        kept: &[DeploymentRevision],
+    ) -> Result<Option<DeploymentSpec>, InvokeFailure> {
+        let invalid = |e: SpecError| refused(ErrorCode::InvalidParams, e.to_string());
+        check_name(name).map_err(invalid)?;
+        let live = kept.first().and_then(|r| r.spec.clone());
+        let live_spec = || live.clone().ok_or_else(|| not_found(name));
+        let next = match self {
+            Self::Create(spec) => {
+                if let (Some(current), Some(_)) = (kept.first(), &live) {
+                    return Err(refused(
+                        ErrorCode::Conflict,
+                        format!(
+                            "deployment {name:?} exists (revision {}); deploy.update changes it",
+                            current.revision
+                        ),
+                    ));
+                }
+                Some(*spec)
+            }
+            Self::Update(update) => {
+                if update.is_empty() {
+                    return Err(refused(
+                        ErrorCode::InvalidParams,
+                        "deploy.update changes nothing: name a field to change",
+                    ));
+                }
+                Some(update.apply(&live_spec()?))
+            }
+            Self::Pause(paused) => {
+                let mut spec = live_spec()?;
+                spec.paused = paused;
+                Some(spec)
+            }
+            Self::Promote => {
+                let mut spec = live_spec()?;
+                match &mut spec.strategy {
+                    RolloutStrategy::Canary { steps, step } if (*step as usize) < steps.len() => {
+                        *step += 1;
+                    }
+                    RolloutStrategy::Canary { .. } => {
+                        return Err(refused(
+                            ErrorCode::Conflict,
+                            format!("deployment {name:?} is promoted to every replica already"),
+                        ));
+                    }
+                    _ => {
+                        return Err(refused(
+                            ErrorCode::InvalidParams,
+                            format!("deployment {name:?} is not a canary"),
+                        ));
+                    }
+                }
+                Some(spec)
+            }
+            Self::Rollback(revision) => {
+                live_spec()?;
+                let target = match revision {
+                    Some(revision) => kept.iter().find(|k| k.revision == revision),
+                    None => kept.get(1),
+                };
+                let Some(target) = target else {
+                    let revisions: Vec<String> =
+                        kept.iter().map(|k| k.revision.to_string()).collect();
+                    return Err(refused(
+                        ErrorCode::NotFound,
+                        format!(
+                            "{name:?} keeps revisions {}; there is no {} to go back to",
+                            revisions.join(", "),
+                            revision.map_or("earlier one".to_owned(), |r| format!("revision {r}"))
+                        ),
+                    ));
+                };
+                if Some(target.revision) == kept.first().map(|k| k.revision) {
+                    return Err(refused(
+                        ErrorCode::InvalidParams,
+                        format!("revision {} is the current one", target.revision),
+                    ));
+                }
+                let spec = target.spec.clone().ok_or_else(|| {
+                    refused(
+                        ErrorCode::InvalidParams,
+                        format!("revision {} deleted the deployment", target.revision),
+                    )
+                })?;
+                Some(spec)
+            }
+            Self::Delete => {
+                live_spec()?;
+                None
+            }
+        };
+        if let Some(spec) = &next {
+            spec.check().map_err(invalid)?;
+        }
+        Ok(next)
     }
 }
 

@@ -76,12 +76,14 @@ pub const NODE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<deploy::DeployReplicas>(),
     CommandInfo::of::<deploy::DeployReplicaStart>(),
     CommandInfo::of::<deploy::DeployReplicaStop>(),
+    CommandInfo::of::<objects::ObjectPut>(),
     CommandInfo::of::<objects::ObjectSync>(),
 ];
 
 /// Every command the gateway bridge answers, in the order `fleet.capabilities` lists them: its
-/// fleet commands, then the market node's commands it forwards (their definitions are the
-/// node's own, so the bridge checks their params as strictly before forwarding them).
+/// fleet commands, the market node's commands it forwards, and the deployment commands (their
+/// definitions are the node's own, so the bridge checks their params as strictly; it reads
+/// deployments from a member and signs their changes itself).
 pub const BRIDGE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<fleet::FleetCapabilities>(),
     CommandInfo::of::<fleet::FleetStatus>(),
@@ -96,6 +98,16 @@ pub const BRIDGE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<market::MarketLeases>(),
     CommandInfo::of::<market::MarketLeaseCancel>(),
     CommandInfo::of::<market::WalletBalance>(),
+    CommandInfo::of::<deploy::DeployCreate>(),
+    CommandInfo::of::<deploy::DeployUpdate>(),
+    CommandInfo::of::<deploy::DeployStatus>(),
+    CommandInfo::of::<deploy::DeployList>(),
+    CommandInfo::of::<deploy::DeployHistory>(),
+    CommandInfo::of::<deploy::DeployRollback>(),
+    CommandInfo::of::<deploy::DeployPromote>(),
+    CommandInfo::of::<deploy::DeployPause>(),
+    CommandInfo::of::<deploy::DeployResume>(),
+    CommandInfo::of::<deploy::DeployDelete>(),
 ];
 
 /// `node.capabilities`' list, built once.

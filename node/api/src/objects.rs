@@ -1,13 +1,81 @@
 //! Fleet objects: deployments (and, as they come, jobs, cron jobs, autoscalers, configs and
 //! secrets) are records signed by a fleet operator, versioned by revision and replicated to every
 //! member, which keeps them in its store. No registry holds them; any member answers for them.
-//! This module has what every kind shares: how a member catches up with another.
+//! This module has what every kind shares: the signed record ([`FleetObject`]), how one is
+//! handed to a member ([`ObjectPut`]) and how a member catches up with another ([`ObjectSync`]).
 
+use claw_attestation::{PayloadKind, SignedPayload};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::Answer;
 use crate::command::commands;
+
+/// The kinds of fleet object.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectKind {
+    /// A deployment (`deploy.*`).
+    Deployment,
+}
+
+impl ObjectKind {
+    /// The kind's name, as in object keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deployment => "deployment",
+        }
+    }
+
+    /// The key of object `name` of this kind: `<kind>/<name>`.
+    pub fn key(self, name: &str) -> String {
+        format!("{}/{name}", self.as_str())
+    }
+}
+
+/// A fleet object at one revision: what an operator signs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetObject {
+    /// The network (fleet) it belongs to.
+    pub network: String,
+    /// What it is.
+    pub kind: ObjectKind,
+    /// Its name, unique per kind in the fleet.
+    pub name: String,
+    /// Its revision, from 1.
+    pub revision: u64,
+    /// The spec as JSON text; absent when this revision deletes the object.
+    pub spec: Option<String>,
+}
+
+impl SignedPayload for FleetObject {
+    const KIND: PayloadKind = PayloadKind::FleetObject;
+}
+
+/// `object.put`: a signed fleet object handed to a member, which keeps it (when it passes the
+/// rules every member applies) and gossips it on.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutParams {
+    /// The signed envelope, base-64.
+    pub object: String,
+}
+
+/// What a member did with an object handed to it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectPutAnswer {
+    /// The object's key, `<kind>/<name>`.
+    pub key: String,
+    /// The revision the member keeps now.
+    pub revision: u64,
+    /// Whether the object handed in is that revision (false: the member keeps a newer one).
+    pub stored: bool,
+}
+
+impl Answer for ObjectPutAnswer {}
 
 /// Objects one `object.sync` page carries at most.
 pub const SYNC_PAGE_OBJECTS: usize = 64;
@@ -36,6 +104,9 @@ pub struct ObjectPage {
 impl Answer for ObjectPage {}
 
 commands! {
+    /// `object.put`.
+    ObjectPut = "object.put", Read, PutParams => ObjectPutAnswer,
+        "Hand this member a signed fleet object; it is kept and gossiped when an operator signed it and it is newer";
     /// `object.sync`.
     ObjectSync = "object.sync", Read, SyncParams => ObjectPage,
         "A page of the signed fleet objects this member keeps, for another member catching up";

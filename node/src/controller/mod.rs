@@ -25,6 +25,7 @@ use claw_api::deploy::{
 };
 use claw_api::workload::{ExecParams, ListParams, StopParams, Workload, WorkloadState};
 use claw_mesh::{ErrorCode, FleetMember, InvokeFailure, InvokeRequest, MeshHandle, PeerId};
+use futures::StreamExt as _;
 
 use crate::objects::FleetObjects;
 use crate::store::{ObjectKind, Store};
@@ -37,6 +38,8 @@ pub const DEPLOYMENT_LABEL: &str = "clawbernetes-deployment";
 const REVISION_LABEL: &str = "clawbernetes-revision";
 /// Label with the digest of the template a replica runs.
 const TEMPLATE_LABEL: &str = "clawbernetes-template";
+/// How many nodes one read asks at a time.
+const NODES_ASKED_AT_ONCE: usize = 32;
 /// How long a controller waits for one node's answer.
 const NODE_DEADLINE: Duration = Duration::from_secs(5);
 /// How many of a deployment's first-ranked members a node takes controller calls from: the
@@ -350,7 +353,7 @@ impl Deployments {
         DeployReplicas::decode(self.mesh()?.invoke(peer, request).await?)
     }
 
-    /// Every live member's report on deployment `name`, asked at once.
+    /// Every live member's report on deployment `name`, 32 asked at a time.
     async fn gather(
         &self,
         name: &str,
@@ -358,16 +361,20 @@ impl Deployments {
         failed: &[u64],
         members: &[FleetMember],
     ) -> Vec<(PeerId, Result<ReplicaReport, InvokeFailure>)> {
-        let asks = members.iter().map(|member| {
+        let peers: Vec<PeerId> = members.iter().map(|m| m.peer_id).collect();
+        let asks = peers.into_iter().map(|peer| {
             let params = ReplicasParams {
                 name: name.to_owned(),
                 epoch,
                 failed: failed.to_vec(),
             };
-            let peer = member.peer_id;
-            async move { (peer, self.ask(peer, params).await) }
+            let this = self.clone();
+            async move { (peer, this.ask(peer, params).await) }
         });
-        futures::future::join_all(asks).await
+        futures::stream::iter(asks)
+            .buffer_unordered(NODES_ASKED_AT_ONCE)
+            .collect()
+            .await
     }
 
     /// `deploy.status`: the deployment as this member keeps it, its controller as this member

@@ -2,8 +2,8 @@
 //! deployment; reads answer from this member's copy.
 
 use claw_api::deploy::{
-    CreateParams, Deployment, DeploymentDeleted, DeploymentHistory, DeploymentListing,
-    DeploymentRevision, DeploymentSpec, RollbackParams, RolloutStrategy, UpdateParams, check_name,
+    Change, CreateParams, Deployment, DeploymentDeleted, DeploymentHistory, DeploymentListing,
+    DeploymentRevision, DeploymentSpec, RollbackParams, UpdateParams, check_name,
 };
 use claw_api::{ErrorCode, InvokeFailure};
 
@@ -28,10 +28,6 @@ fn parse(spec: &str) -> Result<DeploymentSpec, String> {
 
 fn encode(spec: &DeploymentSpec) -> Result<String, InvokeFailure> {
     serde_json::to_string(spec).map_err(|e| failure(ErrorCode::Internal, e.to_string()))
-}
-
-fn invalid(error: impl ToString) -> InvokeFailure {
-    failure(ErrorCode::InvalidParams, error.to_string())
 }
 
 fn not_found(name: &str) -> InvokeFailure {
@@ -59,6 +55,15 @@ fn live_spec(name: &str, kept: Option<&ObjectRecord>) -> Result<DeploymentSpec, 
         .ok_or_else(|| not_found(name))
 }
 
+fn revision_of(record: &ObjectRecord) -> Result<DeploymentRevision, InvokeFailure> {
+    Ok(DeploymentRevision {
+        revision: record.revision,
+        spec: spec_of(record)?,
+        signed_by: record.signed_by.clone(),
+        signed_at_ms: record.signed_at_ms,
+    })
+}
+
 fn deployment(record: &ObjectRecord) -> Result<Deployment, InvokeFailure> {
     Ok(Deployment {
         name: record.name.clone(),
@@ -70,27 +75,33 @@ fn deployment(record: &ObjectRecord) -> Result<Deployment, InvokeFailure> {
 }
 
 impl FleetObjects {
+    /// Signs `change` as the next revision of deployment `name`, decided from the revisions
+    /// this member keeps.
+    async fn apply(&self, name: &str, change: Change) -> Result<ObjectRecord, InvokeFailure> {
+        self.write(KIND, name, |history| {
+            let kept = history
+                .iter()
+                .map(revision_of)
+                .collect::<Result<Vec<_>, _>>()?;
+            change
+                .next_spec(name, &kept)?
+                .as_ref()
+                .map(encode)
+                .transpose()
+        })
+        .await
+    }
+
     /// `deploy.create`.
     pub async fn create_deployment(
         &self,
         params: CreateParams,
     ) -> Result<Deployment, InvokeFailure> {
-        check_name(&params.name).map_err(invalid)?;
-        params.spec.check().map_err(invalid)?;
-        let spec = encode(&params.spec)?;
-        let record = self
-            .write(KIND, &params.name, |kept| match kept {
-                Some(kept) if !kept.deleted() => Err(failure(
-                    ErrorCode::Conflict,
-                    format!(
-                        "deployment {:?} exists (revision {}); deploy.update changes it",
-                        kept.name, kept.revision
-                    ),
-                )),
-                _ => Ok(Some(spec)),
-            })
-            .await?;
-        deployment(&record)
+        deployment(
+            &self
+                .apply(&params.name, Change::Create(Box::new(params.spec)))
+                .await?,
+        )
     }
 
     /// `deploy.update`.
@@ -98,13 +109,8 @@ impl FleetObjects {
         &self,
         params: UpdateParams,
     ) -> Result<Deployment, InvokeFailure> {
-        if params.is_empty() {
-            return Err(invalid(
-                "deploy.update changes nothing: name a field to change",
-            ));
-        }
-        self.change(&params.name.clone(), move |spec| Ok(params.apply(&spec)))
-            .await
+        let name = params.name.clone();
+        deployment(&self.apply(&name, Change::Update(params)).await?)
     }
 
     /// `deploy.pause` and `deploy.resume`.
@@ -113,103 +119,31 @@ impl FleetObjects {
         name: &str,
         paused: bool,
     ) -> Result<Deployment, InvokeFailure> {
-        self.change(name, move |mut spec| {
-            spec.paused = paused;
-            Ok(spec)
-        })
-        .await
+        deployment(&self.apply(name, Change::Pause(paused)).await?)
     }
 
     /// `deploy.promote`: a canary's next step, as a new revision (the last step promotes it to
     /// every replica).
     pub async fn promote_deployment(&self, name: &str) -> Result<Deployment, InvokeFailure> {
-        self.change(name, |mut spec| {
-            match &mut spec.strategy {
-                RolloutStrategy::Canary { steps, step } if (*step as usize) < steps.len() => {
-                    *step += 1;
-                    Ok(spec)
-                }
-                RolloutStrategy::Canary { .. } => Err(failure(
-                    ErrorCode::Conflict,
-                    format!("deployment {name:?} is promoted to every replica already"),
-                )),
-                _ => Err(invalid(format!(
-                    "deployment {name:?} is not a canary (strategy {{\"type\": \"canary\", \"steps\": [...]}})"
-                ))),
-            }
-        })
-        .await
+        deployment(&self.apply(name, Change::Promote).await?)
     }
 
-    /// `deploy.rollback`: the kept revision's spec (the one before the current by default) as a
+    /// `deploy.rollback`: a kept revision's spec (the one before the current by default) as a
     /// new revision.
     pub async fn rollback_deployment(
         &self,
         params: RollbackParams,
     ) -> Result<Deployment, InvokeFailure> {
-        let key = KIND.key(&params.name);
-        let history = self
-            .inner
-            .store
-            .run(move |s| s.object_history(&key))
-            .await?;
-        let current = history.first().ok_or_else(|| not_found(&params.name))?;
-        let target = match params.revision {
-            Some(revision) => history.iter().find(|r| r.revision == revision),
-            None => history.get(1),
-        };
-        let Some(target) = target else {
-            return Err(failure(
-                ErrorCode::NotFound,
-                format!(
-                    "{:?} keeps revisions {}; there is no {} to go back to",
-                    params.name,
-                    kept_revisions(&history),
-                    params
-                        .revision
-                        .map_or("earlier one".to_owned(), |r| format!("revision {r}"))
-                ),
-            ));
-        };
-        if target.revision == current.revision {
-            return Err(invalid(format!(
-                "revision {} is the current one",
-                target.revision
-            )));
-        }
-        let spec = spec_of(target)?.ok_or_else(|| {
-            invalid(format!(
-                "revision {} deleted the deployment",
-                target.revision
-            ))
-        })?;
-        self.change(&params.name, move |_| Ok(spec)).await
-    }
-
-    /// A new revision of a live deployment, its spec made from the current one by `change`.
-    async fn change(
-        &self,
-        name: &str,
-        change: impl FnOnce(DeploymentSpec) -> Result<DeploymentSpec, InvokeFailure>,
-    ) -> Result<Deployment, InvokeFailure> {
-        let record = self
-            .write(KIND, name, |kept| {
-                let next = change(live_spec(name, kept)?)?;
-                next.check().map_err(invalid)?;
-                encode(&next).map(Some)
-            })
-            .await?;
-        deployment(&record)
+        deployment(
+            &self
+                .apply(&params.name, Change::Rollback(params.revision))
+                .await?,
+        )
     }
 
     /// `deploy.delete`.
     pub async fn delete_deployment(&self, name: &str) -> Result<DeploymentDeleted, InvokeFailure> {
-        let record = self
-            .write(KIND, name, |kept| {
-                live_spec(name, kept)?;
-                Ok(None)
-            })
-            .await?;
+        let record = self.apply(name, Change::Delete).await?;
         Ok(DeploymentDeleted {
             name: record.name,
             revision: record.revision,
@@ -277,23 +211,8 @@ impl FleetObjects {
             name: name.to_owned(),
             revisions: history
                 .iter()
-                .map(|record| {
-                    Ok(DeploymentRevision {
-                        revision: record.revision,
-                        spec: spec_of(record)?,
-                        signed_by: record.signed_by.clone(),
-                        signed_at_ms: record.signed_at_ms,
-                    })
-                })
+                .map(revision_of)
                 .collect::<Result<_, InvokeFailure>>()?,
         })
     }
-}
-
-fn kept_revisions(history: &[ObjectRecord]) -> String {
-    history
-        .iter()
-        .map(|r| r.revision.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
 }

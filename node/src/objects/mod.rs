@@ -17,14 +17,14 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use claw_api::Command as _;
-use claw_api::objects::{ObjectPage, ObjectSync, SYNC_PAGE_OBJECTS, SyncParams};
-use claw_attestation::{
-    PayloadKind, SignedPayload, VerifiedEnvelope, Verifier, VerifyError, unix_millis,
+pub use claw_api::objects::FleetObject;
+use claw_api::objects::{
+    ObjectPage, ObjectPutAnswer, ObjectSync, PutParams, SYNC_PAGE_OBJECTS, SyncParams,
 };
+use claw_attestation::{PayloadKind, VerifiedEnvelope, Verifier, VerifyError, unix_millis};
 use claw_mesh::{
     ErrorCode, InvokeFailure, InvokeRequest, MeshError, MeshHandle, PeerId, TopicKind,
 };
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::DataDir;
@@ -44,25 +44,6 @@ const RESYNC_AFTER_MS: u64 = 60_000;
 /// Gossiped objects and connections waiting for the service; beyond this they are dropped (the
 /// periodic sync brings what was missed).
 const INBOX: usize = 256;
-
-/// A fleet object at one revision: what an operator signs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FleetObject {
-    /// The network (fleet) it belongs to.
-    pub network: String,
-    /// What it is.
-    pub kind: ObjectKind,
-    /// Its name, unique per kind in the fleet.
-    pub name: String,
-    /// Its revision, from 1.
-    pub revision: u64,
-    /// The spec as JSON text; absent when this revision deletes the object.
-    pub spec: Option<String>,
-}
-
-impl SignedPayload for FleetObject {
-    const KIND: PayloadKind = PayloadKind::FleetObject;
-}
 
 /// Why a signed object was not kept.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -251,14 +232,15 @@ impl FleetObjects {
         Ok(self.inner.store.run(move |s| s.object(&key)).await?)
     }
 
-    /// Signs the next revision of `kind` `name`, whose spec `change` makes from the kept one
-    /// (`None` deletes it), keeps it and gossips it. Fails when this node's own key is not a
-    /// fleet operator here: its objects would be refused by every member.
+    /// Signs the next revision of `kind` `name`, whose spec `change` makes from the kept
+    /// revisions, newest first (`None` deletes it), keeps it and gossips it. Fails when this
+    /// node's own key is not a fleet operator here: its objects would be refused by every
+    /// member.
     async fn write(
         &self,
         kind: ObjectKind,
         name: &str,
-        change: impl FnOnce(Option<&ObjectRecord>) -> Result<Option<String>, InvokeFailure>,
+        change: impl FnOnce(&[ObjectRecord]) -> Result<Option<String>, InvokeFailure>,
     ) -> Result<ObjectRecord, InvokeFailure> {
         let local = self.inner.access.local();
         if !self.inner.access.is_operator(&local) {
@@ -271,13 +253,18 @@ impl FleetObjects {
             ));
         }
         let _one_writer = self.inner.writes.lock().await;
-        let kept = self.kept(kind, name).await?;
-        let spec = change(kept.as_ref())?;
+        let key = kind.key(name);
+        let history = self
+            .inner
+            .store
+            .run(move |s| s.object_history(&key))
+            .await?;
+        let spec = change(&history)?;
         let object = FleetObject {
             network: self.network().to_owned(),
             kind,
             name: name.to_owned(),
-            revision: kept.as_ref().map_or(1, |k| k.revision + 1),
+            revision: history.first().map_or(1, |k| k.revision + 1),
             spec,
         };
         let dir = Arc::clone(&self.inner.dir);
@@ -293,48 +280,114 @@ impl FleetObjects {
                 )
             })
             .await?;
-        let bytes = envelope.to_bytes();
-        let verified = self.inner.verifier.verify(&bytes).map_err(|e| {
-            failure(
-                ErrorCode::Internal,
-                format!("the signed object does not verify: {e}"),
-            )
+        let verified = self
+            .inner
+            .verifier
+            .verify(&envelope.to_bytes())
+            .map_err(|e| {
+                failure(
+                    ErrorCode::Internal,
+                    format!("the signed object does not verify: {e}"),
+                )
+            })?;
+        let (record, put) = self.keep(&verified).await?;
+        match put {
+            ObjectPut::Stored => Ok(record),
+            ObjectPut::Stale { kept } => Err(failure(
+                ErrorCode::Conflict,
+                format!(
+                    "{} changed meanwhile (revision {kept}); try again",
+                    record.key()
+                ),
+            )),
+            ObjectPut::Full => Err(failure(
+                ErrorCode::Conflict,
+                format!(
+                    "this member keeps {} objects already",
+                    crate::store::MAX_OBJECTS
+                ),
+            )),
+        }
+    }
+
+    /// Admits `verified` (as every member does), keeps it when it is newer, and gossips it
+    /// when it was kept.
+    async fn keep(
+        &self,
+        verified: &VerifiedEnvelope,
+    ) -> Result<(ObjectRecord, ObjectPut), InvokeFailure> {
+        let record = self.admit(verified).map_err(|refusal| {
+            let code = match refusal {
+                Refusal::NotOperator(_) => ErrorCode::Unauthorized,
+                _ => ErrorCode::InvalidParams,
+            };
+            failure(code, refusal.to_string())
         })?;
-        let record = self
-            .admit(&verified)
-            .map_err(|e| failure(ErrorCode::InvalidParams, e.to_string()))?;
         let put = {
             let record = record.clone();
             self.inner.store.run(move |s| s.put_object(&record)).await?
         };
-        match put {
-            ObjectPut::Stored => {}
-            ObjectPut::Stale { kept } => {
-                return Err(failure(
-                    ErrorCode::Conflict,
-                    format!(
-                        "{} changed meanwhile (revision {kept}); try again",
-                        record.key()
-                    ),
-                ));
-            }
-            ObjectPut::Full => {
-                return Err(failure(
-                    ErrorCode::Conflict,
-                    format!(
-                        "this member keeps {} objects already",
-                        crate::store::MAX_OBJECTS
-                    ),
-                ));
-            }
-        }
-        if let Some(mesh) = self.inner.mesh.get() {
-            match mesh.publish(TopicKind::Objects, bytes).await {
+        if put == ObjectPut::Stored
+            && let Some(mesh) = self.inner.mesh.get()
+        {
+            match mesh
+                .publish(TopicKind::Objects, verified.envelope().to_bytes())
+                .await
+            {
                 Ok(()) | Err(MeshError::NoPeers) => {}
                 Err(error) => tracing::warn!(%error, key = record.key(), "object not gossiped"),
             }
         }
-        Ok(record)
+        Ok((record, put))
+    }
+
+    /// `object.put`: a signed object an operator's tool hands this member.
+    pub async fn put(&self, params: PutParams) -> Result<ObjectPutAnswer, InvokeFailure> {
+        if params.object.len() > MAX_ENVELOPE_CHARS {
+            return Err(failure(
+                ErrorCode::InvalidParams,
+                "the object is over the size limit",
+            ));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&params.object)
+            .map_err(|e| {
+                failure(
+                    ErrorCode::InvalidParams,
+                    format!("object is not base-64: {e}"),
+                )
+            })?;
+        let verified = self
+            .inner
+            .verifier
+            .verify_at(&bytes, None, unix_millis_now())
+            .map_err(|e| failure(ErrorCode::InvalidParams, e.to_string()))?;
+        let (record, put) = self.keep(&verified).await?;
+        tracing::info!(
+            key = record.key(),
+            revision = record.revision,
+            ?put,
+            "object handed in"
+        );
+        match put {
+            ObjectPut::Stored => Ok(ObjectPutAnswer {
+                key: record.key(),
+                revision: record.revision,
+                stored: true,
+            }),
+            ObjectPut::Stale { kept } => Ok(ObjectPutAnswer {
+                key: record.key(),
+                revision: kept,
+                stored: false,
+            }),
+            ObjectPut::Full => Err(failure(
+                ErrorCode::Conflict,
+                format!(
+                    "this member keeps {} objects already",
+                    crate::store::MAX_OBJECTS
+                ),
+            )),
+        }
     }
 
     /// `object.sync`: a page of the objects kept, after the key `after`.

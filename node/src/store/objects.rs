@@ -4,6 +4,7 @@
 //! is given and refuses to go back.
 
 use claw_api::deploy::Fence;
+pub use claw_api::objects::ObjectKind;
 use serde::{Deserialize, Serialize};
 use sled::Transactional as _;
 
@@ -16,29 +17,6 @@ pub const MAX_OBJECTS: usize = 4096;
 pub const HISTORY_KEPT: usize = 16;
 /// Failed revisions kept per deployment.
 const FAILED_KEPT: usize = 16;
-
-/// The kinds of fleet object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum ObjectKind {
-    /// A deployment (`deploy.*`).
-    Deployment,
-}
-
-impl ObjectKind {
-    /// The kind's name, as in object keys.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Deployment => "deployment",
-        }
-    }
-
-    /// The key of object `name` of this kind: `<kind>/<name>`.
-    pub fn key(self, name: &str) -> String {
-        format!("{}/{name}", self.as_str())
-    }
-}
 
 /// One revision of a fleet object, as kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

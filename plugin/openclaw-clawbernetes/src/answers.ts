@@ -147,3 +147,27 @@ export interface WalletBalance {
   molt: string;
   sol: string;
 }
+
+/** A deployment's revision, as deploy.create, update, rollback and promote answer it. */
+export interface DeploymentRevision {
+  name: string;
+  revision: number;
+  spec: { replicas: number; template: { image: string }; strategy: { type: string; step?: number; steps?: number[] } };
+}
+
+export interface DeploymentStatus extends DeploymentRevision {
+  controller: string | null;
+  ready: number;
+  pending: string | null;
+  failed_revisions: number[];
+  replicas: { node_name: string; revision: number; state: string; health?: string | null }[];
+}
+
+export interface DeploymentList {
+  deployments: DeploymentRevision[];
+}
+
+export interface DeploymentDeleted {
+  name: string;
+  revision: number;
+}

@@ -55,6 +55,16 @@ export const BRIDGE_COMMANDS = [
   "market.leases",
   "market.lease.cancel",
   "wallet.balance",
+  "deploy.create",
+  "deploy.update",
+  "deploy.status",
+  "deploy.list",
+  "deploy.history",
+  "deploy.rollback",
+  "deploy.promote",
+  "deploy.pause",
+  "deploy.resume",
+  "deploy.delete",
 ] as const;
 
 export type BridgeCommand = (typeof BRIDGE_COMMANDS)[number];

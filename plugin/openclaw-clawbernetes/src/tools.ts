@@ -17,6 +17,10 @@ import type {
   MarketOffers,
   MarketSell,
   WalletBalance,
+  DeploymentDeleted,
+  DeploymentList,
+  DeploymentRevision,
+  DeploymentStatus,
 } from "./answers.ts";
 import { anyObject, bool, int, map, num, object, oneOf, str, strings, type ObjectSchema, type Static } from "./schema.ts";
 
@@ -116,6 +120,54 @@ export function renderStatus(s: FleetStatus): string {
   }
   for (const alert of s.alerts ?? []) lines.push(`alert: ${alert}`);
   return lines.join("\n");
+}
+
+/** One line on a deployment's revision. */
+function renderRevision(d: DeploymentRevision): string {
+  const strategy = d.spec.strategy;
+  const step =
+    strategy.type === "canary" && strategy.steps
+      ? (strategy.step ?? 0) < strategy.steps.length
+        ? `, canary at ${strategy.steps[strategy.step ?? 0]}%`
+        : ", canary promoted to all"
+      : "";
+  return `deployment ${d.name} revision ${d.revision}: ${plural(d.spec.replicas, "replica")} of ${d.spec.template.image} (${strategy.type}${step})`;
+}
+
+export function renderDeploymentStatus(s: DeploymentStatus): string {
+  const lines = [`${renderRevision(s)}; ${s.ready} of ${s.spec.replicas} ready; controller ${s.controller ?? "none"}`];
+  if (s.pending) lines.push(`note: ${s.pending}`);
+  if (s.failed_revisions.length) lines.push(`revisions that failed their health check: ${s.failed_revisions.join(", ")}`);
+  for (const r of s.replicas) lines.push(`- on ${r.node_name}: revision ${r.revision}, ${r.state}${r.health ? `, ${r.health}` : ""}`);
+  return lines.join("\n");
+}
+
+/** The deploy.create params a claw_deployment_create call asks for. */
+function deploymentSpec(p: {
+  name: string;
+  image: string;
+  replicas?: number;
+  command?: string[];
+  env?: Record<string, string>;
+  gpus?: number;
+  gpu_model?: string;
+  strategy?: "rolling" | "canary" | "blue_green";
+  canary_steps?: number[];
+  health_command?: string[];
+  health_http_port?: number;
+  health_path?: string;
+}): Record<string, unknown> {
+  const template: Record<string, unknown> = { image: p.image };
+  if (p.command) template.command = p.command;
+  if (p.env) template.env = p.env;
+  if (p.gpus) template.gpus = p.gpus;
+  const spec: Record<string, unknown> = { replicas: p.replicas ?? 1, template };
+  if (p.gpu_model) spec.gpu_model = p.gpu_model;
+  if (p.strategy === "canary") spec.strategy = { type: "canary", steps: p.canary_steps?.length ? p.canary_steps : [10, 50] };
+  else if (p.strategy === "blue_green") spec.strategy = { type: "blue_green" };
+  if (p.health_command?.length) spec.health = { probe: { type: "exec", argv: p.health_command } };
+  else if (p.health_http_port) spec.health = { probe: { type: "http", port: p.health_http_port, path: p.health_path ?? "/" } };
+  return { name: p.name, spec };
 }
 
 export function fleetTools(bridge: Bridge): Tool[] {
@@ -350,6 +402,92 @@ export function fleetTools(bridge: Bridge): Tool[] {
         a.to_provider == null
           ? `lease ${a.lease_id}: ${a.state}${a.reason ? ` (${a.reason})` : ""}`
           : `lease ${a.lease_id} ${a.state}: ${a.to_provider} MOLT to the provider for ${a.served_secs} s served, ${a.to_buyer} MOLT back`,
+    }),
+    tool(bridge, {
+      name: "claw_deployment_create",
+      label: "Create a deployment",
+      description:
+        "Keep N replicas of a container running across the fleet: spread over nodes, replaced when a node dies, rolled out safely on change (rolling by default; canary at a share of replicas, moved on with claw_deployment_promote; or blue-green). A health check (a command in the container, or an HTTP port) makes a failing new version roll back by itself.",
+      parameters: object(
+        {
+          name: str("Deployment name: 1-32 of a-z, 0-9 and '-'"),
+          image: str("Container image"),
+          replicas: int("How many replicas", 1),
+          command: strings("Command and arguments"),
+          env: map({ type: "string" }, "Environment variables (kept in the signed record: no secrets)"),
+          gpus: int("GPUs per replica"),
+          gpu_model: str("Only nodes with GPUs whose model contains this"),
+          strategy: oneOf(["rolling", "canary", "blue_green"], "How a new version replaces the old one"),
+          canary_steps: { type: "array", items: { type: "integer" }, description: "Canary shares in percent, rising, e.g. [10, 50]" },
+          health_command: strings("Health check: a command run in the container, healthy when it exits 0"),
+          health_http_port: int("Health check: an HTTP port in the container, healthy on 2xx/3xx"),
+          health_path: str("Health check: the HTTP path, default /"),
+        },
+        ["name", "image"],
+      ),
+      command: "deploy.create",
+      map: deploymentSpec,
+      render: (a: DeploymentRevision) => `created ${renderRevision(a)}`,
+    }),
+    tool(bridge, {
+      name: "claw_deployment_update",
+      label: "Update a deployment",
+      description:
+        "Roll a deployment to a new image, command, env or replica count (a new revision, rolled out with its strategy; a canary starts at its first step only when created so). Watch it with claw_deployment_status.",
+      parameters: object(
+        {
+          name: str("The deployment"),
+          image: str("New image"),
+          command: strings("New command"),
+          env: map({ type: "string" }, "New env (replaces the whole set)"),
+          replicas: int("New replica count"),
+        },
+        ["name"],
+      ),
+      command: "deploy.update",
+      render: (a: DeploymentRevision) => `updated ${renderRevision(a)}`,
+    }),
+    tool(bridge, {
+      name: "claw_deployment_status",
+      label: "Deployment status",
+      description:
+        "A deployment's revision, where its replicas run and whether they are healthy, how many are ready, and why any are missing or were rolled back.",
+      parameters: object({ name: str("The deployment") }, ["name"]),
+      command: "deploy.status",
+      render: renderDeploymentStatus,
+    }),
+    tool(bridge, {
+      name: "claw_deployment_promote",
+      label: "Promote a canary",
+      description: "Move a canary deployment to its next step; after the last step every replica moves to the new version.",
+      parameters: object({ name: str("The deployment") }, ["name"]),
+      command: "deploy.promote",
+      render: (a: DeploymentRevision) => `promoted ${renderRevision(a)}`,
+    }),
+    tool(bridge, {
+      name: "claw_deployment_rollback",
+      label: "Roll back a deployment",
+      description: "Go back to a kept revision (the previous one by default), as a new revision.",
+      parameters: object({ name: str("The deployment"), revision: int("The revision to go back to", 1) }, ["name"]),
+      command: "deploy.rollback",
+      render: (a: DeploymentRevision) => `rolled back: ${renderRevision(a)}`,
+    }),
+    tool(bridge, {
+      name: "claw_deployments",
+      label: "Deployments",
+      description: "The fleet's deployments.",
+      parameters: object({}),
+      command: "deploy.list",
+      render: (a: DeploymentList) =>
+        [plural(a.deployments.length, "deployment"), ...a.deployments.map((d) => `- ${renderRevision(d)}`)].join("\n"),
+    }),
+    tool(bridge, {
+      name: "claw_deployment_delete",
+      label: "Delete a deployment",
+      description: "Delete a deployment: every replica stops. Confirm with the user first.",
+      parameters: object({ name: str("The deployment") }, ["name"]),
+      command: "deploy.delete",
+      render: (a: DeploymentDeleted) => `deleted deployment ${a.name} (revision ${a.revision})`,
     }),
     tool(bridge, {
       name: "claw_wallet",

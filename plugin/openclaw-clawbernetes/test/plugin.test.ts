@@ -87,6 +87,13 @@ const toolCommands: Record<string, string> = {
   claw_leases: "market.leases",
   claw_lease_end: "market.lease.cancel",
   claw_wallet: "wallet.balance",
+  claw_deployment_create: "deploy.create",
+  claw_deployment_update: "deploy.update",
+  claw_deployment_status: "deploy.status",
+  claw_deployment_promote: "deploy.promote",
+  claw_deployment_rollback: "deploy.rollback",
+  claw_deployments: "deploy.list",
+  claw_deployment_delete: "deploy.delete",
 };
 
 test("the entry is the SDK's definePluginEntry of the manifest's plugin", async (t) => {
