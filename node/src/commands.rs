@@ -570,10 +570,11 @@ impl NodeCommands {
             .run(|store| store.set_draining())
             .await?;
         self.services.market.offers_changed();
+        let moving = self.services.deployments.moving().await;
         let outcomes = self
             .services
             .workloads
-            .drain(call.idempotency_key.as_deref())
+            .drain(call.idempotency_key.as_deref(), moving)
             .await?;
         let pending = outcomes.iter().filter(|o| o.outcome != "stopped").count();
         Ok(DrainReport {
@@ -581,7 +582,9 @@ impl NodeCommands {
             workloads: outcomes,
             pending,
             note: (pending > 0).then(|| {
-                "the node keeps stopping the pending workloads every announce interval until none runs"
+                "the node keeps stopping the pending workloads every announce interval until none runs; \
+                 a deployment's replicas are started elsewhere first (stopped here at the latest 2 minutes \
+                 into the drain)"
                     .to_owned()
             }),
         })

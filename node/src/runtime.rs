@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use crate::access::Role;
 use crate::commands::NodeCommands;
 use crate::control::{self, ControlState};
+use crate::controller::Deployments;
 use crate::tasks::Tasks;
 use crate::workloads::Workloads;
 use crate::{DataDir, DataDirError, Store, metrics, node_services, open_gpu_probe};
@@ -178,7 +179,7 @@ impl Node {
             Arc::clone(&dir),
             store,
             probe,
-            commands.workloads().clone(),
+            commands.clone(),
             handle.clone(),
         ));
         let market = commands.market().clone();
@@ -582,9 +583,10 @@ async fn announce_forever(
     dir: Arc<DataDir>,
     store: Store,
     probe: Arc<GpuProbe>,
-    workloads: Workloads,
+    commands: NodeCommands,
     mesh: MeshHandle,
 ) {
+    let workloads = commands.workloads();
     let interval = Duration::from_secs(dir.config().mesh.announce_interval_secs);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -593,7 +595,7 @@ async fn announce_forever(
         if let Err(error) = workloads.reconcile().await {
             tracing::debug!(%error, "workloads not reconciled");
         }
-        keep_draining(&store, &workloads).await;
+        keep_draining(&store, workloads, commands.deployments()).await;
         let addrs: Vec<String> = mesh
             .listen_addrs()
             .await
@@ -619,11 +621,11 @@ async fn announce_forever(
 }
 
 /// While the node is draining, stops what still runs.
-async fn keep_draining(store: &Store, workloads: &Workloads) {
+async fn keep_draining(store: &Store, workloads: &Workloads, deployments: &Deployments) {
     if !matches!(store.run(|store| store.draining()).await, Ok(true)) {
         return;
     }
-    match workloads.drain(None).await {
+    match workloads.drain(None, deployments.moving().await).await {
         Ok(outcomes) if !outcomes.is_empty() => {
             tracing::info!(?outcomes, "draining: stopping what still runs");
         }

@@ -100,6 +100,55 @@ fn a_deployment_survives_a_killed_node_and_a_killed_controller_and_refuses_other
         "3 replicas again once the surplus one stopped",
     );
 
+    // A drain moves the node's replica before it stops it: it starts elsewhere first, and 3
+    // serve throughout.
+    let status = members[witness].status("web").expect("status");
+    let controller = status["controller"]
+        .as_str()
+        .expect("controller")
+        .to_owned();
+    let (nodes, _) = placement(&status);
+    let drained = members
+        .iter()
+        .position(|m| {
+            m.peer_id != controller
+                && m.peer_id != members[witness].peer_id
+                && nodes.contains_key(&m.peer_id)
+        })
+        .expect("a replica to move");
+    let report = members[drained]
+        .invoke("node.drain", &json!({}))
+        .expect("drain");
+    assert!(
+        report["workloads"].as_array().is_some_and(|w| w.len() == 1
+            && w[0]["outcome"]
+                .as_str()
+                .is_some_and(|o| o.starts_with("moving"))),
+        "{report}"
+    );
+    let drained_id = members[drained].peer_id.clone();
+    let started = Instant::now();
+    let mut fewest = u64::MAX;
+    loop {
+        if let Some(status) = members[witness].status("web") {
+            let ready = status["ready"].as_u64().unwrap_or(0);
+            fewest = fewest.min(ready);
+            let (nodes, _) = placement(&status);
+            if ready == 3 && nodes.len() == 3 && !nodes.contains_key(&drained_id) {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the drained node's replica to move"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(fewest, 3, "a replica stopped before its replacement served");
+    members[drained]
+        .invoke("node.uncordon", &json!({}))
+        .expect("uncordon");
+
     // A member that is neither the controller nor next in line cannot act for the deployment.
     let peers = members.iter().map(|m| m.peer_id.parse().expect("peer id"));
     let ranked: Vec<String> = ranking("deployment/web", peers)

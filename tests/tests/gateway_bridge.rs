@@ -44,9 +44,28 @@ fn the_bridge_presents_three_nodes_as_one_openclaw_node() {
             .cli_local(&["plugins", "inspect", "clawbernetes", "--runtime", "--json"]);
     let inspected: Value = serde_json::from_slice(&inspected.stdout).expect("plugins inspect JSON");
     assert_eq!(inspected["plugin"]["status"], "loaded", "{inspected}");
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(claw_tests::plugin_path().join("openclaw.plugin.json"))
+            .expect("the plugin's manifest"),
+    )
+    .expect("manifest JSON");
+    let mut loaded: Vec<&str> = inspected["plugin"]["toolNames"]
+        .as_array()
+        .expect("tool names")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let mut declared: Vec<&str> = manifest["contracts"]["tools"]
+        .as_array()
+        .expect("declared tools")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    loaded.sort_unstable();
+    declared.sort_unstable();
     assert_eq!(
-        inspected["plugin"]["toolNames"].as_array().map(Vec::len),
-        Some(13)
+        loaded, declared,
+        "the gateway loaded every tool the manifest declares"
     );
     assert_eq!(inspected["services"], json!(["clawbernetes-health"]));
     assert_eq!(

@@ -618,6 +618,9 @@ pub struct ReplicaReport {
     /// Revisions found failing their health checks, as controllers told this node.
     #[serde(default)]
     pub failed: Vec<u64>,
+    /// Whether the node is draining: its replicas are to be moved elsewhere.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 impl Answer for ReplicaReport {}

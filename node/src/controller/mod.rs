@@ -38,6 +38,9 @@ pub const DEPLOYMENT_LABEL: &str = "clawbernetes-deployment";
 const REVISION_LABEL: &str = "clawbernetes-revision";
 /// Label with the digest of the template a replica runs.
 const TEMPLATE_LABEL: &str = "clawbernetes-template";
+/// How long into a drain a node leaves its deployments' replicas for their controllers to move;
+/// after it, the drain stops them itself.
+const MOVE_GRACE_MS: u64 = 120_000;
 /// How many nodes one read asks at a time.
 const NODES_ASKED_AT_ONCE: usize = 32;
 /// How long a controller waits for one node's answer.
@@ -128,6 +131,36 @@ impl Deployments {
                 pending: Mutex::default(),
                 health: Mutex::default(),
             }),
+        }
+    }
+
+    /// Which of this node's workloads a drain leaves running for now: the replicas of live,
+    /// unpaused deployments, for the first two minutes of the drain (their controller starts
+    /// them elsewhere, then stops them here).
+    pub async fn moving(&self) -> impl Fn(&WorkloadRecord) -> bool + use<> {
+        let since = self
+            .inner
+            .store
+            .run(|s| s.draining_since())
+            .await
+            .ok()
+            .flatten();
+        let within_grace = since.is_none_or(|since| now_ms() < since + MOVE_GRACE_MS);
+        let mut moving = std::collections::BTreeSet::new();
+        if within_grace && let Ok(listing) = self.inner.objects.deployments().await {
+            moving.extend(
+                listing
+                    .deployments
+                    .into_iter()
+                    .filter(|d| !d.spec.paused)
+                    .map(|d| d.name),
+            );
+        }
+        move |record: &WorkloadRecord| {
+            record
+                .labels
+                .get(DEPLOYMENT_LABEL)
+                .is_some_and(|name| moving.contains(name))
         }
     }
 
@@ -240,10 +273,16 @@ impl Deployments {
             }
         }
         let key = name.clone();
-        let (fence, failed) = self
+        let (fence, failed, draining) = self
             .inner
             .store
-            .run(move |s| Ok((s.fence(&key)?, s.add_failed_revisions(&key, &failed_now)?)))
+            .run(move |s| {
+                Ok((
+                    s.fence(&key)?,
+                    s.add_failed_revisions(&key, &failed_now)?,
+                    s.draining()?,
+                ))
+            })
             .await?;
         let pending = self
             .inner
@@ -258,6 +297,7 @@ impl Deployments {
             replicas,
             pending,
             failed,
+            draining,
         })
     }
 
@@ -530,7 +570,15 @@ impl Deployments {
         held.reports
             .retain(|peer, _| members.iter().any(|m| m.peer_id == *peer));
         for (peer, report) in &held.reports {
-            replicas.insert(*peer, report.replicas.clone());
+            let mut list = report.replicas.clone();
+            if report.draining {
+                // A draining node's replicas are moved: to the plan they run another template,
+                // retired once enough replicas serve elsewhere.
+                for replica in &mut list {
+                    replica.template = format!("draining:{}", replica.template);
+                }
+            }
+            replicas.insert(*peer, list);
         }
         if deployment.spec.paused {
             self.set_pending(name, None);

@@ -47,6 +47,8 @@ const CORDONED: u8 = 1;
 /// `CORDONED_KEY`'s value when the node is cordoned and stopping its workloads.
 const DRAINING: u8 = 2;
 const LABELS_KEY: &[u8] = b"labels";
+/// When the current drain began (Unix ms, big-endian).
+const DRAINING_SINCE_KEY: &[u8] = b"draining-since";
 /// The selling decision made at run time with `market.sell`.
 const SELLING_KEY: &[u8] = b"market-selling";
 /// `SELLING_KEY`'s value when the node sells nothing.
@@ -91,6 +93,12 @@ impl From<StoreError> for claw_api::InvokeFailure {
     fn from(error: StoreError) -> Self {
         Self::new(claw_api::ErrorCode::Internal, error.to_string())
     }
+}
+
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A stored JSON record (`what` names it in the error when it does not decode).
@@ -346,9 +354,25 @@ impl Store {
     /// Cordons the node and records that its workloads are to be stopped, so that a drain
     /// interrupted by a Docker outage or a restart is finished later.
     pub fn set_draining(&self) -> Result<(), StoreError> {
+        if !self.draining()? {
+            self.meta
+                .insert(DRAINING_SINCE_KEY, &unix_ms_now().to_be_bytes())?;
+        }
         self.meta.insert(CORDONED_KEY, &[DRAINING])?;
         self.db.flush()?;
         Ok(())
+    }
+
+    /// When the current drain began, Unix ms (`None` when the node is not draining).
+    pub fn draining_since(&self) -> Result<Option<u64>, StoreError> {
+        if !self.draining()? {
+            return Ok(None);
+        }
+        Ok(self
+            .meta
+            .get(DRAINING_SINCE_KEY)?
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).ok())
+            .map(u64::from_be_bytes))
     }
 
     /// The selling decision made at run time (`market.sell`), which overrides the config's
@@ -464,6 +488,7 @@ mod tests {
             let store = Store::open(dir.path()).unwrap();
             assert!(!store.cordoned().unwrap());
             store.set_draining().unwrap();
+            assert!(store.draining_since().unwrap().is_some());
         }
         let store = reopen(dir.path());
         assert!(store.cordoned().unwrap());

@@ -79,6 +79,9 @@ impl WorkloadRecord {
     }
 }
 
+/// A drain's outcome for a replica its deployment's controller moves.
+pub const MOVING: &str = "moving: its deployment starts it elsewhere first, then stops it here";
+
 fn now_ms() -> u64 {
     claw_attestation::unix_millis(SystemTime::now())
 }
@@ -991,10 +994,13 @@ impl Workloads {
         })
     }
 
-    /// Stops every active workload gracefully (the caller cordons first), reporting each.
+    /// Stops every active workload gracefully (the caller cordons first), reporting each, except
+    /// those `moving` picks (a deployment's replicas, which their controller starts elsewhere
+    /// before it stops them here): they are reported as moving.
     pub async fn drain(
         &self,
         idempotency_key: Option<&str>,
+        moving: impl Fn(&WorkloadRecord) -> bool,
     ) -> Result<Vec<DrainOutcome>, WorkloadError> {
         let _ = self.reconcile().await;
         let active: Vec<WorkloadRecord> = self
@@ -1010,6 +1016,13 @@ impl Workloads {
         progress.advance(0, total);
         let mut outcomes = Vec::with_capacity(active.len());
         for (done, record) in active.into_iter().enumerate() {
+            if moving(&record) {
+                outcomes.push(DrainOutcome {
+                    workload: record.id,
+                    outcome: MOVING.to_owned(),
+                });
+                continue;
+            }
             let stopped = self
                 .stop(StopParams {
                     workload: record.id.clone(),
