@@ -31,15 +31,7 @@ impl Member {
             .expect("peer id")
             .to_owned();
         cli.ok(&["configure", "--operator", operator.unwrap_or(&peer_id)]);
-        let path = cli.data_dir().join("config.toml");
-        let text = std::fs::read_to_string(&path).expect("config");
-        let text = text
-            .replace("announce_interval_secs = 10", "announce_interval_secs = 1")
-            .replace(
-                "allow_colocated_peers = false",
-                "allow_colocated_peers = true",
-            );
-        std::fs::write(&path, text).expect("config rewritten");
+        crate::announce_every_second(&cli);
         Self {
             cli,
             running: None,

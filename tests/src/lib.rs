@@ -122,6 +122,20 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
+/// Makes an initialised node announce every second and accept peers on its own address, as the
+/// multi-process tests on loopback need.
+pub fn announce_every_second(node: &Clawnode) {
+    let path = node.data_dir().join("config.toml");
+    let text = std::fs::read_to_string(&path).expect("config written by init");
+    let text = text
+        .replace("announce_interval_secs = 10", "announce_interval_secs = 1")
+        .replace(
+            "allow_colocated_peers = false",
+            "allow_colocated_peers = true",
+        );
+    std::fs::write(&path, text).expect("config rewritten");
+}
+
 /// The fields of the bridge's answers the OpenClaw plugin reads, by command
 /// (`plugin/openclaw-clawbernetes/contract/bridge-fields.json`).
 pub fn plugin_fields() -> serde_json::Value {

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use claw_tests::{Clawnode, RunningNode, eventually};
+use claw_tests::{Clawnode, RunningNode, announce_every_second, eventually};
 
 fn fleet_peers(node: &Clawnode) -> Option<Vec<String>> {
     let finished = node.run(&["fleet", "--json"]);
@@ -19,18 +19,6 @@ fn fleet_peers(node: &Clawnode) -> Option<Vec<String>> {
     Some(peers)
 }
 
-fn local_fleet_config(node: &Clawnode) {
-    let path = node.data_dir().join("config.toml");
-    let text = std::fs::read_to_string(&path).expect("config written by init");
-    let text = text
-        .replace("announce_interval_secs = 10", "announce_interval_secs = 1")
-        .replace(
-            "allow_colocated_peers = false",
-            "allow_colocated_peers = true",
-        );
-    std::fs::write(&path, text).expect("config rewritten");
-}
-
 #[test]
 fn five_processes_form_a_fleet_and_a_killed_one_leaves_it() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -39,7 +27,7 @@ fn five_processes_form_a_fleet_and_a_killed_one_leaves_it() {
             let node = Clawnode::new(&dir.path().join(format!("node{i}")));
             let gpu = format!("NVIDIA L4:{}:23034", i + 1);
             node.ok(&["init", "--simulated-gpu", &gpu]);
-            local_fleet_config(&node);
+            announce_every_second(&node);
             node
         })
         .collect();

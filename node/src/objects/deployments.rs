@@ -165,12 +165,7 @@ impl FleetObjects {
         name: &str,
         revision: u64,
     ) -> Result<Option<DeploymentSpec>, InvokeFailure> {
-        let key = KIND.key(name);
-        let history = self
-            .inner
-            .store
-            .run(move |s| s.object_history(&key))
-            .await?;
+        let history = self.history(name).await?;
         if history.first().is_none_or(ObjectRecord::deleted) {
             return Ok(None);
         }
@@ -178,6 +173,16 @@ impl FleetObjects {
             Some(record) => spec_of(record),
             None => Ok(None),
         }
+    }
+
+    /// The kept revisions of deployment `name`, newest first.
+    async fn history(&self, name: &str) -> Result<Vec<ObjectRecord>, InvokeFailure> {
+        let key = KIND.key(name);
+        Ok(self
+            .inner
+            .store
+            .run(move |s| s.object_history(&key))
+            .await?)
     }
 
     /// Whether deployment `name` was deleted (its latest kept revision deletes it).
@@ -198,12 +203,7 @@ impl FleetObjects {
 
     /// `deploy.history`.
     pub async fn deployment_history(&self, name: &str) -> Result<DeploymentHistory, InvokeFailure> {
-        let key = KIND.key(name);
-        let history = self
-            .inner
-            .store
-            .run(move |s| s.object_history(&key))
-            .await?;
+        let history = self.history(name).await?;
         if history.is_empty() {
             return Err(not_found(name));
         }
