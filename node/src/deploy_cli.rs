@@ -40,11 +40,17 @@ pub(crate) enum DeployCommand {
         /// The revision to go back to.
         #[arg(long)]
         revision: Option<u64>,
+        /// Wait until it is rolled out, with progress on stderr.
+        #[arg(long)]
+        wait: bool,
     },
     /// Move a canary deployment to its next step.
     Promote {
         /// The deployment.
         name: String,
+        /// Wait until it is rolled out, with progress on stderr.
+        #[arg(long)]
+        wait: bool,
     },
     /// Pause a deployment: no rollout or rescheduling until it is resumed.
     Pause {
@@ -101,6 +107,9 @@ pub(crate) struct CreateArgs {
     /// "port": N} | {"type": "http", "port": N, "path": "/"}, "interval_secs", ...}.
     #[arg(long, value_name = "JSON")]
     health: Option<String>,
+    /// Wait until every replica runs, with progress on stderr.
+    #[arg(long)]
+    wait: bool,
     /// Command and arguments for the image (after `--`).
     #[arg(last = true)]
     command: Vec<String>,
@@ -120,6 +129,9 @@ pub(crate) struct UpdateArgs {
     /// New env KEY=VALUE (repeatable; replaces the whole set).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// Wait until the new revision is rolled out, with progress on stderr.
+    #[arg(long)]
+    wait: bool,
     /// A new command (after `--`).
     #[arg(last = true)]
     command: Vec<String>,
@@ -155,22 +167,29 @@ pub(crate) fn deploy(global: &GlobalArgs, command: DeployCommand) -> Result<()> 
             if params.is_empty() {
                 bail!("nothing to change: give --image, --replicas, --env or a command");
             }
-            show(
-                global,
-                &ops::call::<DeployUpdate>(global, &params, None, None)?,
-            )
+            let answer = ops::call::<DeployUpdate>(global, &params, None, None)?;
+            show(global, &answer)?;
+            wait_for(global, &answer, args.wait)
         }
         DeployCommand::Status { name } => status(global, name),
         DeployCommand::List => list(global),
         DeployCommand::History { name } => history(global, name),
-        DeployCommand::Rollback { name, revision } => show(
-            global,
-            &ops::call::<DeployRollback>(global, &RollbackParams { name, revision }, None, None)?,
-        ),
-        DeployCommand::Promote { name } => show(
-            global,
-            &ops::call::<DeployPromote>(global, &DeploymentRef { name }, None, None)?,
-        ),
+        DeployCommand::Rollback {
+            name,
+            revision,
+            wait,
+        } => {
+            let params = RollbackParams { name, revision };
+            let answer = ops::call::<DeployRollback>(global, &params, None, None)?;
+            show(global, &answer)?;
+            wait_for(global, &answer, wait)
+        }
+        DeployCommand::Promote { name, wait } => {
+            let params = DeploymentRef { name };
+            let answer = ops::call::<DeployPromote>(global, &params, None, None)?;
+            show(global, &answer)?;
+            wait_for(global, &answer, wait)
+        }
         DeployCommand::Pause { name } => show(
             global,
             &ops::call::<DeployPause>(global, &DeploymentRef { name }, None, None)?,
@@ -194,7 +213,65 @@ pub(crate) fn deploy(global: &GlobalArgs, command: DeployCommand) -> Result<()> 
     }
 }
 
+/// With `wait`, follows the rollout of `deployment`'s revision on stderr until every replica
+/// runs its template (and is healthy where checked); fails when the revision is rolled back
+/// for failing its health check, or after 10 minutes.
+fn wait_for(global: &GlobalArgs, deployment: &Deployment, wait: bool) -> Result<()> {
+    if !wait {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let reference = DeploymentRef {
+        name: deployment.name.clone(),
+    };
+    let mut last = String::new();
+    loop {
+        let status = ops::call::<DeployStatus>(global, &reference, None, None)?;
+        let revision = status.deployment.revision;
+        if status.failed_revisions.contains(&revision) {
+            bail!(
+                "revision {revision} failed its health check and was rolled back{}",
+                status
+                    .pending
+                    .as_deref()
+                    .map(|note| format!(": {note}"))
+                    .unwrap_or_default()
+            );
+        }
+        let wanted = status.deployment.spec.replicas as usize;
+        let others = status.replicas.len().saturating_sub(status.ready as usize);
+        let line = format!(
+            "{}: revision {revision}, {} of {wanted} ready{}{}",
+            status.deployment.name,
+            status.ready,
+            if others > 0 {
+                format!(", {others} other replica(s)")
+            } else {
+                String::new()
+            },
+            status
+                .pending
+                .as_deref()
+                .map(|note| format!("; {note}"))
+                .unwrap_or_default()
+        );
+        if line != last {
+            eprintln!("{line}");
+            last = line;
+        }
+        if status.ready as usize == wanted && status.replicas.len() == wanted {
+            eprintln!("{}: rolled out", status.deployment.name);
+            return Ok(());
+        }
+        if started.elapsed() > std::time::Duration::from_secs(600) {
+            bail!("not rolled out after 10 minutes: {last}");
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
 fn create(global: &GlobalArgs, args: CreateArgs) -> Result<()> {
+    let wait = args.wait;
     let template = RunParams {
         image: args.image,
         command: args.command,
@@ -237,10 +314,9 @@ fn create(global: &GlobalArgs, args: CreateArgs) -> Result<()> {
             paused: false,
         },
     };
-    show(
-        global,
-        &ops::call::<DeployCreate>(global, &params, None, None)?,
-    )
+    let answer = ops::call::<DeployCreate>(global, &params, None, None)?;
+    show(global, &answer)?;
+    wait_for(global, &answer, wait)
 }
 
 fn summary(deployment: &Deployment) -> Vec<String> {

@@ -417,4 +417,26 @@ fn a_canary_is_promoted_a_failing_revision_rolls_back_by_itself_and_blue_green_s
         "fewer than the old count served during the switch: {fewest:#?}"
     );
     assert_eq!(switched["failed_revisions"], json!([4]));
+
+    // From the command line: a change followed on stderr until it is rolled out, and a failing
+    // one that ends in its rollback.
+    let next = operator
+        .cli
+        .run(&["deploy", "update", "app", "--env", "V=4", "--wait"]);
+    assert!(
+        next.success && next.stderr.contains("app: rolled out"),
+        "{}",
+        next.stderr
+    );
+    let failing = operator
+        .cli
+        .run(&["deploy", "update", "app", "--env", "V=bad", "--wait"]);
+    assert!(
+        !failing.success
+            && failing
+                .stderr
+                .contains("failed its health check and was rolled back"),
+        "{}",
+        failing.stderr
+    );
 }
