@@ -16,6 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use claw_api::NoParams;
 use claw_api::market::{MarketOffers, OfferListing, OffersParams, WalletBalance, WalletHoldings};
+use claw_api::node::{HealthStatus, NodeHealth};
 use clawnode::control::{ControlClient, InvokeBody};
 use serde_json::{Value, json};
 
@@ -39,6 +40,9 @@ pub(crate) struct UpArgs {
 struct Fleet {
     children: Vec<(String, Child)>,
     nodes: Vec<PathBuf>,
+    /// Where each process's log goes (`<name>.log`), so that its warnings do not interleave
+    /// with `up`'s own output.
+    logs: PathBuf,
 }
 
 impl Drop for Fleet {
@@ -121,6 +125,16 @@ fn clawnode(dir: &Path, args: &[&str]) -> Result<String> {
 }
 
 /// Starts a long-running child and reads its first stdout line (its JSON greeting).
+/// The log file of process `name` under `logs`, appended to across runs.
+fn log_file(logs: &Path, name: &str) -> Result<std::fs::File> {
+    let path = logs.join(format!("{name}.log"));
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
 fn spawn(fleet: &mut Fleet, name: &str, command: &mut Command) -> Result<Value> {
     let mut child = command
         .env_remove("CLAWNODE_DATA_DIR")
@@ -130,7 +144,7 @@ fn spawn(fleet: &mut Fleet, name: &str, command: &mut Command) -> Result<Value> 
         )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(log_file(&fleet.logs, name)?)
         .spawn()
         .with_context(|| format!("starting {name}"))?;
     let stdout = child.stdout.take().context("child stdout")?;
@@ -207,9 +221,12 @@ pub(crate) fn up(global: &GlobalArgs, args: UpArgs) -> Result<()> {
     let started = Instant::now();
     let root = global.data_dir.clone();
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let logs = root.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let mut fleet = Fleet {
         children: Vec::new(),
         nodes: Vec::new(),
+        logs,
     };
     let (stop_tx, stop_rx) = std::sync::mpsc::channel();
     let _ = ctrlc_channel(stop_tx);
@@ -230,7 +247,16 @@ pub(crate) fn up(global: &GlobalArgs, args: UpArgs) -> Result<()> {
     if let Some(gateway) = &args.gateway {
         start_bridge(&mut fleet, json, gateway, &root, &buyer_peer, seed)?;
     }
-    let offers = wait_for_offers(json, &buyer, args.nodes)?;
+    // Without Docker no provider sells (leases run as isolated containers): say so once, and
+    // do not wait for offers.
+    let docker = docker_on(&fleet)?;
+    let offers = match &docker {
+        None => wait_for_offers(json, &buyer, args.nodes)?,
+        Some(_) => OfferListing {
+            network: String::new(),
+            offers: Vec::new(),
+        },
+    };
     let status = ControlClient::connect(&buyer)?.get("/v1/fleet")?;
     let wallet = call::<WalletBalance>(&buyer, &NoParams {})?;
     let summary = Summary {
@@ -247,6 +273,7 @@ pub(crate) fn up(global: &GlobalArgs, args: UpArgs) -> Result<()> {
         offers: &offers,
         status: &status,
         wallet: &wallet,
+        docker: docker.as_deref(),
     };
     if json {
         print_json_summary(&summary);
@@ -306,6 +333,22 @@ struct Summary<'a> {
     status: &'a Value,
     /// The buyer's wallet balance.
     wallet: &'a WalletHoldings,
+    /// Why the providers cannot reach Docker, when they cannot.
+    docker: Option<&'a str>,
+}
+
+/// Why the first provider cannot reach the Docker Engine (as its `node.health` says), or `None`
+/// when it can.
+fn docker_on(fleet: &Fleet) -> Result<Option<String>> {
+    let Some(node) = fleet.nodes.first() else {
+        return Ok(None);
+    };
+    let health = call::<NodeHealth>(node, &NoParams {})?;
+    Ok(health
+        .checks
+        .into_iter()
+        .find(|c| c.component == "docker" && c.status != HealthStatus::Healthy)
+        .map(|c| c.detail))
 }
 
 /// Initialises the buyer if new and starts the embedded chain in its directory, which then holds
@@ -536,6 +579,12 @@ fn print_json_summary(s: &Summary<'_>) {
             "nodes": nodes,
             "pids": pids,
             "offers": s.offers.offers,
+            "try": next_steps(s),
+            "docker": match s.docker {
+                None => json!({"reachable": true}),
+                Some(why) => json!({"reachable": false, "detail": why}),
+            },
+            "logs": s.fleet.logs,
         })
     );
 }
@@ -574,6 +623,13 @@ fn print_text_summary(s: &Summary<'_>) {
         "Arbiter {} (wallet {}): every escrow's third key",
         s.arbiter.peer, s.arbiter.wallet
     );
+    if let Some(why) = s.docker {
+        println!(
+            "\nDocker is not reachable ({why}): no GPU is rented out, and workloads, deployment \
+             replicas and leased containers will not start. Install Debian's docker.io and start dockerd \
+             (scripts/test.sh does both), then run up again."
+        );
+    }
     print_next_steps(s);
 }
 
@@ -597,34 +653,67 @@ fn order_book_rows(listing: &OfferListing) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// `text` quoted for a POSIX shell where it needs to be.
+fn shell_quoted(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-:=@,+".contains(&b));
+    if plain {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
+/// The commands to try against the fleet, each runnable as printed: the `clawnode` binary by its
+/// full path (it need not be on the PATH), data directories quoted for the shell.
+fn next_steps(s: &Summary<'_>) -> Vec<String> {
+    let clawnode = own_binary("clawnode").map_or_else(
+        |_| "clawnode".to_owned(),
+        |path| shell_quoted(&path.display().to_string()),
+    );
+    let buyer = format!(
+        "{clawnode} --data-dir {}",
+        shell_quoted(&s.buyer.display().to_string())
+    );
+    let mut steps = vec![format!("{buyer} fleet"), format!("{buyer} market offers")];
+    if let Some(first) = s.fleet.nodes.first() {
+        steps.push(format!(
+            "{clawnode} --data-dir {} market sell --price 1.1",
+            shell_quoted(&first.display().to_string())
+        ));
+    }
+    if let Some(peer) = s.nodes.peers.first() {
+        steps.push(format!("{buyer} invoke node.health --node {peer}"));
+    }
+    steps
+}
+
 /// Prints the commands to try against the fleet, the nodes' metrics endpoints, how to attach a
 /// gateway and how to stop.
 fn print_next_steps(s: &Summary<'_>) {
-    let d = s.buyer.display();
     println!("\nTry:");
-    println!("  clawnode --data-dir {d} fleet");
-    println!("  clawnode --data-dir {d} market offers");
-    if let Some(first) = s.fleet.nodes.first() {
-        println!(
-            "  clawnode --data-dir {} market sell --price 1.1",
-            first.display()
-        );
+    for step in next_steps(s) {
+        println!("  {step}");
     }
-    println!(
-        "  clawnode --data-dir {d} market bid --model \"NVIDIA H100 80GB HBM3\" --max-price 2 --accept-simulated --image <local image> -- sleep 60"
+    let clawnode = own_binary("clawnode").map_or_else(
+        |_| "clawnode".to_owned(),
+        |path| shell_quoted(&path.display().to_string()),
     );
+    let d = shell_quoted(&s.buyer.display().to_string());
     println!(
-        "  clawnode --data-dir {d} invoke node.health --node {}",
-        s.nodes.peers.first().map_or("<peer>", String::as_str)
+        "  {clawnode} --data-dir {d} market bid --model \"NVIDIA H100 80GB HBM3\" --max-price 2 --accept-simulated --image <local image> -- sleep 60"
     );
     println!("\nPrometheus metrics:");
     for (i, addr) in s.nodes.metrics.iter().enumerate() {
         println!("  node-{}  http://{addr}/metrics", i + 1);
     }
     println!(
-        "\nAttach a real OpenClaw gateway: CLAW_BRIDGE_TOKEN=<token> clawnode --data-dir {} up --gateway ws://127.0.0.1:18789",
-        s.root.display()
+        "\nAttach a real OpenClaw gateway: CLAW_BRIDGE_TOKEN=<token> {clawnode} --data-dir {} up --gateway ws://127.0.0.1:18789",
+        shell_quoted(&s.root.display().to_string())
     );
+    println!("Logs of every process: {}", s.fleet.logs.display());
     println!(
         "Ctrl-C stops the fleet (workloads drained); its state stays in {} for the next run.",
         s.root.display()

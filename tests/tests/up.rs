@@ -59,6 +59,25 @@ fn one_command_starts_a_fleet_that_trades_and_stops_without_leftovers() {
         ])
         .json();
     assert_eq!(bid["matched"], true, "{bid}");
+    assert_eq!(ready["docker"]["reachable"], true, "{ready}");
+    // The commands it suggests run as printed, from a shell whose PATH has no clawnode.
+    let steps = ready["try"].as_array().expect("next steps");
+    assert!(steps.len() >= 3, "{ready}");
+    for step in steps {
+        let step = step.as_str().expect("a command");
+        let ran = claw_tests::run_with_deadline(
+            std::process::Command::new("sh")
+                .args(["-c", step])
+                .env("PATH", "/usr/bin:/bin")
+                .env("RUST_LOG", "warn"),
+            Duration::from_secs(60),
+        );
+        assert!(
+            ran.status.success(),
+            "{step}: {}",
+            String::from_utf8_lossy(&ran.stderr)
+        );
+    }
     // Every provider serves its metrics, its simulated GPUs counted as such.
     for node in ready["nodes"].as_array().expect("nodes") {
         let url = node["metrics"].as_str().expect("metrics URL");
@@ -150,4 +169,63 @@ fn one_command_starts_a_fleet_that_trades_and_stops_without_leftovers() {
     for pid in stop(second, &again) {
         assert!(!alive(pid), "process {pid} outlived clawnode up");
     }
+}
+
+/// Without a Docker Engine, `up` still brings the fleet up and says so once, in one line, with
+/// no node's warnings in its output (they go to the processes' logs).
+#[test]
+fn without_docker_up_says_so_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port_pair();
+    let mut child = Command::new(claw_tests::workspace_binary("clawnode"))
+        .arg("--data-dir")
+        .arg(dir.path().join("fleet"))
+        .args(["up", "--nodes", "2", "--rpc-port", &port.to_string()])
+        .env_remove("CLAWNODE_DATA_DIR")
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}/no-docker.sock", dir.path().display()),
+        )
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("clawnode up");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        let mut seen = String::new();
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.starts_with("Ctrl-C stops the fleet") {
+                break;
+            }
+        }
+        let _ = tx.send(seen);
+    });
+    let printed = rx.recv_timeout(Duration::from_secs(120));
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let output = child.wait_with_output().expect("up exits");
+    let printed = printed.expect("up reports its fleet within 120 s");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        printed.matches("Docker is not reachable").count(),
+        1,
+        "{printed}"
+    );
+    assert!(printed.contains("Install Debian's docker.io"), "{printed}");
+    assert!(
+        !printed.contains("WARN") && !stderr.contains("WARN"),
+        "no node's warnings in up's output:\n{printed}\n{stderr}"
+    );
+    let logs = dir.path().join("fleet/logs");
+    assert!(logs.join("node-1.log").exists(), "{printed}");
 }

@@ -149,6 +149,8 @@ struct Inner {
     /// Providers' records, from facts this node checked on chain itself.
     reputation: Mutex<ReputationBook>,
     offers_changed: tokio::sync::Notify,
+    /// Why the node last refused to sell, once said.
+    not_selling: Mutex<Option<String>>,
     /// When set (Unix ms), offers are published again at that time even if unchanged: a peer
     /// joined after they were last published, and gossip does not replay.
     republish_at_ms: std::sync::atomic::AtomicU64,
@@ -211,6 +213,7 @@ impl Market {
                 asked: Mutex::default(),
                 reputation: Mutex::default(),
                 offers_changed: tokio::sync::Notify::new(),
+                not_selling: Mutex::default(),
                 republish_at_ms: std::sync::atomic::AtomicU64::new(0),
             }),
         }

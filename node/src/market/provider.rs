@@ -176,10 +176,28 @@ impl Market {
         // A node that cannot keep tenants apart from it sells nothing.
         let price = match (price, self.inner.workloads.tenant_ready().await) {
             (Some(_), Err(reason)) => {
-                tracing::warn!(%reason, "not selling: leases run as tenants, and this node cannot isolate them");
+                let mut said = self
+                    .inner
+                    .not_selling
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                // Said once per reason, not at every renewal.
+                if said.as_deref() != Some(reason.as_str()) {
+                    tracing::warn!(%reason, "not selling: leases run as tenants, and this node cannot isolate them");
+                    *said = Some(reason);
+                }
                 None
             }
-            (price, _) => price,
+            (price, ready) => {
+                if ready.is_ok() {
+                    *self
+                        .inner
+                        .not_selling
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                }
+                price
+            }
         };
         // Not selling: withdraw what was published, or do nothing.
         Ok(match (price, last_price) {
