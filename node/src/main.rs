@@ -60,7 +60,11 @@ enum Command {
     /// Join the mesh, announce this node and answer commands until stopped.
     Run(RunArgs),
     /// Show the fleet as the running node on this data directory sees it.
-    Fleet,
+    Fleet {
+        /// Show it again every 2 s until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Run a command on the running node, or through it on a peer.
     Invoke(ops::InvokeArgs),
     /// List the running node's workloads.
@@ -258,7 +262,7 @@ fn run(cli: Cli) -> Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(daemon::run(dir, options, global.json))
         }
-        Command::Fleet => fleet(global),
+        Command::Fleet { watch } => ops::watching(watch, || fleet(global)),
         Command::Invoke(args) => ops::invoke(global, args),
         Command::Ps(args) => ops::ps(global, args),
         Command::Logs(args) => ops::logs(global, args),

@@ -24,6 +24,9 @@ pub(crate) enum MarketCommand {
         /// Only offers of at least this many GPUs on one node.
         #[arg(long)]
         min_gpus: Option<u32>,
+        /// Show the book again every 2 s until interrupted.
+        #[arg(long)]
+        watch: bool,
     },
     /// Bid for GPUs: lease the best offer and run a workload on it, or say why nothing matches.
     Bid(BidArgs),
@@ -112,7 +115,10 @@ pub(crate) fn market(global: &GlobalArgs, command: MarketCommand) -> Result<()> 
             model,
             max_price,
             min_gpus,
-        } => offers(global, model, max_price, min_gpus),
+            watch,
+        } => ops::watching(watch, || {
+            offers(global, model.clone(), max_price.clone(), min_gpus)
+        }),
         MarketCommand::Bid(args) => bid(global, args),
         MarketCommand::Leases { state } => leases(global, state),
         MarketCommand::Sell { price, stop } => sell(global, price, stop),

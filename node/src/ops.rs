@@ -42,6 +42,9 @@ pub(crate) struct PsArgs {
     /// Also list stopped, exited, failed and lost workloads.
     #[arg(long, short)]
     all: bool,
+    /// Show it again every 2 s until interrupted.
+    #[arg(long)]
+    watch: bool,
     /// Peer id of the node to ask (default: this node).
     #[arg(long)]
     node: Option<String>,
@@ -173,12 +176,39 @@ fn progress_line(report: &ProgressReport, elapsed: Duration) -> String {
     format!("{}{amount} ({} s)", report.stage, elapsed.as_secs())
 }
 
+/// How often `--watch` shows a view again.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// Runs `show` once, or with `watch` every 2 s until interrupted: on a terminal the screen is
+/// cleared first, otherwise each view follows the last (with `--json`, one document per view). A
+/// failed view (the node restarting) is reported on stderr and the watch goes on.
+pub(crate) fn watching(watch: bool, mut show: impl FnMut() -> Result<()>) -> Result<()> {
+    if !watch {
+        return show();
+    }
+    let terminal = std::io::stdout().is_terminal();
+    loop {
+        if terminal {
+            print!("\x1b[2J\x1b[H");
+        }
+        if let Err(error) = show() {
+            eprintln!("error: {error:#}");
+        }
+        let _ = std::io::stdout().flush();
+        std::thread::sleep(WATCH_EVERY);
+    }
+}
+
 pub(crate) fn ps(global: &GlobalArgs, args: PsArgs) -> Result<()> {
+    watching(args.watch, || ps_once(global, args.all, args.node.clone()))
+}
+
+fn ps_once(global: &GlobalArgs, all: bool, node: Option<String>) -> Result<()> {
     let params = ListParams {
-        all: args.all,
+        all,
         ..ListParams::default()
     };
-    let answer = call::<WorkloadList>(global, &params, args.node, None)?;
+    let answer = call::<WorkloadList>(global, &params, node, None)?;
     if global.json {
         print_json(&answer);
         return Ok(());

@@ -291,3 +291,59 @@ fn a_reader_that_closes_the_pipe_ends_the_command_quietly() {
     );
     assert!(!stderr.contains("panicked"), "no panic report: {stderr}");
 }
+
+#[test]
+fn fleet_watch_shows_the_view_again_until_its_reader_goes() {
+    let (_dir, node) = fresh_node();
+    node.init_with_simulated_gpus(1);
+    let _running = claw_tests::RunningNode::start(&node, &[]);
+    let mut child = std::process::Command::new(claw_tests::workspace_binary("clawnode"))
+        .arg("--data-dir")
+        .arg(node.data_dir())
+        .args(["--json", "fleet", "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("clawnode fleet --watch");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        let mut views = 0;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("\"members\"") {
+                views += 1;
+                if views == 2 {
+                    break;
+                }
+            }
+        }
+        // The reader goes here, with the pipe.
+        let _ = tx.send(views);
+    });
+    let views = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .unwrap_or(0);
+    assert_eq!(views, 2, "the fleet shown twice");
+    // With its reader gone, the watch ends quietly at its next view.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watch outlived its reader"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+    }
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
