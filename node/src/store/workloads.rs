@@ -262,9 +262,30 @@ impl Store {
     /// Records a workload's new state. When the state is terminal its GPUs and its name are
     /// released in the same transaction.
     pub fn update_workload(&self, record: &WorkloadRecord) -> Result<(), StoreError> {
+        self.update_workload_from(record, None).map(drop)
+    }
+
+    /// [`Store::update_workload`], only while the kept record is still in state `seen` (when
+    /// given): an observer that read the record before a command changed it (reconcile seeing
+    /// the container a stop just ended) does not overwrite the command's outcome. Returns
+    /// whether it wrote.
+    pub fn update_workload_from(
+        &self,
+        record: &WorkloadRecord,
+        seen: Option<WorkloadState>,
+    ) -> Result<bool, StoreError> {
         let trees = (&self.workloads, &self.allocations, &self.names);
-        trees
+        let written = trees
             .transaction(|(workloads, allocations, names)| {
+                if let Some(seen) = seen
+                    && let Some(bytes) = workloads.get(record.id.as_bytes())?
+                    && decode_record(&bytes)
+                        .map_err(ConflictableTransactionError::Abort)?
+                        .state
+                        != seen
+                {
+                    return Ok(false);
+                }
                 if !record.state.is_active() {
                     if let Some(name) = &record.name
                         && names.get(name.as_bytes())?.as_deref() == Some(record.id.as_bytes())
@@ -275,11 +296,11 @@ impl Store {
                         .release(&record.gpus, &Holder::Workload(record.id.clone()))?;
                 }
                 workloads.insert(record.id.as_bytes(), encode_in("workload record", record)?)?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
+                Ok::<_, ConflictableTransactionError<StoreError>>(true)
             })
             .map_err(transaction_error)?;
         self.db.flush()?;
-        Ok(())
+        Ok(written)
     }
 
     /// Records a workload found in Docker without a record (adopted after the store was lost),
@@ -365,6 +386,36 @@ pub(super) mod tests {
         assert_eq!(redacted.idempotency_key, None);
         assert!(redacted.redacted);
         assert_eq!((redacted.id, redacted.image), (record.id, record.image));
+    }
+
+    #[test]
+    fn an_observer_does_not_overwrite_what_a_command_changed_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut running = pending("wl-1", None);
+        running.state = WorkloadState::Running;
+        store.update_workload(&running).unwrap();
+        // A stop records its outcome...
+        let mut stopped = running.clone();
+        stopped.state = WorkloadState::Stopped;
+        store.update_workload(&stopped).unwrap();
+        // ...after reconcile read the record as running and saw the container exit.
+        let mut exited = running.clone();
+        exited.state = WorkloadState::Exited;
+        assert!(
+            !store
+                .update_workload_from(&exited, Some(WorkloadState::Running))
+                .unwrap()
+        );
+        assert_eq!(
+            store.workload("wl-1").unwrap().unwrap().state,
+            WorkloadState::Stopped
+        );
+        assert!(
+            store
+                .update_workload_from(&exited, Some(WorkloadState::Stopped))
+                .unwrap()
+        );
     }
 
     #[test]

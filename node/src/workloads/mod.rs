@@ -1072,6 +1072,7 @@ impl Workloads {
             if !record.state.is_active() || in_flight.contains(&record.id) {
                 continue;
             }
+            let seen = record.state;
             match by_workload.get(&record.id) {
                 None if record.state == WorkloadState::Creating => {
                     record.set_state(
@@ -1079,7 +1080,7 @@ impl Workloads {
                         Some("the node stopped before the container was started".to_owned()),
                     );
                     report.failed.push(record.id.clone());
-                    changed.push(record);
+                    changed.push((record, seen));
                 }
                 None => {
                     record.set_state(
@@ -1090,7 +1091,7 @@ impl Workloads {
                         )),
                     );
                     report.lost.push(record.id.clone());
-                    changed.push(record);
+                    changed.push((record, seen));
                 }
                 Some(container) => {
                     let state = container.state.unwrap_or(ContainerSummaryStateEnum::EMPTY);
@@ -1120,7 +1121,7 @@ impl Workloads {
                             )),
                         );
                         report.exited.push(record.id.clone());
-                        changed.push(record);
+                        changed.push((record, seen));
                     } else {
                         report.running += 1;
                         if record.state != WorkloadState::Running
@@ -1128,7 +1129,7 @@ impl Workloads {
                         {
                             record.container_id.clone_from(&container.id);
                             record.set_state(WorkloadState::Running, None);
-                            changed.push(record);
+                            changed.push((record, seen));
                         }
                     }
                 }
@@ -1145,8 +1146,9 @@ impl Workloads {
         if !changed.is_empty() || !adopted.is_empty() {
             self.store
                 .run(move |store| {
-                    for record in &changed {
-                        store.update_workload(record)?;
+                    for (record, seen) in &changed {
+                        // A command that changed the record meanwhile (a stop) has the last word.
+                        store.update_workload_from(record, Some(*seen))?;
                     }
                     for record in &adopted {
                         store.adopt_workload(record)?;
