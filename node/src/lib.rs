@@ -36,6 +36,11 @@ pub use runtime::{Node, NodeFailure, NodeHandle, NodeOptions, StartError};
 pub use store::{Store, StoreError};
 pub use tasks::Tasks;
 
+/// The time now, Unix milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    claw_attestation::unix_millis(std::time::SystemTime::now())
+}
+
 /// Records atomically, in `file` under the data directory, where one of the running node's
 /// loopback services listens, for the CLI and scripts to find.
 pub fn record_address(

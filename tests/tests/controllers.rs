@@ -181,6 +181,30 @@ fn a_deployment_survives_a_killed_node_and_a_killed_controller_and_refuses_other
         started.as_ref().is_err_and(|e| e.contains("UNAUTHORIZED")),
         "{started:?}"
     );
+    // Nor can any member make a node keep claims for deployments it does not keep (what
+    // controllers make a node write stays bounded by its objects).
+    for member in &members {
+        if member.peer_id == target.peer_id {
+            continue;
+        }
+        let made_up = member.cli.invoke(
+            Some(&target.peer_id),
+            "deploy.replicas",
+            &json!({"name": "made-up", "epoch": 7, "failed": [1]}),
+        );
+        assert!(
+            made_up.as_ref().is_err_and(|e| e.contains("NOT_FOUND")),
+            "{made_up:?}"
+        );
+    }
+    let untouched = target
+        .invoke("deploy.replicas", &json!({"name": "made-up"}))
+        .expect("a plain read");
+    assert_eq!(
+        (untouched["fence"].clone(), untouched["failed"].clone()),
+        (Value::Null, json!([])),
+        "{untouched}"
+    );
     let report = target
         .invoke("deploy.replicas", &json!({"name": "web"}))
         .expect("the target's own report");

@@ -27,6 +27,7 @@ use claw_api::workload::{ExecParams, ListParams, StopParams, Workload, WorkloadS
 use claw_mesh::{ErrorCode, FleetMember, InvokeFailure, InvokeRequest, MeshHandle, PeerId};
 use futures::StreamExt as _;
 
+use crate::now_ms;
 use crate::objects::FleetObjects;
 use crate::store::{ObjectKind, Store};
 use crate::workloads::{WorkloadRecord, Workloads};
@@ -114,10 +115,6 @@ fn replica_of(record: &WorkloadRecord, health: Option<ReplicaHealth>) -> Option<
     })
 }
 
-fn now_ms() -> u64 {
-    claw_attestation::unix_millis(std::time::SystemTime::now())
-}
-
 impl Deployments {
     /// The deployments service of node `local`.
     pub fn new(local: PeerId, objects: FleetObjects, workloads: Workloads, store: Store) -> Self {
@@ -178,7 +175,11 @@ impl Deployments {
 
     /// Refuses controller calls from a peer that is not one of the deployment's first-ranked
     /// live members in this node's view.
-    fn check_controller(&self, caller: PeerId, name: &str) -> Result<(), InvokeFailure> {
+    ///
+    /// The deployment must be one this node keeps, so that what controllers make a node write
+    /// (fences, failed revisions) is bounded by the objects it keeps.
+    async fn check_controller(&self, caller: PeerId, name: &str) -> Result<(), InvokeFailure> {
+        self.inner.objects.deployment(name).await?;
         let members = self.mesh()?.fleet().into_iter().map(|m| m.peer_id);
         let ranked = ranking(&key_of(name), members);
         if ranked
@@ -229,7 +230,7 @@ impl Deployments {
             gpu: None,
             all: false,
         };
-        Ok(self.inner.workloads.list(params).await?)
+        Ok(self.inner.workloads.recorded(params).await?)
     }
 
     /// `deploy.replicas`: this node's replicas of a deployment and its fence. With an epoch,
@@ -243,7 +244,7 @@ impl Deployments {
         let name = params.name;
         let mut failed_now = Vec::new();
         if let Some(epoch) = params.epoch {
-            self.check_controller(caller, &name)?;
+            self.check_controller(caller, &name).await?;
             if self.fence(caller, &name, epoch).await.is_ok() {
                 failed_now = params.failed.into_iter().take(16).collect();
             }
@@ -309,7 +310,7 @@ impl Deployments {
         params: ReplicaStartParams,
     ) -> Result<Workload, InvokeFailure> {
         let name = params.name;
-        self.check_controller(caller, &name)?;
+        self.check_controller(caller, &name).await?;
         self.fence(caller, &name, params.epoch).await?;
         let objects = &self.inner.objects;
         let mut spec = objects.deployment_at(&name, params.revision).await?;
@@ -350,7 +351,7 @@ impl Deployments {
         caller: PeerId,
         params: ReplicaStopParams,
     ) -> Result<Workload, InvokeFailure> {
-        self.check_controller(caller, &params.name)?;
+        self.check_controller(caller, &params.name).await?;
         self.fence(caller, &params.name, params.epoch).await?;
         self.stop_replica(&params.name, &params.workload).await
     }
@@ -539,7 +540,7 @@ impl Deployments {
                 .filter_map(|(_, report)| report.ok()?.fence.map(|f| f.epoch))
                 .max()
                 .unwrap_or(0);
-            held.epoch = highest + 1;
+            held.epoch = highest.saturating_add(1);
             tracing::info!(deployment = %name, epoch = held.epoch, "taking control");
         }
         let claim = Fence {
@@ -750,7 +751,7 @@ impl Deployments {
             gpu: None,
             all: false,
         };
-        let Ok(records) = self.inner.workloads.list(params).await else {
+        let Ok(records) = self.inner.workloads.recorded(params).await else {
             return;
         };
         let mut names: Vec<&String> = records
@@ -796,7 +797,7 @@ impl Deployments {
             gpu: None,
             all: false,
         };
-        let Ok(records) = self.inner.workloads.list(params).await else {
+        let Ok(records) = self.inner.workloads.recorded(params).await else {
             return;
         };
         let now = now_ms();

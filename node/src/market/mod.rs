@@ -16,14 +16,14 @@ mod settle;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use base64::Engine as _;
 use claw_api::Command;
 use claw_api::market::{
     BookOffer, Lease, LeaseListing, MarketOffersSigned, OfferListing, SignedOffers, WalletHoldings,
 };
-use claw_attestation::{GpuProbe, SignedPayload, VerifiedEnvelope, Verifier, unix_millis};
+use claw_attestation::{GpuProbe, SignedPayload, VerifiedEnvelope, Verifier};
 use claw_market::book::{BookEntry, OrderBook};
 use claw_market::lease::{
     LeaseId, LeasePolicy, LeaseRecord, LeaseState, ReputationBook, Side, Signed,
@@ -52,9 +52,7 @@ const LEASE_CALL_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a lease's signed messages stay verifiable beyond the lease itself.
 const LEASE_PROOF_SLACK: Duration = Duration::from_secs(30 * 86_400);
 
-fn now_ms() -> u64 {
-    unix_millis(SystemTime::now())
-}
+use crate::now_ms;
 
 fn failure(code: ErrorCode, message: impl Into<String>) -> InvokeFailure {
     InvokeFailure::new(code, message)

@@ -21,15 +21,15 @@ pub use claw_api::objects::FleetObject;
 use claw_api::objects::{
     ObjectPage, ObjectPutAnswer, ObjectSync, PutParams, SYNC_PAGE_OBJECTS, SyncParams,
 };
-use claw_attestation::{PayloadKind, VerifiedEnvelope, Verifier, VerifyError, unix_millis};
+use claw_attestation::{PayloadKind, VerifiedEnvelope, Verifier, VerifyError};
 use claw_mesh::{
     ErrorCode, InvokeFailure, InvokeRequest, MeshError, MeshHandle, PeerId, TopicKind,
 };
 use tokio::sync::mpsc;
 
-use crate::DataDir;
 use crate::access::AccessPolicy;
 use crate::store::{ObjectKind, ObjectPut, ObjectRecord, Store};
+use crate::{DataDir, now_ms};
 
 /// Largest spec an object carries, as JSON text.
 pub const MAX_SPEC_BYTES: usize = 32 * 1024;
@@ -360,7 +360,7 @@ impl FleetObjects {
         let verified = self
             .inner
             .verifier
-            .verify_at(&bytes, None, unix_millis_now())
+            .verify_at(&bytes, None, now_ms())
             .map_err(|e| failure(ErrorCode::InvalidParams, e.to_string()))?;
         let (record, put) = self.keep(&verified).await?;
         tracing::info!(
@@ -444,11 +444,7 @@ impl FleetObjects {
                     tracing::warn!(%peer, "object.sync: an envelope that is not base-64");
                     continue;
                 };
-                let verified = match self
-                    .inner
-                    .verifier
-                    .verify_at(&bytes, None, unix_millis_now())
-                {
+                let verified = match self.inner.verifier.verify_at(&bytes, None, now_ms()) {
                     Ok(verified) => verified,
                     Err(error) => {
                         tracing::warn!(%peer, %error, "object.sync: an invalid envelope");
@@ -506,12 +502,12 @@ impl FleetObjects {
         if peers.is_empty() {
             return None;
         }
-        let index = usize::try_from(unix_millis_now()).unwrap_or(0) % peers.len();
+        let index = usize::try_from(now_ms()).unwrap_or(0) % peers.len();
         peers.get(index).copied()
     }
 
     async fn sync_from(&self, peer: PeerId, periodic: bool) {
-        let now = unix_millis_now();
+        let now = now_ms();
         {
             let mut synced = self
                 .inner
@@ -537,8 +533,4 @@ impl FleetObjects {
             Err(error) => tracing::debug!(%peer, %error, "fleet object sync failed"),
         }
     }
-}
-
-fn unix_millis_now() -> u64 {
-    unix_millis(std::time::SystemTime::now())
 }

@@ -95,12 +95,6 @@ impl From<StoreError> for claw_api::InvokeFailure {
     }
 }
 
-fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// A stored JSON record (`what` names it in the error when it does not decode).
 fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
@@ -356,7 +350,7 @@ impl Store {
     pub fn set_draining(&self) -> Result<(), StoreError> {
         if !self.draining()? {
             self.meta
-                .insert(DRAINING_SINCE_KEY, &unix_ms_now().to_be_bytes())?;
+                .insert(DRAINING_SINCE_KEY, &crate::now_ms().to_be_bytes())?;
         }
         self.meta.insert(CORDONED_KEY, &[DRAINING])?;
         self.db.flush()?;

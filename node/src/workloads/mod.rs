@@ -17,7 +17,7 @@ mod tenant;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStatsResponse,
@@ -82,9 +82,7 @@ impl WorkloadRecord {
 /// A drain's outcome for a replica its deployment's controller moves.
 pub const MOVING: &str = "moving: its deployment starts it elsewhere first, then stops it here";
 
-fn now_ms() -> u64 {
-    claw_attestation::unix_millis(SystemTime::now())
-}
+use crate::now_ms;
 
 /// Why a workload command failed.
 #[derive(Debug, thiserror::Error)]
@@ -851,6 +849,13 @@ impl Workloads {
         if let Err(error) = self.reconcile().await {
             tracing::debug!(%error, "listing from the store alone");
         }
+        self.recorded(params).await
+    }
+
+    /// Workloads matching `params`, as the store has them (Docker is not asked; the node
+    /// reconciles every announce interval): for the node's own frequent reads, such as its
+    /// deployments' replicas.
+    pub async fn recorded(&self, params: ListParams) -> Result<Vec<WorkloadRecord>, WorkloadError> {
         let records = self.store.run(move |store| store.workloads()).await?;
         Ok(records
             .into_iter()
