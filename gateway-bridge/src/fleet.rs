@@ -13,6 +13,10 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use claw_api::cron::{
+    CronChange, CronCreate, CronCreateParams, CronDelete, CronList, CronRef, CronResume,
+    CronStatusCommand, CronSuspend, CronTrigger,
+};
 use claw_api::deploy::{
     Change, CreateParams, DeployCreate, DeployDelete, DeployHistory, DeployList, DeployPause,
     DeployPromote, DeployResume, DeployRollback, DeployStatus, DeployUpdate, DeploymentRef,
@@ -24,6 +28,9 @@ use claw_api::fleet::{
     FleetHealthReport, FleetInvoke, FleetNode, FleetOverview, FleetStatus, FleetWorkloadListing,
     FleetWorkloads, GpuCounts, GpusParams, InvokeParams, InvokeReport, NodeCondition, NodeFailure,
     NodeResult, NodeWorkload, PlacementScore, WorkloadsParams,
+};
+use claw_api::jobs::{
+    JobCreate, JobCreateParams, JobDelete, JobList, JobLogsCommand, JobRef, JobStatusCommand,
 };
 use claw_api::market::{MarketBid, MarketLeaseCancel, MarketLeases, MarketOffers, WalletBalance};
 use claw_api::node::{GpuMetrics, GpuReading, HealthStatus, NodeDrain, NodeHealth};
@@ -39,6 +46,7 @@ use serde_json::{Value, json};
 use crate::gateway::{CommandFuture, GatewayHandler};
 
 mod deployments;
+mod jobs;
 use crate::placements::{Placement, PlacementError, Placements};
 
 /// Most node calls in flight at once for one fleet command.
@@ -137,6 +145,48 @@ fn router() -> &'static Router<FleetCommands, Call> {
             })
             .route::<DeployDelete, _, _>(|fleet, call, DeploymentRef { name }| async move {
                 fleet.deployment_deleted(&name, call).await
+            })
+            .route::<JobStatusCommand, _, _>(|fleet, call, params| async move {
+                fleet.ask_member::<JobStatusCommand>(&params, call).await
+            })
+            .route::<JobList, _, _>(|fleet, call, params| async move {
+                fleet.ask_member::<JobList>(&params, call).await
+            })
+            .route::<JobLogsCommand, _, _>(|fleet, call, params| async move {
+                fleet.ask_member::<JobLogsCommand>(&params, call).await
+            })
+            .route::<JobCreate, _, _>(|fleet, call, JobCreateParams { name, spec }| async move {
+                fleet.job_created(&name, spec, call).await
+            })
+            .route::<JobDelete, _, _>(|fleet, call, JobRef { name }| async move {
+                fleet.job_deleted(&name, call).await
+            })
+            .route::<CronList, _, _>(|fleet, call, params| async move {
+                fleet.ask_member::<CronList>(&params, call).await
+            })
+            .route::<CronStatusCommand, _, _>(|fleet, call, params| async move {
+                fleet.ask_member::<CronStatusCommand>(&params, call).await
+            })
+            .route::<CronCreate, _, _>(|fleet, call, CronCreateParams { name, spec }| async move {
+                fleet
+                    .cron_changed(&name, CronChange::Create(Box::new(spec)), call)
+                    .await
+            })
+            .route::<CronTrigger, _, _>(|fleet, call, CronRef { name }| async move {
+                fleet.cron_changed(&name, CronChange::Trigger, call).await
+            })
+            .route::<CronSuspend, _, _>(|fleet, call, CronRef { name }| async move {
+                fleet
+                    .cron_changed(&name, CronChange::Suspend(true), call)
+                    .await
+            })
+            .route::<CronResume, _, _>(|fleet, call, CronRef { name }| async move {
+                fleet
+                    .cron_changed(&name, CronChange::Suspend(false), call)
+                    .await
+            })
+            .route::<CronDelete, _, _>(|fleet, call, CronRef { name }| async move {
+                fleet.cron_deleted(&name, call).await
             })
     })
 }

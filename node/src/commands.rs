@@ -12,10 +12,18 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use claw_api::cron::{
+    CronChange, CronCreate, CronCreateParams, CronDelete, CronList, CronRef, CronResume,
+    CronStatusCommand, CronSuspend, CronTrigger,
+};
 use claw_api::deploy::{
     DeployCreate, DeployDelete, DeployHistory, DeployList, DeployPause, DeployPromote,
     DeployReplicaStart, DeployReplicaStop, DeployReplicas, DeployResume, DeployRollback,
     DeployStatus, DeployUpdate, DeploymentRef,
+};
+use claw_api::jobs::{
+    JobCreate, JobCreateParams, JobDelete, JobList, JobLogsCommand, JobPodStart, JobPodStop,
+    JobPods, JobRef, JobStatusCommand,
 };
 use claw_api::market::{
     Arbitration, BidOutcome, Lease, LeaseEnd, LeaseGrant, LeaseListing, LeaseStatus,
@@ -47,7 +55,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::access::{AccessPolicy, Role};
 use crate::config::SystemRunSection;
-use crate::controller::Deployments;
+use crate::controller::{Deployments, Jobs};
 use crate::health::{HealthInputs, HealthReport, assess};
 use crate::market::{
     ArbitrateParams, BidParams, CancelParams, EndParams, FundParams, LeaseRequestParams,
@@ -206,6 +214,63 @@ fn router() -> &'static Router<NodeCommands, Call> {
             .route::<DeployDelete, _, _>(|node, _, DeploymentRef { name }| async move {
                 node.services.objects.delete_deployment(&name).await
             })
+            .route::<JobCreate, _, _>(|node, _, JobCreateParams { name, spec }| async move {
+                node.services.objects.create_job(&name, spec).await
+            })
+            .route::<JobStatusCommand, _, _>(|node, _, JobRef { name }| async move {
+                node.services.jobs.job_status(&name).await
+            })
+            .route::<JobList, _, _>(|node, _, NoParams {}| async move {
+                node.services.jobs.job_list().await
+            })
+            .route::<JobLogsCommand, _, _>(|node, _, params| async move {
+                node.services.jobs.job_logs(params).await
+            })
+            .route::<JobDelete, _, _>(|node, _, JobRef { name }| async move {
+                node.services.objects.delete_job(&name).await
+            })
+            .route::<JobPods, _, _>(|node, call, params| async move {
+                node.services.jobs.report(call.peer()?, params).await
+            })
+            .route::<JobPodStart, _, _>(|node, call, params| async move {
+                node.services.jobs.start(call.peer()?, params).await
+            })
+            .route::<JobPodStop, _, _>(|node, call, params| async move {
+                node.services.jobs.stop(call.peer()?, params).await
+            })
+            .route::<CronCreate, _, _>(|node, _, CronCreateParams { name, spec }| async move {
+                node.services
+                    .objects
+                    .change_cron(&name, CronChange::Create(Box::new(spec)))
+                    .await
+            })
+            .route::<CronList, _, _>(|node, _, NoParams {}| async move {
+                node.services.jobs.cron_list().await
+            })
+            .route::<CronStatusCommand, _, _>(|node, _, CronRef { name }| async move {
+                node.services.jobs.cron_status(&name).await
+            })
+            .route::<CronTrigger, _, _>(|node, _, CronRef { name }| async move {
+                node.services
+                    .objects
+                    .change_cron(&name, CronChange::Trigger)
+                    .await
+            })
+            .route::<CronSuspend, _, _>(|node, _, CronRef { name }| async move {
+                node.services
+                    .objects
+                    .change_cron(&name, CronChange::Suspend(true))
+                    .await
+            })
+            .route::<CronResume, _, _>(|node, _, CronRef { name }| async move {
+                node.services
+                    .objects
+                    .change_cron(&name, CronChange::Suspend(false))
+                    .await
+            })
+            .route::<CronDelete, _, _>(|node, _, CronRef { name }| async move {
+                node.services.objects.delete_cron(&name).await
+            })
             .route::<ObjectPut, _, _>(|node, _, params| async move {
                 node.services.objects.put(params).await
             })
@@ -250,6 +315,8 @@ pub struct NodeServices {
     pub objects: FleetObjects,
     /// Deployments' replicas here, and the controller of those this member controls.
     pub deployments: Deployments,
+    /// Jobs' and cron jobs' pods here, and the controller of those this member controls.
+    pub jobs: Jobs,
     /// Invokes answered, for the metrics.
     pub invokes: crate::metrics::InvokeMetrics,
     /// Where each command's task is spawned, so that a stopping node waits for it.
@@ -348,6 +415,11 @@ impl NodeCommands {
     /// Deployments' replicas and controllers.
     pub fn deployments(&self) -> &Deployments {
         &self.services.deployments
+    }
+
+    /// Jobs' and cron jobs' pods and controllers.
+    pub fn jobs(&self) -> &Jobs {
+        &self.services.jobs
     }
 
     /// The GPUs.

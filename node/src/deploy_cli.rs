@@ -137,7 +137,7 @@ pub(crate) struct UpdateArgs {
     command: Vec<String>,
 }
 
-fn env_map(pairs: &[String]) -> Result<BTreeMap<String, String>> {
+pub(crate) fn env_map(pairs: &[String]) -> Result<BTreeMap<String, String>> {
     pairs
         .iter()
         .map(|pair| {

@@ -172,11 +172,13 @@ pub(crate) fn node_services(
         objects::FleetObjects::new(std::sync::Arc::clone(dir), store.clone(), access.clone());
     let deployments =
         controller::Deployments::new(peer, objects.clone(), workloads.clone(), store.clone());
+    let jobs = controller::Jobs::new(peer, objects.clone(), workloads.clone(), store.clone());
     commands::NodeServices {
         xids: claw_attestation::XidWatcher::start(),
         market,
         objects,
         deployments,
+        jobs,
         probe,
         data_dir: dir.root().to_path_buf(),
         store,

@@ -3,6 +3,7 @@
 mod chain_cli;
 mod daemon;
 mod deploy_cli;
+mod job_cli;
 mod market_cli;
 mod ops;
 mod up;
@@ -87,6 +88,12 @@ enum Command {
     /// The fleet's deployments: replicas kept running across the fleet, changed by operators.
     #[command(subcommand)]
     Deploy(deploy_cli::DeployCommand),
+    /// The fleet's jobs: pods run to completion across the fleet.
+    #[command(subcommand)]
+    Job(job_cli::JobCommand),
+    /// The fleet's cron jobs: jobs run on a schedule in a time zone.
+    #[command(subcommand)]
+    Cron(job_cli::CronCommand),
     /// Show the running node's audit log: every command it answered, newest first.
     Audit {
         /// How many records.
@@ -272,6 +279,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Wallet(command) => chain_cli::wallet(global, command),
         Command::Market(command) => market_cli::market(global, command),
         Command::Deploy(command) => deploy_cli::deploy(global, command),
+        Command::Job(command) => job_cli::job(global, command),
+        Command::Cron(command) => job_cli::cron(global, command),
         Command::Audit { limit } => audit(global, limit),
     }
 }

@@ -197,6 +197,9 @@ impl Node {
                 .run(interval.min(CONTROLLER_ROUND_AT_MOST)),
         );
         tasks.spawn_service(deployments.check_health());
+        let jobs = commands.jobs().clone();
+        jobs.attach(handle.clone());
+        tasks.spawn_service(jobs.run(interval.min(CONTROLLER_ROUND_AT_MOST)));
         let failure = connect_gateway(&dir, &tasks, &options, &handle, &commands)?;
         Ok(NodeHandle {
             dir,

@@ -61,6 +61,8 @@ const COMMAND_PREFIXES: &[&str] = &[
     "wallet.",
     "fleet.",
     "deploy.",
+    "job.",
+    "cron.",
     "clawbernetes.",
 ];
 

@@ -112,12 +112,6 @@ impl FleetCommands {
         change: Change,
         call: Call,
     ) -> Result<(u64, Option<DeploymentSpec>, u64), InvokeFailure> {
-        let Some(signer) = &self.signer else {
-            return Err(InvokeFailure::new(
-                ErrorCode::Unavailable,
-                "this bridge signs no fleet objects",
-            ));
-        };
         let reference = DeploymentRef {
             name: name.to_owned(),
         };
@@ -131,14 +125,37 @@ impl FleetCommands {
         };
         let spec = change.next_spec(name, &kept)?;
         let revision = kept.first().map_or(1, |k| k.revision + 1);
+        let signed_at_ms = self
+            .put_signed(ObjectKind::Deployment, name, revision, spec.as_ref(), call)
+            .await?
+            .map_err(|kept| changed_meanwhile(ObjectKind::Deployment, name, kept))?;
+        Ok((revision, spec, signed_at_ms))
+    }
+
+    /// Signs revision `revision` of object `kind` `name` with `spec` (`None` deletes it) and
+    /// hands it to a member. Answers when it was signed, Unix ms, or the revision the member
+    /// keeps when that is as new (nothing changed).
+    pub(super) async fn put_signed(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        revision: u64,
+        spec: Option<&impl Serialize>,
+        call: Call,
+    ) -> Result<Result<u64, u64>, InvokeFailure> {
+        let Some(signer) = &self.signer else {
+            return Err(InvokeFailure::new(
+                ErrorCode::Unavailable,
+                "this bridge signs no fleet objects",
+            ));
+        };
         let text = spec
-            .as_ref()
             .map(serde_json::to_string)
             .transpose()
             .map_err(|e| InvokeFailure::new(ErrorCode::Internal, e.to_string()))?;
         let object = FleetObject {
             network: signer.network.clone(),
-            kind: ObjectKind::Deployment,
+            kind,
             name: name.to_owned(),
             revision,
             spec: text,
@@ -150,16 +167,11 @@ impl FleetCommands {
             object: base64_of(&envelope.to_bytes()),
         };
         let answer = self.ask_member::<ObjectPut>(&put, call).await?;
-        if !answer.stored {
-            return Err(InvokeFailure::new(
-                ErrorCode::Conflict,
-                format!(
-                    "deployment {name:?} changed meanwhile (revision {}); try again",
-                    answer.revision
-                ),
-            ));
-        }
-        Ok((revision, spec, signed_at_ms))
+        Ok(if answer.stored {
+            Ok(signed_at_ms)
+        } else {
+            Err(answer.revision)
+        })
     }
 
     /// `deploy.create`, `update`, `rollback`, `promote`, `pause` and `resume` through the
@@ -195,6 +207,17 @@ impl FleetCommands {
             revision,
         })
     }
+}
+
+/// The answer to a change signed over a revision another change took first.
+pub(super) fn changed_meanwhile(kind: ObjectKind, name: &str, kept: u64) -> InvokeFailure {
+    InvokeFailure::new(
+        ErrorCode::Conflict,
+        format!(
+            "{} changed meanwhile (revision {kept}); try again",
+            kind.key(name)
+        ),
+    )
 }
 
 fn base64_of(bytes: &[u8]) -> String {

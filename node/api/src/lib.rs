@@ -8,13 +8,16 @@
 //! [`InvokeFailure`]: one error type from the handler to the wire.
 
 mod command;
+pub mod cron;
 pub mod deploy;
 mod error;
 pub mod fleet;
+pub mod jobs;
 pub mod market;
 pub mod node;
 pub mod objects;
 mod role;
+pub mod schedule;
 pub mod workload;
 
 use std::sync::OnceLock;
@@ -76,14 +79,29 @@ pub const NODE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<deploy::DeployReplicas>(),
     CommandInfo::of::<deploy::DeployReplicaStart>(),
     CommandInfo::of::<deploy::DeployReplicaStop>(),
+    CommandInfo::of::<jobs::JobCreate>(),
+    CommandInfo::of::<jobs::JobStatusCommand>(),
+    CommandInfo::of::<jobs::JobList>(),
+    CommandInfo::of::<jobs::JobLogsCommand>(),
+    CommandInfo::of::<jobs::JobDelete>(),
+    CommandInfo::of::<jobs::JobPods>(),
+    CommandInfo::of::<jobs::JobPodStart>(),
+    CommandInfo::of::<jobs::JobPodStop>(),
+    CommandInfo::of::<cron::CronCreate>(),
+    CommandInfo::of::<cron::CronList>(),
+    CommandInfo::of::<cron::CronStatusCommand>(),
+    CommandInfo::of::<cron::CronTrigger>(),
+    CommandInfo::of::<cron::CronSuspend>(),
+    CommandInfo::of::<cron::CronResume>(),
+    CommandInfo::of::<cron::CronDelete>(),
     CommandInfo::of::<objects::ObjectPut>(),
     CommandInfo::of::<objects::ObjectSync>(),
 ];
 
 /// Every command the gateway bridge answers, in the order `fleet.capabilities` lists them: its
-/// fleet commands, the market node's commands it forwards, and the deployment commands (their
-/// definitions are the node's own, so the bridge checks their params as strictly; it reads
-/// deployments from a member and signs their changes itself).
+/// fleet commands, the market node's commands it forwards, and the deployment, job and cron
+/// commands (their definitions are the node's own, so the bridge checks their params as
+/// strictly; it reads these objects from a member and signs their changes itself).
 pub const BRIDGE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<fleet::FleetCapabilities>(),
     CommandInfo::of::<fleet::FleetStatus>(),
@@ -108,6 +126,18 @@ pub const BRIDGE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<deploy::DeployPause>(),
     CommandInfo::of::<deploy::DeployResume>(),
     CommandInfo::of::<deploy::DeployDelete>(),
+    CommandInfo::of::<jobs::JobCreate>(),
+    CommandInfo::of::<jobs::JobStatusCommand>(),
+    CommandInfo::of::<jobs::JobList>(),
+    CommandInfo::of::<jobs::JobLogsCommand>(),
+    CommandInfo::of::<jobs::JobDelete>(),
+    CommandInfo::of::<cron::CronCreate>(),
+    CommandInfo::of::<cron::CronList>(),
+    CommandInfo::of::<cron::CronStatusCommand>(),
+    CommandInfo::of::<cron::CronTrigger>(),
+    CommandInfo::of::<cron::CronSuspend>(),
+    CommandInfo::of::<cron::CronResume>(),
+    CommandInfo::of::<cron::CronDelete>(),
 ];
 
 /// `node.capabilities`' list, built once.

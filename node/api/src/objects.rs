@@ -1,4 +1,4 @@
-//! Fleet objects: deployments (and, as they come, jobs, cron jobs, autoscalers, configs and
+//! Fleet objects: deployments, jobs and cron jobs (and, as they come, autoscalers, configs and
 //! secrets) are records signed by a fleet operator, versioned by revision and replicated to every
 //! member, which keeps them in its store. No registry holds them; any member answers for them.
 //! This module has what every kind shares: the signed record ([`FleetObject`]), how one is
@@ -19,6 +19,10 @@ use crate::command::commands;
 pub enum ObjectKind {
     /// A deployment (`deploy.*`).
     Deployment,
+    /// A job (`job.*`).
+    Job,
+    /// A cron job (`cron.*`).
+    CronJob,
 }
 
 impl ObjectKind {
@@ -26,12 +30,23 @@ impl ObjectKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Deployment => "deployment",
+            Self::Job => "job",
+            Self::CronJob => "cron",
         }
     }
 
     /// The key of object `name` of this kind: `<kind>/<name>`.
     pub fn key(self, name: &str) -> String {
         format!("{}/{name}", self.as_str())
+    }
+
+    /// The kind and name a key `<kind>/<name>` names.
+    pub fn parse_key(key: &str) -> Option<(Self, &str)> {
+        let (kind, name) = key.split_once('/')?;
+        let kind = [Self::Deployment, Self::Job, Self::CronJob]
+            .into_iter()
+            .find(|k| k.as_str() == kind)?;
+        Some((kind, name))
     }
 }
 

@@ -11,13 +11,15 @@
 //! view, and start only what an operator signed: the template of a revision of the deployment
 //! they keep themselves.
 
+mod jobs;
 pub mod plan;
+
+pub use jobs::Jobs;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use claw_api::Command as _;
 use claw_api::deploy::{
     DeployReplicas, DeploymentSpec, DeploymentStatus, Fence, HealthCheck, PlacedReplica, Probe,
     Replica, ReplicaHealth, ReplicaReport, ReplicaStartParams, ReplicaStopParams, ReplicasParams,
@@ -46,6 +48,8 @@ const MOVE_GRACE_MS: u64 = 120_000;
 const NODES_ASKED_AT_ONCE: usize = 32;
 /// How long a controller waits for one node's answer.
 const NODE_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a controller waits for a node to start or stop a container (image pulls included).
+const ACTION_DEADLINE: Duration = Duration::from_secs(60);
 /// How many of a deployment's first-ranked members a node takes controller calls from: the
 /// controller, and the one that takes over when views differ for a moment.
 const CONTROLLER_CANDIDATES: usize = 2;
@@ -100,6 +104,67 @@ fn failure(code: ErrorCode, message: impl Into<String>) -> InvokeFailure {
 
 fn key_of(name: &str) -> String {
     ObjectKind::Deployment.key(name)
+}
+
+/// Refuses a controller call from `caller` unless it is one of the first-ranked live members,
+/// in this node's view of the fleet, for the object under `key`.
+fn check_candidate(mesh: &MeshHandle, key: &str, caller: PeerId) -> Result<(), InvokeFailure> {
+    let members = mesh.fleet().into_iter().map(|m| m.peer_id);
+    if ranking(key, members)
+        .iter()
+        .take(CONTROLLER_CANDIDATES)
+        .any(|p| *p == caller)
+    {
+        Ok(())
+    } else {
+        Err(failure(
+            ErrorCode::Unauthorized,
+            format!("{caller} does not control {key} as this node sees the fleet"),
+        ))
+    }
+}
+
+/// Admits `caller`'s claim at `epoch` on the object whose fence is kept under `fence_key`, or
+/// says who holds a higher one (a [`is_fenced`] failure).
+async fn admit_claim(
+    store: &Store,
+    fence_key: &str,
+    caller: PeerId,
+    epoch: u64,
+) -> Result<(), InvokeFailure> {
+    let claim = Fence {
+        epoch,
+        controller: caller.to_string(),
+    };
+    let key = fence_key.to_owned();
+    match store.run(move |s| s.admit_fence(&key, &claim)).await? {
+        Ok(()) => Ok(()),
+        Err(held) => Err(failure(
+            ErrorCode::Conflict,
+            format!(
+                "fenced: {} controls {fence_key} at epoch {}",
+                held.controller, held.epoch
+            ),
+        )),
+    }
+}
+
+/// Whether a node refused an action because another controller holds a higher claim.
+fn is_fenced(error: &InvokeFailure) -> bool {
+    error.code == ErrorCode::Conflict && error.message.starts_with("fenced")
+}
+
+/// Calls command `C` on `peer` over the mesh, with `deadline`.
+async fn call_peer<C: claw_api::Command>(
+    mesh: &MeshHandle,
+    peer: PeerId,
+    params: &C::Params,
+    deadline: Duration,
+) -> Result<C::Answer, InvokeFailure> {
+    let request = InvokeRequest::new(C::NAME, deadline).with_params(
+        serde_json::to_value(params).map_err(|e| failure(ErrorCode::Internal, e.to_string()))?,
+    );
+    C::decode(mesh.invoke(peer, request).await?)
 }
 
 /// A replica as reported, from its workload record (`None` when the record is not a replica),
@@ -180,46 +245,12 @@ impl Deployments {
     /// (fences, failed revisions) is bounded by the objects it keeps.
     async fn check_controller(&self, caller: PeerId, name: &str) -> Result<(), InvokeFailure> {
         self.inner.objects.deployment(name).await?;
-        let members = self.mesh()?.fleet().into_iter().map(|m| m.peer_id);
-        let ranked = ranking(&key_of(name), members);
-        if ranked
-            .iter()
-            .take(CONTROLLER_CANDIDATES)
-            .any(|p| *p == caller)
-        {
-            Ok(())
-        } else {
-            Err(failure(
-                ErrorCode::Unauthorized,
-                format!(
-                    "{caller} does not control deployment {name:?} as this node sees the fleet"
-                ),
-            ))
-        }
+        check_candidate(self.mesh()?, &key_of(name), caller)
     }
 
     /// Admits `caller`'s claim at `epoch`, or says who holds a higher one.
     async fn fence(&self, caller: PeerId, name: &str, epoch: u64) -> Result<(), InvokeFailure> {
-        let claim = Fence {
-            epoch,
-            controller: caller.to_string(),
-        };
-        let key = name.to_owned();
-        match self
-            .inner
-            .store
-            .run(move |s| s.admit_fence(&key, &claim))
-            .await?
-        {
-            Ok(()) => Ok(()),
-            Err(held) => Err(failure(
-                ErrorCode::Conflict,
-                format!(
-                    "fenced: {} controls deployment {name:?} at epoch {}",
-                    held.controller, held.epoch
-                ),
-            )),
-        }
+        admit_claim(&self.inner.store, name, caller, epoch).await
     }
 
     /// This node's active replicas of deployment `name`.
@@ -387,11 +418,7 @@ impl Deployments {
         if peer == self.inner.local {
             return self.report(peer, params).await;
         }
-        let request = InvokeRequest::new(DeployReplicas::NAME, NODE_DEADLINE).with_params(
-            serde_json::to_value(&params)
-                .map_err(|e| failure(ErrorCode::Internal, e.to_string()))?,
-        );
-        DeployReplicas::decode(self.mesh()?.invoke(peer, request).await?)
+        call_peer::<DeployReplicas>(self.mesh()?, peer, &params, NODE_DEADLINE).await
     }
 
     /// Every live member's report on deployment `name`, 32 asked at a time.
@@ -598,7 +625,7 @@ impl Deployments {
             );
             return Ok(());
         }
-        let candidates = candidates(&deployment.spec, members, &answered);
+        let candidates = candidates(deployment.spec.gpu_model.as_deref(), members, &answered);
         let (goal, note) = self.goal(deployment, &replicas, &mut held.failed).await?;
         let plan = plan::plan(&goal, &replicas, &candidates);
         let actions = plan
@@ -718,11 +745,7 @@ impl Deployments {
             }
         };
         match outcome {
-            Err(error)
-                if error.code == ErrorCode::Conflict && error.message.starts_with("fenced") =>
-            {
-                Err(error)
-            }
+            Err(error) if is_fenced(&error) => Err(error),
             Err(error) => {
                 tracing::warn!(deployment = %name, %peer, %error, "replica action failed");
                 Ok(())
@@ -736,11 +759,9 @@ impl Deployments {
         peer: PeerId,
         params: &C::Params,
     ) -> Result<(), InvokeFailure> {
-        let request = InvokeRequest::new(C::NAME, NODE_DEADLINE * 12).with_params(
-            serde_json::to_value(params)
-                .map_err(|e| failure(ErrorCode::Internal, e.to_string()))?,
-        );
-        C::decode(self.mesh()?.invoke(peer, request).await?).map(drop)
+        call_peer::<C>(self.mesh()?, peer, params, ACTION_DEADLINE)
+            .await
+            .map(drop)
     }
 
     /// Stops this node's replicas of deployments that were deleted.
@@ -933,10 +954,10 @@ async fn http_status(ip: std::net::IpAddr, port: u16, path: &str) -> Option<u16>
     parts.next()?.parse().ok()
 }
 
-/// The members a deployment's replicas may go to: those that answered this round and are not
+/// The members a deployment's replicas or a job's pods may go to: those that answered this round and are not
 /// cordoned, with their free GPUs of the deployment's model, in the fleet view's order.
 fn candidates(
-    spec: &claw_api::deploy::DeploymentSpec,
+    gpu_model: Option<&str>,
     members: &[FleetMember],
     answered: &[PeerId],
 ) -> Vec<Candidate> {
@@ -948,11 +969,7 @@ fn candidates(
                 .inventory
                 .gpus
                 .iter()
-                .filter(|g| {
-                    spec.gpu_model
-                        .as_ref()
-                        .is_none_or(|m| g.model.contains(m.as_str()))
-                })
+                .filter(|g| gpu_model.is_none_or(|m| g.model.contains(m)))
                 .filter(|g| !announcement.allocated_gpus.contains(&g.uuid))
                 .count();
             Candidate {

@@ -1,6 +1,7 @@
-//! Fleet objects with no registry: deployments (and, as they come, the other controller objects,
-//! configs and secrets) are records signed by a fleet operator, versioned by revision, gossiped
-//! to every member and kept in each member's store, so that any member answers for them.
+//! Fleet objects with no registry: deployments, jobs and cron jobs (and, as they come,
+//! autoscalers, configs and secrets) are records signed by a fleet operator, versioned by
+//! revision, gossiped to every member and kept in each member's store, so that any member
+//! answers for them.
 //!
 //! Every object, whether this node signed it, gossip brought it or a peer's `object.sync` page
 //! did, passes the same rules before it is kept ([`FleetObjects::admit`]): a fleet-object
@@ -10,6 +11,7 @@
 //! away catches up from each peer it connects to and, every few intervals, from one at random.
 
 mod deployments;
+mod jobs;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -177,6 +179,10 @@ impl FleetObjects {
         match object.kind {
             ObjectKind::Deployment => deployments::check(&object.name, object.spec.as_deref())
                 .map_err(|e| Refusal::Malformed(e.to_string()))?,
+            kind @ (ObjectKind::Job | ObjectKind::CronJob) => {
+                jobs::check(kind, &object.name, object.spec.as_deref())
+                    .map_err(Refusal::Malformed)?;
+            }
         }
         let envelope = verified.envelope();
         Ok(ObjectRecord {

@@ -40,6 +40,8 @@ const OBJECT_HISTORY_TREE: &str = "fleet-object-history";
 const FENCES_TREE: &str = "deployment-fences";
 /// Per deployment, the revisions found failing their health checks.
 const FAILED_TREE: &str = "deployment-failed-revisions";
+/// Per job and cron job (`<kind>/<name>`), the run ledger its controller keeps here.
+const LEDGERS_TREE: &str = "run-ledgers";
 const SEQUENCE_KEY: &[u8] = b"envelope-sequence";
 const CORDONED_KEY: &[u8] = b"cordoned";
 /// `CORDONED_KEY`'s value when the node is cordoned.
@@ -184,6 +186,7 @@ pub struct Store {
     object_history: sled::Tree,
     fences: sled::Tree,
     failed: sled::Tree,
+    ledgers: sled::Tree,
     audit_retained: u64,
     max_objects: usize,
     db: sled::Db,
@@ -216,6 +219,7 @@ impl Store {
             object_history: db.open_tree(OBJECT_HISTORY_TREE)?,
             fences: db.open_tree(FENCES_TREE)?,
             failed: db.open_tree(FAILED_TREE)?,
+            ledgers: db.open_tree(LEDGERS_TREE)?,
             audit_retained: AUDIT_RETAINED,
             max_objects: MAX_OBJECTS,
             db,

@@ -4,6 +4,7 @@
 //! is given and refuses to go back.
 
 use claw_api::deploy::Fence;
+use claw_api::jobs::RunLedger;
 pub use claw_api::objects::ObjectKind;
 use serde::{Deserialize, Serialize};
 use sled::Transactional as _;
@@ -250,6 +251,26 @@ impl Store {
     /// The highest controller claim seen for deployment `name`.
     pub fn fence(&self, name: &str) -> Result<Option<Fence>, StoreError> {
         super::read_one(&self.fences, "controller fence", name)
+    }
+
+    /// Keeps `ledger` as the run ledger of `owner` (`<kind>/<name>`) when it is newer than the
+    /// one kept; returns the ledger kept now.
+    pub fn put_ledger(&self, owner: &str, ledger: &RunLedger) -> Result<RunLedger, StoreError> {
+        let kept = self.ledger(owner)?;
+        if let Some(kept) = kept
+            && !ledger.is_newer_than(&kept)
+        {
+            return Ok(kept);
+        }
+        self.ledgers
+            .insert(owner.as_bytes(), super::encode("run ledger", ledger)?)?;
+        self.db.flush()?;
+        Ok(ledger.clone())
+    }
+
+    /// The run ledger kept for `owner`.
+    pub fn ledger(&self, owner: &str) -> Result<Option<RunLedger>, StoreError> {
+        super::read_one(&self.ledgers, "run ledger", owner)
     }
 }
 

@@ -171,3 +171,168 @@ export interface DeploymentDeleted {
   name: string;
   revision: number;
 }
+
+// Jobs and cron jobs (node/api/src/jobs.rs and cron.rs). These are written out whole from their
+// schemas: optional marks follow each schema's `required`, and `| null` its nullable fields.
+
+/** What a job's pods run: `workload.run`'s params (without `name`, `gpu_uuids`; `restart` "no"). */
+export interface RunParams {
+  image: string;
+  command?: string[];
+  name?: string | null;
+  env?: Record<string, string>;
+  ports?: { container: number; host?: number | null; protocol?: "tcp" | "udp" }[];
+  volumes?: { host: string; container: string; read_only?: boolean }[];
+  gpus?: number | null;
+  gpu_uuids?: string[] | null;
+  cpus?: number | null;
+  memory_mib?: number | null;
+  restart?: "no" | "on-failure" | "always" | "unless-stopped";
+  labels?: Record<string, string>;
+  isolation?: "shared" | "tenant";
+  writable_root?: boolean;
+}
+
+/** What a job runs and how often it may try. */
+export interface JobSpec {
+  template: RunParams;
+  gpu_model?: string | null;
+  completions?: number;
+  parallelism?: number;
+  backoff_limit?: number;
+  active_deadline_secs?: number | null;
+}
+
+/** A job as every member keeps it: job.create's answer. */
+export interface Job {
+  name: string;
+  revision: number;
+  spec: JobSpec;
+  signed_by: string;
+  signed_at_ms: number;
+}
+
+export type AttemptState = "running" | "succeeded" | "failed" | "lost";
+
+export type RunPhase = "running" | "complete" | "failed";
+
+/** Why a run was started. */
+export type RunCause = { type: "created" } | { type: "scheduled"; slot_ms: number } | { type: "triggered"; trigger: number };
+
+/** One pod of a run: one try at one completion. */
+export interface Attempt {
+  workload: string;
+  node: string;
+  state: AttemptState;
+  exit_code?: number | null;
+  started_ms: number;
+  finished_ms?: number | null;
+}
+
+/** One run of a job (or of a cron job's job): its pods until enough complete. */
+export interface Run {
+  id: string;
+  revision: number;
+  cause: RunCause;
+  started_ms: number;
+  phase: RunPhase;
+  reason?: string | null;
+  finished_ms?: number | null;
+  attempts: Attempt[];
+}
+
+/** job.status: the job, flattened, with its controller and run. */
+export interface JobStatus extends Job {
+  controller?: string | null;
+  run?: Run | null;
+  succeeded: number;
+  failed: number;
+  active: number;
+  pending?: string | null;
+}
+
+export interface JobSummary {
+  name: string;
+  revision: number;
+  phase?: RunPhase | null;
+  succeeded: number;
+  completions: number;
+}
+
+export interface JobListing {
+  jobs: JobSummary[];
+}
+
+/** One line of a container's output: a peer's data. */
+export interface LogLine {
+  stream: string;
+  line: string;
+}
+
+/** One attempt (flattened) with its output, or why there is none. */
+export interface AttemptLogs extends Attempt {
+  lines: LogLine[];
+  unavailable?: string | null;
+}
+
+export interface JobLogs {
+  name: string;
+  attempts: AttemptLogs[];
+}
+
+export interface JobDeleted {
+  name: string;
+  revision: number;
+}
+
+export type ConcurrencyPolicy = "allow" | "forbid" | "replace";
+
+/** A cron job: when, and what. */
+export interface CronSpec {
+  schedule: string;
+  time_zone?: string;
+  concurrency_policy?: ConcurrencyPolicy;
+  starting_deadline_secs?: number | null;
+  suspend?: boolean;
+  job: JobSpec;
+  triggers?: number;
+}
+
+/** A cron job as every member keeps it: cron.create, trigger, suspend and resume answer it. */
+export interface CronJob {
+  name: string;
+  revision: number;
+  spec: CronSpec;
+  signed_by: string;
+  signed_at_ms: number;
+}
+
+export interface CronSummary {
+  name: string;
+  revision: number;
+  schedule: string;
+  time_zone: string;
+  suspended: boolean;
+  last_slot_ms?: number | null;
+  next_ms?: number | null;
+  active_runs: number;
+}
+
+export interface CronListing {
+  cron_jobs: CronSummary[];
+}
+
+/** cron.status: the cron job, flattened, with its controller, recent runs and skipped times. */
+export interface CronStatus extends CronJob {
+  controller?: string | null;
+  last_slot_ms?: number | null;
+  next_ms?: number | null;
+  runs: Run[];
+  skipped: string[];
+  pending?: string | null;
+}
+
+export interface CronDeleted {
+  name: string;
+  revision: number;
+}

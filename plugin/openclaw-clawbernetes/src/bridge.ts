@@ -65,6 +65,18 @@ export const BRIDGE_COMMANDS = [
   "deploy.pause",
   "deploy.resume",
   "deploy.delete",
+  "job.create",
+  "job.status",
+  "job.list",
+  "job.logs",
+  "job.delete",
+  "cron.create",
+  "cron.list",
+  "cron.status",
+  "cron.trigger",
+  "cron.suspend",
+  "cron.resume",
+  "cron.delete",
 ] as const;
 
 export type BridgeCommand = (typeof BRIDGE_COMMANDS)[number];

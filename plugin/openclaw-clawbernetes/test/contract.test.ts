@@ -34,11 +34,16 @@ interface Command {
   name: string;
   role: string;
   params: JsonSchema;
+  answer?: JsonSchema;
 }
 
 const root = new URL("..", import.meta.url);
 const contract: { node: Command[]; bridge: Command[] } = JSON.parse(
   readFileSync(new URL("contract/commands.json", root), "utf8"),
+);
+/** The fields of the bridge's answers the plugin reads, by command (see plugin.test.ts). */
+const readFields: Record<string, string[] | string> = JSON.parse(
+  readFileSync(new URL("contract/bridge-fields.json", root), "utf8"),
 );
 
 type InvokeRequest = Parameters<NodesRuntime["invoke"]>[0];
@@ -167,6 +172,45 @@ test("every tool sends params its bridge command accepts, for every choice its s
       }
     }
   }
+});
+
+/** The schemas `schema` may stand for: itself, or each choice of its $ref, anyOf, oneOf, allOf. */
+function alternatives(schema: JsonSchema | boolean | undefined, root: JsonSchema): JsonSchema[] {
+  if (schema === undefined || typeof schema === "boolean") return [];
+  if (schema.$ref) {
+    const name = String(schema.$ref).replace(/^#\/(\$defs|definitions)\//, "");
+    return alternatives((root.$defs ?? root.definitions ?? {})[name], root);
+  }
+  const choices = [...(schema.anyOf ?? []), ...(schema.oneOf ?? []), ...(schema.allOf ?? [])];
+  return choices.length ? choices.flatMap((s) => alternatives(s, root)) : [schema];
+}
+
+/** Whether a schema has the dot-separated `path` of bridge-fields.json ([] steps into arrays). */
+function hasField(schema: JsonSchema | boolean | undefined, steps: string[], root: JsonSchema): boolean {
+  if (steps.length === 0) return true;
+  const [step, ...rest] = steps;
+  const array = step.endsWith("[]");
+  const key = array ? step.slice(0, -2) : step;
+  return alternatives(schema, root).some((s) => {
+    const field = s.properties?.[key];
+    if (field === undefined || typeof field === "boolean") return false;
+    if (!array) return hasField(field, rest, root);
+    return alternatives(field, root).some((a) => a.items !== undefined && hasField(a.items, rest, root));
+  });
+}
+
+test("every field the plugin reads is in its bridge command's answer schema", () => {
+  const read = Object.entries(readFields).filter(([command]) => command !== "description");
+  assert.ok(read.some(([command]) => command === "job.logs") && read.some(([command]) => command === "cron.status"));
+  for (const [command, paths] of read) {
+    const answer = commandOf("bridge", command).answer;
+    assert.ok(answer, `${command} has an answer schema`);
+    for (const path of paths) assert.ok(hasField(answer, path.split("."), answer), `${command}'s answer has no ${path}`);
+  }
+  // The check sees a field that is not there.
+  const status = commandOf("bridge", "job.status").answer!;
+  assert.ok(!hasField(status, ["run", "attempts[]", "exit"], status));
+  assert.ok(!hasField(status, ["name[]"], status));
 });
 
 test("the checker refuses what the nodes refuse", () => {
