@@ -13,6 +13,10 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use claw_api::autoscale::{
+    AutoscaleAdjust, AutoscaleChange, AutoscaleCreate, AutoscaleCreateParams, AutoscaleDelete,
+    AutoscaleRef, AutoscaleStatusCommand,
+};
 use claw_api::cron::{
     CronChange, CronCreate, CronCreateParams, CronDelete, CronList, CronRef, CronResume,
     CronStatusCommand, CronSuspend, CronTrigger,
@@ -187,6 +191,27 @@ fn router() -> &'static Router<FleetCommands, Call> {
             })
             .route::<CronDelete, _, _>(|fleet, call, CronRef { name }| async move {
                 fleet.cron_deleted(&name, call).await
+            })
+            .route::<AutoscaleStatusCommand, _, _>(|fleet, call, params| async move {
+                fleet
+                    .ask_member::<AutoscaleStatusCommand>(&params, call)
+                    .await
+            })
+            .route::<AutoscaleCreate, _, _>(
+                |fleet, call, AutoscaleCreateParams { name, spec }| async move {
+                    fleet
+                        .autoscaler_changed(&name, AutoscaleChange::Create(Box::new(spec)), call)
+                        .await
+                },
+            )
+            .route::<AutoscaleAdjust, _, _>(|fleet, call, params| async move {
+                let name = params.name.clone();
+                fleet
+                    .autoscaler_changed(&name, AutoscaleChange::Adjust(params), call)
+                    .await
+            })
+            .route::<AutoscaleDelete, _, _>(|fleet, call, AutoscaleRef { name }| async move {
+                fleet.autoscaler_deleted(&name, call).await
             })
     })
 }

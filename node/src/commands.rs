@@ -12,9 +12,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use claw_api::autoscale::{
+    AutoscaleAdjust, AutoscaleChange, AutoscaleCreate, AutoscaleCreateParams, AutoscaleDelete,
+    AutoscaleRef, AutoscaleStatusCommand,
+};
 use claw_api::cron::{
-    CronChange, CronCreate, CronCreateParams, CronDelete, CronList, CronRef, CronResume,
-    CronStatusCommand, CronSuspend, CronTrigger,
+    CronBidCommand, CronChange, CronCreate, CronCreateParams, CronDelete, CronList, CronRef,
+    CronResume, CronStatusCommand, CronSuspend, CronTrigger,
 };
 use claw_api::deploy::{
     DeployCreate, DeployDelete, DeployHistory, DeployList, DeployPause, DeployPromote,
@@ -270,6 +274,30 @@ fn router() -> &'static Router<NodeCommands, Call> {
             })
             .route::<CronDelete, _, _>(|node, _, CronRef { name }| async move {
                 node.services.objects.delete_cron(&name).await
+            })
+            .route::<CronBidCommand, _, _>(|node, call, params| async move {
+                node.services.jobs.cron_bid(call.peer()?, params).await
+            })
+            .route::<AutoscaleCreate, _, _>(
+                |node, _, AutoscaleCreateParams { name, spec }| async move {
+                    node.services
+                        .objects
+                        .change_autoscaler(&name, AutoscaleChange::Create(Box::new(spec)))
+                        .await
+                },
+            )
+            .route::<AutoscaleAdjust, _, _>(|node, _, params| async move {
+                let name = params.name.clone();
+                node.services
+                    .objects
+                    .change_autoscaler(&name, AutoscaleChange::Adjust(params))
+                    .await
+            })
+            .route::<AutoscaleStatusCommand, _, _>(|node, _, AutoscaleRef { name }| async move {
+                node.services.deployments.autoscale_status(&name).await
+            })
+            .route::<AutoscaleDelete, _, _>(|node, _, AutoscaleRef { name }| async move {
+                node.services.objects.delete_autoscaler(&name).await
             })
             .route::<ObjectPut, _, _>(|node, _, params| async move {
                 node.services.objects.put(params).await

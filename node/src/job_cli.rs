@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 use claw_api::cron::{
-    ConcurrencyPolicy, CronCreate, CronCreateParams, CronDelete, CronJob, CronList, CronRef,
-    CronResume, CronSpec, CronStatusCommand, CronSuspend, CronTrigger,
+    ConcurrencyPolicy, CronBid, CronCreate, CronCreateParams, CronDelete, CronJob, CronList,
+    CronRef, CronResume, CronSpec, CronStatusCommand, CronSuspend, CronTrigger,
 };
 use claw_api::jobs::{
     Attempt, JobCreate, JobCreateParams, JobDelete, JobList, JobLogsCommand, JobLogsParams, JobRef,
@@ -100,7 +100,7 @@ pub(crate) struct JobArgs {
 struct JobFlags {
     /// The image each pod runs.
     #[arg(long)]
-    image: String,
+    image: Option<String>,
     /// Pods that must exit 0.
     #[arg(long, default_value_t = 1)]
     completions: u32,
@@ -145,15 +145,28 @@ pub(crate) struct CronArgs {
     /// Skip a scheduled time missed by more than this many seconds.
     #[arg(long)]
     starting_deadline_secs: Option<u64>,
+    /// Instead of a job, place this bid at each time, as JSON: market.bid's params (models,
+    /// gpus, hours, max_price, workload, ...).
+    #[arg(long, value_name = "JSON", requires_all = ["bid_node", "budget"], conflicts_with = "image")]
+    bid: Option<String>,
+    /// The member that places the bid, with its wallet (peer id).
+    #[arg(long, value_name = "PEER_ID")]
+    bid_node: Option<String>,
+    /// The most one run's bid may commit, MOLT.
+    #[arg(long)]
+    budget: Option<String>,
     #[command(flatten)]
     job: JobFlags,
 }
 
 impl JobFlags {
     fn spec(self) -> Result<JobSpec> {
+        let Some(image) = self.image else {
+            bail!("--image is needed: the image each pod runs");
+        };
         Ok(JobSpec {
             template: RunParams {
-                image: self.image,
+                image,
                 command: self.command,
                 name: None,
                 env: env_map(&self.env)?,
@@ -391,6 +404,14 @@ pub(crate) fn cron(global: &GlobalArgs, command: CronCommand) -> Result<()> {
                 "replace" => ConcurrencyPolicy::Replace,
                 other => bail!("--concurrency-policy {other:?}: allow, forbid or replace"),
             };
+            let bid = match args.bid {
+                Some(text) => Some(CronBid {
+                    node: args.bid_node.unwrap_or_default(),
+                    bid: serde_json::from_str(&text).context("--bid is not market.bid's params")?,
+                    budget: args.budget.unwrap_or_default(),
+                }),
+                None => None,
+            };
             let params = CronCreateParams {
                 name: args.name,
                 spec: CronSpec {
@@ -399,7 +420,12 @@ pub(crate) fn cron(global: &GlobalArgs, command: CronCommand) -> Result<()> {
                     concurrency_policy,
                     starting_deadline_secs: args.starting_deadline_secs,
                     suspend: false,
-                    job: args.job.spec()?,
+                    job: if bid.is_some() {
+                        None
+                    } else {
+                        Some(args.job.spec()?)
+                    },
+                    bid,
                     triggers: 0,
                 },
             };
@@ -521,13 +547,19 @@ fn cron_status(global: &GlobalArgs, name: String) -> Result<()> {
                 r.id.clone(),
                 when(Some(r.started_ms)),
                 phase(r.phase),
-                format!("{}/{}", r.succeeded(), answer.cron.spec.job.completions),
+                match &answer.cron.spec.job {
+                    Some(job) => format!("{}/{}", r.succeeded(), job.completions),
+                    None => r.lease_id.clone().unwrap_or_else(|| "-".to_owned()),
+                },
                 r.reason.clone().unwrap_or_default(),
             ]
         })
         .collect();
     println!();
-    print_table(&["RUN", "STARTED", "PHASE", "SUCCEEDED", "REASON"], &rows);
+    print_table(
+        &["RUN", "STARTED", "PHASE", "SUCCEEDED / LEASE", "REASON"],
+        &rows,
+    );
     for skipped in &answer.skipped {
         println!("skipped: {skipped}");
     }

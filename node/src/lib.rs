@@ -170,9 +170,20 @@ pub(crate) fn node_services(
     let access = access::AccessPolicy::new(peer, &config.access);
     let objects =
         objects::FleetObjects::new(std::sync::Arc::clone(dir), store.clone(), access.clone());
-    let deployments =
-        controller::Deployments::new(peer, objects.clone(), workloads.clone(), store.clone());
-    let jobs = controller::Jobs::new(peer, objects.clone(), workloads.clone(), store.clone());
+    let deployments = controller::Deployments::new(
+        peer,
+        std::sync::Arc::clone(&probe),
+        objects.clone(),
+        workloads.clone(),
+        store.clone(),
+    );
+    let jobs = controller::Jobs::new(
+        peer,
+        objects.clone(),
+        workloads.clone(),
+        store.clone(),
+        market.clone(),
+    );
     commands::NodeServices {
         xids: claw_attestation::XidWatcher::start(),
         market,

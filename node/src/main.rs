@@ -1,5 +1,6 @@
 //! The `clawnode` command line.
 
+mod autoscale_cli;
 mod chain_cli;
 mod daemon;
 mod deploy_cli;
@@ -94,6 +95,9 @@ enum Command {
     /// The fleet's cron jobs: jobs run on a schedule in a time zone.
     #[command(subcommand)]
     Cron(job_cli::CronCommand),
+    /// The fleet's autoscalers: deployments scaled on a metric between a min and a max.
+    #[command(subcommand)]
+    Autoscale(autoscale_cli::AutoscaleCommand),
     /// Show the running node's audit log: every command it answered, newest first.
     Audit {
         /// How many records.
@@ -281,6 +285,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Deploy(command) => deploy_cli::deploy(global, command),
         Command::Job(command) => job_cli::job(global, command),
         Command::Cron(command) => job_cli::cron(global, command),
+        Command::Autoscale(command) => autoscale_cli::autoscale(global, command),
         Command::Audit { limit } => audit(global, limit),
     }
 }

@@ -5,7 +5,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 use claw_api::market::{
     BidParams, BidPhases, CancelParams, LeaseWorkload, LeasesParams, MarketBid, MarketLeaseCancel,
-    MarketLeases, MarketOffers, MarketSell, OffersParams, PaymentChoice, SellParams,
+    MarketLeases, MarketOffers, MarketSell, OffersParams, PaymentChoice, SellParams, SellWindow,
 };
 
 use crate::{GlobalArgs, ops, print_json, print_table};
@@ -44,6 +44,13 @@ pub(crate) enum MarketCommand {
         /// Withdraw the offers; running leases go on.
         #[arg(long)]
         stop: bool,
+        /// Sell only within this daily window, HH:MM-HH:MM (e.g. 08:00-18:00): offers appear
+        /// and leave on schedule, and no lease runs past its close.
+        #[arg(long, conflicts_with = "stop")]
+        window: Option<String>,
+        /// The time zone the window is read in (IANA, e.g. Europe/Paris).
+        #[arg(long, default_value = "UTC", requires = "window")]
+        time_zone: String,
     },
     /// End a lease this node bought, and settle it on chain.
     Cancel {
@@ -121,7 +128,26 @@ pub(crate) fn market(global: &GlobalArgs, command: MarketCommand) -> Result<()> 
         }),
         MarketCommand::Bid(args) => bid(global, args),
         MarketCommand::Leases { state } => leases(global, state),
-        MarketCommand::Sell { price, stop } => sell(global, price, stop),
+        MarketCommand::Sell {
+            price,
+            stop,
+            window,
+            time_zone,
+        } => {
+            let window = window
+                .map(|text| {
+                    let (from, until) = text
+                        .split_once('-')
+                        .with_context(|| format!("--window {text:?} is not HH:MM-HH:MM"))?;
+                    anyhow::Ok(SellWindow {
+                        from: from.to_owned(),
+                        until: until.to_owned(),
+                        time_zone,
+                    })
+                })
+                .transpose()?;
+            sell(global, price, stop, window)
+        }
         MarketCommand::Cancel { lease_id } => cancel(global, lease_id),
     }
 }
@@ -283,15 +309,22 @@ fn leases(global: &GlobalArgs, state: Option<String>) -> Result<()> {
 }
 
 /// `clawnode market sell`: sells this node's GPUs at a price, or withdraws its offers.
-fn sell(global: &GlobalArgs, price: Option<String>, stop: bool) -> Result<()> {
+fn sell(
+    global: &GlobalArgs,
+    price: Option<String>,
+    stop: bool,
+    window: Option<SellWindow>,
+) -> Result<()> {
     let params = match price {
         Some(price) if !stop => SellParams {
             price_per_gpu_hour: Some(price),
             stop: false,
+            window,
         },
         _ => SellParams {
             price_per_gpu_hour: None,
             stop: true,
+            window: None,
         },
     };
     let answer = ops::call::<MarketSell>(global, &params, None, None)?;
@@ -300,8 +333,13 @@ fn sell(global: &GlobalArgs, price: Option<String>, stop: bool) -> Result<()> {
     } else {
         if answer.selling {
             println!(
-                "selling at {} MOLT/GPU-hour",
-                text(answer.price_per_gpu_hour.as_ref())
+                "selling at {} MOLT/GPU-hour{}",
+                text(answer.price_per_gpu_hour.as_ref()),
+                answer
+                    .window
+                    .as_ref()
+                    .map(|w| format!(", daily {} to {} ({})", w.from, w.until, w.time_zone))
+                    .unwrap_or_default()
             );
         } else {
             println!("not selling; offers withdrawn");

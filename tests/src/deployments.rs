@@ -126,6 +126,27 @@ impl Member {
     }
 }
 
+/// The live member ranked last to control the object under `key` (`deployment/web`,
+/// `job/batch`: neither its controller nor next in line, in a fleet of three or more), and
+/// another live member to aim at.
+pub fn outsider_and_target<'a>(members: &'a [Member], key: &str) -> (&'a Member, &'a Member) {
+    let live: Vec<&Member> = members.iter().filter(|m| m.alive()).collect();
+    let peers = live.iter().map(|m| m.peer_id.parse().expect("peer id"));
+    let last = clawnode::controller::plan::ranking(key, peers)
+        .last()
+        .map(ToString::to_string)
+        .expect("live members");
+    let outsider = live
+        .iter()
+        .find(|m| m.peer_id == last)
+        .expect("the last-ranked member");
+    let target = live
+        .iter()
+        .find(|m| m.peer_id != last)
+        .expect("another member");
+    (outsider, target)
+}
+
 /// A status's replicas: node → how many, and the revisions they run.
 pub fn placement(status: &Value) -> (BTreeMap<String, usize>, BTreeSet<u64>) {
     let mut nodes = BTreeMap::new();

@@ -8,9 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use claw_tests::deployments::{Member, placement, settled};
+use claw_tests::deployments::{Member, outsider_and_target, placement, settled};
 use claw_tests::{eventually, required_part};
-use clawnode::controller::plan::ranking;
 use serde_json::{Value, json};
 
 fn test_image() -> Option<String> {
@@ -150,19 +149,7 @@ fn a_deployment_survives_a_killed_node_and_a_killed_controller_and_refuses_other
         .expect("uncordon");
 
     // A member that is neither the controller nor next in line cannot act for the deployment.
-    let peers = members.iter().map(|m| m.peer_id.parse().expect("peer id"));
-    let ranked: Vec<String> = ranking("deployment/web", peers)
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    let outsider = members
-        .iter()
-        .find(|m| m.peer_id == ranked[3])
-        .expect("the last-ranked member");
-    let target = members
-        .iter()
-        .find(|m| m.peer_id != outsider.peer_id)
-        .expect("another member");
+    let (outsider, target) = outsider_and_target(&members, "deployment/web");
     let fenced = outsider
         .cli
         .invoke(

@@ -10,9 +10,8 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use claw_tests::deployments::Member;
+use claw_tests::deployments::{Member, outsider_and_target};
 use claw_tests::{eventually, required_part, run_with_deadline};
-use clawnode::controller::plan::ranking;
 use serde_json::{Value, json};
 
 fn test_image() -> Option<String> {
@@ -186,19 +185,7 @@ fn a_job_completes_once_though_a_pod_and_a_pods_node_are_killed() {
     // A member that is neither the controller nor next in line cannot act for the job, nor
     // make a node keep a ledger or claim for a job it does not keep.
     let live: Vec<&Member> = members.iter().filter(|m| m.alive()).collect();
-    let peers = live.iter().map(|m| m.peer_id.parse().expect("peer id"));
-    let ranked: Vec<String> = ranking("job/batch", peers)
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    let outsider = live
-        .iter()
-        .find(|m| m.peer_id == ranked[ranked.len() - 1])
-        .expect("the last-ranked member");
-    let target = live
-        .iter()
-        .find(|m| m.peer_id != outsider.peer_id)
-        .expect("another member");
+    let (outsider, target) = outsider_and_target(&members, "job/batch");
     for (command, params) in [
         (
             "job.pods",
@@ -337,4 +324,76 @@ fn a_cron_job_runs_once_per_minute_across_a_controller_failover_and_respects_for
                 .expect("delete");
         }
     }
+}
+
+#[test]
+fn a_cron_job_bids_through_the_member_it_names_within_its_budget() {
+    if test_image().is_none() {
+        return;
+    }
+    let members = Member::fleet(3);
+    let bidder = members[1].peer_id.clone();
+    let cron = |max_price: &str| {
+        json!({
+            "schedule": "0 0 1 1 *",
+            "bid": {
+                "node": bidder,
+                "budget": "10",
+                "bid": {"models": ["NVIDIA H100 80GB HBM3"], "gpus": 1, "hours": 4,
+                    "max_price": max_price, "accept_simulated": true},
+            },
+        })
+    };
+    eventually(Duration::from_secs(30), "the cron job", || {
+        members[0]
+            .invoke(
+                "cron.create",
+                &json!({"name": "nightly", "spec": cron("2.5")}),
+            )
+            .ok()
+    });
+    members[0]
+        .invoke("cron.trigger", &json!({"name": "nightly"}))
+        .expect("trigger");
+    // Over its budget (5 × 1 × 4 > 10): refused before anything is signed.
+    let greedy = members[0].invoke("cron.create", &json!({"name": "greedy", "spec": cron("5")}));
+    assert!(
+        greedy
+            .as_ref()
+            .is_err_and(|e| e.contains("INVALID_PARAMS") && e.contains("over the budget")),
+        "{greedy:?}"
+    );
+    let finished = |name: &str| {
+        eventually(
+            Duration::from_secs(60),
+            "the triggered run to finish",
+            || {
+                let status = members[2]
+                    .invoke("cron.status", &json!({ "name": name }))
+                    .ok()?;
+                let run = status["runs"].as_array()?.first()?.clone();
+                (run["phase"] != "running").then_some((status, run))
+            },
+        )
+    };
+    // Nothing is on sale in this fleet: the bid was placed by the member named, and said so.
+    let (status, run) = finished("nightly");
+    eprintln!("nightly's run: {run}");
+    assert_eq!(run["id"], "t1", "{status:#}");
+    assert_eq!(run["phase"], "failed", "{status:#}");
+    assert!(
+        run["reason"].as_str().is_some_and(|r| r.contains("offer")),
+        "{status:#}"
+    );
+    // A member that does not control it cannot make the bidder bid.
+    let (outsider, _) = outsider_and_target(&members, "cron/nightly");
+    let refused = outsider
+        .cli
+        .invoke(
+            Some(&bidder),
+            "cron.bid",
+            &json!({"name": "nightly", "run": "t9", "revision": 2, "epoch": 1_000_000}),
+        )
+        .expect_err("an outsider cannot make it bid");
+    assert!(refused.contains("UNAUTHORIZED"), "{refused}");
 }

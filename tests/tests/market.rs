@@ -673,6 +673,64 @@ fn forged_expired_replayed_and_foreign_offers_never_reach_a_book() {
     eventually(Duration::from_secs(30), "the new price in the book", || {
         (provider_price(&buyer_node)? == "2").then_some(())
     });
+    // Within a daily window: the offer allows no lease past its close, and leaves the book
+    // while it is closed.
+    let utc_clock = |from_now_ms: u64| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("time")
+            .as_millis();
+        let minute_of_day = ((now + u128::from(from_now_ms)) / 60_000) % (24 * 60);
+        format!("{:02}:{:02}", minute_of_day / 60, minute_of_day % 60)
+    };
+    let hour = 3_600_000;
+    let window = format!("{}-{}", utc_clock(0), utc_clock(3 * hour));
+    let open = provider.cli.ok(&[
+        "--json",
+        "market",
+        "sell",
+        "--price",
+        "2",
+        "--window",
+        &window,
+        "--time-zone",
+        "UTC",
+    ]);
+    assert_eq!(
+        open.json()["window"]["until"],
+        utc_clock(3 * hour),
+        "{}",
+        open.stdout
+    );
+    let max_hours = |buyer: &Node| -> Option<u64> {
+        let answer = buyer.ok("market.offers", &json!({}));
+        answer["offers"]
+            .as_array()?
+            .iter()
+            .find(|o| o["provider"] == provider.peer_id.as_str())
+            .and_then(|o| o["max_hours"].as_u64())
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the offer clipped to the window",
+        || (max_hours(&buyer_node)? <= 3).then_some(()),
+    );
+    let closed = format!("{}-{}", utc_clock(2 * hour), utc_clock(4 * hour));
+    provider.cli.ok(&[
+        "market",
+        "sell",
+        "--price",
+        "2",
+        "--window",
+        &closed,
+        "--time-zone",
+        "UTC",
+    ]);
+    eventually(
+        Duration::from_secs(30),
+        "the offer gone while the window is closed",
+        || provider_price(&buyer_node).is_none().then_some(()),
+    );
     let stopped = provider
         .cli
         .ok(&["--json", "market", "sell", "--stop"])

@@ -63,6 +63,7 @@ const COMMAND_PREFIXES: &[&str] = &[
     "deploy.",
     "job.",
     "cron.",
+    "autoscale.",
     "clawbernetes.",
 ];
 

@@ -1,8 +1,12 @@
-//! The job and cron commands through the bridge. Reads go to a live member; changes are signed
+//! The job, cron and autoscale commands through the bridge. Reads go to a live member; changes are signed
 //! by the bridge as a fleet operator, decided with the same rules a node applies
 //! ([`JobChange::next_spec`], [`CronChange::next_spec`]) from the live spec a member reports,
 //! and handed to that member (`object.put`), which keeps and gossips them.
 
+use claw_api::autoscale::{
+    AutoscaleChange, AutoscaleRef, AutoscaleSpec, AutoscaleStatusCommand, Autoscaler,
+    AutoscalerDeleted,
+};
 use claw_api::cron::{CronChange, CronDeleted, CronJob, CronRef, CronSpec, CronStatusCommand};
 use claw_api::jobs::{Job, JobChange, JobDeleted, JobRef, JobSpec, JobStatusCommand};
 use claw_api::objects::ObjectKind;
@@ -154,6 +158,76 @@ impl FleetCommands {
             .sign_next::<CronSpec>(ObjectKind::CronJob, name, live.map(|(r, _)| r), None, call)
             .await?;
         Ok(CronDeleted {
+            name: name.to_owned(),
+            revision,
+        })
+    }
+
+    async fn live_autoscaler(
+        &self,
+        name: &str,
+        call: Call,
+    ) -> Result<Live<AutoscaleSpec>, InvokeFailure> {
+        let reference = AutoscaleRef {
+            name: name.to_owned(),
+        };
+        match self
+            .ask_member::<AutoscaleStatusCommand>(&reference, call)
+            .await
+        {
+            Ok(status) => Ok(Some((status.autoscaler.revision, status.autoscaler.spec))),
+            Err(error) if error.code == ErrorCode::NotFound => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// `autoscale.create` and `autoscale.adjust` through the bridge.
+    pub(super) async fn autoscaler_changed(
+        &self,
+        name: &str,
+        change: AutoscaleChange,
+        call: Call,
+    ) -> Result<Autoscaler, InvokeFailure> {
+        let live = self.live_autoscaler(name, call.clone()).await?;
+        let spec = change
+            .next_spec(name, live.as_ref().map(|(_, s)| s))?
+            .ok_or_else(|| InvokeFailure::new(ErrorCode::Internal, "the change deleted it"))?;
+        let (revision, signed_at_ms) = self
+            .sign_next(
+                ObjectKind::Autoscaler,
+                name,
+                live.map(|(r, _)| r),
+                Some(&spec),
+                call,
+            )
+            .await?;
+        Ok(Autoscaler {
+            name: name.to_owned(),
+            revision,
+            spec,
+            signed_by: self.mesh.local_peer_id().to_string(),
+            signed_at_ms,
+        })
+    }
+
+    /// `autoscale.delete` through the bridge.
+    pub(super) async fn autoscaler_deleted(
+        &self,
+        name: &str,
+        call: Call,
+    ) -> Result<AutoscalerDeleted, InvokeFailure> {
+        let live = self.live_autoscaler(name, call.clone()).await?;
+        AutoscaleChange::Delete.next_spec(name, live.as_ref().map(|(_, s)| s))?;
+        let (revision, _) = self
+            .sign_next::<AutoscaleSpec>(
+                ObjectKind::Autoscaler,
+                name,
+                live.map(|(r, _)| r),
+                None,
+                call,
+            )
+            .await?;
+        Ok(AutoscalerDeleted {
             name: name.to_owned(),
             revision,
         })

@@ -1,4 +1,4 @@
-//! Cron jobs: a job started on a five-field schedule read in a time zone. A cron job is a
+//! Cron jobs: a job, or a market bid, started on a five-field schedule read in a time zone. A cron job is a
 //! fleet object ([`crate::objects`]) signed by an operator; its controller starts a run of its
 //! job at each scheduled time, once, even across controller failover: the run is written to the
 //! ledger most members keep ([`crate::jobs::RunLedger`]) before any pod of it starts.
@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::commands;
 use crate::jobs::{JobSpec, Run};
+use crate::market::{BidOutcome, BidParams};
 use crate::schedule::{Schedule, time_zone};
 use crate::workload::SpecError;
 use crate::{Answer, ErrorCode, InvokeFailure};
@@ -48,8 +49,12 @@ pub struct CronSpec {
     /// Suspended: no scheduled runs start (running ones go on; `cron.trigger` still runs).
     #[serde(default)]
     pub suspend: bool,
-    /// The job each run runs.
-    pub job: JobSpec,
+    /// The job each run runs; or
+    #[serde(default)]
+    pub job: Option<JobSpec>,
+    /// the market bid each run places (exactly one of `job` and `bid`).
+    #[serde(default)]
+    pub bid: Option<CronBid>,
     /// How many times operators triggered it by hand (`cron.trigger` adds one).
     #[serde(default)]
     pub triggers: u64,
@@ -57,6 +62,63 @@ pub struct CronSpec {
 
 fn utc() -> String {
     "UTC".to_owned()
+}
+
+/// A bid a cron job places at each scheduled time: `market.bid` on the member named, with its
+/// wallet, never over the budget.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CronBid {
+    /// The member that bids and pays (peer id): its own wallet and its own spending limits.
+    pub node: String,
+    /// `market.bid`'s params; with a workload, a match is leased and the workload started.
+    pub bid: BidParams,
+    /// The most one run may commit, MOLT: the bid's highest price × GPUs × hours must be
+    /// within it, or the run fails without bidding.
+    pub budget: String,
+}
+
+/// A MOLT amount (digits, at most 6 decimals) in millionths, or `None` when `text` is not one.
+fn micro_molt(text: &str) -> Option<u128> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty()
+        || whole.len() > 12
+        || fraction.len() > 6
+        || !digits(whole)
+        || !digits(fraction)
+        || (text.contains('.') && fraction.is_empty())
+    {
+        return None;
+    }
+    let padded = format!("{fraction:0<6}");
+    Some(whole.parse::<u128>().ok()? * 1_000_000 + padded.parse::<u128>().ok()?)
+}
+
+impl CronBid {
+    fn check(&self) -> Result<(), SpecError> {
+        let invalid = |m: &str| Err(SpecError::Invalid(m.to_owned()));
+        if self.node.is_empty()
+            || self.node.len() > 64
+            || !self.node.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return invalid("bid.node must be a peer id");
+        }
+        let (Some(budget), Some(price)) =
+            (micro_molt(&self.budget), micro_molt(&self.bid.max_price))
+        else {
+            return invalid("bid.budget and bid.bid.max_price are MOLT amounts, e.g. 12.5");
+        };
+        if self.bid.models.is_empty() || self.bid.gpus == 0 || self.bid.hours == 0 {
+            return invalid("bid.bid needs models, gpus and hours");
+        }
+        if price * u128::from(self.bid.gpus) * u128::from(self.bid.hours) > budget {
+            return invalid(
+                "bid: max_price × gpus × hours is over the budget; raise the budget or bid less",
+            );
+        }
+        Ok(())
+    }
 }
 
 impl CronSpec {
@@ -71,7 +133,13 @@ impl CronSpec {
                 "starting_deadline_secs must be 1 to {MAX_STARTING_DEADLINE_SECS}"
             )));
         }
-        self.job.check()
+        match (&self.job, &self.bid) {
+            (Some(job), None) => job.check(),
+            (None, Some(bid)) => bid.check(),
+            _ => Err(SpecError::Invalid(
+                "a cron job runs either a job or a bid: give exactly one".to_owned(),
+            )),
+        }
     }
 
     /// The first scheduled time after `after_ms`, Unix ms (`None` when the schedule never
@@ -141,6 +209,20 @@ impl CronChange {
         }
         Ok(next)
     }
+}
+
+/// `cron.bid`: the controller asks the member a cron job names to place a run's bid.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CronBidParams {
+    /// The cron job.
+    pub name: String,
+    /// The run.
+    pub run: String,
+    /// The cron job's revision whose bid to place.
+    pub revision: u64,
+    /// The controller's epoch.
+    pub epoch: u64,
 }
 
 /// `cron.create`.
@@ -268,6 +350,9 @@ commands! {
     /// `cron.delete`.
     CronDelete = "cron.delete", Operate, CronRef => CronDeleted,
         "Delete a cron job; its running pods are stopped";
+    /// `cron.bid`.
+    CronBidCommand = "cron.bid", Read, CronBidParams => BidOutcome,
+        "Place a cron job's bid for one run here, once (the cron job's controller only)";
 }
 
 #[cfg(test)]
@@ -283,6 +368,23 @@ mod tests {
     #[test]
     fn a_cron_spec_checks_its_schedule_zone_and_job() {
         let good = spec(json!({"schedule": "*/5 * * * *", "job": {"template": {"image": "a"}}}));
+        let bid = json!({"node": "12D3KooWabc", "budget": "10",
+            "bid": {"models": ["H100"], "gpus": 1, "hours": 4, "max_price": "2.5"}});
+        assert!(
+            spec(json!({"schedule": "0 22 * * *", "bid": bid}))
+                .check()
+                .is_ok()
+        );
+        for bad in [
+            json!({"schedule": "0 22 * * *"}),
+            json!({"schedule": "0 22 * * *", "bid": bid, "job": {"template": {"image": "a"}}}),
+            json!({"schedule": "0 22 * * *", "bid": {"node": "n", "budget": "1.",
+                "bid": {"models": ["H100"], "gpus": 1, "hours": 4, "max_price": "2"}}}),
+            json!({"schedule": "0 22 * * *", "bid": {"node": "n", "budget": "9.999999",
+                "bid": {"models": ["H100"], "gpus": 1, "hours": 4, "max_price": "2.5"}}}),
+        ] {
+            assert!(spec(bad.clone()).check().is_err(), "{bad}");
+        }
         assert_eq!(
             (good.time_zone.as_str(), good.concurrency_policy),
             ("UTC", ConcurrencyPolicy::Allow)

@@ -567,6 +567,27 @@ pub struct ReplicasParams {
     /// the node to keep for the next controller.
     #[serde(default)]
     pub failed: Vec<u64>,
+    /// The controller's scale record (the deployment has an autoscaler), for the node to keep
+    /// when it is newer.
+    #[serde(default)]
+    pub scale: Option<crate::autoscale::ScaleRecord>,
+    /// The autoscaler's metric, for the node to read on each of its running replicas.
+    #[serde(default)]
+    pub measure: Option<crate::autoscale::Metric>,
+}
+
+/// One replica's reading of an autoscaler's metric.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Reading {
+    /// The replica's workload.
+    pub workload: String,
+    /// The number read, when there was one.
+    #[serde(default)]
+    pub value: Option<f64>,
+    /// Why there is none.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// One replica of a deployment on a node.
@@ -602,7 +623,7 @@ pub enum ReplicaHealth {
 }
 
 /// A node's account of a deployment.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicaReport {
     /// The deployment.
@@ -621,6 +642,12 @@ pub struct ReplicaReport {
     /// Whether the node is draining: its replicas are to be moved elsewhere.
     #[serde(default)]
     pub draining: bool,
+    /// The scale record the node keeps, when the deployment is autoscaled.
+    #[serde(default)]
+    pub scale: Option<crate::autoscale::ScaleRecord>,
+    /// Its running replicas' readings of the metric asked for.
+    #[serde(default)]
+    pub readings: Vec<Reading>,
 }
 
 impl Answer for ReplicaReport {}
@@ -682,6 +709,10 @@ pub struct DeploymentStatus {
     pub pending: Option<String>,
     /// Live members that did not answer (their replicas are not listed).
     pub unreachable: Vec<String>,
+    /// The replica count an autoscaler decided, which the controller keeps to instead of the
+    /// spec's `replicas`; absent when the deployment is not autoscaled.
+    #[serde(default)]
+    pub autoscaled: Option<u32>,
 }
 
 impl Answer for DeploymentStatus {}

@@ -288,6 +288,9 @@ pub struct Run {
     pub finished_ms: Option<u64>,
     /// Its pods, oldest first.
     pub attempts: Vec<Attempt>,
+    /// A bid's run: the lease its bid took, when it leased.
+    #[serde(default)]
+    pub lease_id: Option<String>,
 }
 
 impl Run {
@@ -642,6 +645,7 @@ mod tests {
             phase: RunPhase::Running,
             reason: None,
             finished_ms: None,
+            lease_id: None,
             attempts: vec![
                 Attempt {
                     workload: "wl-1".into(),

@@ -7,6 +7,7 @@
 //! plugin is checked against the contract they produce ([`contract`]). A command fails with an
 //! [`InvokeFailure`]: one error type from the handler to the wire.
 
+pub mod autoscale;
 mod command;
 pub mod cron;
 pub mod deploy;
@@ -94,14 +95,19 @@ pub const NODE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<cron::CronSuspend>(),
     CommandInfo::of::<cron::CronResume>(),
     CommandInfo::of::<cron::CronDelete>(),
+    CommandInfo::of::<cron::CronBidCommand>(),
+    CommandInfo::of::<autoscale::AutoscaleCreate>(),
+    CommandInfo::of::<autoscale::AutoscaleStatusCommand>(),
+    CommandInfo::of::<autoscale::AutoscaleAdjust>(),
+    CommandInfo::of::<autoscale::AutoscaleDelete>(),
     CommandInfo::of::<objects::ObjectPut>(),
     CommandInfo::of::<objects::ObjectSync>(),
 ];
 
 /// Every command the gateway bridge answers, in the order `fleet.capabilities` lists them: its
-/// fleet commands, the market node's commands it forwards, and the deployment, job and cron
-/// commands (their definitions are the node's own, so the bridge checks their params as
-/// strictly; it reads these objects from a member and signs their changes itself).
+/// fleet commands, the market node's commands it forwards, and the deployment, job, cron and
+/// autoscale commands (their definitions are the node's own, so the bridge checks their params
+/// as strictly; it reads these objects from a member and signs their changes itself).
 pub const BRIDGE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<fleet::FleetCapabilities>(),
     CommandInfo::of::<fleet::FleetStatus>(),
@@ -138,6 +144,10 @@ pub const BRIDGE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<cron::CronSuspend>(),
     CommandInfo::of::<cron::CronResume>(),
     CommandInfo::of::<cron::CronDelete>(),
+    CommandInfo::of::<autoscale::AutoscaleCreate>(),
+    CommandInfo::of::<autoscale::AutoscaleStatusCommand>(),
+    CommandInfo::of::<autoscale::AutoscaleAdjust>(),
+    CommandInfo::of::<autoscale::AutoscaleDelete>(),
 ];
 
 /// `node.capabilities`' list, built once.

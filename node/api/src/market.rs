@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 commands! {
     /// `market.sell`.
     MarketSell = "market.sell", Operate, SellParams => SellReport,
-        "Rent out this node's free GPUs at a price per GPU-hour (or change it), or stop selling; offers are published or withdrawn at once";
+        "Rent out this node's free GPUs at a price per GPU-hour (or change it), optionally only within a daily window in a time zone, or stop selling; offers are published or withdrawn at once";
     /// `market.offers`.
     MarketOffers = "market.offers", Read, OffersParams => OfferListing,
         "GPU offers in this node's order book (from gossip), cheapest first, with filters";
@@ -231,7 +231,7 @@ pub struct LeasesParams {
 }
 
 /// What the buyer runs on leased GPUs.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseWorkload {
     /// Image reference; the provider must have it or be able to pull it.
@@ -276,7 +276,7 @@ impl LeaseWorkload {
 }
 
 /// `market.bid`: what the buyer wants, what it pays at most, and what to run.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BidParams {
     /// Acceptable GPU models (any of them), as NVML names them.
@@ -411,6 +411,70 @@ pub struct SellParams {
     /// Sell nothing: every offer is withdrawn (running leases go on).
     #[serde(default)]
     pub stop: bool,
+    /// Sell only within this daily window: offers appear when it opens and leave when it
+    /// closes, and no offer lets a lease run past its close. Absent: at any time.
+    #[serde(default)]
+    pub window: Option<SellWindow>,
+}
+
+/// A daily selling window, read in a time zone: `from` to `until` each day (past midnight when
+/// `until` is earlier, e.g. 22:00 to 06:00).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SellWindow {
+    /// When it opens, `HH:MM` local time.
+    pub from: String,
+    /// When it closes, `HH:MM` local time.
+    pub until: String,
+    /// The IANA time zone, e.g. `Europe/Paris`. Default `UTC`.
+    #[serde(default = "utc")]
+    pub time_zone: String,
+}
+
+fn utc() -> String {
+    "UTC".to_owned()
+}
+
+/// `HH:MM` as a civil time.
+fn clock(text: &str) -> Option<jiff::civil::Time> {
+    let (hours, minutes) = text.split_once(':')?;
+    if hours.len() != 2 || minutes.len() != 2 {
+        return None;
+    }
+    jiff::civil::Time::new(hours.parse().ok()?, minutes.parse().ok()?, 0, 0).ok()
+}
+
+impl SellWindow {
+    /// Checks the times and the zone.
+    pub fn check(&self) -> Result<(), String> {
+        let (Some(from), Some(until)) = (clock(&self.from), clock(&self.until)) else {
+            return Err("window.from and window.until are HH:MM (00:00 to 23:59)".to_owned());
+        };
+        if from == until {
+            return Err("window.from and window.until must differ".to_owned());
+        }
+        crate::schedule::time_zone(&self.time_zone).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// When the window that is open at `now_ms` closes, Unix ms; `None` while it is closed
+    /// (or the window does not check).
+    pub fn open_until(&self, now_ms: u64) -> Option<u64> {
+        let (from, until) = (clock(&self.from)?, clock(&self.until)?);
+        let zone = crate::schedule::time_zone(&self.time_zone).ok()?;
+        let now = jiff::Timestamp::from_millisecond(i64::try_from(now_ms).ok()?).ok()?;
+        let local = now.to_zoned(zone.clone());
+        let (date, time) = (local.date(), local.time());
+        let closes_on = if from < until {
+            (from <= time && time < until).then_some(date)
+        } else if time >= from {
+            date.tomorrow().ok()
+        } else {
+            (time < until).then_some(date)
+        }?;
+        let close = closes_on.to_datetime(until).to_zoned(zone).ok()?;
+        u64::try_from(close.timestamp().as_millisecond()).ok()
+    }
 }
 
 /// `market.arbitrate`.
@@ -438,6 +502,9 @@ pub struct SellReport {
     pub price_per_gpu_hour: Option<String>,
     /// Its offers, one per GPU model, as last published.
     pub offers: Vec<OwnOffer>,
+    /// The daily window it sells in, when it has one.
+    #[serde(default)]
+    pub window: Option<SellWindow>,
 }
 
 /// One of this node's offers as it published it.
@@ -982,6 +1049,56 @@ mod tests {
         }
         for side in [LeaseSide::Provider, LeaseSide::Buyer] {
             assert_eq!(wire(&side), json!(side.to_string()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    fn window(from: &str, until: &str, zone: &str) -> SellWindow {
+        SellWindow {
+            from: from.into(),
+            until: until.into(),
+            time_zone: zone.into(),
+        }
+    }
+
+    /// Unix ms of a UTC date and time.
+    fn at(text: &str) -> u64 {
+        let ts: jiff::Timestamp = text.parse().unwrap();
+        u64::try_from(ts.as_millisecond()).unwrap()
+    }
+
+    #[test]
+    fn a_window_is_open_between_its_times_in_its_zone() {
+        let day = window("08:00", "18:00", "Europe/Paris");
+        assert!(day.check().is_ok());
+        // 07:30 UTC is 08:30 in Paris in January: open until 17:00 UTC.
+        assert_eq!(
+            day.open_until(at("2026-01-10T07:30:00Z")),
+            Some(at("2026-01-10T17:00:00Z"))
+        );
+        assert_eq!(day.open_until(at("2026-01-10T06:30:00Z")), None);
+        assert_eq!(day.open_until(at("2026-01-10T17:00:00Z")), None);
+        let night = window("22:00", "06:00", "UTC");
+        assert_eq!(
+            night.open_until(at("2026-01-10T23:00:00Z")),
+            Some(at("2026-01-11T06:00:00Z"))
+        );
+        assert_eq!(
+            night.open_until(at("2026-01-11T05:00:00Z")),
+            Some(at("2026-01-11T06:00:00Z"))
+        );
+        assert_eq!(night.open_until(at("2026-01-11T12:00:00Z")), None);
+        for bad in [
+            window("8:00", "18:00", "UTC"),
+            window("08:00", "24:00", "UTC"),
+            window("08:00", "08:00", "UTC"),
+            window("08:00", "18:00", "Nowhere/Else"),
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Fleet objects: deployments, jobs and cron jobs (and, as they come, autoscalers, configs and
+//! Fleet objects: deployments, jobs, cron jobs and autoscalers (and, as they come, configs and
 //! secrets) are records signed by a fleet operator, versioned by revision and replicated to every
 //! member, which keeps them in its store. No registry holds them; any member answers for them.
 //! This module has what every kind shares: the signed record ([`FleetObject`]), how one is
@@ -23,6 +23,8 @@ pub enum ObjectKind {
     Job,
     /// A cron job (`cron.*`).
     CronJob,
+    /// An autoscaler (`autoscale.*`).
+    Autoscaler,
 }
 
 impl ObjectKind {
@@ -32,6 +34,7 @@ impl ObjectKind {
             Self::Deployment => "deployment",
             Self::Job => "job",
             Self::CronJob => "cron",
+            Self::Autoscaler => "autoscaler",
         }
     }
 
@@ -43,7 +46,7 @@ impl ObjectKind {
     /// The kind and name a key `<kind>/<name>` names.
     pub fn parse_key(key: &str) -> Option<(Self, &str)> {
         let (kind, name) = key.split_once('/')?;
-        let kind = [Self::Deployment, Self::Job, Self::CronJob]
+        let kind = [Self::Deployment, Self::Job, Self::CronJob, Self::Autoscaler]
             .into_iter()
             .find(|k| k.as_str() == kind)?;
         Some((kind, name))

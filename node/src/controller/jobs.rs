@@ -28,14 +28,18 @@ use claw_mesh::{ErrorCode, FleetMember, InvokeFailure, MeshHandle, PeerId};
 use futures::StreamExt as _;
 
 use super::plan::ranking;
+
+mod cron_bids;
 use super::{
     ACTION_DEADLINE, CONTROLLER_CANDIDATES, NODE_DEADLINE, NODES_ASKED_AT_ONCE, admit_claim,
     call_peer, candidates, check_candidate, failure, is_fenced,
 };
+use crate::market::Market;
 use crate::now_ms;
 use crate::objects::FleetObjects;
 use crate::store::{ObjectKind, Store};
 use crate::workloads::{WorkloadRecord, Workloads};
+pub use cron_bids::KeptBid;
 
 /// Label naming the job or cron job (`<kind>/<name>`) a pod belongs to.
 const OWNER_LABEL: &str = "clawbernetes-owner";
@@ -100,9 +104,12 @@ struct Inner {
     objects: FleetObjects,
     workloads: Workloads,
     store: Store,
+    market: Market,
     mesh: OnceLock<MeshHandle>,
     /// Why pods are not running, per owner this member controls.
     pending: Mutex<HashMap<String, String>>,
+    /// Cron bids are placed one at a time, so that a run's bid is placed once.
+    bids: tokio::sync::Mutex<()>,
 }
 
 /// Jobs' and cron jobs' pods on this node, and the controller of those this member controls.
@@ -145,21 +152,29 @@ async fn job_spec_at(
 ) -> Result<Option<JobSpec>, InvokeFailure> {
     Ok(match owner {
         Owner::Job(name) => objects.job_at(name, revision).await?,
-        Owner::Cron(name) => objects.cron_at(name, revision).await?.map(|c| c.job),
+        Owner::Cron(name) => objects.cron_at(name, revision).await?.and_then(|c| c.job),
     })
 }
 
 impl Jobs {
-    /// The jobs service of node `local`.
-    pub fn new(local: PeerId, objects: FleetObjects, workloads: Workloads, store: Store) -> Self {
+    /// The jobs service of node `local`; cron jobs that bid do it through `market`.
+    pub fn new(
+        local: PeerId,
+        objects: FleetObjects,
+        workloads: Workloads,
+        store: Store,
+        market: Market,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 local,
                 objects,
                 workloads,
                 store,
+                market,
                 mesh: OnceLock::new(),
                 pending: Mutex::default(),
+                bids: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -177,13 +192,13 @@ impl Jobs {
     }
 
     /// The live spec of `owner`'s current revision, or NOT_FOUND: what a run started now runs
-    /// and how many attempts its runs may keep.
-    async fn current(&self, owner: Owner<'_>) -> Result<(u64, JobSpec), InvokeFailure> {
+    /// and how many attempts its runs may keep (`None`: a cron job that bids).
+    async fn current(&self, owner: Owner<'_>) -> Result<(u64, Option<JobSpec>), InvokeFailure> {
         let objects = &self.inner.objects;
         Ok(match owner {
             Owner::Job(name) => {
                 let job = objects.job(name).await?;
-                (job.revision, job.spec)
+                (job.revision, Some(job.spec))
             }
             Owner::Cron(name) => {
                 let cron = objects.cron(name).await?;
@@ -198,7 +213,7 @@ impl Jobs {
         owner: Owner<'_>,
         caller: PeerId,
         epoch: u64,
-    ) -> Result<JobSpec, InvokeFailure> {
+    ) -> Result<Option<JobSpec>, InvokeFailure> {
         let (_, spec) = self.current(owner).await?;
         check_candidate(self.mesh()?, &owner.key(), caller)?;
         admit_claim(&self.inner.store, &owner.key(), caller, epoch).await?;
@@ -239,7 +254,7 @@ impl Jobs {
                     .as_ref()
                     .is_some_and(|f| f.epoch == epoch && f.controller == caller.to_string());
                 ledger
-                    .check(spec.max_attempts())
+                    .check(spec.as_ref().map_or(0, JobSpec::max_attempts))
                     .map_err(|e| failure(ErrorCode::InvalidParams, e))?;
                 if claimed {
                     let owner_key = key.clone();
@@ -764,8 +779,10 @@ impl Jobs {
         let before = ledger.clone();
         let now = now_ms();
         let (revision, spec) = self.current(owner).await?;
-        observe(ledger, &answered, members, spec.max_attempts(), now);
-        settle(ledger, &spec, now);
+        if let Some(spec) = &spec {
+            observe(ledger, &answered, members, spec.max_attempts(), now);
+            settle(ledger, spec, now);
+        }
         let note = match owner {
             Owner::Job(_) => {
                 let id = format!("r{revision}");
@@ -781,9 +798,13 @@ impl Jobs {
                 schedule(ledger, &cron.spec, revision, cron.signed_at_ms, now)
             }
         };
-        let pending = self
-            .act(owner, held, members, &answered, (revision, &spec), now)
-            .await?;
+        let pending = match &spec {
+            Some(spec) => {
+                self.act(owner, held, members, &answered, (revision, spec), now)
+                    .await?
+            }
+            None => self.act_bids(owner, held, members, now).await?,
+        };
         if let Some(ledger) = &mut held.ledger
             && *ledger != before
         {
@@ -995,6 +1016,7 @@ fn new_run(id: String, revision: u64, cause: RunCause, now: u64) -> Run {
         reason: None,
         finished_ms: None,
         attempts: Vec::new(),
+        lease_id: None,
     }
 }
 

@@ -11,10 +11,11 @@
 //! view, and start only what an operator signed: the template of a revision of the deployment
 //! they keep themselves.
 
+mod autoscale;
 mod jobs;
 pub mod plan;
 
-pub use jobs::Jobs;
+pub use jobs::{Jobs, KeptBid};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -62,6 +63,11 @@ struct Held {
     reports: HashMap<PeerId, ReplicaReport>,
     /// Revisions found failing their health checks (told to every node with each read).
     failed: std::collections::BTreeSet<u64>,
+    /// The autoscaler's record, when the deployment has one (`None` until read from the
+    /// members).
+    scale: Option<claw_api::autoscale::ScaleRecord>,
+    /// When the autoscaler's metric was last read, Unix ms.
+    measured_ms: u64,
 }
 
 /// A replica's health checks so far, on its node.
@@ -75,6 +81,7 @@ struct Checked {
 
 struct Inner {
     local: PeerId,
+    probe: Arc<claw_attestation::GpuProbe>,
     objects: FleetObjects,
     workloads: Workloads,
     store: Store,
@@ -181,11 +188,19 @@ fn replica_of(record: &WorkloadRecord, health: Option<ReplicaHealth>) -> Option<
 }
 
 impl Deployments {
-    /// The deployments service of node `local`.
-    pub fn new(local: PeerId, objects: FleetObjects, workloads: Workloads, store: Store) -> Self {
+    /// The deployments service of node `local`, whose GPUs `probe` reads (for autoscalers on
+    /// GPU utilisation).
+    pub fn new(
+        local: PeerId,
+        probe: Arc<claw_attestation::GpuProbe>,
+        objects: FleetObjects,
+        workloads: Workloads,
+        store: Store,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 local,
+                probe,
                 objects,
                 workloads,
                 store,
@@ -274,13 +289,20 @@ impl Deployments {
     ) -> Result<ReplicaReport, InvokeFailure> {
         let name = params.name;
         let mut failed_now = Vec::new();
+        let mut readings = Vec::new();
         if let Some(epoch) = params.epoch {
             self.check_controller(caller, &name).await?;
             if self.fence(caller, &name, epoch).await.is_ok() {
                 failed_now = params.failed.into_iter().take(16).collect();
+                if let Some(record) = params.scale {
+                    self.keep_scale(caller, &name, epoch, record).await?;
+                }
             }
         }
         let records = self.local_replicas(&name).await?;
+        if let (Some(_), Some(metric)) = (params.epoch, &params.measure) {
+            readings = self.measure(&records, metric).await;
+        }
         let mut replicas: Vec<Replica> = {
             let health = self
                 .inner
@@ -305,7 +327,7 @@ impl Deployments {
             }
         }
         let key = name.clone();
-        let (fence, failed, draining) = self
+        let (fence, failed, draining, scale) = self
             .inner
             .store
             .run(move |s| {
@@ -313,6 +335,7 @@ impl Deployments {
                     s.fence(&key)?,
                     s.add_failed_revisions(&key, &failed_now)?,
                     s.draining()?,
+                    s.scale(&key)?,
                 ))
             })
             .await?;
@@ -330,6 +353,8 @@ impl Deployments {
             pending,
             failed,
             draining,
+            scale,
+            readings,
         })
     }
 
@@ -421,21 +446,14 @@ impl Deployments {
         call_peer::<DeployReplicas>(self.mesh()?, peer, &params, NODE_DEADLINE).await
     }
 
-    /// Every live member's report on deployment `name`, 32 asked at a time.
+    /// Every listed member's report on a deployment, asked with `params`, 32 at a time.
     async fn gather(
         &self,
-        name: &str,
-        epoch: Option<u64>,
-        failed: &[u64],
-        members: &[FleetMember],
+        params: &ReplicasParams,
+        peers: Vec<PeerId>,
     ) -> Vec<(PeerId, Result<ReplicaReport, InvokeFailure>)> {
-        let peers: Vec<PeerId> = members.iter().map(|m| m.peer_id).collect();
         let asks = peers.into_iter().map(|peer| {
-            let params = ReplicasParams {
-                name: name.to_owned(),
-                epoch,
-                failed: failed.to_vec(),
-            };
+            let params = params.clone();
             let this = self.clone();
             async move { (peer, this.ask(peer, params).await) }
         });
@@ -462,8 +480,10 @@ impl Deployments {
             failed_revisions: Vec::new(),
             pending: None,
             unreachable: Vec::new(),
+            autoscaled: None,
         };
-        for (peer, report) in self.gather(name, None, &[], &members).await {
+        let mut scale: Option<claw_api::autoscale::ScaleRecord> = None;
+        for (peer, report) in self.gather(&read_only(name), peers(&members)).await {
             let node_name: String = members
                 .iter()
                 .find(|m| m.peer_id == peer)
@@ -473,6 +493,11 @@ impl Deployments {
                 Ok(report) => {
                     if status.controller.as_deref() == Some(peer.to_string().as_str()) {
                         status.pending = report.pending;
+                    }
+                    if let Some(record) = report.scale
+                        && scale.as_ref().is_none_or(|s| record.is_newer_than(s))
+                    {
+                        scale = Some(record);
                     }
                     status.failed_revisions.extend(report.failed);
                     for replica in report.replicas {
@@ -491,6 +516,9 @@ impl Deployments {
         }
         status.failed_revisions.sort_unstable();
         status.failed_revisions.dedup();
+        if self.inner.objects.autoscaler_of(name).await?.is_some() {
+            status.autoscaled = scale.map(|s| s.replicas);
+        }
         Ok(status)
     }
 }
@@ -561,7 +589,7 @@ impl Deployments {
         let name = &deployment.name;
         if held.epoch == 0 {
             let highest = self
-                .gather(name, None, &[], members)
+                .gather(&read_only(name), peers(members))
                 .await
                 .into_iter()
                 .filter_map(|(_, report)| report.ok()?.fence.map(|f| f.epoch))
@@ -576,10 +604,21 @@ impl Deployments {
         };
         let mut replicas = BTreeMap::new();
         let mut answered = Vec::new();
-        let failed: Vec<u64> = held.failed.iter().copied().collect();
-        for (peer, report) in self.gather(name, Some(held.epoch), &failed, members).await {
+        let autoscaler = self.inner.objects.autoscaler_of(name).await?;
+        let params = ReplicasParams {
+            name: name.clone(),
+            epoch: Some(held.epoch),
+            failed: held.failed.iter().copied().collect(),
+            scale: held.scale.clone().filter(|_| autoscaler.is_some()),
+            measure: self.due_measure(autoscaler.as_ref(), held),
+        };
+        let mut readings = Vec::new();
+        let mut scales = Vec::new();
+        for (peer, report) in self.gather(&params, peers(members)).await {
             match report {
-                Ok(report) => {
+                Ok(mut report) => {
+                    readings.append(&mut report.readings);
+                    scales.extend(report.scale.take());
                     held.failed.extend(&report.failed);
                     if report.fence.as_ref().is_some_and(|f| *f > claim) {
                         return Err(failure(
@@ -626,6 +665,24 @@ impl Deployments {
             return Ok(());
         }
         let candidates = candidates(deployment.spec.gpu_model.as_deref(), members, &answered);
+        let scaled = autoscale::scale(
+            autoscaler.as_ref(),
+            deployment,
+            held,
+            &claim,
+            scales,
+            &readings,
+        );
+        let deployment = &scaled;
+        // This member keeps the record it decided on at once, so that its reports (and
+        // `deploy.status`) show the count it plans with; the others get it with the next read.
+        if let Some(record) = held.scale.clone() {
+            let key = name.clone();
+            self.inner
+                .store
+                .run(move |s| s.put_scale(&key, &record))
+                .await?;
+        }
         let (goal, note) = self.goal(deployment, &replicas, &mut held.failed).await?;
         let plan = plan::plan(&goal, &replicas, &candidates);
         let actions = plan
@@ -979,4 +1036,19 @@ fn candidates(
             }
         })
         .collect()
+}
+
+/// The params of a plain read of deployment `name` (no claim).
+fn read_only(name: &str) -> ReplicasParams {
+    ReplicasParams {
+        name: name.to_owned(),
+        epoch: None,
+        failed: Vec::new(),
+        scale: None,
+        measure: None,
+    }
+}
+
+fn peers(members: &[FleetMember]) -> Vec<PeerId> {
+    members.iter().map(|m| m.peer_id).collect()
 }

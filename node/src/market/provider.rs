@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use claw_api::market::{
-    LapsedLease, LeaseEnd, LeaseEnding, LeaseGrant, LeaseStatus, OwnOffer, SellReport,
+    LapsedLease, LeaseEnd, LeaseEnding, LeaseGrant, LeaseStatus, OwnOffer, SellReport, SellWindow,
 };
 use claw_market::Molt;
 use claw_market::book::{BookEntry, OrderBook};
@@ -40,6 +40,33 @@ const MAX_BID_LIFETIME_MS: u64 = 15 * 60_000;
 /// starting (the buyer follows with `market.lease.status`).
 const FUND_ANSWER_WITHIN: Duration = Duration::from_secs(20);
 
+/// Whether to sell now, the most hours an offer allows and until when it is open: within a
+/// daily window, offers exist only while it is open, and allow no lease past its close (none
+/// when fewer than `min_hours` are left); without one, the config's hours.
+fn selling_hours(
+    window: Option<&SellWindow>,
+    selling: bool,
+    market: &crate::config::MarketSection,
+    now: u64,
+) -> (bool, u32, u64) {
+    let always = now + u64::from(market.max_hours) * 3_600_000 + 3_600_000;
+    let Some(window) = window.filter(|_| selling) else {
+        return (selling, market.max_hours, always);
+    };
+    match window.open_until(now) {
+        Some(close) => {
+            let left = u32::try_from(close.saturating_sub(now) / 3_600_000).unwrap_or(u32::MAX);
+            let hours = market.max_hours.min(left);
+            (
+                hours >= market.min_hours,
+                hours.max(market.min_hours),
+                close,
+            )
+        }
+        None => (false, market.max_hours, always),
+    }
+}
+
 /// A stable offer id per GPU model, so a renewed offer replaces the last one.
 fn offer_id_of(model: &str) -> u64 {
     let digest = Sha256::digest(model.as_bytes());
@@ -65,7 +92,7 @@ impl Market {
         };
         self.arbiter()?;
         let wallet = self.wallet()?.pubkey().to_string();
-        let (allocated, inventory_digest) = self
+        let (allocated, inventory_digest, window) = self
             .inner
             .store
             .run(|store| {
@@ -73,9 +100,12 @@ impl Market {
                     .latest_inventory()?
                     .map(|bytes| <[u8; 32]>::from(Sha256::digest(bytes)))
                     .unwrap_or_default();
-                Ok((store.allocations()?, digest))
+                Ok((store.allocations()?, digest, store.selling_window()?))
             })
             .await?;
+        let now = now_ms();
+        let (selling, max_hours, until_ms) =
+            selling_hours(window.as_ref(), selling, &config.market, now);
         let cordoned = self.inner.store.run(|store| store.cordoned()).await?;
         let mut by_model: BTreeMap<String, (u32, u32, u64, bool)> = BTreeMap::new();
         for gpu in self.inner.probe.devices() {
@@ -87,7 +117,6 @@ impl Market {
             entry.2 = gpu.memory_total_bytes / (1024 * 1024);
             entry.3 |= gpu.simulated;
         }
-        let now = now_ms();
         let republish_at = self
             .inner
             .republish_at_ms
@@ -111,11 +140,9 @@ impl Market {
                 vram_mib,
                 price_per_gpu_hour: price,
                 min_hours: config.market.min_hours,
-                max_hours: config.market.max_hours,
+                max_hours,
                 available_from_ms: now,
-                available_until_ms: now
-                    + u64::from(config.market.max_hours) * 3_600_000
-                    + 3_600_000,
+                available_until_ms: until_ms,
                 network: config.network.name.clone(),
                 region: config.node.region.clone(),
                 wallet: wallet.clone(),
@@ -137,6 +164,7 @@ impl Market {
             let same = |p: &Published| {
                 p.offer.gpus == offer.gpus
                     && p.offer.withdrawn == offer.withdrawn
+                    && p.offer.max_hours == offer.max_hours
                     && p.offer.price_per_gpu_hour == offer.price_per_gpu_hour
             };
             let fresh = |p: &Published| now < p.at_ms + config.market.offer_ttl_secs * 500;
@@ -279,18 +307,24 @@ impl Market {
                     })?;
                 Some(price.to_string())
             }
-            (None, true) => None,
+            (None, true) if params.window.is_none() => None,
             _ => {
                 return Err(failure(
                     ErrorCode::InvalidParams,
-                    "give price_per_gpu_hour to sell, or stop: true to stop selling",
+                    "give price_per_gpu_hour (and a window, if any) to sell, or stop: true to stop selling",
                 ));
             }
         };
+        if let Some(window) = &params.window {
+            window
+                .check()
+                .map_err(|e| failure(ErrorCode::InvalidParams, e))?;
+        }
         let selling = price.clone();
+        let window = params.window.clone();
         self.inner
             .store
-            .run(move |store| store.set_selling(selling.as_deref()))
+            .run(move |store| store.set_selling(selling.as_deref(), window.as_ref()))
             .await?;
         tracing::info!(
             price = price.as_deref().unwrap_or("none"),
@@ -315,6 +349,7 @@ impl Market {
             selling: price.is_some(),
             price_per_gpu_hour: price,
             offers,
+            window: params.window,
         })
     }
 

@@ -1,6 +1,7 @@
-//! The `job.*` and `cron.*` objects over the fleet objects: each change signs a new revision;
-//! reads answer from this member's copy.
+//! The `job.*`, `cron.*` and `autoscale.*` objects over the fleet objects: each change signs a
+//! new revision; reads answer from this member's copy.
 
+use claw_api::autoscale::{AutoscaleChange, AutoscaleSpec, Autoscaler, AutoscalerDeleted};
 use claw_api::cron::{CronChange, CronDeleted, CronJob, CronSpec};
 use claw_api::jobs::{Job, JobChange, JobDeleted, JobSpec, check_name, not_found};
 use claw_api::{ErrorCode, InvokeFailure};
@@ -19,7 +20,16 @@ pub(super) fn check(kind: ObjectKind, name: &str, spec: Option<&str>) -> Result<
     };
     match kind {
         ObjectKind::Job => parse::<JobSpec>(spec)?.check(),
-        ObjectKind::CronJob => parse::<CronSpec>(spec)?.check(),
+        ObjectKind::CronJob => {
+            let cron = parse::<CronSpec>(spec)?;
+            if let Some(bid) = &cron.bid
+                && bid.node.parse::<claw_mesh::PeerId>().is_err()
+            {
+                return Err(format!("bid.node {:?} is not a peer id", bid.node));
+            }
+            cron.check()
+        }
+        ObjectKind::Autoscaler => parse::<AutoscaleSpec>(spec)?.check(),
         ObjectKind::Deployment => return Err("not a job".to_owned()),
     }
     .map_err(|e| e.to_string())
@@ -47,12 +57,23 @@ fn spec_of<S: DeserializeOwned>(record: &ObjectRecord) -> Result<Option<S>, Invo
 fn described(kind: ObjectKind) -> (&'static str, &'static str) {
     match kind {
         ObjectKind::CronJob => ("cron job", "cron.list"),
+        ObjectKind::Autoscaler => ("autoscaler", "autoscale.status"),
         _ => ("job", "job.list"),
     }
 }
 
 fn job(record: &ObjectRecord, spec: JobSpec) -> Job {
     Job {
+        name: record.name.clone(),
+        revision: record.revision,
+        spec,
+        signed_by: record.signed_by.clone(),
+        signed_at_ms: record.signed_at_ms,
+    }
+}
+
+fn autoscaler(record: &ObjectRecord, spec: AutoscaleSpec) -> Autoscaler {
+    Autoscaler {
         name: record.name.clone(),
         revision: record.revision,
         spec,
@@ -253,5 +274,66 @@ impl FleetObjects {
     pub async fn crons(&self) -> Result<Vec<CronJob>, InvokeFailure> {
         let all = self.all_of(ObjectKind::CronJob).await?;
         Ok(all.into_iter().map(|(r, spec)| cron(&r, spec)).collect())
+    }
+
+    /// `autoscale.create` and `autoscale.adjust`. A deployment has one autoscaler: a second
+    /// one for it is refused.
+    pub async fn change_autoscaler(
+        &self,
+        name: &str,
+        change: AutoscaleChange,
+    ) -> Result<Autoscaler, InvokeFailure> {
+        if let AutoscaleChange::Create(spec) = &change
+            && let Some(other) = self.autoscaler_of(&spec.deployment).await?
+            && other.name != name
+        {
+            return Err(failure(
+                ErrorCode::Conflict,
+                format!(
+                    "deployment {:?} has autoscaler {:?} already; autoscale.adjust changes it",
+                    spec.deployment, other.name
+                ),
+            ));
+        }
+        let (record, spec) = self
+            .change(ObjectKind::Autoscaler, name, |live| {
+                change.next_spec(name, live)
+            })
+            .await?;
+        let spec = spec.ok_or_else(|| failure(ErrorCode::Internal, "the change deleted it"))?;
+        Ok(autoscaler(&record, spec))
+    }
+
+    /// `autoscale.delete`.
+    pub async fn delete_autoscaler(&self, name: &str) -> Result<AutoscalerDeleted, InvokeFailure> {
+        let (record, _) = self
+            .change(
+                ObjectKind::Autoscaler,
+                name,
+                |live: Option<&AutoscaleSpec>| AutoscaleChange::Delete.next_spec(name, live),
+            )
+            .await?;
+        Ok(AutoscalerDeleted {
+            name: record.name,
+            revision: record.revision,
+        })
+    }
+
+    /// Autoscaler `name`, or NOT_FOUND.
+    pub async fn autoscaler(&self, name: &str) -> Result<Autoscaler, InvokeFailure> {
+        let (record, spec) = self.found(ObjectKind::Autoscaler, name).await?;
+        Ok(autoscaler(&record, spec))
+    }
+
+    /// The autoscaler of deployment `deployment`: the first by name when several name it.
+    pub async fn autoscaler_of(
+        &self,
+        deployment: &str,
+    ) -> Result<Option<Autoscaler>, InvokeFailure> {
+        let all = self.all_of::<AutoscaleSpec>(ObjectKind::Autoscaler).await?;
+        Ok(all
+            .into_iter()
+            .find(|(_, spec)| spec.deployment == deployment)
+            .map(|(record, spec)| autoscaler(&record, spec)))
     }
 }

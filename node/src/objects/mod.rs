@@ -1,5 +1,5 @@
-//! Fleet objects with no registry: deployments, jobs and cron jobs (and, as they come,
-//! autoscalers, configs and secrets) are records signed by a fleet operator, versioned by
+//! Fleet objects with no registry: deployments, jobs, cron jobs and autoscalers (and, as they
+//! come, configs and secrets) are records signed by a fleet operator, versioned by
 //! revision, gossiped to every member and kept in each member's store, so that any member
 //! answers for them.
 //!
@@ -179,7 +179,7 @@ impl FleetObjects {
         match object.kind {
             ObjectKind::Deployment => deployments::check(&object.name, object.spec.as_deref())
                 .map_err(|e| Refusal::Malformed(e.to_string()))?,
-            kind @ (ObjectKind::Job | ObjectKind::CronJob) => {
+            kind @ (ObjectKind::Job | ObjectKind::CronJob | ObjectKind::Autoscaler) => {
                 jobs::check(kind, &object.name, object.spec.as_deref())
                     .map_err(Refusal::Malformed)?;
             }

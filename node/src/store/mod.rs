@@ -42,6 +42,10 @@ const FENCES_TREE: &str = "deployment-fences";
 const FAILED_TREE: &str = "deployment-failed-revisions";
 /// Per job and cron job (`<kind>/<name>`), the run ledger its controller keeps here.
 const LEDGERS_TREE: &str = "run-ledgers";
+/// Per autoscaled deployment, the scale record its controller keeps here.
+const SCALES_TREE: &str = "deployment-scales";
+/// The bids cron jobs placed here, by `cron/<name>#<run>`.
+const CRON_BIDS_TREE: &str = "cron-bids";
 const SEQUENCE_KEY: &[u8] = b"envelope-sequence";
 const CORDONED_KEY: &[u8] = b"cordoned";
 /// `CORDONED_KEY`'s value when the node is cordoned.
@@ -53,6 +57,8 @@ const LABELS_KEY: &[u8] = b"labels";
 const DRAINING_SINCE_KEY: &[u8] = b"draining-since";
 /// The selling decision made at run time with `market.sell`.
 const SELLING_KEY: &[u8] = b"market-selling";
+/// The daily window the node sells in (JSON), when `market.sell` gave one.
+const SELLING_WINDOW_KEY: &[u8] = b"market-selling-window";
 /// `SELLING_KEY`'s value when the node sells nothing.
 const NOT_SELLING: &[u8] = b"stop";
 /// Audit records kept; older ones are dropped as new ones arrive.
@@ -187,6 +193,8 @@ pub struct Store {
     fences: sled::Tree,
     failed: sled::Tree,
     ledgers: sled::Tree,
+    scales: sled::Tree,
+    cron_bids: sled::Tree,
     audit_retained: u64,
     max_objects: usize,
     db: sled::Db,
@@ -220,6 +228,8 @@ impl Store {
             fences: db.open_tree(FENCES_TREE)?,
             failed: db.open_tree(FAILED_TREE)?,
             ledgers: db.open_tree(LEDGERS_TREE)?,
+            scales: db.open_tree(SCALES_TREE)?,
+            cron_bids: db.open_tree(CRON_BIDS_TREE)?,
             audit_retained: AUDIT_RETAINED,
             max_objects: MAX_OBJECTS,
             db,
@@ -382,12 +392,35 @@ impl Store {
         }))
     }
 
-    /// Records the selling decision: a price per GPU-hour, or `None` to sell nothing.
-    pub fn set_selling(&self, price: Option<&str>) -> Result<(), StoreError> {
+    /// Records the selling decision: a price per GPU-hour and the daily window to sell in
+    /// (at any time when `None`), or `None` to sell nothing.
+    pub fn set_selling(
+        &self,
+        price: Option<&str>,
+        window: Option<&claw_api::market::SellWindow>,
+    ) -> Result<(), StoreError> {
         let value = price.map_or(NOT_SELLING, str::as_bytes);
-        self.meta.insert(SELLING_KEY, value)?;
+        let window = window.map(|w| encode("selling window", w)).transpose()?;
+        self.meta
+            .transaction(|meta| {
+                meta.insert(SELLING_KEY, value)?;
+                match &window {
+                    Some(bytes) => meta.insert(SELLING_WINDOW_KEY, bytes.as_slice())?,
+                    None => meta.remove(SELLING_WINDOW_KEY)?,
+                };
+                Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(transaction_error)?;
         self.db.flush()?;
         Ok(())
+    }
+
+    /// The daily window the node sells in, when `market.sell` gave one.
+    pub fn selling_window(&self) -> Result<Option<claw_api::market::SellWindow>, StoreError> {
+        self.meta
+            .get(SELLING_WINDOW_KEY)?
+            .map(|bytes| decode("selling window", &bytes))
+            .transpose()
     }
 
     /// Labels set at run time with `node.label` (the config's labels are separate).
@@ -504,9 +537,9 @@ mod tests {
         {
             let store = Store::open(dir.path()).unwrap();
             assert_eq!(store.selling().unwrap(), None);
-            store.set_selling(Some("0.95")).unwrap();
+            store.set_selling(Some("0.95"), None).unwrap();
             assert_eq!(store.selling().unwrap(), Some(Some("0.95".to_owned())));
-            store.set_selling(None).unwrap();
+            store.set_selling(None, None).unwrap();
         }
         let store = reopen(dir.path());
         assert_eq!(store.selling().unwrap(), Some(None));

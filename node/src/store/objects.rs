@@ -3,8 +3,11 @@
 //! a signed object may be kept at all live in `crate::objects`; the store keeps the newest one it
 //! is given and refuses to go back.
 
+use claw_api::autoscale::ScaleRecord;
 use claw_api::deploy::Fence;
 use claw_api::jobs::RunLedger;
+
+use crate::controller::KeptBid;
 pub use claw_api::objects::ObjectKind;
 use serde::{Deserialize, Serialize};
 use sled::Transactional as _;
@@ -18,6 +21,8 @@ pub const MAX_OBJECTS: usize = 4096;
 pub const HISTORY_KEPT: usize = 16;
 /// Failed revisions kept per deployment.
 const FAILED_KEPT: usize = 16;
+/// Bids kept per cron job.
+const CRON_BIDS_KEPT: usize = 20;
 
 /// One revision of a fleet object, as kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -272,6 +277,50 @@ impl Store {
     pub fn ledger(&self, owner: &str) -> Result<Option<RunLedger>, StoreError> {
         super::read_one(&self.ledgers, "run ledger", owner)
     }
+
+    /// Keeps `record` as deployment `name`'s scale record when it is newer than the one kept;
+    /// returns the record kept now.
+    pub fn put_scale(&self, name: &str, record: &ScaleRecord) -> Result<ScaleRecord, StoreError> {
+        if let Some(kept) = self.scale(name)?
+            && !record.is_newer_than(&kept)
+        {
+            return Ok(kept);
+        }
+        self.scales
+            .insert(name.as_bytes(), super::encode("scale record", record)?)?;
+        self.db.flush()?;
+        Ok(record.clone())
+    }
+
+    /// The bid kept under `key` (`cron/<name>#<run>`).
+    pub fn cron_bid(&self, key: &str) -> Result<Option<KeptBid>, StoreError> {
+        super::read_one(&self.cron_bids, "cron bid", key)
+    }
+
+    /// Keeps `bid` under `key`, and only the newest 20 of cron job `owner`'s bids.
+    pub fn put_cron_bid(&self, owner: &str, key: &str, bid: &KeptBid) -> Result<(), StoreError> {
+        self.cron_bids
+            .insert(key.as_bytes(), super::encode("cron bid", bid)?)?;
+        let prefix = format!("{owner}#");
+        let mut kept: Vec<(u64, sled::IVec)> = Vec::new();
+        for entry in self.cron_bids.scan_prefix(prefix.as_bytes()) {
+            let (key, value) = entry?;
+            let bid: KeptBid = decode("cron bid", &value)?;
+            kept.push((bid.at_ms, key));
+        }
+        kept.sort();
+        let excess = kept.len().saturating_sub(CRON_BIDS_KEPT);
+        for (_, key) in kept.into_iter().take(excess) {
+            self.cron_bids.remove(key)?;
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Deployment `name`'s scale record.
+    pub fn scale(&self, name: &str) -> Result<Option<ScaleRecord>, StoreError> {
+        super::read_one(&self.scales, "scale record", name)
+    }
 }
 
 #[cfg(test)]
@@ -368,6 +417,67 @@ mod tests {
             "the newest are kept"
         );
         assert_eq!(store.failed_revisions("web").unwrap(), kept);
+    }
+
+    #[test]
+    fn ledgers_scales_and_cron_bids_keep_the_newest_and_stay_bounded() {
+        let (_temp, store) = store();
+        let fence = |epoch| {
+            Some(Fence {
+                epoch,
+                controller: "c".to_owned(),
+            })
+        };
+        let ledger = |epoch, version| RunLedger {
+            fence: fence(epoch),
+            version,
+            ..RunLedger::default()
+        };
+        assert_eq!(
+            store.put_ledger("job/a", &ledger(2, 5)).unwrap(),
+            ledger(2, 5)
+        );
+        assert_eq!(
+            store.put_ledger("job/a", &ledger(1, 9)).unwrap(),
+            ledger(2, 5),
+            "an older claim changes nothing"
+        );
+        assert_eq!(
+            store.put_ledger("job/a", &ledger(3, 0)).unwrap(),
+            ledger(3, 0)
+        );
+        assert_eq!(store.ledger("job/a").unwrap(), Some(ledger(3, 0)));
+
+        let scale = |version, replicas| ScaleRecord {
+            fence: fence(1),
+            version,
+            replicas,
+            ..ScaleRecord::default()
+        };
+        store.put_scale("web", &scale(2, 3)).unwrap();
+        assert_eq!(store.put_scale("web", &scale(1, 9)).unwrap(), scale(2, 3));
+        assert_eq!(store.scale("web").unwrap(), Some(scale(2, 3)));
+
+        for at_ms in 0..25 {
+            let bid = KeptBid {
+                at_ms,
+                outcome: None,
+                error: Some(format!("bid {at_ms}")),
+            };
+            store
+                .put_cron_bid("cron/n", &format!("cron/n#s{at_ms}"), &bid)
+                .unwrap();
+        }
+        assert!(
+            store.cron_bid("cron/n#s4").unwrap().is_none(),
+            "the oldest go"
+        );
+        let kept = store
+            .cron_bid("cron/n#s24")
+            .unwrap()
+            .expect("the newest stay");
+        assert_eq!(kept.error.as_deref(), Some("bid 24"));
+        assert_eq!(store.cron_bids.scan_prefix(b"cron/n#").count(), 20);
     }
 
     #[test]

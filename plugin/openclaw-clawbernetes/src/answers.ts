@@ -59,9 +59,17 @@ export interface FleetInvoke<R = unknown> {
   results: InvokeResult<R>[];
 }
 
+/** A daily selling window (`market.sell`'s `window`): `from` to `until`, `HH:MM` in `time_zone`. */
+export interface SellWindow {
+  from: string;
+  until: string;
+  time_zone?: string;
+}
+
 /** `market.sell`'s answer on one node (through `fleet.invoke`). */
 export interface MarketSell {
   offers?: { gpus: number; withdrawn?: boolean }[];
+  window?: SellWindow | null;
 }
 
 export interface HealthReason {
@@ -161,6 +169,8 @@ export interface DeploymentStatus extends DeploymentRevision {
   pending: string | null;
   failed_revisions: number[];
   replicas: { node_name: string; revision: number; state: string; health?: string | null }[];
+  /** The count an autoscaler decided, kept instead of `spec.replicas`; absent when none. */
+  autoscaled?: number | null;
 }
 
 export interface DeploymentList {
@@ -229,7 +239,7 @@ export interface Attempt {
   finished_ms?: number | null;
 }
 
-/** One run of a job (or of a cron job's job): its pods until enough complete. */
+/** One run of a job (or of a cron job's job or bid): its pods until enough complete. */
 export interface Run {
   id: string;
   revision: number;
@@ -239,6 +249,8 @@ export interface Run {
   reason?: string | null;
   finished_ms?: number | null;
   attempts: Attempt[];
+  /** A bid's run (a cron job that bids): the lease its bid took, when it leased. */
+  lease_id?: string | null;
 }
 
 /** job.status: the job, flattened, with its controller and run. */
@@ -287,14 +299,50 @@ export interface JobDeleted {
 
 export type ConcurrencyPolicy = "allow" | "forbid" | "replace";
 
-/** A cron job: when, and what. */
+/** What a lease runs: `market.bid`'s `workload` (node/api/src/market.rs). */
+export interface LeaseWorkload {
+  image: string;
+  command?: string[];
+  env?: Record<string, string>;
+  cpus?: number | null;
+  memory_mib?: number | null;
+  writable_root?: boolean;
+}
+
+/** `market.bid`'s params: what the buyer wants, what it pays at most, and what to run. */
+export interface BidParams {
+  models: string[];
+  gpus: number;
+  hours: number;
+  max_price: string;
+  min_vram_mib?: number;
+  region?: string | null;
+  attested_only?: boolean;
+  min_reputation?: number;
+  accept_simulated?: boolean;
+  workload?: LeaseWorkload | null;
+  payment?: "escrow" | "stream";
+}
+
+/**
+ * The bid a cron job places at each scheduled time: `market.bid` on member `node` (a peer id),
+ * with its own wallet, never over `budget` (MOLT; `max_price` × `gpus` × `hours` must be within it).
+ */
+export interface CronBid {
+  node: string;
+  bid: BidParams;
+  budget: string;
+}
+
+/** A cron job: when, and what: exactly one of `job` and `bid`. */
 export interface CronSpec {
   schedule: string;
   time_zone?: string;
   concurrency_policy?: ConcurrencyPolicy;
   starting_deadline_secs?: number | null;
   suspend?: boolean;
-  job: JobSpec;
+  job?: JobSpec | null;
+  bid?: CronBid | null;
   triggers?: number;
 }
 
@@ -333,6 +381,64 @@ export interface CronStatus extends CronJob {
 }
 
 export interface CronDeleted {
+  name: string;
+  revision: number;
+}
+
+// Autoscalers (node/api/src/autoscale.rs), written out whole from their schemas like jobs.
+
+/** What an autoscaler measures on each replica. */
+export type AutoscaleMetric =
+  | { type: "gpu_utilization" }
+  | { type: "cpu" }
+  | { type: "file"; path: string }
+  | { type: "http"; port: number; path?: string };
+
+/** Which deployment, between which counts, on which metric. */
+export interface AutoscaleSpec {
+  deployment: string;
+  min: number;
+  max: number;
+  metric: AutoscaleMetric;
+  target: number;
+  cooldown_secs?: number;
+}
+
+/** An autoscaler as every member keeps it: autoscale.create and adjust answer it. */
+export interface Autoscaler {
+  name: string;
+  revision: number;
+  spec: AutoscaleSpec;
+  signed_by: string;
+  signed_at_ms: number;
+}
+
+/** One decision of an autoscaler. */
+export interface ScaleDecision {
+  at_ms: number;
+  from: number;
+  to: number;
+  value?: number | null;
+  reason: string;
+}
+
+/** The count an autoscaler keeps a deployment at, with its newest decisions (oldest first). */
+export interface ScaleRecord {
+  fence?: { epoch: number; controller: string } | null;
+  version: number;
+  replicas: number;
+  changed_ms: number;
+  value?: number | null;
+  decisions: ScaleDecision[];
+}
+
+/** autoscale.status: the autoscaler, flattened, with the deployment's controller and its record. */
+export interface AutoscaleStatus extends Autoscaler {
+  controller?: string | null;
+  scale?: ScaleRecord | null;
+}
+
+export interface AutoscalerDeleted {
   name: string;
   revision: number;
 }

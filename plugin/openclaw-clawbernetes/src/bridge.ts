@@ -77,6 +77,10 @@ export const BRIDGE_COMMANDS = [
   "cron.suspend",
   "cron.resume",
   "cron.delete",
+  "autoscale.create",
+  "autoscale.status",
+  "autoscale.adjust",
+  "autoscale.delete",
 ] as const;
 
 export type BridgeCommand = (typeof BRIDGE_COMMANDS)[number];

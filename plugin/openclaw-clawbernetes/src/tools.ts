@@ -23,6 +23,7 @@ import type {
   DeploymentStatus,
   Attempt,
   ConcurrencyPolicy,
+  CronBid,
   CronDeleted,
   CronJob,
   CronListing,
@@ -36,6 +37,11 @@ import type {
   JobStatus,
   Run,
   RunCause,
+  AutoscaleMetric,
+  AutoscaleSpec,
+  AutoscaleStatus,
+  Autoscaler,
+  AutoscalerDeleted,
 } from "./answers.ts";
 import { anyObject, bool, int, map, num, object, oneOf, str, strings, type ObjectSchema, type Static } from "./schema.ts";
 
@@ -137,8 +143,8 @@ export function renderStatus(s: FleetStatus): string {
   return lines.join("\n");
 }
 
-/** One line on a deployment's revision. */
-function renderRevision(d: DeploymentRevision): string {
+/** One line on a deployment's revision; `count` says how many replicas it runs. */
+function renderRevision(d: DeploymentRevision, count = plural(d.spec.replicas, "replica")): string {
   const strategy = d.spec.strategy;
   const step =
     strategy.type === "canary" && strategy.steps
@@ -146,11 +152,15 @@ function renderRevision(d: DeploymentRevision): string {
         ? `, canary at ${strategy.steps[strategy.step ?? 0]}%`
         : ", canary promoted to all"
       : "";
-  return `deployment ${d.name} revision ${d.revision}: ${plural(d.spec.replicas, "replica")} of ${d.spec.template.image} (${strategy.type}${step})`;
+  return `deployment ${d.name} revision ${d.revision}: ${count} of ${d.spec.template.image} (${strategy.type}${step})`;
 }
 
 export function renderDeploymentStatus(s: DeploymentStatus): string {
-  const lines = [`${renderRevision(s)}; ${s.ready} of ${s.spec.replicas} ready; controller ${s.controller ?? "none"}`];
+  // An autoscaler's count replaces the spec's replicas (the revision stays the same).
+  const autoscaled = typeof s.autoscaled === "number";
+  const wanted = autoscaled ? (s.autoscaled as number) : s.spec.replicas;
+  const count = autoscaled ? `${plural(wanted, "replica")} (autoscaled; spec says ${s.spec.replicas})` : undefined;
+  const lines = [`${renderRevision(s, count)}; ${s.ready} of ${wanted} ready; controller ${s.controller ?? "none"}`];
   if (s.pending) lines.push(`note: ${s.pending}`);
   if (s.failed_revisions.length) lines.push(`revisions that failed their health check: ${s.failed_revisions.join(", ")}`);
   for (const r of s.replicas) lines.push(`- on ${r.node_name}: revision ${r.revision}, ${r.state}${r.health ? `, ${r.health}` : ""}`);
@@ -248,9 +258,11 @@ function renderCause(c: RunCause): string {
 }
 
 function renderRun(r: Run): string {
-  const reason = r.reason ? ` (${r.reason})` : "";
+  // A bid's reason quotes the market (an offer's GPU model, the nearest offers): one printable line.
+  const reason = r.reason ? ` (${printable(r.reason, 500)})` : "";
+  const lease = r.lease_id ? `, lease ${printable(r.lease_id, 128)}` : "";
   const finished = r.finished_ms == null ? "" : `, finished ${iso(r.finished_ms)}`;
-  return `run ${r.id} (${renderCause(r.cause)}, revision ${r.revision}): ${r.phase}${reason}, started ${iso(r.started_ms)}${finished}`;
+  return `run ${r.id} (${renderCause(r.cause)}, revision ${r.revision}): ${r.phase}${reason}${lease}, started ${iso(r.started_ms)}${finished}`;
 }
 
 function renderAttempt(a: Attempt): string {
@@ -296,12 +308,37 @@ export function renderJobLogs(a: JobLogs): string {
   return lines.join("\n");
 }
 
-/** One line on a cron job's schedule and job. */
+/**
+ * One line on the bid a cron job places, e.g. "bids for 1 × H100 for 4 h at most 2.5
+ * MOLT/GPU-hour through 12D3KooW…, budget 10 MOLT; a lease runs pytorch/pytorch:2.4.0".
+ */
+export function renderCronBid(c: CronBid): string {
+  const b = c.bid;
+  const also: string[] = [];
+  if (b.region) also.push(`in region ${printable(b.region, 64)}`);
+  if (b.attested_only) also.push("attested GPUs only");
+  if (b.accept_simulated) also.push("simulated GPUs accepted");
+  if (b.payment === "stream") also.push("paid as a stream");
+  const models = (b.models ?? []).map((m) => printable(m, 64)).join(" or ");
+  const what = b.workload
+    ? `a lease runs ${printable(b.workload.image, 256)}`
+    : "no workload: it only matches, nothing is leased";
+  return (
+    `bids for ${b.gpus} × ${models} for ${b.hours} h at most ${b.max_price} MOLT/GPU-hour through ${printable(c.node, 64)}, ` +
+    `budget ${c.budget} MOLT${also.length ? ` (${also.join(", ")})` : ""}; ${what}`
+  );
+}
+
+/** One line on a cron job's schedule and what each run does: its job, or its bid. */
 function renderCronSpec(s: CronSpec): string {
   const how = [`concurrency ${s.concurrency_policy ?? "allow"}`];
   if (s.starting_deadline_secs) how.push(`starting deadline ${s.starting_deadline_secs} s`);
   if (s.suspend) how.push("suspended");
-  return `"${s.schedule}" in ${s.time_zone ?? "UTC"} (${how.join(", ")}); each run: ${renderJobSpec(s.job)}`;
+  // Exactly one of the two; both are shown if an answer ever carried both.
+  const runs: string[] = [];
+  if (s.job) runs.push(renderJobSpec(s.job));
+  if (s.bid) runs.push(renderCronBid(s.bid));
+  return `"${s.schedule}" in ${s.time_zone ?? "UTC"} (${how.join(", ")}); each run: ${runs.join("; and ") || "nothing (neither a job nor a bid)"}`;
 }
 
 function renderCron(c: CronJob): string {
@@ -317,10 +354,101 @@ export function renderCronStatus(s: CronStatus): string {
   if (s.runs.length === 0) lines.push("no runs yet");
   for (const r of s.runs) {
     const count = (...states: string[]) => r.attempts.filter((a) => states.includes(a.state)).length;
-    lines.push(`- ${renderRun(r)}; ${count("succeeded")} succeeded, ${count("running")} running, ${count("failed", "lost")} failed`);
+    // A bid's run has no pods: it completes when the bid matched, or fails with why not.
+    const pods = s.spec.job ? `; ${count("succeeded")} succeeded, ${count("running")} running, ${count("failed", "lost")} failed` : "";
+    lines.push(`- ${renderRun(r)}${pods}`);
   }
   for (const skipped of s.skipped) lines.push(`skipped: ${printable(skipped, 256)}`);
   return lines.join("\n");
+}
+
+/** A reading (a metric's mean) to one decimal, or "none". */
+function reading(value: number | null | undefined): string {
+  return typeof value === "number" && Number.isFinite(value) ? String(Math.round(value * 10) / 10) : "none";
+}
+
+/** What an autoscaler measures, in words. */
+function renderMetric(m: AutoscaleMetric): string {
+  switch (m.type) {
+    case "gpu_utilization":
+      return "GPU utilisation (%)";
+    case "cpu":
+      return "CPU use (% of one CPU)";
+    case "file":
+      return `the number in ${printable(m.path, 256)}`;
+    case "http":
+      return `the number served on port ${m.port} at ${printable(m.path ?? "/", 256)}`;
+    default:
+      return String((m as { type: unknown }).type);
+  }
+}
+
+/** One line on what an autoscaler keeps a deployment at. */
+function renderAutoscaleSpec(s: AutoscaleSpec): string {
+  return `deployment ${s.deployment} kept at ${s.min}-${s.max} replicas, mean ${renderMetric(s.metric)} toward ${s.target} (cooldown ${s.cooldown_secs ?? 60} s)`;
+}
+
+function renderAutoscaler(a: Autoscaler): string {
+  return `autoscaler ${a.name} revision ${a.revision}: ${renderAutoscaleSpec(a.spec)}`;
+}
+
+export function renderAutoscaleStatus(s: AutoscaleStatus): string {
+  const lines = [`${renderAutoscaler(s)}; controller ${s.controller ?? "none"}`];
+  if (!s.scale) {
+    lines.push("no decision yet: the deployment runs its own replica count until the controller first decides");
+    return lines.join("\n");
+  }
+  lines.push(
+    `decided ${plural(s.scale.replicas, "replica")}; last reading ${reading(s.scale.value)}; count last changed ${iso(s.scale.changed_ms)}`,
+  );
+  if (s.scale.decisions.length === 0) lines.push("no decisions recorded");
+  else lines.push(`decisions, oldest first (the newest ${s.scale.decisions.length}):`);
+  for (const d of s.scale.decisions) {
+    lines.push(`- ${iso(d.at_ms)}: ${d.from} → ${d.to} replicas (${printable(d.reason, 256)})`);
+  }
+  return lines.join("\n");
+}
+
+/** The autoscale.create params a claw_autoscale_create call asks for. */
+function autoscaleSpec(p: {
+  name: string;
+  deployment: string;
+  min: number;
+  max: number;
+  metric_type: AutoscaleMetric["type"];
+  metric_path?: string;
+  metric_port?: number;
+  target: number;
+  cooldown_secs?: number;
+}): Record<string, unknown> {
+  const metric: Record<string, unknown> = { type: p.metric_type };
+  if (p.metric_type === "file" || p.metric_type === "http") {
+    if (p.metric_path !== undefined) metric.path = p.metric_path;
+  }
+  if (p.metric_type === "http" && p.metric_port !== undefined) metric.port = p.metric_port;
+  const spec: Record<string, unknown> = { deployment: p.deployment, min: p.min, max: p.max, metric, target: p.target };
+  if (p.cooldown_secs !== undefined) spec.cooldown_secs = p.cooldown_secs;
+  return { name: p.name, spec };
+}
+
+/** The market.sell params a claw_rent_out call asks for. */
+function sellParams(p: {
+  price_per_gpu_hour?: string;
+  stop?: boolean;
+  window_from?: string;
+  window_until?: string;
+  time_zone?: string;
+}): Record<string, unknown> {
+  if (p.stop) return { stop: true };
+  const params: Record<string, unknown> = { price_per_gpu_hour: p.price_per_gpu_hour };
+  if (p.window_from !== undefined || p.window_until !== undefined) {
+    const window: Record<string, unknown> = {};
+    if (p.window_from !== undefined) window.from = p.window_from;
+    if (p.window_until !== undefined) window.until = p.window_until;
+    window.time_zone = p.time_zone ?? "UTC";
+    params.window = window;
+  }
+  return params;
 }
 
 /** What claw_job_create and claw_cron_create ask of each pod and run. */
@@ -350,21 +478,56 @@ function jobSpec(p: JobParams): Record<string, unknown> {
   return spec;
 }
 
-/** The cron.create params a claw_cron_create call asks for. */
+/** What claw_cron_create asks of a cron job that bids instead of running a job. */
+interface CronBidParams {
+  bid_node?: string;
+  budget?: string;
+  bid_models?: string[];
+  bid_gpus?: number;
+  bid_hours?: number;
+  bid_max_price?: string;
+  bid_accept_simulated?: boolean;
+}
+
+/**
+ * The bid (cron.create's `spec.bid`) a claw_cron_create call with `bid_node` asks for: market.bid's
+ * params, with the job's image, command and env as the workload the lease runs. A field not
+ * given is left out, for the bridge to refuse by name.
+ */
+function cronBid(p: JobParams & CronBidParams): Record<string, unknown> {
+  const workload: Record<string, unknown> = { image: p.image };
+  if (p.command) workload.command = p.command;
+  if (p.env) workload.env = p.env;
+  const bid: Record<string, unknown> = {};
+  if (p.bid_models !== undefined) bid.models = p.bid_models;
+  if (p.bid_gpus !== undefined) bid.gpus = p.bid_gpus;
+  if (p.bid_hours !== undefined) bid.hours = p.bid_hours;
+  if (p.bid_max_price !== undefined) bid.max_price = p.bid_max_price;
+  if (p.bid_accept_simulated !== undefined) bid.accept_simulated = p.bid_accept_simulated;
+  bid.workload = workload;
+  const out: Record<string, unknown> = { node: p.bid_node };
+  if (p.budget !== undefined) out.budget = p.budget;
+  out.bid = bid;
+  return out;
+}
+
+/** The cron.create params a claw_cron_create call asks for: a job, or a bid with `bid_node`. */
 function cronSpec(
-  p: JobParams & {
-    name: string;
-    schedule: string;
-    time_zone?: string;
-    concurrency_policy?: ConcurrencyPolicy;
-    starting_deadline_secs?: number;
-  },
+  p: JobParams &
+    CronBidParams & {
+      name: string;
+      schedule: string;
+      time_zone?: string;
+      concurrency_policy?: ConcurrencyPolicy;
+      starting_deadline_secs?: number;
+    },
 ): Record<string, unknown> {
   const spec: Record<string, unknown> = { schedule: p.schedule };
   if (p.time_zone) spec.time_zone = p.time_zone;
   if (p.concurrency_policy) spec.concurrency_policy = p.concurrency_policy;
   if (p.starting_deadline_secs !== undefined) spec.starting_deadline_secs = p.starting_deadline_secs;
-  spec.job = jobSpec(p);
+  if (p.bid_node !== undefined) spec.bid = cronBid(p);
+  else spec.job = jobSpec(p);
   return { name: p.name, spec };
 }
 
@@ -473,23 +636,28 @@ export function fleetTools(bridge: Bridge): Tool[] {
       name: "claw_rent_out",
       label: "Rent out GPUs",
       description:
-        "Sell the free GPUs of chosen (default: all) nodes on the MOLT market at a price per GPU-hour, change the price, or stop selling (stop=true). Offers appear in every peer's order book at once. Confirm the price with the user first.",
+        "Sell the free GPUs of chosen (default: all) nodes on the MOLT market at a price per GPU-hour, change the price, or stop selling (stop=true). Offers appear in every peer's order book at once. To sell only part of each day (\"rent out my GPUs 8am-6pm\"), give window_from and window_until (HH:MM, 24-hour; past midnight when until is earlier, e.g. 22:00-06:00) and the user's IANA time_zone (e.g. Europe/Paris; default UTC): offers then appear when the window opens and leave when it closes, and no lease runs past the close. Each call replaces the last: without a window, the nodes sell at any time again. Confirm the price (and the window) with the user first.",
       parameters: object({
         price_per_gpu_hour: str("MOLT per GPU-hour, e.g. 0.95"),
         stop: bool("Stop selling: withdraw the offers (running leases go on)"),
         nodes: strings("Node names or peer ids (default: all)"),
+        window_from: str("Sell only from this time each day, HH:MM (24-hour), with window_until"),
+        window_until: str("Sell only until this time each day, HH:MM (24-hour), with window_from"),
+        time_zone: str("IANA time zone the window is read in, e.g. Europe/Paris (default UTC)"),
       }),
       command: "fleet.invoke",
       map: (p) => ({
         command: "market.sell",
-        params: p.stop ? { stop: true } : { price_per_gpu_hour: p.price_per_gpu_hour },
+        params: sellParams(p),
         ...(p.nodes ? { nodes: p.nodes } : {}),
       }),
       render: (a: FleetInvoke<MarketSell>, p) => {
+        const windowed = p.window_from !== undefined || p.window_until !== undefined;
+        const daily = windowed ? ` daily ${p.window_from ?? "?"}-${p.window_until ?? "?"} (${p.time_zone ?? "UTC"})` : "";
         const what = p.stop
           ? "stopped selling"
           : p.price_per_gpu_hour
-            ? `selling at ${p.price_per_gpu_hour} MOLT/GPU-hour`
+            ? `selling at ${p.price_per_gpu_hour} MOLT/GPU-hour${daily}`
             : "market.sell";
         const lines = [`${what} on ${a.succeeded} of ${plural(a.nodes, "node")}`];
         for (const r of a.results ?? []) {
@@ -499,7 +667,10 @@ export function fleetTools(bridge: Bridge): Tool[] {
           }
           const offers = Array.isArray(r.result?.offers) ? r.result.offers : [];
           const gpus = offers.reduce((n, o) => n + (o.withdrawn ? 0 : o.gpus), 0);
-          lines.push(`- ${r.node}: ${plural(gpus, "GPU")} on offer`);
+          // The window the node keeps: outside it, nothing is on offer until it opens.
+          const w = r.result?.window;
+          const window = w ? ` now (sells daily ${w.from}-${w.until}, ${w.time_zone ?? "UTC"})` : "";
+          lines.push(`- ${r.node}: ${plural(gpus, "GPU")} on offer${window}`);
         }
         return lines.join("\n");
       },
@@ -662,7 +833,7 @@ export function fleetTools(bridge: Bridge): Tool[] {
       name: "claw_deployment_status",
       label: "Deployment status",
       description:
-        "A deployment's revision, where its replicas run and whether they are healthy, how many are ready, and why any are missing or were rolled back.",
+        "A deployment's revision, where its replicas run and whether they are healthy, how many are ready, and why any are missing or were rolled back. When an autoscaler scales it, shows the count the autoscaler decided beside the spec's (the revision does not change when the count does).",
       parameters: object({ name: str("The deployment") }, ["name"]),
       command: "deploy.status",
       render: renderDeploymentStatus,
@@ -758,9 +929,11 @@ export function fleetTools(bridge: Bridge): Tool[] {
     }),
     tool(bridge, {
       name: "claw_cron_create",
-      label: "Schedule a job",
+      label: "Schedule a job or a bid",
       description:
-        "Run a job on a schedule: five cron fields (minute hour day-of-month month day-of-week; e.g. \"0 2 * * *\" every day at 02:00, \"*/15 8-18 * * mon-fri\") read in an IANA time zone (e.g. Europe/Paris; default UTC; daylight saving followed). Each scheduled time starts one run of the job (the same fields as claw_job_create). concurrency_policy: what a time does while an earlier run still runs: allow (run beside it, the default), forbid (skip the new one) or replace (stop the old one). starting_deadline_secs skips a time missed by more than that; without it only the latest missed time runs. To change a cron job, delete it and create it again. Env is kept in the signed record every fleet member holds: never put secrets in it.",
+        "Run a job on a schedule: five cron fields (minute hour day-of-month month day-of-week; e.g. \"0 2 * * *\" every day at 02:00, \"*/15 8-18 * * mon-fri\") read in an IANA time zone (e.g. Europe/Paris; default UTC; daylight saving followed). Each scheduled time starts one run of the job (the same fields as claw_job_create). concurrency_policy: what a time does while an earlier run still runs: allow (run beside it, the default), forbid (skip the new one) or replace (stop the old one). starting_deadline_secs skips a time missed by more than that; without it only the latest missed time runs. " +
+        "Or bid for GPUs on a schedule instead of running a job (\"find me cheap H100s for a 4-hour job tonight\"): give bid_node, budget, bid_models, bid_gpus, bid_hours and bid_max_price, with image, command and env as the workload to run on the lease, and a schedule that bids once a night at the user's time in their time zone (e.g. \"0 22 * * *\", Europe/Paris). Each run then places one market bid (as claw_market_bid) through the member bid_node names (its peer id, from claw_fleet_status), paid from that member's own wallet within its own spending limits: the run completes when the bid matched (with the lease id when it leased; the lease then runs on by itself) and fails with why when nothing matched, or without bidding when bid_max_price × bid_gpus × bid_hours is over the budget (MOLT per run). It bids at every scheduled time until suspended or deleted. Confirm the budget, the price and the paying member with the user first. The job-only fields (gpus, gpu_model, completions, parallelism, backoff_limit, active_deadline_secs) are not used with a bid. " +
+        "To change a cron job, delete it and create it again. Env is kept in the signed record every fleet member holds: never put secrets in it.",
       parameters: object(
         {
           name: str("Cron job name: 1-32 of a-z, 0-9 and '-'"),
@@ -769,6 +942,15 @@ export function fleetTools(bridge: Bridge): Tool[] {
           concurrency_policy: oneOf(["allow", "forbid", "replace"], "While an earlier run still runs: allow (default), forbid or replace"),
           starting_deadline_secs: int("Skip a scheduled time missed by more than this many seconds, 1-86400", 1),
           ...jobFields,
+          bid_node: str(
+            "Bid instead of running a job: the peer id (claw_fleet_status's peer_id, not the node name) of the member that bids and pays with its own wallet",
+          ),
+          budget: str("With bid_node: the most one run may commit, MOLT, e.g. 10 (bid_max_price × bid_gpus × bid_hours must be within it)"),
+          bid_models: strings("With bid_node: acceptable GPU models, any of them, e.g. [\"H100\"]"),
+          bid_gpus: int("With bid_node: GPUs wanted on one node", 1),
+          bid_hours: int("With bid_node: lease length, hours", 1),
+          bid_max_price: str("With bid_node: highest MOLT per GPU-hour, e.g. 2.5"),
+          bid_accept_simulated: bool("With bid_node: accept simulated GPUs (default no)"),
         },
         ["name", "schedule", "image"],
       ),
@@ -796,7 +978,7 @@ export function fleetTools(bridge: Bridge): Tool[] {
       name: "claw_cron_status",
       label: "Cron job status",
       description:
-        "A cron job's schedule, next and latest scheduled times, its recent runs (why each started, its phase, pod counts, why one failed), the scheduled times it skipped or missed and why, and under pending why pods wait.",
+        "A cron job's schedule, next and latest scheduled times, its recent runs (why each started, its phase, pod counts, why one failed), the scheduled times it skipped or missed and why, and under pending why pods wait. For a cron job that bids, a run completes when its bid matched (its reason says what matched; its lease id shows when it leased) and fails with why nothing matched or why it did not bid (over the budget; the bidding member away); pending says when a run still waits for that member to bid.",
       parameters: object({ name: str("The cron job") }, ["name"]),
       command: "cron.status",
       render: renderCronStatus,
@@ -805,11 +987,13 @@ export function fleetTools(bridge: Bridge): Tool[] {
       name: "claw_cron_trigger",
       label: "Run a cron job now",
       description:
-        "Start one run of a cron job's job now, whatever its schedule (also while it is suspended); its concurrency policy applies as to a scheduled run. Follow it with claw_cron_status.",
+        "Start one run of a cron job's job (or place its bid) now, whatever its schedule (also while it is suspended); its concurrency policy applies as to a scheduled run. Follow it with claw_cron_status.",
       parameters: object({ name: str("The cron job") }, ["name"]),
       command: "cron.trigger",
       render: (a: CronJob) =>
-        `triggered cron job ${a.name}: run t${a.spec.triggers ?? 0} starts now (concurrency ${a.spec.concurrency_policy ?? "allow"}; claw_cron_status follows it)`,
+        a.spec.bid && !a.spec.job
+          ? `triggered cron job ${a.name}: run t${a.spec.triggers ?? 0} places its bid through ${printable(a.spec.bid.node, 64)} now, within a budget of ${a.spec.bid.budget} MOLT (claw_cron_status follows it)`
+          : `triggered cron job ${a.name}: run t${a.spec.triggers ?? 0} starts now (concurrency ${a.spec.concurrency_policy ?? "allow"}; claw_cron_status follows it)`,
     }),
     tool(bridge, {
       name: "claw_cron_suspend",
@@ -830,10 +1014,71 @@ export function fleetTools(bridge: Bridge): Tool[] {
     tool(bridge, {
       name: "claw_cron_delete",
       label: "Delete a cron job",
-      description: "Delete a cron job: no more runs, and its running pods stop. Confirm with the user first.",
+      description:
+        "Delete a cron job: no more runs, and its running pods stop (a bidding cron job's leases already taken go on: they are the bidding member's to end). Confirm with the user first.",
       parameters: object({ name: str("The cron job") }, ["name"]),
       command: "cron.delete",
       render: (a: CronDeleted) => `deleted cron job ${a.name} (revision ${a.revision}); its running pods are stopped`,
+    }),
+    tool(bridge, {
+      name: "claw_autoscale_create",
+      label: "Autoscale a deployment",
+      description:
+        "Keep a deployment's replica count between min and max so that a metric stays near a target. The deployment's controller reads the metric on every running replica every 5 s and takes the mean: more than 10 % over the target, it scales up at once by the ratio (at most doubling); more than 10 % under, it scales down by the ratio, but only cooldown_secs after the last change; never outside min..max. Metrics: gpu_utilization (percent, from NVML; simulated GPUs have no reading), cpu (the container's CPU use in percent of one CPU), file (a number the workload writes on the first line of a file in its container, read with cat: metric_path, an absolute path), http (a number the workload serves as the body of GET on metric_port, at metric_path, default /). Name an existing deployment (check with claw_deployments: the name is not checked against the fleet) and give each deployment one autoscaler. While it exists its count replaces the deployment's own replicas (claw_deployment_update's replicas then change nothing that runs) and the deployment's revision stays the same. Its decisions show in claw_autoscale_status; claw_deployment_status shows the count it decided.",
+      parameters: object(
+        {
+          name: str("Autoscaler name: 1-32 of a-z, 0-9 and '-'"),
+          deployment: str("The deployment it scales"),
+          min: int("Fewest replicas, 1-64", 1),
+          max: int("Most replicas, min-64", 1),
+          metric_type: oneOf(["gpu_utilization", "cpu", "file", "http"], "What it measures on each replica"),
+          metric_path: str("file: the absolute path, in the container, of a file whose first line is the number; http: the URL path (default /)"),
+          metric_port: int("http: the port in the container that serves the number", 1),
+          target: num("The value the replicas' mean reading should stay near, e.g. 70 (percent GPU utilisation) or 100 (queue length)"),
+          cooldown_secs: int("Seconds after a change before the count may go down, 0-3600 (default 60); it goes up at once"),
+        },
+        ["name", "deployment", "min", "max", "metric_type", "target"],
+      ),
+      command: "autoscale.create",
+      map: autoscaleSpec,
+      render: (a: Autoscaler) => `created ${renderAutoscaler(a)}; it decides from the first readings (claw_autoscale_status follows it)`,
+    }),
+    tool(bridge, {
+      name: "claw_autoscale_status",
+      label: "Autoscaler status",
+      description:
+        "An autoscaler's spec, the deployment's controller, the replica count it decided, the last mean reading, and each recent decision (time, from and to counts, and why: over or under the target, or out of min..max). No decisions yet means no reading has come in (e.g. simulated GPUs for gpu_utilization, or a file or port the workload does not serve).",
+      parameters: object({ name: str("The autoscaler") }, ["name"]),
+      command: "autoscale.status",
+      render: renderAutoscaleStatus,
+    }),
+    tool(bridge, {
+      name: "claw_autoscale_adjust",
+      label: "Adjust an autoscaler",
+      description:
+        "Change an autoscaler's min, max, target or cooldown_secs (a new revision; the fields not given stay). The metric and the deployment cannot change: delete the autoscaler and create it again. A count outside the new bounds is moved inside them without waiting for the cooldown.",
+      parameters: object(
+        {
+          name: str("The autoscaler"),
+          min: int("New fewest replicas, 1-64", 1),
+          max: int("New most replicas, min-64", 1),
+          target: num("New target for the mean reading"),
+          cooldown_secs: int("New cooldown before scaling down, 0-3600 seconds"),
+        },
+        ["name"],
+      ),
+      command: "autoscale.adjust",
+      render: (a: Autoscaler) => `adjusted ${renderAutoscaler(a)}`,
+    }),
+    tool(bridge, {
+      name: "claw_autoscale_delete",
+      label: "Delete an autoscaler",
+      description:
+        "Delete an autoscaler: its deployment goes back to the replica count of its own spec (which may start or stop replicas). Confirm with the user first.",
+      parameters: object({ name: str("The autoscaler") }, ["name"]),
+      command: "autoscale.delete",
+      render: (a: AutoscalerDeleted) =>
+        `deleted autoscaler ${a.name} (revision ${a.revision}); its deployment goes back to its own replica count`,
     }),
     tool(bridge, {
       name: "claw_wallet",

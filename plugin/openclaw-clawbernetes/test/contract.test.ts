@@ -174,6 +174,57 @@ test("every tool sends params its bridge command accepts, for every choice its s
   }
 });
 
+test("autoscaler metrics and a selling window reach their commands in the shapes the schemas accept", async () => {
+  const { calls, bridge } = recordingBridge();
+  const tools = fleetTools(bridge);
+  const create = tools.find((t) => t.name === "claw_autoscale_create")!;
+  const base = { name: "web-load", deployment: "web", min: 1, max: 8, target: 70 };
+  const metrics = [
+    { metric_type: "gpu_utilization" },
+    { metric_type: "cpu", metric_path: "/ignored", metric_port: 1 },
+    { metric_type: "file", metric_path: "/run/load" },
+    { metric_type: "http", metric_port: 9100 },
+    { metric_type: "http", metric_port: 9100, metric_path: "/load" },
+  ];
+  const command = commandOf("bridge", "autoscale.create");
+  for (const metric of metrics) {
+    await create.execute(`call-${metric.metric_type}`, { ...base, ...metric, cooldown_secs: 30 });
+    const sent = calls.at(-1)!.params as { spec: { metric: { type: string } } };
+    assert.equal(sent.spec.metric.type, metric.metric_type);
+    assert.deepEqual(check(sent, command.params, command.params), [], JSON.stringify(sent));
+  }
+  // The checker sees a metric the bridge refuses: a file metric without its path.
+  await create.execute("call-no-path", { ...base, metric_type: "file" });
+  assert.notDeepEqual(check(calls.at(-1)!.params, command.params, command.params), []);
+
+  const rentOut = tools.find((t) => t.name === "claw_rent_out")!;
+  const sell = commandOf("node", "market.sell");
+  await rentOut.execute("call-window", { price_per_gpu_hour: "0.95", window_from: "08:00", window_until: "18:00", time_zone: "Europe/Paris" });
+  const windowed = (calls.at(-1)!.params as { params: { window: unknown } }).params;
+  assert.deepEqual(windowed.window, { from: "08:00", until: "18:00", time_zone: "Europe/Paris" });
+  assert.deepEqual(check(windowed, sell.params, sell.params), []);
+});
+
+test("a cron job reaches cron.create with its job, or with its bid and no job, in shapes the schema accepts", async () => {
+  const { calls, bridge } = recordingBridge();
+  const create = fleetTools(bridge).find((t) => t.name === "claw_cron_create")!;
+  const command = commandOf("bridge", "cron.create");
+  const base = { name: "h100-tonight", schedule: "0 22 * * *", time_zone: "Europe/Paris", image: "trainer:1", command: ["train"], env: { A: "1" } };
+  const bid = { bid_node: "12D3KooWbuyer", budget: "10", bid_models: ["H100"], bid_gpus: 1, bid_hours: 4, bid_max_price: "2.5", bid_accept_simulated: true };
+  await create.execute("call-job", { ...base, gpus: 1, completions: 2 });
+  const job = calls.at(-1)!.params as { spec: Record<string, unknown> };
+  assert.ok(job.spec.job && !("bid" in job.spec), JSON.stringify(job));
+  assert.deepEqual(check(job, command.params, command.params), [], JSON.stringify(job));
+  await create.execute("call-bid", { ...base, ...bid, gpus: 1, completions: 2 });
+  const bidding = calls.at(-1)!.params as { spec: Record<string, unknown> };
+  assert.ok(bidding.spec.bid && !("job" in bidding.spec), JSON.stringify(bidding));
+  assert.deepEqual(check(bidding, command.params, command.params), [], JSON.stringify(bidding));
+  // The checker sees a bid the bridge refuses: one without its budget.
+  await create.execute("call-no-budget", { ...base, ...bid, budget: undefined });
+  const errors = check(calls.at(-1)!.params, command.params, command.params);
+  assert.notDeepEqual(errors, []);
+});
+
 /** The schemas `schema` may stand for: itself, or each choice of its $ref, anyOf, oneOf, allOf. */
 function alternatives(schema: JsonSchema | boolean | undefined, root: JsonSchema): JsonSchema[] {
   if (schema === undefined || typeof schema === "boolean") return [];
@@ -202,6 +253,7 @@ function hasField(schema: JsonSchema | boolean | undefined, steps: string[], roo
 test("every field the plugin reads is in its bridge command's answer schema", () => {
   const read = Object.entries(readFields).filter(([command]) => command !== "description");
   assert.ok(read.some(([command]) => command === "job.logs") && read.some(([command]) => command === "cron.status"));
+  assert.ok(read.some(([command]) => command === "autoscale.status"));
   for (const [command, paths] of read) {
     const answer = commandOf("bridge", command).answer;
     assert.ok(answer, `${command} has an answer schema`);

@@ -10,7 +10,19 @@ import { readFileSync } from "node:fs";
 import type { OpenClawPluginApi } from "openclaw/plugin-sdk/plugin-entry";
 
 import { Bridge, BRIDGE_COMMANDS, resolveConfig, type NodeInfo, type NodesRuntime } from "../src/bridge.ts";
-import type { AttemptLogs, CronListing, FleetHealth, JobLogs, MarketLeases } from "../src/answers.ts";
+import type {
+  AttemptLogs,
+  AutoscaleStatus,
+  CronJob,
+  CronListing,
+  CronStatus,
+  DeploymentStatus,
+  FleetHealth,
+  FleetInvoke,
+  JobLogs,
+  MarketLeases,
+  MarketSell,
+} from "../src/answers.ts";
 import { fleetTools, type Tool } from "../src/tools.ts";
 import { HealthMonitor, statuses, transitions } from "../src/monitor.ts";
 import { loadEntry } from "./openclaw-sdk.ts";
@@ -106,6 +118,10 @@ const toolCommands: Record<string, string> = {
   claw_cron_suspend: "cron.suspend",
   claw_cron_resume: "cron.resume",
   claw_cron_delete: "cron.delete",
+  claw_autoscale_create: "autoscale.create",
+  claw_autoscale_status: "autoscale.status",
+  claw_autoscale_adjust: "autoscale.adjust",
+  claw_autoscale_delete: "autoscale.delete",
 };
 
 test("the entry is the SDK's definePluginEntry of the manifest's plugin", async (t) => {
@@ -237,6 +253,351 @@ test("claw_cron_create sends cron.create the schedule, zone and policy around th
   });
   const least = await sent("claw_cron_create", { name: "tick", schedule: "*/5 * * * *", image: "busybox" });
   assert.deepEqual(least.params, { name: "tick", spec: { schedule: "*/5 * * * *", job: { template: { image: "busybox" } } } });
+});
+
+test("claw_cron_create with bid_node sends a bid, with the image, command and env as the lease's workload, and no job", async () => {
+  const node = "12D3KooWbuyer";
+  const full = await sent("claw_cron_create", {
+    name: "h100-tonight",
+    schedule: "0 22 * * *",
+    time_zone: "Europe/Paris",
+    concurrency_policy: "forbid",
+    image: "pytorch/pytorch:2.4.0",
+    command: ["python", "train.py"],
+    env: { EPOCHS: "3" },
+    gpus: 4, // a job's field: not used with a bid
+    completions: 2,
+    bid_node: node,
+    budget: "10",
+    bid_models: ["H100"],
+    bid_gpus: 1,
+    bid_hours: 4,
+    bid_max_price: "2.5",
+    bid_accept_simulated: false,
+    unexpected: 1,
+  });
+  assert.deepEqual(full.params, {
+    name: "h100-tonight",
+    spec: {
+      schedule: "0 22 * * *",
+      time_zone: "Europe/Paris",
+      concurrency_policy: "forbid",
+      bid: {
+        node,
+        budget: "10",
+        bid: {
+          models: ["H100"],
+          gpus: 1,
+          hours: 4,
+          max_price: "2.5",
+          accept_simulated: false,
+          workload: { image: "pytorch/pytorch:2.4.0", command: ["python", "train.py"], env: { EPOCHS: "3" } },
+        },
+      },
+    },
+  });
+  // The least: the workload is the image alone; what is not given is left to the bridge.
+  const least = await sent("claw_cron_create", {
+    name: "cheap",
+    schedule: "0 22 * * *",
+    image: "busybox",
+    bid_node: node,
+    budget: "3",
+    bid_models: ["H100", "A100"],
+    bid_gpus: 1,
+    bid_hours: 1,
+    bid_max_price: "1.5",
+  });
+  assert.deepEqual(least.params, {
+    name: "cheap",
+    spec: {
+      schedule: "0 22 * * *",
+      bid: { node, budget: "3", bid: { models: ["H100", "A100"], gpus: 1, hours: 1, max_price: "1.5", workload: { image: "busybox" } } },
+    },
+  });
+  // A missing bid field is not made up: the bridge refuses it by name.
+  const partial = await sent("claw_cron_create", { name: "p", schedule: "0 22 * * *", image: "busybox", bid_node: node, bid_gpus: 1 });
+  assert.deepEqual(partial.params, { name: "p", spec: { schedule: "0 22 * * *", bid: { node, bid: { gpus: 1, workload: { image: "busybox" } } } } });
+
+  // The answer, in words.
+  const created: CronJob = {
+    name: "h100-tonight",
+    revision: 1,
+    spec: {
+      schedule: "0 22 * * *",
+      time_zone: "Europe/Paris",
+      concurrency_policy: "forbid",
+      starting_deadline_secs: null,
+      suspend: false,
+      job: null,
+      bid: {
+        node,
+        budget: "10",
+        bid: {
+          models: ["H100"],
+          gpus: 1,
+          hours: 4,
+          max_price: "2.5",
+          min_vram_mib: 0,
+          region: null,
+          attested_only: false,
+          min_reputation: 0,
+          accept_simulated: false,
+          workload: { image: "pytorch/pytorch:2.4.0", command: ["python", "train.py"], env: {} },
+          payment: "escrow",
+        },
+      },
+      triggers: 0,
+    },
+    signed_by: "12D3KooWbridge",
+    signed_at_ms: Date.UTC(2026, 0, 1),
+  };
+  const rendered = await sent("claw_cron_create", { name: "h100-tonight", schedule: "0 22 * * *", image: "x", bid_node: node }, created);
+  assert.equal(
+    rendered.text,
+    `created cron job h100-tonight revision 1: "0 22 * * *" in Europe/Paris (concurrency forbid); each run: bids for 1 × H100 for 4 h at most 2.5 MOLT/GPU-hour through ${node}, budget 10 MOLT; a lease runs pytorch/pytorch:2.4.0`,
+  );
+  const matchOnly = { ...created, spec: { ...created.spec, bid: { ...created.spec.bid!, bid: { ...created.spec.bid!.bid, models: ["H100", "A100"], gpus: 2, accept_simulated: true, payment: "stream" as const, workload: null } } } };
+  assert.match(
+    (await sent("claw_cron_status", { name: "h100-tonight" }, { ...matchOnly, runs: [], skipped: [] })).text,
+    /each run: bids for 2 × H100 or A100 for 4 h at most 2\.5 MOLT\/GPU-hour through 12D3KooWbuyer, budget 10 MOLT \(simulated GPUs accepted, paid as a stream\); no workload: it only matches, nothing is leased; controller none\n/,
+  );
+  // A trigger places the bid now.
+  const triggered = await sent("claw_cron_trigger", { name: "h100-tonight" }, { ...created, revision: 2, spec: { ...created.spec, triggers: 1 } });
+  assert.equal(
+    triggered.text,
+    `triggered cron job h100-tonight: run t1 places its bid through ${node} now, within a budget of 10 MOLT (claw_cron_status follows it)`,
+  );
+});
+
+test("claw_cron_status shows a bid's runs: completed with the lease it took, or failed with why nothing matched", async () => {
+  const node = "12D3KooWbuyer";
+  const status: CronStatus = {
+    name: "h100-nightly",
+    revision: 1,
+    spec: {
+      schedule: "0 22 * * *",
+      time_zone: "Europe/Paris",
+      bid: { node, budget: "10", bid: { models: ["H100"], gpus: 1, hours: 4, max_price: "2.5", workload: { image: "trainer:1" } } },
+    },
+    signed_by: "12D3KooWbridge",
+    signed_at_ms: Date.UTC(2026, 0, 1),
+    controller: "12D3KooWctl",
+    last_slot_ms: Date.UTC(2026, 0, 3, 21, 0, 0),
+    next_ms: Date.UTC(2026, 0, 4, 21, 0, 0),
+    runs: [
+      {
+        id: "s29467140",
+        revision: 1,
+        cause: { type: "scheduled", slot_ms: Date.UTC(2026, 0, 1, 21, 0, 0) },
+        started_ms: Date.UTC(2026, 0, 1, 21, 0, 1),
+        phase: "complete",
+        reason: "matched NVIDIA H100 80GB HBM3 at 2.1 MOLT/GPU-hour, leased as ls-7f3a",
+        finished_ms: Date.UTC(2026, 0, 1, 21, 0, 9),
+        attempts: [],
+        lease_id: "ls-7f3a",
+      },
+      {
+        id: "s29468580",
+        revision: 1,
+        cause: { type: "scheduled", slot_ms: Date.UTC(2026, 0, 2, 21, 0, 0) },
+        started_ms: Date.UTC(2026, 0, 2, 21, 0, 1),
+        phase: "failed",
+        reason: "no offer matches: 2 offers cost more than 2.5 MOLT/GPU-hour;\n1 offer has too few GPUs",
+        finished_ms: Date.UTC(2026, 0, 2, 21, 0, 5),
+        attempts: [],
+        lease_id: null,
+      },
+      {
+        id: "t1",
+        revision: 2,
+        cause: { type: "triggered", trigger: 1 },
+        started_ms: Date.UTC(2026, 0, 3, 9, 0, 0),
+        phase: "running",
+        attempts: [],
+      },
+    ],
+    skipped: [],
+    pending: `run t1: waiting for ${node} to bid`,
+  };
+  const { params, text } = await sent("claw_cron_status", { name: "h100-nightly" }, status);
+  assert.deepEqual(params, { name: "h100-nightly" });
+  assert.equal(
+    text,
+    [
+      `cron job h100-nightly revision 1: "0 22 * * *" in Europe/Paris (concurrency allow); each run: bids for 1 × H100 for 4 h at most 2.5 MOLT/GPU-hour through ${node}, budget 10 MOLT; a lease runs trainer:1; controller 12D3KooWctl`,
+      "next scheduled time 2026-01-04T21:00:00.000Z; latest handled 2026-01-03T21:00:00.000Z",
+      `pending: run t1: waiting for ${node} to bid`,
+      "- run s29467140 (scheduled for 2026-01-01T21:00:00.000Z, revision 1): complete (matched NVIDIA H100 80GB HBM3 at 2.1 MOLT/GPU-hour, leased as ls-7f3a), lease ls-7f3a, started 2026-01-01T21:00:01.000Z, finished 2026-01-01T21:00:09.000Z",
+      "- run s29468580 (scheduled for 2026-01-02T21:00:00.000Z, revision 1): failed (no offer matches: 2 offers cost more than 2.5 MOLT/GPU-hour; 1 offer has too few GPUs), started 2026-01-02T21:00:01.000Z, finished 2026-01-02T21:00:05.000Z",
+      "- run t1 (triggered by hand, #1, revision 2): running, started 2026-01-03T09:00:00.000Z",
+    ].join("\n"),
+  );
+  // A job's runs keep their pod counts, and show no lease.
+  const job = await sent(
+    "claw_cron_status",
+    { name: "etl" },
+    { ...status, spec: { schedule: "0 2 * * *", job: { template: { image: "etl:1" } }, bid: null }, pending: null, runs: [{ ...status.runs[2], lease_id: null }] },
+  );
+  assert.match(job.text, /each run: 1 completion of etl:1 \(1 at a time, up to 6 retries\); controller/);
+  assert.match(job.text, /\n- run t1 \(triggered by hand, #1, revision 2\): running, started 2026-01-03T09:00:00\.000Z; 0 succeeded, 0 running, 0 failed$/);
+});
+
+test("claw_autoscale_create sends autoscale.create the spec with the metric its params describe", async () => {
+  const file = await sent("claw_autoscale_create", {
+    name: "web-load",
+    deployment: "web",
+    min: 1,
+    max: 8,
+    metric_type: "file",
+    metric_path: "/run/queue-length",
+    metric_port: 9000, // not a file metric's: dropped
+    target: 100,
+    cooldown_secs: 120,
+  });
+  assert.deepEqual(file.params, {
+    name: "web-load",
+    spec: { deployment: "web", min: 1, max: 8, metric: { type: "file", path: "/run/queue-length" }, target: 100, cooldown_secs: 120 },
+  });
+  // GPU utilisation has no path or port; the cooldown is left to the bridge's default (60 s).
+  const gpu = await sent("claw_autoscale_create", {
+    name: "infer",
+    deployment: "llm",
+    min: 2,
+    max: 6,
+    metric_type: "gpu_utilization",
+    metric_path: "/ignored",
+    target: 70,
+    unexpected: 1,
+  });
+  assert.deepEqual(gpu.params, { name: "infer", spec: { deployment: "llm", min: 2, max: 6, metric: { type: "gpu_utilization" }, target: 70 } });
+  const http = await sent("claw_autoscale_create", {
+    name: "api",
+    deployment: "api",
+    min: 1,
+    max: 4,
+    metric_type: "http",
+    metric_port: 9100,
+    metric_path: "/load",
+    target: 0.5,
+    cooldown_secs: 0,
+  });
+  assert.deepEqual(http.params, {
+    name: "api",
+    spec: { deployment: "api", min: 1, max: 4, metric: { type: "http", path: "/load", port: 9100 }, target: 0.5, cooldown_secs: 0 },
+  });
+  // The answer, in words.
+  const created = await sent(
+    "claw_autoscale_create",
+    { name: "web-load", deployment: "web", min: 1, max: 8, metric_type: "file", metric_path: "/run/queue-length", target: 100 },
+    { name: "web-load", revision: 1, spec: { deployment: "web", min: 1, max: 8, metric: { type: "file", path: "/run/queue-length" }, target: 100, cooldown_secs: 60 }, signed_by: "p", signed_at_ms: 1 },
+  );
+  assert.equal(
+    created.text,
+    "created autoscaler web-load revision 1: deployment web kept at 1-8 replicas, mean the number in /run/queue-length toward 100 (cooldown 60 s); it decides from the first readings (claw_autoscale_status follows it)",
+  );
+  // Adjust passes the fields given, and only those.
+  const adjusted = await sent("claw_autoscale_adjust", { name: "web-load", max: 12, target: 80, unexpected: 1 });
+  assert.deepEqual(adjusted.params, { name: "web-load", max: 12, target: 80 });
+});
+
+test("claw_autoscale_status shows the count decided, the last reading and each decision with its time and reason", async () => {
+  const status: AutoscaleStatus = {
+    name: "infer",
+    revision: 2,
+    spec: { deployment: "llm", min: 1, max: 4, metric: { type: "gpu_utilization" }, target: 50, cooldown_secs: 30 },
+    signed_by: "12D3KooWbridge",
+    signed_at_ms: Date.UTC(2026, 0, 1, 0, 0, 0),
+    controller: "12D3KooWctl",
+    scale: {
+      fence: { epoch: 3, controller: "12D3KooWctl" },
+      version: 4,
+      replicas: 1,
+      changed_ms: Date.UTC(2026, 0, 1, 2, 10, 0),
+      value: 12.345,
+      decisions: [
+        { at_ms: Date.UTC(2026, 0, 1, 2, 0, 0), from: 1, to: 2, value: 100, reason: "mean 100.0 is over the target 50.0: 1 -> 2 replicas" },
+        { at_ms: Date.UTC(2026, 0, 1, 2, 10, 0), from: 2, to: 1, value: 12.3, reason: "mean 12.3 is under the target 50.0: 2 -> 1 replicas\u001b[2J" },
+      ],
+    },
+  };
+  const { params, text } = await sent("claw_autoscale_status", { name: "infer" }, status);
+  assert.deepEqual(params, { name: "infer" });
+  assert.equal(
+    text,
+    [
+      "autoscaler infer revision 2: deployment llm kept at 1-4 replicas, mean GPU utilisation (%) toward 50 (cooldown 30 s); controller 12D3KooWctl",
+      "decided 1 replica; last reading 12.3; count last changed 2026-01-01T02:10:00.000Z",
+      "decisions, oldest first (the newest 2):",
+      "- 2026-01-01T02:00:00.000Z: 1 → 2 replicas (mean 100.0 is over the target 50.0: 1 -> 2 replicas)",
+      "- 2026-01-01T02:10:00.000Z: 2 → 1 replicas (mean 12.3 is under the target 50.0: 2 -> 1 replicas[2J)",
+    ].join("\n"),
+  );
+  // Before the first decision there is no record.
+  const fresh = await sent("claw_autoscale_status", { name: "infer" }, { ...status, controller: null, scale: null });
+  assert.match(fresh.text, /controller none\nno decision yet/);
+  assert.ok(!fresh.text.includes("undefined"), fresh.text);
+});
+
+test("claw_deployment_status shows an autoscaled count beside the spec's", async () => {
+  const status: DeploymentStatus = {
+    name: "llm",
+    revision: 3,
+    spec: { replicas: 2, template: { image: "vllm:1" }, strategy: { type: "rolling" } },
+    controller: "12D3KooWctl",
+    ready: 4,
+    pending: null,
+    failed_revisions: [],
+    replicas: [],
+    autoscaled: 4,
+  };
+  const scaled = await sent("claw_deployment_status", { name: "llm" }, status);
+  assert.equal(
+    scaled.text,
+    "deployment llm revision 3: 4 replicas (autoscaled; spec says 2) of vllm:1 (rolling); 4 of 4 ready; controller 12D3KooWctl",
+  );
+  const plain = await sent("claw_deployment_status", { name: "llm" }, { ...status, autoscaled: null, ready: 2 });
+  assert.equal(plain.text, "deployment llm revision 3: 2 replicas of vllm:1 (rolling); 2 of 2 ready; controller 12D3KooWctl");
+});
+
+test("claw_rent_out sells within a daily window in the user's time zone", async () => {
+  const window = { from: "08:00", until: "18:00", time_zone: "Europe/Paris" };
+  const answer: FleetInvoke<MarketSell> = {
+    command: "market.sell",
+    nodes: 2,
+    succeeded: 2,
+    failed: 0,
+    results: [
+      { node: "n1", ok: true, ms: 3, result: { offers: [{ gpus: 2, withdrawn: false }], window } },
+      { node: "n2", ok: true, ms: 4, result: { offers: [{ gpus: 4, withdrawn: true }], window } },
+    ],
+  };
+  const { params, text } = await sent(
+    "claw_rent_out",
+    { price_per_gpu_hour: "0.95", window_from: "08:00", window_until: "18:00", time_zone: "Europe/Paris", nodes: ["n1", "n2"] },
+    answer,
+  );
+  assert.deepEqual(params, {
+    command: "market.sell",
+    params: { price_per_gpu_hour: "0.95", window: { from: "08:00", until: "18:00", time_zone: "Europe/Paris" } },
+    nodes: ["n1", "n2"],
+  });
+  assert.equal(
+    text,
+    [
+      "selling at 0.95 MOLT/GPU-hour daily 08:00-18:00 (Europe/Paris) on 2 of 2 nodes",
+      "- n1: 2 GPUs on offer now (sells daily 08:00-18:00, Europe/Paris)",
+      "- n2: 0 GPUs on offer now (sells daily 08:00-18:00, Europe/Paris)",
+    ].join("\n"),
+  );
+  // The zone defaults to UTC; without a window (or with stop) nothing about one is sent.
+  const utc = await sent("claw_rent_out", { price_per_gpu_hour: "1.2", window_from: "22:00", window_until: "06:00" });
+  assert.deepEqual(utc.params, { command: "market.sell", params: { price_per_gpu_hour: "1.2", window: { from: "22:00", until: "06:00", time_zone: "UTC" } } });
+  assert.match(utc.text, /^selling at 1\.2 MOLT\/GPU-hour daily 22:00-06:00 \(UTC\) on /);
+  const always = await sent("claw_rent_out", { price_per_gpu_hour: "1.2" });
+  assert.deepEqual(always.params, { command: "market.sell", params: { price_per_gpu_hour: "1.2" } });
+  const stop = await sent("claw_rent_out", { stop: true, window_from: "08:00", window_until: "18:00" });
+  assert.deepEqual(stop.params, { command: "market.sell", params: { stop: true } });
 });
 
 test("job.logs' lines are shown as the node's data: fenced, quoted, printable and bounded", async () => {
