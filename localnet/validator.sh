@@ -26,6 +26,6 @@ pid=$!
 trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$ledger"' EXIT
 echo "solana-test-validator (pid $pid) on http://127.0.0.1:$port, ledger $ledger" >&2
 
-cargo run --release -q -p clawnode -- --data-dir "$data_dir" localnet --use-rpc "http://127.0.0.1:$port"
+cargo run --locked -q -p clawnode -- --data-dir "$data_dir" localnet --use-rpc "http://127.0.0.1:$port"
 echo "set chain.rpc_url = \"http://127.0.0.1:$port\" in $data_dir/config.toml; Ctrl-C stops the validator" >&2
 wait "$pid"
