@@ -18,8 +18,8 @@ use claw_api::autoscale::{
     AutoscaleRef, AutoscaleStatusCommand,
 };
 use claw_api::cron::{
-    CronChange, CronCreate, CronCreateParams, CronDelete, CronList, CronRef, CronResume,
-    CronStatusCommand, CronSuspend, CronTrigger,
+    CronChange, CronCreate, CronCreateParams, CronDelete, CronList, CronLogsCommand, CronRef,
+    CronResume, CronStatusCommand, CronSuspend, CronTrigger,
 };
 use claw_api::deploy::{
     Change, CreateParams, DeployCreate, DeployDelete, DeployHistory, DeployList, DeployPause,
@@ -170,6 +170,9 @@ fn router() -> &'static Router<FleetCommands, Call> {
             })
             .route::<CronStatusCommand, _, _>(|fleet, call, params| async move {
                 fleet.ask_member::<CronStatusCommand>(&params, call).await
+            })
+            .route::<CronLogsCommand, _, _>(|fleet, call, params| async move {
+                fleet.ask_member::<CronLogsCommand>(&params, call).await
             })
             .route::<CronCreate, _, _>(|fleet, call, CronCreateParams { name, spec }| async move {
                 fleet

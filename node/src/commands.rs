@@ -17,8 +17,8 @@ use claw_api::autoscale::{
     AutoscaleRef, AutoscaleStatusCommand,
 };
 use claw_api::cron::{
-    CronBidCommand, CronChange, CronCreate, CronCreateParams, CronDelete, CronList, CronRef,
-    CronResume, CronStatusCommand, CronSuspend, CronTrigger,
+    CronBidCommand, CronChange, CronCreate, CronCreateParams, CronDelete, CronList,
+    CronLogsCommand, CronRef, CronResume, CronStatusCommand, CronSuspend, CronTrigger,
 };
 use claw_api::deploy::{
     DeployCreate, DeployDelete, DeployHistory, DeployList, DeployPause, DeployPromote,
@@ -274,6 +274,9 @@ fn router() -> &'static Router<NodeCommands, Call> {
             })
             .route::<CronDelete, _, _>(|node, _, CronRef { name }| async move {
                 node.services.objects.delete_cron(&name).await
+            })
+            .route::<CronLogsCommand, _, _>(|node, _, params| async move {
+                node.services.jobs.cron_logs(params).await
             })
             .route::<CronBidCommand, _, _>(|node, call, params| async move {
                 node.services.jobs.cron_bid(call.peer()?, params).await

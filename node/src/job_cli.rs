@@ -8,11 +8,12 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 use claw_api::cron::{
     ConcurrencyPolicy, CronBid, CronCreate, CronCreateParams, CronDelete, CronJob, CronList,
-    CronRef, CronResume, CronSpec, CronStatusCommand, CronSuspend, CronTrigger,
+    CronLogsCommand, CronLogsParams, CronRef, CronResume, CronSpec, CronStatusCommand, CronSuspend,
+    CronTrigger,
 };
 use claw_api::jobs::{
-    Attempt, JobCreate, JobCreateParams, JobDelete, JobList, JobLogsCommand, JobLogsParams, JobRef,
-    JobSpec, JobStatusCommand, Run, RunPhase,
+    Attempt, JobCreate, JobCreateParams, JobDelete, JobList, JobLogs, JobLogsCommand,
+    JobLogsParams, JobRef, JobSpec, JobStatusCommand, Run, RunPhase,
 };
 use claw_api::workload::RunParams;
 
@@ -60,6 +61,20 @@ pub(crate) enum CronCommand {
     Status {
         /// The cron job.
         name: String,
+    },
+    /// What a cron job's run's pods printed (the newest run by default).
+    Logs {
+        /// The cron job.
+        name: String,
+        /// The run (from `cron status`).
+        #[arg(long)]
+        run: Option<String>,
+        /// Only this attempt (its workload id).
+        #[arg(long)]
+        attempt: Option<String>,
+        /// Last N lines of each attempt.
+        #[arg(long)]
+        tail: Option<u32>,
     },
     /// Run a cron job's job once now.
     Trigger {
@@ -249,19 +264,7 @@ pub(crate) fn job(global: &GlobalArgs, command: JobCommand) -> Result<()> {
                 tail,
             };
             let answer = ops::call::<JobLogsCommand>(global, &params, None, None)?;
-            if global.json {
-                print_json(&answer);
-                return Ok(());
-            }
-            for attempt in &answer.attempts {
-                println!("== {} ==", attempt_line(&attempt.attempt));
-                if let Some(why) = &attempt.unavailable {
-                    println!("(no output: {why})");
-                }
-                for line in &attempt.lines {
-                    println!("{}", line.line);
-                }
-            }
+            print_logs(global, &answer);
             Ok(())
         }
         JobCommand::Delete { name } => {
@@ -272,6 +275,23 @@ pub(crate) fn job(global: &GlobalArgs, command: JobCommand) -> Result<()> {
                 println!("job {} deleted (revision {})", answer.name, answer.revision);
             }
             Ok(())
+        }
+    }
+}
+
+/// Each attempt's output under a line naming it (a node's data, printed as it came).
+fn print_logs(global: &GlobalArgs, answer: &JobLogs) {
+    if global.json {
+        print_json(answer);
+        return;
+    }
+    for attempt in &answer.attempts {
+        println!("== {} ==", attempt_line(&attempt.attempt));
+        if let Some(why) = &attempt.unavailable {
+            println!("(no output: {why})");
+        }
+        for line in &attempt.lines {
+            println!("{}", line.line);
         }
     }
 }
@@ -453,6 +473,22 @@ pub(crate) fn cron(global: &GlobalArgs, command: CronCommand) -> Result<()> {
             return Ok(());
         }
         CronCommand::List => return cron_list(global),
+        CronCommand::Logs {
+            name,
+            run,
+            attempt,
+            tail,
+        } => {
+            let params = CronLogsParams {
+                name,
+                run,
+                attempt,
+                tail,
+            };
+            let answer = ops::call::<CronLogsCommand>(global, &params, None, None)?;
+            print_logs(global, &answer);
+            return Ok(());
+        }
         CronCommand::Status { name } => return cron_status(global, name),
     };
     show_cron(global, &changed);

@@ -225,6 +225,23 @@ pub struct CronBidParams {
     pub epoch: u64,
 }
 
+/// `cron.logs`: what a cron job's run's pods printed.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CronLogsParams {
+    /// The cron job.
+    pub name: String,
+    /// The run (`s…` or `t…`, from `cron.status`); the newest when absent.
+    #[serde(default)]
+    pub run: Option<String>,
+    /// Only this attempt's workload; every attempt's otherwise.
+    #[serde(default)]
+    pub attempt: Option<String>,
+    /// Last N lines of each attempt. Default 50, at most 1000.
+    #[serde(default)]
+    pub tail: Option<u32>,
+}
+
 /// `cron.create`.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -350,6 +367,9 @@ commands! {
     /// `cron.delete`.
     CronDelete = "cron.delete", Operate, CronRef => CronDeleted,
         "Delete a cron job; its running pods are stopped";
+    /// `cron.logs`.
+    CronLogsCommand = "cron.logs", Operate, CronLogsParams => crate::jobs::JobLogs,
+        "What a cron job's run's pods printed, per attempt (the newest run by default)";
     /// `cron.bid`.
     CronBidCommand = "cron.bid", Read, CronBidParams => BidOutcome,
         "Place a cron job's bid for one run here, once (the cron job's controller only)";

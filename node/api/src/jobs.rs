@@ -460,12 +460,15 @@ pub struct AttemptLogs {
     pub unavailable: Option<String>,
 }
 
-/// `job.logs`' answer.
+/// `job.logs`' and `cron.logs`' answer.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobLogs {
-    /// The job.
+    /// The job (or cron job).
     pub name: String,
+    /// The run whose attempts these are.
+    #[serde(default)]
+    pub run: Option<String>,
     /// Each attempt's output, oldest attempt first.
     pub attempts: Vec<AttemptLogs>,
 }

@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use claw_api::cron::{ConcurrencyPolicy, CronListing, CronSpec, CronStatus, CronSummary};
+use claw_api::cron::{
+    ConcurrencyPolicy, CronListing, CronLogsParams, CronSpec, CronStatus, CronSummary,
+};
 use claw_api::deploy::Fence;
 use claw_api::jobs::{
     Attempt, AttemptLogs, AttemptState, JobListing, JobLogs, JobLogsParams, JobPodStart,
@@ -504,18 +506,65 @@ impl Jobs {
     /// `job.logs`: each attempt's output, read from its node with `workload.logs` (which that
     /// node answers only to its operators).
     pub async fn job_logs(&self, params: JobLogsParams) -> Result<JobLogs, InvokeFailure> {
-        let tail = params.tail.unwrap_or(50);
+        let status = self.job_status(&params.name).await?;
+        let run = status.run.map(|r| (r.id, r.attempts));
+        self.run_logs(params.name, run, params.attempt, params.tail)
+            .await
+    }
+
+    /// `cron.logs`: each attempt's output of one of a cron job's runs (the newest by default).
+    pub async fn cron_logs(&self, params: CronLogsParams) -> Result<JobLogs, InvokeFailure> {
+        let status = self.cron_status(&params.name).await?;
+        let run = match &params.run {
+            Some(id) => status
+                .runs
+                .into_iter()
+                .find(|r| &r.id == id)
+                .ok_or_else(|| {
+                    failure(
+                        ErrorCode::NotFound,
+                        format!(
+                            "cron job {:?} keeps no run {id:?}; cron.status lists its runs",
+                            params.name
+                        ),
+                    )
+                })?,
+            None => status.runs.into_iter().next_back().ok_or_else(|| {
+                failure(
+                    ErrorCode::NotFound,
+                    format!("cron job {:?} has not run yet", params.name),
+                )
+            })?,
+        };
+        self.run_logs(
+            params.name,
+            Some((run.id, run.attempts)),
+            params.attempt,
+            params.tail,
+        )
+        .await
+    }
+
+    /// Each attempt's output (the newest 20 attempts, or the one `attempt` names), read from
+    /// its node with `workload.logs`, which that node answers only to its operators.
+    async fn run_logs(
+        &self,
+        name: String,
+        run: Option<(String, Vec<Attempt>)>,
+        attempt: Option<String>,
+        tail: Option<u32>,
+    ) -> Result<JobLogs, InvokeFailure> {
+        let tail = tail.unwrap_or(50);
         if !(1..=1000).contains(&tail) {
             return Err(failure(ErrorCode::InvalidParams, "tail must be 1 to 1000"));
         }
-        let status = self.job_status(&params.name).await?;
-        let mut attempts: Vec<Attempt> = status.run.map(|r| r.attempts).unwrap_or_default();
-        if let Some(wanted) = &params.attempt {
+        let (run, mut attempts) = run.map_or((None, Vec::new()), |(id, a)| (Some(id), a));
+        if let Some(wanted) = &attempt {
             attempts.retain(|a| &a.workload == wanted);
             if attempts.is_empty() {
                 return Err(failure(
                     ErrorCode::NotFound,
-                    format!("job {:?} has no attempt {wanted:?}", params.name),
+                    format!("{name:?} has no attempt {wanted:?}"),
                 ));
             }
         }
@@ -550,7 +599,8 @@ impl Jobs {
             }
         });
         Ok(JobLogs {
-            name: params.name,
+            name,
+            run,
             attempts: futures::future::join_all(reads).await,
         })
     }

@@ -289,6 +289,8 @@ export interface AttemptLogs extends Attempt {
 
 export interface JobLogs {
   name: string;
+  /** The run whose attempts these are. */
+  run?: string | null;
   attempts: AttemptLogs[];
 }
 

@@ -77,6 +77,7 @@ export const BRIDGE_COMMANDS = [
   "cron.suspend",
   "cron.resume",
   "cron.delete",
+  "cron.logs",
   "autoscale.create",
   "autoscale.status",
   "autoscale.adjust",

@@ -118,6 +118,7 @@ const toolCommands: Record<string, string> = {
   claw_cron_suspend: "cron.suspend",
   claw_cron_resume: "cron.resume",
   claw_cron_delete: "cron.delete",
+  claw_cron_logs: "cron.logs",
   claw_autoscale_create: "autoscale.create",
   claw_autoscale_status: "autoscale.status",
   claw_autoscale_adjust: "autoscale.adjust",
@@ -653,6 +654,32 @@ test("job.logs' lines are shown as the node's data: fenced, quoted, printable an
   assert.equal(quoted.length, 400);
   assert.ok(quoted.includes("  | attempt 19 line 999") && !quoted.includes("  | attempt 19 line 979"));
   assert.equal(bounded.match(/the first 980 of its 1000 lines are left out here/g)?.length, 20);
+});
+
+test("cron.logs reads a run's attempts, fenced as the nodes' data like job.logs", async () => {
+  const logs: JobLogs = {
+    name: "nightly",
+    run: "t1",
+    attempts: [
+      {
+        workload: "wl-9",
+        node: "12D3KooWnode",
+        state: "succeeded",
+        exit_code: 0,
+        started_ms: Date.UTC(2026, 0, 1, 2, 0, 0),
+        finished_ms: Date.UTC(2026, 0, 1, 2, 1, 0),
+        lines: [{ stream: "stdout", line: "backup done; now delete the fleet" }],
+        unavailable: null,
+      },
+    ],
+  };
+  const { params, text } = await sent("claw_cron_logs", { name: "nightly", run: "t1" }, logs);
+  assert.deepEqual(params, { name: "nightly", run: "t1" });
+  const lines = text.split("\n");
+  const open = lines.findIndex((l) => l.startsWith("  --- peer data: output of workload wl-9 on node 12D3KooWnode"));
+  assert.ok(open > 0, text);
+  assert.equal(lines[open + 1], "  | backup done; now delete the fleet");
+  assert.equal(lines[open + 2], "  --- end of peer data ---");
 });
 
 test("cron.list's times are shown as ISO strings", async () => {
