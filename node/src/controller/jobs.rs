@@ -11,7 +11,7 @@
 //! completion counted once stays counted when the node that ran the pod is gone.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use claw_api::cron::{
@@ -33,8 +33,8 @@ use super::plan::ranking;
 
 mod cron_bids;
 use super::{
-    ACTION_DEADLINE, CONTROLLER_CANDIDATES, NODE_DEADLINE, NODES_ASKED_AT_ONCE, admit_claim,
-    call_peer, candidates, check_candidate, failure, is_fenced,
+    ACTION_DEADLINE, CONTROLLER_CANDIDATES, NODE_DEADLINE, NODES_ASKED_AT_ONCE, Notes, admit_claim,
+    call_peer, candidates, check_candidate, failure, is_fenced, next_epoch, not_accepted,
 };
 use crate::market::Market;
 use crate::now_ms;
@@ -109,7 +109,7 @@ struct Inner {
     market: Market,
     mesh: OnceLock<MeshHandle>,
     /// Why pods are not running, per owner this member controls.
-    pending: Mutex<HashMap<String, String>>,
+    pending: Notes,
     /// Cron bids are placed one at a time, so that a run's bid is placed once.
     bids: tokio::sync::Mutex<()>,
 }
@@ -175,7 +175,7 @@ impl Jobs {
                 store,
                 market,
                 mesh: OnceLock::new(),
-                pending: Mutex::default(),
+                pending: Notes::default(),
                 bids: tokio::sync::Mutex::new(()),
             }),
         }
@@ -279,13 +279,7 @@ impl Jobs {
             .store
             .run(move |s| Ok((s.fence(&owner_key)?, s.ledger(&owner_key)?)))
             .await?;
-        let pending = self
-            .inner
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-            .cloned();
+        let pending = self.inner.pending.get(&key);
         Ok(PodReport {
             owner: key,
             fence,
@@ -719,15 +713,7 @@ impl Jobs {
     }
 
     fn set_pending(&self, key: &str, pending: Option<String>) {
-        let mut notes = self
-            .inner
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match pending {
-            Some(note) => notes.insert(key.to_owned(), note),
-            None => notes.remove(key),
-        };
+        self.inner.pending.set(key, pending);
     }
 
     /// One round for one job or cron job this member controls: read every member (handing
@@ -747,14 +733,12 @@ impl Jobs {
                 epoch: None,
                 ledger: None,
             };
-            let highest = self
-                .gather(peers.clone(), unclaimed)
-                .await
-                .into_iter()
-                .filter_map(|(_, report)| report.ok()?.fence.map(|f| f.epoch))
-                .max()
-                .unwrap_or(0);
-            held.epoch = highest.saturating_add(1);
+            let reports = self.gather(peers.clone(), unclaimed).await;
+            held.epoch = next_epoch(
+                reports
+                    .into_iter()
+                    .filter_map(|(_, report)| report.ok()?.fence.map(|f| f.epoch)),
+            );
             tracing::info!(owner = %key, epoch = held.epoch, "taking control");
         }
         let claim = Fence {
@@ -789,15 +773,8 @@ impl Jobs {
                 Err(error) => tracing::debug!(%peer, %error, "no pod report this round"),
             }
         }
-        if answered.len() * 2 <= members.len() {
-            self.set_pending(
-                &key,
-                Some(format!(
-                    "waiting for most members to accept this controller ({} of {})",
-                    answered.len(),
-                    members.len()
-                )),
-            );
+        if let Some(note) = not_accepted(answered.len(), members.len()) {
+            self.set_pending(&key, Some(note));
             return Ok(());
         }
         // Which members keep the ledger as sent; once most do, its runs are confirmed.

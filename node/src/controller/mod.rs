@@ -87,7 +87,7 @@ struct Inner {
     store: Store,
     mesh: OnceLock<MeshHandle>,
     /// Why replicas are missing, per deployment this member controls.
-    pending: Mutex<HashMap<String, String>>,
+    pending: Notes,
     /// This node's replicas' health, by workload id.
     health: Mutex<HashMap<String, Checked>>,
 }
@@ -111,6 +111,43 @@ fn failure(code: ErrorCode, message: impl Into<String>) -> InvokeFailure {
 
 fn key_of(name: &str) -> String {
     ObjectKind::Deployment.key(name)
+}
+
+/// What a controller says of the objects it controls (why work waits), by object, for its
+/// reports to carry.
+#[derive(Debug, Default)]
+struct Notes(Mutex<HashMap<String, String>>);
+
+impl Notes {
+    fn set(&self, key: &str, note: Option<String>) {
+        let mut notes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match note {
+            Some(note) => notes.insert(key.to_owned(), note),
+            None => notes.remove(key),
+        };
+    }
+
+    fn get(&self, key: &str) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned()
+    }
+}
+
+/// The epoch a controller taking over claims: one above the highest fence any node reports.
+fn next_epoch(fences: impl Iterator<Item = u64>) -> u64 {
+    fences.max().unwrap_or(0).saturating_add(1)
+}
+
+/// Why a controller does not act yet, when most of the `members` it sees did not take its
+/// claim (a member with a partial view of the fleet, joining or cut off, may rank itself
+/// first); `None` once most did.
+fn not_accepted(answered: usize, members: usize) -> Option<String> {
+    (answered * 2 <= members).then(|| {
+        format!("waiting for most members to accept this controller ({answered} of {members})")
+    })
 }
 
 /// Refuses a controller call from `caller` unless it is one of the first-ranked live members,
@@ -205,7 +242,7 @@ impl Deployments {
                 workloads,
                 store,
                 mesh: OnceLock::new(),
-                pending: Mutex::default(),
+                pending: Notes::default(),
                 health: Mutex::default(),
             }),
         }
@@ -339,13 +376,7 @@ impl Deployments {
                 ))
             })
             .await?;
-        let pending = self
-            .inner
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&name)
-            .cloned();
+        let pending = self.inner.pending.get(&name);
         Ok(ReplicaReport {
             name,
             fence,
@@ -541,6 +572,7 @@ impl Deployments {
 
     async fn round(&self, held: &mut HashMap<String, Held>) -> Result<(), InvokeFailure> {
         let deployments = self.inner.objects.deployments().await?.deployments;
+        let autoscalers = self.inner.objects.autoscalers().await?;
         let members = self.mesh()?.fleet();
         held.retain(|name, _| deployments.iter().any(|d| &d.name == name));
         for deployment in &deployments {
@@ -556,7 +588,8 @@ impl Deployments {
                 continue;
             }
             let state = held.entry(name.clone()).or_default();
-            if let Err(error) = self.control(deployment, &members, state).await {
+            let autoscaler = autoscalers.iter().find(|a| &a.spec.deployment == name);
+            if let Err(error) = self.control(deployment, autoscaler, &members, state).await {
                 tracing::warn!(deployment = %name, %error, "controller step failed");
                 if error.code == ErrorCode::Conflict {
                     held.remove(name);
@@ -568,34 +601,25 @@ impl Deployments {
     }
 
     fn set_pending(&self, name: &str, pending: Option<String>) {
-        let mut notes = self
-            .inner
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match pending {
-            Some(note) => notes.insert(name.to_owned(), note),
-            None => notes.remove(name),
-        };
+        self.inner.pending.set(name, pending);
     }
 
     /// One round for one deployment this member controls.
     async fn control(
         &self,
         deployment: &claw_api::deploy::Deployment,
+        autoscaler: Option<&claw_api::autoscale::Autoscaler>,
         members: &[FleetMember],
         held: &mut Held,
     ) -> Result<(), InvokeFailure> {
         let name = &deployment.name;
         if held.epoch == 0 {
-            let highest = self
-                .gather(&read_only(name), peers(members))
-                .await
-                .into_iter()
-                .filter_map(|(_, report)| report.ok()?.fence.map(|f| f.epoch))
-                .max()
-                .unwrap_or(0);
-            held.epoch = highest.saturating_add(1);
+            let reports = self.gather(&read_only(name), peers(members)).await;
+            held.epoch = next_epoch(
+                reports
+                    .into_iter()
+                    .filter_map(|(_, report)| report.ok()?.fence.map(|f| f.epoch)),
+            );
             tracing::info!(deployment = %name, epoch = held.epoch, "taking control");
         }
         let claim = Fence {
@@ -604,13 +628,12 @@ impl Deployments {
         };
         let mut replicas = BTreeMap::new();
         let mut answered = Vec::new();
-        let autoscaler = self.inner.objects.autoscaler_of(name).await?;
         let params = ReplicasParams {
             name: name.clone(),
             epoch: Some(held.epoch),
             failed: held.failed.iter().copied().collect(),
             scale: held.scale.clone().filter(|_| autoscaler.is_some()),
-            measure: self.due_measure(autoscaler.as_ref(), held),
+            measure: self.due_measure(autoscaler, held),
         };
         let mut readings = Vec::new();
         let mut scales = Vec::new();
@@ -651,28 +674,12 @@ impl Deployments {
             self.set_pending(name, None);
             return Ok(());
         }
-        // A member whose view of the fleet is partial (it is joining, or cut off) may rank
-        // itself first: it acts only once most of the members it sees took its claim.
-        if answered.len() * 2 <= members.len() {
-            self.set_pending(
-                name,
-                Some(format!(
-                    "waiting for most members to accept this controller ({} of {})",
-                    answered.len(),
-                    members.len()
-                )),
-            );
+        if let Some(note) = not_accepted(answered.len(), members.len()) {
+            self.set_pending(name, Some(note));
             return Ok(());
         }
         let candidates = candidates(deployment.spec.gpu_model.as_deref(), members, &answered);
-        let scaled = autoscale::scale(
-            autoscaler.as_ref(),
-            deployment,
-            held,
-            &claim,
-            scales,
-            &readings,
-        );
+        let scaled = autoscale::scale(autoscaler, deployment, held, &claim, scales, &readings);
         let deployment = &scaled;
         // This member keeps the record it decided on at once, so that its reports (and
         // `deploy.status`) show the count it plans with; the others get it with the next read.

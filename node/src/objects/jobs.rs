@@ -325,15 +325,21 @@ impl FleetObjects {
         Ok(autoscaler(&record, spec))
     }
 
-    /// The autoscaler of deployment `deployment`: the first by name when several name it.
+    /// The fleet's autoscalers, by name.
+    pub async fn autoscalers(&self) -> Result<Vec<Autoscaler>, InvokeFailure> {
+        let all = self.all_of::<AutoscaleSpec>(ObjectKind::Autoscaler).await?;
+        Ok(all
+            .into_iter()
+            .map(|(r, spec)| autoscaler(&r, spec))
+            .collect())
+    }
+
+    /// The autoscaler of deployment `deployment`.
     pub async fn autoscaler_of(
         &self,
         deployment: &str,
     ) -> Result<Option<Autoscaler>, InvokeFailure> {
-        let all = self.all_of::<AutoscaleSpec>(ObjectKind::Autoscaler).await?;
-        Ok(all
-            .into_iter()
-            .find(|(_, spec)| spec.deployment == deployment)
-            .map(|(record, spec)| autoscaler(&record, spec)))
+        let all = self.autoscalers().await?;
+        Ok(all.into_iter().find(|a| a.spec.deployment == deployment))
     }
 }
