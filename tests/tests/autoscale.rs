@@ -166,4 +166,15 @@ fn a_deployment_scales_up_on_its_published_load_and_down_after_the_cooldown() {
     assert!(refused.contains("UNAUTHORIZED"), "{refused}");
     let status = members[0].status("scaled").expect("status");
     assert_eq!(status["autoscaled"], json!(1), "{status:#}");
+    // Nor can any member name a metric of its own for a node to read in a replica (a file of
+    // its choosing): the node reads only the autoscaler it keeps.
+    let named = outsider.cli.invoke(
+        Some(&target.peer_id),
+        "deploy.replicas",
+        &json!({"name": "scaled", "measure": {"type": "file", "path": "/etc/passwd"}}),
+    );
+    assert!(
+        named.as_ref().is_err_and(|e| e.contains("INVALID_PARAMS")),
+        "{named:?}"
+    );
 }

@@ -571,9 +571,11 @@ pub struct ReplicasParams {
     /// when it is newer.
     #[serde(default)]
     pub scale: Option<crate::autoscale::ScaleRecord>,
-    /// The autoscaler's metric, for the node to read on each of its running replicas.
+    /// Read the deployment's autoscaler metric on each running replica here. The node reads
+    /// the metric of the autoscaler it keeps itself (an operator signed it), never one the
+    /// caller names.
     #[serde(default)]
-    pub measure: Option<crate::autoscale::Metric>,
+    pub measure: bool,
 }
 
 /// One replica's reading of an autoscaler's metric.

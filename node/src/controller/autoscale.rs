@@ -23,20 +23,15 @@ const MEASURE_EVERY_MS: u64 = 5_000;
 const READING_DEADLINE_SECS: u32 = 5;
 
 impl Deployments {
-    /// The metric to read this round, when the deployment has an autoscaler and the last
+    /// Whether to read the metric this round: the deployment has an autoscaler and the last
     /// reading is old enough.
-    pub(super) fn due_measure(
-        &self,
-        autoscaler: Option<&Autoscaler>,
-        held: &mut Held,
-    ) -> Option<Metric> {
-        let autoscaler = autoscaler?;
+    pub(super) fn due_measure(&self, autoscaler: Option<&Autoscaler>, held: &mut Held) -> bool {
         let now = now_ms();
-        if now < held.measured_ms.saturating_add(MEASURE_EVERY_MS) {
-            return None;
+        if autoscaler.is_none() || now < held.measured_ms.saturating_add(MEASURE_EVERY_MS) {
+            return false;
         }
         held.measured_ms = now;
-        Some(autoscaler.spec.metric.clone())
+        true
     }
 
     /// Keeps a scale record a controller hands this node, when the controller wrote it under
@@ -177,12 +172,11 @@ fn parse_number(text: &str) -> Result<f64, String> {
     if first.len() > 64 {
         return Err("the reading is over 64 bytes".to_owned());
     }
-    first.parse::<f64>().map_err(|_| {
-        format!(
-            "{:?} is not a number",
-            first.chars().take(32).collect::<String>()
-        )
-    })
+    // What the file or endpoint holds goes back to the controller only as a number: a reading
+    // that is not one says so without echoing it.
+    first
+        .parse::<f64>()
+        .map_err(|_| "the reading is not a number".to_owned())
 }
 
 /// The body of `GET path` on `ip:port` (HTTP/1.0, at most 4 KiB, 2xx only).

@@ -337,8 +337,11 @@ impl Deployments {
             }
         }
         let records = self.local_replicas(&name).await?;
-        if let (Some(_), Some(metric)) = (params.epoch, &params.measure) {
-            readings = self.measure(&records, metric).await;
+        if params.epoch.is_some()
+            && params.measure
+            && let Some(autoscaler) = self.inner.objects.autoscaler_of(&name).await?
+        {
+            readings = self.measure(&records, &autoscaler.spec.metric).await;
         }
         let mut replicas: Vec<Replica> = {
             let health = self
@@ -1052,7 +1055,7 @@ fn read_only(name: &str) -> ReplicasParams {
         epoch: None,
         failed: Vec::new(),
         scale: None,
-        measure: None,
+        measure: false,
     }
 }
 
