@@ -439,4 +439,25 @@ fn a_cron_job_bids_through_the_member_it_names_within_its_budget() {
         )
         .expect_err("an outsider cannot make it bid");
     assert!(refused.contains("UNAUTHORIZED"), "{refused}");
+    // The member next in line may call, but only for runs the signed spec asks for: made-up
+    // run ids (a trigger never signed, a minute that is no scheduled time) place no bid.
+    let peers = members.iter().map(|m| m.peer_id.parse().expect("peer id"));
+    let next = clawnode::controller::plan::ranking("cron/nightly", peers)[1].to_string();
+    let candidate = members
+        .iter()
+        .find(|m| m.peer_id == next)
+        .expect("the member next in line");
+    for run in ["t9", "s1"] {
+        let made_up = candidate.cli.invoke(
+            Some(&bidder),
+            "cron.bid",
+            &json!({"name": "nightly", "run": run, "revision": 2, "epoch": 1_000_000}),
+        );
+        assert!(
+            made_up
+                .as_ref()
+                .is_err_and(|e| e.contains("INVALID_PARAMS")),
+            "{run}: {made_up:?}"
+        );
+    }
 }

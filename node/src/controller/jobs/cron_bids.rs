@@ -5,7 +5,7 @@
 //! twice for one run; and it refuses a bid whose highest price × GPUs × hours is over the
 //! cron job's budget.
 
-use claw_api::cron::{CronBid, CronBidCommand, CronBidParams};
+use claw_api::cron::{CronBid, CronBidCommand, CronBidParams, CronSpec};
 use claw_api::jobs::{Run, RunPhase};
 use claw_api::market::BidOutcome;
 use claw_market::Molt;
@@ -27,6 +27,27 @@ pub struct KeptBid {
     pub outcome: Option<BidOutcome>,
     /// Why it failed, when it did.
     pub error: Option<String>,
+}
+
+/// Whether `run` is a run the operator's signed spec asks for now: its latest scheduled time
+/// (`s<minute>`) or one of its triggers (`t<n>`, at most the spec's count). A controller can
+/// make the member bid only for those, each once, however many run ids it makes up.
+fn is_due(spec: &CronSpec, run: &str, now: u64) -> bool {
+    if let Some(trigger) = run.strip_prefix('t') {
+        return trigger
+            .parse::<u64>()
+            .is_ok_and(|n| n >= 1 && n <= spec.triggers);
+    }
+    let Some(slot) = run
+        .strip_prefix('s')
+        .and_then(|minute| minute.parse::<u64>().ok())
+        .and_then(|minute| minute.checked_mul(60_000))
+    else {
+        return false;
+    };
+    slot <= now
+        && spec.next_after(slot.saturating_sub(60_000)) == Some(slot)
+        && spec.next_after(slot).is_none_or(|next| next > now)
 }
 
 fn amount(text: &str, what: &str) -> Result<Molt, InvokeFailure> {
@@ -67,15 +88,25 @@ impl Jobs {
             objects.catch_up(caller).await?;
             cron = objects.cron_at(&params.name, params.revision).await?;
         }
-        let bid = cron.and_then(|c| c.bid).ok_or_else(|| {
-            failure(
+        let Some((spec, bid)) = cron.and_then(|c| c.bid.clone().map(|b| (c, b))) else {
+            return Err(failure(
                 ErrorCode::NotFound,
                 format!(
                     "cron job {:?} at revision {} places no bid here",
                     params.name, params.revision
                 ),
-            )
-        })?;
+            ));
+        };
+        if !is_due(&spec, &params.run, crate::now_ms()) {
+            return Err(failure(
+                ErrorCode::InvalidParams,
+                format!(
+                    "run {:?} is neither the cron job's latest scheduled time nor one of its \
+                     triggers: no bid is placed for it",
+                    params.run
+                ),
+            ));
+        }
         if bid.node != self.inner.local.to_string() {
             return Err(failure(
                 ErrorCode::Unauthorized,
@@ -224,6 +255,37 @@ mod tests {
             "bid": {"models": ["H100"], "gpus": gpus, "hours": hours, "max_price": max_price},
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn only_the_latest_scheduled_time_and_the_signed_triggers_bid() {
+        let mut spec: CronSpec = serde_json::from_value(serde_json::json!({
+            "schedule": "0 22 * * *",
+            "bid": {"node": "n", "budget": "10",
+                "bid": {"models": ["H100"], "gpus": 1, "hours": 4, "max_price": "2.5"}},
+        }))
+        .unwrap();
+        spec.triggers = 2;
+        let day = 24 * 60;
+        // 22:00 on day 10, and a moment after.
+        let slot = (10 * day + 22 * 60) * 60_000;
+        let now = slot + 5 * 60_000;
+        assert!(is_due(&spec, &format!("s{}", slot / 60_000), now));
+        assert!(
+            !is_due(&spec, &format!("s{}", slot / 60_000 - day), now),
+            "yesterday's"
+        );
+        assert!(
+            !is_due(&spec, &format!("s{}", slot / 60_000 + 1), now),
+            "not a scheduled time"
+        );
+        assert!(
+            !is_due(&spec, &format!("s{}", slot / 60_000 + day), now),
+            "tomorrow's"
+        );
+        assert!(is_due(&spec, "t1", now) && is_due(&spec, "t2", now));
+        assert!(!is_due(&spec, "t3", now) && !is_due(&spec, "t0", now));
+        assert!(!is_due(&spec, "x1", now) && !is_due(&spec, "s", now));
     }
 
     #[test]
