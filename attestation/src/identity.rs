@@ -87,6 +87,12 @@ impl NodeIdentity {
             .expect("a 32-byte buffer is always a valid ed25519 secret")
     }
 
+    /// The X25519 secret of the node key (the first half of its expanded Ed25519 secret), for
+    /// opening sealed data.
+    pub(crate) fn scalar_bytes(&self) -> [u8; 32] {
+        self.signing_key.to_scalar_bytes()
+    }
+
     /// The libp2p peer id derived from the node key.
     pub fn peer_id(&self) -> PeerId {
         peer_id_of(&self.public_key())

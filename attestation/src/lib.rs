@@ -32,6 +32,7 @@ mod identity;
 mod inventory;
 mod keyfile;
 mod probe;
+mod sealing;
 mod wallet;
 
 pub use envelope::{
@@ -47,6 +48,7 @@ pub use inventory::{
 };
 pub use keyfile::{KeyFileError, read_secret, write_secret};
 pub use probe::{GpuProbe, XidWatcher, probe_host};
+pub use sealing::{SealError, Sealed, seal};
 pub use wallet::WalletKeypair;
 
 pub use ed25519_dalek::VerifyingKey;

@@ -17,6 +17,9 @@ use claw_api::autoscale::{
     AutoscaleAdjust, AutoscaleChange, AutoscaleCreate, AutoscaleCreateParams, AutoscaleDelete,
     AutoscaleRef, AutoscaleStatusCommand,
 };
+use claw_api::configs::{
+    ConfigCreate, ConfigDelete, ConfigGet, ConfigList, ConfigRef, ConfigUpdate, ValuesChange,
+};
 use claw_api::cron::{
     CronChange, CronCreate, CronCreateParams, CronDelete, CronList, CronLogsCommand, CronRef,
     CronResume, CronStatusCommand, CronSuspend, CronTrigger,
@@ -38,6 +41,10 @@ use claw_api::jobs::{
 };
 use claw_api::market::{MarketBid, MarketLeaseCancel, MarketLeases, MarketOffers, WalletBalance};
 use claw_api::node::{GpuMetrics, GpuReading, HealthStatus, NodeDrain, NodeHealth};
+use claw_api::objects::ObjectKind;
+use claw_api::secrets::{
+    SecretCreate, SecretDelete, SecretDescribe, SecretList, SecretRef, SecretRotate,
+};
 use claw_api::workload::{Workload, WorkloadList, WorkloadRun};
 use claw_api::{
     BRIDGE_COMMANDS, Command, ErrorCode, InvokeFailure, NoParams, Router, bridge_descriptions,
@@ -51,6 +58,7 @@ use crate::gateway::{CommandFuture, GatewayHandler};
 
 mod deployments;
 mod jobs;
+mod values;
 use crate::placements::{Placement, PlacementError, Placements};
 
 /// Most node calls in flight at once for one fleet command.
@@ -124,7 +132,7 @@ fn router() -> &'static Router<FleetCommands, Call> {
             .route::<DeployUpdate, _, _>(|fleet, call, params| async move {
                 let name = params.name.clone();
                 fleet
-                    .deployment_changed(&name, Change::Update(params), call)
+                    .deployment_changed(&name, Change::Update(Box::new(params)), call)
                     .await
             })
             .route::<DeployRollback, _, _>(
@@ -215,6 +223,36 @@ fn router() -> &'static Router<FleetCommands, Call> {
             })
             .route::<AutoscaleDelete, _, _>(|fleet, call, AutoscaleRef { name }| async move {
                 fleet.autoscaler_deleted(&name, call).await
+            })
+            .route::<ConfigCreate, _, _>(|fleet, call, params| async move {
+                fleet.config_put(params, ValuesChange::Create, call).await
+            })
+            .route::<ConfigUpdate, _, _>(|fleet, call, params| async move {
+                fleet.config_put(params, ValuesChange::Update, call).await
+            })
+            .route::<ConfigGet, _, _>(|fleet, call, params| async move {
+                fleet.ask_member::<ConfigGet>(&params, call).await
+            })
+            .route::<ConfigList, _, _>(|fleet, call, params| async move {
+                fleet.ask_member::<ConfigList>(&params, call).await
+            })
+            .route::<ConfigDelete, _, _>(|fleet, call, ConfigRef { name }| async move {
+                fleet.values_deleted(ObjectKind::Config, &name, call).await
+            })
+            .route::<SecretCreate, _, _>(|fleet, call, params| async move {
+                fleet.secret_put(params, ValuesChange::Create, call).await
+            })
+            .route::<SecretRotate, _, _>(|fleet, call, params| async move {
+                fleet.secret_put(params, ValuesChange::Update, call).await
+            })
+            .route::<SecretDescribe, _, _>(|fleet, call, params| async move {
+                fleet.ask_member::<SecretDescribe>(&params, call).await
+            })
+            .route::<SecretList, _, _>(|fleet, call, params| async move {
+                fleet.ask_member::<SecretList>(&params, call).await
+            })
+            .route::<SecretDelete, _, _>(|fleet, call, SecretRef { name }| async move {
+                fleet.values_deleted(ObjectKind::Secret, &name, call).await
             })
     })
 }

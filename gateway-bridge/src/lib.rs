@@ -6,6 +6,7 @@
 
 pub mod fleet;
 pub mod gateway;
+pub mod logs;
 pub mod operator;
 pub mod placements;
 

@@ -16,6 +16,9 @@ use claw_api::autoscale::{
     AutoscaleAdjust, AutoscaleChange, AutoscaleCreate, AutoscaleCreateParams, AutoscaleDelete,
     AutoscaleRef, AutoscaleStatusCommand,
 };
+use claw_api::configs::{
+    ConfigCreate, ConfigDelete, ConfigGet, ConfigList, ConfigRef, ConfigUpdate, ValuesChange,
+};
 use claw_api::cron::{
     CronBidCommand, CronChange, CronCreate, CronCreateParams, CronDelete, CronList,
     CronLogsCommand, CronRef, CronResume, CronStatusCommand, CronSuspend, CronTrigger,
@@ -42,7 +45,11 @@ use claw_api::node::{
     NodeCapabilities, NodeCordon, NodeDrain, NodeHealth, NodeLabel, NodeUncordon, SystemInfo,
     SystemRun, SystemRunOutput, SystemRunParams,
 };
+use claw_api::objects::ObjectKind;
 use claw_api::objects::{ObjectPut, ObjectSync};
+use claw_api::secrets::{
+    SecretCreate, SecretDelete, SecretDescribe, SecretList, SecretRef, SecretRotate,
+};
 use claw_api::workload::{
     ContainerExec, ExecOutput, ExecParams, ListParams, LogTail, LogsParams, RunParams, StopParams,
     Workload, WorkloadDetail, WorkloadInspect, WorkloadList, WorkloadListing, WorkloadLogs,
@@ -301,6 +308,54 @@ fn router() -> &'static Router<NodeCommands, Call> {
             })
             .route::<AutoscaleDelete, _, _>(|node, _, AutoscaleRef { name }| async move {
                 node.services.objects.delete_autoscaler(&name).await
+            })
+            .route::<ConfigCreate, _, _>(|node, _, params| async move {
+                node.services
+                    .objects
+                    .put_config(params, ValuesChange::Create)
+                    .await
+            })
+            .route::<ConfigUpdate, _, _>(|node, _, params| async move {
+                node.services
+                    .objects
+                    .put_config(params, ValuesChange::Update)
+                    .await
+            })
+            .route::<ConfigGet, _, _>(|node, _, ConfigRef { name }| async move {
+                node.services.objects.config(&name).await
+            })
+            .route::<ConfigList, _, _>(|node, _, NoParams {}| async move {
+                node.services.objects.configs().await
+            })
+            .route::<ConfigDelete, _, _>(|node, _, ConfigRef { name }| async move {
+                node.services
+                    .objects
+                    .delete_values(ObjectKind::Config, &name)
+                    .await
+            })
+            .route::<SecretCreate, _, _>(|node, _, params| async move {
+                node.services
+                    .objects
+                    .put_secret(params, ValuesChange::Create)
+                    .await
+            })
+            .route::<SecretRotate, _, _>(|node, _, params| async move {
+                node.services
+                    .objects
+                    .put_secret(params, ValuesChange::Update)
+                    .await
+            })
+            .route::<SecretDescribe, _, _>(|node, _, SecretRef { name }| async move {
+                node.services.objects.secret(&name).await
+            })
+            .route::<SecretList, _, _>(|node, _, NoParams {}| async move {
+                node.services.objects.secrets().await
+            })
+            .route::<SecretDelete, _, _>(|node, _, SecretRef { name }| async move {
+                node.services
+                    .objects
+                    .delete_values(ObjectKind::Secret, &name)
+                    .await
             })
             .route::<ObjectPut, _, _>(|node, _, params| async move {
                 node.services.objects.put(params).await
@@ -911,7 +966,7 @@ impl NodeCommands {
         answer: tokio::sync::oneshot::Sender<Result<Value, InvokeFailure>>,
     ) {
         let command = request.command.clone();
-        let params_sha256 = hex::encode(Sha256::digest(request.params.to_string()));
+        let params_sha256 = audit_digest(&command, &request.params);
         let started = Instant::now();
         let mut unfinished = None;
         let result = match self.authorize(caller, role, &request).await {
@@ -997,6 +1052,24 @@ impl NodeCommands {
             Err(error) => tracing::error!(%error, "audit log write failed"),
         }
     }
+}
+
+/// The digest of a command's params the audit log keeps. A secret's values are left out first:
+/// a digest of a short password is a guess away from the password.
+fn audit_digest(command: &str, params: &Value) -> String {
+    let carries_secret = [SecretCreate::NAME, SecretRotate::NAME].contains(&command);
+    let text = match params {
+        Value::Object(fields) if carries_secret => {
+            let mut fields = fields.clone();
+            if let Some(Value::Object(data)) = fields.get_mut("data") {
+                data.values_mut().for_each(|v| *v = Value::Null);
+            }
+            Value::Object(fields).to_string()
+        }
+        _ if carries_secret => String::new(),
+        other => other.to_string(),
+    };
+    hex::encode(Sha256::digest(text))
 }
 
 impl InvokeHandler for NodeCommands {

@@ -10,7 +10,7 @@ use claw_api::deploy::{
     DeployPromote, DeployResume, DeployRollback, DeployStatus, DeployUpdate, Deployment,
     DeploymentRef, DeploymentSpec, RollbackParams, RolloutStrategy, UpdateParams,
 };
-use claw_api::workload::RunParams;
+use claw_api::workload::{FileMount, RunParams, ValueRef};
 
 use crate::{GlobalArgs, ops, print_json, print_table};
 
@@ -90,6 +90,14 @@ pub(crate) struct CreateArgs {
     /// holds: no secrets.
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// Environment variable from a secret or config (repeatable): NAME=secret:SECRET:KEY or
+    /// NAME=config:CONFIG:KEY.
+    #[arg(long = "env-from", value_name = "NAME=KIND:SOURCE:KEY")]
+    env_from: Vec<String>,
+    /// A secret's or config's values as files under a directory (repeatable):
+    /// secret:SECRET:/PATH or config:CONFIG:/PATH.
+    #[arg(long = "files", value_name = "KIND:SOURCE:/PATH")]
+    files: Vec<String>,
     /// Replicas that may run above the count during a rollout.
     #[arg(long, default_value_t = 1)]
     max_surge: u32,
@@ -129,12 +137,78 @@ pub(crate) struct UpdateArgs {
     /// New env KEY=VALUE (repeatable; replaces the whole set).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// New env from secrets and configs (repeatable; replaces the whole set):
+    /// NAME=secret:SECRET:KEY or NAME=config:CONFIG:KEY.
+    #[arg(long = "env-from", value_name = "NAME=KIND:SOURCE:KEY")]
+    env_from: Vec<String>,
+    /// New secret and config files (repeatable; replaces the whole list):
+    /// secret:SECRET:/PATH or config:CONFIG:/PATH.
+    #[arg(long = "files", value_name = "KIND:SOURCE:/PATH")]
+    files: Vec<String>,
     /// Wait until the new revision is rolled out, with progress on stderr.
     #[arg(long)]
     wait: bool,
     /// A new command (after `--`).
     #[arg(last = true)]
     command: Vec<String>,
+}
+
+/// `--env-from NAME=secret:db:password` (or `config:app:mode`): env values from the fleet's
+/// configs and secrets.
+pub(crate) fn value_refs(pairs: &[String]) -> Result<BTreeMap<String, ValueRef>> {
+    pairs
+        .iter()
+        .map(|pair| {
+            let parsed = pair.split_once('=').and_then(|(env, source)| {
+                let (kind, rest) = source.split_once(':')?;
+                let (name, key) = rest.split_once(':')?;
+                let (config, secret) = sourced(kind, name)?;
+                Some((
+                    env.to_owned(),
+                    ValueRef {
+                        config,
+                        secret,
+                        key: key.to_owned(),
+                    },
+                ))
+            });
+            parsed.with_context(|| {
+                format!(
+                    "--env-from {pair:?} is not NAME=secret:SECRET:KEY or NAME=config:CONFIG:KEY"
+                )
+            })
+        })
+        .collect()
+}
+
+/// `--files secret:db:/run/secrets/db` (or `config:app:/etc/app`): a config's or secret's
+/// values as files under a directory.
+pub(crate) fn file_mounts(mounts: &[String]) -> Result<Vec<FileMount>> {
+    mounts
+        .iter()
+        .map(|mount| {
+            let parsed = mount.split_once(':').and_then(|(kind, rest)| {
+                let (name, path) = rest.split_once(':')?;
+                let (config, secret) = sourced(kind, name)?;
+                Some(FileMount {
+                    config,
+                    secret,
+                    path: path.to_owned(),
+                })
+            });
+            parsed.with_context(|| {
+                format!("--files {mount:?} is not secret:SECRET:/PATH or config:CONFIG:/PATH")
+            })
+        })
+        .collect()
+}
+
+fn sourced(kind: &str, name: &str) -> Option<(Option<String>, Option<String>)> {
+    match kind {
+        "config" => Some((Some(name.to_owned()), None)),
+        "secret" => Some((None, Some(name.to_owned()))),
+        _ => None,
+    }
 }
 
 pub(crate) fn env_map(pairs: &[String]) -> Result<BTreeMap<String, String>> {
@@ -160,12 +234,20 @@ pub(crate) fn deploy(global: &GlobalArgs, command: DeployCommand) -> Result<()> 
                 env: (!args.env.is_empty())
                     .then(|| env_map(&args.env))
                     .transpose()?,
+                env_from: (!args.env_from.is_empty())
+                    .then(|| value_refs(&args.env_from))
+                    .transpose()?,
+                files: (!args.files.is_empty())
+                    .then(|| file_mounts(&args.files))
+                    .transpose()?,
                 replicas: args.replicas,
                 strategy: None,
                 health: None,
             };
             if params.is_empty() {
-                bail!("nothing to change: give --image, --replicas, --env or a command");
+                bail!(
+                    "nothing to change: give --image, --replicas, --env, --env-from, --files or a command"
+                );
             }
             let answer = ops::call::<DeployUpdate>(global, &params, None, None)?;
             show(global, &answer)?;
@@ -277,6 +359,8 @@ fn create(global: &GlobalArgs, args: CreateArgs) -> Result<()> {
         command: args.command,
         name: None,
         env: env_map(&args.env)?,
+        env_from: value_refs(&args.env_from)?,
+        files: file_mounts(&args.files)?,
         ports: Vec::new(),
         volumes: Vec::new(),
         gpus: args.gpus,
@@ -312,6 +396,7 @@ fn create(global: &GlobalArgs, args: CreateArgs) -> Result<()> {
                 .map(|text| serde_json::from_str(&text).context("--health is not a health check"))
                 .transpose()?,
             paused: false,
+            secret_revisions: BTreeMap::new(),
         },
     };
     let answer = ops::call::<DeployCreate>(global, &params, None, None)?;

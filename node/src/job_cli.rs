@@ -17,7 +17,7 @@ use claw_api::jobs::{
 };
 use claw_api::workload::RunParams;
 
-use crate::deploy_cli::env_map;
+use crate::deploy_cli::{env_map, file_mounts, value_refs};
 use crate::{GlobalArgs, ops, print_json, print_table};
 
 /// `clawnode job …`.
@@ -138,6 +138,14 @@ struct JobFlags {
     /// holds: no secrets.
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// Environment variable from a secret or config (repeatable): NAME=secret:SECRET:KEY or
+    /// NAME=config:CONFIG:KEY.
+    #[arg(long = "env-from", value_name = "NAME=KIND:SOURCE:KEY")]
+    env_from: Vec<String>,
+    /// A secret's or config's values as files under a directory (repeatable):
+    /// secret:SECRET:/PATH or config:CONFIG:/PATH.
+    #[arg(long = "files", value_name = "KIND:SOURCE:/PATH")]
+    files: Vec<String>,
     /// Command and arguments for the image (after `--`).
     #[arg(last = true)]
     command: Vec<String>,
@@ -185,6 +193,8 @@ impl JobFlags {
                 command: self.command,
                 name: None,
                 env: env_map(&self.env)?,
+                env_from: value_refs(&self.env_from)?,
+                files: file_mounts(&self.files)?,
                 ports: Vec::new(),
                 volumes: Vec::new(),
                 gpus: self.gpus,

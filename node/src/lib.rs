@@ -152,6 +152,9 @@ pub(crate) fn node_services(
         .map(|d| d.uuid.clone())
         .collect();
     let gpus = devices.into_iter().map(|d| d.uuid).collect();
+    let access = access::AccessPolicy::new(peer, &config.access);
+    let objects =
+        objects::FleetObjects::new(std::sync::Arc::clone(dir), store.clone(), access.clone());
     let workloads = workloads::Workloads::new(
         store.clone(),
         peer,
@@ -159,6 +162,7 @@ pub(crate) fn node_services(
         simulated,
         config.workloads.clone(),
         dir.root(),
+        objects.clone(),
     );
     let market = market::Market::new(
         std::sync::Arc::clone(dir),
@@ -167,9 +171,6 @@ pub(crate) fn node_services(
         workloads.clone(),
         tasks.clone(),
     );
-    let access = access::AccessPolicy::new(peer, &config.access);
-    let objects =
-        objects::FleetObjects::new(std::sync::Arc::clone(dir), store.clone(), access.clone());
     let deployments = controller::Deployments::new(
         peer,
         std::sync::Arc::clone(&probe),

@@ -8,6 +8,7 @@ mod job_cli;
 mod market_cli;
 mod ops;
 mod up;
+mod values_cli;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -98,6 +99,12 @@ enum Command {
     /// The fleet's autoscalers: deployments scaled on a metric between a min and a max.
     #[command(subcommand)]
     Autoscale(autoscale_cli::AutoscaleCommand),
+    /// The fleet's configs: named plain values workloads use as env or files.
+    #[command(subcommand)]
+    Config(values_cli::ConfigCommand),
+    /// The fleet's secrets: values sealed to the nodes allowed to use them, never shown.
+    #[command(subcommand)]
+    Secret(values_cli::SecretCommand),
     /// Show the running node's audit log: every command it answered, newest first.
     Audit {
         /// How many records.
@@ -243,16 +250,7 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(default_level: &str, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    claw_bridge::logs::init(default_level, json);
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -286,6 +284,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Job(command) => job_cli::job(global, command),
         Command::Cron(command) => job_cli::cron(global, command),
         Command::Autoscale(command) => autoscale_cli::autoscale(global, command),
+        Command::Config(command) => values_cli::config(global, command),
+        Command::Secret(command) => values_cli::secret(global, command),
         Command::Audit { limit } => audit(global, limit),
     }
 }

@@ -61,6 +61,11 @@ impl Member {
         self.running = Some(RunningNode::start(&self.cli, bootstrap));
     }
 
+    /// Starts `clawnode run`, joining through `bootstrap`, logging down to `debug` into `log`.
+    pub fn start_logged(&mut self, bootstrap: &[String], log: &std::path::Path) {
+        self.running = Some(RunningNode::start_logged(&self.cli, bootstrap, log));
+    }
+
     /// Kills the process with SIGKILL (its containers stay, as after a crash).
     pub fn kill(&mut self) {
         if let Some(running) = self.running.take() {

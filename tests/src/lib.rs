@@ -495,7 +495,23 @@ impl RunningNode {
     /// Starts `clawnode run` on loopback for an initialised `node`, joining through `bootstrap`,
     /// and waits for it to report its addresses.
     pub fn start(node: &Clawnode, bootstrap: &[String]) -> Self {
+        Self::spawn(node_command(&node.binary, &node.data_dir), bootstrap)
+    }
+
+    /// [`RunningNode::start`], with every log line down to `debug` written to `log`.
+    pub fn start_logged(node: &Clawnode, bootstrap: &[String], log: &Path) -> Self {
         let mut command = node_command(&node.binary, &node.data_dir);
+        let file = std::fs::File::create(log).expect("log file");
+        command
+            .env(
+                "RUST_LOG",
+                "debug,libp2p=info,libp2p_gossipsub=info,hyper=info",
+            )
+            .stderr(file);
+        Self::spawn(command, bootstrap)
+    }
+
+    fn spawn(mut command: Command, bootstrap: &[String]) -> Self {
         command
             .args(["--json", "run", "--listen", "/ip4/127.0.0.1/tcp/0"])
             .args(["--metrics", "127.0.0.1:0"]);

@@ -104,9 +104,19 @@ impl FleetCommands {
         }))
     }
 
+    /// The network the bridge signs fleet objects for.
+    pub(super) fn signing_network(&self) -> Result<String, InvokeFailure> {
+        self.signer
+            .as_ref()
+            .map(|signer| signer.network.clone())
+            .ok_or_else(|| {
+                InvokeFailure::new(ErrorCode::Unavailable, "this bridge signs no fleet objects")
+            })
+    }
+
     /// Signs `change` as the next revision of deployment `name` and hands it to a member.
     /// Answers the revision signed and its spec (`None`: deleted).
-    async fn change_deployment(
+    pub(super) async fn change_deployment(
         &self,
         name: &str,
         change: Change,

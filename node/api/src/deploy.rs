@@ -40,6 +40,11 @@ pub struct DeploymentSpec {
     /// Paused: the replicas keep running as they are, and no rollout or rescheduling happens.
     #[serde(default)]
     pub paused: bool,
+    /// The revision of each secret the template uses that its replicas must start with. Set by
+    /// `secret.rotate`, which signs a new revision of every deployment using the secret, so the
+    /// replicas roll (by the strategy) onto the new values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_revisions: BTreeMap<String, u64>,
 }
 
 /// A replica's health check, run by its node.
@@ -213,6 +218,16 @@ impl DeploymentSpec {
         {
             return invalid("gpu_model must be 1 to 64 bytes");
         }
+        let secrets = self.template.sources();
+        if let Some(name) = self
+            .secret_revisions
+            .keys()
+            .find(|name| !secrets.contains(&(crate::workload::SourceKind::Secret, (*name).clone())))
+        {
+            return invalid(format!(
+                "secret_revisions names {name:?}, a secret the template does not use"
+            ));
+        }
         match &self.strategy {
             RolloutStrategy::Rolling {
                 max_surge,
@@ -256,13 +271,15 @@ pub enum Change {
     /// A new deployment (or one deleted before, again).
     Create(Box<DeploymentSpec>),
     /// The fields given changed.
-    Update(UpdateParams),
+    Update(Box<UpdateParams>),
     /// A kept revision's spec (the one before the current when `None`).
     Rollback(Option<u64>),
     /// A canary's next step.
     Promote,
     /// Paused (`true`) or resumed.
     Pause(bool),
+    /// Secret `0` rotated to revision `1`: the replicas roll onto it.
+    SecretRotated(String, u64),
     /// Deleted.
     Delete,
 }
@@ -370,6 +387,14 @@ impl Change {
                         format!("revision {} deleted the deployment", target.revision),
                     )
                 })?;
+                // Going back to an older spec does not go back to older secret values.
+                let mut spec = spec;
+                spec.secret_revisions = live_spec()?.secret_revisions;
+                Some(spec)
+            }
+            Self::SecretRotated(secret, revision) => {
+                let mut spec = live_spec()?;
+                spec.secret_revisions.insert(secret, revision);
                 Some(spec)
             }
             Self::Delete => {
@@ -409,6 +434,12 @@ pub struct UpdateParams {
     /// New env (replaces the whole map).
     #[serde(default)]
     pub env: Option<BTreeMap<String, String>>,
+    /// New env from configs and secrets (replaces the whole map).
+    #[serde(default)]
+    pub env_from: Option<BTreeMap<String, crate::workload::ValueRef>>,
+    /// New config and secret files (replaces the whole list).
+    #[serde(default)]
+    pub files: Option<Vec<crate::workload::FileMount>>,
     /// A new replica count.
     #[serde(default)]
     pub replicas: Option<u32>,
@@ -433,6 +464,16 @@ impl UpdateParams {
         if let Some(env) = &self.env {
             next.template.env.clone_from(env);
         }
+        if let Some(env_from) = &self.env_from {
+            next.template.env_from.clone_from(env_from);
+        }
+        if let Some(files) = &self.files {
+            next.template.files.clone_from(files);
+        }
+        let secrets = next.template.sources();
+        next.secret_revisions.retain(|name, _| {
+            secrets.contains(&(crate::workload::SourceKind::Secret, name.clone()))
+        });
         if let Some(replicas) = self.replicas {
             next.replicas = replicas;
         }
@@ -450,6 +491,8 @@ impl UpdateParams {
         self.image.is_none()
             && self.command.is_none()
             && self.env.is_none()
+            && self.env_from.is_none()
+            && self.files.is_none()
             && self.replicas.is_none()
             && self.strategy.is_none()
             && self.health.is_none()

@@ -9,6 +9,7 @@
 
 pub mod autoscale;
 mod command;
+pub mod configs;
 pub mod cron;
 pub mod deploy;
 mod error;
@@ -19,6 +20,7 @@ pub mod node;
 pub mod objects;
 mod role;
 pub mod schedule;
+pub mod secrets;
 pub mod workload;
 
 use std::sync::OnceLock;
@@ -101,13 +103,23 @@ pub const NODE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<autoscale::AutoscaleStatusCommand>(),
     CommandInfo::of::<autoscale::AutoscaleAdjust>(),
     CommandInfo::of::<autoscale::AutoscaleDelete>(),
+    CommandInfo::of::<configs::ConfigCreate>(),
+    CommandInfo::of::<configs::ConfigUpdate>(),
+    CommandInfo::of::<configs::ConfigGet>(),
+    CommandInfo::of::<configs::ConfigList>(),
+    CommandInfo::of::<configs::ConfigDelete>(),
+    CommandInfo::of::<secrets::SecretCreate>(),
+    CommandInfo::of::<secrets::SecretRotate>(),
+    CommandInfo::of::<secrets::SecretDescribe>(),
+    CommandInfo::of::<secrets::SecretList>(),
+    CommandInfo::of::<secrets::SecretDelete>(),
     CommandInfo::of::<objects::ObjectPut>(),
     CommandInfo::of::<objects::ObjectSync>(),
 ];
 
 /// Every command the gateway bridge answers, in the order `fleet.capabilities` lists them: its
-/// fleet commands, the market node's commands it forwards, and the deployment, job, cron and
-/// autoscale commands (their definitions are the node's own, so the bridge checks their params
+/// fleet commands, the market node's commands it forwards, and the deployment, job, cron,
+/// autoscale, config and secret commands (their definitions are the node's own, so the bridge checks their params
 /// as strictly; it reads these objects from a member and signs their changes itself).
 pub const BRIDGE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<fleet::FleetCapabilities>(),
@@ -150,6 +162,16 @@ pub const BRIDGE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<autoscale::AutoscaleStatusCommand>(),
     CommandInfo::of::<autoscale::AutoscaleAdjust>(),
     CommandInfo::of::<autoscale::AutoscaleDelete>(),
+    CommandInfo::of::<configs::ConfigCreate>(),
+    CommandInfo::of::<configs::ConfigUpdate>(),
+    CommandInfo::of::<configs::ConfigGet>(),
+    CommandInfo::of::<configs::ConfigList>(),
+    CommandInfo::of::<configs::ConfigDelete>(),
+    CommandInfo::of::<secrets::SecretCreate>(),
+    CommandInfo::of::<secrets::SecretRotate>(),
+    CommandInfo::of::<secrets::SecretDescribe>(),
+    CommandInfo::of::<secrets::SecretList>(),
+    CommandInfo::of::<secrets::SecretDelete>(),
 ];
 
 /// `node.capabilities`' list, built once.

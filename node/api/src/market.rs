@@ -261,6 +261,8 @@ impl LeaseWorkload {
             command: self.command,
             name: None,
             env: self.env,
+            env_from: BTreeMap::new(),
+            files: Vec::new(),
             ports: Vec::new(),
             volumes: Vec::new(),
             gpus: None,

@@ -1,6 +1,6 @@
-//! Fleet objects: deployments, jobs, cron jobs and autoscalers (and, as they come, configs and
-//! secrets) are records signed by a fleet operator, versioned by revision and replicated to every
-//! member, which keeps them in its store. No registry holds them; any member answers for them.
+//! Fleet objects: deployments, jobs, cron jobs, autoscalers, configs and secrets are records
+//! signed by a fleet operator, versioned by revision and replicated to every member, which keeps
+//! them in its store. No registry holds them; any member answers for them.
 //! This module has what every kind shares: the signed record ([`FleetObject`]), how one is
 //! handed to a member ([`ObjectPut`]) and how a member catches up with another ([`ObjectSync`]).
 
@@ -25,6 +25,10 @@ pub enum ObjectKind {
     CronJob,
     /// An autoscaler (`autoscale.*`).
     Autoscaler,
+    /// A config (`config.*`).
+    Config,
+    /// A secret, sealed to the nodes that may use it (`secret.*`).
+    Secret,
 }
 
 impl ObjectKind {
@@ -35,6 +39,8 @@ impl ObjectKind {
             Self::Job => "job",
             Self::CronJob => "cron",
             Self::Autoscaler => "autoscaler",
+            Self::Config => "config",
+            Self::Secret => "secret",
         }
     }
 
@@ -46,9 +52,16 @@ impl ObjectKind {
     /// The kind and name a key `<kind>/<name>` names.
     pub fn parse_key(key: &str) -> Option<(Self, &str)> {
         let (kind, name) = key.split_once('/')?;
-        let kind = [Self::Deployment, Self::Job, Self::CronJob, Self::Autoscaler]
-            .into_iter()
-            .find(|k| k.as_str() == kind)?;
+        let kind = [
+            Self::Deployment,
+            Self::Job,
+            Self::CronJob,
+            Self::Autoscaler,
+            Self::Config,
+            Self::Secret,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == kind)?;
         Some((kind, name))
     }
 }

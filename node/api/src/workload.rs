@@ -38,6 +38,16 @@ pub struct RunParams {
     /// Environment variables. Values are passed to the container and never stored or logged.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Environment variables whose values come from the fleet's configs and secrets, e.g.
+    /// `{"DB_PASSWORD": {"secret": "db", "key": "password"}}`. The node that runs the workload
+    /// reads them from its copy (a secret only when it is one of the nodes the secret is sealed
+    /// to); the values are never stored with the workload or logged.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env_from: BTreeMap<String, ValueRef>,
+    /// Configs and secrets mounted read-only as files, one file per key under `path`. The node
+    /// keeps them in memory only (a tmpfs), and removes them when the workload ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileMount>,
     /// Ports to publish.
     #[serde(default)]
     pub ports: Vec<PortSpec>,
@@ -71,6 +81,110 @@ pub struct RunParams {
     /// `/tmp`).
     #[serde(default)]
     pub writable_root: bool,
+}
+
+/// Configs or secrets one workload mounts at most.
+pub const MAX_FILE_MOUNTS: usize = 16;
+
+/// Where a value or a set of files comes from: a config or a secret of the fleet, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SourceKind {
+    /// A config (`config.*`): plain values every member keeps.
+    Config,
+    /// A secret (`secret.*`): values sealed to the nodes allowed to use them.
+    Secret,
+}
+
+impl SourceKind {
+    /// How answers name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Config => "config",
+            Self::Secret => "secret",
+        }
+    }
+}
+
+fn source_of(
+    config: Option<&String>,
+    secret: Option<&String>,
+    what: &str,
+) -> Result<(SourceKind, String), SpecError> {
+    match (config, secret) {
+        (Some(name), None) if is_simple_name(name, 32) => Ok((SourceKind::Config, name.clone())),
+        (None, Some(name)) if is_simple_name(name, 32) => Ok((SourceKind::Secret, name.clone())),
+        (Some(_), None) | (None, Some(_)) => {
+            invalid(format!("{what}: names are 1 to 32 of a-z, 0-9 and '-'"))
+        }
+        _ => invalid(format!("{what}: give one of config or secret")),
+    }
+}
+
+/// One value of a config or secret, for an environment variable.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ValueRef {
+    /// A config's name (or give `secret`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+    /// A secret's name (or give `config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Which of its values.
+    pub key: String,
+}
+
+impl ValueRef {
+    /// Whether it is a config or a secret, and its name.
+    pub fn source(&self) -> Result<(SourceKind, String), SpecError> {
+        source_of(self.config.as_ref(), self.secret.as_ref(), "env_from")
+    }
+}
+
+/// A config's or secret's values as files: one read-only file per key, under `path`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileMount {
+    /// A config's name (or give `secret`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+    /// A secret's name (or give `config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// The directory inside the container, absolute, e.g. `/run/secrets/db`.
+    pub path: String,
+}
+
+impl FileMount {
+    /// Whether it is a config or a secret, and its name.
+    pub fn source(&self) -> Result<(SourceKind, String), SpecError> {
+        source_of(self.config.as_ref(), self.secret.as_ref(), "files")
+    }
+}
+
+/// Keys of configs and secrets (file names when mounted): 1 to 64 of `A-Z a-z 0-9 . _ -`, not
+/// starting with '.'.
+pub fn is_value_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 64
+        && !key.starts_with('.')
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+fn is_env_name(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 256
+        && !key.as_bytes()[0].is_ascii_digit()
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn is_container_path(path: &str) -> bool {
+    Path::new(path).is_absolute()
+        && !path.contains(':')
+        && path.len() <= 4096
+        && !path.split('/').any(|part| part == "." || part == "..")
 }
 
 /// Where a workload is in its life.
@@ -218,6 +332,15 @@ fn is_image_reference(image: &str) -> bool {
 }
 
 impl RunParams {
+    /// The configs and secrets the workload uses, each once.
+    pub fn sources(&self) -> std::collections::BTreeSet<(SourceKind, String)> {
+        self.env_from
+            .values()
+            .filter_map(|v| v.source().ok())
+            .chain(self.files.iter().filter_map(|f| f.source().ok()))
+            .collect()
+    }
+
     /// Checks every field. Returns the GPU request. Host volumes are checked against the node's
     /// roots when they are pinned (`mounts::pin`).
     pub fn check(&self) -> Result<GpuRequest, SpecError> {
@@ -238,13 +361,43 @@ impl RunParams {
             return invalid(format!("at most {MAX_ENV} env variables"));
         }
         for (key, value) in &self.env {
-            let valid_key = !key.is_empty()
-                && key.len() <= 256
-                && !key.as_bytes()[0].is_ascii_digit()
-                && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            if !valid_key || value.len() > 32 * 1024 || value.contains('\0') {
+            if !is_env_name(key) || value.len() > 32 * 1024 || value.contains('\0') {
                 return invalid(format!(
                     "env {key:?}: names are letters, digits and '_'; values at most 32 KiB"
+                ));
+            }
+        }
+        if self.env.len() + self.env_from.len() > MAX_ENV {
+            return invalid(format!(
+                "at most {MAX_ENV} env variables, env_from included"
+            ));
+        }
+        for (key, value) in &self.env_from {
+            if !is_env_name(key) || self.env.contains_key(key) {
+                return invalid(format!(
+                    "env_from {key:?}: names are letters, digits and '_', and not also in env"
+                ));
+            }
+            value.source()?;
+            if !is_value_key(&value.key) {
+                return invalid(format!(
+                    "env_from {key:?}: key {:?} must be 1 to 64 of A-Z, a-z, 0-9, '.', '_', '-'",
+                    value.key
+                ));
+            }
+        }
+        if self.files.len() > MAX_FILE_MOUNTS {
+            return invalid(format!("at most {MAX_FILE_MOUNTS} files mounts"));
+        }
+        for (index, mount) in self.files.iter().enumerate() {
+            mount.source()?;
+            let taken = self.files[..index].iter().any(|m| m.path == mount.path)
+                || self.volumes.iter().any(|v| v.container == mount.path);
+            if !is_container_path(&mount.path) || mount.path == "/" || taken {
+                return invalid(format!(
+                    "files path {:?} must be absolute, not '/', without ':', '.' or '..', and \
+                     not mounted twice",
+                    mount.path
                 ));
             }
         }
@@ -316,8 +469,7 @@ impl VolumeSpec {
     /// Checks the paths' form: absolute, without ':' or '..'.
     fn check(&self) -> Result<(), SpecError> {
         for (what, path) in [("host", &self.host), ("container", &self.container)] {
-            let plain = !path.split('/').any(|part| part == "." || part == "..");
-            if !Path::new(path).is_absolute() || path.contains(':') || path.len() > 4096 || !plain {
+            if !is_container_path(path) {
                 return invalid(format!(
                     "volume {what} path {path:?} must be absolute, without ':', '.' or '..'"
                 ));

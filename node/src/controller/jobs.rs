@@ -35,6 +35,7 @@ mod cron_bids;
 use super::{
     ACTION_DEADLINE, CONTROLLER_CANDIDATES, NODE_DEADLINE, NODES_ASKED_AT_ONCE, Notes, admit_claim,
     call_peer, candidates, check_candidate, failure, is_fenced, next_epoch, not_accepted,
+    only_sealed_to,
 };
 use crate::market::Market;
 use crate::now_ms;
@@ -918,7 +919,8 @@ impl Jobs {
             if missing == 0 {
                 continue;
             }
-            let room = candidates(spec.gpu_model.as_deref(), members, &answered_peers);
+            let mut room = candidates(spec.gpu_model.as_deref(), members, &answered_peers);
+            only_sealed_to(&self.inner.objects, &spec.template, &mut room).await;
             let gpus = spec.template.gpus.unwrap_or(0) as usize;
             // Pods spread: each goes to the node running fewest of the run's pods, with room
             // for its GPUs beside those placed this round.

@@ -417,6 +417,19 @@ impl Deployments {
                 ),
             ));
         };
+        for (secret, needed) in &spec.secret_revisions {
+            let mut kept = objects.secret_revision(secret).await.unwrap_or(0);
+            if kept < *needed && caller != self.inner.local {
+                objects.catch_up(caller).await?;
+                kept = objects.secret_revision(secret).await.unwrap_or(0);
+            }
+            if kept < *needed {
+                return Err(crate::workloads::WorkloadError::from(
+                    crate::objects::ValuesError::Behind(secret.clone(), kept, *needed),
+                )
+                .into());
+            }
+        }
         let mut run = spec.template.clone();
         let mut suffix = [0u8; 3];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut suffix);
@@ -681,7 +694,13 @@ impl Deployments {
             self.set_pending(name, Some(note));
             return Ok(());
         }
-        let candidates = candidates(deployment.spec.gpu_model.as_deref(), members, &answered);
+        let mut candidates = candidates(deployment.spec.gpu_model.as_deref(), members, &answered);
+        only_sealed_to(
+            &self.inner.objects,
+            &deployment.spec.template,
+            &mut candidates,
+        )
+        .await;
         let scaled = autoscale::scale(autoscaler, deployment, held, &claim, scales, &readings);
         let deployment = &scaled;
         // This member keeps the record it decided on at once, so that its reports (and
@@ -1046,6 +1065,24 @@ fn candidates(
             }
         })
         .collect()
+}
+
+/// Leaves schedulable only the candidates every secret `template` uses is sealed to: no other
+/// node could start it.
+async fn only_sealed_to(
+    objects: &FleetObjects,
+    template: &claw_api::workload::RunParams,
+    candidates: &mut [Candidate],
+) {
+    for (kind, name) in template.sources() {
+        if kind != claw_api::workload::SourceKind::Secret {
+            continue;
+        }
+        let nodes = objects.secret_nodes(&name).await.unwrap_or_default();
+        for candidate in candidates.iter_mut() {
+            candidate.schedulable &= nodes.contains(&candidate.node);
+        }
+    }
 }
 
 /// The params of a plain read of deployment `name` (no claim).

@@ -28,10 +28,15 @@ pub fn ranking(key: &str, peers: impl IntoIterator<Item = PeerId>) -> Vec<PeerId
     scored.into_iter().map(|(_, peer)| peer).collect()
 }
 
-/// Digest of what a replica runs (its template and GPU model): revisions that change only the
-/// replica count or the pause keep their replicas.
+/// Digest of what a replica runs (its template, GPU model and the secret revisions it needs):
+/// revisions that change only the replica count or the pause keep their replicas.
 pub fn template_digest(spec: &DeploymentSpec) -> String {
-    let text = serde_json::to_string(&(&spec.template, &spec.gpu_model)).unwrap_or_default();
+    let text = if spec.secret_revisions.is_empty() {
+        serde_json::to_string(&(&spec.template, &spec.gpu_model))
+    } else {
+        serde_json::to_string(&(&spec.template, &spec.gpu_model, &spec.secret_revisions))
+    }
+    .unwrap_or_default();
     hex::encode(&Sha256::digest(text.as_bytes())[..8])
 }
 

@@ -77,7 +77,11 @@ fn deployment(record: &ObjectRecord) -> Result<Deployment, InvokeFailure> {
 impl FleetObjects {
     /// Signs `change` as the next revision of deployment `name`, decided from the revisions
     /// this member keeps.
-    async fn apply(&self, name: &str, change: Change) -> Result<ObjectRecord, InvokeFailure> {
+    pub(super) async fn apply(
+        &self,
+        name: &str,
+        change: Change,
+    ) -> Result<ObjectRecord, InvokeFailure> {
         self.write(KIND, name, |history| {
             let kept = history
                 .iter()
@@ -110,7 +114,7 @@ impl FleetObjects {
         params: UpdateParams,
     ) -> Result<Deployment, InvokeFailure> {
         let name = params.name.clone();
-        deployment(&self.apply(&name, Change::Update(params)).await?)
+        deployment(&self.apply(&name, Change::Update(Box::new(params))).await?)
     }
 
     /// `deploy.pause` and `deploy.resume`.

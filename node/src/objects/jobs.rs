@@ -30,7 +30,9 @@ pub(super) fn check(kind: ObjectKind, name: &str, spec: Option<&str>) -> Result<
             cron.check()
         }
         ObjectKind::Autoscaler => parse::<AutoscaleSpec>(spec)?.check(),
-        ObjectKind::Deployment => return Err("not a job".to_owned()),
+        ObjectKind::Deployment | ObjectKind::Config | ObjectKind::Secret => {
+            return Err("not a job".to_owned());
+        }
     }
     .map_err(|e| e.to_string())
 }

@@ -1,7 +1,6 @@
-//! Fleet objects with no registry: deployments, jobs, cron jobs and autoscalers (and, as they
-//! come, configs and secrets) are records signed by a fleet operator, versioned by
-//! revision, gossiped to every member and kept in each member's store, so that any member
-//! answers for them.
+//! Fleet objects with no registry: deployments, jobs, cron jobs, autoscalers, configs and
+//! secrets are records signed by a fleet operator, versioned by revision, gossiped to every
+//! member and kept in each member's store, so that any member answers for them.
 //!
 //! Every object, whether this node signed it, gossip brought it or a peer's `object.sync` page
 //! did, passes the same rules before it is kept ([`FleetObjects::admit`]): a fleet-object
@@ -12,6 +11,7 @@
 
 mod deployments;
 mod jobs;
+mod values;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -28,6 +28,7 @@ use claw_mesh::{
     ErrorCode, InvokeFailure, InvokeRequest, MeshError, MeshHandle, PeerId, TopicKind,
 };
 use tokio::sync::mpsc;
+pub use values::{Values, ValuesError};
 
 use crate::access::AccessPolicy;
 use crate::store::{ObjectKind, ObjectPut, ObjectRecord, Store};
@@ -181,6 +182,10 @@ impl FleetObjects {
                 .map_err(|e| Refusal::Malformed(e.to_string()))?,
             kind @ (ObjectKind::Job | ObjectKind::CronJob | ObjectKind::Autoscaler) => {
                 jobs::check(kind, &object.name, object.spec.as_deref())
+                    .map_err(Refusal::Malformed)?;
+            }
+            kind @ (ObjectKind::Config | ObjectKind::Secret) => {
+                values::check(kind, &object.name, object.spec.as_deref())
                     .map_err(Refusal::Malformed)?;
             }
         }

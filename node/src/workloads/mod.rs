@@ -14,6 +14,7 @@ pub mod spec {
     pub use claw_api::workload::*;
 }
 mod tenant;
+mod value_files;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -205,15 +206,43 @@ pub struct Workloads {
     /// Workloads between admission and a running container, which reconcile must leave alone.
     in_flight: Arc<Mutex<HashSet<String>>>,
     progress: ProgressBoard,
+    /// The fleet's configs and secrets, which workloads use by name.
+    objects: crate::objects::FleetObjects,
+}
+
+/// What a workload takes from the fleet's configs and secrets, read when it starts: never
+/// stored, never printed.
+#[derive(Default)]
+struct Resolved {
+    /// Environment variables.
+    env: Vec<(String, zeroize::Zeroizing<String>)>,
+    /// Files, per mount.
+    mounts: Vec<value_files::MountFiles>,
+}
+
+impl From<crate::objects::ValuesError> for WorkloadError {
+    fn from(error: crate::objects::ValuesError) -> Self {
+        use crate::objects::ValuesError as E;
+        let message = error.to_string();
+        match error {
+            E::NotFound(..) => Self::NotFound(message),
+            E::NoKey(..) => Self::Invalid(message),
+            E::NotAllowed(_) | E::Unreadable(..) => Self::NotPermitted(message),
+            E::Behind(..) => Self::Unavailable(message),
+            E::Store(_) => Self::Internal(message),
+        }
+    }
 }
 
 /// The container's environment: the caller's variables, less those the node sets (GPU
 /// visibility is the node's to set, whatever the params or the image say), then the node's.
-fn container_env(record: &WorkloadRecord, params: &RunParams) -> Vec<String> {
+fn container_env(record: &WorkloadRecord, params: &RunParams, resolved: &Resolved) -> Vec<String> {
     let mut env: Vec<String> = params
         .env
         .iter()
-        .filter(|(k, _)| !NODE_ENV.contains(&k.as_str()) && !k.starts_with("CLAWBERNETES_"))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .chain(resolved.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .filter(|(k, _)| !NODE_ENV.contains(k) && !k.starts_with("CLAWBERNETES_"))
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     env.push(format!("CLAWBERNETES_WORKLOAD={}", record.id));
@@ -246,6 +275,7 @@ impl Workloads {
         simulated: HashSet<String>,
         config: WorkloadsSection,
         data_dir: &std::path::Path,
+        objects: crate::objects::FleetObjects,
     ) -> Self {
         let engine = Engine::connect(config.docker_socket.as_deref()).map_err(|e| e.to_string());
         let root = |path: &String, writable| {
@@ -273,7 +303,50 @@ impl Workloads {
             last_sweep_ms: Arc::default(),
             in_flight: Arc::default(),
             progress: ProgressBoard::default(),
+            objects,
         }
+    }
+
+    /// Reads the config and secret values `params` uses, from this member's copy; a secret's
+    /// are opened with this node's key.
+    async fn resolve(&self, params: &RunParams) -> Result<Resolved, WorkloadError> {
+        let mut values = HashMap::new();
+        for (kind, name) in params.sources() {
+            let read = self.objects.values(kind, &name).await?;
+            values.insert((kind, name), read);
+        }
+        let lookup = |source: Result<(spec::SourceKind, String), SpecError>| {
+            let source = source?;
+            values
+                .get(&source)
+                .ok_or_else(|| WorkloadError::Internal("a source was not read".to_owned()))
+                .map(|read| (source, read))
+        };
+        let mut resolved = Resolved::default();
+        for (env, reference) in &params.env_from {
+            let ((kind, name), read) = lookup(reference.source())?;
+            let value = read.get(&reference.key).ok_or_else(|| {
+                crate::objects::ValuesError::NoKey(kind.as_str(), name, reference.key.clone())
+            })?;
+            resolved
+                .env
+                .push((env.clone(), zeroize::Zeroizing::new(value.to_owned())));
+        }
+        for mount in &params.files {
+            let (_, read) = lookup(mount.source())?;
+            resolved.mounts.push(value_files::MountFiles {
+                path: mount.path.clone(),
+                files: read
+                    .iter()
+                    .map(|(k, v)| (k.to_owned(), zeroize::Zeroizing::new(v.to_owned())))
+                    .collect(),
+            });
+        }
+        Ok(resolved)
+    }
+
+    fn value_files(&self) -> std::path::PathBuf {
+        value_files::root(&self.node)
     }
 
     /// Whether this node can run tenant workloads (every lease's): it must be able to firewall
@@ -372,6 +445,12 @@ impl Workloads {
     ) -> Result<WorkloadRecord, WorkloadError> {
         let gpus = params.check()?;
         mounts::check_roots(&params.volumes, &self.roots)?;
+        if reserved.is_some() && !params.sources().is_empty() {
+            return Err(WorkloadError::NotPermitted(
+                "a lease's workload cannot use the fleet's configs or secrets".to_owned(),
+            ));
+        }
+        let resolved = self.resolve(&params).await?;
         if params.isolation == Isolation::Tenant {
             self.tenant_ready()
                 .await
@@ -428,8 +507,9 @@ impl Workloads {
         record.simulated_gpus = record.gpus.iter().any(|g| self.simulated.contains(g));
         let progress = self.progress.track(idempotency_key.as_deref());
         let started = self
-            .create_container(&engine, &record, &params, &progress)
+            .create_container(&engine, &record, &params, &resolved, &progress)
             .await;
+        drop(resolved);
         let failure = match started {
             Ok(container_id) => {
                 record.container_id = Some(container_id);
@@ -464,6 +544,7 @@ impl Workloads {
         engine: &Engine,
         record: &WorkloadRecord,
         params: &RunParams,
+        resolved: &Resolved,
         progress: &progress::Progress,
     ) -> Result<String, WorkloadError> {
         let pinned = {
@@ -475,7 +556,24 @@ impl Workloads {
         };
         progress.stage(format!("checking image {}", params.image));
         engine.ensure_image(&params.image, progress).await?;
-        let mut body = self.container_body(record, params, &pinned.points);
+        let files = if resolved.mounts.is_empty() {
+            Vec::new()
+        } else {
+            let (root, id) = (self.value_files(), record.id.clone());
+            let mounts: Vec<value_files::MountFiles> = resolved
+                .mounts
+                .iter()
+                .map(|m| value_files::MountFiles {
+                    path: m.path.clone(),
+                    files: m.files.clone(),
+                })
+                .collect();
+            tokio::task::spawn_blocking(move || value_files::write(&root, &id, &mounts))
+                .await
+                .map_err(|e| WorkloadError::Internal(format!("value files task failed: {e}")))?
+                .map_err(WorkloadError::Unavailable)?
+        };
+        let mut body = self.container_body(record, params, &pinned.points, resolved, &files);
         if record.isolation == Isolation::Tenant {
             progress.stage("opening the tenant network");
             let labels = HashMap::from([
@@ -511,8 +609,12 @@ impl Workloads {
     /// Releases what a workload held outside its container: pinned volumes, and a tenant's
     /// network and firewall rules. Best effort: what is left is found by reconcile.
     async fn clean_up(&self, record: &WorkloadRecord) {
-        let (id, staging) = (record.id.clone(), self.staging());
-        let _ = tokio::task::spawn_blocking(move || mounts::release(&id, &staging)).await;
+        let (id, staging, files) = (record.id.clone(), self.staging(), self.value_files());
+        let _ = tokio::task::spawn_blocking(move || {
+            mounts::release(&id, &staging);
+            value_files::remove(&files, &id);
+        })
+        .await;
         if record.isolation == Isolation::Tenant
             && let Ok(engine) = self.engine()
             && let Err(error) = tenant::close_network(engine, &self.node, &record.id).await
@@ -633,6 +735,8 @@ impl Workloads {
         record: &WorkloadRecord,
         params: &RunParams,
         volume_points: &[std::path::PathBuf],
+        resolved: &Resolved,
+        value_files: &[(std::path::PathBuf, String)],
     ) -> ContainerCreateBody {
         let mut labels: HashMap<String, String> = params
             .labels
@@ -651,7 +755,7 @@ impl Workloads {
         if record.isolation == Isolation::Tenant {
             labels.insert(LABEL_ISOLATION.to_owned(), "tenant".to_owned());
         }
-        let env = container_env(record, params);
+        let env = container_env(record, params, resolved);
         let real_gpus: Vec<String> = record
             .gpus
             .iter()
@@ -698,6 +802,11 @@ impl Workloads {
                     if v.read_only { "ro" } else { "rw" }
                 )
             })
+            .chain(
+                value_files
+                    .iter()
+                    .map(|(host, container)| format!("{}:{container}:ro", host.display())),
+            )
             .collect();
         let restart = match params.restart {
             RestartPolicy::No => RestartPolicyNameEnum::NO,
@@ -1204,6 +1313,7 @@ impl Workloads {
         }
         let mut leftovers: HashSet<String> = mounts::pinned_workloads(&self.staging())
             .into_iter()
+            .chain(value_files::workloads(&self.value_files()))
             .collect();
         // The firewall is read once this node has run a tenant (in this run or before a crash).
         if self.tenant_ready.initialized()
