@@ -64,6 +64,8 @@ const COMMAND_PREFIXES: &[&str] = &[
     "job.",
     "cron.",
     "autoscale.",
+    "config.",
+    "secret.",
     "clawbernetes.",
 ];
 
@@ -164,6 +166,7 @@ fn skills_are_valid_name_only_what_exists_and_ship_inside_the_plugin() {
         "auto-heal",
         "training-job",
         "spot-migration",
+        "secrets-config",
     ] {
         assert!(names.iter().any(|n| n == expected), "no skill {expected}");
     }

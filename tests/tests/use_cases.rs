@@ -15,6 +15,10 @@
 //! - Canary deployments: "update the inference server to the new version, but do it safely": a
 //!   deployment, a canary of the new image beside it, watched, then promoted to every replica.
 //!
+//! - Secrets and configs: "the server needs the HF token": a secret sealed to two nodes and a
+//!   config, a deployment that takes them as env and files and runs only on those nodes, then
+//!   "rotate the token": the replicas roll onto the new value, which no answer ever shows.
+//!
 //! Each test runs its own fleet; they take turns, as each fleet is several processes and a gateway.
 //! Needs Node 24 with openclaw, the Docker Engine and the local test image (`scripts/test.sh`).
 
@@ -694,4 +698,143 @@ fn a_canary_of_a_new_image_is_watched_then_promoted() {
     let _ = std::process::Command::new("docker")
         .args(["rmi", new_image])
         .status();
+}
+
+/// "The inference server needs our HF token, and this config": the agent stores the token as a
+/// secret sealed to n1 and n2 and the settings as a config, deploys with both, and rotates the
+/// token later; the replicas run only on n1 and n2 and roll onto the new token, and no tool's
+/// answer (text or details) holds either token.
+#[test]
+fn a_secret_and_a_config_reach_a_deployment_and_a_rotation_rolls_it() {
+    let Some((node24, openclaw, image)) = gateway_parts() else {
+        return;
+    };
+    let _turn = one_fleet();
+    let fleet = AgentFleet::start(node24, openclaw, &n1_n2_n3([1, 1, 1]), 1, json!({}));
+    let fields = plugin_fields();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let (first, second) = (
+        format!("hf_first_{stamp:x}"),
+        format!("hf_second_{stamp:x}"),
+    );
+    let mut answers: Vec<(String, Value)> = Vec::new();
+
+    let (text, created) = fleet.tool(
+        "claw_secret_create",
+        json!({"name": "hf", "data": {"token": first}, "nodes": ["n1", "n2"]}),
+    );
+    assert!(
+        text.contains("created secret hf revision 1: keys token; sealed to 2 nodes"),
+        "{text}"
+    );
+    check_contract(&fields, "secret.create", &created);
+    answers.push((text, created));
+    let (text, config) = fleet.tool(
+        "claw_config_create",
+        json!({"name": "serving", "data": {"batch": "8"}}),
+    );
+    assert!(
+        text.contains("created config serving revision 1: keys batch"),
+        "{text}"
+    );
+    check_contract(&fields, "config.create", &config);
+
+    let (text, deployed) = fleet.tool(
+        "claw_deployment_create",
+        json!({
+            "name": "llm",
+            "image": image,
+            "replicas": 2,
+            "command": SERVE,
+            "env_from": {"HF_TOKEN": "secret:hf:token", "BATCH": "config:serving:batch"},
+            "files": ["secret:hf:/run/secrets/hf"],
+        }),
+    );
+    assert!(text.contains("created deployment llm revision 1"), "{text}");
+    answers.push((text, deployed));
+    let holding = |value: &str| -> Vec<&str> {
+        ["n1", "n2", "n3"]
+            .into_iter()
+            .flat_map(|node| {
+                fleet
+                    .running_containers(node)
+                    .into_iter()
+                    .map(move |container| (node, container))
+            })
+            .filter(|(_, container)| {
+                let seen = std::process::Command::new("docker")
+                    .args(["exec", container, "sh", "-c"])
+                    .arg("echo \"$HF_TOKEN $BATCH\"; cat /run/secrets/hf/token")
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                seen == format!("{value} 8\n{value}")
+            })
+            .map(|(node, _)| node)
+            .collect()
+    };
+    let mut nodes = eventually(
+        Duration::from_secs(90),
+        "two replicas with the token",
+        || {
+            let nodes = holding(&first);
+            (nodes.len() == 2).then_some(nodes)
+        },
+    );
+    nodes.sort_unstable();
+    assert_eq!(
+        nodes,
+        ["n1", "n2"],
+        "replicas only where the secret is sealed"
+    );
+
+    // "Rotate the token."
+    let (text, rotated) = fleet.tool(
+        "claw_secret_rotate",
+        json!({"name": "hf", "data": {"token": second}}),
+    );
+    assert!(
+        text.contains("rotated secret hf revision 2") && text.contains("rolled deployments llm"),
+        "{text}"
+    );
+    check_contract(&fields, "secret.rotate", &rotated);
+    answers.push((text, rotated));
+    eventually(
+        Duration::from_secs(120),
+        "the replicas on the new token",
+        || (holding(&second).len() == 2 && holding(&first).is_empty()).then_some(()),
+    );
+
+    for (tool, args, command) in [
+        (
+            "claw_secret_describe",
+            json!({"name": "hf"}),
+            "secret.describe",
+        ),
+        ("claw_secrets", json!({}), "secret.list"),
+        ("claw_config_get", json!({"name": "serving"}), "config.get"),
+        ("claw_configs", json!({}), "config.list"),
+        (
+            "claw_deployment_status",
+            json!({"name": "llm"}),
+            "deploy.status",
+        ),
+    ] {
+        let (text, details) = fleet.tool(tool, args);
+        check_contract(&fields, command, &details);
+        answers.push((text, details));
+    }
+    let (text, _) = fleet.tool("claw_deployment_delete", json!({"name": "llm"}));
+    assert!(text.contains("deleted deployment llm"), "{text}");
+    let (text, deleted) = fleet.tool("claw_secret_delete", json!({"name": "hf"}));
+    assert!(text.contains("deleted secret hf (revision 3)"), "{text}");
+    check_contract(&fields, "secret.delete", &deleted);
+    let (_, deleted) = fleet.tool("claw_config_delete", json!({"name": "serving"}));
+    check_contract(&fields, "config.delete", &deleted);
+    let shown = serde_json::to_string(&answers).expect("answers");
+    for token in [&first, &second] {
+        assert!(!shown.contains(token.as_str()), "an answer shows the token");
+    }
 }

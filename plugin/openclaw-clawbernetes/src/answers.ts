@@ -444,3 +444,38 @@ export interface AutoscalerDeleted {
   name: string;
   revision: number;
 }
+
+/** A config at its latest revision: config.create, update and get answer it. */
+export interface Config {
+  name: string;
+  revision: number;
+  data: Record<string, string>;
+  signed_by: string;
+  signed_at_ms: number;
+}
+
+/** config.list: each config's keys, not its values. */
+export interface ConfigListing {
+  configs: { name: string; revision: number; keys: string[]; signed_at_ms: number }[];
+}
+
+/** A secret as answers show it: its keys and the nodes it is sealed to, never its values. */
+export interface Secret {
+  name: string;
+  revision: number;
+  keys: string[];
+  nodes: string[];
+  signed_by: string;
+  signed_at_ms: number;
+  rolled?: string[];
+}
+
+export interface SecretListing {
+  secrets: Secret[];
+}
+
+/** config.delete and secret.delete: the revision that deletes it. */
+export interface ValuesDeleted {
+  name: string;
+  revision: number;
+}

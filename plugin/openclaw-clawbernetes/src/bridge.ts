@@ -82,6 +82,16 @@ export const BRIDGE_COMMANDS = [
   "autoscale.status",
   "autoscale.adjust",
   "autoscale.delete",
+  "config.create",
+  "config.update",
+  "config.get",
+  "config.list",
+  "config.delete",
+  "secret.create",
+  "secret.rotate",
+  "secret.describe",
+  "secret.list",
+  "secret.delete",
 ] as const;
 
 export type BridgeCommand = (typeof BRIDGE_COMMANDS)[number];

@@ -42,6 +42,11 @@ import type {
   AutoscaleStatus,
   Autoscaler,
   AutoscalerDeleted,
+  Config,
+  ConfigListing,
+  Secret,
+  SecretListing,
+  ValuesDeleted,
 } from "./answers.ts";
 import { anyObject, bool, int, map, num, object, oneOf, str, strings, type ObjectSchema, type Static } from "./schema.ts";
 
@@ -168,6 +173,50 @@ export function renderDeploymentStatus(s: DeploymentStatus): string {
 }
 
 /** The deploy.create params a claw_deployment_create call asks for. */
+/** How a tool names what a workload takes from configs and secrets. */
+interface SourcedParams {
+  env_from?: Record<string, string>;
+  files?: string[];
+}
+
+/** The tools' parameters for configs and secrets a workload uses. */
+const sourcedFields = {
+  env_from: map(
+    { type: "string" },
+    "Env variables from the fleet's secrets and configs: NAME → 'secret:<secret>:<key>' or 'config:<config>:<key>' (the node reads the value when the container starts; it is never shown)",
+  ),
+  files: strings("A secret's or config's values as read-only files, one per key, under a directory: 'secret:<secret>:/run/secrets/db' or 'config:<config>:/etc/app'"),
+};
+
+/** `kind:name:rest` as `{kind: name}` plus `rest`; anything else as given, for the node to refuse by name. */
+function source(text: string): [Record<string, string>, string] {
+  const [kind, name, ...rest] = text.split(":");
+  if ((kind === "secret" || kind === "config") && name !== undefined && rest.length > 0) {
+    return [{ [kind]: name }, rest.join(":")];
+  }
+  return [{}, text];
+}
+
+/** env_from and files as the node takes them. */
+function sourced(p: SourcedParams): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  if (p.env_from && Object.keys(p.env_from).length > 0) {
+    out.env_from = Object.fromEntries(
+      Object.entries(p.env_from).map(([env, text]) => {
+        const [from, key] = source(text);
+        return [env, { ...from, key }];
+      }),
+    );
+  }
+  if (p.files?.length) {
+    out.files = p.files.map((text) => {
+      const [from, path] = source(text);
+      return { ...from, path };
+    });
+  }
+  return out;
+}
+
 function deploymentSpec(p: {
   name: string;
   image: string;
@@ -181,8 +230,8 @@ function deploymentSpec(p: {
   health_command?: string[];
   health_http_port?: number;
   health_path?: string;
-}): Record<string, unknown> {
-  const template: Record<string, unknown> = { image: p.image };
+} & SourcedParams): Record<string, unknown> {
+  const template: Record<string, unknown> = { image: p.image, ...sourced(p) };
   if (p.command) template.command = p.command;
   if (p.env) template.env = p.env;
   if (p.gpus) template.gpus = p.gpus;
@@ -409,6 +458,15 @@ export function renderAutoscaleStatus(s: AutoscaleStatus): string {
   return lines.join("\n");
 }
 
+function renderConfig(c: Config): string {
+  return `config ${printable(c.name, 32)} revision ${c.revision}: keys ${Object.keys(c.data).map((k) => printable(k, 64)).join(", ")}`;
+}
+
+function renderSecret(s: Secret): string {
+  const line = `secret ${printable(s.name, 32)} revision ${s.revision}: keys ${s.keys.map((k) => printable(k, 64)).join(", ")}; sealed to ${plural(s.nodes.length, "node")} (${s.nodes.join(", ")})`;
+  return s.rolled?.length ? `${line}; rolled deployments ${s.rolled.join(", ")}` : line;
+}
+
 /** The autoscale.create params a claw_autoscale_create call asks for. */
 function autoscaleSpec(p: {
   name: string;
@@ -452,7 +510,7 @@ function sellParams(p: {
 }
 
 /** What claw_job_create and claw_cron_create ask of each pod and run. */
-interface JobParams {
+interface JobParams extends SourcedParams {
   image: string;
   command?: string[];
   env?: Record<string, string>;
@@ -466,7 +524,7 @@ interface JobParams {
 
 /** The job spec (job.create's `spec`, cron.create's `spec.job`) a tool call asks for. */
 function jobSpec(p: JobParams): Record<string, unknown> {
-  const template: Record<string, unknown> = { image: p.image };
+  const template: Record<string, unknown> = { image: p.image, ...sourced(p) };
   if (p.command) template.command = p.command;
   if (p.env) template.env = p.env;
   if (p.gpus) template.gpus = p.gpus;
@@ -536,6 +594,7 @@ const jobFields = {
   image: str("Container image each pod runs"),
   command: strings("Command and arguments"),
   env: map({ type: "string" }, "Environment variables (kept in the signed record every fleet member holds: no secrets)"),
+  ...sourcedFields,
   gpus: int("GPUs per pod"),
   gpu_model: str("Only nodes with GPUs whose model contains this, e.g. H100"),
   completions: int("Pods that must exit 0 for the job to complete, 1-64 (default 1)", 1),
@@ -796,7 +855,8 @@ export function fleetTools(bridge: Bridge): Tool[] {
           image: str("Container image"),
           replicas: int("How many replicas", 1),
           command: strings("Command and arguments"),
-          env: map({ type: "string" }, "Environment variables (kept in the signed record: no secrets)"),
+          env: map({ type: "string" }, "Environment variables (kept in the signed record: no secrets; use env_from)"),
+          ...sourcedFields,
           gpus: int("GPUs per replica"),
           gpu_model: str("Only nodes with GPUs whose model contains this"),
           strategy: oneOf(["rolling", "canary", "blue_green"], "How a new version replaces the old one"),
@@ -822,11 +882,22 @@ export function fleetTools(bridge: Bridge): Tool[] {
           image: str("New image"),
           command: strings("New command"),
           env: map({ type: "string" }, "New env (replaces the whole set)"),
+          env_from: sourcedFields.env_from,
+          files: sourcedFields.files,
           replicas: int("New replica count"),
         },
         ["name"],
       ),
       command: "deploy.update",
+      map: (p) => {
+        const { env_from, files, ...rest } = p;
+        const wire = sourced({ env_from, files });
+        return {
+          ...rest,
+          ...(env_from ? { env_from: wire.env_from ?? {} } : {}),
+          ...(files ? { files: wire.files ?? [] } : {}),
+        };
+      },
       render: (a: DeploymentRevision) => `updated ${renderRevision(a)}`,
     }),
     tool(bridge, {
@@ -1096,6 +1167,119 @@ export function fleetTools(bridge: Bridge): Tool[] {
       command: "autoscale.delete",
       render: (a: AutoscalerDeleted) =>
         `deleted autoscaler ${a.name} (revision ${a.revision}); its deployment goes back to its own replica count`,
+    }),
+    tool(bridge, {
+      name: "claw_config_create",
+      label: "Create a config",
+      description:
+        "Create a config: named plain values (settings, small files) that deployments and jobs use by name, as env (env_from 'config:<name>:<key>') or as files (files 'config:<name>:/path'). Every fleet member keeps it and anyone who can read the fleet sees it: for passwords, tokens or keys use claw_secret_create.",
+      parameters: object(
+        {
+          name: str("Config name: 1-32 of a-z, 0-9 and '-'"),
+          data: map({ type: "string" }, "Its values by key; keys are file names: 1-64 of A-Z, a-z, 0-9, '.', '_', '-' (24 KiB in all)"),
+        },
+        ["name", "data"],
+      ),
+      command: "config.create",
+      render: (a: Config) => `created ${renderConfig(a)}`,
+    }),
+    tool(bridge, {
+      name: "claw_config_update",
+      label: "Update a config",
+      description:
+        "Replace a config's values (the whole set; a new revision). Workloads read a config when they start: running ones keep what they had until they restart.",
+      parameters: object(
+        { name: str("The config"), data: map({ type: "string" }, "Its new values by key (replaces the whole set)") },
+        ["name", "data"],
+      ),
+      command: "config.update",
+      render: (a: Config) => `updated ${renderConfig(a)}`,
+    }),
+    tool(bridge, {
+      name: "claw_config_get",
+      label: "Show a config",
+      description: "A config's values and revision.",
+      parameters: object({ name: str("The config") }, ["name"]),
+      command: "config.get",
+      render: (a: Config) =>
+        [renderConfig(a), ...Object.entries(a.data).map(([k, v]) => `- ${printable(k, 64)}: ${printable(v, 1024)}`)].join("\n"),
+    }),
+    tool(bridge, {
+      name: "claw_configs",
+      label: "Configs",
+      description: "The fleet's configs and their keys.",
+      parameters: object({}),
+      command: "config.list",
+      render: (a: ConfigListing) =>
+        [
+          plural(a.configs.length, "config"),
+          ...a.configs.map((c) => `- ${printable(c.name, 32)} revision ${c.revision}: keys ${c.keys.map((k) => printable(k, 64)).join(", ")}`),
+        ].join("\n"),
+    }),
+    tool(bridge, {
+      name: "claw_config_delete",
+      label: "Delete a config",
+      description: "Delete a config. Workloads already running keep what they were given; new ones that use it cannot start. Confirm with the user first.",
+      parameters: object({ name: str("The config") }, ["name"]),
+      command: "config.delete",
+      render: (a: ValuesDeleted) => `deleted config ${a.name} (revision ${a.revision})`,
+    }),
+    tool(bridge, {
+      name: "claw_secret_create",
+      label: "Create a secret",
+      description:
+        "Store a secret (passwords, API tokens, keys) for workloads: its values are sealed to the nodes allowed to use them (by default every fleet member now; name nodes to narrow it), kept only sealed, and never shown again by any tool. Deployments and jobs use it by name: env_from 'secret:<name>:<key>', or files 'secret:<name>:/run/secrets/<name>' (read-only, in memory). A workload using it runs only on its nodes. Do not repeat the values back to the user.",
+      parameters: object(
+        {
+          name: str("Secret name: 1-32 of a-z, 0-9 and '-'"),
+          data: map({ type: "string" }, "Its values by key; keys are file names: 1-64 of A-Z, a-z, 0-9, '.', '_', '-' (12 KiB in all)"),
+          nodes: strings("The nodes allowed to use it, by name or peer id (default: every member now)"),
+        },
+        ["name", "data"],
+      ),
+      command: "secret.create",
+      render: (a: Secret) => `created ${renderSecret(a)}`,
+    }),
+    tool(bridge, {
+      name: "claw_secret_rotate",
+      label: "Rotate a secret",
+      description:
+        "Give a secret new values (the whole set), sealed afresh (to the same nodes unless nodes is given). Every deployment using it gets a new revision and rolls onto the new values by its strategy; running jobs keep the old ones. Do not repeat the values back to the user.",
+      parameters: object(
+        {
+          name: str("The secret"),
+          data: map({ type: "string" }, "Its new values by key (replaces the whole set)"),
+          nodes: strings("The nodes allowed to use it from now on (default: the same)"),
+        },
+        ["name", "data"],
+      ),
+      command: "secret.rotate",
+      render: (a: Secret) => `rotated ${renderSecret(a)}`,
+    }),
+    tool(bridge, {
+      name: "claw_secret_describe",
+      label: "Describe a secret",
+      description: "A secret's keys, revision and the nodes it is sealed to. Its values are never shown.",
+      parameters: object({ name: str("The secret") }, ["name"]),
+      command: "secret.describe",
+      render: renderSecret,
+    }),
+    tool(bridge, {
+      name: "claw_secrets",
+      label: "Secrets",
+      description: "The fleet's secrets: keys, revisions and nodes (never values).",
+      parameters: object({}),
+      command: "secret.list",
+      render: (a: SecretListing) =>
+        [plural(a.secrets.length, "secret"), ...a.secrets.map((s) => `- ${renderSecret(s)}`)].join("\n"),
+    }),
+    tool(bridge, {
+      name: "claw_secret_delete",
+      label: "Delete a secret",
+      description: "Delete a secret. Workloads already running keep what they were given; new ones that use it cannot start. Confirm with the user first.",
+      parameters: object({ name: str("The secret") }, ["name"]),
+      command: "secret.delete",
+      render: (a: ValuesDeleted) => `deleted secret ${a.name} (revision ${a.revision})`,
     }),
     tool(bridge, {
       name: "claw_wallet",

@@ -123,6 +123,16 @@ const toolCommands: Record<string, string> = {
   claw_autoscale_status: "autoscale.status",
   claw_autoscale_adjust: "autoscale.adjust",
   claw_autoscale_delete: "autoscale.delete",
+  claw_config_create: "config.create",
+  claw_config_update: "config.update",
+  claw_config_get: "config.get",
+  claw_configs: "config.list",
+  claw_config_delete: "config.delete",
+  claw_secret_create: "secret.create",
+  claw_secret_rotate: "secret.rotate",
+  claw_secret_describe: "secret.describe",
+  claw_secrets: "secret.list",
+  claw_secret_delete: "secret.delete",
 };
 
 test("the entry is the SDK's definePluginEntry of the manifest's plugin", async (t) => {
@@ -750,4 +760,32 @@ test("the health monitor records joins, degradations, recoveries, departures, GP
   assert.ok(warnings.some((w) => w.includes("unreachable")), warnings.join("\n"));
   assert.ok(warnings.some((w) => w.includes("GPU problems on n1 rose from 0 to 1")), warnings.join("\n"));
   assert.ok(warnings.some((w) => w.includes("lease ls-9 was not funded")), warnings.join("\n"));
+});
+
+test("env_from and files name secrets and configs as the node takes them", async () => {
+  const { params } = await sent("claw_deployment_create", {
+    name: "web",
+    image: "img",
+    env_from: { DB_PASSWORD: "secret:db:password", MODE: "config:app:mode" },
+    files: ["secret:db:/run/secrets/db", "config:app:/etc/app"],
+  });
+  const template = ((params as Fields).spec as Fields).template as Fields;
+  assert.deepEqual(template.env_from, {
+    DB_PASSWORD: { secret: "db", key: "password" },
+    MODE: { config: "app", key: "mode" },
+  });
+  assert.deepEqual(template.files, [
+    { secret: "db", path: "/run/secrets/db" },
+    { config: "app", path: "/etc/app" },
+  ]);
+  // An update that names env_from replaces it; one that does not leaves it alone.
+  const update = await sent("claw_deployment_update", { name: "web", env_from: { TOKEN: "secret:api:token" } });
+  assert.deepEqual(update.params, { name: "web", env_from: { TOKEN: { secret: "api", key: "token" } } });
+  const plain = await sent("claw_deployment_update", { name: "web", replicas: 2 });
+  assert.deepEqual(plain.params, { name: "web", replicas: 2 });
+  // A secret's answer names its keys and nodes; a value never comes back to render.
+  const secret = { name: "db", revision: 2, keys: ["password"], nodes: ["n1", "n2"], signed_by: "op", signed_at_ms: 1, rolled: ["web"] };
+  const rotated = await sent("claw_secret_rotate", { name: "db", data: { password: "hunter2" } }, secret);
+  assert.deepEqual(rotated.params, { name: "db", data: { password: "hunter2" } });
+  assert.equal(rotated.text, "rotated secret db revision 2: keys password; sealed to 2 nodes (n1, n2); rolled deployments web");
 });
