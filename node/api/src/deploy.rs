@@ -854,6 +854,61 @@ mod tests {
     }
 
     #[test]
+    fn a_rotation_pins_the_secret_revision_and_rollbacks_and_updates_keep_it_sound() {
+        let uses = json!({"replicas": 1, "template": {"image": "a",
+            "env_from": {"TOKEN": {"secret": "hf", "key": "token"}}}});
+        let revision = |revision, spec: &DeploymentSpec| DeploymentRevision {
+            revision,
+            spec: Some(spec.clone()),
+            signed_by: "op".into(),
+            signed_at_ms: 1,
+        };
+        let first = spec(uses.clone()).unwrap();
+        let mut second = first.clone();
+        second.template.image = "b".into();
+        let kept = [revision(2, &second), revision(1, &first)];
+        let rotated = Change::SecretRotated("hf".into(), 5)
+            .next_spec("web", &kept)
+            .unwrap()
+            .unwrap();
+        assert_eq!(rotated.secret_revisions, BTreeMap::from([("hf".into(), 5)]));
+        // Back to revision 1's image, but not to the older secret.
+        let kept = [
+            revision(3, &rotated),
+            revision(2, &second),
+            revision(1, &first),
+        ];
+        let back = Change::Rollback(Some(1))
+            .next_spec("web", &kept)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                back.template.image.as_str(),
+                back.secret_revisions.get("hf")
+            ),
+            ("a", Some(&5))
+        );
+        // An update that stops using the secret forgets its pin.
+        let update = UpdateParams {
+            name: "web".into(),
+            env_from: Some(BTreeMap::new()),
+            ..UpdateParams::default()
+        };
+        assert!(update.apply(&rotated).secret_revisions.is_empty());
+        // A pin for a secret the template does not use is refused.
+        let mut stray = first;
+        stray.secret_revisions.insert("other".into(), 1);
+        assert!(
+            stray
+                .check()
+                .unwrap_err()
+                .to_string()
+                .contains("does not use")
+        );
+    }
+
+    #[test]
     fn an_update_changes_only_what_it_names() {
         let before =
             spec(json!({"replicas": 2, "template": {"image": "a", "env": {"K": "v"}}})).unwrap();

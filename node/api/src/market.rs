@@ -967,6 +967,23 @@ mod tests {
     use crate::{Command as _, round_trip};
 
     #[test]
+    fn a_leases_workload_cannot_name_the_fleets_configs_or_secrets() {
+        // A buyer's workload is parsed strictly: it has no field that reaches a secret.
+        let named = serde_json::from_value::<LeaseWorkload>(json!({
+            "image": "a",
+            "env_from": {"STOLEN": {"secret": "db", "key": "password"}},
+        }));
+        assert!(named.unwrap_err().to_string().contains("env_from"));
+        let mounted = serde_json::from_value::<LeaseWorkload>(json!({
+            "image": "a",
+            "files": [{"secret": "db", "path": "/x"}],
+        }));
+        assert!(mounted.is_err());
+        let plain: LeaseWorkload = serde_json::from_value(json!({"image": "a"})).unwrap();
+        assert!(plain.into_run_params().sources().is_empty());
+    }
+
+    #[test]
     fn a_bid_answers_in_three_shapes() {
         let offer = json!({
             "provider": "12D3KooWprovider", "offer_id": 7, "gpu_model": "NVIDIA H100 80GB HBM3",

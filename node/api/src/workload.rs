@@ -786,6 +786,29 @@ mod tests {
     }
 
     #[test]
+    fn configs_and_secrets_are_named_once_and_mounted_at_plain_paths() {
+        let check = |json| run(json).unwrap().check().map(|_| ());
+        let ok = check(serde_json::json!({"image": "a",
+            "env_from": {"DB": {"secret": "db", "key": "password"}, "MODE": {"config": "app", "key": "mode"}},
+            "files": [{"secret": "db", "path": "/run/secrets/db"}]}));
+        assert!(ok.is_ok(), "{ok:?}");
+        for bad in [
+            serde_json::json!({"image": "a", "env_from": {"DB": {"secret": "db", "config": "db", "key": "k"}}}),
+            serde_json::json!({"image": "a", "env_from": {"DB": {"key": "k"}}}),
+            serde_json::json!({"image": "a", "env_from": {"DB": {"secret": "db", "key": "../k"}}}),
+            serde_json::json!({"image": "a", "env_from": {"1DB": {"secret": "db", "key": "k"}}}),
+            serde_json::json!({"image": "a", "env": {"DB": "x"}, "env_from": {"DB": {"secret": "db", "key": "k"}}}),
+            serde_json::json!({"image": "a", "files": [{"secret": "db", "path": "/"}]}),
+            serde_json::json!({"image": "a", "files": [{"secret": "db", "path": "/run/../etc"}]}),
+            serde_json::json!({"image": "a", "files": [{"secret": "db", "path": "/x"}, {"config": "c", "path": "/x"}]}),
+            serde_json::json!({"image": "a", "files": [{"secret": "Db", "path": "/x"}]}),
+        ] {
+            assert!(check(bad.clone()).is_err(), "{bad}");
+        }
+        assert!(run(serde_json::json!({"image": "a", "env_from": {"DB": {"secret": "db", "key": "k", "x": 1}}})).is_err());
+    }
+
+    #[test]
     fn fields_are_range_checked() {
         let check = |json| {
             run(json)
