@@ -73,6 +73,8 @@ pub enum PayloadKind {
     UsageCheckpoint,
     /// A fleet object (deployment, job, ...) at one revision, signed by a fleet operator.
     FleetObject,
+    /// What a node signs about a backup it made: the volume, the archive's size and digest.
+    BackupManifest,
 }
 
 impl PayloadKind {
@@ -88,6 +90,7 @@ impl PayloadKind {
             Self::LeaseAcceptance => 8,
             Self::UsageCheckpoint => 9,
             Self::FleetObject => 10,
+            Self::BackupManifest => 11,
         }
     }
 
@@ -102,6 +105,7 @@ impl PayloadKind {
             8 => Some(Self::LeaseAcceptance),
             9 => Some(Self::UsageCheckpoint),
             10 => Some(Self::FleetObject),
+            11 => Some(Self::BackupManifest),
             _ => None,
         }
     }
@@ -118,6 +122,8 @@ impl PayloadKind {
             Self::Inventory | Self::Announcement | Self::Offer | Self::Bid => 24 * HOUR,
             Self::LeaseTerms | Self::LeaseAcceptance | Self::UsageCheckpoint => 400 * 24 * HOUR,
             Self::FleetObject => FLEET_OBJECT_LIFETIME_DAYS * 24 * HOUR,
+            // A backup is restored long after it was made.
+            Self::BackupManifest => 10 * 366 * 24 * HOUR,
         })
     }
 }
@@ -134,6 +140,7 @@ impl fmt::Display for PayloadKind {
             Self::LeaseAcceptance => "lease acceptance",
             Self::UsageCheckpoint => "usage checkpoint",
             Self::FleetObject => "fleet object",
+            Self::BackupManifest => "backup manifest",
         })
     }
 }

@@ -50,6 +50,10 @@ use claw_api::objects::{ObjectPut, ObjectSync};
 use claw_api::secrets::{
     SecretCreate, SecretDelete, SecretDescribe, SecretList, SecretRef, SecretRotate,
 };
+use claw_api::storage::{
+    BackupCreate, BackupDelete, BackupList, BackupRead, BackupReceive, BackupRef, BackupRestore,
+    VolumeCreate, VolumeDelete, VolumeList, VolumeRef, VolumeSnapshot,
+};
 use claw_api::workload::{
     ContainerExec, ExecOutput, ExecParams, ListParams, LogTail, LogsParams, RunParams, StopParams,
     Workload, WorkloadDetail, WorkloadInspect, WorkloadList, WorkloadListing, WorkloadLogs,
@@ -357,6 +361,42 @@ fn router() -> &'static Router<NodeCommands, Call> {
                     .delete_values(ObjectKind::Secret, &name)
                     .await
             })
+            .route::<VolumeCreate, _, _>(|node, _, VolumeRef { name }| async move {
+                Ok(node.services.workloads.create_volume(&name).await?)
+            })
+            .route::<VolumeList, _, _>(|node, _, NoParams {}| async move {
+                Ok(node.services.workloads.volumes().await?)
+            })
+            .route::<VolumeDelete, _, _>(|node, _, VolumeRef { name }| async move {
+                Ok(node.services.workloads.delete_volume(&name).await?)
+            })
+            .route::<VolumeSnapshot, _, _>(|node, _, VolumeRef { name }| async move {
+                node.services.backups.create(&name, None).await
+            })
+            .route::<BackupCreate, _, _>(|node, _, params| async move {
+                node.services
+                    .backups
+                    .create(&params.volume, params.node.as_deref())
+                    .await
+            })
+            .route::<BackupList, _, _>(|node, _, NoParams {}| async move {
+                node.services.backups.list().await
+            })
+            .route::<BackupRestore, _, _>(|node, _, params| async move {
+                node.services
+                    .backups
+                    .restore(&params.backup, &params.volume)
+                    .await
+            })
+            .route::<BackupDelete, _, _>(|node, _, BackupRef { backup }| async move {
+                node.services.backups.delete(&backup).await
+            })
+            .route::<BackupReceive, _, _>(|node, call, params| async move {
+                node.services.backups.receive(call.peer()?, params).await
+            })
+            .route::<BackupRead, _, _>(|node, call, params| async move {
+                node.services.backups.read(call.peer()?, params).await
+            })
             .route::<ObjectPut, _, _>(|node, _, params| async move {
                 node.services.objects.put(params).await
             })
@@ -399,6 +439,8 @@ pub struct NodeServices {
     pub market: Market,
     /// The fleet objects this member keeps (deployments).
     pub objects: FleetObjects,
+    /// Backups of this node's volumes, and copies other members made.
+    pub backups: crate::backups::Backups,
     /// Deployments' replicas here, and the controller of those this member controls.
     pub deployments: Deployments,
     /// Jobs' and cron jobs' pods here, and the controller of those this member controls.
@@ -496,6 +538,11 @@ impl NodeCommands {
     /// The fleet objects this member keeps.
     pub fn objects(&self) -> &FleetObjects {
         &self.services.objects
+    }
+
+    /// This node's backups.
+    pub fn backups(&self) -> &crate::backups::Backups {
+        &self.services.backups
     }
 
     /// Deployments' replicas and controllers.

@@ -361,6 +361,7 @@ fn create(global: &GlobalArgs, args: CreateArgs) -> Result<()> {
         env: env_map(&args.env)?,
         env_from: value_refs(&args.env_from)?,
         files: file_mounts(&args.files)?,
+        volume_mounts: Vec::new(),
         ports: Vec::new(),
         volumes: Vec::new(),
         gpus: args.gpus,

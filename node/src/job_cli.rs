@@ -195,6 +195,7 @@ impl JobFlags {
                 env: env_map(&self.env)?,
                 env_from: value_refs(&self.env_from)?,
                 files: file_mounts(&self.files)?,
+                volume_mounts: Vec::new(),
                 ports: Vec::new(),
                 volumes: Vec::new(),
                 gpus: self.gpus,

@@ -9,6 +9,7 @@
 //! this library.
 
 pub mod access;
+pub mod backups;
 pub mod chain;
 pub mod commands;
 pub mod config;
@@ -185,8 +186,11 @@ pub(crate) fn node_services(
         store.clone(),
         market.clone(),
     );
+    let backups =
+        backups::Backups::new(std::sync::Arc::clone(dir), store.clone(), workloads.clone());
     commands::NodeServices {
         xids: claw_attestation::XidWatcher::start(),
+        backups,
         market,
         objects,
         deployments,

@@ -7,6 +7,7 @@ mod deploy_cli;
 mod job_cli;
 mod market_cli;
 mod ops;
+mod storage_cli;
 mod up;
 mod values_cli;
 
@@ -105,6 +106,12 @@ enum Command {
     /// The fleet's secrets: values sealed to the nodes allowed to use them, never shown.
     #[command(subcommand)]
     Secret(values_cli::SecretCommand),
+    /// The node's named volumes: Docker volumes workloads mount by name.
+    #[command(subcommand)]
+    Volume(storage_cli::VolumeCommand),
+    /// Backups of the node's volumes, signed with their digest, kept here or on another member.
+    #[command(subcommand)]
+    Backup(storage_cli::BackupCommand),
     /// Show the running node's audit log: every command it answered, newest first.
     Audit {
         /// How many records.
@@ -286,6 +293,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Autoscale(command) => autoscale_cli::autoscale(global, command),
         Command::Config(command) => values_cli::config(global, command),
         Command::Secret(command) => values_cli::secret(global, command),
+        Command::Volume(command) => storage_cli::volume(global, command),
+        Command::Backup(command) => storage_cli::backup(global, command),
         Command::Audit { limit } => audit(global, limit),
     }
 }

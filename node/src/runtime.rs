@@ -186,6 +186,7 @@ impl Node {
         market.attach(handle.clone());
         let interval = Duration::from_secs(dir.config().mesh.announce_interval_secs);
         tasks.spawn_service(market.run(interval));
+        commands.backups().attach(handle.clone());
         let objects = commands.objects().clone();
         objects.attach(handle.clone());
         tasks.spawn_service(objects.run(interval * OBJECT_SYNC_INTERVALS));

@@ -66,6 +66,8 @@ const COMMAND_PREFIXES: &[&str] = &[
     "autoscale.",
     "config.",
     "secret.",
+    "volume.",
+    "backup.",
     "clawbernetes.",
 ];
 
@@ -167,6 +169,7 @@ fn skills_are_valid_name_only_what_exists_and_ship_inside_the_plugin() {
         "training-job",
         "spot-migration",
         "secrets-config",
+        "storage",
     ] {
         assert!(names.iter().any(|n| n == expected), "no skill {expected}");
     }

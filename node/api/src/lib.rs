@@ -21,6 +21,7 @@ pub mod objects;
 mod role;
 pub mod schedule;
 pub mod secrets;
+pub mod storage;
 pub mod workload;
 
 use std::sync::OnceLock;
@@ -113,6 +114,16 @@ pub const NODE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<secrets::SecretDescribe>(),
     CommandInfo::of::<secrets::SecretList>(),
     CommandInfo::of::<secrets::SecretDelete>(),
+    CommandInfo::of::<storage::VolumeCreate>(),
+    CommandInfo::of::<storage::VolumeList>(),
+    CommandInfo::of::<storage::VolumeDelete>(),
+    CommandInfo::of::<storage::VolumeSnapshot>(),
+    CommandInfo::of::<storage::BackupCreate>(),
+    CommandInfo::of::<storage::BackupList>(),
+    CommandInfo::of::<storage::BackupRestore>(),
+    CommandInfo::of::<storage::BackupDelete>(),
+    CommandInfo::of::<storage::BackupReceive>(),
+    CommandInfo::of::<storage::BackupRead>(),
     CommandInfo::of::<objects::ObjectPut>(),
     CommandInfo::of::<objects::ObjectSync>(),
 ];

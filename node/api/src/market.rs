@@ -263,6 +263,7 @@ impl LeaseWorkload {
             env: self.env,
             env_from: BTreeMap::new(),
             files: Vec::new(),
+            volume_mounts: Vec::new(),
             ports: Vec::new(),
             volumes: Vec::new(),
             gpus: None,

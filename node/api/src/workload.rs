@@ -48,6 +48,10 @@ pub struct RunParams {
     /// keeps them in memory only (a tmpfs), and removes them when the workload ends.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<FileMount>,
+    /// Named volumes of this node (`volume.create`) to mount: their data outlives the
+    /// workload.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<VolumeMount>,
     /// Ports to publish.
     #[serde(default)]
     pub ports: Vec<PortSpec>,
@@ -160,6 +164,19 @@ impl FileMount {
     pub fn source(&self) -> Result<(SourceKind, String), SpecError> {
         source_of(self.config.as_ref(), self.secret.as_ref(), "files")
     }
+}
+
+/// A named volume of the node, mounted into the container.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeMount {
+    /// The volume's name on the node.
+    pub volume: String,
+    /// The directory inside the container, absolute.
+    pub path: String,
+    /// Mount it read-only. Default false.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// Keys of configs and secrets (file names when mounted): 1 to 64 of `A-Z a-z 0-9 . _ -`, not
@@ -386,13 +403,36 @@ impl RunParams {
                 ));
             }
         }
+        if self.volume_mounts.len() > MAX_VOLUMES {
+            return invalid(format!("at most {MAX_VOLUMES} volume_mounts"));
+        }
+        for (index, mount) in self.volume_mounts.iter().enumerate() {
+            if !is_simple_name(&mount.volume, 32) {
+                return invalid(format!(
+                    "volume_mounts: volume {:?} must be 1 to 32 of a-z, 0-9 and '-'",
+                    mount.volume
+                ));
+            }
+            let taken = self.volume_mounts[..index]
+                .iter()
+                .any(|m| m.path == mount.path)
+                || self.volumes.iter().any(|v| v.container == mount.path);
+            if !is_container_path(&mount.path) || mount.path == "/" || taken {
+                return invalid(format!(
+                    "volume_mounts path {:?} must be absolute, not '/', without ':', '.' or \
+                     '..', and not mounted twice",
+                    mount.path
+                ));
+            }
+        }
         if self.files.len() > MAX_FILE_MOUNTS {
             return invalid(format!("at most {MAX_FILE_MOUNTS} files mounts"));
         }
         for (index, mount) in self.files.iter().enumerate() {
             mount.source()?;
             let taken = self.files[..index].iter().any(|m| m.path == mount.path)
-                || self.volumes.iter().any(|v| v.container == mount.path);
+                || self.volumes.iter().any(|v| v.container == mount.path)
+                || self.volume_mounts.iter().any(|v| v.path == mount.path);
             if !is_container_path(&mount.path) || mount.path == "/" || taken {
                 return invalid(format!(
                     "files path {:?} must be absolute, not '/', without ':', '.' or '..', and \

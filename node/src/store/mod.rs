@@ -8,6 +8,7 @@
 //! Async code reaches the store through one facade, [`Store::run`], which runs the work off the
 //! async threads.
 
+mod backups;
 mod leases;
 mod ledger;
 mod objects;
@@ -17,6 +18,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use backups::BackupRecord;
 pub use ledger::Holder;
 pub use objects::{HISTORY_KEPT, MAX_OBJECTS, ObjectKind, ObjectPut, ObjectRecord};
 pub use workloads::{AdmitError, Admitted, GpuChoice, WorkloadRecord};
@@ -46,6 +48,8 @@ const LEDGERS_TREE: &str = "run-ledgers";
 const SCALES_TREE: &str = "deployment-scales";
 /// The bids cron jobs placed here, by `cron/<name>#<run>`.
 const CRON_BIDS_TREE: &str = "cron-bids";
+/// Backup id → the backup's signed manifest and who may read it.
+const BACKUPS_TREE: &str = "backups";
 const SEQUENCE_KEY: &[u8] = b"envelope-sequence";
 const CORDONED_KEY: &[u8] = b"cordoned";
 /// `CORDONED_KEY`'s value when the node is cordoned.
@@ -195,6 +199,7 @@ pub struct Store {
     ledgers: sled::Tree,
     scales: sled::Tree,
     cron_bids: sled::Tree,
+    backups: sled::Tree,
     audit_retained: u64,
     max_objects: usize,
     db: sled::Db,
@@ -230,6 +235,7 @@ impl Store {
             ledgers: db.open_tree(LEDGERS_TREE)?,
             scales: db.open_tree(SCALES_TREE)?,
             cron_bids: db.open_tree(CRON_BIDS_TREE)?,
+            backups: db.open_tree(BACKUPS_TREE)?,
             audit_retained: AUDIT_RETAINED,
             max_objects: MAX_OBJECTS,
             db,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::models::VolumeCreateRequest;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStatsResponse, ContainerSummary,
     NetworkCreateRequest,
@@ -17,9 +18,18 @@ use bollard::query_parameters::{
     ListNetworksOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
     StatsOptionsBuilder, StopContainerOptionsBuilder,
 };
+use bollard::query_parameters::{
+    CreateImageOptions, DownloadFromContainerOptions, ListVolumesOptions, RemoveVolumeOptions,
+    UploadToContainerOptions,
+};
 use futures::StreamExt as _;
 
 use super::progress::Progress;
+
+/// The empty image volumes are read and written through.
+const VOLUME_HELPER: &str = "clawbernetes/volume-helper:1";
+/// How long copying a volume's archive may take.
+const ARCHIVE_DEADLINE: Duration = Duration::from_secs(30 * 60);
 
 /// Default Engine socket.
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
@@ -293,6 +303,177 @@ impl Engine {
             Ok(()) | Err(EngineError::NotFound(_)) => Ok(()),
             Err(other) => Err(other),
         }
+    }
+
+    /// Creates volume `name` with `labels`.
+    pub(crate) async fn create_volume(
+        &self,
+        name: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<(), EngineError> {
+        let request = VolumeCreateRequest {
+            name: Some(name.to_owned()),
+            labels: Some(labels),
+            ..VolumeCreateRequest::default()
+        };
+        within(CALL_DEADLINE, self.docker.create_volume(request)).await?;
+        Ok(())
+    }
+
+    /// The volumes that carry `label=value`: name, labels and when each was created.
+    pub(crate) async fn volumes_labelled(
+        &self,
+        label: &str,
+        value: &str,
+    ) -> Result<Vec<(String, HashMap<String, String>, Option<String>)>, EngineError> {
+        let filters = HashMap::from([("label".to_owned(), vec![format!("{label}={value}")])]);
+        let options = ListVolumesOptions {
+            filters: Some(filters),
+        };
+        let listed = within(CALL_DEADLINE, self.docker.list_volumes(Some(options))).await?;
+        Ok(listed
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| (v.name, v.labels, v.created_at))
+            .collect())
+    }
+
+    /// Removes volume `name` (Docker refuses while a container uses it).
+    pub(crate) async fn remove_volume(&self, name: &str) -> Result<(), EngineError> {
+        let options = RemoveVolumeOptions { force: false };
+        within(
+            CALL_DEADLINE,
+            self.docker.remove_volume(name, Some(options)),
+        )
+        .await
+    }
+
+    /// Makes sure of the image the node reads and writes volumes through: an empty one, made
+    /// here (nothing is pulled). Its containers are created, never started.
+    async fn ensure_volume_helper(&self) -> Result<(), EngineError> {
+        if within(CALL_DEADLINE, self.docker.inspect_image(VOLUME_HELPER))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        let (repo, tag) = split_image(VOLUME_HELPER);
+        let options = CreateImageOptions {
+            from_src: Some("-".to_owned()),
+            repo: Some(repo.to_owned()),
+            tag: Some(tag.to_owned()),
+            ..CreateImageOptions::default()
+        };
+        // An empty tar archive: two zero blocks.
+        let empty = bollard::body_full(bytes::Bytes::from(vec![0u8; 1024]));
+        let mut stream = self.docker.create_image(Some(options), Some(empty), None);
+        let imported = tokio::time::timeout(CALL_DEADLINE, async {
+            while let Some(step) = stream.next().await {
+                step?;
+            }
+            Ok::<(), bollard::errors::Error>(())
+        })
+        .await
+        .map_err(|_| EngineError::Timeout(CALL_DEADLINE))?;
+        imported.map_err(Into::into)
+    }
+
+    /// A container, never started, that mounts volume `volume` at `/v`.
+    async fn volume_holder(&self, volume: &str, read_only: bool) -> Result<String, EngineError> {
+        self.ensure_volume_helper().await?;
+        let body = ContainerCreateBody {
+            image: Some(VOLUME_HELPER.to_owned()),
+            cmd: Some(vec!["/none".to_owned()]),
+            network_disabled: Some(true),
+            host_config: Some(bollard::models::HostConfig {
+                binds: Some(vec![format!(
+                    "{volume}:/v:{}",
+                    if read_only { "ro" } else { "rw" }
+                )]),
+                ..bollard::models::HostConfig::default()
+            }),
+            ..ContainerCreateBody::default()
+        };
+        let created = within(
+            CALL_DEADLINE,
+            self.docker.create_container(
+                None::<bollard::query_parameters::CreateContainerOptions>,
+                body,
+            ),
+        )
+        .await?;
+        Ok(created.id)
+    }
+
+    /// Writes volume `volume`'s files, as a tar archive (entries under `v/`), to `out`, at most
+    /// `max_bytes`: answers its size and SHA-256.
+    pub(crate) async fn export_volume(
+        &self,
+        volume: &str,
+        out: &std::path::Path,
+        max_bytes: u64,
+    ) -> Result<(u64, String), EngineError> {
+        use sha2::Digest as _;
+        use tokio::io::AsyncWriteExt as _;
+        let holder = self.volume_holder(volume, true).await?;
+        let copied = async {
+            let options = DownloadFromContainerOptions {
+                path: "/v".to_owned(),
+            };
+            let mut file = tokio::fs::File::create(out)
+                .await
+                .map_err(|e| EngineError::Failed(format!("{}: {e}", out.display())))?;
+            let mut stream = self.docker.download_from_container(&holder, Some(options));
+            let (mut size, mut hash) = (0u64, sha2::Sha256::new());
+            while let Some(piece) = stream.next().await {
+                let piece = piece?;
+                size += piece.len() as u64;
+                if size > max_bytes {
+                    return Err(EngineError::Failed(format!(
+                        "volume {volume} is over {max_bytes} bytes"
+                    )));
+                }
+                hash.update(&piece);
+                file.write_all(&piece)
+                    .await
+                    .map_err(|e| EngineError::Failed(format!("{}: {e}", out.display())))?;
+            }
+            file.sync_all()
+                .await
+                .map_err(|e| EngineError::Failed(format!("{}: {e}", out.display())))?;
+            Ok((size, hex::encode(hash.finalize())))
+        };
+        let copied = match tokio::time::timeout(ARCHIVE_DEADLINE, copied).await {
+            Ok(result) => result,
+            Err(_) => Err(EngineError::Timeout(ARCHIVE_DEADLINE)),
+        };
+        let _ = self.remove(&holder).await;
+        if copied.is_err() {
+            let _ = tokio::fs::remove_file(out).await;
+        }
+        copied
+    }
+
+    /// Unpacks `archive` (as [`Engine::export_volume`] wrote it) into volume `volume`.
+    pub(crate) async fn import_volume(
+        &self,
+        volume: &str,
+        archive: bytes::Bytes,
+    ) -> Result<(), EngineError> {
+        let holder = self.volume_holder(volume, false).await?;
+        let options = UploadToContainerOptions {
+            path: "/".to_owned(),
+            ..UploadToContainerOptions::default()
+        };
+        let uploaded = within(
+            ARCHIVE_DEADLINE,
+            self.docker
+                .upload_to_container(&holder, Some(options), bollard::body_full(archive)),
+        )
+        .await;
+        let _ = self.remove(&holder).await;
+        uploaded
     }
 
     /// Every container, running or not, that carries `label=value`.

@@ -15,6 +15,7 @@ pub mod spec {
 }
 mod tenant;
 mod value_files;
+mod volumes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -218,6 +219,8 @@ struct Resolved {
     env: Vec<(String, zeroize::Zeroizing<String>)>,
     /// Files, per mount.
     mounts: Vec<value_files::MountFiles>,
+    /// The binds of the named volumes it mounts.
+    volume_binds: Vec<String>,
 }
 
 impl From<crate::objects::ValuesError> for WorkloadError {
@@ -322,7 +325,10 @@ impl Workloads {
                 .ok_or_else(|| WorkloadError::Internal("a source was not read".to_owned()))
                 .map(|read| (source, read))
         };
-        let mut resolved = Resolved::default();
+        let mut resolved = Resolved {
+            volume_binds: self.volume_binds(&params.volume_mounts).await?,
+            ..Resolved::default()
+        };
         for (env, reference) in &params.env_from {
             let ((kind, name), read) = lookup(reference.source())?;
             let value = read.get(&reference.key).ok_or_else(|| {
@@ -445,9 +451,10 @@ impl Workloads {
     ) -> Result<WorkloadRecord, WorkloadError> {
         let gpus = params.check()?;
         mounts::check_roots(&params.volumes, &self.roots)?;
-        if reserved.is_some() && !params.sources().is_empty() {
+        if reserved.is_some() && (!params.sources().is_empty() || !params.volume_mounts.is_empty())
+        {
             return Err(WorkloadError::NotPermitted(
-                "a lease's workload cannot use the fleet's configs or secrets".to_owned(),
+                "a lease's workload cannot use the fleet's configs, secrets or volumes".to_owned(),
             ));
         }
         let resolved = self.resolve(&params).await?;
@@ -807,6 +814,7 @@ impl Workloads {
                     .iter()
                     .map(|(host, container)| format!("{}:{container}:ro", host.display())),
             )
+            .chain(resolved.volume_binds.iter().cloned())
             .collect();
         let restart = match params.restart {
             RestartPolicy::No => RestartPolicyNameEnum::NO,

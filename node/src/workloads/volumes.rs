@@ -1,0 +1,217 @@
+//! Named volumes: Docker volumes this node created (labelled with its peer id and the volume's
+//! name), mounted by name into its workloads, and read or written whole as tar archives for
+//! backups. Their data lives in Docker, so it outlives workloads and node restarts.
+
+use std::collections::HashMap;
+
+use claw_api::storage::{Volume, VolumeListing, check_volume_name};
+use claw_api::workload::VolumeMount;
+
+use super::{LABEL_NODE, LABEL_WORKLOAD, WorkloadError, Workloads};
+
+/// The label naming a volume's name on its node.
+const LABEL_VOLUME: &str = "io.clawbernetes.volume";
+
+impl Workloads {
+    /// The Docker volume behind this node's volume `name`.
+    fn docker_volume(&self, name: &str) -> String {
+        let short = self
+            .node
+            .get(self.node.len().saturating_sub(12)..)
+            .unwrap_or(&self.node);
+        format!("claw-{short}-{name}")
+    }
+
+    /// This node's volumes: name → (Docker volume, created at).
+    async fn own_volumes(&self) -> Result<Vec<(String, String, Option<String>)>, WorkloadError> {
+        let engine = self.engine()?;
+        let mut own: Vec<(String, String, Option<String>)> = engine
+            .volumes_labelled(LABEL_NODE, &self.node)
+            .await?
+            .into_iter()
+            .filter_map(|(docker, labels, created)| {
+                labels
+                    .get(LABEL_VOLUME)
+                    .map(|name| (name.clone(), docker, created))
+            })
+            .collect();
+        own.sort();
+        Ok(own)
+    }
+
+    /// Docker volume → the running workloads that mount it.
+    async fn volume_users(&self) -> Result<HashMap<String, Vec<String>>, WorkloadError> {
+        let containers = self.engine()?.list_labelled(LABEL_NODE, &self.node).await?;
+        let mut users: HashMap<String, Vec<String>> = HashMap::new();
+        for container in containers {
+            let running = container
+                .state
+                .is_some_and(|s| s == bollard::models::ContainerSummaryStateEnum::RUNNING);
+            let workload = container
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_WORKLOAD))
+                .cloned();
+            let (true, Some(workload)) = (running, workload) else {
+                continue;
+            };
+            for mount in container.mounts.unwrap_or_default() {
+                if let Some(name) = mount.name {
+                    users.entry(name).or_default().push(workload.clone());
+                }
+            }
+        }
+        Ok(users)
+    }
+
+    async fn volume(&self, name: &str) -> Result<Option<Volume>, WorkloadError> {
+        let found = self
+            .own_volumes()
+            .await?
+            .into_iter()
+            .find(|(own, _, _)| own == name);
+        let Some((name, docker_name, created_at)) = found else {
+            return Ok(None);
+        };
+        let used_by = self
+            .volume_users()
+            .await?
+            .remove(&docker_name)
+            .unwrap_or_default();
+        Ok(Some(Volume {
+            name,
+            docker_name,
+            created_at,
+            used_by,
+        }))
+    }
+
+    fn not_found(name: &str) -> WorkloadError {
+        WorkloadError::NotFound(format!(
+            "no volume {name:?} on this node (volume.list lists them)"
+        ))
+    }
+
+    /// `volume.create`.
+    pub async fn create_volume(&self, name: &str) -> Result<Volume, WorkloadError> {
+        check_volume_name(name)?;
+        if self.volume(name).await?.is_some() {
+            return Err(WorkloadError::Conflict(format!(
+                "volume {name:?} exists on this node"
+            )));
+        }
+        let labels = HashMap::from([
+            (LABEL_NODE.to_owned(), self.node.clone()),
+            (LABEL_VOLUME.to_owned(), name.to_owned()),
+        ]);
+        self.engine()?
+            .create_volume(&self.docker_volume(name), labels)
+            .await?;
+        tracing::info!(volume = name, "volume created");
+        self.volume(name)
+            .await?
+            .ok_or_else(|| WorkloadError::Internal("the volume vanished".to_owned()))
+    }
+
+    /// `volume.list`.
+    pub async fn volumes(&self) -> Result<VolumeListing, WorkloadError> {
+        let mut users = self.volume_users().await?;
+        let volumes = self
+            .own_volumes()
+            .await?
+            .into_iter()
+            .map(|(name, docker_name, created_at)| Volume {
+                used_by: users.remove(&docker_name).unwrap_or_default(),
+                name,
+                docker_name,
+                created_at,
+            })
+            .collect();
+        Ok(VolumeListing { volumes })
+    }
+
+    /// `volume.delete`: refused while a workload's container (running or kept) uses it.
+    pub async fn delete_volume(&self, name: &str) -> Result<Volume, WorkloadError> {
+        let volume = self
+            .volume(name)
+            .await?
+            .ok_or_else(|| Self::not_found(name))?;
+        if !volume.used_by.is_empty() {
+            return Err(WorkloadError::Conflict(format!(
+                "volume {name:?} is mounted by {}: stop them first",
+                volume.used_by.join(", ")
+            )));
+        }
+        self.engine()?
+            .remove_volume(&volume.docker_name)
+            .await
+            .map_err(|error| match error {
+                super::EngineError::Conflict(_) => WorkloadError::Conflict(format!(
+                    "volume {name:?} is still used by a stopped container: workload.stop it \
+                     with remove"
+                )),
+                other => other.into(),
+            })?;
+        tracing::info!(volume = name, "volume deleted");
+        Ok(volume)
+    }
+
+    /// Writes volume `name`'s files as a tar archive to `out`: its size and SHA-256.
+    pub async fn export_volume(
+        &self,
+        name: &str,
+        out: &std::path::Path,
+        max_bytes: u64,
+    ) -> Result<(u64, String), WorkloadError> {
+        let volume = self
+            .volume(name)
+            .await?
+            .ok_or_else(|| Self::not_found(name))?;
+        Ok(self
+            .engine()?
+            .export_volume(&volume.docker_name, out, max_bytes)
+            .await?)
+    }
+
+    /// Creates volume `name` from `archive` (as [`Workloads::export_volume`] wrote it); the
+    /// volume is removed again when the archive does not unpack.
+    pub async fn restore_volume(
+        &self,
+        name: &str,
+        archive: bytes::Bytes,
+    ) -> Result<Volume, WorkloadError> {
+        let volume = self.create_volume(name).await?;
+        let engine = self.engine()?;
+        if let Err(error) = engine.import_volume(&volume.docker_name, archive).await {
+            let _ = engine.remove_volume(&volume.docker_name).await;
+            return Err(error.into());
+        }
+        Ok(volume)
+    }
+
+    /// The binds of `mounts`: each names one of this node's volumes.
+    pub(super) async fn volume_binds(
+        &self,
+        mounts: &[VolumeMount],
+    ) -> Result<Vec<String>, WorkloadError> {
+        if mounts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let own = self.own_volumes().await?;
+        mounts
+            .iter()
+            .map(|mount| {
+                let docker = own
+                    .iter()
+                    .find(|(name, _, _)| *name == mount.volume)
+                    .map(|(_, docker, _)| docker)
+                    .ok_or_else(|| Self::not_found(&mount.volume))?;
+                Ok(format!(
+                    "{docker}:{}:{}",
+                    mount.path,
+                    if mount.read_only { "ro" } else { "rw" }
+                ))
+            })
+            .collect()
+    }
+}
