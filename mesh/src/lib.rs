@@ -89,7 +89,23 @@ pub struct MeshHandle {
     commands: mpsc::Sender<Command>,
     fleet: Arc<RwLock<FleetView>>,
     stats: Arc<stats::MeshStats>,
+    streams: Streams,
 }
+
+/// The raw-stream side of the swarm (libp2p-stream's control), which works beside the event
+/// loop: streams are opened and accepted without going through it.
+#[derive(Clone)]
+struct Streams(libp2p_stream::Control);
+
+impl std::fmt::Debug for Streams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streams").finish_non_exhaustive()
+    }
+}
+
+pub use libp2p::{Stream, StreamProtocol};
+/// Inbound streams of one protocol.
+pub use libp2p_stream::IncomingStreams;
 
 /// A running mesh node: its handle, its events, and its task.
 #[derive(Debug)]
@@ -113,6 +129,7 @@ impl Mesh {
     ) -> Result<Self, MeshError> {
         let topics = swarm::Topics::new(&config.network)?;
         let swarm = swarm::build_swarm(identity, &config, &topics)?;
+        let streams = Streams(swarm.behaviour().stream_control());
         let fleet = Arc::new(RwLock::new(FleetView::new(config.max_silence())));
         let (commands_tx, commands_rx) = mpsc::channel(256);
         let (events_tx, events_rx) = mpsc::channel(1024);
@@ -135,6 +152,7 @@ impl Mesh {
                 commands: commands_tx,
                 fleet,
                 stats,
+                streams,
             },
             events: events_rx,
             task,
@@ -267,6 +285,27 @@ impl MeshHandle {
     /// Gossipsub's score for `peer`, if it has one.
     pub async fn peer_score(&self, peer: PeerId) -> Result<Option<f64>, MeshError> {
         self.ask(|reply| Command::PeerScore { peer, reply }).await
+    }
+
+    /// Opens a raw stream to `peer` on `protocol`, dialling it when it is not connected.
+    pub async fn open_stream(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+    ) -> Result<Stream, MeshError> {
+        let mut control = self.streams.0.clone();
+        control
+            .open_stream(peer, protocol)
+            .await
+            .map_err(|e| MeshError::Transport(format!("stream to {peer}: {e}")))
+    }
+
+    /// The streams peers open on `protocol`; once per protocol.
+    pub fn accept_streams(&self, protocol: StreamProtocol) -> Result<IncomingStreams, MeshError> {
+        let mut control = self.streams.0.clone();
+        control
+            .accept(protocol)
+            .map_err(|e| MeshError::Transport(e.to_string()))
     }
 
     /// Every node in the local fleet view, including this one once it has announced.

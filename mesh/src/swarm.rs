@@ -68,6 +68,14 @@ pub(crate) struct Behaviour {
     ping: ping::Behaviour,
     invoke: request_response::json::Behaviour<InvokeRequest, InvokeResponse>,
     mdns: Toggle<mdns::tokio::Behaviour>,
+    stream: libp2p_stream::Behaviour,
+}
+
+impl Behaviour {
+    /// A handle that opens and accepts raw streams (services), outside the event loop.
+    pub(crate) fn stream_control(&self) -> libp2p_stream::Control {
+        self.stream.new_control()
+    }
 }
 
 /// What a handle asks the event loop to do.
@@ -289,6 +297,7 @@ pub(crate) fn build_swarm(
                     .with_max_concurrent_streams(config.max_concurrent_invokes),
             ),
             mdns: Toggle::from(mdns),
+            stream: libp2p_stream::Behaviour::new(),
         })
     };
     let idle = config.idle_connection_timeout;

@@ -50,6 +50,10 @@ use claw_api::objects::{ObjectPut, ObjectSync};
 use claw_api::secrets::{
     SecretCreate, SecretDelete, SecretDescribe, SecretList, SecretRef, SecretRotate,
 };
+use claw_api::services::{
+    ServiceCreate, ServiceDelete, ServiceEndpoints, ServiceForward, ServiceForwards, ServiceList,
+    ServiceRef, ServiceUnforward, UnforwardParams,
+};
 use claw_api::storage::{
     BackupCreate, BackupDelete, BackupList, BackupRead, BackupReceive, BackupRef, BackupRestore,
     VolumeCreate, VolumeDelete, VolumeList, VolumeRef, VolumeSnapshot,
@@ -397,6 +401,27 @@ fn router() -> &'static Router<NodeCommands, Call> {
             .route::<BackupRead, _, _>(|node, call, params| async move {
                 node.services.backups.read(call.peer()?, params).await
             })
+            .route::<ServiceCreate, _, _>(|node, _, params| async move {
+                node.services.objects.create_service(params).await
+            })
+            .route::<ServiceList, _, _>(|node, _, NoParams {}| async move {
+                node.services.objects.services().await
+            })
+            .route::<ServiceDelete, _, _>(|node, _, ServiceRef { name }| async move {
+                node.services.objects.delete_service(&name).await
+            })
+            .route::<ServiceEndpoints, _, _>(|node, _, ServiceRef { name }| async move {
+                node.services.services.endpoints(&name).await
+            })
+            .route::<ServiceForward, _, _>(|node, _, params| async move {
+                node.services.services.forward(params).await
+            })
+            .route::<ServiceUnforward, _, _>(|node, _, UnforwardParams { listen }| async move {
+                node.services.services.unforward(&listen)
+            })
+            .route::<ServiceForwards, _, _>(|node, _, NoParams {}| async move {
+                Ok(node.services.services.forwards())
+            })
             .route::<ObjectPut, _, _>(|node, _, params| async move {
                 node.services.objects.put(params).await
             })
@@ -441,6 +466,8 @@ pub struct NodeServices {
     pub objects: FleetObjects,
     /// Backups of this node's volumes, and copies other members made.
     pub backups: crate::backups::Backups,
+    /// Forwards to services and leased containers, and this node's end of others' streams.
+    pub services: crate::services::Services,
     /// Deployments' replicas here, and the controller of those this member controls.
     pub deployments: Deployments,
     /// Jobs' and cron jobs' pods here, and the controller of those this member controls.
@@ -543,6 +570,11 @@ impl NodeCommands {
     /// This node's backups.
     pub fn backups(&self) -> &crate::backups::Backups {
         &self.services.backups
+    }
+
+    /// This node's service forwards and streams.
+    pub fn services(&self) -> &crate::services::Services {
+        &self.services.services
     }
 
     /// Deployments' replicas and controllers.

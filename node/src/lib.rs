@@ -21,6 +21,7 @@ pub mod market;
 pub mod metrics;
 pub mod objects;
 pub mod runtime;
+pub mod services;
 pub mod store;
 pub mod system_run;
 mod tasks;
@@ -188,9 +189,16 @@ pub(crate) fn node_services(
     );
     let backups =
         backups::Backups::new(std::sync::Arc::clone(dir), store.clone(), workloads.clone());
+    let services = services::Services::new(
+        objects.clone(),
+        workloads.clone(),
+        store.clone(),
+        access.clone(),
+    );
     commands::NodeServices {
         xids: claw_attestation::XidWatcher::start(),
         backups,
+        services,
         market,
         objects,
         deployments,

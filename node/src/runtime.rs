@@ -187,6 +187,7 @@ impl Node {
         let interval = Duration::from_secs(dir.config().mesh.announce_interval_secs);
         tasks.spawn_service(market.run(interval));
         commands.backups().attach(handle.clone());
+        tasks.spawn_service(commands.services().clone().run(handle.clone()));
         let objects = commands.objects().clone();
         objects.attach(handle.clone());
         tasks.spawn_service(objects.run(interval * OBJECT_SYNC_INTERVALS));

@@ -21,6 +21,7 @@ pub mod objects;
 mod role;
 pub mod schedule;
 pub mod secrets;
+pub mod services;
 pub mod storage;
 pub mod workload;
 
@@ -124,6 +125,13 @@ pub const NODE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<storage::BackupDelete>(),
     CommandInfo::of::<storage::BackupReceive>(),
     CommandInfo::of::<storage::BackupRead>(),
+    CommandInfo::of::<services::ServiceCreate>(),
+    CommandInfo::of::<services::ServiceList>(),
+    CommandInfo::of::<services::ServiceDelete>(),
+    CommandInfo::of::<services::ServiceEndpoints>(),
+    CommandInfo::of::<services::ServiceForward>(),
+    CommandInfo::of::<services::ServiceUnforward>(),
+    CommandInfo::of::<services::ServiceForwards>(),
     CommandInfo::of::<objects::ObjectPut>(),
     CommandInfo::of::<objects::ObjectSync>(),
 ];

@@ -29,6 +29,8 @@ pub enum ObjectKind {
     Config,
     /// A secret, sealed to the nodes that may use it (`secret.*`).
     Secret,
+    /// A service reachable through the mesh (`service.*`).
+    Service,
 }
 
 impl ObjectKind {
@@ -41,6 +43,7 @@ impl ObjectKind {
             Self::Autoscaler => "autoscaler",
             Self::Config => "config",
             Self::Secret => "secret",
+            Self::Service => "service",
         }
     }
 
@@ -59,6 +62,7 @@ impl ObjectKind {
             Self::Autoscaler,
             Self::Config,
             Self::Secret,
+            Self::Service,
         ]
         .into_iter()
         .find(|k| k.as_str() == kind)?;

@@ -30,7 +30,7 @@ pub(super) fn check(kind: ObjectKind, name: &str, spec: Option<&str>) -> Result<
             cron.check()
         }
         ObjectKind::Autoscaler => parse::<AutoscaleSpec>(spec)?.check(),
-        ObjectKind::Deployment | ObjectKind::Config | ObjectKind::Secret => {
+        ObjectKind::Deployment | ObjectKind::Config | ObjectKind::Secret | ObjectKind::Service => {
             return Err("not a job".to_owned());
         }
     }

@@ -11,6 +11,7 @@
 
 mod deployments;
 mod jobs;
+mod services;
 mod values;
 
 use std::collections::HashMap;
@@ -183,6 +184,9 @@ impl FleetObjects {
             kind @ (ObjectKind::Job | ObjectKind::CronJob | ObjectKind::Autoscaler) => {
                 jobs::check(kind, &object.name, object.spec.as_deref())
                     .map_err(Refusal::Malformed)?;
+            }
+            ObjectKind::Service => {
+                services::check(&object.name, object.spec.as_deref()).map_err(Refusal::Malformed)?
             }
             kind @ (ObjectKind::Config | ObjectKind::Secret) => {
                 values::check(kind, &object.name, object.spec.as_deref())

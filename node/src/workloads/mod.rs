@@ -846,6 +846,33 @@ impl Workloads {
         }
     }
 
+    /// The active workloads (starting or running), as the store records them.
+    pub async fn active(&self) -> Result<Vec<WorkloadRecord>, WorkloadError> {
+        let all = self.store.run(|store| store.workloads()).await?;
+        Ok(all.into_iter().filter(|w| w.state.is_active()).collect())
+    }
+
+    /// The address of workload `id`'s container on its Docker network, which this host reaches.
+    pub async fn container_address(&self, id: &str) -> Result<std::net::IpAddr, WorkloadError> {
+        let record = self.find(id).await?;
+        let container = record
+            .container_id
+            .ok_or_else(|| WorkloadError::Conflict(format!("{id} has no container")))?;
+        let inspected = self
+            .engine()?
+            .inspect(&container)
+            .await?
+            .ok_or_else(|| WorkloadError::NotFound(format!("{id}'s container is gone")))?;
+        inspected
+            .network_settings
+            .and_then(|n| n.networks)
+            .into_iter()
+            .flat_map(|networks| networks.into_values())
+            .filter_map(|network| network.ip_address)
+            .find_map(|ip| ip.parse().ok())
+            .ok_or_else(|| WorkloadError::Conflict(format!("{id}'s container has no address")))
+    }
+
     /// The lease a workload (id or name) was started for, if it was.
     pub async fn lease_of(&self, reference: &str) -> Option<String> {
         let record = self.find(reference).await.ok()?;

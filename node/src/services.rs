@@ -1,0 +1,629 @@
+//! Services through the mesh. A forward (`service.forward`) listens on a loopback port of this
+//! node; each connection to it becomes a libp2p stream (`/clawbernetes/service/1`, over the
+//! mesh's Noise-encrypted connections) to the node running an endpoint, which checks the caller
+//! and pipes the stream to the endpoint's container port. So a service is reached from any
+//! member, and a buyer reaches its leased container, with nothing published on the provider.
+//!
+//! The node at the far end decides who gets through: for a service, a caller with the operate
+//! role there, to a running workload the service selects, on the service's port only; for a
+//! lease, only the lease's buyer, to that lease's container.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use claw_api::services::{
+    Endpoint, EndpointListing, Forward, ForwardListing, ForwardParams, MAX_FORWARDS,
+    ServiceEndpoints, ServiceRef, StreamTarget,
+};
+use claw_api::{Command as _, ErrorCode, InvokeFailure, Role};
+use claw_market::lease::Side;
+use claw_mesh::{InvokeRequest, MeshHandle, PeerId, Stream, StreamProtocol};
+use futures::StreamExt as _;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio_util::compat::FuturesAsyncReadCompatExt as _;
+
+use crate::access::AccessPolicy;
+use crate::objects::FleetObjects;
+use crate::store::Store;
+use crate::workloads::Workloads;
+
+/// The protocol of service streams.
+pub const SERVICE_PROTOCOL: StreamProtocol = StreamProtocol::new("/clawbernetes/service/1");
+/// Longest first line of a stream.
+const MAX_HEADER: usize = 1024;
+/// How long the far end may take to answer the first line, and to connect to the container.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+/// Streams served at once; beyond this a stream is refused.
+const MAX_INBOUND: usize = 256;
+/// How long a service's endpoints are reused before they are asked again.
+const ENDPOINTS_FRESH: Duration = Duration::from_secs(5);
+/// How long a member may take to list its endpoints.
+const ENDPOINTS_DEADLINE: Duration = Duration::from_secs(3);
+
+fn failure(code: ErrorCode, message: impl Into<String>) -> InvokeFailure {
+    InvokeFailure::new(code, message)
+}
+
+struct Open {
+    target: String,
+    connections: Arc<AtomicU64>,
+    task: tokio::task::AbortHandle,
+}
+
+#[derive(Default)]
+struct Cache {
+    /// Service → when its endpoints were read, and the endpoints.
+    endpoints: HashMap<String, (Instant, Vec<(PeerId, String)>)>,
+}
+
+struct Inner {
+    objects: FleetObjects,
+    workloads: Workloads,
+    store: Store,
+    access: AccessPolicy,
+    mesh: OnceLock<MeshHandle>,
+    forwards: Mutex<HashMap<String, Open>>,
+    cache: Mutex<Cache>,
+    next: AtomicUsize,
+    inbound: Arc<tokio::sync::Semaphore>,
+}
+
+/// This node's forwards, and its end of other nodes' streams. Cheap to clone.
+#[derive(Clone)]
+pub struct Services {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services").finish_non_exhaustive()
+    }
+}
+
+/// Where a forward's connections go.
+#[derive(Debug, Clone)]
+enum Target {
+    Service(String),
+    Lease {
+        lease: String,
+        provider: PeerId,
+        port: u16,
+    },
+}
+
+impl Target {
+    fn describe(&self) -> String {
+        match self {
+            Self::Service(name) => format!("service/{name}"),
+            Self::Lease { lease, port, .. } => format!("lease/{lease}:{port}"),
+        }
+    }
+}
+
+impl Services {
+    /// The services of a node with these parts.
+    pub fn new(
+        objects: FleetObjects,
+        workloads: Workloads,
+        store: Store,
+        access: AccessPolicy,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                objects,
+                workloads,
+                store,
+                access,
+                mesh: OnceLock::new(),
+                forwards: Mutex::default(),
+                cache: Mutex::default(),
+                next: AtomicUsize::new(0),
+                inbound: Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND)),
+            }),
+        }
+    }
+
+    fn mesh(&self) -> Result<&MeshHandle, InvokeFailure> {
+        self.inner
+            .mesh
+            .get()
+            .ok_or_else(|| failure(ErrorCode::Unavailable, "the mesh is not up"))
+    }
+
+    /// Connects to the running mesh and serves the streams other nodes open here, until the
+    /// mesh stops.
+    pub async fn run(self, mesh: MeshHandle) {
+        let _ = self.inner.mesh.set(mesh.clone());
+        let mut incoming = match mesh.accept_streams(SERVICE_PROTOCOL) {
+            Ok(incoming) => incoming,
+            Err(error) => {
+                tracing::error!(%error, "service streams not served");
+                return;
+            }
+        };
+        while let Some((peer, stream)) = incoming.next().await {
+            let Ok(permit) = Arc::clone(&self.inner.inbound).try_acquire_owned() else {
+                tracing::warn!(%peer, "a service stream refused: too many at once");
+                continue;
+            };
+            let services = self.clone();
+            tokio::spawn(async move {
+                services.serve(peer, stream).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// `service.endpoints`: this node's running workloads that service `name` selects.
+    pub async fn endpoints(&self, name: &str) -> Result<EndpointListing, InvokeFailure> {
+        let service = self.inner.objects.service(name).await?.ok_or_else(|| {
+            failure(
+                ErrorCode::NotFound,
+                format!("no service {name:?} (service.list lists them)"),
+            )
+        })?;
+        let node = self.inner.access.local().to_string();
+        let endpoints = self
+            .inner
+            .workloads
+            .active()
+            .await?
+            .into_iter()
+            .filter(|w| service.spec.selects(&w.labels))
+            .map(|w| Endpoint {
+                node: node.clone(),
+                workload: w.id,
+            })
+            .collect();
+        Ok(EndpointListing { endpoints })
+    }
+
+    /// Every member's endpoints of service `name`, read at most every few seconds.
+    async fn fleet_endpoints(&self, name: &str) -> Result<Vec<(PeerId, String)>, InvokeFailure> {
+        {
+            let cache = self
+                .inner
+                .cache
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some((at, endpoints)) = cache.endpoints.get(name)
+                && at.elapsed() < ENDPOINTS_FRESH
+                && !endpoints.is_empty()
+            {
+                return Ok(endpoints.clone());
+            }
+        }
+        let mesh = self.mesh()?;
+        let local = self.inner.access.local();
+        let params = serde_json::to_value(ServiceRef {
+            name: name.to_owned(),
+        })
+        .map_err(|e| failure(ErrorCode::Internal, e.to_string()))?;
+        let asks = mesh.fleet().into_iter().map(|member| {
+            let params = params.clone();
+            async move {
+                if member.peer_id == local {
+                    return self.endpoints(name).await.ok();
+                }
+                let request = InvokeRequest::new(ServiceEndpoints::NAME, ENDPOINTS_DEADLINE)
+                    .with_params(params);
+                let answer = mesh.invoke(member.peer_id, request).await.ok()?;
+                ServiceEndpoints::decode(answer).ok()
+            }
+        });
+        let mut endpoints = Vec::new();
+        for (member, listing) in mesh
+            .fleet()
+            .into_iter()
+            .zip(futures::future::join_all(asks).await)
+        {
+            // A member answers for its own workloads only.
+            for endpoint in listing.map(|l| l.endpoints).unwrap_or_default() {
+                if endpoint.node == member.peer_id.to_string() {
+                    endpoints.push((member.peer_id, endpoint.workload));
+                }
+            }
+        }
+        endpoints.sort();
+        self.inner
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .endpoints
+            .insert(name.to_owned(), (Instant::now(), endpoints.clone()));
+        Ok(endpoints)
+    }
+
+    /// `service.forward`.
+    pub async fn forward(&self, params: ForwardParams) -> Result<Forward, InvokeFailure> {
+        let target = match (&params.service, &params.lease, params.port) {
+            (Some(service), None, None) => {
+                if self.inner.objects.service(service).await?.is_none() {
+                    return Err(failure(
+                        ErrorCode::NotFound,
+                        format!("no service {service:?} (service.list lists them)"),
+                    ));
+                }
+                Target::Service(service.clone())
+            }
+            (None, Some(lease), Some(port)) if port > 0 => {
+                let id = lease.clone();
+                let record = self
+                    .inner
+                    .store
+                    .run(move |s| s.lease(&id))
+                    .await?
+                    .filter(|r| r.side == Side::Buyer)
+                    .ok_or_else(|| {
+                        failure(
+                            ErrorCode::NotFound,
+                            format!("this node bought no lease {lease:?}"),
+                        )
+                    })?;
+                let provider = record.counterparty.parse().map_err(|_| {
+                    failure(ErrorCode::Internal, "the lease's provider is not a peer id")
+                })?;
+                Target::Lease {
+                    lease: lease.clone(),
+                    provider,
+                    port,
+                }
+            }
+            _ => {
+                return Err(failure(
+                    ErrorCode::InvalidParams,
+                    "give service, or lease and port",
+                ));
+            }
+        };
+        let listen: SocketAddr = params
+            .listen
+            .as_deref()
+            .unwrap_or("127.0.0.1:0")
+            .parse()
+            .map_err(|e| failure(ErrorCode::InvalidParams, format!("listen: {e}")))?;
+        if !listen.ip().is_loopback() {
+            return Err(failure(
+                ErrorCode::InvalidParams,
+                "a forward listens on a loopback address only",
+            ));
+        }
+        if self.open_count() >= MAX_FORWARDS {
+            return Err(failure(
+                ErrorCode::Conflict,
+                format!("this node has {MAX_FORWARDS} forwards open: service.unforward one"),
+            ));
+        }
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+            failure(
+                ErrorCode::Conflict,
+                format!("cannot listen on {listen}: {e}"),
+            )
+        })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| failure(ErrorCode::Internal, e.to_string()))?
+            .to_string();
+        let connections = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(self.clone().accept(
+            listener,
+            target.clone(),
+            Arc::clone(&connections),
+        ));
+        let forward = Forward {
+            listen: bound.clone(),
+            target: target.describe(),
+            connections: 0,
+        };
+        self.inner
+            .forwards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                bound,
+                Open {
+                    target: target.describe(),
+                    connections,
+                    task: task.abort_handle(),
+                },
+            );
+        tracing::info!(
+            listen = forward.listen,
+            target = forward.target,
+            "forward opened"
+        );
+        Ok(forward)
+    }
+
+    fn open_count(&self) -> usize {
+        self.inner
+            .forwards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// `service.unforward`.
+    pub fn unforward(&self, listen: &str) -> Result<Forward, InvokeFailure> {
+        let open = self
+            .inner
+            .forwards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(listen)
+            .ok_or_else(|| failure(ErrorCode::NotFound, format!("no forward on {listen}")))?;
+        open.task.abort();
+        Ok(Forward {
+            listen: listen.to_owned(),
+            target: open.target,
+            connections: open.connections.load(Ordering::Relaxed),
+        })
+    }
+
+    /// `service.forwards`.
+    pub fn forwards(&self) -> ForwardListing {
+        let forwards = self
+            .inner
+            .forwards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(listen, open)| Forward {
+                listen: listen.clone(),
+                target: open.target.clone(),
+                connections: open.connections.load(Ordering::Relaxed),
+            })
+            .collect();
+        ForwardListing { forwards }
+    }
+
+    async fn accept(
+        self,
+        listener: tokio::net::TcpListener,
+        target: Target,
+        connections: Arc<AtomicU64>,
+    ) {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                continue;
+            };
+            connections.fetch_add(1, Ordering::Relaxed);
+            let (services, target) = (self.clone(), target.clone());
+            tokio::spawn(async move {
+                if let Err(error) = services.carry(socket, &target).await {
+                    tracing::debug!(target = target.describe(), %error, "forwarded connection failed");
+                }
+            });
+        }
+    }
+
+    /// Carries one local connection to `target`: the next endpoint that takes it.
+    async fn carry(&self, socket: tokio::net::TcpStream, target: &Target) -> Result<(), String> {
+        let candidates: Vec<(PeerId, StreamTarget)> = match target {
+            Target::Service(name) => {
+                let endpoints = self.fleet_endpoints(name).await.map_err(|e| e.message)?;
+                if endpoints.is_empty() {
+                    return Err(format!("service {name} has no running endpoint"));
+                }
+                let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
+                (0..endpoints.len())
+                    .map(|i| &endpoints[(start + i) % endpoints.len()])
+                    .map(|(node, workload)| {
+                        (
+                            *node,
+                            StreamTarget {
+                                service: Some(name.clone()),
+                                workload: Some(workload.clone()),
+                                lease: None,
+                                port: None,
+                            },
+                        )
+                    })
+                    .collect()
+            }
+            Target::Lease {
+                lease,
+                provider,
+                port,
+            } => vec![(
+                *provider,
+                StreamTarget {
+                    service: None,
+                    workload: None,
+                    lease: Some(lease.clone()),
+                    port: Some(*port),
+                },
+            )],
+        };
+        let mesh = self.mesh().map_err(|e| e.message)?;
+        let local = self.inner.access.local();
+        let mut last = String::new();
+        for (node, header) in candidates {
+            if node == local {
+                // An endpoint here: no stream, the caller's own node admits it.
+                match self.connect(local, &header).await {
+                    Ok(mut container) => {
+                        let mut socket = socket;
+                        let _ = tokio::io::copy_bidirectional(&mut socket, &mut container).await;
+                        return Ok(());
+                    }
+                    Err(error) => {
+                        last = format!("{node}: {error}");
+                        continue;
+                    }
+                }
+            }
+            match open(mesh, node, &header).await {
+                Ok(stream) => {
+                    let mut stream = stream;
+                    let mut socket = socket;
+                    let _ = tokio::io::copy_bidirectional(&mut socket, &mut stream).await;
+                    return Ok(());
+                }
+                Err(error) => {
+                    // Ask afresh next time: the endpoint may be gone.
+                    if let Target::Service(name) = target {
+                        self.inner
+                            .cache
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .endpoints
+                            .remove(name);
+                    }
+                    last = format!("{node}: {error}");
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Serves a stream `peer` opened here: checks what it asks for, then pipes it to the
+    /// container.
+    async fn serve(&self, peer: PeerId, stream: Stream) {
+        let mut stream = BufReader::new(stream.compat());
+        let answer =
+            match tokio::time::timeout(HANDSHAKE_DEADLINE, self.admit(peer, &mut stream)).await {
+                Ok(answer) => answer,
+                Err(_) => Err("no request in time".to_owned()),
+            };
+        match answer {
+            Ok(mut container) => {
+                if stream.get_mut().write_all(b"ok\n").await.is_err() {
+                    return;
+                }
+                let _ = tokio::io::copy_bidirectional(&mut stream, &mut container).await;
+            }
+            Err(refused) => {
+                tracing::info!(%peer, %refused, "service stream refused");
+                let line = format!("error: {}\n", refused.chars().take(200).collect::<String>());
+                let _ = stream.get_mut().write_all(line.as_bytes()).await;
+                let _ = stream.get_mut().shutdown().await;
+            }
+        }
+    }
+
+    /// Reads the first line and, when `peer` may reach what it names, connects to it.
+    async fn admit(
+        &self,
+        peer: PeerId,
+        stream: &mut BufReader<tokio_util::compat::Compat<Stream>>,
+    ) -> Result<tokio::net::TcpStream, String> {
+        let mut line = Vec::new();
+        let read = (&mut *stream)
+            .take(MAX_HEADER as u64)
+            .read_until(b'\n', &mut line)
+            .await
+            .map_err(|e| e.to_string())?;
+        if read == 0 || line.last() != Some(&b'\n') {
+            return Err("the request is not one line of at most 1 KiB".to_owned());
+        }
+        let target: StreamTarget =
+            serde_json::from_slice(&line).map_err(|e| format!("malformed request: {e}"))?;
+        self.connect(peer, &target).await
+    }
+
+    /// Connects to what `target` names, when `peer` may reach it.
+    async fn connect(
+        &self,
+        peer: PeerId,
+        target: &StreamTarget,
+    ) -> Result<tokio::net::TcpStream, String> {
+        let (workload, port) = match (
+            &target.service,
+            &target.workload,
+            &target.lease,
+            target.port,
+        ) {
+            (Some(service), Some(workload), None, None) => {
+                if self.inner.access.role_of(&peer) < Role::Operate {
+                    return Err(format!("{peer} may not reach services on this node"));
+                }
+                let spec = self
+                    .inner
+                    .objects
+                    .service(service)
+                    .await
+                    .map_err(|e| e.message)?
+                    .ok_or_else(|| format!("no service {service:?}"))?
+                    .spec;
+                let record = self
+                    .inner
+                    .workloads
+                    .active()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .find(|w| w.id == *workload && spec.selects(&w.labels))
+                    .ok_or_else(|| format!("{workload} is not a running endpoint of {service}"))?;
+                (record.id, spec.port)
+            }
+            (None, None, Some(lease), Some(port)) if port > 0 => {
+                let id = lease.clone();
+                let record = self
+                    .inner
+                    .store
+                    .run(move |s| s.lease(&id))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let buyer = matches!(&record, Some(r)
+                    if r.side == Side::Provider && r.counterparty == peer.to_string());
+                if !buyer {
+                    return Err(format!("{peer} did not buy lease {lease} here"));
+                }
+                let workload = self
+                    .inner
+                    .workloads
+                    .leased(lease)
+                    .await
+                    .filter(|w| w.state.is_active())
+                    .ok_or_else(|| format!("lease {lease} runs no workload"))?;
+                (workload.id, port)
+            }
+            _ => return Err("name a service and workload, or a lease and port".to_owned()),
+        };
+        let address = self
+            .inner
+            .workloads
+            .container_address(&workload)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::net::TcpStream::connect((address, port))
+            .await
+            .map_err(|e| format!("the container does not answer on port {port}: {e}"))
+    }
+}
+
+/// Opens a stream to `node` for `header`, and waits for its `ok`.
+async fn open(
+    mesh: &MeshHandle,
+    node: PeerId,
+    header: &StreamTarget,
+) -> Result<BufReader<tokio_util::compat::Compat<Stream>>, String> {
+    let stream = mesh
+        .open_stream(node, SERVICE_PROTOCOL)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut stream = BufReader::new(stream.compat());
+    let mut line = serde_json::to_vec(header).map_err(|e| e.to_string())?;
+    line.push(b'\n');
+    let answered = tokio::time::timeout(HANDSHAKE_DEADLINE, async {
+        stream.get_mut().write_all(&line).await?;
+        stream.get_mut().flush().await?;
+        let mut answer = Vec::new();
+        (&mut stream)
+            .take(MAX_HEADER as u64)
+            .read_until(b'\n', &mut answer)
+            .await?;
+        Ok::<_, std::io::Error>(answer)
+    })
+    .await
+    .map_err(|_| "no answer in time".to_owned())?
+    .map_err(|e| e.to_string())?;
+    match answered.as_slice() {
+        b"ok\n" => Ok(stream),
+        other => Err(String::from_utf8_lossy(other).trim().to_owned()),
+    }
+}

@@ -1,0 +1,170 @@
+//! Services through the mesh across `clawnode run` processes on the real Docker Engine: an HTTP
+//! server in a container on one node is reached through `service.forward` on another node,
+//! over libp2p streams, spread over the service's endpoints on two nodes; a member without the
+//! operate role on an endpoint's node is refused there, with only its own key; and a forward
+//! listens on loopback only.
+//!
+//! Needs the Docker Engine and the locally built test image (`scripts/test.sh` prepares both).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use claw_tests::deployments::Member;
+use claw_tests::{eventually, http_get, required_part};
+use serde_json::json;
+
+fn test_image() -> Option<String> {
+    required_part(
+        "CLAW_TEST_IMAGE",
+        "the Docker Engine and the local busybox test image",
+    )
+}
+
+/// Starts on `member` an HTTP server on port 8080 that answers `text`, labelled `app=web`.
+fn serve(member: &Member, image: &str, text: &str) -> String {
+    let script =
+        format!("mkdir -p /www && echo {text} > /www/index.html && exec httpd -f -p 8080 -h /www");
+    let run = member
+        .invoke(
+            "workload.run",
+            &json!({
+                "image": image,
+                "command": ["sh", "-c", script],
+                "labels": {"app": "web"},
+            }),
+        )
+        .expect("workload.run");
+    run["id"].as_str().expect("id").to_owned()
+}
+
+/// The body of `GET /` through `addr`, or `None` when the connection brings no answer.
+fn fetch(addr: &str) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .ok()?;
+    write!(stream, "GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let (_, body) = answer.split_once("\r\n\r\n")?;
+    Some(body.trim().to_owned())
+}
+
+#[test]
+fn a_service_is_reached_through_the_mesh_by_those_allowed_only() {
+    let Some(image) = test_image() else { return };
+    let members = Member::fleet(3);
+    let ids: Vec<String> = members.iter().map(|m| m.peer_id.clone()).collect();
+    eventually(
+        Duration::from_secs(60),
+        "every member to see the others",
+        || {
+            members
+                .iter()
+                .all(|m| ids.iter().all(|id| m.sees(id)))
+                .then_some(())
+        },
+    );
+    let (operator, first, second) = (&members[0], &members[1], &members[2]);
+    serve(first, &image, "from-first");
+    let second_endpoint = serve(second, &image, "from-second");
+    operator
+        .invoke(
+            "service.create",
+            &json!({"name": "web", "spec": {"selector": {"app": "web"}, "port": 8080}}),
+        )
+        .expect("service.create");
+    for member in &members {
+        eventually(
+            Duration::from_secs(30),
+            "every member to keep the service",
+            || {
+                member
+                    .invoke("service.list", &json!({}))
+                    .ok()
+                    .and_then(|l| (l["services"][0]["name"] == "web").then_some(()))
+            },
+        );
+    }
+    let endpoints = first
+        .invoke("service.endpoints", &json!({"name": "web"}))
+        .expect("endpoints");
+    assert_eq!(endpoints["endpoints"][0]["node"], json!(ids[1]));
+
+    // The operator's node has no endpoint: every answer crosses the mesh, from both nodes.
+    let forward = operator
+        .invoke("service.forward", &json!({"service": "web"}))
+        .expect("service.forward");
+    let listen = forward["listen"].as_str().expect("listen").to_owned();
+    assert!(listen.starts_with("127.0.0.1:"), "{listen}");
+    let seen: BTreeSet<String> = eventually(
+        Duration::from_secs(60),
+        "answers from both endpoints",
+        || {
+            let seen: BTreeSet<String> = (0..6).filter_map(|_| fetch(&listen)).collect();
+            (seen.len() == 2).then_some(seen)
+        },
+    );
+    assert_eq!(
+        seen,
+        BTreeSet::from(["from-first".to_owned(), "from-second".to_owned()])
+    );
+    assert!(http_get(&listen, "/").contains("from-"));
+    let listed = operator
+        .invoke("service.forwards", &json!({}))
+        .expect("forwards");
+    assert!(listed["forwards"][0]["connections"].as_u64().unwrap_or(0) >= 3);
+
+    // A forward listens on loopback only.
+    let exposed = operator.invoke(
+        "service.forward",
+        &json!({"service": "web", "listen": "0.0.0.0:0"}),
+    );
+    assert!(exposed.is_err_and(|e| e.contains("loopback")));
+
+    // The first member, with only its own key and the read role on the second, forwards too:
+    // its own endpoint answers, the second's node refuses its streams.
+    operator
+        .invoke("workload.stop", &json!({"workload": "x"}))
+        .expect_err("no such workload");
+    let own = first
+        .invoke("service.forward", &json!({"service": "web"}))
+        .expect("a forward on a plain member");
+    let own_listen = own["listen"].as_str().expect("listen").to_owned();
+    let answers: Vec<Option<String>> = (0..6).map(|_| fetch(&own_listen)).collect();
+    assert!(
+        answers.iter().flatten().all(|a| a == "from-first"),
+        "the second node let a plain member in: {answers:?}"
+    );
+    assert!(answers.iter().any(|a| a.as_deref() == Some("from-first")));
+    // With its own endpoint gone, nothing answers it at all.
+    let first_endpoint = first
+        .invoke(
+            "workload.list",
+            &json!({"labels": {"app": "web"}, "all": false}),
+        )
+        .expect("list")["workloads"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    first
+        .invoke("workload.stop", &json!({"workload": first_endpoint}))
+        .expect("stop");
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(fetch(&own_listen), None, "a refused stream carries nothing");
+    // The operator still reaches the second.
+    assert_eq!(fetch(&listen).as_deref(), Some("from-second"));
+
+    let closed = operator
+        .invoke("service.unforward", &json!({"listen": listen}))
+        .expect("unforward");
+    assert_eq!(closed["target"], "service/web");
+    assert!(
+        std::net::TcpStream::connect(&listen).is_err(),
+        "the port is closed"
+    );
+    second
+        .invoke("workload.stop", &json!({"workload": second_endpoint}))
+        .expect("stop");
+}
