@@ -12,6 +12,8 @@
 #   scripts/bench.sh up           clawnode up: command to a usable 3-node fleet, first and later runs
 #   scripts/bench.sh deployments  a deployment's failover when a node or its controller is killed
 #                                 (needs Docker and the test image)
+#   scripts/bench.sh services     a service forward through the mesh against the container directly
+#                                 (needs Docker and the test image)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 which=${1:-all}
@@ -56,4 +58,9 @@ if [ "$which" = all ] || [ "$which" = deployments ]; then
     cargo build --release --workspace --bins
     CLAW_TEST_IMAGE=${CLAW_TEST_IMAGE:-clawbernetes/busybox:test} \
         cargo bench -p claw-tests --bench deployment_failover
+fi
+if [ "$which" = all ] || [ "$which" = services ]; then
+    cargo build --release --workspace --bins
+    CLAW_TEST_IMAGE=${CLAW_TEST_IMAGE:-clawbernetes/busybox:test} \
+        cargo bench -p claw-tests --bench service_forward
 fi

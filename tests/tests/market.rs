@@ -17,6 +17,14 @@ use serde_json::{Value, json};
 use claw_tests::SIMULATED_MODEL as MODEL;
 /// A workload that runs until stopped, and stops at once on SIGTERM.
 const SERVE: [&str; 3] = ["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"];
+/// The same, answering `leased` over HTTP on port 8080 meanwhile (as the tenant user, from the
+/// tenant's writable /tmp).
+const SERVE_HTTP: [&str; 3] = [
+    "sh",
+    "-c",
+    "mkdir -p /tmp/www && echo leased > /tmp/www/index.html && trap 'exit 0' TERM; \
+     httpd -f -p 8080 -h /tmp/www & wait",
+];
 
 fn bid(max_price: &str, gpus: u32, workload: Option<Value>) -> Value {
     json!({
@@ -170,7 +178,7 @@ fn three_providers_two_buyers_leases_run_and_settle_on_chain() {
     assert_eq!(buyer.ok("market.leases", &json!({}))["leases"], json!([]));
 
     // Two buyers race for B's only GPU: one lease, one clear refusal.
-    let workload = json!({"image": image, "command": SERVE});
+    let workload = json!({"image": image, "command": SERVE_HTTP});
     let race = std::thread::scope(|scope| {
         let first = scope
             .spawn(|| buyer.invoke_on(None, "market.bid", &bid("1.3", 1, Some(workload.clone()))));
@@ -240,6 +248,27 @@ fn three_providers_two_buyers_leases_run_and_settle_on_chain() {
         .invoke_on(Some(&b.peer_id), "workload.run", &json!({"image": image}))
         .expect_err("the lessee may not start other workloads");
     assert!(denied.contains("UNAUTHORIZED"), "{denied}");
+    // The lessee reaches its container's port through the mesh: B publishes nothing, and no
+    // one else gets a forward to it.
+    let forward = winner.ok("service.forward", &json!({"lease": lease_id, "port": 8080}));
+    let listen = forward["listen"].as_str().expect("listen").to_owned();
+    let served = eventually(Duration::from_secs(30), "the leased container's page", || {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(&listen).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(stream, "GET / HTTP/1.0\r\n\r\n").ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).ok()?;
+        answer.contains("200").then_some(answer)
+    });
+    assert!(served.ends_with("leased\n"), "{served}");
+    assert_eq!(on_b["container"]["ports"], json!([]), "B publishes no port: {on_b}");
+    let other = if winner_is_buyer { &rival } else { &buyer };
+    let refused = other
+        .invoke_on(None, "service.forward", &json!({"lease": lease_id, "port": 8080}))
+        .expect_err("only the lease's buyer forwards to it");
+    assert!(refused.contains("bought no lease"), "{refused}");
+    winner.ok("service.unforward", &json!({"listen": listen}));
     // B's GPU is taken: its offer is withdrawn from every book.
     eventually(Duration::from_secs(20), "B's offer withdrawn", || {
         let offers = buyer.ok("market.offers", &json!({}));
