@@ -68,6 +68,7 @@ const COMMAND_PREFIXES: &[&str] = &[
     "secret.",
     "volume.",
     "backup.",
+    "service.",
     "clawbernetes.",
 ];
 
@@ -170,6 +171,7 @@ fn skills_are_valid_name_only_what_exists_and_ship_inside_the_plugin() {
         "spot-migration",
         "secrets-config",
         "storage",
+        "networking",
     ] {
         assert!(names.iter().any(|n| n == expected), "no skill {expected}");
     }
