@@ -47,6 +47,9 @@ use claw_api::node::{
 };
 use claw_api::objects::ObjectKind;
 use claw_api::objects::{ObjectPut, ObjectSync};
+use claw_api::policies::{
+    Origin, PolicyCreate, PolicyDelete, PolicyList, PolicyRef, PolicyValidate, ValidateParams,
+};
 use claw_api::secrets::{
     SecretCreate, SecretDelete, SecretDescribe, SecretList, SecretRef, SecretRotate,
 };
@@ -422,6 +425,21 @@ fn router() -> &'static Router<NodeCommands, Call> {
             .route::<ServiceForwards, _, _>(|node, _, NoParams {}| async move {
                 Ok(node.services.services.forwards())
             })
+            .route::<PolicyCreate, _, _>(|node, _, params| async move {
+                node.services.objects.create_policy(params).await
+            })
+            .route::<PolicyList, _, _>(|node, _, NoParams {}| async move {
+                node.services.objects.policies().await
+            })
+            .route::<PolicyDelete, _, _>(|node, _, PolicyRef { name }| async move {
+                node.services.objects.delete_policy(&name).await
+            })
+            .route::<PolicyValidate, _, _>(
+                |node, _, ValidateParams { workload, lease }| async move {
+                    let origin = if lease { Origin::Lease } else { Origin::Fleet };
+                    node.services.objects.verdict(&workload, origin).await
+                },
+            )
             .route::<ObjectPut, _, _>(|node, _, params| async move {
                 node.services.objects.put(params).await
             })

@@ -74,9 +74,11 @@ fn main() {
     };
     let members = Member::fleet(2);
     let (forwarder, server) = (&members[0], &members[1]);
-    eventually(Duration::from_secs(60), "the members to see each other", || {
-        (forwarder.sees(&server.peer_id) && server.sees(&forwarder.peer_id)).then_some(())
-    });
+    eventually(
+        Duration::from_secs(60),
+        "the members to see each other",
+        || (forwarder.sees(&server.peer_id) && server.sees(&forwarder.peer_id)).then_some(()),
+    );
     let script = format!(
         "mkdir -p /www && echo hello > /www/index.html && \
          dd if=/dev/zero of=/www/blob bs=1048576 count={BLOB_MIB} 2>/dev/null && \
@@ -120,13 +122,17 @@ fn main() {
             .ok()
     });
     let forwarded = forward["listen"].as_str().expect("listen").to_owned();
-    eventually(Duration::from_secs(60), "an answer through the forward", || {
-        (get(&forwarded, "/").0 == 6).then_some(())
-    });
+    eventually(
+        Duration::from_secs(60),
+        "an answer through the forward",
+        || (get(&forwarded, "/").0 == 6).then_some(()),
+    );
 
     let (direct_best, direct_median, direct_p50, direct_p95) = measure(&direct);
     let (fwd_best, fwd_median, fwd_p50, fwd_p95) = measure(&forwarded);
-    println!("service_forward: {DOWNLOADS} downloads of {BLOB_MIB} MiB, {PINGS} small GETs each on a new connection");
+    println!(
+        "service_forward: {DOWNLOADS} downloads of {BLOB_MIB} MiB, {PINGS} small GETs each on a new connection"
+    );
     println!(
         "direct to the container   {direct_best:8.1} MB/s best, {direct_median:8.1} MB/s median; round trip p50 {direct_p50:.2} ms, p95 {direct_p95:.2} ms"
     );
@@ -139,6 +145,9 @@ fn main() {
         fwd_p50 - direct_p50
     );
     server
-        .invoke("workload.stop", &json!({"workload": workload, "remove": true}))
+        .invoke(
+            "workload.stop",
+            &json!({"workload": workload, "remove": true}),
+        )
         .expect("stop");
 }

@@ -252,20 +252,34 @@ fn three_providers_two_buyers_leases_run_and_settle_on_chain() {
     // one else gets a forward to it.
     let forward = winner.ok("service.forward", &json!({"lease": lease_id, "port": 8080}));
     let listen = forward["listen"].as_str().expect("listen").to_owned();
-    let served = eventually(Duration::from_secs(30), "the leased container's page", || {
-        use std::io::{Read as _, Write as _};
-        let mut stream = std::net::TcpStream::connect(&listen).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        write!(stream, "GET / HTTP/1.0\r\n\r\n").ok()?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).ok()?;
-        answer.contains("200").then_some(answer)
-    });
+    let served = eventually(
+        Duration::from_secs(30),
+        "the leased container's page",
+        || {
+            use std::io::{Read as _, Write as _};
+            let mut stream = std::net::TcpStream::connect(&listen).ok()?;
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .ok()?;
+            write!(stream, "GET / HTTP/1.0\r\n\r\n").ok()?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).ok()?;
+            answer.contains("200").then_some(answer)
+        },
+    );
     assert!(served.ends_with("leased\n"), "{served}");
-    assert_eq!(on_b["container"]["ports"], json!([]), "B publishes no port: {on_b}");
+    assert_eq!(
+        on_b["container"]["ports"],
+        json!([]),
+        "B publishes no port: {on_b}"
+    );
     let other = if winner_is_buyer { &rival } else { &buyer };
     let refused = other
-        .invoke_on(None, "service.forward", &json!({"lease": lease_id, "port": 8080}))
+        .invoke_on(
+            None,
+            "service.forward",
+            &json!({"lease": lease_id, "port": 8080}),
+        )
         .expect_err("only the lease's buyer forwards to it");
     assert!(refused.contains("bought no lease"), "{refused}");
     winner.ok("service.unforward", &json!({"listen": listen}));

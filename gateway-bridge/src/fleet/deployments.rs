@@ -104,6 +104,32 @@ impl FleetCommands {
         }))
     }
 
+    /// Refuses a template the fleet's policies refuse (a member judges it with
+    /// `policy.validate`), naming the policy and the rule, before anything is signed.
+    pub(super) async fn admissible(
+        &self,
+        template: &claw_api::workload::RunParams,
+        call: Call,
+    ) -> Result<(), InvokeFailure> {
+        let params = claw_api::policies::ValidateParams {
+            workload: template.clone(),
+            lease: false,
+        };
+        let verdict = self
+            .ask_member::<claw_api::policies::PolicyValidate>(&params, call)
+            .await?;
+        match verdict.violations.first() {
+            None => Ok(()),
+            Some(v) => Err(InvokeFailure::new(
+                ErrorCode::Unauthorized,
+                format!(
+                    "refused by policy {:?}, rule {}: {}",
+                    v.policy, v.rule, v.reason
+                ),
+            )),
+        }
+    }
+
     /// The network the bridge signs fleet objects for.
     pub(super) fn signing_network(&self) -> Result<String, InvokeFailure> {
         self.signer
@@ -134,6 +160,9 @@ impl FleetCommands {
             Err(error) => return Err(error),
         };
         let spec = change.next_spec(name, &kept)?;
+        if let Some(spec) = &spec {
+            self.admissible(&spec.template, call.clone()).await?;
+        }
         let revision = kept.first().map_or(1, |k| k.revision + 1);
         let signed_at_ms = self
             .put_signed(ObjectKind::Deployment, name, revision, spec.as_ref(), call)

@@ -82,6 +82,7 @@ impl FleetCommands {
         let spec = JobChange::Create(Box::new(spec))
             .next_spec(name, live.as_ref().map(|(_, s)| s))?
             .ok_or_else(|| InvokeFailure::new(ErrorCode::Internal, "created nothing"))?;
+        self.admissible(&spec.template, call.clone()).await?;
         let (revision, signed_at_ms) = self
             .sign_next(
                 ObjectKind::Job,

@@ -18,6 +18,7 @@ pub mod jobs;
 pub mod market;
 pub mod node;
 pub mod objects;
+pub mod policies;
 mod role;
 pub mod schedule;
 pub mod secrets;
@@ -132,6 +133,10 @@ pub const NODE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<services::ServiceForward>(),
     CommandInfo::of::<services::ServiceUnforward>(),
     CommandInfo::of::<services::ServiceForwards>(),
+    CommandInfo::of::<policies::PolicyCreate>(),
+    CommandInfo::of::<policies::PolicyList>(),
+    CommandInfo::of::<policies::PolicyDelete>(),
+    CommandInfo::of::<policies::PolicyValidate>(),
     CommandInfo::of::<objects::ObjectPut>(),
     CommandInfo::of::<objects::ObjectSync>(),
 ];

@@ -31,6 +31,8 @@ pub enum ObjectKind {
     Secret,
     /// A service reachable through the mesh (`service.*`).
     Service,
+    /// A policy every node enforces at admission (`policy.*`).
+    Policy,
 }
 
 impl ObjectKind {
@@ -44,6 +46,7 @@ impl ObjectKind {
             Self::Config => "config",
             Self::Secret => "secret",
             Self::Service => "service",
+            Self::Policy => "policy",
         }
     }
 
@@ -63,6 +66,7 @@ impl ObjectKind {
             Self::Config,
             Self::Secret,
             Self::Service,
+            Self::Policy,
         ]
         .into_iter()
         .find(|k| k.as_str() == kind)?;

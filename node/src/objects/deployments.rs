@@ -101,6 +101,8 @@ impl FleetObjects {
         &self,
         params: CreateParams,
     ) -> Result<Deployment, InvokeFailure> {
+        self.admit_workload(&params.spec.template, claw_api::policies::Origin::Fleet)
+            .await?;
         deployment(
             &self
                 .apply(&params.name, Change::Create(Box::new(params.spec)))

@@ -30,7 +30,11 @@ pub(super) fn check(kind: ObjectKind, name: &str, spec: Option<&str>) -> Result<
             cron.check()
         }
         ObjectKind::Autoscaler => parse::<AutoscaleSpec>(spec)?.check(),
-        ObjectKind::Deployment | ObjectKind::Config | ObjectKind::Secret | ObjectKind::Service => {
+        ObjectKind::Deployment
+        | ObjectKind::Config
+        | ObjectKind::Secret
+        | ObjectKind::Service
+        | ObjectKind::Policy => {
             return Err("not a job".to_owned());
         }
     }
@@ -187,6 +191,8 @@ impl FleetObjects {
 
     /// `job.create`.
     pub async fn create_job(&self, name: &str, spec: JobSpec) -> Result<Job, InvokeFailure> {
+        self.admit_workload(&spec.template, claw_api::policies::Origin::Fleet)
+            .await?;
         let change = JobChange::Create(Box::new(spec));
         let (record, spec) = self
             .change(ObjectKind::Job, name, |live| change.next_spec(name, live))

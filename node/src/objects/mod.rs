@@ -11,6 +11,7 @@
 
 mod deployments;
 mod jobs;
+mod policies;
 mod services;
 mod values;
 
@@ -187,6 +188,9 @@ impl FleetObjects {
             }
             ObjectKind::Service => {
                 services::check(&object.name, object.spec.as_deref()).map_err(Refusal::Malformed)?
+            }
+            ObjectKind::Policy => {
+                policies::check(&object.name, object.spec.as_deref()).map_err(Refusal::Malformed)?
             }
             kind @ (ObjectKind::Config | ObjectKind::Secret) => {
                 values::check(kind, &object.name, object.spec.as_deref())

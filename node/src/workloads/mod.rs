@@ -351,6 +351,21 @@ impl Workloads {
         Ok(resolved)
     }
 
+    /// Refuses `params` when a fleet policy does, naming the policy and the rule.
+    pub async fn admissible(
+        &self,
+        params: &RunParams,
+        origin: claw_api::policies::Origin,
+    ) -> Result<(), WorkloadError> {
+        self.objects
+            .admit_workload(params, origin)
+            .await
+            .map_err(|refused| match refused.code {
+                ErrorCode::Unauthorized => WorkloadError::NotPermitted(refused.message),
+                _ => WorkloadError::Internal(refused.message),
+            })
+    }
+
     fn value_files(&self) -> std::path::PathBuf {
         value_files::root(&self.node)
     }
@@ -457,6 +472,12 @@ impl Workloads {
                 "a lease's workload cannot use the fleet's configs, secrets or volumes".to_owned(),
             ));
         }
+        let origin = if reserved.is_some() {
+            claw_api::policies::Origin::Lease
+        } else {
+            claw_api::policies::Origin::Fleet
+        };
+        self.admissible(&params, origin).await?;
         let resolved = self.resolve(&params).await?;
         if params.isolation == Isolation::Tenant {
             self.tenant_ready()

@@ -1,0 +1,146 @@
+//! Policies across `clawnode run` processes on the real Docker Engine: an operator's policy
+//! reaches every member, and each rule refuses a workload with the policy and the rule named,
+//! on any member, before anything is started or a GPU allocated; `policy.validate` answers the
+//! same without running anything; a deployment the policy refuses is not created; a member that
+//! is not an operator cannot sign a policy away; deleting the policy admits the workload again.
+//!
+//! Needs the Docker Engine and the locally built test image (`scripts/test.sh` prepares both).
+
+use std::time::Duration;
+
+use claw_tests::deployments::Member;
+use claw_tests::{eventually, required_part};
+use serde_json::{Value, json};
+
+fn test_image() -> Option<String> {
+    required_part(
+        "CLAW_TEST_IMAGE",
+        "the Docker Engine and the local busybox test image",
+    )
+}
+
+fn workloads(member: &Member) -> Vec<Value> {
+    member
+        .invoke("workload.list", &json!({}))
+        .expect("workload.list")["workloads"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn every_rule_refuses_by_name_on_every_member_before_anything_starts() {
+    let Some(image) = test_image() else { return };
+    let members = Member::fleet(2);
+    let (operator, member) = (&members[0], &members[1]);
+    eventually(
+        Duration::from_secs(60),
+        "the members to see each other",
+        || (operator.sees(&member.peer_id) && member.sees(&operator.peer_id)).then_some(()),
+    );
+    let (repo, _) = image.split_once(':').expect("image:tag");
+    let policy = json!({
+        "images_allow": [format!("{repo}:*")],
+        "images_deny": ["*:forbidden"],
+        "max_gpus": 0,
+        "required_labels": ["team"],
+    });
+    operator
+        .invoke("policy.create", &json!({"name": "prod", "spec": policy}))
+        .expect("policy.create");
+    eventually(Duration::from_secs(30), "the policy on the member", || {
+        let listed = member.invoke("policy.list", &json!({})).ok()?;
+        (listed["policies"][0]["name"] == "prod").then_some(())
+    });
+
+    let tagged = |tag: &str| format!("{repo}:{tag}");
+    let _ = std::process::Command::new("docker")
+        .args(["tag", &image, &tagged("forbidden")])
+        .status();
+    let labelled = json!({"team": "ml"});
+    for (rule, workload) in [
+        (
+            "required_labels",
+            json!({"image": image, "command": ["true"]}),
+        ),
+        (
+            "images_allow",
+            json!({"image": "other/image:1", "labels": labelled}),
+        ),
+        (
+            "images_deny",
+            json!({"image": tagged("forbidden"), "labels": labelled}),
+        ),
+        (
+            "max_gpus",
+            json!({"image": image, "gpus": 1, "labels": labelled}),
+        ),
+    ] {
+        for node in [operator, member] {
+            let refused = node
+                .invoke("workload.run", &workload)
+                .expect_err("the policy refuses it");
+            assert!(
+                refused.contains(&format!("refused by policy \"prod\", rule {rule}")),
+                "{rule}: {refused}"
+            );
+        }
+        let verdict = member
+            .invoke("policy.validate", &json!({"workload": workload}))
+            .expect("policy.validate");
+        assert_eq!(verdict["allowed"], false);
+        assert_eq!(verdict["violations"][0]["rule"], rule, "{verdict}");
+    }
+    assert!(
+        workloads(member).is_empty(),
+        "nothing was started or recorded"
+    );
+    assert!(workloads(operator).is_empty());
+
+    // A deployment the policy refuses is not created.
+    let refused = operator
+        .invoke(
+            "deploy.create",
+            &json!({"name": "web", "spec": {"replicas": 1, "template": {"image": image}}}),
+        )
+        .expect_err("refused at creation");
+    assert!(refused.contains("rule required_labels"), "{refused}");
+    assert!(
+        operator
+            .invoke("deploy.status", &json!({"name": "web"}))
+            .is_err()
+    );
+
+    // What the policy admits runs.
+    let admitted = json!({"image": image, "command": ["true"], "labels": labelled});
+    let verdict = member
+        .invoke("policy.validate", &json!({"workload": admitted}))
+        .expect("validate");
+    assert_eq!(verdict, json!({"allowed": true, "violations": []}));
+    member.invoke("workload.run", &admitted).expect("admitted");
+
+    // The member, with only its own key, cannot delete the operator's policy.
+    let denied = member
+        .invoke("policy.delete", &json!({"name": "prod"}))
+        .expect_err("a member is not an operator");
+    assert!(denied.contains("not a fleet operator"), "{denied}");
+    operator
+        .invoke("policy.delete", &json!({"name": "prod"}))
+        .expect("policy.delete");
+    // The refused runs allocated nothing: the member's one GPU is free for this one.
+    eventually(
+        Duration::from_secs(30),
+        "the deletion on the member",
+        || {
+            member
+                .invoke(
+                    "workload.run",
+                    &json!({"image": image, "command": ["sleep", "2"], "gpus": 1}),
+                )
+                .ok()
+        },
+    );
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", &tagged("forbidden")])
+        .status();
+}
