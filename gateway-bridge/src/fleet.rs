@@ -1080,6 +1080,7 @@ mod tests {
                 },
                 cordoned: false,
                 running_workloads: 0,
+                taints: Vec::new(),
             },
             seq: 1,
             issued_at_ms: 0,

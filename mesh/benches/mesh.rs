@@ -318,6 +318,7 @@ fn synthetic_member(i: usize) -> FleetMember {
             },
             allocated_gpus: allocated,
             running_workloads: 0,
+            taints: Vec::new(),
             cordoned: false,
         },
         seq: 1,

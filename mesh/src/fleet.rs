@@ -35,6 +35,9 @@ pub struct NodeAnnouncement {
     pub cordoned: bool,
     /// Workloads running on the node.
     pub running_workloads: u32,
+    /// Its taints, as `key[=value]:Effect` (work that does not tolerate them is kept off).
+    /// (Announcements are bincode: every field is always written.)
+    pub taints: Vec<String>,
 }
 
 impl SignedPayload for NodeAnnouncement {
@@ -223,6 +226,7 @@ mod tests {
                 },
                 allocated_gpus: vec![],
                 running_workloads: 0,
+                taints: Vec::new(),
                 cordoned: false,
             },
             seq,

@@ -720,7 +720,7 @@ impl EventLoop {
                 self.verify_announcement(&message.data)
                     .and_then(|(member, verified)| {
                         match self.replay_guard.admit(&verified) {
-                            Ok(()) => Ok(Accepted::Announcement(member)),
+                            Ok(()) => Ok(Accepted::Announcement(Box::new(member))),
                             // An older announcement made moments ago was overtaken on another
                             // path: honest reordering. Drop it without blaming the forwarder.
                             Err(VerifyError::Replay { .. })
@@ -750,14 +750,14 @@ impl EventLoop {
                         if kind != TopicKind::Objects {
                             self.seen_claims.admit(&verified, now)?;
                         }
-                        Ok(Accepted::Claim(kind, verified))
+                        Ok(Accepted::Claim(kind, Box::new(verified)))
                     })
             }
         };
         let acceptance = match outcome {
             Ok(Accepted::Announcement(member)) => {
                 if member.peer_id != self.local_peer_id {
-                    self.record_member(member);
+                    self.record_member(*member);
                 }
                 self.stats
                     .count_gossip(TopicKind::Inventory, GossipVerdict::Accepted);
@@ -765,10 +765,7 @@ impl EventLoop {
             }
             Ok(Accepted::Claim(kind, envelope)) => {
                 self.stats.count_gossip(kind, GossipVerdict::Accepted);
-                self.emit(MeshEvent::Gossip {
-                    kind,
-                    envelope: Box::new(envelope),
-                });
+                self.emit(MeshEvent::Gossip { kind, envelope });
                 MessageAcceptance::Accept
             }
             Ok(Accepted::Stale) => {
@@ -1068,8 +1065,8 @@ impl EventLoop {
 
 /// A gossip message that passed validation.
 enum Accepted {
-    Announcement(FleetMember),
-    Claim(TopicKind, VerifiedEnvelope),
+    Announcement(Box<FleetMember>),
+    Claim(TopicKind, Box<VerifiedEnvelope>),
     /// Valid, but older than what we hold: not forwarded, nobody penalised.
     Stale,
 }

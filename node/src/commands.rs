@@ -61,6 +61,10 @@ use claw_api::storage::{
     BackupCreate, BackupDelete, BackupList, BackupRead, BackupReceive, BackupRef, BackupRestore,
     VolumeCreate, VolumeDelete, VolumeList, VolumeRef, VolumeSnapshot,
 };
+use claw_api::taints::{
+    MAX_TAINTS, NodeTaint, NodeTaints, NodeUntaint, SystemWhich, Taint, TaintEffect, TaintParams,
+    UntaintParams, Which, WhichParams,
+};
 use claw_api::workload::{
     ContainerExec, ExecOutput, ExecParams, ListParams, LogTail, LogsParams, RunParams, StopParams,
     Workload, WorkloadDetail, WorkloadInspect, WorkloadList, WorkloadListing, WorkloadLogs,
@@ -163,6 +167,13 @@ fn router() -> &'static Router<NodeCommands, Call> {
             .route::<GpuMetrics, _, _>(NodeCommands::gpu_metrics)
             .route::<SystemInfo, _, _>(NodeCommands::system_info)
             .route::<NodeLabel, _, _>(NodeCommands::label)
+            .route::<NodeTaint, _, _>(|node, _, TaintParams { taint }| async move {
+                node.change_taints(Some(taint), None).await
+            })
+            .route::<NodeUntaint, _, _>(|node, _, params| async move {
+                node.change_taints(None, Some(params)).await
+            })
+            .route::<SystemWhich, _, _>(|_, _, params| async move { which(params).await })
             .route::<NodeCordon, _, _>(|node, _, NoParams {}| node.set_cordon(true))
             .route::<NodeUncordon, _, _>(|node, _, NoParams {}| node.set_cordon(false))
             .route::<NodeDrain, _, _>(NodeCommands::drain)
@@ -776,6 +787,111 @@ impl NodeCommands {
             .await?
     }
 
+    /// `node.taint` (`add`) and `node.untaint` (`remove`): the taints now, and the workloads a
+    /// `NoExecute` taint evicted.
+    async fn change_taints(
+        self,
+        add: Option<Taint>,
+        remove: Option<UntaintParams>,
+    ) -> Result<NodeTaints, InvokeFailure> {
+        if let Some(taint) = &add {
+            taint.check().map_err(|e| invalid(e.to_string()))?;
+        }
+        let taints = self
+            .services
+            .store
+            .run(move |store| {
+                let mut taints = store.taints()?;
+                if let Some(taint) = add {
+                    taints.retain(|t| (&t.key, t.effect) != (&taint.key, taint.effect));
+                    taints.push(taint);
+                }
+                if let Some(remove) = remove {
+                    taints.retain(|t| {
+                        t.key != remove.key || remove.effect.is_some_and(|e| e != t.effect)
+                    });
+                }
+                if taints.len() > MAX_TAINTS {
+                    return Ok(Err(invalid(format!(
+                        "a node has at most {MAX_TAINTS} taints"
+                    ))));
+                }
+                taints.sort();
+                store.set_taints(&taints)?;
+                Ok(Ok(taints))
+            })
+            .await??;
+        tracing::info!(taints = ?taints.iter().map(Taint::to_text).collect::<Vec<_>>(), "node taints changed");
+        self.services.market.offers_changed();
+        let evicted = self.evict(&taints).await?;
+        Ok(NodeTaints { taints, evicted })
+    }
+
+    /// Stops this node's workloads that do not tolerate one of its `NoExecute` taints: a
+    /// replica, job pod or cron pod by its spec's tolerations, any other by none. A lease's
+    /// container runs its term.
+    async fn evict(&self, taints: &[Taint]) -> Result<Vec<String>, InvokeFailure> {
+        let executing: Vec<&Taint> = taints
+            .iter()
+            .filter(|t| t.effect == TaintEffect::NoExecute)
+            .collect();
+        if executing.is_empty() {
+            return Ok(Vec::new());
+        }
+        let objects = &self.services.objects;
+        let mut evicted = Vec::new();
+        for workload in self.services.workloads.active().await? {
+            if self
+                .services
+                .workloads
+                .lease_of(&workload.id)
+                .await
+                .is_some()
+            {
+                continue;
+            }
+            let tolerations = match ObjectKind::parse_key(&workload.owner) {
+                Some((ObjectKind::Deployment, name)) => objects
+                    .deployment(name)
+                    .await
+                    .map(|d| d.spec.tolerations)
+                    .unwrap_or_default(),
+                Some((ObjectKind::Job, name)) => objects
+                    .job(name)
+                    .await
+                    .map(|j| j.spec.tolerations)
+                    .unwrap_or_default(),
+                Some((ObjectKind::CronJob, name)) => objects
+                    .cron(name)
+                    .await
+                    .ok()
+                    .and_then(|c| c.spec.job)
+                    .map(|j| j.tolerations)
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            if executing
+                .iter()
+                .all(|t| claw_api::taints::tolerated(t, &tolerations))
+            {
+                continue;
+            }
+            let stop = StopParams {
+                workload: workload.id.clone(),
+                timeout_secs: None,
+                remove: false,
+            };
+            match self.services.workloads.stop(stop).await {
+                Ok(_) => {
+                    tracing::info!(workload = %workload.id, "evicted by a NoExecute taint");
+                    evicted.push(workload.id);
+                }
+                Err(error) => tracing::warn!(workload = %workload.id, %error, "not evicted"),
+            }
+        }
+        Ok(evicted)
+    }
+
     async fn set_cordon(self, cordon: bool) -> Result<Cordon, InvokeFailure> {
         self.services
             .store
@@ -1149,6 +1265,30 @@ impl NodeCommands {
             Err(error) => tracing::error!(%error, "audit log write failed"),
         }
     }
+}
+
+/// `system.which`: each program's path on the node's `PATH`, or `None`.
+async fn which(params: WhichParams) -> Result<Which, InvokeFailure> {
+    params.check().map_err(|e| invalid(e.to_string()))?;
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let dirs: Vec<std::path::PathBuf> = std::env::split_paths(&path).collect();
+        let found = params
+            .programs
+            .into_iter()
+            .map(|program| {
+                let at = dirs.iter().map(|d| d.join(&program)).find(|candidate| {
+                    std::fs::metadata(candidate)
+                        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                });
+                (program, at.map(|p| p.display().to_string()))
+            })
+            .collect();
+        Which { found }
+    })
+    .await
+    .map_err(|e| InvokeFailure::new(ErrorCode::Internal, e.to_string()))
 }
 
 /// The digest of a command's params the audit log keeps. A secret's values are left out first:

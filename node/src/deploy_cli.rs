@@ -10,6 +10,7 @@ use claw_api::deploy::{
     DeployPromote, DeployResume, DeployRollback, DeployStatus, DeployUpdate, Deployment,
     DeploymentRef, DeploymentSpec, RollbackParams, RolloutStrategy, UpdateParams,
 };
+use claw_api::taints::Toleration;
 use claw_api::workload::{FileMount, RunParams, ValueRef};
 
 use crate::{GlobalArgs, ops, print_json, print_table};
@@ -98,6 +99,10 @@ pub(crate) struct CreateArgs {
     /// secret:SECRET:/PATH or config:CONFIG:/PATH.
     #[arg(long = "files", value_name = "KIND:SOURCE:/PATH")]
     files: Vec<String>,
+    /// A taint its work tolerates (repeatable): KEY or KEY:Effect (NoSchedule,
+    /// PreferNoSchedule, NoExecute).
+    #[arg(long = "toleration", value_name = "KEY[:EFFECT]")]
+    tolerations: Vec<String>,
     /// Replicas that may run above the count during a rollout.
     #[arg(long, default_value_t = 1)]
     max_surge: u32,
@@ -209,6 +214,31 @@ fn sourced(kind: &str, name: &str) -> Option<(Option<String>, Option<String>)> {
         "secret" => Some((None, Some(name.to_owned()))),
         _ => None,
     }
+}
+
+/// `--toleration KEY` or `KEY:Effect`.
+pub(crate) fn tolerations(given: &[String]) -> Result<Vec<Toleration>> {
+    given
+        .iter()
+        .map(|text| {
+            let (key, effect) = match text.split_once(':') {
+                Some((key, effect)) => (
+                    key,
+                    Some(
+                        serde_json::from_value(serde_json::Value::String(effect.to_owned()))
+                            .with_context(|| {
+                                format!("--toleration {text:?}: the effect is NoSchedule, PreferNoSchedule or NoExecute")
+                            })?,
+                    ),
+                ),
+                None => (text.as_str(), None),
+            };
+            Ok(Toleration {
+                key: key.to_owned(),
+                effect,
+            })
+        })
+        .collect()
 }
 
 pub(crate) fn env_map(pairs: &[String]) -> Result<BTreeMap<String, String>> {
@@ -398,6 +428,7 @@ fn create(global: &GlobalArgs, args: CreateArgs) -> Result<()> {
                 .transpose()?,
             paused: false,
             secret_revisions: BTreeMap::new(),
+            tolerations: tolerations(&args.tolerations)?,
         },
     };
     let answer = ops::call::<DeployCreate>(global, &params, None, None)?;

@@ -17,7 +17,7 @@ use claw_api::jobs::{
 };
 use claw_api::workload::RunParams;
 
-use crate::deploy_cli::{env_map, file_mounts, value_refs};
+use crate::deploy_cli::{env_map, file_mounts, tolerations, value_refs};
 use crate::{GlobalArgs, ops, print_json, print_table};
 
 /// `clawnode job …`.
@@ -146,6 +146,10 @@ struct JobFlags {
     /// secret:SECRET:/PATH or config:CONFIG:/PATH.
     #[arg(long = "files", value_name = "KIND:SOURCE:/PATH")]
     files: Vec<String>,
+    /// A taint its work tolerates (repeatable): KEY or KEY:Effect (NoSchedule,
+    /// PreferNoSchedule, NoExecute).
+    #[arg(long = "toleration", value_name = "KEY[:EFFECT]")]
+    tolerations: Vec<String>,
     /// Command and arguments for the image (after `--`).
     #[arg(last = true)]
     command: Vec<String>,
@@ -212,6 +216,7 @@ impl JobFlags {
             parallelism: self.parallelism,
             backoff_limit: self.backoff_limit,
             active_deadline_secs: self.active_deadline_secs,
+            tolerations: tolerations(&self.tolerations)?,
         })
     }
 }

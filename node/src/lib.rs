@@ -127,6 +127,7 @@ pub fn sign_announcement(
         )
         .unwrap_or(u32::MAX),
         cordoned: store.cordoned()?,
+        taints: store.taints()?.iter().map(|t| t.to_text()).collect(),
     };
     let ttl = Duration::from_secs(
         config.mesh.announce_interval_secs * u64::from(config.mesh.missed_intervals) + 30,

@@ -170,6 +170,7 @@ fn main() {
                 inventory: inventory.clone(),
                 allocated_gpus: vec![],
                 running_workloads: 0,
+                taints: Vec::new(),
                 cordoned: false,
             };
             let announcer = handle.clone();

@@ -92,6 +92,7 @@ pub fn announcement(name: &str, network: &str) -> NodeAnnouncement {
         },
         allocated_gpus: vec![],
         running_workloads: 0,
+        taints: Vec::new(),
         cordoned: false,
     }
 }

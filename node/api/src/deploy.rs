@@ -45,6 +45,9 @@ pub struct DeploymentSpec {
     /// replicas roll (by the strategy) onto the new values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secret_revisions: BTreeMap<String, u64>,
+    /// Taints of nodes its replicas may still go to (`node.taint`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<crate::taints::Toleration>,
 }
 
 /// A replica's health check, run by its node.
@@ -213,6 +216,7 @@ impl DeploymentSpec {
             return invalid("template.gpu_uuids: a replica takes any free GPUs (give gpus)");
         }
         self.template.check()?;
+        crate::taints::check_tolerations(&self.tolerations)?;
         if let Some(model) = &self.gpu_model
             && (model.is_empty() || model.len() > 64)
         {

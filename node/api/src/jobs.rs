@@ -52,6 +52,9 @@ pub struct JobSpec {
     /// Seconds after its start the job fails if it has not completed (its pods are stopped).
     #[serde(default)]
     pub active_deadline_secs: Option<u64>,
+    /// Taints of nodes its pods may still go to (`node.taint`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<crate::taints::Toleration>,
 }
 
 fn one() -> u32 {
@@ -88,6 +91,7 @@ impl JobSpec {
             return invalid("template.restart must be \"no\": the job retries failed pods itself");
         }
         self.template.check()?;
+        crate::taints::check_tolerations(&self.tolerations)?;
         if let Some(model) = &self.gpu_model
             && (model.is_empty() || model.len() > 64)
         {

@@ -24,6 +24,7 @@ pub mod schedule;
 pub mod secrets;
 pub mod services;
 pub mod storage;
+pub mod taints;
 pub mod workload;
 
 use std::sync::OnceLock;
@@ -50,6 +51,9 @@ pub const NODE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<node::GpuCordon>(),
     CommandInfo::of::<node::GpuUncordon>(),
     CommandInfo::of::<node::SystemRun>(),
+    CommandInfo::of::<taints::NodeTaint>(),
+    CommandInfo::of::<taints::NodeUntaint>(),
+    CommandInfo::of::<taints::SystemWhich>(),
     CommandInfo::of::<workload::WorkloadRun>(),
     CommandInfo::of::<workload::WorkloadStop>(),
     CommandInfo::of::<workload::WorkloadList>(),

@@ -919,7 +919,12 @@ impl Jobs {
             if missing == 0 {
                 continue;
             }
-            let mut room = candidates(spec.gpu_model.as_deref(), members, &answered_peers);
+            let mut room = candidates(
+                spec.gpu_model.as_deref(),
+                &spec.tolerations,
+                members,
+                &answered_peers,
+            );
             only_sealed_to(&self.inner.objects, &spec.template, &mut room).await;
             let gpus = spec.template.gpus.unwrap_or(0) as usize;
             // Pods spread: each goes to the node running fewest of the run's pods, with room

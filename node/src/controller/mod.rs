@@ -26,6 +26,7 @@ use claw_api::deploy::{
     Replica, ReplicaHealth, ReplicaReport, ReplicaStartParams, ReplicaStopParams, ReplicasParams,
     RolloutStrategy,
 };
+use claw_api::taints::{Taint, TaintEffect, Toleration, tolerated};
 use claw_api::workload::{ExecParams, ListParams, StopParams, Workload, WorkloadState};
 use claw_mesh::{ErrorCode, FleetMember, InvokeFailure, InvokeRequest, MeshHandle, PeerId};
 use futures::StreamExt as _;
@@ -694,7 +695,12 @@ impl Deployments {
             self.set_pending(name, Some(note));
             return Ok(());
         }
-        let mut candidates = candidates(deployment.spec.gpu_model.as_deref(), members, &answered);
+        let mut candidates = candidates(
+            deployment.spec.gpu_model.as_deref(),
+            &deployment.spec.tolerations,
+            members,
+            &answered,
+        );
         only_sealed_to(
             &self.inner.objects,
             &deployment.spec.template,
@@ -1044,10 +1050,29 @@ async fn http_status(ip: std::net::IpAddr, port: u16, path: &str) -> Option<u16>
 /// cordoned, with their free GPUs of the deployment's model, in the fleet view's order.
 fn candidates(
     gpu_model: Option<&str>,
+    tolerations: &[Toleration],
     members: &[FleetMember],
     answered: &[PeerId],
 ) -> Vec<Candidate> {
-    members
+    // The taints the work does not tolerate: whether one keeps it off, whether one avoids it.
+    let untolerated = |announcement: &claw_mesh::NodeAnnouncement| {
+        let taints: Vec<Taint> = announcement
+            .taints
+            .iter()
+            .filter_map(|t| Taint::parse(t))
+            .filter(|t| !tolerated(t, tolerations))
+            .collect();
+        (
+            taints
+                .iter()
+                .any(|t| t.effect != TaintEffect::PreferNoSchedule),
+            taints
+                .iter()
+                .any(|t| t.effect == TaintEffect::PreferNoSchedule),
+        )
+    };
+    let mut avoided = Vec::new();
+    let mut list: Vec<Candidate> = members
         .iter()
         .map(|member| {
             let announcement = &member.announcement;
@@ -1058,13 +1083,31 @@ fn candidates(
                 .filter(|g| gpu_model.is_none_or(|m| g.model.contains(m)))
                 .filter(|g| !announcement.allocated_gpus.contains(&g.uuid))
                 .count();
+            let (kept_off, avoid) = untolerated(announcement);
+            if avoid {
+                avoided.push(member.peer_id);
+            }
             Candidate {
                 node: member.peer_id,
                 free_gpus,
-                schedulable: !announcement.cordoned && answered.contains(&member.peer_id),
+                schedulable: !announcement.cordoned
+                    && !kept_off
+                    && answered.contains(&member.peer_id),
             }
         })
-        .collect()
+        .collect();
+    // PreferNoSchedule: such a node is used only while no other can be.
+    let others = list
+        .iter()
+        .any(|c| c.schedulable && !avoided.contains(&c.node));
+    if others {
+        for candidate in &mut list {
+            if avoided.contains(&candidate.node) {
+                candidate.schedulable = false;
+            }
+        }
+    }
+    list
 }
 
 /// Leaves schedulable only the candidates every secret `template` uses is sealed to: no other

@@ -57,6 +57,8 @@ const CORDONED: u8 = 1;
 /// `CORDONED_KEY`'s value when the node is cordoned and stopping its workloads.
 const DRAINING: u8 = 2;
 const LABELS_KEY: &[u8] = b"labels";
+/// The node's taints (JSON), set with `node.taint`.
+const TAINTS_KEY: &[u8] = b"taints";
 /// When the current drain began (Unix ms, big-endian).
 const DRAINING_SINCE_KEY: &[u8] = b"draining-since";
 /// The selling decision made at run time with `market.sell`.
@@ -441,6 +443,22 @@ impl Store {
     pub fn set_labels(&self, labels: &BTreeMap<String, String>) -> Result<(), StoreError> {
         let bytes = encode("labels", labels)?;
         self.meta.insert(LABELS_KEY, bytes)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The node's taints.
+    pub fn taints(&self) -> Result<Vec<claw_api::taints::Taint>, StoreError> {
+        match self.meta.get(TAINTS_KEY)? {
+            None => Ok(Vec::new()),
+            Some(bytes) => decode("taints", &bytes),
+        }
+    }
+
+    /// Replaces the node's taints.
+    pub fn set_taints(&self, taints: &[claw_api::taints::Taint]) -> Result<(), StoreError> {
+        let bytes = encode("taints", &taints)?;
+        self.meta.insert(TAINTS_KEY, bytes)?;
         self.db.flush()?;
         Ok(())
     }
