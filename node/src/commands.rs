@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use claw_api::audit::{AuditEntry, AuditLog, AuditQueryCommand};
 use claw_api::autoscale::{
     AutoscaleAdjust, AutoscaleChange, AutoscaleCreate, AutoscaleCreateParams, AutoscaleDelete,
     AutoscaleRef, AutoscaleStatusCommand,
@@ -174,6 +175,26 @@ fn router() -> &'static Router<NodeCommands, Call> {
                 node.change_taints(None, Some(params)).await
             })
             .route::<SystemWhich, _, _>(|_, _, params| async move { which(params).await })
+            .route::<AuditQueryCommand, _, _>(|node, _, query| async move {
+                let limit = query.limit().map_err(|e| invalid(e.to_string()))?;
+                let entry = |r: &AuditRecord| AuditEntry {
+                    at_ms: r.at_ms,
+                    caller: r.caller.clone(),
+                    role: r.role.clone(),
+                    command: r.command.clone(),
+                    params_sha256: r.params_sha256.clone(),
+                    outcome: r.outcome.clone(),
+                    duration_ms: r.duration_ms,
+                };
+                let records = node
+                    .services
+                    .store
+                    .run(move |s| s.query_audit(limit, |r| query.matches(&entry(r))))
+                    .await?;
+                Ok(AuditLog {
+                    records: records.iter().map(entry).collect(),
+                })
+            })
             .route::<NodeCordon, _, _>(|node, _, NoParams {}| node.set_cordon(true))
             .route::<NodeUncordon, _, _>(|node, _, NoParams {}| node.set_cordon(false))
             .route::<NodeDrain, _, _>(NodeCommands::drain)

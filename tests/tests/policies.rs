@@ -1,7 +1,7 @@
 //! Policies across `clawnode run` processes on the real Docker Engine: an operator's policy
 //! reaches every member, and each rule refuses a workload with the policy and the rule named,
 //! on any member, before anything is started or a GPU allocated; `policy.validate` answers the
-//! same without running anything; a deployment the policy refuses is not created; a member that
+//! same without running anything, and each node's audit log finds the refusals; a deployment the policy refuses is not created; a member that
 //! is not an operator cannot sign a policy away; deleting the policy admits the workload again.
 //!
 //! Needs the Docker Engine and the locally built test image (`scripts/test.sh` prepares both).
@@ -96,6 +96,24 @@ fn every_rule_refuses_by_name_on_every_member_before_anything_starts() {
         "nothing was started or recorded"
     );
     assert!(workloads(operator).is_empty());
+
+    // The refusals are in each node's audit log, found by command family and outcome.
+    let refusals = member
+        .invoke(
+            "audit.query",
+            &json!({"command": "workload.", "outcome": "UNAUTHORIZED"}),
+        )
+        .expect("audit.query");
+    let records = refusals["records"].as_array().expect("records");
+    assert_eq!(records.len(), 4, "{refusals}");
+    assert!(records.iter().all(|r| r["command"] == "workload.run"));
+    let none = member
+        .invoke(
+            "audit.query",
+            &json!({"command": "workload.", "actor": "someone-else", "limit": 5}),
+        )
+        .expect("audit.query");
+    assert_eq!(none["records"], json!([]));
 
     // A deployment the policy refuses is not created.
     let refused = operator

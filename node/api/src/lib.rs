@@ -7,6 +7,7 @@
 //! plugin is checked against the contract they produce ([`contract`]). A command fails with an
 //! [`InvokeFailure`]: one error type from the handler to the wire.
 
+pub mod audit;
 pub mod autoscale;
 mod command;
 pub mod configs;
@@ -54,6 +55,7 @@ pub const NODE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<taints::NodeTaint>(),
     CommandInfo::of::<taints::NodeUntaint>(),
     CommandInfo::of::<taints::SystemWhich>(),
+    CommandInfo::of::<audit::AuditQueryCommand>(),
     CommandInfo::of::<workload::WorkloadRun>(),
     CommandInfo::of::<workload::WorkloadStop>(),
     CommandInfo::of::<workload::WorkloadList>(),

@@ -339,6 +339,26 @@ impl Store {
             .collect()
     }
 
+    /// The newest `limit` audit records `keep` accepts, newest first.
+    pub fn query_audit(
+        &self,
+        limit: usize,
+        keep: impl Fn(&AuditRecord) -> bool,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut found = Vec::new();
+        for entry in self.audit.iter().rev() {
+            let (_, value) = entry?;
+            let record: AuditRecord = decode("audit record", &value)?;
+            if keep(&record) {
+                found.push(record);
+                if found.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// The latest signed inventory envelope, if one was recorded.
     pub fn latest_inventory(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.meta.get(LATEST_INVENTORY_KEY)?.map(|v| v.to_vec()))
