@@ -55,8 +55,8 @@ use claw_api::secrets::{
     SecretCreate, SecretDelete, SecretDescribe, SecretList, SecretRef, SecretRotate,
 };
 use claw_api::services::{
-    ServiceCreate, ServiceDelete, ServiceEndpoints, ServiceForward, ServiceForwards, ServiceList,
-    ServiceRef, ServiceUnforward, UnforwardParams,
+    NetworkStatusCommand, ServiceCreate, ServiceDelete, ServiceEndpoints, ServiceForward,
+    ServiceForwards, ServiceList, ServiceRef, ServiceUnforward, UnforwardParams,
 };
 use claw_api::storage::{
     BackupCreate, BackupDelete, BackupList, BackupRead, BackupReceive, BackupRef, BackupRestore,
@@ -456,6 +456,9 @@ fn router() -> &'static Router<NodeCommands, Call> {
             })
             .route::<ServiceForwards, _, _>(|node, _, NoParams {}| async move {
                 Ok(node.services.services.forwards())
+            })
+            .route::<NetworkStatusCommand, _, _>(|node, _, NoParams {}| async move {
+                node.services.services.network().await
             })
             .route::<PolicyCreate, _, _>(|node, _, params| async move {
                 node.services.objects.create_policy(params).await

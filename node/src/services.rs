@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use claw_api::services::{
-    Endpoint, EndpointListing, Forward, ForwardListing, ForwardParams, MAX_FORWARDS,
-    ServiceEndpoints, ServiceRef, StreamTarget,
+    Endpoint, EndpointListing, Forward, ForwardListing, ForwardParams, MAX_FORWARDS, NetworkStatus,
+    PeerLink, ServiceEndpoints, ServiceRef, StreamTarget, Traffic,
 };
 use claw_api::{Command as _, ErrorCode, InvokeFailure, Role};
 use claw_market::lease::Side;
@@ -53,6 +53,9 @@ struct Open {
     task: tokio::task::AbortHandle,
 }
 
+/// Traffic counters: (target, direction) → (connections, to the workload, from it).
+type Counters = HashMap<(String, &'static str), (u64, u64, u64)>;
+
 #[derive(Default)]
 struct Cache {
     /// Service → when its endpoints were read, and the endpoints.
@@ -69,6 +72,7 @@ struct Inner {
     cache: Mutex<Cache>,
     next: AtomicUsize,
     inbound: Arc<tokio::sync::Semaphore>,
+    traffic: Mutex<Counters>,
 }
 
 /// This node's forwards, and its end of other nodes' streams. Cheap to clone.
@@ -122,6 +126,7 @@ impl Services {
                 cache: Mutex::default(),
                 next: AtomicUsize::new(0),
                 inbound: Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND)),
+                traffic: Mutex::default(),
             }),
         }
     }
@@ -155,6 +160,63 @@ impl Services {
                 drop(permit);
             });
         }
+    }
+
+    /// Counts one connection to `target` in `direction` and its bytes (to, from the workload).
+    fn count(&self, target: String, direction: &'static str, bytes: (u64, u64)) {
+        let mut traffic = self
+            .inner
+            .traffic
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Bounded by the services and leases of the fleet; a target that grows past that is
+        // folded into one line.
+        let key = if traffic.len() >= 1024 && !traffic.contains_key(&(target.clone(), direction)) {
+            ("other".to_owned(), direction)
+        } else {
+            (target, direction)
+        };
+        let entry = traffic.entry(key).or_default();
+        entry.0 += 1;
+        entry.1 += bytes.0;
+        entry.2 += bytes.1;
+    }
+
+    /// `network.status`.
+    pub async fn network(&self) -> Result<NetworkStatus, InvokeFailure> {
+        let mesh = self.mesh()?;
+        let connected = mesh.connected_peers().await.unwrap_or_default();
+        let local = self.inner.access.local();
+        let peers = mesh
+            .fleet()
+            .into_iter()
+            .filter(|m| m.peer_id != local)
+            .map(|m| PeerLink {
+                peer: m.peer_id.to_string(),
+                name: m.announcement.name.chars().take(64).collect(),
+                connected: connected.contains(&m.peer_id),
+            })
+            .collect();
+        let mut traffic: Vec<Traffic> = self
+            .inner
+            .traffic
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|((target, direction), (connections, to, from))| Traffic {
+                target: target.clone(),
+                direction: (*direction).to_owned(),
+                connections: *connections,
+                bytes_to_workload: *to,
+                bytes_from_workload: *from,
+            })
+            .collect();
+        traffic.sort_by(|a, b| (&a.target, &a.direction).cmp(&(&b.target, &b.direction)));
+        Ok(NetworkStatus {
+            peers,
+            forwards: self.forwards().forwards,
+            traffic,
+        })
     }
 
     /// `service.endpoints`: this node's running workloads that service `name` selects.
@@ -447,7 +509,10 @@ impl Services {
                 match self.connect(local, &header).await {
                     Ok(mut container) => {
                         let mut socket = socket;
-                        let _ = tokio::io::copy_bidirectional(&mut socket, &mut container).await;
+                        let bytes = tokio::io::copy_bidirectional(&mut socket, &mut container)
+                            .await
+                            .unwrap_or_default();
+                        self.count(target.describe(), "out", bytes);
                         return Ok(());
                     }
                     Err(error) => {
@@ -460,7 +525,10 @@ impl Services {
                 Ok(stream) => {
                     let mut stream = stream;
                     let mut socket = socket;
-                    let _ = tokio::io::copy_bidirectional(&mut socket, &mut stream).await;
+                    let bytes = tokio::io::copy_bidirectional(&mut socket, &mut stream)
+                        .await
+                        .unwrap_or_default();
+                    self.count(target.describe(), "out", bytes);
                     return Ok(());
                 }
                 Err(error) => {
@@ -490,11 +558,14 @@ impl Services {
                 Err(_) => Err("no request in time".to_owned()),
             };
         match answer {
-            Ok(mut container) => {
+            Ok((mut container, target)) => {
                 if stream.get_mut().write_all(b"ok\n").await.is_err() {
                     return;
                 }
-                let _ = tokio::io::copy_bidirectional(&mut stream, &mut container).await;
+                let bytes = tokio::io::copy_bidirectional(&mut stream, &mut container)
+                    .await
+                    .unwrap_or_default();
+                self.count(target, "in", bytes);
             }
             Err(refused) => {
                 tracing::info!(%peer, %refused, "service stream refused");
@@ -510,7 +581,7 @@ impl Services {
         &self,
         peer: PeerId,
         stream: &mut BufReader<tokio_util::compat::Compat<Stream>>,
-    ) -> Result<tokio::net::TcpStream, String> {
+    ) -> Result<(tokio::net::TcpStream, String), String> {
         let mut line = Vec::new();
         let read = (&mut *stream)
             .take(MAX_HEADER as u64)
@@ -522,7 +593,12 @@ impl Services {
         }
         let target: StreamTarget =
             serde_json::from_slice(&line).map_err(|e| format!("malformed request: {e}"))?;
-        self.connect(peer, &target).await
+        let described = match (&target.service, &target.lease) {
+            (Some(service), _) => format!("service/{service}"),
+            (_, Some(lease)) => format!("lease/{lease}:{}", target.port.unwrap_or(0)),
+            _ => "unknown".to_owned(),
+        };
+        Ok((self.connect(peer, &target).await?, described))
     }
 
     /// Connects to what `target` names, when `peer` may reach it.

@@ -139,6 +139,7 @@ pub const NODE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<services::ServiceForward>(),
     CommandInfo::of::<services::ServiceUnforward>(),
     CommandInfo::of::<services::ServiceForwards>(),
+    CommandInfo::of::<services::NetworkStatusCommand>(),
     CommandInfo::of::<policies::PolicyCreate>(),
     CommandInfo::of::<policies::PolicyList>(),
     CommandInfo::of::<policies::PolicyDelete>(),

@@ -193,7 +193,52 @@ pub struct StreamTarget {
     pub port: Option<u16>,
 }
 
+/// One member as `network.status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PeerLink {
+    /// Its peer id.
+    pub peer: String,
+    /// Its name, as it announces it (a peer's string: data, not instructions).
+    pub name: String,
+    /// Whether this node holds a connection to it now.
+    pub connected: bool,
+}
+
+/// Traffic of one service (or lease) through this node.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Traffic {
+    /// `service/<name>` or `lease/<id>`.
+    pub target: String,
+    /// `out`: this node's forwards to it; `in`: streams this node served for it.
+    pub direction: String,
+    /// Connections carried.
+    pub connections: u64,
+    /// Bytes towards the workload.
+    pub bytes_to_workload: u64,
+    /// Bytes from the workload.
+    pub bytes_from_workload: u64,
+}
+
+/// `network.status`' answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkStatus {
+    /// The members in this node's view.
+    pub peers: Vec<PeerLink>,
+    /// This node's open forwards.
+    pub forwards: Vec<Forward>,
+    /// Traffic per service and direction since the node started.
+    pub traffic: Vec<Traffic>,
+}
+
+impl Answer for NetworkStatus {}
+
 commands! {
+    /// `network.status`.
+    NetworkStatusCommand = "network.status", Read, crate::NoParams => NetworkStatus,
+        "The members this node sees and whether it is connected to each, its forwards, and the traffic per service through it";
     /// `service.create`.
     ServiceCreate = "service.create", Operate, ServiceCreateParams => Service,
         "Create a service: the workloads carrying some labels, and a port in their containers, reachable through the mesh";
