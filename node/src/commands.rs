@@ -40,6 +40,9 @@ use claw_api::market::{
     MarketOffersSigned, MarketReceipts, MarketReputation, MarketSell, OfferListing,
     ProviderReputation, ReceiptListing, SellReport, WalletBalance,
 };
+use claw_api::namespaces::{
+    NamespaceCreate, NamespaceDelete, NamespaceList, NamespaceRef, NamespaceUsage,
+};
 use claw_api::node::{
     Capabilities, Cordon, DrainReport, GpuCordon, GpuCordonState, GpuList, GpuListing, GpuMetrics,
     GpuMetricsParams, GpuReading, GpuReadings, GpuRef, GpuUncordon, LabelParams, Labels,
@@ -459,6 +462,18 @@ fn router() -> &'static Router<NodeCommands, Call> {
             })
             .route::<NetworkStatusCommand, _, _>(|node, _, NoParams {}| async move {
                 node.services.services.network().await
+            })
+            .route::<NamespaceCreate, _, _>(|node, _, params| async move {
+                node.services.objects.create_namespace(params).await
+            })
+            .route::<NamespaceList, _, _>(|node, _, NoParams {}| async move {
+                node.services.objects.namespaces().await
+            })
+            .route::<NamespaceDelete, _, _>(|node, _, NamespaceRef { name }| async move {
+                node.services.objects.delete_namespace(&name).await
+            })
+            .route::<NamespaceUsage, _, _>(|node, _, NamespaceRef { name }| async move {
+                node.services.objects.local_usage(&name).await
             })
             .route::<PolicyCreate, _, _>(|node, _, params| async move {
                 node.services.objects.create_policy(params).await

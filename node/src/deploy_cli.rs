@@ -392,6 +392,7 @@ fn create(global: &GlobalArgs, args: CreateArgs) -> Result<()> {
         env_from: value_refs(&args.env_from)?,
         files: file_mounts(&args.files)?,
         volume_mounts: Vec::new(),
+        namespace: None,
         ports: Vec::new(),
         volumes: Vec::new(),
         gpus: args.gpus,

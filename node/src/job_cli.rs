@@ -200,6 +200,7 @@ impl JobFlags {
                 env_from: value_refs(&self.env_from)?,
                 files: file_mounts(&self.files)?,
                 volume_mounts: Vec::new(),
+                namespace: None,
                 ports: Vec::new(),
                 volumes: Vec::new(),
                 gpus: self.gpus,

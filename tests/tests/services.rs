@@ -117,7 +117,9 @@ fn a_service_is_reached_through_the_mesh_by_those_allowed_only() {
     assert!(listed["forwards"][0]["connections"].as_u64().unwrap_or(0) >= 3);
 
     // network.status: the members and the traffic, on both ends.
-    let status = operator.invoke("network.status", &json!({})).expect("network.status");
+    let status = operator
+        .invoke("network.status", &json!({}))
+        .expect("network.status");
     let peers = status["peers"].as_array().expect("peers");
     assert_eq!(peers.len(), 2, "{status}");
     assert!(peers.iter().all(|p| p["connected"] == true), "{status}");
@@ -130,7 +132,9 @@ fn a_service_is_reached_through_the_mesh_by_those_allowed_only() {
         .expect("outbound traffic");
     assert!(out["connections"].as_u64() >= Some(3), "{out}");
     assert!(out["bytes_from_workload"].as_u64() > Some(0), "{out}");
-    let served = second.invoke("network.status", &json!({})).expect("network.status");
+    let served = second
+        .invoke("network.status", &json!({}))
+        .expect("network.status");
     assert!(
         served["traffic"]
             .as_array()

@@ -17,6 +17,7 @@ mod error;
 pub mod fleet;
 pub mod jobs;
 pub mod market;
+pub mod namespaces;
 pub mod node;
 pub mod objects;
 pub mod policies;
@@ -144,6 +145,10 @@ pub const NODE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<policies::PolicyList>(),
     CommandInfo::of::<policies::PolicyDelete>(),
     CommandInfo::of::<policies::PolicyValidate>(),
+    CommandInfo::of::<namespaces::NamespaceCreate>(),
+    CommandInfo::of::<namespaces::NamespaceList>(),
+    CommandInfo::of::<namespaces::NamespaceDelete>(),
+    CommandInfo::of::<namespaces::NamespaceUsage>(),
     CommandInfo::of::<objects::ObjectPut>(),
     CommandInfo::of::<objects::ObjectSync>(),
 ];

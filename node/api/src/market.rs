@@ -264,6 +264,7 @@ impl LeaseWorkload {
             env_from: BTreeMap::new(),
             files: Vec::new(),
             volume_mounts: Vec::new(),
+            namespace: None,
             ports: Vec::new(),
             volumes: Vec::new(),
             gpus: None,

@@ -33,6 +33,8 @@ pub enum ObjectKind {
     Service,
     /// A policy every node enforces at admission (`policy.*`).
     Policy,
+    /// A namespace with quotas (`namespace.*`).
+    Namespace,
 }
 
 impl ObjectKind {
@@ -47,6 +49,7 @@ impl ObjectKind {
             Self::Secret => "secret",
             Self::Service => "service",
             Self::Policy => "policy",
+            Self::Namespace => "namespace",
         }
     }
 
@@ -67,6 +70,7 @@ impl ObjectKind {
             Self::Secret,
             Self::Service,
             Self::Policy,
+            Self::Namespace,
         ]
         .into_iter()
         .find(|k| k.as_str() == kind)?;

@@ -48,6 +48,10 @@ pub struct RunParams {
     /// keeps them in memory only (a tmpfs), and removes them when the workload ends.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<FileMount>,
+    /// The namespace it counts against (`namespace.create`): its quotas are checked when it
+    /// starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// Named volumes of this node (`volume.create`) to mount: their data outlives the
     /// workload.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -402,6 +406,13 @@ impl RunParams {
                     value.key
                 ));
             }
+        }
+        if let Some(namespace) = &self.namespace
+            && !is_simple_name(namespace, 32)
+        {
+            return invalid(format!(
+                "namespace {namespace:?} must be 1 to 32 of a-z, 0-9 and '-'"
+            ));
         }
         if self.volume_mounts.len() > MAX_VOLUMES {
             return invalid(format!("at most {MAX_VOLUMES} volume_mounts"));

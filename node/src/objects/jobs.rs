@@ -34,7 +34,8 @@ pub(super) fn check(kind: ObjectKind, name: &str, spec: Option<&str>) -> Result<
         | ObjectKind::Config
         | ObjectKind::Secret
         | ObjectKind::Service
-        | ObjectKind::Policy => {
+        | ObjectKind::Policy
+        | ObjectKind::Namespace => {
             return Err("not a job".to_owned());
         }
     }

@@ -11,6 +11,7 @@
 
 mod deployments;
 mod jobs;
+mod namespaces;
 mod policies;
 mod services;
 mod values;
@@ -189,6 +190,8 @@ impl FleetObjects {
             ObjectKind::Service => {
                 services::check(&object.name, object.spec.as_deref()).map_err(Refusal::Malformed)?
             }
+            ObjectKind::Namespace => namespaces::check(&object.name, object.spec.as_deref())
+                .map_err(Refusal::Malformed)?,
             ObjectKind::Policy => {
                 policies::check(&object.name, object.spec.as_deref()).map_err(Refusal::Malformed)?
             }

@@ -51,6 +51,15 @@ pub struct WorkloadRecord {
     /// How it is kept apart from the node and other workloads.
     #[serde(default)]
     pub isolation: Isolation,
+    /// The namespace it counts against, and what it counts for there.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Its CPU limit in thousandths of a core, when it has one.
+    #[serde(default)]
+    pub cpu_millis: Option<u64>,
+    /// Its memory limit, MiB, when it has one.
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
 }
 
 impl WorkloadRecord {
@@ -368,6 +377,9 @@ pub(super) mod tests {
             created_ms: 1,
             updated_ms: 1,
             isolation: crate::workloads::spec::Isolation::Shared,
+            namespace: None,
+            cpu_millis: None,
+            memory_mib: None,
         }
     }
 

@@ -478,6 +478,23 @@ impl Workloads {
             claw_api::policies::Origin::Fleet
         };
         self.admissible(&params, origin).await?;
+        if let Some(namespace) = &params.namespace {
+            let asked = match &gpus {
+                GpuRequest::None => 0,
+                GpuRequest::Count(n) => u64::from(*n),
+                GpuRequest::Uuids(uuids) => uuids.len() as u64,
+            };
+            let adding =
+                claw_api::namespaces::Usage::of_workload(asked, params.cpus, params.memory_mib);
+            self.objects
+                .admit_in_namespace(namespace, adding)
+                .await
+                .map_err(|refused| match refused.code {
+                    ErrorCode::Unauthorized => WorkloadError::NotPermitted(refused.message),
+                    ErrorCode::NotFound => WorkloadError::NotFound(refused.message),
+                    _ => WorkloadError::Internal(refused.message),
+                })?;
+        }
         let resolved = self.resolve(&params).await?;
         if params.isolation == Isolation::Tenant {
             self.tenant_ready()
@@ -512,6 +529,9 @@ impl Workloads {
             created_ms,
             updated_ms: created_ms,
             isolation: params.isolation,
+            namespace: params.namespace.clone(),
+            cpu_millis: params.cpus.map(|c| (c * 1000.0).ceil() as u64),
+            memory_mib: params.memory_mib,
         };
         let choice = match (reserved, &gpus) {
             (Some(choice), _) => choice,
@@ -1480,6 +1500,9 @@ impl Workloads {
             } else {
                 Isolation::Shared
             },
+            namespace: None,
+            cpu_millis: None,
+            memory_mib: None,
         }
     }
 }
