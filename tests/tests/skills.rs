@@ -69,6 +69,9 @@ const COMMAND_PREFIXES: &[&str] = &[
     "volume.",
     "backup.",
     "service.",
+    "policy.",
+    "namespace.",
+    "audit.",
     "clawbernetes.",
 ];
 
@@ -172,6 +175,7 @@ fn skills_are_valid_name_only_what_exists_and_ship_inside_the_plugin() {
         "secrets-config",
         "storage",
         "networking",
+        "auth-rbac",
     ] {
         assert!(names.iter().any(|n| n == expected), "no skill {expected}");
     }
