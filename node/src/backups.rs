@@ -170,9 +170,17 @@ impl Backups {
 
     /// `backup.create` and `volume.snapshot`: backs up `volume`, and copies the backup to
     /// member `node` when one is named.
-    pub async fn create(&self, volume: &str, node: Option<&str>) -> Result<Backup, InvokeFailure> {
+    pub async fn create(
+        &self,
+        volume: &str,
+        node: Option<&str>,
+        path: Option<&str>,
+    ) -> Result<Backup, InvokeFailure> {
         self.room().await?;
         let copy_to = node.map(|node| self.member(node)).transpose()?;
+        let export_to = path
+            .map(|path| self.inner.workloads.root_dir(path, true))
+            .transpose()?;
         let mut id_bytes = [0u8; 6];
         rand::rngs::OsRng.fill_bytes(&mut id_bytes);
         let id = format!("bk-{}", hex::encode(id_bytes));
@@ -221,6 +229,13 @@ impl Backups {
             self.inner.store.run(move |s| s.put_backup(&record)).await?;
         }
         tracing::info!(backup = %id, volume, size_bytes, "backup made");
+        if let Some(dir) = export_to {
+            let (archive, manifest_text) = (path.clone(), record.envelope.clone());
+            let id = id.clone();
+            tokio::task::spawn_blocking(move || export(&dir, &id, &archive, &manifest_text))
+                .await
+                .map_err(|e| failure(ErrorCode::Internal, e.to_string()))??;
+        }
         if let Some(peer) = copy_to {
             let params = serde_json::to_value(ReceiveParams {
                 manifest: record.envelope.clone(),
@@ -330,6 +345,78 @@ impl Backups {
             .await?;
         tracing::info!(backup = id, volume, "backup restored");
         Ok(restored)
+    }
+
+    /// `backup.import`: backup `id` from directory `path` (under a volume root), kept when its
+    /// manifest's signature holds and the archive matches it.
+    pub async fn import(&self, path: &str, id: &str) -> Result<Backup, InvokeFailure> {
+        let valid_id = id
+            .strip_prefix("bk-")
+            .is_some_and(|h| h.len() == 12 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !valid_id {
+            return Err(failure(
+                ErrorCode::InvalidParams,
+                "a backup id is bk-<12 hex digits>",
+            ));
+        }
+        if let Ok(kept) = self.record(id).await {
+            return self.answer(&kept);
+        }
+        self.room().await?;
+        let dir = self.inner.workloads.root_dir(path, false)?;
+        let target = self.archive(id);
+        if let Some(parent) = target.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| io_failure(parent, &e))?;
+        }
+        let (name, partial) = (id.to_owned(), target.with_extension("partial"));
+        let copied = {
+            let partial = partial.clone();
+            tokio::task::spawn_blocking(move || import(&dir, &name, &partial))
+                .await
+                .map_err(|e| failure(ErrorCode::Internal, e.to_string()))?
+        };
+        let (envelope, size, digest) = match copied {
+            Ok(copied) => copied,
+            Err(error) => {
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(error);
+            }
+        };
+        let checked = self.manifest(&envelope).and_then(|(manifest, signer)| {
+            if manifest.id != id || manifest.size_bytes != size || manifest.sha256 != digest {
+                Err(failure(
+                    ErrorCode::Conflict,
+                    format!("backup {id} does not match its signed digest: refused"),
+                ))
+            } else {
+                Ok(signer)
+            }
+        });
+        let signer = match checked {
+            Ok(signer) => signer,
+            Err(error) => {
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(error);
+            }
+        };
+        tokio::fs::rename(&partial, &target)
+            .await
+            .map_err(|e| io_failure(&target, &e))?;
+        let record = BackupRecord {
+            envelope,
+            id: id.to_owned(),
+            source: signer.to_string(),
+            copied_to: None,
+            kept_ms: now_ms(),
+        };
+        {
+            let record = record.clone();
+            self.inner.store.run(move |s| s.put_backup(&record)).await?;
+        }
+        tracing::info!(backup = id, "backup imported");
+        self.answer(&record)
     }
 
     /// `backup.receive`: `caller` offers a backup it made; this node pulls the archive and
@@ -477,4 +564,83 @@ impl Backups {
             data: STANDARD.encode(&data),
         })
     }
+}
+
+/// Opens `name` in `dir` without following a symlink: for writing (a new file) or reading.
+fn open_in(
+    dir: &std::os::fd::OwnedFd,
+    name: &str,
+    write: bool,
+) -> Result<std::fs::File, InvokeFailure> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = if write {
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL
+    } else {
+        OFlags::RDONLY
+    } | OFlags::NOFOLLOW
+        | OFlags::CLOEXEC;
+    rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))
+        .map(std::fs::File::from)
+        .map_err(|e| failure(ErrorCode::InvalidParams, format!("{name}: {e}")))
+}
+
+/// Writes backup `id`'s archive (copied from `archive`) and manifest into `dir`.
+fn export(
+    dir: &std::os::fd::OwnedFd,
+    id: &str,
+    archive: &std::path::Path,
+    manifest: &str,
+) -> Result<(), InvokeFailure> {
+    use std::io::Write as _;
+    let mut source = std::fs::File::open(archive).map_err(|e| io_failure(archive, &e))?;
+    let mut out = open_in(dir, &format!("{id}.tar"), true)?;
+    std::io::copy(&mut source, &mut out)
+        .and_then(|_| out.sync_all())
+        .map_err(|e| failure(ErrorCode::Internal, format!("{id}.tar: {e}")))?;
+    let mut out = open_in(dir, &format!("{id}.manifest"), true)?;
+    out.write_all(manifest.as_bytes())
+        .and_then(|()| out.sync_all())
+        .map_err(|e| failure(ErrorCode::Internal, format!("{id}.manifest: {e}")))
+}
+
+/// Reads backup `id` from `dir`: its manifest (base-64 envelope), and its archive copied to
+/// `out`, with the archive's size and SHA-256.
+fn import(
+    dir: &std::os::fd::OwnedFd,
+    id: &str,
+    out: &std::path::Path,
+) -> Result<(String, u64, String), InvokeFailure> {
+    use std::io::{Read as _, Write as _};
+    let mut manifest = String::new();
+    open_in(dir, &format!("{id}.manifest"), false)?
+        .take(16 * 1024)
+        .read_to_string(&mut manifest)
+        .map_err(|e| failure(ErrorCode::InvalidParams, format!("{id}.manifest: {e}")))?;
+    let mut source = open_in(dir, &format!("{id}.tar"), false)?.take(MAX_BACKUP_BYTES + 1);
+    let mut file = std::fs::File::create(out).map_err(|e| io_failure(out, &e))?;
+    let (mut size, mut hash, mut buffer) = (0u64, sha2::Sha256::new(), vec![0u8; 64 * 1024]);
+    loop {
+        let read = source
+            .read(&mut buffer)
+            .map_err(|e| failure(ErrorCode::InvalidParams, format!("{id}.tar: {e}")))?;
+        if read == 0 {
+            break;
+        }
+        size += read as u64;
+        if size > MAX_BACKUP_BYTES {
+            return Err(failure(
+                ErrorCode::InvalidParams,
+                "the archive is over 1 GiB",
+            ));
+        }
+        hash.update(&buffer[..read]);
+        file.write_all(&buffer[..read])
+            .map_err(|e| io_failure(out, &e))?;
+    }
+    file.sync_all().map_err(|e| io_failure(out, &e))?;
+    Ok((
+        manifest.trim().to_owned(),
+        size,
+        hex::encode(hash.finalize()),
+    ))
 }

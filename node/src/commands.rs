@@ -62,8 +62,8 @@ use claw_api::services::{
     ServiceForwards, ServiceList, ServiceRef, ServiceUnforward, UnforwardParams,
 };
 use claw_api::storage::{
-    BackupCreate, BackupDelete, BackupList, BackupRead, BackupReceive, BackupRef, BackupRestore,
-    VolumeCreate, VolumeDelete, VolumeList, VolumeRef, VolumeSnapshot,
+    BackupCreate, BackupDelete, BackupImport, BackupList, BackupRead, BackupReceive, BackupRef,
+    BackupRestore, ImportParams, VolumeCreate, VolumeDelete, VolumeList, VolumeRef, VolumeSnapshot,
 };
 use claw_api::taints::{
     MAX_TAINTS, NodeTaint, NodeTaints, NodeUntaint, SystemWhich, Taint, TaintEffect, TaintParams,
@@ -413,12 +413,16 @@ fn router() -> &'static Router<NodeCommands, Call> {
                 Ok(node.services.workloads.delete_volume(&name).await?)
             })
             .route::<VolumeSnapshot, _, _>(|node, _, VolumeRef { name }| async move {
-                node.services.backups.create(&name, None).await
+                node.services.backups.create(&name, None, None).await
             })
             .route::<BackupCreate, _, _>(|node, _, params| async move {
                 node.services
                     .backups
-                    .create(&params.volume, params.node.as_deref())
+                    .create(
+                        &params.volume,
+                        params.node.as_deref(),
+                        params.path.as_deref(),
+                    )
                     .await
             })
             .route::<BackupList, _, _>(|node, _, NoParams {}| async move {
@@ -429,6 +433,9 @@ fn router() -> &'static Router<NodeCommands, Call> {
                     .backups
                     .restore(&params.backup, &params.volume)
                     .await
+            })
+            .route::<BackupImport, _, _>(|node, _, ImportParams { path, backup }| async move {
+                node.services.backups.import(&path, &backup).await
             })
             .route::<BackupDelete, _, _>(|node, _, BackupRef { backup }| async move {
                 node.services.backups.delete(&backup).await

@@ -4,8 +4,9 @@ use anyhow::Result;
 use clap::Subcommand;
 use claw_api::NoParams;
 use claw_api::storage::{
-    Backup, BackupCreate, BackupCreateParams, BackupDelete, BackupList, BackupRef, BackupRestore,
-    RestoreParams, Volume, VolumeCreate, VolumeDelete, VolumeList, VolumeRef, VolumeSnapshot,
+    Backup, BackupCreate, BackupCreateParams, BackupDelete, BackupImport, BackupList, BackupRef,
+    BackupRestore, ImportParams, RestoreParams, Volume, VolumeCreate, VolumeDelete, VolumeList,
+    VolumeRef, VolumeSnapshot,
 };
 
 use crate::{GlobalArgs, ops, print_json, print_table};
@@ -42,6 +43,17 @@ pub(crate) enum BackupCommand {
         /// The member to copy it to (peer id or name).
         #[arg(long = "to")]
         to: Option<String>,
+        /// Also write it into this directory (under a writable volume root).
+        #[arg(long = "path")]
+        path: Option<String>,
+    },
+    /// Take a backup written to a directory into the node's backups.
+    Import {
+        /// The backup's id.
+        backup: String,
+        /// The directory (under a volume root).
+        #[arg(long)]
+        path: String,
     },
     /// The backups the node keeps.
     List,
@@ -123,8 +135,17 @@ pub(crate) fn volume(global: &GlobalArgs, command: VolumeCommand) -> Result<()> 
 /// `clawnode backup …`: one arm per subcommand.
 pub(crate) fn backup(global: &GlobalArgs, command: BackupCommand) -> Result<()> {
     match command {
-        BackupCommand::Create { volume, to } => {
-            let params = BackupCreateParams { volume, node: to };
+        BackupCommand::Import { backup, path } => {
+            let params = ImportParams { path, backup };
+            let backup = ops::call::<BackupImport>(global, &params, None, None)?;
+            show_backup(global, "imported", &backup);
+        }
+        BackupCommand::Create { volume, to, path } => {
+            let params = BackupCreateParams {
+                volume,
+                node: to,
+                path,
+            };
             let backup = ops::call::<BackupCreate>(global, &params, None, None)?;
             show_backup(global, "made", &backup);
         }

@@ -171,19 +171,25 @@ fn namespace_quotas_count_the_whole_fleet_and_refuse_by_name() {
     let Some(image) = test_image() else { return };
     let members = Member::fleet(2);
     let (operator, member) = (&members[0], &members[1]);
-    eventually(Duration::from_secs(60), "the members to see each other", || {
-        (operator.sees(&member.peer_id) && member.sees(&operator.peer_id)).then_some(())
-    });
+    eventually(
+        Duration::from_secs(60),
+        "the members to see each other",
+        || (operator.sees(&member.peer_id) && member.sees(&operator.peer_id)).then_some(()),
+    );
     operator
         .invoke(
             "namespace.create",
             &json!({"name": "ml", "spec": {"quota": {"gpus": 1, "workloads": 2}}}),
         )
         .expect("namespace.create");
-    eventually(Duration::from_secs(30), "the namespace on the member", || {
-        let listed = member.invoke("namespace.list", &json!({})).ok()?;
-        (listed["namespaces"][0]["name"] == "ml").then_some(())
-    });
+    eventually(
+        Duration::from_secs(30),
+        "the namespace on the member",
+        || {
+            let listed = member.invoke("namespace.list", &json!({})).ok()?;
+            (listed["namespaces"][0]["name"] == "ml").then_some(())
+        },
+    );
     let serve = json!(["sh", "-c", "trap 'exit 0' TERM; sleep 600 & wait"]);
     let run = |node: &Member, gpus: u32| {
         node.invoke(
@@ -197,17 +203,26 @@ fn namespace_quotas_count_the_whole_fleet_and_refuse_by_name() {
         refused.contains("namespace \"ml\" quota gpus: 2 with this workload, at most 1"),
         "{refused}"
     );
-    assert!(workloads(member).is_empty(), "nothing started on the member");
+    assert!(
+        workloads(member).is_empty(),
+        "nothing started on the member"
+    );
     run(member, 0).expect("a second workload without a GPU");
     let refused = run(member, 0).expect_err("a third workload passes the quota");
     assert!(refused.contains("quota workloads"), "{refused}");
     let usage = member
         .invoke("namespace.usage", &json!({"name": "ml"}))
         .expect("namespace.usage");
-    assert_eq!((usage["workloads"].as_u64(), usage["gpus"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(
+        (usage["workloads"].as_u64(), usage["gpus"].as_u64()),
+        (Some(1), Some(0))
+    );
     // Outside the namespace, nothing counts against it.
     member
-        .invoke("workload.run", &json!({"image": image, "command": serve, "gpus": 1}))
+        .invoke(
+            "workload.run",
+            &json!({"image": image, "command": serve, "gpus": 1}),
+        )
         .expect("no namespace");
     let unknown = operator.invoke(
         "workload.run",

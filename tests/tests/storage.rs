@@ -207,3 +207,90 @@ fn volumes_outlive_workloads_and_restarts_and_backups_restore_elsewhere_only_int
         .invoke("volume.delete", &json!({"name": "copy"}))
         .expect("volume.delete");
 }
+
+/// A backup written to a directory under a writable volume root is imported by another node
+/// (reading under its own root) and restored there; one changed in the directory is refused,
+/// as is a directory outside the roots.
+#[test]
+fn a_backup_written_to_a_directory_is_imported_elsewhere_only_intact() {
+    let Some(image) = test_image() else { return };
+    let shared = tempfile::tempdir().expect("shared directory");
+    let root = shared.path().canonicalize().expect("canonical");
+    let exports = root.join("exports");
+    std::fs::create_dir_all(&exports).expect("exports");
+    let root_text = root.display().to_string();
+    let with_root = |member: &Member| {
+        member.cli.edit_config(|text| {
+            text.replace(
+                "writable_volume_roots = []",
+                &format!("writable_volume_roots = [{root_text:?}]"),
+            )
+        });
+    };
+    let mut maker = Member::new(None);
+    with_root(&maker);
+    maker.start(&[]);
+    let mut importer = Member::new(Some(&maker.peer_id.clone()));
+    with_root(&importer);
+    importer.start(&maker.joinable());
+
+    maker
+        .invoke("volume.create", &json!({"name": "models"}))
+        .expect("volume.create");
+    run_on(&maker, &image, "models", "echo weights > /data/w; echo ok");
+    let exports_text = exports.display().to_string();
+    let outside = maker.invoke(
+        "backup.create",
+        &json!({"volume": "models", "path": "/tmp"}),
+    );
+    assert!(outside.is_err_and(|e| e.contains("outside the node's volume roots")));
+    let backup = maker
+        .invoke(
+            "backup.create",
+            &json!({"volume": "models", "path": exports_text}),
+        )
+        .expect("backup.create to a directory");
+    let id = backup["id"].as_str().expect("id").to_owned();
+    let archive = exports.join(format!("{id}.tar"));
+    assert!(archive.is_file() && exports.join(format!("{id}.manifest")).is_file());
+
+    // A changed archive is refused; the intact one is imported and restored.
+    let bytes = std::fs::read(&archive).expect("archive");
+    let mut tampered = bytes.clone();
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 0x01;
+    std::fs::write(&archive, &tampered).expect("tamper");
+    let refused = importer
+        .invoke(
+            "backup.import",
+            &json!({"path": exports_text, "backup": id}),
+        )
+        .expect_err("a changed archive is refused");
+    assert!(
+        refused.contains("does not match its signed digest"),
+        "{refused}"
+    );
+    std::fs::write(&archive, &bytes).expect("restore the archive");
+    let imported = importer
+        .invoke(
+            "backup.import",
+            &json!({"path": exports_text, "backup": id}),
+        )
+        .expect("backup.import");
+    assert_eq!(
+        (imported["sha256"].clone(), imported["source"].clone()),
+        (backup["sha256"].clone(), json!(maker.peer_id))
+    );
+    importer
+        .invoke("backup.restore", &json!({"backup": id, "volume": "models"}))
+        .expect("backup.restore");
+    assert_eq!(
+        run_on(&importer, &image, "models", "cat /data/w"),
+        "weights"
+    );
+    for member in [&maker, &importer] {
+        member
+            .invoke("volume.delete", &json!({"name": "models"}))
+            .expect("volume.delete");
+    }
+}

@@ -131,6 +131,7 @@ pub const NODE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<storage::BackupList>(),
     CommandInfo::of::<storage::BackupRestore>(),
     CommandInfo::of::<storage::BackupDelete>(),
+    CommandInfo::of::<storage::BackupImport>(),
     CommandInfo::of::<storage::BackupReceive>(),
     CommandInfo::of::<storage::BackupRead>(),
     CommandInfo::of::<services::ServiceCreate>(),

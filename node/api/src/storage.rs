@@ -133,6 +133,21 @@ pub struct BackupCreateParams {
     /// signature and the digest.
     #[serde(default)]
     pub node: Option<String>,
+    /// Also write it (`<id>.tar` and `<id>.manifest`) into this directory, under one of the
+    /// node's writable volume roots.
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// `backup.import`: take a backup written to a directory (by `backup.create` with `path`) into
+/// this node's backups, after checking its signature and digest.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportParams {
+    /// The directory, under one of the node's volume roots.
+    pub path: String,
+    /// The backup's id.
+    pub backup: String,
 }
 
 /// `backup.list`'s answer.
@@ -219,6 +234,9 @@ commands! {
     /// `backup.delete`.
     BackupDelete = "backup.delete", Operate, BackupRef => Backup,
         "Delete a backup this node keeps";
+    /// `backup.import`.
+    BackupImport = "backup.import", Operate, ImportParams => Backup,
+        "Take a backup from a directory under a volume root, after checking its signature and digest";
     /// `backup.receive`.
     BackupReceive = "backup.receive", Read, ReceiveParams => Backup,
         "Take a copy of a backup the calling member made (asked by that member)";

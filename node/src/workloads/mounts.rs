@@ -75,6 +75,26 @@ pub(crate) fn check_roots(volumes: &[VolumeSpec], roots: &[VolumeRoot]) -> Resul
     Ok(())
 }
 
+/// Opens directory `path` beneath one of `roots` (a writable one when `writable`), following
+/// no symlink on the way: backups are written into and read from it through this descriptor.
+pub(crate) fn open_dir(
+    path: &str,
+    roots: &[VolumeRoot],
+    writable: bool,
+) -> Result<OwnedFd, SpecError> {
+    let volume = VolumeSpec {
+        host: path.to_owned(),
+        container: "/".to_owned(),
+        read_only: !writable,
+    };
+    let fd = open_beneath(&volume, roots)?;
+    let stat = rustix::fs::fstat(&fd).map_err(|e| SpecError::Invalid(format!("{path}: {e}")))?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
+        return Err(SpecError::Invalid(format!("{path} is not a directory")));
+    }
+    Ok(fd)
+}
+
 /// Opens `volume`'s host path beneath its root, following no symlink on the way.
 fn open_beneath(volume: &VolumeSpec, roots: &[VolumeRoot]) -> Result<OwnedFd, SpecError> {
     let (root, relative) = root_of(volume, roots)?;

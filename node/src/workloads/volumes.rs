@@ -189,6 +189,16 @@ impl Workloads {
         Ok(volume)
     }
 
+    /// Directory `path` under one of the node's volume roots (a writable one when `writable`),
+    /// opened without following symlinks.
+    pub fn root_dir(
+        &self,
+        path: &str,
+        writable: bool,
+    ) -> Result<std::os::fd::OwnedFd, WorkloadError> {
+        Ok(super::mounts::open_dir(path, &self.roots, writable)?)
+    }
+
     /// The binds of `mounts`: each names one of this node's volumes.
     pub(super) async fn volume_binds(
         &self,
