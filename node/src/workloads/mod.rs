@@ -66,6 +66,9 @@ const SAVED_LOGS_DIR: &str = "workload-logs";
 const MAX_LOG_BYTES: usize = 1024 * 1024;
 /// How often ended workloads' leftovers are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// How long to wait, and how often, for Docker to take in a killed container's OOM event.
+const OOM_SETTLE: Duration = Duration::from_millis(300);
+const OOM_SETTLE_TRIES: usize = 3;
 /// Most output kept per stream of one `container.exec`.
 const MAX_EXEC_BYTES: usize = 256 * 1024;
 
@@ -1289,10 +1292,22 @@ impl Workloads {
                         state,
                         ContainerSummaryStateEnum::EXITED | ContainerSummaryStateEnum::DEAD
                     ) {
-                        let state = match &container.id {
+                        let mut state = match &container.id {
                             Some(id) => engine.inspect(id).await?.and_then(|c| c.state),
                             None => None,
                         };
+                        // Docker may report the exit before it has taken in the OOM event: a
+                        // container killed (137) is looked at again, briefly, before the reason
+                        // is written for good.
+                        for _ in 0..OOM_SETTLE_TRIES {
+                            let killed = state.as_ref().and_then(|s| s.exit_code) == Some(137);
+                            let oom = state.as_ref().and_then(|s| s.oom_killed) == Some(true);
+                            let (true, false, Some(id)) = (killed, oom, &container.id) else {
+                                break;
+                            };
+                            tokio::time::sleep(OOM_SETTLE).await;
+                            state = engine.inspect(id).await?.and_then(|c| c.state);
+                        }
                         let exit_code = state.as_ref().and_then(|s| s.exit_code);
                         let out_of_memory = state.as_ref().and_then(|s| s.oom_killed) == Some(true);
                         record.exit_code = exit_code;
