@@ -448,9 +448,20 @@ impl Services {
         target: Target,
         connections: Arc<AtomicU64>,
     ) {
+        let open = Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND));
         loop {
-            let Ok((socket, _)) = listener.accept().await else {
-                continue;
+            let socket = match listener.accept().await {
+                Ok((socket, _)) => socket,
+                Err(error) => {
+                    // Out of descriptors, say: wait rather than spin.
+                    tracing::warn!(%error, "a forward's accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            // At most this many connections at once per forward; the next waits.
+            let Ok(permit) = Arc::clone(&open).acquire_owned().await else {
+                return;
             };
             connections.fetch_add(1, Ordering::Relaxed);
             let (services, target) = (self.clone(), target.clone());
@@ -458,6 +469,7 @@ impl Services {
                 if let Err(error) = services.carry(socket, &target).await {
                     tracing::debug!(target = target.describe(), %error, "forwarded connection failed");
                 }
+                drop(permit);
             });
         }
     }
