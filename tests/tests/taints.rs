@@ -69,19 +69,22 @@ fn taints_steer_placement_and_no_execute_evicts() {
                 "tolerations": [{"key": "maint"}]}}),
         )
         .expect("deploy.create tol");
-    let settled = |name: &str, count: usize| {
+    // `count` replicas ready, none of them on `not` (the deployment's status follows the
+    // members' reports, so an eviction shows once they report it).
+    let settled = |name: &str, count: usize, not: Option<&str>| {
         eventually(Duration::from_secs(90), "the replicas to run", || {
             let status = operator.status(name)?;
             let (nodes, _) = placement(&status);
-            (nodes.values().sum::<usize>() == count && status["ready"] == count).then_some(nodes)
+            let placed = nodes.values().sum::<usize>() == count && status["ready"] == count;
+            (placed && not.is_none_or(|n| !nodes.contains_key(n))).then_some(nodes)
         })
     };
-    let web = settled("web", 2);
+    let web = settled("web", 2, None);
     assert!(
         !web.contains_key(&ids[1]),
         "no web replica on the tainted node: {web:?}"
     );
-    let tol = settled("tol", 3);
+    let tol = settled("tol", 3, None);
     assert!(
         tol.contains_key(&ids[1]),
         "the tolerating deployment may use it: {tol:?}"
@@ -105,13 +108,13 @@ fn taints_steer_placement_and_no_execute_evicts() {
         evicting.active_replicas("web") + evicting.active_replicas("tol"),
         0
     );
-    let web = settled("web", 2);
+    let web = settled("web", 2, Some(&ids[2]));
     assert_eq!(
         web.keys().collect::<Vec<_>>(),
         [&ids[0]],
         "web only where it may run: {web:?}"
     );
-    let tol = settled("tol", 3);
+    let tol = settled("tol", 3, Some(&ids[2]));
     assert!(
         !tol.contains_key(&ids[2]),
         "nothing back on the evicting node: {tol:?}"

@@ -35,7 +35,7 @@ mod cron_bids;
 use super::{
     ACTION_DEADLINE, CONTROLLER_CANDIDATES, NODE_DEADLINE, NODES_ASKED_AT_ONCE, Notes, admit_claim,
     call_peer, candidates, check_candidate, failure, is_fenced, next_epoch, not_accepted,
-    only_sealed_to,
+    only_sealed_to, refuse_if_tainted,
 };
 use crate::market::Market;
 use crate::now_ms;
@@ -316,6 +316,7 @@ impl Jobs {
                 ),
             ));
         };
+        refuse_if_tainted(&self.inner.store, &spec.tolerations).await?;
         if params.run.is_empty()
             || params.run.len() > 32
             || !params.run.bytes().all(|b| b.is_ascii_alphanumeric())

@@ -418,6 +418,7 @@ impl Deployments {
                 ),
             ));
         };
+        refuse_if_tainted(&self.inner.store, &spec.tolerations).await?;
         for (secret, needed) in &spec.secret_revisions {
             let mut kept = objects.secret_revision(secret).await.unwrap_or(0);
             if kept < *needed && caller != self.inner.local {
@@ -1108,6 +1109,25 @@ fn candidates(
         }
     }
     list
+}
+
+/// Refuses to start work here that does not tolerate one of this node's `NoSchedule` or
+/// `NoExecute` taints: a controller that has not yet seen a new taint places elsewhere next.
+async fn refuse_if_tainted(store: &Store, tolerations: &[Toleration]) -> Result<(), InvokeFailure> {
+    let taints = store.run(|s| s.taints()).await?;
+    match taints
+        .iter()
+        .find(|t| t.effect != TaintEffect::PreferNoSchedule && !tolerated(t, tolerations))
+    {
+        None => Ok(()),
+        Some(taint) => Err(failure(
+            ErrorCode::Unavailable,
+            format!(
+                "this node is tainted {} and takes no such work",
+                taint.to_text()
+            ),
+        )),
+    }
 }
 
 /// Leaves schedulable only the candidates every secret `template` uses is sealed to: no other
