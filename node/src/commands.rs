@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use claw_api::audit::{AuditEntry, AuditLog, AuditQueryCommand};
+use claw_api::audit::{AuditLog, AuditQueryCommand};
 use claw_api::autoscale::{
     AutoscaleAdjust, AutoscaleChange, AutoscaleCreate, AutoscaleCreateParams, AutoscaleDelete,
     AutoscaleRef, AutoscaleStatusCommand,
@@ -180,23 +180,12 @@ fn router() -> &'static Router<NodeCommands, Call> {
             .route::<SystemWhich, _, _>(|_, _, params| async move { which(params).await })
             .route::<AuditQueryCommand, _, _>(|node, _, query| async move {
                 let limit = query.limit().map_err(|e| invalid(e.to_string()))?;
-                let entry = |r: &AuditRecord| AuditEntry {
-                    at_ms: r.at_ms,
-                    caller: r.caller.clone(),
-                    role: r.role.clone(),
-                    command: r.command.clone(),
-                    params_sha256: r.params_sha256.clone(),
-                    outcome: r.outcome.clone(),
-                    duration_ms: r.duration_ms,
-                };
                 let records = node
                     .services
                     .store
-                    .run(move |s| s.query_audit(limit, |r| query.matches(&entry(r))))
+                    .run(move |s| s.query_audit(limit, |r| query.matches(r)))
                     .await?;
-                Ok(AuditLog {
-                    records: records.iter().map(entry).collect(),
-                })
+                Ok(AuditLog { records })
             })
             .route::<NodeCordon, _, _>(|node, _, NoParams {}| node.set_cordon(true))
             .route::<NodeUncordon, _, _>(|node, _, NoParams {}| node.set_cordon(false))
@@ -453,7 +442,10 @@ fn router() -> &'static Router<NodeCommands, Call> {
                 node.services.objects.services().await
             })
             .route::<ServiceDelete, _, _>(|node, _, ServiceRef { name }| async move {
-                node.services.objects.delete_service(&name).await
+                node.services
+                    .objects
+                    .delete_values(ObjectKind::Service, &name)
+                    .await
             })
             .route::<ServiceEndpoints, _, _>(|node, _, ServiceRef { name }| async move {
                 node.services.services.endpoints(&name).await
@@ -477,7 +469,10 @@ fn router() -> &'static Router<NodeCommands, Call> {
                 node.services.objects.namespaces().await
             })
             .route::<NamespaceDelete, _, _>(|node, _, NamespaceRef { name }| async move {
-                node.services.objects.delete_namespace(&name).await
+                node.services
+                    .objects
+                    .delete_values(ObjectKind::Namespace, &name)
+                    .await
             })
             .route::<NamespaceUsage, _, _>(|node, _, NamespaceRef { name }| async move {
                 node.services.objects.local_usage(&name).await
@@ -489,7 +484,10 @@ fn router() -> &'static Router<NodeCommands, Call> {
                 node.services.objects.policies().await
             })
             .route::<PolicyDelete, _, _>(|node, _, PolicyRef { name }| async move {
-                node.services.objects.delete_policy(&name).await
+                node.services
+                    .objects
+                    .delete_values(ObjectKind::Policy, &name)
+                    .await
             })
             .route::<PolicyValidate, _, _>(
                 |node, _, ValidateParams { workload, lease }| async move {

@@ -264,7 +264,8 @@ impl Services {
             name: name.to_owned(),
         })
         .map_err(|e| failure(ErrorCode::Internal, e.to_string()))?;
-        let asks = mesh.fleet().into_iter().map(|member| {
+        let members = mesh.fleet();
+        let asks = members.iter().map(|member| {
             let params = params.clone();
             async move {
                 if member.peer_id == local {
@@ -277,11 +278,7 @@ impl Services {
             }
         });
         let mut endpoints = Vec::new();
-        for (member, listing) in mesh
-            .fleet()
-            .into_iter()
-            .zip(futures::future::join_all(asks).await)
-        {
+        for (member, listing) in members.iter().zip(futures::future::join_all(asks).await) {
             // A member answers for its own workloads only.
             for endpoint in listing.map(|l| l.endpoints).unwrap_or_default() {
                 if endpoint.node == member.peer_id.to_string() {

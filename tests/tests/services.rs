@@ -153,9 +153,6 @@ fn a_service_is_reached_through_the_mesh_by_those_allowed_only() {
 
     // The first member, with only its own key and the read role on the second, forwards too:
     // its own endpoint answers, the second's node refuses its streams.
-    operator
-        .invoke("workload.stop", &json!({"workload": "x"}))
-        .expect_err("no such workload");
     let own = first
         .invoke("service.forward", &json!({"service": "web"}))
         .expect("a forward on a plain member");

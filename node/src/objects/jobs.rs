@@ -101,7 +101,7 @@ fn cron(record: &ObjectRecord, spec: CronSpec) -> CronJob {
 
 impl FleetObjects {
     /// The live object `kind` `name` and its spec, or `None` when it is not kept or deleted.
-    async fn live_of<S: DeserializeOwned>(
+    pub(super) async fn live_of<S: DeserializeOwned>(
         &self,
         kind: ObjectKind,
         name: &str,
@@ -148,7 +148,7 @@ impl FleetObjects {
     }
 
     /// Every live object of `kind`, with its spec, by name.
-    async fn all_of<S: DeserializeOwned>(
+    pub(super) async fn all_of<S: DeserializeOwned>(
         &self,
         kind: ObjectKind,
     ) -> Result<Vec<(ObjectRecord, S)>, InvokeFailure> {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use claw_api::configs::{Deleted, ValuesChange, check_name};
+use claw_api::configs::{ValuesChange, check_name};
 use claw_api::namespaces::{
     Namespace, NamespaceCreateParams, NamespaceListing, NamespaceRef, NamespaceSpec,
     NamespaceUsage, Usage,
@@ -32,15 +32,12 @@ fn parse(spec: &str) -> Result<NamespaceSpec, String> {
     serde_json::from_str(spec).map_err(|e| format!("namespace spec: {e}"))
 }
 
-fn namespace(record: &ObjectRecord) -> Result<Option<Namespace>, InvokeFailure> {
-    let Some(spec) = record.spec.as_deref() else {
-        return Ok(None);
-    };
-    Ok(Some(Namespace {
+fn namespace(record: &ObjectRecord, spec: NamespaceSpec) -> Namespace {
+    Namespace {
         name: record.name.clone(),
         revision: record.revision,
-        spec: parse(spec).map_err(|e| failure(ErrorCode::Internal, e))?,
-    }))
+        spec,
+    }
 }
 
 impl FleetObjects {
@@ -49,45 +46,26 @@ impl FleetObjects {
         &self,
         params: NamespaceCreateParams,
     ) -> Result<Namespace, InvokeFailure> {
-        let text = serde_json::to_string(&params.spec)
-            .map_err(|e| failure(ErrorCode::Internal, e.to_string()))?;
         let record = self
-            .write(ObjectKind::Namespace, &params.name, |history| {
-                let live = history.first().is_some_and(|r| !r.deleted());
-                ValuesChange::Create.check("namespace", &params.name, live)?;
-                Ok(Some(text))
-            })
+            .put_plain(
+                ObjectKind::Namespace,
+                &params.name,
+                &params.spec,
+                ValuesChange::Create,
+            )
             .await?;
-        namespace(&record)?.ok_or_else(|| failure(ErrorCode::Internal, "created nothing"))
-    }
-
-    /// `namespace.delete`.
-    pub async fn delete_namespace(&self, name: &str) -> Result<Deleted, InvokeFailure> {
-        let record = self
-            .write(ObjectKind::Namespace, name, |history| {
-                let live = history.first().is_some_and(|r| !r.deleted());
-                ValuesChange::Delete.check("namespace", name, live)?;
-                Ok(None)
-            })
-            .await?;
-        Ok(Deleted {
-            name: record.name,
-            revision: record.revision,
-        })
+        Ok(namespace(&record, params.spec))
     }
 
     /// `namespace.list`.
     pub async fn namespaces(&self) -> Result<NamespaceListing, InvokeFailure> {
-        let records = self
-            .inner
-            .store
-            .run(|s| s.objects_of(ObjectKind::Namespace))
-            .await?;
-        let mut namespaces = Vec::new();
-        for record in &records {
-            namespaces.extend(namespace(record)?);
-        }
-        Ok(NamespaceListing { namespaces })
+        let all = self.all_of(ObjectKind::Namespace).await?;
+        Ok(NamespaceListing {
+            namespaces: all
+                .into_iter()
+                .map(|(r, spec)| namespace(&r, spec))
+                .collect(),
+        })
     }
 
     /// `namespace.usage`: what namespace `name`'s active workloads on this node hold.
@@ -111,11 +89,10 @@ impl FleetObjects {
     /// namespace must exist, and what it holds across the members this node sees (each asked;
     /// one that does not answer in time counts nothing) plus `adding` must stay within it.
     pub async fn admit_in_namespace(&self, name: &str, adding: Usage) -> Result<(), InvokeFailure> {
-        let found = match self.kept(ObjectKind::Namespace, name).await? {
-            Some(record) => namespace(&record)?,
-            None => None,
-        };
-        let Some(found) = found else {
+        let Some((_, found)) = self
+            .live_of::<NamespaceSpec>(ObjectKind::Namespace, name)
+            .await?
+        else {
             return Err(failure(
                 ErrorCode::NotFound,
                 format!("no namespace {name:?} (namespace.list lists them)"),
@@ -144,7 +121,7 @@ impl FleetObjects {
                 held = held + usage;
             }
         }
-        match found.spec.quota.exceeded(&held) {
+        match found.quota.exceeded(&held) {
             None => Ok(()),
             Some((quota, held, limit)) => Err(failure(
                 ErrorCode::Unauthorized,

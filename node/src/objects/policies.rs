@@ -1,7 +1,7 @@
 //! The `policy.*` objects over the fleet objects, and the check every admission makes against
 //! them.
 
-use claw_api::configs::{Deleted, ValuesChange, check_name};
+use claw_api::configs::{ValuesChange, check_name};
 use claw_api::policies::{
     Origin, Policy, PolicyCreateParams, PolicyListing, PolicySpec, Verdict, Violation,
 };
@@ -25,17 +25,14 @@ fn parse(spec: &str) -> Result<PolicySpec, String> {
     serde_json::from_str(spec).map_err(|e| format!("policy spec: {e}"))
 }
 
-fn policy(record: &ObjectRecord) -> Result<Option<Policy>, InvokeFailure> {
-    let Some(spec) = record.spec.as_deref() else {
-        return Ok(None);
-    };
-    Ok(Some(Policy {
+fn policy(record: &ObjectRecord, spec: PolicySpec) -> Policy {
+    Policy {
         name: record.name.clone(),
         revision: record.revision,
-        spec: parse(spec).map_err(|e| failure(ErrorCode::Internal, e))?,
+        spec,
         signed_by: record.signed_by.clone(),
         signed_at_ms: record.signed_at_ms,
-    }))
+    }
 }
 
 impl FleetObjects {
@@ -45,45 +42,23 @@ impl FleetObjects {
             .spec
             .check()
             .map_err(|e| failure(ErrorCode::InvalidParams, e.to_string()))?;
-        let text = serde_json::to_string(&params.spec)
-            .map_err(|e| failure(ErrorCode::Internal, e.to_string()))?;
         let record = self
-            .write(ObjectKind::Policy, &params.name, |history| {
-                let live = history.first().is_some_and(|r| !r.deleted());
-                ValuesChange::Create.check("policy", &params.name, live)?;
-                Ok(Some(text))
-            })
+            .put_plain(
+                ObjectKind::Policy,
+                &params.name,
+                &params.spec,
+                ValuesChange::Create,
+            )
             .await?;
-        policy(&record)?.ok_or_else(|| failure(ErrorCode::Internal, "created nothing"))
-    }
-
-    /// `policy.delete`.
-    pub async fn delete_policy(&self, name: &str) -> Result<Deleted, InvokeFailure> {
-        let record = self
-            .write(ObjectKind::Policy, name, |history| {
-                let live = history.first().is_some_and(|r| !r.deleted());
-                ValuesChange::Delete.check("policy", name, live)?;
-                Ok(None)
-            })
-            .await?;
-        Ok(Deleted {
-            name: record.name,
-            revision: record.revision,
-        })
+        Ok(policy(&record, params.spec))
     }
 
     /// `policy.list`.
     pub async fn policies(&self) -> Result<PolicyListing, InvokeFailure> {
-        let records = self
-            .inner
-            .store
-            .run(|s| s.objects_of(ObjectKind::Policy))
-            .await?;
-        let mut policies = Vec::new();
-        for record in &records {
-            policies.extend(policy(record)?);
-        }
-        Ok(PolicyListing { policies })
+        let all = self.all_of(ObjectKind::Policy).await?;
+        Ok(PolicyListing {
+            policies: all.into_iter().map(|(r, spec)| policy(&r, spec)).collect(),
+        })
     }
 
     /// `policy.validate`, and every admission: each policy's first rule `params` breaks.

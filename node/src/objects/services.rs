@@ -1,7 +1,7 @@
 //! The `service.*` objects over the fleet objects: each change signs a new revision; reads
 //! answer from this member's copy.
 
-use claw_api::configs::{Deleted, ValuesChange, check_name};
+use claw_api::configs::{ValuesChange, check_name};
 use claw_api::services::{Service, ServiceCreateParams, ServiceListing, ServiceSpec};
 use claw_api::{ErrorCode, InvokeFailure};
 
@@ -22,17 +22,14 @@ fn parse(spec: &str) -> Result<ServiceSpec, String> {
     serde_json::from_str(spec).map_err(|e| format!("service spec: {e}"))
 }
 
-fn service(record: &ObjectRecord) -> Result<Option<Service>, InvokeFailure> {
-    let Some(spec) = record.spec.as_deref() else {
-        return Ok(None);
-    };
-    Ok(Some(Service {
+fn service(record: &ObjectRecord, spec: ServiceSpec) -> Service {
+    Service {
         name: record.name.clone(),
         revision: record.revision,
-        spec: parse(spec).map_err(|e| failure(ErrorCode::Internal, e))?,
+        spec,
         signed_by: record.signed_by.clone(),
         signed_at_ms: record.signed_at_ms,
-    }))
+    }
 }
 
 impl FleetObjects {
@@ -45,52 +42,28 @@ impl FleetObjects {
             .spec
             .check()
             .map_err(|e| failure(ErrorCode::InvalidParams, e.to_string()))?;
-        let text = serde_json::to_string(&params.spec)
-            .map_err(|e| failure(ErrorCode::Internal, e.to_string()))?;
         let record = self
-            .write(ObjectKind::Service, &params.name, |history| {
-                let live = history.first().is_some_and(|r| !r.deleted());
-                ValuesChange::Create.check("service", &params.name, live)?;
-                Ok(Some(text))
-            })
+            .put_plain(
+                ObjectKind::Service,
+                &params.name,
+                &params.spec,
+                ValuesChange::Create,
+            )
             .await?;
-        service(&record)?.ok_or_else(|| failure(ErrorCode::Internal, "created nothing"))
-    }
-
-    /// `service.delete`.
-    pub async fn delete_service(&self, name: &str) -> Result<Deleted, InvokeFailure> {
-        let record = self
-            .write(ObjectKind::Service, name, |history| {
-                let live = history.first().is_some_and(|r| !r.deleted());
-                ValuesChange::Delete.check("service", name, live)?;
-                Ok(None)
-            })
-            .await?;
-        Ok(Deleted {
-            name: record.name,
-            revision: record.revision,
-        })
+        Ok(service(&record, params.spec))
     }
 
     /// Service `name`, when it is live.
     pub async fn service(&self, name: &str) -> Result<Option<Service>, InvokeFailure> {
-        match self.kept(ObjectKind::Service, name).await? {
-            Some(record) => service(&record),
-            None => Ok(None),
-        }
+        let live = self.live_of(ObjectKind::Service, name).await?;
+        Ok(live.map(|(record, spec)| service(&record, spec)))
     }
 
     /// `service.list`.
     pub async fn services(&self) -> Result<ServiceListing, InvokeFailure> {
-        let records = self
-            .inner
-            .store
-            .run(|s| s.objects_of(ObjectKind::Service))
-            .await?;
-        let mut services = Vec::new();
-        for record in &records {
-            services.extend(service(record)?);
-        }
-        Ok(ServiceListing { services })
+        let all = self.all_of(ObjectKind::Service).await?;
+        Ok(ServiceListing {
+            services: all.into_iter().map(|(r, spec)| service(&r, spec)).collect(),
+        })
     }
 }

@@ -145,18 +145,6 @@ impl Values {
 }
 
 impl FleetObjects {
-    /// The live record and spec of `kind` `name`.
-    async fn live_values<S: DeserializeOwned>(
-        &self,
-        kind: ObjectKind,
-        name: &str,
-    ) -> Result<Option<(ObjectRecord, S)>, InvokeFailure> {
-        let Some(record) = self.kept(kind, name).await? else {
-            return Ok(None);
-        };
-        Ok(spec_of(&record)?.map(|spec| (record, spec)))
-    }
-
     /// The members this node sees, by peer id and name, for naming a secret's nodes.
     fn members(&self) -> Vec<(PeerId, String)> {
         self.inner
@@ -171,6 +159,24 @@ impl FleetObjects {
             .unwrap_or_default()
     }
 
+    /// Signs `spec` as the next revision of plain object `kind` `name` (a config, service,
+    /// policy or namespace), when `change` applies to what is kept.
+    pub(super) async fn put_plain<S: serde::Serialize>(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        spec: &S,
+        change: ValuesChange,
+    ) -> Result<ObjectRecord, InvokeFailure> {
+        let text = encode(spec)?;
+        self.write(kind, name, |history| {
+            let live = history.first().is_some_and(|r| !r.deleted());
+            change.check(kind.as_str(), name, live)?;
+            Ok(Some(text))
+        })
+        .await
+    }
+
     /// `config.create` and `config.update`.
     pub async fn put_config(
         &self,
@@ -180,11 +186,7 @@ impl FleetObjects {
         let spec = ConfigSpec { data: params.data };
         spec.check().map_err(invalid)?;
         let record = self
-            .write(ObjectKind::Config, &params.name, |history| {
-                let live = history.first().is_some_and(|r| !r.deleted());
-                change.check("config", &params.name, live)?;
-                encode(&spec).map(Some)
-            })
+            .put_plain(ObjectKind::Config, &params.name, &spec, change)
             .await?;
         Ok(config(&record, spec))
     }
@@ -192,7 +194,7 @@ impl FleetObjects {
     /// `config.get`.
     pub async fn config(&self, name: &str) -> Result<Config, InvokeFailure> {
         let (record, spec) = self
-            .live_values(ObjectKind::Config, name)
+            .live_of(ObjectKind::Config, name)
             .await?
             .ok_or_else(|| claw_api::configs::not_found("config", name))?;
         Ok(config(&record, spec))
@@ -200,40 +202,30 @@ impl FleetObjects {
 
     /// `config.list`.
     pub async fn configs(&self) -> Result<ConfigListing, InvokeFailure> {
-        let records = self
-            .inner
-            .store
-            .run(|s| s.objects_of(ObjectKind::Config))
-            .await?;
-        let mut configs = Vec::new();
-        for record in records {
-            if let Some(spec) = spec_of::<ConfigSpec>(&record)? {
-                configs.push(ConfigSummary {
-                    name: record.name.clone(),
+        let all = self.all_of::<ConfigSpec>(ObjectKind::Config).await?;
+        Ok(ConfigListing {
+            configs: all
+                .into_iter()
+                .map(|(record, spec)| ConfigSummary {
+                    name: record.name,
                     revision: record.revision,
                     keys: spec.data.into_keys().collect(),
                     signed_at_ms: record.signed_at_ms,
-                });
-            }
-        }
-        Ok(ConfigListing { configs })
+                })
+                .collect(),
+        })
     }
 
-    /// `config.delete` and `secret.delete`.
+    /// The `delete` of every plain object kind (config, secret, service, policy, namespace).
     pub async fn delete_values(
         &self,
         kind: ObjectKind,
         name: &str,
     ) -> Result<Deleted, InvokeFailure> {
-        let what = if kind == ObjectKind::Secret {
-            "secret"
-        } else {
-            "config"
-        };
         let record = self
             .write(kind, name, |history| {
                 let live = history.first().is_some_and(|r| !r.deleted());
-                ValuesChange::Delete.check(what, name, live)?;
+                ValuesChange::Delete.check(kind.as_str(), name, live)?;
                 Ok(None)
             })
             .await?;
@@ -321,7 +313,7 @@ impl FleetObjects {
     /// `secret.describe`.
     pub async fn secret(&self, name: &str) -> Result<Secret, InvokeFailure> {
         let (record, spec) = self
-            .live_values::<SecretSpec>(ObjectKind::Secret, name)
+            .live_of::<SecretSpec>(ObjectKind::Secret, name)
             .await?
             .ok_or_else(|| claw_api::configs::not_found("secret", name))?;
         Ok(secret(&record, &spec))
@@ -329,24 +321,19 @@ impl FleetObjects {
 
     /// `secret.list`.
     pub async fn secrets(&self) -> Result<SecretListing, InvokeFailure> {
-        let records = self
-            .inner
-            .store
-            .run(|s| s.objects_of(ObjectKind::Secret))
-            .await?;
-        let mut secrets = Vec::new();
-        for record in records {
-            if let Some(spec) = spec_of::<SecretSpec>(&record)? {
-                secrets.push(secret(&record, &spec));
-            }
-        }
-        Ok(SecretListing { secrets })
+        let all = self.all_of::<SecretSpec>(ObjectKind::Secret).await?;
+        Ok(SecretListing {
+            secrets: all
+                .iter()
+                .map(|(record, spec)| secret(record, spec))
+                .collect(),
+        })
     }
 
     /// The nodes secret `name` is sealed to, when it is live.
     pub async fn secret_nodes(&self, name: &str) -> Option<Vec<PeerId>> {
         let (_, spec) = self
-            .live_values::<SecretSpec>(ObjectKind::Secret, name)
+            .live_of::<SecretSpec>(ObjectKind::Secret, name)
             .await
             .ok()??;
         Some(spec.node_ids())
@@ -355,7 +342,7 @@ impl FleetObjects {
     /// The kept revision of secret `name`, when it is live.
     pub async fn secret_revision(&self, name: &str) -> Option<u64> {
         let (record, _) = self
-            .live_values::<SecretSpec>(ObjectKind::Secret, name)
+            .live_of::<SecretSpec>(ObjectKind::Secret, name)
             .await
             .ok()??;
         Some(record.revision)
@@ -368,7 +355,7 @@ impl FleetObjects {
         match kind {
             SourceKind::Config => {
                 let (_, spec) = self
-                    .live_values::<ConfigSpec>(ObjectKind::Config, name)
+                    .live_of::<ConfigSpec>(ObjectKind::Config, name)
                     .await
                     .map_err(store_error)?
                     .ok_or_else(|| ValuesError::NotFound("config", name.to_owned()))?;
@@ -376,7 +363,7 @@ impl FleetObjects {
             }
             SourceKind::Secret => {
                 let (record, spec) = self
-                    .live_values::<SecretSpec>(ObjectKind::Secret, name)
+                    .live_of::<SecretSpec>(ObjectKind::Secret, name)
                     .await
                     .map_err(store_error)?
                     .ok_or_else(|| ValuesError::NotFound("secret", name.to_owned()))?;

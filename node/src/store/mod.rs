@@ -161,27 +161,9 @@ fn transaction_error(error: sled::transaction::TransactionError<StoreError>) -> 
     }
 }
 
-/// One command invocation, as the audit log keeps it. Params are kept only as a digest, so the
-/// log never holds secrets a caller passed.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditRecord {
-    /// When the command finished, Unix ms.
-    pub at_ms: u64,
-    /// The caller's peer id (this node's own id for the local control API).
-    pub caller: String,
-    /// The caller's role here (`read`, `operate`, `admin`).
-    #[serde(default)]
-    pub role: Option<String>,
-    /// The command name.
-    pub command: String,
-    /// Hex SHA-256 of the params' JSON text.
-    pub params_sha256: String,
-    /// `ok`, or the error code.
-    pub outcome: String,
-    /// How long it ran.
-    pub duration_ms: u64,
-}
+/// One command invocation, as the audit log keeps it (`audit.query` answers it as stored).
+/// Params are kept only as a digest, so the log never holds secrets a caller passed.
+pub use claw_api::audit::AuditEntry as AuditRecord;
 
 /// The node's sled database.
 #[derive(Debug, Clone)]
