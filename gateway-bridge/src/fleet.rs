@@ -13,6 +13,9 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use claw_api::auth::{
+    ApiToken, AuthCreateKey, AuthListKeys, AuthRevokeKey, AuthWhoAmI, WhoAmI, namespaces_named,
+};
 use claw_api::autoscale::{
     AutoscaleAdjust, AutoscaleChange, AutoscaleCreate, AutoscaleCreateParams, AutoscaleDelete,
     AutoscaleRef, AutoscaleStatusCommand,
@@ -54,10 +57,11 @@ use futures::StreamExt as _;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::gateway::{CommandFuture, GatewayHandler};
+use crate::gateway::{CommandFuture, GatewayCall, GatewayHandler};
 
 mod deployments;
 mod jobs;
+mod keys;
 mod values;
 use crate::placements::{Placement, PlacementError, Placements};
 
@@ -65,6 +69,10 @@ use crate::placements::{Placement, PlacementError, Placements};
 const DEFAULT_CONCURRENCY: usize = 16;
 /// Deadline of one node call when the command gives none.
 const NODE_DEADLINE: Duration = Duration::from_secs(10);
+/// Members asked, one after another, to check a call's API key.
+const KEY_CHECK_MEMBERS: usize = 3;
+/// Deadline of one member's key check.
+const KEY_CHECK_DEADLINE: Duration = Duration::from_secs(5);
 
 /// What a fleet command is called with, besides its params.
 #[derive(Debug, Clone)]
@@ -254,6 +262,15 @@ fn router() -> &'static Router<FleetCommands, Call> {
             .route::<SecretDelete, _, _>(|fleet, call, SecretRef { name }| async move {
                 fleet.values_deleted(ObjectKind::Secret, &name, call).await
             })
+            .route::<AuthCreateKey, _, _>(|fleet, call, params| async move {
+                fleet.create_key(params, call).await
+            })
+            .route::<AuthListKeys, _, _>(|fleet, call, params| async move {
+                fleet.ask_member::<AuthListKeys>(&params, call).await
+            })
+            .route::<AuthRevokeKey, _, _>(|fleet, call, params| async move {
+                fleet.revoke_key(params, call).await
+            })
     })
 }
 
@@ -397,6 +414,9 @@ pub struct FleetCommands {
     placements: Placements,
     /// What the bridge signs deployment changes with, as a fleet operator.
     signer: Option<std::sync::Arc<deployments::Signer>>,
+    /// The API key of the gateway call being answered: checked before the command runs, and
+    /// carried on every node call it makes, so each node checks it too.
+    api_key: Option<ApiToken>,
 }
 
 impl std::fmt::Debug for FleetCommands {
@@ -435,6 +455,7 @@ impl FleetCommands {
             market_node,
             placements,
             signer: None,
+            api_key: None,
         }
     }
 
@@ -488,7 +509,50 @@ impl FleetCommands {
     ) -> Result<Value, InvokeFailure> {
         let mut request = InvokeRequest::new(command, deadline).with_params(params);
         request.idempotency_key = idempotency_key;
+        request.api_key.clone_from(&self.api_key);
         self.mesh.invoke(peer, request).await
+    }
+
+    /// Checks the call's API key against `command` and its params: a member says what the key
+    /// may do (`auth.whoami`, under the key), and the bridge refuses what is outside it. Members
+    /// are asked in order until one answers; a refusal of the key itself is final.
+    async fn check_key(&self, command: &str, params: &Value) -> Result<(), InvokeFailure> {
+        let Some(spec) = BRIDGE_COMMANDS.iter().find(|c| c.name == command) else {
+            return Ok(()); // the router answers UNKNOWN_COMMAND
+        };
+        let mut failure = InvokeFailure::new(
+            ErrorCode::Unavailable,
+            "no fleet member answered to check the API key",
+        );
+        for member in self.members().into_iter().take(KEY_CHECK_MEMBERS) {
+            let answer = self
+                .call(
+                    member.peer_id,
+                    AuthWhoAmI::NAME,
+                    json!({}),
+                    KEY_CHECK_DEADLINE,
+                    None,
+                )
+                .await;
+            match answer.and_then(AuthWhoAmI::decode) {
+                Ok(WhoAmI { key: Some(key), .. }) => {
+                    let acted_in = namespaces_named(params);
+                    return match key.scope().refusal(spec.name, spec.role, &acted_in) {
+                        Some(refusal) => Err(InvokeFailure::new(ErrorCode::Unauthorized, refusal)),
+                        None => Ok(()),
+                    };
+                }
+                Ok(WhoAmI { key: None, .. }) => {
+                    failure = InvokeFailure::new(
+                        ErrorCode::Internal,
+                        "the member did not take the call's API key",
+                    );
+                }
+                Err(refused) if refused.code == ErrorCode::Unauthorized => return Err(refused),
+                Err(other) => failure = other,
+            }
+        }
+        Err(failure)
     }
 
     /// Calls `command` on each of `members`, at most `concurrency` at a time.
@@ -1001,18 +1065,19 @@ impl FleetCommands {
 }
 
 impl GatewayHandler for FleetCommands {
-    fn handle(
-        &self,
-        command: String,
-        params: Value,
-        timeout: Duration,
-        idempotency_key: Option<String>,
-    ) -> CommandFuture {
+    fn handle(&self, command: String, params: Value, call: GatewayCall) -> CommandFuture {
+        let mut commands = self.clone();
+        commands.api_key = call.api_key;
         let call = Call {
-            timeout,
-            idempotency_key,
+            timeout: call.timeout,
+            idempotency_key: call.idempotency_key,
         };
-        router().dispatch(self.clone(), call, &command, params)
+        Box::pin(async move {
+            if commands.api_key.is_some() {
+                commands.check_key(&command, &params).await?;
+            }
+            router().dispatch(commands, call, &command, params).await
+        })
     }
 }
 

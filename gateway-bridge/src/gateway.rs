@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use claw_api::auth::{ApiToken, take_api_key};
 use claw_api::{ErrorCode, InvokeFailure};
 use claw_attestation::NodeIdentity;
 use futures::{SinkExt as _, StreamExt as _};
@@ -60,15 +61,20 @@ pub type CommandFuture = Pin<Box<dyn Future<Output = Result<Value, InvokeFailure
 
 /// Answers the commands the gateway forwards.
 pub trait GatewayHandler: Send + Sync + 'static {
-    /// Runs `command` with `params` (`null` when none were given); the client cuts it off at
-    /// `timeout`.
-    fn handle(
-        &self,
-        command: String,
-        params: Value,
-        timeout: Duration,
-        idempotency_key: Option<String>,
-    ) -> CommandFuture;
+    /// Runs `command` with `params` (`null` when none were given) under `api_key` when the
+    /// call carried one (taken out of the params); the client cuts it off at `timeout`.
+    fn handle(&self, command: String, params: Value, call: GatewayCall) -> CommandFuture;
+}
+
+/// What a gateway call carries besides its command and params.
+#[derive(Debug, Clone)]
+pub struct GatewayCall {
+    /// How long the gateway waits.
+    pub timeout: Duration,
+    /// The caller's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// The API key the call carried in its params' `api_key`.
+    pub api_key: Option<ApiToken>,
 }
 
 /// How to reach the gateway and what to declare there.
@@ -424,8 +430,12 @@ async fn connect_and_serve(
                         let command = payload["command"].as_str().unwrap_or_default().to_owned();
                         let params = match payload["paramsJSON"].as_str() {
                             None => Ok(Value::Null),
-                            Some(text) => serde_json::from_str(text),
+                            Some(text) => serde_json::from_str(text).map_err(|e| format!("paramsJSON is not JSON: {e}")),
                         };
+                        let params = params.and_then(|mut params| {
+                            let api_key = take_api_key(&mut params).map_err(|e| e.to_string())?;
+                            Ok((params, api_key))
+                        });
                         let timeout = payload["timeoutMs"]
                             .as_u64()
                             .map_or(DEFAULT_INVOKE_TIMEOUT, Duration::from_millis)
@@ -436,8 +446,8 @@ async fn connect_and_serve(
                         let id = invoke_id.clone();
                         let task = tokio::spawn(async move {
                             let outcome = match params {
-                                Err(error) => Err(InvokeFailure::new(ErrorCode::InvalidParams, format!("paramsJSON is not JSON: {error}"))),
-                                Ok(params) => match tokio::time::timeout(timeout, handler.handle(command.clone(), params, timeout, key)).await {
+                                Err(error) => Err(InvokeFailure::new(ErrorCode::InvalidParams, error)),
+                                Ok((params, api_key)) => match tokio::time::timeout(timeout, handler.handle(command.clone(), params, GatewayCall { timeout, idempotency_key: key, api_key })).await {
                                     Ok(outcome) => outcome,
                                     Err(_) => Err(InvokeFailure::new(ErrorCode::Timeout, format!("{command} did not finish within {} ms", timeout.as_millis()))),
                                 },

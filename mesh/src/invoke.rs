@@ -1,8 +1,9 @@
 //! Invoking a command on a peer: the wire types and the handler a node plugs in.
 //!
-//! A request names a command, carries JSON params, a deadline and an optional idempotency key;
-//! the answer is a JSON result or a typed error. The caller's identity is the `PeerId` that Noise
-//! authenticated for the connection; deciding what that peer may do is the handler's job.
+//! A request names a command, carries JSON params, a deadline, an optional idempotency key and
+//! an optional API key; the answer is a JSON result or a typed error. The caller's identity is
+//! the `PeerId` that Noise authenticated for the connection; deciding what that peer may do is
+//! the handler's job.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,6 +11,7 @@ use std::pin::Pin;
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
+pub use claw_api::auth::ApiToken;
 pub use claw_api::{ErrorCode, InvokeFailure};
 
 /// Longest accepted command name.
@@ -33,6 +35,10 @@ pub struct InvokeRequest {
     /// Lets a handler recognise a retried request and answer it without repeating its effect.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// An API key the call runs under: the node checks it and runs the call with no more than
+    /// the key allows (see `claw_api::auth`).
+    #[serde(default)]
+    pub api_key: Option<ApiToken>,
 }
 
 impl InvokeRequest {
@@ -43,6 +49,7 @@ impl InvokeRequest {
             params: serde_json::Value::Null,
             deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
             idempotency_key: None,
+            api_key: None,
         }
     }
 

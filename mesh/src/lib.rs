@@ -26,8 +26,8 @@ use tokio::task::JoinHandle;
 pub use config::{MeshConfig, SwarmKey};
 pub use fleet::{FleetChange, FleetMember, FleetStatus, FleetView, NodeAnnouncement};
 pub use invoke::{
-    ErrorCode, HandlerFuture, InvokeFailure, InvokeHandler, InvokeRequest, InvokeResponse,
-    MAX_COMMAND_LEN, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES,
+    ApiToken, ErrorCode, HandlerFuture, InvokeFailure, InvokeHandler, InvokeRequest,
+    InvokeResponse, MAX_COMMAND_LEN, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES,
 };
 pub use libp2p::{Multiaddr, PeerId};
 pub use stats::{GossipVerdict, MeshCounters};

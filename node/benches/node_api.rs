@@ -81,6 +81,7 @@ fn invoke(client: &ControlClient, command: &str, params: Value) -> Value {
             node: None,
             deadline_ms: Some(60_000),
             idempotency_key: None,
+            api_key: None,
         })
         .unwrap_or_else(|e| panic!("{command}: {e}"))
 }

@@ -13,6 +13,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use claw_api::audit::{AuditLog, AuditQueryCommand};
+use claw_api::auth::{
+    ApiKeyInfo, AuthCreateKey, AuthListKeys, AuthRevokeKey, AuthWhoAmI, DEFAULT_NAMESPACE, KeyRef,
+    WhoAmI, namespaces_named,
+};
 use claw_api::autoscale::{
     AutoscaleAdjust, AutoscaleChange, AutoscaleCreate, AutoscaleCreateParams, AutoscaleDelete,
     AutoscaleRef, AutoscaleStatusCommand,
@@ -119,6 +123,11 @@ impl Caller {
         }
     }
 
+    /// The caller as the audit log and `auth.whoami` name it.
+    fn label(self) -> String {
+        self.owner()
+    }
+
     /// Who owns a workload this caller starts.
     fn owner(self) -> String {
         match self {
@@ -143,6 +152,18 @@ struct Call {
     role: Role,
     /// The caller's idempotency key, for commands that act.
     idempotency_key: Option<String>,
+    /// The API key the call carried, checked.
+    key: Option<ApiKeyInfo>,
+}
+
+/// Who ran what, for the audit log.
+struct Audited {
+    caller: String,
+    role: Role,
+    /// The API key's name, when the call carried one.
+    api_key: Option<String>,
+    command: String,
+    params_sha256: String,
 }
 
 impl Call {
@@ -178,6 +199,22 @@ fn router() -> &'static Router<NodeCommands, Call> {
                 node.change_taints(None, Some(params)).await
             })
             .route::<SystemWhich, _, _>(|_, _, params| async move { which(params).await })
+            .route::<AuthCreateKey, _, _>(|node, _, params| async move {
+                node.services.objects.create_key(params).await
+            })
+            .route::<AuthListKeys, _, _>(|node, _, NoParams {}| async move {
+                node.services.objects.keys().await
+            })
+            .route::<AuthRevokeKey, _, _>(|node, _, KeyRef { name }| async move {
+                node.services.objects.revoke_key(&name).await
+            })
+            .route::<AuthWhoAmI, _, _>(|_, call, NoParams {}| async move {
+                Ok(WhoAmI {
+                    caller: call.principal.label(),
+                    role: call.role,
+                    key: call.key,
+                })
+            })
             .route::<AuditQueryCommand, _, _>(|node, _, query| async move {
                 let limit = query.limit().map_err(|e| invalid(e.to_string()))?;
                 let records = node
@@ -630,6 +667,38 @@ impl NodeCommands {
             if r.side == claw_market::lease::Side::Provider && r.counterparty == peer.to_string())
     }
 
+    /// The namespaces a call acts in, for an API key's scope: those its params name, the
+    /// namespace of the workload it names, and the namespaces the spec of the deployment, job,
+    /// cron job or autoscaler it names names (each of these without one is in `default`).
+    async fn namespaces_acted_in(&self, command: &str, params: &Value) -> Vec<String> {
+        let mut found = namespaces_named(params);
+        if let Some(reference) = params.get("workload").and_then(Value::as_str)
+            && let Some(namespace) = self.services.workloads.namespace_of(reference).await
+        {
+            found.push(namespace);
+        }
+        let kind = match command.split('.').next() {
+            Some("deploy") => Some(ObjectKind::Deployment),
+            Some("job") => Some(ObjectKind::Job),
+            Some("cron") => Some(ObjectKind::CronJob),
+            Some("autoscale") => Some(ObjectKind::Autoscaler),
+            _ => None,
+        };
+        if let Some(kind) = kind
+            && let Some(name) = params.get("name").and_then(Value::as_str)
+            && let Some(spec) = self.services.objects.spec_json(kind, name).await
+        {
+            let named = namespaces_named(&spec);
+            if named.is_empty() {
+                found.push(DEFAULT_NAMESPACE.to_owned());
+            }
+            found.extend(named);
+        }
+        found.sort();
+        found.dedup();
+        found
+    }
+
     /// The market service.
     pub fn market(&self) -> &Market {
         &self.services.market
@@ -670,11 +739,13 @@ impl NodeCommands {
         &self.services.invokes
     }
 
-    /// Checks that the command exists, that the caller may run it, and the params' size.
+    /// Checks that the command exists, that the caller may run it (within its API key's scope,
+    /// when it carries one), and the params' size.
     async fn authorize(
         &self,
         caller: Caller,
         role: Role,
+        key: Option<&ApiKeyInfo>,
         request: &InvokeRequest,
     ) -> Result<(), InvokeFailure> {
         let Some(spec) = node_command(&request.command) else {
@@ -698,6 +769,12 @@ impl NodeCommands {
                     spec.name, spec.role
                 ),
             ));
+        }
+        if let Some(key) = key {
+            let acted_in = self.namespaces_acted_in(spec.name, &request.params).await;
+            if let Some(refusal) = key.scope().refusal(spec.name, spec.role, &acted_in) {
+                return Err(InvokeFailure::new(ErrorCode::Unauthorized, refusal));
+            }
         }
         let size = request.params.to_string().len();
         if size > MAX_PARAMS_BYTES {
@@ -1182,8 +1259,7 @@ impl NodeCommands {
         role: Role,
         request: InvokeRequest,
     ) -> Result<Value, InvokeFailure> {
-        self.audited(GATEWAY_OWNER.to_owned(), Caller::Gateway, role, request)
-            .await
+        self.audited(Caller::Gateway, role, request).await
     }
 
     /// Authorises and runs `request` under its deadline, then appends it to the audit log, all
@@ -1193,19 +1269,14 @@ impl NodeCommands {
     /// answered `TIMEOUT` and the command goes on in that task to its end.
     async fn audited(
         &self,
-        caller_label: String,
         caller: Caller,
         role: Role,
         request: InvokeRequest,
     ) -> Result<Value, InvokeFailure> {
         let (answer, answered) = tokio::sync::oneshot::channel();
-        self.services.tasks.spawn(self.clone().run_and_audit(
-            caller_label,
-            caller,
-            role,
-            request,
-            answer,
-        ));
+        self.services
+            .tasks
+            .spawn(self.clone().run_and_audit(caller, role, request, answer));
         answered.await.unwrap_or_else(|_| {
             Err(InvokeFailure::new(
                 ErrorCode::Internal,
@@ -1216,7 +1287,6 @@ impl NodeCommands {
 
     async fn run_and_audit(
         self,
-        caller_label: String,
         caller: Caller,
         role: Role,
         request: InvokeRequest,
@@ -1226,14 +1296,36 @@ impl NodeCommands {
         let params_sha256 = audit_digest(&command, &request.params);
         let started = Instant::now();
         let mut unfinished = None;
-        let result = match self.authorize(caller, role, &request).await {
+        let key = match &request.api_key {
+            None => Ok(None),
+            Some(token) => self.services.objects.key_of(token).await.map(Some),
+        };
+        // A call with a key runs with the lower of its caller's role and the key's.
+        let role = match &key {
+            Ok(Some(key)) => role.min(key.role),
+            _ => role,
+        };
+        let key_name = match (&key, &request.api_key) {
+            (Ok(Some(key)), _) => Some(key.name.clone()),
+            (Err(_), Some(token)) => token.parts().ok().map(|(name, _)| name.to_owned()),
+            _ => None,
+        };
+        let authorized = match key {
             Err(refused) => Err(refused),
-            Ok(()) => {
+            Ok(key) => self
+                .authorize(caller, role, key.as_ref(), &request)
+                .await
+                .map(|()| key),
+        };
+        let result = match authorized {
+            Err(refused) => Err(refused),
+            Ok(key) => {
                 let deadline = Duration::from_millis(request.deadline_ms);
                 let call = Call {
                     principal: caller,
                     role,
                     idempotency_key: request.idempotency_key,
+                    key,
                 };
                 // A panicking handler is answered and audited as INTERNAL, like any failure.
                 let mut work = AssertUnwindSafe(router().dispatch(
@@ -1262,8 +1354,14 @@ impl NodeCommands {
                 }
             }
         };
-        self.audit(caller_label, role, command, params_sha256, started, &result)
-            .await;
+        let audited = Audited {
+            caller: caller.label(),
+            role,
+            api_key: key_name,
+            command,
+            params_sha256,
+        };
+        self.audit(audited, started, &result).await;
         let _ = answer.send(result);
         if let Some(work) = unfinished {
             let _ = work.await;
@@ -1273,10 +1371,13 @@ impl NodeCommands {
     /// Counts and logs one invocation, and appends its record to the audit log.
     async fn audit(
         &self,
-        caller_label: String,
-        role: Role,
-        command: String,
-        params_sha256: String,
+        Audited {
+            caller,
+            role,
+            api_key,
+            command,
+            params_sha256,
+        }: Audited,
         started: Instant,
         result: &Result<Value, InvokeFailure>,
     ) {
@@ -1285,15 +1386,24 @@ impl NodeCommands {
             Ok(_) => "ok".to_owned(),
             Err(failure) => failure.code.to_string(),
         };
-        tracing::info!(caller = caller_label, %role, command, outcome, duration_ms, "invoke");
+        tracing::info!(
+            caller,
+            %role,
+            api_key = api_key.as_deref(),
+            command,
+            outcome,
+            duration_ms,
+            "invoke"
+        );
         let known = node_command(&command).map(|c| c.name);
         self.services
             .invokes
             .record(known.unwrap_or("unknown"), &outcome);
         let record = AuditRecord {
             at_ms: claw_attestation::unix_millis(std::time::SystemTime::now()),
-            caller: caller_label,
+            caller,
             role: Some(role.to_string()),
+            api_key,
             command,
             params_sha256,
             outcome,
@@ -1358,9 +1468,7 @@ impl InvokeHandler for NodeCommands {
         let commands = self.clone();
         Box::pin(async move {
             let role = commands.services.access.role_of(&caller);
-            let result = commands
-                .audited(caller.to_string(), Caller::Peer(caller), role, request)
-                .await;
+            let result = commands.audited(Caller::Peer(caller), role, request).await;
             InvokeResponse::from(result)
         })
     }

@@ -7,7 +7,7 @@
 //! | GET    | `/v1/fleet`  | the fleet as this node sees it, and its status |
 //! | GET    | `/v1/audit?limit=N` | the latest N audit records (default 50, at most 1,000) |
 //! | GET    | `/v1/progress?key=K` | progress of the long operation started with idempotency key K |
-//! | POST   | `/v1/invoke` | `{command, params?, node?, deadline_ms?, idempotency_key?}` → `{ok}` or `{error}` |
+//! | POST   | `/v1/invoke` | `{command, params?, node?, deadline_ms?, idempotency_key?, api_key?}` → `{ok}` or `{error}` |
 //!
 //! `node` names a peer to forward the invoke to over the mesh; without it the node answers.
 
@@ -24,7 +24,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use claw_attestation::{KeyFileError, read_secret, write_secret};
 use claw_mesh::{
-    ErrorCode, FleetMember, InvokeFailure, InvokeHandler, InvokeRequest, InvokeResponse,
+    ApiToken, ErrorCode, FleetMember, InvokeFailure, InvokeHandler, InvokeRequest, InvokeResponse,
     MeshHandle, PeerId,
 };
 use rand::RngCore as _;
@@ -303,6 +303,9 @@ pub struct InvokeBody {
     /// Idempotency key passed to the command.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// API key the command runs under (the node it runs on checks it).
+    #[serde(default)]
+    pub api_key: Option<ApiToken>,
 }
 
 async fn invoke(State(state): State<ControlState>, headers: HeaderMap, body: Bytes) -> Response {
@@ -327,6 +330,7 @@ async fn invoke(State(state): State<ControlState>, headers: HeaderMap, body: Byt
         params: body.params,
         deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
         idempotency_key: body.idempotency_key,
+        api_key: body.api_key,
     };
     if let Err(failure) = request.check() {
         return failure_response(failure);

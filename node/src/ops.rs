@@ -35,6 +35,10 @@ pub(crate) struct InvokeArgs {
     /// Idempotency key: a retry with the same key does not start the work twice.
     #[arg(long)]
     idempotency_key: Option<String>,
+    /// Run the command under this API key (`auth.create_key` makes one): with no more than
+    /// the key allows. Read from the environment rather than the command line where you can.
+    #[arg(long, env = "CLAWNODE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +92,7 @@ pub(crate) fn call<C: Command>(
         node,
         deadline_ms: Some(120_000),
         idempotency_key: key.clone(),
+        api_key: None,
     };
     let answer = match key.filter(|_| !global.json) {
         Some(key) => with_progress(&client, &body, &key)?,
@@ -116,6 +121,7 @@ pub(crate) fn invoke(global: &GlobalArgs, args: InvokeArgs) -> Result<()> {
         node: args.node,
         deadline_ms: Some(args.timeout_ms),
         idempotency_key: key.clone(),
+        api_key: args.api_key.map(claw_mesh::ApiToken::new),
     };
     let answer = match key.filter(|_| long && !global.json) {
         Some(key) => with_progress(&client, &body, &key)?,

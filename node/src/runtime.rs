@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use claw_attestation::{GpuProbe, KeyFileError, NodeIdentity, read_secret};
-use claw_bridge::gateway::{CommandFuture, GatewayConfig, GatewayError, GatewayHandler};
+use claw_bridge::gateway::{
+    CommandFuture, GatewayCall, GatewayConfig, GatewayError, GatewayHandler,
+};
 use claw_mesh::{
     InvokeRequest, Mesh, MeshConfig, MeshError, MeshEvent, MeshHandle, Multiaddr, PeerId, SwarmKey,
     TopicKind,
@@ -439,14 +441,14 @@ impl GatewayHandler for GatewayCommands {
         &self,
         command: String,
         params: serde_json::Value,
-        timeout: Duration,
-        idempotency_key: Option<String>,
+        call: GatewayCall,
     ) -> CommandFuture {
         let commands = self.commands.clone();
         let role = self.role;
         Box::pin(async move {
-            let mut request = InvokeRequest::new(command, timeout).with_params(params);
-            request.idempotency_key = idempotency_key;
+            let mut request = InvokeRequest::new(command, call.timeout).with_params(params);
+            request.idempotency_key = call.idempotency_key;
+            request.api_key = call.api_key;
             commands.invoke_for_gateway(role, request).await
         })
     }

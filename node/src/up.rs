@@ -58,6 +58,7 @@ impl Drop for Fleet {
                     node: None,
                     deadline_ms: Some(60_000),
                     idempotency_key: None,
+                    api_key: None,
                 })
             };
             let _ = call("node.drain", Value::Null);
@@ -172,6 +173,7 @@ fn invoke(dir: &Path, command: &str, params: Value) -> Result<Value> {
         node: None,
         deadline_ms: Some(30_000),
         idempotency_key: None,
+        api_key: None,
     })?)
 }
 

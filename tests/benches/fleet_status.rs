@@ -25,7 +25,7 @@ use claw_attestation::{
     Envelope, HardwareInventory, HostInfo, NodeIdentity, NvmlStatus, SimulatedGpuProfile, Validity,
 };
 use claw_bridge::fleet::{FleetCommands, NoMeshCommands};
-use claw_bridge::gateway::{CommandFuture, GatewayConfig, GatewayHandler};
+use claw_bridge::gateway::{CommandFuture, GatewayCall, GatewayConfig, GatewayHandler};
 use claw_bridge::operator::OperatorClient;
 use claw_mesh::{Mesh, MeshConfig, MeshHandle, NodeAnnouncement};
 use claw_tests::{OpenClawGateway, TOKEN};
@@ -38,7 +38,7 @@ const ROUNDS: usize = 30;
 struct GpuList(Value);
 
 impl GatewayHandler for GpuList {
-    fn handle(&self, command: String, _: Value, _: Duration, _: Option<String>) -> CommandFuture {
+    fn handle(&self, command: String, _: Value, _: GatewayCall) -> CommandFuture {
         let answer = self.0.clone();
         Box::pin(async move {
             match command.as_str() {

@@ -358,14 +358,26 @@ impl Clawnode {
 
     /// Runs `clawnode --data-dir D <args>` with a 60 s deadline.
     pub fn run(&self, args: &[&str]) -> Finished {
+        self.run_command(&mut self.command(args))
+    }
+
+    /// `clawnode <args>` on this data directory, with none of the caller's `CLAWNODE_*`
+    /// settings.
+    fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.binary);
         command
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(args)
             .env_remove("CLAWNODE_DATA_DIR")
+            .env_remove("CLAWNODE_API_KEY")
             .env("RUST_LOG", "warn");
-        let output = run_with_deadline(&mut command, Duration::from_secs(60));
+        command
+    }
+
+    /// Runs `command` to its end (at most a minute).
+    fn run_command(&self, command: &mut Command) -> Finished {
+        let output = run_with_deadline(command, Duration::from_secs(60));
         Finished {
             success: output.status.success(),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -408,6 +420,28 @@ impl Clawnode {
             args.extend(["--idempotency-key", key]);
         }
         let finished = self.run(&args);
+        if finished.success {
+            Ok(finished.json())
+        } else {
+            Err(finished.stderr)
+        }
+    }
+
+    /// `clawnode invoke` under API key `api_key`, given as a script would give it: in
+    /// `CLAWNODE_API_KEY`. The answer, or the error text.
+    pub fn invoke_under_key(
+        &self,
+        node: Option<&str>,
+        command: &str,
+        params: &serde_json::Value,
+        api_key: &str,
+    ) -> Result<serde_json::Value, String> {
+        let params = params.to_string();
+        let mut args = vec!["invoke", command, "--params", &params];
+        if let Some(node) = node {
+            args.extend(["--node", node]);
+        }
+        let finished = self.run_command(self.command(&args).env("CLAWNODE_API_KEY", api_key));
         if finished.success {
             Ok(finished.json())
         } else {

@@ -222,6 +222,65 @@ fn the_bridge_presents_three_nodes_as_one_openclaw_node() {
     let drained = call("fleet.drain", &json!({"node": "n2"})).expect("drain n2");
     check_contract(&contract, "fleet.drain", &drained);
 
+    // An API key through the gateway, as the plugin sends it (the params' reserved `api_key`):
+    // the bridge signs the key; a call under it runs with no more than it allows, checked by
+    // the bridge and by every node the call reaches; revoked, it is refused.
+    let created = call(
+        "auth.create_key",
+        &json!({"name": "agent", "role": "read", "families": ["fleet"], "expires_in_s": 600}),
+    )
+    .expect("auth.create_key");
+    check_contract(&contract, "auth.create_key", &created);
+    let key = created["api_key"].as_str().expect("the key").to_owned();
+    let status = eventually(Duration::from_secs(30), "the key on the members", || {
+        call("fleet.status", &json!({"api_key": key})).ok()
+    });
+    assert_eq!(status["node_count"], 3);
+    let refused = call("fleet.drain", &json!({"node": "n2", "api_key": key}))
+        .expect_err("a read key cannot drain");
+    assert!(refused.contains("needs the operate role"), "{refused}");
+    let refused = call("config.list", &json!({"api_key": key})).expect_err("not its family");
+    assert!(refused.contains("families fleet, not config"), "{refused}");
+    let fleet_only = call(
+        "auth.create_key",
+        &json!({"name": "fleet-ops", "role": "operate", "families": ["fleet"], "expires_in_s": 600}),
+    )
+    .expect("auth.create_key");
+    let fleet_only = fleet_only["api_key"].as_str().expect("the key").to_owned();
+    // Each node the bridge reaches checks the key itself: node.health is not in its families.
+    let invoked = eventually(
+        Duration::from_secs(30),
+        "each node to refuse node.health",
+        || {
+            let invoked = call(
+                "fleet.invoke",
+                &json!({"command": "node.health", "api_key": fleet_only}),
+            )
+            .ok()?;
+            invoked["results"]
+                .as_array()?
+                .iter()
+                .all(|r| {
+                    r["error"]["code"] == "UNAUTHORIZED"
+                        && r["error"]["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("families fleet, not node"))
+                })
+                .then_some(invoked)
+        },
+    );
+    assert_eq!(invoked["failed"], 3, "{invoked}");
+    let listed = call("auth.list_keys", &json!({})).expect("auth.list_keys");
+    check_contract(&contract, "auth.list_keys", &listed);
+    assert!(!listed.to_string().contains(&key));
+    let revoked = call("auth.revoke_key", &json!({"name": "agent"})).expect("revoke");
+    check_contract(&contract, "auth.revoke_key", &revoked);
+    eventually(Duration::from_secs(10), "the revoked key refused", || {
+        call("fleet.status", &json!({"api_key": key}))
+            .err()
+            .filter(|e| e.contains("is revoked"))
+    });
+
     // The market through the plugin: offers, a bid that really leases and runs, leases, wallet.
     let offers = eventually(
         Duration::from_secs(30),

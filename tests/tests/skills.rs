@@ -72,6 +72,7 @@ const COMMAND_PREFIXES: &[&str] = &[
     "policy.",
     "namespace.",
     "audit.",
+    "auth.",
     "clawbernetes.",
 ];
 

@@ -18,6 +18,9 @@ pub struct AuditQuery {
     /// Only this caller (a peer id, or `openclaw-gateway`).
     #[serde(default)]
     pub actor: Option<String>,
+    /// Only calls that carried this API key (its name).
+    #[serde(default)]
+    pub api_key: Option<String>,
     /// Only this command, or a family ending in `.` (e.g. `secret.`).
     #[serde(default)]
     pub command: Option<String>,
@@ -43,9 +46,12 @@ pub struct AuditEntry {
     pub at_ms: u64,
     /// The caller.
     pub caller: String,
-    /// The caller's role here.
+    /// The role the call ran with here.
     #[serde(default)]
     pub role: Option<String>,
+    /// The API key the call carried (its name), when it carried one.
+    #[serde(default)]
+    pub api_key: Option<String>,
     /// The command.
     pub command: String,
     /// SHA-256 of its params (a secret's values left out), hex.
@@ -80,6 +86,10 @@ impl AuditQuery {
     /// Whether `entry` matches every filter.
     pub fn matches(&self, entry: &AuditEntry) -> bool {
         self.actor.as_ref().is_none_or(|a| *a == entry.caller)
+            && self
+                .api_key
+                .as_ref()
+                .is_none_or(|k| entry.api_key.as_ref() == Some(k))
             && self.command.as_ref().is_none_or(|c| {
                 if c.ends_with('.') {
                     entry.command.starts_with(c.as_str())
@@ -96,5 +106,5 @@ impl AuditQuery {
 commands! {
     /// `audit.query`.
     AuditQueryCommand = "audit.query", Operate, AuditQuery => AuditLog,
-        "This node's audit log filtered by caller, command (or family), outcome and time, newest first";
+        "This node's audit log filtered by caller, API key, command (or family), outcome and time, newest first";
 }

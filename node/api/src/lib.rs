@@ -8,6 +8,7 @@
 //! [`InvokeFailure`]: one error type from the handler to the wire.
 
 pub mod audit;
+pub mod auth;
 pub mod autoscale;
 mod command;
 pub mod configs;
@@ -57,6 +58,10 @@ pub const NODE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<taints::NodeUntaint>(),
     CommandInfo::of::<taints::SystemWhich>(),
     CommandInfo::of::<audit::AuditQueryCommand>(),
+    CommandInfo::of::<auth::AuthCreateKey>(),
+    CommandInfo::of::<auth::AuthListKeys>(),
+    CommandInfo::of::<auth::AuthRevokeKey>(),
+    CommandInfo::of::<auth::AuthWhoAmI>(),
     CommandInfo::of::<workload::WorkloadRun>(),
     CommandInfo::of::<workload::WorkloadStop>(),
     CommandInfo::of::<workload::WorkloadList>(),
@@ -156,8 +161,9 @@ pub const NODE_COMMANDS: &[CommandInfo] = &[
 
 /// Every command the gateway bridge answers, in the order `fleet.capabilities` lists them: its
 /// fleet commands, the market node's commands it forwards, and the deployment, job, cron,
-/// autoscale, config and secret commands (their definitions are the node's own, so the bridge checks their params
-/// as strictly; it reads these objects from a member and signs their changes itself).
+/// autoscale, config, secret and API key commands (their definitions are the node's own, so the
+/// bridge checks their params as strictly; it reads these objects from a member and signs their
+/// changes itself).
 pub const BRIDGE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<fleet::FleetCapabilities>(),
     CommandInfo::of::<fleet::FleetStatus>(),
@@ -209,6 +215,9 @@ pub const BRIDGE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<secrets::SecretDescribe>(),
     CommandInfo::of::<secrets::SecretList>(),
     CommandInfo::of::<secrets::SecretDelete>(),
+    CommandInfo::of::<auth::AuthCreateKey>(),
+    CommandInfo::of::<auth::AuthListKeys>(),
+    CommandInfo::of::<auth::AuthRevokeKey>(),
 ];
 
 /// `node.capabilities`' list, built once.
@@ -279,7 +288,9 @@ mod tests {
                 assert!(
                     name.len() <= 64
                         && name.split('.').count() >= 2
-                        && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'.'),
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b == b'.' || b == b'_'),
                     "{name}"
                 );
             }

@@ -35,6 +35,8 @@ pub enum ObjectKind {
     Policy,
     /// A namespace with quotas (`namespace.*`).
     Namespace,
+    /// An API key's scopes and digest (`auth.*`).
+    ApiKey,
 }
 
 impl ObjectKind {
@@ -50,6 +52,7 @@ impl ObjectKind {
             Self::Service => "service",
             Self::Policy => "policy",
             Self::Namespace => "namespace",
+            Self::ApiKey => "api-key",
         }
     }
 
@@ -71,6 +74,7 @@ impl ObjectKind {
             Self::Service,
             Self::Policy,
             Self::Namespace,
+            Self::ApiKey,
         ]
         .into_iter()
         .find(|k| k.as_str() == kind)?;

@@ -35,7 +35,8 @@ pub(super) fn check(kind: ObjectKind, name: &str, spec: Option<&str>) -> Result<
         | ObjectKind::Secret
         | ObjectKind::Service
         | ObjectKind::Policy
-        | ObjectKind::Namespace => {
+        | ObjectKind::Namespace
+        | ObjectKind::ApiKey => {
             return Err("not a job".to_owned());
         }
     }

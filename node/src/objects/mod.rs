@@ -1,6 +1,7 @@
-//! Fleet objects with no registry: deployments, jobs, cron jobs, autoscalers, configs and
-//! secrets are records signed by a fleet operator, versioned by revision, gossiped to every
-//! member and kept in each member's store, so that any member answers for them.
+//! Fleet objects with no registry: deployments, jobs, cron jobs, autoscalers, configs, secrets,
+//! services, policies, namespaces and API keys are records signed by a fleet operator, versioned
+//! by revision, gossiped to every member and kept in each member's store, so that any member
+//! answers for them.
 //!
 //! Every object, whether this node signed it, gossip brought it or a peer's `object.sync` page
 //! did, passes the same rules before it is kept ([`FleetObjects::admit`]): a fleet-object
@@ -9,6 +10,7 @@
 //! supersedes the revision kept, so a replayed older revision changes nothing. A member that was
 //! away catches up from each peer it connects to and, every few intervals, from one at random.
 
+mod api_keys;
 mod deployments;
 mod jobs;
 mod namespaces;
@@ -194,6 +196,9 @@ impl FleetObjects {
                 .map_err(Refusal::Malformed)?,
             ObjectKind::Policy => {
                 policies::check(&object.name, object.spec.as_deref()).map_err(Refusal::Malformed)?
+            }
+            ObjectKind::ApiKey => {
+                api_keys::check(&object.name, object.spec.as_deref()).map_err(Refusal::Malformed)?
             }
             kind @ (ObjectKind::Config | ObjectKind::Secret) => {
                 values::check(kind, &object.name, object.spec.as_deref())

@@ -944,6 +944,17 @@ impl Workloads {
         self.find(reference).await.ok().map(|w| w.owner)
     }
 
+    /// The namespace of the workload `reference` names (`default` when it names none), if
+    /// there is such a workload.
+    pub async fn namespace_of(&self, reference: &str) -> Option<String> {
+        let record = self.find(reference).await.ok()?;
+        Some(
+            record
+                .namespace
+                .unwrap_or_else(|| claw_api::auth::DEFAULT_NAMESPACE.to_owned()),
+        )
+    }
+
     async fn find(&self, reference: &str) -> Result<WorkloadRecord, WorkloadError> {
         if reference.is_empty() || reference.len() > 64 {
             return Err(WorkloadError::Invalid(

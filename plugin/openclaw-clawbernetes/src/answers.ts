@@ -474,6 +474,27 @@ export interface SecretListing {
   secrets: Secret[];
 }
 
+/** An API key as auth.list_keys and auth.revoke_key show it: never the key. */
+export interface ApiKey {
+  name: string;
+  revision: number;
+  role: string;
+  namespaces: string[];
+  families: string[];
+  expires_at_ms: number;
+  revoked: boolean;
+}
+
+export interface ApiKeyListing {
+  keys: ApiKey[];
+}
+
+/** auth.create_key: the key, shown this once. */
+export interface CreatedKey {
+  api_key: string;
+  key: ApiKey;
+}
+
 /** config.delete and secret.delete: the revision that deletes it. */
 export interface ValuesDeleted {
   name: string;

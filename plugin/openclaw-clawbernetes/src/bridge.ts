@@ -29,6 +29,8 @@ export interface NodeInfo {
 
 export interface PluginConfig {
   bridgeNode?: string;
+  /** An API key (`auth.create_key`) every call carries; the bridge and each node check it. */
+  apiKey?: string;
   invokeTimeoutMs: number;
   healthIntervalMs: number;
   alertThresholds: { degradedNodes: number; unreachableNodes: number };
@@ -92,6 +94,9 @@ export const BRIDGE_COMMANDS = [
   "secret.describe",
   "secret.list",
   "secret.delete",
+  "auth.create_key",
+  "auth.list_keys",
+  "auth.revoke_key",
 ] as const;
 
 export type BridgeCommand = (typeof BRIDGE_COMMANDS)[number];
@@ -114,6 +119,14 @@ export function resolveConfig(raw: unknown): PluginConfig {
     ...given,
     alertThresholds: { ...DEFAULT_CONFIG.alertThresholds, ...(given.alertThresholds ?? {}) },
   };
+}
+
+/**
+ * The params a call sends: with the configured API key in the reserved field `api_key`, which
+ * the bridge takes out before the command reads its params.
+ */
+export function withApiKey(params: Record<string, unknown>, apiKey: string | undefined): Record<string, unknown> {
+  return apiKey ? { ...params, api_key: apiKey } : params;
 }
 
 /** The idempotency key of a tool call: its id, hashed when longer than nodes accept (128). */
@@ -164,7 +177,7 @@ export class Bridge {
       answer = await this.nodes.invoke({
         nodeId,
         command,
-        params,
+        params: withApiKey(params, this.config.apiKey),
         timeoutMs: this.config.invokeTimeoutMs,
         idempotencyKey: toolCallId ? idempotencyKey(toolCallId) : `claw-${process.pid}-${Date.now()}-${++calls}`,
       });

@@ -47,6 +47,9 @@ import type {
   Secret,
   SecretListing,
   ValuesDeleted,
+  ApiKey,
+  ApiKeyListing,
+  CreatedKey,
 } from "./answers.ts";
 import { anyObject, bool, int, map, num, object, oneOf, str, strings, type ObjectSchema, type Static } from "./schema.ts";
 
@@ -130,6 +133,15 @@ function tool<S extends ObjectSchema, A>(
 }
 
 const plural = (n: number, one: string) => `${n} ${one}${n === 1 ? "" : "s"}`;
+
+function renderKey(k: ApiKey): string {
+  const scopes = [
+    k.families.length ? `families ${k.families.map((f) => printable(f, 32)).join(", ")}` : "every family",
+    k.namespaces.length ? `namespaces ${k.namespaces.map((n) => printable(n, 32)).join(", ")}` : "every namespace",
+  ];
+  const state = k.revoked ? "revoked" : `expires ${iso(k.expires_at_ms)}`;
+  return `API key ${printable(k.name, 32)} (${printable(k.role, 16)}; ${scopes.join("; ")}; ${state})`;
+}
 
 export function renderStatus(s: FleetStatus): string {
   const lines = [
@@ -1280,6 +1292,40 @@ export function fleetTools(bridge: Bridge): Tool[] {
       parameters: object({ name: str("The secret") }, ["name"]),
       command: "secret.delete",
       render: (a: ValuesDeleted) => `deleted secret ${a.name} (revision ${a.revision})`,
+    }),
+    tool(bridge, {
+      name: "claw_api_key_create",
+      label: "Create an API key",
+      description:
+        "Create an API key for a script, a CI job or another agent: a role (read, operate or admin), optionally kept to command families (workload, deploy, job, …) and namespaces, and an expiry. A call under it runs with no more than the key allows. The key is in this answer once and never again: give it to the user for the plugin's apiKey setting or a script's CLAWNODE_API_KEY, and do not repeat it or keep it anywhere.",
+      parameters: object(
+        {
+          name: str("Key name: 1-32 of a-z, 0-9 and '-', never reused"),
+          role: oneOf(["read", "operate", "admin"] as const, "The most a call with the key may do"),
+          families: strings("Command families it may run, e.g. workload, deploy (default: every one)"),
+          namespaces: strings("Namespaces it may change things in (default: every one)"),
+          expires_in_s: int("How long it works, seconds (at most 366 days)", 1),
+        },
+        ["name", "role", "expires_in_s"],
+      ),
+      command: "auth.create_key",
+      render: (a: CreatedKey) => `created ${renderKey(a.key)}\nthe key, shown this once: ${a.api_key}`,
+    }),
+    tool(bridge, {
+      name: "claw_api_keys",
+      label: "API keys",
+      description: "The fleet's API keys: role, scopes, expiry and whether revoked (never the keys).",
+      parameters: object({}),
+      command: "auth.list_keys",
+      render: (a: ApiKeyListing) => [plural(a.keys.length, "API key"), ...a.keys.map((k) => `- ${renderKey(k)}`)].join("\n"),
+    }),
+    tool(bridge, {
+      name: "claw_api_key_revoke",
+      label: "Revoke an API key",
+      description: "Revoke an API key: every fleet member refuses it from the moment the revocation reaches it (within seconds). Its name is never used again.",
+      parameters: object({ name: str("The key's name") }, ["name"]),
+      command: "auth.revoke_key",
+      render: (a: ApiKey) => `revoked ${renderKey(a)}`,
     }),
     tool(bridge, {
       name: "claw_wallet",

@@ -133,6 +133,9 @@ const toolCommands: Record<string, string> = {
   claw_secret_describe: "secret.describe",
   claw_secrets: "secret.list",
   claw_secret_delete: "secret.delete",
+  claw_api_key_create: "auth.create_key",
+  claw_api_keys: "auth.list_keys",
+  claw_api_key_revoke: "auth.revoke_key",
 };
 
 test("the entry is the SDK's definePluginEntry of the manifest's plugin", async (t) => {
@@ -198,6 +201,17 @@ test("each tool is one bridge call with only its schema's params, rendered witho
     assert.equal(result.content[0].type, "text");
     assert.ok(!result.content[0].text.includes("undefined"), `${tool.name}: ${result.content[0].text}`);
     assert.deepEqual(result.details, answers[call.command]);
+  }
+});
+
+test("a configured API key rides on every call in the reserved field api_key, and only then", async () => {
+  for (const apiKey of ["claw_ci.c2VjcmV0", undefined]) {
+    const { runtime, calls } = stub({ "fleet.status": fixture("fleet.status") });
+    const status = fleetTools(new Bridge(runtime, resolveConfig(apiKey ? { apiKey } : {})))[0];
+    await status.execute("call-1", {});
+    assert.equal(calls.length, 1);
+    assert.equal((calls[0].params as Fields).api_key, apiKey);
+    assert.equal("api_key" in (calls[0].params as Fields), apiKey !== undefined);
   }
 });
 
