@@ -33,6 +33,7 @@ use claw_api::deploy::{
     DeployReplicaStart, DeployReplicaStop, DeployReplicas, DeployResume, DeployRollback,
     DeployStatus, DeployUpdate, DeploymentRef,
 };
+use claw_api::ingress::{IngressCreate, IngressDelete, IngressList, IngressRef};
 use claw_api::jobs::{
     JobCreate, JobCreateParams, JobDelete, JobList, JobLogsCommand, JobPodStart, JobPodStop,
     JobPods, JobRef, JobStatusCommand,
@@ -477,6 +478,18 @@ fn router() -> &'static Router<NodeCommands, Call> {
             })
             .route::<ServiceList, _, _>(|node, _, NoParams {}| async move {
                 node.services.objects.services().await
+            })
+            .route::<IngressCreate, _, _>(|node, _, params| async move {
+                node.services.objects.create_ingress(params).await
+            })
+            .route::<IngressList, _, _>(|node, _, NoParams {}| async move {
+                node.services.objects.ingresses().await
+            })
+            .route::<IngressDelete, _, _>(|node, _, IngressRef { name }| async move {
+                node.services
+                    .objects
+                    .delete_values(ObjectKind::Ingress, &name)
+                    .await
             })
             .route::<ServiceDelete, _, _>(|node, _, ServiceRef { name }| async move {
                 node.services

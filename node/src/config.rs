@@ -69,6 +69,8 @@ pub struct NodeConfig {
     pub gateway: GatewaySection,
     /// Prometheus metrics.
     pub metrics: MetricsSection,
+    /// The HTTP listener for ingress rules.
+    pub ingress: IngressSection,
 }
 
 /// Prometheus metrics at `/metrics`. Off unless `listen` is set; always on loopback, since the
@@ -78,6 +80,15 @@ pub struct NodeConfig {
 pub struct MetricsSection {
     /// Loopback address to serve on, e.g. `127.0.0.1:9464`; port 0 picks a free one (written to
     /// `metrics.addr` in the data directory).
+    pub listen: Option<String>,
+}
+
+/// This member's HTTP listener for the ingress rules that name it (`ingress.create`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngressSection {
+    /// Address to serve HTTP on, e.g. `0.0.0.0:80`; none when absent. Port 0 picks a free one
+    /// (written to `ingress.addr` in the data directory).
     pub listen: Option<String>,
 }
 
@@ -662,7 +673,8 @@ impl NodeConfig {
         Ok(())
     }
 
-    /// `control.listen` and `metrics.listen`: both are reachable from this machine only.
+    /// `control.listen` and `metrics.listen`, reachable from this machine only, and
+    /// `ingress.listen`, an address with a port.
     fn validate_local_listeners(&self) -> Result<(), ConfigError> {
         match self.control.listen.parse::<std::net::SocketAddr>() {
             Ok(addr) if addr.ip().is_loopback() => {}
@@ -682,6 +694,13 @@ impl NodeConfig {
                     )));
                 }
             }
+        }
+        if let Some(listen) = &self.ingress.listen
+            && listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "ingress.listen {listen:?} must be an address with a port, e.g. 0.0.0.0:80"
+            )));
         }
         Ok(())
     }

@@ -40,6 +40,7 @@ pub(crate) async fn run(dir: DataDir, options: NodeOptions, json: bool) -> Resul
                 "peer_id": peer.to_string(),
                 "control": control.to_string(),
                 "metrics": node.metrics_addr().map(|a| a.to_string()),
+                "ingress": node.ingress_addr().map(|a| a.to_string()),
                 "listen_addrs": joinable,
             })
         );
@@ -51,6 +52,9 @@ pub(crate) async fn run(dir: DataDir, options: NodeOptions, json: bool) -> Resul
         );
         if let Some(addr) = node.metrics_addr() {
             println!("metrics      http://{addr}/metrics");
+        }
+        if let Some(addr) = node.ingress_addr() {
+            println!("ingress      http://{addr}/");
         }
         for addr in &joinable {
             println!("join with    --bootstrap {addr}");

@@ -17,6 +17,7 @@ pub mod control;
 pub mod controller;
 mod data_dir;
 pub mod health;
+pub mod ingress;
 pub mod market;
 pub mod metrics;
 pub mod objects;

@@ -162,6 +162,10 @@ struct ConfigureArgs {
     /// Serve Prometheus metrics on this loopback address (`metrics.listen`).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    /// Serve HTTP for the ingress rules that name this node on this address
+    /// (`ingress.listen`), e.g. 0.0.0.0:80.
+    #[arg(long, value_name = "ADDR")]
+    ingress: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -394,6 +398,9 @@ fn configure(global: &GlobalArgs, args: ConfigureArgs) -> Result<()> {
             }
             if let Some(metrics) = args.metrics {
                 config.metrics.listen = Some(metrics);
+            }
+            if let Some(ingress) = args.ingress {
+                config.ingress.listen = Some(ingress);
             }
         })
         .context("updating the config")?;

@@ -177,6 +177,7 @@ impl Node {
         let control_addr = serve_control(&dir, &tasks, &handle, &commands).await?;
         let metrics_addr =
             serve_metrics(&dir, &tasks, &options, &handle, &commands, &store).await?;
+        let ingress_addr = serve_ingress(&dir, &tasks, &handle, &commands).await?;
         tasks.spawn_service(announce_forever(
             Arc::clone(&dir),
             store,
@@ -209,6 +210,7 @@ impl Node {
             dir,
             control_addr,
             metrics_addr,
+            ingress_addr,
             mesh: handle,
             commands,
             tasks,
@@ -223,6 +225,7 @@ pub struct NodeHandle {
     dir: Arc<DataDir>,
     control_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
+    ingress_addr: Option<SocketAddr>,
     mesh: MeshHandle,
     commands: NodeCommands,
     tasks: Tasks,
@@ -243,6 +246,11 @@ impl NodeHandle {
     /// Where `/metrics` is served, when it is.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// Where the ingress listener serves HTTP, when it does.
+    pub fn ingress_addr(&self) -> Option<SocketAddr> {
+        self.ingress_addr
     }
 
     /// The node's data directory.
@@ -391,6 +399,43 @@ async fn serve_control(
         }
     });
     Ok(bound)
+}
+
+/// Serves HTTP for the ingress rules that name this member, when `ingress.listen` is set.
+async fn serve_ingress(
+    dir: &DataDir,
+    tasks: &Tasks,
+    mesh: &MeshHandle,
+    commands: &NodeCommands,
+) -> Result<Option<SocketAddr>, StartError> {
+    const WHAT: &str = "ingress listener";
+    let Some(listen) = dir.config().ingress.listen.clone() else {
+        return Ok(None);
+    };
+    let bind_error = |source| StartError::Bind {
+        what: WHAT,
+        addr: listen.clone(),
+        source,
+    };
+    let listener = TcpListener::bind(&listen).await.map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
+    crate::record_address(dir.root(), crate::ingress::ADDR_FILE, bound)
+        .map_err(|source| StartError::Record { what: WHAT, source })?;
+    let name = dir
+        .config()
+        .node
+        .name
+        .clone()
+        .unwrap_or_else(|| commands.probe().inventory(dir.root()).host.hostname);
+    let ingress = crate::ingress::Ingress::new(
+        commands.objects().clone(),
+        commands.services().clone(),
+        mesh.local_peer_id(),
+        name,
+    );
+    tasks.spawn_service(ingress.serve(listener));
+    tracing::info!(%bound, "ingress listener serving");
+    Ok(Some(bound))
 }
 
 async fn serve_metrics(

@@ -87,6 +87,14 @@ impl std::fmt::Debug for Services {
     }
 }
 
+/// A byte stream to an endpoint: a mesh stream, or a container's socket on this node.
+pub(crate) trait Connection:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
+{
+}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Connection for T {}
+
 /// Where a forward's connections go.
 #[derive(Debug, Clone)]
 enum Target {
@@ -473,6 +481,23 @@ impl Services {
 
     /// Carries one local connection to `target`: the next endpoint that takes it.
     async fn carry(&self, socket: tokio::net::TcpStream, target: &Target) -> Result<(), String> {
+        let mut endpoint = self.dial(target).await?;
+        let mut socket = socket;
+        let bytes = tokio::io::copy_bidirectional(&mut socket, &mut endpoint)
+            .await
+            .unwrap_or_default();
+        self.count(target.describe(), "out", bytes);
+        Ok(())
+    }
+
+    /// A connection to service `name`'s next endpoint that takes one, over the mesh (or
+    /// straight to the container when the endpoint is on this node).
+    pub(crate) async fn dial_service(&self, name: &str) -> Result<Box<dyn Connection>, String> {
+        self.dial(&Target::Service(name.to_owned())).await
+    }
+
+    /// A connection to `target`'s next endpoint that takes one.
+    async fn dial(&self, target: &Target) -> Result<Box<dyn Connection>, String> {
         let candidates: Vec<(PeerId, StreamTarget)> = match target {
             Target::Service(name) => {
                 let endpoints = self.fleet_endpoints(name).await.map_err(|e| e.message)?;
@@ -513,33 +538,18 @@ impl Services {
         let local = self.inner.access.local();
         let mut last = String::new();
         for (node, header) in candidates {
-            if node == local {
+            let connected: Result<Box<dyn Connection>, String> = if node == local {
                 // An endpoint here: no stream, the caller's own node admits it.
-                match self.connect(local, &header).await {
-                    Ok(mut container) => {
-                        let mut socket = socket;
-                        let bytes = tokio::io::copy_bidirectional(&mut socket, &mut container)
-                            .await
-                            .unwrap_or_default();
-                        self.count(target.describe(), "out", bytes);
-                        return Ok(());
-                    }
-                    Err(error) => {
-                        last = format!("{node}: {error}");
-                        continue;
-                    }
-                }
-            }
-            match open(mesh, node, &header).await {
-                Ok(stream) => {
-                    let mut stream = stream;
-                    let mut socket = socket;
-                    let bytes = tokio::io::copy_bidirectional(&mut socket, &mut stream)
-                        .await
-                        .unwrap_or_default();
-                    self.count(target.describe(), "out", bytes);
-                    return Ok(());
-                }
+                self.connect(local, &header)
+                    .await
+                    .map(|c| Box::new(c) as Box<dyn Connection>)
+            } else {
+                open(mesh, node, &header)
+                    .await
+                    .map(|s| Box::new(s) as Box<dyn Connection>)
+            };
+            match connected {
+                Ok(connection) => return Ok(connection),
                 Err(error) => {
                     // Ask afresh next time: the endpoint may be gone.
                     if let Target::Service(name) = target {

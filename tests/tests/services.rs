@@ -193,3 +193,115 @@ fn a_service_is_reached_through_the_mesh_by_those_allowed_only() {
         .invoke("workload.stop", &json!({"workload": second_endpoint}))
         .expect("stop");
 }
+
+/// `GET path` with `Host: host` through `addr`: the status and the body, or `None` when the
+/// connection brings no answer.
+fn get(addr: &str, host: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.trim().to_owned()))
+}
+
+/// An ingress rule maps a host and path on one member's HTTP listener to a service whose
+/// endpoint runs on another member: requests reach the container over the mesh; the exact host
+/// beats `*` and the longer prefix wins; a request no rule matches is answered 404 and one for a
+/// service with no endpoint 502, each saying why; rules naming another member are not served
+/// here; a member that is no operator cannot add a rule, with only its own key.
+#[test]
+fn an_ingress_rule_routes_http_by_host_and_path_to_a_service_through_the_mesh() {
+    let Some(image) = test_image() else { return };
+    let mut edge = Member::new(None);
+    edge.cli
+        .ok(&["configure", "--name", "edge", "--ingress", "127.0.0.1:0"]);
+    edge.start(&[]);
+    let mut web = Member::new(Some(&edge.peer_id));
+    web.start(&edge.joinable());
+    eventually(
+        Duration::from_secs(60),
+        "the members to see each other",
+        || (edge.sees(&web.peer_id) && web.sees(&edge.peer_id)).then_some(()),
+    );
+    let listener = std::fs::read_to_string(edge.cli.data_dir().join("ingress.addr"))
+        .expect("the ingress listener's address");
+    serve(&web, &image, "from-web");
+    edge.invoke(
+        "service.create",
+        &json!({"name": "web", "spec": {"selector": {"app": "web"}, "port": 8080}}),
+    )
+    .expect("service.create");
+    edge.invoke(
+        "service.create",
+        &json!({"name": "idle", "spec": {"selector": {"app": "none"}, "port": 8080}}),
+    )
+    .expect("service.create");
+    for (name, node, host, path, service) in [
+        ("site", "edge", "web.example", "/", "web"),
+        ("any-root", "edge", "*", "/", "idle"),
+        ("any-page", "edge", "*", "/index.html", "web"),
+        ("elsewhere", web.peer_id.as_str(), "*", "/other", "web"),
+    ] {
+        edge.invoke(
+            "ingress.create",
+            &json!({"name": name, "spec": {"node": node, "host": host, "path": path, "service": service}}),
+        )
+        .expect("ingress.create");
+    }
+
+    let (status, body) = eventually(
+        Duration::from_secs(60),
+        "the site through the ingress",
+        || get(&listener, "web.example:8080", "/").filter(|(status, _)| *status == 200),
+    );
+    assert_eq!((status, body.as_str()), (200, "from-web"));
+    // `*` with the longer prefix reaches the page; `*` at the root names a service with no
+    // endpoint.
+    assert_eq!(
+        get(&listener, "other.example", "/index.html"),
+        Some((200, "from-web".to_owned()))
+    );
+    let (status, body) = get(&listener, "other.example", "/").expect("an answer");
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("service idle has no running endpoint"),
+        "{body}"
+    );
+    // The rule naming the other member is not served here.
+    edge.invoke("ingress.delete", &json!({"name": "any-root"}))
+        .expect("ingress.delete");
+    let (_, body) = eventually(Duration::from_secs(10), "the deleted rule gone", || {
+        get(&listener, "other.example", "/other").filter(|(status, _)| *status == 404)
+    });
+    assert!(
+        body.contains("no ingress rule for other.example/other on this member"),
+        "{body}"
+    );
+    let listed = web
+        .invoke("ingress.list", &json!({}))
+        .expect("ingress.list");
+    assert_eq!(
+        listed["ingresses"].as_array().map(Vec::len),
+        Some(3),
+        "{listed}"
+    );
+
+    // The member, with only its own key, cannot add a rule of its own.
+    let refused = web
+        .invoke(
+            "ingress.create",
+            &json!({"name": "mine", "spec": {"node": "edge", "host": "*", "path": "/", "service": "web"}}),
+        )
+        .expect_err("not an operator");
+    assert!(refused.contains("not a fleet operator"), "{refused}");
+}

@@ -69,6 +69,7 @@ const COMMAND_PREFIXES: &[&str] = &[
     "volume.",
     "backup.",
     "service.",
+    "ingress.",
     "policy.",
     "namespace.",
     "audit.",

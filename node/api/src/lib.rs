@@ -16,6 +16,7 @@ pub mod cron;
 pub mod deploy;
 mod error;
 pub mod fleet;
+pub mod ingress;
 pub mod jobs;
 pub mod market;
 pub mod namespaces;
@@ -147,6 +148,9 @@ pub const NODE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<services::ServiceUnforward>(),
     CommandInfo::of::<services::ServiceForwards>(),
     CommandInfo::of::<services::NetworkStatusCommand>(),
+    CommandInfo::of::<ingress::IngressCreate>(),
+    CommandInfo::of::<ingress::IngressList>(),
+    CommandInfo::of::<ingress::IngressDelete>(),
     CommandInfo::of::<policies::PolicyCreate>(),
     CommandInfo::of::<policies::PolicyList>(),
     CommandInfo::of::<policies::PolicyDelete>(),

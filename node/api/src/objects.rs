@@ -37,6 +37,8 @@ pub enum ObjectKind {
     Namespace,
     /// An API key's scopes and digest (`auth.*`).
     ApiKey,
+    /// An HTTP ingress rule (`ingress.*`).
+    Ingress,
 }
 
 impl ObjectKind {
@@ -53,6 +55,7 @@ impl ObjectKind {
             Self::Policy => "policy",
             Self::Namespace => "namespace",
             Self::ApiKey => "api-key",
+            Self::Ingress => "ingress",
         }
     }
 
@@ -75,6 +78,7 @@ impl ObjectKind {
             Self::Policy,
             Self::Namespace,
             Self::ApiKey,
+            Self::Ingress,
         ]
         .into_iter()
         .find(|k| k.as_str() == kind)?;

@@ -36,7 +36,8 @@ pub(super) fn check(kind: ObjectKind, name: &str, spec: Option<&str>) -> Result<
         | ObjectKind::Service
         | ObjectKind::Policy
         | ObjectKind::Namespace
-        | ObjectKind::ApiKey => {
+        | ObjectKind::ApiKey
+        | ObjectKind::Ingress => {
             return Err("not a job".to_owned());
         }
     }

@@ -1,5 +1,5 @@
 //! Fleet objects with no registry: deployments, jobs, cron jobs, autoscalers, configs, secrets,
-//! services, policies, namespaces and API keys are records signed by a fleet operator, versioned
+//! services, ingress rules, policies, namespaces and API keys are records signed by a fleet operator, versioned
 //! by revision, gossiped to every member and kept in each member's store, so that any member
 //! answers for them.
 //!
@@ -197,6 +197,8 @@ impl FleetObjects {
             ObjectKind::Policy => {
                 policies::check(&object.name, object.spec.as_deref()).map_err(Refusal::Malformed)?
             }
+            ObjectKind::Ingress => services::check_ingress(&object.name, object.spec.as_deref())
+                .map_err(Refusal::Malformed)?,
             ObjectKind::ApiKey => {
                 api_keys::check(&object.name, object.spec.as_deref()).map_err(Refusal::Malformed)?
             }
