@@ -39,15 +39,19 @@ use claw_api::fleet::{
     FleetWorkloads, GpuCounts, GpusParams, InvokeParams, InvokeReport, NodeCondition, NodeFailure,
     NodeResult, NodeWorkload, PlacementScore, WorkloadsParams,
 };
+use claw_api::ingress::{IngressCreate, IngressDelete, IngressList, IngressRef};
 use claw_api::jobs::{
     JobCreate, JobCreateParams, JobDelete, JobList, JobLogsCommand, JobRef, JobStatusCommand,
 };
 use claw_api::market::{MarketBid, MarketLeaseCancel, MarketLeases, MarketOffers, WalletBalance};
+use claw_api::namespaces::{NamespaceCreate, NamespaceDelete, NamespaceList, NamespaceRef};
 use claw_api::node::{GpuMetrics, GpuReading, HealthStatus, NodeDrain, NodeHealth};
 use claw_api::objects::ObjectKind;
+use claw_api::policies::{PolicyCreate, PolicyDelete, PolicyList, PolicyRef};
 use claw_api::secrets::{
     SecretCreate, SecretDelete, SecretDescribe, SecretList, SecretRef, SecretRotate,
 };
+use claw_api::services::{ServiceCreate, ServiceDelete, ServiceList, ServiceRef};
 use claw_api::workload::{Workload, WorkloadList, WorkloadRun};
 use claw_api::{
     BRIDGE_COMMANDS, Command, ErrorCode, InvokeFailure, NoParams, Router, bridge_descriptions,
@@ -62,6 +66,7 @@ use crate::gateway::{CommandFuture, GatewayCall, GatewayHandler};
 mod deployments;
 mod jobs;
 mod keys;
+mod objects;
 mod values;
 use crate::placements::{Placement, PlacementError, Placements};
 
@@ -261,6 +266,44 @@ fn router() -> &'static Router<FleetCommands, Call> {
             })
             .route::<SecretDelete, _, _>(|fleet, call, SecretRef { name }| async move {
                 fleet.values_deleted(ObjectKind::Secret, &name, call).await
+            })
+            .route::<ServiceCreate, _, _>(|fleet, call, params| async move {
+                fleet.service_create(params, call).await
+            })
+            .route::<ServiceList, _, _>(|fleet, call, params| async move {
+                fleet.ask_member::<ServiceList>(&params, call).await
+            })
+            .route::<ServiceDelete, _, _>(|fleet, call, ServiceRef { name }| async move {
+                fleet.plain_deleted(ObjectKind::Service, &name, call).await
+            })
+            .route::<IngressCreate, _, _>(|fleet, call, params| async move {
+                fleet.ingress_create(params, call).await
+            })
+            .route::<IngressList, _, _>(|fleet, call, params| async move {
+                fleet.ask_member::<IngressList>(&params, call).await
+            })
+            .route::<IngressDelete, _, _>(|fleet, call, IngressRef { name }| async move {
+                fleet.plain_deleted(ObjectKind::Ingress, &name, call).await
+            })
+            .route::<PolicyCreate, _, _>(|fleet, call, params| async move {
+                fleet.policy_create(params, call).await
+            })
+            .route::<PolicyList, _, _>(|fleet, call, params| async move {
+                fleet.ask_member::<PolicyList>(&params, call).await
+            })
+            .route::<PolicyDelete, _, _>(|fleet, call, PolicyRef { name }| async move {
+                fleet.plain_deleted(ObjectKind::Policy, &name, call).await
+            })
+            .route::<NamespaceCreate, _, _>(|fleet, call, params| async move {
+                fleet.namespace_create(params, call).await
+            })
+            .route::<NamespaceList, _, _>(|fleet, call, params| async move {
+                fleet.ask_member::<NamespaceList>(&params, call).await
+            })
+            .route::<NamespaceDelete, _, _>(|fleet, call, NamespaceRef { name }| async move {
+                fleet
+                    .plain_deleted(ObjectKind::Namespace, &name, call)
+                    .await
             })
             .route::<AuthCreateKey, _, _>(|fleet, call, params| async move {
                 fleet.create_key(params, call).await

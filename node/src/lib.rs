@@ -194,6 +194,7 @@ pub(crate) fn node_services(
     let services = services::Services::new(
         objects.clone(),
         workloads.clone(),
+        deployments.clone(),
         store.clone(),
         access.clone(),
     );

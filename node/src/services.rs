@@ -4,6 +4,9 @@
 //! and pipes the stream to the endpoint's container port. So a service is reached from any
 //! member, and a buyer reaches its leased container, with nothing published on the provider.
 //!
+//! Only ready endpoints take connections: a deployment's replica with a health check once its
+//! check passes.
+//!
 //! The node at the far end decides who gets through: for a service, a caller with the operate
 //! role there, to a running workload the service selects, on the service's port only; for a
 //! lease, only the lease's buyer, to that lease's container.
@@ -14,6 +17,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+use claw_api::deploy::ReplicaHealth;
 use claw_api::services::{
     Endpoint, EndpointListing, Forward, ForwardListing, ForwardParams, MAX_FORWARDS, NetworkStatus,
     PeerLink, ServiceEndpoints, ServiceRef, StreamTarget, Traffic,
@@ -26,6 +30,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, Buf
 use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 
 use crate::access::AccessPolicy;
+use crate::controller::Deployments;
 use crate::objects::FleetObjects;
 use crate::store::Store;
 use crate::workloads::Workloads;
@@ -65,6 +70,7 @@ struct Cache {
 struct Inner {
     objects: FleetObjects,
     workloads: Workloads,
+    deployments: Deployments,
     store: Store,
     access: AccessPolicy,
     mesh: OnceLock<MeshHandle>,
@@ -120,6 +126,7 @@ impl Services {
     pub fn new(
         objects: FleetObjects,
         workloads: Workloads,
+        deployments: Deployments,
         store: Store,
         access: AccessPolicy,
     ) -> Self {
@@ -127,6 +134,7 @@ impl Services {
             inner: Arc::new(Inner {
                 objects,
                 workloads,
+                deployments,
                 store,
                 access,
                 mesh: OnceLock::new(),
@@ -227,7 +235,9 @@ impl Services {
         })
     }
 
-    /// `service.endpoints`: this node's running workloads that service `name` selects.
+    /// `service.endpoints`: this node's running workloads that service `name` selects and that
+    /// are ready: a deployment's replica with a health check only once the check has passed
+    /// (not while it starts, nor once it fails).
     pub async fn endpoints(&self, name: &str) -> Result<EndpointListing, InvokeFailure> {
         let service = self.inner.objects.service(name).await?.ok_or_else(|| {
             failure(
@@ -243,6 +253,12 @@ impl Services {
             .await?
             .into_iter()
             .filter(|w| service.spec.selects(&w.labels))
+            .filter(|w| {
+                !matches!(
+                    self.inner.deployments.replica_health(&w.id),
+                    Some(ReplicaHealth::Starting | ReplicaHealth::Unhealthy)
+                )
+            })
             .map(|w| Endpoint {
                 node: node.clone(),
                 workload: w.id,

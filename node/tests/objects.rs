@@ -291,3 +291,101 @@ async fn deployments_reach_every_member_survive_absence_and_refuse_forgery_and_r
         assert_eq!(node.stop().await, 0);
     }
 }
+
+/// A revoked API key stays revoked on every member, whoever signs otherwise: a later revision
+/// that un-revokes it, signed with the operator's own key, is refused when handed in
+/// (`object.put`) and dropped when gossiped, and the key is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_api_key_stays_revoked_whoever_signs_otherwise() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let (root_a, root_b) = (temp.path().join("a"), temp.path().join("b"));
+    let operator = init(&root_a, vec![]).identity().peer_id().to_string();
+    let config_a = root_a.join("config.toml");
+    let text = std::fs::read_to_string(&config_a).expect("a's config");
+    std::fs::write(
+        &config_a,
+        text.replace("operators = []", &format!("operators = [{operator:?}]")),
+    )
+    .expect("listing a as an operator");
+    init(&root_b, vec![operator.clone()]);
+    let a = start(&root_a, vec![]).await;
+    let seed = a.joinable_addrs(Duration::from_secs(5)).await;
+    let b = start(&root_b, seed).await;
+
+    let created = call(
+        &a,
+        Role::Admin,
+        "auth.create_key",
+        json!({"name": "ci", "role": "read", "expires_in_s": 600}),
+    )
+    .await
+    .expect("auth.create_key");
+    call(&a, Role::Admin, "auth.revoke_key", json!({"name": "ci"}))
+        .await
+        .expect("auth.revoke_key");
+    let revoked_on_b = || async {
+        let listed = call(&b, Role::Operate, "auth.list_keys", json!({}))
+            .await
+            .expect("auth.list_keys");
+        (
+            listed["keys"][0]["revoked"].clone(),
+            listed["keys"][0]["revision"].clone(),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while revoked_on_b().await != (json!(true), json!(2)) {
+        assert!(Instant::now() < deadline, "the revocation reaches b");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Revision 3, live again, signed by the operator's own key.
+    let spec = json!({
+        "role": "read", "namespaces": [], "families": [],
+        "expires_at_ms": created["key"]["expires_at_ms"],
+        "secret_sha256": "1".repeat(64), "revoked": false,
+    });
+    let unrevoking = FleetObject {
+        network: a.data_dir().config().network.name.clone(),
+        kind: ObjectKind::ApiKey,
+        name: "ci".to_owned(),
+        revision: 3,
+        spec: Some(spec.to_string()),
+    };
+    let envelope = Envelope::seal(
+        a.data_dir().identity(),
+        1_000_000,
+        Validity::from_now(PayloadKind::FleetObject.max_lifetime()),
+        &unrevoking,
+    );
+    let object = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        envelope.to_bytes(),
+    );
+    let refused = call(&b, Role::Admin, "object.put", json!({"object": object}))
+        .await
+        .expect_err("an un-revoking revision is refused");
+    assert!(refused.contains("stays revoked"), "{refused}");
+    a.mesh()
+        .publish(TopicKind::Objects, envelope.to_bytes())
+        .await
+        .expect("a gossips it");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(revoked_on_b().await, (json!(true), json!(2)));
+    let key = created["api_key"].as_str().expect("the key").to_owned();
+    let mut whoami = InvokeRequest::new("auth.whoami", Duration::from_secs(5));
+    whoami.api_key = Some(claw_mesh::ApiToken::new(key));
+    let refused = b
+        .commands()
+        .invoke_for_gateway(Role::Read, whoami)
+        .await
+        .expect_err("the key is still refused");
+    assert!(
+        refused.message.contains("is revoked"),
+        "{}",
+        refused.message
+    );
+
+    for node in [a, b] {
+        assert_eq!(node.stop().await, 0);
+    }
+}

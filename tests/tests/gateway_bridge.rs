@@ -222,6 +222,45 @@ fn the_bridge_presents_three_nodes_as_one_openclaw_node() {
     let drained = call("fleet.drain", &json!({"node": "n2"})).expect("drain n2");
     check_contract(&contract, "fleet.drain", &drained);
 
+    // Services, ingress rules, policies and namespaces through the bridge, which signs them:
+    // each is created, listed by a member and deleted.
+    for (family, spec, list_field) in [
+        (
+            "service",
+            json!({"selector": {"app": "web"}, "port": 8080}),
+            "services",
+        ),
+        (
+            "ingress",
+            json!({"node": "n1", "host": "*", "path": "/", "service": "web"}),
+            "ingresses",
+        ),
+        (
+            "policy",
+            json!({"scope": "leases", "max_gpus": 8}),
+            "policies",
+        ),
+        ("namespace", json!({"quota": {"gpus": 4}}), "namespaces"),
+    ] {
+        let (create, list, delete) = (
+            format!("{family}.create"),
+            format!("{family}.list"),
+            format!("{family}.delete"),
+        );
+        let created = call(&create, &json!({"name": "agent-made", "spec": spec})).expect(&create);
+        check_contract(&contract, &create, &created);
+        assert_eq!(created["name"], "agent-made", "{created}");
+        let listed = call(&list, &json!({})).expect(&list);
+        check_contract(&contract, &list, &listed);
+        assert_eq!(listed[list_field][0]["name"], "agent-made", "{listed}");
+        let again = call(&create, &json!({"name": "agent-made", "spec": spec}))
+            .expect_err("a name is taken while live");
+        assert!(again.contains("exists"), "{again}");
+        let deleted = call(&delete, &json!({"name": "agent-made"})).expect(&delete);
+        check_contract(&contract, &delete, &deleted);
+        assert_eq!(deleted["revision"], 2, "{deleted}");
+    }
+
     // An API key through the gateway, as the plugin sends it (the params' reserved `api_key`):
     // the bridge signs the key; a call under it runs with no more than it allows, checked by
     // the bridge and by every node the call reaches; revoked, it is refused.

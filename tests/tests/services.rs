@@ -305,3 +305,81 @@ fn an_ingress_rule_routes_http_by_host_and_path_to_a_service_through_the_mesh() 
         .expect_err("not an operator");
     assert!(refused.contains("not a fleet operator"), "{refused}");
 }
+
+/// A service sends connections only to ready endpoints: of two deployments whose replicas it
+/// selects, the one whose health check never passes gets none (its replicas are replaced again
+/// and again and never listed), the healthy one gets them all.
+#[test]
+fn a_service_reaches_only_replicas_that_pass_their_health_check() {
+    let Some(image) = test_image() else { return };
+    let members = Member::fleet(2);
+    let (operator, member) = (&members[0], &members[1]);
+    eventually(
+        Duration::from_secs(60),
+        "the members to see each other",
+        || (operator.sees(&member.peer_id) && member.sees(&operator.peer_id)).then_some(()),
+    );
+    // Ready while /tmp/ready exists, which the container makes unless V is "bad".
+    let script = "mkdir -p /www && echo \"from-$V\" > /www/index.html && \
+                  if [ \"$V\" != bad ]; then touch /tmp/ready; fi; exec httpd -f -p 8080 -h /www";
+    for version in ["good", "bad"] {
+        let spec = json!({
+            "replicas": 1,
+            "template": {"image": image, "command": ["sh", "-c", script],
+                         "env": {"V": version}, "labels": {"app": "web"}},
+            "health": {
+                "probe": {"type": "exec", "argv": ["test", "-f", "/tmp/ready"]},
+                "interval_secs": 1,
+                "failure_threshold": 1,
+            },
+        });
+        operator
+            .invoke("deploy.create", &json!({"name": version, "spec": spec}))
+            .expect("deploy.create");
+    }
+    operator
+        .invoke(
+            "service.create",
+            &json!({"name": "web", "spec": {"selector": {"app": "web"}, "port": 8080}}),
+        )
+        .expect("service.create");
+    let endpoints = |member: &Member| -> Vec<String> {
+        member
+            .invoke("service.endpoints", &json!({"name": "web"}))
+            .ok()
+            .and_then(|l| l["endpoints"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|e| e["workload"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let running_bad = |member: &Member| -> Vec<String> {
+        member
+            .invoke("workload.list", &json!({}))
+            .ok()
+            .and_then(|l| l["workloads"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter(|w| w["labels"]["clawbernetes-deployment"] == "bad" && w["state"] == "running")
+            .filter_map(|w| w["id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    // The good replica becomes the one endpoint, while a bad replica runs unlisted.
+    let forward = operator
+        .invoke("service.forward", &json!({"service": "web"}))
+        .expect("service.forward");
+    let listen = forward["listen"].as_str().expect("listen").to_owned();
+    eventually(
+        Duration::from_secs(90),
+        "the good replica listed, a bad one running",
+        || {
+            let listed: Vec<String> = members.iter().flat_map(endpoints).collect();
+            let bad: Vec<String> = members.iter().flat_map(running_bad).collect();
+            (listed.len() == 1 && !bad.is_empty() && bad.iter().all(|b| !listed.contains(b)))
+                .then_some(())
+        },
+    );
+    for _ in 0..6 {
+        assert_eq!(fetch(&listen).as_deref(), Some("from-good"));
+    }
+}

@@ -57,7 +57,7 @@ impl FleetCommands {
     /// Signs the spec `spec_at` makes for a revision (`None` deletes) as the revision after
     /// `live`; when there is no live revision, after the one the member keeps (a deleted
     /// object's), which it names when the first try was not newer.
-    async fn sign_values<S: serde::Serialize>(
+    pub(super) async fn sign_values<S: serde::Serialize>(
         &self,
         kind: ObjectKind,
         name: &str,

@@ -165,9 +165,9 @@ pub const NODE_COMMANDS: &[CommandInfo] = &[
 
 /// Every command the gateway bridge answers, in the order `fleet.capabilities` lists them: its
 /// fleet commands, the market node's commands it forwards, and the deployment, job, cron,
-/// autoscale, config, secret and API key commands (their definitions are the node's own, so the
-/// bridge checks their params as strictly; it reads these objects from a member and signs their
-/// changes itself).
+/// autoscale, config, secret, service, ingress, policy, namespace and API key commands (their
+/// definitions are the node's own, so the bridge checks their params as strictly; it reads these
+/// objects from a member and signs their changes itself).
 pub const BRIDGE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<fleet::FleetCapabilities>(),
     CommandInfo::of::<fleet::FleetStatus>(),
@@ -219,6 +219,18 @@ pub const BRIDGE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<secrets::SecretDescribe>(),
     CommandInfo::of::<secrets::SecretList>(),
     CommandInfo::of::<secrets::SecretDelete>(),
+    CommandInfo::of::<services::ServiceCreate>(),
+    CommandInfo::of::<services::ServiceList>(),
+    CommandInfo::of::<services::ServiceDelete>(),
+    CommandInfo::of::<ingress::IngressCreate>(),
+    CommandInfo::of::<ingress::IngressList>(),
+    CommandInfo::of::<ingress::IngressDelete>(),
+    CommandInfo::of::<policies::PolicyCreate>(),
+    CommandInfo::of::<policies::PolicyList>(),
+    CommandInfo::of::<policies::PolicyDelete>(),
+    CommandInfo::of::<namespaces::NamespaceCreate>(),
+    CommandInfo::of::<namespaces::NamespaceList>(),
+    CommandInfo::of::<namespaces::NamespaceDelete>(),
     CommandInfo::of::<auth::AuthCreateKey>(),
     CommandInfo::of::<auth::AuthListKeys>(),
     CommandInfo::of::<auth::AuthRevokeKey>(),

@@ -249,6 +249,17 @@ impl Deployments {
         }
     }
 
+    /// The health of this node's replica `workload` by its deployment's check; `None` when it
+    /// has no check (or is no replica).
+    pub fn replica_health(&self, workload: &str) -> Option<ReplicaHealth> {
+        self.inner
+            .health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(workload)
+            .map(|checked| checked.health)
+    }
+
     /// Which of this node's workloads a drain leaves running for now: the replicas of live,
     /// unpaused deployments, for the first two minutes of the drain (their controller starts
     /// them elsewhere, then stops them here).

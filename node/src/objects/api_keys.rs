@@ -24,6 +24,19 @@ fn parse(spec: &str) -> Result<ApiKeySpec, String> {
     serde_json::from_str(spec).map_err(|e| format!("api key spec: {e}"))
 }
 
+/// Whether `next` would bring back the key `kept` revoked: a later revision that is live and
+/// not revoked. (Deleting a revoked key is allowed: an unknown key is refused as well.)
+pub(super) fn unrevokes(kept: &ObjectRecord, next: &ObjectRecord) -> bool {
+    let revoked = |record: &ObjectRecord| {
+        record
+            .spec
+            .as_deref()
+            .and_then(|spec| parse(spec).ok())
+            .map(|spec| spec.revoked)
+    };
+    next.revision > kept.revision && revoked(kept) == Some(true) && revoked(next) == Some(false)
+}
+
 fn info(record: &ObjectRecord, spec: &ApiKeySpec) -> ApiKeyInfo {
     ApiKeyInfo {
         name: record.name.clone(),

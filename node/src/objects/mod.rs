@@ -68,6 +68,9 @@ pub enum Refusal {
     /// Its name, revision or spec is malformed.
     #[error("malformed object: {0}")]
     Malformed(String),
+    /// It would bring back a revoked API key.
+    #[error("API key {0:?} is revoked and stays revoked")]
+    Unrevoked(String),
 }
 
 enum Inbound {
@@ -220,6 +223,20 @@ impl FleetObjects {
         })
     }
 
+    /// Refuses a revision that would bring back a revoked API key: once revoked, a key stays
+    /// revoked on this member whoever signs otherwise.
+    async fn stays_revoked(&self, record: &ObjectRecord) -> Result<(), Refusal> {
+        if record.kind != ObjectKind::ApiKey {
+            return Ok(());
+        }
+        match self.kept(record.kind, &record.name).await {
+            Ok(Some(kept)) if api_keys::unrevokes(&kept, record) => {
+                Err(Refusal::Unrevoked(record.name.clone()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Admits and keeps `verified`, from `source` (for the log).
     async fn accept(&self, verified: &VerifiedEnvelope, source: &str) -> Option<ObjectPut> {
         let record = match self.admit(verified) {
@@ -231,6 +248,10 @@ impl FleetObjects {
         };
         let key = record.key();
         let revision = record.revision;
+        if let Err(refusal) = self.stays_revoked(&record).await {
+            tracing::warn!(source, %refusal, "fleet object refused");
+            return None;
+        }
         match self.inner.store.run(move |s| s.put_object(&record)).await {
             Ok(put) => {
                 match &put {
@@ -352,6 +373,9 @@ impl FleetObjects {
             };
             failure(code, refusal.to_string())
         })?;
+        self.stays_revoked(&record)
+            .await
+            .map_err(|refusal| failure(ErrorCode::Conflict, refusal.to_string()))?;
         let put = {
             let record = record.clone();
             self.inner.store.run(move |s| s.put_object(&record)).await?

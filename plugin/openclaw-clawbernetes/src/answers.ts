@@ -474,6 +474,57 @@ export interface SecretListing {
   secrets: Secret[];
 }
 
+/** A service as service.create and service.list show it. */
+export interface Service {
+  name: string;
+  revision: number;
+  spec: { selector: Record<string, string>; port: number };
+}
+
+export interface ServiceListing {
+  services: Service[];
+}
+
+/** An ingress rule. */
+export interface IngressRule {
+  name: string;
+  revision: number;
+  spec: { node: string; host: string; path: string; service: string };
+}
+
+export interface IngressListing {
+  ingresses: IngressRule[];
+}
+
+/** A policy. */
+export interface Policy {
+  name: string;
+  revision: number;
+  spec: {
+    scope: string;
+    images_allow: string[];
+    images_deny: string[];
+    max_gpus?: number | null;
+    required_labels: string[];
+    volume_roots: string[];
+  };
+}
+
+export interface PolicyListing {
+  policies: Policy[];
+}
+
+/** A namespace and its quota (absent limits are unlimited). */
+export interface Namespace {
+  name: string;
+  revision: number;
+  spec: { quota: { gpus?: number | null; cpu_millis?: number | null; memory_mib?: number | null; workloads?: number | null } };
+}
+
+export interface NamespaceListing {
+  namespaces: Namespace[];
+}
+
 /** An API key as auth.list_keys and auth.revoke_key show it: never the key. */
 export interface ApiKey {
   name: string;

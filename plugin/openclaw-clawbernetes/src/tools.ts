@@ -50,6 +50,14 @@ import type {
   ApiKey,
   ApiKeyListing,
   CreatedKey,
+  IngressListing,
+  IngressRule,
+  Namespace,
+  NamespaceListing,
+  Policy,
+  PolicyListing,
+  Service,
+  ServiceListing,
 } from "./answers.ts";
 import { anyObject, bool, int, map, num, object, oneOf, str, strings, type ObjectSchema, type Static } from "./schema.ts";
 
@@ -133,6 +141,39 @@ function tool<S extends ObjectSchema, A>(
 }
 
 const plural = (n: number, one: string) => `${n} ${one}${n === 1 ? "" : "s"}`;
+
+function renderService(v: Service): string {
+  const selector = Object.entries(v.spec.selector).map(([k, l]) => `${printable(k, 64)}=${printable(l, 64)}`);
+  return `service ${printable(v.name, 32)} (revision ${v.revision}): workloads labelled ${selector.join(", ")}, port ${v.spec.port}`;
+}
+
+function renderIngress(r: IngressRule): string {
+  const s = r.spec;
+  return `ingress ${printable(r.name, 32)} (revision ${r.revision}): http://${printable(s.host, 64)}${printable(s.path, 256)} on ${printable(s.node, 64)} -> service ${printable(s.service, 32)}`;
+}
+
+function renderPolicy(p: Policy): string {
+  const s = p.spec;
+  const rules = [
+    s.images_allow.length ? `images allowed ${s.images_allow.map((i) => printable(i, 128)).join(", ")}` : "",
+    s.images_deny.length ? `images denied ${s.images_deny.map((i) => printable(i, 128)).join(", ")}` : "",
+    s.max_gpus !== undefined && s.max_gpus !== null ? `at most ${s.max_gpus} GPUs a workload` : "",
+    s.required_labels.length ? `labels required ${s.required_labels.map((l) => printable(l, 64)).join(", ")}` : "",
+    s.volume_roots.length ? `mounts only under ${s.volume_roots.map((r) => printable(r, 128)).join(", ")}` : "",
+  ].filter((r) => r);
+  return `policy ${printable(p.name, 32)} (revision ${p.revision}, ${printable(s.scope, 16)}): ${rules.length ? rules.join("; ") : "no rules"}`;
+}
+
+function renderNamespace(n: Namespace): string {
+  const q = n.spec.quota;
+  const limits = [
+    q.gpus != null ? `${q.gpus} GPUs` : "",
+    q.cpu_millis != null ? `${q.cpu_millis / 1000} CPUs` : "",
+    q.memory_mib != null ? `${q.memory_mib} MiB` : "",
+    q.workloads != null ? `${q.workloads} workloads` : "",
+  ].filter((l) => l);
+  return `namespace ${printable(n.name, 32)} (revision ${n.revision}): ${limits.length ? `at most ${limits.join(", ")}` : "no quota"}`;
+}
 
 function renderKey(k: ApiKey): string {
   const scopes = [
@@ -1292,6 +1333,152 @@ export function fleetTools(bridge: Bridge): Tool[] {
       parameters: object({ name: str("The secret") }, ["name"]),
       command: "secret.delete",
       render: (a: ValuesDeleted) => `deleted secret ${a.name} (revision ${a.revision})`,
+    }),
+    tool(bridge, {
+      name: "claw_service_create",
+      label: "Create a service",
+      description:
+        "Name a set of workloads by their labels and a port in their containers (a deployment's replicas carry clawbernetes-deployment=<name>): any fleet member can then reach it through the mesh, and an ingress rule can serve it over HTTP. Connections go only to ready endpoints (a replica with a health check once it passes).",
+      parameters: object(
+        {
+          name: str("Service name: 1-32 of a-z, 0-9 and '-'"),
+          selector: map({ type: "string" }, "The labels its workloads carry, e.g. {\"clawbernetes-deployment\": \"llm\"}"),
+          port: int("The port inside their containers", 1),
+        },
+        ["name", "selector", "port"],
+      ),
+      command: "service.create",
+      map: (p) => ({ name: p.name, spec: { selector: p.selector, port: p.port } }),
+      render: (a: Service) => `created ${renderService(a)}`,
+    }),
+    tool(bridge, {
+      name: "claw_services",
+      label: "Services",
+      description: "The fleet's services: the labels they select and their port.",
+      parameters: object({}),
+      command: "service.list",
+      render: (a: ServiceListing) => [plural(a.services.length, "service"), ...a.services.map((v) => `- ${renderService(v)}`)].join("\n"),
+    }),
+    tool(bridge, {
+      name: "claw_service_delete",
+      label: "Delete a service",
+      description: "Delete a service: forwards and ingress rules to it stop finding endpoints. Confirm with the user first.",
+      parameters: object({ name: str("The service") }, ["name"]),
+      command: "service.delete",
+      render: (a: ValuesDeleted) => `deleted service ${a.name} (revision ${a.revision})`,
+    }),
+    tool(bridge, {
+      name: "claw_ingress_create",
+      label: "Serve a service over HTTP",
+      description:
+        "Map a host (or * for any) and a path prefix on one member's HTTP listener to a service: that member sends matching requests to the service through the mesh. The member must have been started with an ingress listener (clawnode configure --ingress ADDR); the listener is as public as its address.",
+      parameters: object(
+        {
+          name: str("Rule name: 1-32 of a-z, 0-9 and '-'"),
+          node: str("The member whose listener serves it: its name or peer id"),
+          host: str("The Host it matches, lowercase without a port, or * for any"),
+          path: str("The path prefix it matches, from /"),
+          service: str("The service its requests go to"),
+        },
+        ["name", "node", "host", "path", "service"],
+      ),
+      command: "ingress.create",
+      map: (p) => ({ name: p.name, spec: { node: p.node, host: p.host, path: p.path, service: p.service } }),
+      render: (a: IngressRule) => `created ${renderIngress(a)}`,
+    }),
+    tool(bridge, {
+      name: "claw_ingresses",
+      label: "Ingress rules",
+      description: "The fleet's ingress rules: host, path, serving member and service.",
+      parameters: object({}),
+      command: "ingress.list",
+      render: (a: IngressListing) => [plural(a.ingresses.length, "ingress rule"), ...a.ingresses.map((r) => `- ${renderIngress(r)}`)].join("\n"),
+    }),
+    tool(bridge, {
+      name: "claw_ingress_delete",
+      label: "Delete an ingress rule",
+      description: "Delete an ingress rule: its requests are answered 404 from then on. Confirm with the user first.",
+      parameters: object({ name: str("The rule") }, ["name"]),
+      command: "ingress.delete",
+      render: (a: ValuesDeleted) => `deleted ingress rule ${a.name} (revision ${a.revision})`,
+    }),
+    tool(bridge, {
+      name: "claw_policy_create",
+      label: "Create a policy",
+      description:
+        "Create a policy every node enforces when it admits a workload (a direct run, a deployment's replica, a job's pod, a lease's container): allowed and denied image patterns (* matches any run of characters), the most GPUs per workload, labels every workload must carry, and host directories mounts may come from. A refusal names the policy and the rule.",
+      parameters: object(
+        {
+          name: str("Policy name: 1-32 of a-z, 0-9 and '-'"),
+          scope: oneOf(["all", "fleet", "leases"] as const, "Which workloads it governs (default all)"),
+          images_allow: strings("Image patterns allowed; when any is given an image must match one"),
+          images_deny: strings("Image patterns refused"),
+          max_gpus: int("The most GPUs one workload takes"),
+          required_labels: strings("Label keys every workload must carry"),
+          volume_roots: strings("Host directories mounts may come from"),
+        },
+        ["name"],
+      ),
+      command: "policy.create",
+      map: (p) => {
+        const { name, ...spec } = p;
+        return { name, spec };
+      },
+      render: (a: Policy) => `created ${renderPolicy(a)}`,
+    }),
+    tool(bridge, {
+      name: "claw_policies",
+      label: "Policies",
+      description: "The fleet's policies and their rules.",
+      parameters: object({}),
+      command: "policy.list",
+      render: (a: PolicyListing) => [plural(a.policies.length, "policy"), ...a.policies.map((p) => `- ${renderPolicy(p)}`)].join("\n"),
+    }),
+    tool(bridge, {
+      name: "claw_policy_delete",
+      label: "Delete a policy",
+      description: "Delete a policy: what it refused is admitted again. Confirm with the user first.",
+      parameters: object({ name: str("The policy") }, ["name"]),
+      command: "policy.delete",
+      render: (a: ValuesDeleted) => `deleted policy ${a.name} (revision ${a.revision})`,
+    }),
+    tool(bridge, {
+      name: "claw_namespace_create",
+      label: "Create a namespace",
+      description:
+        "Create a namespace with quotas counted across the fleet: a workload names it with namespace (a deployment's or job's template too), and a start that would pass a quota is refused with the quota named. Absent limits are unlimited.",
+      parameters: object(
+        {
+          name: str("Namespace name: 1-32 of a-z, 0-9 and '-'"),
+          gpus: int("GPUs held at once"),
+          cpu_millis: int("CPU, thousandths of a core, summed over its workloads"),
+          memory_mib: int("Memory, MiB, summed over its workloads"),
+          workloads: int("Active workloads"),
+        },
+        ["name"],
+      ),
+      command: "namespace.create",
+      map: (p) => {
+        const { name, ...quota } = p;
+        return { name, spec: { quota } };
+      },
+      render: (a: Namespace) => `created ${renderNamespace(a)}`,
+    }),
+    tool(bridge, {
+      name: "claw_namespaces",
+      label: "Namespaces",
+      description: "The fleet's namespaces and their quotas.",
+      parameters: object({}),
+      command: "namespace.list",
+      render: (a: NamespaceListing) => [plural(a.namespaces.length, "namespace"), ...a.namespaces.map((n) => `- ${renderNamespace(n)}`)].join("\n"),
+    }),
+    tool(bridge, {
+      name: "claw_namespace_delete",
+      label: "Delete a namespace",
+      description: "Delete a namespace: its running workloads go on; new ones in it are refused. Confirm with the user first.",
+      parameters: object({ name: str("The namespace") }, ["name"]),
+      command: "namespace.delete",
+      render: (a: ValuesDeleted) => `deleted namespace ${a.name} (revision ${a.revision})`,
     }),
     tool(bridge, {
       name: "claw_api_key_create",
