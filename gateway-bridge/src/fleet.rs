@@ -460,6 +460,8 @@ pub struct FleetCommands {
     /// The API key of the gateway call being answered: checked before the command runs, and
     /// carried on every node call it makes, so each node checks it too.
     api_key: Option<ApiToken>,
+    /// Whether a gateway call without an API key is refused.
+    require_api_key: bool,
 }
 
 impl std::fmt::Debug for FleetCommands {
@@ -499,7 +501,15 @@ impl FleetCommands {
             placements,
             signer: None,
             api_key: None,
+            require_api_key: false,
         }
+    }
+
+    /// Refuses gateway calls that carry no API key, when `required`.
+    #[must_use]
+    pub fn requiring_api_keys(mut self, required: bool) -> Self {
+        self.require_api_key = required;
+        self
     }
 
     /// Signs deployment changes with `identity` for `network`: the nodes keep them when they
@@ -1118,6 +1128,12 @@ impl GatewayHandler for FleetCommands {
         Box::pin(async move {
             if commands.api_key.is_some() {
                 commands.check_key(&command, &params).await?;
+            } else if commands.require_api_key {
+                return Err(InvokeFailure::new(
+                    ErrorCode::Unauthorized,
+                    "this bridge answers only calls that carry an API key (the plugin's apiKey \
+                     setting; auth.create_key makes one)",
+                ));
             }
             router().dispatch(commands, call, &command, params).await
         })

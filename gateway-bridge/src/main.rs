@@ -75,6 +75,10 @@ struct RunArgs {
     /// Accept peers on this machine's addresses (many nodes on one host).
     #[arg(long)]
     allow_colocated_peers: bool,
+    /// Answer only gateway calls that carry an API key (`auth.create_key`; the plugin's
+    /// `apiKey` setting), each within what its key allows.
+    #[arg(long)]
+    require_api_key: bool,
 }
 
 fn main() -> ExitCode {
@@ -207,7 +211,8 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     })?;
     let commands = Arc::new(
         FleetCommands::new(handle.clone(), market_node, placements)
-            .signing_as(Arc::clone(&identity), args.network.clone()),
+            .signing_as(Arc::clone(&identity), args.network.clone())
+            .requiring_api_keys(args.require_api_key),
     );
     let mut client = tokio::spawn(run_node(identity, gateway, commands, stop.clone(), None));
     let outcome = tokio::select! {

@@ -599,6 +599,8 @@ pub struct NodeServices {
     pub invokes: crate::metrics::InvokeMetrics,
     /// Where each command's task is spawned, so that a stopping node waits for it.
     pub tasks: crate::tasks::Tasks,
+    /// Whether a call from the gateway without an API key is refused.
+    pub gateway_requires_key: bool,
 }
 
 /// The node's command table. Cheap to clone.
@@ -1310,6 +1312,13 @@ impl NodeCommands {
         let started = Instant::now();
         let mut unfinished = None;
         let key = match &request.api_key {
+            None if caller == Caller::Gateway && self.services.gateway_requires_key => {
+                Err(InvokeFailure::new(
+                    ErrorCode::Unauthorized,
+                    "this node answers only gateway calls that carry an API key \
+                     (gateway.require_api_key; auth.create_key makes one)",
+                ))
+            }
             None => Ok(None),
             Some(token) => self.services.objects.key_of(token).await.map(Some),
         };

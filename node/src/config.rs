@@ -104,6 +104,8 @@ pub struct GatewaySection {
     pub token_file: Option<String>,
     /// The role the gateway's callers get: `read`, `operate` (default) or `admin`.
     pub role: crate::access::Role,
+    /// Answer only gateway calls that carry an API key, each within what its key allows.
+    pub require_api_key: bool,
 }
 
 impl Default for GatewaySection {
@@ -112,6 +114,7 @@ impl Default for GatewaySection {
             url: None,
             token_file: None,
             role: crate::access::Role::Operate,
+            require_api_key: false,
         }
     }
 }
@@ -920,6 +923,7 @@ mod tests {
                 "mesh.bootstrap",
             ),
             ("[metrics]\nlisten = \"0.0.0.0:9464\"\n", "metrics.listen"),
+            ("[ingress]\nlisten = \"nowhere\"\n", "ingress.listen"),
             ("[metrics]\nlisten = \"localhost\"\n", "metrics.listen"),
         ] {
             let err = NodeConfig::parse(text).unwrap_err();

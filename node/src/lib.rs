@@ -214,6 +214,7 @@ pub(crate) fn node_services(
         system_run: config.system_run.clone(),
         invokes: metrics::InvokeMetrics::default(),
         tasks,
+        gateway_requires_key: config.gateway.require_api_key,
     }
 }
 

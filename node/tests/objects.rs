@@ -389,3 +389,76 @@ async fn a_revoked_api_key_stays_revoked_whoever_signs_otherwise() {
         assert_eq!(node.stop().await, 0);
     }
 }
+
+/// A node with `gateway.require_api_key` refuses every gateway call without a key (and audits
+/// the refusal), answers one with a key within what the key allows, and still answers its own
+/// operator's mesh calls without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_requires_api_keys_answers_gateway_calls_only_with_one() {
+    use claw_mesh::{InvokeHandler as _, InvokeResponse};
+
+    let temp = tempfile::tempdir().expect("temp dir");
+    let root = temp.path().join("a");
+    let own = init(&root, vec![]).identity().peer_id().to_string();
+    let config = root.join("config.toml");
+    let text = std::fs::read_to_string(&config).expect("the config");
+    assert!(text.contains("require_api_key = false"), "{text}");
+    std::fs::write(
+        &config,
+        text.replace("operators = []", &format!("operators = [{own:?}]"))
+            .replace("require_api_key = false", "require_api_key = true"),
+    )
+    .expect("requiring keys");
+    let a = start(&root, vec![]).await;
+    let local = |command: &str, params: Value| {
+        let request = InvokeRequest::new(command, Duration::from_secs(10)).with_params(params);
+        let handled = a.commands().handle(a.peer_id(), request);
+        async move {
+            match handled.await {
+                InvokeResponse::Ok(value) => Ok(value),
+                InvokeResponse::Error(failure) => Err(failure.message),
+            }
+        }
+    };
+
+    let refused = call(&a, Role::Admin, "gpu.list", json!({}))
+        .await
+        .expect_err("no key, no answer");
+    assert!(
+        refused.contains("only gateway calls that carry an API key"),
+        "{refused}"
+    );
+    let created = local(
+        "auth.create_key",
+        json!({"name": "agent", "role": "read", "families": ["gpu"], "expires_in_s": 600}),
+    )
+    .await
+    .expect("the node's own operator makes a key without one");
+    let key = created["api_key"].as_str().expect("the key").to_owned();
+    let under_key = |command: &str| {
+        let mut request = InvokeRequest::new(command, Duration::from_secs(10));
+        request.api_key = Some(claw_mesh::ApiToken::new(key.clone()));
+        a.commands().invoke_for_gateway(Role::Admin, request)
+    };
+    under_key("gpu.list").await.expect("gpu.list under the key");
+    let refused = under_key("node.health")
+        .await
+        .expect_err("not the key's family");
+    assert!(
+        refused.message.contains("families gpu, not node"),
+        "{}",
+        refused.message
+    );
+    let audited = local(
+        "audit.query",
+        json!({"actor": "openclaw-gateway", "outcome": "UNAUTHORIZED"}),
+    )
+    .await
+    .expect("audit.query");
+    assert_eq!(
+        audited["records"].as_array().map(Vec::len),
+        Some(2),
+        "{audited}"
+    );
+    assert_eq!(a.stop().await, 0);
+}

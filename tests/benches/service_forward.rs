@@ -1,8 +1,10 @@
 //! What a service forward costs against reaching the container directly: two `clawnode run`
 //! processes on loopback; an HTTP server (busybox httpd) in a container on the second serves a
-//! 32 MiB file and a 6-byte page; the first opens `service.forward` to it. Measured on the same
-//! run, through the forward (local TCP → libp2p stream over Noise and Yamux → the far node →
-//! the container) and directly to the container's address:
+//! 32 MiB file and a 6-byte page; the first opens `service.forward` to it and serves it over
+//! HTTP through an ingress rule. Measured on the same run, through the forward (local TCP →
+//! libp2p stream over Noise and Yamux → the far node → the container), through the ingress (the
+//! same, with HTTP/1.1 parsed and proxied at the first node) and directly to the container's
+//! address:
 //! - throughput: 5 downloads of the 32 MiB file, MB/s (best and median);
 //! - round trip: 50 GETs of the small page, each on a new connection, p50 and p95.
 //!
@@ -72,8 +74,13 @@ fn main() {
         eprintln!("service_forward: skipped, CLAW_TEST_IMAGE names no local test image");
         return;
     };
-    let members = Member::fleet(2);
-    let (forwarder, server) = (&members[0], &members[1]);
+    // The forwarder also serves HTTP for ingress rules.
+    let mut forwarder = Member::new(None);
+    forwarder.cli.ok(&["configure", "--ingress", "127.0.0.1:0"]);
+    forwarder.start(&[]);
+    let mut server = Member::new(Some(&forwarder.peer_id));
+    server.start(&forwarder.joinable());
+    let (forwarder, server) = (&forwarder, &server);
     eventually(
         Duration::from_secs(60),
         "the members to see each other",
@@ -128,8 +135,23 @@ fn main() {
         || (get(&forwarded, "/").0 == 6).then_some(()),
     );
 
+    forwarder
+        .invoke(
+            "ingress.create",
+            &json!({"name": "bench", "spec": {"node": forwarder.peer_id, "host": "*", "path": "/", "service": "bench"}}),
+        )
+        .expect("ingress.create");
+    let ingress = std::fs::read_to_string(forwarder.cli.data_dir().join("ingress.addr"))
+        .expect("the ingress listener");
+    eventually(
+        Duration::from_secs(60),
+        "an answer through the ingress",
+        || (get(&ingress, "/").0 == 6).then_some(()),
+    );
+
     let (direct_best, direct_median, direct_p50, direct_p95) = measure(&direct);
     let (fwd_best, fwd_median, fwd_p50, fwd_p95) = measure(&forwarded);
+    let (ing_best, ing_median, ing_p50, ing_p95) = measure(&ingress);
     println!(
         "service_forward: {DOWNLOADS} downloads of {BLOB_MIB} MiB, {PINGS} small GETs each on a new connection"
     );
@@ -140,9 +162,17 @@ fn main() {
         "through service.forward   {fwd_best:8.1} MB/s best, {fwd_median:8.1} MB/s median; round trip p50 {fwd_p50:.2} ms, p95 {fwd_p95:.2} ms"
     );
     println!(
+        "through the ingress       {ing_best:8.1} MB/s best, {ing_median:8.1} MB/s median; round trip p50 {ing_p50:.2} ms, p95 {ing_p95:.2} ms"
+    );
+    println!(
         "forwarded / direct        {:.2}× throughput; +{:.2} ms round trip (p50)",
         fwd_median / direct_median,
         fwd_p50 - direct_p50
+    );
+    println!(
+        "ingress / direct          {:.2}× throughput; +{:.2} ms round trip (p50)",
+        ing_median / direct_median,
+        ing_p50 - direct_p50
     );
     server
         .invoke(

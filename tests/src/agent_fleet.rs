@@ -225,15 +225,24 @@ impl AgentFleet {
     /// Kills the bridge (`kill -9`) and starts it again on the same data directory; waits until
     /// it is back in the gateway and sees every node.
     pub fn restart_bridge(&mut self) {
+        self.restart_bridge_with(&[], None);
+    }
+
+    /// [`AgentFleet::restart_bridge`] with `extra` arguments, waiting with `api_key` in the
+    /// params when one is given.
+    pub fn restart_bridge_with(&mut self, extra: &[&str], api_key: Option<&str>) {
         let _ = self.bridge.kill();
         let _ = self.bridge.wait();
-        self.bridge = spawn_bridge(&self.bridge_args, &self.device_id);
+        let mut args = self.bridge_args.clone();
+        args.extend(extra.iter().map(std::ffi::OsString::from));
+        self.bridge = spawn_bridge(&args, &self.device_id);
         let expected = self.nodes.len();
+        let params = api_key.map_or_else(|| json!({}), |key| json!({"api_key": key}));
         eventually(
             Duration::from_secs(60),
             "every node in the restarted bridge's fleet.status",
             || {
-                let status = self.call("fleet.status", &json!({})).ok()?;
+                let status = self.call("fleet.status", &params).ok()?;
                 (status["node_count"] == expected).then_some(())
             },
         );

@@ -402,6 +402,23 @@ fn the_bridge_presents_three_nodes_as_one_openclaw_node() {
         },
     );
 
+    // A bridge that requires API keys answers only calls that carry one.
+    let created = fleet
+        .call(
+            "auth.create_key",
+            &json!({"name": "required", "role": "read", "expires_in_s": 600}),
+        )
+        .expect("auth.create_key");
+    let required = created["api_key"].as_str().expect("the key").to_owned();
+    fleet.restart_bridge_with(&["--require-api-key"], Some(&required));
+    let refused = fleet
+        .call("fleet.status", &json!({}))
+        .expect_err("no key, no answer");
+    assert!(
+        refused.contains("only calls that carry an API key"),
+        "{refused}"
+    );
+
     // A bridge with a wrong token stops at once with a clear error.
     let wrong_token = fleet.dir.path().join("wrong.token");
     write_secret(&wrong_token, "not-the-token");
