@@ -101,6 +101,71 @@ pub(crate) trait Connection:
 
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Connection for T {}
 
+/// An ingress connection to an endpoint whose bytes each way are added to the traffic counters
+/// when it closes.
+struct Counted {
+    inner: Box<dyn Connection>,
+    services: Services,
+    target: String,
+    to_workload: u64,
+    from_workload: u64,
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = polled {
+            this.from_workload += (buf.filled().len() - before) as u64;
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_write(cx, data);
+        if let std::task::Poll::Ready(Ok(written)) = polled {
+            this.to_workload += written as u64;
+        }
+        polled
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.services.count(
+            std::mem::take(&mut self.target),
+            "ingress",
+            (self.to_workload, self.from_workload),
+        );
+    }
+}
+
 /// Where a forward's connections go.
 #[derive(Debug, Clone)]
 enum Target {
@@ -507,9 +572,18 @@ impl Services {
     }
 
     /// A connection to service `name`'s next endpoint that takes one, over the mesh (or
-    /// straight to the container when the endpoint is on this node).
+    /// straight to the container when the endpoint is on this node), for this node's ingress:
+    /// its bytes are counted as the service's `ingress` traffic when it closes.
     pub(crate) async fn dial_service(&self, name: &str) -> Result<Box<dyn Connection>, String> {
-        self.dial(&Target::Service(name.to_owned())).await
+        let target = Target::Service(name.to_owned());
+        let inner = self.dial(&target).await?;
+        Ok(Box::new(Counted {
+            inner,
+            services: self.clone(),
+            target: target.describe(),
+            to_workload: 0,
+            from_workload: 0,
+        }))
     }
 
     /// A connection to `target`'s next endpoint that takes one.

@@ -287,6 +287,25 @@ fn an_ingress_rule_routes_http_by_host_and_path_to_a_service_through_the_mesh() 
         body.contains("no ingress rule for other.example/other on this member"),
         "{body}"
     );
+    // The edge counts what its ingress carried per service.
+    let counted = eventually(
+        Duration::from_secs(10),
+        "the ingress traffic counted",
+        || {
+            let status = edge.invoke("network.status", &json!({})).ok()?;
+            status["traffic"]
+                .as_array()?
+                .iter()
+                .find(|t| t["target"] == "service/web" && t["direction"] == "ingress")
+                .filter(|t| t["connections"].as_u64() >= Some(2))
+                .cloned()
+        },
+    );
+    assert!(
+        counted["bytes_from_workload"].as_u64() > Some(0),
+        "{counted}"
+    );
+    assert!(counted["bytes_to_workload"].as_u64() > Some(0), "{counted}");
     let listed = web
         .invoke("ingress.list", &json!({}))
         .expect("ingress.list");
@@ -319,16 +338,16 @@ fn a_service_reaches_only_replicas_that_pass_their_health_check() {
         "the members to see each other",
         || (operator.sees(&member.peer_id) && member.sees(&operator.peer_id)).then_some(()),
     );
-    // Ready while /tmp/ready exists, which the container makes unless V is "bad".
+    // Ready once its server answers /ready, which the container serves unless V is "bad".
     let script = "mkdir -p /www && echo \"from-$V\" > /www/index.html && \
-                  if [ \"$V\" != bad ]; then touch /tmp/ready; fi; exec httpd -f -p 8080 -h /www";
+                  if [ \"$V\" != bad ]; then echo ok > /www/ready; fi; exec httpd -f -p 8080 -h /www";
     for version in ["good", "bad"] {
         let spec = json!({
             "replicas": 1,
             "template": {"image": image, "command": ["sh", "-c", script],
                          "env": {"V": version}, "labels": {"app": "web"}},
             "health": {
-                "probe": {"type": "exec", "argv": ["test", "-f", "/tmp/ready"]},
+                "probe": {"type": "http", "port": 8080, "path": "/ready"},
                 "interval_secs": 1,
                 "failure_threshold": 1,
             },
@@ -380,6 +399,11 @@ fn a_service_reaches_only_replicas_that_pass_their_health_check() {
         },
     );
     for _ in 0..6 {
-        assert_eq!(fetch(&listen).as_deref(), Some("from-good"));
+        let body = eventually(
+            Duration::from_secs(15),
+            "an answer through the forward",
+            || fetch(&listen),
+        );
+        assert_eq!(body, "from-good");
     }
 }

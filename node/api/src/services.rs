@@ -211,7 +211,8 @@ pub struct PeerLink {
 pub struct Traffic {
     /// `service/<name>` or `lease/<id>`.
     pub target: String,
-    /// `out`: this node's forwards to it; `in`: streams this node served for it.
+    /// `out`: this node's forwards to it; `in`: streams this node served for it; `ingress`:
+    /// requests this node's ingress listener sent to it.
     pub direction: String,
     /// Connections carried.
     pub connections: u64,

@@ -142,6 +142,90 @@ function tool<S extends ObjectSchema, A>(
 
 const plural = (n: number, one: string) => `${n} ${one}${n === 1 ? "" : "s"}`;
 
+/** A volume, a backup and an audit record as one node answers them (through `fleet.invoke`). */
+interface NodeVolume {
+  name?: string;
+  used_by?: string[];
+}
+
+interface NodeBackup {
+  id?: string;
+  volume?: string;
+  size_bytes?: number;
+  sha256?: string;
+  created_ms?: number;
+  copied_to?: string;
+}
+
+interface NodeAuditEntry {
+  at_ms?: number;
+  caller?: string;
+  role?: string | null;
+  api_key?: string | null;
+  command?: string;
+  outcome?: string;
+  duration_ms?: number;
+}
+
+/**
+ * A tool that runs one node command on one node through `fleet.invoke`: its params are the
+ * tool's `node` and what `params` makes of the rest; its answer is the node's result rendered by
+ * `render`, or the node's error.
+ */
+function onNode<S extends ObjectSchema, R>(
+  bridge: Bridge,
+  spec: {
+    name: string;
+    label: string;
+    description: string;
+    parameters: S;
+    command: string;
+    params: (p: Static<S>) => Record<string, unknown>;
+    render: (result: R, p: Static<S>) => string;
+  },
+): Tool<S> {
+  return tool(bridge, {
+    name: spec.name,
+    label: spec.label,
+    description: spec.description,
+    parameters: spec.parameters,
+    command: "fleet.invoke",
+    map: (p) => ({ command: spec.command, nodes: [(p as { node: string }).node], params: spec.params(p) }),
+    render: (a: FleetInvoke<R>, p) => {
+      const r = a.results?.[0];
+      if (!r) return `${spec.command}: no node answered`;
+      if (!r.ok) return `${printable(r.node, 64)}: error ${printable(r.error?.code, 32)}: ${printable(r.error?.message, 512)}`;
+      return `${printable(r.node, 64)}: ${spec.render((r.result ?? {}) as R, p)}`;
+    },
+  });
+}
+
+interface NodeTaints {
+  taints?: { key?: string; value?: string; effect?: string }[];
+  evicted?: string[];
+}
+
+function renderTaints(t: NodeTaints): string {
+  const taints = (t.taints ?? []).map((x) => `${printable(x.key, 64)}${x.value ? `=${printable(x.value, 64)}` : ""}:${printable(x.effect, 32)}`);
+  const evicted = t.evicted?.length ? `; stopped ${t.evicted.map((w) => printable(w, 64)).join(", ")}` : "";
+  return `taints now: ${taints.join(", ") || "none"}${evicted}`;
+}
+
+function renderVolume(v: NodeVolume): string {
+  const users = v.used_by ?? [];
+  return `volume ${printable(v.name, 64)}${users.length ? ` (mounted by ${users.map((u) => printable(u, 64)).join(", ")})` : ""}`;
+}
+
+function renderBackup(b: NodeBackup): string {
+  const copied = b.copied_to ? `, copied to ${printable(b.copied_to, 64)}` : "";
+  return `backup ${printable(b.id, 16)} of volume ${printable(b.volume, 64)}: ${b.size_bytes ?? 0} bytes, sha256 ${printable(b.sha256, 64)}, made ${iso(b.created_ms)}${copied}`;
+}
+
+function renderAudit(e: NodeAuditEntry): string {
+  const key = e.api_key ? ` key ${printable(e.api_key, 32)}` : "";
+  return `${iso(e.at_ms)} ${printable(e.caller, 64)} (${printable(e.role ?? "?", 16)}${key}) ${printable(e.command, 64)}: ${printable(e.outcome, 32)} in ${e.duration_ms ?? 0} ms`;
+}
+
 function renderService(v: Service): string {
   const selector = Object.entries(v.spec.selector).map(([k, l]) => `${printable(k, 64)}=${printable(l, 64)}`);
   return `service ${printable(v.name, 32)} (revision ${v.revision}): workloads labelled ${selector.join(", ")}, port ${v.spec.port}`;
@@ -1479,6 +1563,139 @@ export function fleetTools(bridge: Bridge): Tool[] {
       parameters: object({ name: str("The namespace") }, ["name"]),
       command: "namespace.delete",
       render: (a: ValuesDeleted) => `deleted namespace ${a.name} (revision ${a.revision})`,
+    }),
+    onNode(bridge, {
+      name: "claw_volume_create",
+      label: "Create a volume",
+      description: "Create a named volume on one node: its data outlives the workloads that mount it by name (volume_mounts) and the node's restarts.",
+      parameters: object({ node: str("The node, by name or peer id"), name: str("Volume name: 1-32 of a-z, 0-9 and '-'") }, ["node", "name"]),
+      command: "volume.create",
+      params: (p) => ({ name: p.name }),
+      render: (v: NodeVolume) => `created ${renderVolume(v)}`,
+    }),
+    onNode(bridge, {
+      name: "claw_volumes",
+      label: "Volumes",
+      description: "One node's volumes and the workloads that mount them.",
+      parameters: object({ node: str("The node, by name or peer id") }, ["node"]),
+      command: "volume.list",
+      params: () => ({}),
+      render: (l: { volumes?: NodeVolume[] }) => {
+        const volumes = l.volumes ?? [];
+        return [plural(volumes.length, "volume"), ...volumes.map((v) => `- ${renderVolume(v)}`)].join("\n");
+      },
+    }),
+    onNode(bridge, {
+      name: "claw_volume_delete",
+      label: "Delete a volume",
+      description: "Delete a volume and all its data (refused while a workload mounts it). Confirm with the user first; suggest a backup.",
+      parameters: object({ node: str("The node, by name or peer id"), name: str("The volume") }, ["node", "name"]),
+      command: "volume.delete",
+      params: (p) => ({ name: p.name }),
+      render: (v: NodeVolume) => `deleted ${renderVolume(v)}`,
+    }),
+    onNode(bridge, {
+      name: "claw_backup_create",
+      label: "Back up a volume",
+      description:
+        "Back up a volume of one node: a tar archive with a manifest the node signs (size and SHA-256), kept on that node; optionally copied to another member (copy_to), which checks it against the digest, and/or written into a directory under a writable volume root (path).",
+      parameters: object(
+        {
+          node: str("The node holding the volume, by name or peer id"),
+          volume: str("The volume"),
+          copy_to: str("Another member to copy the backup to, by name or peer id"),
+          path: str("A directory on the node, under a writable volume root, to write it into"),
+        },
+        ["node", "volume"],
+      ),
+      command: "backup.create",
+      params: (p) => ({ volume: p.volume, ...(p.copy_to ? { node: p.copy_to } : {}), ...(p.path ? { path: p.path } : {}) }),
+      render: (b: NodeBackup) => `made ${renderBackup(b)}`,
+    }),
+    onNode(bridge, {
+      name: "claw_backups",
+      label: "Backups",
+      description: "The backups one node keeps (made there or copied there), each with its digest.",
+      parameters: object({ node: str("The node, by name or peer id") }, ["node"]),
+      command: "backup.list",
+      params: () => ({}),
+      render: (l: { backups?: NodeBackup[] }) => {
+        const backups = l.backups ?? [];
+        return [plural(backups.length, "backup"), ...backups.map((b) => `- ${renderBackup(b)}`)].join("\n");
+      },
+    }),
+    onNode(bridge, {
+      name: "claw_backup_restore",
+      label: "Restore a backup",
+      description: "Restore a backup the node keeps into a new volume there, only when the archive matches its signed digest.",
+      parameters: object(
+        { node: str("The node keeping the backup, by name or peer id"), backup: str("The backup id (bk-...)"), volume: str("The new volume's name") },
+        ["node", "backup", "volume"],
+      ),
+      command: "backup.restore",
+      params: (p) => ({ backup: p.backup, volume: p.volume }),
+      render: (v: NodeVolume) => `restored into ${renderVolume(v)}`,
+    }),
+    onNode(bridge, {
+      name: "claw_node_taint",
+      label: "Taint a node",
+      description:
+        "Keep work off a node: NoSchedule (no new replicas or pods), PreferNoSchedule (only when no other node can take them) or NoExecute (also stops what runs there and does not tolerate it; leases run their term). Deployments and jobs tolerate a taint with tolerations.",
+      parameters: object(
+        {
+          node: str("The node, by name or peer id"),
+          key: str("The taint's key, e.g. maint"),
+          value: str("Its value (optional)"),
+          effect: oneOf(["NoSchedule", "PreferNoSchedule", "NoExecute"] as const, "What it does"),
+        },
+        ["node", "key", "effect"],
+      ),
+      command: "node.taint",
+      params: (p) => ({ key: p.key, effect: p.effect, ...(p.value ? { value: p.value } : {}) }),
+      render: renderTaints,
+    }),
+    onNode(bridge, {
+      name: "claw_node_untaint",
+      label: "Untaint a node",
+      description: "Remove a taint from a node (every effect of that key unless effect is given).",
+      parameters: object(
+        {
+          node: str("The node, by name or peer id"),
+          key: str("The taint's key"),
+          effect: oneOf(["NoSchedule", "PreferNoSchedule", "NoExecute"] as const, "Only this effect"),
+        },
+        ["node", "key"],
+      ),
+      command: "node.untaint",
+      params: (p) => ({ key: p.key, ...(p.effect ? { effect: p.effect } : {}) }),
+      render: renderTaints,
+    }),
+    onNode(bridge, {
+      name: "claw_audit",
+      label: "Audit log",
+      description:
+        "Who did what on one node: its audit log, newest first, filtered by caller (a peer id or openclaw-gateway), API key name, command (or a family ending in '.', e.g. workload.), outcome (ok or an error code such as UNAUTHORIZED) and time.",
+      parameters: object(
+        {
+          node: str("The node, by name or peer id"),
+          actor: str("Only this caller"),
+          api_key: str("Only calls under this API key (its name)"),
+          command: str("Only this command, or a family ending in '.'"),
+          outcome: str("Only this outcome: ok or an error code"),
+          since_ms: int("Only from this time on, Unix ms"),
+          limit: int("The newest this many (default 100, at most 1000)", 1),
+        },
+        ["node"],
+      ),
+      command: "audit.query",
+      params: (p) => {
+        const { node: _node, ...query } = p;
+        return query;
+      },
+      render: (l: { records?: NodeAuditEntry[] }) => {
+        const records = l.records ?? [];
+        return [plural(records.length, "record"), ...records.map((e) => `- ${renderAudit(e)}`)].join("\n");
+      },
     }),
     tool(bridge, {
       name: "claw_api_key_create",

@@ -145,6 +145,15 @@ const toolCommands: Record<string, string> = {
   claw_namespace_create: "namespace.create",
   claw_namespaces: "namespace.list",
   claw_namespace_delete: "namespace.delete",
+  claw_volume_create: "fleet.invoke",
+  claw_volumes: "fleet.invoke",
+  claw_volume_delete: "fleet.invoke",
+  claw_backup_create: "fleet.invoke",
+  claw_backups: "fleet.invoke",
+  claw_backup_restore: "fleet.invoke",
+  claw_node_taint: "fleet.invoke",
+  claw_node_untaint: "fleet.invoke",
+  claw_audit: "fleet.invoke",
   claw_api_key_create: "auth.create_key",
   claw_api_keys: "auth.list_keys",
   claw_api_key_revoke: "auth.revoke_key",
@@ -225,6 +234,28 @@ test("a configured API key rides on every call in the reserved field api_key, an
     assert.equal((calls[0].params as Fields).api_key, apiKey);
     assert.equal("api_key" in (calls[0].params as Fields), apiKey !== undefined);
   }
+});
+
+test("the one-node tools run their node command on that node through fleet.invoke and show its answer or error", async () => {
+  const audited = {
+    command: "audit.query", nodes: 1, succeeded: 1, failed: 0,
+    results: [{ node: "n1", ok: true, ms: 3, result: { records: [
+      { at_ms: 0, caller: "openclaw-gateway", role: "read", api_key: "ci", command: "gpu.list", outcome: "UNAUTHORIZED", duration_ms: 1 },
+    ] } }],
+  };
+  const audit = await sent("claw_audit", { node: "n1", api_key: "ci", outcome: "UNAUTHORIZED" }, audited);
+  assert.deepEqual(audit.params, { command: "audit.query", nodes: ["n1"], params: { api_key: "ci", outcome: "UNAUTHORIZED" } });
+  assert.match(audit.text, /^n1: 1 record\n- 1970-01-01T00:00:00.000Z openclaw-gateway \(read key ci\) gpu.list: UNAUTHORIZED in 1 ms$/);
+  const refused = {
+    command: "backup.create", nodes: 1, succeeded: 0, failed: 1,
+    results: [{ node: "n2", ok: false, ms: 2, error: { code: "NOT_FOUND", message: "no volume \"db\" on this node" } }],
+  };
+  const backup = await sent("claw_backup_create", { node: "n2", volume: "db", copy_to: "n3" }, refused);
+  assert.deepEqual(backup.params, { command: "backup.create", nodes: ["n2"], params: { volume: "db", node: "n3" } });
+  assert.equal(backup.text, 'n2: error NOT_FOUND: no volume "db" on this node');
+  const tainted = { command: "node.taint", nodes: 1, succeeded: 1, failed: 0, results: [{ node: "n1", ok: true, ms: 1, result: { taints: [{ key: "maint", effect: "NoExecute" }], evicted: ["w-1"] } }] };
+  const taint = await sent("claw_node_taint", { node: "n1", key: "maint", effect: "NoExecute" }, tainted);
+  assert.equal(taint.text, "n1: taints now: maint:NoExecute; stopped w-1");
 });
 
 /** The params of the one bridge call `tool` makes with `params`, answered with `answer`. */
