@@ -641,7 +641,7 @@ mod tests {
             .unwrap()
             .put_latest_inventory(b"envelope")
             .unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(
             store.latest_inventory().unwrap().as_deref(),
             Some(&b"envelope"[..])
