@@ -590,7 +590,7 @@ impl FleetCommands {
             match answer.and_then(AuthWhoAmI::decode) {
                 Ok(WhoAmI { key: Some(key), .. }) => {
                     let acted_in = namespaces_named(params);
-                    return match key.scope().refusal(spec.name, spec.role, &acted_in) {
+                    return match key.refusal(spec.name, spec.role, &acted_in) {
                         Some(refusal) => Err(InvokeFailure::new(ErrorCode::Unauthorized, refusal)),
                         None => Ok(()),
                     };

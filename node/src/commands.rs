@@ -787,7 +787,7 @@ impl NodeCommands {
         }
         if let Some(key) = key {
             let acted_in = self.namespaces_acted_in(spec.name, &request.params).await;
-            if let Some(refusal) = key.scope().refusal(spec.name, spec.role, &acted_in) {
+            if let Some(refusal) = key.refusal(spec.name, spec.role, &acted_in) {
                 return Err(InvokeFailure::new(ErrorCode::Unauthorized, refusal));
             }
         }

@@ -57,6 +57,11 @@ pub fn record_address(
     std::fs::rename(tmp, path)
 }
 
+/// The name this node announces: the configured one, else the host's name (asked only then).
+pub(crate) fn announced_name(config: &NodeConfig, hostname: impl FnOnce() -> String) -> String {
+    config.node.name.clone().unwrap_or_else(hostname)
+}
+
 /// Forgets an address [`record_address`] wrote, when the node stops.
 pub fn forget_address(data_dir: &std::path::Path, file: &str) {
     let _ = std::fs::remove_file(data_dir.join(file));
@@ -111,11 +116,7 @@ pub fn sign_announcement(
     let mut labels = config.node.labels.clone();
     labels.extend(store.labels()?);
     let announcement = NodeAnnouncement {
-        name: config
-            .node
-            .name
-            .clone()
-            .unwrap_or_else(|| inventory.host.hostname.clone()),
+        name: announced_name(config, || inventory.host.hostname.clone()),
         network: config.network.name.clone(),
         region: config.node.region.clone(),
         labels,

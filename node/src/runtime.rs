@@ -421,12 +421,9 @@ async fn serve_ingress(
     let bound = listener.local_addr().map_err(bind_error)?;
     crate::record_address(dir.root(), crate::ingress::ADDR_FILE, bound)
         .map_err(|source| StartError::Record { what: WHAT, source })?;
-    let name = dir
-        .config()
-        .node
-        .name
-        .clone()
-        .unwrap_or_else(|| commands.probe().inventory(dir.root()).host.hostname);
+    let name = crate::announced_name(dir.config(), || {
+        claw_attestation::probe_host(dir.root()).hostname
+    });
     let ingress = crate::ingress::Ingress::new(
         commands.objects().clone(),
         commands.services().clone(),

@@ -103,10 +103,6 @@ pub struct ApiKeySpec {
     pub revoked: bool,
 }
 
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn check_scopes(what: &str, names: &[String]) -> Result<(), SpecError> {
     if names.len() > MAX_SCOPES {
         return Err(SpecError::Invalid(format!(
@@ -144,7 +140,7 @@ impl ApiKeySpec {
             namespaces: params.namespaces.clone(),
             families: params.families.clone(),
             expires_at_ms: now_ms.saturating_add(params.expires_in_s.saturating_mul(1000)),
-            secret_sha256: hex_of(&Sha256::digest(secret.as_bytes())),
+            secret_sha256: hex::encode(Sha256::digest(secret.as_bytes())),
             revoked: false,
         };
         spec.check()?;
@@ -168,7 +164,7 @@ impl ApiKeySpec {
     /// Whether `secret` is this key's secret; the digests are compared in time that does not
     /// depend on where they differ.
     pub fn matches(&self, secret: &str) -> bool {
-        let presented = hex_of(&Sha256::digest(secret.as_bytes()));
+        let presented = hex::encode(Sha256::digest(secret.as_bytes()));
         presented.len() == self.secret_sha256.len()
             && presented
                 .bytes()
@@ -195,21 +191,9 @@ impl ApiKeySpec {
     }
 }
 
-/// What a call with a key may do besides what its caller may.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct KeyScope {
-    /// The highest role.
-    pub role: Role,
-    /// The namespaces; empty: every one.
-    pub namespaces: Vec<String>,
-    /// The command families; empty: every one.
-    pub families: Vec<String>,
-}
-
-impl KeyScope {
+impl ApiKeyInfo {
     /// Why a call of `command`, which needs `needs`, acting in `namespaces` (none: it names
-    /// none), is outside this scope; `None` when it is inside.
+    /// none), is outside what this key allows; `None` when it is inside.
     ///
     /// A command that changes something and names no namespace acts in `default`: a key kept
     /// to other namespaces cannot run it. A read that names none (a listing) is not narrowed.
@@ -347,17 +331,6 @@ pub struct ApiKeyInfo {
 
 impl Answer for ApiKeyInfo {}
 
-impl ApiKeyInfo {
-    /// What a call with this key may do.
-    pub fn scope(&self) -> KeyScope {
-        KeyScope {
-            role: self.role,
-            namespaces: self.namespaces.clone(),
-            families: self.families.clone(),
-        }
-    }
-}
-
 /// `auth.create_key`'s answer: the key, shown this once.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -424,11 +397,17 @@ mod tests {
 
     use super::*;
 
-    fn scope(role: Role, namespaces: &[&str], families: &[&str]) -> KeyScope {
-        KeyScope {
+    fn scope(role: Role, namespaces: &[&str], families: &[&str]) -> ApiKeyInfo {
+        ApiKeyInfo {
+            name: "k".to_owned(),
+            revision: 1,
             role,
             namespaces: namespaces.iter().map(|s| (*s).to_owned()).collect(),
             families: families.iter().map(|s| (*s).to_owned()).collect(),
+            expires_at_ms: u64::MAX,
+            revoked: false,
+            signed_by: "admin".to_owned(),
+            signed_at_ms: 0,
         }
     }
 
