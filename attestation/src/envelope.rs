@@ -75,6 +75,9 @@ pub enum PayloadKind {
     FleetObject,
     /// What a node signs about a backup it made: the volume, the archive's size and digest.
     BackupManifest,
+    /// A lease party's report of a settled lease: the terms both signed and the settlement's
+    /// transaction, for every node to check on chain and keep in its price history.
+    TradeReport,
 }
 
 impl PayloadKind {
@@ -91,6 +94,7 @@ impl PayloadKind {
             Self::UsageCheckpoint => 9,
             Self::FleetObject => 10,
             Self::BackupManifest => 11,
+            Self::TradeReport => 12,
         }
     }
 
@@ -106,6 +110,7 @@ impl PayloadKind {
             9 => Some(Self::UsageCheckpoint),
             10 => Some(Self::FleetObject),
             11 => Some(Self::BackupManifest),
+            12 => Some(Self::TradeReport),
             _ => None,
         }
     }
@@ -119,7 +124,9 @@ impl PayloadKind {
         const HOUR: u64 = 3600;
         Duration::from_secs(match self {
             Self::Freshness => HOUR,
-            Self::Inventory | Self::Announcement | Self::Offer | Self::Bid => 24 * HOUR,
+            Self::Inventory | Self::Announcement | Self::Offer | Self::Bid | Self::TradeReport => {
+                24 * HOUR
+            }
             Self::LeaseTerms | Self::LeaseAcceptance | Self::UsageCheckpoint => 400 * 24 * HOUR,
             Self::FleetObject => FLEET_OBJECT_LIFETIME_DAYS * 24 * HOUR,
             // A backup is restored long after it was made.
@@ -141,6 +148,7 @@ impl fmt::Display for PayloadKind {
             Self::UsageCheckpoint => "usage checkpoint",
             Self::FleetObject => "fleet object",
             Self::BackupManifest => "backup manifest",
+            Self::TradeReport => "trade report",
         })
     }
 }

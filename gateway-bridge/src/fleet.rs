@@ -43,7 +43,9 @@ use claw_api::ingress::{IngressCreate, IngressDelete, IngressList, IngressRef};
 use claw_api::jobs::{
     JobCreate, JobCreateParams, JobDelete, JobList, JobLogsCommand, JobRef, JobStatusCommand,
 };
-use claw_api::market::{MarketBid, MarketLeaseCancel, MarketLeases, MarketOffers, WalletBalance};
+use claw_api::market::{
+    MarketBid, MarketHistory, MarketLeaseCancel, MarketLeases, MarketOffers, WalletBalance,
+};
 use claw_api::namespaces::{NamespaceCreate, NamespaceDelete, NamespaceList, NamespaceRef};
 use claw_api::node::{GpuMetrics, GpuReading, HealthStatus, NodeDrain, NodeHealth};
 use claw_api::objects::ObjectKind;
@@ -127,6 +129,10 @@ fn router() -> &'static Router<FleetCommands, Call> {
             })
             .route::<WalletBalance, _, _>(|fleet, call, params| async move {
                 fleet.forward::<WalletBalance>(&params, call).await
+            })
+            // Every member keeps the price history and checks each trade on chain itself.
+            .route::<MarketHistory, _, _>(|fleet, call, params| async move {
+                fleet.ask_member::<MarketHistory>(&params, call).await
             })
             .route::<DeployStatus, _, _>(|fleet, call, params| async move {
                 fleet.ask_member::<DeployStatus>(&params, call).await

@@ -7,6 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub mod book;
+pub mod history;
 pub mod lease;
 pub mod order;
 pub mod settlement;

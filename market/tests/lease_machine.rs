@@ -75,6 +75,7 @@ impl Chain {
             to_provider: release.to_provider,
             to_buyer: release.to_buyer,
             to_others: Molt::default(),
+            block_time_ms: Some(now),
         };
         self.settled = Some(fact.clone());
         Some(fact)

@@ -343,9 +343,20 @@ pub enum TopicKind {
     Bids,
     /// Fleet objects (deployments, jobs, ...) signed by operators.
     Objects,
+    /// Reports of settled leases, for every node's price history.
+    Trades,
 }
 
 impl TopicKind {
+    /// Every topic, in a fixed order.
+    pub const ALL: [TopicKind; 5] = [
+        Self::Inventory,
+        Self::Offers,
+        Self::Bids,
+        Self::Objects,
+        Self::Trades,
+    ];
+
     /// The topic's short name, as in its gossipsub topic and in metrics labels.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -353,6 +364,7 @@ impl TopicKind {
             Self::Offers => "offers",
             Self::Bids => "bids",
             Self::Objects => "objects",
+            Self::Trades => "trades",
         }
     }
 }

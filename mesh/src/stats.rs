@@ -39,18 +39,11 @@ pub struct MeshCounters {
     pub gossip: Vec<(TopicKind, GossipVerdict, u64)>,
 }
 
-const TOPICS: [TopicKind; 4] = [
-    TopicKind::Inventory,
-    TopicKind::Offers,
-    TopicKind::Bids,
-    TopicKind::Objects,
-];
-
 /// The live counters, shared by the event loop (writer) and handles (readers).
 #[derive(Debug, Default)]
 pub(crate) struct MeshStats {
     connected_peers: AtomicU64,
-    gossip: [[AtomicU64; 3]; 4],
+    gossip: [[AtomicU64; 3]; TopicKind::ALL.len()],
 }
 
 fn topic_index(kind: TopicKind) -> usize {
@@ -59,6 +52,7 @@ fn topic_index(kind: TopicKind) -> usize {
         TopicKind::Offers => 1,
         TopicKind::Bids => 2,
         TopicKind::Objects => 3,
+        TopicKind::Trades => 4,
     }
 }
 
@@ -82,7 +76,7 @@ impl MeshStats {
 
     pub(crate) fn snapshot(&self) -> MeshCounters {
         let mut gossip = Vec::with_capacity(9);
-        for kind in TOPICS {
+        for kind in TopicKind::ALL {
             for verdict in GossipVerdict::ALL {
                 let count =
                     self.gossip[topic_index(kind)][verdict_index(verdict)].load(Ordering::Relaxed);
@@ -123,6 +117,7 @@ mod tests {
         );
         assert_eq!(count(TopicKind::Bids, GossipVerdict::Ignored), Some(0));
         assert_eq!(count(TopicKind::Objects, GossipVerdict::Accepted), Some(0));
-        assert_eq!(snapshot.gossip.len(), 12);
+        assert_eq!(count(TopicKind::Trades, GossipVerdict::Rejected), Some(0));
+        assert_eq!(snapshot.gossip.len(), 15);
     }
 }

@@ -176,19 +176,14 @@ pub(crate) struct Topics {
 
 impl Topics {
     pub(crate) fn new(network: &str) -> Result<Self, MeshError> {
-        let idents = [
-            TopicKind::Inventory,
-            TopicKind::Offers,
-            TopicKind::Bids,
-            TopicKind::Objects,
-        ]
-        .into_iter()
-        .map(|kind| {
-            TopicName::new(network, kind)
-                .map(|name| (kind, IdentTopic::new(name.as_str())))
-                .map_err(|e| MeshError::Config(e.to_string()))
-        })
-        .collect::<Result<_, _>>()?;
+        let idents = TopicKind::ALL
+            .into_iter()
+            .map(|kind| {
+                TopicName::new(network, kind)
+                    .map(|name| (kind, IdentTopic::new(name.as_str())))
+                    .map_err(|e| MeshError::Config(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Self { idents })
     }
 
@@ -736,6 +731,7 @@ impl EventLoop {
                 let expected = match kind {
                     TopicKind::Offers => PayloadKind::Offer,
                     TopicKind::Objects => PayloadKind::FleetObject,
+                    TopicKind::Trades => PayloadKind::TradeReport,
                     _ => PayloadKind::Bid,
                 };
                 self.verifier

@@ -40,10 +40,10 @@ use claw_api::jobs::{
 };
 use claw_api::market::{
     Arbitration, BidOutcome, Lease, LeaseEnd, LeaseGrant, LeaseListing, LeaseStatus,
-    MarketArbitrate, MarketBid, MarketLeaseCancel, MarketLeaseEnd, MarketLeaseFund,
+    MarketArbitrate, MarketBid, MarketHistory, MarketLeaseCancel, MarketLeaseEnd, MarketLeaseFund,
     MarketLeaseRequest, MarketLeaseRevoke, MarketLeaseStatus, MarketLeases, MarketOffers,
-    MarketOffersSigned, MarketReceipts, MarketReputation, MarketSell, OfferListing,
-    ProviderReputation, ReceiptListing, SellReport, WalletBalance,
+    MarketOffersSigned, MarketReceipts, MarketReputation, MarketSell, MarketTradesSigned,
+    OfferListing, ProviderReputation, ReceiptListing, SellReport, WalletBalance,
 };
 use claw_api::namespaces::{
     NamespaceCreate, NamespaceDelete, NamespaceList, NamespaceRef, NamespaceUsage,
@@ -252,6 +252,12 @@ fn router() -> &'static Router<NodeCommands, Call> {
                 Ok(node.services.market.signed_offers())
             })
             .route::<MarketReceipts, _, _>(NodeCommands::market_receipts)
+            .route::<MarketHistory, _, _>(|node, _, params| async move {
+                node.services.market.history(params).await
+            })
+            .route::<MarketTradesSigned, _, _>(|node, _, params| async move {
+                node.services.market.signed_trades(params).await
+            })
             .route::<MarketLeaseRequest, _, _>(NodeCommands::lease_request)
             .route::<MarketLeaseFund, _, _>(NodeCommands::lease_fund)
             .route::<MarketLeaseEnd, _, _>(NodeCommands::lease_end)

@@ -512,21 +512,6 @@ pub(crate) fn cron(global: &GlobalArgs, command: CronCommand) -> Result<()> {
     Ok(())
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// A Unix-ms time as UTC text.
-fn when(ms: Option<u64>) -> String {
-    ms.and_then(|ms| i64::try_from(ms).ok())
-        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
-        .map_or("-".to_owned(), |t| {
-            t.strftime("%Y-%m-%d %H:%M UTC").to_string()
-        })
-}
-
 fn show_cron(global: &GlobalArgs, cron: &CronJob) {
     if global.json {
         print_json(cron);
@@ -543,7 +528,7 @@ fn show_cron(global: &GlobalArgs, cron: &CronJob) {
         } else {
             ""
         },
-        when(cron.spec.next_after(now_ms()))
+        ops::when(cron.spec.next_after(ops::now_ms()))
     );
 }
 
@@ -562,8 +547,8 @@ fn cron_list(global: &GlobalArgs) -> Result<()> {
                 c.schedule.clone(),
                 c.time_zone.clone(),
                 if c.suspended { "suspended" } else { "active" }.to_owned(),
-                when(c.last_slot_ms),
-                when(c.next_ms),
+                ops::when(c.last_slot_ms),
+                ops::when(c.next_ms),
                 c.active_runs.to_string(),
             ]
         })
@@ -586,7 +571,7 @@ fn cron_status(global: &GlobalArgs, name: String) -> Result<()> {
     show_cron(global, &answer.cron);
     println!(
         "last scheduled time {}; controller {}",
-        when(answer.last_slot_ms),
+        ops::when(answer.last_slot_ms),
         answer.controller.as_deref().unwrap_or("-")
     );
     if let Some(pending) = &answer.pending {
@@ -598,7 +583,7 @@ fn cron_status(global: &GlobalArgs, name: String) -> Result<()> {
         .map(|r| {
             vec![
                 r.id.clone(),
-                when(Some(r.started_ms)),
+                ops::when(Some(r.started_ms)),
                 phase(r.phase),
                 match &answer.cron.spec.job {
                     Some(job) => format!("{}/{}", r.succeeded(), job.completions),

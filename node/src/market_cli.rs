@@ -4,8 +4,9 @@
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 use claw_api::market::{
-    BidParams, BidPhases, CancelParams, LeaseWorkload, LeasesParams, MarketBid, MarketLeaseCancel,
-    MarketLeases, MarketOffers, MarketSell, OffersParams, PaymentChoice, SellParams, SellWindow,
+    BidParams, BidPhases, CancelParams, HistoryParams, LeaseWorkload, LeasesParams, MarketBid,
+    MarketHistory, MarketLeaseCancel, MarketLeases, MarketOffers, MarketSell, OffersParams,
+    PaymentChoice, SellParams, SellWindow,
 };
 
 use crate::{GlobalArgs, ops, print_json, print_table};
@@ -57,6 +58,39 @@ pub(crate) enum MarketCommand {
         /// The lease id.
         lease_id: String,
     },
+    /// What GPU-hours cleared at: settled leases, checked on chain, with daily percentiles.
+    History {
+        /// Only this GPU model (exact).
+        #[arg(long)]
+        model: Option<String>,
+        /// Only this region.
+        #[arg(long)]
+        region: Option<String>,
+        /// How far back: a number of days (`7d`) or hours (`24h`).
+        #[arg(long, default_value = "7d", value_parser = parse_age)]
+        since: u64,
+        /// List at most this many trades (newest first).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
+/// `7d` or `24h` as milliseconds.
+fn parse_age(text: &str) -> Result<u64, String> {
+    let (number, unit_ms) = if let Some(days) = text.strip_suffix('d') {
+        (days, 86_400_000)
+    } else if let Some(hours) = text.strip_suffix('h') {
+        (hours, 3_600_000)
+    } else {
+        return Err(format!(
+            "{text:?} is not a number of days (7d) or hours (24h)"
+        ));
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_ms))
+        .ok_or_else(|| format!("{text:?} is not a number of days (7d) or hours (24h)"))
 }
 
 /// `clawnode market bid`.
@@ -149,7 +183,97 @@ pub(crate) fn market(global: &GlobalArgs, command: MarketCommand) -> Result<()> 
             sell(global, price, stop, window)
         }
         MarketCommand::Cancel { lease_id } => cancel(global, lease_id),
+        MarketCommand::History {
+            model,
+            region,
+            since,
+            limit,
+        } => history(
+            global,
+            HistoryParams {
+                model,
+                region,
+                since_ms: Some(ops::now_ms().saturating_sub(since)),
+                until_ms: None,
+                limit: Some(limit),
+            },
+        ),
     }
+}
+
+/// `clawnode market history`: the daily percentiles, then the newest trades, as tables.
+fn history(global: &GlobalArgs, params: HistoryParams) -> Result<()> {
+    let answer = ops::call::<MarketHistory>(global, &params, None, None)?;
+    if global.json {
+        print_json(&answer);
+        return Ok(());
+    }
+    let model = |name: &str, simulated: bool| {
+        if simulated {
+            format!("{name} (simulated)")
+        } else {
+            name.to_owned()
+        }
+    };
+    let days: Vec<Vec<String>> = answer
+        .days
+        .iter()
+        .map(|d| {
+            vec![
+                d.day.clone(),
+                model(&d.gpu_model, d.simulated),
+                text(d.region.as_ref()),
+                d.trades.to_string(),
+                d.gpu_hours.to_string(),
+                d.min.clone(),
+                d.p50.clone(),
+                d.p90.clone(),
+                d.max.clone(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "DAY", "MODEL", "REGION", "TRADES", "GPU-H", "MIN", "P50", "P90", "MAX",
+        ],
+        &days,
+    );
+    if answer.trades.is_empty() {
+        return Ok(());
+    }
+    println!(
+        "\n{} of {} trades, newest first (settlements on chain):",
+        answer.trades.len(),
+        answer.matching
+    );
+    let trades: Vec<Vec<String>> = answer
+        .trades
+        .iter()
+        .map(|t| {
+            vec![
+                ops::when(Some(t.settled_ms)),
+                t.lease_id.clone(),
+                model(&t.gpu_model, t.simulated),
+                format!("{} × {} h", t.gpus, t.hours),
+                format!("{}/h", t.price_per_gpu_hour),
+                t.paid_to_provider.clone(),
+                t.settlement.clone(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "SETTLED",
+            "LEASE",
+            "MODEL",
+            "GPUS",
+            "PRICE",
+            "PAID",
+            "SETTLEMENT",
+        ],
+        &trades,
+    );
+    Ok(())
 }
 
 /// `clawnode market offers`: the order book, filtered, as a table.

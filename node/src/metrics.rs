@@ -313,6 +313,7 @@ mod tests {
             to_provider: Molt::from_base_units(300),
             to_buyer: Molt::from_base_units(700),
             to_others: Molt::default(),
+            block_time_ms: None,
         });
         let mut streaming = LeaseRecord::reserved(id(2), "peer".to_owned(), Vec::new(), 0);
         streaming.state = LeaseState::Running;

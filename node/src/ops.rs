@@ -249,6 +249,22 @@ fn ps_once(global: &GlobalArgs, all: bool, node: Option<String>) -> Result<()> {
     Ok(())
 }
 
+/// Now, Unix ms.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A Unix-ms time as UTC text.
+pub(crate) fn when(ms: Option<u64>) -> String {
+    ms.and_then(|ms| i64::try_from(ms).ok())
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map_or("-".to_owned(), |t| {
+            t.strftime("%Y-%m-%d %H:%M UTC").to_string()
+        })
+}
+
 fn age(ms: u64) -> String {
     let secs = ms / 1000;
     match secs {

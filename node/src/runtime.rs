@@ -336,7 +336,7 @@ fn watch_mesh(tasks: &Tasks, mesh: Mesh, commands: &NodeCommands) {
             match event {
                 MeshEvent::Fleet(change) => tracing::info!(?change, "fleet"),
                 MeshEvent::Connected(peer) => {
-                    market.peer_connected();
+                    market.peer_connected(peer);
                     objects.peer_connected(peer);
                 }
                 MeshEvent::Gossip {
@@ -347,6 +347,10 @@ fn watch_mesh(tasks: &Tasks, mesh: Mesh, commands: &NodeCommands) {
                     kind: TopicKind::Objects,
                     envelope,
                 } => objects.gossiped(envelope),
+                MeshEvent::Gossip {
+                    kind: TopicKind::Trades,
+                    envelope,
+                } => market.trade_reported(envelope),
                 _ => {}
             }
         }

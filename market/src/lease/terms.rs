@@ -211,6 +211,21 @@ pub struct TermsExpectation<'a> {
 }
 
 impl Signed<LeaseTerms> {
+    /// Checks the lease id is the one the signer derives from the bid the terms name: terms
+    /// signed by anyone else cannot take over another provider's lease (and its escrow, which
+    /// is derived from the lease id).
+    pub fn check_lease_id(&self) -> Result<(), LeaseError> {
+        let terms = self.payload();
+        let derived = LeaseId::derive(&terms.bid_digest, &self.signer());
+        if derived != terms.lease_id {
+            return Err(LeaseError::WrongLease {
+                expected: derived,
+                found: terms.lease_id.clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// The buyer's checks of terms a provider answered its bid with: signed by the matched
     /// provider, for this bid (lease id derived from it), not dated before the bid, with the
     /// buyer's wallet, the offer's wallet and the trusted arbiter, and what was bid.

@@ -17,9 +17,9 @@ use solana_signature::Signature;
 use solana_signer::Signer as _;
 use solana_transaction::Transaction;
 
-use super::client::{ChainClient, Landed, SettlementError};
+use super::client::{ChainClient, FetchedTransaction, Landed, SettlementError};
 use super::token::{MoltMint, memo, token_program};
-use super::transfers::{TokenTransfer, token_transfers};
+use super::transfers::token_transfers;
 use crate::Molt;
 use crate::lease::{LeaseId, LeaseTerms, Parties};
 
@@ -114,6 +114,9 @@ pub struct SettlementFact {
     pub to_buyer: Molt,
     /// Paid anywhere else (only possible if two parties agreed to it).
     pub to_others: Molt,
+    /// The block's time, Unix ms, when the cluster keeps one.
+    #[serde(default)]
+    pub block_time_ms: Option<u64>,
 }
 
 /// What settling did.
@@ -419,17 +422,18 @@ impl Escrow {
         &self,
         mint: &MoltMint,
         signature: String,
-        slot: u64,
-        transfers: &[TokenTransfer],
+        fetched: &FetchedTransaction,
     ) -> SettlementFact {
+        let transfers = token_transfers(&fetched.transaction);
         let provider_account = mint.account_of(&self.parties.provider);
         let buyer_account = mint.account_of(&self.parties.buyer);
         let mut fact = SettlementFact {
             signature,
-            slot,
+            slot: fetched.slot,
             to_provider: Molt::default(),
             to_buyer: Molt::default(),
             to_others: Molt::default(),
+            block_time_ms: fetched.block_time_ms,
         };
         for transfer in transfers.iter().filter(|t| t.source == self.vault()) {
             let to = if transfer.destination == provider_account {
@@ -479,8 +483,7 @@ impl Escrow {
                 return Ok(Some(self.fact_of(
                     mint,
                     entry.signature.to_string(),
-                    fetched.slot,
-                    &transfers,
+                    &fetched,
                 )));
             }
         }
@@ -534,12 +537,7 @@ impl Escrow {
         if fetched.failed || !transfers.iter().any(|t| t.source == self.vault()) {
             return Ok(None);
         }
-        Ok(Some(self.fact_of(
-            mint,
-            signature.to_string(),
-            fetched.slot,
-            &transfers,
-        )))
+        Ok(Some(self.fact_of(mint, signature.to_string(), &fetched)))
     }
 }
 

@@ -37,6 +37,12 @@ commands! {
     /// `market.offers.signed`.
     MarketOffersSigned = "market.offers.signed", Read, NoParams => SignedOffers,
         "This node's current offers, as the signed envelopes it gossiped (for peers that joined after)";
+    /// `market.history`.
+    MarketHistory = "market.history", Read, HistoryParams => PriceHistory,
+        "What GPU-hours cleared at: every settled lease this node has seen reported and checked on chain (terms both parties signed, and the settlement transaction that paid the provider), with min, p50, p90 and max per day, GPU model and region";
+    /// `market.trades.signed`.
+    MarketTradesSigned = "market.trades.signed", Read, TradesParams => SignedTrades,
+        "(node to node) The trade reports this node keeps, as signed envelopes, for a peer to check on chain itself (a node that joined late catches up this way)";
     /// `market.receipts`.
     MarketReceipts = "market.receipts", Read, ReceiptsParams => ReceiptListing,
         "The leases this node served as a provider, with their terms, the buyer's acceptance and the final checkpoint, for anyone to check against the chain";
@@ -358,6 +364,37 @@ pub struct ReceiptsParams {
     /// At most this many, newest first (default 100).
     #[serde(default)]
     pub limit: Option<usize>,
+}
+
+/// `market.history`: which trades, and how many to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryParams {
+    /// Only this GPU model (exact, as in offers).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Only this region.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Only trades settled at or after this time, Unix ms (default: the last 7 days).
+    #[serde(default)]
+    pub since_ms: Option<u64>,
+    /// Only trades settled before this time, Unix ms.
+    #[serde(default)]
+    pub until_ms: Option<u64>,
+    /// List at most this many trades, newest first (default 100, at most 1,000); the daily
+    /// figures count every matching trade.
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// `market.trades.signed`: which reports to answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TradesParams {
+    /// Only trades settled at or after this time, Unix ms.
+    #[serde(default)]
+    pub since_ms: Option<u64>,
 }
 
 /// `market.lease.request`: a buyer asks for a lease on one of this node's offers.
@@ -828,6 +865,87 @@ pub struct SignedOffers {
     pub offers: Vec<String>,
 }
 
+/// `market.history`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceHistory {
+    /// Per UTC day, GPU model, region and whether the GPUs were simulated: the clearing prices'
+    /// spread, oldest day first.
+    pub days: Vec<PriceDay>,
+    /// The trades, newest first, at most `limit`.
+    pub trades: Vec<Trade>,
+    /// Trades that match, listed or not.
+    pub matching: usize,
+}
+
+/// One day's clearing prices for one GPU model in one region. Each settled lease is one sample
+/// (its price per GPU-hour); percentiles are nearest-rank.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceDay {
+    /// The UTC day, `YYYY-MM-DD`.
+    pub day: String,
+    /// The GPU model, as the provider's terms name it (peer-supplied text).
+    pub gpu_model: String,
+    /// The region the provider stated, if any (peer-supplied text).
+    pub region: Option<String>,
+    /// Whether these GPUs were simulated.
+    pub simulated: bool,
+    /// Settled leases.
+    pub trades: usize,
+    /// GPU-hours those leases were for.
+    pub gpu_hours: u64,
+    /// Lowest price per GPU-hour, MOLT.
+    pub min: String,
+    /// Median price per GPU-hour, MOLT.
+    pub p50: String,
+    /// 90th percentile price per GPU-hour, MOLT.
+    pub p90: String,
+    /// Highest price per GPU-hour, MOLT.
+    pub max: String,
+}
+
+/// One settled lease as the price history keeps it, with what anyone needs to check it on chain.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Trade {
+    /// The lease.
+    pub lease_id: String,
+    /// The GPU model (peer-supplied text).
+    pub gpu_model: String,
+    /// The provider's stated region (peer-supplied text).
+    pub region: Option<String>,
+    /// Whether the GPUs were simulated.
+    pub simulated: bool,
+    /// GPUs leased.
+    pub gpus: u32,
+    /// Hours leased.
+    pub hours: u32,
+    /// The agreed price per GPU-hour, MOLT.
+    pub price_per_gpu_hour: String,
+    /// What the settlement paid the provider, MOLT (less than the whole when the lease ended
+    /// early).
+    pub paid_to_provider: String,
+    /// The settlement's block time, Unix ms.
+    pub settled_ms: u64,
+    /// The settlement transaction (base-58), for anyone to look up.
+    pub settlement: String,
+    /// Its slot.
+    pub slot: u64,
+    /// The provider's peer id.
+    pub provider: String,
+    /// The buyer's peer id.
+    pub buyer: String,
+}
+
+/// `market.trades.signed`' answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignedTrades {
+    /// Signed trade report envelopes, base-64, newest first.
+    pub reports: Vec<String>,
+}
+
 /// `market.receipts`' answer.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -956,6 +1074,8 @@ impl Answer for ProviderReputation {}
 impl Answer for Arbitration {}
 impl Answer for SignedOffers {}
 impl Answer for ReceiptListing {}
+impl Answer for PriceHistory {}
+impl Answer for SignedTrades {}
 impl Answer for LeaseGrant {}
 impl Answer for LeaseStatus {}
 impl Answer for LeaseEnd {}

@@ -888,6 +888,7 @@ impl Market {
         let buyer: PeerId = terms.payload().buyer_peer.parse().ok()?;
         let acceptance = self.open_signed_kept::<LeaseAcceptance>(&item.acceptance, &buyer)?;
         let checkpoint = self.open_signed_kept::<UsageCheckpoint>(&item.checkpoint, provider)?;
+        terms.check_lease_id().ok()?;
         acceptance
             .check_against(&terms, self.policy().clock_slack_ms)
             .ok()?;

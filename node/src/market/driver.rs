@@ -112,6 +112,7 @@ impl Market {
                 if step.record.state != record.state {
                     if !step.record.state.is_open() {
                         self.learn_outcome(&step.record);
+                        self.report_settled(&step.record).await;
                     }
                     tracing::info!(lease = %lease, side = ?record.side, from = %record.state, to = %step.record.state, reason = step.record.reason.as_deref().unwrap_or(""), "lease moved");
                 }

@@ -11,6 +11,7 @@
 mod arbiter;
 mod buyer;
 mod driver;
+mod history;
 mod provider;
 mod settle;
 
@@ -152,6 +153,8 @@ struct Inner {
     /// When set (Unix ms), offers are published again at that time even if unchanged: a peer
     /// joined after they were last published, and gossip does not replay.
     republish_at_ms: std::sync::atomic::AtomicU64,
+    /// Trade reports waiting for their check, and when each peer was last asked for its own.
+    trades: history::TradeInbox,
 }
 
 /// The node's market service. Cheap to clone.
@@ -213,6 +216,7 @@ impl Market {
                 offers_changed: tokio::sync::Notify::new(),
                 not_selling: Mutex::default(),
                 republish_at_ms: std::sync::atomic::AtomicU64::new(0),
+                trades: history::TradeInbox::default(),
             }),
         }
     }
@@ -354,11 +358,13 @@ impl Market {
     }
 
     /// A peer connected: publish the offers again shortly (once its subscriptions are known), so
-    /// that its book has them without waiting for their renewal.
-    pub fn peer_connected(&self) {
+    /// that its book has them without waiting for their renewal, and catch up on the trades it
+    /// has seen settle.
+    pub fn peer_connected(&self, peer: PeerId) {
         self.inner
             .republish_at_ms
             .store(now_ms() + 1500, std::sync::atomic::Ordering::Relaxed);
+        self.catch_up_trades(peer);
     }
 
     /// Takes a verified offer from gossip into the book. Offers for other networks or that do
@@ -554,6 +560,9 @@ impl Market {
     /// Runs [`Market::tick`] every `interval`, and publishes offers as soon as GPUs are taken or
     /// freed by a lease.
     pub async fn run(self, interval: Duration) {
+        self.inner
+            .tasks
+            .spawn_service(self.clone().run_trade_inbox());
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

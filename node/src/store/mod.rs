@@ -12,6 +12,7 @@ mod backups;
 mod leases;
 mod ledger;
 mod objects;
+mod trades;
 mod workloads;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub use backups::BackupRecord;
 pub use ledger::Holder;
 pub use objects::{HISTORY_KEPT, MAX_OBJECTS, ObjectKind, ObjectPut, ObjectRecord};
+pub use trades::{KeptTrade, MAX_TRADES};
 pub use workloads::{AdmitError, Admitted, GpuChoice, WorkloadRecord};
 
 const META_TREE: &str = "meta";
@@ -50,6 +52,10 @@ const SCALES_TREE: &str = "deployment-scales";
 const CRON_BIDS_TREE: &str = "cron-bids";
 /// Backup id → the backup's signed manifest and who may read it.
 const BACKUPS_TREE: &str = "backups";
+/// The price history: settlement time and lease → the kept trade.
+const TRADES_TREE: &str = "trades";
+/// Lease → its key in the price history.
+const TRADE_LEASES_TREE: &str = "trade-leases";
 const SEQUENCE_KEY: &[u8] = b"envelope-sequence";
 const CORDONED_KEY: &[u8] = b"cordoned";
 /// `CORDONED_KEY`'s value when the node is cordoned.
@@ -184,8 +190,11 @@ pub struct Store {
     scales: sled::Tree,
     cron_bids: sled::Tree,
     backups: sled::Tree,
+    trades: sled::Tree,
+    trade_leases: sled::Tree,
     audit_retained: u64,
     max_objects: usize,
+    max_trades: usize,
     db: sled::Db,
 }
 
@@ -220,8 +229,11 @@ impl Store {
             scales: db.open_tree(SCALES_TREE)?,
             cron_bids: db.open_tree(CRON_BIDS_TREE)?,
             backups: db.open_tree(BACKUPS_TREE)?,
+            trades: db.open_tree(TRADES_TREE)?,
+            trade_leases: db.open_tree(TRADE_LEASES_TREE)?,
             audit_retained: AUDIT_RETAINED,
             max_objects: MAX_OBJECTS,
+            max_trades: MAX_TRADES,
             db,
         })
     }
@@ -238,6 +250,13 @@ impl Store {
     #[must_use]
     pub fn with_max_objects(mut self, objects: usize) -> Self {
         self.max_objects = objects;
+        self
+    }
+
+    /// Keeps at most `trades` trades in the price history instead of [`MAX_TRADES`].
+    #[must_use]
+    pub fn with_max_trades(mut self, trades: usize) -> Self {
+        self.max_trades = trades;
         self
     }
 

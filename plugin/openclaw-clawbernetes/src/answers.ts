@@ -96,6 +96,24 @@ export interface FleetDrain {
   drain: { cordoned: boolean; workloads: { workload: string; outcome: string }[] };
 }
 
+/** `market.history`: settled leases checked on chain, and their prices per day. */
+export interface MarketHistory {
+  days: {
+    day: string;
+    gpu_model: string;
+    region: string | null;
+    simulated: boolean;
+    trades: number;
+    gpu_hours: number;
+    min: string;
+    p50: string;
+    p90: string;
+    max: string;
+  }[];
+  trades: { lease_id: string; price_per_gpu_hour: string; settled_ms: number; settlement: string }[];
+  matching: number;
+}
+
 export interface MarketOffers {
   offers?: {
     node?: string;

@@ -56,6 +56,7 @@ export const BRIDGE_COMMANDS = [
   "market.bid",
   "market.leases",
   "market.lease.cancel",
+  "market.history",
   "wallet.balance",
   "deploy.create",
   "deploy.update",

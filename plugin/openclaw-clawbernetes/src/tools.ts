@@ -14,6 +14,7 @@ import type {
   LeaseCancel,
   MarketBid,
   MarketLeases,
+  MarketHistory,
   MarketOffers,
   MarketSell,
   WalletBalance,
@@ -980,6 +981,43 @@ export function fleetTools(bridge: Bridge): Tool[] {
         a.to_provider == null
           ? `lease ${a.lease_id}: ${a.state}${a.reason ? ` (${a.reason})` : ""}`
           : `lease ${a.lease_id} ${a.state}: ${a.to_provider} MOLT to the provider for ${a.served_secs} s served, ${a.to_buyer} MOLT back`,
+    }),
+    tool(bridge, {
+      name: "claw_market_history",
+      label: "GPU price history",
+      description:
+        "What GPU-hours cleared at in the MOLT market: every settled lease the fleet has seen, each checked on chain (terms both parties signed and the settlement transaction), with min, median, 90th percentile and max per day, GPU model and region. Answers questions like \"what did an H100 hour cost this week\".",
+      parameters: object({
+        model: str("Only this GPU model, exactly as offers name it (e.g. NVIDIA H100 80GB HBM3)"),
+        region: str("Only this region"),
+        days: int("How many days back, from now (default 7)", 1),
+        limit: int("List at most this many trades, newest first (default 10)", 0),
+      }),
+      command: "market.history",
+      map: (p) => {
+        const days = p.days ?? 7;
+        const mapped: Record<string, unknown> = { since_ms: Date.now() - days * 86_400_000, limit: p.limit ?? 10 };
+        if (p.model) mapped.model = p.model;
+        if (p.region) mapped.region = p.region;
+        return mapped;
+      },
+      render: (a: MarketHistory, p) => {
+        const days = p.days ?? 7;
+        if (a.days.length === 0) return `no settled lease in the last ${plural(days, "day")}${p.model ? ` for ${printable(p.model, 96)}` : ""}`;
+        // Model names and regions are the providers' own words.
+        const lines = [`${plural(a.matching, "settled lease")} in the last ${plural(days, "day")}, prices in MOLT per GPU-hour:`];
+        lines.push(
+          ...peerData(
+            "GPU models and regions as providers named them",
+            a.days.map(
+              (d) =>
+                `${d.day} ${d.gpu_model}${d.region ? ` in ${d.region}` : ""}${d.simulated ? " (simulated)" : ""}: ${plural(d.trades, "lease")}, ${d.gpu_hours} GPU-hours; min ${d.min}, median ${d.p50}, p90 ${d.p90}, max ${d.max}`,
+            ),
+          ),
+        );
+        for (const t of a.trades) lines.push(`- ${t.lease_id} settled ${iso(t.settled_ms)} at ${t.price_per_gpu_hour}/h (transaction ${t.settlement})`);
+        return lines.join("\n");
+      },
     }),
     tool(bridge, {
       name: "claw_deployment_create",

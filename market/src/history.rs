@@ -1,0 +1,266 @@
+//! Price history: what GPU-hours cleared at.
+//!
+//! A party to a settled lease reports it with its evidence: the terms the provider signed, the
+//! buyer's signed acceptance of exactly those terms, and the settlement's transaction. Every node
+//! that receives a report checks it before keeping the trade: the signatures, that the lease id
+//! is the one the provider derives from the buyer's bid (so no one can pass another lease's
+//! escrow off as its own), and, on chain, that the transaction moved the escrow derived from the
+//! terms and paid the provider. Nothing a reporter says about the price counts; it is read from
+//! the terms. The region is the provider's word, so it counts only in the provider's own report.
+
+use std::collections::BTreeMap;
+
+use claw_api::market::{PriceDay, Trade};
+use claw_attestation::{PayloadKind, SignedPayload};
+use serde::{Deserialize, Serialize};
+use solana_signature::Signature;
+
+use crate::Molt;
+use crate::lease::{LeaseAcceptance, LeaseError, LeaseId, LeaseRecord, LeaseTerms, Signed};
+use crate::settlement::{Escrow, SettlementFact};
+
+/// Longest region text a report may carry.
+pub const MAX_REGION: usize = 64;
+
+/// A lease party's report of a settled lease, signed by the reporter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TradeReport {
+    /// The provider-signed terms.
+    pub terms: Signed<LeaseTerms>,
+    /// The buyer's signed acceptance of them.
+    pub acceptance: Signed<LeaseAcceptance>,
+    /// The settlement transaction's signature, base-58.
+    pub settlement: String,
+    /// The provider's region; kept only from the provider's own report.
+    pub region: Option<String>,
+}
+
+impl SignedPayload for TradeReport {
+    const KIND: PayloadKind = PayloadKind::TradeReport;
+}
+
+/// Why a trade report is not kept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReportError {
+    /// The terms or acceptance fail their checks.
+    #[error("the lease evidence does not hold: {0}")]
+    Evidence(#[from] LeaseError),
+    /// The reporter is neither the provider nor the buyer.
+    #[error("the reporter is not a party to lease {0}")]
+    NotAParty(LeaseId),
+    /// A streaming lease: it has no escrow settlement to show.
+    #[error("lease {0} streams its payment; only escrow settlements are reported")]
+    NotEscrow(LeaseId),
+    /// The settlement signature or region cannot be read.
+    #[error("malformed report: {0}")]
+    Malformed(String),
+    /// The chain does not show the settlement, or it paid the provider nothing.
+    #[error("the chain shows no settlement of lease {0} that paid its provider")]
+    NotSettled(LeaseId),
+}
+
+impl TradeReport {
+    /// The report of `record`, a lease this node was party to, once the chain showed its escrow
+    /// settled with something paid to the provider; `None` otherwise. `region` is this node's,
+    /// and is sent only when it is the provider.
+    pub fn of_record(record: &LeaseRecord, region: Option<&str>) -> Option<Self> {
+        let fact = record.settlement.as_ref()?;
+        let terms = record.terms.clone()?;
+        if fact.to_provider.base_units() == 0 || !matches!(Escrow::of(terms.payload()), Ok(Some(_)))
+        {
+            return None;
+        }
+        let provider = record.side == crate::lease::Side::Provider;
+        Some(Self {
+            terms,
+            acceptance: record.acceptance.clone()?,
+            settlement: fact.signature.clone(),
+            region: region
+                .filter(|_| provider)
+                .map(|r| r.chars().take(MAX_REGION).collect()),
+        })
+    }
+
+    /// The checks that need no chain: the terms add up, their lease id is derived from the bid
+    /// and the provider's key, the buyer accepted exactly them, `reporter` (an Ed25519 key) is
+    /// one of the two, and the lease was paid through an escrow. Answers the escrow and the
+    /// transaction to look up on chain.
+    pub fn check(
+        &self,
+        reporter: &[u8; 32],
+        clock_slack_ms: u64,
+    ) -> Result<(Escrow, Signature), ReportError> {
+        let terms = self.terms.payload();
+        terms.validate()?;
+        self.terms.check_lease_id()?;
+        self.acceptance.check_against(&self.terms, clock_slack_ms)?;
+        if *reporter != self.terms.signer() && *reporter != self.acceptance.signer() {
+            return Err(ReportError::NotAParty(terms.lease_id.clone()));
+        }
+        if self
+            .region
+            .as_deref()
+            .is_some_and(|r| r.is_empty() || r.len() > MAX_REGION || r.contains(char::is_control))
+        {
+            return Err(ReportError::Malformed(format!(
+                "a region is 1 to {MAX_REGION} printable characters"
+            )));
+        }
+        let signature: Signature = self
+            .settlement
+            .parse()
+            .map_err(|_| ReportError::Malformed("the settlement is not a signature".to_owned()))?;
+        let escrow =
+            Escrow::of(terms)?.ok_or_else(|| ReportError::NotEscrow(terms.lease_id.clone()))?;
+        Ok((escrow, signature))
+    }
+
+    /// The trade, given what the chain shows of the report's settlement transaction (`None`:
+    /// it shows no such transaction moving the escrow). `settled_ms` stands in for the block
+    /// time when the cluster keeps none.
+    pub fn trade(
+        &self,
+        reporter: &[u8; 32],
+        fact: Option<&SettlementFact>,
+        settled_ms: u64,
+    ) -> Result<Trade, ReportError> {
+        let terms = self.terms.payload();
+        let fact = fact
+            .filter(|f| f.to_provider.base_units() > 0 && f.signature == self.settlement)
+            .ok_or_else(|| ReportError::NotSettled(terms.lease_id.clone()))?;
+        let peer = |signed_by: Option<claw_attestation::PeerId>| {
+            signed_by.map(|p| p.to_string()).unwrap_or_default()
+        };
+        Ok(Trade {
+            lease_id: terms.lease_id.to_string(),
+            gpu_model: terms.gpu_model.clone(),
+            region: self
+                .region
+                .clone()
+                .filter(|_| *reporter == self.terms.signer()),
+            simulated: terms.simulated,
+            gpus: u32::try_from(terms.gpus.len()).unwrap_or(u32::MAX),
+            hours: terms.hours,
+            price_per_gpu_hour: terms.price_per_gpu_hour.to_string(),
+            paid_to_provider: fact.to_provider.to_string(),
+            settled_ms: fact.block_time_ms.unwrap_or(settled_ms),
+            settlement: fact.signature.clone(),
+            slot: fact.slot,
+            provider: peer(self.terms.signer_peer()),
+            buyer: peer(self.acceptance.signer_peer()),
+        })
+    }
+}
+
+/// The UTC day of a Unix-ms time, `YYYY-MM-DD`.
+pub fn utc_day(ms: u64) -> String {
+    i64::try_from(ms)
+        .ok()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map(|t| t.to_zoned(jiff::tz::TimeZone::UTC).date().to_string())
+        .unwrap_or_else(|| "out of range".to_owned())
+}
+
+/// The nearest-rank `percent` percentile of `sorted` (ascending, not empty).
+fn percentile(sorted: &[Molt], percent: usize) -> Molt {
+    let rank = (percent * sorted.len()).div_ceil(100).max(1);
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+/// The clearing prices of `trades` per UTC day, GPU model, region and simulated or not, oldest
+/// day first: each trade one sample of its price per GPU-hour. A trade whose price does not read
+/// as MOLT (never the case for what [`TradeReport::trade`] made) is left out.
+pub fn price_days<'a>(trades: impl IntoIterator<Item = &'a Trade>) -> Vec<PriceDay> {
+    type Key = (String, String, Option<String>, bool);
+    let mut groups: BTreeMap<Key, (Vec<Molt>, u64)> = BTreeMap::new();
+    for trade in trades {
+        let Ok(price) = trade.price_per_gpu_hour.parse::<Molt>() else {
+            continue;
+        };
+        let key = (
+            utc_day(trade.settled_ms),
+            trade.gpu_model.clone(),
+            trade.region.clone(),
+            trade.simulated,
+        );
+        let (prices, gpu_hours) = groups.entry(key).or_default();
+        prices.push(price);
+        *gpu_hours = gpu_hours.saturating_add(u64::from(trade.gpus) * u64::from(trade.hours));
+    }
+    groups
+        .into_iter()
+        .map(
+            |((day, gpu_model, region, simulated), (mut prices, gpu_hours))| {
+                prices.sort_unstable();
+                PriceDay {
+                    day,
+                    gpu_model,
+                    region,
+                    simulated,
+                    trades: prices.len(),
+                    gpu_hours,
+                    min: prices[0].to_string(),
+                    p50: percentile(&prices, 50).to_string(),
+                    p90: percentile(&prices, 90).to_string(),
+                    max: prices[prices.len() - 1].to_string(),
+                }
+            },
+        )
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trade(day_ms: u64, model: &str, price: &str) -> Trade {
+        Trade {
+            lease_id: "ls-0000000000000000".to_owned(),
+            gpu_model: model.to_owned(),
+            region: None,
+            simulated: false,
+            gpus: 2,
+            hours: 3,
+            price_per_gpu_hour: price.to_owned(),
+            paid_to_provider: price.to_owned(),
+            settled_ms: day_ms,
+            settlement: String::new(),
+            slot: 0,
+            provider: String::new(),
+            buyer: String::new(),
+        }
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank_per_day_and_model() {
+        const DAY: u64 = 86_400_000;
+        // 2026-12-07 00:00 UTC.
+        let monday = 1_796_601_600_000;
+        assert_eq!(utc_day(monday), "2026-12-07");
+        assert_eq!(utc_day(monday + DAY - 1), "2026-12-07");
+        let mut trades: Vec<Trade> = (1..=10)
+            .map(|n| trade(monday + n * 1000, "H100", &format!("{n}.5")))
+            .collect();
+        trades.push(trade(monday + DAY, "H100", "7"));
+        trades.push(trade(monday + 5, "A100", "1"));
+        let days = price_days(&trades);
+        assert_eq!(days.len(), 3);
+        let (a100, h100, next) = (&days[0], &days[1], &days[2]);
+        assert_eq!((a100.gpu_model.as_str(), a100.trades), ("A100", 1));
+        assert_eq!(
+            (a100.min.as_str(), a100.p50.as_str(), a100.max.as_str()),
+            ("1", "1", "1")
+        );
+        assert_eq!(h100.day, "2026-12-07");
+        assert_eq!(h100.trades, 10);
+        assert_eq!(h100.gpu_hours, 60);
+        assert_eq!(h100.min, "1.5");
+        // Ten samples: the 5th is the median, the 9th the 90th percentile.
+        assert_eq!(h100.p50, "5.5");
+        assert_eq!(h100.p90, "9.5");
+        assert_eq!(h100.max, "10.5");
+        assert_eq!((next.day.as_str(), next.p50.as_str()), ("2026-12-08", "7"));
+    }
+}

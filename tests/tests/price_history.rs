@@ -1,0 +1,352 @@
+//! Price history across separate `clawnode run` processes on the embedded chain and the real
+//! Docker Engine: a provider sells at three prices, a buyer leases and ends each lease, and
+//! every node, the arbiter that took no part, and a node that joins only afterwards, answers
+//! `market.history` with exactly those trades, their settlements and their percentiles. A forger
+//! with only its own keys gossips trade reports that the chain does not back, or that claim
+//! another provider's settlement, or that are not its own to report; no history keeps them.
+
+use std::time::Duration;
+
+use claw_attestation::{Envelope, NodeIdentity, SignedPayload, Validity};
+use claw_market::history::TradeReport;
+use claw_market::lease::{LeaseAcceptance, LeaseTerms, Signed};
+use claw_tests::{Clawnode, Localnet, MarketNode as Node, SIMULATED_MODEL as MODEL, eventually};
+use claw_tests::{check_contract, metric, plugin_fields, required_part};
+use serde_json::{Value, json};
+
+/// A workload that runs until stopped, and stops at once on SIGTERM.
+const SERVE: [&str; 3] = ["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"];
+const PRICES: [&str; 3] = ["2", "3", "5"];
+const REGION: &str = "eu-west";
+
+fn now_ms() -> u64 {
+    claw_attestation::unix_millis(std::time::SystemTime::now())
+}
+
+/// `payload` signed by `identity`, valid for an hour from now.
+fn seal<T: SignedPayload>(identity: &NodeIdentity, seq: u64, payload: &T) -> Vec<u8> {
+    Envelope::seal(
+        identity,
+        seq,
+        Validity::from_now(Duration::from_secs(3600)),
+        payload,
+    )
+    .to_bytes()
+}
+
+fn signed<T: SignedPayload>(identity: &NodeIdentity, seq: u64, payload: &T) -> Signed<T> {
+    let verified = claw_attestation::Verifier::new()
+        .verify_ignoring_time(&seal(identity, seq, payload))
+        .expect("own envelope");
+    Signed::from_verified(&verified).expect("own payload")
+}
+
+/// The trades and days of `node`'s history, when it holds `count` trades.
+fn history_of(node: &Node, count: usize) -> Option<Value> {
+    let history = node.ok("market.history", &json!({"model": MODEL}));
+    (history["trades"].as_array()?.len() == count
+        && history["trades"]
+            .as_array()?
+            .iter()
+            .all(|t| t["region"] == REGION))
+    .then_some(history)
+}
+
+/// The forger's answers: its made-up reports to a node catching up, and nothing else.
+struct ForgedCatchUp(Vec<String>);
+
+impl claw_mesh::InvokeHandler for ForgedCatchUp {
+    fn handle(
+        &self,
+        _caller: claw_mesh::PeerId,
+        request: claw_mesh::InvokeRequest,
+    ) -> claw_mesh::HandlerFuture {
+        let reports = self.0.clone();
+        Box::pin(async move {
+            if request.command == "market.trades.signed" {
+                claw_mesh::InvokeResponse::Ok(json!({ "reports": reports }))
+            } else {
+                claw_mesh::InvokeResponse::Error(claw_mesh::InvokeFailure::new(
+                    claw_mesh::ErrorCode::UnknownCommand,
+                    format!("no command {}", request.command),
+                ))
+            }
+        })
+    }
+}
+
+#[test]
+fn settled_leases_make_a_price_history_every_node_checks_on_chain() {
+    let Some(image) = required_part(
+        "CLAW_TEST_IMAGE",
+        "the Docker Engine and the local busybox test image",
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let buyer_cli = Node::init(Clawnode::new(&dir.path().join("buyer")), 0);
+    buyer_cli.configure_market("", "");
+    let localnet = Localnet::start(&buyer_cli);
+    let chain = localnet.chain_config();
+    let arbiter_cli = Node::init(Clawnode::new(&dir.path().join("arbiter")), 0);
+    arbiter_cli.configure_market("arbitrate = true\n", &chain);
+    let arbiter_wallet = arbiter_cli
+        .ok(&["wallet", "address"])
+        .stdout
+        .trim()
+        .to_owned();
+    let arbiter = Node::start(arbiter_cli, &[]);
+    let market = |extra: &str| {
+        format!(
+            "arbiter = {arbiter_wallet:?}\narbiter_peer = {:?}\n{extra}",
+            arbiter.peer_id
+        )
+    };
+    let provider_cli = Node::init(Clawnode::new(&dir.path().join("provider")), 1);
+    provider_cli.configure_market(
+        &market(&format!("price_per_gpu_hour = {:?}\n", PRICES[0])),
+        &chain,
+    );
+    provider_cli.edit_config(|text| format!("[node]\nregion = {REGION:?}\n\n{text}"));
+    let provider = Node::start(provider_cli, &arbiter.addrs());
+    buyer_cli.configure_market(&market(""), "");
+    buyer_cli.ok(&["wallet", "airdrop", "--sol", "5", "--molt", "100"]);
+    let buyer = Node::start(buyer_cli, &arbiter.addrs());
+
+    // One lease at each price, ended after a few seconds: settled pro rata, the provider paid.
+    let mut settlements = Vec::new();
+    for price in PRICES {
+        provider.ok("market.sell", &json!({"price_per_gpu_hour": price}));
+        eventually(
+            Duration::from_secs(30),
+            &format!("the offer at {price} in the buyer's book"),
+            || {
+                let offers = buyer.ok("market.offers", &json!({}));
+                (offers["offers"][0]["price_per_gpu_hour"] == price).then_some(())
+            },
+        );
+        let bid = json!({
+            "models": [MODEL], "gpus": 1, "hours": 1, "max_price": price,
+            "accept_simulated": true,
+            "workload": {"image": image, "command": SERVE},
+        });
+        let leased = buyer.ok("market.bid", &bid);
+        assert_eq!(leased["lease"]["state"], "running", "{leased}");
+        let lease = leased["lease"]["lease_id"].as_str().expect("id").to_owned();
+        std::thread::sleep(Duration::from_secs(2));
+        let settled = buyer.ok("market.lease.cancel", &json!({"lease_id": lease}));
+        assert_eq!(settled["state"], "settled", "{settled}");
+        settlements.push((
+            lease,
+            settled["settlement_signature"]
+                .as_str()
+                .expect("signature")
+                .to_owned(),
+            settled["to_provider"].as_str().expect("paid").to_owned(),
+        ));
+    }
+
+    // The arbiter took part in none of them, and has them all, each as the chain shows it.
+    let history = eventually(
+        Duration::from_secs(40),
+        "three trades in the arbiter's history",
+        || history_of(&arbiter, 3),
+    );
+    // What the plugin reads of it (the bridge relays a member's answer as is).
+    check_contract(&plugin_fields(), "market.history", &history);
+    let trades = history["trades"].as_array().expect("trades");
+    for (trade, (lease, signature, paid)) in trades.iter().rev().zip(&settlements) {
+        assert_eq!(trade["lease_id"], lease.as_str(), "{trade}");
+        assert_eq!(trade["settlement"], signature.as_str());
+        assert_eq!(trade["paid_to_provider"], paid.as_str());
+        assert_eq!(trade["provider"], provider.peer_id);
+        assert_eq!(trade["buyer"], buyer.peer_id);
+        assert_eq!(
+            (trade["gpus"].as_u64(), trade["hours"].as_u64()),
+            (Some(1), Some(1))
+        );
+        assert_eq!(trade["simulated"], true);
+    }
+    let prices: Vec<&str> = trades
+        .iter()
+        .rev()
+        .filter_map(|t| t["price_per_gpu_hour"].as_str())
+        .collect();
+    assert_eq!(prices, PRICES);
+    let days = history["days"].as_array().expect("days");
+    assert_eq!(days.len(), 1, "{history}");
+    assert_eq!(
+        days[0],
+        json!({
+            "day": claw_market::history::utc_day(trades[0]["settled_ms"].as_u64().expect("time")),
+            "gpu_model": MODEL, "region": REGION, "simulated": true,
+            "trades": 3, "gpu_hours": 3, "min": "2", "p50": "3", "p90": "5", "max": "5",
+        })
+    );
+    // The parties answer the same; filters narrow it.
+    for party in [&provider, &buyer] {
+        assert_eq!(
+            history_of(party, 3).map(|h| h["days"].clone()),
+            Some(history["days"].clone())
+        );
+    }
+    let elsewhere = arbiter.ok("market.history", &json!({"region": "us-east"}));
+    assert_eq!(elsewhere["matching"], 0, "{elsewhere}");
+    let later = arbiter.ok("market.history", &json!({"since_ms": now_ms() + 60_000}));
+    assert_eq!(later["trades"], json!([]));
+    let table = arbiter.cli.ok(&["market", "history"]).stdout;
+    assert!(
+        table.contains(MODEL) && table.contains("eu-west") && table.contains("P50"),
+        "{table}"
+    );
+
+    // The forger: its own node key, and a second key posing as its buyer.
+    let forger = NodeIdentity::generate();
+    let accomplice = NodeIdentity::generate();
+    let receipts = provider.ok("market.receipts", &json!({}));
+    let receipt = &receipts["receipts"][0];
+    let verifier = claw_attestation::Verifier::new();
+    let open = |text: &Value| {
+        verifier
+            .verify_ignoring_time(
+                &base64::Engine::decode(
+                    &base64::engine::general_purpose::STANDARD,
+                    text.as_str().expect("evidence"),
+                )
+                .expect("base-64"),
+            )
+            .expect("signed evidence")
+    };
+    let honest_terms: Signed<LeaseTerms> =
+        Signed::from_verified(&open(&receipt["terms"])).expect("terms");
+    let honest_acceptance: Signed<LeaseAcceptance> =
+        Signed::from_verified(&open(&receipt["acceptance"])).expect("acceptance");
+    let honest_settlement = settlements
+        .iter()
+        .find(|(lease, _, _)| *lease == honest_terms.payload().lease_id.to_string())
+        .map(|(_, signature, _)| signature.clone())
+        .expect("the receipt's settlement");
+    // 1. A lease with itself at 0.01 that never happened: the settlement is made up.
+    let mut dealt = honest_terms.payload().clone();
+    dealt.price_per_gpu_hour = "0.01".parse().expect("price");
+    dealt.amount = dealt.price_per_gpu_hour;
+    dealt.buyer_peer = accomplice.peer_id().to_string();
+    dealt.lease_id =
+        claw_market::lease::LeaseId::derive(&dealt.bid_digest, &forger.public_key().to_bytes());
+    let dealt = signed(&forger, 10, &dealt);
+    let made_up = TradeReport {
+        acceptance: signed(
+            &accomplice,
+            11,
+            &LeaseAcceptance::of(&dealt).expect("acceptance"),
+        ),
+        terms: dealt,
+        settlement: solana_signature::Signature::from([7u8; 64]).to_string(),
+        region: Some("nowhere".to_owned()),
+    };
+    // 2. The honest lease's real settlement, claimed by terms the forger signed at 0.01: the
+    //    escrow (derived from the lease id and the buyer's wallet) is the honest one.
+    let mut claimed = honest_terms.payload().clone();
+    claimed.price_per_gpu_hour = "0.01".parse().expect("price");
+    claimed.amount = claimed.price_per_gpu_hour;
+    claimed.buyer_peer = accomplice.peer_id().to_string();
+    let claimed = signed(&forger, 12, &claimed);
+    let stolen = TradeReport {
+        acceptance: signed(
+            &accomplice,
+            13,
+            &LeaseAcceptance::of(&claimed).expect("acceptance"),
+        ),
+        terms: claimed,
+        settlement: honest_settlement.clone(),
+        region: Some("nowhere".to_owned()),
+    };
+    // 3. The honest evidence, reported by someone who is neither party, with its own region.
+    let not_its_own = TradeReport {
+        terms: honest_terms,
+        acceptance: honest_acceptance,
+        settlement: honest_settlement,
+        region: Some("nowhere".to_owned()),
+    };
+    let metrics = || {
+        arbiter
+            .running
+            .as_ref()
+            .expect("the arbiter runs")
+            .scrape_metrics()
+    };
+    let accepted = |text: &str| {
+        metric(
+            text,
+            r#"clawnode_gossip_messages_total{topic="trades",verdict="accepted"}"#,
+        )
+        .unwrap_or(0.0)
+    };
+    let before = accepted(&metrics());
+    let reports = [(20, &made_up), (21, &stolen), (22, &not_its_own)]
+        .map(|(seq, report)| seal(&forger, seq, report));
+    let forged: Vec<String> = reports
+        .iter()
+        .map(|bytes| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes))
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let config = claw_mesh::MeshConfig {
+        network: "localnet".to_owned(),
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")],
+        bootstrap: arbiter
+            .addrs()
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect(),
+        allow_colocated_peers: true,
+        ..claw_mesh::MeshConfig::default()
+    };
+    let mesh = {
+        let _entered = runtime.enter();
+        claw_mesh::Mesh::spawn(&forger, config, std::sync::Arc::new(ForgedCatchUp(forged)))
+            .expect("the forger's mesh")
+    };
+    let forger_addrs = runtime.block_on(async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        for bytes in reports {
+            mesh.handle
+                .publish(claw_mesh::TopicKind::Trades, bytes)
+                .await
+                .expect("published");
+        }
+        mesh.handle
+            .listen_addrs()
+            .await
+            .expect("the forger's addresses")
+    });
+    // The envelopes are the forger's own and fresh: the mesh passes them on, and only the node's
+    // own checks can refuse what is inside.
+    eventually(
+        Duration::from_secs(20),
+        "the forged reports delivered",
+        || (accepted(&metrics()) >= before + 3.0).then_some(()),
+    );
+    // Time for the checks, chain look-ups included.
+    std::thread::sleep(Duration::from_secs(3));
+
+    // A node that joins afterwards, through the forger, catches up from its peers: the forger
+    // first, with its made-up reports ahead of every honest one, then the others. It keeps only
+    // what it checked on chain itself.
+    let late_cli = Node::init(Clawnode::new(&dir.path().join("late")), 0);
+    late_cli.configure_market(&market(""), &chain);
+    let through_forger: Vec<String> = forger_addrs
+        .iter()
+        .map(|a| format!("{a}/p2p/{}", forger.peer_id()))
+        .collect();
+    let late = Node::start(late_cli, &through_forger);
+    let caught_up = eventually(Duration::from_secs(40), "the late node's history", || {
+        history_of(&late, 3)
+    });
+    assert_eq!(caught_up["days"], history["days"]);
+    runtime.block_on(mesh.handle.shutdown());
+    for node in [&arbiter, &late, &provider, &buyer] {
+        let now = node.ok("market.history", &json!({}));
+        assert_eq!(now["matching"], 3, "{now}");
+        assert_eq!(now["days"], history["days"], "no forged price or region");
+    }
+}
