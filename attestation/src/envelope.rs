@@ -772,55 +772,88 @@ impl ReplayGuard {
 }
 
 /// Remembers each accepted envelope's (signer, kind, sequence) until it expires, and refuses a
-/// second envelope with the same triple.
+/// different envelope with the same triple.
 ///
 /// For claims that are independent objects (offers, bids) rather than successive versions of one
 /// state: two offers from one provider may arrive in either order and both count, but neither can
-/// be replayed while it is valid. Memory is bounded: expired entries go first, then the ones
-/// expiring soonest.
+/// be replayed while it is valid. The very same envelope arriving again (a late copy on another
+/// path) is [`Seen::Again`], not a replay: honest forwarders are not blamed for it. Memory is
+/// bounded: expired entries go first, then the ones expiring soonest, each in O(log n) from an
+/// index by expiry (no scan of the whole set).
 #[derive(Debug)]
 pub struct SeenEnvelopes {
-    expires: HashMap<([u8; 32], PayloadKind, u64), u64>,
+    /// (signer, kind, sequence) → (expiry, envelope digest).
+    seen: HashMap<SeenKey, (u64, [u8; 32])>,
+    /// The same entries by expiry.
+    by_expiry: std::collections::BTreeSet<(u64, SeenKey)>,
     capacity: usize,
+}
+
+type SeenKey = ([u8; 32], PayloadKind, u64);
+
+/// What [`SeenEnvelopes::admit`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Not seen before: remembered now.
+    New,
+    /// This very envelope was admitted before (and has not expired).
+    Again,
 }
 
 impl SeenEnvelopes {
     /// Remembers up to `capacity` envelopes.
     pub fn new(capacity: usize) -> Self {
         Self {
-            expires: HashMap::new(),
+            seen: HashMap::new(),
+            by_expiry: std::collections::BTreeSet::new(),
             capacity: capacity.max(1),
         }
     }
 
-    /// Accepts `envelope` unless one with the same signer, kind and sequence was accepted and has
-    /// not expired at `now_ms`.
-    pub fn admit(&mut self, envelope: &VerifiedEnvelope, now_ms: u64) -> Result<(), VerifyError> {
+    /// Envelopes remembered.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Whether none is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    /// Admits `envelope` at `now_ms`: [`Seen::New`] and remembered until it expires, or
+    /// [`Seen::Again`] for the same envelope again; a replay error for a different envelope with
+    /// the same signer, kind and sequence that has not expired.
+    pub fn admit(&mut self, envelope: &VerifiedEnvelope, now_ms: u64) -> Result<Seen, VerifyError> {
         let e = &envelope.envelope;
         let key = (e.signer, e.kind, e.seq);
-        if let Some(&expires) = self.expires.get(&key)
+        let digest = e.digest();
+        if let Some(&(expires, seen_digest)) = self.seen.get(&key)
             && expires > now_ms
         {
+            if seen_digest == digest {
+                return Ok(Seen::Again);
+            }
             return Err(VerifyError::Replay {
                 signer: SignerKey(e.signer),
                 seq: e.seq,
                 last_seen: e.seq,
             });
         }
-        if self.expires.len() >= self.capacity {
-            self.expires.retain(|_, expires| *expires > now_ms);
-        }
-        if self.expires.len() >= self.capacity
-            && let Some(soonest) = self
-                .expires
-                .iter()
-                .min_by_key(|(_, expires)| **expires)
-                .map(|(k, _)| *k)
+        self.forget(&key);
+        while let Some(&(expires, oldest)) = self.by_expiry.first()
+            && (expires <= now_ms || self.seen.len() >= self.capacity)
         {
-            self.expires.remove(&soonest);
+            self.forget(&oldest);
         }
-        self.expires.insert(key, e.expires_at_ms);
-        Ok(())
+        self.seen.insert(key, (e.expires_at_ms, digest));
+        self.by_expiry.insert((e.expires_at_ms, key));
+        Ok(Seen::New)
+    }
+
+    fn forget(&mut self, key: &SeenKey) {
+        if let Some((expires, _)) = self.seen.remove(key) {
+            self.by_expiry.remove(&(expires, *key));
+        }
     }
 }
 
@@ -1067,25 +1100,50 @@ mod tests {
     }
 
     #[test]
-    fn seen_envelopes_accept_any_order_but_never_twice() {
+    fn seen_envelopes_accept_any_order_and_copies_but_never_a_second_envelope() {
         let identity = NodeIdentity::generate();
         let verifier = Verifier::new();
         let mut seen = SeenEnvelopes::new(2);
-        let v7 = verifier
-            .verify_at(&sealed(&identity, 7).to_bytes(), None, NOW)
-            .unwrap();
-        let v3 = verifier
-            .verify_at(&sealed(&identity, 3).to_bytes(), None, NOW)
-            .unwrap();
-        seen.admit(&v7, NOW).unwrap();
-        seen.admit(&v3, NOW).unwrap();
+        let open =
+            |envelope: Envelope| verifier.verify_at(&envelope.to_bytes(), None, NOW).unwrap();
+        let v7 = open(sealed(&identity, 7));
+        let v3 = open(sealed(&identity, 3));
+        assert_eq!(seen.admit(&v7, NOW), Ok(Seen::New));
+        assert_eq!(seen.admit(&v3, NOW), Ok(Seen::New));
+        // The same envelope again is a copy; another one under sequence 7 is a replay.
+        assert_eq!(seen.admit(&v7, NOW), Ok(Seen::Again));
+        let other = Note {
+            text: "A100 x1".into(),
+            value: 1,
+        };
+        let validity = Validity {
+            issued_at_ms: NOW,
+            ttl: Duration::from_secs(60),
+        };
+        let forged = open(Envelope::seal(&identity, 7, validity, &other));
         assert!(matches!(
-            seen.admit(&v7, NOW),
+            seen.admit(&forged, NOW),
             Err(VerifyError::Replay { seq: 7, .. })
         ));
         // Once expired it is forgotten (and would fail verification anyway).
-        seen.admit(&v7, NOW + 60_000).unwrap();
-        assert!(seen.expires.len() <= 2);
+        assert_eq!(seen.admit(&forged, NOW + 60_000), Ok(Seen::New));
+        assert!(seen.len() <= 2);
+        // Full, the entry expiring soonest goes first.
+        let mut full = SeenEnvelopes::new(2);
+        for seq in 1..=3 {
+            let validity = Validity {
+                issued_at_ms: NOW,
+                ttl: Duration::from_secs(60 + seq),
+            };
+            full.admit(
+                &open(Envelope::seal(&identity, seq, validity, &note())),
+                NOW,
+            )
+            .unwrap();
+        }
+        assert_eq!(full.len(), 2);
+        assert_eq!(full.by_expiry.len(), 2);
+        assert!(full.seen.keys().all(|(_, _, seq)| *seq != 1));
     }
 
     #[test]

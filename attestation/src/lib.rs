@@ -37,8 +37,8 @@ mod wallet;
 
 pub use envelope::{
     DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_ENVELOPE_BYTES, Envelope, PayloadKind, ReplayGuard,
-    SIGNING_DOMAIN, SeenEnvelopes, SignedPayload, SignerKey, Validity, VerifiedEnvelope, Verifier,
-    VerifyError, unix_millis,
+    SIGNING_DOMAIN, Seen, SeenEnvelopes, SignedPayload, SignerKey, Validity, VerifiedEnvelope,
+    Verifier, VerifyError, unix_millis,
 };
 pub use freshness::{FreshnessChallenge, FreshnessError, FreshnessProof};
 pub use identity::{DeviceIdentity, NodeIdentity, ed25519_key_of, peer_id_of};

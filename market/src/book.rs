@@ -119,11 +119,20 @@ impl fmt::Display for NoMatch {
     }
 }
 
-/// The order book of one network.
+/// Offers one provider may hold in a book (an honest provider has one per GPU model it sells).
+pub const MAX_OFFERS_PER_PROVIDER: usize = 32;
+/// Offers a book holds in all.
+pub const MAX_OFFERS: usize = 50_000;
+
+/// The order book of one network. Bounded: at most [`MAX_OFFERS_PER_PROVIDER`] offers per
+/// provider and [`MAX_OFFERS`] in all; past either, new offers are refused (replacing an offer
+/// held is always possible).
 #[derive(Debug, Default)]
 pub struct OrderBook {
     network: String,
     entries: HashMap<(ProviderKey, u64), BookEntry>,
+    /// Offers held per provider.
+    per_provider: HashMap<ProviderKey, usize>,
     /// Per model, keys in (price, issued, provider) order.
     by_model: HashMap<String, Vec<(ProviderKey, u64)>>,
 }
@@ -164,6 +173,12 @@ impl OrderBook {
 
     fn unindex(&mut self, key: (ProviderKey, u64)) -> Option<BookEntry> {
         let entry = self.entries.remove(&key)?;
+        if let Some(count) = self.per_provider.get_mut(&key.0) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_provider.remove(&key.0);
+            }
+        }
         if let Some(list) = self.by_model.get_mut(&entry.offer.gpu_model) {
             list.retain(|k| *k != key);
             if list.is_empty() {
@@ -194,6 +209,20 @@ impl OrderBook {
         if entry.offer.withdrawn {
             return Ok(Inserted::Withdrawn);
         }
+        if !replaced {
+            let held = self.per_provider.get(&entry.provider).copied().unwrap_or(0);
+            if held >= MAX_OFFERS_PER_PROVIDER {
+                return Err(OrderError(format!(
+                    "the provider holds {held} offers already, the most one provider may"
+                )));
+            }
+            if self.entries.len() >= MAX_OFFERS {
+                return Err(OrderError(format!(
+                    "the book is full ({MAX_OFFERS} offers)"
+                )));
+            }
+        }
+        *self.per_provider.entry(entry.provider).or_default() += 1;
         let list = self
             .by_model
             .entry(entry.offer.gpu_model.clone())
@@ -521,6 +550,29 @@ mod tests {
                 pids_limit: 4096,
             },
         }
+    }
+
+    #[test]
+    fn a_provider_holds_a_bounded_number_of_offers() {
+        let mut book = OrderBook::new("localnet");
+        for id in 0..MAX_OFFERS_PER_PROVIDER as u64 {
+            book.insert(entry(1, id, "1", 1)).unwrap();
+        }
+        let refused = book.insert(entry(1, 999, "1", 1)).unwrap_err();
+        assert!(refused.0.contains("32 offers"), "{refused}");
+        // Replacing one it holds stays possible, and another provider is not held back.
+        let mut newer = entry(1, 0, "0.5", 1);
+        newer.seq = 2;
+        assert_eq!(book.insert(newer).unwrap(), Inserted::Replaced);
+        book.insert(entry(2, 999, "1", 1)).unwrap();
+        // Once one expires, there is room again.
+        let mut expiring = entry(1, 1, "1", 1);
+        expiring.seq = 3;
+        expiring.expires_ms = NOW - 1;
+        book.insert(expiring).unwrap();
+        assert_eq!(book.prune(NOW), 1);
+        book.insert(entry(1, 999, "1", 1)).unwrap();
+        assert_eq!(book.len(), MAX_OFFERS_PER_PROVIDER + 1);
     }
 
     fn bid(max: &str, gpus: u32) -> Bid {

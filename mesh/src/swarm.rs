@@ -18,8 +18,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use claw_attestation::{
-    NodeIdentity, PayloadKind, ReplayGuard, SeenEnvelopes, VerifiedEnvelope, Verifier, VerifyError,
-    unix_millis,
+    NodeIdentity, PayloadKind, ReplayGuard, Seen, SeenEnvelopes, VerifiedEnvelope, Verifier,
+    VerifyError, unix_millis,
 };
 use futures::StreamExt as _;
 use libp2p::core::muxing::StreamMuxerBox;
@@ -721,7 +721,7 @@ impl EventLoop {
                             Err(VerifyError::Replay { .. })
                                 if now.saturating_sub(member.issued_at_ms) <= REORDER_WINDOW_MS =>
                             {
-                                Ok(Accepted::Stale)
+                                Ok(Accepted::Stale(TopicKind::Inventory))
                             }
                             Err(error) => Err(error),
                         }
@@ -743,8 +743,11 @@ impl EventLoop {
                         }
                         // A fleet object's revision is its replay guard (the store keeps the
                         // newest); its ten-year envelope would only crowd the claims out here.
-                        if kind != TopicKind::Objects {
-                            self.seen_claims.admit(&verified, now)?;
+                        if kind != TopicKind::Objects
+                            && self.seen_claims.admit(&verified, now)? == Seen::Again
+                        {
+                            // A late copy of a claim taken already, on another path: honest.
+                            return Ok(Accepted::Stale(kind));
                         }
                         Ok(Accepted::Claim(kind, Box::new(verified)))
                     })
@@ -764,9 +767,8 @@ impl EventLoop {
                 self.emit(MeshEvent::Gossip { kind, envelope });
                 MessageAcceptance::Accept
             }
-            Ok(Accepted::Stale) => {
-                self.stats
-                    .count_gossip(TopicKind::Inventory, GossipVerdict::Ignored);
+            Ok(Accepted::Stale(kind)) => {
+                self.stats.count_gossip(kind, GossipVerdict::Ignored);
                 MessageAcceptance::Ignore
             }
             Err(error) => {
@@ -1063,8 +1065,9 @@ impl EventLoop {
 enum Accepted {
     Announcement(Box<FleetMember>),
     Claim(TopicKind, Box<VerifiedEnvelope>),
-    /// Valid, but older than what we hold: not forwarded, nobody penalised.
-    Stale,
+    /// Valid, but older than what we hold or a copy of what we took: not forwarded, nobody
+    /// penalised.
+    Stale(TopicKind),
 }
 
 /// The peer id at the end of a multiaddr, if any.
