@@ -102,7 +102,11 @@ pub struct FleetStatus {
     pub by_model: BTreeMap<String, (usize, usize)>,
 }
 
-/// PeerId → latest verified announcement.
+/// Nodes a fleet view holds. Announcements are signed but anyone can make keys, so the view is
+/// bounded: when it is full, nodes it does not know yet are not taken in until others leave.
+pub const MAX_FLEET_MEMBERS: usize = 4096;
+
+/// PeerId → latest verified announcement, for at most [`MAX_FLEET_MEMBERS`] nodes.
 #[derive(Debug)]
 pub struct FleetView {
     entries: HashMap<PeerId, Entry>,
@@ -121,6 +125,7 @@ impl FleetView {
     /// Records a verified announcement; older or equal sequences than the one held are ignored.
     pub fn upsert(&mut self, member: FleetMember, now: Instant) -> Option<FleetChange> {
         let peer = member.peer_id;
+        let full = self.entries.len() >= MAX_FLEET_MEMBERS;
         match self.entries.get_mut(&peer) {
             Some(entry) if entry.member.seq >= member.seq => None,
             Some(entry) => {
@@ -129,6 +134,10 @@ impl FleetView {
                     refreshed: now,
                 };
                 Some(FleetChange::Updated(peer))
+            }
+            None if full => {
+                tracing::debug!(%peer, "fleet view full: a new node is not taken in");
+                None
             }
             None => {
                 self.entries.insert(
@@ -274,5 +283,31 @@ mod tests {
             vec![FleetChange::Left(quiet.peer_id)]
         );
         assert!(view.is_empty());
+    }
+
+    #[test]
+    fn a_full_view_takes_no_new_node_but_keeps_updating_known_ones() {
+        let mut view = FleetView::new(Duration::from_secs(30));
+        let now = Instant::now();
+        let known: Vec<FleetMember> = (0..MAX_FLEET_MEMBERS)
+            .map(|_| member(1, u64::MAX))
+            .collect();
+        for m in &known {
+            assert!(view.upsert(m.clone(), now).is_some());
+        }
+        assert_eq!(view.upsert(member(1, u64::MAX), now), None);
+        assert_eq!(view.len(), MAX_FLEET_MEMBERS);
+        let mut newer = known[0].clone();
+        newer.seq = 2;
+        assert_eq!(
+            view.upsert(newer, now),
+            Some(FleetChange::Updated(known[0].peer_id))
+        );
+        // Once nodes leave, new ones are taken in again.
+        assert_eq!(
+            view.expire(now + Duration::from_secs(31), 0).len(),
+            MAX_FLEET_MEMBERS
+        );
+        assert!(view.upsert(member(1, u64::MAX), now).is_some());
     }
 }

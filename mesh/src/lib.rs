@@ -24,7 +24,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 pub use config::{MeshConfig, SwarmKey};
-pub use fleet::{FleetChange, FleetMember, FleetStatus, FleetView, NodeAnnouncement};
+pub use fleet::{
+    FleetChange, FleetMember, FleetStatus, FleetView, MAX_FLEET_MEMBERS, NodeAnnouncement,
+};
 pub use invoke::{
     ApiToken, ErrorCode, HandlerFuture, InvokeFailure, InvokeHandler, InvokeRequest,
     InvokeResponse, MAX_COMMAND_LEN, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES,
