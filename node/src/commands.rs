@@ -755,6 +755,11 @@ impl NodeCommands {
         &self.services.probe
     }
 
+    /// The node's store.
+    pub fn store(&self) -> &Store {
+        &self.services.store
+    }
+
     /// Invokes answered so far, by command and outcome.
     pub fn invoke_metrics(&self) -> &crate::metrics::InvokeMetrics {
         &self.services.invokes

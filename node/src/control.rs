@@ -10,10 +10,12 @@
 //! | POST   | `/v1/invoke` | `{command, params?, node?, deadline_ms?, idempotency_key?, api_key?}` → `{ok}` or `{error}` |
 //!
 //! `node` names a peer to forward the invoke to over the mesh; without it the node answers.
+//! The fleet console (`/console`, `/v1/console/events`) is served here too (`crate::console`).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -31,6 +33,7 @@ use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::DataDir;
 use crate::commands::NodeCommands;
 
 const TOKEN_FILE: &str = "control.token";
@@ -64,17 +67,34 @@ pub struct ControlState {
     mesh: MeshHandle,
     commands: NodeCommands,
     network: String,
+    dir: Arc<DataDir>,
 }
 
 impl ControlState {
     /// State for a node whose mesh is `mesh` and whose commands are `commands`.
-    pub fn new(token: String, mesh: MeshHandle, commands: NodeCommands, network: String) -> Self {
+    pub fn new(token: String, mesh: MeshHandle, commands: NodeCommands, dir: Arc<DataDir>) -> Self {
         Self {
             token,
+            network: dir.config().network.name.clone(),
+            dir,
             mesh,
             commands,
-            network,
         }
+    }
+
+    /// The node's commands.
+    pub(crate) fn commands(&self) -> &NodeCommands {
+        &self.commands
+    }
+
+    /// The node's mesh.
+    pub(crate) fn mesh(&self) -> &MeshHandle {
+        &self.mesh
+    }
+
+    /// The node's data directory.
+    pub(crate) fn dir(&self) -> &Arc<DataDir> {
+        &self.dir
     }
 }
 
@@ -109,6 +129,7 @@ pub async fn serve(
         .route("/v1/invoke", post(invoke))
         .route("/v1/audit", get(audit))
         .route("/v1/progress", get(progress))
+        .merge(crate::console::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state);
     axum::serve(listener, app)
@@ -134,7 +155,7 @@ fn failure_response(failure: InvokeFailure) -> Response {
 }
 
 /// Constant-time comparison of the bearer token.
-fn authorized(state: &ControlState, headers: &HeaderMap) -> bool {
+pub(crate) fn authorized(state: &ControlState, headers: &HeaderMap) -> bool {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -149,7 +170,7 @@ fn authorized(state: &ControlState, headers: &HeaderMap) -> bool {
             == 0
 }
 
-fn unauthorized() -> Response {
+pub(crate) fn unauthorized() -> Response {
     let failure = InvokeFailure::new(ErrorCode::Unauthorized, "missing or wrong control token");
     (
         StatusCode::UNAUTHORIZED,
@@ -373,6 +394,12 @@ pub struct ControlClient {
 }
 
 impl ControlClient {
+    /// The console's address of the running node of `data_dir` (`http://…/console`); the page
+    /// asks for the token in its `control.token`.
+    pub fn console_url(data_dir: &Path) -> Result<String, ControlError> {
+        Ok(format!("{}/console", Self::connect(data_dir)?.base))
+    }
+
     /// Finds the running node of `data_dir` from the address and token it wrote.
     pub fn connect(data_dir: &Path) -> Result<Self, ControlError> {
         let not_running = || ControlError::NotRunning(data_dir.display().to_string());

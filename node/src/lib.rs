@@ -13,6 +13,7 @@ pub mod backups;
 pub mod chain;
 pub mod commands;
 pub mod config;
+mod console;
 pub mod control;
 pub mod controller;
 mod data_dir;
@@ -99,23 +100,22 @@ pub fn sign_inventory(
     Ok((inventory, envelope))
 }
 
-/// Signs the node's announcement to its fleet: current inventory, the GPUs allocated to
+/// The node's announcement to its fleet as it stands: current inventory, the GPUs allocated to
 /// workloads, whether it is cordoned, the addresses it listens on, name, region, labels (the
-/// config's, then those set with `node.label`) and version. It stays valid for the configured number of missed
-/// intervals plus 30 s of slack.
+/// config's, then those set with `node.label`) and version.
 ///
 /// Blocking: NVML and the store are synchronous.
-pub fn sign_announcement(
+pub fn announcement(
     dir: &DataDir,
     store: &Store,
     probe: &GpuProbe,
     listen_addrs: Vec<String>,
-) -> Result<Envelope, StoreError> {
+) -> Result<NodeAnnouncement, StoreError> {
     let config = dir.config();
     let inventory = probe.inventory(dir.root());
     let mut labels = config.node.labels.clone();
     labels.extend(store.labels()?);
-    let announcement = NodeAnnouncement {
+    Ok(NodeAnnouncement {
         name: announced_name(config, || inventory.host.hostname.clone()),
         network: config.network.name.clone(),
         region: config.node.region.clone(),
@@ -130,7 +130,21 @@ pub fn sign_announcement(
         .unwrap_or(u32::MAX),
         cordoned: store.cordoned()?,
         taints: store.taints()?.iter().map(|t| t.to_text()).collect(),
-    };
+    })
+}
+
+/// Signs the node's [`announcement`]. It stays valid for the configured number of missed
+/// intervals plus 30 s of slack.
+///
+/// Blocking: NVML and the store are synchronous.
+pub fn sign_announcement(
+    dir: &DataDir,
+    store: &Store,
+    probe: &GpuProbe,
+    listen_addrs: Vec<String>,
+) -> Result<Envelope, StoreError> {
+    let announcement = announcement(dir, store, probe, listen_addrs)?;
+    let config = dir.config();
     let ttl = Duration::from_secs(
         config.mesh.announce_interval_secs * u64::from(config.mesh.missed_intervals) + 30,
     );

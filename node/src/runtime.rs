@@ -377,7 +377,7 @@ async fn bind_loopback(what: &'static str, addr: &str) -> Result<TcpListener, St
 }
 
 async fn serve_control(
-    dir: &DataDir,
+    dir: &Arc<DataDir>,
     tasks: &Tasks,
     mesh: &MeshHandle,
     commands: &NodeCommands,
@@ -390,12 +390,7 @@ async fn serve_control(
     let token = control::issue_token(dir.root())?;
     control::write_address(dir.root(), bound)
         .map_err(|source| StartError::Record { what: WHAT, source })?;
-    let state = ControlState::new(
-        token,
-        mesh.clone(),
-        commands.clone(),
-        dir.config().network.name.clone(),
-    );
+    let state = ControlState::new(token, mesh.clone(), commands.clone(), Arc::clone(dir));
     let stopping = tasks.stopping();
     tasks.spawn(async move {
         if let Err(error) = control::serve(listener, state, stopping).await {

@@ -587,6 +587,7 @@ fn print_json_summary(s: &Summary<'_>) {
                 Some(why) => json!({"reachable": false, "detail": why}),
             },
             "logs": s.fleet.logs,
+            "console": ControlClient::console_url(s.buyer).ok(),
         })
     );
 }
@@ -707,6 +708,12 @@ fn print_next_steps(s: &Summary<'_>) {
     println!(
         "  {clawnode} --data-dir {d} market bid --model \"NVIDIA H100 80GB HBM3\" --max-price 2 --accept-simulated --image <local image> -- sleep 60"
     );
+    if let Ok(url) = ControlClient::console_url(s.buyer) {
+        println!(
+            "\nFleet console (this machine only): {url}\n  sign in with the token in {}",
+            s.buyer.join("control.token").display()
+        );
+    }
     println!("\nPrometheus metrics:");
     for (i, addr) in s.nodes.metrics.iter().enumerate() {
         println!("  node-{}  http://{addr}/metrics", i + 1);

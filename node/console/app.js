@@ -1,0 +1,356 @@
+// The Clawbernetes console: a login prompt, then the node's snapshots streamed live
+// (GET /v1/console/events with the bearer token). Every string from the fleet (node names,
+// models, regions, images) is written as text, never as markup.
+"use strict";
+
+const ROW = 30; // px, as in app.css
+const SPARK = 60; // readings kept per GPU
+const TOKEN_KEY = "claw-console-token";
+
+const state = {
+  token: sessionStorage.getItem(TOKEN_KEY),
+  snapshot: null,
+  readings: new Map(), // uuid -> {util: [], temp: [], mem: []}
+  tables: new Map(),
+  snapshots: 0,
+  tab: "fleet",
+};
+// For tests and curious operators: how many snapshots this page has shown since it loaded.
+window.clawConsole = { loadedAt: Date.now(), snapshots: () => state.snapshots };
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, text, cls) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  if (cls) node.className = cls;
+  return node;
+}
+
+function ago(ms) {
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m`;
+  return `${Math.floor(s / 3600)}h`;
+}
+
+function when(ms) {
+  return ms ? new Date(ms).toISOString().replace("T", " ").slice(0, 19) + " UTC" : "–";
+}
+
+// ---- sign-in and the live stream ----
+
+function showLogin(message) {
+  $("app").hidden = true;
+  $("login").hidden = false;
+  const error = $("login-error");
+  error.hidden = !message;
+  error.textContent = message || "";
+  setLive(false, "offline");
+}
+
+function setLive(on, text) {
+  const live = $("live");
+  live.className = `pill ${on ? "on" : "off"}`;
+  live.textContent = text;
+}
+
+async function connect() {
+  if (!state.token) return showLogin();
+  let response;
+  try {
+    response = await fetch("/v1/console/events", {
+      headers: { Authorization: `Bearer ${state.token}` },
+      cache: "no-store",
+    });
+  } catch {
+    setLive(false, "disconnected");
+    return setTimeout(connect, 2000);
+  }
+  if (response.status === 401) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    state.token = null;
+    return showLogin("That token is not this node's.");
+  }
+  if (!response.ok || !response.body) {
+    setLive(false, `error ${response.status}`);
+    return setTimeout(connect, 2000);
+  }
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const event = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const data = event
+          .split("\n")
+          .filter((line) => line.startsWith("data: "))
+          .map((line) => line.slice(6))
+          .join("\n");
+        if (data) show(JSON.parse(data));
+      }
+    }
+  } catch {
+    // The node went away: try again.
+  }
+  setLive(false, "disconnected");
+  setTimeout(connect, 2000);
+}
+
+$("login-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  state.token = $("token").value.trim();
+  sessionStorage.setItem(TOKEN_KEY, state.token);
+  $("token").value = "";
+  $("login").hidden = true;
+  connect();
+});
+
+for (const button of document.querySelectorAll("#tabs button")) {
+  button.addEventListener("click", () => {
+    state.tab = button.dataset.tab;
+    for (const b of document.querySelectorAll("#tabs button")) b.classList.toggle("active", b === button);
+    for (const view of document.querySelectorAll("[data-view]")) view.hidden = view.dataset.view !== state.tab;
+    if (state.snapshot) render();
+  });
+}
+
+// ---- virtualised tables: only the rows in view exist in the page ----
+
+function table(id, columns, template) {
+  let t = state.tables.get(id);
+  if (!t) {
+    const root = $(id);
+    root.style.setProperty("--cols", template);
+    const head = el("div", null, "head");
+    head.style.gridTemplateColumns = template;
+    for (const c of columns) head.append(el("div", c));
+    const body = el("div", null, "body");
+    const spacer = el("div");
+    body.append(spacer);
+    root.replaceChildren(head, body);
+    t = { body, spacer, template, rows: [], draw: null };
+    body.addEventListener("scroll", () => paint(t));
+    state.tables.set(id, t);
+  }
+  return t;
+}
+
+function fill(id, columns, template, rows, draw) {
+  const t = table(id, columns, template);
+  t.rows = rows;
+  t.draw = draw;
+  paint(t);
+}
+
+function paint(t) {
+  const { body, spacer, rows } = t;
+  spacer.style.height = `${rows.length * ROW}px`;
+  body.style.height = `${Math.min(rows.length, 20) * ROW + (rows.length ? 0 : ROW)}px`;
+  const first = Math.max(0, Math.floor(body.scrollTop / ROW) - 5);
+  const last = Math.min(rows.length, first + Math.ceil((body.clientHeight || 600) / ROW) + 10);
+  const shown = [];
+  for (let i = first; i < last; i++) {
+    const row = el("div", null, "row");
+    row.style.gridTemplateColumns = t.template;
+    row.style.top = `${i * ROW}px`;
+    t.draw(rows[i], row);
+    shown.push(row);
+  }
+  if (!rows.length) shown.push(el("div", "nothing here yet", "empty"));
+  body.replaceChildren(spacer, ...shown);
+}
+
+// ---- rendering ----
+
+function show(snapshot) {
+  state.snapshot = snapshot;
+  state.snapshots += 1;
+  for (const r of snapshot.readings || []) {
+    const kept = state.readings.get(r.uuid) || { util: [], temp: [], mem: [] };
+    const push = (list, v) => {
+      list.push(v ?? 0);
+      if (list.length > SPARK) list.shift();
+    };
+    push(kept.util, r.utilization_gpu_pct);
+    push(kept.temp, r.temperature_c);
+    push(kept.mem, r.memory_total_bytes ? (100 * (r.memory_used_bytes || 0)) / r.memory_total_bytes : 0);
+    state.readings.set(r.uuid, kept);
+  }
+  $("login").hidden = true;
+  $("app").hidden = false;
+  setLive(true, `live · ${new Date(snapshot.at_ms).toLocaleTimeString()}`);
+  render();
+}
+
+function render() {
+  const s = state.snapshot;
+  const local = s.nodes.find((n) => n.local);
+  $("where").textContent = local ? `${local.name} · ${s.nodes.length} nodes` : "";
+  if (state.tab === "fleet") renderFleet(s);
+  if (state.tab === "gpus") renderGpus(s);
+  if (state.tab === "workloads") renderWorkloads(s);
+  if (state.tab === "market") renderMarket(s);
+}
+
+function status(node, s) {
+  if (node.cordoned) return "cordoned";
+  if (node.local || node.announced_ms == null) return "healthy";
+  return s.at_ms - node.announced_ms > s.silent_after_ms ? "silent" : "healthy";
+}
+
+function renderFleet(s) {
+  const cards = [
+    ["nodes", s.nodes.length],
+    ["GPUs", s.nodes.reduce((n, node) => n + node.gpus.length, 0)],
+    ["free GPUs", s.nodes.reduce((n, node) => n + node.gpus.filter((g) => !g.allocated).length, 0)],
+    ["simulated GPUs", s.nodes.reduce((n, node) => n + node.gpus.filter((g) => g.simulated).length, 0)],
+  ];
+  $("fleet-cards").replaceChildren(
+    ...cards.map(([label, n]) => {
+      const card = el("div", null, "card");
+      card.append(el("div", n, "n"), el("div", label, "muted"));
+      return card;
+    }),
+  );
+  const nodes = [...s.nodes].sort((a, b) => (b.local - a.local) || a.name.localeCompare(b.name));
+  fill("nodes", ["node", "peer", "region", "GPUs free/all", "models", "workloads", "status", "version"],
+    "1.3fr 1.6fr .8fr .9fr 2fr .7fr 1fr .6fr", nodes, (n, row) => {
+      row.dataset.peer = n.peer_id;
+      const name = el("div", n.name);
+      if (n.local) name.append(el("span", "this node", "tag"));
+      const free = n.gpus.filter((g) => !g.allocated).length;
+      const gpus = el("div", `${free}/${n.gpus.length}`);
+      if (n.gpus.some((g) => g.simulated)) gpus.append(el("span", "simulated", "tag sim"));
+      const models = [...new Set(n.gpus.map((g) => g.model))].join(", ") || "–";
+      const st = status(n, s);
+      const cell = el("div", st === "silent" ? `silent ${ago(s.at_ms - n.announced_ms)}` : st, `status-${st}`);
+      cell.dataset.status = st;
+      row.append(name, el("div", n.peer_id, "mono"), el("div", n.region || "–"), gpus, el("div", models),
+        el("div", n.running_workloads), cell, el("div", n.software_version));
+    });
+}
+
+function spark(values, max) {
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", `0 0 ${SPARK} 100`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+  line.setAttribute("points", values.map((v, i) => `${i + SPARK - values.length},${100 - (100 * Math.min(v, max)) / max}`).join(" "));
+  svg.append(line);
+  return svg;
+}
+
+function renderGpus(s) {
+  const local = s.nodes.find((n) => n.local);
+  const simulated = new Set((local?.gpus || []).filter((g) => g.simulated).map((g) => g.uuid));
+  const gauges = (s.readings || []).map((r) => {
+    const kept = state.readings.get(r.uuid) || { util: [], temp: [], mem: [] };
+    const box = el("div", null, "gauge");
+    const title = el("div", `GPU ${r.index} · ${r.model}`, "title");
+    if (simulated.has(r.uuid)) title.append(el("span", "simulated", "tag sim"));
+    box.append(title);
+    if (r.utilization_gpu_pct == null && r.temperature_c == null) {
+      box.append(el("div", simulated.has(r.uuid) ? "simulated: no readings" : "NVML gives no readings", "muted"));
+      return box;
+    }
+    for (const [label, list, max, unit] of [["util", kept.util, 100, "%"], ["temp", kept.temp, 100, "°C"], ["mem", kept.mem, 100, "%"]]) {
+      const line = el("div", null, "spark");
+      line.append(el("span", label), spark(list, max), el("span", `${Math.round(list.at(-1) ?? 0)}${unit}`));
+      box.append(line);
+    }
+    return box;
+  });
+  if (!gauges.length) gauges.push(el("p", "No GPU on this node.", "muted"));
+  $("readings").replaceChildren(...gauges);
+  const gpus = s.nodes.flatMap((n) => n.gpus.map((g) => ({ node: n.name, ...g })));
+  fill("gpus", ["node", "GPU", "model", "memory", "state"], "1.2fr 2fr 2fr .8fr 1fr", gpus, (g, row) => {
+    const model = el("div", g.model);
+    if (g.simulated) model.append(el("span", "simulated", "tag sim"));
+    row.append(el("div", g.node), el("div", g.uuid, "mono"), model, el("div", `${Math.round(g.memory_mib / 1024)} GiB`),
+      el("div", g.allocated ? "allocated" : "free"));
+  });
+}
+
+function renderWorkloads(s) {
+  fill("workloads", ["id", "name", "image", "state", "GPUs", "created", "reason"], "1fr 1fr 1.6fr .8fr .5fr 1.3fr 1.6fr", s.workloads,
+    (w, row) => {
+      row.append(el("div", w.id, "mono"), el("div", w.name || "–"), el("div", w.image), el("div", w.state),
+        el("div", w.gpus.length), el("div", when(w.created_ms)), el("div", w.reason || ""));
+    });
+}
+
+function renderMarket(s) {
+  renderHistory(s.history);
+  const offers = s.offers?.offers || [];
+  fill("offers", ["node", "model", "GPUs", "price/GPU-h", "hours", "reputation"], "1.2fr 2fr .5fr .8fr .8fr .7fr", offers, (o, row) => {
+    const model = el("div", o.gpu_model);
+    if (o.simulated) model.append(el("span", "simulated", "tag sim"));
+    row.append(el("div", o.node || o.provider), model, el("div", o.gpus), el("div", `${o.price_per_gpu_hour} MOLT`),
+      el("div", `${o.min_hours}–${o.max_hours}`), el("div", o.reputation));
+  });
+  const leases = s.leases?.leases || [];
+  fill("leases", ["lease", "side", "state", "amount", "paid", "escrow vault", "settlement"], "1.1fr .6fr .8fr .7fr .7fr 2fr 2fr", leases,
+    (l, row) => {
+      row.dataset.lease = l.lease_id;
+      row.append(el("div", l.lease_id, "mono"), el("div", l.side), el("div", l.state), el("div", l.amount ?? "–"),
+        el("div", l.to_provider ?? "–"), el("div", l.vault ?? "–", "mono"), el("div", l.settlement_signature ?? "–", "mono"));
+    });
+}
+
+function renderHistory(history) {
+  const days = history?.days || [];
+  const root = $("history");
+  if (!days.length) return root.replaceChildren(el("p", "No settled lease in the last 30 days.", "muted"));
+  const groups = new Map();
+  for (const d of days) {
+    const key = `${d.gpu_model}${d.region ? ` · ${d.region}` : ""}${d.simulated ? " (simulated)" : ""}`;
+    groups.set(key, [...(groups.get(key) || []), d]);
+  }
+  const charts = [];
+  for (const [label, list] of groups) {
+    const box = el("div", null, "chart");
+    const last = list.at(-1);
+    box.append(el("div", `${label}: median ${last.p50}, ${last.trades} leases on ${last.day}`));
+    const w = 600;
+    const h = 140;
+    const max = Math.max(...list.map((d) => Number(d.max))) * 1.1 || 1;
+    const x = (i) => (list.length === 1 ? w / 2 : 30 + (i * (w - 60)) / (list.length - 1));
+    const y = (v) => h - 20 - ((h - 30) * Number(v)) / max;
+    const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+    const ns = "http://www.w3.org/2000/svg";
+    const band = document.createElementNS(ns, "polygon");
+    band.setAttribute("class", "band");
+    band.setAttribute("points", [...list.map((d, i) => `${x(i)},${y(d.max)}`), ...list.map((d, i) => `${x(i)},${y(d.min)}`).reverse()].join(" "));
+    const median = document.createElementNS(ns, "polyline");
+    median.setAttribute("class", "median");
+    median.setAttribute("points", list.map((d, i) => `${x(i)},${y(d.p50)}`).join(" "));
+    svg.append(band, median);
+    list.forEach((d, i) => {
+      const dot = document.createElementNS(ns, "circle");
+      dot.setAttribute("cx", x(i));
+      dot.setAttribute("cy", y(d.p50));
+      dot.setAttribute("r", 3);
+      dot.setAttribute("fill", "currentColor");
+      const tip = document.createElementNS(ns, "title");
+      tip.textContent = `${d.day}: min ${d.min}, median ${d.p50}, p90 ${d.p90}, max ${d.max} (${d.trades} leases)`;
+      dot.append(tip);
+      const day = document.createElementNS(ns, "text");
+      day.setAttribute("x", x(i) - 28);
+      day.setAttribute("y", h - 4);
+      day.textContent = d.day;
+      svg.append(dot, day);
+    });
+    box.append(svg);
+    charts.push(box);
+  }
+  root.replaceChildren(...charts);
+}
+
+connect();

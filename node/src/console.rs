@@ -1,0 +1,286 @@
+//! The fleet console: a web page served on the control API's loopback listener, and the stream
+//! of snapshots it shows.
+//!
+//! | method | path                 | answer |
+//! |--------|----------------------|--------|
+//! | GET    | `/console`           | the page (a login prompt until a token is given) |
+//! | GET    | `/console/app.js`, `/console/app.css` | its script and style |
+//! | GET    | `/v1/console/events` | server-sent events: a [`Snapshot`] every second (bearer token) |
+//!
+//! The page and its files are compiled into the binary; nothing is fetched from elsewhere. The
+//! page holds no data until the token is right: every snapshot needs it, as every other call of
+//! the control API does. A snapshot is read from what the node holds (its fleet view, its own
+//! GPUs, workloads, book, leases and price history): no call to any other node, however large the
+//! fleet, and no audit record per snapshot. The console only reads.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use claw_api::market::{
+    HistoryParams, LeaseListing, LeasesParams, OfferListing, OffersParams, PriceHistory,
+};
+use claw_attestation::GpuMetrics;
+use claw_mesh::{FleetMember, NodeAnnouncement};
+use serde::Serialize;
+
+use crate::control::{ControlState, authorized, unauthorized};
+
+const PAGE: &str = include_str!("../console/index.html");
+const SCRIPT: &str = include_str!("../console/app.js");
+const STYLE: &str = include_str!("../console/app.css");
+
+/// How often a snapshot is sent.
+const EVERY: Duration = Duration::from_secs(1);
+/// Trades and leases a snapshot lists at most.
+const LISTED: usize = 200;
+
+/// The console's routes, for the control API's router.
+pub(crate) fn routes() -> Router<ControlState> {
+    Router::new()
+        .route(
+            "/console",
+            get(|| async { asset("text/html; charset=utf-8", PAGE) }),
+        )
+        .route(
+            "/console/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
+        )
+        .route(
+            "/console/app.css",
+            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
+        )
+        .route("/v1/console/events", get(events))
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            // The page runs only its own files, and talks only to this node.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; img-src 'self' data:; frame-ancestors 'self'",
+            ),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// One GPU as the console lists it.
+#[derive(Debug, Serialize)]
+struct ConsoleGpu {
+    uuid: String,
+    model: String,
+    memory_mib: u64,
+    simulated: bool,
+    allocated: bool,
+}
+
+/// One node as the console lists it: what its latest signed announcement says.
+#[derive(Debug, Serialize)]
+struct ConsoleNode {
+    peer_id: String,
+    /// The node serving the console.
+    local: bool,
+    name: String,
+    region: Option<String>,
+    cordoned: bool,
+    running_workloads: u32,
+    software_version: String,
+    /// When its latest announcement was signed, Unix ms (`None` for this node).
+    announced_ms: Option<u64>,
+    gpus: Vec<ConsoleGpu>,
+}
+
+impl ConsoleNode {
+    fn of(peer_id: String, local: bool, a: &NodeAnnouncement, announced_ms: Option<u64>) -> Self {
+        Self {
+            peer_id,
+            local,
+            name: a.name.clone(),
+            region: a.region.clone(),
+            cordoned: a.cordoned,
+            running_workloads: a.running_workloads,
+            software_version: a.software_version.clone(),
+            announced_ms,
+            gpus: a
+                .inventory
+                .gpus
+                .iter()
+                .map(|g| ConsoleGpu {
+                    uuid: g.uuid.clone(),
+                    model: g.model.clone(),
+                    memory_mib: g.memory_total_bytes / (1024 * 1024),
+                    simulated: g.simulated,
+                    allocated: a.allocated_gpus.contains(&g.uuid),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<&FleetMember> for ConsoleNode {
+    fn from(member: &FleetMember) -> Self {
+        Self::of(
+            member.peer_id.to_string(),
+            false,
+            &member.announcement,
+            Some(member.issued_at_ms),
+        )
+    }
+}
+
+/// A workload of this node, without its environment (which may hold secrets).
+#[derive(Debug, Serialize)]
+struct ConsoleWorkload {
+    id: String,
+    name: Option<String>,
+    image: String,
+    state: String,
+    gpus: Vec<String>,
+    simulated_gpus: bool,
+    created_ms: u64,
+    reason: Option<String>,
+}
+
+/// What the console shows, as of `at_ms`.
+#[derive(Debug, Serialize)]
+struct Snapshot {
+    at_ms: u64,
+    /// A node whose latest announcement is older than this is shown silent (it leaves the
+    /// view once it misses its configured number of intervals).
+    silent_after_ms: u64,
+    /// The nodes that announce themselves to this one, and this node first.
+    nodes: Vec<ConsoleNode>,
+    /// This node's real GPUs as NVML reads them now (simulated GPUs have no readings).
+    readings: Vec<GpuMetrics>,
+    workloads: Vec<ConsoleWorkload>,
+    offers: Option<OfferListing>,
+    leases: Option<LeaseListing>,
+    history: Option<PriceHistory>,
+}
+
+async fn snapshot(state: &ControlState) -> Snapshot {
+    let commands = state.commands();
+    let mesh = state.mesh();
+    let addrs: Vec<String> = mesh
+        .listen_addrs()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let (dir, store, probe) = (
+        state.dir().clone(),
+        commands.store().clone(),
+        std::sync::Arc::clone(commands.probe()),
+    );
+    let local = tokio::task::spawn_blocking(move || {
+        let announcement = crate::announcement(&dir, &store, &probe, addrs).ok();
+        (announcement, probe.metrics(None))
+    })
+    .await;
+    let (announcement, readings) = local.unwrap_or((None, Vec::new()));
+    let me = mesh.local_peer_id();
+    let mut nodes: Vec<ConsoleNode> = announcement
+        .map(|a| ConsoleNode::of(me.to_string(), true, &a, None))
+        .into_iter()
+        .collect();
+    nodes.extend(
+        mesh.fleet()
+            .iter()
+            .filter(|m| m.peer_id != me)
+            .map(ConsoleNode::from),
+    );
+    let workloads = commands
+        .workloads()
+        .list(claw_api::workload::ListParams {
+            state: None,
+            labels: Default::default(),
+            gpu: None,
+            all: true,
+        })
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .rev()
+        .take(LISTED)
+        .map(|w| ConsoleWorkload {
+            id: w.id,
+            name: w.name,
+            image: w.image,
+            state: w.state.to_string(),
+            gpus: w.gpus,
+            simulated_gpus: w.simulated_gpus,
+            created_ms: w.created_ms,
+            reason: w.reason,
+        })
+        .collect();
+    let market = commands.market();
+    let offers = market
+        .offers(OffersParams {
+            limit: Some(LISTED),
+            ..OffersParams::default()
+        })
+        .ok();
+    let leases = market
+        .leases(LeasesParams::default())
+        .await
+        .ok()
+        .map(|mut l| {
+            l.leases.truncate(LISTED);
+            l
+        });
+    let history = market
+        .history(HistoryParams {
+            since_ms: Some(crate::now_ms().saturating_sub(30 * 86_400_000)),
+            limit: Some(20),
+            ..HistoryParams::default()
+        })
+        .await
+        .ok();
+    let interval_ms = state.dir().config().mesh.announce_interval_secs * 1000;
+    Snapshot {
+        at_ms: crate::now_ms(),
+        silent_after_ms: 2 * interval_ms + 1000,
+        nodes,
+        readings,
+        workloads,
+        offers,
+        leases,
+        history,
+    }
+}
+
+/// `GET /v1/console/events`: a snapshot now and every second after, as server-sent events,
+/// until the page goes away.
+async fn events(State(state): State<ControlState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let stream = futures::stream::unfold((state, true), |(state, first)| async move {
+        if !first {
+            tokio::time::sleep(EVERY).await;
+        }
+        let snapshot = snapshot(&state).await;
+        let data = serde_json::to_string(&snapshot).unwrap_or_else(|_| "{}".to_owned());
+        let event = Bytes::from(format!("event: snapshot\ndata: {data}\n\n"));
+        Some((Ok::<_, Infallible>(event), (state, false)))
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}

@@ -1,0 +1,173 @@
+//! The fleet console in a real headless Chromium (Debian's `chromium`), against three
+//! `clawnode run` processes with simulated GPUs on loopback: without the node's token the page is
+//! a login prompt and holds nothing; with it, it shows every node and GPU and keeps up without a
+//! reload: a node killed with `kill -9` turns silent, then leaves. A fleet member that names itself
+//! with markup is shown as text. Screenshots of the main views are saved under the test's target
+//! directory.
+
+#[path = "console/browser.rs"]
+mod browser;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use claw_tests::{Clawnode, MarketNode as Node, eventually, required_part};
+use serde_json::Value;
+
+use browser::Browser;
+
+/// A name a hostile fleet member gives itself.
+const MARKUP: &str = "<img src=x onerror=\"document.title='owned'\">";
+
+fn shots() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots")
+}
+
+/// Waits until `expression` is true in the page.
+/// Waits until `expression` is true in the page (an expression that throws, as one does while
+/// the page loads, counts as not yet).
+fn until(browser: &mut Browser, what: &str, expression: &str) {
+    let guarded =
+        format!("(() => {{ try {{ return ({expression}); }} catch {{ return false; }} }})()");
+    eventually(Duration::from_secs(30), what, || {
+        (browser.eval(&guarded) == Value::Bool(true)).then_some(())
+    });
+}
+
+#[test]
+fn the_console_shows_the_fleet_live_and_nothing_without_the_token() {
+    let Some(chromium) = required_part("CLAW_CHROMIUM", "headless Chromium (Debian's chromium)")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let start = |name: &str, gpus: u32, bootstrap: &[String], node_name: Option<&str>| {
+        let cli = Node::init(Clawnode::new(&dir.path().join(name)), gpus);
+        cli.configure_market("", "");
+        // Announced every second, forgotten after 8 missed: a silent node shows for a while.
+        cli.edit_config(|text| text.replace("missed_intervals = 3", "missed_intervals = 8"));
+        if let Some(node_name) = node_name {
+            cli.edit_config(|text| format!("[node]\nname = {node_name:?}\n\n{text}"));
+        }
+        Node::start(cli, bootstrap)
+    };
+    let a = start("a", 2, &[], Some("console-a"));
+    let b = start("b", 1, &a.addrs(), Some("console-b"));
+    let mut c = start("c", 1, &a.addrs(), Some(MARKUP));
+    let control = std::fs::read_to_string(a.cli.data_dir().join("control.addr")).expect("address");
+    let token = std::fs::read_to_string(a.cli.data_dir().join("control.token")).expect("token");
+    let url = format!("http://{}/console", control.trim());
+
+    let mut browser = Browser::launch(&chromium);
+    browser.navigate(&url);
+    until(
+        &mut browser,
+        "the login prompt",
+        "!document.getElementById('login').hidden && document.getElementById('app').hidden",
+    );
+    // A wrong token gets the prompt again, and no data.
+    browser.eval(
+        "document.getElementById('token').value = 'not-the-token'; \
+         document.getElementById('login-form').requestSubmit(); true",
+    );
+    until(
+        &mut browser,
+        "the refusal",
+        "document.getElementById('login-error').textContent.includes('not this node')",
+    );
+    assert_eq!(
+        browser.eval("document.getElementById('app').hidden"),
+        Value::Bool(true)
+    );
+    assert_eq!(
+        browser.eval("document.querySelectorAll('#nodes .row').length"),
+        0
+    );
+    assert_eq!(browser.eval("window.clawConsole.snapshots()"), 0);
+    browser.screenshot(&shots().join("login.png"));
+
+    // The right one: every node, every GPU, live.
+    browser.eval(&format!(
+        "document.getElementById('token').value = {:?}; \
+         document.getElementById('login-form').requestSubmit(); true",
+        token.trim()
+    ));
+    until(
+        &mut browser,
+        "three nodes in the console",
+        "document.querySelectorAll('#nodes .row').length === 3",
+    );
+    let loaded = browser.eval("window.clawConsole.loadedAt");
+    let peers = browser
+        .eval("[...document.querySelectorAll('#nodes .row')].map(r => r.dataset.peer).sort()");
+    let mut expected = vec![a.peer_id.clone(), b.peer_id.clone(), c.peer_id.clone()];
+    expected.sort();
+    assert_eq!(peers, serde_json::json!(expected));
+    assert_eq!(
+        browser
+            .eval("[...document.querySelectorAll('#fleet-cards .card')].map(c => c.textContent)"),
+        serde_json::json!(["3nodes", "4GPUs", "4free GPUs", "4simulated GPUs"])
+    );
+    // The hostile name is text: no element was made of it, no script ran.
+    let names = browser
+        .eval("[...document.querySelectorAll('#nodes .row')].map(r => r.children[0].textContent)");
+    assert!(
+        names
+            .as_array()
+            .expect("names")
+            .iter()
+            .any(|n| n.as_str() == Some(MARKUP)),
+        "{names}"
+    );
+    assert_eq!(
+        browser.eval("document.querySelectorAll('#nodes img').length"),
+        0
+    );
+    assert_ne!(browser.eval("document.title"), "owned");
+    browser.screenshot(&shots().join("fleet.png"));
+    browser.eval("document.querySelector('[data-tab=gpus]').click(); true");
+    until(
+        &mut browser,
+        "every GPU listed",
+        "document.querySelectorAll('#gpus .row').length === 4",
+    );
+    let readings = browser.eval("document.getElementById('readings').textContent");
+    assert!(
+        readings.as_str().is_some_and(|t| t.contains("simulated")),
+        "simulated GPUs are said to have no readings: {readings}"
+    );
+    browser.screenshot(&shots().join("gpus.png"));
+    browser.eval("document.querySelector('[data-tab=market]').click(); true");
+    until(
+        &mut browser,
+        "the market view",
+        "!document.querySelector('[data-view=market]').hidden",
+    );
+    browser.screenshot(&shots().join("market.png"));
+    browser.eval("document.querySelector('[data-tab=fleet]').click(); true");
+
+    // A node killed: silent, then gone, with no reload of the page.
+    c.kill();
+    let row = format!(
+        "document.querySelector('#nodes .row[data-peer=\"{}\"]')",
+        c.peer_id
+    );
+    until(
+        &mut browser,
+        "the killed node shown silent",
+        &format!("{row}?.querySelector('[data-status]')?.dataset.status === 'silent'"),
+    );
+    browser.screenshot(&shots().join("fleet-node-silent.png"));
+    until(
+        &mut browser,
+        "the killed node gone",
+        &format!("{row} === null && document.querySelectorAll('#nodes .row').length === 2"),
+    );
+    assert_eq!(
+        browser.eval("window.clawConsole.loadedAt"),
+        loaded,
+        "the page was not reloaded"
+    );
+    assert!(browser.eval("window.clawConsole.snapshots()").as_u64() > Some(3));
+    eprintln!("console screenshots: {}", shots().display());
+}
