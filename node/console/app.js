@@ -14,6 +14,7 @@ const state = {
   tables: new Map(),
   snapshots: 0,
   tab: "fleet",
+  logs: null, // {workload, abort}
 };
 // For tests and curious operators: how many snapshots this page has shown since it loaded.
 window.clawConsole = { loadedAt: Date.now(), snapshots: () => state.snapshots };
@@ -55,27 +56,16 @@ function setLive(on, text) {
   live.textContent = text;
 }
 
-async function connect() {
-  if (!state.token) return showLogin();
+/** Reads server-sent events from `path` with the token, calling `onEvent(data)` for each; answers
+ * the response's status (0 when the node could not be reached). */
+async function stream(path, onEvent, signal) {
   let response;
   try {
-    response = await fetch("/v1/console/events", {
-      headers: { Authorization: `Bearer ${state.token}` },
-      cache: "no-store",
-    });
+    response = await fetch(path, { headers: { Authorization: `Bearer ${state.token}` }, cache: "no-store", signal });
   } catch {
-    setLive(false, "disconnected");
-    return setTimeout(connect, 2000);
+    return 0;
   }
-  if (response.status === 401) {
-    sessionStorage.removeItem(TOKEN_KEY);
-    state.token = null;
-    return showLogin("That token is not this node's.");
-  }
-  if (!response.ok || !response.body) {
-    setLive(false, `error ${response.status}`);
-    return setTimeout(connect, 2000);
-  }
+  if (!response.ok || !response.body) return response.status;
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
   try {
@@ -92,14 +82,49 @@ async function connect() {
           .filter((line) => line.startsWith("data: "))
           .map((line) => line.slice(6))
           .join("\n");
-        if (data) show(JSON.parse(data));
+        if (data) onEvent(JSON.parse(data));
       }
     }
   } catch {
-    // The node went away: try again.
+    // The node went away, or the stream was closed on purpose.
   }
-  setLive(false, "disconnected");
+  return response.status;
+}
+
+async function connect() {
+  if (!state.token) return showLogin();
+  const status = await stream("/v1/console/events", show);
+  if (status === 401) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    state.token = null;
+    return showLogin("That token is not this node's.");
+  }
+  setLive(false, status === 0 || status === 200 ? "disconnected" : `error ${status}`);
   setTimeout(connect, 2000);
+}
+
+/** Shows `workload`'s output, kept up to date, under the workloads table. */
+function openLogs(workload) {
+  if (state.logs) state.logs.abort.abort();
+  const abort = new AbortController();
+  state.logs = { workload, abort };
+  const title = $("logs-title");
+  const pre = $("logs");
+  title.hidden = false;
+  pre.hidden = false;
+  title.textContent = `Output of ${workload} (newest 200 lines, live)`;
+  pre.replaceChildren(el("span", "…", "muted"));
+  const follow = async () => {
+    await stream(`/v1/console/logs?workload=${encodeURIComponent(workload)}`, (tail) => {
+      if (tail.error) return pre.replaceChildren(el("span", tail.error, "muted"));
+      const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+      pre.replaceChildren(...tail.lines.map((l) => el("div", l.line, l.stream === "stderr" ? "stderr" : "")));
+      if (atBottom) pre.scrollTop = pre.scrollHeight;
+    }, abort.signal);
+    if (!abort.signal.aborted) setTimeout(follow, 2000);
+  };
+  follow();
+  if (state.snapshot) render();
 }
 
 $("login-form").addEventListener("submit", (event) => {
@@ -280,6 +305,9 @@ function renderGpus(s) {
 function renderWorkloads(s) {
   fill("workloads", ["id", "name", "image", "state", "GPUs", "created", "reason"], "1fr 1fr 1.6fr .8fr .5fr 1.3fr 1.6fr", s.workloads,
     (w, row) => {
+      row.dataset.workload = w.id;
+      row.classList.toggle("selected", state.logs?.workload === w.id);
+      row.addEventListener("click", () => openLogs(w.id));
       row.append(el("div", w.id, "mono"), el("div", w.name || "–"), el("div", w.image), el("div", w.state),
         el("div", w.gpus.length), el("div", when(w.created_ms)), el("div", w.reason || ""));
     });
@@ -320,7 +348,7 @@ function renderHistory(history) {
     const w = 600;
     const h = 140;
     const max = Math.max(...list.map((d) => Number(d.max))) * 1.1 || 1;
-    const x = (i) => (list.length === 1 ? w / 2 : 30 + (i * (w - 60)) / (list.length - 1));
+    const x = (i) => (list.length === 1 ? w / 2 : 90 + (i * (w - 120)) / (list.length - 1));
     const y = (v) => h - 20 - ((h - 30) * Number(v)) / max;
     const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
     svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
@@ -332,7 +360,21 @@ function renderHistory(history) {
     median.setAttribute("class", "median");
     median.setAttribute("points", list.map((d, i) => `${x(i)},${y(d.p50)}`).join(" "));
     svg.append(band, median);
+    for (const [value, label] of [[max / 1.1, `${(max / 1.1).toFixed(2)} MOLT`], [0, "0"]]) {
+      const tick = document.createElementNS(ns, "text");
+      tick.setAttribute("x", 2);
+      tick.setAttribute("y", y(value) + 4);
+      tick.textContent = label;
+      svg.append(tick);
+    }
     list.forEach((d, i) => {
+      const range = document.createElementNS(ns, "line");
+      range.setAttribute("class", "range");
+      range.setAttribute("x1", x(i));
+      range.setAttribute("x2", x(i));
+      range.setAttribute("y1", y(d.min));
+      range.setAttribute("y2", y(d.max));
+      svg.append(range);
       const dot = document.createElementNS(ns, "circle");
       dot.setAttribute("cx", x(i));
       dot.setAttribute("cy", y(d.p50));

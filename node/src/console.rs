@@ -6,6 +6,7 @@
 //! | GET    | `/console`           | the page (a login prompt until a token is given) |
 //! | GET    | `/console/app.js`, `/console/app.css` | its script and style |
 //! | GET    | `/v1/console/events` | server-sent events: a [`Snapshot`] every second (bearer token) |
+//! | GET    | `/v1/console/logs?workload=ID` | server-sent events: the workload's last 200 lines every second (bearer token) |
 //!
 //! The page and its files are compiled into the binary; nothing is fetched from elsewhere. The
 //! page holds no data until the token is right: every snapshot needs it, as every other call of
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -29,14 +30,19 @@ use claw_attestation::GpuMetrics;
 use claw_mesh::{FleetMember, NodeAnnouncement};
 use serde::Serialize;
 
-use crate::control::{ControlState, authorized, unauthorized};
+use claw_api::workload::LogsParams;
+use claw_mesh::{ErrorCode, InvokeFailure};
+
+use crate::control::{ControlState, authorized, failure_response, unauthorized};
 
 const PAGE: &str = include_str!("../console/index.html");
 const SCRIPT: &str = include_str!("../console/app.js");
 const STYLE: &str = include_str!("../console/app.css");
 
-/// How often a snapshot is sent.
+/// How often a snapshot (or a workload's log tail) is sent.
 const EVERY: Duration = Duration::from_secs(1);
+/// Log lines each logs event carries: the newest.
+const LOG_LINES: u32 = 200;
 /// Trades and leases a snapshot lists at most.
 const LISTED: usize = 200;
 
@@ -56,6 +62,7 @@ pub(crate) fn routes() -> Router<ControlState> {
             get(|| async { asset("text/css; charset=utf-8", STYLE) }),
         )
         .route("/v1/console/events", get(events))
+        .route("/v1/console/logs", get(logs))
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -260,20 +267,23 @@ async fn snapshot(state: &ControlState) -> Snapshot {
     }
 }
 
-/// `GET /v1/console/events`: a snapshot now and every second after, as server-sent events,
+/// Server-sent events, one `event` every [`EVERY`] (the first at once), each made by `next`,
 /// until the page goes away.
-async fn events(State(state): State<ControlState>, headers: HeaderMap) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
-    let stream = futures::stream::unfold((state, true), |(state, first)| async move {
-        if !first {
-            tokio::time::sleep(EVERY).await;
+fn every_second<F, Fut>(state: ControlState, event: &'static str, next: F) -> Response
+where
+    F: Fn(ControlState) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = String> + Send,
+{
+    let stream = futures::stream::unfold((state, true), move |(state, first)| {
+        let next = next.clone();
+        async move {
+            if !first {
+                tokio::time::sleep(EVERY).await;
+            }
+            let data = next(state.clone()).await;
+            let message = Bytes::from(format!("event: {event}\ndata: {data}\n\n"));
+            Some((Ok::<_, Infallible>(message), (state, false)))
         }
-        let snapshot = snapshot(&state).await;
-        let data = serde_json::to_string(&snapshot).unwrap_or_else(|_| "{}".to_owned());
-        let event = Bytes::from(format!("event: snapshot\ndata: {data}\n\n"));
-        Some((Ok::<_, Infallible>(event), (state, false)))
     });
     (
         [
@@ -283,4 +293,64 @@ async fn events(State(state): State<ControlState>, headers: HeaderMap) -> Respon
         Body::from_stream(stream),
     )
         .into_response()
+}
+
+/// `GET /v1/console/events`: a snapshot now and every second after.
+async fn events(State(state): State<ControlState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    every_second(state, "snapshot", |state| async move {
+        serde_json::to_string(&snapshot(&state).await).unwrap_or_else(|_| "{}".to_owned())
+    })
+}
+
+/// `GET /v1/console/logs?workload=ID`: the workload's newest lines now and every second after
+/// (or why there are none).
+async fn logs(
+    State(state): State<ControlState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let workload = query
+        .as_deref()
+        .and_then(|q| q.strip_prefix("workload="))
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map(str::to_owned);
+    let Some(workload) = workload else {
+        return failure_response(InvokeFailure::new(
+            ErrorCode::InvalidParams,
+            "give ?workload=<workload id>",
+        ));
+    };
+    every_second(state, "logs", move |state| {
+        let workload = workload.clone();
+        async move {
+            let tail = state
+                .commands()
+                .workloads()
+                .logs(LogsParams {
+                    workload,
+                    tail: Some(LOG_LINES),
+                    since: None,
+                })
+                .await;
+            match tail {
+                Ok(tail) => serde_json::to_string(&tail),
+                Err(error) => {
+                    serde_json::to_string(&serde_json::json!({"error": error.to_string()}))
+                }
+            }
+            .unwrap_or_else(|_| "{}".to_owned())
+        }
+    })
 }

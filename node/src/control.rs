@@ -149,7 +149,7 @@ fn failure_status(code: ErrorCode) -> StatusCode {
     }
 }
 
-fn failure_response(failure: InvokeFailure) -> Response {
+pub(crate) fn failure_response(failure: InvokeFailure) -> Response {
     let status = failure_status(failure.code);
     (status, Json(InvokeResponse::Error(failure))).into_response()
 }

@@ -40,6 +40,12 @@ fn the_console_shows_the_fleet_live_and_nothing_without_the_token() {
     else {
         return;
     };
+    let Some(image) = required_part(
+        "CLAW_TEST_IMAGE",
+        "the Docker Engine and the local busybox test image",
+    ) else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("temp dir");
     let start = |name: &str, gpus: u32, bootstrap: &[String], node_name: Option<&str>| {
         let cli = Node::init(Clawnode::new(&dir.path().join(name)), gpus);
@@ -137,6 +143,35 @@ fn the_console_shows_the_fleet_live_and_nothing_without_the_token() {
         "simulated GPUs are said to have no readings: {readings}"
     );
     browser.screenshot(&shots().join("gpus.png"));
+    // A workload's output, live.
+    let run = a.ok(
+        "workload.run",
+        &serde_json::json!({
+            "image": image,
+            "name": "ticker",
+            "command": ["sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.5; done"],
+        }),
+    );
+    let workload = run["id"].as_str().expect("workload id").to_owned();
+    browser.eval("document.querySelector('[data-tab=workloads]').click(); true");
+    let row = format!("document.querySelector('#workloads .row[data-workload=\"{workload}\"]')");
+    until(
+        &mut browser,
+        "the workload listed",
+        &format!("{row} !== null"),
+    );
+    browser.eval(&format!("{row}.click(); true"));
+    until(
+        &mut browser,
+        "its output",
+        "document.getElementById('logs').textContent.includes('tick 2')",
+    );
+    until(
+        &mut browser,
+        "its output going on",
+        "document.getElementById('logs').textContent.includes('tick 8')",
+    );
+    browser.screenshot(&shots().join("workload-logs.png"));
     browser.eval("document.querySelector('[data-tab=market]').click(); true");
     until(
         &mut browser,

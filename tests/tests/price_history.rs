@@ -5,6 +5,9 @@
 //! with only its own keys gossips trade reports that the chain does not back, or that claim
 //! another provider's settlement, or that are not its own to report; no history keeps them.
 
+#[path = "console/browser.rs"]
+mod browser;
+
 use std::time::Duration;
 
 use claw_attestation::{Envelope, NodeIdentity, SignedPayload, Validity};
@@ -81,6 +84,10 @@ fn settled_leases_make_a_price_history_every_node_checks_on_chain() {
         "CLAW_TEST_IMAGE",
         "the Docker Engine and the local busybox test image",
     ) else {
+        return;
+    };
+    let Some(chromium) = required_part("CLAW_CHROMIUM", "headless Chromium (Debian's chromium)")
+    else {
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");
@@ -199,6 +206,72 @@ fn settled_leases_make_a_price_history_every_node_checks_on_chain() {
         table.contains(MODEL) && table.contains("eu-west") && table.contains("P50"),
         "{table}"
     );
+
+    // The buyer's console shows its leases with their escrow and settlement, and the chart.
+    let mut page = browser::Browser::launch(&chromium);
+    let control =
+        std::fs::read_to_string(buyer.cli.data_dir().join("control.addr")).expect("address");
+    let token = std::fs::read_to_string(buyer.cli.data_dir().join("control.token")).expect("token");
+    page.navigate(&format!("http://{}/console", control.trim()));
+    let shown = |page: &mut browser::Browser, what: &str, expression: &str| {
+        let guarded =
+            format!("(() => {{ try {{ return ({expression}); }} catch {{ return false; }} }})()");
+        eventually(Duration::from_secs(30), what, || {
+            (page.eval(&guarded) == Value::Bool(true)).then_some(())
+        });
+    };
+    shown(
+        &mut page,
+        "the login prompt",
+        "!document.getElementById('login').hidden",
+    );
+    page.eval(&format!(
+        "document.getElementById('token').value = {:?}; document.getElementById('login-form').requestSubmit(); true",
+        token.trim()
+    ));
+    shown(
+        &mut page,
+        "the console",
+        "!document.getElementById('app').hidden",
+    );
+    page.eval("document.querySelector('[data-tab=market]').click(); true");
+    for (lease, signature, _) in &settlements {
+        let row = format!("document.querySelector('#leases .row[data-lease=\"{lease}\"]')");
+        shown(
+            &mut page,
+            &format!("lease {lease} in the console"),
+            &format!("{row} !== null"),
+        );
+        let text = page.eval(&format!("{row}.textContent"));
+        let text = text.as_str().unwrap_or_default();
+        assert!(
+            text.contains("settled") && text.contains(signature.as_str()),
+            "{text}"
+        );
+        let vault = buyer.ok("market.leases", &json!({}))["leases"]
+            .as_array()
+            .and_then(|all| {
+                all.iter()
+                    .find(|l| l["lease_id"] == lease.as_str())
+                    .cloned()
+            })
+            .map(|l| l["vault"].as_str().unwrap_or_default().to_owned())
+            .expect("the lease's vault");
+        assert!(!vault.is_empty() && text.contains(&vault), "{text}");
+    }
+    shown(
+        &mut page,
+        "the price chart",
+        &format!(
+            "document.getElementById('history').textContent.includes('median 3, 3 leases on {}')",
+            days[0]["day"].as_str().expect("day")
+        ),
+    );
+    page.screenshot(
+        &std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("console-screenshots/market.png"),
+    );
+    drop(page);
 
     // The forger: its own node key, and a second key posing as its buyer.
     let forger = NodeIdentity::generate();
