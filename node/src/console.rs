@@ -178,13 +178,7 @@ struct Snapshot {
 async fn snapshot(state: &ControlState) -> Snapshot {
     let commands = state.commands();
     let mesh = state.mesh();
-    let addrs: Vec<String> = mesh
-        .listen_addrs()
-        .await
-        .unwrap_or_default()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let addrs = crate::listen_addr_texts(mesh).await;
     let (dir, store, probe) = (
         state.dir().clone(),
         commands.store().clone(),

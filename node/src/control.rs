@@ -183,11 +183,11 @@ async fn node_info(State(state): State<ControlState>, headers: HeaderMap) -> Res
     if !authorized(&state, &headers) {
         return unauthorized();
     }
-    let addrs = state.mesh.listen_addrs().await.unwrap_or_default();
+    let addrs = crate::listen_addr_texts(&state.mesh).await;
     Json(json!({
         "peer_id": state.mesh.local_peer_id().to_string(),
         "network": state.network,
-        "listen_addrs": addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "listen_addrs": addrs,
         "version": env!("CARGO_PKG_VERSION"),
     }))
     .into_response()

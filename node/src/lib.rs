@@ -100,6 +100,16 @@ pub fn sign_inventory(
     Ok((inventory, envelope))
 }
 
+/// The addresses the node's mesh listens on, as multiaddr text (none when the mesh is gone).
+pub(crate) async fn listen_addr_texts(mesh: &claw_mesh::MeshHandle) -> Vec<String> {
+    mesh.listen_addrs()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
 /// The node's announcement to its fleet as it stands: current inventory, the GPUs allocated to
 /// workloads, whether it is cordoned, the addresses it listens on, name, region, labels (the
 /// config's, then those set with `node.label`) and version.

@@ -644,13 +644,7 @@ async fn announce_forever(
             tracing::debug!(%error, "workloads not reconciled");
         }
         keep_draining(&store, workloads, commands.deployments()).await;
-        let addrs: Vec<String> = mesh
-            .listen_addrs()
-            .await
-            .unwrap_or_default()
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let addrs = crate::listen_addr_texts(&mesh).await;
         let (dir, store, probe) = (Arc::clone(&dir), store.clone(), Arc::clone(&probe));
         let signed = tokio::task::spawn_blocking(move || {
             crate::sign_announcement(&dir, &store, &probe, addrs)

@@ -1116,6 +1116,37 @@ impl Drop for OpenClawGateway {
     }
 }
 
+/// A market fleet's arbiter: a `clawnode run` node (no GPUs) whose wallet is every escrow's third
+/// key, on the chain that `chain` (a [`Localnet::chain_config`]) names.
+#[derive(Debug)]
+pub struct Arbiter {
+    /// The running node.
+    pub node: MarketNode,
+    /// Its wallet's address.
+    pub wallet: String,
+}
+
+impl Arbiter {
+    /// Initialises the arbiter in `data_dir` and starts it.
+    pub fn start(data_dir: &Path, chain: &str) -> Self {
+        let cli = MarketNode::init(Clawnode::new(data_dir), 0);
+        cli.configure_market("arbitrate = true\n", chain);
+        let wallet = cli.ok(&["wallet", "address"]).stdout.trim().to_owned();
+        Self {
+            node: MarketNode::start(cli, &[]),
+            wallet,
+        }
+    }
+
+    /// `[market]` lines for a node that trades with this arbiter, then `extra`.
+    pub fn market_config(&self, extra: &str) -> String {
+        format!(
+            "arbiter = {:?}\narbiter_peer = {:?}\n{extra}",
+            self.wallet, self.node.peer_id
+        )
+    }
+}
+
 /// A market fleet's `clawnode run` process; its containers are removed when it is dropped.
 #[derive(Debug)]
 pub struct MarketNode {

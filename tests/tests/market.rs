@@ -11,7 +11,9 @@
 
 use std::time::Duration;
 
-use claw_tests::{Clawnode, Localnet, MarketNode as Node, eventually, required_part, units};
+use claw_tests::{
+    Arbiter, Clawnode, Localnet, MarketNode as Node, eventually, required_part, units,
+};
 use serde_json::{Value, json};
 
 use claw_tests::SIMULATED_MODEL as MODEL;
@@ -53,20 +55,9 @@ fn three_providers_two_buyers_leases_run_and_settle_on_chain() {
     let localnet = Localnet::start(&buyer_cli);
     let chain = localnet.chain_config();
     // The arbiter: a node whose wallet is every escrow's third key.
-    let arbiter_cli = Node::init(Clawnode::new(&dir.path().join("arbiter")), 0);
-    arbiter_cli.configure_market("arbitrate = true\n", &chain);
-    let arbiter_wallet = arbiter_cli
-        .ok(&["wallet", "address"])
-        .stdout
-        .trim()
-        .to_owned();
-    let arbiter = Node::start(arbiter_cli, &[]);
-    let market = |extra: &str| {
-        format!(
-            "arbiter = {arbiter_wallet:?}\narbiter_peer = {:?}\ndispute_after_secs = 2\n{extra}",
-            arbiter.peer_id
-        )
-    };
+    let arbiter = Arbiter::start(&dir.path().join("arbiter"), &chain);
+    let market = |extra: &str| arbiter.market_config(&format!("dispute_after_secs = 2\n{extra}"));
+    let arbiter = &arbiter.node;
 
     // Providers: A 2.0/h × 2 GPUs, B 1.2/h × 1 GPU (the cheapest, and the last GPU), C 1.5/h × 2.
     let prices = [("a", "2", 2), ("b", "1.2", 1), ("c", "1.5", 2)];

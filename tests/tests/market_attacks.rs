@@ -22,8 +22,8 @@ use claw_mesh::{
     MeshConfig,
 };
 use claw_tests::{
-    Clawnode, DockerProxy, Localnet, MarketNode as Node, SIMULATED_MODEL as MODEL, eventually,
-    required_part, units,
+    Arbiter, Clawnode, DockerProxy, Localnet, MarketNode as Node, SIMULATED_MODEL as MODEL,
+    eventually, required_part, units,
 };
 use serde_json::{Value, json};
 use solana_keypair::Keypair;
@@ -63,15 +63,11 @@ impl Fleet {
             None => Localnet::start(&faucet),
         };
         let config = chain.chain_config();
-        let arbiter_cli = Node::init(Clawnode::new(&dir.path().join("arbiter")), 0);
-        arbiter_cli.configure_market("arbitrate = true\n", &config);
-        let arbiter_wallet = wallet_of(&arbiter_cli);
-        let arbiter = Node::start(arbiter_cli, &[]);
+        let arbiter = Arbiter::start(&dir.path().join("arbiter"), &config);
         let market = |extra: &str| {
-            format!(
-                "arbiter = {arbiter_wallet:?}\narbiter_peer = {:?}\ndispute_after_secs = 3\nfund_within_secs = 6\nunreachable_grace_secs = 10\n{extra}",
-                arbiter.peer_id
-            )
+            arbiter.market_config(&format!(
+                "dispute_after_secs = 3\nfund_within_secs = 6\nunreachable_grace_secs = 10\n{extra}"
+            ))
         };
         let provider_cli = Node::init(Clawnode::new(&dir.path().join("provider")), 4);
         // A GPU here comes with 256 MiB: small enough for a lessee's memory hog to meet it.
@@ -91,13 +87,13 @@ impl Fleet {
             &config,
         );
         provider_cli.ok(&["wallet", "airdrop", "--sol", "2"]);
-        let provider = Node::start(provider_cli, &arbiter.addrs());
+        let provider = Node::start(provider_cli, &arbiter.node.addrs());
         let buyer_cli = Node::init(Clawnode::new(&dir.path().join("buyer")), 0);
         buyer_cli.configure_market(&market(""), &config);
         buyer_cli.ok(&["wallet", "airdrop", "--sol", "2"]);
         faucet.ok(&["wallet", "airdrop", "--sol", "1", "--molt", "200"]);
         faucet.ok(&["wallet", "transfer", &wallet_of(&buyer_cli), "60"]);
-        let buyer = Node::start(buyer_cli, &arbiter.addrs());
+        let buyer = Node::start(buyer_cli, &arbiter.node.addrs());
         eventually(
             Duration::from_secs(30),
             "the offer in the buyer's book",
@@ -106,6 +102,10 @@ impl Fleet {
                 (offers["offers"].as_array()?.len() == 1).then_some(())
             },
         );
+        let Arbiter {
+            node: arbiter,
+            wallet: arbiter_wallet,
+        } = arbiter;
         Self {
             _docker: docker,
             _dir: dir,

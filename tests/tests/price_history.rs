@@ -13,7 +13,9 @@ use std::time::Duration;
 use claw_attestation::{Envelope, NodeIdentity, SignedPayload, Validity};
 use claw_market::history::TradeReport;
 use claw_market::lease::{LeaseAcceptance, LeaseTerms, Signed};
-use claw_tests::{Clawnode, Localnet, MarketNode as Node, SIMULATED_MODEL as MODEL, eventually};
+use claw_tests::{
+    Arbiter, Clawnode, Localnet, MarketNode as Node, SIMULATED_MODEL as MODEL, eventually,
+};
 use claw_tests::{check_contract, metric, plugin_fields, required_part};
 use serde_json::{Value, json};
 
@@ -95,20 +97,9 @@ fn settled_leases_make_a_price_history_every_node_checks_on_chain() {
     buyer_cli.configure_market("", "");
     let localnet = Localnet::start(&buyer_cli);
     let chain = localnet.chain_config();
-    let arbiter_cli = Node::init(Clawnode::new(&dir.path().join("arbiter")), 0);
-    arbiter_cli.configure_market("arbitrate = true\n", &chain);
-    let arbiter_wallet = arbiter_cli
-        .ok(&["wallet", "address"])
-        .stdout
-        .trim()
-        .to_owned();
-    let arbiter = Node::start(arbiter_cli, &[]);
-    let market = |extra: &str| {
-        format!(
-            "arbiter = {arbiter_wallet:?}\narbiter_peer = {:?}\n{extra}",
-            arbiter.peer_id
-        )
-    };
+    let arbiter_node = Arbiter::start(&dir.path().join("arbiter"), &chain);
+    let market = |extra: &str| arbiter_node.market_config(extra);
+    let arbiter = &arbiter_node.node;
     let provider_cli = Node::init(Clawnode::new(&dir.path().join("provider")), 1);
     provider_cli.configure_market(
         &market(&format!("price_per_gpu_hour = {:?}\n", PRICES[0])),
@@ -157,7 +148,7 @@ fn settled_leases_make_a_price_history_every_node_checks_on_chain() {
     let history = eventually(
         Duration::from_secs(40),
         "three trades in the arbiter's history",
-        || history_of(&arbiter, 3),
+        || history_of(arbiter, 3),
     );
     // What the plugin reads of it (the bridge relays a member's answer as is).
     check_contract(&plugin_fields(), "market.history", &history);
@@ -417,7 +408,7 @@ fn settled_leases_make_a_price_history_every_node_checks_on_chain() {
     });
     assert_eq!(caught_up["days"], history["days"]);
     runtime.block_on(mesh.handle.shutdown());
-    for node in [&arbiter, &late, &provider, &buyer] {
+    for node in [arbiter, &late, &provider, &buyer] {
         let now = node.ok("market.history", &json!({}));
         assert_eq!(now["matching"], 3, "{now}");
         assert_eq!(now["days"], history["days"], "no forged price or region");
