@@ -262,7 +262,7 @@ async fn snapshot(state: &ControlState) -> Snapshot {
 }
 
 /// Server-sent events, one `event` every [`EVERY`] (the first at once), each made by `next`,
-/// until the page goes away.
+/// until the page goes away or the node stops (so that an open page never holds up a stop).
 fn every_second<F, Fut>(state: ControlState, event: &'static str, next: F) -> Response
 where
     F: Fn(ControlState) -> Fut + Clone + Send + Sync + 'static,
@@ -271,8 +271,15 @@ where
     let stream = futures::stream::unfold((state, true), move |(state, first)| {
         let next = next.clone();
         async move {
+            let stopping = state.stopping().clone();
             if !first {
-                tokio::time::sleep(EVERY).await;
+                tokio::select! {
+                    () = tokio::time::sleep(EVERY) => {}
+                    () = stopping.cancelled() => return None,
+                }
+            }
+            if stopping.is_cancelled() {
+                return None;
             }
             let data = next(state.clone()).await;
             let message = Bytes::from(format!("event: {event}\ndata: {data}\n\n"));

@@ -68,13 +68,22 @@ pub struct ControlState {
     commands: NodeCommands,
     network: String,
     dir: Arc<DataDir>,
+    /// Cancelled when the node stops: long-lived streams end then.
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 impl ControlState {
     /// State for a node whose mesh is `mesh` and whose commands are `commands`.
-    pub fn new(token: String, mesh: MeshHandle, commands: NodeCommands, dir: Arc<DataDir>) -> Self {
+    pub fn new(
+        token: String,
+        mesh: MeshHandle,
+        commands: NodeCommands,
+        dir: Arc<DataDir>,
+        stopping: tokio_util::sync::CancellationToken,
+    ) -> Self {
         Self {
             token,
+            stopping,
             network: dir.config().network.name.clone(),
             dir,
             mesh,
@@ -95,6 +104,11 @@ impl ControlState {
     /// The node's data directory.
     pub(crate) fn dir(&self) -> &Arc<DataDir> {
         &self.dir
+    }
+
+    /// Cancelled when the node stops.
+    pub(crate) fn stopping(&self) -> &tokio_util::sync::CancellationToken {
+        &self.stopping
     }
 }
 

@@ -390,7 +390,13 @@ async fn serve_control(
     let token = control::issue_token(dir.root())?;
     control::write_address(dir.root(), bound)
         .map_err(|source| StartError::Record { what: WHAT, source })?;
-    let state = ControlState::new(token, mesh.clone(), commands.clone(), Arc::clone(dir));
+    let state = ControlState::new(
+        token,
+        mesh.clone(),
+        commands.clone(),
+        Arc::clone(dir),
+        tasks.token(),
+    );
     let stopping = tasks.stopping();
     tasks.spawn(async move {
         if let Err(error) = control::serve(listener, state, stopping).await {

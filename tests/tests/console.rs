@@ -204,5 +204,22 @@ fn the_console_shows_the_fleet_live_and_nothing_without_the_token() {
         "the page was not reloaded"
     );
     assert!(browser.eval("window.clawConsole.snapshots()").as_u64() > Some(3));
+
+    // An open console does not hold up the node's stop (its stop grace is 10 s), and the page
+    // says it lost the node.
+    let mut a = a;
+    let stopping = std::time::Instant::now();
+    let running = a.running.take().expect("node a runs");
+    assert!(running.terminate(), "node a stopped cleanly");
+    let took = stopping.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "node a took {took:?} to stop with the console open"
+    );
+    until(
+        &mut browser,
+        "the page to say it lost the node",
+        "!document.getElementById('live').textContent.startsWith('live')",
+    );
     eprintln!("console screenshots: {}", shots().display());
 }
