@@ -97,7 +97,7 @@ async function connect() {
   if (status === 401) {
     sessionStorage.removeItem(TOKEN_KEY);
     state.token = null;
-    return showLogin("That token is not this node's.");
+    return showLogin("That token or key is not (or no longer) valid on this node.");
   }
   setLive(false, status === 0 || status === 200 ? "disconnected" : `error ${status}`);
   setTimeout(connect, 2000);
@@ -216,7 +216,11 @@ function show(snapshot) {
 function render() {
   const s = state.snapshot;
   const local = s.nodes.find((n) => n.local);
-  $("where").textContent = local ? `${local.name} · ${s.nodes.length} nodes` : "";
+  const who = s.signed_in.name ? `API key ${s.signed_in.name} (${s.signed_in.role})` : s.signed_in.with;
+  $("where").textContent = `${local ? `${local.name} · ${s.nodes.length} nodes · ` : ""}signed in with ${who}`;
+  const withheld = $("withheld");
+  withheld.hidden = !s.withheld.length;
+  withheld.textContent = s.withheld.length ? `Not shown to this key: ${s.withheld.join("; ")}.` : "";
   if (state.tab === "fleet") renderFleet(s);
   if (state.tab === "gpus") renderGpus(s);
   if (state.tab === "workloads") renderWorkloads(s);

@@ -9,8 +9,9 @@
 //! | GET    | `/v1/console/logs?workload=ID` | server-sent events: the workload's last 200 lines every second (bearer token) |
 //!
 //! The page and its files are compiled into the binary; nothing is fetched from elsewhere. The
-//! page holds no data until the token is right: every snapshot needs it, as every other call of
-//! the control API does. A snapshot is read from what the node holds (its fleet view, its own
+//! page holds no data until it is given the node's control token or an API key: with a key it
+//! gets only what the key may read (each part as the command answering it would allow), and the
+//! key is checked again before every event. A snapshot is read from what the node holds (its fleet view, its own
 //! GPUs, workloads, book, leases and price history): no call to any other node, however large the
 //! fleet, and no audit record per snapshot. The console only reads.
 
@@ -30,10 +31,15 @@ use claw_attestation::GpuMetrics;
 use claw_mesh::{FleetMember, NodeAnnouncement};
 use serde::Serialize;
 
-use claw_api::workload::LogsParams;
+use claw_api::auth::ApiKeyInfo;
+use claw_api::market::{MarketHistory, MarketLeases, MarketOffers};
+use claw_api::node::{GpuMetrics as GpuMetricsCommand, NodeHealth};
+use claw_api::workload::{LogsParams, WorkloadList, WorkloadLogs};
+use claw_api::{Command, Role};
+use claw_mesh::ApiToken;
 use claw_mesh::{ErrorCode, InvokeFailure};
 
-use crate::control::{ControlState, authorized, failure_response, unauthorized};
+use crate::control::{ControlState, authorized, bearer, failure_response, unauthorized};
 
 const PAGE: &str = include_str!("../console/index.html");
 const SCRIPT: &str = include_str!("../console/app.js");
@@ -158,10 +164,66 @@ struct ConsoleWorkload {
     reason: Option<String>,
 }
 
+/// Who is looking: the node's control token (its admin), or an API key, checked again before
+/// every event so that a revoked or expired key stops seeing anything at once.
+#[derive(Clone)]
+enum Viewer {
+    Admin,
+    Key(ApiToken),
+}
+
+impl Viewer {
+    /// The viewer a request's bearer token makes, or 401.
+    async fn of(state: &ControlState, headers: &HeaderMap) -> Result<Self, Response> {
+        if authorized(state, headers) {
+            return Ok(Self::Admin);
+        }
+        let presented = bearer(headers);
+        if !presented.starts_with("claw_") {
+            return Err(unauthorized());
+        }
+        let viewer = Self::Key(ApiToken::new(presented));
+        viewer.key(state).await.map_err(|_| unauthorized())?;
+        Ok(viewer)
+    }
+
+    /// The API key as it stands now (`None` for the admin), or why it no longer works.
+    async fn key(&self, state: &ControlState) -> Result<Option<ApiKeyInfo>, InvokeFailure> {
+        match self {
+            Self::Admin => Ok(None),
+            Self::Key(token) => state.commands().objects().key_of(token).await.map(Some),
+        }
+    }
+}
+
+/// Whether `key` (none: the admin) may read what command `C` answers.
+fn may<C: Command>(key: Option<&ApiKeyInfo>, withheld: &mut Vec<String>) -> bool {
+    match key.and_then(|k| k.refusal(C::NAME, C::ROLE, &[])) {
+        None => true,
+        Some(why) => {
+            withheld.push(why);
+            false
+        }
+    }
+}
+
+/// Who the console shows as signed in.
+#[derive(Debug, Serialize)]
+struct SignedIn {
+    /// `control token` or `API key`.
+    with: &'static str,
+    /// The key's name.
+    name: Option<String>,
+    role: Role,
+}
+
 /// What the console shows, as of `at_ms`.
 #[derive(Debug, Serialize)]
 struct Snapshot {
     at_ms: u64,
+    signed_in: SignedIn,
+    /// What the viewer's API key may not read, and why.
+    withheld: Vec<String>,
     /// A node whose latest announcement is older than this is shown silent (it leaves the
     /// view once it misses its configured number of intervals).
     silent_after_ms: u64,
@@ -175,7 +237,11 @@ struct Snapshot {
     history: Option<PriceHistory>,
 }
 
-async fn snapshot(state: &ControlState) -> Snapshot {
+async fn snapshot(state: &ControlState, key: Option<&ApiKeyInfo>) -> Snapshot {
+    let mut withheld = Vec::new();
+    let see_nodes = may::<NodeHealth>(key, &mut withheld);
+    let see_readings = may::<GpuMetricsCommand>(key, &mut withheld);
+    let see_workloads = may::<WorkloadList>(key, &mut withheld);
     let commands = state.commands();
     let mesh = state.mesh();
     let addrs = crate::listen_addr_texts(mesh).await;
@@ -189,68 +255,101 @@ async fn snapshot(state: &ControlState) -> Snapshot {
         (announcement, probe.metrics(None))
     })
     .await;
-    let (announcement, readings) = local.unwrap_or((None, Vec::new()));
+    let (announcement, mut readings) = local.unwrap_or((None, Vec::new()));
+    if !see_readings {
+        readings.clear();
+    }
     let me = mesh.local_peer_id();
-    let mut nodes: Vec<ConsoleNode> = announcement
-        .map(|a| ConsoleNode::of(me.to_string(), true, &a, None))
-        .into_iter()
-        .collect();
-    nodes.extend(
-        mesh.fleet()
-            .iter()
-            .filter(|m| m.peer_id != me)
-            .map(ConsoleNode::from),
-    );
-    let workloads = commands
-        .workloads()
-        .list(claw_api::workload::ListParams {
-            state: None,
-            labels: Default::default(),
-            gpu: None,
-            all: true,
-        })
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .rev()
-        .take(LISTED)
-        .map(|w| ConsoleWorkload {
-            id: w.id,
-            name: w.name,
-            image: w.image,
-            state: w.state.to_string(),
-            gpus: w.gpus,
-            simulated_gpus: w.simulated_gpus,
-            created_ms: w.created_ms,
-            reason: w.reason,
-        })
-        .collect();
+    let mut nodes: Vec<ConsoleNode> = Vec::new();
+    if see_nodes {
+        nodes.extend(announcement.map(|a| ConsoleNode::of(me.to_string(), true, &a, None)));
+        nodes.extend(
+            mesh.fleet()
+                .iter()
+                .filter(|m| m.peer_id != me)
+                .map(ConsoleNode::from),
+        );
+    }
+    let workloads = if !see_workloads {
+        Vec::new()
+    } else {
+        commands
+            .workloads()
+            .list(claw_api::workload::ListParams {
+                state: None,
+                labels: Default::default(),
+                gpu: None,
+                all: true,
+            })
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .rev()
+            .take(LISTED)
+            .map(|w| ConsoleWorkload {
+                id: w.id,
+                name: w.name,
+                image: w.image,
+                state: w.state.to_string(),
+                gpus: w.gpus,
+                simulated_gpus: w.simulated_gpus,
+                created_ms: w.created_ms,
+                reason: w.reason,
+            })
+            .collect()
+    };
     let market = commands.market();
-    let offers = market
-        .offers(OffersParams {
-            limit: Some(LISTED),
-            ..OffersParams::default()
-        })
-        .ok();
-    let leases = market
-        .leases(LeasesParams::default())
-        .await
-        .ok()
-        .map(|mut l| {
-            l.leases.truncate(LISTED);
-            l
-        });
-    let history = market
-        .history(HistoryParams {
-            since_ms: Some(crate::now_ms().saturating_sub(30 * 86_400_000)),
-            limit: Some(20),
-            ..HistoryParams::default()
-        })
-        .await
-        .ok();
+    let offers = if may::<MarketOffers>(key, &mut withheld) {
+        market
+            .offers(OffersParams {
+                limit: Some(LISTED),
+                ..OffersParams::default()
+            })
+            .ok()
+    } else {
+        None
+    };
+    let leases = if may::<MarketLeases>(key, &mut withheld) {
+        market
+            .leases(LeasesParams::default())
+            .await
+            .ok()
+            .map(|mut l| {
+                l.leases.truncate(LISTED);
+                l
+            })
+    } else {
+        None
+    };
+    let history = if may::<MarketHistory>(key, &mut withheld) {
+        market
+            .history(HistoryParams {
+                since_ms: Some(crate::now_ms().saturating_sub(30 * 86_400_000)),
+                limit: Some(20),
+                ..HistoryParams::default()
+            })
+            .await
+            .ok()
+    } else {
+        None
+    };
     let interval_ms = state.dir().config().mesh.announce_interval_secs * 1000;
+    let signed_in = match key {
+        None => SignedIn {
+            with: "control token",
+            name: None,
+            role: Role::Admin,
+        },
+        Some(k) => SignedIn {
+            with: "API key",
+            name: Some(k.name.clone()),
+            role: k.role,
+        },
+    };
     Snapshot {
         at_ms: crate::now_ms(),
+        signed_in,
+        withheld,
         silent_after_ms: 2 * interval_ms + 1000,
         nodes,
         readings,
@@ -262,11 +361,12 @@ async fn snapshot(state: &ControlState) -> Snapshot {
 }
 
 /// Server-sent events, one `event` every [`EVERY`] (the first at once), each made by `next`,
-/// until the page goes away or the node stops (so that an open page never holds up a stop).
+/// until the page goes away, `next` answers `None`, or the node stops (so that an open page never
+/// holds up a stop).
 fn every_second<F, Fut>(state: ControlState, event: &'static str, next: F) -> Response
 where
     F: Fn(ControlState) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = String> + Send,
+    Fut: std::future::Future<Output = Option<String>> + Send,
 {
     let stream = futures::stream::unfold((state, true), move |(state, first)| {
         let next = next.clone();
@@ -281,7 +381,7 @@ where
             if stopping.is_cancelled() {
                 return None;
             }
-            let data = next(state.clone()).await;
+            let data = next(state.clone()).await?;
             let message = Bytes::from(format!("event: {event}\ndata: {data}\n\n"));
             Some((Ok::<_, Infallible>(message), (state, false)))
         }
@@ -298,11 +398,17 @@ where
 
 /// `GET /v1/console/events`: a snapshot now and every second after.
 async fn events(State(state): State<ControlState>, headers: HeaderMap) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
-    every_second(state, "snapshot", |state| async move {
-        serde_json::to_string(&snapshot(&state).await).unwrap_or_else(|_| "{}".to_owned())
+    let viewer = match Viewer::of(&state, &headers).await {
+        Ok(viewer) => viewer,
+        Err(refused) => return refused,
+    };
+    every_second(state, "snapshot", move |state| {
+        let viewer = viewer.clone();
+        async move {
+            // A key revoked or expired since: the stream ends, and the page asks again.
+            let key = viewer.key(&state).await.ok()?;
+            serde_json::to_string(&snapshot(&state, key.as_ref()).await).ok()
+        }
     })
 }
 
@@ -313,9 +419,10 @@ async fn logs(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
+    let viewer = match Viewer::of(&state, &headers).await {
+        Ok(viewer) => viewer,
+        Err(refused) => return refused,
+    };
     let workload = query
         .as_deref()
         .and_then(|q| q.strip_prefix("workload="))
@@ -334,8 +441,14 @@ async fn logs(
         ));
     };
     every_second(state, "logs", move |state| {
-        let workload = workload.clone();
+        let (workload, viewer) = (workload.clone(), viewer.clone());
         async move {
+            let key = viewer.key(&state).await.ok()?;
+            let mut withheld = Vec::new();
+            if !may::<WorkloadLogs>(key.as_ref(), &mut withheld) {
+                return serde_json::to_string(&serde_json::json!({"error": withheld.join("; ")}))
+                    .ok();
+            }
             let tail = state
                 .commands()
                 .workloads()
@@ -351,7 +464,7 @@ async fn logs(
                     serde_json::to_string(&serde_json::json!({"error": error.to_string()}))
                 }
             }
-            .unwrap_or_else(|_| "{}".to_owned())
+            .ok()
         }
     })
 }

@@ -168,13 +168,18 @@ pub(crate) fn failure_response(failure: InvokeFailure) -> Response {
     (status, Json(InvokeResponse::Error(failure))).into_response()
 }
 
-/// Constant-time comparison of the bearer token.
-pub(crate) fn authorized(state: &ControlState, headers: &HeaderMap) -> bool {
-    let presented = headers
+/// The bearer token a request presents ("" when none).
+pub(crate) fn bearer(headers: &HeaderMap) -> &str {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        .unwrap_or("")
+}
+
+/// Constant-time comparison of the bearer token.
+pub(crate) fn authorized(state: &ControlState, headers: &HeaderMap) -> bool {
+    let presented = bearer(headers);
     let expected = state.token.as_bytes();
     presented.len() == expected.len()
         && presented

@@ -47,19 +47,27 @@ fn the_console_shows_the_fleet_live_and_nothing_without_the_token() {
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");
-    let start = |name: &str, gpus: u32, bootstrap: &[String], node_name: Option<&str>| {
-        let cli = Node::init(Clawnode::new(&dir.path().join(name)), gpus);
+    // Node a is the fleet's operator (it signs the API key below).
+    let a_cli = Node::init(Clawnode::new(&dir.path().join("a")), 2);
+    let operator = claw_attestation::NodeIdentity::load(&a_cli.data_dir().join("identity.key"))
+        .expect("node key")
+        .peer_id()
+        .to_string();
+    let start = |cli: Clawnode, bootstrap: &[String], node_name: &str| {
         cli.configure_market("", "");
         // Announced every second, forgotten after 8 missed: a silent node shows for a while.
-        cli.edit_config(|text| text.replace("missed_intervals = 3", "missed_intervals = 8"));
-        if let Some(node_name) = node_name {
-            cli.edit_config(|text| format!("[node]\nname = {node_name:?}\n\n{text}"));
-        }
+        cli.edit_config(|text| {
+            let text = text
+                .replace("missed_intervals = 3", "missed_intervals = 8")
+                .replace("operators = []", &format!("operators = [{operator:?}]"));
+            format!("[node]\nname = {node_name:?}\n\n{text}")
+        });
         Node::start(cli, bootstrap)
     };
-    let a = start("a", 2, &[], Some("console-a"));
-    let b = start("b", 1, &a.addrs(), Some("console-b"));
-    let mut c = start("c", 1, &a.addrs(), Some(MARKUP));
+    let node = |name: &str, gpus: u32| Node::init(Clawnode::new(&dir.path().join(name)), gpus);
+    let a = start(a_cli, &[], "console-a");
+    let b = start(node("b", 1), &a.addrs(), "console-b");
+    let mut c = start(node("c", 1), &a.addrs(), MARKUP);
     let control = std::fs::read_to_string(a.cli.data_dir().join("control.addr")).expect("address");
     let token = std::fs::read_to_string(a.cli.data_dir().join("control.token")).expect("token");
     let url = format!("http://{}/console", control.trim());
@@ -79,7 +87,7 @@ fn the_console_shows_the_fleet_live_and_nothing_without_the_token() {
     until(
         &mut browser,
         "the refusal",
-        "document.getElementById('login-error').textContent.includes('not this node')",
+        "document.getElementById('login-error').textContent.includes('not (or no longer) valid')",
     );
     assert_eq!(
         browser.eval("document.getElementById('app').hidden"),
@@ -204,6 +212,47 @@ fn the_console_shows_the_fleet_live_and_nothing_without_the_token() {
         "the page was not reloaded"
     );
     assert!(browser.eval("window.clawConsole.snapshots()").as_u64() > Some(3));
+
+    // An API key with the read role signs in too, sees what the key may read (not the leases,
+    // which need operate), and is shown out as soon as it is revoked.
+    let created = a.ok(
+        "auth.create_key",
+        &serde_json::json!({"name": "viewer", "role": "read", "expires_in_s": 3600}),
+    );
+    let key = created["api_key"].as_str().expect("the key").to_owned();
+    browser.eval("sessionStorage.clear(); location.reload(); true");
+    until(
+        &mut browser,
+        "the login prompt again",
+        "!document.getElementById('login').hidden",
+    );
+    browser.eval(&format!(
+        "document.getElementById('token').value = {key:?}; \
+         document.getElementById('login-form').requestSubmit(); true"
+    ));
+    until(
+        &mut browser,
+        "the fleet seen with the key",
+        "document.querySelectorAll('#nodes .row').length === 2",
+    );
+    until(
+        &mut browser,
+        "the key named",
+        "document.getElementById('where').textContent.includes('API key viewer (read)')",
+    );
+    until(
+        &mut browser,
+        "the leases withheld from a read key",
+        "document.getElementById('withheld').textContent.includes('market.leases needs the operate role')",
+    );
+    browser.screenshot(&shots().join("fleet-read-key.png"));
+    a.ok("auth.revoke_key", &serde_json::json!({"name": "viewer"}));
+    until(
+        &mut browser,
+        "the revoked key shown out",
+        "!document.getElementById('login').hidden && document.getElementById('app').hidden \
+         && document.getElementById('login-error').textContent.includes('no longer')",
+    );
 
     // An open console does not hold up the node's stop (its stop grace is 10 s), and the page
     // says it lost the node.
