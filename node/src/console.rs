@@ -3,17 +3,17 @@
 //!
 //! | method | path                 | answer |
 //! |--------|----------------------|--------|
-//! | GET    | `/console`           | the page (a login prompt until a token is given) |
+//! | GET    | `/console`           | the page (a login prompt until a token or key is given) |
 //! | GET    | `/console/app.js`, `/console/app.css` | its script and style |
-//! | GET    | `/v1/console/events` | server-sent events: a [`Snapshot`] every second (bearer token) |
-//! | GET    | `/v1/console/logs?workload=ID` | server-sent events: the workload's last 200 lines every second (bearer token) |
+//! | GET    | `/v1/console/events` | server-sent events: a [`Snapshot`] every second (bearer token or API key) |
+//! | GET    | `/v1/console/logs?workload=ID` | server-sent events: the workload's last 200 lines every second (bearer token or API key) |
 //!
 //! The page and its files are compiled into the binary; nothing is fetched from elsewhere. The
 //! page holds no data until it is given the node's control token or an API key: with a key it
 //! gets only what the key may read (each part as the command answering it would allow), and the
-//! key is checked again before every event. A snapshot is read from what the node holds (its fleet view, its own
-//! GPUs, workloads, book, leases and price history): no call to any other node, however large the
-//! fleet, and no audit record per snapshot. The console only reads.
+//! key is checked again before every event. A snapshot is read from what the node holds (its
+//! fleet view, its own GPUs, workloads, book, leases and price history): no call to any other
+//! node, however large the fleet, and no audit record per snapshot. The console only reads.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -24,20 +24,17 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use claw_api::market::{
-    HistoryParams, LeaseListing, LeasesParams, OfferListing, OffersParams, PriceHistory,
-};
-use claw_attestation::GpuMetrics;
-use claw_mesh::{FleetMember, NodeAnnouncement};
-use serde::Serialize;
-
 use claw_api::auth::ApiKeyInfo;
-use claw_api::market::{MarketHistory, MarketLeases, MarketOffers};
+use claw_api::market::{
+    HistoryParams, LeaseListing, LeasesParams, MarketHistory, MarketLeases, MarketOffers,
+    OfferListing, OffersParams, PriceHistory,
+};
 use claw_api::node::{GpuMetrics as GpuMetricsCommand, NodeHealth};
 use claw_api::workload::{LogsParams, WorkloadList, WorkloadLogs};
 use claw_api::{Command, Role};
-use claw_mesh::ApiToken;
-use claw_mesh::{ErrorCode, InvokeFailure};
+use claw_attestation::GpuMetrics;
+use claw_mesh::{ApiToken, ErrorCode, FleetMember, InvokeFailure, NodeAnnouncement};
+use serde::Serialize;
 
 use crate::control::{ControlState, authorized, bearer, failure_response, unauthorized};
 
