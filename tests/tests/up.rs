@@ -96,6 +96,18 @@ fn one_command_starts_a_fleet_that_trades_and_stops_without_leftovers() {
         );
     }
 
+    // The console it names answers with its page (the streams need the node's token).
+    let console = ready["console"].as_str().expect("console URL");
+    let addr = console
+        .strip_prefix("http://")
+        .and_then(|u| u.strip_suffix("/console"))
+        .expect("http://ADDR/console");
+    let page = http_get(addr, "/console");
+    assert!(
+        page.contains("<title>Clawbernetes console</title>"),
+        "{page}"
+    );
+
     // A workload on a provider, to be stopped and removed with the fleet.
     let provider = Clawnode::new(std::path::Path::new(
         ready["nodes"][0]["data_dir"].as_str().expect("data dir"),
