@@ -17,10 +17,8 @@ use solana_signature::Signature;
 
 use crate::Molt;
 use crate::lease::{LeaseAcceptance, LeaseError, LeaseId, LeaseRecord, LeaseTerms, Signed};
+use crate::order::text_ok;
 use crate::settlement::{Escrow, SettlementFact};
-
-/// Longest region text a report may carry.
-pub const MAX_REGION: usize = 64;
 
 /// A lease party's report of a settled lease, signed by the reporter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,9 +75,7 @@ impl TradeReport {
             terms,
             acceptance: record.acceptance.clone()?,
             settlement: fact.signature.clone(),
-            region: region
-                .filter(|_| provider)
-                .map(|r| r.chars().take(MAX_REGION).collect()),
+            region: region.filter(|r| provider && text_ok(r)).map(str::to_owned),
         })
     }
 
@@ -99,14 +95,10 @@ impl TradeReport {
         if *reporter != self.terms.signer() && *reporter != self.acceptance.signer() {
             return Err(ReportError::NotAParty(terms.lease_id.clone()));
         }
-        if self
-            .region
-            .as_deref()
-            .is_some_and(|r| r.is_empty() || r.len() > MAX_REGION || r.contains(char::is_control))
-        {
-            return Err(ReportError::Malformed(format!(
-                "a region is 1 to {MAX_REGION} printable characters"
-            )));
+        if self.region.as_deref().is_some_and(|r| !text_ok(r)) {
+            return Err(ReportError::Malformed(
+                "a region is 1 to 64 printable characters, as in offers".to_owned(),
+            ));
         }
         let signature: Signature = self
             .settlement

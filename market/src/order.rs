@@ -95,7 +95,9 @@ impl SignedPayload for Bid {
 #[error("{0}")]
 pub struct OrderError(pub String);
 
-fn text_ok(text: &str) -> bool {
+/// Whether `text` is fit for a model name, region or wallet: 1 to 64 bytes, no control
+/// characters.
+pub(crate) fn text_ok(text: &str) -> bool {
     !text.is_empty() && text.len() <= MAX_TEXT && !text.chars().any(char::is_control)
 }
 

@@ -151,7 +151,6 @@ function table(id, columns, template) {
   let t = state.tables.get(id);
   if (!t) {
     const root = $(id);
-    root.style.setProperty("--cols", template);
     const head = el("div", null, "head");
     head.style.gridTemplateColumns = template;
     for (const c of columns) head.append(el("div", c));

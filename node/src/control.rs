@@ -66,7 +66,6 @@ pub struct ControlState {
     token: String,
     mesh: MeshHandle,
     commands: NodeCommands,
-    network: String,
     dir: Arc<DataDir>,
     /// Cancelled when the node stops: long-lived streams end then.
     stopping: tokio_util::sync::CancellationToken,
@@ -84,7 +83,6 @@ impl ControlState {
         Self {
             token,
             stopping,
-            network: dir.config().network.name.clone(),
             dir,
             mesh,
             commands,
@@ -205,7 +203,7 @@ async fn node_info(State(state): State<ControlState>, headers: HeaderMap) -> Res
     let addrs = crate::listen_addr_texts(&state.mesh).await;
     Json(json!({
         "peer_id": state.mesh.local_peer_id().to_string(),
-        "network": state.network,
+        "network": state.dir.config().network.name,
         "listen_addrs": addrs,
         "version": env!("CARGO_PKG_VERSION"),
     }))

@@ -251,9 +251,7 @@ fn ps_once(global: &GlobalArgs, all: bool, node: Option<String>) -> Result<()> {
 
 /// Now, Unix ms.
 pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    claw_attestation::unix_millis(std::time::SystemTime::now())
 }
 
 /// A Unix-ms time as UTC text.

@@ -11,7 +11,7 @@ mod browser;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use claw_tests::{Clawnode, MarketNode as Node, eventually, required_part};
+use claw_tests::{Clawnode, MarketNode as Node, required_part};
 use serde_json::Value;
 
 use browser::Browser;
@@ -21,17 +21,6 @@ const MARKUP: &str = "<img src=x onerror=\"document.title='owned'\">";
 
 fn shots() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots")
-}
-
-/// Waits until `expression` is true in the page.
-/// Waits until `expression` is true in the page (an expression that throws, as one does while
-/// the page loads, counts as not yet).
-fn until(browser: &mut Browser, what: &str, expression: &str) {
-    let guarded =
-        format!("(() => {{ try {{ return ({expression}); }} catch {{ return false; }} }})()");
-    eventually(Duration::from_secs(30), what, || {
-        (browser.eval(&guarded) == Value::Bool(true)).then_some(())
-    });
 }
 
 #[test]
@@ -74,18 +63,13 @@ fn the_console_shows_the_fleet_live_and_nothing_without_the_token() {
 
     let mut browser = Browser::launch(&chromium);
     browser.navigate(&url);
-    until(
-        &mut browser,
+    browser.wait_until(
         "the login prompt",
         "!document.getElementById('login').hidden && document.getElementById('app').hidden",
     );
     // A wrong token gets the prompt again, and no data.
-    browser.eval(
-        "document.getElementById('token').value = 'not-the-token'; \
-         document.getElementById('login-form').requestSubmit(); true",
-    );
-    until(
-        &mut browser,
+    browser.sign_in("not-the-token");
+    browser.wait_until(
         "the refusal",
         "document.getElementById('login-error').textContent.includes('not (or no longer) valid')",
     );
@@ -101,13 +85,8 @@ fn the_console_shows_the_fleet_live_and_nothing_without_the_token() {
     browser.screenshot(&shots().join("login.png"));
 
     // The right one: every node, every GPU, live.
-    browser.eval(&format!(
-        "document.getElementById('token').value = {:?}; \
-         document.getElementById('login-form').requestSubmit(); true",
-        token.trim()
-    ));
-    until(
-        &mut browser,
+    browser.sign_in(&token);
+    browser.wait_until(
         "three nodes in the console",
         "document.querySelectorAll('#nodes .row').length === 3",
     );
@@ -140,8 +119,7 @@ fn the_console_shows_the_fleet_live_and_nothing_without_the_token() {
     assert_ne!(browser.eval("document.title"), "owned");
     browser.screenshot(&shots().join("fleet.png"));
     browser.eval("document.querySelector('[data-tab=gpus]').click(); true");
-    until(
-        &mut browser,
+    browser.wait_until(
         "every GPU listed",
         "document.querySelectorAll('#gpus .row').length === 4",
     );
@@ -163,26 +141,19 @@ fn the_console_shows_the_fleet_live_and_nothing_without_the_token() {
     let workload = run["id"].as_str().expect("workload id").to_owned();
     browser.eval("document.querySelector('[data-tab=workloads]').click(); true");
     let row = format!("document.querySelector('#workloads .row[data-workload=\"{workload}\"]')");
-    until(
-        &mut browser,
-        "the workload listed",
-        &format!("{row} !== null"),
-    );
+    browser.wait_until("the workload listed", &format!("{row} !== null"));
     browser.eval(&format!("{row}.click(); true"));
-    until(
-        &mut browser,
+    browser.wait_until(
         "its output",
         "document.getElementById('logs').textContent.includes('tick 2')",
     );
-    until(
-        &mut browser,
+    browser.wait_until(
         "its output going on",
         "document.getElementById('logs').textContent.includes('tick 8')",
     );
     browser.screenshot(&shots().join("workload-logs.png"));
     browser.eval("document.querySelector('[data-tab=market]').click(); true");
-    until(
-        &mut browser,
+    browser.wait_until(
         "the market view",
         "!document.querySelector('[data-view=market]').hidden",
     );
@@ -195,14 +166,12 @@ fn the_console_shows_the_fleet_live_and_nothing_without_the_token() {
         "document.querySelector('#nodes .row[data-peer=\"{}\"]')",
         c.peer_id
     );
-    until(
-        &mut browser,
+    browser.wait_until(
         "the killed node shown silent",
         &format!("{row}?.querySelector('[data-status]')?.dataset.status === 'silent'"),
     );
     browser.screenshot(&shots().join("fleet-node-silent.png"));
-    until(
-        &mut browser,
+    browser.wait_until(
         "the killed node gone",
         &format!("{row} === null && document.querySelectorAll('#nodes .row').length === 2"),
     );
@@ -221,34 +190,25 @@ fn the_console_shows_the_fleet_live_and_nothing_without_the_token() {
     );
     let key = created["api_key"].as_str().expect("the key").to_owned();
     browser.eval("sessionStorage.clear(); location.reload(); true");
-    until(
-        &mut browser,
+    browser.wait_until(
         "the login prompt again",
         "!document.getElementById('login').hidden",
     );
-    browser.eval(&format!(
-        "document.getElementById('token').value = {key:?}; \
-         document.getElementById('login-form').requestSubmit(); true"
-    ));
-    until(
-        &mut browser,
+    browser.sign_in(&key);
+    browser.wait_until(
         "the fleet seen with the key",
         "document.querySelectorAll('#nodes .row').length === 2",
     );
-    until(
-        &mut browser,
+    browser.wait_until(
         "the key named",
         "document.getElementById('where').textContent.includes('API key viewer (read)')",
     );
-    until(
-        &mut browser,
-        "the leases withheld from a read key",
+    browser.wait_until("the leases withheld from a read key",
         "document.getElementById('withheld').textContent.includes('market.leases needs the operate role')",
     );
     browser.screenshot(&shots().join("fleet-read-key.png"));
     a.ok("auth.revoke_key", &serde_json::json!({"name": "viewer"}));
-    until(
-        &mut browser,
+    browser.wait_until(
         "the revoked key shown out",
         "!document.getElementById('login').hidden && document.getElementById('app').hidden \
          && document.getElementById('login-error').textContent.includes('no longer')",
@@ -265,8 +225,7 @@ fn the_console_shows_the_fleet_live_and_nothing_without_the_token() {
         took < Duration::from_secs(8),
         "node a took {took:?} to stop with the console open"
     );
-    until(
-        &mut browser,
+    browser.wait_until(
         "the page to say it lost the node",
         "!document.getElementById('live').textContent.startsWith('live')",
     );

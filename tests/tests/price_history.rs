@@ -204,32 +204,16 @@ fn settled_leases_make_a_price_history_every_node_checks_on_chain() {
         std::fs::read_to_string(buyer.cli.data_dir().join("control.addr")).expect("address");
     let token = std::fs::read_to_string(buyer.cli.data_dir().join("control.token")).expect("token");
     page.navigate(&format!("http://{}/console", control.trim()));
-    let shown = |page: &mut browser::Browser, what: &str, expression: &str| {
-        let guarded =
-            format!("(() => {{ try {{ return ({expression}); }} catch {{ return false; }} }})()");
-        eventually(Duration::from_secs(30), what, || {
-            (page.eval(&guarded) == Value::Bool(true)).then_some(())
-        });
-    };
-    shown(
-        &mut page,
+    page.wait_until(
         "the login prompt",
         "!document.getElementById('login').hidden",
     );
-    page.eval(&format!(
-        "document.getElementById('token').value = {:?}; document.getElementById('login-form').requestSubmit(); true",
-        token.trim()
-    ));
-    shown(
-        &mut page,
-        "the console",
-        "!document.getElementById('app').hidden",
-    );
+    page.sign_in(&token);
+    page.wait_until("the console", "!document.getElementById('app').hidden");
     page.eval("document.querySelector('[data-tab=market]').click(); true");
     for (lease, signature, _) in &settlements {
         let row = format!("document.querySelector('#leases .row[data-lease=\"{lease}\"]')");
-        shown(
-            &mut page,
+        page.wait_until(
             &format!("lease {lease} in the console"),
             &format!("{row} !== null"),
         );
@@ -250,8 +234,7 @@ fn settled_leases_make_a_price_history_every_node_checks_on_chain() {
             .expect("the lease's vault");
         assert!(!vault.is_empty() && text.contains(&vault), "{text}");
     }
-    shown(
-        &mut page,
+    page.wait_until(
         "the price chart",
         &format!(
             "document.getElementById('history').textContent.includes('median 3, 3 leases on {}')",

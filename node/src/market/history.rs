@@ -12,6 +12,7 @@ use claw_api::market::{
 use claw_attestation::{PayloadKind, PeerId, VerifiedEnvelope};
 use claw_market::history::{ReportError, TradeReport, price_days};
 use claw_market::lease::{LeaseRecord, LeaseState};
+use claw_market::settlement::SettlementFact;
 use claw_mesh::{ErrorCode, InvokeFailure, TopicKind};
 use tokio::sync::mpsc;
 
@@ -83,7 +84,7 @@ impl Market {
             }
         }
         while let Some(envelope) = receiver.recv().await {
-            match self.take_report(&envelope).await {
+            match self.take_report(&envelope, None).await {
                 Ok(true) => {}
                 Ok(false) => tracing::trace!("trade report known already"),
                 Err(error) => {
@@ -105,20 +106,16 @@ impl Market {
             return;
         };
         let lease = record.lease_id.to_string();
-        let known = {
+        let provider = record.side == claw_market::lease::Side::Provider;
+        let wanted = {
             let lease = lease.clone();
             self.inner
                 .store
-                .run(move |store| store.trade_kept(&lease))
+                .run(move |store| store.trade_wanted(&lease, provider))
                 .await
         };
-        // Kept already, unless from the buyer's report and this is the provider (whose region
-        // counts).
-        let provider = record.side == claw_market::lease::Side::Provider;
-        match known {
-            Ok(None) => {}
-            Ok(Some(provider_said)) if !provider_said && provider => {}
-            _ => return,
+        if !matches!(wanted, Ok(true)) {
+            return;
         }
         let outcome = async {
             let signed = self.sign(REPORT_TTL, report).await?;
@@ -127,7 +124,9 @@ impl Market {
                 .verifier
                 .verify_ignoring_time(signed.envelope())
                 .map_err(|e| failure(ErrorCode::Internal, format!("own report: {e}")))?;
-            self.take_report(&verified).await?;
+            // The settlement is the one this node read from the chain itself.
+            self.take_report(&verified, record.settlement.as_ref())
+                .await?;
             if let Some(mesh) = self.inner.mesh.get()
                 && let Err(error) = mesh
                     .publish(TopicKind::Trades, signed.envelope().to_vec())
@@ -142,9 +141,14 @@ impl Market {
         }
     }
 
-    /// Checks one report — its evidence here, its settlement on chain — and keeps its trade.
-    /// Answers whether the history changed.
-    async fn take_report(&self, verified: &VerifiedEnvelope) -> Result<bool, InvokeFailure> {
+    /// Checks one report — its evidence here, its settlement on chain (or `read`, the fact this
+    /// node read there itself for its own lease) — and keeps its trade. Answers whether the
+    /// history changed.
+    async fn take_report(
+        &self,
+        verified: &VerifiedEnvelope,
+        read: Option<&SettlementFact>,
+    ) -> Result<bool, InvokeFailure> {
         let refused = |e: ReportError| failure(ErrorCode::InvalidParams, e.to_string());
         if verified.envelope().kind() != PayloadKind::TradeReport {
             return Err(failure(ErrorCode::InvalidParams, "not a trade report"));
@@ -162,25 +166,29 @@ impl Market {
         let reporter = *verified.envelope().signer_bytes();
         let from_provider = reporter == report.terms.signer();
         let lease = terms.lease_id.to_string();
-        let known = {
+        let wanted = {
             let lease = lease.clone();
             self.inner
                 .store
-                .run(move |store| store.trade_kept(&lease))
+                .run(move |store| store.trade_wanted(&lease, from_provider))
                 .await?
         };
-        // Kept already, unless this is the provider's report of a trade a buyer reported.
-        if known.is_some_and(|provider_said| provider_said || !from_provider) {
+        if !wanted {
             return Ok(false);
         }
         let (escrow, signature) = report
             .check(&reporter, self.policy().clock_slack_ms)
             .map_err(refused)?;
-        let chain = self.chain()?;
-        let fact = escrow
-            .settlement_fact(&chain.client, &chain.mint, &signature)
-            .await
-            .map_err(super::chain_failure)?;
+        let fact = match read {
+            Some(fact) => Some(fact.clone()),
+            None => {
+                let chain = self.chain()?;
+                escrow
+                    .settlement_fact(&chain.client, &chain.mint, &signature)
+                    .await
+                    .map_err(super::chain_failure)?
+            }
+        };
         let trade = report
             .trade(&reporter, fact.as_ref(), now_ms())
             .map_err(refused)?;
@@ -240,9 +248,22 @@ impl Market {
                 let Ok(bytes) = decode_blob("trade report", text) else {
                     continue;
                 };
-                // Reports outlive their gossip validity: the evidence inside is what counts.
+                // Reports outlive their gossip validity: the evidence inside is what counts. This
+                // task waits for room in the queue (gossip, which cannot wait, is dropped when
+                // it is full), so a catch-up larger than the queue is not cut short.
                 match market.inner.verifier.verify_ignoring_time(&bytes) {
-                    Ok(verified) => market.trade_reported(Box::new(verified)),
+                    Ok(verified) => {
+                        if market
+                            .inner
+                            .trades
+                            .sender
+                            .send(Box::new(verified))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
                     Err(error) => {
                         tracing::debug!(%peer, %error, "a peer handed over an invalid trade report")
                     }
@@ -292,15 +313,10 @@ impl Market {
         let kept = self
             .inner
             .store
-            .run(move |store| store.trades_between(since, u64::MAX))
+            .run(move |store| store.newest_trades(since, MAX_HANDED_OVER))
             .await?;
         Ok(SignedTrades {
-            reports: kept
-                .into_iter()
-                .rev()
-                .take(MAX_HANDED_OVER)
-                .map(|k| k.report)
-                .collect(),
+            reports: kept.into_iter().map(|k| k.report).collect(),
         })
     }
 }

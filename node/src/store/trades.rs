@@ -42,22 +42,34 @@ fn count_of(bytes: Option<sled::IVec>) -> u64 {
         .map_or(0, u64::from_be_bytes)
 }
 
+/// Whether a report (from the lease's provider or not) is taken, given what is kept of its
+/// lease (`None`: nothing; else whether from the provider): one trade per lease, and a
+/// provider's report replaces a buyer's, since only the provider's region counts.
+fn takes(held_from_provider: Option<bool>, from_provider: bool) -> bool {
+    match held_from_provider {
+        None => true,
+        Some(held) => from_provider && !held,
+    }
+}
+
 impl Store {
-    /// Whether a trade of `lease` is kept, and whether from its provider's report.
-    pub fn trade_kept(&self, lease: &str) -> Result<Option<bool>, StoreError> {
-        let Some(key) = self.trade_leases.get(lease.as_bytes())? else {
-            return Ok(None);
+    /// Whether a report of `lease` (from its provider or not) would change the history: the
+    /// check a node makes before it signs or looks anything up on chain.
+    pub fn trade_wanted(&self, lease: &str, from_provider: bool) -> Result<bool, StoreError> {
+        let held = match self.trade_leases.get(lease.as_bytes())? {
+            None => None,
+            Some(key) => self
+                .trades
+                .get(key)?
+                .map(|bytes| decode::<KeptTrade>("trade", &bytes))
+                .transpose()?
+                .map(|kept| kept.from_provider),
         };
-        Ok(self
-            .trades
-            .get(key)?
-            .map(|bytes| decode::<KeptTrade>("trade", &bytes))
-            .transpose()?
-            .map(|kept| kept.from_provider))
+        Ok(takes(held, from_provider))
     }
 
-    /// Keeps `kept`, unless its lease is kept already (a provider's report replaces a buyer's:
-    /// only the provider's region counts). Then forgets the oldest trades beyond the cap.
+    /// Keeps `kept` when the history [`takes`] it. Then forgets the oldest trades beyond the
+    /// cap.
     /// Answers whether anything changed.
     pub fn keep_trade(&self, kept: &KeptTrade) -> Result<bool, StoreError> {
         let key = time_key(&kept.trade);
@@ -66,14 +78,13 @@ impl Store {
             .transaction(|(trades, leases, meta)| {
                 let mut count = count_of(meta.get(TRADES_COUNT_KEY)?);
                 if let Some(old_key) = leases.get(lease)? {
-                    let replaces = kept.from_provider
-                        && trades
-                            .get(&old_key)?
-                            .map(|bytes| decode::<KeptTrade>("trade", &bytes))
-                            .transpose()
-                            .map_err(ConflictableTransactionError::Abort)?
-                            .is_some_and(|old| !old.from_provider);
-                    if !replaces {
+                    let held = trades
+                        .get(&old_key)?
+                        .map(|bytes| decode::<KeptTrade>("trade", &bytes))
+                        .transpose()
+                        .map_err(ConflictableTransactionError::Abort)?
+                        .map(|old| old.from_provider);
+                    if !takes(held, kept.from_provider) {
                         return Ok(false);
                     }
                     trades.remove(old_key)?;
@@ -116,6 +127,18 @@ impl Store {
                 .map_err(transaction_error)?;
         }
         Ok(())
+    }
+
+    /// The newest `limit` kept trades settled at or after `since_ms`, newest first (read from
+    /// the newest end: no more are decoded).
+    pub fn newest_trades(&self, since_ms: u64, limit: usize) -> Result<Vec<KeptTrade>, StoreError> {
+        self.trades
+            .range(since_ms.to_be_bytes()..)
+            .values()
+            .rev()
+            .take(limit)
+            .map(|bytes| decode("trade", &bytes?))
+            .collect()
     }
 
     /// Kept trades settled in `[since_ms, until_ms)`, oldest first.
@@ -168,9 +191,10 @@ mod tests {
         assert!(store.keep_trade(&kept("ls-a", 10, false)).unwrap());
         // The same lease again from the buyer: nothing changes; from the provider: replaced.
         assert!(!store.keep_trade(&kept("ls-a", 10, false)).unwrap());
-        assert_eq!(store.trade_kept("ls-a").unwrap(), Some(false));
+        assert!(!store.trade_wanted("ls-a", false).unwrap());
+        assert!(store.trade_wanted("ls-a", true).unwrap());
         assert!(store.keep_trade(&kept("ls-a", 10, true)).unwrap());
-        assert_eq!(store.trade_kept("ls-a").unwrap(), Some(true));
+        assert!(!store.trade_wanted("ls-a", true).unwrap());
         assert!(!store.keep_trade(&kept("ls-a", 10, false)).unwrap());
         assert!(store.keep_trade(&kept("ls-b", 30, true)).unwrap());
         assert!(store.keep_trade(&kept("ls-c", 20, true)).unwrap());
@@ -178,8 +202,16 @@ mod tests {
         let all = store.trades_between(0, u64::MAX).unwrap();
         let leases: Vec<&str> = all.iter().map(|k| k.trade.lease_id.as_str()).collect();
         assert_eq!(leases, ["ls-c", "ls-b"]);
-        assert_eq!(store.trade_kept("ls-a").unwrap(), None);
+        assert!(store.trade_wanted("ls-a", false).unwrap());
         assert_eq!(store.trades_between(20, 30).unwrap().len(), 1);
+        let newest: Vec<String> = store
+            .newest_trades(0, 1)
+            .unwrap()
+            .into_iter()
+            .map(|k| k.trade.lease_id)
+            .collect();
+        assert_eq!(newest, ["ls-b"]);
+        assert!(store.newest_trades(31, 10).unwrap().is_empty());
         assert!(store.trades_between(30, 20).unwrap().is_empty());
     }
 }

@@ -141,7 +141,13 @@ function tool<S extends ObjectSchema, A>(
   };
 }
 
-const plural = (n: number, one: string) => `${n} ${one}${n === 1 ? "" : "s"}`;
+/** `n` and the noun, plural unless one: `many` where adding "s" is wrong. */
+const plural = (n: number, one: string, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;
+
+/** How many of `noun` there are, then one line per item. */
+function bulleted<T>(items: T[], noun: string, render: (item: T) => string, many?: string): string {
+  return [plural(items.length, noun, many), ...items.map((item) => `- ${render(item)}`)].join("\n");
+}
 
 /** A volume, a backup and an audit record as one node answers them (through `fleet.invoke`). */
 interface NodeVolume {
@@ -1107,7 +1113,7 @@ export function fleetTools(bridge: Bridge): Tool[] {
       parameters: object({}),
       command: "deploy.list",
       render: (a: DeploymentList) =>
-        [plural(a.deployments.length, "deployment"), ...a.deployments.map((d) => `- ${renderRevision(d)}`)].join("\n"),
+        bulleted(a.deployments, "deployment", renderRevision),
     }),
     tool(bridge, {
       name: "claw_deployment_delete",
@@ -1446,7 +1452,7 @@ export function fleetTools(bridge: Bridge): Tool[] {
       parameters: object({}),
       command: "secret.list",
       render: (a: SecretListing) =>
-        [plural(a.secrets.length, "secret"), ...a.secrets.map((s) => `- ${renderSecret(s)}`)].join("\n"),
+        bulleted(a.secrets, "secret", renderSecret),
     }),
     tool(bridge, {
       name: "claw_secret_delete",
@@ -1479,7 +1485,7 @@ export function fleetTools(bridge: Bridge): Tool[] {
       description: "The fleet's services: the labels they select and their port.",
       parameters: object({}),
       command: "service.list",
-      render: (a: ServiceListing) => [plural(a.services.length, "service"), ...a.services.map((v) => `- ${renderService(v)}`)].join("\n"),
+      render: (a: ServiceListing) => bulleted(a.services, "service", renderService),
     }),
     tool(bridge, {
       name: "claw_service_delete",
@@ -1514,7 +1520,7 @@ export function fleetTools(bridge: Bridge): Tool[] {
       description: "The fleet's ingress rules: host, path, serving member and service.",
       parameters: object({}),
       command: "ingress.list",
-      render: (a: IngressListing) => [plural(a.ingresses.length, "ingress rule"), ...a.ingresses.map((r) => `- ${renderIngress(r)}`)].join("\n"),
+      render: (a: IngressListing) => bulleted(a.ingresses, "ingress rule", renderIngress),
     }),
     tool(bridge, {
       name: "claw_ingress_delete",
@@ -1554,7 +1560,7 @@ export function fleetTools(bridge: Bridge): Tool[] {
       description: "The fleet's policies and their rules.",
       parameters: object({}),
       command: "policy.list",
-      render: (a: PolicyListing) => [plural(a.policies.length, "policy"), ...a.policies.map((p) => `- ${renderPolicy(p)}`)].join("\n"),
+      render: (a: PolicyListing) => bulleted(a.policies, "policy", renderPolicy, "policies"),
     }),
     tool(bridge, {
       name: "claw_policy_delete",
@@ -1592,7 +1598,7 @@ export function fleetTools(bridge: Bridge): Tool[] {
       description: "The fleet's namespaces and their quotas.",
       parameters: object({}),
       command: "namespace.list",
-      render: (a: NamespaceListing) => [plural(a.namespaces.length, "namespace"), ...a.namespaces.map((n) => `- ${renderNamespace(n)}`)].join("\n"),
+      render: (a: NamespaceListing) => bulleted(a.namespaces, "namespace", renderNamespace),
     }),
     tool(bridge, {
       name: "claw_namespace_delete",
@@ -1620,7 +1626,7 @@ export function fleetTools(bridge: Bridge): Tool[] {
       params: () => ({}),
       render: (l: { volumes?: NodeVolume[] }) => {
         const volumes = l.volumes ?? [];
-        return [plural(volumes.length, "volume"), ...volumes.map((v) => `- ${renderVolume(v)}`)].join("\n");
+        return bulleted(volumes, "volume", renderVolume);
       },
     }),
     onNode(bridge, {
@@ -1659,7 +1665,7 @@ export function fleetTools(bridge: Bridge): Tool[] {
       params: () => ({}),
       render: (l: { backups?: NodeBackup[] }) => {
         const backups = l.backups ?? [];
-        return [plural(backups.length, "backup"), ...backups.map((b) => `- ${renderBackup(b)}`)].join("\n");
+        return bulleted(backups, "backup", renderBackup);
       },
     }),
     onNode(bridge, {
@@ -1732,7 +1738,7 @@ export function fleetTools(bridge: Bridge): Tool[] {
       },
       render: (l: { records?: NodeAuditEntry[] }) => {
         const records = l.records ?? [];
-        return [plural(records.length, "record"), ...records.map((e) => `- ${renderAudit(e)}`)].join("\n");
+        return bulleted(records, "record", renderAudit);
       },
     }),
     tool(bridge, {
@@ -1759,7 +1765,7 @@ export function fleetTools(bridge: Bridge): Tool[] {
       description: "The fleet's API keys: role, scopes, expiry and whether revoked (never the keys).",
       parameters: object({}),
       command: "auth.list_keys",
-      render: (a: ApiKeyListing) => [plural(a.keys.length, "API key"), ...a.keys.map((k) => `- ${renderKey(k)}`)].join("\n"),
+      render: (a: ApiKeyListing) => bulleted(a.keys, "API key", renderKey),
     }),
     tool(bridge, {
       name: "claw_api_key_revoke",

@@ -753,6 +753,19 @@ test("claw_market_history asks for the days wanted and shows providers' model na
   assert.equal(none.text, "no settled lease in the last 7 days");
 });
 
+test("listings count their items in words, then one line each", async () => {
+  const policy = (name: string) => ({
+    name,
+    revision: 1,
+    spec: { scope: "fleet", images_allow: [], images_deny: ["*:latest"], max_gpus: 2, required_labels: [], volume_roots: [] },
+  });
+  const two = (await sent("claw_policies", {}, { policies: [policy("a"), policy("b")] })).text.split("\n");
+  assert.deepEqual(two.slice(0, 2), ["2 policies", "- policy a (revision 1, fleet): images denied *:latest; at most 2 GPUs a workload"]);
+  assert.equal(two.length, 3);
+  assert.equal((await sent("claw_policies", {}, { policies: [policy("a")] })).text.split("\n")[0], "1 policy");
+  assert.equal((await sent("claw_policies", {}, { policies: [] })).text, "0 policies");
+});
+
 test("cron.logs reads a run's attempts, fenced as the nodes' data like job.logs", async () => {
   const logs: JobLogs = {
     name: "nightly",

@@ -1,5 +1,6 @@
 //! A headless Chromium driven over the DevTools protocol, for the console's browser tests: one
-//! page, navigated, read with `Runtime.evaluate` and photographed with `Page.captureScreenshot`.
+//! page, navigated, read with `Runtime.evaluate` and photographed with `Page.captureScreenshot`,
+//! and the console's sign-in.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
@@ -142,6 +143,26 @@ impl Browser {
             panic!("{expression}: {exception}");
         }
         result["result"]["value"].clone()
+    }
+
+    /// Waits up to 30 s until `expression` is true in the page (an expression that throws, as
+    /// one does while the page loads, counts as not yet).
+    pub(crate) fn wait_until(&mut self, what: &str, expression: &str) {
+        let guarded =
+            format!("(() => {{ try {{ return ({expression}); }} catch {{ return false; }} }})()");
+        claw_tests::eventually(Duration::from_secs(30), what, || {
+            (self.eval(&guarded) == Value::Bool(true)).then_some(())
+        });
+    }
+
+    /// Signs in to the console shown with `token` (a control token or an API key), through its
+    /// login form.
+    pub(crate) fn sign_in(&mut self, token: &str) {
+        self.eval(&format!(
+            "document.getElementById('token').value = {:?}; \
+             document.getElementById('login-form').requestSubmit(); true",
+            token.trim()
+        ));
     }
 
     /// Saves a PNG of the page to `path`.
