@@ -23,6 +23,7 @@ use claw_api::autoscale::{
 use claw_api::configs::{
     ConfigCreate, ConfigDelete, ConfigGet, ConfigList, ConfigRef, ConfigUpdate, ValuesChange,
 };
+use claw_api::console::{ConsoleFiles, ConsolePage, ConsoleSnapshotCommand};
 use claw_api::cron::{
     CronChange, CronCreate, CronCreateParams, CronDelete, CronList, CronLogsCommand, CronRef,
     CronResume, CronStatusCommand, CronSuspend, CronTrigger,
@@ -65,6 +66,7 @@ use serde_json::{Value, json};
 
 use crate::gateway::{CommandFuture, GatewayCall, GatewayHandler};
 
+mod console;
 mod deployments;
 mod jobs;
 mod keys;
@@ -133,6 +135,12 @@ fn router() -> &'static Router<FleetCommands, Call> {
             // Every member keeps the price history and checks each trade on chain itself.
             .route::<MarketHistory, _, _>(|fleet, call, params| async move {
                 fleet.ask_member::<MarketHistory>(&params, call).await
+            })
+            .route::<ConsoleSnapshotCommand, _, _>(|fleet, call, NoParams {}| async move {
+                Ok(fleet.console_snapshot(call).await)
+            })
+            .route::<ConsolePage, _, _>(|_, _, NoParams {}| async {
+                Ok(ConsoleFiles::of_this_build())
             })
             .route::<DeployStatus, _, _>(|fleet, call, params| async move {
                 fleet.ask_member::<DeployStatus>(&params, call).await
@@ -468,6 +476,8 @@ pub struct FleetCommands {
     api_key: Option<ApiToken>,
     /// Whether a gateway call without an API key is refused.
     require_api_key: bool,
+    /// The console's newest fan-out, shared by its viewers.
+    console: std::sync::Arc<console::ConsoleCache>,
 }
 
 impl std::fmt::Debug for FleetCommands {
@@ -508,6 +518,7 @@ impl FleetCommands {
             signer: None,
             api_key: None,
             require_api_key: false,
+            console: std::sync::Arc::default(),
         }
     }
 

@@ -53,6 +53,38 @@ impl NodeAnnouncement {
             .filter(|g| !self.allocated_gpus.contains(&g.uuid))
             .count()
     }
+
+    /// The node as the fleet console lists it: `local` when it is the node serving the
+    /// console, `announced_ms` when this announcement was signed (none for the serving node).
+    pub fn console_node(
+        &self,
+        peer_id: String,
+        local: bool,
+        announced_ms: Option<u64>,
+    ) -> claw_api::console::ConsoleNode {
+        claw_api::console::ConsoleNode {
+            peer_id,
+            local,
+            name: self.name.clone(),
+            region: self.region.clone(),
+            cordoned: self.cordoned,
+            running_workloads: self.running_workloads,
+            software_version: self.software_version.clone(),
+            announced_ms,
+            gpus: self
+                .inventory
+                .gpus
+                .iter()
+                .map(|g| claw_api::console::ConsoleGpu {
+                    uuid: g.uuid.clone(),
+                    model: g.model.clone(),
+                    memory_mib: g.memory_total_bytes / (1024 * 1024),
+                    simulated: g.simulated,
+                    allocated: self.allocated_gpus.contains(&g.uuid),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// One node as a peer sees it.

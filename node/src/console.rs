@@ -5,15 +5,18 @@
 //! |--------|----------------------|--------|
 //! | GET    | `/console`           | the page (a login prompt until a token or key is given) |
 //! | GET    | `/console/app.js`, `/console/app.css` | its script and style |
-//! | GET    | `/v1/console/events` | server-sent events: a [`Snapshot`] every second (bearer token or API key) |
+//! | GET    | `/v1/console/events` | server-sent events: a [`ConsoleSnapshot`] every second (bearer token or API key) |
 //! | GET    | `/v1/console/logs?workload=ID` | server-sent events: the workload's last 200 lines every second (bearer token or API key) |
+//! | POST   | `/v1/console/act`    | one of the console's few actions ([`ConsoleAction`]), run as its command under the viewer's token or key |
 //!
-//! The page and its files are compiled into the binary; nothing is fetched from elsewhere. The
+//! The page and its files ([`claw_api::console`]) are compiled into the binary; nothing is fetched from elsewhere. The
 //! page holds no data until it is given the node's control token or an API key: with a key it
 //! gets only what the key may read (each part as the command answering it would allow), and the
 //! key is checked again before every event. A snapshot is read from what the node holds (its
 //! fleet view, its own GPUs, workloads, book, leases and price history): no call to any other
-//! node, however large the fleet, and no audit record per snapshot. The console only reads.
+//! node, however large the fleet, and no audit record per snapshot. Its only writes are the few
+//! actions of [`ConsoleAction`], each run as the node command it names, under the viewer's key
+//! (so with no more than the key allows) and audited like any other call.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -23,31 +26,30 @@ use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use claw_api::auth::ApiKeyInfo;
+use claw_api::console::{
+    ConsoleNode, ConsoleSnapshot, ConsoleWorkload, LISTED, PAGE, SCRIPT, STYLE, SignedIn,
+};
 use claw_api::market::{
-    HistoryParams, LeaseListing, LeasesParams, MarketHistory, MarketLeases, MarketOffers,
-    OfferListing, OffersParams, PriceHistory,
+    HistoryParams, LeasesParams, MarketHistory, MarketLeases, MarketOffers, OffersParams,
 };
 use claw_api::node::{GpuMetrics as GpuMetricsCommand, NodeHealth};
 use claw_api::workload::{LogsParams, WorkloadList, WorkloadLogs};
 use claw_api::{Command, Role};
-use claw_attestation::GpuMetrics;
-use claw_mesh::{ApiToken, ErrorCode, FleetMember, InvokeFailure, NodeAnnouncement};
-use serde::Serialize;
+use claw_mesh::{
+    ApiToken, ErrorCode, InvokeFailure, InvokeHandler as _, InvokeRequest, InvokeResponse,
+};
+use serde::Deserialize;
 
 use crate::control::{ControlState, authorized, bearer, failure_response, unauthorized};
 
-const PAGE: &str = include_str!("../console/index.html");
-const SCRIPT: &str = include_str!("../console/app.js");
-const STYLE: &str = include_str!("../console/app.css");
-
 /// How often a snapshot (or a workload's log tail) is sent.
 const EVERY: Duration = Duration::from_secs(1);
+/// How long an action may take (a graceful stop waits for the container).
+const ACTION_DEADLINE: Duration = Duration::from_secs(60);
 /// Log lines each logs event carries: the newest.
 const LOG_LINES: u32 = 200;
-/// Trades and leases a snapshot lists at most.
-const LISTED: usize = 200;
 
 /// The console's routes, for the control API's router.
 pub(crate) fn routes() -> Router<ControlState> {
@@ -66,6 +68,7 @@ pub(crate) fn routes() -> Router<ControlState> {
         )
         .route("/v1/console/events", get(events))
         .route("/v1/console/logs", get(logs))
+        .route("/v1/console/act", post(act))
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -82,83 +85,6 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         body,
     )
         .into_response()
-}
-
-/// One GPU as the console lists it.
-#[derive(Debug, Serialize)]
-struct ConsoleGpu {
-    uuid: String,
-    model: String,
-    memory_mib: u64,
-    simulated: bool,
-    allocated: bool,
-}
-
-/// One node as the console lists it: what its latest signed announcement says.
-#[derive(Debug, Serialize)]
-struct ConsoleNode {
-    peer_id: String,
-    /// The node serving the console.
-    local: bool,
-    name: String,
-    region: Option<String>,
-    cordoned: bool,
-    running_workloads: u32,
-    software_version: String,
-    /// When its latest announcement was signed, Unix ms (`None` for this node).
-    announced_ms: Option<u64>,
-    gpus: Vec<ConsoleGpu>,
-}
-
-impl ConsoleNode {
-    fn of(peer_id: String, local: bool, a: &NodeAnnouncement, announced_ms: Option<u64>) -> Self {
-        Self {
-            peer_id,
-            local,
-            name: a.name.clone(),
-            region: a.region.clone(),
-            cordoned: a.cordoned,
-            running_workloads: a.running_workloads,
-            software_version: a.software_version.clone(),
-            announced_ms,
-            gpus: a
-                .inventory
-                .gpus
-                .iter()
-                .map(|g| ConsoleGpu {
-                    uuid: g.uuid.clone(),
-                    model: g.model.clone(),
-                    memory_mib: g.memory_total_bytes / (1024 * 1024),
-                    simulated: g.simulated,
-                    allocated: a.allocated_gpus.contains(&g.uuid),
-                })
-                .collect(),
-        }
-    }
-}
-
-impl From<&FleetMember> for ConsoleNode {
-    fn from(member: &FleetMember) -> Self {
-        Self::of(
-            member.peer_id.to_string(),
-            false,
-            &member.announcement,
-            Some(member.issued_at_ms),
-        )
-    }
-}
-
-/// A workload of this node, without its environment (which may hold secrets).
-#[derive(Debug, Serialize)]
-struct ConsoleWorkload {
-    id: String,
-    name: Option<String>,
-    image: String,
-    state: String,
-    gpus: Vec<String>,
-    simulated_gpus: bool,
-    created_ms: u64,
-    reason: Option<String>,
 }
 
 /// Who is looking: the node's control token (its admin), or an API key, checked again before
@@ -204,37 +130,7 @@ fn may<C: Command>(key: Option<&ApiKeyInfo>, withheld: &mut Vec<String>) -> bool
     }
 }
 
-/// Who the console shows as signed in.
-#[derive(Debug, Serialize)]
-struct SignedIn {
-    /// `control token` or `API key`.
-    with: &'static str,
-    /// The key's name.
-    name: Option<String>,
-    role: Role,
-}
-
-/// What the console shows, as of `at_ms`.
-#[derive(Debug, Serialize)]
-struct Snapshot {
-    at_ms: u64,
-    signed_in: SignedIn,
-    /// What the viewer's API key may not read, and why.
-    withheld: Vec<String>,
-    /// A node whose latest announcement is older than this is shown silent (it leaves the
-    /// view once it misses its configured number of intervals).
-    silent_after_ms: u64,
-    /// The nodes that announce themselves to this one, and this node first.
-    nodes: Vec<ConsoleNode>,
-    /// This node's real GPUs as NVML reads them now (simulated GPUs have no readings).
-    readings: Vec<GpuMetrics>,
-    workloads: Vec<ConsoleWorkload>,
-    offers: Option<OfferListing>,
-    leases: Option<LeaseListing>,
-    history: Option<PriceHistory>,
-}
-
-async fn snapshot(state: &ControlState, key: Option<&ApiKeyInfo>) -> Snapshot {
+async fn snapshot(state: &ControlState, key: Option<&ApiKeyInfo>) -> ConsoleSnapshot {
     let mut withheld = Vec::new();
     let see_nodes = may::<NodeHealth>(key, &mut withheld);
     let see_readings = may::<GpuMetricsCommand>(key, &mut withheld);
@@ -256,16 +152,22 @@ async fn snapshot(state: &ControlState, key: Option<&ApiKeyInfo>) -> Snapshot {
     if !see_readings {
         readings.clear();
     }
+    let node_name = announcement
+        .as_ref()
+        .map(|a| a.name.clone())
+        .unwrap_or_default();
     let me = mesh.local_peer_id();
     let mut nodes: Vec<ConsoleNode> = Vec::new();
     if see_nodes {
-        nodes.extend(announcement.map(|a| ConsoleNode::of(me.to_string(), true, &a, None)));
         nodes.extend(
-            mesh.fleet()
-                .iter()
-                .filter(|m| m.peer_id != me)
-                .map(ConsoleNode::from),
+            announcement
+                .as_ref()
+                .map(|a| a.console_node(me.to_string(), true, None)),
         );
+        nodes.extend(mesh.fleet().iter().filter(|m| m.peer_id != me).map(|m| {
+            m.announcement
+                .console_node(m.peer_id.to_string(), false, Some(m.issued_at_ms))
+        }));
     }
     let workloads = if !see_workloads {
         Vec::new()
@@ -284,6 +186,7 @@ async fn snapshot(state: &ControlState, key: Option<&ApiKeyInfo>) -> Snapshot {
             .rev()
             .take(LISTED)
             .map(|w| ConsoleWorkload {
+                node: node_name.clone(),
                 id: w.id,
                 name: w.name,
                 image: w.image,
@@ -333,17 +236,18 @@ async fn snapshot(state: &ControlState, key: Option<&ApiKeyInfo>) -> Snapshot {
     let interval_ms = state.dir().config().mesh.announce_interval_secs * 1000;
     let signed_in = match key {
         None => SignedIn {
-            with: "control token",
+            with: "control token".to_owned(),
             name: None,
             role: Role::Admin,
         },
         Some(k) => SignedIn {
-            with: "API key",
+            with: "API key".to_owned(),
             name: Some(k.name.clone()),
             role: k.role,
         },
     };
-    Snapshot {
+    ConsoleSnapshot {
+        scope: "node".to_owned(),
         at_ms: crate::now_ms(),
         signed_in,
         withheld,
@@ -464,4 +368,75 @@ async fn logs(
             .ok()
         }
     })
+}
+
+/// Most bytes an action's body may have.
+const MAX_ACTION_BYTES: usize = 1024;
+
+/// What the console can do besides reading: each is one node command.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+enum ConsoleAction {
+    /// `node.cordon`.
+    Cordon,
+    /// `node.uncordon`.
+    Uncordon,
+    /// `workload.stop`.
+    StopWorkload { workload: String },
+    /// `market.lease.cancel` (a lease this node bought).
+    EndLease { lease_id: String },
+}
+
+impl ConsoleAction {
+    /// The command it runs and its params.
+    fn command(self) -> (&'static str, serde_json::Value) {
+        use claw_api::market::MarketLeaseCancel;
+        use claw_api::node::{NodeCordon, NodeUncordon};
+        use claw_api::workload::WorkloadStop;
+        match self {
+            Self::Cordon => (NodeCordon::NAME, serde_json::json!({})),
+            Self::Uncordon => (NodeUncordon::NAME, serde_json::json!({})),
+            Self::StopWorkload { workload } => (
+                WorkloadStop::NAME,
+                serde_json::json!({ "workload": workload }),
+            ),
+            Self::EndLease { lease_id } => (
+                MarketLeaseCancel::NAME,
+                serde_json::json!({ "lease_id": lease_id }),
+            ),
+        }
+    }
+}
+
+/// `POST /v1/console/act`: one [`ConsoleAction`], answered as its command answers.
+async fn act(State(state): State<ControlState>, headers: HeaderMap, body: Bytes) -> Response {
+    let viewer = match Viewer::of(&state, &headers).await {
+        Ok(viewer) => viewer,
+        Err(refused) => return refused,
+    };
+    if body.len() > MAX_ACTION_BYTES {
+        return failure_response(InvokeFailure::new(
+            ErrorCode::InvalidParams,
+            format!("an action has at most {MAX_ACTION_BYTES} bytes"),
+        ));
+    }
+    let action: ConsoleAction = match serde_json::from_slice(&body) {
+        Ok(action) => action,
+        Err(e) => {
+            return failure_response(InvokeFailure::new(
+                ErrorCode::InvalidParams,
+                format!("not a console action: {e}"),
+            ));
+        }
+    };
+    let (command, params) = action.command();
+    let mut request = InvokeRequest::new(command, ACTION_DEADLINE).with_params(params);
+    if let Viewer::Key(token) = viewer {
+        request.api_key = Some(token);
+    }
+    let local = state.mesh().local_peer_id();
+    match state.commands().handle(local, request).await {
+        InvokeResponse::Ok(value) => axum::Json(InvokeResponse::Ok(value)).into_response(),
+        InvokeResponse::Error(failure) => failure_response(failure),
+    }
 }

@@ -152,6 +152,60 @@ fn the_console_shows_the_fleet_live_and_nothing_without_the_token() {
         "document.getElementById('logs').textContent.includes('tick 8')",
     );
     browser.screenshot(&shots().join("workload-logs.png"));
+
+    // With the control token the console acts: each action asks for a second click.
+    let stop = format!("{row}.querySelector('button[data-action=stop_workload]')");
+    browser.eval(&format!("{stop}.click(); true"));
+    browser.wait_until(
+        "the stop asks to be confirmed",
+        &format!("{stop}.textContent === 'confirm: stop'"),
+    );
+    browser.eval(&format!("{stop}.click(); true"));
+    browser.wait_until(
+        "the workload stopped from the console",
+        &format!("{row}.children[4].textContent !== 'running'"),
+    );
+    let listed = a.ok("workload.list", &serde_json::json!({"all": true}));
+    assert!(
+        listed["workloads"]
+            .as_array()
+            .expect("workloads")
+            .iter()
+            .any(|w| w["id"] == workload.as_str() && w["state"] != "running"),
+        "{listed}"
+    );
+    browser.eval("document.querySelector('[data-tab=fleet]').click(); true");
+    let cordon = "document.querySelector('#node-actions button[data-action=cordon]')";
+    browser.wait_until("the cordon button", &format!("{cordon} !== null"));
+    browser.eval(&format!("{cordon}.click(); true"));
+    browser.eval(&format!("{cordon}.click(); true"));
+    let local_status = format!(
+        "document.querySelector('#nodes .row[data-peer=\"{}\"] [data-status]').dataset.status",
+        a.peer_id
+    );
+    browser.wait_until(
+        "this node cordoned",
+        &format!("{local_status} === 'cordoned'"),
+    );
+    browser.screenshot(&shots().join("fleet-cordoned.png"));
+    let uncordon = "document.querySelector('#node-actions button[data-action=uncordon]')";
+    browser.eval(&format!("{uncordon}.click(); true"));
+    browser.eval(&format!("{uncordon}.click(); true"));
+    browser.wait_until(
+        "this node uncordoned",
+        &format!("{local_status} === 'healthy'"),
+    );
+    // Only the console's own actions are taken, strictly.
+    let refused = browser.eval(&format!(
+        "fetch('/v1/console/act', {{method: 'POST', headers: {{Authorization: 'Bearer {}'}}, \
+         body: JSON.stringify({{action: 'drain'}})}}).then(r => r.status)",
+        token.trim()
+    ));
+    assert_eq!(
+        refused, 400,
+        "an action the console does not have is refused"
+    );
+
     browser.eval("document.querySelector('[data-tab=market]').click(); true");
     browser.wait_until(
         "the market view",
@@ -207,6 +261,23 @@ fn the_console_shows_the_fleet_live_and_nothing_without_the_token() {
         "document.getElementById('withheld').textContent.includes('market.leases needs the operate role')",
     );
     browser.screenshot(&shots().join("fleet-read-key.png"));
+    // A read key is offered no action, and one asked for anyway is refused by the command's
+    // own role check: nothing changes.
+    assert_eq!(
+        browser.eval("document.querySelectorAll('button.act').length"),
+        0
+    );
+    let refused = browser.eval(&format!(
+        "fetch('/v1/console/act', {{method: 'POST', headers: {{Authorization: 'Bearer {key}'}}, \
+         body: JSON.stringify({{action: 'cordon'}})}}).then(async r => [r.status, await r.text()])"
+    ));
+    assert!(
+        refused[1].as_str().is_some_and(|t| t.contains("operate")),
+        "{refused}"
+    );
+    assert_ne!(refused[0], 200, "{refused}");
+    let health = a.ok("node.health", &serde_json::json!({}));
+    assert_ne!(health["cordoned"], true, "{health}");
     a.ok("auth.revoke_key", &serde_json::json!({"name": "viewer"}));
     browser.wait_until(
         "the revoked key shown out",
@@ -230,4 +301,141 @@ fn the_console_shows_the_fleet_live_and_nothing_without_the_token() {
         "!document.getElementById('live').textContent.startsWith('live')",
     );
     eprintln!("console screenshots: {}", shots().display());
+}
+
+/// The same console as the Fleet tab of OpenClaw's own Control UI: the real gateway with the
+/// plugin installed, the bridge presenting two nodes, and Chromium signed in to the Control UI
+/// with the gateway's token. The tab is in the sidebar; its frame shows both nodes with their
+/// GPUs, the bridge's view of a workload deployed through the gateway, and keeps up without a
+/// reload.
+#[test]
+fn the_fleet_tab_in_openclaws_control_ui_shows_the_bridges_fleet() {
+    let Some(chromium) = required_part("CLAW_CHROMIUM", "headless Chromium (Debian's chromium)")
+    else {
+        return;
+    };
+    let Some((node24, openclaw, image)) = claw_tests::gateway_parts() else {
+        return;
+    };
+    let fleet = claw_tests::AgentFleet::start(
+        node24,
+        openclaw,
+        &[
+            claw_tests::NodeSpec::new("tab-n1", 2),
+            claw_tests::NodeSpec::new("tab-n2", 1),
+        ],
+        0,
+        serde_json::json!({}),
+    );
+    let peers: Vec<String> = fleet
+        .nodes
+        .iter()
+        .map(|n| n.process.peer_id.clone())
+        .collect();
+    let port = fleet
+        .gateway
+        .url()
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .to_owned();
+
+    let mut browser = Browser::launch(&chromium);
+    browser.navigate(&format!(
+        "http://127.0.0.1:{port}/plugin?plugin=clawbernetes&id=fleet#token={}",
+        claw_tests::TOKEN
+    ));
+    let fleet_link = "[...document.querySelectorAll('a.nav-item')]\
+                      .find(a => a.textContent.trim() === 'Fleet')";
+    browser.wait_until("the Fleet tab in the sidebar", &format!("!!{fleet_link}"));
+    assert_eq!(
+        browser.eval(&format!("{fleet_link}.getAttribute('href')")),
+        "/plugin?plugin=clawbernetes&id=fleet"
+    );
+    browser.eval(&format!("{fleet_link}.click(); true"));
+    browser.wait_until(
+        "the tab's frame",
+        "!!document.querySelector('iframe.plugin-tab-embed__frame[title=\"Fleet\"]')",
+    );
+    assert_eq!(
+        browser.eval(
+            "document.querySelector('iframe.plugin-tab-embed__frame').getAttribute('sandbox')"
+        ),
+        "allow-scripts",
+        "the tab runs sandboxed, without the Control UI's origin"
+    );
+
+    browser.enter_frame("/plugins/clawbernetes/console");
+    browser.wait_until(
+        "both nodes in the tab",
+        "document.querySelectorAll('#nodes .row').length === 2",
+    );
+    let shown = browser.eval(
+        "JSON.stringify([...document.querySelectorAll('#nodes .row')].map(r => r.dataset.peer).sort())",
+    );
+    let mut expected = peers.clone();
+    expected.sort();
+    assert_eq!(
+        shown
+            .as_str()
+            .map(|s| serde_json::from_str::<Vec<String>>(s).expect("peer list")),
+        Some(expected)
+    );
+    let header = browser.eval("document.getElementById('where').textContent");
+    assert!(
+        header
+            .as_str()
+            .is_some_and(|h| h.contains("through its bridge") && h.contains("OpenClaw gateway")),
+        "{header}"
+    );
+    assert_eq!(
+        browser.eval("document.getElementById('login').hidden"),
+        true,
+        "no sign-in inside the gateway"
+    );
+    let loaded = browser.eval("window.clawConsole.loadedAt");
+    let first = browser.eval("window.clawConsole.snapshots()");
+    browser.screenshot(&shots().join("openclaw-fleet-tab.png"));
+
+    // Every GPU, marked simulated.
+    browser.eval("document.querySelector('[data-tab=gpus]').click(); true");
+    browser.wait_until(
+        "three GPUs",
+        "document.querySelectorAll('#gpus .row').length === 3",
+    );
+    assert_eq!(
+        browser.eval("document.querySelectorAll('#gpus .row .sim').length"),
+        3
+    );
+
+    // A workload deployed through the gateway appears with its node, without a reload.
+    let deployed = fleet
+        .call(
+            "fleet.deploy",
+            &serde_json::json!({"image": image, "command": ["sleep", "300"], "name": "tab-sleeper"}),
+        )
+        .expect("deploy through the bridge");
+    let workload = deployed["workload"]["id"]
+        .as_str()
+        .expect("workload id")
+        .to_owned();
+    browser.eval("document.querySelector('[data-tab=workloads]').click(); true");
+    let row = format!("document.querySelector('#workloads .row[data-workload=\"{workload}\"]')");
+    browser.wait_until(
+        "the deployed workload in the tab",
+        &format!("{row} !== null"),
+    );
+    let node = browser.eval(&format!("{row}.firstChild.textContent"));
+    assert_eq!(node, deployed["node"], "{deployed}");
+    browser.screenshot(&shots().join("openclaw-fleet-tab-workloads.png"));
+    assert!(
+        browser.eval("window.clawConsole.snapshots()").as_u64() > first.as_u64(),
+        "snapshots keep coming"
+    );
+    assert_eq!(
+        browser.eval("window.clawConsole.loadedAt"),
+        loaded,
+        "no reload"
+    );
+    browser.leave_frame();
 }

@@ -67,7 +67,10 @@ fn the_bridge_presents_three_nodes_as_one_openclaw_node() {
         loaded, declared,
         "the gateway loaded every tool the manifest declares"
     );
-    assert_eq!(inspected["services"], json!(["clawbernetes-health"]));
+    assert_eq!(
+        inspected["services"],
+        json!(["clawbernetes-health", "clawbernetes-console"])
+    );
     assert_eq!(
         inspected["gatewayMethods"],
         json!(["clawbernetes.fleet-status"])

@@ -5,7 +5,9 @@
 //! with only its own keys gossips trade reports that the chain does not back, or that claim
 //! another provider's settlement, or that are not its own to report; no history keeps them.
 
+// Shared with the console's tests, which also use its frame support.
 #[path = "console/browser.rs"]
+#[allow(dead_code)]
 mod browser;
 
 use std::time::Duration;

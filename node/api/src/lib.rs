@@ -12,6 +12,7 @@ pub mod auth;
 pub mod autoscale;
 mod command;
 pub mod configs;
+pub mod console;
 pub mod cron;
 pub mod deploy;
 mod error;
@@ -185,6 +186,8 @@ pub const BRIDGE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<market::MarketLeaseCancel>(),
     CommandInfo::of::<market::MarketHistory>(),
     CommandInfo::of::<market::WalletBalance>(),
+    CommandInfo::of::<console::ConsoleSnapshotCommand>(),
+    CommandInfo::of::<console::ConsolePage>(),
     CommandInfo::of::<deploy::DeployCreate>(),
     CommandInfo::of::<deploy::DeployUpdate>(),
     CommandInfo::of::<deploy::DeployStatus>(),

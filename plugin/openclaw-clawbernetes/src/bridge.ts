@@ -58,6 +58,8 @@ export const BRIDGE_COMMANDS = [
   "market.lease.cancel",
   "market.history",
   "wallet.balance",
+  "console.snapshot",
+  "console.page",
   "deploy.create",
   "deploy.update",
   "deploy.status",

@@ -1,7 +1,8 @@
 // openclaw-clawbernetes: the GPU fleet and the MOLT market as agent tools. Every tool is one call
 // to the Clawbernetes bridge node through the gateway (`api.runtime.nodes.invoke`), never one per
 // node. A background service watches fleet health, and the `clawbernetes.fleet-status` gateway
-// method returns its latest snapshot and recent transitions.
+// method returns its latest snapshot and recent transitions. The Control UI gains a Fleet tab: the
+// fleet console, streamed from the bridge (console.ts).
 //
 // `openclaw/plugin-sdk/plugin-entry` is the running gateway's own SDK, never a copy, and this
 // linked source plugin needs no node_modules: the gateway loads a captured copy of the plugin's
@@ -12,6 +13,7 @@
 import { definePluginEntry } from "openclaw/plugin-sdk/plugin-entry";
 
 import { Bridge, BRIDGE_COMMANDS, resolveConfig } from "./bridge.ts";
+import { CONSOLE_PATH, CONSOLE_ROUTE, ConsoleTab } from "./console.ts";
 import { HealthMonitor } from "./monitor.ts";
 import { fleetTools } from "./tools.ts";
 
@@ -38,6 +40,29 @@ export default definePluginEntry({
       async ({ respond }) => respond(true, monitor.status()),
       { scope: "operator.read" },
     );
+    // The Fleet tab of the Control UI: the console of the whole fleet, from the bridge.
+    const tab = new ConsoleTab(bridge);
+    api.registerService({
+      id: "clawbernetes-console",
+      start: () => tab.start(),
+      stop: () => tab.stop(),
+    });
+    api.registerHttpRoute({
+      path: CONSOLE_ROUTE,
+      auth: "gateway",
+      match: "prefix",
+      handler: (req, res) => tab.handle(req, res),
+    });
+    api.session.controls.registerControlUiDescriptor({
+      surface: "tab",
+      id: "fleet",
+      label: "Fleet",
+      description: "The Clawbernetes fleet: nodes, GPUs, workloads, market and prices, live",
+      icon: "server",
+      group: "control",
+      path: CONSOLE_PATH,
+      requiredScopes: ["operator.read"],
+    });
     // Lets the gateway forward the bridge's commands without hand-editing its allowlist.
     // Older gateways lack this: list the commands under gateway.nodes.commands.allow instead.
     if (typeof api.registerNodeInvokePolicy === "function") {

@@ -179,6 +179,8 @@ test("the manifest declares exactly the tools the plugin registers, with a confi
   const services: string[] = [];
   const methods: string[] = [];
   const policies: string[][] = [];
+  const routes: { path: string; auth: string; match: string }[] = [];
+  const tabs: { surface: string; id: string; label: string; path: string }[] = [];
   // The part of the API register uses; src/index.ts is compiled against the whole type.
   const api = {
     pluginConfig: {},
@@ -188,12 +190,21 @@ test("the manifest declares exactly the tools the plugin registers, with a confi
     registerService: (service: { id: string }) => void services.push(service.id),
     registerGatewayMethod: (method: string) => void methods.push(method),
     registerNodeInvokePolicy: (policy: { commands: string[] }) => void policies.push(policy.commands),
+    registerHttpRoute: (route: { path: string; auth: string; match: string }) => void routes.push(route),
+    session: {
+      controls: {
+        registerControlUiDescriptor: (tab: { surface: string; id: string; label: string; path: string }) => void tabs.push(tab),
+      },
+    },
   };
   loaded.entry.register(api as unknown as OpenClawPluginApi);
   assert.deepEqual([...registered].sort(), [...manifest.contracts.tools].sort());
-  assert.deepEqual(services, ["clawbernetes-health"]);
+  assert.deepEqual(services, ["clawbernetes-health", "clawbernetes-console"]);
   assert.deepEqual(methods, ["clawbernetes.fleet-status"]);
   assert.deepEqual(policies, [[...BRIDGE_COMMANDS]]);
+  // The Fleet tab: a gateway-authenticated route, and the tab's page under it.
+  assert.deepEqual(routes.map(({ path, auth, match }) => [path, auth, match]), [["/plugins/clawbernetes", "gateway", "prefix"]]);
+  assert.deepEqual(tabs.map(({ surface, id, label, path }) => [surface, id, label, path]), [["tab", "fleet", "Fleet", "/plugins/clawbernetes/console"]]);
   assert.equal(manifest.id, "clawbernetes");
   assert.equal(manifest.activation.onStartup, true);
   assert.equal(manifest.configSchema.additionalProperties, false);

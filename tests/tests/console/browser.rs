@@ -1,6 +1,7 @@
 //! A headless Chromium driven over the DevTools protocol, for the console's browser tests: one
-//! page, navigated, read with `Runtime.evaluate` and photographed with `Page.captureScreenshot`,
-//! and the console's sign-in.
+//! page, navigated, read with `Runtime.evaluate` (in the page, or in one of its frames that runs
+//! in a process of its own) and photographed with `Page.captureScreenshot`, and the console's
+//! sign-in.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
@@ -20,7 +21,10 @@ pub(crate) struct Browser {
     child: Child,
     runtime: tokio::runtime::Runtime,
     socket: Socket,
+    /// The session `eval` and friends talk to: the page's, or a frame's.
     session: String,
+    /// The page's session.
+    page: String,
     next_id: u64,
     _profile: tempfile::TempDir,
 }
@@ -79,6 +83,7 @@ impl Browser {
             runtime,
             socket,
             session: String::new(),
+            page: String::new(),
             next_id: 0,
             _profile: profile,
         };
@@ -92,7 +97,43 @@ impl Browser {
             .as_str()
             .expect("session id")
             .to_owned();
+        browser.page.clone_from(&browser.session);
         browser
+    }
+
+    /// Makes `eval` and `wait_until` talk to the page's frame whose
+    /// address contains `url_part` (a cross-origin frame, which Chromium runs as a target of its
+    /// own), waiting up to 30 s for it.
+    pub(crate) fn enter_frame(&mut self, url_part: &str) {
+        let target = claw_tests::eventually(Duration::from_secs(30), "the frame's target", || {
+            let targets = self.browser_call("Target.getTargets", json!({}));
+            targets["targetInfos"].as_array()?.iter().find_map(|t| {
+                (t["type"] == "iframe" && t["url"].as_str()?.contains(url_part))
+                    .then(|| t["targetId"].as_str().map(str::to_owned))
+                    .flatten()
+            })
+        });
+        let attached = self.browser_call(
+            "Target.attachToTarget",
+            json!({"targetId": target, "flatten": true}),
+        );
+        self.session = attached["sessionId"]
+            .as_str()
+            .expect("frame session id")
+            .to_owned();
+    }
+
+    /// Makes `eval` and friends talk to the page again.
+    pub(crate) fn leave_frame(&mut self) {
+        self.session.clone_from(&self.page);
+    }
+
+    /// A DevTools command to the browser itself, not to the page.
+    fn browser_call(&mut self, method: &str, params: Value) -> Value {
+        let session = std::mem::take(&mut self.session);
+        let answer = self.call(method, params);
+        self.session = session;
+        answer
     }
 
     /// Sends one DevTools command (to the page once attached) and waits for its answer.
@@ -165,9 +206,11 @@ impl Browser {
         ));
     }
 
-    /// Saves a PNG of the page to `path`.
+    /// Saves a PNG of the page (with its frames) to `path`.
     pub(crate) fn screenshot(&mut self, path: &Path) {
+        let session = std::mem::replace(&mut self.session, self.page.clone());
         let shot = self.call("Page.captureScreenshot", json!({"format": "png"}));
+        self.session = session;
         let png = base64::engine::general_purpose::STANDARD
             .decode(shot["data"].as_str().expect("screenshot data"))
             .expect("base-64 PNG");

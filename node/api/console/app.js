@@ -1,23 +1,38 @@
 // The Clawbernetes console: a login prompt, then the node's snapshots streamed live
 // (GET /v1/console/events with the bearer token). Every string from the fleet (node names,
 // models, regions, images) is written as text, never as markup.
+//
+// Inside OpenClaw's Control UI (the plugin's Fleet tab, `window.clawConsoleHost === "tab"`) there
+// is no sign-in: the gateway has authenticated the viewer, and the plugin writes each snapshot of
+// the bridge into the page as it streams it (`clawConsole.push`).
 "use strict";
 
 const ROW = 30; // px, as in app.css
 const SPARK = 60; // readings kept per GPU
 const TOKEN_KEY = "claw-console-token";
 
+// Inside the tab the frame has no origin of its own, and no storage.
+const inTab = window.clawConsoleHost === "tab";
+
 const state = {
-  token: sessionStorage.getItem(TOKEN_KEY),
+  token: inTab ? null : sessionStorage.getItem(TOKEN_KEY),
   snapshot: null,
   readings: new Map(), // uuid -> {util: [], temp: [], mem: []}
   tables: new Map(),
   snapshots: 0,
   tab: "fleet",
   logs: null, // {workload, abort}
+  armed: null, // {key, until}: an action clicked once, waiting for its confirming click
 };
-// For tests and curious operators: how many snapshots this page has shown since it loaded.
-window.clawConsole = { loadedAt: Date.now(), snapshots: () => state.snapshots };
+// For tests and curious operators: how many snapshots this page has shown since it loaded. In the
+// Fleet tab the plugin's stream calls `push` with each snapshot and `lost` when the bridge does
+// not answer.
+window.clawConsole = {
+  loadedAt: Date.now(),
+  snapshots: () => state.snapshots,
+  push: (snapshot) => inTab && show(snapshot),
+  lost: (message) => inTab && setLive(false, String(message).slice(0, 200)),
+};
 
 const $ = (id) => document.getElementById(id);
 
@@ -104,7 +119,13 @@ async function connect() {
 }
 
 /** Shows `workload`'s output, kept up to date, under the workloads table. */
-function openLogs(workload) {
+function openLogs(workload, node) {
+  if (inTab) {
+    // The tab's page cannot call back to the gateway: logs are in the node's own console.
+    $("logs-title").hidden = false;
+    $("logs-title").textContent = `Output of ${workload}: clawnode logs ${workload} on ${node}, or that node's console`;
+    return;
+  }
   if (state.logs) state.logs.abort.abort();
   const abort = new AbortController();
   state.logs = { workload, abort };
@@ -143,6 +164,50 @@ for (const button of document.querySelectorAll("#tabs button")) {
     for (const view of document.querySelectorAll("[data-view]")) view.hidden = view.dataset.view !== state.tab;
     if (state.snapshot) render();
   });
+}
+
+// ---- actions (operate role; not in the Fleet tab, whose page cannot call back) ----
+
+function mayOperate(s) {
+  return !inTab && (s.signed_in.role === "operate" || s.signed_in.role === "admin");
+}
+
+function notice(text, ok) {
+  const p = $("notice");
+  p.hidden = false;
+  p.className = ok ? "ok" : "error";
+  p.textContent = text;
+}
+
+/** A button for `action` (the body of POST /v1/console/act) that asks for a second click. */
+function actionButton(label, action) {
+  const key = JSON.stringify(action);
+  const armed = state.armed?.key === key && state.armed.until > Date.now();
+  const button = el("button", armed ? `confirm: ${label}` : label, armed ? "act armed" : "act");
+  button.dataset.action = action.action;
+  button.addEventListener("click", async (event) => {
+    event.stopPropagation();
+    if (!(state.armed?.key === key && state.armed.until > Date.now())) {
+      state.armed = { key, until: Date.now() + 5000 };
+      return render();
+    }
+    state.armed = null;
+    button.disabled = true;
+    try {
+      const response = await fetch("/v1/console/act", {
+        method: "POST",
+        headers: { Authorization: `Bearer ${state.token}`, "Content-Type": "application/json" },
+        body: key,
+      });
+      const answer = await response.json().catch(() => ({}));
+      if (response.ok) notice(`Done: ${label}.`, true);
+      else notice(`Refused: ${answer.error?.message || `error ${response.status}`}`);
+    } catch {
+      notice("The node did not answer.");
+    }
+    render();
+  });
+  return button;
 }
 
 // ---- virtualised tables: only the rows in view exist in the page ----
@@ -216,10 +281,22 @@ function render() {
   const s = state.snapshot;
   const local = s.nodes.find((n) => n.local);
   const who = s.signed_in.name ? `API key ${s.signed_in.name} (${s.signed_in.role})` : s.signed_in.with;
-  $("where").textContent = `${local ? `${local.name} · ${s.nodes.length} nodes · ` : ""}signed in with ${who}`;
+  const where = s.scope === "bridge" ? `the fleet through its bridge · ${s.nodes.length} nodes · ` : local ? `${local.name} · ${s.nodes.length} nodes · ` : "";
+  $("where").textContent = `${where}signed in with ${who}`;
+  $("readings-title").textContent = s.scope === "bridge" ? "Live GPU readings, every node" : "This node's GPUs";
+  $("workloads-title").firstChild.textContent = s.scope === "bridge" ? "Workloads in the fleet " : "Workloads on this node ";
+  $("workloads-title").lastChild.textContent = inTab ? "(click one for where its output is)" : "(click one for its output)";
   const withheld = $("withheld");
   withheld.hidden = !s.withheld.length;
   withheld.textContent = s.withheld.length ? `Not shown to this key: ${s.withheld.join("; ")}.` : "";
+  const actions = $("node-actions");
+  actions.hidden = !(mayOperate(s) && local);
+  if (!actions.hidden) {
+    actions.replaceChildren(
+      el("span", `This node (${local.name}): `, "muted"),
+      local.cordoned ? actionButton("uncordon", { action: "uncordon" }) : actionButton("cordon", { action: "cordon" }),
+    );
+  }
   if (state.tab === "fleet") renderFleet(s);
   if (state.tab === "gpus") renderGpus(s);
   if (state.tab === "workloads") renderWorkloads(s);
@@ -275,12 +352,13 @@ function spark(values, max) {
 }
 
 function renderGpus(s) {
-  const local = s.nodes.find((n) => n.local);
-  const simulated = new Set((local?.gpus || []).filter((g) => g.simulated).map((g) => g.uuid));
+  const simulated = new Set(s.nodes.flatMap((n) => n.gpus.filter((g) => g.simulated).map((g) => g.uuid)));
+  const nodeOf = new Map(s.nodes.flatMap((n) => n.gpus.map((g) => [g.uuid, n.name])));
   const gauges = (s.readings || []).map((r) => {
     const kept = state.readings.get(r.uuid) || { util: [], temp: [], mem: [] };
     const box = el("div", null, "gauge");
-    const title = el("div", `GPU ${r.index} · ${r.model}`, "title");
+    const node = s.scope === "bridge" && nodeOf.has(r.uuid) ? `${nodeOf.get(r.uuid)} · ` : "";
+    const title = el("div", `${node}GPU ${r.index} · ${r.model}`, "title");
     if (simulated.has(r.uuid)) title.append(el("span", "simulated", "tag sim"));
     box.append(title);
     if (r.utilization_gpu_pct == null && r.temperature_c == null) {
@@ -294,7 +372,7 @@ function renderGpus(s) {
     }
     return box;
   });
-  if (!gauges.length) gauges.push(el("p", "No GPU on this node.", "muted"));
+  if (!gauges.length) gauges.push(el("p", s.scope === "bridge" ? "No GPU readings from the fleet." : "No GPU on this node.", "muted"));
   $("readings").replaceChildren(...gauges);
   const gpus = s.nodes.flatMap((n) => n.gpus.map((g) => ({ node: n.name, ...g })));
   fill("gpus", ["node", "GPU", "model", "memory", "state"], "1.2fr 2fr 2fr .8fr 1fr", gpus, (g, row) => {
@@ -306,13 +384,17 @@ function renderGpus(s) {
 }
 
 function renderWorkloads(s) {
-  fill("workloads", ["id", "name", "image", "state", "GPUs", "created", "reason"], "1fr 1fr 1.6fr .8fr .5fr 1.3fr 1.6fr", s.workloads,
+  const operate = mayOperate(s);
+  fill("workloads", ["node", "id", "name", "image", "state", "GPUs", "created", "reason", ""], "1fr 1fr 1fr 1.6fr .8fr .5fr 1.3fr 1.4fr .8fr", s.workloads,
     (w, row) => {
       row.dataset.workload = w.id;
       row.classList.toggle("selected", state.logs?.workload === w.id);
-      row.addEventListener("click", () => openLogs(w.id));
-      row.append(el("div", w.id, "mono"), el("div", w.name || "–"), el("div", w.image), el("div", w.state),
+      row.addEventListener("click", () => openLogs(w.id, w.node));
+      row.append(el("div", w.node), el("div", w.id, "mono"), el("div", w.name || "–"), el("div", w.image), el("div", w.state),
         el("div", w.gpus.length), el("div", when(w.created_ms)), el("div", w.reason || ""));
+      const cell = el("div");
+      if (operate && w.state === "running") cell.append(actionButton("stop", { action: "stop_workload", workload: w.id }));
+      row.append(cell);
     });
 }
 
@@ -326,11 +408,15 @@ function renderMarket(s) {
       el("div", `${o.min_hours}–${o.max_hours}`), el("div", o.reputation));
   });
   const leases = s.leases?.leases || [];
-  fill("leases", ["lease", "side", "state", "amount", "paid", "escrow vault", "settlement"], "1.1fr .6fr .8fr .7fr .7fr 2fr 2fr", leases,
+  const operate = mayOperate(s);
+  fill("leases", ["lease", "side", "state", "amount", "paid", "escrow vault", "settlement", ""], "1.1fr .6fr .8fr .7fr .7fr 2fr 2fr .6fr", leases,
     (l, row) => {
       row.dataset.lease = l.lease_id;
       row.append(el("div", l.lease_id, "mono"), el("div", l.side), el("div", l.state), el("div", l.amount ?? "–"),
         el("div", l.to_provider ?? "–"), el("div", l.vault ?? "–", "mono"), el("div", l.settlement_signature ?? "–", "mono"));
+      const cell = el("div");
+      if (operate && l.side === "buyer" && l.state === "running") cell.append(actionButton("end", { action: "end_lease", lease_id: l.lease_id }));
+      row.append(cell);
     });
 }
 
@@ -398,4 +484,5 @@ function renderHistory(history) {
   root.replaceChildren(...charts);
 }
 
-connect();
+if (inTab) setLive(false, "waiting for the bridge…");
+else connect();

@@ -1,0 +1,166 @@
+//! The fleet console: what its page shows ([`ConsoleSnapshot`]) and the page itself
+//! ([`PAGE`], [`SCRIPT`], [`STYLE`]).
+//!
+//! A node serves the page on its control API's listener and streams its own snapshots to it; the
+//! bridge answers `console.snapshot` for the whole fleet it presents and `console.page` with the
+//! same files, so that the OpenClaw plugin can show the same console as a tab of the gateway's
+//! Control UI. The page writes every string from the fleet as text, never as markup.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::command::commands;
+use crate::market::{LeaseListing, OfferListing, PriceHistory};
+use crate::{Answer, NoParams, Role};
+
+/// The console's page.
+pub const PAGE: &str = include_str!("../console/index.html");
+/// The console's script.
+pub const SCRIPT: &str = include_str!("../console/app.js");
+/// The console's style.
+pub const STYLE: &str = include_str!("../console/app.css");
+
+/// Trades, leases, offers and workloads a snapshot lists at most.
+pub const LISTED: usize = 200;
+
+commands! {
+    /// `console.snapshot`.
+    ConsoleSnapshotCommand = "console.snapshot", Read, NoParams => ConsoleSnapshot,
+        "Everything the fleet console shows, as of now: every node with its GPUs, live GPU readings, workloads, the order book, leases and price history (each part only as far as the caller may read it)";
+    /// `console.page`.
+    ConsolePage = "console.page", Read, NoParams => ConsoleFiles,
+        "The console's page, script and style, for a host that shows the console (the OpenClaw plugin's Fleet tab)";
+}
+
+/// Who the console shows as signed in.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignedIn {
+    /// How: `control token`, `API key` or `OpenClaw gateway`.
+    pub with: String,
+    /// The API key's name, when one was given.
+    pub name: Option<String>,
+    /// What the viewer may do.
+    pub role: Role,
+}
+
+/// What the console shows, as of `at_ms`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSnapshot {
+    /// When it was taken, Unix ms.
+    pub at_ms: u64,
+    /// Who is looking.
+    pub signed_in: SignedIn,
+    /// Where it was taken: `node` (one node's own console) or `bridge` (the whole fleet a bridge
+    /// presents).
+    pub scope: String,
+    /// What the viewer may not read (or what could not be read), and why.
+    pub withheld: Vec<String>,
+    /// A node whose latest announcement is older than this is shown silent (it leaves the
+    /// view once it misses its configured number of intervals).
+    pub silent_after_ms: u64,
+    /// The nodes that announce themselves, the serving node first when it is one.
+    pub nodes: Vec<ConsoleNode>,
+    /// Real GPUs as NVML read them moments ago, by UUID (simulated GPUs have no readings).
+    pub readings: Vec<claw_attestation::GpuMetrics>,
+    /// Workloads, newest first, at most [`LISTED`].
+    pub workloads: Vec<ConsoleWorkload>,
+    /// The order book.
+    pub offers: Option<OfferListing>,
+    /// Leases, at most [`LISTED`].
+    pub leases: Option<LeaseListing>,
+    /// Price history of the last 30 days.
+    pub history: Option<PriceHistory>,
+}
+
+impl Answer for ConsoleSnapshot {}
+
+/// One node as the console lists it: what its latest signed announcement says.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleNode {
+    /// Its peer id.
+    pub peer_id: String,
+    /// Whether it is the node serving the console.
+    pub local: bool,
+    /// Its name (peer-supplied).
+    pub name: String,
+    /// Its region (peer-supplied).
+    pub region: Option<String>,
+    /// Whether it is cordoned.
+    pub cordoned: bool,
+    /// Workloads it runs.
+    pub running_workloads: u32,
+    /// Its software version (peer-supplied).
+    pub software_version: String,
+    /// When its latest announcement was signed, Unix ms (`None` for the serving node).
+    pub announced_ms: Option<u64>,
+    /// Its GPUs.
+    pub gpus: Vec<ConsoleGpu>,
+}
+
+/// One GPU as the console lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleGpu {
+    /// Its UUID.
+    pub uuid: String,
+    /// Its model (peer-supplied).
+    pub model: String,
+    /// Its memory, MiB.
+    pub memory_mib: u64,
+    /// Whether it is simulated.
+    pub simulated: bool,
+    /// Whether a workload or lease holds it.
+    pub allocated: bool,
+}
+
+/// A workload, without its environment (which may hold secrets).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleWorkload {
+    /// The name of the node it runs on.
+    pub node: String,
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: Option<String>,
+    /// Its image.
+    pub image: String,
+    /// Its state.
+    pub state: String,
+    /// The GPUs it holds.
+    pub gpus: Vec<String>,
+    /// Whether those GPUs are simulated.
+    pub simulated_gpus: bool,
+    /// When it was created, Unix ms.
+    pub created_ms: u64,
+    /// Why it is in its state, when it says.
+    pub reason: Option<String>,
+}
+
+/// The console's files, as [`PAGE`], [`SCRIPT`] and [`STYLE`] hold them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleFiles {
+    /// The page (HTML).
+    pub page: String,
+    /// Its script.
+    pub script: String,
+    /// Its style.
+    pub style: String,
+}
+
+impl Answer for ConsoleFiles {}
+
+impl ConsoleFiles {
+    /// The files this build holds.
+    pub fn of_this_build() -> Self {
+        Self {
+            page: PAGE.to_owned(),
+            script: SCRIPT.to_owned(),
+            style: STYLE.to_owned(),
+        }
+    }
+}

@@ -1,0 +1,169 @@
+// The Fleet tab's route, served on a loopback HTTP server: the page is the console's own files
+// inline under one nonce, snapshots stream in as script calls with peer strings that cannot end
+// their script, the tab only reads, and a closed tab stops asking the bridge.
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { createServer, request, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+
+import { Bridge, BRIDGE_COMMANDS, resolveConfig, type NodesRuntime } from "../src/bridge.ts";
+import { CONSOLE_PATH, ConsoleTab, scriptJson, tabDocument } from "../src/console.ts";
+
+// The files the bridge's console.page answers with (claw_api::console).
+const files = Object.fromEntries(
+  ["page:index.html", "script:app.js", "style:app.css"].map((pair) => {
+    const [field, file] = pair.split(":");
+    return [field, readFileSync(new URL(`../../../node/api/console/${file}`, import.meta.url), "utf8")];
+  }),
+) as { page: string; script: string; style: string };
+
+const hostile = '</script><script>document.title="owned"</script>\u2028<!--';
+
+function bridgeAnswering(snapshots: () => unknown): { bridge: Bridge; calls: string[] } {
+  const calls: string[] = [];
+  const runtime: NodesRuntime = {
+    async list() {
+      return { nodes: [{ nodeId: "bridge-1", commands: [...BRIDGE_COMMANDS], connected: true }] };
+    },
+    async invoke({ command }) {
+      calls.push(command);
+      if (command === "console.page") return files;
+      if (command === "console.snapshot") return snapshots();
+      throw new Error(`unexpected ${command}`);
+    },
+  };
+  return { bridge: new Bridge(runtime, resolveConfig({})), calls };
+}
+
+async function serve(tab: ConsoleTab): Promise<{ server: Server; url: string }> {
+  tab.start();
+  const server = createServer((req, res) => {
+    void tab.handle(req, res).then((handled) => {
+      if (!handled) res.writeHead(404).end();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return { server, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` };
+}
+
+/** Reads the tab's answer until `enough` says so, then closes it. */
+function readTab(url: string, enough: (body: string) => boolean): Promise<{ status: number; csp: string; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, (res) => {
+      let body = "";
+      res.setEncoding("utf8");
+      res.on("data", (chunk: string) => {
+        body += chunk;
+        if (enough(body)) {
+          req.destroy();
+          resolve({ status: res.statusCode ?? 0, csp: String(res.headers["content-security-policy"]), body });
+        }
+      });
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, csp: String(res.headers["content-security-policy"]), body }));
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+test("peer strings cannot end the script they are written into", () => {
+  const json = scriptJson({ name: hostile });
+  assert.ok(!/<\/script/i.test(json) && !json.includes("<!--") && !json.includes("\u2028"), json);
+  assert.deepEqual(JSON.parse(json), { name: hostile });
+});
+
+test("the tab's document is the console's page with its files inline under one nonce", () => {
+  const doc = tabDocument(files, "n0nce");
+  assert.ok(!/<link /.test(doc) && !/<script src/.test(doc), "nothing is fetched by the frame");
+  assert.ok(doc.includes(`<style nonce="n0nce">${files.style}</style>`));
+  assert.ok(doc.includes('<script nonce="n0nce">window.clawConsoleHost = "tab";</script>'));
+  assert.ok(doc.endsWith(`<script nonce="n0nce">${files.script}</script>\n`), "the script runs after the page's elements");
+  assert.ok(doc.indexOf('clawConsoleHost = "tab"') < doc.indexOf(files.script.slice(0, 40)));
+  assert.ok(!doc.includes("</body>"), "the document stays open for snapshots");
+  assert.throws(() => tabDocument({ ...files, script: "x</script>" }, "n"));
+});
+
+test("an open tab gets a snapshot every interval, escaped, and stops asking once closed", async () => {
+  const { bridge, calls } = bridgeAnswering(() => ({ nodes: [{ name: hostile }] }));
+  const tab = new ConsoleTab(bridge, 50);
+  const { server, url } = await serve(tab);
+  try {
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.deepEqual(calls, [], "nothing is asked while no tab is open");
+    const { status, csp, body } = await readTab(`${url}${CONSOLE_PATH}`, (b) => (b.match(/clawConsole\.push\(/g) ?? []).length >= 3);
+    assert.equal(status, 200);
+    const nonce = /nonce-([A-Za-z0-9+/=]+)'/.exec(csp)?.[1];
+    assert.ok(nonce && csp.includes("default-src 'none'") && csp.includes(`script-src 'nonce-${nonce}'`), csp);
+    // Every script element in the answer carries the nonce; none came from a peer string.
+    const scripts = body.match(/<script[^>]*>/g) ?? [];
+    assert.ok(scripts.length >= 5);
+    for (const tag of scripts) assert.equal(tag, `<script nonce="${nonce}">`);
+    assert.ok(!body.includes('document.title="owned"</script>'));
+    const pushed = /clawConsole\.push\((.*)\)<\/script>/.exec(body)?.[1];
+    assert.deepEqual(JSON.parse(pushed!), { nodes: [{ name: hostile }] });
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.equal(tab.openTabs(), 0, "the closed tab is let go");
+    const asked = calls.filter((c) => c === "console.snapshot").length;
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.equal(calls.filter((c) => c === "console.snapshot").length, asked, "no snapshot is asked for a closed tab");
+    assert.equal(calls.filter((c) => c === "console.page").length, 1);
+    // Two tabs open at once share one snapshot per interval.
+    const before = calls.length;
+    const [one, two] = await Promise.all([
+      readTab(`${url}${CONSOLE_PATH}`, (b) => (b.match(/clawConsole\.push\(/g) ?? []).length >= 4),
+      readTab(`${url}${CONSOLE_PATH}`, (b) => (b.match(/clawConsole\.push\(/g) ?? []).length >= 4),
+    ]);
+    assert.ok(one.status === 200 && two.status === 200);
+    const shared = calls.slice(before).filter((c) => c === "console.snapshot").length;
+    assert.ok(shared >= 4 && shared <= 6, `two tabs, four snapshots each, from ${shared} calls`);
+    tab.stop();
+  } finally {
+    server.closeAllConnections();
+    server.close();
+  }
+});
+
+test("the tab only reads, says when the bridge is away, and answers only its own path", async () => {
+  let up = false;
+  const { bridge } = bridgeAnswering(() => {
+    if (!up) throw new Error("bridge restarting");
+    return { nodes: [] };
+  });
+  const tab = new ConsoleTab(bridge, 50);
+  const { server, url } = await serve(tab);
+  try {
+    const posted = await fetch(`${url}${CONSOLE_PATH}`, { method: "POST" });
+    assert.equal(posted.status, 405);
+    assert.equal((await fetch(`${url}/plugins/clawbernetes/other`)).status, 404);
+    const { body } = await readTab(`${url}${CONSOLE_PATH}`, (b) => b.includes("clawConsole.lost(") && (up = true) && b.includes("clawConsole.push("));
+    assert.ok(body.includes('clawConsole.lost("bridge: '), body.slice(-300));
+    tab.stop();
+  } finally {
+    server.closeAllConnections();
+    server.close();
+  }
+});
+
+test("a bridge without the console answers 502 and nothing else", async () => {
+  const runtime: NodesRuntime = {
+    async list() {
+      return { nodes: [{ nodeId: "bridge-1", commands: [...BRIDGE_COMMANDS], connected: true }] };
+    },
+    async invoke() {
+      return { page: 1 };
+    },
+  };
+  const tab = new ConsoleTab(new Bridge(runtime, resolveConfig({})));
+  const { server, url } = await serve(tab);
+  try {
+    const answer = await fetch(`${url}${CONSOLE_PATH}`);
+    assert.equal(answer.status, 502);
+    assert.match(await answer.text(), /did not give the console/);
+    tab.stop();
+  } finally {
+    server.closeAllConnections();
+    server.close();
+  }
+});
