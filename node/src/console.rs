@@ -29,8 +29,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use claw_api::auth::ApiKeyInfo;
 use claw_api::console::{
-    ConsoleNode, ConsoleSnapshot, ConsoleWorkload, LISTED, PAGE, SCRIPT, STYLE, SignedIn,
+    ConsoleDeployment, ConsoleNode, ConsoleReading, ConsoleSnapshot, ConsoleWorkload, LISTED, PAGE,
+    SCRIPT, STYLE, SignedIn, running_replicas,
 };
+use claw_api::deploy::DeployList;
 use claw_api::market::{
     HistoryParams, LeasesParams, MarketHistory, MarketLeases, MarketOffers, OffersParams,
 };
@@ -145,7 +147,12 @@ async fn snapshot(state: &ControlState, key: Option<&ApiKeyInfo>) -> ConsoleSnap
     );
     let local = tokio::task::spawn_blocking(move || {
         let announcement = crate::announcement(&dir, &store, &probe, addrs).ok();
-        (announcement, probe.metrics(None))
+        let readings: Vec<ConsoleReading> = probe
+            .metrics(None)
+            .iter()
+            .map(ConsoleReading::from)
+            .collect();
+        (announcement, readings)
     })
     .await;
     let (announcement, mut readings) = local.unwrap_or((None, Vec::new()));
@@ -169,7 +176,7 @@ async fn snapshot(state: &ControlState, key: Option<&ApiKeyInfo>) -> ConsoleSnap
                 .console_node(m.peer_id.to_string(), false, Some(m.issued_at_ms))
         }));
     }
-    let workloads = if !see_workloads {
+    let mut workloads: Vec<ConsoleWorkload> = if !see_workloads {
         Vec::new()
     } else {
         commands
@@ -184,20 +191,22 @@ async fn snapshot(state: &ControlState, key: Option<&ApiKeyInfo>) -> ConsoleSnap
             .unwrap_or_default()
             .into_iter()
             .rev()
-            .take(LISTED)
-            .map(|w| ConsoleWorkload {
-                node: node_name.clone(),
-                id: w.id,
-                name: w.name,
-                image: w.image,
-                state: w.state.to_string(),
-                gpus: w.gpus,
-                simulated_gpus: w.simulated_gpus,
-                created_ms: w.created_ms,
-                reason: w.reason,
-            })
+            .map(|w| ConsoleWorkload::of(node_name.clone(), w.view(false)))
             .collect()
     };
+    let deployments = if may::<DeployList>(key, &mut withheld) {
+        let running = running_replicas(&workloads);
+        commands.objects().deployments().await.ok().map(|listing| {
+            listing
+                .deployments
+                .iter()
+                .map(|d| ConsoleDeployment::of(d, &running))
+                .collect()
+        })
+    } else {
+        None
+    };
+    workloads.truncate(LISTED);
     let market = commands.market();
     let offers = if may::<MarketOffers>(key, &mut withheld) {
         market
@@ -255,6 +264,7 @@ async fn snapshot(state: &ControlState, key: Option<&ApiKeyInfo>) -> ConsoleSnap
         nodes,
         readings,
         workloads,
+        deployments,
         offers,
         leases,
         history,

@@ -427,6 +427,21 @@ fn the_fleet_tab_in_openclaws_control_ui_shows_the_bridges_fleet() {
     );
     let node = browser.eval(&format!("{row}.firstChild.textContent"));
     assert_eq!(node, deployed["node"], "{deployed}");
+    // A deployment made through the gateway, with its replica counted where it runs.
+    fleet
+        .call(
+            "deploy.create",
+            &serde_json::json!({"name": "tab-web", "spec": {
+                "replicas": 1,
+                "template": {"image": image, "command": ["sleep", "300"]},
+            }}),
+        )
+        .expect("deploy.create through the bridge");
+    let deployment = "document.querySelector('#deployments .row[data-deployment=\"tab-web\"]')";
+    browser.wait_until(
+        "the deployment's replica running",
+        &format!("{deployment}?.children[4].textContent === '1 / 1'"),
+    );
     browser.screenshot(&shots().join("openclaw-fleet-tab-workloads.png"));
     assert!(
         browser.eval("window.clawConsole.snapshots()").as_u64() > first.as_u64(),

@@ -9,16 +9,20 @@
 //! each is asked under the call's API key, and a part the key may not read is named in
 //! `withheld` instead.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use claw_api::auth::ApiToken;
-use claw_api::console::{ConsoleSnapshot, ConsoleWorkload, LISTED, SignedIn};
+use claw_api::console::{
+    ConsoleDeployment, ConsoleReading, ConsoleSnapshot, ConsoleWorkload, LISTED, SignedIn,
+    running_replicas,
+};
+use claw_api::deploy::DeployList;
 use claw_api::fleet::{GpusParams, WorkloadsParams};
 use claw_api::market::{
     HistoryParams, LeasesParams, MarketHistory, MarketLeases, MarketOffers, OffersParams,
 };
-use claw_api::{Command, Role};
-use claw_attestation::GpuMetrics;
+use claw_api::{Command, NoParams, Role};
 use claw_mesh::MeshConfig;
 
 use super::{Call, FleetCommands};
@@ -38,8 +42,10 @@ pub(super) struct ConsoleCache {
 struct FannedOut {
     key: Option<ApiToken>,
     at: Instant,
-    readings: Vec<GpuMetrics>,
+    readings: Vec<ConsoleReading>,
     workloads: Vec<ConsoleWorkload>,
+    /// Running replicas by deployment, over every workload (not only those listed).
+    running: BTreeMap<String, u32>,
     /// Nodes that did not answer, and why.
     missing: Vec<String>,
 }
@@ -66,18 +72,19 @@ impl FleetCommands {
             ..HistoryParams::default()
         };
         let leases = LeasesParams::default();
-        let (fanned, offers, leases, history) = tokio::join!(
+        let (fanned, offers, leases, history, deployments) = tokio::join!(
             self.fanned_out(),
             self.forward::<MarketOffers>(&offers, call.clone()),
             self.forward::<MarketLeases>(&leases, call.clone()),
-            self.ask_member::<MarketHistory>(&history, call),
+            self.ask_member::<MarketHistory>(&history, call.clone()),
+            self.ask_member::<DeployList>(&NoParams {}, call),
         );
-        let (readings, workloads) = match fanned {
+        let (readings, workloads, running) = match fanned {
             Some(fanned) => {
                 withheld.extend(fanned.missing);
-                (fanned.readings, fanned.workloads)
+                (fanned.readings, fanned.workloads, fanned.running)
             }
-            None => (Vec::new(), Vec::new()),
+            None => (Vec::new(), Vec::new(), BTreeMap::new()),
         };
         let mut part = |name: &str, error: claw_api::InvokeFailure| {
             withheld.push(format!("{name}: {}", error.message));
@@ -91,6 +98,16 @@ impl FleetCommands {
             .map_err(|e| part(MarketLeases::NAME, e))
             .ok();
         let history = history.map_err(|e| part(MarketHistory::NAME, e)).ok();
+        let deployments = deployments
+            .map(|listing| {
+                listing
+                    .deployments
+                    .iter()
+                    .map(|d| ConsoleDeployment::of(d, &running))
+                    .collect()
+            })
+            .map_err(|e| part(DeployList::NAME, e))
+            .ok();
         ConsoleSnapshot {
             at_ms: now_ms(),
             signed_in: SignedIn {
@@ -106,6 +123,7 @@ impl FleetCommands {
             nodes,
             readings,
             workloads,
+            deployments,
             offers,
             leases,
             history,
@@ -131,7 +149,7 @@ impl FleetCommands {
             let readings = gpus
                 .gpus
                 .into_iter()
-                .filter_map(|g| g.metrics.map(|r| r.metrics))
+                .filter_map(|g| g.metrics.map(|r| ConsoleReading::from(&r.metrics)))
                 .collect();
             let mut missing = Vec::new();
             let workloads = match workloads {
@@ -145,20 +163,9 @@ impl FleetCommands {
                     let mut workloads: Vec<ConsoleWorkload> = listing
                         .workloads
                         .into_iter()
-                        .map(|w| ConsoleWorkload {
-                            node: w.node,
-                            id: w.workload.id,
-                            name: w.workload.name,
-                            image: w.workload.image,
-                            state: w.workload.state.to_string(),
-                            gpus: w.workload.gpus,
-                            simulated_gpus: w.workload.simulated_gpus,
-                            created_ms: w.workload.created_ms,
-                            reason: w.workload.reason,
-                        })
+                        .map(|w| ConsoleWorkload::of(w.node, w.workload))
                         .collect();
                     workloads.sort_by_key(|w| std::cmp::Reverse(w.created_ms));
-                    workloads.truncate(LISTED);
                     workloads
                 }
                 Err(error) => {
@@ -166,11 +173,15 @@ impl FleetCommands {
                     Vec::new()
                 }
             };
+            let running = running_replicas(&workloads);
+            let mut workloads = workloads;
+            workloads.truncate(LISTED);
             *latest = Some(FannedOut {
                 key: self.api_key.clone(),
                 at: Instant::now(),
                 readings,
                 workloads,
+                running,
                 missing,
             });
         }

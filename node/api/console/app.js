@@ -351,39 +351,70 @@ function spark(values, max) {
   return svg;
 }
 
+/** Gauges for a few GPUs; beyond GAUGES readings they go into the GPU table's columns. */
+const GAUGES = 16;
+
+function sparkCell(list, max, unit) {
+  const cell = el("div", null, "spark");
+  cell.append(spark(list, max), el("span", list.length ? `${Math.round(list.at(-1))}${unit}` : "–"));
+  return cell;
+}
+
 function renderGpus(s) {
   const simulated = new Set(s.nodes.flatMap((n) => n.gpus.filter((g) => g.simulated).map((g) => g.uuid)));
-  const nodeOf = new Map(s.nodes.flatMap((n) => n.gpus.map((g) => [g.uuid, n.name])));
-  const gauges = (s.readings || []).map((r) => {
-    const kept = state.readings.get(r.uuid) || { util: [], temp: [], mem: [] };
-    const box = el("div", null, "gauge");
-    const node = s.scope === "bridge" && nodeOf.has(r.uuid) ? `${nodeOf.get(r.uuid)} · ` : "";
-    const title = el("div", `${node}GPU ${r.index} · ${r.model}`, "title");
-    if (simulated.has(r.uuid)) title.append(el("span", "simulated", "tag sim"));
-    box.append(title);
-    if (r.utilization_gpu_pct == null && r.temperature_c == null) {
-      box.append(el("div", simulated.has(r.uuid) ? "simulated: no readings" : "NVML gives no readings", "muted"));
+  const gpuOf = new Map(s.nodes.flatMap((n) => n.gpus.map((g) => [g.uuid, { node: n.name, model: g.model }])));
+  const readings = s.readings || [];
+  const gauged = readings.length <= GAUGES;
+  $("readings-title").hidden = !gauged;
+  $("readings").hidden = !gauged;
+  if (gauged) {
+    const gauges = readings.map((r) => {
+      const kept = state.readings.get(r.uuid) || { util: [], temp: [], mem: [] };
+      const box = el("div", null, "gauge");
+      const gpu = gpuOf.get(r.uuid);
+      const node = s.scope === "bridge" && gpu ? `${gpu.node} · ` : "";
+      const title = el("div", `${node}GPU ${r.index} · ${gpu?.model ?? r.uuid}`, "title");
+      if (simulated.has(r.uuid)) title.append(el("span", "simulated", "tag sim"));
+      box.append(title);
+      if (r.utilization_gpu_pct == null && r.temperature_c == null) {
+        box.append(el("div", simulated.has(r.uuid) ? "simulated: no readings" : "NVML gives no readings", "muted"));
+        return box;
+      }
+      for (const [label, list, max, unit] of [["util", kept.util, 100, "%"], ["temp", kept.temp, 100, "°C"], ["mem", kept.mem, 100, "%"]]) {
+        const line = el("div", null, "spark");
+        line.append(el("span", label), spark(list, max), el("span", `${Math.round(list.at(-1) ?? 0)}${unit}`));
+        box.append(line);
+      }
       return box;
-    }
-    for (const [label, list, max, unit] of [["util", kept.util, 100, "%"], ["temp", kept.temp, 100, "°C"], ["mem", kept.mem, 100, "%"]]) {
-      const line = el("div", null, "spark");
-      line.append(el("span", label), spark(list, max), el("span", `${Math.round(list.at(-1) ?? 0)}${unit}`));
-      box.append(line);
-    }
-    return box;
-  });
-  if (!gauges.length) gauges.push(el("p", s.scope === "bridge" ? "No GPU readings from the fleet." : "No GPU on this node.", "muted"));
-  $("readings").replaceChildren(...gauges);
+    });
+    if (!gauges.length) gauges.push(el("p", s.scope === "bridge" ? "No GPU readings from the fleet." : "No GPU on this node.", "muted"));
+    $("readings").replaceChildren(...gauges);
+  }
+  const read = new Set(readings.filter((r) => r.utilization_gpu_pct != null || r.temperature_c != null).map((r) => r.uuid));
   const gpus = s.nodes.flatMap((n) => n.gpus.map((g) => ({ node: n.name, ...g })));
-  fill("gpus", ["node", "GPU", "model", "memory", "state"], "1.2fr 2fr 2fr .8fr 1fr", gpus, (g, row) => {
+  fill("gpus", ["node", "GPU", "model", "memory", "state", "util", "temp", "mem used"], "1.1fr 1.8fr 1.7fr .6fr .7fr 1fr 1fr 1fr", gpus, (g, row) => {
     const model = el("div", g.model);
     if (g.simulated) model.append(el("span", "simulated", "tag sim"));
     row.append(el("div", g.node), el("div", g.uuid, "mono"), model, el("div", `${Math.round(g.memory_mib / 1024)} GiB`),
       el("div", g.allocated ? "allocated" : "free"));
+    const kept = state.readings.get(g.uuid);
+    if (kept && read.has(g.uuid)) {
+      row.append(sparkCell(kept.util, 100, "%"), sparkCell(kept.temp, 100, "°C"), sparkCell(kept.mem, 100, "%"));
+    } else {
+      const none = g.simulated ? "simulated" : "–";
+      row.append(el("div", none, "muted"), el("div", none, "muted"), el("div", none, "muted"));
+    }
   });
 }
 
 function renderWorkloads(s) {
+  $("deployments-note").textContent = s.scope === "bridge" ? "(replicas running in the fleet)" : "(replicas running on this node)";
+  fill("deployments", ["deployment", "revision", "image", "strategy", "running / replicas", "state", "revision signed"],
+    "1.2fr .6fr 1.8fr .8fr .9fr .7fr 1.3fr", s.deployments || [], (d, row) => {
+      row.dataset.deployment = d.name;
+      row.append(el("div", d.name), el("div", d.revision), el("div", d.image), el("div", d.strategy.replace("_", "-")),
+        el("div", `${d.running} / ${d.replicas}`), el("div", d.paused ? "paused" : "active"), el("div", when(d.signed_at_ms)));
+    });
   const operate = mayOperate(s);
   fill("workloads", ["node", "id", "name", "image", "state", "GPUs", "created", "reason", ""], "1fr 1fr 1fr 1.6fr .8fr .5fr 1.3fr 1.4fr .8fr", s.workloads,
     (w, row) => {

@@ -147,6 +147,9 @@ impl HealthCheck {
     }
 }
 
+/// Label naming the deployment a replica belongs to.
+pub const DEPLOYMENT_LABEL: &str = "clawbernetes-deployment";
+
 /// How a new revision replaces the running one.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -173,6 +176,17 @@ pub enum RolloutStrategy {
     /// Start a whole new set of replicas beside the old one; stop the old set once every new
     /// replica is available.
     BlueGreen,
+}
+
+impl RolloutStrategy {
+    /// Its name: `rolling`, `canary` or `blue_green`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Rolling { .. } => "rolling",
+            Self::Canary { .. } => "canary",
+            Self::BlueGreen => "blue_green",
+        }
+    }
 }
 
 fn one() -> u32 {

@@ -47,11 +47,8 @@ function snapshot(count: number, tick: number): Record<string, unknown> {
       const uuid = `GPU-${n.toString(16).padStart(8, "0")}-${g}`;
       gpus.push({ uuid, model: "NVIDIA H100 80GB HBM3", memory_mib: 81_559, simulated: false, allocated: g < (n % 5) });
       readings.push({
-        index: g, uuid, model: "NVIDIA H100 80GB HBM3", simulated: false,
-        memory_total_bytes: 85_520_809_984, memory_used_bytes: ((n + g + tick) % 80) * 1_000_000_000,
-        utilization_gpu_pct: (n * 7 + g * 13 + tick * 3) % 100, utilization_memory_pct: (n + tick) % 100,
-        temperature_c: 40 + ((n + g + tick) % 40), power_usage_mw: 350_000, power_limit_mw: 700_000,
-        clocks: null, ecc: null, processes: [], throttle_reasons: [], xid_errors: null,
+        uuid, index: g, utilization_gpu_pct: (n * 7 + g * 13 + tick * 3) % 100, temperature_c: 40 + ((n + g + tick) % 40),
+        memory_used_bytes: ((n + g + tick) % 80) * 1_000_000_000, memory_total_bytes: 85_520_809_984, power_usage_mw: 350_000,
       });
     }
     nodes.push({
@@ -168,26 +165,41 @@ const cpuBefore = process.cpuUsage();
 const ticksBefore = tick;
 const standInBefore = standInCpuUs;
 await page.send("Page.navigate", { url: address });
-let drawn: { at_ms: number; done: number; draw_ms: number; since_nav: number; rows: number }[] = [];
-const deadline = Date.now() + (UPDATES + 30) * EVERY_MS * 2;
-while (drawn.length < UPDATES + 1 && Date.now() < deadline) {
-  await new Promise((resolve) => setTimeout(resolve, 500));
-  drawn = (await evaluate("window.__drawn")) ?? [];
+type Drawn = { at_ms: number; done: number; draw_ms: number; since_nav: number; rows: number };
+/** Waits until `count` snapshots past the first `from` are drawn; answers them. */
+async function drawnAfter(from: number, count: number): Promise<Drawn[]> {
+  const deadline = Date.now() + (count + 30) * EVERY_MS * 2;
+  let drawn: Drawn[] = [];
+  while (drawn.length < from + count && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    drawn = (await evaluate("window.__drawn")) ?? [];
+  }
+  if (drawn.length < from + count) throw new Error(`only ${drawn.length} snapshots drawn`);
+  return drawn.slice(from, from + count);
 }
+const [first] = await drawnAfter(0, 1);
+const fleetView = await drawnAfter(1, UPDATES);
 const cpu = process.cpuUsage(cpuBefore);
 const snapshots = tick - ticksBefore;
 const rowsInPage = await evaluate("document.querySelectorAll('#nodes .row').length");
-const debug = await evaluate("JSON.stringify([location.href, typeof window.__drawn, (document.getElementById('live')||{}).textContent, typeof window.clawConsole, window.clawConsole && window.clawConsole.snapshots()])");
+// The GPU view: every GPU's live columns, in the virtualised table.
+await evaluate("document.querySelector('[data-tab=gpus]').click(); true");
+const seen = ((await evaluate("window.__drawn.length")) as number) + 1;
+const gpuView = await drawnAfter(seen, UPDATES);
+const gpuRows = await evaluate("document.querySelectorAll('#gpus .row').length");
 await page.close();
 tab.stop();
 server.closeAllConnections();
 server.close();
 
-if (drawn.length < UPDATES + 1) throw new Error(`only ${drawn.length} snapshots drawn (${debug})`);
-const first = drawn[0];
-const updates = drawn.slice(1);
-const latency = updates.map((d) => d.done - d.at_ms).sort((a, b) => a - b);
-const draw = updates.map((d) => d.draw_ms).sort((a, b) => a - b);
+const summary = (list: Drawn[]) => {
+  const latency = list.map((d) => d.done - d.at_ms).sort((a, b) => a - b);
+  const draw = list.map((d) => d.draw_ms).sort((a, b) => a - b);
+  return {
+    update_latency_ms: { p50: percentile(latency, 50), p95: percentile(latency, 95) },
+    draw_ms: { p50: Math.round(percentile(draw, 50) * 10) / 10, p95: Math.round(percentile(draw, 95) * 10) / 10 },
+  };
+};
 const result = {
   nodes: NODES,
   gpus: NODES * 8,
@@ -195,8 +207,8 @@ const result = {
   first_paint_ms: Math.round(first.since_nav),
   first_paint_rows: first.rows,
   rows_in_page: rowsInPage,
-  update_latency_ms: { p50: percentile(latency, 50), p95: percentile(latency, 95) },
-  draw_ms: { p50: Math.round(percentile(draw, 50) * 10) / 10, p95: Math.round(percentile(draw, 95) * 10) / 10 },
+  fleet_view: summary(fleetView),
+  gpu_view: { ...summary(gpuView), rows_in_page: gpuRows },
   plugin_cpu_ms_per_snapshot: Math.round(((cpu.user + cpu.system - (standInCpuUs - standInBefore)) / 1000 / snapshots) * 10) / 10,
   snapshots,
 };
