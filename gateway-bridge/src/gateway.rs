@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+use crate::tls::{GatewayTls, check_url, client_config, connect};
 use crate::{DeviceAuthRequest, DeviceProof};
 
 /// Largest frame accepted before `hello-ok` says otherwise.
@@ -50,9 +51,9 @@ pub enum GatewayError {
         /// Its message.
         message: String,
     },
-    /// The URL cannot be used.
-    #[error("gateway URL {0:?} must be ws:// or wss:// with a host")]
-    Url(String),
+    /// The URL or its TLS settings cannot be used; retrying would not help.
+    #[error("{0}")]
+    Unusable(String),
 }
 
 /// The future a [`GatewayHandler`] returns: the answer, or the command's typed failure, which
@@ -80,8 +81,11 @@ pub struct GatewayCall {
 /// How to reach the gateway and what to declare there.
 #[derive(Clone)]
 pub struct GatewayConfig {
-    /// `ws://host:port` (loopback or a private network) or `wss://…`.
+    /// `ws://host:port` (loopback or a private network) or `wss://…`, with no credentials or
+    /// query in it.
     pub url: String,
+    /// Which certificates a `wss://` gateway may present.
+    pub tls: GatewayTls,
     /// The gateway's shared token.
     pub token: String,
     /// Shown in `node.list`.
@@ -98,6 +102,7 @@ impl std::fmt::Debug for GatewayConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayConfig")
             .field("url", &self.url)
+            .field("tls", &self.tls)
             .field("token", &"<redacted>")
             .field("display_name", &self.display_name)
             .field("commands", &self.commands.len())
@@ -139,8 +144,9 @@ pub async fn run_node(
     shutdown: CancellationToken,
     sessions: Option<watch::Sender<Option<Session>>>,
 ) -> Result<(), GatewayError> {
-    if !(config.url.starts_with("ws://") || config.url.starts_with("wss://")) {
-        return Err(GatewayError::Url(config.url.clone()));
+    check_url(&config.url).map_err(|e| GatewayError::Unusable(e.to_string()))?;
+    if config.url.starts_with("wss://") {
+        client_config(&config.tls).map_err(|e| GatewayError::Unusable(e.to_string()))?;
     }
     let mut backoff = BACKOFF_START;
     loop {
@@ -182,8 +188,7 @@ pub async fn run_node(
     }
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket = crate::tls::GatewaySocket;
 
 fn frame_id() -> String {
     use rand::RngCore as _;
@@ -387,11 +392,14 @@ async fn connect_and_serve(
     handler: &Arc<dyn GatewayHandler>,
     sessions: Option<&watch::Sender<Option<Session>>>,
 ) -> Ended {
-    let connecting = tokio_tungstenite::connect_async(config.url.as_str());
+    let connecting = connect(&config.url, &config.tls);
     let mut socket = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
         Err(_) => return Ended::Retry("no connection within 15 s".to_owned()),
+        Ok(Err(error)) if error.is_final() => {
+            return Ended::Fatal(GatewayError::Unusable(error.to_string()));
+        }
         Ok(Err(error)) => return Ended::Retry(format!("connecting: {error}")),
-        Ok(Ok((socket, _))) => socket,
+        Ok(Ok(socket)) => socket,
     };
     let session =
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut socket, identity, config))

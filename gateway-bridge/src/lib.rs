@@ -9,6 +9,7 @@ pub mod gateway;
 pub mod logs;
 pub mod operator;
 pub mod placements;
+pub mod tls;
 
 use claw_attestation::NodeIdentity;
 use serde::{Deserialize, Serialize};

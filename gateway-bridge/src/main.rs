@@ -15,6 +15,7 @@ use claw_attestation::NodeIdentity;
 use claw_bridge::fleet::{FleetCommands, NoMeshCommands};
 use claw_bridge::gateway::{GatewayConfig, run_node};
 use claw_bridge::placements::Placements;
+use claw_bridge::tls::GatewayTls;
 use claw_mesh::{Mesh, MeshConfig, Multiaddr, PeerId};
 
 const IDENTITY_FILE: &str = "identity.key";
@@ -43,7 +44,7 @@ enum Command {
         identity_key: PathBuf,
     },
     /// Join the mesh and serve the fleet to the gateway until stopped.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -51,9 +52,16 @@ struct RunArgs {
     /// The bridge's data directory (identity, known peers).
     #[arg(long)]
     data_dir: PathBuf,
-    /// The gateway, e.g. ws://127.0.0.1:18789.
+    /// The gateway, e.g. ws://127.0.0.1:18789, or wss://… for one on another host.
     #[arg(long)]
     gateway: String,
+    /// A PEM file of CA certificates trusted for a wss:// gateway, beside the system's roots.
+    #[arg(long)]
+    gateway_ca_file: Option<PathBuf>,
+    /// Trust only the wss:// gateway certificate with this SHA-256 (64 hex digits, colons
+    /// allowed; repeatable), e.g. a self-signed one.
+    #[arg(long)]
+    gateway_pin_sha256: Vec<String>,
     /// A file (mode 0600) holding the gateway's token; else $CLAW_BRIDGE_TOKEN.
     #[arg(long)]
     token_file: Option<PathBuf>,
@@ -146,7 +154,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            runtime.block_on(serve(args))
+            runtime.block_on(serve(*args))
         }
     }
 }
@@ -194,8 +202,18 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             "listen_addrs": addrs.iter().map(|a| format!("{a}/p2p/{peer}")).collect::<Vec<_>>(),
         })
     );
+    let pins = args
+        .gateway_pin_sha256
+        .iter()
+        .map(|pin| pin.parse())
+        .collect::<Result<Vec<_>, _>>()
+        .context("--gateway-pin-sha256")?;
     let gateway = GatewayConfig {
         url: args.gateway.clone(),
+        tls: GatewayTls {
+            ca_file: args.gateway_ca_file.clone(),
+            pins,
+        },
         token,
         display_name: args.name.clone(),
         caps: vec!["fleet".to_owned()],

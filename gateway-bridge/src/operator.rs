@@ -34,11 +34,7 @@ const SCOPES: &[&str] = &[
     "operator.admin",
 ];
 
-async fn next_text(
-    socket: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-) -> Result<Value, String> {
+async fn next_text(socket: &mut crate::tls::GatewaySocket) -> Result<Value, String> {
     loop {
         match socket.next().await {
             None => return Err("closed".to_owned()),
@@ -55,9 +51,9 @@ async fn next_text(
 impl OperatorClient {
     /// Connects to `url` with `token`, proving `identity` as the operator's device.
     pub async fn connect(url: &str, token: &str, identity: &NodeIdentity) -> Result<Self, String> {
-        let (mut socket, _) = tokio::time::timeout(
+        let mut socket = tokio::time::timeout(
             Duration::from_secs(15),
-            tokio_tungstenite::connect_async(url),
+            crate::tls::connect(url, &crate::tls::GatewayTls::default()),
         )
         .await
         .map_err(|_| "no connection within 15 s".to_owned())?

@@ -102,6 +102,11 @@ pub struct GatewaySection {
     pub url: Option<String>,
     /// A file (mode 0600) holding the gateway's shared token.
     pub token_file: Option<String>,
+    /// For a `wss://` gateway: a PEM file of CA certificates trusted beside the system's roots.
+    pub ca_file: Option<String>,
+    /// For a `wss://` gateway: trust only the certificates with these SHA-256s (64 hex digits,
+    /// colons allowed), e.g. a self-signed one.
+    pub pin_sha256: Vec<String>,
     /// The role the gateway's callers get: `read`, `operate` (default) or `admin`.
     pub role: crate::access::Role,
     /// Answer only gateway calls that carry an API key, each within what its key allows.
@@ -113,6 +118,8 @@ impl Default for GatewaySection {
         Self {
             url: None,
             token_file: None,
+            ca_file: None,
+            pin_sha256: Vec::new(),
             role: crate::access::Role::Operate,
             require_api_key: false,
         }

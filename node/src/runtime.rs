@@ -12,6 +12,7 @@ use claw_attestation::{GpuProbe, KeyFileError, NodeIdentity, read_secret};
 use claw_bridge::gateway::{
     CommandFuture, GatewayCall, GatewayConfig, GatewayError, GatewayHandler,
 };
+use claw_bridge::tls::GatewayTls;
 use claw_mesh::{
     InvokeRequest, Mesh, MeshConfig, MeshError, MeshEvent, MeshHandle, Multiaddr, PeerId, SwarmKey,
     TopicKind,
@@ -112,6 +113,9 @@ pub enum StartError {
         "connecting to a gateway needs its token: set CLAWNODE_GATEWAY_TOKEN or gateway.token_file"
     )]
     GatewayToken,
+    /// A `gateway.pin_sha256` is not a certificate's SHA-256.
+    #[error("gateway.pin_sha256: {0}")]
+    GatewayTls(claw_bridge::tls::TlsError),
     /// The gateway token file is not text.
     #[error("the gateway token file {0} is not text")]
     GatewayTokenText(String),
@@ -517,9 +521,20 @@ fn connect_gateway(
     else {
         return Ok(None);
     };
-    let role = dir.config().gateway.role;
+    let section = &dir.config().gateway;
+    let role = section.role;
+    let tls = GatewayTls {
+        ca_file: section.ca_file.as_ref().map(PathBuf::from),
+        pins: section
+            .pin_sha256
+            .iter()
+            .map(|pin| pin.parse())
+            .collect::<Result<_, _>>()
+            .map_err(StartError::GatewayTls)?,
+    };
     let config = GatewayConfig {
         url,
+        tls,
         token: gateway_token(dir)?,
         display_name: dir
             .config()

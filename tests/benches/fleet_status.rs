@@ -99,6 +99,7 @@ fn gateway_client(
 ) {
     let config = GatewayConfig {
         url: url.to_owned(),
+        tls: claw_bridge::tls::GatewayTls::default(),
         token: TOKEN.to_owned(),
         display_name: name,
         caps: vec!["gpu".to_owned()],

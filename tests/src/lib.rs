@@ -885,6 +885,8 @@ pub struct OpenClawGateway {
     dir: std::path::PathBuf,
     port: u16,
     child: Option<Child>,
+    /// The CA that signed its certificate, when it serves TLS.
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 impl OpenClawGateway {
@@ -909,12 +911,28 @@ impl OpenClawGateway {
             dir: dir.to_path_buf(),
             port,
             child: None,
+            tls_ca: None,
         }
+    }
+
+    /// Serves TLS (`wss://`) with the certificate and key in `cert` and `key`, signed by the CA
+    /// in `ca` (which its own CLI then trusts). Call before `start`.
+    pub fn serve_tls(&mut self, cert: &Path, key: &Path, ca: &Path) {
+        let path = self.dir.join("state/openclaw.json");
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("config")).expect("config JSON");
+        config["gateway"]["tls"] = serde_json::json!({
+            "enabled": true, "autoGenerate": false,
+            "certPath": cert, "keyPath": key,
+        });
+        std::fs::write(&path, config.to_string()).expect("config");
+        self.tls_ca = Some(ca.to_path_buf());
     }
 
     /// Its WebSocket URL.
     pub fn url(&self) -> String {
-        format!("ws://127.0.0.1:{}", self.port)
+        let scheme = if self.tls_ca.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     fn command(&self) -> Command {
@@ -927,6 +945,9 @@ impl OpenClawGateway {
             .env("OPENCLAW_SKIP_CHANNELS", "1")
             .env("OPENCLAW_DISABLE_BONJOUR", "1")
             .env("OPENCLAW_NO_RESPAWN", "1");
+        if let Some(ca) = &self.tls_ca {
+            command.env("NODE_EXTRA_CA_CERTS", ca);
+        }
         command
     }
 
@@ -958,6 +979,15 @@ impl OpenClawGateway {
             .expect("openclaw gateway run");
         self.child = Some(child);
         let port = self.port;
+        if self.tls_ca.is_some() {
+            // Behind TLS: listening is enough here; the test's own connections say the rest.
+            eventually(
+                Duration::from_secs(90),
+                "the gateway's TLS listener",
+                || std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
+            );
+            return;
+        }
         eventually(Duration::from_secs(90), "the gateway's /healthz", || {
             use std::io::{Read as _, Write as _};
             let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;

@@ -5,8 +5,10 @@
 //! approved with `openclaw nodes approve`; `openclaw nodes invoke` reaches `gpu.list` and
 //! `workload.list`, and a failing command comes back as the node's typed error. The gateway is
 //! restarted and the node reconnects on its own. A node with a wrong token stops with a clear
-//! error instead of retrying.
+//! error instead of retrying. Over TLS (`wss://`), a node connects only to a gateway whose
+//! certificate it trusts (a CA file or a pin), and a URL carrying the token is refused.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -358,4 +360,141 @@ fn a_read_role_gateway_manages_no_workload_and_sees_them_redacted() {
         .json();
     assert_eq!(inspected["workload"]["state"], "running");
     claw_tests::remove_node_containers(&running.peer_id);
+}
+
+/// A CA, and a certificate it signs for 127.0.0.1 and localhost, written as PEM into `dir`:
+/// `(ca.pem, cert.pem, key.pem, the certificate's SHA-256 in hex)`.
+fn tls_material(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    use sha2::Digest as _;
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Clawbernetes test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let key = KeyPair::generate().expect("gateway key");
+    let params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .expect("gateway params");
+    let cert = params
+        .signed_by(&key, &ca, &ca_key)
+        .expect("gateway certificate");
+    std::fs::create_dir_all(dir).expect("tls dir");
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca.pem()).expect("ca.pem");
+    std::fs::write(&paths.1, cert.pem()).expect("cert.pem");
+    std::fs::write(&paths.2, key.serialize_pem()).expect("key.pem");
+    let pin = hex::encode(sha2::Sha256::digest(cert.der()));
+    (paths.0, paths.1, paths.2, pin)
+}
+
+/// The real gateway serving TLS with a certificate from a private CA: a node that trusts that CA
+/// (`ca_file`), and one that pins the gateway's certificate instead, both connect over `wss://`
+/// and reach pairing. A node that trusts neither, and one that pins another certificate, never
+/// get past TLS and say why. A URL that carries the token is refused before anything is sent,
+/// and no log holds the token.
+#[test]
+fn a_node_reaches_a_wss_gateway_it_trusts_and_no_other() {
+    let Some((node24, openclaw, _)) = gateway_parts() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (ca, cert, key, pin) = tls_material(&dir.path().join("tls"));
+    let mut gateway = Gateway::new(node24, openclaw, &dir.path().join("gateway"), &[]);
+    gateway.serve_tls(&cert, &key, &ca);
+    gateway.start();
+    let url = gateway.url();
+    assert!(url.starts_with("wss://"), "{url}");
+
+    let node = |name: &str, trust: &str| {
+        let node = node_with_gateway(&dir.path().join(name), &url, TOKEN);
+        node.edit_config(|text| text.replace("pin_sha256 = []\n", trust));
+        node
+    };
+    let with_ca = node(
+        "with-ca",
+        &format!(
+            "ca_file = {:?}\npin_sha256 = []\n",
+            ca.display().to_string()
+        ),
+    );
+    // As openssl prints it: upper case, a colon between bytes.
+    let printed = pin
+        .to_uppercase()
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| String::from_utf8_lossy(pair).into_owned())
+        .collect::<Vec<_>>()
+        .join(":");
+    let pinned = node("pinned", &format!("pin_sha256 = [{printed:?}]\n"));
+    let untrusting = node("untrusting", "pin_sha256 = []\n");
+    let other_pin = node(
+        "other-pin",
+        &format!("pin_sha256 = [{:?}]\n", "00".repeat(32)),
+    );
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).expect("logs");
+    let running: Vec<RunningNode> = [&with_ca, &pinned, &untrusting, &other_pin]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| RunningNode::start_logged(n, &[], &logs.join(format!("{i}.log"))))
+        .collect();
+
+    // Both trusting nodes get through TLS and the token check: their surfaces wait for approval.
+    for trusted in [&with_ca, &pinned] {
+        pending_surface(&gateway, &device_id_of(trusted));
+    }
+    let log_of =
+        |i: usize| std::fs::read_to_string(logs.join(format!("{i}.log"))).unwrap_or_default();
+    eventually(
+        Duration::from_secs(30),
+        "the untrusting nodes to say why they cannot connect",
+        || {
+            (log_of(2).contains("UnknownIssuer")
+                && log_of(3).contains("not one of the pinned ones"))
+            .then_some(())
+        },
+    );
+    let pending = gateway
+        .cli_json(&["nodes", "pending", "--json"])
+        .expect("pending");
+    for refused in [&untrusting, &other_pin] {
+        let device = device_id_of(refused);
+        assert!(
+            !pending
+                .as_array()
+                .expect("pending list")
+                .iter()
+                .any(|p| p["nodeId"] == device.as_str()),
+            "{pending}"
+        );
+    }
+    drop(running);
+
+    // The token in the URL: refused at start, and the token is not echoed.
+    let leaky = node_with_gateway(
+        &dir.path().join("leaky"),
+        &format!("{url}/?token={TOKEN}"),
+        TOKEN,
+    );
+    let output = run_with_deadline(
+        Command::new(claw_tests::workspace_binary("clawnode"))
+            .arg("--data-dir")
+            .arg(leaky.data_dir())
+            .args(["run", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .env("RUST_LOG", "warn"),
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("no credentials or query"), "{stderr}");
+    for i in 0..4 {
+        assert!(!log_of(i).contains(TOKEN), "node {i} logged the token");
+    }
+    assert!(!stderr.contains(TOKEN), "the token is never logged");
 }
