@@ -143,8 +143,8 @@ struct Inner {
     workload_specs: Mutex<HashMap<LeaseId, LeaseWorkload>>,
     /// Settlements a provider signed, until this buyer co-signs them.
     settlements: Mutex<HashMap<LeaseId, Vec<u8>>>,
-    /// When each provider was last asked for its offers, Unix ms.
-    asked: Mutex<HashMap<PeerId, u64>>,
+    /// When each provider in the view may next be asked for its offers.
+    asked: Mutex<HashMap<PeerId, BookSync>>,
     /// Providers' records, from facts this node checked on chain itself.
     reputation: Mutex<ReputationBook>,
     offers_changed: tokio::sync::Notify,
@@ -492,9 +492,9 @@ impl Market {
                 .unwrap_or_else(PoisonError::into_inner);
             book.offers().iter().map(|e| e.provider).collect()
         };
-        let missing: Vec<PeerId> = mesh
-            .fleet()
-            .into_iter()
+        let fleet = mesh.fleet();
+        let missing: Vec<PeerId> = fleet
+            .iter()
             .filter(|m| m.peer_id != local && m.announcement.free_gpu_count() > 0)
             .filter(|m| !m.announcement.cordoned)
             .map(|m| m.peer_id)
@@ -502,21 +502,48 @@ impl Market {
                 claw_attestation::ed25519_key_of(peer).is_some_and(|key| !known.contains(&key))
             })
             .collect();
+        {
+            // Only peers in the view are remembered: the map is as bounded as the view.
+            let members: std::collections::HashSet<PeerId> =
+                fleet.iter().map(|m| m.peer_id).collect();
+            self.inner
+                .asked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|peer, _| members.contains(peer));
+        }
         for peer in missing {
+            {
+                let asked = self
+                    .inner
+                    .asked
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if asked.get(&peer).is_some_and(|sync| now < sync.next_ms) {
+                    continue;
+                }
+            }
+            let request =
+                claw_mesh::InvokeRequest::new(MarketOffersSigned::NAME, Duration::from_secs(3));
+            let answer = mesh.invoke(peer, request).await;
             {
                 let mut asked = self
                     .inner
                     .asked
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
-                if asked.get(&peer).is_some_and(|at| now < at + 30_000) {
-                    continue;
-                }
-                asked.insert(peer, now);
+                let failures = match &answer {
+                    Ok(_) => 0,
+                    Err(_) => asked.get(&peer).map_or(0, |sync| sync.failures) + 1,
+                };
+                asked.insert(
+                    peer,
+                    BookSync {
+                        next_ms: next_book_sync(now, failures),
+                        failures,
+                    },
+                );
             }
-            let request =
-                claw_mesh::InvokeRequest::new(MarketOffersSigned::NAME, Duration::from_secs(3));
-            let answer = mesh.invoke(peer, request).await;
             let Ok(answer) = answer.and_then(MarketOffersSigned::decode) else {
                 continue;
             };
@@ -786,5 +813,44 @@ fn summary(record: &LeaseRecord, arbiter_peer: Option<&str>) -> Lease {
             .iter()
             .map(|(state, at)| (*state, *at))
             .collect(),
+    }
+}
+
+/// When a provider in the view may next be asked for its offers by [`Market::sync_book`].
+#[derive(Debug, Clone, Copy)]
+struct BookSync {
+    next_ms: u64,
+    /// Asks in a row that got no answer.
+    failures: u32,
+}
+
+/// How often a provider that answers is asked for its offers.
+const BOOK_SYNC_EVERY_MS: u64 = 30_000;
+/// The longest wait before a provider that keeps not answering is asked again.
+const BOOK_SYNC_MAX_MS: u64 = 30 * 60_000;
+
+/// When to ask a provider again after `failures` unanswered asks in a row: 30 s after an
+/// answer, doubling with each failure up to 30 min. The addresses a provider announces are its
+/// own word: one that announces addresses leading nowhere (or to someone else's machine) is
+/// dialled by each node a few times, then twice an hour, not every 30 s.
+fn next_book_sync(now_ms: u64, failures: u32) -> u64 {
+    let wait = BOOK_SYNC_EVERY_MS
+        .saturating_mul(1u64 << failures.min(16))
+        .min(BOOK_SYNC_MAX_MS);
+    now_ms.saturating_add(wait)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BOOK_SYNC_EVERY_MS, BOOK_SYNC_MAX_MS, next_book_sync};
+
+    #[test]
+    fn a_provider_that_does_not_answer_is_asked_ever_less_often() {
+        assert_eq!(next_book_sync(1_000, 0), 1_000 + BOOK_SYNC_EVERY_MS);
+        assert_eq!(next_book_sync(1_000, 1), 1_000 + 2 * BOOK_SYNC_EVERY_MS);
+        assert_eq!(next_book_sync(1_000, 3), 1_000 + 8 * BOOK_SYNC_EVERY_MS);
+        assert_eq!(next_book_sync(1_000, 6), 1_000 + BOOK_SYNC_MAX_MS);
+        assert_eq!(next_book_sync(1_000, u32::MAX), 1_000 + BOOK_SYNC_MAX_MS);
+        assert_eq!(next_book_sync(u64::MAX, 2), u64::MAX);
     }
 }
