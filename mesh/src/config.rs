@@ -35,6 +35,15 @@ pub struct MeshConfig {
     pub max_invoke_deadline: Duration,
     /// Established connections kept at most. Default 256.
     pub max_connections: u32,
+    /// Of `max_connections`, how many inbound connections may never take: room for the node's
+    /// own dials to peers it chose. Default 32.
+    pub reserved_outbound: u32,
+    /// Inbound connections from one IP address at most. Default 8. Not counted with
+    /// `allow_colocated_peers`.
+    pub max_inbound_per_ip: u32,
+    /// Inbound connections from one network (IPv4 /24, IPv6 /48) at most. Default 32. Not
+    /// counted with `allow_colocated_peers`.
+    pub max_inbound_per_network: u32,
     /// Invokes in flight at once on one connection, each way. A gateway bridge forwards an
     /// agent's calls to a node over one connection, so this bounds that fan-out; a peer past it
     /// gets `unavailable` instead of a queue. Default 256.
@@ -47,8 +56,8 @@ pub struct MeshConfig {
     pub max_clock_skew: Duration,
     /// File where known peers are remembered so a restarted node rejoins. Default none.
     pub known_peers_file: Option<PathBuf>,
-    /// Drop gossipsub's IP-colocation penalty, for many peers on one host (tests, local fleets).
-    /// Default off; production keeps the penalty.
+    /// Drop gossipsub's IP-colocation penalty and the inbound caps per address and network, for
+    /// many peers on one host (tests, local fleets). Default off; production keeps both.
     pub allow_colocated_peers: bool,
     /// Gossipsub heartbeat. Default 1 s.
     pub heartbeat_interval: Duration,
@@ -72,6 +81,9 @@ impl Default for MeshConfig {
             max_message_bytes: 16 * 1024,
             max_invoke_deadline: Duration::from_secs(120),
             max_connections: 256,
+            reserved_outbound: 32,
+            max_inbound_per_ip: 8,
+            max_inbound_per_network: 32,
             max_concurrent_invokes: 256,
             idle_connection_timeout: Duration::from_secs(60),
             max_clock_skew: Duration::from_secs(30),

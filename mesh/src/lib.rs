@@ -10,6 +10,7 @@
 
 mod config;
 mod fleet;
+mod inbound;
 mod invoke;
 mod known_peers;
 mod stats;

@@ -62,6 +62,7 @@ const MAX_RECORD_BYTES: usize = 8 * 1024;
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
     limits: connection_limits::Behaviour,
+    inbound: crate::inbound::InboundLimits,
     gossipsub: gossipsub::Behaviour,
     kad: kad::Behaviour<MemoryStore>,
     identify: identify::Behaviour,
@@ -274,8 +275,20 @@ pub(crate) fn build_swarm(
             limits: connection_limits::Behaviour::new(
                 connection_limits::ConnectionLimits::default()
                     .with_max_established(Some(config.max_connections))
+                    .with_max_established_incoming(Some(
+                        config
+                            .max_connections
+                            .saturating_sub(config.reserved_outbound)
+                            .max(1),
+                    ))
                     .with_max_established_per_peer(Some(2))
                     .with_max_pending_incoming(Some(64)),
+            ),
+            inbound: crate::inbound::InboundLimits::new(
+                (!config.allow_colocated_peers).then_some(crate::inbound::InboundCaps {
+                    per_ip: config.max_inbound_per_ip,
+                    per_network: config.max_inbound_per_network,
+                }),
             ),
             gossipsub: gossipsub_behaviour(config, topics)?,
             kad,

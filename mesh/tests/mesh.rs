@@ -583,3 +583,93 @@ async fn records_and_closest_peers_through_kademlia() {
         node.stop().await;
     }
 }
+
+/// A node counts inbound connections by source address: from one address (loopback here, where
+/// every peer of this test lives) it takes no more than its cap, however many keys dial it, and a
+/// closed connection makes room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_gets_no_more_inbound_connections_than_its_cap() {
+    let guarded = TestNode::start_with(
+        Arc::new(NodeIdentity::generate()),
+        "guarded",
+        claw_mesh::MeshConfig {
+            allow_colocated_peers: false,
+            max_inbound_per_ip: 2,
+            ..test_config("caps")
+        },
+        false,
+    )
+    .await;
+    let mut sybils = Vec::new();
+    for i in 0..4 {
+        let sybil = TestNode::start_with(
+            Arc::new(NodeIdentity::generate()),
+            &format!("sybil-{i}"),
+            test_config("caps"),
+            false,
+        )
+        .await;
+        let _ = sybil.handle.dial(guarded.addr.clone()).await;
+        sybils.push(sybil);
+    }
+    let guarded_id = guarded.peer_id();
+    let mut connected = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        connected.clear();
+        for (i, sybil) in sybils.iter().enumerate() {
+            if sybil
+                .handle
+                .connected_peers()
+                .await
+                .expect("runs")
+                .contains(&guarded_id)
+            {
+                connected.push(i);
+            }
+        }
+        if connected.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Give refused dials time to be refused, then count again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let inbound = guarded.handle.connected_peers().await.expect("runs");
+    assert_eq!(inbound.len(), 2, "{inbound:?}");
+
+    // One of them leaves: another key from the same address gets its place.
+    let leaving = connected[0];
+    sybils.remove(leaving).stop().await;
+    let waiting: Vec<usize> = (0..sybils.len())
+        .filter(|i| !inbound.contains(&sybils[*i].peer_id()))
+        .collect();
+    let next = &sybils[waiting[0]];
+    let _ = next.handle.dial(guarded.addr.clone()).await;
+    let mut taken = false;
+    for _ in 0..50 {
+        if guarded
+            .handle
+            .connected_peers()
+            .await
+            .expect("runs")
+            .contains(&next.peer_id())
+        {
+            taken = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        taken,
+        "the freed slot was taken by the next peer from that address"
+    );
+    assert_eq!(
+        guarded.handle.connected_peers().await.expect("runs").len(),
+        2
+    );
+    for sybil in sybils {
+        sybil.stop().await;
+    }
+    guarded.stop().await;
+}

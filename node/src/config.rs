@@ -434,7 +434,8 @@ pub struct MeshSection {
     pub mdns: bool,
     /// Also use QUIC (ignored in private fleets, where pnet needs TCP). Default on.
     pub quic: bool,
-    /// Relax gossip scoring's penalty for many peers on one IP (local fleets). Default off.
+    /// Many nodes on one host (local fleets): no gossip-scoring penalty for peers sharing an
+    /// IP, and no cap on inbound connections per address (8) and per /24 (32). Default off.
     pub allow_colocated_peers: bool,
 }
 
