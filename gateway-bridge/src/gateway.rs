@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::tls::{GatewayTls, check_url, client_config, connect};
+use crate::tls::{GatewayEndpoint, GatewayTls};
 use crate::{DeviceAuthRequest, DeviceProof};
 
 /// Largest frame accepted before `hello-ok` says otherwise.
@@ -144,14 +144,12 @@ pub async fn run_node(
     shutdown: CancellationToken,
     sessions: Option<watch::Sender<Option<Session>>>,
 ) -> Result<(), GatewayError> {
-    check_url(&config.url).map_err(|e| GatewayError::Unusable(e.to_string()))?;
-    if config.url.starts_with("wss://") {
-        client_config(&config.tls).map_err(|e| GatewayError::Unusable(e.to_string()))?;
-    }
+    let endpoint = GatewayEndpoint::new(&config.url, &config.tls)
+        .map_err(|e| GatewayError::Unusable(e.to_string()))?;
     let mut backoff = BACKOFF_START;
     loop {
         let ended = tokio::select! {
-            ended = connect_and_serve(&identity, &config, &handler, sessions.as_ref()) => ended,
+            ended = connect_and_serve(&endpoint, &identity, &config, &handler, sessions.as_ref()) => ended,
             () = shutdown.cancelled() => Ended::Shutdown,
         };
         if let Some(sessions) = &sessions {
@@ -387,17 +385,14 @@ fn invoke_result(
 }
 
 async fn connect_and_serve(
+    endpoint: &GatewayEndpoint,
     identity: &Arc<NodeIdentity>,
     config: &GatewayConfig,
     handler: &Arc<dyn GatewayHandler>,
     sessions: Option<&watch::Sender<Option<Session>>>,
 ) -> Ended {
-    let connecting = connect(&config.url, &config.tls);
-    let mut socket = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+    let mut socket = match tokio::time::timeout(HANDSHAKE_TIMEOUT, endpoint.connect()).await {
         Err(_) => return Ended::Retry("no connection within 15 s".to_owned()),
-        Ok(Err(error)) if error.is_final() => {
-            return Ended::Fatal(GatewayError::Unusable(error.to_string()));
-        }
         Ok(Err(error)) => return Ended::Retry(format!("connecting: {error}")),
         Ok(Ok(socket)) => socket,
     };

@@ -202,18 +202,11 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             "listen_addrs": addrs.iter().map(|a| format!("{a}/p2p/{peer}")).collect::<Vec<_>>(),
         })
     );
-    let pins = args
-        .gateway_pin_sha256
-        .iter()
-        .map(|pin| pin.parse())
-        .collect::<Result<Vec<_>, _>>()
+    let tls = GatewayTls::from_settings(args.gateway_ca_file.clone(), &args.gateway_pin_sha256)
         .context("--gateway-pin-sha256")?;
     let gateway = GatewayConfig {
         url: args.gateway.clone(),
-        tls: GatewayTls {
-            ca_file: args.gateway_ca_file.clone(),
-            pins,
-        },
+        tls,
         token,
         display_name: args.name.clone(),
         caps: vec!["fleet".to_owned()],

@@ -51,13 +51,11 @@ async fn next_text(socket: &mut crate::tls::GatewaySocket) -> Result<Value, Stri
 impl OperatorClient {
     /// Connects to `url` with `token`, proving `identity` as the operator's device.
     pub async fn connect(url: &str, token: &str, identity: &NodeIdentity) -> Result<Self, String> {
-        let mut socket = tokio::time::timeout(
-            Duration::from_secs(15),
-            crate::tls::connect(url, &crate::tls::GatewayTls::default()),
-        )
-        .await
-        .map_err(|_| "no connection within 15 s".to_owned())?
-        .map_err(|e| e.to_string())?;
+        let endpoint = crate::tls::GatewayEndpoint::new(url, &crate::tls::GatewayTls::default())
+            .map_err(|e| e.to_string())?;
+        let mut socket = tokio::time::timeout(Duration::from_secs(15), endpoint.connect())
+            .await
+            .map_err(|_| "no connection within 15 s".to_owned())??;
         let challenge = next_text(&mut socket).await?;
         let nonce = challenge["payload"]["nonce"]
             .as_str()

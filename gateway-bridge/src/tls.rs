@@ -37,6 +37,22 @@ pub struct GatewayTls {
     pub pins: Vec<CertificatePin>,
 }
 
+impl GatewayTls {
+    /// From the settings as an operator writes them: a CA file, and pins as text.
+    pub fn from_settings(
+        ca_file: Option<PathBuf>,
+        pins: &[impl AsRef<str>],
+    ) -> Result<Self, TlsError> {
+        Ok(Self {
+            ca_file,
+            pins: pins
+                .iter()
+                .map(|pin| pin.as_ref().parse())
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
 /// A certificate's SHA-256, as 64 hex digits (colons between bytes allowed).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct CertificatePin([u8; 32]);
@@ -91,7 +107,7 @@ pub enum TlsError {
 
 /// How the client's TLS is set up: trust as `tls` says, ring for cryptography (the workspace's
 /// rustls has more than one provider compiled in, so one is named).
-pub(crate) fn client_config(tls: &GatewayTls) -> Result<Arc<ClientConfig>, TlsError> {
+fn client_config(tls: &GatewayTls) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
@@ -243,100 +259,121 @@ impl AsyncWrite for GatewayStream {
 /// A WebSocket to the gateway.
 pub type GatewaySocket = WebSocketStream<GatewayStream>;
 
-/// Why a connection to the gateway failed.
+/// Why a gateway URL or its TLS settings cannot be used (trying again would not help).
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// The URL cannot be used at all (retrying would not help).
+pub enum EndpointError {
+    /// The URL cannot be used.
     #[error("gateway URL {url:?}: {why}")]
     Url {
-        /// The URL, without anything after its authority.
+        /// The URL, without anything that could be a credential.
         url: String,
         /// What is wrong with it.
         why: &'static str,
     },
-    /// The TLS setup is wrong (retrying would not help).
+    /// The TLS settings are wrong.
     #[error(transparent)]
     Tls(#[from] TlsError),
-    /// The gateway could not be reached, or its certificate was refused, or the WebSocket
-    /// handshake failed.
-    #[error("{0}")]
-    Connect(String),
 }
 
-impl ConnectError {
-    /// Whether trying again could succeed.
-    pub fn is_final(&self) -> bool {
-        matches!(self, Self::Url { .. } | Self::Tls(_))
+/// A gateway URL checked once, with its TLS set up once (roots read, pins parsed), to connect
+/// to again and again: a reconnect reads nothing from disk.
+#[derive(Clone)]
+pub struct GatewayEndpoint {
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    host: String,
+    port: u16,
+    /// The TLS client and the name the certificate must carry, for `wss://`.
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+}
+
+impl fmt::Debug for GatewayEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayEndpoint")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls.is_some())
+            .finish()
     }
 }
 
-/// Checks that `url` is a `ws://` or `wss://` URL with a host and no credentials or query (the
-/// token goes in the first frame, never in the URL).
-pub fn check_url(url: &str) -> Result<(), ConnectError> {
-    // Shown without anything that could be a credential: no query, no user information.
-    let shown = url.split(['?', '#']).next().unwrap_or_default();
-    let shown = match shown.split_once("://") {
-        Some((scheme, rest)) => {
-            format!("{scheme}://{}", rest.rsplit('@').next().unwrap_or_default())
+impl GatewayEndpoint {
+    /// Checks that `url` is a `ws://` or `wss://` URL with a host and no credentials or query
+    /// (the token goes in the first frame, never in the URL), and sets up TLS as `tls` says
+    /// for `wss://`.
+    pub fn new(url: &str, tls: &GatewayTls) -> Result<Self, EndpointError> {
+        // Shown without anything that could be a credential: no query, no user information.
+        let shown = url.split(['?', '#']).next().unwrap_or_default();
+        let shown = match shown.split_once("://") {
+            Some((scheme, rest)) => {
+                format!("{scheme}://{}", rest.rsplit('@').next().unwrap_or_default())
+            }
+            None => String::new(),
+        };
+        let refused = |why| EndpointError::Url {
+            url: shown.clone(),
+            why,
+        };
+        let request = url
+            .into_client_request()
+            .map_err(|_| refused("not a ws:// or wss:// URL"))?;
+        let uri = request.uri();
+        let secure = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            _ => return Err(refused("must be ws:// or wss:// with a host")),
+        };
+        let host = uri
+            .host()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        if host.is_empty() {
+            return Err(refused("must be ws:// or wss:// with a host"));
         }
-        None => String::new(),
-    };
-    let refused = |why| ConnectError::Url {
-        url: shown.clone(),
-        why,
-    };
-    let request = url
-        .into_client_request()
-        .map_err(|_| refused("not a ws:// or wss:// URL"))?;
-    let uri = request.uri();
-    if !matches!(uri.scheme_str(), Some("ws" | "wss")) || uri.host().is_none_or(str::is_empty) {
-        return Err(refused("must be ws:// or wss:// with a host"));
+        if uri.query().is_some() || uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(refused(
+                "must carry no credentials or query: the token is read from the token file and sent inside the connection",
+            ));
+        }
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        let tls = if secure {
+            let name = ServerName::try_from(host.clone())
+                .map_err(|_| refused("the host is not a DNS name or IP address"))?;
+            Some((client_config(tls)?, name))
+        } else {
+            None
+        };
+        Ok(Self {
+            request,
+            host,
+            port,
+            tls,
+        })
     }
-    if uri.query().is_some() || uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-        return Err(refused(
-            "must carry no credentials or query: the token is read from the token file and sent inside the connection",
-        ));
-    }
-    Ok(())
-}
 
-/// Opens a WebSocket to `url`, over TLS trusted as `tls` says when the URL is `wss://`.
-pub async fn connect(url: &str, tls: &GatewayTls) -> Result<GatewaySocket, ConnectError> {
-    check_url(url)?;
-    let request = url
-        .into_client_request()
-        .map_err(|e| ConnectError::Connect(e.to_string()))?;
-    let uri = request.uri().clone();
-    let secure = uri.scheme_str() == Some("wss");
-    let host = uri
-        .host()
-        .unwrap_or_default()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
-    let tcp = TcpStream::connect((host.as_str(), port))
-        .await
-        .map_err(|e| ConnectError::Connect(format!("connecting to {host}:{port}: {e}")))?;
-    let _ = tcp.set_nodelay(true);
-    let stream = if secure {
-        let config = client_config(tls)?;
-        let name = ServerName::try_from(host.clone()).map_err(|_| ConnectError::Url {
-            url: format!("wss://{host}"),
-            why: "the host is not a DNS name or IP address",
-        })?;
-        let tls_stream = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
+    /// Opens a WebSocket to the gateway; an error says why, and trying again may succeed.
+    pub async fn connect(&self) -> Result<GatewaySocket, String> {
+        let (host, port) = (self.host.as_str(), self.port);
+        let tcp = TcpStream::connect((host, port))
             .await
-            .map_err(|e| ConnectError::Connect(format!("TLS with {host}:{port}: {e}")))?;
-        GatewayStream::Tls(Box::new(tls_stream))
-    } else {
-        GatewayStream::Plain(tcp)
-    };
-    let (socket, _) = tokio_tungstenite::client_async(request, stream)
-        .await
-        .map_err(|e| ConnectError::Connect(e.to_string()))?;
-    Ok(socket)
+            .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let stream = match &self.tls {
+            Some((config, name)) => {
+                let tls_stream = tokio_rustls::TlsConnector::from(Arc::clone(config))
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| format!("TLS with {host}:{port}: {e}"))?;
+                GatewayStream::Tls(Box::new(tls_stream))
+            }
+            None => GatewayStream::Plain(tcp),
+        };
+        let (socket, _) = tokio_tungstenite::client_async(self.request.clone(), stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(socket)
+    }
 }
 
 #[cfg(test)]
@@ -360,16 +397,19 @@ mod tests {
 
     #[test]
     fn a_url_with_credentials_or_a_query_is_refused_without_echoing_them() {
-        check_url("ws://127.0.0.1:18789").unwrap();
-        check_url("wss://gateway.example:443/ws").unwrap();
+        let tls = GatewayTls::default();
+        let plain = GatewayEndpoint::new("ws://127.0.0.1:18789", &tls).unwrap();
+        assert_eq!((plain.port, plain.tls.is_some()), (18789, false));
+        let secure = GatewayEndpoint::new("wss://gateway.example/ws", &tls).unwrap();
+        assert_eq!((secure.port, secure.tls.is_some()), (443, true));
         for url in [
             "wss://gateway.example/?token=secret-token",
             "wss://user:secret-token@gateway.example/",
             "http://gateway.example/",
             "wss:///nohost",
         ] {
-            let error = check_url(url).unwrap_err();
-            assert!(error.is_final());
+            let error = GatewayEndpoint::new(url, &tls).unwrap_err();
+            assert!(matches!(error, EndpointError::Url { .. }), "{error}");
             assert!(!error.to_string().contains("secret-token"), "{error}");
         }
     }

@@ -39,12 +39,12 @@ use claw_api::market::{
 use claw_api::node::{GpuMetrics as GpuMetricsCommand, NodeHealth};
 use claw_api::workload::{LogsParams, WorkloadList, WorkloadLogs};
 use claw_api::{Command, Role};
-use claw_mesh::{
-    ApiToken, ErrorCode, InvokeFailure, InvokeHandler as _, InvokeRequest, InvokeResponse,
-};
+use claw_mesh::{ApiToken, ErrorCode, InvokeFailure, InvokeRequest};
 use serde::Deserialize;
 
-use crate::control::{ControlState, authorized, bearer, failure_response, unauthorized};
+use crate::control::{
+    ControlState, answer_response, authorized, bearer, failure_response, unauthorized,
+};
 
 /// How often a snapshot (or a workload's log tail) is sent.
 const EVERY: Duration = Duration::from_secs(1);
@@ -444,9 +444,5 @@ async fn act(State(state): State<ControlState>, headers: HeaderMap, body: Bytes)
     if let Viewer::Key(token) = viewer {
         request.api_key = Some(token);
     }
-    let local = state.mesh().local_peer_id();
-    match state.commands().handle(local, request).await {
-        InvokeResponse::Ok(value) => axum::Json(InvokeResponse::Ok(value)).into_response(),
-        InvokeResponse::Error(failure) => failure_response(failure),
-    }
+    answer_response(state.run_here(request).await)
 }

@@ -72,6 +72,21 @@ pub struct ControlState {
 }
 
 impl ControlState {
+    /// Runs `request` on this node as its own caller (the control API's), cut off at the
+    /// request's deadline.
+    pub(crate) async fn run_here(&self, request: InvokeRequest) -> Result<Value, InvokeFailure> {
+        let deadline = Duration::from_millis(request.deadline_ms);
+        let local = self.mesh.local_peer_id();
+        match tokio::time::timeout(deadline, self.commands.handle(local, request)).await {
+            Ok(InvokeResponse::Ok(value)) => Ok(value),
+            Ok(InvokeResponse::Error(failure)) => Err(failure),
+            Err(_) => Err(InvokeFailure::new(
+                ErrorCode::Timeout,
+                format!("no answer within {} ms", deadline.as_millis()),
+            )),
+        }
+    }
+
     /// State for a node whose mesh is `mesh` and whose commands are `commands`.
     pub fn new(
         token: String,
@@ -385,17 +400,16 @@ async fn invoke(State(state): State<ControlState>, headers: HeaderMap, body: Byt
         }
     };
     let result = if target == local {
-        match tokio::time::timeout(deadline, state.commands.handle(local, request)).await {
-            Ok(InvokeResponse::Ok(value)) => Ok(value),
-            Ok(InvokeResponse::Error(failure)) => Err(failure),
-            Err(_) => Err(InvokeFailure::new(
-                ErrorCode::Timeout,
-                format!("no answer within {} ms", deadline.as_millis()),
-            )),
-        }
+        state.run_here(request).await
     } else {
         state.mesh.invoke(target, request).await
     };
+    answer_response(result)
+}
+
+/// The control API's answer for a command's result: `{"ok": …}`, or `{"error": …}` with the
+/// status its code maps to.
+pub(crate) fn answer_response(result: Result<Value, InvokeFailure>) -> Response {
     match result {
         Ok(value) => Json(InvokeResponse::Ok(value)).into_response(),
         Err(failure) => failure_response(failure),

@@ -523,15 +523,11 @@ fn connect_gateway(
     };
     let section = &dir.config().gateway;
     let role = section.role;
-    let tls = GatewayTls {
-        ca_file: section.ca_file.as_ref().map(PathBuf::from),
-        pins: section
-            .pin_sha256
-            .iter()
-            .map(|pin| pin.parse())
-            .collect::<Result<_, _>>()
-            .map_err(StartError::GatewayTls)?,
-    };
+    let tls = GatewayTls::from_settings(
+        section.ca_file.as_ref().map(PathBuf::from),
+        &section.pin_sha256,
+    )
+    .map_err(StartError::GatewayTls)?;
     let config = GatewayConfig {
         url,
         tls,

@@ -10,6 +10,7 @@
 //! `withheld` instead.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use claw_api::auth::ApiToken;
@@ -35,10 +36,9 @@ const HISTORY_DAYS: u64 = 30;
 /// The newest fan-out, shared by viewers with the same API key.
 #[derive(Default)]
 pub(super) struct ConsoleCache {
-    latest: tokio::sync::Mutex<Option<FannedOut>>,
+    latest: tokio::sync::Mutex<Option<Arc<FannedOut>>>,
 }
 
-#[derive(Clone)]
 struct FannedOut {
     key: Option<ApiToken>,
     at: Instant,
@@ -79,13 +79,7 @@ impl FleetCommands {
             self.ask_member::<MarketHistory>(&history, call.clone()),
             self.ask_member::<DeployList>(&NoParams {}, call),
         );
-        let (readings, workloads, running) = match fanned {
-            Some(fanned) => {
-                withheld.extend(fanned.missing);
-                (fanned.readings, fanned.workloads, fanned.running)
-            }
-            None => (Vec::new(), Vec::new(), BTreeMap::new()),
-        };
+        withheld.extend(fanned.missing.iter().cloned());
         let mut part = |name: &str, error: claw_api::InvokeFailure| {
             withheld.push(format!("{name}: {}", error.message));
         };
@@ -103,7 +97,7 @@ impl FleetCommands {
                 listing
                     .deployments
                     .iter()
-                    .map(|d| ConsoleDeployment::of(d, &running))
+                    .map(|d| ConsoleDeployment::of(d, &fanned.running))
                     .collect()
             })
             .map_err(|e| part(DeployList::NAME, e))
@@ -121,8 +115,8 @@ impl FleetCommands {
             // Two announcements missed at the fleet's default interval.
             silent_after_ms: 2 * duration_ms(MeshConfig::default().announce_interval) + 1000,
             nodes,
-            readings,
-            workloads,
+            readings: fanned.readings.clone(),
+            workloads: fanned.workloads.clone(),
             deployments,
             offers,
             leases,
@@ -133,59 +127,60 @@ impl FleetCommands {
     /// The newest readings and workloads, asked again when older than [`FAN_OUT_EVERY`] or
     /// asked under another API key. Viewers wait for one fan-out in flight rather than start
     /// their own.
-    async fn fanned_out(&self) -> Option<FannedOut> {
+    async fn fanned_out(&self) -> Arc<FannedOut> {
         let mut latest = self.console.latest.lock().await;
-        let fresh = latest
+        if let Some(fanned) = latest
             .as_ref()
-            .is_some_and(|f| f.key == self.api_key && f.at.elapsed() < FAN_OUT_EVERY);
-        if !fresh {
-            let (gpus, workloads) = tokio::join!(
-                self.gpus(GpusParams {
-                    model: None,
-                    live: true,
-                }),
-                self.workloads(WorkloadsParams::default()),
-            );
-            let readings = gpus
-                .gpus
-                .into_iter()
-                .filter_map(|g| g.metrics.map(|r| ConsoleReading::from(&r.metrics)))
-                .collect();
-            let mut missing = Vec::new();
-            let workloads = match workloads {
-                Ok(listing) => {
-                    missing.extend(
-                        listing
-                            .unreachable
-                            .into_iter()
-                            .map(|f| format!("workloads of {}: {}", f.node, f.error)),
-                    );
-                    let mut workloads: Vec<ConsoleWorkload> = listing
-                        .workloads
-                        .into_iter()
-                        .map(|w| ConsoleWorkload::of(w.node, w.workload))
-                        .collect();
-                    workloads.sort_by_key(|w| std::cmp::Reverse(w.created_ms));
-                    workloads
-                }
-                Err(error) => {
-                    missing.push(format!("workloads: {}", error.message));
-                    Vec::new()
-                }
-            };
-            let running = running_replicas(&workloads);
-            let mut workloads = workloads;
-            workloads.truncate(LISTED);
-            *latest = Some(FannedOut {
-                key: self.api_key.clone(),
-                at: Instant::now(),
-                readings,
-                workloads,
-                running,
-                missing,
-            });
+            .filter(|f| f.key == self.api_key && f.at.elapsed() < FAN_OUT_EVERY)
+        {
+            return Arc::clone(fanned);
         }
-        latest.clone()
+        let (gpus, workloads) = tokio::join!(
+            self.gpus(GpusParams {
+                model: None,
+                live: true,
+            }),
+            self.workloads(WorkloadsParams::default()),
+        );
+        let readings = gpus
+            .gpus
+            .into_iter()
+            .filter_map(|g| g.metrics.map(|r| ConsoleReading::from(&r.metrics)))
+            .collect();
+        let mut missing = Vec::new();
+        let mut workloads = match workloads {
+            Ok(listing) => {
+                missing.extend(
+                    listing
+                        .unreachable
+                        .into_iter()
+                        .map(|f| format!("workloads of {}: {}", f.node, f.error)),
+                );
+                let mut workloads: Vec<ConsoleWorkload> = listing
+                    .workloads
+                    .into_iter()
+                    .map(|w| ConsoleWorkload::of(w.node, w.workload))
+                    .collect();
+                workloads.sort_by_key(|w| std::cmp::Reverse(w.created_ms));
+                workloads
+            }
+            Err(error) => {
+                missing.push(format!("workloads: {}", error.message));
+                Vec::new()
+            }
+        };
+        let running = running_replicas(&workloads);
+        workloads.truncate(LISTED);
+        let fresh = Arc::new(FannedOut {
+            key: self.api_key.clone(),
+            at: Instant::now(),
+            readings,
+            workloads,
+            running,
+            missing,
+        });
+        *latest = Some(Arc::clone(&fresh));
+        fresh
     }
 }
 

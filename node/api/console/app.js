@@ -271,6 +271,12 @@ function show(snapshot) {
     push(kept.mem, r.memory_total_bytes ? (100 * (r.memory_used_bytes || 0)) / r.memory_total_bytes : 0);
     state.readings.set(r.uuid, kept);
   }
+  // GPUs that left the fleet take their history with them (a missed reading or two keeps it).
+  const read = snapshot.readings || [];
+  if (state.readings.size > 2 * read.length + 64) {
+    const current = new Set(read.map((r) => r.uuid));
+    for (const uuid of state.readings.keys()) if (!current.has(uuid)) state.readings.delete(uuid);
+  }
   $("login").hidden = true;
   $("app").hidden = false;
   setLive(true, `live · ${new Date(snapshot.at_ms).toLocaleTimeString()}`);

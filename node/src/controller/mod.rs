@@ -37,7 +37,7 @@ use crate::store::{ObjectKind, Store};
 use crate::workloads::{WorkloadRecord, Workloads};
 use plan::{Action, Candidate, Goal, is_available, ranking, template_digest};
 
-pub use claw_api::deploy::DEPLOYMENT_LABEL;
+use claw_api::deploy::DEPLOYMENT_LABEL;
 /// Label with the revision a replica was started from.
 const REVISION_LABEL: &str = "clawbernetes-revision";
 /// Label with the digest of the template a replica runs.

@@ -83,6 +83,8 @@ export class ConsoleTab {
   private waiting: { resolve: (files: ConsoleFiles) => void; reject: (error: Error) => void }[] = [];
   private wake: () => void = () => {};
   private running = false;
+  /** Requests waiting for the console's files: they count toward MAX_OPEN_TABS too. */
+  private opening = 0;
 
   constructor(bridge: Bridge, everyMs: number = SNAPSHOT_EVERY_MS) {
     this.bridge = bridge;
@@ -118,18 +120,21 @@ export class ConsoleTab {
       res.end("the Fleet tab only reads\n");
       return true;
     }
-    if (this.tabs.size >= MAX_OPEN_TABS) {
+    if (this.tabs.size + this.opening >= MAX_OPEN_TABS) {
       res.writeHead(503, { "Retry-After": "10", "Content-Type": "text/plain; charset=utf-8" });
       res.end(`${MAX_OPEN_TABS} Fleet tabs are open already; close one and reload\n`);
       return true;
     }
     let files: ConsoleFiles;
+    this.opening += 1;
     try {
       files = this.files ?? (await this.page());
     } catch (error) {
       res.writeHead(502, { "Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store" });
       res.end(`The Clawbernetes bridge did not give the console: ${message(error)}\n`);
       return true;
+    } finally {
+      this.opening -= 1;
     }
     const nonce = randomBytes(18).toString("base64");
     res.writeHead(200, {
@@ -200,8 +205,10 @@ export class ConsoleTab {
     }
   }
 
+  /** Writes `call` into `tab`, unless the tab has not yet taken what was written before: a
+   * viewer that does not read skips snapshots instead of piling them up in the plugin. */
   private write(tab: OpenTab, call: string): void {
-    if (!tab.closed) tab.res.write(`<script nonce="${tab.nonce}">${call}</script>\n`);
+    if (!tab.closed && !tab.res.writableNeedDrain) tab.res.write(`<script nonce="${tab.nonce}">${call}</script>\n`);
   }
 
   private close(tab: OpenTab, why: string): void {

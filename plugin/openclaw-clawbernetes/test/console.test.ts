@@ -146,6 +146,33 @@ test("the tab only reads, says when the bridge is away, and answers only its own
   }
 });
 
+test("a tab that does not read skips snapshots instead of piling them up", async () => {
+  // About 1 MB a snapshot, every 20 ms: 75 MB in 1.5 s for a viewer that reads nothing.
+  const big = "x".repeat(1_000_000);
+  const { bridge } = bridgeAnswering(() => ({ nodes: [{ name: big }] }));
+  const tab = new ConsoleTab(bridge, 20);
+  tab.start();
+  let answer: import("node:http").ServerResponse | undefined;
+  const server = createServer((req, res) => {
+    answer = res;
+    void tab.handle(req, res);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}${CONSOLE_PATH}`;
+  try {
+    const req = request(url, (res) => res.pause());
+    req.end();
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    assert.equal(tab.openTabs(), 1);
+    assert.ok(answer!.writableLength < 3_000_000, `${answer!.writableLength} bytes waiting for a viewer that does not read`);
+    req.destroy();
+    tab.stop();
+  } finally {
+    server.closeAllConnections();
+    server.close();
+  }
+});
+
 test("a bridge without the console answers 502 and nothing else", async () => {
   const runtime: NodesRuntime = {
     async list() {
