@@ -53,6 +53,7 @@ fn member(i: usize) -> FleetMember {
             },
             running_workloads: (i % 5) as u32,
             taints: Vec::new(),
+            reachability: Default::default(),
             cordoned: i.is_multiple_of(97),
         },
         seq: 1,

@@ -700,6 +700,7 @@ impl FleetCommands {
                     simulated: a.inventory.gpus.iter().any(|g| g.simulated),
                     models: a.inventory.gpus.iter().map(|g| g.model.clone()).collect(),
                     software_version: a.software_version.clone(),
+                    reachability: a.reachability_text().to_owned(),
                     announced_ms_ago: now.saturating_sub(m.issued_at_ms),
                 }
             })
@@ -1222,6 +1223,7 @@ mod tests {
                 cordoned: false,
                 running_workloads: 0,
                 taints: Vec::new(),
+                reachability: Default::default(),
             },
             seq: 1,
             issued_at_ms: 0,

@@ -103,9 +103,21 @@ pub enum LocalnetError {
         /// The RPC port.
         rpc_port: u16,
     },
-    /// Only loopback addresses are served.
-    #[error("the embedded chain serves loopback only, not {0}")]
-    NotLoopback(SocketAddr),
+    /// Only loopback and private-network addresses are served.
+    #[error(
+        "the embedded chain serves loopback and private-network addresses only (a lab's hosts), not {0}"
+    )]
+    NotPrivate(SocketAddr),
+}
+
+/// Whether `ip` is loopback or on a private network (RFC 1918, IPv6 unique local): the only
+/// places a chain whose faucet answers anyone may listen, and so the only chains a wallet asks
+/// for airdrops.
+pub fn serves_privately(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
+        std::net::IpAddr::V6(v6) => v6.is_loopback() || v6.is_unique_local(),
+    }
 }
 
 /// A running embedded chain. Stops when dropped.
@@ -130,8 +142,8 @@ impl EmbeddedChain {
         addr: SocketAddr,
         ledger: Option<PathBuf>,
     ) -> Result<Self, LocalnetError> {
-        if !addr.ip().is_loopback() {
-            return Err(LocalnetError::NotLoopback(addr));
+        if !serves_privately(addr.ip()) {
+            return Err(LocalnetError::NotPrivate(addr));
         }
         let (rpc_listener, pubsub_listener) = bind_port_pair(addr).await?;
         let rpc_addr = rpc_listener
@@ -257,6 +269,28 @@ impl Drop for EmbeddedChain {
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod serving_tests {
+    use super::serves_privately;
+
+    #[test]
+    fn the_chain_serves_loopback_and_private_networks_only() {
+        for ip in [
+            "127.0.0.1",
+            "10.77.0.2",
+            "172.16.4.1",
+            "192.168.1.9",
+            "::1",
+            "fd00::1",
+        ] {
+            assert!(serves_privately(ip.parse().expect("ip")), "{ip}");
+        }
+        for ip in ["0.0.0.0", "8.8.8.8", "100.64.0.1", "::", "2001:db8::1"] {
+            assert!(!serves_privately(ip.parse().expect("ip")), "{ip}");
         }
     }
 }

@@ -319,6 +319,7 @@ fn synthetic_member(i: usize) -> FleetMember {
             allocated_gpus: allocated,
             running_workloads: 0,
             taints: Vec::new(),
+            reachability: Default::default(),
             cordoned: false,
         },
         seq: 1,

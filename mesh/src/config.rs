@@ -61,6 +61,20 @@ pub struct MeshConfig {
     pub allow_colocated_peers: bool,
     /// Gossipsub heartbeat. Default 1 s.
     pub heartbeat_interval: Duration,
+    /// Serve as a circuit relay (v2) for nodes behind NAT. Needs an address peers can dial:
+    /// one in `external_addrs`, or one AutoNAT confirms. Default off.
+    pub relay_server: bool,
+    /// Relays to listen through, each ending in `/p2p/<peer id>`. With none, a node that
+    /// AutoNAT finds private picks up to two connected peers that serve as relays. Default none.
+    pub relays: Vec<Multiaddr>,
+    /// Addresses peers can reach this node at (a public IP, a port forward), taken as
+    /// confirmed without probing. Default none: AutoNAT finds them.
+    pub external_addrs: Vec<Multiaddr>,
+    /// Let AutoNAT probes count private IP addresses (10/8, 192.168/16, …) as reachable, and
+    /// answer probes from peers at such addresses, for fleets whose shared network is private
+    /// (a campus, a VPC, a lab). A probe only ever dials back the address it came from.
+    /// Default off: only global addresses count.
+    pub nat_probe_private_addresses: bool,
 }
 
 impl Default for MeshConfig {
@@ -90,6 +104,10 @@ impl Default for MeshConfig {
             known_peers_file: None,
             allow_colocated_peers: false,
             heartbeat_interval: Duration::from_secs(1),
+            relay_server: false,
+            relays: Vec::new(),
+            external_addrs: Vec::new(),
+            nat_probe_private_addresses: false,
         }
     }
 }

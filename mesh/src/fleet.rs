@@ -11,6 +11,8 @@ use claw_attestation::{HardwareInventory, PayloadKind, SignedPayload};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
+use crate::nat::Reachability;
+
 /// What a node tells its fleet about itself, signed and gossiped periodically and on change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,6 +40,8 @@ pub struct NodeAnnouncement {
     /// Its taints, as `key[=value]:Effect` (work that does not tolerate them is kept off).
     /// (Announcements are bincode: every field is always written.)
     pub taints: Vec<String>,
+    /// Whether peers can dial it, as its AutoNAT probes found.
+    pub reachability: Reachability,
 }
 
 impl SignedPayload for NodeAnnouncement {
@@ -52,6 +56,16 @@ impl NodeAnnouncement {
             .iter()
             .filter(|g| !self.allocated_gpus.contains(&g.uuid))
             .count()
+    }
+
+    /// How peers reach the node: `public` (they can dial it), `relayed` (behind NAT, listening
+    /// through a relay), `private` (behind NAT, no relay yet) or `unknown` (not yet probed).
+    pub fn reachability_text(&self) -> &'static str {
+        match self.reachability {
+            Reachability::Public => "public",
+            _ if self.listen_addrs.iter().any(|a| a.contains("/p2p-circuit")) => "relayed",
+            other => other.as_str(),
+        }
     }
 
     /// The node as the fleet console lists it: `local` when it is the node serving the
@@ -70,6 +84,7 @@ impl NodeAnnouncement {
             cordoned: self.cordoned,
             running_workloads: self.running_workloads,
             software_version: self.software_version.clone(),
+            reachability: self.reachability_text().to_owned(),
             announced_ms,
             gpus: self
                 .inventory
@@ -268,6 +283,7 @@ mod tests {
                 allocated_gpus: vec![],
                 running_workloads: 0,
                 taints: Vec::new(),
+                reachability: Default::default(),
                 cordoned: false,
             },
             seq,

@@ -118,8 +118,12 @@ impl InboundLimits {
     }
 }
 
-/// The IP address a multiaddr starts from, if it has one.
+/// The IP address a multiaddr starts from, if it has one. A relayed connection has none of its
+/// own (its address is the relay's): the relay's circuit limits bound those.
 fn ip_of(address: &Multiaddr) -> Option<IpAddr> {
+    if crate::nat::is_relayed(address) {
+        return None;
+    }
     address.iter().find_map(|p| match p {
         Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
         Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),

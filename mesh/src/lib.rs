@@ -13,6 +13,7 @@ mod fleet;
 mod inbound;
 mod invoke;
 mod known_peers;
+mod nat;
 mod stats;
 mod swarm;
 
@@ -33,6 +34,7 @@ pub use invoke::{
     InvokeResponse, MAX_COMMAND_LEN, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES,
 };
 pub use libp2p::{Multiaddr, PeerId};
+pub use nat::{ConnectionPath, Reachability, is_relayed};
 pub use stats::{GossipVerdict, MeshCounters};
 
 use swarm::{Command, EventLoop};
@@ -92,6 +94,7 @@ pub struct MeshHandle {
     commands: mpsc::Sender<Command>,
     fleet: Arc<RwLock<FleetView>>,
     stats: Arc<stats::MeshStats>,
+    nat: Arc<RwLock<nat::NatView>>,
     streams: Streams,
 }
 
@@ -147,6 +150,7 @@ impl Mesh {
             topics,
         );
         let stats = event_loop.stats();
+        let nat = event_loop.nat_view();
         event_loop.start()?;
         let task = tokio::spawn(event_loop.run());
         Ok(Self {
@@ -155,6 +159,7 @@ impl Mesh {
                 commands: commands_tx,
                 fleet,
                 stats,
+                nat,
                 streams,
             },
             events: events_rx,
@@ -319,6 +324,22 @@ impl MeshHandle {
     /// Fleet-wide counts from the local view: no network round trip.
     pub fn fleet_status(&self) -> FleetStatus {
         self.read_fleet(FleetView::status)
+    }
+
+    /// Whether peers can dial this node, as AutoNAT last found: no network round trip.
+    pub fn reachability(&self) -> Reachability {
+        self.nat
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .reachability()
+    }
+
+    /// How this node is connected to `peer` now: directly, only through relays, or not at all.
+    pub fn connection_path(&self, peer: &PeerId) -> Option<ConnectionPath> {
+        self.nat
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .path(peer)
     }
 
     fn read_fleet<T>(&self, read: impl FnOnce(&FleetView) -> T) -> T {

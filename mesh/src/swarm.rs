@@ -29,8 +29,8 @@ use libp2p::kad::{self, store::MemoryStore, store::RecordStore as _};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, Transport as _, connection_limits, identify, mdns,
-    noise, ping, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, Transport as _, autonat, connection_limits, dcutr,
+    identify, mdns, noise, ping, relay, tcp, yamux,
 };
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot};
@@ -42,6 +42,7 @@ use crate::invoke::{
     MAX_RESPONSE_BYTES, precheck,
 };
 use crate::known_peers::KnownPeers;
+use crate::nat::{self, NatView, Reachability, RelaySelection};
 use crate::stats::{GossipVerdict, MeshStats};
 use crate::{MeshError, MeshEvent, TopicKind, TopicName};
 
@@ -70,6 +71,10 @@ pub(crate) struct Behaviour {
     invoke: request_response::json::Behaviour<InvokeRequest, InvokeResponse>,
     mdns: Toggle<mdns::tokio::Behaviour>,
     stream: libp2p_stream::Behaviour,
+    autonat: autonat::Behaviour,
+    relay_client: relay::client::Behaviour,
+    relay: Toggle<relay::Behaviour>,
+    dcutr: dcutr::Behaviour,
 }
 
 impl Behaviour {
@@ -140,8 +145,7 @@ pub(crate) struct EventLoop {
     handler: Arc<dyn InvokeHandler>,
     answers_tx: mpsc::Sender<(ResponseChannel<InvokeResponse>, InvokeResponse)>,
     answers_rx: mpsc::Receiver<(ResponseChannel<InvokeResponse>, InvokeResponse)>,
-    pending_invokes:
-        HashMap<OutboundRequestId, oneshot::Sender<Result<InvokeResponse, InvokeFailure>>>,
+    pending_invokes: HashMap<OutboundRequestId, PendingInvoke>,
     pending_providers: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<HashSet<PeerId>>)>,
     pending_puts: HashMap<kad::QueryId, oneshot::Sender<Result<(), MeshError>>>,
     pending_gets: HashMap<kad::QueryId, oneshot::Sender<Option<Vec<u8>>>>,
@@ -154,6 +158,8 @@ pub(crate) struct EventLoop {
     known_peers: KnownPeers,
     listen_addrs: Vec<Multiaddr>,
     stats: Arc<MeshStats>,
+    nat: Arc<RwLock<NatView>>,
+    relays: RelaySelection,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -167,6 +173,15 @@ impl std::fmt::Debug for EventLoop {
 /// SHA-256 of the message data: identical claims get identical ids whoever forwards them.
 fn message_id(message: &gossipsub::Message) -> MessageId {
     MessageId::from(Sha256::digest(&message.data).to_vec())
+}
+
+/// An invoke waiting for its answer. It keeps its request until a connection to the peer
+/// opens: a dial that fails (one of several the swarm may have in flight to the peer, say to a
+/// private address it announced) gets it sent once more, on whatever path opened meanwhile
+/// (a relay's circuit).
+struct PendingInvoke {
+    reply: oneshot::Sender<Result<InvokeResponse, InvokeFailure>>,
+    resend: Option<(PeerId, InvokeRequest)>,
 }
 
 /// The network's gossip topics.
@@ -255,7 +270,9 @@ pub(crate) fn build_swarm(
     topics: &Topics,
 ) -> Result<Swarm<Behaviour>, MeshError> {
     let keypair = identity.libp2p_keypair();
-    let behaviour = |key: &libp2p::identity::Keypair| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+    let behaviour = |key: &libp2p::identity::Keypair,
+                     relay_client: relay::client::Behaviour|
+     -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
         let local = key.public().to_peer_id();
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
         kad_config.set_query_timeout(Duration::from_secs(30));
@@ -284,12 +301,12 @@ pub(crate) fn build_swarm(
                     .with_max_established_per_peer(Some(2))
                     .with_max_pending_incoming(Some(64)),
             ),
-            inbound: crate::inbound::InboundLimits::new(
-                (!config.allow_colocated_peers).then_some(crate::inbound::InboundCaps {
+            inbound: crate::inbound::InboundLimits::new((!config.allow_colocated_peers).then_some(
+                crate::inbound::InboundCaps {
                     per_ip: config.max_inbound_per_ip,
                     per_network: config.max_inbound_per_network,
-                }),
-            ),
+                },
+            )),
             gossipsub: gossipsub_behaviour(config, topics)?,
             kad,
             identify: identify::Behaviour::new(
@@ -306,6 +323,10 @@ pub(crate) fn build_swarm(
             ),
             mdns: Toggle::from(mdns),
             stream: libp2p_stream::Behaviour::new(),
+            autonat: autonat::Behaviour::new(local, autonat_config(config)),
+            relay_client,
+            relay: Toggle::from(config.relay_server.then(|| relay_server(local))),
+            dcutr: dcutr::Behaviour::new(local),
         })
     };
     let idle = config.idle_connection_timeout;
@@ -326,6 +347,8 @@ pub(crate) fn build_swarm(
                 Ok(transport)
             })
             .map_err(|e| build_error(&e))?
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| build_error(&e))?
             .with_behaviour(behaviour)
             .map_err(|e| build_error(&e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
@@ -341,6 +364,8 @@ pub(crate) fn build_swarm(
             )
             .map_err(|e| build_error(&e))?
             .with_quic()
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| build_error(&e))?
             .with_behaviour(behaviour)
             .map_err(|e| build_error(&e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
@@ -354,12 +379,48 @@ pub(crate) fn build_swarm(
                 yamux::Config::default,
             )
             .map_err(|e| build_error(&e))?
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| build_error(&e))?
             .with_behaviour(behaviour)
             .map_err(|e| build_error(&e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
             .build()
     };
     Ok(swarm)
+}
+
+/// AutoNAT: a first probe soon after start, then again until sure, and every 10 minutes.
+fn autonat_config(config: &MeshConfig) -> autonat::Config {
+    autonat::Config {
+        boot_delay: Duration::from_secs(5),
+        retry_interval: Duration::from_secs(30),
+        refresh_interval: Duration::from_secs(600),
+        throttle_server_period: Duration::from_secs(30),
+        only_global_ips: !config.nat_probe_private_addresses,
+        ..autonat::Config::default()
+    }
+}
+
+/// A relay that carries a fleet's traffic until hole punching takes over, and the whole of it
+/// for nodes where punching fails: circuits last 10 minutes and 64 MiB (then re-dialled on
+/// demand), 128 reservations, 64 circuits, 8 per peer.
+fn relay_server(local: PeerId) -> relay::Behaviour {
+    let mut relay = relay::Behaviour::new(
+        local,
+        relay::Config {
+            max_reservations: 128,
+            max_reservations_per_peer: 2,
+            max_circuits: 64,
+            max_circuits_per_peer: 8,
+            max_circuit_duration: Duration::from_secs(600),
+            max_circuit_bytes: 64 * 1024 * 1024,
+            ..relay::Config::default()
+        },
+    );
+    // Offered at once: the operator says this node is reachable (reservations still carry only
+    // confirmed external addresses).
+    relay.set_status(Some(relay::Status::Enable));
+    relay
 }
 
 /// Key under which providers of a GPU model are recorded in Kademlia.
@@ -404,8 +465,15 @@ impl EventLoop {
             known_peers,
             listen_addrs: Vec::new(),
             stats: Arc::default(),
+            nat: Arc::default(),
+            relays: RelaySelection::default(),
             config,
         }
+    }
+
+    /// The reachability view this loop keeps, for handles to read.
+    pub(crate) fn nat_view(&self) -> Arc<RwLock<NatView>> {
+        Arc::clone(&self.nat)
     }
 
     /// The counters this loop keeps, for handles to read.
@@ -419,6 +487,26 @@ impl EventLoop {
             self.swarm
                 .listen_on(address.clone())
                 .map_err(|e| MeshError::Transport(format!("listen on {address}: {e:?}")))?;
+        }
+        for address in self.config.external_addrs.clone() {
+            self.swarm.add_external_address(address);
+        }
+        for relay in self.config.relays.clone() {
+            let Some(peer) = peer_of(&relay) else {
+                return Err(MeshError::Config(format!(
+                    "relay {relay} must end in /p2p/<peer id>"
+                )));
+            };
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, relay.clone());
+            let circuit = nat::circuit_through(&relay, peer);
+            let listener = self
+                .swarm
+                .listen_on(circuit.clone())
+                .map_err(|e| MeshError::Transport(format!("listen through {circuit}: {e:?}")))?;
+            self.relays.listening(listener, peer);
         }
         for (_, topic) in &self.topics.idents {
             self.swarm
@@ -481,7 +569,10 @@ impl EventLoop {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 _ = expiry.tick() => self.expire(),
                 _ = persist.tick() => self.known_peers.save(),
-                _ = rejoin.tick() => self.rejoin_if_alone(),
+                _ = rejoin.tick() => {
+                    self.rejoin_if_alone();
+                    self.listen_through_relays();
+                }
             }
         }
         self.known_peers.save();
@@ -540,12 +631,14 @@ impl EventLoop {
                 request,
                 reply,
             } => {
+                let resend = (!self.swarm.is_connected(&peer)).then(|| (peer, request.clone()));
                 let id = self
                     .swarm
                     .behaviour_mut()
                     .invoke
                     .send_request(&peer, request);
-                self.pending_invokes.insert(id, reply);
+                self.pending_invokes
+                    .insert(id, PendingInvoke { reply, resend });
             }
             Command::Dial { address, reply } => {
                 if let Some(peer) = peer_of(&address) {
@@ -696,14 +789,15 @@ impl EventLoop {
         };
         if peer != self.local_peer_id && addresses_changed {
             // The addresses are signed by the node itself: good enough to dial it by.
-            for address in member
+            let addresses: Vec<Multiaddr> = member
                 .announcement
                 .listen_addrs
                 .iter()
-                .take(8)
+                .take(16)
                 .filter_map(|a| a.parse::<Multiaddr>().ok())
-                .filter(usable_address)
-            {
+                .filter(|a| usable_address(a) && !self.is_own_address(a))
+                .collect();
+            for address in addresses {
                 self.swarm.behaviour_mut().kad.add_address(&peer, address);
             }
         }
@@ -856,13 +950,65 @@ impl EventLoop {
                     tracing::debug!(peer = %peer_id, version = %info.protocol_version, "not a claw peer");
                     return;
                 }
-                for address in info.listen_addrs.iter().filter(|a| usable_address(a)) {
+                let addresses: Vec<Multiaddr> = info
+                    .listen_addrs
+                    .iter()
+                    .filter(|a| usable_address(a) && !self.is_own_address(a))
+                    .cloned()
+                    .collect();
+                for address in addresses {
                     self.swarm
                         .behaviour_mut()
                         .kad
-                        .add_address(&peer_id, address.clone());
+                        .add_address(&peer_id, address);
                 }
                 self.known_peers.remember(peer_id, &info.listen_addrs);
+                if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
+                    self.relays.offered(peer_id, &info.listen_addrs);
+                    self.listen_through_relays();
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged {
+                new,
+                ..
+            })) => {
+                let reachability = match new {
+                    autonat::NatStatus::Public(_) => Reachability::Public,
+                    autonat::NatStatus::Private => Reachability::Private,
+                    autonat::NatStatus::Unknown => Reachability::Unknown,
+                };
+                tracing::info!(reachability = reachability.as_str(), "reachability changed");
+                self.nat
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .set_reachability(reachability);
+                self.listen_through_relays();
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                relay::client::Event::ReservationReqAccepted {
+                    relay_peer_id,
+                    renewal: false,
+                    ..
+                },
+            )) => {
+                tracing::info!(relay = %relay_peer_id, "reachable through a relay");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            })) => match result {
+                Ok(_) => {
+                    tracing::info!(peer = %remote_peer_id, "relayed connection upgraded to a direct one")
+                }
+                Err(error) => {
+                    tracing::debug!(peer = %remote_peer_id, %error, "hole punching failed; staying relayed")
+                }
+            },
+            SwarmEvent::ListenerClosed { listener_id, .. } => {
+                if let Some(relay) = self.relays.listener_closed(listener_id) {
+                    tracing::info!(%relay, "relay listener closed");
+                    self.listen_through_relays();
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
@@ -882,21 +1028,38 @@ impl EventLoop {
                 self.listen_addrs.retain(|a| a != &address);
             }
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                endpoint,
+                connection_id,
+                ..
             } => {
                 tracing::debug!(peer = %peer_id, address = %endpoint.get_remote_address(), "connected");
+                self.nat.write().unwrap_or_else(|p| p.into_inner()).opened(
+                    peer_id,
+                    connection_id,
+                    endpoint.is_relayed(),
+                );
+                self.relays.connected(peer_id, &endpoint);
                 self.stats
                     .set_connected_peers(self.swarm.connected_peers().count());
                 self.emit(MeshEvent::Connected(peer_id));
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
-                self.stats
-                    .set_connected_peers(self.swarm.connected_peers().count());
-                self.emit(MeshEvent::Disconnected(peer_id));
+                self.nat
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .closed(&peer_id, connection_id);
+                if num_established == 0 {
+                    self.relays.disconnected(&peer_id);
+                    self.stats
+                        .set_connected_peers(self.swarm.connected_peers().count());
+                    self.emit(MeshEvent::Disconnected(peer_id));
+                }
             }
             SwarmEvent::IncomingConnectionError {
                 send_back_addr,
@@ -916,6 +1079,44 @@ impl EventLoop {
                 self.log_connection_error("outgoing", &who, &error.to_string());
             }
             _ => {}
+        }
+    }
+
+    /// Whether a peer's address is one this node listens on itself. Peers on other hosts
+    /// announce loopback and private addresses too, often with the same port; dialling one
+    /// reaches this node, and the swarm then fails the whole dial (wrong peer) before the
+    /// addresses that work are tried.
+    fn is_own_address(&self, address: &Multiaddr) -> bool {
+        let mut bare = address.clone();
+        if matches!(
+            bare.iter().last(),
+            Some(libp2p::multiaddr::Protocol::P2p(_))
+        ) {
+            bare.pop();
+        }
+        self.listen_addrs.contains(&bare)
+    }
+
+    /// A node peers cannot dial listens through relays it picked among connected peers that
+    /// serve as one (configured relays are listened through from the start).
+    fn listen_through_relays(&mut self) {
+        let private = self
+            .nat
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .reachability()
+            == Reachability::Private;
+        if !private || !self.config.relays.is_empty() {
+            return;
+        }
+        for (relay, circuit) in self.relays.wanted() {
+            match self.swarm.listen_on(circuit.clone()) {
+                Ok(listener) => {
+                    tracing::info!(%relay, "behind NAT: listening through a relay");
+                    self.relays.listening(listener, relay);
+                }
+                Err(error) => tracing::debug!(%circuit, ?error, "cannot listen through relay"),
+            }
         }
     }
 
@@ -942,8 +1143,8 @@ impl EventLoop {
                     request_id,
                     response,
                 } => {
-                    if let Some(reply) = self.pending_invokes.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
+                    if let Some(pending) = self.pending_invokes.remove(&request_id) {
+                        let _ = pending.reply.send(Ok(response));
                     }
                 }
             },
@@ -953,12 +1154,33 @@ impl EventLoop {
                 error,
                 ..
             } => {
-                if let Some(reply) = self.pending_invokes.remove(&request_id) {
+                let Some(pending) = self.pending_invokes.remove(&request_id) else {
+                    return;
+                };
+                if let (request_response::OutboundFailure::DialFailure, Some((peer, request))) =
+                    (&error, pending.resend)
+                {
+                    tracing::debug!(%peer, "a dial failed before the invoke was sent; sending it once more");
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .invoke
+                        .send_request(&peer, request);
+                    self.pending_invokes.insert(
+                        id,
+                        PendingInvoke {
+                            reply: pending.reply,
+                            resend: None,
+                        },
+                    );
+                    return;
+                }
+                {
                     let code = match error {
                         request_response::OutboundFailure::Timeout => ErrorCode::Timeout,
                         _ => ErrorCode::Unavailable,
                     };
-                    let _ = reply.send(Err(InvokeFailure::new(
+                    let _ = pending.reply.send(Err(InvokeFailure::new(
                         code,
                         format!("invoke on {peer} failed: {error}"),
                     )));

@@ -29,9 +29,19 @@ const FAUCET_MOLT: u64 = 1_000_000;
 
 #[derive(Debug, Args)]
 pub(crate) struct LocalnetArgs {
-    /// Port of the JSON-RPC endpoint on 127.0.0.1.
+    /// Port of the JSON-RPC endpoint.
     #[arg(long, default_value_t = 8899)]
     rpc_port: u16,
+    /// Address the JSON-RPC endpoint listens on. Default 127.0.0.1. A private-network address
+    /// (10/8, 172.16/12, 192.168/16) shares the chain with nodes on other hosts of a lab
+    /// network; anyone who reaches it can ask it for SOL. Public addresses are refused.
+    #[arg(
+        long,
+        value_name = "IP",
+        default_value = "127.0.0.1",
+        conflicts_with = "use_rpc"
+    )]
+    rpc_address: std::net::IpAddr,
     /// Start no chain: set up the MOLT mint and faucet on the cluster at this URL instead (a
     /// `solana-test-validator`, or devnet), write `localnet.json`, and exit.
     #[arg(long, value_name = "URL", conflicts_with_all = ["rpc_port", "reset"])]
@@ -97,7 +107,7 @@ async fn run_localnet(root: PathBuf, args: &LocalnetArgs, json: bool) -> Result<
                 "starting the embedded Solana chain (LiteSVM, SPL Token, ATA, Memo)",
             );
             let chain = EmbeddedChain::start_with_ledger(
-                std::net::SocketAddr::from(([127, 0, 0, 1], args.rpc_port)),
+                std::net::SocketAddr::new(args.rpc_address, args.rpc_port),
                 Some(ledger),
             )
             .await
@@ -225,8 +235,18 @@ fn chain_settings(root: &Path) -> Result<(String, Option<MoltMint>)> {
     Ok(clawnode::chain::chain_settings(&dir)?)
 }
 
+/// Whether `url` is a local chain: on this machine, or at a private-network address where
+/// `clawnode localnet --rpc-address` serves a lab's hosts.
 fn is_local(url: &str) -> bool {
-    url.starts_with("http://127.0.0.1") || url.starts_with("http://localhost")
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    host == "localhost" || host.parse().is_ok_and(claw_localnet::serves_privately)
 }
 
 pub(crate) fn wallet(global: &GlobalArgs, command: WalletCommand) -> Result<()> {
@@ -272,7 +292,9 @@ pub(crate) fn wallet(global: &GlobalArgs, command: WalletCommand) -> Result<()> 
             }
             WalletCommand::Airdrop { sol, molt } => {
                 if !is_local(&url) {
-                    bail!("airdrops are for the local chain only; {url} is not on this machine");
+                    bail!(
+                        "airdrops are for a local chain only; {url} is neither on this machine nor on a private network"
+                    );
                 }
                 if !(1..=100).contains(&sol) {
                     bail!("--sol must be 1 to 100");
@@ -312,4 +334,27 @@ pub(crate) fn wallet(global: &GlobalArgs, command: WalletCommand) -> Result<()> 
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn airdrops_go_to_local_and_private_network_chains_only() {
+        for url in [
+            "http://127.0.0.1:8899",
+            "http://localhost:8899",
+            "http://10.77.0.2:8899/",
+            "http://[::1]:8899",
+        ] {
+            assert!(super::is_local(url), "{url}");
+        }
+        for url in [
+            "https://api.devnet.solana.com",
+            "http://api.devnet.solana.com",
+            "http://8.8.8.8:8899",
+            "http://127.0.0.1.example.com:8899",
+        ] {
+            assert!(!super::is_local(url), "{url}");
+        }
+    }
 }

@@ -437,6 +437,18 @@ pub struct MeshSection {
     /// Many nodes on one host (local fleets): no gossip-scoring penalty for peers sharing an
     /// IP, and no cap on inbound connections per address (8) and per /24 (32). Default off.
     pub allow_colocated_peers: bool,
+    /// Serve as a circuit relay for nodes behind NAT (needs an address peers can dial: one in
+    /// `external_addrs`, or one AutoNAT confirms). Default off.
+    pub relay_server: bool,
+    /// Relays to listen through, each ending in `/p2p/<peer id>`. Default none: a node that
+    /// finds itself behind NAT picks up to two connected relays itself.
+    pub relays: Vec<String>,
+    /// Addresses peers can dial this node at (a public IP, a port forward), announced without
+    /// probing. Default none.
+    pub external_addrs: Vec<String>,
+    /// Count private IP addresses as reachable in NAT probes, for fleets whose shared network
+    /// is private (a campus, a VPC, a lab). Default off.
+    pub nat_probe_private_addresses: bool,
 }
 
 impl Default for MeshSection {
@@ -452,6 +464,10 @@ impl Default for MeshSection {
             mdns: false,
             quic: true,
             allow_colocated_peers: false,
+            relay_server: false,
+            relays: Vec::new(),
+            external_addrs: Vec::new(),
+            nat_probe_private_addresses: false,
         }
     }
 }

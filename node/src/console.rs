@@ -140,13 +140,14 @@ async fn snapshot(state: &ControlState, key: Option<&ApiKeyInfo>) -> ConsoleSnap
     let commands = state.commands();
     let mesh = state.mesh();
     let addrs = crate::listen_addr_texts(mesh).await;
+    let reachability = mesh.reachability();
     let (dir, store, probe) = (
         state.dir().clone(),
         commands.store().clone(),
         std::sync::Arc::clone(commands.probe()),
     );
     let local = tokio::task::spawn_blocking(move || {
-        let announcement = crate::announcement(&dir, &store, &probe, addrs).ok();
+        let announcement = crate::announcement(&dir, &store, &probe, addrs, reachability).ok();
         let readings: Vec<ConsoleReading> = probe
             .metrics(None)
             .iter()

@@ -296,6 +296,12 @@ pub struct FleetMemberView {
     pub cordoned: bool,
     /// Addresses it listens on.
     pub listen_addrs: Vec<String>,
+    /// How peers reach it: `public`, `relayed` (behind NAT, through a relay), `private` (behind
+    /// NAT, no relay yet) or `unknown`.
+    pub reachability: String,
+    /// How the answering node is connected to it now: `direct` or `relayed`; none when not
+    /// connected (or when it is the answering node).
+    pub path: Option<String>,
     /// Its software version.
     pub software_version: String,
     /// Sequence of its latest announcement.
@@ -323,6 +329,8 @@ impl From<&FleetMember> for FleetMemberView {
             simulated_gpus: a.inventory.gpus.iter().filter(|g| g.simulated).count(),
             cordoned: a.cordoned,
             listen_addrs: a.listen_addrs.clone(),
+            reachability: a.reachability_text().to_owned(),
+            path: None,
             software_version: a.software_version.clone(),
             seq: member.seq,
             issued_at_ms: member.issued_at_ms,
@@ -334,7 +342,18 @@ async fn fleet(State(state): State<ControlState>, headers: HeaderMap) -> Respons
     if !authorized(&state, &headers) {
         return unauthorized();
     }
-    let members: Vec<FleetMemberView> = state.mesh.fleet().iter().map(Into::into).collect();
+    let members: Vec<FleetMemberView> = state
+        .mesh
+        .fleet()
+        .iter()
+        .map(|member| FleetMemberView {
+            path: state
+                .mesh
+                .connection_path(&member.peer_id)
+                .map(|p| p.as_str().to_owned()),
+            ..member.into()
+        })
+        .collect();
     Json(json!({ "members": members, "status": state.mesh.fleet_status() })).into_response()
 }
 

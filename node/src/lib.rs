@@ -111,8 +111,9 @@ pub(crate) async fn listen_addr_texts(mesh: &claw_mesh::MeshHandle) -> Vec<Strin
 }
 
 /// The node's announcement to its fleet as it stands: current inventory, the GPUs allocated to
-/// workloads, whether it is cordoned, the addresses it listens on, name, region, labels (the
-/// config's, then those set with `node.label`) and version.
+/// workloads, whether it is cordoned, the addresses it listens on and whether peers can dial it
+/// (`reachability`, from the mesh), name, region, labels (the config's, then those set with
+/// `node.label`) and version.
 ///
 /// Blocking: NVML and the store are synchronous.
 pub fn announcement(
@@ -120,6 +121,7 @@ pub fn announcement(
     store: &Store,
     probe: &GpuProbe,
     listen_addrs: Vec<String>,
+    reachability: claw_mesh::Reachability,
 ) -> Result<NodeAnnouncement, StoreError> {
     let config = dir.config();
     let inventory = probe.inventory(dir.root());
@@ -140,6 +142,7 @@ pub fn announcement(
         .unwrap_or(u32::MAX),
         cordoned: store.cordoned()?,
         taints: store.taints()?.iter().map(|t| t.to_text()).collect(),
+        reachability,
     })
 }
 
@@ -152,8 +155,9 @@ pub fn sign_announcement(
     store: &Store,
     probe: &GpuProbe,
     listen_addrs: Vec<String>,
+    reachability: claw_mesh::Reachability,
 ) -> Result<Envelope, StoreError> {
-    let announcement = announcement(dir, store, probe, listen_addrs)?;
+    let announcement = announcement(dir, store, probe, listen_addrs, reachability)?;
     let config = dir.config();
     let ttl = Duration::from_secs(
         config.mesh.announce_interval_secs * u64::from(config.mesh.missed_intervals) + 30,

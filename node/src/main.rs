@@ -358,12 +358,23 @@ fn fleet(global: &GlobalArgs) -> Result<()> {
                 } else {
                     m.models.join(", ")
                 },
+                m.reachability.clone(),
+                m.path.clone().unwrap_or_else(|| "-".into()),
                 m.software_version.clone(),
             ]
         })
         .collect();
     print_table(
-        &["PEER", "NAME", "REGION", "FREE/GPUS", "MODELS", "VERSION"],
+        &[
+            "PEER",
+            "NAME",
+            "REGION",
+            "FREE/GPUS",
+            "MODELS",
+            "REACHABILITY",
+            "PATH",
+            "VERSION",
+        ],
         &rows,
     );
     println!("\n{} node(s)", members.len());

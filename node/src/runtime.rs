@@ -638,6 +638,10 @@ fn mesh_config(dir: &DataDir, options: &NodeOptions) -> Result<MeshConfig, Start
         max_clock_skew: dir.config().attestation.max_clock_skew(),
         known_peers_file: Some(dir.root().join("known-peers.json")),
         allow_colocated_peers: section.allow_colocated_peers,
+        relay_server: section.relay_server,
+        relays: parse_addrs("relays", &section.relays)?,
+        external_addrs: parse_addrs("external_addrs", &section.external_addrs)?,
+        nat_probe_private_addresses: section.nat_probe_private_addresses,
         ..MeshConfig::default()
     })
 }
@@ -662,9 +666,10 @@ async fn announce_forever(
         }
         keep_draining(&store, workloads, commands.deployments()).await;
         let addrs = crate::listen_addr_texts(&mesh).await;
+        let reachability = mesh.reachability();
         let (dir, store, probe) = (Arc::clone(&dir), store.clone(), Arc::clone(&probe));
         let signed = tokio::task::spawn_blocking(move || {
-            crate::sign_announcement(&dir, &store, &probe, addrs)
+            crate::sign_announcement(&dir, &store, &probe, addrs, reachability)
         })
         .await;
         match signed {

@@ -202,6 +202,10 @@ fn configure(dir: &Path, chain: &str, market: &str) -> Result<()> {
     mesh.insert("announce_interval_secs".into(), 2.into());
     mesh.insert("allow_colocated_peers".into(), true.into());
     mesh.insert("mdns".into(), false.into());
+    // The arbiter, which every node joins through, also relays for nodes behind NAT.
+    if market.contains_key("arbitrate") {
+        mesh.insert("relay_server".into(), true.into());
+    }
     config.insert("mesh".into(), mesh.into());
     let mut chain_section = section(&mut config, "chain")?;
     chain_section.extend(chain);

@@ -172,6 +172,7 @@ fn main() {
                 allocated_gpus: vec![],
                 running_workloads: 0,
                 taints: Vec::new(),
+                reachability: Default::default(),
                 cordoned: false,
             };
             let announcer = handle.clone();

@@ -12,7 +12,7 @@ mod docker_proxy;
 mod netns;
 
 pub use agent_fleet::{AgentFleet, FleetNode, NodeSpec, plugin_path, write_secret};
-pub use netns::TestHost;
+pub use netns::{Internet, Link, NetHost, TestHost};
 
 /// The GPU model test nodes simulate.
 pub const SIMULATED_MODEL: &str = "NVIDIA H100 80GB HBM3";
@@ -317,6 +317,10 @@ pub fn run_with_deadline(command: &mut Command, deadline: Duration) -> Output {
 pub struct Clawnode {
     binary: PathBuf,
     data_dir: PathBuf,
+    /// The network namespace it runs in (an [`Internet`] host), if not this machine's own.
+    netns: Option<String>,
+    /// Programs found first on its `PATH` (a directory), if any.
+    tools: Option<PathBuf>,
 }
 
 /// What a finished command printed.
@@ -348,7 +352,42 @@ impl Clawnode {
         Self {
             binary: workspace_binary("clawnode"),
             data_dir: data_dir.to_path_buf(),
+            netns: None,
+            tools: None,
         }
+    }
+
+    /// `clawnode` with `--data-dir data_dir`, run inside network namespace `netns`.
+    pub fn in_namespace(data_dir: &Path, netns: &str) -> Self {
+        Self {
+            netns: Some(netns.to_owned()),
+            ..Self::new(data_dir)
+        }
+    }
+
+    /// The same node, finding the programs in `dir` before any other on its `PATH`.
+    pub fn with_tools(self, dir: &Path) -> Self {
+        Self {
+            tools: Some(dir.to_path_buf()),
+            ..self
+        }
+    }
+
+    /// The program to run: the binary, or `ip netns exec <ns> <binary>`.
+    fn program(&self) -> Command {
+        let mut command = match &self.netns {
+            None => Command::new(&self.binary),
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns]).arg(&self.binary);
+                command
+            }
+        };
+        if let Some(tools) = &self.tools {
+            let path = std::env::var("PATH").unwrap_or_default();
+            command.env("PATH", format!("{}:{path}", tools.display()));
+        }
+        command
     }
 
     /// The data directory.
@@ -364,7 +403,7 @@ impl Clawnode {
     /// `clawnode <args>` on this data directory, with none of the caller's `CLAWNODE_*`
     /// settings.
     fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(&self.binary);
+        let mut command = self.program();
         command
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -484,8 +523,7 @@ impl Clawnode {
 
 /// `clawnode` started for a test: `--data-dir dir`, the test's log level (`CLAW_TEST_NODE_LOG`, a
 /// `RUST_LOG` filter, shows more of the nodes' logs), stdout piped and stderr inherited.
-fn node_command(binary: &Path, dir: &Path) -> Command {
-    let mut command = Command::new(binary);
+fn node_command(mut command: Command, dir: &Path) -> Command {
     command
         .arg("--data-dir")
         .arg(dir)
@@ -529,12 +567,22 @@ impl RunningNode {
     /// Starts `clawnode run` on loopback for an initialised `node`, joining through `bootstrap`,
     /// and waits for it to report its addresses.
     pub fn start(node: &Clawnode, bootstrap: &[String]) -> Self {
-        Self::spawn(node_command(&node.binary, &node.data_dir), bootstrap)
+        Self::spawn(node_command(node.program(), &node.data_dir), bootstrap)
+    }
+
+    /// Starts `clawnode run` listening on `listen` (in the node's namespace, if it has one).
+    pub fn start_listening(node: &Clawnode, listen: &[String], bootstrap: &[String]) -> Self {
+        let mut command = node_command(node.program(), &node.data_dir);
+        command.args(["--json", "run"]);
+        for address in listen {
+            command.args(["--listen", address]);
+        }
+        Self::launch(command, bootstrap)
     }
 
     /// [`RunningNode::start`], with every log line down to `debug` written to `log`.
     pub fn start_logged(node: &Clawnode, bootstrap: &[String], log: &Path) -> Self {
-        let mut command = node_command(&node.binary, &node.data_dir);
+        let mut command = node_command(node.program(), &node.data_dir);
         let file = std::fs::File::create(log).expect("log file");
         command
             .env(
@@ -546,9 +594,12 @@ impl RunningNode {
     }
 
     fn spawn(mut command: Command, bootstrap: &[String]) -> Self {
-        command
-            .args(["--json", "run", "--listen", "/ip4/127.0.0.1/tcp/0"])
-            .args(["--metrics", "127.0.0.1:0"]);
+        command.args(["--json", "run", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+        Self::launch(command, bootstrap)
+    }
+
+    fn launch(mut command: Command, bootstrap: &[String]) -> Self {
+        command.args(["--metrics", "127.0.0.1:0"]);
         for address in bootstrap {
             command.args(["--bootstrap", address]);
         }
@@ -646,7 +697,7 @@ impl Up {
     /// Starts `clawnode --data-dir dir --json up --nodes N --rpc-port P` and waits (up to 120 s)
     /// for its ready line, which it returns.
     pub fn start(dir: &Path, nodes: u32, rpc_port: u16) -> (Self, serde_json::Value) {
-        let mut child = node_command(&workspace_binary("clawnode"), dir)
+        let mut child = node_command(Command::new(workspace_binary("clawnode")), dir)
             .args(["--json", "up", "--nodes", &nodes.to_string()])
             .args(["--rpc-port", &rpc_port.to_string()])
             .spawn()
@@ -718,18 +769,29 @@ impl Localnet {
     /// Starts the embedded chain on a free loopback port for the initialised `node`, whose
     /// config is pointed at it, and waits for its mint.
     pub fn start(node: &Clawnode) -> Self {
-        let port = free_port_pair();
-        let url = format!("http://127.0.0.1:{port}");
+        Self::serve(node, "127.0.0.1", free_port_pair())
+    }
+
+    /// Starts the embedded chain at `address:8899` in `node`'s namespace (an [`Internet`]
+    /// host), for nodes on other hosts of that internet.
+    pub fn start_at(node: &Clawnode, address: &str) -> Self {
+        Self::serve(node, address, 8899)
+    }
+
+    fn serve(node: &Clawnode, address: &str, port: u16) -> Self {
+        let url = format!("http://{address}:{port}");
         node.edit_config(|text| {
             text.replace(
                 "rpc_url = \"http://127.0.0.1:8899\"",
                 &format!("rpc_url = {url:?}"),
             )
         });
-        let child = Command::new(&node.binary)
+        let child = node
+            .program()
             .arg("--data-dir")
             .arg(&node.data_dir)
-            .args(["localnet", "--rpc-port", &port.to_string()])
+            .args(["localnet", "--rpc-address", address])
+            .args(["--rpc-port", &port.to_string()])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -1198,6 +1260,16 @@ impl MarketNode {
     /// `clawnode run` for `cli`'s node, joining through `bootstrap`.
     pub fn start(cli: Clawnode, bootstrap: &[String]) -> Self {
         let running = RunningNode::start(&cli, bootstrap);
+        Self {
+            peer_id: running.peer_id.clone(),
+            running: Some(running),
+            cli,
+        }
+    }
+
+    /// `clawnode run` for `cli`'s node listening on `listen` (in its namespace, if it has one).
+    pub fn start_listening(cli: Clawnode, listen: &[String], bootstrap: &[String]) -> Self {
+        let running = RunningNode::start_listening(&cli, listen, bootstrap);
         Self {
             peer_id: running.peer_id.clone(),
             running: Some(running),

@@ -108,3 +108,266 @@ impl Drop for TestHost {
         let _ = ip(&["netns", "del", &self.name]);
     }
 }
+
+/// A small internet a test builds for itself: a switch (a bridge in its own namespace) joining
+/// public hosts at `10.77.0.0/24`, and home networks, each a NAT router (iptables masquerade,
+/// no inbound) with one host behind it at `192.168.N.2`. Links can be given delay and loss
+/// ([`Link`]). Every namespace is removed when the internet is dropped.
+#[derive(Debug)]
+pub struct Internet {
+    tag: String,
+    switch: String,
+    namespaces: Vec<String>,
+    links: u32,
+    hosts: u8,
+}
+
+/// How a cable to the switch behaves. Delay and loss come from `tc netem`; on a kernel without
+/// netem, loss comes from iptables' `statistic` match instead and delay is left out (said on
+/// stderr).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Link {
+    /// One-way delay added each way, ms.
+    pub delay_ms: u32,
+    /// Packets dropped each way, percent.
+    pub loss_percent: f32,
+}
+
+/// One host of an [`Internet`]: run programs in it with `ip netns exec <namespace>`.
+#[derive(Debug, Clone)]
+pub struct NetHost {
+    /// Its network namespace.
+    pub namespace: String,
+    /// Its own address (behind NAT: the private one).
+    pub address: String,
+    /// The address the internet sees it at (its router's, when behind NAT).
+    pub public_address: String,
+}
+
+/// Runs `program args` inside namespace `ns`.
+fn in_namespace(ns: &str, program: &str, args: &[&str]) -> Result<(), String> {
+    let output = Command::new("ip")
+        .args(["netns", "exec", ns, program])
+        .args(args)
+        .output()
+        .map_err(|e| format!("{program} in {ns}: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} {args:?} in {ns}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+impl Internet {
+    /// Makes the switch. Fails with the reason when this machine cannot (not root, no `ip`).
+    pub fn create() -> Result<Self, String> {
+        let n = MADE.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}{n}", std::process::id() % 100_000);
+        let switch = format!("claw-i{tag}-wan");
+        let mut internet = Self {
+            tag,
+            switch: switch.clone(),
+            namespaces: Vec::new(),
+            links: 0,
+            hosts: 1,
+        };
+        ip(&["netns", "add", &switch])?;
+        internet.namespaces.push(switch.clone());
+        ip(&["-n", &switch, "link", "add", "wan", "type", "bridge"])?;
+        ip(&["-n", &switch, "link", "set", "wan", "up"])?;
+        Ok(internet)
+    }
+
+    fn namespace(&mut self, name: &str) -> Result<String, String> {
+        let ns = format!("claw-i{}-{name}", self.tag);
+        ip(&["netns", "add", &ns])?;
+        self.namespaces.push(ns.clone());
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// A veth pair from namespace `a` (named `a_name`) to `b` (named `b_name`).
+    fn link(&mut self, a: &str, a_name: &str, b: &str, b_name: &str) -> Result<(), String> {
+        self.links += 1;
+        let (left, right) = (
+            format!("ci{}l{}", self.tag, self.links),
+            format!("ci{}r{}", self.tag, self.links),
+        );
+        ip(&["link", "add", &left, "type", "veth", "peer", "name", &right])?;
+        ip(&["link", "set", &left, "netns", a, "name", a_name])?;
+        ip(&["link", "set", &right, "netns", b, "name", b_name])?;
+        ip(&["-n", a, "link", "set", a_name, "up"])?;
+        ip(&["-n", b, "link", "set", b_name, "up"])
+    }
+
+    /// Plugs namespace `ns` into the switch as `eth0` at the next public address, with `link`'s
+    /// delay and loss on its side of the cable.
+    fn plug(&mut self, ns: &str, link: Link) -> Result<String, String> {
+        self.hosts += 1;
+        let address = format!("10.77.0.{}", self.hosts);
+        let port = format!("p{}", self.hosts);
+        let switch = self.switch.clone();
+        self.link(&switch, &port, ns, "eth0")?;
+        ip(&["-n", &switch, "link", "set", &port, "master", "wan"])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{address}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        impair(ns, link)?;
+        Ok(address)
+    }
+
+    /// A host on the internet itself, reachable by every other.
+    pub fn public_host(&mut self, name: &str, link: Link) -> Result<NetHost, String> {
+        let ns = self.namespace(name)?;
+        let address = self.plug(&ns, link)?;
+        Ok(NetHost {
+            namespace: ns,
+            public_address: address.clone(),
+            address,
+        })
+    }
+
+    /// A host behind its own NAT router: it reaches the internet, nothing there reaches it
+    /// unless it sent there first (masquerade, with only established flows let back in).
+    pub fn host_behind_nat(&mut self, name: &str, link: Link) -> Result<NetHost, String> {
+        let router = self.namespace(&format!("{name}-nat"))?;
+        let public_address = self.plug(&router, link)?;
+        let host = self.namespace(name)?;
+        let lan = self.hosts;
+        self.link(&router, "lan", &host, "eth0")?;
+        let (gateway, address) = (format!("192.168.{lan}.1"), format!("192.168.{lan}.2"));
+        ip(&[
+            "-n",
+            &router,
+            "addr",
+            "add",
+            &format!("{gateway}/24"),
+            "dev",
+            "lan",
+        ])?;
+        ip(&[
+            "-n",
+            &host,
+            "addr",
+            "add",
+            &format!("{address}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &host, "route", "add", "default", "via", &gateway])?;
+        in_namespace(&router, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        // Like most home routers: unsolicited packets from the internet are dropped, not
+        // answered with a reset.
+        let rules: [&[&str]; 5] = [
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                "eth0",
+                "-j",
+                "MASQUERADE",
+            ],
+            &[
+                "-A",
+                "INPUT",
+                "-i",
+                "eth0",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "NEW",
+                "-j",
+                "DROP",
+            ],
+            &["-A", "FORWARD", "-i", "lan", "-j", "ACCEPT"],
+            &[
+                "-A",
+                "FORWARD",
+                "-i",
+                "eth0",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "ESTABLISHED,RELATED",
+                "-j",
+                "ACCEPT",
+            ],
+            &["-A", "FORWARD", "-j", "DROP"],
+        ];
+        for rule in rules {
+            in_namespace(&router, "iptables", rule)?;
+        }
+        Ok(NetHost {
+            namespace: host,
+            address,
+            public_address,
+        })
+    }
+}
+
+/// Gives `eth0` in `ns` the delay and loss of `link`.
+fn impair(ns: &str, link: Link) -> Result<(), String> {
+    if link.delay_ms == 0 && link.loss_percent == 0.0 {
+        return Ok(());
+    }
+    let (delay, loss) = (
+        format!("{}ms", link.delay_ms),
+        format!("{}%", link.loss_percent),
+    );
+    let netem = [
+        "qdisc", "add", "dev", "eth0", "root", "netem", "delay", &delay, "loss", &loss,
+    ];
+    match in_namespace(ns, "tc", &netem) {
+        Ok(()) => return Ok(()),
+        Err(error) if error.contains("qdisc kind is unknown") => {
+            eprintln!(
+                "NOTE: this kernel has no netem (sch_netem): {ns} gets {loss} loss each way from \
+                 iptables' statistic match, and no added delay"
+            );
+        }
+        Err(error) => return Err(error),
+    }
+    if link.loss_percent > 0.0 {
+        let probability = format!("{}", link.loss_percent / 100.0);
+        for (chain, side) in [("PREROUTING", "-i"), ("POSTROUTING", "-o")] {
+            let rule = [
+                "-t",
+                "mangle",
+                "-A",
+                chain,
+                side,
+                "eth0",
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                &probability,
+                "-j",
+                "DROP",
+            ];
+            in_namespace(ns, "iptables", &rule)?;
+        }
+    }
+    Ok(())
+}
+
+impl Drop for Internet {
+    fn drop(&mut self) {
+        // Removing a namespace removes the veths in it, and their peers with them.
+        for ns in self.namespaces.iter().rev() {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}

@@ -93,6 +93,7 @@ pub fn announcement(name: &str, network: &str) -> NodeAnnouncement {
         allocated_gpus: vec![],
         running_workloads: 0,
         taints: Vec::new(),
+        reachability: Default::default(),
         cordoned: false,
     }
 }

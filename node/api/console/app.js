@@ -330,8 +330,8 @@ function renderFleet(s) {
     }),
   );
   const nodes = [...s.nodes].sort((a, b) => (b.local - a.local) || a.name.localeCompare(b.name));
-  fill("nodes", ["node", "peer", "region", "GPUs free/all", "models", "workloads", "status", "version"],
-    "1.3fr 1.6fr .8fr .9fr 2fr .7fr 1fr .6fr", nodes, (n, row) => {
+  fill("nodes", ["node", "peer", "region", "GPUs free/all", "models", "workloads", "reachability", "status", "version"],
+    "1.3fr 1.6fr .8fr .9fr 2fr .7fr .8fr 1fr .6fr", nodes, (n, row) => {
       row.dataset.peer = n.peer_id;
       const name = el("div", n.name);
       if (n.local) name.append(el("span", "this node", "tag"));
@@ -343,7 +343,7 @@ function renderFleet(s) {
       const cell = el("div", st === "silent" ? `silent ${ago(s.at_ms - n.announced_ms)}` : st, `status-${st}`);
       cell.dataset.status = st;
       row.append(name, el("div", n.peer_id, "mono"), el("div", n.region || "–"), gpus, el("div", models),
-        el("div", n.running_workloads), cell, el("div", n.software_version));
+        el("div", n.running_workloads), el("div", n.reachability), cell, el("div", n.software_version));
     });
 }
 

@@ -100,6 +100,8 @@ pub struct ConsoleNode {
     pub running_workloads: u32,
     /// Its software version (peer-supplied).
     pub software_version: String,
+    /// How peers reach it: `public`, `relayed`, `private` or `unknown`.
+    pub reachability: String,
     /// When its latest announcement was signed, Unix ms (`None` for the serving node).
     pub announced_ms: Option<u64>,
     /// Its GPUs.

@@ -113,6 +113,9 @@ pub struct FleetNode {
     pub models: BTreeSet<String>,
     /// Its `clawnode` version.
     pub software_version: String,
+    /// How peers reach it: `public`, `relayed` (behind NAT, through a relay), `private` (behind
+    /// NAT, no relay yet) or `unknown` (not yet probed).
+    pub reachability: String,
     /// How old its announcement is, ms.
     pub announced_ms_ago: u64,
 }
@@ -489,7 +492,7 @@ mod tests {
                 "node": "n1", "peer_id": "12D3KooWn1", "region": null, "labels": {"rack": "4"},
                 "cordoned": true, "gpus": 2, "free_gpus": 1, "allocated_gpus": 1,
                 "running_workloads": 1, "simulated": true, "models": ["NVIDIA H100"],
-                "software_version": "0.1.0", "announced_ms_ago": 1200,
+                "software_version": "0.1.0", "reachability": "relayed", "announced_ms_ago": 1200,
             }],
             "node_count": 1,
             "running_workloads": 1,

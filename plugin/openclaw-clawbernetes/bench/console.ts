@@ -54,7 +54,7 @@ function snapshot(count: number, tick: number): Record<string, unknown> {
     nodes.push({
       peer_id: `12D3KooW${n.toString(36).padStart(44, "x")}`, local: false, name: `gpu-node-${n}`,
       region: ["eu-west", "us-east", "ap-south"][n % 3], cordoned: n % 97 === 0, running_workloads: n % 5,
-      software_version: "0.1.0", announced_ms: Date.now() - (n % 10) * 1000, gpus,
+      software_version: "0.1.0", reachability: "public", announced_ms: Date.now() - (n % 10) * 1000, gpus,
     });
   }
   const workloads = [];

@@ -21,6 +21,7 @@ export interface FleetStatus {
     running_workloads: number;
     cordoned: boolean;
     simulated: boolean;
+    reachability: string;
   }[];
   alerts: string[];
 }

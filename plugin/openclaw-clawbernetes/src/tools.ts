@@ -285,7 +285,9 @@ export function renderStatus(s: FleetStatus): string {
     lines.push(
       `- ${n.node}: ${n.free_gpus}/${n.gpus} GPUs free, ${plural(n.running_workloads, "workload")}` +
         (n.cordoned ? ", cordoned" : "") +
-        (n.simulated ? ", simulated GPUs" : ""),
+        (n.simulated ? ", simulated GPUs" : "") +
+        (n.reachability === "relayed" ? ", behind NAT (reached through a relay)" : "") +
+        (n.reachability === "private" ? ", behind NAT (no relay yet: unreachable)" : ""),
     );
   }
   for (const alert of s.alerts ?? []) lines.push(`alert: ${alert}`);

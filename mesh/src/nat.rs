@@ -1,0 +1,294 @@
+//! Reachability across NATs, with libp2p's own parts: AutoNAT tells a node whether peers can
+//! dial it; a node they cannot dial listens through circuit relays (v2) — those it is configured
+//! with, or up to two connected peers that offer the relay protocol — and announces the relayed
+//! addresses; DCUtR then upgrades each relayed connection to a direct one by hole punching.
+//!
+//! The event loop owns a [`RelaySelection`] and writes a [`NatView`] that handles read without a
+//! round trip: the node's reachability and, per connected peer, whether a direct connection
+//! exists or only relayed ones.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use libp2p::core::ConnectedPoint;
+use libp2p::core::transport::ListenerId;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::ConnectionId;
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+
+/// Relays a private node listens through at once when it picks them itself.
+const RELAYS_WANTED: usize = 2;
+/// Relay candidates remembered at most (peers that offered the relay protocol).
+const MAX_CANDIDATES: usize = 32;
+/// A relay that closed our listener (refused, full, gone) is tried again after this long.
+const RETRY_FAILED_RELAY: Duration = Duration::from_secs(60);
+
+/// Whether peers can dial this node, as AutoNAT found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reachability {
+    /// Not yet probed, or the probes disagree.
+    #[default]
+    Unknown,
+    /// Peers dialled it back at an address it announced.
+    Public,
+    /// Peers could not dial it back: it is behind a NAT or a firewall.
+    Private,
+}
+
+impl Reachability {
+    /// The name shown to people: `public`, `private` or `unknown`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Public => "public",
+            Self::Private => "private",
+        }
+    }
+}
+
+/// How this node is connected to a peer right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionPath {
+    /// At least one connection goes straight to the peer (dialled, accepted or hole-punched).
+    Direct,
+    /// Every connection to the peer goes through a relay.
+    Relayed,
+}
+
+impl ConnectionPath {
+    /// `direct` or `relayed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Relayed => "relayed",
+        }
+    }
+}
+
+/// Whether an address goes through a relay (`…/p2p-circuit/…`).
+pub fn is_relayed(address: &Multiaddr) -> bool {
+    address.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+}
+
+/// What handles read: the node's reachability and each peer's connections.
+#[derive(Debug, Default)]
+pub(crate) struct NatView {
+    reachability: Reachability,
+    /// Per peer, its open connections and whether each is relayed. Bounded by the connection
+    /// limits.
+    connections: HashMap<PeerId, HashMap<ConnectionId, bool>>,
+}
+
+impl NatView {
+    pub(crate) fn reachability(&self) -> Reachability {
+        self.reachability
+    }
+
+    pub(crate) fn set_reachability(&mut self, reachability: Reachability) {
+        self.reachability = reachability;
+    }
+
+    pub(crate) fn path(&self, peer: &PeerId) -> Option<ConnectionPath> {
+        let connections = self.connections.get(peer)?;
+        if connections.values().any(|relayed| !relayed) {
+            Some(ConnectionPath::Direct)
+        } else if connections.is_empty() {
+            None
+        } else {
+            Some(ConnectionPath::Relayed)
+        }
+    }
+
+    pub(crate) fn opened(&mut self, peer: PeerId, connection: ConnectionId, relayed: bool) {
+        self.connections
+            .entry(peer)
+            .or_default()
+            .insert(connection, relayed);
+    }
+
+    pub(crate) fn closed(&mut self, peer: &PeerId, connection: ConnectionId) {
+        if let Some(connections) = self.connections.get_mut(peer) {
+            connections.remove(&connection);
+            if connections.is_empty() {
+                self.connections.remove(peer);
+            }
+        }
+    }
+}
+
+/// Which relays the node listens through, and which it could.
+#[derive(Debug, Default)]
+pub(crate) struct RelaySelection {
+    /// Peers that offered the relay protocol, with an address to reach each.
+    candidates: HashMap<PeerId, Multiaddr>,
+    /// Addresses this node dialled each peer at: the best way back to a relay.
+    dialled: HashMap<PeerId, Multiaddr>,
+    /// Relay listeners open now, and the relay behind each.
+    listeners: HashMap<ListenerId, PeerId>,
+    /// Relays that closed a listener on us, and when; not picked again for a while.
+    failed: HashMap<PeerId, Instant>,
+}
+
+impl RelaySelection {
+    /// Notes a connection, keeping the address when this node dialled it.
+    pub(crate) fn connected(&mut self, peer: PeerId, endpoint: &ConnectedPoint) {
+        if let ConnectedPoint::Dialer { address, .. } = endpoint
+            && !is_relayed(address)
+            && self.dialled.len() < MAX_CANDIDATES * 8
+        {
+            self.dialled.entry(peer).or_insert_with(|| address.clone());
+        }
+    }
+
+    /// Forgets a peer whose last connection closed.
+    pub(crate) fn disconnected(&mut self, peer: &PeerId) {
+        self.dialled.remove(peer);
+        self.candidates.remove(peer);
+    }
+
+    /// A peer told us (identify) it serves as a relay, listening at `listen_addrs`.
+    pub(crate) fn offered(&mut self, peer: PeerId, listen_addrs: &[Multiaddr]) {
+        if self.candidates.len() >= MAX_CANDIDATES && !self.candidates.contains_key(&peer) {
+            return;
+        }
+        let address = self.dialled.get(&peer).cloned().or_else(|| {
+            listen_addrs
+                .iter()
+                .find(|a| !is_relayed(a) && !is_loopback(a))
+                .cloned()
+        });
+        if let Some(address) = address {
+            self.candidates.insert(peer, address);
+        }
+    }
+
+    /// A relay listener opened (configured or picked).
+    pub(crate) fn listening(&mut self, listener: ListenerId, relay: PeerId) {
+        self.listeners.insert(listener, relay);
+    }
+
+    /// A listener closed; returns the relay when it was one of ours.
+    pub(crate) fn listener_closed(&mut self, listener: ListenerId) -> Option<PeerId> {
+        let relay = self.listeners.remove(&listener)?;
+        self.failed.insert(relay, Instant::now());
+        Some(relay)
+    }
+
+    /// Circuit addresses to listen on now, so that the node holds `RELAYS_WANTED` relays.
+    pub(crate) fn wanted(&mut self) -> Vec<(PeerId, Multiaddr)> {
+        self.failed
+            .retain(|_, failed_at| failed_at.elapsed() < RETRY_FAILED_RELAY);
+        let in_use: HashSet<&PeerId> = self.listeners.values().collect();
+        let missing = RELAYS_WANTED.saturating_sub(in_use.len());
+        let mut picks: Vec<(&PeerId, &Multiaddr)> = self
+            .candidates
+            .iter()
+            .filter(|(peer, _)| !in_use.contains(peer) && !self.failed.contains_key(peer))
+            .collect();
+        // Deterministic: the same candidates give the same picks.
+        picks.sort_by_key(|(peer, _)| **peer);
+        picks
+            .into_iter()
+            .take(missing)
+            .map(|(peer, address)| (*peer, circuit_through(address, *peer)))
+            .collect()
+    }
+}
+
+/// The address to listen on through `relay`, reached at `address`.
+pub(crate) fn circuit_through(address: &Multiaddr, relay: PeerId) -> Multiaddr {
+    let mut circuit = address.clone();
+    if !matches!(circuit.iter().last(), Some(Protocol::P2p(_))) {
+        circuit.push(Protocol::P2p(relay));
+    }
+    circuit.with(Protocol::P2pCircuit)
+}
+
+fn is_loopback(address: &Multiaddr) -> bool {
+    address.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(text: &str) -> Multiaddr {
+        text.parse().expect("multiaddr")
+    }
+
+    #[test]
+    fn a_private_node_picks_two_relays_and_replaces_one_that_fails() {
+        let mut selection = RelaySelection::default();
+        let relays: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+        for relay in &relays {
+            selection.offered(
+                *relay,
+                &[addr("/ip4/127.0.0.1/tcp/1"), addr("/ip4/10.0.0.1/tcp/4001")],
+            );
+        }
+        let picks = selection.wanted();
+        assert_eq!(picks.len(), 2);
+        for (relay, circuit) in &picks {
+            assert_eq!(
+                circuit,
+                &addr(&format!("/ip4/10.0.0.1/tcp/4001/p2p/{relay}/p2p-circuit")),
+                "loopback is never a way to a relay"
+            );
+        }
+        let first = ListenerId::next();
+        let second = ListenerId::next();
+        selection.listening(first, picks[0].0);
+        selection.listening(second, picks[1].0);
+        assert!(selection.wanted().is_empty(), "two relays are enough");
+
+        assert_eq!(selection.listener_closed(first), Some(picks[0].0));
+        let replacement = selection.wanted();
+        assert_eq!(replacement.len(), 1);
+        assert_ne!(
+            replacement[0].0, picks[0].0,
+            "the failed relay is not picked again"
+        );
+        assert_ne!(replacement[0].0, picks[1].0);
+    }
+
+    #[test]
+    fn a_dialled_address_is_preferred_and_paths_follow_connections() {
+        let mut selection = RelaySelection::default();
+        let relay = PeerId::random();
+        let dialled = addr("/ip4/203.0.113.7/udp/4001/quic-v1");
+        selection.connected(
+            relay,
+            &ConnectedPoint::Dialer {
+                address: dialled.clone(),
+                role_override: libp2p::core::Endpoint::Dialer,
+                port_use: libp2p::core::transport::PortUse::Reuse,
+            },
+        );
+        selection.offered(relay, &[addr("/ip4/10.0.0.1/tcp/4001")]);
+        assert_eq!(
+            selection.wanted()[0].1,
+            addr(&format!("{dialled}/p2p/{relay}/p2p-circuit"))
+        );
+
+        let mut view = NatView::default();
+        let peer = PeerId::random();
+        let (relayed, direct) = (
+            ConnectionId::new_unchecked(1),
+            ConnectionId::new_unchecked(2),
+        );
+        assert_eq!(view.path(&peer), None);
+        view.opened(peer, relayed, true);
+        assert_eq!(view.path(&peer), Some(ConnectionPath::Relayed));
+        view.opened(peer, direct, false);
+        assert_eq!(view.path(&peer), Some(ConnectionPath::Direct));
+        view.closed(&peer, direct);
+        assert_eq!(view.path(&peer), Some(ConnectionPath::Relayed));
+        view.closed(&peer, relayed);
+        assert_eq!(view.path(&peer), None);
+    }
+}
