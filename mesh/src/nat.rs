@@ -7,7 +7,9 @@
 //! round trip: the node's reachability and, per connected peer, whether a direct connection
 //! exists or only relayed ones.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher as _;
 use std::time::{Duration, Instant};
 
 use libp2p::core::ConnectedPoint;
@@ -128,6 +130,9 @@ pub(crate) struct RelaySelection {
     listeners: HashMap<ListenerId, PeerId>,
     /// Relays that closed a listener on us, and when; not picked again for a while.
     failed: HashMap<PeerId, Instant>,
+    /// Orders candidates this process alone knows how: a peer cannot grind a key that every
+    /// node picks first.
+    salt: RandomState,
 }
 
 impl RelaySelection {
@@ -186,8 +191,9 @@ impl RelaySelection {
             .iter()
             .filter(|(peer, _)| !in_use.contains(peer) && !self.failed.contains_key(peer))
             .collect();
-        // Deterministic: the same candidates give the same picks.
-        picks.sort_by_key(|(peer, _)| **peer);
+        // Peers this node dialled itself (its bootstrap and remembered peers, which its operator
+        // chose) before peers that dialled it; among each, an order no peer can predict.
+        picks.sort_by_key(|(peer, _)| (!self.dialled.contains_key(peer), self.salt.hash_one(peer)));
         picks
             .into_iter()
             .take(missing)
@@ -224,7 +230,17 @@ mod tests {
     #[test]
     fn a_private_node_picks_two_relays_and_replaces_one_that_fails() {
         let mut selection = RelaySelection::default();
-        let relays: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+        let relays: Vec<PeerId> = (0..5).map(|_| PeerId::random()).collect();
+        // The node dialled the last one itself (a bootstrap peer): it is always picked.
+        let chosen = relays[4];
+        selection.connected(
+            chosen,
+            &ConnectedPoint::Dialer {
+                address: addr("/ip4/10.0.0.1/tcp/4001"),
+                role_override: libp2p::core::Endpoint::Dialer,
+                port_use: libp2p::core::transport::PortUse::Reuse,
+            },
+        );
         for relay in &relays {
             selection.offered(
                 *relay,
@@ -233,6 +249,7 @@ mod tests {
         }
         let picks = selection.wanted();
         assert_eq!(picks.len(), 2);
+        assert_eq!(picks[0].0, chosen, "a relay the node dialled comes first");
         for (relay, circuit) in &picks {
             assert_eq!(
                 circuit,

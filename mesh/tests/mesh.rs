@@ -672,3 +672,138 @@ async fn one_address_gets_no_more_inbound_connections_than_its_cap() {
     }
     guarded.stop().await;
 }
+
+/// A stranger uses a node's AutoNAT server as a reflector: it asks to be "dialled back" at its
+/// own address and at a third host's (same port, another IP). The node dials only the IP the
+/// stranger connected from: the stranger is found reachable there, and the third host hears
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reachability_probe_never_dials_a_third_host() {
+    use futures::StreamExt as _;
+    use libp2p::{autonat, noise, swarm::SwarmEvent, tcp, yamux};
+
+    let node = TestNode::start(
+        "prober-target",
+        claw_mesh::MeshConfig {
+            // Answer probes from loopback peers at all (by default they are refused outright).
+            nat_probe_private_addresses: true,
+            ..test_config("autonat")
+        },
+    )
+    .await;
+
+    // The stranger: a bare libp2p peer with only its own key.
+    let mut stranger = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|key| {
+            autonat::Behaviour::new(
+                key.public().to_peer_id(),
+                autonat::Config {
+                    boot_delay: Duration::from_millis(100),
+                    use_connected: false,
+                    only_global_ips: false,
+                    ..autonat::Config::default()
+                },
+            )
+        })
+        .expect("behaviour")
+        .build();
+    stranger
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
+        .expect("listen");
+    let own = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = stranger.select_next_some().await {
+            break address;
+        }
+    };
+    let port = own
+        .iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .expect("a TCP port");
+
+    // The third host: a TCP listener at the same port on another loopback address, counting
+    // connections.
+    let victim = std::net::TcpListener::bind(("127.0.0.2", port)).expect("bind 127.0.0.2");
+    victim.set_nonblocking(true).expect("nonblocking");
+    let knocks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&knocks);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = Arc::clone(&stop);
+    let watcher = std::thread::spawn(move || {
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            if victim.accept().is_ok() {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+
+    stranger
+        .behaviour_mut()
+        .add_server(node.peer_id(), Some(node.addr.clone()));
+    // Connected first, from a port of its own (its listening port is the one to be probed).
+    stranger
+        .dial(
+            libp2p::swarm::dial_opts::DialOpts::peer_id(node.peer_id())
+                .addresses(vec![node.addr.clone()])
+                .allocate_new_port()
+                .build(),
+        )
+        .expect("dial");
+    loop {
+        if let SwarmEvent::ConnectionEstablished { .. } = stranger.select_next_some().await {
+            break;
+        }
+    }
+    let victim_addr: libp2p::Multiaddr = format!("/ip4/127.0.0.2/tcp/{port}")
+        .parse()
+        .expect("multiaddr");
+    stranger.behaviour_mut().probe_address(victim_addr);
+
+    let answer = tokio::time::timeout(Duration::from_secs(40), async {
+        loop {
+            if let SwarmEvent::Behaviour(autonat::Event::OutboundProbe(probe)) =
+                stranger.select_next_some().await
+            {
+                match probe {
+                    autonat::OutboundProbeEvent::Response { address, .. } => {
+                        break Some(address);
+                    }
+                    autonat::OutboundProbeEvent::Error { error, .. } => {
+                        eprintln!("the probe failed: {error:?}");
+                        break None;
+                    }
+                    autonat::OutboundProbeEvent::Request { .. } => {}
+                }
+            }
+        }
+    })
+    .await
+    .expect("the node answered the probe within 40 s");
+    // Give any dial the node might have made time to land.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.join().expect("watcher");
+    let found = answer.expect("the stranger's own address was dialled back");
+    assert!(
+        found
+            .to_string()
+            .starts_with(&format!("/ip4/127.0.0.1/tcp/{port}")),
+        "dialled back at the IP it came from: {found}"
+    );
+    assert_eq!(
+        knocks.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "the node never connected to the third host"
+    );
+    node.stop().await;
+}
