@@ -78,6 +78,8 @@ pub enum PayloadKind {
     /// A lease party's report of a settled lease: the terms both signed and the settlement's
     /// transaction, for every node to check on chain and keep in its price history.
     TradeReport,
+    /// A fleet operator's word that a peer is a member of its fleet.
+    Membership,
 }
 
 impl PayloadKind {
@@ -95,6 +97,7 @@ impl PayloadKind {
             Self::FleetObject => 10,
             Self::BackupManifest => 11,
             Self::TradeReport => 12,
+            Self::Membership => 13,
         }
     }
 
@@ -111,6 +114,7 @@ impl PayloadKind {
             10 => Some(Self::FleetObject),
             11 => Some(Self::BackupManifest),
             12 => Some(Self::TradeReport),
+            13 => Some(Self::Membership),
             _ => None,
         }
     }
@@ -131,6 +135,8 @@ impl PayloadKind {
             Self::FleetObject => FLEET_OBJECT_LIFETIME_DAYS * 24 * HOUR,
             // A backup is restored long after it was made.
             Self::BackupManifest => 10 * 366 * 24 * HOUR,
+            // A member is admitted for a year at most, then again.
+            Self::Membership => 366 * 24 * HOUR,
         })
     }
 }
@@ -149,6 +155,7 @@ impl fmt::Display for PayloadKind {
             Self::FleetObject => "fleet object",
             Self::BackupManifest => "backup manifest",
             Self::TradeReport => "trade report",
+            Self::Membership => "fleet membership",
         })
     }
 }

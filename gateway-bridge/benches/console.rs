@@ -54,11 +54,13 @@ fn member(i: usize) -> FleetMember {
             running_workloads: (i % 5) as u32,
             taints: Vec::new(),
             reachability: Default::default(),
+            membership: None,
             cordoned: i.is_multiple_of(97),
         },
         seq: 1,
         issued_at_ms: 1_765_000_000_000,
         expires_at_ms: u64::MAX,
+        standing: claw_mesh::Standing::Open,
     }
 }
 

@@ -548,25 +548,36 @@ impl FleetCommands {
         BRIDGE_COMMANDS.iter().map(|c| c.name.to_owned()).collect()
     }
 
+    /// The fleet: members only, where the bridge trusts fleet operators (`--fleet-operator`).
     fn members(&self) -> Vec<FleetMember> {
-        let mut members = self.mesh.fleet();
+        let mut members = self.mesh.fleet_members();
         members.sort_by(|a, b| {
             (&a.announcement.name, a.peer_id).cmp(&(&b.announcement.name, b.peer_id))
         });
         members
     }
 
-    /// The fleet member a peer id or name names.
+    /// The fleet member a peer id, or a name no other member announces, names.
     fn resolve(&self, node: &str) -> Result<FleetMember, InvokeFailure> {
-        self.members()
-            .into_iter()
-            .find(|m| m.peer_id.to_string() == node || m.announcement.name == node)
-            .ok_or_else(|| {
-                InvokeFailure::new(
-                    ErrorCode::NotFound,
-                    format!("no node {node:?} in the fleet (fleet.status lists them)"),
-                )
-            })
+        let members = self.members();
+        if let Some(member) = members.iter().find(|m| m.peer_id.to_string() == node) {
+            return Ok(member.clone());
+        }
+        let mut named = members.into_iter().filter(|m| m.announcement.name == node);
+        match (named.next(), named.next()) {
+            (Some(member), None) => Ok(member),
+            (Some(_), Some(_)) => Err(InvokeFailure::new(
+                ErrorCode::InvalidParams,
+                format!(
+                    "more than one node announces the name {node:?}: name it by peer id \
+                     (fleet.status lists them)"
+                ),
+            )),
+            _ => Err(InvokeFailure::new(
+                ErrorCode::NotFound,
+                format!("no node {node:?} in the fleet (fleet.status lists them)"),
+            )),
+        }
     }
 
     async fn call(
@@ -1224,10 +1235,12 @@ mod tests {
                 running_workloads: 0,
                 taints: Vec::new(),
                 reachability: Default::default(),
+                membership: None,
             },
             seq: 1,
             issued_at_ms: 0,
             expires_at_ms: u64::MAX,
+            standing: claw_mesh::Standing::Open,
         }
     }
 

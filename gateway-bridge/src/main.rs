@@ -83,6 +83,12 @@ struct RunArgs {
     /// Accept peers on this machine's addresses (many nodes on one host).
     #[arg(long)]
     allow_colocated_peers: bool,
+    /// A fleet operator's peer id (repeatable). With any, the bridge presents, deploys to,
+    /// invokes and drains only the peers one of them admitted (`clawnode membership issue`);
+    /// others on the network are market counterparties. Without, every peer counts: keep that
+    /// to local fleets and private fleets behind a swarm key.
+    #[arg(long, value_name = "PEER_ID")]
+    fleet_operator: Vec<String>,
     /// Answer only gateway calls that carry an API key (`auth.create_key`; the plugin's
     /// `apiKey` setting), each within what its key allows.
     #[arg(long)]
@@ -185,8 +191,24 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         bootstrap: parse("--bootstrap", &args.bootstrap)?,
         known_peers_file: Some(args.data_dir.join("known-peers.json")),
         allow_colocated_peers: args.allow_colocated_peers,
+        fleet_operators: args
+            .fleet_operator
+            .iter()
+            .map(|p| {
+                p.parse::<PeerId>()
+                    .with_context(|| format!("--fleet-operator {p:?} is not a peer id"))
+            })
+            .collect::<anyhow::Result<_>>()?,
         ..MeshConfig::default()
     };
+    if config.fleet_operators.is_empty() && config.network != "localnet" {
+        tracing::warn!(
+            network = %config.network,
+            "no --fleet-operator: every peer on the network counts as a fleet member, so the \
+             bridge may deploy to, invoke and drain strangers; name the operator whose \
+             credentials admit your nodes"
+        );
+    }
     let mesh =
         Mesh::spawn(&identity, config, Arc::new(NoMeshCommands)).context("starting the mesh")?;
     let handle = mesh.handle.clone();

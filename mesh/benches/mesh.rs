@@ -320,11 +320,13 @@ fn synthetic_member(i: usize) -> FleetMember {
             running_workloads: 0,
             taints: Vec::new(),
             reachability: Default::default(),
+            membership: None,
             cordoned: false,
         },
         seq: 1,
         issued_at_ms: 0,
         expires_at_ms: u64::MAX,
+        standing: claw_mesh::Standing::Open,
     }
 }
 

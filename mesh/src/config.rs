@@ -75,6 +75,10 @@ pub struct MeshConfig {
     /// (a campus, a VPC, a lab). A probe only ever dials back the address it came from.
     /// Default off: only global addresses count.
     pub nat_probe_private_addresses: bool,
+    /// The fleet operators this node trusts: a peer whose announcement carries a membership
+    /// credential one of them signed is a fleet member; others are strangers (market
+    /// counterparties). Default none: every peer counts as a member (local and private fleets).
+    pub fleet_operators: Vec<libp2p::PeerId>,
 }
 
 impl Default for MeshConfig {
@@ -108,6 +112,7 @@ impl Default for MeshConfig {
             relays: Vec::new(),
             external_addrs: Vec::new(),
             nat_probe_private_addresses: false,
+            fleet_operators: Vec::new(),
         }
     }
 }

@@ -42,6 +42,9 @@ pub struct NodeAnnouncement {
     pub taints: Vec<String>,
     /// Whether peers can dial it, as its AutoNAT probes found.
     pub reachability: Reachability,
+    /// The membership credential a fleet operator signed for it (a [`crate::FleetMembership`]
+    /// envelope), if it was admitted to one.
+    pub membership: Option<Vec<u8>>,
 }
 
 impl SignedPayload for NodeAnnouncement {
@@ -115,6 +118,8 @@ pub struct FleetMember {
     pub issued_at_ms: u64,
     /// When it expires (Unix ms).
     pub expires_at_ms: u64,
+    /// What it is to this node: a member of the fleet it trusts, or a stranger.
+    pub standing: crate::Standing,
 }
 
 /// Changes to the fleet view.
@@ -284,11 +289,13 @@ mod tests {
                 running_workloads: 0,
                 taints: Vec::new(),
                 reachability: Default::default(),
+                membership: None,
                 cordoned: false,
             },
             seq,
             issued_at_ms: 0,
             expires_at_ms,
+            standing: crate::Standing::Open,
         }
     }
 

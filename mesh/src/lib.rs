@@ -13,6 +13,7 @@ mod fleet;
 mod inbound;
 mod invoke;
 mod known_peers;
+mod membership;
 mod nat;
 mod stats;
 mod swarm;
@@ -34,6 +35,7 @@ pub use invoke::{
     InvokeResponse, MAX_COMMAND_LEN, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES,
 };
 pub use libp2p::{Multiaddr, PeerId};
+pub use membership::{FleetMembership, MAX_MEMBERSHIP_DAYS, MembershipError, Standing};
 pub use nat::{ConnectionPath, Reachability, is_relayed};
 pub use stats::{GossipVerdict, MeshCounters};
 
@@ -319,6 +321,17 @@ impl MeshHandle {
     /// Every node in the local fleet view, including this one once it has announced.
     pub fn fleet(&self) -> Vec<FleetMember> {
         self.read_fleet(FleetView::members)
+    }
+
+    /// The nodes in the view that are members of this node's fleet now: all of them when it
+    /// trusts no fleet operator, else those a trusted operator admitted (strangers are left
+    /// out: they are market counterparties, never placed on, invoked or drained as the fleet).
+    pub fn fleet_members(&self) -> Vec<FleetMember> {
+        let now = claw_attestation::unix_millis(std::time::SystemTime::now());
+        self.read_fleet(FleetView::members)
+            .into_iter()
+            .filter(|m| m.standing.is_member(now))
+            .collect()
     }
 
     /// Fleet-wide counts from the local view: no network round trip.

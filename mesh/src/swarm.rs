@@ -769,12 +769,21 @@ impl EventLoop {
             )));
         }
         let envelope = verified.envelope();
+        let peer_id = verified.signer_peer_id();
+        let standing = crate::FleetMembership::standing(
+            announcement.membership.as_deref(),
+            peer_id,
+            &self.config.network,
+            &self.config.fleet_operators,
+            unix_millis(SystemTime::now()),
+        );
         let member = FleetMember {
-            peer_id: verified.signer_peer_id(),
+            peer_id,
             announcement,
             seq: envelope.seq(),
             issued_at_ms: envelope.issued_at_ms(),
             expires_at_ms: envelope.expires_at_ms(),
+            standing,
         };
         Ok((member, verified))
     }

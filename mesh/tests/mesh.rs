@@ -807,3 +807,95 @@ async fn a_reachability_probe_never_dials_a_third_host() {
     );
     node.stop().await;
 }
+
+/// A node that trusts one fleet operator sees four peers: one the operator admitted, one with
+/// no credential, one that signed its own, and one announcing a copy of the member's. All four
+/// stay in its view (market counterparties), but only the admitted one is a fleet member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_peers_a_trusted_operator_admitted_are_fleet_members() {
+    use claw_mesh::{FleetMembership, Standing};
+
+    let operator = NodeIdentity::generate();
+    let observer = TestNode::start_with(
+        Arc::new(NodeIdentity::generate()),
+        "observer",
+        claw_mesh::MeshConfig {
+            fleet_operators: vec![operator.peer_id()],
+            ..test_config("members")
+        },
+        true,
+    )
+    .await;
+    let day = Duration::from_secs(86_400);
+    let mut peers = Vec::new();
+    for name in ["member", "bare", "self-signed", "copycat"] {
+        let mut config = test_config("members");
+        config.bootstrap = vec![observer.addr.clone()];
+        peers.push(
+            TestNode::start_with(Arc::new(NodeIdentity::generate()), name, config, false).await,
+        );
+    }
+    let admitted = FleetMembership::issue(&operator, peers[0].peer_id(), "members", day);
+    let credentials = [
+        Some(admitted.clone()),
+        None,
+        Some(FleetMembership::issue(
+            &peers[2].identity,
+            peers[2].peer_id(),
+            "members",
+            day,
+        )),
+        Some(admitted),
+    ];
+    let announcing: Vec<_> = peers
+        .iter()
+        .zip(credentials)
+        .zip(["member", "bare", "self-signed", "copycat"])
+        .map(|((peer, credential), name)| {
+            let (identity, handle) = (Arc::clone(&peer.identity), peer.handle.clone());
+            tokio::spawn(async move {
+                for seq in 1.. {
+                    let mut claim = announcement(name, "members");
+                    claim.membership = credential.clone();
+                    let _ = handle.announce(sign(&identity, seq, &claim)).await;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            })
+        })
+        .collect();
+    wait_until(
+        Duration::from_secs(30),
+        "the observer to see all five",
+        || observer.sees().len() == 5,
+    )
+    .await
+    .expect("all in view");
+    let members: Vec<_> = observer
+        .handle
+        .fleet_members()
+        .into_iter()
+        .map(|m| m.peer_id)
+        .collect();
+    assert_eq!(members, vec![peers[0].peer_id()], "only the admitted peer");
+    for member in observer.handle.fleet() {
+        let expected_member = member.peer_id == peers[0].peer_id();
+        match member.standing {
+            Standing::Member { operator: by, .. } => {
+                assert!(expected_member, "{}", member.announcement.name);
+                assert_eq!(by, operator.peer_id());
+            }
+            Standing::Stranger => assert!(!expected_member),
+            Standing::Open => panic!("a node that trusts an operator has no open standing"),
+        }
+    }
+    // A node that trusts no operator counts everyone.
+    let open = peers[1].handle.fleet_members();
+    assert!(open.len() >= 2, "an open node counts every peer it sees");
+    for task in announcing {
+        task.abort();
+    }
+    for peer in peers {
+        peer.stop().await;
+    }
+    observer.stop().await;
+}

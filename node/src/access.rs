@@ -72,6 +72,7 @@ mod tests {
             &AccessSection {
                 operators: vec![operator.to_string(), "not-a-peer".to_owned()],
                 admins: vec![admin.to_string()],
+                members_only: false,
             },
         );
         assert_eq!(policy.role_of(&local), Role::Admin);

@@ -259,7 +259,7 @@ impl Backups {
 
     /// The member `node` (peer id or a name unique among members) names.
     fn member(&self, node: &str) -> Result<PeerId, InvokeFailure> {
-        let members = self.mesh()?.fleet();
+        let members = self.mesh()?.fleet_members();
         let named: Vec<PeerId> = members
             .iter()
             .filter(|m| m.peer_id.to_string() == node || m.announcement.name == node)
@@ -433,7 +433,11 @@ impl Backups {
                 "a member offers only backups it made itself",
             ));
         }
-        let member = self.mesh()?.fleet().iter().any(|m| m.peer_id == caller);
+        let member = self
+            .mesh()?
+            .fleet_members()
+            .iter()
+            .any(|m| m.peer_id == caller);
         if !member {
             return Err(failure(
                 ErrorCode::Unauthorized,

@@ -322,6 +322,11 @@ pub struct AccessSection {
     pub operators: Vec<String>,
     /// Peer ids with the admin role. Default none.
     pub admins: Vec<String>,
+    /// Count as fleet members only the peers one of `operators` or `admins` admitted (a
+    /// membership credential it signed, `clawnode fleet admit`): the controllers place work on
+    /// members only, and `fleet` marks the rest as strangers. Default off: every peer on the
+    /// network counts (local fleets, and private fleets behind a swarm key).
+    pub members_only: bool,
 }
 
 /// Container workloads.

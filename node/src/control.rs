@@ -302,6 +302,10 @@ pub struct FleetMemberView {
     /// How the answering node is connected to it now: `direct` or `relayed`; none when not
     /// connected (or when it is the answering node).
     pub path: Option<String>,
+    /// What it is to the answering node's fleet: `member` (a trusted operator admitted it),
+    /// `stranger` (a market counterparty only), or `open` (the node trusts no operator, so
+    /// every peer counts).
+    pub standing: String,
     /// Its software version.
     pub software_version: String,
     /// Sequence of its latest announcement.
@@ -331,6 +335,10 @@ impl From<&FleetMember> for FleetMemberView {
             listen_addrs: a.listen_addrs.clone(),
             reachability: a.reachability_text().to_owned(),
             path: None,
+            standing: member
+                .standing
+                .as_str(claw_attestation::unix_millis(std::time::SystemTime::now()))
+                .to_owned(),
             software_version: a.software_version.clone(),
             seq: member.seq,
             issued_at_ms: member.issued_at_ms,

@@ -21,6 +21,9 @@ const IDENTITY_FILE: &str = "identity.key";
 const WALLET_FILE: &str = "wallet.json";
 const CONFIG_FILE: &str = "config.toml";
 const STORE_DIR: &str = "store";
+const MEMBERSHIP_FILE: &str = "membership.cred";
+/// A credential is a few hundred bytes; anything far larger is not one.
+const MAX_MEMBERSHIP_BYTES: usize = 4096;
 
 /// Why the data directory could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +184,27 @@ impl DataDir {
     /// The configuration.
     pub fn config(&self) -> &NodeConfig {
         &self.config
+    }
+
+    /// The fleet membership credential this node was given (`clawnode fleet join`), if any:
+    /// announced with the node, so peers that trust its operator count it a member.
+    pub fn membership(&self) -> Option<Vec<u8>> {
+        fs::read(self.root.join(MEMBERSHIP_FILE))
+            .ok()
+            .filter(|bytes| bytes.len() <= MAX_MEMBERSHIP_BYTES)
+    }
+
+    /// Keeps `credential` as this node's membership (atomically), replacing any before it. A
+    /// running node announces it from its next announcement.
+    pub fn set_membership(&self, credential: &[u8]) -> Result<(), DataDirError> {
+        let path = self.root.join(MEMBERSHIP_FILE);
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, credential)
+            .and_then(|()| fs::rename(&tmp, &path))
+            .map_err(|source| DataDirError::Io {
+                path: path.display().to_string(),
+                source,
+            })
     }
 
     /// Changes the config through `edit`, validates it, and writes it back (atomically; every

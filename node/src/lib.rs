@@ -143,6 +143,7 @@ pub fn announcement(
         cordoned: store.cordoned()?,
         taints: store.taints()?.iter().map(|t| t.to_text()).collect(),
         reachability,
+        membership: dir.membership(),
     })
 }
 

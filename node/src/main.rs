@@ -6,6 +6,7 @@ mod daemon;
 mod deploy_cli;
 mod job_cli;
 mod market_cli;
+mod membership_cli;
 mod ops;
 mod storage_cli;
 mod up;
@@ -68,6 +69,11 @@ enum Command {
         /// Show it again every 2 s until interrupted.
         #[arg(long)]
         watch: bool,
+    },
+    /// Fleet membership: admit a peer (as its operator) or install the credential it got.
+    Membership {
+        #[command(subcommand)]
+        command: membership_cli::MembershipCommand,
     },
     /// Run a command on the running node, or through it on a peer.
     Invoke(ops::InvokeArgs),
@@ -283,6 +289,7 @@ fn run(cli: Cli) -> Result<()> {
             runtime.block_on(daemon::run(dir, options, global.json))
         }
         Command::Fleet { watch } => ops::watching(watch, || fleet(global)),
+        Command::Membership { command } => membership_cli::membership(global, command),
         Command::Invoke(args) => ops::invoke(global, args),
         Command::Ps(args) => ops::ps(global, args),
         Command::Logs(args) => ops::logs(global, args),
@@ -360,6 +367,7 @@ fn fleet(global: &GlobalArgs) -> Result<()> {
                 },
                 m.reachability.clone(),
                 m.path.clone().unwrap_or_else(|| "-".into()),
+                m.standing.clone(),
                 m.software_version.clone(),
             ]
         })
@@ -373,6 +381,7 @@ fn fleet(global: &GlobalArgs) -> Result<()> {
             "MODELS",
             "REACHABILITY",
             "PATH",
+            "FLEET",
             "VERSION",
         ],
         &rows,

@@ -605,6 +605,20 @@ fn swarm_key(dir: &DataDir) -> Result<Option<SwarmKey>, StartError> {
     Ok(Some(key))
 }
 
+/// The operators whose membership credentials this node honours: none unless
+/// `[access] members_only` (then every peer counts).
+fn fleet_operators(access: &crate::config::AccessSection) -> Vec<claw_mesh::PeerId> {
+    if !access.members_only {
+        return Vec::new();
+    }
+    access
+        .operators
+        .iter()
+        .chain(&access.admins)
+        .filter_map(|peer| peer.parse().ok())
+        .collect()
+}
+
 fn mesh_config(dir: &DataDir, options: &NodeOptions) -> Result<MeshConfig, StartError> {
     let section = &dir.config().mesh;
     let listen = if options.listen.is_empty() {
@@ -642,6 +656,7 @@ fn mesh_config(dir: &DataDir, options: &NodeOptions) -> Result<MeshConfig, Start
         relays: parse_addrs("relays", &section.relays)?,
         external_addrs: parse_addrs("external_addrs", &section.external_addrs)?,
         nat_probe_private_addresses: section.nat_probe_private_addresses,
+        fleet_operators: fleet_operators(&dir.config().access),
         ..MeshConfig::default()
     })
 }

@@ -353,7 +353,7 @@ impl Services {
             name: name.to_owned(),
         })
         .map_err(|e| failure(ErrorCode::Internal, e.to_string()))?;
-        let members = mesh.fleet();
+        let members = mesh.fleet_members();
         let asks = members.iter().map(|member| {
             let params = params.clone();
             async move {

@@ -173,6 +173,7 @@ fn main() {
                 running_workloads: 0,
                 taints: Vec::new(),
                 reachability: Default::default(),
+                membership: None,
                 cordoned: false,
             };
             let announcer = handle.clone();

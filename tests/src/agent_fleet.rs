@@ -152,8 +152,16 @@ impl AgentFleet {
 
         let clis: Vec<Clawnode> = specs
             .iter()
-            .map(|spec| {
-                let cli = Clawnode::new(&dir.path().join(spec.name));
+            .enumerate()
+            .map(|(index, spec)| {
+                // Two nodes may announce one name (an impostor): each has its own directory.
+                let path = dir.path().join(spec.name);
+                let path = if specs[..index].iter().any(|s| s.name == spec.name) {
+                    dir.path().join(format!("{}-{index}", spec.name))
+                } else {
+                    path
+                };
+                let cli = Clawnode::new(&path);
                 cli.init_with_simulated_gpus(spec.gpus);
                 cli
             })
@@ -231,12 +239,23 @@ impl AgentFleet {
     /// [`AgentFleet::restart_bridge`] with `extra` arguments, waiting with `api_key` in the
     /// params when one is given.
     pub fn restart_bridge_with(&mut self, extra: &[&str], api_key: Option<&str>) {
+        let expected = self.nodes.len();
+        self.restart_bridge_seeing(extra, api_key, expected);
+    }
+
+    /// [`AgentFleet::restart_bridge_with`], waiting until the bridge's fleet has `expected`
+    /// nodes (fewer than started, where it presents members only).
+    pub fn restart_bridge_seeing(
+        &mut self,
+        extra: &[&str],
+        api_key: Option<&str>,
+        expected: usize,
+    ) {
         let _ = self.bridge.kill();
         let _ = self.bridge.wait();
         let mut args = self.bridge_args.clone();
         args.extend(extra.iter().map(std::ffi::OsString::from));
         self.bridge = spawn_bridge(&args, &self.device_id);
-        let expected = self.nodes.len();
         let params = api_key.map_or_else(|| json!({}), |key| json!({"api_key": key}));
         eventually(
             Duration::from_secs(60),

@@ -94,6 +94,7 @@ pub fn announcement(name: &str, network: &str) -> NodeAnnouncement {
         running_workloads: 0,
         taints: Vec::new(),
         reachability: Default::default(),
+        membership: None,
         cordoned: false,
     }
 }

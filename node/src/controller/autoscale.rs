@@ -143,7 +143,7 @@ impl Deployments {
     pub async fn autoscale_status(&self, name: &str) -> Result<AutoscaleStatus, InvokeFailure> {
         let autoscaler = self.inner.objects.autoscaler(name).await?;
         let deployment = autoscaler.spec.deployment.clone();
-        let members = self.mesh()?.fleet();
+        let members = self.mesh()?.fleet_members();
         let ranked = ranking(&key_of(&deployment), members.iter().map(|m| m.peer_id));
         let controller = ranked.first().map(ToString::to_string);
         let mut asked: Vec<PeerId> = ranked.into_iter().take(CONTROLLER_CANDIDATES).collect();

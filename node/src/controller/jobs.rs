@@ -424,7 +424,7 @@ impl Jobs {
         &self,
         owner: Owner<'_>,
     ) -> Result<(Option<PeerId>, PodReport), InvokeFailure> {
-        let members = self.mesh()?.fleet();
+        let members = self.mesh()?.fleet_members();
         let ranked = ranking(&owner.key(), members.iter().map(|m| m.peer_id));
         let controller = ranked.first().copied();
         let mut asked: Vec<PeerId> = ranked.into_iter().take(CONTROLLER_CANDIDATES).collect();
@@ -686,7 +686,7 @@ impl Jobs {
                 .into_iter()
                 .map(|c| ObjectKind::CronJob.key(&c.name)),
         );
-        let members = self.mesh()?.fleet();
+        let members = self.mesh()?.fleet_members();
         held.retain(|key, _| owners.contains(key));
         for key in &owners {
             let first = ranking(key, members.iter().map(|m| m.peer_id))

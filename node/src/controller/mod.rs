@@ -153,7 +153,7 @@ fn not_accepted(answered: usize, members: usize) -> Option<String> {
 /// Refuses a controller call from `caller` unless it is one of the first-ranked live members,
 /// in this node's view of the fleet, for the object under `key`.
 fn check_candidate(mesh: &MeshHandle, key: &str, caller: PeerId) -> Result<(), InvokeFailure> {
-    let members = mesh.fleet().into_iter().map(|m| m.peer_id);
+    let members = mesh.fleet_members().into_iter().map(|m| m.peer_id);
     if ranking(key, members)
         .iter()
         .take(CONTROLLER_CANDIDATES)
@@ -526,7 +526,7 @@ impl Deployments {
     /// sees the fleet, and the replicas every live member reports.
     pub async fn status(&self, name: &str) -> Result<DeploymentStatus, InvokeFailure> {
         let deployment = self.inner.objects.deployment(name).await?;
-        let members = self.mesh()?.fleet();
+        let members = self.mesh()?.fleet_members();
         let controller = ranking(&key_of(name), members.iter().map(|m| m.peer_id))
             .first()
             .map(ToString::to_string);
@@ -601,7 +601,7 @@ impl Deployments {
     async fn round(&self, held: &mut HashMap<String, Held>) -> Result<(), InvokeFailure> {
         let deployments = self.inner.objects.deployments().await?.deployments;
         let autoscalers = self.inner.objects.autoscalers().await?;
-        let members = self.mesh()?.fleet();
+        let members = self.mesh()?.fleet_members();
         held.retain(|name, _| deployments.iter().any(|d| &d.name == name));
         for deployment in &deployments {
             let name = &deployment.name;

@@ -106,7 +106,7 @@ impl FleetObjects {
             })
             .map_err(|e| failure(ErrorCode::Internal, e.to_string()))?;
             let asks = mesh
-                .fleet()
+                .fleet_members()
                 .into_iter()
                 .filter(|m| m.peer_id != local)
                 .map(|member| {

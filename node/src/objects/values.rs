@@ -151,7 +151,7 @@ impl FleetObjects {
             .mesh
             .get()
             .map(|mesh| {
-                mesh.fleet()
+                mesh.fleet_members()
                     .into_iter()
                     .map(|m| (m.peer_id, m.announcement.name))
                     .collect()
