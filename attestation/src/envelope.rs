@@ -707,10 +707,13 @@ impl Verifier {
 ///
 /// Sequences are tracked per kind because different kinds travel on different gossip topics and
 /// may arrive out of order relative to each other; within one kind they must strictly increase.
-/// Memory is bounded: when `capacity` signers are tracked, the one seen longest ago is forgotten.
+/// Memory is bounded: when `capacity` signers are tracked, the one seen longest ago is forgotten,
+/// found in O(log n) from an index by last use (no scan of the whole map on the gossip path).
 #[derive(Debug)]
 pub struct ReplayGuard {
     last_seen: HashMap<([u8; 32], PayloadKind), SeenSeq>,
+    /// The same entries by when each was last admitted (a counter, so every key is distinct).
+    by_use: std::collections::BTreeMap<u64, ([u8; 32], PayloadKind)>,
     capacity: usize,
     clock: u64,
 }
@@ -726,6 +729,7 @@ impl ReplayGuard {
     pub fn new(capacity: usize) -> Self {
         Self {
             last_seen: HashMap::new(),
+            by_use: std::collections::BTreeMap::new(),
             capacity: capacity.max(1),
             clock: 0,
         }
@@ -745,21 +749,20 @@ impl ReplayGuard {
                     last_seen: seen.seq,
                 });
             }
+            self.by_use.remove(&seen.touched);
             *seen = SeenSeq {
                 seq: e.seq,
                 touched: self.clock,
             };
+            self.by_use.insert(self.clock, key);
             return Ok(());
         }
         if self.last_seen.len() >= self.capacity
-            && let Some(oldest) = self
-                .last_seen
-                .iter()
-                .min_by_key(|(_, s)| s.touched)
-                .map(|(k, _)| *k)
+            && let Some((_, oldest)) = self.by_use.pop_first()
         {
             self.last_seen.remove(&oldest);
         }
+        self.by_use.insert(self.clock, key);
         self.last_seen.insert(
             key,
             SeenSeq {
@@ -1100,10 +1103,30 @@ mod tests {
             guard.admit(&v).unwrap();
         }
         assert_eq!(guard.last_seen.len(), 2);
+        assert_eq!(guard.by_use.len(), 2);
         assert_eq!(
             guard.last_seen(&identities[0].public_key(), PayloadKind::Inventory),
             None
         );
+        // A signer admitted again is used most recently: the other one goes next.
+        let again = verifier
+            .verify_at(&sealed(&identities[1], 2).to_bytes(), None, NOW)
+            .unwrap();
+        guard.admit(&again).unwrap();
+        let newcomer = NodeIdentity::generate();
+        let v = verifier
+            .verify_at(&sealed(&newcomer, 1).to_bytes(), None, NOW)
+            .unwrap();
+        guard.admit(&v).unwrap();
+        assert_eq!(
+            guard.last_seen(&identities[1].public_key(), PayloadKind::Inventory),
+            Some(2)
+        );
+        assert_eq!(
+            guard.last_seen(&identities[2].public_key(), PayloadKind::Inventory),
+            None
+        );
+        assert_eq!((guard.last_seen.len(), guard.by_use.len()), (2, 2));
     }
 
     #[test]

@@ -120,7 +120,7 @@ impl InboundLimits {
 
 /// The IP address a multiaddr starts from, if it has one. A relayed connection has none of its
 /// own (its address is the relay's): the relay's circuit limits bound those.
-fn ip_of(address: &Multiaddr) -> Option<IpAddr> {
+pub(crate) fn ip_of(address: &Multiaddr) -> Option<IpAddr> {
     if crate::nat::is_relayed(address) {
         return None;
     }
@@ -132,7 +132,7 @@ fn ip_of(address: &Multiaddr) -> Option<IpAddr> {
 }
 
 /// The network an address is counted in: its IPv4 /24 or IPv6 /48.
-fn network_of(ip: IpAddr) -> IpAddr {
+pub(crate) fn network_of(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(v4) => {
             let [a, b, c, _] = v4.octets();

@@ -15,6 +15,7 @@ mod invoke;
 mod known_peers;
 mod membership;
 mod nat;
+mod routing;
 mod stats;
 mod swarm;
 
@@ -136,9 +137,9 @@ impl Mesh {
         handler: Arc<dyn InvokeHandler>,
     ) -> Result<Self, MeshError> {
         let topics = swarm::Topics::new(&config.network)?;
-        let swarm = swarm::build_swarm(identity, &config, &topics)?;
-        let streams = Streams(swarm.behaviour().stream_control());
         let fleet = Arc::new(RwLock::new(FleetView::new(config.max_silence())));
+        let swarm = swarm::build_swarm(identity, &config, &topics, Arc::clone(&fleet))?;
+        let streams = Streams(swarm.behaviour().stream_control());
         let (commands_tx, commands_rx) = mpsc::channel(256);
         let (events_tx, events_rx) = mpsc::channel(1024);
         let local_peer_id = identity.peer_id();

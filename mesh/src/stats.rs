@@ -35,6 +35,8 @@ impl GossipVerdict {
 pub struct MeshCounters {
     /// Peers with at least one open connection.
     pub connected_peers: u64,
+    /// Peers in the Kademlia routing table.
+    pub routing_table_peers: u64,
     /// Gossiped messages by topic and verdict, since the node started.
     pub gossip: Vec<(TopicKind, GossipVerdict, u64)>,
 }
@@ -43,6 +45,7 @@ pub struct MeshCounters {
 #[derive(Debug, Default)]
 pub(crate) struct MeshStats {
     connected_peers: AtomicU64,
+    routing_table_peers: AtomicU64,
     gossip: [[AtomicU64; 3]; TopicKind::ALL.len()],
 }
 
@@ -70,6 +73,11 @@ impl MeshStats {
             .store(u64::try_from(count).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
+    pub(crate) fn set_routing_table_peers(&self, count: usize) {
+        self.routing_table_peers
+            .store(u64::try_from(count).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
     pub(crate) fn count_gossip(&self, kind: TopicKind, verdict: GossipVerdict) {
         self.gossip[topic_index(kind)][verdict_index(verdict)].fetch_add(1, Ordering::Relaxed);
     }
@@ -85,6 +93,7 @@ impl MeshStats {
         }
         MeshCounters {
             connected_peers: self.connected_peers.load(Ordering::Relaxed),
+            routing_table_peers: self.routing_table_peers.load(Ordering::Relaxed),
             gossip,
         }
     }

@@ -71,6 +71,7 @@ pub(crate) struct Behaviour {
     invoke: request_response::json::Behaviour<InvokeRequest, InvokeResponse>,
     mdns: Toggle<mdns::tokio::Behaviour>,
     stream: libp2p_stream::Behaviour,
+    announced: crate::routing::AnnouncedAddresses,
     autonat: autonat::Behaviour,
     relay_client: relay::client::Behaviour,
     relay: Toggle<relay::Behaviour>,
@@ -160,6 +161,7 @@ pub(crate) struct EventLoop {
     stats: Arc<MeshStats>,
     nat: Arc<RwLock<NatView>>,
     relays: RelaySelection,
+    routing: crate::routing::RoutingQuota,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -268,6 +270,7 @@ pub(crate) fn build_swarm(
     identity: &NodeIdentity,
     config: &MeshConfig,
     topics: &Topics,
+    fleet: Arc<RwLock<FleetView>>,
 ) -> Result<Swarm<Behaviour>, MeshError> {
     let keypair = identity.libp2p_keypair();
     let behaviour = |key: &libp2p::identity::Keypair,
@@ -278,6 +281,8 @@ pub(crate) fn build_swarm(
         kad_config.set_query_timeout(Duration::from_secs(30));
         // Peers' records and provider announcements are checked before they are stored.
         kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
+        // Nothing enters the routing table but what the event loop admits (per-IP quotas).
+        kad_config.set_kbucket_inserts(kad::BucketInserts::Manual);
         let mut kad = kad::Behaviour::with_config(local, MemoryStore::new(local), kad_config);
         kad.set_mode(Some(kad::Mode::Server));
         let mdns = if config.mdns {
@@ -323,6 +328,7 @@ pub(crate) fn build_swarm(
             ),
             mdns: Toggle::from(mdns),
             stream: libp2p_stream::Behaviour::new(),
+            announced: crate::routing::AnnouncedAddresses::new(Arc::clone(&fleet)),
             autonat: autonat::Behaviour::new(local, autonat_config(config)),
             relay_client,
             relay: Toggle::from(config.relay_server.then(|| relay_server(local))),
@@ -467,6 +473,7 @@ impl EventLoop {
             stats: Arc::default(),
             nat: Arc::default(),
             relays: RelaySelection::default(),
+            routing: crate::routing::RoutingQuota::new(!config.allow_colocated_peers),
             config,
         }
     }
@@ -497,10 +504,7 @@ impl EventLoop {
                     "relay {relay} must end in /p2p/<peer id>"
                 )));
             };
-            self.swarm
-                .behaviour_mut()
-                .kad
-                .add_address(&peer, relay.clone());
+            self.add_route(peer, relay.clone());
             let circuit = nat::circuit_through(&relay, peer);
             let listener = self
                 .swarm
@@ -533,10 +537,7 @@ impl EventLoop {
                 continue;
             }
             if let Some(peer) = peer {
-                self.swarm
-                    .behaviour_mut()
-                    .kad
-                    .add_address(&peer, address.clone());
+                self.add_route(peer, address.clone());
             }
             match self.swarm.dial(address.clone()) {
                 Ok(()) => dialled += 1,
@@ -642,10 +643,7 @@ impl EventLoop {
             }
             Command::Dial { address, reply } => {
                 if let Some(peer) = peer_of(&address) {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer, address.clone());
+                    self.add_route(peer, address.clone());
                 }
                 let result = self
                     .swarm
@@ -804,10 +802,10 @@ impl EventLoop {
                 .iter()
                 .take(16)
                 .filter_map(|a| a.parse::<Multiaddr>().ok())
-                .filter(|a| usable_address(a) && !self.is_own_address(a))
+                .filter(usable_address)
                 .collect();
             for address in addresses {
-                self.swarm.behaviour_mut().kad.add_address(&peer, address);
+                self.add_route(peer, address);
             }
         }
         let change = {
@@ -962,14 +960,11 @@ impl EventLoop {
                 let addresses: Vec<Multiaddr> = info
                     .listen_addrs
                     .iter()
-                    .filter(|a| usable_address(a) && !self.is_own_address(a))
+                    .filter(|a| usable_address(a))
                     .cloned()
                     .collect();
                 for address in addresses {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer_id, address);
+                    self.add_route(peer_id, address);
                 }
                 self.known_peers.remember(peer_id, &info.listen_addrs);
                 if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
@@ -1022,10 +1017,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, address) in found {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer, address.clone());
+                    self.add_route(peer, address.clone());
                     let _ = self.swarm.dial(address);
                 }
             }
@@ -1088,6 +1080,18 @@ impl EventLoop {
                 self.log_connection_error("outgoing", &who, &error.to_string());
             }
             _ => {}
+        }
+    }
+
+    /// Puts `peer` at `address` into the Kademlia routing table, within the per-IP quotas.
+    fn add_route(&mut self, peer: PeerId, address: Multiaddr) {
+        if peer == self.local_peer_id || self.is_own_address(&address) {
+            return;
+        }
+        if self.routing.admits(&peer, &address) {
+            self.swarm.behaviour_mut().kad.add_address(&peer, address);
+        } else {
+            tracing::debug!(%peer, %address, "not routed: its address holds its quota already");
         }
     }
 
@@ -1247,6 +1251,33 @@ impl EventLoop {
     fn on_kad_event(&mut self, event: kad::Event) {
         let (id, result, step) = match event {
             kad::Event::InboundRequest { request } => return self.on_kad_inbound(request),
+            kad::Event::RoutablePeer { peer, address }
+            | kad::Event::PendingRoutablePeer { peer, address } => {
+                return self.add_route(peer, address);
+            }
+            kad::Event::RoutingUpdated {
+                peer,
+                is_new_peer,
+                addresses,
+                old_peer,
+                ..
+            } => {
+                if let Some(old) = old_peer {
+                    self.routing.removed(&old);
+                }
+                if is_new_peer && !self.routing.inserted(peer, addresses.iter()) {
+                    self.swarm.behaviour_mut().kad.remove_peer(&peer);
+                }
+                let routed = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .kbuckets()
+                    .map(|bucket| bucket.num_entries())
+                    .sum();
+                self.stats.set_routing_table_peers(routed);
+                return;
+            }
             kad::Event::OutboundQueryProgressed {
                 id, result, step, ..
             } => (id, result, step),

@@ -899,3 +899,65 @@ async fn only_peers_a_trusted_operator_admitted_are_fleet_members() {
     }
     observer.stop().await;
 }
+
+/// One host with many keys (six Sybils on one address) joins a node that counts addresses: the
+/// node keeps all of them in its fleet view and can call each, but its Kademlia routing table
+/// holds at most two peers from that address, so the host cannot answer every lookup. A node
+/// for local fleets (no counting) routes them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_two_routing_slots_however_many_keys_it_has() {
+    let guarded = TestNode::start_with(
+        Arc::new(NodeIdentity::generate()),
+        "guarded",
+        claw_mesh::MeshConfig {
+            allow_colocated_peers: false,
+            max_inbound_per_ip: 32,
+            max_inbound_per_network: 64,
+            ..test_config("routing")
+        },
+        true,
+    )
+    .await;
+    let open = TestNode::start("open", test_config("routing")).await;
+    let mut sybils = Vec::new();
+    for i in 0..6 {
+        let mut config = test_config("routing");
+        config.bootstrap = vec![guarded.addr.clone(), open.addr.clone()];
+        sybils.push(TestNode::start(&format!("sybil-{i}"), config).await);
+    }
+    wait_until(
+        Duration::from_secs(30),
+        "the guarded node to see all eight",
+        || guarded.sees().len() == 8,
+    )
+    .await
+    .expect("every node in the guarded view");
+    wait_until(
+        Duration::from_secs(30),
+        "the open node to route all seven others",
+        || open.handle.counters().routing_table_peers >= 7,
+    )
+    .await
+    .expect("the open node routes everyone");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let routed = guarded.handle.counters().routing_table_peers;
+    assert!(
+        (1..=2).contains(&routed),
+        "one address holds at most two routing slots: {routed}"
+    );
+    for sybil in &sybils {
+        guarded
+            .handle
+            .invoke(
+                sybil.peer_id(),
+                InvokeRequest::new("echo", Duration::from_secs(5)),
+            )
+            .await
+            .expect("every node in the view can still be called");
+    }
+    for sybil in sybils {
+        sybil.stop().await;
+    }
+    open.stop().await;
+    guarded.stop().await;
+}

@@ -192,6 +192,13 @@ fn registry(
         "Peers with at least one open mesh connection",
         peers,
     );
+    let routing = Gauge::<i64>::default();
+    routing.set(gauge(mesh.routing_table_peers));
+    registry.register(
+        "mesh_routing_table_peers",
+        "Peers in the Kademlia routing table (at most 2 per IP address and 8 per network)",
+        routing,
+    );
 
     let gossip = Family::<GossipLabels, Counter>::default();
     for (topic, verdict, count) in &mesh.gossip {
