@@ -237,8 +237,25 @@ impl Internet {
     }
 
     /// A host behind its own NAT router: it reaches the internet, nothing there reaches it
-    /// unless it sent there first (masquerade, with only established flows let back in).
+    /// unless it sent there first (masquerade, with only established flows let back in). The
+    /// router keeps a flow's port where it can, so hole punching works through it.
     pub fn host_behind_nat(&mut self, name: &str, link: Link) -> Result<NetHost, String> {
+        self.behind_router(name, link, false)
+    }
+
+    /// A host behind a symmetric NAT: every flow leaves from a random port of the router, so
+    /// the port a peer saw is useless to any other peer and hole punching cannot work; only a
+    /// relay reaches it.
+    pub fn host_behind_symmetric_nat(&mut self, name: &str, link: Link) -> Result<NetHost, String> {
+        self.behind_router(name, link, true)
+    }
+
+    fn behind_router(
+        &mut self,
+        name: &str,
+        link: Link,
+        symmetric: bool,
+    ) -> Result<NetHost, String> {
         let router = self.namespace(&format!("{name}-nat"))?;
         let public_address = self.plug(&router, link)?;
         let host = self.namespace(name)?;
@@ -267,17 +284,21 @@ impl Internet {
         in_namespace(&router, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
         // Like most home routers: unsolicited packets from the internet are dropped, not
         // answered with a reset.
+        let mut masquerade = vec![
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            "eth0",
+            "-j",
+            "MASQUERADE",
+        ];
+        if symmetric {
+            masquerade.push("--random-fully");
+        }
         let rules: [&[&str]; 5] = [
-            &[
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-o",
-                "eth0",
-                "-j",
-                "MASQUERADE",
-            ],
+            &masquerade,
             &[
                 "-A",
                 "INPUT",

@@ -6,7 +6,8 @@
 //! The NAT'd nodes find out they cannot be dialled (AutoNAT), listen through the relay they
 //! joined by, and announce the relayed address; the relay is found public. One NAT'd node asks
 //! the other for its GPUs through the relay, and hole punching (DCUtR) then gives the two a
-//! direct connection across both NATs. A NAT'd provider sells a lease to a NAT'd buyer, on the
+//! direct connection across both NATs. A third node sits behind a symmetric NAT, where hole
+//! punching cannot work: it stays relayed, and is still reached. A NAT'd provider sells a lease to a NAT'd buyer, on the
 //! real Docker Engine, with the chain and the arbiter (the relay) on the public host; it settles
 //! on chain and the provider is paid.
 
@@ -84,6 +85,16 @@ fn relay_settings(host: &NetHost) -> [(&'static str, String); 2] {
 /// An internet with a public relay host and two hosts behind NAT, or `None` (said, and a
 /// failure under `CLAW_TEST_STRICT`) where this machine cannot make namespaces.
 fn internet() -> Option<(Internet, NetHost, NetHost, NetHost)> {
+    let mut internet = new_internet()?;
+    let relay = internet
+        .public_host("relay", Link::default())
+        .expect("relay host");
+    let a = internet.host_behind_nat("a", LINK).expect("host a");
+    let b = internet.host_behind_nat("b", LINK).expect("host b");
+    Some((internet, relay, a, b))
+}
+
+fn new_internet() -> Option<Internet> {
     let mut internet = match Internet::create() {
         Ok(internet) => internet,
         Err(reason) => {
@@ -95,12 +106,7 @@ fn internet() -> Option<(Internet, NetHost, NetHost, NetHost)> {
             return None;
         }
     };
-    let relay = internet
-        .public_host("relay", Link::default())
-        .expect("relay host");
-    let a = internet.host_behind_nat("a", LINK).expect("host a");
-    let b = internet.host_behind_nat("b", LINK).expect("host b");
-    Some((internet, relay, a, b))
+    Some(internet)
 }
 
 fn listen() -> Vec<String> {
@@ -125,9 +131,12 @@ fn member(viewer: &Clawnode, peer: &str) -> Option<Value> {
 
 #[test]
 fn nodes_behind_nat_are_reached_through_a_relay_and_then_directly() {
-    let Some((internet, relay_host, a_host, b_host)) = internet() else {
+    let Some((mut internet, relay_host, a_host, b_host)) = internet() else {
         return;
     };
+    let c_host = internet
+        .host_behind_symmetric_nat("c", LINK)
+        .expect("host c");
     let dir = tempfile::tempdir().expect("temp dir");
     let relay = node(
         dir.path(),
@@ -137,6 +146,7 @@ fn nodes_behind_nat_are_reached_through_a_relay_and_then_directly() {
     );
     let a = node(dir.path(), "a", &a_host, &[]);
     let b = node(dir.path(), "b", &b_host, &[]);
+    let c = node(dir.path(), "c", &c_host, &[]);
 
     let relay_run = RunningNode::start_listening(&relay, &listen(), &[]);
     let seed = vec![format!(
@@ -145,6 +155,7 @@ fn nodes_behind_nat_are_reached_through_a_relay_and_then_directly() {
     )];
     let a_run = RunningNode::start_listening(&a, &listen(), &seed);
     let b_run = RunningNode::start_listening(&b, &listen(), &seed);
+    let c_run = RunningNode::start_listening(&c, &listen(), &seed);
 
     // The NATs are real: nothing on the internet reaches a NAT'd node's port, while the relay's
     // is open to everyone.
@@ -155,7 +166,7 @@ fn nodes_behind_nat_are_reached_through_a_relay_and_then_directly() {
 
     let started = Instant::now();
     let circuit = format!("/p2p/{}/p2p-circuit", relay_run.peer_id);
-    for (viewer, target) in [(&b, &a_run), (&a, &b_run)] {
+    for (viewer, target) in [(&b, &a_run), (&a, &b_run), (&b, &c_run)] {
         let seen = eventually(
             Duration::from_secs(90),
             "the NAT'd node announced as reachable through the relay",
@@ -169,7 +180,7 @@ fn nodes_behind_nat_are_reached_through_a_relay_and_then_directly() {
             "a relayed address through the relay is announced: {addrs:?}"
         );
     }
-    eprintln!("both NAT'd nodes relayed after {:?}", started.elapsed());
+    eprintln!("the NAT'd nodes relayed after {:?}", started.elapsed());
     eventually(
         Duration::from_secs(90),
         "the relay found public by AutoNAT",
@@ -196,12 +207,23 @@ fn nodes_behind_nat_are_reached_through_a_relay_and_then_directly() {
         },
     );
     eprintln!("hole punched after {:?}", punched.elapsed());
+    // Behind the symmetric NAT, punching fails: b reaches c through the relay, and stays
+    // relayed.
+    for _ in 0..3 {
+        let gpus = b
+            .invoke(Some(&c_run.peer_id), "gpu.list", &json!({}))
+            .expect("gpu.list through the relay");
+        assert!(gpus.to_string().contains("NVIDIA L4"), "{gpus}");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let through = member(&b, &c_run.peer_id).expect("c in b's view");
+    assert_eq!(through["path"], "relayed", "{through}");
     let table = b.ok(&["fleet"]).stdout;
     assert!(table.contains("REACHABILITY"), "{table}");
     assert!(table.contains("relayed"), "{table}");
     assert!(table.contains("direct"), "{table}");
 
-    drop((a_run, b_run, relay_run));
+    drop((a_run, b_run, c_run, relay_run));
     drop(internet);
 }
 
