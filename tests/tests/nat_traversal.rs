@@ -95,7 +95,7 @@ fn internet() -> Option<(Internet, NetHost, NetHost, NetHost)> {
 }
 
 fn new_internet() -> Option<Internet> {
-    let mut internet = match Internet::create() {
+    let internet = match Internet::create() {
         Ok(internet) => internet,
         Err(reason) => {
             assert!(
