@@ -359,17 +359,22 @@ async fn status_against_fan_out(nodes: &[TestNode]) -> Vec<String> {
                 caller
                     .invoke(peer, InvokeRequest::new("echo", Duration::from_secs(5)))
                     .await
-                    .is_ok()
+                    .err()
+                    .map(|e| e.message)
             }));
         }
-        let mut failed = 0;
+        let mut failed = Vec::new();
         for task in tasks {
-            if !task.await.expect("task") {
-                failed += 1;
+            if let Some(error) = task.await.expect("task") {
+                failed.push(error);
             }
         }
-        if failed > 0 {
-            eprintln!("fan-out: {failed} of {} invokes failed", peers.len());
+        if !failed.is_empty() {
+            eprintln!(
+                "fan-out: {} of {} invokes failed: {failed:?}",
+                failed.len(),
+                peers.len()
+            );
         }
         fan_out.push(started.elapsed());
     }

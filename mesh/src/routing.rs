@@ -22,6 +22,15 @@ use libp2p::{Multiaddr, PeerId};
 use crate::fleet::FleetView;
 use crate::inbound::{ip_of, network_of};
 
+/// `address` without a trailing `/p2p/<peer>`: the swarm adds it when it dials, and the same
+/// address written both ways would be dialled twice (two connections, one of them refused).
+pub(crate) fn without_peer(mut address: Multiaddr, peer: &PeerId) -> Multiaddr {
+    if matches!(address.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(p)) if &p == peer) {
+        address.pop();
+    }
+    address
+}
+
 /// Addresses taken from one announcement at most.
 const MAX_ANNOUNCED_ADDRESSES: usize = 16;
 
@@ -55,6 +64,7 @@ impl AnnouncedAddresses {
             .iter()
             .take(MAX_ANNOUNCED_ADDRESSES)
             .filter_map(|a| a.parse::<Multiaddr>().ok())
+            .map(|a| without_peer(a, peer))
             .filter(|a| crate::swarm::usable_address(a) && !self.own.contains(a))
             .collect()
     }
@@ -242,6 +252,22 @@ mod tests {
         let late = PeerId::random();
         quota.inserted(PeerId::random(), std::iter::once(&flood));
         assert!(!quota.inserted(late, std::iter::once(&flood)));
+    }
+
+    #[test]
+    fn an_address_is_written_one_way_whatever_its_source() {
+        let peer = PeerId::random();
+        let bare = at("/ip4/10.0.0.1/tcp/4001");
+        let suffixed = bare.clone().with_p2p(peer).expect("no peer id yet");
+        assert_eq!(without_peer(suffixed, &peer), bare);
+        // Another peer's id (a relay's, in a circuit address) stays.
+        let relay = PeerId::random();
+        let circuit = bare
+            .clone()
+            .with_p2p(relay)
+            .expect("relay")
+            .with(libp2p::multiaddr::Protocol::P2pCircuit);
+        assert_eq!(without_peer(circuit.clone(), &peer), circuit);
     }
 
     #[test]

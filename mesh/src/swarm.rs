@@ -1085,6 +1085,7 @@ impl EventLoop {
 
     /// Puts `peer` at `address` into the Kademlia routing table, within the per-IP quotas.
     fn add_route(&mut self, peer: PeerId, address: Multiaddr) {
+        let address = crate::routing::without_peer(address, &peer);
         if peer == self.local_peer_id || self.is_own_address(&address) {
             return;
         }
