@@ -36,7 +36,9 @@ pub struct MeshConfig {
     /// Established connections kept at most. Default 256.
     pub max_connections: u32,
     /// Of `max_connections`, how many inbound connections may never take: room for the node's
-    /// own dials to peers it chose. Default 32.
+    /// own dials to peers it chose. Default 32. Inbound connections may take one slot more for a
+    /// moment: taking it makes the node drop its least useful inbound peer (no shared gossip
+    /// topic, then the lowest score, then the newest), so a late joiner always finds room.
     pub reserved_outbound: u32,
     /// Inbound connections from one IP address at most. Default 8. Not counted with
     /// `allow_colocated_peers`.

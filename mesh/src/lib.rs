@@ -9,6 +9,7 @@
 //! status is computed with no network round trip.
 
 mod config;
+mod eviction;
 mod fleet;
 mod inbound;
 mod invoke;

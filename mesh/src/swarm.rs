@@ -162,6 +162,7 @@ pub(crate) struct EventLoop {
     nat: Arc<RwLock<NatView>>,
     relays: RelaySelection,
     routing: crate::routing::RoutingQuota,
+    inbound: crate::eviction::InboundPeers,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -297,12 +298,9 @@ pub(crate) fn build_swarm(
             limits: connection_limits::Behaviour::new(
                 connection_limits::ConnectionLimits::default()
                     .with_max_established(Some(config.max_connections))
-                    .with_max_established_incoming(Some(
-                        config
-                            .max_connections
-                            .saturating_sub(config.reserved_outbound)
-                            .max(1),
-                    ))
+                    // One slot past the inbound share: taking it makes the node drop its
+                    // least useful inbound peer, so there is always room for a late joiner.
+                    .with_max_established_incoming(Some(inbound_share(config) + 1))
                     .with_max_established_per_peer(Some(2))
                     .with_max_pending_incoming(Some(64)),
             ),
@@ -395,6 +393,14 @@ pub(crate) fn build_swarm(
     Ok(swarm)
 }
 
+/// Inbound connections a node keeps: its connections less those reserved for its own dials.
+fn inbound_share(config: &MeshConfig) -> u32 {
+    config
+        .max_connections
+        .saturating_sub(config.reserved_outbound)
+        .max(1)
+}
+
 /// AutoNAT: a first probe soon after start, then again until sure, and every 10 minutes.
 fn autonat_config(config: &MeshConfig) -> autonat::Config {
     autonat::Config {
@@ -474,6 +480,7 @@ impl EventLoop {
             nat: Arc::default(),
             relays: RelaySelection::default(),
             routing: crate::routing::RoutingQuota::new(!config.allow_colocated_peers),
+            inbound: crate::eviction::InboundPeers::default(),
             config,
         }
     }
@@ -1041,6 +1048,13 @@ impl EventLoop {
                     endpoint.is_relayed(),
                 );
                 self.relays.connected(peer_id, &endpoint);
+                if endpoint.is_listener() {
+                    self.inbound.opened(peer_id, Instant::now());
+                    let share = usize::try_from(inbound_share(&self.config)).unwrap_or(usize::MAX);
+                    if self.inbound.connections() > share {
+                        self.make_room(peer_id);
+                    }
+                }
                 self.stats
                     .set_connected_peers(self.swarm.connected_peers().count());
                 self.emit(MeshEvent::Connected(peer_id));
@@ -1048,9 +1062,13 @@ impl EventLoop {
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 connection_id,
+                endpoint,
                 num_established,
                 ..
             } => {
+                if endpoint.is_listener() {
+                    self.inbound.closed(&peer_id);
+                }
                 self.nat
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
@@ -1081,6 +1099,30 @@ impl EventLoop {
             }
             _ => {}
         }
+    }
+
+    /// Inbound connections took the spare slot (`newcomer`'s): drops the least useful inbound
+    /// peer, so the node keeps room for the next peer that joins late.
+    fn make_room(&mut self, newcomer: PeerId) {
+        let gossipsub = &self.swarm.behaviour().gossipsub;
+        let subscribed: HashSet<PeerId> = gossipsub
+            .all_peers()
+            .filter(|(_, topics)| !topics.is_empty())
+            .map(|(peer, _)| *peer)
+            .collect();
+        let inbound: Vec<crate::eviction::InboundPeer> = self
+            .inbound
+            .peers()
+            .map(|(peer, since)| crate::eviction::InboundPeer {
+                peer,
+                since,
+                shares_topic: subscribed.contains(&peer),
+                score: gossipsub.peer_score(&peer).unwrap_or(0.0),
+            })
+            .collect();
+        let victim = crate::eviction::least_useful(&inbound, &newcomer, Instant::now());
+        tracing::info!(peer = %victim, "inbound slots full: dropping the least useful inbound peer");
+        let _ = self.swarm.disconnect_peer_id(victim);
     }
 
     /// Puts `peer` at `address` into the Kademlia routing table, within the per-IP quotas.

@@ -961,3 +961,86 @@ async fn one_address_holds_two_routing_slots_however_many_keys_it_has() {
     open.stop().await;
     guarded.stop().await;
 }
+
+/// A node whose inbound slots strangers fill (bare peers that subscribe to nothing and only hold
+/// a connection) still admits a fleet node that joins late: taking the last slot makes it drop
+/// the least useful inbound peer, one of the strangers, and the late joiner stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_finds_room_at_a_full_node() {
+    use futures::StreamExt as _;
+    use libp2p::{noise, ping, swarm::SwarmEvent, tcp, yamux};
+
+    let full = TestNode::start_with(
+        Arc::new(NodeIdentity::generate()),
+        "full",
+        claw_mesh::MeshConfig {
+            max_connections: 6,
+            reserved_outbound: 2,
+            ..test_config("eviction")
+        },
+        true,
+    )
+    .await;
+    // Four strangers take the node's four inbound slots.
+    let (fill_tx, mut fill_rx) = tokio::sync::mpsc::channel(16);
+    let mut strangers = Vec::new();
+    for _ in 0..4 {
+        let target = full.addr.clone();
+        let fill_tx = fill_tx.clone();
+        strangers.push(tokio::spawn(async move {
+            let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+                .with_tokio()
+                .with_tcp(
+                    tcp::Config::default(),
+                    noise::Config::new,
+                    yamux::Config::default,
+                )
+                .expect("tcp")
+                .with_behaviour(|_| ping::Behaviour::new(ping::Config::new()))
+                .expect("behaviour")
+                .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
+                .build();
+            swarm.dial(target).expect("dial");
+            loop {
+                match swarm.select_next_some().await {
+                    SwarmEvent::ConnectionEstablished { .. } => {
+                        let _ = fill_tx.send(true).await;
+                    }
+                    SwarmEvent::ConnectionClosed { .. } => {
+                        let _ = fill_tx.send(false).await;
+                    }
+                    _ => {}
+                }
+            }
+        }));
+    }
+    let mut connected = 0;
+    while connected < 4 {
+        match tokio::time::timeout(Duration::from_secs(10), fill_rx.recv()).await {
+            Ok(Some(true)) => connected += 1,
+            Ok(Some(false)) => connected -= 1,
+            _ => panic!("the strangers could not all connect"),
+        }
+    }
+    // Past their grace, a fleet node joins late.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let mut config = test_config("eviction");
+    config.bootstrap = vec![full.addr.clone()];
+    let late = TestNode::start("late", config).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the late joiner and the full node to see each other",
+        || late.sees().contains(&full.peer_id()) && full.sees().contains(&late.peer_id()),
+    )
+    .await
+    .expect("the late joiner was admitted");
+    let dropped = tokio::time::timeout(Duration::from_secs(5), fill_rx.recv())
+        .await
+        .expect("a stranger was dropped");
+    assert_eq!(dropped, Some(false), "a stranger's connection closed");
+    for stranger in strangers {
+        stranger.abort();
+    }
+    late.stop().await;
+    full.stop().await;
+}

@@ -12,7 +12,7 @@ mod docker_proxy;
 mod netns;
 
 pub use agent_fleet::{AgentFleet, FleetNode, NodeSpec, plugin_path, write_secret};
-pub use netns::{Internet, Link, NetHost, TestHost};
+pub use netns::{Internet, Link, NetHost, TestHost, namespace_or_skip};
 
 /// The GPU model test nodes simulate.
 pub const SIMULATED_MODEL: &str = "NVIDIA H100 80GB HBM3";

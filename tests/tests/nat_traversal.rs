@@ -7,16 +7,16 @@
 //! joined by, and announce the relayed address; the relay is found public. One NAT'd node asks
 //! the other for its GPUs through the relay, and hole punching (DCUtR) then gives the two a
 //! direct connection across both NATs. A third node sits behind a symmetric NAT, where hole
-//! punching cannot work: it stays relayed, and is still reached. A NAT'd provider sells a lease to a NAT'd buyer, on the
-//! real Docker Engine, with the chain and the arbiter (the relay) on the public host; it settles
-//! on chain and the provider is paid.
+//! punching cannot work: it stays relayed, and is still reached. A NAT'd provider sells a lease
+//! to a NAT'd buyer, on the real Docker Engine, with the chain and the arbiter (the relay) on the
+//! public host; it settles on chain and the provider is paid.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use claw_tests::{
     Arbiter, Clawnode, Internet, Link, Localnet, MarketNode, NetHost, RunningNode, SIMULATED_MODEL,
-    announce_every_second, eventually, required_part, units,
+    announce_every_second, eventually, namespace_or_skip, required_part, units,
 };
 use serde_json::{Value, json};
 
@@ -85,28 +85,13 @@ fn relay_settings(host: &NetHost) -> [(&'static str, String); 2] {
 /// An internet with a public relay host and two hosts behind NAT, or `None` (said, and a
 /// failure under `CLAW_TEST_STRICT`) where this machine cannot make namespaces.
 fn internet() -> Option<(Internet, NetHost, NetHost, NetHost)> {
-    let mut internet = new_internet()?;
+    let mut internet = namespace_or_skip(Internet::create())?;
     let relay = internet
         .public_host("relay", Link::default())
         .expect("relay host");
     let a = internet.host_behind_nat("a", LINK).expect("host a");
     let b = internet.host_behind_nat("b", LINK).expect("host b");
     Some((internet, relay, a, b))
-}
-
-fn new_internet() -> Option<Internet> {
-    let internet = match Internet::create() {
-        Ok(internet) => internet,
-        Err(reason) => {
-            assert!(
-                std::env::var("CLAW_TEST_STRICT").as_deref() != Ok("1"),
-                "network namespaces are needed: {reason}"
-            );
-            eprintln!("SKIPPED: cannot make network namespaces here: {reason}");
-            return None;
-        }
-    };
-    Some(internet)
 }
 
 fn listen() -> Vec<String> {

@@ -68,7 +68,7 @@ const MAX_LOG_BYTES: usize = 1024 * 1024;
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// How long to wait, and how often, for Docker to take in a killed container's OOM event.
 const OOM_SETTLE: Duration = Duration::from_millis(300);
-const OOM_SETTLE_TRIES: usize = 3;
+const OOM_SETTLE_TRIES: usize = 10;
 /// Most output kept per stream of one `container.exec`.
 const MAX_EXEC_BYTES: usize = 256 * 1024;
 
