@@ -66,7 +66,13 @@ impl NodeAnnouncement {
     pub fn reachability_text(&self) -> &'static str {
         match self.reachability {
             Reachability::Public => "public",
-            _ if self.listen_addrs.iter().any(|a| a.contains("/p2p-circuit")) => "relayed",
+            _ if self
+                .listen_addrs
+                .iter()
+                .any(|a| a.parse().is_ok_and(|a| crate::nat::is_relayed(&a))) =>
+            {
+                "relayed"
+            }
             other => other.as_str(),
         }
     }

@@ -115,6 +115,22 @@ impl FleetMembership {
         operators: &[PeerId],
         now_ms: u64,
     ) -> Result<(PeerId, u64), MembershipError> {
+        let (operator, until_ms) = Self::read(credential, bearer, network, now_ms)?;
+        if !operators.contains(&operator) {
+            return Err(MembershipError::UntrustedOperator(operator));
+        }
+        Ok((operator, until_ms))
+    }
+
+    /// [`FleetMembership::check`] short of trusting its signer: a valid, current credential
+    /// for `bearer` on `network`, with who signed it and when it expires. Whether that signer
+    /// counts is each peer's own call; a member keeps any credential that names it.
+    pub fn read(
+        credential: &[u8],
+        bearer: PeerId,
+        network: &str,
+        now_ms: u64,
+    ) -> Result<(PeerId, u64), MembershipError> {
         let verified = Verifier::new()
             .verify_at(credential, None, now_ms)
             .map_err(|e| MembershipError::Invalid(e.to_string()))?;
@@ -130,11 +146,10 @@ impl FleetMembership {
         if membership.network != network {
             return Err(MembershipError::OtherNetwork(membership.network));
         }
-        let operator = verified.signer_peer_id();
-        if !operators.contains(&operator) {
-            return Err(MembershipError::UntrustedOperator(operator));
-        }
-        Ok((operator, verified.envelope().expires_at_ms()))
+        Ok((
+            verified.signer_peer_id(),
+            verified.envelope().expires_at_ms(),
+        ))
     }
 
     /// The standing a peer announcing `credential` has with a node trusting `operators`.
@@ -195,6 +210,11 @@ mod tests {
         assert_eq!(
             FleetMembership::check(&own, stranger.peer_id(), "devnet", &operators, now()),
             Err(MembershipError::UntrustedOperator(stranger.peer_id()))
+        );
+        // Read without trust, it is the stranger's own word: what its CLI installs.
+        assert_eq!(
+            FleetMembership::read(&own, stranger.peer_id(), "devnet", now()).map(|(by, _)| by),
+            Ok(stranger.peer_id())
         );
         // Expired.
         let later = now() + 2 * DAY.as_millis() as u64;

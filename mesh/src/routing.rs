@@ -35,10 +35,10 @@ pub(crate) fn without_peer(mut address: Multiaddr, peer: &PeerId) -> Multiaddr {
 const MAX_ANNOUNCED_ADDRESSES: usize = 16;
 
 /// Gives the swarm a fleet node's addresses when it dials that node: those the node signed into
-/// its latest announcement, less any this node listens on itself (peers on other hosts announce
-/// loopback and private addresses too, often with the same port; dialling one of ours reaches
-/// this node, and the swarm then fails the whole dial). So every node in the view can be dialled
-/// (invokes, leases) whether or not it holds a routing-table slot.
+/// its latest announcement, less any this node listens on itself ([`AnnouncedAddresses::is_own`]).
+/// So every node in the view can be dialled (invokes, leases) whether or not it holds a
+/// routing-table slot. It also keeps the node's own listen addresses, which the event loop asks
+/// about before it puts an address into the routing table.
 #[derive(Debug)]
 pub(crate) struct AnnouncedAddresses {
     fleet: Arc<RwLock<FleetView>>,
@@ -65,8 +65,17 @@ impl AnnouncedAddresses {
             .take(MAX_ANNOUNCED_ADDRESSES)
             .filter_map(|a| a.parse::<Multiaddr>().ok())
             .map(|a| without_peer(a, peer))
-            .filter(|a| crate::swarm::usable_address(a) && !self.own.contains(a))
+            .filter(|a| crate::swarm::usable_address(a) && !self.is_own(a))
             .collect()
+    }
+
+    /// Whether this node listens on `address` (written without a `/p2p` suffix). Peers on
+    /// other hosts announce loopback and private addresses too, often with the same port;
+    /// dialling one reaches this node, and the swarm then fails the whole dial (wrong peer)
+    /// before it tries the addresses that work. (The swarm's own check of listened addresses
+    /// did not catch these in the multi-host test.)
+    pub(crate) fn is_own(&self, address: &Multiaddr) -> bool {
+        self.own.contains(address)
     }
 }
 

@@ -505,6 +505,12 @@ impl EventLoop {
         for address in self.config.external_addrs.clone() {
             self.swarm.add_external_address(address);
         }
+        if self.config.relay_server && self.config.external_addrs.is_empty() {
+            tracing::warn!(
+                "serving as a relay with no external_addrs: reservations carry an address peers \
+                 can dial, so none are taken until AutoNAT confirms one"
+            );
+        }
         for relay in self.config.relays.clone() {
             let Some(peer) = peer_of(&relay) else {
                 return Err(MeshError::Config(format!(
@@ -775,13 +781,24 @@ impl EventLoop {
         }
         let envelope = verified.envelope();
         let peer_id = verified.signer_peer_id();
-        let standing = crate::FleetMembership::standing(
-            announcement.membership.as_deref(),
-            peer_id,
-            &self.config.network,
-            &self.config.fleet_operators,
-            unix_millis(SystemTime::now()),
-        );
+        // A credential is checked once: an announcement carrying the one already checked keeps
+        // its standing (whose expiry is read at each use).
+        let known = self
+            .fleet
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer_id)
+            .filter(|known| known.announcement.membership == announcement.membership)
+            .map(|known| known.standing);
+        let standing = known.unwrap_or_else(|| {
+            crate::FleetMembership::standing(
+                announcement.membership.as_deref(),
+                peer_id,
+                &self.config.network,
+                &self.config.fleet_operators,
+                unix_millis(SystemTime::now()),
+            )
+        });
         let member = FleetMember {
             peer_id,
             announcement,
@@ -1128,7 +1145,7 @@ impl EventLoop {
     /// Puts `peer` at `address` into the Kademlia routing table, within the per-IP quotas.
     fn add_route(&mut self, peer: PeerId, address: Multiaddr) {
         let address = crate::routing::without_peer(address, &peer);
-        if peer == self.local_peer_id || self.is_own_address(&address) {
+        if peer == self.local_peer_id || self.swarm.behaviour().announced.is_own(&address) {
             return;
         }
         if self.routing.admits(&peer, &address) {
@@ -1136,21 +1153,6 @@ impl EventLoop {
         } else {
             tracing::debug!(%peer, %address, "not routed: its address holds its quota already");
         }
-    }
-
-    /// Whether a peer's address is one this node listens on itself. Peers on other hosts
-    /// announce loopback and private addresses too, often with the same port; dialling one
-    /// reaches this node, and the swarm then fails the whole dial (wrong peer) before the
-    /// addresses that work are tried.
-    fn is_own_address(&self, address: &Multiaddr) -> bool {
-        let mut bare = address.clone();
-        if matches!(
-            bare.iter().last(),
-            Some(libp2p::multiaddr::Protocol::P2p(_))
-        ) {
-            bare.pop();
-        }
-        self.listen_addrs.contains(&bare)
     }
 
     /// A node peers cannot dial listens through relays it picked among connected peers that
@@ -1231,16 +1233,14 @@ impl EventLoop {
                     );
                     return;
                 }
-                {
-                    let code = match error {
-                        request_response::OutboundFailure::Timeout => ErrorCode::Timeout,
-                        _ => ErrorCode::Unavailable,
-                    };
-                    let _ = pending.reply.send(Err(InvokeFailure::new(
-                        code,
-                        format!("invoke on {peer} failed: {error}"),
-                    )));
-                }
+                let code = match error {
+                    request_response::OutboundFailure::Timeout => ErrorCode::Timeout,
+                    _ => ErrorCode::Unavailable,
+                };
+                let _ = pending.reply.send(Err(InvokeFailure::new(
+                    code,
+                    format!("invoke on {peer} failed: {error}"),
+                )));
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "inbound invoke failed");

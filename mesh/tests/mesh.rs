@@ -680,7 +680,7 @@ async fn one_address_gets_no_more_inbound_connections_than_its_cap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reachability_probe_never_dials_a_third_host() {
     use futures::StreamExt as _;
-    use libp2p::{autonat, noise, swarm::SwarmEvent, tcp, yamux};
+    use libp2p::{autonat, swarm::SwarmEvent};
 
     let node = TestNode::start(
         "prober-target",
@@ -693,27 +693,17 @@ async fn a_reachability_probe_never_dials_a_third_host() {
     .await;
 
     // The stranger: a bare libp2p peer with only its own key.
-    let mut stranger = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
+    let mut stranger = common::stranger(|key| {
+        autonat::Behaviour::new(
+            key.public().to_peer_id(),
+            autonat::Config {
+                boot_delay: Duration::from_millis(100),
+                use_connected: false,
+                only_global_ips: false,
+                ..autonat::Config::default()
+            },
         )
-        .expect("tcp")
-        .with_behaviour(|key| {
-            autonat::Behaviour::new(
-                key.public().to_peer_id(),
-                autonat::Config {
-                    boot_delay: Duration::from_millis(100),
-                    use_connected: false,
-                    only_global_ips: false,
-                    ..autonat::Config::default()
-                },
-            )
-        })
-        .expect("behaviour")
-        .build();
+    });
     stranger
         .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
         .expect("listen");
@@ -968,7 +958,7 @@ async fn one_address_holds_two_routing_slots_however_many_keys_it_has() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_joiner_finds_room_at_a_full_node() {
     use futures::StreamExt as _;
-    use libp2p::{noise, ping, swarm::SwarmEvent, tcp, yamux};
+    use libp2p::{ping, swarm::SwarmEvent};
 
     let full = TestNode::start_with(
         Arc::new(NodeIdentity::generate()),
@@ -988,18 +978,7 @@ async fn a_late_joiner_finds_room_at_a_full_node() {
         let target = full.addr.clone();
         let fill_tx = fill_tx.clone();
         strangers.push(tokio::spawn(async move {
-            let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-                .with_tokio()
-                .with_tcp(
-                    tcp::Config::default(),
-                    noise::Config::new,
-                    yamux::Config::default,
-                )
-                .expect("tcp")
-                .with_behaviour(|_| ping::Behaviour::new(ping::Config::new()))
-                .expect("behaviour")
-                .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
-                .build();
+            let mut swarm = common::stranger(|_| ping::Behaviour::new(ping::Config::new()));
             swarm.dial(target).expect("dial");
             loop {
                 match swarm.select_next_some().await {

@@ -80,16 +80,7 @@ pub(crate) fn membership(global: &GlobalArgs, command: MembershipCommand) -> Res
                 .context("the credential is not base64")?;
             // Installed only if it names this node on this network; whether its signer is
             // trusted is each peer's own call.
-            let (operator, until_ms) = FleetMembership::check(&bytes, own, &network, &[], now_ms())
-                .or_else(|error| match error {
-                    claw_mesh::MembershipError::UntrustedOperator(operator) => {
-                        let verified = claw_attestation::Verifier::new()
-                            .verify(&bytes)
-                            .context("the credential's envelope")?;
-                        Ok((operator, verified.envelope().expires_at_ms()))
-                    }
-                    other => Err(anyhow::anyhow!("{other}")),
-                })?;
+            let (operator, until_ms) = FleetMembership::read(&bytes, own, &network, now_ms())?;
             dir.set_membership(&bytes)?;
             if global.json {
                 print_json(&json!({"operator": operator.to_string(), "until_ms": until_ms}));

@@ -38,6 +38,11 @@ fn ip(args: &[&str]) -> Result<(), String> {
     run("ip", args)
 }
 
+/// Gives `dev` in namespace `ns` the address `cidr`.
+fn add_address(ns: &str, cidr: &str, dev: &str) -> Result<(), String> {
+    ip(&["-n", ns, "addr", "add", cidr, "dev", dev])
+}
+
 /// A namespace made here, or `None` where this machine cannot make one: a failure under
 /// `CLAW_TEST_STRICT=1` (the test script sets it), else said on stderr as a skip.
 pub fn namespace_or_skip<T>(made: Result<T, String>) -> Option<T> {
@@ -219,15 +224,7 @@ impl Internet {
         let switch = self.switch.clone();
         self.link(&switch, &port, ns, "eth0")?;
         ip(&["-n", &switch, "link", "set", &port, "master", "wan"])?;
-        ip(&[
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{address}/24"),
-            "dev",
-            "eth0",
-        ])?;
+        add_address(ns, &format!("{address}/24"), "eth0")?;
         impair(ns, link)?;
         Ok(address)
     }
@@ -269,24 +266,8 @@ impl Internet {
         let lan = self.hosts;
         self.link(&router, "lan", &host, "eth0")?;
         let (gateway, address) = (format!("192.168.{lan}.1"), format!("192.168.{lan}.2"));
-        ip(&[
-            "-n",
-            &router,
-            "addr",
-            "add",
-            &format!("{gateway}/24"),
-            "dev",
-            "lan",
-        ])?;
-        ip(&[
-            "-n",
-            &host,
-            "addr",
-            "add",
-            &format!("{address}/24"),
-            "dev",
-            "eth0",
-        ])?;
+        add_address(&router, &format!("{gateway}/24"), "lan")?;
+        add_address(&host, &format!("{address}/24"), "eth0")?;
         ip(&["-n", &host, "route", "add", "default", "via", &gateway])?;
         in_namespace(&router, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
         // Like most home routers: unsolicited packets from the internet are dropped, not

@@ -52,6 +52,26 @@ pub struct TestNode {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// A bare libp2p peer with only its own new key and `behaviour` (TCP, Noise, Yamux): an
+/// attacker or stranger that speaks libp2p but is no fleet node. Its connections stay open
+/// while it runs.
+pub fn stranger<B: libp2p::swarm::NetworkBehaviour>(
+    behaviour: impl FnOnce(&libp2p::identity::Keypair) -> B,
+) -> libp2p::Swarm<B> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(behaviour)
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
+        .build()
+}
+
 pub fn test_config(network: &str) -> MeshConfig {
     MeshConfig {
         network: network.to_owned(),
