@@ -737,25 +737,37 @@ impl NodeConfig {
         Ok(())
     }
 
-    /// `mesh.listen` and `mesh.bootstrap`: multiaddrs, each bootstrap peer naming its peer id.
+    /// `mesh.listen`, `mesh.external_addrs`, `mesh.bootstrap` and `mesh.relays`: multiaddrs,
+    /// each bootstrap peer and relay naming its peer id.
     fn validate_mesh_addresses(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        for address in &self.mesh.listen {
-            if address.parse::<claw_mesh::Multiaddr>().is_err() {
-                return invalid(format!("mesh.listen: {address:?} is not a multiaddr"));
+        for (key, addresses) in [
+            ("listen", &self.mesh.listen),
+            ("external_addrs", &self.mesh.external_addrs),
+        ] {
+            for address in addresses {
+                if address.parse::<claw_mesh::Multiaddr>().is_err() {
+                    return invalid(format!("mesh.{key}: {address:?} is not a multiaddr"));
+                }
             }
         }
-        for address in &self.mesh.bootstrap {
-            if !address.contains("/p2p/") || address.parse::<claw_mesh::Multiaddr>().is_err() {
-                return invalid(format!(
-                    "mesh.bootstrap: {address:?} is not a multiaddr ending in /p2p/<peer id>"
-                ));
+        for (key, addresses) in [
+            ("bootstrap", &self.mesh.bootstrap),
+            ("relays", &self.mesh.relays),
+        ] {
+            for address in addresses {
+                if !address.contains("/p2p/") || address.parse::<claw_mesh::Multiaddr>().is_err() {
+                    return invalid(format!(
+                        "mesh.{key}: {address:?} is not a multiaddr ending in /p2p/<peer id>"
+                    ));
+                }
             }
         }
         Ok(())
     }
 
-    /// `[access]`: every operator and admin is a peer id.
+    /// `[access]`: every operator and admin is a peer id, and `members_only` names someone
+    /// to admit members (with no one, every peer would count, the opposite of what it asks).
     fn validate_access(&self) -> Result<(), ConfigError> {
         for peer in self.access.operators.iter().chain(&self.access.admins) {
             if peer.parse::<claw_mesh::PeerId>().is_err() {
@@ -763,6 +775,16 @@ impl NodeConfig {
                     "access: {peer:?} is not a peer id"
                 )));
             }
+        }
+        if self.access.members_only
+            && self.access.operators.is_empty()
+            && self.access.admins.is_empty()
+        {
+            return Err(ConfigError::Invalid(
+                "access.members_only needs the operators (or admins) whose credentials admit \
+                 members"
+                    .to_owned(),
+            ));
         }
         Ok(())
     }
@@ -954,6 +976,15 @@ mod tests {
             ("[metrics]\nlisten = \"0.0.0.0:9464\"\n", "metrics.listen"),
             ("[ingress]\nlisten = \"nowhere\"\n", "ingress.listen"),
             ("[metrics]\nlisten = \"localhost\"\n", "metrics.listen"),
+            (
+                "[mesh]\nrelays = [\"/ip4/10.0.0.1/tcp/7946\"]\n",
+                "mesh.relays",
+            ),
+            (
+                "[mesh]\nexternal_addrs = [\"203.0.113.1\"]\n",
+                "mesh.external_addrs",
+            ),
+            ("[access]\nmembers_only = true\n", "access.members_only"),
         ] {
             let err = NodeConfig::parse(text).unwrap_err();
             assert!(err.to_string().contains(named), "{text}: {err}");

@@ -186,7 +186,7 @@ impl DataDir {
         &self.config
     }
 
-    /// The fleet membership credential this node was given (`clawnode fleet join`), if any:
+    /// The fleet membership credential this node was given (`clawnode membership install`), if any:
     /// announced with the node, so peers that trust its operator count it a member.
     pub fn membership(&self) -> Option<Vec<u8>> {
         fs::read(self.root.join(MEMBERSHIP_FILE))

@@ -605,8 +605,8 @@ fn swarm_key(dir: &DataDir) -> Result<Option<SwarmKey>, StartError> {
     Ok(Some(key))
 }
 
-/// The operators whose membership credentials this node honours: none unless
-/// `[access] members_only` (then every peer counts).
+/// The operators whose membership credentials this node honours: its operators and admins with
+/// `[access] members_only`, else none (every peer counts).
 fn fleet_operators(access: &crate::config::AccessSection) -> Vec<claw_mesh::PeerId> {
     if !access.members_only {
         return Vec::new();
