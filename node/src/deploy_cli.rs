@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
+use claw_api::canary::CanaryAnalysis;
 use claw_api::deploy::{
     CreateParams, DeployCreate, DeployDelete, DeployHistory, DeployList, DeployPause,
     DeployPromote, DeployResume, DeployRollback, DeployStatus, DeployUpdate, Deployment,
@@ -113,6 +114,37 @@ pub(crate) struct CreateArgs {
     /// with `deploy promote`.
     #[arg(long, value_delimiter = ',', conflicts_with = "blue_green")]
     canary: Vec<u32>,
+    /// Split this service's traffic by the canary's shares, and promote or roll back by
+    /// itself on what the service measures of the new revision.
+    #[arg(long, value_name = "SERVICE", requires = "canary")]
+    canary_service: Option<String>,
+    /// How long each canary step is watched, in seconds.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 600,
+        requires = "canary_service"
+    )]
+    canary_interval: u32,
+    /// The highest error rate the new revision may show, in percent.
+    #[arg(
+        long,
+        value_name = "PERCENT",
+        default_value_t = 1.0,
+        requires = "canary_service"
+    )]
+    canary_max_errors: f64,
+    /// The highest p99 latency the new revision may show, in milliseconds.
+    #[arg(long, value_name = "MS", requires = "canary_service")]
+    canary_max_p99_ms: Option<u32>,
+    /// Requests the new revision must serve in a step before it is judged.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 20,
+        requires = "canary_service"
+    )]
+    canary_min_requests: u32,
     /// Roll out blue-green: a whole new set, then the old one stops.
     #[arg(long)]
     blue_green: bool,
@@ -341,8 +373,13 @@ fn wait_for(global: &GlobalArgs, deployment: &Deployment, wait: bool) -> Result<
         let status = ops::call::<DeployStatus>(global, &reference, None, None)?;
         let revision = status.deployment.revision;
         if status.failed_revisions.contains(&revision) {
+            let check = if status.canary.as_ref().is_some_and(|c| c.failed) {
+                "its canary analysis"
+            } else {
+                "its health check"
+            };
             bail!(
-                "revision {revision} failed its health check and was rolled back{}",
+                "revision {revision} failed {check} and was rolled back{}",
                 status
                     .pending
                     .as_deref()
@@ -416,6 +453,13 @@ fn create(global: &GlobalArgs, args: CreateArgs) -> Result<()> {
                 RolloutStrategy::Canary {
                     steps: args.canary,
                     step: 0,
+                    analysis: args.canary_service.map(|service| CanaryAnalysis {
+                        service,
+                        interval_secs: args.canary_interval,
+                        max_error_percent: args.canary_max_errors,
+                        max_p99_ms: args.canary_max_p99_ms,
+                        min_requests: args.canary_min_requests,
+                    }),
                 }
             } else {
                 RolloutStrategy::Rolling {
@@ -487,9 +531,29 @@ fn status(global: &GlobalArgs, name: String) -> Result<()> {
     }
     if !answer.failed_revisions.is_empty() {
         println!(
-            "revisions that failed their health check: {:?}",
+            "revisions that failed their health check or canary analysis: {:?}",
             answer.failed_revisions
         );
+    }
+    if let Some(canary) = &answer.canary {
+        let p99 = |p: Option<f64>| p.map_or("-".to_owned(), |p| format!("{p:.1} ms"));
+        println!(
+            "canary on service {}: step {}, {} % of traffic{}\n  new revision: {} requests, \
+             {:.1} % errors, p99 {}\n  stable:       {} requests, {:.1} % errors, p99 {}",
+            canary.service,
+            canary.step + 1,
+            canary.traffic_percent,
+            if canary.failed { " (failed)" } else { "" },
+            canary.canary.requests,
+            canary.canary.error_percent,
+            p99(canary.canary.p99_ms),
+            canary.stable.requests,
+            canary.stable.error_percent,
+            p99(canary.stable.p99_ms),
+        );
+        if let Some(note) = &canary.note {
+            println!("  {note}");
+        }
     }
     let rows: Vec<Vec<String>> = answer
         .replicas

@@ -181,25 +181,56 @@ impl Ingress {
         }
     }
 
-    /// Sends `request` to one of `service`'s endpoints, and its answer back.
+    /// Sends `request` to one of `service`'s endpoints, and its answer back. Where a canary
+    /// splits the service, the request counts for the endpoint's revision: failed when it brings
+    /// no answer or a 5xx one, else answered in the time its head took.
     async fn forward(
         &self,
         service: &str,
         request: Request<Incoming>,
     ) -> Result<Response<Body>, String> {
-        let connection = self.services.dial_service(service).await?;
-        let (mut sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(connection))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            if let Err(error) = driver.await {
-                tracing::debug!(%error, "ingress upstream connection ended");
-            }
-        });
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
+        let started = std::time::Instant::now();
+        let (connection, tag) = self.services.dial_service(service).await?;
+        let answered = async {
+            let (mut sender, driver) =
+                hyper::client::conn::http1::handshake(TokioIo::new(connection))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            tokio::spawn(async move {
+                if let Err(error) = driver.await {
+                    tracing::debug!(%error, "ingress upstream connection ended");
+                }
+            });
+            sender
+                .send_request(request)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        // The deadline is the caller's: a request cut off by it is counted as failed.
+        let mut guard = CountOnDrop {
+            services: &self.services,
+            tag,
+            outcome: Err(()),
+        };
+        let response = answered.await?;
+        if !response.status().is_server_error() {
+            guard.outcome = Ok(started.elapsed().as_secs_f64() * 1000.0);
+        }
         Ok(response.map(|body| body.boxed()))
+    }
+}
+
+/// Counts a canary request's outcome when the request is done with, however it ended.
+struct CountOnDrop<'a> {
+    services: &'a Services,
+    tag: Option<crate::controller::Tag>,
+    outcome: Result<f64, ()>,
+}
+
+impl Drop for CountOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(tag) = &self.tag {
+            self.services.canary_count(tag, self.outcome);
+        }
     }
 }

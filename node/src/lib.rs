@@ -206,7 +206,7 @@ pub(crate) fn node_services(
         tasks.clone(),
     );
     let deployments = controller::Deployments::new(
-        peer,
+        access.clone(),
         std::sync::Arc::clone(&probe),
         objects.clone(),
         workloads.clone(),

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use claw_api::deploy::ReplicaHealth;
+use claw_api::deploy::{DEPLOYMENT_LABEL, ReplicaHealth};
 use claw_api::services::{
     Endpoint, EndpointListing, Forward, ForwardListing, ForwardParams, MAX_FORWARDS, NetworkStatus,
     PeerLink, ServiceEndpoints, ServiceRef, StreamTarget, Traffic,
@@ -30,7 +30,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, Buf
 use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 
 use crate::access::AccessPolicy;
-use crate::controller::Deployments;
+use crate::controller::{Deployments, Split, TEMPLATE_LABEL, Tag};
 use crate::objects::FleetObjects;
 use crate::store::Store;
 use crate::workloads::Workloads;
@@ -64,7 +64,7 @@ type Counters = HashMap<(String, &'static str), (u64, u64, u64)>;
 #[derive(Default)]
 struct Cache {
     /// Service → when its endpoints were read, and the endpoints.
-    endpoints: HashMap<String, (Instant, Vec<(PeerId, String)>)>,
+    endpoints: HashMap<String, (Instant, Vec<(PeerId, Endpoint)>)>,
 }
 
 struct Inner {
@@ -163,6 +163,62 @@ impl Drop for Counted {
             "ingress",
             (self.to_workload, self.from_workload),
         );
+    }
+}
+
+/// A forwarded connection to an endpoint that notes when the first bytes went each way, for
+/// a canary's latency.
+struct Timed {
+    inner: Box<dyn Connection>,
+    first_write: Option<Instant>,
+    first_read: Option<Instant>,
+}
+
+impl tokio::io::AsyncRead for Timed {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if this.first_read.is_none()
+            && matches!(polled, std::task::Poll::Ready(Ok(())))
+            && buf.filled().len() > before
+        {
+            this.first_read = Some(Instant::now());
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Timed {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_write(cx, data);
+        if this.first_write.is_none() && matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            this.first_write = Some(Instant::now());
+        }
+        polled
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -326,6 +382,8 @@ impl Services {
             })
             .map(|w| Endpoint {
                 node: node.clone(),
+                deployment: w.labels.get(DEPLOYMENT_LABEL).cloned(),
+                template: w.labels.get(TEMPLATE_LABEL).cloned(),
                 workload: w.id,
             })
             .collect();
@@ -333,7 +391,7 @@ impl Services {
     }
 
     /// Every member's endpoints of service `name`, read at most every few seconds.
-    async fn fleet_endpoints(&self, name: &str) -> Result<Vec<(PeerId, String)>, InvokeFailure> {
+    async fn fleet_endpoints(&self, name: &str) -> Result<Vec<(PeerId, Endpoint)>, InvokeFailure> {
         {
             let cache = self
                 .inner
@@ -371,11 +429,11 @@ impl Services {
             // A member answers for its own workloads only.
             for endpoint in listing.map(|l| l.endpoints).unwrap_or_default() {
                 if endpoint.node == member.peer_id.to_string() {
-                    endpoints.push((member.peer_id, endpoint.workload));
+                    endpoints.push((member.peer_id, endpoint));
                 }
             }
         }
-        endpoints.sort();
+        endpoints.sort_by(|a, b| (a.0, &a.1.workload).cmp(&(b.0, &b.1.workload)));
         self.inner
             .cache
             .lock()
@@ -560,52 +618,125 @@ impl Services {
         }
     }
 
-    /// Carries one local connection to `target`: the next endpoint that takes it.
+    /// Carries one local connection to `target`: the next endpoint that takes it. A canary's
+    /// connection counts as one request, answered when the endpoint sent anything back.
     async fn carry(&self, socket: tokio::net::TcpStream, target: &Target) -> Result<(), String> {
-        let mut endpoint = self.dial(target).await?;
+        let (endpoint, tag) = self.dial(target).await?;
+        let mut endpoint = Timed {
+            inner: endpoint,
+            first_write: None,
+            first_read: None,
+        };
         let mut socket = socket;
         let bytes = tokio::io::copy_bidirectional(&mut socket, &mut endpoint)
             .await
             .unwrap_or_default();
+        if let Some(tag) = tag {
+            let outcome = match (endpoint.first_write, endpoint.first_read) {
+                (Some(sent), Some(answered)) => {
+                    Ok(answered.saturating_duration_since(sent).as_secs_f64() * 1000.0)
+                }
+                (None, Some(_)) => Ok(0.0),
+                (_, None) => Err(()),
+            };
+            self.canary_count(&tag, outcome);
+        }
         self.count(target.describe(), "out", bytes);
         Ok(())
+    }
+
+    /// Counts one request of a canary's split.
+    pub(crate) fn canary_count(&self, tag: &Tag, outcome: Result<f64, ()>) {
+        self.inner.deployments.canary_traffic().count(tag, outcome);
     }
 
     /// A connection to service `name`'s next endpoint that takes one, over the mesh (or
     /// straight to the container when the endpoint is on this node), for this node's ingress:
     /// its bytes are counted as the service's `ingress` traffic when it closes.
-    pub(crate) async fn dial_service(&self, name: &str) -> Result<Box<dyn Connection>, String> {
+    /// With it, the canary tag of the endpoint reached, for the ingress to count the request's
+    /// outcome under.
+    pub(crate) async fn dial_service(
+        &self,
+        name: &str,
+    ) -> Result<(Box<dyn Connection>, Option<Tag>), String> {
         let target = Target::Service(name.to_owned());
-        let inner = self.dial(&target).await?;
-        Ok(Box::new(Counted {
+        let (inner, tag) = self.dial(&target).await?;
+        let counted = Box::new(Counted {
             inner,
             services: self.clone(),
             target: target.describe(),
             to_workload: 0,
             from_workload: 0,
-        }))
+        });
+        Ok((counted, tag))
     }
 
-    /// A connection to `target`'s next endpoint that takes one.
-    async fn dial(&self, target: &Target) -> Result<Box<dyn Connection>, String> {
-        let candidates: Vec<(PeerId, StreamTarget)> = match target {
+    /// Service `name`'s endpoints in the order to try them: round robin, and where a canary
+    /// splits the service's traffic, its share to the canary's endpoints first and the rest to
+    /// the others first. Each comes with its canary tag.
+    async fn ordered(
+        &self,
+        name: &str,
+        endpoints: Vec<(PeerId, Endpoint)>,
+    ) -> Vec<(PeerId, Endpoint, Option<Tag>)> {
+        let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let rotated = |list: Vec<(PeerId, Endpoint)>| {
+            let len = list.len().max(1);
+            let mut list = list;
+            list.rotate_left(start % len);
+            list
+        };
+        let deployments = endpoints
+            .iter()
+            .filter_map(|(_, e)| e.deployment.as_deref());
+        let split: Option<Split> = self.inner.deployments.split(name, deployments).await;
+        let Some(split) = split else {
+            return rotated(endpoints)
+                .into_iter()
+                .map(|(node, e)| (node, e, None))
+                .collect();
+        };
+        let (canary, others): (Vec<_>, Vec<_>) = endpoints
+            .into_iter()
+            .partition(|(_, e)| split.is_canary(e.deployment.as_deref(), e.template.as_deref()));
+        let canary_first = self.inner.deployments.canary_traffic().canary_turn(&split);
+        let (first, second) = if canary_first {
+            (canary, others)
+        } else {
+            (others, canary)
+        };
+        rotated(first)
+            .into_iter()
+            .chain(rotated(second))
+            .map(|(node, e)| {
+                let tag = split.tag(e.deployment.as_deref(), e.template.as_deref());
+                (node, e, tag)
+            })
+            .collect()
+    }
+
+    /// A connection to `target`'s next endpoint that takes one, and its canary tag. An
+    /// endpoint of a canary's split that does not take it counts as a failed request there.
+    async fn dial(&self, target: &Target) -> Result<(Box<dyn Connection>, Option<Tag>), String> {
+        let candidates: Vec<(PeerId, StreamTarget, Option<Tag>)> = match target {
             Target::Service(name) => {
                 let endpoints = self.fleet_endpoints(name).await.map_err(|e| e.message)?;
                 if endpoints.is_empty() {
                     return Err(format!("service {name} has no running endpoint"));
                 }
-                let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
-                (0..endpoints.len())
-                    .map(|i| &endpoints[(start + i) % endpoints.len()])
-                    .map(|(node, workload)| {
+                self.ordered(name, endpoints)
+                    .await
+                    .into_iter()
+                    .map(|(node, endpoint, tag)| {
                         (
-                            *node,
+                            node,
                             StreamTarget {
                                 service: Some(name.clone()),
-                                workload: Some(workload.clone()),
+                                workload: Some(endpoint.workload),
                                 lease: None,
                                 port: None,
                             },
+                            tag,
                         )
                     })
                     .collect()
@@ -622,12 +753,13 @@ impl Services {
                     lease: Some(lease.clone()),
                     port: Some(*port),
                 },
+                None,
             )],
         };
         let mesh = self.mesh().map_err(|e| e.message)?;
         let local = self.inner.access.local();
         let mut last = String::new();
-        for (node, header) in candidates {
+        for (node, header, tag) in candidates {
             let connected: Result<Box<dyn Connection>, String> = if node == local {
                 // An endpoint here: no stream, the caller's own node admits it.
                 self.connect(local, &header)
@@ -639,8 +771,11 @@ impl Services {
                     .map(|s| Box::new(s) as Box<dyn Connection>)
             };
             match connected {
-                Ok(connection) => return Ok(connection),
+                Ok(connection) => return Ok((connection, tag)),
                 Err(error) => {
+                    if let Some(tag) = &tag {
+                        self.canary_count(tag, Err(()));
+                    }
                     // Ask afresh next time: the endpoint may be gone.
                     if let Target::Service(name) = target {
                         self.inner

@@ -2,7 +2,8 @@
 //! server in a container on one node is reached through `service.forward` on another node,
 //! over libp2p streams, spread over the service's endpoints on two nodes; a member without the
 //! operate role on an endpoint's node is refused there, with only its own key; and a forward
-//! listens on loopback only.
+//! listens on loopback only. A canary that names a service takes its share of the service's
+//! traffic and is promoted, or rolled back, on what that traffic shows.
 //!
 //! Needs the Docker Engine and the locally built test image (`scripts/test.sh` prepares both).
 
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use claw_tests::deployments::Member;
 use claw_tests::{eventually, http_get, required_part};
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn test_image() -> Option<String> {
     required_part(
@@ -406,4 +407,208 @@ fn a_service_reaches_only_replicas_that_pass_their_health_check() {
         );
         assert_eq!(body, "from-good");
     }
+}
+
+/// `GET /cgi-bin/app` through the ingress at `addr`: the status and the "from-…" line of the
+/// (chunked) body.
+fn app(addr: &str) -> Option<(u16, String)> {
+    let (status, body) = get(addr, "site", "/cgi-bin/app")?;
+    let line = body.lines().find(|l| l.starts_with("from-")).unwrap_or("");
+    Some((status, line.to_owned()))
+}
+
+/// The canary's share of `status`: (its requests, all requests) in the current step.
+fn canary_share(status: &Value) -> (u64, u64) {
+    let canary = status["canary"]["canary"]["requests"].as_u64().unwrap_or(0);
+    let stable = status["canary"]["stable"]["requests"].as_u64().unwrap_or(0);
+    (canary, canary + stable)
+}
+
+/// A canary that names a service takes each step's share of the service's traffic, and its
+/// controller moves it on by what the traffic shows: through an ingress on one member, the new
+/// revision of a deployment on another gets 10 % of the requests, then 50 % once its step
+/// passed, then all; a later revision whose every answer is a 500 is rolled back by the fleet
+/// within its first step, with the measured error rate named, and the stable revision takes
+/// all the traffic again.
+#[test]
+fn a_canary_takes_its_share_of_a_services_traffic_and_moves_on_or_rolls_back_by_what_it_shows() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let Some(image) = test_image() else { return };
+    let mut edge = Member::new(None);
+    edge.cli
+        .ok(&["configure", "--name", "edge", "--ingress", "127.0.0.1:0"]);
+    edge.start(&[]);
+    let mut web = Member::new(Some(&edge.peer_id));
+    web.start(&edge.joinable());
+    eventually(
+        Duration::from_secs(60),
+        "the members to see each other",
+        || (edge.sees(&web.peer_id) && web.sees(&edge.peer_id)).then_some(()),
+    );
+    let listener = std::fs::read_to_string(edge.cli.data_dir().join("ingress.addr"))
+        .expect("the ingress listener's address");
+    // /cgi-bin/app answers "from-$V", with a 500 status when V is "bad".
+    let script = "mkdir -p /www/cgi-bin; \
+        if [ \"$V\" = bad ]; then S='Status: 500 Internal Server Error'; else S='Status: 200 OK'; fi; \
+        printf '#!/bin/sh\\necho \"%s\"\\necho \"Content-Type: text/plain\"\\necho\\necho \"from-%s\"\\n' \"$S\" \"$V\" \
+          > /www/cgi-bin/app; chmod +x /www/cgi-bin/app; exec httpd -f -p 8080 -h /www";
+    let spec = json!({
+        "replicas": 2,
+        "template": {"image": image, "command": ["sh", "-c", script],
+                     "env": {"V": "1"}, "labels": {"app": "web"}},
+        "strategy": {"type": "canary", "steps": [10, 50], "analysis": {
+            "service": "web", "interval_secs": 5, "max_error_percent": 5.0, "min_requests": 30,
+        }},
+        "health": {"probe": {"type": "tcp", "port": 8080}, "interval_secs": 1},
+    });
+    edge.invoke("deploy.create", &json!({"name": "app", "spec": spec}))
+        .expect("deploy.create");
+    edge.invoke(
+        "service.create",
+        &json!({"name": "web", "spec": {"selector": {"app": "web"}, "port": 8080}}),
+    )
+    .expect("service.create");
+    edge.invoke(
+        "ingress.create",
+        &json!({"name": "site", "spec": {"node": "edge", "host": "*", "path": "/", "service": "web"}}),
+    )
+    .expect("ingress.create");
+    let body = eventually(
+        Duration::from_secs(90),
+        "revision 1 through the ingress",
+        || app(&listener).filter(|(status, _)| *status == 200),
+    );
+    assert_eq!(body.1, "from-1");
+
+    // Steady traffic through the ingress from here on: every answer's status and body.
+    let answers: Arc<Mutex<Vec<(u16, String)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (answers, stop, listener) = (Arc::clone(&answers), Arc::clone(&stop), listener.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(answer) = app(&listener) {
+                    answers.lock().unwrap().push(answer);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let status = |what: &str, done: &dyn Fn(&Value) -> bool| -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let mut last = Value::Null;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = edge.status("app") {
+                if done(&status) {
+                    return status;
+                }
+                last = status;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out waiting for {what}: {last:#}");
+    };
+
+    // Revision 2: 10 % of the requests once its replica serves, exactly as the edge splits
+    // them (measured between two readings of the same step).
+    edge.invoke("deploy.update", &json!({"name": "app", "env": {"V": "2"}}))
+        .expect("deploy.update");
+    let serving = status("the canary serving", &|s| {
+        s["revision"] == json!(2) && s["canary"]["step"] == json!(0) && canary_share(s).0 >= 1
+    });
+    assert_eq!(
+        serving["canary"]["traffic_percent"],
+        json!(10),
+        "{serving:#}"
+    );
+    let first = status("the canary's first step measured", &|s| {
+        s["canary"]["since_ms"] == serving["canary"]["since_ms"]
+            && canary_share(s).1 >= canary_share(&serving).1 + 80
+    });
+    let (canary, total) = (
+        canary_share(&first).0 - canary_share(&serving).0,
+        canary_share(&first).1 - canary_share(&serving).1,
+    );
+    assert!(
+        (canary * 10).abs_diff(total) <= 10,
+        "10 % of the traffic to the canary: {canary} of {total}: {serving:#} then {first:#}"
+    );
+    // Its step passed: 50 %.
+    let second = status("the canary's second step measured", &|s| {
+        s["canary"]["step"] == json!(1) && canary_share(s).1 >= 40
+    });
+    let (canary, total) = canary_share(&second);
+    assert_eq!(second["canary"]["traffic_percent"], json!(50), "{second:#}");
+    assert!(
+        canary * 2 <= total && total <= canary * 2 + 2,
+        "half the traffic to the canary: {canary} of {total}: {second:#}"
+    );
+    let note = second["canary"]["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("step 1 (10 % of traffic) passed"),
+        "{second:#}"
+    );
+    // Promoted: every replica on revision 2, all the traffic to it.
+    let promoted = status("the canary promoted to every replica", &|s| {
+        s["canary"]["traffic_percent"] == json!(100)
+            && s["ready"] == json!(2)
+            && s["replicas"].as_array().is_some_and(|r| r.len() == 2)
+    });
+    assert_eq!(promoted["failed_revisions"], json!([]), "{promoted:#}");
+    let seen_at_promotion = answers.lock().unwrap().len();
+
+    // Revision 3 answers every request with a 500: rolled back within its first step.
+    edge.invoke(
+        "deploy.update",
+        &json!({"name": "app", "env": {"V": "bad"}}),
+    )
+    .expect("deploy.update");
+    let failed = status("the failing canary rolled back", &|s| {
+        s["failed_revisions"] == json!([3]) && s["canary"]["failed"] == json!(true)
+    });
+    let note = failed["canary"]["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("revision 3 failed its canary analysis at step 1 (10 % of traffic)")
+            && note.contains("error rate 100.0 % over the allowed 5 %"),
+        "{failed:#}"
+    );
+    assert_eq!(failed["canary"]["traffic_percent"], json!(0), "{failed:#}");
+    let pending = failed["pending"].as_str().unwrap_or_default();
+    assert!(
+        pending.contains("rolled back to revision 2's template"),
+        "{failed:#}"
+    );
+    // The stable revision serves everything again, and no bad replica is left.
+    status("only revision 2's replicas left", &|s| {
+        s["ready"].as_u64() == Some(0)
+            && s["replicas"]
+                .as_array()
+                .is_some_and(|r| r.len() == 2 && r.iter().all(|r| r["revision"] == json!(2)))
+    });
+    let since = answers.lock().unwrap().len();
+    eventually(
+        Duration::from_secs(60),
+        "30 answers after the rollback",
+        || (answers.lock().unwrap().len() >= since + 30).then_some(()),
+    );
+    stop.store(true, Ordering::Relaxed);
+    client.join().expect("the client");
+    let answers = answers.lock().unwrap();
+    let bad_ones = answers[seen_at_promotion..since]
+        .iter()
+        .filter(|(status, _)| *status == 500)
+        .count();
+    assert!(
+        bad_ones >= 20,
+        "the failing canary took its share: {bad_ones} 500s"
+    );
+    assert!(
+        answers[since..]
+            .iter()
+            .all(|(status, body)| *status == 200 && body == "from-2"),
+        "after the rollback only revision 2 answers: {:?}",
+        &answers[since..]
+    );
 }

@@ -151,7 +151,7 @@ impl HealthCheck {
 pub const DEPLOYMENT_LABEL: &str = "clawbernetes-deployment";
 
 /// How a new revision replaces the running one.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RolloutStrategy {
     /// Replace replicas a few at a time.
@@ -164,14 +164,19 @@ pub enum RolloutStrategy {
         max_unavailable: u32,
     },
     /// Run a share of the replicas on the new revision beside the stable one, and move on a
-    /// step with `deploy.promote`; after the last step, roll the rest.
+    /// step with `deploy.promote`, or by itself with `analysis`; after the last step, roll the
+    /// rest.
     Canary {
         /// The share of replicas on the new revision at each step, in percent (1 to 99,
-        /// rising), e.g. `[10, 50]`.
+        /// rising), e.g. `[10, 50]`; with `analysis`, also the share of the service's traffic.
         steps: Vec<u32>,
         /// The step the deployment is at (0 is the first; `steps.len()` means promoted to all).
         #[serde(default)]
         step: u32,
+        /// Split a service's traffic by the steps' weights, and promote or roll back on what it
+        /// measures of the new revision.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        analysis: Option<crate::canary::CanaryAnalysis>,
     },
     /// Start a whole new set of replicas beside the old one; stop the old set once every new
     /// replica is available.
@@ -260,7 +265,14 @@ impl DeploymentSpec {
                     ));
                 }
             }
-            RolloutStrategy::Canary { steps, step } => {
+            RolloutStrategy::Canary {
+                steps,
+                step,
+                analysis,
+            } => {
+                if let Some(analysis) = analysis {
+                    analysis.check()?;
+                }
                 let rising = steps.windows(2).all(|w| w[0] < w[1]);
                 if steps.is_empty()
                     || steps.len() > 10
@@ -357,7 +369,9 @@ impl Change {
             Self::Promote => {
                 let mut spec = live_spec()?;
                 match &mut spec.strategy {
-                    RolloutStrategy::Canary { steps, step } if (*step as usize) < steps.len() => {
+                    RolloutStrategy::Canary { steps, step, .. }
+                        if (*step as usize) < steps.len() =>
+                    {
                         *step += 1;
                     }
                     RolloutStrategy::Canary { .. } => {
@@ -637,6 +651,11 @@ pub struct ReplicasParams {
     /// caller names.
     #[serde(default)]
     pub measure: bool,
+    /// The controller's canary record (the deployment's canary names a service), for the node
+    /// to keep when it is newer; the node then answers its traffic since the record's step
+    /// began.
+    #[serde(default)]
+    pub canary: Option<crate::canary::CanaryRecord>,
 }
 
 /// One replica's reading of an autoscaler's metric.
@@ -711,6 +730,13 @@ pub struct ReplicaReport {
     /// Its running replicas' readings of the metric asked for.
     #[serde(default)]
     pub readings: Vec<Reading>,
+    /// The canary record the node keeps, when the deployment's canary names a service.
+    #[serde(default)]
+    pub canary: Option<crate::canary::CanaryRecord>,
+    /// The deployment's traffic through the canary's service that this node carried since
+    /// the kept record's step began, per template.
+    #[serde(default)]
+    pub traffic: Vec<crate::canary::RevisionTraffic>,
 }
 
 impl Answer for ReplicaReport {}
@@ -776,6 +802,10 @@ pub struct DeploymentStatus {
     /// spec's `replicas`; absent when the deployment is not autoscaled.
     #[serde(default)]
     pub autoscaled: Option<u32>,
+    /// The canary's analysis, when the deployment's canary names a service and its current
+    /// revision is under test or was.
+    #[serde(default)]
+    pub canary: Option<crate::canary::CanaryStatus>,
 }
 
 impl Answer for DeploymentStatus {}

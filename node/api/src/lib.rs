@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod auth;
 pub mod autoscale;
+pub mod canary;
 mod command;
 pub mod configs;
 pub mod console;

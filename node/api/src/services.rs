@@ -113,6 +113,13 @@ pub struct Endpoint {
     pub node: String,
     /// The workload's id.
     pub workload: String,
+    /// The deployment whose replica it is, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
+    /// The digest of the deployment template it runs, for a replica (a canary's traffic is
+    /// split by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 /// `service.endpoints`' answer: this node's endpoints of a service.

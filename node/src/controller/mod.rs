@@ -12,9 +12,11 @@
 //! they keep themselves.
 
 mod autoscale;
+mod canary;
 mod jobs;
 pub mod plan;
 
+pub(crate) use canary::{Split, Tag};
 pub use jobs::{Jobs, KeptBid};
 
 use std::collections::{BTreeMap, HashMap};
@@ -41,7 +43,7 @@ use claw_api::deploy::DEPLOYMENT_LABEL;
 /// Label with the revision a replica was started from.
 const REVISION_LABEL: &str = "clawbernetes-revision";
 /// Label with the digest of the template a replica runs.
-const TEMPLATE_LABEL: &str = "clawbernetes-template";
+pub(crate) const TEMPLATE_LABEL: &str = "clawbernetes-template";
 /// How long into a drain a node leaves its deployments' replicas for their controllers to move;
 /// after it, the drain stops them itself.
 const MOVE_GRACE_MS: u64 = 120_000;
@@ -68,6 +70,9 @@ struct Held {
     scale: Option<claw_api::autoscale::ScaleRecord>,
     /// When the autoscaler's metric was last read, Unix ms.
     measured_ms: u64,
+    /// The canary record, when the deployment's canary names a service (`None` until read
+    /// from the members or decided).
+    canary: Option<claw_api::canary::CanaryRecord>,
 }
 
 /// A replica's health checks so far, on its node.
@@ -81,6 +86,8 @@ struct Checked {
 
 struct Inner {
     local: PeerId,
+    /// Whose canary traffic tallies count: members that may reach services here.
+    access: crate::access::AccessPolicy,
     probe: Arc<claw_attestation::GpuProbe>,
     objects: FleetObjects,
     workloads: Workloads,
@@ -90,6 +97,8 @@ struct Inner {
     pending: Notes,
     /// This node's replicas' health, by workload id.
     health: Mutex<HashMap<String, Checked>>,
+    /// The canary traffic this node's forwards and ingress carried.
+    canary_traffic: canary::CanaryTraffic,
 }
 
 /// Deployments' replicas on this node, and the controller of the deployments this member
@@ -225,10 +234,10 @@ fn replica_of(record: &WorkloadRecord, health: Option<ReplicaHealth>) -> Option<
 }
 
 impl Deployments {
-    /// The deployments service of node `local`, whose GPUs `probe` reads (for autoscalers on
-    /// GPU utilisation).
+    /// The deployments service of the node `access` is the policy of, whose GPUs `probe`
+    /// reads (for autoscalers on GPU utilisation).
     pub fn new(
-        local: PeerId,
+        access: crate::access::AccessPolicy,
         probe: Arc<claw_attestation::GpuProbe>,
         objects: FleetObjects,
         workloads: Workloads,
@@ -236,7 +245,8 @@ impl Deployments {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                local,
+                local: access.local(),
+                access,
                 probe,
                 objects,
                 workloads,
@@ -244,6 +254,7 @@ impl Deployments {
                 mesh: OnceLock::new(),
                 pending: Notes::default(),
                 health: Mutex::default(),
+                canary_traffic: canary::CanaryTraffic::default(),
             }),
         }
     }
@@ -345,6 +356,9 @@ impl Deployments {
                 if let Some(record) = params.scale {
                     self.keep_scale(caller, &name, epoch, record).await?;
                 }
+                if let Some(record) = params.canary {
+                    self.keep_canary(caller, &name, epoch, record).await?;
+                }
             }
         }
         let records = self.local_replicas(&name).await?;
@@ -391,6 +405,7 @@ impl Deployments {
             })
             .await?;
         let pending = self.inner.pending.get(&name);
+        let (canary, traffic) = self.canary_report(&name).await?;
         Ok(ReplicaReport {
             name,
             fence,
@@ -400,6 +415,8 @@ impl Deployments {
             draining,
             scale,
             readings,
+            canary,
+            traffic,
         })
     }
 
@@ -540,8 +557,10 @@ impl Deployments {
             pending: None,
             unreachable: Vec::new(),
             autoscaled: None,
+            canary: None,
         };
         let mut scale: Option<claw_api::autoscale::ScaleRecord> = None;
+        let mut canaries = Vec::new();
         for (peer, report) in self.gather(&read_only(name), peers(&members)).await {
             let node_name: String = members
                 .iter()
@@ -559,6 +578,7 @@ impl Deployments {
                         scale = Some(record);
                     }
                     status.failed_revisions.extend(report.failed);
+                    canaries.push((report.canary, self.counted_traffic(peer, report.traffic)));
                     for replica in report.replicas {
                         if replica.template == template && is_available(&replica) {
                             status.ready += 1;
@@ -578,6 +598,7 @@ impl Deployments {
         if self.inner.objects.autoscaler_of(name).await?.is_some() {
             status.autoscaled = scale.map(|s| s.replicas);
         }
+        status.canary = Self::canary_status(&status.deployment, &canaries);
         Ok(status)
     }
 }
@@ -662,9 +683,11 @@ impl Deployments {
             failed: held.failed.iter().copied().collect(),
             scale: held.scale.clone().filter(|_| autoscaler.is_some()),
             measure: self.due_measure(autoscaler, held),
+            canary: held.canary.clone(),
         };
         let mut readings = Vec::new();
         let mut scales = Vec::new();
+        let mut canaries = Vec::new();
         for (peer, report) in self.gather(&params, peers(members)).await {
             match report {
                 Ok(mut report) => {
@@ -678,6 +701,8 @@ impl Deployments {
                         ));
                     }
                     answered.push(peer);
+                    let traffic = std::mem::take(&mut report.traffic);
+                    canaries.push((report.canary.take(), self.counted_traffic(peer, traffic)));
                     held.reports.insert(peer, report);
                 }
                 Err(error) => tracing::debug!(%peer, %error, "no replica report this round"),
@@ -729,7 +754,18 @@ impl Deployments {
                 .run(move |s| s.put_scale(&key, &record))
                 .await?;
         }
-        let (goal, note) = self.goal(deployment, &replicas, &mut held.failed).await?;
+        let analysed = self
+            .analyse(deployment, held, &claim, canaries, &replicas)
+            .await?;
+        let deployment = &analysed;
+        let failed_analysis = held
+            .canary
+            .as_ref()
+            .filter(|r| r.failed)
+            .and_then(|r| r.note.clone());
+        let (goal, note) = self
+            .goal(deployment, &replicas, &mut held.failed, failed_analysis)
+            .await?;
         let plan = plan::plan(&goal, &replicas, &candidates);
         let actions = plan
             .actions
@@ -755,6 +791,7 @@ impl Deployments {
         deployment: &claw_api::deploy::Deployment,
         replicas: &BTreeMap<PeerId, Vec<Replica>>,
         failed: &mut std::collections::BTreeSet<u64>,
+        failed_analysis: Option<String>,
     ) -> Result<(Goal, Option<String>), InvokeFailure> {
         let spec = &deployment.spec;
         let revision = deployment.revision;
@@ -801,9 +838,12 @@ impl Deployments {
                     },
                     ..spec.clone()
                 };
-                let note = format!(
-                    "revision {revision} failed its health check: rolled back to revision {kept}'s template"
-                );
+                let note = match failed_analysis {
+                    Some(why) => format!("{why}; rolled back to revision {kept}'s template"),
+                    None => format!(
+                        "revision {revision} failed its health check: rolled back to revision {kept}'s template"
+                    ),
+                };
                 Ok((Goal::of(&rolled, kept, None), Some(note)))
             }
             None => Ok((
@@ -1165,6 +1205,7 @@ fn read_only(name: &str) -> ReplicasParams {
         epoch: None,
         failed: Vec::new(),
         scale: None,
+        canary: None,
         measure: false,
     }
 }

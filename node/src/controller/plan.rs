@@ -136,13 +136,11 @@ impl Goal {
                 goal.max_unavailable = *max_unavailable as usize;
             }
             RolloutStrategy::BlueGreen => goal.max_surge = replicas.max(1),
-            RolloutStrategy::Canary { steps, step } => {
+            RolloutStrategy::Canary { steps, step, .. } => {
                 if let (Some(percent), Some((revision, template))) =
                     (steps.get(*step as usize), stable)
                 {
-                    let canaries = (replicas * *percent as usize)
-                        .div_ceil(100)
-                        .clamp(1, replicas);
+                    let canaries = canary_replicas(replicas, *percent);
                     goal.current.count = canaries;
                     goal.stable = Some(Share {
                         template,
@@ -158,6 +156,14 @@ impl Goal {
     fn total(&self) -> usize {
         self.current.count + self.stable.as_ref().map_or(0, |s| s.count)
     }
+}
+
+/// How many of `replicas` run the new revision at a canary step of `percent`: that share,
+/// rounded up, at least one (none of none).
+pub fn canary_replicas(replicas: usize, percent: u32) -> usize {
+    (replicas * percent as usize)
+        .div_ceil(100)
+        .clamp(replicas.min(1), replicas)
 }
 
 /// Whether a replica serves: running, and healthy where it is checked.
@@ -600,6 +606,7 @@ mod tests {
         );
         let mut promoted = spec.clone();
         promoted.strategy = RolloutStrategy::Canary {
+            analysis: None,
             steps: vec![25, 50],
             step: 2,
         };

@@ -48,6 +48,8 @@ const FAILED_TREE: &str = "deployment-failed-revisions";
 const LEDGERS_TREE: &str = "run-ledgers";
 /// Per autoscaled deployment, the scale record its controller keeps here.
 const SCALES_TREE: &str = "deployment-scales";
+/// Per canary deployment that names a service, the canary record its controller keeps here.
+const CANARIES_TREE: &str = "deployment-canaries";
 /// The bids cron jobs placed here, by `cron/<name>#<run>`.
 const CRON_BIDS_TREE: &str = "cron-bids";
 /// Backup id → the backup's signed manifest and who may read it.
@@ -188,6 +190,7 @@ pub struct Store {
     failed: sled::Tree,
     ledgers: sled::Tree,
     scales: sled::Tree,
+    canaries: sled::Tree,
     cron_bids: sled::Tree,
     backups: sled::Tree,
     trades: sled::Tree,
@@ -227,6 +230,7 @@ impl Store {
             failed: db.open_tree(FAILED_TREE)?,
             ledgers: db.open_tree(LEDGERS_TREE)?,
             scales: db.open_tree(SCALES_TREE)?,
+            canaries: db.open_tree(CANARIES_TREE)?,
             cron_bids: db.open_tree(CRON_BIDS_TREE)?,
             backups: db.open_tree(BACKUPS_TREE)?,
             trades: db.open_tree(TRADES_TREE)?,

@@ -4,6 +4,7 @@
 //! is given and refuses to go back.
 
 use claw_api::autoscale::ScaleRecord;
+use claw_api::canary::CanaryRecord;
 use claw_api::deploy::Fence;
 use claw_api::jobs::RunLedger;
 
@@ -320,6 +321,29 @@ impl Store {
     /// Deployment `name`'s scale record.
     pub fn scale(&self, name: &str) -> Result<Option<ScaleRecord>, StoreError> {
         super::read_one(&self.scales, "scale record", name)
+    }
+
+    /// Keeps `record` as deployment `name`'s canary record when it is newer than the one kept;
+    /// returns the record kept now.
+    pub fn put_canary(
+        &self,
+        name: &str,
+        record: &CanaryRecord,
+    ) -> Result<CanaryRecord, StoreError> {
+        if let Some(kept) = self.canary(name)?
+            && !record.is_newer_than(&kept)
+        {
+            return Ok(kept);
+        }
+        self.canaries
+            .insert(name.as_bytes(), super::encode("canary record", record)?)?;
+        self.db.flush()?;
+        Ok(record.clone())
+    }
+
+    /// Deployment `name`'s canary record.
+    pub fn canary(&self, name: &str) -> Result<Option<CanaryRecord>, StoreError> {
+        super::read_one(&self.canaries, "canary record", name)
     }
 }
 

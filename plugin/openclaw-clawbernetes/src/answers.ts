@@ -190,6 +190,27 @@ export interface DeploymentStatus extends DeploymentRevision {
   replicas: { node_name: string; revision: number; state: string; health?: string | null }[];
   /** The count an autoscaler decided, kept instead of `spec.replicas`; absent when none. */
   autoscaled?: number | null;
+  /** The canary's analysis, when its canary names a service. */
+  canary?: CanaryStatus | null;
+}
+
+/** A revision's traffic through a service in a canary step, summed over the members. */
+export interface TrafficSummary {
+  requests: number;
+  errors: number;
+  error_percent: number;
+  p99_ms?: number | null;
+}
+
+export interface CanaryStatus {
+  service: string;
+  step: number;
+  traffic_percent: number;
+  since_ms: number;
+  canary: TrafficSummary;
+  stable: TrafficSummary;
+  failed: boolean;
+  note?: string | null;
 }
 
 export interface DeploymentList {

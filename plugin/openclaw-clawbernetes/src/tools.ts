@@ -22,6 +22,7 @@ import type {
   DeploymentList,
   DeploymentRevision,
   DeploymentStatus,
+  TrafficSummary,
   Attempt,
   ConcurrencyPolicy,
   CronBid,
@@ -313,7 +314,17 @@ export function renderDeploymentStatus(s: DeploymentStatus): string {
   const count = autoscaled ? `${plural(wanted, "replica")} (autoscaled; spec says ${s.spec.replicas})` : undefined;
   const lines = [`${renderRevision(s, count)}; ${s.ready} of ${wanted} ready; controller ${s.controller ?? "none"}`];
   if (s.pending) lines.push(`note: ${s.pending}`);
-  if (s.failed_revisions.length) lines.push(`revisions that failed their health check: ${s.failed_revisions.join(", ")}`);
+  if (s.failed_revisions.length) lines.push(`revisions that failed their health check or canary analysis: ${s.failed_revisions.join(", ")}`);
+  const c = s.canary;
+  if (c) {
+    const measured = (t: TrafficSummary) =>
+      `${plural(t.requests, "request")}, ${t.error_percent.toFixed(1)}% errors, p99 ${typeof t.p99_ms === "number" ? `${t.p99_ms.toFixed(1)} ms` : "-"}`;
+    lines.push(
+      `canary on service ${c.service}: ${c.traffic_percent}% of traffic to the new revision${c.failed ? " (failed its analysis, rolled back)" : ""}; ` +
+        `new: ${measured(c.canary)}; stable: ${measured(c.stable)}`,
+    );
+    if (c.note) lines.push(`canary: ${c.note}`);
+  }
   for (const r of s.replicas) lines.push(`- on ${r.node_name}: revision ${r.revision}, ${r.state}${r.health ? `, ${r.health}` : ""}`);
   return lines.join("\n");
 }
@@ -373,6 +384,11 @@ function deploymentSpec(p: {
   gpu_model?: string;
   strategy?: "rolling" | "canary" | "blue_green";
   canary_steps?: number[];
+  canary_service?: string;
+  canary_interval_s?: number;
+  canary_max_error_percent?: number;
+  canary_max_p99_ms?: number;
+  canary_min_requests?: number;
   health_command?: string[];
   health_http_port?: number;
   health_path?: string;
@@ -383,7 +399,18 @@ function deploymentSpec(p: {
   if (p.gpus) template.gpus = p.gpus;
   const spec: Record<string, unknown> = { replicas: p.replicas ?? 1, template };
   if (p.gpu_model) spec.gpu_model = p.gpu_model;
-  if (p.strategy === "canary") spec.strategy = { type: "canary", steps: p.canary_steps?.length ? p.canary_steps : [10, 50] };
+  if (p.strategy === "canary") {
+    const strategy: Record<string, unknown> = { type: "canary", steps: p.canary_steps?.length ? p.canary_steps : [10, 50] };
+    if (p.canary_service) {
+      const analysis: Record<string, unknown> = { service: p.canary_service };
+      if (p.canary_interval_s !== undefined) analysis.interval_secs = p.canary_interval_s;
+      if (p.canary_max_error_percent !== undefined) analysis.max_error_percent = p.canary_max_error_percent;
+      if (p.canary_max_p99_ms !== undefined) analysis.max_p99_ms = p.canary_max_p99_ms;
+      if (p.canary_min_requests !== undefined) analysis.min_requests = p.canary_min_requests;
+      strategy.analysis = analysis;
+    }
+    spec.strategy = strategy;
+  }
   else if (p.strategy === "blue_green") spec.strategy = { type: "blue_green" };
   if (p.health_command?.length) spec.health = { probe: { type: "exec", argv: p.health_command } };
   else if (p.health_http_port) spec.health = { probe: { type: "http", port: p.health_http_port, path: p.health_path ?? "/" } };
@@ -1031,7 +1058,7 @@ export function fleetTools(bridge: Bridge): Tool[] {
       name: "claw_deployment_create",
       label: "Create a deployment",
       description:
-        "Keep N replicas of a container running across the fleet: spread over nodes, replaced when a node dies, rolled out safely on change (rolling by default; canary at a share of replicas, moved on with claw_deployment_promote; or blue-green). A health check (a command in the container, or an HTTP port) makes a failing new version roll back by itself.",
+        "Keep N replicas of a container running across the fleet: spread over nodes, replaced when a node dies, rolled out safely on change (rolling by default; canary at a share of replicas, moved on with claw_deployment_promote, or by itself with canary_service: a share of that service's traffic, promoted or rolled back on its error rate and p99; or blue-green). A health check (a command in the container, or an HTTP port) makes a failing new version roll back by itself.",
       parameters: object(
         {
           name: str("Deployment name: 1-32 of a-z, 0-9 and '-'"),
@@ -1044,6 +1071,13 @@ export function fleetTools(bridge: Bridge): Tool[] {
           gpu_model: str("Only nodes with GPUs whose model contains this"),
           strategy: oneOf(["rolling", "canary", "blue_green"], "How a new version replaces the old one"),
           canary_steps: { type: "array", items: { type: "integer" }, description: "Canary shares in percent, rising, e.g. [10, 50]" },
+          canary_service: str(
+            "A service selecting the replicas: each canary step's share of its traffic goes to the new version, and the fleet promotes or rolls back by itself on the error rate and p99 latency it measures",
+          ),
+          canary_interval_s: int("With canary_service: how long each step is watched, in seconds (default 600)"),
+          canary_max_error_percent: { type: "number", description: "With canary_service: the highest error rate the new version may show, in percent (default 1)" },
+          canary_max_p99_ms: int("With canary_service: the highest p99 latency the new version may show, in ms"),
+          canary_min_requests: int("With canary_service: requests a step must see before it is judged (default 20)"),
           health_command: strings("Health check: a command run in the container, healthy when it exits 0"),
           health_http_port: int("Health check: an HTTP port in the container, healthy on 2xx/3xx"),
           health_path: str("Health check: the HTTP path, default /"),

@@ -641,6 +641,48 @@ test("claw_deployment_status shows an autoscaled count beside the spec's", async
   assert.equal(plain.text, "deployment llm revision 3: 2 replicas of vllm:1 (rolling); 2 of 2 ready; controller 12D3KooWctl");
 });
 
+test("a canary on a service is created with its analysis and its status shows each revision's traffic", async () => {
+  const { params } = await sent("claw_deployment_create", {
+    name: "llm",
+    image: "vllm:2",
+    replicas: 2,
+    strategy: "canary",
+    canary_steps: [10, 50],
+    canary_service: "llm",
+    canary_interval_s: 300,
+    canary_max_error_percent: 0.5,
+    canary_max_p99_ms: 80,
+  });
+  assert.deepEqual(((params as Fields).spec as Fields).strategy, {
+    type: "canary",
+    steps: [10, 50],
+    analysis: { service: "llm", interval_secs: 300, max_error_percent: 0.5, max_p99_ms: 80 },
+  });
+  const status: DeploymentStatus = {
+    name: "llm",
+    revision: 4,
+    spec: { replicas: 2, template: { image: "vllm:2" }, strategy: { type: "canary", steps: [10, 50], step: 1 } },
+    controller: "12D3KooWctl",
+    ready: 1,
+    pending: null,
+    failed_revisions: [],
+    replicas: [],
+    canary: {
+      service: "llm",
+      step: 1,
+      traffic_percent: 50,
+      since_ms: 1,
+      canary: { requests: 120, errors: 0, error_percent: 0, p99_ms: 45.2 },
+      stable: { requests: 118, errors: 1, error_percent: 0.847, p99_ms: 41.9 },
+      failed: false,
+      note: "step 1 (10 % of traffic) passed, now at 50 %",
+    },
+  };
+  const shown = await sent("claw_deployment_status", { name: "llm" }, status);
+  assert.match(shown.text, /canary on service llm: 50% of traffic to the new revision; new: 120 requests, 0\.0% errors, p99 45\.2 ms; stable: 118 requests, 0\.8% errors, p99 41\.9 ms/);
+  assert.match(shown.text, /canary: step 1 \(10 % of traffic\) passed, now at 50 %/);
+});
+
 test("claw_rent_out sells within a daily window in the user's time zone", async () => {
   const window = { from: "08:00", until: "18:00", time_zone: "Europe/Paris" };
   const answer: FleetInvoke<MarketSell> = {
