@@ -3,11 +3,13 @@
 //! over libp2p streams, spread over the service's endpoints on two nodes; a member without the
 //! operate role on an endpoint's node is refused there, with only its own key; and a forward
 //! listens on loopback only. A canary that names a service takes its share of the service's
-//! traffic and is promoted, or rolled back, on what that traffic shows.
+//! traffic and is promoted, or rolled back, on what that traffic shows; a plain member's
+//! made-up tallies do not move it.
 //!
 //! Needs the Docker Engine and the locally built test image (`scripts/test.sh` prepares both).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use claw_tests::deployments::Member;
@@ -417,6 +419,149 @@ fn app(addr: &str) -> Option<(u16, String)> {
     Some((status, line.to_owned()))
 }
 
+/// A plain member of the fleet, in this process, with only its own key: it announces itself
+/// (cordoned, so nothing is placed on it) and answers every `deploy.replicas` for a deployment
+/// with the canary record it reads from `source` and a tally it made up, in which every request
+/// to the template under test failed.
+struct Liar {
+    runtime: tokio::runtime::Runtime,
+    peer_id: String,
+    answered: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+struct LyingReports {
+    mesh: Arc<std::sync::OnceLock<claw_mesh::MeshHandle>>,
+    source: claw_mesh::PeerId,
+    answered: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl claw_mesh::InvokeHandler for LyingReports {
+    fn handle(
+        &self,
+        _caller: claw_mesh::PeerId,
+        request: claw_mesh::InvokeRequest,
+    ) -> claw_mesh::HandlerFuture {
+        let (mesh, source, answered) = (
+            self.mesh.get().cloned(),
+            self.source,
+            Arc::clone(&self.answered),
+        );
+        Box::pin(async move {
+            let refused = |why: &str| {
+                claw_mesh::InvokeResponse::Error(claw_mesh::InvokeFailure::new(
+                    claw_mesh::ErrorCode::Unavailable,
+                    why,
+                ))
+            };
+            let (Some(mesh), "deploy.replicas") = (mesh, request.command.as_str()) else {
+                return refused("not answered");
+            };
+            let name = request.params["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let read = claw_mesh::InvokeRequest::new("deploy.replicas", Duration::from_secs(3))
+                .with_params(json!({ "name": name }));
+            let Ok(honest) = mesh.invoke(source, read).await else {
+                return refused("no record to copy");
+            };
+            let record = honest["canary"].clone();
+            let template = record["template"].clone();
+            answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            claw_mesh::InvokeResponse::Ok(json!({
+                "name": name, "fence": null, "replicas": [], "canary": record,
+                "traffic": [{"template": template, "requests": 1000, "errors": 1000, "latency": []}],
+            }))
+        })
+    }
+}
+
+impl Liar {
+    /// Joins through `seed` (a member's address), reading records from `source`, with a key
+    /// that does not rank first among `members` for deployment `deployment` (it is to lie in
+    /// reports, not to control).
+    fn join(seed: &[String], source: &str, members: &[&str], deployment: &str) -> Self {
+        use claw_attestation::{Envelope, NodeIdentity, Validity};
+        let key = clawnode::store::ObjectKind::Deployment.key(deployment);
+        let peers: Vec<claw_mesh::PeerId> = members
+            .iter()
+            .map(|m| m.parse().expect("peer id"))
+            .collect();
+        let identity = loop {
+            let identity = NodeIdentity::generate();
+            let mut all = peers.clone();
+            all.push(identity.peer_id());
+            let first = clawnode::controller::plan::ranking(&key, all)[0];
+            if first != identity.peer_id() {
+                break Arc::new(identity);
+            }
+        };
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let answered = Arc::default();
+        let handler = LyingReports {
+            mesh: Arc::default(),
+            source: source.parse().expect("peer id"),
+            answered: Arc::clone(&answered),
+        };
+        let slot = Arc::clone(&handler.mesh);
+        let config = claw_mesh::MeshConfig {
+            network: "localnet".to_owned(),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")],
+            bootstrap: seed.iter().filter_map(|a| a.parse().ok()).collect(),
+            allow_colocated_peers: true,
+            ..claw_mesh::MeshConfig::default()
+        };
+        let peer_id = identity.peer_id().to_string();
+        runtime.block_on(async {
+            let mesh = claw_mesh::Mesh::spawn(&identity, config, Arc::new(handler))
+                .expect("the liar's mesh");
+            let mut events = mesh.events;
+            tokio::spawn(async move { while events.recv().await.is_some() {} });
+            let _ = slot.set(mesh.handle.clone());
+            let announcement = claw_mesh::NodeAnnouncement {
+                name: "liar".into(),
+                network: "localnet".into(),
+                region: None,
+                labels: Default::default(),
+                software_version: "liar".into(),
+                listen_addrs: vec![],
+                inventory: claw_attestation::HardwareInventory {
+                    host: Default::default(),
+                    nvml: claw_attestation::NvmlStatus::Unavailable {
+                        reason: "none".into(),
+                    },
+                    gpus: vec![],
+                },
+                allocated_gpus: vec![],
+                running_workloads: 0,
+                taints: Vec::new(),
+                reachability: Default::default(),
+                membership: None,
+                cordoned: true,
+            };
+            let handle = mesh.handle;
+            tokio::spawn(async move {
+                for seq in 1.. {
+                    let bytes = Envelope::seal(
+                        &identity,
+                        seq,
+                        Validity::from_now(Duration::from_secs(60)),
+                        &announcement,
+                    )
+                    .to_bytes();
+                    let _ = handle.announce(bytes).await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+        });
+        Self {
+            runtime,
+            peer_id,
+            answered,
+        }
+    }
+}
+
 /// The canary's share of `status`: (its requests, all requests) in the current step.
 fn canary_share(status: &Value) -> (u64, u64) {
     let canary = status["canary"]["canary"]["requests"].as_u64().unwrap_or(0);
@@ -429,11 +574,14 @@ fn canary_share(status: &Value) -> (u64, u64) {
 /// revision of a deployment on another gets 10 % of the requests, then 50 % once its step
 /// passed, then all; a later revision whose every answer is a 500 is rolled back by the fleet
 /// within its first step, with the measured error rate named, and the stable revision takes
-/// all the traffic again.
+/// all the traffic again. Meanwhile a plain member, with only its own key, answers the
+/// controller's reads with made-up tallies in which every request to the good revision failed:
+/// they count for nothing (without the check on who may carry traffic, the good revision was
+/// rolled back).
 #[test]
 fn a_canary_takes_its_share_of_a_services_traffic_and_moves_on_or_rolls_back_by_what_it_shows() {
+    use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
 
     let Some(image) = test_image() else { return };
     let mut edge = Member::new(None);
@@ -449,6 +597,16 @@ fn a_canary_takes_its_share_of_a_services_traffic_and_moves_on_or_rolls_back_by_
     );
     let listener = std::fs::read_to_string(edge.cli.data_dir().join("ingress.addr"))
         .expect("the ingress listener's address");
+    // A plain member that will report every request to a new revision failed.
+    let liar = Liar::join(
+        &edge.joinable(),
+        &edge.peer_id,
+        &[&edge.peer_id, &web.peer_id],
+        "app",
+    );
+    eventually(Duration::from_secs(60), "the liar in the fleet", || {
+        (edge.sees(&liar.peer_id) && web.sees(&liar.peer_id)).then_some(())
+    });
     // /cgi-bin/app answers "from-$V", with a 500 status when V is "bad".
     let script = "mkdir -p /www/cgi-bin; \
         if [ \"$V\" = bad ]; then S='Status: 500 Internal Server Error'; else S='Status: 200 OK'; fi; \
@@ -557,6 +715,18 @@ fn a_canary_takes_its_share_of_a_services_traffic_and_moves_on_or_rolls_back_by_
             && s["replicas"].as_array().is_some_and(|r| r.len() == 2)
     });
     assert_eq!(promoted["failed_revisions"], json!([]), "{promoted:#}");
+    // The liar's reports reached the controller, and counted for nothing: promoted, with no
+    // error counted on the new revision.
+    assert!(
+        liar.answered.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the liar was asked for reports"
+    );
+    assert_eq!(
+        promoted["canary"]["canary"]["errors"],
+        json!(0),
+        "{promoted:#}"
+    );
+    drop(liar.runtime);
     let seen_at_promotion = answers.lock().unwrap().len();
 
     // Revision 3 answers every request with a 500: rolled back within its first step.
