@@ -45,6 +45,8 @@ const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 const MAX_INBOUND: usize = 256;
 /// How long a service's endpoints are reused before they are asked again.
 const ENDPOINTS_FRESH: Duration = Duration::from_secs(5);
+/// How a refused stream says the container itself did not take the connection.
+const UNANSWERED: &str = "the container does not answer";
 /// How long a member may take to list its endpoints.
 const ENDPOINTS_DEADLINE: Duration = Duration::from_secs(3);
 
@@ -709,7 +711,7 @@ impl Services {
             .into_iter()
             .chain(rotated(second))
             .map(|(node, e)| {
-                let tag = split.tag(e.deployment.as_deref(), e.template.as_deref());
+                let tag = split.tag(e.deployment.as_deref(), e.template.as_deref(), node);
                 (node, e, tag)
             })
             .collect()
@@ -773,7 +775,11 @@ impl Services {
             match connected {
                 Ok(connection) => return Ok((connection, tag)),
                 Err(error) => {
-                    if let Some(tag) = &tag {
+                    // Only the container's own silence is the revision's failure; a refusal
+                    // (this node may not reach it) or an unreachable node is not.
+                    if let Some(tag) = &tag
+                        && error.contains(UNANSWERED)
+                    {
                         self.canary_count(tag, Err(()));
                     }
                     // Ask afresh next time: the endpoint may be gone.
@@ -912,7 +918,7 @@ impl Services {
             .map_err(|e| e.to_string())?;
         tokio::net::TcpStream::connect((address, port))
             .await
-            .map_err(|e| format!("the container does not answer on port {port}: {e}"))
+            .map_err(|e| format!("{UNANSWERED} on port {port}: {e}"))
     }
 }
 

@@ -422,7 +422,7 @@ fn app(addr: &str) -> Option<(u16, String)> {
 /// A plain member of the fleet, in this process, with only its own key: it announces itself
 /// (cordoned, so nothing is placed on it) and answers every `deploy.replicas` for a deployment
 /// with the canary record it reads from `source` and a tally it made up, in which every request
-/// to the template under test failed.
+/// to the template under test, on its own endpoints, it says, failed.
 struct Liar {
     runtime: tokio::runtime::Runtime,
     peer_id: String,
@@ -467,10 +467,14 @@ impl claw_mesh::InvokeHandler for LyingReports {
             };
             let record = honest["canary"].clone();
             let template = record["template"].clone();
+            // Its own endpoints, it says: a host's word about its own containers counts, when it
+            // runs them.
+            let node = mesh.local_peer_id().to_string();
             answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             claw_mesh::InvokeResponse::Ok(json!({
                 "name": name, "fence": null, "replicas": [], "canary": record,
-                "traffic": [{"template": template, "requests": 1000, "errors": 1000, "latency": []}],
+                "traffic": [{"template": template, "node": node, "requests": 1000, "errors": 1000,
+                             "latency": []}],
             }))
         })
     }

@@ -20,8 +20,8 @@ pub const LATENCY_BUCKETS: usize = 64;
 /// the last bucket holds everything beyond the one before (about 40 s).
 const FIRST_BOUND_MS: f64 = 0.5;
 const BOUND_RATIO: f64 = 1.2;
-/// Templates a member keeps tallies for per deployment.
-pub const TEMPLATES_MEASURED: usize = 8;
+/// Tallies (per template and endpoint node) a member keeps per deployment.
+pub const TALLIES_KEPT: usize = 64;
 /// Longest note a record keeps.
 const MAX_NOTE: usize = 512;
 
@@ -37,8 +37,8 @@ pub struct CanaryAnalysis {
     #[serde(default = "default_interval")]
     pub interval_secs: u32,
     /// The highest share of the new revision's requests that may fail, in percent (0 to 100;
-    /// default 1). A request fails when the endpoint cannot be reached, brings no answer, or
-    /// (through an ingress) answers with a 5xx status.
+    /// default 1). A request fails when the endpoint's container does not take the connection,
+    /// brings no answer, or (through an ingress) answers with a 5xx status.
     #[serde(default = "default_error_percent")]
     pub max_error_percent: f64,
     /// The highest 99th-percentile latency the new revision may show, in milliseconds (time to
@@ -214,6 +214,9 @@ impl CanaryRecord {
 pub struct RevisionTraffic {
     /// The template's digest.
     pub template: String,
+    /// The peer id of the node whose endpoints took the requests.
+    #[serde(default)]
+    pub node: String,
     /// Requests (a forwarded connection, or a request through an ingress).
     pub requests: u64,
     /// Of them, those that failed.
@@ -224,10 +227,11 @@ pub struct RevisionTraffic {
 }
 
 impl RevisionTraffic {
-    /// An empty tally for `template`.
-    pub fn new(template: String) -> Self {
+    /// An empty tally for `template` on `node`'s endpoints.
+    pub fn new(template: String, node: String) -> Self {
         Self {
             template,
+            node,
             requests: 0,
             errors: 0,
             latency: vec![0; LATENCY_BUCKETS],
@@ -373,7 +377,7 @@ mod tests {
     }
 
     fn traffic(requests: u64, errors: u64, latency_ms: f64) -> TrafficSummary {
-        let mut tally = RevisionTraffic::new("t".into());
+        let mut tally = RevisionTraffic::new("t".into(), "n".into());
         for i in 0..requests {
             tally.count(if i < errors { Err(()) } else { Ok(latency_ms) });
         }
@@ -382,7 +386,7 @@ mod tests {
 
     #[test]
     fn p99_is_read_from_the_histogram_within_its_bucket() {
-        let mut tally = RevisionTraffic::new("t".into());
+        let mut tally = RevisionTraffic::new("t".into(), "n".into());
         for _ in 0..990 {
             tally.count(Ok(10.0));
         }
@@ -445,8 +449,8 @@ mod tests {
         a = analysis();
         a.service = "Not A Name".into();
         assert!(a.check().is_err());
-        let mut sum = RevisionTraffic::new("t".into());
-        let mut lying = RevisionTraffic::new("t".into());
+        let mut sum = RevisionTraffic::new("t".into(), "n".into());
+        let mut lying = RevisionTraffic::new("t".into(), "n".into());
         lying.errors = 3;
         assert!(sum.add(&lying).is_err());
         lying.errors = 0;

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, PoisonError};
 
 use claw_api::canary::{
-    CanaryAnalysis, CanaryRecord, CanaryStatus, RevisionTraffic, TEMPLATES_MEASURED, Verdict,
+    CanaryAnalysis, CanaryRecord, CanaryStatus, RevisionTraffic, TALLIES_KEPT, Verdict,
 };
 use claw_api::deploy::{Deployment, DeploymentSpec, Fence, Replica, RolloutStrategy};
 use claw_mesh::{ErrorCode, InvokeFailure, PeerId};
@@ -29,6 +29,7 @@ const DEPLOYMENTS_MEASURED: usize = 256;
 pub(crate) struct Tag {
     deployment: String,
     template: String,
+    node: String,
     since_ms: u64,
 }
 
@@ -47,12 +48,18 @@ impl Split {
         deployment == Some(self.deployment.as_str()) && template == Some(self.template.as_str())
     }
 
-    /// The tag of a request an endpoint of `deployment` running `template` takes, when it is
-    /// one of the split deployment's.
-    pub(crate) fn tag(&self, deployment: Option<&str>, template: Option<&str>) -> Option<Tag> {
+    /// The tag of a request an endpoint on `node` of `deployment` running `template` takes,
+    /// when it is one of the split deployment's.
+    pub(crate) fn tag(
+        &self,
+        deployment: Option<&str>,
+        template: Option<&str>,
+        node: PeerId,
+    ) -> Option<Tag> {
         (deployment == Some(self.deployment.as_str())).then(|| Tag {
             deployment: self.deployment.clone(),
             template: template.unwrap_or_default().to_owned(),
+            node: node.to_string(),
             since_ms: self.since_ms,
         })
     }
@@ -113,13 +120,13 @@ impl CanaryTraffic {
             let index = match window
                 .tallies
                 .iter()
-                .position(|t| t.template == tag.template)
+                .position(|t| t.template == tag.template && t.node == tag.node)
             {
                 Some(index) => index,
-                None if window.tallies.len() < TEMPLATES_MEASURED => {
+                None if window.tallies.len() < TALLIES_KEPT => {
                     window
                         .tallies
-                        .push(RevisionTraffic::new(tag.template.clone()));
+                        .push(RevisionTraffic::new(tag.template.clone(), tag.node.clone()));
                     window.tallies.len() - 1
                 }
                 None => return,
@@ -168,8 +175,8 @@ fn percent_at(steps: &[u32], step: u32, failed: bool) -> u32 {
 /// Sums the tallies of `reports` (records and traffic per member) that belong to `record`'s
 /// step into the canary's and the stable side's; malformed ones are left out.
 fn summed(record: &CanaryRecord, reports: &CanaryReports) -> (RevisionTraffic, RevisionTraffic) {
-    let mut canary = RevisionTraffic::new(record.template.clone());
-    let mut stable = RevisionTraffic::new(String::new());
+    let mut canary = RevisionTraffic::new(record.template.clone(), String::new());
+    let mut stable = RevisionTraffic::new(String::new(), String::new());
     for (kept, traffic) in reports {
         let same_step = kept
             .as_ref()
@@ -197,20 +204,32 @@ impl Deployments {
         &self.inner.canary_traffic
     }
 
-    /// The tallies of `peer`'s report that count: only a member this node lets reach
-    /// services (an operator or admin, or this node itself) can have carried traffic to the
-    /// endpoints of other nodes, which apply the same rule. Anyone else's are left out, so a
-    /// plain member cannot promote or fail a canary with made-up numbers.
+    /// The tallies of `peer`'s report that count: those of requests to its own endpoints of a
+    /// template it reports running (`replicas`; it runs those containers, and could make them
+    /// fail or not anyway), and, from a member this node lets reach services (an operator or
+    /// admin, or this node itself), those to other nodes' endpoints, which admit it by the same
+    /// rule. A plain member's tallies about other nodes' endpoints are left out: it could not
+    /// have carried that traffic, so its numbers cannot promote or fail a canary.
     pub(super) fn counted_traffic(
         &self,
         peer: PeerId,
         traffic: Vec<RevisionTraffic>,
+        replicas: &[Replica],
     ) -> Vec<RevisionTraffic> {
-        if traffic.is_empty() || self.inner.access.role_of(&peer) >= claw_api::Role::Operate {
-            return traffic;
+        let reaches_others = self.inner.access.role_of(&peer) >= claw_api::Role::Operate;
+        let own = peer.to_string();
+        let runs = |template: &str| {
+            replicas
+                .iter()
+                .any(|r| r.template == template && r.state.is_active())
+        };
+        let (counted, left): (Vec<_>, Vec<_>) = traffic
+            .into_iter()
+            .partition(|t| reaches_others || (t.node == own && runs(&t.template)));
+        if !left.is_empty() {
+            tracing::debug!(%peer, left = left.len(), "canary tallies about other nodes' endpoints left out");
         }
-        tracing::debug!(%peer, "canary tallies of a member that may not reach services left out");
-        Vec::new()
+        counted
     }
 
     /// How service `service`'s traffic is split now, among the deployments its endpoints
@@ -477,9 +496,10 @@ mod tests {
     fn tallies_are_kept_per_step_and_template_and_bounded() {
         let traffic = CanaryTraffic::default();
         let s = split(10);
-        let new = s.tag(Some("web"), Some("new")).unwrap();
-        let old = s.tag(Some("web"), Some("old")).unwrap();
-        assert!(s.tag(Some("other"), Some("new")).is_none());
+        let node = PeerId::random();
+        let new = s.tag(Some("web"), Some("new"), node).unwrap();
+        let old = s.tag(Some("web"), Some("old"), node).unwrap();
+        assert!(s.tag(Some("other"), Some("new"), node).is_none());
         traffic.count(&new, Ok(3.0));
         traffic.count(&new, Err(()));
         traffic.count(&old, Ok(2.0));
@@ -487,11 +507,11 @@ mod tests {
         assert_eq!(kept.len(), 2);
         assert_eq!((kept[0].requests, kept[0].errors), (2, 1));
         assert!(traffic.since("web", 11).is_empty());
-        for i in 0..20 {
-            let tag = s.tag(Some("web"), Some(&format!("t{i}"))).unwrap();
+        for i in 0..TALLIES_KEPT + 4 {
+            let tag = s.tag(Some("web"), Some(&format!("t{i}")), node).unwrap();
             traffic.count(&tag, Ok(1.0));
         }
-        assert_eq!(traffic.since("web", 10).len(), TEMPLATES_MEASURED);
+        assert_eq!(traffic.since("web", 10).len(), TALLIES_KEPT);
         // A later step replaces the window; a request of the step before is not counted.
         let later = Tag {
             since_ms: 40,

@@ -578,7 +578,8 @@ impl Deployments {
                         scale = Some(record);
                     }
                     status.failed_revisions.extend(report.failed);
-                    canaries.push((report.canary, self.counted_traffic(peer, report.traffic)));
+                    let traffic = self.counted_traffic(peer, report.traffic, &report.replicas);
+                    canaries.push((report.canary, traffic));
                     for replica in report.replicas {
                         if replica.template == template && is_available(&replica) {
                             status.ready += 1;
@@ -702,7 +703,8 @@ impl Deployments {
                     }
                     answered.push(peer);
                     let traffic = std::mem::take(&mut report.traffic);
-                    canaries.push((report.canary.take(), self.counted_traffic(peer, traffic)));
+                    let traffic = self.counted_traffic(peer, traffic, &report.replicas);
+                    canaries.push((report.canary.take(), traffic));
                     held.reports.insert(peer, report);
                 }
                 Err(error) => tracing::debug!(%peer, %error, "no replica report this round"),
