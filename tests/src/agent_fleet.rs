@@ -26,6 +26,9 @@ pub struct NodeSpec {
     pub price: Option<&'static str>,
     /// A Docker socket other than the default (`workloads.docker_socket`).
     pub docker_socket: Option<PathBuf>,
+    /// Whether it serves ingress rules on a loopback port and is an operator of every node
+    /// (as an edge must be to reach the other nodes' endpoints).
+    pub edge: bool,
 }
 
 impl NodeSpec {
@@ -36,7 +39,13 @@ impl NodeSpec {
             gpus,
             price: Some("1"),
             docker_socket: None,
+            edge: false,
         }
+    }
+
+    /// The same node as an edge: an ingress listener, and an operator of every node.
+    pub fn edge(self) -> Self {
+        Self { edge: true, ..self }
     }
 }
 
@@ -78,6 +87,14 @@ fn start_nodes(
     localnet: &Localnet,
     bridge_peer: &str,
 ) -> Vec<FleetNode> {
+    let mut operators = vec![bridge_peer.to_owned()];
+    for (spec, cli) in specs.iter().zip(&clis) {
+        if spec.edge {
+            cli.ok(&["configure", "--ingress", "127.0.0.1:0"]);
+            let identity = cli.ok(&["--json", "identity"]).json();
+            operators.push(identity["peer_id"].as_str().expect("peer id").to_owned());
+        }
+    }
     let mut nodes: Vec<FleetNode> = Vec::new();
     for (index, (spec, cli)) in specs.iter().zip(clis).enumerate() {
         let chain = if index == market_node {
@@ -92,7 +109,7 @@ fn start_nodes(
         cli.configure_market(&market, &chain);
         cli.edit_config(|text| {
             let mut text = text
-                .replace("operators = []", &format!("operators = [{bridge_peer:?}]"))
+                .replace("operators = []", &format!("operators = {operators:?}"))
                 .replace(
                     "[node.labels]\n",
                     &format!("[node]\nname = {:?}\n\n[node.labels]\n", spec.name),

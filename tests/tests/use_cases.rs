@@ -14,6 +14,8 @@
 //!   says it was skipped and why.
 //! - Canary deployments: "update the inference server to the new version, but do it safely": a
 //!   deployment, a canary of the new image beside it, watched, then promoted to every replica.
+//!   And as the seed tells it: 10 % of the service's traffic to the new version, its latency and
+//!   error rate watched, promoted to 50 % and then to all by the fleet itself.
 //!
 //! - Secrets and configs: "the server needs the HF token": a secret sealed to two nodes and a
 //!   config, a deployment that takes them as env and files and runs only on those nodes, then
@@ -698,6 +700,163 @@ fn a_canary_of_a_new_image_is_watched_then_promoted() {
     let _ = std::process::Command::new("docker")
         .args(["rmi", new_image])
         .status();
+}
+
+/// The body of `GET path` at `addr` when it is answered 200, else `None`.
+fn ok_body(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: inference\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    (head.split(' ').nth(1) == Some("200")).then(|| body.to_owned())
+}
+
+/// "Update the inference server to the new model version, but do it safely", as the seed tells
+/// it: the server is reached through a service and an ingress rule on n1; the agent deploys it
+/// as a canary watched on that service, then updates it. The new version takes 10 % of the
+/// requests, the status shows both versions' requests, error rates and p99 latency, and the
+/// fleet promotes it to 50 % and then to every replica by itself.
+#[test]
+fn a_canary_takes_a_share_of_the_traffic_and_is_promoted_on_its_latency_and_errors() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let Some((node24, openclaw, image)) = gateway_parts() else {
+        return;
+    };
+    let _turn = one_fleet();
+    let specs = vec![
+        NodeSpec::new("n1", 1).edge(),
+        NodeSpec::new("n2", 1),
+        NodeSpec::new("n3", 1),
+    ];
+    let fleet = AgentFleet::start(node24, openclaw, &specs, 1, json!({}));
+    let fields = plugin_fields();
+    let listener = std::fs::read_to_string(fleet.nodes[0].cli.data_dir().join("ingress.addr"))
+        .expect("n1's ingress listener");
+
+    let (text, _) = fleet.tool(
+        "claw_service_create",
+        json!({"name": "inference", "selector": {"clawbernetes-deployment": "inference"}, "port": 8080}),
+    );
+    assert!(text.contains("created service inference"), "{text}");
+    let (text, _) = fleet.tool(
+        "claw_ingress_create",
+        json!({"name": "inference", "node": "n1", "host": "*", "path": "/", "service": "inference"}),
+    );
+    assert!(text.contains("created ingress"), "{text}");
+    // An HTTP server whose /cgi-bin/model answers the model version it runs.
+    let script = "mkdir -p /www/cgi-bin; \
+        printf '#!/bin/sh\\necho \"Content-Type: text/plain\"\\necho\\necho \"%s\"\\n' \"$MODEL\" \
+          > /www/cgi-bin/model; chmod +x /www/cgi-bin/model; exec httpd -f -p 8080 -h /www";
+    let (text, _) = fleet.tool(
+        "claw_deployment_create",
+        json!({
+            "name": "inference",
+            "image": image,
+            "replicas": 2,
+            "command": ["sh", "-c", script],
+            "env": {"MODEL": "v1"},
+            "strategy": "canary",
+            "canary_steps": [10, 50],
+            "canary_service": "inference",
+            "canary_interval_s": 5,
+            "canary_max_error_percent": 1,
+            "canary_max_p99_ms": 2000,
+            "canary_min_requests": 20,
+        }),
+    );
+    assert!(
+        text.contains("created deployment inference revision 1"),
+        "{text}"
+    );
+    let model = |listener: &str| -> Option<String> {
+        let body = ok_body(listener, "/cgi-bin/model")?;
+        body.lines().find(|l| l.starts_with('v')).map(str::to_owned)
+    };
+    let first = eventually(Duration::from_secs(90), "v1 through n1's ingress", || {
+        model(&listener)
+    });
+    assert_eq!(first, "v1");
+
+    // The users' requests, from here on.
+    let stop = Arc::new(AtomicBool::new(false));
+    let answers: Arc<Mutex<Vec<String>>> = Arc::default();
+    let client = {
+        let (stop, answers, listener) = (Arc::clone(&stop), Arc::clone(&answers), listener.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(answer) = model(&listener) {
+                    answers
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(answer);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let status = |want: &dyn Fn(&str) -> bool, what: &str| {
+        eventually(Duration::from_secs(120), what, || {
+            let (text, details) =
+                fleet.tool("claw_deployment_status", json!({"name": "inference"}));
+            want(&text).then_some((text, details))
+        })
+    };
+
+    // "Update the inference server to the new model version, but do it safely."
+    let (text, _) = fleet.tool(
+        "claw_deployment_update",
+        json!({"name": "inference", "image": image, "env": {"MODEL": "v2"}}),
+    );
+    assert!(
+        text.contains("revision 2") && text.contains("canary at 10%"),
+        "{text}"
+    );
+    let (text, details) = status(
+        &|t| {
+            t.contains("canary on service inference: 10% of traffic to the new revision; new: ")
+                && !t.contains("new: 0 requests")
+        },
+        "10 % of the traffic on v2, measured",
+    );
+    check_contract(&fields, "deploy.status", &details);
+    assert!(text.contains("p99 ") && text.contains("% errors"), "{text}");
+    let (text, _) = status(
+        &|t| t.contains("canary: step 1 (10 % of traffic) passed, now at 50 %"),
+        "the fleet promoting v2 to 50 %",
+    );
+    assert!(
+        text.contains("50% of traffic to the new revision"),
+        "{text}"
+    );
+    let (text, _) = status(
+        &|t| {
+            t.contains("100% of traffic to the new revision")
+                && t.contains("2 of 2 ready")
+                && !t.contains("revision 1,")
+        },
+        "v2 on every replica",
+    );
+    assert!(!text.contains("failed"), "{text}");
+    stop.store(true, Ordering::Relaxed);
+    client.join().expect("the client");
+    let answers = answers.lock().unwrap_or_else(PoisonError::into_inner);
+    let v2 = answers.iter().filter(|a| *a == "v2").count();
+    assert!(
+        v2 > 0 && v2 < answers.len(),
+        "the users met both versions while it rolled: {v2} of {}",
+        answers.len()
+    );
+    assert!(
+        answers.iter().all(|a| a == "v1" || a == "v2"),
+        "{answers:?}"
+    );
 }
 
 /// "The inference server needs our HF token, and this config": the agent stores the token as a
