@@ -19,6 +19,7 @@ mod nat;
 mod routing;
 mod stats;
 mod swarm;
+mod verify;
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};

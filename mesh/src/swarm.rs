@@ -11,7 +11,8 @@
 //! ```
 //!
 //! Inbound invokes run in their own tasks and send their answers back through a bounded
-//! channel; gossip is validated here, once per message, before gossipsub forwards it.
+//! channel; gossip is validated once per message before gossipsub forwards it: its signature
+//! off this task, in batches ([`crate::verify`]), the rest here.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -44,6 +45,7 @@ use crate::invoke::{
 use crate::known_peers::KnownPeers;
 use crate::nat::{self, NatView, Reachability, RelaySelection};
 use crate::stats::{GossipVerdict, MeshStats};
+use crate::verify::{Checked, Unchecked, VerifyQueue};
 use crate::{MeshError, MeshEvent, TopicKind, TopicName};
 
 const INVOKE_PROTOCOL: StreamProtocol = StreamProtocol::new("/claw/invoke/1");
@@ -152,6 +154,9 @@ pub(crate) struct EventLoop {
     pending_gets: HashMap<kad::QueryId, oneshot::Sender<Option<Vec<u8>>>>,
     pending_closest: HashMap<kad::QueryId, oneshot::Sender<Vec<PeerId>>>,
     verifier: Verifier,
+    /// Gossip waiting for, or in, a signature check.
+    checks: VerifyQueue,
+    checked: mpsc::Receiver<Vec<Checked>>,
     replay_guard: ReplayGuard,
     seen_claims: SeenEnvelopes,
     topics: Topics,
@@ -455,6 +460,7 @@ impl EventLoop {
             .with_max_envelope_bytes(config.max_message_bytes)
             .with_max_clock_skew(config.max_clock_skew);
         let known_peers = KnownPeers::load(config.known_peers_file.clone());
+        let (checks, checked) = VerifyQueue::new(verifier.clone());
         Self {
             local_peer_id: *swarm.local_peer_id(),
             swarm,
@@ -470,6 +476,8 @@ impl EventLoop {
             pending_gets: HashMap::new(),
             pending_closest: HashMap::new(),
             verifier,
+            checks,
+            checked,
             replay_guard: ReplayGuard::new(100_000),
             seen_claims: SeenEnvelopes::new(200_000),
             topics,
@@ -578,6 +586,12 @@ impl EventLoop {
                 Some((channel, answer)) = self.answers_rx.recv() => {
                     if self.swarm.behaviour_mut().invoke.send_response(channel, answer).is_err() {
                         tracing::debug!("invoke caller went away before the answer");
+                    }
+                }
+                Some(batch) = self.checked.recv() => {
+                    self.checks.finished();
+                    for (message, verified) in batch {
+                        self.on_checked(message, verified);
                     }
                 }
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
@@ -772,6 +786,14 @@ impl EventLoop {
         let verified = self
             .verifier
             .verify_at(bytes, None, unix_millis(SystemTime::now()))?;
+        self.member_of(verified)
+    }
+
+    /// The fleet member a verified announcement makes, with its standing.
+    fn member_of(
+        &mut self,
+        verified: VerifiedEnvelope,
+    ) -> Result<(FleetMember, VerifiedEnvelope), VerifyError> {
         let announcement: NodeAnnouncement = verified.open()?;
         if announcement.network != self.config.network {
             return Err(VerifyError::Malformed(format!(
@@ -844,13 +866,37 @@ impl EventLoop {
         }
     }
 
+    /// Queues a gossip message for its signature check; one on no topic of ours is rejected at
+    /// once, and one that finds the queue full is ignored.
     fn on_gossip(&mut self, source: PeerId, id: MessageId, message: gossipsub::Message) {
+        let Some(topic) = self.topics.kind_of(&message.topic) else {
+            let unexpected = VerifyError::Malformed("unexpected topic".to_owned());
+            self.judge(source, &id, None, Err(unexpected));
+            return;
+        };
+        if self.checks.is_full() {
+            tracing::debug!(%source, "gossip ignored: its check queue is full");
+            self.judge(source, &id, Some(topic), Ok(Accepted::Stale(topic)));
+            return;
+        }
+        self.checks.push(Unchecked {
+            source,
+            id,
+            topic,
+            data: message.data,
+        });
+    }
+
+    /// The rest of a gossip message's checks once its signature was checked, and its verdict.
+    fn on_checked(&mut self, message: Unchecked, verified: Result<VerifiedEnvelope, VerifyError>) {
         let now = unix_millis(SystemTime::now());
-        let topic = self.topics.kind_of(&message.topic);
+        let Unchecked {
+            source, id, topic, ..
+        } = message;
         let outcome = match topic {
-            None => Err(VerifyError::Malformed("unexpected topic".to_owned())),
-            Some(TopicKind::Inventory) => {
-                self.verify_announcement(&message.data)
+            TopicKind::Inventory => {
+                verified
+                    .and_then(|verified| self.member_of(verified))
                     .and_then(|(member, verified)| {
                         match self.replay_guard.admit(&verified) {
                             Ok(()) => Ok(Accepted::Announcement(Box::new(member))),
@@ -865,32 +911,41 @@ impl EventLoop {
                         }
                     })
             }
-            Some(kind) => {
+            kind => {
                 let expected = match kind {
                     TopicKind::Offers => PayloadKind::Offer,
                     TopicKind::Objects => PayloadKind::FleetObject,
                     TopicKind::Trades => PayloadKind::TradeReport,
                     _ => PayloadKind::Bid,
                 };
-                self.verifier
-                    .verify_at(&message.data, None, now)
-                    .and_then(|verified| {
-                        let found = verified.envelope().kind();
-                        if found != expected {
-                            return Err(VerifyError::WrongKind { expected, found });
-                        }
-                        // A fleet object's revision is its replay guard (the store keeps the
-                        // newest); its ten-year envelope would only crowd the claims out here.
-                        if kind != TopicKind::Objects
-                            && self.seen_claims.admit(&verified, now)? == Seen::Again
-                        {
-                            // A late copy of a claim taken already, on another path: honest.
-                            return Ok(Accepted::Stale(kind));
-                        }
-                        Ok(Accepted::Claim(kind, Box::new(verified)))
-                    })
+                verified.and_then(|verified| {
+                    let found = verified.envelope().kind();
+                    if found != expected {
+                        return Err(VerifyError::WrongKind { expected, found });
+                    }
+                    // A fleet object's revision is its replay guard (the store keeps the
+                    // newest); its ten-year envelope would only crowd the claims out here.
+                    if kind != TopicKind::Objects
+                        && self.seen_claims.admit(&verified, now)? == Seen::Again
+                    {
+                        // A late copy of a claim taken already, on another path: honest.
+                        return Ok(Accepted::Stale(kind));
+                    }
+                    Ok(Accepted::Claim(kind, Box::new(verified)))
+                })
             }
         };
+        self.judge(source, &id, Some(topic), outcome);
+    }
+
+    /// Acts on a gossip message's outcome and reports the verdict to gossipsub.
+    fn judge(
+        &mut self,
+        source: PeerId,
+        id: &MessageId,
+        topic: Option<TopicKind>,
+        outcome: Result<Accepted, VerifyError>,
+    ) {
         let acceptance = match outcome {
             Ok(Accepted::Announcement(member)) => {
                 if member.peer_id != self.local_peer_id {
@@ -925,7 +980,7 @@ impl EventLoop {
             .swarm
             .behaviour_mut()
             .gossipsub
-            .report_message_validation_result(&id, &source, acceptance);
+            .report_message_validation_result(id, &source, acceptance);
     }
 
     fn on_inbound_invoke(
