@@ -36,9 +36,9 @@ mod sealing;
 mod wallet;
 
 pub use envelope::{
-    DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_ENVELOPE_BYTES, Envelope, PayloadKind, ReplayGuard,
-    SIGNING_DOMAIN, Seen, SeenEnvelopes, SignedPayload, SignerKey, Validity, VerifiedEnvelope,
-    Verifier, VerifyError, unix_millis,
+    DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_ENVELOPE_BYTES, Envelope, MIN_BATCH, PayloadKind,
+    ReplayGuard, SIGNING_DOMAIN, Seen, SeenEnvelopes, SignedPayload, SignerKey, Validity,
+    VerifiedEnvelope, Verifier, VerifyError, unix_millis,
 };
 pub use freshness::{FreshnessChallenge, FreshnessError, FreshnessProof};
 pub use identity::{DeviceIdentity, NodeIdentity, ed25519_key_of, peer_id_of};
