@@ -12,6 +12,7 @@
 #   scripts/bench.sh up           clawnode up: command to a usable 3-node fleet, first and later runs
 #   scripts/bench.sh deployments  a deployment's failover when a node or its controller is killed
 #                                 (needs Docker and the test image)
+#   scripts/bench.sh nat          a NAT'd node's time to be reachable through a relay, then direct
 #   scripts/bench.sh services     a service forward through the mesh against the container directly
 #                                 (needs Docker and the test image)
 #   scripts/bench.sh console      the console at 1,000 nodes: the bridge's snapshot, and the Fleet tab in
@@ -60,6 +61,10 @@ if [ "$which" = all ] || [ "$which" = deployments ]; then
     cargo build --release --workspace --bins
     CLAW_TEST_IMAGE=${CLAW_TEST_IMAGE:-clawbernetes/busybox:test} \
         cargo bench -p claw-tests --bench deployment_failover
+fi
+if [ "$which" = all ] || [ "$which" = nat ]; then
+    cargo build --release --workspace --bins
+    cargo bench -p claw-tests --bench nat_reachability
 fi
 if [ "$which" = all ] || [ "$which" = services ]; then
     cargo build --release --workspace --bins

@@ -621,7 +621,8 @@ impl Services {
     }
 
     /// Carries one local connection to `target`: the next endpoint that takes it. A canary's
-    /// connection counts as one request, answered when the endpoint sent anything back.
+    /// connection that sent anything counts as one request, answered when the endpoint sent
+    /// anything back.
     async fn carry(&self, socket: tokio::net::TcpStream, target: &Target) -> Result<(), String> {
         let (endpoint, tag) = self.dial(target).await?;
         let mut endpoint = Timed {
@@ -635,13 +636,18 @@ impl Services {
             .unwrap_or_default();
         if let Some(tag) = tag {
             let outcome = match (endpoint.first_write, endpoint.first_read) {
-                (Some(sent), Some(answered)) => {
-                    Ok(answered.saturating_duration_since(sent).as_secs_f64() * 1000.0)
-                }
-                (None, Some(_)) => Ok(0.0),
-                (_, None) => Err(()),
+                (Some(sent), Some(answered)) => Some(Ok(answered
+                    .saturating_duration_since(sent)
+                    .as_secs_f64()
+                    * 1000.0)),
+                (None, Some(_)) => Some(Ok(0.0)),
+                (Some(_), None) => Some(Err(())),
+                // Opened and closed with nothing sent either way: no request.
+                (None, None) => None,
             };
-            self.canary_count(&tag, outcome);
+            if let Some(outcome) = outcome {
+                self.canary_count(&tag, outcome);
+            }
         }
         self.count(target.describe(), "out", bytes);
         Ok(())

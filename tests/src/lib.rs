@@ -9,6 +9,7 @@ mod agent_fleet;
 pub mod deployments;
 #[cfg(unix)]
 mod docker_proxy;
+pub mod nat_nodes;
 mod netns;
 
 pub use agent_fleet::{AgentFleet, FleetNode, NodeSpec, plugin_path, write_secret};

@@ -14,11 +14,12 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use claw_tests::nat_nodes::{configure, listen, member, node_on as node, relay_settings};
 use claw_tests::{
     Arbiter, Clawnode, Internet, Link, Localnet, MarketNode, NetHost, RunningNode, SIMULATED_MODEL,
-    announce_every_second, eventually, namespace_or_skip, required_part, units,
+    eventually, namespace_or_skip, required_part, units,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 const LINK: Link = Link {
     delay_ms: 20,
@@ -42,46 +43,6 @@ fn tcp_opens(from: &NetHost, address: &str, port: u16) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// A node in `host`'s namespace with one simulated GPU, set up by [`configure`].
-fn node(root: &std::path::Path, name: &str, host: &NetHost, mesh: &[(&str, String)]) -> Clawnode {
-    let node = Clawnode::in_namespace(&root.join(name), &host.namespace);
-    node.ok(&["init", "--simulated-gpu", "NVIDIA L4:1:23034"]);
-    configure(&node, mesh);
-    node
-}
-
-/// Announcing every second, taking private addresses as reachable in its NAT probes (this
-/// internet's public side is 10.77.0.0/24), with the `[mesh]` settings `mesh`.
-fn configure(node: &Clawnode, mesh: &[(&str, String)]) {
-    announce_every_second(node);
-    node.edit_config(|text| {
-        let mut text = text.replace(
-            "nat_probe_private_addresses = false",
-            "nat_probe_private_addresses = true",
-        );
-        for (key, value) in mesh {
-            let line = text
-                .lines()
-                .find(|l| l.starts_with(&format!("{key} = ")))
-                .unwrap_or_else(|| panic!("init writes mesh.{key}"))
-                .to_owned();
-            text = text.replace(&line, &format!("{key} = {value}"));
-        }
-        text
-    });
-}
-
-/// The relay's settings: it serves as one, at its public address.
-fn relay_settings(host: &NetHost) -> [(&'static str, String); 2] {
-    [
-        ("relay_server", "true".into()),
-        (
-            "external_addrs",
-            format!("[\"/ip4/{}/tcp/4001\"]", host.address),
-        ),
-    ]
-}
-
 /// An internet with a public relay host and two hosts behind NAT, or `None` (said, and a
 /// failure under `CLAW_TEST_STRICT`) where this machine cannot make namespaces.
 fn internet() -> Option<(Internet, NetHost, NetHost, NetHost)> {
@@ -92,26 +53,6 @@ fn internet() -> Option<(Internet, NetHost, NetHost, NetHost)> {
     let a = internet.host_behind_nat("a", LINK).expect("host a");
     let b = internet.host_behind_nat("b", LINK).expect("host b");
     Some((internet, relay, a, b))
-}
-
-fn listen() -> Vec<String> {
-    vec![
-        "/ip4/0.0.0.0/tcp/4001".to_owned(),
-        "/ip4/0.0.0.0/udp/4001/quic-v1".to_owned(),
-    ]
-}
-
-/// `peer` as `viewer`'s `clawnode fleet --json` lists it.
-fn member(viewer: &Clawnode, peer: &str) -> Option<Value> {
-    let finished = viewer.run(&["fleet", "--json"]);
-    if !finished.success {
-        return None;
-    }
-    finished.json()["members"]
-        .as_array()?
-        .iter()
-        .find(|m| m["peer_id"] == peer)
-        .cloned()
 }
 
 #[test]
