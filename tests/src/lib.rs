@@ -211,12 +211,21 @@ pub fn gateway_parts() -> Option<(String, String, String)> {
     Some((node24?, openclaw?, image?))
 }
 
-/// A TCP port free on loopback right now.
+/// A TCP port free on loopback right now, below the kernel's ephemeral range (32768 and up), so
+/// that no outgoing connection or `:0` listener of a test running beside this one takes it
+/// between now and its use.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(2_654_435_761);
+    for _ in 0..4096 {
+        let turn = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (seed.wrapping_add(turn.wrapping_mul(7_919)) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on loopback between 20000 and 32000")
 }
 
 /// The first of `count` neighbouring TCP ports all free on loopback right now.
