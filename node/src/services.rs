@@ -45,6 +45,10 @@ const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 const MAX_INBOUND: usize = 256;
 /// How long a service's endpoints are reused before they are asked again.
 const ENDPOINTS_FRESH: Duration = Duration::from_secs(5);
+/// How long a service's canary split is reused before it is read again from the deployment
+/// and its canary record (a step moves on one controller round, a second here, after it
+/// passed).
+const SPLIT_FRESH: Duration = Duration::from_secs(1);
 /// How a refused stream says the container itself did not take the connection.
 const UNANSWERED: &str = "the container does not answer";
 /// How long a member may take to list its endpoints.
@@ -67,6 +71,8 @@ type Counters = HashMap<(String, &'static str), (u64, u64, u64)>;
 struct Cache {
     /// Service → when its endpoints were read, and the endpoints.
     endpoints: HashMap<String, (Instant, Vec<(PeerId, Endpoint)>)>,
+    /// Service → when its canary split was read, and the split.
+    splits: HashMap<String, (Instant, Option<Split>)>,
 }
 
 struct Inner {
@@ -103,17 +109,48 @@ pub(crate) trait Connection:
 
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Connection for T {}
 
-/// An ingress connection to an endpoint whose bytes each way are added to the traffic counters
-/// when it closes.
-struct Counted {
+/// A connection to an endpoint that counts its bytes each way and notes when the first byte
+/// went each way (a canary's latency). A connection with a traffic target (an ingress's) adds its
+/// bytes to the traffic counters when it closes.
+struct Metered {
     inner: Box<dyn Connection>,
-    services: Services,
-    target: String,
+    /// The services and target to count the bytes under when it closes.
+    counted_as: Option<(Services, String)>,
     to_workload: u64,
     from_workload: u64,
+    first_write: Option<Instant>,
+    first_read: Option<Instant>,
 }
 
-impl tokio::io::AsyncRead for Counted {
+impl Metered {
+    fn new(inner: Box<dyn Connection>, counted_as: Option<(Services, String)>) -> Self {
+        Self {
+            inner,
+            counted_as,
+            to_workload: 0,
+            from_workload: 0,
+            first_write: None,
+            first_read: None,
+        }
+    }
+
+    /// What the connection was as a canary's request: answered after the time from the first
+    /// byte sent to the first byte back, failed when nothing came back, and no request at all
+    /// when nothing went either way.
+    fn as_request(&self) -> Option<Result<f64, ()>> {
+        match (self.first_write, self.first_read) {
+            (Some(sent), Some(answered)) => Some(Ok(answered
+                .saturating_duration_since(sent)
+                .as_secs_f64()
+                * 1000.0)),
+            (None, Some(_)) => Some(Ok(0.0)),
+            (Some(_), None) => Some(Err(())),
+            (None, None) => None,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Metered {
     fn poll_read(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -123,13 +160,17 @@ impl tokio::io::AsyncRead for Counted {
         let before = buf.filled().len();
         let polled = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
         if let std::task::Poll::Ready(Ok(())) = polled {
-            this.from_workload += (buf.filled().len() - before) as u64;
+            let read = (buf.filled().len() - before) as u64;
+            if read > 0 && this.first_read.is_none() {
+                this.first_read = Some(Instant::now());
+            }
+            this.from_workload += read;
         }
         polled
     }
 }
 
-impl tokio::io::AsyncWrite for Counted {
+impl tokio::io::AsyncWrite for Metered {
     fn poll_write(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -138,6 +179,9 @@ impl tokio::io::AsyncWrite for Counted {
         let this = self.get_mut();
         let polled = std::pin::Pin::new(&mut this.inner).poll_write(cx, data);
         if let std::task::Poll::Ready(Ok(written)) = polled {
+            if written > 0 && this.first_write.is_none() {
+                this.first_write = Some(Instant::now());
+            }
             this.to_workload += written as u64;
         }
         polled
@@ -158,69 +202,11 @@ impl tokio::io::AsyncWrite for Counted {
     }
 }
 
-impl Drop for Counted {
+impl Drop for Metered {
     fn drop(&mut self) {
-        self.services.count(
-            std::mem::take(&mut self.target),
-            "ingress",
-            (self.to_workload, self.from_workload),
-        );
-    }
-}
-
-/// A forwarded connection to an endpoint that notes when the first bytes went each way, for
-/// a canary's latency.
-struct Timed {
-    inner: Box<dyn Connection>,
-    first_write: Option<Instant>,
-    first_read: Option<Instant>,
-}
-
-impl tokio::io::AsyncRead for Timed {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let polled = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
-        if this.first_read.is_none()
-            && matches!(polled, std::task::Poll::Ready(Ok(())))
-            && buf.filled().len() > before
-        {
-            this.first_read = Some(Instant::now());
+        if let Some((services, target)) = self.counted_as.take() {
+            services.count(target, "ingress", (self.to_workload, self.from_workload));
         }
-        polled
-    }
-}
-
-impl tokio::io::AsyncWrite for Timed {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        data: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = std::pin::Pin::new(&mut this.inner).poll_write(cx, data);
-        if this.first_write.is_none() && matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
-            this.first_write = Some(Instant::now());
-        }
-        polled
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -625,30 +611,13 @@ impl Services {
     /// anything back.
     async fn carry(&self, socket: tokio::net::TcpStream, target: &Target) -> Result<(), String> {
         let (endpoint, tag) = self.dial(target).await?;
-        let mut endpoint = Timed {
-            inner: endpoint,
-            first_write: None,
-            first_read: None,
-        };
+        let mut endpoint = Metered::new(endpoint, None);
         let mut socket = socket;
-        let bytes = tokio::io::copy_bidirectional(&mut socket, &mut endpoint)
-            .await
-            .unwrap_or_default();
-        if let Some(tag) = tag {
-            let outcome = match (endpoint.first_write, endpoint.first_read) {
-                (Some(sent), Some(answered)) => Some(Ok(answered
-                    .saturating_duration_since(sent)
-                    .as_secs_f64()
-                    * 1000.0)),
-                (None, Some(_)) => Some(Ok(0.0)),
-                (Some(_), None) => Some(Err(())),
-                // Opened and closed with nothing sent either way: no request.
-                (None, None) => None,
-            };
-            if let Some(outcome) = outcome {
-                self.canary_count(&tag, outcome);
-            }
+        let _ = tokio::io::copy_bidirectional(&mut socket, &mut endpoint).await;
+        if let (Some(tag), Some(outcome)) = (tag, endpoint.as_request()) {
+            self.canary_count(&tag, outcome);
         }
+        let bytes = (endpoint.to_workload, endpoint.from_workload);
         self.count(target.describe(), "out", bytes);
         Ok(())
     }
@@ -669,14 +638,37 @@ impl Services {
     ) -> Result<(Box<dyn Connection>, Option<Tag>), String> {
         let target = Target::Service(name.to_owned());
         let (inner, tag) = self.dial(&target).await?;
-        let counted = Box::new(Counted {
-            inner,
-            services: self.clone(),
-            target: target.describe(),
-            to_workload: 0,
-            from_workload: 0,
-        });
-        Ok((counted, tag))
+        let counted = Metered::new(inner, Some((self.clone(), target.describe())));
+        Ok((Box::new(counted), tag))
+    }
+
+    /// How service `name`'s traffic is split among `endpoints` now, read at most every
+    /// [`SPLIT_FRESH`] (not on every request: it takes the deployment and its canary record
+    /// from the store).
+    async fn split(&self, name: &str, endpoints: &[(PeerId, Endpoint)]) -> Option<Split> {
+        let cached = self
+            .inner
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .splits
+            .get(name)
+            .filter(|(at, _)| at.elapsed() < SPLIT_FRESH)
+            .map(|(_, split)| split.clone());
+        if let Some(split) = cached {
+            return split;
+        }
+        let deployments = endpoints
+            .iter()
+            .filter_map(|(_, e)| e.deployment.as_deref());
+        let split = self.inner.deployments.split(name, deployments).await;
+        self.inner
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .splits
+            .insert(name.to_owned(), (Instant::now(), split.clone()));
+        split
     }
 
     /// Service `name`'s endpoints in the order to try them: round robin, and where a canary
@@ -694,11 +686,7 @@ impl Services {
             list.rotate_left(start % len);
             list
         };
-        let deployments = endpoints
-            .iter()
-            .filter_map(|(_, e)| e.deployment.as_deref());
-        let split: Option<Split> = self.inner.deployments.split(name, deployments).await;
-        let Some(split) = split else {
+        let Some(split) = self.split(name, &endpoints).await else {
             return rotated(endpoints)
                 .into_iter()
                 .map(|(node, e)| (node, e, None))

@@ -197,6 +197,25 @@ fn a_service_is_reached_through_the_mesh_by_those_allowed_only() {
         .expect("stop");
 }
 
+/// An operator named `edge` with an ingress listener, and a member `web` joined through it,
+/// each seeing the other; with the listener's address.
+fn edge_and_web() -> (Member, Member, String) {
+    let mut edge = Member::new(None);
+    edge.cli
+        .ok(&["configure", "--name", "edge", "--ingress", "127.0.0.1:0"]);
+    edge.start(&[]);
+    let mut web = Member::new(Some(&edge.peer_id));
+    web.start(&edge.joinable());
+    eventually(
+        Duration::from_secs(60),
+        "the members to see each other",
+        || (edge.sees(&web.peer_id) && web.sees(&edge.peer_id)).then_some(()),
+    );
+    let listener = std::fs::read_to_string(edge.cli.data_dir().join("ingress.addr"))
+        .expect("the ingress listener's address");
+    (edge, web, listener)
+}
+
 /// `GET path` with `Host: host` through `addr`: the status and the body, or `None` when the
 /// connection brings no answer.
 fn get(addr: &str, host: &str, path: &str) -> Option<(u16, String)> {
@@ -225,19 +244,7 @@ fn get(addr: &str, host: &str, path: &str) -> Option<(u16, String)> {
 #[test]
 fn an_ingress_rule_routes_http_by_host_and_path_to_a_service_through_the_mesh() {
     let Some(image) = test_image() else { return };
-    let mut edge = Member::new(None);
-    edge.cli
-        .ok(&["configure", "--name", "edge", "--ingress", "127.0.0.1:0"]);
-    edge.start(&[]);
-    let mut web = Member::new(Some(&edge.peer_id));
-    web.start(&edge.joinable());
-    eventually(
-        Duration::from_secs(60),
-        "the members to see each other",
-        || (edge.sees(&web.peer_id) && web.sees(&edge.peer_id)).then_some(()),
-    );
-    let listener = std::fs::read_to_string(edge.cli.data_dir().join("ingress.addr"))
-        .expect("the ingress listener's address");
+    let (edge, web, listener) = edge_and_web();
     serve(&web, &image, "from-web");
     edge.invoke(
         "service.create",
@@ -588,19 +595,7 @@ fn a_canary_takes_its_share_of_a_services_traffic_and_moves_on_or_rolls_back_by_
     use std::sync::atomic::{AtomicBool, Ordering};
 
     let Some(image) = test_image() else { return };
-    let mut edge = Member::new(None);
-    edge.cli
-        .ok(&["configure", "--name", "edge", "--ingress", "127.0.0.1:0"]);
-    edge.start(&[]);
-    let mut web = Member::new(Some(&edge.peer_id));
-    web.start(&edge.joinable());
-    eventually(
-        Duration::from_secs(60),
-        "the members to see each other",
-        || (edge.sees(&web.peer_id) && web.sees(&edge.peer_id)).then_some(()),
-    );
-    let listener = std::fs::read_to_string(edge.cli.data_dir().join("ingress.addr"))
-        .expect("the ingress listener's address");
+    let (edge, web, listener) = edge_and_web();
     // A plain member that will report every request to a new revision failed.
     let liar = Liar::join(
         &edge.joinable(),

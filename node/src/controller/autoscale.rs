@@ -13,7 +13,9 @@ use claw_api::deploy::{Deployment, Fence, Reading};
 use claw_api::workload::{ExecParams, WorkloadRef, WorkloadState};
 use claw_mesh::{ErrorCode, InvokeFailure, PeerId};
 
-use super::{CONTROLLER_CANDIDATES, Deployments, Held, failure, key_of, ranking, read_only};
+use super::{
+    CONTROLLER_CANDIDATES, Deployments, Held, failure, key_of, ranking, read_only, written_by,
+};
 use crate::now_ms;
 use crate::workloads::WorkloadRecord;
 
@@ -43,11 +45,7 @@ impl Deployments {
         epoch: u64,
         record: ScaleRecord,
     ) -> Result<(), InvokeFailure> {
-        let claimed = record
-            .fence
-            .as_ref()
-            .is_some_and(|f| f.epoch == epoch && f.controller == caller.to_string());
-        if !claimed {
+        if !written_by(record.fence.as_ref(), caller, epoch) {
             return Ok(());
         }
         record

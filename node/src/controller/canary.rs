@@ -17,7 +17,7 @@ use claw_api::deploy::{Deployment, DeploymentSpec, Fence, Replica, RolloutStrate
 use claw_mesh::{ErrorCode, InvokeFailure, PeerId};
 
 use super::plan::{canary_replicas, is_available, template_digest};
-use super::{Deployments, Held, failure};
+use super::{Deployments, Held, failure, written_by};
 use crate::now_ms;
 
 /// Deployments a member tallies traffic for at once.
@@ -283,11 +283,7 @@ impl Deployments {
         epoch: u64,
         record: CanaryRecord,
     ) -> Result<(), InvokeFailure> {
-        let claimed = record
-            .fence
-            .as_ref()
-            .is_some_and(|f| f.epoch == epoch && f.controller == caller.to_string());
-        if !claimed {
+        if !written_by(record.fence.as_ref(), caller, epoch) {
             return Ok(());
         }
         record

@@ -35,7 +35,7 @@ mod cron_bids;
 use super::{
     ACTION_DEADLINE, CONTROLLER_CANDIDATES, NODE_DEADLINE, NODES_ASKED_AT_ONCE, Notes, admit_claim,
     call_peer, candidates, check_candidate, failure, is_fenced, next_epoch, not_accepted,
-    only_sealed_to, refuse_if_tainted,
+    only_sealed_to, refuse_if_tainted, written_by,
 };
 use crate::market::Market;
 use crate::now_ms;
@@ -252,10 +252,7 @@ impl Jobs {
                 .await
                 .is_ok();
             if admitted && let Some(ledger) = params.ledger {
-                let claimed = ledger
-                    .fence
-                    .as_ref()
-                    .is_some_and(|f| f.epoch == epoch && f.controller == caller.to_string());
+                let claimed = written_by(ledger.fence.as_ref(), caller, epoch);
                 ledger
                     .check(spec.as_ref().map_or(0, JobSpec::max_attempts))
                     .map_err(|e| failure(ErrorCode::InvalidParams, e))?;

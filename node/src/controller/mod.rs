@@ -177,6 +177,12 @@ fn check_candidate(mesh: &MeshHandle, key: &str, caller: PeerId) -> Result<(), I
     }
 }
 
+/// Whether a record a controller hands over (`fence`) was written under the claim the caller
+/// holds (`epoch`): a node keeps only such records.
+fn written_by(fence: Option<&Fence>, caller: PeerId, epoch: u64) -> bool {
+    fence.is_some_and(|f| f.epoch == epoch && f.controller == caller.to_string())
+}
+
 /// Admits `caller`'s claim at `epoch` on the object whose fence is kept under `fence_key`, or
 /// says who holds a higher one (a [`is_fenced`] failure).
 async fn admit_claim(
