@@ -69,6 +69,11 @@ impl NodeIdentity {
         keyfile::write_secret(path, seed.as_slice(), overwrite)
     }
 
+    /// The 32-byte Ed25519 seed, for a sealed key backup.
+    pub(crate) fn seed(&self) -> Zeroizing<[u8; SEED_LEN]> {
+        Zeroizing::new(self.signing_key.to_bytes())
+    }
+
     /// The Ed25519 public key.
     pub fn public_key(&self) -> VerifyingKey {
         self.signing_key.verifying_key()

@@ -30,6 +30,7 @@ mod envelope;
 mod freshness;
 mod identity;
 mod inventory;
+mod key_backup;
 mod keyfile;
 mod probe;
 mod sealing;
@@ -45,6 +46,9 @@ pub use identity::{DeviceIdentity, NodeIdentity, ed25519_key_of, peer_id_of};
 pub use inventory::{
     ComputeCapability, EccState, GpuClocks, GpuDevice, GpuLiveMetrics, GpuMetrics, GpuProcess,
     HardwareInventory, HostInfo, NvmlStatus, SimulatedGpuProfile, XidErrors,
+};
+pub use key_backup::{
+    KeyBackupError, KeyBackupHeader, NodeKeys, key_backup_header, seal_node_keys,
 };
 pub use keyfile::{KeyFileError, read_secret, write_secret};
 pub use probe::{GpuProbe, XidWatcher, probe_host};

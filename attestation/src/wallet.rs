@@ -57,6 +57,12 @@ impl WalletKeypair {
         Ok(Self { signing_key })
     }
 
+    /// The keypair from its 64 bytes (secret seed, then public key), when the halves match.
+    pub fn from_keypair_bytes(bytes: &[u8; 64]) -> Option<Self> {
+        let signing_key = SigningKey::from_keypair_bytes(bytes).ok()?;
+        Some(Self { signing_key })
+    }
+
     /// Writes the keypair in `solana-keygen` format with mode 0600.
     pub fn save(&self, path: &Path, overwrite: bool) -> Result<(), KeyFileError> {
         let json = Zeroizing::new(

@@ -13,8 +13,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use claw_api::storage::{
-    Backup, BackupListing, BackupManifest, BackupRead, Chunk, MAX_BACKUP_BYTES, MAX_BACKUPS,
-    READ_CHUNK_BYTES, ReadParams, ReceiveParams, Volume,
+    Backup, BackupListing, BackupManifest, BackupRead, Chunk, KeyBackup, MAX_BACKUP_BYTES,
+    MAX_BACKUPS, READ_CHUNK_BYTES, ReadParams, ReceiveParams, Volume,
 };
 use claw_api::{Command as _, ErrorCode, InvokeFailure};
 use claw_attestation::{PayloadKind, Verifier};
@@ -257,6 +257,37 @@ impl Backups {
         self.answer(&record)
     }
 
+    /// `backup.keys`: this node's identity and wallet keys sealed to `to`, which must be one of
+    /// its admins. An admin may already do anything here (`system.run` included), so the
+    /// backup gives no one more than they had; to every other key it is noise.
+    pub fn seal_keys(&self, to: &str) -> Result<KeyBackup, InvokeFailure> {
+        let refused = |message: String| failure(ErrorCode::Unauthorized, message);
+        let admin: PeerId = to
+            .parse()
+            .map_err(|_| failure(ErrorCode::InvalidParams, format!("{to:?} is not a peer id")))?;
+        let admins = &self.inner.dir.config().access.admins;
+        if !admins
+            .iter()
+            .any(|listed| listed.parse::<PeerId>().ok() == Some(admin))
+        {
+            return Err(refused(format!(
+                "{admin} is not one of this node's admins: its keys are sealed only to a peer \
+                 listed in [access] admins"
+            )));
+        }
+        let dir = &self.inner.dir;
+        let sealed =
+            claw_attestation::seal_node_keys(dir.identity(), dir.wallet(), self.network(), &admin)
+                .map_err(|e| failure(ErrorCode::InvalidParams, e.to_string()))?;
+        tracing::info!(%admin, "node keys sealed to an admin");
+        Ok(KeyBackup {
+            node: self.local().to_string(),
+            wallet: dir.wallet().address(),
+            sealed_to: admin.to_string(),
+            sealed: STANDARD.encode(sealed),
+        })
+    }
+
     /// The member `node` (peer id or a name unique among members) names.
     fn member(&self, node: &str) -> Result<PeerId, InvokeFailure> {
         let members = self.mesh()?.fleet_members();
@@ -312,9 +343,14 @@ impl Backups {
         answer
     }
 
-    /// `backup.restore`: into the new volume `volume`, once the archive matches its signed
-    /// manifest.
-    pub async fn restore(&self, id: &str, volume: &str) -> Result<Volume, InvokeFailure> {
+    /// `backup.restore`: into the new volume `volume` (of `size_mib`, when given), once the
+    /// archive matches its signed manifest.
+    pub async fn restore(
+        &self,
+        id: &str,
+        volume: &str,
+        size_mib: Option<u64>,
+    ) -> Result<Volume, InvokeFailure> {
         let record = self.record(id).await?;
         let (manifest, signer) = self.manifest(&record.envelope)?;
         if signer.to_string() != record.source || manifest.id != id {
@@ -341,7 +377,7 @@ impl Backups {
         let restored = self
             .inner
             .workloads
-            .restore_volume(volume, bytes::Bytes::from(archive))
+            .restore_volume(volume, size_mib, bytes::Bytes::from(archive))
             .await?;
         tracing::info!(backup = id, volume, "backup restored");
         Ok(restored)

@@ -67,8 +67,9 @@ use claw_api::services::{
     ServiceForwards, ServiceList, ServiceRef, ServiceUnforward, UnforwardParams,
 };
 use claw_api::storage::{
-    BackupCreate, BackupDelete, BackupImport, BackupList, BackupRead, BackupReceive, BackupRef,
-    BackupRestore, ImportParams, VolumeCreate, VolumeDelete, VolumeList, VolumeRef, VolumeSnapshot,
+    BackupCreate, BackupDelete, BackupImport, BackupKeys, BackupList, BackupRead, BackupReceive,
+    BackupRef, BackupRestore, ImportParams, KeyBackupParams, VolumeCreate, VolumeDelete,
+    VolumeList, VolumeRef, VolumeSnapshot,
 };
 use claw_api::taints::{
     MAX_TAINTS, NodeTaint, NodeTaints, NodeUntaint, SystemWhich, Taint, TaintEffect, TaintParams,
@@ -436,8 +437,12 @@ fn router() -> &'static Router<NodeCommands, Call> {
                     .delete_values(ObjectKind::Secret, &name)
                     .await
             })
-            .route::<VolumeCreate, _, _>(|node, _, VolumeRef { name }| async move {
-                Ok(node.services.workloads.create_volume(&name).await?)
+            .route::<VolumeCreate, _, _>(|node, _, params| async move {
+                Ok(node
+                    .services
+                    .workloads
+                    .create_volume(&params.name, params.size_mib)
+                    .await?)
             })
             .route::<VolumeList, _, _>(|node, _, NoParams {}| async move {
                 Ok(node.services.workloads.volumes().await?)
@@ -464,7 +469,7 @@ fn router() -> &'static Router<NodeCommands, Call> {
             .route::<BackupRestore, _, _>(|node, _, params| async move {
                 node.services
                     .backups
-                    .restore(&params.backup, &params.volume)
+                    .restore(&params.backup, &params.volume, params.size_mib)
                     .await
             })
             .route::<BackupImport, _, _>(|node, _, ImportParams { path, backup }| async move {
@@ -475,6 +480,9 @@ fn router() -> &'static Router<NodeCommands, Call> {
             })
             .route::<BackupReceive, _, _>(|node, call, params| async move {
                 node.services.backups.receive(call.peer()?, params).await
+            })
+            .route::<BackupKeys, _, _>(|node, _, KeyBackupParams { to }| async move {
+                node.services.backups.seal_keys(&to)
             })
             .route::<BackupRead, _, _>(|node, call, params| async move {
                 node.services.backups.read(call.peer()?, params).await

@@ -71,6 +71,40 @@ pub enum WalletOutcome {
     Kept,
 }
 
+/// Creates `root` (mode 0700) when it is not there, and makes it owner-only.
+fn make_root(root: &Path) -> Result<(), DataDirError> {
+    let io = |source| DataDirError::Io {
+        path: root.display().to_string(),
+        source,
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+        .map_err(io)?;
+    fs::set_permissions(root, fs::Permissions::from_mode(0o700)).map_err(io)
+}
+
+/// Writes `config` into `root` when it holds none, or always with `replace`, and loads what
+/// is there.
+fn write_config(
+    root: &Path,
+    config: &NodeConfig,
+    replace: bool,
+) -> Result<NodeConfig, DataDirError> {
+    let config_path = root.join(CONFIG_FILE);
+    if replace || !config_path.exists() {
+        let tmp = config_path.with_extension("toml.tmp");
+        fs::write(&tmp, config.to_toml())
+            .and_then(|()| fs::rename(&tmp, &config_path))
+            .map_err(|source| DataDirError::Io {
+                path: config_path.display().to_string(),
+                source,
+            })?;
+    }
+    Ok(NodeConfig::load(&config_path)?)
+}
+
 /// An initialised data directory, with its identity, wallet and config loaded.
 #[derive(Debug)]
 pub struct DataDir {
@@ -92,16 +126,7 @@ impl DataDir {
         force: bool,
     ) -> Result<(Self, WalletOutcome), DataDirError> {
         config.validate()?;
-        let io = |source| DataDirError::Io {
-            path: root.display().to_string(),
-            source,
-        };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(root)
-            .map_err(io)?;
-        fs::set_permissions(root, fs::Permissions::from_mode(0o700)).map_err(io)?;
+        make_root(root)?;
 
         let identity_path = root.join(IDENTITY_FILE);
         if identity_path.exists() && !force {
@@ -125,14 +150,7 @@ impl DataDir {
             (wallet, WalletOutcome::Created)
         };
 
-        let config_path = root.join(CONFIG_FILE);
-        if force || !config_path.exists() {
-            let tmp = config_path.with_extension("toml.tmp");
-            fs::write(&tmp, config.to_toml())
-                .and_then(|()| fs::rename(&tmp, &config_path))
-                .map_err(io)?;
-        }
-        let config = NodeConfig::load(&config_path)?;
+        let config = write_config(root, config, force)?;
         Ok((
             Self {
                 root: root.to_path_buf(),
@@ -142,6 +160,29 @@ impl DataDir {
             },
             outcome,
         ))
+    }
+
+    /// Makes `root` a data directory for a node whose keys came from a key backup
+    /// (`backup.keys`): the same peer id and wallet, a fresh store, and `config` unless one
+    /// is there. Refused where an identity or a wallet already is.
+    pub fn restore(
+        root: &Path,
+        identity: &NodeIdentity,
+        wallet: &WalletKeypair,
+        config: &NodeConfig,
+    ) -> Result<Self, DataDirError> {
+        config.validate()?;
+        for file in [IDENTITY_FILE, WALLET_FILE] {
+            let path = root.join(file);
+            if path.exists() {
+                return Err(KeyFileError::AlreadyExists { path }.into());
+            }
+        }
+        make_root(root)?;
+        identity.save(&root.join(IDENTITY_FILE), false)?;
+        wallet.save(&root.join(WALLET_FILE), false)?;
+        write_config(root, config, false)?;
+        Self::open(root)
     }
 
     /// Opens an initialised data directory.

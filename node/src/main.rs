@@ -165,6 +165,9 @@ struct ConfigureArgs {
     /// A peer given the operate role (repeatable; added to `access.operators` unless there).
     #[arg(long, value_name = "PEER_ID")]
     operator: Vec<String>,
+    /// A peer given the admin role (repeatable; added to `access.admins` unless there).
+    #[arg(long, value_name = "PEER_ID")]
+    admin: Vec<String>,
     /// Serve Prometheus metrics on this loopback address (`metrics.listen`).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
@@ -414,6 +417,11 @@ fn configure(global: &GlobalArgs, args: ConfigureArgs) -> Result<()> {
             for operator in args.operator {
                 if !config.access.operators.contains(&operator) {
                     config.access.operators.push(operator);
+                }
+            }
+            for admin in args.admin {
+                if !config.access.admins.contains(&admin) {
+                    config.access.admins.push(admin);
                 }
             }
             if let Some(metrics) = args.metrics {

@@ -168,6 +168,9 @@ impl Node {
         })
         .await?;
         let commands = NodeCommands::new(services);
+        if let Err(error) = commands.workloads().mount_sized_volumes().await {
+            tracing::warn!(%error, "size-limited volumes not mounted (mounted again when used)");
+        }
         match commands.workloads().reconcile().await {
             Ok(report) => tracing::info!(?report, "workloads reconciled with Docker"),
             Err(error) => {

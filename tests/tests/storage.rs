@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use claw_tests::deployments::Member;
-use claw_tests::{eventually, required_part};
+use claw_tests::{Clawnode, eventually, required_part};
 use serde_json::{Value, json};
 
 fn test_image() -> Option<String> {
@@ -293,4 +293,298 @@ fn a_backup_written_to_a_directory_is_imported_elsewhere_only_intact() {
             .invoke("volume.delete", &json!({"name": "models"}))
             .expect("volume.delete");
     }
+}
+
+/// A node's keys leave it only sealed to one of its admins (`backup.keys`), and that admin
+/// alone makes a new data directory from them with the same peer id and wallet. From the
+/// attacker's side, with only its own keys: an operator that is no admin cannot ask for them
+/// over the mesh, nor have them sealed to itself; the node cannot open its own backup once
+/// made; a changed byte is refused. Needs no Docker Engine.
+#[test]
+fn node_keys_are_backed_up_only_sealed_to_an_admin_and_restore_the_same_node() {
+    let mut admin = Member::new(None);
+    let mut stranger = Member::new(None);
+    let mut node = Member::new(Some(&admin.peer_id));
+    node.cli.ok(&[
+        "configure",
+        "--admin",
+        &admin.peer_id,
+        "--operator",
+        &stranger.peer_id,
+    ]);
+    let wallet = node.cli.ok(&["wallet", "address"]).stdout.trim().to_owned();
+    admin.start(&[]);
+    let seed = admin.joinable();
+    node.start(&seed);
+    stranger.start(&seed);
+    eventually(Duration::from_secs(60), "the three nodes meet", || {
+        (admin.sees(&node.peer_id) && stranger.sees(&node.peer_id)).then_some(())
+    });
+    let files = tempfile::tempdir().expect("temp dir");
+    let sealed = files.path().join("node.keys");
+    let sealed_text = sealed.display().to_string();
+
+    // An operator that is no admin: refused the command, and refused as a recipient.
+    let refused = stranger
+        .cli
+        .invoke(
+            Some(&node.peer_id),
+            "backup.keys",
+            &json!({"to": stranger.peer_id}),
+        )
+        .expect_err("an operator asks for the node's keys");
+    assert!(refused.contains("admin"), "{refused}");
+    let refused = node.cli.fails(&[
+        "backup",
+        "keys",
+        "--to",
+        &stranger.peer_id,
+        "--out",
+        &sealed_text,
+    ]);
+    assert!(
+        refused.stderr.contains("not one of this node's admins"),
+        "{}",
+        refused.stderr
+    );
+    assert!(!sealed.exists(), "nothing written for a refused recipient");
+
+    // The admin asks over the mesh and gets them sealed to itself.
+    let answer = admin
+        .cli
+        .invoke(
+            Some(&node.peer_id),
+            "backup.keys",
+            &json!({"to": admin.peer_id}),
+        )
+        .expect("the admin asks for the node's keys");
+    assert_eq!(answer["node"], node.peer_id, "{answer}");
+    assert_eq!(answer["wallet"], wallet.as_str(), "{answer}");
+    assert_eq!(answer["sealed_to"], admin.peer_id, "{answer}");
+
+    // The local CLI writes them to a file.
+    node.cli.ok(&[
+        "backup",
+        "keys",
+        "--to",
+        &admin.peer_id,
+        "--out",
+        &sealed_text,
+    ]);
+    let bytes = std::fs::read(&sealed).expect("the sealed file");
+    assert!(bytes.starts_with(b"CLAWKEYS"), "a node-key backup");
+    let node_seed = std::fs::read(node.cli.data_dir().join("identity.key")).expect("seed");
+    assert!(
+        !bytes
+            .windows(node_seed.len())
+            .any(|w| w == node_seed.as_slice()),
+        "the identity seed is not in the clear"
+    );
+
+    // Neither the stranger nor the node itself opens it; a changed copy does not open.
+    let target = files.path().join("restored");
+    let target_text = target.display().to_string();
+    for who in [&stranger, &node] {
+        let refused = who.cli.fails(&[
+            "backup",
+            "restore-keys",
+            &sealed_text,
+            "--into",
+            &target_text,
+        ]);
+        assert!(
+            refused.stderr.contains("is sealed to"),
+            "{}",
+            refused.stderr
+        );
+    }
+    let changed = files.path().join("changed.keys");
+    let mut tampered = bytes.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    std::fs::write(&changed, &tampered).expect("changed copy");
+    let refused = admin.cli.fails(&[
+        "backup",
+        "restore-keys",
+        &changed.display().to_string(),
+        "--into",
+        &target_text,
+    ]);
+    assert!(
+        refused.stderr.contains("does not open"),
+        "{}",
+        refused.stderr
+    );
+    assert!(!target.join("identity.key").exists());
+
+    // The admin restores the node: same peer id, same wallet.
+    admin.cli.ok(&[
+        "backup",
+        "restore-keys",
+        &sealed_text,
+        "--into",
+        &target_text,
+    ]);
+    let restored = Clawnode::new(&target);
+    assert_eq!(
+        restored.ok(&["--json", "identity"]).json()["peer_id"],
+        node.peer_id
+    );
+    assert_eq!(restored.ok(&["wallet", "address"]).stdout.trim(), wallet);
+    // An existing node is never overwritten.
+    let refused = admin.cli.fails(&[
+        "backup",
+        "restore-keys",
+        &sealed_text,
+        "--into",
+        &target_text,
+    ]);
+    assert!(
+        refused.stderr.contains("already exists"),
+        "{}",
+        refused.stderr
+    );
+}
+
+/// Whether `path` is a mount point on this machine.
+fn is_mount_point(path: &std::path::Path) -> bool {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").expect("mount table");
+    let wanted = path.display().to_string();
+    table
+        .lines()
+        .any(|line| line.split(' ').nth(4) == Some(wanted.as_str()))
+}
+
+/// Unmounts a volume's filesystem left mounted when a test fails half-way.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if is_mount_point(&self.0) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+}
+
+/// A volume created with a size is held to it: a container writing past it gets "no space
+/// left on device" and the host keeps its room, while what fits stays. After a host restart
+/// (its filesystem unmounted, the node killed with -9), Docker refuses to start a container on
+/// it rather than write into the empty mount point, and the restarted node mounts it again
+/// with the data. Deleting it takes its filesystem away.
+#[test]
+fn a_size_limited_volume_refuses_writes_past_its_size_and_survives_a_host_restart() {
+    let Some(image) = test_image() else { return };
+    let mut member = Member::new(None);
+    member.start(&[]);
+
+    let refused = member
+        .invoke("volume.create", &json!({"name": "tiny", "size_mib": 4}))
+        .expect_err("a size under the minimum");
+    assert!(refused.contains("8 to"), "{refused}");
+    let created = member
+        .invoke("volume.create", &json!({"name": "small", "size_mib": 16}))
+        .expect("volume.create with a size");
+    assert_eq!(created["size_mib"], 16, "{created}");
+    let docker_name = created["docker_name"]
+        .as_str()
+        .expect("docker name")
+        .to_owned();
+    let mount_point = member
+        .cli
+        .data_dir()
+        .canonicalize()
+        .expect("data dir")
+        .join("volumes")
+        .join(&docker_name);
+    let image_file = mount_point.with_extension("ext4");
+    let _unmount = Unmount(mount_point.clone());
+    assert!(is_mount_point(&mount_point), "its filesystem is mounted");
+    let reserved = std::os::unix::fs::MetadataExt::blocks(
+        &std::fs::metadata(&image_file).expect("the volume's image"),
+    ) * 512;
+    assert!(
+        reserved >= 16 << 20,
+        "the host reserved its space: {reserved}"
+    );
+
+    let listed = member
+        .invoke("volume.list", &json!({}))
+        .expect("volume.list");
+    assert_eq!(listed["volumes"][0]["size_mib"], 16, "{listed}");
+
+    // Writing 32 MiB into 16: the write fails, the rest of the volume is still usable.
+    let filled = run_on(
+        &member,
+        &image,
+        "small",
+        "echo kept > /data/keep; dd if=/dev/zero of=/data/big bs=1M count=32 2>&1; \
+         echo status=$?; wc -c < /data/big; rm /data/big; echo again > /data/again; cat /data/again",
+    );
+    assert!(filled.contains("No space left on device"), "{filled}");
+    assert!(!filled.contains("status=0"), "{filled}");
+    let written: u64 = filled
+        .lines()
+        .find_map(|line| line.trim().parse().ok())
+        .unwrap_or_else(|| panic!("a byte count in {filled}"));
+    assert!(
+        written < 16 << 20,
+        "at most the volume's size was written: {written}"
+    );
+    assert!(filled.ends_with("again"), "{filled}");
+
+    // The host restarts: the node dies, its filesystem is no longer mounted.
+    member.kill();
+    let unmounted = std::process::Command::new("umount")
+        .arg(&mount_point)
+        .status()
+        .expect("umount");
+    assert!(unmounted.success());
+    let docker = std::process::Command::new("docker")
+        .args(["run", "--rm", "-v", &format!("{docker_name}:/data"), &image])
+        .args(["sh", "-c", "echo leaked > /data/leak"])
+        .output()
+        .expect("docker run");
+    assert!(
+        !docker.status.success(),
+        "a container on the unmounted volume must not start"
+    );
+    assert!(
+        std::fs::read_dir(&mount_point)
+            .expect("mount point")
+            .next()
+            .is_none(),
+        "nothing was written into the empty mount point"
+    );
+    member.start(&[]);
+    assert!(is_mount_point(&mount_point), "mounted again at start");
+    assert_eq!(
+        run_on(&member, &image, "small", "cat /data/keep /data/again"),
+        "kept\nagain"
+    );
+
+    // A backup restores into a size-limited volume, too small or big enough.
+    let backup = member
+        .invoke("volume.snapshot", &json!({"name": "small"}))
+        .expect("volume.snapshot");
+    let id = backup["id"].as_str().expect("backup id");
+    let restored = member
+        .invoke(
+            "backup.restore",
+            &json!({"backup": id, "volume": "small-copy", "size_mib": 8}),
+        )
+        .expect("backup.restore with a size");
+    assert_eq!(restored["size_mib"], 8, "{restored}");
+    assert_eq!(
+        run_on(&member, &image, "small-copy", "cat /data/keep"),
+        "kept"
+    );
+
+    for name in ["small", "small-copy"] {
+        member
+            .invoke("volume.delete", &json!({"name": name}))
+            .expect("volume.delete");
+    }
+    assert!(!is_mount_point(&mount_point), "its filesystem is unmounted");
+    assert!(!image_file.exists(), "its image is gone");
+    assert!(volume_names(&member).is_empty());
 }

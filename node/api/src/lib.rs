@@ -144,6 +144,7 @@ pub const NODE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<storage::BackupImport>(),
     CommandInfo::of::<storage::BackupReceive>(),
     CommandInfo::of::<storage::BackupRead>(),
+    CommandInfo::of::<storage::BackupKeys>(),
     CommandInfo::of::<services::ServiceCreate>(),
     CommandInfo::of::<services::ServiceList>(),
     CommandInfo::of::<services::ServiceDelete>(),

@@ -37,6 +37,20 @@ pub struct VolumeRef {
     pub name: String,
 }
 
+/// `volume.create`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeCreateParams {
+    /// The volume's name on this node: 1 to 32 of `a-z 0-9 -`.
+    pub name: String,
+    /// A size limit in MiB (8 to 1048576): the volume is then its own filesystem of that size,
+    /// its space reserved on the host, and writes past it fail with "no space left on device".
+    /// Needs a node that runs as root with loop devices; without, the volume grows while the
+    /// host has room.
+    #[serde(default)]
+    pub size_mib: Option<u64>,
+}
+
 /// A named volume on a node.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -48,6 +62,9 @@ pub struct Volume {
     /// When it was created, as Docker reports it (RFC 3339), when it does.
     #[serde(default)]
     pub created_at: Option<String>,
+    /// Its size limit in MiB, when it has one (its own filesystem of that size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_mib: Option<u64>,
     /// Its active workloads (ids) that mount it.
     pub used_by: Vec<String>,
 }
@@ -168,6 +185,9 @@ pub struct RestoreParams {
     pub backup: String,
     /// The new volume to restore it into (it must not exist).
     pub volume: String,
+    /// Its size limit in MiB, when it should have one (as `volume.create`).
+    #[serde(default)]
+    pub size_mib: Option<u64>,
 }
 
 /// Commands that name one backup.
@@ -209,10 +229,35 @@ pub struct Chunk {
 
 impl Answer for Chunk {}
 
+/// `backup.keys`: this node's keys sealed to one of its admins.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyBackupParams {
+    /// The admin to seal them to: a peer id listed in the node's `[access] admins`.
+    pub to: String,
+}
+
+/// A node-key backup: the node's identity and wallet keys, sealed to one admin's key. Only
+/// that admin's key opens it (`clawnode backup restore-keys`); to anyone else it is noise.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyBackup {
+    /// The node whose keys it holds.
+    pub node: String,
+    /// That node's wallet address.
+    pub wallet: String,
+    /// The admin it is sealed to.
+    pub sealed_to: String,
+    /// The sealed backup, base-64 (a few hundred bytes).
+    pub sealed: String,
+}
+
+impl Answer for KeyBackup {}
+
 commands! {
     /// `volume.create`.
-    VolumeCreate = "volume.create", Operate, VolumeRef => Volume,
-        "Create a named volume on this node, which workloads mount by name (volume_mounts)";
+    VolumeCreate = "volume.create", Operate, VolumeCreateParams => Volume,
+        "Create a named volume on this node, optionally size-limited, which workloads mount by name (volume_mounts)";
     /// `volume.list`.
     VolumeList = "volume.list", Read, crate::NoParams => VolumeListing,
         "This node's volumes and the workloads that mount them";
@@ -240,6 +285,9 @@ commands! {
     /// `backup.receive`.
     BackupReceive = "backup.receive", Read, ReceiveParams => Backup,
         "Take a copy of a backup the calling member made (asked by that member)";
+    /// `backup.keys`.
+    BackupKeys = "backup.keys", Admin, KeyBackupParams => KeyBackup,
+        "Seal this node's identity and wallet keys to one of its admins, to restore the node elsewhere (volume backups never hold them)";
     /// `backup.read`.
     BackupRead = "backup.read", Read, ReadParams => Chunk,
         "A piece of a backup's archive (only for the member it was offered to)";

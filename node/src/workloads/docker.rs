@@ -305,15 +305,25 @@ impl Engine {
         }
     }
 
-    /// Creates volume `name` with `labels`.
+    /// Creates volume `name` with `labels`: Docker's own storage, or a bind of directory
+    /// `bind` when one is given.
     pub(crate) async fn create_volume(
         &self,
         name: &str,
         labels: HashMap<String, String>,
+        bind: Option<&std::path::Path>,
     ) -> Result<(), EngineError> {
+        let driver_opts = bind.map(|dir| {
+            HashMap::from([
+                ("type".to_owned(), "none".to_owned()),
+                ("o".to_owned(), "bind".to_owned()),
+                ("device".to_owned(), dir.display().to_string()),
+            ])
+        });
         let request = VolumeCreateRequest {
             name: Some(name.to_owned()),
             labels: Some(labels),
+            driver_opts,
             ..VolumeCreateRequest::default()
         };
         within(CALL_DEADLINE, self.docker.create_volume(request)).await?;

@@ -9,6 +9,7 @@
 mod docker;
 mod mounts;
 mod progress;
+mod sized_volumes;
 /// The workload commands' params, from the command surface.
 pub mod spec {
     pub use claw_api::workload::*;
@@ -203,6 +204,8 @@ pub struct Workloads {
     roots: Arc<Vec<mounts::VolumeRoot>>,
     /// The node's data directory (staging points, saved logs).
     data_dir: Arc<std::path::PathBuf>,
+    /// The filesystems of size-limited volumes.
+    sized: sized_volumes::SizedVolumes,
     /// Set once the node found it can firewall tenant networks.
     tenant_ready: Arc<tokio::sync::OnceCell<()>>,
     /// When leftovers of ended workloads were last swept, Unix ms.
@@ -305,6 +308,7 @@ impl Workloads {
             config: Arc::new(config),
             roots: Arc::new(roots),
             data_dir: Arc::new(data_dir.to_path_buf()),
+            sized: sized_volumes::SizedVolumes::new(data_dir),
             tenant_ready: Arc::default(),
             last_sweep_ms: Arc::default(),
             in_flight: Arc::default(),

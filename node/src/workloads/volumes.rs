@@ -11,6 +11,17 @@ use super::{LABEL_NODE, LABEL_WORKLOAD, WorkloadError, Workloads};
 
 /// The label naming a volume's name on its node.
 const LABEL_VOLUME: &str = "io.clawbernetes.volume";
+/// The label giving a size-limited volume's size, MiB.
+const LABEL_SIZE: &str = "io.clawbernetes.volume.size-mib";
+
+/// One of this node's volumes, as Docker lists it.
+struct OwnVolume {
+    name: String,
+    docker: String,
+    created: Option<String>,
+    /// Its size limit, when it has one.
+    size_mib: Option<u64>,
+}
 
 impl Workloads {
     /// The Docker volume behind this node's volume `name`.
@@ -22,21 +33,49 @@ impl Workloads {
         format!("claw-{short}-{name}")
     }
 
-    /// This node's volumes: name → (Docker volume, created at).
-    async fn own_volumes(&self) -> Result<Vec<(String, String, Option<String>)>, WorkloadError> {
+    /// This node's volumes, by name.
+    async fn own_volumes(&self) -> Result<Vec<OwnVolume>, WorkloadError> {
         let engine = self.engine()?;
-        let mut own: Vec<(String, String, Option<String>)> = engine
+        let mut own: Vec<OwnVolume> = engine
             .volumes_labelled(LABEL_NODE, &self.node)
             .await?
             .into_iter()
             .filter_map(|(docker, labels, created)| {
-                labels
-                    .get(LABEL_VOLUME)
-                    .map(|name| (name.clone(), docker, created))
+                Some(OwnVolume {
+                    name: labels.get(LABEL_VOLUME)?.clone(),
+                    size_mib: labels.get(LABEL_SIZE).and_then(|size| size.parse().ok()),
+                    docker,
+                    created,
+                })
             })
             .collect();
-        own.sort();
+        own.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(own)
+    }
+
+    /// Mounts the filesystems of this node's size-limited volumes that are not mounted (after
+    /// the host restarted), so their workloads can start.
+    pub async fn mount_sized_volumes(&self) -> Result<(), WorkloadError> {
+        for volume in self.own_volumes().await? {
+            if volume.size_mib.is_some() {
+                self.sized.mount(&volume.docker).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// This node's volume `name`, with its filesystem mounted when it has a size limit.
+    async fn usable_volume(&self, name: &str) -> Result<OwnVolume, WorkloadError> {
+        let volume = self
+            .own_volumes()
+            .await?
+            .into_iter()
+            .find(|own| own.name == name)
+            .ok_or_else(|| Self::not_found(name))?;
+        if volume.size_mib.is_some() {
+            self.sized.mount(&volume.docker).await?;
+        }
+        Ok(volume)
     }
 
     /// Docker volume → the running workloads that mount it.
@@ -69,19 +108,20 @@ impl Workloads {
             .own_volumes()
             .await?
             .into_iter()
-            .find(|(own, _, _)| own == name);
-        let Some((name, docker_name, created_at)) = found else {
+            .find(|own| own.name == name);
+        let Some(own) = found else {
             return Ok(None);
         };
         let used_by = self
             .volume_users()
             .await?
-            .remove(&docker_name)
+            .remove(&own.docker)
             .unwrap_or_default();
         Ok(Some(Volume {
-            name,
-            docker_name,
-            created_at,
+            name: own.name,
+            docker_name: own.docker,
+            created_at: own.created,
+            size_mib: own.size_mib,
             used_by,
         }))
     }
@@ -92,22 +132,42 @@ impl Workloads {
         ))
     }
 
-    /// `volume.create`.
-    pub async fn create_volume(&self, name: &str) -> Result<Volume, WorkloadError> {
+    /// `volume.create`: in Docker's own storage, or with a size limit as its own filesystem.
+    pub async fn create_volume(
+        &self,
+        name: &str,
+        size_mib: Option<u64>,
+    ) -> Result<Volume, WorkloadError> {
         check_volume_name(name)?;
+        if let Some(size) = size_mib {
+            super::sized_volumes::SizedVolumes::check_size(size)?;
+        }
+        let engine = self.engine()?;
         if self.volume(name).await?.is_some() {
             return Err(WorkloadError::Conflict(format!(
                 "volume {name:?} exists on this node"
             )));
         }
-        let labels = HashMap::from([
+        let docker = self.docker_volume(name);
+        let mut labels = HashMap::from([
             (LABEL_NODE.to_owned(), self.node.clone()),
             (LABEL_VOLUME.to_owned(), name.to_owned()),
         ]);
-        self.engine()?
-            .create_volume(&self.docker_volume(name), labels)
-            .await?;
-        tracing::info!(volume = name, "volume created");
+        let bind = match size_mib {
+            Some(size) => {
+                self.sized.create(&docker, size).await?;
+                labels.insert(LABEL_SIZE.to_owned(), size.to_string());
+                Some(self.sized.data_dir(&docker))
+            }
+            None => None,
+        };
+        if let Err(error) = engine.create_volume(&docker, labels, bind.as_deref()).await {
+            if bind.is_some() {
+                self.sized.remove(&docker).await;
+            }
+            return Err(error.into());
+        }
+        tracing::info!(volume = name, size_mib, "volume created");
         self.volume(name)
             .await?
             .ok_or_else(|| WorkloadError::Internal("the volume vanished".to_owned()))
@@ -120,11 +180,12 @@ impl Workloads {
             .own_volumes()
             .await?
             .into_iter()
-            .map(|(name, docker_name, created_at)| Volume {
-                used_by: users.remove(&docker_name).unwrap_or_default(),
-                name,
-                docker_name,
-                created_at,
+            .map(|own| Volume {
+                used_by: users.remove(&own.docker).unwrap_or_default(),
+                name: own.name,
+                docker_name: own.docker,
+                created_at: own.created,
+                size_mib: own.size_mib,
             })
             .collect();
         Ok(VolumeListing { volumes })
@@ -152,6 +213,9 @@ impl Workloads {
                 )),
                 other => other.into(),
             })?;
+        if volume.size_mib.is_some() {
+            self.sized.remove(&volume.docker_name).await;
+        }
         tracing::info!(volume = name, "volume deleted");
         Ok(volume)
     }
@@ -163,27 +227,26 @@ impl Workloads {
         out: &std::path::Path,
         max_bytes: u64,
     ) -> Result<(u64, String), WorkloadError> {
-        let volume = self
-            .volume(name)
-            .await?
-            .ok_or_else(|| Self::not_found(name))?;
+        let volume = self.usable_volume(name).await?;
         Ok(self
             .engine()?
-            .export_volume(&volume.docker_name, out, max_bytes)
+            .export_volume(&volume.docker, out, max_bytes)
             .await?)
     }
 
-    /// Creates volume `name` from `archive` (as [`Workloads::export_volume`] wrote it); the
-    /// volume is removed again when the archive does not unpack.
+    /// Creates volume `name` (of `size_mib`, when given) from `archive` (as
+    /// [`Workloads::export_volume`] wrote it); the volume is removed again when the archive
+    /// does not unpack, or does not fit.
     pub async fn restore_volume(
         &self,
         name: &str,
+        size_mib: Option<u64>,
         archive: bytes::Bytes,
     ) -> Result<Volume, WorkloadError> {
-        let volume = self.create_volume(name).await?;
+        let volume = self.create_volume(name, size_mib).await?;
         let engine = self.engine()?;
         if let Err(error) = engine.import_volume(&volume.docker_name, archive).await {
-            let _ = engine.remove_volume(&volume.docker_name).await;
+            let _ = self.delete_volume(name).await;
             return Err(error.into());
         }
         Ok(volume)
@@ -207,21 +270,16 @@ impl Workloads {
         if mounts.is_empty() {
             return Ok(Vec::new());
         }
-        let own = self.own_volumes().await?;
-        mounts
-            .iter()
-            .map(|mount| {
-                let docker = own
-                    .iter()
-                    .find(|(name, _, _)| *name == mount.volume)
-                    .map(|(_, docker, _)| docker)
-                    .ok_or_else(|| Self::not_found(&mount.volume))?;
-                Ok(format!(
-                    "{docker}:{}:{}",
-                    mount.path,
-                    if mount.read_only { "ro" } else { "rw" }
-                ))
-            })
-            .collect()
+        let mut binds = Vec::with_capacity(mounts.len());
+        for mount in mounts {
+            let volume = self.usable_volume(&mount.volume).await?;
+            binds.push(format!(
+                "{}:{}:{}",
+                volume.docker,
+                mount.path,
+                if mount.read_only { "ro" } else { "rw" }
+            ));
+        }
+        Ok(binds)
     }
 }

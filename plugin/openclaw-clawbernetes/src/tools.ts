@@ -153,6 +153,7 @@ function bulleted<T>(items: T[], noun: string, render: (item: T) => string, many
 /** A volume, a backup and an audit record as one node answers them (through `fleet.invoke`). */
 interface NodeVolume {
   name?: string;
+  size_mib?: number;
   used_by?: string[];
 }
 
@@ -221,7 +222,8 @@ function renderTaints(t: NodeTaints): string {
 
 function renderVolume(v: NodeVolume): string {
   const users = v.used_by ?? [];
-  return `volume ${printable(v.name, 64)}${users.length ? ` (mounted by ${users.map((u) => printable(u, 64)).join(", ")})` : ""}`;
+  const size = typeof v.size_mib === "number" ? ` (limited to ${v.size_mib} MiB)` : "";
+  return `volume ${printable(v.name, 64)}${size}${users.length ? ` (mounted by ${users.map((u) => printable(u, 64)).join(", ")})` : ""}`;
 }
 
 function renderBackup(b: NodeBackup): string {
@@ -1647,10 +1649,18 @@ export function fleetTools(bridge: Bridge): Tool[] {
     onNode(bridge, {
       name: "claw_volume_create",
       label: "Create a volume",
-      description: "Create a named volume on one node: its data outlives the workloads that mount it by name (volume_mounts) and the node's restarts.",
-      parameters: object({ node: str("The node, by name or peer id"), name: str("Volume name: 1-32 of a-z, 0-9 and '-'") }, ["node", "name"]),
+      description:
+        "Create a named volume on one node: its data outlives the workloads that mount it by name (volume_mounts) and the node's restarts. With size_mib it is limited to that size (writes past it fail with 'no space left on device').",
+      parameters: object(
+        {
+          node: str("The node, by name or peer id"),
+          name: str("Volume name: 1-32 of a-z, 0-9 and '-'"),
+          size_mib: int("Size limit in MiB (8 or more); omit for a volume that grows while the host has room", 8),
+        },
+        ["node", "name"],
+      ),
       command: "volume.create",
-      params: (p) => ({ name: p.name }),
+      params: (p) => ({ name: p.name, ...(typeof p.size_mib === "number" ? { size_mib: p.size_mib } : {}) }),
       render: (v: NodeVolume) => `created ${renderVolume(v)}`,
     }),
     onNode(bridge, {
@@ -1709,11 +1719,16 @@ export function fleetTools(bridge: Bridge): Tool[] {
       label: "Restore a backup",
       description: "Restore a backup the node keeps into a new volume there, only when the archive matches its signed digest.",
       parameters: object(
-        { node: str("The node keeping the backup, by name or peer id"), backup: str("The backup id (bk-...)"), volume: str("The new volume's name") },
+        {
+          node: str("The node keeping the backup, by name or peer id"),
+          backup: str("The backup id (bk-...)"),
+          volume: str("The new volume's name"),
+          size_mib: int("Size limit of the new volume in MiB (optional, as claw_volume_create)", 8),
+        },
         ["node", "backup", "volume"],
       ),
       command: "backup.restore",
-      params: (p) => ({ backup: p.backup, volume: p.volume }),
+      params: (p) => ({ backup: p.backup, volume: p.volume, ...(typeof p.size_mib === "number" ? { size_mib: p.size_mib } : {}) }),
       render: (v: NodeVolume) => `restored into ${renderVolume(v)}`,
     }),
     onNode(bridge, {
