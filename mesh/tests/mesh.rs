@@ -1023,3 +1023,159 @@ async fn a_late_joiner_finds_room_at_a_full_node() {
     late.stop().await;
     full.stop().await;
 }
+
+/// A Sybil with 500 keys on one host (127.0.5.5, every key dialling and dialling again while
+/// refused, each speaking the fleet's gossip and forwarding nothing) attacks a buyer that
+/// counts addresses, as every node on a public network does. From the attacker's side with
+/// only its own keys it gets no more than the per-address cap of the buyer's connections; a
+/// node that joins late through the buyer is admitted, and an honest provider's offer reaches
+/// the buyer and the late joiner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_sybil_keys_on_one_host_neither_isolate_a_late_joiner_nor_hide_an_offer() {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::StreamExt as _;
+    use libp2p::swarm::SwarmEvent;
+
+    const SYBILS: usize = 500;
+    let network = "sybil";
+    let public = || claw_mesh::MeshConfig {
+        allow_colocated_peers: false,
+        ..test_config(network)
+    };
+    let cap = public().max_inbound_per_ip as usize;
+    let buyer =
+        TestNode::start_with(Arc::new(NodeIdentity::generate()), "buyer", public(), true).await;
+    let provider = TestNode::start(
+        "provider",
+        claw_mesh::MeshConfig {
+            bootstrap: vec![buyer.addr.clone()],
+            ..public()
+        },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(30),
+        "the buyer to see the provider",
+        || buyer.sees().contains(&provider.peer_id()),
+    )
+    .await
+    .expect("the provider joined");
+
+    // The attack: 500 keys from one host.
+    let sybil_host = std::net::Ipv4Addr::new(127, 0, 5, 5);
+    let established = Arc::new(AtomicUsize::new(0));
+    let mut sybil_ids = HashSet::new();
+    let mut attackers = Vec::new();
+    for _ in 0..SYBILS {
+        let mut swarm = common::sybil(sybil_host, network);
+        sybil_ids.insert(*swarm.local_peer_id());
+        let target = buyer.addr.clone();
+        let established = Arc::clone(&established);
+        attackers.push(tokio::spawn(async move {
+            let mut connected = false;
+            let mut redial = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tokio::select! {
+                    _ = redial.tick() => {
+                        if !connected {
+                            let _ = swarm.dial(target.clone());
+                        }
+                    }
+                    event = swarm.select_next_some() => match event {
+                        SwarmEvent::ConnectionEstablished { .. } => {
+                            connected = true;
+                            established.fetch_add(1, Ordering::Relaxed);
+                        }
+                        SwarmEvent::ConnectionClosed { num_established: 0, .. } => {
+                            connected = false;
+                        }
+                        _ => {}
+                    },
+                }
+            }
+        }));
+    }
+    let sybils_at_buyer = || async {
+        buyer
+            .handle
+            .connected_peers()
+            .await
+            .expect("the buyer runs")
+            .into_iter()
+            .filter(|peer| sybil_ids.contains(peer))
+            .count()
+    };
+    // Every key has dialled at least twice by now; the buyer is sampled all along.
+    let mut most = 0;
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        most = most.max(sybils_at_buyer().await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "{} Sybil connections established from the attacker's side; at most {most} held at \
+         the buyer at once (cap {cap})",
+        established.load(Ordering::Relaxed)
+    );
+    assert!(
+        established.load(Ordering::Relaxed) > 0,
+        "the Sybil keys reached the buyer at all"
+    );
+    assert!(
+        (1..=cap).contains(&most),
+        "one host holds at most {cap} of the buyer's connections, however many keys: {most}"
+    );
+
+    // A node joining late through the buyer, while the attack goes on, is admitted.
+    let late = TestNode::start(
+        "late",
+        claw_mesh::MeshConfig {
+            bootstrap: vec![buyer.addr.clone()],
+            ..public()
+        },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(30),
+        "the late joiner and the buyer to see each other",
+        || late.sees().contains(&buyer.peer_id()) && buyer.sees().contains(&late.peer_id()),
+    )
+    .await
+    .expect("the late joiner was admitted");
+
+    // The honest provider's offer reaches the buyer and the late joiner.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seller = &provider.identity;
+    let validity = Validity::from_now(Duration::from_secs(60));
+    let offer = Envelope::seal(seller, 42, validity, &TestOffer { price: 4_200_000 }).to_bytes();
+    provider
+        .handle
+        .publish(TopicKind::Offers, offer)
+        .await
+        .expect("published");
+    wait_until(
+        Duration::from_secs(15),
+        "the offer at the buyer and the late joiner",
+        || {
+            [&buyer, &late].iter().all(|n| {
+                n.events.lock().unwrap().iter().any(|(_, e)| {
+                    matches!(e, MeshEvent::Gossip { kind: TopicKind::Offers, envelope }
+                    if envelope.open::<TestOffer>().is_ok_and(|o| o.price == 4_200_000)
+                        && envelope.signer_peer_id() == seller.peer_id())
+                })
+            })
+        },
+    )
+    .await
+    .expect("the honest offer got through");
+    assert!(sybils_at_buyer().await <= cap, "still no more than the cap");
+
+    for attacker in attackers {
+        attacker.abort();
+    }
+    late.stop().await;
+    provider.stop().await;
+    buyer.stop().await;
+}

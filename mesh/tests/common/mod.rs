@@ -246,3 +246,116 @@ pub fn with_key(mut config: MeshConfig, key: Option<SwarmKey>) -> MeshConfig {
     config.swarm_key = key;
     config
 }
+
+/// A TCP transport that only dials, from source address `source`: a host other than the one
+/// the nodes under test run on, on this machine's loopback (127.0.0.0/8 is all local).
+struct DialFrom {
+    source: std::net::IpAddr,
+}
+
+impl libp2p::core::Transport for DialFrom {
+    type Output = libp2p::tcp::tokio::TcpStream;
+    type Error = std::io::Error;
+    type ListenerUpgrade = std::future::Pending<Result<Self::Output, Self::Error>>;
+    type Dial = futures::future::BoxFuture<'static, Result<Self::Output, Self::Error>>;
+
+    fn listen_on(
+        &mut self,
+        _id: libp2p::core::transport::ListenerId,
+        addr: Multiaddr,
+    ) -> Result<(), libp2p::core::transport::TransportError<Self::Error>> {
+        Err(libp2p::core::transport::TransportError::MultiaddrNotSupported(addr))
+    }
+
+    fn remove_listener(&mut self, _id: libp2p::core::transport::ListenerId) -> bool {
+        false
+    }
+
+    fn dial(
+        &mut self,
+        addr: Multiaddr,
+        _opts: libp2p::core::transport::DialOpts,
+    ) -> Result<Self::Dial, libp2p::core::transport::TransportError<Self::Error>> {
+        use libp2p::multiaddr::Protocol;
+        let mut parts = addr.iter();
+        let target = match (parts.next(), parts.next()) {
+            (Some(Protocol::Ip4(ip)), Some(Protocol::Tcp(port))) => {
+                std::net::SocketAddr::from((ip, port))
+            }
+            _ => return Err(libp2p::core::transport::TransportError::MultiaddrNotSupported(addr)),
+        };
+        let source = self.source;
+        Ok(Box::pin(async move {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(std::net::SocketAddr::new(source, 0))?;
+            let stream = socket.connect(target).await?;
+            stream.set_nodelay(true)?;
+            Ok(libp2p::tcp::tokio::TcpStream(stream))
+        }))
+    }
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<libp2p::core::transport::TransportEvent<Self::ListenerUpgrade, Self::Error>>
+    {
+        std::task::Poll::Pending
+    }
+}
+
+/// What a Sybil key runs: gossip on the network's topics (it looks like a fleet node) that
+/// it never forwards (it validates nothing), and identify as a claw peer.
+#[derive(libp2p::swarm::NetworkBehaviour)]
+pub struct SybilBehaviour {
+    gossipsub: libp2p::gossipsub::Behaviour,
+    identify: libp2p::identify::Behaviour,
+}
+
+/// A Sybil: a new key on host `source` that speaks the fleet's gossip on `network` and drops
+/// everything it hears. Dial with it; it cannot be dialled.
+pub fn sybil(source: std::net::Ipv4Addr, network: &str) -> libp2p::Swarm<SybilBehaviour> {
+    use libp2p::core::Transport as _;
+    use libp2p::core::upgrade::Version;
+    use libp2p::gossipsub;
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_other_transport(|key| {
+            DialFrom {
+                source: source.into(),
+            }
+            .upgrade(Version::V1)
+            .authenticate(libp2p::noise::Config::new(key).expect("noise"))
+            .multiplex(libp2p::yamux::Config::default())
+        })
+        .expect("transport")
+        .with_behaviour(|key| {
+            let config = gossipsub::ConfigBuilder::default()
+                .validation_mode(gossipsub::ValidationMode::Anonymous)
+                .validate_messages()
+                .build()
+                .expect("gossipsub config");
+            SybilBehaviour {
+                gossipsub: gossipsub::Behaviour::new(
+                    gossipsub::MessageAuthenticity::Anonymous,
+                    config,
+                )
+                .expect("gossipsub"),
+                identify: libp2p::identify::Behaviour::new(libp2p::identify::Config::new(
+                    "/claw/id/1.0.0".to_owned(),
+                    key.public(),
+                )),
+            }
+        })
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
+        .build();
+    for kind in claw_mesh::TopicKind::ALL {
+        let name = claw_mesh::TopicName::new(network, kind).expect("topic");
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&gossipsub::IdentTopic::new(name.as_str()))
+            .expect("subscribe");
+    }
+    swarm
+}
