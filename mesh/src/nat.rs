@@ -6,6 +6,15 @@
 //! The event loop owns a [`RelaySelection`] and writes a [`NatView`] that handles read without a
 //! round trip: the node's reachability and, per connected peer, whether a direct connection
 //! exists or only relayed ones.
+//!
+//! DCUtR tries once per relayed connection, with the addresses its initiator knew then; a punch
+//! lost to dropped packets, or tried before the initiator learnt its own public address, would
+//! leave the two relayed for good. So after a failure the node opens a fresh relayed connection
+//! to the peer ([`PunchRetries`]): the peer takes it as inbound and punches again. A few times,
+//! further apart each time, only while the two are still relayed, and only while a second
+//! connection to the peer fits in the per-peer limit (no connection in use is closed for it):
+//! behind a symmetric NAT no punch can work, and the relay's circuits are not spent on it for
+//! ever.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
@@ -25,6 +34,20 @@ const RELAYS_WANTED: usize = 2;
 const MAX_CANDIDATES: usize = 32;
 /// A relay that closed our listener (refused, full, gone) is tried again after this long.
 const RETRY_FAILED_RELAY: Duration = Duration::from_secs(60);
+/// Punches tried again per peer after the first failed, at most.
+const PUNCH_RETRIES: u32 = 4;
+/// The wait before the first new try; each next one waits twice as long.
+const FIRST_PUNCH_RETRY: Duration = Duration::from_secs(5);
+/// Peers with a punch to try again, at most (beyond it a failure is not retried).
+const MAX_PUNCH_RETRIES: usize = 256;
+/// How long a punch tried again may take before the next try is due anyway (DCUtR dials three
+/// times, each with a 10 s deadline): a try whose connection never opens does not end the
+/// retries.
+const PUNCH_IN_FLIGHT: Duration = Duration::from_secs(60);
+
+fn punch_backoff(tried: u32) -> Duration {
+    FIRST_PUNCH_RETRY * 2u32.pow(tried)
+}
 
 /// Whether peers can dial this node, as AutoNAT found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +125,11 @@ impl NatView {
         }
     }
 
+    /// How many connections to `peer` are open.
+    pub(crate) fn connections_to(&self, peer: &PeerId) -> usize {
+        self.connections.get(peer).map_or(0, HashMap::len)
+    }
+
     pub(crate) fn opened(&mut self, peer: PeerId, connection: ConnectionId, relayed: bool) {
         self.connections
             .entry(peer)
@@ -116,6 +144,53 @@ impl NatView {
                 self.connections.remove(peer);
             }
         }
+    }
+}
+
+/// Peers whose relayed connection failed to turn direct, and when to try again.
+#[derive(Debug, Default)]
+pub(crate) struct PunchRetries {
+    /// Per peer: the retries made so far, and when the next one is due (`None` once they are
+    /// spent).
+    peers: HashMap<PeerId, (u32, Option<Instant>)>,
+}
+
+impl PunchRetries {
+    /// A punch with `peer` failed at `now`: the next try is due after the backoff, unless the
+    /// retries are spent.
+    pub(crate) fn failed(&mut self, peer: PeerId, now: Instant) {
+        if !self.peers.contains_key(&peer) && self.peers.len() >= MAX_PUNCH_RETRIES {
+            return;
+        }
+        let (tried, next) = self.peers.entry(peer).or_insert((0, None));
+        *next = (*tried < PUNCH_RETRIES).then(|| now + punch_backoff(*tried));
+    }
+
+    /// The two are direct now, or apart: nothing more to try.
+    pub(crate) fn settled(&mut self, peer: &PeerId) {
+        self.peers.remove(peer);
+    }
+
+    /// The peers whose next try is due at `now` and who are still reached through a relay only
+    /// (`view`); each counts as tried. Peers no longer connected are forgotten.
+    pub(crate) fn due(&mut self, now: Instant, view: &NatView) -> Vec<PeerId> {
+        let mut due = Vec::new();
+        self.peers
+            .retain(|peer, (tried, next)| match view.path(peer) {
+                Some(ConnectionPath::Relayed) => {
+                    if next.is_some_and(|at| at <= now) {
+                        *tried += 1;
+                        // Its failure brings the next try forward to the backoff.
+                        *next = (*tried < PUNCH_RETRIES)
+                            .then(|| now + PUNCH_IN_FLIGHT + punch_backoff(*tried));
+                        due.push(*peer);
+                    }
+                    // Spent: keep the entry so a late failure is not counted as a first one.
+                    true
+                }
+                _ => false,
+            });
+        due
     }
 }
 
@@ -307,5 +382,64 @@ mod tests {
         assert_eq!(view.path(&peer), Some(ConnectionPath::Relayed));
         view.closed(&peer, relayed);
         assert_eq!(view.path(&peer), None);
+    }
+
+    #[test]
+    fn a_failed_punch_is_tried_again_a_few_times_further_apart_while_relayed() {
+        let mut retries = PunchRetries::default();
+        let mut view = NatView::default();
+        let peer = PeerId::random();
+        let start = Instant::now();
+        view.opened(peer, ConnectionId::new_unchecked(1), true);
+        retries.failed(peer, start);
+        assert!(
+            retries.due(start, &view).is_empty(),
+            "not before the backoff"
+        );
+        let mut at = start;
+        // Twice as long each time: 5, 10, 20, 40 s.
+        for wait in [5, 10, 20, 40].map(Duration::from_secs) {
+            let early = at + wait - Duration::from_millis(1);
+            assert!(retries.due(early, &view).is_empty(), "not before {wait:?}");
+            assert_eq!(retries.due(at + wait, &view), vec![peer]);
+            assert!(
+                retries.due(at + wait, &view).is_empty(),
+                "one try in flight at a time"
+            );
+            at += wait;
+            retries.failed(peer, at);
+        }
+        assert!(
+            retries
+                .due(at + Duration::from_secs(3600), &view)
+                .is_empty(),
+            "spent"
+        );
+
+        // A try whose connection never opens (no failure comes) does not end the retries.
+        let silent = PeerId::random();
+        view.opened(silent, ConnectionId::new_unchecked(9), true);
+        retries.failed(silent, start);
+        let first = start + FIRST_PUNCH_RETRY;
+        assert_eq!(retries.due(first, &view), vec![silent]);
+        let later = first + PUNCH_IN_FLIGHT + punch_backoff(1);
+        assert!(
+            retries
+                .due(later - Duration::from_millis(1), &view)
+                .is_empty()
+        );
+        assert_eq!(retries.due(later, &view), vec![silent]);
+
+        // A direct connection, or none, ends the retries.
+        let other = PeerId::random();
+        view.opened(other, ConnectionId::new_unchecked(2), true);
+        retries.failed(other, start);
+        view.opened(other, ConnectionId::new_unchecked(3), false);
+        assert!(
+            retries
+                .due(start + Duration::from_secs(60), &view)
+                .is_empty()
+        );
+        assert!(!retries.peers.contains_key(&other));
     }
 }

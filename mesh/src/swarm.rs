@@ -43,8 +43,8 @@ use crate::invoke::{
     MAX_RESPONSE_BYTES, precheck,
 };
 use crate::known_peers::KnownPeers;
-use crate::nat::{self, NatView, Reachability, RelaySelection};
-use crate::stats::{GossipVerdict, MeshStats};
+use crate::nat::{self, NatView, PunchRetries, Reachability, RelaySelection};
+use crate::stats::{GossipVerdict, HolePunch, MeshStats};
 use crate::verify::{Checked, Unchecked, VerifyQueue};
 use crate::{MeshError, MeshEvent, TopicKind, TopicName};
 
@@ -59,6 +59,8 @@ const DUPLICATE_CACHE: Duration = Duration::from_secs(120);
 const REORDER_WINDOW_MS: u64 = 30_000;
 /// How often a node with no connections dials its seeds again.
 const REJOIN_INTERVAL: Duration = Duration::from_secs(5);
+/// Connections to one peer at most (a relayed one and the direct one that replaces it).
+const MAX_CONNECTIONS_PER_PEER: u32 = 2;
 /// Largest Kademlia record value stored for a peer (Kademlia messages are capped at 16 KiB).
 const MAX_RECORD_BYTES: usize = 8 * 1024;
 
@@ -166,6 +168,8 @@ pub(crate) struct EventLoop {
     stats: Arc<MeshStats>,
     nat: Arc<RwLock<NatView>>,
     relays: RelaySelection,
+    /// Peers to punch through to again.
+    punches: PunchRetries,
     routing: crate::routing::RoutingQuota,
     inbound: crate::eviction::InboundPeers,
 }
@@ -306,7 +310,7 @@ pub(crate) fn build_swarm(
                     // One slot past the inbound share: taking it makes the node drop its
                     // least useful inbound peer, so there is always room for a late joiner.
                     .with_max_established_incoming(Some(inbound_share(config) + 1))
-                    .with_max_established_per_peer(Some(2))
+                    .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
                     .with_max_pending_incoming(Some(64)),
             ),
             inbound: crate::inbound::InboundLimits::new((!config.allow_colocated_peers).then_some(
@@ -487,6 +491,7 @@ impl EventLoop {
             stats: Arc::default(),
             nat: Arc::default(),
             relays: RelaySelection::default(),
+            punches: PunchRetries::default(),
             routing: crate::routing::RoutingQuota::new(!config.allow_colocated_peers),
             inbound: crate::eviction::InboundPeers::default(),
             config,
@@ -595,7 +600,10 @@ impl EventLoop {
                     }
                 }
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                _ = expiry.tick() => self.expire(),
+                _ = expiry.tick() => {
+                    self.expire();
+                    self.punch_again();
+                }
                 _ = persist.tick() => self.known_peers.save(),
                 _ = rejoin.tick() => {
                     self.rejoin_if_alone();
@@ -617,6 +625,58 @@ impl EventLoop {
         if dialled > 0 {
             tracing::info!(seeds = dialled, "no connections: dialled known peers again");
             let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
+    }
+
+    /// Opens a fresh relayed connection to each peer whose punch is due to be tried again:
+    /// the peer takes it as inbound, and DCUtR punches once more with what both know now.
+    /// Not where the per-peer connection limit leaves no room: no connection in use is closed
+    /// for a punch.
+    fn punch_again(&mut self) {
+        let due = {
+            let view = self.nat.read().unwrap_or_else(|p| p.into_inner());
+            self.punches.due(Instant::now(), &view)
+        };
+        for peer in due {
+            let open = {
+                let view = self.nat.read().unwrap_or_else(|p| p.into_inner());
+                view.connections_to(&peer)
+            };
+            if open >= MAX_CONNECTIONS_PER_PEER as usize {
+                tracing::debug!(%peer, "no room for another connection to punch through");
+                continue;
+            }
+            let relayed: Vec<Multiaddr> = {
+                let fleet = self.fleet.read().unwrap_or_else(|p| p.into_inner());
+                fleet
+                    .get(&peer)
+                    .map(|member| {
+                        member
+                            .announcement
+                            .listen_addrs
+                            .iter()
+                            .take(16)
+                            .filter_map(|a| a.parse::<Multiaddr>().ok())
+                            .filter(nat::is_relayed)
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            if relayed.is_empty() {
+                tracing::debug!(%peer, "no relayed address to punch through again");
+                continue;
+            }
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                .addresses(relayed)
+                .build();
+            match self.swarm.dial(opts) {
+                Ok(()) => {
+                    self.stats.count_hole_punch(HolePunch::Retried);
+                    tracing::info!(%peer, "hole punching tried again through the relay");
+                }
+                Err(error) => tracing::debug!(%peer, %error, "cannot dial through the relay"),
+            }
         }
     }
 
@@ -1092,10 +1152,14 @@ impl EventLoop {
                 result,
             })) => match result {
                 Ok(_) => {
+                    self.punches.settled(&remote_peer_id);
+                    self.stats.count_hole_punch(HolePunch::Direct);
                     tracing::info!(peer = %remote_peer_id, "relayed connection upgraded to a direct one")
                 }
                 Err(error) => {
-                    tracing::debug!(peer = %remote_peer_id, %error, "hole punching failed; staying relayed")
+                    self.punches.failed(remote_peer_id, Instant::now());
+                    self.stats.count_hole_punch(HolePunch::Failed);
+                    tracing::debug!(peer = %remote_peer_id, %error, "hole punching failed; staying relayed for now")
                 }
             },
             SwarmEvent::ListenerClosed { listener_id, .. } => {
@@ -1158,6 +1222,7 @@ impl EventLoop {
                     .closed(&peer_id, connection_id);
                 if num_established == 0 {
                     self.relays.disconnected(&peer_id);
+                    self.punches.settled(&peer_id);
                     self.stats
                         .set_connected_peers(self.swarm.connected_peers().count());
                     self.emit(MeshEvent::Disconnected(peer_id));

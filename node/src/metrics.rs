@@ -117,6 +117,11 @@ struct GossipLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PunchLabels {
+    outcome: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct GpuCountLabels {
     model: String,
     simulated: String,
@@ -213,6 +218,20 @@ fn registry(
         "gossip_messages",
         "Gossiped messages by topic and verdict: accepted, rejected (failed verification) or ignored (stale)",
         gossip,
+    );
+
+    let punches = Family::<PunchLabels, Counter>::default();
+    for (outcome, count) in &mesh.hole_punches {
+        punches
+            .get_or_create(&PunchLabels {
+                outcome: outcome.as_str().to_owned(),
+            })
+            .inc_by(*count);
+    }
+    registry.register(
+        "mesh_hole_punches",
+        "Hole punches across NATs by outcome: direct (a relayed connection became direct), failed, or retried (over a fresh relayed connection)",
+        punches,
     );
 
     registry.register(

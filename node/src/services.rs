@@ -39,7 +39,8 @@ use crate::workloads::Workloads;
 pub const SERVICE_PROTOCOL: StreamProtocol = StreamProtocol::new("/clawbernetes/service/1");
 /// Longest first line of a stream.
 const MAX_HEADER: usize = 1024;
-/// How long the far end may take to answer the first line, and to connect to the container.
+/// How long a stream to the far end may take to open, and the far end to answer the first
+/// line and connect to the container.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 /// Streams served at once; beyond this a stream is refused.
 const MAX_INBOUND: usize = 256;
@@ -922,9 +923,9 @@ async fn open(
     node: PeerId,
     header: &StreamTarget,
 ) -> Result<BufReader<tokio_util::compat::Compat<Stream>>, String> {
-    let stream = mesh
-        .open_stream(node, SERVICE_PROTOCOL)
+    let stream = tokio::time::timeout(HANDSHAKE_DEADLINE, mesh.open_stream(node, SERVICE_PROTOCOL))
         .await
+        .map_err(|_| format!("no stream to {node} within {HANDSHAKE_DEADLINE:?}"))?
         .map_err(|e| e.to_string())?;
     let mut stream = BufReader::new(stream.compat());
     let mut line = serde_json::to_vec(header).map_err(|e| e.to_string())?;

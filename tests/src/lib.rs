@@ -13,7 +13,7 @@ pub mod nat_nodes;
 mod netns;
 
 pub use agent_fleet::{AgentFleet, FleetNode, NodeSpec, plugin_path, write_secret};
-pub use netns::{Internet, Link, NetHost, TestHost, namespace_or_skip};
+pub use netns::{HostEngine, Internet, Link, NetHost, TestHost, made_or_skip, namespace_or_skip};
 
 /// The GPU model test nodes simulate.
 pub const SIMULATED_MODEL: &str = "NVIDIA H100 80GB HBM3";

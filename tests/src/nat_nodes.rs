@@ -1,10 +1,11 @@
 //! `clawnode` processes on the hosts of an [`Internet`](crate::Internet): set up to find out
-//! their reachability on it, to relay for others, and read back through a viewer's fleet view.
+//! their reachability on it, to relay for others, to run workloads on an engine of their host's
+//! own, and read back through a viewer's fleet view.
 //! Shared by the NAT traversal tests and the reachability benchmark.
 
 use serde_json::Value;
 
-use crate::{Clawnode, NetHost, announce_every_second};
+use crate::{Clawnode, HostEngine, NetHost, announce_every_second};
 
 /// What a node on the internet listens on: TCP and QUIC on port 4001 of every address.
 pub fn listen() -> Vec<String> {
@@ -71,4 +72,24 @@ pub fn member(viewer: &Clawnode, peer: &str) -> Option<Value> {
         .iter()
         .find(|m| m["peer_id"] == peer)
         .cloned()
+}
+
+/// Points `node` at `engine`, a Docker Engine in its host's namespace, for its workloads.
+pub fn use_engine(node: &Clawnode, engine: &HostEngine) {
+    node.edit_config(|text| {
+        assert!(text.contains("[workloads]\n"), "init writes [workloads]");
+        text.replacen(
+            "[workloads]\n",
+            &format!("[workloads]\ndocker_socket = {:?}\n", engine.socket()),
+            1,
+        )
+    });
+}
+
+/// `node`'s peer id.
+pub fn peer_id(node: &Clawnode) -> String {
+    node.ok(&["--json", "identity"]).json()["peer_id"]
+        .as_str()
+        .expect("a peer id")
+        .to_owned()
 }

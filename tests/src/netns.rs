@@ -1,7 +1,8 @@
 //! Hosts a test builds for itself: a Linux network namespace joined to this machine by a veth
 //! pair, holding addresses the machine routes to it (a cloud metadata address, a private
 //! address), with servers listening there. Test traffic goes only to these namespaces. Everything
-//! is removed when the host is dropped.
+//! is removed when the host is dropped. Also a small internet of such namespaces with NAT
+//! routers ([`Internet`]), and a Docker Engine of a host's own there ([`HostEngine`]).
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -46,14 +47,20 @@ fn add_address(ns: &str, cidr: &str, dev: &str) -> Result<(), String> {
 /// A namespace made here, or `None` where this machine cannot make one: a failure under
 /// `CLAW_TEST_STRICT=1` (the test script sets it), else said on stderr as a skip.
 pub fn namespace_or_skip<T>(made: Result<T, String>) -> Option<T> {
+    made_or_skip("network namespaces", made)
+}
+
+/// What a test makes for itself (`what` names it), or `None` where this machine cannot make it:
+/// a failure under `CLAW_TEST_STRICT=1`, else said on stderr as a skip.
+pub fn made_or_skip<T>(what: &str, made: Result<T, String>) -> Option<T> {
     match made {
         Ok(made) => Some(made),
         Err(reason) => {
             assert!(
                 std::env::var("CLAW_TEST_STRICT").as_deref() != Ok("1"),
-                "network namespaces are needed: {reason}"
+                "this test cannot make {what} here: {reason}"
             );
-            eprintln!("SKIPPED: cannot make network namespaces here: {reason}");
+            eprintln!("SKIPPED: cannot make {what} here: {reason}");
             None
         }
     }
@@ -164,6 +171,24 @@ pub struct NetHost {
     pub address: String,
     /// The address the internet sees it at (its router's, when behind NAT).
     pub public_address: String,
+}
+
+impl NetHost {
+    /// Drops every packet between this host and `addresses` (with `cut`), or lets them through
+    /// again: a cable cut, or a path that loses everything for a while.
+    pub fn cut_off(&self, addresses: &[String], cut: bool) -> Result<(), String> {
+        let action = if cut { "-A" } else { "-D" };
+        for address in addresses {
+            for (chain, side) in [("OUTPUT", "-d"), ("INPUT", "-s")] {
+                in_namespace(
+                    &self.namespace,
+                    "iptables",
+                    &[action, chain, side, address, "-j", "DROP"],
+                )?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Runs `program args` inside namespace `ns`.
@@ -377,6 +402,195 @@ impl Drop for Internet {
         // Removing a namespace removes the veths in it, and their peers with them.
         for ns in self.namespaces.iter().rev() {
             let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+/// The bridge a [`HostEngine`] gives its containers by default: apart from the [`Internet`]'s
+/// addresses, from [`TestHost`]s' and from this machine's own engine's `docker0`
+/// (172.17.0.0/16), so an address always says which network it is on.
+const ENGINE_BRIDGE: &str = "172.31.0.1/24";
+/// The pool a [`HostEngine`]'s other networks (a node's tenant networks) come from, apart from
+/// all of those too.
+const ENGINE_POOL: &str = "base=172.30.0.0/16,size=24";
+/// How long a [`HostEngine`] may take to answer once started, and to stop.
+const ENGINE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A Docker Engine of a host's own, in the host's namespace, as a provider's engine sits behind
+/// the same NAT as its node in life: its containers are on its bridge there, reached from that
+/// namespace only, and its iptables rules (Docker's, a node's tenant firewall) are the
+/// namespace's. Its state and sockets are in a directory of its own. When dropped, its
+/// containers are removed, the daemon stopped, whatever it left mounted unmounted, and the
+/// directory removed.
+#[derive(Debug)]
+pub struct HostEngine {
+    daemon: Child,
+    state: tempfile::TempDir,
+}
+
+impl HostEngine {
+    /// Starts `dockerd` in `host`'s namespace and loads `images` into it from this machine's
+    /// engine. Fails with the reason where this machine cannot (no `dockerd`, no cgroups, no
+    /// engine to load the images from).
+    pub fn start(host: &NetHost, images: &[&str]) -> Result<Self, String> {
+        let state = tempfile::Builder::new()
+            .prefix("claw-engine-")
+            .tempdir()
+            .map_err(|e| format!("a state directory: {e}"))?;
+        let root = state.path().to_owned();
+        let log = std::fs::File::create(root.join("dockerd.log"))
+            .map_err(|e| format!("the engine's log: {e}"))?;
+        let path = |name: &str| root.join(name).display().to_string();
+        // Its own settings only, not this machine's engine's (`/etc/docker/daemon.json`).
+        std::fs::write(root.join("daemon.json"), "{}")
+            .map_err(|e| format!("the engine's settings: {e}"))?;
+        // `ip netns exec` would mount a /sys of the namespace's own, without the cgroup
+        // hierarchies dockerd needs: enter the network namespace only.
+        let daemon = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", host.namespace))
+            .arg("dockerd")
+            .args(["--data-root", &path("data"), "--exec-root", &path("exec")])
+            .args(["--config-file", &path("daemon.json")])
+            .args(["--pidfile", &path("dockerd.pid")])
+            .args(["--host", &format!("unix://{}", path("docker.sock"))])
+            .args([
+                "--bip",
+                ENGINE_BRIDGE,
+                "--default-address-pool",
+                ENGINE_POOL,
+            ])
+            // Containerd namespaces of its own, should it find a containerd another engine
+            // uses too.
+            .args(["--containerd-namespace", &host.namespace])
+            .args([
+                "--containerd-plugins-namespace",
+                &format!("{}-plugins", host.namespace),
+            ])
+            .args(["--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("nsenter dockerd in {}: {e}", host.namespace))?;
+        let mut engine = Self { daemon, state };
+        let started = std::time::Instant::now();
+        while engine.docker(&["version"]).is_err() {
+            if let Ok(Some(status)) = engine.daemon.try_wait() {
+                return Err(format!("dockerd exited ({status}): {}", engine.log_tail()));
+            }
+            if started.elapsed() > ENGINE_PATIENCE {
+                return Err(format!(
+                    "dockerd did not answer within {ENGINE_PATIENCE:?}: {}",
+                    engine.log_tail()
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        for image in images {
+            engine.load(image)?;
+        }
+        Ok(engine)
+    }
+
+    /// The engine's socket, as a node's `[workloads] docker_socket` names it.
+    pub fn socket(&self) -> String {
+        format!("unix://{}", self.state.path().join("docker.sock").display())
+    }
+
+    /// Runs `docker args` against this engine (for at most a minute): its output, or its
+    /// complaint.
+    pub fn docker(&self, args: &[&str]) -> Result<String, String> {
+        let output = Command::new("timeout")
+            .args(["60", "docker", "--host", &self.socket()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("docker {args:?}: {e}"))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        } else {
+            Err(format!(
+                "docker {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ))
+        }
+    }
+
+    /// Copies `image` from this machine's engine into this one.
+    fn load(&self, image: &str) -> Result<(), String> {
+        let mut save = Command::new("docker")
+            .args(["save", image])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("docker save {image}: {e}"))?;
+        let archive = save.stdout.take().expect("piped");
+        let loaded = Command::new("docker")
+            .args(["--host", &self.socket(), "load", "--quiet"])
+            .stdin(archive)
+            .output()
+            .map_err(|e| format!("docker load {image}: {e}"))?;
+        let saved = save
+            .wait_with_output()
+            .map_err(|e| format!("docker save {image}: {e}"))?;
+        if !saved.status.success() {
+            return Err(format!(
+                "docker save {image}: {}",
+                String::from_utf8_lossy(&saved.stderr).trim()
+            ));
+        }
+        if !loaded.status.success() {
+            return Err(format!(
+                "loading {image} into the engine: {}",
+                String::from_utf8_lossy(&loaded.stderr).trim()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The last lines the daemon logged.
+    fn log_tail(&self) -> String {
+        let log =
+            std::fs::read_to_string(self.state.path().join("dockerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join("\n")
+    }
+
+    /// Mount points under the state directory, deepest first.
+    fn mounts(&self) -> Vec<String> {
+        let root = self.state.path().display().to_string();
+        let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut mounts: Vec<String> = table
+            .lines()
+            .filter_map(|line| line.split(' ').nth(4))
+            .filter(|point| point.starts_with(&root))
+            .map(str::to_owned)
+            .collect();
+        mounts.sort_by_key(|point| std::cmp::Reverse(point.len()));
+        mounts
+    }
+}
+
+impl Drop for HostEngine {
+    fn drop(&mut self) {
+        if let Ok(containers) = self.docker(&["ps", "--all", "--quiet"]) {
+            for id in containers.lines() {
+                let _ = self.docker(&["rm", "--force", id]);
+            }
+        }
+        let _ = run("kill", &["-TERM", &self.daemon.id().to_string()]);
+        let started = std::time::Instant::now();
+        while !matches!(self.daemon.try_wait(), Ok(Some(_))) {
+            if started.elapsed() > ENGINE_PATIENCE {
+                let _ = self.daemon.kill();
+                let _ = self.daemon.wait();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        for point in self.mounts() {
+            let _ = run("umount", &["--lazy", &point]);
         }
     }
 }
