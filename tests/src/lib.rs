@@ -329,8 +329,6 @@ pub struct Clawnode {
     data_dir: PathBuf,
     /// The network namespace it runs in (an [`Internet`] host), if not this machine's own.
     netns: Option<String>,
-    /// Programs found first on its `PATH` (a directory), if any.
-    tools: Option<PathBuf>,
 }
 
 /// What a finished command printed.
@@ -363,7 +361,6 @@ impl Clawnode {
             binary: workspace_binary("clawnode"),
             data_dir: data_dir.to_path_buf(),
             netns: None,
-            tools: None,
         }
     }
 
@@ -375,29 +372,16 @@ impl Clawnode {
         }
     }
 
-    /// The same node, finding the programs in `dir` before any other on its `PATH`.
-    pub fn with_tools(self, dir: &Path) -> Self {
-        Self {
-            tools: Some(dir.to_path_buf()),
-            ..self
-        }
-    }
-
     /// The program to run: the binary, or `ip netns exec <ns> <binary>`.
     fn program(&self) -> Command {
-        let mut command = match &self.netns {
+        match &self.netns {
             None => Command::new(&self.binary),
             Some(ns) => {
                 let mut command = Command::new("ip");
                 command.args(["netns", "exec", ns]).arg(&self.binary);
                 command
             }
-        };
-        if let Some(tools) = &self.tools {
-            let path = std::env::var("PATH").unwrap_or_default();
-            command.env("PATH", format!("{}:{path}", tools.display()));
         }
-        command
     }
 
     /// The data directory.
