@@ -15,6 +15,7 @@
 #   scripts/bench.sh nat          a NAT'd node's time to be reachable through a relay, then direct
 #   scripts/bench.sh services     a service forward through the mesh against the container directly
 #                                 (needs Docker and the test image)
+#   scripts/bench.sh processes    200 `clawnode run` processes on loopback: forming the fleet, idle RSS and CPU
 #   scripts/bench.sh console      the console at 1,000 nodes: the bridge's snapshot, and the Fleet tab in
 #                                 headless Chromium (needs Node 24 and Debian's chromium)
 set -euo pipefail
@@ -70,6 +71,10 @@ if [ "$which" = all ] || [ "$which" = services ]; then
     cargo build --release --workspace --bins
     CLAW_TEST_IMAGE=${CLAW_TEST_IMAGE:-clawbernetes/busybox:test} \
         cargo bench -p claw-tests --bench service_forward
+fi
+if [ "$which" = all ] || [ "$which" = processes ]; then
+    cargo build --release -p clawnode
+    cargo bench -p claw-tests --bench process_fleet
 fi
 if [ "$which" = all ] || [ "$which" = console ]; then
     cargo bench -p claw-bridge --bench console

@@ -40,7 +40,7 @@ pub use invoke::{
 pub use libp2p::{Multiaddr, PeerId};
 pub use membership::{FleetMembership, MAX_MEMBERSHIP_DAYS, MembershipError, Standing};
 pub use nat::{ConnectionPath, Reachability, is_relayed};
-pub use stats::{GossipVerdict, HolePunch, MeshCounters};
+pub use stats::{DELIVERY_AGE_BOUNDS_MS, DeliveryAges, GossipVerdict, HolePunch, MeshCounters};
 
 use swarm::{Command, EventLoop};
 

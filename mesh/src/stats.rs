@@ -1,6 +1,8 @@
 //! Counters the event loop keeps for operators: how many peers are connected, what became of
 //! each gossiped message (per topic: accepted, rejected as invalid, or ignored as stale), and
-//! how hole punching across NATs went.
+//! how hole punching across NATs went, and how old each accepted gossip message was when it
+//! arrived (its signer's clock against this node's: exact on one machine, skewed by the clocks'
+//! difference across machines).
 //! Read without a round trip through the event loop.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,6 +66,22 @@ impl HolePunch {
     }
 }
 
+/// Upper bounds of the delivery-age buckets, ms (a last, unbounded bucket follows).
+pub const DELIVERY_AGE_BOUNDS_MS: [u64; 13] = [
+    5, 10, 25, 50, 100, 150, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000,
+];
+
+/// How old accepted messages of one topic were on arrival.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryAges {
+    /// Messages per bucket: `DELIVERY_AGE_BOUNDS_MS`, then the unbounded one.
+    pub buckets: Vec<u64>,
+    /// Messages counted.
+    pub count: u64,
+    /// Their ages summed, ms.
+    pub sum_ms: u64,
+}
+
 /// A snapshot of the mesh's counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MeshCounters {
@@ -75,6 +93,8 @@ pub struct MeshCounters {
     pub gossip: Vec<(TopicKind, GossipVerdict, u64)>,
     /// Hole punches by outcome, since the node started.
     pub hole_punches: Vec<(HolePunch, u64)>,
+    /// Ages of accepted gossip on arrival, by topic, since the node started.
+    pub delivery_ages: Vec<(TopicKind, DeliveryAges)>,
 }
 
 /// The live counters, shared by the event loop (writer) and handles (readers).
@@ -84,6 +104,8 @@ pub(crate) struct MeshStats {
     routing_table_peers: AtomicU64,
     gossip: [[AtomicU64; 3]; TopicKind::ALL.len()],
     hole_punches: [AtomicU64; 3],
+    /// Per topic: the buckets (bounds and the unbounded one), then the count and the sum, ms.
+    ages: [[AtomicU64; DELIVERY_AGE_BOUNDS_MS.len() + 3]; TopicKind::ALL.len()],
 }
 
 fn topic_index(kind: TopicKind) -> usize {
@@ -123,6 +145,18 @@ impl MeshStats {
         self.hole_punches[outcome.index()].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// An accepted message of `kind` arrived `age_ms` after it was signed.
+    pub(crate) fn observe_delivery(&self, kind: TopicKind, age_ms: u64) {
+        let ages = &self.ages[topic_index(kind)];
+        let bucket = DELIVERY_AGE_BOUNDS_MS
+            .iter()
+            .position(|bound| age_ms <= *bound)
+            .unwrap_or(DELIVERY_AGE_BOUNDS_MS.len());
+        ages[bucket].fetch_add(1, Ordering::Relaxed);
+        ages[DELIVERY_AGE_BOUNDS_MS.len() + 1].fetch_add(1, Ordering::Relaxed);
+        ages[DELIVERY_AGE_BOUNDS_MS.len() + 2].fetch_add(age_ms, Ordering::Relaxed);
+    }
+
     pub(crate) fn snapshot(&self) -> MeshCounters {
         let mut gossip = Vec::with_capacity(9);
         for kind in TopicKind::ALL {
@@ -145,6 +179,22 @@ impl MeshStats {
                     )
                 })
                 .collect(),
+            delivery_ages: TopicKind::ALL
+                .into_iter()
+                .map(|kind| {
+                    let ages = &self.ages[topic_index(kind)];
+                    let read = |i: usize| ages[i].load(Ordering::Relaxed);
+                    let buckets = DELIVERY_AGE_BOUNDS_MS.len() + 1;
+                    (
+                        kind,
+                        DeliveryAges {
+                            buckets: (0..buckets).map(read).collect(),
+                            count: read(buckets),
+                            sum_ms: read(buckets + 1),
+                        },
+                    )
+                })
+                .collect(),
         }
     }
 }
@@ -161,6 +211,9 @@ mod tests {
         stats.count_gossip(TopicKind::Inventory, GossipVerdict::Accepted);
         stats.set_connected_peers(4);
         stats.count_hole_punch(HolePunch::Failed);
+        stats.observe_delivery(TopicKind::Offers, 3);
+        stats.observe_delivery(TopicKind::Offers, 120);
+        stats.observe_delivery(TopicKind::Offers, 60_000);
         let snapshot = stats.snapshot();
         assert_eq!(snapshot.connected_peers, 4);
         let count = |k, v| {
@@ -179,6 +232,18 @@ mod tests {
         assert_eq!(count(TopicKind::Objects, GossipVerdict::Accepted), Some(0));
         assert_eq!(count(TopicKind::Trades, GossipVerdict::Rejected), Some(0));
         assert_eq!(snapshot.gossip.len(), 15);
+        let offers = &snapshot
+            .delivery_ages
+            .iter()
+            .find(|(kind, _)| *kind == TopicKind::Offers)
+            .expect("offers")
+            .1;
+        assert_eq!(offers.count, 3);
+        assert_eq!(offers.sum_ms, 60_123);
+        assert_eq!(offers.buckets[0], 1, "3 ms: the 5 ms bucket");
+        assert_eq!(offers.buckets[5], 1, "120 ms: the 150 ms bucket");
+        assert_eq!(offers.buckets[13], 1, "60 s: the unbounded bucket");
+        assert_eq!(offers.buckets.iter().sum::<u64>(), 3);
         assert_eq!(
             snapshot.hole_punches,
             [

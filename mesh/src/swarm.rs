@@ -1019,6 +1019,10 @@ impl EventLoop {
     ) {
         let acceptance = match outcome {
             Ok(Accepted::Announcement(member)) => {
+                self.stats.observe_delivery(
+                    TopicKind::Inventory,
+                    unix_millis(SystemTime::now()).saturating_sub(member.issued_at_ms),
+                );
                 if member.peer_id != self.local_peer_id {
                     self.record_member(*member);
                 }
@@ -1028,6 +1032,11 @@ impl EventLoop {
             }
             Ok(Accepted::Claim(kind, envelope)) => {
                 self.stats.count_gossip(kind, GossipVerdict::Accepted);
+                self.stats.observe_delivery(
+                    kind,
+                    unix_millis(SystemTime::now())
+                        .saturating_sub(envelope.envelope().issued_at_ms()),
+                );
                 self.emit(MeshEvent::Gossip { kind, envelope });
                 MessageAcceptance::Accept
             }

@@ -117,6 +117,64 @@ struct GossipLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TopicLabels {
+    topic: String,
+}
+
+/// A histogram the mesh keeps itself, encoded as it stood when scraped: sum (seconds), count,
+/// and each bucket's messages with its upper bound (seconds).
+#[derive(Debug, Default)]
+struct SnapshotHistogram(std::sync::Mutex<HistogramReading>);
+
+/// A histogram as read: sum, count, and (upper bound, messages) per bucket.
+#[derive(Debug, Default)]
+struct HistogramReading {
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
+impl SnapshotHistogram {
+    fn set(&self, ages: &claw_mesh::DeliveryAges) {
+        let buckets = claw_mesh::DELIVERY_AGE_BOUNDS_MS
+            .iter()
+            .map(|ms| *ms as f64 / 1000.0)
+            .chain([f64::INFINITY])
+            .zip(ages.buckets.iter().copied())
+            .collect();
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = HistogramReading {
+            sum: ages.sum_ms as f64 / 1000.0,
+            count: ages.count,
+            buckets,
+        };
+    }
+}
+
+impl prometheus_client::metrics::TypedMetric for SnapshotHistogram {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Histogram;
+}
+
+impl prometheus_client::encoding::EncodeMetric for SnapshotHistogram {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        let reading = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            reading.sum,
+            reading.count,
+            &reading.buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PunchLabels {
     outcome: String,
 }
@@ -218,6 +276,19 @@ fn registry(
         "gossip_messages",
         "Gossiped messages by topic and verdict: accepted, rejected (failed verification) or ignored (stale)",
         gossip,
+    );
+
+    let ages = Family::<TopicLabels, SnapshotHistogram>::default();
+    for (topic, delivered) in &mesh.delivery_ages {
+        ages.get_or_create(&TopicLabels {
+            topic: topic.as_str().to_owned(),
+        })
+        .set(delivered);
+    }
+    registry.register(
+        "gossip_delivery_age_seconds",
+        "How long after it was signed each accepted gossip message arrived, by topic (the signer's clock against this node's)",
+        ages,
     );
 
     let punches = Family::<PunchLabels, Counter>::default();

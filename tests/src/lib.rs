@@ -622,6 +622,11 @@ impl RunningNode {
         }
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Scrapes its `/metrics`: the OpenMetrics text.
     pub fn scrape_metrics(&self) -> String {
         http_get(&self.metrics, "/metrics")

@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use crate::{Clawnode, HostEngine, NetHost, announce_every_second};
+use crate::{Arbiter, Clawnode, HostEngine, Localnet, MarketNode, NetHost, announce_every_second};
 
 /// What a node on the internet listens on: TCP and QUIC on port 4001 of every address.
 pub fn listen() -> Vec<String> {
@@ -92,4 +92,69 @@ pub fn peer_id(node: &Clawnode) -> String {
         .as_str()
         .expect("a peer id")
         .to_owned()
+}
+
+/// A market on an [`Internet`](crate::Internet): a buyer's node, the chain and the arbiter.
+#[derive(Debug)]
+pub struct InternetMarket {
+    /// The buyer's CLI (its node not started), on its host; its data directory holds the
+    /// chain's faucet.
+    pub buyer: Clawnode,
+    /// The embedded chain, serving at port 8899 of the arbiter's host.
+    pub localnet: Localnet,
+    /// The `[chain]` lines for nodes that settle on it.
+    pub chain: String,
+    /// The arbiter, running and listening on its host.
+    pub arbiter: Arbiter,
+}
+
+impl InternetMarket {
+    /// The buyer's node under `root` on `buyer_host`; the chain and the arbiter (whose `[mesh]`
+    /// settings are `arbiter_mesh`) on the public `arbiter_host`.
+    pub fn start(
+        root: &std::path::Path,
+        buyer_host: &NetHost,
+        arbiter_host: &NetHost,
+        arbiter_mesh: &[(&str, String)],
+    ) -> Self {
+        let buyer = MarketNode::init(
+            Clawnode::in_namespace(&root.join("buyer"), &buyer_host.namespace),
+            0,
+        );
+        buyer.configure_market("", "");
+        let localnet = Localnet::start_at(
+            &Clawnode::in_namespace(&root.join("buyer"), &arbiter_host.namespace),
+            &arbiter_host.address,
+        );
+        let chain = localnet.chain_config();
+        let arbiter_cli = MarketNode::init(
+            Clawnode::in_namespace(&root.join("arbiter"), &arbiter_host.namespace),
+            0,
+        );
+        arbiter_cli.configure_market("arbitrate = true\n", &chain);
+        configure(&arbiter_cli, arbiter_mesh);
+        let wallet = arbiter_cli
+            .ok(&["wallet", "address"])
+            .stdout
+            .trim()
+            .to_owned();
+        let arbiter = Arbiter {
+            node: MarketNode::start_listening(arbiter_cli, &listen(), &[]),
+            wallet,
+        };
+        Self {
+            buyer,
+            localnet,
+            chain,
+            arbiter,
+        }
+    }
+
+    /// The arbiter's address on its host, to join through.
+    pub fn arbiter_seed(&self, arbiter_host: &NetHost) -> String {
+        format!(
+            "/ip4/{}/tcp/4001/p2p/{}",
+            arbiter_host.address, self.arbiter.node.peer_id
+        )
+    }
 }

@@ -20,12 +20,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use claw_tests::nat_nodes::{
-    configure, listen, member, node_on as node, peer_id, relay_settings, use_engine,
+    InternetMarket, configure, listen, member, node_on as node, peer_id, relay_settings, use_engine,
 };
 use claw_tests::{
-    Arbiter, Clawnode, HostEngine, Internet, Link, Localnet, MarketNode, NetHost, RunningNode,
-    SIMULATED_MODEL, eventually, made_or_skip, namespace_or_skip, node_containers, required_part,
-    units,
+    Clawnode, HostEngine, Internet, Link, MarketNode, NetHost, RunningNode, SIMULATED_MODEL,
+    eventually, made_or_skip, namespace_or_skip, node_containers, required_part, units,
 };
 use serde_json::json;
 
@@ -178,33 +177,18 @@ fn a_provider_behind_nat_sells_a_lease_that_settles_on_chain() {
     };
     let dir = tempfile::tempdir().expect("temp dir");
     // The chain runs on the public host, from the buyer's data directory (it holds the faucet).
-    let buyer_cli = MarketNode::init(
-        Clawnode::in_namespace(&dir.path().join("buyer"), &b_host.namespace),
-        0,
+    // The relay is the fleet's arbiter too, and the chain runs on its host.
+    let InternetMarket {
+        buyer: buyer_cli,
+        localnet,
+        chain,
+        arbiter,
+    } = InternetMarket::start(
+        dir.path(),
+        &b_host,
+        &relay_host,
+        &relay_settings(&relay_host),
     );
-    buyer_cli.configure_market("", "");
-    let localnet = Localnet::start_at(
-        &Clawnode::in_namespace(&dir.path().join("buyer"), &relay_host.namespace),
-        &relay_host.address,
-    );
-    let chain = localnet.chain_config();
-
-    // The relay is the fleet's arbiter too.
-    let arbiter_cli = MarketNode::init(
-        Clawnode::in_namespace(&dir.path().join("relay"), &relay_host.namespace),
-        0,
-    );
-    arbiter_cli.configure_market("arbitrate = true\n", &chain);
-    configure(&arbiter_cli, &relay_settings(&relay_host));
-    let wallet = arbiter_cli
-        .ok(&["wallet", "address"])
-        .stdout
-        .trim()
-        .to_owned();
-    let arbiter = Arbiter {
-        node: MarketNode::start_listening(arbiter_cli, &listen(), &[]),
-        wallet,
-    };
     let seed = vec![format!(
         "/ip4/{}/tcp/4001/p2p/{}",
         relay_host.address, arbiter.node.peer_id

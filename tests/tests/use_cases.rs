@@ -531,6 +531,30 @@ fn molt_rent_out_find_the_cheapest_bid_lease_run_settle() {
         metric(&scraped, "clawnode_mesh_peers").is_some_and(|n| n >= 2.0),
         "{scraped}"
     );
+    // Every accepted announcement's age on arrival, in seconds: the fleet is on one machine, so
+    // each is well under the 30 s bucket.
+    let arrived = metric(
+        &scraped,
+        r#"clawnode_gossip_delivery_age_seconds_count{topic="inventory"}"#,
+    )
+    .unwrap_or(0.0);
+    assert!(arrived > 0.0, "{scraped}");
+    assert_eq!(
+        metric(
+            &scraped,
+            r#"clawnode_gossip_delivery_age_seconds_bucket{le="30.0",topic="inventory"}"#
+        ),
+        Some(arrived),
+        "{scraped}"
+    );
+    assert_eq!(
+        metric(
+            &scraped,
+            r#"clawnode_mesh_hole_punches_total{outcome="failed"}"#
+        ),
+        Some(0.0),
+        "no NAT on loopback: {scraped}"
+    );
 }
 
 /// "GPU 2 seems slow": the agent reads every GPU's live utilisation, temperature and throttle

@@ -13,10 +13,12 @@
 
 use std::time::{Duration, Instant};
 
-use claw_tests::nat_nodes::{configure, listen, member, relay_settings, use_engine};
+use claw_tests::nat_nodes::{
+    InternetMarket, configure, listen, member, relay_settings, use_engine,
+};
 use claw_tests::{
-    Arbiter, Clawnode, HostEngine, Internet, Link, Localnet, MarketNode, NetHost, SIMULATED_MODEL,
-    eventually, made_or_skip, namespace_or_skip, required_part, units,
+    Clawnode, HostEngine, Internet, Link, MarketNode, NetHost, SIMULATED_MODEL, eventually,
+    made_or_skip, namespace_or_skip, required_part, units,
 };
 use serde_json::json;
 
@@ -79,31 +81,12 @@ fn twelve_hosts_on_a_lossy_wan_lease_across_nats_outlive_the_relay_and_heal_a_pa
     let started = Instant::now();
 
     // The chain and the arbiter on their public host.
-    let buyer_cli = MarketNode::init(
-        Clawnode::in_namespace(&dir.path().join("buyer"), &buyer_host.namespace),
-        0,
-    );
-    buyer_cli.configure_market("", "");
-    let localnet = Localnet::start_at(
-        &Clawnode::in_namespace(&dir.path().join("buyer"), &chain_host.namespace),
-        &chain_host.address,
-    );
-    let chain = localnet.chain_config();
-    let arbiter_cli = MarketNode::init(
-        Clawnode::in_namespace(&dir.path().join("arbiter"), &chain_host.namespace),
-        0,
-    );
-    arbiter_cli.configure_market("arbitrate = true\n", &chain);
-    configure(&arbiter_cli, &[]);
-    let wallet = arbiter_cli
-        .ok(&["wallet", "address"])
-        .stdout
-        .trim()
-        .to_owned();
-    let arbiter = Arbiter {
-        node: MarketNode::start_listening(arbiter_cli, &listen(), &[]),
-        wallet,
-    };
+    let InternetMarket {
+        buyer: buyer_cli,
+        localnet,
+        chain,
+        arbiter,
+    } = InternetMarket::start(dir.path(), &buyer_host, &chain_host, &[]);
 
     // The relay, and every other node joining through the relay and the chain's host.
     let relay_cli = MarketNode::init(
