@@ -13,7 +13,8 @@
 //!
 //! ```text
 //! cargo build --release -p clawnode
-//! cargo bench -p claw-tests --bench process_fleet        # CLAW_BENCH_NODES=200
+//! cargo bench -p claw-tests --bench process_fleet
+//! # CLAW_BENCH_NODES (default 200), CLAW_BENCH_CONVERGE_SECS (how long to wait, default 600)
 //! ```
 
 use std::time::{Duration, Instant};
@@ -142,7 +143,12 @@ fn main() {
         .map(|k| k * count / SAMPLED.min(count))
         .collect();
     let converging = Instant::now();
-    let deadline = Duration::from_secs(600);
+    let deadline = Duration::from_secs(
+        std::env::var("CLAW_BENCH_CONVERGE_SECS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(600),
+    );
     let mut sizes: Vec<usize>;
     let converged = loop {
         sizes = sampled.iter().map(|&i| view_size(&nodes[i])).collect();
