@@ -117,6 +117,7 @@ impl Drop for Member {
     fn drop(&mut self) {
         self.kill();
         remove_node_containers(&self.peer_id);
+        crate::unmount_under(self.cli.data_dir());
     }
 }
 

@@ -33,6 +33,26 @@ pub fn node_containers(peer: &str, all: bool) -> Vec<String> {
         .collect()
 }
 
+/// Unmounts every filesystem mounted under `dir` (a node's data directory: its staging points of
+/// host volumes, its size-limited volumes), deepest first: what a node killed with -9 left
+/// mounted would otherwise outlive the test's temporary directory.
+pub fn unmount_under(dir: &Path) {
+    let Ok(dir) = dir.canonicalize() else {
+        return;
+    };
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = table
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|point| PathBuf::from(point.replace("\\040", " ")))
+        .filter(|point| point.starts_with(&dir))
+        .collect();
+    points.sort_by_key(|point| std::cmp::Reverse(point.components().count()));
+    for point in points {
+        let _ = run_with_deadline(Command::new("umount").arg(&point), Duration::from_secs(30));
+    }
+}
+
 /// Removes what the node with `peer` id left on this host when a test stops it without asking it
 /// to clean up (`kill -9`): every container, running or not, then its tenant networks and their
 /// firewall rules.
@@ -1328,6 +1348,7 @@ impl Drop for MarketNode {
     fn drop(&mut self) {
         self.kill();
         remove_node_containers(&self.peer_id);
+        unmount_under(self.cli.data_dir());
     }
 }
 

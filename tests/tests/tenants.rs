@@ -99,6 +99,7 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         claw_tests::remove_node_containers(&self.running.peer_id);
+        claw_tests::unmount_under(self.cli.data_dir());
     }
 }
 
