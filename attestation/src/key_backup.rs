@@ -177,11 +177,6 @@ fn parse(bytes: &[u8]) -> Result<(&[u8], KeyBackupHeader, Sealed), KeyBackupErro
     Ok((&bytes[..header_len], header, sealed))
 }
 
-/// What a backup's header says, without opening it.
-pub fn key_backup_header(bytes: &[u8]) -> Result<KeyBackupHeader, KeyBackupError> {
-    parse(bytes).map(|(_, header, _)| header)
-}
-
 impl NodeIdentity {
     /// Opens a node-key backup sealed to this key: the node's keys, checked against the
     /// header (a backup whose header or body was changed does not open).
@@ -224,7 +219,7 @@ mod tests {
         let admin = NodeIdentity::generate();
         let bytes = seal_node_keys(&node, &wallet, "fleet-a", &admin.peer_id()).unwrap();
 
-        let header = key_backup_header(&bytes).unwrap();
+        let (_, header, _) = parse(&bytes).unwrap();
         assert_eq!(header.node, node.peer_id());
         assert_eq!(header.sealed_to, admin.peer_id());
         assert_eq!(header.network, "fleet-a");

@@ -47,9 +47,7 @@ pub use inventory::{
     ComputeCapability, EccState, GpuClocks, GpuDevice, GpuLiveMetrics, GpuMetrics, GpuProcess,
     HardwareInventory, HostInfo, NvmlStatus, SimulatedGpuProfile, XidErrors,
 };
-pub use key_backup::{
-    KeyBackupError, KeyBackupHeader, NodeKeys, key_backup_header, seal_node_keys,
-};
+pub use key_backup::{KeyBackupError, KeyBackupHeader, NodeKeys, seal_node_keys};
 pub use keyfile::{KeyFileError, read_secret, write_secret};
 pub use probe::{GpuProbe, XidWatcher, probe_host};
 pub use sealing::{SealError, Sealed, seal};

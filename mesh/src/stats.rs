@@ -1,8 +1,8 @@
-//! Counters the event loop keeps for operators: how many peers are connected, what became of
-//! each gossiped message (per topic: accepted, rejected as invalid, or ignored as stale), and
-//! how hole punching across NATs went, and how old each accepted gossip message was when it
-//! arrived (its signer's clock against this node's: exact on one machine, skewed by the clocks'
-//! difference across machines).
+//! Counters the event loop keeps for operators: how many peers are connected; what became of
+//! each gossiped message (per topic: accepted, rejected as invalid, or ignored as stale); how
+//! hole punching across NATs went; and how old each accepted gossip message was when it arrived
+//! (its signer's clock against this node's: exact on one machine, off by the clocks' difference
+//! across machines).
 //! Read without a round trip through the event loop.
 
 use std::sync::atomic::{AtomicU64, Ordering};

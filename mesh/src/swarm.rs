@@ -182,6 +182,16 @@ impl std::fmt::Debug for EventLoop {
     }
 }
 
+/// The addresses `member` announced (signed by itself), the first 16 that parse.
+fn announced_addresses(member: &crate::FleetMember) -> impl Iterator<Item = Multiaddr> + '_ {
+    member
+        .announcement
+        .listen_addrs
+        .iter()
+        .take(16)
+        .filter_map(|a| a.parse::<Multiaddr>().ok())
+}
+
 /// SHA-256 of the message data: identical claims get identical ids whoever forwards them.
 fn message_id(message: &gossipsub::Message) -> MessageId {
     MessageId::from(Sha256::digest(&message.data).to_vec())
@@ -633,30 +643,21 @@ impl EventLoop {
     /// Not where the per-peer connection limit leaves no room: no connection in use is closed
     /// for a punch.
     fn punch_again(&mut self) {
-        let due = {
+        let due: Vec<PeerId> = {
             let view = self.nat.read().unwrap_or_else(|p| p.into_inner());
-            self.punches.due(Instant::now(), &view)
+            self.punches
+                .due(Instant::now(), &view)
+                .into_iter()
+                .filter(|peer| view.connections_to(peer) < MAX_CONNECTIONS_PER_PEER as usize)
+                .collect()
         };
         for peer in due {
-            let open = {
-                let view = self.nat.read().unwrap_or_else(|p| p.into_inner());
-                view.connections_to(&peer)
-            };
-            if open >= MAX_CONNECTIONS_PER_PEER as usize {
-                tracing::debug!(%peer, "no room for another connection to punch through");
-                continue;
-            }
             let relayed: Vec<Multiaddr> = {
                 let fleet = self.fleet.read().unwrap_or_else(|p| p.into_inner());
                 fleet
                     .get(&peer)
                     .map(|member| {
-                        member
-                            .announcement
-                            .listen_addrs
-                            .iter()
-                            .take(16)
-                            .filter_map(|a| a.parse::<Multiaddr>().ok())
+                        announced_addresses(member)
                             .filter(nat::is_relayed)
                             .collect()
                     })
@@ -902,12 +903,7 @@ impl EventLoop {
         };
         if peer != self.local_peer_id && addresses_changed {
             // The addresses are signed by the node itself: good enough to dial it by.
-            let addresses: Vec<Multiaddr> = member
-                .announcement
-                .listen_addrs
-                .iter()
-                .take(16)
-                .filter_map(|a| a.parse::<Multiaddr>().ok())
+            let addresses: Vec<Multiaddr> = announced_addresses(&member)
                 .filter(usable_address)
                 .collect();
             for address in addresses {
@@ -1019,11 +1015,11 @@ impl EventLoop {
     ) {
         let acceptance = match outcome {
             Ok(Accepted::Announcement(member)) => {
-                self.stats.observe_delivery(
-                    TopicKind::Inventory,
-                    unix_millis(SystemTime::now()).saturating_sub(member.issued_at_ms),
-                );
                 if member.peer_id != self.local_peer_id {
+                    self.stats.observe_delivery(
+                        TopicKind::Inventory,
+                        unix_millis(SystemTime::now()).saturating_sub(member.issued_at_ms),
+                    );
                     self.record_member(*member);
                 }
                 self.stats

@@ -43,6 +43,11 @@ impl AccessPolicy {
         self.operators.contains(peer) || self.admins.contains(peer)
     }
 
+    /// Whether `peer` is one of the configured admins (the node itself only when listed).
+    pub fn is_admin(&self, peer: &PeerId) -> bool {
+        self.admins.contains(peer)
+    }
+
     /// The role `caller` has here.
     pub fn role_of(&self, caller: &PeerId) -> Role {
         if *caller == self.local || self.admins.contains(caller) {

@@ -260,20 +260,22 @@ impl Backups {
     /// `backup.keys`: this node's identity and wallet keys sealed to `to`, which must be one of
     /// its admins. An admin may already do anything here (`system.run` included), so the
     /// backup gives no one more than they had; to every other key it is noise.
-    pub fn seal_keys(&self, to: &str) -> Result<KeyBackup, InvokeFailure> {
-        let refused = |message: String| failure(ErrorCode::Unauthorized, message);
+    pub fn seal_keys(
+        &self,
+        to: &str,
+        access: &crate::access::AccessPolicy,
+    ) -> Result<KeyBackup, InvokeFailure> {
         let admin: PeerId = to
             .parse()
             .map_err(|_| failure(ErrorCode::InvalidParams, format!("{to:?} is not a peer id")))?;
-        let admins = &self.inner.dir.config().access.admins;
-        if !admins
-            .iter()
-            .any(|listed| listed.parse::<PeerId>().ok() == Some(admin))
-        {
-            return Err(refused(format!(
-                "{admin} is not one of this node's admins: its keys are sealed only to a peer \
+        if !access.is_admin(&admin) {
+            return Err(failure(
+                ErrorCode::Unauthorized,
+                format!(
+                    "{admin} is not one of this node's admins: its keys are sealed only to a peer \
                  listed in [access] admins"
-            )));
+                ),
+            ));
         }
         let dir = &self.inner.dir;
         let sealed =

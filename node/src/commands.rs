@@ -482,7 +482,7 @@ fn router() -> &'static Router<NodeCommands, Call> {
                 node.services.backups.receive(call.peer()?, params).await
             })
             .route::<BackupKeys, _, _>(|node, _, KeyBackupParams { to }| async move {
-                node.services.backups.seal_keys(&to)
+                node.services.backups.seal_keys(&to, &node.services.access)
             })
             .route::<BackupRead, _, _>(|node, call, params| async move {
                 node.services.backups.read(call.peer()?, params).await

@@ -125,14 +125,14 @@ impl SizedVolumes {
         }
     }
 
-    /// Makes the filesystem of volume `docker_name`, `size_mib` MiB with its space reserved on
-    /// the host, and mounts it. Undone when any step fails.
+    /// Makes the filesystem of volume `docker_name`, `size_mib` MiB (checked by
+    /// [`SizedVolumes::check_size`]) with its space reserved on the host, and mounts it. Undone
+    /// when any step fails.
     pub(super) async fn create(
         &self,
         docker_name: &str,
         size_mib: u64,
     ) -> Result<(), WorkloadError> {
-        Self::check_size(size_mib)?;
         let this = self.clone();
         let name = docker_name.to_owned();
         tokio::task::spawn_blocking(move || {
@@ -225,7 +225,7 @@ impl SizedVolumes {
     fn remove_blocking(&self, docker_name: &str) {
         let point = self.mount_point(docker_name);
         if mounted(&point).unwrap_or(false)
-            && let Err(error) = run("umount", &[point.as_os_str()])
+            && let Err(error) = rustix::mount::unmount(&point, rustix::mount::UnmountFlags::empty())
         {
             tracing::warn!(volume = docker_name, %error, "volume filesystem not unmounted");
             return;

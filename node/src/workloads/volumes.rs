@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use claw_api::storage::{Volume, VolumeListing, check_volume_name};
 use claw_api::workload::VolumeMount;
 
+use super::sized_volumes::SizedVolumes;
 use super::{LABEL_NODE, LABEL_WORKLOAD, WorkloadError, Workloads};
 
 /// The label naming a volume's name on its node.
@@ -21,6 +22,19 @@ struct OwnVolume {
     created: Option<String>,
     /// Its size limit, when it has one.
     size_mib: Option<u64>,
+}
+
+impl OwnVolume {
+    /// The volume as commands answer it, mounted by the workloads `used_by`.
+    fn answer(self, used_by: Vec<String>) -> Volume {
+        Volume {
+            name: self.name,
+            docker_name: self.docker,
+            created_at: self.created,
+            size_mib: self.size_mib,
+            used_by,
+        }
+    }
 }
 
 impl Workloads {
@@ -64,13 +78,16 @@ impl Workloads {
         Ok(())
     }
 
-    /// This node's volume `name`, with its filesystem mounted when it has a size limit.
-    async fn usable_volume(&self, name: &str) -> Result<OwnVolume, WorkloadError> {
-        let volume = self
-            .own_volumes()
-            .await?
-            .into_iter()
-            .find(|own| own.name == name)
+    /// Volume `name` of `own` (this node's volumes), with its filesystem mounted when it has
+    /// a size limit.
+    async fn usable<'a>(
+        &self,
+        own: &'a [OwnVolume],
+        name: &str,
+    ) -> Result<&'a OwnVolume, WorkloadError> {
+        let volume = own
+            .iter()
+            .find(|volume| volume.name == name)
             .ok_or_else(|| Self::not_found(name))?;
         if volume.size_mib.is_some() {
             self.sized.mount(&volume.docker).await?;
@@ -117,13 +134,7 @@ impl Workloads {
             .await?
             .remove(&own.docker)
             .unwrap_or_default();
-        Ok(Some(Volume {
-            name: own.name,
-            docker_name: own.docker,
-            created_at: own.created,
-            size_mib: own.size_mib,
-            used_by,
-        }))
+        Ok(Some(own.answer(used_by)))
     }
 
     fn not_found(name: &str) -> WorkloadError {
@@ -140,7 +151,7 @@ impl Workloads {
     ) -> Result<Volume, WorkloadError> {
         check_volume_name(name)?;
         if let Some(size) = size_mib {
-            super::sized_volumes::SizedVolumes::check_size(size)?;
+            SizedVolumes::check_size(size)?;
         }
         let engine = self.engine()?;
         if self.volume(name).await?.is_some() {
@@ -180,12 +191,9 @@ impl Workloads {
             .own_volumes()
             .await?
             .into_iter()
-            .map(|own| Volume {
-                used_by: users.remove(&own.docker).unwrap_or_default(),
-                name: own.name,
-                docker_name: own.docker,
-                created_at: own.created,
-                size_mib: own.size_mib,
+            .map(|own| {
+                let used_by = users.remove(&own.docker).unwrap_or_default();
+                own.answer(used_by)
             })
             .collect();
         Ok(VolumeListing { volumes })
@@ -227,7 +235,8 @@ impl Workloads {
         out: &std::path::Path,
         max_bytes: u64,
     ) -> Result<(u64, String), WorkloadError> {
-        let volume = self.usable_volume(name).await?;
+        let own = self.own_volumes().await?;
+        let volume = self.usable(&own, name).await?;
         Ok(self
             .engine()?
             .export_volume(&volume.docker, out, max_bytes)
@@ -270,9 +279,10 @@ impl Workloads {
         if mounts.is_empty() {
             return Ok(Vec::new());
         }
+        let own = self.own_volumes().await?;
         let mut binds = Vec::with_capacity(mounts.len());
         for mount in mounts {
-            let volume = self.usable_volume(&mount.volume).await?;
+            let volume = self.usable(&own, &mount.volume).await?;
             binds.push(format!(
                 "{}:{}:{}",
                 volume.docker,
