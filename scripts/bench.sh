@@ -15,7 +15,7 @@
 #   scripts/bench.sh nat          a NAT'd node's time to be reachable through a relay, then direct
 #   scripts/bench.sh services     a service forward through the mesh against the container directly
 #                                 (needs Docker and the test image)
-#   scripts/bench.sh processes    200 `clawnode run` processes on loopback: forming the fleet, idle RSS and CPU
+#   scripts/bench.sh processes    200 `clawnode run` processes on loopback: forming the fleet, idle memory and CPU, Kademlia walks
 #   scripts/bench.sh console      the console at 1,000 nodes: the bridge's snapshot, and the Fleet tab in
 #                                 headless Chromium (needs Node 24 and Debian's chromium)
 set -euo pipefail

@@ -1,24 +1,28 @@
 //! Price history: what GPU-hours cleared at.
 //!
 //! A party to a settled lease reports it with its evidence: the terms the provider signed, the
-//! buyer's signed acceptance of exactly those terms, and the settlement's transaction. Every node
-//! that receives a report checks it before keeping the trade: the signatures, that the lease id
-//! is the one the provider derives from the buyer's bid (so no one can pass another lease's
-//! escrow off as its own), and, on chain, that the transaction moved the escrow derived from the
-//! terms and paid the provider. Nothing a reporter says about the price counts; it is read from
-//! the terms. The region is the provider's word, so it counts only in the provider's own report.
+//! buyer's signed acceptance of exactly those terms, and a transaction that paid the provider:
+//! an escrow lease's settlement, or a streaming lease's newest pull. Every node that receives a
+//! report checks it before keeping the trade: the signatures, that the lease id is the one the
+//! provider derives from the buyer's bid (so no one can pass another lease's payment off as its
+//! own), and, on chain, that the transaction paid the provider for this lease: it moved the
+//! escrow derived from the terms, or it moved MOLT from the buyer's account on the provider's
+//! authority as the buyer's delegate, under a memo naming the lease. Nothing a reporter says
+//! about the price counts; it is read from the terms. The region is the provider's word, so it
+//! counts only in the provider's own report.
 
 use std::collections::BTreeMap;
 
-use claw_api::market::{PriceDay, Trade};
+use claw_api::market::{PaymentChoice, PriceDay, Trade};
 use claw_attestation::{PayloadKind, SignedPayload};
 use serde::{Deserialize, Serialize};
+use solana_pubkey::Pubkey;
 use solana_signature::Signature;
 
 use crate::Molt;
 use crate::lease::{LeaseAcceptance, LeaseError, LeaseId, LeaseRecord, LeaseTerms, Signed};
 use crate::order::text_ok;
-use crate::settlement::{Escrow, SettlementFact};
+use crate::settlement::{ChainClient, Escrow, MoltMint, SettlementError, SettlementFact};
 
 /// A lease party's report of a settled lease, signed by the reporter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,7 +32,8 @@ pub struct TradeReport {
     pub terms: Signed<LeaseTerms>,
     /// The buyer's signed acceptance of them.
     pub acceptance: Signed<LeaseAcceptance>,
-    /// The settlement transaction's signature, base-58.
+    /// The transaction that paid the provider, base-58: an escrow lease's settlement, or a
+    /// streaming lease's newest pull.
     pub settlement: String,
     /// The provider's region; kept only from the provider's own report.
     pub region: Option<String>,
@@ -48,46 +53,90 @@ pub enum ReportError {
     /// The reporter is neither the provider nor the buyer.
     #[error("the reporter is not a party to lease {0}")]
     NotAParty(LeaseId),
-    /// A streaming lease: it has no escrow settlement to show.
-    #[error("lease {0} streams its payment; only escrow settlements are reported")]
-    NotEscrow(LeaseId),
     /// The settlement signature or region cannot be read.
     #[error("malformed report: {0}")]
     Malformed(String),
-    /// The chain does not show the settlement, or it paid the provider nothing.
+    /// The chain does not show the settlement (or pull), or it paid the provider nothing.
     #[error("the chain shows no settlement of lease {0} that paid its provider")]
     NotSettled(LeaseId),
 }
 
-impl TradeReport {
-    /// The report of `record`, a lease this node was party to, once the chain showed its escrow
-    /// settled with something paid to the provider; `None` otherwise. `region` is this node's,
-    /// and is sent only when it is the provider.
-    pub fn of_record(record: &LeaseRecord, region: Option<&str>) -> Option<Self> {
-        let fact = record.settlement.as_ref()?;
-        let terms = record.terms.clone()?;
-        if fact.to_provider.base_units() == 0 || !matches!(Escrow::of(terms.payload()), Ok(Some(_)))
-        {
-            return None;
+/// What a report's transaction must show on chain, read from its terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Evidence {
+    /// An escrow lease: the settlement moved this escrow.
+    Escrow(Escrow),
+    /// A streaming lease: a pull from the buyer's MOLT account on the provider's authority.
+    Stream {
+        /// The lease.
+        lease: LeaseId,
+        /// The buyer's wallet.
+        buyer: Pubkey,
+        /// The provider's wallet.
+        provider: Pubkey,
+    },
+}
+
+impl Evidence {
+    /// What the chain shows of transaction `signature` as this evidence: the settlement (or the
+    /// pull) and what it paid, or `None` when it shows no such transaction.
+    pub async fn fact(
+        &self,
+        client: &ChainClient,
+        mint: &MoltMint,
+        signature: &Signature,
+    ) -> Result<Option<SettlementFact>, SettlementError> {
+        match self {
+            Self::Escrow(escrow) => escrow.settlement_fact(client, mint, signature).await,
+            Self::Stream {
+                lease,
+                buyer,
+                provider,
+            } => {
+                crate::settlement::pull_fact(client, mint, signature, buyer, provider, lease).await
+            }
         }
+    }
+}
+
+impl TradeReport {
+    /// The report of `record`, a lease this node was party to, once the chain showed it paid
+    /// the provider: an escrow settled with something to the provider, or a stream with a pull
+    /// read; `None` otherwise. `region` is this node's, and is sent only when it is the
+    /// provider.
+    pub fn of_record(record: &LeaseRecord, region: Option<&str>) -> Option<Self> {
+        let terms = record.terms.clone()?;
+        let settlement = match Escrow::of(terms.payload()).ok()? {
+            Some(_) => record
+                .settlement
+                .as_ref()
+                .filter(|fact| fact.to_provider.base_units() > 0)?
+                .signature
+                .clone(),
+            None => record
+                .stream
+                .as_ref()
+                .filter(|stream| stream.pulled.base_units() > 0)?
+                .last_pull
+                .clone()?,
+        };
         let provider = record.side == crate::lease::Side::Provider;
         Some(Self {
             terms,
             acceptance: record.acceptance.clone()?,
-            settlement: fact.signature.clone(),
+            settlement,
             region: region.filter(|r| provider && text_ok(r)).map(str::to_owned),
         })
     }
 
     /// The checks that need no chain: the terms add up, their lease id is derived from the bid
     /// and the provider's key, the buyer accepted exactly them, `reporter` (an Ed25519 key) is
-    /// one of the two, and the lease was paid through an escrow. Answers the escrow and the
-    /// transaction to look up on chain.
+    /// one of the two. Answers what the chain must show, and the transaction to look up there.
     pub fn check(
         &self,
         reporter: &[u8; 32],
         clock_slack_ms: u64,
-    ) -> Result<(Escrow, Signature), ReportError> {
+    ) -> Result<(Evidence, Signature), ReportError> {
         let terms = self.terms.payload();
         terms.validate()?;
         self.terms.check_lease_id()?;
@@ -104,14 +153,23 @@ impl TradeReport {
             .settlement
             .parse()
             .map_err(|_| ReportError::Malformed("the settlement is not a signature".to_owned()))?;
-        let escrow =
-            Escrow::of(terms)?.ok_or_else(|| ReportError::NotEscrow(terms.lease_id.clone()))?;
-        Ok((escrow, signature))
+        let evidence = match Escrow::of(terms)? {
+            Some(escrow) => Evidence::Escrow(escrow),
+            None => {
+                let parties = terms.parties()?;
+                Evidence::Stream {
+                    lease: terms.lease_id.clone(),
+                    buyer: parties.buyer,
+                    provider: parties.provider,
+                }
+            }
+        };
+        Ok((evidence, signature))
     }
 
-    /// The trade, given what the chain shows of the report's settlement transaction (`None`:
-    /// it shows no such transaction moving the escrow). `settled_ms` stands in for the block
-    /// time when the cluster keeps none.
+    /// The trade, given what the chain shows of the report's transaction as its
+    /// [`Evidence`] (`None`: it shows no such transaction). `settled_ms` stands in for the
+    /// block time when the cluster keeps none.
     pub fn trade(
         &self,
         reporter: &[u8; 32],
@@ -120,7 +178,11 @@ impl TradeReport {
     ) -> Result<Trade, ReportError> {
         let terms = self.terms.payload();
         let fact = fact
-            .filter(|f| f.to_provider.base_units() > 0 && f.signature == self.settlement)
+            .filter(|f| {
+                f.to_provider.base_units() > 0
+                    && f.to_provider <= terms.amount
+                    && f.signature == self.settlement
+            })
             .ok_or_else(|| ReportError::NotSettled(terms.lease_id.clone()))?;
         let peer = |signed_by: Option<claw_attestation::PeerId>| {
             signed_by.map(|p| p.to_string()).unwrap_or_default()
@@ -136,6 +198,10 @@ impl TradeReport {
             gpus: u32::try_from(terms.gpus.len()).unwrap_or(u32::MAX),
             hours: terms.hours,
             price_per_gpu_hour: terms.price_per_gpu_hour.to_string(),
+            payment: match terms.payment {
+                crate::lease::Payment::Escrow => PaymentChoice::Escrow,
+                crate::lease::Payment::Stream { .. } => PaymentChoice::Stream,
+            },
             paid_to_provider: fact.to_provider.to_string(),
             settled_ms: fact.block_time_ms.unwrap_or(settled_ms),
             settlement: fact.signature.clone(),
@@ -216,6 +282,7 @@ mod tests {
             gpus: 2,
             hours: 3,
             price_per_gpu_hour: price.to_owned(),
+            payment: PaymentChoice::Escrow,
             paid_to_provider: price.to_owned(),
             settled_ms: day_ms,
             settlement: String::new(),

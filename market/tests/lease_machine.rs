@@ -88,6 +88,7 @@ impl Chain {
             cursor: None,
             read_ms: now,
             last_pull_ms: None,
+            last_pull: None,
         }
     }
 }

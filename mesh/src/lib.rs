@@ -267,9 +267,11 @@ impl MeshHandle {
         self.ask(|reply| Command::GetRecord { key, reply }).await
     }
 
-    /// The peers closest to `key` in the DHT.
+    /// The peers closest to `key` in the DHT, found by walking it (at most 30 s). Refused
+    /// while 16 walks are under way already.
     pub async fn closest_peers(&self, key: PeerId) -> Result<Vec<PeerId>, MeshError> {
-        self.ask(|reply| Command::ClosestPeers { key, reply }).await
+        self.ask(|reply| Command::ClosestPeers { key, reply })
+            .await?
     }
 
     /// Addresses this node listens on.

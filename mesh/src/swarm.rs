@@ -54,14 +54,13 @@ const IDENTIFY_PROTOCOL: &str = "/claw/id/1.0.0";
 /// Gossipsub's duplicate cache keeps message ids this long, so an identical copy never reaches
 /// validation twice within it.
 const DUPLICATE_CACHE: Duration = Duration::from_secs(120);
-/// An announcement older than the newest held is taken for honest reordering when it was issued
-/// within this window, and for a deliberate replay (the sender is penalised) beyond it.
-const REORDER_WINDOW_MS: u64 = 30_000;
 /// How often a node with no connections dials its seeds again.
 const REJOIN_INTERVAL: Duration = Duration::from_secs(5);
 /// Connections to one peer at most (a relayed one and the direct one that replaces it).
 const MAX_CONNECTIONS_PER_PEER: u32 = 2;
 /// Largest Kademlia record value stored for a peer (Kademlia messages are capped at 16 KiB).
+/// DHT lookups one node walks at once for its callers (each lasts at most the query timeout).
+const MAX_PENDING_LOOKUPS: usize = 16;
 const MAX_RECORD_BYTES: usize = 8 * 1024;
 
 #[derive(NetworkBehaviour)]
@@ -125,7 +124,7 @@ pub(crate) enum Command {
     },
     ClosestPeers {
         key: PeerId,
-        reply: oneshot::Sender<Vec<PeerId>>,
+        reply: oneshot::Sender<Result<Vec<PeerId>, MeshError>>,
     },
     ListenAddrs {
         reply: oneshot::Sender<Vec<Multiaddr>>,
@@ -154,7 +153,7 @@ pub(crate) struct EventLoop {
     pending_providers: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<HashSet<PeerId>>)>,
     pending_puts: HashMap<kad::QueryId, oneshot::Sender<Result<(), MeshError>>>,
     pending_gets: HashMap<kad::QueryId, oneshot::Sender<Option<Vec<u8>>>>,
-    pending_closest: HashMap<kad::QueryId, oneshot::Sender<Vec<PeerId>>>,
+    pending_closest: HashMap<kad::QueryId, oneshot::Sender<Result<Vec<PeerId>, MeshError>>>,
     verifier: Verifier,
     /// Gossip waiting for, or in, a signature check.
     checks: VerifyQueue,
@@ -767,6 +766,12 @@ impl EventLoop {
                 self.pending_gets.insert(id, reply);
             }
             Command::ClosestPeers { key, reply } => {
+                if self.pending_closest.len() >= MAX_PENDING_LOOKUPS {
+                    let _ = reply.send(Err(MeshError::Rejected(format!(
+                        "{MAX_PENDING_LOOKUPS} DHT lookups are in flight already"
+                    ))));
+                    return;
+                }
                 let id = self.swarm.behaviour_mut().kad.get_closest_peers(key);
                 self.pending_closest.insert(id, reply);
             }
@@ -958,8 +963,23 @@ impl EventLoop {
     fn on_checked(&mut self, message: Unchecked, verified: Result<VerifiedEnvelope, VerifyError>) {
         let now = unix_millis(SystemTime::now());
         let Unchecked {
-            source, id, topic, ..
+            source,
+            id,
+            topic,
+            data,
         } = message;
+        if let Err(VerifyError::Expired { .. }) = verified {
+            // Expired on its way, or while it waited here (a loaded node falls behind): what
+            // is signed by its author is a late copy, not a forgery, so it is dropped without
+            // blaming the forwarder. The check ignoring time decides only that; nothing
+            // expired is ever taken.
+            let outcome = match self.verifier.verify_ignoring_time(&data) {
+                Ok(_) => Ok(Accepted::Stale(topic)),
+                Err(error) => Err(error),
+            };
+            self.judge(source, &id, Some(topic), outcome);
+            return;
+        }
         let outcome = match topic {
             TopicKind::Inventory => {
                 verified
@@ -967,11 +987,11 @@ impl EventLoop {
                     .and_then(|(member, verified)| {
                         match self.replay_guard.admit(&verified) {
                             Ok(()) => Ok(Accepted::Announcement(Box::new(member))),
-                            // An older announcement made moments ago was overtaken on another
-                            // path: honest reordering. Drop it without blaming the forwarder.
-                            Err(VerifyError::Replay { .. })
-                                if now.saturating_sub(member.issued_at_ms) <= REORDER_WINDOW_MS =>
-                            {
+                            // An older announcement, still valid and signed by its node, was
+                            // overtaken on another path: a late copy, however late, is no
+                            // forgery. Drop it without blaming the forwarder (gossipsub's
+                            // duplicate cache keeps the same copy from coming back at once).
+                            Err(VerifyError::Replay { .. }) => {
                                 Ok(Accepted::Stale(TopicKind::Inventory))
                             }
                             Err(error) => Err(error),
@@ -1499,7 +1519,7 @@ impl EventLoop {
                         Ok(ok) => ok.peers,
                         Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
                     };
-                    let _ = reply.send(peers.into_iter().map(|p| p.peer_id).collect());
+                    let _ = reply.send(Ok(peers.into_iter().map(|p| p.peer_id).collect()));
                 }
             }
             kad::QueryResult::Bootstrap(Err(error)) => {

@@ -115,7 +115,8 @@ async fn hostile_announcements_are_rejected_unforwarded_and_cost_the_sender() {
     let mut bad_signature = sign(&rogue_identity, 101, &claim);
     let last = bad_signature.len() - 1;
     bad_signature[last] ^= 1;
-    let expired = Envelope::seal(
+    // Expired, and its signature does not hold: a forgery, not a late copy.
+    let mut expired = Envelope::seal(
         &rogue_identity,
         102,
         Validity {
@@ -125,6 +126,8 @@ async fn hostile_announcements_are_rejected_unforwarded_and_cost_the_sender() {
         &claim,
     )
     .to_bytes();
+    let last = expired.len() - 1;
+    expired[last] ^= 1;
     let wrong_network = sign(&rogue_identity, 103, &announcement("x", "devnet"));
     let malformed = b"not an envelope at all".to_vec();
     let oversize = vec![1u8; 15 * 1024];
@@ -187,7 +190,24 @@ async fn hostile_announcements_are_rejected_unforwarded_and_cost_the_sender() {
         score_after_reorder.is_some_and(|s| s >= 0.0),
         "reordering was penalised: {score_after_reorder:?}"
     );
-    // An older sequence signed long ago, still unexpired, is a deliberate replay.
+    // An older sequence signed long ago, still unexpired, and one its node signed and let
+    // expire: late copies, as a loaded forwarder (or a loaded receiver) passes them on. The
+    // view keeps the newest, and no one is penalised (the rogue's expired forgery above is).
+    let expired_moments_ago = Envelope::seal(
+        &fresh_identity,
+        300,
+        Validity {
+            issued_at_ms: claw_attestation::unix_millis(std::time::SystemTime::now()) - 400_000,
+            ttl: Duration::from_secs(35),
+        },
+        &announcement("fresh-expired", network),
+    )
+    .to_bytes();
+    fresh
+        .handle
+        .publish(TopicKind::Inventory, expired_moments_ago)
+        .await
+        .unwrap();
     let replay = Envelope::seal(
         &fresh_identity,
         400,
@@ -216,8 +236,8 @@ async fn hostile_announcements_are_rejected_unforwarded_and_cost_the_sender() {
     }
     let fresh_score = victim.handle.peer_score(fresh.peer_id()).await.unwrap();
     assert!(
-        fresh_score.is_some_and(|s| s < 0.0),
-        "replay cost nothing: {fresh_score:?}"
+        fresh_score.is_some_and(|s| s >= 0.0),
+        "a late copy was penalised: {fresh_score:?}"
     );
 
     for node in [victim, behind, rogue, fresh] {

@@ -63,8 +63,9 @@ use claw_api::secrets::{
     SecretCreate, SecretDelete, SecretDescribe, SecretList, SecretRef, SecretRotate,
 };
 use claw_api::services::{
-    NetworkStatusCommand, ServiceCreate, ServiceDelete, ServiceEndpoints, ServiceForward,
-    ServiceForwards, ServiceList, ServiceRef, ServiceUnforward, UnforwardParams,
+    LookupParams, NetworkLookup, NetworkStatusCommand, ServiceCreate, ServiceDelete,
+    ServiceEndpoints, ServiceForward, ServiceForwards, ServiceList, ServiceRef, ServiceUnforward,
+    UnforwardParams,
 };
 use claw_api::storage::{
     BackupCreate, BackupDelete, BackupImport, BackupKeys, BackupList, BackupRead, BackupReceive,
@@ -525,6 +526,9 @@ fn router() -> &'static Router<NodeCommands, Call> {
             })
             .route::<NetworkStatusCommand, _, _>(|node, _, NoParams {}| async move {
                 node.services.services.network().await
+            })
+            .route::<NetworkLookup, _, _>(|node, _, LookupParams { peer }| async move {
+                node.services.services.lookup(&peer).await
             })
             .route::<NamespaceCreate, _, _>(|node, _, params| async move {
                 node.services.objects.create_namespace(params).await

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use claw_api::deploy::{DEPLOYMENT_LABEL, ReplicaHealth};
 use claw_api::services::{
-    Endpoint, EndpointListing, Forward, ForwardListing, ForwardParams, MAX_FORWARDS, NetworkStatus,
-    PeerLink, ServiceEndpoints, ServiceRef, StreamTarget, Traffic,
+    Endpoint, EndpointListing, Forward, ForwardListing, ForwardParams, Lookup, MAX_FORWARDS,
+    NetworkStatus, PeerLink, ServiceEndpoints, ServiceRef, StreamTarget, Traffic,
 };
 use claw_api::{Command as _, ErrorCode, InvokeFailure, Role};
 use claw_market::lease::Side;
@@ -54,6 +54,8 @@ const SPLIT_FRESH: Duration = Duration::from_secs(1);
 const UNANSWERED: &str = "the container does not answer";
 /// How long a member may take to list its endpoints.
 const ENDPOINTS_DEADLINE: Duration = Duration::from_secs(3);
+/// How long `network.lookup` waits for its walk (the mesh gives a walk up after 30 s).
+const LOOKUP_DEADLINE: Duration = Duration::from_secs(35);
 
 fn failure(code: ErrorCode, message: impl Into<String>) -> InvokeFailure {
     InvokeFailure::new(code, message)
@@ -342,6 +344,29 @@ impl Services {
             peers,
             forwards: self.forwards().forwards,
             traffic,
+        })
+    }
+
+    /// `network.lookup`: a Kademlia walk towards `peer`, timed.
+    pub async fn lookup(&self, peer: &str) -> Result<Lookup, InvokeFailure> {
+        let key: PeerId = peer
+            .parse()
+            .map_err(|_| failure(ErrorCode::InvalidParams, "`peer` is not a peer id"))?;
+        let mesh = self.mesh()?;
+        let started = Instant::now();
+        let closest = tokio::time::timeout(LOOKUP_DEADLINE, mesh.closest_peers(key))
+            .await
+            .map_err(|_| {
+                failure(
+                    ErrorCode::Unavailable,
+                    "the DHT walk did not finish in time",
+                )
+            })?
+            .map_err(|e| failure(ErrorCode::Unavailable, e.to_string()))?;
+        Ok(Lookup {
+            peer: key.to_string(),
+            closest: closest.iter().map(PeerId::to_string).collect(),
+            took_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         })
     }
 

@@ -5,16 +5,19 @@
 //!
 //! Each node starts with one simulated GPU and joins through the first node and one other
 //! already running. Measured: the time from the last start until every sampled node's fleet
-//! view holds every node; then, after 30 s to settle, each process's RSS and the CPU it used
-//! over 60 s, read from `/proc`; and over the next 60 s or so, from every node's metrics read
-//! at both ends of its own window, the announcements it accepted (against the (N − 1) per 10 s
-//! the others signed) and how old each was on arrival (`clawnode_gossip_delivery_age_seconds`,
-//! exact here: one clock).
+//! view holds every node; then, after 30 s to settle, the CPU each process used over 60 s,
+//! read from `/proc`; over the next 60 s or so, from every node's metrics read at both ends of
+//! its own window, the announcements it accepted (against the (N − 1) per 10 s the others
+//! signed) and how old each was on arrival (`clawnode_gossip_delivery_age_seconds`, exact here:
+//! one clock); each process's memory (RSS, PSS and USS, from `smaps_rollup`: RSS counts in
+//! full the binary's pages, which every node shares); and last, Kademlia walks from the
+//! sampled nodes towards other nodes (`network.lookup`), timed by the walking node.
 //!
 //! ```text
 //! cargo build --release -p clawnode
 //! cargo bench -p claw-tests --bench process_fleet
-//! # CLAW_BENCH_NODES (default 200), CLAW_BENCH_CONVERGE_SECS (how long to wait, default 600)
+//! # CLAW_BENCH_NODES (default 200), CLAW_BENCH_CONVERGE_SECS (how long to wait, default 600),
+//! # CLAW_BENCH_LOOKUPS (Kademlia walks, default 100)
 //! ```
 
 use std::time::{Duration, Instant};
@@ -35,14 +38,31 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
 }
 
-/// A process's resident memory, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+/// A process's memory, MiB: resident (RSS, which counts in full the pages of the binary that
+/// every node shares), its proportional share (PSS: shared pages divided among the processes
+/// mapping them) and its own (USS: pages no other process maps).
+struct Memory {
+    rss: f64,
+    pss: f64,
+    uss: f64,
+}
+
+fn memory(pid: u32) -> Memory {
+    let rollup =
+        std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).expect("process smaps");
+    let field = |name: &str| -> f64 {
+        rollup
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .expect("smaps_rollup field")
+            / 1024.0
+    };
+    Memory {
+        rss: field("Rss:"),
+        pss: field("Pss:"),
+        uss: field("Private_Clean:") + field("Private_Dirty:"),
+    }
 }
 
 fn clock_ticks_per_second() -> f64 {
@@ -189,7 +209,10 @@ fn main() {
     let scraped_before = scrape_all();
     std::thread::sleep(IDLE_WINDOW);
     let scraped_after = scrape_all();
-    let mut rss: Vec<f64> = pids.iter().map(|&p| rss_kib(p) as f64 / 1024.0).collect();
+    let memories: Vec<Memory> = pids.iter().map(|&p| memory(p)).collect();
+    let mut rss: Vec<f64> = memories.iter().map(|m| m.rss).collect();
+    let mut pss: Vec<f64> = memories.iter().map(|m| m.pss).collect();
+    let mut uss: Vec<f64> = memories.iter().map(|m| m.uss).collect();
     let series = r#"clawnode_gossip_delivery_age_seconds_count{topic="inventory"}"#;
     let expected = (count - 1) as f64 * IDLE_WINDOW.as_secs_f64() / 10.0;
     let mut delivered: Vec<f64> = scraped_before
@@ -215,6 +238,9 @@ fn main() {
     let delivered_min = percentile(&mut delivered, 0.0);
     let total_cpu: f64 = cpu.iter().sum();
     let total_rss: f64 = rss.iter().sum();
+    let total_pss: f64 = pss.iter().sum();
+    let total_uss: f64 = uss.iter().sum();
+    let lookups = dht_lookups(&nodes, &running, &sampled);
 
     println!("| measurement ({count} `clawnode run` processes) | value |");
     println!("|---|---|");
@@ -235,6 +261,20 @@ fn main() {
         total_rss
     );
     println!(
+        "| idle PSS per node (shared pages divided among the nodes), mean / p95 / max | {:.1} / {:.1} / {:.1} MiB ({:.0} MiB in all) |",
+        total_pss / count as f64,
+        percentile(&mut pss, 0.95),
+        pss.last().copied().unwrap_or(0.0),
+        total_pss
+    );
+    println!(
+        "| idle USS per node (its own pages), mean / p95 / max | {:.1} / {:.1} / {:.1} MiB ({:.0} MiB in all) |",
+        total_uss / count as f64,
+        percentile(&mut uss, 0.95),
+        uss.last().copied().unwrap_or(0.0),
+        total_uss
+    );
+    println!(
         "| idle CPU per node over {IDLE_WINDOW:?}, mean / p95 / max | {:.2} / {:.2} / {:.2} % of a core ({:.2} cores in all) |",
         total_cpu / count as f64,
         percentile(&mut cpu, 0.95),
@@ -250,5 +290,42 @@ fn main() {
         bucket_quantile(&window_ages, 0.95),
         bucket_quantile(&window_ages, 0.99)
     );
+    println!("{lookups}");
     drop(running);
+}
+
+/// Kademlia walks (`network.lookup`) from the sampled nodes towards other nodes' peer ids:
+/// each walk's time as the node measured it, and how many found their target first.
+fn dht_lookups(nodes: &[Clawnode], running: &[RunningNode], sampled: &[usize]) -> String {
+    let walks: usize = std::env::var("CLAW_BENCH_LOOKUPS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100);
+    let mut took: Vec<f64> = Vec::with_capacity(walks);
+    let (mut found, mut failed) = (0, 0);
+    for k in 0..walks {
+        let asker = sampled[k % sampled.len()];
+        let target = (asker + 1 + (k * 7919) % (running.len() - 1)) % running.len();
+        let params = serde_json::json!({ "peer": running[target].peer_id }).to_string();
+        let finished =
+            nodes[asker].run(&["invoke", "network.lookup", "--params", &params, "--json"]);
+        if !finished.success {
+            failed += 1;
+            continue;
+        }
+        let answer = finished.json();
+        took.push(answer["took_ms"].as_f64().unwrap_or(f64::NAN));
+        if answer["closest"][0] == running[target].peer_id.as_str() {
+            found += 1;
+        }
+    }
+    if took.is_empty() {
+        return format!("| Kademlia walks | all {walks} failed |");
+    }
+    format!(
+        "| Kademlia walk (`network.lookup`, get_closest_peers) from the sampled nodes, p50 / p95 / max | {:.0} / {:.0} / {:.0} ms ({walks} walks, {found} found their target first, {failed} failed) |",
+        percentile(&mut took, 0.5),
+        percentile(&mut took, 0.95),
+        took.last().copied().unwrap_or(f64::NAN)
+    )
 }

@@ -1338,6 +1338,35 @@ impl MarketNode {
         balance["molt"].as_str().expect("molt balance").to_owned()
     }
 
+    /// Cancels `lease` as its buyer and checks it settles, and that `provider`'s wallet then
+    /// holds, on chain within `patience`, `provider_before` base units plus exactly what the
+    /// settlement pays it (more than nothing). Returns that payment, in base units.
+    pub fn cancel_and_see_paid(
+        &self,
+        lease: &str,
+        provider: &MarketNode,
+        provider_before: u64,
+        patience: Duration,
+    ) -> u64 {
+        let settled = self.ok(
+            "market.lease.cancel",
+            &serde_json::json!({"lease_id": lease}),
+        );
+        assert_eq!(settled["state"], "settled", "{settled}");
+        let paid = units(
+            settled["to_provider"]
+                .as_str()
+                .expect("paid to the provider"),
+        );
+        assert!(paid > 0, "{settled}");
+        eventually(
+            patience,
+            "the provider paid on chain what the settlement says",
+            || (units(&provider.molt()) == provider_before + paid).then_some(()),
+        );
+        paid
+    }
+
     /// The node's containers (running, or all).
     pub fn containers(&self, all: bool) -> Vec<String> {
         node_containers(&self.peer_id, all)

@@ -77,6 +77,44 @@ fn five_processes_form_a_fleet_and_a_killed_one_leaves_it() {
             && r["outcome"] == "ok"),
         "{audit}"
     );
+    // A walk of the fleet's DHT from node 3 towards node 1 finds node 1 first.
+    let lookup = nodes[3]
+        .ok(&[
+            "invoke",
+            "network.lookup",
+            "--params",
+            &serde_json::json!({ "peer": running[1].peer_id }).to_string(),
+            "--json",
+        ])
+        .json();
+    let closest: Vec<&str> = lookup["closest"]
+        .as_array()
+        .expect("closest peers")
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    assert_eq!(
+        closest.first(),
+        Some(&running[1].peer_id.as_str()),
+        "{lookup}"
+    );
+    assert!(
+        closest.len() <= 4 && !closest.contains(&running[3].peer_id.as_str()),
+        "the walk answers other fleet members only: {lookup}"
+    );
+    assert!(lookup["took_ms"].as_u64().is_some(), "{lookup}");
+    let refused = nodes[3].fails(&[
+        "invoke",
+        "network.lookup",
+        "--params",
+        r#"{"peer":"not-a-peer-id"}"#,
+    ]);
+    assert!(
+        refused.stderr.contains("INVALID_PARAMS") && refused.stderr.contains("not a peer id"),
+        "{}",
+        refused.stderr
+    );
+
     let refused = nodes[1].fails(&["audit", "--limit", "0"]);
     assert!(
         refused.stderr.contains("INVALID_PARAMS"),

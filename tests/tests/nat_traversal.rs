@@ -231,11 +231,7 @@ fn a_provider_behind_nat_sells_a_lease_that_settles_on_chain() {
             (offers["offers"][0]["provider"] == provider.peer_id).then_some(())
         },
     );
-    let molt = |node: &MarketNode| {
-        let balance = node.cli.ok(&["--json", "wallet", "balance"]).json();
-        units(balance["molt"].as_str().expect("a MOLT balance"))
-    };
-    let provider_before = molt(&provider);
+    let provider_before = units(&provider.molt());
 
     let leased = buyer.ok(
         "market.bid",
@@ -279,19 +275,7 @@ fn a_provider_behind_nat_sells_a_lease_that_settles_on_chain() {
         .expect("docker port");
     assert!(ports.is_empty(), "nothing published: {ports}");
     std::thread::sleep(Duration::from_secs(2));
-    let settled = buyer.ok("market.lease.cancel", &json!({"lease_id": lease}));
-    assert_eq!(settled["state"], "settled", "{settled}");
-    let paid = units(
-        settled["to_provider"]
-            .as_str()
-            .expect("paid to the provider"),
-    );
-    assert!(paid > 0, "{settled}");
-    eventually(
-        Duration::from_secs(30),
-        "the provider paid on chain what the settlement says",
-        || (molt(&provider) == provider_before + paid).then_some(()),
-    );
+    buyer.cancel_and_see_paid(&lease, &provider, provider_before, Duration::from_secs(30));
     drop((buyer, provider, arbiter, localnet));
     drop(engine);
     drop(internet);

@@ -1,9 +1,11 @@
 //! Price history across separate `clawnode run` processes on the embedded chain and the real
-//! Docker Engine: a provider sells at three prices, a buyer leases and ends each lease, and
-//! every node, the arbiter that took no part, and a node that joins only afterwards, answers
-//! `market.history` with exactly those trades, their settlements and their percentiles. A forger
-//! with only its own keys gossips trade reports that the chain does not back, or that claim
-//! another provider's settlement, or that are not its own to report; no history keeps them.
+//! Docker Engine: a provider sells at three prices through escrow and at a fourth as a stream, a
+//! buyer leases and ends each lease, and every node, the arbiter that took no part, and a node
+//! that joins only afterwards, answers `market.history` with exactly those trades, their
+//! settlements (a stream's: its newest pull) and their percentiles. A forger with only its own
+//! keys gossips trade reports that the chain does not back, or that claim another provider's
+//! settlement or another lease's pull, or that are not its own to report; no history keeps
+//! them.
 
 // Shared with the console's tests, which also use its frame support.
 #[path = "console/browser.rs"]
@@ -16,7 +18,7 @@ use claw_attestation::{Envelope, NodeIdentity, SignedPayload, Validity};
 use claw_market::history::TradeReport;
 use claw_market::lease::{LeaseAcceptance, LeaseTerms, Signed};
 use claw_tests::{
-    Arbiter, Clawnode, Localnet, MarketNode as Node, SIMULATED_MODEL as MODEL, eventually,
+    Arbiter, Clawnode, Localnet, MarketNode as Node, SIMULATED_MODEL as MODEL, eventually, units,
 };
 use claw_tests::{check_contract, metric, plugin_fields, required_part};
 use serde_json::{Value, json};
@@ -24,6 +26,8 @@ use serde_json::{Value, json};
 /// A workload that runs until stopped, and stops at once on SIGTERM.
 const SERVE: [&str; 3] = ["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"];
 const PRICES: [&str; 3] = ["2", "3", "5"];
+/// The streaming lease's price.
+const STREAM_PRICE: &str = "4";
 const REGION: &str = "eu-west";
 
 fn now_ms() -> u64 {
@@ -146,16 +150,79 @@ fn settled_leases_make_a_price_history_every_node_checks_on_chain() {
         ));
     }
 
+    // A streaming lease: the provider pulls what it earns from the buyer's allowance, and its
+    // newest pull is the lease's evidence.
+    provider.cli.ok(&["wallet", "airdrop", "--sol", "2"]);
+    let provider_before = units(&provider.molt());
+    provider.ok("market.sell", &json!({"price_per_gpu_hour": STREAM_PRICE}));
+    eventually(
+        Duration::from_secs(30),
+        "the streaming offer in the buyer's book",
+        || {
+            let offers = buyer.ok("market.offers", &json!({}));
+            (offers["offers"][0]["price_per_gpu_hour"] == STREAM_PRICE).then_some(())
+        },
+    );
+    let streamed = buyer.ok(
+        "market.bid",
+        &json!({
+            "models": [MODEL], "gpus": 1, "hours": 1, "max_price": STREAM_PRICE,
+            "accept_simulated": true, "payment": "stream",
+            "workload": {"image": image, "command": SERVE},
+        }),
+    );
+    assert_eq!(streamed["lease"]["state"], "running", "{streamed}");
+    let stream = streamed["lease"]["lease_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    eventually(Duration::from_secs(20), "the provider pulling", || {
+        (units(&provider.molt()) > provider_before).then_some(())
+    });
+    buyer.ok("market.lease.cancel", &json!({"lease_id": stream}));
+    eventually(
+        Duration::from_secs(30),
+        "the stream settled on the provider",
+        || {
+            let leases = provider.ok("market.leases", &json!({"state": "settled"}));
+            leases["leases"]
+                .as_array()?
+                .iter()
+                .any(|l| l["lease_id"] == stream.as_str())
+                .then_some(())
+        },
+    );
+    let pulled = units(&provider.molt()) - provider_before;
+
     // The arbiter took part in none of them, and has them all, each as the chain shows it.
     let history = eventually(
         Duration::from_secs(40),
-        "three trades in the arbiter's history",
-        || history_of(arbiter, 3),
+        "four trades in the arbiter's history",
+        || history_of(arbiter, 4),
     );
     // What the plugin reads of it (the bridge relays a member's answer as is).
     check_contract(&plugin_fields(), "market.history", &history);
     let trades = history["trades"].as_array().expect("trades");
+    // Newest first: the stream, paid by pulls the chain shows, the newest its evidence.
+    let streamed = &trades[0];
+    assert_eq!(streamed["lease_id"], stream.as_str(), "{streamed}");
+    assert_eq!(streamed["payment"], "stream", "{streamed}");
+    assert_eq!(streamed["price_per_gpu_hour"], STREAM_PRICE, "{streamed}");
+    let newest_pull = units(streamed["paid_to_provider"].as_str().expect("paid"));
+    assert!(
+        newest_pull > 0 && newest_pull <= pulled,
+        "the newest pull paid {newest_pull} of the {pulled} pulled: {streamed}"
+    );
+    let pull_signature = streamed["settlement"]
+        .as_str()
+        .expect("the newest pull")
+        .to_owned();
+    assert!(
+        settlements.iter().all(|(_, s, _)| *s != pull_signature),
+        "{streamed}"
+    );
     for (trade, (lease, signature, paid)) in trades.iter().rev().zip(&settlements) {
+        assert_eq!(trade["payment"], "escrow", "{trade}");
         assert_eq!(trade["lease_id"], lease.as_str(), "{trade}");
         assert_eq!(trade["settlement"], signature.as_str());
         assert_eq!(trade["paid_to_provider"], paid.as_str());
@@ -172,7 +239,7 @@ fn settled_leases_make_a_price_history_every_node_checks_on_chain() {
         .rev()
         .filter_map(|t| t["price_per_gpu_hour"].as_str())
         .collect();
-    assert_eq!(prices, PRICES);
+    assert_eq!(prices, [PRICES[0], PRICES[1], PRICES[2], STREAM_PRICE]);
     let days = history["days"].as_array().expect("days");
     assert_eq!(days.len(), 1, "{history}");
     assert_eq!(
@@ -180,13 +247,13 @@ fn settled_leases_make_a_price_history_every_node_checks_on_chain() {
         json!({
             "day": claw_market::history::utc_day(trades[0]["settled_ms"].as_u64().expect("time")),
             "gpu_model": MODEL, "region": REGION, "simulated": true,
-            "trades": 3, "gpu_hours": 3, "min": "2", "p50": "3", "p90": "5", "max": "5",
+            "trades": 4, "gpu_hours": 4, "min": "2", "p50": "3", "p90": "5", "max": "5",
         })
     );
     // The parties answer the same; filters narrow it.
     for party in [&provider, &buyer] {
         assert_eq!(
-            history_of(party, 3).map(|h| h["days"].clone()),
+            history_of(party, 4).map(|h| h["days"].clone()),
             Some(history["days"].clone())
         );
     }
@@ -239,7 +306,7 @@ fn settled_leases_make_a_price_history_every_node_checks_on_chain() {
     page.wait_until(
         "the price chart",
         &format!(
-            "document.getElementById('history').textContent.includes('median 3, 3 leases on {}')",
+            "document.getElementById('history').textContent.includes('median 3, 4 leases on {}')",
             days[0]["day"].as_str().expect("day")
         ),
     );
@@ -253,7 +320,6 @@ fn settled_leases_make_a_price_history_every_node_checks_on_chain() {
     let forger = NodeIdentity::generate();
     let accomplice = NodeIdentity::generate();
     let receipts = provider.ok("market.receipts", &json!({}));
-    let receipt = &receipts["receipts"][0];
     let verifier = claw_attestation::Verifier::new();
     let open = |text: &Value| {
         verifier
@@ -266,15 +332,21 @@ fn settled_leases_make_a_price_history_every_node_checks_on_chain() {
             )
             .expect("signed evidence")
     };
-    let honest_terms: Signed<LeaseTerms> =
-        Signed::from_verified(&open(&receipt["terms"])).expect("terms");
-    let honest_acceptance: Signed<LeaseAcceptance> =
-        Signed::from_verified(&open(&receipt["acceptance"])).expect("acceptance");
-    let honest_settlement = settlements
+    // An escrow lease's receipt: its terms, acceptance and settlement.
+    let (honest_terms, honest_acceptance, honest_settlement) = receipts["receipts"]
+        .as_array()
+        .expect("receipts")
         .iter()
-        .find(|(lease, _, _)| *lease == honest_terms.payload().lease_id.to_string())
-        .map(|(_, signature, _)| signature.clone())
-        .expect("the receipt's settlement");
+        .find_map(|receipt| {
+            let terms: Signed<LeaseTerms> =
+                Signed::from_verified(&open(&receipt["terms"])).expect("terms");
+            let acceptance: Signed<LeaseAcceptance> =
+                Signed::from_verified(&open(&receipt["acceptance"])).expect("acceptance");
+            let lease = terms.payload().lease_id.to_string();
+            let (_, settlement, _) = settlements.iter().find(|(l, _, _)| *l == lease)?;
+            Some((terms, acceptance, settlement.clone()))
+        })
+        .expect("an escrow lease's receipt");
     // 1. A lease with itself at 0.01 that never happened: the settlement is made up.
     let mut dealt = honest_terms.payload().clone();
     dealt.price_per_gpu_hour = "0.01".parse().expect("price");
@@ -310,6 +382,27 @@ fn settled_leases_make_a_price_history_every_node_checks_on_chain() {
         settlement: honest_settlement.clone(),
         region: Some("nowhere".to_owned()),
     };
+    // 4. The stream's newest pull, claimed for a lease the forger made up between the same two
+    //    wallets at 100: the pull's memo names the honest stream, not this lease.
+    let mut wash = honest_terms.payload().clone();
+    wash.price_per_gpu_hour = "100".parse().expect("price");
+    wash.amount = wash.price_per_gpu_hour;
+    wash.payment = claw_market::lease::Payment::Stream { pull_secs: 5 };
+    wash.buyer_peer = accomplice.peer_id().to_string();
+    wash.bid_digest[0] ^= 1;
+    wash.lease_id =
+        claw_market::lease::LeaseId::derive(&wash.bid_digest, &forger.public_key().to_bytes());
+    let wash = signed(&forger, 14, &wash);
+    let washed = TradeReport {
+        acceptance: signed(
+            &accomplice,
+            15,
+            &LeaseAcceptance::of(&wash).expect("acceptance"),
+        ),
+        terms: wash,
+        settlement: pull_signature.clone(),
+        region: Some("nowhere".to_owned()),
+    };
     // 3. The honest evidence, reported by someone who is neither party, with its own region.
     let not_its_own = TradeReport {
         terms: honest_terms,
@@ -332,8 +425,13 @@ fn settled_leases_make_a_price_history_every_node_checks_on_chain() {
         .unwrap_or(0.0)
     };
     let before = accepted(&metrics());
-    let reports = [(20, &made_up), (21, &stolen), (22, &not_its_own)]
-        .map(|(seq, report)| seal(&forger, seq, report));
+    let reports = [
+        (20, &made_up),
+        (21, &stolen),
+        (22, &not_its_own),
+        (23, &washed),
+    ]
+    .map(|(seq, report)| seal(&forger, seq, report));
     let forged: Vec<String> = reports
         .iter()
         .map(|bytes| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes))
@@ -373,7 +471,7 @@ fn settled_leases_make_a_price_history_every_node_checks_on_chain() {
     eventually(
         Duration::from_secs(20),
         "the forged reports delivered",
-        || (accepted(&metrics()) >= before + 3.0).then_some(()),
+        || (accepted(&metrics()) >= before + 4.0).then_some(()),
     );
     // Time for the checks, chain look-ups included.
     std::thread::sleep(Duration::from_secs(3));
@@ -389,13 +487,13 @@ fn settled_leases_make_a_price_history_every_node_checks_on_chain() {
         .collect();
     let late = Node::start(late_cli, &through_forger);
     let caught_up = eventually(Duration::from_secs(40), "the late node's history", || {
-        history_of(&late, 3)
+        history_of(&late, 4)
     });
     assert_eq!(caught_up["days"], history["days"]);
     runtime.block_on(mesh.handle.shutdown());
     for node in [arbiter, &late, &provider, &buyer] {
         let now = node.ok("market.history", &json!({}));
-        assert_eq!(now["matching"], 3, "{now}");
+        assert_eq!(now["matching"], 4, "{now}");
         assert_eq!(now["days"], history["days"], "no forged price or region");
     }
 }

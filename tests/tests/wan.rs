@@ -173,8 +173,7 @@ fn twelve_hosts_on_a_lossy_wan_lease_across_nats_outlive_the_relay_and_heal_a_pa
             (offers["offers"][0]["provider"] == provider.peer_id).then_some(())
         },
     );
-    let molt = |node: &MarketNode| units(&node.molt());
-    let provider_before = molt(&provider);
+    let provider_before = units(&provider.molt());
     let leased = buyer.ok(
         "market.bid",
         &json!({
@@ -216,19 +215,7 @@ fn twelve_hosts_on_a_lossy_wan_lease_across_nats_outlive_the_relay_and_heal_a_pa
     }
     let still = member(&buyer.cli, &provider.peer_id).expect("the provider in view");
     assert_eq!(still["path"], "direct", "{still}");
-    let settled = buyer.ok("market.lease.cancel", &json!({"lease_id": lease}));
-    assert_eq!(settled["state"], "settled", "{settled}");
-    let paid = units(
-        settled["to_provider"]
-            .as_str()
-            .expect("paid to the provider"),
-    );
-    assert!(paid > 0, "{settled}");
-    eventually(
-        Duration::from_secs(60),
-        "the provider paid on chain what the settlement says",
-        || (molt(&provider) == provider_before + paid).then_some(()),
-    );
+    buyer.cancel_and_see_paid(&lease, &provider, provider_before, Duration::from_secs(60));
 
     // A partition: the chain's host, three plain hosts and the buyer on one side; the rest on
     // the other. Every packet between the halves is dropped on the first half's hosts.

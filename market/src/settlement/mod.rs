@@ -12,6 +12,8 @@ mod transfers;
 
 pub use client::{ChainClient, FetchedTransaction, HistoryEntry, Landed, SettlementError};
 pub use escrow::{Escrow, EscrowAddresses, Release, Settled, SettlementFact, pro_rata};
-pub use stream::{StreamReading, amount_due, approve_allowance, pull, read_stream, revoke};
+pub use stream::{
+    StreamReading, amount_due, approve_allowance, pull, pull_fact, read_stream, revoke,
+};
 pub use token::{MoltMint, TokenAccountState, memo, token_program};
 pub use transfers::{TokenTransfer, token_transfers};

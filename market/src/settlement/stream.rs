@@ -10,6 +10,7 @@ use solana_signature::Signature;
 use solana_signer::Signer as _;
 
 use super::client::{ChainClient, Landed, SettlementError};
+use super::escrow::SettlementFact;
 use super::token::{MoltMint, memo, token_program};
 use super::transfers::token_transfers;
 use crate::lease::LeaseId;
@@ -83,11 +84,60 @@ pub async fn pull(
             amount,
         )?,
         memo(&format!(
-            "clawbernetes lease {lease} stream pull after {}",
+            "{}{}",
+            pull_memo(lease),
             pulled_before.base_units()
         )),
     ];
     client.submit(&instructions, provider, &[]).await
+}
+
+/// How the memo of each of `lease`'s pulls begins (the reading it was decided on follows).
+fn pull_memo(lease: &LeaseId) -> String {
+    format!("clawbernetes lease {lease} stream pull after ")
+}
+
+/// What transaction `signature` shows of a pull of `lease`'s stream: what it moved from
+/// `buyer`'s MOLT account, on `provider`'s authority as its delegate, into the provider's
+/// account, as a settlement fact (nothing to the buyer or others). `None` unless it landed, did
+/// not fail, moved something that way, and its memo (in a transaction the provider signed, as
+/// the transfer's authority) names `lease`, so that one lease's pull cannot stand for another's.
+pub async fn pull_fact(
+    client: &ChainClient,
+    mint: &MoltMint,
+    signature: &Signature,
+    buyer: &Pubkey,
+    provider: &Pubkey,
+    lease: &LeaseId,
+) -> Result<Option<SettlementFact>, SettlementError> {
+    let Some(fetched) = client.transaction(signature).await? else {
+        return Ok(None);
+    };
+    let message = &fetched.transaction.message;
+    let keys = message.static_account_keys();
+    let wanted = pull_memo(lease);
+    let names_lease = message.instructions().iter().any(|ix| {
+        keys.get(usize::from(ix.program_id_index)) == Some(&spl_memo_interface::v3::id())
+            && std::str::from_utf8(&ix.data).is_ok_and(|text| text.starts_with(&wanted))
+    });
+    let (from, to) = (mint.account_of(buyer), mint.account_of(provider));
+    let moved = token_transfers(&fetched.transaction)
+        .iter()
+        .filter(|t| t.source == from && t.destination == to && t.authority == *provider)
+        .try_fold(Molt::default(), |sum, t| sum.checked_add(t.amount));
+    match moved {
+        Some(moved) if !fetched.failed && names_lease && moved.base_units() > 0 => {
+            Ok(Some(SettlementFact {
+                signature: signature.to_string(),
+                slot: fetched.slot,
+                to_provider: moved,
+                to_buyer: Molt::default(),
+                to_others: Molt::default(),
+                block_time_ms: fetched.block_time_ms,
+            }))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// The buyer withdraws the allowance.
@@ -120,6 +170,8 @@ pub struct StreamReading {
     pub allowance: Molt,
     /// The newest transaction read; the next reading starts after it.
     pub cursor: Option<Signature>,
+    /// The newest of those pulls' transactions.
+    pub last_pull: Option<Signature>,
 }
 
 /// Reads a stream: the allowance left to `provider` on `buyer`'s MOLT account, and what the
@@ -142,6 +194,8 @@ pub async fn read_stream(
         .unwrap_or_default();
     let entries = client.history(&account, last.cursor, STREAM_SCAN).await?;
     let mut pulled = last.pulled;
+    // Newest first: the first pull found is the newest.
+    let mut newest_pull = None;
     for entry in entries.iter().filter(|e| !e.failed && e.slot >= since_slot) {
         let Some(fetched) = client.transaction(&entry.signature).await? else {
             continue;
@@ -152,6 +206,7 @@ pub async fn read_stream(
         for transfer in token_transfers(&fetched.transaction) {
             if transfer.source == account && transfer.authority == *provider {
                 pulled = pulled.checked_add(transfer.amount).unwrap_or(pulled);
+                newest_pull.get_or_insert(entry.signature);
             }
         }
     }
@@ -159,5 +214,6 @@ pub async fn read_stream(
         pulled,
         allowance,
         cursor: entries.first().map(|e| e.signature).or(last.cursor),
+        last_pull: newest_pull.or(last.last_pull),
     })
 }

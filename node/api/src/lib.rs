@@ -153,6 +153,7 @@ pub const NODE_COMMANDS: &[CommandInfo] = &[
     CommandInfo::of::<services::ServiceUnforward>(),
     CommandInfo::of::<services::ServiceForwards>(),
     CommandInfo::of::<services::NetworkStatusCommand>(),
+    CommandInfo::of::<services::NetworkLookup>(),
     CommandInfo::of::<ingress::IngressCreate>(),
     CommandInfo::of::<ingress::IngressList>(),
     CommandInfo::of::<ingress::IngressDelete>(),

@@ -923,12 +923,15 @@ pub struct Trade {
     pub hours: u32,
     /// The agreed price per GPU-hour, MOLT.
     pub price_per_gpu_hour: String,
+    /// How the lease was paid: `escrow`, or `stream` (the provider pulled as it served).
+    #[serde(default)]
+    pub payment: PaymentChoice,
     /// What the settlement paid the provider, MOLT (less than the whole when the lease ended
-    /// early).
+    /// early); for a stream, what its newest pull paid.
     pub paid_to_provider: String,
-    /// The settlement's block time, Unix ms.
+    /// The settlement's block time (a stream's: its newest pull's), Unix ms.
     pub settled_ms: u64,
-    /// The settlement transaction (base-58), for anyone to look up.
+    /// The settlement transaction, or a stream's newest pull (base-58), for anyone to look up.
     pub settlement: String,
     /// Its slot.
     pub slot: u64,

@@ -243,10 +243,36 @@ pub struct NetworkStatus {
 
 impl Answer for NetworkStatus {}
 
+/// `network.lookup`'s parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LookupParams {
+    /// The peer id to walk the DHT towards.
+    pub peer: String,
+}
+
+/// `network.lookup`'s answer: what a Kademlia walk from this node found, and how long it took.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Lookup {
+    /// The peer id walked towards.
+    pub peer: String,
+    /// The peers closest to it that the walk found, closest first (the peer itself first, when
+    /// it is in the DHT).
+    pub closest: Vec<String>,
+    /// How long the walk took, in milliseconds.
+    pub took_ms: u64,
+}
+
+impl Answer for Lookup {}
+
 commands! {
     /// `network.status`.
     NetworkStatusCommand = "network.status", Read, crate::NoParams => NetworkStatus,
         "The members this node sees and whether it is connected to each, its forwards, and the traffic per service through it";
+    /// `network.lookup`.
+    NetworkLookup = "network.lookup", Read, LookupParams => Lookup,
+        "Walk the fleet's DHT (Kademlia) towards a peer id: the closest peers found and how long the walk took";
     /// `service.create`.
     ServiceCreate = "service.create", Operate, ServiceCreateParams => Service,
         "Create a service: the workloads carrying some labels, and a port in their containers, reachable through the mesh";

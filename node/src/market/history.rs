@@ -176,15 +176,15 @@ impl Market {
         if !wanted {
             return Ok(false);
         }
-        let (escrow, signature) = report
+        let (evidence, signature) = report
             .check(&reporter, self.policy().clock_slack_ms)
             .map_err(refused)?;
         let fact = match read {
             Some(fact) => Some(fact.clone()),
             None => {
                 let chain = self.chain()?;
-                escrow
-                    .settlement_fact(&chain.client, &chain.mint, &signature)
+                evidence
+                    .fact(&chain.client, &chain.mint, &signature)
                     .await
                     .map_err(super::chain_failure)?
             }

@@ -1079,6 +1079,9 @@ impl Market {
             cursor: last
                 .and_then(|s| s.cursor.as_deref())
                 .and_then(|c| c.parse().ok()),
+            last_pull: last
+                .and_then(|s| s.last_pull.as_deref())
+                .and_then(|p| p.parse().ok()),
         };
         read_stream(
             &chain.client,
@@ -1159,6 +1162,7 @@ pub(super) fn progress(reading: StreamReading) -> claw_market::lease::machine::S
         cursor: reading.cursor.map(|c| c.to_string()),
         read_ms: now_ms(),
         last_pull_ms: None,
+        last_pull: reading.last_pull.map(|p| p.to_string()),
     }
 }
 

@@ -172,6 +172,7 @@ mod tests {
                 gpus: 1,
                 hours: 1,
                 price_per_gpu_hour: "2".to_owned(),
+                payment: claw_api::market::PaymentChoice::Escrow,
                 paid_to_provider: "1".to_owned(),
                 settled_ms,
                 settlement: String::new(),

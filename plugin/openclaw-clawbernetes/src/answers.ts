@@ -111,7 +111,7 @@ export interface MarketHistory {
     p90: string;
     max: string;
   }[];
-  trades: { lease_id: string; price_per_gpu_hour: string; settled_ms: number; settlement: string }[];
+  trades: { lease_id: string; price_per_gpu_hour: string; payment: string; settled_ms: number; settlement: string }[];
   matching: number;
 }
 

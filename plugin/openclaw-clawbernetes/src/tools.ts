@@ -1052,7 +1052,7 @@ export function fleetTools(bridge: Bridge): Tool[] {
             ),
           ),
         );
-        for (const t of a.trades) lines.push(`- ${t.lease_id} settled ${iso(t.settled_ms)} at ${t.price_per_gpu_hour}/h (transaction ${t.settlement})`);
+        for (const t of a.trades) lines.push(`- ${t.lease_id} settled ${iso(t.settled_ms)} at ${t.price_per_gpu_hour}/h (${t.payment === "stream" ? "streamed; newest pull" : "transaction"} ${t.settlement})`);
         return lines.join("\n");
       },
     }),

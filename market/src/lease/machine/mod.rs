@@ -92,6 +92,9 @@ pub struct StreamProgress {
     pub read_ms: u64,
     /// When the provider last pulled, Unix ms.
     pub last_pull_ms: Option<u64>,
+    /// The newest pull's transaction (base-58), once one was read.
+    #[serde(default)]
+    pub last_pull: Option<String>,
 }
 
 /// A lease as one party keeps it.
