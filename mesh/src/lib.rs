@@ -16,6 +16,7 @@ mod invoke;
 mod known_peers;
 mod membership;
 mod nat;
+mod pending;
 mod routing;
 mod stats;
 mod swarm;
@@ -40,6 +41,7 @@ pub use invoke::{
 pub use libp2p::{Multiaddr, PeerId};
 pub use membership::{FleetMembership, MAX_MEMBERSHIP_DAYS, MembershipError, Standing};
 pub use nat::{ConnectionPath, Reachability, is_relayed};
+pub use pending::PendingClaim;
 pub use stats::{DELIVERY_AGE_BOUNDS_MS, DeliveryAges, GossipVerdict, HolePunch, MeshCounters};
 
 use swarm::{Command, EventLoop};
@@ -66,7 +68,7 @@ pub enum MeshError {
 }
 
 /// Something the application may want to react to.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 #[non_exhaustive]
 pub enum MeshEvent {
     /// The fleet view changed.
@@ -82,6 +84,16 @@ pub enum MeshEvent {
         kind: TopicKind,
         /// The verified envelope; open it as the topic's payload type.
         envelope: Box<claw_attestation::VerifiedEnvelope>,
+    },
+    /// A verified trade report: held back, neither forwarded nor judged, until the
+    /// application answers through `claim` (whether the chain shows its settlement).
+    Pending {
+        /// Which topic.
+        kind: TopicKind,
+        /// The verified envelope; open it as the topic's payload type.
+        envelope: Box<claw_attestation::VerifiedEnvelope>,
+        /// The answer the mesh waits for.
+        claim: PendingClaim,
     },
     /// A gossiped claim failed verification and was rejected.
     GossipRejected {

@@ -44,6 +44,7 @@ use crate::invoke::{
 };
 use crate::known_peers::KnownPeers;
 use crate::nat::{self, NatView, PunchRetries, Reachability, RelaySelection};
+use crate::pending::{JUDGED_BY_APPLICATION, MAX_WAITING_VERDICTS, PendingClaim, Verdict};
 use crate::stats::{GossipVerdict, HolePunch, MeshStats};
 use crate::verify::{Checked, Unchecked, VerifyQueue};
 use crate::{MeshError, MeshEvent, TopicKind, TopicName};
@@ -149,6 +150,9 @@ pub(crate) struct EventLoop {
     handler: Arc<dyn InvokeHandler>,
     answers_tx: mpsc::Sender<(ResponseChannel<InvokeResponse>, InvokeResponse)>,
     answers_rx: mpsc::Receiver<(ResponseChannel<InvokeResponse>, InvokeResponse)>,
+    /// The application's verdicts on claims held back for them.
+    verdicts_tx: mpsc::Sender<Verdict>,
+    verdicts_rx: mpsc::Receiver<Verdict>,
     pending_invokes: HashMap<OutboundRequestId, PendingInvoke>,
     pending_providers: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<HashSet<PeerId>>)>,
     pending_puts: HashMap<kad::QueryId, oneshot::Sender<Result<(), MeshError>>>,
@@ -469,6 +473,7 @@ impl EventLoop {
         topics: Topics,
     ) -> Self {
         let (answers_tx, answers_rx) = mpsc::channel(256);
+        let (verdicts_tx, verdicts_rx) = mpsc::channel(MAX_WAITING_VERDICTS);
         let verifier = Verifier::new()
             .with_max_envelope_bytes(config.max_message_bytes)
             .with_max_clock_skew(config.max_clock_skew);
@@ -483,6 +488,8 @@ impl EventLoop {
             handler,
             answers_tx,
             answers_rx,
+            verdicts_tx,
+            verdicts_rx,
             pending_invokes: HashMap::new(),
             pending_providers: HashMap::new(),
             pending_puts: HashMap::new(),
@@ -602,6 +609,7 @@ impl EventLoop {
                         tracing::debug!("invoke caller went away before the answer");
                     }
                 }
+                Some(verdict) = self.verdicts_rx.recv() => self.on_verdict(verdict),
                 Some(batch) = self.checked.recv() => {
                     self.checks.finished();
                     for (message, verified) in batch {
@@ -1018,11 +1026,33 @@ impl EventLoop {
                         // A late copy of a claim taken already, on another path: honest.
                         return Ok(Accepted::Stale(kind));
                     }
+                    if JUDGED_BY_APPLICATION.contains(&kind) {
+                        return Ok(Accepted::Pending(kind, Box::new(verified)));
+                    }
                     Ok(Accepted::Claim(kind, Box::new(verified)))
                 })
             }
         };
         self.judge(source, &id, Some(topic), outcome);
+    }
+
+    /// The application answered on a claim held back for it: counted, and reported to
+    /// gossipsub (which forwards it, or drops it and penalises its forwarder).
+    fn on_verdict(&mut self, verdict: Verdict) {
+        let counted = match verdict.acceptance {
+            MessageAcceptance::Accept => GossipVerdict::Accepted,
+            MessageAcceptance::Reject => {
+                tracing::warn!(source = %verdict.source, topic = ?verdict.kind, "rejected gossip the application found false");
+                GossipVerdict::Rejected
+            }
+            MessageAcceptance::Ignore => GossipVerdict::Ignored,
+        };
+        self.stats.count_gossip(verdict.kind, counted);
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&verdict.id, &verdict.source, verdict.acceptance);
     }
 
     /// Acts on a gossip message's outcome and reports the verdict to gossipsub.
@@ -1055,6 +1085,21 @@ impl EventLoop {
                 );
                 self.emit(MeshEvent::Gossip { kind, envelope });
                 MessageAcceptance::Accept
+            }
+            Ok(Accepted::Pending(kind, envelope)) => {
+                self.stats.observe_delivery(
+                    kind,
+                    unix_millis(SystemTime::now())
+                        .saturating_sub(envelope.envelope().issued_at_ms()),
+                );
+                // Counted, and reported to gossipsub, once the application answers.
+                let claim = PendingClaim::new(id.clone(), source, kind, self.verdicts_tx.clone());
+                self.emit(MeshEvent::Pending {
+                    kind,
+                    envelope,
+                    claim,
+                });
+                return;
             }
             Ok(Accepted::Stale(kind)) => {
                 self.stats.count_gossip(kind, GossipVerdict::Ignored);
@@ -1539,6 +1584,8 @@ impl EventLoop {
 enum Accepted {
     Announcement(Box<FleetMember>),
     Claim(TopicKind, Box<VerifiedEnvelope>),
+    /// Checked as far as the mesh can: held back for the application's verdict.
+    Pending(TopicKind, Box<VerifiedEnvelope>),
     /// Valid, but older than what we hold or a copy of what we took: not forwarded, nobody
     /// penalised.
     Stale(TopicKind),

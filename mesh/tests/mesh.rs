@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use claw_attestation::{Envelope, NodeIdentity, PayloadKind, SignedPayload, Validity};
 use claw_mesh::{ErrorCode, InvokeRequest, MeshEvent, SwarmKey, TopicKind};
-use common::{TestNode, announcement, sign, test_config, wait_until, with_key};
+use common::{TestNode, TestReport, announcement, sign, test_config, wait_until, with_key};
 use serde::{Deserialize, Serialize};
 
 async fn start_nodes(count: usize, network: &str, bootstrap: Option<&TestNode>) -> Vec<TestNode> {
@@ -403,6 +403,80 @@ async fn providers_of_a_gpu_model_are_found_through_kademlia() {
             .is_empty()
     );
     for node in nodes.into_iter().chain([buyer]) {
+        node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trade_report_waits_for_the_application_and_a_false_one_costs_its_sender() {
+    let nodes = start_nodes(2, "localnet", None).await;
+    wait_until(Duration::from_secs(20), "2 nodes", || all_see(&nodes, 2))
+        .await
+        .expect("converged");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (sender, receiver) = (&nodes[1], &nodes[0]);
+    let validity = Validity::from_now(Duration::from_secs(60));
+    let delivered = |holds: bool| {
+        receiver.events.lock().unwrap().iter().any(|(_, e)| {
+            matches!(e, MeshEvent::Gossip { kind: TopicKind::Trades, envelope }
+                if envelope.open::<TestReport>().is_ok_and(|r| r.holds == holds))
+        })
+    };
+    let trades = |verdict: claw_mesh::GossipVerdict| {
+        receiver
+            .handle
+            .counters()
+            .gossip
+            .iter()
+            .find(|(kind, v, _)| *kind == TopicKind::Trades && *v == verdict)
+            .map_or(0, |(_, _, n)| *n)
+    };
+    let report = |seq: u64, holds: bool| {
+        Envelope::seal(&sender.identity, seq, validity, &TestReport { holds }).to_bytes()
+    };
+
+    // One the application finds true: accepted once it says so.
+    sender
+        .handle
+        .publish(TopicKind::Trades, report(1, true))
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the true report accepted", || {
+        delivered(true) && trades(claw_mesh::GossipVerdict::Accepted) == 1
+    })
+    .await
+    .expect("accepted");
+    let before = receiver
+        .handle
+        .peer_score(sender.identity.peer_id())
+        .await
+        .unwrap()
+        .expect("scored");
+    assert!(before >= 0.0, "{before}");
+
+    // One it finds false: never delivered, counted as rejected, and its sender pays for it.
+    sender
+        .handle
+        .publish(TopicKind::Trades, report(2, false))
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the false report rejected", || {
+        trades(claw_mesh::GossipVerdict::Rejected) == 1
+    })
+    .await
+    .expect("rejected");
+    assert!(!delivered(false));
+    let after = receiver
+        .handle
+        .peer_score(sender.identity.peer_id())
+        .await
+        .unwrap()
+        .expect("scored");
+    assert!(
+        after < 0.0,
+        "a false report cost nothing: {before} → {after}"
+    );
+    for node in nodes {
         node.stop().await;
     }
 }

@@ -354,10 +354,11 @@ fn watch_mesh(tasks: &Tasks, mesh: Mesh, commands: &NodeCommands) {
                     kind: TopicKind::Objects,
                     envelope,
                 } => objects.gossiped(envelope),
-                MeshEvent::Gossip {
+                MeshEvent::Pending {
                     kind: TopicKind::Trades,
                     envelope,
-                } => market.trade_reported(envelope),
+                    claim,
+                } => market.trade_reported(envelope, claim),
                 _ => {}
             }
         }

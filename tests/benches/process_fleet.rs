@@ -237,9 +237,6 @@ fn main() {
     let delivered_mean = delivered.iter().sum::<f64>() / count as f64;
     let delivered_min = percentile(&mut delivered, 0.0);
     let total_cpu: f64 = cpu.iter().sum();
-    let total_rss: f64 = rss.iter().sum();
-    let total_pss: f64 = pss.iter().sum();
-    let total_uss: f64 = uss.iter().sum();
     let lookups = dht_lookups(&nodes, &running, &sampled);
 
     println!("| measurement ({count} `clawnode run` processes) | value |");
@@ -253,27 +250,19 @@ fn main() {
             |d| format!("{d:.1?} after the last start")
         )
     );
-    println!(
-        "| idle RSS per node, mean / p95 / max | {:.1} / {:.1} / {:.1} MiB ({:.0} MiB in all) |",
-        total_rss / count as f64,
-        percentile(&mut rss, 0.95),
-        rss.last().copied().unwrap_or(0.0),
-        total_rss
-    );
-    println!(
-        "| idle PSS per node (shared pages divided among the nodes), mean / p95 / max | {:.1} / {:.1} / {:.1} MiB ({:.0} MiB in all) |",
-        total_pss / count as f64,
-        percentile(&mut pss, 0.95),
-        pss.last().copied().unwrap_or(0.0),
-        total_pss
-    );
-    println!(
-        "| idle USS per node (its own pages), mean / p95 / max | {:.1} / {:.1} / {:.1} MiB ({:.0} MiB in all) |",
-        total_uss / count as f64,
-        percentile(&mut uss, 0.95),
-        uss.last().copied().unwrap_or(0.0),
-        total_uss
-    );
+    for (what, values) in [
+        ("RSS", &mut rss),
+        ("PSS (shared pages divided among the nodes)", &mut pss),
+        ("USS (its own pages)", &mut uss),
+    ] {
+        let total: f64 = values.iter().sum();
+        println!(
+            "| idle {what} per node, mean / p95 / max | {:.1} / {:.1} / {:.1} MiB ({total:.0} MiB in all) |",
+            total / count as f64,
+            percentile(values, 0.95),
+            values.last().copied().unwrap_or(0.0),
+        );
+    }
     println!(
         "| idle CPU per node over {IDLE_WINDOW:?}, mean / p95 / max | {:.2} / {:.2} / {:.2} % of a core ({:.2} cores in all) |",
         total_cpu / count as f64,

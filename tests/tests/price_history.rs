@@ -5,7 +5,8 @@
 //! settlements (a stream's: its newest pull) and their percentiles. A forger with only its own
 //! keys gossips trade reports that the chain does not back, or that claim another provider's
 //! settlement or another lease's pull, or that are not its own to report; no history keeps
-//! them.
+//! them, the first node passes none of them on, and the one its own evidence refutes costs the
+//! forger.
 
 // Shared with the console's tests, which also use its frame support.
 #[path = "console/browser.rs"]
@@ -417,14 +418,16 @@ fn settled_leases_make_a_price_history_every_node_checks_on_chain() {
             .expect("the arbiter runs")
             .scrape_metrics()
     };
-    let accepted = |text: &str| {
-        metric(
-            text,
-            r#"clawnode_gossip_messages_total{topic="trades",verdict="accepted"}"#,
-        )
-        .unwrap_or(0.0)
+    let verdicts = |text: &str| {
+        ["accepted", "ignored", "rejected"].map(|verdict| {
+            metric(
+                text,
+                &format!(r#"clawnode_gossip_messages_total{{topic="trades",verdict="{verdict}"}}"#),
+            )
+            .unwrap_or(0.0)
+        })
     };
-    let before = accepted(&metrics());
+    let before = verdicts(&metrics());
     let reports = [
         (20, &made_up),
         (21, &stolen),
@@ -466,15 +469,28 @@ fn settled_leases_make_a_price_history_every_node_checks_on_chain() {
             .await
             .expect("the forger's addresses")
     });
-    // The envelopes are the forger's own and fresh: the mesh passes them on, and only the node's
-    // own checks can refuse what is inside.
-    eventually(
-        Duration::from_secs(20),
-        "the forged reports delivered",
-        || (accepted(&metrics()) >= before + 4.0).then_some(()),
+    // The envelopes are the forger's own and fresh, so only the node's own checks can refuse
+    // what is inside. The arbiter holds each back until its own check is done, and passes none
+    // on: the two reports their own evidence refutes (another lease's settlement claimed by
+    // terms the forger signed; the honest evidence reported by a non-party) cost the forger;
+    // the two whose transaction the chain does not show for them (made up, or another lease's
+    // pull) are dropped blaming no one (an RPC node may lag behind a settlement).
+    let [accepted, ignored, rejected] = eventually(
+        Duration::from_secs(30),
+        "the arbiter's verdicts on the forged reports",
+        || {
+            let now = verdicts(&metrics());
+            (now[1] >= before[1] + 2.0 && now[2] >= before[2] + 2.0).then_some(now)
+        },
     );
-    // Time for the checks, chain look-ups included.
-    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(accepted, before[0], "a forged report was passed on");
+    assert_eq!(
+        rejected,
+        before[2] + 2.0,
+        "the refuted reports cost the forger"
+    );
+    // (A party's own late report of a lease known here is dropped the same way.)
+    assert!(ignored >= before[1] + 2.0);
 
     // A node that joins afterwards, through the forger, catches up from its peers: the forger
     // first, with its made-up reports ahead of every honest one, then the others. It keeps only

@@ -151,6 +151,24 @@ impl TestNode {
         let recorded = Arc::clone(&events);
         let drain = tokio::spawn(async move {
             while let Some(event) = receiver.recv().await {
+                // A claim held for the application's verdict: these tests judge a `TestReport`
+                // by what it says, and record one they accept as delivered.
+                let event = match event {
+                    MeshEvent::Pending {
+                        kind,
+                        envelope,
+                        claim,
+                    } => {
+                        if envelope.open::<TestReport>().is_ok_and(|r| r.holds) {
+                            claim.accept();
+                            MeshEvent::Gossip { kind, envelope }
+                        } else {
+                            claim.reject();
+                            continue;
+                        }
+                    }
+                    event => event,
+                };
                 if matches!(
                     event,
                     MeshEvent::Gossip { .. } | MeshEvent::GossipRejected { .. }
@@ -358,4 +376,15 @@ pub fn sybil(source: std::net::Ipv4Addr, network: &str) -> libp2p::Swarm<SybilBe
             .expect("subscribe");
     }
     swarm
+}
+
+/// A trade report as these tests gossip it: the application's verdict is what it says.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct TestReport {
+    /// Whether the application finds it true.
+    pub holds: bool,
+}
+
+impl claw_attestation::SignedPayload for TestReport {
+    const KIND: claw_attestation::PayloadKind = claw_attestation::PayloadKind::TradeReport;
 }

@@ -13,7 +13,7 @@ use claw_attestation::{PayloadKind, PeerId, VerifiedEnvelope};
 use claw_market::history::{ReportError, TradeReport, price_days};
 use claw_market::lease::{LeaseRecord, LeaseState};
 use claw_market::settlement::SettlementFact;
-use claw_mesh::{ErrorCode, InvokeFailure, TopicKind};
+use claw_mesh::{ErrorCode, InvokeFailure, PendingClaim, TopicKind};
 use tokio::sync::mpsc;
 
 use crate::store::{KeptTrade, Store};
@@ -36,10 +36,14 @@ const CATCH_UP_MS: u64 = 30 * 24 * 3_600_000;
 /// How often one peer is asked for its reports.
 const CATCH_UP_EVERY_MS: u64 = 10 * 60_000;
 
+/// A report on its way to its check, with the mesh's hold on it when it came by gossip: the
+/// mesh forwards it only once the check holds, and blames its forwarder when it does not.
+type Queued = (Box<VerifiedEnvelope>, Option<PendingClaim>);
+
 /// Trade reports from gossip and catch-ups, on their way to their check.
 pub(super) struct TradeInbox {
-    sender: mpsc::Sender<Box<VerifiedEnvelope>>,
-    receiver: Mutex<Option<mpsc::Receiver<Box<VerifiedEnvelope>>>>,
+    sender: mpsc::Sender<Queued>,
+    receiver: Mutex<Option<mpsc::Receiver<Queued>>>,
     /// When each peer was last asked for its reports, Unix ms.
     asked: Mutex<std::collections::HashMap<PeerId, u64>>,
 }
@@ -56,10 +60,17 @@ impl Default for TradeInbox {
 }
 
 impl Market {
-    /// A trade report from gossip (the mesh checked its signature and freshness): queued for its
-    /// checks, dropped when the queue is full.
-    pub fn trade_reported(&self, envelope: Box<VerifiedEnvelope>) {
-        if self.inner.trades.sender.try_send(envelope).is_err() {
+    /// A trade report from gossip (the mesh checked its signature and freshness, and holds it
+    /// until `claim` is answered): queued for its checks, dropped when the queue is full (the
+    /// mesh then drops it too, blaming no one).
+    pub fn trade_reported(&self, envelope: Box<VerifiedEnvelope>, claim: PendingClaim) {
+        if self
+            .inner
+            .trades
+            .sender
+            .try_send((envelope, Some(claim)))
+            .is_err()
+        {
             tracing::debug!("trade report inbox full: a later catch-up brings it");
         }
     }
@@ -83,13 +94,28 @@ impl Market {
                 self.report_settled(&record).await;
             }
         }
-        while let Some(envelope) = receiver.recv().await {
+        while let Some((envelope, claim)) = receiver.recv().await {
             match self.take_report(&envelope, None).await {
-                Ok(true) => {}
+                // Checked and kept: passed on.
+                Ok(true) => {
+                    if let Some(claim) = claim {
+                        claim.accept();
+                    }
+                }
+                // Its lease is in the history already, so it was not checked again: not passed
+                // on (the one kept was), no one blamed.
                 Ok(false) => tracing::trace!("trade report known already"),
                 Err(error) => {
                     let reporter = envelope.signer_peer_id();
                     tracing::debug!(%reporter, error = %error.message, "trade report not kept");
+                    // A report its own evidence refutes is false, and costs its forwarder. One
+                    // whose settlement the chain does not show, or that the chain could not be
+                    // asked about, is dropped, blaming no one: an RPC node may lag.
+                    if let Some(claim) = claim
+                        && error.code == ErrorCode::InvalidParams
+                    {
+                        claim.reject();
+                    }
                 }
             }
         }
@@ -149,7 +175,15 @@ impl Market {
         verified: &VerifiedEnvelope,
         read: Option<&SettlementFact>,
     ) -> Result<bool, InvokeFailure> {
-        let refused = |e: ReportError| failure(ErrorCode::InvalidParams, e.to_string());
+        // What the evidence refutes is the report's fault; a settlement the chain does not
+        // show (yet: a lagging RPC node) may not be.
+        let refused = |e: ReportError| {
+            let code = match e {
+                ReportError::NotSettled(_) => ErrorCode::NotFound,
+                _ => ErrorCode::InvalidParams,
+            };
+            failure(code, e.to_string())
+        };
         if verified.envelope().kind() != PayloadKind::TradeReport {
             return Err(failure(ErrorCode::InvalidParams, "not a trade report"));
         }
@@ -165,6 +199,11 @@ impl Market {
         }
         let reporter = *verified.envelope().signer_bytes();
         let from_provider = reporter == report.terms.signer();
+        // The checks that need no chain come first, so that a report its own evidence refutes
+        // is refused (and its forwarder blamed) even when its lease is known here.
+        let (evidence, signature) = report
+            .check(&reporter, self.policy().clock_slack_ms)
+            .map_err(refused)?;
         let lease = terms.lease_id.to_string();
         let wanted = {
             let lease = lease.clone();
@@ -176,9 +215,6 @@ impl Market {
         if !wanted {
             return Ok(false);
         }
-        let (evidence, signature) = report
-            .check(&reporter, self.policy().clock_slack_ms)
-            .map_err(refused)?;
         let fact = match read {
             Some(fact) => Some(fact.clone()),
             None => {
@@ -257,7 +293,7 @@ impl Market {
                             .inner
                             .trades
                             .sender
-                            .send(Box::new(verified))
+                            .send((Box::new(verified), None))
                             .await
                             .is_err()
                         {
