@@ -53,11 +53,6 @@ impl PendingClaim {
         }
     }
 
-    /// The peer that forwarded the claim.
-    pub fn source(&self) -> Option<PeerId> {
-        self.verdict.as_ref().map(|v| v.source)
-    }
-
     /// The claim holds: it is forwarded to the mesh.
     pub fn accept(mut self) {
         self.answer(MessageAcceptance::Accept);

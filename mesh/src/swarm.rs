@@ -55,13 +55,17 @@ const IDENTIFY_PROTOCOL: &str = "/claw/id/1.0.0";
 /// Gossipsub's duplicate cache keeps message ids this long, so an identical copy never reaches
 /// validation twice within it.
 const DUPLICATE_CACHE: Duration = Duration::from_secs(120);
+/// A gossip message that expired at most this long ago, its signature holding, is taken for a
+/// late copy (a loaded forwarder, or this node behind on its own queue) and dropped without
+/// blaming its forwarder; one expired longer ago is rejected.
+const LATE_WINDOW_MS: u64 = 5 * 60_000;
 /// How often a node with no connections dials its seeds again.
 const REJOIN_INTERVAL: Duration = Duration::from_secs(5);
 /// Connections to one peer at most (a relayed one and the direct one that replaces it).
 const MAX_CONNECTIONS_PER_PEER: u32 = 2;
-/// Largest Kademlia record value stored for a peer (Kademlia messages are capped at 16 KiB).
 /// DHT lookups one node walks at once for its callers (each lasts at most the query timeout).
 const MAX_PENDING_LOOKUPS: usize = 16;
+/// Largest Kademlia record value stored for a peer (Kademlia messages are capped at 16 KiB).
 const MAX_RECORD_BYTES: usize = 8 * 1024;
 
 #[derive(NetworkBehaviour)]
@@ -976,7 +980,12 @@ impl EventLoop {
             topic,
             data,
         } = message;
-        if let Err(VerifyError::Expired { .. }) = verified {
+        if let Err(VerifyError::Expired {
+            expires_at_ms,
+            now_ms,
+        }) = &verified
+            && now_ms.saturating_sub(*expires_at_ms) <= LATE_WINDOW_MS
+        {
             // Expired on its way, or while it waited here (a loaded node falls behind): what
             // is signed by its author is a late copy, not a forgery, so it is dropped without
             // blaming the forwarder. The check ignoring time decides only that; nothing

@@ -191,13 +191,14 @@ async fn hostile_announcements_are_rejected_unforwarded_and_cost_the_sender() {
         "reordering was penalised: {score_after_reorder:?}"
     );
     // An older sequence signed long ago, still unexpired, and one its node signed and let
-    // expire: late copies, as a loaded forwarder (or a loaded receiver) passes them on. The
-    // view keeps the newest, and no one is penalised (the rogue's expired forgery above is).
+    // expire a minute ago: late copies, as a loaded forwarder (or a loaded receiver) passes
+    // them on. The view keeps the newest, and no one is penalised (the rogue's expired forgery
+    // above is).
     let expired_moments_ago = Envelope::seal(
         &fresh_identity,
         300,
         Validity {
-            issued_at_ms: claw_attestation::unix_millis(std::time::SystemTime::now()) - 400_000,
+            issued_at_ms: claw_attestation::unix_millis(std::time::SystemTime::now()) - 100_000,
             ttl: Duration::from_secs(35),
         },
         &announcement("fresh-expired", network),
