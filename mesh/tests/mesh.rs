@@ -194,36 +194,27 @@ async fn hostile_announcements_are_rejected_unforwarded_and_cost_the_sender() {
     // expire a minute ago: late copies, as a loaded forwarder (or a loaded receiver) passes
     // them on. The view keeps the newest, and no one is penalised (the rogue's expired forgery
     // above is).
-    let expired_moments_ago = Envelope::seal(
-        &fresh_identity,
-        300,
-        Validity {
-            issued_at_ms: claw_attestation::unix_millis(std::time::SystemTime::now()) - 100_000,
-            ttl: Duration::from_secs(35),
-        },
-        &announcement("fresh-expired", network),
-    )
-    .to_bytes();
-    fresh
-        .handle
-        .publish(TopicKind::Inventory, expired_moments_ago)
-        .await
-        .unwrap();
-    let replay = Envelope::seal(
-        &fresh_identity,
-        400,
-        Validity {
-            issued_at_ms: claw_attestation::unix_millis(std::time::SystemTime::now()) - 60_000,
-            ttl: Duration::from_secs(600),
-        },
-        &announcement("fresh-replayed", network),
-    )
-    .to_bytes();
-    fresh
-        .handle
-        .publish(TopicKind::Inventory, replay)
-        .await
-        .unwrap();
+    let now = claw_attestation::unix_millis(std::time::SystemTime::now());
+    for (seq, signed_ago_ms, valid_secs, name) in [
+        (300, 100_000, 35, "fresh-expired"),
+        (400, 60_000, 600, "fresh-replayed"),
+    ] {
+        let late = Envelope::seal(
+            &fresh_identity,
+            seq,
+            Validity {
+                issued_at_ms: now - signed_ago_ms,
+                ttl: Duration::from_secs(valid_secs),
+            },
+            &announcement(name, network),
+        )
+        .to_bytes();
+        fresh
+            .handle
+            .publish(TopicKind::Inventory, late)
+            .await
+            .unwrap();
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     for node in [&victim, &behind] {
         let member = node
