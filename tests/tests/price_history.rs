@@ -348,6 +348,20 @@ fn settled_leases_make_a_price_history_every_node_checks_on_chain() {
             Some((terms, acceptance, settlement.clone()))
         })
         .expect("an escrow lease's receipt");
+    // Terms the forger signs, accepted by its accomplice, reported with `settlement`.
+    let forged_report = |terms: &LeaseTerms, seq: u64, settlement: String| {
+        let terms = signed(&forger, seq, terms);
+        TradeReport {
+            acceptance: signed(
+                &accomplice,
+                seq + 1,
+                &LeaseAcceptance::of(&terms).expect("acceptance"),
+            ),
+            terms,
+            settlement,
+            region: Some("nowhere".to_owned()),
+        }
+    };
     // 1. A lease with itself at 0.01 that never happened: the settlement is made up.
     let mut dealt = honest_terms.payload().clone();
     dealt.price_per_gpu_hour = "0.01".parse().expect("price");
@@ -355,34 +369,18 @@ fn settled_leases_make_a_price_history_every_node_checks_on_chain() {
     dealt.buyer_peer = accomplice.peer_id().to_string();
     dealt.lease_id =
         claw_market::lease::LeaseId::derive(&dealt.bid_digest, &forger.public_key().to_bytes());
-    let dealt = signed(&forger, 10, &dealt);
-    let made_up = TradeReport {
-        acceptance: signed(
-            &accomplice,
-            11,
-            &LeaseAcceptance::of(&dealt).expect("acceptance"),
-        ),
-        terms: dealt,
-        settlement: solana_signature::Signature::from([7u8; 64]).to_string(),
-        region: Some("nowhere".to_owned()),
-    };
+    let made_up = forged_report(
+        &dealt,
+        10,
+        solana_signature::Signature::from([7u8; 64]).to_string(),
+    );
     // 2. The honest lease's real settlement, claimed by terms the forger signed at 0.01: the
     //    escrow (derived from the lease id and the buyer's wallet) is the honest one.
     let mut claimed = honest_terms.payload().clone();
     claimed.price_per_gpu_hour = "0.01".parse().expect("price");
     claimed.amount = claimed.price_per_gpu_hour;
     claimed.buyer_peer = accomplice.peer_id().to_string();
-    let claimed = signed(&forger, 12, &claimed);
-    let stolen = TradeReport {
-        acceptance: signed(
-            &accomplice,
-            13,
-            &LeaseAcceptance::of(&claimed).expect("acceptance"),
-        ),
-        terms: claimed,
-        settlement: honest_settlement.clone(),
-        region: Some("nowhere".to_owned()),
-    };
+    let stolen = forged_report(&claimed, 12, honest_settlement.clone());
     // 4. The stream's newest pull, claimed for a lease the forger made up between the same two
     //    wallets at 100: the pull's memo names the honest stream, not this lease.
     let mut wash = honest_terms.payload().clone();
@@ -393,17 +391,7 @@ fn settled_leases_make_a_price_history_every_node_checks_on_chain() {
     wash.bid_digest[0] ^= 1;
     wash.lease_id =
         claw_market::lease::LeaseId::derive(&wash.bid_digest, &forger.public_key().to_bytes());
-    let wash = signed(&forger, 14, &wash);
-    let washed = TradeReport {
-        acceptance: signed(
-            &accomplice,
-            15,
-            &LeaseAcceptance::of(&wash).expect("acceptance"),
-        ),
-        terms: wash,
-        settlement: pull_signature.clone(),
-        region: Some("nowhere".to_owned()),
-    };
+    let washed = forged_report(&wash, 14, pull_signature.clone());
     // 3. The honest evidence, reported by someone who is neither party, with its own region.
     let not_its_own = TradeReport {
         terms: honest_terms,
