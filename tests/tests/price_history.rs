@@ -5,8 +5,8 @@
 //! settlements (a stream's: its newest pull) and their percentiles. A forger with only its own
 //! keys gossips trade reports that the chain does not back, or that claim another provider's
 //! settlement or another lease's pull, or that are not its own to report; no history keeps
-//! them, the first node passes none of them on, and the one its own evidence refutes costs the
-//! forger.
+//! them, the first node passes none of them on, the ones the chain does not bear out cost nothing,
+//! and one its own evidence refutes costs its sender so much that the node stops hearing it.
 
 // Shared with the console's tests, which also use its frame support.
 #[path = "console/browser.rs"]
@@ -416,11 +416,14 @@ fn settled_leases_make_a_price_history_every_node_checks_on_chain() {
         })
     };
     let before = verdicts(&metrics());
+    // The two whose transaction the chain does not show for them go first, the two their own
+    // evidence refutes after: a refuted report costs its forwarder enough that the arbiter
+    // stops taking its gossip at all, and anything sent after it would not be checked.
     let reports = [
         (20, &made_up),
-        (21, &stolen),
-        (22, &not_its_own),
-        (23, &washed),
+        (21, &washed),
+        (22, &stolen),
+        (23, &not_its_own),
     ]
     .map(|(seq, report)| seal(&forger, seq, report));
     let forged: Vec<String> = reports
@@ -428,30 +431,57 @@ fn settled_leases_make_a_price_history_every_node_checks_on_chain() {
         .map(|bytes| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes))
         .collect();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let config = claw_mesh::MeshConfig {
-        network: "localnet".to_owned(),
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")],
-        bootstrap: arbiter
-            .addrs()
-            .iter()
-            .filter_map(|a| a.parse().ok())
-            .collect(),
-        allow_colocated_peers: true,
-        ..claw_mesh::MeshConfig::default()
-    };
-    let mesh = {
+    // A node of the attacker's own, in this process, joining through the arbiter.
+    let spawn_mesh = |identity: &NodeIdentity, catch_up: Vec<String>| {
+        let config = claw_mesh::MeshConfig {
+            network: "localnet".to_owned(),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")],
+            bootstrap: arbiter
+                .addrs()
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
+            allow_colocated_peers: true,
+            ..claw_mesh::MeshConfig::default()
+        };
         let _entered = runtime.enter();
-        claw_mesh::Mesh::spawn(&forger, config, std::sync::Arc::new(ForgedCatchUp(forged)))
-            .expect("the forger's mesh")
+        claw_mesh::Mesh::spawn(
+            identity,
+            config,
+            std::sync::Arc::new(ForgedCatchUp(catch_up)),
+        )
+        .expect("the attacker's mesh")
+    };
+    let mesh = spawn_mesh(&forger, forged);
+    let publish = |reports: &[Vec<u8>]| {
+        runtime.block_on(async {
+            for bytes in reports {
+                mesh.handle
+                    .publish(claw_mesh::TopicKind::Trades, bytes.clone())
+                    .await
+                    .expect("published");
+            }
+        });
+    };
+    // The arbiter's [accepted, ignored, rejected] trade reports, once `done` holds of them.
+    let verdicts_when = |what: &str, done: &dyn Fn([f64; 3]) -> bool| {
+        let mut now = before;
+        let judged = (0..300).any(|_| {
+            now = verdicts(&metrics());
+            let judged = done(now);
+            if !judged {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            judged
+        });
+        assert!(
+            judged,
+            "{what} within 30 s: [accepted, ignored, rejected] went from {before:?} to {now:?}"
+        );
+        now
     };
     let forger_addrs = runtime.block_on(async {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        for bytes in reports {
-            mesh.handle
-                .publish(claw_mesh::TopicKind::Trades, bytes)
-                .await
-                .expect("published");
-        }
         mesh.handle
             .listen_addrs()
             .await
@@ -459,26 +489,59 @@ fn settled_leases_make_a_price_history_every_node_checks_on_chain() {
     });
     // The envelopes are the forger's own and fresh, so only the node's own checks can refuse
     // what is inside. The arbiter holds each back until its own check is done, and passes none
-    // on: the two reports their own evidence refutes (another lease's settlement claimed by
-    // terms the forger signed; the honest evidence reported by a non-party) cost the forger;
-    // the two whose transaction the chain does not show for them (made up, or another lease's
-    // pull) are dropped blaming no one (an RPC node may lag behind a settlement).
-    let [accepted, ignored, rejected] = eventually(
-        Duration::from_secs(30),
-        "the arbiter's verdicts on the forged reports",
-        || {
-            let now = verdicts(&metrics());
-            (now[1] >= before[1] + 2.0 && now[2] >= before[2] + 2.0).then_some(now)
-        },
+    // on. The two whose transaction the chain does not show for them (made up, or another
+    // lease's pull) are dropped blaming no one (an RPC node may lag behind a settlement).
+    publish(&reports[..2]);
+    let [accepted, ignored, rejected] = verdicts_when(
+        "the arbiter dropping the reports the chain does not bear out",
+        &|now| now[1] >= before[1] + 2.0,
     );
+    assert_eq!(accepted, before[0], "a forged report was passed on");
+    assert_eq!(rejected, before[2], "an unproven report cost the forger");
+    // (A party's own late report of a lease known here is dropped the same way.)
+    assert!(ignored >= before[1] + 2.0);
+    // A report its own evidence refutes (another lease's settlement claimed by terms the forger
+    // signed) costs the forger, so much that the arbiter no longer takes its gossip at all: the
+    // next false report it sends is not even looked at.
+    publish(&reports[2..3]);
+    let [accepted, _, rejected] = verdicts_when(
+        "the arbiter rejecting the report its evidence refutes",
+        &|now| now[2] >= before[2] + 1.0,
+    );
+    assert_eq!(accepted, before[0], "a forged report was passed on");
+    assert_eq!(rejected, before[2] + 1.0);
+    publish(&reports[3..]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        verdicts(&metrics()),
+        [accepted, ignored, rejected],
+        "the caught forger is no longer heard"
+    );
+    // The same report (the honest evidence, from someone who is neither party) from the
+    // accomplice's own node is checked, refuted and rejected too.
+    let accomplice_mesh = spawn_mesh(&accomplice, Vec::new());
+    runtime.block_on(async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        accomplice_mesh
+            .handle
+            .publish(
+                claw_mesh::TopicKind::Trades,
+                seal(&accomplice, 30, &not_its_own),
+            )
+            .await
+            .expect("published");
+    });
+    let [accepted, _, rejected] =
+        verdicts_when("the arbiter rejecting a non-party's report", &|now| {
+            now[2] >= before[2] + 2.0
+        });
     assert_eq!(accepted, before[0], "a forged report was passed on");
     assert_eq!(
         rejected,
         before[2] + 2.0,
-        "the refuted reports cost the forger"
+        "each refuted report costs its sender"
     );
-    // (A party's own late report of a lease known here is dropped the same way.)
-    assert!(ignored >= before[1] + 2.0);
+    runtime.block_on(accomplice_mesh.handle.shutdown());
 
     // A node that joins afterwards, through the forger, catches up from its peers: the forger
     // first, with its made-up reports ahead of every honest one, then the others. It keeps only
