@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use claw_tests::{
     Clawnode, RunningNode, eventually, node_containers, remove_node_containers, required_part,
-    run_with_deadline,
+    run_with_deadline, unmount_under,
 };
 use serde_json::{Value, json};
 
@@ -19,7 +19,7 @@ struct Node {
     cli: Clawnode,
     running: Option<RunningNode>,
     peer_id: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Node {
@@ -43,7 +43,7 @@ impl Node {
             peer_id: running.peer_id.clone(),
             running: Some(running),
             cli,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -100,6 +100,9 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
         remove_node_containers(&self.peer_id);
+        // A pinned host volume's staging mount outlives a killed node (its restart releases
+        // it); this node does not start again.
+        unmount_under(self.dir.path());
     }
 }
 
