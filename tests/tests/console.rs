@@ -412,7 +412,11 @@ fn the_fleet_tab_in_openclaws_control_ui_shows_the_bridges_fleet() {
     let deployed = fleet
         .call(
             "fleet.deploy",
-            &serde_json::json!({"image": image, "command": ["sleep", "300"], "name": "tab-sleeper"}),
+            &serde_json::json!({
+                "image": image,
+                "command": ["sh", "-c", "echo tab says hello; echo tab warns >&2; sleep 300"],
+                "name": "tab-sleeper",
+            }),
         )
         .expect("deploy through the bridge");
     let workload = deployed["workload"]["id"]
@@ -427,6 +431,25 @@ fn the_fleet_tab_in_openclaws_control_ui_shows_the_bridges_fleet() {
     );
     let node = browser.eval(&format!("{row}.firstChild.textContent"));
     assert_eq!(node, deployed["node"], "{deployed}");
+    // Its output, asked by the tab's page with the tab's own capability (the sandboxed frame
+    // sends no cookie), from the node the bridge's snapshot places it on.
+    browser.eval(&format!("{row}.click(); true"));
+    browser.wait_until(
+        "the workload's output in the tab",
+        "document.getElementById('logs').textContent.includes('tab says hello') \
+         && document.querySelector('#logs .stderr')?.textContent === 'tab warns'",
+    );
+    // The logs route answers nothing without an open tab's capability, whoever asks.
+    let forged = format!(
+        "fetch('/plugins/clawbernetes-tab/logs', {{method: 'POST', body: JSON.stringify({{tab: \
+         'A'.repeat(43), workload: '{workload}'}})}}).then(async r => [r.status, await r.text()])"
+    );
+    let refused = browser.eval(&forged);
+    assert_eq!(refused[0], 401, "{refused}");
+    assert!(
+        !refused[1].as_str().unwrap_or_default().contains("hello"),
+        "{refused}"
+    );
     // A deployment made through the gateway, with its replica counted where it runs.
     fleet
         .call(
@@ -453,4 +476,7 @@ fn the_fleet_tab_in_openclaws_control_ui_shows_the_bridges_fleet() {
         "no reload"
     );
     browser.leave_frame();
+    // Nor from the Control UI's own page, with the gateway's session.
+    let refused = browser.eval(&forged);
+    assert_eq!(refused[0], 401, "{refused}");
 }

@@ -4,7 +4,9 @@
 //
 // Inside OpenClaw's Control UI (the plugin's Fleet tab, `window.clawConsoleHost === "tab"`) there
 // is no sign-in: the gateway has authenticated the viewer, and the plugin writes each snapshot of
-// the bridge into the page as it streams it (`clawConsole.push`).
+// the bridge into the page as it streams it (`clawConsole.push`). A workload's output is asked of
+// the plugin's logs route with the tab's own capability (`window.clawConsoleTab`); nothing else is
+// asked from inside the tab, and it has no actions.
 "use strict";
 
 const ROW = 30; // px, as in app.css
@@ -118,14 +120,41 @@ async function connect() {
   setTimeout(connect, 2000);
 }
 
+/** Shows one answer of a workload's output: its lines, or why there are none. */
+function showTail(pre, tail) {
+  if (tail.error) return pre.replaceChildren(el("span", tail.error, "muted"));
+  const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+  pre.replaceChildren(...tail.lines.map((l) => el("div", l.line, l.stream === "stderr" ? "stderr" : "")));
+  if (atBottom) pre.scrollTop = pre.scrollHeight;
+}
+
+/** In the Fleet tab: asks the plugin's logs route for the output, with this tab's capability
+ * (the frame has no credentials to send), every two seconds until another workload is chosen. */
+async function followInTab(workload, pre, signal) {
+  const tab = window.clawConsoleTab || {};
+  while (!signal.aborted) {
+    let tail;
+    try {
+      const response = await fetch(tab.logs, {
+        method: "POST",
+        headers: { "Content-Type": "text/plain" },
+        body: JSON.stringify({ tab: tab.capability, workload }),
+        credentials: "omit",
+        cache: "no-store",
+        signal,
+      });
+      tail = await response.json();
+    } catch {
+      if (signal.aborted) return;
+      tail = { error: "the gateway did not answer" };
+    }
+    showTail(pre, tail);
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+  }
+}
+
 /** Shows `workload`'s output, kept up to date, under the workloads table. */
 function openLogs(workload, node) {
-  if (inTab) {
-    // The tab's page cannot call back to the gateway: logs are in the node's own console.
-    $("logs-title").hidden = false;
-    $("logs-title").textContent = `Output of ${workload}: clawnode logs ${workload} on ${node}, or that node's console`;
-    return;
-  }
   if (state.logs) state.logs.abort.abort();
   const abort = new AbortController();
   state.logs = { workload, abort };
@@ -133,18 +162,17 @@ function openLogs(workload, node) {
   const pre = $("logs");
   title.hidden = false;
   pre.hidden = false;
-  title.textContent = `Output of ${workload} (newest 200 lines, live)`;
+  title.textContent = `Output of ${workload} on ${node}, as the node reports it (newest 200 lines, live)`;
   pre.replaceChildren(el("span", "…", "muted"));
-  const follow = async () => {
-    await stream(`/v1/console/logs?workload=${encodeURIComponent(workload)}`, (tail) => {
-      if (tail.error) return pre.replaceChildren(el("span", tail.error, "muted"));
-      const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-      pre.replaceChildren(...tail.lines.map((l) => el("div", l.line, l.stream === "stderr" ? "stderr" : "")));
-      if (atBottom) pre.scrollTop = pre.scrollHeight;
-    }, abort.signal);
-    if (!abort.signal.aborted) setTimeout(follow, 2000);
-  };
-  follow();
+  if (inTab) {
+    followInTab(workload, pre, abort.signal);
+  } else {
+    const follow = async () => {
+      await stream(`/v1/console/logs?workload=${encodeURIComponent(workload)}`, (tail) => showTail(pre, tail), abort.signal);
+      if (!abort.signal.aborted) setTimeout(follow, 2000);
+    };
+    follow();
+  }
   if (state.snapshot) render();
 }
 
@@ -291,7 +319,7 @@ function render() {
   $("where").textContent = `${where}signed in with ${who}`;
   $("readings-title").textContent = s.scope === "bridge" ? "Live GPU readings, every node" : "This node's GPUs";
   $("workloads-title").firstChild.textContent = s.scope === "bridge" ? "Workloads in the fleet " : "Workloads on this node ";
-  $("workloads-title").lastChild.textContent = inTab ? "(click one for where its output is)" : "(click one for its output)";
+  $("workloads-title").lastChild.textContent = "(click one for its output)";
   const withheld = $("withheld");
   withheld.hidden = !s.withheld.length;
   withheld.textContent = s.withheld.length ? `Not shown to this key: ${s.withheld.join("; ")}.` : "";

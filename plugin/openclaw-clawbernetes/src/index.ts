@@ -13,7 +13,7 @@
 import { definePluginEntry } from "openclaw/plugin-sdk/plugin-entry";
 
 import { Bridge, BRIDGE_COMMANDS, resolveConfig } from "./bridge.ts";
-import { CONSOLE_PATH, CONSOLE_ROUTE, ConsoleTab } from "./console.ts";
+import { CONSOLE_PATH, CONSOLE_ROUTE, ConsoleTab, TAB_LOGS_PATH } from "./console.ts";
 import { HealthMonitor } from "./monitor.ts";
 import { fleetTools } from "./tools.ts";
 
@@ -52,6 +52,14 @@ export default definePluginEntry({
       auth: "gateway",
       match: "prefix",
       handler: (req, res) => tab.handle(req, res),
+    });
+    // The tab's page asks for a workload's output here, proving itself with its tab's capability
+    // (its sandboxed frame cannot send the gateway's cookie grant with such a request).
+    api.registerHttpRoute({
+      path: TAB_LOGS_PATH,
+      auth: "plugin",
+      match: "exact",
+      handler: (req, res) => tab.handleLogs(req, res),
     });
     api.session.controls.registerControlUiDescriptor({
       surface: "tab",

@@ -9,7 +9,7 @@ import { createServer, request, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 
 import { Bridge, BRIDGE_COMMANDS, resolveConfig, type NodesRuntime } from "../src/bridge.ts";
-import { CONSOLE_PATH, ConsoleTab, scriptJson, tabDocument } from "../src/console.ts";
+import { CONSOLE_PATH, ConsoleTab, LOGS_EVERY_MS, scriptJson, tabDocument, TAB_LOGS_PATH } from "../src/console.ts";
 
 // The files the bridge's console.page answers with (claw_api::console).
 const files = Object.fromEntries(
@@ -21,16 +21,22 @@ const files = Object.fromEntries(
 
 const hostile = '</script><script>document.title="owned"</script>\u2028<!--';
 
-function bridgeAnswering(snapshots: () => unknown): { bridge: Bridge; calls: string[] } {
+function bridgeAnswering(
+  snapshots: () => unknown,
+  invoked: (params: Record<string, unknown>) => unknown = () => {
+    throw new Error("unexpected fleet.invoke");
+  },
+): { bridge: Bridge; calls: string[] } {
   const calls: string[] = [];
   const runtime: NodesRuntime = {
     async list() {
       return { nodes: [{ nodeId: "bridge-1", commands: [...BRIDGE_COMMANDS], connected: true }] };
     },
-    async invoke({ command }) {
+    async invoke({ command, params }) {
       calls.push(command);
       if (command === "console.page") return files;
       if (command === "console.snapshot") return snapshots();
+      if (command === "fleet.invoke") return invoked(params as Record<string, unknown>);
       throw new Error(`unexpected ${command}`);
     },
   };
@@ -39,8 +45,10 @@ function bridgeAnswering(snapshots: () => unknown): { bridge: Bridge; calls: str
 
 async function serve(tab: ConsoleTab): Promise<{ server: Server; url: string }> {
   tab.start();
+  // As the gateway routes them: the tab's path (gateway auth) and the logs path (plugin auth).
   const server = createServer((req, res) => {
-    void tab.handle(req, res).then((handled) => {
+    const logs = new URL(req.url ?? "/", "http://gateway").pathname === TAB_LOGS_PATH;
+    void (logs ? tab.handleLogs(req, res) : tab.handle(req, res)).then((handled) => {
       if (!handled) res.writeHead(404).end();
     });
   });
@@ -68,6 +76,25 @@ function readTab(url: string, enough: (body: string) => boolean): Promise<{ stat
   });
 }
 
+/** Opens a tab and keeps it open: its capability, once its page has it and a snapshot came. */
+async function openTab(url: string): Promise<{ capability: string; kept: ReturnType<typeof request> }> {
+  let capability = "";
+  let pushed = false;
+  const kept = request(`${url}${CONSOLE_PATH}`, (res) => {
+    let body = "";
+    res.setEncoding("utf8");
+    res.on("data", (chunk: string) => {
+      body += chunk;
+      capability = /"capability":"([A-Za-z0-9_-]+)"/.exec(body)?.[1] ?? capability;
+      pushed ||= body.includes("clawConsole.push(");
+    });
+  });
+  kept.end();
+  const started = Date.now();
+  while (!(capability && pushed) && Date.now() - started < 5000) await new Promise((r) => setTimeout(r, 20));
+  return { capability, kept };
+}
+
 test("peer strings cannot end the script they are written into", () => {
   const json = scriptJson({ name: hostile });
   assert.ok(!/<\/script/i.test(json) && !json.includes("<!--") && !json.includes("\u2028"), json);
@@ -78,7 +105,7 @@ test("the tab's document is the console's page with its files inline under one n
   const doc = tabDocument(files, "n0nce");
   assert.ok(!/<link /.test(doc) && !/<script src/.test(doc), "nothing is fetched by the frame");
   assert.ok(doc.includes(`<style nonce="n0nce">${files.style}</style>`));
-  assert.ok(doc.includes('<script nonce="n0nce">window.clawConsoleHost = "tab";</script>'));
+  assert.ok(doc.includes('<script nonce="n0nce">window.clawConsoleHost = "tab"; window.clawConsoleTab = {"logs":"/plugins/clawbernetes-tab/logs","capability":""};</script>'));
   assert.ok(doc.endsWith(`<script nonce="n0nce">${files.script}</script>\n`), "the script runs after the page's elements");
   assert.ok(doc.indexOf('clawConsoleHost = "tab"') < doc.indexOf(files.script.slice(0, 40)));
   assert.ok(!doc.includes("</body>"), "the document stays open for snapshots");
@@ -188,6 +215,88 @@ test("a bridge without the console answers 502 and nothing else", async () => {
     const answer = await fetch(`${url}${CONSOLE_PATH}`);
     assert.equal(answer.status, 502);
     assert.match(await answer.text(), /did not give the console/);
+    tab.stop();
+  } finally {
+    server.closeAllConnections();
+    server.close();
+  }
+});
+
+test("a tab's page gets a workload's output with its own capability, and nothing without one", async () => {
+  const snapshot = { nodes: [], workloads: [{ id: "wl-1", node: "gpu-a" }] };
+  const asked: Record<string, unknown>[] = [];
+  const { bridge } = bridgeAnswering(
+    () => snapshot,
+    (params) => {
+      asked.push(params);
+      return {
+        command: "workload.logs",
+        results: [{ node: "gpu-a", ok: true, result: { workload: "wl-1", truncated: false, lines: [{ stream: "stdout", line: hostile }, { stream: "stderr", line: "y".repeat(5000) }] } }],
+      };
+    },
+  );
+  const tab = new ConsoleTab(bridge, 50);
+  const { server, url } = await serve(tab);
+  const logs = (body: unknown, init: RequestInit = {}) =>
+    fetch(`${url}${TAB_LOGS_PATH}`, { method: "POST", body: typeof body === "string" ? body : JSON.stringify(body), ...init });
+  try {
+    // The capability is in the open tab's document, which stays open while the page asks.
+    const { capability, kept } = await openTab(url);
+    assert.equal(capability.length, 43);
+
+    const answer = await logs({ tab: capability, workload: "wl-1" });
+    assert.equal(answer.status, 200);
+    assert.equal(answer.headers.get("access-control-allow-origin"), "*");
+    const tail = (await answer.json()) as { node: string; lines: { stream: string; line: string }[] };
+    assert.equal(tail.node, "gpu-a");
+    assert.deepEqual(tail.lines[0], { stream: "stdout", line: hostile });
+    assert.equal(tail.lines[1].line.length, 2000, "a line is cut at 2,000 characters");
+    // What the bridge was asked: the read-only command on the node the snapshot names.
+    assert.deepEqual(asked, [{ command: "workload.logs", nodes: ["gpu-a"], params: { workload: "wl-1", tail: 200 }, timeout_ms: 5000 }]);
+
+    // At most once a second per tab.
+    assert.equal((await logs({ tab: capability, workload: "wl-1" })).status, 429);
+    await new Promise((resolve) => setTimeout(resolve, LOGS_EVERY_MS));
+    // A workload not in the fleet's snapshot, a made-up or missing capability, extra fields,
+    // another command, bad ids, a body too large, another method: refused, the bridge not asked.
+    assert.equal((await logs({ tab: capability, workload: "wl-2" })).status, 404);
+    assert.equal((await logs({ tab: "A".repeat(43), workload: "wl-1" })).status, 401);
+    assert.equal((await logs({ workload: "wl-1" })).status, 400);
+    assert.equal((await logs({ tab: capability, workload: "wl-1", command: "workload.stop" })).status, 400);
+    assert.equal((await logs({ tab: capability, workload: "../wl-1" })).status, 400);
+    assert.equal((await logs("not json")).status, 400);
+    assert.equal((await logs({ tab: capability, workload: "x".repeat(600) })).status, 413);
+    assert.equal((await fetch(`${url}${TAB_LOGS_PATH}?tab=${capability}&workload=wl-1`)).status, 405);
+    const preflight = await fetch(`${url}${TAB_LOGS_PATH}`, { method: "OPTIONS" });
+    assert.equal(preflight.status, 204);
+    assert.equal(asked.length, 1, "only the one good request reached the bridge");
+
+    // Once its tab closes, a capability is worth nothing.
+    kept.destroy();
+    const closing = Date.now();
+    while (tab.openTabs() > 0 && Date.now() - closing < 5000) await new Promise((r) => setTimeout(r, 20));
+    assert.equal((await logs({ tab: capability, workload: "wl-1" })).status, 401);
+    assert.equal(asked.length, 1);
+    tab.stop();
+  } finally {
+    server.closeAllConnections();
+    server.close();
+  }
+});
+
+test("a node's error reaches the tab's page as an error, not as output", async () => {
+  const { bridge } = bridgeAnswering(
+    () => ({ nodes: [], workloads: [{ id: "wl-1", node: "gpu-a" }] }),
+    () => ({ results: [{ node: "gpu-a", ok: false, error: { code: "NOT_FOUND", message: "no workload wl-1" } }] }),
+  );
+  const tab = new ConsoleTab(bridge, 50);
+  const { server, url } = await serve(tab);
+  try {
+    const { capability, kept } = await openTab(url);
+    const answer = await fetch(`${url}${TAB_LOGS_PATH}`, { method: "POST", body: JSON.stringify({ tab: capability, workload: "wl-1" }) });
+    assert.equal(answer.status, 502);
+    assert.deepEqual(await answer.json(), { error: "gpu-a: NOT_FOUND: no workload wl-1" });
+    kept.destroy();
     tab.stop();
   } finally {
     server.closeAllConnections();

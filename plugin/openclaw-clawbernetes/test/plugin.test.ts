@@ -203,7 +203,11 @@ test("the manifest declares exactly the tools the plugin registers, with a confi
   assert.deepEqual(methods, ["clawbernetes.fleet-status"]);
   assert.deepEqual(policies, [[...BRIDGE_COMMANDS]]);
   // The Fleet tab: a gateway-authenticated route, and the tab's page under it.
-  assert.deepEqual(routes.map(({ path, auth, match }) => [path, auth, match]), [["/plugins/clawbernetes", "gateway", "prefix"]]);
+  assert.deepEqual(routes.map(({ path, auth, match }) => [path, auth, match]), [
+    ["/plugins/clawbernetes", "gateway", "prefix"],
+    // The tab's logs route proves itself with the tab's capability, outside the gateway-auth root.
+    ["/plugins/clawbernetes-tab/logs", "plugin", "exact"],
+  ]);
   assert.deepEqual(tabs.map(({ surface, id, label, path }) => [surface, id, label, path]), [["tab", "fleet", "Fleet", "/plugins/clawbernetes/console"]]);
   assert.equal(manifest.id, "clawbernetes");
   assert.equal(manifest.activation.onStartup, true);
