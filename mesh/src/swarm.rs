@@ -46,7 +46,7 @@ use crate::known_peers::KnownPeers;
 use crate::nat::{self, NatView, PunchRetries, Reachability, RelaySelection};
 use crate::pending::{JUDGED_BY_APPLICATION, MAX_WAITING_VERDICTS, PendingClaim, Verdict};
 use crate::stats::{GossipVerdict, HolePunch, MeshStats};
-use crate::verify::{Checked, Unchecked, VerifyQueue};
+use crate::verify::{Checked, LATE_WINDOW_MS, Unchecked, VerifyQueue, settle_late};
 use crate::{MeshError, MeshEvent, TopicKind, TopicName};
 
 const INVOKE_PROTOCOL: StreamProtocol = StreamProtocol::new("/claw/invoke/1");
@@ -55,10 +55,6 @@ const IDENTIFY_PROTOCOL: &str = "/claw/id/1.0.0";
 /// Gossipsub's duplicate cache keeps message ids this long, so an identical copy never reaches
 /// validation twice within it.
 const DUPLICATE_CACHE: Duration = Duration::from_secs(120);
-/// A gossip message that expired at most this long ago, its signature holding, is taken for a
-/// late copy (a loaded forwarder, or this node behind on its own queue) and dropped without
-/// blaming its forwarder; one expired longer ago is rejected.
-const LATE_WINDOW_MS: u64 = 5 * 60_000;
 /// How often a node with no connections dials its seeds again.
 const REJOIN_INTERVAL: Duration = Duration::from_secs(5);
 /// Connections to one peer at most (a relayed one and the direct one that replaces it).
@@ -957,6 +953,7 @@ impl EventLoop {
             // At a fleet's usual rate one check here costs less than a hand-over.
             let now = unix_millis(SystemTime::now());
             let verified = self.verifier.verify_at(&unchecked.data, None, now);
+            let verified = settle_late(&self.verifier, &unchecked.data, verified);
             self.on_checked(unchecked, verified);
         } else if self.checks.is_full() {
             tracing::debug!(%source, "gossip ignored: its check queue is full");
@@ -975,10 +972,7 @@ impl EventLoop {
     fn on_checked(&mut self, message: Unchecked, verified: Result<VerifiedEnvelope, VerifyError>) {
         let now = unix_millis(SystemTime::now());
         let Unchecked {
-            source,
-            id,
-            topic,
-            data,
+            source, id, topic, ..
         } = message;
         if let Err(VerifyError::Expired {
             expires_at_ms,
@@ -986,15 +980,11 @@ impl EventLoop {
         }) = &verified
             && now_ms.saturating_sub(*expires_at_ms) <= LATE_WINDOW_MS
         {
-            // Expired on its way, or while it waited here (a loaded node falls behind): what
-            // is signed by its author is a late copy, not a forgery, so it is dropped without
-            // blaming the forwarder. The check ignoring time decides only that; nothing
+            // Expired on its way, or while it waited here (a loaded node falls behind), and its
+            // signature holds ([`settle_late`] checked it where the first check ran): a late
+            // copy, not a forgery, so it is dropped without blaming the forwarder. Nothing
             // expired is ever taken.
-            let outcome = match self.verifier.verify_ignoring_time(&data) {
-                Ok(_) => Ok(Accepted::Stale(topic)),
-                Err(error) => Err(error),
-            };
-            self.judge(source, &id, Some(topic), outcome);
+            self.judge(source, &id, Some(topic), Ok(Accepted::Stale(topic)));
             return;
         }
         let outcome = match topic {

@@ -30,6 +30,36 @@ pub(crate) const WINDOW: std::time::Duration = std::time::Duration::from_millis(
 /// above what a fleet gossips to one node, so that only a flood goes to the queue.
 pub(crate) const INLINE_PER_WINDOW: u32 = 64;
 
+/// A gossip message that expired at most this long ago, its signature holding, is taken for a
+/// late copy (a loaded forwarder, or this node behind on its own queue) and dropped without
+/// blaming its forwarder; one expired longer ago is rejected.
+pub(crate) const LATE_WINDOW_MS: u64 = 5 * 60_000;
+
+/// `checked`, the outcome of checking `data` at its time, made to tell a late copy from a
+/// forgery: an envelope that expired at most [`LATE_WINDOW_MS`] before is checked once more,
+/// ignoring time, so that `Expired` then means its signature holds, and a bad signature says
+/// so. This runs where the first check ran (the blocking pool, under load), never on the loop
+/// for a queued message. The check ignoring time decides only blame: nothing expired is taken.
+pub(crate) fn settle_late(
+    verifier: &Verifier,
+    data: &[u8],
+    checked: Result<VerifiedEnvelope, VerifyError>,
+) -> Result<VerifiedEnvelope, VerifyError> {
+    match checked {
+        Err(VerifyError::Expired {
+            expires_at_ms,
+            now_ms,
+        }) if now_ms.saturating_sub(expires_at_ms) <= LATE_WINDOW_MS => {
+            verifier.verify_ignoring_time(data)?;
+            Err(VerifyError::Expired {
+                expires_at_ms,
+                now_ms,
+            })
+        }
+        other => other,
+    }
+}
+
 /// Batches being checked at once in this process: one per core.
 fn checking_slots() -> Arc<Semaphore> {
     static SLOTS: OnceLock<Arc<Semaphore>> = OnceLock::new();
@@ -143,7 +173,14 @@ impl VerifyQueue {
                 let now = unix_millis(std::time::SystemTime::now());
                 let items: Vec<&[u8]> = batch.iter().map(|m| m.data.as_slice()).collect();
                 let results = verifier.verify_batch_at(&items, now);
-                batch.into_iter().zip(results).collect::<Vec<Checked>>()
+                batch
+                    .into_iter()
+                    .zip(results)
+                    .map(|(message, checked)| {
+                        let checked = settle_late(&verifier, &message.data, checked);
+                        (message, checked)
+                    })
+                    .collect::<Vec<Checked>>()
             })
             .await;
             // The loop has stopped when sending fails: nothing is waiting for the verdicts.
@@ -206,6 +243,47 @@ mod tests {
         assert_eq!(outcomes, [true, false, true]);
         queue.finished();
         assert_eq!(queue.len(), 0);
+    }
+
+    #[test]
+    fn an_expired_copy_is_told_from_a_forgery_only_within_the_late_window() {
+        let identity = NodeIdentity::generate();
+        let sealed = Envelope::seal(
+            &identity,
+            1,
+            Validity::from_now(std::time::Duration::from_secs(60)),
+            &Note("late".to_owned()),
+        )
+        .to_bytes();
+        let mut forged = sealed.clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        let verifier = Verifier::new();
+        let check = |data: &[u8], now_ms: u64| {
+            settle_late(&verifier, data, verifier.verify_at(data, None, now_ms))
+        };
+        let now = unix_millis(std::time::SystemTime::now());
+        let late = now + 62_000;
+        assert!(matches!(
+            check(&sealed, late),
+            Err(VerifyError::Expired { .. })
+        ));
+        assert!(matches!(
+            check(&forged, late),
+            Err(VerifyError::BadSignature)
+        ));
+        // Long expired: not checked again, and rejected as expired whatever its signature.
+        let long_after = now + 62_000 + LATE_WINDOW_MS;
+        assert!(matches!(
+            check(&forged, long_after),
+            Err(VerifyError::Expired { .. })
+        ));
+        // What has not expired is left as its check found it.
+        assert!(check(&sealed, now).is_ok());
+        assert!(matches!(
+            check(&forged, now),
+            Err(VerifyError::BadSignature)
+        ));
     }
 
     #[tokio::test]
