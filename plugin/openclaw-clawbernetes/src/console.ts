@@ -296,7 +296,7 @@ export class ConsoleTab {
     try {
       body = await readBody(req, MAX_LOGS_REQUEST_BYTES);
     } catch (error) {
-      answer(413, { error: message(error) }, { Connection: "close" });
+      if (!req.destroyed) answer(413, { error: message(error) }, { Connection: "close" });
       return true;
     }
     const asked = logsRequest(body);
@@ -428,6 +428,7 @@ function readBody(req: IncomingMessage, limit: number): Promise<string> {
       chunks.push(chunk);
     });
     req.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
+    // Also a sender gone before its body ended (`aborted`): nothing is left waiting.
     req.on("error", reject);
   });
 }

@@ -303,3 +303,29 @@ test("a node's error reaches the tab's page as an error, not as output", async (
     server.close();
   }
 });
+
+test("a logs request whose sender leaves before its body ends leaves nothing waiting", async () => {
+  const { bridge } = bridgeAnswering(() => ({ nodes: [], workloads: [] }));
+  const tab = new ConsoleTab(bridge, 50);
+  tab.start();
+  let handled: Promise<boolean> | undefined;
+  const server = createServer((req, res) => {
+    handled = tab.handleLogs(req, res);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  try {
+    const { connect } = await import("node:net");
+    const socket = connect((server.address() as AddressInfo).port, "127.0.0.1");
+    await new Promise<void>((resolve) => socket.on("connect", () => resolve()));
+    socket.write(`POST ${TAB_LOGS_PATH} HTTP/1.1\r\nHost: gateway\r\nContent-Length: 400\r\n\r\n{"tab":`);
+    const started = Date.now();
+    while (!handled && Date.now() - started < 5000) await new Promise((r) => setTimeout(r, 10));
+    socket.destroy();
+    const outcome = await Promise.race([handled!.then(() => "done"), new Promise((r) => setTimeout(() => r("still waiting"), 2000))]);
+    assert.equal(outcome, "done");
+    tab.stop();
+  } finally {
+    server.closeAllConnections();
+    server.close();
+  }
+});
