@@ -331,7 +331,7 @@ fn synthetic_member(i: usize) -> FleetMember {
 }
 
 async fn status_against_fan_out(nodes: &[TestNode]) -> Vec<String> {
-    let mut view = FleetView::new(Duration::from_secs(3600));
+    let mut view = FleetView::new(Duration::from_secs(1200), 3);
     let now = std::time::Instant::now();
     for i in 0..1_000 {
         view.upsert(synthetic_member(i), now);

@@ -168,16 +168,25 @@ pub const MAX_FLEET_MEMBERS: usize = 4096;
 #[derive(Debug)]
 pub struct FleetView {
     entries: HashMap<PeerId, Entry>,
-    max_silence: Duration,
+    announce_interval: Duration,
+    missed_intervals: u32,
 }
 
 impl FleetView {
-    /// A view that forgets nodes silent for longer than `max_silence`.
-    pub fn new(max_silence: Duration) -> Self {
+    /// A view that forgets nodes silent for `missed_intervals` announcement intervals: the
+    /// configured `announce_interval`, paced to the view's size as nodes pace their own
+    /// announcements ([`crate::paced_interval`]).
+    pub fn new(announce_interval: Duration, missed_intervals: u32) -> Self {
         Self {
             entries: HashMap::new(),
-            max_silence,
+            announce_interval,
+            missed_intervals: missed_intervals.max(1),
         }
+    }
+
+    /// How long a node may stay silent before it leaves this view now.
+    pub fn max_silence(&self) -> Duration {
+        crate::paced_interval(self.announce_interval, self.entries.len()) * self.missed_intervals
     }
 
     /// Records a verified announcement; older or equal sequences than the one held are ignored.
@@ -213,8 +222,9 @@ impl FleetView {
     /// Drops nodes that have been silent too long or whose announcement expired.
     pub fn expire(&mut self, now: Instant, now_ms: u64) -> Vec<FleetChange> {
         let mut gone = Vec::new();
+        let silence = self.max_silence();
         self.entries.retain(|peer, entry| {
-            let keep = now.duration_since(entry.refreshed) <= self.max_silence
+            let keep = now.duration_since(entry.refreshed) <= silence
                 && entry.member.expires_at_ms > now_ms;
             if !keep {
                 gone.push(FleetChange::Left(*peer));
@@ -307,7 +317,7 @@ mod tests {
 
     #[test]
     fn highest_sequence_wins() {
-        let mut view = FleetView::new(Duration::from_secs(30));
+        let mut view = FleetView::new(Duration::from_secs(10), 3);
         let now = Instant::now();
         let first = member(5, u64::MAX);
         let peer = first.peer_id;
@@ -327,7 +337,7 @@ mod tests {
 
     #[test]
     fn silent_and_expired_nodes_leave() {
-        let mut view = FleetView::new(Duration::from_secs(30));
+        let mut view = FleetView::new(Duration::from_secs(10), 3);
         let start = Instant::now();
         let quiet = member(1, u64::MAX);
         let expiring = member(1, 1_000);
@@ -347,8 +357,33 @@ mod tests {
     }
 
     #[test]
+    fn a_large_fleet_paces_its_announcements_and_its_views_wait_as_long() {
+        let ten = Duration::from_secs(10);
+        assert_eq!(crate::paced_interval(ten, 1), ten);
+        assert_eq!(crate::paced_interval(ten, 50), ten);
+        assert_eq!(crate::paced_interval(ten, 200), Duration::from_secs(40));
+        assert_eq!(crate::paced_interval(ten, 1000), Duration::from_secs(200));
+        assert_eq!(
+            crate::paced_interval(ten, MAX_FLEET_MEMBERS),
+            crate::MAX_PACED_INTERVAL
+        );
+        let hour = Duration::from_secs(3600);
+        assert_eq!(crate::paced_interval(hour, 200), hour);
+        // A view of 100 nodes waits three paced intervals (20 s each) for a silent one.
+        let mut view = FleetView::new(ten, 3);
+        let start = Instant::now();
+        let members: Vec<FleetMember> = (0..100).map(|_| member(1, u64::MAX)).collect();
+        for m in &members {
+            view.upsert(m.clone(), start);
+        }
+        assert_eq!(view.max_silence(), Duration::from_secs(60));
+        assert!(view.expire(start + Duration::from_secs(59), 0).is_empty());
+        assert_eq!(view.expire(start + Duration::from_secs(61), 0).len(), 100);
+    }
+
+    #[test]
     fn a_full_view_takes_no_new_node_but_keeps_updating_known_ones() {
-        let mut view = FleetView::new(Duration::from_secs(30));
+        let mut view = FleetView::new(Duration::from_secs(10), 3);
         let now = Instant::now();
         let known: Vec<FleetMember> = (0..MAX_FLEET_MEMBERS)
             .map(|_| member(1, u64::MAX))
@@ -365,8 +400,9 @@ mod tests {
             Some(FleetChange::Updated(known[0].peer_id))
         );
         // Once nodes leave, new ones are taken in again.
+        let silence = view.max_silence();
         assert_eq!(
-            view.expire(now + Duration::from_secs(31), 0).len(),
+            view.expire(now + silence + Duration::from_secs(1), 0).len(),
             MAX_FLEET_MEMBERS
         );
         assert!(view.upsert(member(1, u64::MAX), now).is_some());

@@ -30,7 +30,10 @@ use claw_attestation::NodeIdentity;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-pub use config::{MeshConfig, SwarmKey};
+pub use config::{
+    MAX_PACED_INTERVAL, MeshConfig, PACED_FROM_MEMBERS, SwarmKey, announcement_validity,
+    paced_interval,
+};
 pub use fleet::{
     FleetChange, FleetMember, FleetStatus, FleetView, MAX_FLEET_MEMBERS, NodeAnnouncement,
 };
@@ -151,7 +154,10 @@ impl Mesh {
         handler: Arc<dyn InvokeHandler>,
     ) -> Result<Self, MeshError> {
         let topics = swarm::Topics::new(&config.network)?;
-        let fleet = Arc::new(RwLock::new(FleetView::new(config.max_silence())));
+        let fleet = Arc::new(RwLock::new(FleetView::new(
+            config.announce_interval,
+            config.missed_intervals,
+        )));
         let swarm = swarm::build_swarm(identity, &config, &topics, Arc::clone(&fleet))?;
         let streams = Streams(swarm.behaviour().stream_control());
         let (commands_tx, commands_rx) = mpsc::channel(256);

@@ -147,8 +147,9 @@ pub fn announcement(
     })
 }
 
-/// Signs the node's [`announcement`]. It stays valid for the configured number of missed
-/// intervals plus 30 s of slack.
+/// Signs the node's [`announcement`], published every `interval` (the configured one, paced to
+/// the fleet's size). It stays valid for the configured number of missed intervals plus 30 s of
+/// slack.
 ///
 /// Blocking: NVML and the store are synchronous.
 pub fn sign_announcement(
@@ -157,12 +158,10 @@ pub fn sign_announcement(
     probe: &GpuProbe,
     listen_addrs: Vec<String>,
     reachability: claw_mesh::Reachability,
+    interval: Duration,
 ) -> Result<Envelope, StoreError> {
     let announcement = announcement(dir, store, probe, listen_addrs, reachability)?;
-    let config = dir.config();
-    let ttl = Duration::from_secs(
-        config.mesh.announce_interval_secs * u64::from(config.mesh.missed_intervals) + 30,
-    );
+    let ttl = claw_mesh::announcement_validity(interval, dir.config().mesh.missed_intervals);
     seal_next(dir, store, ttl, &announcement)
 }
 

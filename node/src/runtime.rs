@@ -666,7 +666,9 @@ fn mesh_config(dir: &DataDir, options: &NodeOptions) -> Result<MeshConfig, Start
 }
 
 /// Every interval: bring workloads in line with Docker (so exited containers free their GPUs),
-/// keep stopping what runs while the node drains, then sign and publish the node's announcement.
+/// keep stopping what runs while the node drains, then sign and publish the node's announcement
+/// when it is due: every interval in a fleet of up to 50 nodes, less often in a larger one
+/// ([`claw_mesh::paced_interval`]).
 async fn announce_forever(
     dir: Arc<DataDir>,
     store: Store,
@@ -678,23 +680,31 @@ async fn announce_forever(
     let interval = Duration::from_secs(dir.config().mesh.announce_interval_secs);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut published: Option<tokio::time::Instant> = None;
     loop {
         tick.tick().await;
         if let Err(error) = workloads.reconcile().await {
             tracing::debug!(%error, "workloads not reconciled");
         }
         keep_draining(&store, workloads, commands.deployments()).await;
+        let paced = claw_mesh::paced_interval(interval, mesh.fleet_status().nodes);
+        // Due within half a tick counts as due: ticks do not land exactly.
+        if published.is_some_and(|at| at.elapsed() + interval / 2 < paced) {
+            continue;
+        }
         let addrs = crate::listen_addr_texts(&mesh).await;
         let reachability = mesh.reachability();
         let (dir, store, probe) = (Arc::clone(&dir), store.clone(), Arc::clone(&probe));
         let signed = tokio::task::spawn_blocking(move || {
-            crate::sign_announcement(&dir, &store, &probe, addrs, reachability)
+            crate::sign_announcement(&dir, &store, &probe, addrs, reachability, paced)
         })
         .await;
         match signed {
             Ok(Ok(envelope)) => {
                 if let Err(error) = mesh.announce(envelope.to_bytes()).await {
                     tracing::warn!(%error, "announcement not published");
+                } else {
+                    published = Some(tokio::time::Instant::now());
                 }
             }
             Ok(Err(error)) => tracing::error!(%error, "cannot sign announcement"),

@@ -7,8 +7,8 @@
 //! already running. Measured: the time from the last start until every sampled node's fleet
 //! view holds every node; then, after 30 s to settle, the CPU each process used over 60 s,
 //! read from `/proc`; over the next 60 s or so, from every node's metrics read at both ends of
-//! its own window, the announcements it accepted (against the (N − 1) per 10 s the others
-//! signed) and how old each was on arrival (`clawnode_gossip_delivery_age_seconds`, exact here:
+//! its own window, the announcements it accepted (against the (N − 1) per interval the others
+//! signed: 10 s, paced beyond 50 nodes) and how old each was on arrival (`clawnode_gossip_delivery_age_seconds`, exact here:
 //! one clock); each process's memory (RSS, PSS and USS, from `smaps_rollup`: RSS counts in
 //! full the binary's pages, which every node shares); and last, Kademlia walks from the
 //! sampled nodes towards other nodes (`network.lookup`), timed by the walking node.
@@ -214,12 +214,14 @@ fn main() {
     let mut pss: Vec<f64> = memories.iter().map(|m| m.pss).collect();
     let mut uss: Vec<f64> = memories.iter().map(|m| m.uss).collect();
     let series = r#"clawnode_gossip_delivery_age_seconds_count{topic="inventory"}"#;
-    let expected = (count - 1) as f64 * IDLE_WINDOW.as_secs_f64() / 10.0;
+    // Each node announces every 10 s (the default), paced to the fleet's size beyond 50.
+    let interval = claw_mesh::paced_interval(Duration::from_secs(10), count).as_secs_f64();
+    let expected = (count - 1) as f64 * IDLE_WINDOW.as_secs_f64() / interval;
     let mut delivered: Vec<f64> = scraped_before
         .iter()
         .zip(&scraped_after)
         .map(|((t0, b), (t1, a))| {
-            let own = (count - 1) as f64 * (*t1 - *t0).as_secs_f64() / 10.0;
+            let own = (count - 1) as f64 * (*t1 - *t0).as_secs_f64() / interval;
             (metric(a, series).unwrap_or(0.0) - metric(b, series).unwrap_or(0.0)) / own * 100.0
         })
         .collect();

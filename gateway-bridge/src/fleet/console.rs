@@ -54,8 +54,13 @@ impl FleetCommands {
     /// `console.snapshot`: the whole fleet, as the console shows it.
     pub(super) async fn console_snapshot(&self, call: Call) -> ConsoleSnapshot {
         let mut withheld = Vec::new();
-        let nodes = self
-            .members()
+        let members = self.members();
+        // Two announcements missed at the fleet's default interval, paced to its size.
+        let silent_after_ms = 2 * duration_ms(claw_mesh::paced_interval(
+            MeshConfig::default().announce_interval,
+            members.len(),
+        )) + 1000;
+        let nodes = members
             .iter()
             .map(|m| {
                 m.announcement
@@ -112,8 +117,7 @@ impl FleetCommands {
             },
             scope: "bridge".to_owned(),
             withheld,
-            // Two announcements missed at the fleet's default interval.
-            silent_after_ms: 2 * duration_ms(MeshConfig::default().announce_interval) + 1000,
+            silent_after_ms,
             nodes,
             readings: fanned.readings.clone(),
             workloads: fanned.workloads.clone(),
