@@ -525,26 +525,33 @@ impl Market {
             }
             let request =
                 claw_mesh::InvokeRequest::new(MarketOffersSigned::NAME, Duration::from_secs(3));
-            let answer = mesh.invoke(peer, request).await;
+            let answer = mesh
+                .invoke(peer, request)
+                .await
+                .and_then(MarketOffersSigned::decode);
             {
                 let mut asked = self
                     .inner
                     .asked
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
-                let failures = match &answer {
-                    Ok(_) => 0,
-                    Err(_) => asked.get(&peer).map_or(0, |sync| sync.failures) + 1,
+                // An answer with offers in it keeps the provider at the usual pace; no answer,
+                // or one with none (a node with free GPUs that does not sell), makes the wait
+                // grow: its offers, once it sells, reach this node by gossip.
+                let fruitless = if answer.as_ref().is_ok_and(|a| !a.offers.is_empty()) {
+                    0
+                } else {
+                    asked.get(&peer).map_or(0, |sync| sync.fruitless) + 1
                 };
                 asked.insert(
                     peer,
                     BookSync {
-                        next_ms: next_book_sync(now, failures),
-                        failures,
+                        next_ms: next_book_sync(now, fruitless),
+                        fruitless,
                     },
                 );
             }
-            let Ok(answer) = answer.and_then(MarketOffersSigned::decode) else {
+            let Ok(answer) = answer else {
                 continue;
             };
             for text in answer.offers.iter().take(16) {
@@ -820,22 +827,24 @@ fn summary(record: &LeaseRecord, arbiter_peer: Option<&str>) -> Lease {
 #[derive(Debug, Clone, Copy)]
 struct BookSync {
     next_ms: u64,
-    /// Asks in a row that got no answer.
-    failures: u32,
+    /// Asks in a row that brought no offer: unanswered, or answered with none.
+    fruitless: u32,
 }
 
-/// How often a provider that answers is asked for its offers.
+/// How often a provider that answers with offers is asked for them.
 const BOOK_SYNC_EVERY_MS: u64 = 30_000;
-/// The longest wait before a provider that keeps not answering is asked again.
+/// The longest wait before a provider whose asks bring nothing is asked again.
 const BOOK_SYNC_MAX_MS: u64 = 30 * 60_000;
 
-/// When to ask a provider again after `failures` unanswered asks in a row: 30 s after an
-/// answer, doubling with each failure up to 30 min. The addresses a provider announces are its
-/// own word: one that announces addresses leading nowhere (or to someone else's machine) is
-/// dialled by each node a few times, then twice an hour, not every 30 s.
-fn next_book_sync(now_ms: u64, failures: u32) -> u64 {
+/// When to ask a provider again after `fruitless` asks in a row that brought no offer: 30 s
+/// after one that did, doubling with each fruitless one up to 30 min. The addresses a provider
+/// announces are its own word: one that announces addresses leading nowhere (or to someone
+/// else's machine) is dialled by each node a few times, then twice an hour, not every 30 s. And
+/// a node with free GPUs that does not sell is not asked by every node every 30 s (which held a
+/// connection open between every two nodes of a fleet).
+fn next_book_sync(now_ms: u64, fruitless: u32) -> u64 {
     let wait = BOOK_SYNC_EVERY_MS
-        .saturating_mul(1u64 << failures.min(16))
+        .saturating_mul(1u64 << fruitless.min(16))
         .min(BOOK_SYNC_MAX_MS);
     now_ms.saturating_add(wait)
 }
@@ -845,7 +854,7 @@ mod tests {
     use super::{BOOK_SYNC_EVERY_MS, BOOK_SYNC_MAX_MS, next_book_sync};
 
     #[test]
-    fn a_provider_that_does_not_answer_is_asked_ever_less_often() {
+    fn a_provider_whose_asks_bring_no_offer_is_asked_ever_less_often() {
         assert_eq!(next_book_sync(1_000, 0), 1_000 + BOOK_SYNC_EVERY_MS);
         assert_eq!(next_book_sync(1_000, 1), 1_000 + 2 * BOOK_SYNC_EVERY_MS);
         assert_eq!(next_book_sync(1_000, 3), 1_000 + 8 * BOOK_SYNC_EVERY_MS);
