@@ -194,7 +194,7 @@ for (const button of document.querySelectorAll("#tabs button")) {
   });
 }
 
-// ---- actions (operate role; not in the Fleet tab, whose page cannot call back) ----
+// ---- actions (operate role; not in the Fleet tab, which the gateway opens read-only) ----
 
 function mayOperate(s) {
   return !inTab && (s.signed_in.role === "operate" || s.signed_in.role === "admin");
