@@ -46,7 +46,7 @@ use crate::known_peers::KnownPeers;
 use crate::nat::{self, NatView, PunchRetries, Reachability, RelaySelection};
 use crate::pending::{JUDGED_BY_APPLICATION, MAX_WAITING_VERDICTS, PendingClaim, Verdict};
 use crate::stats::{GossipVerdict, HolePunch, MeshStats};
-use crate::verify::{Checked, LATE_WINDOW_MS, Unchecked, VerifyQueue, settle_late};
+use crate::verify::{self, Checked, Unchecked, VerifyQueue, settle_late};
 use crate::{MeshError, MeshEvent, TopicKind, TopicName};
 
 const INVOKE_PROTOCOL: StreamProtocol = StreamProtocol::new("/claw/invoke/1");
@@ -974,12 +974,7 @@ impl EventLoop {
         let Unchecked {
             source, id, topic, ..
         } = message;
-        if let Err(VerifyError::Expired {
-            expires_at_ms,
-            now_ms,
-        }) = &verified
-            && now_ms.saturating_sub(*expires_at_ms) <= LATE_WINDOW_MS
-        {
+        if verify::is_late(&verified) {
             // Expired on its way, or while it waited here (a loaded node falls behind), and its
             // signature holds ([`settle_late`] checked it where the first check ran): a late
             // copy, not a forgery, so it is dropped without blaming the forwarder. Nothing

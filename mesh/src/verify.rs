@@ -33,7 +33,7 @@ pub(crate) const INLINE_PER_WINDOW: u32 = 64;
 /// A gossip message that expired at most this long ago, its signature holding, is taken for a
 /// late copy (a loaded forwarder, or this node behind on its own queue) and dropped without
 /// blaming its forwarder; one expired longer ago is rejected.
-pub(crate) const LATE_WINDOW_MS: u64 = 5 * 60_000;
+const LATE_WINDOW_MS: u64 = 5 * 60_000;
 
 /// `checked`, the outcome of checking `data` at its time, made to tell a late copy from a
 /// forgery: an envelope that expired at most [`LATE_WINDOW_MS`] before is checked once more,
@@ -45,19 +45,20 @@ pub(crate) fn settle_late(
     data: &[u8],
     checked: Result<VerifiedEnvelope, VerifyError>,
 ) -> Result<VerifiedEnvelope, VerifyError> {
-    match checked {
-        Err(VerifyError::Expired {
-            expires_at_ms,
-            now_ms,
-        }) if now_ms.saturating_sub(expires_at_ms) <= LATE_WINDOW_MS => {
-            verifier.verify_ignoring_time(data)?;
-            Err(VerifyError::Expired {
-                expires_at_ms,
-                now_ms,
-            })
-        }
-        other => other,
+    if is_late(&checked) {
+        verifier.verify_ignoring_time(data)?;
     }
+    checked
+}
+
+/// Whether `checked` says the envelope expired at most [`LATE_WINDOW_MS`] before its check.
+/// After [`settle_late`], such an outcome is a late copy whose signature holds.
+pub(crate) fn is_late(checked: &Result<VerifiedEnvelope, VerifyError>) -> bool {
+    matches!(
+        checked,
+        Err(VerifyError::Expired { expires_at_ms, now_ms })
+            if now_ms.saturating_sub(*expires_at_ms) <= LATE_WINDOW_MS
+    )
 }
 
 /// Batches being checked at once in this process: one per core.
