@@ -184,9 +184,15 @@ impl FleetView {
         }
     }
 
+    /// How often nodes of a fleet this size announce themselves: the configured interval,
+    /// paced to the view's size ([`crate::paced_interval`]).
+    pub fn announce_interval(&self) -> Duration {
+        crate::paced_interval(self.announce_interval, self.entries.len())
+    }
+
     /// How long a node may stay silent before it leaves this view now.
     pub fn max_silence(&self) -> Duration {
-        crate::paced_interval(self.announce_interval, self.entries.len()) * self.missed_intervals
+        self.announce_interval() * self.missed_intervals
     }
 
     /// Records a verified announcement; older or equal sequences than the one held are ignored.

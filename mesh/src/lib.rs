@@ -362,6 +362,12 @@ impl MeshHandle {
         self.read_fleet(FleetView::status)
     }
 
+    /// How often this node, and every node of a fleet the size of its view, announces itself:
+    /// the configured interval, paced beyond 50 nodes ([`paced_interval`]).
+    pub fn announce_interval(&self) -> std::time::Duration {
+        self.read_fleet(FleetView::announce_interval)
+    }
+
     /// Whether peers can dial this node, as AutoNAT last found: no network round trip.
     pub fn reachability(&self) -> Reachability {
         self.nat

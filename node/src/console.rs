@@ -243,10 +243,7 @@ async fn snapshot(state: &ControlState, key: Option<&ApiKeyInfo>) -> ConsoleSnap
     } else {
         None
     };
-    let interval = std::time::Duration::from_secs(state.dir().config().mesh.announce_interval_secs);
-    let interval_ms =
-        u64::try_from(claw_mesh::paced_interval(interval, mesh.fleet_status().nodes).as_millis())
-            .unwrap_or(u64::MAX);
+    let interval_ms = u64::try_from(mesh.announce_interval().as_millis()).unwrap_or(u64::MAX);
     let signed_in = match key {
         None => SignedIn {
             with: "control token".to_owned(),

@@ -687,7 +687,7 @@ async fn announce_forever(
             tracing::debug!(%error, "workloads not reconciled");
         }
         keep_draining(&store, workloads, commands.deployments()).await;
-        let paced = claw_mesh::paced_interval(interval, mesh.fleet_status().nodes);
+        let paced = mesh.announce_interval();
         // Due within half a tick counts as due: ticks do not land exactly.
         if published.is_some_and(|at| at.elapsed() + interval / 2 < paced) {
             continue;

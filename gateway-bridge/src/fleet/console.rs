@@ -24,7 +24,6 @@ use claw_api::market::{
     HistoryParams, LeasesParams, MarketHistory, MarketLeases, MarketOffers, OffersParams,
 };
 use claw_api::{Command, NoParams, Role};
-use claw_mesh::MeshConfig;
 
 use super::{Call, FleetCommands};
 
@@ -54,13 +53,8 @@ impl FleetCommands {
     /// `console.snapshot`: the whole fleet, as the console shows it.
     pub(super) async fn console_snapshot(&self, call: Call) -> ConsoleSnapshot {
         let mut withheld = Vec::new();
-        let members = self.members();
-        // Two announcements missed at the fleet's default interval, paced to its size.
-        let silent_after_ms = 2 * duration_ms(claw_mesh::paced_interval(
-            MeshConfig::default().announce_interval,
-            members.len(),
-        )) + 1000;
-        let nodes = members
+        let nodes = self
+            .members()
             .iter()
             .map(|m| {
                 m.announcement
@@ -117,7 +111,8 @@ impl FleetCommands {
             },
             scope: "bridge".to_owned(),
             withheld,
-            silent_after_ms,
+            // Two announcements missed, at the fleet's interval (paced to its size).
+            silent_after_ms: 2 * duration_ms(self.mesh.announce_interval()) + 1000,
             nodes,
             readings: fanned.readings.clone(),
             workloads: fanned.workloads.clone(),
