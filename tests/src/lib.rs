@@ -756,15 +756,26 @@ impl Drop for Up {
 
 /// Polls `check` every 100 ms until it returns `Some`, or panics with `what` after `limit`.
 pub fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    eventually_showing(limit, what, || check().ok_or_else(String::new))
+}
+
+/// [`eventually`], with `check` saying what it saw while it is not yet done (`Err`): a timeout
+/// shows the last of those.
+pub fn eventually_showing<T>(
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
     let start = Instant::now();
     loop {
-        if let Some(value) = check() {
-            return value;
+        match check() {
+            Ok(value) => return value,
+            Err(seen) => assert!(
+                start.elapsed() < limit,
+                "timed out after {limit:?} waiting for {what}{}{seen}",
+                if seen.is_empty() { "" } else { ": " }
+            ),
         }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -19,7 +19,8 @@ use claw_attestation::{Envelope, NodeIdentity, SignedPayload, Validity};
 use claw_market::history::TradeReport;
 use claw_market::lease::{LeaseAcceptance, LeaseTerms, Signed};
 use claw_tests::{
-    Arbiter, Clawnode, Localnet, MarketNode as Node, SIMULATED_MODEL as MODEL, eventually, units,
+    Arbiter, Clawnode, Localnet, MarketNode as Node, SIMULATED_MODEL as MODEL, eventually,
+    eventually_showing, units,
 };
 use claw_tests::{check_contract, metric, plugin_fields, required_part};
 use serde_json::{Value, json};
@@ -465,20 +466,12 @@ fn settled_leases_make_a_price_history_every_node_checks_on_chain() {
     };
     // The arbiter's [accepted, ignored, rejected] trade reports, once `done` holds of them.
     let verdicts_when = |what: &str, done: &dyn Fn([f64; 3]) -> bool| {
-        let mut now = before;
-        let judged = (0..300).any(|_| {
-            now = verdicts(&metrics());
-            let judged = done(now);
-            if !judged {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            judged
-        });
-        assert!(
-            judged,
-            "{what} within 30 s: [accepted, ignored, rejected] went from {before:?} to {now:?}"
-        );
-        now
+        eventually_showing(Duration::from_secs(30), what, || {
+            let now = verdicts(&metrics());
+            done(now).then_some(now).ok_or_else(|| {
+                format!("[accepted, ignored, rejected] went from {before:?} to {now:?}")
+            })
+        })
     };
     let forger_addrs = runtime.block_on(async {
         tokio::time::sleep(Duration::from_secs(3)).await;
