@@ -86,6 +86,8 @@ export function tabDocument(files: ConsoleFiles, nonce: string, capability = "")
 interface OpenTab {
   res: ServerResponse;
   nonce: string;
+  /** The key of this tab in `tabs`, and the only proof its logs route accepts. */
+  capability: string;
   closed: boolean;
   /** When this tab was last answered on its logs route, ms; and whether it waits for one now. */
   logsAt: number;
@@ -189,7 +191,7 @@ export class ConsoleTab {
     }
     const capability = randomBytes(32).toString("base64url");
     res.write(tabDocument(files, nonce, capability));
-    const tab: OpenTab = { res, nonce, closed: false, logsAt: 0, logsBusy: false };
+    const tab: OpenTab = { res, nonce, capability, closed: false, logsAt: 0, logsBusy: false };
     this.tabs.set(capability, tab);
     const lifetime = setTimeout(() => this.close(tab, "this view has been open 30 minutes: open the tab again"), TAB_LIFETIME_MS);
     const gone = () => {
@@ -257,7 +259,7 @@ export class ConsoleTab {
   private close(tab: OpenTab, why: string): void {
     this.write(tab, `clawConsole.lost(${scriptJson(why)})`);
     tab.closed = true;
-    for (const [capability, open] of this.tabs) if (open === tab) this.tabs.delete(capability);
+    this.tabs.delete(tab.capability);
     tab.res.end();
   }
 
@@ -278,18 +280,8 @@ export class ConsoleTab {
       });
       res.end(JSON.stringify(body));
     };
-    if (req.method === "OPTIONS") {
-      res.writeHead(204, {
-        "Access-Control-Allow-Origin": "*",
-        "Access-Control-Allow-Methods": "POST",
-        "Access-Control-Allow-Headers": "content-type",
-        "Access-Control-Max-Age": "600",
-      });
-      res.end();
-      return true;
-    }
     if (req.method !== "POST") {
-      answer(405, { error: "POST the tab's capability and a workload id" }, { Allow: "POST, OPTIONS" });
+      answer(405, { error: "POST the tab's capability and a workload id" }, { Allow: "POST" });
       return true;
     }
     let body: string;
